@@ -1,0 +1,1 @@
+"""Metrics (issue: evaluation). Empty until metrics land."""

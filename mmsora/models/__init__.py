@@ -1,0 +1,3 @@
+"""Models: denoisers (DiT, ...), VAE wrappers and the LatentDiffusion training wrapper."""
+from .denoisers import *  # noqa: F401,F403
+from .vaes import *  # noqa: F401,F403
