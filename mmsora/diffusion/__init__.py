@@ -1,0 +1,10 @@
+"""Training objectives and samplers: DiT's Gaussian diffusion, diffusers' schedulers."""
+from .gaussian import (GaussianDiffusion, discretized_gaussian_log_likelihood,
+                       get_named_beta_schedule, mean_flat, normal_kl, space_timesteps)
+from .schedulers import build_noise_scheduler, dit_scheduler_config
+
+__all__ = [
+    'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
+    'normal_kl', 'discretized_gaussian_log_likelihood', 'dit_scheduler_config',
+    'build_noise_scheduler'
+]

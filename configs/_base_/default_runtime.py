@@ -1,0 +1,33 @@
+# Runtime shared by every mmsora config: iteration-based logging and checkpoints,
+# EMA of the weights (DiT keeps an EMA with decay 0.9999), RNG states saved with
+# each checkpoint so --resume continues the exact same noise.
+default_scope = 'mmsora'
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50000, max_keep_ckpts=3),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+)
+# mmengine's EMA: averaged = (1 - momentum) * averaged + momentum * weights,
+# so momentum=1e-4 is DiT's decay of 0.9999. Checkpoints hold the EMA weights in
+# `state_dict` (what tools/infer.py loads) and the raw weights in `ema_state_dict`.
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL'),
+    dict(type='RNGStateHook'),
+]
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    # tools/train.py switches this to gloo on machines without CUDA.
+    dist_cfg=dict(backend='nccl'),
+)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='Visualizer', vis_backends=vis_backends)
+log_processor = dict(by_epoch=False, window_size=50)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,4 @@
+# DiT-S/8, ImageNet 256x256: DiT-XL/2's recipe with the S/8 size
+# (DiT paper, Table 1: depth 12, hidden 384, 6 heads, patch 8).
+_base_ = './dit_xl2_8xb32_400k_imagenet256.py'
+model = dict(denoiser=dict(patch_size=8, hidden_size=384, depth=12, num_heads=6))

@@ -1,0 +1,121 @@
+"""Python API behind tools/infer.py: load a trained model, sample, save pictures."""
+import glob
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+
+__all__ = ['find_run', 'init_model', 'load_weights', 'sample_images', 'save_image_grid']
+
+
+def find_run(path):
+    """Resolve a config file or a work dir into ``(config_path, checkpoint_or_None)``.
+
+    A work dir written by tools/train.py holds the dumped config and a
+    ``last_checkpoint`` file naming the newest checkpoint.
+    """
+    if osp.isfile(path):
+        return path, None
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'no such config file or work dir: {path}')
+    configs = sorted(glob.glob(osp.join(path, '*.py')))
+    if len(configs) != 1:
+        raise FileNotFoundError(
+            f'work dir {path} should hold exactly one dumped config (*.py), found '
+            f'{len(configs)}; pass the config file and --checkpoint instead')
+    last = osp.join(path, 'last_checkpoint')
+    checkpoint = None
+    if osp.isfile(last):
+        with open(last) as f:
+            checkpoint = f.read().strip()
+        if not osp.isfile(checkpoint):  # the work dir may have been moved
+            checkpoint = osp.join(path, osp.basename(checkpoint))
+    return configs[0], checkpoint
+
+
+def load_weights(model, checkpoint, use_ema=True):
+    """Load a checkpoint into a LatentDiffusion model.
+
+    Accepts mmengine checkpoints (EMA weights in ``state_dict`` when EMAHook ran;
+    ``use_ema=False`` takes the raw weights from ``ema_state_dict``), and original
+    DiT / fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
+    ``model.denoiser`` with ``strict=True``.
+    """
+    obj = load_checkpoint_file(checkpoint)
+    if isinstance(obj, dict) and 'state_dict' in obj:
+        if use_ema or 'ema_state_dict' not in obj:
+            state = obj['state_dict']
+        else:  # EMAHook swaps: the raw weights sit in ema_state_dict as 'module.*'
+            state = {k[len('module.'):]: v for k, v in obj['ema_state_dict'].items()
+                     if k.startswith('module.')}
+        denoiser_state = {k[len('denoiser.'):]: v for k, v in state.items()
+                          if k.startswith('denoiser.')}
+    else:
+        denoiser_state = extract_state_dict(obj, key='ema' if use_ema else 'model')
+    model.denoiser.load_state_dict(denoiser_state, strict=True)
+    return model
+
+
+def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_options=(),
+               use_ema=True):
+    """Build the model of a config (or work dir) and load its weights.
+
+    Returns:
+        ``(model, cfg)``: the model in eval mode on ``device`` and the config.
+    """
+    import mmsora.models  # noqa: F401  (registers the modules)
+    from mmsora.registry import MODELS
+    from mmsora.utils.cli import apply_cfg_options, load_config
+    config_path, run_checkpoint = find_run(config)
+    cfg = load_config(config_path)
+    apply_cfg_options(cfg, list(cfg_options))
+    model = MODELS.build(cfg.model)
+    checkpoint = checkpoint or run_checkpoint
+    if checkpoint is None:
+        raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
+                                'pass --checkpoint')
+    load_weights(model, checkpoint, use_ema=use_ema)
+    return model.to(device).eval(), cfg
+
+
+def sample_images(model, labels: Sequence[int], seeds: Sequence[int], batch_size=16,
+                  progress=False, **sample_kwargs):
+    """Sample in batches; sample i depends only on ``labels[i]`` and ``seeds[i]``."""
+    outs = []
+    for start in range(0, len(labels), batch_size):
+        outs.append(model.sample(labels[start:start + batch_size],
+                                 seeds=seeds[start:start + batch_size],
+                                 progress=progress, **sample_kwargs).float().cpu())
+    return torch.cat(outs)
+
+
+def to_uint8(images):
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f'expected (N, 3, H, W) pictures, got shape {tuple(images.shape)}; '
+                         'latent models need a VAE (model.vae) to make pictures')
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def save_image_grid(images, path, nrow=8, upscale=1):
+    """Save (N, 3, H, W) pictures in [-1, 1] as one PNG grid."""
+    from PIL import Image
+    pics = to_uint8(images)
+    n, h, w, _ = pics.shape
+    ncol = min(nrow, n)
+    rows = (n + ncol - 1) // ncol
+    grid = np.zeros((rows * (h + 2) + 2, ncol * (w + 2) + 2, 3), np.uint8)
+    for i, pic in enumerate(pics):
+        r, c = divmod(i, ncol)
+        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = pic
+    img = Image.fromarray(grid)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    img.save(path)
+    return path

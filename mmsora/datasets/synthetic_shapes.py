@@ -1,0 +1,84 @@
+"""Synthetic class-conditional pictures, generated at run time (the main demo's data).
+
+Each class is a coloured shape on a dark background with random position, size and
+brightness, so a model must learn both colour and shape. Nothing is downloaded, and
+the same ``seed`` always gives the same dataset.
+"""
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmsora.registry import DATASETS
+
+__all__ = ['SyntheticShapesDataset', 'SHAPE_CLASSES']
+
+# name, RGB colour in [-1, 1]
+SHAPE_CLASSES = (
+    ('red disk', (0.9, -0.8, -0.8)),
+    ('green square', (-0.8, 0.9, -0.8)),
+    ('blue ring', (-0.8, -0.6, 0.9)),
+    ('yellow cross', (0.9, 0.9, -0.8)),
+)
+BACKGROUND = -0.7
+
+
+def _shape_mask(kind, size, cy, cx, radius):
+    """Boolean (size, size) mask of one shape centred at (cy, cx)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = yy - cy, xx - cx
+    if kind == 0:                                   # disk
+        return dy ** 2 + dx ** 2 <= radius ** 2
+    if kind == 1:                                   # square
+        return (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
+    if kind == 2:                                   # ring
+        r2 = dy ** 2 + dx ** 2
+        return (r2 <= radius ** 2) & (r2 >= (radius * 0.55) ** 2)
+    half = max(radius * 0.3, 1.0)                   # cross
+    arm = radius * 1.05
+    return ((np.abs(dy) <= half) & (np.abs(dx) <= arm)) | \
+           ((np.abs(dx) <= half) & (np.abs(dy) <= arm))
+
+
+def render_shape(label, size, rng):
+    """One (3, size, size) float32 picture of class ``label`` in [-1, 1]."""
+    radius = rng.uniform(0.28, 0.38) * size
+    margin = radius * 0.9
+    cy, cx = rng.uniform(margin, size - margin, size=2)
+    mask = _shape_mask(label, size, cy, cx, radius)
+    colour = np.asarray(SHAPE_CLASSES[label][1], np.float32) * rng.uniform(0.85, 1.0)
+    img = np.full((3, size, size), BACKGROUND, np.float32)
+    img[:, mask] = colour[:, None]
+    img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+    return np.clip(img, -1, 1)
+
+
+@DATASETS.register_module()
+class SyntheticShapesDataset(Dataset):
+    """Coloured shapes, one class per shape, as pixel-space "latents".
+
+    Items are ``{'latents': (3, size, size) float tensor in [-1, 1], 'labels': int}``,
+    the same contract as the latent datasets, so a model trains on them directly.
+
+    Args:
+        num_samples: Number of pictures (classes are balanced).
+        size: Side length in pixels.
+        num_classes: How many of the shape classes to use (at most 4).
+        seed: Seed of the generator; the dataset is a pure function of it.
+    """
+
+    def __init__(self, num_samples=2048, size=16, num_classes=4, seed=0):
+        if not 1 <= num_classes <= len(SHAPE_CLASSES):
+            raise ValueError(f'num_classes must be in [1, {len(SHAPE_CLASSES)}], '
+                             f'got {num_classes}')
+        if num_samples < 1 or size < 4:
+            raise ValueError(f'need num_samples >= 1 and size >= 4, got {num_samples}, {size}')
+        rng = np.random.default_rng(seed)
+        self.labels = np.arange(num_samples) % num_classes
+        self.images = np.stack([render_shape(int(k), size, rng) for k in self.labels])
+        self.metainfo = dict(classes=[name for name, _ in SHAPE_CLASSES[:num_classes]])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        return dict(latents=torch.from_numpy(self.images[idx]), labels=int(self.labels[idx]))

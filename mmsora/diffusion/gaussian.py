@@ -1,0 +1,589 @@
+"""Gaussian diffusion as DiT trains and samples it.
+
+Implements the discrete-time diffusion of Ho et al. 2020 ("Denoising Diffusion
+Probabilistic Models") with the improvements of Nichol & Dhariwal 2021 ("Improved
+Denoising Diffusion Probabilistic Models"): learned-range variances, the hybrid
+MSE + VLB loss, the cosine schedule and timestep respacing; plus DDIM sampling
+(Song et al. 2021, "Denoising Diffusion Implicit Models").
+
+The maths follows the IDDPM code that DiT ships (facebookresearch/DiT ``diffusion/``:
+``gaussian_diffusion.py``, ``respace.py``, ``diffusion_utils.py``) step for step, so a
+model trained here sees exactly the noise levels, targets and losses of the original:
+coefficient tables are float64 numpy arrays, gathered per batch as float32 tensors on
+the timesteps' device. One class covers both the original ``GaussianDiffusion`` and its
+``SpacedDiffusion``: every instance keeps a ``timestep_map`` (the identity when nothing
+is skipped) and always calls the model with the original timestep values.
+"""
+import math
+
+import numpy as np
+import torch
+
+from mmsora.registry import DIFFUSION
+
+__all__ = [
+    'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
+    'normal_kl', 'discretized_gaussian_log_likelihood'
+]
+
+
+# --------------------------------------------------------------------------- #
+#                               Helper functions                               #
+# --------------------------------------------------------------------------- #
+def mean_flat(tensor):
+    """Mean over all non-batch dimensions."""
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats.
+
+    Arguments broadcast; at least one of them must be a tensor.
+    """
+    tensor = next((x for x in (mean1, logvar1, mean2, logvar2)
+                   if isinstance(x, torch.Tensor)), None)
+    assert tensor is not None, 'at least one argument must be a Tensor'
+    # torch.exp needs tensors: scalars take the dtype/device of the tensor argument.
+    logvar1, logvar2 = (x if isinstance(x, torch.Tensor) else torch.tensor(x).to(tensor)
+                        for x in (logvar1, logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) +
+                  ((mean1 - mean2)**2) * torch.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x):
+    """Fast tanh approximation of the standard normal CDF (as in the original)."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x, *, means, log_scales):
+    """Log-likelihood (nats) of ``x`` in [-1, 1] under a Gaussian discretised to 8 bits.
+
+    Args:
+        x (Tensor): Targets, uint8 values rescaled to [-1, 1].
+        means (Tensor): Gaussian means, same shape as ``x``.
+        log_scales (Tensor): Gaussian log standard deviations, same shape as ``x``.
+
+    Returns:
+        Tensor: Log probabilities, same shape as ``x``.
+    """
+    assert x.shape == means.shape == log_scales.shape
+    centered_x = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered_x + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered_x - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    cdf_delta = cdf_plus - cdf_min
+    # The two edge bins extend to -inf / +inf.
+    return torch.where(
+        x < -0.999, log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+
+
+def _extract(arr, t, shape):
+    """Gather ``arr[t]`` as float32 on ``t``'s device, broadcast to ``shape``."""
+    res = torch.from_numpy(arr).to(device=t.device)[t].float()
+    return res.view(-1, *([1] * (len(shape) - 1))).expand(shape)
+
+
+# --------------------------------------------------------------------------- #
+#                                Beta schedules                                #
+# --------------------------------------------------------------------------- #
+def betas_for_alpha_bar(num_timesteps, alpha_bar, max_beta=0.999):
+    """Betas that discretise a continuous ``alpha_bar(t)``, t in [0, 1]."""
+    betas = []
+    for i in range(num_timesteps):
+        t1, t2 = i / num_timesteps, (i + 1) / num_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.array(betas)
+
+
+def get_named_beta_schedule(schedule_name, num_timesteps):
+    """DiT's named beta schedules: ``'linear'`` (Ho et al.) or ``'squaredcos_cap_v2'``.
+
+    The linear schedule is rescaled by ``1000 / num_timesteps`` so that it stays close
+    to the 1000-step one for any step count (Nichol & Dhariwal 2021).
+    """
+    if schedule_name == 'linear':
+        scale = 1000 / num_timesteps
+        return np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
+    if schedule_name == 'squaredcos_cap_v2':
+        return betas_for_alpha_bar(
+            num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2)**2)
+    raise NotImplementedError(f'unknown beta schedule: {schedule_name}')
+
+
+# --------------------------------------------------------------------------- #
+#                              Timestep respacing                              #
+# --------------------------------------------------------------------------- #
+def space_timesteps(num_timesteps, section_counts):
+    """Pick the timesteps of a ``num_timesteps`` process that a shorter one keeps.
+
+    The process is cut into ``len(section_counts)`` equal sections and each section is
+    strided to its count, e.g. 300 steps with ``[10, 15, 20]`` keeps 10 of the first
+    100, 15 of the next 100 and 20 of the last 100. ``'ddimN'`` uses the fixed integer
+    stride of the DDIM paper (one section only).
+
+    Args:
+        num_timesteps (int): Steps of the original process.
+        section_counts (str | list[int]): Counts per section, as a list or a
+            comma-separated string (``'250'``, ``'10,15,20'``), or ``'ddimN'``.
+
+    Returns:
+        set[int]: The kept timesteps of the original process.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith('ddim'):
+            desired_count = int(section_counts[len('ddim'):])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired_count:
+                    return set(range(0, num_timesteps, stride))
+            raise ValueError(f'cannot create exactly {num_timesteps} steps with an integer stride')
+        section_counts = [int(x) for x in section_counts.split(',')]
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start_idx, all_steps = 0, []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < section_count:
+            raise ValueError(f'cannot divide section of {size} steps into {section_count}')
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx = 0.0
+        for _ in range(section_count):
+            all_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        start_idx += size
+    return set(all_steps)
+
+
+# --------------------------------------------------------------------------- #
+#                              Gaussian diffusion                              #
+# --------------------------------------------------------------------------- #
+@DIFFUSION.register_module()
+class GaussianDiffusion:
+    """Training losses and samplers of a discrete Gaussian diffusion (DiT / IDDPM).
+
+    Arguments and defaults are those of DiT's ``create_diffusion``. The model is any
+    callable ``model(x, t, **model_kwargs)`` returning ``(N, C, ...)`` or, with
+    ``learn_sigma``, ``(N, 2C, ...)`` (epsilon or x0 first, then the variance
+    interpolation value in [-1, 1]). Inputs may be images ``(N, C, H, W)`` or videos
+    ``(N, C, T, H, W)``; losses are averaged over all non-batch dimensions.
+
+    Timesteps ``t`` passed to the methods index this (possibly respaced) process,
+    ``0 .. num_timesteps - 1``; the model always receives the original timestep values
+    ``timestep_map[t]``. After respacing, ``num_timesteps`` is the number of kept steps
+    and ``original_num_steps`` the length of the process it was cut from.
+
+    Args:
+        num_timesteps (int): Steps of the full diffusion process. Defaults to 1000.
+        beta_schedule (str): ``'linear'`` or ``'squaredcos_cap_v2'``.
+        learn_sigma (bool): Model predicts the variance too (learned range).
+        sigma_small (bool): Without ``learn_sigma``, use the posterior variance
+            (fixed small) instead of beta (fixed large).
+        predict_xstart (bool): Model predicts x0 instead of epsilon.
+        use_kl (bool): Train on the rescaled variational bound alone.
+        rescale_learned_sigmas (bool): Scale the VLB term by ``num_timesteps / 1000``.
+        timestep_respacing (str | list[int] | None): Keep only these steps, see
+            :func:`space_timesteps`; ``None`` or ``''`` keeps all of them.
+    """
+
+    def __init__(self,
+                 num_timesteps=1000,
+                 beta_schedule='linear',
+                 learn_sigma=True,
+                 sigma_small=False,
+                 predict_xstart=False,
+                 use_kl=False,
+                 rescale_learned_sigmas=False,
+                 timestep_respacing=None):
+        self._init_args = dict(
+            num_timesteps=num_timesteps, beta_schedule=beta_schedule, learn_sigma=learn_sigma,
+            sigma_small=sigma_small, predict_xstart=predict_xstart, use_kl=use_kl,
+            rescale_learned_sigmas=rescale_learned_sigmas)
+        self.timestep_respacing = timestep_respacing
+        self.model_mean_type = 'start_x' if predict_xstart else 'epsilon'
+        if learn_sigma:
+            self.model_var_type = 'learned_range'
+        else:
+            self.model_var_type = 'fixed_small' if sigma_small else 'fixed_large'
+        if use_kl:
+            self.loss_type = 'rescaled_kl'
+        else:
+            self.loss_type = 'rescaled_mse' if rescale_learned_sigmas else 'mse'
+
+        # Respace: keep some steps, recompute betas from alphas_cumprod at kept steps.
+        # Done even when all steps are kept, as DiT always builds a SpacedDiffusion.
+        self.original_num_steps = num_timesteps
+        if timestep_respacing is None or timestep_respacing == '':
+            timestep_respacing = [num_timesteps]
+        use_timesteps = space_timesteps(num_timesteps, timestep_respacing)
+        base_betas = get_named_beta_schedule(beta_schedule, num_timesteps)
+        base_alphas_cumprod = np.cumprod(1.0 - base_betas)
+        last_alpha_cumprod, betas, timestep_map = 1.0, [], []
+        for i, alpha_cumprod in enumerate(base_alphas_cumprod):
+            if i in use_timesteps:
+                betas.append(1 - alpha_cumprod / last_alpha_cumprod)
+                last_alpha_cumprod = alpha_cumprod
+                timestep_map.append(i)
+        self.timestep_map = np.array(timestep_map, dtype=np.int64)
+        self._build_tables(np.array(betas, dtype=np.float64))
+
+    def _build_tables(self, betas):
+        """Precompute the float64 coefficient tables of q and the posterior."""
+        assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
+        self.betas = betas
+        self.num_timesteps = int(betas.shape[0])
+
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas, axis=0)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
+
+        # q(x_t | x_0)
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+
+        # q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = (
+            betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod))
+        # The posterior variance is 0 at t = 0, so its log borrows the t = 1 value.
+        # (A one-step process has no t = 1: fall back to log(beta), where the original
+        # leaves the table empty.)
+        if self.num_timesteps > 1:
+            self.posterior_log_variance_clipped = np.log(
+                np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+            fixed_large = np.append(self.posterior_variance[1], betas[1:])
+        else:
+            self.posterior_log_variance_clipped = np.log(betas)
+            fixed_large = betas
+        self.posterior_mean_coef1 = (
+            betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod))
+
+        # Fixed variances; fixed-large starts at the posterior variance for a better
+        # decoder log likelihood (as the original).
+        self._fixed_variance = {
+            'fixed_large': (fixed_large, np.log(fixed_large)),
+            'fixed_small': (self.posterior_variance, self.posterior_log_variance_clipped),
+        }
+
+    def respace(self, timestep_respacing):
+        """The same diffusion keeping ``timestep_respacing`` steps of the full process."""
+        return type(self)(**self._init_args, timestep_respacing=timestep_respacing)
+
+    def _call_model(self, model, x, t, model_kwargs):
+        """Call ``model`` with the original timestep values of indices ``t``."""
+        timestep_map = torch.as_tensor(self.timestep_map, device=t.device, dtype=t.dtype)
+        return model(x, timestep_map[t], **model_kwargs)
+
+    # ----------------------------- forward process ---------------------------- #
+    def q_mean_variance(self, x_start, t):
+        """Mean, variance and log variance of q(x_t | x_0)."""
+        mean = _extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+        variance = _extract(1.0 - self.alphas_cumprod, t, x_start.shape)
+        log_variance = _extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        return mean, variance, log_variance
+
+    def q_sample(self, x_start, t, noise=None):
+        """Sample x_t ~ q(x_t | x_0) = N(sqrt(acp_t) x_0, (1 - acp_t) I)."""
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        assert noise.shape == x_start.shape
+        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start +
+                _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+
+    def q_posterior_mean_variance(self, x_start, x_t, t):
+        """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
+        assert x_start.shape == x_t.shape
+        mean = (_extract(self.posterior_mean_coef1, t, x_t.shape) * x_start +
+                _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
+        variance = _extract(self.posterior_variance, t, x_t.shape)
+        log_variance_clipped = _extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        return mean, variance, log_variance_clipped
+
+    def _predict_xstart_from_eps(self, x_t, t, eps):
+        """x_0 = x_t / sqrt(acp_t) - sqrt(1 / acp_t - 1) eps."""
+        assert x_t.shape == eps.shape
+        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t -
+                _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+
+    def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
+        """Inverse of :meth:`_predict_xstart_from_eps`."""
+        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t -
+                pred_xstart) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+
+    # ----------------------------- reverse process ---------------------------- #
+    def p_mean_variance(self, model, x, t, clip_denoised=False, model_kwargs=None):
+        """Apply the model to get p(x_{t-1} | x_t) and the prediction of x_0.
+
+        Args:
+            model (Callable): ``model(x, t, **model_kwargs)``.
+            x (Tensor): x_t, shape (N, C, ...).
+            t (Tensor): Timestep indices, shape (N,).
+            clip_denoised (bool): Clamp the predicted x_0 to [-1, 1].
+            model_kwargs (dict, optional): Extra model arguments (conditioning).
+
+        Returns:
+            dict: ``mean``, ``variance``, ``log_variance``, ``pred_xstart`` (all shaped
+            like ``x``) and ``extra`` (a second model output, if it returned a tuple).
+        """
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        B, C = x.shape[:2]
+        assert t.shape == (B, )
+        model_output = self._call_model(model, x, t, model_kwargs)
+        extra = None
+        if isinstance(model_output, tuple):
+            model_output, extra = model_output
+
+        if self.model_var_type == 'learned_range':
+            assert model_output.shape == (B, C * 2, *x.shape[2:])
+            model_output, model_var_values = torch.split(model_output, C, dim=1)
+            # The model's value in [-1, 1] interpolates the log variance between the
+            # posterior variance (min) and beta (max).
+            min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
+            max_log = _extract(np.log(self.betas), t, x.shape)
+            frac = (model_var_values + 1) / 2
+            model_log_variance = frac * max_log + (1 - frac) * min_log
+            model_variance = torch.exp(model_log_variance)
+        else:
+            variance, log_variance = self._fixed_variance[self.model_var_type]
+            model_variance = _extract(variance, t, x.shape)
+            model_log_variance = _extract(log_variance, t, x.shape)
+
+        if self.model_mean_type == 'start_x':
+            pred_xstart = model_output
+        else:
+            pred_xstart = self._predict_xstart_from_eps(x_t=x, t=t, eps=model_output)
+        if clip_denoised:
+            pred_xstart = pred_xstart.clamp(-1, 1)
+        model_mean, _, _ = self.q_posterior_mean_variance(x_start=pred_xstart, x_t=x, t=t)
+        assert model_mean.shape == model_log_variance.shape == pred_xstart.shape == x.shape
+        return dict(mean=model_mean, variance=model_variance, log_variance=model_log_variance,
+                    pred_xstart=pred_xstart, extra=extra)
+
+    def p_sample(self, model, x, t, clip_denoised=False, model_kwargs=None, generator=None):
+        """Sample x_{t-1} ~ p(x_{t-1} | x_t) (ancestral DDPM step).
+
+        Returns:
+            dict: ``sample`` and ``pred_xstart``.
+        """
+        out = self.p_mean_variance(
+            model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        noise = _randn(x.shape, generator, x.device, x.dtype)
+        nonzero_mask = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))  # no noise at t=0
+        sample = out['mean'] + nonzero_mask * torch.exp(0.5 * out['log_variance']) * noise
+        return dict(sample=sample, pred_xstart=out['pred_xstart'])
+
+    def ddim_sample(self,
+                    model,
+                    x,
+                    t,
+                    clip_denoised=False,
+                    model_kwargs=None,
+                    eta=0.0,
+                    generator=None):
+        """Sample x_{t-1} with DDIM (Song et al. 2021, eq. 12); ``eta=0`` is deterministic.
+
+        Returns:
+            dict: ``sample`` and ``pred_xstart``.
+        """
+        out = self.p_mean_variance(
+            model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        # Re-derive epsilon in case the model predicts x_0 (or x_0 was clipped).
+        eps = self._predict_eps_from_xstart(x, t, out['pred_xstart'])
+        alpha_bar = _extract(self.alphas_cumprod, t, x.shape)
+        alpha_bar_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
+        sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) *
+                 torch.sqrt(1 - alpha_bar / alpha_bar_prev))
+        noise = _randn(x.shape, generator, x.device, x.dtype)
+        mean_pred = (out['pred_xstart'] * torch.sqrt(alpha_bar_prev) +
+                     torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps)
+        nonzero_mask = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))  # no noise at t=0
+        sample = mean_pred + nonzero_mask * sigma * noise
+        return dict(sample=sample, pred_xstart=out['pred_xstart'])
+
+    def ddim_reverse_sample(self, model, x, t, clip_denoised=False, model_kwargs=None):
+        """Deterministic DDIM step x_t -> x_{t+1} (inversion)."""
+        out = self.p_mean_variance(
+            model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        eps = self._predict_eps_from_xstart(x, t, out['pred_xstart'])
+        alpha_bar_next = _extract(self.alphas_cumprod_next, t, x.shape)
+        mean_pred = (out['pred_xstart'] * torch.sqrt(alpha_bar_next) +
+                     torch.sqrt(1 - alpha_bar_next) * eps)
+        return dict(sample=mean_pred, pred_xstart=out['pred_xstart'])
+
+    # ------------------------------ sampling loops ----------------------------- #
+    def p_sample_loop(self,
+                      model,
+                      shape,
+                      noise=None,
+                      clip_denoised=False,
+                      model_kwargs=None,
+                      device=None,
+                      progress=False,
+                      generator=None):
+        """Generate samples of ``shape`` with ancestral sampling; returns x_0."""
+        final = None
+        for final in self.p_sample_loop_progressive(
+                model, shape, noise=noise, clip_denoised=clip_denoised,
+                model_kwargs=model_kwargs, device=device, progress=progress,
+                generator=generator):
+            pass
+        return final['sample']
+
+    def p_sample_loop_progressive(self,
+                                  model,
+                                  shape,
+                                  noise=None,
+                                  clip_denoised=False,
+                                  model_kwargs=None,
+                                  device=None,
+                                  progress=False,
+                                  generator=None):
+        """Yield the :meth:`p_sample` output of every step, from t = T - 1 to 0."""
+        yield from self._loop(self.p_sample, model, shape, noise, device, progress, generator,
+                              dict(clip_denoised=clip_denoised, model_kwargs=model_kwargs))
+
+    def ddim_sample_loop(self,
+                         model,
+                         shape,
+                         noise=None,
+                         clip_denoised=False,
+                         model_kwargs=None,
+                         device=None,
+                         progress=False,
+                         eta=0.0,
+                         generator=None):
+        """Generate samples of ``shape`` with DDIM; returns x_0."""
+        final = None
+        for final in self.ddim_sample_loop_progressive(
+                model, shape, noise=noise, clip_denoised=clip_denoised,
+                model_kwargs=model_kwargs, device=device, progress=progress, eta=eta,
+                generator=generator):
+            pass
+        return final['sample']
+
+    def ddim_sample_loop_progressive(self,
+                                     model,
+                                     shape,
+                                     noise=None,
+                                     clip_denoised=False,
+                                     model_kwargs=None,
+                                     device=None,
+                                     progress=False,
+                                     eta=0.0,
+                                     generator=None):
+        """Yield the :meth:`ddim_sample` output of every step, from t = T - 1 to 0."""
+        yield from self._loop(
+            self.ddim_sample, model, shape, noise, device, progress, generator,
+            dict(clip_denoised=clip_denoised, model_kwargs=model_kwargs, eta=eta))
+
+    def _loop(self, step_fn, model, shape, noise, device, progress, generator, step_kwargs):
+        """Run ``step_fn`` from pure noise down to t = 0, yielding each step's output."""
+        assert isinstance(shape, (tuple, list))
+        if device is None:
+            device = _infer_device(model, noise, generator)
+        img = noise if noise is not None else _randn(shape, generator, device, torch.float32)
+        indices = list(range(self.num_timesteps))[::-1]
+        if progress:
+            from tqdm.auto import tqdm
+            indices = tqdm(indices)
+        for i in indices:
+            t = torch.tensor([i] * shape[0], device=device)
+            with torch.no_grad():
+                out = step_fn(model, img, t, generator=generator, **step_kwargs)
+            yield out
+            img = out['sample']
+
+    # ---------------------------------- losses --------------------------------- #
+    def _vb_terms_bpd(self, model, x_start, x_t, t, clip_denoised=False, model_kwargs=None):
+        """One term of the variational bound, in bits per dimension.
+
+        KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 0 and the discretised
+        decoder NLL -log p(x_0 | x_1) at t = 0.
+
+        Returns:
+            dict: ``output`` (shape (N,)) and ``pred_xstart``.
+        """
+        true_mean, _, true_log_variance_clipped = self.q_posterior_mean_variance(
+            x_start=x_start, x_t=x_t, t=t)
+        out = self.p_mean_variance(
+            model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        kl = normal_kl(true_mean, true_log_variance_clipped, out['mean'], out['log_variance'])
+        kl = mean_flat(kl) / np.log(2.0)
+        decoder_nll = -discretized_gaussian_log_likelihood(
+            x_start, means=out['mean'], log_scales=0.5 * out['log_variance'])
+        decoder_nll = mean_flat(decoder_nll) / np.log(2.0)
+        output = torch.where(t == 0, decoder_nll, kl)
+        return dict(output=output, pred_xstart=out['pred_xstart'])
+
+    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
+        """Training losses at timesteps ``t`` (Nichol & Dhariwal 2021 hybrid loss).
+
+        Args:
+            model (Callable): ``model(x, t, **model_kwargs)``.
+            x_start (Tensor): Clean inputs x_0, shape (N, C, ...).
+            t (Tensor): Timestep indices, shape (N,).
+            model_kwargs (dict, optional): Extra model arguments (conditioning).
+            noise (Tensor, optional): The noise to add; drawn if not given.
+
+        Returns:
+            dict: Per-sample losses of shape (N,): ``loss``, and with MSE losses ``mse``
+            plus, when the variance is learned, ``vb``.
+        """
+        model_kwargs = {} if model_kwargs is None else model_kwargs
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise=noise)
+        terms = {}
+
+        if self.loss_type == 'rescaled_kl':
+            terms['loss'] = self._vb_terms_bpd(
+                model, x_start, x_t, t, clip_denoised=False,
+                model_kwargs=model_kwargs)['output'] * self.num_timesteps
+            return terms
+
+        model_output = self._call_model(model, x_t, t, model_kwargs)
+        if self.model_var_type == 'learned_range':
+            B, C = x_t.shape[:2]
+            assert model_output.shape == (B, C * 2, *x_t.shape[2:])
+            model_output, model_var_values = torch.split(model_output, C, dim=1)
+            # Learn the variance with the VLB but keep it from moving the mean: the
+            # bound sees a frozen copy of the mean prediction.
+            frozen_out = torch.cat([model_output.detach(), model_var_values], dim=1)
+            terms['vb'] = self._vb_terms_bpd(
+                lambda *args, r=frozen_out: r, x_start, x_t, t, clip_denoised=False)['output']
+            if self.loss_type == 'rescaled_mse':
+                # Divide by 1000 for equivalence with the initial implementation.
+                terms['vb'] *= self.num_timesteps / 1000.0
+
+        target = x_start if self.model_mean_type == 'start_x' else noise
+        assert model_output.shape == target.shape == x_start.shape
+        terms['mse'] = mean_flat((target - model_output)**2)
+        terms['loss'] = terms['mse'] + terms['vb'] if 'vb' in terms else terms['mse']
+        return terms
+
+    def __repr__(self):
+        args = ', '.join(f'{k}={v!r}' for k, v in self._init_args.items())
+        return f'{type(self).__name__}({args}, timestep_respacing={self.timestep_respacing!r})'
+
+
+def _randn(shape, generator, device, dtype):
+    """Standard normal noise, drawn from ``generator`` when one is given."""
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def _infer_device(model, noise, generator):
+    """Device for a sampling loop: the noise's, the model's, the generator's, or CPU."""
+    if noise is not None:
+        return noise.device
+    if isinstance(model, torch.nn.Module):
+        param = next(model.parameters(), None)
+        if param is not None:
+            return param.device
+    if generator is not None:
+        return generator.device
+    return torch.device('cpu')

@@ -1,0 +1,87 @@
+"""Mends for mmengine 0.10.7 (its newest release) on current torch.
+
+Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
+
+1. Resume fails on torch >= 2.6: ``torch.load`` defaults to ``weights_only=True``
+   and mmengine's checkpoints hold ``HistoryBuffer`` objects and numpy arrays and
+   scalars (in the message hub and in our saved RNG states). We allowlist exactly
+   those types instead of turning the check off, so a crafted pickle still cannot
+   run code.
+2. mmengine's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` even on
+   CPU-only machines. We initialise a gloo process group from the launcher's
+   environment first; mmengine then skips its own initialisation.
+3. ``AmpOptimWrapper`` asserts a GPU: see
+   :class:`mmsora.engine.optimizers.AutocastOptimWrapper` for the CPU bf16 path.
+"""
+import os
+import subprocess
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+__all__ = ['allow_mmengine_checkpoint_globals', 'init_cpu_distributed']
+
+
+def _numpy_checkpoint_globals():
+    """Numpy types that appear when numpy arrays/scalars are pickled."""
+    try:  # numpy >= 2 moved the private module; pickles name either path
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # pragma: no cover - numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(name)) for name in (
+        'bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
+        'uint64', 'float16', 'float32', 'float64')]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def allow_mmengine_checkpoint_globals():
+    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints.
+
+    Safe to call more than once. The allowlisted types carry data only: loading
+    them cannot execute arbitrary code.
+    """
+    from mmengine.logging import HistoryBuffer
+    torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_checkpoint_globals()])
+
+
+def _slurm_env():
+    """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher."""
+    proc_id = int(os.environ['SLURM_PROCID'])
+    ntasks = int(os.environ['SLURM_NTASKS'])
+    node_list = os.environ['SLURM_NODELIST']
+    addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
+    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ.setdefault('MASTER_ADDR', addr)
+    os.environ['WORLD_SIZE'] = str(ntasks)
+    os.environ['LOCAL_RANK'] = str(proc_id % max(torch.cuda.device_count(), 1))
+    os.environ['RANK'] = str(proc_id)
+
+
+def init_cpu_distributed(launcher: str, timeout_s: int = 1800) -> bool:
+    """Initialise a gloo process group for a CPU-only distributed run.
+
+    Args:
+        launcher: ``'none'``, ``'pytorch'`` (torchrun) or ``'slurm'``.
+        timeout_s: Collective timeout in seconds.
+
+    Returns:
+        True when this call initialised the group. On CUDA machines, or with
+        ``launcher='none'``, nothing is done and mmengine initialises nccl itself.
+    """
+    if launcher == 'none' or torch.cuda.is_available() or torch_dist.is_initialized():
+        return False
+    if launcher == 'slurm':
+        _slurm_env()
+    elif launcher != 'pytorch':
+        raise ValueError(f"launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+               if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f'--launcher {launcher} needs the environment variables {missing}; '
+            'start the script with torchrun (tools/dist_train.sh) or srun')
+    import datetime
+    torch_dist.init_process_group(
+        backend='gloo', timeout=datetime.timedelta(seconds=timeout_s))
+    return True

@@ -1,0 +1,108 @@
+"""Command-line plumbing shared by tools/: config loading, --cfg-options, and one-line
+errors for user mistakes (instead of a traceback)."""
+import difflib
+import os
+import os.path as osp
+import re
+import sys
+
+__all__ = ['UserError', 'load_config', 'apply_cfg_options', 'run_cli', 'explain_error']
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (path, option, config); printed as one line."""
+
+
+def load_config(path):
+    """Load an mmengine config file, naming it in any error."""
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        raise UserError(f'config file not found: {path}')
+    try:
+        return Config.fromfile(path)
+    except Exception as e:  # syntax errors, bad _base_ paths, ...
+        raise UserError(f'cannot load config {path}: {type(e).__name__}: {e}') from e
+
+
+def _parse_value(text):
+    from mmengine.config import DictAction
+    return DictAction._parse_iterable(text)
+
+
+def apply_cfg_options(cfg, options):
+    """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax).
+
+    Raises:
+        UserError: naming the malformed option or the key that cannot be set.
+    """
+    updates = {}
+    for option in options:
+        key, sep, value = option.partition('=')
+        if not sep or not key or not re.fullmatch(r'[\w.]+', key):
+            raise UserError(f'malformed --cfg-options entry {option!r}: expected KEY=VALUE, '
+                            'e.g. train_cfg.max_iters=1000')
+        updates[key] = _parse_value(value)
+    for key, value in updates.items():
+        parent_path, _, leaf = key.rpartition('.')
+        node = cfg
+        for part in parent_path.split('.') if parent_path else []:
+            child = node.get(part) if hasattr(node, 'get') else None
+            if child is None:
+                break
+            node = child
+        if parent_path and not hasattr(node, 'get'):
+            raise UserError(f'--cfg-options {key}: {parent_path} is not a dict in the config')
+        try:
+            cfg.merge_from_dict({key: value})
+        except Exception as e:
+            raise UserError(f'--cfg-options {key}={value!r}: {e}') from e
+    return cfg
+
+
+_NOT_REGISTERED = re.compile(r'(\S+) is not in the (\S+)::(.+?) registry')
+
+
+def _registry_names(scope_name):
+    import mmsora.registry as registries
+    for name in registries.__all__:
+        registry = getattr(registries, name)
+        if registry.name == scope_name:
+            names, node = set(), registry
+            while node is not None:
+                names.update(node.module_dict)
+                node = node.parent
+            return sorted(names)
+    return []
+
+
+def explain_error(exc):
+    """A one-line explanation for a user mistake, or None for a real bug."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    text = str(exc)
+    match = _NOT_REGISTERED.search(text)
+    if isinstance(exc, KeyError) and match:
+        obj_type, _, registry_name = match.groups()
+        obj_type = obj_type.strip('`\'"')
+        close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+    if isinstance(exc, (FileNotFoundError, ValueError)) and text:
+        return text.strip("'\"")
+    return None
+
+
+def run_cli(main):
+    """Run ``main()``; print user mistakes as one ``error:`` line and exit 2.
+
+    Set ``MMSORA_DEBUG=1`` to get the full traceback instead.
+    """
+    try:
+        main()
+    except Exception as e:
+        message = explain_error(e)
+        if message is None or os.environ.get('MMSORA_DEBUG'):
+            raise
+        print(f'error: {message}', file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,92 @@
+"""Train a model from a config: ``python tools/train.py CONFIG [options]``.
+
+The OpenMMLab command line (see ``--help``); several GPUs or nodes go through
+``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+from mmsora.utils.cli import apply_cfg_options, load_config, run_cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train an mmsora model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: ./work_dirs/CONFIG_NAME)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT, or from the latest checkpoint in the '
+                        'work dir when no CKPT is given (optimizer, EMA, iteration, RNG)')
+    parser.add_argument('--load-from', help='initialise the weights from CKPT only '
+                        '(fresh optimizer and schedule)')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: AmpOptimWrapper (bf16 where supported, '
+                        'else fp16 with loss scaling) on CUDA, bf16 autocast on CPU')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config entries, e.g. train_cfg.max_iters=1000 '
+                        "model.denoiser.depth=4 'optim_wrapper.optimizer.lr=2e-4'")
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_train_config(args):
+    """The config to run, with the command line applied."""
+    cfg = load_config(args.config)
+    apply_cfg_options(cfg, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        if torch.cuda.is_available():
+            dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.dtype = dtype
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        else:
+            cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+            cfg.optim_wrapper.dtype = 'bfloat16'
+    if args.resume is not None and args.load_from is not None:
+        raise SystemExit('error: --resume and --load-from exclude each other: --resume '
+                         'continues a run (optimizer, EMA, iteration), --load-from '
+                         'starts a new one from given weights')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise SystemExit(f'error: --resume checkpoint not found: {args.resume}')
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.load_from is not None:
+        if not osp.isfile(args.load_from):
+            raise SystemExit(f'error: --load-from checkpoint not found: {args.load_from}')
+        cfg.resume, cfg.load_from = False, args.load_from
+    if not torch.cuda.is_available():
+        cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+
+    from mmsora.engine import init_cpu_distributed
+    cfg = build_train_config(args)
+    # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
+    # gloo ourselves there, and mmengine then leaves the process group alone.
+    init_cpu_distributed(args.launcher)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))
