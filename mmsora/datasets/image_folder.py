@@ -1,0 +1,115 @@
+"""ImageFolder trees (ImageNet train layout) with DiT's preprocessing.
+
+``center_crop_arr`` is DiT's (https://github.com/facebookresearch/DiT, ``train.py``),
+itself ADM's center crop: box-downsample by 2 while the short side is at least twice
+the target, bicubic-resize the short side to the target, then center crop.
+"""
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mmsora.registry import DATASETS
+from .utils import WorkerRNGMixin, draw_seed, natural_sort_key
+
+__all__ = ['IMG_EXTENSIONS', 'center_crop_arr', 'scan_image_folder', 'load_image',
+           'image_to_tensor', 'ImageFolderDataset']
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+
+
+def center_crop_arr(pil_image, image_size):
+    """DiT/ADM center crop of a PIL image to ``image_size`` x ``image_size``."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(
+            tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(
+        tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+
+    arr = np.array(pil_image)
+    crop_y = (arr.shape[0] - image_size) // 2
+    crop_x = (arr.shape[1] - image_size) // 2
+    return Image.fromarray(arr[crop_y: crop_y + image_size, crop_x: crop_x + image_size])
+
+
+def scan_image_folder(root):
+    """Classes and samples of ``root/class_name/*.{jpg,jpeg,png,...}``.
+
+    Returns:
+        tuple[list[str], list[tuple[str, int]]]: sorted class names, and
+        ``(path relative to root, label)`` pairs sorted by class then file name.
+        Label ids are positions in the sorted class list (torchvision's rule).
+    """
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'image folder {root!r} does not exist or is not a directory')
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = osp.join(root, name)
+        files = []
+        for dirpath, _, filenames in os.walk(class_dir, followlinks=True):
+            files += [osp.relpath(osp.join(dirpath, f), root) for f in filenames
+                      if f.lower().endswith(IMG_EXTENSIONS)]
+        samples += [(f, label) for f in sorted(files, key=natural_sort_key)]
+    if not samples:
+        raise ValueError(f'image folder {root!r} holds no images in class subfolders '
+                         f'(expected root/class_name/*{"|*".join(IMG_EXTENSIONS)})')
+    return classes, samples
+
+
+def load_image(path):
+    """Decode an image file to RGB; raises OSError/ValueError if it is unreadable."""
+    with open(path, 'rb') as f:
+        img = Image.open(f)
+        return img.convert('RGB')
+
+
+def image_to_tensor(pil_image):
+    """PIL RGB image → FloatTensor (3, H, W) in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+    arr = np.asarray(pil_image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+@DATASETS.register_module()
+class ImageFolderDataset(WorkerRNGMixin, Dataset):
+    """Images of an ImageFolder tree, for encoding with the VAE on the fly.
+
+    Items are ``{'images': FloatTensor (3, image_size, image_size) in [-1, 1],
+    'labels': int}``, preprocessed like DiT's ``train.py`` (center crop, random
+    horizontal flip from the per-process generator).
+
+    Args:
+        data_root (str): Prefix of ``data_prefix``.
+        data_prefix (str): Tree root relative to ``data_root``. Defaults to ''.
+        image_size (int): Output side. Defaults to 256.
+        random_flip (bool): Flip horizontally with probability 0.5. Defaults to True.
+        seed (int, optional): Seed of the flips; None draws one from torch's global RNG.
+    """
+
+    def __init__(self, data_root, data_prefix='', image_size=256, random_flip=True,
+                 seed=None):
+        self.root = osp.join(data_root, data_prefix)
+        self.classes, self.samples = scan_image_folder(self.root)
+        self.metainfo = dict(classes=self.classes)
+        self.image_size = image_size
+        self.random_flip = random_flip
+        self.seed = draw_seed(seed)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, idx):
+        rel, label = self.samples[idx]
+        path = osp.join(self.root, rel)
+        try:
+            img = center_crop_arr(load_image(path), self.image_size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise ValueError(f'cannot read image {path!r} (item {idx}): {e}') from None
+        if self.random_flip and self.rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return dict(images=image_to_tensor(img), labels=label)

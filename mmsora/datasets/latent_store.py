@@ -1,0 +1,379 @@
+"""Packed latent store: sharded ``.npy`` arrays + a JSON index, read by memory map.
+
+Layout of a store ``root/``::
+
+    index.json              merged index (written by ``LatentStoreWriter.finalize``)
+    parts/rank-00003.json   per-writer index parts (what each writer has finished)
+    shard_00000.npy         latents of shard 0: (n, num_copies, K, *latent_shape)
+    labels_00000.npy        int64 class ids of shard 0: (n,)
+
+``K`` is 2 for ``content='moments'`` (scaled posterior mean, scaled posterior std) and
+1 for ``content='samples'`` (one scaled posterior sample). ``num_copies`` is 1, or 2
+when a horizontally flipped copy of every image was encoded too (copy 0 original,
+copy 1 flipped), so flip augmentation is not frozen at extraction time.
+``latent_shape`` is ``(C, H, W)`` (or ``(C, T, H, W)`` for video). bfloat16 is stored
+as the raw uint16 bits.
+
+Shard ``k`` holds source items ``[k * shard_size, min((k + 1) * shard_size, N))``
+minus those that could not be read (listed in its ``skipped``), so the shard split
+does not depend on how many processes wrote it: a run can be resumed with another
+world size. Crash safety: a shard's files are written to temporary names, fsynced and
+renamed into place, and only then listed in the writer's index part (itself replaced
+atomically). A resumed writer trusts only listed shards; anything else is rewritten.
+"""
+import glob
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+
+__all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION']
+
+FORMAT = 'mmsora.latent_store'
+VERSION = 1
+DTYPES = ('float16', 'bfloat16', 'float32')
+CONTENTS = ('moments', 'samples')
+# Fields that must agree between a resumed writer, the parts on disk and the index.
+HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_copies',
+               'scale_factor', 'shift_factor', 'vae', 'shard_size', 'num_source_items',
+               'num_shards')
+
+
+# --------------------------------------------------------------------------- #
+#                                 File helpers                                 #
+# --------------------------------------------------------------------------- #
+def _fsync_dir(path):
+    """Make a rename in ``path`` durable (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write_fn):
+    """Write ``path`` through a temporary file, fsync it and rename it into place."""
+    tmp = f'{path}.tmp.{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(osp.dirname(osp.abspath(path)))
+
+
+def _atomic_save_npy(path, array):
+    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _atomic_save_json(path, obj):
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f'cannot read latent store index {path!r}: {e}') from None
+
+
+def shard_name(shard_id):
+    return f'shard_{shard_id:05d}.npy'
+
+
+def labels_name(shard_id):
+    return f'labels_{shard_id:05d}.npy'
+
+
+# --------------------------------------------------------------------------- #
+#                                dtype encoding                                #
+# --------------------------------------------------------------------------- #
+def encode_dtype(x, dtype):
+    """float array/tensor → the stored numpy array (bfloat16 as uint16 bits)."""
+    if dtype == 'bfloat16':
+        t = torch.as_tensor(x).float().to(torch.bfloat16)  # round to nearest even
+        return t.view(torch.int16).numpy().view(np.uint16)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    return np.asarray(x).astype(dtype)
+
+
+def decode_dtype(a, dtype):
+    """Stored numpy array → float32 array (a new array, never a view of the file)."""
+    if dtype == 'bfloat16':
+        return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.array(a, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- #
+#                                    Writer                                    #
+# --------------------------------------------------------------------------- #
+class LatentStoreWriter:
+    """Writes a packed latent store, one shard at a time, resumably.
+
+    Several processes (torchrun ranks) may write one store: rank ``r`` of ``w`` owns
+    shards ``k`` with ``k % w == r`` and records them in ``parts/rank-{r:05d}.json``.
+    After all ranks are done (a barrier), one process calls :meth:`finalize`, which
+    merges every part into ``index.json``.
+
+    Args:
+        root (str): Store folder (created if missing).
+        num_source_items (int): Number of source items (e.g. images) to encode.
+        latent_shape (tuple[int]): Shape of one latent, ``(C, H, W)`` or ``(C, T, H, W)``.
+        dtype (str): 'float16', 'bfloat16' or 'float32'. Defaults to 'float16'.
+        content (str): 'moments' or 'samples'. Defaults to 'moments'.
+        num_copies (int): 1, or 2 with horizontally flipped copies. Defaults to 1.
+        scale_factor (float): VAE scale factor the latents are multiplied by.
+        shift_factor (float): VAE shift subtracted before scaling. Defaults to 0.
+        vae (str): Where the latents came from (a VAE path or name), for the record.
+        shard_size (int): Source items per shard. Defaults to 4096.
+        rank (int): This writer's rank. Defaults to 0.
+        world_size (int): Number of writers. Defaults to 1.
+        meta (dict, optional): Free-form JSON-able extras (classes, image size, ...).
+    """
+
+    def __init__(self, root, num_source_items, latent_shape, dtype='float16',
+                 content='moments', num_copies=1, scale_factor=0.18215, shift_factor=0.0,
+                 vae='', shard_size=4096, rank=0, world_size=1, meta=None):
+        if dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
+        if content not in CONTENTS:
+            raise ValueError(f'content must be one of {CONTENTS}, got {content!r}')
+        if num_copies not in (1, 2):
+            raise ValueError(f'num_copies must be 1 or 2, got {num_copies!r}')
+        if num_source_items < 1 or shard_size < 1:
+            raise ValueError(f'need num_source_items >= 1 and shard_size >= 1, got '
+                             f'{num_source_items} and {shard_size}')
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank {rank} is not in [0, {world_size})')
+        self.root = root
+        self.rank, self.world_size = rank, world_size
+        self.header = dict(
+            format=FORMAT, version=VERSION, dtype=dtype,
+            latent_shape=[int(s) for s in latent_shape], content=content,
+            num_copies=int(num_copies), scale_factor=float(scale_factor),
+            shift_factor=float(shift_factor), vae=str(vae), shard_size=int(shard_size),
+            num_source_items=int(num_source_items),
+            num_shards=-(-int(num_source_items) // int(shard_size)))
+        self.meta = meta or {}
+        self.item_shape = (int(num_copies), 2 if content == 'moments' else 1,
+                           *self.header['latent_shape'])
+        os.makedirs(osp.join(root, 'parts'), exist_ok=True)
+        self.part_path = osp.join(root, 'parts', f'rank-{rank:05d}.json')
+        # Shards this writer has finished (kept from an earlier run of the same rank
+        # id, even if they are not ours under the current world size).
+        self.own = {}
+        if osp.exists(self.part_path):
+            part = _read_json(self.part_path)
+            self._check_header(part, self.part_path)
+            self.own = {int(s['id']): s for s in part['shards']}
+        self._remove_stray_temps()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_shards(self):
+        return self.header['num_shards']
+
+    def _check_header(self, other, path):
+        for key in HEADER_KEYS:
+            if other.get(key) != self.header[key]:
+                raise ValueError(f'{path!r} was written with {key}={other.get(key)!r}, '
+                                 f'this writer has {key}={self.header[key]!r}; use '
+                                 f'another output folder or the same settings')
+
+    def done_shards(self):
+        """``{shard_id: record}`` of every finished shard, from all parts and the index."""
+        done = {}
+        index = osp.join(self.root, 'index.json')
+        sources = ([index] if osp.exists(index) else []) + sorted(
+            glob.glob(osp.join(self.root, 'parts', 'rank-*.json')))
+        for path in sources:
+            info = self.own if path == self.part_path else None
+            if info is None:
+                data = _read_json(path)
+                self._check_header(data, path)
+                info = {int(s['id']): s for s in data['shards']}
+            done.update(info)
+        return done
+
+    def shard_range(self, shard_id):
+        """``(start, stop)`` source item range of a shard."""
+        size, n = self.header['shard_size'], self.header['num_source_items']
+        return shard_id * size, min((shard_id + 1) * size, n)
+
+    def owned_shards(self):
+        """Shard ids this rank writes in this run."""
+        return list(range(self.rank, self.num_shards, self.world_size))
+
+    def pending_shards(self):
+        """Shard ids this rank still has to write (owned and not finished)."""
+        done = self.done_shards()
+        return [k for k in self.owned_shards() if k not in done]
+
+    def _remove_stray_temps(self):
+        # Temp files of shards this rank owns are leftovers of a crash: only this
+        # rank writes those shards now, so removing them cannot race with anyone.
+        owned = set(self.owned_shards())
+        for path in glob.glob(osp.join(self.root, '*.npy.tmp.*')):
+            stem = osp.basename(path).split('.')[0]
+            try:
+                shard_id = int(stem.rsplit('_', 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if shard_id in owned:
+                os.remove(path)
+
+    # ------------------------------------------------------------------ writing
+    def write_shard(self, shard_id, latents, labels, skipped=()):
+        """Write one finished shard and record it in this rank's index part.
+
+        Args:
+            shard_id (int): Which shard.
+            latents (np.ndarray | torch.Tensor): ``(n, num_copies, K, *latent_shape)``
+                float values (K = 2 for moments: mean, std; 1 for samples), in the
+                order of the shard's source items with ``skipped`` ones left out.
+            labels (Sequence[int]): ``n`` class ids.
+            skipped (Sequence): Source items of this shard that could not be read
+                (e.g. their file names), kept in the index for the record.
+        """
+        start, stop = self.shard_range(shard_id)
+        if not 0 <= shard_id < self.num_shards:
+            raise ValueError(f'shard id {shard_id} is not in [0, {self.num_shards})')
+        latents = encode_dtype(latents, self.header['dtype'])
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        n = len(labels)
+        if latents.shape != (n, *self.item_shape):
+            raise ValueError(f'shard {shard_id}: latents have shape {latents.shape}, '
+                             f'expected {(n, *self.item_shape)}')
+        if n + len(skipped) != stop - start:
+            raise ValueError(f'shard {shard_id}: {n} items + {len(skipped)} skipped != '
+                             f'{stop - start} source items')
+        # Data files first, the index part last: a shard is listed only when complete.
+        _atomic_save_npy(osp.join(self.root, labels_name(shard_id)), labels)
+        _atomic_save_npy(osp.join(self.root, shard_name(shard_id)), latents)
+        self.own[shard_id] = dict(
+            id=shard_id, file=shard_name(shard_id), labels_file=labels_name(shard_id),
+            start=start, stop=stop, count=n, skipped=[str(s) for s in skipped])
+        self._write_part()
+
+    def _write_part(self):
+        part = dict(self.header, rank=self.rank, world_size=self.world_size,
+                    shards=[self.own[k] for k in sorted(self.own)])
+        _atomic_save_json(self.part_path, part)
+
+    def finalize(self):
+        """Merge all index parts into ``index.json``; returns the index dict.
+
+        Call from one process once every writer is done. Idempotent. ``complete`` in
+        the index says whether every shard is present.
+        """
+        done = self.done_shards()
+        shards = [done[k] for k in sorted(done)]
+        index = dict(self.header,
+                     num_items=sum(s['count'] for s in shards),
+                     num_skipped=sum(len(s['skipped']) for s in shards),
+                     complete=len(shards) == self.num_shards,
+                     meta=self.meta, shards=shards)
+        path = osp.join(self.root, 'index.json')
+        if not (osp.exists(path) and _read_json(path) == index):
+            _atomic_save_json(path, index)
+        return index
+
+
+# --------------------------------------------------------------------------- #
+#                                    Reader                                    #
+# --------------------------------------------------------------------------- #
+class LatentStore:
+    """Memory-mapped reader of a packed latent store.
+
+    ``store[i]`` is a float32 array ``(num_copies, K, *latent_shape)``; shards are
+    opened with ``np.load(mmap_mode='r')`` on first touch in each process, so nothing
+    is read until asked for. Labels of all items are loaded up front (8 bytes each).
+
+    Args:
+        root (str): Store folder holding ``index.json``.
+        allow_incomplete (bool): Read a store whose extraction has not finished
+            (some shards missing). Defaults to False.
+    """
+
+    def __init__(self, root, allow_incomplete=False):
+        path = osp.join(root, 'index.json')
+        if not osp.isfile(path):
+            hint = (' (extraction not finalized? rerun the extraction to finish it)'
+                    if osp.isdir(osp.join(root, 'parts')) else '')
+            raise FileNotFoundError(f'no latent store index {path!r}{hint}')
+        index = _read_json(path)
+        if index.get('format') != FORMAT or index.get('version') != VERSION:
+            raise ValueError(f'{path!r} is not a {FORMAT} v{VERSION} index')
+        if not index['complete'] and not allow_incomplete:
+            raise ValueError(f'latent store {root!r} is incomplete ({len(index["shards"])}'
+                             f' of {index["num_shards"]} shards); finish the extraction '
+                             f'or pass allow_incomplete=True')
+        self.root, self.index = root, index
+        self.dtype = index['dtype']
+        self.content = index['content']
+        self.num_copies = index['num_copies']
+        self.latent_shape = tuple(index['latent_shape'])
+        self.scale_factor = index['scale_factor']
+        self.shards = [s for s in index['shards'] if s['count'] > 0]
+        counts = np.array([s['count'] for s in self.shards], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.labels = np.concatenate(
+            [self._load_labels(s) for s in self.shards] or [np.zeros(0, np.int64)])
+        self._arrays = {}
+
+    def _load_labels(self, shard):
+        path = osp.join(self.root, shard['labels_file'])
+        labels = np.load(path, allow_pickle=False)
+        if labels.shape != (shard['count'],):
+            raise ValueError(f'{path!r} has shape {labels.shape}, index says '
+                             f'({shard["count"]},)')
+        return labels.astype(np.int64, copy=False)
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def shard_array(self, i):
+        """Memory map of the ``i``-th non-empty shard, opened on first use."""
+        arr = self._arrays.get(i)
+        if arr is None:
+            shard = self.shards[i]
+            path = osp.join(self.root, shard['file'])
+            arr = np.load(path, mmap_mode='r', allow_pickle=False)
+            if arr.shape[0] != shard['count']:
+                raise ValueError(f'{path!r} holds {arr.shape[0]} items, index says '
+                                 f'{shard["count"]}')
+            self._arrays[i] = arr
+        return arr
+
+    def locate(self, idx):
+        """``(shard position, row)`` of global item ``idx``."""
+        n = len(self)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f'item {idx} out of range for a store of {n} items')
+        i = int(np.searchsorted(self.offsets, idx, side='right')) - 1
+        return i, idx - int(self.offsets[i])
+
+    def __getitem__(self, idx):
+        i, row = self.locate(idx)
+        return decode_dtype(self.shard_array(i)[row], self.dtype)
+
+    def __getstate__(self):
+        # Memory maps would be pickled as full copies: reopen them in the new process.
+        state = self.__dict__.copy()
+        state['_arrays'] = {}
+        return state

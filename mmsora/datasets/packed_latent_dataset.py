@@ -1,0 +1,63 @@
+"""Dataset over a packed latent store (see :mod:`mmsora.datasets.latent_store`)."""
+import os.path as osp
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmsora.registry import DATASETS
+from .latent_store import LatentStore
+from .utils import WorkerRNGMixin, draw_seed
+
+__all__ = ['PackedLatentDataset']
+
+
+@DATASETS.register_module()
+class PackedLatentDataset(WorkerRNGMixin, Dataset):
+    """Latents from a packed store, with posterior sampling and flip copies.
+
+    Items are ``{'latents': FloatTensor (C, H, W) (or (C, T, H, W)), 'labels': int}``,
+    scaled by the VAE scale factor. When the store holds moments, the latent is
+    ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
+    does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
+    random. All draws come from a per-process generator seeded by ``(seed, rank,
+    worker_id)`` (see :class:`WorkerRNGMixin`), never from the global RNGs.
+
+    Args:
+        data_root (str): Prefix of ``store``.
+        store (str): Store folder relative to ``data_root``. Defaults to ''.
+        sample_posterior (bool): Draw from the posterior (moments stores); if False
+            return its mean. Ignored for 'samples' stores. Defaults to True.
+        random_flip (bool): Pick a random copy (original / flipped) when the store has
+            two; if False always the original. Defaults to True.
+        seed (int, optional): Seed of the draws; None draws one from torch's global RNG
+            at construction. Defaults to None.
+    """
+
+    def __init__(self, data_root, store='', sample_posterior=True, random_flip=True,
+                 seed=None):
+        self.store = LatentStore(osp.join(data_root, store))
+        self.sample_posterior = sample_posterior
+        self.random_flip = random_flip
+        self.seed = draw_seed(seed)
+        self.metainfo = dict(self.store.index['meta'], scale_factor=self.store.scale_factor,
+                             latent_shape=self.store.latent_shape)
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, idx):
+        item = self.store[idx]  # (num_copies, K, *latent_shape) float32
+        copy = 0
+        if self.random_flip and self.store.num_copies > 1:
+            copy = int(self.rng.integers(self.store.num_copies))
+        if self.store.content == 'moments':
+            mean, std = item[copy, 0], item[copy, 1]
+            latents = mean
+            if self.sample_posterior:
+                eps = self.rng.standard_normal(mean.shape, dtype=np.float32)
+                latents = mean + std * eps
+        else:
+            latents = item[copy, 0]
+        return dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
+                    labels=int(self.store.labels[idx]))

@@ -1,0 +1,164 @@
+"""Frozen KL autoencoder (Stable Diffusion VAE) that maps images to scaled latents.
+
+Wraps diffusers' ``AutoencoderKL`` (Rombach et al., "High-Resolution Image Synthesis
+with Latent Diffusion Models", 2022). The latent scale factor lives here, not in the
+models: ``latents = (z - shift_factor) * scale_factor``, 0.18215 for SD VAEs as in DiT.
+Videos ``(N, C, T, H, W)`` are encoded frame by frame (the SD VAE is per-image).
+"""
+import os.path as osp
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKL
+
+from mmsora.registry import MODELS
+
+__all__ = ['AutoencoderKLWrapper']
+
+
+@MODELS.register_module()
+class AutoencoderKLWrapper(nn.Module):
+    """Frozen diffusers ``AutoencoderKL`` with the latent scale and micro-batching.
+
+    Args:
+        pretrained_path (str, optional): LOCAL diffusers model folder (holding
+            ``config.json`` and weights), e.g. a download of ``stabilityai/sd-vae-ft-ema``.
+            Never fetched from the hub.
+        subfolder (str, optional): Subfolder of ``pretrained_path`` holding the VAE
+            (``'vae'`` in a full Stable Diffusion pipeline folder). When None and
+            ``pretrained_path`` has no ``config.json`` but has ``vae/config.json``,
+            ``'vae'`` is used.
+        config (dict, optional): ``AutoencoderKL`` constructor arguments, to build a
+            randomly initialised VAE (tests) instead of loading one.
+        scale_factor (float): Latent scale. Defaults to 0.18215 (SD VAEs).
+        shift_factor (float): Latent shift subtracted before scaling. Defaults to 0.
+        micro_batch_size (int, optional): Most images (frames) through the VAE at once,
+            to bound memory; None for all at once.
+    """
+
+    def __init__(self, pretrained_path=None, subfolder=None, config=None,
+                 scale_factor=0.18215, shift_factor=0.0, micro_batch_size=None):
+        super().__init__()
+        if (pretrained_path is None) == (config is None):
+            raise ValueError('give exactly one of pretrained_path (a local folder) or config')
+        self.pretrained_path = pretrained_path
+        self.subfolder = subfolder
+        self.config = config
+        self.scale_factor = float(scale_factor)
+        self.shift_factor = float(shift_factor)
+        self.micro_batch_size = micro_batch_size
+        # The diffusers model is built on first use and kept out of nn.Module's
+        # registration: a frozen VAE has no place in the trained model's state dict,
+        # checkpoints, optimizer or EMA copy, and configs build without its weights.
+        self.__dict__['_vae'] = None
+
+    @property
+    def vae(self):
+        """The diffusers ``AutoencoderKL``, loaded (or built) on first access."""
+        if self.__dict__['_vae'] is None:
+            vae = (AutoencoderKL(**self.config) if self.config is not None
+                   else self._load(self.pretrained_path, self.subfolder))
+            vae.requires_grad_(False)
+            self.__dict__['_vae'] = vae.eval()
+        return self.__dict__['_vae']
+
+    def _vae_on(self, device):
+        """The VAE moved to ``device`` (a no-op once it is there)."""
+        return self.vae.to(device)
+
+    @staticmethod
+    def _load(path, subfolder):
+        if not osp.isdir(path):
+            raise FileNotFoundError(f'VAE folder {path!r} does not exist (give a local '
+                                    f'diffusers AutoencoderKL folder; nothing is downloaded)')
+        if subfolder is None and not osp.isfile(osp.join(path, 'config.json')) \
+                and osp.isfile(osp.join(path, 'vae', 'config.json')):
+            subfolder = 'vae'
+        folder = osp.join(path, subfolder) if subfolder else path
+        if not osp.isfile(osp.join(folder, 'config.json')):
+            raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
+                                    f'diffusers AutoencoderKL folder)')
+        return AutoencoderKL.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+
+    def train(self, mode=True):
+        """Stay in eval mode: the VAE is frozen."""
+        return super().train(False)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def latent_channels(self):
+        return self.vae.config.latent_channels
+
+    @property
+    def downsample_factor(self):
+        """Spatial ratio image side / latent side (8 for SD VAEs)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def dtype(self):
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.vae.parameters()).device
+
+    # ------------------------------------------------------------------ helpers
+    def _chunks(self, x):
+        n = self.micro_batch_size or max(len(x), 1)
+        return x.split(n) if len(x) else [x]
+
+    @staticmethod
+    def _fold(x):
+        """(N, C, T, H, W) → (N*T, C, H, W); images pass through. Returns the unfold."""
+        if x.dim() == 4:
+            return x, lambda y: y
+        if x.dim() != 5:
+            raise ValueError(f'expected (N, C, H, W) images or (N, C, T, H, W) videos, '
+                             f'got shape {tuple(x.shape)}')
+        n, t = x.shape[0], x.shape[2]
+        folded = x.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (N*T, C, H, W)
+        return folded, lambda y: y.unflatten(0, (n, t)).permute(0, 2, 1, 3, 4)
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def encode_moments(self, images):
+        """Scaled posterior mean and std of images in [-1, 1].
+
+        Args:
+            images (Tensor): (N, 3, H, W) or (N, 3, T, H, W) in [-1, 1].
+
+        Returns:
+            tuple[Tensor, Tensor]: float32 ``(mean, std)``, each (N, C, H/f, W/f) or
+            (N, C, T, H/f, W/f), already shifted and scaled.
+        """
+        x, unfold = self._fold(images)
+        means, stds = [], []
+        vae = self._vae_on(images.device)
+        for chunk in self._chunks(x.to(self.dtype)):
+            dist = vae.encode(chunk).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        mean = (torch.cat(means) - self.shift_factor) * self.scale_factor
+        std = torch.cat(stds) * self.scale_factor
+        return unfold(mean), unfold(std)
+
+    @torch.no_grad()
+    def encode(self, images, generator=None):
+        """Scaled posterior sample ``mean + std * eps`` of images in [-1, 1].
+
+        The noise is drawn for the whole batch at once, so the result does not depend
+        on ``micro_batch_size``.
+        """
+        mean, std = self.encode_moments(images)
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device,
+                          dtype=mean.dtype)
+        return mean + std * eps
+
+    @torch.no_grad()
+    def decode(self, latents):
+        """Images in [-1, 1] (float32) from scaled latents (N, C, h, w) or (N, C, T, h, w)."""
+        z, unfold = self._fold(latents)
+        vae = self._vae_on(latents.device)
+        z = z.to(self.dtype) / self.scale_factor + self.shift_factor
+        images = [vae.decode(chunk).sample.float() for chunk in self._chunks(z)]
+        return unfold(torch.cat(images).clamp(-1, 1))

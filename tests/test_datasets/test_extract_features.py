@@ -1,0 +1,179 @@
+"""End-to-end tests of tools/extract_features.py and tools/convert_fastdit_features.py."""
+import glob
+import importlib.util
+import os
+import os.path as osp
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmsora.datasets import (LatentStore, LatentStoreWriter, NpyLatentDataset,
+                             PackedLatentDataset, center_crop_arr)
+from mmsora.models.vaes import AutoencoderKLWrapper
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+extract = load_tool('extract_features')
+convert = load_tool('convert_fastdit_features')
+
+
+def run_extract(data, out, vae, *extra):
+    return extract.main(['--data-path', data, '--out', out, '--vae', vae, '--image-size',
+                         '16', '--shard-size', '2', '--batch-size', '3', '--num-workers',
+                         '0', '--device', 'cpu', *extra])
+
+
+def shard_mtimes(out):
+    return {p: os.stat(p).st_mtime_ns for p in glob.glob(osp.join(out, '*.npy'))}
+
+
+def test_extract_moments_with_flip(image_folder, tiny_vae_dir, tmp_path, capsys):
+    out = str(tmp_path / 'store')
+    summary = run_extract(image_folder, out, tiny_vae_dir, '--flip', '--dtype', 'float32')
+    assert summary['num_items'] == 6 and summary['num_skipped'] == 1
+    assert summary['skipped_this_run'] == ['b/broken.png']
+    assert 'skipped 1 unreadable files: b/broken.png' in capsys.readouterr().out
+
+    store = LatentStore(out)
+    assert store.content == 'moments' and store.num_copies == 2
+    assert store.latent_shape == (4, 8, 8) and store.scale_factor == 0.18215
+    assert store.index['meta']['classes'] == ['a', 'b']
+    np.testing.assert_array_equal(store.labels, [0, 0, 0, 1, 1, 1])
+
+    # Independent reference: DiT preprocessing + diffusers directly.
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    img = center_crop_arr(Image.open(osp.join(image_folder, 'b/b1.png')).convert('RGB'), 16)
+    x = torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        dist = vae.encode(torch.cat([x, x.flip(-1)])).latent_dist
+    item = store[4]  # a0 a1 a2 b0 [b1] b2 (broken.png skipped)
+    np.testing.assert_allclose(item[:, 0], dist.mean.numpy() * 0.18215, atol=1e-5)
+    np.testing.assert_allclose(item[:, 1], dist.std.numpy() * 0.18215, atol=1e-5)
+
+    # A rerun is a no-op: nothing encoded, nothing rewritten.
+    before = shard_mtimes(out)
+    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments',
+                           side_effect=AssertionError('encoded again')):
+        again = run_extract(image_folder, out, tiny_vae_dir, '--flip', '--dtype', 'float32')
+    assert again['shards_written'] == 0 and again['num_items'] == 6
+    assert shard_mtimes(out) == before
+
+    ds = PackedLatentDataset(out, seed=0)
+    assert ds[0]['latents'].shape == (4, 8, 8)
+
+
+def test_extract_resume_after_crash(image_folder, tiny_vae_dir, tmp_path):
+    ref = str(tmp_path / 'ref')
+    run_extract(image_folder, ref, tiny_vae_dir, '--store', 'samples')
+
+    out = str(tmp_path / 'crashed')
+    real_write = LatentStoreWriter.write_shard
+    calls = []
+
+    def crash_on_third(self, *args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    with mock.patch.object(LatentStoreWriter, 'write_shard', crash_on_third):
+        with pytest.raises(KeyboardInterrupt):
+            run_extract(image_folder, out, tiny_vae_dir, '--store', 'samples')
+    before = shard_mtimes(out)
+    assert len(before) == 4  # 2 shards x (latents, labels)
+    summary = run_extract(image_folder, out, tiny_vae_dir, '--store', 'samples')
+    assert summary['shards_written'] == 2 and summary['complete']
+    assert {p: t for p, t in shard_mtimes(out).items() if p in before} == before
+    a, b = LatentStore(ref), LatentStore(out)
+    assert len(a) == len(b) == 6 and a.content == 'samples'
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(6):
+        # The same per-shard noise too (allclose: batches differ after the resume).
+        np.testing.assert_allclose(a[i], b[i], atol=1e-6)
+
+
+def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
+    with pytest.raises(SystemExit, match=r'^extract_features.py: error: .*missing.*does not exist'):
+        run_extract(str(tmp_path / 'missing'), str(tmp_path / 'o'), tiny_vae_dir)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match='holds no images'):
+        run_extract(str(tmp_path / 'empty'), str(tmp_path / 'o'), tiny_vae_dir)
+    with pytest.raises(SystemExit, match='no_vae'):
+        run_extract(image_folder, str(tmp_path / 'o'), str(tmp_path / 'no_vae'))
+
+
+def test_extract_two_ranks_simulated(image_folder, tiny_vae_dir, tmp_path):
+    """Ranks 1 then 0 of 2 (rank 0 finalizes after the barrier) == one process."""
+    out, ref = str(tmp_path / 'store'), str(tmp_path / 'ref')
+    for rank in (1, 0):
+        with mock.patch.object(extract, 'init_dist',
+                               return_value=(rank, 2, torch.device('cpu'))):
+            summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float32')
+        assert (summary is None) == (rank == 1)
+    assert summary['shards_written'] == 2 and summary['complete']  # shards 0 and 2
+    run_extract(image_folder, ref, tiny_vae_dir, '--dtype', 'float32')
+    a, b = LatentStore(ref), LatentStore(out)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(len(a)):  # batches differ, so float rounding may too
+        np.testing.assert_allclose(a[i], b[i], atol=1e-6)
+
+
+# Two real processes take ~30 s on 2 CPU cores: opt in with MMSORA_TEST_TORCHRUN=1.
+@pytest.mark.skipif(not os.environ.get('MMSORA_TEST_TORCHRUN'),
+                    reason='set MMSORA_TEST_TORCHRUN=1 to run torchrun end to end')
+def test_extract_torchrun_two_ranks(image_folder, tiny_vae_dir, tmp_path):
+    out = str(tmp_path / 'store')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+           '--master_port', '29531', osp.join(REPO, 'tools', 'extract_features.py'),
+           '--data-path', image_folder, '--out', out, '--vae', tiny_vae_dir,
+           '--image-size', '16', '--shard-size', '2', '--num-workers', '0',
+           '--device', 'cpu', '--dtype', 'float32']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(os.listdir(osp.join(out, 'parts'))) == ['rank-00000.json',
+                                                         'rank-00001.json']
+    ref = str(tmp_path / 'ref')
+    run_extract(image_folder, ref, tiny_vae_dir, '--dtype', 'float32')
+    a, b = LatentStore(ref), LatentStore(out)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(len(a)):
+        np.testing.assert_allclose(a[i], b[i], atol=1e-6)
+
+
+def test_convert_fastdit_round_trip(tmp_path):
+    feats, labels = tmp_path / 'f', tmp_path / 'l'
+    feats.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
+        np.save(labels / f'{i}.npy', np.array([i % 4]))
+    out = str(tmp_path / 'packed')
+    index = convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
+                          '--out', out, '--dtype', 'float32', '--shard-size', '4'])
+    assert index['content'] == 'samples' and index['num_copies'] == 1
+    assert index['num_items'] == 11 and index['complete']
+    src = NpyLatentDataset(str(feats), str(labels))
+    dst = PackedLatentDataset(out, seed=0)
+    assert len(dst) == 11
+    for i in range(11):
+        assert torch.equal(src[i]['latents'], dst[i]['latents'])
+        assert src[i]['labels'] == dst[i]['labels']
+    with pytest.raises(SystemExit, match=r'convert_fastdit_features.py: error: .*nope'):
+        convert.main(['--features-dir', str(tmp_path / 'nope'), '--labels-dir',
+                      str(labels), '--out', out])

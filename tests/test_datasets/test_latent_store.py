@@ -1,0 +1,182 @@
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mmsora.datasets import LatentStore, LatentStoreWriter
+
+SHAPE = (4, 2, 2)
+
+
+def make_items(n, copies=1, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, copies, k, *SHAPE)).astype(np.float32)
+    if k == 2:
+        x[:, :, 1] = np.abs(x[:, :, 1]) + 0.1  # stds are positive
+    return x, rng.integers(0, 10, n)
+
+
+def write_all(root, x, labels, shard_size=4, rank=0, world_size=1, fail_after=None, **kw):
+    w = LatentStoreWriter(root, len(x), SHAPE, shard_size=shard_size, rank=rank,
+                          world_size=world_size, num_copies=x.shape[1], **kw)
+    written = []
+    for k in w.pending_shards():
+        if fail_after is not None and len(written) == fail_after:
+            raise RuntimeError('simulated crash')
+        s, e = w.shard_range(k)
+        w.write_shard(k, x[s:e], labels[s:e])
+        written.append(k)
+    return w, written
+
+
+@pytest.mark.parametrize('dtype,tol', [('float32', 0), ('float16', 1e-3), ('bfloat16', 8e-3)])
+def test_round_trip(tmp_path, dtype, tol):
+    x, labels = make_items(10)
+    w, written = write_all(str(tmp_path), x, labels, dtype=dtype)
+    assert written == [0, 1, 2]
+    index = w.finalize()
+    assert index['complete'] and index['num_items'] == 10 and index['dtype'] == dtype
+    store = LatentStore(str(tmp_path))
+    assert len(store) == 10
+    np.testing.assert_array_equal(store.labels, labels)
+    got = np.stack([store[i] for i in range(10)])
+    assert got.dtype == np.float32 and got.shape == (10, 1, 2, *SHAPE)
+    np.testing.assert_allclose(got, x, rtol=tol, atol=tol * 1e-2)
+    np.testing.assert_array_equal(store[-1], store[9])
+    with pytest.raises(IndexError):
+        store[10]
+    if dtype == 'bfloat16':
+        # The same bits torch's bfloat16 rounding gives.
+        ref = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+        np.testing.assert_array_equal(got, ref)
+        assert np.load(tmp_path / 'shard_00000.npy').dtype == np.uint16
+
+
+def test_index_fields(tmp_path):
+    x, labels = make_items(5, copies=2)
+    w, _ = write_all(str(tmp_path), x, labels, shard_size=2, dtype='float16',
+                     scale_factor=0.18215, vae='my/vae', meta=dict(classes=['a', 'b']))
+    w.finalize()
+    index = json.loads((tmp_path / 'index.json').read_text())
+    for key, value in dict(format='mmsora.latent_store', version=1, dtype='float16',
+                           latent_shape=list(SHAPE), content='moments', num_copies=2,
+                           scale_factor=0.18215, shift_factor=0.0, vae='my/vae',
+                           shard_size=2, num_source_items=5, num_shards=3, num_items=5,
+                           num_skipped=0, complete=True, meta=dict(classes=['a', 'b'])).items():
+        assert index[key] == value, key
+    assert [s['file'] for s in index['shards']] == [
+        'shard_00000.npy', 'shard_00001.npy', 'shard_00002.npy']
+    assert [(s['start'], s['stop'], s['count']) for s in index['shards']] == [
+        (0, 2, 2), (2, 4, 2), (4, 5, 1)]
+
+
+def test_reader_memory_maps(tmp_path):
+    x, labels = make_items(8)
+    write_all(str(tmp_path), x, labels)[0].finalize()
+    store = LatentStore(str(tmp_path))
+    assert store._arrays == {}  # nothing opened before it is asked for
+    store[5]
+    arr = store.shard_array(1)
+    assert isinstance(arr, np.memmap) and arr.mode == 'r'
+    assert list(store._arrays) == [1]
+
+
+def test_skipped_items_and_empty_shards(tmp_path):
+    x, labels = make_items(6)
+    w = LatentStoreWriter(str(tmp_path), 6, SHAPE, shard_size=2, dtype='float32')
+    w.write_shard(0, x[:1], labels[:1], skipped=['bad.png'])
+    w.write_shard(1, x[1:1], labels[1:1], skipped=['b1.png', 'b2.png'])
+    w.write_shard(2, x[1:3], labels[1:3])
+    with pytest.raises(ValueError, match='1 items \\+ 0 skipped != 2'):
+        w.write_shard(2, x[:1], labels[:1])
+    index = w.finalize()
+    assert index['num_items'] == 3 and index['num_skipped'] == 3
+    store = LatentStore(str(tmp_path))
+    np.testing.assert_array_equal(np.stack([store[i] for i in range(3)]), x[:3])
+    np.testing.assert_array_equal(store.labels, labels[:3])
+
+
+def test_incomplete_store_is_refused(tmp_path):
+    x, labels = make_items(8)
+    with pytest.raises(RuntimeError):
+        write_all(str(tmp_path), x, labels, fail_after=1)
+    with pytest.raises(FileNotFoundError, match='not finalized'):
+        LatentStore(str(tmp_path))
+    LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4).finalize()
+    with pytest.raises(ValueError, match='incomplete \\(1 of 2 shards\\)'):
+        LatentStore(str(tmp_path))
+    assert len(LatentStore(str(tmp_path), allow_incomplete=True)) == 4
+
+
+def test_resume_after_crash(tmp_path):
+    x, labels = make_items(11)
+    ref_root, root = str(tmp_path / 'ref'), str(tmp_path / 'crash')
+    write_all(ref_root, x, labels, shard_size=3)[0].finalize()
+
+    with pytest.raises(RuntimeError):
+        write_all(root, x, labels, shard_size=3, fail_after=2)
+    # The crash also left a half-written temp file and a stray (unlisted) shard file.
+    open(os.path.join(root, 'shard_00002.npy.tmp.12345'), 'wb').write(b'\x93NUMPY half')
+    open(os.path.join(root, 'shard_00003.npy'), 'wb').write(b'partial')
+    mtimes = {k: os.stat(os.path.join(root, f'shard_0000{k}.npy')).st_mtime_ns for k in (0, 1)}
+
+    w, written = write_all(root, x, labels, shard_size=3)
+    assert written == [2, 3]  # finished shards are not redone
+    assert {k: os.stat(os.path.join(root, f'shard_0000{k}.npy')).st_mtime_ns
+            for k in (0, 1)} == mtimes
+    assert not glob.glob(os.path.join(root, '*.tmp.*'))
+    w.finalize()
+    a, b = LatentStore(ref_root), LatentStore(root)
+    assert len(a) == len(b) == 11
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(11):
+        np.testing.assert_array_equal(a[i], b[i])
+
+    # Nothing left to do on another rerun.
+    assert write_all(root, x, labels, shard_size=3)[1] == []
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    x, labels = make_items(8)
+    with pytest.raises(RuntimeError):
+        write_all(str(tmp_path), x, labels, fail_after=1)
+    with pytest.raises(ValueError, match="dtype='float16'.*dtype='float32'"):
+        LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4, dtype='float32')
+
+
+def test_multi_rank_writers_and_finalize(tmp_path):
+    x, labels = make_items(13, copies=2)
+    single = str(tmp_path / 'single')
+    write_all(single, x, labels, shard_size=3)[0].finalize()
+
+    multi = str(tmp_path / 'multi')
+    w0, done0 = write_all(multi, x, labels, shard_size=3, rank=0, world_size=2)
+    w1, done1 = write_all(multi, x, labels, shard_size=3, rank=1, world_size=2)
+    assert done0 == [0, 2, 4] and done1 == [1, 3]
+    assert sorted(os.listdir(os.path.join(multi, 'parts'))) == ['rank-00000.json',
+                                                               'rank-00001.json']
+    index = w0.finalize()  # rank 0 after a barrier
+    assert index['complete'] and index['num_items'] == 13
+    a, b = LatentStore(single), LatentStore(multi)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    for i in range(13):
+        np.testing.assert_array_equal(a[i], b[i])
+
+
+def test_resume_with_another_world_size(tmp_path):
+    x, labels = make_items(12)
+    root = str(tmp_path)
+    # 3 ranks, rank 2 crashed before writing anything.
+    for r in (0, 1):
+        write_all(root, x, labels, shard_size=2, rank=r, world_size=3)
+    # Rerun with 2 ranks: only shards 2 and 5 (rank 2's) remain.
+    _, d0 = write_all(root, x, labels, shard_size=2, rank=0, world_size=2)
+    w1, d1 = write_all(root, x, labels, shard_size=2, rank=1, world_size=2)
+    assert sorted(d0 + d1) == [2, 5]
+    assert w1.finalize()['complete']
+    store = LatentStore(root)
+    np.testing.assert_array_equal(np.stack([store[i] for i in range(12)]),
+                                  x.astype(np.float16).astype(np.float32))
