@@ -149,10 +149,11 @@ def main(argv=None):
     try:
         vae = AutoencoderKLWrapper(pretrained_path=args.vae, scale_factor=args.scale_factor,
                                    micro_batch_size=args.batch_size)
+        vae.vae  # load now: a bad --vae should fail before any work starts
     except (FileNotFoundError, OSError, ValueError) as e:
         fail(e)
     rank, world, device = init_dist(args.device)
-    vae.to(device)
+    vae.vae.to(device)
 
     f = vae.downsample_factor
     if args.image_size % f:
