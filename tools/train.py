@@ -72,6 +72,14 @@ def build_train_config(args):
         cfg.resume, cfg.load_from = False, args.load_from
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+        if args.launcher != 'none':
+            # mmengine gives DDP device_ids=[LOCAL_RANK] even for CPU modules, which
+            # DDP rejects; CPU DDP needs device_ids=None.
+            wrapper = cfg.get('model_wrapper_cfg') or dict(
+                type='MMDistributedDataParallel', broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
+            wrapper['device_ids'] = None
+            cfg.model_wrapper_cfg = wrapper
     return cfg
 
 

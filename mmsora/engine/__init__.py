@@ -1,7 +1,7 @@
 """Training-engine pieces mmengine lacks, and mends for mmengine on current torch."""
-from .compat import allow_mmengine_checkpoint_globals, init_cpu_distributed
+from .compat import make_mmengine_checkpoints_loadable, init_cpu_distributed
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
 
 # Resume must work whenever mmsora is in use, not only through tools/train.py.
-allow_mmengine_checkpoint_globals()
+make_mmengine_checkpoints_loadable()

@@ -6,10 +6,15 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
    and mmengine's checkpoints hold ``HistoryBuffer`` objects and numpy arrays and
    scalars (in the message hub and in our saved RNG states). We allowlist exactly
    those types instead of turning the check off, so a crafted pickle still cannot
-   run code.
+   run code. ``HistoryBuffer`` also pickles its statistics methods as
+   ``getattr(HistoryBuffer, 'min')``; allowlisting ``getattr`` would open the door
+   to code execution, so we stop pickling them (they are class-level registrations,
+   rebuilt by ``HistoryBuffer.__setstate__``).
 2. mmengine's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` even on
    CPU-only machines. We initialise a gloo process group from the launcher's
    environment first; mmengine then skips its own initialisation.
+   Its runner then gives DDP ``device_ids=[LOCAL_RANK]`` for CPU modules, which DDP
+   rejects: tools/train.py sets ``model_wrapper_cfg.device_ids=None`` on CPU.
 3. ``AmpOptimWrapper`` asserts a GPU: see
    :class:`mmsora.engine.optimizers.AutocastOptimWrapper` for the CPU bf16 path.
 """
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-__all__ = ['allow_mmengine_checkpoint_globals', 'init_cpu_distributed']
+__all__ = ['make_mmengine_checkpoints_loadable', 'init_cpu_distributed']
 
 
 def _numpy_checkpoint_globals():
@@ -35,13 +40,21 @@ def _numpy_checkpoint_globals():
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
-def allow_mmengine_checkpoint_globals():
-    """Let ``torch.load(weights_only=True)`` read mmengine checkpoints.
+def _history_buffer_getstate(self):
+    """``HistoryBuffer.__getstate__`` without the (class-level) statistics methods."""
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
+def make_mmengine_checkpoints_loadable():
+    """Let ``torch.load(weights_only=True)`` read the checkpoints mmengine writes.
 
     Safe to call more than once. The allowlisted types carry data only: loading
     them cannot execute arbitrary code.
     """
     from mmengine.logging import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_checkpoint_globals()])
 
 

@@ -41,7 +41,11 @@ def apply_cfg_options(cfg, options):
         if not sep or not key or not re.fullmatch(r'[\w.]+', key):
             raise UserError(f'malformed --cfg-options entry {option!r}: expected KEY=VALUE, '
                             'e.g. train_cfg.max_iters=1000')
-        updates[key] = _parse_value(value)
+        try:
+            updates[key] = _parse_value(value)
+        except (AssertionError, RecursionError, ValueError) as e:
+            raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
+                            '(use numbers, strings, [lists] or (tuples))') from e
     for key, value in updates.items():
         parent_path, _, leaf = key.rpartition('.')
         node = cfg
@@ -60,6 +64,7 @@ def apply_cfg_options(cfg, options):
 
 
 _NOT_REGISTERED = re.compile(r'(\S+) is not in the (\S+)::(.+?) registry')
+_UNEXPECTED_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 
 
 def _registry_names(scope_name):
@@ -75,6 +80,27 @@ def _registry_names(scope_name):
     return []
 
 
+def _find_registered_class(class_name):
+    import mmsora.registry as registries
+    for name in registries.__all__:
+        node = getattr(registries, name)
+        while node is not None:
+            if class_name in node.module_dict:
+                return node.module_dict[class_name]
+            node = node.parent
+    return None
+
+
+def _explain_unexpected_kwarg(class_name, key):
+    import inspect
+    cls = _find_registered_class(class_name)
+    params = list(inspect.signature(cls).parameters) if cls is not None else []
+    close = difflib.get_close_matches(key, params, n=3)
+    hint = f'; did you mean {", ".join(close)}?' if close else (
+        f'; it takes {", ".join(params)}' if params else '')
+    return f'unknown config key {key!r} for {class_name}{hint}'
+
+
 def explain_error(exc):
     """A one-line explanation for a user mistake, or None for a real bug."""
     if isinstance(exc, UserError):
@@ -87,6 +113,9 @@ def explain_error(exc):
         close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+    match = _UNEXPECTED_KWARG.search(text)
+    if isinstance(exc, TypeError) and match:
+        return _explain_unexpected_kwarg(*match.groups())
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
         return text.strip("'\"")
     return None

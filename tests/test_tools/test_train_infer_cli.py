@@ -1,0 +1,104 @@
+"""tools/train.py, tools/dist_train.sh and tools/infer.py as a user runs them:
+bad input stops with one clear line; 2-process gloo training; sampling to PNG."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DEMO = 'configs/dit/dit_tiny2_1xb64_3k_shapes16.py'
+TINY = [
+    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
+    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
+    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=32',
+    'train_dataloader.batch_size=4', 'param_scheduler=[]',
+]
+
+
+def run(args, repo_root, timeout=300, **env):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **env}
+    return subprocess.run(args, cwd=repo_root, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def train(repo_root, *args, timeout=300):
+    return run([sys.executable, 'tools/train.py', *args], repo_root, timeout=timeout)
+
+
+def error_line(result):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['configs/nope.py'], 'config file not found: configs/nope.py'),
+    ([DEMO, '--cfg-options', 'train_cfg.max_iters'], "malformed --cfg-options entry 'train_cfg.max_iters'"),
+    ([DEMO, '--cfg-options', 'model.denoiser.type=DiTT'], "unknown type 'DiTT'.*did you mean DiT"),
+    ([DEMO, '--cfg-options', 'train_dataloader.dataset.type=SyntheticShapeDataset'],
+     "unknown type 'SyntheticShapeDataset'.*SyntheticShapesDataset"),
+    ([DEMO, '--cfg-options', 'train_dataloader.dataset.num_sample=8'],
+     "unknown config key 'num_sample' for SyntheticShapesDataset; did you mean num_samples"),
+    ([DEMO, '--cfg-options', 'model.denoiser.hiden_size=8'],
+     "unknown config key 'hiden_size' for DiT; did you mean hidden_size"),
+])
+def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
+    result = train(repo_root, *args, '--work-dir', str(tmp_path))
+    line = error_line(result)
+    if expected is not None:
+        import re
+        assert re.search(expected, line), line
+
+
+def test_missing_feature_folder_is_named(repo_root, tmp_path):
+    config = tmp_path / 'npy.py'
+    config.write_text(
+        f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
+        "train_dataloader = dict(dataset=dict(_delete_=True, type='NpyLatentDataset', "
+        f"features_dir='{tmp_path}/feats', labels_dir='{tmp_path}/labels'))\n")
+    result = train(repo_root, str(config), '--work-dir', str(tmp_path))
+    assert 'feats' in error_line(result)
+    unparsable = train(repo_root, DEMO, '--cfg-options', 'model.latent_shape=[3,8')
+    assert 'cannot parse the value of --cfg-options model.latent_shape' in error_line(unparsable)
+
+
+def test_latent_shape_and_label_range_are_checked(repo_root, tmp_path):
+    shape = train(repo_root, DEMO, '--work-dir', str(tmp_path / 'a'), '--cfg-options', *TINY,
+                  'train_dataloader.dataset.size=16')
+    assert 'do not fit the config' in error_line(shape)
+    labels = train(repo_root, DEMO, '--work-dir', str(tmp_path / 'b'), '--cfg-options', *TINY,
+                   'model.num_classes=2', 'model.denoiser.num_classes=2')
+    assert 'labels must lie in [0, 2)' in error_line(labels)
+
+
+def test_two_process_gloo_training_then_infer(repo_root, tmp_path):
+    work = tmp_path / 'work'
+    result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(work),
+                  '--cfg-options', *TINY, 'train_cfg.max_iters=4',
+                  'default_hooks.logger.interval=1'], repo_root, timeout=600,
+                 PORT='29633')
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert 'Distributed training: True' in log and 'Iter(train) [4/4]' in log, log[-3000:]
+    assert osp.isfile(work / 'iter_4.pth')
+
+    out = tmp_path / 'grid.png'
+    result = run([sys.executable, 'tools/infer.py', str(work), '--labels', '0', '1', '2',
+                  '--steps', '5', '--sampler', 'ddim', '--out', str(out), '--nrow', '3'],
+                 repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 + 8 + 2, 2 + 3 * (8 + 2), 3)
+
+    bad = run([sys.executable, 'tools/infer.py', str(work), '--labels', '7'], repo_root)
+    assert 'out of range' in error_line(bad)
+    bad = run([sys.executable, 'tools/infer.py', str(work), '--steps', '0'], repo_root)
+    assert '--steps must be >= 1' in error_line(bad)
+    bad = run([sys.executable, 'tools/infer.py', str(work), '--sampler', 'nope', '--steps', '2'],
+              repo_root)
+    assert "unknown sampler 'nope'" in error_line(bad)
