@@ -38,6 +38,16 @@ def parse_args(argv=None):
     return args
 
 
+def is_mmengine_checkpoint(path):
+    """Whether ``path`` was written by mmengine (weights under ``state_dict``)."""
+    import mmsora.engine  # noqa: F401  (lets weights_only read mmengine checkpoints)
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    if path.endswith('.safetensors'):
+        return False
+    obj = load_checkpoint_file(path)
+    return isinstance(obj, dict) and 'state_dict' in obj
+
+
 def build_train_config(args):
     """The config to run, with the command line applied."""
     cfg = load_config(args.config)
@@ -69,7 +79,12 @@ def build_train_config(args):
     if args.load_from is not None:
         if not osp.isfile(args.load_from):
             raise SystemExit(f'error: --load-from checkpoint not found: {args.load_from}')
-        cfg.resume, cfg.load_from = False, args.load_from
+        cfg.resume = False
+        if is_mmengine_checkpoint(args.load_from):
+            cfg.load_from = args.load_from
+        else:  # an original DiT / fast-DiT file: a denoiser state dict
+            cfg.load_from = None
+            cfg.model.pretrained_denoiser = args.load_from
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
         if args.launcher != 'none':

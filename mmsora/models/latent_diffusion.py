@@ -32,6 +32,9 @@ class LatentDiffusion(BaseModel):
             used by :meth:`sample` when no noise is given.
         num_classes: Number of classes; the null (unconditional) label is
             ``num_classes``, as in DiT.
+        pretrained_denoiser: Optional original DiT / fast-DiT checkpoint file loaded
+            into the denoiser (``strict=True``) by ``init_weights``, i.e. when a run
+            starts; ``tools/train.py --load-from`` sets it for such files.
         data_preprocessor: mmengine data preprocessor config.
         init_cfg: mmengine init config.
     """
@@ -42,6 +45,7 @@ class LatentDiffusion(BaseModel):
                  vae: Optional[dict] = None,
                  latent_shape: Sequence[int] = (4, 32, 32),
                  num_classes: int = 1000,
+                 pretrained_denoiser: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -50,6 +54,14 @@ class LatentDiffusion(BaseModel):
         self.vae = MODELS.build(vae) if vae is not None else None
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
+        self.pretrained_denoiser = pretrained_denoiser
+
+    def init_weights(self):
+        """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
+        super().init_weights()
+        if self.pretrained_denoiser:
+            from mmsora.utils.checkpoint import load_dit_checkpoint
+            load_dit_checkpoint(self.denoiser, self.pretrained_denoiser)
 
     # ------------------------------------------------------------------ #
     #                               Training                             #

@@ -104,3 +104,22 @@ def test_resume_and_load_from_exclude_each_other(repo_root, tmp_path):
         build_train_config(parse_args([DEMO, '--resume', str(ckpt), '--load-from', str(ckpt)]))
     with pytest.raises(SystemExit, match='not found: nope.pth'):
         build_train_config(parse_args([DEMO, '--resume', 'nope.pth']))
+
+
+def test_load_from_an_original_dit_file(repo_root, tmp_path):
+    # A released DiT / fast-DiT file is a bare denoiser state dict: --load-from puts
+    # it into the denoiser (strict) when the run starts, and trains from there.
+    from mmsora.registry import MODELS
+    cfg = tiny_cfg(repo_root, tmp_path / 'a', 1)
+    source = MODELS.build(cfg.model).denoiser
+    with torch.no_grad():  # weights no fresh initialisation could give
+        for param in source.parameters():
+            param.add_(0.5)
+    torch.save({'model': source.state_dict(), 'ema': source.state_dict(), 'args': None},
+               tmp_path / 'fastdit.pt')
+    cfg = tiny_cfg(repo_root, tmp_path / 'b', 1, load_from=str(tmp_path / 'fastdit.pt'))
+    assert cfg.load_from is None and cfg.model.pretrained_denoiser.endswith('fastdit.pt')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.denoiser.state_dict()[key], value), key
