@@ -1,0 +1,135 @@
+"""Checkpoint io: read released / fast-DiT / mmengine checkpoints without running pickle code.
+
+Every ``.pt`` / ``.pth`` file is read with ``torch.load(weights_only=True)``, so a
+checkpoint can hold tensors and plain containers but never code that runs on load.
+"""
+import os.path as osp
+import pickle
+from collections.abc import Mapping
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['load_checkpoint_file', 'extract_state_dict', 'load_dit_checkpoint']
+
+# Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
+# order they are preferred: the EMA weights are the ones the papers sample with.
+_TRAINING_KEYS = ('ema', 'model')
+
+
+def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu') -> dict:
+    """Read a ``.pt`` / ``.pth`` (weights-only pickle) or ``.safetensors`` file.
+
+    Args:
+        path (str): File to read.
+        map_location (str | torch.device): Device for the tensors. Defaults to 'cpu'.
+
+    Returns:
+        dict: What the file holds (a state dict or a checkpoint dict).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: The file holds objects that weights-only loading
+            refuses (anything but tensors and plain containers).
+    """
+    path = str(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device=str(map_location))
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            f'{path} holds objects that torch.load(weights_only=True) refuses to '
+            f'unpickle (they could run code); only tensors and plain containers are '
+            f'accepted. Original error: {e}') from e
+
+
+def _is_state_dict(obj) -> bool:
+    """Whether ``obj`` is a non-empty mapping of names to tensors."""
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
+                       prefix: Optional[str] = None) -> dict:
+    """Pick the model state dict out of a loaded checkpoint.
+
+    Understands:
+
+    * a raw state dict (the released ``DiT-XL-2-256x256.pt`` is the raw EMA weights);
+    * DiT / fast-DiT training checkpoints ``{'model', 'ema', 'opt', 'args'}``;
+      ``'auto'`` takes ``'ema'``;
+    * mmengine checkpoints ``{'state_dict', 'meta', ...}``; ``'auto'`` takes
+      ``'state_dict'``, which holds the EMA weights when mmengine's ``EMAHook`` saved
+      it (the hook swaps them in). Their keys carry the owning module's path, e.g.
+      ``'denoiser.'`` or ``'ema_model.module.denoiser.'``: pass it as ``prefix``.
+
+    Args:
+        obj (Mapping): A loaded checkpoint.
+        key (str | None): Entry to take (``'ema'``, ``'model'``, ``'state_dict'``,
+            ``'ema_state_dict'``, ...), ``'auto'`` to guess, or None for ``obj`` itself.
+        prefix (str | None): Keep only keys starting with ``prefix`` and strip it.
+
+    Returns:
+        dict: Parameter names to tensors.
+    """
+    if not isinstance(obj, Mapping):
+        raise TypeError(f'expected a checkpoint dict, got {type(obj).__name__}')
+    if key == 'auto':
+        if _is_state_dict(obj):
+            key = None
+        else:
+            candidates = [k for k in (*_TRAINING_KEYS, 'state_dict') if k in obj]
+            if not candidates:
+                raise KeyError(f'cannot find a state dict in the checkpoint; its keys are '
+                               f'{sorted(obj)[:20]}; pass key=...')
+            key = candidates[0]
+    if key is not None:
+        if key not in obj:
+            raise KeyError(f'checkpoint has no entry {key!r}; its keys are {sorted(obj)[:20]}')
+        obj = obj[key]
+    # Drop non-tensor entries (mmengine's EMA dict has a 'steps' counter, for one).
+    state_dict = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if prefix:
+        stripped = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not stripped:
+            raise KeyError(f'no key starts with prefix {prefix!r}; first keys are '
+                           f'{list(state_dict)[:5]}')
+        state_dict = stripped
+    return state_dict
+
+
+def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto',
+                        prefix: Optional[str] = None, strict: bool = True):
+    """Load a released / fast-DiT / mmengine checkpoint into a :class:`DiT`.
+
+    Args:
+        model (nn.Module): A DiT (anything with a ``pos_embed`` parameter).
+        path (str): Checkpoint file (.pt / .pth / .safetensors).
+        key (str | None): See :func:`extract_state_dict`. Defaults to 'auto'.
+        prefix (str | None): See :func:`extract_state_dict`.
+        strict (bool): Passed to ``load_state_dict``. Defaults to True.
+
+    Returns:
+        The ``load_state_dict`` result (missing and unexpected keys).
+
+    Raises:
+        ValueError: The checkpoint was trained at another resolution or patch size
+            (its ``pos_embed`` shape differs from the model's).
+    """
+    state_dict = extract_state_dict(load_checkpoint_file(path), key=key, prefix=prefix)
+    # load_state_dict would also fail here, but with a generic size-mismatch list;
+    # a 256 px checkpoint in a 512 px model is common enough to say so plainly.
+    if 'pos_embed' in state_dict and hasattr(model, 'pos_embed'):
+        theirs, ours = tuple(state_dict['pos_embed'].shape), tuple(model.pos_embed.shape)
+        if theirs != ours:
+            raise ValueError(
+                f'{path}: checkpoint pos_embed has shape {theirs} but the model\'s is '
+                f'{ours}: the checkpoint was trained for another input_size / '
+                f'patch_size / hidden_size (tokens = (input_size / patch_size) ** 2); '
+                f'build the model to match it.')
+    return model.load_state_dict(state_dict, strict=strict)
