@@ -572,7 +572,16 @@ class GaussianDiffusion:
 
 
 def _randn(shape, generator, device, dtype):
-    """Standard normal noise, drawn from ``generator`` when one is given."""
+    """Standard normal noise, drawn from ``generator`` when one is given.
+
+    ``generator`` may also be a list with one (CPU) generator per batch element, so
+    each sample's noise depends on its own seed only, whatever batch it is drawn in.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f'{len(generator)} generators for a batch of {shape[0]}')
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype)
+                            for g in generator]).to(device)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
@@ -584,6 +593,6 @@ def _infer_device(model, noise, generator):
         param = next(model.parameters(), None)
         if param is not None:
             return param.device
-    if generator is not None:
+    if isinstance(generator, torch.Generator):
         return generator.device
     return torch.device('cpu')

@@ -149,8 +149,8 @@ class LatentDiffusion(BaseModel):
             num_steps: Number of sampling steps.
             cfg_scale: Classifier-free guidance scale; 1 disables guidance.
             eta: DDIM's eta.
-            seeds: One seed per sample: sample i's starting noise depends on its
-                seed only, not on the batch it is drawn in.
+            seeds: One seed per sample: sample i's noise (start and stochastic
+                steps) depends on its seed only, not on the batch it is drawn in.
             noise: Starting noise (N, *latent_shape); overrides ``seeds``.
             decode: Decode through the VAE when the model has one.
             progress: Show a progress bar over sampling steps.
@@ -162,12 +162,19 @@ class LatentDiffusion(BaseModel):
         device = next(self.denoiser.parameters()).device
         labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
         self._check_labels(labels)
+        if seeds is not None and len(seeds) != len(labels):
+            raise ValueError(f'got {len(seeds)} seeds for {len(labels)} samples')
+        # One generator per sample: its starting noise and every step's noise depend
+        # on its seed only, so a sample does not change with the batch it is in.
+        generators = ([torch.Generator().manual_seed(int(s)) for s in seeds]
+                      if seeds is not None else None)
         if noise is None:
-            noise = self._initial_noise(len(labels), seeds, device)
-        generator = torch.Generator(device).manual_seed(int(seeds[0]) if seeds else 0)
+            noise = self._initial_noise(len(labels), generators, device)
         model_fn, x, kwargs = self.denoiser, noise, dict(y=labels)
         use_cfg = cfg_scale != 1.0
         if use_cfg:
+            # The guided batch is doubled; its second half's noise is never used.
+            generators = generators + generators if generators is not None else None
             # DiT's sample.py: conditional half then the null label; the denoiser
             # combines both halves and returns the guided output twice.
             x = torch.cat([noise, noise])
@@ -180,7 +187,7 @@ class LatentDiffusion(BaseModel):
         self.denoiser.eval()
         try:
             z = self._run_sampler(model_fn, x, kwargs, sampler, num_steps, eta,
-                                  generator, progress)
+                                  generators, progress)
         finally:
             self.denoiser.train(was_training)
         if use_cfg:
@@ -189,16 +196,14 @@ class LatentDiffusion(BaseModel):
             return self.vae.decode(z)
         return z
 
-    def _initial_noise(self, n, seeds, device):
-        if seeds is None:
+    def _initial_noise(self, n, generators, device):
+        if generators is None:
             return torch.randn(n, *self.latent_shape, device=device)
-        if len(seeds) != n:
-            raise ValueError(f'got {len(seeds)} seeds for {n} samples')
-        return torch.stack([
-            torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(int(s)))
-            for s in seeds]).to(device)
+        return torch.stack([torch.randn(self.latent_shape, generator=g)
+                            for g in generators]).to(device)
 
-    def _run_sampler(self, model_fn, x, kwargs, sampler, num_steps, eta, generator, progress):
+    def _run_sampler(self, model_fn, x, kwargs, sampler, num_steps, eta, generators,
+                     progress):
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps}')
         if sampler in GAUSSIAN_SAMPLERS:
@@ -207,15 +212,18 @@ class LatentDiffusion(BaseModel):
             if sampler == 'ddim':
                 return diffusion.ddim_sample_loop(
                     model_fn, x.shape, noise=x, model_kwargs=kwargs, eta=eta,
-                    progress=progress, generator=generator)
+                    progress=progress, generator=generators)
             return diffusion.p_sample_loop(
                 model_fn, x.shape, noise=x, model_kwargs=kwargs, progress=progress,
-                generator=generator)
-        return self._scheduler_loop(model_fn, x, kwargs, sampler, num_steps, generator,
+                generator=generators)
+        return self._scheduler_loop(model_fn, x, kwargs, sampler, num_steps, generators,
                                     progress)
 
-    def _scheduler_loop(self, model_fn, x, kwargs, sampler, num_steps, generator, progress):
-        """Sample with a diffusers scheduler (DPM-Solver++, Euler, UniPC, ...)."""
+    def _scheduler_loop(self, model_fn, x, kwargs, sampler, num_steps, generators, progress):
+        """Sample with a diffusers scheduler (DPM-Solver++, Euler, UniPC, ...).
+
+        diffusers takes a list of generators, one per sample, like our own samplers.
+        """
         from mmsora.diffusion import build_noise_scheduler
         if sampler not in NOISE_SCHEDULERS.module_dict:
             names = list(GAUSSIAN_SAMPLERS) + sorted(NOISE_SCHEDULERS.module_dict)
@@ -226,7 +234,7 @@ class LatentDiffusion(BaseModel):
         x = x * scheduler.init_noise_sigma
         channels = x.shape[1]
         # Stochastic schedulers take a generator; deterministic ones have no such argument.
-        step_kwargs = ({'generator': generator}
+        step_kwargs = ({'generator': generators}
                        if 'generator' in inspect.signature(scheduler.step).parameters else {})
         for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress):
             model_in = scheduler.scale_model_input(x, t)
