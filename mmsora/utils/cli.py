@@ -117,7 +117,10 @@ def explain_error(exc):
     if isinstance(exc, TypeError) and match:
         return _explain_unexpected_kwarg(*match.groups())
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
-        return text.strip("'\"")
+        # Errors raised in DataLoader workers arrive wrapped, with the worker's
+        # traceback in the message: its last line is the original error.
+        last = text.strip().splitlines()[-1]
+        return re.sub(r'^\w+(Error|Exception): ', '', last).strip("'\"")
     return None
 
 

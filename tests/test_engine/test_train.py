@@ -48,6 +48,11 @@ def test_loss_falls(repo_root, tmp_path):
     assert len(losses) == 60
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
+    # Every module resolves in mmsora's registries: no scope fall-back warnings.
+    import glob
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    assert 'Iter(train) [60/60]' in log
+    assert 'registry with scope' not in log and 'not found in' not in log
 
 
 def test_resume_continues_exactly(repo_root, tmp_path):

@@ -102,3 +102,24 @@ def test_two_process_gloo_training_then_infer(repo_root, tmp_path):
     bad = run([sys.executable, 'tools/infer.py', str(work), '--sampler', 'nope', '--steps', '2'],
               repo_root)
     assert "unknown sampler 'nope'" in error_line(bad)
+
+
+def test_corrupt_npy_in_a_worker_is_named(repo_root, tmp_path):
+    # fast-DiT layout with one corrupt feature file, read by 2 data-loader workers.
+    feats, labels = tmp_path / 'features', tmp_path / 'labels'
+    feats.mkdir()
+    labels.mkdir()
+    for i in range(8):
+        np.save(feats / f'{i}.npy', np.random.randn(1, 4, 8, 8).astype(np.float32))
+        np.save(labels / f'{i}.npy', np.array([i % 3]))
+    (feats / '5.npy').write_bytes(b'not a numpy file')
+    config = tmp_path / 'npy.py'
+    config.write_text(
+        f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
+        "train_dataloader = dict(num_workers=2, batch_size=8, dataset=dict(_delete_=True, "
+        f"type='NpyLatentDataset', features_dir='{feats}', labels_dir='{labels}'))\n")
+    result = train(repo_root, str(config), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                   *[o for o in TINY if 'dataset' not in o], 'model.denoiser.in_channels=4', 'model.latent_shape=[4,8,8]',
+                   'train_dataloader.batch_size=8', 'train_dataloader.num_workers=2')
+    line = error_line(result)
+    assert '5.npy' in line, line
