@@ -219,6 +219,14 @@ class LatentDiffusion(BaseModel):
         return self._scheduler_loop(model_fn, x, kwargs, sampler, num_steps, generators,
                                     progress)
 
+    def _scheduler_overrides(self, sampler):
+        """Give a diffusers scheduler the objective's own betas (linear, cosine, ...)."""
+        overrides = dict(num_train_timesteps=self.diffusion.num_timesteps)
+        accepted = inspect.signature(NOISE_SCHEDULERS.get(sampler).__init__).parameters
+        if 'trained_betas' in accepted:
+            overrides['trained_betas'] = self.diffusion.betas
+        return overrides
+
     def _scheduler_loop(self, model_fn, x, kwargs, sampler, num_steps, generators, progress):
         """Sample with a diffusers scheduler (DPM-Solver++, Euler, UniPC, ...).
 
@@ -228,8 +236,7 @@ class LatentDiffusion(BaseModel):
         if sampler not in NOISE_SCHEDULERS.module_dict:
             names = list(GAUSSIAN_SAMPLERS) + sorted(NOISE_SCHEDULERS.module_dict)
             raise ValueError(f'unknown sampler {sampler!r}; choose one of {names}')
-        scheduler = build_noise_scheduler(
-            sampler, num_train_timesteps=self.diffusion.num_timesteps)
+        scheduler = build_noise_scheduler(sampler, **self._scheduler_overrides(sampler))
         scheduler.set_timesteps(num_steps, device=x.device)
         x = x * scheduler.init_noise_sigma
         channels = x.shape[1]

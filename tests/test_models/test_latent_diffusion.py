@@ -78,3 +78,15 @@ def test_vae_encodes_on_the_fly_and_decodes_samples():
     assert pics.shape == (2, 3, 16, 16) and pics.min() >= -1 and pics.max() <= 1
     # The frozen VAE is not part of what is trained or saved.
     assert not any(k.startswith('vae.') for k in model.state_dict())
+
+
+def test_diffusers_samplers_use_the_objectives_schedule():
+    # A model trained with the cosine schedule must be sampled with it, not with the
+    # linear betas diffusers would default to.
+    model = build(diffusion=dict(type='GaussianDiffusion', beta_schedule='squaredcos_cap_v2'))
+    from mmsora.diffusion import build_noise_scheduler
+    sched = build_noise_scheduler('DPMSolverMultistepScheduler',
+                                  **model._scheduler_overrides('DPMSolverMultistepScheduler'))
+    torch.testing.assert_close(sched.alphas_cumprod.double(),
+                               torch.from_numpy(model.diffusion.alphas_cumprod),
+                               rtol=1e-5, atol=1e-6)
