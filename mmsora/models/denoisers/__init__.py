@@ -1,4 +1,5 @@
 """Denoisers: one architecture per file."""
 from .dit import DIT_PRESETS, DiT, dit_flops, dit_preset
+from .video_dit import VideoDiT, inflate_dit_state_dict
 
-__all__ = ['DiT', 'DIT_PRESETS', 'dit_preset', 'dit_flops']
+__all__ = ['DiT', 'DIT_PRESETS', 'dit_preset', 'dit_flops', 'VideoDiT', 'inflate_dit_state_dict']
