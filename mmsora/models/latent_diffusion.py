@@ -70,10 +70,13 @@ class LatentDiffusion(BaseModel):
                 latents: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None,
                 images: Optional[torch.Tensor] = None,
+                caption: Optional[Sequence[str]] = None,
                 mode: str = 'loss'):
         """mmengine entry point: ``mode='loss'`` returns the loss dict.
 
         ``mode='predict'`` samples one latent per label with the default sampler.
+        ``caption`` (video datasets carry it as metadata) is not used by
+        class-conditional denoisers.
         """
         if mode == 'loss':
             return self.loss(latents=latents, labels=labels, images=images)

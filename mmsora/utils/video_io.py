@@ -1,0 +1,226 @@
+"""Video files in and out with PyAV: probe, decode selected frames, write mp4 and gif.
+
+PyAV bundles its own FFmpeg (H.264 decode and libx264 encode), so no system ffmpeg is
+needed. Frames are ``np.uint8`` arrays ``(T, H, W, 3)`` in RGB order; writers also take
+the model's layout, a float tensor ``(3, T, H, W)`` in [-1, 1].
+"""
+import os
+import os.path as osp
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frames',
+           'write_video', 'write_gif']
+
+
+class VideoReadError(ValueError):
+    """A video file exists but cannot be read (empty, corrupt, truncated, no video)."""
+
+    def __init__(self, path, reason):
+        self.path, self.reason = path, reason
+        super().__init__(f'cannot read video {path!r}: {reason}')
+
+
+def _open(path):
+    """Open ``path`` with PyAV and return ``(container, video_stream)``."""
+    import av
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'video file not found: {path!r}')
+    if osp.getsize(path) == 0:
+        raise VideoReadError(path, 'the file is empty (0 bytes)')
+    try:
+        container = av.open(path)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, 'strerror', None) or str(e)
+        raise VideoReadError(path, f'not a readable video container ({reason})') from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(path, 'the file has no video stream')
+    return container, container.streams.video[0]
+
+
+def _decode(container, stream, path):
+    """Yield decoded frames, turning FFmpeg errors into :class:`VideoReadError`."""
+    import av
+    try:
+        for frame in container.decode(stream):
+            yield frame
+    except (av.FFmpegError, OSError) as e:
+        reason = getattr(e, 'strerror', None) or str(e)
+        raise VideoReadError(path, f'decoding failed ({reason})') from None
+
+
+def probe_video(path):
+    """Frame count, frame rate, size and duration of a video file.
+
+    The frame count is the container's when it records one, else a full decode count;
+    the first frame is always decoded so that a file with a valid header but unreadable
+    data is caught here rather than in a training worker.
+
+    Args:
+        path (str): Video file.
+
+    Returns:
+        dict: ``num_frames`` (int), ``fps`` (float), ``height``, ``width`` (int) and
+        ``duration`` (float, seconds).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        VideoReadError: the file is empty, corrupt, or has no decodable video stream.
+    """
+    container, stream = _open(path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        num_frames = int(stream.frames or 0)
+        frames = _decode(container, stream, path)
+        first = next(frames, None)
+        if first is None:
+            raise VideoReadError(path, 'no frame could be decoded')
+        if num_frames <= 0:
+            num_frames = 1 + sum(1 for _ in frames)
+        width = stream.codec_context.width or first.width
+        height = stream.codec_context.height or first.height
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6  # AV_TIME_BASE is microseconds
+        else:
+            duration = None
+    if rate:
+        fps = float(rate)
+    elif duration:
+        fps = num_frames / duration
+    else:
+        raise VideoReadError(path, 'the stream records no frame rate')
+    if duration is None:
+        duration = num_frames / fps
+    return dict(num_frames=num_frames, fps=fps, height=int(height), width=int(width),
+                duration=duration)
+
+
+def read_video_frames(path, indices=None):
+    """Decode the frames at ``indices`` (all frames when None).
+
+    Decoding is sequential from the start and stops at the last frame asked for, so a
+    clip near the beginning of a long video costs only what precedes it.
+
+    Args:
+        path (str): Video file.
+        indices (Sequence[int], optional): Frame numbers (0-based, repeats and any
+            order allowed); the output follows this order.
+
+    Returns:
+        np.ndarray: uint8 ``(T, H, W, 3)`` RGB frames.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        VideoReadError: the file is unreadable, or holds fewer frames than asked for.
+    """
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError(f'no frame indices given for {path!r}')
+        if min(indices) < 0:
+            raise ValueError(f'negative frame index {min(indices)} for {path!r}')
+        wanted, last = set(indices), max(indices)
+    container, stream = _open(path)
+    stream.thread_type = 'AUTO'  # frame threading: several frames decode at once
+    kept, count = {}, 0
+    with container:
+        for i, frame in enumerate(_decode(container, stream, path)):
+            count = i + 1
+            if indices is None or i in wanted:
+                kept[i] = frame.to_ndarray(format='rgb24')
+            if indices is not None and i >= last:
+                break
+    if indices is None:
+        if not kept:
+            raise VideoReadError(path, 'no frame could be decoded')
+        return np.stack([kept[i] for i in range(count)])
+    if last >= count:
+        raise VideoReadError(path, f'frame {last} was asked for but only {count} frames '
+                             'could be decoded')
+    return np.stack([kept[i] for i in indices])
+
+
+def to_uint8_frames(frames):
+    """Frames as uint8 ``(T, H, W, 3)``.
+
+    Args:
+        frames: uint8 ``(T, H, W, 3)`` array or tensor; or a floating array or tensor
+            ``(3, T, H, W)`` in [-1, 1] (the model's layout), clipped and rounded.
+
+    Returns:
+        np.ndarray: uint8 ``(T, H, W, 3)``, C-contiguous.
+    """
+    if hasattr(frames, 'detach'):  # torch.Tensor, without importing torch here
+        frames = frames.detach().cpu().float().numpy() if frames.is_floating_point() \
+            else frames.detach().cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f'uint8 frames must be (T, H, W, 3), got {frames.shape}')
+        return np.ascontiguousarray(frames)
+    if np.issubdtype(frames.dtype, np.floating):
+        if frames.ndim != 4 or frames.shape[0] != 3:
+            raise ValueError(f'float frames must be (3, T, H, W) in [-1, 1], got '
+                             f'{frames.shape}')
+        out = np.clip((frames + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+        return np.ascontiguousarray(out.transpose(1, 2, 3, 0))
+    raise ValueError(f'frames must be uint8 (T, H, W, 3) or float (3, T, H, W), got '
+                     f'dtype {frames.dtype}')
+
+
+def write_video(path, frames, fps, crf=18, pad_odd=False):
+    """Write frames to an H.264 (libx264, yuv420p) mp4 that any player opens.
+
+    Args:
+        path (str): Output file; its folder is created.
+        frames: See :func:`to_uint8_frames`.
+        fps (float): Frame rate (fractional rates such as 12.5 or 29.97 are kept).
+        crf (int): x264 quality, 0 (lossless) to 51; 18 looks lossless to most eyes.
+        pad_odd (bool): yuv420p needs an even width and height; pad an odd one by
+            repeating the last row/column instead of raising. Defaults to False.
+    """
+    import av
+    frames = to_uint8_frames(frames)
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        if not pad_odd:
+            raise ValueError(f'H.264 (yuv420p) needs an even width and height, got '
+                             f'{w}x{h} for {path!r}; crop, or pass pad_odd=True')
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
+        _, h, w, _ = frames.shape
+    rate = Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f'fps must be positive, got {fps}')
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with av.open(path, mode='w') as container:
+        stream = container.add_stream('libx264', rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+        stream.options = {'crf': str(crf)}
+        for arr in frames:
+            frame = av.VideoFrame.from_ndarray(arr, format='rgb24')
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush the encoder's delayed frames
+
+
+def write_gif(path, frames, fps, loop=0):
+    """Write frames to an animated GIF with PIL.
+
+    Args:
+        path (str): Output file; its folder is created.
+        frames: See :func:`to_uint8_frames`.
+        fps (float): Frame rate; GIF delays are whole hundredths of a second, so
+            rates that do not divide 100 are approximated (8 fps plays at ~8.3).
+        loop (int): Times to loop; 0 loops forever.
+    """
+    from PIL import Image
+    frames = to_uint8_frames(frames)
+    if fps <= 0:
+        raise ValueError(f'fps must be positive, got {fps}')
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], loop=loop,
+                   duration=10 * max(1, round(100 / fps)), optimize=False)
