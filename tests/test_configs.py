@@ -73,7 +73,7 @@ def test_dit_xl2_config_is_the_paper_recipe():
 
 
 def test_demo_config_builds_its_data():
-    cfg = Config.fromfile(osp.join(ROOT, 'configs/dit/dit_tiny2_1xb64_3k_shapes16.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     item = dataset[0]
     assert tuple(item['latents'].shape) == tuple(cfg.model.latent_shape)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-DEMO = 'configs/dit/dit_tiny2_1xb64_3k_shapes16.py'
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 TINY = [
     'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
     'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
