@@ -1,12 +1,21 @@
 """Sample from a trained model: ``python tools/infer.py CONFIG_OR_WORK_DIR [options]``.
 
+Image models (``model.latent_shape`` (C, H, W)) write one PNG grid to ``--out``. Video
+models (``model.latent_shape`` (C, T, H, W)) write one H.264 mp4 per sample:
+``--out NAME.mp4`` gives ``NAME_000_label3.mp4, NAME_001_label5.mp4, ...``, and a
+folder (``--out clips/``) gives ``clips/sample_000_label3.mp4, ...``; ``--gif`` adds a
+GIF beside each mp4, and ``--fps`` defaults to the config's ``sample_cfg.fps`` (else 8).
+
 Examples:
     # the newest checkpoint of a run, EMA weights, 8 samples of classes 0..3
-    python tools/infer.py work_dirs/dit_tiny2_1xb64_3k_shapes16 --out samples.png
+    python tools/infer.py work_dirs/dit_tiny2_1xb32_1500_shapes16 --out samples.png
     # a released DiT checkpoint with a local SD VAE
     python tools/infer.py configs/dit/dit_xl2_8xb32_400k_imagenet256.py \
         --checkpoint DiT-XL-2-256x256.pt --labels 207 360 387 974 \
         --cfg-options model.vae.pretrained_path=checkpoints/sd-vae-ft-ema
+    # a video run: 4 clips as mp4 + gif, 12 fps
+    python tools/infer.py work_dirs/video_dit_tiny4_1xb1_overfit_bikes --num-samples 4 \
+        --sampler ddim --steps 50 --out clips/ --gif --fps 12
 """
 import argparse
 import sys
@@ -37,7 +46,13 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', default='samples.png', help='output PNG grid')
+    parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
+                        'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '
+                        'folder (default samples.mp4)')
+    parser.add_argument('--fps', type=float, help="frame rate of the videos (default: "
+                        "the config's sample_cfg.fps, else 8)")
+    parser.add_argument('--gif', action='store_true',
+                        help='videos: also write a GIF beside each mp4')
     parser.add_argument('--nrow', type=int, default=8, help='pictures per grid row')
     parser.add_argument('--upscale', type=int, default=1,
                         help='enlarge the grid by this integer factor (nearest)')
@@ -46,7 +61,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_args(args, num_classes):
+def check_args(args, num_classes, video=False):
     """Validate values a parser cannot; raise UserError naming the option."""
     for name in ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'):
         value = getattr(args, name)
@@ -56,6 +71,17 @@ def check_args(args, num_classes):
         raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {args.cfg_scale}')
     if not 0 <= args.eta <= 1:
         raise UserError(f'--eta must be in [0, 1], got {args.eta}')
+    if args.fps is not None and not args.fps > 0:
+        raise UserError(f'--fps must be > 0, got {args.fps}')
+    if not video and args.gif:
+        raise UserError('--gif is for video models; this model makes pictures '
+                        '(model.latent_shape has no frame axis)')
+    if video and args.out is not None:
+        from mmsora.apis import video_paths
+        try:
+            video_paths(args.out, [0])
+        except ValueError as e:
+            raise UserError(str(e)) from None
     bad = [y for y in args.labels or [] if not 0 <= y < num_classes]
     if bad:
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
@@ -63,10 +89,11 @@ def check_args(args, num_classes):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmsora.apis import init_model, sample_images, save_image_grid
+    from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
-    check_args(args, model.num_classes)
+    video = len(model.latent_shape) == 4  # (C, T, H, W)
+    check_args(args, model.num_classes, video)
     n = args.num_samples or (len(args.labels) if args.labels else 16)
     pool = args.labels or list(range(model.num_classes))
     labels = [pool[i % len(pool)] for i in range(n)]
@@ -78,8 +105,14 @@ def main(argv=None):
         eta=args.eta)
     images = sample_images(model, labels, [args.seed + i for i in range(n)],
                            batch_size=args.batch_size, progress=True, **sample_kwargs)
-    save_image_grid(images, args.out, nrow=args.nrow, upscale=args.upscale)
-    print(f'saved {n} samples (labels {labels}) to {args.out}')
+    if video:
+        fps = args.fps or defaults.get('fps', 8)
+        paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
+        print(f'saved {n} clips (labels {labels}, {fps:g} fps) to {", ".join(paths)}')
+        return
+    out = args.out or 'samples.png'
+    save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
+    print(f'saved {n} samples (labels {labels}) to {out}')
 
 
 if __name__ == '__main__':

@@ -40,7 +40,6 @@ def parse_args(argv=None):
 
 def is_mmengine_checkpoint(path):
     """Whether ``path`` was written by mmengine (weights under ``state_dict``)."""
-    import mmsora.engine  # noqa: F401  (lets weights_only read mmengine checkpoints)
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
         return False

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-import mmsora.engine  # noqa: F401  (makes mmengine checkpoints weights_only-loadable)
 from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'sample_images', 'save_image_grid']

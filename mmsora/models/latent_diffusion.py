@@ -26,15 +26,19 @@ class LatentDiffusion(BaseModel):
             ``denoiser.forward_with_cfg(x, t, y, cfg_scale)``.
         diffusion: Config of the training objective in the ``DIFFUSION`` registry.
         vae: Optional config of a VAE wrapper (``encode``/``decode`` and a
-            ``scale_factor``). Without one, inputs are latents already (or pixels,
-            for pixel-space models) and samples are returned as they are.
+            ``scale_factor``). With one, a batch's ``images`` are encoded to latents.
+            Without one the model diffuses in pixel space: a batch's ``images``
+            (in [-1, 1]) *are* its latents, and samples are returned as they are.
         latent_shape: Shape of one latent, ``(C, H, W)`` (or ``(C, T, H, W)``);
             used by :meth:`sample` when no noise is given.
         num_classes: Number of classes; the null (unconditional) label is
-            ``num_classes``, as in DiT.
+            ``num_classes``, as in DiT. ``num_classes=1`` is an unconditional model:
+            its batches may come without labels (video datasets give label -1 to
+            rows without one), and label -1 is read as class 0.
         pretrained_denoiser: Optional original DiT / fast-DiT checkpoint file loaded
             into the denoiser (``strict=True``) by ``init_weights``, i.e. when a run
-            starts; ``tools/train.py --load-from`` sets it for such files.
+            starts; ``tools/train.py --load-from`` sets it for such files. A denoiser
+            with a ``load_image_dit`` method (VideoDiT) inflates the image DiT instead.
         data_preprocessor: mmengine data preprocessor config.
         init_cfg: mmengine init config.
     """
@@ -59,9 +63,18 @@ class LatentDiffusion(BaseModel):
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
         super().init_weights()
-        if self.pretrained_denoiser:
-            from mmsora.utils.checkpoint import load_dit_checkpoint
-            load_dit_checkpoint(self.denoiser, self.pretrained_denoiser)
+        if not self.pretrained_denoiser:
+            return
+        from mmsora.utils.checkpoint import load_checkpoint_file, load_dit_checkpoint
+        path = self.pretrained_denoiser
+        # An mmsora (mmengine) run keeps the denoiser's weights under 'denoiser.'.
+        obj = load_checkpoint_file(path)
+        prefix = 'denoiser.' if isinstance(obj, dict) and 'state_dict' in obj else None
+        del obj
+        if hasattr(self.denoiser, 'load_image_dit'):  # VideoDiT: inflate, strictly
+            self.denoiser.load_image_dit(path, prefix=prefix)
+        else:
+            load_dit_checkpoint(self.denoiser, path, prefix=prefix)
 
     # ------------------------------------------------------------------ #
     #                               Training                             #
@@ -91,6 +104,7 @@ class LatentDiffusion(BaseModel):
         """One DiT training step's loss: latents -> t -> noise -> predict -> loss."""
         x = self._latents_from(latents, images)               # (N, C, [T,] H, W)
         self._check_latent_shape(x)
+        labels = self._unconditional_labels(labels, x)
         self._check_labels(labels)
         t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
         terms = self.diffusion.training_losses(self.denoiser, x, t, model_kwargs=dict(y=labels))
@@ -106,9 +120,8 @@ class LatentDiffusion(BaseModel):
             return latents
         if images is None:
             raise ValueError('LatentDiffusion.loss needs `latents` or `images` in the batch')
-        if self.vae is None:
-            raise ValueError('the batch holds `images` but the model has no `vae` to encode '
-                             'them: add model.vae to the config or train on latents')
+        if self.vae is None:  # pixel space: the pictures / clips are the latents
+            return images
         with torch.no_grad():
             return self.vae.encode(images)
 
@@ -119,13 +132,24 @@ class LatentDiffusion(BaseModel):
                 f'(model.latent_shape={self.latent_shape}); check the dataset '
                 'or the model size in the config')
 
+    def _unconditional_labels(self, labels, x):
+        """A one-class model is unconditional: no label or -1 ("none") means class 0."""
+        if self.num_classes != 1:
+            return labels
+        if labels is None:
+            return torch.zeros(len(x), dtype=torch.long, device=x.device)
+        return labels.clamp(min=0)
+
     def _check_labels(self, labels):
         if labels is None:
             raise ValueError('the batch has no `labels`; class-conditional models need them')
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            hint = (' (label -1 marks a manifest row without a label: add a label column, '
+                    'or set model.num_classes=1 for an unconditional model)'
+                    if int(labels.min()) == -1 else '')
             raise ValueError(
                 f'labels must lie in [0, {self.num_classes}); got min {int(labels.min())} '
-                f'max {int(labels.max())} (model.num_classes={self.num_classes})')
+                f'max {int(labels.max())} (model.num_classes={self.num_classes}){hint}')
 
     # ------------------------------------------------------------------ #
     #                               Sampling                             #

@@ -33,6 +33,10 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
     """
+    # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
+    # those data-only types (mmsora.engine.compat) before the weights-only load.
+    from mmsora.engine.compat import make_mmengine_checkpoints_loadable
+    make_mmengine_checkpoints_loadable()
     path = str(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')

@@ -128,3 +128,11 @@ def test_load_from_an_original_dit_file(repo_root, tmp_path):
     model.init_weights()
     for key, value in source.state_dict().items():
         assert torch.equal(model.denoiser.state_dict()[key], value), key
+    # An mmsora run's checkpoint works too: its denoiser keys sit under 'denoiser.'.
+    torch.save({'state_dict': {f'denoiser.{k}': v for k, v in source.state_dict().items()},
+                'meta': {}}, tmp_path / 'run.pth')
+    cfg.model.pretrained_denoiser = str(tmp_path / 'run.pth')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.denoiser.state_dict()[key], value), key

@@ -40,8 +40,11 @@ def test_bad_batches_name_the_problem():
         model.loss(torch.randn(2, 4, 16, 16), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r'labels must lie in \[0, 3\).*max 3'):
         model.loss(torch.randn(2, 4, 8, 8), torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match='no `vae`'):
+    # Without a VAE, images are the latents (pixel space): their shape is checked too.
+    with pytest.raises(ValueError, match='do not fit'):
         model.loss(images=torch.randn(2, 3, 16, 16), labels=torch.tensor([0, 1]))
+    assert torch.isfinite(model.loss(images=torch.randn(2, 4, 8, 8),
+                                     labels=torch.tensor([0, 1]))['loss'])
     with pytest.raises(ValueError, match="unknown sampler 'Nope'"):
         model.sample([0], sampler='Nope', num_steps=2, seeds=[0])
     with pytest.raises(ValueError, match='2 seeds for 1 samples'):

@@ -1,0 +1,16 @@
+# UCF-101 clips of 16 frames at 256x256, SD-VAE latents (4x16x32x32 per clip) in the
+# packed latent store, with their class labels (0..100). NOTE: tools/extract_features.py
+# does not encode videos yet; such a store has to be written with
+# mmsora.datasets.latent_store's writer from your own VAE-encoding loop (docs/video.md).
+data_root = 'data/ucf101_16x256_latents'
+train_dataloader = dict(
+    batch_size=5,
+    num_workers=4,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    # Horizontal flips only when the store holds flipped copies.
+    dataset=dict(type='PackedLatentDataset', data_root=data_root,
+                 sample_posterior=True, random_flip=True),
+)

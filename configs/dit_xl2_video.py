@@ -1,0 +1,39 @@
+# VideoDiT-XL/2 ("Latte-XL/2", Ma et al. 2024, https://arxiv.org/abs/2401.03048):
+# DiT-XL/2 widths with Latte's interleaved spatial / temporal blocks (depth 28 = 14 +
+# 14), 16-frame 256x256 clips as SD-VAE latents (4x16x32x32), class-conditional on
+# UCF-101 (101 classes), DiT's Gaussian diffusion, AdamW 1e-4 without weight decay,
+# EMA 0.9999.
+#
+# Latte's UCF-101 recipe (its configs/ucf101 train file): 8 GPUs x 5 clips = global
+# batch 40, lr 1e-4 constant, EMA 0.9999, mixed precision, up to 1M iterations, clips
+# sampled every 3rd frame.
+#   bash tools/dist_train.sh configs/dit_xl2_video.py 8 --amp \
+#       --cfg-options train_dataloader.dataset.data_root=/data/ucf101_16x256_latents
+#   python tools/infer.py work_dirs/dit_xl2_video --labels 0 10 20 30 --out ucf/ --gif
+# Memory: add model.denoiser.grad_checkpointing=True (recompute each block in the
+# backward pass) when a batch of 5 does not fit (not measured here).
+#
+# Starting from an image DiT (Latte initialises its spatial blocks from DiT-XL/2):
+# `--load-from DiT-XL-2-256x256.pt` (an original DiT file) sets
+# model.pretrained_denoiser, which VideoDiT.load_image_dit inflates *exactly* (the
+# untrained video model is the DiT applied frame by frame). Exact inflation needs one
+# spatial block per DiT block, i.e. 28 spatial blocks, so with DiT-XL/2 use
+#   --cfg-options model.denoiser.depth=56        (latte: 28 spatial + 28 temporal)
+#   or model.denoiser.block_type=stdit            (28 STDiT blocks)
+# and the 1000-class label table: model.denoiser.num_classes=1000 model.num_classes=1000
+# (UCF-101's labels then index into ImageNet's table; a fresh 101-class table cannot be
+# inflated strictly). With this file's depth 28 the load stops with a message saying so.
+#
+# Data: UCF-101 clips (16 frames, stride 3, 256x256 center crop) encoded by the SD VAE
+# into the packed latent store; see docs/video.md for what exists to make that store.
+_base_ = [
+    '_base_/models/video_dit_xl2.py',
+    '_base_/datasets/ucf101_16x256_latents.py',
+    '_base_/default_runtime.py',
+]
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999)),
+)
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000000)

@@ -1,0 +1,105 @@
+"""tools/infer.py on a video model: one mp4 (and GIF) per sample with the documented
+names, frame count, size and fps; bad video options give one ``error:`` line. Also
+``mmsora.apis.save_videos`` on its own."""
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mmsora.apis import save_videos, video_paths
+from mmsora.datasets.manifest import write_manifest
+from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+
+CONFIG = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
+# The demo config at 4 frames of 16x16 (patch 4, 2 blocks of width 32): seconds on CPU.
+TINY_CONFIG = '''_base_ = [{base!r}]
+model = dict(denoiser=dict(input_size=16, hidden_size=32, depth=2, num_heads=2,
+                           num_frames=4),
+             latent_shape=(3, 4, 16, 16))
+train_dataloader = dict(dataset=dict(data_root={data_root!r}, manifest='clips.csv',
+    pipeline=[dict(type='SampleClipIndices', num_frames=4, mode='center'),
+              dict(type='DecodeFrames'),
+              dict(type='ResizeCropVideo', size=16),
+              dict(type='PackVideoInputs')]))
+param_scheduler = []
+train_cfg = dict(max_iters=2)
+default_hooks = dict(checkpoint=dict(interval=2))
+'''
+
+
+def run(args, repo_root, timeout=300):
+    import os
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def error_line(result):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_video_paths_and_save_videos(tmp_path):
+    assert video_paths('out/a.mp4', [3, 5]) == ['out/a_000_label3.mp4',
+                                                'out/a_001_label5.mp4']
+    assert video_paths('clips/', [1]) == [osp.join('clips/', 'sample_000_label1.mp4')]
+    assert video_paths('clips', [1], ext='.gif') == [osp.join('clips', 'sample_000_label1.gif')]
+    with pytest.raises(ValueError, match='NAME.mp4'):
+        video_paths('grid.png', [0])
+    videos = torch.rand(2, 3, 5, 16, 24) * 2 - 1
+    paths = save_videos(videos, str(tmp_path / 'v.mp4'), fps=12.5, labels=[0, 7], gif=True)
+    assert [osp.basename(p) for p in paths] == [
+        'v_000_label0.mp4', 'v_001_label7.mp4', 'v_000_label0.gif', 'v_001_label7.gif']
+    info = probe_video(paths[1])
+    assert (info['num_frames'], info['height'], info['width']) == (5, 16, 24)
+    assert info['fps'] == pytest.approx(12.5)
+    with pytest.raises(ValueError, match=r'\(N, 3, T, H, W\)'):
+        save_videos(videos[:, :, 0], str(tmp_path / 'x.mp4'), fps=8)
+
+
+def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):
+    # A synthetic moving-square video and an unlabelled manifest (labels -1 -> class 0
+    # for the one-class model).
+    frames = np.zeros((12, 32, 48, 3), np.uint8)
+    for i in range(12):
+        frames[i, 8:20, 2 + 3 * i:14 + 3 * i] = (200, 60, 30)
+    write_video(str(tmp_path / 'data' / 'clip.mp4'), frames, fps=25)
+    write_manifest([dict(path='clip.mp4')], str(tmp_path / 'data' / 'clips.csv'))
+    config = tmp_path / 'tiny_video.py'
+    config.write_text(TINY_CONFIG.format(base=osp.join(repo_root, CONFIG),
+                                         data_root=str(tmp_path / 'data')))
+    work = tmp_path / 'work'
+    result = run(['tools/train.py', str(config), '--work-dir', str(work)], repo_root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    out = tmp_path / 'samples' / 'clip.mp4'
+    result = run(['tools/infer.py', str(work), '--num-samples', '2', '--steps', '2',
+                  '--out', str(out), '--gif', '--fps', '10'], repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ['clip_000_label0.gif', 'clip_000_label0.mp4', 'clip_001_label0.gif',
+                     'clip_001_label0.mp4'], names
+    for name in ('clip_000_label0.mp4', 'clip_001_label0.mp4'):
+        info = probe_video(str(out.parent / name))
+        assert (info['num_frames'], info['height'], info['width']) == (4, 16, 16)
+        assert info['fps'] == pytest.approx(10)
+        assert read_video_frames(str(out.parent / name)).shape == (4, 16, 16, 3)
+
+    # --out as a folder and the config's sample_cfg.fps (6.25) by default.
+    folder = tmp_path / 'folder'
+    result = run(['tools/infer.py', str(work), '--labels', '0', '--steps', '2',
+                  '--out', f'{folder}/'], repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert probe_video(str(folder / 'sample_000_label0.mp4'))['fps'] == pytest.approx(6.25)
+
+    bad = run(['tools/infer.py', str(work), '--fps', '0'], repo_root)
+    assert '--fps must be > 0' in error_line(bad)
+    bad = run(['tools/infer.py', str(work), '--out', str(tmp_path / 'grid.png')], repo_root)
+    assert 'NAME.mp4' in error_line(bad)
+    bad = run(['tools/infer.py', str(work), '--labels', '1'], repo_root)
+    assert 'out of range' in error_line(bad)
