@@ -4,19 +4,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-# A tiny random SD-style VAE: 2 blocks → spatial factor 2, 4 latent channels.
-TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-                norm_num_groups=8, down_block_types=('DownEncoderBlock2D',) * 2,
-                up_block_types=('UpDecoderBlock2D',) * 2, sample_size=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convs run ~100x slower with 2 intra-op threads on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tests.tiny_models import TINY_VAE
 
 
 @pytest.fixture(scope='session')

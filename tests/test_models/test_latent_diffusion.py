@@ -6,12 +6,10 @@ import torch
 import mmsora.diffusion  # noqa: F401
 import mmsora.models  # noqa: F401
 from mmsora.registry import MODELS
+from tests.tiny_models import TINY_VAE
 
 TINY_DIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
                 depth=2, num_heads=2, num_classes=3, learn_sigma=True)
-TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-                norm_num_groups=8, down_block_types=('DownEncoderBlock2D',) * 2,
-                up_block_types=('UpDecoderBlock2D',) * 2)
 
 
 def build(**kwargs):
