@@ -11,7 +11,6 @@ import torch
 torch.set_num_threads(1)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SHARED_VIDEOS = osp.join(osp.dirname(REPO_ROOT), 'shared', 'data', 'videos')
 
 
 @pytest.fixture

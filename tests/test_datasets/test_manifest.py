@@ -11,14 +11,8 @@ import pytest
 
 from mmsora.datasets.manifest import ManifestError, load_manifest, write_manifest
 from mmsora.utils.cli import UserError
+from tests.shared_videos import BIKES, BUNNY, REPO_ROOT, needs_videos
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-VIDEOS = osp.join(osp.dirname(REPO_ROOT), 'shared', 'data', 'videos')
-BIKES = osp.join(VIDEOS, 'bikes.mp4')
-BUNNY = osp.join(VIDEOS, 'bigbuckbunny.mp4')
-needs_videos = pytest.mark.skipif(
-    not (osp.isfile(BIKES) and osp.isfile(BUNNY)),
-    reason=f'test videos not found in {VIDEOS} (../shared/data/videos)')
 
 ROWS = [
     dict(path='clips/a.mp4', caption='a cat, sitting "still"', label=0, num_frames=250,

@@ -10,14 +10,7 @@ from PIL import Image
 
 from mmsora.utils.video_io import (VideoReadError, probe_video, read_video_frames,
                                    to_uint8_frames, write_gif, write_video)
-
-VIDEOS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(
-    __file__))))), 'shared', 'data', 'videos')
-BIKES = osp.join(VIDEOS, 'bikes.mp4')
-BUNNY = osp.join(VIDEOS, 'bigbuckbunny.mp4')
-needs_videos = pytest.mark.skipif(
-    not (osp.isfile(BIKES) and osp.isfile(BUNNY)),
-    reason=f'test videos not found in {VIDEOS} (../shared/data/videos)')
+from tests.shared_videos import BIKES, BUNNY, VIDEOS, needs_videos
 
 
 def psnr(a, b):

@@ -15,14 +15,7 @@ from mmsora.datasets.transforms import (ClipTooShortError, DecodeFrames, FramesT
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.registry import DATASETS, TRANSFORMS
 from mmsora.utils.video_io import VideoReadError, read_video_frames
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-VIDEOS = osp.join(osp.dirname(REPO_ROOT), 'shared', 'data', 'videos')
-BIKES = osp.join(VIDEOS, 'bikes.mp4')
-BUNNY = osp.join(VIDEOS, 'bigbuckbunny.mp4')
-needs_videos = pytest.mark.skipif(
-    not (osp.isfile(BIKES) and osp.isfile(BUNNY)),
-    reason=f'test videos not found in {VIDEOS} (../shared/data/videos)')
+from tests.shared_videos import BIKES, needs_videos
 
 
 @pytest.fixture(scope='module')

@@ -42,9 +42,8 @@ from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.transforms.video import (ResizeCropVideo, SampleClipIndices,
                                               resize_frames)
 from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+from tests.shared_videos import VIDEOS as SHARED
 
-SHARED = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), '..',
-                  'shared', 'data', 'videos')
 CANDIDATES = ('bikes.mp4', 'bigbuckbunny.mp4')
 CONFIG = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
 MIN_PSNR = 18.0
