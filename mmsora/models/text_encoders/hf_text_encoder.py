@@ -1,0 +1,169 @@
+"""Frozen transformers text encoder (T5 or CLIP) read from a local folder.
+
+Text-to-video DiTs condition on the token embeddings of a frozen text encoder: T5-v1.1
+XXL in PixArt-alpha and Open-Sora (120 or 300 tokens, padded, with an attention mask),
+CLIP ViT-bigG in StableCascade (77 tokens, plus the pooled, projected embedding). The
+encoder is loaded lazily and kept out of the trained model's state dict, optimizer and
+EMA, like the VAE wrapper. ``tools/extract_features.py`` runs it once, before
+training; ``tools/infer.py`` runs it on the prompts.
+"""
+import os.path as osp
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from mmsora.registry import MODELS
+
+__all__ = ['HFTextEncoder']
+
+# kind -> (transformers model class, default max_length)
+KINDS = {
+    't5': ('T5EncoderModel', 120),
+    'clip': ('CLIPTextModel', 77),
+    'clip_with_projection': ('CLIPTextModelWithProjection', 77),
+}
+
+
+@MODELS.register_module()
+class HFTextEncoder(nn.Module):
+    """Frozen T5 / CLIP text encoder with its tokenizer, from a LOCAL folder.
+
+    Args:
+        pretrained_path (str): Local folder holding the encoder (``config.json`` and
+            weights) and its tokenizer files, or a diffusers pipeline folder with
+            ``text_encoder/`` and ``tokenizer/`` subfolders. Never fetched from a hub.
+        kind (str): ``'t5'`` (T5EncoderModel), ``'clip'`` (CLIPTextModel, pooled =
+            ``pooler_output``) or ``'clip_with_projection'``
+            (CLIPTextModelWithProjection, pooled = the projected ``text_embeds``, as
+            StableCascade's prior uses).
+        max_length (int, optional): Tokens per caption; captions are padded to it (the
+            mask marks real tokens) and truncated. Default: 120 for T5 (PixArt /
+            Open-Sora 1.0), 77 for CLIP.
+        hidden_layer (int, optional): Take ``hidden_states[hidden_layer]`` instead of
+            the last (final-norm) hidden state; StableCascade uses -1 (before CLIP's
+            final layer norm), SD 2 / SDXL use -2.
+        dtype (str, optional): Load the encoder in 'float16' / 'bfloat16' (T5-XXL
+            is 9.5 GB in bf16); default float32.
+        micro_batch_size (int, optional): Most captions through the encoder at once.
+    """
+
+    def __init__(self, pretrained_path: str, kind: str = 't5',
+                 max_length: Optional[int] = None, hidden_layer: Optional[int] = None,
+                 dtype: Optional[str] = None, micro_batch_size: Optional[int] = None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f'text encoder kind must be one of {sorted(KINDS)}, got {kind!r}')
+        self.pretrained_path = pretrained_path
+        self.kind = kind
+        self.max_length = max_length or KINDS[kind][1]
+        self.hidden_layer = hidden_layer
+        self.torch_dtype = getattr(torch, dtype) if dtype else torch.float32
+        self.micro_batch_size = micro_batch_size
+        # Built on first use and not registered as a submodule (see AutoencoderKLWrapper).
+        self.__dict__['_encoder'] = None
+        self.__dict__['_tokenizer'] = None
+
+    # ------------------------------------------------------------------ loading
+    def _folders(self):
+        """(model folder, tokenizer folder) inside ``pretrained_path``."""
+        path = self.pretrained_path
+        if not osp.isdir(path):
+            raise FileNotFoundError(f'text encoder folder {path!r} does not exist (give a '
+                                    f'local transformers folder; nothing is downloaded)')
+        if osp.isfile(osp.join(path, 'config.json')):
+            return path, path
+        model_dir = osp.join(path, 'text_encoder')
+        if osp.isfile(osp.join(model_dir, 'config.json')):
+            tok = osp.join(path, 'tokenizer')
+            return model_dir, tok if osp.isdir(tok) else model_dir
+        raise FileNotFoundError(f'text encoder folder {path!r} has neither config.json nor '
+                                f'text_encoder/config.json')
+
+    def _load(self):
+        try:
+            import transformers
+        except ImportError:
+            raise ImportError('text encoders need the transformers package: '
+                              'pip install -r requirements/optional.txt') from None
+        model_dir, tok_dir = self._folders()
+        cls = getattr(transformers, KINDS[self.kind][0])
+        encoder = cls.from_pretrained(model_dir, local_files_only=True,
+                                      dtype=self.torch_dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        encoder.requires_grad_(False)
+        self.__dict__['_encoder'] = encoder.eval()
+        self.__dict__['_tokenizer'] = tokenizer
+
+    @property
+    def encoder(self):
+        """The transformers model, loaded on first access."""
+        if self.__dict__['_encoder'] is None:
+            self._load()
+        return self.__dict__['_encoder']
+
+    @property
+    def tokenizer(self):
+        if self.__dict__['_tokenizer'] is None:
+            self._load()
+        return self.__dict__['_tokenizer']
+
+    def train(self, mode=True):
+        """Stay in eval mode: the encoder is frozen."""
+        return super().train(False)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def embed_dim(self):
+        """Width of the token embeddings (``caption_channels`` of a text DiT)."""
+        return self.encoder.config.hidden_size if self.kind != 't5' else self.encoder.config.d_model
+
+    @property
+    def pooled_dim(self) -> Optional[int]:
+        if self.kind == 't5':
+            return None
+        if self.kind == 'clip_with_projection':
+            return self.encoder.config.projection_dim
+        return self.encoder.config.hidden_size
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def encode(self, captions: Sequence[str], device=None
+               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Token embeddings of captions.
+
+        Args:
+            captions: N strings.
+            device: Where to run the encoder (it is moved there); default its own.
+
+        Returns:
+            ``(embeds, mask, pooled)``: float32 (N, max_length, D) token embeddings,
+            bool (N, max_length) mask (True for real tokens), and float32 (N, D2)
+            pooled embeddings (None for T5).
+        """
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise TypeError('captions must be a sequence of strings')
+        encoder = self.encoder.to(device) if device is not None else self.encoder
+        device = next(encoder.parameters()).device
+        embeds, masks, pooled = [], [], []
+        n = self.micro_batch_size or max(len(captions), 1)
+        for start in range(0, len(captions), n):
+            tokens = self.tokenizer(
+                list(captions[start:start + n]), padding='max_length', truncation=True,
+                max_length=self.max_length, return_tensors='pt')
+            ids = tokens['input_ids'].to(device)
+            mask = tokens['attention_mask'].to(device)
+            out = encoder(input_ids=ids, attention_mask=mask,
+                          output_hidden_states=self.hidden_layer is not None)
+            hidden = (out.last_hidden_state if self.hidden_layer is None
+                      else out.hidden_states[self.hidden_layer])
+            embeds.append(hidden.float())
+            masks.append(mask.bool())
+            if self.kind == 'clip':
+                pooled.append(out.pooler_output.float())
+            elif self.kind == 'clip_with_projection':
+                pooled.append(out.text_embeds.float())
+        if not embeds:
+            raise ValueError('no captions to encode')
+        return (torch.cat(embeds), torch.cat(masks),
+                torch.cat(pooled) if pooled else None)
