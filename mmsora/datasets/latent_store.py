@@ -6,6 +6,9 @@ Layout of a store ``root/``::
     parts/rank-00003.json   per-writer index parts (what each writer has finished)
     shard_00000.npy         latents of shard 0: (n, num_copies, K, *latent_shape)
     labels_00000.npy        int64 class ids of shard 0: (n,)
+    text_00000.npy          optional text-encoder tokens of shard 0: (n, L, D)
+    text_mask_00000.npy     optional bool token mask: (n, L)
+    pooled_00000.npy        optional pooled text embeddings: (n, D2) (CLIP)
 
 ``K`` is 2 for ``content='moments'`` (scaled posterior mean, scaled posterior std) and
 1 for ``content='samples'`` (one scaled posterior sample). ``num_copies`` is 1, or 2
@@ -38,7 +41,7 @@ CONTENTS = ('moments', 'samples')
 # Fields that must agree between a resumed writer, the parts on disk and the index.
 HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_copies',
                'scale_factor', 'shift_factor', 'vae', 'shard_size', 'num_source_items',
-               'num_shards')
+               'num_shards', 'text_shape', 'pooled_dim')
 
 
 # --------------------------------------------------------------------------- #
@@ -97,6 +100,14 @@ def labels_name(shard_id):
     return f'labels_{shard_id:05d}.npy'
 
 
+# Optional per-shard text files: field -> file name prefix.
+TEXT_FILES = dict(text_embeds='text', text_mask='text_mask', pooled_text_embeds='pooled')
+
+
+def text_name(field, shard_id):
+    return f'{TEXT_FILES[field]}_{shard_id:05d}.npy'
+
+
 # --------------------------------------------------------------------------- #
 #                                dtype encoding                                #
 # --------------------------------------------------------------------------- #
@@ -142,11 +153,17 @@ class LatentStoreWriter:
         rank (int): This writer's rank. Defaults to 0.
         world_size (int): Number of writers. Defaults to 1.
         meta (dict, optional): Free-form JSON-able extras (classes, image size, ...).
+        text_shape (tuple[int], optional): ``(L, D)`` of each item's text-encoder
+            tokens when the store keeps text embeddings (stored in ``dtype``, with a
+            bool token mask). Defaults to None (no text).
+        pooled_dim (int, optional): Width of each item's pooled text embedding (CLIP),
+            when kept. Defaults to None.
     """
 
     def __init__(self, root, num_source_items, latent_shape, dtype='float16',
                  content='moments', num_copies=1, scale_factor=0.18215, shift_factor=0.0,
-                 vae='', shard_size=4096, rank=0, world_size=1, meta=None):
+                 vae='', shard_size=4096, rank=0, world_size=1, meta=None,
+                 text_shape=None, pooled_dim=None):
         if dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
         if content not in CONTENTS:
@@ -166,7 +183,11 @@ class LatentStoreWriter:
             num_copies=int(num_copies), scale_factor=float(scale_factor),
             shift_factor=float(shift_factor), vae=str(vae), shard_size=int(shard_size),
             num_source_items=int(num_source_items),
-            num_shards=-(-int(num_source_items) // int(shard_size)))
+            num_shards=-(-int(num_source_items) // int(shard_size)),
+            text_shape=[int(s) for s in text_shape] if text_shape else None,
+            pooled_dim=int(pooled_dim) if pooled_dim else None)
+        if pooled_dim and not text_shape:
+            raise ValueError('pooled_dim needs text_shape (the token embeddings)')
         self.meta = meta or {}
         self.item_shape = (int(num_copies), 2 if content == 'moments' else 1,
                            *self.header['latent_shape'])
@@ -236,7 +257,7 @@ class LatentStoreWriter:
                 os.remove(path)
 
     # ------------------------------------------------------------------ writing
-    def write_shard(self, shard_id, latents, labels, skipped=()):
+    def write_shard(self, shard_id, latents, labels, skipped=(), text=None):
         """Write one finished shard and record it in this rank's index part.
 
         Args:
@@ -247,6 +268,9 @@ class LatentStoreWriter:
             labels (Sequence[int]): ``n`` class ids.
             skipped (Sequence): Source items of this shard that could not be read
                 (e.g. their file names), kept in the index for the record.
+            text (dict, optional): Required when the store has ``text_shape``:
+                ``text_embeds`` (n, L, D), ``text_mask`` (n, L) and, with
+                ``pooled_dim``, ``pooled_text_embeds`` (n, D2).
         """
         start, stop = self.shard_range(shard_id)
         if not 0 <= shard_id < self.num_shards:
@@ -260,13 +284,45 @@ class LatentStoreWriter:
         if n + len(skipped) != stop - start:
             raise ValueError(f'shard {shard_id}: {n} items + {len(skipped)} skipped != '
                              f'{stop - start} source items')
+        text_files = self._text_arrays(shard_id, n, text)
         # Data files first, the index part last: a shard is listed only when complete.
+        for name, array in text_files.items():
+            _atomic_save_npy(osp.join(self.root, name), array)
         _atomic_save_npy(osp.join(self.root, labels_name(shard_id)), labels)
         _atomic_save_npy(osp.join(self.root, shard_name(shard_id)), latents)
         self.own[shard_id] = dict(
             id=shard_id, file=shard_name(shard_id), labels_file=labels_name(shard_id),
             start=start, stop=stop, count=n, skipped=[str(s) for s in skipped])
+        if text_files:
+            self.own[shard_id]['text_files'] = {
+                field: text_name(field, shard_id) for field in TEXT_FILES
+                if text_name(field, shard_id) in text_files}
         self._write_part()
+
+    def _text_arrays(self, shard_id, n, text):
+        """``{file name: array}`` of a shard's text fields, checked against the header."""
+        text_shape, pooled_dim = self.header['text_shape'], self.header['pooled_dim']
+        if text_shape is None:
+            if text is not None:
+                raise ValueError('this store keeps no text (text_shape=None) but text was '
+                                 'given')
+            return {}
+        if text is None:
+            raise ValueError(f'shard {shard_id}: the store keeps text (text_shape='
+                             f'{text_shape}) but none was given')
+        expected = dict(text_embeds=(n, *text_shape), text_mask=(n, text_shape[0]))
+        if pooled_dim:
+            expected['pooled_text_embeds'] = (n, pooled_dim)
+        out = {}
+        for field, shape in expected.items():
+            value = text.get(field)
+            if value is None or tuple(value.shape) != shape:
+                got = None if value is None else tuple(value.shape)
+                raise ValueError(f'shard {shard_id}: {field} has shape {got}, expected {shape}')
+            out[text_name(field, shard_id)] = (
+                np.asarray(torch.as_tensor(value).cpu(), dtype=bool) if field == 'text_mask'
+                else encode_dtype(value, self.header['dtype']))
+        return out
 
     def _write_part(self):
         part = dict(self.header, rank=self.rank, world_size=self.world_size,
@@ -332,6 +388,8 @@ class LatentStore:
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.labels = np.concatenate(
             [self._load_labels(s) for s in self.shards] or [np.zeros(0, np.int64)])
+        self.text_shape = tuple(index['text_shape']) if index.get('text_shape') else None
+        self.pooled_dim = index.get('pooled_dim')
         self._arrays = {}
 
     def _load_labels(self, shard):
@@ -345,17 +403,17 @@ class LatentStore:
     def __len__(self):
         return int(self.offsets[-1])
 
-    def shard_array(self, i):
-        """Memory map of the ``i``-th non-empty shard, opened on first use."""
-        arr = self._arrays.get(i)
+    def shard_array(self, i, field=None):
+        """Memory map of the ``i``-th non-empty shard (or of one of its text fields)."""
+        arr = self._arrays.get((i, field))
         if arr is None:
             shard = self.shards[i]
-            path = osp.join(self.root, shard['file'])
+            path = osp.join(self.root, shard['text_files'][field] if field else shard['file'])
             arr = np.load(path, mmap_mode='r', allow_pickle=False)
             if arr.shape[0] != shard['count']:
                 raise ValueError(f'{path!r} holds {arr.shape[0]} items, index says '
                                  f'{shard["count"]}')
-            self._arrays[i] = arr
+            self._arrays[(i, field)] = arr
         return arr
 
     def locate(self, idx):
@@ -371,6 +429,23 @@ class LatentStore:
     def __getitem__(self, idx):
         i, row = self.locate(idx)
         return decode_dtype(self.shard_array(i)[row], self.dtype)
+
+    def text(self, idx):
+        """Item ``idx``'s text fields as float32 / bool arrays, or None if no text is kept.
+
+        Returns:
+            dict | None: ``text_embeds`` (L, D), ``text_mask`` (L,) and, when kept,
+            ``pooled_text_embeds`` (D2,).
+        """
+        if self.text_shape is None:
+            return None
+        i, row = self.locate(idx)
+        out = {}
+        for field in self.shards[i]['text_files']:
+            value = self.shard_array(i, field)[row]
+            out[field] = (np.array(value, dtype=bool) if field == 'text_mask'
+                          else decode_dtype(value, self.dtype))
+        return out
 
     def __getstate__(self):
         # Memory maps would be pickled as full copies: reopen them in the new process.

@@ -17,7 +17,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     """Latents from a packed store, with posterior sampling and flip copies.
 
     Items are ``{'latents': FloatTensor (C, H, W) (or (C, T, H, W)), 'labels': int}``,
-    scaled by the VAE scale factor. When the store holds moments, the latent is
+    scaled by the VAE scale factor, plus ``text_embeds`` (L, D), ``text_mask`` (L,)
+    and (CLIP) ``pooled_text_embeds`` (D2,) when the store keeps text embeddings. When the store holds moments, the latent is
     ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
     does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
     random. All draws come from a per-process generator seeded by ``(seed, rank,
@@ -59,5 +60,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
                 latents = mean + std * eps
         else:
             latents = item[copy, 0]
-        return dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
-                    labels=int(self.store.labels[idx]))
+        out = dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
+                   labels=int(self.store.labels[idx]))
+        for field, value in (self.store.text(idx) or {}).items():
+            out[field] = torch.from_numpy(value)
+        return out

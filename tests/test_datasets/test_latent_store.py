@@ -81,7 +81,7 @@ def test_reader_memory_maps(tmp_path):
     store[5]
     arr = store.shard_array(1)
     assert isinstance(arr, np.memmap) and arr.mode == 'r'
-    assert list(store._arrays) == [1]
+    assert list(store._arrays) == [(1, None)]
 
 
 def test_skipped_items_and_empty_shards(tmp_path):
@@ -180,3 +180,52 @@ def test_resume_with_another_world_size(tmp_path):
     store = LatentStore(root)
     np.testing.assert_array_equal(np.stack([store[i] for i in range(12)]),
                                   x.astype(np.float16).astype(np.float32))
+
+
+def make_text(n, seq=5, dim=3, pooled=2, seed=1):
+    rng = np.random.default_rng(seed)
+    mask = np.arange(seq)[None] < rng.integers(1, seq + 1, n)[:, None]
+    return dict(text_embeds=rng.standard_normal((n, seq, dim)).astype(np.float32),
+                text_mask=mask,
+                pooled_text_embeds=rng.standard_normal((n, pooled)).astype(np.float32))
+
+
+def test_text_embeddings_round_trip_and_dataset(tmp_path):
+    from mmsora.datasets import PackedLatentDataset
+    x, labels = make_items(7)
+    text = make_text(7)
+    w = LatentStoreWriter(str(tmp_path), 7, SHAPE, shard_size=3, dtype='float32',
+                          text_shape=(5, 3), pooled_dim=2)
+    for k in w.pending_shards():
+        s, e = w.shard_range(k)
+        w.write_shard(k, x[s:e], labels[s:e], text={f: v[s:e] for f, v in text.items()})
+    w.finalize()
+    store = LatentStore(str(tmp_path))
+    assert store.text_shape == (5, 3) and store.pooled_dim == 2
+    for i in range(7):
+        got = store.text(i)
+        for field, value in text.items():
+            np.testing.assert_array_equal(got[field], value[i])
+        assert got['text_mask'].dtype == bool
+    item = PackedLatentDataset(str(tmp_path), seed=0)[4]
+    assert item['text_embeds'].shape == (5, 3) and item['text_mask'].dtype == torch.bool
+    assert torch.equal(item['pooled_text_embeds'], torch.from_numpy(text['pooled_text_embeds'][4]))
+
+
+def test_text_shapes_are_checked(tmp_path):
+    x, labels = make_items(2)
+    w = LatentStoreWriter(str(tmp_path / 'a'), 2, SHAPE, text_shape=(5, 3))
+    with pytest.raises(ValueError, match='keeps text'):
+        w.write_shard(0, x, labels)
+    bad = make_text(2, seq=4)
+    with pytest.raises(ValueError, match=r'text_embeds has shape \(2, 4, 3\), expected'):
+        w.write_shard(0, x, labels, text=bad)
+    plain = LatentStoreWriter(str(tmp_path / 'b'), 2, SHAPE)
+    with pytest.raises(ValueError, match='keeps no text'):
+        plain.write_shard(0, x, labels, text=make_text(2))
+    plain.write_shard(0, x, labels)
+    plain.finalize()
+    assert LatentStore(str(tmp_path / 'b')).text(0) is None
+    # Resuming a store with other text settings is refused.
+    with pytest.raises(ValueError, match='text_shape'):
+        LatentStoreWriter(str(tmp_path / 'b'), 2, SHAPE, text_shape=(5, 3)).done_shards()
