@@ -42,3 +42,9 @@ def make_tiny_text_encoder(path, kind='t5', width=32):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+# A tiny random Wan video VAE: spatial factor 4, temporal factor 2 (causal: T frames ->
+# (T - 1) // 2 + 1 latent frames), 4 latent channels, with per-channel latent statistics.
+TINY_WAN_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                    temperal_downsample=[False, True], attn_scales=[],
+                    latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 1.5, 1.0, 0.5])

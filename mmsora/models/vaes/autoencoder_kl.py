@@ -56,8 +56,9 @@ class AutoencoderKLWrapper(nn.Module):
     def vae(self):
         """The diffusers ``AutoencoderKL``, loaded (or built) on first access."""
         if self.__dict__['_vae'] is None:
-            vae = (AutoencoderKL(**self.config) if self.config is not None
-                   else self._load(self.pretrained_path, self.subfolder))
+            cls = self.model_class()
+            vae = (cls(**self.config) if self.config is not None
+                   else self._load(cls, self.pretrained_path, self.subfolder))
             vae.requires_grad_(False)
             self.__dict__['_vae'] = vae.eval()
         return self.__dict__['_vae']
@@ -66,8 +67,12 @@ class AutoencoderKLWrapper(nn.Module):
         """The VAE moved to ``device`` (a no-op once it is there)."""
         return self.vae.to(device)
 
+    def model_class(self):
+        """The diffusers model class this wrapper holds."""
+        return AutoencoderKL
+
     @staticmethod
-    def _load(path, subfolder):
+    def _load(cls, path, subfolder):
         if not osp.isdir(path):
             raise FileNotFoundError(f'VAE folder {path!r} does not exist (give a local '
                                     f'diffusers AutoencoderKL folder; nothing is downloaded)')
@@ -78,7 +83,7 @@ class AutoencoderKLWrapper(nn.Module):
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
                                     f'diffusers AutoencoderKL folder)')
-        return AutoencoderKL.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        return cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
 
     def train(self, mode=True):
         """Stay in eval mode: the VAE is frozen."""
