@@ -6,11 +6,17 @@ import os.path as osp
 import re
 import sys
 
-__all__ = ['UserError', 'load_config', 'apply_cfg_options', 'run_cli', 'explain_error']
+__all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
+           'explain_error']
 
 
 class UserError(Exception):
     """A mistake in what the user gave (path, option, config); printed as one line."""
+
+
+class RunError(Exception):
+    """A run stopped for a reason outside the code (full disk, diverging loss);
+    printed as one line."""
 
 
 def load_config(path):
@@ -103,7 +109,7 @@ def _explain_unexpected_kwarg(class_name, key):
 
 def explain_error(exc):
     """A one-line explanation for a user mistake, or None for a real bug."""
-    if isinstance(exc, UserError):
+    if isinstance(exc, (UserError, RunError)):
         return str(exc)
     text = str(exc)
     match = _NOT_REGISTERED.search(text)

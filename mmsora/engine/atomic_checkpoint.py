@@ -1,0 +1,146 @@
+"""Crash-safe checkpoints: a mend for mmengine 0.10.7.
+
+mmengine writes a checkpoint in place (``LocalBackend.put`` opens the final path with
+``'wb'``), so a kill or a full disk mid-write leaves a truncated ``iter_N.pth`` under
+its final name. Its ``CheckpointHook`` also deletes the oldest checkpoint *before*
+writing the new one (with ``max_keep_ckpts=1`` a failed write leaves no checkpoint at
+all) and writes ``last_checkpoint`` in place (a kill there leaves it empty, and
+``--resume`` then fails). :func:`make_checkpoints_atomic` mends both:
+
+1. ``LocalBackend.put`` writes to a hidden temporary file in the target's folder,
+   fsyncs it, renames it over the target (``os.replace`` is atomic on POSIX) and
+   fsyncs the folder. A failed or killed write leaves the target as it was.
+2. ``CheckpointHook`` saves first, then points ``last_checkpoint`` at the new file
+   (atomically), and only then deletes checkpoints beyond ``max_keep_ckpts``. A save
+   that fails raises :class:`CheckpointWriteError`, naming the file and the previous
+   checkpoint, which is intact.
+
+Temporary files left by a killed process are removed at the next save.
+"""
+import glob
+import os
+import os.path as osp
+
+from mmengine.dist import is_main_process
+from mmengine.fileio.backends import LocalBackend
+from mmengine.hooks import CheckpointHook
+
+from mmsora.utils.cli import RunError
+
+__all__ = ['CheckpointWriteError', 'atomic_write_bytes', 'make_checkpoints_atomic']
+
+_TMP_TAG = '.tmp-'
+
+
+class CheckpointWriteError(RunError):
+    """A checkpoint could not be written (full disk, quota, permissions)."""
+
+
+def _tmp_path(path):
+    folder, name = osp.split(path)
+    return osp.join(folder, f'.{name}{_TMP_TAG}{os.getpid()}')
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder or '.', os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(data, path):
+    """Write ``data`` to ``path`` so that ``path`` is either unchanged or complete.
+
+    Raises:
+        OSError: The write failed (the temporary file is removed first).
+    """
+    path = str(path)
+    folder = osp.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def remove_stale_tmp_files(folder):
+    """Delete temporary files that killed processes left in ``folder``."""
+    mine = f'{_TMP_TAG}{os.getpid()}'
+    for path in glob.glob(osp.join(glob.escape(folder), f'.*{_TMP_TAG}*')):
+        if not path.endswith(mine):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def _atomic_put(self, obj, filepath):
+    """``LocalBackend.put`` (write bytes to a file), atomically."""
+    atomic_write_bytes(obj, filepath)
+
+
+def _read_last_checkpoint(work_dir):
+    path = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(path):
+        return None
+    with open(path) as f:
+        return f.read().strip() or None
+
+
+def _save_checkpoint_with_step(self, runner, step, meta):
+    """``CheckpointHook._save_checkpoint_with_step``: save, point, then prune."""
+    outdated = None
+    if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                        and self.keep_ckpt_ids[-1] == step):
+        if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+            outdated = self.keep_ckpt_ids.popleft()
+        self.keep_ckpt_ids.append(step)
+        # Recorded before saving: the checkpoint carries the list it belongs to.
+        runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+
+    ckpt_filename = self.filename_tmpl.format(step)
+    self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+    runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+    if is_main_process() and isinstance(self.file_backend, LocalBackend):
+        remove_stale_tmp_files(self.out_dir)
+    try:
+        runner.save_checkpoint(
+            self.out_dir, ckpt_filename, self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler, meta=meta,
+            by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+    except OSError as e:
+        previous = _read_last_checkpoint(runner.work_dir)
+        kept = (f'the previous checkpoint {previous} is intact (--resume continues '
+                'from it)' if previous else 'no earlier checkpoint exists')
+        raise CheckpointWriteError(
+            f'cannot write checkpoint {self.last_ckpt}: {e.strerror or e}; '
+            f'{kept}') from e
+    if not is_main_process():
+        return
+    atomic_write_bytes(self.last_ckpt.encode(), osp.join(runner.work_dir, 'last_checkpoint'))
+    if outdated is not None:
+        path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+        elif self.file_backend.isdir(path):  # DeepSpeed saves folders
+            self.file_backend.rmtree(path)
+
+
+def make_checkpoints_atomic():
+    """Apply the mends above (idempotent)."""
+    LocalBackend.put = _atomic_put
+    CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
