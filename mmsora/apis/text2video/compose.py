@@ -1,0 +1,248 @@
+"""Composition: pictures with a slow pan/zoom (Ken Burns), cross-fades, burned-in
+subtitles and the speech track, written with PyAV as H.264 + AAC mp4.
+
+The timeline is the speech: segment k is heard from the sum of the durations before
+it, and a shot lasts as long as its segments. Cross-fades are centred on the shot
+boundaries and take no time of their own, so the video is exactly as long as the
+speech (to within one frame). PyAV is used directly rather than moviepy: moviepy
+2.x pins ``pillow<12`` (this project runs with newer Pillow) and pipes every frame to
+an ffmpeg subprocess, while PyAV is already a dependency and encodes in-process.
+"""
+import bisect
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from mmsora.utils.cli import UserError
+from .speech import resample_audio
+from .text_layout import draw_lines, find_font, wrap_lines
+
+__all__ = ['RESOLUTIONS', 'parse_resolution', 'ken_burns_box', 'Composer']
+
+RESOLUTIONS = {'480p': (854, 480), '720p': (1280, 720)}
+
+
+def parse_resolution(text: str) -> Tuple[int, int]:
+    """``'480p'``, ``'720p'`` or ``'WxH'`` (even sides, at least 32) -> ``(W, H)``."""
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    try:
+        w, h = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise UserError(f'--resolution {text!r}: use 480p, 720p or WxH (e.g. 640x360)') from None
+    if w < 32 or h < 32 or w % 2 or h % 2:
+        raise UserError(f'--resolution {text!r}: width and height must be even and >= 32 '
+                        '(H.264 yuv420p)')
+    return w, h
+
+
+def ken_burns_box(src_size, out_size, progress: float, index: int, zoom: float):
+    """Crop box ``(x0, y0, x1, y1)`` in the source at ``progress`` (0..1) of shot ``index``.
+
+    The box has the output's aspect ratio and lies inside the source. Even shots zoom in
+    from the full frame to 1/``zoom`` of it, odd shots zoom out; the box drifts
+    horizontally on shots 0, 1, 4, 5, ... and vertically on the others, in alternating
+    directions, so consecutive shots move differently.
+    """
+    sw, sh = src_size
+    ow, oh = out_size
+    scale = min(sw / ow, sh / oh)            # the largest box of the output's aspect
+    cover_w, cover_h = ow * scale, oh * scale
+    z = 1 + (zoom - 1) * (progress if index % 2 == 0 else 1 - progress)
+    bw, bh = cover_w / z, cover_h / z
+    drift = 2 * progress - 1 if (index // 2) % 2 == 0 else 1 - 2 * progress
+    horizontal = index % 4 < 2
+    free_x, free_y = (sw - bw) / 2, (sh - bh) / 2    # room to move either way
+    cx = sw / 2 + (0.5 * drift * free_x if horizontal else 0)
+    cy = sh / 2 + (0 if horizontal else 0.5 * drift * free_y)
+    return (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+
+
+class Composer:
+    """Turn spoken shots and their pictures into an mp4.
+
+    Args:
+        size: Output ``(W, H)``, even; see :data:`RESOLUTIONS`.
+        fps: Frame rate. Defaults to 24.
+        fade: Cross-fade length in seconds (shortened to half the shorter shot).
+        zoom: Pan/zoom strength: the box shrinks to ``1/zoom`` of the frame over a shot.
+            1 gives still pictures.
+        subtitles: Burn in each segment's text while it is spoken.
+        font: Subtitle font file (default: found by :func:`find_font`).
+        audio_rate: Sample rate of the AAC track.
+        crf: x264 quality (0 lossless ... 51).
+    """
+
+    def __init__(self, size=(854, 480), fps: float = 24, fade: float = 0.5,
+                 zoom: float = 1.12, subtitles: bool = True, font: Optional[str] = None,
+                 audio_rate: int = 44100, crf: int = 20):
+        if size[0] % 2 or size[1] % 2:
+            raise UserError(f'the video size must be even (H.264), got {size[0]}x{size[1]}')
+        if fps <= 0 or fade < 0 or zoom < 1:
+            raise UserError(f'need fps > 0, fade >= 0 and zoom >= 1; got fps={fps}, '
+                            f'fade={fade}, zoom={zoom}')
+        self.size, self.fps, self.fade, self.zoom = tuple(size), fps, fade, zoom
+        self.subtitles, self.font, self.audio_rate, self.crf = subtitles, font, audio_rate, crf
+
+    @property
+    def picture_size(self) -> Tuple[int, int]:
+        """The size to ask picture backends for: room for the zoom."""
+        return tuple(int(round(v * self.zoom)) for v in self.size)
+
+    # ------------------------------------------------------------------ #
+    #                              Pictures                              #
+    # ------------------------------------------------------------------ #
+    def _prepare(self, picture: np.ndarray) -> List[Image.Image]:
+        """A picture or clip as PIL frames, small ones enlarged once (Lanczos)."""
+        frames = picture[None] if picture.ndim == 3 else picture
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f'pictures must be uint8 (H, W, 3) or (T, H, W, 3), got '
+                             f'{frames.dtype} {frames.shape}')
+        images = [Image.fromarray(f) for f in frames]
+        need = max(self.picture_size[0] / images[0].width,
+                   self.picture_size[1] / images[0].height)
+        if need > 1:
+            new = (round(images[0].width * need), round(images[0].height * need))
+            images = [im.resize(new, Image.LANCZOS) for im in images]
+        return images
+
+    def _shot_frame(self, frames, index, t, start, duration, clip_fps):
+        """Shot ``index``'s picture at time ``t`` (may lie in a neighbour's fade)."""
+        progress = min(max((t - start) / duration, 0.0), 1.0)
+        k = int(max(t - start, 0) * clip_fps)
+        period = max(2 * len(frames) - 2, 1)        # clips play forward then back
+        k %= period
+        image = frames[k if k < len(frames) else period - k]
+        box = ken_burns_box(image.size, self.size, progress, index, self.zoom)
+        return np.asarray(image.resize(self.size, Image.BILINEAR, box=box), np.float32)
+
+    # ------------------------------------------------------------------ #
+    #                              Subtitles                             #
+    # ------------------------------------------------------------------ #
+    def subtitle_overlay(self, text: str) -> Tuple[np.ndarray, int]:
+        """RGBA band ``(h, W, 4)`` with the wrapped text, and the row it starts at."""
+        w, h = self.size
+        size = max(10, h // 18)
+        while True:
+            font = find_font(text, size, self.font)
+            lines = wrap_lines(text, font, 0.9 * w)
+            if len(lines) <= 3 or size <= 10:
+                break
+            size = max(10, int(size * 0.85))
+        line_h = size * 1.25
+        band_h = min(int(len(lines) * line_h + size * 0.6), h)
+        band = Image.new('RGBA', (w, band_h), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(band)
+        widest = max(font.getlength(line) for line in lines) if lines else 0
+        pad = size * 0.4
+        draw.rectangle((w / 2 - widest / 2 - pad, 0, w / 2 + widest / 2 + pad, band_h - 1),
+                       fill=(0, 0, 0, 150))
+        draw_lines(draw, lines, font, w / 2, size * 0.3)
+        top = h - band_h - int(0.04 * h)
+        return np.asarray(band, np.float32), max(top, 0)
+
+    @staticmethod
+    def _overlay(frame: np.ndarray, band: np.ndarray, top: int) -> np.ndarray:
+        region = frame[top:top + band.shape[0]]
+        alpha = band[..., 3:] / 255.0
+        region[:] = region * (1 - alpha) + band[..., :3] * alpha
+        return frame
+
+    # ------------------------------------------------------------------ #
+    #                             Composition                            #
+    # ------------------------------------------------------------------ #
+    def timeline(self, shots) -> Dict[str, list]:
+        """Start/end times (s) of every shot and segment on the speech timeline."""
+        shot_bounds, segment_bounds, t = [], [], 0.0
+        for shot in shots:
+            start = t
+            for segment in shot.segments:
+                segment_bounds.append((t, t + segment.duration))
+                t += segment.duration
+            shot_bounds.append((start, t))
+        return dict(shots=shot_bounds, segments=segment_bounds)
+
+    def _audio(self, shots) -> np.ndarray:
+        parts = [resample_audio(s.audio, s.sample_rate, self.audio_rate)
+                 for shot in shots for s in shot.segments]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def compose(self, shots: Sequence, pictures: Sequence[np.ndarray], out: str,
+                clip_fps: float = 8, progress: bool = True) -> dict:
+        """Write the mp4.
+
+        Args:
+            shots: Spoken :class:`Shot` s (each segment has ``audio``).
+            pictures: One picture or clip per shot (uint8).
+            out: The mp4 file.
+            clip_fps: Frame rate at which clips play.
+            progress: Show a progress bar over frames.
+
+        Returns:
+            dict: ``duration`` (s, of the speech), ``num_frames``, and the ``shots`` and
+            ``segments`` start/end times.
+        """
+        import av
+        if len(pictures) != len(shots) or not shots:
+            raise ValueError(f'need one picture per shot, got {len(pictures)} for '
+                             f'{len(shots)} shots')
+        bounds = self.timeline(shots)
+        duration = bounds['shots'][-1][1]
+        if duration <= 0:
+            raise UserError('the speech is empty: nothing to show')
+        frames = [self._prepare(p) for p in pictures]
+        starts = [s for s, _ in bounds['shots']]
+        fades = [min(self.fade, 0.5 * (shots[i].duration), 0.5 * shots[i + 1].duration)
+                 for i in range(len(shots) - 1)]
+        segments = [seg for shot in shots for seg in shot.segments]
+        seg_starts = [s for s, _ in bounds['segments']]
+        overlays = {}
+        audio = self._audio(shots)
+        num_frames = int(np.ceil(duration * self.fps - 1e-6))
+
+        def frame_at(t):
+            i = max(bisect.bisect_right(starts, t) - 1, 0)
+            start, end = bounds['shots'][i]
+
+            def pic(j):
+                s, e = bounds['shots'][j]
+                return self._shot_frame(frames[j], j, t, s, e - s, clip_fps)
+
+            image = pic(i)
+            if i > 0 and t < start + fades[i - 1] / 2:
+                a = (t - (start - fades[i - 1] / 2)) / fades[i - 1]
+                image = pic(i - 1) * (1 - a) + image * a
+            if i < len(shots) - 1 and t >= end - fades[i] / 2 and fades[i] > 0:
+                a = (t - (end - fades[i] / 2)) / fades[i]
+                image = image * (1 - a) + pic(i + 1) * a
+            if self.subtitles:
+                k = max(bisect.bisect_right(seg_starts, t) - 1, 0)
+                if k not in overlays:
+                    overlays[k] = self.subtitle_overlay(segments[k].text)
+                image = self._overlay(image, *overlays[k])
+            return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+        with av.open(out, mode='w') as container:
+            from fractions import Fraction
+            video = container.add_stream('libx264', rate=Fraction(self.fps).limit_denominator(1001))
+            video.width, video.height = self.size
+            video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
+            sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')
+            sent = 0
+            for n in tqdm(range(num_frames), desc='video frames', disable=not progress):
+                image = frame_at(n / self.fps)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format='rgb24')))
+                upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
+                if n == num_frames - 1:
+                    upto = len(audio)
+                if upto > sent:
+                    chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
+                                                       format='fltp', layout='mono')
+                    chunk.sample_rate, chunk.pts = self.audio_rate, sent
+                    container.mux(sound.encode(chunk))
+                    sent = upto
+            container.mux(sound.encode(None))
+            container.mux(video.encode(None))
+        return dict(duration=duration, num_frames=num_frames, **bounds)

@@ -1,0 +1,286 @@
+"""Picture backends: one picture (or short clip) per shot.
+
+``titlecard`` (the offline default) draws the shot's text on a procedural background;
+``mmsora:RUN`` samples an mmsora model (DiT / VideoDiT, class-conditional: shots cycle
+through ``labels``); ``diffusers:DIR`` runs a diffusers pipeline saved in a local
+folder; ``openai`` calls the OpenAI images API when ``OPENAI_API_KEY`` is set.
+Pictures are uint8 RGB arrays ``(H, W, 3)``; clips are ``(T, H, W, 3)``.
+"""
+import base64
+import hashlib
+import inspect
+import io
+import os
+import os.path as osp
+import tempfile
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+from mmsora.utils.cli import UserError
+from .registry import PICTURE_BACKENDS
+from .text_layout import draw_lines, find_font, wrap_lines
+
+__all__ = ['PictureBackend', 'TitleCardPictures', 'MMSoraPictures', 'DiffusersPictures',
+           'OpenAIPictures', 'build_pictures', 'PICTURE_SHORT_NAMES']
+
+OFFLINE_HINT = ('offline pictures: --pictures titlecard (the default), mmsora:RUN or '
+                'diffusers:DIR')
+
+
+def _default_device():
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+class PictureBackend:
+    """Base class: ``render_all(shots, size)`` -> one array per shot."""
+
+    def render(self, shot, size: Tuple[int, int]) -> np.ndarray:
+        """One picture ``(H, W, 3)`` or clip ``(T, H, W, 3)`` (uint8) for ``shot``;
+        ``size`` (W, H) is a hint: backends with a native resolution keep theirs."""
+        raise NotImplementedError
+
+    def render_all(self, shots, size: Tuple[int, int], progress: bool = True) -> List[np.ndarray]:
+        return [self.render(shot, size)
+                for shot in tqdm(shots, desc='pictures', disable=not progress)]
+
+
+# --------------------------------------------------------------------------- #
+#                                 Title cards                                 #
+# --------------------------------------------------------------------------- #
+@PICTURE_BACKENDS.register_module()
+class TitleCardPictures(PictureBackend):
+    """The shot's text over a gradient with soft shapes, coloured from its text's hash.
+
+    Args:
+        font: Font file (default: found by :func:`find_font`).
+        show_text: Draw the text on the card (off when subtitles say it already).
+    """
+
+    def __init__(self, font: Optional[str] = None, show_text: bool = True):
+        self.font, self.show_text = font, show_text
+
+    def render(self, shot, size):
+        w, h = size
+        digest = hashlib.sha256(shot.text.encode('utf-8')).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], 'little'))
+        top, bottom = (_hsv_to_rgb(rng.random(), 0.55 + 0.3 * rng.random(), v)
+                       for v in (0.55, 0.18))
+        ramp = np.linspace(0, 1, h)[:, None, None]
+        pic = (np.asarray(top) * (1 - ramp) + np.asarray(bottom) * ramp)
+        image = Image.fromarray(np.broadcast_to(pic, (h, w, 3)).astype(np.uint8))
+        shapes = Image.new('RGBA', (w, h))
+        draw = ImageDraw.Draw(shapes)
+        for _ in range(6):
+            r = int(min(w, h) * (0.1 + 0.25 * rng.random()))
+            x, y = int(w * rng.random()), int(h * rng.random())
+            colour = tuple(int(c) for c in _hsv_to_rgb(rng.random(), 0.6, 0.9)) + (70,)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        shapes = shapes.filter(ImageFilter.GaussianBlur(min(w, h) / 40))
+        image = Image.alpha_composite(image.convert('RGBA'), shapes).convert('RGB')
+        if self.show_text:
+            font = find_font(shot.text, max(10, h // 11), self.font)
+            lines = wrap_lines(shot.text, font, 0.8 * w)[:4]
+            # The upper part: the bottom band is left to the subtitles.
+            draw_lines(ImageDraw.Draw(image), lines, font, w / 2, 0.14 * h)
+        return np.asarray(image)
+
+
+def _hsv_to_rgb(hue, saturation, value):
+    import colorsys
+    return tuple(255 * c for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+# --------------------------------------------------------------------------- #
+#                                mmsora models                                #
+# --------------------------------------------------------------------------- #
+def _config_from_checkpoint(path: str, folder: str) -> str:
+    """Write the config that mmengine stores in a checkpoint's ``meta.cfg`` to a file."""
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    meta = load_checkpoint_file(path).get('meta') or {}
+    if not isinstance(meta.get('cfg'), str):
+        raise UserError(f'{path} holds no config (meta.cfg); give the run\'s work dir '
+                        'or its config file: --pictures mmsora:WORK_DIR')
+    config = osp.join(folder, 'config.py')
+    with open(config, 'w') as f:
+        f.write(meta['cfg'])
+    return config
+
+
+@PICTURE_BACKENDS.register_module()
+class MMSoraPictures(PictureBackend):
+    """Sample an mmsora model; video models give clips.
+
+    Class-conditional models draw shot i with ``labels[i % len(labels)]`` (default:
+    cycle through the classes). Text-conditioned models (``model.text_encoder``) are
+    sampled from the shot's prompt.
+
+    Args:
+        run: A work dir of tools/train.py, a config file (with ``checkpoint``), or an
+            mmengine checkpoint (its config is read from ``meta.cfg``).
+        checkpoint: Checkpoint for a config file.
+        labels: Class ids to cycle through.
+        sampler, num_steps, cfg_scale: Sampling settings (default: the config's
+            ``sample_cfg``).
+        seed: Shot i uses seed ``seed + i``.
+        device: Defaults to CUDA when available.
+        batch_size: Shots sampled at once.
+    """
+
+    def __init__(self, run: str, checkpoint: Optional[str] = None,
+                 labels: Optional[Sequence[int]] = None, sampler: Optional[str] = None,
+                 num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+                 seed: int = 0, device: Optional[str] = None, batch_size: int = 8):
+        from mmsora.apis.inference import init_model
+        with tempfile.TemporaryDirectory() as folder:
+            if osp.isfile(run) and not run.endswith('.py'):
+                run, checkpoint = _config_from_checkpoint(run, folder), run
+            self.model, cfg = init_model(run, checkpoint, device=device or _default_device())
+        defaults = cfg.get('sample_cfg', {})
+        self.sample_kwargs = dict(
+            sampler=sampler or defaults.get('sampler', 'ddpm'),
+            num_steps=num_steps or defaults.get('num_steps', 250),
+            cfg_scale=cfg_scale if cfg_scale is not None else defaults.get('cfg_scale', 1.0))
+        self.fps = defaults.get('fps', 8)
+        num_classes = self.model.num_classes
+        self.labels = list(labels) if labels else list(range(num_classes))
+        bad = [y for y in self.labels if not 0 <= y < num_classes]
+        if bad:
+            raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
+        self.seed, self.batch_size = seed, batch_size
+
+    @property
+    def text_conditioned(self) -> bool:
+        return getattr(self.model, 'text_encoder', None) is not None
+
+    def render_all(self, shots, size, progress=True):
+        from mmsora.apis.inference import sample_images
+        n = len(shots)
+        seeds = [self.seed + i for i in range(n)]
+        if self.text_conditioned:
+            conditions = dict(captions=[shot.prompt for shot in shots])
+            labels = [0] * n
+        else:
+            conditions = {}
+            labels = [self.labels[i % len(self.labels)] for i in range(n)]
+        samples = sample_images(self.model, labels, seeds, batch_size=self.batch_size,
+                                progress=progress, **conditions, **self.sample_kwargs)
+        if samples.dim() not in (4, 5) or samples.shape[1] != 3:
+            raise UserError(f'the model samples shape {tuple(samples.shape)}, not RGB '
+                            'pictures; latent models need a VAE (model.vae)')
+        pics = ((samples.clamp(-1, 1) + 1) * 127.5).round().byte()
+        if pics.dim() == 5:  # (N, 3, T, H, W) clips -> (N, T, H, W, 3)
+            return list(pics.permute(0, 2, 3, 4, 1).numpy())
+        return list(pics.permute(0, 2, 3, 1).numpy())
+
+
+# --------------------------------------------------------------------------- #
+#                             diffusers pipelines                             #
+# --------------------------------------------------------------------------- #
+@PICTURE_BACKENDS.register_module()
+class DiffusersPictures(PictureBackend):
+    """A diffusers pipeline saved in a local folder (``save_pretrained`` layout).
+
+    Text pipelines get the shot's prompt; class-conditional ones (DiTPipeline) cycle
+    through ``labels``; unconditional ones just sample. Nothing is downloaded.
+
+    Args:
+        path: The pipeline's folder.
+        num_steps: Inference steps. Defaults to 30.
+        guidance_scale: Passed when the pipeline takes it (default: the pipeline's).
+        labels: Class ids to cycle through, for class-conditional pipelines.
+        seed: Shot i uses seed ``seed + i``.
+        device: Defaults to CUDA when available.
+    """
+
+    def __init__(self, path: str, num_steps: int = 30, guidance_scale: Optional[float] = None,
+                 labels: Sequence[int] = (0,), seed: int = 0, device: Optional[str] = None):
+        if not osp.isdir(path):
+            raise UserError(f'--pictures diffusers:DIR: no pipeline folder {path!r} (save one '
+                            'with pipeline.save_pretrained(DIR)); ' + OFFLINE_HINT)
+        if not osp.isfile(osp.join(path, 'model_index.json')):
+            raise UserError(f'{path} is not a diffusers pipeline folder (no model_index.json)')
+        import torch
+        from diffusers import DiffusionPipeline
+        device = device or _default_device()
+        dtype = torch.float16 if device.startswith('cuda') else torch.float32
+        self.pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True,
+                                                      torch_dtype=dtype).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.params = inspect.signature(self.pipe.__call__).parameters
+        self.num_steps, self.guidance_scale = num_steps, guidance_scale
+        self.labels, self.seed = list(labels), seed
+
+    def render(self, shot, size):
+        import torch
+        kwargs = dict(num_inference_steps=self.num_steps, output_type='np',
+                      generator=torch.Generator().manual_seed(self.seed + shot.index))
+        if 'prompt' in self.params:
+            kwargs['prompt'] = shot.prompt
+        elif 'class_labels' in self.params:
+            kwargs['class_labels'] = [self.labels[shot.index % len(self.labels)]]
+        if self.guidance_scale is not None and 'guidance_scale' in self.params:
+            kwargs['guidance_scale'] = self.guidance_scale
+        out = self.pipe(**kwargs)
+        pics = getattr(out, 'frames', None)
+        pics = np.asarray(out.images if pics is None else pics)[0]  # (H, W, 3) or clip
+        return (np.clip(pics, 0, 1) * 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- #
+#                                 OpenAI images                               #
+# --------------------------------------------------------------------------- #
+@PICTURE_BACKENDS.register_module()
+class OpenAIPictures(PictureBackend):
+    """The OpenAI images API (``pip install openai``, ``OPENAI_API_KEY`` set).
+
+    Args:
+        model: Image model. Defaults to ``'dall-e-3'``.
+        size: Requested size (default: the model's widest landscape size).
+    """
+
+    SIZES = {'dall-e-3': '1792x1024', 'dall-e-2': '1024x1024'}
+
+    def __init__(self, model: str = 'dall-e-3', size: Optional[str] = None):
+        if not os.environ.get('OPENAI_API_KEY'):
+            raise UserError('--pictures openai needs OPENAI_API_KEY in the environment; '
+                            + OFFLINE_HINT)
+        try:
+            import openai
+        except ImportError:
+            raise UserError('--pictures openai needs the openai package (pip install '
+                            'openai); ' + OFFLINE_HINT) from None
+        self.client, self.model = openai.OpenAI(), model
+        self.size = size or self.SIZES.get(model, '1536x1024')
+
+    def render(self, shot, size):
+        kwargs = dict(model=self.model, prompt=shot.prompt, size=self.size, n=1)
+        if self.model.startswith('dall-e'):  # gpt-image models always answer base64
+            kwargs['response_format'] = 'b64_json'
+        data = self.client.images.generate(**kwargs).data[0]
+        if data.b64_json:
+            raw = base64.b64decode(data.b64_json)
+        else:
+            import urllib.request
+            with urllib.request.urlopen(data.url, timeout=120) as response:
+                raw = response.read()
+        return np.asarray(Image.open(io.BytesIO(raw)).convert('RGB'))
+
+
+# NAME -> (registered type, argument that ``NAME:ARG`` fills, whether ARG is required).
+PICTURE_SHORT_NAMES = {
+    'titlecard': ('TitleCardPictures', None, False),
+    'mmsora': ('MMSoraPictures', 'run', True),
+    'diffusers': ('DiffusersPictures', 'path', True),
+    'openai': ('OpenAIPictures', 'model', False),
+}
+
+
+def build_pictures(spec='titlecard', **kwargs):
+    """A picture backend from ``titlecard``, ``mmsora:RUN``, ``diffusers:DIR``,
+    ``openai[:MODEL]`` or a config dict; ``kwargs`` go to its constructor."""
+    from .registry import build_backend
+    return build_backend(PICTURE_BACKENDS, spec, PICTURE_SHORT_NAMES, '--pictures', **kwargs)

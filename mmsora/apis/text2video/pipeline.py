@@ -1,0 +1,115 @@
+"""text -> segments -> speech -> shots and prompts -> pictures -> narrated mp4."""
+import os
+import os.path as osp
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from mmsora.utils.cli import UserError
+from .compose import Composer
+from .pictures import PictureBackend, build_pictures
+from .segmentation import (DEFAULT_PROMPT_TEMPLATE, Segment, Shot, build_prompt,
+                           detect_language, group_shots, split_segments, split_sentences)
+from .speech import SpeechBackend, build_speech
+
+__all__ = ['Text2VideoResult', 'plan_segments', 'speak', 'text_to_video']
+
+
+@dataclass
+class Text2VideoResult:
+    """What :func:`text_to_video` made.
+
+    Attributes:
+        path: The mp4.
+        language: ``'en'`` or ``'zh'``.
+        shots: The spoken shots (segments with audio, prompts, pictures).
+        timeline: ``Composer.compose``'s answer: ``duration``, ``num_frames``, and the
+            start/end times of ``shots`` and ``segments``.
+    """
+    path: str
+    language: str
+    shots: List[Shot]
+    timeline: dict
+
+
+def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
+    """Sentences of ``text`` cut into subtitle-sized segments (not yet spoken)."""
+    pieces = split_segments(split_sentences(text), max_chars)
+    if not pieces:
+        raise UserError('the text is empty: nothing to say')
+    return [Segment(p) for p in pieces]
+
+
+def speak(segments: List[Segment], backend: SpeechBackend, language: str,
+          pause: float = 0.3, progress: bool = True) -> List[Segment]:
+    """Give every segment its audio (in place); returns the segments.
+
+    Engines end an utterance with different amounts of silence (eSpeak's library
+    almost none, its program a paragraph pause), so trailing silence is cut and
+    ``pause`` seconds of silence end every segment instead.
+    """
+    for segment in tqdm(segments, desc='speech', disable=not progress):
+        audio, rate = backend.synthesize(segment.text, language)
+        audio = np.asarray(audio, np.float32)
+        if len(audio) == 0:
+            raise UserError(f'the speech backend returned no audio for {segment.text!r}')
+        voiced = np.flatnonzero(np.abs(audio) > 1e-3)
+        if len(voiced):  # a silent backend's track is all pause: keep it
+            audio = audio[:voiced[-1] + 1]
+        silence = np.zeros(int(round(pause * rate)), np.float32)
+        segment.audio, segment.sample_rate = np.concatenate([audio, silence]), int(rate)
+    return segments
+
+
+def text_to_video(text: str, out: str,
+                  speech: Union[str, dict, SpeechBackend] = 'espeak',
+                  pictures: Union[str, dict, PictureBackend] = 'titlecard',
+                  language: str = 'auto', composer: Optional[Composer] = None,
+                  shot_seconds: float = 4.0, max_chars: int = 90, pause: float = 0.3,
+                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+                  prompt_rewriter: Optional[Callable[[str], str]] = None,
+                  progress: bool = True) -> Text2VideoResult:
+    """Turn ``text`` into a narrated mp4 at ``out``; offline with the defaults.
+
+    Args:
+        text: The story (English or Chinese).
+        out: The mp4 to write.
+        speech: Speech backend, or its spec (``espeak``, ``piper:VOICE.onnx``, ``edge``,
+            ``azure``, ``none``) or config.
+        pictures: Picture backend, or its spec (``titlecard``, ``mmsora:RUN``,
+            ``diffusers:DIR``, ``openai``) or config.
+        language: ``'en'``, ``'zh'`` or ``'auto'`` (detected from the text).
+        composer: Output settings (default: 480p, 24 fps).
+        shot_seconds: A shot (one picture) takes segments until it lasts this long;
+            0 gives one picture per segment.
+        max_chars: Sentences longer than this are cut at commas (CJK counts double).
+        pause: Seconds of silence after each segment.
+        prompt_template: Image prompt with ``{text}``.
+        prompt_rewriter: ``text -> prompt`` (e.g. an LLM call) used instead of the
+            template.
+        progress: Show progress bars.
+    """
+    if language == 'auto':
+        language = detect_language(text)
+    if language not in ('en', 'zh'):
+        raise UserError(f"--language must be en, zh or auto, got {language!r}")
+    if not out.lower().endswith('.mp4'):
+        raise UserError(f'--out must name an .mp4 file, got {out!r}')
+    composer = composer or Composer()
+    speech = speech if isinstance(speech, SpeechBackend) else build_speech(speech)
+    pictures = pictures if isinstance(pictures, PictureBackend) else build_pictures(pictures)
+    if pause < 0:
+        raise UserError(f'--pause must be >= 0, got {pause}')
+    segments = speak(plan_segments(text, max_chars), speech, language, pause, progress)
+    shots = group_shots(segments, shot_seconds)
+    for shot in shots:
+        shot.prompt = build_prompt(shot.text, prompt_template, prompt_rewriter)
+    images = pictures.render_all(shots, composer.picture_size, progress=progress)
+    for shot, image in zip(shots, images):
+        shot.picture = image
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    timeline = composer.compose(shots, images, out,
+                                clip_fps=getattr(pictures, 'fps', 8), progress=progress)
+    return Text2VideoResult(out, language, shots, timeline)

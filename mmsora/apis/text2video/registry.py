@@ -1,0 +1,59 @@
+"""Registries of the text-to-video backends (roots of mmsora's own, like DIFFUSION).
+
+Backends are built from a config dict (``dict(type='EspeakSpeech', voice='en-gb')``)
+or from the short command-line spec that :func:`build_backend` reads
+(``espeak:en-gb``, ``mmsora:work_dirs/run``).
+"""
+from mmengine.registry import Registry
+
+from mmsora.utils.cli import UserError
+
+__all__ = ['SPEECH_BACKENDS', 'PICTURE_BACKENDS', 'parse_spec', 'build_backend']
+
+# Text -> speech: offline (espeak-ng, piper with a local voice) and cloud (Azure, Edge).
+SPEECH_BACKENDS = Registry('speech backend', scope='mmsora',
+                           locations=['mmsora.apis.text2video.speech'])
+# Prompt -> picture: title cards, mmsora checkpoints, local diffusers pipelines, OpenAI.
+PICTURE_BACKENDS = Registry('picture backend', scope='mmsora',
+                            locations=['mmsora.apis.text2video.pictures'])
+
+
+def parse_spec(spec, short_names, option):
+    """``NAME[:ARG]`` -> a config dict ``dict(type=..., ARG_NAME=ARG)``.
+
+    Args:
+        spec (str): ``NAME[:ARG]`` with NAME a key of ``short_names``.
+        short_names (dict): NAME -> ``(registered type, argument that ARG fills or
+            None, whether ARG is required)``.
+        option (str): The command-line option, named in errors.
+
+    Raises:
+        UserError: unknown NAME, a missing required ARG, or an ARG given to a backend
+            that takes none.
+    """
+    name, sep, arg = str(spec).partition(':')
+    if name not in short_names:
+        raise UserError(f'unknown {option} {spec!r}; choose from '
+                        + ', '.join(_usage(n, a, r) for n, (_, a, r) in short_names.items()))
+    type_name, arg_name, required = short_names[name]
+    if (sep and (arg_name is None or not arg)) or (required and not arg):
+        raise UserError(f'{option} {spec!r}: write it as {_usage(name, arg_name, required)}')
+    cfg = dict(type=type_name)
+    if arg:
+        cfg[arg_name] = arg
+    return cfg
+
+
+def build_backend(registry, spec, short_names, option, **kwargs):
+    """Build a backend from a spec ``NAME[:ARG]`` (see :func:`parse_spec`) or a config
+    dict with ``type``; ``kwargs`` are added to its config."""
+    cfg = dict(spec) if isinstance(spec, dict) else parse_spec(spec, short_names, option)
+    cfg.update(kwargs)
+    return registry.build(cfg)
+
+
+def _usage(name, arg_name, required):
+    if arg_name is None:
+        return name
+    arg = arg_name.upper()
+    return f'{name}:{arg}' if required else f'{name}[:{arg}]'

@@ -1,0 +1,377 @@
+"""Speech backends: text -> mono float32 samples.
+
+The offline default is eSpeak NG. It is found, in this order, as the library and voice
+data that the ``espeakng-loader`` wheel ships (``pip install espeakng-loader``, in
+mmsora's ``[tests]`` and ``[optional]`` extras), as the system library
+``libespeak-ng`` (``apt-get install espeak-ng``), or as the ``espeak-ng`` program.
+Piper speaks with a local voice model; Azure and Edge are cloud voices, used only when
+their package (and for Azure its key) is present.
+"""
+import ctypes
+import ctypes.util
+import io
+import os
+import os.path as osp
+import shutil
+import subprocess
+import threading
+import wave
+from typing import Optional, Tuple
+
+import numpy as np
+
+from mmsora.utils.cli import UserError
+from .registry import SPEECH_BACKENDS
+
+__all__ = ['SpeechBackend', 'EspeakSpeech', 'PiperSpeech', 'EdgeSpeech', 'AzureSpeech',
+           'SilentSpeech', 'decode_audio', 'resample_audio', 'build_speech',
+           'SPEECH_SHORT_NAMES']
+
+OFFLINE_HINT = ('for offline speech use --speech espeak (pip install espeakng-loader, or '
+                'apt-get install espeak-ng), or --speech none for silent subtitles')
+
+
+class SpeechBackend:
+    """Base class: ``synthesize(text, language)`` -> ``(samples, sample_rate)``."""
+
+    def synthesize(self, text: str, language: str) -> Tuple[np.ndarray, int]:
+        """Speak ``text``.
+
+        Args:
+            text: One segment.
+            language: ``'en'`` or ``'zh'`` (picks the default voice).
+
+        Returns:
+            Mono float32 samples in [-1, 1] and their sample rate.
+        """
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- #
+#                               Audio helpers                                 #
+# --------------------------------------------------------------------------- #
+def decode_audio(data: bytes) -> Tuple[np.ndarray, int]:
+    """Decode an encoded clip (wav, mp3, ...) with PyAV into mono float32 samples."""
+    import av
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.audio:
+            raise ValueError('the speech service returned no audio stream')
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        resampler = av.AudioResampler(format='flt', layout='mono', rate=rate)
+        chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                  for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return audio.astype(np.float32), int(rate)
+
+
+def resample_audio(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Resample mono float32 samples with FFmpeg's resampler (through PyAV)."""
+    import av
+    if rate == target or len(audio) == 0:
+        return audio.astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, np.float32)[None],
+                                       format='flt', layout='mono')
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format='flt', layout='mono', rate=target)
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def _read_wav(data: bytes) -> Tuple[np.ndarray, int]:
+    """16-bit PCM wav bytes -> mono float32 samples."""
+    with wave.open(io.BytesIO(data)) as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f'expected 16-bit PCM speech, got {8 * wav.getsampwidth()}-bit')
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), '<i2')
+        samples = samples.reshape(-1, wav.getnchannels()).mean(axis=1)
+        return (samples / 32768.0).astype(np.float32), wav.getframerate()
+
+
+# --------------------------------------------------------------------------- #
+#                                  eSpeak NG                                  #
+# --------------------------------------------------------------------------- #
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE = 1
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short),
+                                   ctypes.c_int, ctypes.c_void_p)
+
+
+class _EspeakLibrary:
+    """libespeak-ng through ctypes. The library keeps one global state, so one
+    instance per process serves every EspeakSpeech, behind a lock."""
+
+    _instance = None
+    _lock = threading.Lock()
+
+    def __init__(self, library_path: str, data_path: Optional[str]):
+        lib = ctypes.CDLL(library_path)
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                          ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
+                                     ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+                                     ctypes.c_void_p, ctypes.c_void_p]
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                                     data_path.encode() if data_path else None,
+                                     _INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise UserError(f'eSpeak NG ({library_path}) could not load its voice data '
+                            f'({data_path or "default location"}); {OFFLINE_HINT}')
+        self.lib, self.sample_rate, self.chunks = lib, rate, []
+        # Keep the callback object alive: the library holds only its address.
+        self._callback = _SYNTH_CALLBACK(self._collect)
+        lib.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, wav, num_samples, events):
+        if num_samples > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        return 0  # 0: go on synthesizing
+
+    @classmethod
+    def get(cls, library_path, data_path):
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls(library_path, data_path)
+            return cls._instance
+
+    def synthesize(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
+        with self._lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise UserError(f'eSpeak NG has no voice {voice!r} (e.g. en-us, en-gb, '
+                                'cmn); choose one with --speech espeak:VOICE')
+            self.lib.espeak_SetParameter(_PARAM_RATE, int(words_per_minute), 0)
+            self.chunks = []
+            data = text.encode('utf-8') + b'\0'
+            status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0,
+                                           _CHARS_UTF8, None, None)
+            self.lib.espeak_Synchronize()
+            if status != 0:
+                raise RuntimeError(f'eSpeak NG failed (status {status}) on {text!r}')
+            chunks, self.chunks = self.chunks, []
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        return (audio / 32768.0).astype(np.float32)
+
+
+def find_espeak() -> Tuple[str, str, Optional[str]]:
+    """Locate eSpeak NG: ``('library', lib_path, data_path)`` or ``('program', path,
+    None)``.
+
+    Raises:
+        UserError: no eSpeak NG anywhere, naming how to get it and the alternatives.
+    """
+    try:
+        import espeakng_loader
+        return 'library', espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+    except ImportError:
+        pass
+    library = ctypes.util.find_library('espeak-ng')
+    if library:
+        return 'library', library, None
+    program = shutil.which('espeak-ng')
+    if program:
+        return 'program', program, None
+    raise UserError('no offline speech engine: --speech espeak needs eSpeak NG '
+                    '(pip install espeakng-loader, or apt-get install espeak-ng); '
+                    'or use --speech none (silent, subtitles only), --speech piper:VOICE.onnx '
+                    'with a local voice, --speech edge or --speech azure')
+
+
+@SPEECH_BACKENDS.register_module()
+class EspeakSpeech(SpeechBackend):
+    """eSpeak NG, offline: the library through ctypes, else its program.
+
+    Args:
+        voice: eSpeak voice (``en-us``, ``en-gb``, ``cmn`` for Mandarin, ...); default
+            by language.
+        words_per_minute: Speaking rate. Defaults to 160.
+        engine: ``'auto'`` (library, else program), ``'library'`` or ``'program'``.
+    """
+
+    VOICES = {'en': 'en-us', 'zh': 'cmn'}
+
+    def __init__(self, voice: Optional[str] = None, words_per_minute: int = 160,
+                 engine: str = 'auto'):
+        if engine not in ('auto', 'library', 'program'):
+            raise ValueError(f"engine must be 'auto', 'library' or 'program', got {engine!r}")
+        if not 80 <= words_per_minute <= 450:
+            raise UserError(f'speaking rate must be 80..450 words per minute, got '
+                            f'{words_per_minute}')
+        self.voice, self.words_per_minute, self.engine = voice, words_per_minute, engine
+        self._locate()  # fail now, before pictures are made, if there is no engine
+
+    def _locate(self):
+        kind, path, data = find_espeak()
+        if self.engine == 'program' and kind != 'program':
+            path = shutil.which('espeak-ng')
+            if path is None:
+                raise UserError('the espeak-ng program is not on PATH (apt-get install '
+                                'espeak-ng); ' + OFFLINE_HINT)
+            kind = 'program'
+        elif self.engine == 'library' and kind != 'library':
+            raise UserError('no eSpeak NG library: pip install espeakng-loader, or '
+                            'apt-get install espeak-ng')
+        return kind, path, data
+
+    def synthesize(self, text, language):
+        voice = self.voice or self.VOICES.get(language, language)
+        kind, path, data = self._locate()
+        if kind == 'library':
+            engine = _EspeakLibrary.get(path, data)
+            return engine.synthesize(text, voice, self.words_per_minute), engine.sample_rate
+        result = subprocess.run(
+            [path, '-v', voice, '-s', str(self.words_per_minute), '-b', '1', '--stdout',
+             '--stdin'], input=text.encode('utf-8'), capture_output=True, timeout=300)
+        if result.returncode != 0 or not result.stdout:
+            raise UserError(f'espeak-ng failed for voice {voice!r}: '
+                            f'{result.stderr.decode(errors="replace").strip()}')
+        return _read_wav(result.stdout)
+
+
+# --------------------------------------------------------------------------- #
+#                              Other voices                                   #
+# --------------------------------------------------------------------------- #
+@SPEECH_BACKENDS.register_module()
+class SilentSpeech(SpeechBackend):
+    """No voice: silence as long as reading the text takes (subtitles only).
+
+    Args:
+        words_per_minute: English reading speed; Chinese reads at 2.5 characters per
+            English word. Defaults to 160.
+        sample_rate: Rate of the silent track. Defaults to 16000.
+    """
+
+    def __init__(self, words_per_minute: int = 160, sample_rate: int = 16000):
+        self.words_per_minute, self.sample_rate = words_per_minute, sample_rate
+
+    def synthesize(self, text, language):
+        from .segmentation import _CJK
+        cjk = len(_CJK.findall(text))
+        words = len(_CJK.sub(' ', text).split()) + cjk / 2.5
+        seconds = max(1.0, 60.0 * words / self.words_per_minute)
+        return np.zeros(int(round(seconds * self.sample_rate)), np.float32), self.sample_rate
+
+
+@SPEECH_BACKENDS.register_module()
+class PiperSpeech(SpeechBackend):
+    """Piper neural TTS with a local voice model (``VOICE.onnx`` + ``VOICE.onnx.json``).
+
+    Nothing is downloaded: voices are files you keep (``pip install piper-tts``).
+
+    Args:
+        model: Path of the voice's ``.onnx`` file.
+    """
+
+    def __init__(self, model: str):
+        if not osp.isfile(model):
+            raise UserError(f'piper voice model not found: {model!r} (piper needs a local '
+                            f'VOICE.onnx with its VOICE.onnx.json); {OFFLINE_HINT}')
+        try:
+            from piper import PiperVoice
+        except ImportError:
+            raise UserError('--speech piper needs the piper-tts package '
+                            f'(pip install piper-tts); {OFFLINE_HINT}') from None
+        self.voice = PiperVoice.load(model)
+
+    def synthesize(self, text, language):
+        buffer = io.BytesIO()
+        with wave.open(buffer, 'wb') as wav:
+            # piper-tts >= 1.3 names it synthesize_wav; older releases synthesize.
+            speak = getattr(self.voice, 'synthesize_wav', None) or self.voice.synthesize
+            speak(text, wav)
+        return _read_wav(buffer.getvalue())
+
+
+@SPEECH_BACKENDS.register_module()
+class EdgeSpeech(SpeechBackend):
+    """Microsoft Edge's online voices through the ``edge-tts`` package (needs network).
+
+    Args:
+        voice: Edge voice name; default by language.
+    """
+
+    VOICES = {'en': 'en-US-AriaNeural', 'zh': 'zh-CN-XiaoxiaoNeural'}
+
+    def __init__(self, voice: Optional[str] = None):
+        try:
+            import edge_tts  # noqa: F401
+        except ImportError:
+            raise UserError('--speech edge needs the edge-tts package (pip install '
+                            f'edge-tts) and network access; {OFFLINE_HINT}') from None
+        self.voice = voice
+
+    def synthesize(self, text, language):
+        import asyncio
+
+        import edge_tts
+
+        async def fetch():
+            audio = bytearray()
+            communicate = edge_tts.Communicate(text, self.voice or self.VOICES[language])
+            async for chunk in communicate.stream():
+                if chunk['type'] == 'audio':
+                    audio += chunk['data']
+            return bytes(audio)
+
+        return decode_audio(asyncio.run(fetch()))
+
+
+@SPEECH_BACKENDS.register_module()
+class AzureSpeech(SpeechBackend):
+    """Azure AI Speech (``azure-cognitiveservices-speech``), with the key and region in
+    ``AZURE_SPEECH_KEY`` / ``AZURE_SPEECH_REGION`` (or ``SPEECH_KEY`` / ``SPEECH_REGION``).
+
+    Args:
+        voice: Azure voice name; default by language.
+    """
+
+    VOICES = {'en': 'en-US-JennyNeural', 'zh': 'zh-CN-XiaoxiaoNeural'}
+
+    def __init__(self, voice: Optional[str] = None):
+        key = os.environ.get('AZURE_SPEECH_KEY') or os.environ.get('SPEECH_KEY')
+        region = os.environ.get('AZURE_SPEECH_REGION') or os.environ.get('SPEECH_REGION')
+        if not key or not region:
+            raise UserError('--speech azure needs AZURE_SPEECH_KEY and AZURE_SPEECH_REGION '
+                            f'in the environment; {OFFLINE_HINT}')
+        try:
+            import azure.cognitiveservices.speech as speechsdk
+        except ImportError:
+            raise UserError('--speech azure needs the azure-cognitiveservices-speech '
+                            f'package; {OFFLINE_HINT}') from None
+        self.sdk, self.voice = speechsdk, voice
+        self.config = speechsdk.SpeechConfig(subscription=key, region=region)
+        self.config.set_speech_synthesis_output_format(
+            speechsdk.SpeechSynthesisOutputFormat.Riff24Khz16BitMonoPcm)
+
+    def synthesize(self, text, language):
+        self.config.speech_synthesis_voice_name = self.voice or self.VOICES[language]
+        synthesizer = self.sdk.SpeechSynthesizer(speech_config=self.config,
+                                                 audio_config=None)
+        result = synthesizer.speak_text_async(text).get()
+        if result.reason != self.sdk.ResultReason.SynthesizingAudioCompleted:
+            details = getattr(result, 'cancellation_details', None)
+            raise UserError(f'Azure speech failed: {getattr(details, "error_details", None) or result.reason}')
+        return _read_wav(result.audio_data)
+
+
+# NAME -> (registered type, argument that ``NAME:ARG`` fills, whether ARG is required).
+SPEECH_SHORT_NAMES = {
+    'espeak': ('EspeakSpeech', 'voice', False),
+    'piper': ('PiperSpeech', 'model', True),
+    'edge': ('EdgeSpeech', 'voice', False),
+    'azure': ('AzureSpeech', 'voice', False),
+    'none': ('SilentSpeech', None, False),
+}
+
+
+def build_speech(spec='espeak', **kwargs):
+    """A speech backend from ``espeak[:VOICE]``, ``piper:MODEL``, ``edge[:VOICE]``,
+    ``azure[:VOICE]``, ``none`` or a config dict; ``kwargs`` go to its constructor."""
+    from .registry import build_backend
+    return build_backend(SPEECH_BACKENDS, spec, SPEECH_SHORT_NAMES, '--speech', **kwargs)

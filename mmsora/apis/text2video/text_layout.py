@@ -1,0 +1,139 @@
+"""Fonts and wrapped text for subtitles and title cards (PIL).
+
+Chinese text needs a CJK font. One is looked for among the usual system fonts
+(WenQuanYi, Noto CJK, Droid Sans Fallback, AR PL, PingFang, Microsoft YaHei, and
+whatever ``fc-match :lang=zh`` names); ``--font PATH`` picks one. Without any, CJK
+characters would draw as empty boxes, so :func:`find_font` warns once, naming the fix.
+"""
+import os.path as osp
+import shutil
+import subprocess
+import warnings
+from functools import lru_cache
+from typing import List, Optional
+
+from PIL import ImageDraw, ImageFont
+
+from mmsora.utils.cli import UserError
+from .segmentation import _CJK
+
+__all__ = ['find_font', 'wrap_lines', 'draw_lines', 'CJK_FONTS', 'LATIN_FONTS']
+
+CJK_FONTS = (
+    '/usr/share/fonts/truetype/wqy/wqy-microhei.ttc',
+    '/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc',
+    '/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc',
+    '/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc',
+    '/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc',
+    '/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf',
+    '/usr/share/fonts/truetype/arphic/uming.ttc',
+    '/System/Library/Fonts/PingFang.ttc',
+    '/System/Library/Fonts/STHeiti Medium.ttc',
+    'C:/Windows/Fonts/msyh.ttc',
+    'C:/Windows/Fonts/simhei.ttf',
+)
+LATIN_FONTS = (
+    '/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf',
+    '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf',
+    '/usr/share/fonts/TTF/DejaVuSans.ttf',
+    '/System/Library/Fonts/Helvetica.ttc',
+    'C:/Windows/Fonts/arial.ttf',
+)
+
+
+@lru_cache(maxsize=None)
+def _fontconfig_cjk() -> Optional[str]:
+    """The file ``fc-match`` gives for Chinese, if it really covers Chinese."""
+    if shutil.which('fc-match') is None:
+        return None
+    try:
+        out = subprocess.run(['fc-match', '-f', '%{file}\n%{lang}', ':lang=zh-cn'],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path, _, langs = out.partition('\n')
+    return path if path and 'zh-cn' in langs.split('|') else None
+
+
+@lru_cache(maxsize=None)
+def _font_path(cjk: bool, font: Optional[str]) -> Optional[str]:
+    if font is not None:
+        if not osp.isfile(font):
+            raise UserError(f'--font: no such font file {font!r}')
+        return font
+    candidates = (CJK_FONTS + ((_fontconfig_cjk(),) if _fontconfig_cjk() else ())
+                  if cjk else LATIN_FONTS + CJK_FONTS)
+    for path in candidates:
+        if osp.isfile(path):
+            return path
+    if cjk:
+        warnings.warn('no CJK font found: Chinese subtitles will show as boxes. Install '
+                      'one (apt-get install fonts-wqy-microhei, or fonts-noto-cjk) or '
+                      'pass --font PATH', stacklevel=2)
+    return None
+
+
+def find_font(text: str, size: int, font: Optional[str] = None):
+    """A font of ``size`` pixels able to draw ``text`` (a CJK font when it has CJK).
+
+    Args:
+        text: What will be drawn (decides whether a CJK font is needed).
+        size: Font size in pixels.
+        font: A font file that overrides the search.
+    """
+    path = _font_path(bool(_CJK.search(text)), font)
+    if path is None:
+        return ImageFont.load_default(size=size)  # Pillow's own scalable font
+    try:
+        return ImageFont.truetype(path, size=size)
+    except OSError as e:
+        raise UserError(f'cannot read font {path!r}: {e}') from None
+
+
+def _tokens(text: str) -> List[str]:
+    """Wrapping units: CJK characters one by one, Latin words with their spaces."""
+    tokens, word = [], ''
+    for char in text:
+        if _CJK.match(char):
+            if word:
+                tokens.append(word)
+                word = ''
+            tokens.append(char)
+        else:
+            word += char
+            if char == ' ':
+                tokens.append(word)
+                word = ''
+    if word:
+        tokens.append(word)
+    return tokens
+
+
+def wrap_lines(text: str, font, max_width: float) -> List[str]:
+    """Greedy line wrap to ``max_width`` pixels; a word longer than a line is kept whole.
+
+    CJK text breaks between any two characters, Latin text between words.
+    """
+    lines, line = [], ''
+    for token in _tokens(text):
+        if line and font.getlength((line + token).rstrip()) > max_width:
+            lines.append(line.rstrip())
+            line = token.lstrip()
+        else:
+            line += token
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
+
+
+def draw_lines(draw: ImageDraw.ImageDraw, lines: List[str], font, center_x: float,
+               top: float, fill=(255, 255, 255), stroke=(0, 0, 0), line_gap=0.25):
+    """Draw centred lines from ``top`` down, with a dark outline; returns the bottom."""
+    size = font.size if hasattr(font, 'size') else 12
+    stroke_width = max(1, size // 14)
+    y = top
+    for line in lines:
+        draw.text((center_x, y), line, font=font, fill=fill, anchor='ma',
+                  stroke_width=stroke_width, stroke_fill=stroke)
+        y += size * (1 + line_gap)
+    return y
