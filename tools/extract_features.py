@@ -1,15 +1,28 @@
-"""Encode an ImageFolder tree with a VAE once, into a packed latent store.
+"""Encode pictures or video clips with a VAE (and captions with a text encoder) once,
+into a packed latent store.
 
-Preprocessing is DiT's (``center_crop_arr``, [-1, 1]); latents are scaled by the VAE
-wrapper's scale factor (0.18215). With ``--store moments`` the scaled posterior mean and
-std are kept and training draws a fresh sample each time; with ``--flip`` a mirrored
-copy of every image is encoded too, so neither the posterior noise nor the flip is
-frozen at extraction time (fast-DiT freezes both).
+Pictures: an ImageFolder tree (``--data-path``) with DiT's preprocessing
+(``center_crop_arr``, [-1, 1]). Videos: the rows of a manifest (``--manifest``, written
+by tools/make_manifest.py), one clip per row from the middle of the video
+(``--num-frames``, ``--frame-stride`` or ``--target-fps``), resized and center-cropped to
+``--size``. The VAE is an SD-style ``AutoencoderKL`` applied frame by frame (``--vae``)
+or a diffusers video VAE that also compresses time (``--video-vae`` with
+``--video-vae-class``, e.g. AutoencoderKLWan). With ``--text-encoder`` (T5 or CLIP from
+a local folder) each item's caption is encoded too (an ImageFolder picture's caption is
+its class name) and the tokens, mask and pooled embedding are stored beside its latent.
+
+With ``--store moments`` the scaled posterior mean and std are kept and training draws
+a fresh sample each time; with ``--flip`` a mirrored copy of every item is encoded too,
+so neither the posterior noise nor the flip is frozen at extraction time (fast-DiT
+freezes both).
 
 Examples::
 
     python tools/extract_features.py --data-path data/imagenet/train \\
         --out data/imagenet256_latents --vae checkpoints/sd-vae-ft-ema --flip
+    python tools/extract_features.py --manifest data/ucf101/train.csv --num-frames 16 \\
+        --frame-stride 3 --size 256 --out data/ucf101_16x256_latents \\
+        --vae checkpoints/sd-vae-ft-ema --text-encoder checkpoints/t5-v1_1-xxl
     torchrun --nproc_per_node 8 tools/extract_features.py ...   # several GPUs
 
 Rerunning the same command after a crash continues with the unfinished shards.
@@ -20,35 +33,70 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from mmsora.datasets import (LatentStoreWriter, center_crop_arr, image_to_tensor,
-                             load_image, scan_image_folder)
-from mmsora.models.vaes import AutoencoderKLWrapper
+from mmsora.datasets import LatentStoreWriter, ManifestError
+from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
+from mmsora.models.text_encoders import HFTextEncoder
+from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
+from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
 
 PROG = 'extract_features.py'
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Encode an ImageFolder tree into a packed '
-                                'latent store (resumable, torchrun for several GPUs).')
-    p.add_argument('--data-path', required=True, help='ImageFolder root: DIR/class/*.jpg')
+    p = argparse.ArgumentParser(description='Encode pictures or video clips (and their '
+                                'captions) into a packed latent store (resumable, torchrun '
+                                'for several GPUs).')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--data-path', help='ImageFolder root: DIR/class/*.jpg')
+    src.add_argument('--manifest', help='video manifest (.csv / .jsonl) from '
+                     'tools/make_manifest.py')
+    p.add_argument('--data-root', help='where the manifest\'s relative video paths '
+                   'resolve (default: the manifest\'s folder)')
     p.add_argument('--out', required=True, help='output store folder')
-    p.add_argument('--vae', required=True,
-                   help='local diffusers AutoencoderKL folder (or a pipeline with vae/)')
-    p.add_argument('--image-size', type=int, default=256)
+    vae = p.add_mutually_exclusive_group(required=True)
+    vae.add_argument('--vae', help='local diffusers AutoencoderKL folder (or a pipeline '
+                     'with vae/), applied frame by frame to videos')
+    vae.add_argument('--video-vae', help='local diffusers video VAE folder (compresses '
+                     'time as well; see --video-vae-class)')
+    p.add_argument('--video-vae-class', default='AutoencoderKLWan', choices=VIDEO_VAE_CLASSES)
+    p.add_argument('--image-size', type=int, default=256,
+                   help='pictures: side of the square crop')
+    p.add_argument('--num-frames', type=int, default=16, help='videos: frames per clip')
+    step = p.add_mutually_exclusive_group()
+    step.add_argument('--frame-stride', type=int, help='videos: take every N-th frame '
+                      '(default 1)')
+    step.add_argument('--target-fps', type=float, help='videos: clip frame rate (the '
+                      'stride follows each video\'s fps)')
+    p.add_argument('--size', type=int, nargs='+', metavar='H [W]',
+                   help='videos: output height and width (one number: square; default '
+                   '--image-size); must be multiples of the VAE factor')
+    p.add_argument('--pad', choices=['loop', 'repeat_last'],
+                   help='videos shorter than a clip: pad them (default: skip them)')
+    p.add_argument('--text-encoder', help='local T5 / CLIP folder (or a pipeline with '
+                   'text_encoder/ and tokenizer/): also store caption embeddings')
+    p.add_argument('--text-encoder-kind', default='t5', choices=sorted(TEXT_KINDS))
+    p.add_argument('--max-length', type=int, help='caption tokens (default: 120 for '
+                   'T5, 77 for CLIP)')
+    p.add_argument('--hidden-layer', type=int, help='text encoder hidden state to keep '
+                   '(default: the last, after the final norm)')
     p.add_argument('--store', choices=['moments', 'samples'], default='moments',
                    help='keep the scaled posterior mean+std, or one scaled sample')
     p.add_argument('--flip', action='store_true',
-                   help='also encode a horizontally flipped copy of every image')
+                   help='also encode a horizontally flipped copy of every item')
     p.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'], default='float16')
-    p.add_argument('--shard-size', type=int, default=4096, help='images per shard')
-    p.add_argument('--batch-size', type=int, default=32, help='images per VAE call')
-    p.add_argument('--num-workers', type=int, default=4, help='image decoding workers')
+    p.add_argument('--shard-size', type=int, default=4096, help='items per shard')
+    p.add_argument('--batch-size', type=int, default=32, help='items per batch')
+    p.add_argument('--micro-batch-size', type=int, help='most frames (frame-by-frame VAE) '
+                   'or clips (video VAE) per VAE call, to bound memory (default: '
+                   '--batch-size)')
+    p.add_argument('--num-workers', type=int, default=4, help='decoding workers')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--scale-factor', type=float, default=0.18215)
+    p.add_argument('--scale-factor', type=float,
+                   help='latent scale (default: 0.18215 for --vae, the VAE config\'s for '
+                   '--video-vae)')
     p.add_argument('--seed', type=int, default=0, help='seed of --store samples noise')
     return p.parse_args(argv)
 
@@ -58,34 +106,16 @@ def fail(msg):
     raise SystemExit(f'{PROG}: error: {msg}')
 
 
-# --------------------------------------------------------------------------- #
-#                                  Data loading                                #
-# --------------------------------------------------------------------------- #
-class SourceImages(Dataset):
-    """Images of the given global indices; ``None`` for files that cannot be read."""
-
-    def __init__(self, root, samples, indices, image_size):
-        self.root, self.samples, self.indices = root, samples, indices
-        self.image_size = image_size
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        gidx = self.indices[i]
-        path = osp.join(self.root, self.samples[gidx][0])
-        try:
-            image = image_to_tensor(center_crop_arr(load_image(path), self.image_size))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            image = None
-        return image, gidx
-
-
-def collate(batch):
-    """Stack readable images; keep the global indices of all, in order."""
-    images = [im for im, _ in batch if im is not None]
-    return (torch.stack(images) if images else None,
-            [(gidx, im is not None) for im, gidx in batch])
+def check_args(args):
+    for name in ('image_size', 'num_frames', 'shard_size', 'batch_size', 'micro_batch_size',
+                 'frame_stride', 'max_length'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.size is not None and len(args.size) > 2:
+        fail(f'--size takes H or H W, got {len(args.size)} numbers')
+    if args.data_path and (args.size or args.frame_stride or args.target_fps or args.pad):
+        fail('--size, --frame-stride, --target-fps and --pad are for videos (--manifest)')
 
 
 # --------------------------------------------------------------------------- #
@@ -110,26 +140,80 @@ def barrier():
 
 
 # --------------------------------------------------------------------------- #
+#                                   Building                                   #
+# --------------------------------------------------------------------------- #
+def build_source(args):
+    try:
+        if args.data_path:
+            return ImageSource(args.data_path, args.image_size)
+        size = args.size or [args.image_size]
+        return ClipSource(args.manifest, args.num_frames, (size[0], size[-1]),
+                          frame_stride=args.frame_stride, target_fps=args.target_fps,
+                          pad=args.pad, data_root=args.data_root,
+                          require_caption=bool(args.text_encoder))
+    except (FileNotFoundError, ValueError, ManifestError) as e:
+        fail(e)
+
+
+def build_vae(args):
+    micro = args.micro_batch_size or args.batch_size
+    try:
+        if args.vae:
+            vae = AutoencoderKLWrapper(
+                pretrained_path=args.vae, micro_batch_size=micro,
+                scale_factor=0.18215 if args.scale_factor is None else args.scale_factor)
+        else:
+            vae = VideoVAEWrapper(args.video_vae_class, pretrained_path=args.video_vae,
+                                  scale_factor=args.scale_factor, micro_batch_size=micro)
+        vae.vae  # load now: a bad folder should fail before any work starts
+    except (FileNotFoundError, OSError, ValueError) as e:
+        fail(e)
+    return vae
+
+
+def build_text_encoder(args):
+    if not args.text_encoder:
+        return None
+    try:
+        enc = HFTextEncoder(args.text_encoder, kind=args.text_encoder_kind,
+                            max_length=args.max_length, hidden_layer=args.hidden_layer,
+                            micro_batch_size=args.batch_size)
+        enc.encoder  # load now
+    except (FileNotFoundError, OSError, ValueError, ImportError) as e:
+        fail(e)
+    return enc
+
+
+def latent_shape_of(vae, source):
+    """Shape of one latent: (C, h, w) for pictures, (C, T', h, w) for clips."""
+    frames, h, w = source.frames_shape()
+    f = vae.downsample_factor
+    if h % f or w % f:
+        fail(f'size {h}x{w} is not a multiple of the VAE factor {f}')
+    if isinstance(vae, VideoVAEWrapper):
+        shape = vae.latent_shape(frames or 1, h, w)
+        return shape if frames else (shape[0], *shape[2:])
+    return (vae.latent_channels, *((frames,) if frames else ()), h // f, w // f)
+
+
+# --------------------------------------------------------------------------- #
 #                                    Main                                      #
 # --------------------------------------------------------------------------- #
 class ShardBuffer:
-    """Collects one shard's moments until all of its source items are through."""
+    """Collects one shard's moments (and text) until all of its source items are through."""
 
     def __init__(self, shard_id, start, stop):
         self.shard_id, self.start, self.stop = shard_id, start, stop
-        self.moments, self.labels, self.skipped, self.seen = [], [], [], 0
+        self.moments, self.labels, self.skipped, self.text, self.seen = [], [], [], [], 0
 
     @property
     def full(self):
         return self.seen == self.stop - self.start
 
 
-def flush(writer, buf, args, latent_item_shape):
+def flush(writer, buf, args, item_shape):
     """Write a finished shard (sampling from the moments for ``--store samples``)."""
-    if buf.moments:
-        moments = torch.stack(buf.moments)  # (n, copies, 2, C, h, w)
-    else:
-        moments = torch.zeros(0, *latent_item_shape)
+    moments = torch.stack(buf.moments) if buf.moments else torch.zeros(0, *item_shape)
     if args.store == 'samples':
         # Noise seeded per shard: a resumed run draws what an uninterrupted one would.
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + buf.shard_id)
@@ -137,66 +221,92 @@ def flush(writer, buf, args, latent_item_shape):
         latents = (moments[:, :, 0] + moments[:, :, 1] * eps).unsqueeze(2)
     else:
         latents = moments
-    writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped)
+    text = None
+    if writer.header['text_shape']:
+        L, D = writer.header['text_shape']
+        empty = dict(text_embeds=torch.zeros(0, L, D), text_mask=torch.zeros(0, L, dtype=bool),
+                     pooled_text_embeds=torch.zeros(0, writer.header['pooled_dim'] or 0))
+        text = {k: torch.stack([t[k] for t in buf.text]) if buf.text else empty[k]
+                for k in (buf.text[0] if buf.text else empty)}
+        if not writer.header['pooled_dim']:
+            text.pop('pooled_text_embeds', None)
+    writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped, text=text)
+
+
+def encode_text(text_encoder, captions, device):
+    """Per-item dicts of text fields, on the CPU."""
+    emb, mask, pooled = text_encoder.encode(captions, device=device)
+    items = []
+    for i in range(len(captions)):
+        item = dict(text_embeds=emb[i].cpu(), text_mask=mask[i].cpu())
+        if pooled is not None:
+            item['pooled_text_embeds'] = pooled[i].cpu()
+        items.append(item)
+    return items
 
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        classes, samples = scan_image_folder(args.data_path)
-    except (FileNotFoundError, ValueError) as e:
-        fail(e)
-    try:
-        vae = AutoencoderKLWrapper(pretrained_path=args.vae, scale_factor=args.scale_factor,
-                                   micro_batch_size=args.batch_size)
-        vae.vae  # load now: a bad --vae should fail before any work starts
-    except (FileNotFoundError, OSError, ValueError) as e:
-        fail(e)
+    check_args(args)
+    source = build_source(args)
+    vae = build_vae(args)
+    text_encoder = build_text_encoder(args)
     rank, world, device = init_dist(args.device)
     vae.vae.to(device)
-
-    f = vae.downsample_factor
-    if args.image_size % f:
-        fail(f'--image-size {args.image_size} is not a multiple of the VAE factor {f}')
-    latent_shape = (vae.latent_channels, args.image_size // f, args.image_size // f)
+    latent_shape = latent_shape_of(vae, source)
     copies = 2 if args.flip else 1
+    text_shape = pooled_dim = None
+    if text_encoder is not None:
+        text_shape = (text_encoder.max_length, text_encoder.embed_dim)
+        pooled_dim = text_encoder.pooled_dim
+    meta = dict(source=osp.abspath(args.data_path or args.manifest))
+    if args.data_path:
+        meta.update(classes=source.classes, image_size=args.image_size)
+    else:
+        meta.update(num_frames=args.num_frames, size=list(source.size),
+                    frame_stride=args.frame_stride, target_fps=args.target_fps)
+    if text_encoder is not None:
+        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind)
     try:
         writer = LatentStoreWriter(
-            args.out, len(samples), latent_shape, dtype=args.dtype, content=args.store,
+            args.out, len(source), latent_shape, dtype=args.dtype, content=args.store,
             num_copies=copies, scale_factor=vae.scale_factor, shift_factor=vae.shift_factor,
-            vae=args.vae, shard_size=args.shard_size, rank=rank, world_size=world,
-            meta=dict(classes=classes, image_size=args.image_size,
-                      source=osp.abspath(args.data_path)))
+            vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
+            world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim)
     except ValueError as e:
         fail(e)
 
     pending = writer.pending_shards()
     indices = [i for k in pending for i in range(*writer.shard_range(k))]
-    loader = DataLoader(
-        SourceImages(args.data_path, samples, indices, args.image_size),
-        batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate,
-        pin_memory=device.type == 'cuda')
+    loader = DataLoader(Subset(source, indices), batch_size=args.batch_size,
+                        num_workers=args.num_workers, collate_fn=collate_sources,
+                        pin_memory=device.type == 'cuda')
     bufs = {k: ShardBuffer(k, *writer.shard_range(k)) for k in pending}
     skipped_now = []
+    unit = 'img' if args.data_path else 'clip'
     with tqdm(total=len(indices), desc=f'encode (rank {rank})', disable=rank != 0,
-              unit='img', dynamic_ncols=True) as pbar:
-        for images, items in loader:
-            if images is not None:
-                x = images.to(device, non_blocking=True)
+              unit=unit, dynamic_ncols=True) as pbar:
+        for batch, items in loader:
+            if batch is not None:
+                x = batch.to(device, non_blocking=True)
                 if args.flip:
                     x = torch.cat([x, x.flip(-1)])  # originals then mirrored copies
                 mean, std = vae.encode_moments(x)
-                moments = torch.stack([mean, std], 1).cpu()  # (n*copies, 2, C, h, w)
-                moments = moments.unflatten(0, (copies, -1)).transpose(0, 1)
-                moments = iter(moments)  # (n, copies, 2, C, h, w)
+                moments = torch.stack([mean, std], 1).cpu()  # (n*copies, 2, C, ...)
+                moments = iter(moments.unflatten(0, (copies, -1)).transpose(0, 1))
+                if text_encoder is not None:
+                    texts = iter(encode_text(
+                        text_encoder, [source.captions[g] for g, ok in items if ok], device))
             for gidx, ok in items:
                 buf = bufs[gidx // args.shard_size]
                 if ok:
                     buf.moments.append(next(moments))
-                    buf.labels.append(samples[gidx][1])
+                    buf.labels.append(source.labels[gidx])
+                    if text_encoder is not None:
+                        buf.text.append(next(texts))
                 else:
-                    buf.skipped.append(samples[gidx][0])
-                    skipped_now.append(samples[gidx][0])
+                    buf.skipped.append(source.names[gidx])
+                    skipped_now.append(source.names[gidx])
                 buf.seen += 1
                 if buf.full:
                     flush(writer, bufs.pop(buf.shard_id), args, (copies, 2, *latent_shape))
@@ -209,11 +319,13 @@ def main(argv=None):
         # shards_written / skipped_this_run count rank 0's work only.
         summary = dict(num_items=index['num_items'], num_shards=len(index['shards']),
                        complete=index['complete'], num_skipped=index['num_skipped'],
-                       shards_written=len(pending), skipped_this_run=skipped_now)
+                       shards_written=len(pending), skipped_this_run=skipped_now,
+                       latent_shape=list(latent_shape))
         skipped = [s for sh in index['shards'] for s in sh['skipped']]
-        print(f'{PROG}: {index["num_items"]} latents in {len(index["shards"])}/'
-              f'{index["num_shards"]} shards at {args.out} ({len(pending)} shards '
-              f'written by rank 0 in this run); skipped {len(skipped)} unreadable files'
+        print(f'{PROG}: {index["num_items"]} latents of shape {tuple(latent_shape)} in '
+              f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
+              f'({len(pending)} shards written by rank 0 in this run); skipped '
+              f'{len(skipped)} unreadable files'
               + (f': {", ".join(skipped[:10])}' + (' ...' if len(skipped) > 10 else '')
                  if skipped else ''))
     barrier()

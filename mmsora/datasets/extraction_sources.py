@@ -1,0 +1,110 @@
+"""What ``tools/extract_features.py`` encodes: pictures of an ImageFolder tree or clips
+of the videos in a manifest, each with its label and caption.
+
+A source item is ``(tensor or None, global index)``: ``None`` marks a file that cannot
+be read, so the extraction skips it (and records it in the store's index) instead of
+stopping hours into a run.
+"""
+import os.path as osp
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mmsora.utils.video_io import VideoReadError
+from .image_folder import center_crop_arr, image_to_tensor, load_image, scan_image_folder
+from .manifest import load_manifest
+from .transforms.video import (ClipTooShortError, DecodeFrames, PackVideoInputs,
+                               ResizeCropVideo, SampleClipIndices)
+
+__all__ = ['ImageSource', 'ClipSource', 'collate_sources']
+
+
+class ImageSource(Dataset):
+    """Pictures of ``root/class/*.jpg`` with DiT's center crop; class name as caption.
+
+    Args:
+        root (str): ImageFolder root.
+        image_size (int): Side of the square crop.
+    """
+
+    def __init__(self, root, image_size):
+        self.root, self.image_size = root, image_size
+        self.classes, self.samples = scan_image_folder(root)
+        self.labels = [label for _, label in self.samples]
+        self.names = [path for path, _ in self.samples]
+        # A class folder's name is the picture's caption ("golden_retriever" ->
+        # "golden retriever") when a text encoder is used.
+        self.captions = [self.classes[label].replace('_', ' ') for label in self.labels]
+        self.indices = list(range(len(self.samples)))
+
+    def frames_shape(self):
+        """(H, W) of every item (no frame axis)."""
+        return None, self.image_size, self.image_size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        gidx = self.indices[i]
+        path = osp.join(self.root, self.names[gidx])
+        try:
+            image = image_to_tensor(center_crop_arr(load_image(path), self.image_size))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            image = None
+        return image, gidx
+
+
+class ClipSource(Dataset):
+    """One clip per manifest row: center clip in time, resize + center crop in space.
+
+    Args:
+        manifest (str): CSV / JSONL manifest (``tools/make_manifest.py``).
+        num_frames (int): Frames per clip.
+        size (tuple[int, int]): Output (H, W).
+        frame_stride (int, optional): Source-frame step; or
+        target_fps (float, optional): the clip's frame rate (step = fps / target).
+        pad (str, optional): For short videos, see :class:`SampleClipIndices`.
+        data_root (str, optional): Where relative video paths resolve.
+        require_caption (bool): Every row must have a caption (text encoders).
+    """
+
+    def __init__(self, manifest, num_frames, size, frame_stride=None, target_fps=None,
+                 pad=None, data_root=None, require_caption=False):
+        require = ('path', 'caption') if require_caption else ('path',)
+        self.rows = load_manifest(manifest, data_root=data_root, require=require)
+        self.num_frames, self.size = num_frames, tuple(size)
+        self.steps = [
+            SampleClipIndices(num_frames, frame_stride=frame_stride, target_fps=target_fps,
+                              mode='center', pad=pad, seed=0),
+            DecodeFrames(),
+            ResizeCropVideo(self.size, crop='center', seed=0),
+            PackVideoInputs(),
+        ]
+        self.labels = [r.get('label', -1) for r in self.rows]
+        self.names = [r['path'] for r in self.rows]
+        self.captions = [r.get('caption', '') for r in self.rows]
+        self.indices = list(range(len(self.rows)))
+
+    def frames_shape(self):
+        return self.num_frames, *self.size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        gidx = self.indices[i]
+        results = dict(self.rows[gidx], sample_idx=gidx)
+        try:
+            for step in self.steps:
+                results = step(results)
+        except (VideoReadError, FileNotFoundError, ClipTooShortError):
+            return None, gidx
+        return results['images'], gidx
+
+
+def collate_sources(batch):
+    """Stack readable items; keep ``(global index, readable)`` of all, in order."""
+    items = [x for x, _ in batch if x is not None]
+    return (torch.stack(items) if items else None,
+            [(gidx, x is not None) for x, gidx in batch])

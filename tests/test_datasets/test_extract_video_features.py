@@ -1,0 +1,95 @@
+"""tools/extract_features.py on a video manifest: per-frame and video VAEs, captions."""
+import numpy as np
+import pytest
+import torch
+
+from mmsora.datasets import LatentStore, PackedLatentDataset, write_manifest
+from mmsora.datasets.extraction_sources import ClipSource
+from mmsora.models import HFTextEncoder, VideoVAEWrapper
+from tests.shared_videos import BIKES, BUNNY, needs_videos
+from tests.test_datasets.test_extract_features import extract
+from tests.tiny_models import TINY_WAN_VAE, make_tiny_text_encoder
+
+pytestmark = needs_videos
+CAPTIONS = ['people ride bikes on the road', 'a rabbit in the snow', 'broken']
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    broken = tmp_path / 'broken.mp4'
+    broken.write_bytes(b'\x00\x00\x00\x18ftypmp42 truncated')
+    rows = [dict(path=BIKES, caption=CAPTIONS[0], label=1),
+            dict(path=str(broken), caption=CAPTIONS[2], label=0),
+            dict(path=BUNNY, caption=CAPTIONS[1], label=0)]
+    path = str(tmp_path / 'clips.csv')
+    write_manifest(rows, path)
+    return path
+
+
+def run(manifest, out, *extra):
+    return extract.main(['--manifest', manifest, '--out', out, '--num-frames', '4',
+                         '--frame-stride', '3', '--size', '16', '24', '--shard-size', '2',
+                         '--batch-size', '2', '--num-workers', '0', '--device', 'cpu',
+                         '--dtype', 'float32', *extra])
+
+
+def test_per_frame_vae_with_t5_captions(manifest, tiny_vae_dir, tmp_path):
+    t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5')
+    out = str(tmp_path / 'store')
+    summary = run(manifest, out, '--vae', tiny_vae_dir, '--text-encoder', t5,
+                  '--max-length', '10', '--flip', '--micro-batch-size', '3')
+    assert summary['num_items'] == 2 and summary['skipped_this_run'] == [
+        str(tmp_path / 'broken.mp4')]
+    store = LatentStore(out)
+    assert store.latent_shape == (4, 4, 8, 12)  # (C, T, H/2, W/2) of the tiny VAE
+    np.testing.assert_array_equal(store.labels, [1, 0])
+    assert store.index['meta']['num_frames'] == 4 and store.text_shape == (10, 32)
+
+    # Reference: the same clip, encoded frame by frame by diffusers directly.
+    from diffusers import AutoencoderKL
+    clip = ClipSource(manifest, 4, (16, 24), frame_stride=3)[2][0]  # bunny (3, 4, 16, 24)
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    frames = torch.cat([clip, clip.flip(-1)], 0).view(2, 3, 4, 16, 24)
+    with torch.no_grad():
+        dist = vae.encode(frames.permute(0, 2, 1, 3, 4).flatten(0, 1)).latent_dist
+    mean = dist.mean.view(2, 4, 4, 8, 12).permute(0, 2, 1, 3, 4) * 0.18215
+    np.testing.assert_allclose(store[1][:, 0], mean.numpy(), atol=1e-5)
+
+    emb, mask, _ = HFTextEncoder(t5, max_length=10).encode([CAPTIONS[1]])
+    text = store.text(1)
+    np.testing.assert_allclose(text['text_embeds'], emb[0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(text['text_mask'], mask[0].numpy())
+    item = PackedLatentDataset(out, seed=0)[0]
+    assert item['latents'].shape == (4, 4, 8, 12) and item['text_mask'].sum() == 7  # 6 words + </s>
+
+
+def test_video_vae_compresses_time(manifest, tmp_path):
+    from diffusers import AutoencoderKLWan
+    torch.manual_seed(0)
+    vae_dir = str(tmp_path / 'wan')
+    AutoencoderKLWan(**TINY_WAN_VAE).save_pretrained(vae_dir)
+    out = str(tmp_path / 'store')
+    summary = run(manifest, out, '--video-vae', vae_dir, '--num-frames', '5')
+    assert summary['latent_shape'] == [4, 3, 4, 6]  # 5 frames -> 3, 16x24 -> 4x6
+    clip = ClipSource(manifest, 5, (16, 24), frame_stride=3)[0][0]
+    ref, _ = VideoVAEWrapper('AutoencoderKLWan', pretrained_path=vae_dir).encode_moments(
+        clip[None])
+    np.testing.assert_allclose(LatentStore(out)[0][0, 0], ref[0].numpy(), atol=1e-5)
+    assert LatentStore(out).text(0) is None
+
+
+def test_errors(manifest, tiny_vae_dir, tmp_path):
+    with pytest.raises(SystemExit, match='not a multiple of the VAE factor 2'):
+        extract.main(['--manifest', manifest, '--out', str(tmp_path / 'o'), '--vae',
+                      tiny_vae_dir, '--size', '15'])
+    with pytest.raises(SystemExit, match='--size takes H or H W'):
+        extract.main(['--manifest', manifest, '--out', str(tmp_path / 'o'), '--vae',
+                      tiny_vae_dir, '--size', '8', '8', '8'])
+    with pytest.raises(SystemExit, match='are for videos'):
+        extract.main(['--data-path', str(tmp_path), '--out', str(tmp_path / 'o'), '--vae',
+                      tiny_vae_dir, '--frame-stride', '2'])
+    nocap = str(tmp_path / 'nocap.csv')
+    write_manifest([dict(path=BIKES)], nocap)
+    with pytest.raises(SystemExit, match='caption'):
+        extract.main(['--manifest', nocap, '--out', str(tmp_path / 'o'), '--vae',
+                      tiny_vae_dir, '--text-encoder', str(tmp_path)])
