@@ -42,13 +42,14 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, help='number of sampling steps')
     parser.add_argument('--cfg-scale', type=float, help='classifier-free guidance scale '
                         '(1 = none)')
-    parser.add_argument('--eta', type=float, default=0.0, help="DDIM's eta")
+    parser.add_argument('--eta', type=float, help="DDIM's eta (default 0)")
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '
-                        'folder (default samples.mp4)')
+                        'folder (default samples.mp4); NAME.npz: all samples in the ADM '
+                        'evaluator\'s layout (arr_0 uint8 NHWC / NTHWC, arr_1 labels)')
     parser.add_argument('--fps', type=float, help="frame rate of the videos (default: "
                         "the config's sample_cfg.fps, else 8)")
     parser.add_argument('--gif', action='store_true',
@@ -58,6 +59,12 @@ def parse_args(argv=None):
                         help='enlarge the grid by this integer factor (nearest)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries')
+    # Mass sampling for evaluation (docs/evaluation.md): --out NAME.npz.
+    parser.add_argument('--sample-dir', help='with --out NAME.npz: also write one PNG / '
+                        'mp4 per sample into this folder')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='with --out NAME.npz: sample over the processes of a '
+                        'torchrun (pytorch) or slurm launch')
     return parser.parse_args(argv)
 
 
@@ -69,14 +76,14 @@ def check_args(args, num_classes, video=False):
             raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     if args.cfg_scale is not None and args.cfg_scale < 1:
         raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {args.cfg_scale}')
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f'--eta must be in [0, 1], got {args.eta}')
     if args.fps is not None and not args.fps > 0:
         raise UserError(f'--fps must be > 0, got {args.fps}')
     if not video and args.gif:
         raise UserError('--gif is for video models; this model makes pictures '
                         '(model.latent_shape has no frame axis)')
-    if video and args.out is not None:
+    if video and args.out is not None and not args.out.endswith('.npz'):
         from mmsora.apis import video_paths
         try:
             video_paths(args.out, [0])
@@ -89,6 +96,13 @@ def check_args(args, num_classes, video=False):
 
 def main(argv=None):
     args = parse_args(argv)
+    mass = args.out is not None and args.out.endswith('.npz')
+    if (args.launcher != 'none' or args.sample_dir) and not mass:
+        raise UserError('--launcher and --sample-dir are for mass sampling: give --out NAME.npz')
+    if args.launcher != 'none':
+        from mmsora.apis import init_sampling_processes
+        args.device = init_sampling_processes(args.launcher,
+                                              'cpu' if args.device == 'cpu' else None)
     from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
@@ -101,8 +115,19 @@ def main(argv=None):
     sample_kwargs = dict(
         sampler=args.sampler or defaults.get('sampler', 'ddpm'),
         num_steps=args.steps or defaults.get('num_steps', 250),
-        cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0),
-        eta=args.eta)
+        cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0))
+    if args.eta is not None:
+        sample_kwargs['eta'] = args.eta
+    if mass:  # fixed per-index seeds and batches: the same on any number of processes
+        from mmengine.dist import is_main_process
+
+        from mmsora.apis import mass_sample
+        mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
+                    sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
+                    **sample_kwargs)
+        if is_main_process():
+            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples, arr_1: labels)')
+        return
     images = sample_images(model, labels, [args.seed + i for i in range(n)],
                            batch_size=args.batch_size, progress=True, **sample_kwargs)
     if video:

@@ -14,12 +14,15 @@ the timesteps' device. One class covers both the original ``GaussianDiffusion`` 
 ``SpacedDiffusion``: every instance keeps a ``timestep_map`` (the identity when nothing
 is skipped) and always calls the model with the original timestep values.
 """
+import inspect
 import math
 
 import numpy as np
 import torch
 
-from mmsora.registry import DIFFUSION
+from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
+from .scheduler_sampling import CountingModel, check_sampler_options, scheduler_sample_loop
+from .schedulers import build_noise_scheduler
 
 __all__ = [
     'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
@@ -565,6 +568,92 @@ class GaussianDiffusion:
         terms['mse'] = mean_flat((target - model_output)**2)
         terms['loss'] = terms['mse'] + terms['vb'] if 'vb' in terms else terms['mse']
         return terms
+
+    # --------------------------- objective interface --------------------------- #
+    # Every objective in the DIFFUSION registry provides ``loss`` and ``sample`` (and
+    # ``last_nfe``); LatentDiffusion calls nothing else.
+    SAMPLER_OPTIONS = {'ddpm': (), 'ddim': ('eta',)}
+
+    def samplers(self):
+        """Sampler names :meth:`sample` accepts: DiT's own, then diffusers' schedulers."""
+        return list(self.SAMPLER_OPTIONS) + sorted(
+            n for n in NOISE_SCHEDULERS.module_dict if n != 'FlowMatchEulerDiscreteScheduler')
+
+    def loss(self, model, x0, model_kwargs=None):
+        """Training loss with uniformly drawn timesteps (DiT's training step).
+
+        Args:
+            model (Callable): ``model(x, t, **model_kwargs)``.
+            x0 (Tensor): Clean latents, shape (N, C, ...).
+            model_kwargs (dict, optional): Conditioning passed to the model.
+
+        Returns:
+            dict: ``loss`` of shape (N,); ``mse`` (and ``vb`` with a learned
+            variance), also (N,), for logging.
+        """
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        return self.training_losses(model, x0, t, model_kwargs=model_kwargs)
+
+    @torch.no_grad()
+    def sample(self, model_fn, noise, model_kwargs, sampler='ddpm', num_steps=250,
+               generators=None, progress=False, **sampler_kwargs):
+        """Denoise ``noise`` into a sample.
+
+        Args:
+            model_fn (Callable): ``model_fn(x, t, **model_kwargs)`` with DiT's
+                timesteps (0 .. 999); it may return ``2C`` channels (learned sigma).
+            noise (Tensor): Starting noise (N, C, ...).
+            model_kwargs (dict): Conditioning passed to ``model_fn``.
+            sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own, respaced to
+                ``num_steps``) or a diffusers scheduler registered in
+                ``NOISE_SCHEDULERS`` (given this objective's betas).
+            num_steps (int): Number of sampling steps.
+            generators (list[torch.Generator], optional): One per sample, so a
+                sample's noise depends on its own seed only.
+            progress (bool): Show a progress bar.
+            **sampler_kwargs: ``eta`` for ``'ddim'``.
+
+        Returns:
+            Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
+            number of model evaluations it took.
+        """
+        if sampler not in self.samplers():
+            raise ValueError(f'unknown sampler {sampler!r} for {type(self).__name__}; '
+                             f'choose one of {self.samplers()}')
+        if num_steps < 1:
+            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS.get(sampler, ()))
+        model_fn = CountingModel(model_fn)
+        if sampler == 'ddim':
+            x = self.respace(f'ddim{num_steps}').ddim_sample_loop(
+                model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
+                progress=progress, generator=generators, **sampler_kwargs)
+        elif sampler == 'ddpm':
+            x = self.respace(str(num_steps)).p_sample_loop(
+                model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
+                progress=progress, generator=generators)
+        else:
+            channels = noise.shape[1]
+
+            def eps_fn(model_in, t):
+                t_batch = torch.full((model_in.shape[0],), float(t), device=model_in.device)
+                # Learned-sigma models output (eps, variance); schedulers take eps.
+                return model_fn(model_in, t_batch, **model_kwargs)[:, :channels]
+
+            scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
+            x = scheduler_sample_loop(scheduler, eps_fn, noise, num_steps, generators,
+                                      progress, desc=sampler)
+        self.last_nfe = model_fn.nfe
+        return x
+
+    def scheduler_overrides(self, sampler):
+        """Give a diffusers scheduler this objective's own betas (linear, cosine, ...)."""
+        overrides = dict(num_train_timesteps=self.original_num_steps)
+        accepted = inspect.signature(NOISE_SCHEDULERS.get(sampler).__init__).parameters
+        if 'trained_betas' in accepted:
+            overrides['trained_betas'] = get_named_beta_schedule(
+                self._init_args['beta_schedule'], self.original_num_steps)
+        return overrides
 
     def __repr__(self):
         args = ', '.join(f'{k}={v!r}' for k, v in self._init_args.items())

@@ -2,18 +2,14 @@
 and sampled through mmengine (after DiT's ``train.py`` and ``sample.py``,
 Peebles & Xie 2023).
 """
-import inspect
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 from mmengine.model import BaseModel
-from tqdm import tqdm
 
-from mmsora.registry import DIFFUSION, MODELS, NOISE_SCHEDULERS
+from mmsora.registry import DIFFUSION, MODELS
 
 __all__ = ['LatentDiffusion']
-
-GAUSSIAN_SAMPLERS = ('ddpm', 'ddim')
 
 
 @MODELS.register_module()
@@ -24,13 +20,20 @@ class LatentDiffusion(BaseModel):
         denoiser: Config of the denoiser (e.g. ``dict(type='DiT', ...)``); it is
             called as ``denoiser(x, t, y)`` and, for guidance,
             ``denoiser.forward_with_cfg(x, t, y, cfg_scale)``.
-        diffusion: Config of the training objective in the ``DIFFUSION`` registry.
+        diffusion: Config of the objective in the ``DIFFUSION`` registry
+            (``GaussianDiffusion``, ``Transport``, ...). The model calls only its
+            ``loss(denoiser, x0, model_kwargs)`` and ``sample(model_fn, noise,
+            model_kwargs, sampler, num_steps, generators, progress, **options)``.
         vae: Optional config of a VAE wrapper (``encode``/``decode`` and a
             ``scale_factor``). With one, a batch's ``images`` are encoded to latents.
             Without one the model diffuses in pixel space: a batch's ``images``
             (in [-1, 1]) *are* its latents, and samples are returned as they are.
         latent_shape: Shape of one latent, ``(C, H, W)`` (or ``(C, T, H, W)``);
             used by :meth:`sample` when no noise is given.
+        text_encoder: Optional config of a frozen text encoder (``HFTextEncoder``)
+            for a text-conditioned denoiser (``denoiser.condition == 'text'``): it
+            encodes ``prompts`` at sampling time, and batch captions when a batch
+            carries no pre-extracted ``text_embeds``. Kept out of the state dict.
         num_classes: Number of classes; the null (unconditional) label is
             ``num_classes``, as in DiT. ``num_classes=1`` is an unconditional model:
             its batches may come without labels (video datasets give label -1 to
@@ -47,6 +50,7 @@ class LatentDiffusion(BaseModel):
                  denoiser: dict,
                  diffusion: dict = dict(type='GaussianDiffusion'),
                  vae: Optional[dict] = None,
+                 text_encoder: Optional[dict] = None,
                  latent_shape: Sequence[int] = (4, 32, 32),
                  num_classes: int = 1000,
                  pretrained_denoiser: Optional[str] = None,
@@ -56,6 +60,7 @@ class LatentDiffusion(BaseModel):
         self.denoiser = MODELS.build(denoiser)
         self.diffusion = DIFFUSION.build(diffusion)
         self.vae = MODELS.build(vae) if vae is not None else None
+        self.text_encoder = MODELS.build(text_encoder) if text_encoder is not None else None
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self.pretrained_denoiser = pretrained_denoiser
@@ -84,15 +89,22 @@ class LatentDiffusion(BaseModel):
                 labels: Optional[torch.Tensor] = None,
                 images: Optional[torch.Tensor] = None,
                 caption: Optional[Sequence[str]] = None,
+                text_embeds: Optional[torch.Tensor] = None,
+                text_mask: Optional[torch.Tensor] = None,
+                pooled_text_embeds: Optional[torch.Tensor] = None,
                 mode: str = 'loss'):
         """mmengine entry point: ``mode='loss'`` returns the loss dict.
 
         ``mode='predict'`` samples one latent per label with the default sampler.
-        ``caption`` (video datasets carry it as metadata) is not used by
-        class-conditional denoisers.
+        Class-conditional denoisers read ``labels`` (a ``caption`` is then ignored);
+        text-conditioned ones read ``text_embeds`` / ``text_mask`` /
+        ``pooled_text_embeds`` (from a latent store written with a text encoder), or
+        encode ``caption`` with ``text_encoder``.
         """
         if mode == 'loss':
-            return self.loss(latents=latents, labels=labels, images=images)
+            return self.loss(latents=latents, labels=labels, images=images, caption=caption,
+                             text_embeds=text_embeds, text_mask=text_mask,
+                             pooled_text_embeds=pooled_text_embeds)
         if mode == 'predict':
             return self.sample(labels)
         raise ValueError(f"mode must be 'loss' or 'predict', got {mode!r}")
@@ -100,19 +112,28 @@ class LatentDiffusion(BaseModel):
     def loss(self,
              latents: Optional[torch.Tensor] = None,
              labels: Optional[torch.Tensor] = None,
-             images: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """One DiT training step's loss: latents -> t -> noise -> predict -> loss."""
+             images: Optional[torch.Tensor] = None,
+             caption: Optional[Sequence[str]] = None,
+             text_embeds: Optional[torch.Tensor] = None,
+             text_mask: Optional[torch.Tensor] = None,
+             pooled_text_embeds: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """One training step's loss: latents -> (t, noise, predict: the objective) -> loss."""
         x = self._latents_from(latents, images)               # (N, C, [T,] H, W)
         self._check_latent_shape(x)
-        labels = self._unconditional_labels(labels, x)
-        self._check_labels(labels)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
-        terms = self.diffusion.training_losses(self.denoiser, x, t, model_kwargs=dict(y=labels))
+        if self.text_conditioned:
+            model_kwargs = self._text_kwargs(x, caption, text_embeds, text_mask,
+                                             pooled_text_embeds)
+        else:
+            labels = self._unconditional_labels(labels, x)
+            self._check_labels(labels)
+            model_kwargs = dict(y=labels)
+        # The objective draws its own timesteps and noise.
+        terms = self.diffusion.loss(self.denoiser, x, model_kwargs=model_kwargs)
         # Only keys containing 'loss' are summed by mmengine; the rest are logged.
         out = dict(loss=terms['loss'].mean())
-        for key in ('mse', 'vb'):
-            if key in terms:
-                out[key] = terms[key].detach().mean()
+        for key, value in terms.items():
+            if key != 'loss':
+                out[key] = value.detach().float().mean()
         return out
 
     def _latents_from(self, latents, images):
@@ -124,6 +145,38 @@ class LatentDiffusion(BaseModel):
             return images
         with torch.no_grad():
             return self.vae.encode(images)
+
+    @property
+    def text_conditioned(self) -> bool:
+        """Whether the denoiser reads text tokens (``condition == 'text'``), not labels."""
+        return getattr(self.denoiser, 'condition', 'class') == 'text'
+
+    def encode_text(self, captions: Sequence[str]):
+        """``(embeds, mask, pooled)`` of captions through ``text_encoder``."""
+        if self.text_encoder is None:
+            raise ValueError('this text-conditioned model has no text encoder to encode '
+                             'captions/prompts: set model.text_encoder (e.g. dict(type='
+                             "'HFTextEncoder', pretrained_path=...)) or pass text embeddings")
+        device = next(self.denoiser.parameters()).device
+        return self.text_encoder.encode(list(captions), device=device)
+
+    def _text_kwargs(self, x, caption, embeds, mask, pooled):
+        """Model kwargs of a text-conditioned denoiser: ``y`` (tokens), ``mask``, ``pooled``."""
+        if embeds is None:
+            if caption is None:
+                raise ValueError(
+                    'the denoiser is text-conditioned but the batch has neither '
+                    '`text_embeds` (extract them with tools/extract_features.py '
+                    '--text-encoder) nor `caption`s to encode')
+            embeds, mask, pooled = self.encode_text(caption)
+        if embeds.dim() != 3 or len(embeds) != len(x):
+            raise ValueError(f'text_embeds must be (N={len(x)}, L, D), got shape '
+                             f'{tuple(embeds.shape)}')
+        kwargs = dict(y=embeds.to(x.device, x.dtype),
+                      mask=None if mask is None else mask.to(x.device))
+        if pooled is not None:
+            kwargs['pooled'] = pooled.to(x.device, x.dtype)
+        return kwargs
 
     def _check_latent_shape(self, x):
         if tuple(x.shape[1:]) != self.latent_shape:
@@ -156,124 +209,113 @@ class LatentDiffusion(BaseModel):
     # ------------------------------------------------------------------ #
     @torch.no_grad()
     def sample(self,
-               labels: Union[torch.Tensor, Sequence[int]],
+               labels: Union[torch.Tensor, Sequence[int], None] = None,
                sampler: str = 'ddpm',
                num_steps: int = 250,
                cfg_scale: float = 1.0,
-               eta: float = 0.0,
                seeds: Optional[Sequence[int]] = None,
                noise: Optional[torch.Tensor] = None,
                decode: bool = True,
                progress: bool = False,
-               guidance_channels: Optional[int] = None) -> torch.Tensor:
-        """Generate one sample per label (DiT's ``sample.py``).
+               guidance_channels: Optional[int] = None,
+               prompts: Optional[Sequence[str]] = None,
+               text_embeds: Optional[torch.Tensor] = None,
+               text_mask: Optional[torch.Tensor] = None,
+               pooled_text_embeds: Optional[torch.Tensor] = None,
+               **sampler_kwargs) -> torch.Tensor:
+        """Generate one sample per label or prompt (DiT's ``sample.py``).
 
         Args:
-            labels: Class ids, shape (N,).
-            sampler: ``'ddpm'`` or ``'ddim'`` (DiT's own, respaced to
-                ``num_steps``) or the name of a diffusers scheduler registered in
-                ``NOISE_SCHEDULERS`` (e.g. ``'DPMSolverMultistepScheduler'``).
+            labels: Class ids, shape (N,), for class-conditional denoisers.
+            sampler: A sampler of the objective: for ``GaussianDiffusion``
+                ``'ddpm'``, ``'ddim'`` or a diffusers scheduler registered in
+                ``NOISE_SCHEDULERS`` (e.g. ``'DPMSolverMultistepScheduler'``); for
+                ``Transport`` ``'ode_euler'``, ``'sde_euler'``, ... . An unknown name
+                fails with the list of those the objective accepts.
             num_steps: Number of sampling steps.
             cfg_scale: Classifier-free guidance scale; 1 disables guidance.
-            eta: DDIM's eta.
             seeds: One seed per sample: sample i's noise (start and stochastic
                 steps) depends on its seed only, not on the batch it is drawn in.
             noise: Starting noise (N, *latent_shape); overrides ``seeds``.
             decode: Decode through the VAE when the model has one.
             progress: Show a progress bar over sampling steps.
             guidance_channels: Channels guided by CFG; default is the denoiser's.
+            prompts: N captions, for text-conditioned denoisers (encoded by
+                ``text_encoder``); or give their
+            text_embeds / text_mask / pooled_text_embeds: pre-computed
+                (N, L, D) tokens, (N, L) mask and (N, D2) pooled embeddings.
+                With guidance the unconditional half uses the denoiser's null caption.
+            **sampler_kwargs: Options of the sampler (``eta`` for DDIM, ``atol`` /
+                ``rtol`` for dopri5, ...), checked by the objective.
 
         Returns:
             Decoded images in [-1, 1] (N, 3, H, W) with a VAE, else latents.
         """
         device = next(self.denoiser.parameters()).device
-        labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-        self._check_labels(labels)
-        if seeds is not None and len(seeds) != len(labels):
-            raise ValueError(f'got {len(seeds)} seeds for {len(labels)} samples')
+        cond = self._sample_condition(labels, prompts, text_embeds, text_mask,
+                                      pooled_text_embeds, device)
+        n = len(cond['y'])
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f'got {len(seeds)} seeds for {n} samples')
         # One generator per sample: its starting noise and every step's noise depend
         # on its seed only, so a sample does not change with the batch it is in.
         generators = ([torch.Generator().manual_seed(int(s)) for s in seeds]
                       if seeds is not None else None)
         if noise is None:
-            noise = self._initial_noise(len(labels), generators, device)
-        model_fn, x, kwargs = self.denoiser, noise, dict(y=labels)
+            noise = self._initial_noise(n, generators, device)
+        model_fn, x, kwargs = self.denoiser, noise, cond
         use_cfg = cfg_scale != 1.0
         if use_cfg:
             # The guided batch is doubled; its second half's noise is never used.
             generators = generators + generators if generators is not None else None
             # DiT's sample.py: conditional half then the null label; the denoiser
-            # combines both halves and returns the guided output twice.
+            # combines both halves and returns the guided output twice. Text
+            # denoisers put their learned null caption in the second half themselves.
             x = torch.cat([noise, noise])
-            null = torch.full_like(labels, self.num_classes)
-            kwargs = dict(y=torch.cat([labels, null]), cfg_scale=cfg_scale)
+            kwargs = dict(cond, cfg_scale=cfg_scale)
+            if not self.text_conditioned:
+                kwargs['y'] = torch.cat([cond['y'], torch.full_like(cond['y'], self.num_classes)])
             if guidance_channels is not None:
                 kwargs['guidance_channels'] = guidance_channels
             model_fn = self.denoiser.forward_with_cfg
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            z = self._run_sampler(model_fn, x, kwargs, sampler, num_steps, eta,
-                                  generators, progress)
+            z = self.diffusion.sample(model_fn, x, kwargs, sampler, num_steps,
+                                      generators=generators, progress=progress,
+                                      **sampler_kwargs)
         finally:
             self.denoiser.train(was_training)
         if use_cfg:
-            z = z[:len(labels)]
+            z = z[:n]
         if decode and self.vae is not None:
             return self.vae.decode(z)
         return z
+
+    def _sample_condition(self, labels, prompts, text_embeds, text_mask, pooled, device):
+        """The conditional model kwargs of a batch of samples (labels or text)."""
+        if not self.text_conditioned:
+            if labels is None:
+                raise ValueError('this model is class-conditional: give labels')
+            labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
+            self._check_labels(labels)
+            return dict(y=labels)
+        if prompts is not None:
+            if isinstance(prompts, str):
+                prompts = [prompts]
+            text_embeds, text_mask, pooled = self.encode_text(prompts)
+        elif text_embeds is None:
+            raise ValueError('this model is text-conditioned: give prompts (with '
+                             'model.text_encoder set) or text_embeds')
+        dtype = next(self.denoiser.parameters()).dtype
+        out = dict(y=text_embeds.to(device, dtype),
+                   mask=None if text_mask is None else text_mask.to(device))
+        if pooled is not None:
+            out['pooled'] = pooled.to(device, dtype)
+        return out
 
     def _initial_noise(self, n, generators, device):
         if generators is None:
             return torch.randn(n, *self.latent_shape, device=device)
         return torch.stack([torch.randn(self.latent_shape, generator=g)
                             for g in generators]).to(device)
-
-    def _run_sampler(self, model_fn, x, kwargs, sampler, num_steps, eta, generators,
-                     progress):
-        if num_steps < 1:
-            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
-        if sampler in GAUSSIAN_SAMPLERS:
-            spacing = f'ddim{num_steps}' if sampler == 'ddim' else str(num_steps)
-            diffusion = self.diffusion.respace(spacing)
-            if sampler == 'ddim':
-                return diffusion.ddim_sample_loop(
-                    model_fn, x.shape, noise=x, model_kwargs=kwargs, eta=eta,
-                    progress=progress, generator=generators)
-            return diffusion.p_sample_loop(
-                model_fn, x.shape, noise=x, model_kwargs=kwargs, progress=progress,
-                generator=generators)
-        return self._scheduler_loop(model_fn, x, kwargs, sampler, num_steps, generators,
-                                    progress)
-
-    def _scheduler_overrides(self, sampler):
-        """Give a diffusers scheduler the objective's own betas (linear, cosine, ...)."""
-        overrides = dict(num_train_timesteps=self.diffusion.num_timesteps)
-        accepted = inspect.signature(NOISE_SCHEDULERS.get(sampler).__init__).parameters
-        if 'trained_betas' in accepted:
-            overrides['trained_betas'] = self.diffusion.betas
-        return overrides
-
-    def _scheduler_loop(self, model_fn, x, kwargs, sampler, num_steps, generators, progress):
-        """Sample with a diffusers scheduler (DPM-Solver++, Euler, UniPC, ...).
-
-        diffusers takes a list of generators, one per sample, like our own samplers.
-        """
-        from mmsora.diffusion import build_noise_scheduler
-        if sampler not in NOISE_SCHEDULERS.module_dict:
-            names = list(GAUSSIAN_SAMPLERS) + sorted(NOISE_SCHEDULERS.module_dict)
-            raise ValueError(f'unknown sampler {sampler!r}; choose one of {names}')
-        scheduler = build_noise_scheduler(sampler, **self._scheduler_overrides(sampler))
-        scheduler.set_timesteps(num_steps, device=x.device)
-        x = x * scheduler.init_noise_sigma
-        channels = x.shape[1]
-        # Stochastic schedulers take a generator; deterministic ones have no such argument.
-        step_kwargs = ({'generator': generators}
-                       if 'generator' in inspect.signature(scheduler.step).parameters else {})
-        for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress):
-            model_in = scheduler.scale_model_input(x, t)
-            t_batch = torch.full((x.shape[0],), float(t), device=x.device)
-            # Learned-sigma models output (eps, variance); schedulers take eps.
-            eps = model_fn(model_in, t_batch, **kwargs)[:, :channels]
-            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
-        return x

@@ -87,7 +87,7 @@ def test_diffusers_samplers_use_the_objectives_schedule():
     model = build(diffusion=dict(type='GaussianDiffusion', beta_schedule='squaredcos_cap_v2'))
     from mmsora.diffusion import build_noise_scheduler
     sched = build_noise_scheduler('DPMSolverMultistepScheduler',
-                                  **model._scheduler_overrides('DPMSolverMultistepScheduler'))
+                                  **model.diffusion.scheduler_overrides('DPMSolverMultistepScheduler'))
     torch.testing.assert_close(sched.alphas_cumprod.double(),
                                torch.from_numpy(model.diffusion.alphas_cumprod),
                                rtol=1e-5, atol=1e-6)

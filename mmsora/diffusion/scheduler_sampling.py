@@ -1,0 +1,77 @@
+"""Sampling loops shared by the objectives: a diffusers scheduler's loop, NFE counting.
+
+The loop follows diffusers' pipelines (``set_timesteps``, ``scale_model_input``,
+``step``); what the model's output means is the objective's business, so each
+objective passes a function that turns ``(x, t)`` into the scheduler's
+``model_output`` (epsilon for :class:`GaussianDiffusion`, the flow velocity
+noise - data for :class:`Transport`).
+"""
+import inspect
+from typing import Callable, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+__all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options']
+
+
+class CountingModel:
+    """Wraps a model function and counts its calls (the NFE a sampler reports).
+
+    A classifier-free-guided call (both halves in one batch) counts once.
+    """
+
+    def __init__(self, model_fn: Callable):
+        self.model_fn = model_fn
+        self.nfe = 0
+
+    def __call__(self, *args, **kwargs):
+        self.nfe += 1
+        return self.model_fn(*args, **kwargs)
+
+
+def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
+    """Raise a one-line ValueError naming options that ``sampler`` does not take."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = ', '.join(sorted(accepted)) if accepted else 'none'
+        raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
+                         f'(its options: {takes})')
+
+
+def scheduler_sample_loop(scheduler,
+                          model_output_fn: Callable,
+                          x: torch.Tensor,
+                          num_steps: int,
+                          generators: Optional[Sequence[torch.Generator]] = None,
+                          progress: bool = False,
+                          desc: str = 'sampling') -> torch.Tensor:
+    """Run a diffusers scheduler from noise ``x`` to a sample.
+
+    Args:
+        scheduler: A diffusers scheduler (``set_timesteps``, ``timesteps``, ``step``).
+        model_output_fn: ``fn(model_in, t) -> model_output`` as ``scheduler.step``
+            expects it; ``t`` is the scheduler's timestep (a 0-d tensor).
+        x: Starting noise (N, C, ...), unit variance (scaled here by the
+            scheduler's ``init_noise_sigma`` where it has one).
+        num_steps: Number of scheduler steps.
+        generators: One generator per sample for stochastic schedulers (diffusers
+            takes a list), so a sample's noise depends on its own seed only.
+        progress: Show a progress bar.
+        desc: Progress bar label.
+
+    Returns:
+        The sample, same shape as ``x``.
+    """
+    scheduler.set_timesteps(num_steps, device=x.device)
+    # Flow-matching schedulers start at unit variance and have no such attribute.
+    x = x * getattr(scheduler, 'init_noise_sigma', 1.0)
+    # Stochastic schedulers take a generator; deterministic ones have no such argument.
+    step_kwargs = ({'generator': generators}
+                   if 'generator' in inspect.signature(scheduler.step).parameters else {})
+    for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress):
+        # Karras-style schedulers scale the input; flow-matching ones feed x as it is.
+        model_in = (scheduler.scale_model_input(x, t)
+                    if hasattr(scheduler, 'scale_model_input') else x)
+        x = scheduler.step(model_output_fn(model_in, t), t, x, **step_kwargs).prev_sample
+    return x
