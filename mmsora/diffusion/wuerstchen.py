@@ -1,0 +1,125 @@
+"""Würstchen's continuous-time diffusion: the objective Stable Cascade's Stage C trains with.
+
+Pernias et al., "Würstchen: An Efficient Architecture for Large-Scale Text-to-Image
+Diffusion Models" (ICLR 2024), after Nichol & Dhariwal 2021's cosine schedule in
+continuous time: t ~ U(0, 1), ``alpha_bar(t) = cos²((t + s) / (1 + s) · π/2) /
+cos²(s / (1 + s) · π/2)`` clamped to [1e-4, 0.9999], ``x_t = sqrt(alpha_bar) x0 +
+sqrt(1 - alpha_bar) eps``; the model sees the timestep *ratio* t itself and predicts
+eps. Sampling is diffusers' ``DDPMWuerstchenScheduler`` (same ``s`` and ``scaler``) on
+the uniform grid 1 -> 0, stepped as ``StableCascadePriorPipeline`` steps it.
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+from diffusers import DDPMWuerstchenScheduler
+from tqdm import tqdm
+
+from mmsora.registry import DIFFUSION
+
+__all__ = ['WuerstchenDiffusion']
+
+
+@DIFFUSION.register_module()
+class WuerstchenDiffusion:
+    """Stage C's noise schedule, epsilon loss and DDPM-Würstchen sampler.
+
+    Args:
+        s (float): Offset of the cosine schedule. Defaults to 0.008.
+        scaler (float): Time warp of diffusers' scheduler (``t -> 1 - (1 - t)^scaler``
+            above 1, ``t^scaler`` below); 1 is Stage C's. Defaults to 1.0.
+        loss_weight (str): ``'none'`` (plain epsilon MSE, as diffusers' Würstchen
+            training script) or ``'p2'`` (``1 / (1 + SNR)``, the P2 weight of the
+            Würstchen code, ``P2LossWeight(k=1, gamma=1, s=1)``). Defaults to 'none'.
+    """
+
+    samplers = ('DDPMWuerstchenScheduler',)
+
+    def __init__(self, s: float = 0.008, scaler: float = 1.0, loss_weight: str = 'none'):
+        if loss_weight not in ('none', 'p2'):
+            raise ValueError(f"loss_weight must be 'none' or 'p2', got {loss_weight!r}")
+        self.s = float(s)
+        self.scaler = float(scaler)
+        self.loss_weight = loss_weight
+
+    def scheduler(self) -> DDPMWuerstchenScheduler:
+        """diffusers' scheduler with this schedule."""
+        return DDPMWuerstchenScheduler(scaler=self.scaler, s=self.s)
+
+    # ------------------------------------------------------------------ schedule
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar(t) for timestep ratios t in [0, 1] (1 is pure noise)."""
+        if self.scaler > 1:
+            t = 1 - (1 - t) ** self.scaler
+        elif self.scaler < 1:
+            t = t ** self.scaler
+        s = torch.tensor(self.s, device=t.device)
+        init = torch.cos(s / (1 + s) * torch.pi * 0.5) ** 2
+        ab = torch.cos((t.float() + s) / (1 + s) * torch.pi * 0.5) ** 2 / init
+        return ab.clamp(0.0001, 0.9999).to(t.dtype)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noised latents ``sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise``."""
+        ab = self.alpha_bar(t).view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    # ------------------------------------------------------------------ training
+    def loss(self, model: Callable, x0: torch.Tensor,
+             model_kwargs: Optional[dict] = None) -> dict:
+        """One training step: t ~ U(0, 1), noise, predict eps, (weighted) MSE.
+
+        Returns:
+            dict: ``loss`` (N,) and the unweighted ``mse`` (N,).
+        """
+        t = torch.rand(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        pred = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
+        mse = ((pred.float() - noise.float()) ** 2).mean(dim=list(range(1, x0.dim())))
+        if self.loss_weight == 'p2':
+            ab = self.alpha_bar(t).float()
+            weight = 1.0 / (1.0 + ab / (1 - ab))  # 1 / (1 + SNR)
+            return dict(loss=mse * weight, mse=mse)
+        return dict(loss=mse, mse=mse)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],
+               sampler: str = 'DDPMWuerstchenScheduler', num_steps: int = 20,
+               generators: Optional[Sequence[torch.Generator]] = None,
+               progress: bool = False, timesteps: Optional[Sequence[float]] = None
+               ) -> torch.Tensor:
+        """Denoise ``noise`` with ``DDPMWuerstchenScheduler``, as Stage C's pipeline does.
+
+        Args:
+            model_fn: ``model_fn(x, t, **model_kwargs)`` -> predicted eps.
+            noise (Tensor): (N, C, ...) starting noise.
+            model_kwargs (dict, optional): Condition passed to ``model_fn``.
+            sampler (str): ``'DDPMWuerstchenScheduler'``.
+            num_steps (int): Steps on the uniform grid from 1 to 0.
+            generators (list, optional): One generator per sample for the noise of the
+                stochastic steps.
+            progress (bool): Show a progress bar.
+            timesteps (list[float], optional): A custom decreasing grid ending at 0
+                (e.g. Stage C's default 20 steps in [1, 2/3] and 10 below);
+                overrides ``num_steps``.
+
+        Returns:
+            Tensor: The sample x0, shape of ``noise``.
+        """
+        if sampler not in self.samplers:
+            raise ValueError(f'unknown sampler {sampler!r} for WuerstchenDiffusion; '
+                             f'choose one of {list(self.samplers)}')
+        if timesteps is None and num_steps < 1:
+            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        if timesteps is not None and (len(timesteps) < 2 or float(timesteps[-1]) != 0.0):
+            raise ValueError('timesteps must hold at least two values, decreasing to 0')
+        scheduler = self.scheduler()
+        scheduler.set_timesteps(None if timesteps is not None else num_steps,
+                                timesteps=timesteps, device=noise.device)
+        x = noise * scheduler.init_noise_sigma
+        kwargs = model_kwargs or {}
+        # The last grid point (0) is only the target of the final step.
+        for t in tqdm(scheduler.timesteps[:-1], desc=sampler, disable=not progress):
+            r = t.expand(x.shape[0]).to(x.dtype)
+            eps = model_fn(x, r, **kwargs)
+            x = scheduler.step(eps, r, x, generator=generators).prev_sample
+        return x
