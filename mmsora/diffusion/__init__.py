@@ -8,3 +8,5 @@ __all__ = [
     'normal_kl', 'discretized_gaussian_log_likelihood', 'dit_scheduler_config',
     'build_noise_scheduler'
 ]
+from .wuerstchen import WuerstchenDiffusion  # noqa: E402
+__all__ += ['WuerstchenDiffusion']
