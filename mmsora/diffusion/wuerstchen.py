@@ -15,6 +15,7 @@ from diffusers import DDPMWuerstchenScheduler
 from tqdm import tqdm
 
 from mmsora.registry import DIFFUSION
+from .scheduler_sampling import CountingModel, check_sampler_options
 
 __all__ = ['WuerstchenDiffusion']
 
@@ -32,7 +33,7 @@ class WuerstchenDiffusion:
             Würstchen code, ``P2LossWeight(k=1, gamma=1, s=1)``). Defaults to 'none'.
     """
 
-    samplers = ('DDPMWuerstchenScheduler',)
+    SAMPLER_OPTIONS = {'DDPMWuerstchenScheduler': ('timesteps',)}
 
     def __init__(self, s: float = 0.008, scaler: float = 1.0, loss_weight: str = 'none'):
         if loss_weight not in ('none', 'p2'):
@@ -40,6 +41,10 @@ class WuerstchenDiffusion:
         self.s = float(s)
         self.scaler = float(scaler)
         self.loss_weight = loss_weight
+
+    def samplers(self):
+        """Sampler names :meth:`sample` accepts."""
+        return list(self.SAMPLER_OPTIONS)
 
     def scheduler(self) -> DDPMWuerstchenScheduler:
         """diffusers' scheduler with this schedule."""
@@ -85,8 +90,7 @@ class WuerstchenDiffusion:
     def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],
                sampler: str = 'DDPMWuerstchenScheduler', num_steps: int = 20,
                generators: Optional[Sequence[torch.Generator]] = None,
-               progress: bool = False, timesteps: Optional[Sequence[float]] = None
-               ) -> torch.Tensor:
+               progress: bool = False, **sampler_kwargs) -> torch.Tensor:
         """Denoise ``noise`` with ``DDPMWuerstchenScheduler``, as Stage C's pipeline does.
 
         Args:
@@ -98,16 +102,19 @@ class WuerstchenDiffusion:
             generators (list, optional): One generator per sample for the noise of the
                 stochastic steps.
             progress (bool): Show a progress bar.
-            timesteps (list[float], optional): A custom decreasing grid ending at 0
-                (e.g. Stage C's default 20 steps in [1, 2/3] and 10 below);
+            **sampler_kwargs: ``timesteps``, a custom decreasing grid ending at 0
+                (e.g. Stage C's default 20 steps in [1, 2/3] and 10 below); it
                 overrides ``num_steps``.
 
         Returns:
-            Tensor: The sample x0, shape of ``noise``.
+            Tensor: The sample x0, shape of ``noise``. ``self.last_nfe`` holds the
+            number of model evaluations it took.
         """
-        if sampler not in self.samplers:
+        if sampler not in self.samplers():
             raise ValueError(f'unknown sampler {sampler!r} for WuerstchenDiffusion; '
-                             f'choose one of {list(self.samplers)}')
+                             f'choose one of {self.samplers()}')
+        check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS[sampler])
+        timesteps = sampler_kwargs.get('timesteps')
         if timesteps is None and num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps}')
         if timesteps is not None and (len(timesteps) < 2 or float(timesteps[-1]) != 0.0):
@@ -117,9 +124,11 @@ class WuerstchenDiffusion:
                                 timesteps=timesteps, device=noise.device)
         x = noise * scheduler.init_noise_sigma
         kwargs = model_kwargs or {}
+        model_fn = CountingModel(model_fn)
         # The last grid point (0) is only the target of the final step.
         for t in tqdm(scheduler.timesteps[:-1], desc=sampler, disable=not progress):
             r = t.expand(x.shape[0]).to(x.dtype)
             eps = model_fn(x, r, **kwargs)
             x = scheduler.step(eps, r, x, generator=generators).prev_sample
+        self.last_nfe = model_fn.nfe
         return x

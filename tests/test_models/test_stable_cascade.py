@@ -223,6 +223,8 @@ def test_sampler_checks():
     diffusion = WuerstchenDiffusion()
     with pytest.raises(ValueError, match=r"choose one of \['DDPMWuerstchenScheduler'\]"):
         diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {}, 'ddim', 4)
+    with pytest.raises(ValueError, match='takes no option eta'):
+        diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {}, eta=0.0)
     with pytest.raises(ValueError, match='decreasing to 0'):
         diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {},
                          timesteps=[1.0, 0.5])
@@ -255,3 +257,14 @@ def test_guided_sampling_equals_stable_cascade_prior_pipeline():
         model.forward_with_cfg, torch.cat([x, x]), dict(y=y, pooled=pooled, cfg_scale=3.0),
         'DDPMWuerstchenScheduler', 4, generators=generators)
     torch.testing.assert_close(out[:1, :, 0], ref, rtol=1e-4, atol=1e-4)
+    assert WuerstchenDiffusion().samplers() == ['DDPMWuerstchenScheduler']
+
+
+def test_custom_timestep_grid():
+    grid = [1.0, 0.8, 2 / 3, 0.3, 0.0]
+    seen = []
+    diffusion = WuerstchenDiffusion()
+    diffusion.sample(lambda x, t: seen.append(float(t[0])) or torch.zeros_like(x),
+                     torch.randn(2, 4, 1, 2, 2), {}, timesteps=grid)
+    torch.testing.assert_close(seen, grid[:-1])
+    assert diffusion.last_nfe == 4
