@@ -1,0 +1,118 @@
+"""tools/text2video.py end to end, and the model picture backends: an mmsora checkpoint
+(class-conditional, labels cycled, config read from the checkpoint) and a diffusers
+pipeline from a local folder, each equal to sampling the model directly."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mmsora.apis.text2video import Shot, build_pictures
+from mmsora.utils.video_io import probe_video, read_video_frames
+
+# The shapes demo's DiT, shrunk: 16x16 pixels, 2 classes, one block of width 32.
+TINY_DIT = '''_base_ = [{base!r}]
+model = dict(denoiser=dict(hidden_size=32, depth=1, num_heads=2, num_classes=2),
+             num_classes=2)
+sample_cfg = dict(sampler='ddim', num_steps=2, cfg_scale=1.0)
+'''
+
+
+def run_tool(args, cwd, **env):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', **env}
+    return subprocess.run([sys.executable, 'tools/text2video.py', *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def error_line(result):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope='module')
+def tiny_dit(tmp_path_factory):
+    """A random tiny DiT: its config, and a checkpoint that also carries the config."""
+    from mmengine.config import Config
+
+    import mmsora.models  # noqa: F401
+    from mmsora.registry import MODELS
+    from tests.conftest import REPO_ROOT
+    folder = tmp_path_factory.mktemp('dit')
+    config = folder / 'tiny_dit.py'
+    config.write_text(TINY_DIT.format(
+        base=osp.join(REPO_ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')))
+    cfg = Config.fromfile(str(config))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    state = {f'denoiser.{k}': v for k, v in model.denoiser.state_dict().items()}
+    checkpoint = folder / 'iter_1.pth'
+    torch.save(dict(state_dict=state, meta=dict(cfg=cfg.pretty_text)), checkpoint)
+    return str(config), str(checkpoint), model
+
+
+def shots(n):
+    return [Shot([], prompt=f'prompt {i}', index=i) for i in range(n)]
+
+
+def test_mmsora_pictures_cycle_labels_like_direct_sampling(tiny_dit):
+    config, checkpoint, model = tiny_dit
+    backend = build_pictures(f'mmsora:{checkpoint}', labels=[1, 0], seed=5, device='cpu')
+    pictures = backend.render_all(shots(3), (64, 36), progress=False)
+    assert [p.shape for p in pictures] == [(16, 16, 3)] * 3
+    direct = model.eval().sample([1, 0, 1], sampler='ddim', num_steps=2, seeds=[5, 6, 7])
+    expected = ((direct.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.stack(pictures), expected.numpy())
+    same = build_pictures(f'mmsora:{config}', checkpoint=checkpoint, labels=[1, 0],
+                          seed=5, device='cpu').render_all(shots(1), (64, 36), False)
+    np.testing.assert_array_equal(same[0], pictures[0])
+
+
+def test_diffusers_pipeline_from_a_local_folder(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=('DownBlock2D',) * 2,
+                       up_block_types=('UpBlock2D',) * 2, norm_num_groups=8)
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50))
+    pipe.save_pretrained(str(tmp_path / 'pipe'))
+    backend = build_pictures(f'diffusers:{tmp_path / "pipe"}', num_steps=2, seed=3,
+                             device='cpu')
+    picture = backend.render(shots(2)[1], (64, 36))
+    assert picture.shape == (16, 16, 3) and picture.dtype == np.uint8
+    direct = pipe(generator=torch.Generator().manual_seed(4), num_inference_steps=2,
+                  output_type='np').images[0]
+    np.testing.assert_array_equal(picture, (np.clip(direct, 0, 1) * 255).round())
+
+
+def test_cli_makes_a_video_from_an_mmsora_checkpoint(tiny_dit, repo_root, tmp_path):
+    _, checkpoint, _ = tiny_dit
+    story = tmp_path / 'story.txt'
+    story.write_text('The red disk rolls away. A green square waits for it.\n')
+    out = tmp_path / 'story.mp4'
+    result = run_tool([str(story), '--out', str(out), '--speech', 'none', '--pictures',
+                       f'mmsora:{checkpoint}', '--device', 'cpu', '--resolution', '96x54',
+                       '--fps', '8', '--shot-seconds', '0'], repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'saved' in result.stdout and '2 shots' in result.stdout
+    info = probe_video(str(out))
+    # Silent speech lasts 60/160 s per word (5 + 6 words), plus a 0.3 s pause each.
+    assert info['duration'] == pytest.approx(11 * 60 / 160 + 2 * 0.3, abs=0.13)
+    assert (info['width'], info['height']) == (96, 54)
+    # The default pan/zoom moves the picture within a shot.
+    frames = read_video_frames(str(out), [1, 12]).astype(np.float32)
+    assert np.abs(frames[0, :27] - frames[1, :27]).mean() > 1.0
+
+
+def test_cli_errors_are_one_line(repo_root, tmp_path):
+    story = tmp_path / 'story.txt'
+    story.write_text('Hello there.')
+    env = {'OPENAI_API_KEY': ''}
+    line = error_line(run_tool([str(story), '--pictures', 'openai'], repo_root, **env))
+    assert 'OPENAI_API_KEY' in line and '--pictures titlecard' in line
+    line = error_line(run_tool([str(tmp_path / 'missing.txt')], repo_root))
+    assert 'text file not found' in line
