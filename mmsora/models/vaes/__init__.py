@@ -3,3 +3,5 @@ from .autoencoder_kl import AutoencoderKLWrapper
 from .video_vae import VIDEO_VAE_CLASSES, VideoVAEWrapper
 
 __all__ = ['AutoencoderKLWrapper', 'VideoVAEWrapper', 'VIDEO_VAE_CLASSES']
+from .stable_cascade_decoder import StableCascadeDecoder  # noqa: E402
+__all__ += ['StableCascadeDecoder']

@@ -1,0 +1,218 @@
+"""Stable Cascade's Stage B + Stage A as a frozen decoder of Stage C latents.
+
+Stage C diffuses in a 16 x 24 x 24 latent of a 1024 px image (the output of an
+EfficientNetV2-S encoder at 768 px: 42.67x smaller per side). Decoding is itself
+generative: Stage B (a ``StableCascadeUNet`` conditioned on the Stage C latent) samples
+a 4 x 256 x 256 VQGAN latent in a few DDPM-Würstchen steps, and Stage A (the Paella
+VQGAN) decodes it to pixels (Pernias et al., "Würstchen", ICLR 2024). This wrapper runs
+diffusers' ``StableCascadeDecoderPipeline`` on the frames of a clip, micro-batched,
+and gives LatentDiffusion the VAE contract (``decode``, ``scale_factor``).
+
+Every frame starts Stage B from the same noise (one seed), so the stochastic decoder
+adds no frame-to-frame flicker of its own.
+
+Encoding images into Stage C latents needs Stage C's EfficientNetV2-S encoder, which
+diffusers does not ship; ``encoder`` plugs one in (any module mapping images in [-1, 1]
+to latents), and without one :meth:`encode` says so.
+"""
+import os.path as osp
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline
+from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
+from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+from tqdm import tqdm
+
+from mmsora.registry import MODELS
+
+__all__ = ['StableCascadeDecoder']
+
+
+@MODELS.register_module()
+class StableCascadeDecoder(nn.Module):
+    """Frozen Stage B + Stage A decoding Stage C latents to frames, per frame.
+
+    Args:
+        pretrained_path (str, optional): LOCAL folder of a
+            ``stabilityai/stable-cascade`` (decoder pipeline) download, holding
+            ``decoder`` / ``decoder_lite``, ``vqgan`` and ``scheduler``. Never fetched.
+        decoder_subfolder (str): Stage B subfolder: ``'decoder_lite'`` (700 M) or
+            ``'decoder'`` (1.5 B). Defaults to 'decoder_lite'.
+        config (dict, optional): ``dict(decoder=StableCascadeUNet kwargs,
+            vqgan=PaellaVQModel kwargs)`` to build random models (tests) instead.
+        num_steps (int): Stage B sampling steps. Defaults to 10 (the pipeline's).
+        guidance_scale (float): Stage B guidance against a zeroed pooled caption;
+            <= 1 disables it. Defaults to 0.0 (the pipeline's).
+        latent_dim_scale (float): Stage B latent side over Stage C latent side.
+            Defaults to 10.67 (24 -> 256).
+        micro_batch_size (int, optional): Most frames decoded at once; None for all.
+        seed (int): Seed of Stage B's noise, the same for every frame.
+        scale_factor (float): Stage C latent scale (1.0: Stage C diffuses the encoder's
+            batch-normalised output as it is).
+        encoder (dict | nn.Module, optional): Image -> Stage C latent encoder (a
+            MODELS config or a module), used by :meth:`encode`.
+    """
+
+    def __init__(self, pretrained_path: Optional[str] = None,
+                 decoder_subfolder: str = 'decoder_lite', config: Optional[dict] = None,
+                 num_steps: int = 10, guidance_scale: float = 0.0,
+                 latent_dim_scale: float = 10.67, micro_batch_size: Optional[int] = 8,
+                 seed: int = 0, scale_factor: float = 1.0,
+                 encoder: Union[dict, nn.Module, None] = None):
+        super().__init__()
+        if (pretrained_path is None) == (config is None):
+            raise ValueError('give exactly one of pretrained_path (a local folder) or config')
+        if num_steps < 1:
+            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        self.pretrained_path = pretrained_path
+        self.decoder_subfolder = decoder_subfolder
+        self.config = config
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        self.latent_dim_scale = latent_dim_scale
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.scale_factor = float(scale_factor)
+        # Frozen models are built on first use and kept out of nn.Module's registration:
+        # they have no place in the trained model's state dict, optimizer or EMA copy.
+        self.__dict__['_pipe'] = None
+        self.__dict__['_encoder'] = encoder
+
+    # ------------------------------------------------------------------ loading
+    @property
+    def pipeline(self) -> StableCascadeDecoderPipeline:
+        """diffusers' decoder pipeline (no text encoder), loaded on first access."""
+        if self.__dict__['_pipe'] is None:
+            if self.config is not None:
+                decoder = StableCascadeUNet(**self.config['decoder'])
+                vqgan = PaellaVQModel(**self.config['vqgan'])
+                scheduler = DDPMWuerstchenScheduler()
+            else:
+                decoder, vqgan, scheduler = self._load(self.pretrained_path,
+                                                       self.decoder_subfolder)
+            for model in (decoder, vqgan):
+                model.requires_grad_(False)
+                model.eval()
+            pipe = StableCascadeDecoderPipeline(
+                decoder=decoder, tokenizer=None, text_encoder=None, scheduler=scheduler,
+                vqgan=vqgan, latent_dim_scale=self.latent_dim_scale)
+            pipe.set_progress_bar_config(disable=True)
+            self.__dict__['_pipe'] = pipe
+        return self.__dict__['_pipe']
+
+    @staticmethod
+    def _load(path, subfolder):
+        for sub in (subfolder, 'vqgan'):
+            if not osp.isfile(osp.join(path, sub, 'config.json')):
+                raise FileNotFoundError(
+                    f'{osp.join(path, sub)!r} has no config.json: give a local '
+                    f'stabilityai/stable-cascade folder (with {subfolder}/ and vqgan/); '
+                    'nothing is downloaded')
+        decoder = StableCascadeUNet.from_pretrained(path, subfolder=subfolder,
+                                                    local_files_only=True)
+        vqgan = PaellaVQModel.from_pretrained(path, subfolder='vqgan', local_files_only=True)
+        scheduler = (DDPMWuerstchenScheduler.from_pretrained(path, subfolder='scheduler')
+                     if osp.isdir(osp.join(path, 'scheduler')) else DDPMWuerstchenScheduler())
+        return decoder, vqgan, scheduler
+
+    def train(self, mode=True):
+        """Stay in eval mode: the decoder is frozen."""
+        return super().train(False)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def latent_channels(self) -> int:
+        """Channels of a Stage C latent (16 for the released models)."""
+        return self.pipeline.decoder.config.effnet_in_channels
+
+    @property
+    def downsample_factor(self) -> float:
+        """Image side over Stage C latent side (42.67 for the released models)."""
+        vq = self.pipeline.vqgan.config
+        return self.latent_dim_scale * vq.up_down_scale_factor * 2 ** (vq.levels - 1)
+
+    @property
+    def dtype(self):
+        return self.pipeline.decoder.dtype
+
+    @property
+    def device(self):
+        return self.pipeline.decoder.device
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _fold(x):
+        """(N, C, T, H, W) -> (N*T, C, H, W); images pass through. Returns the unfold."""
+        if x.dim() == 4:
+            return x, lambda y: y
+        if x.dim() != 5:
+            raise ValueError(f'expected (N, C, H, W) or (N, C, T, H, W) latents, got shape '
+                             f'{tuple(x.shape)}')
+        n, t = x.shape[0], x.shape[2]
+        return (x.permute(0, 2, 1, 3, 4).flatten(0, 1),
+                lambda y: y.unflatten(0, (n, t)).permute(0, 2, 1, 3, 4))
+
+    def _chunks(self, n):
+        size = self.micro_batch_size or max(n, 1)
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # ------------------------------------------------------------------ API
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, pooled: Optional[torch.Tensor] = None,
+               progress: bool = True) -> torch.Tensor:
+        """Frames in [-1, 1] (float32) from Stage C latents.
+
+        Args:
+            latents (Tensor): (N, C, h, w) or (N, C, T, h, w) scaled Stage C latents.
+            pooled (Tensor, optional): (N, D) pooled CLIP embeddings of the captions,
+                Stage B's text input; zeros when not given.
+            progress (bool): Show a progress bar over micro-batches.
+
+        Returns:
+            Tensor: (N, 3, H, W) or (N, 3, T, H, W) with H = int(h * latent_dim_scale)
+            * 4 for the released Stage A.
+        """
+        frames_per_sample = latents.shape[2] if latents.dim() == 5 else 1
+        z, unfold = self._fold(latents)
+        pipe = self.pipeline.to(latents.device)
+        z = z.to(self.dtype) / self.scale_factor
+        pooled_dim = pipe.decoder.config.clip_text_pooled_in_channels
+        if pooled is None:
+            pooled = z.new_zeros(len(z), 1, pooled_dim)
+        else:
+            pooled = pooled.reshape(len(latents), 1, -1).to(z) \
+                .repeat_interleave(frames_per_sample, dim=0)          # (N*T, 1, D)
+        chunks = self._chunks(len(z))
+        images = []
+        for start, stop in tqdm(chunks, desc='Stage B+A decode', disable=not progress
+                                or len(chunks) < 2):
+            n = stop - start
+            images.append(pipe(
+                image_embeddings=z[start:stop],
+                prompt_embeds=z.new_zeros(n, 1, pooled_dim),  # unused by Stage B
+                prompt_embeds_pooled=pooled[start:stop],
+                negative_prompt_embeds_pooled=torch.zeros_like(pooled[start:stop]),
+                num_inference_steps=self.num_steps, guidance_scale=self.guidance_scale,
+                # one generator per frame, all with the same seed: shared Stage B noise
+                generator=[torch.Generator().manual_seed(self.seed) for _ in range(n)],
+                output_type='pt').images.float())
+        return unfold(torch.cat(images) * 2 - 1)              # [0, 1] -> [-1, 1]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled Stage C latents of images / clips in [-1, 1], through ``encoder``."""
+        encoder = self.__dict__['_encoder']
+        if encoder is None:
+            raise NotImplementedError(
+                "StableCascadeDecoder cannot encode: diffusers ships no Stage C image "
+                "encoder (Stable Cascade's EfficientNetV2-S); set the wrapper's `encoder` "
+                "to a module mapping images in [-1, 1] to Stage C latents")
+        if isinstance(encoder, dict):
+            encoder = MODELS.build(encoder)
+            self.__dict__['_encoder'] = encoder
+        encoder.requires_grad_(False).eval().to(images.device)
+        x, unfold = self._fold(images)
+        latents = [encoder(x[a:b]).float() for a, b in self._chunks(len(x))]
+        return unfold(torch.cat(latents) * self.scale_factor)
