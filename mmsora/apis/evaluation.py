@@ -1,0 +1,73 @@
+"""Evaluate a model by sampling: the code shared by tools/test.py and
+:class:`mmsora.engine.hooks.SampleEvaluationHook`.
+
+A config's ``evaluation`` section says what to sample and how to score it::
+
+    evaluation = dict(
+        num_samples=50000, batch_size=32, seed=0,
+        sample_cfg=dict(sampler='ddpm', num_steps=250, cfg_scale=1.5),
+        metrics=[dict(type='FID', reference='...', extractor=dict(...))])
+
+(Not mmengine's ``test_evaluator``: mmengine's Runner would then demand a test
+dataloader, and there is no data to iterate over when generating.)
+"""
+from typing import Dict, Optional, Sequence
+
+from mmengine.evaluator import Evaluator
+
+from .mass_sampling import mass_sample
+
+__all__ = ['build_evaluator', 'evaluate_model']
+
+# Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample.
+NOT_SAMPLE_ARGS = ('fps',)
+
+
+def build_evaluator(metrics: Sequence[dict]) -> Evaluator:
+    """An mmengine ``Evaluator`` of metric configs built from mmsora's ``METRICS``."""
+    import mmsora.evaluation  # noqa: F401  (registers the metrics)
+    from mmsora.registry import METRICS
+    if isinstance(metrics, dict):
+        metrics = [metrics]
+    if not metrics:
+        raise ValueError('evaluation.metrics is empty: name at least one metric, e.g. '
+                         "dict(type='FID', ...)")
+    return Evaluator([METRICS.build(m) for m in metrics])
+
+
+def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
+                   batch_size: int = 16, seed: int = 0, sample_cfg: Optional[dict] = None,
+                   labels: Optional[Sequence[int]] = None,
+                   prompts: Optional[Sequence[str]] = None, out: Optional[str] = None,
+                   sample_dir: Optional[str] = None, progress: bool = True,
+                   default_sample_cfg: Optional[dict] = None) -> Dict[str, float]:
+    """Sample ``num_samples`` items over all ranks and compute the metrics.
+
+    Called as ``evaluate_model(model, **cfg.evaluation, default_sample_cfg=
+    cfg.sample_cfg)``.
+
+    Args:
+        model: A ``LatentDiffusion`` in eval mode.
+        metrics (Sequence[dict]): Metric configs (``METRICS``).
+        num_samples (int): Samples in all (FID-50K: 50000).
+        batch_size (int): Size of the fixed global batches (see :func:`mass_sample`).
+        seed (int): Sample i uses seed ``seed + i``.
+        sample_cfg (dict, optional): Sampler settings for the evaluation (sampler,
+            num_steps, cfg_scale, ...), over ``default_sample_cfg``.
+        labels (Sequence[int], optional): Classes to cycle through; default all.
+        prompts (Sequence[str], optional): Prompts to cycle through (text models).
+        out, sample_dir: Also save the samples (see :func:`mass_sample`).
+        progress (bool): Progress bar on rank 0.
+        default_sample_cfg (dict, optional): The config's ``sample_cfg``.
+
+    Returns:
+        dict: metric name -> value, on every rank.
+    """
+    kwargs = {**(default_sample_cfg or {}), **(sample_cfg or {})}
+    for key in NOT_SAMPLE_ARGS:
+        kwargs.pop(key, None)
+    result = mass_sample(
+        model, num_samples, labels or list(range(model.num_classes)), seed=seed,
+        batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,
+        evaluator=build_evaluator(metrics), progress=progress, **kwargs)
+    return result['metrics']

@@ -1,0 +1,195 @@
+"""Mass sampling for evaluation (FID-50K and the like), the same on any number of GPUs.
+
+Sample ``i`` has seed ``seed + i`` and label ``labels[i % len(labels)]`` (prompt
+likewise), and samples are drawn in fixed global batches ``[k * B, (k + 1) * B)``;
+batch ``k`` goes to rank ``k % world_size``. A sample therefore depends neither on the
+number of processes nor on which one drew it, and even the batch it is computed in is
+the same, so 1 and 8 GPUs give the same pictures and the same metric values. (DiT's
+``sample_ddp.py`` seeds each rank instead, which ties the samples to the world size.)
+
+Outputs: the ADM evaluator's ``.npz`` (``arr_0``: uint8 NHWC pictures or (N, T, H, W,
+3) clips; ``arr_1``: the labels, as guided-diffusion writes for class-conditional
+models), assembled from per-batch shards (a rerun after a crash keeps the finished
+batches), one PNG / mp4 per sample, and mmengine metrics fed batch by batch.
+"""
+import glob
+import os
+import os.path as osp
+import shutil
+import zipfile
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.dist import barrier, get_dist_info
+from tqdm import tqdm
+
+__all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample',
+           'init_sampling_processes']
+
+
+def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None) -> str:
+    """Join the process group of a torchrun / slurm launch and pick this rank's device.
+
+    ``launcher='none'`` is one process. On GPUs the group is nccl and rank r uses
+    ``cuda:LOCAL_RANK``; on CPU-only machines it is gloo (see mmsora.engine.compat).
+
+    Returns:
+        str: The device to sample on (``device`` when given).
+    """
+    if launcher != 'none':
+        from mmsora.engine import init_cpu_distributed
+        if not init_cpu_distributed(launcher):
+            from mmengine.dist import init_dist
+            init_dist(launcher, backend='nccl')
+    if device is None:
+        device = (f'cuda:{os.environ.get("LOCAL_RANK", "0")}' if torch.cuda.is_available()
+                  else 'cpu')
+    if device.startswith('cuda'):
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def sample_plan(num_samples: int, labels: Sequence[int], seed: int = 0,
+                prompts: Optional[Sequence[str]] = None):
+    """Labels, seeds (and prompts) of samples ``0 .. num_samples - 1``."""
+    if num_samples < 1:
+        raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+    if not len(labels):
+        raise ValueError('need at least one label to cycle through')
+    plan = dict(labels=[int(labels[i % len(labels)]) for i in range(num_samples)],
+                seeds=[seed + i for i in range(num_samples)])
+    if prompts is not None:
+        if not len(prompts):
+            raise ValueError('the prompt list is empty')
+        plan['prompts'] = [prompts[i % len(prompts)] for i in range(num_samples)]
+    return plan
+
+
+def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int):
+    """Global batches ``(k, range)`` of this rank: batch k holds indices
+    ``[k * batch_size, (k + 1) * batch_size)`` and goes to rank ``k % world_size``."""
+    num_batches = (num_samples + batch_size - 1) // batch_size
+    return [(k, range(k * batch_size, min((k + 1) * batch_size, num_samples)))
+            for k in range(rank, num_batches, world_size)]
+
+
+def to_uint8_samples(x: torch.Tensor) -> np.ndarray:
+    """Samples in [-1, 1], (N, 3, H, W) or (N, 3, T, H, W) -> uint8 channels-last,
+    with DiT's ``sample_ddp.py`` quantisation (``clamp(127.5 x + 128, 0, 255)``)."""
+    if x.dim() not in (4, 5) or x.shape[1] != 3:
+        raise ValueError(f'expected pictures (N, 3, H, W) or clips (N, 3, T, H, W), got '
+                         f'shape {tuple(x.shape)}; latent models need a VAE (model.vae)')
+    x = torch.clamp(127.5 * x.float() + 128.0, 0, 255).to(torch.uint8)
+    return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(0, 2, 3, 4, 1)).cpu().numpy()
+
+
+def _save_files(sample_dir, indices, samples, labels, fps):
+    from PIL import Image
+
+    from mmsora.utils.video_io import write_video
+    os.makedirs(sample_dir, exist_ok=True)
+    for i, sample, y in zip(indices, samples, labels):
+        name = osp.join(sample_dir, f'{i:06d}_label{y}')
+        if sample.ndim == 3:
+            Image.fromarray(sample).save(name + '.png')
+        else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
+            clip = torch.from_numpy(sample).permute(3, 0, 1, 2).float() / 127.5 - 1
+            write_video(name + '.mp4', clip, fps)
+
+
+def _assemble_npz(out: str, parts_dir: str, num_samples: int, labels: Sequence[int]):
+    """Shards -> one ``.npz`` (arr_0, arr_1), through a memory-mapped ``.npy`` so that
+    50K pictures never sit in memory at once."""
+    shards = sorted(glob.glob(osp.join(parts_dir, 'batch_*.npz')))
+    arr = None
+    for shard in shards:
+        with np.load(shard) as data:
+            if arr is None:
+                arr = np.lib.format.open_memmap(
+                    osp.join(parts_dir, 'arr_0.npy'), mode='w+', dtype=np.uint8,
+                    shape=(num_samples, *data['samples'].shape[1:]))
+            arr[data['indices']] = data['samples']
+    arr.flush()
+    del arr
+    np.save(osp.join(parts_dir, 'arr_1.npy'), np.asarray(labels, dtype=np.int64))
+    tmp = out + '.tmp'
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in ('arr_0.npy', 'arr_1.npy'):
+            zf.write(osp.join(parts_dir, name), name)
+    os.replace(tmp, out)
+    shutil.rmtree(parts_dir)
+
+
+@torch.no_grad()
+def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
+                batch_size: int = 16, prompts: Optional[Sequence[str]] = None,
+                out: Optional[str] = None, sample_dir: Optional[str] = None,
+                evaluator=None, fps: float = 8, progress: bool = True,
+                sample_fn: Optional[Callable] = None, **sample_kwargs) -> Dict:
+    """Draw ``num_samples`` samples over all ranks; save them and / or evaluate them.
+
+    Every rank calls this with the same arguments (under torchrun, after the process
+    group is initialised; alone it is world size 1).
+
+    Args:
+        model: A ``LatentDiffusion`` (anything with its ``sample``) in eval mode.
+        num_samples (int): Samples in all.
+        labels (Sequence[int]): Class ids, cycled: sample i has ``labels[i % len]``.
+        seed (int): Sample i uses seed ``seed + i``.
+        batch_size (int): Global batch size B of the fixed batches (per process).
+        prompts (Sequence[str], optional): Prompts of a text model, cycled like the
+            labels and passed to ``model.sample(prompts=...)``.
+        out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
+            ``{out}.parts/`` (on a file system all ranks share) until it is complete.
+        sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
+            sample: ``{index:06d}_label{y}.png``.
+        evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
+            ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
+            ``label`` and ``prompt``.
+        fps (float): Frame rate of written mp4 files.
+        progress (bool): Progress bar on rank 0.
+        sample_fn (callable, optional): Replaces ``model.sample`` (same call).
+        **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...).
+
+    Returns:
+        dict: ``metrics`` (the evaluator's result, or None) and ``out``.
+    """
+    rank, world_size = get_dist_info()
+    plan = sample_plan(num_samples, labels, seed, prompts)
+    sample_fn = sample_fn or model.sample
+    parts_dir = f'{out}.parts' if out else None
+    if parts_dir and rank == 0:
+        os.makedirs(parts_dir, exist_ok=True)
+    barrier()
+    batches = rank_batches(num_samples, batch_size, rank, world_size)
+    for k, indices in tqdm(batches, desc=f'sampling {num_samples} (rank 0 of {world_size})',
+                           disable=not progress or rank != 0):
+        shard = osp.join(parts_dir, f'batch_{k:06d}.npz') if parts_dir else None
+        batch_labels = [plan['labels'][i] for i in indices]
+        batch_prompts = [plan['prompts'][i] for i in indices] if prompts is not None else None
+        if shard and osp.isfile(shard):  # finished before a crash: same samples
+            with np.load(shard) as data:
+                samples = data['samples']
+        else:
+            extra = dict(prompts=batch_prompts) if prompts is not None else {}
+            images = sample_fn(batch_labels, seeds=[plan['seeds'][i] for i in indices],
+                               **extra, **sample_kwargs)
+            samples = to_uint8_samples(images)
+            if shard:
+                tmp = shard[:-len('.npz')] + '.tmp.npz'
+                np.savez(tmp, indices=np.asarray(indices), samples=samples)
+                os.replace(tmp, shard)
+            if sample_dir:
+                _save_files(sample_dir, indices, samples, batch_labels, fps)
+        if evaluator is not None:
+            evaluator.process(data_samples=[
+                dict(index=i, sample=s, label=y,
+                     prompt=batch_prompts[j] if batch_prompts else None)
+                for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
+    barrier()
+    if out and rank == 0:
+        _assemble_npz(out, parts_dir, num_samples, plan['labels'])
+    metrics = evaluator.evaluate(num_samples) if evaluator is not None else None
+    barrier()
+    return dict(metrics=metrics, out=out)

@@ -1,0 +1,73 @@
+"""I3D features for FVD (Unterthiner et al. 2018), from StyleGAN-V's TorchScript file.
+
+``i3d_torchscript.pt`` (StyleGAN-V, Skorokhodov et al. 2022; the same file Latte's,
+DIGAN's and cd-fvd's evaluation code load) is the Kinetics-400 I3D of the original FVD
+code exported to TorchScript. Called with ``return_features=True`` it returns the 400
+logits before the softmax, the features FVD is defined on. TorchScript runs no Python
+pickle code; ``torch.jit.load`` reads it from a local path, nothing is downloaded.
+"""
+import math
+from typing import Dict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmsora.registry import MODELS
+
+__all__ = ['I3DTorchScript', 'resize_center_crop']
+
+
+def resize_center_crop(videos: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` (bilinear) and center-crop to a square.
+
+    ``videos`` is (N, C, T, H, W); this is Latte's / StyleGAN-V's FVD preprocessing.
+    """
+    n, c, t, h, w = videos.shape
+    scale = size / min(h, w)
+    target = (size, math.ceil(w * scale)) if h < w else (math.ceil(h * scale), size)
+    frames = videos.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+    frames = F.interpolate(frames, size=target, mode='bilinear', align_corners=False)
+    top, left = (target[0] - size) // 2, (target[1] - size) // 2
+    frames = frames[:, :, top:top + size, left:left + size]
+    return frames.reshape(n, t, c, size, size).permute(0, 2, 1, 3, 4)
+
+
+@MODELS.register_module()
+class I3DTorchScript(nn.Module):
+    """FVD's I3D: uint8 clips -> 400-d features.
+
+    Args:
+        weights (str): Local ``i3d_torchscript.pt`` (StyleGAN-V's release).
+        size (int): Frames are resized (shorter side) and center-cropped to this
+            square before the network; 224 is what the features were trained on.
+    """
+
+    def __init__(self, weights: str, size: int = 224):
+        super().__init__()
+        import os.path as osp
+        if not osp.isfile(weights):
+            raise FileNotFoundError(f'I3D TorchScript file not found: {weights} '
+                                    '(StyleGAN-V\'s i3d_torchscript.pt; see docs/evaluation.md)')
+        self.detector = torch.jit.load(weights, map_location='cpu').eval()
+        self.size = size
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, videos: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Features of clips.
+
+        Args:
+            videos: uint8 (N, 3, T, H, W).
+
+        Returns:
+            ``features`` (N, 400).
+        """
+        if videos.dtype != torch.uint8 or videos.dim() != 5 or videos.shape[1] != 3:
+            raise ValueError('I3DTorchScript takes uint8 clips (N, 3, T, H, W), got '
+                             f'{videos.dtype} {tuple(videos.shape)}')
+        device = next(iter(self.detector.parameters()), torch.empty(0)).device
+        x = videos.to(device, torch.float32) / 127.5 - 1      # [-1, 1]
+        x = resize_center_crop(x, self.size)                  # (N, 3, T, 224, 224)
+        features = self.detector(x, rescale=False, resize=False, return_features=True)
+        return dict(features=features.float())

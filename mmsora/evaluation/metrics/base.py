@@ -1,0 +1,92 @@
+"""SampleMetric: the base of metrics on generated samples (FID, IS, FVD, CLIP score).
+
+mmengine's ``BaseMetric`` collects ``self.results`` from all ranks and calls
+``compute_metrics`` on the main one. Each of our results is one sample's features
+under its global sample index; ``compute_metrics`` sorts by that index, so the value
+does not depend on how many processes drew the samples or in what order.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.evaluator import BaseMetric
+
+from mmsora.registry import MODELS
+
+__all__ = ['SampleMetric', 'to_channels_first', 'stack_results']
+
+
+def to_channels_first(samples: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) or (N, T, H, W, 3) -> (N, 3, H, W) or (N, 3, T, H, W)."""
+    x = torch.from_numpy(np.ascontiguousarray(samples))
+    if x.dtype != torch.uint8 or x.dim() not in (4, 5) or x.shape[-1] != 3:
+        raise ValueError('samples must be uint8 (N, H, W, 3) pictures or (N, T, H, W, 3) '
+                         f'clips, got {x.dtype} {tuple(x.shape)}')
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x.permute(0, 4, 1, 2, 3)
+
+
+def stack_results(results: List[dict]) -> Dict[str, np.ndarray]:
+    """Per-sample results -> arrays in sample-index order (duplicates refused)."""
+    results = sorted(results, key=lambda r: r['index'])
+    indices = [r['index'] for r in results]
+    if len(set(indices)) != len(indices):
+        raise ValueError('a sample index was evaluated twice; every index must be drawn '
+                         'by exactly one process')
+    return {key: np.stack([r[key] for r in results]) for key in results[0]}
+
+
+class SampleMetric(BaseMetric):
+    """Features of generated samples, one result per sample index.
+
+    ``process(data_batch, data_samples)`` takes ``data_samples``: one dict per sample
+    with ``index`` (int, its global index), ``sample`` (uint8 (H, W, 3) picture or
+    (T, H, W, 3) clip), and ``label`` / ``prompt`` when the model has them.
+
+    Args:
+        extractor (dict): Config of the feature network (``MODELS`` registry), built
+            on first use.
+        device (str, optional): Where the extractor runs; default CUDA when there is
+            one, else CPU.
+        batch_size (int): Most samples through the extractor at once.
+        collect_device, prefix, collect_dir: As mmengine's ``BaseMetric``.
+    """
+
+    # Results are named 'FID', 'IS', ... without a prefix unless one is given.
+    default_prefix = ''
+
+    def __init__(self, extractor: dict, device: Optional[str] = None, batch_size: int = 64,
+                 collect_device: str = 'cpu', prefix: Optional[str] = None,
+                 collect_dir: Optional[str] = None):
+        super().__init__(collect_device=collect_device, prefix=prefix, collect_dir=collect_dir)
+        self.extractor_cfg = dict(extractor)
+        self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        self.batch_size = batch_size
+        self._extractor = None
+
+    @property
+    def extractor(self) -> torch.nn.Module:
+        if self._extractor is None:
+            self._extractor = MODELS.build(self.extractor_cfg).to(self.device).eval()
+        return self._extractor
+
+    def features(self, samples: np.ndarray) -> Dict[str, np.ndarray]:
+        """The extractor's outputs for uint8 samples (N, ..., 3), batch by batch."""
+        x = to_channels_first(samples)
+        outs: Dict[str, list] = {}
+        with torch.no_grad():
+            for start in range(0, len(x), self.batch_size):
+                for key, value in self.extractor(x[start:start + self.batch_size]).items():
+                    outs.setdefault(key, []).append(value.float().cpu().numpy())
+        return {key: np.concatenate(value) for key, value in outs.items()}
+
+    def sample_results(self, data_samples: Sequence[dict]) -> Dict[str, np.ndarray]:
+        """Per-sample arrays to keep (N, ...); by default the extractor's outputs."""
+        return self.features(np.stack([s['sample'] for s in data_samples]))
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        if not len(data_samples):
+            return
+        outs = self.sample_results(data_samples)
+        for k, sample in enumerate(data_samples):
+            self.results.append(dict(index=int(sample['index']),
+                                     **{key: value[k] for key, value in outs.items()}))

@@ -1,0 +1,127 @@
+"""FID (Heusel et al. 2017) and FVD (Unterthiner et al. 2018): the Frechet distance
+between Gaussians fitted to features of generated and reference samples."""
+import os.path as osp
+from typing import Dict, List, Optional
+
+import numpy as np
+from mmengine.logging import print_log
+from tqdm import tqdm
+
+from mmsora.registry import METRICS
+
+from ..functional import (feature_stats, frechet_distance, inception_score, load_stats,
+                          save_stats)
+from .base import SampleMetric, stack_results
+
+__all__ = ['FID', 'FVD']
+
+
+class FrechetMetric(SampleMetric):
+    """Frechet distance to a reference set.
+
+    Args:
+        extractor (dict): Feature network config (see subclasses).
+        reference (str): ``.npz`` holding either feature statistics (``mu``,
+            ``sigma``: the ADM evaluator's reference batches have them, and so do our
+            caches) or the reference samples themselves as ``arr_0`` (uint8 NHWC
+            pictures or (N, T, H, W, 3) clips, the ADM layout). Samples are turned into
+            statistics once and cached.
+        reference_cache (str, optional): Where the cached statistics go; default
+            ``{reference without .npz}_{extractor type}_stats.npz``.
+        **kwargs: See :class:`SampleMetric`.
+    """
+
+    metric_name = ''
+    sample_ndim = 4  # (H, W, 3) pictures -> (N, H, W, 3)
+
+    def __init__(self, extractor: dict, reference: str,
+                 reference_cache: Optional[str] = None, **kwargs):
+        super().__init__(extractor, **kwargs)
+        self.reference = reference
+        self.reference_cache = reference_cache or (
+            f'{osp.splitext(reference)[0]}_{self.extractor_cfg["type"]}_stats.npz')
+
+    def sample_results(self, data_samples):
+        samples = np.stack([s['sample'] for s in data_samples])
+        if samples.ndim != self.sample_ndim:
+            kind = 'pictures (N, H, W, 3)' if self.sample_ndim == 4 else 'clips (N, T, H, W, 3)'
+            raise ValueError(f'{self.metric_name} takes {kind}; got samples of shape '
+                             f'{samples.shape}')
+        return self.features(samples)
+
+    def reference_stats(self) -> Dict[str, np.ndarray]:
+        """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
+        if not osp.isfile(self.reference):
+            raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
+        with np.load(self.reference, mmap_mode='r') as data:
+            if 'mu' in data and 'sigma' in data:
+                return dict(mu=data['mu'], sigma=data['sigma'])
+            if 'arr_0' not in data:
+                raise KeyError(f'{self.reference} has neither statistics (mu, sigma) nor '
+                               f'samples (arr_0); it has {sorted(data.files)}')
+        tag = repr(sorted(self.extractor_cfg.items()))
+        if osp.isfile(self.reference_cache):
+            with np.load(self.reference_cache) as cached:
+                if str(cached.get('extractor', '')) == tag:
+                    return load_stats(self.reference_cache)
+        samples = np.load(self.reference, mmap_mode='r')['arr_0']
+        chunk = self.batch_size * 16
+        features = [self.features(np.asarray(samples[i:i + chunk]))['features']
+                    for i in tqdm(range(0, len(samples), chunk),
+                                  desc=f'{self.metric_name} reference features')]
+        mu, sigma = feature_stats(np.concatenate(features))
+        save_stats(self.reference_cache, mu, sigma, extractor=tag, num_samples=len(samples))
+        print_log(f'{self.metric_name}: reference statistics of {len(samples)} samples '
+                  f'cached in {self.reference_cache}', logger='current')
+        return dict(mu=mu, sigma=sigma)
+
+    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        arrays = stack_results(results)
+        mu, sigma = feature_stats(arrays['features'])
+        ref = self.reference_stats()
+        return {self.metric_name: frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
+
+
+@METRICS.register_module()
+class FID(FrechetMetric):
+    """Frechet Inception Distance of generated pictures.
+
+    Args:
+        extractor (dict): Default ``dict(type='InceptionV3FID', weights=...)``; give
+            the local weights file.
+        reference (str): See :class:`FrechetMetric`; for ImageNet 256 the ADM
+            evaluator's ``VIRTUAL_imagenet256_labeled.npz`` (DiT's and SiT's
+            reference).
+        inception_score (bool): Also report ``IS`` (and ``IS_std``) from the same
+            Inception pass. Defaults to False.
+        split_size (int): Samples per Inception Score split (ADM: 5000).
+    """
+
+    metric_name = 'FID'
+
+    def __init__(self, extractor: dict, reference: str, inception_score: bool = False,
+                 split_size: int = 5000, **kwargs):
+        super().__init__(extractor, reference, **kwargs)
+        self.inception_score = inception_score
+        self.split_size = split_size
+
+    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
+        metrics = super().compute_metrics(results)
+        if self.inception_score:
+            mean, std = inception_score(stack_results(results)['logits'], self.split_size)
+            metrics.update(IS=mean, IS_std=std)
+        return metrics
+
+
+@METRICS.register_module()
+class FVD(FrechetMetric):
+    """Frechet Video Distance of generated clips (I3D features).
+
+    Args:
+        extractor (dict): ``dict(type='I3DTorchScript', weights=...)``.
+        reference (str): See :class:`FrechetMetric`; reference clips (N, T, H, W, 3)
+            with as many frames as the samples (16 in Latte's UCF-101 protocol).
+    """
+
+    metric_name = 'FVD'
+    sample_ndim = 5

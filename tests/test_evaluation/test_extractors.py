@@ -1,0 +1,76 @@
+"""The real feature networks' loading code, on random weights saved in the real formats."""
+import numpy as np
+import pytest
+import torch
+
+from mmsora.evaluation import I3DTorchScript, InceptionV3FID
+from mmsora.evaluation.extractors.i3d import resize_center_crop
+from mmsora.evaluation.extractors.inception import resize_bilinear_tf1
+
+
+def test_tf1_bilinear_resize_closed_form():
+    # TensorFlow 1.x maps output pixel i to input i * in / out (no half-pixel shift):
+    # upsampling [0, 10] by 4 gives 0, 2.5, 5, 7.5, then the edge value held.
+    x = torch.tensor([0.0, 10.0]).view(1, 1, 1, 2).expand(1, 1, 2, 2)
+    out = resize_bilinear_tf1(x, (4, 4))
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), [0, 5, 10, 10])
+    x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    np.testing.assert_allclose(resize_bilinear_tf1(x, (2, 2))[0, 0, 0].numpy(), [0, 2])
+
+
+def test_inception_loads_a_pytorch_fid_style_state_dict(tmp_path):
+    torch.manual_seed(0)
+    net = InceptionV3FID()
+    state = net.state_dict()
+    # pytorch-fid's file predates BatchNorm's num_batches_tracked buffers.
+    state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+    assert 'Mixed_7c.branch_pool.conv.weight' in state and state['fc.weight'].shape == (1008, 2048)
+    path = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
+    torch.save(state, path)
+    loaded = InceptionV3FID(weights=str(path))
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    out = loaded(torch.randint(0, 256, (1, 3, 32, 24), dtype=torch.uint8))
+    assert out['features'].shape == (1, 2048) and out['logits'].shape == (1, 1008)
+    # The IS logits leave the classifier's bias out (ADM evaluator, torch-fidelity).
+    torch.testing.assert_close(out['logits'], out['features'] @ loaded.fc.weight.T)
+    with pytest.raises(ValueError, match='uint8'):
+        loaded(torch.zeros(1, 3, 8, 8))
+    torch.save({k: v for k, v in state.items() if k != 'fc.bias'}, path)
+    with pytest.raises(RuntimeError, match='fc.bias'):
+        InceptionV3FID(weights=str(path))
+
+
+class FakeI3D(torch.nn.Module):
+    """StyleGAN-V's i3d_torchscript.pt signature: (videos, rescale, resize, return_features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 400)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        assert x.shape[-1] == 224 and x.shape[-2] == 224
+        return self.proj(x.mean(dim=(2, 3, 4)))
+
+
+def test_i3d_torchscript_loads_and_preprocesses(tmp_path):
+    path = tmp_path / 'i3d_torchscript.pt'
+    torch.jit.save(torch.jit.script(FakeI3D()), str(path))
+    i3d = I3DTorchScript(weights=str(path))
+    videos = torch.full((2, 3, 4, 16, 24), 255, dtype=torch.uint8)
+    out = i3d(videos)['features']
+    assert out.shape == (2, 400)
+    # All-white clips are 1 in [-1, 1] after preprocessing.
+    fake = torch.jit.load(str(path))
+    torch.testing.assert_close(out, fake.proj(torch.ones(2, 3)))
+    with pytest.raises(FileNotFoundError, match='i3d_torchscript'):
+        I3DTorchScript(weights=str(tmp_path / 'missing.pt'))
+
+
+def test_resize_center_crop_keeps_the_middle():
+    x = torch.zeros(1, 1, 2, 4, 8)
+    x[..., 2:6] = 1                       # a band in the middle half of the width
+    out = resize_center_crop(x, 4)        # shorter side 4 -> 4x8, crop columns 2..5
+    assert out.shape == (1, 1, 2, 4, 4)
+    assert torch.all(out == 1)

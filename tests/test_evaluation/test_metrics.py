@@ -1,0 +1,143 @@
+"""FID / IS / FVD / CLIP score metrics as mmengine BaseMetrics, with tiny extractors."""
+import numpy as np
+import pytest
+import torch
+
+import tests.test_evaluation.tiny_extractors  # noqa: F401  (registers them)
+from mmsora.evaluation import FID, FVD, CLIPScore, InceptionScore, frechet_distance
+from mmsora.evaluation import feature_stats, inception_score
+from mmsora.registry import METRICS
+
+TINY = dict(type='TinyImageExtractor')
+
+
+def pictures(n, seed, size=8):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def feed(metric, samples, order=None, batch=3):
+    """Process samples in batches, in the given index order, like several ranks would."""
+    order = list(range(len(samples))) if order is None else order
+    for start in range(0, len(order), batch):
+        idx = order[start:start + batch]
+        metric.process(None, [dict(index=i, sample=samples[i]) for i in idx])
+    return metric.evaluate(len(samples))
+
+
+def tiny_features(samples):
+    from tests.test_evaluation.tiny_extractors import TinyImageExtractor
+    x = torch.from_numpy(samples).permute(0, 3, 1, 2)
+    return {k: v.numpy() for k, v in TinyImageExtractor()(x).items()}
+
+
+def test_fid_against_reference_samples_is_cached_and_order_free(tmp_path):
+    ref, gen = pictures(40, 0), pictures(30, 1)
+    np.savez(tmp_path / 'ref.npz', arr_0=ref)
+    fid = METRICS.build(dict(type='FID', extractor=TINY, reference=str(tmp_path / 'ref.npz'),
+                             inception_score=True, split_size=10))
+    result = feed(fid, gen)
+    expected = frechet_distance(*feature_stats(tiny_features(gen)['features']),
+                                *feature_stats(tiny_features(ref)['features']))
+    assert result['FID'] == pytest.approx(expected, rel=1e-6) and result['FID'] > 0
+    assert result['IS'] == pytest.approx(
+        inception_score(tiny_features(gen)['logits'], 10)[0], rel=1e-6)
+    cache = tmp_path / 'ref_TinyImageExtractor_stats.npz'
+    assert cache.is_file()
+    # Same value in any processing order; the cache is read, not recomputed.
+    (tmp_path / 'ref.npz').write_bytes(b'')  # would fail to load if it were read again
+    np.savez(tmp_path / 'ref.npz', arr_0=ref[:0])
+    shuffled = list(np.random.default_rng(0).permutation(len(gen)))
+    assert feed(fid, gen, shuffled)['FID'] == result['FID']
+
+
+def test_fid_of_the_reference_itself_is_zero(tmp_path):
+    ref = pictures(50, 2)
+    np.savez(tmp_path / 'ref.npz', arr_0=ref)
+    fid = FID(extractor=TINY, reference=str(tmp_path / 'ref.npz'))
+    assert abs(feed(fid, ref)['FID']) < 1e-6
+
+
+def test_fid_reads_adm_style_statistics_and_checks_input(tmp_path):
+    gen = pictures(20, 3)
+    feats = tiny_features(gen)['features']
+    np.savez(tmp_path / 'stats.npz', mu=feats.mean(0) + 1, sigma=np.cov(feats, rowvar=False))
+    fid = FID(extractor=TINY, reference=str(tmp_path / 'stats.npz'))
+    assert feed(fid, gen)['FID'] == pytest.approx(feats.shape[1], rel=1e-6)  # |1|^2 * dim
+    clips = np.zeros((2, 3, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match='FID takes pictures'):
+        fid.process(None, [dict(index=i, sample=c) for i, c in enumerate(clips)])
+    fid.process(None, [dict(index=0, sample=gen[0]), dict(index=0, sample=gen[1])])
+    with pytest.raises(ValueError, match='evaluated twice'):
+        fid.evaluate(2)
+    missing = FID(extractor=TINY, reference=str(tmp_path / 'nope.npz'))
+    missing.process(None, [dict(index=i, sample=gen[i]) for i in range(3)])
+    with pytest.raises(FileNotFoundError, match='nope.npz'):
+        missing.evaluate(3)
+
+
+def test_inception_score_metric():
+    gen = pictures(12, 4)
+    result = feed(InceptionScore(extractor=TINY, split_size=6), gen)
+    mean, std = inception_score(tiny_features(gen)['logits'], 6)
+    assert result == dict(IS=pytest.approx(mean), IS_std=pytest.approx(std))
+    assert result['IS'] > 1
+
+
+def test_fvd_on_clips(tmp_path):
+    rng = np.random.default_rng(5)
+    ref = rng.integers(0, 256, (20, 4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'ref.npz', arr_0=ref)
+    fvd = FVD(extractor=dict(type='TinyVideoExtractor'), reference=str(tmp_path / 'ref.npz'))
+    assert abs(feed(fvd, ref)['FVD']) < 1e-6
+    shifted = np.clip(ref.astype(int) + 60, 0, 255).astype(np.uint8)
+    assert feed(fvd, shifted)['FVD'] > 1e-3
+    with pytest.raises(ValueError, match='FVD takes clips'):
+        fvd.process(None, [dict(index=0, sample=ref[0, 0])])
+
+
+def make_tiny_clip(path):
+    """A tiny random transformers CLIPModel and word-level tokenizer saved as a folder."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    words = 'a red disk green square blue ring'.split()
+    vocab = {w: i for i, w in enumerate(['<pad>', '<unk>', '</s>'] + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single='$A </s>', special_tokens=[('</s>', vocab['</s>'])])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', eos_token='</s>')
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=16, patch_size=8),
+        projection_dim=8)
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_clip_score_on_pictures_and_clips(tmp_path):
+    pytest.importorskip('transformers')
+    from mmsora.evaluation import CLIPEmbedder
+    from mmsora.evaluation.functional import clip_score
+    path = make_tiny_clip(tmp_path / 'clip')
+    embedder = CLIPEmbedder(path)
+    prompts = ['a red disk', 'a green square', 'a blue ring']
+    images = pictures(3, 6, size=20)
+    expected = clip_score(
+        embedder.encode_images(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy(),
+        embedder.encode_texts(prompts).numpy())
+    metric = CLIPScore(extractor=dict(type='CLIPEmbedder', pretrained_path=path))
+    metric.process(None, [dict(index=i, sample=images[i], prompt=prompts[i]) for i in range(3)])
+    assert metric.evaluate(3)['CLIPScore'] == pytest.approx(expected.mean(), rel=1e-5)
+    # A clip of three identical frames scores as its frame.
+    clips = np.repeat(images[:, None], 3, axis=1)             # (3, T=3, 20, 20, 3)
+    metric.process(None, [dict(index=i, sample=clips[i], prompt=prompts[i]) for i in range(3)])
+    assert metric.evaluate(3)['CLIPScore'] == pytest.approx(expected.mean(), rel=1e-4)
+    with pytest.raises(ValueError, match='needs a prompt'):
+        metric.process(None, [dict(index=0, sample=images[0], prompt=None)])

@@ -1,0 +1,91 @@
+"""Evaluate a trained model by sampling: ``python tools/test.py CONFIG [CKPT] [options]``.
+
+Draws ``evaluation.num_samples`` samples (sample i with seed SEED + i, in fixed global
+batches, so the result is the same on 1 or N processes) and computes the metrics of the
+config's ``evaluation`` section (FID / IS / FVD / CLIP score; docs/evaluation.md).
+
+Examples:
+    # FID-50K of a run's newest EMA checkpoint
+    python tools/test.py work_dirs/dit_xl2_8xb32_400k_imagenet256
+    # 8 GPUs; keep the samples in the ADM evaluator's .npz
+    torchrun --nproc_per_node 8 tools/test.py CONFIG CKPT --launcher pytorch \
+        --out samples.npz
+"""
+import argparse
+import json
+import os
+import sys
+
+from mmsora.utils.cli import UserError, run_cli
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Evaluate an mmsora model by sampling')
+    parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint (default: the newest in '
+                        'the work dir); mmengine, original DiT and fast-DiT files')
+    parser.add_argument('--num-samples', type=int, help='samples in all (default: the '
+                        "config's evaluation.num_samples)")
+    parser.add_argument('--batch-size', type=int, help='global sampling batch size')
+    parser.add_argument('--seed', type=int, help='sample i uses seed SEED + i')
+    parser.add_argument('--out', help='also save the samples as an ADM-style .npz')
+    parser.add_argument('--sample-dir', help='also save one PNG / mp4 per sample here')
+    parser.add_argument('--json', help='write the metrics to this JSON file')
+    parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
+    parser.add_argument('--device', help='default: cuda (this rank\'s GPU) when there is '
+                        'one, else cpu')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config entries, e.g. evaluation.sample_cfg.num_steps=50')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    for name in ('num_samples', 'batch_size'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.out is not None and not args.out.endswith('.npz'):
+        raise UserError(f'--out is an .npz file (the ADM evaluator\'s layout), got {args.out!r}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    from mmengine.dist import is_main_process
+
+    from mmsora.apis import evaluate_model, init_model, init_sampling_processes
+    device = init_sampling_processes(args.launcher, args.device)
+    model, cfg = init_model(args.run, args.checkpoint, device=device,
+                            cfg_options=args.cfg_options, use_ema=not args.no_ema)
+    evaluation = cfg.get('evaluation')
+    if not evaluation:
+        raise UserError('the config has no `evaluation` section (metrics and number of '
+                        'samples); inherit one, e.g. configs/_base_/evaluation/'
+                        'fid50k_imagenet256.py, see docs/evaluation.md')
+    evaluation = dict(evaluation)
+    for key in ('num_samples', 'batch_size', 'seed'):
+        if getattr(args, key) is not None:
+            evaluation[key] = getattr(args, key)
+    try:
+        metrics = evaluate_model(model, **evaluation, out=args.out,
+                                 sample_dir=args.sample_dir,
+                                 default_sample_cfg=cfg.get('sample_cfg'))
+    except TypeError as e:
+        if 'evaluate_model() got an unexpected keyword' in str(e):
+            raise UserError(f'unknown key in the config\'s evaluation section: {e}') from e
+        raise
+    if is_main_process():
+        for key, value in metrics.items():
+            print(f'{key}: {value:.4f}')
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
+                               checkpoint=args.checkpoint, run=args.run), f, indent=2)
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))
