@@ -32,6 +32,11 @@ def parse_args(argv=None):
                         'dir); mmengine, original DiT and fast-DiT files are accepted')
     parser.add_argument('--labels', type=int, nargs='+',
                         help='class ids to sample (default: cycle through the classes)')
+    parser.add_argument('--prompt', nargs='+', metavar='TEXT',
+                        help='text-conditioned models: prompts to sample (cycled to '
+                        '--num-samples)')
+    parser.add_argument('--prompt-file', help='text-conditioned models: a file with one '
+                        'prompt per line (blank lines and lines starting with # skipped)')
     parser.add_argument('--num-samples', type=int, default=None,
                         help='number of samples (default: len(--labels), else 16)')
     parser.add_argument('--seed', type=int, default=0,
@@ -94,6 +99,34 @@ def check_args(args, num_classes, video=False):
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
 
 
+def read_prompts(args, model):
+    """The prompts of --prompt / --prompt-file, checked against the kind of model."""
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding='utf-8') as f:
+                prompts += [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
+        except OSError as e:
+            raise UserError(f'--prompt-file: cannot read {args.prompt_file!r}: '
+                            f'{e.strerror}') from None
+        if not prompts:
+            raise UserError(f'--prompt-file {args.prompt_file!r} holds no prompt')
+    if model.text_conditioned:
+        if not prompts:
+            raise UserError('this model is text-conditioned: give --prompt TEXT ... or '
+                            '--prompt-file FILE')
+        if args.labels:
+            raise UserError('--labels is for class-conditional models; this one takes '
+                            '--prompt / --prompt-file')
+        if model.text_encoder is None:
+            raise UserError('this text-conditioned model has no text encoder: set '
+                            'model.text_encoder.pretrained_path=DIR with --cfg-options')
+    elif prompts:
+        raise UserError('--prompt / --prompt-file are for text-conditioned models; this '
+                        'one is class-conditional: use --labels')
+    return prompts or None
+
+
 def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
@@ -108,7 +141,9 @@ def main(argv=None):
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
     video = len(model.latent_shape) == 4  # (C, T, H, W)
     check_args(args, model.num_classes, video)
-    n = args.num_samples or (len(args.labels) if args.labels else 16)
+    prompts = read_prompts(args, model)
+    n = args.num_samples or (len(args.labels) if args.labels else
+                             len(prompts) if prompts else 16)
     pool = args.labels or list(range(model.num_classes))
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})
@@ -128,16 +163,21 @@ def main(argv=None):
         if is_main_process():
             print(f'saved {n} samples to {args.out} (arr_0: uint8 samples, arr_1: labels)')
         return
+    if prompts:
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+        labels = [None] * n
     images = sample_images(model, labels, [args.seed + i for i in range(n)],
-                           batch_size=args.batch_size, progress=True, **sample_kwargs)
+                           batch_size=args.batch_size, progress=True, prompts=prompts,
+                           **sample_kwargs)
+    what = f'prompts {prompts}' if prompts else f'labels {labels}'
     if video:
         fps = args.fps or defaults.get('fps', 8)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
-        print(f'saved {n} clips (labels {labels}, {fps:g} fps) to {", ".join(paths)}')
+        print(f'saved {n} clips ({what}, {fps:g} fps) to {", ".join(paths)}')
         return
     out = args.out or 'samples.png'
     save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
-    print(f'saved {n} samples (labels {labels}) to {out}')
+    print(f'saved {n} samples ({what}) to {out}')
 
 
 if __name__ == '__main__':

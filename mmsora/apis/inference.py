@@ -82,14 +82,20 @@ def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_optio
     return model.to(device).eval(), cfg
 
 
-def sample_images(model, labels: Sequence[int], seeds: Sequence[int], batch_size=16,
-                  progress=False, **sample_kwargs):
-    """Sample in batches; sample i depends only on ``labels[i]`` and ``seeds[i]``."""
+def sample_images(model, labels: Optional[Sequence[int]], seeds: Sequence[int], batch_size=16,
+                  progress=False, prompts: Optional[Sequence[str]] = None, **sample_kwargs):
+    """Sample in batches; sample i depends only on its label (or prompt) and ``seeds[i]``.
+
+    Class-conditional models take ``labels``; text-conditioned ones take ``prompts``
+    (``labels`` is then ignored).
+    """
     outs = []
-    for start in range(0, len(labels), batch_size):
-        outs.append(model.sample(labels[start:start + batch_size],
-                                 seeds=seeds[start:start + batch_size],
-                                 progress=progress, **sample_kwargs).float().cpu())
+    for start in range(0, len(seeds), batch_size):
+        part = slice(start, start + batch_size)
+        cond = (dict(prompts=list(prompts[part])) if prompts is not None
+                else dict(labels=labels[part]))
+        outs.append(model.sample(seeds=seeds[part], progress=progress, **cond,
+                                 **sample_kwargs).float().cpu())
     return torch.cat(outs)
 
 

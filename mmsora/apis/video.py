@@ -12,13 +12,14 @@ VIDEO_SUFFIX = '.mp4'
 
 
 def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> List[str]:
-    """File names of the clips: ``{stem}_{i:03d}_label{y}{ext}``.
+    """File names of the clips: ``{stem}_{i:03d}_label{y}{ext}`` (``{stem}_{i:03d}{ext}``
+    for a label of None, e.g. the samples of a text-conditioned model).
 
     Args:
         out (str): ``DIR/NAME.mp4`` puts clip i at ``DIR/NAME_{i:03d}_label{y}.mp4``;
             a path without a suffix (or ending in ``/``) is a folder, and clip i goes
             to ``out/sample_{i:03d}_label{y}.mp4``.
-        labels (Sequence[int]): One class id per clip.
+        labels (Sequence[int | None]): One class id (or None) per clip.
         ext (str): Suffix of the files (``'.mp4'`` or ``'.gif'``).
 
     Raises:
@@ -30,7 +31,8 @@ def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> Lis
     elif suffix.lower() != VIDEO_SUFFIX:
         raise ValueError(f'--out for video samples is NAME.mp4 (files NAME_000_label0.mp4, '
                          f'...) or a folder, got {out!r}')
-    return [f'{stem}_{i:03d}_label{int(y)}{ext}' for i, y in enumerate(labels)]
+    return [f'{stem}_{i:03d}{"" if y is None else f"_label{int(y)}"}{ext}'
+            for i, y in enumerate(labels)]
 
 
 def save_videos(videos: torch.Tensor, out: str, fps: float,
