@@ -9,7 +9,8 @@ Examples:
     python tools/text2video.py story.txt --out story.mp4
     python tools/text2video.py story_zh.txt --out story_zh.mp4 --resolution 720p
     # pictures from a trained mmsora model (class-conditional: shots cycle the labels)
-    python tools/text2video.py story.txt --pictures mmsora:work_dirs/dit_tiny2_1xb32_1500_shapes16
+    python tools/text2video.py story.txt \
+        --pictures mmsora:work_dirs/dit_tiny2_1xb32_1500_shapes16
     # a local diffusers pipeline folder, a neural voice, cloud options
     python tools/text2video.py story.txt --pictures diffusers:checkpoints/sd-turbo --steps 2
     python tools/text2video.py story.txt --speech piper:voices/en_US-lessac-medium.onnx

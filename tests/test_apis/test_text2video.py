@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from mmsora.apis.text2video import (Composer, Segment, build_pictures, build_prompt,
+from mmsora.apis.text2video import (Composer, Segment, Shot, build_pictures, build_prompt,
                                     build_speech, detect_language, group_shots,
                                     ken_burns_box, parse_resolution, split_segments,
                                     split_sentences, text_to_video)
@@ -91,7 +91,8 @@ def test_ken_burns_box_stays_inside_with_the_output_aspect():
             assert -1e-6 <= x0 < x1 <= 300 + 1e-6 and -1e-6 <= y0 < y1 <= 200 + 1e-6
             assert (x1 - x0) / (y1 - y0) == pytest.approx(16 / 9)
         assert boxes[0] != boxes[2]                                  # it moves
-    assert ken_burns_box(src, out, 0.3, 0, zoom=1.0) == pytest.approx((0, 15.625, 300, 184.375))
+    full = (0, 15.625, 300, 184.375)              # the widest 16:9 box, centred
+    assert ken_burns_box(src, out, 0.3, 0, zoom=1.0) == pytest.approx(full)
     assert parse_resolution('720p') == (1280, 720) and parse_resolution('64x36') == (64, 36)
     with pytest.raises(UserError, match='even'):
         parse_resolution('65x36')
@@ -174,3 +175,38 @@ def test_missing_engine_or_key_names_the_option_to_use(monkeypatch, tmp_path):
     # Silent subtitles need no engine at all.
     audio, rate = build_speech('none').synthesize('one two three four', 'en')
     assert not audio.any() and len(audio) / rate == pytest.approx(1.5)
+
+
+def test_clips_play_forward_then_back(tmp_path):
+    """A video model's clip (T, H, W, 3) plays at clip_fps, ping-pong, for the shot."""
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.uint8)
+    clip = np.broadcast_to(colours[:, None, None], (4, 8, 8, 3)).copy()
+    shot = Shot([Segment('clip', np.zeros(16000), 8000)])           # 2 s
+    out = str(tmp_path / 'clip.mp4')
+    timeline = Composer((32, 32), fps=8, zoom=1.0, subtitles=False).compose(
+        [shot], [clip], out, clip_fps=4, progress=False)
+    assert timeline['num_frames'] == 16
+    frames = read_video_frames(out).astype(np.float32).mean(axis=(1, 2))  # (T, 3)
+    shown = [int(np.abs(colours - f).sum(1).argmin()) for f in frames[::2]]
+    assert shown == [0, 1, 2, 3, 2, 1, 0, 1]
+
+
+def test_cjk_font_draws_distinct_glyphs_or_warns_with_the_fix():
+    from PIL import Image, ImageDraw
+
+    from mmsora.apis.text2video import text_layout
+
+    def glyph(font, char):
+        image = Image.new('L', (40, 40))
+        ImageDraw.Draw(image).text((4, 4), char, font=font, fill=255)
+        return np.asarray(image)
+
+    text_layout._font_path.cache_clear()
+    if any(map(text_layout.osp.isfile, text_layout.CJK_FONTS)) or text_layout._fontconfig_cjk():
+        font = text_layout.find_font('中文', 24)
+        # Missing glyphs all draw as the same box; real ones differ.
+        assert glyph(font, '中').any() and (glyph(font, '中') != glyph(font, '文')).any()
+    else:
+        with pytest.warns(UserWarning, match='fonts-wqy-microhei'):
+            text_layout.find_font('中文', 24)
+    text_layout._font_path.cache_clear()

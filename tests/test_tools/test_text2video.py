@@ -39,7 +39,7 @@ def tiny_dit(tmp_path_factory):
     """A random tiny DiT: its config, and a checkpoint that also carries the config."""
     from mmengine.config import Config
 
-    import mmsora.models  # noqa: F401
+    import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
     from tests.conftest import REPO_ROOT
     folder = tmp_path_factory.mktemp('dit')

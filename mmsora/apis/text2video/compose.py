@@ -9,6 +9,7 @@ speech (to within one frame). PyAV is used directly rather than moviepy: moviepy
 an ffmpeg subprocess, while PyAV is already a dependency and encodes in-process.
 """
 import bisect
+from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,7 +32,8 @@ def parse_resolution(text: str) -> Tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
-        raise UserError(f'--resolution {text!r}: use 480p, 720p or WxH (e.g. 640x360)') from None
+        raise UserError(f'--resolution {text!r}: use 480p, 720p or WxH (e.g. 640x360)') \
+            from None
     if w < 32 or h < 32 or w % 2 or h % 2:
         raise UserError(f'--resolution {text!r}: width and height must be even and >= 32 '
                         '(H.264 yuv420p)')
@@ -225,8 +227,8 @@ class Composer:
             return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
         with av.open(out, mode='w') as container:
-            from fractions import Fraction
-            video = container.add_stream('libx264', rate=Fraction(self.fps).limit_denominator(1001))
+            rate = Fraction(self.fps).limit_denominator(1001)
+            video = container.add_stream('libx264', rate=rate)
             video.width, video.height = self.size
             video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
             sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')

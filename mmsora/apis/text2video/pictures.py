@@ -43,7 +43,8 @@ class PictureBackend:
         ``size`` (W, H) is a hint: backends with a native resolution keep theirs."""
         raise NotImplementedError
 
-    def render_all(self, shots, size: Tuple[int, int], progress: bool = True) -> List[np.ndarray]:
+    def render_all(self, shots, size: Tuple[int, int],
+                   progress: bool = True) -> List[np.ndarray]:
         return [self.render(shot, size)
                 for shot in tqdm(shots, desc='pictures', disable=not progress)]
 
@@ -149,7 +150,8 @@ class MMSoraPictures(PictureBackend):
         self.labels = list(labels) if labels else list(range(num_classes))
         bad = [y for y in self.labels if not 0 <= y < num_classes]
         if bad:
-            raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
+            raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
+                            'classes')
         self.seed, self.batch_size = seed, batch_size
 
     @property

@@ -356,7 +356,8 @@ class AzureSpeech(SpeechBackend):
         result = synthesizer.speak_text_async(text).get()
         if result.reason != self.sdk.ResultReason.SynthesizingAudioCompleted:
             details = getattr(result, 'cancellation_details', None)
-            raise UserError(f'Azure speech failed: {getattr(details, "error_details", None) or result.reason}')
+            reason = getattr(details, 'error_details', None) or result.reason
+            raise UserError(f'Azure speech failed: {reason}')
         return _read_wav(result.audio_data)
 
 
