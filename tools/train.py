@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import apply_cfg_options, load_config, run_cli
+from mmsora.utils.checkpoint import check_checkpoint_complete
+from mmsora.utils.cli import UserError, apply_cfg_options, load_config, run_cli
 
 
 def parse_args(argv=None):
@@ -47,6 +48,19 @@ def is_mmengine_checkpoint(path):
     return isinstance(obj, dict) and 'state_dict' in obj
 
 
+def check_latest_checkpoint(work_dir):
+    """Fail early, naming it, if the checkpoint ``--resume`` would pick is unusable."""
+    from mmengine.runner import find_latest_checkpoint
+    marker = osp.join(work_dir, 'last_checkpoint')
+    latest = find_latest_checkpoint(work_dir) if osp.isfile(marker) else None
+    if latest is None:
+        return  # nothing saved yet: mmengine starts the run afresh
+    if not osp.isfile(latest):
+        raise UserError(f'--resume: {marker} names {latest!r}, which does not exist; '
+                        'pass --resume CKPT to pick a checkpoint')
+    check_checkpoint_complete(latest)
+
+
 def build_train_config(args):
     """The config to run, with the command line applied."""
     cfg = load_config(args.config)
@@ -71,9 +85,11 @@ def build_train_config(args):
                          'starts a new one from given weights')
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
+        check_latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         if not osp.isfile(args.resume):
             raise SystemExit(f'error: --resume checkpoint not found: {args.resume}')
+        check_checkpoint_complete(args.resume)
         cfg.resume, cfg.load_from = True, args.resume
     if args.load_from is not None:
         if not osp.isfile(args.load_from):

@@ -9,6 +9,10 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50000, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # Skip NaN/inf steps, stop after 5 in a row, log grad_norm (docs/reliability.md).
+    loss_guard=dict(type='LossGuardHook', max_consecutive=5),
+    # Refuse --resume with another number of processes or batch size.
+    resume_check=dict(type='ResumeCheckHook'),
 )
 # mmengine's EMA: averaged = (1 - momentum) * averaged + momentum * weights,
 # so momentum=1e-4 is DiT's decay of 0.9999. Checkpoints hold the EMA weights in

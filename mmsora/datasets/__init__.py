@@ -6,6 +6,7 @@ from .latent_store import LatentStore, LatentStoreWriter
 from .manifest import MANIFEST_COLUMNS, ManifestError, load_manifest, write_manifest
 from .npy_latent_dataset import NpyLatentDataset, list_npy_pairs
 from .packed_latent_dataset import PackedLatentDataset
+from .skip_corrupt import SkipCorruptDataset
 from .synthetic_shapes import SHAPE_CLASSES, SyntheticShapesDataset
 from .transforms import *  # noqa: F401,F403
 from .utils import WorkerRNGMixin, draw_seed, natural_sort_key
@@ -17,5 +18,5 @@ __all__ = [
     'LatentStoreWriter', 'center_crop_arr', 'scan_image_folder', 'load_image',
     'image_to_tensor', 'list_npy_pairs', 'IMG_EXTENSIONS', 'WorkerRNGMixin',
     'draw_seed', 'natural_sort_key', 'load_manifest', 'write_manifest', 'ManifestError',
-    'MANIFEST_COLUMNS', 'VideoDataset'
+    'MANIFEST_COLUMNS', 'VideoDataset', 'SkipCorruptDataset'
 ]

@@ -9,7 +9,8 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
    run code. ``HistoryBuffer`` also pickles its statistics methods as
    ``getattr(HistoryBuffer, 'min')``; allowlisting ``getattr`` would open the door
    to code execution, so we stop pickling them (they are class-level registrations,
-   rebuilt by ``HistoryBuffer.__setstate__``).
+   rebuilt by ``HistoryBuffer.__setstate__``). mmengine's loader itself leaves
+   ``weights_only`` to torch's default; local files go through ours instead.
 2. mmengine's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` even on
    CPU-only machines. We initialise a gloo process group from the launcher's
    environment first; mmengine then skips its own initialisation.
@@ -54,8 +55,20 @@ def make_mmengine_checkpoints_loadable():
     them cannot execute arbitrary code.
     """
     from mmengine.logging import HistoryBuffer
+    from mmengine.runner.checkpoint import CheckpointLoader
     HistoryBuffer.__getstate__ = _history_buffer_getstate
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_checkpoint_globals()])
+    # mmengine's own loader (--resume, load_from) calls torch.load without
+    # weights_only, i.e. trusts torch's default and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:
+    # route local files through ours, which passes weights_only=True explicitly.
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+
+
+def _load_local(filename, map_location=None):
+    """mmengine's local-file checkpoint loader, weights-only with one-line errors."""
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    return load_checkpoint_file(os.path.expanduser(filename),
+                                map_location=map_location or 'cpu')
 
 
 def _slurm_env():

@@ -5,13 +5,15 @@ checkpoint can hold tensors and plain containers but never code that runs on loa
 """
 import os.path as osp
 import pickle
+import zipfile
 from collections.abc import Mapping
 from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['load_checkpoint_file', 'extract_state_dict', 'load_dit_checkpoint']
+__all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
+           'load_dit_checkpoint']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -32,6 +34,7 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         FileNotFoundError: ``path`` does not exist.
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
+        ValueError: The file is truncated or not a torch checkpoint.
     """
     # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
     # those data-only types (mmsora.engine.compat) before the weights-only load.
@@ -48,8 +51,36 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(
             f'{path} holds objects that torch.load(weights_only=True) refuses to '
-            f'unpickle (they could run code); only tensors and plain containers are '
-            f'accepted. Original error: {e}') from e
+            f'unpickle (they could run code): {_refusal(e)}; only tensors and plain '
+            'containers are accepted') from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+        # A truncated zip, or not a torch file at all (torch says KeyError: '101').
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
+                         f'checkpoint ({first.split(". ")[0]})') from None
+
+
+def _refusal(error):
+    """The line of torch's weights-only refusal that names the offending global."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if 'GLOBAL' in line or 'Unsupported' in line]
+    return (named or lines or ['refused'])[0].strip().rstrip('.')
+
+
+def check_checkpoint_complete(path: str) -> None:
+    """Raise ValueError if a torch checkpoint file is truncated or not one.
+
+    Cheap (reads the zip directory at the end of the file, not the tensors), so a
+    ``--resume`` of a file cut short fails at once with its name.
+    """
+    path = str(path)
+    if path.endswith('.safetensors') or zipfile.is_zipfile(path):
+        return
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    if head[:1] != b'\x80':  # the pre-1.6 (non-zip) torch format is a plain pickle
+        raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
+                         'checkpoint (no zip directory at its end)')
 
 
 def _is_state_dict(obj) -> bool:

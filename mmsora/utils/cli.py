@@ -111,6 +111,9 @@ def explain_error(exc):
     """A one-line explanation for a user mistake, or None for a real bug."""
     if isinstance(exc, (UserError, RunError)):
         return str(exc)
+    import pickle
+    if isinstance(exc, pickle.UnpicklingError):  # a checkpoint that holds code
+        return str(exc)
     text = str(exc)
     match = _NOT_REGISTERED.search(text)
     if isinstance(exc, KeyError) and match:

@@ -1,4 +1,7 @@
 from .evaluation_hook import SampleEvaluationHook
+from .loss_guard_hook import LossGuardHook, NonFiniteLossError
+from .resume_check_hook import ResumeCheckHook
 from .rng_state_hook import RNGStateHook, get_rng_states, set_rng_states
 
-__all__ = ['RNGStateHook', 'get_rng_states', 'set_rng_states', 'SampleEvaluationHook']
+__all__ = ['RNGStateHook', 'get_rng_states', 'set_rng_states', 'LossGuardHook',
+           'NonFiniteLossError', 'ResumeCheckHook', 'SampleEvaluationHook']

@@ -1,0 +1,108 @@
+"""Skip optimizer steps whose loss or gradient is not finite, stop a run that keeps
+producing them, and log the gradient norm.
+
+One NaN batch (a corrupt latent, an fp16 overflow) would otherwise write NaN into
+every weight and the EMA, and the run would go on for days training nothing. The
+check runs in ``OptimWrapper.step``, after ``backward``: under DDP the gradients are
+already averaged over the ranks, so a NaN on one rank is a NaN on all of them and
+every rank skips the same step without an extra collective.
+"""
+import math
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapper
+
+from mmsora.registry import HOOKS
+from mmsora.utils.cli import RunError
+
+__all__ = ['LossGuardHook', 'NonFiniteLossError']
+
+
+class NonFiniteLossError(RunError):
+    """Too many consecutive iterations had a non-finite loss or gradient."""
+
+
+def grad_norm(optim_wrapper):
+    """L2 norm of all gradients of the wrapper's parameters (a float; 0 without any)."""
+    grads = [p.grad for group in optim_wrapper.optimizer.param_groups
+             for p in group['params'] if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+
+
+@HOOKS.register_module()
+class LossGuardHook(Hook):
+    """Skips non-finite steps, stops after ``max_consecutive`` of them in a row.
+
+    A step is skipped (gradients zeroed, weights and optimizer state untouched, a
+    warning naming the iteration) when the loss of this rank or the gradient norm is
+    NaN or infinite. With fp16 loss scaling (``AmpOptimWrapper``) infinite gradients
+    are the scaler's business: only the loss is checked, and the scaler's own step
+    (which skips inf/NaN gradients and lowers the scale) still runs.
+
+    Args:
+        max_consecutive (int): Stop the run (``NonFiniteLossError``) after this many
+            skipped steps in a row. Defaults to 5.
+        log_grad_norm (bool): Log ``grad_norm`` every step. mmengine already logs it
+            when ``optim_wrapper.clip_grad`` is set; then this does nothing more.
+            Defaults to True.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, max_consecutive=5, log_grad_norm=True):
+        if int(max_consecutive) < 1:
+            raise ValueError(f'max_consecutive must be >= 1, got {max_consecutive}')
+        self.max_consecutive = int(max_consecutive)
+        self.log_grad_norm = log_grad_norm
+        self.num_skipped = 0
+        self._in_a_row = []
+
+    def before_train(self, runner):
+        wrapper = runner.optim_wrapper
+        if not isinstance(wrapper, OptimWrapper):
+            raise TypeError(f'LossGuardHook guards a single OptimWrapper, got '
+                            f'{type(wrapper).__name__}')
+        step, backward = wrapper.step, wrapper.backward
+        losses = []  # of the micro-batches since the last step (gradient accumulation)
+
+        def guarded_backward(loss, **kwargs):
+            losses.append(float(loss.detach().float()))
+            backward(loss, **kwargs)
+
+        def guarded_step(**kwargs):
+            bad = [v for v in losses if not math.isfinite(v)]
+            loss = bad[0] if bad else (losses[-1] if losses else 0.0)
+            losses.clear()
+            scaled = getattr(wrapper, 'loss_scaler', None) is not None
+            norm = None if scaled else grad_norm(wrapper)
+            if bad or (norm is not None and not math.isfinite(norm)):
+                self._skip(runner, loss, norm)
+                if scaled:  # the scaler sees the inf/NaN gradients on every rank,
+                    step(**kwargs)  # skips the update and lowers its scale
+                return
+            if norm is not None and self.log_grad_norm and not wrapper.clip_grad_kwargs:
+                runner.message_hub.update_scalar('train/grad_norm', norm)
+            self._in_a_row = []
+            step(**kwargs)
+
+        # Instance attributes shadow the class's methods; update_params calls these.
+        wrapper.backward, wrapper.step = guarded_backward, guarded_step
+
+    def _skip(self, runner, loss, norm):
+        iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
+        self.num_skipped += 1
+        self._in_a_row.append(iteration)
+        what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
+        if len(self._in_a_row) >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f'the loss or gradient was not finite in {len(self._in_a_row)} iterations '
+                f'in a row ({self._in_a_row[0]} to {iteration}; at {iteration}: {what}); '
+                'stopping. Check the data and the learning rate, then --resume from the '
+                'last checkpoint')
+        runner.logger.warning(
+            f'iteration {iteration}: {what}; skipping this optimizer step '
+            f'({len(self._in_a_row)} in a row, {self.num_skipped} in all; the run stops '
+            f'after {self.max_consecutive} in a row)')

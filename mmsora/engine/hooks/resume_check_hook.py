@@ -1,0 +1,61 @@
+"""Refuse a ``--resume`` that cannot continue a run exactly.
+
+Which samples a step trains on depends on the number of processes and the batch size
+per process (each rank takes every world_size-th index of the shuffled order, and the
+resumed loop skips the batches already trained on). Resuming with another layout
+would silently train on other data with another global batch size than the schedule
+was made for; mmengine 0.10.7's own GPU-count check reads a key its checkpoints no
+longer hold. This hook saves the layout with each checkpoint and stops a resume that
+differs, pointing at ``--load-from`` (weights only), which works with any layout.
+"""
+from mmengine.dist import get_world_size
+from mmengine.hooks import Hook
+
+from mmsora.registry import HOOKS
+from mmsora.utils.cli import UserError
+
+__all__ = ['ResumeCheckHook']
+
+
+def run_layout(runner):
+    """``dict(world_size, batch_size, dataset_size)`` of a runner's training."""
+    loader = runner.train_dataloader
+    return dict(world_size=get_world_size(), batch_size=loader.batch_size,
+                dataset_size=len(loader.dataset))
+
+
+def _describe(layout):
+    world, batch = layout['world_size'], layout['batch_size']
+    return (f'{world} process{"es" if world != 1 else ""} x batch size {batch} '
+            f'(global {world * batch})')
+
+
+@HOOKS.register_module()
+class ResumeCheckHook(Hook):
+    """Save the run's layout in checkpoints; refuse to resume with another one.
+
+    A different number of processes or batch size per process stops the resume with
+    one line; a dataset of another length is allowed with a warning (the data order
+    then differs from the uninterrupted run's).
+    """
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        saved = checkpoint.get('meta', {}).get('run_layout')
+        if not runner._resume or saved is None:
+            return
+        now = run_layout(runner)
+        if (saved['world_size'], saved['batch_size']) != (now['world_size'],
+                                                          now['batch_size']):
+            raise UserError(
+                f'cannot resume: the checkpoint was saved by a run of '
+                f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '
+                'the same layout: relaunch with it, or start a new run from the '
+                'checkpoint\'s weights with --load-from CKPT')
+        if saved['dataset_size'] != now['dataset_size']:
+            runner.logger.warning(
+                f'resuming on a dataset of {now["dataset_size"]} items; the checkpoint '
+                f'was trained on {saved["dataset_size"]}: the data order differs from '
+                'the uninterrupted run\'s')

@@ -1,0 +1,120 @@
+"""LossGuardHook: a NaN/inf loss skips the step with a warning, K in a row stop the
+run naming the iteration, and the gradient norm is logged."""
+import glob
+import math
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from mmsora.engine import LossGuardHook, NonFiniteLossError
+from mmsora.engine.hooks.loss_guard_hook import grad_norm
+from mmsora.utils.cli import explain_error
+from tests.test_engine.test_train import tiny_cfg
+
+
+class _PoisonIters(Hook):
+    """Multiply the denoiser's output by ``value`` (nan or inf) at the given
+    iterations (0-based), so that loss and gradients are not finite there; record
+    the weights around each iteration."""
+
+    priority = 'HIGHEST'
+
+    def __init__(self, iters, value=float('nan')):
+        self.iters, self.value = set(iters), value
+        self.handle, self.changed = None, {}
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.before = [p.detach().clone() for p in runner.model.denoiser.parameters()]
+        if runner.iter in self.iters:
+            self.handle = runner.model.denoiser.register_forward_hook(
+                lambda m, i, out: out * self.value)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        after = list(runner.model.denoiser.parameters())
+        self.changed[runner.iter] = any(not torch.equal(a, b)
+                                        for a, b in zip(self.before, after))
+
+
+def _run(repo_root, tmp_path, iters, poisoned, *options, value=float('nan')):
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, iters, *options))
+    poison = _PoisonIters(poisoned, value=value)
+    runner.register_hook(poison)
+    return runner, poison
+
+
+def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
+    runner, poison = _run(repo_root, tmp_path, 9, [2, 5, 6])
+    runner.train()
+    # Weights move on every good step and stay put on the poisoned ones.
+    assert [it for it, moved in sorted(poison.changed.items()) if not moved] == [2, 5, 6]
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    optimizer = runner.optim_wrapper.optimizer
+    assert {int(s['step']) for s in optimizer.state.values()} == {6}
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    for iteration, row in ((3, 1), (6, 1), (7, 2)):
+        assert (f'iteration {iteration}: loss nan, gradient norm nan; skipping this '
+                f'optimizer step ({row} in a row') in log
+    guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
+    assert guard.num_skipped == 3
+
+
+def test_an_inf_loss_is_skipped_too(repo_root, tmp_path):
+    runner, poison = _run(repo_root, tmp_path, 3, [1], value=float('inf'))
+    runner.train()
+    assert [moved for _, moved in sorted(poison.changed.items())] == [True, False, True]
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_k_in_a_row_stop_the_run_naming_the_iteration(repo_root, tmp_path):
+    runner, _ = _run(repo_root, tmp_path, 10, [1, 3, 4, 5], 'default_hooks.loss_guard.max_consecutive=3')
+    with pytest.raises(NonFiniteLossError) as info:
+        runner.train()
+    assert runner.iter == 5  # stopped in iteration 6 (1-based), before finishing it
+    assert explain_error(info.value).startswith(
+        'the loss or gradient was not finite in 3 iterations in a row (4 to 6; at 6: '
+        'loss nan, gradient norm nan); stopping.')
+
+
+def test_grad_norm_is_logged(repo_root, tmp_path):
+    # Without clip_grad mmengine logs no grad_norm: the guard does.
+    runner, _ = _run(repo_root, tmp_path, 3, [], 'optim_wrapper.clip_grad=None')
+    captured = []
+    runner.register_hook(_Capture(captured))
+    runner.train()
+    logged = list(runner.message_hub.get_scalar('train/grad_norm').data[0])
+    assert len(logged) == 3 and logged == captured
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    assert 'grad_norm:' in log
+
+
+class _Capture(Hook):
+    """The gradient norm computed independently (torch's clip_grad_norm_ with an
+    infinite bound returns the total norm) just before each optimizer step."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, out):
+        self.out = out
+
+    def before_train(self, runner):
+        step = runner.optim_wrapper.step
+
+        def recording_step(**kwargs):
+            params = [p for p in runner.model.parameters() if p.grad is not None]
+            self.out.append(float(torch.nn.utils.clip_grad_norm_(params, math.inf)))
+            step(**kwargs)
+
+        runner.optim_wrapper.step = recording_step
+
+
+def test_grad_norm_of_no_gradients_is_zero():
+    param = torch.nn.Parameter(torch.ones(3))
+    wrapper = type('W', (), {'optimizer': torch.optim.SGD([param], lr=1.0)})()
+    assert grad_norm(wrapper) == 0.0
+    param.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert grad_norm(wrapper) == 5.0

@@ -1,0 +1,251 @@
+"""Reliability (docs/reliability.md): --resume refuses another layout and names
+unusable checkpoints, --load-from works across changed data and layouts, crafted
+pickles do not run, corrupt samples are skipped and counted when the config asks,
+and bad sampler values give one line."""
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from mmsora.datasets import ImageFolderDataset, NpyLatentDataset, SkipCorruptDataset
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.cli import UserError, explain_error
+from tests.test_engine.test_train import DEMO, tiny_cfg
+from tools.train import build_train_config, parse_args
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, repo_root_module):
+    """A 2-iteration tiny run with its checkpoint."""
+    work = tmp_path_factory.mktemp('src')
+    Runner.from_cfg(tiny_cfg(repo_root_module, work, 2)).train()
+    return work, str(work / 'iter_2.pth')
+
+
+@pytest.fixture(scope='module')
+def repo_root_module():
+    return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def one_line(exc):
+    message = explain_error(exc)
+    assert message is not None and '\n' not in message, repr(exc)
+    return message
+
+
+# --------------------------------------------------------------------------- #
+#                         --resume and --load-from                             #
+# --------------------------------------------------------------------------- #
+def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
+    _, ckpt = trained
+    # Another batch size per process: a real second launch.
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'a', 4,
+                                      'train_dataloader.batch_size=4', resume=ckpt))
+    with pytest.raises(UserError) as info:
+        runner.train()
+    assert one_line(info.value) == (
+        'cannot resume: the checkpoint was saved by a run of 1 process x batch size 8 '
+        '(global 8), this run has 1 process x batch size 4 (global 4); exact resume '
+        'needs the same layout: relaunch with it, or start a new run from the '
+        "checkpoint's weights with --load-from CKPT")
+    # Another number of processes: the layout as a 2-process run records it.
+    two = load_checkpoint_file(ckpt)
+    assert two['meta']['run_layout'] == dict(world_size=1, batch_size=8, dataset_size=64)
+    two['meta']['run_layout']['world_size'] = 2
+    torch.save(two, tmp_path / 'two.pth')
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'b', 4,
+                                      resume=str(tmp_path / 'two.pth')))
+    with pytest.raises(UserError, match=r'saved by a run of 2 processes x batch size 8 '
+                       r'\(global 16\), this run has 1 process'):
+        runner.train()
+
+
+class _FirstWeights(Hook):
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == 0:
+            self.weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
+    _, ckpt = trained
+    source = load_checkpoint_file(ckpt)
+    source['meta']['run_layout']['world_size'] = 2  # as if a 2-process run wrote it
+    torch.save(source, tmp_path / 'two.pth')
+    cfg = tiny_cfg(repo_root, tmp_path / 'new', 2, 'train_dataloader.batch_size=4',
+                   'train_dataloader.dataset.num_samples=24',
+                   'train_dataloader.dataset.seed=7', load_from=str(tmp_path / 'two.pth'))
+    runner = Runner.from_cfg(cfg)
+    first = _FirstWeights()
+    runner.register_hook(first)
+    runner.train()
+    assert runner.iter == 2  # a new run: fresh iteration counter (and optimizer)
+    denoiser = {k: v for k, v in source['state_dict'].items() if k.startswith('denoiser.')}
+    assert denoiser
+    for key, value in denoiser.items():
+        assert torch.equal(first.weights[key], value), key
+
+
+def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
+    work, ckpt = trained
+    data = open(ckpt, 'rb').read()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:len(data) // 2])
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'hello world')
+    for path in (cut, junk):
+        for option in ('--resume', '--load-from'):
+            with pytest.raises(ValueError) as info:
+                build_train_config(parse_args([DEMO, option, str(path)]))
+            assert one_line(info.value).startswith(
+                f'cannot read checkpoint {path}: it is truncated or not a torch checkpoint')
+    # --resume without CKPT takes last_checkpoint: a file cut short there is named too
+    # (mmengine wrote checkpoints in place; an old work dir may hold one).
+    (tmp_path / 'last_checkpoint').write_text(str(cut))
+    with pytest.raises(ValueError, match=f'cannot read checkpoint {cut}'):
+        build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'gone.pth'))
+    with pytest.raises(UserError, match="names '.*gone.pth', which does not exist"):
+        build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
+
+
+# --------------------------------------------------------------------------- #
+#                               Safe loading                                   #
+# --------------------------------------------------------------------------- #
+class _Pwn:
+    """Pickles to a call that creates a folder: what a crafted checkpoint would run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_crafted_checkpoint_runs_no_code(repo_root, tmp_path, trained, monkeypatch):
+    _, ckpt = trained
+    marker = tmp_path / 'pwned'
+    evil = load_checkpoint_file(ckpt)
+    evil['meta']['payload'] = _Pwn(str(marker))
+    torch.save(evil, tmp_path / 'evil.pth')  # a complete, valid-looking checkpoint
+    # With this variable a torch.load that leaves weights_only unset (as mmengine's
+    # loader does) unpickles anything; ours passes weights_only=True explicitly.
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    # --resume: mmengine's Runner loads it.
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'w', 4,
+                                      resume=str(tmp_path / 'evil.pth')))
+    with pytest.raises(Exception) as info:
+        runner.train()
+    assert one_line(info.value) == (
+        f'{tmp_path / "evil.pth"} holds objects that torch.load(weights_only=True) '
+        'refuses to unpickle (they could run code): Trying to load unsupported GLOBAL '
+        'posix.mkdir whose module posix is blocked; only tensors and plain containers '
+        'are accepted')
+    # --load-from: tools/train.py reads it itself.
+    with pytest.raises(Exception) as info:
+        build_train_config(parse_args([DEMO, '--load-from', str(tmp_path / 'evil.pth')]))
+    assert 'refuses to unpickle' in one_line(info.value)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- #
+#                         Corrupt samples: skip and count                      #
+# --------------------------------------------------------------------------- #
+def make_npy(root, n=8):
+    feats, labels = root / 'features', root / 'labels'
+    feats.mkdir(parents=True)
+    labels.mkdir()
+    for i in range(n):
+        np.save(feats / f'{i}.npy', np.full((1, 4, 8, 8), i, np.float32))
+        np.save(labels / f'{i}.npy', np.array([i % 3]))
+    return feats, labels
+
+
+def test_corrupt_npy_raises_naming_file_and_item_or_is_skipped(tmp_path):
+    feats, labels = make_npy(tmp_path)
+    (feats / '3.npy').write_bytes(b'not a numpy file')
+    plain = NpyLatentDataset(str(feats), str(labels))
+    with pytest.raises(ValueError, match=r"3\.npy' \(item 3\)"):
+        plain[3]
+    os.remove(feats / '5.npy')  # vanished after the folder was listed
+    ds = SkipCorruptDataset(plain)
+    assert len(ds) == 8 and ds.latent_shape == (4, 8, 8)  # wrapped attributes pass
+    values = [int(ds[i]['latents'][0, 0, 0]) for i in range(8)]
+    assert values == [0, 1, 2, 4, 4, 6, 6, 7]  # each bad item replaced by the next
+    assert ds.num_skipped == 2  # counted once per item
+    # In data-loader workers each process counts its own; the batches are the same.
+    loader = DataLoader(ds, batch_size=4, num_workers=2)
+    got = torch.cat([b['latents'][:, 0, 0, 0] for b in loader]).int().tolist()
+    assert got == values
+
+
+def test_too_many_skipped_items_stop(tmp_path):
+    feats, labels = make_npy(tmp_path)
+    for i in (1, 2, 4):
+        (feats / f'{i}.npy').write_bytes(b'')
+    ds = SkipCorruptDataset(NpyLatentDataset(str(feats), str(labels)), max_skipped=2)
+    assert int(ds[1]['latents'][0, 0, 0]) == 3  # items 1 and 2 skipped: allowed
+    with pytest.raises(ValueError, match=r'more than max_skipped=2 unreadable items; the '
+                       r"last: cannot read '.*4\.npy' \(item 4\)"):
+        ds[4]
+    for i in range(8):
+        (feats / f'{i}.npy').write_bytes(b'')
+    with pytest.raises(ValueError, match='none of the 8 items of NpyLatentDataset'):
+        SkipCorruptDataset(ds.dataset, max_skipped=None)[0]
+
+
+def test_corrupt_jpg_is_named_or_skipped(tmp_path):
+    root = tmp_path / 'images'
+    (root / 'cat').mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / 'cat' / f'{i}.jpg')
+    (root / 'cat' / '1.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated jpeg')
+    plain = ImageFolderDataset(str(root), image_size=16, random_flip=False)
+    with pytest.raises(ValueError, match=r"cannot read image '.*1\.jpg' \(item 1\)"):
+        plain[1]
+    ds = SkipCorruptDataset(plain)
+    assert ds[1]['images'].mean() == ds[2]['images'].mean() and ds.num_skipped == 1
+
+
+def test_training_skips_corrupt_samples_when_the_config_asks(repo_root, tmp_path):
+    feats, labels = make_npy(tmp_path / 'data')
+    (feats / '6.npy').write_bytes(b'garbage')
+    config = tmp_path / 'skip.py'
+    config.write_text(
+        f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
+        "train_dataloader = dict(batch_size=4, dataset=dict(_delete_=True, "
+        "type='SkipCorruptDataset', dataset=dict(type='NpyLatentDataset', "
+        f"features_dir='{feats}', labels_dir='{labels}')))\n")
+    cfg = build_train_config(parse_args([
+        str(config), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+        'train_cfg.max_iters=4', 'model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
+        'model.denoiser.num_heads=2', 'model.denoiser.input_size=8',
+        'model.denoiser.in_channels=4', 'model.latent_shape=[4,8,8]', 'param_scheduler=[]']))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter == 4 and runner.train_dataloader.dataset.num_skipped == 1
+    log = open(next((tmp_path / 'w').glob('*/*.log'))).read()
+    assert "skipping unreadable item 6: cannot read '" in log
+
+
+# --------------------------------------------------------------------------- #
+#                         Out-of-range sampler values                          #
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize('option, message', [
+    (['--eta', '1.5'], '--eta must be in [0, 1], got 1.5'),
+    (['--cfg-scale', '0.5'], '--cfg-scale must be >= 1 (1 disables guidance), got 0.5'),
+    (['--num-samples', '0'], '--num-samples must be >= 1, got 0'),
+    (['--batch-size', '-2'], '--batch-size must be >= 1, got -2'),
+    (['--labels', '2', '-1'], '--labels [-1] out of range: the model has 3 classes'),
+])
+def test_sampler_values_are_checked(option, message):
+    from tools.infer import check_args
+    from tools.infer import parse_args as infer_args
+    with pytest.raises(UserError) as info:
+        check_args(infer_args(['work_dirs/x', *option]), num_classes=3)
+    assert one_line(info.value) == message
