@@ -1,12 +1,14 @@
-"""Training objectives and samplers: DiT's Gaussian diffusion, diffusers' schedulers."""
+"""Training objectives and samplers: DiT's Gaussian diffusion, SiT's interpolant
+transport (flow matching), diffusers' schedulers."""
 from .gaussian import (GaussianDiffusion, discretized_gaussian_log_likelihood,
                        get_named_beta_schedule, mean_flat, normal_kl, space_timesteps)
 from .schedulers import build_noise_scheduler, dit_scheduler_config
+from .transport import PATHS, GVPPath, LinearPath, Transport, VPPath
 
 __all__ = [
     'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
     'normal_kl', 'discretized_gaussian_log_likelihood', 'dit_scheduler_config',
-    'build_noise_scheduler'
+    'build_noise_scheduler', 'Transport', 'LinearPath', 'GVPPath', 'VPPath', 'PATHS'
 ]
 from .wuerstchen import WuerstchenDiffusion  # noqa: E402
 __all__ += ['WuerstchenDiffusion']

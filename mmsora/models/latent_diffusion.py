@@ -210,8 +210,8 @@ class LatentDiffusion(BaseModel):
     @torch.no_grad()
     def sample(self,
                labels: Union[torch.Tensor, Sequence[int], None] = None,
-               sampler: str = 'ddpm',
-               num_steps: int = 250,
+               sampler: Optional[str] = None,
+               num_steps: Optional[int] = None,
                cfg_scale: float = 1.0,
                seeds: Optional[Sequence[int]] = None,
                noise: Optional[torch.Tensor] = None,
@@ -231,8 +231,10 @@ class LatentDiffusion(BaseModel):
                 ``'ddpm'``, ``'ddim'`` or a diffusers scheduler registered in
                 ``NOISE_SCHEDULERS`` (e.g. ``'DPMSolverMultistepScheduler'``); for
                 ``Transport`` ``'ode_euler'``, ``'sde_euler'``, ... . An unknown name
-                fails with the list of those the objective accepts.
-            num_steps: Number of sampling steps.
+                fails with the list of those the objective accepts. None: the
+                objective's default (GaussianDiffusion: ``'ddpm'``; Transport:
+                SiT's ``'sde_euler'``).
+            num_steps: Number of sampling steps; None: the objective's default.
             cfg_scale: Classifier-free guidance scale; 1 disables guidance.
             seeds: One seed per sample: sample i's noise (start and stochastic
                 steps) depends on its seed only, not on the batch it is drawn in.
@@ -281,9 +283,11 @@ class LatentDiffusion(BaseModel):
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            z = self.diffusion.sample(model_fn, x, kwargs, sampler, num_steps,
-                                      generators=generators, progress=progress,
-                                      **sampler_kwargs)
+            # Unset sampler / steps fall back to the objective's signature defaults.
+            chosen = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps).items()
+                      if v is not None}
+            z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
+                                      progress=progress, **chosen, **sampler_kwargs)
         finally:
             self.denoiser.train(was_training)
         if use_cfg:
