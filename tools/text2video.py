@@ -8,7 +8,8 @@ options everything runs offline: eSpeak NG speaks, procedural title cards illust
 Examples:
     python tools/text2video.py story.txt --out story.mp4
     python tools/text2video.py story_zh.txt --out story_zh.mp4 --resolution 720p
-    # pictures from a trained mmsora model (class-conditional: shots cycle the labels)
+    # pictures from a trained mmsora model (class-conditional: shots cycle the labels;
+    # text-conditioned: each shot is sampled from its prompt)
     python tools/text2video.py story.txt \
         --pictures mmsora:work_dirs/dit_tiny2_1xb32_1500_shapes16
     # a local diffusers pipeline folder, a neural voice, cloud options
@@ -42,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-scale', type=float, help='guidance scale (mmsora, diffusers)')
     parser.add_argument('--seed', type=int, default=0, help='shot i uses seed SEED + i')
     parser.add_argument('--device', help='device for model pictures (default: cuda if any)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='mmsora: override config entries (e.g. the text encoder '
+                        'folder, model.text_encoder.pretrained_path=DIR)')
     parser.add_argument('--language', default='auto', choices=['auto', 'en', 'zh'])
     parser.add_argument('--resolution', default='480p', help='480p, 720p or WxH')
     parser.add_argument('--fps', type=float, default=24)
@@ -89,20 +93,38 @@ def load_rewriter(spec):
     return rewriter
 
 
+# Picture options and the backends that take them (constructor argument names).
+PICTURE_OPTIONS = {
+    'checkpoint': ('checkpoint', ('mmsora',)),
+    'labels': ('labels', ('mmsora', 'diffusers')),
+    'steps': ('num_steps', ('mmsora', 'diffusers')),
+    'cfg_scale': ('cfg_scale', ('mmsora', 'diffusers')),  # diffusers: guidance_scale
+    'device': ('device', ('mmsora', 'diffusers')),
+    'cfg_options': ('cfg_options', ('mmsora',)),
+    'font': ('font', ('titlecard',)),
+}
+
+
 def picture_options(args):
-    """Constructor arguments of the chosen picture backend, from the options given."""
+    """Constructor arguments of the chosen picture backend, from the options given.
+
+    Raises:
+        UserError: an option given that the chosen backend does not use.
+    """
     name = args.pictures.partition(':')[0]
-    given = dict(checkpoint=args.checkpoint, labels=args.labels, num_steps=args.steps,
-                 cfg_scale=args.cfg_scale, seed=args.seed, device=args.device)
-    accepted = {'mmsora': given.keys(),
-                'diffusers': ('labels', 'num_steps', 'seed', 'device'),
-                'titlecard': (), 'openai': ()}.get(name, ())
-    if name == 'diffusers' and args.cfg_scale is not None:
-        given['guidance_scale'] = args.cfg_scale
-        accepted = (*accepted, 'guidance_scale')
-    if name == 'titlecard':
-        return dict(font=args.font)
-    return {k: v for k, v in given.items() if k in accepted and v is not None}
+    options = dict(seed=args.seed) if name in ('mmsora', 'diffusers') else {}
+    for option, (argument, backends) in PICTURE_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None or value == []:
+            continue
+        if name == 'diffusers' and option == 'cfg_scale':
+            options['guidance_scale'] = value
+        elif name in backends:
+            options[argument] = value
+        elif option != 'font':  # the font also serves the subtitles
+            raise UserError(f'--{option.replace("_", "-")} is for --pictures '
+                            f'{" / ".join(backends)}, not {name}')
+    return options
 
 
 def main(argv=None):

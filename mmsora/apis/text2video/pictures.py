@@ -116,8 +116,8 @@ class MMSoraPictures(PictureBackend):
     """Sample an mmsora model; video models give clips.
 
     Class-conditional models draw shot i with ``labels[i % len(labels)]`` (default:
-    cycle through the classes). Text-conditioned models (``model.text_encoder``) are
-    sampled from the shot's prompt.
+    cycle through the classes). Text-conditioned models are sampled from the shot's
+    prompt, encoded by the model's ``text_encoder``.
 
     Args:
         run: A work dir of tools/train.py, a config file (with ``checkpoint``), or an
@@ -129,17 +129,21 @@ class MMSoraPictures(PictureBackend):
         seed: Shot i uses seed ``seed + i``.
         device: Defaults to CUDA when available.
         batch_size: Shots sampled at once.
+        cfg_options: ``KEY=VALUE`` config overrides (e.g. the text encoder's folder:
+            ``model.text_encoder.pretrained_path=checkpoints/t5-small``).
     """
 
     def __init__(self, run: str, checkpoint: Optional[str] = None,
                  labels: Optional[Sequence[int]] = None, sampler: Optional[str] = None,
                  num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
-                 seed: int = 0, device: Optional[str] = None, batch_size: int = 8):
+                 seed: int = 0, device: Optional[str] = None, batch_size: int = 8,
+                 cfg_options: Sequence[str] = ()):
         from mmsora.apis.inference import init_model
         with tempfile.TemporaryDirectory() as folder:
             if osp.isfile(run) and not run.endswith('.py'):
                 run, checkpoint = _config_from_checkpoint(run, folder), run
-            self.model, cfg = init_model(run, checkpoint, device=device or _default_device())
+            self.model, cfg = init_model(run, checkpoint, device=device or _default_device(),
+                                         cfg_options=cfg_options)
         defaults = cfg.get('sample_cfg', {})
         self.sample_kwargs = dict(
             sampler=sampler or defaults.get('sampler', 'ddpm'),
@@ -148,6 +152,13 @@ class MMSoraPictures(PictureBackend):
         self.fps = defaults.get('fps', 8)
         num_classes = self.model.num_classes
         self.labels = list(labels) if labels else list(range(num_classes))
+        if self.text_conditioned:
+            if labels:
+                raise UserError('--labels are for class-conditional models; this one is '
+                                'text-conditioned and draws each shot from its prompt')
+            if getattr(self.model, 'text_encoder', None) is None:
+                raise UserError('this text-conditioned model has no model.text_encoder to '
+                                'encode the prompts; set one with --cfg-options')
         bad = [y for y in self.labels if not 0 <= y < num_classes]
         if bad:
             raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
@@ -156,20 +167,18 @@ class MMSoraPictures(PictureBackend):
 
     @property
     def text_conditioned(self) -> bool:
-        return getattr(self.model, 'text_encoder', None) is not None
+        return getattr(self.model, 'text_conditioned', False)
 
     def render_all(self, shots, size, progress=True):
         from mmsora.apis.inference import sample_images
         n = len(shots)
         seeds = [self.seed + i for i in range(n)]
         if self.text_conditioned:
-            conditions = dict(captions=[shot.prompt for shot in shots])
-            labels = [0] * n
+            labels, prompts = None, [shot.prompt for shot in shots]
         else:
-            conditions = {}
-            labels = [self.labels[i % len(self.labels)] for i in range(n)]
+            labels, prompts = [self.labels[i % len(self.labels)] for i in range(n)], None
         samples = sample_images(self.model, labels, seeds, batch_size=self.batch_size,
-                                progress=progress, **conditions, **self.sample_kwargs)
+                                progress=progress, prompts=prompts, **self.sample_kwargs)
         if samples.dim() not in (4, 5) or samples.shape[1] != 3:
             raise UserError(f'the model samples shape {tuple(samples.shape)}, not RGB '
                             'pictures; latent models need a VAE (model.vae)')
