@@ -83,11 +83,26 @@ class TitleCardPictures(PictureBackend):
         shapes = shapes.filter(ImageFilter.GaussianBlur(min(w, h) / 40))
         image = Image.alpha_composite(image.convert('RGBA'), shapes).convert('RGB')
         if self.show_text:
-            font = find_font(shot.text, max(10, h // 11), self.font)
-            lines = wrap_lines(shot.text, font, 0.8 * w)[:4]
-            # The upper part: the bottom band is left to the subtitles.
-            draw_lines(ImageDraw.Draw(image), lines, font, w / 2, 0.14 * h)
+            # The upper half, away from the edges that the pan/zoom crops; the bottom
+            # band is left to the subtitles.
+            font, lines = self._fit(shot.text, 0.7 * w, 0.5 * h)
+            draw_lines(ImageDraw.Draw(image), lines, font, w / 2, 0.12 * h)
         return np.asarray(image)
+
+    def _fit(self, text, width, height, max_lines=5):
+        """The largest font (down to 10 px) that fits the text in the box; lines past
+        ``max_lines`` are dropped, the last kept one ending in an ellipsis."""
+        size = max(10, int(height / 4))
+        while True:
+            font = find_font(text, size, self.font)
+            lines = wrap_lines(text, font, width)
+            if (len(lines) <= max_lines and len(lines) * size * 1.25 <= height) or size == 10:
+                break
+            size = max(10, int(size * 0.9))
+        if len(lines) > max_lines:
+            lines = lines[:max_lines]
+            lines[-1] = lines[-1].rstrip() + '…'
+        return font, lines
 
 
 def _hsv_to_rgb(hue, saturation, value):
