@@ -19,6 +19,7 @@ Examples:
 """
 import argparse
 import importlib
+import os.path as osp
 import sys
 
 from mmsora.utils.cli import UserError, run_cli
@@ -139,7 +140,7 @@ def main(argv=None):
         raise UserError('--steps must be >= 1')
     text = read_text(args.text)
     out = args.out or ('story.mp4' if args.text == '-' else
-                       args.text.rsplit('.', 1)[0] + '.mp4')
+                       osp.splitext(args.text)[0] + '.mp4')
     composer = Composer(parse_resolution(args.resolution), fps=args.fps, fade=args.fade,
                         zoom=args.zoom, subtitles=not args.no_subtitles, font=args.font)
     speech_name = args.speech.partition(':')[0]
