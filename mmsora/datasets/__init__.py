@@ -7,13 +7,15 @@ from .manifest import MANIFEST_COLUMNS, ManifestError, load_manifest, write_mani
 from .npy_latent_dataset import NpyLatentDataset, list_npy_pairs
 from .packed_latent_dataset import PackedLatentDataset
 from .skip_corrupt import SkipCorruptDataset
-from .synthetic_shapes import SHAPE_CLASSES, SyntheticShapesDataset
+from .synthetic_shapes import (SHAPE_CLASSES, SyntheticMovingShapesDataset,
+                               SyntheticShapesDataset)
 from .transforms import *  # noqa: F401,F403
 from .utils import WorkerRNGMixin, draw_seed, natural_sort_key
 from .video_dataset import VideoDataset
 
 __all__ = [
     'NpyLatentDataset', 'PackedLatentDataset', 'SyntheticShapesDataset', 'SHAPE_CLASSES',
+    'SyntheticMovingShapesDataset',
     'ImageFolderDataset', 'LatentStore',
     'LatentStoreWriter', 'center_crop_arr', 'scan_image_folder', 'load_image',
     'image_to_tensor', 'list_npy_pairs', 'IMG_EXTENSIONS', 'WorkerRNGMixin',

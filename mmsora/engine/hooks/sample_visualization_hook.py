@@ -1,0 +1,146 @@
+"""Sample a few pictures or clips during training and show them through mmengine's
+visualizer (as DiT / Latte users watch samples improve while a run goes).
+
+Every ``interval`` iterations the hook draws ``num_samples`` samples with fixed seeds
+(so successive sets differ by the weights only), from the EMA weights when EMAHook
+runs, and
+
+* logs one picture through ``runner.visualizer.add_image`` — a grid of the pictures,
+  or for clips a filmstrip (one row per clip, one column per frame) — so every
+  configured backend gets it: ``LocalVisBackend`` writes PNGs under the run's
+  ``vis_data/vis_image/``, ``TensorboardVisBackend`` and ``WandbVisBackend`` show it;
+* for clips also writes H.264 mp4s (and GIFs on request) under
+  ``{log_dir}/samples/iter_{N}/``, since image backends cannot play video.
+
+Only the main process samples; the global RNG states are restored afterwards so that
+sampling never changes the training noise (and exact resume still holds).
+"""
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import EMAHook, Hook
+from mmengine.model import is_model_wrapper
+
+from mmsora.registry import HOOKS
+from .rng_state_hook import get_rng_states, set_rng_states
+
+__all__ = ['SampleVisualizationHook', 'filmstrip']
+
+
+def filmstrip(samples: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """One uint8 (H', W', 3) picture of samples in [-1, 1].
+
+    Pictures (N, 3, H, W) are laid out ``nrow`` per row; clips (N, 3, T, H, W) one per
+    row, frames left to right.
+    """
+    x = ((samples.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.dim() == 4:
+        n, _, h, w = x.shape
+        cols, rows = min(nrow, n), -(-n // min(nrow, n))
+        tiles = [x[i] if i < n else torch.zeros_like(x[0]) for i in range(rows * cols)]
+        grid = torch.stack(tiles).view(rows, cols, 3, h, w)
+    elif x.dim() == 5:
+        grid = x.permute(0, 2, 1, 3, 4)  # (N, T, 3, H, W): rows = clips, cols = frames
+    else:
+        raise ValueError(f'expected (N, 3, H, W) or (N, 3, T, H, W) samples, got '
+                         f'{tuple(x.shape)}')
+    rows, cols, _, h, w = grid.shape
+    out = torch.zeros(3, rows * (h + pad) + pad, cols * (w + pad) + pad, dtype=torch.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+            out[:, y0:y0 + h, x0:x0 + w] = grid[r, c]
+    return out.permute(1, 2, 0).numpy()
+
+
+@HOOKS.register_module()
+class SampleVisualizationHook(Hook):
+    """Sample every ``interval`` iterations and log the samples to the visualizer.
+
+    Args:
+        interval (int): Sample every this many training iterations.
+        num_samples (int): Samples per round.
+        seed (int): Sample i uses seed ``seed + i`` every round.
+        labels (Sequence[int], optional): Classes to cycle through (class models);
+            default ``0, 1, 2, ...`` up to the model's number of classes.
+        prompts (Sequence[str], optional): Prompts to cycle through (text models;
+            required for them).
+        sample_cfg (dict, optional): Sampler settings over the config's ``sample_cfg``
+            (``sampler``, ``num_steps``, ``cfg_scale``, ``fps``).
+        use_ema (bool): Sample with EMAHook's averaged weights when it runs.
+        gif (bool): Also write a GIF beside each mp4.
+        at_end (bool): Also sample after the last iteration.
+    """
+
+    priority = 'LOW'  # after EMAHook has updated the averaged weights
+
+    def __init__(self, interval: int = 5000, num_samples: int = 4, seed: int = 0,
+                 labels: Optional[Sequence[int]] = None,
+                 prompts: Optional[Sequence[str]] = None,
+                 sample_cfg: Optional[dict] = None, use_ema: bool = True,
+                 gif: bool = False, at_end: bool = True):
+        if interval < 1 or num_samples < 1:
+            raise ValueError(f'SampleVisualizationHook needs interval >= 1 and '
+                             f'num_samples >= 1, got {interval} and {num_samples}')
+        self.interval, self.num_samples, self.seed = interval, num_samples, seed
+        self.labels = list(labels) if labels is not None else None
+        self.prompts = list(prompts) if prompts is not None else None
+        self.sample_cfg = dict(sample_cfg or {})
+        self.use_ema, self.gif, self.at_end = use_ema, gif, at_end
+        self._last = None
+
+    def _model(self, runner):
+        if self.use_ema:
+            for hook in runner.hooks:
+                if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
+                    return hook.ema_model.module
+        model = runner.model
+        return model.module if is_model_wrapper(model) else model
+
+    def _conditions(self, model):
+        n = self.num_samples
+        if model.text_conditioned:
+            if not self.prompts:
+                raise ValueError('SampleVisualizationHook: this model is text-conditioned; '
+                                 'give prompts=[...]')
+            return None, [self.prompts[i % len(self.prompts)] for i in range(n)]
+        pool = self.labels or list(range(model.num_classes))
+        return [pool[i % len(pool)] for i in range(n)], None
+
+    @torch.no_grad()
+    def sample(self, runner, step: int):
+        """Draw the samples and log them under iteration ``step``; returns them."""
+        from mmsora.apis import sample_images, save_videos
+        model = self._model(runner)
+        cfg = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
+        fps = cfg.pop('fps', 8)
+        labels, prompts = self._conditions(model)
+        was_training = model.training
+        states = get_rng_states()  # sampling must not shift the training noise
+        try:
+            model.eval()
+            samples = sample_images(model, labels, [self.seed + i for i in range(self.num_samples)],
+                                    batch_size=self.num_samples, prompts=prompts, **cfg)
+        finally:
+            set_rng_states(states)
+            model.train(was_training)
+        runner.visualizer.add_image('samples', filmstrip(samples), step=step)
+        if samples.dim() == 5:
+            out = osp.join(runner.log_dir, 'samples', f'iter_{step}')
+            save_videos(samples, out + osp.sep, fps,
+                        labels if labels is not None else [None] * len(samples), gif=self.gif)
+        runner.logger.info(f'Iter(sample) [{step}] {len(samples)} samples logged to the '
+                           'visualizer' + (f' and {out}' if samples.dim() == 5 else ''))
+        self._last = step
+        return samples
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.every_n_train_iters(runner, self.interval) and is_main_process():
+            self.sample(runner, runner.iter + 1)
+
+    def after_train(self, runner):
+        if self.at_end and self._last != runner.iter and is_main_process():
+            self.sample(runner, runner.iter)
