@@ -55,6 +55,8 @@ def parse_args(argv=None):
                         '(0: one picture per segment)')
     parser.add_argument('--max-chars', type=int, default=90,
                         help='cut longer sentences at commas (a CJK character counts 2)')
+    parser.add_argument('--pause', type=float, default=0.3,
+                        help='seconds of silence after each segment')
     parser.add_argument('--fade', type=float, default=0.5, help='cross-fade seconds')
     parser.add_argument('--zoom', type=float, default=1.12,
                         help='pan/zoom strength (1: still pictures)')
@@ -151,6 +153,7 @@ def main(argv=None):
     result = text_to_video(text, out, speech=speech, pictures=pictures,
                            language=args.language, composer=composer,
                            shot_seconds=args.shot_seconds, max_chars=args.max_chars,
+                           pause=args.pause,
                            prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
                            prompt_rewriter=rewriter)
     timeline = result.timeline
