@@ -159,9 +159,10 @@ def main(argv=None):
         from mmsora.apis import mass_sample
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
                     sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
-                    **sample_kwargs)
+                    prompts=prompts, **sample_kwargs)
         if is_main_process():
-            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples, arr_1: labels)')
+            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples; arr_1: labels, '
+                  'or prompts)')
         return
     if prompts:
         prompts = [prompts[i % len(prompts)] for i in range(n)]

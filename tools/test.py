@@ -6,7 +6,8 @@ config's ``evaluation`` section (FID / IS / FVD / CLIP score; docs/evaluation.md
 
 Examples:
     # FID-50K of a run's newest EMA checkpoint
-    python tools/test.py work_dirs/dit_xl2_8xb32_400k_imagenet256
+    python tools/test.py work_dirs/dit_xl2_8xb32_400k_imagenet256 \
+        --evaluation configs/_base_/evaluation/fid50k_imagenet256.py
     # 8 GPUs; keep the samples in the ADM evaluator's .npz
     torchrun --nproc_per_node 8 tools/test.py CONFIG CKPT --launcher pytorch \
         --out samples.npz
@@ -24,6 +25,8 @@ def parse_args(argv=None):
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (default: the newest in '
                         'the work dir); mmengine, original DiT and fast-DiT files')
+    parser.add_argument('--evaluation', help='take the evaluation section from this config '
+                        'file instead, e.g. configs/_base_/evaluation/fid50k_imagenet256.py')
     parser.add_argument('--num-samples', type=int, help='samples in all (default: the '
                         "config's evaluation.num_samples)")
     parser.add_argument('--batch-size', type=int, help='global sampling batch size')
@@ -59,8 +62,17 @@ def main(argv=None):
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes
     device = init_sampling_processes(args.launcher, args.device)
+    # With --evaluation, the evaluation.* options apply to the section it brings.
+    later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
     model, cfg = init_model(args.run, args.checkpoint, device=device,
-                            cfg_options=args.cfg_options, use_ema=not args.no_ema)
+                            cfg_options=[o for o in args.cfg_options if o not in later],
+                            use_ema=not args.no_ema)
+    if args.evaluation:
+        from mmsora.utils.cli import apply_cfg_options, load_config
+        cfg.evaluation = load_config(args.evaluation).get('evaluation')
+        if not cfg.evaluation:
+            raise UserError(f'{args.evaluation} has no `evaluation` section')
+        apply_cfg_options(cfg, later)
     evaluation = cfg.get('evaluation')
     if not evaluation:
         raise UserError('the config has no `evaluation` section (metrics and number of '

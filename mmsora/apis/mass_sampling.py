@@ -9,7 +9,7 @@ the same, so 1 and 8 GPUs give the same pictures and the same metric values. (Di
 
 Outputs: the ADM evaluator's ``.npz`` (``arr_0``: uint8 NHWC pictures or (N, T, H, W,
 3) clips; ``arr_1``: the labels, as guided-diffusion writes for class-conditional
-models), assembled from per-batch shards (a rerun after a crash keeps the finished
+models, or ``prompts`` for text models), assembled from per-batch shards (a rerun after a crash keeps the finished
 batches), one PNG / mp4 per sample, and mmengine metrics fed batch by batch.
 """
 import glob
@@ -89,8 +89,8 @@ def _save_files(sample_dir, indices, samples, labels, fps):
 
     from mmsora.utils.video_io import write_video
     os.makedirs(sample_dir, exist_ok=True)
-    for i, sample, y in zip(indices, samples, labels):
-        name = osp.join(sample_dir, f'{i:06d}_label{y}')
+    for k, (i, sample) in enumerate(zip(indices, samples)):
+        name = osp.join(sample_dir, f'{i:06d}' if labels is None else f'{i:06d}_label{labels[k]}')
         if sample.ndim == 3:
             Image.fromarray(sample).save(name + '.png')
         else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
@@ -98,9 +98,9 @@ def _save_files(sample_dir, indices, samples, labels, fps):
             write_video(name + '.mp4', clip, fps)
 
 
-def _assemble_npz(out: str, parts_dir: str, num_samples: int, labels: Sequence[int]):
-    """Shards -> one ``.npz`` (arr_0, arr_1), through a memory-mapped ``.npy`` so that
-    50K pictures never sit in memory at once."""
+def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict):
+    """Shards -> one ``.npz`` (arr_0, and arr_1 labels or ``prompts``), through a
+    memory-mapped ``.npy`` so that 50K pictures never sit in memory at once."""
     shards = sorted(glob.glob(osp.join(parts_dir, 'batch_*.npz')))
     arr = None
     for shard in shards:
@@ -112,10 +112,15 @@ def _assemble_npz(out: str, parts_dir: str, num_samples: int, labels: Sequence[i
             arr[data['indices']] = data['samples']
     arr.flush()
     del arr
-    np.save(osp.join(parts_dir, 'arr_1.npy'), np.asarray(labels, dtype=np.int64))
+    if 'prompts' in plan:  # a text model: its prompts (a unicode array, no pickle)
+        second = 'prompts.npy'
+        np.save(osp.join(parts_dir, second), np.asarray(plan['prompts'], dtype=str))
+    else:
+        second = 'arr_1.npy'
+        np.save(osp.join(parts_dir, second), np.asarray(plan['labels'], dtype=np.int64))
     tmp = out + '.tmp'
     with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name in ('arr_0.npy', 'arr_1.npy'):
+        for name in ('arr_0.npy', second):
             zf.write(osp.join(parts_dir, name), name)
     os.replace(tmp, out)
     shutil.rmtree(parts_dir)
@@ -135,7 +140,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     Args:
         model: A ``LatentDiffusion`` (anything with its ``sample``) in eval mode.
         num_samples (int): Samples in all.
-        labels (Sequence[int]): Class ids, cycled: sample i has ``labels[i % len]``.
+        labels (Sequence[int]): Class ids, cycled: sample i has ``labels[i % len]``
+            (ignored when ``prompts`` are given).
         seed (int): Sample i uses seed ``seed + i``.
         batch_size (int): Global batch size B of the fixed batches (per process).
         prompts (Sequence[str], optional): Prompts of a text model, cycled like the
@@ -143,13 +149,14 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
             ``{out}.parts/`` (on a file system all ranks share) until it is complete.
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
-            sample: ``{index:06d}_label{y}.png``.
+            sample: ``{index:06d}_label{y}.png`` (``{index:06d}.png`` for prompts).
         evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
             ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
             ``label`` and ``prompt``.
         fps (float): Frame rate of written mp4 files.
         progress (bool): Progress bar on rank 0.
-        sample_fn (callable, optional): Replaces ``model.sample`` (same call).
+        sample_fn (callable, optional): Replaces ``model.sample`` (called as
+            ``sample_fn(seeds=..., labels=...)`` or ``(seeds=..., prompts=...)``).
         **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...).
 
     Returns:
@@ -172,16 +179,18 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             with np.load(shard) as data:
                 samples = data['samples']
         else:
-            extra = dict(prompts=batch_prompts) if prompts is not None else {}
-            images = sample_fn(batch_labels, seeds=[plan['seeds'][i] for i in indices],
-                               **extra, **sample_kwargs)
+            cond = (dict(prompts=batch_prompts) if prompts is not None
+                    else dict(labels=batch_labels))
+            images = sample_fn(seeds=[plan['seeds'][i] for i in indices], **cond,
+                               **sample_kwargs)
             samples = to_uint8_samples(images)
             if shard:
                 tmp = shard[:-len('.npz')] + '.tmp.npz'
                 np.savez(tmp, indices=np.asarray(indices), samples=samples)
                 os.replace(tmp, shard)
             if sample_dir:
-                _save_files(sample_dir, indices, samples, batch_labels, fps)
+                _save_files(sample_dir, indices, samples,
+                            None if prompts is not None else batch_labels, fps)
         if evaluator is not None:
             evaluator.process(data_samples=[
                 dict(index=i, sample=s, label=y,
@@ -189,7 +198,7 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
                 for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
     barrier()
     if out and rank == 0:
-        _assemble_npz(out, parts_dir, num_samples, plan['labels'])
+        _assemble_npz(out, parts_dir, num_samples, plan)
     metrics = evaluator.evaluate(num_samples) if evaluator is not None else None
     barrier()
     return dict(metrics=metrics, out=out)

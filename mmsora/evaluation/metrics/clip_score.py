@@ -31,8 +31,8 @@ class CLIPScore(SampleMetric):
     def sample_results(self, data_samples):
         prompts = [s.get('prompt') for s in data_samples]
         if any(p is None for p in prompts):
-            raise ValueError('CLIPScore needs a prompt per sample (a text-conditioned model '
-                             'sampled from prompts)')
+            raise ValueError('CLIPScore needs a prompt per sample: sample a text-conditioned '
+                             'model from prompts (evaluation.prompts)')
         x = to_channels_first(np.stack([s['sample'] for s in data_samples]))
         if x.dim() == 5:                                      # (N, 3, T, H, W)
             t = x.shape[2]

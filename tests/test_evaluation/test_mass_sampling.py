@@ -1,0 +1,91 @@
+"""Mass sampling: the plan, the rank split, the ADM .npz, resuming from shards."""
+import numpy as np
+import pytest
+import torch
+
+from mmsora.apis import mass_sample, rank_batches, sample_plan, to_uint8_samples
+
+
+def fake_sample(seeds, labels=None, prompts=None, **kwargs):
+    """Pictures that depend only on each sample's seed, like LatentDiffusion's."""
+    assert (labels is None) != (prompts is None)
+    return torch.stack([torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(s)) * 2 - 1
+                        for s in seeds])
+
+
+def test_rank_batches_cover_every_index_once_for_any_world_size():
+    for world in (1, 2, 3, 5):
+        got = sorted(i for r in range(world) for _, idx in rank_batches(23, 4, r, world)
+                     for i in idx)
+        assert got == list(range(23))
+    # The batches themselves do not depend on the world size.
+    one = [list(idx) for _, idx in rank_batches(23, 4, 0, 1)]
+    two = sorted([list(idx) for r in (0, 1) for _, idx in rank_batches(23, 4, r, 2)])
+    assert one == two
+
+
+def test_sample_plan_cycles_labels_and_prompts():
+    plan = sample_plan(5, [3, 7], seed=10, prompts=['a', 'b', 'c'])
+    assert plan == dict(labels=[3, 7, 3, 7, 3], seeds=[10, 11, 12, 13, 14],
+                        prompts=['a', 'b', 'c', 'a', 'b'])
+    with pytest.raises(ValueError, match='num_samples'):
+        sample_plan(0, [0])
+
+
+def test_uint8_quantisation_is_dits():
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 2.0]).view(1, 3, 1, 2)
+    got = to_uint8_samples(x)                                 # (1, 1, 2, 3)
+    expected = np.clip(127.5 * x.numpy() + 128.0, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(got, expected.transpose(0, 2, 3, 1))
+    assert to_uint8_samples(torch.zeros(2, 3, 4, 5, 6)).shape == (2, 4, 5, 6, 3)
+    with pytest.raises(ValueError, match='need a VAE'):
+        to_uint8_samples(torch.zeros(1, 4, 8, 8))
+
+
+def test_npz_files_and_resume(tmp_path):
+    out = tmp_path / 'samples.npz'
+    calls = []
+
+    def counting(seeds, **kwargs):
+        calls.append(list(seeds))
+        return fake_sample(seeds, **kwargs)
+
+    mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=str(out),
+                sample_dir=str(tmp_path / 'files'), sample_fn=counting, progress=False)
+    with np.load(out) as data:
+        arr, labels = data['arr_0'], data['arr_1']
+    assert arr.dtype == np.uint8 and arr.shape == (7, 4, 5, 3)
+    np.testing.assert_array_equal(labels, [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(arr, to_uint8_samples(fake_sample(range(5, 12), labels)))
+    assert calls == [[5, 6, 7], [8, 9, 10], [11]]
+    assert sorted(p.name for p in (tmp_path / 'files').iterdir())[:2] == [
+        '000000_label0.png', '000001_label1.png']
+    assert not (tmp_path / 'samples.npz.parts').exists()
+
+    # A crash after the first batch: the rerun keeps that shard and samples the rest.
+    def crashing(seeds, **kwargs):
+        if seeds[0] > 5:
+            raise RuntimeError('out of memory')
+        return fake_sample(seeds, **kwargs)
+
+    out2 = tmp_path / 'again.npz'
+    with pytest.raises(RuntimeError):
+        mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=str(out2),
+                    sample_fn=crashing, progress=False)
+    calls.clear()
+    mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=str(out2),
+                sample_fn=counting, progress=False)
+    assert calls == [[8, 9, 10], [11]]
+    with np.load(out2) as data:
+        np.testing.assert_array_equal(data['arr_0'], arr)
+
+
+def test_text_models_get_prompts_not_labels(tmp_path):
+    out = tmp_path / 'text.npz'
+    mass_sample(None, 3, [0], batch_size=2, prompts=['a cat', 'a dog'], out=str(out),
+                sample_dir=str(tmp_path / 'files'), sample_fn=fake_sample, progress=False)
+    with np.load(out) as data:
+        assert sorted(data.files) == ['arr_0', 'prompts']
+        assert list(data['prompts']) == ['a cat', 'a dog', 'a cat']
+    assert sorted(p.name for p in (tmp_path / 'files').iterdir()) == [
+        '000000.png', '000001.png', '000002.png']
