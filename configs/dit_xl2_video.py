@@ -24,8 +24,11 @@
 # (UCF-101's labels then index into ImageNet's table; a fresh 101-class table cannot be
 # inflated strictly). With this file's depth 28 the load stops with a message saying so.
 #
-# Data: UCF-101 clips (16 frames, stride 3, 256x256 center crop) encoded by the SD VAE
-# into the packed latent store; see docs/video.md for what exists to make that store.
+# Data: UCF-101 clips (16 frames, stride 3, 256x256 center crop) encoded once by the SD
+# VAE into the packed latent store (tools/extract_features.py --manifest; the commands
+# are in _base_/datasets/ucf101_16x256_latents.py and docs/video.md).
+# Text-conditioned instead (T5 captions, cross-attention, null caption for guidance):
+# configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py, which inherits this file.
 _base_ = [
     '_base_/models/video_dit_xl2.py',
     '_base_/datasets/ucf101_16x256_latents.py',

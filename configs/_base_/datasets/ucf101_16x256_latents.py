@@ -1,7 +1,9 @@
 # UCF-101 clips of 16 frames at 256x256, SD-VAE latents (4x16x32x32 per clip) in the
-# packed latent store, with their class labels (0..100). NOTE: tools/extract_features.py
-# does not encode videos yet; such a store has to be written with
-# mmsora.datasets.latent_store's writer from your own VAE-encoding loop (docs/video.md).
+# packed latent store, with their class labels (0..100), written once by
+#   python tools/make_manifest.py data/ucf101 --out data/ucf101/train.csv --label-from-folder
+#   python tools/extract_features.py --manifest data/ucf101/train.csv --num-frames 16 \
+#       --frame-stride 3 --size 256 --vae checkpoints/sd-vae-ft-ema --flip \
+#       --out data/ucf101_16x256_latents
 data_root = 'data/ucf101_16x256_latents'
 train_dataloader = dict(
     batch_size=5,
