@@ -16,6 +16,11 @@ Examples:
     # a video run: 4 clips as mp4 + gif, 12 fps
     python tools/infer.py work_dirs/video_dit_tiny4_1xb1_overfit_bikes --num-samples 4 \
         --sampler ddim --steps 50 --out clips/ --gif --fps 12
+    # a SiT / flow-matching run: SiT's SDE sampler with options, or adaptive dopri5
+    python tools/infer.py work_dirs/sit_tiny2_1xb32_1500_shapes16 --sampler sde_euler \
+        --steps 100 --sampler-options diffusion_form=sigma last_step=Mean
+    python tools/infer.py work_dirs/sit_tiny2_1xb32_1500_shapes16 --sampler ode_dopri5 \
+        --sampler-options atol=1e-6 rtol=1e-3
 """
 import argparse
 import sys
@@ -41,10 +46,17 @@ def parse_args(argv=None):
                         help='number of samples (default: len(--labels), else 16)')
     parser.add_argument('--seed', type=int, default=0,
                         help='sample i uses seed SEED + i, whatever the batch size')
-    parser.add_argument('--sampler', help="'ddpm', 'ddim' or a diffusers scheduler name "
+    parser.add_argument('--sampler', help="a sampler of the model's objective: "
+                        "GaussianDiffusion: 'ddpm', 'ddim' or a diffusers scheduler name "
                         "(DPMSolverMultistepScheduler, EulerDiscreteScheduler, ...); "
-                        "default: the config's sample_cfg")
+                        "Transport (SiT, rectified flow): ode_euler, ode_heun, ode_dopri5, "
+                        "sde_euler, sde_heun, FlowMatchEulerDiscreteScheduler; default: "
+                        "the config's sample_cfg, else the objective's own")
     parser.add_argument('--steps', type=int, help='number of sampling steps')
+    parser.add_argument('--sampler-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help="options of the sampler, e.g. atol=1e-6 rtol=1e-3 (ode_dopri5), "
+                        "diffusion_form=SBDM last_step=None (sde_*), shift=3.0 "
+                        "(FlowMatchEulerDiscreteScheduler); unknown keys are named")
     parser.add_argument('--cfg-scale', type=float, help='classifier-free guidance scale '
                         '(1 = none)')
     parser.add_argument('--eta', type=float, help="DDIM's eta (default 0)")
@@ -99,6 +111,22 @@ def check_args(args, num_classes, video=False):
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
 
 
+def parse_sampler_options(items):
+    """``['atol=1e-6', 'last_step=None']`` -> ``{'atol': 1e-06, 'last_step': None}``."""
+    import ast
+    options = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key.isidentifier():
+            raise UserError(f'malformed --sampler-options entry {item!r}: expected '
+                            'KEY=VALUE, e.g. atol=1e-6')
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a bare word: a string (diffusion_form=SBDM)
+    return options
+
+
 def read_prompts(args, model):
     """The prompts of --prompt / --prompt-file, checked against the kind of model."""
     prompts = list(args.prompt or [])
@@ -147,10 +175,12 @@ def main(argv=None):
     pool = args.labels or list(range(model.num_classes))
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})
+    # Sampler and steps left unset fall back to the objective's own defaults.
     sample_kwargs = dict(
-        sampler=args.sampler or defaults.get('sampler', 'ddpm'),
-        num_steps=args.steps or defaults.get('num_steps', 250),
-        cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0))
+        sampler=args.sampler or defaults.get('sampler'),
+        num_steps=args.steps or defaults.get('num_steps'),
+        cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0),
+        **parse_sampler_options(args.sampler_options))
     if args.eta is not None:
         sample_kwargs['eta'] = args.eta
     if mass:  # fixed per-index seeds and batches: the same on any number of processes
@@ -178,7 +208,8 @@ def main(argv=None):
         return
     out = args.out or 'samples.png'
     save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
-    print(f'saved {n} samples ({what}) to {out}')
+    print(f'saved {n} samples ({what}) to {out}; {model.diffusion.last_nfe} model '
+          'evaluations (NFE) per batch')
 
 
 if __name__ == '__main__':

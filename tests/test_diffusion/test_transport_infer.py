@@ -1,0 +1,77 @@
+"""tools/infer.py with a Transport model: every flag shared with the Gaussian samplers,
+--sampler-options checked by the objective (one-line errors), the NFE reported."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+from PIL import Image
+
+from mmsora.registry import MODELS
+from mmsora.utils.cli import load_config, run_cli
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(ROOT, 'configs/sit/sit_tiny2_1xb32_1500_shapes16.py')
+TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
+        'model.denoiser.num_heads=2', 'model.denoiser.input_size=8',
+        'model.latent_shape=[3,8,8]']
+
+
+def load_infer():
+    spec = importlib.util.spec_from_file_location('infer', osp.join(ROOT, 'tools/infer.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    import mmsora.models  # noqa: F401
+    from mmsora.utils.cli import apply_cfg_options
+    cfg = apply_cfg_options(load_config(DEMO), TINY)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    path = tmp_path_factory.mktemp('sit') / 'iter_1.pth'
+    torch.save(dict(state_dict=model.state_dict()), path)
+    return str(path)
+
+
+def infer(checkpoint, tmp_path, *args):
+    out = tmp_path / 'grid.png'
+    argv = [DEMO, '--checkpoint', checkpoint, '--num-samples', '4', '--out', str(out),
+            '--cfg-options', *TINY, *args]
+    code = run_cli(lambda: load_infer().main(argv))
+    return code, out
+
+
+@pytest.mark.parametrize('args, nfe', [
+    ([], 50),  # the config's sample_cfg: ode_heun, 25 steps
+    (['--sampler', 'sde_heun', '--steps', '4', '--cfg-scale', '1',
+      '--sampler-options', 'diffusion_form=linear', 'last_step=Tweedie'], 7),
+    (['--sampler', 'ode_dopri5', '--sampler-options', 'atol=1e-4', 'rtol=1e-3'], None),
+    (['--sampler', 'FlowMatchEulerDiscreteScheduler', '--steps', '5',
+      '--sampler-options', 'shift=3.0'], 5),
+])
+def test_infer_samples_with_transport_samplers(checkpoint, tmp_path, capsys, args, nfe):
+    if 'ode_dopri5' in args:
+        pytest.importorskip('torchdiffeq')
+    code, out = infer(checkpoint, tmp_path, *args)
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(out).size == (2 + 4 * 10, 2 + 10)  # 4 pictures of 8x8 in a row
+    printed = capsys.readouterr().out
+    assert 'model evaluations (NFE) per batch' in printed
+    if nfe is not None:
+        assert f'; {nfe} model evaluations' in printed, printed
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--sampler', 'ddim'], "unknown sampler 'ddim' for Transport; choose one of"),
+    (['--sampler', 'sde_euler', '--sampler-options', 'atol=1e-3'],
+     "sampler 'sde_euler' takes no option atol"),
+    (['--sampler', 'ode_euler', '--eta', '0.5'], "sampler 'ode_euler' takes no option eta"),
+    (['--sampler-options', 'atol'], "malformed --sampler-options entry 'atol'"),
+])
+def test_bad_sampler_choices_give_one_line(checkpoint, tmp_path, capsys, args, message):
+    code, _ = infer(checkpoint, tmp_path, *args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('error:') == 1 and message in err, err
