@@ -25,7 +25,7 @@ from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample',
-           'init_sampling_processes']
+           'init_sampling_processes', 'zip_npy_files']
 
 
 def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None) -> str:
@@ -118,12 +118,19 @@ def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict):
     else:
         second = 'arr_1.npy'
         np.save(osp.join(parts_dir, second), np.asarray(plan['labels'], dtype=np.int64))
+    zip_npy_files(out, {name: osp.join(parts_dir, name) for name in ('arr_0.npy', second)})
+    shutil.rmtree(parts_dir)
+
+
+def zip_npy_files(out: str, files: Dict[str, str]) -> str:
+    """Pack ``.npy`` files into an ``.npz`` (what ``np.load`` reads) without loading
+    them, written under a temporary name and renamed when complete."""
     tmp = out + '.tmp'
     with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name in ('arr_0.npy', second):
-            zf.write(osp.join(parts_dir, name), name)
+        for name, path in files.items():
+            zf.write(path, name)
     os.replace(tmp, out)
-    shutil.rmtree(parts_dir)
+    return out
 
 
 @torch.no_grad()

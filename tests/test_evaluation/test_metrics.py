@@ -141,3 +141,16 @@ def test_clip_score_on_pictures_and_clips(tmp_path):
     assert metric.evaluate(3)['CLIPScore'] == pytest.approx(expected.mean(), rel=1e-4)
     with pytest.raises(ValueError, match='needs a prompt'):
         metric.process(None, [dict(index=0, sample=images[0], prompt=None)])
+
+
+@pytest.mark.parametrize('name', ['fid50k_imagenet256', 'fvd2048_ucf101', 'clip_score_t2v'])
+def test_evaluation_snippets_build(repo_root, name):
+    import inspect
+
+    from mmsora.apis import build_evaluator, evaluate_model
+    from mmsora.utils.cli import load_config
+    evaluation = load_config(f'{repo_root}/configs/_base_/evaluation/{name}.py').evaluation
+    assert set(evaluation) <= set(inspect.signature(evaluate_model).parameters)
+    evaluator = build_evaluator(evaluation.metrics)  # extractors are built on first use
+    assert [type(m).__name__ for m in evaluator.metrics] == [
+        m['type'] for m in evaluation.metrics]

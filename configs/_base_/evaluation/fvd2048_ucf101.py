@@ -1,6 +1,6 @@
-# FVD of 2048 generated 16-frame clips against UCF-101 (StyleGAN-V's / Latte's protocol:
-# I3D features from StyleGAN-V's i3d_torchscript.pt; the reference statistics are made
-# once from real clips by tools/make_reference.py and cached, see docs/evaluation.md).
+# FVD of 2048 generated 16-frame clips against UCF-101 (the FVD-16 setting of StyleGAN-V
+# and Latte, with StyleGAN-V's i3d_torchscript.pt; the reference clips are made once by
+# tools/make_reference.py and their statistics cached, see docs/evaluation.md).
 evaluation = dict(
     num_samples=2048,
     batch_size=8,
