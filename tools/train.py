@@ -39,13 +39,20 @@ def parse_args(argv=None):
     return args
 
 
-def is_mmengine_checkpoint(path):
-    """Whether ``path`` was written by mmengine (weights under ``state_dict``)."""
+def load_from_kind(path):
+    """What ``--load-from`` got: ``'run'`` (an mmengine checkpoint of a model like the
+    config's), ``'image_run'`` (an mmengine checkpoint of an image DiT run) or
+    ``'denoiser'`` (an original DiT / fast-DiT / safetensors denoiser state dict)."""
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
-        return False
+        return 'denoiser'
     obj = load_checkpoint_file(path)
-    return isinstance(obj, dict) and 'state_dict' in obj
+    if not (isinstance(obj, dict) and 'state_dict' in obj):
+        return 'denoiser'
+    keys = obj['state_dict']
+    if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
+        return 'image_run'
+    return 'run'
 
 
 def check_latest_checkpoint(work_dir):
@@ -95,9 +102,14 @@ def build_train_config(args):
         if not osp.isfile(args.load_from):
             raise SystemExit(f'error: --load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
-        if is_mmengine_checkpoint(args.load_from):
+        kind = load_from_kind(args.load_from)
+        video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
+        if kind == 'run' or (kind == 'image_run' and not video):
             cfg.load_from = args.load_from
-        else:  # an original DiT / fast-DiT file: a denoiser state dict
+        else:
+            # An original DiT / fast-DiT file, or an image run's checkpoint for a video
+            # model: the denoiser loads it strictly (VideoDiT inflates it exactly), not
+            # mmengine's non-strict loader, which would skip mismatched keys silently.
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
     if not torch.cuda.is_available():
