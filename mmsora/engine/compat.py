@@ -61,11 +61,15 @@ def make_mmengine_checkpoints_loadable():
     # mmengine's own loader (--resume, load_from) calls torch.load without
     # weights_only, i.e. trusts torch's default and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:
     # route local files through ours, which passes weights_only=True explicitly.
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_local, force=True)
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
+                                     force=True)
 
 
-def _load_local(filename, map_location=None):
-    """mmengine's local-file checkpoint loader, weights-only with one-line errors."""
+def load_from_local_weights_only(filename, map_location=None):
+    """mmengine's local-file checkpoint loader, weights-only with one-line errors.
+
+    (mmengine logs ``name[10:]`` of a loader as its backend: 'local_weights_only'.)
+    """
     from mmsora.utils.checkpoint import load_checkpoint_file
     return load_checkpoint_file(os.path.expanduser(filename),
                                 map_location=map_location or 'cpu')

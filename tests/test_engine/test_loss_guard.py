@@ -118,3 +118,43 @@ def test_grad_norm_of_no_gradients_is_zero():
     assert grad_norm(wrapper) == 0.0
     param.grad = torch.tensor([3.0, 4.0, 0.0])
     assert grad_norm(wrapper) == 5.0
+
+
+class _FakeRunner:
+    """What the guard touches of a runner."""
+
+    def __init__(self, optim_wrapper):
+        from mmengine.logging import MessageHub, MMLogger
+        self.optim_wrapper, self.iter = optim_wrapper, 0
+        self.logger = MMLogger.get_instance('loss_guard_test')
+        self.message_hub = MessageHub.get_instance('loss_guard_test')
+
+
+def test_with_a_loss_scaler_only_the_loss_is_checked_and_the_scaler_still_runs():
+    from mmengine.optim import OptimWrapper
+
+    class ScaledWrapper(OptimWrapper):  # stands in for fp16 AmpOptimWrapper (needs CUDA)
+        loss_scaler = object()
+        steps = 0
+
+        def step(self, **kwargs):
+            self.steps += 1  # GradScaler.step: skips inf grads itself, lowers the scale
+
+    param = torch.nn.Parameter(torch.ones(2))
+    wrapper = ScaledWrapper(optimizer=torch.optim.SGD([param], lr=0.1))
+    runner = _FakeRunner(wrapper)
+    guard = LossGuardHook(max_consecutive=2)
+    guard.before_train(runner)
+    wrapper.update_params((param * float('inf')).sum())  # an inf loss: counted as
+    assert guard.num_skipped == 1 and wrapper.steps == 1  # skipped, the scaler still runs
+    wrapper.update_params((param * 2).sum())
+    assert guard.num_skipped == 1 and wrapper.steps == 2
+
+
+def test_other_wrappers_are_left_alone():
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+    param = torch.nn.Parameter(torch.ones(2))
+    wrappers = OptimWrapperDict(a=OptimWrapper(torch.optim.SGD([param], lr=0.1)))
+    runner = _FakeRunner(wrappers)
+    LossGuardHook().before_train(runner)
+    assert 'step' not in vars(wrappers['a'])  # not wrapped

@@ -40,7 +40,8 @@ class LossGuardHook(Hook):
     warning naming the iteration) when the loss of this rank or the gradient norm is
     NaN or infinite. With fp16 loss scaling (``AmpOptimWrapper``) infinite gradients
     are the scaler's business: only the loss is checked, and the scaler's own step
-    (which skips inf/NaN gradients and lowers the scale) still runs.
+    (which skips inf/NaN gradients and lowers the scale) still runs. Other wrappers
+    (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning.
 
     Args:
         max_consecutive (int): Stop the run (``NonFiniteLossError``) after this many
@@ -62,9 +63,10 @@ class LossGuardHook(Hook):
 
     def before_train(self, runner):
         wrapper = runner.optim_wrapper
-        if not isinstance(wrapper, OptimWrapper):
-            raise TypeError(f'LossGuardHook guards a single OptimWrapper, got '
-                            f'{type(wrapper).__name__}')
+        if not isinstance(wrapper, OptimWrapper):  # DeepSpeed, several optimizers
+            runner.logger.warning(f'LossGuardHook guards an OptimWrapper; this run has '
+                                  f'{type(wrapper).__name__}: its steps are not guarded')
+            return
         step, backward = wrapper.step, wrapper.backward
         losses = []  # of the micro-batches since the last step (gradient accumulation)
 
