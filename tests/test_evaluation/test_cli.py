@@ -52,12 +52,13 @@ def tiny_run(tmp_path_factory, repo_root=osp.dirname(osp.dirname(osp.dirname(
     return repo_root, root, str(config), str(root / 'ckpt.pth')
 
 
-def run(args, repo_root, nproc=1, port=None):
+def run(args, repo_root, cwd, nproc=1, port=None):
+    """Run a tool from ``cwd`` (mmengine collects results in ``cwd/.dist_test``)."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': repo_root}
     launch = ([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc),
                '--master_port', str(port)] if nproc > 1 else [sys.executable])
     extra = ['--launcher', 'pytorch'] if nproc > 1 else []
-    result = subprocess.run(launch + args + extra, cwd=repo_root, capture_output=True,
+    result = subprocess.run(launch + args + extra, cwd=cwd, capture_output=True,
                             text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -66,8 +67,8 @@ def run(args, repo_root, nproc=1, port=None):
 def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsys):
     repo_root, root, config, ckpt = tiny_run
     # Two processes (torchrun, gloo); then one, in this process (no second start-up).
-    run(['tools/test.py', config, ckpt, '--out', str(root / 'two.npz'),
-         '--json', str(root / 'two.json')], repo_root, nproc=2, port=29651)
+    run([osp.join(repo_root, 'tools', 'test.py'), config, ckpt, '--out', str(root / 'two.npz'),
+         '--json', str(root / 'two.json')], repo_root, root, nproc=2, port=29651)
     load_tool(repo_root, 'test').main([config, ckpt, '--out', str(root / 'one.npz'),
                                        '--json', str(root / 'one.json')])
     printed = capsys.readouterr().out
