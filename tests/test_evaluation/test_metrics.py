@@ -96,19 +96,14 @@ def test_fvd_on_clips(tmp_path):
 
 
 def make_tiny_clip(path):
-    """A tiny random transformers CLIPModel and word-level tokenizer saved as a folder."""
+    """A tiny random transformers CLIPModel folder with the tests' word-level tokenizer."""
     import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    words = 'a red disk green square blue ring'.split()
-    vocab = {w: i for i, w in enumerate(['<pad>', '<unk>', '</s>'] + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single='$A </s>', special_tokens=[('</s>', vocab['</s>'])])
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', eos_token='</s>')
+
+    from tests.tiny_models import make_tiny_text_encoder
+    make_tiny_text_encoder(path, kind='clip')  # the tokenizer files; the model is replaced
+    vocab = len(transformers.AutoTokenizer.from_pretrained(path))
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32,
                          num_hidden_layers=1, num_attention_heads=2,
                          max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
                          eos_token_id=2),
@@ -117,7 +112,6 @@ def make_tiny_clip(path):
         projection_dim=8)
     torch.manual_seed(0)
     transformers.CLIPModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return str(path)
 
 
@@ -127,7 +121,7 @@ def test_clip_score_on_pictures_and_clips(tmp_path):
     from mmsora.evaluation.functional import clip_score
     path = make_tiny_clip(tmp_path / 'clip')
     embedder = CLIPEmbedder(path)
-    prompts = ['a red disk', 'a green square', 'a blue ring']
+    prompts = ['a red disk', 'a green square', 'a blue ring']  # words it knows
     images = pictures(3, 6, size=20)
     expected = clip_score(
         embedder.encode_images(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy(),
