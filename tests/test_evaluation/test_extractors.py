@@ -74,3 +74,22 @@ def test_resize_center_crop_keeps_the_middle():
     out = resize_center_crop(x, 4)        # shorter side 4 -> 4x8, crop columns 2..5
     assert out.shape == (1, 1, 2, 4, 4)
     assert torch.all(out == 1)
+
+
+def test_clip_embedder_matches_transformers_processor(tmp_path):
+    transformers = pytest.importorskip('transformers')
+    from mmsora.evaluation import CLIPEmbedder
+    from tests.test_evaluation.test_metrics import make_tiny_clip
+    embedder = CLIPEmbedder(make_tiny_clip(tmp_path / 'clip'))
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
+    # transformers' own (PIL) preprocessing: shortest edge, center crop, CLIP mean/std.
+    processor = transformers.CLIPImageProcessor(size={'shortest_edge': 16},
+                                                crop_size={'height': 16, 'width': 16})
+    reference = processor(images=list(images), return_tensors='pt')['pixel_values']
+    ours = embedder.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))
+    # torch's antialiased bicubic vs PIL's: within ~1 grey level of 255.
+    assert (ours - reference).abs().max() < 0.03
+    out = embedder.model.get_image_features(pixel_values=reference)
+    expected = out if isinstance(out, torch.Tensor) else out.pooler_output
+    got = embedder.encode_images(torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.9999
