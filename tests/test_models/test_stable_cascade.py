@@ -268,3 +268,38 @@ def test_custom_timestep_grid():
                      torch.randn(2, 4, 1, 2, 2), {}, timesteps=grid)
     torch.testing.assert_close(seen, grid[:-1])
     assert diffusion.last_nfe == 4
+
+
+# --------------------------------------------------------------------------- #
+#                       Cost counting (docs/stable_cascade.md)                 #
+# --------------------------------------------------------------------------- #
+def test_saved_bytes_leave_out_weights_and_attention_probabilities():
+    from unittest import mock
+
+    import torch.nn.functional as F
+
+    from mmsora.models.denoisers.stable_cascade_cost import _SavedBytes
+    with torch.device('meta'):
+        lin = torch.nn.Linear(8, 8)
+        x = torch.randn(3, 5, 8, requires_grad=True)
+        saved = _SavedBytes(lin)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t), \
+                mock.patch.object(F, 'scaled_dot_product_attention',
+                                  saved.sdpa(F.scaled_dot_product_attention)):
+            q = lin(x).view(3, 1, 5, 8)
+            F.scaled_dot_product_attention(q, q, q).sum().backward()
+    # the Linear keeps its input (the weight is left out); attention keeps q, k, v
+    # and its output (not the 5 x 5 probabilities): 5 tensors of 3 x 5 x 8 floats
+    assert saved.bytes == 5 * 3 * 5 * 8 * 4
+
+
+def test_counted_flops_of_a_tiny_model():
+    from mmsora.models.denoisers.stable_cascade_cost import count_step
+    cfg = dict(type='StableCascadeVideo', unet=TINY_STAGE_C)
+    cost = count_step(cfg, 'stage_c', pixels=6 * 43, frames=2)
+    frozen = count_step(dict(cfg, freeze_spatial=True), 'stage_c', pixels=6 * 43, frames=2)
+    assert cost['params_m'] == frozen['params_m'] > frozen['trainable_m']
+    assert cost['fwd_tflops'] == frozen['fwd_tflops'] > 0
+    # backward ~ 2x forward; without the spatial weights' gradients, less
+    assert 2.5 < cost['step_tflops'] / cost['fwd_tflops'] < 4
+    assert frozen['step_tflops'] < cost['step_tflops'] and frozen['saved_gb'] < cost['saved_gb']
