@@ -67,6 +67,10 @@ def parse_args(argv=None):
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '
                         'folder (default samples.mp4); NAME.npz: all samples in the ADM '
                         'evaluator\'s layout (arr_0 uint8 NHWC / NTHWC, arr_1 labels)')
+    parser.add_argument('--num-frames', type=int, help='videos: frames per clip (default: '
+                        "the config's; at most what the model was trained for)")
+    parser.add_argument('--resolution', help='output size HxW or S (default: the '
+                        "config's; transformer denoisers only make their trained size)")
     parser.add_argument('--fps', type=float, help="frame rate of the videos (default: "
                         "the config's sample_cfg.fps, else 8)")
     parser.add_argument('--gif', action='store_true',
@@ -127,6 +131,20 @@ def parse_sampler_options(items):
     return options
 
 
+def parse_resolution(text):
+    """'480x854' -> (480, 854); '256' -> (256, 256); None -> None."""
+    if text is None:
+        return None
+    parts = text.lower().split('x')
+    try:
+        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise UserError(f'--resolution takes HxW or S (e.g. 480x848), got {text!r}') from None
+    if h < 1 or w < 1 or len(parts) > 2:
+        raise UserError(f'--resolution takes HxW or S (e.g. 480x848), got {text!r}')
+    return h, w
+
+
 def read_prompts(args, model):
     """The prompts of --prompt / --prompt-file, checked against the kind of model."""
     prompts = list(args.prompt or [])
@@ -169,6 +187,12 @@ def main(argv=None):
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
     video = len(model.latent_shape) == 4  # (C, T, H, W)
     check_args(args, model.num_classes, video)
+    if args.num_frames is not None or args.resolution is not None:
+        from mmsora.apis.inference import set_output_size
+        try:
+            set_output_size(model, args.num_frames, parse_resolution(args.resolution))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     prompts = read_prompts(args, model)
     n = args.num_samples or (len(args.labels) if args.labels else
                              len(prompts) if prompts else 16)

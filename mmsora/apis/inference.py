@@ -82,6 +82,55 @@ def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_optio
     return model.to(device).eval(), cfg
 
 
+def set_output_size(model, num_frames: Optional[int] = None,
+                    resolution: Optional[Sequence[int]] = None):
+    """Set the frames and pixel size a model samples (its ``latent_shape``).
+
+    The latent follows the output: ``resolution`` (H, W) divided by the VAE's spatial
+    factor (1 without a VAE), ``num_frames`` through the VAE's temporal compression
+    (video VAEs: T -> (T - 1) / 4 + 1). Transformer denoisers have a fixed token grid
+    (their position table), so their resolution is the one they were trained at;
+    VideoDiT takes at most its ``num_frames``. Convolutional ones (StableCascadeVideo)
+    take any size their down-sampling divides.
+
+    Raises:
+        ValueError: naming the size the model can make instead.
+    """
+    shape = list(model.latent_shape)
+    video = len(shape) == 4
+    if num_frames is not None and not video:
+        raise ValueError('this model makes pictures (model.latent_shape has no frame axis); '
+                         'frames are for video models')
+    vae = model.vae
+    f = vae.downsample_factor if vae is not None else 1
+    if resolution is not None:
+        h, w = resolution
+        if h % f or w % f:
+            raise ValueError(f'resolution {h}x{w} is not a multiple of the VAE factor {f}')
+        shape[-2:] = [h // f, w // f]
+    if num_frames is not None:
+        if num_frames < 1:
+            raise ValueError(f'num_frames must be >= 1, got {num_frames}')
+        if hasattr(vae, 'latent_shape') and callable(vae.latent_shape):  # video VAE
+            num_frames = vae.latent_shape(num_frames, shape[-2] * f, shape[-1] * f)[1]
+        shape[1] = num_frames
+    denoiser = model.denoiser
+    most = getattr(denoiser, 'num_frames', None)
+    if video and most is not None and shape[1] > most:
+        raise ValueError(f'{shape[1]} latent frames but the denoiser has a table for at most '
+                         f'{most} (model.denoiser.num_frames); train for longer clips')
+    embedder = getattr(denoiser, 'x_embedder', None)
+    if embedder is not None and hasattr(embedder, 'img_size'):
+        trained = tuple(embedder.img_size)
+        if tuple(shape[-2:]) != trained:
+            raise ValueError(
+                f'this model makes {trained[0] * f}x{trained[1] * f} pictures/clips: its '
+                'position table is fixed at the size it was trained for; train (or '
+                'fine-tune) at the new size')
+    model.latent_shape = tuple(shape)
+    return model.latent_shape
+
+
 def sample_images(model, labels: Optional[Sequence[int]], seeds: Sequence[int], batch_size=16,
                   progress=False, prompts: Optional[Sequence[str]] = None, **sample_kwargs):
     """Sample in batches; sample i depends only on its label (or prompt) and ``seeds[i]``.

@@ -1,0 +1,57 @@
+"""set_output_size / infer --num-frames --resolution: the latent follows the output size
+through the VAE's factors, within what the denoiser can make."""
+import pytest
+
+from mmsora.apis.inference import set_output_size
+from mmsora.registry import MODELS
+from mmsora.utils.cli import UserError
+from tests.tiny_models import TINY_VAE, TINY_WAN_VAE
+from tools.infer import parse_resolution
+
+
+def video_model(vae=None, latent=(3, 4, 8, 8), channels=3):
+    return MODELS.build(dict(
+        type='LatentDiffusion',
+        denoiser=dict(type='VideoDiT', input_size=latent[-1], patch_size=2,
+                      in_channels=channels, hidden_size=32, depth=2, num_heads=2,
+                      num_classes=2, learn_sigma=False, num_frames=6),
+        diffusion=dict(type='GaussianDiffusion', learn_sigma=False),
+        vae=vae, latent_shape=latent, num_classes=2))
+
+
+def test_frames_within_the_table_and_fixed_resolution():
+    model = video_model()
+    assert set_output_size(model, num_frames=6) == (3, 6, 8, 8)
+    assert model.sample([0], num_steps=1, seeds=[0]).shape == (1, 3, 6, 8, 8)
+    assert set_output_size(model, num_frames=2, resolution=(8, 8)) == (3, 2, 8, 8)
+    with pytest.raises(ValueError, match='at most 6'):
+        set_output_size(model, num_frames=7)
+    with pytest.raises(ValueError, match='makes 8x8 .* trained'):
+        set_output_size(model, resolution=(16, 16))
+
+
+def test_vae_factors():
+    sd = video_model(dict(type='AutoencoderKLWrapper', config=TINY_VAE), (4, 4, 8, 8), 4)
+    assert set_output_size(sd, num_frames=5, resolution=(16, 16)) == (4, 5, 8, 8)
+    with pytest.raises(ValueError, match='multiple of the VAE factor 2'):
+        set_output_size(sd, resolution=(15, 16))
+    wan = video_model(dict(type='VideoVAEWrapper', class_name='AutoencoderKLWan',
+                           config=TINY_WAN_VAE), (4, 3, 4, 4), 4)
+    # 9 frames -> (9 - 1) / 2 + 1 = 5 latent frames with the tiny VAE's factor 2.
+    assert set_output_size(wan, num_frames=9) == (4, 5, 4, 4)
+
+
+def test_picture_models_and_parsing():
+    model = MODELS.build(dict(
+        type='LatentDiffusion',
+        denoiser=dict(type='DiT', input_size=8, patch_size=2, in_channels=3,
+                      hidden_size=32, depth=1, num_heads=2, num_classes=2),
+        latent_shape=(3, 8, 8), num_classes=2))
+    with pytest.raises(ValueError, match='frames are for video models'):
+        set_output_size(model, num_frames=4)
+    assert set_output_size(model, resolution=(8, 8)) == (3, 8, 8)
+    assert parse_resolution('480x848') == (480, 848) and parse_resolution('256') == (256, 256)
+    assert parse_resolution(None) is None
+    for bad in ('480x', 'ax3', '1x2x3', '0x4'):
+        with pytest.raises(UserError, match='HxW or S'):
+            parse_resolution(bad)
