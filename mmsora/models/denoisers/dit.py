@@ -7,6 +7,8 @@ The module and parameter names are the original release's, so its checkpoints
 (e.g. ``DiT-XL-2-256x256.pt``) load with ``load_state_dict(sd, strict=True)`` and give
 the same outputs.
 """
+from typing import Union
+
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -14,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from mmsora.registry import MODELS
 from ..layers import (Attention, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder,
                       get_2d_sincos_pos_embed, modulate)
+from ..layers.checkpointing import check_checkpoint_every
 
 
 # --------------------------------------------------------------------------- #
@@ -77,8 +80,10 @@ class DiT(nn.Module):
             Defaults to 1000.
         learn_sigma (bool): Also predict the variance (doubles the output channels).
             Defaults to True.
-        grad_checkpointing (bool): Recompute each block in the backward pass to save
-            activation memory. Not in the original; defaults to False.
+        grad_checkpointing (bool | int): Recompute blocks in the backward pass to save
+            activation memory: True checkpoints every block, an int k every k-th block
+            (blocks 0, k, 2k, ...), trading less recompute for more memory. Not in the
+            original; defaults to False.
     """
 
     def __init__(self,
@@ -92,14 +97,14 @@ class DiT(nn.Module):
                  class_dropout_prob: float = 0.1,
                  num_classes: int = 1000,
                  learn_sigma: bool = True,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: Union[bool, int] = False):
         super().__init__()
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.patch_size = patch_size
         self.num_heads = num_heads
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing)
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -180,8 +185,9 @@ class DiT(nn.Module):
         t = self.t_embedder(t)                   # (N, D)
         y = self.y_embedder(y, self.training)    # (N, D)
         c = t + y                                # (N, D)
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+        k = int(self.grad_checkpointing)         # True: every block
+        for i, block in enumerate(self.blocks):
+            if k and i % k == 0 and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, use_reentrant=False)  # (N, T, D)
             else:
                 x = block(x, c)                  # (N, T, D)

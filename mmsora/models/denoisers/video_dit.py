@@ -35,6 +35,7 @@ from mmsora.registry import MODELS
 from ..layers import (Attention, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder,
                       get_1d_sincos_pos_embed_from_grid, get_2d_sincos_pos_embed, modulate)
 from ..layers.caption_embedder import CaptionEmbedder
+from ..layers.checkpointing import check_checkpoint_every
 from ..layers.cross_attention import MultiHeadCrossAttention
 from .dit import FinalLayer
 
@@ -187,8 +188,9 @@ class VideoDiT(nn.Module):
         text_dim (int): Width of the text-encoder tokens (T5-XXL: 4096). Defaults to 4096.
         max_text_len (int): Tokens of the learned null caption (Open-Sora / PixArt: 120).
             Captions of any length are accepted. Defaults to 120.
-        grad_checkpointing (bool): Recompute each block in the backward pass to save
-            activation memory. Defaults to False.
+        grad_checkpointing (bool | int): Recompute blocks in the backward pass to save
+            activation memory: True checkpoints every block, an int k every k-th block
+            (blocks 0, k, 2k, ...). Defaults to False.
     """
 
     def __init__(self,
@@ -207,7 +209,7 @@ class VideoDiT(nn.Module):
                  condition: str = 'class',
                  text_dim: int = 4096,
                  max_text_len: int = 120,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: Union[bool, int] = False):
         super().__init__()
         if block_type not in ('latte', 'stdit'):
             raise ValueError(f"block_type must be 'latte' or 'stdit', got {block_type!r}")
@@ -224,7 +226,7 @@ class VideoDiT(nn.Module):
         self.num_frames = num_frames
         self.block_type = block_type
         self.condition = condition
-        self.grad_checkpointing = grad_checkpointing
+        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing)
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -337,8 +339,9 @@ class VideoDiT(nn.Module):
             y, mask = split_text_condition(y, mask)
             cond, cond_mask = self.y_embedder(y, mask, self.training,
                                               force_drop_ids)  # (N, L, D), (N, L)
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+        k = int(self.grad_checkpointing)           # True: every block
+        for i, block in enumerate(self.blocks):
+            if k and i % k == 0 and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, T, temp_embed, cond, cond_mask,
                                use_reentrant=False)  # (N, T * S, D)
             else:
