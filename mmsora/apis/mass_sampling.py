@@ -13,6 +13,7 @@ models, or ``prompts`` for text models), assembled from per-batch shards (a reru
 batches), one PNG / mp4 per sample, and mmengine metrics fed batch by batch.
 """
 import glob
+import json
 import os
 import os.path as osp
 import shutil
@@ -82,6 +83,35 @@ def to_uint8_samples(x: torch.Tensor) -> np.ndarray:
                          f'shape {tuple(x.shape)}; latent models need a VAE (model.vae)')
     x = torch.clamp(127.5 * x.float() + 128.0, 0, 255).to(torch.uint8)
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(0, 2, 3, 4, 1)).cpu().numpy()
+
+
+def _fingerprint(model, plan, batch_size, sample_kwargs) -> str:
+    """What the shards of a run depend on: the plan, the batches, the sampler settings
+    and (a checksum of) the weights."""
+    weights = None
+    if isinstance(model, torch.nn.Module):
+        weights = float(sum(p.detach().double().abs().sum().item() for p in model.parameters()))
+    return json.dumps(dict(plan=plan, batch_size=batch_size, weights=weights,
+                           sample_kwargs={k: repr(v) for k, v in sorted(sample_kwargs.items())}),
+                      sort_keys=True)
+
+
+def _claim_parts_dir(parts_dir: str, fingerprint: str, rank: int) -> None:
+    """Make (rank 0) or check the shard folder: shards left by a crashed run are reused
+    only by the same run; anything else is refused rather than silently mixed in."""
+    record = osp.join(parts_dir, 'run.json')
+    if rank == 0:
+        os.makedirs(parts_dir, exist_ok=True)
+        if not osp.isfile(record):
+            with open(record + '.tmp', 'w') as f:
+                f.write(fingerprint)
+            os.replace(record + '.tmp', record)
+    barrier()
+    with open(record) as f:
+        if f.read() != fingerprint:
+            raise ValueError(f'{parts_dir} holds the shards of a different sampling run '
+                             '(other settings, labels or weights); delete it or choose '
+                             'another --out')
 
 
 def _save_files(sample_dir, indices, samples, labels, fps):
@@ -173,9 +203,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     plan = sample_plan(num_samples, labels, seed, prompts)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
-    if parts_dir and rank == 0:
-        os.makedirs(parts_dir, exist_ok=True)
-    barrier()
+    if parts_dir:
+        _claim_parts_dir(parts_dir, _fingerprint(model, plan, batch_size, sample_kwargs), rank)
     batches = rank_batches(num_samples, batch_size, rank, world_size)
     for k, indices in tqdm(batches, desc=f'sampling {num_samples} (rank 0 of {world_size})',
                            disable=not progress or rank != 0):

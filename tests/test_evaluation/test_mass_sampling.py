@@ -89,3 +89,26 @@ def test_text_models_get_prompts_not_labels(tmp_path):
         assert list(data['prompts']) == ['a cat', 'a dog', 'a cat']
     assert sorted(p.name for p in (tmp_path / 'files').iterdir()) == [
         '000000.png', '000001.png', '000002.png']
+
+
+def test_shards_of_another_run_are_refused(tmp_path):
+    out = str(tmp_path / 'x.npz')
+
+    def crashing(seeds, **kwargs):
+        raise RuntimeError('killed')
+
+    with pytest.raises(RuntimeError):
+        mass_sample(None, 4, [0], batch_size=2, out=out, sample_fn=crashing, progress=False)
+    with pytest.raises(ValueError, match='shards of a different sampling run'):
+        mass_sample(None, 4, [0], seed=1, batch_size=2, out=out, sample_fn=fake_sample,
+                    progress=False)
+    # A changed weight is a different run too.
+    model = torch.nn.Linear(2, 2)
+    out2 = str(tmp_path / 'y.npz')
+    with pytest.raises(RuntimeError):
+        mass_sample(model, 4, [0], batch_size=2, out=out2, sample_fn=crashing, progress=False)
+    with torch.no_grad():
+        model.weight.add_(1)
+    with pytest.raises(ValueError, match='different sampling run'):
+        mass_sample(model, 4, [0], batch_size=2, out=out2, sample_fn=fake_sample,
+                    progress=False)
