@@ -112,3 +112,18 @@ def test_shards_of_another_run_are_refused(tmp_path):
     with pytest.raises(ValueError, match='different sampling run'):
         mass_sample(model, 4, [0], batch_size=2, out=out2, sample_fn=fake_sample,
                     progress=False)
+
+
+def test_clips_go_to_npz_and_mp4(tmp_path):
+    from mmsora.utils.video_io import read_video_frames
+
+    def clips(seeds, labels=None, **kwargs):
+        return torch.stack([torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(s))
+                            * 2 - 1 for s in seeds])
+
+    out = tmp_path / 'clips.npz'
+    mass_sample(None, 2, [0], batch_size=2, out=str(out), sample_dir=str(tmp_path / 'v'),
+                sample_fn=clips, fps=4, progress=False)
+    with np.load(out) as data:
+        assert data['arr_0'].shape == (2, 4, 8, 8, 3)
+    assert read_video_frames(str(tmp_path / 'v' / '000001_label0.mp4')).shape == (4, 8, 8, 3)
