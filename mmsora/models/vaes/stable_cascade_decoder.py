@@ -26,6 +26,7 @@ from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import P
 from tqdm import tqdm
 
 from mmsora.registry import MODELS
+from .autoencoder_kl import AutoencoderKLWrapper
 
 __all__ = ['StableCascadeDecoder']
 
@@ -142,17 +143,8 @@ class StableCascadeDecoder(nn.Module):
         return self.pipeline.decoder.device
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _fold(x):
-        """(N, C, T, H, W) -> (N*T, C, H, W); images pass through. Returns the unfold."""
-        if x.dim() == 4:
-            return x, lambda y: y
-        if x.dim() != 5:
-            raise ValueError(f'expected (N, C, H, W) or (N, C, T, H, W) latents, got shape '
-                             f'{tuple(x.shape)}')
-        n, t = x.shape[0], x.shape[2]
-        return (x.permute(0, 2, 1, 3, 4).flatten(0, 1),
-                lambda y: y.unflatten(0, (n, t)).permute(0, 2, 1, 3, 4))
+    # (N, C, T, H, W) -> (N*T, C, H, W) and back, as the SD-VAE wrapper folds frames.
+    _fold = staticmethod(AutoencoderKLWrapper._fold)
 
     def _chunks(self, n):
         size = self.micro_batch_size or max(n, 1)
