@@ -10,12 +10,12 @@ there is one, and logs the metrics like a validation epoch would.
 """
 from typing import Optional, Sequence
 
-from mmengine.hooks import EMAHook, Hook
-from mmengine.model import is_model_wrapper
+from mmengine.hooks import Hook
 
 from mmsora.registry import HOOKS
 
 from .rng_state_hook import get_rng_states, set_rng_states
+from .sampling_model import sampling_model
 
 __all__ = ['SampleEvaluationHook']
 
@@ -58,18 +58,10 @@ class SampleEvaluationHook(Hook):
                              sample_cfg=sample_cfg, labels=labels, prompts=prompts)
         self._last_evaluated = None
 
-    def _model(self, runner):
-        if self.use_ema:
-            for hook in runner.hooks:
-                if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
-                    return hook.ema_model.module
-        model = runner.model
-        return model.module if is_model_wrapper(model) else model
-
     def evaluate(self, runner, step: int) -> dict:
         """Sample, score, log under iteration ``step``; returns the metrics (every rank)."""
         from mmsora.apis import evaluate_model
-        model = self._model(runner)
+        model = sampling_model(runner, self.use_ema)
         was_training = model.training
         states = get_rng_states()  # sampling must not shift the training noise
         try:

@@ -21,11 +21,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from mmengine.dist import is_main_process
-from mmengine.hooks import EMAHook, Hook
-from mmengine.model import is_model_wrapper
+from mmengine.hooks import Hook
 
 from mmsora.registry import HOOKS
 from .rng_state_hook import get_rng_states, set_rng_states
+from .sampling_model import sampling_model
 
 __all__ = ['SampleVisualizationHook', 'filmstrip']
 
@@ -92,14 +92,6 @@ class SampleVisualizationHook(Hook):
         self.use_ema, self.gif, self.at_end = use_ema, gif, at_end
         self._last = None
 
-    def _model(self, runner):
-        if self.use_ema:
-            for hook in runner.hooks:
-                if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
-                    return hook.ema_model.module
-        model = runner.model
-        return model.module if is_model_wrapper(model) else model
-
     def _conditions(self, model):
         n = self.num_samples
         if model.text_conditioned:
@@ -114,7 +106,7 @@ class SampleVisualizationHook(Hook):
     def sample(self, runner, step: int):
         """Draw the samples and log them under iteration ``step``; returns them."""
         from mmsora.apis import sample_images, save_videos
-        model = self._model(runner)
+        model = sampling_model(runner, self.use_ema)
         cfg = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
         fps = cfg.pop('fps', 8)
         labels, prompts = self._conditions(model)
