@@ -9,6 +9,7 @@ frames, as in Blattmann et al. 2023 ("Align your Latents", VideoLDM). The tempor
 blocks' output projections start at zero, so the untrained video model *is* the image
 model applied frame by frame; released image weights load into ``unet`` unchanged.
 """
+import functools
 import math
 import os.path as osp
 from typing import Optional, Sequence
@@ -16,10 +17,6 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers.models.unets.unet_stable_cascade import (SDCascadeAttnBlock,
-                                                        SDCascadeResBlock,
-                                                        SDCascadeTimestepBlock,
-                                                        StableCascadeUNet)
 from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
@@ -54,6 +51,14 @@ _ARCH_KEYS = ('in_channels', 'out_channels', 'conditioning_dim', 'block_out_chan
               'block_types_per_layer', 'clip_text_in_channels',
               'clip_text_pooled_in_channels', 'clip_image_in_channels', 'clip_seq',
               'patch_size', 'timestep_ratio_embedding_dim', 'switch_level')
+
+
+@functools.lru_cache(maxsize=None)
+def stage_c_module():
+    """diffusers' ``unet_stable_cascade`` module, imported on first use: importing it
+    loads every diffusers UNet (seconds), which ``import mmsora.models`` should not pay."""
+    from diffusers.models.unets import unet_stable_cascade
+    return unet_stable_cascade
 
 
 # --------------------------------------------------------------------------- #
@@ -190,7 +195,7 @@ class StableCascadeVideo(nn.Module):
                              'without both, StableCascadeUNet ignores the text tokens')
         if temporal_every < 1:
             raise ValueError(f'temporal_every must be >= 1, got {temporal_every}')
-        self.unet = StableCascadeUNet(**unet)
+        self.unet = stage_c_module().StableCascadeUNet(**unet)
         self.in_channels = self.unet.config.in_channels
         self.text_dim = self.unet.config.clip_text_in_channels
         self.pooled_dim = self.unet.config.clip_text_pooled_in_channels
@@ -254,8 +259,8 @@ class StableCascadeVideo(nn.Module):
         if diff:
             raise ValueError(f'{folder} holds a different Stage C: ' + ', '.join(
                 f'{k}={theirs[k]} (model: {_plain(ours[k])})' for k in diff))
-        src = StableCascadeUNet.from_pretrained(path, subfolder=subfolder,
-                                                local_files_only=True, torch_dtype=torch.float32)
+        src = stage_c_module().StableCascadeUNet.from_pretrained(
+            path, subfolder=subfolder, local_files_only=True, torch_dtype=torch.float32)
         self.unet.load_state_dict(src.state_dict(), strict=True)
         if self.freeze_spatial:
             self.unet.requires_grad_(False)
@@ -301,11 +306,12 @@ class StableCascadeVideo(nn.Module):
 
     def _block(self, block, x, r_embed, clip, skip=None):
         """One Stage C block, called as StableCascadeUNet calls it."""
-        if isinstance(block, SDCascadeResBlock):
+        sc = stage_c_module()
+        if isinstance(block, sc.SDCascadeResBlock):
             return self._run(block, x, skip)
-        if isinstance(block, SDCascadeAttnBlock):
+        if isinstance(block, sc.SDCascadeAttnBlock):
             return self._run(block, x, clip)
-        if isinstance(block, SDCascadeTimestepBlock):
+        if isinstance(block, sc.SDCascadeTimestepBlock):
             return self._run(block, x, r_embed)
         return self._run(block, x)
 
@@ -337,6 +343,7 @@ class StableCascadeVideo(nn.Module):
         """``StableCascadeUNet._up_decode`` with temporal layers after each layer."""
         x = level_outputs[0]
         levels = len(self.unet.up_blocks)
+        res_block = stage_c_module().SDCascadeResBlock
         groups = zip(self.unet.up_blocks, self.unet.up_upscalers,
                      self.unet.up_repeat_mappers, self.temporal_up)
         for i, (up_block, upscaler, repmap, temporal) in enumerate(groups):
@@ -344,7 +351,7 @@ class StableCascadeVideo(nn.Module):
             for j in range(len(repmap) + 1):
                 for k, block in enumerate(up_block):
                     skip = None
-                    if isinstance(block, SDCascadeResBlock) and k == 0 and i > 0:
+                    if isinstance(block, res_block) and k == 0 and i > 0:
                         skip = level_outputs[i]
                         if x.shape[-2:] != skip.shape[-2:]:
                             x = F.interpolate(x.float(), skip.shape[-2:], mode='bilinear',

@@ -20,9 +20,6 @@ from typing import Optional, Union
 
 import torch
 import torch.nn as nn
-from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline
-from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
-from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
 from tqdm import tqdm
 
 from mmsora.registry import MODELS
@@ -83,16 +80,22 @@ class StableCascadeDecoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @property
-    def pipeline(self) -> StableCascadeDecoderPipeline:
+    def pipeline(self):
         """diffusers' decoder pipeline (no text encoder), loaded on first access."""
         if self.__dict__['_pipe'] is None:
+            # Imported here: diffusers' pipelines and UNets take seconds to import.
+            from diffusers import (DDPMWuerstchenScheduler, StableCascadeDecoderPipeline,
+                                   StableCascadeUNet)
+            from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import \
+                PaellaVQModel
             if self.config is not None:
                 decoder = StableCascadeUNet(**self.config['decoder'])
                 vqgan = PaellaVQModel(**self.config['vqgan'])
                 scheduler = DDPMWuerstchenScheduler()
             else:
-                decoder, vqgan, scheduler = self._load(self.pretrained_path,
-                                                       self.decoder_subfolder)
+                decoder, vqgan, scheduler = self._load(
+                    self.pretrained_path, self.decoder_subfolder, StableCascadeUNet,
+                    PaellaVQModel, DDPMWuerstchenScheduler)
             for model in (decoder, vqgan):
                 model.requires_grad_(False)
                 model.eval()
@@ -104,18 +107,17 @@ class StableCascadeDecoder(nn.Module):
         return self.__dict__['_pipe']
 
     @staticmethod
-    def _load(path, subfolder):
+    def _load(path, subfolder, unet_cls, vqgan_cls, scheduler_cls):
         for sub in (subfolder, 'vqgan'):
             if not osp.isfile(osp.join(path, sub, 'config.json')):
                 raise FileNotFoundError(
                     f'{osp.join(path, sub)!r} has no config.json: give a local '
                     f'stabilityai/stable-cascade folder (with {subfolder}/ and vqgan/); '
                     'nothing is downloaded')
-        decoder = StableCascadeUNet.from_pretrained(path, subfolder=subfolder,
-                                                    local_files_only=True)
-        vqgan = PaellaVQModel.from_pretrained(path, subfolder='vqgan', local_files_only=True)
-        scheduler = (DDPMWuerstchenScheduler.from_pretrained(path, subfolder='scheduler')
-                     if osp.isdir(osp.join(path, 'scheduler')) else DDPMWuerstchenScheduler())
+        decoder = unet_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        vqgan = vqgan_cls.from_pretrained(path, subfolder='vqgan', local_files_only=True)
+        scheduler = (scheduler_cls.from_pretrained(path, subfolder='scheduler')
+                     if osp.isdir(osp.join(path, 'scheduler')) else scheduler_cls())
         return decoder, vqgan, scheduler
 
     def train(self, mode=True):
