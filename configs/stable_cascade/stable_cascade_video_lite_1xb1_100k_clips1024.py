@@ -10,9 +10,10 @@
 # the spatial part is frozen (fp32 weights 4.1 GB, no gradients or optimizer state),
 # only the temporal layers train (fp32 weights + grads + AdamW states 4.8 GB), every
 # block is recomputed in the backward pass (saved block inputs of one clip: 128 x
-# 16x1536x24x24 fp32 = 7.2 GB), bf16 autocast (--amp), one clip per step: ~17 GB
+# 16x1536x24x24 fp32 = 7.2 GB), bf16 autocast (--amp), one clip per step: ~17-19 GB
 # peak. No EMA: mmengine's EMAHook copies all 1.33 B parameters (+5.3 GB).
-#   python tools/train.py configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py --amp \
+#   python tools/train.py \
+#       configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py --amp \
 #       --cfg-options train_dataloader.dataset.data_root=data/clips16_stage_c \
 #       model.denoiser.pretrained_path=checkpoints/stable-cascade-prior
 #   python tools/infer.py work_dirs/stable_cascade_video_lite_1xb1_100k_clips1024 \
