@@ -13,8 +13,9 @@ The figure that matters is the slope of memory against iterations after warm-up
 (``--warmup`` of the iterations: allocator pools, first checkpoint): a leak of a few
 KiB per step shows as a steady positive slope. Reported, in MiB and MiB per 100
 iterations (over all counted points and over their second half): the summed PSS of
-all processes, and per rank its RSS and its workers' summed RSS and PSS. The result is printed and written as JSON; docs/reliability.md records a
-run. Linux only (reads /proc).
+all processes, and per rank its RSS and its workers' summed RSS and PSS. The result
+is printed, and written as JSON with the raw samples (``--out``); docs/reliability.md
+records runs. Linux only (reads /proc).
 """
 import argparse
 import json

@@ -1,11 +1,9 @@
 """Crash-safe checkpoints (mmsora.engine.atomic_checkpoint): temporary file + rename,
-keep the last N, a failed or killed write never replaces or deletes a good one."""
+keep the last N, a failed write never replaces or deletes a good one (a killed write:
+tests/test_tools/test_kill_resume.py)."""
 import os
 import os.path as osp
 import resource
-import signal
-import subprocess
-import sys
 
 import pytest
 from mmengine.fileio.backends import LocalBackend
@@ -13,7 +11,6 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmsora.engine import CheckpointWriteError
-from mmsora.engine.atomic_checkpoint import remove_stale_tmp_files
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.cli import explain_error
 from tests.test_engine.test_train import tiny_cfg
@@ -77,42 +74,6 @@ def test_failed_write_keeps_the_previous_checkpoint(repo_root, tmp_path):
     resumed = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 3, resume='auto'))
     resumed.train()
     assert resumed.iter == 3
-
-
-_WRITER = """
-import os, sys, time
-import mmsora.engine  # applies the mend
-from mmengine.fileio.backends import LocalBackend
-path = sys.argv[1]
-def stall(fd):  # the new bytes are written, the rename has not happened yet
-    print('writing', flush=True)
-    time.sleep(60)
-os.fsync = stall
-LocalBackend().put(b'new' * 100000, path)
-"""
-
-
-def test_killed_write_leaves_the_old_file(tmp_path):
-    target = tmp_path / 'iter_8.pth'
-    LocalBackend().put(b'old', target)
-    proc = subprocess.Popen([sys.executable, '-c', _WRITER, str(target)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:  # (imports may print warnings first)
-            if line.strip() == 'writing':
-                break
-        else:
-            raise AssertionError(f'the writer exited with {proc.wait()}')
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert target.read_bytes() == b'old'
-    stale = [f for f in os.listdir(tmp_path) if '.tmp-' in f]
-    assert len(stale) == 1 and osp.getsize(tmp_path / stale[0]) == 300000
-    remove_stale_tmp_files(str(tmp_path))  # what the next save does
-    assert os.listdir(tmp_path) == ['iter_8.pth']
 
 
 def test_failed_put_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -71,7 +71,8 @@ def test_an_inf_loss_is_skipped_too(repo_root, tmp_path):
 
 
 def test_k_in_a_row_stop_the_run_naming_the_iteration(repo_root, tmp_path):
-    runner, _ = _run(repo_root, tmp_path, 10, [1, 3, 4, 5], 'default_hooks.loss_guard.max_consecutive=3')
+    runner, _ = _run(repo_root, tmp_path, 10, [1, 3, 4, 5],
+                     'default_hooks.loss_guard.max_consecutive=3')
     with pytest.raises(NonFiniteLossError) as info:
         runner.train()
     assert runner.iter == 5  # stopped in iteration 6 (1-based), before finishing it
