@@ -72,6 +72,12 @@ def test_frozen_and_out_of_the_state_dict():
     assert len(wrapper.state_dict()) == 0 and not list(wrapper.parameters())
     assert not wrapper.train().training
     assert wrapper.latent_channels == 4 and wrapper.downsample_factor == 8.0
+    assert wrapper.latent_size(32, 36) == (4, 5)
+    # the released factors: 1024 px <-> 24 x 24 Stage C latents <-> 256 x 256 Stage B
+    released = StableCascadeDecoder(config=dict(decoder=TINY_STAGE_B, vqgan=dict(
+        TINY_STAGE_A, levels=2, up_down_scale_factor=2)))
+    assert released.latent_size(1024, 768) == (24, 18)
+    assert int(24 * released.latent_dim_scale) * 4 == 1024
     assert all(not p.requires_grad for p in wrapper.pipeline.decoder.parameters())
     with pytest.raises(ValueError, match=r'\(N, C, T, H, W\)'):
         wrapper.decode(torch.randn(4, 4, 4))

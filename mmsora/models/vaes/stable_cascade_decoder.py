@@ -15,6 +15,7 @@ Encoding images into Stage C latents needs Stage C's EfficientNetV2-S encoder, w
 diffusers does not ship; ``encoder`` plugs one in (any module mapping images in [-1, 1]
 to latents), and without one :meth:`encode` says so.
 """
+import math
 import os.path as osp
 from typing import Optional, Union
 
@@ -135,6 +136,15 @@ class StableCascadeDecoder(nn.Module):
         """Image side over Stage C latent side (42.67 for the released models)."""
         vq = self.pipeline.vqgan.config
         return self.latent_dim_scale * vq.up_down_scale_factor * 2 ** (vq.levels - 1)
+
+    def latent_size(self, height: int, width: int):
+        """Stage C latent (h, w) for frames of ``height`` x ``width`` pixels.
+
+        Stable Cascade's pipelines round up: ``ceil(side / 42.67)`` (24 for 1024); the
+        decoded frames are then ``int(h * latent_dim_scale) * 4`` pixels high.
+        """
+        f = self.downsample_factor
+        return math.ceil(height / f), math.ceil(width / f)
 
     @property
     def dtype(self):
