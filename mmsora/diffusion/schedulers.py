@@ -4,8 +4,10 @@ mmsora does not reimplement samplers: DDPM (Ho et al. 2020), DDIM (Song et al. 2
 DPM-Solver++ (Lu et al. 2022), Euler / Euler-ancestral (Karras et al. 2022), UniPC
 (Zhao et al. 2023) and flow-matching Euler (Lipman et al. 2023, Esser et al. 2024) come
 from diffusers and keep its contract (``set_timesteps``, ``timesteps``, ``step``,
-``add_noise``). The sampling loop and classifier-free guidance live in the model
-(``LatentDiffusion.sample``), not here.
+``add_noise``). The sampling loop lives with the objectives
+(``scheduler_sampling.scheduler_sample_loop``, called by ``GaussianDiffusion.sample``
+and, for flow matching, ``Transport.sample``) and classifier-free guidance in the
+model (``LatentDiffusion.sample``), not here.
 
 DiT models trained with ``learn_sigma=True`` output ``2C`` channels: epsilon first,
 then the variance interpolation value. Schedulers other than ``DDPMScheduler(
