@@ -27,6 +27,17 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: AmpOptimWrapper (bf16 where supported, '
                         'else fp16 with loss scaling) on CUDA, bf16 autocast on CPU')
+    parser.add_argument('--deepspeed', metavar='PRESET',
+                        help='DeepSpeed ZeRO through FlexibleRunner: deepspeed_zero1, '
+                        'deepspeed_zero2, deepspeed_zero2_offload, deepspeed_zero3, '
+                        'deepspeed_zero3_offload (configs/_base_/strategies) or a file')
+    parser.add_argument('--fsdp', action='store_true',
+                        help='PyTorch FSDP (configs/_base_/strategies/fsdp.py)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the denoiser (CompileDenoiserHook)')
+    parser.add_argument('--no-tf32', action='store_true',
+                        help='keep float32 matmuls in full fp32 on Ampere and newer '
+                        'GPUs (default there: TF32)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_iters=1000 '
                         "model.denoiser.depth=4 'optim_wrapper.optimizer.lr=2e-4'")
@@ -112,6 +123,9 @@ def build_train_config(args):
             # mmengine's non-strict loader, which would skip mismatched keys silently.
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
+    from mmsora.engine.strategies import apply_speed_options, apply_strategy
+    apply_speed_options(cfg, compile=args.compile)
+    apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
         if args.launcher != 'none':
@@ -134,7 +148,15 @@ def main(argv=None):
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)
-    runner = Runner.from_cfg(cfg)
+    from mmsora.engine.strategies import set_tf32, single_process_env, tf32_supported
+    set_tf32(tf32_supported() and not args.no_tf32)
+    for key, value in single_process_env(cfg).items():  # one-process DeepSpeed
+        os.environ.setdefault(key, value)
+    if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
+        from mmengine.runner import FlexibleRunner
+        runner = FlexibleRunner.from_cfg(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
     runner.train()
 
 

@@ -3,6 +3,7 @@ from .atomic_checkpoint import CheckpointWriteError, make_checkpoints_atomic
 from .compat import make_mmengine_checkpoints_loadable, init_cpu_distributed
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
+from .strategies import *  # noqa: F401,F403
 
 # Resume must work whenever mmsora is in use, not only through tools/train.py.
 make_mmengine_checkpoints_loadable()

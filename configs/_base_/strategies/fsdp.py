@@ -1,0 +1,10 @@
+# PyTorch FSDP (fully sharded data parallel) through mmengine's FSDPStrategy, the
+# alternative to DeepSpeed ZeRO-3: `tools/train.py CONFIG --fsdp` under torchrun.
+# Each transformer block is its own FSDP unit; checkpoints hold the full state dict
+# (gathered on rank 0), so tools/infer.py and --resume read them as usual.
+strategy = dict(
+    type='FSDPStrategy',
+    model_wrapper=dict(
+        type='MMFullyShardedDataParallel',
+        auto_wrap_policy=dict(type='mmsora.transformer_block_wrap_policy')),
+    state_dict_cfg='full')

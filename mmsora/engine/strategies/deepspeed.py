@@ -1,0 +1,158 @@
+"""DeepSpeed ZeRO through mmengine's FlexibleRunner and DeepSpeedStrategy.
+
+Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+Models", SC 2020. The presets in ``configs/_base_/strategies/deepspeed_*.py`` carry
+xtuner's names and contents (zero1, zero2, zero2_offload, zero3, zero3_offload) with
+``'auto'`` where the value belongs to the training config; :func:`fill_auto` fills them
+the way xtuner's ``train.py --deepspeed`` does.
+
+Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
+``register_deepspeed_optimizers``, which imports ``deepspeed.runtime.fp16.onebit``
+(removed in DeepSpeed 0.17) and registers with ``force=False`` (a second strategy in
+the same process raises "already registered"). :func:`mend_mmengine_deepspeed`
+replaces it with one that registers the optimizers the installed DeepSpeed has.
+"""
+import copy
+import os
+import os.path as osp
+
+import mmsora
+from mmsora.utils.cli import UserError
+
+__all__ = ['DEEPSPEED_PRESETS', 'preset_path', 'load_strategy', 'fill_auto',
+           'mend_mmengine_deepspeed', 'to_flexible_runner_config']
+
+DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
+                     'deepspeed_zero3', 'deepspeed_zero3_offload')
+STRATEGY_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(mmsora.__file__))),
+                        'configs', '_base_', 'strategies')
+
+
+def preset_path(name: str) -> str:
+    """The file of a strategy: a preset name (``deepspeed_zero2``, ``fsdp``) or a path
+    to a ``.py`` config holding ``strategy = dict(...)``."""
+    if osp.isfile(name):
+        return name
+    path = osp.join(STRATEGY_DIR, f'{name}.py')
+    if not osp.isfile(path):
+        names = sorted(osp.splitext(f)[0] for f in os.listdir(STRATEGY_DIR)
+                       if f.endswith('.py')) if osp.isdir(STRATEGY_DIR) else []
+        raise UserError(f'unknown strategy {name!r}: give a file or one of {names}')
+    return path
+
+
+def load_strategy(name: str) -> dict:
+    """The ``strategy`` dict of a preset name or a config file."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(preset_path(name))
+    if 'strategy' not in cfg:
+        raise UserError(f'{name}: the file has no `strategy = dict(...)`')
+    return cfg.strategy.to_dict()
+
+
+def _clip_max_norm(optim_wrapper: dict) -> float:
+    clip = optim_wrapper.get('clip_grad')
+    if not clip:
+        return 0.0  # DeepSpeed: 0 means no clipping, as the config says
+    if clip.get('type', 'norm') != 'norm':
+        raise UserError("DeepSpeed clips by global norm only; the config's "
+                        f"optim_wrapper.clip_grad is {dict(clip)}")
+    return float(clip['max_norm'])
+
+
+def fill_auto(ds_config: dict, cfg, amp_dtype=None) -> dict:
+    """A DeepSpeed config with its ``'auto'`` values taken from the training config.
+
+    Args:
+        ds_config (dict): DeepSpeed JSON config (a preset's ``strategy.config``).
+        cfg (Config): The training config: ``train_dataloader.batch_size`` gives the
+            micro-batch per GPU, ``optim_wrapper.accumulative_counts`` the gradient
+            accumulation, ``optim_wrapper.clip_grad.max_norm`` the clipping (0: none).
+        amp_dtype (str, optional): ``'bfloat16'`` / ``'float16'`` to train in that
+            precision (``--amp``), None for fp32.
+
+    Returns:
+        dict: A copy with every ``'auto'`` replaced.
+    """
+    ds = copy.deepcopy(ds_config)
+    if amp_dtype not in (None, 'bfloat16', 'float16'):
+        raise UserError(f"amp dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
+    wrapper = cfg.optim_wrapper
+    auto = dict(
+        train_micro_batch_size_per_gpu=cfg.train_dataloader.batch_size,
+        gradient_accumulation_steps=wrapper.get('accumulative_counts', 1),
+        gradient_clipping=_clip_max_norm(wrapper))
+    for key, value in auto.items():
+        if ds.get(key, 'auto') == 'auto':
+            ds[key] = value
+    for key, dtype in (('fp16', 'float16'), ('bf16', 'bfloat16')):
+        section = ds.setdefault(key, {})
+        if section.get('enabled', 'auto') == 'auto':
+            section['enabled'] = amp_dtype == dtype
+    left = [k for k, v in ds.items() if v == 'auto']
+    if left:
+        raise UserError(f'DeepSpeed config: no value for "auto" in {left}')
+    return ds
+
+
+def mend_mmengine_deepspeed():
+    """Make mmengine 0.10.7's DeepSpeedStrategy work with current DeepSpeed (>= 0.17).
+
+    Returns:
+        list[str]: The DeepSpeed optimizers now in mmengine's ``OPTIMIZERS``.
+    """
+    import mmengine._strategy.deepspeed as mm_deepspeed
+    mm_deepspeed.register_deepspeed_optimizers = register_deepspeed_optimizers
+    return register_deepspeed_optimizers()
+
+
+def register_deepspeed_optimizers():
+    """mmengine's ``register_deepspeed_optimizers`` for any DeepSpeed version: the
+    1-bit optimizers only where DeepSpeed still has them, idempotent."""
+    import importlib
+
+    from mmengine.registry import OPTIMIZERS
+    names = []
+    for module, classes in (
+            ('deepspeed.ops.adam', ('DeepSpeedCPUAdam', 'FusedAdam')),
+            ('deepspeed.ops.lamb', ('FusedLamb',)),
+            # removed in DeepSpeed 0.17
+            ('deepspeed.runtime.fp16.onebit', ('OnebitAdam', 'OnebitLamb', 'ZeroOneAdam'))):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in classes:
+            if hasattr(mod, name):
+                OPTIMIZERS.register_module(module=getattr(mod, name), force=True)
+                names.append(name)
+    return names
+
+
+def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
+    """Turn a Runner config into a FlexibleRunner one that trains with ``strategy``.
+
+    DeepSpeed: ``'auto'`` values filled (:func:`fill_auto`), the optimizer handed to
+    ``DeepSpeedOptimWrapper`` (DeepSpeed owns precision, loss scaling and clipping).
+    FSDP: the optimizer wrapper stays (AMP included); the CPU device is set.
+    """
+    strategy = copy.deepcopy(strategy)
+    kind = strategy.get('type')
+    if kind == 'DeepSpeedStrategy':
+        strategy['config'] = fill_auto(strategy.get('config', {}), cfg, amp_dtype)
+        cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper',
+                                 optimizer=cfg.optim_wrapper.optimizer)
+    elif kind == 'FSDPStrategy':
+        import torch
+        if not torch.cuda.is_available():
+            # mmengine passes device_id=LOCAL_RANK (a CUDA index); on CPU there is none.
+            wrapper = strategy.setdefault('model_wrapper', {})
+            wrapper.setdefault('type', 'MMFullyShardedDataParallel')
+            wrapper['device_id'] = None
+    else:
+        raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
+                        f'got {kind!r}')
+    cfg.strategy = strategy
+    cfg.runner_type = 'FlexibleRunner'
+    cfg.pop('model_wrapper_cfg', None)  # a Runner key; strategies wrap the model
+    return cfg

@@ -1,0 +1,63 @@
+"""Speed switches for training: ``torch.compile`` of the denoiser, TF32 matmuls on
+Ampere and newer, fused AdamW on CUDA."""
+from typing import Optional
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmsora.registry import HOOKS
+
+__all__ = ['CompileDenoiserHook', 'set_tf32', 'tf32_supported', 'prefer_fused_optimizer']
+
+
+@HOOKS.register_module()
+class CompileDenoiserHook(Hook):
+    """Compile the denoiser with ``torch.compile`` before training (``--compile``).
+
+    ``nn.Module.compile`` compiles in place, so parameter names, the state dict and
+    checkpoints stay as they are (``torch.compile(module)`` would prefix every key
+    with ``_orig_mod.``). Only the denoiser is compiled: the diffusion loss, the data
+    preprocessor and the optimizer step run eagerly, as does sampling under
+    ``torch.no_grad`` (the same compiled module; a first call there recompiles).
+
+    Args:
+        mode (str, optional): ``torch.compile`` mode, e.g. ``'max-autotune'``.
+        dynamic (bool, optional): ``torch.compile``'s ``dynamic``.
+        fullgraph (bool): Fail on graph breaks instead of falling back to Python.
+    """
+
+    priority = 'VERY_HIGH'  # before EMAHook copies the model
+
+    def __init__(self, mode: Optional[str] = None, dynamic: Optional[bool] = None,
+                 fullgraph: bool = False):
+        self.options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph)
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model.denoiser.compile(**self.options)
+        runner.logger.info(f'torch.compile: denoiser {type(model.denoiser).__name__} '
+                           f'({self.options}); the first steps include compilation')
+
+
+def tf32_supported() -> bool:
+    """Whether the current CUDA device has TF32 tensor cores (Ampere, sm_80, or newer)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def set_tf32(enabled: bool) -> None:
+    """Let float32 matmuls and convolutions use TF32 (10-bit mantissa inputs, fp32
+    accumulation) on GPUs that have it; ``tools/train.py`` turns it on by default on
+    Ampere and newer (``--no-tf32`` keeps full fp32). Ignored on CPU."""
+    torch.set_float32_matmul_precision('high' if enabled else 'highest')
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def prefer_fused_optimizer(optimizer_cfg: dict, device: str) -> dict:
+    """``fused=True`` for torch's Adam / AdamW on CUDA (one kernel for the whole
+    update instead of a loop over parameters) unless the config says otherwise
+    (``optim_wrapper.optimizer.fused=False``, or ``foreach`` set)."""
+    if (device == 'cuda' and optimizer_cfg.get('type') in ('Adam', 'AdamW')
+            and 'fused' not in optimizer_cfg and 'foreach' not in optimizer_cfg):
+        optimizer_cfg['fused'] = True
+    return optimizer_cfg

@@ -1,0 +1,87 @@
+"""What ``tools/train.py``'s ``--deepspeed``, ``--fsdp`` and ``--compile`` do to a
+config (kept here so that they are tested without starting a run)."""
+import importlib.util
+import socket
+
+import torch
+
+from mmsora.utils.cli import UserError
+from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
+from .speed import prefer_fused_optimizer
+
+__all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'single_process_env']
+
+
+def amp_dtype_of(optim_wrapper) -> str:
+    """The mixed-precision dtype an optimizer wrapper config trains in (None: fp32)."""
+    kind = optim_wrapper.get('type', 'OptimWrapper')
+    if kind == 'AmpOptimWrapper':  # mmengine's default autocast dtype is fp16
+        return optim_wrapper.get('dtype') or 'float16'
+    if kind == 'AutocastOptimWrapper':
+        return optim_wrapper.get('dtype', 'bfloat16')
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def apply_strategy(cfg, deepspeed=None, fsdp=False):
+    """Train with DeepSpeed ZeRO or FSDP through mmengine's FlexibleRunner.
+
+    Args:
+        cfg (Config): The training config (``cfg.launcher`` set). A ``strategy`` the
+            config itself holds (e.g. inherited from ``_base_/strategies``) is used
+            when neither option is given.
+        deepspeed (str, optional): A preset name (``deepspeed_zero2``) or a file.
+        fsdp (bool): Use ``_base_/strategies/fsdp.py``.
+
+    Returns:
+        Config: ``cfg``, switched to ``runner_type='FlexibleRunner'`` if a strategy
+        applies, else unchanged.
+    """
+    if deepspeed and fsdp:
+        raise UserError('--deepspeed and --fsdp exclude each other')
+    if deepspeed:
+        strategy = load_strategy(deepspeed)
+        if strategy.get('type') != 'DeepSpeedStrategy':
+            raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset')
+    elif fsdp:
+        strategy = load_strategy('fsdp')
+    elif cfg.get('strategy'):
+        strategy = cfg.strategy.to_dict()
+    else:
+        return cfg
+    if strategy.get('type') == 'DeepSpeedStrategy':
+        if importlib.util.find_spec('deepspeed') is None:
+            raise UserError('DeepSpeed is not installed: pip install deepspeed '
+                            '(see requirements/optional.txt)')
+        mend_mmengine_deepspeed()
+    elif cfg.launcher == 'none':
+        raise UserError('FSDP shards the model across processes: start it with '
+                        'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher pytorch)')
+    return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+
+
+def single_process_env(cfg) -> dict:
+    """The ``torch.distributed`` variables a one-process DeepSpeed run (``--launcher
+    none``) needs: DeepSpeed sets up a process group even for one GPU. Empty for
+    other runs. ``tools/train.py`` adds the ones missing from ``os.environ``."""
+    strategy = cfg.get('strategy') or {}
+    if cfg.launcher != 'none' or strategy.get('type') != 'DeepSpeedStrategy':
+        return {}
+    return dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
+                MASTER_PORT=str(_free_port()))
+
+
+def apply_speed_options(cfg, compile=False):
+    """Fused Adam/AdamW on CUDA (unless the config sets ``fused``/``foreach``), and
+    with ``compile`` a :class:`CompileDenoiserHook` (unless the config has one)."""
+    prefer_fused_optimizer(cfg.optim_wrapper.optimizer,
+                           'cuda' if torch.cuda.is_available() else 'cpu')
+    hooks = cfg.setdefault('custom_hooks', [])
+    if compile and not any(h.get('type') == 'CompileDenoiserHook' for h in hooks):
+        hooks.append(dict(type='CompileDenoiserHook'))
+    return cfg

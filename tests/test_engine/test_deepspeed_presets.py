@@ -1,0 +1,151 @@
+"""DeepSpeed ZeRO presets: xtuner's names resolve, their "auto" values are filled from
+the training config, tools/train.py builds a FlexibleRunner config from them, and the
+mend lets mmengine 0.10.7's DeepSpeedStrategy start with current DeepSpeed."""
+import os.path as osp
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from mmsora.engine.strategies import (DEEPSPEED_PRESETS, apply_strategy, fill_auto,
+                                      load_strategy, mend_mmengine_deepspeed,
+                                      single_process_env)
+from mmsora.utils.cli import UserError
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import train  # noqa: E402
+
+DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+# preset -> (ZeRO stage, optimizer offloaded, parameters offloaded)
+EXPECTED = {'deepspeed_zero1': (1, False, False), 'deepspeed_zero2': (2, False, False),
+            'deepspeed_zero2_offload': (2, True, False),
+            'deepspeed_zero3': (3, False, False), 'deepspeed_zero3_offload': (3, True, True)}
+
+
+def training_cfg(batch=6, accumulate=None, clip=None, wrapper='OptimWrapper', dtype=None):
+    cfg = Config(dict(train_dataloader=dict(batch_size=batch),
+                      optim_wrapper=dict(type=wrapper, optimizer=dict(type='AdamW'))))
+    if accumulate:
+        cfg.optim_wrapper.accumulative_counts = accumulate
+    if clip:
+        cfg.optim_wrapper.clip_grad = clip
+    if dtype:
+        cfg.optim_wrapper.dtype = dtype
+    return cfg
+
+
+@pytest.mark.parametrize('name', DEEPSPEED_PRESETS)
+def test_presets_are_xtuners_and_fill_from_the_config(name):
+    assert set(DEEPSPEED_PRESETS) == set(EXPECTED)
+    strategy = load_strategy(name)
+    assert strategy['type'] == 'DeepSpeedStrategy'
+    zero = strategy['config']['zero_optimization']
+    stage, offload_optimizer, offload_param = EXPECTED[name]
+    assert zero['stage'] == stage
+    assert (zero.get('offload_optimizer', {}).get('device') == 'cpu') == offload_optimizer
+    assert (zero.get('offload_param', {}).get('device') == 'cpu') == offload_param
+    ds = fill_auto(strategy['config'],
+                   training_cfg(batch=6, accumulate=4, clip=dict(max_norm=0.5)))
+    assert ds['train_micro_batch_size_per_gpu'] == 6
+    assert ds['gradient_accumulation_steps'] == 4
+    assert ds['gradient_clipping'] == 0.5
+    assert ds['fp16']['enabled'] is False and ds['bf16']['enabled'] is False
+    assert 'auto' not in str(ds)
+    assert strategy['config']['train_micro_batch_size_per_gpu'] == 'auto'  # not mutated
+
+
+@pytest.mark.parametrize('wrapper,dtype,fp16,bf16', [
+    ('OptimWrapper', None, False, False),
+    ('AmpOptimWrapper', 'bfloat16', False, True),
+    ('AmpOptimWrapper', None, True, False),  # mmengine's AMP default: fp16
+    ('AmpOptimWrapper', 'float16', True, False),
+    ('AutocastOptimWrapper', None, False, True)])
+def test_precision_follows_the_optimizer_wrapper(wrapper, dtype, fp16, bf16):
+    cfg = Config.fromfile(DEMO)
+    cfg.optim_wrapper.type = wrapper
+    if dtype:
+        cfg.optim_wrapper.dtype = dtype
+    cfg.launcher = 'none'
+    apply_strategy(cfg, deepspeed='deepspeed_zero2')
+    ds = cfg.strategy.config
+    assert (ds.fp16.enabled, ds.bf16.enabled) == (fp16, bf16)
+
+
+def test_explicit_values_are_kept_and_no_clip_means_zero():
+    config = dict(load_strategy('deepspeed_zero1')['config'], gradient_clipping=2.0,
+                  train_micro_batch_size_per_gpu=3, bf16=dict(enabled=True))
+    ds = fill_auto(config, training_cfg(batch=6))
+    assert ds['gradient_clipping'] == 2.0 and ds['train_micro_batch_size_per_gpu'] == 3
+    assert ds['bf16']['enabled'] is True and ds['gradient_accumulation_steps'] == 1
+    ds = fill_auto(load_strategy('deepspeed_zero1')['config'], training_cfg())
+    assert ds['gradient_clipping'] == 0.0  # DeepSpeed's "off"
+    with pytest.raises(UserError, match='global norm only'):
+        fill_auto(config, training_cfg(clip=dict(type='value', clip_value=1.0)))
+    with pytest.raises(UserError, match=r'no value for "auto" in \[.steps_per_print'):
+        fill_auto(dict(config, steps_per_print='auto'), training_cfg())
+
+
+def test_train_py_builds_a_flexible_runner_config(tmp_path):
+    cfg = train.build_train_config(train.parse_args(
+        [DEMO, '--deepspeed', 'deepspeed_zero3', '--amp', '--work-dir', str(tmp_path),
+         '--cfg-options', 'train_dataloader.batch_size=5',
+         'optim_wrapper.accumulative_counts=2']))
+    demo = Config.fromfile(DEMO)
+    assert cfg.runner_type == 'FlexibleRunner'
+    assert cfg.optim_wrapper == dict(type='DeepSpeedOptimWrapper',
+                                     optimizer=demo.optim_wrapper.optimizer)
+    ds = cfg.strategy.config
+    assert cfg.strategy.type == 'DeepSpeedStrategy' and ds.zero_optimization.stage == 3
+    assert (ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps) == (5, 2)
+    assert ds.gradient_clipping == demo.optim_wrapper.clip_grad.max_norm
+    assert ds.bf16.enabled is True and ds.fp16.enabled is False  # --amp on CPU: bf16
+    assert 'model_wrapper_cfg' not in cfg
+    env = single_process_env(cfg)  # one process: DeepSpeed's process group of one
+    assert {k: env[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')} == dict(
+        RANK='0', WORLD_SIZE='1', LOCAL_RANK='0') and int(env['MASTER_PORT']) > 0
+    cfg.launcher = 'pytorch'
+    assert single_process_env(cfg) == {}
+
+
+def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
+    path = tmp_path / 'dit_zero2.py'
+    path.write_text(f"_base_ = ['{DEMO}', '{ROOT}/configs/_base_/strategies/"
+                    "deepspeed_zero2.py']\n")
+    cfg = train.build_train_config(train.parse_args([str(path), '--work-dir',
+                                                     str(tmp_path)]))
+    assert cfg.runner_type == 'FlexibleRunner'
+    assert cfg.strategy.config.train_micro_batch_size_per_gpu == 32
+    assert cfg.optim_wrapper.type == 'DeepSpeedOptimWrapper'
+    plain = train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path)]))
+    assert 'runner_type' not in plain and 'strategy' not in plain
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--deepspeed', 'deepspeed_zero4'], r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
+    (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
+    (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
+    (['--fsdp'], 'start it with tools/dist_train.sh')])
+def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path),
+                                                   *argv]))
+
+
+def test_mend_lets_mmengines_deepspeed_strategy_start():
+    deepspeed = pytest.importorskip('deepspeed')
+    from mmengine._strategy import DeepSpeedStrategy
+    from mmengine.registry import OPTIMIZERS
+    from mmengine.utils import digit_version
+    names = mend_mmengine_deepspeed()
+    assert {'DeepSpeedCPUAdam', 'FusedAdam', 'FusedLamb'} <= set(names)
+    if digit_version(deepspeed.__version__) >= digit_version('0.17.0'):
+        # The module mmengine 0.10.7 imports is gone: the reason for the mend.
+        with pytest.raises(ImportError):
+            import deepspeed.runtime.fp16.onebit  # noqa: F401
+        assert 'OnebitAdam' not in names
+    ds = fill_auto(load_strategy('deepspeed_zero2')['config'], training_cfg())
+    for _ in range(2):  # mmengine's own registration fails on a second strategy
+        strategy = DeepSpeedStrategy(config=ds)
+        assert strategy.config['zero_optimization']['stage'] == 2
+    assert OPTIMIZERS.get('FusedAdam') is deepspeed.ops.adam.FusedAdam
