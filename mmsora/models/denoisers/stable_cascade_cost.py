@@ -8,8 +8,9 @@ Two measurements behind docs/stable_cascade.md:
   activation memory of a step without checkpointing, with fused attention and
   without the weights; views of activations count separately: an upper bound).
 * **Measured on CPU** at scaled sizes (both models at 1/4 width and about 1/4 depth):
-  seconds per training step (forward, backward, AdamW) and the growth of the
-  process's peak RSS during the steps, each model in its own process.
+  CPU seconds per training step (forward, backward, AdamW; process time, steadier
+  than wall time on a shared machine) and the growth of the process's peak RSS during
+  the steps, each model in its own process.
 
     python -m mmsora.models.denoisers.stable_cascade_cost                # counts
     python -m mmsora.models.denoisers.stable_cascade_cost --measure      # + CPU timing
@@ -149,7 +150,11 @@ def _rss_mb():
 
 
 def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
-    """CPU seconds per training step and peak-RSS growth of one scaled model."""
+    """Seconds per training step (wall and process CPU time) and peak-RSS growth.
+
+    On a shared machine the CPU time (one torch thread) is the steadier figure: it does
+    not count the time the process waits for a core.
+    """
     torch.manual_seed(0)
     cfg, kind = model_configs(scaled=True)[name]
     model = build(cfg, pixels).train()
@@ -165,13 +170,15 @@ def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
 
     rss_before = _rss_mb()
     step()  # warm-up (also allocates the optimizer state)
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(step_s=sorted(times)[len(times) // 2], step_s_all=times,
+    return dict(step_s=sorted(wall)[len(wall) // 2], step_s_all=wall,
+                step_cpu_s=sorted(cpu)[len(cpu) // 2], step_cpu_s_all=cpu,
                 peak_rss_growth_mb=peak - rss_before)
 
 
@@ -209,9 +216,10 @@ def main(argv=None):
                '--measure-pixels', str(args.measure_pixels), '--steps', str(args.steps)]
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
         r = json.loads(out.split('RESULT ', 1)[1])
-        print(f"  scaled {name:42s} step {r['step_s']:.2f} s "
-              f"(all {[round(s, 2) for s in r['step_s_all']]})  peak RSS growth "
-              f"{r['peak_rss_growth_mb']:.0f} MB", flush=True)
+        print(f"  scaled {name:42s} step CPU {r['step_cpu_s']:.2f} s "
+              f"(all {[round(s, 2) for s in r['step_cpu_s_all']]}), wall "
+              f"{r['step_s']:.2f} s  peak RSS growth {r['peak_rss_growth_mb']:.0f} MB",
+              flush=True)
 
 
 if __name__ == '__main__':
