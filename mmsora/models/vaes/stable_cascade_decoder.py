@@ -87,8 +87,12 @@ class StableCascadeDecoder(nn.Module):
             # Imported here: diffusers' pipelines and UNets take seconds to import.
             from diffusers import (DDPMWuerstchenScheduler, StableCascadeDecoderPipeline,
                                    StableCascadeUNet)
-            from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import \
-                PaellaVQModel
+            try:  # newer diffusers keep Würstchen's VQGAN under pipelines/deprecated/
+                from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model \
+                    import PaellaVQModel
+            except ImportError:
+                from diffusers.pipelines.wuerstchen.modeling_paella_vq_model import \
+                    PaellaVQModel
             if self.config is not None:
                 decoder = StableCascadeUNet(**self.config['decoder'])
                 vqgan = PaellaVQModel(**self.config['vqgan'])
