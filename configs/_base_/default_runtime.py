@@ -34,4 +34,6 @@ log_processor = dict(by_epoch=False, window_size=50)
 log_level = 'INFO'
 load_from = None
 resume = False
-randomness = dict(seed=0, deterministic=False)
+# Each process draws its own timesteps and noise (seed + rank, as DiT's seed * world +
+# rank); RNGStateHook keeps every process's RNG states for exact resume.
+randomness = dict(seed=0, diff_rank_seed=True, deterministic=False)

@@ -2,7 +2,12 @@
 same timesteps and noise as an uninterrupted one.
 
 mmengine reseeds from ``randomness.seed`` on resume, which replays the noise of
-iteration 0 rather than continuing it. The states are restored at the first
+iteration 0 rather than continuing it. Every process has its own states (with
+``randomness.diff_rank_seed=True`` each process draws different timesteps and noise,
+as DiT seeds ``seed * world_size + rank``): mmengine saves from process 0 only, so
+at the iterations where CheckpointHook will save, every process hands its states to
+process 0 first (this hook runs before CheckpointHook), and on resume each process
+restores its own. The states are restored at the first
 ``before_train_iter`` after loading, i.e. after the train loop has built its data
 iterator and skipped the batches already trained on (those steps may consume the
 global RNG; our datasets use RNGs of their own).
@@ -11,7 +16,8 @@ import random
 
 import numpy as np
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import all_gather_object, get_rank, get_world_size
+from mmengine.hooks import CheckpointHook, Hook
 
 from mmsora.registry import HOOKS
 
@@ -45,17 +51,44 @@ def _as_python_state(state):
 class RNGStateHook(Hook):
     """Put the global RNG states in checkpoints and restore them on resume."""
 
-    priority = 'VERY_LOW'
+    priority = 'LOW'  # before CheckpointHook (VERY_LOW) in after_train_iter
 
     def __init__(self):
         self._pending = None
+        self._gathered = None
+
+    @staticmethod
+    def _will_save(runner):
+        """Whether an (iteration-based) CheckpointHook saves after this iteration."""
+        for hook in runner.hooks:
+            if isinstance(hook, CheckpointHook) and not hook.by_epoch:
+                return hook.every_n_train_iters(runner, hook.interval, hook.save_begin) \
+                    or (hook.save_last and hook.is_last_train_iter(runner))
+        return False
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        # Collective: every process takes part, before process 0 alone saves.
+        if get_world_size() > 1 and self._will_save(runner):
+            self._gathered = all_gather_object(get_rng_states())
 
     def before_save_checkpoint(self, runner, checkpoint):
-        checkpoint.setdefault('meta', {})['rng_states'] = get_rng_states()
+        # Runs on process 0 only (Runner.save_checkpoint is master_only).
+        states, self._gathered = self._gathered or get_rng_states(), None
+        checkpoint.setdefault('meta', {})['rng_states'] = states
 
     def after_load_checkpoint(self, runner, checkpoint):
-        if runner._resume:
-            self._pending = checkpoint.get('meta', {}).get('rng_states')
+        if not runner._resume:
+            return
+        states = checkpoint.get('meta', {}).get('rng_states')
+        if isinstance(states, (list, tuple)):  # saved by several processes
+            rank = get_rank()
+            if len(states) != get_world_size():
+                raise RuntimeError(
+                    f'the checkpoint holds the RNG states of {len(states)} processes but '
+                    f'this run has {get_world_size()}: resume with the same number of '
+                    'processes, or start a new run from its weights with --load-from')
+            states = states[rank]
+        self._pending = states
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if self._pending is not None:
