@@ -105,14 +105,17 @@ def set_output_size(model, num_frames: Optional[int] = None,
     f = vae.downsample_factor if vae is not None else 1
     if resolution is not None:
         h, w = resolution
-        if h % f or w % f:
+        if hasattr(vae, 'latent_size'):  # the VAE's own rounding (Stable Cascade: 42.67)
+            shape[-2:] = list(vae.latent_size(h, w))
+        elif h % f or w % f:
             raise ValueError(f'resolution {h}x{w} is not a multiple of the VAE factor {f}')
-        shape[-2:] = [h // f, w // f]
+        else:
+            shape[-2:] = [h // f, w // f]
     if num_frames is not None:
         if num_frames < 1:
             raise ValueError(f'num_frames must be >= 1, got {num_frames}')
         if hasattr(vae, 'latent_shape') and callable(vae.latent_shape):  # video VAE
-            num_frames = vae.latent_shape(num_frames, shape[-2] * f, shape[-1] * f)[1]
+            num_frames = vae.latent_shape(num_frames, shape[-2] * int(f), shape[-1] * int(f))[1]
         shape[1] = num_frames
     denoiser = model.denoiser
     most = getattr(denoiser, 'num_frames', None)
@@ -124,7 +127,7 @@ def set_output_size(model, num_frames: Optional[int] = None,
         trained = tuple(embedder.img_size)
         if tuple(shape[-2:]) != trained:
             raise ValueError(
-                f'this model makes {trained[0] * f}x{trained[1] * f} pictures/clips: its '
+                f'this model makes {round(trained[0] * f)}x{round(trained[1] * f)} pictures/clips: its '
                 'position table is fixed at the size it was trained for; train (or '
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)

@@ -620,8 +620,9 @@ class GaussianDiffusion:
         if sampler not in self.samplers():
             raise ValueError(f'unknown sampler {sampler!r} for {type(self).__name__}; '
                              f'choose one of {self.samplers()}')
-        if num_steps < 1:
-            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        if not 1 <= num_steps <= self.num_timesteps:
+            raise ValueError(f'num_steps must be in [1, {self.num_timesteps}] (the '
+                             f'diffusion has {self.num_timesteps} timesteps), got {num_steps}')
         check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS.get(sampler, ()))
         model_fn = CountingModel(model_fn)
         if sampler == 'ddim':

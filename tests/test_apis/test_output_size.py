@@ -55,3 +55,21 @@ def test_picture_models_and_parsing():
     for bad in ('480x', 'ax3', '1x2x3', '0x4'):
         with pytest.raises(UserError, match='HxW or S'):
             parse_resolution(bad)
+
+
+def test_vae_with_its_own_rounding_and_too_many_steps():
+    model = video_model(None, (3, 4, 8, 8))
+
+    class RoundingVAE:  # like StableCascadeDecoder: a non-integer factor of 42.67
+        downsample_factor = 128 / 3
+
+        @staticmethod
+        def latent_size(h, w):
+            return round(h / 128 * 3), round(w / 128 * 3)
+    model.__dict__['vae'] = RoundingVAE()
+    with pytest.raises(ValueError, match='makes 341x341'):
+        set_output_size(model, resolution=(1024, 1024))  # 24x24 latents: the grid is 8x8
+    assert set_output_size(model, resolution=(341, 341)) == (3, 4, 8, 8)
+    model.__dict__['vae'] = None
+    with pytest.raises(ValueError, match=r'num_steps must be in \[1, 1000\]'):
+        model.sample([0], num_steps=1001, sampler='ddim')
