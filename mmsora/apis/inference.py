@@ -127,7 +127,8 @@ def set_output_size(model, num_frames: Optional[int] = None,
         trained = tuple(embedder.img_size)
         if tuple(shape[-2:]) != trained:
             raise ValueError(
-                f'this model makes {round(trained[0] * f)}x{round(trained[1] * f)} pictures/clips: its '
+                f'this model makes {round(trained[0] * f)}x{round(trained[1] * f)} '
+                'pictures/clips: its '
                 'position table is fixed at the size it was trained for; train (or '
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)
