@@ -73,6 +73,9 @@ def check_latest_checkpoint(work_dir):
     latest = find_latest_checkpoint(work_dir) if osp.isfile(marker) else None
     if latest is None:
         return  # nothing saved yet: mmengine starts the run afresh
+    from mmsora.engine.strategies import is_zero_checkpoint
+    if is_zero_checkpoint(latest):
+        return  # a DeepSpeed checkpoint folder (--deepspeed): DeepSpeed checks it
     if not osp.isfile(latest):
         raise UserError(f'--resume: {marker} names {latest!r}, which does not exist; '
                         'pass --resume CKPT to pick a checkpoint')
@@ -105,10 +108,14 @@ def build_train_config(args):
         cfg.resume, cfg.load_from = True, None
         check_latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
+        from mmsora.engine.strategies import is_zero_checkpoint
+        if is_zero_checkpoint(args.resume):  # a DeepSpeed checkpoint folder
+            cfg.resume, cfg.load_from = True, args.resume
+        elif not osp.isfile(args.resume):
             raise SystemExit(f'error: --resume checkpoint not found: {args.resume}')
-        check_checkpoint_complete(args.resume)
-        cfg.resume, cfg.load_from = True, args.resume
+        else:
+            check_checkpoint_complete(args.resume)
+            cfg.resume, cfg.load_from = True, args.resume
     if args.load_from is not None:
         if not osp.isfile(args.load_from):
             raise SystemExit(f'error: --load-from checkpoint not found: {args.load_from}')

@@ -19,7 +19,7 @@ import os.path as osp
 import mmsora
 from mmsora.utils.cli import UserError
 
-__all__ = ['DEEPSPEED_PRESETS', 'preset_path', 'load_strategy', 'fill_auto',
+__all__ = ['DEEPSPEED_PRESETS', 'is_zero_checkpoint', 'preset_path', 'load_strategy', 'fill_auto',
            'mend_mmengine_deepspeed', 'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
@@ -48,6 +48,11 @@ def load_strategy(name: str) -> dict:
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
     return cfg.strategy.to_dict()
+
+
+def is_zero_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``--deepspeed``)."""
+    return osp.isfile(osp.join(path, 'mp_rank_00_model_states.pt'))
 
 
 def _clip_max_norm(optim_wrapper: dict) -> float:
@@ -134,7 +139,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
 
     DeepSpeed: ``'auto'`` values filled (:func:`fill_auto`), the optimizer handed to
     ``DeepSpeedOptimWrapper`` (DeepSpeed owns precision, loss scaling and clipping).
-    FSDP: the optimizer wrapper stays (AMP included); the CPU device is set.
+    FSDP: the optimizer wrapper stays (AMP included).
     """
     strategy = copy.deepcopy(strategy)
     kind = strategy.get('type')
@@ -142,14 +147,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         strategy['config'] = fill_auto(strategy.get('config', {}), cfg, amp_dtype)
         cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper',
                                  optimizer=cfg.optim_wrapper.optimizer)
-    elif kind == 'FSDPStrategy':
-        import torch
-        if not torch.cuda.is_available():
-            # mmengine passes device_id=LOCAL_RANK (a CUDA index); on CPU there is none.
-            wrapper = strategy.setdefault('model_wrapper', {})
-            wrapper.setdefault('type', 'MMFullyShardedDataParallel')
-            wrapper['device_id'] = None
-    else:
+    elif kind != 'FSDPStrategy':
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
                         f'got {kind!r}')
     cfg.strategy = strategy

@@ -59,6 +59,9 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False):
             raise UserError('DeepSpeed is not installed: pip install deepspeed '
                             '(see requirements/optional.txt)')
         mend_mmengine_deepspeed()
+    elif not torch.cuda.is_available():
+        raise UserError("FSDP needs GPUs: torch's FSDP refuses CPU-only machines "
+                        '(use DDP, the default, or --deepspeed there)')
     elif cfg.launcher == 'none':
         raise UserError('FSDP shards the model across processes: start it with '
                         'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher pytorch)')
