@@ -25,13 +25,15 @@ class CompileDenoiserHook(Hook):
         mode (str, optional): ``torch.compile`` mode, e.g. ``'max-autotune'``.
         dynamic (bool, optional): ``torch.compile``'s ``dynamic``.
         fullgraph (bool): Fail on graph breaks instead of falling back to Python.
+        backend (str): ``torch.compile`` backend. Defaults to 'inductor'.
     """
 
     priority = 'VERY_HIGH'  # before EMAHook copies the model
 
     def __init__(self, mode: Optional[str] = None, dynamic: Optional[bool] = None,
-                 fullgraph: bool = False):
-        self.options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph)
+                 fullgraph: bool = False, backend: str = 'inductor'):
+        self.options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph,
+                            backend=backend)
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

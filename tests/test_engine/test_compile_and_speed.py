@@ -1,0 +1,119 @@
+"""Speed switches: ``--compile`` compiles the denoiser in place (same outputs, gradients
+and state-dict keys), fused AdamW on CUDA through the config, TF32 switch."""
+import os.path as osp
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+from mmsora.engine.strategies import (CompileDenoiserHook, apply_speed_options,
+                                      prefer_fused_optimizer, set_tf32)
+from mmsora.models import DiT
+from mmsora.registry import HOOKS
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import train  # noqa: E402
+
+DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2,
+            num_heads=2, num_classes=10)
+
+
+def forward_backward(denoiser):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    denoiser.train()
+    torch.manual_seed(0)
+    out = denoiser(x, torch.tensor([3, 700]), torch.tensor([1, 7]))
+    out.pow(2).mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in denoiser.named_parameters()
+                          if p.grad is not None}
+
+
+def test_compile_hook_compiles_the_denoiser_in_place():
+    torch.manual_seed(0)
+    model = SimpleNamespace(denoiser=DiT(**TINY))
+    with torch.no_grad():  # random everywhere (adaLN-Zero starts at zero)
+        for p in model.denoiser.parameters():
+            p.normal_(0, 0.1)
+    ref = DiT(**TINY)
+    ref.load_state_dict(model.denoiser.state_dict())
+    keys = list(model.denoiser.state_dict())
+    # aot_eager traces forward and backward through dynamo and AOTAutograd, as
+    # inductor does, without generating C++ (the CPU test would take minutes).
+    hook = HOOKS.build(dict(type='CompileDenoiserHook', backend='aot_eager'))
+    assert isinstance(hook, CompileDenoiserHook)
+    hook.before_train(SimpleNamespace(model=model, logger=MMLogger.get_current_instance()))
+    assert model.denoiser._compiled_call_impl is not None
+    assert list(model.denoiser.state_dict()) == keys  # no '_orig_mod.' prefix
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    out, grads = forward_backward(model.denoiser)
+    assert counts['stats']['unique_graphs'] >= 1  # it really went through dynamo
+    out_ref, grads_ref = forward_backward(ref)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == grads_ref.keys() and len(grads) > 10
+    assert grads_ref['blocks.0.attn.qkv.weight'].abs().sum() > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], atol=1e-5, rtol=1e-4)
+
+
+def test_compile_flag_adds_the_hook_once(tmp_path):
+    cfg = train.build_train_config(train.parse_args([DEMO, '--compile', '--work-dir',
+                                                     str(tmp_path)]))
+    assert [h['type'] for h in cfg.custom_hooks].count('CompileDenoiserHook') == 1
+    apply_speed_options(cfg, compile=True)
+    assert [h['type'] for h in cfg.custom_hooks].count('CompileDenoiserHook') == 1
+    plain = train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path)]))
+    assert 'CompileDenoiserHook' not in [h['type'] for h in plain.custom_hooks]
+
+
+@pytest.mark.parametrize('optimizer,device,fused', [
+    (dict(type='AdamW', lr=1e-4), 'cuda', True),
+    (dict(type='Adam', lr=1e-4), 'cuda', True),
+    (dict(type='AdamW', lr=1e-4, fused=False), 'cuda', False),
+    (dict(type='AdamW', lr=1e-4, foreach=True), 'cuda', None),
+    (dict(type='SGD', lr=1e-4), 'cuda', None),
+    (dict(type='AdamW', lr=1e-4), 'cpu', None)])
+def test_fused_adamw_on_cuda_unless_the_config_says_otherwise(optimizer, device, fused):
+    assert prefer_fused_optimizer(dict(optimizer), device).get('fused') == fused
+
+
+def test_fused_adamw_from_the_config_steps_like_the_plain_one():
+    from mmengine.optim import build_optim_wrapper
+    steps = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = DiT(**TINY)
+        cfg = dict(optimizer=dict(type='AdamW', lr=1e-2, fused=fused))
+        wrapper = build_optim_wrapper(model, cfg)
+        assert wrapper.optimizer.defaults['fused'] is fused
+        for step in range(2):
+            torch.manual_seed(step)  # the same labels dropped in both runs
+            x = torch.randn(2, 4, 8, 8)
+            loss = (model(x, torch.tensor([3, 700]), torch.tensor([1, 7])) - 1).pow(2).mean()
+            wrapper.update_params(loss)
+        steps.append(model.state_dict())
+    assert not torch.equal(steps[0]['final_layer.linear.weight'],
+                           torch.zeros_like(steps[0]['final_layer.linear.weight']))
+    for name in steps[0]:
+        torch.testing.assert_close(steps[0][name], steps[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_tf32_switch():
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(True)
+        assert torch.get_float32_matmul_precision() == 'high'
+        assert torch.backends.cudnn.allow_tf32
+        set_tf32(False)
+        assert torch.get_float32_matmul_precision() == 'highest'
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
