@@ -1,0 +1,134 @@
+"""Time the training data path alone: the packed, memory-mapped latent store against
+fast-DiT's one-``.npy``-file-per-sample layout, on the same machine, interleaved.
+
+    python tools/benchmark_loader.py [--num-samples 8192] [--workers 0 2 4] \
+        [--batch-size 256] [--epochs 2] [--repeats 3] [--data DIR] [--json FILE]
+
+Without ``--data`` it writes random latents (4x32x32, i.e. 256 px images) in both
+layouts into a temporary folder first: ``features/N.npy`` + ``labels/N.npy`` as
+fast-DiT's ``extract_features.py`` writes them (float32, read by
+:class:`NpyLatentDataset`), and the same items converted by
+``tools/convert_fastdit_features.py`` into a packed store (read by
+:class:`PackedLatentDataset`, float16 shards by default). Each measurement iterates a
+shuffled ``DataLoader`` over every item ``--epochs`` times (after one untimed warm-up
+batch) and reports samples/s; the two layouts take turns for each worker count, and
+the best of ``--repeats`` runs is kept. Both read from the page cache once written, so
+this measures the loader's CPU cost, not the disk.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
+from mmsora.utils.cli import UserError, run_cli
+
+LAYOUTS = ('packed', 'npy')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Benchmark latent data loaders')
+    parser.add_argument('--num-samples', type=int, default=8192)
+    parser.add_argument('--latent-shape', type=int, nargs=3, default=[4, 32, 32],
+                        metavar=('C', 'H', 'W'))
+    parser.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'],
+                        default='float16', help='dtype of the packed store')
+    parser.add_argument('--workers', type=int, nargs='+', default=[0, 2, 4])
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--epochs', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--data', help='folder holding features/, labels/ and packed/ '
+                        '(written there if missing); default: a temporary folder')
+    parser.add_argument('--json', metavar='FILE', help='write the results here')
+    return parser.parse_args(argv)
+
+
+def write_layouts(root, num_samples, shape, dtype):
+    """fast-DiT's per-file layout and the packed store of the same random items."""
+    feats, labels, packed = (osp.join(root, d) for d in ('features', 'labels', 'packed'))
+    if not osp.isdir(feats):
+        os.makedirs(feats)
+        os.makedirs(labels)
+        rng = np.random.default_rng(0)
+        for i in range(num_samples):
+            np.save(osp.join(feats, f'{i}.npy'),
+                    rng.standard_normal((1, *shape), dtype=np.float32))
+            np.save(osp.join(labels, f'{i}.npy'), rng.integers(0, 1000, (1,)))
+    if not osp.isfile(osp.join(packed, 'index.json')):
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        from convert_fastdit_features import main as convert
+        convert(['--features-dir', feats, '--labels-dir', labels, '--out', packed,
+                 '--dtype', dtype])
+    return feats, labels, packed
+
+
+def build(layout, feats, labels, packed):
+    if layout == 'npy':
+        return NpyLatentDataset(feats, labels)
+    return PackedLatentDataset(packed, seed=0)
+
+
+def time_loader(dataset, workers, batch_size, epochs) -> dict:
+    """Samples/s of a shuffled DataLoader over ``epochs`` passes of ``dataset``."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(0))
+    next(iter(loader))  # start the workers, open the files
+    n, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            n += len(batch['labels'])
+    elapsed = time.perf_counter() - start
+    return dict(samples=n, seconds=elapsed, samples_per_s=n / elapsed)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num_samples < args.batch_size:
+        raise UserError(f'--num-samples {args.num_samples} is below one batch '
+                        f'({args.batch_size})')
+    tmp = None
+    root = args.data
+    if root is None:
+        tmp = tempfile.TemporaryDirectory(prefix='mmsora_loader_')
+        root = tmp.name
+    paths = write_layouts(root, args.num_samples, args.latent_shape, args.dtype)
+    results = []
+    for workers in args.workers:
+        runs = {layout: [] for layout in LAYOUTS}
+        for _ in range(args.repeats):
+            for layout in LAYOUTS:  # alternate, so machine load hits both alike
+                runs[layout].append(time_loader(build(layout, *paths), workers,
+                                                args.batch_size, args.epochs))
+        for layout in LAYOUTS:
+            best = max(runs[layout], key=lambda r: r['samples_per_s'])
+            results.append(dict(layout=layout, workers=workers, **best,
+                                all_samples_per_s=[round(r['samples_per_s'])
+                                                   for r in runs[layout]]))
+    print(f'num_samples={args.num_samples} latent_shape={tuple(args.latent_shape)} '
+          f'packed_dtype={args.dtype} batch_size={args.batch_size} '
+          f'epochs={args.epochs} repeats={args.repeats} cpus={os.cpu_count()}')
+    print(f'{"workers":>7}  {"packed (samples/s)":>18}  {"npy (samples/s)":>15}  '
+          f'{"ratio":>5}  runs packed / npy')
+    for packed, npy in zip(results[::2], results[1::2]):
+        print(f'{packed["workers"]:>7}  {packed["samples_per_s"]:>18.0f}  '
+              f'{npy["samples_per_s"]:>15.0f}  '
+              f'{packed["samples_per_s"] / npy["samples_per_s"]:>5.2f}  '
+              f'{packed["all_samples_per_s"]} / {npy["all_samples_per_s"]}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(setup=vars(args), results=results), f, indent=2)
+    if tmp is not None:
+        tmp.cleanup()
+    return results
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))
