@@ -44,13 +44,15 @@ def test_config_builds(path):
         model = MODELS.build(cfg.model)
     denoiser = cfg.model.denoiser
     if denoiser.type in ('DiT', 'VideoDiT'):  # the latent shape fits the transformer
-        tokens = (denoiser.input_size // denoiser.patch_size) ** 2
+        size = denoiser.input_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        tokens = (h // denoiser.patch_size) * (w // denoiser.patch_size)
         assert model.denoiser.pos_embed.shape == (1, tokens, denoiser.hidden_size)
         shape = tuple(cfg.model.latent_shape)
         if denoiser.type == 'VideoDiT':  # (C, T, H, W): T frames, at most num_frames
             assert len(shape) == 4 and shape[1] <= model.denoiser.num_frames
             shape = shape[:1] + shape[2:]
-        assert shape == (denoiser.in_channels, denoiser.input_size, denoiser.input_size)
+        assert shape == (denoiser.in_channels, h, w)
     assert DATASETS.get(cfg.train_dataloader.dataset.type) is not None
     assert DATA_SAMPLERS.get(cfg.train_dataloader.sampler.type) is not None
     assert OPTIM_WRAPPERS.get(cfg.optim_wrapper.type) is not None

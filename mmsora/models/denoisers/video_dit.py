@@ -25,7 +25,7 @@ DiT-XL/2 exactly needs one spatial block per DiT block: ``block_type='stdit'`` w
 depth 28, or ``'latte'`` with depth 56.
 """
 from collections.abc import Mapping
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -165,7 +165,8 @@ class VideoDiT(nn.Module):
     """Spatio-temporal diffusion transformer on video latents (N, C, T, H, W).
 
     Args:
-        input_size (int): Latent height and width. Defaults to 32.
+        input_size (int | tuple[int, int]): Latent side, or (height, width) for
+            non-square clips (480x848 pixels -> (60, 106) SD-VAE latents). Defaults to 32.
         patch_size (int): Spatial patch size p (frames are not merged). Defaults to 2.
         in_channels (int): Latent channels. Defaults to 4.
         hidden_size (int): Token width D. Defaults to 1152.
@@ -194,7 +195,7 @@ class VideoDiT(nn.Module):
     """
 
     def __init__(self,
-                 input_size: int = 32,
+                 input_size: Union[int, Sequence[int]] = 32,
                  patch_size: int = 2,
                  in_channels: int = 4,
                  hidden_size: int = 1152,

@@ -15,14 +15,21 @@ import torch.nn as nn
 #                        Embedding layers for patches                          #
 # --------------------------------------------------------------------------- #
 class PatchEmbed(nn.Module):
-    """Image to patch tokens with a strided convolution (timm's parameter names)."""
+    """Image to patch tokens with a strided convolution (timm's parameter names).
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, bias: bool = True):
+    ``img_size`` is a side (square) or ``(H, W)``, e.g. (60, 106) for 480p SD-VAE latents.
+    """
+
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16,
+                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True):
         super().__init__()
-        self.img_size = (img_size, img_size)
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if h % patch_size or w % patch_size:
+            raise ValueError(f'input size {h}x{w} is not a multiple of the patch size '
+                             f'{patch_size}')
+        self.img_size = (h, w)
         self.patch_size = (patch_size, patch_size)
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.grid_size = (h // patch_size, w // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size,
                               stride=patch_size, bias=bias)
