@@ -155,10 +155,12 @@ def main(argv=None):
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)
-    from mmsora.engine.strategies import set_tf32, single_process_env, tf32_supported
+    from mmsora.engine.strategies import (prepare_deepspeed, set_tf32,
+                                          single_process_env, tf32_supported)
     set_tf32(tf32_supported() and not args.no_tf32)
-    for key, value in single_process_env(cfg).items():  # one-process DeepSpeed
-        os.environ.setdefault(key, value)
+    if prepare_deepspeed(cfg):  # installed; mmengine mended
+        for key, value in single_process_env(cfg).items():  # one-process run
+            os.environ.setdefault(key, value)
     if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
         from mmengine.runner import FlexibleRunner
         runner = FlexibleRunner.from_cfg(cfg)

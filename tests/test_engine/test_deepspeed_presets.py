@@ -151,3 +151,14 @@ def test_mend_lets_mmengines_deepspeed_strategy_start():
         strategy = DeepSpeedStrategy(config=ds)
         assert strategy.config['zero_optimization']['stage'] == 2
     assert OPTIMIZERS.get('FusedAdam') is deepspeed.ops.adam.FusedAdam
+
+
+def test_prepare_deepspeed_names_a_missing_install(monkeypatch):
+    import mmsora.engine.strategies.train_options as options
+    cfg = Config.fromfile(DEMO)
+    cfg.launcher = 'none'
+    assert options.prepare_deepspeed(cfg) is False  # no strategy: nothing to do
+    apply_strategy(cfg, deepspeed='deepspeed_zero1')
+    monkeypatch.setattr(options.importlib.util, 'find_spec', lambda name: None)
+    with pytest.raises(UserError, match='DeepSpeed is not installed: pip install'):
+        options.prepare_deepspeed(cfg)

@@ -9,7 +9,8 @@ from mmsora.utils.cli import UserError
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import prefer_fused_optimizer
 
-__all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'single_process_env']
+__all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
+           'single_process_env']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -54,18 +55,25 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False):
         strategy = cfg.strategy.to_dict()
     else:
         return cfg
-    if strategy.get('type') == 'DeepSpeedStrategy':
-        if importlib.util.find_spec('deepspeed') is None:
-            raise UserError('DeepSpeed is not installed: pip install deepspeed '
-                            '(see requirements/optional.txt)')
-        mend_mmengine_deepspeed()
-    elif not torch.cuda.is_available():
+    if strategy.get('type') == 'FSDPStrategy' and not torch.cuda.is_available():
         raise UserError("FSDP needs GPUs: torch's FSDP refuses CPU-only machines "
                         '(use DDP, the default, or --deepspeed there)')
-    elif cfg.launcher == 'none':
+    if strategy.get('type') == 'FSDPStrategy' and cfg.launcher == 'none':
         raise UserError('FSDP shards the model across processes: start it with '
                         'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher pytorch)')
     return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+
+
+def prepare_deepspeed(cfg) -> bool:
+    """Before a ``--deepspeed`` run starts: check that DeepSpeed is installed and mend
+    mmengine for it. Returns whether ``cfg`` trains with DeepSpeed."""
+    if (cfg.get('strategy') or {}).get('type') != 'DeepSpeedStrategy':
+        return False
+    if importlib.util.find_spec('deepspeed') is None:
+        raise UserError('DeepSpeed is not installed: pip install deepspeed '
+                        '(see requirements/optional.txt)')
+    mend_mmengine_deepspeed()
+    return True
 
 
 def single_process_env(cfg) -> dict:
