@@ -28,8 +28,6 @@ class CompileDenoiserHook(Hook):
         backend (str): ``torch.compile`` backend. Defaults to 'inductor'.
     """
 
-    priority = 'VERY_HIGH'  # before EMAHook copies the model
-
     def __init__(self, mode: Optional[str] = None, dynamic: Optional[bool] = None,
                  fullgraph: bool = False, backend: str = 'inductor'):
         self.options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph,
