@@ -7,8 +7,10 @@
 layout: ``mp_rank_00_model_states.pt`` and one ``*_optim_states.pt`` per rank, the
 fp32 master weights partitioned across them). This gathers the fp32 weights of every
 ZeRO stage with DeepSpeed's own ``zero_to_fp32`` and writes an mmengine-style file
-``{'state_dict': ..., 'meta': ...}`` that ``tools/infer.py --checkpoint FILE`` and
-``tools/train.py --load-from FILE`` read. Runs on CPU; needs only the files.
+that ``tools/infer.py --checkpoint FILE`` and ``tools/train.py --load-from FILE`` read:
+``{'state_dict': EMA weights, 'ema_state_dict': trained weights, 'meta'}`` when the
+run had EMAHook (ZeRO-1/2), else ``{'state_dict': trained weights, 'meta'}``. Runs on
+CPU; needs only the files.
 """
 import argparse
 import os.path as osp
@@ -55,7 +57,14 @@ def zero_to_state_dict(folder: str) -> dict:
                         weights_only=False)
     meta = {k: v for k, v in (client.get('meta') or {}).items() if k in ('seed', 'time')}
     meta.update(iter=client.get('global_steps'), converted_from=osp.abspath(folder))
-    return dict(state_dict={k: v.contiguous() for k, v in state.items()}, meta=meta)
+    weights = {k: v.contiguous() for k, v in state.items()}
+    if 'ema_state_dict' not in client:  # no EMAHook (or ZeRO-3): the trained weights
+        return dict(state_dict=weights, meta=meta)
+    # mmengine's layout: EMA weights in state_dict, the trained ones in ema_state_dict
+    # (here the fp32 masters, not the module's 16-bit copies).
+    ema = {k: v.float() for k, v in client['state_dict'].items()}
+    raw = {f'module.{k}': v for k, v in weights.items()}
+    return dict(state_dict=ema, ema_state_dict=raw, meta=meta)
 
 
 def main(argv=None):

@@ -10,7 +10,9 @@ Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
 ``register_deepspeed_optimizers``, which imports ``deepspeed.runtime.fp16.onebit``
 (removed in DeepSpeed 0.17) and registers with ``force=False`` (a second strategy in
 the same process raises "already registered"). :func:`mend_mmengine_deepspeed`
-replaces it with one that registers the optimizers the installed DeepSpeed has.
+replaces it with one that registers the optimizers the installed DeepSpeed has, and
+makes ``save_checkpoint`` run the hooks' checkpoint callback, which it drops (so the
+EMA weights are saved).
 """
 import copy
 import os
@@ -108,7 +110,33 @@ def mend_mmengine_deepspeed():
     """
     import mmengine._strategy.deepspeed as mm_deepspeed
     mm_deepspeed.register_deepspeed_optimizers = register_deepspeed_optimizers
+    strategy = mm_deepspeed.DeepSpeedStrategy
+    if not getattr(strategy, '_mmsora_hooks_mended', False):
+        strategy.save_checkpoint = _save_with_hooks(strategy.save_checkpoint)
+        strategy._mmsora_hooks_mended = True
     return register_deepspeed_optimizers()
+
+
+def _save_with_hooks(save_checkpoint):
+    """``DeepSpeedStrategy.save_checkpoint`` that runs the hooks' ``before_save_checkpoint``
+    (mmengine 0.10.7 drops the callback), so EMAHook and RNGStateHook save their state.
+
+    The hooks see a checkpoint with the model's ``state_dict``, as under the plain
+    Runner; it goes into DeepSpeed's ``client_state`` (EMAHook puts the EMA weights
+    there, the raw ones in ``ema_state_dict``). ZeRO-3 partitions the weights, so there
+    the hooks are not run. Not mended: on resume FlexibleRunner loads the checkpoint
+    before the hooks' ``before_run`` (EMAHook has no EMA model yet), so the EMA
+    restarts from the resumed weights and the RNG states are not restored.
+    """
+    def wrapped(self, filename, *, extra_ckpt=None, callback=None, **kwargs):
+        if callback is not None and not self.model.zero_optimization_partition_weights():
+            from mmengine.runner.checkpoint import weights_to_cpu
+            extra_ckpt = dict(extra_ckpt or {})
+            extra_ckpt['state_dict'] = weights_to_cpu(self.model.module.state_dict())
+            callback(extra_ckpt)
+        return save_checkpoint(self, filename, extra_ckpt=extra_ckpt, **kwargs)
+    return wrapped
+
 
 
 def register_deepspeed_optimizers():
