@@ -102,6 +102,7 @@ def test_train_py_builds_a_flexible_runner_config(tmp_path):
     assert ds.gradient_clipping == demo.optim_wrapper.clip_grad.max_norm
     assert ds.bf16.enabled is True and ds.fp16.enabled is False  # --amp on CPU: bf16
     assert 'model_wrapper_cfg' not in cfg
+    assert [h['type'] for h in cfg.custom_hooks].count('ResumeHooksHook') == 1
     env = single_process_env(cfg)  # one process: DeepSpeed's process group of one
     assert {k: env[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')} == dict(
         RANK='0', WORLD_SIZE='1', LOCAL_RANK='0') and int(env['MASTER_PORT']) > 0

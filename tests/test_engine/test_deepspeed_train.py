@@ -1,8 +1,10 @@
 """A real ZeRO-2 run on CPU: tools/train.py --deepspeed deepspeed_zero2 trains the demo
-model (one process, gloo), saves a ZeRO checkpoint folder with the EMA weights, and
-tools/zero_to_state_dict.py turns it into a file tools/infer.py's loader reads."""
+model (one process, gloo), saves ZeRO checkpoint folders with the EMA weights and RNG
+states, resumes to the same weights as an uninterrupted run, and
+tools/zero_to_state_dict.py turns a folder into a file tools/infer.py's loader reads."""
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -24,21 +26,35 @@ RUN = ("import runpy, sys; import deepspeed.comm.torch as t; t.build_shm_op = la
        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def test_zero2_trains_on_cpu_and_converts_to_a_state_dict(tmp_path):
-    work = tmp_path / 'run'
+def train(work, *args):
     cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), DEMO,
-           '--deepspeed', 'deepspeed_zero2', '--work-dir', str(work), '--cfg-options',
-           'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=3',
+           '--deepspeed', 'deepspeed_zero2', '--work-dir', str(work), *args,
+           '--cfg-options', 'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=2',
            'default_hooks.logger.interval=1', 'train_dataloader.batch_size=4',
            'train_dataloader.num_workers=0', 'model.denoiser.depth=1']
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
         env.pop(key, None)
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run(cmd, env=env, cwd=work.parent, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert 'Iter(train) [3/3]' in proc.stdout + proc.stderr
-    assert osp.isfile(work / 'iter_3.pth' / 'mp_rank_00_model_states.pt')
+    return torch.load(work / 'iter_3.pth' / 'mp_rank_00_model_states.pt',
+                      map_location='cpu', weights_only=False)  # DeepSpeed's own file
+
+
+def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
+    work, resumed = tmp_path / 'run', tmp_path / 'resumed'
+    full = train(work)  # 3 steps, checkpoints at 2 and 3
+    resumed.mkdir()
+    shutil.copytree(work / 'iter_2.pth', resumed / 'iter_2.pth')
+    again = train(resumed, '--resume', str(resumed / 'iter_2.pth'))  # steps 3
+    # The same weights, EMA weights and RNG states as the uninterrupted run.
+    for key in ('module', 'state_dict', 'ema_state_dict'):
+        assert full[key].keys() == again[key].keys()
+        for name, value in full[key].items():
+            assert torch.equal(value, again[key][name]), (key, name)
+    assert full['meta']['rng_states']['torch'].equal(again['meta']['rng_states']['torch'])
 
     zero_to_state_dict.main([str(work)])  # the work dir: its last checkpoint
     out = work / 'iter_3_state_dict.pth'

@@ -17,11 +17,15 @@ EMA weights are saved).
 import copy
 import os
 import os.path as osp
+from functools import partial
+
+from mmengine.hooks import Hook
 
 import mmsora
+from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 
-__all__ = ['DEEPSPEED_PRESETS', 'is_zero_checkpoint', 'preset_path', 'load_strategy', 'fill_auto',
+__all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path', 'load_strategy', 'fill_auto',
            'mend_mmengine_deepspeed', 'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
@@ -113,6 +117,7 @@ def mend_mmengine_deepspeed():
     strategy = mm_deepspeed.DeepSpeedStrategy
     if not getattr(strategy, '_mmsora_hooks_mended', False):
         strategy.save_checkpoint = _save_with_hooks(strategy.save_checkpoint)
+        strategy.resume = _resume_with_hooks(strategy.resume)
         strategy._mmsora_hooks_mended = True
     return register_deepspeed_optimizers()
 
@@ -124,9 +129,7 @@ def _save_with_hooks(save_checkpoint):
     The hooks see a checkpoint with the model's ``state_dict``, as under the plain
     Runner; it goes into DeepSpeed's ``client_state`` (EMAHook puts the EMA weights
     there, the raw ones in ``ema_state_dict``). ZeRO-3 partitions the weights, so there
-    the hooks are not run. Not mended: on resume FlexibleRunner loads the checkpoint
-    before the hooks' ``before_run`` (EMAHook has no EMA model yet), so the EMA
-    restarts from the resumed weights and the RNG states are not restored.
+    the hooks are not run.
     """
     def wrapped(self, filename, *, extra_ckpt=None, callback=None, **kwargs):
         if callback is not None and not self.model.zero_optimization_partition_weights():
@@ -136,6 +139,33 @@ def _save_with_hooks(save_checkpoint):
             callback(extra_ckpt)
         return save_checkpoint(self, filename, extra_ckpt=extra_ckpt, **kwargs)
     return wrapped
+
+
+def _resume_with_hooks(resume):
+    """``DeepSpeedStrategy.resume`` that keeps the hooks' ``after_load_checkpoint`` for
+    :class:`ResumeHooksHook`: FlexibleRunner resumes before the hooks' ``before_run``,
+    when EMAHook has no EMA model to load into yet."""
+    def wrapped(self, filename, *, callback=None, **kwargs):
+        extra_ckpt = resume(self, filename, **kwargs)
+        if callback is not None and 'state_dict' in extra_ckpt:
+            self.pending_load_callback = partial(callback, extra_ckpt)
+        return extra_ckpt
+    return wrapped
+
+
+@HOOKS.register_module()
+class ResumeHooksHook(Hook):
+    """Runs the hooks' ``after_load_checkpoint`` of a resumed DeepSpeed run at
+    ``before_run`` (after EMAHook's, which builds the EMA model): EMA weights and RNG
+    states continue as in an uninterrupted run. Added by ``--deepspeed``."""
+
+    priority = 'LOW'
+
+    def before_run(self, runner) -> None:
+        pending = getattr(runner.strategy, 'pending_load_callback', None)
+        if pending is not None:
+            runner.strategy.pending_load_callback = None
+            pending()
 
 
 
@@ -175,6 +205,9 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         strategy['config'] = fill_auto(strategy.get('config', {}), cfg, amp_dtype)
         cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper',
                                  optimizer=cfg.optim_wrapper.optimizer)
+        hooks = cfg.setdefault('custom_hooks', [])
+        if not any(h.get('type') == 'ResumeHooksHook' for h in hooks):
+            hooks.append(dict(type='ResumeHooksHook'))
     elif kind != 'FSDPStrategy':
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
                         f'got {kind!r}')
