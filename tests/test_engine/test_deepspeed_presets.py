@@ -124,7 +124,8 @@ def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--deepspeed', 'deepspeed_zero4'], r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
+    (['--deepspeed', 'deepspeed_zero4'],
+     r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--fsdp'], 'start it with tools/dist_train.sh' if torch.cuda.is_available()

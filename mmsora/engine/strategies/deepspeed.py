@@ -25,8 +25,9 @@ import mmsora
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 
-__all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path', 'load_strategy', 'fill_auto',
-           'mend_mmengine_deepspeed', 'to_flexible_runner_config']
+__all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
+           'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
+           'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
                      'deepspeed_zero3', 'deepspeed_zero3_offload')
