@@ -48,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=1,
                         help='run each model this many times, alternating them, and keep '
                         'each one\'s fastest run (steadier on a shared machine)')
+    parser.add_argument('--grad-checkpointing', type=int, metavar='K',
+                        help='set the denoiser\'s grad_checkpointing: recompute every '
+                        'K-th block in the backward pass (1: every block, 0: none)')
     parser.add_argument('--seed', type=int, default=0)
     # Internal: run one implementation in this process and print its result.
     parser.add_argument('--worker', choices=['ours', 'diffusers'], help=argparse.SUPPRESS)
@@ -123,6 +126,8 @@ def run_worker(args) -> dict:
     arch = dit_arch(cfg) if cfg.get('type') == 'DiT' else dict(cfg)
     rss_before_model = _rss_mb()
 
+    if args.grad_checkpointing is not None and args.worker == 'ours':
+        cfg['grad_checkpointing'] = args.grad_checkpointing
     model, forward = (build_ours if args.worker == 'ours' else build_diffusers)(cfg)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -243,6 +248,7 @@ def main(argv=None):
         results.append(best)
     setup = dict(config=args.config, model=None if args.config else args.model,
                  input_size=args.input_size, batch_size=args.batch_size,
+                 grad_checkpointing=args.grad_checkpointing,
                  device=args.device, precision=args.precision, steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
