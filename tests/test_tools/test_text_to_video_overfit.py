@@ -11,14 +11,8 @@ of sample for both prompts (the two clips' average), so the PSNR gap between the
 and the wrong clip would be near zero for one of the prompts; the bar is a gap of
 ``MIN_GAP`` dB for both.
 """
-import math
-import os
 import os.path as osp
-import subprocess
-import sys
 
-import numpy as np
-import pytest
 from mmengine.config import Config
 
 from mmsora.datasets.manifest import write_manifest
@@ -26,23 +20,13 @@ from mmsora.datasets.transforms.video import (ResizeCropVideo, SampleClipIndices
                                               resize_frames)
 from mmsora.utils.video_io import probe_video, read_video_frames, write_video
 from tests.shared_videos import BIKES, BUNNY, needs_videos
+from tests.test_tools.test_video_overfit import psnr, run
 from tests.tiny_models import make_tiny_text_encoder
 
 pytestmark = needs_videos
 CONFIG = 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'
 CAPTIONS = ['a bike rides on the road', 'a cat runs in the snow']
 MIN_GAP = 3.0  # dB
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * math.log10(255.0 ** 2 / max(mse, 1e-10))
-
-
-def run(args, repo_root, timeout):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 def cut_clip(source, out, sample_clip, size):
