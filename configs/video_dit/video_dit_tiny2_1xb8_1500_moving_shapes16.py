@@ -1,13 +1,19 @@
-# The main demo: a tiny video DiT (Latte: spatial and temporal blocks interleaved,
-# patch 2, hidden 128) learns four classes of coloured shapes that move across the
-# frame (4-frame 16x16 clips generated at run time; nothing downloaded) in a few
-# minutes on 2 CPU cores, then tools/infer.py writes mp4s. Pixel space: no VAE, the
-# clips are the "latents".
+# A CPU video demo: a tiny video DiT (Latte: spatial and temporal blocks interleaved,
+# patch 2, hidden 128) on four classes of coloured shapes that move across the frame
+# in their class's direction (4-frame 16x16 clips generated at run time; nothing
+# downloaded), then tools/infer.py writes mp4s. Pixel space: no VAE, the clips are
+# the "latents".
 #   python tools/train.py configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py
 #   python tools/infer.py work_dirs/video_dit_tiny2_1xb8_1500_moving_shapes16 \
 #       --num-samples 8 --out demo/ --gif
 # The recipe is the image demo's (configs/dit/dit_tiny2_1xb32_1500_shapes16.py): the
 # cosine schedule, lr 2e-3 with warm-up and cosine decay, a fast EMA, DDIM sampling.
+# Measured (2 CPU cores, 1500 steps, 16 DDIM samples): colour and shape per class are
+# learned (1-NN class agreement 0.88-1.0 against real clips), the motion is not yet:
+# the samples' shapes move 0.3 px/frame on average against 2.3 px/frame in the data,
+# smeared along their class's direction instead. So the README's main demo is still
+# the image one; this config is the starting point for a video demo that learns
+# motion within a CPU budget.
 _base_ = ['../_base_/default_runtime.py']
 
 num_frames, size = 4, 16

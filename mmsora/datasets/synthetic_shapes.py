@@ -58,12 +58,18 @@ def render_shape(label, size, rng):
     return _paint(label, size, centre[None], radius, colour, rng)[:, 0]
 
 
-def render_moving_shape(label, size, num_frames, rng, speed=(0.06, 0.09)):
+# Direction of motion of each class (radians; image y points down): right, down,
+# left, up, so the class decides how the shape moves as well as how it looks.
+MOTION_ANGLES = (0.0, np.pi / 2, np.pi, -np.pi / 2)
+
+
+def render_moving_shape(label, size, num_frames, rng, speed=(0.12, 0.16)):
     """One (3, T, size, size) clip of class ``label``: the shape crosses the middle of
     the frame in a straight line at constant speed (a fraction of ``size`` per frame)
-    in a random direction. Returns the clip and its (T, 2) centres (y, x)."""
+    in its class's direction (within 15 degrees). Returns the clip and its (T, 2)
+    centres (y, x)."""
     radius = rng.uniform(0.26, 0.3) * size
-    angle = rng.uniform(0, 2 * np.pi)
+    angle = MOTION_ANGLES[label] + rng.uniform(-1, 1) * np.pi / 12
     step = rng.uniform(*speed) * size * np.array([np.sin(angle), np.cos(angle)])
     offsets = (np.arange(num_frames) - (num_frames - 1) / 2)[:, None] * step
     centres = size / 2 + rng.uniform(-0.05, 0.05, size=2) * size + offsets
@@ -107,8 +113,9 @@ class SyntheticShapesDataset(Dataset):
 class SyntheticMovingShapesDataset(Dataset):
     """Clips of one coloured shape moving in a straight line, one class per shape.
 
-    The video demo's data: a model must learn colour and shape per class and that the
-    shape keeps its form while it moves steadily from frame to frame. Items are
+    The video demo's data: a model must learn colour, shape and direction of motion
+    per class (red disks move right, green squares down, blue rings left, yellow
+    crosses up), and that the shape keeps its form while it moves steadily. Items are
     ``{'latents': (3, T, size, size) float tensor in [-1, 1], 'labels': int}``.
 
     Args:
