@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mmsora.datasets import SyntheticShapesDataset
@@ -27,6 +28,8 @@ def tiles(grid, size, n, ncol):
     return np.stack(out).astype(np.float32) / 127.5 - 1
 
 
+# ~6 minutes on 2 quiet cores; more when the machine is shared (pytest.ini says 900 s).
+@pytest.mark.timeout(2400)
 def test_demo_samples_show_the_classes(repo_root, tmp_path):
     env = {**os.environ}
     work = tmp_path / 'demo'
