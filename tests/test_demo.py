@@ -1,4 +1,5 @@
-"""The README's main demo, run exactly as a user runs it, must learn its data.
+"""The README's image demo, run exactly as a user runs it, must learn its data (the
+main demo, a video one, is checked by tests/test_demo_video.py).
 
 tools/train.py trains the demo config on the synthetic shapes; tools/infer.py writes
 a PNG grid; we cut the grid back into pictures and classify each with a 1-nearest-

@@ -36,8 +36,13 @@ def test_image_run_inflates_into_video_dit(repo_root, tmp_path):
     ckpt = glob.glob(str(tmp_path / 'image' / 'iter_2.pth'))[0]
 
     # Latte depth 4 = 2 spatial blocks, one per image block.
+    # The video demo predicts x_0 with a fixed sigma; the image run learned sigma, so
+    # the video model takes the image DiT's output layer (learn_sigma=True).
+    sigma = ['model.denoiser.learn_sigma=True', 'model.diffusion.learn_sigma=True',
+             'model.diffusion.predict_xstart=False']
     cfg = config(repo_root, VIDEO, tmp_path / 'video', 'train_cfg.max_iters=1',
-                 'model.denoiser.depth=4', 'model.latent_shape=[3,4,8,8]', load_from=ckpt)
+                 'model.denoiser.depth=4', 'model.latent_shape=[3,4,8,8]', *sigma,
+                 load_from=ckpt)
     assert cfg.load_from is None and cfg.model.pretrained_denoiser == ckpt
     video = Runner.from_cfg(cfg)
     video._init_model_weights()
@@ -53,7 +58,8 @@ def test_image_run_inflates_into_video_dit(repo_root, tmp_path):
 
     # A video config whose spatial blocks do not match the image run is refused.
     bad = config(repo_root, VIDEO, tmp_path / 'bad', 'train_cfg.max_iters=1',
-                 'model.denoiser.depth=2', 'model.latent_shape=[3,4,8,8]', load_from=ckpt)
+                 'model.denoiser.depth=2', 'model.latent_shape=[3,4,8,8]', *sigma,
+                 load_from=ckpt)
     with pytest.raises(Exception, match='spatial block'):
         Runner.from_cfg(bad)._init_model_weights()
 
