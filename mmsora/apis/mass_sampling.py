@@ -18,7 +18,7 @@ import os
 import os.path as osp
 import shutil
 import zipfile
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch

@@ -172,10 +172,15 @@ class LatentDiffusion(BaseModel):
         if embeds.dim() != 3 or len(embeds) != len(x):
             raise ValueError(f'text_embeds must be (N={len(x)}, L, D), got shape '
                              f'{tuple(embeds.shape)}')
-        kwargs = dict(y=embeds.to(x.device, x.dtype),
-                      mask=None if mask is None else mask.to(x.device))
+        return self._text_model_kwargs(embeds, mask, pooled, x.device, x.dtype)
+
+    @staticmethod
+    def _text_model_kwargs(embeds, mask, pooled, device, dtype):
+        """``dict(y=tokens, mask=mask[, pooled=pooled])`` on ``device`` / ``dtype``."""
+        kwargs = dict(y=embeds.to(device, dtype),
+                      mask=None if mask is None else mask.to(device))
         if pooled is not None:
-            kwargs['pooled'] = pooled.to(x.device, x.dtype)
+            kwargs['pooled'] = pooled.to(device, dtype)
         return kwargs
 
     def _check_latent_shape(self, x):
@@ -312,11 +317,7 @@ class LatentDiffusion(BaseModel):
             raise ValueError('this model is text-conditioned: give prompts (with '
                              'model.text_encoder set) or text_embeds')
         dtype = next(self.denoiser.parameters()).dtype
-        out = dict(y=text_embeds.to(device, dtype),
-                   mask=None if text_mask is None else text_mask.to(device))
-        if pooled is not None:
-            out['pooled'] = pooled.to(device, dtype)
-        return out
+        return self._text_model_kwargs(text_embeds, text_mask, pooled, device, dtype)
 
     def _initial_noise(self, n, generators, device):
         if generators is None:
