@@ -16,31 +16,15 @@ import os.path as osp
 from mmengine.config import Config
 
 from mmsora.datasets.manifest import write_manifest
-from mmsora.datasets.transforms.video import (ResizeCropVideo, SampleClipIndices,
-                                              resize_frames)
-from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+from mmsora.utils.video_io import read_video_frames
 from tests.shared_videos import BIKES, BUNNY, needs_videos
-from tests.test_tools.test_video_overfit import psnr, run
+from tests.test_tools.test_video_overfit import cut_clip, psnr, run
 from tests.tiny_models import make_tiny_text_encoder
 
 pytestmark = needs_videos
 CONFIG = 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'
 CAPTIONS = ['a bike rides on the road', 'a cat runs in the snow']
 MIN_GAP = 3.0  # dB
-
-
-def cut_clip(source, out, sample_clip, size):
-    """The config's clip of ``source``, shrunk to the config's size, as an mp4; returns
-    the frames the dataset will read from it (center-cropped)."""
-    info = probe_video(source)
-    indices = SampleClipIndices(**{k: v for k, v in sample_clip.items() if k != 'type'}) \
-        .transform(dict(path=source, num_frames=info['num_frames'], fps=info['fps']))
-    frames = read_video_frames(source, indices['frame_indices'])
-    resize = ResizeCropVideo(size=size, crop='center')
-    frames = resize_frames(frames, resize.resized_shape(*frames.shape[1:3]))
-    frames = frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2]
-    write_video(out, frames, fps=indices['clip_fps'], crf=0)
-    return resize.transform(dict(frames=read_video_frames(out)))['frames']
 
 
 def test_prompts_select_their_clips(repo_root, tmp_path):

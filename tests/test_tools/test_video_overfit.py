@@ -61,6 +61,23 @@ def run(args, repo_root, timeout):
                           text=True, timeout=timeout, env=env)
 
 
+def cut_clip(source, out, sample_clip, size):
+    """The config's clip of ``source`` (``sample_clip``: a SampleClipIndices config),
+    stored already shrunk to the size the config resizes to (decoding full-size frames
+    took half of each training step) as a lossless mp4 at ``out``; returns the frames
+    the dataset yields from that file after its center crop, (T, H, W, 3)."""
+    info = probe_video(source)
+    indices = SampleClipIndices(**{k: v for k, v in sample_clip.items() if k != 'type'}) \
+        .transform(dict(path=source, num_frames=info['num_frames'], fps=info['fps']))
+    frames = read_video_frames(source, indices['frame_indices'])
+    resize = ResizeCropVideo(size=size, crop='center')
+    frames = resize_frames(frames, resize.resized_shape(*frames.shape[1:3]))
+    # H.264 needs even sides; an odd last row/column is outside the center crop anyway.
+    frames = frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2]
+    write_video(out, frames, fps=indices['clip_fps'], crf=0)
+    return resize.transform(dict(frames=read_video_frames(out)))['frames']
+
+
 def test_video_overfit_one_clip(repo_root, tmp_path):
     sources = [osp.join(SHARED, n) for n in CANDIDATES if osp.isfile(osp.join(SHARED, n))]
     if not sources:
@@ -70,24 +87,11 @@ def test_video_overfit_one_clip(repo_root, tmp_path):
     sample_clip, _, crop, _ = cfg.train_dataloader.dataset.pipeline
     num_frames, size = cfg.model.latent_shape[1], cfg.model.latent_shape[2]
 
-    # The config's clip of the source video, cut into a small mp4 the dataset reads.
-    info = probe_video(source)
-    indices = SampleClipIndices(**{k: v for k, v in sample_clip.items() if k != 'type'}) \
-        .transform(dict(path=source, num_frames=info['num_frames'], fps=info['fps']))
-    frames = read_video_frames(source, indices['frame_indices'])
-    # Stored already shrunk to the size the config resizes to (decoding full-size
-    # frames took half of each training step); the config's crop still runs.
-    resize = ResizeCropVideo(size=crop['size'], crop='center')
-    frames = resize_frames(frames, resize.resized_shape(*frames.shape[1:3]))
-    h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2  # H.264: even sides; an
-    frames = frames[:, :h, :w]  # odd last row/column is outside the center crop anyway
-    write_video(str(tmp_path / 'data' / 'clip.mp4'), frames, fps=indices['clip_fps'], crf=0)
+    # The config's clip of the source video, cut into a small mp4 the dataset reads;
+    # the reference is what the dataset yields from that file.
+    target = cut_clip(source, str(tmp_path / 'data' / 'clip.mp4'), sample_clip, crop['size'])
     write_manifest([dict(path='clip.mp4')], str(tmp_path / 'data' / 'clip.csv'))
-    # The reference is what the dataset yields from that file.
-    stored = read_video_frames(str(tmp_path / 'data' / 'clip.mp4'))
-    assert len(stored) == num_frames
-    target = resize.transform(
-        dict(frames=stored))['frames']                                   # (T, H, W, 3)
+    assert len(target) == num_frames
 
     start = time.time()
     work = tmp_path / 'work'
