@@ -1,0 +1,268 @@
+"""Training memory of a config, counted without a GPU and without computing anything.
+
+One training step (two, so the optimizer states exist) runs on *fake* tensors
+(``torch._subclasses.FakeTensorMode``: shapes, dtypes and autograd, no data), while
+:class:`LiveTensorBytes` follows every tensor storage the step creates and frees. Its
+peak is the peak of live tensor bytes; on the CPU this is exactly what torch's
+allocator reports for the same step on real tensors
+(``tests/test_utils/test_memory_estimate.py``), so it is what a GPU's
+``torch.cuda.max_memory_allocated`` shows, up to the kernels that differ between
+devices. A card needs a little more than that: the CUDA context and the caching
+allocator's unused blocks (the ``headroom`` of :func:`usable_bytes`).
+
+The step is the one ``tools/train.py`` runs: the config's denoiser and objective
+(``model.diffusion.loss``), the config's optimizer (fused Adam/AdamW, as on CUDA),
+an averaged copy of the model when the config has an ``EMAHook``, and
+autocast over fp32 weights for ``--amp``. Latents and text embeddings come from the
+batch (pre-extracted), so the VAE and the text encoder are not in the step.
+"""
+import contextlib
+import copy
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Union
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
+           'largest_batch', 'largest_fitting_batch', 'secant_guess', 'usable_bytes',
+           'GiB']
+
+GiB = 2 ** 30
+_AMP_DTYPES = {None: None, 'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Count the bytes of every tensor storage alive, and their peak.
+
+    A storage is counted when an operator first returns a tensor on it, and
+    uncounted when it is freed; views and in-place results share their storage.
+    Works on real and on fake tensors.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = {}  # storage id -> bytes
+        self.current = 0
+        self.peak = 0
+
+    def _free(self, key) -> None:
+        self.current -= self.live.pop(key)
+
+    def _add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata  # the C++ storage: stable, unlike the Python wrapper's id
+        if key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.current += self.live[key]
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._add(leaf)
+        return out
+
+
+@dataclass
+class MemoryEstimate:
+    """Peak tensor memory of one training step, in bytes, and what stays between steps."""
+    batch_size: int
+    peak: int              # the step's peak of live tensor bytes (all of the below)
+    weights: int           # the model's parameters and buffers
+    ema: int               # EMAHook's averaged copy
+    optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
+    step: int              # gradients, activations and temporaries at the peak
+
+    def as_gib(self) -> dict:
+        return {k: (v / GiB if k != 'batch_size' else v) for k, v in asdict(self).items()}
+
+
+def _training_model_cfg(cfg) -> dict:
+    """``cfg.model`` without the modules that pre-extraction takes out of training."""
+    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
+    model_cfg.pop('vae', None)
+    model_cfg.pop('text_encoder', None)
+    model_cfg.pop('pretrained_denoiser', None)
+    return model_cfg
+
+
+def _model_kwargs(model, n: int, text_len: Optional[int]) -> dict:
+    """A batch's conditioning: labels, or text tokens (+ mask, + pooled); ``text_len``
+    defaults to the length of a VideoDiT's learned null caption (120), else 77 (CLIP)."""
+    denoiser = model.denoiser
+    if getattr(denoiser, 'condition', 'class') != 'text':
+        return dict(y=torch.zeros(n, dtype=torch.long))
+    null_caption = getattr(getattr(denoiser, 'y_embedder', None), 'y_embedding', None)
+    if null_caption is not None:  # VideoDiT: (max_text_len, text_dim)
+        text_len = text_len or null_caption.shape[0]
+        text_dim = null_caption.shape[1]
+    else:  # Stable Cascade: CLIP tokens
+        text_len, text_dim = text_len or 77, denoiser.text_dim
+    kwargs = dict(y=torch.randn(n, text_len, text_dim),
+                  mask=torch.ones(n, text_len, dtype=torch.bool))
+    if getattr(denoiser, 'pooled_dim', None):
+        kwargs['pooled'] = torch.randn(n, denoiser.pooled_dim)
+    return kwargs
+
+
+def _build_optimizer(cfg, model):
+    from mmengine.optim import OptimWrapper  # noqa: F401  (fills mmengine's registry)
+
+    from mmsora.engine.strategies.speed import prefer_fused_optimizer
+    from mmsora.registry import OPTIMIZERS
+    opt_cfg = copy.deepcopy(dict(cfg.optim_wrapper.optimizer))
+    prefer_fused_optimizer(opt_cfg, 'cuda')  # what tools/train.py does on a GPU
+    if opt_cfg.get('fused'):
+        opt_cfg.pop('foreach', None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OPTIMIZERS.build(dict(opt_cfg, params=params))
+
+
+def _ema_cfg(cfg) -> Optional[dict]:
+    for hook in cfg.get('custom_hooks') or []:
+        if hook.get('type') == 'EMAHook':
+            return hook
+    return None
+
+
+def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
+                             grad_checkpointing: Union[bool, int, None] = None,
+                             text_len: Optional[int] = None,
+                             fake: bool = True) -> MemoryEstimate:
+    """Peak memory of a training step of ``cfg`` at ``batch_size`` per GPU.
+
+    Args:
+        cfg (Config): A training config (``model``, ``optim_wrapper``, ``custom_hooks``).
+        batch_size (int): Samples per GPU (``train_dataloader.batch_size``).
+        amp (str, optional): ``'bf16'`` / ``'fp16'``: autocast over fp32 weights, as
+            ``tools/train.py --amp``; None or ``'fp32'``: full precision.
+        grad_checkpointing (bool | int, optional): Overrides the denoiser's setting.
+        text_len (int, optional): Text tokens per sample of a text-conditioned model;
+            defaults to a VideoDiT's ``max_text_len`` (120, T5 in Open-Sora), else 77.
+        fake (bool): Count on fake tensors (no memory, no compute); False runs the
+            step for real on the CPU (small models: what the tests compare with).
+
+    Returns:
+        MemoryEstimate: the peak and its parts, in bytes.
+    """
+    import mmsora.diffusion  # noqa: F401  (fill the registries)
+    import mmsora.models  # noqa: F401
+    from mmsora.registry import MODELS
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f'amp must be one of {sorted(k for k in _AMP_DTYPES if k)} or '
+                         f'None, got {amp!r}')
+    dtype = _AMP_DTYPES[amp]
+    model_cfg = _training_model_cfg(cfg)
+    if grad_checkpointing is not None:
+        model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
+    ema_cfg = _ema_cfg(cfg)
+
+    # Tables built from numpy at construction are real tensors: allowed as inputs.
+    tensors = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    with tensors, LiveTensorBytes() as mem:
+        model = MODELS.build(model_cfg).train()
+        weights = mem.current
+        # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
+        # which fake tensors do not support; building it again allocates the same).
+        ema = None
+        if ema_cfg is not None:
+            ema = MODELS.build(model_cfg).requires_grad_(False)
+        ema_bytes = mem.current - weights
+        optimizer = _build_optimizer(cfg, model)
+        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
+        kwargs = _model_kwargs(model, batch_size, text_len)
+
+        def step():
+            with torch.autocast('cpu', dtype=dtype or torch.bfloat16,
+                                enabled=dtype is not None):
+                loss = model.diffusion.loss(model.denoiser, x, model_kwargs=kwargs)['loss']
+            loss.float().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:  # mmengine's ExponentialMovingAverage: in place
+                with torch.no_grad():
+                    for avg, p in zip(ema.parameters(), model.parameters()):
+                        avg.lerp_(p, ema_cfg.get('momentum', 2e-4))
+
+        step()  # the optimizer creates its states here
+        persistent = mem.current
+        step()  # the peak is the larger of the two steps' (the second's, in practice)
+    batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
+                      if isinstance(t, torch.Tensor))
+    persistent -= batch_bytes
+    return MemoryEstimate(batch_size=batch_size, peak=mem.peak, weights=weights,
+                          ema=ema_bytes,
+                          optimizer_states=persistent - weights - ema_bytes,
+                          step=mem.peak - persistent)
+
+
+def usable_bytes(budget_gib: float, headroom: float = 0.1) -> float:
+    """Bytes of a ``budget_gib`` card that tensors may take, leaving ``headroom`` (a
+    fraction of the card) for the CUDA context and the caching allocator's unused
+    blocks."""
+    return budget_gib * GiB * (1 - headroom)
+
+
+def largest_batch(fits_at: Callable[[int], bool], limit: int = 1024,
+                  guess: Optional[int] = None) -> int:
+    """The largest batch size in [1, ``limit``] for which ``fits_at`` holds, assuming
+    memory grows with the batch; 0 if even 1 does not fit.
+
+    The search gallops from ``guess`` (default 1) in steps that double, then bisects,
+    so a good guess settles it with two calls (``guess`` fits, ``guess + 1`` does not).
+    """
+    good = min(max(guess or 1, 1), limit)
+    if not fits_at(good):  # gallop down to a batch that fits
+        bad, step = good, 1
+        while True:
+            if bad == 1:
+                return 0
+            good = max(bad - step, 1)
+            if fits_at(good):
+                break
+            bad, step = good, 2 * step
+    else:  # gallop up to a batch that does not fit
+        step = 1
+        while good < limit:
+            bad = min(good + step, limit)
+            if not fits_at(bad):
+                break
+            good, step = bad, 2 * step
+        else:
+            return limit
+    while bad - good > 1:  # fits at good, not at bad
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits_at(mid) else (good, mid)
+    return good
+
+
+def secant_guess(a: tuple, b: tuple, budget_bytes: float) -> int:
+    """The batch where the line through ``a`` and ``b`` (each ``(batch, peak bytes)``)
+    reaches ``budget_bytes``: activations grow (about) linearly with the batch."""
+    (n_a, peak_a), (n_b, peak_b) = sorted([a, b])
+    per_sample = max((peak_b - peak_a) / max(n_b - n_a, 1), 1)
+    return max(int((budget_bytes - peak_a) // per_sample) + n_a, 1)
+
+
+def largest_fitting_batch(peak_at: Callable[[int], int], budget_bytes: float,
+                          limit: int = 1024) -> int:
+    """The largest batch in [1, ``limit``] whose ``peak_at`` stays within
+    ``budget_bytes``: a few secant steps from batches 1 and 2 find where the peak
+    meets the budget (it is not quite linear: what sets the peak changes with the
+    batch), then :func:`largest_batch` settles it exactly from there."""
+    a, b = (1, peak_at(1)), (2, peak_at(min(2, limit)))
+    guess = secant_guess(a, b, budget_bytes)
+    for _ in range(3):
+        guess = min(max(guess, 1), limit)
+        if guess in (a[0], b[0]):
+            break
+        a, b = b, (guess, peak_at(guess))
+        guess = secant_guess(a, b, budget_bytes)
+    return largest_batch(lambda n: peak_at(n) <= budget_bytes, limit, guess)

@@ -1,0 +1,136 @@
+"""Peak GPU memory of a config's training step, and the largest batch a card holds,
+counted on fake tensors (no GPU, nothing computed; seconds even for XL video models).
+
+    python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
+        [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
+        [--text-len L] [--max-batch 256] [--json FILE] [--cfg-options KEY=VALUE ...]
+
+For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
+at each ``--batch-size`` (default: the config's) with its parts, and with
+``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
+for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
+GPU (see :mod:`mmsora.utils.memory_estimate`); with DDP add one gradient-sized bucket
+buffer (the weights' size, as printed). DeepSpeed configs are not modelled.
+"""
+import argparse
+import json
+import sys
+
+from mmsora.utils.cli import UserError, apply_cfg_options, load_config, run_cli
+
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Estimate training memory of a config')
+    parser.add_argument('config')
+    parser.add_argument('--precision', choices=PRECISIONS,
+                        help='bf16/fp16: autocast over fp32 weights (tools/train.py '
+                        '--amp); default: what the config\'s optim_wrapper trains in')
+    parser.add_argument('--batch-size', type=int, nargs='+',
+                        help='samples per GPU (default: train_dataloader.batch_size)')
+    parser.add_argument('--grad-checkpointing', type=int, nargs='+', metavar='K',
+                        help='recompute every K-th block (1: all, 0: none); several '
+                        'values compare them (default: the config\'s)')
+    parser.add_argument('--budget-gb', type=float, nargs='+', metavar='GIB',
+                        help='card memory in GiB (RTX 4090: 24, A6000: 48, A100/H100: '
+                        '80): print the largest batch that fits each')
+    parser.add_argument('--headroom', type=float, default=0.1,
+                        help='fraction of the card kept free (CUDA context, allocator '
+                        'cache); default 0.1')
+    parser.add_argument('--max-batch', type=int, default=256,
+                        help='largest batch size tried by --budget-gb')
+    parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
+                        'text-conditioned model (default: its null caption\'s, or 77)')
+    parser.add_argument('--json', metavar='FILE', help='also write the results here')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
+    return parser.parse_args(argv)
+
+
+def _checkpointing_label(k) -> str:
+    """'none', 'every block', 'every 2nd block', ... (None: the config's setting)."""
+    if k in (None, 0, 1):
+        return {None: 'as configured', 0: 'none', 1: 'every block'}[k]
+    suffix = 'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')
+    return f'every {k}{suffix} block'
+
+
+def _check(args, cfg):
+    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
+        raise UserError('DeepSpeed configs are not modelled by this tool (ZeRO shards '
+                        'the weights and optimizer states): estimate the config without '
+                        'its strategy for one GPU')
+    if args.headroom < 0 or args.headroom >= 1:
+        raise UserError(f'--headroom is a fraction of the card in [0, 1), got {args.headroom}')
+    for value in (args.batch_size or []) + [args.max_batch]:
+        if value < 1:
+            raise UserError(f'batch sizes must be >= 1, got {value}')
+    for value in args.grad_checkpointing or []:
+        if value < 0:
+            raise UserError(f'--grad-checkpointing K must be >= 0, got {value}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    apply_cfg_options(cfg, args.cfg_options)
+    _check(args, cfg)
+    from mmsora.engine.strategies import amp_dtype_of
+    from mmsora.utils.memory_estimate import (estimate_training_memory,
+                                              largest_fitting_batch, usable_bytes)
+    precision = args.precision or {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[
+        amp_dtype_of(cfg.optim_wrapper)]
+    batch_sizes = args.batch_size or [cfg.train_dataloader.batch_size]
+    settings = args.grad_checkpointing or [None]
+    cache = {}
+
+    def estimate(batch_size, k):
+        if (batch_size, k) not in cache:
+            cache[batch_size, k] = estimate_training_memory(
+                cfg, batch_size, amp=precision, grad_checkpointing=k,
+                text_len=args.text_len)
+        return cache[batch_size, k]
+
+    print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
+          f'{precision}, one GPU; GiB of tensors at the peak of a training step')
+    header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step')
+    rows, results = [header], []
+    for k in settings:
+        for n in batch_sizes:
+            e = estimate(n, k).as_gib()
+            rows.append((_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
+                         f"{e['weights']:.2f}", f"{e['ema']:.2f}",
+                         f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}"))
+            results.append(dict(grad_checkpointing=k, precision=precision, **e))
+    print(_table(rows))
+    print('step: gradients, activations and temporaries at the peak (with the batch)')
+
+    largest = []
+    if args.budget_gb:
+        rows = [('checkpointing',) + tuple(f'{b:g} GiB card' for b in args.budget_gb)]
+        for k in settings:
+            row = [_checkpointing_label(k)]
+            for budget in args.budget_gb:
+                best = largest_fitting_batch(lambda n: estimate(n, k).peak,
+                                             usable_bytes(budget, args.headroom),
+                                             limit=args.max_batch)
+                largest.append(dict(grad_checkpointing=k, budget_gib=budget,
+                                    headroom=args.headroom, batch_size=best))
+                row.append(f'{best}' + ('+' if best == args.max_batch else ''))
+            rows.append(tuple(row))
+        print(f'\nlargest batch per GPU with {args.headroom:.0%} of the card free:')
+        print(_table(rows))
+    out = dict(config=args.config, estimates=results, largest_batch=largest)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+def _table(rows) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))
