@@ -3,14 +3,15 @@ counted on fake tensors (no GPU, nothing computed; seconds even for XL video mod
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
-        [--text-len L] [--max-batch 256] [--json FILE] [--cfg-options KEY=VALUE ...]
+        [--gpus N] [--text-len L] [--max-batch 256] [--json FILE] \
+        [--cfg-options KEY=VALUE ...]
 
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
 at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
-GPU (see :mod:`mmsora.utils.memory_estimate`); with DDP add one gradient-sized bucket
-buffer (the weights' size, as printed). DeepSpeed configs are not modelled.
+GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
+buckets. DeepSpeed configs are not modelled.
 """
 import argparse
 import json
@@ -40,6 +41,9 @@ def parse_args(argv=None):
                         'cache); default 0.1')
     parser.add_argument('--max-batch', type=int, default=256,
                         help='largest batch size tried by --budget-gb')
+    parser.add_argument('--gpus', type=int, default=1,
+                        help='data-parallel GPUs: above 1, DDP\'s gradient buckets are '
+                        'added (one more copy of the trainable weights)')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--json', metavar='FILE', help='also write the results here')
@@ -65,6 +69,8 @@ def _check(args, cfg):
     for value in (args.batch_size or []) + [args.max_batch]:
         if value < 1:
             raise UserError(f'batch sizes must be >= 1, got {value}')
+    if args.gpus < 1:
+        raise UserError(f'--gpus must be >= 1, got {args.gpus}')
     for value in args.grad_checkpointing or []:
         if value < 0:
             raise UserError(f'--grad-checkpointing K must be >= 0, got {value}')
@@ -88,19 +94,22 @@ def main(argv=None):
         if (batch_size, k) not in cache:
             cache[batch_size, k] = estimate_training_memory(
                 cfg, batch_size, amp=precision, grad_checkpointing=k,
-                text_len=args.text_len)
+                text_len=args.text_len, gpus=args.gpus)
         return cache[batch_size, k]
 
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
-          f'{precision}, one GPU; GiB of tensors at the peak of a training step')
-    header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step')
+          f'{precision}, {args.gpus} GPU(s); GiB of tensors per GPU at the peak of a '
+          'training step')
+    header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step',
+              'ddp')
     rows, results = [header], []
     for k in settings:
         for n in batch_sizes:
             e = estimate(n, k).as_gib()
             rows.append((_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
                          f"{e['weights']:.2f}", f"{e['ema']:.2f}",
-                         f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}"))
+                         f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
+                         f"{e['ddp_buckets']:.2f}"))
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
     print('step: gradients, activations and temporaries at the peak (with the batch)')

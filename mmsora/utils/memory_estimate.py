@@ -7,7 +7,8 @@ peak is the peak of live tensor bytes; on the CPU this is exactly what torch's
 allocator reports for the same step on real tensors
 (``tests/test_utils/test_memory_estimate.py``), so it is what a GPU's
 ``torch.cuda.max_memory_allocated`` shows, up to the kernels that differ between
-devices. A card needs a little more than that: the CUDA context and the caching
+devices. Several GPUs add DDP's gradient buckets (counted in closed form). A card needs
+a little more than that: the CUDA context and the caching
 allocator's unused blocks (the ``headroom`` of :func:`usable_bytes`).
 
 The step is the one ``tools/train.py`` runs: the config's denoiser and objective
@@ -78,6 +79,7 @@ class MemoryEstimate:
     ema: int               # EMAHook's averaged copy
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
+    ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
 
     def as_gib(self) -> dict:
         return {k: (v / GiB if k != 'batch_size' else v) for k, v in asdict(self).items()}
@@ -133,7 +135,7 @@ def _ema_cfg(cfg) -> Optional[dict]:
 
 def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
-                             text_len: Optional[int] = None,
+                             text_len: Optional[int] = None, gpus: int = 1,
                              fake: bool = True) -> MemoryEstimate:
     """Peak memory of a training step of ``cfg`` at ``batch_size`` per GPU.
 
@@ -145,6 +147,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         grad_checkpointing (bool | int, optional): Overrides the denoiser's setting.
         text_len (int, optional): Text tokens per sample of a text-conditioned model;
             defaults to a VideoDiT's ``max_text_len`` (120, T5 in Open-Sora), else 77.
+        gpus (int): Data-parallel processes. Above 1, DDP keeps one bucket buffer of
+            the trainable weights' size, for the whole run (measured: the peak grows by
+            exactly that); with ``gradient_as_bucket_view`` it is less.
         fake (bool): Count on fake tensors (no memory, no compute); False runs the
             step for real on the CPU (small models: what the tests compare with).
 
@@ -197,10 +202,14 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
                       if isinstance(t, torch.Tensor))
     persistent -= batch_bytes
-    return MemoryEstimate(batch_size=batch_size, peak=mem.peak, weights=weights,
-                          ema=ema_bytes,
+    ddp_buckets = 0
+    if gpus > 1:
+        ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()
+                          if p.requires_grad)
+    return MemoryEstimate(batch_size=batch_size, peak=mem.peak + ddp_buckets,
+                          weights=weights, ema=ema_bytes,
                           optimizer_states=persistent - weights - ema_bytes,
-                          step=mem.peak - persistent)
+                          step=mem.peak - persistent, ddp_buckets=ddp_buckets)
 
 
 def usable_bytes(budget_gib: float, headroom: float = 0.1) -> float:
