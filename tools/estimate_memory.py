@@ -3,7 +3,7 @@ counted on fake tensors (no GPU, nothing computed; seconds even for XL video mod
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
-        [--gpus N] [--text-len L] [--max-batch 256] [--json FILE] \
+        [--gpus N] [--text-len L] [--max-batch 256] [--measure cuda] [--json FILE] \
         [--cfg-options KEY=VALUE ...]
 
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
@@ -11,7 +11,8 @@ at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
 GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
-buckets. DeepSpeed configs are not modelled.
+buckets. ``--measure cuda`` runs the same steps for real on the GPU and prints the
+allocator's peak beside each estimate. DeepSpeed configs are not modelled.
 """
 import argparse
 import json
@@ -46,6 +47,10 @@ def parse_args(argv=None):
                         'added (one more copy of the trainable weights)')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
+    parser.add_argument('--measure', choices=['cuda', 'cpu'],
+                        help='also run each step for real there and print its peak '
+                        'beside the estimate (CUDA: torch.cuda.max_memory_allocated; '
+                        'CPU: the same count on real tensors)')
     parser.add_argument('--json', metavar='FILE', help='also write the results here')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
     return parser.parse_args(argv)
@@ -71,6 +76,10 @@ def _check(args, cfg):
             raise UserError(f'batch sizes must be >= 1, got {value}')
     if args.gpus < 1:
         raise UserError(f'--gpus must be >= 1, got {args.gpus}')
+    if args.measure == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError('--measure cuda: no CUDA device on this machine')
     for value in args.grad_checkpointing or []:
         if value < 0:
             raise UserError(f'--grad-checkpointing K must be >= 0, got {value}')
@@ -101,15 +110,22 @@ def main(argv=None):
           f'{precision}, {args.gpus} GPU(s); GiB of tensors per GPU at the peak of a '
           'training step')
     header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step',
-              'ddp')
+              'ddp') + (('measured',) if args.measure else ())
     rows, results = [header], []
     for k in settings:
         for n in batch_sizes:
             e = estimate(n, k).as_gib()
-            rows.append((_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
-                         f"{e['weights']:.2f}", f"{e['ema']:.2f}",
-                         f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
-                         f"{e['ddp_buckets']:.2f}"))
+            row = (_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
+                   f"{e['weights']:.2f}", f"{e['ema']:.2f}",
+                   f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
+                   f"{e['ddp_buckets']:.2f}")
+            if args.measure:
+                real = estimate_training_memory(
+                    cfg, n, amp=precision, grad_checkpointing=k, text_len=args.text_len,
+                    gpus=args.gpus, fake=False, device=args.measure).as_gib()
+                e['measured'] = real['measured'] or real['peak']
+                row += (f"{e['measured']:.2f}",)
+            rows.append(row)
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
     print('step: gradients, activations and temporaries at the peak (with the batch)')

@@ -17,7 +17,6 @@ an averaged copy of the model when the config has an ``EMAHook``, and
 autocast over fp32 weights for ``--amp``. Latents and text embeddings come from the
 batch (pre-extracted), so the VAE and the text encoder are not in the step.
 """
-import contextlib
 import copy
 import weakref
 from dataclasses import asdict, dataclass
@@ -80,9 +79,12 @@ class MemoryEstimate:
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
+    # A real step on CUDA: torch.cuda.max_memory_allocated (+ ddp_buckets, counted)
+    measured: Optional[int] = None
 
     def as_gib(self) -> dict:
-        return {k: (v / GiB if k != 'batch_size' else v) for k, v in asdict(self).items()}
+        return {k: (v / GiB if k != 'batch_size' and v is not None else v)
+                for k, v in asdict(self).items()}
 
 
 def _training_model_cfg(cfg) -> dict:
@@ -136,7 +138,7 @@ def _ema_cfg(cfg) -> Optional[dict]:
 def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
                              text_len: Optional[int] = None, gpus: int = 1,
-                             fake: bool = True) -> MemoryEstimate:
+                             fake: bool = True, device: str = 'cpu') -> MemoryEstimate:
     """Peak memory of a training step of ``cfg`` at ``batch_size`` per GPU.
 
     Args:
@@ -151,7 +153,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             the trainable weights' size, for the whole run (measured: the peak grows by
             exactly that); with ``gradient_as_bucket_view`` it is less.
         fake (bool): Count on fake tensors (no memory, no compute); False runs the
-            step for real on the CPU (small models: what the tests compare with).
+            step for real on ``device`` (what the tests and ``tools/estimate_memory.py
+            --measure`` compare with).
+        device (str): Where a real (``fake=False``) step runs: ``'cpu'`` or
+            ``'cuda'``; on CUDA the result's ``measured`` is the allocator's peak.
 
     Returns:
         MemoryEstimate: the peak and its parts, in bytes.
@@ -170,7 +175,14 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     ema_cfg = _ema_cfg(cfg)
 
     # Tables built from numpy at construction are real tensors: allowed as inputs.
-    tensors = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    tensors = (FakeTensorMode(allow_non_fake_inputs=True) if fake
+               else torch.device(device))
+    device_type = 'cpu' if fake else torch.device(device).type
+    on_cuda = device_type == 'cuda'
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
     with tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
         weights = mem.current
@@ -185,7 +197,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         kwargs = _model_kwargs(model, batch_size, text_len)
 
         def step():
-            with torch.autocast('cpu', dtype=dtype or torch.bfloat16,
+            with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                 enabled=dtype is not None):
                 loss = model.diffusion.loss(model.denoiser, x, model_kwargs=kwargs)['loss']
             loss.float().mean().backward()
@@ -206,10 +218,15 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     if gpus > 1:
         ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()
                           if p.requires_grad)
+    measured = None
+    if on_cuda:
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated() - cuda_before + ddp_buckets
     return MemoryEstimate(batch_size=batch_size, peak=mem.peak + ddp_buckets,
                           weights=weights, ema=ema_bytes,
                           optimizer_states=persistent - weights - ema_bytes,
-                          step=mem.peak - persistent, ddp_buckets=ddp_buckets)
+                          step=mem.peak - persistent, ddp_buckets=ddp_buckets,
+                          measured=measured)
 
 
 def usable_bytes(budget_gib: float, headroom: float = 0.1) -> float:

@@ -188,11 +188,13 @@ def test_tool_prints_the_table_and_the_largest_batch(tmp_path, capsys):
     tiny_cfg().dump(str(cfg_file))
     out = estimate_memory.main([str(cfg_file), '--batch-size', '2', '4',
                                 '--grad-checkpointing', '0', '1', '--budget-gb', '0.001',
-                                '--headroom', '0', '--max-batch', '64',
+                                '--headroom', '0', '--max-batch', '64', '--measure', 'cpu',
                                 '--json', str(tmp_path / 'm.json')])
     text = capsys.readouterr().out
     assert 'every block' in text and 'largest batch per GPU' in text
     assert len(out['estimates']) == 4
+    for row in out['estimates']:  # the real step on the CPU counts the same
+        assert row['measured'] == row['peak']
     assert json.loads((tmp_path / 'm.json').read_text())['largest_batch'] == out['largest_batch']
     budget = 0.001 * GiB  # 1 MiB: a small batch of this tiny model
     for row in out['largest_batch']:
@@ -213,6 +215,9 @@ def test_tool_refuses_bad_input(tmp_path):
         estimate_memory.main([str(cfg_file), '--batch-size', '0'])
     with pytest.raises(UserError, match='--gpus must be'):
         estimate_memory.main([str(cfg_file), '--gpus', '0'])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match='no CUDA device'):
+            estimate_memory.main([str(cfg_file), '--measure', 'cuda'])
     ds = Config(dict(tiny_cfg().to_dict(), strategy=dict(type='DeepSpeedStrategy')))
     ds.dump(str(tmp_path / 'ds.py'))
     with pytest.raises(UserError, match='DeepSpeed configs are not modelled'):
