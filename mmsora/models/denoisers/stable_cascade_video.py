@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
+from ..layers import split_heads
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
            'STAGE_C_LITE', 'STAGE_C']
@@ -91,8 +92,7 @@ class TemporalAttention(nn.Module):
         """x: (B, T, C) with B = N * H * W sequences of T frames -> (B, T, C)."""
         b, t, c = x.shape
         h = self.norm(x) + frame_position_embedding(t, c, x.device).to(x.dtype)
-        q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, c // self.num_heads) \
-            .permute(2, 0, 3, 1, 4)                              # 3 x (B, heads, T, d)
+        q, k, v = split_heads(self.qkv(h), 3, self.num_heads)   # 3 x (B, heads, T, d)
         out = F.scaled_dot_product_attention(q, k, v)            # (B, heads, T, d)
         return x + self.proj(out.transpose(1, 2).reshape(b, t, c))
 

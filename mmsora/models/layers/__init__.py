@@ -1,5 +1,5 @@
 """Building blocks shared by the denoisers (DiT, VideoDiT, ...)."""
-from .attention import Attention, Mlp
+from .attention import Attention, Mlp, split_heads
 from .caption_embedder import CaptionEmbedder
 from .cross_attention import MultiHeadCrossAttention
 from .embedders import (LabelEmbedder, PatchEmbed, TimestepEmbedder,
@@ -8,7 +8,7 @@ from .embedders import (LabelEmbedder, PatchEmbed, TimestepEmbedder,
 from .modulate import modulate
 
 __all__ = [
-    'Attention', 'Mlp', 'CaptionEmbedder', 'MultiHeadCrossAttention', 'PatchEmbed', 'TimestepEmbedder', 'LabelEmbedder', 'modulate',
+    'Attention', 'Mlp', 'split_heads', 'CaptionEmbedder', 'MultiHeadCrossAttention', 'PatchEmbed', 'TimestepEmbedder', 'LabelEmbedder', 'modulate',
     'get_1d_sincos_pos_embed_from_grid', 'get_2d_sincos_pos_embed_from_grid',
     'get_2d_sincos_pos_embed'
 ]

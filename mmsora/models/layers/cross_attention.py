@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import split_heads
+
 
 class MultiHeadCrossAttention(nn.Module):
     """Multi-head cross-attention with a key padding mask."""
@@ -42,10 +44,8 @@ class MultiHeadCrossAttention(nn.Module):
             Tensor: (N, M, D).
         """
         N, M, D = x.shape
-        L = cond.shape[1]
         q = self.q_linear(x).reshape(N, M, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv_linear(cond).reshape(N, L, 2, self.num_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (N, H, L, Dh)
+        k, v = split_heads(self.kv_linear(cond), 2, self.num_heads)  # 2 x (N, H, L, Dh)
         attn_mask = None
         if mask is not None:
             mask = mask.to(torch.bool)
