@@ -3,13 +3,13 @@
 One training step (two, so the optimizer states exist) runs on *fake* tensors
 (``torch._subclasses.FakeTensorMode``: shapes, dtypes and autograd, no data), while
 :class:`LiveTensorBytes` follows every tensor storage the step creates and frees. Its
-peak is the peak of live tensor bytes; on the CPU this is exactly what torch's
-allocator reports for the same step on real tensors
-(``tests/test_utils/test_memory_estimate.py``), so it is what a GPU's
+peak is the peak of live tensor bytes; on the CPU it is what torch's allocator reports
+for the same step on real tensors, but for buffers that kernels allocate inside
+themselves (``tests/test_utils/test_memory_estimate.py``), so it is what a GPU's
 ``torch.cuda.max_memory_allocated`` shows, up to the kernels that differ between
 devices. Several GPUs add DDP's gradient buckets (counted in closed form). A card needs
-a little more than that: the CUDA context and the caching
-allocator's unused blocks (the ``headroom`` of :func:`usable_bytes`).
+a little more: the CUDA context and the caching allocator's unused blocks (the
+``headroom`` of :func:`usable_bytes`).
 
 The step is the one ``tools/train.py`` runs: the config's denoiser and objective
 (``model.diffusion.loss``), the config's optimizer (fused Adam/AdamW, as on CUDA),
@@ -122,8 +122,6 @@ def _build_optimizer(cfg, model):
     from mmsora.registry import OPTIMIZERS
     opt_cfg = copy.deepcopy(dict(cfg.optim_wrapper.optimizer))
     prefer_fused_optimizer(opt_cfg, 'cuda')  # what tools/train.py does on a GPU
-    if opt_cfg.get('fused'):
-        opt_cfg.pop('foreach', None)
     params = [p for p in model.parameters() if p.requires_grad]
     return OPTIMIZERS.build(dict(opt_cfg, params=params))
 
