@@ -130,7 +130,11 @@ def build_train_config(args):
             # mmengine's non-strict loader, which would skip mismatched keys silently.
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
-    from mmsora.engine.strategies import apply_speed_options, apply_strategy
+    from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
+                                          apply_strategy, launcher_world_size)
+    # A config's global_batch_size fixes the batch across process counts (before
+    # DeepSpeed's presets read the per-process batch).
+    apply_global_batch(cfg, launcher_world_size(args.launcher))
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
     if not torch.cuda.is_available():

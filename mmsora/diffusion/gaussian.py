@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
+from mmsora.utils import sample_rng
 from .scheduler_sampling import CountingModel, check_sampler_options, scheduler_sample_loop
 from .schedulers import build_noise_scheduler
 
@@ -293,7 +294,7 @@ class GaussianDiffusion:
     def q_sample(self, x_start, t, noise=None):
         """Sample x_t ~ q(x_t | x_0) = N(sqrt(acp_t) x_0, (1 - acp_t) I)."""
         if noise is None:
-            noise = torch.randn_like(x_start)
+            noise = sample_rng.randn_like(x_start)
         assert noise.shape == x_start.shape
         return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start +
                 _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
@@ -539,7 +540,7 @@ class GaussianDiffusion:
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
         if noise is None:
-            noise = torch.randn_like(x_start)
+            noise = sample_rng.randn_like(x_start)
         x_t = self.q_sample(x_start, t, noise=noise)
         terms = {}
 
@@ -591,7 +592,7 @@ class GaussianDiffusion:
             dict: ``loss`` of shape (N,); ``mse`` (and ``vb`` with a learned
             variance), also (N,), for logging.
         """
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+        t = sample_rng.randint(self.num_timesteps, x0.shape[0], x0.device)
         return self.training_losses(model, x0, t, model_kwargs=model_kwargs)
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from mmsora.registry import DIFFUSION
+from mmsora.utils import sample_rng
 from .gaussian import _randn, mean_flat
 from .scheduler_sampling import CountingModel, check_sampler_options, scheduler_sample_loop
 from .schedulers import build_noise_scheduler
@@ -278,9 +279,9 @@ class Transport:
         """Training times in [t0, t1]: uniform or logit-normal."""
         t0, t1 = self.interval(self.train_eps)
         if self.time_dist == 'uniform':
-            u = torch.rand(n, device=device)
+            u = sample_rng.rand(n, device)
         else:  # the noise level 1 - u is logit-normal
-            u = 1 - torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device))
+            u = 1 - torch.sigmoid(self.logit_mean + self.logit_std * sample_rng.randn((n,), device))
         return t0 + (t1 - t0) * u
 
     def loss(self, model, x0, model_kwargs=None):
@@ -296,7 +297,7 @@ class Transport:
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
         t = self.sample_time(x0.shape[0], x0.device)
-        noise = torch.randn_like(x0)
+        noise = sample_rng.randn_like(x0)
         x_t, u_t = self.path.interpolate(t, noise, x0)
         out = self._call(model, x_t, t, model_kwargs)
         assert out.shape == x_t.shape, f'model output {tuple(out.shape)} != {tuple(x_t.shape)}'

@@ -15,6 +15,7 @@ from diffusers import DDPMWuerstchenScheduler
 from tqdm import tqdm
 
 from mmsora.registry import DIFFUSION
+from mmsora.utils import sample_rng
 from .scheduler_sampling import CountingModel, check_sampler_options
 
 __all__ = ['WuerstchenDiffusion']
@@ -75,8 +76,8 @@ class WuerstchenDiffusion:
         Returns:
             dict: ``loss`` (N,) and the unweighted ``mse`` (N,).
         """
-        t = torch.rand(x0.shape[0], device=x0.device)
-        noise = torch.randn_like(x0)
+        t = sample_rng.rand(x0.shape[0], x0.device)
+        noise = sample_rng.randn_like(x0)
         pred = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
         mse = ((pred.float() - noise.float()) ** 2).mean(dim=list(range(1, x0.dim())))
         if self.loss_weight == 'p2':

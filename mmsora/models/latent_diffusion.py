@@ -2,12 +2,17 @@
 and sampled through mmengine (after DiT's ``train.py`` and ``sample.py``,
 Peebles & Xie 2023).
 """
+import contextlib
+from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Union
 
 import torch
+from mmengine.dist import all_reduce, get_dist_info
+from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 
 from mmsora.registry import DIFFUSION, MODELS
+from mmsora.utils import sample_rng
 
 __all__ = ['LatentDiffusion']
 
@@ -42,6 +47,16 @@ class LatentDiffusion(BaseModel):
             into the denoiser (``strict=True``) by ``init_weights``, i.e. when a run
             starts; ``tools/train.py --load-from`` sets it for such files. A denoiser
             with a ``load_image_dit`` method (VideoDiT) inflates the image DiT instead.
+        train_noise_seed: None (default): a training step draws its timesteps, noise
+            and label / caption drops from torch's global generator, per process (as
+            DiT). An int: each sample draws them from its own generator seeded by
+            ``(train_noise_seed, iteration, place in the global batch)``
+            (:mod:`mmsora.utils.sample_rng`), so the same global batch gives the
+            same per-sample losses and gradients on any number of processes, and a
+            resumed run needs no RNG state for them. The place of local sample ``i``
+            on rank ``r`` of ``W`` is ``i * W + r``: mmengine's ``DefaultSampler`` and
+            ``InfiniteSampler`` hand out the global order that way. Costs one small
+            CPU generator per sample per step.
         data_preprocessor: mmengine data preprocessor config.
         init_cfg: mmengine init config.
     """
@@ -54,6 +69,7 @@ class LatentDiffusion(BaseModel):
                  latent_shape: Sequence[int] = (4, 32, 32),
                  num_classes: int = 1000,
                  pretrained_denoiser: Optional[str] = None,
+                 train_noise_seed: Optional[int] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -64,6 +80,7 @@ class LatentDiffusion(BaseModel):
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self.pretrained_denoiser = pretrained_denoiser
+        self.train_noise_seed = None if train_noise_seed is None else int(train_noise_seed)
 
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
@@ -127,14 +144,36 @@ class LatentDiffusion(BaseModel):
             labels = self._unconditional_labels(labels, x)
             self._check_labels(labels)
             model_kwargs = dict(y=labels)
-        # The objective draws its own timesteps and noise.
-        terms = self.diffusion.loss(self.denoiser, x, model_kwargs=model_kwargs)
+        # The objective draws its own timesteps and noise (the denoiser its label drops).
+        with self._training_draws(len(x)):
+            terms = self.diffusion.loss(self.denoiser, x, model_kwargs=model_kwargs)
         # Only keys containing 'loss' are summed by mmengine; the rest are logged.
         out = dict(loss=terms['loss'].mean())
         for key, value in terms.items():
             if key != 'loss':
                 out[key] = value.detach().float().mean()
         return out
+
+    def _training_draws(self, n):
+        """Per-sample generators for this step's draws when ``train_noise_seed`` is set."""
+        if self.train_noise_seed is None:
+            return contextlib.nullcontext()
+        rank, world_size = get_dist_info()
+        step = MessageHub.get_current_instance().get_info('iter', 0)
+        seeds = sample_rng.sample_seeds(self.train_noise_seed, step,
+                                        [i * world_size + rank for i in range(n)])
+        return sample_rng.per_sample_generators(sample_rng.make_generators(seeds))
+
+    def parse_losses(self, losses):
+        """mmengine's sum of the ``loss`` terms; the logged values are averaged over
+        the processes (one small all-reduce), so the log shows the global batch's loss
+        as DiT's does, not process 0's part of it. The returned loss stays local."""
+        loss, log_vars = super().parse_losses(losses)
+        if get_dist_info()[1] > 1:
+            values = torch.stack([v.detach().float() for v in log_vars.values()])
+            all_reduce(values, op='mean')
+            log_vars = OrderedDict(zip(log_vars.keys(), values.unbind()))
+        return loss, log_vars
 
     def _latents_from(self, latents, images):
         if latents is not None:

@@ -1,6 +1,7 @@
 """What ``tools/train.py``'s ``--deepspeed``, ``--fsdp`` and ``--compile`` do to a
 config (kept here so that they are tested without starting a run)."""
 import importlib.util
+import os
 import socket
 
 import torch
@@ -10,7 +11,7 @@ from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runne
 from .speed import prefer_fused_optimizer
 
 __all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
-           'single_process_env']
+           'single_process_env', 'apply_global_batch', 'launcher_world_size']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -96,3 +97,35 @@ def apply_speed_options(cfg, compile=False):
     if compile and not any(h.get('type') == 'CompileDenoiserHook' for h in hooks):
         hooks.append(dict(type='CompileDenoiserHook'))
     return cfg
+
+
+def launcher_world_size(launcher: str) -> int:
+    """How many processes the run has, from the launcher's environment."""
+    if launcher == 'pytorch':  # torchrun / dist_train.sh
+        return int(os.environ.get('WORLD_SIZE', 1))
+    if launcher == 'slurm':  # srun; mmengine's slurm setup uses the same count
+        return int(os.environ.get('SLURM_NTASKS', 1))
+    return 1
+
+
+def apply_global_batch(cfg, world_size: int):
+    """Set the per-process batch from a config's ``global_batch_size`` (DiT's
+    ``--global-batch-size``): ``global_batch_size / (world_size * accumulative_counts)``.
+
+    Without ``global_batch_size`` the config's ``train_dataloader.batch_size`` stays
+    the per-process batch (OpenMMLab's ``8xb32`` naming). Returns the per-process
+    batch, or None when the config has no global batch.
+    """
+    total = cfg.get('global_batch_size')
+    if total is None:
+        return None
+    accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    if (not isinstance(total, int) or total < 1
+            or total % (world_size * accum) != 0):
+        raise UserError(
+            f'global_batch_size={total!r} does not split evenly over {world_size} '
+            f'process(es) x {accum} accumulation step(s) '
+            '(optim_wrapper.accumulative_counts): pick a multiple of '
+            f'{world_size * accum}')
+    cfg.train_dataloader.batch_size = total // (world_size * accum)
+    return cfg.train_dataloader.batch_size

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
+from mmsora.utils import sample_rng
 from ..layers import split_heads
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
@@ -288,7 +289,7 @@ class StableCascadeVideo(nn.Module):
                              f'{tuple(pooled.shape)}')
         y, pooled = y.to(dtype), pooled.to(dtype)
         if self.training and self.cond_dropout_prob > 0:
-            keep = (torch.rand(n, device=device) >= self.cond_dropout_prob).to(dtype)
+            keep = (sample_rng.rand(n, device) >= self.cond_dropout_prob).to(dtype)
             y, pooled = y * keep[:, None, None], pooled * keep[:, None]
         return y, pooled
 

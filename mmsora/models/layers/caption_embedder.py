@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
+from mmsora.utils import sample_rng
 from .attention import Mlp
 
 
@@ -45,7 +46,7 @@ class CaptionEmbedder(nn.Module):
         """
         N, L, C = caption.shape
         if force_drop_ids is None:
-            drop = torch.rand(N, device=caption.device) < self.dropout_prob
+            drop = sample_rng.rand(N, caption.device) < self.dropout_prob
         else:
             drop = force_drop_ids.to(caption.device) == 1
         if mask is None:

@@ -10,6 +10,8 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
+from mmsora.utils import sample_rng
+
 
 # --------------------------------------------------------------------------- #
 #                        Embedding layers for patches                          #
@@ -98,7 +100,7 @@ class LabelEmbedder(nn.Module):
     def token_drop(self, labels: torch.Tensor, force_drop_ids: torch.Tensor = None) -> torch.Tensor:
         """Replace dropped labels by the null class; ``force_drop_ids == 1`` forces a drop."""
         if force_drop_ids is None:
-            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            drop_ids = sample_rng.rand(labels.shape[0], labels.device) < self.dropout_prob
         else:
             drop_ids = force_drop_ids == 1
         return torch.where(drop_ids, self.num_classes, labels)

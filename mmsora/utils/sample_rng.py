@@ -1,0 +1,107 @@
+"""The random draws of a training step, optionally keyed per sample.
+
+A training step draws, per sample, a timestep, the noise and whether its label or
+caption is dropped (for classifier-free guidance). By default these come from torch's
+global generator, batch by batch, so each process draws for the part of the global
+batch it holds: the draws, and so the loss, depend on how many processes share the
+batch (DiT seeds each process with ``seed * world_size + rank``).
+
+Inside :func:`per_sample_generators` every draw made through this module gives sample
+``i`` values from its own CPU generator ``generators[i]``. LatentDiffusion seeds them
+with :func:`sample_seeds` from a fixed seed, the iteration and the sample's place in
+the global batch, so a sample gets the same timestep, noise and label drop whether the
+batch runs on one process or is split over many (``LatentDiffusion(train_noise_seed=...)``).
+
+The draw sites (the objectives' ``loss``, the label / caption embedders' dropout) call
+:func:`rand`, :func:`randn_like` and :func:`randint` here; outside the context they are
+exactly ``torch.rand`` / ``torch.randn_like`` / ``torch.randint``.
+"""
+import contextlib
+import contextvars
+from typing import List, Optional, Sequence
+
+import torch
+
+__all__ = ['per_sample_generators', 'sample_seeds', 'rand', 'randn', 'randn_like', 'randint']
+
+_GENERATORS: contextvars.ContextVar = contextvars.ContextVar('mmsora_sample_generators',
+                                                            default=None)
+_MASK64 = (1 << 64) - 1
+
+
+@contextlib.contextmanager
+def per_sample_generators(generators: Sequence[torch.Generator]):
+    """Draw through this module from one generator per sample (CPU generators)."""
+    token = _GENERATORS.set(list(generators))
+    try:
+        yield
+    finally:
+        _GENERATORS.reset(token)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seeds(seed: int, step: int, positions: Sequence[int]) -> List[int]:
+    """One 63-bit seed per sample, a hash of ``(seed, step, position)``."""
+    base = _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(step) & _MASK64))
+    return [_splitmix64(base ^ (int(p) & _MASK64)) >> 1 for p in positions]
+
+
+def make_generators(seeds: Sequence[int]) -> List[torch.Generator]:
+    """CPU generators seeded with ``seeds``."""
+    gens = []
+    for s in seeds:
+        g = torch.Generator()
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+def _active(n: int) -> Optional[List[torch.Generator]]:
+    gens = _GENERATORS.get()
+    if gens is not None and len(gens) != n:
+        raise ValueError(f'a draw for {n} samples inside per_sample_generators with '
+                         f'{len(gens)} generators: the batch changed size inside the step')
+    return gens
+
+
+def _per_sample(gens, draw, device):
+    return torch.stack([draw(g) for g in gens]).to(device)
+
+
+def rand(n: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``torch.rand(n)``: uniform [0, 1), one value per sample."""
+    gens = _active(n)
+    if gens is None:
+        return torch.rand(n, device=device, dtype=dtype)
+    return _per_sample(gens, lambda g: torch.rand((), generator=g, dtype=dtype), device)
+
+
+def randn(shape: Sequence[int], device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``torch.randn(shape)``; ``shape[0]`` is the batch."""
+    shape = tuple(shape)
+    gens = _active(shape[0])
+    if gens is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return _per_sample(gens, lambda g: torch.randn(shape[1:], generator=g, dtype=dtype),
+                       device)
+
+
+def randn_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.randn_like(x)``; ``x``'s first axis is the batch."""
+    if _GENERATORS.get() is None:
+        return torch.randn_like(x)
+    return randn(x.shape, x.device, x.dtype)
+
+
+def randint(high: int, n: int, device=None) -> torch.Tensor:
+    """``torch.randint(0, high, (n,))``."""
+    gens = _active(n)
+    if gens is None:
+        return torch.randint(0, high, (n,), device=device)
+    return _per_sample(gens, lambda g: torch.randint(0, high, (), generator=g), device)
