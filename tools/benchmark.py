@@ -51,6 +51,10 @@ def parse_args(argv=None):
     parser.add_argument('--grad-checkpointing', type=int, metavar='K',
                         help='set the denoiser\'s grad_checkpointing: recompute every '
                         'K-th block in the backward pass (1: every block, 0: none)')
+    parser.add_argument('--attn-backend', default='auto',
+                        choices=['auto', 'sdpa', 'flash_attn', 'xformers'],
+                        help='attention kernel of our denoiser (auto: flash-attn or '
+                        'xformers where installed and suitable, else PyTorch SDPA)')
     parser.add_argument('--seed', type=int, default=0)
     # Internal: run one implementation in this process and print its result.
     parser.add_argument('--worker', choices=['ours', 'diffusers'], help=argparse.SUPPRESS)
@@ -129,6 +133,9 @@ def run_worker(args) -> dict:
     if args.grad_checkpointing is not None and args.worker == 'ours':
         cfg['grad_checkpointing'] = args.grad_checkpointing
     model, forward = (build_ours if args.worker == 'ours' else build_diffusers)(cfg)
+    if args.worker == 'ours':
+        from mmsora.models.layers import set_attention_backend
+        set_attention_backend(model, args.attn_backend)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0)
@@ -180,6 +187,11 @@ def run_worker(args) -> dict:
         samples_per_s=n / step_s,
         loss=loss.item(),
     )
+    if args.worker == 'ours' and 'hidden_size' in arch and 'num_heads' in arch:
+        from mmsora.models.layers.attention_backends import resolve_backend
+        result['attn_kernel'] = resolve_backend(
+            args.attn_backend, device.type, dtype or torch.float32,
+            arch['hidden_size'] // arch['num_heads'], masked=False, dropout_p=0.0)
     if cfg.get('type') == 'DiT':
         from mmsora.models import dit_flops
         tokens = (arch['input_size'] // arch['patch_size']) ** 2
@@ -248,12 +260,15 @@ def main(argv=None):
         results.append(best)
     setup = dict(config=args.config, model=None if args.config else args.model,
                  input_size=args.input_size, batch_size=args.batch_size,
-                 grad_checkpointing=args.grad_checkpointing,
+                 grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
                  device=args.device, precision=args.precision, steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
     print(format_table(results))
+    for r in results:
+        if 'attn_kernel' in r:
+            print(f"{r['impl']}: attention kernel {r['attn_kernel']}")
     if args.repeats > 1:
         for r in results:
             print(f"{r['impl']}: step_ms of each run {r['step_ms_all']}")

@@ -12,6 +12,7 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 
 from mmsora.registry import DIFFUSION, MODELS
+from .layers import set_attention_backend
 from mmsora.utils import sample_rng
 
 __all__ = ['LatentDiffusion']
@@ -57,6 +58,10 @@ class LatentDiffusion(BaseModel):
             on rank ``r`` of ``W`` is ``i * W + r``: mmengine's ``DefaultSampler`` and
             ``InfiniteSampler`` hand out the global order that way. Costs one small
             CPU generator per sample per step.
+        attn_backend: Attention kernel of the denoiser's attention layers:
+            ``'auto'`` (flash-attn or xformers where installed and suitable, else
+            PyTorch SDPA), ``'sdpa'``, ``'flash_attn'`` or ``'xformers'``
+            (:mod:`mmsora.models.layers.attention_backends`).
         data_preprocessor: mmengine data preprocessor config.
         init_cfg: mmengine init config.
     """
@@ -70,10 +75,11 @@ class LatentDiffusion(BaseModel):
                  num_classes: int = 1000,
                  pretrained_denoiser: Optional[str] = None,
                  train_noise_seed: Optional[int] = None,
+                 attn_backend: str = 'auto',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.denoiser = MODELS.build(denoiser)
+        self.denoiser = set_attention_backend(MODELS.build(denoiser), attn_backend)
         self.diffusion = DIFFUSION.build(diffusion)
         self.vae = MODELS.build(vae) if vae is not None else None
         self.text_encoder = MODELS.build(text_encoder) if text_encoder is not None else None

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
 from ..layers import split_heads
+from ..layers.attention_backends import attention
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
            'STAGE_C_LITE', 'STAGE_C']
@@ -88,13 +89,14 @@ class TemporalAttention(nn.Module):
         self.proj = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.attn_backend = 'auto'  # see layers/attention_backends.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) with B = N * H * W sequences of T frames -> (B, T, C)."""
         b, t, c = x.shape
         h = self.norm(x) + frame_position_embedding(t, c, x.device).to(x.dtype)
         q, k, v = split_heads(self.qkv(h), 3, self.num_heads)   # 3 x (B, heads, T, d)
-        out = F.scaled_dot_product_attention(q, k, v)            # (B, heads, T, d)
+        out = attention(q, k, v, backend=self.attn_backend)      # (B, heads, T, d)
         return x + self.proj(out.transpose(1, 2).reshape(b, t, c))
 
 

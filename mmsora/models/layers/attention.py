@@ -7,7 +7,8 @@ depending on timm.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from .attention_backends import attention
 
 
 def split_heads(packed: torch.Tensor, num: int, num_heads: int) -> tuple:
@@ -36,15 +37,16 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.attn_backend = 'auto'  # see attention_backends.py
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, T, D) -> (N, T, D)."""
         N, T, D = x.shape
         q, k, v = split_heads(self.qkv(x), 3, self.num_heads)  # 3 x (N, H, T, Dh)
-        # SDPA picks a fused kernel (flash / memory-efficient / CPU flash) and never
-        # materialises the (T, T) attention matrix when it can avoid it.
-        x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        # A fused kernel (SDPA's flash / memory-efficient / CPU flash, or flash-attn /
+        # xformers) never materialises the (T, T) attention matrix.
+        x = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
+                      backend=self.attn_backend)
         x = x.transpose(1, 2).reshape(N, T, D)  # (N, T, D)
         return self.proj_drop(self.proj(x))
 

@@ -9,9 +9,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
 from .attention import split_heads
+from .attention_backends import attention
 
 
 class MultiHeadCrossAttention(nn.Module):
@@ -28,6 +27,7 @@ class MultiHeadCrossAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.attn_backend = 'auto'  # see attention_backends.py (masked calls: SDPA)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -50,9 +50,9 @@ class MultiHeadCrossAttention(nn.Module):
         if mask is not None:
             mask = mask.to(torch.bool)
             attn_mask = mask[:, None, None, :]  # (N, 1, 1, L), broadcast over heads/queries
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask,
-            dropout_p=self.attn_drop if self.training else 0.0)  # (N, H, M, Dh)
+        out = attention(q, k, v, attn_mask=attn_mask,
+                        dropout_p=self.attn_drop if self.training else 0.0,
+                        backend=self.attn_backend)  # (N, H, M, Dh)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(N, M, D)))
         if mask is not None:
             # A fully masked row is a softmax over nothing (NaN or garbage, depending on
