@@ -152,13 +152,34 @@ class LatentDiffusion(BaseModel):
             model_kwargs = dict(y=labels)
         # The objective draws its own timesteps and noise (the denoiser its label drops).
         with self._training_draws(len(x)):
-            terms = self.diffusion.loss(self.denoiser, x, model_kwargs=model_kwargs)
+            terms = self.diffusion.loss(self._denoiser_in_weight_dtype(), x,
+                                        model_kwargs=model_kwargs)
         # Only keys containing 'loss' are summed by mmengine; the rest are logged.
         out = dict(loss=terms['loss'].mean())
         for key, value in terms.items():
             if key != 'loss':
                 out[key] = value.detach().float().mean()
         return out
+
+    def _denoiser_in_weight_dtype(self):
+        """The denoiser, called with its float inputs in its weights' dtype.
+
+        Under AMP the weights are float32 (autocast does the rest) and this is the
+        denoiser itself. DeepSpeed's bf16 / fp16 turn the module's weights to half
+        precision while the objective builds ``x_t`` in float32: the call casts ``x``
+        and the float conditioning (not the timesteps) to the weights' dtype.
+        """
+        dtype = next(self.denoiser.parameters()).dtype
+        if dtype == torch.float32:
+            return self.denoiser
+
+        def cast(value):
+            return (value.to(dtype) if torch.is_tensor(value) and value.is_floating_point()
+                    else value)
+
+        def call(x, t, **kwargs):
+            return self.denoiser(cast(x), t, **{k: cast(v) for k, v in kwargs.items()})
+        return call
 
     def _training_draws(self, n):
         """Per-sample generators for this step's draws when ``train_noise_seed`` is set."""

@@ -88,3 +88,15 @@ def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):
         zero_to_state_dict.resolve_folder(str(plain))
     with pytest.raises(UserError, match='not a DeepSpeed checkpoint folder'):
         zero_to_state_dict.resolve_folder(str(tmp_path))
+
+
+def test_zero2_bf16_trains_with_a_float32_ema(tmp_path):
+    """--deepspeed with --amp: DeepSpeed turns the module to bf16; the denoiser is
+    called in its weights' dtype (it failed on its first step before) and the EMA
+    stays float32 (FP32ExponentialMovingAverage)."""
+    ckpt = train(tmp_path / 'run', '--amp')
+    assert ckpt['ds_config']['bf16']['enabled'] is True
+    floats = [v for v in ckpt['module'].values() if v.is_floating_point()]
+    assert floats and {v.dtype for v in floats} == {torch.bfloat16}
+    ema = [v for v in ckpt['state_dict'].values() if v.is_floating_point()]  # EMA weights
+    assert {v.dtype for v in ema} == {torch.float32}

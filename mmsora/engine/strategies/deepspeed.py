@@ -209,6 +209,12 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         hooks = cfg.setdefault('custom_hooks', [])
         if not any(h.get('type') == 'ResumeHooksHook' for h in hooks):
             hooks.append(dict(type='ResumeHooksHook'))
+        # DeepSpeed's bf16 / fp16 turn the module itself to half precision: keep the
+        # EMA in float32 or its updates round away (mmsora/engine/ema.py).
+        plain_ema = 'ExponentialMovingAverage'
+        for hook in hooks:
+            if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
+                hook['ema_type'] = 'FP32ExponentialMovingAverage'
     elif kind != 'FSDPStrategy':
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
                         f'got {kind!r}')
