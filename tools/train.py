@@ -134,7 +134,11 @@ def build_train_config(args):
                                           apply_strategy, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
-    apply_global_batch(cfg, launcher_world_size(args.launcher))
+    world_size = launcher_world_size(args.launcher)
+    per_process = apply_global_batch(cfg, world_size)
+    if per_process is not None and int(os.environ.get('RANK', 0)) == 0:
+        print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
+              f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
     if not torch.cuda.is_available():

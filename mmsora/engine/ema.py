@@ -1,18 +1,28 @@
-"""An EMA of the weights that averages in float32 whatever dtype the model trains in.
+"""An EMA of the weights that averages in float32 whatever dtype the model trains in,
+and the EMAHook that keeps it exact around validation.
 
 mmengine's ``ExponentialMovingAverage`` deep-copies the model, so the average has
 the model's dtype. DeepSpeed with bf16 (``--deepspeed ... --amp``) turns the module
 itself into bf16 (its fp32 master weights live in the optimizer), and an average
 kept in bf16 cannot move: with DiT's momentum 1e-4, ``avg + 1e-4 * (w - avg)`` rounds
 back to ``avg`` (bf16 keeps 8 bits of mantissa). This average is float32: each
-update reads the (bf16) weights, converts them, and lerps in float32.
+update reads the (bf16) weights, converts them, and lerps in float32. It averages
+the module's bf16-rounded weights (not DeepSpeed's fp32 master copy), whose rounding
+noise averages out over the EMA's horizon.
+
+mmengine's EMAHook swaps the average into the model for validation / test by
+``copy_`` both ways, which would round a float32 average to the module's dtype at
+every validation; :class:`FP32EMAHook` restores it exactly afterwards.
 """
+import itertools
+
 import torch
+from mmengine.hooks import EMAHook
 from mmengine.model import ExponentialMovingAverage
 
-from mmsora.registry import MODELS
+from mmsora.registry import HOOKS, MODELS
 
-__all__ = ['FP32ExponentialMovingAverage']
+__all__ = ['FP32ExponentialMovingAverage', 'FP32EMAHook']
 
 
 @MODELS.register_module()
@@ -30,3 +40,31 @@ class FP32ExponentialMovingAverage(ExponentialMovingAverage):
     def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
                  steps: int) -> None:
         averaged_param.lerp_(source_param.to(averaged_param.dtype), self.momentum)
+
+
+@HOOKS.register_module()
+class FP32EMAHook(EMAHook):
+    """mmengine's ``EMAHook`` with :class:`FP32ExponentialMovingAverage` by default,
+    and a float32 average that comes back unrounded after validation / test."""
+
+    def __init__(self, ema_type: str = 'FP32ExponentialMovingAverage', **kwargs):
+        super().__init__(ema_type=ema_type, **kwargs)
+        self._kept = None  # the exact average while the model holds it
+
+    def _average_tensors(self):
+        module = self.ema_model.module
+        return list(itertools.chain(module.parameters(), module.buffers())
+                    if self.ema_model.update_buffers else module.parameters())
+
+    def _swap_ema_parameters(self) -> None:
+        """Swap as mmengine does (the hook calls it in pairs), then restore the
+        average from an exact copy when swapping back."""
+        average = self._average_tensors()
+        if self._kept is None:  # the average goes into the model
+            self._kept = [t.detach().clone() for t in average]
+            super()._swap_ema_parameters()
+        else:  # the trained weights come back; the average, exactly
+            super()._swap_ema_parameters()
+            for t, kept in zip(average, self._kept):
+                t.data.copy_(kept)
+            self._kept = None

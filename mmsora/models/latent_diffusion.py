@@ -54,10 +54,13 @@ class LatentDiffusion(BaseModel):
             ``(train_noise_seed, iteration, place in the global batch)``
             (:mod:`mmsora.utils.sample_rng`), so the same global batch gives the
             same per-sample losses and gradients on any number of processes, and a
-            resumed run needs no RNG state for them. The place of local sample ``i``
-            on rank ``r`` of ``W`` is ``i * W + r``: mmengine's ``DefaultSampler`` and
-            ``InfiniteSampler`` hand out the global order that way. Costs one small
-            CPU generator per sample per step.
+            resumed run needs no RNG state for them. The iteration is the Runner's
+            (mmengine's message hub); without a Runner, the count of ``loss`` calls.
+            The place of local sample ``i`` on rank ``r`` of ``W`` is ``i * W + r``:
+            mmengine's ``DefaultSampler`` and ``InfiniteSampler`` hand out the global
+            order that way. Costs one small CPU generator per sample per step. Not
+            covered: dropout layers (0 in our denoisers) and random augmentation
+            inside datasets (drawn per loader worker).
         attn_backend: Attention kernel of the denoiser's attention layers:
             ``'auto'`` (flash-attn or xformers where installed and suitable, else
             PyTorch SDPA), ``'sdpa'``, ``'flash_attn'`` or ``'xformers'``
@@ -87,6 +90,7 @@ class LatentDiffusion(BaseModel):
         self.num_classes = num_classes
         self.pretrained_denoiser = pretrained_denoiser
         self.train_noise_seed = None if train_noise_seed is None else int(train_noise_seed)
+        self._calls_without_runner = 0
 
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
@@ -141,17 +145,21 @@ class LatentDiffusion(BaseModel):
              text_mask: Optional[torch.Tensor] = None,
              pooled_text_embeds: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One training step's loss: latents -> (t, noise, predict: the objective) -> loss."""
-        x = self._latents_from(latents, images)               # (N, C, [T,] H, W)
-        self._check_latent_shape(x)
-        if self.text_conditioned:
-            model_kwargs = self._text_kwargs(x, caption, text_embeds, text_mask,
-                                             pooled_text_embeds)
-        else:
-            labels = self._unconditional_labels(labels, x)
-            self._check_labels(labels)
-            model_kwargs = dict(y=labels)
-        # The objective draws its own timesteps and noise (the denoiser its label drops).
-        with self._training_draws(len(x)):
+        source = latents if latents is not None else images
+        if source is None:
+            raise ValueError('LatentDiffusion.loss needs `latents` or `images` in the batch')
+        # Every random draw of the step happens in here: the VAE's posterior sample, the
+        # objective's timesteps and noise, the denoiser's label / caption drops.
+        with self._training_draws(len(source)):
+            x = self._latents_from(latents, images)               # (N, C, [T,] H, W)
+            self._check_latent_shape(x)
+            if self.text_conditioned:
+                model_kwargs = self._text_kwargs(x, caption, text_embeds, text_mask,
+                                                 pooled_text_embeds)
+            else:
+                labels = self._unconditional_labels(labels, x)
+                self._check_labels(labels)
+                model_kwargs = dict(y=labels)
             terms = self.diffusion.loss(self._denoiser_in_weight_dtype(), x,
                                         model_kwargs=model_kwargs)
         # Only keys containing 'loss' are summed by mmengine; the rest are logged.
@@ -186,7 +194,10 @@ class LatentDiffusion(BaseModel):
         if self.train_noise_seed is None:
             return contextlib.nullcontext()
         rank, world_size = get_dist_info()
-        step = MessageHub.get_current_instance().get_info('iter', 0)
+        step = MessageHub.get_current_instance().get_info('iter')
+        if step is None:  # no Runner (a script calling loss): count the calls instead
+            step = self._calls_without_runner
+            self._calls_without_runner += 1
         seeds = sample_rng.sample_seeds(self.train_noise_seed, step,
                                         [i * world_size + rank for i in range(n)])
         return sample_rng.per_sample_generators(sample_rng.make_generators(seeds))
@@ -205,8 +216,6 @@ class LatentDiffusion(BaseModel):
     def _latents_from(self, latents, images):
         if latents is not None:
             return latents
-        if images is None:
-            raise ValueError('LatentDiffusion.loss needs `latents` or `images` in the batch')
         if self.vae is None:  # pixel space: the pictures / clips are the latents
             return images
         with torch.no_grad():

@@ -12,31 +12,34 @@ with :func:`sample_seeds` from a fixed seed, the iteration and the sample's plac
 the global batch, so a sample gets the same timestep, noise and label drop whether the
 batch runs on one process or is split over many (``LatentDiffusion(train_noise_seed=...)``).
 
-The draw sites (the objectives' ``loss``, the label / caption embedders' dropout) call
+The draw sites (the objectives' ``loss``, the label / caption embedders' dropout, the
+VAE wrapper's posterior sample when latents are encoded on the fly) call
 :func:`rand`, :func:`randn_like` and :func:`randint` here; outside the context they are
 exactly ``torch.rand`` / ``torch.randn_like`` / ``torch.randint``.
 """
 import contextlib
-import contextvars
 from typing import List, Optional, Sequence
 
 import torch
 
 __all__ = ['per_sample_generators', 'sample_seeds', 'rand', 'randn', 'randn_like', 'randint']
 
-_GENERATORS: contextvars.ContextVar = contextvars.ContextVar('mmsora_sample_generators',
-                                                            default=None)
+# A plain module global, not a ContextVar: torch.compile (Dynamo) traces a global
+# read, a ContextVar.get() breaks the graph. Training steps do not run concurrently in
+# one process.
+_GENERATORS: Optional[List[torch.Generator]] = None
 _MASK64 = (1 << 64) - 1
 
 
 @contextlib.contextmanager
 def per_sample_generators(generators: Sequence[torch.Generator]):
     """Draw through this module from one generator per sample (CPU generators)."""
-    token = _GENERATORS.set(list(generators))
+    global _GENERATORS
+    previous, _GENERATORS = _GENERATORS, list(generators)
     try:
         yield
     finally:
-        _GENERATORS.reset(token)
+        _GENERATORS = previous
 
 
 def _splitmix64(x: int) -> int:
@@ -63,7 +66,7 @@ def make_generators(seeds: Sequence[int]) -> List[torch.Generator]:
 
 
 def _active(n: int) -> Optional[List[torch.Generator]]:
-    gens = _GENERATORS.get()
+    gens = _GENERATORS
     if gens is not None and len(gens) != n:
         raise ValueError(f'a draw for {n} samples inside per_sample_generators with '
                          f'{len(gens)} generators: the batch changed size inside the step')
@@ -94,7 +97,7 @@ def randn(shape: Sequence[int], device=None, dtype: torch.dtype = torch.float32)
 
 def randn_like(x: torch.Tensor) -> torch.Tensor:
     """``torch.randn_like(x)``; ``x``'s first axis is the batch."""
-    if _GENERATORS.get() is None:
+    if _GENERATORS is None:
         return torch.randn_like(x)
     return randn(x.shape, x.device, x.dtype)
 

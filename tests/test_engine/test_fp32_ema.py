@@ -1,11 +1,15 @@
 """FP32ExponentialMovingAverage: the EMA of a bf16 model (DeepSpeed with --amp keeps
 the module in bf16) moves as the float32 average does; mmengine's plain EMA of the
-same model cannot move at DiT's momentum. --deepspeed switches EMAHook to it."""
+same model cannot move at DiT's momentum. FP32EMAHook keeps it exact through the
+swaps around validation. --deepspeed switches EMAHook to them."""
 import torch
 from mmengine.config import Config
 from mmengine.model import ExponentialMovingAverage
 
-from mmsora.engine import FP32ExponentialMovingAverage
+from mmengine.hooks import EMAHook
+from mmengine.registry import init_default_scope
+
+from mmsora.engine import FP32EMAHook, FP32ExponentialMovingAverage
 from mmsora.engine.strategies import load_strategy, to_flexible_runner_config
 
 
@@ -60,5 +64,33 @@ def test_deepspeed_switches_the_ema_to_fp32():
         custom_hooks=[dict(type='EMAHook', momentum=1e-4), dict(type='RNGStateHook')]))
     cfg = to_flexible_runner_config(cfg, load_strategy('deepspeed_zero2'), 'bfloat16')
     ema = [h for h in cfg.custom_hooks if h['type'] == 'EMAHook']
-    assert ema == [dict(type='EMAHook', momentum=1e-4,
-                        ema_type='FP32ExponentialMovingAverage')]
+    assert ema == [] and [h for h in cfg.custom_hooks if h['type'] == 'FP32EMAHook'] == [
+        dict(type='FP32EMAHook', momentum=1e-4, ema_type='FP32ExponentialMovingAverage')]
+
+
+class FakeRunner:
+    def __init__(self, model):
+        self.model = model
+
+
+def swap_round_trip(hook_type):
+    """An EMA 1e-4 away from the bf16 weights, swapped in for validation and back."""
+    init_default_scope('mmsora')  # as a Runner of an mmsora config does
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    hook = hook_type(momentum=1e-3) if hook_type is FP32EMAHook else hook_type(
+        ema_type='FP32ExponentialMovingAverage', momentum=1e-3)
+    hook.before_run(FakeRunner(model))
+    with torch.no_grad():
+        hook.ema_model.module.weight.add_(1e-4)
+    before = hook.ema_model.module.weight.clone()
+    trained = model.weight.clone()
+    hook._swap_ema_parameters()  # before_val_epoch
+    hook._swap_ema_parameters()  # after_val_epoch
+    return before, hook.ema_model.module.weight, trained, model.weight
+
+
+def test_fp32_ema_hook_gives_the_average_back_unrounded():
+    before, after, trained, weights = swap_round_trip(FP32EMAHook)
+    assert torch.equal(after, before) and torch.equal(weights, trained)
+    before, after, _, _ = swap_round_trip(EMAHook)  # mmengine's: rounded to bf16
+    assert not torch.equal(after, before)

@@ -43,7 +43,7 @@ def fake_packages(monkeypatch):
     for name, module in (('flash_attn', flash), ('xformers', xformers),
                          ('xformers.ops', xops)):
         monkeypatch.setitem(sys.modules, name, module)
-    installed = {'flash_attn': True, 'xformers': True, 'flash_attn_interface': False}
+    installed = {'flash_attn': True, 'xformers.ops': True, 'flash_attn_interface': False}
     monkeypatch.setattr(attention_backends, '_installed', lambda name: installed[name])
     return calls
 
@@ -73,18 +73,47 @@ def test_auto_picks_what_suits_the_call(fake_packages):
     assert pick('sdpa', 'cuda', torch.bfloat16, 72, False, 0.0) == 'sdpa'
 
 
-def test_flash_attention_3_is_preferred_but_has_no_dropout(fake_packages, monkeypatch):
-    installed = {'flash_attn': True, 'xformers': True, 'flash_attn_interface': True}
+def test_flash_attention_3_on_hopper_without_dropout_else_2(fake_packages, monkeypatch):
+    installed = {'flash_attn': True, 'xformers.ops': True, 'flash_attn_interface': True}
     monkeypatch.setattr(attention_backends, '_installed', lambda name: installed[name])
     fa3 = types.ModuleType('flash_attn_interface')
-    fa3.flash_attn_func = lambda q, k, v: (reference(q, k, v), None)  # (out, lse)
+
+    def fa3_func(q, k, v):
+        fake_packages.append(('fa3', q.shape, q.stride(-1), 0.0))
+        return reference(q, k, v), None  # some versions return (out, lse)
+    fa3.flash_attn_func = fa3_func
     monkeypatch.setitem(sys.modules, 'flash_attn_interface', fa3)
-    assert resolve_backend('auto', 'cuda', torch.bfloat16, 64, False, 0.1) == 'xformers'
+    monkeypatch.setattr(attention_backends, '_cuda_major', lambda: 9)  # Hopper
+    pick = attention_backends._flash_module
+    assert pick('cuda', 0.0) is fa3
+    assert pick('cuda', 0.1) is sys.modules['flash_attn']  # FA3 has no dropout
+    monkeypatch.setattr(attention_backends, '_cuda_major', lambda: 8)  # Ampere
+    assert pick('cuda', 0.0) is sys.modules['flash_attn']
     q = torch.randn(2, 3, 5, 8)
-    out = attention(q, q, q, backend='flash_attn')
+    out = attention(q, q, q, backend='flash_attn')  # CPU stand-ins: FA3 first
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    attention(q, q, q, dropout_p=0.1, backend='flash_attn')
+    assert [c[0] for c in fake_packages] == ['fa3', 'flash_attn']
+    installed['flash_attn'] = False  # FA3 alone: dropout goes elsewhere
+    assert resolve_backend('auto', 'cuda', torch.bfloat16, 64, False, 0.1) == 'xformers'
     with pytest.raises(RuntimeError, match='FlashAttention-3 has no attention dropout'):
         attention(q, q, q, dropout_p=0.1, backend='flash_attn')
+
+
+def test_a_package_that_fails_to_import_counts_as_absent(tmp_path, monkeypatch):
+    pkg = tmp_path / 'xformers'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'ops.py').write_text("raise OSError('undefined symbol: built for another torch')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ('xformers', 'xformers.ops'):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    attention_backends._installed.cache_clear()
+    try:
+        assert 'xformers' not in attention_backends.installed_backends()
+        assert resolve_backend('auto', 'cuda', torch.float32, 64, False, 0.0) == 'sdpa'
+    finally:
+        attention_backends._installed.cache_clear()
 
 
 @pytest.mark.parametrize('backend', ['flash_attn', 'xformers'])

@@ -27,7 +27,9 @@ TINY = [
 
 
 def run(args, repo_root, **env):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', **env}
+    # dist_train.sh calls `python`: make it this interpreter, venv activated or not.
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': path, **env}
     return subprocess.run(args, cwd=repo_root, capture_output=True, text=True,
                           timeout=600, env=env)
 
@@ -47,9 +49,11 @@ def train_both(repo_root, tmp_path, options, port):
     result = run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one),
                   '--cfg-options', *TINY, *options], repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert 'train_dataloader.batch_size=8 on each of 1 process' in result.stdout
     result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(two),
                   '--cfg-options', *TINY, *options], repo_root, PORT=str(port))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count('train_dataloader.batch_size=4 on each of 2 process') == 1
     # The dumped config of each run holds its per-process batch.
     assert Config.fromfile(one / 'dit_tiny2_1xb32_1500_shapes16.py').train_dataloader.batch_size == 8
     assert Config.fromfile(two / 'dit_tiny2_1xb32_1500_shapes16.py').train_dataloader.batch_size == 4

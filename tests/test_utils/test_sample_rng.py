@@ -115,3 +115,29 @@ def test_per_process_draws_depend_on_the_split(name, monkeypatch):
     model = tiny_model(DIFFUSIONS[name], seed=None)
     (loss1, _), (loss2, _) = split_runs(model, monkeypatch)
     assert not torch.allclose(loss2, loss1, rtol=1e-3)
+
+
+def test_on_the_fly_vae_sample_is_keyed_too(monkeypatch):
+    """Pictures encoded in the step: the posterior sample is one of the keyed draws."""
+    from tests.tiny_models import TINY_VAE
+    torch.manual_seed(0)
+    model = LatentDiffusion(
+        denoiser=dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
+                      depth=2, num_heads=2, num_classes=3, learn_sigma=True),
+        vae=dict(type='AutoencoderKLWrapper', config=TINY_VAE, scale_factor=0.5),
+        latent_shape=(4, 8, 8), num_classes=3, train_noise_seed=1).train()
+    with torch.no_grad():
+        for p in model.denoiser.parameters():
+            p.normal_(0, 0.1)
+    images, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    MessageHub.get_current_instance().update_info('iter', 2)
+    losses = {}
+    for world in (1, 2):
+        parts = []
+        for rank in range(world):
+            monkeypatch.setattr(latent_diffusion_module, 'get_dist_info',
+                                lambda r=rank, w=world: (r, w))
+            torch.manual_seed(rank)
+            parts.append(model.loss(images=images[rank::world], labels=y[rank::world])['loss'])
+        losses[world] = torch.stack(parts).mean()
+    torch.testing.assert_close(losses[2], losses[1], rtol=1e-5, atol=1e-6)

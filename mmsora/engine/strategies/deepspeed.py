@@ -214,6 +214,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
             if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
+                hook['type'] = 'FP32EMAHook'
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'
     elif kind != 'FSDPStrategy':
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '

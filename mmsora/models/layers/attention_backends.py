@@ -7,14 +7,14 @@ Stable Cascade's ``TemporalAttention``) calls :func:`attention` with its
 - ``'sdpa'``: ``torch.nn.functional.scaled_dot_product_attention``, which itself picks
   a fused kernel (flash / memory-efficient / cuDNN on GPU, a flash kernel on CPU).
   Always available, the only one that takes a mask.
-- ``'flash_attn'``: the flash-attn package (``flash_attn_interface``, FlashAttention-3
-  on Hopper, when installed; else ``flash_attn``, FlashAttention-2): CUDA, fp16 / bf16,
-  head size up to 256.
+- ``'flash_attn'``: the flash-attn package: FlashAttention-3 (``flash_attn_interface``)
+  on Hopper GPUs for calls without dropout, else FlashAttention-2 (``flash_attn``):
+  CUDA, fp16 / bf16, head size up to 256.
 - ``'xformers'``: ``xformers.ops.memory_efficient_attention`` (CUDA).
-- ``'auto'`` (default): flash-attn, then xformers, where installed and the call suits
-  them (CUDA tensors, no mask; flash-attn also needs fp16 / bf16, head size <= 256 and,
-  for FlashAttention-3, no dropout); SDPA otherwise. On a machine with neither package,
-  and on CPU, ``'auto'`` is SDPA.
+- ``'auto'`` (default): flash-attn, then xformers, where they import and the call suits
+  them (CUDA tensors, no mask; flash-attn also needs fp16 / bf16 and head size <= 256);
+  SDPA otherwise. A package that fails to import (a wheel built for another torch)
+  counts as absent. On a machine with neither package, and on CPU, ``'auto'`` is SDPA.
 
 Set it for a whole model with ``LatentDiffusion(attn_backend=...)`` (config key
 ``model.attn_backend``) or :func:`set_attention_backend`. A masked call (text
@@ -39,11 +39,20 @@ _HALF = (torch.float16, torch.bfloat16)
 
 @functools.lru_cache(maxsize=None)
 def _installed(module: str) -> bool:
-    """Whether ``module`` can be imported (looked up once per process)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
+    """Whether ``module`` imports (tried once per process). A wheel built for another
+    torch or CUDA often fails at import: that counts as not installed."""
+    if importlib.util.find_spec(module.split('.')[0]) is None:
         return False
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001  (ImportError, OSError of a bad .so, ...)
+        return False
+
+
+def _cuda_major() -> int:
+    """Compute capability major of the current GPU (9: Hopper), 0 without CUDA."""
+    return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
 
 
 def installed_backends() -> list:
@@ -51,7 +60,7 @@ def installed_backends() -> list:
     found = ['sdpa']
     if _installed('flash_attn_interface') or _installed('flash_attn'):
         found.append('flash_attn')
-    if _installed('xformers'):
+    if _installed('xformers.ops'):
         found.append('xformers')
     return found
 
@@ -64,11 +73,15 @@ def check_backend(name: str) -> str:
     return name
 
 
-def _flash_module():
-    """FlashAttention-3's interface when installed, else FlashAttention-2's package."""
-    for name in ('flash_attn_interface', 'flash_attn'):
-        if _installed(name):
-            return importlib.import_module(name)
+def _flash_module(device_type: str, dropout_p: float):
+    """The flash-attn module for a call: FlashAttention-3 (``flash_attn_interface``:
+    Hopper GPUs, no dropout) when it fits, else FlashAttention-2 (``flash_attn``);
+    None when neither is installed or fits."""
+    fa3_fits = dropout_p == 0 and (device_type != 'cuda' or _cuda_major() >= 9)
+    if fa3_fits and _installed('flash_attn_interface'):
+        return importlib.import_module('flash_attn_interface')
+    if _installed('flash_attn'):
+        return importlib.import_module('flash_attn')
     return None
 
 
@@ -86,12 +99,10 @@ def resolve_backend(requested: str, device_type: str, dtype: torch.dtype, head_d
         return requested
     if device_type != 'cuda':
         return 'sdpa'
-    found = installed_backends()
-    fa3 = _installed('flash_attn_interface')
-    if ('flash_attn' in found and dtype in _HALF and head_dim <= 256
-            and not (fa3 and dropout_p > 0)):
+    if (dtype in _HALF and head_dim <= 256
+            and _flash_module(device_type, dropout_p) is not None):
         return 'flash_attn'
-    if 'xformers' in found:
+    if 'xformers' in installed_backends():
         return 'xformers'
     return 'sdpa'
 
@@ -120,11 +131,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # Both packages take (N, T, H, Dh): transposing split_heads' views back is free.
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     if kind == 'flash_attn':
-        module = _flash_module()
-        if module.__name__ == 'flash_attn_interface':  # FlashAttention-3: no dropout
-            if dropout_p > 0:
-                raise RuntimeError('FlashAttention-3 has no attention dropout; use '
-                                   "attn_backend='sdpa' or no attention dropout")
+        module = _flash_module(q.device.type, dropout_p)
+        if module is None:  # only FlashAttention-3, and the call has dropout
+            raise RuntimeError('FlashAttention-3 has no attention dropout (and '
+                               'FlashAttention-2 is not installed); use '
+                               "attn_backend='sdpa' or no attention dropout")
+        if module.__name__ == 'flash_attn_interface':
             out = module.flash_attn_func(q, k, v)
         else:
             out = module.flash_attn_func(q, k, v, dropout_p=dropout_p)

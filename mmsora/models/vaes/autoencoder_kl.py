@@ -12,6 +12,7 @@ import torch.nn as nn
 from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
+from mmsora.utils import sample_rng
 
 __all__ = ['AutoencoderKLWrapper']
 
@@ -155,8 +156,11 @@ class AutoencoderKLWrapper(nn.Module):
         on ``micro_batch_size``.
         """
         mean, std = self.encode_moments(images)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device,
-                          dtype=mean.dtype)
+        if generator is None:  # torch's generator, or per-sample ones in training
+            eps = sample_rng.randn(mean.shape, mean.device, mean.dtype)
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device,
+                              dtype=mean.dtype)
         return mean + std * eps
 
     @torch.no_grad()
