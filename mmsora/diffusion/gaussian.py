@@ -671,8 +671,7 @@ def _randn(shape, generator, device, dtype):
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f'{len(generator)} generators for a batch of {shape[0]}')
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype)
-                            for g in generator]).to(device)
+        return sample_rng.randn_per_sample(generator, shape, device, dtype)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 

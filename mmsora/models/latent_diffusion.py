@@ -12,8 +12,8 @@ from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 
 from mmsora.registry import DIFFUSION, MODELS
-from .layers import set_attention_backend
 from mmsora.utils import sample_rng
+from .layers import set_attention_backend
 
 __all__ = ['LatentDiffusion']
 
@@ -341,8 +341,7 @@ class LatentDiffusion(BaseModel):
             raise ValueError(f'got {len(seeds)} seeds for {n} samples')
         # One generator per sample: its starting noise and every step's noise depend
         # on its seed only, so a sample does not change with the batch it is in.
-        generators = ([torch.Generator().manual_seed(int(s)) for s in seeds]
-                      if seeds is not None else None)
+        generators = sample_rng.make_generators(seeds) if seeds is not None else None
         if noise is None:
             noise = self._initial_noise(n, generators, device)
         model_fn, x, kwargs = self.denoiser, noise, cond
@@ -397,5 +396,4 @@ class LatentDiffusion(BaseModel):
     def _initial_noise(self, n, generators, device):
         if generators is None:
             return torch.randn(n, *self.latent_shape, device=device)
-        return torch.stack([torch.randn(self.latent_shape, generator=g)
-                            for g in generators]).to(device)
+        return sample_rng.randn_per_sample(generators, (n, *self.latent_shape), device)

@@ -22,7 +22,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-__all__ = ['per_sample_generators', 'sample_seeds', 'rand', 'randn', 'randn_like', 'randint']
+__all__ = ['per_sample_generators', 'sample_seeds', 'make_generators', 'randn_per_sample',
+           'rand', 'randn', 'randn_like', 'randint']
 
 # A plain module global, not a ContextVar: torch.compile (Dynamo) traces a global
 # read, a ContextVar.get() breaks the graph. Training steps do not run concurrently in
@@ -57,12 +58,16 @@ def sample_seeds(seed: int, step: int, positions: Sequence[int]) -> List[int]:
 
 def make_generators(seeds: Sequence[int]) -> List[torch.Generator]:
     """CPU generators seeded with ``seeds``."""
-    gens = []
-    for s in seeds:
-        g = torch.Generator()
-        g.manual_seed(int(s))
-        gens.append(g)
-    return gens
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def randn_per_sample(generators: Sequence[torch.Generator], shape: Sequence[int],
+                     device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(len(generators), *shape[1:]) standard normal noise, row i from generators[i]
+    (CPU generators), so a sample's noise does not depend on the batch it is in."""
+    return _per_sample(generators,
+                       lambda g: torch.randn(tuple(shape[1:]), generator=g, dtype=dtype),
+                       device)
 
 
 def _active(n: int) -> Optional[List[torch.Generator]]:
@@ -91,8 +96,7 @@ def randn(shape: Sequence[int], device=None, dtype: torch.dtype = torch.float32)
     gens = _active(shape[0])
     if gens is None:
         return torch.randn(shape, device=device, dtype=dtype)
-    return _per_sample(gens, lambda g: torch.randn(shape[1:], generator=g, dtype=dtype),
-                       device)
+    return randn_per_sample(gens, shape, device, dtype)
 
 
 def randn_like(x: torch.Tensor) -> torch.Tensor:
