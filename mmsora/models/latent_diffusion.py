@@ -89,7 +89,11 @@ class LatentDiffusion(BaseModel):
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self.pretrained_denoiser = pretrained_denoiser
-        self.train_noise_seed = None if train_noise_seed is None else int(train_noise_seed)
+        if train_noise_seed is not None and (isinstance(train_noise_seed, bool)
+                                             or not isinstance(train_noise_seed, int)):
+            raise ValueError('model.train_noise_seed must be an int (or None), got '
+                             f'{train_noise_seed!r}')
+        self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
 
     def init_weights(self):

@@ -141,3 +141,9 @@ def test_on_the_fly_vae_sample_is_keyed_too(monkeypatch):
             parts.append(model.loss(images=images[rank::world], labels=y[rank::world])['loss'])
         losses[world] = torch.stack(parts).mean()
     torch.testing.assert_close(losses[2], losses[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_noise_seed_is_named():
+    for bad in ('zero', 1.5, True):
+        with pytest.raises(ValueError, match='model.train_noise_seed must be an int'):
+            tiny_model(DIFFUSIONS['dit'], seed=bad)
