@@ -5,6 +5,18 @@ TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=
                 norm_num_groups=8, down_block_types=('DownEncoderBlock2D',) * 2,
                 up_block_types=('UpDecoderBlock2D',) * 2, sample_size=16)
 
+# --cfg-options that shrink the main demo (configs/dit/dit_tiny2_1xb32_1500_shapes16.py)
+# to 8x8 pictures, a 2-block DiT of width 32 and 3 logged steps with a global batch of
+# 8 (for the multi-process training tests).
+TINY_DEMO_OPTIONS = [
+    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
+    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
+    'model.denoiser.class_dropout_prob=0.5',
+    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=32',
+    'param_scheduler=[]', 'train_cfg.max_iters=3', 'default_hooks.logger.interval=1',
+    'global_batch_size=8',
+]
+
 # Words known to the tiny tokenizer of make_tiny_text_encoder (others map to <unk>).
 TINY_WORDS = ('a red disk green square blue ring yellow cross bike rides on the road '
               'cat dog runs jumps in snow').split()

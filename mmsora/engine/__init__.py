@@ -2,6 +2,7 @@
 from .atomic_checkpoint import CheckpointWriteError, make_checkpoints_atomic
 from .compat import make_mmengine_checkpoints_loadable, init_cpu_distributed
 from .ema import FP32EMAHook, FP32ExponentialMovingAverage
+from .sharded_ema import ShardedEMA, ShardedEMAHook
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
 from .strategies import *  # noqa: F401,F403
@@ -10,3 +11,5 @@ from .strategies import *  # noqa: F401,F403
 make_mmengine_checkpoints_loadable()
 # Checkpoints are written to a temporary file and renamed (see atomic_checkpoint).
 make_checkpoints_atomic()
+# FSDP resume with torch >= 2.1's argument order (strategies/fsdp.py).
+mend_mmengine_fsdp()

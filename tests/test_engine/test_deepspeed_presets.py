@@ -128,8 +128,7 @@ def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
      r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
-    (['--fsdp'], 'start it with tools/dist_train.sh' if torch.cuda.is_available()
-     else 'FSDP needs GPUs')])
+    (['--fsdp'], 'start it with tools/dist_train.sh')])
 def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
         train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path),

@@ -4,8 +4,6 @@ loss is the global batch's, so both runs log the same losses and end with the sa
 weights."""
 import glob
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -14,24 +12,12 @@ from mmengine.config import Config
 
 from mmsora.engine.strategies import apply_global_batch, launcher_world_size
 from mmsora.utils.cli import UserError
+from tests.launch import free_port, run_tool
+from tests.tiny_models import TINY_DEMO_OPTIONS
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
-TINY = [
-    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
-    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
-    'model.denoiser.class_dropout_prob=0.5',
-    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=32',
-    'param_scheduler=[]', 'train_cfg.max_iters=3', 'default_hooks.logger.interval=1',
-    'default_hooks.checkpoint.interval=3', 'global_batch_size=8',
-]
+TINY = [*TINY_DEMO_OPTIONS, 'default_hooks.checkpoint.interval=3']
 
-
-def run(args, repo_root, **env):
-    # dist_train.sh calls `python`: make it this interpreter, venv activated or not.
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': path, **env}
-    return subprocess.run(args, cwd=repo_root, capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def losses_and_weights(work):
@@ -44,14 +30,14 @@ def losses_and_weights(work):
     return losses, ckpt['state_dict'], ckpt['ema_state_dict']
 
 
-def train_both(repo_root, tmp_path, options, port):
+def train_both(repo_root, tmp_path, options):
     one, two = tmp_path / 'one', tmp_path / 'two'
-    result = run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one),
-                  '--cfg-options', *TINY, *options], repo_root)
+    result = run_tool([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one),
+                       '--cfg-options', *TINY, *options], repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'train_dataloader.batch_size=8 on each of 1 process' in result.stdout
-    result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(two),
-                  '--cfg-options', *TINY, *options], repo_root, PORT=str(port))
+    result = run_tool(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(two),
+                       '--cfg-options', *TINY, *options], repo_root, PORT=str(free_port()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count('train_dataloader.batch_size=4 on each of 2 process') == 1
     # The dumped config of each run holds its per-process batch.
@@ -62,7 +48,7 @@ def train_both(repo_root, tmp_path, options, port):
 
 def test_one_and_two_processes_train_alike(repo_root, tmp_path):
     (loss1, w1, ema1), (loss2, w2, ema2) = train_both(
-        repo_root, tmp_path, ['model.train_noise_seed=0'], 29641)
+        repo_root, tmp_path, ['model.train_noise_seed=0'])
     assert sorted(loss1) == sorted(loss2) == [1, 2, 3]
     for step in loss1:  # logged to 4 decimals by mmengine
         assert loss2[step] == pytest.approx(loss1[step], rel=2e-4, abs=2e-4), (loss1, loss2)
@@ -75,7 +61,7 @@ def test_one_and_two_processes_train_alike(repo_root, tmp_path):
 
 def test_without_the_noise_seed_the_runs_differ(repo_root, tmp_path):
     """The negative control: per-process draws (the default) depend on the split."""
-    (loss1, w1, _), (loss2, w2, _) = train_both(repo_root, tmp_path, [], 29643)
+    (loss1, w1, _), (loss2, w2, _) = train_both(repo_root, tmp_path, [])
     assert any(abs(loss2[s] - loss1[s]) > 1e-3 for s in loss1), (loss1, loss2)
 
 

@@ -1,7 +1,9 @@
 # PyTorch FSDP (fully sharded data parallel) through mmengine's FSDPStrategy, the
 # alternative to DeepSpeed ZeRO-3: `tools/train.py CONFIG --fsdp` under torchrun.
 # Each transformer block is its own FSDP unit; checkpoints hold the full state dict
-# (gathered on rank 0), so tools/infer.py and --resume read them as usual.
+# (gathered on rank 0), so tools/infer.py and --resume read them as usual. --fsdp
+# also keeps the EMA sharded (ShardedEMAHook) and clips by the whole gradient's norm
+# (FSDPGradClipHook); without CUDA it runs on CPU processes (docs/distributed.md).
 strategy = dict(
     type='FSDPStrategy',
     model_wrapper=dict(

@@ -5,7 +5,9 @@ One NaN batch (a corrupt latent, an fp16 overflow) would otherwise write NaN int
 every weight and the EMA, and the run would go on for days training nothing. The
 check runs in ``OptimWrapper.step``, after ``backward``: under DDP the gradients are
 already averaged over the ranks, so a NaN on one rank is a NaN on all of them and
-every rank skips the same step without an extra collective.
+every rank skips the same step without an extra collective. Under FSDP each rank
+holds a shard of the gradient, so the norm is summed over the ranks (one all-reduce
+of a scalar) and again every rank takes the same decision.
 """
 import math
 
@@ -23,13 +25,21 @@ class NonFiniteLossError(RunError):
     """Too many consecutive iterations had a non-finite loss or gradient."""
 
 
-def grad_norm(optim_wrapper):
-    """L2 norm of all gradients of the wrapper's parameters (a float; 0 without any)."""
+def grad_norm(optim_wrapper, sharded: bool = False):
+    """L2 norm of all gradients of the wrapper's parameters (a float; 0 without any).
+
+    ``sharded``: each process holds a shard of the gradient (FSDP); the norm is the
+    whole gradient's, summed over the processes (a collective: every process calls
+    it), so every process takes the same decision."""
     grads = [p.grad for group in optim_wrapper.optimizer.param_groups
              for p in group['params'] if p.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
+    norm = (torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads
+            else torch.zeros(()))
+    if sharded:
+        squared = norm.detach().float().square()
+        torch.distributed.all_reduce(squared)
+        norm = squared.sqrt()
+    return float(norm)
 
 
 @HOOKS.register_module()
@@ -68,6 +78,8 @@ class LossGuardHook(Hook):
                                   f'{type(wrapper).__name__}: its steps are not guarded')
             return
         step, backward = wrapper.step, wrapper.backward
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        sharded = isinstance(getattr(runner, 'model', None), FSDP)
         losses = []  # of the micro-batches since the last step (gradient accumulation)
 
         def guarded_backward(loss, **kwargs):
@@ -79,7 +91,7 @@ class LossGuardHook(Hook):
             loss = bad[0] if bad else (losses[-1] if losses else 0.0)
             losses.clear()
             scaled = getattr(wrapper, 'loss_scaler', None) is not None
-            norm = None if scaled else grad_norm(wrapper)
+            norm = None if scaled else grad_norm(wrapper, sharded)
             if bad or (norm is not None and not math.isfinite(norm)):
                 self._skip(runner, loss, norm)
                 if scaled:  # the scaler sees the inf/NaN gradients on every rank,

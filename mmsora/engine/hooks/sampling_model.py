@@ -7,7 +7,8 @@ __all__ = ['sampling_model']
 
 def sampling_model(runner, use_ema: bool = True):
     """EMAHook's averaged model when it runs and ``use_ema``, else the trained model,
-    unwrapped from DDP / FSDP wrappers."""
+    unwrapped from the DDP wrapper. (``--fsdp`` refuses the sampling hooks: no process
+    holds the whole model there.)"""
     if use_ema:
         for hook in runner.hooks:
             if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):

@@ -1,15 +1,16 @@
 """Distributed strategies (DeepSpeed ZeRO, FSDP) and speed switches for training."""
 from .deepspeed import (DEEPSPEED_PRESETS, ResumeHooksHook, fill_auto, is_zero_checkpoint,
                         load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config)
-from .fsdp import transformer_block_wrap_policy
+from .fsdp import FSDPGradClipHook, mend_mmengine_fsdp, transformer_block_wrap_policy
 from .speed import CompileDenoiserHook, prefer_fused_optimizer, set_tf32, tf32_supported
 from .train_options import (amp_dtype_of, apply_global_batch, apply_speed_options,
                             apply_strategy, launcher_world_size, prepare_deepspeed,
-                            single_process_env)
+                            single_process_env, fsdp_on_cpu)
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpoint',
            'load_strategy', 'mend_mmengine_deepspeed', 'to_flexible_runner_config',
-           'transformer_block_wrap_policy', 'CompileDenoiserHook', 'prefer_fused_optimizer',
+           'transformer_block_wrap_policy', 'FSDPGradClipHook', 'fsdp_on_cpu',
+           'mend_mmengine_fsdp', 'CompileDenoiserHook', 'prefer_fused_optimizer',
            'set_tf32', 'tf32_supported', 'amp_dtype_of', 'apply_speed_options',
            'apply_strategy', 'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size']

@@ -198,7 +198,9 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
 
     DeepSpeed: ``'auto'`` values filled (:func:`fill_auto`), the optimizer handed to
     ``DeepSpeedOptimWrapper`` (DeepSpeed owns precision, loss scaling and clipping).
-    FSDP: the optimizer wrapper stays (AMP included).
+    FSDP: the optimizer wrapper stays (AMP included; fp16 with mmengine's
+    ``ShardedGradScaler``); ``EMAHook`` becomes ``ShardedEMAHook`` and
+    ``FSDPGradClipHook`` clips by the whole gradient's norm.
     """
     strategy = copy.deepcopy(strategy)
     kind = strategy.get('type')
@@ -216,7 +218,31 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
             if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
                 hook['type'] = 'FP32EMAHook'
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'
-    elif kind != 'FSDPStrategy':
+    elif kind == 'FSDPStrategy':
+        hooks = cfg.setdefault('custom_hooks', [])
+        samplers = [h['type'] for h in hooks if h.get('type') in (
+            'SampleVisualizationHook', 'SampleEvaluationHook')]
+        if samplers:
+            raise UserError(f'{", ".join(samplers)} sample(s) on rank 0 from the whole '
+                            'model; under --fsdp each process holds a shard of it. Drop '
+                            'them from custom_hooks and sample the checkpoints with '
+                            'tools/infer.py / tools/test.py, or train with DDP or '
+                            '--deepspeed deepspeed_zero2')
+        if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # fp16 loss scaling:
+            cfg.optim_wrapper['use_fsdp'] = True  # inf checks over all the shards
+        if not any(h.get('type') == 'FSDPGradClipHook' for h in hooks):
+            hooks.append(dict(type='FSDPGradClipHook'))
+        # mmengine's EMA deep-copies the model (impossible under FSDP): keep the
+        # average sharded like the weights (mmsora/engine/sharded_ema.py).
+        for hook in hooks:
+            if hook.get('type') not in ('EMAHook', 'FP32EMAHook'):
+                continue
+            if hook.pop('ema_type', None) not in (None, 'ExponentialMovingAverage',
+                                                  'FP32ExponentialMovingAverage'):
+                raise UserError('--fsdp keeps an exponential moving average only '
+                                f'(ShardedEMAHook); the config asks for {hook}')
+            hook['type'] = 'ShardedEMAHook'
+    else:
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
                         f'got {kind!r}')
     cfg.strategy = strategy

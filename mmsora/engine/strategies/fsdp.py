@@ -1,13 +1,19 @@
-"""FSDP through mmengine's FSDPStrategy: one FSDP unit per transformer block.
+"""FSDP through mmengine's FSDPStrategy: one FSDP unit per transformer block, and
+gradient clipping by the whole gradient's norm (:class:`FSDPGradClipHook`), and
+resume on current torch (:func:`mend_mmengine_fsdp`).
 
 Zhao et al., "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel",
 VLDB 2023. The preset is ``configs/_base_/strategies/fsdp.py`` (``tools/train.py
 --fsdp``).
 """
+from functools import partial
+
+import torch
 import torch.nn as nn
+from mmengine.hooks import Hook
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-from mmsora.registry import FUNCTIONS
+from mmsora.registry import FUNCTIONS, HOOKS
 
 
 def _block_classes():
@@ -24,3 +30,53 @@ def transformer_block_wrap_policy(module: nn.Module, recurse: bool,
     (embedders, final layer) goes into the root unit."""
     return transformer_auto_wrap_policy(module, recurse, nonwrapped_numel,
                                         transformer_layer_cls=_block_classes())
+
+
+def _clip_sharded_grad(optim_wrapper, model) -> None:
+    """``OptimWrapper._clip_grad`` for an FSDP model: the norm of the whole gradient
+    (``FSDP.clip_grad_norm_`` sums the shards' squares over the processes) on every
+    process, logged as ``grad_norm``."""
+    kwargs = dict(optim_wrapper.clip_grad_kwargs)
+    norm = model.clip_grad_norm_(kwargs.pop('max_norm'), **kwargs)
+    optim_wrapper.message_hub.update_scalar('train/grad_norm', float(norm))
+
+
+@HOOKS.register_module()
+class FSDPGradClipHook(Hook):
+    """Clip by the norm of the whole gradient under FSDP (added by ``--fsdp``).
+
+    mmengine's optimizer wrappers clip with ``torch.nn.utils.clip_grad_norm_`` over
+    the parameters they hold, which under FSDP are this process's shards: each
+    process would scale its shard by a different factor, from a norm that is not the
+    gradient's (and log that). The wrapper's ``_clip_grad`` is replaced by
+    ``FSDP.clip_grad_norm_`` for norm clipping; clipping by value is elementwise and
+    stays as it is.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        wrapper = runner.optim_wrapper
+        if not isinstance(runner.model, FSDP) or not getattr(wrapper, 'clip_grad_kwargs',
+                                                             None):
+            return
+        if wrapper.clip_func is torch.nn.utils.clip_grad_norm_:
+            wrapper._clip_grad = partial(_clip_sharded_grad, wrapper, runner.model)
+
+
+def _load_optim_state_dict(self, state_dict: dict) -> None:
+    """``FSDPStrategy.load_optim_state_dict`` with torch >= 2.1's argument order."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    optimizer = self.optim_wrapper.optimizer
+    self.optim_wrapper.load_state_dict(FSDP.optim_state_dict_to_load(
+        model=self.model, optim=optimizer, optim_state_dict=state_dict))
+
+
+def mend_mmengine_fsdp():
+    """Let mmengine 0.10.7's ``FSDPStrategy`` resume on current torch: it calls
+    ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``, torch 2.0's
+    order; since torch 2.1 the model comes first, and resume fails with "unhashable
+    type: 'dict'". Idempotent."""
+    from mmengine._strategy.fsdp import FSDPStrategy
+    FSDPStrategy.load_optim_state_dict = _load_optim_state_dict

@@ -11,7 +11,8 @@ from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runne
 from .speed import prefer_fused_optimizer
 
 __all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
-           'single_process_env', 'apply_global_batch', 'launcher_world_size']
+           'single_process_env', 'apply_global_batch', 'launcher_world_size',
+           'fsdp_on_cpu']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -56,13 +57,31 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False):
         strategy = cfg.strategy.to_dict()
     else:
         return cfg
-    if strategy.get('type') == 'FSDPStrategy' and not torch.cuda.is_available():
-        raise UserError("FSDP needs GPUs: torch's FSDP refuses CPU-only machines "
-                        '(use DDP, the default, or --deepspeed there)')
-    if strategy.get('type') == 'FSDPStrategy' and cfg.launcher == 'none':
-        raise UserError('FSDP shards the model across processes: start it with '
-                        'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher pytorch)')
+    if strategy.get('type') == 'FSDPStrategy':
+        if cfg.launcher == 'none':
+            raise UserError('FSDP shards the model across processes: start it with '
+                            'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher '
+                            'pytorch)')
+        if not torch.cuda.is_available():
+            fsdp_on_cpu(strategy)
     return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+
+
+def fsdp_on_cpu(strategy: dict) -> dict:
+    """An FSDP strategy that runs on CPU processes (gloo). mmengine passes LOCAL_RANK
+    as the CUDA device (torch's FSDP takes ``device_id='cpu'`` instead), and its
+    ``state_dict_cfg='full'`` gathers with ``offload_to_cpu=True``, which crashes
+    torch 2.13 (SIGSEGV) when the weights already are on the CPU: the same full
+    state dicts, gathered on rank 0, without the offload."""
+    strategy.setdefault('model_wrapper', {}).setdefault('device_id', 'cpu')
+    if strategy.get('state_dict_cfg', 'full') == 'full':
+        strategy['state_dict_cfg'] = dict(
+            state_dict_type='FULL_STATE_DICT',
+            state_dict_config=dict(type='FullStateDictConfig', rank0_only=True,
+                                   offload_to_cpu=False),
+            optim_state_dict_config=dict(type='FullOptimStateDictConfig',
+                                         rank0_only=True, offload_to_cpu=False))
+    return strategy
 
 
 def prepare_deepspeed(cfg) -> bool:

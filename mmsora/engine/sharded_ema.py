@@ -1,0 +1,154 @@
+"""An EMA of the weights for FSDP runs: each process averages the shard it holds.
+
+mmengine's ``EMAHook`` deep-copies the model, which fails on an FSDP model
+("cannot pickle 'module' object") and would hold a full copy per process if it did
+not. Under FSDP with ``use_orig_params=True`` (mmengine's default) every original
+parameter of the wrapped model is, between steps, a 1-D view of the part of it this
+process holds (possibly empty). :class:`ShardedEMA` keeps a float32 average of each
+such view, so the EMA is sharded like the weights (4 bytes per parameter over all
+processes together) and its update is local (no communication).
+
+Checkpoints keep mmengine's layout: :class:`ShardedEMAHook` puts the average into the
+model's shards, gathers the full state dict as the FSDP strategy does for the weights
+(rank 0), and puts the trained shards back; the EMA weights go to ``state_dict``, the
+trained ones to ``ema_state_dict`` as ``module.*`` with ``steps``, exactly what
+``EMAHook`` writes, so ``tools/infer.py`` and ``--no-ema`` read them as usual.
+``--fsdp`` switches ``EMAHook`` to this hook (``to_flexible_runner_config``).
+"""
+import torch
+from mmengine.hooks import EMAHook
+
+from mmsora.registry import HOOKS
+
+__all__ = ['ShardedEMA', 'ShardedEMAHook']
+
+
+class ShardedEMA:
+    """A float32 exponential moving average of the tensors of ``model`` this process
+    holds, with mmengine's ``ExponentialMovingAverage`` rule: the first update copies,
+    then every ``interval``-th one moves ``avg += momentum * (weight - avg)``.
+
+    Args:
+        model (nn.Module): The FSDP-wrapped model (``use_orig_params=True``).
+        momentum (float): As mmengine's (DiT's 0.9999 decay is 1e-4).
+        interval (int): Update every ``interval`` calls.
+        update_buffers (bool): Average floating buffers too. Other buffers (and all
+            of them without it) are saved as the model holds them: mmengine's EMA
+            copies them at each update (integer ones only at its first).
+    """
+
+    def __init__(self, model, momentum: float = 0.0002, interval: int = 1,
+                 update_buffers: bool = False):
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f'momentum must be in (0, 1), got {momentum}')
+        self.momentum, self.interval = momentum, interval
+        self.steps = 0
+        tensors = list(model.parameters())
+        if update_buffers:
+            tensors += list(model.buffers())
+        # The Parameter objects: FSDP points their data at the local shard between
+        # steps (and at the full tensor inside forward / backward), so read it late.
+        self.tensors = [t for t in tensors if t.is_floating_point()]
+        self.average = [t.detach().float().clone() for t in self.tensors]
+
+    def _local(self):
+        return [t.detach() for t in self.tensors]
+
+    def update_parameters(self, model=None) -> None:
+        """One EMA step from the model's local shards (``model`` is not used)."""
+        local = self._local()
+        if self.steps == 0:
+            torch._foreach_copy_(self.average, local)
+        elif self.steps % self.interval == 0:
+            source = [t if t.dtype == torch.float32 else t.float() for t in local]
+            torch._foreach_lerp_(self.average, source, self.momentum)
+        self.steps += 1
+
+    def copy_from_model(self) -> None:
+        """The average becomes the model's current shards (before ``begin_iter``)."""
+        torch._foreach_copy_(self.average, self._local())
+
+    def swap(self) -> None:
+        """Exchange the average and the model's shards (called in pairs)."""
+        local = self._local()
+        kept = [t.clone() for t in local]
+        torch._foreach_copy_(local, self.average)
+        torch._foreach_copy_(self.average, kept)
+
+    def full_state_dict(self, model) -> dict:
+        """``ExponentialMovingAverage.state_dict()``'s layout (``steps`` and
+        ``module.*``) of the whole averaged model: gathered by the model's FSDP
+        state-dict type (empty on ranks other than 0 with ``rank0_only``).
+        Collective: every process calls it."""
+        self.swap()
+        try:  # a plain module's state dict holds its tensors themselves: copy them
+            full = {k: v.clone() for k, v in model.state_dict().items()}
+        finally:
+            self.swap()
+        state = {'module.' + k: v for k, v in full.items()}
+        state['steps'] = torch.tensor(self.steps)
+        return state
+
+    def load_full_state_dict(self, model, state: dict) -> None:
+        """Load a full EMA state dict (``full_state_dict``'s layout) into the local
+        shards of the average; the model's own weights are left as they were.
+        Collective: every process calls it with the full dict."""
+        weights = {k[len('module.'):]: v for k, v in state.items()
+                   if k.startswith('module.')}
+        kept = [t.clone() for t in self._local()]
+        try:
+            model.load_state_dict(weights)
+            torch._foreach_copy_(self.average, self._local())
+        finally:
+            torch._foreach_copy_(self._local(), kept)
+        self.steps = int(state['steps'])
+
+
+@HOOKS.register_module()
+class ShardedEMAHook(EMAHook):
+    """mmengine's ``EMAHook`` (same arguments, same checkpoint keys) for FSDP runs,
+    with the average held as :class:`ShardedEMA`.
+
+    mmengine's FlexibleRunner resumes before the hooks' ``before_run``; the hook swaps
+    the checkpoint's entries at once (so the model loads the trained weights) and
+    loads the average when it has built it.
+    """
+
+    def __init__(self, ema_type: str = 'ShardedEMA', **kwargs):
+        if ema_type != 'ShardedEMA':
+            raise ValueError(f'ShardedEMAHook keeps a ShardedEMA, got ema_type={ema_type!r}')
+        super().__init__(ema_type='ExponentialMovingAverage', **kwargs)
+        self._pending = None
+
+    def before_run(self, runner) -> None:
+        self.src_model = runner.model
+        cfg = {k: v for k, v in self.ema_cfg.items() if k != 'type'}
+        self.ema_model = ShardedEMA(runner.model, **cfg)
+        if self._pending is not None:
+            self.ema_model.load_full_state_dict(runner.model, self._pending)
+            self._pending = None
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if self._ema_started(runner):
+            self.ema_model.update_parameters()
+        else:
+            self.ema_model.copy_from_model()
+
+    def _swap_ema_parameters(self) -> None:
+        self.ema_model.swap()
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['ema_state_dict'] = self.ema_model.full_state_dict(runner.model)
+        self._swap_ema_state_dict(checkpoint)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if 'ema_state_dict' in checkpoint and runner._resume:
+            self._swap_ema_state_dict(checkpoint)  # the model loads the trained weights
+            if hasattr(self, 'ema_model'):
+                self.ema_model.load_full_state_dict(runner.model,
+                                                    checkpoint['ema_state_dict'])
+            else:
+                self._pending = checkpoint['ema_state_dict']
+        # --load-from (or a checkpoint without an EMA): the first update copies the
+        # loaded weights, as mmengine's EMA does.

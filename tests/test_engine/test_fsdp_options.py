@@ -1,0 +1,138 @@
+"""What --fsdp does to a config (CPU device and state-dict settings, the EMA and
+clipping hooks, sampling hooks refused), LossGuardHook's whole-gradient norm over
+sharded gradients (2 gloo processes), and the resume mend for mmengine's strategy."""
+import inspect
+import os
+import os.path as osp
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mmsora.engine.hooks.loss_guard_hook import grad_norm
+from mmsora.engine.strategies import fsdp_on_cpu, load_strategy, mend_mmengine_fsdp
+from mmsora.utils.cli import UserError
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import train  # noqa: E402
+
+DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+
+
+def fsdp_config(tmp_path, *options):
+    args = train.parse_args([DEMO, '--work-dir', str(tmp_path), '--fsdp',
+                             '--launcher', 'pytorch', *options])
+    return train.build_train_config(args)
+
+
+def test_fsdp_config_swaps_the_ema_and_adds_the_clip_hook(tmp_path):
+    cfg = fsdp_config(tmp_path)
+    assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.type == 'FSDPStrategy'
+    hooks = {h['type']: h for h in cfg.custom_hooks}
+    assert 'EMAHook' not in hooks and hooks['ShardedEMAHook']['momentum'] == 0.01
+    assert hooks['ShardedEMAHook']['update_buffers'] is True
+    assert 'FSDPGradClipHook' in hooks
+    assert cfg.optim_wrapper.type == 'OptimWrapper'  # stays, clipping included
+    if not torch.cuda.is_available():
+        assert cfg.strategy.model_wrapper.device_id == 'cpu'
+
+
+def test_fp16_loss_scaling_checks_every_shard():
+    from mmengine.config import Config
+
+    from mmsora.engine.strategies import to_flexible_runner_config
+    cfg = Config(dict(optim_wrapper=dict(type='AmpOptimWrapper', dtype='float16',
+                                         optimizer=dict(type='AdamW', lr=1e-4))))
+    cfg = to_flexible_runner_config(cfg, load_strategy('fsdp'), 'float16')
+    assert cfg.optim_wrapper.use_fsdp is True  # mmengine's ShardedGradScaler
+
+
+def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():
+    strategy = fsdp_on_cpu(load_strategy('fsdp'))
+    assert strategy['model_wrapper']['device_id'] == 'cpu'
+    assert strategy['model_wrapper']['auto_wrap_policy'] == dict(
+        type='mmsora.transformer_block_wrap_policy')
+    sd = strategy['state_dict_cfg']
+    assert sd['state_dict_type'] == 'FULL_STATE_DICT'
+    for key in ('state_dict_config', 'optim_state_dict_config'):
+        assert sd[key]['rank0_only'] is True and sd[key]['offload_to_cpu'] is False
+    # mmengine builds these
+    from mmengine._strategy.fsdp import FSDPStrategy
+    built = FSDPStrategy(state_dict_cfg=sd)
+    assert built.state_dict_config.offload_to_cpu is False
+    # a config's own choice stays
+    local = fsdp_on_cpu(dict(type='FSDPStrategy', state_dict_cfg='local'))
+    assert local['state_dict_cfg'] == 'local'
+
+
+@pytest.mark.parametrize('hook', ['SampleVisualizationHook', 'SampleEvaluationHook'])
+def test_sampling_hooks_are_refused_in_one_line(tmp_path, hook):
+    path = tmp_path / 'with_samples.py'
+    path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='{hook}')]\n")
+    args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--fsdp',
+                             '--launcher', 'pytorch'])
+    with pytest.raises(UserError, match=f'{hook}.*each process holds a shard'):
+        train.build_train_config(args)
+
+
+def test_another_average_is_refused(tmp_path):
+    path = tmp_path / 'swa.py'
+    path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', "
+                    "ema_type='StochasticWeightAverage')]\n")
+    args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--fsdp',
+                             '--launcher', 'pytorch'])
+    with pytest.raises(UserError, match='exponential moving average only'):
+        train.build_train_config(args)
+
+
+def test_resume_mend_uses_torchs_argument_order():
+    from mmengine._strategy.fsdp import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    mend_mmengine_fsdp()
+    assert list(inspect.signature(FSDP.optim_state_dict_to_load).parameters)[:3] == [
+        'model', 'optim', 'optim_state_dict']
+    assert 'optim_state_dict=state_dict' in inspect.getsource(
+        FSDPStrategy.load_optim_state_dict)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class _Wrapper:  # what grad_norm reads of an OptimWrapper
+    def __init__(self, params):
+        self.optimizer = torch.optim.SGD(params, lr=0.1)
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        # One gradient of 4 numbers held in halves; rank 1 also holds an empty shard.
+        full = torch.tensor([3.0, 4.0, 12.0, 84.0])
+        shards = [torch.nn.Parameter(torch.zeros(2))]
+        if rank == 1:
+            shards.append(torch.nn.Parameter(torch.zeros(0)))
+        shards[0].grad = full[2 * rank:2 * rank + 2].clone()
+        wrapper = _Wrapper(shards)
+        results = [grad_norm(wrapper, sharded=True), grad_norm(wrapper)]
+        if rank == 1:  # an inf in one shard only: every rank must see it
+            shards[0].grad[0] = float('inf')
+        results.append(grad_norm(wrapper, sharded=True))
+        out[rank] = results
+    finally:
+        dist.destroy_process_group()
+
+
+def test_loss_guard_norm_over_shards_is_the_whole_gradients():
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    assert out[0][0] == out[1][0] == pytest.approx(85.0)  # sqrt(9+16+144+7056)
+    assert out[0][1] == pytest.approx(5.0) and out[1][1] == pytest.approx(84.8528, rel=1e-5)
+    assert out[0][2] == out[1][2] == float('inf')  # both ranks skip the step

@@ -1,0 +1,134 @@
+"""Real FSDP runs on CPU: ``tools/dist_train.sh CONFIG 2 --fsdp`` (two gloo processes,
+each block its own FSDP unit) trains like one plain process on the same global batch
+(losses, clipped gradient norm, weights and the sharded EMA), resumes to exactly the
+weights, EMA, optimizer state and RNG-driven draws of an uninterrupted run, and writes
+checkpoints that tools/infer.py's loader reads."""
+import glob
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from tests.launch import free_port, run_tool
+from tests.tiny_models import TINY_DEMO_OPTIONS
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+TINY = [
+    *TINY_DEMO_OPTIONS, 'default_hooks.checkpoint.interval=2',
+    # below the gradient norms of these steps (0.6-0.7): clipping acts on every step
+    'optim_wrapper.clip_grad.max_norm=0.3',
+]
+
+
+def tiny_cfg():
+    cfg = Config.fromfile(DEMO)
+    cfg.model.denoiser.update(hidden_size=32, depth=2, num_heads=2, input_size=8,
+                              class_dropout_prob=0.5)
+    cfg.model.latent_shape = (3, 8, 8)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def start_weights(tmp_path_factory):
+    """Both runs start from these (mmengine's Runner and FlexibleRunner draw the
+    initial weights at different points of the seeded stream)."""
+    from mmsora.registry import MODELS
+    torch.manual_seed(123)
+    model = MODELS.build(tiny_cfg().model)
+    for p in model.parameters():  # leave adaLN-Zero's zeros: every weight gets a gradient
+        if p.requires_grad:
+            p.data.add_(torch.randn_like(p), alpha=0.02)
+    path = tmp_path_factory.mktemp('init') / 'init.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
+    return str(path)
+
+
+
+def run(args, repo_root, **env):
+    result = run_tool(args, repo_root, **env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def fsdp(repo_root, work, *options):
+    return run(['bash', 'tools/dist_train.sh', DEMO, '2', '--fsdp', '--work-dir', str(work),
+                *options], repo_root, PORT=str(free_port()))
+
+
+def logged(work):
+    scalars = glob.glob(str(work / '*' / 'vis_data' / 'scalars.json'))
+    assert len(scalars) == 1, scalars
+    with open(scalars[-1]) as f:
+        rows = [json.loads(line) for line in f]
+    return {row['step']: (row['loss'], row['grad_norm']) for row in rows if 'loss' in row}
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def test_two_fsdp_processes_train_like_one_and_infer_loads(repo_root, tmp_path,
+                                                           start_weights):
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    options = ['--load-from', start_weights, '--cfg-options', *TINY,
+               'model.train_noise_seed=0']
+    run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one), *options],
+        repo_root)
+    result = fsdp(repo_root, two, *options)
+    dumped = Config.fromfile(two / 'dit_tiny2_1xb32_1500_shapes16.py')
+    assert dumped.runner_type == 'FlexibleRunner'
+    assert dumped.strategy.type == 'FSDPStrategy'
+    assert dumped.strategy.model_wrapper.device_id == 'cpu'
+    assert [h.type for h in dumped.custom_hooks if 'EMA' in h.type] == ['ShardedEMAHook']
+    assert 'Iter(train) [3/3]' in result.stdout + result.stderr
+
+    # The same losses and (clipped) whole-gradient norms, logged to 4 decimals.
+    log1, log2 = logged(one), logged(two)
+    assert sorted(log1) == sorted(log2) == [1, 2, 3]
+    for step in log1:
+        assert log2[step] == pytest.approx(log1[step], rel=2e-4, abs=2e-4), (log1, log2)
+        assert log1[step][1] > 0.3  # clipping acted
+    # The full checkpoints: mmengine's layout, EMA weights in state_dict.
+    ckpt1, ckpt2 = load(one / 'iter_3.pth'), load(two / 'iter_3.pth')
+    for key in ('state_dict', 'ema_state_dict'):
+        assert ckpt1[key].keys() == ckpt2[key].keys()
+        for name, value in ckpt1[key].items():
+            torch.testing.assert_close(ckpt2[key][name], value, rtol=1e-4, atol=1e-5,
+                                       msg=f'{key} {name}')
+    assert int(ckpt2['ema_state_dict']['steps']) == 3
+    name = 'denoiser.final_layer.linear.weight'
+    raw, ema = ckpt2['ema_state_dict']['module.' + name], ckpt2['state_dict'][name]
+    assert (raw - ema).abs().max() > 1e-3  # momentum 0.01: the EMA trails
+
+    from mmsora.apis.inference import load_weights
+    from mmsora.registry import MODELS
+    model = MODELS.build(tiny_cfg().model)
+    load_weights(model, str(two / 'iter_3.pth'))  # EMA weights, strictly
+    torch.testing.assert_close(model.denoiser.state_dict()[name.split('.', 1)[1]], ema)
+    load_weights(model, str(two / 'iter_3.pth'), use_ema=False)
+    torch.testing.assert_close(model.denoiser.state_dict()[name.split('.', 1)[1]], raw)
+
+
+def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
+    """Without train_noise_seed the draws come from the processes' RNG streams: the
+    resumed run must restore those (RNGStateHook), the sharded EMA and the sharded
+    optimizer state to end bit for bit where the uninterrupted run ends."""
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    options = ['--cfg-options', *TINY]
+    fsdp(repo_root, full, '--load-from', start_weights, *options)
+    resumed.mkdir()
+    shutil.copy(full / 'iter_2.pth', resumed / 'iter_2.pth')
+    fsdp(repo_root, resumed, '--resume', str(resumed / 'iter_2.pth'), *options)
+    a, b = load(full / 'iter_3.pth'), load(resumed / 'iter_3.pth')
+    for key in ('state_dict', 'ema_state_dict'):
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
+    for name, state in a['optimizer']['state'].items():
+        for k, v in state.items():
+            assert torch.equal(v, b['optimizer']['state'][name][k]), (name, k)
+    assert logged(full)[3] == logged(resumed)[3]
