@@ -141,6 +141,14 @@ def build_train_config(args):
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
+    if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
+            and cfg.get('load_from') and not cfg.get('resume')):
+        # mmengine's DeepSpeedStrategy reads every checkpoint with DeepSpeed's folder
+        # loader (an AssertionError for a file)
+        raise UserError(f'--load-from {cfg.load_from} with --deepspeed: mmengine loads '
+                        'only DeepSpeed checkpoint folders there; start from these '
+                        f'weights with --cfg-options model.pretrained_denoiser='
+                        f'{cfg.load_from} instead')
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
         if args.launcher != 'none':

@@ -4,12 +4,12 @@
     python tools/zero_to_state_dict.py work_dirs/RUN            # its last checkpoint
 
 ``tools/train.py --deepspeed ...`` saves each checkpoint as a folder (DeepSpeed's
-layout: ``mp_rank_00_model_states.pt`` and one ``*_optim_states.pt`` per rank, the
-fp32 master weights partitioned across them). This gathers the fp32 weights of every
+layout: ``mp_rank_00_model_states.pt`` (ZeRO-3: ``zero_pp_rank_0_...``) and one
+``*_optim_states.pt`` per rank, the fp32 master weights partitioned across them). This gathers the fp32 weights of every
 ZeRO stage with DeepSpeed's own ``zero_to_fp32`` and writes an mmengine-style file
 that ``tools/infer.py --checkpoint FILE`` and ``tools/train.py --load-from FILE`` read:
 ``{'state_dict': EMA weights, 'ema_state_dict': trained weights, 'meta'}`` when the
-run had EMAHook (ZeRO-1/2), else ``{'state_dict': trained weights, 'meta'}``. Runs on
+run had an EMA (EMAHook; ShardedEMAHook under ZeRO-3), else ``{'state_dict': trained weights, 'meta'}``. Runs on
 CPU; needs only the files.
 """
 import argparse
@@ -18,9 +18,8 @@ import sys
 
 import torch
 
+from mmsora.engine.strategies import zero_model_states
 from mmsora.utils.cli import UserError, run_cli
-
-MODEL_STATES = 'mp_rank_00_model_states.pt'
 
 
 def parse_args(argv=None):
@@ -35,15 +34,16 @@ def parse_args(argv=None):
 def resolve_folder(path: str) -> str:
     """The ZeRO checkpoint folder that ``path`` names or that its work dir last saved."""
     last = osp.join(path, 'last_checkpoint')
-    if osp.isdir(path) and not osp.isfile(osp.join(path, MODEL_STATES)) and osp.isfile(last):
+    if osp.isdir(path) and not zero_model_states(path) and osp.isfile(last):
         with open(last) as f:
             named = f.read().strip()
         path = named if osp.isdir(named) else osp.join(path, osp.basename(named))
     if not osp.isdir(path):
         raise UserError(f'{path} is not a ZeRO checkpoint folder (a plain checkpoint file '
                         'needs no conversion)')
-    if not osp.isfile(osp.join(path, MODEL_STATES)):
-        raise UserError(f'{path} has no {MODEL_STATES}: not a DeepSpeed checkpoint folder')
+    if not zero_model_states(path):
+        raise UserError(f'{path} has no mp_rank_00_model_states.pt: not a DeepSpeed '
+                        'checkpoint folder')
     return path.rstrip('/')
 
 
@@ -53,12 +53,12 @@ def zero_to_state_dict(folder: str) -> dict:
     parent, tag = osp.split(osp.abspath(folder))
     state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
     # DeepSpeed's own files, written by this run: its loader reads them the same way.
-    client = torch.load(osp.join(folder, MODEL_STATES), map_location='cpu',
+    client = torch.load(zero_model_states(folder), map_location='cpu',
                         weights_only=False)
     meta = {k: v for k, v in (client.get('meta') or {}).items() if k in ('seed', 'time')}
     meta.update(iter=client.get('global_steps'), converted_from=osp.abspath(folder))
     weights = {k: v.contiguous() for k, v in state.items()}
-    if 'ema_state_dict' not in client:  # no EMAHook (or ZeRO-3): the trained weights
+    if 'ema_state_dict' not in client:  # no EMA: the trained weights
         return dict(state_dict=weights, meta=meta)
     # mmengine's layout: EMA weights in state_dict, the trained ones in ema_state_dict
     # (here the fp32 masters, not the module's 16-bit copies).

@@ -1,4 +1,5 @@
-"""An EMA of the weights for FSDP runs: each process averages the shard it holds.
+"""An EMA of the weights for FSDP and ZeRO-3 runs: each process averages the shard it
+holds.
 
 mmengine's ``EMAHook`` deep-copies the model, which fails on an FSDP model
 ("cannot pickle 'module' object") and would hold a full copy per process if it did
@@ -13,14 +14,19 @@ model's shards, gathers the full state dict as the FSDP strategy does for the we
 (rank 0), and puts the trained shards back; the EMA weights go to ``state_dict``, the
 trained ones to ``ema_state_dict`` as ``module.*`` with ``steps``, exactly what
 ``EMAHook`` writes, so ``tools/infer.py`` and ``--no-ema`` read them as usual.
-``--fsdp`` switches ``EMAHook`` to this hook (``to_flexible_runner_config``).
+
+DeepSpeed ZeRO-3 has the same problem (the module holds empty placeholders between
+steps): :class:`ZeroShardedEMA` averages each process's partition (``ds_tensor``).
+
+``--fsdp`` and ``--deepspeed`` with ZeRO-3 switch ``EMAHook`` to this hook
+(``to_flexible_runner_config``).
 """
 import torch
 from mmengine.hooks import EMAHook
 
 from mmsora.registry import HOOKS
 
-__all__ = ['ShardedEMA', 'ShardedEMAHook']
+__all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']
 
 
 class ShardedEMA:
@@ -49,9 +55,12 @@ class ShardedEMA:
         # The Parameter objects: FSDP points their data at the local shard between
         # steps (and at the full tensor inside forward / backward), so read it late.
         self.tensors = [t for t in tensors if t.is_floating_point()]
-        self.average = [t.detach().float().clone() for t in self.tensors]
+        self.average = [t.float().clone() for t in self._local()]
+        self._kept = None  # the model's own shards while it holds the average
 
     def _local(self):
+        """The part of each averaged tensor this process holds (FSDP: the data of the
+        original parameter itself, a view of the local shard between steps)."""
         return [t.detach() for t in self.tensors]
 
     def update_parameters(self, model=None) -> None:
@@ -69,11 +78,15 @@ class ShardedEMA:
         torch._foreach_copy_(self.average, self._local())
 
     def swap(self) -> None:
-        """Exchange the average and the model's shards (called in pairs)."""
+        """Put the average into the model's shards, or (the next call) the model's
+        own values back, exactly; the average itself is not touched."""
         local = self._local()
-        kept = [t.clone() for t in local]
-        torch._foreach_copy_(local, self.average)
-        torch._foreach_copy_(self.average, kept)
+        if self._kept is None:
+            self._kept = [t.clone() for t in local]
+            torch._foreach_copy_(local, self.average)
+        else:
+            torch._foreach_copy_(local, self._kept)
+            self._kept = None
 
     def full_state_dict(self, model) -> dict:
         """``ExponentialMovingAverage.state_dict()``'s layout (``steps`` and
@@ -104,10 +117,65 @@ class ShardedEMA:
         self.steps = int(state['steps'])
 
 
+class ZeroShardedEMA(ShardedEMA):
+    """:class:`ShardedEMA` for DeepSpeed ZeRO-3, whose parameters are empty
+    placeholders between steps: the process's partition is ``param.ds_tensor``, the
+    slice ``[rank * n, (rank + 1) * n)`` of the flattened parameter (zero-padded), as
+    DeepSpeed's ``zero_to_fp32`` reads it.
+
+    ZeRO-3 checkpoints are one client-state file per process. Each process's entry
+    holds its own float32 partitions (``local_average``), which it loads back on
+    resume exactly; rank 0's also holds the whole average in
+    ``ExponentialMovingAverage.state_dict()``'s layout (an all-gather per parameter on
+    save), for ``tools/zero_to_state_dict.py`` and ``tools/infer.py``.
+
+    Args:
+        model (nn.Module): The module of the DeepSpeed engine.
+    """
+
+    def _local(self):
+        return [t.ds_tensor.detach() if hasattr(t, 'ds_tensor') else t.detach()
+                for t in self.tensors]
+
+    def full_state_dict(self, model) -> dict:
+        """The checkpoint entry (see the class). Collective: every process calls it."""
+        import torch.distributed as dist
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = (torch.device('cuda', torch.cuda.current_device())
+                  if dist.get_backend() == 'nccl' else torch.device('cpu'))
+        index = {id(t): i for i, t in enumerate(self.tensors)}
+        state = {}
+        for key, t in model.state_dict(keep_vars=True).items():
+            i = index.get(id(t))
+            if i is None:  # not averaged: as the model holds it
+                value = t.detach()
+            elif hasattr(t, 'ds_tensor'):
+                average = self.average[i].to(device)
+                parts = [torch.empty_like(average) for _ in range(world)]
+                dist.all_gather(parts, average)
+                value = torch.cat(parts)[:t.ds_numel].view(t.ds_shape)
+            else:
+                value = self.average[i].view_as(t)
+            if rank == 0:
+                state['module.' + key] = value.detach().to('cpu', copy=True)
+        state['steps'] = torch.tensor(self.steps)
+        state['local_average'] = [a.to('cpu', copy=True) for a in self.average]
+        return state
+
+    def load_full_state_dict(self, model, state: dict) -> None:
+        """Take this process's own partitions back (no communication)."""
+        local = state.get('local_average')
+        if local is None or [t.shape for t in local] != [a.shape for a in self.average]:
+            raise RuntimeError('this ZeRO-3 checkpoint has no EMA partitions for this '
+                               'process (saved with another process count?)')
+        torch._foreach_copy_(self.average, [t.to(self.average[0].device) for t in local])
+        self.steps = int(state['steps'])
+
+
 @HOOKS.register_module()
 class ShardedEMAHook(EMAHook):
-    """mmengine's ``EMAHook`` (same arguments, same checkpoint keys) for FSDP runs,
-    with the average held as :class:`ShardedEMA`.
+    """mmengine's ``EMAHook`` (same arguments, same checkpoint keys) for FSDP and
+    ZeRO-3 runs, with the average held as :class:`ShardedEMA` / :class:`ZeroShardedEMA`.
 
     mmengine's FlexibleRunner resumes before the hooks' ``before_run``; the hook swaps
     the checkpoint's entries at once (so the model loads the trained weights) and
@@ -121,11 +189,17 @@ class ShardedEMAHook(EMAHook):
         self._pending = None
 
     def before_run(self, runner) -> None:
-        self.src_model = runner.model
+        from mmengine.model import is_model_wrapper
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         cfg = {k: v for k, v in self.ema_cfg.items() if k != 'type'}
-        self.ema_model = ShardedEMA(runner.model, **cfg)
+        model = runner.model  # FSDP: the root, which gathers full state dicts
+        if is_model_wrapper(model) and not isinstance(model, FSDP):
+            model = model.module  # DeepSpeed: the engine's module
+        zero3 = any(hasattr(p, 'ds_tensor') for p in model.parameters())
+        self.src_model = model
+        self.ema_model = (ZeroShardedEMA if zero3 else ShardedEMA)(model, **cfg)
         if self._pending is not None:
-            self.ema_model.load_full_state_dict(runner.model, self._pending)
+            self.ema_model.load_full_state_dict(self.src_model, self._pending)
             self._pending = None
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
@@ -139,14 +213,14 @@ class ShardedEMAHook(EMAHook):
         self.ema_model.swap()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['ema_state_dict'] = self.ema_model.full_state_dict(runner.model)
+        checkpoint['ema_state_dict'] = self.ema_model.full_state_dict(self.src_model)
         self._swap_ema_state_dict(checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if 'ema_state_dict' in checkpoint and runner._resume:
             self._swap_ema_state_dict(checkpoint)  # the model loads the trained weights
             if hasattr(self, 'ema_model'):
-                self.ema_model.load_full_state_dict(runner.model,
+                self.ema_model.load_full_state_dict(self.src_model,
                                                     checkpoint['ema_state_dict'])
             else:
                 self._pending = checkpoint['ema_state_dict']

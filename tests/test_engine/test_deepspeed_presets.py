@@ -163,3 +163,24 @@ def test_prepare_deepspeed_names_a_missing_install(monkeypatch):
     monkeypatch.setattr(options.importlib.util, 'find_spec', lambda name: None)
     with pytest.raises(UserError, match='DeepSpeed is not installed: pip install'):
         options.prepare_deepspeed(cfg)
+
+
+def test_load_from_a_file_with_deepspeed_points_to_pretrained_denoiser(tmp_path):
+    """mmengine's DeepSpeedStrategy loads folders only (an AssertionError deep in
+    DeepSpeed for a file): one line that names the way that works."""
+    weights = tmp_path / 'weights.pth'
+    torch.save({'state_dict': {}, 'meta': {}}, weights)
+    args = train.parse_args([DEMO, '--work-dir', str(tmp_path), '--deepspeed',
+                             'deepspeed_zero2', '--load-from', str(weights)])
+    with pytest.raises(UserError, match=f'model.pretrained_denoiser={weights}'):
+        train.build_train_config(args)
+
+
+@pytest.mark.parametrize('preset,ema', [('deepspeed_zero2', 'FP32EMAHook'),
+                                        ('deepspeed_zero3', 'ShardedEMAHook'),
+                                        ('deepspeed_zero3_offload', 'ShardedEMAHook')])
+def test_the_ema_hook_follows_the_zero_stage(preset, ema, tmp_path):
+    cfg = train.build_train_config(train.parse_args(
+        [DEMO, '--work-dir', str(tmp_path), '--deepspeed', preset]))
+    hooks = [h for h in cfg.custom_hooks if 'EMA' in h['type']]
+    assert [h['type'] for h in hooks] == [ema] and hooks[0]['momentum'] == 0.01

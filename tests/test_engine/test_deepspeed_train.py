@@ -1,7 +1,9 @@
-"""A real ZeRO-2 run on CPU: tools/train.py --deepspeed deepspeed_zero2 trains the demo
+"""Real ZeRO runs on CPU: tools/train.py --deepspeed deepspeed_zero2 trains the demo
 model (one process, gloo), saves ZeRO checkpoint folders with the EMA weights and RNG
 states, resumes to the same weights as an uninterrupted run, and
-tools/zero_to_state_dict.py turns a folder into a file tools/infer.py's loader reads."""
+tools/zero_to_state_dict.py turns a folder into a file tools/infer.py's loader reads.
+ZeRO-3 on two processes keeps its EMA sharded (ShardedEMAHook): the same EMA and
+weights as the one-process ZeRO-2 run, and an exact resume."""
 import os
 import os.path as osp
 import shutil
@@ -17,6 +19,9 @@ pytest.importorskip('deepspeed')
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import zero_to_state_dict  # noqa: E402
+from mmsora.engine.strategies import zero_model_states  # noqa: E402
+from tests.launch import free_port  # noqa: E402
+from tests.tiny_models import TINY_DEMO_OPTIONS  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 # DeepSpeed compiles a shared-memory all-reduce op with g++ (minutes) when it sets up
@@ -26,20 +31,24 @@ RUN = ("import runpy, sys; import deepspeed.comm.torch as t; t.build_shm_op = la
        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def train(work, *args):
+def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
+        'train_dataloader.batch_size=4', 'model.denoiser.depth=1')):
     cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), DEMO,
-           '--deepspeed', 'deepspeed_zero2', '--work-dir', str(work), *args,
+           '--deepspeed', preset, '--work-dir', str(work), *args,
            '--cfg-options', 'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=2',
-           'default_hooks.logger.interval=1', 'train_dataloader.batch_size=4',
-           'train_dataloader.num_workers=0', 'model.denoiser.depth=1']
+           'default_hooks.logger.interval=1', 'train_dataloader.num_workers=0', *options]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
     for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
         env.pop(key, None)
+    if processes > 1:  # torchrun starts the same command (DeepSpeed's op build skipped)
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+               str(processes), '--master_port', str(free_port()), '--no-python', *cmd,
+               '--launcher', 'pytorch']
     proc = subprocess.run(cmd, env=env, cwd=work.parent, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert 'Iter(train) [3/3]' in proc.stdout + proc.stderr
-    return torch.load(work / 'iter_3.pth' / 'mp_rank_00_model_states.pt',
+    return torch.load(zero_model_states(str(work / 'iter_3.pth')),
                       map_location='cpu', weights_only=False)  # DeepSpeed's own file
 
 
@@ -100,3 +109,50 @@ def test_zero2_bf16_trains_with_a_float32_ema(tmp_path):
     assert floats and {v.dtype for v in floats} == {torch.bfloat16}
     ema = [v for v in ckpt['state_dict'].values() if v.is_floating_point()]  # EMA weights
     assert {v.dtype for v in ema} == {torch.float32}
+
+
+def converted(work):
+    zero_to_state_dict.main([str(work)])
+    return torch.load(work / 'iter_3_state_dict.pth', map_location='cpu', weights_only=False)
+
+
+def test_zero3_two_processes_keep_the_ema_and_resume_exactly(tmp_path):
+    """Before ShardedEMAHook, EMAHook under ZeRO-3 stopped at the first step (its copy
+    of the module holds empty placeholders) and no hook state was saved. Now: the
+    same global batch on one ZeRO-2 process and two ZeRO-3 processes gives the same
+    EMA and weights; a ZeRO-3 run resumed from step 2 (RNG-driven draws) ends bit for
+    bit as the uninterrupted one, EMA and RNG states included."""
+    same = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0']
+    train(tmp_path / 'zero2', options=same)
+    client = train(tmp_path / 'zero3', preset='deepspeed_zero3', processes=2, options=same)
+    assert len(client['meta']['rng_states']) == 2  # both ranks' streams
+    one, two = converted(tmp_path / 'zero2'), converted(tmp_path / 'zero3')
+    for key in ('state_dict', 'ema_state_dict'):  # EMA, trained (fp32 masters)
+        assert one[key].keys() == two[key].keys()
+        for name, value in one[key].items():
+            torch.testing.assert_close(two[key][name], value, rtol=1e-5, atol=1e-6,
+                                       msg=f'{key} {name}')
+    name = 'denoiser.final_layer.linear.weight'
+    assert (two['ema_state_dict']['module.' + name] - two['state_dict'][name]).abs().max() > 1e-3
+
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    train(full, preset='deepspeed_zero3', processes=2, options=TINY_DEMO_OPTIONS)
+    resumed.mkdir()
+    shutil.copytree(full / 'iter_2.pth', resumed / 'iter_2.pth')
+    train(resumed, '--resume', str(resumed / 'iter_2.pth'), preset='deepspeed_zero3',
+          processes=2, options=TINY_DEMO_OPTIONS)
+    a, b = converted(full), converted(resumed)
+    for key in ('state_dict', 'ema_state_dict'):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    for rank in (0, 1):  # each process's own EMA partitions and RNG streams
+        file = f'iter_3.pth/zero_pp_rank_{rank}_mp_rank_00_model_states.pt'
+        ca, cb = (torch.load(w / file, map_location='cpu', weights_only=False)
+                  for w in (full, resumed))
+        for x, y in zip(ca['ema_state_dict']['local_average'],
+                        cb['ema_state_dict']['local_average']):
+            assert torch.equal(x, y)
+        if rank == 0:
+            assert len(ca['meta']['rng_states']) == 2
+            for x, y in zip(ca['meta']['rng_states'], cb['meta']['rng_states']):
+                assert torch.equal(x['torch'], y['torch'])

@@ -1,6 +1,7 @@
 """Distributed strategies (DeepSpeed ZeRO, FSDP) and speed switches for training."""
 from .deepspeed import (DEEPSPEED_PRESETS, ResumeHooksHook, fill_auto, is_zero_checkpoint,
-                        load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config)
+                        load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config,
+                        zero_model_states)
 from .fsdp import FSDPGradClipHook, mend_mmengine_fsdp, transformer_block_wrap_policy
 from .speed import CompileDenoiserHook, prefer_fused_optimizer, set_tf32, tf32_supported
 from .train_options import (amp_dtype_of, apply_global_batch, apply_speed_options,
@@ -9,6 +10,7 @@ from .train_options import (amp_dtype_of, apply_global_batch, apply_speed_option
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpoint',
            'load_strategy', 'mend_mmengine_deepspeed', 'to_flexible_runner_config',
+           'zero_model_states',
            'transformer_block_wrap_policy', 'FSDPGradClipHook', 'fsdp_on_cpu',
            'mend_mmengine_fsdp', 'CompileDenoiserHook', 'prefer_fused_optimizer',
            'set_tf32', 'tf32_supported', 'amp_dtype_of', 'apply_speed_options',

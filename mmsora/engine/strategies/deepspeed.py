@@ -26,6 +26,7 @@ from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
+           'zero_model_states',
            'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
            'to_flexible_runner_config']
 
@@ -57,9 +58,25 @@ def load_strategy(name: str) -> dict:
     return cfg.strategy.to_dict()
 
 
+# The file of a DeepSpeed checkpoint folder that holds the client state (our hooks'
+# entries, meta): ZeRO-1/2 write the first, ZeRO-3 one per data-parallel rank.
+MODEL_STATES_FILES = ('mp_rank_00_model_states.pt',
+                      'zero_pp_rank_0_mp_rank_00_model_states.pt')
+
+
+def zero_model_states(path: str):
+    """The client-state file of a DeepSpeed checkpoint folder, or None if ``path`` is
+    not one."""
+    for name in MODEL_STATES_FILES:
+        if osp.isfile(osp.join(path, name)):
+            return osp.join(path, name)
+    return None
+
+
 def is_zero_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``--deepspeed``)."""
-    return osp.isfile(osp.join(path, 'mp_rank_00_model_states.pt'))
+    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``--deepspeed``,
+    any ZeRO stage)."""
+    return zero_model_states(path) is not None
 
 
 def _clip_max_norm(optim_wrapper: dict) -> float:
@@ -129,14 +146,20 @@ def _save_with_hooks(save_checkpoint):
 
     The hooks see a checkpoint with the model's ``state_dict``, as under the plain
     Runner; it goes into DeepSpeed's ``client_state`` (EMAHook puts the EMA weights
-    there, the raw ones in ``ema_state_dict``). ZeRO-3 partitions the weights, so there
-    the hooks are not run.
+    there, the raw ones in ``ema_state_dict``). ZeRO-3 partitions the weights: there
+    the state dict is gathered on rank 0 in the module's dtype (DeepSpeed's
+    consolidated 16-bit state dict) and the hooks run on every process (ShardedEMAHook
+    gathers its float32 average).
     """
     def wrapped(self, filename, *, extra_ckpt=None, callback=None, **kwargs):
-        if callback is not None and not self.model.zero_optimization_partition_weights():
+        if callback is not None:
             from mmengine.runner.checkpoint import weights_to_cpu
             extra_ckpt = dict(extra_ckpt or {})
-            extra_ckpt['state_dict'] = weights_to_cpu(self.model.module.state_dict())
+            if self.model.zero_optimization_partition_weights():  # every rank calls it
+                full = self.model._zero3_consolidated_16bit_state_dict()
+                extra_ckpt['state_dict'] = dict(full or {})  # None off rank 0
+            else:
+                extra_ckpt['state_dict'] = weights_to_cpu(self.model.module.state_dict())
             callback(extra_ckpt)
         return save_checkpoint(self, filename, extra_ckpt=extra_ckpt, **kwargs)
     return wrapped
@@ -193,6 +216,18 @@ def register_deepspeed_optimizers():
     return names
 
 
+def _use_sharded_ema(hooks: list, why: str) -> None:
+    """Switch the config's EMAHook to ShardedEMAHook (same arguments)."""
+    for hook in hooks:
+        if hook.get('type') not in ('EMAHook', 'FP32EMAHook'):
+            continue
+        ema_type = hook.pop('ema_type', None)
+        if ema_type not in (None, 'ExponentialMovingAverage', 'FP32ExponentialMovingAverage'):
+            raise UserError(f'{why} keeps an exponential moving average only '
+                            f'(ShardedEMAHook); the config asks for {ema_type}')
+        hook['type'] = 'ShardedEMAHook'
+
+
 def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
     """Turn a Runner config into a FlexibleRunner one that trains with ``strategy``.
 
@@ -212,7 +247,11 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         if not any(h.get('type') == 'ResumeHooksHook' for h in hooks):
             hooks.append(dict(type='ResumeHooksHook'))
         # DeepSpeed's bf16 / fp16 turn the module itself to half precision: keep the
-        # EMA in float32 or its updates round away (mmsora/engine/ema.py).
+        # EMA in float32 or its updates round away (mmsora/engine/ema.py). ZeRO-3
+        # leaves empty placeholders in the module: average the partitions
+        # (mmsora/engine/sharded_ema.py).
+        if strategy['config'].get('zero_optimization', {}).get('stage') == 3:
+            _use_sharded_ema(hooks, '--deepspeed with ZeRO-3')
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
             if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
@@ -234,14 +273,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
             hooks.append(dict(type='FSDPGradClipHook'))
         # mmengine's EMA deep-copies the model (impossible under FSDP): keep the
         # average sharded like the weights (mmsora/engine/sharded_ema.py).
-        for hook in hooks:
-            if hook.get('type') not in ('EMAHook', 'FP32EMAHook'):
-                continue
-            if hook.pop('ema_type', None) not in (None, 'ExponentialMovingAverage',
-                                                  'FP32ExponentialMovingAverage'):
-                raise UserError('--fsdp keeps an exponential moving average only '
-                                f'(ShardedEMAHook); the config asks for {hook}')
-            hook['type'] = 'ShardedEMAHook'
+        _use_sharded_ema(hooks, '--fsdp')
     else:
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
                         f'got {kind!r}')
