@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,10 @@ def parse_args(argv=None):
                         choices=['auto', 'sdpa', 'flash_attn', 'xformers'],
                         help='attention kernel of our denoiser (auto: flash-attn or '
                         'xformers where installed and suitable, else PyTorch SDPA)')
+    parser.add_argument('--interleave', action='store_true',
+                        help='with --baseline: both models in one process taking turns '
+                        'step by step; reports best and median step and how many step '
+                        'pairs each won (no per-model memory)')
     parser.add_argument('--seed', type=int, default=0)
     # Internal: run one implementation in this process and print its result.
     parser.add_argument('--worker', choices=['ours', 'diffusers'], help=argparse.SUPPRESS)
@@ -120,20 +125,16 @@ def _rss_mb() -> float:
     return float('nan')
 
 
-def run_worker(args) -> dict:
-    """Build one implementation and time its training steps."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def make_step(args, impl: str):
+    """Build ``impl`` ('ours' / 'diffusers') and return (model, step, cfg, arch):
+    ``step()`` runs one training step (forward, loss, backward, AdamW)."""
     device = torch.device(args.device)
     cfg = denoiser_cfg(args)
     arch = dit_arch(cfg) if cfg.get('type') == 'DiT' else dict(cfg)
-    rss_before_model = _rss_mb()
-
-    if args.grad_checkpointing is not None and args.worker == 'ours':
+    if args.grad_checkpointing is not None and impl == 'ours':
         cfg['grad_checkpointing'] = args.grad_checkpointing
-    model, forward = (build_ours if args.worker == 'ours' else build_diffusers)(cfg)
-    if args.worker == 'ours':
+    model, forward = (build_ours if impl == 'ours' else build_diffusers)(cfg)
+    if impl == 'ours':
         from mmsora.models.layers import set_attention_backend
         set_attention_backend(model, args.attn_backend)
     model.to(device).train()
@@ -164,9 +165,27 @@ def run_worker(args) -> dict:
         scaler.update()
         return loss.detach()
 
+    return model, step, cfg, arch
+
+
+def _sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def run_worker(args) -> dict:
+    """Build one implementation and time its training steps."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    rss_before_model = _rss_mb()
+    model, step, cfg, arch = make_step(args, args.worker)
+    dtype = _DTYPES[args.precision]
+    n = args.batch_size
+
     def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
+        _sync(device)
 
     for _ in range(args.warmup):
         step()
@@ -212,6 +231,40 @@ def run_worker(args) -> dict:
 # --------------------------------------------------------------------------- #
 #                                   Driver                                     #
 # --------------------------------------------------------------------------- #
+def interleave(args) -> list:
+    """Both models in this process, taking turns one step at a time (ABBA order), so
+    that a slow spell of a shared machine hits both alike. Returns each model's step
+    times (ms) after ``--warmup`` steps each."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    impls = ['ours', args.baseline]
+    steps = {}
+    for impl in impls:
+        torch.manual_seed(args.seed)  # the same data for both
+        steps[impl] = make_step(args, impl)[1]
+    times = {impl: [] for impl in impls}
+    for i in range(args.warmup + args.steps):
+        for impl in (impls if i % 2 == 0 else impls[::-1]):
+            start = time.perf_counter()
+            steps[impl]()
+            _sync(args.device)
+            if i >= args.warmup:
+                times[impl].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def interleave_report(args, times: dict) -> str:
+    ours, base = times['ours'], times[args.baseline]
+    faster = sum(a < b for a, b in zip(ours, base))
+    lines = [f'{impl}: step_ms best {min(t):.1f}, median {statistics.median(t):.1f}; '
+             f'each step {[round(v) for v in t]}' for impl, t in times.items()]
+    lines.append(f'samples/s ratio ours/{args.baseline}: best '
+                 f'{min(base) / min(ours):.3f}, median '
+                 f'{statistics.median(base) / statistics.median(ours):.3f}; ours faster '
+                 f'in {faster} of {len(ours)} step pairs')
+    return '\n'.join(lines)
+
+
 def spawn(impl: str, argv) -> dict:
     """Run one implementation in a fresh interpreter (per-model peak memory)."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv, '--worker', impl]
@@ -245,6 +298,19 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         print(_RESULT_TAG + json.dumps(run_worker(args)), flush=True)
+        return
+    if args.interleave:
+        if not args.baseline:
+            raise SystemExit('--interleave compares two models: add --baseline diffusers')
+        times = interleave(args)
+        print(f'model={args.config or args.model} batch_size={args.batch_size} '
+              f'device={args.device} precision={args.precision} steps={args.steps} '
+              f'warmup={args.warmup} interleaved threads='
+              f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
+        print(interleave_report(args, times))
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(dict(setup=vars(args), step_ms=times), f, indent=2)
         return
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.

@@ -62,3 +62,29 @@ def test_config_denoiser_and_checkpointing(tmp_path):
     assert benchmark.denoiser_cfg(args)['hidden_size'] == 32
     result = benchmark.run_worker(args)
     assert result['params_m'] < 0.1 and result['loss'] > 0
+
+
+def test_interleave_takes_turns_in_one_process(tmp_path, capsys, monkeypatch):
+    order = []
+    make_step = benchmark.make_step
+
+    def recording(args, impl):  # the real step, noting who ran
+        model, step, cfg, arch = make_step(args, impl)
+
+        def noted():
+            order.append(impl)
+            return step()
+        return model, noted, cfg, arch
+    monkeypatch.setattr(benchmark, 'make_step', recording)
+    benchmark.main(SMALL + ['--baseline', 'diffusers', '--interleave', '--steps', '3',
+                            '--json', str(tmp_path / 'i.json')])
+    out = capsys.readouterr().out
+    # ABBA: one warm-up pair, then three timed ones
+    assert order == ['ours', 'diffusers', 'diffusers', 'ours', 'ours', 'diffusers',
+                     'diffusers', 'ours']
+    assert 'samples/s ratio ours/diffusers: best' in out and 'step pairs' in out
+    times = json.loads((tmp_path / 'i.json').read_text())['step_ms']
+    assert len(times['ours']) == len(times['diffusers']) == 3
+    assert all(v > 0 for v in times['ours'] + times['diffusers'])
+    with pytest.raises(SystemExit, match='--baseline'):
+        benchmark.main(SMALL + ['--interleave'])
