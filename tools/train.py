@@ -141,6 +141,12 @@ def build_train_config(args):
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
+    from mmsora.engine.strategies import is_zero_checkpoint
+    if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
+            and cfg.get('load_from') and cfg.get('resume')
+            and not is_zero_checkpoint(cfg.load_from)):
+        raise UserError(f'--resume {cfg.load_from} with --deepspeed: not a DeepSpeed '
+                        'checkpoint folder (iter_N.pth/ written by a --deepspeed run)')
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and not cfg.get('resume')):
         # mmengine's DeepSpeedStrategy reads every checkpoint with DeepSpeed's folder

@@ -42,7 +42,8 @@ def resolve_folder(path: str) -> str:
         raise UserError(f'{path} is not a ZeRO checkpoint folder (a plain checkpoint file '
                         'needs no conversion)')
     if not zero_model_states(path):
-        raise UserError(f'{path} has no mp_rank_00_model_states.pt: not a DeepSpeed '
+        raise UserError(f'{path} has no mp_rank_00_model_states.pt (ZeRO-3: '
+                        'zero_pp_rank_0_mp_rank_00_model_states.pt): not a DeepSpeed '
                         'checkpoint folder')
     return path.rstrip('/')
 

@@ -184,3 +184,22 @@ def test_the_ema_hook_follows_the_zero_stage(preset, ema, tmp_path):
         [DEMO, '--work-dir', str(tmp_path), '--deepspeed', preset]))
     hooks = [h for h in cfg.custom_hooks if 'EMA' in h['type']]
     assert [h['type'] for h in hooks] == [ema] and hooks[0]['momentum'] == 0.01
+
+
+def test_resume_of_a_plain_file_with_deepspeed_fails_in_one_line(tmp_path):
+    weights = tmp_path / 'iter_2.pth'
+    torch.save({'state_dict': {}, 'meta': {}}, weights)
+    args = train.parse_args([DEMO, '--work-dir', str(tmp_path), '--deepspeed',
+                             'deepspeed_zero2', '--resume', str(weights)])
+    with pytest.raises(UserError, match='not a DeepSpeed checkpoint folder'):
+        train.build_train_config(args)
+
+
+def test_zero3_refuses_sampling_hooks(tmp_path):
+    path = tmp_path / 'with_samples.py'
+    path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook'), "
+                    "dict(type='SampleVisualizationHook')]\n")
+    args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--deepspeed',
+                             'deepspeed_zero3'])
+    with pytest.raises(UserError, match='under ZeRO-3 each process holds a shard'):
+        train.build_train_config(args)

@@ -125,6 +125,8 @@ def _worker(rank, world, port, out):
         if rank == 1:  # an inf in one shard only: every rank must see it
             shards[0].grad[0] = float('inf')
         results.append(grad_norm(wrapper, sharded=True))
+        shards[0].grad[0] = 1.0  # finite again; a NaN loss on rank 0 only
+        results.append(grad_norm(wrapper, sharded=True, bad_loss=rank == 0))
         out[rank] = results
     finally:
         dist.destroy_process_group()
@@ -136,3 +138,4 @@ def test_loss_guard_norm_over_shards_is_the_whole_gradients():
     assert out[0][0] == out[1][0] == pytest.approx(85.0)  # sqrt(9+16+144+7056)
     assert out[0][1] == pytest.approx(5.0) and out[1][1] == pytest.approx(84.8528, rel=1e-5)
     assert out[0][2] == out[1][2] == float('inf')  # both ranks skip the step
+    assert out[0][3] == out[1][3] == float('inf')  # a bad loss on one rank: both skip

@@ -25,19 +25,25 @@ class NonFiniteLossError(RunError):
     """Too many consecutive iterations had a non-finite loss or gradient."""
 
 
-def grad_norm(optim_wrapper, sharded: bool = False):
+def grad_norm(optim_wrapper, sharded: bool = False, bad_loss: bool = False):
     """L2 norm of all gradients of the wrapper's parameters (a float; 0 without any).
 
     ``sharded``: each process holds a shard of the gradient (FSDP); the norm is the
     whole gradient's, summed over the processes (a collective: every process calls
-    it), so every process takes the same decision."""
+    it), and a non-finite loss on any process (``bad_loss``) makes it inf on all, so
+    every process takes the same decision."""
     grads = [p.grad for group in optim_wrapper.optimizer.param_groups
              for p in group['params'] if p.grad is not None]
     norm = (torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads
             else torch.zeros(()))
     if sharded:
-        squared = norm.detach().float().square()
-        torch.distributed.all_reduce(squared)
+        dist = torch.distributed
+        device = (torch.device('cuda', torch.cuda.current_device())
+                  if dist.get_backend() == 'nccl' else torch.device('cpu'))  # NCCL: CUDA
+        squared = norm.detach().float().square().to(device)
+        if bad_loss:
+            squared = squared + float('inf')
+        dist.all_reduce(squared)
         norm = squared.sqrt()
     return float(norm)
 
@@ -91,7 +97,7 @@ class LossGuardHook(Hook):
             loss = bad[0] if bad else (losses[-1] if losses else 0.0)
             losses.clear()
             scaled = getattr(wrapper, 'loss_scaler', None) is not None
-            norm = None if scaled else grad_norm(wrapper, sharded)
+            norm = None if scaled else grad_norm(wrapper, sharded, bool(bad))
             if bad or (norm is not None and not math.isfinite(norm)):
                 self._skip(runner, loss, norm)
                 if scaled:  # the scaler sees the inf/NaN gradients on every rank,

@@ -216,6 +216,19 @@ def register_deepspeed_optimizers():
     return names
 
 
+def _refuse_sampling_hooks(hooks: list, where: str) -> None:
+    """The sampling hooks run the whole model on rank 0 alone, which no process holds
+    when the weights are sharded (rank 0 would fail or wait for the others forever)."""
+    samplers = [h['type'] for h in hooks if h.get('type') in (
+        'SampleVisualizationHook', 'SampleEvaluationHook')]
+    if samplers:
+        raise UserError(f'{", ".join(samplers)} sample(s) on rank 0 from the whole '
+                        f'model; under {where} each process holds a shard of it. Drop '
+                        'them from custom_hooks and sample the checkpoints with '
+                        'tools/infer.py / tools/test.py, or train with DDP or '
+                        '--deepspeed deepspeed_zero2')
+
+
 def _use_sharded_ema(hooks: list, why: str) -> None:
     """Switch the config's EMAHook to ShardedEMAHook (same arguments)."""
     for hook in hooks:
@@ -251,6 +264,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         # leaves empty placeholders in the module: average the partitions
         # (mmsora/engine/sharded_ema.py).
         if strategy['config'].get('zero_optimization', {}).get('stage') == 3:
+            _refuse_sampling_hooks(hooks, 'ZeRO-3')
             _use_sharded_ema(hooks, '--deepspeed with ZeRO-3')
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
@@ -259,14 +273,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'
     elif kind == 'FSDPStrategy':
         hooks = cfg.setdefault('custom_hooks', [])
-        samplers = [h['type'] for h in hooks if h.get('type') in (
-            'SampleVisualizationHook', 'SampleEvaluationHook')]
-        if samplers:
-            raise UserError(f'{", ".join(samplers)} sample(s) on rank 0 from the whole '
-                            'model; under --fsdp each process holds a shard of it. Drop '
-                            'them from custom_hooks and sample the checkpoints with '
-                            'tools/infer.py / tools/test.py, or train with DDP or '
-                            '--deepspeed deepspeed_zero2')
+        _refuse_sampling_hooks(hooks, '--fsdp')
         if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # fp16 loss scaling:
             cfg.optim_wrapper['use_fsdp'] = True  # inf checks over all the shards
         if not any(h.get('type') == 'FSDPGradClipHook' for h in hooks):
