@@ -217,6 +217,8 @@ def main(argv=None):
         if is_main_process():
             print(f'saved {n} samples to {args.out} (arr_0: uint8 samples; arr_1: labels, '
                   'or prompts)')
+        from mmsora.utils.dist import close_process_group
+        close_process_group()
         return
     if prompts:
         prompts = [prompts[i % len(prompts)] for i in range(n)]

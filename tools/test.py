@@ -97,6 +97,8 @@ def main(argv=None):
             with open(args.json, 'w') as f:
                 json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
                                checkpoint=args.checkpoint, run=args.run), f, indent=2)
+    from mmsora.utils.dist import close_process_group
+    close_process_group()
 
 
 if __name__ == '__main__':

@@ -130,6 +130,11 @@ def build_train_config(args):
             # mmengine's non-strict loader, which would skip mismatched keys silently.
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
+    seed = (cfg.get('randomness') or {}).get('seed')
+    if seed is not None and 'init_seed' not in cfg.model:
+        # The initial weights from the run's seed, wherever the runner builds the model
+        # and on every process alike (FSDP / DeepSpeed start from one whole model).
+        cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
@@ -189,6 +194,8 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
+    from mmsora.utils.dist import close_process_group
+    close_process_group()
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ import torch
 from mmengine.hooks import EMAHook
 
 from mmsora.registry import HOOKS
+from mmsora.utils.dist import collective_device
 
 __all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']
 
@@ -141,8 +142,7 @@ class ZeroShardedEMA(ShardedEMA):
         """The checkpoint entry (see the class). Collective: every process calls it."""
         import torch.distributed as dist
         rank, world = dist.get_rank(), dist.get_world_size()
-        device = (torch.device('cuda', torch.cuda.current_device())
-                  if dist.get_backend() == 'nccl' else torch.device('cpu'))
+        device = collective_device()
         index = {id(t): i for i, t in enumerate(self.tensors)}
         state = {}
         for key, t in model.state_dict(keep_vars=True).items():

@@ -61,6 +61,16 @@ class LatentDiffusion(BaseModel):
             order that way. Costs one small CPU generator per sample per step. Not
             covered: dropout layers (0 in our denoisers) and random augmentation
             inside datasets (drawn per loader worker).
+        init_seed: None (default): the submodules draw their initial weights from
+            torch's global generator, wherever it stands when the model is built. An
+            int: from a generator seeded with it (the global one is left as it was),
+            so the initial weights do not depend on when the runner builds the model
+            (mmengine's ``Runner`` builds it right after seeding, its
+            ``FlexibleRunner`` for DeepSpeed / FSDP later) nor on the process: every
+            process of an FSDP or DeepSpeed run starts from the same whole model, the
+            one a single-process run of the same config starts from.
+            ``tools/train.py`` sets it to ``randomness.seed`` when that is set and
+            ``model.init_seed`` is not given.
         attn_backend: Attention kernel of the denoiser's attention layers:
             ``'auto'`` (flash-attn or xformers where installed and suitable, else
             PyTorch SDPA), ``'sdpa'``, ``'flash_attn'`` or ``'xformers'``
@@ -78,21 +88,23 @@ class LatentDiffusion(BaseModel):
                  num_classes: int = 1000,
                  pretrained_denoiser: Optional[str] = None,
                  train_noise_seed: Optional[int] = None,
+                 init_seed: Optional[int] = None,
                  attn_backend: str = 'auto',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.denoiser = set_attention_backend(MODELS.build(denoiser), attn_backend)
-        self.diffusion = DIFFUSION.build(diffusion)
-        self.vae = MODELS.build(vae) if vae is not None else None
-        self.text_encoder = MODELS.build(text_encoder) if text_encoder is not None else None
+        for name, value in (('train_noise_seed', train_noise_seed), ('init_seed', init_seed)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f'model.{name} must be an int (or None), got {value!r}')
+        with _seeded(init_seed):
+            self.denoiser = set_attention_backend(MODELS.build(denoiser), attn_backend)
+            self.diffusion = DIFFUSION.build(diffusion)
+            self.vae = MODELS.build(vae) if vae is not None else None
+            self.text_encoder = (MODELS.build(text_encoder) if text_encoder is not None
+                                 else None)
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self.pretrained_denoiser = pretrained_denoiser
-        if train_noise_seed is not None and (isinstance(train_noise_seed, bool)
-                                             or not isinstance(train_noise_seed, int)):
-            raise ValueError('model.train_noise_seed must be an int (or None), got '
-                             f'{train_noise_seed!r}')
         self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
 
@@ -401,3 +413,15 @@ class LatentDiffusion(BaseModel):
         if generators is None:
             return torch.randn(n, *self.latent_shape, device=device)
         return sample_rng.randn_per_sample(generators, (n, *self.latent_shape), device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: Optional[int]):
+    """Run the block on the CPU generator seeded with ``seed`` and restore the global
+    one afterwards; with None, on the global generator as it is."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -10,6 +10,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmsora.engine  # noqa: F401  (applies the checkpoint mend)
 from mmsora.engine import AutocastOptimWrapper
+from mmsora.utils.dist import free_port
 
 
 def run_python(code, env=None, timeout=120):
@@ -51,7 +52,7 @@ def test_plain_mmengine_checkpoint_fails_without_the_mend(tmp_path):
 def test_mmengine_launcher_needs_cuda_but_ours_does_not():
     # Documents break (2) and shows the mend: gloo first, then mmengine leaves it alone.
     env = dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
-               MASTER_PORT='29611')
+               MASTER_PORT=str(free_port()))
     plain = run_python('''
         from mmengine.dist import init_dist
         try:
@@ -60,7 +61,7 @@ def test_mmengine_launcher_needs_cuda_but_ours_does_not():
             print('FAILED', type(e).__name__, e)
     ''', env)
     assert 'FAILED' in plain.stdout, plain.stdout + plain.stderr
-    env['MASTER_PORT'] = '29612'
+    env['MASTER_PORT'] = str(free_port())
     mended = run_python('''
         from mmengine.dist import get_dist_info, is_distributed
         from mmsora.engine import init_cpu_distributed

@@ -1,10 +1,8 @@
 """What --fsdp does to a config (CPU device and state-dict settings, the EMA and
 clipping hooks, sampling hooks refused), LossGuardHook's whole-gradient norm over
-sharded gradients (2 gloo processes), and the resume mend for mmengine's strategy."""
-import inspect
+sharded gradients (2 gloo processes), and the resume mends for mmengine's strategy."""
 import os
 import os.path as osp
-import socket
 import sys
 
 import pytest
@@ -15,6 +13,7 @@ import torch.multiprocessing as mp
 from mmsora.engine.hooks.loss_guard_hook import grad_norm
 from mmsora.engine.strategies import fsdp_on_cpu, load_strategy, mend_mmengine_fsdp
 from mmsora.utils.cli import UserError
+from tests.launch import free_port
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -89,20 +88,78 @@ def test_another_average_is_refused(tmp_path):
         train.build_train_config(args)
 
 
-def test_resume_mend_uses_torchs_argument_order():
+def _scaler_worker(rank, world, port, out):
+    """Save an FSDP model's optimizer state through the mended FSDPStrategy with a
+    loss scaler that has moved, load it into a fresh model and wrapper."""
+    from types import SimpleNamespace
+
     from mmengine._strategy.fsdp import FSDPStrategy
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from mmengine.optim import AmpOptimWrapper
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfig,
+                                        FullyShardedDataParallel as FSDP, StateDictType)
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    amp_optimizer_wrapper.is_cuda_available = lambda: True  # it asserts a GPU
+
+    def build():
+        torch.manual_seed(0)
+        model = FSDP(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)),
+                     device_id=torch.device('cpu'), use_orig_params=True)
+        FSDP.set_state_dict_type(  # as fsdp_on_cpu sets it: gathered on rank 0
+            model, StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(rank0_only=True, offload_to_cpu=False),
+            FullOptimStateDictConfig(rank0_only=True, offload_to_cpu=False))
+        wrapper = AmpOptimWrapper(optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+                                  dtype='bfloat16', use_fsdp=True)
+        wrapper.loss_scaler = ShardedGradScaler(device='cpu', init_scale=1024.0)
+        return SimpleNamespace(model=model, optim_wrapper=wrapper)
+
+    try:
+        mend_mmengine_fsdp()
+        saved = build()
+        for _ in range(2):
+            saved.optim_wrapper.update_params(saved.model(torch.ones(3, 4)).square().sum())
+        saved.optim_wrapper.loss_scaler.update(new_scale=256.0)  # as after an overflow
+        state = [FSDPStrategy.optim_state_dict(saved)]  # rank 0's, as the file holds
+        dist.broadcast_object_list(state, src=0)
+        state = state[0]
+        fresh = build()
+        FSDPStrategy.load_optim_state_dict(fresh, state)
+        def moments(run):  # of the parameters with a non-empty shard here
+            state = run.optim_wrapper.optimizer.state
+            return [state[p]['exp_avg'] for p in run.model.parameters() if p.numel()]
+
+        loaded, expected = moments(fresh), moments(saved)
+        out[rank] = dict(saved_scale=state['loss_scaler']['scale'],
+                         loaded_scale=fresh.optim_wrapper.loss_scaler.get_scale(),
+                         same_moments=len(loaded) == len(expected) > 0 and all(
+                             torch.equal(a, b) for a, b in zip(loaded, expected)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_resume_keeps_the_loss_scale_and_optimizer_state():
+    out = mp.Manager().dict()
+    mp.spawn(_scaler_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert out[rank] == dict(saved_scale=256.0, loaded_scale=256.0, same_moments=True)
+
+
+def test_fsdp_resume_reads_the_checkpoint_into_cpu_memory(monkeypatch):
+    from mmengine._strategy.fsdp import FSDPStrategy
+
+    from mmsora.engine.strategies import fsdp
     mend_mmengine_fsdp()
-    assert list(inspect.signature(FSDP.optim_state_dict_to_load).parameters)[:3] == [
-        'model', 'optim', 'optim_state_dict']
-    assert 'optim_state_dict=state_dict' in inspect.getsource(
-        FSDPStrategy.load_optim_state_dict)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    mend_mmengine_fsdp()  # idempotent: still mmengine's loader underneath
+    assert fsdp._MMENGINE_LOAD_CHECKPOINT is not fsdp._load_checkpoint_to_cpu
+    calls = []
+    monkeypatch.setattr(fsdp, '_MMENGINE_LOAD_CHECKPOINT',
+                        lambda self, filename, **kwargs: calls.append(kwargs))
+    FSDPStrategy.load_checkpoint(None, 'x.pth', map_location='default')
+    FSDPStrategy.load_checkpoint(None, 'x.pth', map_location='cuda:1', strict=True)
+    assert calls == [dict(map_location='cpu'), dict(map_location='cuda:1', strict=True)]
 
 
 class _Wrapper:  # what grad_norm reads of an OptimWrapper
@@ -134,7 +191,7 @@ def _worker(rank, world, port, out):
 
 def test_loss_guard_norm_over_shards_is_the_whole_gradients():
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     assert out[0][0] == out[1][0] == pytest.approx(85.0)  # sqrt(9+16+144+7056)
     assert out[0][1] == pytest.approx(5.0) and out[1][1] == pytest.approx(84.8528, rel=1e-5)
     assert out[0][2] == out[1][2] == float('inf')  # both ranks skip the step

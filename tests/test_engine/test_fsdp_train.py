@@ -33,8 +33,8 @@ def tiny_cfg():
 
 @pytest.fixture(scope='module')
 def start_weights(tmp_path_factory):
-    """Both runs start from these (mmengine's Runner and FlexibleRunner draw the
-    initial weights at different points of the seeded stream)."""
+    """Both runs start from these: DiT's initial weights with adaLN-Zero's zeros
+    perturbed, so that every weight gets a gradient from the first step."""
     from mmsora.registry import MODELS
     torch.manual_seed(123)
     model = MODELS.build(tiny_cfg().model)
@@ -132,3 +132,21 @@ def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
         for k, v in state.items():
             assert torch.equal(v, b['optimizer']['state'][name][k]), (name, k)
     assert logged(full)[3] == logged(resumed)[3]
+
+
+def test_fsdp_and_one_process_start_from_the_same_weights(repo_root, tmp_path):
+    """Without --load-from: model.init_seed (tools/train.py sets it from
+    randomness.seed) gives every FSDP process, and a one-process run, the same initial
+    model, though mmengine's FlexibleRunner builds it later than its Runner does and
+    diff_rank_seed gives each process its own stream."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    options = ['--cfg-options', *TINY, 'model.train_noise_seed=0', 'train_cfg.max_iters=1',
+               'default_hooks.checkpoint.interval=1']
+    run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one), *options],
+        repo_root)
+    fsdp(repo_root, two, *options)
+    assert Config.fromfile(two / 'dit_tiny2_1xb32_1500_shapes16.py').model.init_seed == 0
+    a, b = load(one / 'iter_1.pth')['state_dict'], load(two / 'iter_1.pth')['state_dict']
+    assert a.keys() == b.keys()
+    for name, value in a.items():  # one step from the same start, on the same batch
+        torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -2,24 +2,18 @@
 and each rank gets its own back on resume (2 gloo processes on CPU)."""
 import os
 import random
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmsora.engine.hooks import RNGStateHook
+from mmsora.utils.dist import free_port
 
 
 class FakeRunner:
     _resume = True
     hooks = []
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, out):
@@ -51,7 +45,7 @@ def _worker(rank, world, port, out):
 
 def test_each_rank_resumes_its_own_stream():
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
     assert out[0][:2] == (2, True) and out[1][:2] == (2, True)
     assert out[0][2] != out[1][2]  # the two ranks really had different streams
 

@@ -59,7 +59,9 @@ def test_a_sample_depends_on_its_seed_only(sampler, steps, cfg_scale):
     both = model.sample([0, 2], seeds=[11, 12], **kw)
     alone = model.sample([2], seeds=[12], **kw)
     assert both.shape == (2, 4, 8, 8) and torch.isfinite(both).all()
-    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)
+    # Equal up to the rounding of a batch of 2 against 1 in the GEMMs (which differs
+    # by CPU: 1.7e-5 after 10 guided DDPM steps on a Xeon), far below another seed's.
+    torch.testing.assert_close(both[1:], alone, atol=1e-4, rtol=1e-4)
     other = model.sample([2], seeds=[13], **kw)
     assert not torch.allclose(alone, other)
 
@@ -91,3 +93,22 @@ def test_diffusers_samplers_use_the_objectives_schedule():
     torch.testing.assert_close(sched.alphas_cumprod.double(),
                                torch.from_numpy(model.diffusion.alphas_cumprod),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_init_seed_fixes_the_initial_weights_and_leaves_the_global_generator():
+    cfg = dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
+               num_classes=3, init_seed=5)
+    torch.manual_seed(0)
+    first = MODELS.build(cfg).state_dict()
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    torch.rand(7)  # the global stream elsewhere: the same weights all the same
+    second = MODELS.build(cfg).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after)  # building drew nothing from it
+    other = MODELS.build({**cfg, 'init_seed': 6}).state_dict()
+    assert not torch.equal(other['denoiser.x_embedder.proj.weight'],
+                           first['denoiser.x_embedder.proj.weight'])
+    with pytest.raises(ValueError, match='model.init_seed must be an int'):
+        MODELS.build({**cfg, 'init_seed': 1.5})

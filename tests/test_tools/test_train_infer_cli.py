@@ -1,13 +1,13 @@
 """tools/train.py, tools/dist_train.sh and tools/infer.py as a user runs them:
 bad input stops with one clear line; 2-process gloo training; sampling to PNG."""
-import os
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.launch import free_port, run_tool
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 TINY = [
@@ -19,9 +19,7 @@ TINY = [
 
 
 def run(args, repo_root, timeout=300, **env):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', **env}
-    return subprocess.run(args, cwd=repo_root, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return run_tool(args, repo_root, timeout=timeout, **env)
 
 
 def train(repo_root, *args, timeout=300):
@@ -81,7 +79,7 @@ def test_two_process_gloo_training_then_infer(repo_root, tmp_path):
     result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(work),
                   '--cfg-options', *TINY, 'train_cfg.max_iters=4',
                   'default_hooks.logger.interval=1'], repo_root, timeout=600,
-                 PORT='29633')
+                 PORT=str(free_port()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log and 'Iter(train) [4/4]' in log, log[-3000:]

@@ -17,6 +17,7 @@ from mmengine.optim import OptimWrapper
 
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import RunError
+from mmsora.utils.dist import collective_device
 
 __all__ = ['LossGuardHook', 'NonFiniteLossError']
 
@@ -37,13 +38,10 @@ def grad_norm(optim_wrapper, sharded: bool = False, bad_loss: bool = False):
     norm = (torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads
             else torch.zeros(()))
     if sharded:
-        dist = torch.distributed
-        device = (torch.device('cuda', torch.cuda.current_device())
-                  if dist.get_backend() == 'nccl' else torch.device('cpu'))  # NCCL: CUDA
-        squared = norm.detach().float().square().to(device)
+        squared = norm.detach().float().square().to(collective_device())
         if bad_loss:
             squared = squared + float('inf')
-        dist.all_reduce(squared)
+        torch.distributed.all_reduce(squared)
         norm = squared.sqrt()
     return float(norm)
 

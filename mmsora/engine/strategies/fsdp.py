@@ -65,18 +65,59 @@ class FSDPGradClipHook(Hook):
             wrapper._clip_grad = partial(_clip_sharded_grad, wrapper, runner.model)
 
 
-def _load_optim_state_dict(self, state_dict: dict) -> None:
-    """``FSDPStrategy.load_optim_state_dict`` with torch >= 2.1's argument order."""
+_OPTIMIZER_KEYS = ('state', 'param_groups')
+
+
+def _optim_state_dict(self) -> dict:
+    """``FSDPStrategy.optim_state_dict`` that keeps the optimizer wrapper's own entries
+    (``AmpOptimWrapper``'s ``loss_scaler``): FSDP's gathered optimizer state holds only
+    ``state`` and ``param_groups``, so a resumed fp16 / bf16 ``--amp`` run restarted
+    from the initial loss scale."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    optimizer = self.optim_wrapper.optimizer
-    self.optim_wrapper.load_state_dict(FSDP.optim_state_dict_to_load(
-        model=self.model, optim=optimizer, optim_state_dict=state_dict))
+    state = FSDP.optim_state_dict(self.model, self.optim_wrapper.optimizer)
+    own = {k: v for k, v in self.optim_wrapper.state_dict().items()
+           if k not in _OPTIMIZER_KEYS}
+    return {**state, **own}
+
+
+def _load_optim_state_dict(self, state_dict: dict) -> None:
+    """``FSDPStrategy.load_optim_state_dict`` with torch >= 2.1's argument order, giving
+    the wrapper back its own entries (see :func:`_optim_state_dict`)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    own = {k: v for k, v in state_dict.items() if k not in _OPTIMIZER_KEYS}
+    optimizer_state = {k: v for k, v in state_dict.items() if k in _OPTIMIZER_KEYS}
+    self.optim_wrapper.load_state_dict({**FSDP.optim_state_dict_to_load(
+        model=self.model, optim=self.optim_wrapper.optimizer,
+        optim_state_dict=optimizer_state), **own})
+
+
+def _load_checkpoint_to_cpu(self, filename: str, **kwargs) -> dict:
+    """``FSDPStrategy.load_checkpoint`` reading the file into CPU memory when mmengine
+    asks for its 'default' device: FlexibleRunner's resume would otherwise put the
+    whole checkpoint (weights, EMA, optimizer state of the full model) on every GPU
+    before FSDP takes each process's shard of it."""
+    if kwargs.get('map_location') == 'default':
+        kwargs['map_location'] = 'cpu'
+    return _MMENGINE_LOAD_CHECKPOINT(self, filename, **kwargs)
+
+
+_MMENGINE_LOAD_CHECKPOINT = None
 
 
 def mend_mmengine_fsdp():
-    """Let mmengine 0.10.7's ``FSDPStrategy`` resume on current torch: it calls
-    ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``, torch 2.0's
-    order; since torch 2.1 the model comes first, and resume fails with "unhashable
-    type: 'dict'". Idempotent."""
+    """Mend mmengine 0.10.7's ``FSDPStrategy`` for resuming on current torch:
+
+    - it calls ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``, torch
+      2.0's order; since torch 2.1 the model comes first, and resume failed with
+      "unhashable type: 'dict'";
+    - its optimizer state dropped the loss scaler's state (``--amp``);
+    - resume loaded the checkpoint onto each GPU in full.
+
+    Idempotent."""
+    global _MMENGINE_LOAD_CHECKPOINT
     from mmengine._strategy.fsdp import FSDPStrategy
+    if _MMENGINE_LOAD_CHECKPOINT is None:
+        _MMENGINE_LOAD_CHECKPOINT = FSDPStrategy.load_checkpoint
+    FSDPStrategy.optim_state_dict = _optim_state_dict
     FSDPStrategy.load_optim_state_dict = _load_optim_state_dict
+    FSDPStrategy.load_checkpoint = _load_checkpoint_to_cpu

@@ -2,11 +2,11 @@
 config (kept here so that they are tested without starting a run)."""
 import importlib.util
 import os
-import socket
 
 import torch
 
 from mmsora.utils.cli import UserError
+from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import prefer_fused_optimizer
 
@@ -23,12 +23,6 @@ def amp_dtype_of(optim_wrapper) -> str:
     if kind == 'AutocastOptimWrapper':
         return optim_wrapper.get('dtype', 'bfloat16')
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def apply_strategy(cfg, deepspeed=None, fsdp=False):
@@ -72,7 +66,9 @@ def fsdp_on_cpu(strategy: dict) -> dict:
     as the CUDA device (torch's FSDP takes ``device_id='cpu'`` instead), and its
     ``state_dict_cfg='full'`` gathers with ``offload_to_cpu=True``, which crashes
     torch 2.13 (SIGSEGV) when the weights already are on the CPU: the same full
-    state dicts, gathered on rank 0, without the offload."""
+    state dicts, gathered on rank 0, without the offload. (Gathered on every rank,
+    torch's default, the full optimizer state came back with AdamW's ``exp_avg_sq``
+    in place of ``exp_avg`` on CPU.)"""
     strategy.setdefault('model_wrapper', {}).setdefault('device_id', 'cpu')
     if strategy.get('state_dict_cfg', 'full') == 'full':
         strategy['state_dict_cfg'] = dict(
@@ -104,7 +100,7 @@ def single_process_env(cfg) -> dict:
     if cfg.launcher != 'none' or strategy.get('type') != 'DeepSpeedStrategy':
         return {}
     return dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
-                MASTER_PORT=str(_free_port()))
+                MASTER_PORT=str(free_port()))
 
 
 def apply_speed_options(cfg, compile=False):

@@ -1,0 +1,37 @@
+"""Small torch.distributed helpers shared by the trainer, the hooks and the tools."""
+import socket
+
+import torch
+import torch.distributed as dist
+
+__all__ = ['collective_device', 'close_process_group', 'free_port']
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live to take part in a collective of the default group:
+    this process's CUDA device under NCCL, the CPU otherwise (gloo)."""
+    if dist.get_backend() == 'nccl':
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def close_process_group() -> None:
+    """End a distributed run cleanly: wait for every process (so none exits while
+    rank 0 still writes its last checkpoint or files), then destroy the default
+    group. Nothing happens outside a distributed run.
+
+    Without it each process leaves the group to interpreter shutdown, where torch's
+    gloo backend can abort ("terminate called without an active exception",
+    SIGABRT); torchrun then kills the other processes and reports the run failed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A free TCP port on this machine for a rendezvous (a fixed one may still be
+    held by a run that just ended)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
