@@ -192,11 +192,14 @@ def run_worker(args) -> dict:
     sync()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
+    faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     sync()
     elapsed = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
     step_s = elapsed / args.steps
     result = dict(
@@ -205,6 +208,8 @@ def run_worker(args) -> dict:
         step_ms=step_s * 1e3,
         samples_per_s=n / step_s,
         loss=loss.item(),
+        cpu_ms=cpu_s / args.steps * 1e3,  # all threads of this process
+        page_faults=faults / args.steps,  # minor: first touches of fresh memory
     )
     if args.worker == 'ours' and 'hidden_size' in arch and 'num_heads' in arch:
         from mmsora.models.layers.attention_backends import resolve_backend
@@ -231,10 +236,13 @@ def run_worker(args) -> dict:
 # --------------------------------------------------------------------------- #
 #                                   Driver                                     #
 # --------------------------------------------------------------------------- #
-def interleave(args) -> list:
+def interleave(args) -> dict:
     """Both models in this process, taking turns one step at a time (ABBA order), so
-    that a slow spell of a shared machine hits both alike. Returns each model's step
-    times (ms) after ``--warmup`` steps each."""
+    that a slow spell of a shared machine hits both alike. Returns, for each model and
+    each step after ``--warmup`` steps each: wall time (``step_ms``), CPU time of all
+    this process's threads (``cpu_ms``) and minor page faults (``page_faults``: the
+    first touch of freshly mapped memory, e.g. glibc's mmap of every buffer above its
+    threshold on CPU)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = ['ours', args.baseline]
@@ -242,22 +250,31 @@ def interleave(args) -> list:
     for impl in impls:
         torch.manual_seed(args.seed)  # the same data for both
         steps[impl] = make_step(args, impl)[1]
-    times = {impl: [] for impl in impls}
+    record = {key: {impl: [] for impl in impls}
+              for key in ('step_ms', 'cpu_ms', 'page_faults')}
     for i in range(args.warmup + args.steps):
         for impl in (impls if i % 2 == 0 else impls[::-1]):
-            start = time.perf_counter()
+            faults, cpu, start = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+                                  time.process_time(), time.perf_counter())
             steps[impl]()
             _sync(args.device)
             if i >= args.warmup:
-                times[impl].append((time.perf_counter() - start) * 1e3)
-    return times
+                record['step_ms'][impl].append((time.perf_counter() - start) * 1e3)
+                record['cpu_ms'][impl].append((time.process_time() - cpu) * 1e3)
+                record['page_faults'][impl].append(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+    return record
 
 
-def interleave_report(args, times: dict) -> str:
+def interleave_report(args, record: dict) -> str:
+    times = record['step_ms']
     ours, base = times['ours'], times[args.baseline]
     faster = sum(a < b for a, b in zip(ours, base))
     lines = [f'{impl}: step_ms best {min(t):.1f}, median {statistics.median(t):.1f}; '
-             f'each step {[round(v) for v in t]}' for impl, t in times.items()]
+             f'each step {[round(v) for v in t]}; median CPU ms '
+             f'{statistics.median(record["cpu_ms"][impl]):.0f}, minor page faults '
+             f'{statistics.median(record["page_faults"][impl]):.0f} per step'
+             for impl, t in times.items()]
     lines.append(f'samples/s ratio ours/{args.baseline}: best '
                  f'{min(base) / min(ours):.3f}, median '
                  f'{statistics.median(base) / statistics.median(ours):.3f}; ours faster '
@@ -280,7 +297,8 @@ def spawn(impl: str, argv) -> dict:
 def format_table(results: list) -> str:
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
-            ('tflops_per_s', '{:.4f}'), ('peak_mem_mb', '{:.0f}')]
+            ('tflops_per_s', '{:.4f}'), ('peak_mem_mb', '{:.0f}'), ('cpu_ms', '{:.0f}'),
+            ('page_faults', '{:.0f}')]
     rows = [[name for name, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[k]) if k in r else '-' for k, fmt in cols])
@@ -302,15 +320,15 @@ def main(argv=None):
     if args.interleave:
         if not args.baseline:
             raise SystemExit('--interleave compares two models: add --baseline diffusers')
-        times = interleave(args)
+        record = interleave(args)
         print(f'model={args.config or args.model} batch_size={args.batch_size} '
               f'device={args.device} precision={args.precision} steps={args.steps} '
               f'warmup={args.warmup} interleaved threads='
               f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
-        print(interleave_report(args, times))
+        print(interleave_report(args, record))
         if args.json:
             with open(args.json, 'w') as f:
-                json.dump(dict(setup=vars(args), step_ms=times), f, indent=2)
+                json.dump(dict(setup=vars(args), **record), f, indent=2)
         return
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.

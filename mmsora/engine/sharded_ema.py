@@ -127,8 +127,8 @@ class ZeroShardedEMA(ShardedEMA):
     ZeRO-3 checkpoints are one client-state file per process. Each process's entry
     holds its own float32 partitions (``local_average``), which it loads back on
     resume exactly; rank 0's also holds the whole average in
-    ``ExponentialMovingAverage.state_dict()``'s layout (an all-gather per parameter on
-    save), for ``tools/zero_to_state_dict.py`` and ``tools/infer.py``.
+    ``ExponentialMovingAverage.state_dict()``'s layout (a gather to rank 0 per
+    parameter on save), for ``tools/zero_to_state_dict.py`` and ``tools/infer.py``.
 
     Args:
         model (nn.Module): The module of the DeepSpeed engine.
@@ -149,11 +149,13 @@ class ZeroShardedEMA(ShardedEMA):
             i = index.get(id(t))
             if i is None:  # not averaged: as the model holds it
                 value = t.detach()
-            elif hasattr(t, 'ds_tensor'):
+            elif hasattr(t, 'ds_tensor'):  # the partitions, gathered on rank 0 only
                 average = self.average[i].to(device)
-                parts = [torch.empty_like(average) for _ in range(world)]
-                dist.all_gather(parts, average)
-                value = torch.cat(parts)[:t.ds_numel].view(t.ds_shape)
+                parts = ([torch.empty_like(average) for _ in range(world)] if rank == 0
+                         else None)
+                dist.gather(average, parts, dst=0)
+                value = (torch.cat(parts)[:t.ds_numel].view(t.ds_shape) if rank == 0
+                         else None)
             else:
                 value = self.average[i].view_as(t)
             if rank == 0:

@@ -62,6 +62,7 @@ def test_config_denoiser_and_checkpointing(tmp_path):
     assert benchmark.denoiser_cfg(args)['hidden_size'] == 32
     result = benchmark.run_worker(args)
     assert result['params_m'] < 0.1 and result['loss'] > 0
+    assert result['cpu_ms'] > 0 and result['page_faults'] >= 0
 
 
 def test_interleave_takes_turns_in_one_process(tmp_path, capsys, monkeypatch):
@@ -83,8 +84,12 @@ def test_interleave_takes_turns_in_one_process(tmp_path, capsys, monkeypatch):
     assert order == ['ours', 'diffusers', 'diffusers', 'ours', 'ours', 'diffusers',
                      'diffusers', 'ours']
     assert 'samples/s ratio ours/diffusers: best' in out and 'step pairs' in out
-    times = json.loads((tmp_path / 'i.json').read_text())['step_ms']
+    record = json.loads((tmp_path / 'i.json').read_text())
+    times = record['step_ms']
     assert len(times['ours']) == len(times['diffusers']) == 3
     assert all(v > 0 for v in times['ours'] + times['diffusers'])
+    assert all(v > 0 for v in record['cpu_ms']['ours'] + record['cpu_ms']['diffusers'])
+    assert all(isinstance(v, int) and v >= 0 for v in record['page_faults']['ours'])
+    assert 'minor page faults' in out
     with pytest.raises(SystemExit, match='--baseline'):
         benchmark.main(SMALL + ['--interleave'])
