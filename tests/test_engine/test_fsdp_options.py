@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmsora.engine.hooks.loss_guard_hook import grad_norm
+from mmsora.engine.hooks.loss_guard_hook import grad_norm, gradient_replicas
 from mmsora.engine.strategies import fsdp_on_cpu, load_strategy, mend_mmengine_fsdp
 from mmsora.utils.cli import UserError
 from tests.launch import free_port
@@ -184,6 +184,16 @@ def _worker(rank, world, port, out):
         results.append(grad_norm(wrapper, sharded=True))
         shards[0].grad[0] = 1.0  # finite again; a NaN loss on rank 0 only
         results.append(grad_norm(wrapper, sharded=True, bad_loss=rank == 0))
+        # NO_SHARD: each process holds the whole gradient, counted once
+        shards[0].grad = full[:2].clone()
+        shards.append(torch.nn.Parameter(torch.zeros(2)))
+        shards[-1].grad = full[2:].clone()
+        results.append(grad_norm(_Wrapper(shards), sharded=True, replicas=2))
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import ShardingStrategy
+        results.append([gradient_replicas(FSDP(torch.nn.Linear(2, 2), device_id=torch.device(
+            'cpu'), sharding_strategy=strategy)) for strategy in (
+                ShardingStrategy.FULL_SHARD, ShardingStrategy.NO_SHARD)])
         out[rank] = results
     finally:
         dist.destroy_process_group()
@@ -196,3 +206,5 @@ def test_loss_guard_norm_over_shards_is_the_whole_gradients():
     assert out[0][1] == pytest.approx(5.0) and out[1][1] == pytest.approx(84.8528, rel=1e-5)
     assert out[0][2] == out[1][2] == float('inf')  # both ranks skip the step
     assert out[0][3] == out[1][3] == float('inf')  # a bad loss on one rank: both skip
+    assert out[0][4] == out[1][4] == pytest.approx(85.0)  # replicated: not sqrt(2) x
+    assert out[0][5] == out[1][5] == [1, 2]

@@ -26,13 +26,15 @@ class NonFiniteLossError(RunError):
     """Too many consecutive iterations had a non-finite loss or gradient."""
 
 
-def grad_norm(optim_wrapper, sharded: bool = False, bad_loss: bool = False):
+def grad_norm(optim_wrapper, sharded: bool = False, bad_loss: bool = False,
+              replicas: int = 1):
     """L2 norm of all gradients of the wrapper's parameters (a float; 0 without any).
 
     ``sharded``: each process holds a shard of the gradient (FSDP); the norm is the
     whole gradient's, summed over the processes (a collective: every process calls
     it), and a non-finite loss on any process (``bad_loss``) makes it inf on all, so
-    every process takes the same decision."""
+    every process takes the same decision. ``replicas``: how many processes hold each
+    shard (:func:`gradient_replicas`), counted once in the sum."""
     grads = [p.grad for group in optim_wrapper.optimizer.param_groups
              for p in group['params'] if p.grad is not None]
     norm = (torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads
@@ -42,8 +44,20 @@ def grad_norm(optim_wrapper, sharded: bool = False, bad_loss: bool = False):
         if bad_loss:
             squared = squared + float('inf')
         torch.distributed.all_reduce(squared)
-        norm = squared.sqrt()
+        norm = (squared / replicas).sqrt()
     return float(norm)
+
+
+def gradient_replicas(model) -> int:
+    """How many processes hold each shard of an FSDP model's gradient: 1 when it is
+    sharded over all of them (FULL_SHARD, SHARD_GRAD_OP), all of them with NO_SHARD,
+    the number of shard groups with HYBRID_SHARD (sharded within a group, replicated
+    across groups)."""
+    from torch.distributed.fsdp import ShardingStrategy
+    world = torch.distributed.get_world_size()
+    if model.sharding_strategy == ShardingStrategy.NO_SHARD:
+        return world
+    return world // torch.distributed.get_world_size(model.process_group)
 
 
 @HOOKS.register_module()
@@ -84,6 +98,7 @@ class LossGuardHook(Hook):
         step, backward = wrapper.step, wrapper.backward
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
         sharded = isinstance(getattr(runner, 'model', None), FSDP)
+        replicas = gradient_replicas(runner.model) if sharded else 1
         losses = []  # of the micro-batches since the last step (gradient accumulation)
 
         def guarded_backward(loss, **kwargs):
@@ -95,7 +110,7 @@ class LossGuardHook(Hook):
             loss = bad[0] if bad else (losses[-1] if losses else 0.0)
             losses.clear()
             scaled = getattr(wrapper, 'loss_scaler', None) is not None
-            norm = None if scaled else grad_norm(wrapper, sharded, bool(bad))
+            norm = None if scaled else grad_norm(wrapper, sharded, bool(bad), replicas)
             if bad or (norm is not None and not math.isfinite(norm)):
                 self._skip(runner, loss, norm)
                 if scaled:  # the scaler sees the inf/NaN gradients on every rank,
