@@ -41,6 +41,7 @@ from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
+from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
 
@@ -136,7 +137,7 @@ def init_dist(device):
 
 def barrier():
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(**barrier_device_ids())
 
 
 # --------------------------------------------------------------------------- #
@@ -328,9 +329,7 @@ def main(argv=None):
               f'{len(skipped)} unreadable files'
               + (f': {", ".join(skipped[:10])}' + (' ...' if len(skipped) > 10 else '')
                  if skipped else ''))
-    barrier()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    close_process_group()
     return summary
 
 

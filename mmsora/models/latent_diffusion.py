@@ -63,8 +63,10 @@ class LatentDiffusion(BaseModel):
             inside datasets (drawn per loader worker).
         init_seed: None (default): the submodules draw their initial weights from
             torch's global generator, wherever it stands when the model is built. An
-            int: from a generator seeded with it (the global one is left as it was),
-            so the initial weights do not depend on when the runner builds the model
+            int: from torch's CPU generator seeded with it (see :func:`_seeded` for
+            the generator's state afterwards; initialisation in ``init_weights``, e.g.
+            by ``init_cfg``, is not covered), so the initial weights do not depend on
+            when the runner builds the model
             (mmengine's ``Runner`` builds it right after seeding, its
             ``FlexibleRunner`` for DeepSpeed / FSDP later) nor on the process: every
             process of an FSDP or DeepSpeed run starts from the same whole model, the
@@ -417,11 +419,22 @@ class LatentDiffusion(BaseModel):
 
 @contextlib.contextmanager
 def _seeded(seed: Optional[int]):
-    """Run the block on the CPU generator seeded with ``seed`` and restore the global
-    one afterwards; with None, on the global generator as it is."""
+    """Run the block on torch's global CPU generator seeded with ``seed`` (CUDA
+    generators untouched); with None, on the global generator as it is.
+
+    Afterwards a process whose generator stood at the very start of ``seed``'s stream
+    (mmengine's Runner seeds it just before it builds the model; rank 0 under
+    ``diff_rank_seed``) goes on after the weights' draws, exactly as without
+    ``init_seed``; any other process gets its own state back, so its later draws are
+    the ones it would have made and never reuse the numbers the weights took."""
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    before = torch.get_rng_state()
+    start = torch.Generator().manual_seed(seed).get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        if not torch.equal(before, start):
+            torch.set_rng_state(before)

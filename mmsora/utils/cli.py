@@ -141,6 +141,8 @@ def run_cli(main):
     try:
         main()
     except Exception as e:
+        from mmsora.utils.dist import abandon_process_group
+        abandon_process_group()  # else gloo may abort at exit over the live group
         message = explain_error(e)
         if message is None or os.environ.get('MMSORA_DEBUG'):
             raise

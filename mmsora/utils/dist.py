@@ -4,7 +4,8 @@ import socket
 import torch
 import torch.distributed as dist
 
-__all__ = ['collective_device', 'close_process_group', 'free_port']
+__all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
+           'abandon_process_group', 'free_port']
 
 
 def collective_device() -> torch.device:
@@ -25,8 +26,26 @@ def close_process_group() -> None:
     SIGABRT); torchrun then kills the other processes and reports the run failed.
     """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(**barrier_device_ids())
         dist.destroy_process_group()
+
+
+def barrier_device_ids() -> dict:
+    """``dist.barrier``'s ``device_ids`` under NCCL (this process's GPU; without it
+    torch guesses and warns), nothing under gloo."""
+    if dist.get_backend() == 'nccl':
+        return dict(device_ids=[torch.cuda.current_device()])
+    return {}
+
+
+def abandon_process_group() -> None:
+    """Destroy the default group, if any, without waiting for the other processes:
+    for a process that stops on an error (they may never reach a barrier)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # already broken: exiting matters more
+            pass
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmsora.engine  # noqa: F401  (applies the checkpoint mend)
 from mmsora.engine import AutocastOptimWrapper
-from mmsora.utils.dist import free_port
+from tests.launch import free_port
 
 
 def run_python(code, env=None, timeout=120):

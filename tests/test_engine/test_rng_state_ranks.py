@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmsora.engine.hooks import RNGStateHook
-from mmsora.utils.dist import free_port
+from tests.launch import free_port
 
 
 class FakeRunner:

@@ -95,18 +95,30 @@ def test_diffusers_samplers_use_the_objectives_schedule():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_init_seed_fixes_the_initial_weights_and_leaves_the_global_generator():
+def test_init_seed_fixes_the_initial_weights_and_the_generators_afterwards(monkeypatch):
     cfg = dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
                num_classes=3, init_seed=5)
-    torch.manual_seed(0)
+    monkeypatch.setattr(torch.cuda, 'manual_seed_all', lambda seed: pytest.fail(
+        'init_seed must leave the CUDA generators (diff_rank_seed streams) alone'))
+    seed = torch.default_generator.manual_seed  # the CPU one, as mmengine's seeding
+    seed(0)
+    torch.rand(7)  # the global stream elsewhere (a process of its own seed)
     first = MODELS.build(cfg).state_dict()
     after = torch.rand(3)
-    torch.manual_seed(0)
-    torch.rand(7)  # the global stream elsewhere: the same weights all the same
+    seed(0)
+    torch.rand(7)
+    assert torch.equal(torch.rand(3), after)  # given back: as if nothing was built
+    # At the start of the same seed's stream (the Runner seeds, then builds): the
+    # same weights and the same stream afterwards as without init_seed.
+    seed(5)
     second = MODELS.build(cfg).state_dict()
-    assert all(torch.equal(first[k], second[k]) for k in first)
-    torch.manual_seed(0)
-    assert torch.equal(torch.rand(3), after)  # building drew nothing from it
+    after = torch.rand(3)
+    seed(5)
+    plain = MODELS.build({**cfg, 'init_seed': None}).state_dict()
+    assert torch.equal(torch.rand(3), after)
+    for name in first:
+        assert torch.equal(first[name], second[name]) and torch.equal(first[name],
+                                                                      plain[name])
     other = MODELS.build({**cfg, 'init_seed': 6}).state_dict()
     assert not torch.equal(other['denoiser.x_embedder.proj.weight'],
                            first['denoiser.x_embedder.proj.weight'])

@@ -67,8 +67,8 @@ def fsdp_on_cpu(strategy: dict) -> dict:
     ``state_dict_cfg='full'`` gathers with ``offload_to_cpu=True``, which crashes
     torch 2.13 (SIGSEGV) when the weights already are on the CPU: the same full
     state dicts, gathered on rank 0, without the offload. (Gathered on every rank,
-    torch's default, the full optimizer state came back with AdamW's ``exp_avg_sq``
-    in place of ``exp_avg`` on CPU.)"""
+    torch's default, the full optimizer state was once observed to hold AdamW's
+    ``exp_avg_sq`` values under ``exp_avg`` too on CPU.)"""
     strategy.setdefault('model_wrapper', {}).setdefault('device_id', 'cpu')
     if strategy.get('state_dict_cfg', 'full') == 'full':
         strategy['state_dict_cfg'] = dict(
