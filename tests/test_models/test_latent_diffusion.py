@@ -60,7 +60,7 @@ def test_a_sample_depends_on_its_seed_only(sampler, steps, cfg_scale):
     alone = model.sample([2], seeds=[12], **kw)
     assert both.shape == (2, 4, 8, 8) and torch.isfinite(both).all()
     # Equal up to the rounding of a batch of 2 against 1 in the GEMMs (which differs
-    # by CPU: 1.7e-5 after 10 guided DDPM steps on a Xeon), far below another seed's.
+    # by CPU: 1.7e-5 after 10 guided DDPM steps on an AMD EPYC), far below another seed's.
     torch.testing.assert_close(both[1:], alone, atol=1e-4, rtol=1e-4)
     other = model.sample([2], seeds=[13], **kw)
     assert not torch.allclose(alone, other)
