@@ -125,6 +125,11 @@ def _rss_mb() -> float:
     return float('nan')
 
 
+def _usage():
+    """(minor page faults so far, CPU seconds of all this process's threads so far)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
+
+
 def make_step(args, impl: str):
     """Build ``impl`` ('ours' / 'diffusers') and return (model, step, cfg, arch):
     ``step()`` runs one training step (forward, loss, backward, AdamW)."""
@@ -192,14 +197,14 @@ def run_worker(args) -> dict:
     sync()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
+    faults, cpu = _usage()
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
     sync()
     elapsed = time.perf_counter() - start
-    cpu_s = time.process_time() - cpu
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    end_faults, end_cpu = _usage()
+    faults, cpu_s = end_faults - faults, end_cpu - cpu
 
     step_s = elapsed / args.steps
     result = dict(
@@ -254,15 +259,14 @@ def interleave(args) -> dict:
               for key in ('step_ms', 'cpu_ms', 'page_faults')}
     for i in range(args.warmup + args.steps):
         for impl in (impls if i % 2 == 0 else impls[::-1]):
-            faults, cpu, start = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
-                                  time.process_time(), time.perf_counter())
+            (faults, cpu), start = _usage(), time.perf_counter()
             steps[impl]()
             _sync(args.device)
             if i >= args.warmup:
                 record['step_ms'][impl].append((time.perf_counter() - start) * 1e3)
-                record['cpu_ms'][impl].append((time.process_time() - cpu) * 1e3)
-                record['page_faults'][impl].append(
-                    resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+                end_faults, end_cpu = _usage()
+                record['cpu_ms'][impl].append((end_cpu - cpu) * 1e3)
+                record['page_faults'][impl].append(end_faults - faults)
     return record
 
 

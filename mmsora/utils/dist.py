@@ -31,11 +31,10 @@ def close_process_group() -> None:
 
 
 def barrier_device_ids() -> dict:
-    """``dist.barrier``'s ``device_ids`` under NCCL (this process's GPU; without it
-    torch guesses and warns), nothing under gloo."""
-    if dist.get_backend() == 'nccl':
-        return dict(device_ids=[torch.cuda.current_device()])
-    return {}
+    """``dist.barrier``'s ``device_ids``: the collective device's GPU under NCCL
+    (without it torch guesses and warns), nothing under gloo."""
+    device = collective_device()
+    return dict(device_ids=[device.index]) if device.type == 'cuda' else {}
 
 
 def abandon_process_group() -> None:

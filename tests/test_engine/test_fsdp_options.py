@@ -127,6 +127,7 @@ def _scaler_worker(rank, world, port, out):
         state = state[0]
         fresh = build()
         FSDPStrategy.load_optim_state_dict(fresh, state)
+
         def moments(run):  # of the parameters with a non-empty shard here
             state = run.optim_wrapper.optimizer.state
             return [state[p]['exp_avg'] for p in run.model.parameters() if p.numel()]
