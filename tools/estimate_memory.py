@@ -3,16 +3,20 @@ counted on fake tensors (no GPU, nothing computed; seconds even for XL video mod
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
-        [--gpus N] [--text-len L] [--max-batch 256] [--measure cuda] [--json FILE] \
-        [--cfg-options KEY=VALUE ...]
+        [--gpus N] [--deepspeed deepspeed_zero2] [--text-len L] [--max-batch 256] \
+        [--measure cuda] [--json FILE] [--cfg-options KEY=VALUE ...]
 
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
 at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
 GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
-buckets. ``--measure cuda`` runs the same steps for real on the GPU and prints the
-allocator's peak beside each estimate. DeepSpeed configs are not modelled.
+buckets. ``--deepspeed PRESET`` (or a config with a DeepSpeed ``strategy``) counts
+``tools/train.py --deepspeed``'s step instead: ZeRO-1/2 partitions over ``--gpus``,
+their reduction buckets and, with offload, what stays in host memory
+(:mod:`mmsora.utils.zero_memory`; ZeRO-3 is not modelled). ``--measure cuda`` runs
+the same steps for real on the GPU and prints the allocator's peak beside each
+estimate (not with DeepSpeed).
 """
 import argparse
 import json
@@ -45,6 +49,11 @@ def parse_args(argv=None):
     parser.add_argument('--gpus', type=int, default=1,
                         help='data-parallel GPUs: above 1, DDP\'s gradient buckets are '
                         'added (one more copy of the trainable weights)')
+    parser.add_argument('--deepspeed', metavar='PRESET',
+                        help='count DeepSpeed ZeRO-1/2\'s step over --gpus processes: '
+                        'deepspeed_zero1, deepspeed_zero2, deepspeed_zero2_offload '
+                        '(configs/_base_/strategies) or a file, as tools/train.py '
+                        '--deepspeed; --precision is the dtype DeepSpeed trains in')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--measure', choices=['cuda', 'cpu'],
@@ -64,11 +73,32 @@ def _checkpointing_label(k) -> str:
     return f'every {k}{suffix} block'
 
 
+def _deepspeed_config(args, cfg):
+    """The DeepSpeed config to count (``--deepspeed``, else the config's strategy),
+    or None for the Runner's step; refuses what the tool does not model."""
+    from mmsora.engine.strategies import load_strategy
+    strategy = load_strategy(args.deepspeed) if args.deepspeed else cfg.get('strategy')
+    if not strategy:
+        return None
+    strategy = dict(strategy)
+    if strategy.get('type') != 'DeepSpeedStrategy':
+        raise UserError(f"{strategy.get('type')} is not modelled by this tool (only "
+                        'DeepSpeed ZeRO-1/2 and the Runner\'s DDP): estimate the '
+                        'config without its strategy')
+    ds = dict(strategy.get('config') or {})
+    stage = (ds.get('zero_optimization') or {}).get('stage', 0)
+    if stage not in (1, 2):
+        raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1 and 2 '
+                        'are): ZeRO-3 fetches the partitioned weights module by module; '
+                        'estimate deepspeed_zero2 for an upper bound of its activations '
+                        'and states')
+    if args.measure:
+        raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
+                        '--measure, or --deepspeed for a DDP estimate to measure')
+    return ds
+
+
 def _check(args, cfg):
-    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
-        raise UserError('DeepSpeed configs are not modelled by this tool (ZeRO shards '
-                        'the weights and optimizer states): estimate the config without '
-                        'its strategy for one GPU')
     if args.headroom < 0 or args.headroom >= 1:
         raise UserError(f'--headroom is a fraction of the card in [0, 1), got {args.headroom}')
     for value in (args.batch_size or []) + [args.max_batch]:
@@ -90,6 +120,7 @@ def main(argv=None):
     cfg = load_config(args.config)
     apply_cfg_options(cfg, args.cfg_options)
     _check(args, cfg)
+    deepspeed = _deepspeed_config(args, cfg)
     from mmsora.engine.strategies import amp_dtype_of
     from mmsora.utils.memory_estimate import (estimate_training_memory,
                                               largest_fitting_batch, usable_bytes)
@@ -103,14 +134,19 @@ def main(argv=None):
         if (batch_size, k) not in cache:
             cache[batch_size, k] = estimate_training_memory(
                 cfg, batch_size, amp=precision, grad_checkpointing=k,
-                text_len=args.text_len, gpus=args.gpus)
+                text_len=args.text_len, gpus=args.gpus, deepspeed=deepspeed)
         return cache[batch_size, k]
 
+    strategy = ''
+    if deepspeed:
+        source = args.deepspeed or "the config's strategy"
+        strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
-          f'{precision}, {args.gpus} GPU(s); GiB of tensors per GPU at the peak of a '
-          'training step')
+          f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
+          'of a training step')
+    extra = ('zero', 'host') if deepspeed else ('ddp',)
     header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step',
-              'ddp') + (('measured',) if args.measure else ())
+              *extra) + (('measured',) if args.measure else ())
     rows, results = [header], []
     for k in settings:
         for n in batch_sizes:
@@ -118,7 +154,8 @@ def main(argv=None):
             row = (_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
                    f"{e['weights']:.2f}", f"{e['ema']:.2f}",
                    f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
-                   f"{e['ddp_buckets']:.2f}")
+                   *(f"{e[key]:.2f}" for key in (('zero_buffers', 'host') if deepspeed
+                                                 else ('ddp_buckets',))))
             if args.measure:
                 real = estimate_training_memory(
                     cfg, n, amp=precision, grad_checkpointing=k, text_len=args.text_len,
@@ -128,7 +165,10 @@ def main(argv=None):
             rows.append(row)
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
-    print('step: gradients, activations and temporaries at the peak (with the batch)')
+    print('step: gradients, activations and temporaries at the peak (with the batch)'
+          + ('; zero: the reduction buckets and gradient partition within it; host: '
+             'offloaded master weights, optimizer states and gradients (not in peak)'
+             if deepspeed else ''))
 
     largest = []
     if args.budget_gb:

@@ -16,6 +16,13 @@ The step is the one ``tools/train.py`` runs: the config's denoiser and objective
 an averaged copy of the model when the config has an ``EMAHook``, and
 autocast over fp32 weights for ``--amp``. Latents and text embeddings come from the
 batch (pre-extracted), so the VAE and the text encoder are not in the step.
+
+With a DeepSpeed ZeRO-1 / ZeRO-2 config (``tools/train.py --deepspeed``) the step is
+DeepSpeed's instead: the module cast to the training dtype, the float32 master
+weights and optimizer states of this process's partition, the gradient reduction
+buckets allocated at the backward's first gradient and the gradient partition at
+the first bucket's reduction (:mod:`mmsora.utils.zero_memory`), all in the same
+timeline as the activations.
 """
 import copy
 import weakref
@@ -52,6 +59,8 @@ class LiveTensorBytes(TorchDispatchMode):
         self.current -= self.live.pop(key)
 
     def _add(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == 'meta':  # shapes only: no memory anywhere
+            return
         storage = tensor.untyped_storage()
         key = storage._cdata  # the C++ storage: stable, unlike the Python wrapper's id
         if key in self.live:
@@ -79,6 +88,11 @@ class MemoryEstimate:
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
+    # DeepSpeed ZeRO: its reduction buckets and gradient partition, held from the
+    # backward's first gradient (counted in ``step``), and what offload_optimizer
+    # keeps in host memory instead of the GPU (not in ``peak``)
+    zero_buffers: int = 0
+    host: int = 0
     # A real step on CUDA: torch.cuda.max_memory_allocated (+ ddp_buckets, counted)
     measured: Optional[int] = None
 
@@ -115,15 +129,80 @@ def _model_kwargs(model, n: int, text_len: Optional[int]) -> dict:
     return kwargs
 
 
-def _build_optimizer(cfg, model):
+def _build_optimizer(cfg, params):
     from mmengine.optim import OptimWrapper  # noqa: F401  (fills mmengine's registry)
 
     from mmsora.engine.strategies.speed import prefer_fused_optimizer
     from mmsora.registry import OPTIMIZERS
     opt_cfg = copy.deepcopy(dict(cfg.optim_wrapper.optimizer))
     prefer_fused_optimizer(opt_cfg, 'cuda')  # what tools/train.py does on a GPU
-    params = [p for p in model.parameters() if p.requires_grad]
-    return OPTIMIZERS.build(dict(opt_cfg, params=params))
+    return OPTIMIZERS.build(dict(opt_cfg, params=list(params)))
+
+
+def _cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``module.to(dtype)`` for floating weights and buffers, in place (fake
+    parameters cannot be swapped, which ``Module.to`` does for them)."""
+    for sub in module.modules():
+        for p in sub._parameters.values():
+            if p is not None and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for name, b in sub._buffers.items():
+            if b is not None and b.is_floating_point():
+                sub._buffers[name] = b.to(dtype)
+
+
+def _zero_optimizer_bytes(cfg, numel: int) -> tuple:
+    """(states, step temporaries) in bytes of the config's optimizer over one float32
+    flat partition of ``numel`` elements, as DeepSpeed hands it the master weights."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), LiveTensorBytes() as mem:
+        master = torch.zeros(numel, requires_grad=True)
+        master.grad = torch.zeros(numel)
+        optimizer = _build_optimizer(cfg, [master])
+        before = mem.current
+        optimizer.step()
+        return mem.current - before, mem.peak - mem.current
+
+
+class _ZeroTimeline:
+    """DeepSpeed ZeRO-1/2's allocations around a fake backward: the buckets at the
+    first gradient, ZeRO-2's gradient partition once a bucket's worth of gradients
+    has arrived (its first reduction); each gradient is taken into a bucket and
+    dropped, as DeepSpeed's gradient hooks do."""
+
+    def __init__(self, zero, model):
+        self.zero = zero
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        numel = sum(p.numel() for p in self.trainable)
+        self.partition_bytes = zero.gradient_partition(numel)
+        self.buckets = self.partition = None
+        self.arrived = 0
+        for p in self.trainable:
+            p.register_post_accumulate_grad_hook(self._take)
+
+    def _take(self, param):
+        if self.buckets is None:
+            self.buckets = torch.empty(self.zero.buckets(), dtype=torch.uint8)
+        self.arrived += param.numel()
+        if (self.partition is None and self.partition_bytes
+                and self.arrived > self.zero.reduce_bucket_size):
+            self.partition = torch.empty(self.partition_bytes, dtype=torch.uint8)
+        param.grad = None
+
+    def held(self) -> int:
+        """Bytes of buckets and gradient partition the step holds."""
+        return self.zero.buckets() + self.partition_bytes
+
+    def step(self, step_bytes: int):
+        """The optimizer step: the buckets go; ZeRO-2's gradient partition is reduced
+        (if no bucket was full yet), copied to float32 and stepped."""
+        self.buckets = None
+        if self.partition is None and self.partition_bytes:
+            self.partition = torch.empty(self.partition_bytes, dtype=torch.uint8)
+        temporary = torch.empty(step_bytes, dtype=torch.uint8)  # noqa: F841
+        del temporary
+        self.partition = None
+        self.arrived = 0
 
 
 def _ema_cfg(cfg) -> Optional[dict]:
@@ -136,25 +215,32 @@ def _ema_cfg(cfg) -> Optional[dict]:
 def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
                              text_len: Optional[int] = None, gpus: int = 1,
-                             fake: bool = True, device: str = 'cpu') -> MemoryEstimate:
+                             fake: bool = True, device: str = 'cpu',
+                             deepspeed: Optional[dict] = None) -> MemoryEstimate:
     """Peak memory of a training step of ``cfg`` at ``batch_size`` per GPU.
 
     Args:
         cfg (Config): A training config (``model``, ``optim_wrapper``, ``custom_hooks``).
         batch_size (int): Samples per GPU (``train_dataloader.batch_size``).
         amp (str, optional): ``'bf16'`` / ``'fp16'``: autocast over fp32 weights, as
-            ``tools/train.py --amp``; None or ``'fp32'``: full precision.
+            ``tools/train.py --amp``; None or ``'fp32'``: full precision. With
+            ``deepspeed``: the dtype DeepSpeed trains in.
         grad_checkpointing (bool | int, optional): Overrides the denoiser's setting.
         text_len (int, optional): Text tokens per sample of a text-conditioned model;
             defaults to a VideoDiT's ``max_text_len`` (120, T5 in Open-Sora), else 77.
         gpus (int): Data-parallel processes. Above 1, DDP keeps one bucket buffer of
             the trainable weights' size, for the whole run (measured: the peak grows by
-            exactly that); with ``gradient_as_bucket_view`` it is less.
+            exactly that); with ``gradient_as_bucket_view`` it is less. With
+            ``deepspeed``: the processes ZeRO partitions over.
         fake (bool): Count on fake tensors (no memory, no compute); False runs the
             step for real on ``device`` (what the tests and ``tools/estimate_memory.py
             --measure`` compare with).
         device (str): Where a real (``fake=False``) step runs: ``'cpu'`` or
             ``'cuda'``; on CUDA the result's ``measured`` is the allocator's peak.
+        deepspeed (dict, optional): A DeepSpeed config (a ``--deepspeed`` preset's
+            ``strategy.config``; its ``'auto'`` values are filled from ``cfg`` and
+            ``amp``): count DeepSpeed ZeRO-1/2's step instead of the Runner's
+            (:mod:`mmsora.utils.zero_memory`). Fake tensors only.
 
     Returns:
         MemoryEstimate: the peak and its parts, in bytes.
@@ -167,6 +253,16 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         raise ValueError(f'amp must be one of {sorted(k for k in _AMP_DTYPES if k)} or '
                          f'None, got {amp!r}')
     dtype = _AMP_DTYPES[amp]
+    zero = None
+    if deepspeed is not None:
+        if not fake:
+            raise ValueError('a DeepSpeed step is counted on fake tensors only')
+        from mmsora.engine.strategies import fill_auto
+        from mmsora.utils.zero_memory import ZeroLayout
+        filled = fill_auto(deepspeed, cfg, {None: None, torch.bfloat16: 'bfloat16',
+                                            torch.float16: 'float16'}[dtype])
+        zero = ZeroLayout.from_config(filled, gpus)
+        dtype = None  # DeepSpeed casts the module instead of autocasting
     model_cfg = _training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
@@ -181,41 +277,69 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
+    host = 0
     with tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
+        if zero is not None:
+            _cast_floats(model, zero.dtype)  # as DeepSpeed casts the module
         weights = mem.current
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
         # which fake tensors do not support; building it again allocates the same).
+        # Under DeepSpeed, FP32EMAHook keeps it in float32.
         ema = None
         if ema_cfg is not None:
             ema = MODELS.build(model_cfg).requires_grad_(False)
         ema_bytes = mem.current - weights
-        optimizer = _build_optimizer(cfg, model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if zero is None:
+            optimizer = _build_optimizer(cfg, trainable)
+            loss_fn = model.denoiser
+        else:
+            timeline = _ZeroTimeline(zero, model)
+            loss_fn = model._denoiser_in_weight_dtype()
+            numel = zero.partition(sum(p.numel() for p in trainable))
+            states, temporaries = _zero_optimizer_bytes(cfg, numel)
+            master = 4 * numel  # float32 copy of the partition
+            # float32 gradient of the partition at the step (pinned on the host with
+            # offload), and the training-dtype copy offload keeps of the partition
+            grad32, half_copy = 4 * numel, numel * zero.element_size
+            largest = max(p.numel() for p in trainable) * zero.element_size
+            if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
+                host = master + states + grad32 + half_copy + largest
+                resident = [torch.empty(largest, dtype=torch.uint8)]
+                step_bytes = 0
+            else:
+                resident = [torch.empty(master + states, dtype=torch.uint8)]
+                step_bytes = grad32 + temporaries
         x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
         kwargs = _model_kwargs(model, batch_size, text_len)
 
         def step():
             with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                 enabled=dtype is not None):
-                loss = model.diffusion.loss(model.denoiser, x, model_kwargs=kwargs)['loss']
+                loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
             loss.float().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if zero is None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                timeline.step(step_bytes)
             if ema is not None:  # mmengine's ExponentialMovingAverage: in place
                 with torch.no_grad():
                     for avg, p in zip(ema.parameters(), model.parameters()):
-                        avg.lerp_(p, ema_cfg.get('momentum', 2e-4))
+                        avg.lerp_(p.to(avg.dtype), ema_cfg.get('momentum', 2e-4))
 
         step()  # the optimizer creates its states here
         persistent = mem.current
         step()  # the peak is the larger of the two steps' (the second's, in practice)
+        if zero is not None:
+            resident.clear()  # ZeRO's master weights and states: counted until here
     batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
                       if isinstance(t, torch.Tensor))
     persistent -= batch_bytes
     ddp_buckets = 0
-    if gpus > 1:
-        ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()
-                          if p.requires_grad)
+    if gpus > 1 and zero is None:
+        ddp_buckets = sum(p.numel() * p.element_size() for p in trainable)
     measured = None
     if on_cuda:
         torch.cuda.synchronize()
@@ -224,7 +348,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                           weights=weights, ema=ema_bytes,
                           optimizer_states=persistent - weights - ema_bytes,
                           step=mem.peak - persistent, ddp_buckets=ddp_buckets,
-                          measured=measured)
+                          measured=measured,
+                          zero_buffers=timeline.held() if zero is not None else 0,
+                          host=host)
 
 
 def usable_bytes(budget_gib: float, headroom: float = 0.1) -> float:

@@ -154,6 +154,9 @@ def test_live_bytes_follow_frees():
         assert mem.current == 1000 and mem.peak == 5000
         del c, d
         assert mem.current == 0
+        # meta tensors have shapes only (DeepSpeed keeps meta copies of the weights)
+        e = torch.zeros(10 ** 6, device='meta')
+        assert mem.current == 0 and mem.peak == 5000 and e.numel() == 10 ** 6
 
 
 @pytest.mark.parametrize('limit', [1, 2, 7, 64])
@@ -218,10 +221,19 @@ def test_tool_refuses_bad_input(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match='no CUDA device'):
             estimate_memory.main([str(cfg_file), '--measure', 'cuda'])
-    ds = Config(dict(tiny_cfg().to_dict(), strategy=dict(type='DeepSpeedStrategy')))
-    ds.dump(str(tmp_path / 'ds.py'))
-    with pytest.raises(UserError, match='DeepSpeed configs are not modelled'):
-        estimate_memory.main([str(tmp_path / 'ds.py')])
+    # A config's own DeepSpeed strategy is counted (tests/test_utils/test_zero_memory.py);
+    # ZeRO-3 is not modelled.
+    for stage, expected in ((3, 'ZeRO stage 3 is not modelled'), (2, None)):
+        ds = Config(dict(tiny_cfg().to_dict(), strategy=dict(
+            type='DeepSpeedStrategy', config=dict(zero_optimization=dict(stage=stage)))))
+        ds.dump(str(tmp_path / 'ds.py'))
+        if expected:
+            with pytest.raises(UserError, match=expected):
+                estimate_memory.main([str(tmp_path / 'ds.py')])
+        else:
+            out = estimate_memory.main([str(tmp_path / 'ds.py'), '--gpus', '2'])
+            # DeepSpeed's defaults: one float32 bucket of 5e8 elements (no overlap_comm)
+            assert 2e9 / 2 ** 30 < out['estimates'][0]['zero_buffers'] < 2.001e9 / 2 ** 30
 
 
 # card preset -> (card GiB, the next lighter checkpointing, which must not fit)

@@ -1,0 +1,147 @@
+"""DeepSpeed ZeRO-1/2 memory: the estimate (fake tensors + mmsora.utils.zero_memory)
+against real tools/train.py --deepspeed runs on two gloo processes with every tensor
+storage counted (tests/count_train_memory.py), its closed forms, and the tool."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmsora.engine.strategies import load_strategy
+from mmsora.utils.cli import UserError
+from mmsora.utils.memory_estimate import estimate_training_memory
+from mmsora.utils.zero_memory import ZeroLayout
+from tests.launch import free_port
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import estimate_memory  # noqa: E402
+
+DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+BATCH = 8
+
+
+def demo_cfg():
+    cfg = Config.fromfile(DEMO)
+    cfg.train_dataloader.batch_size = BATCH
+    return cfg
+
+
+def small_buckets(tmp_path, preset):
+    """The preset with buckets smaller than the model (2e5 elements), so that the
+    states and activations, not DeepSpeed's 5e8-element buckets, make the peak."""
+    path = tmp_path / f'{preset}_small.py'
+    path.write_text(f"_base_ = [{osp.join(ROOT, 'configs/_base_/strategies', preset + '.py')!r}]\n"
+                    'strategy = dict(config=dict(zero_optimization=dict('
+                    'reduce_bucket_size=200000, allgather_bucket_size=200000)))\n')
+    return str(path)
+
+
+def counted_run(tmp_path, strategy, processes=2):
+    """Per rank, the bytes alive at the start of each iteration and its peak."""
+    out = tmp_path / 'memory'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+           str(processes), '--master_port', str(free_port()),
+           osp.join(ROOT, 'tests/count_train_memory.py'), DEMO, '--launcher', 'pytorch',
+           '--deepspeed', strategy, '--amp', '--work-dir', str(tmp_path / 'work'),
+           '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=100',
+           f'train_dataloader.batch_size={BATCH}']
+    env = dict(os.environ, OMP_NUM_THREADS='1', COUNT_MEMORY_OUT=str(out))
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        env.pop(key, None)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((tmp_path / f'memory.{rank}.json').read_text())
+            for rank in range(processes)]
+
+
+@pytest.mark.parametrize('preset', ['deepspeed_zero1', 'deepspeed_zero2',
+                                    'deepspeed_zero2_offload'])
+def test_estimate_is_a_real_zero_runs_peak(preset, tmp_path):
+    pytest.importorskip('deepspeed')
+    strategy = small_buckets(tmp_path, preset)
+    est = estimate_training_memory(demo_cfg(), BATCH, amp='bf16', gpus=2,
+                                   deepspeed=load_strategy(strategy)['config'])
+    batch = BATCH * 3 * 16 * 16 * 4 + BATCH * 8  # pictures and labels
+    for rank, records in enumerate(counted_run(tmp_path, strategy)):
+        second = records[1]  # the optimizer states exist from the first step on
+        # On the CPU, host and device memory are one: offload's host part is in it.
+        # What is left over is a few scalars (step counts, loss scale, norms).
+        persistent = est.weights + est.ema + est.optimizer_states + est.host + batch
+        assert 0 <= second['before'] - persistent <= 1024, (rank, second, est)
+        assert 0 <= second['peak'] - (est.peak + est.host) <= 1024, (rank, second, est)
+    assert est.zero_buffers >= 2 * 200000 * 2  # two bf16 buckets (overlap_comm)
+    if preset.endswith('offload'):
+        assert est.host > 0
+
+
+def test_layout_closed_forms():
+    ds = load_strategy('deepspeed_zero2')['config']
+    ds.update(bf16=dict(enabled=True), fp16=dict(enabled=False))
+    zero = ZeroLayout.from_config(ds, processes=8)
+    assert (zero.stage, zero.dtype, zero.overlap_comm) == (2, torch.bfloat16, True)
+    assert zero.buckets() == 2 * 500_000_000 * 2  # xtuner's presets: 1.86 GiB per GPU
+    assert zero.partition(1001) == 126  # 1008: padded to a multiple of 2 x 8
+    assert zero.gradient_partition(1001) == 126 * 2
+    ds['zero_optimization'] = dict(stage=1, contiguous_gradients=False)
+    zero1 = ZeroLayout.from_config(ds, processes=8)
+    assert zero1.buckets() == 0 and zero1.gradient_partition(1001) == 0
+    assert ZeroLayout.from_config(dict(zero_optimization=dict(stage=1)), 1).dtype == torch.float32
+    for stage in (0, 3):
+        with pytest.raises(ValueError, match='not modelled'):
+            ZeroLayout.from_config(dict(zero_optimization=dict(stage=stage)), 2)
+
+
+def test_parts_follow_processes_precision_and_offload():
+    cfg = demo_cfg()
+    zero2 = load_strategy('deepspeed_zero2')['config']
+    two, eight = (estimate_training_memory(cfg, BATCH, amp='bf16', gpus=n,
+                                           deepspeed=zero2) for n in (2, 8))
+    model_floats = est_floats = two.ema // 4  # the EMA: every float in float32
+    assert two.weights == 2 * est_floats  # the module in bf16
+    trainable = sum(p.numel() for p in _demo_model().parameters() if p.requires_grad)
+    part = lambda n: -(-trainable // (2 * n)) * 2  # noqa: E731
+    # float32 master weights + AdamW's two moments over this process's partition,
+    # and AdamW's step count (a float32 scalar)
+    assert two.optimizer_states == 12 * part(2) + 4
+    assert eight.optimizer_states == 12 * part(8) + 4
+    assert two.zero_buffers == 2e9 + 2 * part(2)
+    fp32 = estimate_training_memory(cfg, BATCH, gpus=2, deepspeed=zero2)
+    assert fp32.weights == 4 * model_floats and fp32.zero_buffers == 4e9 + 4 * part(2)
+    offload = estimate_training_memory(
+        cfg, BATCH, amp='bf16', gpus=2,
+        deepspeed=load_strategy('deepspeed_zero2_offload')['config'])
+    # master weights, moments and step count; float32 gradients; the bf16 partition;
+    # a gradient buffer of the largest parameter, as the GPU's (``optimizer_states``)
+    assert offload.host == (12 * part(2) + 4) + 4 * part(2) + 2 * part(2) + offload.optimizer_states
+    assert offload.peak < two.peak
+    with pytest.raises(ValueError, match='fake tensors only'):
+        estimate_training_memory(cfg, BATCH, fake=False, deepspeed=zero2)
+
+
+def _demo_model():
+    import mmsora.models  # noqa: F401
+    from mmsora.registry import MODELS
+    model_cfg = demo_cfg().model.to_dict()
+    return MODELS.build(model_cfg)
+
+
+def test_tool_counts_deepspeed_and_refuses_what_it_does_not_model(tmp_path, capsys):
+    out = estimate_memory.main([DEMO, '--precision', 'bf16', '--gpus', '8',
+                                '--deepspeed', 'deepspeed_zero2', '--batch-size', '4',
+                                '--budget-gb', '4', '--json', str(tmp_path / 'e.json')])
+    text = capsys.readouterr().out
+    assert 'DeepSpeed ZeRO-2 (deepspeed_zero2)' in text and 'zero' in text
+    assert out['estimates'][0]['zero_buffers'] > 1.86  # GiB: the buckets
+    assert out['largest_batch'][0]['batch_size'] > 0
+    cases = [(['--deepspeed', 'deepspeed_zero3'], 'ZeRO stage 3 is not modelled'),
+             (['--deepspeed', 'fsdp'], 'FSDPStrategy is not modelled'),
+             (['--deepspeed', 'deepspeed_zero2', '--measure', 'cpu'], 'drop --measure')]
+    for args, message in cases:
+        with pytest.raises(UserError, match=message):
+            estimate_memory.main([DEMO, *args])
