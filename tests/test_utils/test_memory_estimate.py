@@ -254,3 +254,23 @@ def test_card_presets_fit_their_cards_with_the_least_recompute(name):
     if lighter is not None:  # less recomputation would not fit
         assert estimate_training_memory(cfg, n, amp='bf16', gpus=8,
                                         grad_checkpointing=lighter).peak > usable_bytes(card)
+
+
+def test_text_stdit_24gb_preset_fits_with_zero2_and_not_with_ddp():
+    from mmsora.engine.strategies import apply_strategy
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256_24gb.py'))
+    n, card = cfg.train_dataloader.batch_size, usable_bytes(24)
+    assert n == 5
+    zero2 = cfg.strategy.config.to_dict()
+    assert zero2['zero_optimization']['stage'] == 2
+    fits = estimate_training_memory(cfg, n, amp='bf16', gpus=8, deepspeed=zero2)
+    assert fits.peak <= card
+    # less recomputation, or DDP even at one clip per GPU, would not fit
+    assert estimate_training_memory(cfg, n, amp='bf16', gpus=8, deepspeed=zero2,
+                                    grad_checkpointing=2).peak > card
+    assert estimate_training_memory(cfg, 1, amp='bf16', gpus=8).peak > card
+    # tools/train.py runs it through DeepSpeed in bf16, 5 clips per GPU
+    cfg.launcher = 'pytorch'
+    ds = apply_strategy(cfg).strategy['config']
+    assert ds['bf16']['enabled'] and ds['train_micro_batch_size_per_gpu'] == 5
