@@ -89,9 +89,7 @@ def _deepspeed_config(args, cfg):
     stage = (ds.get('zero_optimization') or {}).get('stage', 0)
     if stage not in (1, 2):
         raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1 and 2 '
-                        'are): ZeRO-3 fetches the partitioned weights module by module; '
-                        'estimate deepspeed_zero2 for an upper bound of its activations '
-                        'and states')
+                        'are; ZeRO-3 gathers the partitioned weights module by module)')
     if args.measure:
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
                         '--measure, or --deepspeed for a DDP estimate to measure')
