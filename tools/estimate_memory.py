@@ -92,7 +92,8 @@ def _deepspeed_config(args, cfg):
                         'are; ZeRO-3 gathers the partitioned weights module by module)')
     if args.measure:
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
-                        '--measure, or --deepspeed for a DDP estimate to measure')
+                        '--measure (or measure the config without its DeepSpeed '
+                        'strategy)')
     return ds
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Union
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
@@ -139,16 +139,12 @@ def _build_optimizer(cfg, params):
     return OPTIMIZERS.build(dict(opt_cfg, params=list(params)))
 
 
-def _cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """``module.to(dtype)`` for floating weights and buffers, in place (fake
-    parameters cannot be swapped, which ``Module.to`` does for them)."""
-    for sub in module.modules():
-        for p in sub._parameters.values():
-            if p is not None and p.is_floating_point():
-                p.data = p.data.to(dtype)
-        for name, b in sub._buffers.items():
-            if b is not None and b.is_floating_point():
-                sub._buffers[name] = b.to(dtype)
+def _cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``module.to(dtype)`` for floating weights (not buffers), in place, as DeepSpeed
+    casts a module (fake parameters cannot be swapped, which ``Module.to`` does)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
 
 
 def _zero_optimizer_bytes(cfg, numel: int) -> tuple:
@@ -165,43 +161,56 @@ def _zero_optimizer_bytes(cfg, numel: int) -> tuple:
 
 
 class _ZeroTimeline:
-    """DeepSpeed ZeRO-1/2's allocations around a fake backward: the buckets at the
-    first gradient, ZeRO-2's gradient partition once a bucket's worth of gradients
-    has arrived (its first reduction); each gradient is taken into a bucket and
-    dropped, as DeepSpeed's gradient hooks do."""
+    """DeepSpeed ZeRO-1/2's allocations around a fake backward and step
+    (:mod:`mmsora.utils.zero_memory`): the buckets at the first gradient; the
+    reduced gradients of this process's partition once a bucket's worth has arrived
+    (its first reduction), each gradient taken into a bucket and dropped; or, for
+    ZeRO-1 without ``overlap_comm``, every gradient kept to the backward's end."""
 
-    def __init__(self, zero, model):
+    def __init__(self, zero, model, step_bytes: int, temporaries: int):
         self.zero = zero
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        numel = sum(p.numel() for p in self.trainable)
-        self.partition_bytes = zero.gradient_partition(numel)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.partition_bytes = zero.gradient_partition([p.numel() for p in trainable])
+        self.step_bytes, self.temporaries = step_bytes, temporaries
         self.buckets = self.partition = None
         self.arrived = 0
-        for p in self.trainable:
+        self.trainable = trainable
+        for p in trainable:
             p.register_post_accumulate_grad_hook(self._take)
+
+    def _empty(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8)
 
     def _take(self, param):
         if self.buckets is None:
-            self.buckets = torch.empty(self.zero.buckets(), dtype=torch.uint8)
+            self.buckets = self._empty(self.zero.buckets())
+        if self.zero.keeps_whole_gradients():
+            return  # reduced after the backward (step)
         self.arrived += param.numel()
-        if (self.partition is None and self.partition_bytes
-                and self.arrived > self.zero.reduce_bucket_size):
-            self.partition = torch.empty(self.partition_bytes, dtype=torch.uint8)
+        if self.partition is None and self.arrived > self.zero.reduce_bucket_size:
+            self.partition = self._empty(self.partition_bytes)
         param.grad = None
 
     def held(self) -> int:
-        """Bytes of buckets and gradient partition the step holds."""
+        """Bytes of buckets and reduced gradients held from the backward to the step
+        (not all of them at the peak, which may come before the first reduction)."""
         return self.zero.buckets() + self.partition_bytes
 
-    def step(self, step_bytes: int):
-        """The optimizer step: the buckets go; ZeRO-2's gradient partition is reduced
-        (if no bucket was full yet), copied to float32 and stepped."""
+    def step(self):
+        """The end of the backward and the optimizer step: any gradient not reduced
+        yet is, the buckets go, the reduced gradients are flattened (a copy in the
+        training dtype) and cast to float32 and dropped, the optimizer steps."""
+        if self.partition is None:
+            self.partition = self._empty(self.partition_bytes)
+        for p in self.trainable:
+            p.grad = None
         self.buckets = None
-        if self.partition is None and self.partition_bytes:
-            self.partition = torch.empty(self.partition_bytes, dtype=torch.uint8)
-        temporary = torch.empty(step_bytes, dtype=torch.uint8)  # noqa: F841
-        del temporary
-        self.partition = None
+        grad32 = self._empty(self.step_bytes)
+        flat = self._empty(self.step_bytes // 4 * self.zero.element_size)
+        del flat
+        self.partition = None  # dropped once they are in float32
+        temporaries = self._empty(self.temporaries)
+        del temporaries, grad32
         self.arrived = 0
 
 
@@ -281,7 +290,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     with tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
         if zero is not None:
-            _cast_floats(model, zero.dtype)  # as DeepSpeed casts the module
+            _cast_weights(model, zero.dtype)  # as DeepSpeed casts the module
         weights = mem.current
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
         # which fake tensors do not support; building it again allocates the same).
@@ -295,10 +304,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             optimizer = _build_optimizer(cfg, trainable)
             loss_fn = model.denoiser
         else:
-            timeline = _ZeroTimeline(zero, model)
             loss_fn = model._denoiser_in_weight_dtype()
             numel = zero.partition(sum(p.numel() for p in trainable))
-            states, temporaries = _zero_optimizer_bytes(cfg, numel)
+            with _disable_current_modes():  # its own fake tensors, counted apart
+                states, temporaries = _zero_optimizer_bytes(cfg, numel)
             master = 4 * numel  # float32 copy of the partition
             # float32 gradient of the partition at the step (pinned on the host with
             # offload), and the training-dtype copy offload keeps of the partition
@@ -307,10 +316,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
                 host = master + states + grad32 + half_copy + largest
                 resident = [torch.empty(largest, dtype=torch.uint8)]
-                step_bytes = 0
+                timeline = _ZeroTimeline(zero, model, 0, 0)  # the step is the host's
             else:
                 resident = [torch.empty(master + states, dtype=torch.uint8)]
-                step_bytes = grad32 + temporaries
+                timeline = _ZeroTimeline(zero, model, grad32, temporaries)
         x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
         kwargs = _model_kwargs(model, batch_size, text_len)
 
@@ -323,7 +332,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             else:
-                timeline.step(step_bytes)
+                timeline.step()
             if ema is not None:  # mmengine's ExponentialMovingAverage: in place
                 with torch.no_grad():
                     for avg, p in zip(ema.parameters(), model.parameters()):

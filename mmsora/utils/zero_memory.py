@@ -6,24 +6,31 @@ Read from DeepSpeed 0.19.8 (``deepspeed/runtime/engine.py``,
 counted). Per process, with P trainable parameters, N processes and m bytes per
 element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
 
-- the module: DeepSpeed casts every weight and buffer to the training dtype; the
-  trainable ones live in one flat buffer (P·m, padded to a multiple of 2N);
+- the module: DeepSpeed casts every weight to the training dtype (buffers only with
+  ``data_types.buffer_dtype``); the trainable ones live in one flat buffer (P·m,
+  padded to a multiple of 2N);
 - the float32 master copy of this process's partition: 4·P/N;
-- the optimizer's states over that partition (AdamW: 8·P/N);
+- the optimizer's states over that partition (AdamW: 8·P/N and a step count);
 - gradient reduction buckets, from a backward's first gradient to the step:
   ``reduce_bucket_size`` elements in the training dtype, twice with ``overlap_comm``
-  (``contiguous_gradients``, DeepSpeed's default). xtuner's presets keep DeepSpeed's
-  5e8: 2 GiB in bf16 on every GPU, however small the model;
-- ZeRO-2: this process's gradient partition (P/N·m) once the first bucket is
-  reduced; at the step a float32 copy of it (4·P/N).
+  (``contiguous_gradients``, DeepSpeed's default, forced on by offload). xtuner's
+  presets keep DeepSpeed's 5e8: 2e9 bytes (1.86 GiB) in bf16 on every GPU, however
+  small the model;
+- the reduced gradients of the parameters that overlap this process's partition
+  (whole parameters, so a little more than P/N·m; the worst rank's is counted), from
+  the first bucket's reduction to the step, with ZeRO-1 and ZeRO-2 alike;
+- at the step, a flat copy of those gradients (P/N·m) and its float32 copy (4·P/N),
+  then the optimizer's temporaries.
 - ``offload_optimizer``: the master copy, the optimizer states, the float32 gradient
-  partition and a training-dtype copy of the partition live in (pinned) host memory;
-  the GPU keeps one gradient buffer of the largest parameter.
+  partition and a training-dtype copy of the partition live in (pinned) host memory,
+  and the reduced gradients go there too; the GPU keeps one gradient buffer of the
+  largest parameter.
 
-Parameters are never partitioned below ZeRO-3, so gradients arrive whole and each
-goes into a bucket as soon as it is computed (DeepSpeed's gradient hooks): the
-step's own gradients never accumulate in full. ZeRO-3 (partitioned weights fetched
-module by module) is not modelled here.
+Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
+soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with
+``overlap_comm``; ZeRO-1 without it keeps the whole gradients (P·m) until the backward
+ends and reduces them then. ZeRO-3 (partitioned weights fetched module by module) is
+not modelled here.
 """
 from dataclasses import dataclass
 
@@ -31,7 +38,9 @@ import torch
 
 __all__ = ['ZeroLayout']
 
-_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32}
+_DTYPES = {'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
+           'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16,
+           'fp32': torch.float32, 'float32': torch.float32, 'float': torch.float32}
 
 
 @dataclass(frozen=True)
@@ -63,16 +72,19 @@ class ZeroLayout:
             if (ds_config.get(key) or {}).get('enabled') is True:
                 dtype = half
         accum = (ds_config.get('data_types') or {}).get('grad_accum_dtype')
-        if accum not in (None, 'fp16', 'bf16') and _DTYPES.get(accum) != dtype:
+        if accum is not None and _DTYPES.get(str(accum).lower()) != dtype:
             raise ValueError(f'data_types.grad_accum_dtype={accum!r} (gradient '
-                             'accumulation in another dtype) is not modelled')
+                             'accumulation in another dtype than the training one) is '
+                             'not modelled')
         offload = (zero.get('offload_optimizer') or {}).get('device', 'none')
+        offload = offload not in (None, 'none')
         return cls(stage=stage, processes=processes, dtype=dtype,
                    reduce_bucket_size=int(float(zero.get('reduce_bucket_size', 5e8))),
                    # DeepSpeed's default: on for ZeRO-3 only; our presets set it
                    overlap_comm=bool(zero.get('overlap_comm', False)),
-                   contiguous_gradients=bool(zero.get('contiguous_gradients', True)),
-                   offload_optimizer=offload not in (None, 'none'))
+                   contiguous_gradients=bool(zero.get('contiguous_gradients', True))
+                   or offload,  # DeepSpeed forces it on for offload
+                   offload_optimizer=offload)
 
     @property
     def element_size(self) -> int:
@@ -91,6 +103,25 @@ class ZeroLayout:
             return 0
         return (1 + self.overlap_comm) * self.reduce_bucket_size * self.element_size
 
-    def gradient_partition(self, trainable: int) -> int:
-        """Bytes of ZeRO-2's reduced gradients of this process's partition."""
-        return self.partition(trainable) * self.element_size if self.stage == 2 else 0
+    def keeps_whole_gradients(self) -> bool:
+        """ZeRO-1 without ``overlap_comm`` reduces only after the backward."""
+        return self.stage == 1 and not self.overlap_comm
+
+    def gradient_partition(self, sizes) -> int:
+        """Bytes of the reduced gradients this process keeps to the step: the whole
+        parameters (``sizes``: their element counts, in the optimizer's order) that
+        overlap its partition of the flat buffer, on the worst rank; none on the GPU
+        with ``offload_optimizer`` (they go to the host)."""
+        if self.offload_optimizer:
+            return 0
+        part = self.partition(sum(sizes))
+        worst = 0
+        for rank in range(self.processes):
+            lo, hi = rank * part, (rank + 1) * part
+            offset = kept = 0
+            for n in sizes:
+                if offset < hi and offset + n > lo:
+                    kept += n
+                offset += n
+            worst = max(worst, kept)
+        return worst * self.element_size
