@@ -184,8 +184,12 @@ class _ZeroTimeline:
     def _take(self, param):
         if self.buckets is None:
             self.buckets = self._empty(self.zero.buckets())
-        if self.zero.keeps_whole_gradients():
-            return  # reduced after the backward (step)
+        if not self.zero.keeps_whole_gradients():  # else reduced after the backward
+            self._reduce(param)
+
+    def _reduce(self, param):
+        """A gradient into a bucket: dropped; the first full bucket's reduction brings
+        the buffer of this process's reduced gradients."""
         self.arrived += param.numel()
         if self.partition is None and self.arrived > self.zero.reduce_bucket_size:
             self.partition = self._empty(self.partition_bytes)
@@ -200,17 +204,18 @@ class _ZeroTimeline:
         """The end of the backward and the optimizer step: any gradient not reduced
         yet is, the buckets go, the reduced gradients are flattened (a copy in the
         training dtype) and cast to float32 and dropped, the optimizer steps."""
+        for p in self.trainable:  # ZeRO-1 without overlap_comm reduces here
+            if p.grad is not None:
+                self._reduce(p)
         if self.partition is None:
             self.partition = self._empty(self.partition_bytes)
-        for p in self.trainable:
-            p.grad = None
         self.buckets = None
         grad32 = self._empty(self.step_bytes)
-        flat = self._empty(self.step_bytes // 4 * self.zero.element_size)
-        del flat
+        if self.zero.element_size != 4:  # in fp32 the flat copy is the float32 one
+            self._empty(self.step_bytes // 4 * self.zero.element_size)  # and freed
         self.partition = None  # dropped once they are in float32
-        temporaries = self._empty(self.temporaries)
-        del temporaries, grad32
+        self._empty(self.temporaries)  # the optimizer's, freed as it ends
+        del grad32
         self.arrived = 0
 
 

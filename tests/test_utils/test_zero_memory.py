@@ -48,13 +48,14 @@ def small_buckets(tmp_path, preset, **zero_options):
     return str(path)
 
 
-def counted_run(tmp_path, strategy, batch, adamw, processes=2):
+def counted_run(tmp_path, strategy, batch, adamw, amp, processes=2):
     """Per rank, the bytes alive at the start of each iteration and its peak."""
     out = tmp_path / 'memory'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
            str(processes), '--master_port', str(free_port()),
            osp.join(ROOT, 'tests/count_train_memory.py'), DEMO, '--launcher', 'pytorch',
-           '--deepspeed', strategy, '--amp', '--work-dir', str(tmp_path / 'work'),
+           '--deepspeed', strategy, *(['--amp'] if amp else []),
+           '--work-dir', str(tmp_path / 'work'),
            '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=100',
            f'train_dataloader.batch_size={batch}',
            *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())]
@@ -70,34 +71,45 @@ def counted_run(tmp_path, strategy, batch, adamw, processes=2):
 
 # At batch 8 the peak is at the backward's start (activations, buckets, states). At
 # batch 1 it is at the step: with fused AdamW where the reduced gradients, their flat
-# copy and its float32 copy meet; one tensor at a time, at AdamW's temporaries.
-CASES = {'zero1': ('deepspeed_zero1', 8, {}, SINGLE_TENSOR),
-         'zero2': ('deepspeed_zero2', 8, {}, SINGLE_TENSOR),
-         'zero2_offload': ('deepspeed_zero2_offload', 8, {}, SINGLE_TENSOR),
-         'zero2_batch1_fused': ('deepspeed_zero2', 1, {}, FUSED),
-         'zero1_no_overlap_batch1_fused': ('deepspeed_zero1', 1, dict(overlap_comm=False),
-                                           FUSED),
-         'zero1_batch1': ('deepspeed_zero1', 1, {}, SINGLE_TENSOR)}
+# copy and its float32 copy meet; one tensor at a time, at AdamW's temporaries. In
+# fp32, ZeRO-1 without overlap_comm peaks with the whole gradients, at the backward's
+# end. (preset, batch, zero_optimization options, AdamW options, --amp)
+CASES = {'zero1': ('deepspeed_zero1', 8, {}, SINGLE_TENSOR, True),
+         'zero2': ('deepspeed_zero2', 8, {}, SINGLE_TENSOR, True),
+         'zero2_offload': ('deepspeed_zero2_offload', 8, {}, SINGLE_TENSOR, True),
+         'zero2_batch1_fused': ('deepspeed_zero2', 1, {}, FUSED, True),
+         'zero1_batch1': ('deepspeed_zero1', 1, {}, SINGLE_TENSOR, True),
+         'zero2_fp32_batch1_fused': ('deepspeed_zero2', 1, {}, FUSED, False),
+         'zero1_no_overlap_fp32_batch1_fused': (
+             'deepspeed_zero1', 1, dict(overlap_comm=False), FUSED, False)}
 
 
 @pytest.mark.parametrize('case', list(CASES))
 def test_estimate_is_a_real_zero_runs_peak(case, tmp_path):
     pytest.importorskip('deepspeed')
-    preset, batch, options, adamw = CASES[case]
+    preset, batch, options, adamw, amp = CASES[case]
     strategy = small_buckets(tmp_path, preset, **options)
-    est = estimate_training_memory(demo_cfg(batch, adamw), batch, amp='bf16', gpus=2,
+    est = estimate_training_memory(demo_cfg(batch, adamw), batch,
+                                   amp='bf16' if amp else None, gpus=2,
                                    deepspeed=load_strategy(strategy)['config'])
     pictures = batch * 3 * 16 * 16 * 4 + batch * 8  # and labels
     # The optimizer states exist from the first step on: compare the second. On the
     # CPU, host and device memory are one: offload's host part is in the count. What
     # is left over is a few scalars (step counts, loss scale, norms).
-    second = [records[1] for records in counted_run(tmp_path, strategy, batch, adamw)]
+    second = [records[1] for records in counted_run(tmp_path, strategy, batch, adamw, amp)]
     persistent = est.weights + est.ema + est.optimizer_states + est.host + pictures
     for real in second:
         assert 0 <= real['before'] - persistent <= 1024, (second, est)
-    # the estimate is the worst rank's (their gradient partitions differ)
-    assert 0 <= max(r['peak'] for r in second) - (est.peak + est.host) <= 1024, (second, est)
-    assert est.zero_buffers >= (1 + options.get('overlap_comm', True)) * 200000 * 2
+    # The estimate is the worst rank's (their gradient partitions differ). It brings
+    # the reduced gradients' buffer in at the first bucket's reduction on every rank;
+    # a rank whose partition is reduced in a later bucket allocates it later, when
+    # fewer gradients are alive: with buckets smaller than the model and ZeRO-1
+    # reducing after the backward, the estimate is above the real peak (337 KB, 1.3%).
+    over = max(r['peak'] for r in second) - (est.peak + est.host)
+    bound = 0.02 * est.peak if options.get('overlap_comm') is False else 1024
+    assert -bound <= over <= 1024, (second, est)
+    assert est.zero_buffers >= ((1 + options.get('overlap_comm', True)) * 200000
+                                * (2 if amp else 4))
     if preset.endswith('offload'):
         assert est.host > 0
 
