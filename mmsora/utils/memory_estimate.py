@@ -20,9 +20,9 @@ batch (pre-extracted), so the VAE and the text encoder are not in the step.
 With a DeepSpeed ZeRO-1 / ZeRO-2 config (``tools/train.py --deepspeed``) the step is
 DeepSpeed's instead: the module cast to the training dtype, the float32 master
 weights and optimizer states of this process's partition, the gradient reduction
-buckets allocated at the backward's first gradient and the gradient partition at
-the first bucket's reduction (:mod:`mmsora.utils.zero_memory`), all in the same
-timeline as the activations.
+buckets allocated at the backward's first gradient, the reduced gradients of the
+partition from the first bucket's reduction, and the step's copies of them
+(:mod:`mmsora.utils.zero_memory`), all in the same timeline as the activations.
 """
 import copy
 import weakref
@@ -88,9 +88,9 @@ class MemoryEstimate:
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
-    # DeepSpeed ZeRO: its reduction buckets and gradient partition, held from the
-    # backward's first gradient (counted in ``step``), and what offload_optimizer
-    # keeps in host memory instead of the GPU (not in ``peak``)
+    # DeepSpeed ZeRO: its reduction buckets and reduced gradients, held during the
+    # backward and to the step (within ``step`` where they meet the peak), and what
+    # offload_optimizer keeps in host memory instead of the GPU (not in ``peak``)
     zero_buffers: int = 0
     host: int = 0
     # A real step on CUDA: torch.cuda.max_memory_allocated (+ ddp_buckets, counted)
