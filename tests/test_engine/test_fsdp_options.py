@@ -154,9 +154,10 @@ def test_fsdp_resume_reads_the_checkpoint_into_cpu_memory(monkeypatch):
     from mmsora.engine.strategies import fsdp
     mend_mmengine_fsdp()
     mend_mmengine_fsdp()  # idempotent: still mmengine's loader underneath
-    assert fsdp._MMENGINE_LOAD_CHECKPOINT is not fsdp._load_checkpoint_to_cpu
+    assert FSDPStrategy.load_checkpoint is fsdp._load_checkpoint_to_cpu
+    assert FSDPStrategy._mmsora_load_checkpoint.__module__ == 'mmengine._strategy.fsdp'
     calls = []
-    monkeypatch.setattr(fsdp, '_MMENGINE_LOAD_CHECKPOINT',
+    monkeypatch.setattr(FSDPStrategy, '_mmsora_load_checkpoint',
                         lambda self, filename, **kwargs: calls.append(kwargs))
     FSDPStrategy.load_checkpoint(None, 'x.pth', map_location='default')
     FSDPStrategy.load_checkpoint(None, 'x.pth', map_location='cuda:1', strict=True)

@@ -96,12 +96,10 @@ def _load_checkpoint_to_cpu(self, filename: str, **kwargs) -> dict:
     asks for its 'default' device: FlexibleRunner's resume would otherwise put the
     whole checkpoint (weights, EMA, optimizer state of the full model) on every GPU
     before FSDP takes each process's shard of it."""
+    from mmengine._strategy.fsdp import FSDPStrategy
     if kwargs.get('map_location') == 'default':
         kwargs['map_location'] = 'cpu'
-    return _MMENGINE_LOAD_CHECKPOINT(self, filename, **kwargs)
-
-
-_MMENGINE_LOAD_CHECKPOINT = None
+    return FSDPStrategy._mmsora_load_checkpoint(self, filename, **kwargs)
 
 
 def mend_mmengine_fsdp():
@@ -114,10 +112,11 @@ def mend_mmengine_fsdp():
     - resume loaded the checkpoint onto each GPU in full.
 
     Idempotent."""
-    global _MMENGINE_LOAD_CHECKPOINT
     from mmengine._strategy.fsdp import FSDPStrategy
-    if _MMENGINE_LOAD_CHECKPOINT is None:
-        _MMENGINE_LOAD_CHECKPOINT = FSDPStrategy.load_checkpoint
+    # mmengine's loader, kept on the class itself once: a second mend (or this module
+    # imported again) must not wrap our wrapper
+    if '_mmsora_load_checkpoint' not in vars(FSDPStrategy):
+        FSDPStrategy._mmsora_load_checkpoint = FSDPStrategy.load_checkpoint
     FSDPStrategy.optim_state_dict = _optim_state_dict
     FSDPStrategy.load_optim_state_dict = _load_optim_state_dict
     FSDPStrategy.load_checkpoint = _load_checkpoint_to_cpu
