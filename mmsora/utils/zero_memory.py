@@ -19,8 +19,11 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
 - the reduced gradients of the parameters that overlap this process's partition
   (whole parameters, so a little more than P/N·m; the worst rank's is counted), from
   the first bucket's reduction to the step, with ZeRO-1 and ZeRO-2 alike;
-- at the step, a flat copy of those gradients (P/N·m) and its float32 copy (4·P/N),
-  then the optimizer's temporaries.
+- at the step, a flat copy of those gradients (P/N·m) and its float32 copy (4·P/N;
+  in fp32 they are one), then the optimizer's temporaries. The reduced gradients'
+  buffer is counted from the first bucket's reduction on every rank; a rank whose
+  partition is reduced in a later bucket allocates it later, so with buckets smaller
+  than the model the estimate can be above that rank's peak (1.3% seen).
 - ``offload_optimizer``: the master copy, the optimizer states, the float32 gradient
   partition and a training-dtype copy of the partition live in (pinned) host memory,
   and the reduced gradients go there too; the GPU keeps one gradient buffer of the
