@@ -194,7 +194,9 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
-    from mmsora.utils.dist import close_process_group
+    from mmsora.utils.dist import close_process_group, release_engine
+    release_engine(runner)
+    del runner
     close_process_group()
 
 

@@ -5,7 +5,7 @@ import torch.distributed as dist
 
 from mmsora.utils.cli import UserError, run_cli
 from mmsora.utils.dist import (abandon_process_group, barrier_device_ids,
-                               close_process_group, collective_device)
+                               close_process_group, collective_device, release_engine)
 
 
 def _group(path):
@@ -31,3 +31,14 @@ def test_a_run_stopping_on_an_error_leaves_no_group_behind(tmp_path, capsys):
     assert run_cli(main) == 2
     assert 'error: bad option' in capsys.readouterr().err
     assert not dist.is_initialized()
+
+
+def test_release_engine_destroys_a_deepspeed_engine_and_leaves_others():
+    from types import SimpleNamespace
+    destroyed = []
+    engine = SimpleNamespace(destroy=lambda: destroyed.append(True))  # DeepSpeedEngine
+    release_engine(SimpleNamespace(strategy=SimpleNamespace(model=engine)))
+    assert destroyed == [True]
+    release_engine(SimpleNamespace(model=torch.nn.Linear(1, 1)))  # a plain Runner
+    release_engine(SimpleNamespace(strategy=SimpleNamespace(model=torch.nn.Linear(1, 1))))
+    assert destroyed == [True]
