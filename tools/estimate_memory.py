@@ -165,7 +165,8 @@ def main(argv=None):
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
     print('step: gradients, activations and temporaries at the peak (with the batch)'
-          + ('; zero: the reduction buckets and gradient partition within it; host: '
+          + ('; zero: DeepSpeed\'s reduction buckets and reduced gradients, held from '
+             'the backward to the step (in step where they meet the peak); host: '
              'offloaded master weights, optimizer states and gradients (not in peak)'
              if deepspeed else ''))
 
