@@ -167,9 +167,8 @@ class _ZeroTimeline:
     (its first reduction), each gradient taken into a bucket and dropped; or, for
     ZeRO-1 without ``overlap_comm``, every gradient kept to the backward's end."""
 
-    def __init__(self, zero, model, step_bytes: int, temporaries: int):
+    def __init__(self, zero, trainable: list, step_bytes: int, temporaries: int):
         self.zero = zero
-        trainable = [p for p in model.parameters() if p.requires_grad]
         self.partition_bytes = zero.gradient_partition([p.numel() for p in trainable])
         self.step_bytes, self.temporaries = step_bytes, temporaries
         self.buckets = self.partition = None
@@ -321,10 +320,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
                 host = master + states + grad32 + half_copy + largest
                 resident = [torch.empty(largest, dtype=torch.uint8)]
-                timeline = _ZeroTimeline(zero, model, 0, 0)  # the step is the host's
+                timeline = _ZeroTimeline(zero, trainable, 0, 0)  # the step is the host's
             else:
                 resident = [torch.empty(master + states, dtype=torch.uint8)]
-                timeline = _ZeroTimeline(zero, model, grad32, temporaries)
+                timeline = _ZeroTimeline(zero, trainable, grad32, temporaries)
         x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
         kwargs = _model_kwargs(model, batch_size, text_len)
 
