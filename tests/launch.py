@@ -6,6 +6,17 @@ import sys
 from mmsora.utils.dist import free_port  # noqa: F401  (for the tests)
 
 
+RENDEZVOUS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+def fresh_run_env(**env) -> dict:
+    """This process's environment for a training subprocess that sets up its own
+    process group (torchrun or a one-process DeepSpeed run): one torch thread, none
+    of the rendezvous variables a surrounding launcher may have left, plus ``env``."""
+    out = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    return dict(out, OMP_NUM_THREADS='1', **env)
+
+
 def run_tool(args, repo_root, timeout=600, **env):
     """Run a command in the repository with one torch thread per process;
     dist_train.sh's ``python`` is this interpreter, venv activated or not."""

@@ -4,7 +4,6 @@ states, resumes to the same weights as an uninterrupted run, and
 tools/zero_to_state_dict.py turns a folder into a file tools/infer.py's loader reads.
 ZeRO-3 on two processes keeps its EMA sharded (ShardedEMAHook): the same EMA and
 weights as the one-process ZeRO-2 run, and an exact resume."""
-import os
 import os.path as osp
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import zero_to_state_dict  # noqa: E402
 from mmsora.engine.strategies import zero_model_states  # noqa: E402
-from tests.launch import free_port  # noqa: E402
+from tests.launch import free_port, fresh_run_env  # noqa: E402
 from tests.tiny_models import TINY_DEMO_OPTIONS  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
@@ -37,9 +36,7 @@ def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
            '--deepspeed', preset, '--work-dir', str(work), *args,
            '--cfg-options', 'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=2',
            'default_hooks.logger.interval=1', 'train_dataloader.num_workers=0', *options]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        env.pop(key, None)
+    env = fresh_run_env(PYTHONPATH=ROOT)
     if processes > 1:  # torchrun starts the same command (DeepSpeed's op build skipped)
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
                str(processes), '--master_port', str(free_port()), '--no-python', *cmd,

@@ -2,7 +2,6 @@
 against real tools/train.py --deepspeed runs on two gloo processes with every tensor
 storage counted (tests/count_train_memory.py), its closed forms, and the tool."""
 import json
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from mmsora.engine.strategies import load_strategy
 from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import estimate_training_memory
 from mmsora.utils.zero_memory import ZeroLayout
-from tests.launch import free_port
+from tests.launch import free_port, fresh_run_env
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -59,9 +58,7 @@ def counted_run(tmp_path, strategy, batch, adamw, amp, processes=2):
            '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=100',
            f'train_dataloader.batch_size={batch}',
            *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())]
-    env = dict(os.environ, OMP_NUM_THREADS='1', COUNT_MEMORY_OUT=str(out))
-    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        env.pop(key, None)
+    env = fresh_run_env(COUNT_MEMORY_OUT=str(out))
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
