@@ -18,7 +18,11 @@ trained ones to ``ema_state_dict`` as ``module.*`` with ``steps``, exactly what
 DeepSpeed ZeRO-3 has the same problem (the module holds empty placeholders between
 steps): :class:`ZeroShardedEMA` averages each process's partition (``ds_tensor``).
 
-``--fsdp`` and ``--deepspeed`` with ZeRO-3 switch ``EMAHook`` to this hook
+DeepSpeed ZeRO-1/2 holds the whole module on every process, but its float32 master
+weights partitioned: :class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`
+averages each process's partition of them.
+
+``--fsdp`` and ``--deepspeed`` (ZeRO-1/2/3) switch ``EMAHook`` to this hook
 (``to_flexible_runner_config``).
 """
 import torch
@@ -26,6 +30,8 @@ from mmengine.hooks import EMAHook
 
 from mmsora.registry import HOOKS
 from mmsora.utils.dist import collective_device
+
+from .zero_partition_ema import ZeroPartitionEMA, is_zero_partition_optimizer
 
 __all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']
 
@@ -177,7 +183,8 @@ class ZeroShardedEMA(ShardedEMA):
 @HOOKS.register_module()
 class ShardedEMAHook(EMAHook):
     """mmengine's ``EMAHook`` (same arguments, same checkpoint keys) for FSDP and
-    ZeRO-3 runs, with the average held as :class:`ShardedEMA` / :class:`ZeroShardedEMA`.
+    DeepSpeed runs, with the average held as :class:`ShardedEMA` (FSDP),
+    :class:`ZeroShardedEMA` (ZeRO-3) or :class:`ZeroPartitionEMA` (ZeRO-1/2).
 
     mmengine's FlexibleRunner resumes before the hooks' ``before_run``; the hook swaps
     the checkpoint's entries at once (so the model loads the trained weights) and
@@ -198,8 +205,12 @@ class ShardedEMAHook(EMAHook):
         if is_model_wrapper(model) and not isinstance(model, FSDP):
             model = model.module  # DeepSpeed: the engine's module
         zero3 = any(hasattr(p, 'ds_tensor') for p in model.parameters())
+        optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
         self.src_model = model
-        self.ema_model = (ZeroShardedEMA if zero3 else ShardedEMA)(model, **cfg)
+        if not zero3 and is_zero_partition_optimizer(optimizer):  # ZeRO-1/2
+            self.ema_model = ZeroPartitionEMA(model, optimizer, **cfg)
+        else:
+            self.ema_model = (ZeroShardedEMA if zero3 else ShardedEMA)(model, **cfg)
         if self._pending is not None:
             self.ema_model.load_full_state_dict(self.src_model, self._pending)
             self._pending = None

@@ -187,24 +187,29 @@ class LatentDiffusion(BaseModel):
                 out[key] = value.detach().float().mean()
         return out
 
-    def _denoiser_in_weight_dtype(self):
-        """The denoiser, called with its float inputs in its weights' dtype.
+    def _denoiser_in_weight_dtype(self, fn=None, float_output: bool = False):
+        """The denoiser (or ``fn``, one of its methods), called with its float inputs
+        in its weights' dtype.
 
         Under AMP the weights are float32 (autocast does the rest) and this is the
         denoiser itself. DeepSpeed's bf16 / fp16 turn the module's weights to half
         precision while the objective builds ``x_t`` in float32: the call casts ``x``
-        and the float conditioning (not the timesteps) to the weights' dtype.
+        and the float conditioning (not the timesteps) to the weights' dtype. With
+        ``float_output`` the output comes back in float32 (the samplers' state stays
+        float32 between steps).
         """
+        fn = self.denoiser if fn is None else fn
         dtype = next(self.denoiser.parameters()).dtype
         if dtype == torch.float32:
-            return self.denoiser
+            return fn
 
         def cast(value):
             return (value.to(dtype) if torch.is_tensor(value) and value.is_floating_point()
                     else value)
 
         def call(x, t, **kwargs):
-            return self.denoiser(cast(x), t, **{k: cast(v) for k, v in kwargs.items()})
+            out = fn(cast(x), t, **{k: cast(v) for k, v in kwargs.items()})
+            return out.float() if float_output else out
         return call
 
     def _training_draws(self, n):
@@ -377,6 +382,8 @@ class LatentDiffusion(BaseModel):
             if guidance_channels is not None:
                 kwargs['guidance_channels'] = guidance_channels
             model_fn = self.denoiser.forward_with_cfg
+        # Half-precision weights (a DeepSpeed bf16 / fp16 module during training)
+        model_fn = self._denoiser_in_weight_dtype(model_fn, float_output=True)
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:

@@ -22,7 +22,8 @@ DeepSpeed's instead: the module cast to the training dtype, the float32 master
 weights and optimizer states of this process's partition, the gradient reduction
 buckets allocated at the backward's first gradient, the reduced gradients of the
 partition from the first bucket's reduction, and the step's copies of them
-(:mod:`mmsora.utils.zero_memory`), all in the same timeline as the activations.
+(:mod:`mmsora.utils.zero_memory`), all in the same timeline as the activations; the
+EMA is a float32 average of the partition (:mod:`mmsora.engine.zero_partition_ema`).
 """
 import copy
 import weakref
@@ -84,7 +85,7 @@ class MemoryEstimate:
     batch_size: int
     peak: int              # the step's peak of live tensor bytes (all of the below)
     weights: int           # the model's parameters and buffers
-    ema: int               # EMAHook's averaged copy
+    ema: int               # EMAHook's averaged copy (ZeRO-1/2: this process's part)
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
@@ -296,14 +297,25 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         if zero is not None:
             _cast_weights(model, zero.dtype)  # as DeepSpeed casts the module
         weights = mem.current
+        trainable = [p for p in model.parameters() if p.requires_grad]
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
         # which fake tensors do not support; building it again allocates the same).
-        # Under DeepSpeed, FP32EMAHook keeps it in float32.
-        ema = None
-        if ema_cfg is not None:
+        # Under DeepSpeed ZeRO-1/2, ShardedEMAHook averages this process's partition
+        # of the float32 master weights (where they live: the host with offload),
+        # and the floating buffers whole with update_buffers.
+        ema, ema_partition = None, []
+        if ema_cfg is not None and zero is None:
             ema = MODELS.build(model_cfg).requires_grad_(False)
+        elif ema_cfg is not None:
+            numel = zero.partition(sum(p.numel() for p in trainable))
+            if zero.offload_optimizer:
+                host += 4 * numel
+            else:
+                ema_partition.append(torch.empty(numel, dtype=torch.float32))
+            if ema_cfg.get('update_buffers', False):
+                ema_partition += [torch.empty(b.shape, dtype=torch.float32)
+                                  for b in model.buffers() if b.is_floating_point()]
         ema_bytes = mem.current - weights
-        trainable = [p for p in model.parameters() if p.requires_grad]
         if zero is None:
             optimizer = _build_optimizer(cfg, trainable)
             loss_fn = model.denoiser
@@ -318,7 +330,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             grad32, half_copy = 4 * numel, numel * zero.element_size
             largest = max(p.numel() for p in trainable) * zero.element_size
             if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
-                host = master + states + grad32 + half_copy + largest
+                host += master + states + grad32 + half_copy + largest
                 resident = [torch.empty(largest, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, 0, 0)  # the step is the host's
             else:
@@ -347,6 +359,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         step()  # the peak is the larger of the two steps' (the second's, in practice)
         if zero is not None:
             resident.clear()  # ZeRO's master weights and states: counted until here
+            ema_partition.clear()
     batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
                       if isinstance(t, torch.Tensor))
     persistent -= batch_bytes

@@ -176,14 +176,28 @@ def test_load_from_a_file_with_deepspeed_points_to_pretrained_denoiser(tmp_path)
         train.build_train_config(args)
 
 
-@pytest.mark.parametrize('preset,ema', [('deepspeed_zero2', 'FP32EMAHook'),
-                                        ('deepspeed_zero3', 'ShardedEMAHook'),
-                                        ('deepspeed_zero3_offload', 'ShardedEMAHook')])
-def test_the_ema_hook_follows_the_zero_stage(preset, ema, tmp_path):
+@pytest.mark.parametrize('preset', ['deepspeed_zero1', 'deepspeed_zero2',
+                                    'deepspeed_zero2_offload', 'deepspeed_zero3',
+                                    'deepspeed_zero3_offload'])
+def test_zero_stages_keep_the_ema_partitioned(preset, tmp_path):
     cfg = train.build_train_config(train.parse_args(
         [DEMO, '--work-dir', str(tmp_path), '--deepspeed', preset]))
     hooks = [h for h in cfg.custom_hooks if 'EMA' in h['type']]
-    assert [h['type'] for h in hooks] == [ema] and hooks[0]['momentum'] == 0.01
+    assert [h['type'] for h in hooks] == ['ShardedEMAHook'] and hooks[0]['momentum'] == 0.01
+    assert 'ema_type' not in hooks[0]
+
+
+def test_zero2_leaves_another_average_to_mmengine_and_zero3_refuses_it(tmp_path):
+    path = tmp_path / 'swa.py'
+    path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', "
+                    "ema_type='StochasticWeightAverage')]\n")
+    cfg = train.build_train_config(train.parse_args(
+        [str(path), '--work-dir', str(tmp_path), '--deepspeed', 'deepspeed_zero2']))
+    assert [h for h in cfg.custom_hooks if 'EMA' in h['type']] == [
+        dict(type='EMAHook', ema_type='StochasticWeightAverage')]
+    with pytest.raises(UserError, match='exponential moving average only'):
+        train.build_train_config(train.parse_args(
+            [str(path), '--work-dir', str(tmp_path), '--deepspeed', 'deepspeed_zero3']))
 
 
 def test_resume_of_a_plain_file_with_deepspeed_fails_in_one_line(tmp_path):

@@ -2,8 +2,9 @@
 model (one process, gloo), saves ZeRO checkpoint folders with the EMA weights and RNG
 states, resumes to the same weights as an uninterrupted run, and
 tools/zero_to_state_dict.py turns a folder into a file tools/infer.py's loader reads.
-ZeRO-3 on two processes keeps its EMA sharded (ShardedEMAHook): the same EMA and
-weights as the one-process ZeRO-2 run, and an exact resume."""
+ZeRO-2 and ZeRO-3 on two processes keep their EMA partitioned (ShardedEMAHook): the
+same EMA and weights as the one-process ZeRO-2 run, and an exact resume; the sampling
+hook draws from the gathered EMA."""
 import os.path as osp
 import shutil
 import subprocess
@@ -31,8 +32,8 @@ RUN = ("import runpy, sys; import deepspeed.comm.torch as t; t.build_shm_op = la
 
 
 def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
-        'train_dataloader.batch_size=4', 'model.denoiser.depth=1')):
-    cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), DEMO,
+        'train_dataloader.batch_size=4', 'model.denoiser.depth=1'), config=DEMO):
+    cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), str(config),
            '--deepspeed', preset, '--work-dir', str(work), *args,
            '--cfg-options', 'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=2',
            'default_hooks.logger.interval=1', 'train_dataloader.num_workers=0', *options]
@@ -116,21 +117,26 @@ def converted(work):
 def test_zero3_two_processes_keep_the_ema_and_resume_exactly(tmp_path):
     """Before ShardedEMAHook, EMAHook under ZeRO-3 stopped at the first step (its copy
     of the module holds empty placeholders) and no hook state was saved. Now: the
-    same global batch on one ZeRO-2 process and two ZeRO-3 processes gives the same
-    EMA and weights; a ZeRO-3 run resumed from step 2 (RNG-driven draws) ends bit for
-    bit as the uninterrupted one, EMA and RNG states included."""
+    same global batch on one ZeRO-2 process, two ZeRO-2 processes (each averaging
+    half the master weights, ZeroPartitionEMA) and two ZeRO-3 processes gives the
+    same EMA and weights; a ZeRO-3 run resumed from step 2 (RNG-driven draws) ends bit
+    for bit as the uninterrupted one, EMA and RNG states included."""
     same = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0']
     train(tmp_path / 'zero2', options=same)
+    train(tmp_path / 'zero2x2', processes=2, options=same)
     client = train(tmp_path / 'zero3', preset='deepspeed_zero3', processes=2, options=same)
     assert len(client['meta']['rng_states']) == 2  # both ranks' streams
-    one, two = converted(tmp_path / 'zero2'), converted(tmp_path / 'zero3')
-    for key in ('state_dict', 'ema_state_dict'):  # EMA, trained (fp32 masters)
-        assert one[key].keys() == two[key].keys()
-        for name, value in one[key].items():
-            torch.testing.assert_close(two[key][name], value, rtol=1e-5, atol=1e-6,
-                                       msg=f'{key} {name}')
-    name = 'denoiser.final_layer.linear.weight'
-    assert (two['ema_state_dict']['module.' + name] - two['state_dict'][name]).abs().max() > 1e-3
+    one = converted(tmp_path / 'zero2')
+    for other in ('zero2x2', 'zero3'):
+        two = converted(tmp_path / other)
+        for key in ('state_dict', 'ema_state_dict'):  # EMA, trained (fp32 masters)
+            assert one[key].keys() == two[key].keys()
+            for name, value in one[key].items():
+                torch.testing.assert_close(two[key][name], value, rtol=1e-5, atol=1e-6,
+                                           msg=f'{other} {key} {name}')
+        name = 'denoiser.final_layer.linear.weight'
+        assert (two['ema_state_dict']['module.' + name]
+                - two['state_dict'][name]).abs().max() > 1e-3
 
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
     train(full, preset='deepspeed_zero3', processes=2, options=TINY_DEMO_OPTIONS)
@@ -153,3 +159,38 @@ def test_zero3_two_processes_keep_the_ema_and_resume_exactly(tmp_path):
             assert len(ca['meta']['rng_states']) == 2
             for x, y in zip(ca['meta']['rng_states'], cb['meta']['rng_states']):
                 assert torch.equal(x['torch'], y['torch'])
+
+
+def test_zero2_bf16_two_processes_sample_the_partitioned_ema_and_resume_exactly(tmp_path):
+    """ZeRO-2 in bf16 on two processes: each holds half of the float32 EMA
+    (ZeroPartitionEMA); SampleVisualizationHook gathers it into the module on every
+    process and samples on rank 0 (a collective: it hung or failed before if a rank
+    skipped it); a run resumed from step 2 ends bit for bit as the uninterrupted one,
+    EMA included, and the EMA stays float32 after sampling."""
+    config = tmp_path / 'with_samples.py'
+    config.write_text(
+        f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', momentum=0.01, "
+        "update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
+        "dict(type='SampleVisualizationHook', interval=2, num_samples=2, labels=[1], "
+        "sample_cfg=dict(num_steps=2))]\n")
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    client = train(full, '--amp', processes=2, options=TINY_DEMO_OPTIONS, config=config)
+    assert {v.dtype for v in client['module'].values() if v.is_floating_point()} == {
+        torch.bfloat16}
+    # mmengine's layout: the EMA weights (float32) in state_dict, the module's trained
+    # ones under ema_state_dict's module.* (the fp32 masters: zero_to_state_dict.py)
+    assert {v.dtype for v in client['state_dict'].values() if v.is_floating_point()} == {
+        torch.float32}
+    assert {v.dtype for k, v in client['ema_state_dict'].items()
+            if k.startswith('module.') and v.is_floating_point()} == {torch.bfloat16}
+    pngs = list(full.glob('*/vis_data/vis_image/samples_2.png'))
+    assert len(pngs) == 1  # rank 0 sampled the gathered EMA at step 2
+    resumed.mkdir()
+    shutil.copytree(full / 'iter_2.pth', resumed / 'iter_2.pth')
+    train(resumed, '--amp', '--resume', str(resumed / 'iter_2.pth'), processes=2,
+          options=TINY_DEMO_OPTIONS, config=config)
+    a, b = converted(full), converted(resumed)
+    for key in ('state_dict', 'ema_state_dict'):
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)

@@ -62,7 +62,10 @@ def test_deepspeed_switches_the_ema_to_fp32():
         train_dataloader=dict(batch_size=4),
         optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4)),
         custom_hooks=[dict(type='EMAHook', momentum=1e-4), dict(type='RNGStateHook')]))
-    cfg = to_flexible_runner_config(cfg, load_strategy('deepspeed_zero2'), 'bfloat16')
+    # Without ZeRO partitions (stage 0); ZeRO-1/2/3 keep ShardedEMAHook instead.
+    strategy = load_strategy('deepspeed_zero2')
+    strategy['config']['zero_optimization'] = dict(stage=0)
+    cfg = to_flexible_runner_config(cfg, strategy, 'bfloat16')
     ema = [h for h in cfg.custom_hooks if h['type'] == 'EMAHook']
     assert ema == [] and [h for h in cfg.custom_hooks if h['type'] == 'FP32EMAHook'] == [
         dict(type='FP32EMAHook', momentum=1e-4, ema_type='FP32ExponentialMovingAverage')]

@@ -66,6 +66,21 @@ def test_a_sample_depends_on_its_seed_only(sampler, steps, cfg_scale):
     assert not torch.allclose(alone, other)
 
 
+@pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
+def test_half_precision_weights_sample_in_float32(cfg_scale):
+    """DeepSpeed's bf16 turns the module's weights to bf16; the sampling hooks sample
+    that module during training (it failed: "Input type (float) and bias type
+    (c10::BFloat16) should be the same"). The denoiser gets bf16 inputs, the sampler
+    keeps float32: the sample is float32 and near the float32 model's."""
+    model = build().eval()
+    kw = dict(sampler='ddim', num_steps=4, cfg_scale=cfg_scale, seeds=[5, 6])
+    full = model.sample([0, 1], **kw)
+    model.denoiser.to(torch.bfloat16)
+    half = model.sample([0, 1], **kw)
+    assert half.dtype == torch.float32
+    assert 0 < (half - full).abs().max() < 0.1 * full.abs().max()
+
+
 def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     model = build().eval()
     plain = model.sample([1], seeds=[3], sampler='ddim', num_steps=4)

@@ -55,7 +55,10 @@ def counted_run(tmp_path, strategy, batch, adamw, amp, processes=2):
            osp.join(ROOT, 'tests/count_train_memory.py'), DEMO, '--launcher', 'pytorch',
            '--deepspeed', strategy, *(['--amp'] if amp else []),
            '--work-dir', str(tmp_path / 'work'),
+           # no checkpoint at the last step: the counts are of the training steps
+           # (saving gathers the partitioned EMA on rank 0, in host memory on a GPU)
            '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=100',
+           'default_hooks.checkpoint.save_last=False',
            f'train_dataloader.batch_size={batch}',
            *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())]
     env = fresh_run_env(COUNT_MEMORY_OUT=str(out))
@@ -137,10 +140,14 @@ def test_parts_follow_processes_precision_and_offload():
     zero2 = load_strategy('deepspeed_zero2')['config']
     two, eight = (estimate_training_memory(cfg, BATCH, amp='bf16', gpus=n,
                                            deepspeed=zero2) for n in (2, 8))
-    model_floats = est_floats = two.ema // 4  # the EMA: every float in float32
-    assert two.weights == 2 * est_floats  # the module in bf16
-    trainable = sum(p.numel() for p in _demo_model().parameters() if p.requires_grad)
+    model = _demo_model()
+    assert not [b for b in model.buffers() if b.is_floating_point()]
+    model_floats = sum(p.numel() for p in model.parameters())
+    assert two.weights == 2 * model_floats  # the module in bf16
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     part = lambda n: -(-trainable // (2 * n)) * 2  # noqa: E731
+    # the EMA: a float32 average of this process's partition (ZeroPartitionEMA)
+    assert two.ema == 4 * part(2) and eight.ema == 4 * part(8)
     # float32 master weights + AdamW's two moments over this process's partition,
     # and AdamW's step count (a float32 scalar)
     assert two.optimizer_states == 12 * part(2) + 4
@@ -156,7 +163,10 @@ def test_parts_follow_processes_precision_and_offload():
         deepspeed=load_strategy('deepspeed_zero2_offload')['config'])
     # master weights, moments and step count; float32 gradients; the bf16 partition;
     # a gradient buffer of the largest parameter, as the GPU's (``optimizer_states``)
-    assert offload.host == (12 * part(2) + 4) + 4 * part(2) + 2 * part(2) + offload.optimizer_states
+    # and the EMA, beside the master weights on the host
+    assert offload.ema == 0
+    assert offload.host == ((12 * part(2) + 4) + 4 * part(2) + 2 * part(2)
+                            + offload.optimizer_states + 4 * part(2))
     assert offload.peak < two.peak
     with pytest.raises(ValueError, match='fake tensors only'):
         estimate_training_memory(cfg, BATCH, fake=False, deepspeed=zero2)

@@ -61,17 +61,17 @@ class SampleEvaluationHook(Hook):
     def evaluate(self, runner, step: int) -> dict:
         """Sample, score, log under iteration ``step``; returns the metrics (every rank)."""
         from mmsora.apis import evaluate_model
-        model = sampling_model(runner, self.use_ema)
-        was_training = model.training
-        states = get_rng_states()  # sampling must not shift the training noise
-        try:
-            model.eval()
-            metrics = evaluate_model(model, self.metrics, **self.settings,
-                                     default_sample_cfg=runner.cfg.get('sample_cfg'),
-                                     progress=False)
-        finally:
-            set_rng_states(states)
-            model.train(was_training)
+        with sampling_model(runner, self.use_ema) as model:
+            was_training = model.training
+            states = get_rng_states()  # sampling must not shift the training noise
+            try:
+                model.eval()
+                metrics = evaluate_model(model, self.metrics, **self.settings,
+                                         default_sample_cfg=runner.cfg.get('sample_cfg'),
+                                         progress=False)
+            finally:
+                set_rng_states(states)
+                model.train(was_training)
         text = '  '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
         runner.logger.info(f'Iter(eval) [{step}] {self.settings["num_samples"]} samples  {text}')
         for key, value in metrics.items():

@@ -104,9 +104,17 @@ class SampleVisualizationHook(Hook):
 
     @torch.no_grad()
     def sample(self, runner, step: int):
-        """Draw the samples and log them under iteration ``step``; returns them."""
+        """Draw the samples on rank 0 and log them under iteration ``step``; returns
+        them (None on the other ranks). Every rank calls it: the model to sample may
+        have to be gathered (:func:`sampling_model`)."""
+        self._last = step
+        with sampling_model(runner, self.use_ema) as model:
+            if is_main_process():
+                return self._draw(runner, model, step)
+        return None
+
+    def _draw(self, runner, model, step: int):
         from mmsora.apis import sample_images, save_videos
-        model = sampling_model(runner, self.use_ema)
         cfg = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
         fps = cfg.pop('fps', 8)
         labels, prompts = self._conditions(model)
@@ -126,13 +134,12 @@ class SampleVisualizationHook(Hook):
                         labels if labels is not None else [None] * len(samples), gif=self.gif)
         runner.logger.info(f'Iter(sample) [{step}] {len(samples)} samples logged to the '
                            'visualizer' + (f' and {out}' if samples.dim() == 5 else ''))
-        self._last = step
         return samples
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if self.every_n_train_iters(runner, self.interval) and is_main_process():
+        if self.every_n_train_iters(runner, self.interval):
             self.sample(runner, runner.iter + 1)
 
     def after_train(self, runner):
-        if self.at_end and self._last != runner.iter and is_main_process():
+        if self.at_end and self._last != runner.iter:
             self.sample(runner, runner.iter)

@@ -1,17 +1,39 @@
 """The model a sampling hook should draw from during training."""
+from contextlib import contextmanager
+
 from mmengine.hooks import EMAHook
 from mmengine.model import is_model_wrapper
 
 __all__ = ['sampling_model']
 
 
+@contextmanager
 def sampling_model(runner, use_ema: bool = True):
     """EMAHook's averaged model when it runs and ``use_ema``, else the trained model,
-    unwrapped from the DDP wrapper. (``--fsdp`` refuses the sampling hooks: no process
-    holds the whole model there.)"""
+    unwrapped from the DDP / DeepSpeed wrapper.
+
+    Every process enters it: under DeepSpeed ZeRO-1/2 the average is partitioned
+    (:class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`), and entering puts
+    it into the module on every process (an all-gather); leaving puts the trained
+    weights back, exactly. (``--fsdp`` and ZeRO-3 refuse the sampling hooks: no
+    process holds the whole model there.)
+    """
+    from mmsora.engine.zero_partition_ema import ZeroPartitionEMA
+    model = runner.model
+    model = model.module if is_model_wrapper(model) else model
+    ema = None
     if use_ema:
         for hook in runner.hooks:
             if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
-                return hook.ema_model.module
-    model = runner.model
-    return model.module if is_model_wrapper(model) else model
+                ema = hook.ema_model
+                break
+    if ema is None:
+        yield model
+    elif isinstance(ema, ZeroPartitionEMA):
+        ema.swap()
+        try:
+            yield model
+        finally:
+            ema.swap()
+    else:
+        yield ema.module

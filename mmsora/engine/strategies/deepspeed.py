@@ -229,15 +229,19 @@ def _refuse_sampling_hooks(hooks: list, where: str) -> None:
                         '--deepspeed deepspeed_zero2')
 
 
-def _use_sharded_ema(hooks: list, why: str) -> None:
-    """Switch the config's EMAHook to ShardedEMAHook (same arguments)."""
+def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
+    """Switch the config's EMAHook to ShardedEMAHook (same arguments). Another
+    average (``ema_type``) is refused, or with ``others`` left to mmengine."""
     for hook in hooks:
         if hook.get('type') not in ('EMAHook', 'FP32EMAHook'):
             continue
-        ema_type = hook.pop('ema_type', None)
+        ema_type = hook.get('ema_type')
         if ema_type not in (None, 'ExponentialMovingAverage', 'FP32ExponentialMovingAverage'):
+            if others:
+                continue
             raise UserError(f'{why} keeps an exponential moving average only '
                             f'(ShardedEMAHook); the config asks for {ema_type}')
+        hook.pop('ema_type', None)
         hook['type'] = 'ShardedEMAHook'
 
 
@@ -260,12 +264,16 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         if not any(h.get('type') == 'ResumeHooksHook' for h in hooks):
             hooks.append(dict(type='ResumeHooksHook'))
         # DeepSpeed's bf16 / fp16 turn the module itself to half precision: keep the
-        # EMA in float32 or its updates round away (mmsora/engine/ema.py). ZeRO-3
-        # leaves empty placeholders in the module: average the partitions
-        # (mmsora/engine/sharded_ema.py).
-        if strategy['config'].get('zero_optimization', {}).get('stage') == 3:
+        # EMA in float32 or its updates round away (mmsora/engine/ema.py). ZeRO-1/2
+        # partition the float32 master weights: average each process's partition
+        # (mmsora/engine/zero_partition_ema.py). ZeRO-3 leaves empty placeholders in
+        # the module: average the partitions (mmsora/engine/sharded_ema.py).
+        stage = strategy['config'].get('zero_optimization', {}).get('stage', 0)
+        if stage == 3:
             _refuse_sampling_hooks(hooks, 'ZeRO-3')
             _use_sharded_ema(hooks, '--deepspeed with ZeRO-3')
+        elif stage in (1, 2):
+            _use_sharded_ema(hooks, f'--deepspeed with ZeRO-{stage}', others=True)
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
             if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:

@@ -1,0 +1,112 @@
+"""One process of tests/test_engine/test_zero_partition_ema.py, started by torchrun
+(gloo): trains a small module with DeepSpeed ZeRO-1/2 and keeps ZeroPartitionEMA
+beside a reference EMA of DeepSpeed's own float32 master weights
+(``safe_get_full_fp32_param``), then saves what the test compares.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/zero_partition_ema_worker.py OUT
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import deepspeed.comm.torch as ds_comm
+
+ds_comm.build_shm_op = lambda: None  # a g++ build of an all-reduce op (minutes) on CPU
+
+import deepspeed  # noqa: E402
+from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+
+import mmsora.engine.zero_partition_ema as zpe  # noqa: E402
+
+CASES = [  # (stage, dtype, interval)
+    (1, 'bf16', 1),
+    (2, 'fp32', 2),
+    (2, 'bf16', 1),
+]
+
+
+class Net(torch.nn.Module):
+    """Odd sizes (partitions split parameters), a frozen parameter, a floating and an
+    integer buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(7, 13)
+        self.b = torch.nn.Linear(13, 5)
+        self.frozen = torch.nn.Parameter(torch.randn(3), requires_grad=False)
+        self.register_buffer('running', torch.zeros(5))
+        self.register_buffer('count', torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + self.running + self.frozen.sum()
+
+
+def run(stage, dtype, interval, rank, world):
+    torch.manual_seed(0)
+    model = Net()
+    config = dict(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1,
+                  train_batch_size=4 * world, zero_optimization=dict(stage=stage),
+                  bf16=dict(enabled=dtype == 'bf16'), gradient_clipping=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, config=config,
+                                      optimizer=torch.optim.AdamW(trainable, lr=0.05))
+    module, optimizer = engine.module, engine.optimizer
+    ema = zpe.ZeroPartitionEMA(module, optimizer, momentum=0.1, interval=interval,
+                               update_buffers=True)
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    reference, module_average = {}, {}  # EMAs of the fp32 masters, of the module's weights
+    gen = torch.Generator().manual_seed(rank)
+    for step in range(5):
+        x = torch.randn(4, 7, generator=gen).to(next(module.parameters()).dtype)
+        engine.backward(engine(x).float().pow(2).mean())
+        engine.step()
+        with torch.no_grad():
+            module.running.add_(0.5)
+            module.count.add_(1)
+        ema.update_parameters()
+        for name in names:
+            master = safe_get_full_fp32_param(module.get_parameter(name))  # collective
+            weight = module.get_parameter(name).detach().float()
+            for avg, value in ((reference, master), (module_average, weight)):
+                if step == 0:
+                    avg[name] = value.clone()
+                elif step % interval == 0:
+                    avg[name].lerp_(value, 0.1)
+    state = ema.full_state_dict(module)
+
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    ema.swap()  # collective: the average in the module
+    during = {k: v.clone() for k, v in module.state_dict().items()}
+    ema.swap()
+    restored = all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+    # A resumed process: every rank reads rank 0's entry and takes its slices back.
+    objects = [state]
+    dist.broadcast_object_list(objects, src=0)
+    fresh = zpe.ZeroPartitionEMA(module, optimizer, momentum=0.1, interval=interval,
+                                 update_buffers=True)
+    fresh.load_full_state_dict(module, objects[0])
+    loaded = (fresh.steps == ema.steps and all(
+        torch.equal(a, b) for a, b in zip(fresh.average + fresh.buffer_average,
+                                          ema.average + ema.buffer_average)))
+    total = sum(p.numel() for p in trainable)
+    return dict(state=state, reference=reference, module_average=module_average,
+                during=during, before=before, restored=restored, loaded=loaded,
+                average_numel=sum(a.numel() for a in ema.average), total_numel=total,
+                dtype=str(next(module.parameters()).dtype))
+
+
+def main(out):
+    deepspeed.init_distributed(dist_backend='gloo')
+    rank, world = dist.get_rank(), dist.get_world_size()
+    zpe._GATHER_CHUNK = 16  # several chunks per partition
+    results = {case: run(*case, rank, world) for case in CASES}
+    torch.save(results, os.path.join(out, f'rank{rank}.pt'))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main(sys.argv[1])
