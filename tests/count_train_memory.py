@@ -14,14 +14,11 @@ import mmengine.runner.loops as loops  # noqa: E402
 import train  # noqa: E402
 
 from mmsora.utils.memory_estimate import LiveTensorBytes  # noqa: E402
+from tests.launch import skip_deepspeed_shm_build  # noqa: E402
 
 
 def main():
-    try:  # DeepSpeed compiles a shared-memory all-reduce op with g++ (minutes) on CPU;
-        import deepspeed.comm.torch as ds_comm  # it only speeds up all-reduce
-        ds_comm.build_shm_op = lambda: None
-    except ImportError:
-        pass
+    skip_deepspeed_shm_build()
     mem = LiveTensorBytes()
     records = []
     run_iter = loops.IterBasedTrainLoop.run_iter

@@ -9,6 +9,24 @@ from mmsora.utils.dist import free_port  # noqa: F401  (for the tests)
 RENDEZVOUS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
 
+def skip_deepspeed_shm_build() -> None:
+    """DeepSpeed compiles a shared-memory all-reduce op with g++ (minutes) when it
+    sets up torch.distributed on CPU; it only speeds up multi-process all-reduce, so
+    the test processes go without it. Call before DeepSpeed initialises."""
+    try:
+        import deepspeed.comm.torch as ds_comm
+    except ImportError:
+        return
+    ds_comm.build_shm_op = lambda: None
+
+
+# ``python -c RUN script args...``: run a script (tools/train.py) in a process that
+# skips DeepSpeed's op build (needs the repository on PYTHONPATH).
+RUN = ("import runpy, sys; from tests.launch import skip_deepspeed_shm_build; "
+       "skip_deepspeed_shm_build(); sys.argv = sys.argv[1:]; "
+       "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
 def fresh_run_env(**env) -> dict:
     """This process's environment for a training subprocess that sets up its own
     process group (torchrun or a one-process DeepSpeed run): one torch thread, none

@@ -11,9 +11,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-import deepspeed.comm.torch as ds_comm
+from tests.launch import skip_deepspeed_shm_build
 
-ds_comm.build_shm_op = lambda: None  # a g++ build of an all-reduce op (minutes) on CPU
+skip_deepspeed_shm_build()
 
 import deepspeed  # noqa: E402
 from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402

@@ -167,7 +167,8 @@ def main(argv=None):
     print('step: gradients, activations and temporaries at the peak (with the batch)'
           + ('; zero: DeepSpeed\'s reduction buckets and reduced gradients, held from '
              'the backward to the step (in step where they meet the peak); host: '
-             'offloaded master weights, optimizer states and gradients (not in peak)'
+             'offloaded master weights, optimizer states, gradients and EMA (not in '
+             'peak)'
              if deepspeed else ''))
 
     largest = []

@@ -20,15 +20,10 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import zero_to_state_dict  # noqa: E402
 from mmsora.engine.strategies import zero_model_states  # noqa: E402
-from tests.launch import free_port, fresh_run_env  # noqa: E402
+from tests.launch import RUN, free_port, fresh_run_env  # noqa: E402
 from tests.tiny_models import TINY_DEMO_OPTIONS  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
-# DeepSpeed compiles a shared-memory all-reduce op with g++ (minutes) when it sets up
-# torch.distributed on CPU; it only speeds up multi-process all-reduce, so the test
-# process goes without it.
-RUN = ("import runpy, sys; import deepspeed.comm.torch as t; t.build_shm_op = lambda: None; "
-       "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
