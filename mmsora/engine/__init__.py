@@ -2,7 +2,8 @@
 from .atomic_checkpoint import CheckpointWriteError, make_checkpoints_atomic
 from .compat import make_mmengine_checkpoints_loadable, init_cpu_distributed
 from .ema import FP32EMAHook, FP32ExponentialMovingAverage
-from .sharded_ema import ShardedEMA, ShardedEMAHook
+from .sharded_ema import ShardedEMA, ShardedEMAHook, ZeroShardedEMA
+from .zero_partition_ema import ZeroPartitionEMA
 from .hooks import *  # noqa: F401,F403
 from .optimizers import *  # noqa: F401,F403
 from .strategies import *  # noqa: F401,F403

@@ -62,7 +62,7 @@ class ShardedEMA:
         # The Parameter objects: FSDP points their data at the local shard between
         # steps (and at the full tensor inside forward / backward), so read it late.
         self.tensors = [t for t in tensors if t.is_floating_point()]
-        self.average = [t.float().clone() for t in self._local()]
+        self.average = [t.float().clone() for t in self._sources()]
         self._kept = None  # the model's own shards while it holds the average
 
     def _local(self):
@@ -70,19 +70,27 @@ class ShardedEMA:
         original parameter itself, a view of the local shard between steps)."""
         return [t.detach() for t in self.tensors]
 
+    def _sources(self):
+        """What the average follows, part for part: the local shards themselves."""
+        return self._local()
+
+    def _targets(self):
+        """The parts of the average that follow ``_sources()``: all of it."""
+        return self.average
+
     def update_parameters(self, model=None) -> None:
         """One EMA step from the model's local shards (``model`` is not used)."""
-        local = self._local()
+        local = self._sources()
         if self.steps == 0:
-            torch._foreach_copy_(self.average, local)
+            torch._foreach_copy_(self._targets(), local)
         elif self.steps % self.interval == 0:
             source = [t if t.dtype == torch.float32 else t.float() for t in local]
-            torch._foreach_lerp_(self.average, source, self.momentum)
+            torch._foreach_lerp_(self._targets(), source, self.momentum)
         self.steps += 1
 
     def copy_from_model(self) -> None:
         """The average becomes the model's current shards (before ``begin_iter``)."""
-        torch._foreach_copy_(self.average, self._local())
+        torch._foreach_copy_(self._targets(), self._sources())
 
     def swap(self) -> None:
         """Put the average into the model's shards, or (the next call) the model's
@@ -130,6 +138,12 @@ class ZeroShardedEMA(ShardedEMA):
     slice ``[rank * n, (rank + 1) * n)`` of the flattened parameter (zero-padded), as
     DeepSpeed's ``zero_to_fp32`` reads it.
 
+    With the engine's optimizer the average follows the float32 master weights of
+    those partitions (``fp32_partitioned_groups_flat``: the same slices, in the order
+    of ``fp16_groups``), not their bf16 / fp16 rounding in ``ds_tensor``, and lives
+    where they do (the host with ``offload_optimizer``); parameters the optimizer does
+    not hold (frozen ones, or partitions swapped to NVMe) follow ``ds_tensor``.
+
     ZeRO-3 checkpoints are one client-state file per process. Each process's entry
     holds its own float32 partitions (``local_average``), which it loads back on
     resume exactly; rank 0's also holds the whole average in
@@ -138,11 +152,39 @@ class ZeroShardedEMA(ShardedEMA):
 
     Args:
         model (nn.Module): The module of the DeepSpeed engine.
+        optimizer (optional): The engine's ZeRO-3 optimizer.
     """
+
+    def __init__(self, model, optimizer=None, **kwargs):
+        import torch.distributed as dist
+        self._masters = _zero3_master_partitions(optimizer)
+        self._valid = None  # elements of each partition that hold values: all, first
+        super().__init__(model, **kwargs)
+        # The end of the last rank's partitions is padding that DeepSpeed leaves
+        # uninitialised: the average keeps zeros there (it is never saved).
+        self._valid = [
+            max(0, min(t.ds_tensor.numel(),
+                       t.ds_numel - dist.get_rank(t.ds_process_group) * t.ds_tensor.numel()))
+            if hasattr(t, 'ds_tensor') else t.numel() for t in self.tensors]
+        self.average = [torch.zeros(t.ds_tensor.numel() if hasattr(t, 'ds_tensor') else t.shape,
+                                    dtype=torch.float32, device=a.device)
+                        for t, a in zip(self.tensors, self.average)]
+        self.copy_from_model()
 
     def _local(self):
         return [t.ds_tensor.detach() if hasattr(t, 'ds_tensor') else t.detach()
                 for t in self.tensors]
+
+    def _sources(self):
+        sources = [self._masters.get(id(t), local) for t, local in zip(self.tensors, self._local())]
+        if self._valid is None:
+            return sources
+        return [s.narrow(0, 0, n) if n != s.numel() else s  # partitions are 1-D
+                for s, n in zip(sources, self._valid)]
+
+    def _targets(self):
+        return [a.narrow(0, 0, n) if n != a.numel() else a
+                for a, n in zip(self.average, self._valid)]
 
     def full_state_dict(self, model) -> dict:
         """The checkpoint entry (see the class). Collective: every process calls it."""
@@ -176,8 +218,29 @@ class ZeroShardedEMA(ShardedEMA):
         if local is None or [t.shape for t in local] != [a.shape for a in self.average]:
             raise RuntimeError('this ZeRO-3 checkpoint has no EMA partitions for this '
                                'process (saved with another process count?)')
-        torch._foreach_copy_(self.average, [t.to(self.average[0].device) for t in local])
+        torch._foreach_copy_(self.average, [t.to(a.device) for t, a in zip(local, self.average)])
+        for a, n in zip(self.average, self._valid):
+            a.view(-1)[n:].zero_()  # padding: older checkpoints kept whatever it held
         self.steps = int(state['steps'])
+
+
+def _zero3_master_partitions(optimizer) -> dict:
+    """``{id(param): its float32 master partition}`` of a ZeRO-3 optimizer: views of
+    ``fp32_partitioned_groups_flat[i]``, which holds the partitions of
+    ``fp16_groups[i]``'s parameters one after the other (``partition_numel`` each).
+    Sub-groups swapped out to NVMe (empty there) are left out."""
+    views = {}
+    groups = getattr(optimizer, 'fp16_groups', None)
+    flats = getattr(optimizer, 'fp32_partitioned_groups_flat', None)
+    if groups is None or flats is None:
+        return views
+    for params, flat in zip(groups, flats):
+        numels = [p.partition_numel() for p in params]
+        if flat.dtype != torch.float32 or flat.numel() != sum(numels):
+            continue
+        for p, part in zip(params, flat.detach().split(numels)):
+            views[id(p)] = part
+    return views
 
 
 @HOOKS.register_module()
@@ -194,6 +257,9 @@ class ShardedEMAHook(EMAHook):
     def __init__(self, ema_type: str = 'ShardedEMA', **kwargs):
         if ema_type != 'ShardedEMA':
             raise ValueError(f'ShardedEMAHook keeps a ShardedEMA, got ema_type={ema_type!r}')
+        if kwargs.get('device') is not None:
+            raise ValueError('ShardedEMAHook keeps the average beside the weights it '
+                             f'follows; drop device={kwargs["device"]!r} from the EMAHook')
         super().__init__(ema_type='ExponentialMovingAverage', **kwargs)
         self._pending = None
 
@@ -207,10 +273,12 @@ class ShardedEMAHook(EMAHook):
         zero3 = any(hasattr(p, 'ds_tensor') for p in model.parameters())
         optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
         self.src_model = model
-        if not zero3 and is_zero_partition_optimizer(optimizer):  # ZeRO-1/2
+        if zero3:
+            self.ema_model = ZeroShardedEMA(model, optimizer, **cfg)
+        elif is_zero_partition_optimizer(optimizer):  # ZeRO-1/2
             self.ema_model = ZeroPartitionEMA(model, optimizer, **cfg)
         else:
-            self.ema_model = (ZeroShardedEMA if zero3 else ShardedEMA)(model, **cfg)
+            self.ema_model = ShardedEMA(model, **cfg)
         if self._pending is not None:
             self.ema_model.load_full_state_dict(self.src_model, self._pending)
             self._pending = None

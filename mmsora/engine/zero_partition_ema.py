@@ -5,7 +5,7 @@ float32 master weights of its own partition of each parameter group: a slice
 ``[rank * n, (rank + 1) * n)`` of the group's flat buffer
 (``optimizer.single_partition_of_fp32_groups``). A whole float32 EMA on every process
 (:class:`~mmsora.engine.FP32EMAHook`) costs 4 bytes per parameter on every GPU, the
-largest state left once ZeRO has partitioned the optimizer (3.6 GiB for a 1 B-parameter
+largest state left once ZeRO has partitioned the optimizer (3.7 GiB for a 1 B-parameter
 model). :class:`ZeroPartitionEMA` averages each process's master partition instead:
 
 * 4 bytes per parameter over all processes together (``1 / N`` of it each), kept
@@ -31,7 +31,22 @@ from mmsora.utils.dist import collective_device
 
 __all__ = ['ZeroPartitionEMA', 'is_zero_partition_optimizer']
 
-_GATHER_CHUNK = 2 ** 24  # elements per gather to rank 0 (64 MiB of float32 per process)
+# Elements gathered to rank 0 at a time, over all processes (64 MiB of float32 on
+# rank 0's GPU while a checkpoint is saved).
+_GATHER_ELEMENTS = 2 ** 24
+
+# DeepSpeed's two optimizers that partition float32 master weights over a flat buffer
+# of the module's weights: attribute names of the masters (this process's partition),
+# the flat buffers, the parameters in them, and the views of each process's slice.
+_LAYOUTS = (
+    # DeepSpeedZeroOptimizer: ZeRO-1 and ZeRO-2
+    ('single_partition_of_fp32_groups', 'bit16_groups_flat', 'bit16_groups',
+     'parallel_partitioned_bit16_groups'),
+    # BF16_Optimizer: ZeRO-1 in bf16 with float32 gradient accumulation
+    # (data_types.grad_accum_dtype='fp32')
+    ('fp32_groups_flat_partition', 'bf16_groups_flat', 'bf16_groups',
+     'bf16_partitioned_groups'),
+)
 
 
 def _copy(targets, sources) -> None:
@@ -40,11 +55,18 @@ def _copy(targets, sources) -> None:
         torch._foreach_copy_(targets, sources)
 
 
+def _layout(optimizer):
+    """The attribute names (:data:`_LAYOUTS`) ``optimizer`` has, or None."""
+    for names in _LAYOUTS:
+        if all(hasattr(optimizer, n) for n in (*names, 'real_dp_process_group')):
+            return names
+    return None
+
+
 def is_zero_partition_optimizer(optimizer) -> bool:
-    """Whether ``optimizer`` is DeepSpeed's ZeRO-1/2 optimizer (flat fp32 partitions)."""
-    return all(hasattr(optimizer, name) for name in (
-        'single_partition_of_fp32_groups', 'bit16_groups_flat', 'bit16_groups',
-        'parallel_partitioned_bit16_groups', 'real_dp_process_group'))
+    """Whether ``optimizer`` is one of DeepSpeed's ZeRO-1/2 optimizers, whose float32
+    master weights are partitioned over a flat buffer (:data:`_LAYOUTS`)."""
+    return _layout(optimizer) is not None
 
 
 class ZeroPartitionEMA:
@@ -54,64 +76,73 @@ class ZeroPartitionEMA:
 
     Args:
         model (nn.Module): The DeepSpeed engine's module.
-        optimizer: The engine's ZeRO-1/2 optimizer (``DeepSpeedZeroOptimizer``).
+        optimizer: The engine's ZeRO-1/2 optimizer (``DeepSpeedZeroOptimizer``, or
+            ``BF16_Optimizer`` for bf16 ZeRO-1 with float32 gradient accumulation).
         momentum (float): As mmengine's (DiT's 0.9999 decay is 1e-4).
         interval (int): Update every ``interval`` calls.
-        update_buffers (bool): Average the floating buffers too (whole, on every
-            process: they are replicated). Parameters the optimizer does not train
-            never move; they are saved as float32 copies of the module's values, what
-            an average of them holds.
+        update_buffers (bool): Average the floating buffers of the state dict too
+            (whole, on every process: they are replicated). Parameters the optimizer
+            does not train never move; they are saved as float32 copies of the
+            module's values, what an average of them holds.
+
+    Master weights kept in half precision (``fp16_master_weights_and_gradients``)
+    are averaged in float32 all the same. MoE expert groups are refused: their
+    partitions span other processes than the data-parallel ones.
     """
 
     def __init__(self, model, optimizer, momentum: float = 0.0002, interval: int = 1,
                  update_buffers: bool = False):
         if not 0.0 < momentum < 1.0:
             raise ValueError(f'momentum must be in (0, 1), got {momentum}')
-        if not is_zero_partition_optimizer(optimizer):
+        names = _layout(optimizer)
+        if names is None:
             raise TypeError(f'ZeroPartitionEMA needs DeepSpeed ZeRO-1/2\'s optimizer, got '
                             f'{type(optimizer).__name__}')
+        if getattr(optimizer, 'has_moe_layers', False):
+            raise ValueError('ZeroPartitionEMA does not average MoE expert groups (their '
+                             'partitions are not over the data-parallel processes)')
         self.momentum, self.interval, self.steps = momentum, interval, 0
         self.optimizer = optimizer
-        self.sources = list(optimizer.single_partition_of_fp32_groups)
-        if any(s.dtype != torch.float32 for s in self.sources):
-            raise ValueError('ZeroPartitionEMA averages float32 master weights; this '
-                             'optimizer keeps them in '
-                             f'{sorted({str(s.dtype) for s in self.sources})}')
-        self.average = [s.detach().clone() for s in self.sources]
-        names = {id(p): n for n, p in model.named_parameters()}
+        masters, flats, groups, partitions = (getattr(optimizer, n) for n in names)
+        self.sources, self.flats, self.partitions = list(masters), list(flats), partitions
+        self.average = [s.detach().float().clone() for s in self.sources]
+        params_named = {id(p): n for n, p in model.named_parameters()}
         # Where each trained parameter lies in its group's flat buffer: DeepSpeed
         # points the module's parameters at views of it (read from the views
         # themselves, so any order or padding DeepSpeed chooses is followed).
         self.layout = []  # per group: [(name, offset, numel, shape)]
         self._ids = {}  # name -> id of the parameter (tied ones have several keys)
-        for flat, params, parts, group in zip(
-                optimizer.bit16_groups_flat, optimizer.bit16_groups,
-                optimizer.parallel_partitioned_bit16_groups, optimizer.real_dp_process_group):
+        for flat, params, parts in zip(self.flats, groups, partitions):
             entries = []
             for p in params:
                 offset = (p.data_ptr() - flat.data_ptr()) // flat.element_size()
                 if (p.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr()
                         or not 0 <= offset <= flat.numel() - p.numel()):
-                    raise RuntimeError(f'parameter {names.get(id(p), "?")} is not a view of '
+                    raise RuntimeError(f'parameter {params_named.get(id(p), "?")} is not a view of '
                                        "DeepSpeed's flat buffer (a DeepSpeed version whose "
                                        'ZeRO-1/2 layout ZeroPartitionEMA does not know)')
-                entries.append((names[id(p)], offset, p.numel(), tuple(p.shape)))
-                self._ids[names[id(p)]] = id(p)
+                entries.append((params_named[id(p)], offset, p.numel(), tuple(p.shape)))
+                self._ids[params_named[id(p)]] = id(p)
             self.layout.append(entries)
             if len({t.numel() for t in parts}) != 1 or (
                     parts[0].numel() != self.average[len(self.layout) - 1].numel()):
                 raise RuntimeError('DeepSpeed partitions of unequal sizes')
-        trained = {id(p) for params in optimizer.bit16_groups for p in params}
+        trained = {id(p) for params in groups for p in params}
         self.frozen = {id(p) for p in model.parameters()
                        if id(p) not in trained and p.is_floating_point()}
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()] \
-            if update_buffers else []
+        saved = {id(t) for t in model.state_dict(keep_vars=True).values()}
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()
+                        and id(b) in saved] if update_buffers else []  # persistent ones
         self.buffer_average = [b.detach().float().clone() for b in self.buffers]
         self._kept = None  # the module's own weights while it holds the average
 
     def _rank(self, group_index: int) -> tuple:
         group = self.optimizer.real_dp_process_group[group_index]
         return dist.get_rank(group), dist.get_world_size(group), group
+
+    def _masters(self):
+        """The master partitions in float32 (copies where they are kept in half)."""
+        return [s if s.dtype == torch.float32 else s.float() for s in self.sources]
 
     @torch.no_grad()
     def update_parameters(self, model=None) -> None:
@@ -120,7 +151,7 @@ class ZeroPartitionEMA:
             torch._foreach_copy_(self.average, self.sources)
             _copy(self.buffer_average, self.buffers)
         elif self.steps % self.interval == 0:
-            torch._foreach_lerp_(self.average, self.sources, self.momentum)
+            torch._foreach_lerp_(self.average, self._masters(), self.momentum)
             for avg, b in zip(self.buffer_average, self.buffers):
                 avg.lerp_(b.float(), self.momentum)
         self.steps += 1
@@ -135,17 +166,18 @@ class ZeroPartitionEMA:
     def swap(self) -> None:
         """Put the average into the module (every process: DeepSpeed's all-gather of
         the partitions, in the module's dtype), or (the next call) the module's own
-        weights back, exactly. Collective for the first call of a pair."""
+        weights back, exactly. Collective for the first call of a pair. The module's
+        weights wait in host memory meanwhile (the GPU holds no second copy)."""
         opt = self.optimizer
         if self._kept is None:
             from deepspeed.runtime.utils import all_gather_dp_groups
-            self._kept = ([f.clone() for f in opt.bit16_groups_flat],
+            self._kept = ([f.to('cpu', copy=True) for f in self.flats],
                           [b.detach().clone() for b in self.buffers])
             for i, avg in enumerate(self.average):
                 rank = self._rank(i)[0]
-                opt.parallel_partitioned_bit16_groups[i][rank].copy_(avg)
-            all_gather_dp_groups(groups_flat=opt.bit16_groups_flat,
-                                 partitioned_param_groups=opt.parallel_partitioned_bit16_groups,
+                self.partitions[i][rank].copy_(avg)
+            all_gather_dp_groups(groups_flat=self.flats,
+                                 partitioned_param_groups=self.partitions,
                                  dp_process_group=opt.real_dp_process_group,
                                  start_alignment_factor=opt.nccl_start_alignment_factor,
                                  allgather_bucket_size=opt.allgather_bucket_size)
@@ -153,7 +185,8 @@ class ZeroPartitionEMA:
         else:
             flats, buffers = self._kept
             self._kept = None
-            torch._foreach_copy_(opt.bit16_groups_flat, flats)
+            for flat, kept in zip(self.flats, flats):
+                flat.copy_(kept)
             _copy(self.buffers, buffers)
 
     def _gather_group(self, i: int):
@@ -164,8 +197,9 @@ class ZeroPartitionEMA:
         average, n = self.average[i], self.average[i].numel()
         whole = torch.empty(world * n, dtype=torch.float32) if rank == 0 else None
         dst = dist.get_global_rank(group, 0)
-        for start in range(0, n, _GATHER_CHUNK):
-            chunk = average[start:start + _GATHER_CHUNK].to(device)
+        size = max(1, _GATHER_ELEMENTS // world)
+        for start in range(0, n, size):
+            chunk = average[start:start + size].to(device)
             parts = [torch.empty_like(chunk) for _ in range(world)] if rank == 0 else None
             dist.gather(chunk, parts, dst=dst, group=group)
             if rank == 0:

@@ -217,3 +217,16 @@ def test_zero3_refuses_sampling_hooks(tmp_path):
                              'deepspeed_zero3'])
     with pytest.raises(UserError, match='under ZeRO-3 each process holds a shard'):
         train.build_train_config(args)
+
+
+def test_zero2_ema_refuses_node_local_checkpoints(tmp_path):
+    """The partitioned EMA is saved whole in data-parallel rank 0's file, which every
+    process reads on resume; with node-local storage other nodes would resume from
+    files without it."""
+    preset = tmp_path / 'zero2_local.py'
+    zero2 = osp.join(ROOT, 'configs/_base_/strategies/deepspeed_zero2.py')
+    preset.write_text(f"_base_ = ['{zero2}']\nstrategy = dict(config=dict("
+                      "checkpoint=dict(use_node_local_storage=True)))\n")
+    with pytest.raises(UserError, match='checkpoint.use_node_local_storage'):
+        train.build_train_config(train.parse_args(
+            [DEMO, '--work-dir', str(tmp_path), '--deepspeed', str(preset)]))

@@ -124,7 +124,30 @@ def test_hook_resumes_before_run_as_flexible_runner_does():
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema_model.average, average))
 
 
+def test_sampling_model_swaps_an_average_that_is_not_a_copy():
+    """The sampling hooks draw from the model holding the average inside
+    sampling_model() and get the trained weights back, exactly, after it."""
+    from mmsora.engine.hooks.sampling_model import sampling_model
+    model = Net()
+    hook = ShardedEMAHook(momentum=0.1)
+    runner = FakeRunner(model)
+    hook.before_run(runner)
+    drive(model, [hook.ema_model])
+    runner.hooks = [hook]
+    trained = copy.deepcopy(model.state_dict())
+    with sampling_model(runner) as inside:
+        assert inside is model
+        index = [name for name, _ in model.named_parameters()].index('fc.weight')
+        assert torch.equal(model.fc.weight, hook.ema_model.average[index])
+    for key, value in trained.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with sampling_model(runner, use_ema=False) as inside:
+        assert torch.equal(inside.fc.weight, trained['fc.weight'])
+
+
 def test_hook_refuses_another_average():
+    with pytest.raises(ValueError, match='device'):
+        ShardedEMAHook(device='cpu')
     with pytest.raises(ValueError, match='ShardedEMA'):
         ShardedEMAHook(ema_type='StochasticWeightAverage')
     with pytest.raises(ValueError, match='momentum'):

@@ -1,7 +1,8 @@
 """ZeroPartitionEMA (the EMA of --deepspeed ZeRO-1/2 runs) on two real DeepSpeed
 processes (gloo): each holds half of the average, which follows DeepSpeed's own float32
 master weights exactly (not their bf16 rounding in the module), saves in mmengine's
-layout on rank 0, goes into the module and back exactly, and loads back exactly.
+layout on rank 0, goes into the module and back exactly, and loads back exactly. The
+ZeRO-3 EMA (ZeroShardedEMA) follows the float32 masters as well.
 tools/train.py runs with it in tests/test_engine/test_deepspeed_train.py."""
 import os.path as osp
 import subprocess
@@ -15,7 +16,7 @@ pytest.importorskip('deepspeed')
 from tests.launch import free_port, fresh_run_env  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CASES = [(1, 'bf16', 1), (2, 'fp32', 2), (2, 'bf16', 1)]
+CASES = [(1, 'bf16', 1), (1, 'bf16+fp32grads', 1), (2, 'fp32', 2), (2, 'bf16', 1)]
 
 
 @pytest.fixture(scope='module')
@@ -40,10 +41,13 @@ def test_average_of_the_fp32_masters_half_on_each_process(results, case):
     for name, expected in zero['reference'].items():
         assert state['module.' + name].dtype == torch.float32
         assert torch.equal(state['module.' + name], expected), name
-    if case[1] == 'bf16':  # the test sees the difference from an EMA of bf16 weights
+    # bf16 ZeRO-1 accumulating float32 gradients runs DeepSpeed's BF16_Optimizer
+    assert zero['optimizer'] == ('BF16_Optimizer' if case[1] == 'bf16+fp32grads'
+                                 else 'DeepSpeedZeroOptimizer')
+    if case[1] != 'fp32':  # the test sees the difference from an EMA of bf16 weights
         assert any(not torch.equal(state['module.' + n], v)
                    for n, v in zero['module_average'].items())
-    assert zero['dtype'] == ('torch.bfloat16' if case[1] == 'bf16' else 'torch.float32')
+    assert zero['dtype'] == ('torch.float32' if case[1] == 'fp32' else 'torch.bfloat16')
     # Buffers: the floating one averaged (update_buffers), the integer one as held;
     # the frozen parameter is its own average.
     running = torch.zeros(5)
@@ -58,6 +62,25 @@ def test_average_of_the_fp32_masters_half_on_each_process(results, case):
     for r in (zero, one):
         assert r['average_numel'] * 2 >= r['total_numel']
         assert r['average_numel'] * 2 - r['total_numel'] < 64
+
+
+def test_zero3_sharded_ema_follows_the_fp32_masters_too(results):
+    """ZeroShardedEMA (ZeRO-3) averages each process's float32 master partitions
+    (fp32_partitioned_groups_flat), not the bf16 ds_tensor partitions."""
+    zero, one = (r[(3, 'bf16', 1)] for r in results)
+    state = zero['state']
+    assert int(state['steps']) == 5 and zero['dtype'] == 'torch.bfloat16'
+    for name, expected in zero['reference'].items():
+        assert torch.equal(state['module.' + name], expected), name
+    assert any(not torch.equal(state['module.' + n], v)
+               for n, v in zero['module_average'].items())
+    assert zero['loaded'] and one['loaded']
+    # The last rank's partitions end in padding DeepSpeed leaves uninitialised; the
+    # average keeps zeros there, so that saved partitions and resumes are exact.
+    assert not zero['padding'] and one['padding']
+    assert all(p.eq(0).all() for p in one['padding'])
+    for r in (zero, one):  # each process holds about half of it
+        assert r['total_numel'] <= 2 * r['average_numel'] < r['total_numel'] + 8
 
 
 @pytest.mark.parametrize('case', CASES, ids=lambda c: f'zero{c[0]}-{c[1]}-every{c[2]}')

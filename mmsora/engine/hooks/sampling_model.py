@@ -12,13 +12,13 @@ def sampling_model(runner, use_ema: bool = True):
     """EMAHook's averaged model when it runs and ``use_ema``, else the trained model,
     unwrapped from the DDP / DeepSpeed wrapper.
 
-    Every process enters it: under DeepSpeed ZeRO-1/2 the average is partitioned
-    (:class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`), and entering puts
-    it into the module on every process (an all-gather); leaving puts the trained
-    weights back, exactly. (``--fsdp`` and ZeRO-3 refuse the sampling hooks: no
-    process holds the whole model there.)
+    Every process enters it: an average that is not a copy of the module
+    (``ShardedEMAHook``'s; under DeepSpeed ZeRO-1/2 partitioned over the processes,
+    :class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`) is put into the
+    module on entering (on every process: an all-gather) and the trained weights back,
+    exactly, on leaving. (``--fsdp`` and ZeRO-3 refuse the sampling hooks: no process
+    holds the whole model there.)
     """
-    from mmsora.engine.zero_partition_ema import ZeroPartitionEMA
     model = runner.model
     model = model.module if is_model_wrapper(model) else model
     ema = None
@@ -29,11 +29,11 @@ def sampling_model(runner, use_ema: bool = True):
                 break
     if ema is None:
         yield model
-    elif isinstance(ema, ZeroPartitionEMA):
+    elif hasattr(ema, 'module'):  # mmengine's averaged copy
+        yield ema.module
+    else:
         ema.swap()
         try:
             yield model
         finally:
             ema.swap()
-    else:
-        yield ema.module

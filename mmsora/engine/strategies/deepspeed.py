@@ -245,6 +245,19 @@ def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
         hook['type'] = 'ShardedEMAHook'
 
 
+def _refuse_other_checkpoint_writers(hooks: list, config: dict) -> None:
+    """ZeRO-1/2's partitioned EMA is saved whole in rank 0's client state, which every
+    process reads on resume: DeepSpeed's default checkpoint writer (data-parallel rank
+    0 writes the model-states file). Node-local storage (a file per node) or another
+    writer would lose it on resume."""
+    checkpoint = config.get('checkpoint') or {}
+    other = [key for key in ('use_node_local_storage', 'writer') if checkpoint.get(key)]
+    if other and any(h.get('type') == 'ShardedEMAHook' for h in hooks):
+        raise UserError(f'the EMA of a ZeRO-1/2 run is saved by data-parallel rank 0 for '
+                        f'all processes; the DeepSpeed config sets checkpoint.{other[0]}, '
+                        'whose files other processes would resume from: drop it')
+
+
 def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
     """Turn a Runner config into a FlexibleRunner one that trains with ``strategy``.
 
@@ -274,6 +287,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
             _use_sharded_ema(hooks, '--deepspeed with ZeRO-3')
         elif stage in (1, 2):
             _use_sharded_ema(hooks, f'--deepspeed with ZeRO-{stage}', others=True)
+            _refuse_other_checkpoint_writers(hooks, strategy['config'])
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
             if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
