@@ -7,8 +7,10 @@ itself into bf16 (its fp32 master weights live in the optimizer), and an average
 kept in bf16 cannot move: with DiT's momentum 1e-4, ``avg + 1e-4 * (w - avg)`` rounds
 back to ``avg`` (bf16 keeps 8 bits of mantissa). This average is float32: each
 update reads the (bf16) weights, converts them, and lerps in float32. It averages
-the module's bf16-rounded weights (not DeepSpeed's fp32 master copy), whose rounding
-noise averages out over the EMA's horizon.
+the module's bf16-rounded weights (not DeepSpeed's fp32 master copy). ``--deepspeed``
+uses it only without ZeRO partitions (stage 0); ZeRO-1/2/3 average the fp32 master
+partitions instead (``ShardedEMAHook``: mmsora/engine/zero_partition_ema.py,
+mmsora/engine/sharded_ema.py).
 
 mmengine's EMAHook swaps the average into the model for validation / test by
 ``copy_`` both ways, which would round a float32 average to the module's dtype at
