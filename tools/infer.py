@@ -34,7 +34,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Sample pictures from an mmsora model')
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('--checkpoint', help='checkpoint (default: the newest in the work '
-                        'dir); mmengine, original DiT and fast-DiT files are accepted')
+                        'dir); mmengine files, DeepSpeed checkpoint folders (--deepspeed runs), '
+                        'original DiT and fast-DiT files are accepted')
     parser.add_argument('--labels', type=int, nargs='+',
                         help='class ids to sample (default: cycle through the classes)')
     parser.add_argument('--prompt', nargs='+', metavar='TEXT',

@@ -18,8 +18,8 @@ import sys
 
 import torch
 
-from mmsora.engine.strategies import zero_model_states
 from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
 
 
 def parse_args(argv=None):
@@ -49,23 +49,9 @@ def resolve_folder(path: str) -> str:
 
 
 def zero_to_state_dict(folder: str) -> dict:
-    """``{'state_dict': fp32 weights, 'meta': ...}`` of a ZeRO checkpoint folder."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    parent, tag = osp.split(osp.abspath(folder))
-    state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
-    # DeepSpeed's own files, written by this run: its loader reads them the same way.
-    client = torch.load(zero_model_states(folder), map_location='cpu',
-                        weights_only=False)
-    meta = {k: v for k, v in (client.get('meta') or {}).items() if k in ('seed', 'time')}
-    meta.update(iter=client.get('global_steps'), converted_from=osp.abspath(folder))
-    weights = {k: v.contiguous() for k, v in state.items()}
-    if 'ema_state_dict' not in client:  # no EMA: the trained weights
-        return dict(state_dict=weights, meta=meta)
-    # mmengine's layout: EMA weights in state_dict, the trained ones in ema_state_dict
-    # (here the fp32 masters, not the module's 16-bit copies).
-    ema = {k: v.float() for k, v in client['state_dict'].items()}
-    raw = {f'module.{k}': v for k, v in weights.items()}
-    return dict(state_dict=ema, ema_state_dict=raw, meta=meta)
+    """``{'state_dict': fp32 weights, 'meta': ...}`` of a ZeRO checkpoint folder (with
+    ``ema_state_dict`` when the run kept an EMA): :func:`read_zero_checkpoint`."""
+    return read_zero_checkpoint(folder)
 
 
 def main(argv=None):

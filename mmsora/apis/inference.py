@@ -16,13 +16,16 @@ def find_run(path):
     """Resolve a config file or a work dir into ``(config_path, checkpoint_or_None)``.
 
     A work dir written by tools/train.py holds the dumped config and a
-    ``last_checkpoint`` file naming the newest checkpoint.
+    ``last_checkpoint`` file naming the newest checkpoint (a file, or a DeepSpeed
+    checkpoint folder).
     """
     if osp.isfile(path):
         return path, None
     if not osp.isdir(path):
         raise FileNotFoundError(f'no such config file or work dir: {path}')
-    configs = sorted(glob.glob(osp.join(path, '*.py')))
+    # (DeepSpeed copies its conversion scripts into the work dir of a run)
+    configs = sorted(c for c in glob.glob(osp.join(path, '*.py'))
+                     if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py'))
     if len(configs) != 1:
         raise FileNotFoundError(
             f'work dir {path} should hold exactly one dumped config (*.py), found '
@@ -32,8 +35,8 @@ def find_run(path):
     if osp.isfile(last):
         with open(last) as f:
             checkpoint = f.read().strip()
-        if not osp.isfile(checkpoint):  # the work dir may have been moved
-            checkpoint = osp.join(path, osp.basename(checkpoint))
+        if not osp.exists(checkpoint):  # the work dir may have been moved
+            checkpoint = osp.join(path, osp.basename(checkpoint.rstrip('/')))
     return configs[0], checkpoint
 
 
@@ -41,11 +44,20 @@ def load_weights(model, checkpoint, use_ema=True):
     """Load a checkpoint into a LatentDiffusion model.
 
     Accepts mmengine checkpoints (EMA weights in ``state_dict`` when EMAHook ran;
-    ``use_ema=False`` takes the raw weights from ``ema_state_dict``), and original
-    DiT / fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
+    ``use_ema=False`` takes the raw weights from ``ema_state_dict``), DeepSpeed
+    checkpoint folders of ``--deepspeed`` runs (read as ``tools/zero_to_state_dict.py``
+    converts them; the EMA weights from the client state alone), and original DiT /
+    fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
     ``model.denoiser`` with ``strict=True``.
     """
-    obj = load_checkpoint_file(checkpoint)
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
+    if osp.isdir(checkpoint):
+        if not is_zero_checkpoint(checkpoint):
+            raise FileNotFoundError(f'{checkpoint} is a folder but not a DeepSpeed '
+                                    'checkpoint folder: give a checkpoint file')
+        obj = read_zero_checkpoint(checkpoint, trained=not use_ema)
+    else:
+        obj = load_checkpoint_file(checkpoint)
     if isinstance(obj, dict) and 'state_dict' in obj:
         if use_ema or 'ema_state_dict' not in obj:
             state = obj['state_dict']

@@ -81,6 +81,17 @@ def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
     assert 0 < ema_moved < 0.5 * moved
     torch.testing.assert_close(trained['pos_embed'], init['pos_embed'])  # frozen
 
+    # tools/infer.py's loader reads the run without conversion: the work dir's last
+    # checkpoint is the folder; the EMA weights come from its client state alone,
+    # the trained ones as the converter gathers them.
+    from mmsora.apis.inference import init_model
+    for use_ema, expected in ((True, ema), (False, trained)):
+        direct, _ = init_model(str(work), use_ema=use_ema)
+        for key, value in direct.denoiser.state_dict().items():
+            assert torch.equal(value, expected[key]), (use_ema, key)
+    with pytest.raises(FileNotFoundError, match='not a DeepSpeed checkpoint folder'):
+        load_weights(model, str(tmp_path))
+
 
 def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):
     from mmsora.utils.cli import UserError

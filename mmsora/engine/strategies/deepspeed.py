@@ -24,6 +24,7 @@ from mmengine.hooks import Hook
 import mmsora
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
+from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  # noqa: F401
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
            'zero_model_states',
@@ -56,27 +57,6 @@ def load_strategy(name: str) -> dict:
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
     return cfg.strategy.to_dict()
-
-
-# The file of a DeepSpeed checkpoint folder that holds the client state (our hooks'
-# entries, meta): ZeRO-1/2 write the first, ZeRO-3 one per data-parallel rank.
-MODEL_STATES_FILES = ('mp_rank_00_model_states.pt',
-                      'zero_pp_rank_0_mp_rank_00_model_states.pt')
-
-
-def zero_model_states(path: str):
-    """The client-state file of a DeepSpeed checkpoint folder, or None if ``path`` is
-    not one."""
-    for name in MODEL_STATES_FILES:
-        if osp.isfile(osp.join(path, name)):
-            return osp.join(path, name)
-    return None
-
-
-def is_zero_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a checkpoint folder written by DeepSpeed (``--deepspeed``,
-    any ZeRO stage)."""
-    return zero_model_states(path) is not None
 
 
 def _clip_max_norm(optim_wrapper: dict) -> float:
