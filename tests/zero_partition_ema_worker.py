@@ -49,8 +49,11 @@ class Net(torch.nn.Module):
 def run(stage, dtype, interval, rank, world):
     torch.manual_seed(0)
     model = Net()
+    zero = dict(stage=stage)
+    if stage == 3:  # several sub-groups of partitions
+        zero['sub_group_size'] = 40
     config = dict(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=1,
-                  train_batch_size=4 * world, zero_optimization=dict(stage=stage),
+                  train_batch_size=4 * world, zero_optimization=zero,
                   bf16=dict(enabled=dtype.startswith('bf16')), gradient_clipping=0.0)
     if dtype.endswith('+fp32grads'):
         config['data_types'] = dict(grad_accum_dtype='fp32')
@@ -83,8 +86,26 @@ def run(stage, dtype, interval, rank, world):
                     avg[name].lerp_(value, 0.1)
     state = ema.full_state_dict(module)
     if stage == 3:
-        return zero3_results(state, reference, module_average, module, optimizer, ema,
-                             interval)
+        results = zero3_results(state, reference, module_average, module, optimizer, ema,
+                                interval)
+        # mmengine's validation right after a training step (which gathers DeepSpeed's
+        # persistent small parameters, here all of them): the forward sees the
+        # average after swap(), the trained weights after the second swap()
+        x = torch.randn(4, 7, generator=torch.Generator().manual_seed(9)).bfloat16()
+        engine.backward(engine(x).float().pow(2).mean())
+        engine.step()
+        with torch.no_grad():  # the buffer's average as the buffer: weights alone differ
+            ema.average[[t is module.running for t in ema.tensors].index(True)].copy_(
+                module.running)
+            ema.swap()
+            ema_out = engine(x)
+            ema.swap()
+            back_out = engine(x)
+            engine.empty_partition_cache()  # the trained weights, gathered afresh
+            trained_out = engine(x)
+        results.update(swapped=not torch.equal(ema_out, trained_out),
+                       restored=torch.equal(back_out, trained_out))
+        return results
 
     before = {k: v.clone() for k, v in module.state_dict().items()}
     ema.swap()  # collective: the average in the module

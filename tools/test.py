@@ -24,7 +24,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Evaluate an mmsora model by sampling')
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (default: the newest in '
-                        'the work dir); mmengine, original DiT and fast-DiT files')
+                        'the work dir); mmengine files, DeepSpeed checkpoint folders, '
+                        'original DiT and fast-DiT files')
     parser.add_argument('--evaluation', help='take the evaluation section from this config '
                         'file instead, e.g. configs/_base_/evaluation/fid50k_imagenet256.py')
     parser.add_argument('--num-samples', type=int, help='samples in all (default: the '

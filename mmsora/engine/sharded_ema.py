@@ -16,7 +16,8 @@ trained ones to ``ema_state_dict`` as ``module.*`` with ``steps``, exactly what
 ``EMAHook`` writes, so ``tools/infer.py`` and ``--no-ema`` read them as usual.
 
 DeepSpeed ZeRO-3 has the same problem (the module holds empty placeholders between
-steps): :class:`ZeroShardedEMA` averages each process's partition (``ds_tensor``).
+steps): :class:`ZeroShardedEMA` averages each process's partition of the float32
+master weights (the partitions ``ds_tensor`` holds in the training dtype).
 
 DeepSpeed ZeRO-1/2 holds the whole module on every process, but its float32 master
 weights partitioned: :class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`
@@ -158,15 +159,16 @@ class ZeroShardedEMA(ShardedEMA):
     def __init__(self, model, optimizer=None, **kwargs):
         import torch.distributed as dist
         self._masters = _zero3_master_partitions(optimizer)
+        self._optimizer = optimizer if hasattr(optimizer, 'empty_partition_cache') else None
         self._valid = None  # elements of each partition that hold values: all, first
         super().__init__(model, **kwargs)
         # The end of the last rank's partitions is padding that DeepSpeed leaves
         # uninitialised: the average keeps zeros there (it is never saved).
         self._valid = [
-            max(0, min(t.ds_tensor.numel(),
-                       t.ds_numel - dist.get_rank(t.ds_process_group) * t.ds_tensor.numel()))
+            max(0, min(t.partition_numel(),
+                       t.ds_numel - dist.get_rank(t.ds_process_group) * t.partition_numel()))
             if hasattr(t, 'ds_tensor') else t.numel() for t in self.tensors]
-        self.average = [torch.zeros(t.ds_tensor.numel() if hasattr(t, 'ds_tensor') else t.shape,
+        self.average = [torch.zeros(t.partition_numel() if hasattr(t, 'ds_tensor') else t.shape,
                                     dtype=torch.float32, device=a.device)
                         for t, a in zip(self.tensors, self.average)]
         self.copy_from_model()
@@ -174,6 +176,17 @@ class ZeroShardedEMA(ShardedEMA):
     def _local(self):
         return [t.ds_tensor.detach() if hasattr(t, 'ds_tensor') else t.detach()
                 for t in self.tensors]
+
+    def swap(self) -> None:
+        """:meth:`ShardedEMA.swap` into the partitions, then let go of the whole
+        parameters DeepSpeed keeps gathered (persistent small ones, ones kept for
+        reuse, hpZ's secondary copies): the next forward gathers what the partitions
+        hold now. Without it a validation ran on (partly) the trained weights, and
+        the step after it on (partly) the average. Local: no communication."""
+        super().swap()
+        if self._optimizer is not None:
+            self._optimizer.invalidate_secondary_tensor()
+            self._optimizer.empty_partition_cache()
 
     def _sources(self):
         sources = [self._masters.get(id(t), local) for t, local in zip(self.tensors, self._local())]

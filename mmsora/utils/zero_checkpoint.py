@@ -2,12 +2,13 @@
 engine: where the client state is, and the weights in mmengine's layout, so that
 ``tools/infer.py`` / ``tools/test.py`` sample a ZeRO run's work dir or folder directly
 and ``tools/zero_to_state_dict.py`` writes the same thing to a file."""
+import os
 import os.path as osp
 
 import torch
 
 __all__ = ['MODEL_STATES_FILES', 'zero_model_states', 'is_zero_checkpoint',
-           'read_zero_checkpoint']
+           'load_deepspeed_file', 'read_zero_checkpoint']
 
 # The file of a DeepSpeed checkpoint folder that holds the client state (our hooks'
 # entries, meta): ZeRO-1/2 write the first, ZeRO-3 one per data-parallel rank.
@@ -30,6 +31,46 @@ def is_zero_checkpoint(path: str) -> bool:
     return zero_model_states(path) is not None
 
 
+# What DeepSpeed pickles into its checkpoint files besides tensors and plain
+# containers: data-only classes, allowed for torch's weights-only loader.
+_DEEPSPEED_GLOBALS = (
+    ('mmengine.config', 'ConfigDict'),  # the client state's mmengine meta
+    ('deepspeed.runtime.fp16.loss_scaler', 'LossScaler'),
+    ('deepspeed.runtime.fp16.loss_scaler', 'DynamicLossScaler'),
+    ('deepspeed.runtime.zero.config', 'ZeroStageEnum'),
+    ('deepspeed.utils.tensor_fragment', 'fragment_address'),
+)
+
+
+def _safe_globals() -> list:
+    import importlib
+    found = []
+    for module, name in _DEEPSPEED_GLOBALS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return found
+
+
+def load_deepspeed_file(path: str, mmap: bool = False):
+    """A file of a DeepSpeed checkpoint folder, read by torch's weights-only loader
+    (tensors, plain containers and :data:`_DEEPSPEED_GLOBALS`): a crafted folder
+    cannot run code, as with every checkpoint mmsora reads."""
+    import pickle
+
+    from mmsora.engine.compat import make_mmengine_checkpoints_loadable
+    make_mmengine_checkpoints_loadable()  # numpy RNG states, message hub
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else 'refused'
+        raise pickle.UnpicklingError(
+            f'{path} holds objects that torch.load(weights_only=True) refuses to '
+            f'unpickle (they could run code): {first}') from None
+
+
 def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     """A DeepSpeed checkpoint folder in mmengine's layout: ``{'state_dict': EMA
     weights, 'ema_state_dict': {'module.*': trained weights}, 'meta'}`` when the run
@@ -41,18 +82,34 @@ def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     reads the optimizer states: slow for large runs). With ``trained=False`` and an
     EMA they are left out, and only the client-state file is read.
     """
-    # DeepSpeed's own files, written by the run: its loader reads them the same way.
-    client = torch.load(zero_model_states(folder), map_location='cpu', weights_only=False)
-    meta = {k: v for k, v in (client.get('meta') or {}).items() if k in ('seed', 'time')}
-    meta.update(iter=client.get('global_steps'), converted_from=osp.abspath(folder))
+    client = load_deepspeed_file(zero_model_states(folder))
+    # mmengine's meta, plain values only (the RNG states and message hub stay out):
+    # iter counts mmengine's iterations (DeepSpeed's global_steps, optimizer steps,
+    # differ with gradient accumulation); cfg lets tools rebuild the model
+    saved = client.get('meta') or {}
+    meta = {k: v for k, v in saved.items()
+            if k in ('seed', 'time', 'cfg', 'epoch', 'iter', 'experiment_name')}
+    meta.setdefault('iter', client.get('global_steps'))
+    meta['converted_from'] = osp.abspath(folder)
     has_ema = 'ema_state_dict' in client
-    ema = {k: v.float() for k, v in client['state_dict'].items()} if has_ema else None
+    ema = ({k: v.float() if v.is_floating_point() else v
+            for k, v in client['state_dict'].items()} if has_ema else None)
     if has_ema and not trained:
         return dict(state_dict=ema, meta=meta)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    # zero_to_fp32 unpickles every file of the folder without restriction: each one
+    # passes the weights-only loader first (memory-mapped: the pickle alone is read)
+    for name in sorted(os.listdir(folder)):
+        if name.endswith('.pt'):
+            load_deepspeed_file(osp.join(folder, name), mmap=True)
     parent, tag = osp.split(osp.abspath(folder))
     weights = {k: v.contiguous() for k, v in
                get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag).items()}
+    # ZeRO-1 checkpoints hold no fragments of frozen parameters (DeepSpeed writes them
+    # from stage 2 on): they never move, so the module's own copy is theirs.
+    for key, value in (client.get('module') or {}).items():
+        if key not in weights:
+            weights[key] = value.float() if value.is_floating_point() else value
     if not has_ema:  # no EMA: the trained weights
         return dict(state_dict=weights, meta=meta)
     # mmengine's layout: EMA weights in state_dict, the trained ones in ema_state_dict

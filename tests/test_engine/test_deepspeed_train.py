@@ -200,3 +200,33 @@ def test_zero2_bf16_two_processes_sample_the_partitioned_ema_and_resume_exactly(
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
+
+
+def test_zero1_folder_gives_the_frozen_weights_too(tmp_path):
+    """ZeRO-1 checkpoints hold no fragments of frozen parameters (DeepSpeed writes them
+    from stage 2 on): the trained weights of a folder (--no-ema, the converter) took
+    DiT's frozen pos_embed from nowhere and failed to load ("Missing key(s)")."""
+    from mmsora.apis.inference import init_model
+    work = tmp_path / 'run'
+    client = train(work, preset='deepspeed_zero1')
+    model, _ = init_model(str(work), use_ema=False)  # strict
+    assert torch.equal(model.denoiser.pos_embed, client['module']['denoiser.pos_embed'])
+    assert converted(work)['meta']['iter'] == 3
+
+
+class _Payload:
+    """Stands for an object whose unpickling could run code."""
+
+
+def test_a_folder_with_other_objects_is_refused_before_unpickling(tmp_path):
+    """tools/infer.py reads a work dir's last checkpoint implicitly: a DeepSpeed
+    folder goes through the weights-only loader like every other checkpoint."""
+    import pickle
+
+    from mmsora.utils.zero_checkpoint import read_zero_checkpoint
+    folder = tmp_path / 'iter_1.pth'
+    folder.mkdir()
+    torch.save({'module': {}, 'state_dict': {}, 'ema_state_dict': {'x': _Payload()}},
+               folder / 'mp_rank_00_model_states.pt')
+    with pytest.raises(pickle.UnpicklingError, match='refuses to unpickle'):
+        read_zero_checkpoint(str(folder), trained=False)

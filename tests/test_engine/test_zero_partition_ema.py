@@ -75,6 +75,8 @@ def test_zero3_sharded_ema_follows_the_fp32_masters_too(results):
     assert any(not torch.equal(state['module.' + n], v)
                for n, v in zero['module_average'].items())
     assert zero['loaded'] and one['loaded']
+    for r in (zero, one):  # the forward of a validation uses the average, then not
+        assert r['swapped'] and r['restored']
     # The last rank's partitions end in padding DeepSpeed leaves uninitialised; the
     # average keeps zeros there, so that saved partitions and resumes are exact.
     assert not zero['padding'] and one['padding']
