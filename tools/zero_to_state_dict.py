@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from mmsora.utils.checkpoint import last_checkpoint
 from mmsora.utils.cli import UserError, run_cli
 from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
 
@@ -35,11 +36,8 @@ def parse_args(argv=None):
 
 def resolve_folder(path: str) -> str:
     """The ZeRO checkpoint folder that ``path`` names or that its work dir last saved."""
-    last = osp.join(path, 'last_checkpoint')
-    if osp.isdir(path) and not zero_model_states(path) and osp.isfile(last):
-        with open(last) as f:
-            named = f.read().strip()
-        path = named if osp.isdir(named) else osp.join(path, osp.basename(named))
+    if osp.isdir(path) and not zero_model_states(path):
+        path = last_checkpoint(path) or path  # a work dir: its newest checkpoint
     if not osp.isdir(path):
         raise UserError(f'{path} is not a ZeRO checkpoint folder (a plain checkpoint file '
                         'needs no conversion)')

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+from mmsora.utils.checkpoint import extract_state_dict, last_checkpoint, load_checkpoint_file
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'sample_images', 'save_image_grid']
 
@@ -19,10 +19,14 @@ def find_run(path):
     ``last_checkpoint`` file naming the newest checkpoint (a file, or a DeepSpeed
     checkpoint folder).
     """
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     if osp.isfile(path):
         return path, None
     if not osp.isdir(path):
         raise FileNotFoundError(f'no such config file or work dir: {path}')
+    if is_zero_checkpoint(path):
+        raise FileNotFoundError(f'{path} is a DeepSpeed checkpoint folder: give its work '
+                                'dir (or the config file and --checkpoint FOLDER)')
     # (DeepSpeed copies its conversion scripts into the work dir of a run)
     configs = sorted(c for c in glob.glob(osp.join(path, '*.py'))
                      if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py'))
@@ -30,14 +34,7 @@ def find_run(path):
         raise FileNotFoundError(
             f'work dir {path} should hold exactly one dumped config (*.py), found '
             f'{len(configs)}; pass the config file and --checkpoint instead')
-    last = osp.join(path, 'last_checkpoint')
-    checkpoint = None
-    if osp.isfile(last):
-        with open(last) as f:
-            checkpoint = f.read().strip()
-        if not osp.exists(checkpoint):  # the work dir may have been moved
-            checkpoint = osp.join(path, osp.basename(checkpoint.rstrip('/')))
-    return configs[0], checkpoint
+    return configs[0], last_checkpoint(path)
 
 
 def load_weights(model, checkpoint, use_ema=True):
@@ -51,10 +48,14 @@ def load_weights(model, checkpoint, use_ema=True):
     ``model.denoiser`` with ``strict=True``.
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
+    if osp.isdir(checkpoint) and not is_zero_checkpoint(checkpoint):
+        newest = last_checkpoint(checkpoint)  # a work dir: its newest checkpoint
+        if newest is None:
+            raise FileNotFoundError(f'{checkpoint} is a folder but neither a DeepSpeed '
+                                    'checkpoint folder nor a work dir with a '
+                                    'last_checkpoint: give a checkpoint file')
+        checkpoint = newest
     if osp.isdir(checkpoint):
-        if not is_zero_checkpoint(checkpoint):
-            raise FileNotFoundError(f'{checkpoint} is a folder but not a DeepSpeed '
-                                    'checkpoint folder: give a checkpoint file')
         obj = read_zero_checkpoint(checkpoint, trained=not use_ema)
     else:
         obj = load_checkpoint_file(checkpoint)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
-           'load_dit_checkpoint']
+           'load_dit_checkpoint', 'last_checkpoint']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -65,6 +65,19 @@ def _refusal(error):
     lines = [line for line in str(error).splitlines() if line.strip()]
     named = [line for line in lines if 'GLOBAL' in line or 'Unsupported' in line]
     return (named or lines or ['refused'])[0].strip().rstrip('.')
+
+
+def last_checkpoint(work_dir):
+    """The checkpoint a work dir's ``last_checkpoint`` file names (looked up in the
+    work dir itself if the run was moved), or None."""
+    last = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(last):
+        return None
+    with open(last) as f:
+        checkpoint = f.read().strip()
+    if not osp.exists(checkpoint):  # the work dir may have been moved
+        checkpoint = osp.join(work_dir, osp.basename(checkpoint.rstrip('/')))
+    return checkpoint
 
 
 def check_checkpoint_complete(path: str) -> None:
