@@ -60,6 +60,10 @@ def parse_args(argv=None):
                         help='with --baseline: both models in one process taking turns '
                         'step by step; reports best and median step and how many step '
                         'pairs each won (no per-model memory)')
+    parser.add_argument('--ema', type=float, metavar='MOMENTUM',
+                        help="also update a float32 EMA of the weights after each step "
+                        "(tools/train.py's EMAHook, e.g. 1e-4 as DiT; fast-DiT's step "
+                        'does this too); default: none')
     parser.add_argument('--seed', type=int, default=0)
     # Internal: run one implementation in this process and print its result.
     parser.add_argument('--worker', choices=['ours', 'diffusers'], help=argparse.SUPPRESS)
@@ -143,8 +147,13 @@ def make_step(args, impl: str):
         from mmsora.models.layers import set_attention_backend
         set_attention_backend(model, args.attn_backend)
     model.to(device).train()
+    from mmsora.engine.strategies import prefer_fused_optimizer
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0)
+    # tools/train.py's choice: one fused kernel for the update on CUDA
+    fused = prefer_fused_optimizer(dict(type='AdamW'), device.type).get('fused', False)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0, fused=fused or None)
+    # EMAHook's update (mmengine's rule, a float32 average): one lerp over the weights
+    ema = [p.detach().float().clone() for p in params] if args.ema else None
     dtype = _DTYPES[args.precision]
     scaler = torch.amp.GradScaler('cuda', enabled=dtype is torch.float16
                                   and device.type == 'cuda')
@@ -168,8 +177,12 @@ def make_step(args, impl: str):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach().float() for p in params], args.ema)
         return loss.detach()
 
+    step.ema = ema
     return model, step, cfg, arch
 
 
@@ -327,7 +340,7 @@ def main(argv=None):
         record = interleave(args)
         print(f'model={args.config or args.model} batch_size={args.batch_size} '
               f'device={args.device} precision={args.precision} steps={args.steps} '
-              f'warmup={args.warmup} interleaved threads='
+              f'warmup={args.warmup} ema={args.ema} interleaved threads='
               f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
         print(interleave_report(args, record))
         if args.json:
@@ -349,7 +362,7 @@ def main(argv=None):
     setup = dict(config=args.config, model=None if args.config else args.model,
                  input_size=args.input_size, batch_size=args.batch_size,
                  grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
-                 device=args.device, precision=args.precision, steps=args.steps,
+                 ema=args.ema, device=args.device, precision=args.precision, steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))

@@ -37,6 +37,22 @@ def test_worker_times_steps_and_counts_flops(impl):
         assert result['params_m'] > original
 
 
+def test_ema_option_updates_a_float32_average_after_each_step():
+    """--ema M: the step ends with EMAHook's update (lerp by M towards the weights),
+    as tools/train.py's does; without it there is none."""
+    import torch
+    args = benchmark.parse_args(SMALL + ['--ema', '0.25'])
+    model, step, _, _ = benchmark.make_step(args, 'ours')
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    step()
+    after = [p.detach() for p in model.parameters() if p.requires_grad]
+    assert len(step.ema) == len(after) and {a.dtype for a in step.ema} == {torch.float32}
+    for avg, b, a in zip(step.ema, before, after):
+        torch.testing.assert_close(avg, b.lerp(a, 0.25))
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+    assert benchmark.make_step(benchmark.parse_args(SMALL), 'ours')[1].ema is None
+
+
 def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
     # --threads applies in the worker processes only.
     benchmark.main(SMALL + ['--baseline', 'diffusers', '--threads', '1',
