@@ -81,11 +81,10 @@ class ShardedEMA:
 
     def update_parameters(self, model=None) -> None:
         """One EMA step from the model's local shards (``model`` is not used)."""
-        local = self._sources()
         if self.steps == 0:
-            torch._foreach_copy_(self._targets(), local)
+            self.copy_from_model()
         elif self.steps % self.interval == 0:
-            source = [t if t.dtype == torch.float32 else t.float() for t in local]
+            source = [t if t.dtype == torch.float32 else t.float() for t in self._sources()]
             torch._foreach_lerp_(self._targets(), source, self.momentum)
         self.steps += 1
 
@@ -168,10 +167,11 @@ class ZeroShardedEMA(ShardedEMA):
             max(0, min(t.partition_numel(),
                        t.ds_numel - dist.get_rank(t.ds_process_group) * t.partition_numel()))
             if hasattr(t, 'ds_tensor') else t.numel() for t in self.tensors]
-        self.average = [torch.zeros(t.partition_numel() if hasattr(t, 'ds_tensor') else t.shape,
-                                    dtype=torch.float32, device=a.device)
-                        for t, a in zip(self.tensors, self.average)]
-        self.copy_from_model()
+        self._zero_padding()
+
+    def _zero_padding(self) -> None:
+        for a, n in zip(self.average, self._valid):
+            a.view(-1)[n:].zero_()
 
     def _local(self):
         return [t.ds_tensor.detach() if hasattr(t, 'ds_tensor') else t.detach()
@@ -232,8 +232,7 @@ class ZeroShardedEMA(ShardedEMA):
             raise RuntimeError('this ZeRO-3 checkpoint has no EMA partitions for this '
                                'process (saved with another process count?)')
         torch._foreach_copy_(self.average, [t.to(a.device) for t, a in zip(local, self.average)])
-        for a, n in zip(self.average, self._valid):
-            a.view(-1)[n:].zero_()  # padding: older checkpoints kept whatever it held
+        self._zero_padding()  # older checkpoints kept whatever the padding held
         self.steps = int(state['steps'])
 
 

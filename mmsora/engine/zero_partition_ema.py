@@ -148,8 +148,7 @@ class ZeroPartitionEMA:
     def update_parameters(self, model=None) -> None:
         """One EMA step from the master partitions (``model`` is not used)."""
         if self.steps == 0:
-            torch._foreach_copy_(self.average, self.sources)
-            _copy(self.buffer_average, self.buffers)
+            self.copy_from_model()
         elif self.steps % self.interval == 0:
             torch._foreach_lerp_(self.average, self._masters(), self.momentum)
             for avg, b in zip(self.buffer_average, self.buffers):

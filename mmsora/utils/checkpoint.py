@@ -7,7 +7,7 @@ import os.path as osp
 import pickle
 import zipfile
 from collections.abc import Mapping
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -20,12 +20,16 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
 _TRAINING_KEYS = ('ema', 'model')
 
 
-def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu') -> dict:
+def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',
+                         safe_globals: Sequence = (), mmap: bool = False) -> dict:
     """Read a ``.pt`` / ``.pth`` (weights-only pickle) or ``.safetensors`` file.
 
     Args:
         path (str): File to read.
         map_location (str | torch.device): Device for the tensors. Defaults to 'cpu'.
+        safe_globals (Sequence): More data-only classes the weights-only loader may
+            build (DeepSpeed's, for its checkpoint folders).
+        mmap (bool): Map the tensors' storage instead of reading it.
 
     Returns:
         dict: What the file holds (a state dict or a checkpoint dict).
@@ -47,7 +51,9 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True,
+                              mmap=mmap)
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(
             f'{path} holds objects that torch.load(weights_only=True) refuses to '

@@ -298,6 +298,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             _cast_weights(model, zero.dtype)  # as DeepSpeed casts the module
         weights = mem.current
         trainable = [p for p in model.parameters() if p.requires_grad]
+        if zero is not None:  # this process's partition of the trainable weights
+            numel = zero.partition(sum(p.numel() for p in trainable))
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
         # which fake tensors do not support; building it again allocates the same).
         # Under DeepSpeed ZeRO-1/2, ShardedEMAHook averages this process's partition
@@ -307,7 +309,6 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         if ema_cfg is not None and zero is None:
             ema = MODELS.build(model_cfg).requires_grad_(False)
         elif ema_cfg is not None:
-            numel = zero.partition(sum(p.numel() for p in trainable))
             if zero.offload_optimizer:
                 host += 4 * numel
             else:
@@ -321,7 +322,6 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             loss_fn = model.denoiser
         else:
             loss_fn = model._denoiser_in_weight_dtype()
-            numel = zero.partition(sum(p.numel() for p in trainable))
             with _disable_current_modes():  # its own fake tensors, counted apart
                 states, temporaries = _zero_optimizer_bytes(cfg, numel)
             master = 4 * numel  # float32 copy of the partition

@@ -5,8 +5,6 @@ and ``tools/zero_to_state_dict.py`` writes the same thing to a file."""
 import os
 import os.path as osp
 
-import torch
-
 __all__ = ['MODEL_STATES_FILES', 'zero_model_states', 'is_zero_checkpoint',
            'load_deepspeed_file', 'read_zero_checkpoint']
 
@@ -55,20 +53,11 @@ def _safe_globals() -> list:
 
 def load_deepspeed_file(path: str, mmap: bool = False):
     """A file of a DeepSpeed checkpoint folder, read by torch's weights-only loader
-    (tensors, plain containers and :data:`_DEEPSPEED_GLOBALS`): a crafted folder
-    cannot run code, as with every checkpoint mmsora reads."""
-    import pickle
-
-    from mmsora.engine.compat import make_mmengine_checkpoints_loadable
-    make_mmengine_checkpoints_loadable()  # numpy RNG states, message hub
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else 'refused'
-        raise pickle.UnpicklingError(
-            f'{path} holds objects that torch.load(weights_only=True) refuses to '
-            f'unpickle (they could run code): {first}') from None
+    (:func:`~mmsora.utils.checkpoint.load_checkpoint_file`, with
+    :data:`_DEEPSPEED_GLOBALS` allowed): a crafted folder cannot run code, as with
+    every checkpoint mmsora reads."""
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    return load_checkpoint_file(path, safe_globals=_safe_globals(), mmap=mmap)
 
 
 def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
