@@ -1,15 +1,26 @@
-"""Time real training steps of a denoiser, optionally next to diffusers' DiT.
+"""Time tools/train.py's training step, optionally next to diffusers' DiT.
 
     python tools/benchmark.py CONFIG [--batch-size 32] [--device cuda] [--precision bf16]
     python tools/benchmark.py --model DiT-S/2 --input-size 32 --baseline diffusers
 
-A step is DiT's training step: t ~ U[0, 1000), x_t = q(x_t | x_0) with DiT's linear
-schedule, forward(x_t, t, y), MSE between the first ``in_channels`` output channels and
-the noise (epsilon loss), backward, AdamW (lr 1e-4, wd 0). Each model runs in its own
-subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's alone.
+A step is the Runner's: ``model.train_step`` on a batch as the latent store's loader
+hands it over (random latents of the model's ``latent_shape`` with labels, or text
+embeddings), i.e. the data preprocessor's copy to the device, the config's objective
+(``model.diffusion``: DiT's MSE + VLB, SiT's transport, ...), the backward pass and the
+config's optimizer wrapper (its optimizer, gradient clipping, and with ``--precision``
+the autocast ``tools/train.py --amp`` sets); then the config's EMA hook updates its
+average and the logged losses are read back (``.item()``), as the Runner's
+RuntimeInfoHook does every step. The model is the config's without its VAE and text
+encoder (training reads pre-extracted latents). Without a CONFIG, ``--model`` builds
+DiT's ImageNet recipe at that size: Gaussian diffusion with learned sigma, AdamW (lr
+1e-4, no weight decay), no clipping, and an EMA only with ``--ema``. Each model runs in
+its own subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's.
 
-FLOPs are counted analytically (:func:`mmsora.models.dit_flops`; the DiT paper's
-"Gflops" are MACs, so FLOPs = 2 x MACs, and a training step is ~3 forward passes).
+FLOPs are counted from the operators of one forward pass
+(:func:`mmsora.utils.flops.forward_flops`; the DiT paper's "Gflops" are MACs, so FLOPs
+= 2 x MACs), a training step is taken as 3 forward passes, and MFU divides the model
+TFLOP/s by the card's dense peak (:data:`mmsora.utils.flops.PEAK_TFLOPS`, or
+``--peak-tflops``).
 """
 import argparse
 import json
@@ -21,16 +32,16 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 _RESULT_TAG = 'BENCHMARK_RESULT '
-_DTYPES = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+_PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Benchmark denoiser training steps')
-    parser.add_argument('config', nargs='?', help='config file; its model.denoiser is '
-                        'benchmarked (without one, --model/--input-size pick a preset)')
+    parser = argparse.ArgumentParser(description='Benchmark training steps')
+    parser.add_argument('config', nargs='?', help='training config; its step is timed '
+                        '(without one, --model/--input-size pick a DiT preset)')
     parser.add_argument('--model', default='DiT-S/2', help='DiT preset when no CONFIG '
                         'is given (DiT-S/2 ... DiT-XL/8)')
     parser.add_argument('--input-size', type=int, default=32,
@@ -40,10 +51,15 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
-    parser.add_argument('--precision', choices=list(_DTYPES), default='fp32',
-                        help='bf16/fp16 run under autocast with fp32 weights (AMP)')
+    parser.add_argument('--precision', choices=list(_PRECISIONS), default='fp32',
+                        help="bf16/fp16: tools/train.py --amp's autocast over fp32 weights "
+                        '(AmpOptimWrapper on CUDA, AutocastOptimWrapper on the CPU)')
+    parser.add_argument('--no-tf32', action='store_true',
+                        help='keep float32 matmuls in full fp32 on Ampere and newer '
+                        '(TF32 is on by default, as in tools/train.py)')
     parser.add_argument('--baseline', choices=['diffusers'],
-                        help='also time diffusers\' DiTTransformer2DModel at the same size')
+                        help="also time diffusers' DiTTransformer2DModel at the same size, "
+                        'in the same step')
     parser.add_argument('--json', metavar='FILE', help='write the results here as JSON')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--repeats', type=int, default=1,
@@ -52,18 +68,31 @@ def parse_args(argv=None):
     parser.add_argument('--grad-checkpointing', type=int, metavar='K',
                         help='set the denoiser\'s grad_checkpointing: recompute every '
                         'K-th block in the backward pass (1: every block, 0: none)')
-    parser.add_argument('--attn-backend', default='auto',
+    parser.add_argument('--attn-backend',
                         choices=['auto', 'sdpa', 'flash_attn', 'xformers'],
-                        help='attention kernel of our denoiser (auto: flash-attn or '
-                        'xformers where installed and suitable, else PyTorch SDPA)')
+                        help='attention kernel of our denoiser (default: the config\'s '
+                        'model.attn_backend, else auto: flash-attn or xformers where '
+                        'installed and suitable, else PyTorch SDPA)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the denoiser, as tools/train.py --compile '
+                        '(compilation happens in the warm-up steps)')
     parser.add_argument('--interleave', action='store_true',
                         help='with --baseline: both models in one process taking turns '
                         'step by step; reports best and median step and how many step '
                         'pairs each won (no per-model memory)')
-    parser.add_argument('--ema', type=float, metavar='MOMENTUM',
-                        help="also update a float32 EMA of the weights after each step "
-                        "(tools/train.py's EMAHook, e.g. 1e-4 as DiT; fast-DiT's step "
-                        'does this too); default: none')
+    ema = parser.add_mutually_exclusive_group()
+    ema.add_argument('--ema', type=float, metavar='MOMENTUM',
+                     help="EMAHook's momentum (e.g. 1e-4 as DiT): the config's EMA hook "
+                     'gets it, or one is added; default: the config\'s hooks (--model: '
+                     'no EMA)')
+    ema.add_argument('--no-ema', action='store_true', help="leave the config's EMA out")
+    parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
+                        'text-conditioned model (default: its null caption\'s, 120)')
+    parser.add_argument('--peak-tflops', type=float, help='the device\'s peak TFLOP/s '
+                        'for MFU (default: the table in mmsora/utils/flops.py for known '
+                        'GPUs; none on the CPU)')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config keys, e.g. model.denoiser.depth=4')
     parser.add_argument('--seed', type=int, default=0)
     # Internal: run one implementation in this process and print its result.
     parser.add_argument('--worker', choices=['ours', 'diffusers'], help=argparse.SUPPRESS)
@@ -71,17 +100,76 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------- #
-#                                  Models                                      #
+#                              Config and model                                #
 # --------------------------------------------------------------------------- #
-def denoiser_cfg(args) -> dict:
-    """The denoiser's config dict: ``cfg.model.denoiser`` or a named DiT preset."""
+def benchmark_config(args):
+    """The training config to time: CONFIG with ``--cfg-options``, or DiT's recipe for
+    ``--model``; with the command line's precision, EMA, compile and fused AdamW."""
+    from mmengine.config import Config
+
+    from mmsora.engine.strategies import apply_amp, apply_speed_options
     from mmsora.models import dit_preset
+    from mmsora.utils.cli import apply_cfg_options, load_config
     if args.config:
-        from mmengine.config import Config
-        cfg = Config.fromfile(args.config)
-        return dict(cfg.model.denoiser)
-    return dict(type='DiT', **dit_preset(args.model, input_size=args.input_size,
-                                          num_classes=args.num_classes))
+        cfg = load_config(args.config)
+    else:
+        denoiser = dict(type='DiT', **dit_preset(args.model, input_size=args.input_size,
+                                                  num_classes=args.num_classes))
+        learn_sigma = denoiser.get('learn_sigma', True)
+        cfg = Config(dict(
+            model=dict(type='LatentDiffusion', denoiser=denoiser,
+                       diffusion=dict(type='GaussianDiffusion', learn_sigma=learn_sigma),
+                       latent_shape=(denoiser.get('in_channels', 4), args.input_size,
+                                     args.input_size),
+                       num_classes=args.num_classes),
+            optim_wrapper=dict(type='OptimWrapper', optimizer=dict(
+                type='AdamW', lr=1e-4, weight_decay=0)),
+            custom_hooks=[]))
+    apply_cfg_options(cfg, args.cfg_options)
+    if 'optim_wrapper' not in cfg:
+        cfg.optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))
+    if args.grad_checkpointing is not None:
+        cfg.model.denoiser.grad_checkpointing = args.grad_checkpointing
+    if args.attn_backend is not None:
+        cfg.model.attn_backend = args.attn_backend
+    hooks = [h for h in cfg.get('custom_hooks') or []
+             if not (args.no_ema and _is_ema_hook(h))]
+    if args.ema is not None:
+        ema_hooks = [h for h in hooks if _is_ema_hook(h)]
+        for hook in ema_hooks:
+            hook['momentum'] = args.ema
+        if not ema_hooks:
+            hooks.append(dict(type='EMAHook', momentum=args.ema, update_buffers=True))
+    cfg.custom_hooks = hooks
+    if _PRECISIONS[args.precision]:
+        apply_amp(cfg, _PRECISIONS[args.precision], args.device)
+    apply_speed_options(cfg, compile=args.compile, device=args.device)
+    return cfg
+
+
+def _hook_class(hook_cfg):
+    import mmsora.engine  # noqa: F401  (fills the registry)
+    from mmsora.registry import HOOKS
+    cls = HOOKS.get(hook_cfg['type'])
+    if cls is None:
+        from mmsora.utils.cli import UserError
+        raise UserError(f"custom_hooks: {hook_cfg['type']!r} is not a registered hook")
+    return cls
+
+
+def _is_ema_hook(hook_cfg) -> bool:
+    from mmengine.hooks import EMAHook
+    return issubclass(_hook_class(hook_cfg), EMAHook)
+
+
+def step_hooks(cfg) -> list:
+    """The config's custom hooks that act on the training step, built: EMA hooks (an
+    averaged model updated after each step) and ``CompileDenoiserHook``. The others
+    (sampling, checkpoints, ...) run between steps, not in them, and are left out."""
+    from mmsora.engine.strategies import CompileDenoiserHook
+    from mmsora.registry import HOOKS
+    return [HOOKS.build(dict(h)) for h in cfg.custom_hooks
+            if _is_ema_hook(h) or issubclass(_hook_class(h), CompileDenoiserHook)]
 
 
 def dit_arch(cfg: dict) -> dict:
@@ -95,26 +183,132 @@ def dit_arch(cfg: dict) -> dict:
     return arch
 
 
-def build_ours(cfg: dict):
-    import mmsora.models  # noqa: F401  (fills the registry)
+class DiffusersDiT(nn.Module):
+    """diffusers' ``DiTTransformer2DModel`` built from one of our DiT configs and called
+    as our denoisers are (``forward(x, t, y)``), for ``--baseline diffusers``.
+
+    Differences that are not speed: diffusers gives every block its own timestep /
+    label embedder (39.8 M parameters at S/2 against the original's 33.0 M), does not
+    drop labels in training, and ignores ``grad_checkpointing``."""
+
+    condition = 'class'
+
+    def __init__(self, **dit_cfg):
+        super().__init__()
+        from diffusers import DiTTransformer2DModel
+        a = dit_arch(dit_cfg)
+        self.model = DiTTransformer2DModel(
+            num_attention_heads=a['num_heads'],
+            attention_head_dim=a['hidden_size'] // a['num_heads'],
+            in_channels=a['in_channels'],
+            out_channels=a['in_channels'] * (2 if a['learn_sigma'] else 1),
+            num_layers=a['depth'], sample_size=a['input_size'],
+            patch_size=a['patch_size'], num_embeds_ada_norm=a['num_classes'])
+        self.num_patches = (a['input_size'] // a['patch_size']) ** 2
+
+    def forward(self, x, t, y):
+        return self.model(x, timestep=t, class_labels=y).sample
+
+
+def build_model(cfg, impl: str):
+    """The config's training model (no VAE / text encoder); for ``'diffusers'`` with
+    diffusers' DiT as its denoiser."""
+    import mmsora.diffusion  # noqa: F401  (fill the registries)
+    import mmsora.models  # noqa: F401
     from mmsora.registry import MODELS
-    model = MODELS.build(cfg)
-    return model, lambda x, t, y: model(x, t, y)
+    from mmsora.utils.training_inputs import training_model_cfg
+    model_cfg = training_model_cfg(cfg)
+    if impl == 'diffusers':
+        denoiser = dict(model_cfg['denoiser'])
+        if denoiser.get('type') != 'DiT':
+            raise SystemExit(f'--baseline diffusers needs a DiT denoiser, got '
+                             f'{denoiser.get("type")}')
+        denoiser.pop('grad_checkpointing', None)
+        MODELS.register_module('DiffusersDiT', module=DiffusersDiT, force=True)
+        model_cfg['denoiser'] = dict(denoiser, type='DiffusersDiT')
+    return MODELS.build(model_cfg)
 
 
-def build_diffusers(cfg: dict):
-    from diffusers import DiTTransformer2DModel
-    if cfg.get('type') != 'DiT':
-        raise SystemExit(f'--baseline diffusers needs a DiT denoiser, got {cfg.get("type")}')
-    a = dit_arch(cfg)
-    model = DiTTransformer2DModel(
-        num_attention_heads=a['num_heads'],
-        attention_head_dim=a['hidden_size'] // a['num_heads'],
-        in_channels=a['in_channels'],
-        out_channels=a['in_channels'] * (2 if a['learn_sigma'] else 1),
-        num_layers=a['depth'], sample_size=a['input_size'], patch_size=a['patch_size'],
-        num_embeds_ada_norm=a['num_classes'])
-    return model, lambda x, t, y: model(x, timestep=t, class_labels=y).sample
+def tokens_per_sample(model):
+    """Patch tokens of one sample (frames x patches per frame), for transformers."""
+    denoiser = model.denoiser
+    embedder = getattr(denoiser, 'x_embedder', None)
+    patches = getattr(embedder, 'num_patches', None) or getattr(denoiser, 'num_patches',
+                                                                 None)
+    if patches is None:
+        return None
+    shape = model.latent_shape
+    return patches * (shape[1] if len(shape) == 4 else 1)
+
+
+class _StepRunner:
+    """What the step hooks read of a Runner: the model, the iteration, a logger."""
+
+    def __init__(self, model, max_iters: int):
+        from mmengine.logging import MMLogger
+        self.model, self.iter, self.epoch, self.max_iters = model, 0, 0, max_iters
+        self.logger = MMLogger.get_current_instance()
+
+
+def make_step(args, impl: str):
+    """Build ``impl`` ('ours' / 'diffusers') and return ``(model, step, info)``:
+    ``step()`` runs one training step and returns its loss; ``info`` holds the
+    forward FLOPs and tokens of one sample and the attention kernel."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+
+    from mmsora.utils.flops import forward_flops
+    from mmsora.utils.training_inputs import denoiser_kwargs, training_batch
+    init_default_scope('mmsora')
+    device = torch.device(args.device)
+    cfg = benchmark_config(args)
+    model = build_model(cfg, impl).to(device).train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    batch = training_batch(model, args.batch_size, args.text_len)
+    if device.type == 'cuda':  # the configs' loaders pin their batches
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+
+    # One sample's forward FLOPs, before torch.compile (counted on the eager module).
+    one = {k: v[:1].to(device) for k, v in
+           denoiser_kwargs(model, 1, args.text_len).items()}
+    flops = forward_flops(model.denoiser, batch['latents'][:1].to(device),
+                          torch.zeros(1, dtype=torch.long, device=device),
+                          attention_model=model.denoiser, **one)
+
+    hooks = step_hooks(cfg)
+    runner = _StepRunner(model, args.warmup + args.steps)
+    for hook in hooks:
+        hook.before_run(runner)
+    for hook in hooks:
+        hook.before_train(runner)
+
+    def step():
+        log_vars = model.train_step(batch, optim_wrapper)
+        for hook in hooks:
+            hook.after_train_iter(runner, runner.iter, batch, log_vars)
+        runner.iter += 1
+        # the Runner's RuntimeInfoHook logs every value with .item() after each step
+        return {key: value.item() for key, value in log_vars.items()}['loss']
+
+    step.ema = next((h.ema_model for h in hooks if hasattr(h, 'ema_model')), None)
+    info = dict(fwd_flops_per_sample=flops, tokens_per_sample=tokens_per_sample(model),
+                attn_kernel=_attention_kernel(args, model, cfg, impl))
+    return model, step, info
+
+
+def _attention_kernel(args, model, cfg, impl):
+    """The attention kernel our denoiser's layers resolve to (None for diffusers')."""
+    layers = [m for m in model.denoiser.modules() if hasattr(m, 'attn_backend')]
+    if impl != 'ours' or not layers:
+        return None
+    from mmsora.models.layers.attention_backends import resolve_backend
+    dtype = getattr(torch, _PRECISIONS[args.precision] or 'float32')
+    layer = layers[0]
+    head_dim = getattr(layer, 'head_dim', None)
+    if head_dim is None:
+        return layer.attn_backend
+    return resolve_backend(layer.attn_backend, args.device, dtype, head_dim,
+                           masked=False, dropout_p=0.0)
 
 
 # --------------------------------------------------------------------------- #
@@ -134,73 +328,46 @@ def _usage():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
 
 
-def make_step(args, impl: str):
-    """Build ``impl`` ('ours' / 'diffusers') and return (model, step, cfg, arch):
-    ``step()`` runs one training step (forward, loss, backward, AdamW)."""
-    device = torch.device(args.device)
-    cfg = denoiser_cfg(args)
-    arch = dit_arch(cfg) if cfg.get('type') == 'DiT' else dict(cfg)
-    if args.grad_checkpointing is not None and impl == 'ours':
-        cfg['grad_checkpointing'] = args.grad_checkpointing
-    model, forward = (build_ours if impl == 'ours' else build_diffusers)(cfg)
-    if impl == 'ours':
-        from mmsora.models.layers import set_attention_backend
-        set_attention_backend(model, args.attn_backend)
-    model.to(device).train()
-    from mmsora.engine.strategies import prefer_fused_optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
-    # tools/train.py's choice: one fused kernel for the update on CUDA
-    fused = prefer_fused_optimizer(dict(type='AdamW'), device.type).get('fused', False)
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0, fused=fused or None)
-    # EMAHook's update (mmengine's rule, a float32 average): one lerp over the weights
-    ema = [p.detach().float().clone() for p in params] if args.ema else None
-    dtype = _DTYPES[args.precision]
-    scaler = torch.amp.GradScaler('cuda', enabled=dtype is torch.float16
-                                  and device.type == 'cuda')
-
-    # DiT's linear beta schedule, for a realistic x_t.
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    alphas_cumprod = torch.cumprod(1 - betas, 0).float().to(device)
-    n, c, s = args.batch_size, arch['in_channels'], arch['input_size']
-    x0 = torch.randn(n, c, s, s, device=device)
-    y = torch.randint(0, arch.get('num_classes', 1000), (n,), device=device)
-
-    def step():
-        t = torch.randint(0, 1000, (n,), device=device)
-        noise = torch.randn_like(x0)
-        a = alphas_cumprod[t].view(n, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = forward(x_t, t, y)
-            loss = F.mse_loss(out[:, :c].float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach().float() for p in params], args.ema)
-        return loss.detach()
-
-    step.ema = ema
-    return model, step, cfg, arch
-
-
 def _sync(device):
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
 
 
-def run_worker(args) -> dict:
-    """Build one implementation and time its training steps."""
+def _setup(args) -> None:
+    """Threads, seed and TF32 as tools/train.py sets them."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.device == 'cuda':
+        from mmsora.engine.strategies import set_tf32, tf32_supported
+        set_tf32(tf32_supported() and not args.no_tf32)
+
+
+def throughput(args, info: dict, step_s: float) -> dict:
+    """samples/s, tokens/s, model TFLOP/s and MFU of a step of ``step_s`` seconds."""
+    from mmsora.utils.flops import peak_tflops
+    n = args.batch_size
+    flops_per_step = 3 * info['fwd_flops_per_sample'] * n  # fwd + 2x fwd for backward
+    out = dict(samples_per_s=n / step_s,
+               fwd_gflops_per_sample=info['fwd_flops_per_sample'] / 1e9,
+               tflops_per_s=flops_per_step / step_s / 1e12)
+    if info['tokens_per_sample']:
+        out['tokens_per_s'] = info['tokens_per_sample'] * n / step_s
+    peak = args.peak_tflops
+    if peak is None and args.device == 'cuda':
+        peak = peak_tflops(torch.cuda.get_device_name(), args.precision,
+                           tf32=torch.backends.cuda.matmul.allow_tf32)
+    if peak:
+        out.update(peak_tflops=peak, mfu=out['tflops_per_s'] / peak)
+    return out
+
+
+def run_worker(args) -> dict:
+    """Build one implementation and time its training steps."""
+    _setup(args)
     device = torch.device(args.device)
     rss_before_model = _rss_mb()
-    model, step, cfg, arch = make_step(args, args.worker)
-    dtype = _DTYPES[args.precision]
-    n = args.batch_size
+    model, step, info = make_step(args, args.worker)
 
     def sync():
         _sync(device)
@@ -222,25 +389,14 @@ def run_worker(args) -> dict:
     step_s = elapsed / args.steps
     result = dict(
         impl=args.worker,
-        params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+        params_m=sum(p.numel() for p in model.denoiser.parameters()) / 1e6,
         step_ms=step_s * 1e3,
-        samples_per_s=n / step_s,
-        loss=loss.item(),
+        loss=loss,
         cpu_ms=cpu_s / args.steps * 1e3,  # all threads of this process
         page_faults=faults / args.steps,  # minor: first touches of fresh memory
-    )
-    if args.worker == 'ours' and 'hidden_size' in arch and 'num_heads' in arch:
-        from mmsora.models.layers.attention_backends import resolve_backend
-        result['attn_kernel'] = resolve_backend(
-            args.attn_backend, device.type, dtype or torch.float32,
-            arch['hidden_size'] // arch['num_heads'], masked=False, dropout_p=0.0)
-    if cfg.get('type') == 'DiT':
-        from mmsora.models import dit_flops
-        tokens = (arch['input_size'] // arch['patch_size']) ** 2
-        flops_per_step = 3 * 2 * dit_flops(**arch) * n  # fwd + 2x fwd for backward
-        result.update(tokens_per_s=tokens * n / step_s,
-                      fwd_gflops_per_sample=2 * dit_flops(**arch) / 1e9,
-                      tflops_per_s=flops_per_step / step_s / 1e12)
+        **throughput(args, info, step_s))
+    if info['attn_kernel']:
+        result['attn_kernel'] = info['attn_kernel']
     if device.type == 'cuda':
         result['peak_mem_mb'] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -261,8 +417,7 @@ def interleave(args) -> dict:
     this process's threads (``cpu_ms``) and minor page faults (``page_faults``: the
     first touch of freshly mapped memory, e.g. glibc's mmap of every buffer above its
     threshold on CPU)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args)
     impls = ['ours', args.baseline]
     steps = {}
     for impl in impls:
@@ -314,8 +469,8 @@ def spawn(impl: str, argv) -> dict:
 def format_table(results: list) -> str:
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
-            ('tflops_per_s', '{:.4f}'), ('peak_mem_mb', '{:.0f}'), ('cpu_ms', '{:.0f}'),
-            ('page_faults', '{:.0f}')]
+            ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3f}'), ('peak_mem_mb', '{:.0f}'),
+            ('cpu_ms', '{:.0f}'), ('page_faults', '{:.0f}')]
     rows = [[name for name, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[k]) if k in r else '-' for k, fmt in cols])
@@ -334,6 +489,7 @@ def main(argv=None):
     if args.worker:
         print(_RESULT_TAG + json.dumps(run_worker(args)), flush=True)
         return
+    step_hooks(benchmark_config(args))  # a wrong path, option or hook stops here
     if args.interleave:
         if not args.baseline:
             raise SystemExit('--interleave compares two models: add --baseline diffusers')
@@ -360,9 +516,14 @@ def main(argv=None):
         best['peak_mem_mb'] = max(r['peak_mem_mb'] for r in runs[impl])
         results.append(best)
     setup = dict(config=args.config, model=None if args.config else args.model,
-                 input_size=args.input_size, batch_size=args.batch_size,
+                 input_size=None if args.config else args.input_size,
+                 cfg_options=args.cfg_options or None, batch_size=args.batch_size,
                  grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
-                 ema=args.ema, device=args.device, precision=args.precision, steps=args.steps,
+                 ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
+                 device=args.device, precision=args.precision,
+                 tf32=not args.no_tf32 if args.device == 'cuda' else None,
+                 gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
+                 peak_tflops=results[0].get('peak_tflops'), steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
@@ -379,4 +540,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmsora.utils.cli import run_cli
+    sys.exit(run_cli(main))

@@ -92,14 +92,8 @@ def build_train_config(args):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        if torch.cuda.is_available():
-            dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.dtype = dtype
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-        else:
-            cfg.optim_wrapper.type = 'AutocastOptimWrapper'
-            cfg.optim_wrapper.dtype = 'bfloat16'
+        from mmsora.engine.strategies import apply_amp
+        apply_amp(cfg)
     if args.resume is not None and args.load_from is not None:
         raise SystemExit('error: --resume and --load-from exclude each other: --resume '
                          'continues a run (optimizer, EMA, iteration), --load-from '

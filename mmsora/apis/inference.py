@@ -43,7 +43,8 @@ def load_weights(model, checkpoint, use_ema=True):
     Accepts mmengine checkpoints (EMA weights in ``state_dict`` when EMAHook ran;
     ``use_ema=False`` takes the raw weights from ``ema_state_dict``), DeepSpeed
     checkpoint folders of ``--deepspeed`` runs (read as ``tools/zero_to_state_dict.py``
-    converts them; the EMA weights from the client state alone), and original DiT /
+    converts them; the EMA weights from the client state alone; under torchrun process
+    0 reads the folder and sends the weights to the others), and original DiT /
     fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
     ``model.denoiser`` with ``strict=True``.
     """
@@ -56,9 +57,40 @@ def load_weights(model, checkpoint, use_ema=True):
                                     'last_checkpoint: give a checkpoint file')
         checkpoint = newest
     if osp.isdir(checkpoint):
+        from mmengine.dist import get_dist_info
+        if get_dist_info()[1] > 1:
+            return _load_zero_on_rank0(model, checkpoint, use_ema)
         obj = read_zero_checkpoint(checkpoint, trained=not use_ema)
     else:
         obj = load_checkpoint_file(checkpoint)
+    return _load_denoiser(model, obj, use_ema)
+
+
+def _load_zero_on_rank0(model, folder: str, use_ema: bool):
+    """Under torchrun (tools/test.py): process 0 reads a DeepSpeed folder, gathering
+    every partition for the trained weights, and sends the denoiser's weights to the
+    others, instead of every process reading and converting the whole folder."""
+    from mmengine.dist import broadcast, broadcast_object_list, get_dist_info
+    from mmsora.utils.zero_checkpoint import read_zero_checkpoint
+    error, failure = None, [None]
+    if get_dist_info()[0] == 0:
+        try:
+            _load_denoiser(model, read_zero_checkpoint(folder, trained=not use_ema),
+                           use_ema)
+        except Exception as e:  # tell the others before they wait for the weights
+            error, failure = e, [f'{type(e).__name__}: {e}']
+    broadcast_object_list(failure, src=0)
+    if error is not None:
+        raise error
+    if failure[0] is not None:
+        raise RuntimeError(f'process 0 could not read {folder}: {failure[0]}')
+    for value in model.denoiser.state_dict().values():
+        broadcast(value, src=0)
+    return model
+
+
+def _load_denoiser(model, obj, use_ema: bool):
+    """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``."""
     if isinstance(obj, dict) and 'state_dict' in obj:
         if use_ema or 'ema_state_dict' not in obj:
             state = obj['state_dict']

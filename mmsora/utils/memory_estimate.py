@@ -34,6 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
+from .training_inputs import denoiser_kwargs, training_model_cfg
+
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
            'largest_batch', 'largest_fitting_batch', 'secant_guess', 'usable_bytes',
            'GiB']
@@ -100,34 +102,6 @@ class MemoryEstimate:
     def as_gib(self) -> dict:
         return {k: (v / GiB if k != 'batch_size' and v is not None else v)
                 for k, v in asdict(self).items()}
-
-
-def _training_model_cfg(cfg) -> dict:
-    """``cfg.model`` without the modules that pre-extraction takes out of training."""
-    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
-    model_cfg.pop('vae', None)
-    model_cfg.pop('text_encoder', None)
-    model_cfg.pop('pretrained_denoiser', None)
-    return model_cfg
-
-
-def _model_kwargs(model, n: int, text_len: Optional[int]) -> dict:
-    """A batch's conditioning: labels, or text tokens (+ mask, + pooled); ``text_len``
-    defaults to the length of a VideoDiT's learned null caption (120), else 77 (CLIP)."""
-    denoiser = model.denoiser
-    if getattr(denoiser, 'condition', 'class') != 'text':
-        return dict(y=torch.zeros(n, dtype=torch.long))
-    null_caption = getattr(getattr(denoiser, 'y_embedder', None), 'y_embedding', None)
-    if null_caption is not None:  # VideoDiT: (max_text_len, text_dim)
-        text_len = text_len or null_caption.shape[0]
-        text_dim = null_caption.shape[1]
-    else:  # Stable Cascade: CLIP tokens
-        text_len, text_dim = text_len or 77, denoiser.text_dim
-    kwargs = dict(y=torch.randn(n, text_len, text_dim),
-                  mask=torch.ones(n, text_len, dtype=torch.bool))
-    if getattr(denoiser, 'pooled_dim', None):
-        kwargs['pooled'] = torch.randn(n, denoiser.pooled_dim)
-    return kwargs
 
 
 def _build_optimizer(cfg, params):
@@ -277,7 +251,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                                             torch.float16: 'float16'}[dtype])
         zero = ZeroLayout.from_config(filled, gpus)
         dtype = None  # DeepSpeed casts the module instead of autocasting
-    model_cfg = _training_model_cfg(cfg)
+    model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
     ema_cfg = _ema_cfg(cfg)
@@ -337,7 +311,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                 resident = [torch.empty(master + states, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, grad32, temporaries)
         x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
-        kwargs = _model_kwargs(model, batch_size, text_len)
+        kwargs = denoiser_kwargs(model, batch_size, text_len)
 
         def step():
             with torch.autocast(device_type, dtype=dtype or torch.bfloat16,

@@ -95,6 +95,55 @@ def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.denoiser.state_dict().items())
     with pytest.raises(FileNotFoundError, match='is a DeepSpeed checkpoint folder: give'):
         init_model(str(work / 'iter_3.pth'))
+    under_torchrun_rank0_reads_the_folder(tmp_path, work, trained)
+
+
+# Two processes of tools/test.py load a ZeRO folder: count who reads it, keep the
+# weights each ends up with, then load a folder that process 0 cannot read.
+TORCHRUN_LOAD = """
+import sys, torch
+import mmsora.utils.zero_checkpoint as zc
+from mmengine.dist import get_rank
+from mmsora.apis import init_model, init_sampling_processes
+reads, read = [], zc.read_zero_checkpoint
+zc.read_zero_checkpoint = lambda *a, **k: reads.append(a[0]) or read(*a, **k)
+init_sampling_processes('pytorch', 'cpu')
+model, _ = init_model(sys.argv[1], use_ema=False)
+try:
+    init_model(sys.argv[2], checkpoint=sys.argv[3], use_ema=False)
+    error = None
+except Exception as e:
+    error = f'{type(e).__name__}: {e}'
+torch.save(dict(reads=reads, state=model.denoiser.state_dict(), error=error),
+           f'{sys.argv[4]}/rank{get_rank()}.pt')
+"""
+
+
+def under_torchrun_rank0_reads_the_folder(tmp_path, work, trained):
+    """tools/test.py --no-ema under torchrun: process 0 gathers the folder's partitions
+    and sends the weights; the others read nothing (each process converted the whole
+    folder before). A folder process 0 cannot read fails every process, none waits."""
+    broken = tmp_path / 'broken' / 'iter_3.pth'
+    shutil.copytree(work / 'iter_3.pth', broken)
+    optim = next(broken.glob('*optim_states.pt'))
+    optim.write_bytes(optim.read_bytes()[:100])  # truncated
+    probe, out = tmp_path / 'probe.py', tmp_path / 'ranks'
+    probe.write_text(TORCHRUN_LOAD)
+    out.mkdir()
+    config = next(p for p in work.glob('*.py') if not p.name.startswith('zero_to'))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+           '--master_port', str(free_port()), '--no-python', sys.executable, '-c', RUN,
+           str(probe), str(work), str(config), str(broken), str(out)]
+    proc = subprocess.run(cmd, env=fresh_run_env(PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(out / f'rank{r}.pt', weights_only=False) for r in (0, 1)]
+    assert [len(r['reads']) for r in ranks] == [2, 0]
+    for r in ranks:
+        assert r['state'].keys() == trained.keys()
+        assert all(torch.equal(v, trained[k]) for k, v in r['state'].items())
+    assert 'iter_3.pth' in ranks[0]['error'] and 'process 0' not in ranks[0]['error']
+    assert ranks[1]['error'].startswith('RuntimeError: process 0 could not read')
 
 
 def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):

@@ -1,5 +1,5 @@
-"""tools/benchmark.py times real training steps of ours and diffusers' DiT and derives
-its throughput figures from the analytic FLOP count."""
+"""tools/benchmark.py times tools/train.py's training step of ours and diffusers' DiT
+and derives its throughput figures from the counted FLOPs."""
 import json
 import os.path as osp
 import sys
@@ -22,12 +22,19 @@ def test_worker_times_steps_and_counts_flops(impl):
     assert result['impl'] == impl and result['step_ms'] > 0
     assert result['samples_per_s'] == pytest.approx(2 / (result['step_ms'] / 1e3))
     arch = dit_preset('DiT-S/8', input_size=16, num_classes=10)
+    # The counted forward FLOPs are the DiT paper's MACs times 2; diffusers' DiT adds
+    # its per-block timestep embedder MLP (256 -> D -> D) to that.
     macs = dit_flops(**arch)
-    # A training step is 3 forward passes of 2 FLOPs per multiply-accumulate.
+    if impl == 'diffusers':
+        d = arch['hidden_size']
+        macs += arch['depth'] * (256 * d + d * d)
+    assert result['fwd_gflops_per_sample'] == pytest.approx(2 * macs / 1e9, rel=1e-12)
+    # A training step is 3 forward passes.
     assert result['tflops_per_s'] == pytest.approx(
-        3 * 2 * macs * 2 / (result['step_ms'] / 1e3) / 1e12)
+        3 * result['fwd_gflops_per_sample'] * 1e9 * 2 / (result['step_ms'] / 1e3) / 1e12)
     assert result['tokens_per_s'] == pytest.approx(result['samples_per_s'] * (16 // 8) ** 2)
     assert result['peak_mem_mb'] > result['rss_before_model_mb'] > 0
+    assert 'mfu' not in result  # no peak known for a CPU
     # ours is the original DiT (one shared conditioning embedder); diffusers gives every
     # block its own, so it has more parameters at the same size.
     original = sum(p.numel() for p in DiT(**arch).parameters()) / 1e6
@@ -37,20 +44,104 @@ def test_worker_times_steps_and_counts_flops(impl):
         assert result['params_m'] > original
 
 
-def test_ema_option_updates_a_float32_average_after_each_step():
-    """--ema M: the step ends with EMAHook's update (lerp by M towards the weights),
-    as tools/train.py's does; without it there is none."""
+def test_step_is_the_runners_train_step(monkeypatch):
+    """A step is LatentDiffusion.train_step with the config's optimizer wrapper (DiT's
+    objective: MSE + VLB with learned sigma), then the EMA hook, then .item()."""
+    from mmengine.model import BaseModel
+    calls = []
+    train_step = BaseModel.train_step
+
+    def recording(self, data, optim_wrapper):
+        log_vars = train_step(self, data, optim_wrapper)
+        calls.append((sorted(data), data['latents'].shape, type(optim_wrapper).__name__,
+                      sorted(log_vars)))
+        return log_vars
+    monkeypatch.setattr(BaseModel, 'train_step', recording)
+    model, step, info = benchmark.make_step(benchmark.parse_args(SMALL), 'ours')
+    loss = step()
+    assert calls == [(['labels', 'latents'], (2, 4, 16, 16), 'OptimWrapper',
+                      ['loss', 'mse', 'vb'])]
+    assert isinstance(loss, float) and loss > 0 and step.ema is None
+    assert info['tokens_per_sample'] == 4
+
+
+def test_config_optimizer_wrapper_clips(tmp_path):
+    """The config's optim_wrapper is the one stepped: SGD with lr 1 moves the weights
+    by exactly the clipped gradient's norm."""
     import torch
-    args = benchmark.parse_args(SMALL + ['--ema', '0.25'])
-    model, step, _, _ = benchmark.make_step(args, 'ours')
-    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    cfg_file = tmp_path / 'clip.py'
+    cfg_file.write_text(TINY + "optim_wrapper = dict(optimizer=dict(type='SGD', lr=1.0), "
+                        'clip_grad=dict(max_norm=1e-3))\n')
+    args = benchmark.parse_args([str(cfg_file), '--batch-size', '2'])
+    model, step, _ = benchmark.make_step(args, 'ours')
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
     step()
-    after = [p.detach() for p in model.parameters() if p.requires_grad]
-    assert len(step.ema) == len(after) and {a.dtype for a in step.ema} == {torch.float32}
-    for avg, b, a in zip(step.ema, before, after):
-        torch.testing.assert_close(avg, b.lerp(a, 0.25))
-    assert any(not torch.equal(b, a) for b, a in zip(before, after))
-    assert benchmark.make_step(benchmark.parse_args(SMALL), 'ours')[1].ema is None
+    moved = torch.stack([(p.detach() - b).norm() for p, b in zip(trainable, before)])
+    assert moved.norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+TINY = ("model = dict(type='LatentDiffusion', denoiser=dict(type='DiT', input_size=8, "
+        "patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, "
+        "num_classes=10), latent_shape=(4, 8, 8), num_classes=10)\n")
+
+
+def test_ema_follows_the_config_and_the_options(tmp_path):
+    """The config's EMA hook averages after every step (mmengine's rule: the first step
+    copies, then lerp by the momentum); --ema sets its momentum, --no-ema drops it."""
+    import torch
+    cfg_file = tmp_path / 'ema.py'
+    cfg_file.write_text(TINY + "custom_hooks = [dict(type='FP32EMAHook', momentum=0.5), "
+                        "dict(type='CheckpointHook')]\n")
+    base = [str(cfg_file), '--batch-size', '2']
+    model, step, _ = benchmark.make_step(benchmark.parse_args(base), 'ours')
+    assert type(step.ema).__name__ == 'FP32ExponentialMovingAverage'
+    assert step.ema.momentum == 0.5
+    model, step, _ = benchmark.make_step(benchmark.parse_args(base + ['--ema', '0.25']),
+                                         'ours')
+    step()
+    first = [p.detach().clone() for p in model.parameters()]
+    step()
+    for avg, a, b in zip(step.ema.module.parameters(), first, model.parameters()):
+        torch.testing.assert_close(avg, a.lerp(b.detach(), 0.25))
+    assert benchmark.make_step(benchmark.parse_args(base + ['--no-ema']),
+                               'ours')[1].ema is None
+    # --ema adds mmengine's EMAHook where the config has none
+    added = benchmark.benchmark_config(benchmark.parse_args(SMALL + ['--ema', '1e-4']))
+    assert [h['type'] for h in added.custom_hooks] == ['EMAHook']
+
+
+def test_precision_is_train_py_amp(tmp_path):
+    """--precision bf16 on the CPU: tools/train.py --amp's AutocastOptimWrapper."""
+    args = benchmark.parse_args(SMALL + ['--precision', 'bf16'])
+    cfg = benchmark.benchmark_config(args)
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper'
+    assert (cfg.optim_wrapper.dtype, cfg.optim_wrapper.device_type) == ('bfloat16', 'cpu')
+    model, step, info = benchmark.make_step(args, 'ours')
+    assert step() > 0
+
+
+def test_text_video_config_and_compile_hook(tmp_path):
+    """A text-conditioned VideoDiT config: text embeddings in the batch (no text
+    encoder is built), tokens counted over frames, FLOPs counted; the config's
+    CompileDenoiserHook compiles the denoiser before the first step."""
+    config = tmp_path / 'video.py'
+    config.write_text(f"_base_ = ['{ROOT}/configs/video_dit/video_dit_tiny4_1xb2_t5_"
+                      "two_clips.py']\ncustom_hooks = [dict(type='CompileDenoiserHook', "
+                      "backend='eager')]\n")
+    config = str(config)
+    args = benchmark.parse_args([config, '--batch-size', '2'])
+    model, step, info = benchmark.make_step(args, 'ours')
+    assert model.text_encoder is None
+    assert model.denoiser._compiled_call_impl is not None
+    assert info['tokens_per_sample'] == 4 * (32 // 4) ** 2
+    assert info['fwd_flops_per_sample'] > 0 and info['attn_kernel'] == 'sdpa'
+    assert step() > 0
+    result = benchmark.throughput(
+        benchmark.parse_args([config, '--batch-size', '2', '--peak-tflops', '2']),
+        info, 0.5)
+    assert result['tokens_per_s'] == 2 * 4 * 64 / 0.5
+    assert result['mfu'] == pytest.approx(result['tflops_per_s'] / 2)
 
 
 def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
@@ -66,16 +157,23 @@ def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
     assert ours['params_m'] < base['params_m']
 
 
+def test_bad_input_is_one_line(tmp_path):
+    from mmsora.utils.cli import UserError
+    with pytest.raises(UserError, match='config file not found'):
+        benchmark.main([str(tmp_path / 'missing.py')])
+    cfg_file = tmp_path / 'hook.py'
+    cfg_file.write_text(TINY + "custom_hooks = [dict(type='EMAHok')]\n")
+    with pytest.raises(UserError, match="'EMAHok' is not a registered hook"):
+        benchmark.main([str(cfg_file)])
+
+
 def test_config_denoiser_and_checkpointing(tmp_path):
     cfg_file = tmp_path / 'tiny.py'
-    cfg_file.write_text(
-        "model = dict(type='LatentDiffusion', denoiser=dict(type='DiT', input_size=8, "
-        "patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, "
-        "num_classes=10))\n")
+    cfg_file.write_text(TINY)
     args = benchmark.parse_args([str(cfg_file), '--batch-size', '2', '--steps', '1',
                                  '--warmup', '1', '--grad-checkpointing', '1',
                                  '--worker', 'ours'])
-    assert benchmark.denoiser_cfg(args)['hidden_size'] == 32
+    assert benchmark.benchmark_config(args).model.denoiser.grad_checkpointing == 1
     result = benchmark.run_worker(args)
     assert result['params_m'] < 0.1 and result['loss'] > 0
     assert result['cpu_ms'] > 0 and result['page_faults'] >= 0
@@ -86,12 +184,12 @@ def test_interleave_takes_turns_in_one_process(tmp_path, capsys, monkeypatch):
     make_step = benchmark.make_step
 
     def recording(args, impl):  # the real step, noting who ran
-        model, step, cfg, arch = make_step(args, impl)
+        model, step, info = make_step(args, impl)
 
         def noted():
             order.append(impl)
             return step()
-        return model, noted, cfg, arch
+        return model, noted, info
     monkeypatch.setattr(benchmark, 'make_step', recording)
     benchmark.main(SMALL + ['--baseline', 'diffusers', '--interleave', '--steps', '3',
                             '--json', str(tmp_path / 'i.json')])

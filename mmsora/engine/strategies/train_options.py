@@ -1,5 +1,5 @@
-"""What ``tools/train.py``'s ``--deepspeed``, ``--fsdp`` and ``--compile`` do to a
-config (kept here so that they are tested without starting a run)."""
+"""What ``tools/train.py``'s ``--amp``, ``--deepspeed``, ``--fsdp`` and ``--compile`` do
+to a config (kept here so that they are tested without starting a run)."""
 import importlib.util
 import os
 
@@ -10,9 +10,9 @@ from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import prefer_fused_optimizer
 
-__all__ = ['apply_strategy', 'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
-           'single_process_env', 'apply_global_batch', 'launcher_world_size',
-           'fsdp_on_cpu']
+__all__ = ['apply_strategy', 'apply_amp', 'apply_speed_options', 'amp_dtype_of',
+           'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
+           'launcher_world_size', 'fsdp_on_cpu']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -103,11 +103,32 @@ def single_process_env(cfg) -> dict:
                 MASTER_PORT=str(free_port()))
 
 
-def apply_speed_options(cfg, compile=False):
+def apply_amp(cfg, dtype=None, device=None):
+    """``tools/train.py --amp``: mixed precision over float32 weights.
+
+    On CUDA mmengine's ``AmpOptimWrapper`` with a dynamic loss scale, in ``dtype``
+    (default: ``'bfloat16'`` where the GPU has it, else ``'float16'``); on the CPU
+    (which mmengine's wrapper refuses) :class:`AutocastOptimWrapper` in ``dtype``
+    (default ``'bfloat16'``). ``device`` defaults to CUDA when there is one."""
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if device == 'cuda':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = dtype or ('bfloat16' if torch.cuda.is_bf16_supported()
+                                            else 'float16')
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    else:
+        cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+        cfg.optim_wrapper.dtype = dtype or 'bfloat16'
+        cfg.optim_wrapper.device_type = device
+    return cfg
+
+
+def apply_speed_options(cfg, compile=False, device=None):
     """Fused Adam/AdamW on CUDA (unless the config sets ``fused``/``foreach``), and
-    with ``compile`` a :class:`CompileDenoiserHook` (unless the config has one)."""
+    with ``compile`` a :class:`CompileDenoiserHook` (unless the config has one).
+    ``device`` defaults to CUDA when there is one."""
     prefer_fused_optimizer(cfg.optim_wrapper.optimizer,
-                           'cuda' if torch.cuda.is_available() else 'cpu')
+                           device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     hooks = cfg.setdefault('custom_hooks', [])
     if compile and not any(h.get('type') == 'CompileDenoiserHook' for h in hooks):
         hooks.append(dict(type='CompileDenoiserHook'))

@@ -1,0 +1,55 @@
+"""What ``tools/train.py`` trains on pre-extracted data, built without a dataset.
+
+The training model is the config's ``model`` without the VAE and the text encoder
+(latents and text embeddings come from the latent store), and a batch is what the
+latent store's loader yields: ``latents`` of the model's ``latent_shape`` and labels,
+or text embeddings with their mask (and pooled embeddings). ``tools/estimate_memory.py``
+counts this step's memory and ``tools/benchmark.py`` times it.
+"""
+from typing import Optional
+
+import torch
+
+__all__ = ['training_model_cfg', 'denoiser_kwargs', 'training_batch']
+
+def training_model_cfg(cfg) -> dict:
+    """``cfg.model`` without the modules that pre-extraction takes out of training."""
+    model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
+    model_cfg.pop('vae', None)
+    model_cfg.pop('text_encoder', None)
+    model_cfg.pop('pretrained_denoiser', None)
+    return model_cfg
+
+
+def denoiser_kwargs(model, n: int, text_len: Optional[int] = None) -> dict:
+    """A batch's conditioning as the denoiser takes it: labels (``y``), or text tokens
+    (``y``, ``mask``, and ``pooled`` where the denoiser reads it). ``text_len`` defaults
+    to the length of a VideoDiT's learned null caption (120), else 77 (CLIP)."""
+    denoiser = model.denoiser
+    if getattr(denoiser, 'condition', 'class') != 'text':
+        return dict(y=torch.zeros(n, dtype=torch.long))
+    null_caption = getattr(getattr(denoiser, 'y_embedder', None), 'y_embedding', None)
+    if null_caption is not None:  # VideoDiT: (max_text_len, text_dim)
+        text_len = text_len or null_caption.shape[0]
+        text_dim = null_caption.shape[1]
+    else:  # Stable Cascade: CLIP tokens
+        text_len, text_dim = text_len or 77, denoiser.text_dim
+    kwargs = dict(y=torch.randn(n, text_len, text_dim),
+                  mask=torch.ones(n, text_len, dtype=torch.bool))
+    if getattr(denoiser, 'pooled_dim', None):
+        kwargs['pooled'] = torch.randn(n, denoiser.pooled_dim)
+    return kwargs
+
+
+def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
+    """A loader's batch of ``n`` random samples for ``model`` (a ``LatentDiffusion``):
+    ``latents`` (N, *latent_shape) and ``labels``, or ``text_embeds`` / ``text_mask``
+    (/ ``pooled_text_embeds``), on the CPU as a loader hands them over."""
+    latents = torch.randn(n, *model.latent_shape)
+    kwargs = denoiser_kwargs(model, n, text_len)
+    if 'mask' not in kwargs:  # class labels
+        return dict(latents=latents, labels=kwargs['y'])
+    batch = dict(latents=latents, text_embeds=kwargs['y'], text_mask=kwargs['mask'])
+    if 'pooled' in kwargs:
+        batch['pooled_text_embeds'] = kwargs['pooled']
+    return batch
