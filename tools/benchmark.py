@@ -51,9 +51,11 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
-    parser.add_argument('--precision', choices=list(_PRECISIONS), default='fp32',
+    parser.add_argument('--precision', choices=list(_PRECISIONS),
                         help="bf16/fp16: tools/train.py --amp's autocast over fp32 weights "
-                        '(AmpOptimWrapper on CUDA, AutocastOptimWrapper on the CPU)')
+                        '(AmpOptimWrapper on CUDA, AutocastOptimWrapper on the CPU); '
+                        "default: what the config's optim_wrapper trains in (--model: "
+                        'fp32)')
     parser.add_argument('--no-tf32', action='store_true',
                         help='keep float32 matmuls in full fp32 on Ampere and newer '
                         '(TF32 is on by default, as in tools/train.py)')
@@ -91,6 +93,11 @@ def parse_args(argv=None):
     parser.add_argument('--peak-tflops', type=float, help='the device\'s peak TFLOP/s '
                         'for MFU (default: the table in mmsora/utils/flops.py for known '
                         'GPUs; none on the CPU)')
+    parser.add_argument('--memory-budget', type=float, metavar='GIB',
+                        help='CUDA: cap the caching allocator at this many GiB '
+                        '(torch.cuda.set_per_process_memory_fraction), to see on a large '
+                        'card whether the step fits a smaller one; one that needs more '
+                        'stops with "does not fit"')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config keys, e.g. model.denoiser.depth=4')
     parser.add_argument('--seed', type=int, default=0)
@@ -107,7 +114,7 @@ def benchmark_config(args):
     ``--model``; with the command line's precision, EMA, compile and fused AdamW."""
     from mmengine.config import Config
 
-    from mmsora.engine.strategies import apply_amp, apply_speed_options
+    from mmsora.engine.strategies import amp_dtype_of, apply_amp, apply_speed_options
     from mmsora.models import dit_preset
     from mmsora.utils.cli import apply_cfg_options, load_config
     if args.config:
@@ -141,8 +148,16 @@ def benchmark_config(args):
         if not ema_hooks:
             hooks.append(dict(type='EMAHook', momentum=args.ema, update_buffers=True))
     cfg.custom_hooks = hooks
+    if args.precision is None:  # the config's (and on this device)
+        dtype = amp_dtype_of(cfg.optim_wrapper)
+        args.precision = {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[dtype]
     if _PRECISIONS[args.precision]:
         apply_amp(cfg, _PRECISIONS[args.precision], args.device)
+    else:  # full precision, whatever the config's wrapper autocasts to
+        for key in ('dtype', 'loss_scale', 'device_type'):
+            cfg.optim_wrapper.pop(key, None)
+        if cfg.optim_wrapper.get('type') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
+            cfg.optim_wrapper.type = 'OptimWrapper'
     apply_speed_options(cfg, compile=args.compile, device=args.device)
     return cfg
 
@@ -333,14 +348,29 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def check_args(args) -> None:
+    from mmsora.utils.cli import UserError
+    if args.memory_budget is not None and args.device != 'cuda':
+        raise UserError('--memory-budget caps CUDA memory: add --device cuda')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda: no CUDA device on this machine')
+
+
 def _setup(args) -> None:
-    """Threads, seed and TF32 as tools/train.py sets them."""
+    """Threads, seed, TF32 as tools/train.py sets them, and the memory budget."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.device == 'cuda':
         from mmsora.engine.strategies import set_tf32, tf32_supported
         set_tf32(tf32_supported() and not args.no_tf32)
+    if args.memory_budget is not None:
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if args.memory_budget * 2**30 > total:
+            from mmsora.utils.cli import UserError
+            raise UserError(f'--memory-budget {args.memory_budget} GiB is above this '
+                            f'card\'s {total / 2**30:.1f} GiB')
+        torch.cuda.set_per_process_memory_fraction(args.memory_budget * 2**30 / total)
 
 
 def throughput(args, info: dict, step_s: float) -> dict:
@@ -367,22 +397,26 @@ def run_worker(args) -> dict:
     _setup(args)
     device = torch.device(args.device)
     rss_before_model = _rss_mb()
-    model, step, info = make_step(args, args.worker)
-
-    def sync():
+    try:
+        model, step, info = make_step(args, args.worker)
+        for _ in range(args.warmup):
+            step()
         _sync(device)
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    faults, cpu = _usage()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
-    elapsed = time.perf_counter() - start
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        faults, cpu = _usage()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    except torch.cuda.OutOfMemoryError as e:
+        if args.memory_budget is None:
+            raise
+        from mmsora.utils.cli import UserError
+        raise UserError(f'{args.worker} does not fit in --memory-budget '
+                        f'{args.memory_budget} GiB at batch {args.batch_size}: '
+                        f'{str(e).splitlines()[0]}') from e
     end_faults, end_cpu = _usage()
     faults, cpu_s = end_faults - faults, end_cpu - cpu
 
@@ -486,6 +520,7 @@ def format_table(results: list) -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    check_args(args)
     if args.worker:
         print(_RESULT_TAG + json.dumps(run_worker(args)), flush=True)
         return
@@ -523,7 +558,8 @@ def main(argv=None):
                  device=args.device, precision=args.precision,
                  tf32=not args.no_tf32 if args.device == 'cuda' else None,
                  gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
-                 peak_tflops=results[0].get('peak_tflops'), steps=args.steps,
+                 peak_tflops=results[0].get('peak_tflops'),
+                 memory_budget_gib=args.memory_budget, steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))

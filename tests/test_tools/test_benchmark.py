@@ -119,6 +119,15 @@ def test_precision_is_train_py_amp(tmp_path):
     assert (cfg.optim_wrapper.dtype, cfg.optim_wrapper.device_type) == ('bfloat16', 'cpu')
     model, step, info = benchmark.make_step(args, 'ours')
     assert step() > 0
+    # A config's own mixed precision (the 24 GB video preset's AmpOptimWrapper) is the
+    # default, moved to this device; --precision fp32 takes it off.
+    preset = osp.join(ROOT, 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py')
+    args = benchmark.parse_args([preset])
+    cfg = benchmark.benchmark_config(args)
+    assert args.precision == 'bf16' and cfg.optim_wrapper.type == 'AutocastOptimWrapper'
+    cfg = benchmark.benchmark_config(benchmark.parse_args([preset, '--precision', 'fp32']))
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'dtype' not in cfg.optim_wrapper
+    assert 'loss_scale' not in cfg.optim_wrapper
 
 
 def test_text_video_config_and_compile_hook(tmp_path):
@@ -159,6 +168,8 @@ def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
 
 def test_bad_input_is_one_line(tmp_path):
     from mmsora.utils.cli import UserError
+    with pytest.raises(UserError, match='--memory-budget caps CUDA memory'):
+        benchmark.main(SMALL + ['--memory-budget', '24'])
     with pytest.raises(UserError, match='config file not found'):
         benchmark.main([str(tmp_path / 'missing.py')])
     cfg_file = tmp_path / 'hook.py'

@@ -1,0 +1,151 @@
+"""The GPU figures of docs/benchmarks.md, measured in one run.
+
+    python tools/gpu_benchmarks.py OUT_DIR [--only NAME ...] [--dry-run]
+
+Runs, one after the other (each in its own process, each with a time limit), the
+commands of :data:`PLAN`: DiT-XL/2 256 px training steps in bf16 with the EMA at batch
+32 / 128 / 256 (img/s, MFU, peak memory), the same at batch 256 with ``torch.compile``,
+the 16x256x256 VideoDiT-XL/2 step of the 24 GB preset capped at 24 GiB, the memory
+estimates of the 24 / 48 / 80 GB video presets against the allocator's peak, and a
+ZeRO-2 run of an XL-wide demo model with its logged peak against the DeepSpeed
+estimate. Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its
+output) and ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds,
+and the JSON it wrote); a table of the main figures is printed at the end. A command
+that fails or times out is recorded and the run goes on.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+VIDEO = 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_{}gb.py'
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+# The demo at DiT-XL/2's widths: the ZeRO states dominate its memory.
+XL_DEMO = ['model.denoiser.hidden_size=1152', 'model.denoiser.depth=28',
+           'model.denoiser.num_heads=16', 'train_dataloader.batch_size=32']
+XL = ['tools/benchmark.py', '--model', 'DiT-XL/2', '--input-size', '32', '--device',
+      'cuda', '--precision', 'bf16', '--ema', '1e-4']
+
+# name -> (command, time limit in s); {json} and {work} are filled in per command.
+PLAN = {
+    **{f'dit_xl2_b{b}': ([*XL, '--batch-size', str(b), '--steps', '10', '--warmup', '5',
+                          '--json', '{json}'], 300) for b in (32, 128, 256)},
+    'dit_xl2_b256_compile': ([*XL, '--batch-size', '256', '--steps', '10', '--warmup',
+                              '5', '--compile', '--json', '{json}'], 600),
+    'video_xl2_24gb': (['tools/benchmark.py', VIDEO.format(24), '--device', 'cuda',
+                        '--precision', 'bf16', '--batch-size', '5', '--steps', '5',
+                        '--warmup', '2', '--memory-budget', '24', '--json', '{json}'],
+                       300),
+    'estimate_video_presets': ([
+        'tools/estimate_memory.py', VIDEO.format(24), '--measure', 'cuda', '--batch-size',
+        '1', '5', '--grad-checkpointing', '1', '2', '0', '--json', '{json}'], 300),
+    'zero2_xl_demo_estimate': (['tools/estimate_memory.py', DEMO, '--deepspeed',
+                                'deepspeed_zero2', '--gpus', '1', '--precision', 'bf16',
+                                '--json', '{json}', '--cfg-options', *XL_DEMO], 120),
+    'zero2_xl_demo_run': (['tools/train.py', DEMO, '--deepspeed', 'deepspeed_zero2',
+                           '--amp', '--work-dir', '{work}', '--cfg-options', *XL_DEMO,
+                           'train_cfg.max_iters=10', 'default_hooks.logger.interval=1',
+                           'default_hooks.checkpoint.interval=1000'], 600),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Measure the GPU figures of '
+                                     'docs/benchmarks.md')
+    parser.add_argument('out_dir')
+    parser.add_argument('--only', nargs='+', choices=list(PLAN), metavar='NAME',
+                        help=f'run these only: {", ".join(PLAN)}')
+    parser.add_argument('--dry-run', action='store_true', help='print the commands')
+    return parser.parse_args(argv)
+
+
+def commands(out_dir: str, only=None) -> dict:
+    """name -> (argv, time limit): the plan with its paths filled in."""
+    out = {}
+    for name, (argv, limit) in PLAN.items():
+        if only and name not in only:
+            continue
+        fill = dict(json=osp.join(out_dir, f'.{name}.json'),
+                    work=osp.join(tempfile.gettempdir(), f'mmsora_gpu_{name}'))
+        out[name] = ([a.format(**fill) for a in argv], limit)
+    return out
+
+
+def _peak_logged(work: str):
+    """The largest ``memory`` (MiB, mmengine's max_memory_allocated) a run logged."""
+    values = []
+    for path in glob.glob(osp.join(work, '*', 'vis_data', 'scalars.json')):
+        with open(path) as f:
+            values += [json.loads(line).get('memory') for line in f if line.strip()]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def run(name: str, argv: list, limit: int, out_dir: str, log) -> dict:
+    cmd = [sys.executable, *argv]
+    log.write(f'\n=== {name} ({time.strftime("%H:%M:%S")}): {shlex.join(cmd)}\n')
+    log.flush()
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              timeout=limit, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = 'timeout'
+    record = dict(command=shlex.join(cmd), rc=rc,
+                  seconds=round(time.perf_counter() - start, 1))
+    written = osp.join(out_dir, f'.{name}.json')
+    if osp.exists(written):
+        with open(written) as f:
+            record['result'] = json.load(f)
+        os.remove(written)
+    if '--work-dir' in argv:
+        record['logged_peak_mib'] = _peak_logged(argv[argv.index('--work-dir') + 1])
+    log.write(f'=== {name}: rc={rc} in {record["seconds"]} s\n')
+    log.flush()
+    return record
+
+
+def summary_rows(records: dict) -> list:
+    """One line per benchmark: img/s, MFU and peak memory."""
+    rows = []
+    for name, record in records.items():
+        results = (record.get('result') or {}).get('results') or []
+        for r in results:
+            rows.append(f"{name}: {r['samples_per_s']:.1f} samples/s, "
+                        f"{r.get('tflops_per_s', 0):.1f} TFLOP/s, MFU "
+                        f"{r.get('mfu', float('nan')):.3f}, peak "
+                        f"{r['peak_mem_mb'] / 1024:.2f} GiB")
+        if 'logged_peak_mib' in record:
+            rows.append(f"{name}: logged peak {record['logged_peak_mib']} MiB")
+        if record['rc'] != 0:
+            rows.append(f"{name}: rc={record['rc']} (see log.txt)")
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    plan = commands(args.out_dir, args.only)
+    if args.dry_run:
+        for name, (argv_, limit) in plan.items():
+            print(f'{name} (limit {limit} s): python {shlex.join(argv_)}')
+        return
+    os.makedirs(args.out_dir, exist_ok=True)
+    records = {}
+    with open(osp.join(args.out_dir, 'log.txt'), 'a') as log:
+        for name, (argv_, limit) in plan.items():
+            records[name] = run(name, argv_, limit, args.out_dir, log)
+            with open(osp.join(args.out_dir, 'summary.json'), 'w') as f:
+                json.dump(records, f, indent=2)  # after each: a cut-off run keeps it
+    print('\n'.join(summary_rows(records)))
+
+
+if __name__ == '__main__':
+    main()
