@@ -114,7 +114,8 @@ def benchmark_config(args):
     ``--model``; with the command line's precision, EMA, compile and fused AdamW."""
     from mmengine.config import Config
 
-    from mmsora.engine.strategies import amp_dtype_of, apply_amp, apply_speed_options
+    from mmsora.engine.strategies import (amp_dtype_of, apply_amp, apply_speed_options,
+                                          drop_amp)
     from mmsora.models import dit_preset
     from mmsora.utils.cli import apply_cfg_options, load_config
     if args.config:
@@ -154,10 +155,7 @@ def benchmark_config(args):
     if _PRECISIONS[args.precision]:
         apply_amp(cfg, _PRECISIONS[args.precision], args.device)
     else:  # full precision, whatever the config's wrapper autocasts to
-        for key in ('dtype', 'loss_scale', 'device_type'):
-            cfg.optim_wrapper.pop(key, None)
-        if cfg.optim_wrapper.get('type') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
-            cfg.optim_wrapper.type = 'OptimWrapper'
+        drop_amp(cfg)
     apply_speed_options(cfg, compile=args.compile, device=args.device)
     return cfg
 
@@ -183,8 +181,13 @@ def step_hooks(cfg) -> list:
     (sampling, checkpoints, ...) run between steps, not in them, and are left out."""
     from mmsora.engine.strategies import CompileDenoiserHook
     from mmsora.registry import HOOKS
-    return [HOOKS.build(dict(h)) for h in cfg.custom_hooks
-            if _is_ema_hook(h) or issubclass(_hook_class(h), CompileDenoiserHook)]
+    hooks = []
+    for hook_cfg in cfg.custom_hooks:
+        if _is_ema_hook(hook_cfg) or issubclass(_hook_class(hook_cfg), CompileDenoiserHook):
+            hook_cfg = dict(hook_cfg)
+            hook_cfg.pop('priority', None)  # the Runner's, when it registers the hook
+            hooks.append(HOOKS.build(hook_cfg))
+    return hooks
 
 
 def dit_arch(cfg: dict) -> dict:

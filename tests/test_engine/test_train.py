@@ -99,6 +99,16 @@ def test_amp_on_cpu_trains_in_bf16(repo_root, tmp_path):
     assert seen and all(d == torch.bfloat16 for d in seen)
     # fp32 master weights
     assert all(p.dtype == torch.float32 for p in runner.model.parameters())
+    # A preset that trains with mmengine's AmpOptimWrapper (a GPU's) runs --amp on the
+    # CPU without the GPU wrapper's loss scale (AutocastOptimWrapper refused it).
+    preset = osp.join(repo_root, 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py')
+    wrapper = build_train_config(parse_args([preset, '--amp'])).optim_wrapper
+    assert wrapper.type == 'AutocastOptimWrapper' and 'loss_scale' not in wrapper
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmsora')
+    assert type(build_optim_wrapper(torch.nn.Linear(2, 2), wrapper)).__name__ == (
+        'AutocastOptimWrapper')
 
 
 def test_resume_and_load_from_exclude_each_other(repo_root, tmp_path):

@@ -128,6 +128,14 @@ def test_precision_is_train_py_amp(tmp_path):
     cfg = benchmark.benchmark_config(benchmark.parse_args([preset, '--precision', 'fp32']))
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'dtype' not in cfg.optim_wrapper
     assert 'loss_scale' not in cfg.optim_wrapper
+    # and its step runs as the preset has it (EMAHook with a priority, checkpointing,
+    # 16-frame latents), narrowed to a small width
+    args = benchmark.parse_args([preset, '--batch-size', '1', '--cfg-options',
+                                 'model.denoiser.depth=2', 'model.denoiser.hidden_size=32',
+                                 'model.denoiser.num_heads=2'])
+    model, step, info = benchmark.make_step(args, 'ours')
+    assert step() > 0 and step.ema is not None and model.denoiser.grad_checkpointing
+    assert info['tokens_per_sample'] == 16 * 16 * 16
 
 
 def test_text_video_config_and_compile_hook(tmp_path):

@@ -5,7 +5,7 @@ from .deepspeed import (DEEPSPEED_PRESETS, ResumeHooksHook, fill_auto, is_zero_c
 from .fsdp import FSDPGradClipHook, mend_mmengine_fsdp, transformer_block_wrap_policy
 from .speed import CompileDenoiserHook, prefer_fused_optimizer, set_tf32, tf32_supported
 from .train_options import (amp_dtype_of, apply_amp, apply_global_batch, apply_speed_options,
-                            apply_strategy, launcher_world_size, prepare_deepspeed,
+                            apply_strategy, drop_amp, launcher_world_size, prepare_deepspeed,
                             single_process_env, fsdp_on_cpu)
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpoint',
@@ -13,6 +13,7 @@ __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpo
            'zero_model_states',
            'transformer_block_wrap_policy', 'FSDPGradClipHook', 'fsdp_on_cpu',
            'mend_mmengine_fsdp', 'CompileDenoiserHook', 'prefer_fused_optimizer',
-           'set_tf32', 'tf32_supported', 'amp_dtype_of', 'apply_amp', 'apply_speed_options',
+           'set_tf32', 'tf32_supported', 'amp_dtype_of', 'apply_amp', 'drop_amp',
+           'apply_speed_options',
            'apply_strategy', 'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size']

@@ -10,7 +10,7 @@ from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import prefer_fused_optimizer
 
-__all__ = ['apply_strategy', 'apply_amp', 'apply_speed_options', 'amp_dtype_of',
+__all__ = ['apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu']
 
@@ -111,6 +111,7 @@ def apply_amp(cfg, dtype=None, device=None):
     (which mmengine's wrapper refuses) :class:`AutocastOptimWrapper` in ``dtype``
     (default ``'bfloat16'``). ``device`` defaults to CUDA when there is one."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    drop_amp(cfg)  # a config's own AMP settings belong to the other wrapper
     if device == 'cuda':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.dtype = dtype or ('bfloat16' if torch.cuda.is_bf16_supported()
@@ -120,6 +121,16 @@ def apply_amp(cfg, dtype=None, device=None):
         cfg.optim_wrapper.type = 'AutocastOptimWrapper'
         cfg.optim_wrapper.dtype = dtype or 'bfloat16'
         cfg.optim_wrapper.device_type = device
+    return cfg
+
+
+def drop_amp(cfg):
+    """Train in full precision: mmengine's plain ``OptimWrapper`` in place of an
+    ``AmpOptimWrapper`` / ``AutocastOptimWrapper``, without their settings."""
+    for key in ('dtype', 'loss_scale', 'device_type'):
+        cfg.optim_wrapper.pop(key, None)
+    if cfg.optim_wrapper.get('type') in ('AmpOptimWrapper', 'AutocastOptimWrapper'):
+        cfg.optim_wrapper.type = 'OptimWrapper'
     return cfg
 
 
