@@ -10,8 +10,10 @@ embeddings), i.e. the data preprocessor's copy to the device, the config's objec
 config's optimizer wrapper (its optimizer, gradient clipping, and with ``--precision``
 the autocast ``tools/train.py --amp`` sets); then the config's EMA hook updates its
 average and the logged losses are read back (``.item()``), as the Runner's
-RuntimeInfoHook does every step. The model is the config's without its VAE and text
-encoder (training reads pre-extracted latents). Without a CONFIG, ``--model`` builds
+RuntimeInfoHook does every step. LossGuardHook (a default hook) reads the loss before
+the backward pass and the gradient norm before the optimizer step, as in training.
+The model is the config's without its VAE and text encoder (training reads
+pre-extracted latents). Without a CONFIG, ``--model`` builds
 DiT's ImageNet recipe at that size: Gaussian diffusion with learned sigma, AdamW (lr
 1e-4, no weight decay), no clipping, and an EMA only with ``--ema``. Each model runs in
 its own subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's.
@@ -132,6 +134,8 @@ def benchmark_config(args):
                        num_classes=args.num_classes),
             optim_wrapper=dict(type='OptimWrapper', optimizer=dict(
                 type='AdamW', lr=1e-4, weight_decay=0)),
+            # as configs/_base_/default_runtime.py guards every step
+            default_hooks=dict(loss_guard=dict(type='LossGuardHook', max_consecutive=5)),
             custom_hooks=[]))
     apply_cfg_options(cfg, args.cfg_options)
     if 'optim_wrapper' not in cfg:
@@ -176,14 +180,20 @@ def _is_ema_hook(hook_cfg) -> bool:
 
 
 def step_hooks(cfg) -> list:
-    """The config's custom hooks that act on the training step, built: EMA hooks (an
-    averaged model updated after each step) and ``CompileDenoiserHook``. The others
-    (sampling, checkpoints, ...) run between steps, not in them, and are left out."""
+    """The config's hooks that act inside the training step, built: ``LossGuardHook``
+    (a default hook: it reads the loss before the backward and the gradient norm
+    before the optimizer step), EMA hooks (an averaged model updated after each step)
+    and ``CompileDenoiserHook``. The others (logging, LR schedule, sampling,
+    checkpoints) run between steps or every so many, and are left out."""
+    from mmengine.hooks import EMAHook
+
+    from mmsora.engine.hooks import LossGuardHook
     from mmsora.engine.strategies import CompileDenoiserHook
     from mmsora.registry import HOOKS
     hooks = []
-    for hook_cfg in cfg.custom_hooks:
-        if _is_ema_hook(hook_cfg) or issubclass(_hook_class(hook_cfg), CompileDenoiserHook):
+    for hook_cfg in [*(cfg.get('default_hooks') or {}).values(), *cfg.custom_hooks]:
+        if hook_cfg and issubclass(_hook_class(hook_cfg),
+                                   (LossGuardHook, EMAHook, CompileDenoiserHook)):
             hook_cfg = dict(hook_cfg)
             hook_cfg.pop('priority', None)  # the Runner's, when it registers the hook
             hooks.append(HOOKS.build(hook_cfg))
@@ -206,8 +216,9 @@ class DiffusersDiT(nn.Module):
     as our denoisers are (``forward(x, t, y)``), for ``--baseline diffusers``.
 
     Differences that are not speed: diffusers gives every block its own timestep /
-    label embedder (39.8 M parameters at S/2 against the original's 33.0 M), does not
-    drop labels in training, and ignores ``grad_checkpointing``."""
+    label embedder (39.8 M parameters at S/2 against the original's 33.0 M), each
+    dropping labels (p = 0.1) on its own where the original drops them once per
+    sample, and it ignores ``grad_checkpointing``."""
 
     condition = 'class'
 
@@ -260,11 +271,14 @@ def tokens_per_sample(model):
 
 
 class _StepRunner:
-    """What the step hooks read of a Runner: the model, the iteration, a logger."""
+    """What the step hooks read of a Runner: the model, its optimizer wrapper, the
+    iteration, the message hub and a logger."""
 
-    def __init__(self, model, max_iters: int):
-        from mmengine.logging import MMLogger
-        self.model, self.iter, self.epoch, self.max_iters = model, 0, 0, max_iters
+    def __init__(self, model, optim_wrapper, max_iters: int):
+        from mmengine.logging import MessageHub, MMLogger
+        self.model, self.optim_wrapper = model, optim_wrapper
+        self.iter, self.epoch, self.max_iters = 0, 0, max_iters
+        self.message_hub = MessageHub.get_current_instance()
         self.logger = MMLogger.get_current_instance()
 
 
@@ -282,7 +296,9 @@ def make_step(args, impl: str):
     cfg = benchmark_config(args)
     model = build_model(cfg, impl).to(device).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    batch = training_batch(model, args.batch_size, args.text_len)
+    with torch.random.fork_rng(devices=[]):  # the same batch for every model
+        torch.manual_seed(args.seed)
+        batch = training_batch(model, args.batch_size, args.text_len)
     if device.type == 'cuda':  # the configs' loaders pin their batches
         batch = {k: v.pin_memory() for k, v in batch.items()}
 
@@ -294,7 +310,7 @@ def make_step(args, impl: str):
                           attention_model=model.denoiser, **one)
 
     hooks = step_hooks(cfg)
-    runner = _StepRunner(model, args.warmup + args.steps)
+    runner = _StepRunner(model, optim_wrapper, args.warmup + args.steps)
     for hook in hooks:
         hook.before_run(runner)
     for hook in hooks:
@@ -302,11 +318,13 @@ def make_step(args, impl: str):
 
     def step():
         log_vars = model.train_step(batch, optim_wrapper)
+        # After a step the Runner's RuntimeInfoHook (the first hook) logs every value
+        # with .item(); then the EMA hook updates its average.
+        logged = {key: value.item() for key, value in log_vars.items()}
         for hook in hooks:
             hook.after_train_iter(runner, runner.iter, batch, log_vars)
         runner.iter += 1
-        # the Runner's RuntimeInfoHook logs every value with .item() after each step
-        return {key: value.item() for key, value in log_vars.items()}['loss']
+        return logged['loss']
 
     step.ema = next((h.ema_model for h in hooks if hasattr(h, 'ema_model')), None)
     info = dict(fwd_flops_per_sample=flops, tokens_per_sample=tokens_per_sample(model),
@@ -355,6 +373,9 @@ def check_args(args) -> None:
     from mmsora.utils.cli import UserError
     if args.memory_budget is not None and args.device != 'cuda':
         raise UserError('--memory-budget caps CUDA memory: add --device cuda')
+    if args.memory_budget is not None and args.interleave:
+        raise UserError('--memory-budget checks one model in its own process: drop '
+                        '--interleave')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda: no CUDA device on this machine')
 
@@ -458,7 +479,7 @@ def interleave(args) -> dict:
     impls = ['ours', args.baseline]
     steps = {}
     for impl in impls:
-        torch.manual_seed(args.seed)  # the same data for both
+        torch.manual_seed(args.seed)  # both models built from the same seed
         steps[impl] = make_step(args, impl)[1]
     record = {key: {impl: [] for impl in impls}
               for key in ('step_ms', 'cpu_ms', 'page_faults')}
@@ -541,6 +562,7 @@ def main(argv=None):
             with open(args.json, 'w') as f:
                 json.dump(dict(setup=vars(args), **record), f, indent=2)
         return
+    from mmsora.engine.strategies import tf32_supported
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.
     runs = {impl: [] for impl in impls}
@@ -559,7 +581,8 @@ def main(argv=None):
                  grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
                  ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
                  device=args.device, precision=args.precision,
-                 tf32=not args.no_tf32 if args.device == 'cuda' else None,
+                 tf32=(tf32_supported() and not args.no_tf32) if args.device == 'cuda'
+                 else None,
                  gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
                  peak_tflops=results[0].get('peak_tflops'),
                  memory_budget_gib=args.memory_budget, steps=args.steps,

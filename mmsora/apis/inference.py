@@ -44,7 +44,8 @@ def load_weights(model, checkpoint, use_ema=True):
     ``use_ema=False`` takes the raw weights from ``ema_state_dict``), DeepSpeed
     checkpoint folders of ``--deepspeed`` runs (read as ``tools/zero_to_state_dict.py``
     converts them; the EMA weights from the client state alone; under torchrun process
-    0 reads the folder and sends the weights to the others), and original DiT /
+    0 reads the folder and sends the weights to the others: every process of the
+    group must call this with the same folder), and original DiT /
     fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
     ``model.denoiser`` with ``strict=True``.
     """
@@ -69,7 +70,9 @@ def load_weights(model, checkpoint, use_ema=True):
 def _load_zero_on_rank0(model, folder: str, use_ema: bool):
     """Under torchrun (tools/test.py): process 0 reads a DeepSpeed folder, gathering
     every partition for the trained weights, and sends the denoiser's weights to the
-    others, instead of every process reading and converting the whole folder."""
+    others, instead of every process reading and converting the whole folder. A
+    collective: every process of the group loads the same folder; the others wait
+    for process 0 within the group's timeout (30 min, ``init_sampling_processes``)."""
     from mmengine.dist import broadcast, broadcast_object_list, get_dist_info
     from mmsora.utils.zero_checkpoint import read_zero_checkpoint
     error, failure = None, [None]

@@ -42,7 +42,9 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
         from mmsora.engine import init_cpu_distributed
         if not init_cpu_distributed(launcher):
             from mmengine.dist import init_dist
-            init_dist(launcher, backend='nccl')
+            # 30 min, as on CPU: process 0 may read a DeepSpeed folder while the
+            # others wait for its weights (load_weights); NCCL's default is 10 min.
+            init_dist(launcher, backend='nccl', timeout=1800)
     if device is None:
         device = (f'cuda:{os.environ.get("LOCAL_RANK", "0")}' if torch.cuda.is_available()
                   else 'cpu')

@@ -62,6 +62,11 @@ def test_step_is_the_runners_train_step(monkeypatch):
     assert calls == [(['labels', 'latents'], (2, 4, 16, 16), 'OptimWrapper',
                       ['loss', 'mse', 'vb'])]
     assert isinstance(loss, float) and loss > 0 and step.ema is None
+    # guarded as the default runtime guards every step: the gradient norm was logged
+    from mmengine.logging import MessageHub
+    hooks = benchmark.step_hooks(benchmark.benchmark_config(benchmark.parse_args(SMALL)))
+    assert [type(h).__name__ for h in hooks] == ['LossGuardHook']
+    assert MessageHub.get_current_instance().get_scalar('train/grad_norm').current() > 0
     assert info['tokens_per_sample'] == 4
 
 

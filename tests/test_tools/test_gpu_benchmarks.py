@@ -2,8 +2,12 @@
 records each command's result, exit code and time in two files."""
 import importlib
 import json
+import os
 import os.path as osp
 import sys
+import time
+
+import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -39,3 +43,49 @@ def test_a_run_records_results_and_failures(tmp_path, monkeypatch, capsys):
     assert '=== small' in log and 'config file not found: missing.py' in log
     out = capsys.readouterr().out
     assert 'small: ' in out and 'samples/s' in out and 'missing: rc=2' in out
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting for its (adoptive) parent."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            return not any(line.startswith('State:') and 'Z' in line.split()[1]
+                           for line in f)
+    except FileNotFoundError:
+        return False
+
+
+CHILD = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+open(sys.argv[1], 'w').write(str(child.pid))
+time.sleep(120)
+"""
+
+
+def test_a_timeout_takes_the_workers_too_and_the_budget_holds(tmp_path, monkeypatch,
+                                                               capsys):
+    """benchmark.py runs its models in worker processes: a command cut at its limit
+    must not leave one holding the GPU while the next command runs."""
+    pid_file = tmp_path / 'child.pid'
+    monkeypatch.setattr(gpu_benchmarks, 'PLAN', {
+        'slow': (['-c', CHILD, str(pid_file)], 3),
+        'later': (['-c', 'print(1)'], 60)})
+    monkeypatch.setattr(gpu_benchmarks, 'check_imports', lambda: None)
+    out = tmp_path / 'out'
+    gpu_benchmarks.main([str(out), '--only', 'slow'])
+    records = json.loads((out / 'summary.json').read_text())
+    assert records['slow']['rc'] == 'timeout'
+    child = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail('the command\'s own child outlived its timeout')
+    assert 'slow: rc=timeout' in capsys.readouterr().out
+    # a later --only run keeps the earlier records; a spent budget starts nothing
+    gpu_benchmarks.main([str(out), '--only', 'later'])
+    assert sorted(json.loads((out / 'summary.json').read_text())) == ['later', 'slow']
+    gpu_benchmarks.main([str(out), '--time-budget', '10'])
+    assert '=== slow: skipped' in (out / 'log.txt').read_text()
