@@ -328,11 +328,11 @@ def make_step(args, impl: str):
 
     step.ema = next((h.ema_model for h in hooks if hasattr(h, 'ema_model')), None)
     info = dict(fwd_flops_per_sample=flops, tokens_per_sample=tokens_per_sample(model),
-                attn_kernel=_attention_kernel(args, model, cfg, impl))
+                attn_kernel=_attention_kernel(args, model, impl))
     return model, step, info
 
 
-def _attention_kernel(args, model, cfg, impl):
+def _attention_kernel(args, model, impl):
     """The attention kernel our denoiser's layers resolve to (None for diffusers')."""
     layers = [m for m in model.denoiser.modules() if hasattr(m, 'attn_backend')]
     if impl != 'ours' or not layers:

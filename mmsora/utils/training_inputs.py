@@ -12,6 +12,7 @@ import torch
 
 __all__ = ['training_model_cfg', 'denoiser_kwargs', 'training_batch']
 
+
 def training_model_cfg(cfg) -> dict:
     """``cfg.model`` without the modules that pre-extraction takes out of training."""
     model_cfg = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
