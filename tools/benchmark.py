@@ -120,6 +120,7 @@ def benchmark_config(args):
                                           drop_amp)
     from mmsora.models import dit_preset
     from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.training_inputs import is_ema_hook
     if args.config:
         cfg = load_config(args.config)
     else:
@@ -145,9 +146,9 @@ def benchmark_config(args):
     if args.attn_backend is not None:
         cfg.model.attn_backend = args.attn_backend
     hooks = [h for h in cfg.get('custom_hooks') or []
-             if not (args.no_ema and _is_ema_hook(h))]
+             if not (args.no_ema and is_ema_hook(h))]
     if args.ema is not None:
-        ema_hooks = [h for h in hooks if _is_ema_hook(h)]
+        ema_hooks = [h for h in hooks if is_ema_hook(h)]
         for hook in ema_hooks:
             hook['momentum'] = args.ema
         if not ema_hooks:
@@ -164,21 +165,6 @@ def benchmark_config(args):
     return cfg
 
 
-def _hook_class(hook_cfg):
-    import mmsora.engine  # noqa: F401  (fills the registry)
-    from mmsora.registry import HOOKS
-    cls = HOOKS.get(hook_cfg['type'])
-    if cls is None:
-        from mmsora.utils.cli import UserError
-        raise UserError(f"custom_hooks: {hook_cfg['type']!r} is not a registered hook")
-    return cls
-
-
-def _is_ema_hook(hook_cfg) -> bool:
-    from mmengine.hooks import EMAHook
-    return issubclass(_hook_class(hook_cfg), EMAHook)
-
-
 def step_hooks(cfg) -> list:
     """The config's hooks that act inside the training step, built: ``LossGuardHook``
     (a default hook: it reads the loss before the backward and the gradient norm
@@ -190,9 +176,10 @@ def step_hooks(cfg) -> list:
     from mmsora.engine.hooks import LossGuardHook
     from mmsora.engine.strategies import CompileDenoiserHook
     from mmsora.registry import HOOKS
+    from mmsora.utils.training_inputs import hook_class
     hooks = []
     for hook_cfg in [*(cfg.get('default_hooks') or {}).values(), *cfg.custom_hooks]:
-        if hook_cfg and issubclass(_hook_class(hook_cfg),
+        if hook_cfg and issubclass(hook_class(hook_cfg),
                                    (LossGuardHook, EMAHook, CompileDenoiserHook)):
             hook_cfg = dict(hook_cfg)
             hook_cfg.pop('priority', None)  # the Runner's, when it registers the hook

@@ -12,7 +12,8 @@ commands of :data:`PLAN`:
   (every block, every 2nd, none) against the allocator's peak;
 - a ZeRO-2 run of the demo at DiT-XL/2's widths, its logged peak against the DeepSpeed
   estimate;
-- DiT-XL/2 at batch 256 without the EMA and with ``torch.compile``.
+- DiT-XL/2 at batch 256 without the EMA, at batch 32 without the loss guard and
+  without the EMA, and at batch 256 with ``torch.compile``.
 
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
@@ -66,6 +67,14 @@ PLAN = {
     # what the EMA update (mmengine's, one lerp per tensor) costs at the largest batch
     'dit_xl2_b256_no_ema': ([*XL[:-2], '--batch-size', '256', '--steps', '10',
                              '--warmup', '5', '--json', '{json}'], 300),
+    # ... and what the per-step host syncs of LossGuardHook (the loss before the
+    # backward, the gradient norm before the step) and the EMA cost where steps are
+    # shortest, against dit_xl2_b32
+    'dit_xl2_b32_no_guard': ([*XL, '--batch-size', '32', '--steps', '10', '--warmup', '5',
+                              '--cfg-options', 'default_hooks.loss_guard=None',
+                              '--json', '{json}'], 300),
+    'dit_xl2_b32_no_ema': ([*XL[:-2], '--batch-size', '32', '--steps', '10', '--warmup',
+                            '5', '--json', '{json}'], 300),
     'dit_xl2_b256_compile': ([*XL, '--batch-size', '256', '--steps', '10', '--warmup',
                               '5', '--compile', '--json', '{json}'], 600),
 }

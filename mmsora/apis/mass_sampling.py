@@ -39,12 +39,10 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
         str: The device to sample on (``device`` when given).
     """
     if launcher != 'none':
-        from mmsora.engine import init_cpu_distributed
+        from mmsora.engine.compat import COLLECTIVE_TIMEOUT_S, init_cpu_distributed
         if not init_cpu_distributed(launcher):
             from mmengine.dist import init_dist
-            # 30 min, as on CPU: process 0 may read a DeepSpeed folder while the
-            # others wait for its weights (load_weights); NCCL's default is 10 min.
-            init_dist(launcher, backend='nccl', timeout=1800)
+            init_dist(launcher, backend='nccl', timeout=COLLECTIVE_TIMEOUT_S)
     if device is None:
         device = (f'cuda:{os.environ.get("LOCAL_RANK", "0")}' if torch.cuda.is_available()
                   else 'cpu')

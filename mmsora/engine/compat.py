@@ -26,7 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-__all__ = ['make_mmengine_checkpoints_loadable', 'init_cpu_distributed']
+__all__ = ['make_mmengine_checkpoints_loadable', 'init_cpu_distributed',
+           'COLLECTIVE_TIMEOUT_S']
+
+# Collective timeout of the process groups we create (gloo on CPU, nccl for sampling):
+# 30 min, as process 0 may read a DeepSpeed folder while the others wait for its
+# weights (mmsora.apis.inference.load_weights). NCCL's own default is 10 min.
+COLLECTIVE_TIMEOUT_S = 1800
 
 
 def _numpy_checkpoint_globals():
@@ -88,7 +94,7 @@ def _slurm_env():
     os.environ['RANK'] = str(proc_id)
 
 
-def init_cpu_distributed(launcher: str, timeout_s: int = 1800) -> bool:
+def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -> bool:
     """Initialise a gloo process group for a CPU-only distributed run.
 
     Args:

@@ -34,7 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
-from .training_inputs import denoiser_kwargs, training_model_cfg
+from .training_inputs import denoiser_kwargs, ema_hook_cfg, training_model_cfg
 
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
            'largest_batch', 'largest_fitting_batch', 'secant_guess', 'usable_bytes',
@@ -193,13 +193,6 @@ class _ZeroTimeline:
         self.arrived = 0
 
 
-def _ema_cfg(cfg) -> Optional[dict]:
-    for hook in cfg.get('custom_hooks') or []:
-        if hook.get('type') == 'EMAHook':
-            return hook
-    return None
-
-
 def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
                              text_len: Optional[int] = None, gpus: int = 1,
@@ -254,7 +247,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
-    ema_cfg = _ema_cfg(cfg)
+    ema_cfg = ema_hook_cfg(cfg)
 
     # Tables built from numpy at construction are real tensors: allowed as inputs.
     tensors = (FakeTensorMode(allow_non_fake_inputs=True) if fake

@@ -4,13 +4,15 @@ The training model is the config's ``model`` without the VAE and the text encode
 (latents and text embeddings come from the latent store), and a batch is what the
 latent store's loader yields: ``latents`` of the model's ``latent_shape`` and labels,
 or text embeddings with their mask (and pooled embeddings). ``tools/estimate_memory.py``
-counts this step's memory and ``tools/benchmark.py`` times it.
+counts this step's memory and ``tools/benchmark.py`` times it; both find the step's
+hooks (the EMA hook) by :func:`hook_class`.
 """
 from typing import Optional
 
 import torch
 
-__all__ = ['training_model_cfg', 'denoiser_kwargs', 'training_batch']
+__all__ = ['training_model_cfg', 'denoiser_kwargs', 'training_batch', 'hook_class',
+           'is_ema_hook', 'ema_hook_cfg']
 
 
 def training_model_cfg(cfg) -> dict:
@@ -54,3 +56,35 @@ def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
     if 'pooled' in kwargs:
         batch['pooled_text_embeds'] = kwargs['pooled']
     return batch
+
+
+def hook_class(hook_cfg) -> type:
+    """The class a hook config builds: its ``type`` looked up in the registry (or the
+    class itself, as a pure-Python config may give it). A name nobody registered (a
+    typo) is a one-line :class:`~mmsora.utils.cli.UserError`."""
+    kind = hook_cfg['type']
+    if isinstance(kind, type):
+        return kind
+    import mmsora.engine  # noqa: F401  (fills the registry)
+    from mmsora.registry import HOOKS
+    cls = HOOKS.get(kind)
+    if cls is None:
+        from mmsora.utils.cli import UserError
+        raise UserError(f'custom_hooks: {kind!r} is not a registered hook')
+    return cls
+
+
+def is_ema_hook(hook_cfg) -> bool:
+    """Whether the hook keeps an averaged model: mmengine's ``EMAHook`` or a subclass
+    (``FP32EMAHook``, ``ShardedEMAHook``)."""
+    from mmengine.hooks import EMAHook
+    return issubclass(hook_class(hook_cfg), EMAHook)
+
+
+def ema_hook_cfg(cfg) -> Optional[dict]:
+    """The config's first EMA hook among ``custom_hooks`` (:func:`is_ema_hook`), or
+    None."""
+    for hook in cfg.get('custom_hooks') or []:
+        if is_ema_hook(hook):
+            return hook
+    return None

@@ -2,7 +2,6 @@
 records each command's result, exit code and time in two files."""
 import importlib
 import json
-import os
 import os.path as osp
 import sys
 import time
@@ -25,6 +24,28 @@ def test_every_command_parses_with_its_tool(tmp_path):
             apply_cfg_options(load_config(osp.join(ROOT, args.config)), args.cfg_options)
         assert not any('{' in a for a in argv), (name, argv)
         assert 0 < limit <= 600
+
+
+def test_the_diagnostic_runs_leave_out_what_they_name(tmp_path):
+    """dit_xl2_b32_no_guard times the step of dit_xl2_b32 without LossGuardHook, and
+    the no_ema runs without the EMA hook; everything else in their steps is the same."""
+    import benchmark
+    from mmengine.hooks import EMAHook
+
+    from mmsora.engine.hooks import LossGuardHook
+    plan = gpu_benchmarks.commands(str(tmp_path))
+
+    def step_hook_types(name):
+        args = benchmark.parse_args(plan[name][0][1:])
+        args.device = 'cpu'  # the config is the same; only where it runs differs
+        return [type(h) for h in benchmark.step_hooks(benchmark.benchmark_config(args))]
+
+    full = step_hook_types('dit_xl2_b32')
+    assert LossGuardHook in full and EMAHook in full
+    assert step_hook_types('dit_xl2_b32_no_guard') == [t for t in full
+                                                       if t is not LossGuardHook]
+    for name in ('dit_xl2_b32_no_ema', 'dit_xl2_b256_no_ema'):
+        assert step_hook_types(name) == [t for t in full if t is not EMAHook]
 
 
 def test_a_run_records_results_and_failures(tmp_path, monkeypatch, capsys):

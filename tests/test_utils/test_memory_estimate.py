@@ -88,6 +88,24 @@ def test_parts_are_the_closed_forms():
     assert estimate_training_memory(tiny_cfg(ema=False), 4).ema == 0
 
 
+@pytest.mark.parametrize('hook', ['FP32EMAHook', 'ShardedEMAHook', 'class'])
+def test_every_ema_hook_is_counted(hook):
+    """The averaged copy is counted whichever EMA hook the config names: mmengine's
+    EMAHook, one of its subclasses, or the class itself (a pure-Python config)."""
+    from mmengine.hooks import EMAHook
+    cfg = tiny_cfg()
+    cfg.custom_hooks = [dict(type=EMAHook if hook == 'class' else hook, momentum=1e-4)]
+    assert estimate_training_memory(cfg, 4).ema == estimate_training_memory(
+        tiny_cfg(), 4).ema > 0
+
+
+def test_misspelt_hook_is_a_one_line_error():
+    cfg = tiny_cfg()
+    cfg.custom_hooks = [dict(type='EMAHok', momentum=1e-4)]
+    with pytest.raises(UserError, match="'EMAHok' is not a registered hook"):
+        estimate_training_memory(cfg, 4)
+
+
 def test_memory_follows_batch_precision_and_checkpointing():
     cfg = tiny_cfg(depth=4)
     fp32 = {n: estimate_training_memory(cfg, n) for n in (2, 4, 8)}
