@@ -84,10 +84,6 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
         torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
 
 
-def _extract(arr, t, shape):
-    """Gather ``arr[t]`` as float32 on ``t``'s device, broadcast to ``shape``."""
-    res = torch.from_numpy(arr).to(device=t.device)[t].float()
-    return res.view(-1, *([1] * (len(shape) - 1))).expand(shape)
 
 
 # --------------------------------------------------------------------------- #
@@ -234,13 +230,16 @@ class GaussianDiffusion:
     def _build_tables(self, betas):
         """Precompute the float64 coefficient tables of q and the posterior."""
         assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
+        self._device_tables = {}  # (name, device) -> tensor; see _extract
         self.betas = betas
+        self.log_betas = np.log(betas)
         self.num_timesteps = int(betas.shape[0])
 
         alphas = 1.0 - betas
         self.alphas_cumprod = np.cumprod(alphas, axis=0)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
 
         # q(x_t | x_0)
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
@@ -269,10 +268,34 @@ class GaussianDiffusion:
 
         # Fixed variances; fixed-large starts at the posterior variance for a better
         # decoder log likelihood (as the original).
+        self.fixed_large_variance = fixed_large
+        self.fixed_large_log_variance = np.log(fixed_large)
+        # model_var_type -> the names of its variance and log variance tables
         self._fixed_variance = {
-            'fixed_large': (fixed_large, np.log(fixed_large)),
-            'fixed_small': (self.posterior_variance, self.posterior_log_variance_clipped),
+            'fixed_large': ('fixed_large_variance', 'fixed_large_log_variance'),
+            'fixed_small': ('posterior_variance', 'posterior_log_variance_clipped'),
         }
+
+    def _table(self, name: str, device) -> torch.Tensor:
+        """The float64 table ``name`` (one value per timestep) as a tensor on
+        ``device``. On the CPU it is a view of the numpy array. On another device it
+        is copied there once and kept: a blocking copy from host memory waits for the
+        GPU to finish all the work queued before it, and a training step reads about
+        fifteen tables (the original copied each one at every read)."""
+        device = torch.device(device)
+        if device.type == 'cpu':
+            return torch.from_numpy(getattr(self, name))
+        table = self._device_tables.get((name, device))
+        if table is None:
+            table = torch.from_numpy(getattr(self, name)).to(device)
+            self._device_tables[(name, device)] = table
+        return table
+
+    def _extract(self, name: str, t: torch.Tensor, shape) -> torch.Tensor:
+        """Table ``name`` at timestep indices ``t`` as float32 on ``t``'s device,
+        broadcast to ``shape``."""
+        res = self._table(name, t.device)[t].float()
+        return res.view(-1, *([1] * (len(shape) - 1))).expand(shape)
 
     def respace(self, timestep_respacing):
         """The same diffusion keeping ``timestep_respacing`` steps of the full process."""
@@ -280,15 +303,14 @@ class GaussianDiffusion:
 
     def _call_model(self, model, x, t, model_kwargs):
         """Call ``model`` with the original timestep values of indices ``t``."""
-        timestep_map = torch.as_tensor(self.timestep_map, device=t.device, dtype=t.dtype)
-        return model(x, timestep_map[t], **model_kwargs)
+        return model(x, self._table('timestep_map', t.device).to(t.dtype)[t], **model_kwargs)
 
     # ----------------------------- forward process ---------------------------- #
     def q_mean_variance(self, x_start, t):
         """Mean, variance and log variance of q(x_t | x_0)."""
-        mean = _extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        variance = _extract(1.0 - self.alphas_cumprod, t, x_start.shape)
-        log_variance = _extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)
+        mean = self._extract('sqrt_alphas_cumprod', t, x_start.shape) * x_start
+        variance = self._extract('one_minus_alphas_cumprod', t, x_start.shape)
+        log_variance = self._extract('log_one_minus_alphas_cumprod', t, x_start.shape)
         return mean, variance, log_variance
 
     def q_sample(self, x_start, t, noise=None):
@@ -296,28 +318,28 @@ class GaussianDiffusion:
         if noise is None:
             noise = sample_rng.randn_like(x_start)
         assert noise.shape == x_start.shape
-        return (_extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start +
-                _extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return (self._extract('sqrt_alphas_cumprod', t, x_start.shape) * x_start +
+                self._extract('sqrt_one_minus_alphas_cumprod', t, x_start.shape) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
         assert x_start.shape == x_t.shape
-        mean = (_extract(self.posterior_mean_coef1, t, x_t.shape) * x_start +
-                _extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
-        variance = _extract(self.posterior_variance, t, x_t.shape)
-        log_variance_clipped = _extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        mean = (self._extract('posterior_mean_coef1', t, x_t.shape) * x_start +
+                self._extract('posterior_mean_coef2', t, x_t.shape) * x_t)
+        variance = self._extract('posterior_variance', t, x_t.shape)
+        log_variance_clipped = self._extract('posterior_log_variance_clipped', t, x_t.shape)
         return mean, variance, log_variance_clipped
 
     def _predict_xstart_from_eps(self, x_t, t, eps):
         """x_0 = x_t / sqrt(acp_t) - sqrt(1 / acp_t - 1) eps."""
         assert x_t.shape == eps.shape
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t -
-                _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * eps)
+        return (self._extract('sqrt_recip_alphas_cumprod', t, x_t.shape) * x_t -
+                self._extract('sqrt_recipm1_alphas_cumprod', t, x_t.shape) * eps)
 
     def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """Inverse of :meth:`_predict_xstart_from_eps`."""
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t -
-                pred_xstart) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+        return (self._extract('sqrt_recip_alphas_cumprod', t, x_t.shape) * x_t -
+                pred_xstart) / self._extract('sqrt_recipm1_alphas_cumprod', t, x_t.shape)
 
     # ----------------------------- reverse process ---------------------------- #
     def p_mean_variance(self, model, x, t, clip_denoised=False, model_kwargs=None):
@@ -347,15 +369,15 @@ class GaussianDiffusion:
             model_output, model_var_values = torch.split(model_output, C, dim=1)
             # The model's value in [-1, 1] interpolates the log variance between the
             # posterior variance (min) and beta (max).
-            min_log = _extract(self.posterior_log_variance_clipped, t, x.shape)
-            max_log = _extract(np.log(self.betas), t, x.shape)
+            min_log = self._extract('posterior_log_variance_clipped', t, x.shape)
+            max_log = self._extract('log_betas', t, x.shape)
             frac = (model_var_values + 1) / 2
             model_log_variance = frac * max_log + (1 - frac) * min_log
             model_variance = torch.exp(model_log_variance)
         else:
             variance, log_variance = self._fixed_variance[self.model_var_type]
-            model_variance = _extract(variance, t, x.shape)
-            model_log_variance = _extract(log_variance, t, x.shape)
+            model_variance = self._extract(variance, t, x.shape)
+            model_log_variance = self._extract(log_variance, t, x.shape)
 
         if self.model_mean_type == 'start_x':
             pred_xstart = model_output
@@ -398,8 +420,8 @@ class GaussianDiffusion:
             model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
         # Re-derive epsilon in case the model predicts x_0 (or x_0 was clipped).
         eps = self._predict_eps_from_xstart(x, t, out['pred_xstart'])
-        alpha_bar = _extract(self.alphas_cumprod, t, x.shape)
-        alpha_bar_prev = _extract(self.alphas_cumprod_prev, t, x.shape)
+        alpha_bar = self._extract('alphas_cumprod', t, x.shape)
+        alpha_bar_prev = self._extract('alphas_cumprod_prev', t, x.shape)
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) *
                  torch.sqrt(1 - alpha_bar / alpha_bar_prev))
         noise = _randn(x.shape, generator, x.device, x.dtype)
@@ -414,7 +436,7 @@ class GaussianDiffusion:
         out = self.p_mean_variance(
             model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
         eps = self._predict_eps_from_xstart(x, t, out['pred_xstart'])
-        alpha_bar_next = _extract(self.alphas_cumprod_next, t, x.shape)
+        alpha_bar_next = self._extract('alphas_cumprod_next', t, x.shape)
         mean_pred = (out['pred_xstart'] * torch.sqrt(alpha_bar_next) +
                      torch.sqrt(1 - alpha_bar_next) * eps)
         return dict(sample=mean_pred, pred_xstart=out['pred_xstart'])
@@ -496,7 +518,7 @@ class GaussianDiffusion:
             from tqdm.auto import tqdm
             indices = tqdm(indices)
         for i in indices:
-            t = torch.tensor([i] * shape[0], device=device)
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)  # no host copy
             with torch.no_grad():
                 out = step_fn(model, img, t, generator=generator, **step_kwargs)
             yield out

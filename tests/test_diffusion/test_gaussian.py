@@ -437,3 +437,46 @@ def test_5d_inputs():
         torch.testing.assert_close(video[key], image[key])
     out = diffusion.p_sample(_true_noise_model(noise, 0.0), x0, t)
     assert out['sample'].shape == x0.shape
+
+
+@pytest.mark.parametrize('learn_sigma', [True, False])
+def test_tables_reach_a_device_once(monkeypatch, learn_sigma):
+    """Off the CPU the coefficient tables are read from tensors kept per device: after
+    the first training step no table is converted from numpy again, in training or
+    sampling (on a GPU each conversion is a blocking copy from the host, which waits
+    for all the work queued before it). The meta device stands in for a GPU here. The
+    values are the float64 tables' own."""
+    diffusion = GaussianDiffusion(learn_sigma=learn_sigma, timestep_respacing='ddim5')
+
+    def model(x, t):
+        eps = 0.1 * x
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1) if learn_sigma else eps
+
+    shape = (3, 4, 2, 2)
+    x0 = torch.empty(shape, device='meta')
+    diffusion.loss(model, x0)  # converts the tables it reads
+    converted = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, 'from_numpy', lambda a: converted.append(a) or from_numpy(a))
+    losses = diffusion.loss(model, x0)
+    assert losses['loss'].shape == (3,) and losses['loss'].device.type == 'meta'
+    for _ in range(2):
+        diffusion.p_sample_loop(model, shape, device='meta')
+        diffusion.ddim_sample_loop(model, shape, device='meta')
+    # sampling reads tables the loss does not: each converted once
+    assert len({id(a) for a in converted}) == len(converted)
+    if learn_sigma:  # the loss's variational bound has read the sampler's tables
+        assert len(converted) <= 2  # DDIM's alphas_cumprod and alphas_cumprod_prev
+    count = len(converted)
+    diffusion.loss(model, x0)
+    diffusion.p_sample_loop(model, shape, device='meta')
+    assert len(converted) == count
+    assert {d.type for _, d in diffusion._device_tables} == {'meta'}
+    t = torch.tensor([0, 2, 4])
+    for name in ('sqrt_alphas_cumprod', 'posterior_log_variance_clipped', 'log_betas',
+                 'alphas_cumprod_prev', 'fixed_large_log_variance'):
+        torch.testing.assert_close(
+            diffusion._extract(name, t, (3, 1)),
+            from_numpy(getattr(diffusion, name)[t.numpy()]).float()[:, None],
+            atol=0, rtol=0)
+    assert diffusion.log_betas[1] == np.log(diffusion.betas[1])
