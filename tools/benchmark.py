@@ -150,6 +150,10 @@ def benchmark_config(args):
     if args.ema is not None:
         ema_hooks = [h for h in hooks if is_ema_hook(h)]
         for hook in ema_hooks:
+            if not isinstance(hook, dict):
+                from mmsora.utils.cli import UserError
+                raise UserError('--ema sets the momentum of an EMA hook config; this '
+                                'config gives its EMA hook built')
             hook['momentum'] = args.ema
         if not ema_hooks:
             hooks.append(dict(type='EMAHook', momentum=args.ema, update_buffers=True))
@@ -171,7 +175,7 @@ def step_hooks(cfg) -> list:
     before the optimizer step), EMA hooks (an averaged model updated after each step)
     and ``CompileDenoiserHook``. The others (logging, LR schedule, sampling,
     checkpoints) run between steps or every so many, and are left out."""
-    from mmengine.hooks import EMAHook
+    from mmengine.hooks import EMAHook, Hook
 
     from mmsora.engine.hooks import LossGuardHook
     from mmsora.engine.strategies import CompileDenoiserHook
@@ -179,8 +183,12 @@ def step_hooks(cfg) -> list:
     from mmsora.utils.training_inputs import hook_class
     hooks = []
     for hook_cfg in [*(cfg.get('default_hooks') or {}).values(), *cfg.custom_hooks]:
-        if hook_cfg and issubclass(hook_class(hook_cfg),
-                                   (LossGuardHook, EMAHook, CompileDenoiserHook)):
+        if not hook_cfg or not issubclass(hook_class(hook_cfg),
+                                          (LossGuardHook, EMAHook, CompileDenoiserHook)):
+            continue
+        if isinstance(hook_cfg, Hook):  # given built
+            hooks.append(hook_cfg)
+        else:
             hook_cfg = dict(hook_cfg)
             hook_cfg.pop('priority', None)  # the Runner's, when it registers the hook
             hooks.append(HOOKS.build(hook_cfg))

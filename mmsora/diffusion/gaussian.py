@@ -84,8 +84,6 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
         torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
 
 
-
-
 # --------------------------------------------------------------------------- #
 #                                Beta schedules                                #
 # --------------------------------------------------------------------------- #
@@ -230,7 +228,7 @@ class GaussianDiffusion:
     def _build_tables(self, betas):
         """Precompute the float64 coefficient tables of q and the posterior."""
         assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
-        self._device_tables = {}  # (name, device) -> tensor; see _extract
+        self._device_tables = {}  # (name, device) -> tensor; see _table
         self.betas = betas
         self.log_betas = np.log(betas)
         self.num_timesteps = int(betas.shape[0])
@@ -277,11 +275,12 @@ class GaussianDiffusion:
         }
 
     def _table(self, name: str, device) -> torch.Tensor:
-        """The float64 table ``name`` (one value per timestep) as a tensor on
-        ``device``. On the CPU it is a view of the numpy array. On another device it
-        is copied there once and kept: a blocking copy from host memory waits for the
-        GPU to finish all the work queued before it, and a training step reads about
-        fifteen tables (the original copied each one at every read)."""
+        """The table ``name`` (float64 coefficients, or the int64 timestep map; one
+        value per timestep) as a tensor on ``device``. On the CPU it is a view of the
+        numpy array. On another device it is copied there once and kept: a blocking
+        copy from host memory waits for the GPU to finish all the work queued before
+        it, and a training step reads 10 tables 16 times (the original copied at every
+        read). The tables are built once (``_build_tables``) and never changed."""
         device = torch.device(device)
         if device.type == 'cpu':
             return torch.from_numpy(getattr(self, name))
@@ -290,6 +289,13 @@ class GaussianDiffusion:
             table = torch.from_numpy(getattr(self, name)).to(device)
             self._device_tables[(name, device)] = table
         return table
+
+    def __getstate__(self):
+        """Pickled without the device copies (a GPU's tensors would not load on a
+        machine without one); they are made again on first use."""
+        state = self.__dict__.copy()
+        state['_device_tables'] = {}
+        return state
 
     def _extract(self, name: str, t: torch.Tensor, shape) -> torch.Tensor:
         """Table ``name`` at timestep indices ``t`` as float32 on ``t``'s device,

@@ -60,16 +60,24 @@ def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
 
 def hook_class(hook_cfg) -> type:
     """The class a hook config builds: its ``type`` looked up in the registry (or the
-    class itself, as a pure-Python config may give it). A name nobody registered (a
-    typo) is a one-line :class:`~mmsora.utils.cli.UserError`."""
+    class itself, as a pure-Python config may give it; or the hook's own class, for a
+    hook given built). A name nobody registered (a typo), or a ``type`` that is not a
+    class, is a one-line :class:`~mmsora.utils.cli.UserError`."""
+    from mmengine.hooks import Hook
+
+    from mmsora.utils.cli import UserError
+    if isinstance(hook_cfg, Hook):
+        return type(hook_cfg)
     kind = hook_cfg['type']
     if isinstance(kind, type):
         return kind
+    if not isinstance(kind, str):
+        raise UserError(f'custom_hooks: type {kind!r} is neither a hook class nor the '
+                        'name of one')
     import mmsora.engine  # noqa: F401  (fills the registry)
     from mmsora.registry import HOOKS
     cls = HOOKS.get(kind)
     if cls is None:
-        from mmsora.utils.cli import UserError
         raise UserError(f'custom_hooks: {kind!r} is not a registered hook')
     return cls
 
@@ -82,9 +90,13 @@ def is_ema_hook(hook_cfg) -> bool:
 
 
 def ema_hook_cfg(cfg) -> Optional[dict]:
-    """The config's first EMA hook among ``custom_hooks`` (:func:`is_ema_hook`), or
-    None."""
+    """The config of the first EMA hook among ``custom_hooks`` (:func:`is_ema_hook`;
+    for a hook given built, its type and averaging settings), or None."""
+    from mmengine.hooks import Hook
     for hook in cfg.get('custom_hooks') or []:
         if is_ema_hook(hook):
+            if isinstance(hook, Hook):
+                settings = {k: v for k, v in hook.ema_cfg.items() if k != 'type'}
+                return dict(type=type(hook), **settings)
             return hook
     return None

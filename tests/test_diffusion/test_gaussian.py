@@ -439,44 +439,92 @@ def test_5d_inputs():
     assert out['sample'].shape == x0.shape
 
 
+class HostCopies:
+    """Counts copies from CPU tensors to another device (``aten._to_copy`` calls):
+    ``torch.from_numpy(a).to(device)``, ``torch.as_tensor(a, device=device)``."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if (func is torch.ops.aten._to_copy.default and args[0].device.type == 'cpu'
+                        and out.device.type != 'cpu'):
+                    outer.count += 1
+                return out
+
+        self.count, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
 @pytest.mark.parametrize('learn_sigma', [True, False])
-def test_tables_reach_a_device_once(monkeypatch, learn_sigma):
-    """Off the CPU the coefficient tables are read from tensors kept per device: after
-    the first training step no table is converted from numpy again, in training or
-    sampling (on a GPU each conversion is a blocking copy from the host, which waits
-    for all the work queued before it). The meta device stands in for a GPU here. The
-    values are the float64 tables' own."""
+def test_tables_reach_a_device_once(learn_sigma):
+    """Off the CPU the coefficient tables (and the timestep map) are read from tensors
+    kept per device: after the first training step nothing is copied from the host
+    again, in training or sampling (on a GPU each such copy blocks until the work
+    queued before it is done). The meta device stands in for a GPU here."""
     diffusion = GaussianDiffusion(learn_sigma=learn_sigma, timestep_respacing='ddim5')
 
     def model(x, t):
+        assert t.device.type == 'meta' and t.dtype == torch.long
         eps = 0.1 * x
         return torch.cat([eps, torch.zeros_like(eps)], dim=1) if learn_sigma else eps
 
     shape = (3, 4, 2, 2)
     x0 = torch.empty(shape, device='meta')
-    diffusion.loss(model, x0)  # converts the tables it reads
-    converted = []
-    from_numpy = torch.from_numpy
-    monkeypatch.setattr(torch, 'from_numpy', lambda a: converted.append(a) or from_numpy(a))
-    losses = diffusion.loss(model, x0)
-    assert losses['loss'].shape == (3,) and losses['loss'].device.type == 'meta'
-    for _ in range(2):
-        diffusion.p_sample_loop(model, shape, device='meta')
-        diffusion.ddim_sample_loop(model, shape, device='meta')
-    # sampling reads tables the loss does not: each converted once
-    assert len({id(a) for a in converted}) == len(converted)
+    with HostCopies() as first:
+        diffusion.loss(model, x0)  # copies the tables it reads
+    assert first.count == len(diffusion._device_tables) > 0
+    with HostCopies() as copies:
+        losses = diffusion.loss(model, x0)
+        assert losses['loss'].shape == (3,) and losses['loss'].device.type == 'meta'
+        for _ in range(2):
+            diffusion.p_sample_loop(model, shape, device='meta')
+            diffusion.ddim_sample_loop(model, shape, device='meta')
+    # sampling reads tables the loss does not: each copied once
+    assert copies.count == len(diffusion._device_tables) - first.count
     if learn_sigma:  # the loss's variational bound has read the sampler's tables
-        assert len(converted) <= 2  # DDIM's alphas_cumprod and alphas_cumprod_prev
-    count = len(converted)
-    diffusion.loss(model, x0)
-    diffusion.p_sample_loop(model, shape, device='meta')
-    assert len(converted) == count
+        assert copies.count <= 2  # DDIM's alphas_cumprod and alphas_cumprod_prev
+    with HostCopies() as again:
+        diffusion.loss(model, x0)
+        diffusion.p_sample_loop(model, shape, device='meta')
+    assert again.count == 0
     assert {d.type for _, d in diffusion._device_tables} == {'meta'}
-    t = torch.tensor([0, 2, 4])
-    for name in ('sqrt_alphas_cumprod', 'posterior_log_variance_clipped', 'log_betas',
-                 'alphas_cumprod_prev', 'fixed_large_log_variance'):
-        torch.testing.assert_close(
-            diffusion._extract(name, t, (3, 1)),
-            from_numpy(getattr(diffusion, name)[t.numpy()]).float()[:, None],
-            atol=0, rtol=0)
     assert diffusion.log_betas[1] == np.log(diffusion.betas[1])
+    # pickled without the device copies
+    import pickle
+    assert pickle.loads(pickle.dumps(diffusion))._device_tables == {}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_no_host_sync_in_a_step_on_a_gpu():
+    """On a GPU, after a first step: a training step, a DDPM and a DDIM step make no
+    synchronising call (torch's sync debug mode raises on one), and the cached tables
+    give the CPU's values."""
+    diffusion = GaussianDiffusion(learn_sigma=True, timestep_respacing='ddim5')
+    x0 = torch.randn(3, 4, 2, 2, device='cuda')
+
+    def model(x, t):
+        return torch.cat([0.1 * x, torch.zeros_like(x)], dim=1)
+
+    diffusion.loss(model, x0)
+    t = torch.full((3,), 2, device='cuda')
+    diffusion.ddim_sample(model, x0, t)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        diffusion.loss(model, x0)
+        diffusion.p_sample(model, x0, t)
+        diffusion.ddim_sample(model, x0, t)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for name in ('sqrt_alphas_cumprod', 'posterior_log_variance_clipped', 'log_betas',
+                 'alphas_cumprod_prev'):
+        assert torch.equal(diffusion._extract(name, t, (3, 1)).cpu(),
+                           diffusion._extract(name, t.cpu(), (3, 1)))

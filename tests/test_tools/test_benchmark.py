@@ -179,6 +179,26 @@ def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
     assert ours['params_m'] < base['params_m']
 
 
+def test_a_hook_given_built(tmp_path, monkeypatch):
+    """A config may hold its EMA hook built: the step runs that hook, and --ema, which
+    would have to rewrite its settings, refuses with one line."""
+    from mmengine.hooks import EMAHook
+
+    import mmsora.utils.cli
+    from mmsora.utils.cli import UserError
+    hook = EMAHook(momentum=0.5)
+    cfg = benchmark.benchmark_config(benchmark.parse_args(SMALL))
+    cfg.custom_hooks = [hook]
+    assert hook in benchmark.step_hooks(cfg)
+    cfg_file = tmp_path / 'built.py'
+    cfg_file.write_text(TINY)
+    loaded = mmsora.utils.cli.load_config(str(cfg_file))
+    loaded.custom_hooks = [hook]
+    monkeypatch.setattr(mmsora.utils.cli, 'load_config', lambda path: loaded)
+    with pytest.raises(UserError, match='gives its EMA hook built'):
+        benchmark.benchmark_config(benchmark.parse_args([str(cfg_file), '--ema', '1e-4']))
+
+
 def test_bad_input_is_one_line(tmp_path):
     from mmsora.utils.cli import UserError
     with pytest.raises(UserError, match='--memory-budget caps CUDA memory'):

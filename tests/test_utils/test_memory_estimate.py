@@ -88,21 +88,29 @@ def test_parts_are_the_closed_forms():
     assert estimate_training_memory(tiny_cfg(ema=False), 4).ema == 0
 
 
-@pytest.mark.parametrize('hook', ['FP32EMAHook', 'ShardedEMAHook', 'class'])
+@pytest.mark.parametrize('hook', ['FP32EMAHook', 'ShardedEMAHook', 'mmengine.EMAHook',
+                                  'class', 'built'])
 def test_every_ema_hook_is_counted(hook):
     """The averaged copy is counted whichever EMA hook the config names: mmengine's
-    EMAHook, one of its subclasses, or the class itself (a pure-Python config)."""
+    EMAHook, one of its subclasses, by scope, the class itself (a pure-Python config)
+    or the hook built."""
     from mmengine.hooks import EMAHook
     cfg = tiny_cfg()
-    cfg.custom_hooks = [dict(type=EMAHook if hook == 'class' else hook, momentum=1e-4)]
+    if hook == 'built':
+        cfg.custom_hooks = [EMAHook(momentum=1e-4, update_buffers=True)]
+    else:
+        cfg.custom_hooks = [dict(type=EMAHook if hook == 'class' else hook, momentum=1e-4)]
     assert estimate_training_memory(cfg, 4).ema == estimate_training_memory(
         tiny_cfg(), 4).ema > 0
 
 
-def test_misspelt_hook_is_a_one_line_error():
+@pytest.mark.parametrize('kind, message', [
+    ('EMAHok', "'EMAHok' is not a registered hook"),
+    (print, 'is neither a hook class nor the name of one')])
+def test_a_wrong_hook_type_is_a_one_line_error(kind, message):
     cfg = tiny_cfg()
-    cfg.custom_hooks = [dict(type='EMAHok', momentum=1e-4)]
-    with pytest.raises(UserError, match="'EMAHok' is not a registered hook"):
+    cfg.custom_hooks = [dict(type=kind, momentum=1e-4)]
+    with pytest.raises(UserError, match=message):
         estimate_training_memory(cfg, 4)
 
 
