@@ -210,3 +210,37 @@ def test_loss_guard_norm_over_shards_is_the_whole_gradients():
     assert out[0][3] == out[1][3] == float('inf')  # a bad loss on one rank: both skip
     assert out[0][4] == out[1][4] == pytest.approx(85.0)  # replicated: not sqrt(2) x
     assert out[0][5] == out[1][5] == [1, 2]
+
+
+@pytest.mark.parametrize('given', ['mmengine.EMAHook', 'class', 'built'])
+def test_the_ema_hook_is_found_however_the_config_gives_it(tmp_path, monkeypatch, given):
+    """--fsdp and --deepspeed find the EMA hook by its class: by name with its scope,
+    or the class itself, it is switched all the same; a hook given built cannot be
+    switched and stops the run with one line."""
+    import copy
+
+    from mmengine.hooks import EMAHook
+
+    from mmsora.utils.cli import load_config
+    hook = {'mmengine.EMAHook': dict(type='mmengine.EMAHook', momentum=0.01),
+            'class': dict(type=EMAHook, momentum=0.01),
+            'built': EMAHook(momentum=0.01)}[given]
+
+    def config_with_the_hook(path):
+        cfg = load_config(path)
+        cfg.custom_hooks = [h for h in cfg.custom_hooks if 'EMA' not in str(h['type'])]
+        cfg.custom_hooks.append(copy.deepcopy(hook))  # each run rewrites its own
+        return cfg
+
+    monkeypatch.setattr(train, 'load_config', config_with_the_hook)
+    for options in (['--fsdp', '--launcher', 'pytorch'], ['--deepspeed', 'deepspeed_zero2'],
+                    ['--deepspeed', 'deepspeed_zero3']):
+        args = train.parse_args([DEMO, '--work-dir', str(tmp_path), *options])
+        if given == 'built':
+            with pytest.raises(UserError, match='give it as a config'):
+                train.build_train_config(args)
+            continue
+        cfg = train.build_train_config(args)
+        emas = [h for h in cfg.custom_hooks if 'EMA' in str(h['type'])]
+        assert [h['type'] for h in emas] == ['ShardedEMAHook'], options
+        assert emas[0]['momentum'] == 0.01

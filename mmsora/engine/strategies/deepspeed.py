@@ -24,6 +24,7 @@ from mmengine.hooks import Hook
 import mmsora
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
+from mmsora.utils.training_inputs import hook_class
 from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  # noqa: F401
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
@@ -196,11 +197,26 @@ def register_deepspeed_optimizers():
     return names
 
 
+def _is(hook, *names: str) -> bool:
+    """Whether ``hook`` is exactly one of the registered hooks ``names``, however the
+    config gives it: by name, by name with its scope (``'mmengine.EMAHook'``), by
+    class, or built."""
+    return hook_class(hook) in tuple(HOOKS.get(name) for name in names)
+
+
+def _config_of(hook, why: str) -> dict:
+    """The hook's config, to be rewritten; a hook given built cannot be."""
+    if isinstance(hook, Hook):
+        raise UserError(f'{why} switches the EMA hook to another class; give it as a '
+                        f'config (dict(type={type(hook).__name__!r}, ...)), not built')
+    return hook
+
+
 def _refuse_sampling_hooks(hooks: list, where: str) -> None:
     """The sampling hooks run the whole model on rank 0 alone, which no process holds
     when the weights are sharded (rank 0 would fail or wait for the others forever)."""
-    samplers = [h['type'] for h in hooks if h.get('type') in (
-        'SampleVisualizationHook', 'SampleEvaluationHook')]
+    samplers = [hook_class(h).__name__ for h in hooks
+                if _is(h, 'SampleVisualizationHook', 'SampleEvaluationHook')]
     if samplers:
         raise UserError(f'{", ".join(samplers)} sample(s) on rank 0 from the whole '
                         f'model; under {where} each process holds a shard of it. Drop '
@@ -213,8 +229,9 @@ def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
     """Switch the config's EMAHook to ShardedEMAHook (same arguments). Another
     average (``ema_type``) is refused, or with ``others`` left to mmengine."""
     for hook in hooks:
-        if hook.get('type') not in ('EMAHook', 'FP32EMAHook'):
+        if not _is(hook, 'EMAHook', 'FP32EMAHook'):
             continue
+        hook = _config_of(hook, why)
         ema_type = hook.get('ema_type')
         if ema_type not in (None, 'ExponentialMovingAverage', 'FP32ExponentialMovingAverage'):
             if others:
@@ -232,7 +249,7 @@ def _refuse_other_checkpoint_writers(hooks: list, config: dict) -> None:
     writer would lose it on resume."""
     checkpoint = config.get('checkpoint') or {}
     other = [key for key in ('use_node_local_storage', 'writer') if checkpoint.get(key)]
-    if other and any(h.get('type') == 'ShardedEMAHook' for h in hooks):
+    if other and any(_is(h, 'ShardedEMAHook') for h in hooks):
         raise UserError(f'the EMA of a ZeRO-1/2 run is saved by data-parallel rank 0 for '
                         f'all processes; the DeepSpeed config sets checkpoint.{other[0]}, '
                         'whose files other processes would resume from: drop it')
@@ -254,7 +271,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper',
                                  optimizer=cfg.optim_wrapper.optimizer)
         hooks = cfg.setdefault('custom_hooks', [])
-        if not any(h.get('type') == 'ResumeHooksHook' for h in hooks):
+        if not any(_is(h, 'ResumeHooksHook') for h in hooks):
             hooks.append(dict(type='ResumeHooksHook'))
         # DeepSpeed's bf16 / fp16 turn the module itself to half precision: keep the
         # EMA in float32 or its updates round away (mmsora/engine/ema.py). ZeRO-1/2
@@ -270,7 +287,8 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
             _refuse_other_checkpoint_writers(hooks, strategy['config'])
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
-            if hook.get('type') == 'EMAHook' and hook.get('ema_type', plain_ema) == plain_ema:
+            if _is(hook, 'EMAHook') and _config_of(hook, '--deepspeed').get(
+                    'ema_type', plain_ema) == plain_ema:
                 hook['type'] = 'FP32EMAHook'
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'
     elif kind == 'FSDPStrategy':
@@ -278,7 +296,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         _refuse_sampling_hooks(hooks, '--fsdp')
         if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # fp16 loss scaling:
             cfg.optim_wrapper['use_fsdp'] = True  # inf checks over all the shards
-        if not any(h.get('type') == 'FSDPGradClipHook' for h in hooks):
+        if not any(_is(h, 'FSDPGradClipHook') for h in hooks):
             hooks.append(dict(type='FSDPGradClipHook'))
         # mmengine's EMA deep-copies the model (impossible under FSDP): keep the
         # average sharded like the weights (mmsora/engine/sharded_ema.py).

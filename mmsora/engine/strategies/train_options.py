@@ -8,7 +8,7 @@ import torch
 from mmsora.utils.cli import UserError
 from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
-from .speed import prefer_fused_optimizer
+from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
 __all__ = ['apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
@@ -141,7 +141,8 @@ def apply_speed_options(cfg, compile=False, device=None):
     prefer_fused_optimizer(cfg.optim_wrapper.optimizer,
                            device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     hooks = cfg.setdefault('custom_hooks', [])
-    if compile and not any(h.get('type') == 'CompileDenoiserHook' for h in hooks):
+    from mmsora.utils.training_inputs import hook_class
+    if compile and not any(issubclass(hook_class(h), CompileDenoiserHook) for h in hooks):
         hooks.append(dict(type='CompileDenoiserHook'))
     return cfg
 
