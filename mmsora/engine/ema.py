@@ -15,16 +15,60 @@ mmsora/engine/sharded_ema.py).
 mmengine's EMAHook swaps the average into the model for validation / test by
 ``copy_`` both ways, which would round a float32 average to the module's dtype at
 every validation; :class:`FP32EMAHook` restores it exactly afterwards.
+
+With gradient accumulation (``optim_wrapper.accumulative_counts = k``, or DeepSpeed's
+``gradient_accumulation_steps``) mmengine's ``EMAHook`` moves the average after every
+micro-batch, k times per optimizer step, towards weights that only change at the k-th:
+DiT's 0.9999 decay would act as 0.9999^k per step, a k times shorter horizon. mmsora
+registers its own :class:`EMAHook` under the same name, which ``type='EMAHook'`` builds
+in mmsora's scope (``default_scope = 'mmsora'``): mmengine's hook, updated only after
+a micro-batch that stepped the optimizer, as diffusers' training scripts do
+(``if accelerator.sync_gradients: ema.step(...)``). Without accumulation it is
+mmengine's hook, update for update. ``type='mmengine.EMAHook'`` still builds
+mmengine's own. The EMA's ``interval`` then counts optimizer steps; ``begin_iter``
+still counts iterations (micro-batches), as the Runner does.
 """
 import itertools
 
 import torch
-from mmengine.hooks import EMAHook
+from mmengine.hooks import EMAHook as MMEngineEMAHook
 from mmengine.model import ExponentialMovingAverage
 
 from mmsora.registry import HOOKS, MODELS
 
-__all__ = ['FP32ExponentialMovingAverage', 'FP32EMAHook']
+__all__ = ['optimizer_stepped', 'EMAHook', 'FP32ExponentialMovingAverage', 'FP32EMAHook']
+
+
+def optimizer_stepped(runner) -> bool:
+    """Whether the training step that just ran ended with an optimizer step: False
+    after the first k-1 of k accumulated micro-batches. Read in ``after_train_iter``.
+
+    mmengine's ``OptimWrapper`` (AMP and mmsora's autocast wrapper included) counts
+    the micro-batches it has back-propagated and steps when ``should_update()``; after
+    the step that count has moved on, so ``should_update()`` tells whether this one
+    stepped (also at the last iteration, which steps whatever the count). DeepSpeed's
+    engine steps at its own accumulation boundary and counts ``micro_steps`` after
+    each; without either (a runner with no optimizer wrapper, several wrappers) every
+    iteration counts, as mmengine's hook does."""
+    wrapper = getattr(runner, 'optim_wrapper', None)
+    if hasattr(wrapper, 'should_update'):
+        return bool(wrapper.should_update())
+    engine = getattr(wrapper, '_model', None)  # DeepSpeedOptimWrapper's engine
+    if hasattr(engine, 'micro_steps') and hasattr(engine, 'gradient_accumulation_steps'):
+        return engine.micro_steps % engine.gradient_accumulation_steps() == 0
+    return True
+
+
+@HOOKS.register_module(name='EMAHook')
+class EMAHook(MMEngineEMAHook):
+    """mmengine's ``EMAHook`` (same arguments, checkpoint keys and swaps) that updates
+    the average once per optimizer step under gradient accumulation
+    (:func:`optimizer_stepped`); ``type='EMAHook'`` builds it in mmsora's scope."""
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if optimizer_stepped(runner):
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
 
 @MODELS.register_module()

@@ -27,11 +27,11 @@ averages each process's partition of them.
 (``to_flexible_runner_config``).
 """
 import torch
-from mmengine.hooks import EMAHook
 
 from mmsora.registry import HOOKS
 from mmsora.utils.dist import collective_device
 
+from .ema import EMAHook, optimizer_stepped
 from .zero_partition_ema import ZeroPartitionEMA, is_zero_partition_optimizer
 
 __all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']
@@ -257,9 +257,10 @@ def _zero3_master_partitions(optimizer) -> dict:
 
 @HOOKS.register_module()
 class ShardedEMAHook(EMAHook):
-    """mmengine's ``EMAHook`` (same arguments, same checkpoint keys) for FSDP and
-    DeepSpeed runs, with the average held as :class:`ShardedEMA` (FSDP),
-    :class:`ZeroShardedEMA` (ZeRO-3) or :class:`ZeroPartitionEMA` (ZeRO-1/2).
+    """mmsora's ``EMAHook`` (mmengine's arguments and checkpoint keys, one update per
+    optimizer step) for FSDP and DeepSpeed runs, with the average held as
+    :class:`ShardedEMA` (FSDP), :class:`ZeroShardedEMA` (ZeRO-3) or
+    :class:`ZeroPartitionEMA` (ZeRO-1/2).
 
     mmengine's FlexibleRunner resumes before the hooks' ``before_run``; the hook swaps
     the checkpoint's entries at once (so the model loads the trained weights) and
@@ -297,6 +298,8 @@ class ShardedEMAHook(EMAHook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
+        if not optimizer_stepped(runner):  # within an accumulation (mmsora's EMAHook)
+            return
         if self._ema_started(runner):
             self.ema_model.update_parameters()
         else:

@@ -27,10 +27,11 @@ DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 
 
 def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
-        'train_dataloader.batch_size=4', 'model.denoiser.depth=1'), config=DEMO):
+        'train_dataloader.batch_size=4', 'model.denoiser.depth=1'), config=DEMO, iters=3):
     cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), str(config),
            '--deepspeed', preset, '--work-dir', str(work), *args,
-           '--cfg-options', 'train_cfg.max_iters=3', 'default_hooks.checkpoint.interval=2',
+           '--cfg-options', f'train_cfg.max_iters={iters}',
+           'default_hooks.checkpoint.interval=2',
            'default_hooks.logger.interval=1', 'train_dataloader.num_workers=0', *options]
     env = fresh_run_env(PYTHONPATH=ROOT)
     if processes > 1:  # torchrun starts the same command (DeepSpeed's op build skipped)
@@ -40,8 +41,8 @@ def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
     proc = subprocess.run(cmd, env=env, cwd=work.parent, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert 'Iter(train) [3/3]' in proc.stdout + proc.stderr
-    return torch.load(zero_model_states(str(work / 'iter_3.pth')),
+    assert f'Iter(train) [{iters}/{iters}]' in proc.stdout + proc.stderr
+    return torch.load(zero_model_states(str(work / f'iter_{iters}.pth')),
                       map_location='cpu', weights_only=False)  # DeepSpeed's own file
 
 
@@ -166,6 +167,30 @@ def test_zero2_bf16_trains_with_a_float32_ema(tmp_path):
     assert floats and {v.dtype for v in floats} == {torch.bfloat16}
     ema = [v for v in ckpt['state_dict'].values() if v.is_floating_point()]  # EMA weights
     assert {v.dtype for v in ema} == {torch.float32}
+
+
+def test_zero2_with_accumulation_averages_once_per_optimizer_step(tmp_path):
+    """Two micro-batches per step (accumulative_counts -> DeepSpeed's
+    gradient_accumulation_steps): the EMA of the fp32 masters (ZeroPartitionEMA)
+    copies them after the first optimizer step (iteration 2) and moves once after the
+    second (iteration 4), not at every micro-batch."""
+    config = tmp_path / 'momentum.py'
+    config.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', "
+                      "momentum=0.3, update_buffers=True, priority='ABOVE_NORMAL')]\n")
+    work = tmp_path / 'run'
+    last = train(work, config=config, iters=4, options=(
+        'train_dataloader.batch_size=4', 'model.denoiser.depth=1',
+        'optim_wrapper.accumulative_counts=2'))
+    assert last['ds_config']['gradient_accumulation_steps'] == 2
+    first = torch.load(zero_model_states(str(work / 'iter_2.pth')), map_location='cpu',
+                       weights_only=False)
+    assert int(last['ema_state_dict']['steps']) == 2
+    name = 'denoiser.final_layer.linear.weight'
+    assert not torch.equal(first['module'][name], last['module'][name])
+    for name, value in last['module'].items():
+        if value.is_floating_point():
+            expected = first['module'][name].lerp(value, 0.3)
+            assert torch.equal(last['state_dict'][name], expected), name
 
 
 def converted(work):

@@ -212,7 +212,7 @@ def test_loss_guard_norm_over_shards_is_the_whole_gradients():
     assert out[0][5] == out[1][5] == [1, 2]
 
 
-@pytest.mark.parametrize('given', ['mmengine.EMAHook', 'class', 'built'])
+@pytest.mark.parametrize('given', ['mmengine.EMAHook', 'class', 'our class', 'built'])
 def test_the_ema_hook_is_found_however_the_config_gives_it(tmp_path, monkeypatch, given):
     """--fsdp and --deepspeed find the EMA hook by its class: by name with its scope,
     or the class itself, it is switched all the same; a hook given built cannot be
@@ -221,9 +221,11 @@ def test_the_ema_hook_is_found_however_the_config_gives_it(tmp_path, monkeypatch
 
     from mmengine.hooks import EMAHook
 
+    import mmsora.engine
     from mmsora.utils.cli import load_config
     hook = {'mmengine.EMAHook': dict(type='mmengine.EMAHook', momentum=0.01),
             'class': dict(type=EMAHook, momentum=0.01),
+            'our class': dict(type=mmsora.engine.EMAHook, momentum=0.01),
             'built': EMAHook(momentum=0.01)}[given]
 
     def config_with_the_hook(path):
@@ -244,3 +246,10 @@ def test_the_ema_hook_is_found_however_the_config_gives_it(tmp_path, monkeypatch
         emas = [h for h in cfg.custom_hooks if 'EMA' in str(h['type'])]
         assert [h['type'] for h in emas] == ['ShardedEMAHook'], options
         assert emas[0]['momentum'] == 0.01
+
+
+def test_a_hook_name_nobody_registered_is_a_bug_not_a_mismatch():
+    from mmsora.engine.strategies.deepspeed import _is
+    assert _is(dict(type='EMAHook'), 'EMAHook', 'FP32EMAHook')
+    with pytest.raises(KeyError, match="no hook registered as 'EMAHok'"):
+        _is(dict(type='EMAHook'), 'FP32EMAHook', 'EMAHok')

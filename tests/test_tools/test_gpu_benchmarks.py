@@ -30,8 +30,8 @@ def test_the_diagnostic_runs_leave_out_what_they_name(tmp_path):
     """dit_xl2_b32_no_guard times the step of dit_xl2_b32 without LossGuardHook, and
     the no_ema runs without the EMA hook; everything else in their steps is the same."""
     import benchmark
-    from mmengine.hooks import EMAHook
 
+    from mmsora.engine import EMAHook  # what type='EMAHook' builds in mmsora's scope
     from mmsora.engine.hooks import LossGuardHook
     plan = gpu_benchmarks.commands(str(tmp_path))
 

@@ -197,11 +197,19 @@ def register_deepspeed_optimizers():
     return names
 
 
+# mmsora's EMAHook (one update per optimizer step, mmsora/engine/ema.py) and
+# mmengine's, which a config names with its scope: both are switched alike.
+_EMA_HOOKS = ('EMAHook', 'mmengine.EMAHook')
+
+
 def _is(hook, *names: str) -> bool:
     """Whether ``hook`` is exactly one of the registered hooks ``names``, however the
     config gives it: by name, by name with its scope (``'mmengine.EMAHook'``), by
     class, or built."""
-    return hook_class(hook) in tuple(HOOKS.get(name) for name in names)
+    classes = tuple(HOOKS.get(name) for name in names)
+    if None in classes:  # a misspelt name here would quietly match nothing
+        raise KeyError(f'no hook registered as {names[classes.index(None)]!r}')
+    return hook_class(hook) in classes
 
 
 def _config_of(hook, why: str) -> dict:
@@ -229,7 +237,7 @@ def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
     """Switch the config's EMAHook to ShardedEMAHook (same arguments). Another
     average (``ema_type``) is refused, or with ``others`` left to mmengine."""
     for hook in hooks:
-        if not _is(hook, 'EMAHook', 'FP32EMAHook'):
+        if not _is(hook, *_EMA_HOOKS, 'FP32EMAHook'):
             continue
         hook = _config_of(hook, why)
         ema_type = hook.get('ema_type')
@@ -287,7 +295,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
             _refuse_other_checkpoint_writers(hooks, strategy['config'])
         plain_ema = 'ExponentialMovingAverage'
         for hook in hooks:
-            if _is(hook, 'EMAHook') and _config_of(hook, '--deepspeed').get(
+            if _is(hook, *_EMA_HOOKS) and _config_of(hook, '--deepspeed').get(
                     'ema_type', plain_ema) == plain_ema:
                 hook['type'] = 'FP32EMAHook'
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'

@@ -1,0 +1,161 @@
+"""mmsora's EMAHook (mmsora/engine/ema.py) moves the average once per optimizer step:
+with gradient accumulation over k micro-batches, at the k-th (and at the last
+iteration), not k times per step as mmengine's hook does. Without accumulation it is
+mmengine's hook, update for update. Trained through mmengine's Runner on the tiny demo
+model; DeepSpeed's accumulation runs in tests/test_engine/test_deepspeed_train.py."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+import mmsora.engine  # noqa: F401
+from mmsora.engine import EMAHook, ShardedEMAHook, optimizer_stepped
+from mmsora.registry import HOOKS
+from tests.tiny_models import TINY_DEMO_OPTIONS
+from tools.train import build_train_config, parse_args
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+MOMENTUM = 0.3  # large, so that one update more or less shows
+
+
+class RecordWeights(Hook):
+    """The model's state after every iteration (after the EMA hook's update)."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.states = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.states.append({k: v.detach().clone()
+                            for k, v in runner.model.state_dict().items()})
+
+
+def train(repo_root, work_dir, ema_type, accumulate, iters):
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(work_dir), '--cfg-options',
+            *TINY_DEMO_OPTIONS, f'train_cfg.max_iters={iters}',
+            f'optim_wrapper.accumulative_counts={accumulate}',
+            'default_hooks.checkpoint.interval=100']
+    cfg = build_train_config(parse_args(argv))
+    cfg.custom_hooks = [dict(type=ema_type, momentum=MOMENTUM, update_buffers=True,
+                             priority='ABOVE_NORMAL')]
+    cfg.experiment_name = f'{ema_type}-{accumulate}-{iters}'
+    runner = Runner.from_cfg(cfg)
+    record = RecordWeights()
+    runner.register_hook(record)
+    runner.train()
+    ema = next(h for h in runner.hooks if hasattr(h, 'ema_model')).ema_model
+    return ema, record.states, runner
+
+
+def average_of(states):
+    """mmengine's rule over ``states``: the first copies, each next one lerps."""
+    average = {k: v.clone() for k, v in states[0].items()}
+    for state in states[1:]:
+        for key, value in average.items():
+            if value.dtype.is_floating_point:
+                value.lerp_(state[key], MOMENTUM)
+    return average
+
+
+def assert_average(ema, expected):
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, expected[key].to(value.dtype)), key
+
+
+@pytest.mark.parametrize('ema_type', ['EMAHook', 'FP32EMAHook'])
+def test_the_average_moves_once_per_optimizer_step(repo_root, tmp_path, ema_type):
+    # 5 micro-batches, 2 per step: the optimizer steps after the 2nd, 4th and 5th
+    # (mmengine steps at the last iteration whatever its count).
+    ema, states, runner = train(repo_root, tmp_path, ema_type, accumulate=2, iters=5)
+    assert type(runner.optim_wrapper).__name__ == 'OptimWrapper'
+    weight = 'denoiser.final_layer.linear.weight'
+    moved = [not torch.equal(a[weight], b[weight]) for a, b in zip(states, states[1:])]
+    assert moved == [True, False, True, True]  # after iterations 2, (not 3), 4, 5
+    assert ema.steps == 3
+    assert_average(ema, average_of([states[1], states[3], states[4]]))
+
+
+def test_mmengines_hook_moves_at_every_micro_batch(repo_root, tmp_path):
+    """What the default replaces: mmengine's own hook, still there by its scoped name,
+    averages the unchanged weights again at every micro-batch."""
+    ema, states, _ = train(repo_root, tmp_path, 'mmengine.EMAHook', accumulate=2, iters=5)
+    assert ema.steps == 5
+    assert_average(ema, average_of(states))
+    ours = average_of([states[1], states[3], states[4]])
+    assert any(not torch.equal(v, ours[k]) for k, v in ema.module.state_dict().items()
+               if v.dtype.is_floating_point)
+
+
+def test_without_accumulation_it_is_mmengines_hook(repo_root, tmp_path):
+    ours, states, _ = train(repo_root, tmp_path / 'ours', 'EMAHook', accumulate=1, iters=3)
+    theirs, same, _ = train(repo_root, tmp_path / 'theirs', 'mmengine.EMAHook',
+                            accumulate=1, iters=3)
+    assert ours.steps == theirs.steps == 3
+    for key, value in ours.module.state_dict().items():
+        assert torch.equal(value, theirs.module.state_dict()[key]), key
+    assert_average(ours, average_of(states))
+
+
+def test_the_configs_emahook_is_mmsoras():
+    assert HOOKS.get('EMAHook') is EMAHook
+    assert HOOKS.get('mmengine.EMAHook') is EMAHook.__mro__[1]
+    assert issubclass(ShardedEMAHook, EMAHook)
+
+
+class Wrapper:
+    def __init__(self, stepped):
+        self.stepped = stepped
+
+    def should_update(self):
+        return self.stepped
+
+
+class Engine:
+    """What optimizer_stepped reads of DeepSpeed's engine after its step()."""
+
+    def __init__(self, micro_steps, accumulation):
+        self.micro_steps, self._accumulation = micro_steps, accumulation
+
+    def gradient_accumulation_steps(self):
+        return self._accumulation
+
+
+class DeepSpeedWrapper:
+    def __init__(self, engine):
+        self._model = engine
+
+
+class Runner_:
+    def __init__(self, optim_wrapper=None):
+        if optim_wrapper is not None:
+            self.optim_wrapper = optim_wrapper
+
+
+def test_optimizer_stepped_reads_each_wrapper():
+    assert optimizer_stepped(Runner_(Wrapper(True)))
+    assert not optimizer_stepped(Runner_(Wrapper(False)))
+    # DeepSpeed counts the micro-batch after stepping: 2 of 4 -> not yet, 4 of 4 -> did.
+    assert not optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(2, 4))))
+    assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(4, 4))))
+    assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(5, 1))))
+    assert optimizer_stepped(Runner_())  # no wrapper: every iteration, as mmengine
+
+
+def test_sharded_hook_skips_micro_batches_within_an_accumulation():
+    model = torch.nn.Linear(3, 3)
+    hook = ShardedEMAHook(momentum=0.5)
+
+    class FakeRunner(Runner_):
+        iter, epoch, max_iters, max_epochs, _resume = 0, 0, 10, 1, False
+
+        def __init__(self, stepped):
+            super().__init__(Wrapper(stepped))
+            self.model = model
+
+    hook.before_run(FakeRunner(True))
+    hook.after_train_iter(FakeRunner(False), 0)
+    assert hook.ema_model.steps == 0
+    hook.after_train_iter(FakeRunner(True), 1)
+    assert hook.ema_model.steps == 1
