@@ -130,7 +130,8 @@ def build_train_config(args):
         # and on every process alike (FSDP / DeepSpeed start from one whole model).
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
-                                          apply_strategy, launcher_world_size)
+                                          apply_strategy, check_checkpoint_interval,
+                                          launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -140,6 +141,7 @@ def build_train_config(args):
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
+    check_checkpoint_interval(cfg)  # no checkpoint inside an accumulated step
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and cfg.get('resume')

@@ -1,7 +1,8 @@
 """Training-engine pieces mmengine lacks, and mends for mmengine on current torch."""
 from .atomic_checkpoint import CheckpointWriteError, make_checkpoints_atomic
 from .compat import make_mmengine_checkpoints_loadable, init_cpu_distributed
-from .ema import EMAHook, FP32EMAHook, FP32ExponentialMovingAverage, optimizer_stepped
+from .accumulation import accumulation_steps, optimizer_stepped
+from .ema import EMAHook, FP32EMAHook, FP32ExponentialMovingAverage
 from .sharded_ema import ShardedEMA, ShardedEMAHook, ZeroShardedEMA
 from .zero_partition_ema import ZeroPartitionEMA
 from .hooks import *  # noqa: F401,F403

@@ -25,7 +25,8 @@ in mmsora's scope (``default_scope = 'mmsora'``): mmengine's hook, updated only 
 a micro-batch that stepped the optimizer, as diffusers' training scripts do
 (``if accelerator.sync_gradients: ema.step(...)``). Without accumulation it is
 mmengine's hook, update for update. ``type='mmengine.EMAHook'`` still builds
-mmengine's own. The EMA's ``interval`` then counts optimizer steps; ``begin_iter``
+mmengine's own (``--fsdp`` / ``--deepspeed`` switch it to ``ShardedEMAHook`` /
+``FP32EMAHook``, which update once per step like this one). The EMA's ``interval`` then counts optimizer steps; ``begin_iter``
 still counts iterations (micro-batches), as the Runner does.
 """
 import itertools
@@ -36,27 +37,9 @@ from mmengine.model import ExponentialMovingAverage
 
 from mmsora.registry import HOOKS, MODELS
 
-__all__ = ['optimizer_stepped', 'EMAHook', 'FP32ExponentialMovingAverage', 'FP32EMAHook']
+from .accumulation import optimizer_stepped
 
-
-def optimizer_stepped(runner) -> bool:
-    """Whether the training step that just ran ended with an optimizer step: False
-    after the first k-1 of k accumulated micro-batches. Read in ``after_train_iter``.
-
-    mmengine's ``OptimWrapper`` (AMP and mmsora's autocast wrapper included) counts
-    the micro-batches it has back-propagated and steps when ``should_update()``; after
-    the step that count has moved on, so ``should_update()`` tells whether this one
-    stepped (also at the last iteration, which steps whatever the count). DeepSpeed's
-    engine steps at its own accumulation boundary and counts ``micro_steps`` after
-    each; without either (a runner with no optimizer wrapper, several wrappers) every
-    iteration counts, as mmengine's hook does."""
-    wrapper = getattr(runner, 'optim_wrapper', None)
-    if hasattr(wrapper, 'should_update'):
-        return bool(wrapper.should_update())
-    engine = getattr(wrapper, '_model', None)  # DeepSpeedOptimWrapper's engine
-    if hasattr(engine, 'micro_steps') and hasattr(engine, 'gradient_accumulation_steps'):
-        return engine.micro_steps % engine.gradient_accumulation_steps() == 0
-    return True
+__all__ = ['EMAHook', 'FP32ExponentialMovingAverage', 'FP32EMAHook']
 
 
 @HOOKS.register_module(name='EMAHook')

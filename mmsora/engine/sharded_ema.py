@@ -31,7 +31,8 @@ import torch
 from mmsora.registry import HOOKS
 from mmsora.utils.dist import collective_device
 
-from .ema import EMAHook, optimizer_stepped
+from .accumulation import optimizer_stepped
+from .ema import EMAHook
 from .zero_partition_ema import ZeroPartitionEMA, is_zero_partition_optimizer
 
 __all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']

@@ -56,7 +56,8 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
         "checkpoint's weights with --load-from CKPT")
     # Another number of processes: the layout as a 2-process run records it.
     two = load_checkpoint_file(ckpt)
-    assert two['meta']['run_layout'] == dict(world_size=1, batch_size=8, dataset_size=64)
+    assert two['meta']['run_layout'] == dict(world_size=1, batch_size=8, dataset_size=64,
+                                              accumulation=1)
     two['meta']['run_layout']['world_size'] = 2
     torch.save(two, tmp_path / 'two.pth')
     runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'b', 4,

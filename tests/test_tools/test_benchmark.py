@@ -111,7 +111,7 @@ def test_ema_follows_the_config_and_the_options(tmp_path):
         torch.testing.assert_close(avg, a.lerp(b.detach(), 0.25))
     assert benchmark.make_step(benchmark.parse_args(base + ['--no-ema']),
                                'ours')[1].ema is None
-    # --ema adds mmengine's EMAHook where the config has none
+    # --ema adds an EMAHook where the config has none
     added = benchmark.benchmark_config(benchmark.parse_args(SMALL + ['--ema', '1e-4']))
     assert [h['type'] for h in added.custom_hooks] == ['EMAHook']
 

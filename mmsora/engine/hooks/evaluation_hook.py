@@ -5,7 +5,7 @@ mmengine's ValLoop iterates over a dataset and calls the model's ``val_step``; a
 generative model has no data to iterate over, needs seeds per sample and its own
 sampler settings, and should be scored with its EMA weights. This hook samples
 through :func:`mmsora.apis.evaluate_model` (the same fixed-seed, world-size-invariant
-protocol as ``tools/test.py``) with the EMA model of mmengine's ``EMAHook`` when
+protocol as ``tools/test.py``) with the EMA model of the ``EMAHook`` when
 there is one, and logs the metrics like a validation epoch would.
 """
 from typing import Optional, Sequence

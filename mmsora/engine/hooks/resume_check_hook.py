@@ -1,8 +1,9 @@
 """Refuse a ``--resume`` that cannot continue a run exactly.
 
-Which samples a step trains on depends on the number of processes and the batch size
-per process (each rank takes every world_size-th index of the shuffled order, and the
-resumed loop skips the batches already trained on). Resuming with another layout
+Which samples a step trains on depends on the number of processes, the batch size
+per process and the micro-batches accumulated per optimizer step (each rank takes
+every world_size-th index of the shuffled order, and the resumed loop skips the
+batches already trained on). Resuming with another layout
 would silently train on other data with another global batch size than the schedule
 was made for; mmengine 0.10.7's own GPU-count check reads a key its checkpoints no
 longer hold. This hook saves the layout with each checkpoint and stops a resume that
@@ -11,6 +12,7 @@ differs, pointing at ``--load-from`` (weights only), which works with any layout
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 
+from mmsora.engine.accumulation import accumulation_steps
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 
@@ -18,24 +20,33 @@ __all__ = ['ResumeCheckHook']
 
 
 def run_layout(runner):
-    """``dict(world_size, batch_size, dataset_size)`` of a runner's training."""
+    """``dict(world_size, batch_size, dataset_size, accumulation)`` of a runner's
+    training (``accumulation``: micro-batches per optimizer step)."""
     loader = runner.train_dataloader
     return dict(world_size=get_world_size(), batch_size=loader.batch_size,
-                dataset_size=len(loader.dataset))
+                dataset_size=len(loader.dataset), accumulation=accumulation_steps(runner))
 
 
 def _describe(layout):
     world, batch = layout['world_size'], layout['batch_size']
-    return (f'{world} process{"es" if world != 1 else ""} x batch size {batch} '
-            f'(global {world * batch})')
+    accumulation = layout.get('accumulation', 1)
+    steps = f' x {accumulation} micro-batches per step' if accumulation != 1 else ''
+    return (f'{world} process{"es" if world != 1 else ""} x batch size {batch}{steps} '
+            f'(global {world * batch * accumulation})')
+
+
+def _key(layout, now):
+    # Checkpoints written before the accumulation was recorded: not compared.
+    return (layout['world_size'], layout['batch_size'],
+            layout.get('accumulation', now.get('accumulation')))
 
 
 @HOOKS.register_module()
 class ResumeCheckHook(Hook):
     """Save the run's layout in checkpoints; refuse to resume with another one.
 
-    A different number of processes or batch size per process stops the resume with
-    one line; a dataset of another length is allowed with a warning (the data order
+    A different number of processes, batch size per process or number of
+    micro-batches per optimizer step stops the resume with one line; a dataset of another length is allowed with a warning (the data order
     then differs from the uninterrupted run's).
     """
 
@@ -47,8 +58,7 @@ class ResumeCheckHook(Hook):
         if not runner._resume or saved is None:
             return
         now = run_layout(runner)
-        if (saved['world_size'], saved['batch_size']) != (now['world_size'],
-                                                          now['batch_size']):
+        if _key(saved, now) != _key(now, now):
             raise UserError(
                 f'cannot resume: the checkpoint was saved by a run of '
                 f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '

@@ -12,7 +12,8 @@ from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
 __all__ = ['apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
-           'launcher_world_size', 'fsdp_on_cpu']
+           'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
+           'check_checkpoint_interval']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -177,3 +178,37 @@ def apply_global_batch(cfg, world_size: int):
             f'{world_size * accum}')
     cfg.train_dataloader.batch_size = total // (world_size * accum)
     return cfg.train_dataloader.batch_size
+
+
+def accumulation_of(cfg) -> int:
+    """Micro-batches per optimizer step a training config asks for: DeepSpeed's
+    ``gradient_accumulation_steps`` once filled in (``--deepspeed``), else
+    ``optim_wrapper.accumulative_counts``."""
+    strategy = cfg.get('strategy') or {}
+    if strategy.get('type') == 'DeepSpeedStrategy':
+        steps = (strategy.get('config') or {}).get('gradient_accumulation_steps')
+        if isinstance(steps, int):
+            return steps
+    return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+
+
+def check_checkpoint_interval(cfg) -> None:
+    """Refuse iteration checkpoints that fall between the micro-batches of one
+    optimizer step: the gradients accumulated so far are not saved (neither mmengine
+    nor DeepSpeed keeps them), so ``--resume`` from such a checkpoint would take its
+    next step on fewer micro-batches than the uninterrupted run (mmengine only warns
+    when it resumes). The run's last iteration always steps, so its checkpoint is
+    whole either way."""
+    accumulation = accumulation_of(cfg)
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if accumulation <= 1 or not isinstance(hook, dict) or hook.get('by_epoch', True):
+        return
+    interval = hook.get('interval', -1)
+    if interval > 0 and interval % accumulation:
+        whole = -(-interval // accumulation) * accumulation
+        raise UserError(
+            f'default_hooks.checkpoint.interval={interval} is not a multiple of the '
+            f'{accumulation} micro-batches of an optimizer step (optim_wrapper.'
+            'accumulative_counts): a checkpoint inside a step loses the gradients '
+            'accumulated so far and --resume could not continue the run exactly; use '
+            f'a multiple, e.g. default_hooks.checkpoint.interval={whole}')

@@ -1,8 +1,10 @@
-"""mmsora's EMAHook (mmsora/engine/ema.py) moves the average once per optimizer step:
-with gradient accumulation over k micro-batches, at the k-th (and at the last
-iteration), not k times per step as mmengine's hook does. Without accumulation it is
-mmengine's hook, update for update. Trained through mmengine's Runner on the tiny demo
-model; DeepSpeed's accumulation runs in tests/test_engine/test_deepspeed_train.py."""
+"""Gradient accumulation (optim_wrapper.accumulative_counts = k) through mmengine's
+Runner on the tiny demo model. mmsora's EMAHook (mmsora/engine/ema.py) moves the
+average once per optimizer step: at the k-th micro-batch (and at the last iteration),
+not k times per step as mmengine's hook does; without accumulation it is mmengine's
+hook, update for update. Checkpoints fall on step boundaries (tools/train.py refuses
+an interval inside a step), a resume continues exactly, and one with another k is
+refused. DeepSpeed's accumulation runs in tests/test_engine/test_deepspeed_train.py."""
 import os.path as osp
 
 import pytest
@@ -10,9 +12,9 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-import mmsora.engine  # noqa: F401
 from mmsora.engine import EMAHook, ShardedEMAHook, optimizer_stepped
 from mmsora.registry import HOOKS
+from mmsora.utils.cli import UserError
 from tests.tiny_models import TINY_DEMO_OPTIONS
 from tools.train import build_train_config, parse_args
 
@@ -32,15 +34,17 @@ class RecordWeights(Hook):
                             for k, v in runner.model.state_dict().items()})
 
 
-def train(repo_root, work_dir, ema_type, accumulate, iters):
+def train(repo_root, work_dir, ema_type, accumulate, iters, *options, resume=None):
     argv = [osp.join(repo_root, DEMO), '--work-dir', str(work_dir), '--cfg-options',
             *TINY_DEMO_OPTIONS, f'train_cfg.max_iters={iters}',
             f'optim_wrapper.accumulative_counts={accumulate}',
-            'default_hooks.checkpoint.interval=100']
+            'default_hooks.checkpoint.interval=100', *options]
+    if resume:
+        argv += ['--resume', resume]
     cfg = build_train_config(parse_args(argv))
     cfg.custom_hooks = [dict(type=ema_type, momentum=MOMENTUM, update_buffers=True,
-                             priority='ABOVE_NORMAL')]
-    cfg.experiment_name = f'{ema_type}-{accumulate}-{iters}'
+                             priority='ABOVE_NORMAL'), dict(type='RNGStateHook')]
+    cfg.experiment_name = f'{ema_type}-{accumulate}-{iters}-{osp.basename(work_dir)}'
     runner = Runner.from_cfg(cfg)
     record = RecordWeights()
     runner.register_hook(record)
@@ -90,7 +94,7 @@ def test_mmengines_hook_moves_at_every_micro_batch(repo_root, tmp_path):
 
 def test_without_accumulation_it_is_mmengines_hook(repo_root, tmp_path):
     ours, states, _ = train(repo_root, tmp_path / 'ours', 'EMAHook', accumulate=1, iters=3)
-    theirs, same, _ = train(repo_root, tmp_path / 'theirs', 'mmengine.EMAHook',
+    theirs, _, _ = train(repo_root, tmp_path / 'theirs', 'mmengine.EMAHook',
                             accumulate=1, iters=3)
     assert ours.steps == theirs.steps == 3
     for key, value in ours.module.state_dict().items():
@@ -115,11 +119,15 @@ class Wrapper:
 class Engine:
     """What optimizer_stepped reads of DeepSpeed's engine after its step()."""
 
-    def __init__(self, micro_steps, accumulation):
+    def __init__(self, micro_steps, accumulation, managed=True):
         self.micro_steps, self._accumulation = micro_steps, accumulation
+        self._managed = managed
 
     def gradient_accumulation_steps(self):
         return self._accumulation
+
+    def managed_gradient_accumulation(self):
+        return self._managed
 
 
 class DeepSpeedWrapper:
@@ -140,6 +148,8 @@ def test_optimizer_stepped_reads_each_wrapper():
     assert not optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(2, 4))))
     assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(4, 4))))
     assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(5, 1))))
+    # managed_gradient_accumulation: false -- every step() steps
+    assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(2, 4, managed=False))))
     assert optimizer_stepped(Runner_())  # no wrapper: every iteration, as mmengine
 
 
@@ -159,3 +169,51 @@ def test_sharded_hook_skips_micro_batches_within_an_accumulation():
     assert hook.ema_model.steps == 0
     hook.after_train_iter(FakeRunner(True), 1)
     assert hook.ema_model.steps == 1
+
+
+def test_the_one_card_recipe_of_the_docs(repo_root, tmp_path):
+    """docs/distributed.md's command for Latte's global batch on one 24 GB card."""
+    preset = osp.join(repo_root, 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py')
+    cfg = build_train_config(parse_args([
+        preset, '--work-dir', str(tmp_path), '--cfg-options', 'global_batch_size=40',
+        'optim_wrapper.accumulative_counts=8', 'train_cfg.max_iters=8000000']))
+    assert cfg.train_dataloader.batch_size == 5
+    assert cfg.optim_wrapper.accumulative_counts == 8
+    emas = [h for h in cfg.custom_hooks if h['type'] == 'EMAHook']
+    assert len(emas) == 1 and HOOKS.get(emas[0]['type']) is EMAHook
+
+
+def test_resume_at_a_step_boundary_is_exact(repo_root, tmp_path):
+    """k = 2, checkpoints every 2 iterations: a run resumed from iteration 4 ends as
+    the uninterrupted one, weights and EMA bit for bit."""
+    every = 'default_hooks.checkpoint.interval=2'
+    full, _, whole = train(repo_root, tmp_path / 'full', 'EMAHook', 2, 6, every)
+    again, _, resumed = train(repo_root, tmp_path / 'resumed', 'EMAHook', 2, 6, every,
+                              resume=str(tmp_path / 'full' / 'iter_4.pth'))
+    assert full.steps == again.steps == 3
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    for key, value in full.module.state_dict().items():
+        assert torch.equal(value, again.module.state_dict()[key]), key
+
+
+def test_a_checkpoint_inside_a_step_is_refused(repo_root, tmp_path):
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path), '--cfg-options',
+            'optim_wrapper.accumulative_counts=4', 'default_hooks.checkpoint.interval=10']
+    with pytest.raises(UserError, match=r'interval=10 is not a multiple of the 4 '
+                       r'micro-batches .* e\.g\. default_hooks\.checkpoint\.interval=12$'):
+        build_train_config(parse_args(argv))
+    # DeepSpeed's accumulation is filled in from the same setting, and checked.
+    with pytest.raises(UserError, match='interval=10 is not a multiple of the 4'):
+        build_train_config(parse_args([*argv, '--deepspeed', 'deepspeed_zero2']))
+    build_train_config(parse_args([*argv[:-1], 'default_hooks.checkpoint.interval=12']))
+
+
+def test_resume_with_another_accumulation_is_refused(repo_root, tmp_path):
+    every = 'default_hooks.checkpoint.interval=2'
+    train(repo_root, tmp_path / 'k2', 'EMAHook', 2, 2, every)
+    with pytest.raises(UserError, match=r'saved by a run of 1 process x batch size 4 x 2 '
+                       r'micro-batches per step \(global 8\), this run has 1 process x '
+                       r'batch size 4 \(global 4\)'):
+        train(repo_root, tmp_path / 'k1', 'EMAHook', 1, 4, every, 'global_batch_size=4',
+              resume=str(tmp_path / 'k2' / 'iter_2.pth'))
