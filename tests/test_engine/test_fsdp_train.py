@@ -150,3 +150,31 @@ def test_fsdp_and_one_process_start_from_the_same_weights(repo_root, tmp_path):
     assert a.keys() == b.keys()
     for name, value in a.items():  # one step from the same start, on the same batch
         torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_with_accumulation_trains_like_one_process(repo_root, tmp_path, start_weights):
+    """Two micro-batches per step (optim_wrapper.accumulative_counts=2; FSDP skips the
+    reduce-scatter of the first under no_sync): two FSDP processes end like one plain
+    process on the same global batch, and the sharded EMA moved once per optimizer
+    step (2 updates in 4 iterations), from the weights after each step."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    options = ['--load-from', start_weights, '--cfg-options', *TINY,
+               'model.train_noise_seed=0', 'train_cfg.max_iters=4',
+               'optim_wrapper.accumulative_counts=2']
+    run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one), *options],
+        repo_root)
+    fsdp(repo_root, two, *options)
+    assert Config.fromfile(two / 'dit_tiny2_1xb32_1500_shapes16.py'
+                           ).train_dataloader.batch_size == 2  # 8 = 2 x 2 x 2
+    ckpt1, ckpt2 = load(one / 'iter_4.pth'), load(two / 'iter_4.pth')
+    for key in ('state_dict', 'ema_state_dict'):
+        for name, value in ckpt1[key].items():
+            torch.testing.assert_close(ckpt2[key][name], value, rtol=1e-4, atol=1e-5,
+                                       msg=f'{key} {name}')
+    assert int(ckpt1['ema_state_dict']['steps']) == int(ckpt2['ema_state_dict']['steps']) == 2
+    first = load(two / 'iter_2.pth')['ema_state_dict']  # module.*: the trained weights
+    for name, ema in ckpt2['state_dict'].items():
+        if ema.is_floating_point():
+            expected = first['module.' + name].float().lerp(
+                ckpt2['ema_state_dict']['module.' + name].float(), 0.01)
+            torch.testing.assert_close(ema, expected, rtol=0, atol=1e-7, msg=name)
