@@ -11,10 +11,12 @@ at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
 GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
-buckets. ``--deepspeed PRESET`` (or a config with a DeepSpeed ``strategy``) counts
+buckets; gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
+gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with a DeepSpeed ``strategy``) counts
 ``tools/train.py --deepspeed``'s step instead: ZeRO-1/2 partitions over ``--gpus``,
 their reduction buckets and, with offload, what stays in host memory
-(:mod:`mmsora.utils.zero_memory`; ZeRO-3 is not modelled). ``--measure cuda`` runs
+(:mod:`mmsora.utils.zero_memory`; ZeRO-3, and ZeRO with accumulation, are not
+modelled). ``--measure cuda`` runs
 the same steps for real on the GPU and prints the allocator's peak beside each
 estimate (not with DeepSpeed).
 """
@@ -90,6 +92,13 @@ def _deepspeed_config(args, cfg):
     if stage not in (1, 2):
         raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1 and 2 '
                         'are; ZeRO-3 gathers the partitioned weights module by module)')
+    from mmsora.engine.strategies import accumulation_of
+    accumulation = accumulation_of(dict(cfg, strategy=strategy))
+    if accumulation > 1:
+        raise UserError(f'DeepSpeed ZeRO with gradient accumulation ({accumulation} '
+                        'micro-batches per step) is not modelled; with '
+                        '--cfg-options optim_wrapper.accumulative_counts=1 the estimate '
+                        'is a lower bound')
     if args.measure:
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
                         '--measure (or measure the config without its DeepSpeed '
@@ -140,6 +149,9 @@ def main(argv=None):
     if deepspeed:
         source = args.deepspeed or "the config's strategy"
         strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
+    from mmsora.engine.strategies import accumulation_of
+    if accumulation_of(cfg) > 1:  # the gradients stay through the next micro-batch
+        strategy += f', {accumulation_of(cfg)} micro-batches per optimizer step'
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
           f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
           'of a training step')

@@ -14,7 +14,11 @@ a little more: the CUDA context and the caching allocator's unused blocks (the
 The step is the one ``tools/train.py`` runs: the config's denoiser and objective
 (``model.diffusion.loss``), the config's optimizer (fused Adam/AdamW, as on CUDA),
 an averaged copy of the model when the config has an ``EMAHook``, and
-autocast over fp32 weights for ``--amp``. Latents and text embeddings come from the
+autocast over fp32 weights for ``--amp``. With gradient accumulation
+(``optim_wrapper.accumulative_counts`` > 1) the gradients of the first micro-batch
+stay through the forward of the next, which then holds activations and gradients at
+once: two micro-batches are counted before each optimizer step (later ones repeat
+the second). Latents and text embeddings come from the
 batch (pre-extracted), so the VAE and the text encoder are not in the step.
 
 With a DeepSpeed ZeRO-1 / ZeRO-2 config (``tools/train.py --deepspeed``) the step is
@@ -244,6 +248,13 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                                             torch.float16: 'float16'}[dtype])
         zero = ZeroLayout.from_config(filled, gpus)
         dtype = None  # DeepSpeed casts the module instead of autocasting
+    from mmsora.engine.strategies.train_options import accumulation_of
+    accumulation = accumulation_of(cfg)
+    if zero is not None and accumulation > 1:
+        raise ValueError(f'DeepSpeed ZeRO with gradient accumulation ({accumulation} '
+                         'micro-batches per step) is not modelled; without it '
+                         '(optim_wrapper.accumulative_counts=1) the estimate is a '
+                         'lower bound')
     model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
@@ -307,10 +318,11 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         kwargs = denoiser_kwargs(model, batch_size, text_len)
 
         def step():
-            with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
-                                enabled=dtype is not None):
-                loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
-            loss.float().mean().backward()
+            for _ in range(min(accumulation, 2)):  # the 2nd runs over the 1st's grads
+                with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
+                                    enabled=dtype is not None):
+                    loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
+                loss.float().mean().backward()
             if zero is None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -170,6 +170,9 @@ def test_parts_follow_processes_precision_and_offload():
     assert offload.peak < two.peak
     with pytest.raises(ValueError, match='fake tensors only'):
         estimate_training_memory(cfg, BATCH, fake=False, deepspeed=zero2)
+    cfg.optim_wrapper.accumulative_counts = 2  # DeepSpeed's accumulation: not modelled
+    with pytest.raises(ValueError, match='gradient accumulation'):
+        estimate_training_memory(cfg, BATCH, deepspeed=zero2)
 
 
 def _demo_model():
@@ -189,7 +192,9 @@ def test_tool_counts_deepspeed_and_refuses_what_it_does_not_model(tmp_path, caps
     assert out['largest_batch'][0]['batch_size'] > 0
     cases = [(['--deepspeed', 'deepspeed_zero3'], 'ZeRO stage 3 is not modelled'),
              (['--deepspeed', 'fsdp'], 'FSDPStrategy is not modelled'),
-             (['--deepspeed', 'deepspeed_zero2', '--measure', 'cpu'], 'drop --measure')]
+             (['--deepspeed', 'deepspeed_zero2', '--measure', 'cpu'], 'drop --measure'),
+             (['--deepspeed', 'deepspeed_zero2', '--cfg-options',
+               'optim_wrapper.accumulative_counts=2'], r'accumulation \(2 micro-batches')]
     for args, message in cases:
         with pytest.raises(UserError, match=message):
             estimate_memory.main([DEMO, *args])
