@@ -178,6 +178,17 @@ class _ZeroTimeline:
         (not all of them at the peak, which may come before the first reduction)."""
         return self.zero.buckets() + self.partition_bytes
 
+    def between_micro_batches(self):
+        """The end of a backward that does not step (gradient accumulation): what is
+        left is reduced, the buckets go, this process's reduced gradients stay and
+        the next micro-batches accumulate into them."""
+        for p in self.trainable:
+            if p.grad is not None:
+                self._reduce(p)
+        if self.partition is None:
+            self.partition = self._empty(self.partition_bytes)
+        self.buckets = None
+
     def step(self):
         """The end of the backward and the optimizer step: any gradient not reduced
         yet is, the buckets go, the reduced gradients are flattened (a copy in the
@@ -250,10 +261,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         dtype = None  # DeepSpeed casts the module instead of autocasting
     from mmsora.engine.strategies.train_options import accumulation_of
     accumulation = accumulation_of(cfg)
-    if zero is not None and accumulation > 1:
-        raise ValueError(f'DeepSpeed ZeRO with gradient accumulation ({accumulation} '
-                         'micro-batches per step) is not modelled; without it '
-                         '(optim_wrapper.accumulative_counts=1) the estimate is a '
+    if zero is not None and accumulation > 1 and zero.stage != 2:
+        raise ValueError(f'DeepSpeed ZeRO-{zero.stage} with gradient accumulation '
+                         f'({accumulation} micro-batches per step) is not modelled (ZeRO-2 '
+                         'is); with optim_wrapper.accumulative_counts=1 the estimate is a '
                          'lower bound')
     model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
@@ -309,6 +320,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             largest = max(p.numel() for p in trainable) * zero.element_size
             if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
                 host += master + states + grad32 + half_copy + largest
+                if accumulation > 1:  # the gradients accumulated between micro-batches
+                    host += zero.overlapping_gradients([p.numel() for p in trainable])
                 resident = [torch.empty(largest, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, 0, 0)  # the step is the host's
             else:
@@ -318,11 +331,14 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         kwargs = denoiser_kwargs(model, batch_size, text_len)
 
         def step():
-            for _ in range(min(accumulation, 2)):  # the 2nd runs over the 1st's grads
+            micro = min(accumulation, 2)  # the 2nd runs over what the 1st left
+            for i in range(micro):
                 with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                     enabled=dtype is not None):
                     loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
                 loss.float().mean().backward()
+                if zero is not None and i < micro - 1:
+                    timeline.between_micro_batches()
             if zero is None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
