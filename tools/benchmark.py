@@ -304,26 +304,34 @@ def make_step(args, impl: str):
                           torch.zeros(1, dtype=torch.long, device=device),
                           attention_model=model.denoiser, **one)
 
+    from mmsora.engine.strategies import accumulation_of
+    micro_batches = accumulation_of(cfg)
     hooks = step_hooks(cfg)
-    runner = _StepRunner(model, optim_wrapper, args.warmup + args.steps)
+    runner = _StepRunner(model, optim_wrapper, (args.warmup + args.steps) * micro_batches)
     for hook in hooks:
         hook.before_run(runner)
     for hook in hooks:
         hook.before_train(runner)
 
     def step():
-        log_vars = model.train_step(batch, optim_wrapper)
-        # After a step the Runner's RuntimeInfoHook (the first hook) logs every value
-        # with .item(); then the EMA hook updates its average.
-        logged = {key: value.item() for key, value in log_vars.items()}
-        for hook in hooks:
-            hook.after_train_iter(runner, runner.iter, batch, log_vars)
-        runner.iter += 1
-        return logged['loss']
+        # With gradient accumulation a step is the config's micro-batches, each a
+        # Runner iteration, and the optimizer step that ends the last.
+        losses = []
+        for _ in range(micro_batches):
+            log_vars = model.train_step(batch, optim_wrapper)
+            # After an iteration the Runner's RuntimeInfoHook (the first hook) logs
+            # every value with .item(); then the EMA hook updates its average.
+            logged = {key: value.item() for key, value in log_vars.items()}
+            for hook in hooks:
+                hook.after_train_iter(runner, runner.iter, batch, log_vars)
+            runner.iter += 1
+            losses.append(logged['loss'])
+        return sum(losses) / len(losses)
 
     step.ema = next((h.ema_model for h in hooks if hasattr(h, 'ema_model')), None)
     info = dict(fwd_flops_per_sample=flops, tokens_per_sample=tokens_per_sample(model),
-                attn_kernel=_attention_kernel(args, model, impl))
+                attn_kernel=_attention_kernel(args, model, impl),
+                micro_batches=micro_batches)
     return model, step, info
 
 
@@ -395,7 +403,7 @@ def _setup(args) -> None:
 def throughput(args, info: dict, step_s: float) -> dict:
     """samples/s, tokens/s, model TFLOP/s and MFU of a step of ``step_s`` seconds."""
     from mmsora.utils.flops import peak_tflops
-    n = args.batch_size
+    n = args.batch_size * info.get('micro_batches', 1)  # samples per optimizer step
     flops_per_step = 3 * info['fwd_flops_per_sample'] * n  # fwd + 2x fwd for backward
     out = dict(samples_per_s=n / step_s,
                fwd_gflops_per_sample=info['fwd_flops_per_sample'] / 1e9,
@@ -543,13 +551,18 @@ def main(argv=None):
     if args.worker:
         print(_RESULT_TAG + json.dumps(run_worker(args)), flush=True)
         return
-    step_hooks(benchmark_config(args))  # a wrong path, option or hook stops here
+    cfg = benchmark_config(args)
+    step_hooks(cfg)  # a wrong path, option or hook stops here
+    from mmsora.engine.strategies import accumulation_of
+    micro = accumulation_of(cfg)  # a step: this many micro-batches of --batch-size
+    micro = micro if micro > 1 else None
     if args.interleave:
         if not args.baseline:
             raise SystemExit('--interleave compares two models: add --baseline diffusers')
         record = interleave(args)
         print(f'model={args.config or args.model} batch_size={args.batch_size} '
-              f'device={args.device} precision={args.precision} steps={args.steps} '
+              + (f'micro_batches={micro} ' if micro else '')
+              + f'device={args.device} precision={args.precision} steps={args.steps} '
               f'warmup={args.warmup} ema={args.ema} interleaved threads='
               f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
         print(interleave_report(args, record))
@@ -573,6 +586,7 @@ def main(argv=None):
     setup = dict(config=args.config, model=None if args.config else args.model,
                  input_size=None if args.config else args.input_size,
                  cfg_options=args.cfg_options or None, batch_size=args.batch_size,
+                 micro_batches=micro,
                  grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
                  ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
                  device=args.device, precision=args.precision,

@@ -70,6 +70,26 @@ def test_step_is_the_runners_train_step(monkeypatch):
     assert info['tokens_per_sample'] == 4
 
 
+def test_a_step_with_accumulation_is_every_micro_batch_and_one_optimizer_step(monkeypatch):
+    """optim_wrapper.accumulative_counts=3: a timed step runs three micro-batches (three
+    Runner iterations) and the optimizer once; samples/s counts all three."""
+    from mmengine.optim import OptimWrapper
+    stepped = []
+    optimizer_step = OptimWrapper.step
+    monkeypatch.setattr(OptimWrapper, 'step', lambda self, **kw: (
+        stepped.append(True), optimizer_step(self, **kw))[1])
+    args = benchmark.parse_args(SMALL + ['--ema', '0.5', '--cfg-options',
+                                         'optim_wrapper.accumulative_counts=3'])
+    model, step, info = benchmark.make_step(args, 'ours')
+    assert info['micro_batches'] == 3
+    step()
+    step()
+    assert len(stepped) == 2  # once per step, after its third micro-batch
+    assert step.ema.steps == 2  # the EMA moved once per optimizer step too
+    rates = benchmark.throughput(args, info, 1.0)
+    assert rates['samples_per_s'] == 3 * 2
+
+
 def test_config_optimizer_wrapper_clips(tmp_path):
     """The config's optim_wrapper is the one stepped: SGD with lr 1 moves the weights
     by exactly the clipped gradient's norm."""
