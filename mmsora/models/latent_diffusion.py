@@ -51,12 +51,15 @@ class LatentDiffusion(BaseModel):
         train_noise_seed: None (default): a training step draws its timesteps, noise
             and label / caption drops from torch's global generator, per process (as
             DiT). An int: each sample draws them from its own generator seeded by
-            ``(train_noise_seed, iteration, place in the global batch)``
+            ``(train_noise_seed, optimizer step, place in the global batch)``
             (:mod:`mmsora.utils.sample_rng`), so the same global batch gives the
-            same per-sample losses and gradients on any number of processes, and a
-            resumed run needs no RNG state for them. The iteration is the Runner's
-            (mmengine's message hub); without a Runner, the count of ``loss`` calls.
-            The place of local sample ``i`` on rank ``r`` of ``W`` is ``i * W + r``:
+            same per-sample losses and gradients on any number of processes and
+            with any gradient accumulation, and a resumed run needs no RNG state for
+            them. The step is the Runner's iteration (mmengine's message hub) over
+            the micro-batches per step (``accumulative_counts`` in the hub, which
+            ``ResumeCheckHook`` publishes; 1 without it); without a Runner, the count
+            of ``loss`` calls. The place of local sample ``i`` of micro-batch ``m``
+            (of ``n`` samples) on rank ``r`` of ``W`` is ``(m * n + i) * W + r``:
             mmengine's ``DefaultSampler`` and ``InfiniteSampler`` hand out the global
             order that way. Costs one small CPU generator per sample per step. Not
             covered: dropout layers (0 in our denoisers) and random augmentation
@@ -217,12 +220,18 @@ class LatentDiffusion(BaseModel):
         if self.train_noise_seed is None:
             return contextlib.nullcontext()
         rank, world_size = get_dist_info()
-        step = MessageHub.get_current_instance().get_info('iter')
-        if step is None:  # no Runner (a script calling loss): count the calls instead
-            step = self._calls_without_runner
+        hub = MessageHub.get_current_instance()
+        iteration = hub.get_info('iter')
+        if iteration is None:  # no Runner (a script calling loss): count the calls
+            iteration = self._calls_without_runner
             self._calls_without_runner += 1
-        seeds = sample_rng.sample_seeds(self.train_noise_seed, step,
-                                        [i * world_size + rank for i in range(n)])
+        # With gradient accumulation (ResumeCheckHook publishes it) the k iterations
+        # of an optimizer step are micro-batches of one global batch: key by the step
+        # and the place in it, as k processes would hold them.
+        step, micro = divmod(iteration, hub.get_info('accumulative_counts') or 1)
+        seeds = sample_rng.sample_seeds(
+            self.train_noise_seed, step,
+            [(micro * n + i) * world_size + rank for i in range(n)])
         return sample_rng.per_sample_generators(sample_rng.make_generators(seeds))
 
     def parse_losses(self, losses):

@@ -59,6 +59,34 @@ def test_one_and_two_processes_train_alike(repo_root, tmp_path):
                                        msg=name)
 
 
+def test_accumulation_on_one_process_trains_like_two_processes(repo_root, tmp_path):
+    """global_batch_size=8 on one process with 2 micro-batches of 4 per step, and on
+    two processes with 4 each: train_noise_seed keys each sample's draws by the
+    optimizer step and its place in the step's global batch, so after 3 steps (6
+    iterations on one process, 3 on two) both end with the same weights and EMA.
+    Keyed by the iteration instead (the hub without 'accumulative_counts'), the
+    second micro-batch of a step would draw as the next step's first does."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    seeded = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0']
+    result = run_tool([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one),
+                       '--cfg-options', *seeded, 'optim_wrapper.accumulative_counts=2',
+                       'train_cfg.max_iters=6', 'default_hooks.checkpoint.interval=6'],
+                      repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'train_dataloader.batch_size=4 on each of 1 process' in result.stdout
+    result = run_tool(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(two),
+                       '--cfg-options', *seeded, 'default_hooks.checkpoint.interval=3'],
+                      repo_root, PORT=str(free_port()))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    a = torch.load(one / 'iter_6.pth', map_location='cpu', weights_only=False)
+    b = torch.load(two / 'iter_3.pth', map_location='cpu', weights_only=False)
+    assert int(a['ema_state_dict']['steps']) == int(b['ema_state_dict']['steps']) == 3
+    for key in ('state_dict', 'ema_state_dict'):
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=1e-4, atol=1e-5,
+                                       msg=f'{key} {name}')
+
+
 def test_without_the_noise_seed_the_runs_differ(repo_root, tmp_path):
     """The negative control: per-process draws (the default) depend on the split."""
     (loss1, w1, _), (loss2, w2, _) = train_both(repo_root, tmp_path, [])

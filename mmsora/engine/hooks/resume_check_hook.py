@@ -43,12 +43,19 @@ def _key(layout, now):
 
 @HOOKS.register_module()
 class ResumeCheckHook(Hook):
-    """Save the run's layout in checkpoints; refuse to resume with another one.
+    """Save the run's layout in checkpoints; refuse to resume with another one. Also
+    puts the micro-batches per optimizer step in the message hub
+    (``'accumulative_counts'``), where LatentDiffusion's per-sample draws read it.
 
     A different number of processes, batch size per process or number of
     micro-batches per optimizer step stops the resume with one line; a dataset of another length is allowed with a warning (the data order
     then differs from the uninterrupted run's).
     """
+
+    def before_train(self, runner):
+        # The micro-batches per optimizer step, for whatever keys draws by step
+        # (LatentDiffusion's train_noise_seed).
+        runner.message_hub.update_info('accumulative_counts', accumulation_steps(runner))
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
