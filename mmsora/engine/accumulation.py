@@ -20,13 +20,28 @@ def _deepspeed_engine(runner):
     return None
 
 
+def _managed(engine) -> bool:
+    """DeepSpeed's own accumulation (the default); without it every ``step()`` is an
+    optimizer step."""
+    return getattr(engine, 'managed_gradient_accumulation', lambda: True)()
+
+
+def _counting_wrapper(runner):
+    """The run's ``OptimWrapper`` (AMP and mmsora's autocast wrapper included), which
+    counts micro-batches; None for DeepSpeed's, several wrappers
+    (``OptimWrapperDict``, which inherits ``should_update`` without its count) or
+    none."""
+    wrapper = getattr(runner, 'optim_wrapper', None)
+    return wrapper if hasattr(wrapper, '_inner_count') else None
+
+
 def accumulation_steps(runner) -> int:
     """Micro-batches per optimizer step (1 without accumulation, or without an
     optimizer wrapper that accumulates)."""
     engine = _deepspeed_engine(runner)
     if engine is not None:
-        return int(engine.gradient_accumulation_steps())
-    return int(getattr(getattr(runner, 'optim_wrapper', None), '_accumulative_counts', 1))
+        return int(engine.gradient_accumulation_steps()) if _managed(engine) else 1
+    return int(getattr(_counting_wrapper(runner), '_accumulative_counts', 1))
 
 
 def optimizer_stepped(runner) -> bool:
@@ -42,11 +57,11 @@ def optimizer_stepped(runner) -> bool:
     end. With ``managed_gradient_accumulation: false`` every ``step()`` is a step.
     Without either wrapper (none, or several) every iteration counts, as mmengine's
     hooks assume."""
-    wrapper = getattr(runner, 'optim_wrapper', None)
-    if hasattr(wrapper, 'should_update'):
+    wrapper = _counting_wrapper(runner)
+    if wrapper is not None:
         return bool(wrapper.should_update())
     engine = _deepspeed_engine(runner)
     if engine is not None:
-        managed = getattr(engine, 'managed_gradient_accumulation', lambda: True)()
-        return not managed or engine.micro_steps % engine.gradient_accumulation_steps() == 0
+        return (not _managed(engine)
+                or engine.micro_steps % engine.gradient_accumulation_steps() == 0)
     return True

@@ -260,7 +260,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         zero = ZeroLayout.from_config(filled, gpus)
         dtype = None  # DeepSpeed casts the module instead of autocasting
     from mmsora.engine.strategies.train_options import accumulation_of
-    accumulation = accumulation_of(cfg)
+    accumulation = (int(filled.get('gradient_accumulation_steps', 1)) if zero is not None
+                    else accumulation_of(cfg))
     if zero is not None and accumulation > 1 and zero.stage != 2:
         raise ValueError(f'DeepSpeed ZeRO-{zero.stage} with gradient accumulation '
                          f'({accumulation} micro-batches per step) is not modelled (ZeRO-2 '

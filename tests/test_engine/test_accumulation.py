@@ -12,7 +12,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from mmsora.engine import EMAHook, ShardedEMAHook, optimizer_stepped
+from mmsora.engine import EMAHook, ShardedEMAHook, accumulation_steps, optimizer_stepped
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 from tests.tiny_models import TINY_DEMO_OPTIONS
@@ -109,6 +109,9 @@ def test_the_configs_emahook_is_mmsoras():
 
 
 class Wrapper:
+    """What optimizer_stepped reads of mmengine's OptimWrapper."""
+    _inner_count, _accumulative_counts = 1, 2
+
     def __init__(self, stepped):
         self.stepped = stepped
 
@@ -149,7 +152,14 @@ def test_optimizer_stepped_reads_each_wrapper():
     assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(4, 4))))
     assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(5, 1))))
     # managed_gradient_accumulation: false -- every step() steps
-    assert optimizer_stepped(Runner_(DeepSpeedWrapper(Engine(2, 4, managed=False))))
+    unmanaged = Runner_(DeepSpeedWrapper(Engine(2, 4, managed=False)))
+    assert optimizer_stepped(unmanaged) and accumulation_steps(unmanaged) == 1
+    assert accumulation_steps(Runner_(DeepSpeedWrapper(Engine(2, 4)))) == 4
+    # Several optimizers (OptimWrapperDict inherits should_update, not its count)
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+    several = OptimWrapperDict(a=OptimWrapper(torch.optim.SGD(
+        torch.nn.Linear(2, 2).parameters(), lr=0.1), accumulative_counts=2))
+    assert optimizer_stepped(Runner_(several)) and accumulation_steps(Runner_(several)) == 1
     assert optimizer_stepped(Runner_())  # no wrapper: every iteration, as mmengine
 
 
@@ -188,8 +198,9 @@ def test_resume_at_a_step_boundary_is_exact(repo_root, tmp_path):
     the uninterrupted one, weights and EMA bit for bit."""
     every = 'default_hooks.checkpoint.interval=2'
     full, _, whole = train(repo_root, tmp_path / 'full', 'EMAHook', 2, 6, every)
-    again, _, resumed = train(repo_root, tmp_path / 'resumed', 'EMAHook', 2, 6, every,
-                              resume=str(tmp_path / 'full' / 'iter_4.pth'))
+    again, states, resumed = train(repo_root, tmp_path / 'resumed', 'EMAHook', 2, 6,
+                                   every, resume=str(tmp_path / 'full' / 'iter_4.pth'))
+    assert len(states) == 2  # iterations 5 and 6: it did resume
     assert full.steps == again.steps == 3
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -207,6 +218,49 @@ def test_a_checkpoint_inside_a_step_is_refused(repo_root, tmp_path):
     with pytest.raises(UserError, match='interval=10 is not a multiple of the 4'):
         build_train_config(parse_args([*argv, '--deepspeed', 'deepspeed_zero2']))
     build_train_config(parse_args([*argv[:-1], 'default_hooks.checkpoint.interval=12']))
+
+
+def test_deepspeed_and_save_begin_are_checked_too(repo_root, tmp_path):
+    from mmsora.engine.strategies import accumulation_of
+    base = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path), '--cfg-options',
+            'optim_wrapper.accumulative_counts=4', 'default_hooks.checkpoint.interval=8']
+    # DeepSpeed never steps a part-filled window: the run's length must be whole steps
+    with pytest.raises(UserError, match=r'max_iters=10 is not a multiple of the 4 .* '
+                       r'use 8 or 12$'):
+        build_train_config(parse_args([*base, 'train_cfg.max_iters=10',
+                                       '--deepspeed', 'deepspeed_zero2']))
+    build_train_config(parse_args([*base, 'train_cfg.max_iters=10']))  # mmengine's does
+    with pytest.raises(UserError, match=r'checkpoint.save_begin=2 is not a multiple'):
+        build_train_config(parse_args([*base, 'default_hooks.checkpoint.save_begin=2']))
+    # the strategy's own gradient_accumulation_steps wins over its config's (mmengine)
+    assert accumulation_of(dict(strategy=dict(
+        type='DeepSpeedStrategy', gradient_accumulation_steps=3,
+        config=dict(gradient_accumulation_steps=2)))) == 3
+
+
+def test_noise_seed_with_accumulation_needs_the_hook_that_publishes_it(repo_root,
+                                                                         tmp_path):
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path), '--cfg-options',
+            'optim_wrapper.accumulative_counts=2', 'model.train_noise_seed=0']
+    build_train_config(parse_args(argv))
+    with pytest.raises(UserError, match='keep default_hooks.resume_check'):
+        build_train_config(parse_args([*argv, 'default_hooks.resume_check=None']))
+
+
+def test_resuming_an_older_checkpoint_with_accumulation_warns(repo_root, tmp_path):
+    """Checkpoints written before the layout held the accumulation: the EMA's rate
+    changes with this version (once per step), which the log says."""
+    import glob
+
+    every = 'default_hooks.checkpoint.interval=2'
+    train(repo_root, tmp_path / 'old', 'EMAHook', 2, 2, every)
+    ckpt = torch.load(tmp_path / 'old' / 'iter_2.pth', weights_only=False)
+    del ckpt['meta']['run_layout']['accumulation']
+    torch.save(ckpt, tmp_path / 'older.pth')
+    train(repo_root, tmp_path / 'new', 'EMAHook', 2, 4, every,
+          resume=str(tmp_path / 'older.pth'))
+    log = open(glob.glob(str(tmp_path / 'new' / '*' / '*.log'))[0]).read()
+    assert 'the EMA now moves once per optimizer step' in log
 
 
 def test_resume_with_another_accumulation_is_refused(repo_root, tmp_path):

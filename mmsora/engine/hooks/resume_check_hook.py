@@ -55,7 +55,9 @@ class ResumeCheckHook(Hook):
     def before_train(self, runner):
         # The micro-batches per optimizer step, for whatever keys draws by step
         # (LatentDiffusion's train_noise_seed).
-        runner.message_hub.update_info('accumulative_counts', accumulation_steps(runner))
+        # Not saved with checkpoints: each run states its own.
+        runner.message_hub.update_info('accumulative_counts', accumulation_steps(runner),
+                                       resumed=False)
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
@@ -71,6 +73,12 @@ class ResumeCheckHook(Hook):
                 f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '
                 'the same layout: relaunch with it, or start a new run from the '
                 'checkpoint\'s weights with --load-from CKPT')
+        if 'accumulation' not in saved and now['accumulation'] > 1:
+            runner.logger.warning(
+                f'resuming a checkpoint written before mmsora recorded gradient '
+                f'accumulation, with {now["accumulation"]} micro-batches per step: the '
+                'EMA now moves once per optimizer step (it moved at every micro-batch); '
+                'if the run divided its EMA momentum by that count, restore it')
         if saved['dataset_size'] != now['dataset_size']:
             runner.logger.warning(
                 f'resuming on a dataset of {now["dataset_size"]} items; the checkpoint '

@@ -182,13 +182,15 @@ def apply_global_batch(cfg, world_size: int):
 
 def accumulation_of(cfg) -> int:
     """Micro-batches per optimizer step a training config asks for: DeepSpeed's
-    ``gradient_accumulation_steps`` once filled in (``--deepspeed``), else
+    ``gradient_accumulation_steps`` (the strategy's own argument, which mmengine puts
+    over its config's, or the config's once filled in by ``--deepspeed``), else
     ``optim_wrapper.accumulative_counts``."""
     strategy = cfg.get('strategy') or {}
     if strategy.get('type') == 'DeepSpeedStrategy':
-        steps = (strategy.get('config') or {}).get('gradient_accumulation_steps')
-        if isinstance(steps, int):
-            return steps
+        for steps in (strategy.get('gradient_accumulation_steps'),
+                      (strategy.get('config') or {}).get('gradient_accumulation_steps')):
+            if isinstance(steps, int):
+                return steps
     return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
 
 
@@ -197,18 +199,32 @@ def check_checkpoint_interval(cfg) -> None:
     optimizer step: the gradients accumulated so far are not saved (neither mmengine
     nor DeepSpeed keeps them), so ``--resume`` from such a checkpoint would take its
     next step on fewer micro-batches than the uninterrupted run (mmengine only warns
-    when it resumes). The run's last iteration always steps, so its checkpoint is
-    whole either way."""
+    when it resumes). mmengine's wrapper steps at the run's last iteration whatever
+    the count, so its checkpoint is whole; DeepSpeed never steps a part-filled window,
+    so under DeepSpeed ``max_iters`` must be a multiple too. Checkpoints by epoch
+    (``by_epoch=True``) are not checked: the epoch's length is known only at run
+    time."""
     accumulation = accumulation_of(cfg)
     hook = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if accumulation <= 1 or not isinstance(hook, dict) or hook.get('by_epoch', True):
+    if accumulation <= 1:
         return
-    interval = hook.get('interval', -1)
-    if interval > 0 and interval % accumulation:
-        whole = -(-interval // accumulation) * accumulation
-        raise UserError(
-            f'default_hooks.checkpoint.interval={interval} is not a multiple of the '
-            f'{accumulation} micro-batches of an optimizer step (optim_wrapper.'
-            'accumulative_counts): a checkpoint inside a step loses the gradients '
-            'accumulated so far and --resume could not continue the run exactly; use '
-            f'a multiple, e.g. default_hooks.checkpoint.interval={whole}')
+    why = ('micro-batches of an optimizer step (optim_wrapper.accumulative_counts)')
+    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
+        iters = (cfg.get('train_cfg') or {}).get('max_iters')
+        if isinstance(iters, int) and iters % accumulation:
+            raise UserError(
+                f'train_cfg.max_iters={iters} is not a multiple of the {accumulation} '
+                f'{why}: DeepSpeed never steps a part-filled one, so the last '
+                f'{iters % accumulation} iteration(s) would train for nothing; use '
+                f'{iters - iters % accumulation} or {iters - iters % accumulation + accumulation}')
+    if not isinstance(hook, dict) or hook.get('by_epoch', True):
+        return
+    for key in ('interval', 'save_begin'):  # mmengine saves at save_begin + m * interval
+        value = hook.get(key, 0)
+        if value > 0 and value % accumulation:
+            whole = -(-value // accumulation) * accumulation
+            raise UserError(
+                f'default_hooks.checkpoint.{key}={value} is not a multiple of the '
+                f'{accumulation} {why}: a checkpoint inside a step loses the gradients '
+                'accumulated so far and --resume could not continue the run exactly; '
+                f'use a multiple, e.g. default_hooks.checkpoint.{key}={whole}')
