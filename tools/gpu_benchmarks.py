@@ -13,7 +13,9 @@ commands of :data:`PLAN`:
 - a ZeRO-2 run of the demo at DiT-XL/2's widths, its logged peak against the DeepSpeed
   estimate;
 - DiT-XL/2 at batch 256 without the EMA, at batch 32 without the loss guard and
-  without the EMA, and at batch 256 with ``torch.compile``.
+  without the EMA, and at batch 256 with ``torch.compile``;
+- the memory estimate of the 24 GB preset with 8 micro-batches per step (gradient
+  accumulation) against the allocator's peak.
 
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
@@ -77,6 +79,12 @@ PLAN = {
                             '5', '--json', '{json}'], 300),
     'dit_xl2_b256_compile': ([*XL, '--batch-size', '256', '--steps', '10', '--warmup',
                               '5', '--compile', '--json', '{json}'], 600),
+    # the one-card recipe (docs/distributed.md): 8 micro-batches of 5 clips, the first's
+    # gradients kept through the second's forward; estimate against the allocator
+    'estimate_24gb_accumulated': ([
+        'tools/estimate_memory.py', VIDEO.format(24), '--measure', 'cuda', '--batch-size',
+        '5', '--json', '{json}', '--cfg-options', 'optim_wrapper.accumulative_counts=8'],
+        300),
 }
 
 

@@ -212,11 +212,13 @@ def check_checkpoint_interval(cfg) -> None:
     if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
         iters = (cfg.get('train_cfg') or {}).get('max_iters')
         if isinstance(iters, int) and iters % accumulation:
+            lower = iters - iters % accumulation
+            upper = lower + accumulation
             raise UserError(
                 f'train_cfg.max_iters={iters} is not a multiple of the {accumulation} '
                 f'{why}: DeepSpeed never steps a part-filled one, so the last '
                 f'{iters % accumulation} iteration(s) would train for nothing; use '
-                f'{iters - iters % accumulation} or {iters - iters % accumulation + accumulation}')
+                + (f'{lower} or {upper}' if lower else f'{upper}'))
     if not isinstance(hook, dict) or hook.get('by_epoch', True):
         return
     for key in ('interval', 'save_begin'):  # mmengine saves at save_begin + m * interval
