@@ -9,16 +9,15 @@ counted on fake tensors (no GPU, nothing computed; seconds even for XL video mod
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
 at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
-for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on one
-GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
+for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on
+one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
 buckets; gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
-gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with a DeepSpeed ``strategy``) counts
-``tools/train.py --deepspeed``'s step instead: ZeRO-1/2 partitions over ``--gpus``,
-their reduction buckets and, with offload, what stays in host memory
-(:mod:`mmsora.utils.zero_memory`; ZeRO-3, and ZeRO-1 with accumulation, are not
-modelled). ``--measure cuda`` runs
-the same steps for real on the GPU and prints the allocator's peak beside each
-estimate (not with DeepSpeed).
+gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
+a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
+ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
+stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3, and ZeRO-1 with
+accumulation, are not modelled). ``--measure cuda`` runs the same steps for real on
+the GPU and prints the allocator's peak beside each estimate (not with DeepSpeed).
 """
 import argparse
 import json

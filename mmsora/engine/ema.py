@@ -20,14 +20,15 @@ With gradient accumulation (``optim_wrapper.accumulative_counts = k``, or DeepSp
 ``gradient_accumulation_steps``) mmengine's ``EMAHook`` moves the average after every
 micro-batch, k times per optimizer step, towards weights that only change at the k-th:
 DiT's 0.9999 decay would act as 0.9999^k per step, a k times shorter horizon. mmsora
-registers its own :class:`EMAHook` under the same name, which ``type='EMAHook'`` builds
-in mmsora's scope (``default_scope = 'mmsora'``): mmengine's hook, updated only after
-a micro-batch that stepped the optimizer, as diffusers' training scripts do
+registers its own :class:`EMAHook` under the same name, which ``type='EMAHook'``
+builds in mmsora's scope (``default_scope = 'mmsora'``): mmengine's hook, updated only
+after a micro-batch that stepped the optimizer, as diffusers' training scripts do
 (``if accelerator.sync_gradients: ema.step(...)``). Without accumulation it is
 mmengine's hook, update for update. ``type='mmengine.EMAHook'`` still builds
 mmengine's own (``--fsdp`` / ``--deepspeed`` switch it to ``ShardedEMAHook`` /
-``FP32EMAHook``, which update once per step like this one). The EMA's ``interval`` then counts optimizer steps; ``begin_iter``
-still counts iterations (micro-batches), as the Runner does.
+``FP32EMAHook``, which update once per step like this one). The EMA's ``interval``
+then counts optimizer steps; ``begin_iter`` still counts iterations (micro-batches),
+as the Runner does.
 """
 import itertools
 

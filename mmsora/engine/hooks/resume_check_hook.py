@@ -1,13 +1,13 @@
 """Refuse a ``--resume`` that cannot continue a run exactly.
 
-Which samples a step trains on depends on the number of processes, the batch size
-per process and the micro-batches accumulated per optimizer step (each rank takes
-every world_size-th index of the shuffled order, and the resumed loop skips the
-batches already trained on). Resuming with another layout
-would silently train on other data with another global batch size than the schedule
-was made for; mmengine 0.10.7's own GPU-count check reads a key its checkpoints no
-longer hold. This hook saves the layout with each checkpoint and stops a resume that
-differs, pointing at ``--load-from`` (weights only), which works with any layout.
+Which samples a step trains on depends on the number of processes, the batch size per
+process and the micro-batches accumulated per optimizer step (each rank takes every
+world_size-th index of the shuffled order, and the resumed loop skips the batches
+already trained on). Resuming with another layout would silently train on other data
+with another global batch size than the schedule was made for; mmengine 0.10.7's own
+GPU-count check reads a key its checkpoints no longer hold. This hook saves the layout
+with each checkpoint and stops a resume that differs, pointing at ``--load-from``
+(weights only), which works with any layout.
 """
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
@@ -48,8 +48,9 @@ class ResumeCheckHook(Hook):
     (``'accumulative_counts'``), where LatentDiffusion's per-sample draws read it.
 
     A different number of processes, batch size per process or number of
-    micro-batches per optimizer step stops the resume with one line; a dataset of another length is allowed with a warning (the data order
-    then differs from the uninterrupted run's).
+    micro-batches per optimizer step stops the resume with one line; a dataset of
+    another length is allowed with a warning (the data order then differs from the
+    uninterrupted run's).
     """
 
     def before_train(self, runner):
