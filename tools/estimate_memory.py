@@ -149,8 +149,9 @@ def main(argv=None):
         source = args.deepspeed or "the config's strategy"
         strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
     from mmsora.engine.strategies import accumulation_of
-    if accumulation_of(cfg) > 1:  # the gradients stay through the next micro-batch
-        strategy += f', {accumulation_of(cfg)} micro-batches per optimizer step'
+    accumulation = accumulation_of(cfg)
+    if accumulation > 1:  # the gradients stay through the next micro-batch
+        strategy += f', {accumulation} micro-batches per optimizer step'
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
           f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
           'of a training step')

@@ -129,9 +129,9 @@ def build_train_config(args):
         # The initial weights from the run's seed, wherever the runner builds the model
         # and on every process alike (FSDP / DeepSpeed start from one whole model).
         cfg.model.init_seed = seed
-    from mmsora.engine.strategies import (accumulation_of, apply_global_batch,
-                                          apply_speed_options, apply_strategy,
-                                          check_checkpoint_interval, launcher_world_size)
+    from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
+                                          apply_strategy, check_accumulation,
+                                          launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -141,12 +141,7 @@ def build_train_config(args):
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
-    check_checkpoint_interval(cfg)  # no checkpoint inside an accumulated step
-    if (cfg.model.get('train_noise_seed') is not None and accumulation_of(cfg) > 1
-            and not (cfg.get('default_hooks') or {}).get('resume_check')):
-        raise UserError('model.train_noise_seed with gradient accumulation keys the draws '
-                        'by optimizer step, which ResumeCheckHook tells the model: keep '
-                        'default_hooks.resume_check')
+    check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and cfg.get('resume')

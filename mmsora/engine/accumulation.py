@@ -61,7 +61,6 @@ def optimizer_stepped(runner) -> bool:
     if wrapper is not None:
         return bool(wrapper.should_update())
     engine = _deepspeed_engine(runner)
-    if engine is not None:
-        return (not _managed(engine)
-                or engine.micro_steps % engine.gradient_accumulation_steps() == 0)
+    if engine is not None:  # unmanaged: accumulation_steps is 1
+        return engine.micro_steps % accumulation_steps(runner) == 0
     return True

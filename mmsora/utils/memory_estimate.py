@@ -178,10 +178,11 @@ class _ZeroTimeline:
         (not all of them at the peak, which may come before the first reduction)."""
         return self.zero.buckets() + self.partition_bytes
 
-    def between_micro_batches(self):
-        """The end of a backward that does not step (gradient accumulation): what is
-        left is reduced, the buckets go, this process's reduced gradients stay and
-        the next micro-batches accumulate into them."""
+    def end_backward(self):
+        """The end of a backward: any gradient not reduced yet is (ZeRO-1 without
+        overlap_comm reduces all of them here), the buckets go, this process's reduced
+        gradients stay (to the step; with gradient accumulation the next micro-batches
+        reduce into them)."""
         for p in self.trainable:
             if p.grad is not None:
                 self._reduce(p)
@@ -190,15 +191,10 @@ class _ZeroTimeline:
         self.buckets = None
 
     def step(self):
-        """The end of the backward and the optimizer step: any gradient not reduced
-        yet is, the buckets go, the reduced gradients are flattened (a copy in the
-        training dtype) and cast to float32 and dropped, the optimizer steps."""
-        for p in self.trainable:  # ZeRO-1 without overlap_comm reduces here
-            if p.grad is not None:
-                self._reduce(p)
-        if self.partition is None:
-            self.partition = self._empty(self.partition_bytes)
-        self.buckets = None
+        """The end of the last backward (:meth:`end_backward`) and the optimizer
+        step: the reduced gradients are flattened (a copy in the training dtype) and
+        cast to float32 and dropped, the optimizer steps."""
+        self.end_backward()
         grad32 = self._empty(self.step_bytes)
         if self.zero.element_size != 4:  # in fp32 the flat copy is the float32 one
             self._empty(self.step_bytes // 4 * self.zero.element_size)  # and freed
@@ -339,7 +335,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                     loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
                 loss.float().mean().backward()
                 if zero is not None and i < micro - 1:
-                    timeline.between_micro_batches()
+                    timeline.end_backward()  # the step comes after the last one
             if zero is None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)

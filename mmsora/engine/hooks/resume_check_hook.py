@@ -35,12 +35,6 @@ def _describe(layout):
             f'(global {world * batch * accumulation})')
 
 
-def _key(layout, now):
-    # Checkpoints written before the accumulation was recorded: not compared.
-    return (layout['world_size'], layout['batch_size'],
-            layout.get('accumulation', now.get('accumulation')))
-
-
 @HOOKS.register_module()
 class ResumeCheckHook(Hook):
     """Save the run's layout in checkpoints; refuse to resume with another one. Also
@@ -68,7 +62,10 @@ class ResumeCheckHook(Hook):
         if not runner._resume or saved is None:
             return
         now = run_layout(runner)
-        if _key(saved, now) != _key(now, now):
+        # (checkpoints written before the accumulation was recorded: not compared)
+        if (saved['world_size'], saved['batch_size'],
+                saved.get('accumulation', now['accumulation'])) != (
+                now['world_size'], now['batch_size'], now['accumulation']):
             raise UserError(
                 f'cannot resume: the checkpoint was saved by a run of '
                 f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '

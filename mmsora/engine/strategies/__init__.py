@@ -5,7 +5,7 @@ from .deepspeed import (DEEPSPEED_PRESETS, ResumeHooksHook, fill_auto, is_zero_c
 from .fsdp import FSDPGradClipHook, mend_mmengine_fsdp, transformer_block_wrap_policy
 from .speed import CompileDenoiserHook, prefer_fused_optimizer, set_tf32, tf32_supported
 from .train_options import (accumulation_of, amp_dtype_of, apply_amp, apply_global_batch,
-                            apply_speed_options, apply_strategy, check_checkpoint_interval,
+                            apply_speed_options, apply_strategy, check_accumulation,
                             drop_amp, launcher_world_size, prepare_deepspeed,
                             single_process_env, fsdp_on_cpu)
 
@@ -17,4 +17,4 @@ __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpo
            'set_tf32', 'tf32_supported', 'amp_dtype_of', 'apply_amp', 'drop_amp',
            'apply_speed_options',
            'apply_strategy', 'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
-           'launcher_world_size', 'accumulation_of', 'check_checkpoint_interval']
+           'launcher_world_size', 'accumulation_of', 'check_accumulation']

@@ -13,7 +13,7 @@ from .speed import CompileDenoiserHook, prefer_fused_optimizer
 __all__ = ['apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
-           'check_checkpoint_interval']
+           'check_accumulation']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -194,21 +194,28 @@ def accumulation_of(cfg) -> int:
     return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
 
 
-def check_checkpoint_interval(cfg) -> None:
-    """Refuse iteration checkpoints that fall between the micro-batches of one
-    optimizer step: the gradients accumulated so far are not saved (neither mmengine
-    nor DeepSpeed keeps them), so ``--resume`` from such a checkpoint would take its
-    next step on fewer micro-batches than the uninterrupted run (mmengine only warns
-    when it resumes). mmengine's wrapper steps at the run's last iteration whatever
-    the count, so its checkpoint is whole; DeepSpeed never steps a part-filled window,
-    so under DeepSpeed ``max_iters`` must be a multiple too. Checkpoints by epoch
+def check_accumulation(cfg) -> None:
+    """Refuse what gradient accumulation cannot do exactly.
+
+    Iteration checkpoints between the micro-batches of one optimizer step: the
+    gradients accumulated so far are not saved (neither mmengine nor DeepSpeed keeps
+    them), so ``--resume`` from such a checkpoint would take its next step on fewer
+    micro-batches than the uninterrupted run (mmengine only warns when it resumes).
+    mmengine's wrapper steps at the run's last iteration whatever the count, so its
+    checkpoint is whole; DeepSpeed never steps a part-filled window, so under
+    DeepSpeed ``max_iters`` must be a multiple too. Checkpoints by epoch
     (``by_epoch=True``) are not checked: the epoch's length is known only at run
-    time."""
+    time. And ``model.train_noise_seed`` keys its draws by optimizer step, which
+    ``ResumeCheckHook`` tells the model: it must be there."""
     accumulation = accumulation_of(cfg)
-    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
     if accumulation <= 1:
         return
-    why = ('micro-batches of an optimizer step (optim_wrapper.accumulative_counts)')
+    why = 'micro-batches of an optimizer step (optim_wrapper.accumulative_counts)'
+    if (cfg.get('model') or {}).get('train_noise_seed') is not None and not (
+            cfg.get('default_hooks') or {}).get('resume_check'):
+        raise UserError('model.train_noise_seed with gradient accumulation keys the draws '
+                        'by optimizer step, which ResumeCheckHook tells the model: keep '
+                        'default_hooks.resume_check')
     if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
         iters = (cfg.get('train_cfg') or {}).get('max_iters')
         if isinstance(iters, int) and iters % accumulation:
@@ -219,6 +226,7 @@ def check_checkpoint_interval(cfg) -> None:
                 f'{why}: DeepSpeed never steps a part-filled one, so the last '
                 f'{iters % accumulation} iteration(s) would train for nothing; use '
                 + (f'{lower} or {upper}' if lower else f'{upper}'))
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
     if not isinstance(hook, dict) or hook.get('by_epoch', True):
         return
     for key in ('interval', 'save_begin'):  # mmengine saves at save_begin + m * interval
