@@ -5,14 +5,16 @@ weights, EMA, optimizer state and RNG-driven draws of an uninterrupted run, and 
 checkpoints that tools/infer.py's loader reads."""
 import glob
 import json
+import os.path as osp
 import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from tests.launch import free_port, run_tool
+from tests.launch import free_port, fresh_run_env, run_tool
 from tests.tiny_models import TINY_DEMO_OPTIONS
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -153,10 +155,10 @@ def test_fsdp_and_one_process_start_from_the_same_weights(repo_root, tmp_path):
 
 
 def test_fsdp_with_accumulation_trains_like_one_process(repo_root, tmp_path, start_weights):
-    """Two micro-batches per step (optim_wrapper.accumulative_counts=2; FSDP skips the
-    reduce-scatter of the first under no_sync): two FSDP processes end like one plain
-    process on the same global batch, and the sharded EMA moved once per optimizer
-    step (2 updates in 4 iterations), from the weights after each step."""
+    """Two micro-batches per step (optim_wrapper.accumulative_counts=2; each one's
+    gradients reduce-scattered, see the next test): two FSDP processes end like one
+    plain process on the same global batch, and the sharded EMA moved once per
+    optimizer step (2 updates in 4 iterations), from the weights after each step."""
     one, two = tmp_path / 'one', tmp_path / 'two'
     options = ['--load-from', start_weights, '--cfg-options', *TINY,
                'model.train_noise_seed=0', 'train_cfg.max_iters=4',
@@ -178,3 +180,36 @@ def test_fsdp_with_accumulation_trains_like_one_process(repo_root, tmp_path, sta
             expected = first['module.' + name].float().lerp(
                 ckpt2['ema_state_dict']['module.' + name].float(), 0.01)
             torch.testing.assert_close(ema, expected, rtol=0, atol=1e-7, msg=name)
+
+
+def test_fsdp_accumulation_keeps_the_gradients_sharded(repo_root, tmp_path):
+    """mmengine's optimizer wrapper enters the model's no_sync() around the forward
+    only (enough for DDP, which reads the flag there); FSDP reads it in the backward,
+    after the context has restored it. So every micro-batch's gradients are
+    reduce-scattered and what the first micro-batch of a step leaves for the second is
+    this process's shard of the gradient (4 bytes per parameter / 2 processes), not
+    the whole gradient that torch's FSDP.no_sync() would keep (docs/distributed.md,
+    "FSDP"). Counted with every tensor storage (tests/count_train_memory.py): the
+    second micro-batch's peak is the first's plus that shard."""
+    from mmsora.registry import MODELS
+    from mmsora.utils.training_inputs import training_model_cfg
+    cfg = Config.fromfile(osp.join(repo_root, DEMO))
+    trainable = sum(p.numel() for p in MODELS.build(training_model_cfg(cfg)).parameters()
+                    if p.requires_grad)
+    out = tmp_path / 'memory'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+           '--master_port', str(free_port()), 'tests/count_train_memory.py', DEMO,
+           '--launcher', 'pytorch', '--fsdp', '--work-dir', str(tmp_path / 'work'),
+           '--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=100',
+           'default_hooks.checkpoint.save_last=False', 'train_dataloader.batch_size=8',
+           'optim_wrapper.accumulative_counts=2']
+    proc = subprocess.run(cmd, env=fresh_run_env(COUNT_MEMORY_OUT=str(out)), cwd=repo_root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in range(2):
+        iters = json.loads((tmp_path / f'memory.{rank}.json').read_text())
+        assert [i['iter'] for i in iters] == [1, 2, 3, 4]  # counted after the call
+        # iterations 2 and 3: the second step's micro-batches (optimizer states exist)
+        kept = iters[3]['peak'] - iters[2]['peak']
+        shard = 4 * trainable / 2  # 2.55 MB; the whole gradient would be 5.1 MB
+        assert shard <= kept < shard * 1.02, (rank, kept, shard)
