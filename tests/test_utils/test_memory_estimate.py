@@ -342,3 +342,21 @@ def test_text_stdit_24gb_preset_fits_with_zero2_and_not_with_ddp():
     cfg.launcher = 'pytorch'
     ds = apply_strategy(cfg).strategy['config']
     assert ds['bf16']['enabled'] and ds['train_micro_batch_size_per_gpu'] == 5
+
+
+def test_480p_config_fits_80gb_with_ddp_and_smaller_cards_with_zero2():
+    """The 480p, 5 s config (63,600 tokens per clip) at its 2 clips per GPU, every
+    block checkpointed, on 8 GPUs: DDP fits an 80 GB card and not a 48 GB one;
+    ZeRO-2 fits 48 GB, and 24 GB at one clip (docs/distributed.md, "480p")."""
+    from mmsora.engine.strategies import load_strategy
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py'))
+    n = cfg.train_dataloader.batch_size
+    assert n == 2 and cfg.model.denoiser.grad_checkpointing is True
+    ddp = estimate_training_memory(cfg, n, amp='bf16', gpus=8).peak
+    assert usable_bytes(48) < ddp <= usable_bytes(80)
+    zero2 = load_strategy('deepspeed_zero2')['config']
+    assert usable_bytes(24) < estimate_training_memory(
+        cfg, n, amp='bf16', gpus=8, deepspeed=zero2).peak <= usable_bytes(48)
+    assert estimate_training_memory(cfg, 1, amp='bf16', gpus=8,
+                                    deepspeed=zero2).peak <= usable_bytes(24)
