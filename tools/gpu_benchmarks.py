@@ -15,7 +15,9 @@ commands of :data:`PLAN`:
 - DiT-XL/2 at batch 256 without the EMA, at batch 32 without the loss guard and
   without the EMA, and at batch 256 with ``torch.compile``;
 - the memory estimate of the 24 GB preset with 8 micro-batches per step (gradient
-  accumulation) against the allocator's peak.
+  accumulation) against the allocator's peak;
+- the memory estimate of the 480p, 5 s config at 1 and 2 clips against the
+  allocator's peak.
 
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
@@ -85,6 +87,12 @@ PLAN = {
         'tools/estimate_memory.py', VIDEO.format(24), '--measure', 'cuda', '--batch-size',
         '5', '--json', '{json}', '--cfg-options', 'optim_wrapper.accumulative_counts=8'],
         300),
+    # the 480p, 5 s config (63,600 tokens per clip): estimate against the allocator at
+    # 1 and 2 clips on one GPU (27.94 / 41.20 GiB estimated)
+    'estimate_480p': ([
+        'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py',
+        '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
+        '{json}'], 300),
 }
 
 
