@@ -360,3 +360,24 @@ def test_480p_config_fits_80gb_with_ddp_and_smaller_cards_with_zero2():
         cfg, n, amp='bf16', gpus=8, deepspeed=zero2).peak <= usable_bytes(48)
     assert estimate_training_memory(cfg, 1, amp='bf16', gpus=8,
                                     deepspeed=zero2).peak <= usable_bytes(24)
+
+
+def test_480p_config_fits_one_24gb_card_with_zero2_offload(tmp_path):
+    """docs/distributed.md's one-card 480p command: DeepSpeed ZeRO-2 with the optimizer
+    offloaded, 2 clips per micro-batch, 8 micro-batches per step; the card keeps the
+    bf16 module, the buckets and the activations."""
+    from mmsora.engine.strategies import load_strategy
+    from train import build_train_config, parse_args
+    path = osp.join(ROOT, 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py')
+    cfg = build_train_config(parse_args([
+        path, '--work-dir', str(tmp_path), '--deepspeed', 'deepspeed_zero2_offload',
+        '--cfg-options', 'global_batch_size=16', 'optim_wrapper.accumulative_counts=8']))
+    ds = cfg.strategy.config
+    assert ds['bf16']['enabled'] and ds['train_micro_batch_size_per_gpu'] == 2
+    assert ds['gradient_accumulation_steps'] == 8
+    assert ds['zero_optimization']['offload_optimizer']['device'] == 'cpu'
+    cfg = Config.fromfile(path)
+    cfg.optim_wrapper.accumulative_counts = 8
+    offload = load_strategy('deepspeed_zero2_offload')['config']
+    est = estimate_training_memory(cfg, 2, amp='bf16', gpus=1, deepspeed=offload)
+    assert est.peak <= usable_bytes(24) and est.host > 20 * GiB
