@@ -6,12 +6,13 @@
 # conditioned on CLIP ViT-bigG tokens and pooled embedding, with Stage C's own
 # continuous-time cosine schedule. docs/stable_cascade.md has the details.
 #
-# Sized for ONE 24 GB card (RTX 4090 / 3090; an estimate, not measured: no GPU here):
-# the spatial part is frozen (fp32 weights 4.1 GB, no gradients or optimizer state),
-# only the temporal layers train (fp32 weights + grads + AdamW states 4.8 GB), every
-# block is recomputed in the backward pass (saved block inputs of one clip: 128 x
-# 16x1536x24x24 fp32 = 7.2 GB), bf16 autocast (--amp), one clip per step: ~17-19 GB
-# peak. No EMA: mmengine's EMAHook copies all 1.33 B parameters (+5.3 GB).
+# Sized for ONE 24 GB card (RTX 4090 / 3090): the spatial part is frozen (no gradients
+# or optimizer state), only the 302 M temporal parameters train, every block is
+# recomputed in the backward pass, bf16 autocast (--amp). Counted by
+# tools/estimate_memory.py (--precision bf16; not yet measured on a card): 11.68 GiB of
+# tensors at one clip (fp32 weights 4.97, AdamW 2.25, the step 4.46), 15.73 at two; a
+# 24 GB card holds 3 clips with 10% free, a 48 GB card 8. No EMA: an EMAHook copies
+# all 1.33 B parameters (+4.97 GiB). docs/stable_cascade.md.
 #   python tools/train.py \
 #       configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py --amp \
 #       --cfg-options train_dataloader.dataset.data_root=data/clips16_stage_c \

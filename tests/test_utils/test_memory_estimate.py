@@ -47,6 +47,15 @@ def allocator_peak(fn, tmp_path):
     return max(e['Total Allocated'] for e in events) - before
 
 
+def frozen_stable_cascade_toy():
+    """The Stable Cascade toy with the spatial part frozen, as the lite config trains
+    (whose sizing is this count)."""
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'))
+    cfg.model.denoiser.freeze_spatial = True
+    return cfg
+
+
 CASES = {
     'dit_fp32_ema': (tiny_cfg(), {}),
     'dit_bf16_checkpointed': (tiny_cfg(ema=False, hidden_size=64, input_size=16, depth=4),
@@ -56,6 +65,8 @@ CASES = {
                  {}),
     'video_text': (Config.fromfile(osp.join(
         ROOT, 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py')), dict(text_len=7)),
+    'stable_cascade_frozen': (frozen_stable_cascade_toy(),
+                              dict(amp='bf16', grad_checkpointing=True)),
 }
 
 
