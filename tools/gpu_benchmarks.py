@@ -16,8 +16,8 @@ commands of :data:`PLAN`:
   without the EMA, and at batch 256 with ``torch.compile``;
 - the memory estimate of the 24 GB preset with 8 micro-batches per step (gradient
   accumulation) against the allocator's peak;
-- the memory estimate of the 480p, 5 s config at 1 and 2 clips against the
-  allocator's peak.
+- the memory estimate of the 480p, 5 s config and of the Stable Cascade lite video
+  config at 1 and 2 clips against the allocator's peak.
 
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
@@ -91,6 +91,12 @@ PLAN = {
     # 1 and 2 clips on one GPU (27.94 / 41.20 GiB estimated)
     'estimate_480p': ([
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py',
+        '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
+        '{json}'], 300),
+    # Stable Cascade lite video, spatial part frozen (12 GiB estimated at one clip)
+    'estimate_stable_cascade_lite': ([
+        'tools/estimate_memory.py',
+        'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py',
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
         '{json}'], 300),
 }

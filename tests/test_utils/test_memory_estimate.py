@@ -392,3 +392,16 @@ def test_480p_config_fits_one_24gb_card_with_zero2_offload(tmp_path):
     offload = load_strategy('deepspeed_zero2_offload')['config']
     est = estimate_training_memory(cfg, 2, amp='bf16', gpus=1, deepspeed=offload)
     assert est.peak <= usable_bytes(24) and est.host > 20 * GiB
+
+
+def test_stable_cascade_lite_fits_one_24gb_card():
+    """The lite config's sizing (its comments, docs/stable_cascade.md): bf16 autocast,
+    spatial part frozen, every block recomputed, one clip: within a 24 GB card."""
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'))
+    assert cfg.model.denoiser.freeze_spatial and cfg.model.denoiser.grad_checkpointing
+    n = cfg.train_dataloader.batch_size
+    assert n == 1
+    est = estimate_training_memory(cfg, n, amp='bf16')
+    assert est.peak <= usable_bytes(24)
+    assert est.ema == 0  # no EMAHook: it would copy all 1.33 B parameters
