@@ -16,7 +16,7 @@ gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
 stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3, and ZeRO-1 with
-accumulation, are not modelled). ``--measure cuda`` runs the same steps for real on
+offload and accumulation, are not modelled). ``--measure cuda`` runs the same steps for real on
 the GPU and prints the allocator's peak beside each estimate (not with DeepSpeed).
 """
 import argparse
@@ -93,11 +93,13 @@ def _deepspeed_config(args, cfg):
                         'are; ZeRO-3 gathers the partitioned weights module by module)')
     from mmsora.engine.strategies import accumulation_of
     accumulation = accumulation_of(dict(cfg, strategy=strategy))
-    if accumulation > 1 and stage != 2:
-        raise UserError(f'DeepSpeed ZeRO-{stage} with gradient accumulation '
-                        f'({accumulation} micro-batches per step) is not modelled (ZeRO-2 '
-                        'is); with --cfg-options optim_wrapper.accumulative_counts=1 the '
-                        'estimate is a lower bound')
+    offload = ((ds.get('zero_optimization') or {}).get('offload_optimizer') or {}).get(
+        'device', 'none') not in (None, 'none')
+    if accumulation > 1 and stage == 1 and offload:
+        raise UserError(f'DeepSpeed ZeRO-1 with offload_optimizer and gradient '
+                        f'accumulation ({accumulation} micro-batches per step) is not '
+                        'modelled (ZeRO-2 is); with --cfg-options '
+                        'optim_wrapper.accumulative_counts=1 the estimate is a lower bound')
     if args.measure:
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
                         '--measure (or measure the config without its DeepSpeed '

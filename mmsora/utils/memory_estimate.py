@@ -144,7 +144,9 @@ class _ZeroTimeline:
     (:mod:`mmsora.utils.zero_memory`): the buckets at the first gradient; the
     reduced gradients of this process's partition once a bucket's worth has arrived
     (its first reduction), each gradient taken into a bucket and dropped; or, for
-    ZeRO-1 without ``overlap_comm``, every gradient kept to the backward's end."""
+    ZeRO-1 without ``overlap_comm``, every gradient kept to the backward's end. With
+    gradient accumulation ZeRO-1 reduces only in a step's last micro-batch: before
+    it the gradients accumulate whole and the buckets stay (``last_micro_batch``)."""
 
     def __init__(self, zero, trainable: list, step_bytes: int, temporaries: int):
         self.zero = zero
@@ -153,8 +155,13 @@ class _ZeroTimeline:
         self.buckets = self.partition = None
         self.arrived = 0
         self.trainable = trainable
+        self.last_micro_batch = True
         for p in trainable:
             p.register_post_accumulate_grad_hook(self._take)
+
+    def _reduces_now(self) -> bool:
+        """ZeRO-2 reduces every micro-batch; ZeRO-1 only a step's last."""
+        return self.zero.stage == 2 or self.last_micro_batch
 
     def _empty(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8)
@@ -162,7 +169,8 @@ class _ZeroTimeline:
     def _take(self, param):
         if self.buckets is None:
             self.buckets = self._empty(self.zero.buckets())
-        if not self.zero.keeps_whole_gradients():  # else reduced after the backward
+        # else reduced after the backward, or (ZeRO-1) after a later micro-batch's
+        if self._reduces_now() and not self.zero.keeps_whole_gradients():
             self._reduce(param)
 
     def _reduce(self, param):
@@ -182,7 +190,10 @@ class _ZeroTimeline:
         """The end of a backward: any gradient not reduced yet is (ZeRO-1 without
         overlap_comm reduces all of them here), the buckets go, this process's reduced
         gradients stay (to the step; with gradient accumulation the next micro-batches
-        reduce into them)."""
+        reduce into them). Before a step's last micro-batch ZeRO-1 keeps everything:
+        the whole gradients and the buckets."""
+        if not self._reduces_now():
+            return
         for p in self.trainable:
             if p.grad is not None:
                 self._reduce(p)
@@ -258,11 +269,12 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     from mmsora.engine.strategies.train_options import accumulation_of
     accumulation = (int(filled.get('gradient_accumulation_steps', 1)) if zero is not None
                     else accumulation_of(cfg))
-    if zero is not None and accumulation > 1 and zero.stage != 2:
-        raise ValueError(f'DeepSpeed ZeRO-{zero.stage} with gradient accumulation '
-                         f'({accumulation} micro-batches per step) is not modelled (ZeRO-2 '
-                         'is); with optim_wrapper.accumulative_counts=1 the estimate is a '
-                         'lower bound')
+    if (zero is not None and accumulation > 1 and zero.stage == 1
+            and zero.offload_optimizer):
+        raise ValueError(f'DeepSpeed ZeRO-1 with offload_optimizer and gradient '
+                         f'accumulation ({accumulation} micro-batches per step) is not '
+                         'modelled (ZeRO-2 is); with optim_wrapper.accumulative_counts=1 '
+                         'the estimate is a lower bound')
     model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
@@ -330,6 +342,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         def step():
             micro = min(accumulation, 2)  # the 2nd runs over what the 1st left
             for i in range(micro):
+                if zero is not None:
+                    timeline.last_micro_batch = i == micro - 1
                 with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                     enabled=dtype is not None):
                     loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']

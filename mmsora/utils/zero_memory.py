@@ -33,9 +33,11 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
   the micro-batches of a step the buckets go and this process's reduced gradients
   stay, and the next micro-batches reduce into them; with ``offload_optimizer`` they
   are accumulated in host memory instead (the whole parameters that overlap the
-  partition, in the training dtype). ZeRO-1 with accumulation keeps more (whole
-  gradients between micro-batches, 1.5 MB more than this in a run of the demo
-  model) and is not modelled.
+  partition, in the training dtype). ZeRO-1 reduces only in a step's last
+  micro-batch: before it the gradients accumulate whole (P·m) and the buckets stay
+  allocated; the last micro-batch then reduces as without accumulation (checked
+  against real runs with and without ``overlap_comm``). ZeRO-1 with
+  ``offload_optimizer`` and accumulation is not modelled.
 
 Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
 soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with

@@ -116,25 +116,36 @@ def test_estimate_is_a_real_zero_runs_peak(case, tmp_path):
         assert est.host > 0
 
 
-@pytest.mark.parametrize('preset', ['deepspeed_zero2', 'deepspeed_zero2_offload'])
-def test_estimate_is_a_real_accumulating_zero2_runs_peak(preset, tmp_path):
-    """Two micro-batches per step: between them DeepSpeed drops the buckets and keeps
+# (preset, zero_optimization options, AdamW options, --amp)
+ACCUMULATING = {'zero2': ('deepspeed_zero2', {}, SINGLE_TENSOR, True),
+                'zero2_offload': ('deepspeed_zero2_offload', {}, SINGLE_TENSOR, True),
+                'zero1': ('deepspeed_zero1', {}, SINGLE_TENSOR, True),
+                'zero1_no_overlap_fp32_fused': (
+                    'deepspeed_zero1', dict(overlap_comm=False), FUSED, False)}
+
+
+@pytest.mark.parametrize('case', list(ACCUMULATING))
+def test_estimate_is_a_real_accumulating_zero_runs_peak(case, tmp_path):
+    """Two micro-batches per step. Between them ZeRO-2 drops the buckets and keeps
     this process's reduced gradients (with offload: the gradients of the parameters
-    overlapping its partition, accumulated in host memory), so the second micro-batch
-    runs over them. The estimate counts that; it is the real run's peak."""
+    overlapping its partition, accumulated in host memory); ZeRO-1 reduces nothing
+    before the step's last micro-batch: the whole gradients accumulate and the
+    buckets stay. The second micro-batch runs over what the first left. The estimate
+    counts that; it is the real run's peak."""
     pytest.importorskip('deepspeed')
-    strategy = small_buckets(tmp_path, preset)
-    cfg = demo_cfg()
+    preset, options, adamw, amp = ACCUMULATING[case]
+    strategy = small_buckets(tmp_path, preset, **options)
+    cfg = demo_cfg(adamw=adamw)
     cfg.optim_wrapper.accumulative_counts = 2
-    est = estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2,
+    amp_dtype = 'bf16' if amp else None
+    est = estimate_training_memory(cfg, BATCH, amp=amp_dtype, gpus=2,
                                    deepspeed=load_strategy(strategy)['config'])
-    runs = counted_run(tmp_path, strategy, BATCH, SINGLE_TENSOR, True, accumulate=2,
-                       iters=4)
+    runs = counted_run(tmp_path, strategy, BATCH, adamw, amp, accumulate=2, iters=4)
     # The second step (iterations 3 and 4): the optimizer states exist.
     over = max(r['peak'] for records in runs for r in records[2:]) - (est.peak + est.host)
     assert 0 <= over <= 1024, (runs, est)
     cfg.optim_wrapper.accumulative_counts = 1
-    plain = estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2,
+    plain = estimate_training_memory(cfg, BATCH, amp=amp_dtype, gpus=2,
                                      deepspeed=load_strategy(strategy)['config'])
     assert est.peak + est.host > plain.peak + plain.host  # what accumulation keeps
 
@@ -195,10 +206,11 @@ def test_parts_follow_processes_precision_and_offload():
     assert offload.peak < two.peak
     with pytest.raises(ValueError, match='fake tensors only'):
         estimate_training_memory(cfg, BATCH, fake=False, deepspeed=zero2)
-    cfg.optim_wrapper.accumulative_counts = 2  # ZeRO-1's accumulation: not modelled
-    with pytest.raises(ValueError, match='ZeRO-1 with gradient accumulation'):
-        estimate_training_memory(cfg, BATCH, deepspeed=load_strategy('deepspeed_zero1')[
-            'config'])
+    cfg.optim_wrapper.accumulative_counts = 2  # ZeRO-1's with offload: not modelled
+    zero1_offload = load_strategy('deepspeed_zero1')['config']
+    zero1_offload['zero_optimization']['offload_optimizer'] = dict(device='cpu')
+    with pytest.raises(ValueError, match='ZeRO-1 with offload_optimizer and gradient'):
+        estimate_training_memory(cfg, BATCH, deepspeed=zero1_offload)
 
 
 def _demo_model():
@@ -219,8 +231,10 @@ def test_tool_counts_deepspeed_and_refuses_what_it_does_not_model(tmp_path, caps
     cases = [(['--deepspeed', 'deepspeed_zero3'], 'ZeRO stage 3 is not modelled'),
              (['--deepspeed', 'fsdp'], 'FSDPStrategy is not modelled'),
              (['--deepspeed', 'deepspeed_zero2', '--measure', 'cpu'], 'drop --measure'),
-             (['--deepspeed', 'deepspeed_zero1', '--cfg-options',
-               'optim_wrapper.accumulative_counts=2'], r'ZeRO-1 with gradient accumulation')]
+             (['--deepspeed', small_buckets(tmp_path, 'deepspeed_zero1',
+                                            offload_optimizer=dict(device='cpu')),
+               '--cfg-options', 'optim_wrapper.accumulative_counts=2'],
+              r'ZeRO-1 with offload_optimizer and gradient accumulation')]
     for args, message in cases:
         with pytest.raises(UserError, match=message):
             estimate_memory.main([DEMO, *args])
