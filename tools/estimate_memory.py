@@ -15,9 +15,9 @@ buckets; gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
 gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
-stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3, and ZeRO-1 with
-offload and accumulation, are not modelled). ``--measure cuda`` runs the same steps for real on
-the GPU and prints the allocator's peak beside each estimate (not with DeepSpeed).
+stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3 is not modelled).
+``--measure cuda`` runs the same steps for real on the GPU and prints the allocator's
+peak beside each estimate (not with DeepSpeed).
 """
 import argparse
 import json
@@ -91,15 +91,6 @@ def _deepspeed_config(args, cfg):
     if stage not in (1, 2):
         raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1 and 2 '
                         'are; ZeRO-3 gathers the partitioned weights module by module)')
-    from mmsora.engine.strategies import accumulation_of
-    accumulation = accumulation_of(dict(cfg, strategy=strategy))
-    offload = ((ds.get('zero_optimization') or {}).get('offload_optimizer') or {}).get(
-        'device', 'none') not in (None, 'none')
-    if accumulation > 1 and stage == 1 and offload:
-        raise UserError(f'DeepSpeed ZeRO-1 with offload_optimizer and gradient '
-                        f'accumulation ({accumulation} micro-batches per step) is not '
-                        'modelled (ZeRO-2 is); with --cfg-options '
-                        'optim_wrapper.accumulative_counts=1 the estimate is a lower bound')
     if args.measure:
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
                         '--measure (or measure the config without its DeepSpeed '

@@ -269,12 +269,6 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     from mmsora.engine.strategies.train_options import accumulation_of
     accumulation = (int(filled.get('gradient_accumulation_steps', 1)) if zero is not None
                     else accumulation_of(cfg))
-    if (zero is not None and accumulation > 1 and zero.stage == 1
-            and zero.offload_optimizer):
-        raise ValueError(f'DeepSpeed ZeRO-1 with offload_optimizer and gradient '
-                         f'accumulation ({accumulation} micro-batches per step) is not '
-                         'modelled (ZeRO-2 is); with optim_wrapper.accumulative_counts=1 '
-                         'the estimate is a lower bound')
     model_cfg = training_model_cfg(cfg)
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
@@ -329,7 +323,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             largest = max(p.numel() for p in trainable) * zero.element_size
             if zero.offload_optimizer:  # the GPU keeps a buffer of the largest param
                 host += master + states + grad32 + half_copy + largest
-                if accumulation > 1:  # the gradients accumulated between micro-batches
+                # ZeRO-2 accumulates its reduced gradients between micro-batches on the
+                # host; ZeRO-1 keeps the whole gradients on the GPU (the timeline's)
+                if accumulation > 1 and zero.stage == 2:
                     host += zero.overlapping_gradients([p.numel() for p in trainable])
                 resident = [torch.empty(largest, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, 0, 0)  # the step is the host's

@@ -36,8 +36,8 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
   partition, in the training dtype). ZeRO-1 reduces only in a step's last
   micro-batch: before it the gradients accumulate whole (P·m) and the buckets stay
   allocated; the last micro-batch then reduces as without accumulation (checked
-  against real runs with and without ``overlap_comm``). ZeRO-1 with
-  ``offload_optimizer`` and accumulation is not modelled.
+  against real runs with and without ``overlap_comm`` and ``offload_optimizer``: with
+  offload too the whole gradients stay on the GPU between micro-batches).
 
 Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
 soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with
