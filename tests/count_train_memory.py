@@ -1,7 +1,9 @@
 """Run tools/train.py with every tensor storage counted (LiveTensorBytes), and write
 per rank, for each training iteration, the bytes alive when it starts and the peak
-within it, to ``$COUNT_MEMORY_OUT.RANK.json``. Used by tests/test_utils/test_zero_memory.py
-under torchrun; the arguments are tools/train.py's."""
+within it, to ``$COUNT_MEMORY_OUT.RANK.json``. Used by
+tests/test_utils/test_zero_memory.py and tests/test_engine/test_fsdp_train.py (under
+torchrun) and tests/test_utils/test_memory_estimate.py (one process); the arguments are
+tools/train.py's."""
 import json
 import os
 import os.path as osp

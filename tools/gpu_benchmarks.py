@@ -93,7 +93,7 @@ PLAN = {
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py',
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
         '{json}'], 300),
-    # Stable Cascade lite video, spatial part frozen (12 GiB estimated at one clip)
+    # Stable Cascade lite video, spatial part frozen (11.68 / 15.73 GiB estimated)
     'estimate_stable_cascade_lite': ([
         'tools/estimate_memory.py',
         'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py',

@@ -29,7 +29,7 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
   and the reduced gradients go there too; the GPU keeps one gradient buffer of the
   largest parameter.
 
-- gradient accumulation (``gradient_accumulation_steps`` > 1, ZeRO-2): between
+- gradient accumulation (``gradient_accumulation_steps`` > 1), ZeRO-2: between
   the micro-batches of a step the buckets go and this process's reduced gradients
   stay, and the next micro-batches reduce into them; with ``offload_optimizer`` they
   are accumulated in host memory instead (the whole parameters that overlap the
@@ -41,7 +41,7 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
 
 Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
 soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with
-``overlap_comm``; ZeRO-1 without it keeps the whole gradients (P·m) until the backward
+``overlap_comm`` (with accumulation: in a step's last micro-batch); ZeRO-1 without it keeps the whole gradients (P·m) until the backward
 ends and reduces them then. ZeRO-3 (partitioned weights fetched module by module) is
 not modelled here.
 """

@@ -209,7 +209,7 @@ def test_fsdp_accumulation_keeps_the_gradients_sharded(repo_root, tmp_path):
     for rank in range(2):
         iters = json.loads((tmp_path / f'memory.{rank}.json').read_text())
         assert [i['iter'] for i in iters] == [1, 2, 3, 4]  # counted after the call
-        # iterations 2 and 3: the second step's micro-batches (optimizer states exist)
+        # iterations 3 and 4: the second step's micro-batches (optimizer states exist)
         kept = iters[3]['peak'] - iters[2]['peak']
         shard = 4 * trainable / 2  # 2.55 MB; the whole gradient would be 5.1 MB
         assert shard <= kept < shard * 1.02, (rank, kept, shard)

@@ -382,7 +382,8 @@ def test_480p_config_fits_one_24gb_card_with_zero2_offload(tmp_path):
     path = osp.join(ROOT, 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py')
     cfg = build_train_config(parse_args([
         path, '--work-dir', str(tmp_path), '--deepspeed', 'deepspeed_zero2_offload',
-        '--cfg-options', 'global_batch_size=16', 'optim_wrapper.accumulative_counts=8']))
+        '--cfg-options', 'global_batch_size=16', 'optim_wrapper.accumulative_counts=8',
+        'train_cfg.max_iters=8000000']))
     ds = cfg.strategy.config
     assert ds['bf16']['enabled'] and ds['train_micro_batch_size_per_gpu'] == 2
     assert ds['gradient_accumulation_steps'] == 8
@@ -391,7 +392,8 @@ def test_480p_config_fits_one_24gb_card_with_zero2_offload(tmp_path):
     cfg.optim_wrapper.accumulative_counts = 8
     offload = load_strategy('deepspeed_zero2_offload')['config']
     est = estimate_training_memory(cfg, 2, amp='bf16', gpus=1, deepspeed=offload)
-    assert est.peak <= usable_bytes(24) and est.host > 20 * GiB
+    # 20.05 GiB of host memory without accumulation; ZeRO-2 accumulates on the host
+    assert est.peak <= usable_bytes(24) and est.host > 21.5 * GiB
 
 
 def test_stable_cascade_lite_fits_one_24gb_card():
@@ -403,5 +405,8 @@ def test_stable_cascade_lite_fits_one_24gb_card():
     n = cfg.train_dataloader.batch_size
     assert n == 1
     est = estimate_training_memory(cfg, n, amp='bf16')
-    assert est.peak <= usable_bytes(24)
     assert est.ema == 0  # no EMAHook: it would copy all 1.33 B parameters
+    # the largest batches the docs give: 3 clips on a 24 GB card, 8 on a 48 GB one
+    for card, largest in ((24, 3), (48, 8)):
+        assert estimate_training_memory(cfg, largest, amp='bf16').peak <= usable_bytes(card)
+        assert estimate_training_memory(cfg, largest + 1, amp='bf16').peak > usable_bytes(card)

@@ -225,6 +225,11 @@ def test_tool_counts_deepspeed_and_refuses_what_it_does_not_model(tmp_path, caps
     assert 'DeepSpeed ZeRO-2 (deepspeed_zero2)' in text and 'zero' in text
     assert out['estimates'][0]['zero_buffers'] > 1.86  # GiB: the buckets
     assert out['largest_batch'][0]['batch_size'] > 0
+    # ZeRO-1 with gradient accumulation is counted (two micro-batches per step)
+    estimate_memory.main([DEMO, '--precision', 'bf16', '--gpus', '2', '--deepspeed',
+                          'deepspeed_zero1', '--batch-size', '4', '--cfg-options',
+                          'optim_wrapper.accumulative_counts=2'])
+    assert '2 micro-batches per optimizer step' in capsys.readouterr().out
     cases = [(['--deepspeed', 'deepspeed_zero3'], 'ZeRO stage 3 is not modelled'),
              (['--deepspeed', 'fsdp'], 'FSDPStrategy is not modelled'),
              (['--deepspeed', 'deepspeed_zero2', '--measure', 'cpu'], 'drop --measure')]
