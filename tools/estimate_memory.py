@@ -170,8 +170,9 @@ def main(argv=None):
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
     print('step: gradients, activations and temporaries at the peak (with the batch)'
-          + ('; zero: DeepSpeed\'s reduction buckets and reduced gradients, held from '
-             'the backward to the step (in step where they meet the peak); host: '
+          + ('; zero: DeepSpeed\'s reduction buckets and reduced gradients (ZeRO-1 '
+             'with accumulation: and the whole gradients), held from the backward to '
+             'the step (in step where they meet the peak); host: '
              'offloaded master weights, optimizer states, gradients and EMA (not in '
              'peak)'
              if deepspeed else ''))

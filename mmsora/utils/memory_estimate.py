@@ -95,7 +95,8 @@ class MemoryEstimate:
     optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
-    # DeepSpeed ZeRO: its reduction buckets and reduced gradients, held during the
+    # DeepSpeed ZeRO: its reduction buckets and reduced gradients (ZeRO-1 with
+    # accumulation: and the whole gradients between micro-batches), held during the
     # backward and to the step (within ``step`` where they meet the peak), and what
     # offload_optimizer keeps in host memory instead of the GPU (not in ``peak``)
     zero_buffers: int = 0
@@ -181,10 +182,15 @@ class _ZeroTimeline:
             self.partition = self._empty(self.partition_bytes)
         param.grad = None
 
-    def held(self) -> int:
+    def held(self, accumulation: int = 1) -> int:
         """Bytes of buckets and reduced gradients held from the backward to the step
-        (not all of them at the peak, which may come before the first reduction)."""
-        return self.zero.buckets() + self.partition_bytes
+        (not all of them at the peak, which may come before the first reduction);
+        with ZeRO-1 and gradient accumulation also the whole gradients that the
+        micro-batches before a step's last one accumulate."""
+        whole = 0
+        if self.zero.stage == 1 and accumulation > 1:
+            whole = sum(p.numel() for p in self.trainable) * self.zero.element_size
+        return self.zero.buckets() + self.partition_bytes + whole
 
     def end_backward(self):
         """The end of a backward: any gradient not reduced yet is (ZeRO-1 without
@@ -377,7 +383,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                           optimizer_states=persistent - weights - ema_bytes,
                           step=mem.peak - persistent, ddp_buckets=ddp_buckets,
                           measured=measured,
-                          zero_buffers=timeline.held() if zero is not None else 0,
+                          zero_buffers=(timeline.held(accumulation) if zero is not None
+                                        else 0),
                           host=host)
 
 
