@@ -1,4 +1,5 @@
 """Starting tools/train.py and tools/dist_train.sh from tests."""
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,23 @@ def run_tool(args, repo_root, timeout=600, **env):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': path, **env}
     return subprocess.run(args, cwd=repo_root, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def counted_train_run(out_dir, train_args, processes=2) -> list:
+    """``tools/train.py TRAIN_ARGS`` on ``processes`` gloo processes (torchrun) with
+    every tensor storage counted (tests/count_train_memory.py): per rank, for each
+    iteration, the bytes alive when it starts and its peak. Run from the repository
+    root; the counts are written into ``out_dir``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = os.path.join(str(out_dir), 'memory')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
+           str(processes), '--master_port', str(free_port()),
+           os.path.join(root, 'tests/count_train_memory.py'), *train_args]
+    proc = subprocess.run(cmd, env=fresh_run_env(COUNT_MEMORY_OUT=out), cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = []
+    for rank in range(processes):
+        with open(f'{out}.{rank}.json') as f:
+            records.append(json.load(f))
+    return records

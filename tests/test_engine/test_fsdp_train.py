@@ -7,14 +7,13 @@ import glob
 import json
 import os.path as osp
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
-from tests.launch import free_port, fresh_run_env, run_tool
+from tests.launch import counted_train_run, free_port, run_tool
 from tests.tiny_models import TINY_DEMO_OPTIONS
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -196,18 +195,12 @@ def test_fsdp_accumulation_keeps_the_gradients_sharded(repo_root, tmp_path):
     cfg = Config.fromfile(osp.join(repo_root, DEMO))
     trainable = sum(p.numel() for p in MODELS.build(training_model_cfg(cfg)).parameters()
                     if p.requires_grad)
-    out = tmp_path / 'memory'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-           '--master_port', str(free_port()), 'tests/count_train_memory.py', DEMO,
-           '--launcher', 'pytorch', '--fsdp', '--work-dir', str(tmp_path / 'work'),
-           '--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=100',
-           'default_hooks.checkpoint.save_last=False', 'train_dataloader.batch_size=8',
-           'optim_wrapper.accumulative_counts=2']
-    proc = subprocess.run(cmd, env=fresh_run_env(COUNT_MEMORY_OUT=str(out)), cwd=repo_root,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for rank in range(2):
-        iters = json.loads((tmp_path / f'memory.{rank}.json').read_text())
+    runs = counted_train_run(tmp_path, [
+        DEMO, '--launcher', 'pytorch', '--fsdp', '--work-dir', str(tmp_path / 'work'),
+        '--cfg-options', 'train_cfg.max_iters=4', 'default_hooks.checkpoint.interval=100',
+        'default_hooks.checkpoint.save_last=False', 'train_dataloader.batch_size=8',
+        'optim_wrapper.accumulative_counts=2'])
+    for rank, iters in enumerate(runs):
         assert [i['iter'] for i in iters] == [1, 2, 3, 4]  # counted after the call
         # iterations 3 and 4: the second step's micro-batches (optimizer states exist)
         kept = iters[3]['peak'] - iters[2]['peak']

@@ -1,9 +1,7 @@
 """DeepSpeed ZeRO-1/2 memory: the estimate (fake tensors + mmsora.utils.zero_memory)
 against real tools/train.py --deepspeed runs on two gloo processes with every tensor
 storage counted (tests/count_train_memory.py), its closed forms, and the tool."""
-import json
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -14,7 +12,7 @@ from mmsora.engine.strategies import load_strategy
 from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import estimate_training_memory
 from mmsora.utils.zero_memory import ZeroLayout
-from tests.launch import free_port, fresh_run_env
+from tests.launch import counted_train_run
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -49,26 +47,17 @@ def small_buckets(tmp_path, preset, **zero_options):
 
 def counted_run(tmp_path, strategy, batch, adamw, amp, processes=2, accumulate=1, iters=2):
     """Per rank, the bytes alive at the start of each iteration and its peak."""
-    out = tmp_path / 'memory'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
-           str(processes), '--master_port', str(free_port()),
-           osp.join(ROOT, 'tests/count_train_memory.py'), DEMO, '--launcher', 'pytorch',
-           '--deepspeed', strategy, *(['--amp'] if amp else []),
-           '--work-dir', str(tmp_path / 'work'),
-           # no checkpoint at the last step: the counts are of the training steps
-           # (saving gathers the partitioned EMA on rank 0, in host memory on a GPU)
-           '--cfg-options', f'train_cfg.max_iters={iters}',
-           'default_hooks.checkpoint.interval=100',
-           f'optim_wrapper.accumulative_counts={accumulate}',
-           'default_hooks.checkpoint.save_last=False',
-           f'train_dataloader.batch_size={batch}',
-           *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())]
-    env = fresh_run_env(COUNT_MEMORY_OUT=str(out))
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads((tmp_path / f'memory.{rank}.json').read_text())
-            for rank in range(processes)]
+    return counted_train_run(tmp_path, [
+        DEMO, '--launcher', 'pytorch', '--deepspeed', strategy,
+        *(['--amp'] if amp else []), '--work-dir', str(tmp_path / 'work'),
+        # no checkpoint at the last step: the counts are of the training steps
+        # (saving gathers the partitioned EMA on rank 0, in host memory on a GPU)
+        '--cfg-options', f'train_cfg.max_iters={iters}',
+        'default_hooks.checkpoint.interval=100',
+        f'optim_wrapper.accumulative_counts={accumulate}',
+        'default_hooks.checkpoint.save_last=False',
+        f'train_dataloader.batch_size={batch}',
+        *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())], processes)
 
 
 # At batch 8 the peak is at the backward's start (activations, buckets, states). At
