@@ -41,8 +41,8 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
 
 Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
 soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with
-``overlap_comm`` (with accumulation: in a step's last micro-batch); ZeRO-1 without it keeps the whole gradients (P·m) until the backward
-ends and reduces them then. ZeRO-3 (partitioned weights fetched module by module) is
+``overlap_comm`` (with accumulation: in a step's last micro-batch); ZeRO-1 without it
+keeps the whole gradients (P·m) until the backward ends and reduces them then. ZeRO-3 (partitioned weights fetched module by module) is
 not modelled here.
 """
 from dataclasses import dataclass
