@@ -3,8 +3,8 @@ counted on fake tensors (no GPU, nothing computed; seconds even for XL video mod
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
-        [--gpus N] [--deepspeed deepspeed_zero2] [--text-len L] [--max-batch 256] \
-        [--measure cuda] [--json FILE] [--cfg-options KEY=VALUE ...]
+        [--gpus N] [--deepspeed deepspeed_zero2 | --fsdp] [--text-len L] \
+        [--max-batch 256] [--measure cuda] [--json FILE] [--cfg-options KEY=VALUE ...]
 
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
 at each ``--batch-size`` (default: the config's) with its parts, and with
@@ -16,8 +16,12 @@ gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
 stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3 is not modelled).
+``--fsdp`` (or a config with an FSDP ``strategy``) counts ``tools/train.py --fsdp``'s
+step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
+collectives (:mod:`mmsora.utils.fsdp_memory`).
 ``--measure cuda`` runs the same steps for real on the GPU and prints the allocator's
-peak beside each estimate (not with DeepSpeed).
+peak beside each estimate (not with DeepSpeed; with FSDP on one GPU, its collectives
+faked).
 """
 import argparse
 import json
@@ -49,12 +53,16 @@ def parse_args(argv=None):
                         help='largest batch size tried by --budget-gb')
     parser.add_argument('--gpus', type=int, default=1,
                         help='data-parallel GPUs: above 1, DDP\'s gradient buckets are '
-                        'added (one more copy of the trainable weights)')
+                        'added (one more copy of the trainable weights); with '
+                        '--deepspeed / --fsdp the processes it partitions over')
     parser.add_argument('--deepspeed', metavar='PRESET',
                         help='count DeepSpeed ZeRO-1/2\'s step over --gpus processes: '
                         'deepspeed_zero1, deepspeed_zero2, deepspeed_zero2_offload '
                         '(configs/_base_/strategies) or a file, as tools/train.py '
                         '--deepspeed; --precision is the dtype DeepSpeed trains in')
+    parser.add_argument('--fsdp', action='store_true',
+                        help='count PyTorch FSDP\'s step (tools/train.py --fsdp) on '
+                        'one of --gpus processes')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--measure', choices=['cuda', 'cpu'],
@@ -74,17 +82,32 @@ def _checkpointing_label(k) -> str:
     return f'every {k}{suffix} block'
 
 
-def _deepspeed_config(args, cfg):
-    """The DeepSpeed config to count (``--deepspeed``, else the config's strategy),
-    or None for the Runner's step; refuses what the tool does not model."""
+def _strategy(args, cfg):
+    """``(deepspeed, fsdp)``: the DeepSpeed config or the FSDP strategy to count
+    (``--deepspeed`` / ``--fsdp``, else the config's strategy), or None for the
+    Runner's step; refuses what the tool does not model."""
     from mmsora.engine.strategies import load_strategy
-    strategy = load_strategy(args.deepspeed) if args.deepspeed else cfg.get('strategy')
+    if args.deepspeed and args.fsdp:
+        raise UserError('--deepspeed and --fsdp exclude each other')
+    strategy = (load_strategy(args.deepspeed) if args.deepspeed
+                else load_strategy('fsdp') if args.fsdp else cfg.get('strategy'))
     if not strategy:
-        return None
+        return None, None
     strategy = dict(strategy)
+    if args.deepspeed and strategy.get('type') != 'DeepSpeedStrategy':
+        raise UserError(f'--deepspeed {args.deepspeed}: not a DeepSpeedStrategy preset'
+                        + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
+                           else ''))
+    if strategy.get('type') == 'FSDPStrategy':
+        from mmsora.utils.fsdp_memory import check_fsdp_strategy
+        try:
+            check_fsdp_strategy(strategy)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return None, strategy
     if strategy.get('type') != 'DeepSpeedStrategy':
         raise UserError(f"{strategy.get('type')} is not modelled by this tool (only "
-                        'DeepSpeed ZeRO-1/2 and the Runner\'s DDP): estimate the '
+                        'DeepSpeed ZeRO-1/2, FSDP and the Runner\'s DDP): estimate the '
                         'config without its strategy')
     ds = dict(strategy.get('config') or {})
     stage = (ds.get('zero_optimization') or {}).get('stage', 0)
@@ -95,7 +118,7 @@ def _deepspeed_config(args, cfg):
         raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
                         '--measure (or measure the config without its DeepSpeed '
                         'strategy)')
-    return ds
+    return ds, None
 
 
 def _check(args, cfg):
@@ -120,7 +143,7 @@ def main(argv=None):
     cfg = load_config(args.config)
     apply_cfg_options(cfg, args.cfg_options)
     _check(args, cfg)
-    deepspeed = _deepspeed_config(args, cfg)
+    deepspeed, fsdp = _strategy(args, cfg)
     from mmsora.engine.strategies import amp_dtype_of
     from mmsora.utils.memory_estimate import (estimate_training_memory,
                                               largest_fitting_batch, usable_bytes)
@@ -134,13 +157,16 @@ def main(argv=None):
         if (batch_size, k) not in cache:
             cache[batch_size, k] = estimate_training_memory(
                 cfg, batch_size, amp=precision, grad_checkpointing=k,
-                text_len=args.text_len, gpus=args.gpus, deepspeed=deepspeed)
+                text_len=args.text_len, gpus=args.gpus, deepspeed=deepspeed, fsdp=fsdp)
         return cache[batch_size, k]
 
     strategy = ''
     if deepspeed:
         source = args.deepspeed or "the config's strategy"
         strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
+    elif fsdp:
+        source = '--fsdp' if args.fsdp else "the config's strategy"
+        strategy = f', FSDP ({source})'
     from mmsora.engine.strategies import accumulation_of
     accumulation = accumulation_of(cfg)
     if accumulation > 1:  # the gradients stay through the next micro-batch
@@ -148,7 +174,9 @@ def main(argv=None):
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
           f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
           'of a training step')
-    extra = ('zero', 'host') if deepspeed else ('ddp',)
+    keys = (('zero_buffers', 'host') if deepspeed else () if fsdp else ('ddp_buckets',))
+    extra = {'zero_buffers': 'zero', 'host': 'host', 'ddp_buckets': 'ddp'}
+    extra = tuple(extra[key] for key in keys)
     header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step',
               *extra) + (('measured',) if args.measure else ())
     rows, results = [header], []
@@ -158,12 +186,11 @@ def main(argv=None):
             row = (_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
                    f"{e['weights']:.2f}", f"{e['ema']:.2f}",
                    f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
-                   *(f"{e[key]:.2f}" for key in (('zero_buffers', 'host') if deepspeed
-                                                 else ('ddp_buckets',))))
+                   *(f"{e[key]:.2f}" for key in keys))
             if args.measure:
                 real = estimate_training_memory(
                     cfg, n, amp=precision, grad_checkpointing=k, text_len=args.text_len,
-                    gpus=args.gpus, fake=False, device=args.measure).as_gib()
+                    gpus=args.gpus, fake=False, device=args.measure, fsdp=fsdp).as_gib()
                 e['measured'] = real['measured'] or real['peak']
                 row += (f"{e['measured']:.2f}",)
             rows.append(row)
@@ -175,7 +202,8 @@ def main(argv=None):
              'the step (in step where they meet the peak); host: '
              'offloaded master weights, optimizer states, gradients and EMA (not in '
              'peak)'
-             if deepspeed else ''))
+             if deepspeed else '; weights, ema, optimizer: this process\'s shards of '
+             'them; step: also the units FSDP gathers' if fsdp else ''))
 
     largest = []
     if args.budget_gb:

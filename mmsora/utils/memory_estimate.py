@@ -28,10 +28,18 @@ buckets allocated at the backward's first gradient, the reduced gradients of the
 partition from the first bucket's reduction, and the step's copies of them
 (:mod:`mmsora.utils.zero_memory`), all in the same timeline as the activations; the
 EMA is a float32 average of the partition (:mod:`mmsora.engine.zero_partition_ema`).
+
+With an FSDP strategy (``tools/train.py --fsdp``) FSDP itself runs the step, as one of
+the processes would (:mod:`mmsora.utils.fsdp_memory`): the shards, the units gathered
+for their forward and backward, the gradients reduce-scattered into shards, and the
+optimizer states and EMA (:class:`~mmsora.engine.sharded_ema.ShardedEMA`) over the
+shards.
 """
 import copy
 import weakref
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Callable, Optional, Union
 
 import torch
@@ -53,14 +61,45 @@ class LiveTensorBytes(TorchDispatchMode):
 
     A storage is counted when an operator first returns a tensor on it, and
     uncounted when it is freed; views and in-place results share their storage.
-    Works on real and on fake tensors.
+    A storage resized in place (``UntypedStorage.resize_``: FSDP frees a gathered
+    flat parameter by resizing its storage to 0 bytes and gathers into it again) is
+    counted at its new size. Works on real and on fake tensors.
     """
+
+    _active = []  # the counters entered (nested ones too), told of storage resizes
+    _resize = None  # UntypedStorage.resize_ while one is active
 
     def __init__(self):
         super().__init__()
         self.live = {}  # storage id -> bytes
         self.current = 0
         self.peak = 0
+
+    def __enter__(self):
+        if not LiveTensorBytes._active:
+            LiveTensorBytes._resize = resize = torch.UntypedStorage.resize_
+
+            def counted_resize(storage, nbytes):
+                out = resize(storage, nbytes)
+                for counter in LiveTensorBytes._active:
+                    counter._resized(storage, nbytes)
+                return out
+            torch.UntypedStorage.resize_ = counted_resize
+        LiveTensorBytes._active.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        LiveTensorBytes._active.remove(self)
+        if not LiveTensorBytes._active:
+            torch.UntypedStorage.resize_ = LiveTensorBytes._resize
+        return super().__exit__(*exc)
+
+    def _resized(self, storage, nbytes: int) -> None:
+        key = storage._cdata
+        if key in self.live:
+            self.current += nbytes - self.live[key]
+            self.live[key] = nbytes
+            self.peak = max(self.peak, self.current)
 
     def _free(self, key) -> None:
         self.current -= self.live.pop(key)
@@ -225,7 +264,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
                              text_len: Optional[int] = None, gpus: int = 1,
                              fake: bool = True, device: str = 'cpu',
-                             deepspeed: Optional[dict] = None) -> MemoryEstimate:
+                             deepspeed: Optional[dict] = None,
+                             fsdp: Optional[dict] = None) -> MemoryEstimate:
     """Peak memory of a training step of ``cfg`` at ``batch_size`` per GPU.
 
     Args:
@@ -240,7 +280,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         gpus (int): Data-parallel processes. Above 1, DDP keeps one bucket buffer of
             the trainable weights' size, for the whole run (measured: the peak grows by
             exactly that); with ``gradient_as_bucket_view`` it is less. With
-            ``deepspeed``: the processes ZeRO partitions over.
+            ``deepspeed``: the processes ZeRO partitions over; with ``fsdp``: the
+            processes FSDP shards over.
         fake (bool): Count on fake tensors (no memory, no compute); False runs the
             step for real on ``device`` (what the tests and ``tools/estimate_memory.py
             --measure`` compare with).
@@ -250,6 +291,12 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             ``strategy.config``; its ``'auto'`` values are filled from ``cfg`` and
             ``amp``): count DeepSpeed ZeRO-1/2's step instead of the Runner's
             (:mod:`mmsora.utils.zero_memory`). Fake tensors only.
+        fsdp (dict, optional): An ``FSDPStrategy`` config (``tools/train.py
+            --fsdp``'s ``strategy``): count the step of one of ``gpus`` FSDP
+            processes (:mod:`mmsora.utils.fsdp_memory`); on fake tensors, or for real
+            on ``device`` with fake collectives. The weights are the process's shard:
+            the full model it is built from is not in the peak (the Runner builds it
+            on the host).
 
     Returns:
         MemoryEstimate: the peak and its parts, in bytes.
@@ -263,6 +310,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                          f'None, got {amp!r}')
     dtype = _AMP_DTYPES[amp]
     zero = None
+    if deepspeed is not None and fsdp is not None:
+        raise ValueError('deepspeed and fsdp are two strategies: give one')
     if deepspeed is not None:
         if not fake:
             raise ValueError('a DeepSpeed step is counted on fake tensors only')
@@ -290,12 +339,30 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
     host = 0
-    with tensors, LiveTensorBytes() as mem:
+    group = nullcontext()
+    if fsdp is not None:
+        from .fsdp_memory import check_fsdp_strategy, fake_process_group, worst_rank
+        check_fsdp_strategy(fsdp)
+        group = fake_process_group(gpus, worst_rank(
+            lambda: MODELS.build(model_cfg).train(), fsdp, gpus))
+    with group, tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
+        # the batch (read from the model before FSDP turns its weights into shards)
+        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
+        kwargs = denoiser_kwargs(model, batch_size, text_len)
+        batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
+                          if isinstance(t, torch.Tensor))
+        wrapped = None
         if zero is not None:
             _cast_weights(model, zero.dtype)  # as DeepSpeed casts the module
-        weights = mem.current
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        elif fsdp is not None:  # the full model was built on the host
+            from .fsdp_memory import wrap_like_fsdp_strategy
+            wrapped = wrap_like_fsdp_strategy(model, fsdp, device_type)
+            mem.peak = mem.current
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats()
+        weights = mem.current - batch_bytes
+        trainable = [p for p in (wrapped or model).parameters() if p.requires_grad]
         if zero is not None:  # this process's partition of the trainable weights
             numel = zero.partition(sum(p.numel() for p in trainable))
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
@@ -303,8 +370,12 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         # Under DeepSpeed ZeRO-1/2, ShardedEMAHook averages this process's partition
         # of the float32 master weights (where they live: the host with offload),
         # and the floating buffers whole with update_buffers.
-        ema, ema_partition = None, []
-        if ema_cfg is not None and zero is None:
+        ema, ema_partition, sharded_ema = None, [], None
+        if ema_cfg is not None and wrapped is not None:  # ShardedEMAHook's
+            from mmsora.engine.sharded_ema import ShardedEMA
+            sharded_ema = ShardedEMA(wrapped, update_buffers=ema_cfg.get(
+                'update_buffers', False))
+        elif ema_cfg is not None and zero is None:
             ema = MODELS.build(model_cfg).requires_grad_(False)
         elif ema_cfg is not None:
             if zero.offload_optimizer:
@@ -314,7 +385,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             if ema_cfg.get('update_buffers', False):
                 ema_partition += [torch.empty(b.shape, dtype=torch.float32)
                                   for b in model.buffers() if b.is_floating_point()]
-        ema_bytes = mem.current - weights
+        ema_bytes = mem.current - batch_bytes - weights
         if zero is None:
             optimizer = _build_optimizer(cfg, trainable)
             loss_fn = model.denoiser
@@ -338,8 +409,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             else:
                 resident = [torch.empty(master + states, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, grad32, temporaries)
-        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
-        kwargs = denoiser_kwargs(model, batch_size, text_len)
+        objective = partial(model.diffusion.loss, loss_fn, x, model_kwargs=kwargs)
+        if wrapped is not None:  # the root unit's forward (mmengine's train_step's)
+            model.forward = objective  # around the objective: it gathers the root
+            objective = wrapped
 
         def step():
             micro = min(accumulation, 2)  # the 2nd runs over what the 1st left
@@ -348,7 +421,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                     timeline.last_micro_batch = i == micro - 1
                 with torch.autocast(device_type, dtype=dtype or torch.bfloat16,
                                     enabled=dtype is not None):
-                    loss = model.diffusion.loss(loss_fn, x, model_kwargs=kwargs)['loss']
+                    loss = objective()['loss']
                 loss.float().mean().backward()
                 if zero is not None and i < micro - 1:
                     timeline.end_backward()  # the step comes after the last one
@@ -357,6 +430,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                 optimizer.zero_grad(set_to_none=True)
             else:
                 timeline.step()
+            if sharded_ema is not None:
+                sharded_ema.update_parameters()
             if ema is not None:  # mmengine's ExponentialMovingAverage: in place
                 with torch.no_grad():
                     for avg, p in zip(ema.parameters(), model.parameters()):
@@ -368,11 +443,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         if zero is not None:
             resident.clear()  # ZeRO's master weights and states: counted until here
             ema_partition.clear()
-    batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
-                      if isinstance(t, torch.Tensor))
     persistent -= batch_bytes
     ddp_buckets = 0
-    if gpus > 1 and zero is None:
+    if gpus > 1 and zero is None and fsdp is None:
         ddp_buckets = sum(p.numel() * p.element_size() for p in trainable)
     measured = None
     if on_cuda:

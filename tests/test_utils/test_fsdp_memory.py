@@ -1,0 +1,155 @@
+"""FSDP memory: the estimate (torch's FSDP over fake collectives, on fake tensors:
+mmsora.utils.fsdp_memory) against real tools/train.py --fsdp runs on two gloo
+processes with every tensor storage counted (tests/count_train_memory.py), and the
+tool."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmsora.engine.strategies import load_strategy
+from mmsora.utils.cli import UserError
+from mmsora.utils.memory_estimate import LiveTensorBytes, estimate_training_memory
+from tests.launch import counted_train_run
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+import estimate_memory  # noqa: E402
+
+DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+FSDP = load_strategy('fsdp')
+# The optimizer is set in both the estimate and the run: on the CPU torch's AdamW goes
+# one tensor at a time by default, while the estimate assumes CUDA's fused one.
+SINGLE_TENSOR, FUSED = dict(foreach=False), dict(fused=True)
+
+
+def demo_cfg(batch, adamw, accumulate=1):
+    cfg = Config.fromfile(DEMO)
+    cfg.train_dataloader.batch_size = batch
+    cfg.optim_wrapper.optimizer.update(adamw)
+    cfg.optim_wrapper.accumulative_counts = accumulate
+    return cfg
+
+
+def counted_run(tmp_path, batch, adamw, amp, accumulate, iters):
+    return counted_train_run(tmp_path, [
+        DEMO, '--launcher', 'pytorch', '--fsdp', *(['--amp'] if amp else []),
+        '--work-dir', str(tmp_path / 'work'),
+        # no checkpoint: the counts are of the training steps (saving gathers the
+        # full state dicts on rank 0)
+        '--cfg-options', f'train_cfg.max_iters={iters}',
+        'default_hooks.checkpoint.interval=100',
+        'default_hooks.checkpoint.save_last=False',
+        f'optim_wrapper.accumulative_counts={accumulate}',
+        f'train_dataloader.batch_size={batch}',
+        *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())])
+
+
+# (batch, AdamW options, --amp, micro-batches per step)
+CASES = {'fp32': (8, SINGLE_TENSOR, False, 1),
+         'bf16': (8, SINGLE_TENSOR, True, 1),
+         'fused_batch1': (1, FUSED, False, 1),
+         'accumulating': (8, SINGLE_TENSOR, True, 2)}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_estimate_is_a_real_fsdp_runs_peak(case, tmp_path):
+    batch, adamw, amp, accumulate = CASES[case]
+    est = estimate_training_memory(demo_cfg(batch, adamw, accumulate), batch,
+                                   amp='bf16' if amp else None, gpus=2, fsdp=FSDP)
+    pictures = batch * 3 * 16 * 16 * 4 + batch * 8  # and labels
+    runs = counted_run(tmp_path, batch, adamw, amp, accumulate, iters=2 * accumulate)
+    # The optimizer states exist from the first step on: compare the second step's
+    # micro-batches. The estimate is the worst rank's: rank 1, whose shards hold 8192
+    # more trainable elements (DiT's frozen pos_embed is in rank 0's), 64 KiB more of
+    # AdamW's states. Left over: a few scalars (step counts, norms).
+    second = [iters[accumulate:] for iters in runs]
+    persistent = est.weights + est.ema + est.optimizer_states + pictures
+    before = [iters[0]['before'] for iters in second]
+    peaks = [max(i['peak'] for i in iters) for iters in second]
+    assert 0 <= before[1] - persistent <= 1024, (runs, est)
+    assert 0 <= peaks[1] - est.peak <= 1024, (runs, est)
+    for rank_1_more in (before[1] - before[0], peaks[1] - peaks[0]):
+        assert abs(rank_1_more - 8 * 8192) <= 64, runs  # and rank 0's scalars
+
+
+def test_fake_tensors_count_what_real_ones_allocate_under_fsdp():
+    """The same FSDP step on real tensors (its collectives faked: the values are
+    wrong, the allocations are FSDP's) counts the same bytes, for a class-conditioned
+    DiT with the EMA and accumulation and for a text-conditioned VideoDiT in bf16 with
+    every block checkpointed, over 2 and 3 processes (padded shards)."""
+    video = Config.fromfile(osp.join(
+        ROOT, 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'))
+    cases = [(demo_cfg(4, FUSED, accumulate=2), dict(gpus=2)),
+             (video, dict(gpus=3, amp='bf16', grad_checkpointing=1, text_len=7))]
+    for cfg, options in cases:
+        fake = estimate_training_memory(cfg, 3, fsdp=FSDP, **options)
+        real = estimate_training_memory(cfg, 3, fsdp=FSDP, fake=False, **options)
+        assert fake == real
+        assert fake.step > 0 and fake.optimizer_states > 0
+
+
+def test_shards_shrink_with_the_processes():
+    """Weights, EMA and optimizer states are this process's shards: over 4 processes
+    about half of what they are over 2 (to FSDP's padding and the frozen pos_embed's
+    place); one process is FSDP without sharding (NO_SHARD): the whole of them."""
+    cfg = demo_cfg(4, FUSED)
+    one, two, four = (estimate_training_memory(cfg, 4, gpus=n, fsdp=FSDP)
+                      for n in (1, 2, 4))
+    plain = estimate_training_memory(cfg, 4)
+    assert one.weights == plain.weights
+    for part in ('weights', 'ema'):
+        assert getattr(four, part) == pytest.approx(getattr(two, part) / 2, rel=0.01)
+    assert four.optimizer_states == pytest.approx(two.optimizer_states / 2, rel=0.02)
+    assert four.peak < two.peak < one.peak
+
+
+def test_live_bytes_follow_storage_resizes():
+    """FSDP frees a gathered flat parameter by resizing its storage to 0 bytes and
+    gathers into it again: the count follows the size, also in a nested counter."""
+    with LiveTensorBytes() as outer:
+        a = torch.empty(1000, dtype=torch.float32)
+        with LiveTensorBytes() as inner:
+            b = torch.empty(10)
+            a.untyped_storage().resize_(0)
+            assert outer.current == 40 and inner.current == 40  # a: not inner's
+            a.untyped_storage().resize_(2000)
+            assert outer.current == 2040 and outer.peak == 4040
+        b.untyped_storage().resize_(0)
+        assert outer.current == 2000
+        del a, b
+        assert outer.current == 0
+    assert torch.UntypedStorage.resize_ is LiveTensorBytes._resize  # put back
+
+
+def test_tool_counts_fsdp_and_refuses_what_it_does_not_model(tmp_path, capsys):
+    out = estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', '--batch-size', '8',
+                                '--budget-gb', '0.1', '--measure', 'cpu'])
+    text = capsys.readouterr().out
+    assert 'FSDP (--fsdp)' in text and "this process's shards" in text
+    assert 'ddp' not in text.split('\n')[1]
+    est = estimate_training_memory(demo_cfg(8, {}), 8, gpus=2, fsdp=FSDP)
+    row = out['estimates'][0]
+    assert row['peak'] * 2 ** 30 == pytest.approx(est.peak)
+    assert row['measured'] == row['peak']  # the real step on the CPU counts the same
+    assert out['largest_batch'][0]['batch_size'] > 8
+    # a config that carries the FSDP strategy is counted with it
+    cfg = Config.fromfile(DEMO)
+    cfg.strategy = FSDP
+    cfg.dump(str(tmp_path / 'fsdp.py'))
+    from_cfg = estimate_memory.main([str(tmp_path / 'fsdp.py'), '--gpus', '2',
+                                     '--batch-size', '8'])
+    assert from_cfg['estimates'][0]['peak'] == row['peak']
+    assert "FSDP (the config's strategy)" in capsys.readouterr().out
+    offload = dict(FSDP, model_wrapper=dict(FSDP['model_wrapper'], cpu_offload=True))
+    checkpointing = dict(FSDP, activation_checkpointing=dict(check_fn='x'))
+    for strategy, message in ((offload, "cpu_offload is not modelled"),
+                              (checkpointing, 'activation_checkpointing is not modelled')):
+        cfg.strategy = strategy
+        cfg.dump(str(tmp_path / 'bad.py'))
+        with pytest.raises(UserError, match=message):
+            estimate_memory.main([str(tmp_path / 'bad.py')])
+    with pytest.raises(UserError, match='exclude each other'):
+        estimate_memory.main([DEMO, '--fsdp', '--deepspeed', 'deepspeed_zero2'])
