@@ -99,6 +99,12 @@ PLAN = {
         'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py',
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
         '{json}'], 300),
+    # FSDP over 8 processes, counted as one of them: the real FSDP step on this GPU
+    # with the collectives faked (3.08 / 6.51 GiB estimated at 1 / 5 clips)
+    'estimate_fsdp_text_stdit': ([
+        'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py',
+        '--fsdp', '--gpus', '8', '--measure', 'cuda', '--precision', 'bf16',
+        '--grad-checkpointing', '1', '--batch-size', '1', '5', '--json', '{json}'], 300),
 }
 
 
