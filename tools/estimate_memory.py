@@ -175,8 +175,8 @@ def main(argv=None):
           f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
           'of a training step')
     keys = (('zero_buffers', 'host') if deepspeed else () if fsdp else ('ddp_buckets',))
-    extra = {'zero_buffers': 'zero', 'host': 'host', 'ddp_buckets': 'ddp'}
-    extra = tuple(extra[key] for key in keys)
+    labels = {'zero_buffers': 'zero', 'host': 'host', 'ddp_buckets': 'ddp'}
+    extra = tuple(labels[key] for key in keys)
     header = ('checkpointing', 'batch', 'peak', 'weights', 'ema', 'optimizer', 'step',
               *extra) + (('measured',) if args.measure else ())
     rows, results = [header], []
@@ -202,8 +202,9 @@ def main(argv=None):
              'the step (in step where they meet the peak); host: '
              'offloaded master weights, optimizer states, gradients and EMA (not in '
              'peak)'
-             if deepspeed else '; weights, ema, optimizer: this process\'s shards of '
-             'them; step: also the units FSDP gathers' if fsdp else ''))
+             if deepspeed else '; weights, ema, optimizer: this process\'s shards '
+             '(optimizer: with the gradient shard FSDP keeps to the next forward); '
+             'the units FSDP gathers are in step' if fsdp else ''))
 
     largest = []
     if args.budget_gb:

@@ -20,7 +20,8 @@ not an equal number of trainable elements: a frozen parameter (DiT's fixed
 ``pos_embed``) lies in some processes' shards, which then hold less optimizer state.
 The process counted is the one with the most trainable elements
 (:func:`worst_rank`; for the demo DiT on two processes rank 1, by 64 KiB of AdamW
-state).
+state). The optimizer's part includes the gradient shard: with ``use_orig_params``
+FSDP keeps the flat gradient from the step to the next forward.
 FSDP's ``cpu_offload`` and mmengine's ``activation_checkpointing`` option are not
 modelled (the denoiser's ``grad_checkpointing`` is the one counted).
 """
@@ -119,7 +120,9 @@ def trainable_per_rank(wrapped: torch.nn.Module, processes: int) -> list:
 
 def worst_rank(build_model, strategy: dict, processes: int) -> int:
     """The rank whose shards hold the most trainable elements (the first of them):
-    ``build_model()`` wrapped on fake tensors."""
+    ``build_model()`` wrapped on fake tensors. Ranks with as many elements can still
+    differ by a few bytes of per-parameter scalars (AdamW's step counts of the
+    parameters their shards touch): 20 bytes seen."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     with fake_process_group(processes), FakeTensorMode(allow_non_fake_inputs=True):
         counts = trainable_per_rank(wrap_like_fsdp_strategy(build_model(), strategy),

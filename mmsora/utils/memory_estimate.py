@@ -54,6 +54,7 @@ __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
 
 GiB = 2 ** 30
 _AMP_DTYPES = {None: None, 'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+_FSDP_RANKS = {}  # (model config, FSDP strategy, processes) -> the rank counted
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -67,7 +68,8 @@ class LiveTensorBytes(TorchDispatchMode):
     """
 
     _active = []  # the counters entered (nested ones too), told of storage resizes
-    _resize = None  # UntypedStorage.resize_ while one is active
+    _resize = None  # torch's UntypedStorage.resize_, while one is active
+    _resize_is_own = False  # whether the class itself defined it (or inherited it)
 
     def __init__(self):
         super().__init__()
@@ -77,22 +79,22 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __enter__(self):
         if not LiveTensorBytes._active:
-            LiveTensorBytes._resize = resize = torch.UntypedStorage.resize_
-
-            def counted_resize(storage, nbytes):
-                out = resize(storage, nbytes)
-                for counter in LiveTensorBytes._active:
-                    counter._resized(storage, nbytes)
-                return out
-            torch.UntypedStorage.resize_ = counted_resize
+            _follow_storage_resizes(True)
         LiveTensorBytes._active.append(self)
-        return super().__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._leave()
+            raise
 
     def __exit__(self, *exc):
+        self._leave()
+        return super().__exit__(*exc)
+
+    def _leave(self) -> None:
         LiveTensorBytes._active.remove(self)
         if not LiveTensorBytes._active:
-            torch.UntypedStorage.resize_ = LiveTensorBytes._resize
-        return super().__exit__(*exc)
+            _follow_storage_resizes(False)
 
     def _resized(self, storage, nbytes: int) -> None:
         key = storage._cdata
@@ -124,6 +126,28 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+def _follow_storage_resizes(on: bool) -> None:
+    """Route ``UntypedStorage.resize_`` through the active counters (``on``), or put
+    torch's own back as it was (torch 2.13's class inherits it from ``StorageBase``:
+    the wrapper set on the class is deleted again)."""
+    storage = torch.UntypedStorage
+    if not on:
+        if LiveTensorBytes._resize_is_own:
+            storage.resize_ = LiveTensorBytes._resize
+        else:
+            del storage.resize_
+        return
+    LiveTensorBytes._resize_is_own = 'resize_' in vars(storage)
+    LiveTensorBytes._resize = resize = storage.resize_
+
+    def counted_resize(self, nbytes):
+        out = resize(self, nbytes)
+        for counter in LiveTensorBytes._active:
+            counter._resized(self, nbytes)
+        return out
+    storage.resize_ = counted_resize
+
+
 @dataclass
 class MemoryEstimate:
     """Peak tensor memory of one training step, in bytes, and what stays between steps."""
@@ -131,7 +155,9 @@ class MemoryEstimate:
     peak: int              # the step's peak of live tensor bytes (all of the below)
     weights: int           # the model's parameters and buffers
     ema: int               # EMAHook's averaged copy (ZeRO-1/2: this process's part)
-    optimizer_states: int  # e.g. AdamW's two moments per trainable parameter
+    # e.g. AdamW's two moments per trainable parameter; under FSDP (use_orig_params)
+    # also the gradient shard, which FSDP keeps from the step to the next forward
+    optimizer_states: int
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
     # DeepSpeed ZeRO: its reduction buckets and reduced gradients (ZeRO-1 with
@@ -343,8 +369,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     if fsdp is not None:
         from .fsdp_memory import check_fsdp_strategy, fake_process_group, worst_rank
         check_fsdp_strategy(fsdp)
-        group = fake_process_group(gpus, worst_rank(
-            lambda: MODELS.build(model_cfg).train(), fsdp, gpus))
+        key = (repr(model_cfg), repr(fsdp), gpus)  # a batch-size search asks again
+        if key not in _FSDP_RANKS:
+            _FSDP_RANKS[key] = worst_rank(lambda: MODELS.build(model_cfg), fsdp, gpus)
+        group = fake_process_group(gpus, _FSDP_RANKS[key])
     with group, tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
         # the batch (read from the model before FSDP turns its weights into shards)

@@ -94,12 +94,16 @@ def test_fake_tensors_count_what_real_ones_allocate_under_fsdp():
 def test_shards_shrink_with_the_processes():
     """Weights, EMA and optimizer states are this process's shards: over 4 processes
     about half of what they are over 2 (to FSDP's padding and the frozen pos_embed's
-    place); one process is FSDP without sharding (NO_SHARD): the whole of them."""
+    place). One process is FSDP without sharding (NO_SHARD): the whole weights, and
+    the plain step's peak; between steps FSDP keeps the flat gradient (counted with
+    the optimizer's part), which has a slot for the frozen pos_embed too."""
     cfg = demo_cfg(4, FUSED)
     one, two, four = (estimate_training_memory(cfg, 4, gpus=n, fsdp=FSDP)
                       for n in (1, 2, 4))
     plain = estimate_training_memory(cfg, 4)
-    assert one.weights == plain.weights
+    assert one.weights == plain.weights and one.peak == plain.peak
+    every_weight = one.weights // 4  # fp32, no buffers in the demo's DiT
+    assert one.optimizer_states - plain.optimizer_states == 4 * every_weight
     for part in ('weights', 'ema'):
         assert getattr(four, part) == pytest.approx(getattr(two, part) / 2, rel=0.01)
     assert four.optimizer_states == pytest.approx(two.optimizer_states / 2, rel=0.02)
@@ -109,6 +113,7 @@ def test_shards_shrink_with_the_processes():
 def test_live_bytes_follow_storage_resizes():
     """FSDP frees a gathered flat parameter by resizing its storage to 0 bytes and
     gathers into it again: the count follows the size, also in a nested counter."""
+    own = 'resize_' in vars(torch.UntypedStorage)  # torch 2.13: inherited
     with LiveTensorBytes() as outer:
         a = torch.empty(1000, dtype=torch.float32)
         with LiveTensorBytes() as inner:
@@ -121,7 +126,15 @@ def test_live_bytes_follow_storage_resizes():
         assert outer.current == 2000
         del a, b
         assert outer.current == 0
-    assert torch.UntypedStorage.resize_ is LiveTensorBytes._resize  # put back
+    # torch's own put back as it was (inherited, not set on the class), also when
+    # the counted code raises
+    assert ('resize_' in vars(torch.UntypedStorage)) == own
+    assert torch.UntypedStorage.resize_ is LiveTensorBytes._resize
+    with pytest.raises(ZeroDivisionError), LiveTensorBytes():
+        assert torch.UntypedStorage.resize_ is not LiveTensorBytes._resize
+        1 / 0
+    assert ('resize_' in vars(torch.UntypedStorage)) == own
+    assert not LiveTensorBytes._active
 
 
 def test_tool_counts_fsdp_and_refuses_what_it_does_not_model(tmp_path, capsys):
@@ -197,6 +210,11 @@ def test_the_preset_gathers_the_next_unit_early_in_the_backward():
         units = FullyShardedDataParallel.fsdp_modules(wrap_like_fsdp_strategy(model, FSDP))
     assert len(units) == 1 + 4  # the root and the demo's 4 blocks
     assert all(u.backward_prefetch is BackwardPrefetch.BACKWARD_PRE for u in units)
+    unset = {k: v for k, v in FSDP['model_wrapper'].items() if k != 'backward_prefetch'}
+    with fake_process_group(2), FakeTensorMode(allow_non_fake_inputs=True):
+        model = MODELS.build(training_model_cfg(cfg))
+        wrapped = wrap_like_fsdp_strategy(model, dict(FSDP, model_wrapper=unset))
+        assert wrapped.backward_prefetch is None  # mmengine's, unless told
     off = dict(FSDP, model_wrapper=dict(FSDP['model_wrapper'], backward_prefetch=None))
     on, without = (estimate_training_memory(cfg, 8, gpus=2, fsdp=s) for s in (FSDP, off))
     assert on.peak - without.peak == block
