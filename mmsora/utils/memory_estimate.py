@@ -390,7 +390,8 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats()
         weights = mem.current - batch_bytes
-        trainable = [p for p in (wrapped or model).parameters() if p.requires_grad]
+        trainable = [p for p in (model if wrapped is None else wrapped).parameters()
+                     if p.requires_grad]
         if zero is not None:  # this process's partition of the trainable weights
             numel = zero.partition(sum(p.numel() for p in trainable))
         # EMAHook's averaged model: a frozen copy (mmengine deep-copies the model,
