@@ -1,4 +1,5 @@
 """Starting tools/train.py and tools/dist_train.sh from tests."""
+import importlib
 import json
 import os
 import subprocess
@@ -14,8 +15,9 @@ def skip_deepspeed_shm_build() -> None:
     """DeepSpeed compiles a shared-memory all-reduce op with g++ (minutes) when it
     sets up torch.distributed on CPU; it only speeds up multi-process all-reduce, so
     the test processes go without it. Call before DeepSpeed initialises."""
-    try:
-        import deepspeed.comm.torch as ds_comm
+    try:  # not ``import deepspeed.comm.torch as m``: that is torch itself, which
+        # deepspeed.comm imports under the same name
+        ds_comm = importlib.import_module('deepspeed.comm.torch')
     except ImportError:
         return
     ds_comm.build_shm_op = lambda: None

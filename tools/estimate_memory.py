@@ -15,13 +15,14 @@ buckets; gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
 gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
-stays in host memory (:mod:`mmsora.utils.zero_memory`; ZeRO-3 is not modelled).
+stays in host memory (:mod:`mmsora.utils.zero_memory`); ZeRO-3's step is DeepSpeed's
+own, run over fake collectives (:mod:`mmsora.utils.zero3_memory`; without offload).
 ``--fsdp`` (or a config with an FSDP ``strategy``) counts ``tools/train.py --fsdp``'s
 step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
 collectives (:mod:`mmsora.utils.fsdp_memory`).
 ``--measure cuda`` runs the same steps for real on the GPU and prints the allocator's
-peak beside each estimate (not with DeepSpeed; with FSDP on one GPU, its collectives
-faked).
+peak beside each estimate (not with ZeRO-1/2; with FSDP and ZeRO-3 on one GPU, their
+collectives faked).
 """
 import argparse
 import json
@@ -56,8 +57,9 @@ def parse_args(argv=None):
                         'added (one more copy of the trainable weights); with '
                         '--deepspeed / --fsdp the processes it partitions over')
     parser.add_argument('--deepspeed', metavar='PRESET',
-                        help='count DeepSpeed ZeRO-1/2\'s step over --gpus processes: '
-                        'deepspeed_zero1, deepspeed_zero2, deepspeed_zero2_offload '
+                        help='count DeepSpeed ZeRO\'s step over --gpus processes: '
+                        'deepspeed_zero1, deepspeed_zero2, deepspeed_zero2_offload, '
+                        'deepspeed_zero3 '
                         '(configs/_base_/strategies) or a file, as tools/train.py '
                         '--deepspeed; --precision is the dtype DeepSpeed trains in')
     parser.add_argument('--fsdp', action='store_true',
@@ -107,17 +109,23 @@ def _strategy(args, cfg):
         return None, strategy
     if strategy.get('type') != 'DeepSpeedStrategy':
         raise UserError(f"{strategy.get('type')} is not modelled by this tool (only "
-                        'DeepSpeed ZeRO-1/2, FSDP and the Runner\'s DDP): estimate the '
+                        'DeepSpeed ZeRO, FSDP and the Runner\'s DDP): estimate the '
                         'config without its strategy')
     ds = dict(strategy.get('config') or {})
     stage = (ds.get('zero_optimization') or {}).get('stage', 0)
-    if stage not in (1, 2):
-        raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1 and 2 '
-                        'are; ZeRO-3 gathers the partitioned weights module by module)')
-    if args.measure:
-        raise UserError('--measure runs the Runner\'s step, not DeepSpeed\'s: drop '
-                        '--measure (or measure the config without its DeepSpeed '
-                        'strategy)')
+    if stage not in (1, 2, 3):
+        raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1, 2 and '
+                        '3 are)')
+    if stage == 3:
+        from mmsora.utils.zero3_memory import check_zero3_config
+        try:
+            check_zero3_config(ds)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if args.measure and stage != 3:
+        raise UserError('--measure does not run ZeRO-1/2\'s step (it is counted in '
+                        'closed form): drop --measure (or measure the config without '
+                        'its DeepSpeed strategy)')
     return ds, None
 
 
@@ -190,14 +198,20 @@ def main(argv=None):
             if args.measure:
                 real = estimate_training_memory(
                     cfg, n, amp=precision, grad_checkpointing=k, text_len=args.text_len,
-                    gpus=args.gpus, fake=False, device=args.measure, fsdp=fsdp).as_gib()
+                    gpus=args.gpus, fake=False, device=args.measure, deepspeed=deepspeed,
+                    fsdp=fsdp).as_gib()
                 e['measured'] = real['measured'] or real['peak']
                 row += (f"{e['measured']:.2f}",)
             rows.append(row)
             results.append(dict(grad_checkpointing=k, precision=precision, **e))
     print(_table(rows))
+    zero3 = bool(deepspeed) and deepspeed['zero_optimization']['stage'] == 3
     print('step: gradients, activations and temporaries at the peak (with the batch)'
-          + ('; zero: DeepSpeed\'s reduction buckets and reduced gradients (ZeRO-1 '
+          + ('; weights, ema, optimizer: this process\'s partitions (optimizer: the '
+             'float32 master weights and their states); zero: the reduction bucket and '
+             'gradient partition the engine keeps from start-up; the weights ZeRO-3 '
+             'gathers are in step' if zero3 else
+             '; zero: DeepSpeed\'s reduction buckets and reduced gradients (ZeRO-1 '
              'with accumulation: and the whole gradients), held from the backward to '
              'the step (in step where they meet the peak); host: '
              'offloaded master weights, optimizer states, gradients and EMA (not in '

@@ -28,6 +28,8 @@ buckets allocated at the backward's first gradient, the reduced gradients of the
 partition from the first bucket's reduction, and the step's copies of them
 (:mod:`mmsora.utils.zero_memory`), all in the same timeline as the activations; the
 EMA is a float32 average of the partition (:mod:`mmsora.engine.zero_partition_ema`).
+With a ZeRO-3 config DeepSpeed's engine runs the step itself, as one of the processes
+would, over fake collectives (:mod:`mmsora.utils.zero3_memory`).
 
 With an FSDP strategy (``tools/train.py --fsdp``) FSDP itself runs the step, as one of
 the processes would (:mod:`mmsora.utils.fsdp_memory`): the shards, the units gathered
@@ -160,10 +162,12 @@ class MemoryEstimate:
     optimizer_states: int
     step: int              # gradients, activations and temporaries at the peak
     ddp_buckets: int = 0   # DDP's gradient buckets (several GPUs)
-    # DeepSpeed ZeRO: its reduction buckets and reduced gradients (ZeRO-1 with
+    # DeepSpeed ZeRO-1/2: its reduction buckets and reduced gradients (ZeRO-1 with
     # accumulation: and the whole gradients between micro-batches), held during the
     # backward and to the step (within ``step`` where they meet the peak), and what
-    # offload_optimizer keeps in host memory instead of the GPU (not in ``peak``)
+    # offload_optimizer keeps in host memory instead of the GPU (not in ``peak``);
+    # ZeRO-3: the reduction bucket and gradient partition kept from start-up (not in
+    # ``step``)
     zero_buffers: int = 0
     host: int = 0
     # A real step on CUDA: torch.cuda.max_memory_allocated (+ ddp_buckets, counted)
@@ -316,7 +320,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         deepspeed (dict, optional): A DeepSpeed config (a ``--deepspeed`` preset's
             ``strategy.config``; its ``'auto'`` values are filled from ``cfg`` and
             ``amp``): count DeepSpeed ZeRO-1/2's step instead of the Runner's
-            (:mod:`mmsora.utils.zero_memory`). Fake tensors only.
+            (:mod:`mmsora.utils.zero_memory`; fake tensors only), or ZeRO-3's
+            (:mod:`mmsora.utils.zero3_memory`: DeepSpeed's engine over fake
+            collectives; on fake tensors, or for real on ``device``).
         fsdp (dict, optional): An ``FSDPStrategy`` config (``tools/train.py
             --fsdp``'s ``strategy``): count the step of one of ``gpus`` FSDP
             processes (:mod:`mmsora.utils.fsdp_memory`); on fake tensors, or for real
@@ -339,13 +345,14 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     if deepspeed is not None and fsdp is not None:
         raise ValueError('deepspeed and fsdp are two strategies: give one')
     if deepspeed is not None:
-        if not fake:
-            raise ValueError('a DeepSpeed step is counted on fake tensors only')
         from mmsora.engine.strategies import fill_auto
         from mmsora.utils.zero_memory import ZeroLayout
         filled = fill_auto(deepspeed, cfg, {None: None, torch.bfloat16: 'bfloat16',
                                             torch.float16: 'float16'}[dtype])
-        zero = ZeroLayout.from_config(filled, gpus)
+        if int((filled.get('zero_optimization') or {}).get('stage', 0)) != 3:
+            if not fake:
+                raise ValueError('a ZeRO-1/2 step is counted on fake tensors only')
+            zero = ZeroLayout.from_config(filled, gpus)
         dtype = None  # DeepSpeed casts the module instead of autocasting
     from mmsora.engine.strategies.train_options import accumulation_of
     accumulation = (int(filled.get('gradient_accumulation_steps', 1)) if zero is not None
@@ -354,6 +361,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     if grad_checkpointing is not None:
         model_cfg['denoiser']['grad_checkpointing'] = grad_checkpointing
     ema_cfg = ema_hook_cfg(cfg)
+    if deepspeed is not None and zero is None:  # ZeRO-3: DeepSpeed runs the step
+        from .zero3_memory import count_zero3_step
+        return count_zero3_step(cfg, model_cfg, ema_cfg, filled, batch_size, text_len,
+                                gpus, fake=fake, device=device)
 
     # Tables built from numpy at construction are real tensors: allowed as inputs.
     tensors = (FakeTensorMode(allow_non_fake_inputs=True) if fake

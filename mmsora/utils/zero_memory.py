@@ -42,8 +42,9 @@ element of the training dtype (2 for ``bf16`` / ``fp16``, 4 for fp32):
 Parameters are never partitioned below ZeRO-3. Each gradient goes into a bucket as
 soon as it is computed (DeepSpeed's gradient hooks) with ZeRO-2, or ZeRO-1 with
 ``overlap_comm`` (with accumulation: in a step's last micro-batch); ZeRO-1 without it
-keeps the whole gradients (P·m) until the backward ends and reduces them then. ZeRO-3 (partitioned weights fetched module by module) is
-not modelled here.
+keeps the whole gradients (P·m) until the backward ends and reduces them then.
+ZeRO-3 (partitioned weights fetched module by module) is counted by running
+DeepSpeed's own step instead (:mod:`mmsora.utils.zero3_memory`).
 """
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ class ZeroLayout:
         stage = int(zero.get('stage', 0))
         if stage not in (1, 2):
             raise ValueError(f'ZeRO stage {stage} is not modelled (1 and 2 are): '
-                             + ('ZeRO-3 fetches partitioned weights module by module'
+                             + ('ZeRO-3 is counted by mmsora.utils.zero3_memory'
                                 if stage == 3 else 'stage 0 is plain DeepSpeed data '
                                 'parallelism'))
         if processes < 1:

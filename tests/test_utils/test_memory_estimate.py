@@ -300,9 +300,9 @@ def test_tool_refuses_bad_input(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match='no CUDA device'):
             estimate_memory.main([str(cfg_file), '--measure', 'cuda'])
-    # A config's own DeepSpeed strategy is counted (tests/test_utils/test_zero_memory.py);
-    # ZeRO-3 is not modelled.
-    for stage, expected in ((3, 'ZeRO stage 3 is not modelled'), (2, None)):
+    # A config's own DeepSpeed strategy is counted (tests/test_utils/test_zero_memory.py,
+    # test_zero3_memory.py); stage 0 (plain DeepSpeed data parallelism) is not modelled.
+    for stage, expected in ((0, 'ZeRO stage 0 is not modelled'), (2, None)):
         ds = Config(dict(tiny_cfg().to_dict(), strategy=dict(
             type='DeepSpeedStrategy', config=dict(zero_optimization=dict(stage=stage)))))
         ds.dump(str(tmp_path / 'ds.py'))

@@ -1,0 +1,215 @@
+"""DeepSpeed ZeRO-3's training step, run in one process as one of N would run it, to
+count its memory (:func:`mmsora.utils.memory_estimate.estimate_training_memory` with a
+stage-3 ``deepspeed`` config).
+
+Where ZeRO-1/2 are counted in closed form (:mod:`mmsora.utils.zero_memory`), ZeRO-3's
+timeline is DeepSpeed's parameter coordinator: partitioned weights gathered module by
+module for the forward and the backward (prefetched ahead, kept for reuse, or kept
+whole below ``stage3_param_persistence_threshold``), gradients reduce-scattered in
+buckets into this process's partition, the float32 master partition and the
+optimizer's states over it. So DeepSpeed itself runs the step: its engine is built
+over a *fake* process group of N processes
+(:func:`~mmsora.utils.fsdp_memory.fake_process_group`; collectives return at once
+with the right shapes) on fake tensors, and every tensor storage it creates and frees
+is counted. Checked against real two-process runs
+(``tests/test_utils/test_zero3_memory.py``).
+
+One process cannot answer what needs the other processes' data, so three of
+DeepSpeed's checks are answered for them while the step runs (:func:`fake_zero3`): the
+gradient norm is valid (no inf / nan: there are no values), the modules were fetched
+in the same order on every process (they run the same code), and the module is already
+on its device (fake parameters cannot be swapped, which ``Module.to`` does; the module
+is on the CPU already). With fp16 the loss scaler sees no overflow.
+
+Every process holds an equal partition of every parameter (``ceil(numel / N)``
+elements, the last one padded), so rank 0 is counted. Not modelled: ``offload_param``
+and ``offload_optimizer`` (their host memory would be counted as the GPU's) and
+DeepSpeed's NVMe swapping. DeepSpeed allocates its gradient reduction bucket
+(``reduce_bucket_size`` elements in the training dtype) when the engine is built and
+keeps it for the whole run, with the flat buffer of this process's gradient
+partition: both are in the estimate's ``zero_buffers``, outside the step.
+"""
+import importlib
+import os
+from contextlib import ExitStack, contextmanager
+from unittest import mock
+
+import torch
+
+__all__ = ['check_zero3_config', 'count_zero3_step', 'fake_zero3', 'zero3_engine']
+
+
+def check_zero3_config(ds_config: dict) -> None:
+    """Refuse what the count does not model."""
+    zero = ds_config.get('zero_optimization') or {}
+    if int(zero.get('stage', 0)) != 3:
+        raise ValueError(f"not a ZeRO-3 config: stage {zero.get('stage', 0)}")
+    for key in ('offload_param', 'offload_optimizer'):
+        device = (zero.get(key) or {}).get('device', 'none')
+        if device not in (None, 'none'):
+            raise ValueError(f'ZeRO-3 with {key} (to {device}) is not modelled: its host '
+                             'memory would be counted as the GPU\'s')
+
+
+@contextmanager
+def fake_zero3(model: torch.nn.Module):
+    """DeepSpeed's cross-process checks answered for one process on fake tensors
+    (see the module), for the duration; ``model.to`` returns the model as it is, and
+    the environment (DeepSpeed reads ``LOCAL_RANK`` and sets more) is restored after."""
+    import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
+    import deepspeed.runtime.zero.stage3 as stage3
+    from deepspeed.utils import groups
+    with ExitStack() as stack:
+        # DeepSpeed compiles a shared-memory all-reduce op for CPU process groups
+        # (minutes of g++): fake collectives need none
+        # (not ``import deepspeed.comm.torch as m``: that is torch, which
+        # deepspeed.comm imports under the same name)
+        ds_comm = importlib.import_module('deepspeed.comm.torch')
+        stack.enter_context(_patched(ds_comm, 'build_shm_op', lambda: None))
+        stack.enter_context(mock.patch.dict(os.environ))
+        os.environ.setdefault('LOCAL_RANK', '0')
+        # DeepSpeed keeps the groups it derives from the world group: this fake world's
+        for name in ('_WORLD_GROUP', '_DATA_PARALLEL_GROUP'):
+            stack.enter_context(_patched(groups, name, None))
+        for owner, name, value in (
+                (stage3, 'is_invalid_grad_norm', lambda norm: False),
+                (coordinator, 'assert_ints_same_as_other_ranks', lambda ints: None),
+                (stage3.DeepSpeedZeroOptimizer_Stage3, 'has_overflow',
+                 lambda self, *args, **kwargs: False)):
+            stack.enter_context(_patched(owner, name, value))
+        stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model))
+        yield
+
+
+@contextmanager
+def _patched(owner, name: str, value):
+    """``owner.name = value`` for the duration, then what it was (an attribute set
+    on an instance is deleted again)."""
+    own = name in vars(owner)
+    before = vars(owner).get(name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(owner, name, before)
+        else:
+            delattr(owner, name)
+
+
+def zero3_engine(model: torch.nn.Module, optimizer, ds_config: dict):
+    """``deepspeed.initialize`` of ``model`` and ``optimizer`` with ``ds_config`` (its
+    ``'auto'`` values filled), inside :func:`fake_process_group` and
+    :func:`fake_zero3`; returns the engine."""
+    import deepspeed
+    check_zero3_config(ds_config)
+    deepspeed.init_distributed(dist_backend='fake', auto_mpi_discovery=False)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine
+
+
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages under ``tensors`` (views of one flat buffer
+    count it once)."""
+    seen = {}
+    for t in tensors:
+        if t is not None and t.device.type != 'meta':
+            storage = t.untyped_storage()
+            seen[storage._cdata] = storage.nbytes()
+    return sum(seen.values())
+
+
+def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size: int,
+                     text_len, processes: int, fake: bool = True, device: str = 'cpu'):
+    """The :class:`~mmsora.utils.memory_estimate.MemoryEstimate` of one of
+    ``processes`` ZeRO-3 processes training ``model_cfg`` at ``batch_size`` with
+    ``ds_config`` (``'auto'`` values filled), counted on fake tensors; or, with
+    ``fake=False``, on real ones on ``device`` (``'cpu'``, or ``'cuda'``: the result's
+    ``measured`` is the allocator's peak), the collectives still faked.
+
+    The parts, as they stand between steps: ``weights`` is this process's partition
+    of the weights in the training dtype, the parameters DeepSpeed keeps gathered
+    from the first forward on (those below ``stage3_param_persistence_threshold``
+    elements: all of the demo's, at DeepSpeed's default 1e5) and the buffers;
+    ``optimizer_states`` the float32 master partition and the optimizer's states over
+    it; ``ema`` the float32 average of the partitions
+    (:class:`~mmsora.engine.sharded_ema.ZeroShardedEMA`); ``zero_buffers`` the rest of
+    what the engine keeps (the gradient reduction bucket it allocates at start-up and
+    the flat gradient partition); ``step`` the weights gathered for the forward and
+    backward, gradients, activations and temporaries at the peak, and the batch. With
+    gradient accumulation two micro-batches are run per optimizer step (later ones
+    repeat the second)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._pytree import tree_leaves
+
+    from mmsora.engine.sharded_ema import ZeroShardedEMA
+    from mmsora.registry import MODELS
+    from .fsdp_memory import fake_process_group
+    from .memory_estimate import LiveTensorBytes, MemoryEstimate, _build_optimizer
+    from .training_inputs import denoiser_kwargs
+    check_zero3_config(ds_config)
+    micro = min(int(ds_config.get('gradient_accumulation_steps', 1)), 2)
+    ds_config = dict(ds_config, gradient_accumulation_steps=micro)
+    tensors = (FakeTensorMode(allow_non_fake_inputs=True) if fake
+               else torch.device(device))
+    on_cuda = not fake and torch.device(device).type == 'cuda'
+    if on_cuda:
+        torch.cuda.synchronize()
+        cuda_before = torch.cuda.memory_allocated()
+    with fake_process_group(processes), tensors, LiveTensorBytes() as mem:
+        model = MODELS.build(model_cfg).train()
+        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
+        kwargs = denoiser_kwargs(model, batch_size, text_len)
+        batch_bytes = _storage_bytes(t for t in tree_leaves([x, kwargs])
+                                     if isinstance(t, torch.Tensor))
+        optimizer = _build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        # the engine's forward (mmengine's train_step's) around the objective
+        model.forward = lambda: model.diffusion.loss(model._denoiser_in_weight_dtype(),
+                                                     x, model_kwargs=kwargs)
+        with fake_zero3(model):
+            engine = zero3_engine(model, optimizer, ds_config)
+            try:
+                mem.peak = mem.current  # the whole model was built on the host
+                if on_cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                zero_optimizer = engine.optimizer
+                before_ema = mem.current
+                ema = None
+                if ema_cfg is not None:  # ShardedEMAHook's
+                    ema = ZeroShardedEMA(model, zero_optimizer,
+                                         momentum=ema_cfg.get('momentum', 2e-4),
+                                         update_buffers=ema_cfg.get('update_buffers', False))
+                ema_bytes = mem.current - before_ema
+
+                def step():  # DeepSpeedOptimWrapper's update_params, per micro-batch
+                    for _ in range(micro):
+                        loss = engine()['loss']
+                        engine.backward(loss.float().mean())
+                        engine.step()  # the optimizer's at the last micro-batch
+                    if ema is not None:
+                        ema.update_parameters()
+
+                step()  # the optimizer creates its states here
+                persistent = mem.current - batch_bytes
+                # after a step: the partitions, and the small parameters that stay
+                # gathered from the first forward on
+                weights = _storage_bytes(
+                    [t for p in model.parameters()
+                     for t in (getattr(p, 'ds_tensor', None), p.data)]
+                    + list(model.buffers()))
+                masters = zero_optimizer.fp32_partitioned_groups_flat
+                optimizer_bytes = _storage_bytes(
+                    masters + [m.grad for m in masters]
+                    + [t for state in zero_optimizer.optimizer.state.values()
+                       for t in state.values() if isinstance(t, torch.Tensor)])
+                step()  # the peak is the larger of the two steps'
+            finally:
+                engine.destroy()
+    measured = None
+    if on_cuda:
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated() - cuda_before
+    return MemoryEstimate(measured=measured, batch_size=batch_size, peak=mem.peak, weights=weights,
+                          ema=ema_bytes, optimizer_states=optimizer_bytes,
+                          step=mem.peak - persistent,
+                          zero_buffers=persistent - weights - ema_bytes - optimizer_bytes)
