@@ -19,7 +19,16 @@ DeepSpeed's checks are answered for them while the step runs (:func:`fake_zero3`
 gradient norm is valid (no inf / nan: there are no values), the modules were fetched
 in the same order on every process (they run the same code), and the module is already
 on its device (fake parameters cannot be swapped, which ``Module.to`` does; the module
-is on the CPU already). With fp16 the loss scaler sees no overflow.
+is on the CPU already). With fp16 the loss scaler sees no overflow. What DeepSpeed
+changes in the process for good (``torch.nn.functional.linear``, swapped for ZeRO-3's
+memory-efficient linear, which the step counts; its cached process groups; the
+environment) is put back after.
+
+The fake tensors are the CPU's, so DeepSpeed runs with its CPU accelerator (also on a
+machine with a GPU), whose path is synchronous: on CUDA DeepSpeed fetches and reduces
+on side streams, where the caching allocator can keep a block until its stream is
+done with it; ``fake=False`` on ``'cuda'`` runs the step there, the collectives still
+faked, and reads the allocator's peak.
 
 Every process holds an equal partition of every parameter (``ceil(numel / N)``
 elements, the last one padded), so rank 0 is counted. Not modelled: ``offload_param``
@@ -52,14 +61,22 @@ def check_zero3_config(ds_config: dict) -> None:
 
 
 @contextmanager
-def fake_zero3(model: torch.nn.Module):
+def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
     """DeepSpeed's cross-process checks answered for one process on fake tensors
     (see the module), for the duration; ``model.to`` returns the model as it is, and
-    the environment (DeepSpeed reads ``LOCAL_RANK`` and sets more) is restored after."""
+    the environment (DeepSpeed reads ``LOCAL_RANK`` and sets more) is restored after.
+    For ``device`` ``'cpu'`` (fake tensors are the CPU's) DeepSpeed's accelerator is
+    its CPU one, also on a machine with a GPU."""
     import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
     import deepspeed.runtime.zero.stage3 as stage3
+    from deepspeed.accelerator import real_accelerator
     from deepspeed.utils import groups
     with ExitStack() as stack:
+        if (torch.device(device).type == 'cpu'
+                and real_accelerator.get_accelerator().device_name() != 'cpu'):
+            from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+            stack.enter_context(_patched(real_accelerator, 'ds_accelerator',
+                                         CPU_Accelerator()))
         # DeepSpeed compiles a shared-memory all-reduce op for CPU process groups
         # (minutes of g++): fake collectives need none
         # (not ``import deepspeed.comm.torch as m``: that is torch, which
@@ -78,6 +95,11 @@ def fake_zero3(model: torch.nn.Module):
                  lambda self, *args, **kwargs: False)):
             stack.enter_context(_patched(owner, name, value))
         stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model))
+        # ZeRO-3 swaps torch.nn.functional.linear for its memory-efficient version
+        # for good ("This will persist unless manually reset"): counted with it, the
+        # caller's process gets torch's back
+        functional = torch.nn.functional
+        stack.enter_context(_patched(functional, 'linear', functional.linear))
         yield
 
 
@@ -166,7 +188,7 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
         # the engine's forward (mmengine's train_step's) around the objective
         model.forward = lambda: model.diffusion.loss(model._denoiser_in_weight_dtype(),
                                                      x, model_kwargs=kwargs)
-        with fake_zero3(model):
+        with fake_zero3(model, 'cpu' if fake else device):
             engine = zero3_engine(model, optimizer, ds_config)
             try:
                 mem.peak = mem.current  # the whole model was built on the host

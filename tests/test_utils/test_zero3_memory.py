@@ -66,7 +66,7 @@ def test_estimate_is_a_real_zero3_runs_peak(case, tmp_path):
 def test_parts_follow_processes_and_gathering():
     cfg = demo_cfg()
     zero3 = load_strategy('deepspeed_zero3')['config']
-    local_rank = os.environ.get('LOCAL_RANK')
+    local_rank, linear = os.environ.get('LOCAL_RANK'), torch.nn.functional.linear
     two, four = (estimate_training_memory(cfg, BATCH, amp='bf16', gpus=n, deepspeed=zero3)
                  for n in (2, 4))
     environ = dict(os.environ)  # after DeepSpeed's first import, which sets some
@@ -75,6 +75,8 @@ def test_parts_follow_processes_and_gathering():
     # (LOCAL_RANK, which it requires, and more) is undone.
     assert estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2, deepspeed=zero3) == two
     assert dict(os.environ) == environ and os.environ.get('LOCAL_RANK') == local_rank
+    # ZeRO-3's own linear, which it puts into torch.nn.functional for good, is undone
+    assert torch.nn.functional.linear is linear
     from mmsora.registry import MODELS
     model = MODELS.build(demo_cfg().model.to_dict())
     sizes = [p.numel() for p in model.parameters()]
