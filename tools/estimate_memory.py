@@ -157,6 +157,9 @@ def main(argv=None):
                                               largest_fitting_batch, usable_bytes)
     precision = args.precision or {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[
         amp_dtype_of(cfg.optim_wrapper)]
+    if deepspeed and deepspeed['zero_optimization']['stage'] == 3 and precision == 'fp16':
+        raise UserError('ZeRO-3 in fp16 is not modelled (the count runs on DeepSpeed\'s '
+                        'CPU accelerator, which has no fp16): use --precision bf16')
     batch_sizes = args.batch_size or [cfg.train_dataloader.batch_size]
     settings = args.grad_checkpointing or [None]
     cache = {}

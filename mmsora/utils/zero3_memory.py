@@ -19,7 +19,7 @@ DeepSpeed's checks are answered for them while the step runs (:func:`fake_zero3`
 gradient norm is valid (no inf / nan: there are no values), the modules were fetched
 in the same order on every process (they run the same code), and the module is already
 on its device (fake parameters cannot be swapped, which ``Module.to`` does; the module
-is on the CPU already). With fp16 the loss scaler sees no overflow. What DeepSpeed
+is on the CPU already). What DeepSpeed
 changes in the process for good (``torch.nn.functional.linear``, swapped for ZeRO-3's
 memory-efficient linear, which the step counts; its cached process groups; the
 environment) is put back after.
@@ -32,8 +32,8 @@ faked, and reads the allocator's peak.
 
 Every process holds an equal partition of every parameter (``ceil(numel / N)``
 elements, the last one padded), so rank 0 is counted. Not modelled: ``offload_param``
-and ``offload_optimizer`` (their host memory would be counted as the GPU's) and
-DeepSpeed's NVMe swapping. DeepSpeed allocates its gradient reduction bucket
+and ``offload_optimizer`` (their host memory would be counted as the GPU's),
+DeepSpeed's NVMe swapping, and fp16 (the CPU accelerator has none). DeepSpeed allocates its gradient reduction bucket
 (``reduce_bucket_size`` elements in the training dtype) when the engine is built and
 keeps it for the whole run, with the flat buffer of this process's gradient
 partition: both are in the estimate's ``zero_buffers``, outside the step.
@@ -53,6 +53,9 @@ def check_zero3_config(ds_config: dict) -> None:
     zero = ds_config.get('zero_optimization') or {}
     if int(zero.get('stage', 0)) != 3:
         raise ValueError(f"not a ZeRO-3 config: stage {zero.get('stage', 0)}")
+    if (ds_config.get('fp16') or {}).get('enabled') is True:
+        raise ValueError('ZeRO-3 in fp16 is not modelled (the count runs on DeepSpeed\'s '
+                         'CPU accelerator, which has no fp16): bf16 and fp32 are')
     for key in ('offload_param', 'offload_optimizer'):
         device = (zero.get(key) or {}).get('device', 'none')
         if device not in (None, 'none'):
@@ -90,9 +93,7 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
             stack.enter_context(_patched(groups, name, None))
         for owner, name, value in (
                 (stage3, 'is_invalid_grad_norm', lambda norm: False),
-                (coordinator, 'assert_ints_same_as_other_ranks', lambda ints: None),
-                (stage3.DeepSpeedZeroOptimizer_Stage3, 'has_overflow',
-                 lambda self, *args, **kwargs: False)):
+                (coordinator, 'assert_ints_same_as_other_ranks', lambda ints: None)):
             stack.enter_context(_patched(owner, name, value))
         stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model))
         # ZeRO-3 swaps torch.nn.functional.linear for its memory-efficient version

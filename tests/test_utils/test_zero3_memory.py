@@ -120,4 +120,6 @@ def test_tool_counts_zero3(capsys):
     assert out['largest_batch'][0]['batch_size'] > 0
     with pytest.raises(UserError, match='offload_param .to cpu. is not modelled'):
         estimate_memory.main([DEMO, '--deepspeed', 'deepspeed_zero3_offload'])
+    with pytest.raises(UserError, match='ZeRO-3 in fp16 is not modelled'):
+        estimate_memory.main([DEMO, '--deepspeed', 'deepspeed_zero3', '--precision', 'fp16'])
     assert torch.distributed.is_available() and not torch.distributed.is_initialized()
