@@ -1,5 +1,6 @@
 """Peak GPU memory of a config's training step, and the largest batch a card holds,
-counted on fake tensors (no GPU, nothing computed; seconds even for XL video models).
+counted on fake tensors (no GPU, nothing computed; seconds even for XL video models,
+under a minute with ZeRO-3).
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
@@ -158,8 +159,8 @@ def main(argv=None):
     precision = args.precision or {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[
         amp_dtype_of(cfg.optim_wrapper)]
     if deepspeed and deepspeed['zero_optimization']['stage'] == 3 and precision == 'fp16':
-        raise UserError('ZeRO-3 in fp16 is not modelled (the count runs on DeepSpeed\'s '
-                        'CPU accelerator, which has no fp16): use --precision bf16')
+        from mmsora.utils.zero3_memory import FP16_REFUSAL
+        raise UserError(FP16_REFUSAL)
     batch_sizes = args.batch_size or [cfg.train_dataloader.batch_size]
     settings = args.grad_checkpointing or [None]
     cache = {}
@@ -213,7 +214,9 @@ def main(argv=None):
           + ('; weights, ema, optimizer: this process\'s partitions (optimizer: the '
              'float32 master weights and their states); zero: the reduction bucket and '
              'gradient partition the engine keeps from start-up; the weights ZeRO-3 '
-             'gathers are in step' if zero3 else
+             'gathers are in step; at start-up DeepSpeed puts the whole module on the '
+             f"GPU ({results[0]['startup']:.2f} GiB), which must fit too"
+             if zero3 else
              '; zero: DeepSpeed\'s reduction buckets and reduced gradients (ZeRO-1 '
              'with accumulation: and the whole gradients), held from the backward to '
              'the step (in step where they meet the peak); host: '
@@ -229,7 +232,8 @@ def main(argv=None):
         for k in settings:
             row = [_checkpointing_label(k)]
             for budget in args.budget_gb:
-                best = largest_fitting_batch(lambda n: estimate(n, k).peak,
+                best = largest_fitting_batch(lambda n: max(estimate(n, k).peak,
+                                                           estimate(n, k).startup),
                                              usable_bytes(budget, args.headroom),
                                              limit=args.max_batch)
                 largest.append(dict(grad_checkpointing=k, budget_gib=budget,

@@ -172,6 +172,9 @@ class MemoryEstimate:
     host: int = 0
     # A real step on CUDA: torch.cuda.max_memory_allocated (+ ddp_buckets, counted)
     measured: Optional[int] = None
+    # ZeRO-3: the whole module in the training dtype, which DeepSpeed puts on the GPU
+    # before partitioning it (not in ``peak``: before the training steps)
+    startup: int = 0
 
     def as_gib(self) -> dict:
         return {k: (v / GiB if k != 'batch_size' and v is not None else v)

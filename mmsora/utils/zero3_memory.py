@@ -14,30 +14,35 @@ with the right shapes) on fake tensors, and every tensor storage it creates and 
 is counted. Checked against real two-process runs
 (``tests/test_utils/test_zero3_memory.py``).
 
-One process cannot answer what needs the other processes' data, so three of
-DeepSpeed's checks are answered for them while the step runs (:func:`fake_zero3`): the
-gradient norm is valid (no inf / nan: there are no values), the modules were fetched
-in the same order on every process (they run the same code), and the module is already
-on its device (fake parameters cannot be swapped, which ``Module.to`` does; the module
-is on the CPU already). What DeepSpeed
+One process cannot answer what needs the other processes' data, so two of DeepSpeed's
+checks are answered for them while the step runs (:func:`fake_zero3`): the gradient
+norm is valid (no inf / nan: there are no values), and the modules were fetched in the
+same order on every process (they run the same code). ``Module.to`` leaves the module
+where it is (fake parameters cannot be swapped; the module is on the CPU already).
+What DeepSpeed
 changes in the process for good (``torch.nn.functional.linear``, swapped for ZeRO-3's
-memory-efficient linear, which the step counts; its cached process groups; the
-environment) is put back after.
+memory-efficient linear, which the step counts; its communication backend and cached
+process groups; the environment) is put back after.
 
 The fake tensors are the CPU's, so DeepSpeed runs with its CPU accelerator (also on a
 machine with a GPU), whose path is synchronous: on CUDA DeepSpeed fetches and reduces
-on side streams, where the caching allocator can keep a block until its stream is
-done with it; ``fake=False`` on ``'cuda'`` runs the step there, the collectives still
-faked, and reads the allocator's peak.
+on side streams, so a tensor may live a little longer there; ``fake=False`` on
+``'cuda'`` runs the step there, the collectives still faked, and reads the allocator's
+peak. DeepSpeed puts the whole module, cast to the training dtype, on the GPU before
+it partitions it: the estimate's ``startup``, which the batch search also holds to the
+budget.
 
 Every process holds an equal partition of every parameter (``ceil(numel / N)``
 elements, the last one padded), so rank 0 is counted. Not modelled: ``offload_param``
 and ``offload_optimizer`` (their host memory would be counted as the GPU's),
-DeepSpeed's NVMe swapping, and fp16 (the CPU accelerator has none). DeepSpeed allocates its gradient reduction bucket
+DeepSpeed's NVMe swapping, fp16 (its overflow check reads values), hpZ, quantized
+weights or gradients, MiCS and ``stage3_module_granularity_threshold``: they are
+refused (:func:`check_zero3_config`). DeepSpeed allocates its gradient reduction bucket
 (``reduce_bucket_size`` elements in the training dtype) when the engine is built and
 keeps it for the whole run, with the flat buffer of this process's gradient
 partition: both are in the estimate's ``zero_buffers``, outside the step.
 """
+import gc
 import importlib
 import os
 from contextlib import ExitStack, contextmanager
@@ -45,7 +50,12 @@ from unittest import mock
 
 import torch
 
-__all__ = ['check_zero3_config', 'count_zero3_step', 'fake_zero3', 'zero3_engine']
+__all__ = ['check_zero3_config', 'count_zero3_step', 'fake_zero3', 'zero3_engine',
+           'FP16_REFUSAL']
+
+FP16_REFUSAL = ('ZeRO-3 in fp16 is not modelled: its overflow check reads the '
+                'gradients\' values, which the count\'s fake tensors do not have (bf16 and '
+                'fp32 are)')
 
 
 def check_zero3_config(ds_config: dict) -> None:
@@ -54,13 +64,20 @@ def check_zero3_config(ds_config: dict) -> None:
     if int(zero.get('stage', 0)) != 3:
         raise ValueError(f"not a ZeRO-3 config: stage {zero.get('stage', 0)}")
     if (ds_config.get('fp16') or {}).get('enabled') is True:
-        raise ValueError('ZeRO-3 in fp16 is not modelled (the count runs on DeepSpeed\'s '
-                         'CPU accelerator, which has no fp16): bf16 and fp32 are')
+        raise ValueError(FP16_REFUSAL)
     for key in ('offload_param', 'offload_optimizer'):
         device = (zero.get(key) or {}).get('device', 'none')
         if device not in (None, 'none'):
             raise ValueError(f'ZeRO-3 with {key} (to {device}) is not modelled: its host '
                              'memory would be counted as the GPU\'s')
+    # DeepSpeed's variants whose memory the CPU path does not show (hpZ's secondary
+    # partitions and groups, quantized collectives, MiCS, CUDA's fast-fetch buffers)
+    for key, off in (('zero_hpz_partition_size', 1), ('zero_quantized_weights', False),
+                     ('zero_quantized_nontrainable_weights', False),
+                     ('zero_quantized_gradients', False), ('mics_shard_size', -1),
+                     ('stage3_module_granularity_threshold', 0)):
+        if zero.get(key, off) not in (off, None):
+            raise ValueError(f'ZeRO-3 with {key}={zero[key]!r} is not modelled')
 
 
 @contextmanager
@@ -86,6 +103,9 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
         # deepspeed.comm imports under the same name)
         ds_comm = importlib.import_module('deepspeed.comm.torch')
         stack.enter_context(_patched(ds_comm, 'build_shm_op', lambda: None))
+        # its communication backend, built over the fake group: dropped after
+        stack.enter_context(_patched(importlib.import_module('deepspeed.comm.comm'),
+                                     'cdb', None))
         stack.enter_context(mock.patch.dict(os.environ))
         os.environ.setdefault('LOCAL_RANK', '0')
         # DeepSpeed keeps the groups it derives from the world group: this fake world's
@@ -95,7 +115,8 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
                 (stage3, 'is_invalid_grad_norm', lambda norm: False),
                 (coordinator, 'assert_ints_same_as_other_ranks', lambda ints: None)):
             stack.enter_context(_patched(owner, name, value))
-        stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model))
+        stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model,
+                                     must_exist=False))
         # ZeRO-3 swaps torch.nn.functional.linear for its memory-efficient version
         # for good ("This will persist unless manually reset"): counted with it, the
         # caller's process gets torch's back
@@ -105,10 +126,14 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
 
 
 @contextmanager
-def _patched(owner, name: str, value):
+def _patched(owner, name: str, value, must_exist: bool = True):
     """``owner.name = value`` for the duration, then what it was (an attribute set
-    on an instance is deleted again)."""
+    on an instance is deleted again). With ``must_exist`` the attribute must be the
+    owner's own: a DeepSpeed that renamed it fails here instead of going unpatched."""
     own = name in vars(owner)
+    if must_exist and not own:
+        raise RuntimeError(f'{getattr(owner, "__name__", owner)!r} has no {name!r} to '
+                           'patch: a DeepSpeed this count was not written for (0.19.8)')
     before = vars(owner).get(name)
     setattr(owner, name, value)
     try:
@@ -177,6 +202,9 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
                else torch.device(device))
     on_cuda = not fake and torch.device(device).type == 'cuda'
     if on_cuda:
+        # an earlier count's model and engine sit in reference cycles (the forward set
+        # below, DeepSpeed's per-parameter closures) until a collection
+        gc.collect()
         torch.cuda.synchronize()
         cuda_before = torch.cuda.memory_allocated()
     with fake_process_group(processes), tensors, LiveTensorBytes() as mem:
@@ -186,18 +214,25 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
         batch_bytes = _storage_bytes(t for t in tree_leaves([x, kwargs])
                                      if isinstance(t, torch.Tensor))
         optimizer = _build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        dtype = (torch.bfloat16 if (ds_config.get('bf16') or {}).get('enabled') is True
+                 else torch.float32)
+        # the whole module as DeepSpeed moves it to the GPU before partitioning it
+        # (weights cast to the training dtype, buffers as they are)
+        startup = (sum(p.numel() for p in model.parameters() if p.is_floating_point())
+                   * dtype.itemsize
+                   + sum(b.numel() * b.element_size() for b in model.buffers()))
         # the engine's forward (mmengine's train_step's) around the objective
         model.forward = lambda: model.diffusion.loss(model._denoiser_in_weight_dtype(),
                                                      x, model_kwargs=kwargs)
         with fake_zero3(model, 'cpu' if fake else device):
             engine = zero3_engine(model, optimizer, ds_config)
+            ema = None
             try:
                 mem.peak = mem.current  # the whole model was built on the host
                 if on_cuda:
                     torch.cuda.reset_peak_memory_stats()
                 zero_optimizer = engine.optimizer
                 before_ema = mem.current
-                ema = None
                 if ema_cfg is not None:  # ShardedEMAHook's
                     ema = ZeroShardedEMA(model, zero_optimizer,
                                          momentum=ema_cfg.get('momentum', 2e-4),
@@ -232,7 +267,8 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
     if on_cuda:
         torch.cuda.synchronize()
         measured = torch.cuda.max_memory_allocated() - cuda_before
-    return MemoryEstimate(measured=measured, batch_size=batch_size, peak=mem.peak, weights=weights,
+    return MemoryEstimate(batch_size=batch_size, peak=mem.peak, weights=weights,
                           ema=ema_bytes, optimizer_states=optimizer_bytes,
                           step=mem.peak - persistent,
-                          zero_buffers=persistent - weights - ema_bytes - optimizer_bytes)
+                          zero_buffers=persistent - weights - ema_bytes - optimizer_bytes,
+                          measured=measured, startup=startup)

@@ -32,7 +32,8 @@ FEW_LIVE = dict(stage3_max_live_parameters=100000, stage3_max_reuse_distance=0,
 CASES = {'bf16': ({}, BATCH, SINGLE_TENSOR, True, 1, False),
          'bf16_few_live': (FEW_LIVE, BATCH, SINGLE_TENSOR, True, 1, False),
          'fp32_batch1_fused': (FEW_LIVE, 1, FUSED, False, 1, True),
-         'bf16_accumulating': (FEW_LIVE, BATCH, SINGLE_TENSOR, True, 2, False)}
+         # four micro-batches: the count runs two, the later ones repeat the second
+         'bf16_accumulating': (FEW_LIVE, BATCH, SINGLE_TENSOR, True, 4, False)}
 
 
 @pytest.mark.parametrize('case', list(CASES))
@@ -66,17 +67,13 @@ def test_estimate_is_a_real_zero3_runs_peak(case, tmp_path):
 def test_parts_follow_processes_and_gathering():
     cfg = demo_cfg()
     zero3 = load_strategy('deepspeed_zero3')['config']
-    local_rank, linear = os.environ.get('LOCAL_RANK'), torch.nn.functional.linear
     two, four = (estimate_training_memory(cfg, BATCH, amp='bf16', gpus=n, deepspeed=zero3)
                  for n in (2, 4))
-    environ = dict(os.environ)  # after DeepSpeed's first import, which sets some
     # Counted again in the same process (DeepSpeed's cached groups are of a process
-    # group gone), with the same result; what DeepSpeed set in the environment
-    # (LOCAL_RANK, which it requires, and more) is undone.
+    # group gone), with the same result.
     assert estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2, deepspeed=zero3) == two
-    assert dict(os.environ) == environ and os.environ.get('LOCAL_RANK') == local_rank
     # ZeRO-3's own linear, which it puts into torch.nn.functional for good, is undone
-    assert torch.nn.functional.linear is linear
+    assert torch.nn.functional.linear is torch._C._nn.linear
     from mmsora.registry import MODELS
     model = MODELS.build(demo_cfg().model.to_dict())
     sizes = [p.numel() for p in model.parameters()]
@@ -96,6 +93,8 @@ def test_parts_follow_processes_and_gathering():
     # DeepSpeed's default bucket (5e8 bf16 elements), kept from start-up, and the
     # flat bf16 gradient partition (and a few scalars)
     assert 0 <= two.zero_buffers - (1e9 + 2 * part(2, trainable)) <= 64
+    # at start-up DeepSpeed puts the whole bf16 module on the GPU (the demo: no buffers)
+    assert two.startup == four.startup == 2 * sum(sizes)
     # With only tiny parameters kept whole and gathered ones released early, fewer
     # weights stay gathered between steps and the peak is lower.
     few = estimate_training_memory(
@@ -105,6 +104,53 @@ def test_parts_follow_processes_and_gathering():
     with pytest.raises(ValueError, match='offload_param .to cpu. is not modelled'):
         estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2, deepspeed=load_strategy(
             'deepspeed_zero3_offload')['config'])
+    with pytest.raises(ValueError, match='ZeRO-3 in fp16 is not modelled'):
+        estimate_training_memory(cfg, BATCH, amp='fp16', gpus=2, deepspeed=zero3)
+    with pytest.raises(ValueError, match='zero_hpz_partition_size=2 is not modelled'):
+        estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2, deepspeed=dict(
+            zero3, zero_optimization=dict(zero3['zero_optimization'],
+                                          zero_hpz_partition_size=2)))
+
+
+def test_fake_zero3_puts_everything_back(monkeypatch):
+    """What fake_zero3 patches is DeepSpeed's and torch's as it was after the context,
+    also when it ends in an error; on a machine whose DeepSpeed accelerator is CUDA
+    (a stand-in here) the count runs on the CPU one."""
+    import importlib
+
+    import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
+    import deepspeed.runtime.zero.stage3 as stage3
+    from deepspeed.accelerator import real_accelerator
+    from deepspeed.utils import groups
+
+    from mmsora.utils.zero3_memory import fake_zero3
+
+    class CudaLike:
+        def device_name(self):
+            return 'cuda'
+    monkeypatch.setattr(real_accelerator, 'ds_accelerator', CudaLike())
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    watched = [(stage3, 'is_invalid_grad_norm'),
+               (coordinator, 'assert_ints_same_as_other_ranks'),
+               (groups, '_WORLD_GROUP'), (groups, '_DATA_PARALLEL_GROUP'),
+               (importlib.import_module('deepspeed.comm.torch'), 'build_shm_op'),
+               (importlib.import_module('deepspeed.comm.comm'), 'cdb'),
+               (real_accelerator, 'ds_accelerator'), (torch.nn.functional, 'linear')]
+    before = [getattr(owner, name) for owner, name in watched]
+    environ = dict(os.environ)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match='inside'):
+        with fake_zero3(model):
+            assert os.environ['LOCAL_RANK'] == '0'
+            assert real_accelerator.get_accelerator().device_name() == 'cpu'
+            assert stage3.is_invalid_grad_norm(torch.tensor(float('nan'))) is False
+            assert model.to('meta') is model
+            torch.nn.functional.linear = lambda *args: None  # as ZeRO-3 does
+            raise RuntimeError('inside')
+    after = [getattr(owner, name) for owner, name in watched]
+    assert all(a is b for a, b in zip(after, before)), (after, before)
+    assert dict(os.environ) == environ and 'to' not in vars(model)
+    assert torch.nn.functional.linear is torch._C._nn.linear
 
 
 def test_tool_counts_zero3(capsys):
@@ -113,6 +159,7 @@ def test_tool_counts_zero3(capsys):
                                 '--measure', 'cpu'])
     text = capsys.readouterr().out
     assert 'DeepSpeed ZeRO-3 (deepspeed_zero3)' in text and 'the weights ZeRO-3' in text
+    assert 'whole module on the GPU (0.00 GiB), which must fit too' in text
     estimate = out['estimates'][0]
     assert estimate['zero_buffers'] > 0.93  # GiB: the bucket
     # --measure: the same step on real tensors (collectives still fake), the same peak
