@@ -50,8 +50,7 @@ from unittest import mock
 
 import torch
 
-__all__ = ['check_zero3_config', 'count_zero3_step', 'fake_zero3', 'zero3_engine',
-           'FP16_REFUSAL']
+__all__ = ['check_zero3_config', 'count_zero3_step', 'fake_zero3', 'FP16_REFUSAL']
 
 FP16_REFUSAL = ('ZeRO-3 in fp16 is not modelled: its overflow check reads the '
                 'gradients\' values, which the count\'s fake tensors do not have (bf16 and '
@@ -115,8 +114,7 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
                 (stage3, 'is_invalid_grad_norm', lambda norm: False),
                 (coordinator, 'assert_ints_same_as_other_ranks', lambda ints: None)):
             stack.enter_context(_patched(owner, name, value))
-        stack.enter_context(_patched(model, 'to', lambda *args, **kwargs: model,
-                                     must_exist=False))
+        stack.enter_context(mock.patch.object(model, 'to', lambda *args, **kwargs: model))
         # ZeRO-3 swaps torch.nn.functional.linear for its memory-efficient version
         # for good ("This will persist unless manually reset"): counted with it, the
         # caller's process gets torch's back
@@ -125,35 +123,14 @@ def fake_zero3(model: torch.nn.Module, device: str = 'cpu'):
         yield
 
 
-@contextmanager
-def _patched(owner, name: str, value, must_exist: bool = True):
-    """``owner.name = value`` for the duration, then what it was (an attribute set
-    on an instance is deleted again). With ``must_exist`` the attribute must be the
-    owner's own: a DeepSpeed that renamed it fails here instead of going unpatched."""
-    own = name in vars(owner)
-    if must_exist and not own:
+def _patched(owner, name: str, value):
+    """``mock.patch.object(owner, name, value)``, which puts back (or deletes) the
+    attribute after; a DeepSpeed that renamed ``name`` fails here instead of going
+    unpatched."""
+    if not hasattr(owner, name):
         raise RuntimeError(f'{getattr(owner, "__name__", owner)!r} has no {name!r} to '
                            'patch: a DeepSpeed this count was not written for (0.19.8)')
-    before = vars(owner).get(name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        if own:
-            setattr(owner, name, before)
-        else:
-            delattr(owner, name)
-
-
-def zero3_engine(model: torch.nn.Module, optimizer, ds_config: dict):
-    """``deepspeed.initialize`` of ``model`` and ``optimizer`` with ``ds_config`` (its
-    ``'auto'`` values filled), inside :func:`fake_process_group` and
-    :func:`fake_zero3`; returns the engine."""
-    import deepspeed
-    check_zero3_config(ds_config)
-    deepspeed.init_distributed(dist_backend='fake', auto_mpi_discovery=False)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    return engine
+    return mock.patch.object(owner, name, value)
 
 
 def _storage_bytes(tensors) -> int:
@@ -187,6 +164,7 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
     backward, gradients, activations and temporaries at the peak, and the batch. With
     gradient accumulation two micro-batches are run per optimizer step (later ones
     repeat the second)."""
+    import deepspeed
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._pytree import tree_leaves
 
@@ -225,7 +203,9 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
         model.forward = lambda: model.diffusion.loss(model._denoiser_in_weight_dtype(),
                                                      x, model_kwargs=kwargs)
         with fake_zero3(model, 'cpu' if fake else device):
-            engine = zero3_engine(model, optimizer, ds_config)
+            deepspeed.init_distributed(dist_backend='fake', auto_mpi_discovery=False)
+            engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                              config=ds_config)
             ema = None
             try:
                 mem.peak = mem.current  # the whole model was built on the host

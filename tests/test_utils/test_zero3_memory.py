@@ -156,6 +156,21 @@ def test_fake_zero3_puts_everything_back(monkeypatch):
     assert torch.nn.functional.linear is torch._C._nn.linear
 
 
+
+def test_fake_zero3_refuses_a_deepspeed_without_its_names(monkeypatch):
+    """A DeepSpeed that renamed what the count patches stops it with a clear error,
+    and what was patched before that is put back."""
+    import deepspeed.runtime.zero.stage3 as stage3
+
+    from mmsora.utils.zero3_memory import fake_zero3
+    monkeypatch.delattr(stage3, 'is_invalid_grad_norm')
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    linear, environ = torch.nn.functional.linear, dict(os.environ)
+    with pytest.raises(RuntimeError, match="no 'is_invalid_grad_norm'.*0.19.8"):
+        with fake_zero3(torch.nn.Linear(2, 2)):
+            pass
+    assert dict(os.environ) == environ and torch.nn.functional.linear is linear
+
 def test_tool_counts_zero3(capsys):
     out = estimate_memory.main([DEMO, '--precision', 'bf16', '--gpus', '8', '--deepspeed',
                                 'deepspeed_zero3', '--batch-size', '2', '--budget-gb', '2',
