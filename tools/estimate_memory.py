@@ -4,7 +4,7 @@ under a minute with ZeRO-3).
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
-        [--gpus N] [--deepspeed deepspeed_zero2 | --fsdp] [--text-len L] \
+        [--gpus N] [--deepspeed deepspeed_zero2 | --fsdp [fsdp_bf16]] [--text-len L] \
         [--max-batch 256] [--measure cuda] [--json FILE] [--cfg-options KEY=VALUE ...]
 
 For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
@@ -18,9 +18,11 @@ a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
 stays in host memory (:mod:`mmsora.utils.zero_memory`); ZeRO-3's step is DeepSpeed's
 own, run over fake collectives (:mod:`mmsora.utils.zero3_memory`; without offload).
-``--fsdp`` (or a config with an FSDP ``strategy``) counts ``tools/train.py --fsdp``'s
-step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
-collectives (:mod:`mmsora.utils.fsdp_memory`).
+``--fsdp [PRESET]`` (or a config with an FSDP ``strategy``) counts ``tools/train.py
+--fsdp``'s step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
+collectives (:mod:`mmsora.utils.fsdp_memory`), with the preset's MixedPrecision
+(``fsdp_bf16``). ``--cfg-options strategy.KEY=VALUE`` set the preset, as in
+``tools/train.py``.
 ``--measure cuda`` runs the same steps for real on the GPU and prints the allocator's
 peak beside each estimate (not with ZeRO-1/2; with FSDP and ZeRO-3 on one GPU, their
 collectives faked).
@@ -63,9 +65,10 @@ def parse_args(argv=None):
                         'deepspeed_zero3 '
                         '(configs/_base_/strategies) or a file, as tools/train.py '
                         '--deepspeed; --precision is the dtype DeepSpeed trains in')
-    parser.add_argument('--fsdp', action='store_true',
-                        help='count PyTorch FSDP\'s step (tools/train.py --fsdp) on '
-                        'one of --gpus processes')
+    parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
+                        help='count PyTorch FSDP\'s step (tools/train.py --fsdp '
+                        '[PRESET]: fsdp, fsdp_bf16 or a file) on one of --gpus '
+                        'processes')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--measure', choices=['cuda', 'cpu'],
@@ -92,8 +95,10 @@ def _strategy(args, cfg):
     from mmsora.engine.strategies import load_strategy
     if args.deepspeed and args.fsdp:
         raise UserError('--deepspeed and --fsdp exclude each other')
-    strategy = (load_strategy(args.deepspeed) if args.deepspeed
-                else load_strategy('fsdp') if args.fsdp else cfg.get('strategy'))
+    # --cfg-options strategy.KEY=VALUE apply to the preset, as in tools/train.py
+    strategy = (load_strategy(args.deepspeed, args.cfg_options) if args.deepspeed
+                else load_strategy(args.fsdp, args.cfg_options) if args.fsdp
+                else cfg.get('strategy'))
     if not strategy:
         return None, None
     strategy = dict(strategy)
@@ -101,6 +106,8 @@ def _strategy(args, cfg):
         raise UserError(f'--deepspeed {args.deepspeed}: not a DeepSpeedStrategy preset'
                         + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
                            else ''))
+    if args.fsdp and strategy.get('type') != 'FSDPStrategy':
+        raise UserError(f'--fsdp {args.fsdp}: not an FSDPStrategy preset')
     if strategy.get('type') == 'FSDPStrategy':
         from mmsora.utils.fsdp_memory import check_fsdp_strategy
         try:
@@ -177,7 +184,8 @@ def main(argv=None):
         source = args.deepspeed or "the config's strategy"
         strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
     elif fsdp:
-        source = '--fsdp' if args.fsdp else "the config's strategy"
+        source = (('--fsdp' if args.fsdp == 'fsdp' else f'--fsdp {args.fsdp}')
+                  if args.fsdp else "the config's strategy")
         strategy = f', FSDP ({source})'
     from mmsora.engine.strategies import accumulation_of
     accumulation = accumulation_of(cfg)

@@ -31,8 +31,10 @@ def parse_args(argv=None):
                         help='DeepSpeed ZeRO through FlexibleRunner: deepspeed_zero1, '
                         'deepspeed_zero2, deepspeed_zero2_offload, deepspeed_zero3, '
                         'deepspeed_zero3_offload (configs/_base_/strategies) or a file')
-    parser.add_argument('--fsdp', action='store_true',
-                        help='PyTorch FSDP (configs/_base_/strategies/fsdp.py)')
+    parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
+                        help='PyTorch FSDP through FlexibleRunner: fsdp (the default), '
+                        'fsdp_bf16 (bf16 compute from float32 shards; '
+                        'configs/_base_/strategies) or a file')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the denoiser (CompileDenoiserHook)')
     parser.add_argument('--no-tf32', action='store_true',
@@ -140,7 +142,8 @@ def build_train_config(args):
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
-    apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp)
+    apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
+                   options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'

@@ -453,9 +453,14 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                 resident = [torch.empty(master + states, dtype=torch.uint8)]
                 timeline = _ZeroTimeline(zero, trainable, grad32, temporaries)
         objective = partial(model.diffusion.loss, loss_fn, x, model_kwargs=kwargs)
-        if wrapped is not None:  # the root unit's forward (mmengine's train_step's)
-            model.forward = objective  # around the objective: it gathers the root
-            objective = wrapped
+        if wrapped is not None:
+            # the root unit's forward (mmengine's train_step's) around the objective:
+            # it gathers the root unit and casts the batch to MixedPrecision's
+            # param_dtype where one is set; the denoiser's inputs then follow its
+            # gathered weights' dtype, as in LatentDiffusion.forward
+            model.forward = lambda x, kwargs: model.diffusion.loss(
+                model._denoiser_in_weight_dtype(), x, model_kwargs=kwargs)
+            objective = partial(wrapped, x, kwargs)
 
         def step():
             micro = min(accumulation, 2)  # the 2nd runs over what the 1st left

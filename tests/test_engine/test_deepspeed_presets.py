@@ -123,10 +123,41 @@ def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
     assert 'runner_type' not in plain and 'strategy' not in plain
 
 
+
+def test_strategy_options_apply_to_the_preset(tmp_path):
+    """--cfg-options strategy.KEY=VALUE set the preset that --deepspeed / --fsdp
+    load (they replaced it before), the rest of the preset kept."""
+    cfg = train.build_train_config(train.parse_args(
+        [DEMO, '--deepspeed', 'deepspeed_zero3', '--work-dir', str(tmp_path),
+         '--cfg-options', 'strategy.config.zero_optimization.stage3_max_live_parameters'
+         '=100000000', 'train_cfg.max_iters=2']))
+    zero = cfg.strategy.config.zero_optimization
+    assert zero.stage3_max_live_parameters == 100000000 and zero.stage == 3
+    assert zero.overlap_comm is True and cfg.train_cfg.max_iters == 2
+    cfg = train.build_train_config(train.parse_args(
+        [DEMO, '--fsdp', '--launcher', 'pytorch', '--work-dir', str(tmp_path),
+         '--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16']))
+    wrapper = cfg.strategy.model_wrapper
+    assert wrapper.mixed_precision == dict(param_dtype='bfloat16')
+    preset = train.build_train_config(train.parse_args(
+        [DEMO, '--fsdp', 'fsdp_bf16', '--launcher', 'pytorch', '--work-dir',
+         str(tmp_path)])).strategy.model_wrapper
+    assert preset.mixed_precision == dict(param_dtype='bfloat16', reduce_dtype='float32',
+                                          buffer_dtype='float32',
+                                          cast_root_forward_inputs=False)
+    assert preset.backward_prefetch == 'BACKWARD_PRE'
+    assert wrapper.backward_prefetch == 'BACKWARD_PRE' and wrapper.auto_wrap_policy
+    with pytest.raises(UserError, match='strategy.model_wrapper.type.mixed'):
+        train.build_train_config(train.parse_args(
+            [DEMO, '--fsdp', '--launcher', 'pytorch', '--work-dir', str(tmp_path),
+             '--cfg-options', 'strategy.model_wrapper.type.mixed=1']))
+
 @pytest.mark.parametrize('argv,message', [
     (['--deepspeed', 'deepspeed_zero4'],
      r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
+    (['--fsdp', 'deepspeed_zero2', '--launcher', 'pytorch'],
+     '--fsdp deepspeed_zero2: not an FSDPStrategy preset'),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--fsdp'], 'start it with tools/dist_train.sh')])
 def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):

@@ -20,6 +20,9 @@ import estimate_memory  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 FSDP = load_strategy('fsdp')
+# FSDP's MixedPrecision: bf16 weights gathered for the forward and backward from fp32
+# shards, gradients reduced in fp32
+FSDP_BF16 = load_strategy('fsdp_bf16')
 # The optimizer is set in both the estimate and the run: on the CPU torch's AdamW goes
 # one tensor at a time by default, while the estimate assumes CUDA's fused one.
 SINGLE_TENSOR, FUSED = dict(foreach=False), dict(fused=True)
@@ -33,9 +36,10 @@ def demo_cfg(batch, adamw, accumulate=1):
     return cfg
 
 
-def counted_run(tmp_path, batch, adamw, amp, accumulate, iters):
+def counted_run(tmp_path, batch, adamw, amp, accumulate, iters, mixed=False):
     return counted_train_run(tmp_path, [
-        DEMO, '--launcher', 'pytorch', '--fsdp', *(['--amp'] if amp else []),
+        DEMO, '--launcher', 'pytorch', '--fsdp', 'fsdp_bf16' if mixed else 'fsdp',
+        *(['--amp'] if amp else []),
         '--work-dir', str(tmp_path / 'work'),
         # no checkpoint: the counts are of the training steps (saving gathers the
         # full state dicts on rank 0)
@@ -47,20 +51,23 @@ def counted_run(tmp_path, batch, adamw, amp, accumulate, iters):
         *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())])
 
 
-# (batch, AdamW options, --amp, micro-batches per step)
-CASES = {'fp32': (8, SINGLE_TENSOR, False, 1),
-         'bf16': (8, SINGLE_TENSOR, True, 1),
-         'fused_batch1': (1, FUSED, False, 1),
-         'accumulating': (8, SINGLE_TENSOR, True, 2)}
+# (batch, AdamW options, --amp, micro-batches per step, FSDP's MixedPrecision)
+CASES = {'fp32': (8, SINGLE_TENSOR, False, 1, False),
+         'bf16': (8, SINGLE_TENSOR, True, 1, False),
+         'fused_batch1': (1, FUSED, False, 1, False),
+         'accumulating': (8, SINGLE_TENSOR, True, 2, False),
+         'bf16_weights': (8, SINGLE_TENSOR, False, 1, True)}
 
 
 @pytest.mark.parametrize('case', list(CASES))
 def test_estimate_is_a_real_fsdp_runs_peak(case, tmp_path):
-    batch, adamw, amp, accumulate = CASES[case]
+    batch, adamw, amp, accumulate, mixed = CASES[case]
     est = estimate_training_memory(demo_cfg(batch, adamw, accumulate), batch,
-                                   amp='bf16' if amp else None, gpus=2, fsdp=FSDP)
+                                   amp='bf16' if amp else None, gpus=2,
+                                   fsdp=FSDP_BF16 if mixed else FSDP)
     pictures = batch * 3 * 16 * 16 * 4 + batch * 8  # and labels
-    runs = counted_run(tmp_path, batch, adamw, amp, accumulate, iters=2 * accumulate)
+    runs = counted_run(tmp_path, batch, adamw, amp, accumulate, iters=2 * accumulate,
+                       mixed=mixed)
     # The optimizer states exist from the first step on: compare the second step's
     # micro-batches. The estimate is the worst rank's: rank 1, whose shards hold 8192
     # more trainable elements (DiT's frozen pos_embed is in rank 0's), 64 KiB more of
@@ -166,6 +173,18 @@ def test_tool_counts_fsdp_and_refuses_what_it_does_not_model(tmp_path, capsys):
             estimate_memory.main([str(tmp_path / 'bad.py')])
     with pytest.raises(UserError, match='exclude each other'):
         estimate_memory.main([DEMO, '--fsdp', '--deepspeed', 'deepspeed_zero2'])
+    with pytest.raises(UserError, match='--fsdp deepspeed_zero2: not an FSDPStrategy'):
+        estimate_memory.main([DEMO, '--fsdp', 'deepspeed_zero2'])
+    # a named preset, and --cfg-options setting the preset: the gathered units in bf16
+    bf16 = estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', 'fsdp_bf16',
+                                 '--batch-size', '8'])
+    assert 'FSDP (--fsdp fsdp_bf16)' in capsys.readouterr().out
+    options = estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', '--batch-size', '8',
+                                    '--cfg-options', *(
+                                        f'strategy.model_wrapper.mixed_precision.{k}={v}'
+                                        for k, v in FSDP_BF16['model_wrapper']
+                                        ['mixed_precision'].items())])
+    assert options['estimates'][0]['peak'] == bf16['estimates'][0]['peak'] < row['peak']
 
 
 def test_text_stdit_figures_of_the_docs():

@@ -29,7 +29,7 @@ from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
            'zero_model_states',
-           'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
+           'load_strategy', 'strategy_options', 'fill_auto', 'mend_mmengine_deepspeed',
            'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
@@ -51,13 +51,24 @@ def preset_path(name: str) -> str:
     return path
 
 
-def load_strategy(name: str) -> dict:
-    """The ``strategy`` dict of a preset name or a config file."""
+def load_strategy(name: str, options=()) -> dict:
+    """The ``strategy`` dict of a preset name or a config file, with ``options``
+    (``--cfg-options`` entries; those under ``strategy.`` apply to it, e.g.
+    ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it."""
     from mmengine.config import Config
+
+    from mmsora.utils.cli import apply_cfg_options
     cfg = Config.fromfile(preset_path(name))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
+    apply_cfg_options(cfg, strategy_options(options))
     return cfg.strategy.to_dict()
+
+
+def strategy_options(options) -> list:
+    """The ``--cfg-options`` entries that set the strategy (``strategy.KEY=VALUE``):
+    ``--deepspeed`` / ``--fsdp`` put them on the preset they load."""
+    return [o for o in options if o.startswith('strategy.')]
 
 
 def _clip_max_norm(optim_wrapper: dict) -> float:

@@ -26,7 +26,7 @@ def amp_dtype_of(optim_wrapper) -> str:
     return None
 
 
-def apply_strategy(cfg, deepspeed=None, fsdp=False):
+def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
     """Train with DeepSpeed ZeRO or FSDP through mmengine's FlexibleRunner.
 
     Args:
@@ -34,7 +34,11 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False):
             config itself holds (e.g. inherited from ``_base_/strategies``) is used
             when neither option is given.
         deepspeed (str, optional): A preset name (``deepspeed_zero2``) or a file.
-        fsdp (bool): Use ``_base_/strategies/fsdp.py``.
+        fsdp (bool | str): A preset name (``fsdp``, ``fsdp_bf16``) or a file;
+            True is ``fsdp``.
+        options (list[str]): The command line's ``--cfg-options``: those under
+            ``strategy.`` are set on the preset that ``deepspeed`` / ``fsdp`` loads
+            (the config's own ``strategy`` already has them).
 
     Returns:
         Config: ``cfg``, switched to ``runner_type='FlexibleRunner'`` if a strategy
@@ -43,11 +47,14 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False):
     if deepspeed and fsdp:
         raise UserError('--deepspeed and --fsdp exclude each other')
     if deepspeed:
-        strategy = load_strategy(deepspeed)
+        strategy = load_strategy(deepspeed, options)
         if strategy.get('type') != 'DeepSpeedStrategy':
             raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset')
     elif fsdp:
-        strategy = load_strategy('fsdp')
+        fsdp = 'fsdp' if fsdp is True else fsdp
+        strategy = load_strategy(fsdp, options)
+        if strategy.get('type') != 'FSDPStrategy':
+            raise UserError(f'--fsdp {fsdp}: not an FSDPStrategy preset')
     elif cfg.get('strategy'):
         strategy = cfg.strategy.to_dict()
     else:
