@@ -105,6 +105,11 @@ PLAN = {
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py',
         '--fsdp', '--gpus', '8', '--measure', 'cuda', '--precision', 'bf16',
         '--grad-checkpointing', '1', '--batch-size', '1', '5', '--json', '{json}'], 300),
+    # the same in bf16 compute (--fsdp fsdp_bf16; 2.73 / 4.78 GiB estimated)
+    'estimate_fsdp_bf16_text_stdit': ([
+        'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py',
+        '--fsdp', 'fsdp_bf16', '--gpus', '8', '--measure', 'cuda',
+        '--grad-checkpointing', '1', '--batch-size', '1', '5', '--json', '{json}'], 300),
     # ZeRO-3 over 8 processes, counted as one of them: DeepSpeed's engine on this GPU
     # with the collectives faked (5.69 / 7.93 GiB estimated at 1 / 5 clips)
     'estimate_zero3_text_stdit': ([

@@ -119,8 +119,8 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     noise and loss stay float32. From the same start as a float32 FSDP run it logs the
     same losses to 2e-3 and ends near the same weights, but not the same ones (the
     float32 run matches one process to 1e-5: the bf16 arithmetic did run); the
-    checkpoint's weights, EMA and AdamW states stay float32 and infer's loader reads
-    them."""
+    checkpoint's weights, EMA and AdamW states stay float32, infer's loader reads
+    them, and a resumed run ends where the uninterrupted one does."""
     fp32, bf16 = tmp_path / 'fp32', tmp_path / 'bf16'
     options = ['--load-from', start_weights, '--cfg-options', *TINY,
                'model.train_noise_seed=0']
@@ -149,6 +149,17 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     from mmsora.apis.inference import load_weights
     from mmsora.registry import MODELS
     load_weights(MODELS.build(tiny_cfg().model), str(bf16 / 'iter_3.pth'))
+    # resumed from its step-2 checkpoint, it ends where it did, bit for bit
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    shutil.copy(bf16 / 'iter_2.pth', resumed / 'iter_2.pth')
+    fsdp(repo_root, resumed, '--resume', str(resumed / 'iter_2.pth'), '--cfg-options',
+         *TINY, 'model.train_noise_seed=0', preset='fsdp_bf16')
+    c = load(resumed / 'iter_3.pth')
+    for key in ('state_dict', 'ema_state_dict'):
+        for name, value in b[key].items():
+            assert torch.equal(value, c[key][name]), (key, name)
+    assert logged(resumed)[3] == log16[3]
 
 def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
     """Without train_noise_seed the draws come from the processes' RNG streams: the
