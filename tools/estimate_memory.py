@@ -68,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
                         help='count PyTorch FSDP\'s step (tools/train.py --fsdp '
                         '[PRESET]: fsdp, fsdp_bf16 or a file) on one of --gpus '
-                        'processes')
+                        'processes; give CONFIG first')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--measure', choices=['cuda', 'cpu'],
@@ -97,7 +97,7 @@ def _strategy(args, cfg):
         raise UserError('--deepspeed and --fsdp exclude each other')
     # --cfg-options strategy.KEY=VALUE apply to the preset, as in tools/train.py
     strategy = (load_strategy(args.deepspeed, args.cfg_options) if args.deepspeed
-                else load_strategy(args.fsdp, args.cfg_options) if args.fsdp
+                else load_strategy(args.fsdp, args.cfg_options) if args.fsdp is not None
                 else cfg.get('strategy'))
     if not strategy:
         return None, None
@@ -106,7 +106,7 @@ def _strategy(args, cfg):
         raise UserError(f'--deepspeed {args.deepspeed}: not a DeepSpeedStrategy preset'
                         + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
                            else ''))
-    if args.fsdp and strategy.get('type') != 'FSDPStrategy':
+    if args.fsdp is not None and strategy.get('type') != 'FSDPStrategy':
         raise UserError(f'--fsdp {args.fsdp}: not an FSDPStrategy preset')
     if strategy.get('type') == 'FSDPStrategy':
         from mmsora.utils.fsdp_memory import check_fsdp_strategy
@@ -116,6 +116,9 @@ def _strategy(args, cfg):
             raise UserError(str(e)) from None
         return None, strategy
     if strategy.get('type') != 'DeepSpeedStrategy':
+        if strategy.get('type') is None:
+            raise UserError('the strategy has no type: --cfg-options strategy.KEY=VALUE '
+                            'set a preset when --deepspeed / --fsdp name one')
         raise UserError(f"{strategy.get('type')} is not modelled by this tool (only "
                         'DeepSpeed ZeRO, FSDP and the Runner\'s DDP): estimate the '
                         'config without its strategy')
@@ -180,19 +183,24 @@ def main(argv=None):
         return cache[batch_size, k]
 
     strategy = ''
+    mixed = ((fsdp or {}).get('model_wrapper') or {}).get('mixed_precision')
+    if mixed and mixed.get('param_dtype'):  # the step's compute dtype, beside the wrapper's
+        precision_label = f"{precision} wrapper, FSDP MixedPrecision {mixed['param_dtype']}"
+    else:
+        precision_label = precision
     if deepspeed:
         source = args.deepspeed or "the config's strategy"
         strategy = f", DeepSpeed ZeRO-{deepspeed['zero_optimization']['stage']} ({source})"
     elif fsdp:
         source = (('--fsdp' if args.fsdp == 'fsdp' else f'--fsdp {args.fsdp}')
-                  if args.fsdp else "the config's strategy")
+                  if args.fsdp is not None else "the config's strategy")
         strategy = f', FSDP ({source})'
     from mmsora.engine.strategies import accumulation_of
     accumulation = accumulation_of(cfg)
     if accumulation > 1:  # the gradients stay through the next micro-batch
         strategy += f', {accumulation} micro-batches per optimizer step'
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
-          f'{precision}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
+          f'{precision_label}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
           'of a training step')
     keys = (('zero_buffers', 'host') if deepspeed else () if fsdp else ('ddp_buckets',))
     labels = {'zero_buffers': 'zero', 'host': 'host', 'ddp_buckets': 'ddp'}
@@ -215,7 +223,7 @@ def main(argv=None):
                 e['measured'] = real['measured'] or real['peak']
                 row += (f"{e['measured']:.2f}",)
             rows.append(row)
-            results.append(dict(grad_checkpointing=k, precision=precision, **e))
+            results.append(dict(grad_checkpointing=k, precision=precision_label, **e))
     print(_table(rows))
     zero3 = bool(deepspeed) and deepspeed['zero_optimization']['stage'] == 3
     print('step: gradients, activations and temporaries at the peak (with the batch)'

@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
                         help='PyTorch FSDP through FlexibleRunner: fsdp (the default), '
                         'fsdp_bf16 (bf16 compute from float32 shards; '
-                        'configs/_base_/strategies) or a file')
+                        'configs/_base_/strategies) or a file; give CONFIG first')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the denoiser (CompileDenoiserHook)')
     parser.add_argument('--no-tf32', action='store_true',

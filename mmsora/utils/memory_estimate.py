@@ -455,9 +455,10 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         objective = partial(model.diffusion.loss, loss_fn, x, model_kwargs=kwargs)
         if wrapped is not None:
             # the root unit's forward (mmengine's train_step's) around the objective:
-            # it gathers the root unit and casts the batch to MixedPrecision's
-            # param_dtype where one is set; the denoiser's inputs then follow its
-            # gathered weights' dtype, as in LatentDiffusion.forward
+            # it gathers the root unit and, with MixedPrecision's
+            # cast_root_forward_inputs, casts the batch to its param_dtype; the
+            # denoiser's inputs follow its gathered weights' dtype, as in
+            # LatentDiffusion.forward
             model.forward = lambda x, kwargs: model.diffusion.loss(
                 model._denoiser_in_weight_dtype(), x, model_kwargs=kwargs)
             objective = partial(wrapped, x, kwargs)

@@ -123,7 +123,6 @@ def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
     assert 'runner_type' not in plain and 'strategy' not in plain
 
 
-
 def test_strategy_options_apply_to_the_preset(tmp_path):
     """--cfg-options strategy.KEY=VALUE set the preset that --deepspeed / --fsdp
     load (they replaced it before), the rest of the preset kept."""
@@ -158,6 +157,9 @@ def test_strategy_options_apply_to_the_preset(tmp_path):
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
     (['--fsdp', 'deepspeed_zero2', '--launcher', 'pytorch'],
      '--fsdp deepspeed_zero2: not an FSDPStrategy preset'),
+    (['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16'],
+     r"got None \(--cfg-options strategy.KEY=VALUE set a preset when --deepspeed"),
+    (['--fsdp', '', '--launcher', 'pytorch'], "unknown strategy ''"),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--fsdp'], 'start it with tools/dist_train.sh')])
 def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):

@@ -47,7 +47,6 @@ def start_weights(tmp_path_factory):
     return str(path)
 
 
-
 def run(args, repo_root, **env):
     result = run_tool(args, repo_root, **env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -117,7 +116,8 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     """--fsdp fsdp_bf16 (FSDP's MixedPrecision, docs/distributed.md): the units compute
     in bf16, gathered from float32 shards, and reduce gradients in float32; the batch,
     noise and loss stay float32. From the same start as a float32 FSDP run it logs the
-    same losses to 2e-3 and ends near the same weights, but not the same ones (the
+    same losses to 3e-4 (casting the batch to bf16 moved them by 4e-4 to 7e-4) and
+    ends near the same weights, but not the same ones (the
     float32 run matches one process to 1e-5: the bf16 arithmetic did run); the
     checkpoint's weights, EMA and AdamW states stay float32, infer's loader reads
     them, and a resumed run ends where the uninterrupted one does."""
@@ -133,7 +133,9 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     assert dumped.strategy.model_wrapper.backward_prefetch == 'BACKWARD_PRE'
     log32, log16 = logged(fp32), logged(bf16)
     for step in log32:
-        assert log16[step] == pytest.approx(log32[step], rel=2e-3, abs=2e-3), (log32, log16)
+        (loss32, norm32), (loss16, norm16) = log32[step], log16[step]
+        assert loss16 == pytest.approx(loss32, abs=3e-4), (log32, log16)
+        assert norm16 == pytest.approx(norm32, rel=2e-3), (log32, log16)
     a, b = load(fp32 / 'iter_3.pth'), load(bf16 / 'iter_3.pth')
     for key in ('state_dict', 'ema_state_dict'):
         assert a[key].keys() == b[key].keys()

@@ -86,14 +86,20 @@ def test_fake_tensors_count_what_real_ones_allocate_under_fsdp():
     """The same FSDP step on real tensors (its collectives faked: the values are
     wrong, the allocations are FSDP's) counts the same bytes, for a class-conditioned
     DiT with the EMA and accumulation and for a text-conditioned VideoDiT in bf16 with
-    every block checkpointed, over 2 and 3 processes (padded shards)."""
+    every block checkpointed (autocast, and fsdp_bf16's MixedPrecision with and without
+    the batch cast on its way in), over 2 and 3 processes (padded shards)."""
     video = Config.fromfile(osp.join(
         ROOT, 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'))
-    cases = [(demo_cfg(4, FUSED, accumulate=2), dict(gpus=2)),
-             (video, dict(gpus=3, amp='bf16', grad_checkpointing=1, text_len=7))]
-    for cfg, options in cases:
-        fake = estimate_training_memory(cfg, 3, fsdp=FSDP, **options)
-        real = estimate_training_memory(cfg, 3, fsdp=FSDP, fake=False, **options)
+    # fsdp_bf16, and the same casting the batch on its way in (torch's default)
+    cast = load_strategy('fsdp_bf16', [
+        'strategy.model_wrapper.mixed_precision.cast_root_forward_inputs=True'])
+    cases = [(demo_cfg(4, FUSED, accumulate=2), FSDP, dict(gpus=2)),
+             (video, FSDP, dict(gpus=3, amp='bf16', grad_checkpointing=1, text_len=7)),
+             (video, FSDP_BF16, dict(gpus=3, grad_checkpointing=1, text_len=7)),
+             (video, cast, dict(gpus=2, text_len=7))]
+    for cfg, strategy, options in cases:
+        fake = estimate_training_memory(cfg, 3, fsdp=strategy, **options)
+        real = estimate_training_memory(cfg, 3, fsdp=strategy, fake=False, **options)
         assert fake == real
         assert fake.step > 0 and fake.optimizer_states > 0
 
@@ -191,7 +197,7 @@ def test_text_stdit_figures_of_the_docs():
     """docs/distributed.md, "FSDP in the estimate": the text STDiT-XL/2 on 8 GPUs,
     bf16, every block checkpointed, needs 3.08 / 6.51 GiB at 1 / 5 clips with FSDP,
     less than ZeRO-2's 8.31 at 5, but each further clip costs FSDP's autocast step
-    more than DeepSpeed's bf16 one."""
+    more than DeepSpeed's bf16 one; with fsdp_bf16 2.73 / 4.78 GiB."""
     from mmsora.utils.memory_estimate import GiB
     cfg = Config.fromfile(osp.join(
         ROOT, 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
@@ -210,6 +216,14 @@ def test_text_stdit_figures_of_the_docs():
     assert five.peak < zero_five.peak
     assert (five.peak - one.peak) / 4 / GiB == pytest.approx(0.86, abs=0.005)
     assert (zero_five.peak - zero_one.peak) / 4 / GiB == pytest.approx(0.53, abs=0.005)
+    # --fsdp fsdp_bf16 (no autocast): bf16 compute from the same fp32 shards
+    one, five = (estimate_training_memory(cfg, n, fsdp=FSDP_BF16, grad_checkpointing=1,
+                                          gpus=8) for n in (1, 5))
+    assert one.peak / GiB == pytest.approx(2.73, abs=0.005)
+    assert five.peak / GiB == pytest.approx(4.78, abs=0.005)
+    assert (one.weights + one.ema + one.optimizer_states) / GiB == pytest.approx(
+        2.28, abs=0.005)
+    assert (five.peak - one.peak) / 4 / GiB == pytest.approx(0.51, abs=0.005)
 
 
 def test_the_preset_gathers_the_next_unit_early_in_the_backward():

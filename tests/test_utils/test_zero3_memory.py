@@ -112,13 +112,28 @@ def test_parts_follow_processes_and_gathering():
                                           zero_hpz_partition_size=2)))
 
 
+def patched_by_fake_zero3():
+    """(owner, name) of what fake_zero3 patches (and the context must put back)."""
+    import importlib
+
+    import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
+    import deepspeed.runtime.zero.stage3 as stage3
+    from deepspeed.accelerator import real_accelerator
+    from deepspeed.utils import groups
+    return [(stage3, 'is_invalid_grad_norm'),
+            (coordinator, 'assert_ints_same_as_other_ranks'),
+            (groups, '_WORLD_GROUP'), (groups, '_DATA_PARALLEL_GROUP'),
+            (importlib.import_module('deepspeed.comm.torch'), 'build_shm_op'),
+            (importlib.import_module('deepspeed.comm.comm'), 'cdb'),
+            (real_accelerator, 'ds_accelerator'), (torch.nn.functional, 'linear')]
+
+
 def test_fake_zero3_puts_everything_back(monkeypatch):
     """What fake_zero3 patches is DeepSpeed's and torch's as it was after the context,
     also when it ends in an error; on a machine whose DeepSpeed accelerator is CUDA
     (a stand-in here) the count runs on the CPU one."""
     import importlib
 
-    import deepspeed.runtime.zero.partitioned_param_coordinator as coordinator
     import deepspeed.runtime.zero.stage3 as stage3
     from deepspeed.accelerator import real_accelerator
     from deepspeed.utils import groups
@@ -130,12 +145,7 @@ def test_fake_zero3_puts_everything_back(monkeypatch):
             return 'cuda'
     monkeypatch.setattr(real_accelerator, 'ds_accelerator', CudaLike())
     monkeypatch.delenv('LOCAL_RANK', raising=False)
-    watched = [(stage3, 'is_invalid_grad_norm'),
-               (coordinator, 'assert_ints_same_as_other_ranks'),
-               (groups, '_WORLD_GROUP'), (groups, '_DATA_PARALLEL_GROUP'),
-               (importlib.import_module('deepspeed.comm.torch'), 'build_shm_op'),
-               (importlib.import_module('deepspeed.comm.comm'), 'cdb'),
-               (real_accelerator, 'ds_accelerator'), (torch.nn.functional, 'linear')]
+    watched = patched_by_fake_zero3()
     before = [getattr(owner, name) for owner, name in watched]
     environ = dict(os.environ)
     model = torch.nn.Linear(2, 2)
@@ -156,7 +166,6 @@ def test_fake_zero3_puts_everything_back(monkeypatch):
     assert torch.nn.functional.linear is torch._C._nn.linear
 
 
-
 def test_fake_zero3_refuses_a_deepspeed_without_its_names(monkeypatch):
     """A DeepSpeed that renamed what the count patches stops it with a clear error,
     and what was patched before that is put back."""
@@ -165,11 +174,18 @@ def test_fake_zero3_refuses_a_deepspeed_without_its_names(monkeypatch):
     from mmsora.utils.zero3_memory import fake_zero3
     monkeypatch.delattr(stage3, 'is_invalid_grad_norm')
     monkeypatch.delenv('LOCAL_RANK', raising=False)
-    linear, environ = torch.nn.functional.linear, dict(os.environ)
+    # what is patched before the missing name is reached (the shm builder, the comm
+    # backend, the cached groups, the environment) must come back
+    watched = [(owner, name) for owner, name in patched_by_fake_zero3()
+               if name != 'is_invalid_grad_norm']
+    before, environ = [getattr(owner, name) for owner, name in watched], dict(os.environ)
     with pytest.raises(RuntimeError, match="no 'is_invalid_grad_norm'.*0.19.8"):
         with fake_zero3(torch.nn.Linear(2, 2)):
             pass
-    assert dict(os.environ) == environ and torch.nn.functional.linear is linear
+    after = [getattr(owner, name) for owner, name in watched]
+    assert all(a is b for a, b in zip(after, before)), (after, before)
+    assert dict(os.environ) == environ
+
 
 def test_tool_counts_zero3(capsys):
     out = estimate_memory.main([DEMO, '--precision', 'bf16', '--gpus', '8', '--deepspeed',

@@ -1,7 +1,7 @@
 """Distributed strategies (DeepSpeed ZeRO, FSDP) and speed switches for training."""
 from .deepspeed import (DEEPSPEED_PRESETS, ResumeHooksHook, fill_auto, is_zero_checkpoint,
-                        load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config,
-                        zero_model_states)
+                        load_strategy, mend_mmengine_deepspeed, strategy_options,
+                        to_flexible_runner_config, zero_model_states)
 from .fsdp import FSDPGradClipHook, mend_mmengine_fsdp, transformer_block_wrap_policy
 from .speed import CompileDenoiserHook, prefer_fused_optimizer, set_tf32, tf32_supported
 from .train_options import (accumulation_of, amp_dtype_of, apply_amp, apply_global_batch,
@@ -10,7 +10,8 @@ from .train_options import (accumulation_of, amp_dtype_of, apply_amp, apply_glob
                             single_process_env, fsdp_on_cpu)
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpoint',
-           'load_strategy', 'mend_mmengine_deepspeed', 'to_flexible_runner_config',
+           'load_strategy', 'strategy_options', 'mend_mmengine_deepspeed',
+           'to_flexible_runner_config',
            'zero_model_states',
            'transformer_block_wrap_policy', 'FSDPGradClipHook', 'fsdp_on_cpu',
            'mend_mmengine_fsdp', 'CompileDenoiserHook', 'prefer_fused_optimizer',

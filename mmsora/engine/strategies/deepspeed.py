@@ -322,7 +322,9 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         _use_sharded_ema(hooks, '--fsdp')
     else:
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
-                        f'got {kind!r}')
+                        f'got {kind!r}' + (' (--cfg-options strategy.KEY=VALUE set a '
+                                           'preset when --deepspeed / --fsdp name one)'
+                                           if kind is None else ''))
     cfg.strategy = strategy
     cfg.runner_type = 'FlexibleRunner'
     cfg.pop('model_wrapper_cfg', None)  # a Runner key; strategies wrap the model

@@ -50,7 +50,7 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         strategy = load_strategy(deepspeed, options)
         if strategy.get('type') != 'DeepSpeedStrategy':
             raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset')
-    elif fsdp:
+    elif fsdp not in (None, False):  # an empty name fails as an unknown strategy
         fsdp = 'fsdp' if fsdp is True else fsdp
         strategy = load_strategy(fsdp, options)
         if strategy.get('type') != 'FSDPStrategy':
