@@ -92,36 +92,17 @@ def _strategy(args, cfg):
     """``(deepspeed, fsdp)``: the DeepSpeed config or the FSDP strategy to count
     (``--deepspeed`` / ``--fsdp``, else the config's strategy), or None for the
     Runner's step; refuses what the tool does not model."""
-    from mmsora.engine.strategies import load_strategy
-    if args.deepspeed and args.fsdp:
-        raise UserError('--deepspeed and --fsdp exclude each other')
-    # --cfg-options strategy.KEY=VALUE apply to the preset, as in tools/train.py
-    strategy = (load_strategy(args.deepspeed, args.cfg_options) if args.deepspeed
-                else load_strategy(args.fsdp, args.cfg_options) if args.fsdp is not None
-                else cfg.get('strategy'))
-    if not strategy:
+    from mmsora.engine.strategies import chosen_strategy
+    strategy = chosen_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
+    if strategy is None:
         return None, None
-    strategy = dict(strategy)
-    if args.deepspeed and strategy.get('type') != 'DeepSpeedStrategy':
-        raise UserError(f'--deepspeed {args.deepspeed}: not a DeepSpeedStrategy preset'
-                        + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
-                           else ''))
-    if args.fsdp is not None and strategy.get('type') != 'FSDPStrategy':
-        raise UserError(f'--fsdp {args.fsdp}: not an FSDPStrategy preset')
-    if strategy.get('type') == 'FSDPStrategy':
+    if strategy['type'] == 'FSDPStrategy':
         from mmsora.utils.fsdp_memory import check_fsdp_strategy
         try:
             check_fsdp_strategy(strategy)
         except ValueError as e:
             raise UserError(str(e)) from None
         return None, strategy
-    if strategy.get('type') != 'DeepSpeedStrategy':
-        if strategy.get('type') is None:
-            raise UserError('the strategy has no type: --cfg-options strategy.KEY=VALUE '
-                            'set a preset when --deepspeed / --fsdp name one')
-        raise UserError(f"{strategy.get('type')} is not modelled by this tool (only "
-                        'DeepSpeed ZeRO, FSDP and the Runner\'s DDP): estimate the '
-                        'config without its strategy')
     ds = dict(strategy.get('config') or {})
     stage = (ds.get('zero_optimization') or {}).get('stage', 0)
     if stage not in (1, 2, 3):

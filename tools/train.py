@@ -181,8 +181,8 @@ def main(argv=None):
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)
-    from mmsora.engine.strategies import (prepare_deepspeed, set_tf32,
-                                          single_process_env, tf32_supported)
+    from mmsora.engine.strategies import (prepare_deepspeed, seed_model_at_run_time,
+                                          set_tf32, single_process_env, tf32_supported)
     set_tf32(tf32_supported() and not args.no_tf32)
     if prepare_deepspeed(cfg):  # installed; mmengine mended
         for key, value in single_process_env(cfg).items():  # one-process run
@@ -190,6 +190,7 @@ def main(argv=None):
     if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
         from mmengine.runner import FlexibleRunner
         runner = FlexibleRunner.from_cfg(cfg)
+        seed_model_at_run_time(runner)  # it builds the model later, on every process
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()

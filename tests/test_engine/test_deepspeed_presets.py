@@ -15,6 +15,7 @@ from mmsora.utils.cli import UserError
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
+import estimate_memory  # noqa: E402
 import train  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
@@ -166,6 +167,24 @@ def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
         train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path),
                                                    *argv]))
+
+
+@pytest.mark.parametrize('argv', [
+    ['--deepspeed', 'deepspeed_zero4'], ['--deepspeed', 'fsdp'],
+    ['--fsdp', 'deepspeed_zero2'], ['--fsdp', ''],
+    ['--deepspeed', 'deepspeed_zero2', '--fsdp'],
+    ['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16']])
+def test_train_and_the_estimate_refuse_a_strategy_alike(argv, tmp_path):
+    """One choice of strategy (chosen_strategy) behind both tools: the same refusal,
+    word for word."""
+    messages = []
+    for run in (lambda: train.build_train_config(train.parse_args(
+            [DEMO, '--work-dir', str(tmp_path), '--launcher', 'pytorch', *argv])),
+                lambda: estimate_memory.main([DEMO, *argv])):
+        with pytest.raises(UserError) as error:
+            run()
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
 
 
 def test_mend_lets_mmengines_deepspeed_strategy_start():

@@ -6,6 +6,7 @@ checkpoints that tools/infer.py's loader reads."""
 import glob
 import json
 import os.path as osp
+import re
 import shutil
 import sys
 
@@ -197,6 +198,29 @@ def test_fsdp_and_one_process_start_from_the_same_weights(repo_root, tmp_path):
         repo_root)
     fsdp(repo_root, two, *options)
     assert Config.fromfile(two / 'dit_tiny2_1xb32_1500_shapes16.py').model.init_seed == 0
+    a, b = load(one / 'iter_1.pth')['state_dict'], load(two / 'iter_1.pth')['state_dict']
+    assert a.keys() == b.keys()
+    for name, value in a.items():  # one step from the same start, on the same batch
+        torch.testing.assert_close(b[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_with_a_seed_drawn_at_run_time_starts_from_that_seeds_weights(repo_root,
+                                                                          tmp_path):
+    """randomness.seed=None: mmengine draws the seed when the runner starts, after
+    tools/train.py has looked for one; the FSDP processes then build the model of rank
+    0's drawn seed (seed_model_at_run_time), the start a one-process run with that
+    seed has (before, the FlexibleRunner built from wherever the global stream
+    stood: not that start)."""
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    options = ['--cfg-options', *TINY, 'model.train_noise_seed=0', 'train_cfg.max_iters=1',
+               'default_hooks.checkpoint.interval=1']
+    result = fsdp(repo_root, two, *options, 'randomness.seed=None')
+    seeds = set(re.findall(r'model\.init_seed=(\d+): the seed drawn at run time',
+                           result.stdout + result.stderr))
+    assert len(seeds) == 1, seeds
+    seed = seeds.pop()
+    run([sys.executable, 'tools/train.py', DEMO, '--work-dir', str(one), *options,
+         f'randomness.seed={seed}'], repo_root)
     a, b = load(one / 'iter_1.pth')['state_dict'], load(two / 'iter_1.pth')['state_dict']
     assert a.keys() == b.keys()
     for name, value in a.items():  # one step from the same start, on the same batch

@@ -29,7 +29,7 @@ from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
            'zero_model_states',
-           'load_strategy', 'strategy_options', 'fill_auto', 'mend_mmengine_deepspeed',
+           'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
            'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
@@ -61,11 +61,11 @@ def load_strategy(name: str, options=()) -> dict:
     cfg = Config.fromfile(preset_path(name))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
-    apply_cfg_options(cfg, strategy_options(options))
+    apply_cfg_options(cfg, _strategy_options(options))
     return cfg.strategy.to_dict()
 
 
-def strategy_options(options) -> list:
+def _strategy_options(options) -> list:
     """The ``--cfg-options`` entries that set the strategy (``strategy.KEY=VALUE``):
     ``--deepspeed`` / ``--fsdp`` put them on the preset they load."""
     return [o for o in options if o.startswith('strategy.')]
@@ -322,9 +322,7 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         _use_sharded_ema(hooks, '--fsdp')
     else:
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
-                        f'got {kind!r}' + (' (--cfg-options strategy.KEY=VALUE set a '
-                                           'preset when --deepspeed / --fsdp name one)'
-                                           if kind is None else ''))
+                        f'got {kind!r}')
     cfg.strategy = strategy
     cfg.runner_type = 'FlexibleRunner'
     cfg.pop('model_wrapper_cfg', None)  # a Runner key; strategies wrap the model

@@ -10,10 +10,10 @@ from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
-__all__ = ['apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
+__all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
-           'check_accumulation']
+           'check_accumulation', 'seed_model_at_run_time']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -24,6 +24,48 @@ def amp_dtype_of(optim_wrapper) -> str:
     if kind == 'AutocastOptimWrapper':
         return optim_wrapper.get('dtype', 'bfloat16')
     return None
+
+
+def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
+    """The strategy a run uses: the preset ``deepspeed`` / ``fsdp`` names, with the
+    ``strategy.KEY=VALUE`` entries of ``options`` set on it, else the config's own
+    ``strategy``, else None (the Runner's DDP). ``tools/train.py`` and
+    ``tools/estimate_memory.py`` choose with it, so they refuse the same things.
+
+    Args:
+        cfg (Config): The config.
+        deepspeed (str, optional): A DeepSpeedStrategy preset name or file.
+        fsdp (bool | str, optional): An FSDPStrategy preset name or file; True is
+            ``fsdp``. An empty name fails as an unknown strategy.
+        options (list[str]): The command line's ``--cfg-options``.
+
+    Returns:
+        dict | None: A copy, whose ``type`` is DeepSpeedStrategy or FSDPStrategy.
+    """
+    if deepspeed and fsdp:
+        raise UserError('--deepspeed and --fsdp exclude each other')
+    if deepspeed:
+        strategy = load_strategy(deepspeed, options)
+        if strategy.get('type') != 'DeepSpeedStrategy':
+            raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset'
+                            + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
+                               else ''))
+    elif fsdp not in (None, False):
+        fsdp = 'fsdp' if fsdp is True else fsdp
+        strategy = load_strategy(fsdp, options)
+        if strategy.get('type') != 'FSDPStrategy':
+            raise UserError(f'--fsdp {fsdp}: not an FSDPStrategy preset')
+    elif cfg.get('strategy'):
+        strategy = cfg.strategy.to_dict()
+    else:
+        return None
+    kind = strategy.get('type')
+    if kind not in ('DeepSpeedStrategy', 'FSDPStrategy'):
+        raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
+                        f'got {kind!r}' + (' (--cfg-options strategy.KEY=VALUE set a '
+                                           'preset when --deepspeed / --fsdp name one)'
+                                           if kind is None else ''))
+    return strategy
 
 
 def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
@@ -44,20 +86,8 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         Config: ``cfg``, switched to ``runner_type='FlexibleRunner'`` if a strategy
         applies, else unchanged.
     """
-    if deepspeed and fsdp:
-        raise UserError('--deepspeed and --fsdp exclude each other')
-    if deepspeed:
-        strategy = load_strategy(deepspeed, options)
-        if strategy.get('type') != 'DeepSpeedStrategy':
-            raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset')
-    elif fsdp not in (None, False):  # an empty name fails as an unknown strategy
-        fsdp = 'fsdp' if fsdp is True else fsdp
-        strategy = load_strategy(fsdp, options)
-        if strategy.get('type') != 'FSDPStrategy':
-            raise UserError(f'--fsdp {fsdp}: not an FSDPStrategy preset')
-    elif cfg.get('strategy'):
-        strategy = cfg.strategy.to_dict()
-    else:
+    strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
+    if strategy is None:
         return cfg
     if strategy.get('type') == 'FSDPStrategy':
         if cfg.launcher == 'none':
@@ -245,3 +275,21 @@ def check_accumulation(cfg) -> None:
                 f'{accumulation} {why}: a checkpoint inside a step loses the gradients '
                 'accumulated so far and --resume could not continue the run exactly; '
                 f'use a multiple, e.g. default_hooks.checkpoint.{key}={whole}')
+
+
+def seed_model_at_run_time(runner) -> None:
+    """With ``randomness.seed=None`` mmengine draws the run's seed when the runner
+    starts (rank 0's, broadcast; plus the rank with ``diff_rank_seed``). A
+    ``FlexibleRunner`` builds the model later, on every process: rank 0's drawn seed
+    becomes its ``init_seed``, so that every FSDP / DeepSpeed process builds the same
+    model, as ``tools/train.py`` arranges for a configured seed. A model already built,
+    or a config that sets ``model.init_seed`` (None included), is left alone."""
+    model = runner.model
+    if not isinstance(model, dict) or 'init_seed' in model:
+        return
+    from mmengine.dist import broadcast_object_list
+    seed = [runner.seed]
+    broadcast_object_list(seed)  # rank 0's: the drawn seed itself
+    model['init_seed'] = seed[0]
+    runner.logger.info(f'model.init_seed={seed[0]}: the seed drawn at run time '
+                       '(randomness.seed=None)')
