@@ -50,6 +50,32 @@ def test_fp16_loss_scaling_checks_every_shard():
     assert cfg.optim_wrapper.use_fsdp is True  # mmengine's ShardedGradScaler
 
 
+def test_mixed_precision_is_refused_where_it_would_not_train(tmp_path, monkeypatch):
+    """float16 gathered weights or gradient reduction need --amp's loss scaling
+    (float16 AmpOptimWrapper: a ShardedGradScaler); bfloat16 needs a GPU that has it."""
+    def config(*argv):
+        return train.build_train_config(train.parse_args(
+            [DEMO, '--work-dir', str(tmp_path), '--launcher', 'pytorch', *argv]))
+
+    fp16 = 'strategy.model_wrapper.mixed_precision.param_dtype=float16'
+    with pytest.raises(UserError, match='param_dtype and reduce_dtype float16 without '
+                                        'loss scaling'):
+        config('--fsdp', '--cfg-options', fp16)
+    with pytest.raises(UserError, match='mixed_precision reduce_dtype float16'):
+        config('--fsdp', 'fsdp_bf16', '--cfg-options',
+               'strategy.model_wrapper.mixed_precision.reduce_dtype=float16')
+    assert config('--fsdp', 'fsdp_bf16').strategy.type == 'FSDPStrategy'
+    # a GPU without bfloat16 (a V100), where --amp is float16 with loss scaling
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported',
+                        lambda including_emulation=True: False)
+    cfg = config('--fsdp', '--amp', '--cfg-options', fp16)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.dtype == 'float16' and cfg.optim_wrapper.use_fsdp is True
+    with pytest.raises(UserError, match='this GPU has no bfloat16'):
+        config('--fsdp', 'fsdp_bf16', '--amp')
+
+
 def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():
     strategy = fsdp_on_cpu(load_strategy('fsdp'))
     assert strategy['model_wrapper']['device_id'] == 'cpu'

@@ -121,7 +121,8 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     ends near the same weights, but not the same ones (the
     float32 run matches one process to 1e-5: the bf16 arithmetic did run); the
     checkpoint's weights, EMA and AdamW states stay float32, infer's loader reads
-    them, and a resumed run ends where the uninterrupted one does."""
+    them, and a resumed run ends where the uninterrupted one does. With --amp on top
+    it logs and ends the same, bit for bit."""
     fp32, bf16 = tmp_path / 'fp32', tmp_path / 'bf16'
     options = ['--load-from', start_weights, '--cfg-options', *TINY,
                'model.train_noise_seed=0']
@@ -148,6 +149,17 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     assert 1e-4 < moved < 1e-2, moved
     assert {t.dtype for state in b['optimizer']['state'].values()
             for t in state.values()} == {torch.float32}
+    # --amp on top: autocast over units that already compute in bf16 changes nothing
+    # here (the objective's float32 parts are not on autocast's bf16 list)
+    amp = tmp_path / 'amp'
+    fsdp(repo_root, amp, '--amp', *options, preset='fsdp_bf16')
+    wrapper = Config.fromfile(amp / 'dit_tiny2_1xb32_1500_shapes16.py').optim_wrapper
+    assert wrapper.type == ('AmpOptimWrapper' if torch.cuda.is_available()
+                            else 'AutocastOptimWrapper')
+    assert logged(amp) == log16
+    with_amp = load(amp / 'iter_3.pth')['state_dict']
+    for name, value in b['state_dict'].items():
+        assert torch.equal(with_amp[name], value), name
 
     from mmsora.apis.inference import load_weights
     from mmsora.registry import MODELS
@@ -163,6 +175,7 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
         for name, value in b[key].items():
             assert torch.equal(value, c[key][name]), (key, name)
     assert logged(resumed)[3] == log16[3]
+
 
 def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
     """Without train_noise_seed the draws come from the processes' RNG streams: the

@@ -10,10 +10,11 @@ from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
-__all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp', 'apply_speed_options', 'amp_dtype_of',
-           'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
+__all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
+           'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
+           'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
-           'check_accumulation', 'seed_model_at_run_time']
+           'check_accumulation', 'check_fsdp_precision', 'seed_model_at_run_time']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -94,9 +95,46 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
             raise UserError('FSDP shards the model across processes: start it with '
                             'tools/dist_train.sh CONFIG GPUS --fsdp (or --launcher '
                             'pytorch)')
+        check_fsdp_precision(strategy, cfg.optim_wrapper)
         if not torch.cuda.is_available():
             fsdp_on_cpu(strategy)
     return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+
+
+def check_fsdp_precision(strategy: dict, optim_wrapper: dict) -> None:
+    """Refuse an FSDP ``MixedPrecision`` that would not train as asked:
+
+    - float16 gathered weights (``param_dtype``) or gradient reduction
+      (``reduce_dtype``, which defaults to ``param_dtype``) without the loss scaling of
+      ``--amp`` in float16 (``AmpOptimWrapper``, whose ``ShardedGradScaler`` scales the
+      loss): DiT's small gradients underflow in float16 and the run learns slowly or
+      not at all, without an error;
+    - bfloat16 on a GPU without it (before Ampere: V100, T4), where torch emulates it
+      slowly; ``--fsdp --amp`` trains in float16 with loss scaling there.
+    """
+    mixed = (strategy.get('model_wrapper') or {}).get('mixed_precision')
+    if not isinstance(mixed, dict):  # none, or a MixedPrecision given built
+        return
+
+    def dtype(key):
+        value = mixed.get(key)
+        return getattr(torch, value, value) if isinstance(value, str) else value
+
+    param, reduce = dtype('param_dtype'), dtype('reduce_dtype')
+    reduce = reduce if reduce is not None else param
+    half = [k for k, v in (('param_dtype', param), ('reduce_dtype', reduce))
+            if v is torch.float16]
+    if half and not (optim_wrapper.get('type') == 'AmpOptimWrapper'
+                     and amp_dtype_of(optim_wrapper) == 'float16'):
+        raise UserError(f"FSDP mixed_precision {' and '.join(half)} float16 without loss "
+                        'scaling: the gradients underflow. Add --amp on a GPU without '
+                        'bfloat16 (float16 with a ShardedGradScaler), or train in '
+                        'bfloat16 (--fsdp fsdp_bf16)')
+    if (param is torch.bfloat16 and torch.cuda.is_available()
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        raise UserError('FSDP mixed_precision param_dtype bfloat16: this GPU has no '
+                        'bfloat16 (torch would emulate it, slowly); train with --fsdp '
+                        '--amp (float16 with loss scaling)')
 
 
 def fsdp_on_cpu(strategy: dict) -> dict:
