@@ -31,14 +31,15 @@ import argparse
 import json
 import sys
 
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config, run_cli
+from mmsora.utils.cli import (UserError, apply_cfg_options, load_config,
+                              parse_config_and_preset, run_cli)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Estimate training memory of a config')
-    parser.add_argument('config')
+    parser.add_argument('config', nargs='?')
     parser.add_argument('--precision', choices=PRECISIONS,
                         help='bf16/fp16: autocast over fp32 weights (tools/train.py '
                         '--amp); default: what the config\'s optim_wrapper trains in')
@@ -68,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
                         help='count PyTorch FSDP\'s step (tools/train.py --fsdp '
                         '[PRESET]: fsdp, fsdp_bf16 or a file) on one of --gpus '
-                        'processes; give CONFIG first')
+                        'processes')
     parser.add_argument('--text-len', type=int, help='text tokens per sample of a '
                         'text-conditioned model (default: its null caption\'s, or 77)')
     parser.add_argument('--measure', choices=['cuda', 'cpu'],
@@ -77,7 +78,7 @@ def parse_args(argv=None):
                         'CPU: the same count on real tensors)')
     parser.add_argument('--json', metavar='FILE', help='also write the results here')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE')
-    return parser.parse_args(argv)
+    return parse_config_and_preset(parser, argv)
 
 
 def _checkpointing_label(k) -> str:

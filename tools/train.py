@@ -11,12 +11,13 @@ import sys
 import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config, run_cli
+from mmsora.utils.cli import (UserError, apply_cfg_options, load_config,
+                              parse_config_and_preset, run_cli)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train an mmsora model')
-    parser.add_argument('config', help='train config file path')
+    parser.add_argument('config', nargs='?', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                         '(default: ./work_dirs/CONFIG_NAME)')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
                         help='PyTorch FSDP through FlexibleRunner: fsdp (the default), '
                         'fsdp_bf16 (bf16 compute from float32 shards; '
-                        'configs/_base_/strategies) or a file; give CONFIG first')
+                        'configs/_base_/strategies) or a file')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile the denoiser (CompileDenoiserHook)')
     parser.add_argument('--no-tf32', action='store_true',
@@ -47,7 +48,7 @@ def parse_args(argv=None):
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_config_and_preset(parser, argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 

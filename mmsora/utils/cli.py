@@ -7,7 +7,7 @@ import re
 import sys
 
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
-           'explain_error']
+           'explain_error', 'parse_config_and_preset']
 
 
 class UserError(Exception):
@@ -28,6 +28,24 @@ def load_config(path):
         return Config.fromfile(path)
     except Exception as e:  # syntax errors, bad _base_ paths, ...
         raise UserError(f'cannot load config {path}: {type(e).__name__}: {e}') from e
+
+
+def parse_config_and_preset(parser, argv=None, dest: str = 'fsdp',
+                            const: str = 'fsdp'):
+    """``parser.parse_args(argv)`` for a tool with a positional ``config`` (declared
+    ``nargs='?'``) and an option whose value may be left out (``--fsdp [PRESET]``).
+    Given before the config (``--fsdp CONFIG``), that option takes the config as its
+    value and leaves none: a file with a ``model`` there is taken back as the config,
+    the option getting ``const``."""
+    args = parser.parse_args(argv)
+    if args.config is None:
+        value = getattr(args, dest)
+        if value and osp.isfile(value) and 'model' in load_config(value):
+            args.config = value
+            setattr(args, dest, const)
+        else:
+            parser.error('the following arguments are required: config')
+    return args
 
 
 def _parse_value(text):

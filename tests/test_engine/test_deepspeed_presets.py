@@ -187,6 +187,22 @@ def test_train_and_the_estimate_refuse_a_strategy_alike(argv, tmp_path):
     assert messages[0] == messages[1]
 
 
+@pytest.mark.parametrize('tool', [train, estimate_memory], ids=['train', 'estimate'])
+def test_fsdp_may_come_before_the_config(tool, capsys):
+    """--fsdp [PRESET] takes an optional value: before the config it took the config
+    as the preset and stopped with "required: config"; the config is taken back."""
+    for argv, preset in ((['--fsdp', DEMO], 'fsdp'), ([DEMO, '--fsdp'], 'fsdp'),
+                         (['--fsdp', 'fsdp_bf16', DEMO], 'fsdp_bf16'),
+                         ([DEMO, '--fsdp', 'fsdp_bf16'], 'fsdp_bf16')):
+        args = tool.parse_args(argv + ['--launcher', 'pytorch'] * (tool is train))
+        assert (args.config, args.fsdp) == (DEMO, preset), argv
+    strategy_file = osp.join(ROOT, 'configs/_base_/strategies/fsdp_bf16.py')
+    for argv in (['--fsdp'], ['--fsdp', 'fsdp_bf16'], ['--fsdp', strategy_file], []):
+        with pytest.raises(SystemExit):
+            tool.parse_args(argv)
+        assert 'required: config' in capsys.readouterr().err, argv
+
+
 def test_mend_lets_mmengines_deepspeed_strategy_start():
     deepspeed = pytest.importorskip('deepspeed')
     from mmengine._strategy import DeepSpeedStrategy
