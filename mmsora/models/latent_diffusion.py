@@ -140,10 +140,13 @@ class LatentDiffusion(BaseModel):
                 text_embeds: Optional[torch.Tensor] = None,
                 text_mask: Optional[torch.Tensor] = None,
                 pooled_text_embeds: Optional[torch.Tensor] = None,
-                mode: str = 'loss'):
+                mode: str = 'loss',
+                sample_kwargs: Optional[dict] = None):
         """mmengine entry point: ``mode='loss'`` returns the loss dict.
 
-        ``mode='predict'`` samples one latent per label with the default sampler.
+        ``mode='predict'`` samples one latent per label with the default sampler, or
+        with ``sample_kwargs`` calls :meth:`sample` with them (how an FSDP-sharded
+        model samples: through the root's forward, which gathers its weights).
         Class-conditional denoisers read ``labels`` (a ``caption`` is then ignored);
         text-conditioned ones read ``text_embeds`` / ``text_mask`` /
         ``pooled_text_embeds`` (from a latent store written with a text encoder), or
@@ -154,7 +157,8 @@ class LatentDiffusion(BaseModel):
                              text_embeds=text_embeds, text_mask=text_mask,
                              pooled_text_embeds=pooled_text_embeds)
         if mode == 'predict':
-            return self.sample(labels)
+            return self.sample(labels) if sample_kwargs is None else self.sample(
+                **sample_kwargs)
         raise ValueError(f"mode must be 'loss' or 'predict', got {mode!r}")
 
     def loss(self,

@@ -12,8 +12,10 @@ runs, and
 * for clips also writes H.264 mp4s (and GIFs on request) under
   ``{log_dir}/samples/iter_{N}/``, since image backends cannot play video.
 
-Only the main process samples; the global RNG states are restored afterwards so that
-sampling never changes the training noise (and exact resume still holds).
+Only the main process samples (under FSDP every process does, as the sharded model's
+all-gathers need them all, and the main one logs); the global RNG states are restored
+afterwards so that sampling never changes the training noise (and exact resume still
+holds).
 """
 import os.path as osp
 from typing import Optional, Sequence
@@ -25,7 +27,7 @@ from mmengine.hooks import Hook
 
 from mmsora.registry import HOOKS
 from .rng_state_hook import get_rng_states, set_rng_states
-from .sampling_model import sampling_model
+from .sampling_model import ShardedSampler, sampling_model
 
 __all__ = ['SampleVisualizationHook', 'filmstrip']
 
@@ -104,19 +106,21 @@ class SampleVisualizationHook(Hook):
 
     @torch.no_grad()
     def sample(self, runner, step: int):
-        """Draw the samples on rank 0 and log them under iteration ``step``; returns
-        them (None on the other ranks). Every rank calls it: the model to sample may
-        have to be gathered (:func:`sampling_model`)."""
+        """Draw the samples on rank 0 (on every rank under FSDP) and log them under
+        iteration ``step`` on rank 0; returns them (None on the other ranks). Every
+        rank calls it: the model to sample may have to be gathered
+        (:func:`sampling_model`)."""
         self._last = step
         with sampling_model(runner, self.use_ema) as model:
-            if is_main_process():
-                return self._draw(runner, model, step)
-        return None
+            if not (is_main_process() or isinstance(model, ShardedSampler)):
+                return None
+            samples, labels = self._draw(runner, model)
+        return self._log(runner, samples, labels, step) if is_main_process() else None
 
-    def _draw(self, runner, model, step: int):
-        from mmsora.apis import sample_images, save_videos
+    def _draw(self, runner, model):
+        from mmsora.apis import sample_images
         cfg = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
-        fps = cfg.pop('fps', 8)
+        cfg.pop('fps', None)
         labels, prompts = self._conditions(model)
         was_training = model.training
         states = get_rng_states()  # sampling must not shift the training noise
@@ -127,6 +131,11 @@ class SampleVisualizationHook(Hook):
         finally:
             set_rng_states(states)
             model.train(was_training)
+        return samples, labels
+
+    def _log(self, runner, samples, labels, step: int):
+        from mmsora.apis import save_videos
+        fps = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg).get('fps', 8)
         runner.visualizer.add_image('samples', filmstrip(samples), step=step)
         if samples.dim() == 5:
             out = osp.join(runner.log_dir, 'samples', f'iter_{step}')

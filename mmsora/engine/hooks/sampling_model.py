@@ -4,23 +4,73 @@ from contextlib import contextmanager
 from mmengine.hooks import EMAHook
 from mmengine.model import is_model_wrapper
 
-__all__ = ['sampling_model']
+__all__ = ['sampling_model', 'ShardedSampler']
+
+
+class ShardedSampler:
+    """An FSDP-wrapped model seen as the model it wraps, except that ``sample``
+    goes through the FSDP root's forward (``mode='predict'`` with the sampling
+    arguments): the root gathers its own weights (embeddings, final layer, VAE) for
+    the whole call and every block unit its own as it runs, with the strategy's
+    mixed precision, as in a training step. The all-gathers are collective: every
+    process samples, alike."""
+
+    def __init__(self, root, module):
+        self._root, self._module = root, module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    @property
+    def training(self) -> bool:
+        return self._module.training
+
+    def sample(self, **kwargs):
+        try:
+            return self._root(mode='predict', sample_kwargs=kwargs)
+        finally:
+            _free_gathered_weights(self._root)
+
+    def eval(self):
+        self._root.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self._root.train(mode)
+        return self
+
+
+def _free_gathered_weights(root) -> None:
+    """FSDP keeps the root unit's gathered weights after its forward for the
+    backward, which frees them; a sampling forward has no backward, and the next
+    training forward found them gathered and used them as they were: the EMA's, with
+    the average swapped in (tested). Free every unit's, so that it gathers the
+    shards anew (freeing is a no-op where FSDP has freed them already)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp._runtime_utils import _reshard
+    for unit in FSDP.fsdp_modules(root):
+        handle = unit._handle
+        if handle is not None and handle.uses_sharded_strategy:
+            _reshard(unit, handle, free_unsharded_flat_param=True)
 
 
 @contextmanager
 def sampling_model(runner, use_ema: bool = True):
     """EMAHook's averaged model when it runs and ``use_ema``, else the trained model,
-    unwrapped from the DDP / DeepSpeed wrapper.
+    unwrapped from the DDP / DeepSpeed wrapper; under FSDP a :class:`ShardedSampler`.
 
     Every process enters it: an average that is not a copy of the module
     (``ShardedEMAHook``'s; under DeepSpeed ZeRO-1/2 partitioned over the processes,
     :class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`) is put into the
-    module on entering (on every process: an all-gather) and the trained weights back,
-    exactly, on leaving. (``--fsdp`` and ZeRO-3 refuse the sampling hooks: no process
-    holds the whole model there.)
+    module on entering (under DeepSpeed an all-gather; under FSDP into each process's
+    shards) and the trained weights back, exactly, on leaving. (ZeRO-3 refuses the
+    sampling hooks: no process holds the whole model there.)
     """
-    model = runner.model
-    model = model.module if is_model_wrapper(model) else model
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    root = runner.model
+    model = root.module if is_model_wrapper(root) else root
+    if isinstance(root, FSDP):
+        model = ShardedSampler(root, model)
     ema = None
     if use_ema:
         for hook in runner.hooks:
