@@ -35,7 +35,23 @@ from .accumulation import optimizer_stepped
 from .ema import EMAHook
 from .zero_partition_ema import ZeroPartitionEMA, is_zero_partition_optimizer
 
-__all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook']
+__all__ = ['ShardedEMA', 'ZeroShardedEMA', 'ShardedEMAHook', 'free_gathered_weights']
+
+
+def free_gathered_weights(root) -> None:
+    """Free the weights the FSDP model ``root`` keeps gathered, so that its next
+    forward gathers them from the shards anew. FSDP keeps the root unit's gathered
+    weights after a forward for the backward, which frees them; after a forward
+    without one (a validation, a sampling hook) with the average swapped into the
+    shards, the next training forward found them gathered and ran on the average
+    (tests/test_engine/test_sharded_ema.py, test_fsdp_train.py). Freeing is a no-op
+    for units FSDP has freed already."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp._runtime_utils import _reshard
+    for unit in FSDP.fsdp_modules(root):
+        handle = unit._handle
+        if handle is not None and handle.uses_sharded_strategy:
+            _reshard(unit, handle, free_unsharded_flat_param=True)
 
 
 class ShardedEMA:
@@ -66,6 +82,8 @@ class ShardedEMA:
         self.tensors = [t for t in tensors if t.is_floating_point()]
         self.average = [t.float().clone() for t in self._sources()]
         self._kept = None  # the model's own shards while it holds the average
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        self._fsdp_root = model if isinstance(model, FSDP) else None
 
     def _local(self):
         """The part of each averaged tensor this process holds (FSDP: the data of the
@@ -95,7 +113,10 @@ class ShardedEMA:
 
     def swap(self) -> None:
         """Put the average into the model's shards, or (the next call) the model's
-        own values back, exactly; the average itself is not touched."""
+        own values back, exactly; the average itself is not touched. Under FSDP the
+        weights it keeps gathered are freed first (:func:`free_gathered_weights`)."""
+        if self._fsdp_root is not None:
+            free_gathered_weights(self._fsdp_root)
         local = self._local()
         if self._kept is None:
             self._kept = [t.clone() for t in local]

@@ -209,7 +209,7 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
         assert np.abs(a - b).max() <= 1, np.abs(a - b).max()
     # The hook leaves the training as it was: FSDP keeps the root's gathered weights
     # after a forward, and the next step used the sampled EMA's (the loss at step 3
-    # moved from 0.9731 to 0.9794) until the sampler freed them. Also in bf16
+    # moved from 0.9731 to 0.9794) until ShardedEMA's swap freed them. Also in bf16
     # (MixedPrecision inside the root's forward) with SHARD_GRAD_OP.
     grad_op = 'strategy.model_wrapper.sharding_strategy=SHARD_GRAD_OP'
     fsdp(repo_root, tmp_path / 'bf16', *options, grad_op, preset='fsdp_bf16',

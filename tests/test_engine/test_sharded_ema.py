@@ -152,3 +152,55 @@ def test_hook_refuses_another_average():
         ShardedEMAHook(ema_type='StochasticWeightAverage')
     with pytest.raises(ValueError, match='momentum'):
         ShardedEMA(Net(), momentum=0.0)
+
+
+def _validation_worker(rank, world, port, detour, out):
+    """One AdamW step of an FSDP model (an inner unit and the root's own layer), an
+    EMA update, then with ``detour`` a validation forward with the average swapped
+    in (EMAHook's before / after_val_epoch); returns the next training forward."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU())
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), block, torch.nn.Linear(8, 2))
+        model = FSDP(net, device_id=torch.device('cpu'), use_orig_params=True,
+                     auto_wrap_policy=lambda module, recurse, **kw: recurse or module is block)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        ema = ShardedEMA(model, momentum=0.5)
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+        for _ in range(2):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            ema.update_parameters()
+        if detour:
+            ema.swap()
+            with torch.no_grad():
+                model.eval()
+                model(x)
+                model.train()
+            ema.swap()
+        with torch.no_grad():
+            out[(detour, rank)] = model(x).clone()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_validation_with_the_average_swapped_in_leaves_fsdp_training_alone():
+    """FSDP keeps the root unit's gathered weights after a forward for the backward;
+    after a validation forward with the average swapped in, the next training
+    forward found them gathered and ran on the average. The swap frees them."""
+    import torch.multiprocessing as mp
+
+    from tests.launch import free_port
+    out = mp.Manager().dict()
+    for detour in (False, True):
+        mp.spawn(_validation_worker, args=(2, free_port(), detour, out), nprocs=2,
+                 join=True)
+    for rank in (0, 1):
+        assert torch.equal(out[(True, rank)], out[(False, rank)]), rank

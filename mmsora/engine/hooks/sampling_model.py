@@ -26,10 +26,7 @@ class ShardedSampler:
         return self._module.training
 
     def sample(self, **kwargs):
-        try:
-            return self._root(mode='predict', sample_kwargs=kwargs)
-        finally:
-            _free_gathered_weights(self._root)
+        return self._root(mode='predict', sample_kwargs=kwargs)
 
     def eval(self):
         self._root.eval()
@@ -38,20 +35,6 @@ class ShardedSampler:
     def train(self, mode: bool = True):
         self._root.train(mode)
         return self
-
-
-def _free_gathered_weights(root) -> None:
-    """FSDP keeps the root unit's gathered weights after its forward for the
-    backward, which frees them; a sampling forward has no backward, and the next
-    training forward found them gathered and used them as they were: the EMA's, with
-    the average swapped in (tested). Free every unit's, so that it gathers the
-    shards anew (freeing is a no-op where FSDP has freed them already)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp._runtime_utils import _reshard
-    for unit in FSDP.fsdp_modules(root):
-        handle = unit._handle
-        if handle is not None and handle.uses_sharded_strategy:
-            _reshard(unit, handle, free_unsharded_flat_param=True)
 
 
 @contextmanager
