@@ -206,6 +206,15 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     if parts_dir:
         _claim_parts_dir(parts_dir, _fingerprint(model, plan, batch_size, sample_kwargs), rank)
     batches = rank_batches(num_samples, batch_size, rank, world_size)
+    # A model whose sampling is collective (an FSDP-sharded one, which gathers its
+    # weights in every forward: ShardedSampler) needs every process in every batch:
+    # the ranks with fewer batches draw the first one again and drop it.
+    collective = getattr(model, 'sample_is_collective', False)
+    if collective and parts_dir:
+        raise ValueError('a collective sampler does not resume from parts: run it '
+                         'without out')
+    num_batches = -(-num_samples // batch_size)
+    idle = -(-num_batches // world_size) - len(batches) if collective else 0
     for k, indices in tqdm(batches, desc=f'sampling {num_samples} (rank 0 of {world_size})',
                            disable=not progress or rank != 0):
         shard = osp.join(parts_dir, f'batch_{k:06d}.npz') if parts_dir else None
@@ -232,6 +241,11 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
                 dict(index=i, sample=s, label=y,
                      prompt=batch_prompts[j] if batch_prompts else None)
                 for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
+    for _ in range(idle):
+        indices = range(min(batch_size, num_samples))
+        cond = (dict(prompts=[plan['prompts'][i] for i in indices]) if prompts is not None
+                else dict(labels=[plan['labels'][i] for i in indices]))
+        sample_fn(seeds=[plan['seeds'][i] for i in indices], **cond, **sample_kwargs)
     barrier()
     if out and rank == 0:
         _assemble_npz(out, parts_dir, num_samples, plan)

@@ -94,21 +94,17 @@ def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():
     assert local['state_dict_cfg'] == 'local'
 
 
-def test_the_evaluation_hook_is_refused_in_one_line(tmp_path):
-    """SampleEvaluationHook gives each process its own share of the samples, which a
-    sharded model (every process in every forward) cannot run; SampleVisualizationHook
-    samples on every process (test_fsdp_train.py)."""
+def test_sampling_hooks_stay_under_fsdp(tmp_path):
+    """Both sampling hooks sample on every process under --fsdp (ShardedSampler;
+    test_fsdp_train.py, tests/test_evaluation/test_cli.py); ZeRO-3 refuses them
+    (test_deepspeed_presets.py)."""
     path = tmp_path / 'with_samples.py'
     for hook in ('SampleEvaluationHook', 'SampleVisualizationHook'):
         path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='{hook}')]\n")
         args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--fsdp',
                                  '--launcher', 'pytorch'])
-        if hook == 'SampleEvaluationHook':
-            with pytest.raises(UserError, match=f'{hook}.*each process holds a shard'):
-                train.build_train_config(args)
-        else:
-            hooks = train.build_train_config(args).custom_hooks
-            assert [h['type'] for h in hooks][0] == hook
+        hooks = train.build_train_config(args).custom_hooks
+        assert [h['type'] for h in hooks][0] == hook
 
 
 def test_another_average_is_refused(tmp_path):

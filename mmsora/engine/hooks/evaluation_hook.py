@@ -6,7 +6,9 @@ generative model has no data to iterate over, needs seeds per sample and its own
 sampler settings, and should be scored with its EMA weights. This hook samples
 through :func:`mmsora.apis.evaluate_model` (the same fixed-seed, world-size-invariant
 protocol as ``tools/test.py``) with the EMA model of the ``EMAHook`` when
-there is one, and logs the metrics like a validation epoch would.
+there is one, and logs the metrics like a validation epoch would. Under ``--fsdp``
+every process samples its share through the sharded model
+(:class:`~mmsora.engine.hooks.sampling_model.ShardedSampler`).
 """
 from typing import Optional, Sequence
 

@@ -13,7 +13,9 @@ class ShardedSampler:
     arguments): the root gathers its own weights (embeddings, final layer, VAE) for
     the whole call and every block unit its own as it runs, with the strategy's
     mixed precision, as in a training step. The all-gathers are collective: every
-    process samples, alike."""
+    process calls ``sample`` as often as the others (with the same inputs or not)."""
+
+    sample_is_collective = True  # mass_sample: every process joins every batch
 
     def __init__(self, root, module):
         self._root, self._module = root, module

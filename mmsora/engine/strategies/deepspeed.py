@@ -231,21 +231,19 @@ def _config_of(hook, why: str) -> dict:
     return hook
 
 
-def _refuse_sampling_hooks(hooks: list, where: str,
-                           names=('SampleVisualizationHook', 'SampleEvaluationHook')
-                           ) -> None:
-    """ZeRO-3: the sampling hooks run the whole model on rank 0 alone, which no
-    process holds (rank 0 would fail or wait for the others forever). FSDP samples
-    through the root's forward on every process (:class:`ShardedSampler`), which
-    suits SampleVisualizationHook (every process draws the same few samples) but not
-    SampleEvaluationHook, which gives each process its own share of the samples."""
-    samplers = [hook_class(h).__name__ for h in hooks if _is(h, *names)]
+def _refuse_sampling_hooks(hooks: list, where: str) -> None:
+    """ZeRO-3: the sampling hooks run the whole model on rank 0 alone (or a share of
+    the samples on each process, outside any one forward of DeepSpeed's module), which
+    no process holds. (FSDP samples through the root's forward on every process:
+    :class:`~mmsora.engine.hooks.sampling_model.ShardedSampler`.)"""
+    samplers = [hook_class(h).__name__ for h in hooks
+                if _is(h, 'SampleVisualizationHook', 'SampleEvaluationHook')]
     if samplers:
-        raise UserError(f'{", ".join(samplers)} sample(s) on rank 0 from the whole '
-                        f'model (or a share per process); under {where} each process '
-                        'holds a shard of it. Drop them from custom_hooks and sample the '
-                        'checkpoints with tools/infer.py / tools/test.py, or train with '
-                        'DDP or --deepspeed deepspeed_zero2')
+        raise UserError(f'{", ".join(samplers)} sample(s) from the whole model; under '
+                        f'{where} each process holds a shard of it. Drop them from '
+                        'custom_hooks and sample the checkpoints with tools/infer.py / '
+                        'tools/test.py, or train with --fsdp, DDP or --deepspeed '
+                        'deepspeed_zero2')
 
 
 def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
@@ -316,7 +314,6 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
                 hook['ema_type'] = 'FP32ExponentialMovingAverage'
     elif kind == 'FSDPStrategy':
         hooks = cfg.setdefault('custom_hooks', [])
-        _refuse_sampling_hooks(hooks, '--fsdp', names=('SampleEvaluationHook',))
         if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':  # fp16 loss scaling:
             cfg.optim_wrapper['use_fsdp'] = True  # inf checks over all the shards
         if not any(_is(h, 'FSDPGradClipHook') for h in hooks):
