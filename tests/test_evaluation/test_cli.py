@@ -120,17 +120,23 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
     assert "unknown key in the config's evaluation section" in capsys.readouterr().err
 
 
-def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path):
-    repo_root, root, config, ckpt = tiny_run
+def hooked_config(tmp_path, config, num_samples, batch_size):
+    """``config`` with the demo's EMA and an evaluation every 2 iterations."""
     hooked = tmp_path / 'hooked.py'
     hooked.write_text(f"""_base_ = [{config!r}]
 custom_hooks = [
     dict(type='EMAHook', momentum=0.01, update_buffers=True, priority='ABOVE_NORMAL'),
     dict(type='RNGStateHook'),
-    dict(type='SampleEvaluationHook', interval=2, num_samples=4, batch_size=4,
-         metrics={{{{_base_.evaluation.metrics}}}}),
+    dict(type='SampleEvaluationHook', interval=2, num_samples={num_samples},
+         batch_size={batch_size}, metrics={{{{_base_.evaluation.metrics}}}}),
 ]
 """)
+    return hooked
+
+
+def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path):
+    repo_root, root, config, ckpt = tiny_run
+    hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
     train = load_tool(repo_root, 'train')
 
     def train_losses(config, work):
@@ -157,15 +163,7 @@ def test_evaluation_hook_under_fsdp_scores_like_one_process(tiny_run, tmp_path):
     logged FID is a one-process run's (the weights agree to 1e-5)."""
     from tests.launch import free_port, run_tool
     repo_root, root, config, ckpt = tiny_run
-    hooked = tmp_path / 'hooked.py'
-    hooked.write_text(f"""_base_ = [{config!r}]
-custom_hooks = [
-    dict(type='EMAHook', momentum=0.01, update_buffers=True, priority='ABOVE_NORMAL'),
-    dict(type='RNGStateHook'),
-    dict(type='SampleEvaluationHook', interval=2, num_samples=6, batch_size=2,
-         metrics={{{{_base_.evaluation.metrics}}}}),
-]
-""")
+    hooked = hooked_config(tmp_path, config, num_samples=6, batch_size=2)
     options = ['--load-from', ckpt, '--cfg-options', 'train_cfg.max_iters=2',
                'default_hooks.logger.interval=1', 'global_batch_size=4',
                'model.train_noise_seed=0']
