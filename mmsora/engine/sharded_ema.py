@@ -48,6 +48,10 @@ def free_gathered_weights(root) -> None:
     for units FSDP has freed already."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp._runtime_utils import _reshard
+    if getattr(root, '_is_root', None) is None:
+        return  # no forward yet (FSDP sets its units up lazily): nothing gathered
+    # FSDP's own post-backward step (torch 2.13's _runtime_utils._reshard, the
+    # handles' free_unsharded_flat_param): private names, checked on 2.13.
     for unit in FSDP.fsdp_modules(root):
         handle = unit._handle
         if handle is not None and handle.uses_sharded_strategy:

@@ -157,8 +157,12 @@ class LatentDiffusion(BaseModel):
                              text_embeds=text_embeds, text_mask=text_mask,
                              pooled_text_embeds=pooled_text_embeds)
         if mode == 'predict':
-            return self.sample(labels) if sample_kwargs is None else self.sample(
-                **sample_kwargs)
+            if sample_kwargs is None:
+                return self.sample(labels)
+            if labels is not None:
+                raise ValueError("mode='predict': give the labels in sample_kwargs, "
+                                 'not beside them')
+            return self.sample(**sample_kwargs)
         raise ValueError(f"mode must be 'loss' or 'predict', got {mode!r}")
 
     def loss(self,

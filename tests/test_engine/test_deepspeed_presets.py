@@ -169,19 +169,23 @@ def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
                                                    *argv]))
 
 
-@pytest.mark.parametrize('argv', [
-    ['--deepspeed', 'deepspeed_zero4'], ['--deepspeed', 'fsdp'],
-    ['--fsdp', 'deepspeed_zero2'], ['--fsdp', ''],
-    ['--deepspeed', 'deepspeed_zero2', '--fsdp'],
-    ['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16']])
-def test_train_and_the_estimate_refuse_a_strategy_alike(argv, tmp_path):
+@pytest.mark.parametrize('argv,message', [
+    (['--deepspeed', 'deepspeed_zero4'], "unknown strategy 'deepspeed_zero4'"),
+    (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset .FSDP: --fsdp.'),
+    (['--fsdp', 'deepspeed_zero2'], '--fsdp deepspeed_zero2: not an FSDPStrategy'),
+    (['--fsdp', ''], "unknown strategy ''"),
+    (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
+    (['--deepspeed', 'deepspeed_zero2', '--fsdp', ''], 'exclude each other'),
+    (['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16'],
+     r"got None \(--cfg-options strategy.KEY=VALUE set a preset")])
+def test_train_and_the_estimate_refuse_a_strategy_alike(argv, message, tmp_path):
     """One choice of strategy (chosen_strategy) behind both tools: the same refusal,
     word for word."""
     messages = []
     for run in (lambda: train.build_train_config(train.parse_args(
             [DEMO, '--work-dir', str(tmp_path), '--launcher', 'pytorch', *argv])),
                 lambda: estimate_memory.main([DEMO, *argv])):
-        with pytest.raises(UserError) as error:
+        with pytest.raises(UserError, match=message) as error:
             run()
         messages.append(str(error.value))
     assert messages[0] == messages[1]

@@ -74,6 +74,10 @@ def test_mixed_precision_is_refused_where_it_would_not_train(tmp_path, monkeypat
     assert cfg.optim_wrapper.dtype == 'float16' and cfg.optim_wrapper.use_fsdp is True
     with pytest.raises(UserError, match='this GPU has no bfloat16'):
         config('--fsdp', 'fsdp_bf16', '--amp')
+    # mmengine takes dtypes as torch objects too
+    from mmsora.engine.strategies.train_options import check_fsdp_precision
+    check_fsdp_precision(dict(model_wrapper=dict(mixed_precision=dict(
+        param_dtype=torch.float16))), dict(type='AmpOptimWrapper', dtype=torch.float16))
 
 
 def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():

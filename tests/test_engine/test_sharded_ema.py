@@ -155,9 +155,10 @@ def test_hook_refuses_another_average():
 
 
 def _validation_worker(rank, world, port, detour, out):
-    """One AdamW step of an FSDP model (an inner unit and the root's own layer), an
-    EMA update, then with ``detour`` a validation forward with the average swapped
-    in (EMAHook's before / after_val_epoch); returns the next training forward."""
+    """Two AdamW steps of an FSDP model (an inner unit and the root's own layer),
+    each with an EMA update, then with ``detour`` a validation forward with the
+    average swapped in (EMAHook's before / after_val_epoch); keeps the next training
+    forward."""
     import os
 
     import torch.distributed as dist
@@ -169,7 +170,8 @@ def _validation_worker(rank, world, port, detour, out):
         block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU())
         net = torch.nn.Sequential(torch.nn.Linear(3, 4), block, torch.nn.Linear(8, 2))
         model = FSDP(net, device_id=torch.device('cpu'), use_orig_params=True,
-                     auto_wrap_policy=lambda module, recurse, **kw: recurse or module is block)
+                     auto_wrap_policy=lambda module, recurse, **_: recurse
+                     or module is block)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
         ema = ShardedEMA(model, momentum=0.5)
         x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
@@ -204,3 +206,19 @@ def test_a_validation_with_the_average_swapped_in_leaves_fsdp_training_alone():
                  join=True)
     for rank in (0, 1):
         assert torch.equal(out[(True, rank)], out[(False, rank)]), rank
+
+
+def test_the_swap_works_before_fsdps_first_forward():
+    """FSDP sets its units up at the first forward; a swap before it (a resumed,
+    finished run sampling at its end) has nothing gathered to free."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from mmsora.utils.fsdp_memory import fake_process_group
+    with fake_process_group(2):
+        model = FSDP(torch.nn.Linear(3, 4), device_id=torch.device('cpu'),
+                     use_orig_params=True)
+        ema = ShardedEMA(model, momentum=0.5)
+        shards = [p.detach().clone() for p in model.parameters()]
+        ema.swap()
+        ema.swap()
+        assert all(torch.equal(a, p) for a, p in zip(shards, model.parameters()))

@@ -66,6 +66,17 @@ def test_a_sample_depends_on_its_seed_only(sampler, steps, cfg_scale):
     assert not torch.allclose(alone, other)
 
 
+def test_predict_with_sample_kwargs_is_sample():
+    """forward(mode='predict', sample_kwargs=...) is how an FSDP root samples
+    (ShardedSampler): exactly ``sample(**sample_kwargs)``."""
+    model = build().eval()
+    kw = dict(labels=[0, 2], seeds=[11, 12], sampler='ddim', num_steps=3, cfg_scale=2.0)
+    with torch.no_grad():
+        assert torch.equal(model(mode='predict', sample_kwargs=kw), model.sample(**kw))
+        with pytest.raises(ValueError, match='labels in sample_kwargs'):
+            model(labels=torch.tensor([0]), mode='predict', sample_kwargs=kw)
+
+
 @pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
 def test_half_precision_weights_sample_in_float32(cfg_scale):
     """DeepSpeed's bf16 turns the module's weights to bf16; the sampling hooks sample

@@ -117,9 +117,13 @@ class SampleVisualizationHook(Hook):
             samples, labels = self._draw(runner, model)
         return self._log(runner, samples, labels, step) if is_main_process() else None
 
+    def _sample_cfg(self, runner) -> dict:
+        """The config's ``sample_cfg`` with the hook's over it (``fps`` included)."""
+        return dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
+
     def _draw(self, runner, model):
         from mmsora.apis import sample_images
-        cfg = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
+        cfg = self._sample_cfg(runner)
         cfg.pop('fps', None)
         labels, prompts = self._conditions(model)
         was_training = model.training
@@ -135,7 +139,7 @@ class SampleVisualizationHook(Hook):
 
     def _log(self, runner, samples, labels, step: int):
         from mmsora.apis import save_videos
-        fps = dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg).get('fps', 8)
+        fps = self._sample_cfg(runner).get('fps', 8)
         runner.visualizer.add_image('samples', filmstrip(samples), step=step)
         if samples.dim() == 5:
             out = osp.join(runner.log_dir, 'samples', f'iter_{step}')

@@ -31,7 +31,9 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     """The strategy a run uses: the preset ``deepspeed`` / ``fsdp`` names, with the
     ``strategy.KEY=VALUE`` entries of ``options`` set on it, else the config's own
     ``strategy``, else None (the Runner's DDP). ``tools/train.py`` and
-    ``tools/estimate_memory.py`` choose with it, so they refuse the same things.
+    ``tools/estimate_memory.py`` choose with it, so they refuse the same presets and
+    options alike (what only training refuses, e.g. :func:`check_fsdp_precision`, is
+    checked in :func:`apply_strategy`).
 
     Args:
         cfg (Config): The config.
@@ -43,7 +45,7 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     Returns:
         dict | None: A copy, whose ``type`` is DeepSpeedStrategy or FSDPStrategy.
     """
-    if deepspeed and fsdp:
+    if deepspeed and fsdp not in (None, False):
         raise UserError('--deepspeed and --fsdp exclude each other')
     if deepspeed:
         strategy = load_strategy(deepspeed, options)
@@ -109,23 +111,23 @@ def check_fsdp_precision(strategy: dict, optim_wrapper: dict) -> None:
       ``--amp`` in float16 (``AmpOptimWrapper``, whose ``ShardedGradScaler`` scales the
       loss): DiT's small gradients underflow in float16 and the run learns slowly or
       not at all, without an error;
-    - bfloat16 on a GPU without it (before Ampere: V100, T4), where torch emulates it
-      slowly; ``--fsdp --amp`` trains in float16 with loss scaling there.
+    - bfloat16 gathered weights (``param_dtype``) on a GPU without bfloat16 (before
+      Ampere: V100, T4), where torch emulates it slowly; ``--fsdp --amp`` trains in
+      float16 with loss scaling there.
     """
     mixed = (strategy.get('model_wrapper') or {}).get('mixed_precision')
     if not isinstance(mixed, dict):  # none, or a MixedPrecision given built
         return
 
-    def dtype(key):
-        value = mixed.get(key)
+    def dtype(value):  # mmengine takes torch dtypes or their names
         return getattr(torch, value, value) if isinstance(value, str) else value
 
-    param, reduce = dtype('param_dtype'), dtype('reduce_dtype')
+    param, reduce = dtype(mixed.get('param_dtype')), dtype(mixed.get('reduce_dtype'))
     reduce = reduce if reduce is not None else param
     half = [k for k, v in (('param_dtype', param), ('reduce_dtype', reduce))
             if v is torch.float16]
     if half and not (optim_wrapper.get('type') == 'AmpOptimWrapper'
-                     and amp_dtype_of(optim_wrapper) == 'float16'):
+                     and dtype(amp_dtype_of(optim_wrapper)) is torch.float16):
         raise UserError(f"FSDP mixed_precision {' and '.join(half)} float16 without loss "
                         'scaling: the gradients underflow. Add --amp on a GPU without '
                         'bfloat16 (float16 with a ShardedGradScaler), or train in '
