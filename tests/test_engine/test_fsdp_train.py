@@ -273,10 +273,14 @@ def test_fsdp_with_a_seed_drawn_at_run_time_starts_from_that_seeds_weights(repo_
     tools/train.py has looked for one; the FSDP processes then build the model of rank
     0's drawn seed (seed_model_at_run_time), the start a one-process run with that
     seed has (before, the FlexibleRunner built from wherever the global stream
-    stood: not that start)."""
+    stood: not that start). With diff_rank_seed each process's seed is the drawn one
+    plus its rank; rank 0's build is the start, as mmengine broadcasts its weights
+    (the sampler's seed is fixed, as diff_rank_seed would give each process its own
+    order)."""
     one, two = tmp_path / 'one', tmp_path / 'two'
     options = ['--cfg-options', *TINY, 'model.train_noise_seed=0', 'train_cfg.max_iters=1',
-               'default_hooks.checkpoint.interval=1']
+               'default_hooks.checkpoint.interval=1', 'randomness.diff_rank_seed=True',
+               'train_dataloader.sampler.seed=0']
     result = fsdp(repo_root, two, *options, 'randomness.seed=None')
     seeds = set(re.findall(r'model\.init_seed=(\d+): the seed drawn at run time',
                            result.stdout + result.stderr))

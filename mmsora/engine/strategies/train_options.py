@@ -320,16 +320,14 @@ def check_accumulation(cfg) -> None:
 def seed_model_at_run_time(runner) -> None:
     """With ``randomness.seed=None`` mmengine draws the run's seed when the runner
     starts (rank 0's, broadcast; plus the rank with ``diff_rank_seed``). A
-    ``FlexibleRunner`` builds the model later, on every process: rank 0's drawn seed
-    becomes its ``init_seed``, so that every FSDP / DeepSpeed process builds the same
-    model, as ``tools/train.py`` arranges for a configured seed. A model already built,
-    or a config that sets ``model.init_seed`` (None included), is left alone."""
+    ``FlexibleRunner`` builds the model later, on every process: the drawn seed
+    becomes its ``init_seed``, as ``tools/train.py`` arranges for a configured seed.
+    Rank 0's build is the start: mmengine's strategies broadcast its weights after
+    ``init_weights``. A model already built, or a config that sets
+    ``model.init_seed`` (None included), is left alone."""
     model = runner.model
     if not isinstance(model, dict) or 'init_seed' in model:
         return
-    from mmengine.dist import broadcast_object_list
-    seed = [runner.seed]
-    broadcast_object_list(seed)  # rank 0's: the drawn seed itself
-    model['init_seed'] = seed[0]
-    runner.logger.info(f'model.init_seed={seed[0]}: the seed drawn at run time '
+    model['init_seed'] = runner.seed
+    runner.logger.info(f'model.init_seed={runner.seed}: the seed drawn at run time '
                        '(randomness.seed=None)')
