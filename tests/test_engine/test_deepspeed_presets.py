@@ -281,14 +281,17 @@ def test_resume_of_a_plain_file_with_deepspeed_fails_in_one_line(tmp_path):
         train.build_train_config(args)
 
 
-def test_zero3_refuses_sampling_hooks(tmp_path):
+def test_zero3_keeps_the_sampling_hooks(tmp_path):
+    """They sample through the engine's forward on every process (ShardedSampler;
+    test_deepspeed_train.py, tests/test_evaluation/test_cli.py); they were refused."""
     path = tmp_path / 'with_samples.py'
-    path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook'), "
-                    "dict(type='SampleVisualizationHook')]\n")
-    args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--deepspeed',
-                             'deepspeed_zero3'])
-    with pytest.raises(UserError, match='under ZeRO-3 each process holds a shard'):
-        train.build_train_config(args)
+    for hook in ('SampleEvaluationHook', 'SampleVisualizationHook'):
+        path.write_text(f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook'), "
+                        f"dict(type='{hook}')]\n")
+        args = train.parse_args([str(path), '--work-dir', str(tmp_path), '--deepspeed',
+                                 'deepspeed_zero3'])
+        hooks = train.build_train_config(args).custom_hooks
+        assert [h['type'] for h in hooks][:2] == ['ShardedEMAHook', hook]
 
 
 def test_zero2_ema_refuses_node_local_checkpoints(tmp_path):

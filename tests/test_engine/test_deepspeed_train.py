@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -278,6 +279,48 @@ def test_zero2_bf16_two_processes_sample_the_partitioned_ema_and_resume_exactly(
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
+
+
+def hooked(tmp_path, *hooks):
+    """The demo with an EMA, RNGStateHook and ``hooks``."""
+    config = tmp_path / f'hooked_{len(hooks)}.py'
+    config.write_text(
+        f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', momentum=0.01, "
+        "update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
+        + ''.join(hooks) + "]\n")
+    return config
+
+
+def test_zero3_samples_the_partitioned_ema_like_one_process(tmp_path):
+    """SampleVisualizationHook under ZeRO-3 (it was refused): every process samples
+    through the engine's forward (ShardedSampler), which gathers each module's
+    partitions as it runs, with the EMA swapped into the partitions; rank 0 logs. The
+    pictures are those one ZeRO-2 process draws from its gathered EMA (to 1/255: the
+    weights agree to 1e-5), and training goes on bit for bit as without the hook."""
+    same = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0']
+    sampling = hooked(tmp_path, "dict(type='SampleVisualizationHook', interval=2, "
+                      "num_samples=4, sample_cfg=dict(num_steps=5))")
+    one, two, plain = tmp_path / 'one', tmp_path / 'two', tmp_path / 'plain'
+    train(one, options=same, config=sampling)
+    # Every parameter partitioned and gathered as its module runs: DeepSpeed keeps
+    # those under 1e5 elements whole by default, which is all of this tiny model's.
+    zero3 = [*same, 'strategy.config.zero_optimization.stage3_param_persistence_threshold=0']
+    train(two, preset='deepspeed_zero3', processes=2, options=zero3, config=sampling)
+    train(plain, preset='deepspeed_zero3', processes=2, options=zero3,
+          config=hooked(tmp_path))
+    from PIL import Image
+    for step in (2, 3):  # every 2nd iteration and at the end
+        found = [list(work.glob(f'*/vis_data/vis_image/samples_{step}.png'))
+                 for work in (one, two)]
+        assert [len(f) for f in found] == [1, 1], found  # rank 0 logs
+        a, b = (np.asarray(Image.open(f[0]), dtype=np.int16) for f in found)
+        assert a.shape == b.shape and a.std() > 10, (a.shape, a.std())
+        assert np.abs(a - b).max() <= 1, np.abs(a - b).max()
+    with_hook, without = converted(two), converted(plain)
+    for key in ('state_dict', 'ema_state_dict'):
+        assert with_hook[key].keys() == without[key].keys()
+        for name, value in without[key].items():
+            assert torch.equal(with_hook[key][name], value), (key, name)
 
 
 def test_zero1_folder_gives_the_frozen_weights_too(tmp_path):

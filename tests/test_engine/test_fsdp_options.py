@@ -100,7 +100,7 @@ def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():
 
 def test_sampling_hooks_stay_under_fsdp(tmp_path):
     """Both sampling hooks sample on every process under --fsdp (ShardedSampler;
-    test_fsdp_train.py, tests/test_evaluation/test_cli.py); ZeRO-3 refuses them
+    test_fsdp_train.py, tests/test_evaluation/test_cli.py), as under ZeRO-3
     (test_deepspeed_presets.py)."""
     path = tmp_path / 'with_samples.py'
     for hook in ('SampleEvaluationHook', 'SampleVisualizationHook'):

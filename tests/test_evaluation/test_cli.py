@@ -156,15 +156,16 @@ def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path):
     assert train_losses(config, tmp_path / 'plain')[0] == losses and len(losses) == 3
 
 
-def test_evaluation_hook_under_fsdp_scores_like_one_process(tiny_run, tmp_path):
-    """SampleEvaluationHook under --fsdp: each process samples its share of the
-    batches through the FSDP root's forward (3 batches of 2 over 2 processes: rank 1
-    draws one batch again and drops it, as the sharded forwards need both), and the
-    logged FID is a one-process run's (the weights agree to 1e-5)."""
-    from tests.launch import free_port, run_tool
+def test_evaluation_hook_sharded_scores_like_one_process(tiny_run, tmp_path):
+    """SampleEvaluationHook under --fsdp and under ZeRO-3: each process samples its
+    share of the batches through the sharded model's forward (3 batches of 2 over 2
+    processes: rank 1 draws one batch again and drops it, as the sharded forwards
+    need both), and the logged FID is a one-process run's from the same start (the
+    weights agree to 1e-5)."""
+    from tests.launch import RUN, free_port, run_tool
     repo_root, root, config, ckpt = tiny_run
     hooked = hooked_config(tmp_path, config, num_samples=6, batch_size=2)
-    options = ['--load-from', ckpt, '--cfg-options', 'train_cfg.max_iters=2',
+    options = ['--cfg-options', 'randomness.seed=0', 'train_cfg.max_iters=2',
                'default_hooks.logger.interval=1', 'global_batch_size=4',
                'model.train_noise_seed=0']
 
@@ -173,13 +174,23 @@ def test_evaluation_hook_under_fsdp_scores_like_one_process(tiny_run, tmp_path):
                    if f == 'scalars.json' for line in open(osp.join(dp, f))]
         return [s['eval/FID'] for s in scalars if 'eval/FID' in s]
 
-    for args, env in (([sys.executable, 'tools/train.py', str(hooked), '--work-dir',
-                        str(tmp_path / 'one'), *options], {}),
-                      (['bash', 'tools/dist_train.sh', str(hooked), '2', '--fsdp',
-                        '--work-dir', str(tmp_path / 'two'), *options],
-                       dict(PORT=str(free_port())))):
-        result = run_tool(args, repo_root, PYTHONPATH=repo_root, **env)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                '--master_port', str(free_port()), '--no-python', sys.executable, '-c',
+                RUN]  # DeepSpeed's op build skipped
+    runs = {'one': ([sys.executable, 'tools/train.py', str(hooked)], {}),
+            'fsdp': (['bash', 'tools/dist_train.sh', str(hooked), '2', '--fsdp'],
+                     dict(PORT=str(free_port()))),
+            'zero3': ([*torchrun, 'tools/train.py', str(hooked), '--deepspeed',
+                       'deepspeed_zero3', '--launcher', 'pytorch'], {})}
+    # ZeRO-3 keeps parameters under 1e5 elements whole by default (all of these)
+    partitioned = ['strategy.config.zero_optimization.stage3_param_persistence_threshold=0']
+    for name, (args, env) in runs.items():
+        result = run_tool([*args, '--work-dir', str(tmp_path / name), *options,
+                           *(partitioned if name == 'zero3' else [])],
+                          repo_root, PYTHONPATH=repo_root, **env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    one, two = fids(tmp_path / 'one'), fids(tmp_path / 'two')
-    assert len(one) == len(two) == 1 and one[0] > 0, (one, two)
-    assert two[0] == pytest.approx(one[0], rel=1e-3), (one, two)
+    one = fids(tmp_path / 'one')
+    assert len(one) == 1 and one[0] > 0, one
+    for name in ('fsdp', 'zero3'):
+        two = fids(tmp_path / name)
+        assert len(two) == 1 and two[0] == pytest.approx(one[0], rel=1e-3), (name, one, two)

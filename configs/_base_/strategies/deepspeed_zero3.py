@@ -1,6 +1,6 @@
 # DeepSpeed ZeRO-3: parameters, gradients and optimizer states sharded
-# (xtuner's deepspeed_zero3); checkpoints gather the 16-bit weights on save. Not with
-# EMAHook: each rank holds only its shard of the weights the EMA would average.
+# (xtuner's deepspeed_zero3); checkpoints gather the 16-bit weights on save. An
+# EMAHook becomes ShardedEMAHook: each process averages its own partitions.
 _base_ = ['./deepspeed_zero1.py']
 
 strategy = dict(config=dict(zero_optimization=dict(

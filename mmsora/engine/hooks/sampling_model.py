@@ -8,12 +8,20 @@ __all__ = ['sampling_model', 'ShardedSampler']
 
 
 class ShardedSampler:
-    """An FSDP-wrapped model seen as the model it wraps, except that ``sample``
-    goes through the FSDP root's forward (``mode='predict'`` with the sampling
-    arguments): the root gathers its own weights (embeddings, final layer, VAE) for
-    the whole call and every block unit its own as it runs, with the strategy's
-    mixed precision, as in a training step. The all-gathers are collective: every
-    process calls ``sample`` as often as the others (with the same inputs or not)."""
+    """A sharded model seen as the model it wraps, except that ``sample`` goes through
+    the sharding wrapper's forward (``mode='predict'`` with the sampling arguments),
+    which gathers the weights as in a training step:
+
+    - FSDP: the root unit gathers its own weights (embeddings, final layer, VAE) for
+      the whole call and every block unit its own as it runs, with the strategy's
+      mixed precision;
+    - DeepSpeed ZeRO-3: the engine's forward gathers each submodule's parameters
+      around its forward, and those a module reads outside its own (DiT's
+      ``pos_embed`` in ``forward_with_cfg``, which calls ``self.forward``) when read
+      (DeepSpeed's external parameters, found only inside the engine's forward).
+
+    The all-gathers are collective: every process calls ``sample`` as often as the
+    others (with the same inputs or not)."""
 
     sample_is_collective = True  # mass_sample: every process joins every batch
 
@@ -42,20 +50,23 @@ class ShardedSampler:
 @contextmanager
 def sampling_model(runner, use_ema: bool = True):
     """EMAHook's averaged model when it runs and ``use_ema``, else the trained model,
-    unwrapped from the DDP / DeepSpeed wrapper; under FSDP a :class:`ShardedSampler`.
+    unwrapped from the DDP / DeepSpeed wrapper; under FSDP and ZeRO-3, where no
+    process holds the whole model, a :class:`ShardedSampler`.
 
     Every process enters it: an average that is not a copy of the module
     (``ShardedEMAHook``'s; under DeepSpeed ZeRO-1/2 partitioned over the processes,
     :class:`~mmsora.engine.zero_partition_ema.ZeroPartitionEMA`) is put into the
     module on entering (under DeepSpeed an all-gather; under FSDP into each process's
-    shards) and the trained weights back, exactly, on leaving. (ZeRO-3 refuses the
-    sampling hooks: no process holds the whole model there.)
+    shards, under ZeRO-3 into each process's partitions) and the trained weights
+    back, exactly, on leaving.
     """
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     root = runner.model
     model = root.module if is_model_wrapper(root) else root
     if isinstance(root, FSDP):
         model = ShardedSampler(root, model)
+    elif _is_zero3_engine(getattr(root, 'model', None)):  # mmengine's engine wrapper
+        model = ShardedSampler(root.model, model)
     ema = None
     if use_ema:
         for hook in runner.hooks:
@@ -72,3 +83,9 @@ def sampling_model(runner, use_ema: bool = True):
             yield model
         finally:
             ema.swap()
+
+
+def _is_zero3_engine(engine) -> bool:
+    """Whether ``engine`` is a DeepSpeed engine that partitions the weights (ZeRO-3)."""
+    check = getattr(engine, 'zero_optimization_partition_weights', None)
+    return callable(check) and bool(check())

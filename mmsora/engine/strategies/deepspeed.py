@@ -231,21 +231,6 @@ def _config_of(hook, why: str) -> dict:
     return hook
 
 
-def _refuse_sampling_hooks(hooks: list, where: str) -> None:
-    """ZeRO-3: the sampling hooks run the whole model on rank 0 alone (or a share of
-    the samples on each process, outside any one forward of DeepSpeed's module), which
-    no process holds. (FSDP samples through the root's forward on every process:
-    :class:`~mmsora.engine.hooks.sampling_model.ShardedSampler`.)"""
-    samplers = [hook_class(h).__name__ for h in hooks
-                if _is(h, 'SampleVisualizationHook', 'SampleEvaluationHook')]
-    if samplers:
-        raise UserError(f'{", ".join(samplers)} sample(s) from the whole model; under '
-                        f'{where} each process holds a shard of it. Drop them from '
-                        'custom_hooks and sample the checkpoints with tools/infer.py / '
-                        'tools/test.py, or train with --fsdp, DDP or --deepspeed '
-                        'deepspeed_zero2')
-
-
 def _use_sharded_ema(hooks: list, why: str, others: bool = False) -> None:
     """Switch the config's EMAHook to ShardedEMAHook (same arguments). Another
     average (``ema_type``) is refused, or with ``others`` left to mmengine."""
@@ -301,7 +286,6 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
         # the module: average the partitions (mmsora/engine/sharded_ema.py).
         stage = strategy['config'].get('zero_optimization', {}).get('stage', 0)
         if stage == 3:
-            _refuse_sampling_hooks(hooks, 'ZeRO-3')
             _use_sharded_ema(hooks, '--deepspeed with ZeRO-3')
         elif stage in (1, 2):
             _use_sharded_ema(hooks, f'--deepspeed with ZeRO-{stage}', others=True)
