@@ -94,7 +94,7 @@ def test_amp_on_cpu_trains_in_bf16(repo_root, tmp_path):
     runner = Runner.from_cfg(cfg)
     seen = []
     runner.model.denoiser.blocks[0].attn.qkv.register_forward_hook(
-        lambda m, i, o: seen.append(o.dtype))
+        lambda m, i, o: seen.extend(t.dtype for t in o))  # q, k, v
     runner.train()
     assert seen and all(d == torch.bfloat16 for d in seen)
     # fp32 master weights

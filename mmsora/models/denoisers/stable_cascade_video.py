@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
-from ..layers import split_heads
+from ..layers import PackedLinear, split_heads
 from ..layers.attention_backends import attention
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
@@ -85,7 +85,7 @@ class TemporalAttention(nn.Module):
             raise ValueError(f'channels {channels} not divisible by {num_heads} heads')
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(channels, eps=1e-6)
-        self.qkv = nn.Linear(channels, 3 * channels)
+        self.qkv = PackedLinear(channels, 3 * channels, parts=3)
         self.proj = nn.Linear(channels, channels)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -95,7 +95,7 @@ class TemporalAttention(nn.Module):
         """x: (B, T, C) with B = N * H * W sequences of T frames -> (B, T, C)."""
         b, t, c = x.shape
         h = self.norm(x) + frame_position_embedding(t, c, x.device).to(x.dtype)
-        q, k, v = split_heads(self.qkv(h), 3, self.num_heads)   # 3 x (B, heads, T, d)
+        q, k, v = split_heads(self.qkv(h), self.num_heads)   # 3 x (B, heads, T, d)
         out = attention(q, k, v, backend=self.attn_backend)      # (B, heads, T, d)
         return x + self.proj(out.transpose(1, 2).reshape(b, t, c))
 

@@ -7,25 +7,53 @@ depending on timm.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attention_backends import attention
 
 
-def split_heads(packed: torch.Tensor, num: int, num_heads: int) -> tuple:
-    """Packed projections (N, T, num * D) -> ``num`` views (N, H, T, Dh) for SDPA.
+class PackedLinear(nn.Linear):
+    """``nn.Linear`` whose output features are ``parts`` projections side by side
+    (``qkv``: the queries', keys' and values'), returned as ``parts`` tensors, each
+    the product with its slice of the weight.
 
-    The packed axis is unbound before the heads move forward (not permuted to the
-    front): the backward pass then stacks the gradients straight into the (N, T, num,
-    H, Dh) layout the projection's backward reads, one full copy fewer per call
-    (DiT-S/2, batch 32, CPU: ~13 ms of ~320 ms per attention forward + backward).
+    The weight, bias, their names and initialisation are ``nn.Linear``'s over all
+    the features, so packed checkpoints (DiT's, timm's, Open-Sora's) load as they are.
+    Computing the parts apart gives the same values as one packed product and slicing
+    (to rounding), with no packed output in the forward nor packed gradient in the
+    backward. That is what matters on the CPU: there the packed tensors of DiT-S/2 at
+    batch 32 (36 MiB) are above glibc's largest mmap threshold (32 MiB), so each was
+    fresh pages every step (2.4x diffusers' page faults; docs/benchmarks.md).
     """
-    N, T, _ = packed.shape
-    parts = packed.reshape(N, T, num, num_heads, -1).unbind(2)  # num x (N, T, H, Dh)
-    return tuple(part.transpose(1, 2) for part in parts)
+
+    def __init__(self, in_features: int, out_features: int, parts: int,
+                 bias: bool = True, **kwargs):
+        if out_features % parts:
+            raise ValueError(f'out_features {out_features} not divisible by {parts} parts')
+        super().__init__(in_features, out_features, bias=bias, **kwargs)
+        self.parts = parts
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        """x: (..., in_features) -> ``parts`` x (..., out_features / parts)."""
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast once: the products share (and
+            x = x.to(torch.get_autocast_dtype(device))  # save) one low-precision x
+        biases = (self.bias.chunk(self.parts) if self.bias is not None
+                  else (None,) * self.parts)
+        return tuple(F.linear(x, w, b) for w, b in zip(self.weight.chunk(self.parts), biases))
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, parts={self.parts}'
+
+
+def split_heads(parts, num_heads: int) -> tuple:
+    """Projections (N, T, D) -> views (N, H, T, Dh) for SDPA, one per part."""
+    return tuple(p.unflatten(-1, (num_heads, -1)).transpose(1, 2) for p in parts)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection."""
+    """Multi-head self-attention; the q, k, v projections packed in one weight
+    (``qkv``, as DiT's and timm's) and computed apart (:class:`PackedLinear`)."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -33,7 +61,7 @@ class Attention(nn.Module):
         assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = PackedLinear(dim, dim * 3, parts=3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -42,7 +70,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, T, D) -> (N, T, D)."""
         N, T, D = x.shape
-        q, k, v = split_heads(self.qkv(x), 3, self.num_heads)  # 3 x (N, H, T, Dh)
+        q, k, v = split_heads(self.qkv(x), self.num_heads)  # 3 x (N, H, T, Dh)
         # A fused kernel (SDPA's flash / memory-efficient / CPU flash, or flash-attn /
         # xformers) never materialises the (T, T) attention matrix.
         x = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,

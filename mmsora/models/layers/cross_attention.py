@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from .attention import split_heads
+from .attention import PackedLinear, split_heads
 from .attention_backends import attention
 
 
@@ -23,7 +23,7 @@ class MultiHeadCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_linear = nn.Linear(dim, dim)
-        self.kv_linear = nn.Linear(dim, dim * 2)
+        self.kv_linear = PackedLinear(dim, dim * 2, parts=2)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -45,7 +45,7 @@ class MultiHeadCrossAttention(nn.Module):
         """
         N, M, D = x.shape
         q = self.q_linear(x).reshape(N, M, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = split_heads(self.kv_linear(cond), 2, self.num_heads)  # 2 x (N, H, L, Dh)
+        k, v = split_heads(self.kv_linear(cond), self.num_heads)  # 2 x (N, H, L, Dh)
         attn_mask = None
         if mask is not None:
             mask = mask.to(torch.bool)
