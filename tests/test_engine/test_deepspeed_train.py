@@ -246,18 +246,24 @@ def test_zero3_two_processes_keep_the_ema_and_resume_exactly(tmp_path):
                 assert torch.equal(x['torch'], y['torch'])
 
 
+def hooked(tmp_path, *hooks):
+    """The demo with an EMA, RNGStateHook and ``hooks``."""
+    config = tmp_path / f'hooked_{len(hooks)}.py'
+    config.write_text(
+        f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', momentum=0.01, "
+        "update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
+        + ''.join(f'{hook}, ' for hook in hooks) + "]\n")
+    return config
+
+
 def test_zero2_bf16_two_processes_sample_the_partitioned_ema_and_resume_exactly(tmp_path):
     """ZeRO-2 in bf16 on two processes: each holds half of the float32 EMA
     (ZeroPartitionEMA); SampleVisualizationHook gathers it into the module on every
     process and samples on rank 0 (a collective: it hung or failed before if a rank
     skipped it); a run resumed from step 2 ends bit for bit as the uninterrupted one,
     EMA included, and the EMA stays float32 after sampling."""
-    config = tmp_path / 'with_samples.py'
-    config.write_text(
-        f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', momentum=0.01, "
-        "update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
-        "dict(type='SampleVisualizationHook', interval=2, num_samples=2, labels=[1], "
-        "sample_cfg=dict(num_steps=2))]\n")
+    config = hooked(tmp_path, "dict(type='SampleVisualizationHook', interval=2, "
+                    "num_samples=2, labels=[1], sample_cfg=dict(num_steps=2))")
     full, resumed = tmp_path / 'full', tmp_path / 'resumed'
     client = train(full, '--amp', processes=2, options=TINY_DEMO_OPTIONS, config=config)
     assert {v.dtype for v in client['module'].values() if v.is_floating_point()} == {
@@ -279,16 +285,6 @@ def test_zero2_bf16_two_processes_sample_the_partitioned_ema_and_resume_exactly(
         assert a[key].keys() == b[key].keys()
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
-
-
-def hooked(tmp_path, *hooks):
-    """The demo with an EMA, RNGStateHook and ``hooks``."""
-    config = tmp_path / f'hooked_{len(hooks)}.py'
-    config.write_text(
-        f"_base_ = ['{DEMO}']\ncustom_hooks = [dict(type='EMAHook', momentum=0.01, "
-        "update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
-        + ''.join(hooks) + "]\n")
-    return config
 
 
 def test_zero3_samples_the_partitioned_ema_like_one_process(tmp_path):
