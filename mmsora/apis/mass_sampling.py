@@ -12,6 +12,7 @@ Outputs: the ADM evaluator's ``.npz`` (``arr_0``: uint8 NHWC pictures or (N, T, 
 models, or ``prompts`` for text models), assembled from per-batch shards (a rerun after a crash keeps the finished
 batches), one PNG / mp4 per sample, and mmengine metrics fed batch by batch.
 """
+import atexit
 import glob
 import json
 import os
@@ -34,15 +35,22 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
 
     ``launcher='none'`` is one process. On GPUs the group is nccl and rank r uses
     ``cuda:LOCAL_RANK``; on CPU-only machines it is gloo (see mmsora.engine.compat).
+    The group this call creates is destroyed when the interpreter exits (without
+    waiting for the other processes), unless the script did it before, as
+    tools/test.py and tools/infer.py do (``close_process_group``): left to the
+    interpreter's shutdown, a gloo process can abort ("terminate called without an
+    active exception"), and torchrun then reports the whole run failed.
 
     Returns:
         str: The device to sample on (``device`` when given).
     """
-    if launcher != 'none':
+    if launcher != 'none' and not torch.distributed.is_initialized():
         from mmsora.engine.compat import COLLECTIVE_TIMEOUT_S, init_cpu_distributed
+        from mmsora.utils.dist import abandon_process_group
         if not init_cpu_distributed(launcher):
             from mmengine.dist import init_dist
             init_dist(launcher, backend='nccl', timeout=COLLECTIVE_TIMEOUT_S)
+        atexit.register(abandon_process_group)
     if device is None:
         device = (f'cuda:{os.environ.get("LOCAL_RANK", "0")}' if torch.cuda.is_available()
                   else 'cpu')

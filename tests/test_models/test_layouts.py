@@ -38,6 +38,9 @@ def test_packed_linear_computes_the_packed_product():
     # nn.Linear's packed parameters: DiT's checkpoints and initialisation apply
     assert isinstance(attn.qkv, nn.Linear) and attn.qkv.weight.shape == (96, 32)
     assert list(attn.state_dict()) == ['qkv.weight', 'qkv.bias', 'proj.weight', 'proj.bias']
+    # FLOP counting runs on 'meta', a device autocast does not know
+    parts = attn.to('meta').qkv(torch.empty(2, 10, 32, device='meta'))
+    assert [p.shape for p in parts] == [(2, 10, 32)] * 3
 
 
 class Numels(TorchDispatchMode):

@@ -36,8 +36,10 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> tuple:
         """x: (..., in_features) -> ``parts`` x (..., out_features / parts)."""
         device = x.device.type
-        if torch.is_autocast_enabled(device):  # cast once: the products share (and
-            x = x.to(torch.get_autocast_dtype(device))  # save) one low-precision x
+        # Cast once under autocast: the products share (and save) one low-precision x.
+        # Autocast knows no 'meta' device (FLOP counting runs there): ask first.
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            x = x.to(torch.get_autocast_dtype(device))
         biases = (self.bias.chunk(self.parts) if self.bias is not None
                   else (None,) * self.parts)
         return tuple(F.linear(x, w, b) for w, b in zip(self.weight.chunk(self.parts), biases))
