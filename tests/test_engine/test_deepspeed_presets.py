@@ -124,6 +124,28 @@ def test_a_config_inheriting_a_preset_trains_with_it(tmp_path):
     assert 'runner_type' not in plain and 'strategy' not in plain
 
 
+def test_a_preset_on_the_command_line_replaces_the_configs_own_with_a_warning(
+        tmp_path, monkeypatch):
+    import mmsora.engine.strategies.train_options as options
+    warned = []
+    monkeypatch.setattr(options, 'print_log', lambda msg, **kw: warned.append(msg))
+    path = tmp_path / 'dit_zero2.py'
+    path.write_text(f"_base_ = ['{DEMO}', '{ROOT}/configs/_base_/strategies/"
+                    "deepspeed_zero2.py']\n")
+    for argv, flag, kind in ((['--fsdp'], '--fsdp fsdp', 'FSDPStrategy'),
+                             (['--deepspeed', 'deepspeed_zero3'],
+                              '--deepspeed deepspeed_zero3', 'DeepSpeedStrategy'),
+                             ([], None, 'DeepSpeedStrategy')):
+        cfg = train.build_train_config(train.parse_args(
+            [str(path), '--work-dir', str(tmp_path), '--launcher', 'pytorch', *argv]))
+        assert cfg.strategy.type == kind
+        if argv:
+            assert warned.pop().startswith(f"{flag} replaces the config's own strategy "
+                                           '(DeepSpeedStrategy): none of its fields')
+        assert not warned
+    assert cfg.strategy.config.zero_optimization.stage == 2
+
+
 def test_strategy_options_apply_to_the_preset(tmp_path):
     """--cfg-options strategy.KEY=VALUE set the preset that --deepspeed / --fsdp
     load (they replaced it before), the rest of the preset kept."""

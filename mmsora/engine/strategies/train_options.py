@@ -1,9 +1,11 @@
 """What ``tools/train.py``'s ``--amp``, ``--deepspeed``, ``--fsdp`` and ``--compile`` do
 to a config (kept here so that they are tested without starting a run)."""
 import importlib.util
+import logging
 import os
 
 import torch
+from mmengine.logging import print_log
 
 from mmsora.utils.cli import UserError
 from mmsora.utils.dist import free_port
@@ -62,6 +64,12 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
         strategy = cfg.strategy.to_dict()
     else:
         return None
+    if cfg.get('strategy') and (deepspeed or fsdp not in (None, False)):
+        flag = f'--deepspeed {deepspeed}' if deepspeed else f'--fsdp {fsdp}'
+        print_log(f'{flag} replaces the config\'s own strategy '
+                  f'({cfg.strategy.get("type")}): none of its fields are kept; '
+                  '--cfg-options strategy.KEY=VALUE sets them on the preset',
+                  logger='current', level=logging.WARNING)
     kind = strategy.get('type')
     if kind not in ('DeepSpeedStrategy', 'FSDPStrategy'):
         raise UserError(f'strategy type must be DeepSpeedStrategy or FSDPStrategy, '
