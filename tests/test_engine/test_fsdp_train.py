@@ -183,7 +183,8 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
     """SampleVisualizationHook under --fsdp: every process samples through the FSDP
     root's forward (ShardedSampler) with the sharded EMA swapped in, rank 0 logs. The
     pictures are those a one-process run draws from the same EMA (to 1/255: the
-    weights agree to 1e-5), and training goes on as without the hook."""
+    weights agree to 1e-5), and training goes on as without the hook; with
+    use_ema=False too."""
     config = tmp_path / 'with_samples.py'
     config.write_text(
         f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
@@ -200,11 +201,8 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
         repo_root)
     result = fsdp(repo_root, two, *options, config=config)
     assert result.stdout.count('Iter(sample) [2] 4 samples') == 1  # rank 0 logs
-    from PIL import Image
     for step in (2, 3):  # every 2nd iteration and at the end
-        a, b = (np.asarray(Image.open(glob.glob(str(
-            work / '*' / 'vis_data' / 'vis_image' / f'samples_{step}.png'))[0]),
-            dtype=np.int16) for work in (one, two))
+        a, b = pictures(one, step), pictures(two, step)
         assert a.shape == b.shape and a.std() > 10, (a.shape, a.std())
         assert np.abs(a - b).max() <= 1, np.abs(a - b).max()
     # The hook leaves the training as it was: FSDP keeps the root's gathered weights
@@ -225,6 +223,31 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
                 assert torch.equal(with_hook[key][name], value), (preset, key, name)
     assert glob.glob(str(tmp_path / 'bf16' / '*' / 'vis_data' / 'vis_image' /
                          'samples_2.png'))
+
+    # use_ema=False: the trained weights, gathered by the root's forward (no swap,
+    # nothing freed after): one process's pictures, and the training unchanged.
+    raw = tmp_path / 'raw.py'
+    raw.write_text(config.read_text().replace('num_samples=4,', 'num_samples=4, '
+                                              'use_ema=False,'))
+    run([sys.executable, 'tools/train.py', str(raw), '--work-dir', str(tmp_path / 'one_raw'),
+         *options], repo_root)
+    fsdp(repo_root, tmp_path / 'two_raw', *options, config=raw)
+    assert logged(tmp_path / 'two_raw') == logged(tmp_path / 'plain_fsdp')
+    for step in (2, 3):
+        a, b = pictures(tmp_path / 'one_raw', step), pictures(tmp_path / 'two_raw', step)
+        assert np.abs(a - b).max() <= 1, np.abs(a - b).max()
+        assert np.abs(a - pictures(one, step)).max() > 10  # not the EMA's pictures
+    with_hook, without = (load(tmp_path / w / 'iter_3.pth') for w in ('two_raw', 'plain_fsdp'))
+    for key in ('state_dict', 'ema_state_dict'):
+        for name, value in without[key].items():
+            assert torch.equal(with_hook[key][name], value), (key, name)
+
+
+def pictures(work, step):
+    """The SampleVisualizationHook's picture of ``step`` in ``work``, as int16."""
+    from PIL import Image
+    path, = glob.glob(str(work / '*' / 'vis_data' / 'vis_image' / f'samples_{step}.png'))
+    return np.asarray(Image.open(path), dtype=np.int16)
 
 
 def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
