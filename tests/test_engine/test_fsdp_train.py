@@ -72,6 +72,14 @@ def load(path):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
+def assert_same_weights(a, b):
+    """Two checkpoints hold the same weights and EMA weights, bit for bit."""
+    for key in ('state_dict', 'ema_state_dict'):
+        assert a[key].keys() == b[key].keys(), key
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+
+
 def test_two_fsdp_processes_train_like_one_and_infer_loads(repo_root, tmp_path,
                                                            start_weights):
     one, two = tmp_path / 'one', tmp_path / 'two'
@@ -171,10 +179,7 @@ def test_fsdp_bf16_computes_in_bf16_from_fp32_shards(repo_root, tmp_path, start_
     shutil.copy(bf16 / 'iter_2.pth', resumed / 'iter_2.pth')
     fsdp(repo_root, resumed, '--resume', str(resumed / 'iter_2.pth'), '--cfg-options',
          *TINY, 'model.train_noise_seed=0', preset='fsdp_bf16')
-    c = load(resumed / 'iter_3.pth')
-    for key in ('state_dict', 'ema_state_dict'):
-        for name, value in b[key].items():
-            assert torch.equal(value, c[key][name]), (key, name)
+    assert_same_weights(b, load(resumed / 'iter_3.pth'))
     assert logged(resumed)[3] == log16[3]
 
 
@@ -217,10 +222,7 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
         plain = tmp_path / f'plain_{preset}'
         fsdp(repo_root, plain, *options, *extra, preset=preset)
         assert logged(hooked) == logged(plain), preset
-        with_hook, without = load(hooked / 'iter_3.pth'), load(plain / 'iter_3.pth')
-        for key in ('state_dict', 'ema_state_dict'):
-            for name, value in without[key].items():
-                assert torch.equal(with_hook[key][name], value), (preset, key, name)
+        assert_same_weights(load(plain / 'iter_3.pth'), load(hooked / 'iter_3.pth'))
     assert glob.glob(str(tmp_path / 'bf16' / '*' / 'vis_data' / 'vis_image' /
                          'samples_2.png'))
 
@@ -237,10 +239,8 @@ def test_fsdp_samples_the_sharded_ema_like_one_process(repo_root, tmp_path,
         a, b = pictures(tmp_path / 'one_raw', step), pictures(tmp_path / 'two_raw', step)
         assert np.abs(a - b).max() <= 1, np.abs(a - b).max()
         assert np.abs(a - pictures(one, step)).max() > 10  # not the EMA's pictures
-    with_hook, without = (load(tmp_path / w / 'iter_3.pth') for w in ('two_raw', 'plain_fsdp'))
-    for key in ('state_dict', 'ema_state_dict'):
-        for name, value in without[key].items():
-            assert torch.equal(with_hook[key][name], value), (key, name)
+    assert_same_weights(load(tmp_path / 'plain_fsdp' / 'iter_3.pth'),
+                        load(tmp_path / 'two_raw' / 'iter_3.pth'))
 
 
 def pictures(work, step):
@@ -261,10 +261,7 @@ def test_fsdp_resume_continues_exactly(repo_root, tmp_path, start_weights):
     shutil.copy(full / 'iter_2.pth', resumed / 'iter_2.pth')
     fsdp(repo_root, resumed, '--resume', str(resumed / 'iter_2.pth'), *options)
     a, b = load(full / 'iter_3.pth'), load(resumed / 'iter_3.pth')
-    for key in ('state_dict', 'ema_state_dict'):
-        assert a[key].keys() == b[key].keys()
-        for name, value in a[key].items():
-            assert torch.equal(value, b[key][name]), (key, name)
+    assert_same_weights(a, b)
     assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
     for name, state in a['optimizer']['state'].items():
         for k, v in state.items():

@@ -50,22 +50,23 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     if deepspeed and fsdp not in (None, False):
         raise UserError('--deepspeed and --fsdp exclude each other')
     if deepspeed:
+        flag = f'--deepspeed {deepspeed}'
         strategy = load_strategy(deepspeed, options)
         if strategy.get('type') != 'DeepSpeedStrategy':
-            raise UserError(f'--deepspeed {deepspeed}: not a DeepSpeedStrategy preset'
+            raise UserError(f'{flag}: not a DeepSpeedStrategy preset'
                             + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
                                else ''))
     elif fsdp not in (None, False):
         fsdp = 'fsdp' if fsdp is True else fsdp
+        flag = f'--fsdp {fsdp}'
         strategy = load_strategy(fsdp, options)
         if strategy.get('type') != 'FSDPStrategy':
-            raise UserError(f'--fsdp {fsdp}: not an FSDPStrategy preset')
+            raise UserError(f'{flag}: not an FSDPStrategy preset')
     elif cfg.get('strategy'):
-        strategy = cfg.strategy.to_dict()
+        flag, strategy = None, cfg.strategy.to_dict()
     else:
         return None
-    if cfg.get('strategy') and (deepspeed or fsdp not in (None, False)):
-        flag = f'--deepspeed {deepspeed}' if deepspeed else f'--fsdp {fsdp}'
+    if flag and cfg.get('strategy'):
         print_log(f'{flag} replaces the config\'s own strategy '
                   f'({cfg.strategy.get("type")}): none of its fields are kept; '
                   '--cfg-options strategy.KEY=VALUE sets them on the preset',
