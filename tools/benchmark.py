@@ -61,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument('--no-tf32', action='store_true',
                         help='keep float32 matmuls in full fp32 on Ampere and newer '
                         '(TF32 is on by default, as in tools/train.py)')
+    parser.add_argument('--default-malloc', action='store_true',
+                        help="--device cpu: leave glibc's malloc as it is for every model "
+                        '(default: it keeps freed memory for the next step, as '
+                        'tools/train.py sets it without a GPU)')
     parser.add_argument('--baseline', choices=['diffusers'],
                         help="also time diffusers' DiTTransformer2DModel at the same size, "
                         'in the same step')
@@ -384,10 +388,14 @@ def check_args(args) -> None:
 
 
 def _setup(args) -> None:
-    """Threads, seed, TF32 as tools/train.py sets them, and the memory budget."""
+    """Threads, seed, TF32 and the CPU's malloc as tools/train.py sets them, and the
+    memory budget: the same for every model timed."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.device == 'cpu' and not args.default_malloc:
+        from mmsora.engine.strategies import keep_freed_cpu_memory
+        keep_freed_cpu_memory()
     if args.device == 'cuda':
         from mmsora.engine.strategies import set_tf32, tf32_supported
         set_tf32(tf32_supported() and not args.no_tf32)
@@ -563,7 +571,9 @@ def main(argv=None):
         print(f'model={args.config or args.model} batch_size={args.batch_size} '
               + (f'micro_batches={micro} ' if micro else '')
               + f'device={args.device} precision={args.precision} steps={args.steps} '
-              f'warmup={args.warmup} ema={args.ema} interleaved threads='
+              f'warmup={args.warmup} ema={args.ema} '
+              + ('default_malloc=True ' if args.default_malloc else '')
+              + 'interleaved threads='
               f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
         print(interleave_report(args, record))
         if args.json:
@@ -594,7 +604,8 @@ def main(argv=None):
                  else None,
                  gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
                  peak_tflops=results[0].get('peak_tflops'),
-                 memory_budget_gib=args.memory_budget, steps=args.steps,
+                 memory_budget_gib=args.memory_budget,
+                 default_malloc=args.default_malloc or None, steps=args.steps,
                  warmup=args.warmup, repeats=args.repeats,
                  threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))

@@ -134,13 +134,21 @@ custom_hooks = [
     return hooked
 
 
-def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path):
+def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path,
+                                                         monkeypatch):
+    """(Its two training runs also check that tools/train.py keeps glibc's freed memory
+    without a GPU, and logs it, unless --default-malloc: the call is recorded, not made,
+    in this process.)"""
+    import mmsora.engine.strategies
     repo_root, root, config, ckpt = tiny_run
     hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
     train = load_tool(repo_root, 'train')
+    malloc_calls = []
+    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
+                        lambda: malloc_calls.append(1) or True)
 
-    def train_losses(config, work):
-        train.main([str(config), '--work-dir', str(work), '--cfg-options',
+    def train_losses(config, work, *flags):
+        train.main([str(config), '--work-dir', str(work), *flags, '--cfg-options',
                     'train_cfg.max_iters=3', 'default_hooks.logger.interval=1'])
         logs = [osp.join(dp, f) for dp, _, fs in os.walk(work) for f in fs]
         scalars = [json.loads(line) for p in logs if p.endswith('scalars.json')
@@ -152,8 +160,13 @@ def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path):
     assert 'Iter(eval) [2] 4 samples  FID: ' in text and 'Iter(eval) [3]' in text, text[-3000:]
     fids = [s['eval/FID'] for s in scalars if 'eval/FID' in s]
     assert len(fids) == 2 and all(f > 0 for f in fids)
+    malloc_log = 'No GPU: glibc malloc keeps freed memory'
+    gpu = torch.cuda.is_available()
+    assert malloc_calls == ([] if gpu else [1]) and (malloc_log in text) != gpu
     # Sampling leaves the training noise alone: the same losses as without the hook.
-    assert train_losses(config, tmp_path / 'plain')[0] == losses and len(losses) == 3
+    plain, _, plain_text = train_losses(config, tmp_path / 'plain', '--default-malloc')
+    assert plain == losses and len(losses) == 3
+    assert len(malloc_calls) == (0 if gpu else 1) and malloc_log not in plain_text
 
 
 def test_evaluation_hook_sharded_scores_like_one_process(tiny_run, tmp_path):

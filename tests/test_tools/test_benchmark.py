@@ -16,6 +16,24 @@ SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
          '--batch-size', '2', '--steps', '2', '--warmup', '1']
 
 
+@pytest.fixture(autouse=True)
+def malloc_calls(monkeypatch):
+    """Record keep_freed_cpu_memory calls in this process instead of making them (they
+    cannot be undone); the worker processes make them for real."""
+    import mmsora.engine.strategies
+    calls = []
+    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
+                        lambda: calls.append(1) or True)
+    return calls
+
+
+def test_every_model_gets_the_cpu_malloc_train_sets(malloc_calls):
+    benchmark._setup(benchmark.parse_args(SMALL))
+    assert malloc_calls == [1]
+    benchmark._setup(benchmark.parse_args(SMALL + ['--default-malloc']))
+    assert malloc_calls == [1]
+
+
 @pytest.mark.parametrize('impl', ['ours', 'diffusers'])
 def test_worker_times_steps_and_counts_flops(impl):
     result = benchmark.run_worker(benchmark.parse_args(SMALL + ['--worker', impl]))

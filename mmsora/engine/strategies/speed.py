@@ -1,5 +1,10 @@
 """Speed switches for training: ``torch.compile`` of the denoiser, TF32 matmuls on
-Ampere and newer, fused AdamW on CUDA."""
+Ampere and newer, fused AdamW on CUDA, and glibc's malloc kept from returning freed
+memory on the CPU."""
+import ctypes
+import os
+import platform
+import sys
 from typing import Optional
 
 import torch
@@ -8,7 +13,8 @@ from mmengine.model import is_model_wrapper
 
 from mmsora.registry import HOOKS
 
-__all__ = ['CompileDenoiserHook', 'set_tf32', 'tf32_supported', 'prefer_fused_optimizer']
+__all__ = ['CompileDenoiserHook', 'set_tf32', 'tf32_supported', 'prefer_fused_optimizer',
+           'keep_freed_cpu_memory']
 
 
 @HOOKS.register_module()
@@ -61,3 +67,39 @@ def prefer_fused_optimizer(optimizer_cfg: dict, device: str) -> dict:
             and 'fused' not in optimizer_cfg and 'foreach' not in optimizer_cfg):
         optimizer_cfg['fused'] = True
     return optimizer_cfg
+
+
+# mallopt(3)'s parameters (<malloc.h>) and the environment that sets them instead.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_ENV = ('MALLOC_TRIM_THRESHOLD_', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_',
+               'MALLOC_MMAP_MAX_')
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc's malloc keep the memory a CPU training step frees for the next step.
+
+    torch's CPU tensors come from malloc. By default glibc serves blocks above its
+    mmap threshold (adaptive, at most 32 MiB) with freshly mapped pages and gives the
+    top of its heap back to the system as it shrinks, so every step faults its
+    activations in again: DiT-S/2 at batch 32 on 2 cores spent 0.25-0.55 million page
+    faults and about a sixth of its step on that (docs/benchmarks.md). This sets the
+    mmap threshold to 1 GiB and turns heap trimming off, as
+    ``MALLOC_MMAP_THRESHOLD_=1073741824`` and ``MALLOC_TRIM_THRESHOLD_`` would. The
+    peak memory stays the same; the process keeps it until it exits.
+
+    ``tools/train.py`` calls it when there is no GPU (``--default-malloc`` leaves the
+    allocator alone), ``tools/benchmark.py`` on ``--device cpu`` for every model it
+    times. Returns whether it was set: not on another C library (musl, macOS,
+    Windows), nor when the environment already tunes glibc's malloc (a
+    ``MALLOC_*_`` variable or ``glibc.malloc`` in ``GLIBC_TUNABLES``).
+    """
+    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc':
+        return False
+    if (any(name in os.environ for name in _MALLOC_ENV)
+            or 'glibc.malloc' in os.environ.get('GLIBC_TUNABLES', '')):
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mmap_set = mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+    trim_set = mallopt(_M_TRIM_THRESHOLD, -1)  # SIZE_MAX to glibc: never trim
+    return bool(mmap_set and trim_set)
