@@ -81,11 +81,11 @@ def keep_freed_cpu_memory() -> bool:
     torch's CPU tensors come from malloc. By default glibc serves blocks above its
     mmap threshold (adaptive, at most 32 MiB) with freshly mapped pages and gives the
     top of its heap back to the system as it shrinks, so every step faults its
-    activations in again: DiT-S/2 at batch 32 on 2 cores spent 0.25-0.55 million page
-    faults and about a sixth of its step on that (docs/benchmarks.md). This sets the
+    activations in again: DiT-S/2 at batch 32 on 2 cores made 0.26-0.55 million page
+    faults per step and its steps took 11-17% longer (docs/benchmarks.md). This sets the
     mmap threshold to 1 GiB and turns heap trimming off, as
     ``MALLOC_MMAP_THRESHOLD_=1073741824`` and ``MALLOC_TRIM_THRESHOLD_`` would. The
-    peak memory stays the same; the process keeps it until it exits.
+    peak memory stays about the same (+1% there); the process keeps it until it exits.
 
     ``tools/train.py`` calls it when there is no GPU (``--default-malloc`` leaves the
     allocator alone), ``tools/benchmark.py`` on ``--device cpu`` for every model it
