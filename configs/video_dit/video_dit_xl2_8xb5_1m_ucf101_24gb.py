@@ -2,8 +2,8 @@
 # of 5 clips per GPU) sized for 24 GB cards (RTX 4090 / 3090): bf16 autocast over fp32
 # weights, and every block is recomputed in the backward pass (about 4/3 of the step's
 # compute).
-# Estimated peak of tensors per GPU (tools/estimate_memory.py, Nov 2026; a count on fake
-# tensors, not yet measured on a card): 14.3 GiB on one GPU, 16.8 GiB with DDP. The
+# Estimated peak of tensors per GPU (tools/estimate_memory.py, Dec 3 2026; a count on
+# fake tensors, not yet measured on a card): 14.1 GiB on one GPU, 16.6 GiB with DDP. The
 # largest batch per GPU that leaves 10% of the card free: 15 on one GPU, 12 with DDP.
 # Figures and the other cards' presets: docs/distributed.md.
 #   python tools/train.py configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py
