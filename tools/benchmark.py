@@ -41,6 +41,7 @@ _PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 def parse_args(argv=None):
+    from mmsora.utils.cli import add_malloc_option
     parser = argparse.ArgumentParser(description='Benchmark training steps')
     parser.add_argument('config', nargs='?', help='training config; its step is timed '
                         '(without one, --model/--input-size pick a DiT preset)')
@@ -61,10 +62,7 @@ def parse_args(argv=None):
     parser.add_argument('--no-tf32', action='store_true',
                         help='keep float32 matmuls in full fp32 on Ampere and newer '
                         '(TF32 is on by default, as in tools/train.py)')
-    parser.add_argument('--default-malloc', action='store_true',
-                        help="--device cpu: leave glibc's malloc as it is for every model "
-                        '(default: it keeps freed memory for the next step, as '
-                        'tools/train.py sets it without a GPU)')
+    add_malloc_option(parser)  # for every model timed, as tools/train.py
     parser.add_argument('--baseline', choices=['diffusers'],
                         help="also time diffusers' DiTTransformer2DModel at the same size, "
                         'in the same step')
@@ -393,9 +391,8 @@ def _setup(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if args.device == 'cpu' and not args.default_malloc:
-        from mmsora.engine.strategies import keep_freed_cpu_memory
-        keep_freed_cpu_memory()
+    from mmsora.utils.cli import keep_freed_memory_on_cpu
+    keep_freed_memory_on_cpu(args, args.device == 'cpu')
     if args.device == 'cuda':
         from mmsora.engine.strategies import set_tf32, tf32_supported
         set_tf32(tf32_supported() and not args.no_tf32)

@@ -27,7 +27,8 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import (UserError, add_malloc_option, keep_freed_memory_on_cpu,
+                              run_cli)
 
 
 def parse_args(argv=None):
@@ -64,6 +65,7 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '
                         'folder (default samples.mp4); NAME.npz: all samples in the ADM '
@@ -183,6 +185,7 @@ def main(argv=None):
         from mmsora.apis import init_sampling_processes
         args.device = init_sampling_processes(args.launcher,
                                               'cpu' if args.device == 'cpu' else None)
+    keep_freed_memory_on_cpu(args, args.device == 'cpu')
     from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)

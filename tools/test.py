@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import (UserError, add_malloc_option, keep_freed_memory_on_cpu,
+                              run_cli)
 
 
 def parse_args(argv=None):
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     parser.add_argument('--device', help='default: cuda (this rank\'s GPU) when there is '
                         'one, else cpu')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    add_malloc_option(parser)
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries, e.g. evaluation.sample_cfg.num_steps=50')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
@@ -63,6 +65,7 @@ def main(argv=None):
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes
     device = init_sampling_processes(args.launcher, args.device)
+    keep_freed_memory_on_cpu(args, device == 'cpu')
     # With --evaluation, the evaluation.* options apply to the section it brings.
     later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
     model, cfg = init_model(args.run, args.checkpoint, device=device,

@@ -11,7 +11,8 @@ import sys
 import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
-from mmsora.utils.cli import (UserError, apply_cfg_options, load_config,
+from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
+                              keep_freed_memory_on_cpu, load_config,
                               parse_config_and_preset, run_cli)
 
 
@@ -41,10 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--no-tf32', action='store_true',
                         help='keep float32 matmuls in full fp32 on Ampere and newer '
                         'GPUs (default there: TF32)')
-    parser.add_argument('--default-malloc', action='store_true',
-                        help="without a GPU, leave glibc's malloc as it is (default "
-                        'there: it keeps freed memory for the next step instead of '
-                        'faulting fresh pages in; faster steps, the same peak)')
+    add_malloc_option(parser)
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries, e.g. train_cfg.max_iters=1000 '
                         "model.denoiser.depth=4 'optim_wrapper.optimizer.lr=2e-4'")
@@ -186,12 +184,10 @@ def main(argv=None):
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)
-    from mmsora.engine.strategies import (keep_freed_cpu_memory, prepare_deepspeed,
-                                          seed_model_at_run_time, set_tf32,
-                                          single_process_env, tf32_supported)
+    from mmsora.engine.strategies import (prepare_deepspeed, seed_model_at_run_time,
+                                          set_tf32, single_process_env, tf32_supported)
     set_tf32(tf32_supported() and not args.no_tf32)
-    malloc_kept = (not torch.cuda.is_available() and not args.default_malloc
-                   and keep_freed_cpu_memory())
+    malloc_kept = keep_freed_memory_on_cpu(args, not torch.cuda.is_available())
     if prepare_deepspeed(cfg):  # installed; mmengine mended
         for key, value in single_process_env(cfg).items():  # one-process run
             os.environ.setdefault(key, value)

@@ -7,7 +7,8 @@ import re
 import sys
 
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
-           'explain_error', 'parse_config_and_preset']
+           'explain_error', 'parse_config_and_preset', 'add_malloc_option',
+           'keep_freed_memory_on_cpu']
 
 
 class UserError(Exception):
@@ -149,6 +150,24 @@ def explain_error(exc):
         last = text.strip().splitlines()[-1]
         return re.sub(r'^\w+(Error|Exception): ', '', last).strip("'\"")
     return None
+
+
+def add_malloc_option(parser) -> None:
+    """``--default-malloc`` of the tools that run models (train, infer, test, benchmark)."""
+    parser.add_argument('--default-malloc', action='store_true',
+                        help="on the CPU, leave glibc's malloc as it is (default there: "
+                        'it keeps the memory a step frees for the next one instead of '
+                        'faulting fresh pages in; faster, about the same peak)')
+
+
+def keep_freed_memory_on_cpu(args, on_cpu: bool) -> bool:
+    """In a process that runs its models on the CPU, keep glibc's freed memory for
+    reuse (``mmsora.engine.strategies.keep_freed_cpu_memory``) unless
+    ``--default-malloc`` was given. Returns whether it was set."""
+    if not on_cpu or args.default_malloc:
+        return False
+    from mmsora.engine.strategies import keep_freed_cpu_memory
+    return keep_freed_cpu_memory()
 
 
 def run_cli(main):

@@ -15,6 +15,18 @@ import torch
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
 
+@pytest.fixture(autouse=True)
+def malloc_calls(monkeypatch):
+    """The tools run here keep glibc's freed memory on the CPU: record those calls
+    instead of making them, which would change this test process for good (the
+    subprocesses make them for real)."""
+    import mmsora.engine.strategies
+    calls = []
+    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
+                        lambda: calls.append(1) or True)
+    return calls
+
+
 def config_text(repo_root, reference):
     return f"""
 _base_ = [{osp.join(repo_root, DEMO)!r}]
@@ -64,7 +76,10 @@ def run(args, repo_root, cwd, nproc=1, port=None):
     return result
 
 
-def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsys):
+def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsys,
+                                                                malloc_calls):
+    """(The in-process test.py and infer.py runs also check that both keep glibc's
+    freed memory when they sample on the CPU.)"""
     repo_root, root, config, ckpt = tiny_run
     # Two processes (torchrun, gloo); then one, in this process (no second start-up).
     run([osp.join(repo_root, 'tools', 'test.py'), config, ckpt, '--out', str(root / 'two.npz'),
@@ -76,6 +91,7 @@ def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsy
     load_tool(repo_root, 'infer').main([
         config, '--checkpoint', ckpt, '--num-samples', '6', '--batch-size', '4', '--seed',
         '3', '--out', str(root / 'infer.npz'), '--sample-dir', str(root / 'files')])
+    assert malloc_calls == ([] if torch.cuda.is_available() else [1, 1])
     metrics = [json.load(open(root / f'{n}.json'))['metrics'] for n in ('one', 'two')]
     assert metrics[0] == metrics[1] and metrics[0]['FID'] > 0 and metrics[0]['IS'] >= 1
     arrays = [np.load(root / f'{n}.npz') for n in ('one', 'two', 'infer')]
@@ -135,17 +151,12 @@ custom_hooks = [
 
 
 def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path,
-                                                         monkeypatch):
+                                                         malloc_calls):
     """(Its two training runs also check that tools/train.py keeps glibc's freed memory
-    without a GPU, and logs it, unless --default-malloc: the call is recorded, not made,
-    in this process.)"""
-    import mmsora.engine.strategies
+    without a GPU, and logs it, unless --default-malloc.)"""
     repo_root, root, config, ckpt = tiny_run
     hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
     train = load_tool(repo_root, 'train')
-    malloc_calls = []
-    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
-                        lambda: malloc_calls.append(1) or True)
 
     def train_losses(config, work, *flags):
         train.main([str(config), '--work-dir', str(work), *flags, '--cfg-options',

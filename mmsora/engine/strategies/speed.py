@@ -87,9 +87,9 @@ def keep_freed_cpu_memory() -> bool:
     ``MALLOC_MMAP_THRESHOLD_=1073741824`` and ``MALLOC_TRIM_THRESHOLD_`` would. The
     peak memory stays about the same (+1% there); the process keeps it until it exits.
 
-    ``tools/train.py`` calls it when there is no GPU (``--default-malloc`` leaves the
-    allocator alone), ``tools/benchmark.py`` on ``--device cpu`` for every model it
-    times. Returns whether it was set: not on another C library (musl, macOS,
+    The tools that run models on the CPU (train, infer, test, and benchmark for every
+    model it times) call it through ``mmsora.utils.cli.keep_freed_memory_on_cpu``;
+    their ``--default-malloc`` leaves the allocator alone. Returns whether it was set: not on another C library (musl, macOS,
     Windows), nor when the environment already tunes glibc's malloc (a
     ``MALLOC_*_`` variable or ``glibc.malloc`` in ``GLIBC_TUNABLES``).
     """
