@@ -16,3 +16,15 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 @pytest.fixture
 def repo_root():
     return REPO_ROOT
+
+
+@pytest.fixture
+def malloc_calls(monkeypatch):
+    """Record ``keep_freed_cpu_memory`` calls, made by tools run in the test process,
+    instead of making them: they change the process for good. Subprocesses (torchrun,
+    the benchmark's workers) make them for real. Returns the list of calls."""
+    import mmsora.engine.strategies
+    calls = []
+    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
+                        lambda: calls.append(1) or True)
+    return calls

@@ -15,16 +15,8 @@ import torch
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
 
-@pytest.fixture(autouse=True)
-def malloc_calls(monkeypatch):
-    """The tools run here keep glibc's freed memory on the CPU: record those calls
-    instead of making them, which would change this test process for good (the
-    subprocesses make them for real)."""
-    import mmsora.engine.strategies
-    calls = []
-    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
-                        lambda: calls.append(1) or True)
-    return calls
+# The tools run here keep glibc's freed memory on the CPU: recorded, not made.
+pytestmark = pytest.mark.usefixtures('malloc_calls')
 
 
 def config_text(repo_root, reference):

@@ -16,15 +16,8 @@ SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
          '--batch-size', '2', '--steps', '2', '--warmup', '1']
 
 
-@pytest.fixture(autouse=True)
-def malloc_calls(monkeypatch):
-    """Record keep_freed_cpu_memory calls in this process instead of making them (they
-    cannot be undone); the worker processes make them for real."""
-    import mmsora.engine.strategies
-    calls = []
-    monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
-                        lambda: calls.append(1) or True)
-    return calls
+# In-process runs keep glibc's freed memory on the CPU: recorded, not made (conftest).
+pytestmark = pytest.mark.usefixtures('malloc_calls')
 
 
 def test_every_model_gets_the_cpu_malloc_train_sets(malloc_calls):
