@@ -89,9 +89,10 @@ def keep_freed_cpu_memory() -> bool:
 
     The tools that run models on the CPU (train, infer, test, and benchmark for every
     model it times) call it through ``mmsora.utils.cli.keep_freed_memory_on_cpu``;
-    their ``--default-malloc`` leaves the allocator alone. Returns whether it was set: not on another C library (musl, macOS,
-    Windows), nor when the environment already tunes glibc's malloc (a
-    ``MALLOC_*_`` variable or ``glibc.malloc`` in ``GLIBC_TUNABLES``).
+    their ``--default-malloc`` leaves the allocator alone. Returns whether it was set:
+    not on another C library (musl, macOS, Windows), nor when the environment already
+    tunes glibc's malloc (a ``MALLOC_*_`` variable or ``glibc.malloc`` in
+    ``GLIBC_TUNABLES``).
     """
     if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc':
         return False
