@@ -41,7 +41,7 @@ _PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 def parse_args(argv=None):
-    from mmsora.utils.cli import add_malloc_option
+    from mmsora.utils.cli import add_malloc_option, checkpointing_setting
     parser = argparse.ArgumentParser(description='Benchmark training steps')
     parser.add_argument('config', nargs='?', help='training config; its step is timed '
                         '(without one, --model/--input-size pick a DiT preset)')
@@ -71,9 +71,10 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=1,
                         help='run each model this many times, alternating them, and keep '
                         'each one\'s fastest run (steadier on a shared machine)')
-    parser.add_argument('--grad-checkpointing', type=int, metavar='K',
+    parser.add_argument('--grad-checkpointing', type=checkpointing_setting, metavar='K',
                         help='set the denoiser\'s grad_checkpointing: recompute every '
-                        'K-th block in the backward pass (1: every block, 0: none)')
+                        'K-th block in the backward pass (1: every block, 0: none), or '
+                        'selective (only the elementwise ops of every block)')
     parser.add_argument('--attn-backend',
                         choices=['auto', 'sdpa', 'flash_attn', 'xformers'],
                         help='attention kernel of our denoiser (default: the config\'s '

@@ -31,8 +31,8 @@ import argparse
 import json
 import sys
 
-from mmsora.utils.cli import (UserError, apply_cfg_options, load_config,
-                              parse_config_and_preset, run_cli)
+from mmsora.utils.cli import (UserError, apply_cfg_options, checkpointing_setting,
+                              load_config, parse_config_and_preset, run_cli)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
@@ -45,8 +45,9 @@ def parse_args(argv=None):
                         '--amp); default: what the config\'s optim_wrapper trains in')
     parser.add_argument('--batch-size', type=int, nargs='+',
                         help='samples per GPU (default: train_dataloader.batch_size)')
-    parser.add_argument('--grad-checkpointing', type=int, nargs='+', metavar='K',
-                        help='recompute every K-th block (1: all, 0: none); several '
+    parser.add_argument('--grad-checkpointing', type=checkpointing_setting, nargs='+',
+                        metavar='K', help='recompute every K-th block (1: all, 0: none), '
+                        'or selective (only the elementwise ops of every block); several '
                         'values compare them (default: the config\'s)')
     parser.add_argument('--budget-gb', type=float, nargs='+', metavar='GIB',
                         help='card memory in GiB (RTX 4090: 24, A6000: 48, A100/H100: '
@@ -82,9 +83,11 @@ def parse_args(argv=None):
 
 
 def _checkpointing_label(k) -> str:
-    """'none', 'every block', 'every 2nd block', ... (None: the config's setting)."""
-    if k in (None, 0, 1):
-        return {None: 'as configured', 0: 'none', 1: 'every block'}[k]
+    """'none', 'every block', 'every 2nd block', ..., 'selective' (None: the config's
+    setting)."""
+    if k in (None, 0, 1, 'selective'):
+        return {None: 'as configured', 0: 'none', 1: 'every block',
+                'selective': 'selective'}[k]
     suffix = 'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')
     return f'every {k}{suffix} block'
 
@@ -134,9 +137,6 @@ def _check(args, cfg):
         import torch
         if not torch.cuda.is_available():
             raise UserError('--measure cuda: no CUDA device on this machine')
-    for value in args.grad_checkpointing or []:
-        if value < 0:
-            raise UserError(f'--grad-checkpointing K must be >= 0, got {value}')
 
 
 def main(argv=None):

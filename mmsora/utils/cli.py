@@ -8,7 +8,7 @@ import sys
 
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
-           'keep_freed_memory_on_cpu']
+           'keep_freed_memory_on_cpu', 'checkpointing_setting']
 
 
 class UserError(Exception):
@@ -168,6 +168,22 @@ def keep_freed_memory_on_cpu(args, on_cpu: bool) -> bool:
         return False
     from mmsora.engine.strategies import keep_freed_cpu_memory
     return keep_freed_cpu_memory()
+
+
+def checkpointing_setting(text: str):
+    """argparse ``type`` of ``--grad-checkpointing``: ``'selective'`` or a block interval
+    K >= 0 (0: none, 1: every block), as the denoisers' ``grad_checkpointing``."""
+    import argparse
+    if text == 'selective':
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected 'selective' or a block interval K >= 0, got {text!r}")
+    return k
 
 
 def run_cli(main):

@@ -38,9 +38,10 @@ def forward_backward(denoiser):
                           if p.grad is not None}
 
 
-def test_compile_hook_compiles_the_denoiser_in_place():
+@pytest.mark.parametrize('checkpointing', [False, 'selective'])
+def test_compile_hook_compiles_the_denoiser_in_place(checkpointing):
     torch.manual_seed(0)
-    model = SimpleNamespace(denoiser=DiT(**TINY))
+    model = SimpleNamespace(denoiser=DiT(**TINY, grad_checkpointing=checkpointing))
     with torch.no_grad():  # random everywhere (adaLN-Zero starts at zero)
         for p in model.denoiser.parameters():
             p.normal_(0, 0.1)

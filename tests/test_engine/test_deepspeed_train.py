@@ -319,6 +319,27 @@ def test_zero3_samples_the_partitioned_ema_like_one_process(tmp_path):
             assert torch.equal(with_hook[key][name], value), (key, name)
 
 
+def test_zero3_with_activation_checkpointing_trains_the_same(tmp_path):
+    """ZeRO-3 gathers each module's partitions as it runs: inside the checkpointed
+    block, and again for the recomputation in the backward. With every block
+    checkpointed, and selectively (only the elementwise ops recomputed), two ZeRO-3
+    processes end with the weights and EMA of two without checkpointing, bit for bit."""
+    zero3 = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0',
+             'strategy.config.zero_optimization.stage3_param_persistence_threshold=0']
+    train(tmp_path / 'plain', preset='deepspeed_zero3', processes=2, options=zero3)
+    plain = converted(tmp_path / 'plain')
+    for option in ('selective', 'True'):
+        train(tmp_path / option, preset='deepspeed_zero3', processes=2,
+              options=[*zero3, f'model.denoiser.grad_checkpointing={option}'])
+        dumped = Config.fromfile(tmp_path / option / 'dit_tiny2_1xb32_1500_shapes16.py')
+        assert dumped.model.denoiser.grad_checkpointing == {'True': True}.get(option, option)
+        checkpointed = converted(tmp_path / option)
+        for key in ('state_dict', 'ema_state_dict'):
+            assert plain[key].keys() == checkpointed[key].keys()
+            for name, value in plain[key].items():
+                assert torch.equal(value, checkpointed[key][name]), (option, key, name)
+
+
 def test_zero1_folder_gives_the_frozen_weights_too(tmp_path):
     """ZeRO-1 checkpoints hold no fragments of frozen parameters (DeepSpeed writes them
     from stage 2 on): the trained weights of a folder (--no-ema, the converter) took

@@ -367,3 +367,22 @@ def test_fsdp_accumulation_keeps_the_gradients_sharded(repo_root, tmp_path):
         kept = iters[3]['peak'] - iters[2]['peak']
         shard = 4 * trainable / 2  # 2.55 MB; the whole gradient would be 5.1 MB
         assert shard <= kept < shard * 1.02, (rank, kept, shard)
+
+
+def test_fsdp_with_activation_checkpointing_trains_the_same(repo_root, tmp_path,
+                                                            start_weights):
+    """Each block is an FSDP unit and the checkpoint wraps the unit: FSDP gathers its
+    weights inside the checkpointed call, and again for the recomputation in the
+    backward. With every block checkpointed, and selectively (only the elementwise ops
+    recomputed), two FSDP processes end with the weights and EMA of two without
+    checkpointing, bit for bit."""
+    options = ['--load-from', start_weights, '--cfg-options', *TINY,
+               'model.train_noise_seed=0']
+    fsdp(repo_root, tmp_path / 'plain', *options)
+    plain = load(tmp_path / 'plain' / 'iter_3.pth')
+    for option, value in (('selective', 'selective'), ('True', True)):
+        work = tmp_path / option
+        fsdp(repo_root, work, *options, f'model.denoiser.grad_checkpointing={option}')
+        assert Config.fromfile(work / 'dit_tiny2_1xb32_1500_shapes16.py'
+                               ).model.denoiser.grad_checkpointing == value
+        assert_same_weights(plain, load(work / 'iter_3.pth'))

@@ -152,13 +152,16 @@ def test_condition_dropout_in_training_only():
 
 def test_grad_checkpointing_gives_the_same_gradients():
     grads = []
-    for ckpt in (False, True):
+    for ckpt in (False, True, 'selective'):
         model = make_video_model(temporal_layers=('attn', 'conv'), grad_checkpointing=ckpt)
         perturb(model.temporal_down, seed=3)
         x, t, y, pooled = inputs()
         model(x, t, y, pooled=pooled).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_checkpointing must be True/False or 'sel"):
+        make_video_model(grad_checkpointing=2)
 
 
 def test_load_released_stage_c_folder(tmp_path):

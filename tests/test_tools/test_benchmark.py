@@ -242,13 +242,14 @@ def test_bad_input_is_one_line(tmp_path):
         benchmark.main([str(cfg_file)])
 
 
-def test_config_denoiser_and_checkpointing(tmp_path):
+@pytest.mark.parametrize('option, value', [('1', 1), ('selective', 'selective')])
+def test_config_denoiser_and_checkpointing(tmp_path, option, value):
     cfg_file = tmp_path / 'tiny.py'
     cfg_file.write_text(TINY)
     args = benchmark.parse_args([str(cfg_file), '--batch-size', '2', '--steps', '1',
-                                 '--warmup', '1', '--grad-checkpointing', '1',
+                                 '--warmup', '1', '--grad-checkpointing', option,
                                  '--worker', 'ours'])
-    assert benchmark.benchmark_config(args).model.denoiser.grad_checkpointing == 1
+    assert benchmark.benchmark_config(args).model.denoiser.grad_checkpointing == value
     result = benchmark.run_worker(args)
     assert result['params_m'] < 0.1 and result['loss'] > 0
     assert result['cpu_ms'] > 0 and result['page_faults'] >= 0

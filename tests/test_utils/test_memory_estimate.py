@@ -269,14 +269,18 @@ def test_tool_prints_the_table_and_the_largest_batch(tmp_path, capsys):
     cfg_file = tmp_path / 'tiny.py'
     tiny_cfg().dump(str(cfg_file))
     out = estimate_memory.main([str(cfg_file), '--batch-size', '2', '4',
-                                '--grad-checkpointing', '0', '1', '--budget-gb', '0.001',
+                                '--grad-checkpointing', '0', '1', 'selective',
+                                '--budget-gb', '0.001',
                                 '--headroom', '0', '--max-batch', '64', '--measure', 'cpu',
                                 '--json', str(tmp_path / 'm.json')])
     text = capsys.readouterr().out
-    assert 'every block' in text and 'largest batch per GPU' in text
-    assert len(out['estimates']) == 4
+    assert 'every block' in text and 'selective' in text and 'largest batch per GPU' in text
+    assert len(out['estimates']) == 6
     for row in out['estimates']:  # the real step on the CPU counts the same
         assert row['measured'] == row['peak']
+    peak = {(row['grad_checkpointing'], row['batch_size']): row['peak']
+            for row in out['estimates']}
+    assert peak[1, 4] < peak['selective', 4] < peak[0, 4]
     assert json.loads((tmp_path / 'm.json').read_text())['largest_batch'] == out['largest_batch']
     budget = 0.001 * GiB  # 1 MiB: a small batch of this tiny model
     for row in out['largest_batch']:
@@ -286,7 +290,7 @@ def test_tool_prints_the_table_and_the_largest_batch(tmp_path, capsys):
         assert estimate_training_memory(tiny_cfg(), n + 1, grad_checkpointing=k).peak > budget
 
 
-def test_tool_refuses_bad_input(tmp_path):
+def test_tool_refuses_bad_input(tmp_path, capsys):
     with pytest.raises(UserError, match='config file not found'):
         estimate_memory.main([str(tmp_path / 'missing.py')])
     cfg_file = tmp_path / 'tiny.py'
@@ -297,6 +301,10 @@ def test_tool_refuses_bad_input(tmp_path):
         estimate_memory.main([str(cfg_file), '--batch-size', '0'])
     with pytest.raises(UserError, match='--gpus must be'):
         estimate_memory.main([str(cfg_file), '--gpus', '0'])
+    for bad in ('-1', 'selected'):
+        with pytest.raises(SystemExit):  # argparse's usage error
+            estimate_memory.main([str(cfg_file), '--grad-checkpointing', bad])
+        assert "expected 'selective' or a block interval K >= 0" in capsys.readouterr().err
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match='no CUDA device'):
             estimate_memory.main([str(cfg_file), '--measure', 'cuda'])

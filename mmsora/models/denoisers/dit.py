@@ -11,12 +11,11 @@ from typing import Union
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
 from ..layers import (Attention, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder,
                       get_2d_sincos_pos_embed, modulate)
-from ..layers.checkpointing import check_checkpoint_every
+from ..layers.checkpointing import check_checkpoint_every, checkpointed_call
 
 
 # --------------------------------------------------------------------------- #
@@ -80,10 +79,12 @@ class DiT(nn.Module):
             Defaults to 1000.
         learn_sigma (bool): Also predict the variance (doubles the output channels).
             Defaults to True.
-        grad_checkpointing (bool | int): Recompute blocks in the backward pass to save
+        grad_checkpointing (bool | int | str): Recompute in the backward pass to save
             activation memory: True checkpoints every block, an int k every k-th block
-            (blocks 0, k, 2k, ...), trading less recompute for more memory. Not in the
-            original; defaults to False.
+            (blocks 0, k, 2k, ...), trading less recompute for more memory;
+            ``'selective'`` recomputes only the elementwise ops of every block (norms,
+            modulation, GELU: about half the memory, no product computed twice; see
+            ``layers/checkpointing.py``). Not in the original; defaults to False.
     """
 
     def __init__(self,
@@ -97,7 +98,7 @@ class DiT(nn.Module):
                  class_dropout_prob: float = 0.1,
                  num_classes: int = 1000,
                  learn_sigma: bool = True,
-                 grad_checkpointing: Union[bool, int] = False):
+                 grad_checkpointing: Union[bool, int, str] = False):
         super().__init__()
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
@@ -185,12 +186,8 @@ class DiT(nn.Module):
         t = self.t_embedder(t)                   # (N, D)
         y = self.y_embedder(y, self.training)    # (N, D)
         c = t + y                                # (N, D)
-        k = int(self.grad_checkpointing)         # True: every block
         for i, block in enumerate(self.blocks):
-            if k and i % k == 0 and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, use_reentrant=False)  # (N, T, D)
-            else:
-                x = block(x, c)                  # (N, T, D)
+            x = checkpointed_call(self.grad_checkpointing, i, block, x, c)  # (N, T, D)
         x = self.final_layer(x, c)               # (N, T, p ** 2 * out_channels)
         return self.unpatchify(x)                # (N, out_channels, H, W)
 

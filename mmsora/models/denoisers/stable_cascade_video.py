@@ -12,17 +12,17 @@ model applied frame by frame; released image weights load into ``unet`` unchange
 import functools
 import math
 import os.path as osp
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
 from ..layers import PackedLinear, split_heads
 from ..layers.attention_backends import attention
+from ..layers.checkpointing import checkpointed_call
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
            'STAGE_C_LITE', 'STAGE_C']
@@ -177,7 +177,10 @@ class StableCascadeVideo(nn.Module):
             by :meth:`init_weights`, i.e. when a training run starts.
         pretrained_subfolder (str, optional): Its subfolder, ``'prior_lite'`` or
             ``'prior'`` for the pipeline download.
-        grad_checkpointing (bool): Recompute each block in the backward pass.
+        grad_checkpointing (bool | str): Recompute each block in the backward pass
+            (True), or only the elementwise ops of each block (``'selective'``: the
+            convolutions', linears' and attention's outputs kept; see
+            ``layers/checkpointing.py``). Defaults to False.
     """
 
     condition = 'text'
@@ -190,7 +193,7 @@ class StableCascadeVideo(nn.Module):
                  cond_dropout_prob: float = 0.1,
                  pretrained_path: Optional[str] = None,
                  pretrained_subfolder: Optional[str] = None,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: Union[bool, str] = False):
         super().__init__()
         unet = dict(unet)
         if unet.get('clip_text_in_channels') is None or unet.get('clip_image_in_channels') is None:
@@ -206,6 +209,9 @@ class StableCascadeVideo(nn.Module):
         self.cond_dropout_prob = cond_dropout_prob
         self.pretrained_path = pretrained_path
         self.pretrained_subfolder = pretrained_subfolder
+        if not isinstance(grad_checkpointing, bool) and grad_checkpointing != 'selective':
+            raise ValueError("grad_checkpointing must be True/False or 'selective', got "
+                             f'{grad_checkpointing!r}')
         self.grad_checkpointing = grad_checkpointing
 
         cfg = self.unet.config
@@ -303,9 +309,7 @@ class StableCascadeVideo(nn.Module):
         return torch.cat(emb, dim=1)
 
     def _run(self, fn, *args):
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+        return checkpointed_call(self.grad_checkpointing, 0, fn, *args)
 
     def _block(self, block, x, r_embed, clip, skip=None):
         """One Stage C block, called as StableCascadeUNet calls it."""

@@ -29,13 +29,12 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from mmsora.registry import MODELS
 from ..layers import (Attention, LabelEmbedder, Mlp, PatchEmbed, TimestepEmbedder,
                       get_1d_sincos_pos_embed_from_grid, get_2d_sincos_pos_embed, modulate)
 from ..layers.caption_embedder import CaptionEmbedder
-from ..layers.checkpointing import check_checkpoint_every
+from ..layers.checkpointing import check_checkpoint_every, checkpointed_call
 from ..layers.cross_attention import MultiHeadCrossAttention
 from .dit import FinalLayer
 
@@ -189,9 +188,10 @@ class VideoDiT(nn.Module):
         text_dim (int): Width of the text-encoder tokens (T5-XXL: 4096). Defaults to 4096.
         max_text_len (int): Tokens of the learned null caption (Open-Sora / PixArt: 120).
             Captions of any length are accepted. Defaults to 120.
-        grad_checkpointing (bool | int): Recompute blocks in the backward pass to save
+        grad_checkpointing (bool | int | str): Recompute in the backward pass to save
             activation memory: True checkpoints every block, an int k every k-th block
-            (blocks 0, k, 2k, ...). Defaults to False.
+            (blocks 0, k, 2k, ...); ``'selective'`` recomputes only the elementwise
+            ops of every block (see ``layers/checkpointing.py``). Defaults to False.
     """
 
     def __init__(self,
@@ -210,7 +210,7 @@ class VideoDiT(nn.Module):
                  condition: str = 'class',
                  text_dim: int = 4096,
                  max_text_len: int = 120,
-                 grad_checkpointing: Union[bool, int] = False):
+                 grad_checkpointing: Union[bool, int, str] = False):
         super().__init__()
         if block_type not in ('latte', 'stdit'):
             raise ValueError(f"block_type must be 'latte' or 'stdit', got {block_type!r}")
@@ -340,13 +340,9 @@ class VideoDiT(nn.Module):
             y, mask = split_text_condition(y, mask)
             cond, cond_mask = self.y_embedder(y, mask, self.training,
                                               force_drop_ids)  # (N, L, D), (N, L)
-        k = int(self.grad_checkpointing)           # True: every block
         for i, block in enumerate(self.blocks):
-            if k and i % k == 0 and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, T, temp_embed, cond, cond_mask,
-                               use_reentrant=False)  # (N, T * S, D)
-            else:
-                x = block(x, c, T, temp_embed, cond, cond_mask)  # (N, T * S, D)
+            x = checkpointed_call(self.grad_checkpointing, i, block,
+                                  x, c, T, temp_embed, cond, cond_mask)  # (N, T * S, D)
         x = self.final_layer(x, c)                 # (N, T * S, p ** 2 * out_channels)
         return self.unpatchify(x, T)               # (N, out_channels, T, H, W)
 
