@@ -323,24 +323,27 @@ def test_tool_refuses_bad_input(tmp_path, capsys):
             assert 2e9 / 2 ** 30 < out['estimates'][0]['zero_buffers'] < 2.001e9 / 2 ** 30
 
 
-# card preset -> (card GiB, the next lighter checkpointing, which must not fit)
-PRESETS = {'24gb': (24, 2), '48gb': (48, False), '80gb': (80, None)}
+# card preset -> (card GiB, its checkpointing, the lighter settings, which must not fit:
+# less recomputation, as far as the preset chose by that)
+PRESETS = {'24gb': (24, True, (2, 'selective')), '48gb': (48, 'selective', (False,)),
+           '80gb': (80, False, ())}
 
 
 @pytest.mark.parametrize('name', list(PRESETS))
 def test_card_presets_fit_their_cards_with_the_least_recompute(name):
     from mmsora.engine.strategies import amp_dtype_of
-    card, lighter = PRESETS[name]
+    card, checkpointing, lighter = PRESETS[name]
     cfg = Config.fromfile(osp.join(
         ROOT, f'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_{name}.py'))
     assert amp_dtype_of(cfg.optim_wrapper) == 'bfloat16'
+    assert cfg.model.denoiser.grad_checkpointing == checkpointing
     n = cfg.train_dataloader.batch_size
     assert n == 5  # Latte's recipe, whatever the card
     # With DDP (8 GPUs), leaving 10% of the card free.
     assert estimate_training_memory(cfg, n, amp='bf16', gpus=8).peak <= usable_bytes(card)
-    if lighter is not None:  # less recomputation would not fit
+    for other in lighter:  # less recomputation would not fit
         assert estimate_training_memory(cfg, n, amp='bf16', gpus=8,
-                                        grad_checkpointing=lighter).peak > usable_bytes(card)
+                                        grad_checkpointing=other).peak > usable_bytes(card)
 
 
 def test_text_stdit_24gb_preset_fits_with_zero2_and_not_with_ddp():
