@@ -550,6 +550,29 @@ def format_table(results: list) -> str:
     return '\n'.join('  '.join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
 
 
+def setup_record(args, micro, peak_tflops=None) -> dict:
+    """What a run measured, for its header line and its JSON: the options that shape
+    the step, the mode (interleaved, or separate processes with their repeats) and the
+    machine; None where it does not apply."""
+    cuda = args.device == 'cuda'
+    if cuda:
+        from mmsora.engine.strategies import tf32_supported
+    return dict(config=args.config, model=None if args.config else args.model,
+                input_size=None if args.config else args.input_size,
+                cfg_options=args.cfg_options or None, batch_size=args.batch_size,
+                micro_batches=micro,
+                grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
+                ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
+                device=args.device, precision=args.precision,
+                tf32=(tf32_supported() and not args.no_tf32) if cuda else None,
+                gpu=torch.cuda.get_device_name() if cuda else None,
+                peak_tflops=peak_tflops, memory_budget_gib=args.memory_budget,
+                default_malloc=args.default_malloc or None, steps=args.steps,
+                warmup=args.warmup, interleaved=args.interleave or None,
+                repeats=None if args.interleave else args.repeats,
+                threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -566,19 +589,13 @@ def main(argv=None):
         if not args.baseline:
             raise SystemExit('--interleave compares two models: add --baseline diffusers')
         record = interleave(args)
-        print(f'model={args.config or args.model} batch_size={args.batch_size} '
-              + (f'micro_batches={micro} ' if micro else '')
-              + f'device={args.device} precision={args.precision} steps={args.steps} '
-              f'warmup={args.warmup} ema={args.ema} '
-              + ('default_malloc=True ' if args.default_malloc else '')
-              + 'interleaved threads='
-              f'{args.threads or torch.get_num_threads()} torch={torch.__version__}')
+        setup = setup_record(args, micro)
+        print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
         print(interleave_report(args, record))
         if args.json:
             with open(args.json, 'w') as f:
-                json.dump(dict(setup=vars(args), **record), f, indent=2)
+                json.dump(dict(setup=setup, **record), f, indent=2)
         return
-    from mmsora.engine.strategies import tf32_supported
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.
     runs = {impl: [] for impl in impls}
@@ -591,21 +608,7 @@ def main(argv=None):
         best['step_ms_all'] = [round(r['step_ms'], 1) for r in runs[impl]]
         best['peak_mem_mb'] = max(r['peak_mem_mb'] for r in runs[impl])
         results.append(best)
-    setup = dict(config=args.config, model=None if args.config else args.model,
-                 input_size=None if args.config else args.input_size,
-                 cfg_options=args.cfg_options or None, batch_size=args.batch_size,
-                 micro_batches=micro,
-                 grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
-                 ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
-                 device=args.device, precision=args.precision,
-                 tf32=(tf32_supported() and not args.no_tf32) if args.device == 'cuda'
-                 else None,
-                 gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
-                 peak_tflops=results[0].get('peak_tflops'),
-                 memory_budget_gib=args.memory_budget,
-                 default_malloc=args.default_malloc or None, steps=args.steps,
-                 warmup=args.warmup, repeats=args.repeats,
-                 threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
+    setup = setup_record(args, micro, peak_tflops=results[0].get('peak_tflops'))
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
     print(format_table(results))
     for r in results:

@@ -98,12 +98,12 @@ PLAN = {
         '5', '--json', '{json}', '--cfg-options', 'optim_wrapper.accumulative_counts=8'],
         300),
     # the 480p, 5 s config (63,600 tokens per clip): estimate against the allocator at
-    # 1 and 2 clips on one GPU (27.94 / 41.20 GiB estimated)
+    # 1 and 2 clips on one GPU (28.21 / 41.20 GiB estimated)
     'estimate_480p': ([
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py',
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
         '{json}'], 300),
-    # Stable Cascade lite video, spatial part frozen (11.68 / 15.73 GiB estimated)
+    # Stable Cascade lite video, spatial part frozen (11.50 / 15.73 GiB estimated)
     'estimate_stable_cascade_lite': ([
         'tools/estimate_memory.py',
         'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py',

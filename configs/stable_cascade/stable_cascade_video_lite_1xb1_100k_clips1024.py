@@ -9,8 +9,8 @@
 # Sized for ONE 24 GB card (RTX 4090 / 3090): the spatial part is frozen (no gradients
 # or optimizer state), only the 302 M temporal parameters train, every block is
 # recomputed in the backward pass, bf16 autocast (--amp). Counted by
-# tools/estimate_memory.py (--precision bf16; not yet measured on a card): 11.68 GiB of
-# tensors at one clip (fp32 weights 4.97, AdamW 2.25, the step 4.46), 15.73 at two; a
+# tools/estimate_memory.py (--precision bf16; not yet measured on a card): 11.50 GiB of
+# tensors at one clip (fp32 weights 4.97, AdamW 2.25, the step 4.29), 15.73 at two; a
 # 24 GB card holds 3 clips with 10% free, a 48 GB card 8. No EMA: an EMAHook copies
 # all 1.33 B parameters (+4.97 GiB). docs/stable_cascade.md.
 #   python tools/train.py \

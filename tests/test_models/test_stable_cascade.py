@@ -161,7 +161,8 @@ def test_grad_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="grad_checkpointing must be True/False or 'sel"):
-        make_video_model(grad_checkpointing=2)
+        make_video_model(grad_checkpointing=2)  # no 'every 2nd block' here
+    assert make_video_model(grad_checkpointing=1).grad_checkpointing == 1  # the tools' K
 
 
 def test_load_released_stage_c_folder(tmp_path):

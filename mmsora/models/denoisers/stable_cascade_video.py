@@ -209,9 +209,9 @@ class StableCascadeVideo(nn.Module):
         self.cond_dropout_prob = cond_dropout_prob
         self.pretrained_path = pretrained_path
         self.pretrained_subfolder = pretrained_subfolder
-        if not isinstance(grad_checkpointing, bool) and grad_checkpointing != 'selective':
-            raise ValueError("grad_checkpointing must be True/False or 'selective', got "
-                             f'{grad_checkpointing!r}')
+        if grad_checkpointing not in (False, True, 'selective'):  # 0 and 1 pass too
+            raise ValueError("grad_checkpointing must be True/False or 'selective' (every "
+                             f'block), got {grad_checkpointing!r}')
         self.grad_checkpointing = grad_checkpointing
 
         cfg = self.unet.config
