@@ -356,9 +356,11 @@ def test_text_stdit_24gb_preset_fits_with_zero2_and_not_with_ddp():
     assert zero2['zero_optimization']['stage'] == 2
     fits = estimate_training_memory(cfg, n, amp='bf16', gpus=8, deepspeed=zero2)
     assert fits.peak <= card
-    # less recomputation, or DDP even at one clip per GPU, would not fit
-    assert estimate_training_memory(cfg, n, amp='bf16', gpus=8, deepspeed=zero2,
-                                    grad_checkpointing=2).peak > card
+    # less recomputation (every 2nd block, or selective: STDiT's three attentions keep
+    # mostly products), or DDP even at one clip per GPU, would not fit
+    for lighter in (2, 'selective'):
+        assert estimate_training_memory(cfg, n, amp='bf16', gpus=8, deepspeed=zero2,
+                                        grad_checkpointing=lighter).peak > card
     assert estimate_training_memory(cfg, 1, amp='bf16', gpus=8).peak > card
     # tools/train.py runs it through DeepSpeed in bf16, 5 clips per GPU
     cfg.launcher = 'pytorch'
