@@ -323,8 +323,8 @@ def test_tool_refuses_bad_input(tmp_path, capsys):
             assert 2e9 / 2 ** 30 < out['estimates'][0]['zero_buffers'] < 2.001e9 / 2 ** 30
 
 
-# card preset -> (card GiB, its checkpointing, the lighter settings, which must not fit:
-# less recomputation, as far as the preset chose by that)
+# card preset -> (card GiB, its checkpointing, the settings that recompute less, none
+# of which may fit)
 PRESETS = {'24gb': (24, True, (2, 'selective')), '48gb': (48, 'selective', (False,)),
            '80gb': (80, False, ())}
 
