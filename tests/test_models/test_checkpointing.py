@@ -186,6 +186,23 @@ def test_selective_checkpointing_recomputes_dropout_with_the_same_masks():
         torch.testing.assert_close(selective, plain, rtol=0, atol=0)
 
 
+def test_selective_checkpointing_under_bf16_autocast_same_gradients():
+    """Under autocast the recomputation casts again (weights and inputs to bf16) and
+    reuses the kept bf16 products: the gradients are the plain autocast step's."""
+    plain = randomise(DiT(**DIT))
+    model = DiT(**DIT, grad_checkpointing='selective')
+    model.load_state_dict(plain.state_dict())
+    results = []
+    for m in (plain, model):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            results.append(loss_and_grads(m, dit_inputs()))
+    (out_ref, grads_ref), (out, grads) = results
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('block_type', ['latte', 'stdit'])
 def test_video_dit_selective_checkpointing_same_gradients(block_type):
     config = dict(VIDEO, block_type=block_type)

@@ -67,6 +67,11 @@ CASES = {
         ROOT, 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py')), dict(text_len=7)),
     'stable_cascade_frozen': (frozen_stable_cascade_toy(),
                               dict(amp='bf16', grad_checkpointing=True)),
+    # selective checkpointing: the products kept across the forward, the rest recomputed
+    'dit_bf16_selective': (tiny_cfg(ema=False, hidden_size=64, input_size=16, depth=4),
+                           dict(amp='bf16', grad_checkpointing='selective')),
+    'stable_cascade_selective': (frozen_stable_cascade_toy(),
+                                 dict(amp='bf16', grad_checkpointing='selective')),
 }
 
 
