@@ -3,7 +3,6 @@ mmsora.utils.fsdp_memory) against real tools/train.py --fsdp runs on two gloo
 processes with every tensor storage counted (tests/count_train_memory.py), and the
 tool."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -12,43 +11,13 @@ from mmengine.config import Config
 from mmsora.engine.strategies import load_strategy
 from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import LiveTensorBytes, estimate_training_memory
-from tests.launch import counted_train_run
+from tests.memory_runs import (DEMO, FUSED, ROOT, SINGLE_TENSOR, counted_demo_run,
+                               demo_cfg, estimate_memory)
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402
-
-DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 FSDP = load_strategy('fsdp')
 # FSDP's MixedPrecision: bf16 weights gathered for the forward and backward from fp32
 # shards, gradients reduced in fp32
 FSDP_BF16 = load_strategy('fsdp_bf16')
-# The optimizer is set in both the estimate and the run: on the CPU torch's AdamW goes
-# one tensor at a time by default, while the estimate assumes CUDA's fused one.
-SINGLE_TENSOR, FUSED = dict(foreach=False), dict(fused=True)
-
-
-def demo_cfg(batch, adamw, accumulate=1):
-    cfg = Config.fromfile(DEMO)
-    cfg.train_dataloader.batch_size = batch
-    cfg.optim_wrapper.optimizer.update(adamw)
-    cfg.optim_wrapper.accumulative_counts = accumulate
-    return cfg
-
-
-def counted_run(tmp_path, batch, adamw, amp, accumulate, iters, mixed=False):
-    return counted_train_run(tmp_path, [
-        DEMO, '--launcher', 'pytorch', '--fsdp', 'fsdp_bf16' if mixed else 'fsdp',
-        *(['--amp'] if amp else []),
-        '--work-dir', str(tmp_path / 'work'),
-        # no checkpoint: the counts are of the training steps (saving gathers the
-        # full state dicts on rank 0)
-        '--cfg-options', f'train_cfg.max_iters={iters}',
-        'default_hooks.checkpoint.interval=100',
-        'default_hooks.checkpoint.save_last=False',
-        f'optim_wrapper.accumulative_counts={accumulate}',
-        f'train_dataloader.batch_size={batch}',
-        *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())])
 
 
 # (batch, AdamW options, --amp, micro-batches per step, FSDP's MixedPrecision)
@@ -66,8 +35,8 @@ def test_estimate_is_a_real_fsdp_runs_peak(case, tmp_path):
                                    amp='bf16' if amp else None, gpus=2,
                                    fsdp=FSDP_BF16 if mixed else FSDP)
     pictures = batch * 3 * 16 * 16 * 4 + batch * 8  # and labels
-    runs = counted_run(tmp_path, batch, adamw, amp, accumulate, iters=2 * accumulate,
-                       mixed=mixed)
+    runs = counted_demo_run(tmp_path, ['--fsdp', 'fsdp_bf16' if mixed else 'fsdp'], batch,
+                            adamw, amp, accumulate, iters=2 * accumulate)
     # The optimizer states exist from the first step on: compare the second step's
     # micro-batches. The estimate is the worst rank's: rank 1, whose shards hold 8192
     # more trainable elements (DiT's frozen pos_embed is in rank 0's), 64 KiB more of

@@ -2,8 +2,6 @@
 fake process group, mmsora.utils.zero3_memory) against real tools/train.py --deepspeed
 runs on two gloo processes with every tensor storage counted, and the tool."""
 import os
-import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -11,12 +9,9 @@ import torch
 from mmsora.engine.strategies import load_strategy
 from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import estimate_training_memory
-from tests.test_utils.test_zero_memory import (BATCH, DEMO, FUSED, SINGLE_TENSOR,
-                                               counted_run, demo_cfg, small_buckets)
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402
+from tests.memory_runs import (BATCH, DEMO, FUSED, SINGLE_TENSOR, counted_demo_run,
+                               demo_cfg, demo_model, estimate_memory)
+from tests.test_utils.test_zero_memory import small_buckets
 
 pytest.importorskip('deepspeed')
 
@@ -41,13 +36,12 @@ def test_estimate_is_a_real_zero3_runs_peak(case, tmp_path):
     options, batch, adamw, amp, accumulate, in_reduce_scatter = CASES[case]
     # buckets of 2e5 elements, smaller than the model (DeepSpeed's 5e8 would be 1 GB)
     strategy = small_buckets(tmp_path, 'deepspeed_zero3', **options)
-    cfg = demo_cfg(batch, adamw)
-    cfg.optim_wrapper.accumulative_counts = accumulate
+    cfg = demo_cfg(batch, adamw, accumulate)
     est = estimate_training_memory(cfg, batch, amp='bf16' if amp else None, gpus=2,
                                    deepspeed=load_strategy(strategy)['config'])
     iters = 2 * accumulate
-    runs = counted_run(tmp_path, strategy, batch, adamw, amp, accumulate=accumulate,
-                       iters=iters)
+    runs = counted_demo_run(tmp_path, ['--deepspeed', strategy], batch, adamw, amp,
+                            accumulate, iters)
     pictures = batch * 3 * 16 * 16 * 4 + batch * 8  # and labels
     persistent = est.weights + est.ema + est.optimizer_states + est.zero_buffers + pictures
     # The second optimizer step (the states exist): what is alive when it starts and
@@ -74,8 +68,7 @@ def test_parts_follow_processes_and_gathering():
     assert estimate_training_memory(cfg, BATCH, amp='bf16', gpus=2, deepspeed=zero3) == two
     # ZeRO-3's own linear, which it puts into torch.nn.functional for good, is undone
     assert torch.nn.functional.linear is torch._C._nn.linear
-    from mmsora.registry import MODELS
-    model = MODELS.build(demo_cfg().model.to_dict())
+    model = demo_model()
     sizes = [p.numel() for p in model.parameters()]
     trainable = [p.numel() for p in model.parameters() if p.requires_grad]
     part = lambda n, sizes=sizes: sum(-(-s // n) for s in sizes)  # noqa: E731

@@ -2,37 +2,16 @@
 against real tools/train.py --deepspeed runs on two gloo processes with every tensor
 storage counted (tests/count_train_memory.py), its closed forms, and the tool."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from mmsora.engine.strategies import load_strategy
 from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import estimate_training_memory
 from mmsora.utils.zero_memory import ZeroLayout
-from tests.launch import counted_train_run
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402
-
-DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
-BATCH = 8
-
-
-# The optimizer is set in both the estimate and the run: on the CPU torch's AdamW goes
-# one tensor at a time by default (its temporaries over DeepSpeed's one flat partition
-# can make the step's peak), while the estimate assumes CUDA's fused one.
-SINGLE_TENSOR, FUSED = dict(foreach=False), dict(fused=True)
-
-
-def demo_cfg(batch=BATCH, adamw=SINGLE_TENSOR):
-    cfg = Config.fromfile(DEMO)
-    cfg.train_dataloader.batch_size = batch
-    cfg.optim_wrapper.optimizer.update(adamw)
-    return cfg
+from tests.memory_runs import (BATCH, DEMO, FUSED, ROOT, SINGLE_TENSOR, counted_demo_run,
+                               demo_cfg, demo_model, estimate_memory)
 
 
 def small_buckets(tmp_path, preset, **zero_options):
@@ -43,21 +22,6 @@ def small_buckets(tmp_path, preset, **zero_options):
     path.write_text(f"_base_ = [{osp.join(ROOT, 'configs/_base_/strategies', preset + '.py')!r}]\n"
                     f'strategy = dict(config=dict(zero_optimization={zero!r}))\n')
     return str(path)
-
-
-def counted_run(tmp_path, strategy, batch, adamw, amp, processes=2, accumulate=1, iters=2):
-    """Per rank, the bytes alive at the start of each iteration and its peak."""
-    return counted_train_run(tmp_path, [
-        DEMO, '--launcher', 'pytorch', '--deepspeed', strategy,
-        *(['--amp'] if amp else []), '--work-dir', str(tmp_path / 'work'),
-        # no checkpoint at the last step: the counts are of the training steps
-        # (saving gathers the partitioned EMA on rank 0, in host memory on a GPU)
-        '--cfg-options', f'train_cfg.max_iters={iters}',
-        'default_hooks.checkpoint.interval=100',
-        f'optim_wrapper.accumulative_counts={accumulate}',
-        'default_hooks.checkpoint.save_last=False',
-        f'train_dataloader.batch_size={batch}',
-        *(f'optim_wrapper.optimizer.{k}={v}' for k, v in adamw.items())], processes)
 
 
 # At batch 8 the peak is at the backward's start (activations, buckets, states). At
@@ -87,7 +51,8 @@ def test_estimate_is_a_real_zero_runs_peak(case, tmp_path):
     # The optimizer states exist from the first step on: compare the second. On the
     # CPU, host and device memory are one: offload's host part is in the count. What
     # is left over is a few scalars (step counts, loss scale, norms).
-    second = [records[1] for records in counted_run(tmp_path, strategy, batch, adamw, amp)]
+    runs = counted_demo_run(tmp_path, ['--deepspeed', strategy], batch, adamw, amp)
+    second = [records[1] for records in runs]
     persistent = est.weights + est.ema + est.optimizer_states + est.host + pictures
     for real in second:
         assert 0 <= real['before'] - persistent <= 1024, (second, est)
@@ -131,7 +96,8 @@ def test_estimate_is_a_real_accumulating_zero_runs_peak(case, tmp_path):
     amp_dtype = 'bf16' if amp else None
     est = estimate_training_memory(cfg, BATCH, amp=amp_dtype, gpus=2,
                                    deepspeed=load_strategy(strategy)['config'])
-    runs = counted_run(tmp_path, strategy, BATCH, adamw, amp, accumulate=2, iters=4)
+    runs = counted_demo_run(tmp_path, ['--deepspeed', strategy], BATCH, adamw, amp,
+                            accumulate=2, iters=4)
     # The second step (iterations 3 and 4): the optimizer states exist.
     over = max(r['peak'] for records in runs for r in records[2:]) - (est.peak + est.host)
     assert 0 <= over <= 1024, (runs, est)
@@ -141,7 +107,7 @@ def test_estimate_is_a_real_accumulating_zero_runs_peak(case, tmp_path):
     assert est.peak + est.host > plain.peak + plain.host  # what accumulation keeps
     # ZeRO-1's whole gradients between micro-batches are in its buffers' column
     if preset.endswith('zero1'):
-        trainable = sum(p.numel() for p in _demo_model().parameters() if p.requires_grad)
+        trainable = sum(p.numel() for p in demo_model().parameters() if p.requires_grad)
         assert est.zero_buffers - plain.zero_buffers == trainable * (2 if amp else 4)
     else:
         assert est.zero_buffers == plain.zero_buffers
@@ -173,7 +139,7 @@ def test_parts_follow_processes_precision_and_offload():
     zero2 = load_strategy('deepspeed_zero2')['config']
     two, eight = (estimate_training_memory(cfg, BATCH, amp='bf16', gpus=n,
                                            deepspeed=zero2) for n in (2, 8))
-    model = _demo_model()
+    model = demo_model()
     assert not [b for b in model.buffers() if b.is_floating_point()]
     model_floats = sum(p.numel() for p in model.parameters())
     assert two.weights == 2 * model_floats  # the module in bf16
@@ -185,7 +151,7 @@ def test_parts_follow_processes_precision_and_offload():
     # and AdamW's step count (a float32 scalar)
     assert two.optimizer_states == 12 * part(2) + 4
     assert eight.optimizer_states == 12 * part(8) + 4
-    largest = max(p.numel() for p in _demo_model().parameters())
+    largest = max(p.numel() for p in demo_model().parameters())
     # buckets, and a rank's gradients: its partition, plus at most two cut parameters
     assert 2 * part(2) <= two.zero_buffers - 2e9 <= 2 * (part(2) + 2 * largest)
     fp32 = estimate_training_memory(cfg, BATCH, gpus=2, deepspeed=zero2)
@@ -203,13 +169,6 @@ def test_parts_follow_processes_precision_and_offload():
     assert offload.peak < two.peak
     with pytest.raises(ValueError, match='fake tensors only'):
         estimate_training_memory(cfg, BATCH, fake=False, deepspeed=zero2)
-
-
-def _demo_model():
-    import mmsora.models  # noqa: F401
-    from mmsora.registry import MODELS
-    model_cfg = demo_cfg().model.to_dict()
-    return MODELS.build(model_cfg)
 
 
 def test_tool_counts_deepspeed_and_refuses_what_it_does_not_model(tmp_path, capsys):
