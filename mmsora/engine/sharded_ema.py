@@ -28,6 +28,7 @@ averages each process's partition of them.
 """
 import torch
 
+from mmsora.engine.strategies.deepspeed import partitions_weights
 from mmsora.registry import HOOKS
 from mmsora.utils.dist import collective_device
 
@@ -309,10 +310,9 @@ class ShardedEMAHook(EMAHook):
         model = runner.model  # FSDP: the root, which gathers full state dicts
         if is_model_wrapper(model) and not isinstance(model, FSDP):
             model = model.module  # DeepSpeed: the engine's module
-        zero3 = any(hasattr(p, 'ds_tensor') for p in model.parameters())
         optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
         self.src_model = model
-        if zero3:
+        if partitions_weights(runner.model):
             self.ema_model = ZeroShardedEMA(model, optimizer, **cfg)
         elif is_zero_partition_optimizer(optimizer):  # ZeRO-1/2
             self.ema_model = ZeroPartitionEMA(model, optimizer, **cfg)

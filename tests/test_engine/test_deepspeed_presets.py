@@ -327,3 +327,30 @@ def test_zero2_ema_refuses_node_local_checkpoints(tmp_path):
     with pytest.raises(UserError, match='checkpoint.use_node_local_storage'):
         train.build_train_config(train.parse_args(
             [DEMO, '--work-dir', str(tmp_path), '--deepspeed', str(preset)]))
+
+
+def test_partitions_weights_asks_the_engine_through_its_wrappers():
+    """ZeRO-3 is told by the engine (through mmengine's wrapper, which hands attribute
+    reads to it); a plain module, DDP and an FSDP root (which hands them to the module
+    it wraps) are not partitioned by DeepSpeed."""
+    from mmengine._strategy.deepspeed import MMDeepSpeedEngineWrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from mmsora.engine.strategies.deepspeed import partitions_weights
+    from mmsora.utils.fsdp_memory import fake_process_group
+
+    class Engine(torch.nn.Module):
+        def __init__(self, stage):
+            super().__init__()
+            self.module, self.stage = torch.nn.Linear(2, 2), stage
+
+        def zero_optimization_partition_weights(self):
+            return self.stage == 3
+
+    assert [partitions_weights(MMDeepSpeedEngineWrapper(model=Engine(stage)))
+            for stage in (1, 2, 3)] == [False, False, True]
+    assert partitions_weights(Engine(3)) and not partitions_weights(Engine(2))
+    assert not partitions_weights(torch.nn.Linear(2, 2))
+    with fake_process_group(2):
+        root = FullyShardedDataParallel(torch.nn.Linear(2, 2), device_id=torch.device('cpu'))
+        assert not partitions_weights(root)

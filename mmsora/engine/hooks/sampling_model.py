@@ -4,6 +4,8 @@ from contextlib import contextmanager
 from mmengine.hooks import EMAHook
 from mmengine.model import is_model_wrapper
 
+from mmsora.engine.strategies.deepspeed import partitions_weights
+
 __all__ = ['sampling_model', 'ShardedSampler']
 
 
@@ -65,7 +67,7 @@ def sampling_model(runner, use_ema: bool = True):
     model = root.module if is_model_wrapper(root) else root
     if isinstance(root, FSDP):
         model = ShardedSampler(root, model)
-    elif _is_zero3_engine(getattr(root, 'model', None)):  # mmengine's engine wrapper
+    elif partitions_weights(root):  # ZeRO-3: mmengine's wrapper of the engine
         model = ShardedSampler(root.model, model)
     ema = None
     if use_ema:
@@ -84,8 +86,3 @@ def sampling_model(runner, use_ema: bool = True):
         finally:
             ema.swap()
 
-
-def _is_zero3_engine(engine) -> bool:
-    """Whether ``engine`` is a DeepSpeed engine that partitions the weights (ZeRO-3)."""
-    check = getattr(engine, 'zero_optimization_partition_weights', None)
-    return callable(check) and bool(check())

@@ -28,7 +28,7 @@ from mmsora.utils.training_inputs import hook_class
 from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  # noqa: F401
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
-           'zero_model_states',
+           'zero_model_states', 'partitions_weights',
            'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
            'to_flexible_runner_config']
 
@@ -132,6 +132,14 @@ def mend_mmengine_deepspeed():
     return register_deepspeed_optimizers()
 
 
+def partitions_weights(model) -> bool:
+    """Whether ``model`` (the runner's) is a DeepSpeed engine, or mmengine's wrapper
+    of one, that partitions the weights over the processes: ZeRO-3 (DeepSpeed answers
+    from its configuration, without a collective)."""
+    check = getattr(model, 'zero_optimization_partition_weights', None)
+    return callable(check) and bool(check())
+
+
 def _save_with_hooks(save_checkpoint):
     """``DeepSpeedStrategy.save_checkpoint`` that runs the hooks' ``before_save_checkpoint``
     (mmengine 0.10.7 drops the callback), so EMAHook and RNGStateHook save their state.
@@ -147,7 +155,7 @@ def _save_with_hooks(save_checkpoint):
         if callback is not None:
             from mmengine.runner.checkpoint import weights_to_cpu
             extra_ckpt = dict(extra_ckpt or {})
-            if self.model.zero_optimization_partition_weights():  # every rank calls it
+            if partitions_weights(self.model):  # a gather: every rank takes part
                 full = self.model._zero3_consolidated_16bit_state_dict()
                 extra_ckpt['state_dict'] = dict(full or {})  # None off rank 0
             else:
