@@ -573,6 +573,15 @@ def setup_record(args, micro, peak_tflops=None) -> dict:
                 threads=args.threads or torch.get_num_threads(), torch=torch.__version__)
 
 
+def report(args, setup: dict, text: str, record: dict) -> None:
+    """Print the setup line and the results; with ``--json`` write both."""
+    print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
+    print(text)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(setup=setup, **record), f, indent=2)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -589,12 +598,7 @@ def main(argv=None):
         if not args.baseline:
             raise SystemExit('--interleave compares two models: add --baseline diffusers')
         record = interleave(args)
-        setup = setup_record(args, micro)
-        print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
-        print(interleave_report(args, record))
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(dict(setup=setup, **record), f, indent=2)
+        report(args, setup_record(args, micro), interleave_report(args, record), record)
         return
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.
@@ -608,18 +612,13 @@ def main(argv=None):
         best['step_ms_all'] = [round(r['step_ms'], 1) for r in runs[impl]]
         best['peak_mem_mb'] = max(r['peak_mem_mb'] for r in runs[impl])
         results.append(best)
-    setup = setup_record(args, micro, peak_tflops=results[0].get('peak_tflops'))
-    print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
-    print(format_table(results))
-    for r in results:
-        if 'attn_kernel' in r:
-            print(f"{r['impl']}: attention kernel {r['attn_kernel']}")
+    lines = [format_table(results)]
+    lines += [f"{r['impl']}: attention kernel {r['attn_kernel']}"
+              for r in results if 'attn_kernel' in r]
     if args.repeats > 1:
-        for r in results:
-            print(f"{r['impl']}: step_ms of each run {r['step_ms_all']}")
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(setup=setup, results=results), f, indent=2)
+        lines += [f"{r['impl']}: step_ms of each run {r['step_ms_all']}" for r in results]
+    setup = setup_record(args, micro, peak_tflops=results[0].get('peak_tflops'))
+    report(args, setup, '\n'.join(lines), dict(results=results))
 
 
 if __name__ == '__main__':
