@@ -2,6 +2,7 @@
 fake process group, mmsora.utils.zero3_memory) against real tools/train.py --deepspeed
 runs on two gloo processes with every tensor storage counted, and the tool."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -189,6 +190,12 @@ def test_tool_counts_zero3(capsys):
     assert 'whole module on the GPU (0.00 GiB), which must fit too' in text
     estimate = out['estimates'][0]
     assert estimate['zero_buffers'] > 0.93  # GiB: the bucket
+    # torch's deprecation of the collectives DeepSpeed calls is not the user's to see
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        estimate_training_memory(demo_cfg(), 2, amp='bf16', gpus=2, deepspeed=load_strategy(
+            'deepspeed_zero3')['config'])
+    assert not [w for w in seen if 'is deprecated' in str(w.message)], seen
     # --measure: the same step on real tensors (collectives still fake), the same peak
     assert estimate['measured'] == estimate['peak']
     assert out['largest_batch'][0]['batch_size'] > 0
