@@ -8,7 +8,7 @@
 # card holds 4, a 48 GB card 1); with --deepspeed deepspeed_zero2, 22.8 GiB (48 GB cards
 # hold 4, 24 GB cards 1). One 24 GB card holds 2 clips with --deepspeed
 # deepspeed_zero2_offload (20.95 GiB; ~22 GiB of host RAM). Checkpointing fewer blocks
-# needs >= 67 GiB at one clip. docs/distributed.md, "480p, 5 s clips".
+# needs >= 71 GiB at one clip. docs/distributed.md, "480p, 5 s clips".
 #   python tools/extract_features.py --manifest data/clips/train.csv --num-frames 40 \
 #       --target-fps 8 --size 480 848 --vae checkpoints/sd-vae-ft-ema \
 #       --text-encoder checkpoints/t5-v1_1-xxl --out data/clips_40x480p_t5_latents
