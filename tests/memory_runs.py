@@ -1,6 +1,7 @@
-"""The main demo's config, its model, and its counted ``tools/train.py`` runs on two
-gloo processes: what the memory tests of FSDP, DeepSpeed ZeRO-1/2 and ZeRO-3
-(tests/test_utils/test_{fsdp,zero,zero3}_memory.py) compare their estimates with."""
+"""The image demo (configs/dit/dit_tiny2_1xb32_1500_shapes16.py): its config, its
+model, and its counted ``tools/train.py`` runs on two gloo processes, which the memory
+tests of FSDP, DeepSpeed ZeRO-1/2 and ZeRO-3 (tests/test_utils/test_{fsdp,zero,zero3}
+_memory.py) compare their estimates with."""
 import os.path as osp
 import sys
 

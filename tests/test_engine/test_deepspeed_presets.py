@@ -331,8 +331,8 @@ def test_zero2_ema_refuses_node_local_checkpoints(tmp_path):
 
 def test_partitions_weights_asks_the_engine_through_its_wrappers():
     """ZeRO-3 is told by the engine (through mmengine's wrapper, which hands attribute
-    reads to it); a plain module, DDP and an FSDP root (which hands them to the module
-    it wraps) are not partitioned by DeepSpeed."""
+    reads to it); a plain module and an FSDP root (which hands them to the module it
+    wraps) are not partitioned by DeepSpeed."""
     from mmengine._strategy.deepspeed import MMDeepSpeedEngineWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel
 
