@@ -89,8 +89,6 @@ def test_fake_estimate_is_the_cpu_allocators_peak(case, tmp_path):
     assert fake.peak > fake.weights + fake.ema + fake.optimizer_states + fake.step / 2
 
 
-DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
-
 
 def test_estimate_is_a_real_accumulated_runs_peak(tmp_path):
     """tools/train.py with two micro-batches per step, every tensor storage counted
@@ -99,6 +97,7 @@ def test_estimate_is_a_real_accumulated_runs_peak(tmp_path):
     import subprocess
 
     from tests.launch import fresh_run_env
+    from tests.memory_runs import DEMO, FUSED, demo_cfg, demo_model
     options = ['train_dataloader.batch_size=8', 'optim_wrapper.optimizer.fused=True',
                'optim_wrapper.accumulative_counts=2']
     cmd = [sys.executable, osp.join(ROOT, 'tests/count_train_memory.py'), DEMO,
@@ -111,20 +110,14 @@ def test_estimate_is_a_real_accumulated_runs_peak(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = json.loads((tmp_path / 'm.0.json').read_text())
-    cfg = Config.fromfile(DEMO)
-    cfg.train_dataloader.batch_size = 8
-    cfg.optim_wrapper.optimizer.fused = True
-    cfg.optim_wrapper.accumulative_counts = 2
+    cfg = demo_cfg(8, FUSED, accumulate=2)
     est = estimate_training_memory(cfg, 8)
     real = max(r['peak'] for r in records)  # iteration 4: the 2nd micro-batch of step 2
     assert records[3]['peak'] == real
     assert 0 <= real - est.peak <= 1024, (records, est)  # a few scalars
     # Against one micro-batch per step: the peak grows by the float32 gradients (but
     # for the few a plain step already holds at its peak, early in the backward).
-    import mmsora.models  # noqa: F401
-    from mmsora.registry import MODELS
-    grads = sum(4 * p.numel() for p in MODELS.build(dict(cfg.model)).parameters()
-                if p.requires_grad)
+    grads = sum(4 * p.numel() for p in demo_model().parameters() if p.requires_grad)
     cfg.optim_wrapper.accumulative_counts = 1
     without = estimate_training_memory(cfg, 8)
     assert 0.95 * grads <= est.peak - without.peak <= grads
