@@ -53,7 +53,9 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=10, help='timed steps')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--device', choices=['cpu', 'cuda'],
+                        default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='default: cuda when a GPU is visible, as tools/train.py')
     parser.add_argument('--precision', choices=list(_PRECISIONS),
                         help="bf16/fp16: tools/train.py --amp's autocast over fp32 weights "
                         '(AmpOptimWrapper on CUDA, AutocastOptimWrapper on the CPU); '

@@ -27,6 +27,13 @@ def test_every_model_gets_the_cpu_malloc_train_sets(malloc_calls):
     assert malloc_calls == [1]
 
 
+@pytest.mark.parametrize('gpu', [True, False])
+def test_the_device_is_the_gpu_when_there_is_one(monkeypatch, gpu):
+    monkeypatch.setattr(benchmark.torch.cuda, 'is_available', lambda: gpu)
+    assert benchmark.parse_args(SMALL).device == ('cuda' if gpu else 'cpu')
+    assert benchmark.parse_args(SMALL + ['--device', 'cpu']).device == 'cpu'
+
+
 @pytest.mark.parametrize('impl', ['ours', 'diffusers'])
 def test_worker_times_steps_and_counts_flops(impl):
     result = benchmark.run_worker(benchmark.parse_args(SMALL + ['--worker', impl]))
