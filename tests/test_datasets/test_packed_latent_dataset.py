@@ -88,6 +88,8 @@ def test_seed_none_draws_from_torch_global_rng(tmp_path):
     s1 = PackedLatentDataset(str(tmp_path)).seed
     torch.manual_seed(123)
     assert PackedLatentDataset(str(tmp_path)).seed == s1
+    torch.manual_seed(124)
+    assert PackedLatentDataset(str(tmp_path)).seed != s1
 
 
 def test_worker_ids_give_different_draws(tmp_path):

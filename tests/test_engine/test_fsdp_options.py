@@ -40,7 +40,7 @@ def test_fsdp_config_swaps_the_ema_and_adds_the_clip_hook(tmp_path):
         assert cfg.strategy.model_wrapper.device_id == 'cpu'
 
 
-def test_fp16_loss_scaling_checks_every_shard():
+def test_fp16_under_fsdp_asks_for_the_sharded_grad_scaler():
     from mmengine.config import Config
 
     from mmsora.engine.strategies import to_flexible_runner_config

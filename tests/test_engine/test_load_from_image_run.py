@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 import mmsora.datasets  # noqa: F401
 import mmsora.engine  # noqa: F401
 import mmsora.models  # noqa: F401
+from tests.runner_probes import StateAtTrainStart
 from tools.train import build_train_config, parse_args
 
 IMAGE = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -69,7 +70,16 @@ def test_video_run_loads_through_mmengine(repo_root, tmp_path):
                                  'model.denoiser.depth=2', 'model.latent_shape=[3,4,8,8]',
                                  'default_hooks.checkpoint.interval=1'))
     src.train()
-    cfg = config(repo_root, VIDEO, tmp_path / 'dst', 'model.denoiser.depth=2',
+    cfg = config(repo_root, VIDEO, tmp_path / 'dst', 'train_cfg.max_iters=1',
+                 'model.denoiser.depth=2',
                  'model.latent_shape=[3,4,8,8]', load_from=str(tmp_path / 'src' / 'iter_1.pth'))
     assert cfg.load_from == str(tmp_path / 'src' / 'iter_1.pth')
     assert not cfg.model.get('pretrained_denoiser')
+    dst = Runner.from_cfg(cfg)
+    start = StateAtTrainStart()
+    dst.register_hook(start)
+    dst.train()
+    saved = torch.load(cfg.load_from, weights_only=False)['state_dict']
+    assert saved.keys() == start.weights.keys()
+    for key, value in saved.items():
+        assert torch.equal(start.weights[key], value), key

@@ -11,6 +11,7 @@ import mmsora.datasets  # noqa: F401
 import mmsora.diffusion  # noqa: F401
 import mmsora.engine  # noqa: F401
 import mmsora.models  # noqa: F401
+from tests.runner_probes import StateAtTrainStart
 from tools.train import build_train_config, parse_args
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -81,7 +82,16 @@ def test_load_from_takes_weights_only(repo_root, tmp_path):
     cfg = tiny_cfg(repo_root, tmp_path / 'dst', 2, load_from=ckpt)
     assert cfg.resume is False and cfg.load_from == ckpt
     dst = Runner.from_cfg(cfg)
+    start = StateAtTrainStart()
+    dst.register_hook(start)
     dst.train()
+    # The checkpoint's weights (its state_dict: the EMA's, which the EMA hook saves
+    # there), and nothing else: no optimizer state, and a new iteration count.
+    saved = torch.load(ckpt, weights_only=False)['state_dict']
+    assert saved.keys() == start.weights.keys()
+    for key, value in saved.items():
+        assert torch.equal(start.weights[key], value), key
+    assert start.optimizer_state == {}
     assert dst.iter == 2  # a new run: the iteration counter starts from 0
 
 

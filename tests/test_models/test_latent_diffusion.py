@@ -97,6 +97,13 @@ def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     plain = model.sample([1], seeds=[3], sampler='ddim', num_steps=4)
     guided = model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=4.0)
     assert not torch.allclose(plain, guided)
+    # Scale 1 is the default: the plain, conditional sample (no unconditional half).
+    calls = []
+    model.denoiser.x_embedder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    one = model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=1.0)
+    assert torch.equal(one, plain) and calls == [1] * 4
+    model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=4.0)
+    assert calls[4:] == [2] * 4  # guided: conditional and unconditional halves
 
 
 def test_vae_encodes_on_the_fly_and_decodes_samples():

@@ -150,13 +150,26 @@ def test_condition_dropout_in_training_only():
         assert not torch.equal(dropped, model(x, t, y, pooled=pooled))
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
-    grads = []
+def test_grad_checkpointing_gives_the_same_gradients(monkeypatch):
+    from mmsora.models.layers import checkpointing
+    grads, real = [], checkpointing.checkpoint
     for ckpt in (False, True, 'selective'):
         model = make_video_model(temporal_layers=('attn', 'conv'), grad_checkpointing=ckpt)
         perturb(model.temporal_down, seed=3)
         x, t, y, pooled = inputs()
-        model(x, t, y, pooled=pooled).square().mean().backward()
+        calls, runs = [], []  # checkpointed calls (their context_fn); block runs
+        monkeypatch.setattr(checkpointing, 'checkpoint', lambda fn, *a, **kw: (
+            calls.append(kw.get('context_fn')) or real(fn, *a, **kw)))
+        for block in (*model.unet.down_blocks, *model.unet.up_blocks,
+                      *model.temporal_down, *model.temporal_up):
+            for layer in block:
+                if not isinstance(layer, torch.nn.Identity):
+                    layer.register_forward_pre_hook(lambda *_: runs.append(1))
+        loss = model(x, t, y, pooled=pooled).square().mean()
+        # every run of a block (spatial or temporal) checkpointed, as asked
+        assert len(calls) == (len(runs) if ckpt else 0) and len(runs) > 10, ckpt
+        assert set(calls) <= {checkpointing._SELECTIVE if ckpt == 'selective' else None}
+        loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-5, atol=1e-6)

@@ -116,6 +116,7 @@ def resume_and_compare(repo_root, work, reference):
 
 def test_kill_at_a_random_iteration_then_resume(repo_root, tmp_path, uninterrupted):
     at = random.choice([i for i in range(EVERY + 1, ITERS) if i % EVERY])
+    print(f'killed at iteration {at}')  # shown with a failure: rerun at that point
     log = kill_at(repo_root, tmp_path, 'iter', at)
     assert f'waiting after the step of iteration {at}' in log
     last = EVERY * (at // EVERY)
