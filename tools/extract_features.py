@@ -330,6 +330,9 @@ def main(argv=None):
               + (f': {", ".join(skipped[:10])}' + (' ...' if len(skipped) > 10 else '')
                  if skipped else ''))
     close_process_group()
+    if summary and summary['complete'] and not summary['num_items']:
+        fail(f'no latents written to {args.out}: '
+             + (f'all {len(skipped)} inputs were unreadable' if skipped else 'no inputs'))
     return summary
 
 

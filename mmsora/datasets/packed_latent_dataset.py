@@ -38,6 +38,11 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     def __init__(self, data_root, store='', sample_posterior=True, random_flip=True,
                  seed=None):
         self.store = LatentStore(osp.join(data_root, store))
+        if len(self.store) == 0:  # an infinite sampler would wait on it for ever
+            num_skipped = self.store.index.get('num_skipped', 0)
+            raise ValueError(f'latent store {self.store.root!r} holds no latents'
+                             + (f' (its extraction skipped all {num_skipped} inputs as '
+                                'unreadable)' if num_skipped else ''))
         self.sample_posterior = sample_posterior
         self.random_flip = random_flip
         self.seed = draw_seed(seed)

@@ -59,8 +59,9 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
             f'{path} holds objects that torch.load(weights_only=True) refuses to '
             f'unpickle (they could run code): {_refusal(e)}; only tensors and plain '
             'containers are accepted') from None
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        # A truncated zip, or not a torch file at all (torch says KeyError: '101').
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        # A truncated zip, or not a torch file at all (torch says KeyError: '101'; some
+        # cuts of a zip make its reader seek before the start: OSError EINVAL).
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
                          f'checkpoint ({first.split(". ")[0]})') from None

@@ -114,6 +114,15 @@ def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
         run_extract(str(tmp_path / 'empty'), str(tmp_path / 'o'), tiny_vae_dir)
     with pytest.raises(SystemExit, match='no_vae'):
         run_extract(image_folder, str(tmp_path / 'o'), str(tmp_path / 'no_vae'))
+    # Every picture unreadable: an error, and the empty store is refused for training
+    # (mmengine's infinite sampler would wait on it for ever).
+    (tmp_path / 'bad' / 'a').mkdir(parents=True)
+    (tmp_path / 'bad' / 'a' / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n not a png')
+    with pytest.raises(SystemExit, match=r'error: no latents written to .*empty_store: '
+                                         r'all 1 inputs were unreadable$'):
+        run_extract(str(tmp_path / 'bad'), str(tmp_path / 'empty_store'), tiny_vae_dir)
+    with pytest.raises(ValueError, match=r"holds no latents \(its extraction skipped all 1 "):
+        PackedLatentDataset(str(tmp_path / 'empty_store'))
 
 
 def test_extract_two_ranks_simulated(image_folder, tiny_vae_dir, tmp_path):

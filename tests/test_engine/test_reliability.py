@@ -8,7 +8,6 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from mmsora.datasets import ImageFolderDataset, NpyLatentDataset, SkipCorruptDataset
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.cli import UserError, explain_error
+from tests.runner_probes import StateAtTrainStart
 from tests.test_engine.test_train import DEMO, tiny_cfg
 from tools.train import build_train_config, parse_args
 
@@ -67,12 +67,6 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
         runner.train()
 
 
-class _FirstWeights(Hook):
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter == 0:
-            self.weights = {k: v.clone() for k, v in runner.model.state_dict().items()}
-
-
 def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
     _, ckpt = trained
     source = load_checkpoint_file(ckpt)
@@ -82,7 +76,7 @@ def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
                    'train_dataloader.dataset.num_samples=24',
                    'train_dataloader.dataset.seed=7', load_from=str(tmp_path / 'two.pth'))
     runner = Runner.from_cfg(cfg)
-    first = _FirstWeights()
+    first = StateAtTrainStart()
     runner.register_hook(first)
     runner.train()
     assert runner.iter == 2  # a new run: fresh iteration counter (and optimizer)
@@ -97,9 +91,11 @@ def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
     data = open(ckpt, 'rb').read()
     cut = tmp_path / 'cut.pth'
     cut.write_bytes(data[:len(data) // 2])
+    early = tmp_path / 'early.pth'  # zip's reader seeks before the start: OSError
+    early.write_bytes(data[:5000])
     junk = tmp_path / 'junk.pth'
     junk.write_bytes(b'hello world')
-    for path in (cut, junk):
+    for path in (cut, early, junk):
         for option in ('--resume', '--load-from'):
             with pytest.raises(ValueError) as info:
                 build_train_config(parse_args([DEMO, option, str(path)]))
