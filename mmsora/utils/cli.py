@@ -8,7 +8,7 @@ import sys
 
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
-           'keep_freed_memory_on_cpu', 'checkpointing_setting']
+           'keep_freed_memory_on_cpu', 'checkpointing_setting', 'unknown_key_message']
 
 
 class UserError(Exception):
@@ -88,6 +88,8 @@ def apply_cfg_options(cfg, options):
     return cfg
 
 
+# What a path the user gave can run into (FileNotFoundError has its own message).
+_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 _NOT_REGISTERED = re.compile(r'(\S+) is not in the (\S+)::(.+?) registry')
 _UNEXPECTED_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 
@@ -116,10 +118,12 @@ def _find_registered_class(class_name):
     return None
 
 
-def _explain_unexpected_kwarg(class_name, key):
+def unknown_key_message(class_name, key):
+    """``unknown config key KEY for CLASS; did you mean ...?`` for a registered class."""
     import inspect
     cls = _find_registered_class(class_name)
-    params = list(inspect.signature(cls).parameters) if cls is not None else []
+    params = [name for name, p in inspect.signature(cls).parameters.items()
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)] if cls is not None else []
     close = difflib.get_close_matches(key, params, n=3)
     hint = f'; did you mean {", ".join(close)}?' if close else (
         f'; it takes {", ".join(params)}' if params else '')
@@ -143,12 +147,17 @@ def explain_error(exc):
         return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
     match = _UNEXPECTED_KWARG.search(text)
     if isinstance(exc, TypeError) and match:
-        return _explain_unexpected_kwarg(*match.groups())
+        return unknown_key_message(*match.groups())
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
         # Errors raised in DataLoader workers arrive wrapped, with the worker's
         # traceback in the message: its last line is the original error.
-        last = text.strip().splitlines()[-1]
-        return re.sub(r'^\w+(Error|Exception): ', '', last).strip("'\"")
+        last = re.sub(r'^\w+(Error|Exception): ', '', text.strip().splitlines()[-1])
+        if len(last) > 1 and last[0] == last[-1] and last[0] in '\'"':  # a repr
+            last = last[1:-1]
+        return last
+    if isinstance(exc, _PATH_ERRORS) and exc.filename:  # an output path through a file
+        return f'{exc.strerror}: {exc.filename}' + (
+            f' -> {exc.filename2}' if exc.filename2 else '')
     return None
 
 

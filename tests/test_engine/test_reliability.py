@@ -12,7 +12,8 @@ from mmengine.runner import Runner
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mmsora.datasets import ImageFolderDataset, NpyLatentDataset, SkipCorruptDataset
+from mmsora.datasets import (ImageFolderDataset, LatentStore, NpyLatentDataset,
+                             SkipCorruptDataset)
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.cli import UserError, explain_error
 from tests.runner_probes import StateAtTrainStart
@@ -109,6 +110,26 @@ def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'gone.pth'))
     with pytest.raises(UserError, match="names '.*gone.pth', which does not exist"):
         build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
+
+
+def test_path_mistakes_are_one_line(tmp_path):
+    store = tmp_path / 'store'
+    with pytest.raises(FileNotFoundError) as info:
+        LatentStore(str(store))
+    assert one_line(info.value) == f"no latent store index {str(store / 'index.json')!r}"
+    # an error re-raised from a DataLoader worker: its last line, a repr unquoted
+    wrapped = ValueError("Caught ValueError in DataLoader worker process 0.\nTraceback "
+                         "(most recent call last):\n  ...\nValueError: 'bad item 3'")
+    assert one_line(wrapped) == 'bad item 3'
+    # an output path that runs into a file (--work-dir, --out, --json)
+    afile = tmp_path / 'taken.jpg'
+    afile.write_bytes(b'')
+    with pytest.raises(FileExistsError) as info:
+        os.makedirs(afile)
+    assert one_line(info.value) == f'File exists: {afile}'
+    with pytest.raises(NotADirectoryError) as info:
+        open(afile / 'x.png', 'wb')
+    assert one_line(info.value) == f'Not a directory: {afile / "x.png"}'
 
 
 # --------------------------------------------------------------------------- #

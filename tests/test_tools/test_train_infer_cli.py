@@ -44,6 +44,10 @@ def error_line(result):
      "unknown config key 'num_sample' for SyntheticShapesDataset; did you mean num_samples"),
     ([DEMO, '--cfg-options', 'model.denoiser.hiden_size=8'],
      "unknown config key 'hiden_size' for DiT; did you mean hidden_size"),
+    # refused before training: mmengine's hook took it and failed at the first save
+    ([DEMO, '--cfg-options', 'default_hooks.checkpoint.intervall=2'],
+     "default_hooks.checkpoint: unknown config key 'intervall' for CheckpointHook; did "
+     "you mean interval"),
 ])
 def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
     result = train(repo_root, *args, '--work-dir', str(tmp_path))

@@ -7,7 +7,7 @@ import os
 import torch
 from mmengine.logging import print_log
 
-from mmsora.utils.cli import UserError
+from mmsora.utils.cli import UserError, unknown_key_message
 from mmsora.utils.dist import free_port
 from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
@@ -16,7 +16,8 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
-           'check_accumulation', 'check_fsdp_precision', 'seed_model_at_run_time']
+           'check_accumulation', 'check_checkpoint_hook', 'check_fsdp_precision',
+           'seed_model_at_run_time']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -278,6 +279,26 @@ def accumulation_of(cfg) -> int:
             if isinstance(steps, int):
                 return steps
     return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+
+
+def check_checkpoint_hook(cfg) -> None:
+    """Refuse unknown keys of ``default_hooks.checkpoint`` before training starts.
+
+    mmengine's CheckpointHook takes any keyword argument and hands it to
+    ``runner.save_checkpoint``, which has none to spare: a typo (``intervall=2``) was
+    accepted and failed only at the run's first save."""
+    import inspect
+
+    from mmengine.hooks import CheckpointHook
+    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if not isinstance(hook, dict) or hook.get('type') not in (
+            'CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
+        return
+    known = {'type', 'priority', *inspect.signature(CheckpointHook).parameters} - {'kwargs'}
+    for key in hook:
+        if key not in known:
+            raise UserError(f'default_hooks.checkpoint: '
+                            f'{unknown_key_message("CheckpointHook", key)}')
 
 
 def check_accumulation(cfg) -> None:
