@@ -41,6 +41,7 @@ from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
+from mmsora.utils.cli import device_setting
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
@@ -94,7 +95,8 @@ def parse_args(argv=None):
                    'or clips (video VAE) per VAE call, to bound memory (default: '
                    '--batch-size)')
     p.add_argument('--num-workers', type=int, default=4, help='decoding workers')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', type=device_setting,
+                   default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--scale-factor', type=float,
                    help='latent scale (default: 0.18215 for --vae, the VAE config\'s for '
                    '--video-vae)')

@@ -27,8 +27,8 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import (UserError, add_malloc_option, keep_freed_memory_on_cpu,
-                              run_cli)
+from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
+                              keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument('--eta', type=float, help="DDIM's eta (default 0)")
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', type=device_setting,
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '

@@ -22,7 +22,7 @@ import importlib
 import os.path as osp
 import sys
 
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import UserError, device_setting, run_cli
 
 
 def parse_args(argv=None):
@@ -43,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, help='sampling steps (mmsora, diffusers)')
     parser.add_argument('--cfg-scale', type=float, help='guidance scale (mmsora, diffusers)')
     parser.add_argument('--seed', type=int, default=0, help='shot i uses seed SEED + i')
-    parser.add_argument('--device', help='device for model pictures (default: cuda if any)')
+    parser.add_argument('--device', type=device_setting, help='device for model pictures (default: cuda if any)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='mmsora: override config entries (e.g. the text encoder '
                         'folder, model.text_encoder.pretrained_path=DIR)')

@@ -8,7 +8,8 @@ import sys
 
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
-           'keep_freed_memory_on_cpu', 'checkpointing_setting', 'unknown_key_message']
+           'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
+           'unknown_key_message']
 
 
 class UserError(Exception):
@@ -193,6 +194,26 @@ def checkpointing_setting(text: str):
         raise argparse.ArgumentTypeError(
             f"expected 'selective' or a block interval K >= 0, got {text!r}")
     return k
+
+
+def device_setting(text: str) -> str:
+    """argparse ``type`` of the tools' ``--device``: a torch device (``cpu``, ``cuda``,
+    ``cuda:1``, ...) that this machine has."""
+    import argparse
+
+    import torch
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'expected cpu, cuda or cuda:N, got {text!r}')
+    backend = getattr(torch, device.type, None)
+    if device.type != 'cpu' and not (backend and backend.is_available()):
+        raise argparse.ArgumentTypeError(f'{text}: no {device.type} device on this machine')
+    if (device.type == 'cuda' and device.index is not None
+            and device.index >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(
+            f'{text}: this machine has {torch.cuda.device_count()} CUDA device(s)')
+    return text
 
 
 def run_cli(main):

@@ -1,0 +1,35 @@
+"""mmsora.utils.cli's argparse types, as the tools use them."""
+import argparse
+
+import pytest
+import torch
+
+from mmsora.utils.cli import device_setting
+
+
+def test_device_setting(monkeypatch):
+    assert device_setting('cpu') == 'cpu'
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match="expected cpu, cuda or cuda:N, got 'nope'"):
+        device_setting('nope')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(argparse.ArgumentTypeError, match='cuda: no cuda device on this machine'):
+        device_setting('cuda')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    assert device_setting('cuda') == 'cuda' and device_setting('cuda:1') == 'cuda:1'
+    with pytest.raises(argparse.ArgumentTypeError, match='has 2 CUDA device'):
+        device_setting('cuda:2')
+
+
+@pytest.mark.parametrize('tool, argv', [
+    ('infer', ['work_dirs/run']), ('test', ['work_dirs/run']), ('text2video', ['story.txt']),
+    ('extract_features', ['--data-path', 'images', '--out', 'store', '--vae', 'vae'])])
+def test_tools_refuse_a_bad_device_as_a_usage_error(tool, argv, capsys):
+    import importlib
+    module = importlib.import_module(f'tools.{tool}')
+    with pytest.raises(SystemExit) as info:
+        module.parse_args([*argv, '--device', 'nope'])
+    assert info.value.code == 2
+    assert "argument --device: expected cpu, cuda or cuda:N, got 'nope'" in (
+        capsys.readouterr().err)
