@@ -83,6 +83,12 @@ def load_from_local_weights_only(filename, map_location=None):
 
 def _slurm_env():
     """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher."""
+    missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
+               if k not in os.environ]
+    if missing:
+        from mmsora.utils.cli import UserError
+        raise UserError(f'--launcher slurm needs SLURM\'s {", ".join(missing)}: start it '
+                        'with srun (tools/slurm_train.sh)')
     proc_id = int(os.environ['SLURM_PROCID'])
     ntasks = int(os.environ['SLURM_NTASKS'])
     node_list = os.environ['SLURM_NODELIST']

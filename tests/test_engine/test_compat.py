@@ -10,6 +10,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 
 import mmsora.engine  # noqa: F401  (applies the checkpoint mend)
 from mmsora.engine import AutocastOptimWrapper
+from mmsora.utils.cli import UserError
 from tests.launch import free_port
 
 
@@ -78,6 +79,11 @@ def test_init_cpu_distributed_names_missing_env(monkeypatch):
         pytest.skip('CPU-only path')
     with pytest.raises(RuntimeError, match='RANK'):
         mmsora.engine.init_cpu_distributed('pytorch')
+    for key in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(UserError, match="slurm needs SLURM's SLURM_PROCID, SLURM_NTASKS, "
+                                        'SLURM_NODELIST: start it with srun'):
+        mmsora.engine.init_cpu_distributed('slurm')
     assert mmsora.engine.init_cpu_distributed('none') is False
 
 

@@ -189,6 +189,11 @@ def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
         train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path),
                                                    *argv]))
+    broken = tmp_path / 'my_zero2.py'  # a preset file of one's own, with a typo
+    broken.write_text("strategy = dict(type='DeepSpeedStrategy', zero_optimization=dict(\n")
+    with pytest.raises(UserError, match=f'cannot load config {broken}: SyntaxError'):
+        train.build_train_config(train.parse_args([DEMO, '--work-dir', str(tmp_path),
+                                                   '--deepspeed', str(broken)]))
 
 
 @pytest.mark.parametrize('argv,message', [

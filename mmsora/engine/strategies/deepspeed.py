@@ -55,10 +55,8 @@ def load_strategy(name: str, options=()) -> dict:
     """The ``strategy`` dict of a preset name or a config file, with ``options``
     (``--cfg-options`` entries; those under ``strategy.`` apply to it, e.g.
     ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it."""
-    from mmengine.config import Config
-
-    from mmsora.utils.cli import apply_cfg_options
-    cfg = Config.fromfile(preset_path(name))
+    from mmsora.utils.cli import apply_cfg_options, load_config
+    cfg = load_config(preset_path(name))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
     apply_cfg_options(cfg, _strategy_options(options))
