@@ -386,6 +386,22 @@ def check_args(args) -> None:
                         '--interleave')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda: no CUDA device on this machine')
+    at_least = dict(steps=1, warmup=0, batch_size=1, repeats=1, threads=1, text_len=1,
+                    **({} if args.config else dict(input_size=1, num_classes=1)))
+    for name, least in at_least.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise UserError(f'--{name.replace("_", "-")} must be >= {least}, got {value}')
+    for name in ('peak_tflops', 'memory_budget'):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f'--{name.replace("_", "-")} must be > 0, got {value}')
+    if args.ema is not None and not 0 < args.ema < 1:
+        raise UserError(f'--ema is a momentum in (0, 1) (DiT: 1e-4), got {args.ema}')
+    if not args.config:
+        from mmsora.models import DIT_PRESETS
+        if args.model not in DIT_PRESETS:
+            raise UserError(f'--model {args.model!r}: choose from {", ".join(DIT_PRESETS)}')
 
 
 def _setup(args) -> None:

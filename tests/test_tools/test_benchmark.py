@@ -247,6 +247,17 @@ def test_bad_input_is_one_line(tmp_path):
     cfg_file.write_text(TINY + "custom_hooks = [dict(type='EMAHok')]\n")
     with pytest.raises(UserError, match="'EMAHok' is not a registered hook"):
         benchmark.main([str(cfg_file)])
+    for extra, message in [
+            (['--steps', '0'], '--steps must be >= 1, got 0'),
+            (['--repeats', '0'], '--repeats must be >= 1'),
+            (['--batch-size', '0'], '--batch-size must be >= 1'),
+            (['--threads', '0'], '--threads must be >= 1'),
+            (['--input-size', '0'], '--input-size must be >= 1'),
+            (['--ema', '2'], r'--ema is a momentum in \(0, 1\)'),
+            (['--peak-tflops', '-1'], '--peak-tflops must be > 0'),
+            (['--model', 'DiT-Q/2'], "--model 'DiT-Q/2': choose from DiT-S/2, ")]:
+        with pytest.raises(UserError, match=message):
+            benchmark.main(SMALL + extra)
 
 
 @pytest.mark.parametrize('option, value', [('1', 1), ('selective', 'selective')])
