@@ -54,6 +54,8 @@ def parse_args(argv=None):
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if not 0 <= args.warmup < 1:
         parser.error('--warmup must be in [0, 1)')
+    if not args.interval > 0:
+        parser.error(f'--interval must be > 0 seconds, got {args.interval}')
     return args
 
 
@@ -160,7 +162,9 @@ def main(argv=None):
                 "train_dataloader = dict(dataset=dict(_delete_=True, type='NpyLatentDataset', "
                 f"features_dir={osp.abspath(data) + '/features'!r}, "
                 f"labels_dir={osp.abspath(data) + '/labels'!r}))\n")
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PORT': str(args.port)}
+    # dist_train.sh runs `python`: this interpreter, its environment activated or not
+    path = osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PORT': str(args.port), 'PATH': path}
     proc = subprocess.Popen(
         ['bash', osp.join(ROOT, 'tools/dist_train.sh'), osp.abspath(config), str(args.nproc),
          '--work-dir', osp.join(args.work_dir, 'run'), '--cfg-options', *options],
