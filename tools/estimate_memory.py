@@ -128,6 +128,9 @@ def _strategy(args, cfg):
 def _check(args, cfg):
     if args.headroom < 0 or args.headroom >= 1:
         raise UserError(f'--headroom is a fraction of the card in [0, 1), got {args.headroom}')
+    for budget in args.budget_gb or []:
+        if budget <= 0:
+            raise UserError(f'--budget-gb: a card holds more than 0 GiB, got {budget:g}')
     for value in (args.batch_size or []) + [args.max_batch]:
         if value < 1:
             raise UserError(f'batch sizes must be >= 1, got {value}')

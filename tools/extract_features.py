@@ -115,6 +115,8 @@ def check_args(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.num_workers < 0:
+        fail(f'--num-workers must be >= 0, got {args.num_workers}')
     if args.size is not None and len(args.size) > 2:
         fail(f'--size takes H or H W, got {len(args.size)} numbers')
     if args.data_path and (args.size or args.frame_stride or args.target_fps or args.pad):

@@ -38,6 +38,8 @@ def resolve_folder(path: str) -> str:
     """The ZeRO checkpoint folder that ``path`` names or that its work dir last saved."""
     if osp.isdir(path) and not zero_model_states(path):
         path = last_checkpoint(path) or path  # a work dir: its newest checkpoint
+    if not osp.exists(path):
+        raise UserError(f'{path} does not exist')
     if not osp.isdir(path):
         raise UserError(f'{path} is not a ZeRO checkpoint folder (a plain checkpoint file '
                         'needs no conversion)')

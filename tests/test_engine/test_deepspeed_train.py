@@ -156,6 +156,8 @@ def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):
         zero_to_state_dict.resolve_folder(str(plain))
     with pytest.raises(UserError, match='not a DeepSpeed checkpoint folder'):
         zero_to_state_dict.resolve_folder(str(tmp_path))
+    with pytest.raises(UserError, match=r'gone\.pth does not exist$'):
+        zero_to_state_dict.resolve_folder(str(tmp_path / 'gone.pth'))
 
 
 def test_zero2_bf16_trains_with_a_float32_ema(tmp_path):
