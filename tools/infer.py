@@ -23,6 +23,7 @@ Examples:
         --sampler-options atol=1e-6 rtol=1e-3
 """
 import argparse
+import os.path as osp
 import sys
 
 import torch
@@ -114,6 +115,12 @@ def check_args(args, num_classes, video=False):
             video_paths(args.out, [0])
         except ValueError as e:
             raise UserError(str(e)) from None
+    if not video and args.out is not None and not args.out.endswith('.npz'):
+        from PIL import Image  # checked before sampling, as a video's --out is
+        if osp.isdir(args.out) or Image.registered_extensions().get(
+                osp.splitext(args.out)[1].lower()) not in Image.SAVE:
+            raise UserError(f'--out {args.out}: pictures are saved as one grid image, '
+                            'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')
     bad = [y for y in args.labels or [] if not 0 <= y < num_classes]
     if bad:
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')

@@ -260,6 +260,8 @@ def test_training_skips_corrupt_samples_when_the_config_asks(repo_root, tmp_path
     (['--num-samples', '0'], '--num-samples must be >= 1, got 0'),
     (['--batch-size', '-2'], '--batch-size must be >= 1, got -2'),
     (['--labels', '2', '-1'], '--labels [-1] out of range: the model has 3 classes'),
+    (['--out', 'grid.gifx'], '--out grid.gifx: pictures are saved as one grid image, e.g. '
+                             'samples.png (.png, .jpg, .webp, ...), or as NAME.npz'),
 ])
 def test_sampler_values_are_checked(option, message):
     from tools.infer import check_args
