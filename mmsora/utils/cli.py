@@ -73,6 +73,11 @@ def apply_cfg_options(cfg, options):
             raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
                             '(use numbers, strings, [lists] or (tuples))') from e
     for key, value in updates.items():
+        top = key.split('.')[0]
+        typo_of = [name for name in cfg if _edits(top, name) <= 2] if top not in cfg else []
+        if typo_of and len(top) > 4:  # a new top-level key would be taken silently
+            raise UserError(f'--cfg-options {key}: the config has no {top!r}; did you mean '
+                            f'{typo_of[0]}?')
         parent_path, _, leaf = key.rpartition('.')
         node = cfg
         for part in parent_path.split('.') if parent_path else []:
@@ -87,6 +92,17 @@ def apply_cfg_options(cfg, options):
         except Exception as e:
             raise UserError(f'--cfg-options {key}={value!r}: {e}') from e
     return cfg
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest one-character insertions, deletions or
+    substitutions that turn ``a`` into ``b``."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 # What a path the user gave can run into (FileNotFoundError has its own message).
