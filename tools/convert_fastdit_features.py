@@ -42,7 +42,7 @@ def main(argv=None):
             args.out, len(pairs), shape, dtype=args.dtype, content='samples',
             num_copies=1, scale_factor=args.scale_factor, shard_size=args.shard_size,
             vae=f'fast-DiT features {args.features_dir}')
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
         raise SystemExit(f'{PROG}: error: {e}')
     pending = writer.pending_shards()
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),

@@ -278,7 +278,7 @@ def main(argv=None):
             num_copies=copies, scale_factor=vae.scale_factor, shift_factor=vae.shift_factor,
             vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
             world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: --out runs into a file
         fail(e)
 
     pending = writer.pending_shards()

@@ -144,7 +144,11 @@ def summarise(its, series):
 def main(argv=None):
     args = parse_args(argv)
     data = osp.join(args.work_dir, 'latents')
-    write_latents(data, args.items)
+    try:
+        write_latents(data, args.items)
+    except OSError as e:  # --work-dir runs into a file, or cannot be written
+        raise SystemExit(f'soak.py: error: --work-dir {args.work_dir}: {e.strerror}: '
+                         f'{e.filename}')
     options = [
         f'train_cfg.max_iters={args.iters}', 'param_scheduler=[]',
         'model.denoiser.hidden_size=32', 'model.denoiser.depth=2',

@@ -52,7 +52,13 @@ def load_npy(path, index):
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f'cannot read {path!r} (item {index}): {e}') from None
+        why = str(e)
+        try:  # not .npy at all: numpy takes it for a pickle and offers to unpickle it
+            with open(path, 'rb') as f:
+                why = why if f.read(6) == b'\x93NUMPY' else 'not a .npy file'
+        except OSError:
+            pass
+        raise ValueError(f'cannot read {path!r} (item {index}): {why}') from None
 
 
 def load_fastdit_item(feat_path, label_path, index):

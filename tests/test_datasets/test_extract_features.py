@@ -109,6 +109,9 @@ def test_extract_resume_after_crash(image_folder, tiny_vae_dir, tmp_path):
 def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
     with pytest.raises(SystemExit, match=r'^extract_features.py: error: .*missing.*does not exist'):
         run_extract(str(tmp_path / 'missing'), str(tmp_path / 'o'), tiny_vae_dir)
+    (tmp_path / 'taken').write_text('')
+    with pytest.raises(SystemExit, match=r'extract_features.py: error: .*Not a directory'):
+        run_extract(image_folder, str(tmp_path / 'taken' / 'store'), tiny_vae_dir)
     with pytest.raises(SystemExit, match='--num-workers must be >= 0, got -1'):
         run_extract(image_folder, str(tmp_path / 'o'), tiny_vae_dir, '--num-workers', '-1')
     (tmp_path / 'empty').mkdir()

@@ -188,8 +188,12 @@ def test_corrupt_npy_raises_naming_file_and_item_or_is_skipped(tmp_path):
     feats, labels = make_npy(tmp_path)
     (feats / '3.npy').write_bytes(b'not a numpy file')
     plain = NpyLatentDataset(str(feats), str(labels))
-    with pytest.raises(ValueError, match=r"3\.npy' \(item 3\)"):
+    with pytest.raises(ValueError, match=r"3\.npy' \(item 3\): not a \.npy file$"):
         plain[3]
+    np.save(feats / '2.npy', np.array([{}], dtype=object))  # a .npy of pickled objects
+    with pytest.raises(ValueError, match=r"2\.npy' \(item 2\): Object arrays cannot be loaded"):
+        plain[2]
+    np.save(feats / '2.npy', np.full((1, 4, 8, 8), 2, np.float32))
     os.remove(feats / '5.npy')  # vanished after the folder was listed
     ds = SkipCorruptDataset(plain)
     assert len(ds) == 8 and ds.latent_shape == (4, 8, 8)  # wrapped attributes pass

@@ -29,3 +29,10 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
     bad = subprocess.run([sys.executable, 'tools/soak.py', '--interval', '-1'],
                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and '--interval must be > 0 seconds, got -1.0' in bad.stderr
+    (tmp_path / 'taken').write_text('')
+    into_a_file = subprocess.run(
+        [sys.executable, 'tools/soak.py', '--work-dir', str(tmp_path / 'taken' / 'soak')],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+    assert into_a_file.returncode == 1 and into_a_file.stderr.strip() == (
+        f"soak.py: error: --work-dir {tmp_path / 'taken' / 'soak'}: Not a directory: "
+        f"{tmp_path / 'taken' / 'soak'}")
