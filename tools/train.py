@@ -100,7 +100,7 @@ def build_train_config(args):
         from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)
     if args.resume is not None and args.load_from is not None:
-        raise SystemExit('error: --resume and --load-from exclude each other: --resume '
+        raise UserError('--resume and --load-from exclude each other: --resume '
                          'continues a run (optimizer, EMA, iteration), --load-from '
                          'starts a new one from given weights')
     if args.resume == 'auto':
@@ -111,13 +111,13 @@ def build_train_config(args):
         if is_zero_checkpoint(args.resume):  # a DeepSpeed checkpoint folder
             cfg.resume, cfg.load_from = True, args.resume
         elif not osp.isfile(args.resume):
-            raise SystemExit(f'error: --resume checkpoint not found: {args.resume}')
+            raise UserError(f'--resume checkpoint not found: {args.resume}')
         else:
             check_checkpoint_complete(args.resume)
             cfg.resume, cfg.load_from = True, args.resume
     if args.load_from is not None:
         if not osp.isfile(args.load_from):
-            raise SystemExit(f'error: --load-from checkpoint not found: {args.load_from}')
+            raise UserError(f'--load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
         kind = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'

@@ -11,6 +11,7 @@ import mmsora.datasets  # noqa: F401
 import mmsora.diffusion  # noqa: F401
 import mmsora.engine  # noqa: F401
 import mmsora.models  # noqa: F401
+from mmsora.utils.cli import UserError
 from tests.runner_probes import StateAtTrainStart
 from tools.train import build_train_config, parse_args
 
@@ -124,10 +125,13 @@ def test_amp_on_cpu_trains_in_bf16(repo_root, tmp_path):
 def test_resume_and_load_from_exclude_each_other(repo_root, tmp_path):
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'')
-    with pytest.raises(SystemExit, match='exclude each other'):
+    # UserError: one line and exit code 2 from run_cli, as every other mistake
+    with pytest.raises(UserError, match='^--resume and --load-from exclude each other'):
         build_train_config(parse_args([DEMO, '--resume', str(ckpt), '--load-from', str(ckpt)]))
-    with pytest.raises(SystemExit, match='not found: nope.pth'):
+    with pytest.raises(UserError, match='^--resume checkpoint not found: nope.pth'):
         build_train_config(parse_args([DEMO, '--resume', 'nope.pth']))
+    with pytest.raises(UserError, match='^--load-from checkpoint not found: nope.pth'):
+        build_train_config(parse_args([DEMO, '--load-from', 'nope.pth']))
 
 
 def test_load_from_an_original_dit_file(repo_root, tmp_path):
