@@ -74,10 +74,11 @@ def apply_cfg_options(cfg, options):
                             '(use numbers, strings, [lists] or (tuples))') from e
     for key, value in updates.items():
         top = key.split('.')[0]
-        typo_of = [name for name in cfg if _edits(top, name) <= 2] if top not in cfg else []
-        if typo_of and len(top) > 4:  # a new top-level key would be taken silently
-            raise UserError(f'--cfg-options {key}: the config has no {top!r}; did you mean '
-                            f'{typo_of[0]}?')
+        if top not in cfg and len(top) > 4:
+            meant = min(cfg, key=lambda name: _edits(top, name), default=top)
+            if _edits(top, meant) <= 2:  # mmengine would add it as a new key, unused
+                raise UserError(f'--cfg-options {key}: the config has no {top!r}; did you '
+                                f'mean {meant}?')
         parent_path, _, leaf = key.rpartition('.')
         node = cfg
         for part in parent_path.split('.') if parent_path else []:
@@ -221,7 +222,8 @@ def device_setting(text: str) -> str:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f'expected cpu, cuda or cuda:N, got {text!r}')
+        raise argparse.ArgumentTypeError(
+            f'expected cpu, cuda or cuda:N, got {text!r}') from None
     backend = getattr(torch, device.type, None)
     if device.type != 'cpu' and not (backend and backend.is_available()):
         raise argparse.ArgumentTypeError(f'{text}: no {device.type} device on this machine')

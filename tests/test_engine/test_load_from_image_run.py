@@ -81,5 +81,4 @@ def test_video_run_loads_through_mmengine(repo_root, tmp_path):
     dst.train()
     saved = torch.load(cfg.load_from, weights_only=False)['state_dict']
     assert saved.keys() == start.weights.keys()
-    for key, value in saved.items():
-        assert torch.equal(start.weights[key], value), key
+    start.assert_weights(saved)

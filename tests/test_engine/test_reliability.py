@@ -81,10 +81,8 @@ def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
     runner.register_hook(first)
     runner.train()
     assert runner.iter == 2  # a new run: fresh iteration counter (and optimizer)
-    denoiser = {k: v for k, v in source['state_dict'].items() if k.startswith('denoiser.')}
-    assert denoiser
-    for key, value in denoiser.items():
-        assert torch.equal(first.weights[key], value), key
+    first.assert_weights({k: v for k, v in source['state_dict'].items()
+                          if k.startswith('denoiser.')})
 
 
 def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):

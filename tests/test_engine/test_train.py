@@ -90,8 +90,7 @@ def test_load_from_takes_weights_only(repo_root, tmp_path):
     # there), and nothing else: no optimizer state, and a new iteration count.
     saved = torch.load(ckpt, weights_only=False)['state_dict']
     assert saved.keys() == start.weights.keys()
-    for key, value in saved.items():
-        assert torch.equal(start.weights[key], value), key
+    start.assert_weights(saved)
     assert start.optimizer_state == {}
     assert dst.iter == 2  # a new run: the iteration counter starts from 0
 

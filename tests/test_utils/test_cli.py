@@ -1,10 +1,11 @@
 """mmsora.utils.cli's argparse types, as the tools use them."""
 import argparse
+import importlib
 
 import pytest
 import torch
 
-from mmsora.utils.cli import device_setting
+from mmsora.utils.cli import UserError, apply_cfg_options, device_setting, load_config
 
 
 def test_device_setting(monkeypatch):
@@ -26,7 +27,6 @@ def test_device_setting(monkeypatch):
     ('infer', ['work_dirs/run']), ('test', ['work_dirs/run']), ('text2video', ['story.txt']),
     ('extract_features', ['--data-path', 'images', '--out', 'store', '--vae', 'vae'])])
 def test_tools_refuse_a_bad_device_as_a_usage_error(tool, argv, capsys):
-    import importlib
     module = importlib.import_module(f'tools.{tool}')
     with pytest.raises(SystemExit) as info:
         module.parse_args([*argv, '--device', 'nope'])
@@ -38,7 +38,6 @@ def test_tools_refuse_a_bad_device_as_a_usage_error(tool, argv, capsys):
 def test_a_misspelt_top_level_key_is_refused(repo_root):
     """mmengine takes any new top-level key: ``trian_cfg.max_iters=4`` trained the
     config's 1500 iterations. A key two edits from the config's is refused."""
-    from mmsora.utils.cli import UserError, apply_cfg_options, load_config
     cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
     with pytest.raises(UserError, match="--cfg-options trian_cfg.max_iters: the config has "
                                         "no 'trian_cfg'; did you mean train_cfg"):
