@@ -1,4 +1,4 @@
-"""mmsora.utils.cli's argparse types, as the tools use them."""
+"""mmsora.utils.cli, as the tools use them."""
 import argparse
 import importlib
 
