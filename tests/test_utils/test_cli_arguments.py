@@ -1,4 +1,4 @@
-"""mmsora.utils.cli, as the tools use them."""
+"""mmsora.utils.cli: the tools' argument types and the --cfg-options key check."""
 import argparse
 import importlib
 
