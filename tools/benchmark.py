@@ -378,7 +378,7 @@ def _sync(device):
 
 
 def check_args(args) -> None:
-    from mmsora.utils.cli import UserError
+    from mmsora.utils.cli import UserError, check_output_path
     if args.memory_budget is not None and args.device != 'cuda':
         raise UserError('--memory-budget caps CUDA memory: add --device cuda')
     if args.memory_budget is not None and args.interleave:
@@ -396,6 +396,7 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f'--{name.replace("_", "-")} must be > 0, got {value}')
+    check_output_path(args.json, '--json')
     if args.ema is not None and not 0 < args.ema < 1:
         raise UserError(f'--ema is a momentum in (0, 1) (DiT: 1e-4), got {args.ema}')
     if not args.config:

@@ -31,8 +31,9 @@ import argparse
 import json
 import sys
 
-from mmsora.utils.cli import (UserError, apply_cfg_options, checkpointing_setting,
-                              load_config, parse_config_and_preset, run_cli)
+from mmsora.utils.cli import (UserError, apply_cfg_options, check_output_path,
+                              checkpointing_setting, load_config, parse_config_and_preset,
+                              run_cli)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
@@ -128,6 +129,7 @@ def _strategy(args, cfg):
 def _check(args, cfg):
     if args.headroom < 0 or args.headroom >= 1:
         raise UserError(f'--headroom is a fraction of the card in [0, 1), got {args.headroom}')
+    check_output_path(args.json, '--json')
     for budget in args.budget_gb or []:
         if budget <= 0:
             raise UserError(f'--budget-gb: a card holds more than 0 GiB, got {budget:g}')

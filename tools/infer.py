@@ -28,8 +28,8 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
-                              keep_freed_memory_on_cpu, run_cli)
+from mmsora.utils.cli import (UserError, add_malloc_option, check_output_path,
+                              device_setting, keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
@@ -115,9 +115,14 @@ def check_args(args, num_classes, video=False):
             video_paths(args.out, [0])
         except ValueError as e:
             raise UserError(str(e)) from None
+    # Checked before sampling, not when the samples are written.
+    clips_folder = video and bool(args.out) and (
+        args.out.endswith(('/', osp.sep)) or not osp.splitext(args.out)[1])  # video_paths
+    check_output_path(args.out, '--out', folder=clips_folder)
+    check_output_path(args.sample_dir, '--sample-dir', folder=True)
     if not video and args.out is not None and not args.out.endswith('.npz'):
-        from PIL import Image  # checked before sampling, as a video's --out is
-        if osp.isdir(args.out) or Image.registered_extensions().get(
+        from PIL import Image
+        if Image.registered_extensions().get(
                 osp.splitext(args.out)[1].lower()) not in Image.SAVE:
             raise UserError(f'--out {args.out}: pictures are saved as one grid image, '
                             'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')

@@ -17,8 +17,8 @@ import json
 import os
 import sys
 
-from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
-                              keep_freed_memory_on_cpu, run_cli)
+from mmsora.utils.cli import (UserError, add_malloc_option, check_output_path,
+                              device_setting, keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
@@ -55,6 +55,9 @@ def check_args(args):
             raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     if args.out is not None and not args.out.endswith('.npz'):
         raise UserError(f'--out is an .npz file (the ADM evaluator\'s layout), got {args.out!r}')
+    for option, path, folder in (('--out', args.out, False), ('--json', args.json, False),
+                                 ('--sample-dir', args.sample_dir, True)):
+        check_output_path(path, option, folder)  # before the sampling, not after it
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ import sys
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
-           'unknown_key_message']
+           'unknown_key_message', 'check_output_path']
 
 
 class UserError(Exception):
@@ -232,6 +232,21 @@ def device_setting(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f'{text}: this machine has {torch.cuda.device_count()} CUDA device(s)')
     return text
+
+
+def check_output_path(path, option: str, folder: bool = False) -> None:
+    """Refuse, before the work that ends in writing it, an output ``path`` that
+    cannot be written: one whose folder runs into an existing file (``x.jpg/out.json``),
+    or an existing folder where a file is wanted. ``folder``: ``path`` is a folder."""
+    if path is None:
+        return
+    probe = osp.abspath(path if folder else osp.dirname(osp.abspath(path)))
+    while not osp.exists(probe):
+        probe = osp.dirname(probe)
+    if not osp.isdir(probe):
+        raise UserError(f'{option} {path}: {probe} is a file, not a folder')
+    if not folder and osp.isdir(path):
+        raise UserError(f'{option} {path} is a folder; give a file name')
 
 
 def run_cli(main):

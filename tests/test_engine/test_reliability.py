@@ -4,6 +4,7 @@ pickles do not run, corrupt samples are skipped and counted when the config asks
 and bad sampler values give one line."""
 import os
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 from mmsora.datasets import (ImageFolderDataset, LatentStore, NpyLatentDataset,
                              SkipCorruptDataset)
 from mmsora.utils.checkpoint import load_checkpoint_file
-from mmsora.utils.cli import UserError, explain_error
+from mmsora.utils.cli import UserError, check_output_path, explain_error
 from tests.runner_probes import StateAtTrainStart
 from tests.test_engine.test_train import DEMO, tiny_cfg
 from tools.train import build_train_config, parse_args
@@ -128,6 +129,19 @@ def test_path_mistakes_are_one_line(tmp_path):
     with pytest.raises(NotADirectoryError) as info:
         open(afile / 'x.png', 'wb')
     assert one_line(info.value) == f'Not a directory: {afile / "x.png"}'
+    # ... refused by the tools before the work (sampling, timing) that ends in writing
+    from tools.infer import check_args
+    from tools.infer import parse_args as infer_args
+    for out, message in [(afile / 'grid.png', f'{afile} is a file, not a folder'),
+                         (afile / 'deeper' / 's.npz', f'{afile} is a file, not a folder'),
+                         (tmp_path, 'is a folder; give a file name')]:
+        with pytest.raises(UserError, match=re.escape(f'--out {out}') + '.*' + message):
+            check_args(infer_args(['work_dirs/x', '--out', str(out)]), num_classes=3)
+    with pytest.raises(UserError, match=f'--sample-dir {afile}: {afile} is a file'):
+        check_args(infer_args(['work_dirs/x', '--out', 's.npz', '--sample-dir', str(afile)]),
+                   num_classes=3)
+    check_output_path(str(tmp_path / 'new' / 'deeper' / 'x.json'), '--json')  # made later
+    check_output_path(str(tmp_path / 'new' / 'clips'), '--out', folder=True)
 
 
 # --------------------------------------------------------------------------- #

@@ -255,7 +255,8 @@ def test_bad_input_is_one_line(tmp_path):
             (['--input-size', '0'], '--input-size must be >= 1'),
             (['--ema', '2'], r'--ema is a momentum in \(0, 1\)'),
             (['--peak-tflops', '-1'], '--peak-tflops must be > 0'),
-            (['--model', 'DiT-Q/2'], "--model 'DiT-Q/2': choose from DiT-S/2, ")]:
+            (['--model', 'DiT-Q/2'], "--model 'DiT-Q/2': choose from DiT-S/2, "),
+            (['--json', str(cfg_file / 'x.json')], 'hook.py is a file, not a folder')]:
         with pytest.raises(UserError, match=message):
             benchmark.main(SMALL + extra)
 

@@ -301,6 +301,8 @@ def test_tool_refuses_bad_input(tmp_path, capsys):
         estimate_memory.main([str(cfg_file), '--gpus', '0'])
     with pytest.raises(UserError, match='--budget-gb: a card holds more than 0 GiB, got -1'):
         estimate_memory.main([str(cfg_file), '--budget-gb', '24', '-1'])
+    with pytest.raises(UserError, match='tiny.py is a file, not a folder'):  # before counting
+        estimate_memory.main([str(cfg_file), '--json', str(cfg_file / 'e.json')])
     for bad in ('-1', 'selected'):
         with pytest.raises(SystemExit):  # argparse's usage error
             estimate_memory.main([str(cfg_file), '--grad-checkpointing', bad])
