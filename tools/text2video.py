@@ -22,7 +22,8 @@ import importlib
 import os.path as osp
 import sys
 
-from mmsora.utils.cli import UserError, device_setting, run_cli
+from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
+                              keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
@@ -43,7 +44,9 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, help='sampling steps (mmsora, diffusers)')
     parser.add_argument('--cfg-scale', type=float, help='guidance scale (mmsora, diffusers)')
     parser.add_argument('--seed', type=int, default=0, help='shot i uses seed SEED + i')
-    parser.add_argument('--device', type=device_setting, help='device for model pictures (default: cuda if any)')
+    parser.add_argument('--device', type=device_setting,
+                        help='device for model pictures (default: cuda if any)')
+    add_malloc_option(parser)  # the composition's frames, and model pictures on the CPU
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='mmsora: override config entries (e.g. the text encoder '
                         'folder, model.text_encoder.pretrained_path=DIR)')
@@ -148,6 +151,9 @@ def main(argv=None):
     speech_name = args.speech.partition(':')[0]
     speech = build_speech(args.speech, **({'words_per_minute': args.rate}
                                           if speech_name in ('espeak', 'none') else {}))
+    # The composition (and model pictures without a GPU) runs on the CPU: per frame
+    # arrays above glibc's mmap threshold were fresh pages each time (docs/text2video.md)
+    keep_freed_memory_on_cpu(args, on_cpu=True)
     pictures = build_pictures(args.pictures, **picture_options(args))
     rewriter = load_rewriter(args.prompt_rewriter) if args.prompt_rewriter else None
     result = text_to_video(text, out, speech=speech, pictures=pictures,

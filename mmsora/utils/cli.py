@@ -180,7 +180,8 @@ def explain_error(exc):
 
 
 def add_malloc_option(parser) -> None:
-    """``--default-malloc`` of the tools that run models (train, infer, test, benchmark)."""
+    """``--default-malloc`` of the tools that run models (train, infer, test, benchmark)
+    and of text2video."""
     parser.add_argument('--default-malloc', action='store_true',
                         help="on the CPU, leave glibc's malloc as it is (default there: "
                         'it keeps the memory a step frees for the next one instead of '
@@ -188,8 +189,8 @@ def add_malloc_option(parser) -> None:
 
 
 def keep_freed_memory_on_cpu(args, on_cpu: bool) -> bool:
-    """In a process that runs its models on the CPU, keep glibc's freed memory for
-    reuse (``mmsora.engine.strategies.keep_freed_cpu_memory``) unless
+    """In a process whose heavy work runs on the CPU (models; text2video's composition),
+    keep glibc's freed memory for reuse (``mmsora.engine.strategies.keep_freed_cpu_memory``) unless
     ``--default-malloc`` was given. Returns whether it was set."""
     if not on_cpu or args.default_malloc:
         return False
