@@ -37,8 +37,8 @@ def parse_args(argv=None):
     parser.add_argument('--sample-dir', help='also save one PNG / mp4 per sample here')
     parser.add_argument('--json', help='write the metrics to this JSON file')
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
-    parser.add_argument('--device', type=device_setting, help='default: cuda (this rank\'s GPU) when there is '
-                        'one, else cpu')
+    parser.add_argument('--device', type=device_setting,
+                        help='default: cuda (this rank\'s GPU) when there is one, else cpu')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     add_malloc_option(parser)
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',

@@ -190,8 +190,8 @@ def add_malloc_option(parser) -> None:
 
 def keep_freed_memory_on_cpu(args, on_cpu: bool) -> bool:
     """In a process whose heavy work runs on the CPU (models; text2video's composition),
-    keep glibc's freed memory for reuse (``mmsora.engine.strategies.keep_freed_cpu_memory``) unless
-    ``--default-malloc`` was given. Returns whether it was set."""
+    keep glibc's freed memory for reuse (``mmsora.engine.strategies.keep_freed_cpu_memory``)
+    unless ``--default-malloc`` was given. Returns whether it was set."""
     if not on_cpu or args.default_malloc:
         return False
     from mmsora.engine.strategies import keep_freed_cpu_memory

@@ -88,8 +88,9 @@ def keep_freed_cpu_memory() -> bool:
     peak memory stays about the same (+1% there); the process keeps it until it exits.
 
     The tools that run models on the CPU (train, infer, test, and benchmark for every
-    model it times) and text2video (its frames) call it through ``mmsora.utils.cli.keep_freed_memory_on_cpu``;
-    their ``--default-malloc`` leaves the allocator alone. Returns whether it was set:
+    model it times) and text2video (its frames) call it through
+    ``mmsora.utils.cli.keep_freed_memory_on_cpu``; their ``--default-malloc`` leaves
+    the allocator alone. Returns whether it was set:
     not on another C library (musl, macOS, Windows), nor when the environment already
     tunes glibc's malloc (a ``MALLOC_*_`` variable or ``glibc.malloc`` in
     ``GLIBC_TUNABLES``).
