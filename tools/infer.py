@@ -116,9 +116,9 @@ def check_args(args, num_classes, video=False):
         except ValueError as e:
             raise UserError(str(e)) from None
     # Checked before sampling, not when the samples are written.
-    clips_folder = video and bool(args.out) and (
-        args.out.endswith(('/', osp.sep)) or not osp.splitext(args.out)[1])  # video_paths
-    check_output_path(args.out, '--out', folder=clips_folder)
+    from mmsora.apis import is_clip_folder
+    check_output_path(args.out, '--out',
+                      folder=video and bool(args.out) and is_clip_folder(args.out))
     check_output_path(args.sample_dir, '--sample-dir', folder=True)
     if not video and args.out is not None and not args.out.endswith('.npz'):
         from PIL import Image

@@ -101,8 +101,8 @@ def build_train_config(args):
         apply_amp(cfg)
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '
-                         'continues a run (optimizer, EMA, iteration), --load-from '
-                         'starts a new one from given weights')
+                        'continues a run (optimizer, EMA, iteration), --load-from '
+                        'starts a new one from given weights')
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
         check_latest_checkpoint(cfg.work_dir)

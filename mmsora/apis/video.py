@@ -6,9 +6,14 @@ import torch
 
 from mmsora.utils.video_io import write_gif, write_video
 
-__all__ = ['video_paths', 'save_videos']
+__all__ = ['video_paths', 'save_videos', 'is_clip_folder']
 
 VIDEO_SUFFIX = '.mp4'
+
+
+def is_clip_folder(out: str) -> bool:
+    """Whether the clips' ``out`` names a folder: it ends in ``/`` or has no suffix."""
+    return out.endswith(('/', osp.sep)) or not osp.splitext(out)[1]
 
 
 def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> List[str]:
@@ -26,7 +31,7 @@ def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> Lis
         ValueError: ``out`` has a suffix other than ``.mp4``.
     """
     stem, suffix = osp.splitext(out)
-    if out.endswith(('/', osp.sep)) or not suffix:
+    if is_clip_folder(out):
         stem = osp.join(out, 'sample')
     elif suffix.lower() != VIDEO_SUFFIX:
         raise ValueError(f'--out for video samples is NAME.mp4 (files NAME_000_label0.mp4, '
