@@ -10,12 +10,14 @@ Example::
         --labels-dir features/imagenet256_labels --out data/imagenet256_packed
 """
 import argparse
+import sys
 
 import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
+from mmsora.utils.cli import UserError, run_cli
 
 PROG = 'convert_fastdit_features.py'
 
@@ -43,7 +45,7 @@ def main(argv=None):
             num_copies=1, scale_factor=args.scale_factor, shard_size=args.shard_size,
             vae=f'fast-DiT features {args.features_dir}')
     except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
-        raise SystemExit(f'{PROG}: error: {e}')
+        raise UserError(str(e))
     pending = writer.pending_shards()
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),
               unit='item') as pbar:
@@ -53,10 +55,10 @@ def main(argv=None):
                 try:
                     x, y = load_fastdit_item(*pairs[i], i)
                 except ValueError as e:
-                    raise SystemExit(f'{PROG}: error: {e}')
+                    raise UserError(str(e))
                 if x.shape != shape:
-                    raise SystemExit(f'{PROG}: error: {pairs[i][0]!r} (item {i}) has '
-                                     f'shape {x.shape}, item 0 has {shape}')
+                    raise UserError(f'{pairs[i][0]!r} (item {i}) has shape {x.shape}, '
+                                    f'item 0 has {shape}')
                 latents.append(x)
                 labels.append(y)
                 pbar.update(1)
@@ -68,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -30,6 +30,7 @@ Rerunning the same command after a crash continues with the unfinished shards.
 import argparse
 import os
 import os.path as osp
+import sys
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import device_setting
+from mmsora.utils.cli import UserError, device_setting, run_cli
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
@@ -105,8 +106,8 @@ def parse_args(argv=None):
 
 
 def fail(msg):
-    """Exit with a one-line error."""
-    raise SystemExit(f'{PROG}: error: {msg}')
+    """Stop with a one-line error (exit 2: run_cli)."""
+    raise UserError(str(msg))
 
 
 def check_args(args):
@@ -341,4 +342,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

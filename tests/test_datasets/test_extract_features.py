@@ -15,6 +15,7 @@ from PIL import Image
 from mmsora.datasets import (LatentStore, LatentStoreWriter, NpyLatentDataset,
                              PackedLatentDataset, center_crop_arr)
 from mmsora.models.vaes import AutoencoderKLWrapper
+from mmsora.utils.cli import UserError
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -107,27 +108,45 @@ def test_extract_resume_after_crash(image_folder, tiny_vae_dir, tmp_path):
 
 
 def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
-    with pytest.raises(SystemExit, match=r'^extract_features.py: error: .*missing.*does not exist'):
+    with pytest.raises(UserError, match=r'^.*missing.*does not exist'):
         run_extract(str(tmp_path / 'missing'), str(tmp_path / 'o'), tiny_vae_dir)
     (tmp_path / 'taken').write_text('')
-    with pytest.raises(SystemExit, match=r'extract_features.py: error: .*Not a directory'):
+    with pytest.raises(UserError, match=r'Not a directory'):
         run_extract(image_folder, str(tmp_path / 'taken' / 'store'), tiny_vae_dir)
-    with pytest.raises(SystemExit, match='--num-workers must be >= 0, got -1'):
+    with pytest.raises(UserError, match='--num-workers must be >= 0, got -1'):
         run_extract(image_folder, str(tmp_path / 'o'), tiny_vae_dir, '--num-workers', '-1')
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(SystemExit, match='holds no images'):
+    with pytest.raises(UserError, match='holds no images'):
         run_extract(str(tmp_path / 'empty'), str(tmp_path / 'o'), tiny_vae_dir)
-    with pytest.raises(SystemExit, match='no_vae'):
+    with pytest.raises(UserError, match='no_vae'):
         run_extract(image_folder, str(tmp_path / 'o'), str(tmp_path / 'no_vae'))
     # Every picture unreadable: an error, and the empty store is refused for training
     # (mmengine's infinite sampler would wait on it for ever).
     (tmp_path / 'bad' / 'a').mkdir(parents=True)
     (tmp_path / 'bad' / 'a' / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n not a png')
-    with pytest.raises(SystemExit, match=r'error: no latents written to .*empty_store: '
+    with pytest.raises(UserError, match=r'^no latents written to .*empty_store: '
                                          r'all 1 inputs were unreadable$'):
         run_extract(str(tmp_path / 'bad'), str(tmp_path / 'empty_store'), tiny_vae_dir)
     with pytest.raises(ValueError, match=r"holds no latents \(its extraction skipped all 1 "):
         PackedLatentDataset(str(tmp_path / 'empty_store'))
+
+
+def test_tools_exit_2_with_one_line(tmp_path):
+    """Both tools' mistakes end as every tool's do (run_cli): one ``error:`` line on
+    stderr and exit status 2, no traceback."""
+    (tmp_path / 'taken').write_text('')
+    for tool, args, message in (
+            ('extract_features', ['--data-path', str(tmp_path / 'missing'), '--vae', 'v'],
+             f"error: image folder '{tmp_path / 'missing'}' does not exist"),
+            ('convert_fastdit_features', ['--features-dir', str(tmp_path / 'nope'),
+                                          '--labels-dir', str(tmp_path)],
+             f"error: features_dir '{tmp_path / 'nope'}' does not exist")):
+        res = subprocess.run([sys.executable, osp.join(REPO, 'tools', f'{tool}.py'), *args,
+                              '--out', str(tmp_path / 'taken' / 'store')],
+                             capture_output=True, text=True, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr
+        assert lines[-1].startswith(message), lines
 
 
 def test_extract_two_ranks_simulated(image_folder, tiny_vae_dir, tmp_path):
@@ -188,6 +207,6 @@ def test_convert_fastdit_round_trip(tmp_path):
     for i in range(11):
         assert torch.equal(src[i]['latents'], dst[i]['latents'])
         assert src[i]['labels'] == dst[i]['labels']
-    with pytest.raises(SystemExit, match=r'convert_fastdit_features.py: error: .*nope'):
+    with pytest.raises(UserError, match=r'nope'):
         convert.main(['--features-dir', str(tmp_path / 'nope'), '--labels-dir',
                       str(labels), '--out', out])

@@ -6,6 +6,7 @@ import torch
 from mmsora.datasets import LatentStore, PackedLatentDataset, write_manifest
 from mmsora.datasets.extraction_sources import ClipSource
 from mmsora.models import HFTextEncoder, VideoVAEWrapper
+from mmsora.utils.cli import UserError
 from tests.shared_videos import BIKES, BUNNY, needs_videos
 from tests.test_datasets.test_extract_features import extract
 from tests.tiny_models import TINY_WAN_VAE, make_tiny_text_encoder
@@ -79,17 +80,17 @@ def test_video_vae_compresses_time(manifest, tmp_path):
 
 
 def test_errors(manifest, tiny_vae_dir, tmp_path):
-    with pytest.raises(SystemExit, match='not a multiple of the VAE factor 2'):
+    with pytest.raises(UserError, match='not a multiple of the VAE factor 2'):
         extract.main(['--manifest', manifest, '--out', str(tmp_path / 'o'), '--vae',
                       tiny_vae_dir, '--size', '15'])
-    with pytest.raises(SystemExit, match='--size takes H or H W'):
+    with pytest.raises(UserError, match='--size takes H or H W'):
         extract.main(['--manifest', manifest, '--out', str(tmp_path / 'o'), '--vae',
                       tiny_vae_dir, '--size', '8', '8', '8'])
-    with pytest.raises(SystemExit, match='are for videos'):
+    with pytest.raises(UserError, match='are for videos'):
         extract.main(['--data-path', str(tmp_path), '--out', str(tmp_path / 'o'), '--vae',
                       tiny_vae_dir, '--frame-stride', '2'])
     nocap = str(tmp_path / 'nocap.csv')
     write_manifest([dict(path=BIKES)], nocap)
-    with pytest.raises(SystemExit, match='caption'):
+    with pytest.raises(UserError, match='caption'):
         extract.main(['--manifest', nocap, '--out', str(tmp_path / 'o'), '--vae',
                       tiny_vae_dir, '--text-encoder', str(tmp_path)])
