@@ -12,7 +12,7 @@ import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
 from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
-                              keep_freed_memory_on_cpu, load_config,
+                              check_output_path, keep_freed_memory_on_cpu, load_config,
                               parse_config_and_preset, run_cli)
 
 
@@ -96,6 +96,7 @@ def build_train_config(args):
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_output_path(cfg.work_dir, '--work-dir' if args.work_dir else 'work_dir', folder=True)
     if args.amp:
         from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)

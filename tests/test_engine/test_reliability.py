@@ -140,6 +140,10 @@ def test_path_mistakes_are_one_line(tmp_path):
     with pytest.raises(UserError, match=f'--sample-dir {afile}: {afile} is a file'):
         check_args(infer_args(['work_dirs/x', '--out', 's.npz', '--sample-dir', str(afile)]),
                    num_classes=3)
+    with pytest.raises(UserError, match=f'--work-dir {afile}/run: {afile} is a file'):
+        build_train_config(parse_args([DEMO, '--work-dir', str(afile / 'run')]))
+    with pytest.raises(UserError, match=f'^work_dir {afile}: {afile} is a file'):
+        build_train_config(parse_args([DEMO, '--cfg-options', f'work_dir={afile}']))
     check_output_path(str(tmp_path / 'new' / 'deeper' / 'x.json'), '--json')  # made later
     check_output_path(str(tmp_path / 'new' / 'clips'), '--out', folder=True)
 
