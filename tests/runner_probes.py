@@ -1,8 +1,14 @@
 """Hooks that tests register on a Runner to see what it holds at a given moment."""
+import json
+import os
+import os.path as osp
+
 import torch
 from mmengine.hooks import Hook
 
-__all__ = ['StateAtTrainStart']
+from mmsora.registry import HOOKS
+
+__all__ = ['StateAtTrainStart', 'BlockRuns', 'probed_config', 'block_runs']
 
 
 class StateAtTrainStart(Hook):
@@ -23,3 +29,66 @@ class StateAtTrainStart(Hook):
         assert state_dict
         for key, value in state_dict.items():
             assert torch.equal(self.weights[key], value), key
+
+
+@HOOKS.register_module()
+class BlockRuns(Hook):
+    """Counts, over training, the runs of the denoiser's blocks (each forward, and each
+    recomputation of a checkpointed block in the backward pass) and the calls into
+    ``torch.utils.checkpoint.checkpoint`` (``selective``: those with the selective
+    context); writes them to ``WORK_DIR/block_runs.RANK.json`` when training ends.
+    Registered by a config made with :func:`probed_config`, so that it runs inside the
+    processes a launcher starts (FSDP units, DeepSpeed's engine)."""
+    priority = 'LOWEST'
+
+    def before_train(self, runner):
+        from mmsora.models.layers import checkpointing
+        model = runner.model
+        while hasattr(model, 'module'):  # DDP, FSDP, DeepSpeed's engine
+            model = model.module
+        self.counts = dict(block_runs=0, checkpoint_calls=0, selective=0)
+
+        def count_run(module, args):
+            self.counts['block_runs'] += 1
+
+        for block in model.denoiser.blocks:  # an FSDP unit wraps the block
+            getattr(block, '_fsdp_wrapped_module', block).register_forward_pre_hook(count_run)
+        plain = checkpointing.checkpoint
+
+        def counted(*args, **kwargs):
+            self.counts['checkpoint_calls'] += 1
+            self.counts['selective'] += kwargs.get('context_fn') is checkpointing._SELECTIVE
+            return plain(*args, **kwargs)
+
+        checkpointing.checkpoint = counted
+        self.restore = lambda: setattr(checkpointing, 'checkpoint', plain)
+
+    def after_train(self, runner):
+        self.restore()
+        rank = os.environ.get('RANK', '0')
+        with open(osp.join(runner.work_dir, f'block_runs.{rank}.json'), 'w') as f:
+            json.dump(self.counts, f)
+
+
+def probed_config(config, folder) -> str:
+    """A config file in ``folder``, named as ``config``, that is ``config`` with the
+    :class:`BlockRuns` hook added to its custom hooks."""
+    from mmengine.config import Config
+    hooks = Config.fromfile(config).to_dict().get('custom_hooks', [])
+    path = osp.join(str(folder), osp.basename(config))
+    os.makedirs(str(folder), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(f"_base_ = [{osp.abspath(config)!r}]\n"
+                "custom_imports = dict(imports=['tests.runner_probes'], "
+                "allow_failed_imports=False)\n"
+                f"custom_hooks = {hooks!r} + [dict(type='BlockRuns')]\n")
+    return path
+
+
+def block_runs(work_dir, processes) -> list:
+    """Each rank's counts of :class:`BlockRuns`."""
+    counts = []
+    for rank in range(processes):
+        with open(osp.join(str(work_dir), f'block_runs.{rank}.json')) as f:
+            counts.append(json.load(f))
+    return counts

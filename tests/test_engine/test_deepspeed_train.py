@@ -17,12 +17,13 @@ from mmengine.config import Config
 
 pytest.importorskip('deepspeed')
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import zero_to_state_dict  # noqa: E402
 from mmsora.engine.strategies import zero_model_states  # noqa: E402
 from tests.launch import RUN, free_port, fresh_run_env  # noqa: E402
+from tests.runner_probes import block_runs, probed_config  # noqa: E402
 from tests.tiny_models import TINY_DEMO_OPTIONS  # noqa: E402
+from tools import zero_to_state_dict  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 
@@ -325,16 +326,26 @@ def test_zero3_with_activation_checkpointing_trains_the_same(tmp_path):
     """ZeRO-3 gathers each module's partitions as it runs: inside the checkpointed
     block, and again for the recomputation in the backward. With every block
     checkpointed, and selectively (only the elementwise ops recomputed), two ZeRO-3
-    processes end with the weights and EMA of two without checkpointing, bit for bit."""
+    processes end with the weights and EMA of two without checkpointing, bit for bit.
+    Each process's blocks run twice per step (the forward and the recomputation; once
+    without checkpointing), counted by tests.runner_probes' BlockRuns hook."""
+    config = probed_config(DEMO, tmp_path / 'config')
     zero3 = [*TINY_DEMO_OPTIONS, 'model.train_noise_seed=0',
              'strategy.config.zero_optimization.stage3_param_persistence_threshold=0']
-    train(tmp_path / 'plain', preset='deepspeed_zero3', processes=2, options=zero3)
+    train(tmp_path / 'plain', preset='deepspeed_zero3', processes=2, options=zero3,
+          config=config)
     plain = converted(tmp_path / 'plain')
+    steps_blocks = 3 * 2  # 3 steps of the 2-block DiT
+    assert block_runs(tmp_path / 'plain', 2) == [
+        dict(block_runs=steps_blocks, checkpoint_calls=0, selective=0)] * 2
     for option, value in (('selective', 'selective'), ('True', True)):
         train(tmp_path / option, preset='deepspeed_zero3', processes=2,
-              options=[*zero3, f'model.denoiser.grad_checkpointing={option}'])
+              options=[*zero3, f'model.denoiser.grad_checkpointing={option}'], config=config)
         dumped = Config.fromfile(tmp_path / option / 'dit_tiny2_1xb32_1500_shapes16.py')
         assert dumped.model.denoiser.grad_checkpointing == value
+        assert block_runs(tmp_path / option, 2) == [dict(
+            block_runs=2 * steps_blocks, checkpoint_calls=steps_blocks,
+            selective=steps_blocks if value == 'selective' else 0)] * 2, option
         checkpointed = converted(tmp_path / option)
         for key in ('state_dict', 'ema_state_dict'):
             assert plain[key].keys() == checkpointed[key].keys()

@@ -16,6 +16,7 @@ import torch
 from mmengine.config import Config
 
 from tests.launch import counted_train_run, free_port, run_tool
+from tests.runner_probes import block_runs, probed_config
 from tests.tiny_models import TINY_DEMO_OPTIONS
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -375,14 +376,24 @@ def test_fsdp_with_activation_checkpointing_trains_the_same(repo_root, tmp_path,
     weights inside the checkpointed call, and again for the recomputation in the
     backward. With every block checkpointed, and selectively (only the elementwise ops
     recomputed), two FSDP processes end with the weights and EMA of two without
-    checkpointing, bit for bit."""
+    checkpointing, bit for bit. Each process's blocks run twice per step (the forward
+    and the recomputation; once without checkpointing), counted by tests.runner_probes'
+    BlockRuns hook inside the launched processes."""
+    config = probed_config(DEMO, tmp_path / 'config')
     options = ['--load-from', start_weights, '--cfg-options', *TINY,
                'model.train_noise_seed=0']
-    fsdp(repo_root, tmp_path / 'plain', *options)
+    fsdp(repo_root, tmp_path / 'plain', *options, config=config)
     plain = load(tmp_path / 'plain' / 'iter_3.pth')
+    steps_blocks = 3 * 2  # 3 steps of the 2-block DiT
+    assert block_runs(tmp_path / 'plain', 2) == [
+        dict(block_runs=steps_blocks, checkpoint_calls=0, selective=0)] * 2
     for option, value in (('selective', 'selective'), ('True', True)):
         work = tmp_path / option
-        fsdp(repo_root, work, *options, f'model.denoiser.grad_checkpointing={option}')
+        fsdp(repo_root, work, *options, f'model.denoiser.grad_checkpointing={option}',
+             config=config)
         assert Config.fromfile(work / 'dit_tiny2_1xb32_1500_shapes16.py'
                                ).model.denoiser.grad_checkpointing == value
+        assert block_runs(work, 2) == [dict(
+            block_runs=2 * steps_blocks, checkpoint_calls=steps_blocks,
+            selective=steps_blocks if value == 'selective' else 0)] * 2, option
         assert_same_weights(plain, load(work / 'iter_3.pth'))
