@@ -10,13 +10,13 @@ import os.path as osp
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path[:0] = [ROOT, osp.join(ROOT, 'tools')]
+sys.path.insert(0, ROOT)
 
 import mmengine.runner.loops as loops  # noqa: E402
-import train  # noqa: E402
 
 from mmsora.utils.memory_estimate import LiveTensorBytes  # noqa: E402
 from tests.launch import skip_deepspeed_shm_build  # noqa: E402
+from tools import train  # noqa: E402
 
 
 def main():

@@ -3,15 +3,13 @@ model, and its counted ``tools/train.py`` runs on two gloo processes, which the 
 tests of FSDP, DeepSpeed ZeRO-1/2 and ZeRO-3 (tests/test_utils/test_{fsdp,zero,zero3}
 _memory.py) compare their estimates with."""
 import os.path as osp
-import sys
 
 from mmengine.config import Config
 
 from tests.launch import counted_train_run
+from tools import estimate_memory  # (the tool, for the tests)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402  (the tool, for the tests)
 
 __all__ = ['BATCH', 'DEMO', 'FUSED', 'ROOT', 'SINGLE_TENSOR', 'counted_demo_run', 'demo_cfg',
            'demo_model', 'estimate_memory']

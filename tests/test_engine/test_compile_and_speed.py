@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from mmsora.engine.strategies import (CompileDenoiserHook, apply_speed_options,
@@ -17,10 +16,9 @@ from mmsora.engine.strategies import (CompileDenoiserHook, apply_speed_options,
                                       prefer_fused_optimizer, set_tf32)
 from mmsora.models import DiT
 from mmsora.registry import HOOKS
+from tools import train
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import train  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2,

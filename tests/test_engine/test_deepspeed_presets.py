@@ -2,7 +2,6 @@
 the training config, tools/train.py builds a FlexibleRunner config from them, and the
 mend lets mmengine 0.10.7's DeepSpeedStrategy start with current DeepSpeed."""
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -12,11 +11,9 @@ from mmsora.engine.strategies import (DEEPSPEED_PRESETS, apply_strategy, fill_au
                                       load_strategy, mend_mmengine_deepspeed,
                                       single_process_env)
 from mmsora.utils.cli import UserError
+from tools import estimate_memory, train
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402
-import train  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 # preset -> (ZeRO stage, optimizer offloaded, parameters offloaded)

@@ -3,7 +3,6 @@ clipping hooks, sampling hooks refused), LossGuardHook's whole-gradient norm ove
 sharded gradients (2 gloo processes), and the resume mends for mmengine's strategy."""
 import os
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -14,10 +13,9 @@ from mmsora.engine.hooks.loss_guard_hook import grad_norm, gradient_replicas
 from mmsora.engine.strategies import fsdp_on_cpu, load_strategy, mend_mmengine_fsdp
 from mmsora.utils.cli import UserError
 from tests.launch import free_port
+from tools import train
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import train  # noqa: E402
 
 DEMO = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
 

@@ -6,11 +6,10 @@ import sys
 
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import benchmark  # noqa: E402
+from mmsora.models import DiT, dit_flops, dit_preset
+from tools import benchmark
 
-from mmsora.models import DiT, dit_flops, dit_preset  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
          '--batch-size', '2', '--steps', '2', '--warmup', '1']

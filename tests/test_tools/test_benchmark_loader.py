@@ -1,14 +1,8 @@
 """tools/benchmark_loader.py times both layouts over the same items."""
-import os.path as osp
-import sys
-
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import benchmark_loader  # noqa: E402
-
-from mmsora.utils.cli import UserError  # noqa: E402
+from mmsora.utils.cli import UserError
+from tools import benchmark_loader
 
 
 def test_both_layouts_deliver_every_item(tmp_path, capsys):

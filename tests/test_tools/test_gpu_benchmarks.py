@@ -3,14 +3,13 @@ records each command's result, exit code and time in two files."""
 import importlib
 import json
 import os.path as osp
-import sys
 import time
 
 import pytest
 
+from tools import benchmark, gpu_benchmarks
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import gpu_benchmarks  # noqa: E402
 
 
 def test_every_command_parses_with_its_tool(tmp_path):
@@ -29,8 +28,6 @@ def test_every_command_parses_with_its_tool(tmp_path):
 def test_the_diagnostic_runs_leave_out_what_they_name(tmp_path):
     """dit_xl2_b32_no_guard times the step of dit_xl2_b32 without LossGuardHook, and
     the no_ema runs without the EMA hook; everything else in their steps is the same."""
-    import benchmark
-
     from mmsora.engine import EMAHook  # what type='EMAHook' builds in mmsora's scope
     from mmsora.engine.hooks import LossGuardHook
     plan = gpu_benchmarks.commands(str(tmp_path))

@@ -13,10 +13,9 @@ from mmsora.utils.cli import UserError
 from mmsora.utils.memory_estimate import (GiB, LiveTensorBytes, estimate_training_memory,
                                           largest_batch, largest_fitting_batch,
                                           usable_bytes)
+from tools import estimate_memory
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-import estimate_memory  # noqa: E402
 
 DIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
            depth=2, num_heads=2, num_classes=10)
@@ -393,7 +392,7 @@ def test_480p_config_fits_one_24gb_card_with_zero2_offload(tmp_path):
     offloaded, 2 clips per micro-batch, 8 micro-batches per step; the card keeps the
     bf16 module, the buckets and the activations."""
     from mmsora.engine.strategies import load_strategy
-    from train import build_train_config, parse_args
+    from tools.train import build_train_config, parse_args
     path = osp.join(ROOT, 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py')
     cfg = build_train_config(parse_args([
         path, '--work-dir', str(tmp_path), '--deepspeed', 'deepspeed_zero2_offload',
