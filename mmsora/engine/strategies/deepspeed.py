@@ -121,7 +121,10 @@ def mend_mmengine_deepspeed():
         list[str]: The DeepSpeed optimizers now in mmengine's ``OPTIMIZERS``.
     """
     import mmengine._strategy.deepspeed as mm_deepspeed
+
+    from mmsora.engine.atomic_checkpoint import make_checkpoints_atomic
     mm_deepspeed.register_deepspeed_optimizers = register_deepspeed_optimizers
+    make_checkpoints_atomic()  # its save_checkpoint, imported by name
     strategy = mm_deepspeed.DeepSpeedStrategy
     if not getattr(strategy, '_mmsora_hooks_mended', False):
         strategy.save_checkpoint = _save_with_hooks(strategy.save_checkpoint)
