@@ -77,8 +77,9 @@ def load_from_local_weights_only(filename, map_location=None):
     (mmengine logs ``name[10:]`` of a loader as its backend: 'local_weights_only'.)
     """
     from mmsora.utils.checkpoint import load_checkpoint_file
+    # read, not mapped: a resume keeps the optimizer state's tensors for the run
     return load_checkpoint_file(os.path.expanduser(filename),
-                                map_location=map_location or 'cpu')
+                                map_location=map_location or 'cpu', mmap=False)
 
 
 def _slurm_env():

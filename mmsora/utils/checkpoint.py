@@ -21,7 +21,7 @@ _TRAINING_KEYS = ('ema', 'model')
 
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',
-                         safe_globals: Sequence = (), mmap: bool = False) -> dict:
+                         safe_globals: Sequence = (), mmap: bool = True) -> dict:
     """Read a ``.pt`` / ``.pth`` (weights-only pickle) or ``.safetensors`` file.
 
     Args:
@@ -29,7 +29,12 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         map_location (str | torch.device): Device for the tensors. Defaults to 'cpu'.
         safe_globals (Sequence): More data-only classes the weights-only loader may
             build (DeepSpeed's, for its checkpoint folders).
-        mmap (bool): Map the tensors' storage instead of reading it.
+        mmap (bool): Map the file (copy-on-write) instead of reading it: only the
+            tensors used are read from disk, so taking a training checkpoint's EMA
+            weights does not read its optimizer state into memory. Defaults to True
+            (files in torch's legacy format are read). A caller that keeps the
+            tensors for the whole run (``--resume``'s optimizer state) passes False:
+            a live mapping keeps a checkpoint's disk space after it is pruned.
 
     Returns:
         dict: What the file holds (a state dict or a checkpoint dict).
@@ -52,6 +57,8 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         return load_file(path, device=str(map_location))
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
+            if mmap and not zipfile.is_zipfile(path):  # torch's legacy format
+                mmap = False
             return torch.load(path, map_location=map_location, weights_only=True,
                               mmap=mmap)
     except pickle.UnpicklingError as e:

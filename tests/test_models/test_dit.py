@@ -1,6 +1,8 @@
 """DiT against an independent reference (diffusers' DiTTransformer2DModel), the
 paper's size table, checkpoint loading and gradient checkpointing."""
+import gc
 import os
+import os.path as osp
 import pickle
 
 import pytest
@@ -278,6 +280,39 @@ def test_checkpoint_formats(tmp_path, trained_pair):
     picked = extract_state_dict(load_checkpoint_file(tmp_path / 'fast_dit.pt'))
     assert torch.equal(picked['pos_embed'], sd['pos_embed'])
     assert torch.equal(picked['final_layer.linear.weight'], sd['final_layer.linear.weight'])
+
+
+@pytest.mark.skipif(not osp.exists('/proc/self/maps'), reason='reads /proc/self/maps')
+def test_checkpoint_files_are_mapped_not_read(tmp_path, trained_pair):
+    """load_checkpoint_file maps the file (copy-on-write): only the tensors used are
+    read, so sampling from a training checkpoint does not read its optimizer state.
+    The mapping ends with the tensors; writing to a tensor leaves the file as it was;
+    files in torch's legacy format, and mmengine's loader for --resume (which keeps
+    the optimizer state for the run), read the file instead."""
+    from mmsora.engine.compat import load_from_local_weights_only
+    _, src, _ = trained_pair
+    sd = src.state_dict()
+    path, legacy = tmp_path / 'run.pth', tmp_path / 'legacy.pth'
+    torch.save({'state_dict': sd, 'optimizer': {'state': {}}}, path)
+    torch.save({'state_dict': sd}, legacy, _use_new_zipfile_serialization=False)
+
+    def mapped(p):
+        with open('/proc/self/maps') as f:
+            return str(p) in f.read()
+
+    obj = load_checkpoint_file(path)
+    assert mapped(path)
+    for key, value in sd.items():
+        assert torch.equal(obj['state_dict'][key], value), key
+    obj['state_dict']['pos_embed'].add_(1)
+    del obj
+    gc.collect()
+    assert not mapped(path)
+    assert torch.equal(load_checkpoint_file(path, mmap=False)['state_dict']['pos_embed'],
+                       sd['pos_embed'])
+    for read in (load_checkpoint_file(legacy), load_from_local_weights_only(str(path))):
+        assert not mapped(legacy) and not mapped(path)
+        assert torch.equal(read['state_dict']['pos_embed'], sd['pos_embed'])
 
 
 def test_checkpoint_safetensors(tmp_path, trained_pair):
