@@ -1,5 +1,6 @@
 """tools/benchmark_checkpoint.py: both writers save the same checkpoint in fresh
-processes; mmengine's holds a copy of it in memory while saving, ours does not."""
+processes (mmengine's holds a copy of it in memory while saving, ours does not); the
+weights load from it mapped and read."""
 import json
 
 import pytest
@@ -7,19 +8,26 @@ import pytest
 from tools import benchmark_checkpoint
 
 
-def test_mmengine_holds_a_copy_ours_streams(tmp_path, capsys):
-    results = benchmark_checkpoint.main(
+def test_saves_and_loads_in_fresh_processes(tmp_path, capsys):
+    result = benchmark_checkpoint.main(
         ['--model', 'DiT-S/8', '--depth', '1', '--out', str(tmp_path / 'out'),
          '--json', str(tmp_path / 'r.json')])
-    ours, mmengine = results
+    ours, mmengine = result['saves']
     assert (ours['writer'], mmengine['writer']) == ('ours', 'mmengine')
-    for r in results:  # weights, EMA and two moments of ~3.6M float32 parameters
+    for r in result['saves']:  # weights, EMA and two moments of ~3.6M float32 parameters
         assert 50 < r['tensor_mb'] <= r['file_mb'] < r['tensor_mb'] * 1.01, r
         assert r['save_s'] > 0
     assert mmengine['extra_mb'] > 0.9 * mmengine['file_mb'], mmengine
     assert ours['extra_mb'] < 0.1 * ours['file_mb'], ours
-    assert list((tmp_path / 'out').iterdir()) == []  # each run removes its file
-    assert json.loads((tmp_path / 'r.json').read_text())['results'] == results
+    mapped, read = result['loads']
+    assert (mapped['reader'], read['reader']) == ('mapped', 'read')
+    # read whole, the file's four parts pass through memory; mapped, the weights' part
+    assert read['extra_mb'] > 0.9 * ours['file_mb'], read
+    assert mapped['extra_mb'] < 0.5 * ours['file_mb'], mapped
+    assert list((tmp_path / 'out').iterdir()) == []  # the runs remove their file
+    assert json.loads((tmp_path / 'r.json').read_text()) == result
     assert 'extra / file' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         benchmark_checkpoint.parse_args(['--model', 'DiT-Q/2'])
+    with pytest.raises(SystemExit):
+        benchmark_checkpoint.parse_args(['--writers', '--readers'])
