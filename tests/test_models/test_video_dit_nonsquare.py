@@ -34,6 +34,11 @@ def test_forward_backward_and_sampling():
     out = model(x, torch.tensor([5, 9]), torch.tensor([0, 1]))
     assert out.shape == x.shape
     out.square().mean().backward()
+    # every trainable weight is on the path to the output (the 2x3 grid's positions
+    # are fixed sin-cos, not trained)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
     ld = MODELS.build(dict(
         type='LatentDiffusion',
         denoiser=dict(type='VideoDiT', input_size=[4, 6], patch_size=2, in_channels=3,
