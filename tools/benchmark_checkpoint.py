@@ -173,7 +173,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix='mmsora_ckpt_') as tmp:
         out = args.out or tmp
         os.makedirs(out, exist_ok=True)
-        writers = args.writers or ['ours'] if args.readers else args.writers
+        # the loads read the last save's file: one save at least
+        writers = args.writers or ['ours']
         saves = [_run(args, out, w, keep=bool(args.readers) and i == len(writers) - 1)
                  for i, w in enumerate(writers)]
         loads = [_run(args, out, r) for r in args.readers]
