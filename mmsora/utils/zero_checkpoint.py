@@ -51,11 +51,12 @@ def _safe_globals() -> list:
     return found
 
 
-def load_deepspeed_file(path: str, mmap: bool = False):
+def load_deepspeed_file(path: str, mmap: bool = True):
     """A file of a DeepSpeed checkpoint folder, read by torch's weights-only loader
     (:func:`~mmsora.utils.checkpoint.load_checkpoint_file`, with
-    :data:`_DEEPSPEED_GLOBALS` allowed): a crafted folder cannot run code, as with
-    every checkpoint mmsora reads."""
+    :data:`_DEEPSPEED_GLOBALS` allowed, the file mapped: the EMA weights of the
+    client state are read without the module weights beside them): a crafted folder
+    cannot run code, as with every checkpoint mmsora reads."""
     from mmsora.utils.checkpoint import load_checkpoint_file
     return load_checkpoint_file(path, safe_globals=_safe_globals(), mmap=mmap)
 
