@@ -1,4 +1,5 @@
-"""Hooks that tests register on a Runner to see what it holds at a given moment."""
+"""Hooks that tests register on a Runner to see what it holds at a given moment, or
+what it ran (in-process, or through a config in the processes a launcher starts)."""
 import json
 import os
 import os.path as osp
