@@ -10,7 +10,11 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
    ``getattr(HistoryBuffer, 'min')``; allowlisting ``getattr`` would open the door
    to code execution, so we stop pickling them (they are class-level registrations,
    rebuilt by ``HistoryBuffer.__setstate__``). mmengine's loader itself leaves
-   ``weights_only`` to torch's default; local files go through ours instead.
+   ``weights_only`` to torch's default; local files go through ours instead. Ours
+   maps the file for ``load_from`` (the weights are copied into the model and the
+   checkpoint dropped: the optimizer state beside them is never read) and reads it
+   whole inside a runner's ``resume``, whose optimizer keeps the loaded tensors (a
+   mapping would hold a pruned checkpoint's disk space until the run ends).
 2. mmengine's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` even on
    CPU-only machines. We initialise a gloo process group from the launcher's
    environment first; mmengine then skips its own initialisation.
@@ -19,6 +23,7 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
 3. ``AmpOptimWrapper`` asserts a GPU: see
    :class:`mmsora.engine.optimizers.AutocastOptimWrapper` for the CPU bf16 path.
 """
+import functools
 import os
 import subprocess
 
@@ -69,17 +74,38 @@ def make_mmengine_checkpoints_loadable():
     # route local files through ours, which passes weights_only=True explicitly.
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
                                      force=True)
+    from mmengine.runner import FlexibleRunner, Runner
+    for runner in (Runner, FlexibleRunner):
+        if not hasattr(runner.resume, 'reads_whole_checkpoints'):
+            runner.resume = _reading_whole_checkpoints(runner.resume)
+
+
+_RESUMING = [0]  # runners' resume calls in progress
+
+
+def _reading_whole_checkpoints(resume):
+    """A runner's ``resume``, during which our loader reads checkpoint files whole."""
+    @functools.wraps(resume)
+    def wrapped(*args, **kwargs):
+        _RESUMING[0] += 1
+        try:
+            return resume(*args, **kwargs)
+        finally:
+            _RESUMING[0] -= 1
+    wrapped.reads_whole_checkpoints = True
+    return wrapped
 
 
 def load_from_local_weights_only(filename, map_location=None):
-    """mmengine's local-file checkpoint loader, weights-only with one-line errors.
+    """mmengine's local-file checkpoint loader, weights-only with one-line errors;
+    the file mapped but inside a runner's ``resume`` (see the module's note 1).
 
     (mmengine logs ``name[10:]`` of a loader as its backend: 'local_weights_only'.)
     """
     from mmsora.utils.checkpoint import load_checkpoint_file
-    # read, not mapped: a resume keeps the optimizer state's tensors for the run
     return load_checkpoint_file(os.path.expanduser(filename),
-                                map_location=map_location or 'cpu', mmap=False)
+                                map_location=map_location or 'cpu',
+                                mmap=not _RESUMING[0])
 
 
 def _slurm_env():

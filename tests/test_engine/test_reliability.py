@@ -86,6 +86,35 @@ def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
                           if k.startswith('denoiser.')})
 
 
+@pytest.mark.skipif(not osp.exists('/proc/self/maps'), reason='reads /proc/self/maps')
+def test_load_from_maps_the_checkpoint_resume_reads_it(repo_root, tmp_path, trained,
+                                                       monkeypatch):
+    """--load-from maps the checkpoint (its weights are copied into the model; the
+    optimizer state is never read); --resume reads it whole, since the optimizer keeps
+    the loaded tensors. Once training runs, neither leaves the file mapped (a mapping
+    would hold its disk space after the checkpoint is pruned)."""
+    import mmsora.utils.checkpoint as checkpoint
+    real, modes = checkpoint.load_checkpoint_file, []
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs.get('mmap', True))
+        return real(*args, **kwargs)
+
+    def mapped():
+        with open('/proc/self/maps') as f:
+            return ckpt in f.read()
+
+    monkeypatch.setattr(checkpoint, 'load_checkpoint_file', spy)
+    _, ckpt = trained
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'new', 3, load_from=ckpt))
+    runner.train()
+    assert modes and all(modes) and not mapped(), modes
+    modes.clear()
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'resumed', 3, resume=ckpt))
+    runner.train()
+    assert runner.iter == 3 and False in modes and not mapped(), modes
+
+
 def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
     work, ckpt = trained
     data = open(ckpt, 'rb').read()

@@ -287,9 +287,9 @@ def test_checkpoint_files_are_mapped_not_read(tmp_path, trained_pair):
     """load_checkpoint_file maps the file (copy-on-write): only the tensors used are
     read, so sampling from a training checkpoint does not read its optimizer state.
     The mapping ends with the tensors; writing to a tensor leaves the file as it was;
-    files in torch's legacy format, and mmengine's loader for --resume (which keeps
+    files in torch's legacy format, and mmengine's loader inside a resume (which keeps
     the optimizer state for the run), read the file instead."""
-    from mmsora.engine.compat import load_from_local_weights_only
+    from mmsora.engine.compat import _reading_whole_checkpoints, load_from_local_weights_only
     _, src, _ = trained_pair
     sd = src.state_dict()
     path, legacy = tmp_path / 'run.pth', tmp_path / 'legacy.pth'
@@ -310,7 +310,8 @@ def test_checkpoint_files_are_mapped_not_read(tmp_path, trained_pair):
     assert not mapped(path)
     assert torch.equal(load_checkpoint_file(path, mmap=False)['state_dict']['pos_embed'],
                        sd['pos_embed'])
-    for read in (load_checkpoint_file(legacy), load_from_local_weights_only(str(path))):
+    resuming = _reading_whole_checkpoints(load_from_local_weights_only)
+    for read in (load_checkpoint_file(legacy), resuming(str(path))):
         assert not mapped(legacy) and not mapped(path)
         assert torch.equal(read['state_dict']['pos_embed'], sd['pos_embed'])
 
