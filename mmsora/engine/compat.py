@@ -14,7 +14,8 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
    maps the file for ``load_from`` (the weights are copied into the model and the
    checkpoint dropped: the optimizer state beside them is never read) and reads it
    whole inside a runner's ``resume``, whose optimizer keeps the loaded tensors (a
-   mapping would hold a pruned checkpoint's disk space until the run ends).
+   mapping would hold a pruned checkpoint's disk space until the run ends; tested in
+   ``tests/test_engine/test_reliability.py``).
 2. mmengine's ``pytorch``/``slurm`` launchers call ``torch.cuda.set_device`` even on
    CPU-only machines. We initialise a gloo process group from the launcher's
    environment first; mmengine then skips its own initialisation.
