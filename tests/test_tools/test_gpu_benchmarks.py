@@ -17,7 +17,8 @@ def test_every_command_parses_with_its_tool(tmp_path):
     plan = gpu_benchmarks.commands(str(tmp_path))
     assert set(plan) == set(gpu_benchmarks.PLAN)
     for name, (argv, limit) in plan.items():
-        tool = importlib.import_module(osp.splitext(osp.basename(argv[0]))[0])
+        tool = importlib.import_module(
+            'tools.' + osp.splitext(osp.basename(argv[0]))[0])
         args = tool.parse_args(argv[1:])
         if getattr(args, 'config', None):
             apply_cfg_options(load_config(osp.join(ROOT, args.config)), args.cfg_options)
