@@ -358,14 +358,6 @@ def _attention_kernel(args, model, impl):
 # --------------------------------------------------------------------------- #
 #                                 One worker                                   #
 # --------------------------------------------------------------------------- #
-def _rss_mb() -> float:
-    """Current resident set size of this process in MiB (Linux)."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
-
 
 def _usage():
     """(minor page faults so far, CPU seconds of all this process's threads so far)."""
@@ -446,9 +438,10 @@ def throughput(args, info: dict, step_s: float) -> dict:
 
 def run_worker(args) -> dict:
     """Build one implementation and time its training steps."""
+    from mmsora.utils.process_memory import rss_mb
     _setup(args)
     device = torch.device(args.device)
-    rss_before_model = _rss_mb()
+    rss_before_model = rss_mb()
     try:
         model, step, info = make_step(args, args.worker)
         for _ in range(args.warmup):

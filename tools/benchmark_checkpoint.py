@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from mmsora.utils.process_memory import peak_rss_mb, reset_peak_rss, rss_mb
+
 WRITERS = ('ours', 'mmengine')
 READERS = ('mapped', 'read')
 
@@ -56,27 +58,6 @@ def parse_args(argv=None):
     check_output_path(args.out, '--out', folder=True)
     check_output_path(args.json, '--json')
     return args
-
-
-def rss_mb() -> float:
-    """This process's resident memory now."""
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-def reset_peak_rss() -> None:
-    """Start this process's peak resident memory (VmHWM) anew from its current RSS."""
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory since :func:`reset_peak_rss` (VmHWM)."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError('no VmHWM in /proc/self/status')
 
 
 def build_checkpoint(model_name, depth=None):

@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from mmsora.utils.process_memory import rss_mb
+
 __all__ = ['model_configs', 'step_inputs', 'count_step']
 
 STAGE_C_FACTOR = 1024 / 24  # 42.67: 1024 px frames <-> 24x24 Stage C latents
@@ -141,13 +143,6 @@ def count_step(cfg: dict, kind: str, pixels: int, frames: int = 16) -> dict:
                 saved_gb=saved.bytes / 1e9)
 
 
-def _rss_mb():
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
-
 
 def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
     """Seconds per training step (wall and process CPU time) and peak-RSS growth.
@@ -168,7 +163,7 @@ def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     step()  # warm-up (also allocates the optimizer state)
     wall, cpu = [], []
     for _ in range(steps):
