@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,10 +63,14 @@ def write_layouts(root, num_samples, shape, dtype):
                     rng.standard_normal((1, *shape), dtype=np.float32))
             np.save(osp.join(labels, f'{i}.npy'), rng.integers(0, 1000, (1,)))
     if not osp.isfile(osp.join(packed, 'index.json')):
-        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-        from convert_fastdit_features import main as convert
-        convert(['--features-dir', feats, '--labels-dir', labels, '--out', packed,
-                 '--dtype', dtype])
+        # the converter runs as a user runs it: a script beside this one
+        converter = osp.join(osp.dirname(osp.abspath(__file__)),
+                             'convert_fastdit_features.py')
+        done = subprocess.run([sys.executable, converter, '--features-dir', feats,
+                               '--labels-dir', labels, '--out', packed, '--dtype', dtype])
+        if done.returncode:
+            raise UserError(f'{osp.basename(converter)} exited {done.returncode} '
+                            f'writing the packed store at {packed}')
     return feats, labels, packed
 
 
