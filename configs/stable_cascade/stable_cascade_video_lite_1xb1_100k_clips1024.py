@@ -9,10 +9,13 @@
 # Sized for ONE 24 GB card (RTX 4090 / 3090): the spatial part is frozen (no gradients
 # or optimizer state), only the 302 M temporal parameters train, every block is
 # recomputed in the backward pass, bf16 autocast (--amp). Counted by
-# tools/estimate_memory.py (--precision bf16; not yet measured on a card): 11.50 GiB of
-# tensors at one clip (fp32 weights 4.97, AdamW 2.25, the step 4.29), 15.73 at two; a
-# 24 GB card holds 3 clips with 10% free, a 48 GB card 8. No EMA: an EMAHook copies
-# all 1.33 B parameters (+4.97 GiB). docs/stable_cascade.md.
+# tools/estimate_memory.py (--precision bf16): 11.50 GiB of tensors at one clip (fp32
+# weights 4.97, AdamW 2.25, the step 4.29), 15.73 at two; measured on one H200 (Dec 4
+# 2026, --measure cuda): 12.24 and 17.03 GiB allocated at the peak, 6-8% more. By the
+# measured 4.8 GiB per clip, 3 clips come to ~21.8 GiB (not run): a 24 GB card holds
+# them, though with less than 10% free. No EMA: an EMAHook copies all 1.33 B
+# parameters (+4.97 GiB).
+# docs/stable_cascade.md.
 #   python tools/train.py \
 #       configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py --amp \
 #       --cfg-options train_dataloader.dataset.data_root=data/clips16_stage_c \

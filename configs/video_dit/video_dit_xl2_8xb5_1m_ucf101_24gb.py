@@ -3,8 +3,10 @@
 # weights, and every block is recomputed in the backward pass (about 4/3 of the step's
 # compute).
 # Estimated peak of tensors per GPU (tools/estimate_memory.py, Dec 3 2026; a count on
-# fake tensors, not yet measured on a card): 14.1 GiB on one GPU, 16.6 GiB with DDP. The
-# largest batch per GPU that leaves 10% of the card free: 15 on one GPU, 12 with DDP.
+# fake tensors): 14.1 GiB on one GPU, 16.6 GiB with DDP. Measured on one H200 capped at
+# 23.5 GiB (Dec 4 2026, tools/benchmark.py --memory-budget 23.5): 283.2 ms per step of
+# 5 clips, 14.25 GiB allocated at the peak. The largest batch per GPU that leaves 10%
+# of the card free: 15 on one GPU, 12 with DDP (estimated).
 # Figures and the other cards' presets: docs/distributed.md.
 #   python tools/train.py configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py
 #   bash tools/dist_train.sh configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py 8

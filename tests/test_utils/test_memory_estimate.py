@@ -325,8 +325,9 @@ def test_tool_refuses_bad_input(tmp_path, capsys):
 
 
 # card preset -> (card GiB, its checkpointing, the settings that recompute less, none
-# of which may fit)
-PRESETS = {'24gb': (24, True, (2, 'selective')), '48gb': (48, 'selective', (False,)),
+# of which may fit). Selective checkpointing would fit 48 GB too, but its step was
+# slower than every 2nd block's on an H200 (docs/benchmarks.md, "GPU").
+PRESETS = {'24gb': (24, True, (2, 'selective')), '48gb': (48, 2, (False,)),
            '80gb': (80, False, ())}
 
 
