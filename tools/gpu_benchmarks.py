@@ -5,7 +5,7 @@
 Runs, one after the other (each in its own process group, each with a time limit), the
 commands of :data:`PLAN`:
 - DiT-XL/2 256 px training steps in bf16 with the EMA at batch 32 / 128 / 256 (img/s,
-  MFU, peak memory);
+  MFU, peak memory), and against diffusers' DiT at batch 128;
 - the 16x256x256 VideoDiT-XL/2 step of the 24 GB preset capped at 23.5 GiB (a 24 GB card
   less the CUDA context);
 - the memory estimate of that preset at the checkpointing of the 24 / 48 / 80 GB presets
@@ -54,6 +54,11 @@ XL = ['tools/benchmark.py', '--model', 'DiT-XL/2', '--input-size', '32', '--devi
 PLAN = {
     **{f'dit_xl2_b{b}': ([*XL, '--batch-size', str(b), '--steps', '10', '--warmup', '5',
                           '--json', '{json}'], 300) for b in (32, 128, 256)},
+    # diffusers' DiT at the same size and batch, each in its own process, one after the
+    # other (neither with an EMA, as in the CPU comparison)
+    'dit_xl2_b128_diffusers': ([*XL[:-2], '--batch-size', '128', '--steps', '8',
+                                '--warmup', '4', '--baseline', 'diffusers', '--json',
+                                '{json}'], 300),
     # A 24 GB card holds 23.99 GiB, of which the CUDA context takes about 0.5.
     'video_xl2_24gb': (['tools/benchmark.py', VIDEO.format(24), '--device', 'cuda',
                         '--precision', 'bf16', '--batch-size', '5', '--steps', '5',
