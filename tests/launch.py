@@ -33,8 +33,12 @@ RUN = ("import runpy, sys; from tests.launch import skip_deepspeed_shm_build; "
 def fresh_run_env(**env) -> dict:
     """This process's environment for a training subprocess that sets up its own
     process group (torchrun or a one-process DeepSpeed run): one torch thread, none
-    of the rendezvous variables a surrounding launcher may have left, plus ``env``."""
+    of the rendezvous variables a surrounding launcher may have left, plus ``env``.
+    A ``PYTHONPATH`` given goes in front of this process's (packages installed there
+    stay importable)."""
     out = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    if env.get('PYTHONPATH') and out.get('PYTHONPATH'):
+        env['PYTHONPATH'] += os.pathsep + out['PYTHONPATH']
     return dict(out, OMP_NUM_THREADS='1', **env)
 
 
