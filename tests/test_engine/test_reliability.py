@@ -62,6 +62,10 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
                                               accumulation=1)
     two['meta']['run_layout']['world_size'] = 2
     torch.save(two, tmp_path / 'two.pth')
+    # `two` maps the checkpoint, and this frame outlives the test: `info` holds the
+    # exception, whose traceback holds this frame (a cycle only a full collection
+    # frees); test_load_from_maps_the_checkpoint_resume_reads_it looks for mappings
+    del two
     runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'b', 4,
                                       resume=str(tmp_path / 'two.pth')))
     with pytest.raises(UserError, match=r'saved by a run of 2 processes x batch size 8 '
@@ -102,8 +106,9 @@ def test_load_from_maps_the_checkpoint_resume_reads_it(repo_root, tmp_path, trai
         return real(*args, **kwargs)
 
     def mapped():
-        # after earlier tests of this file the checkpoint's dict can sit in a
-        # reference cycle until Python's next full collection: take it first
+        # a test that mapped the checkpoint and kept it in a frame caught in a
+        # reference cycle (pytest.raises' ExceptionInfo -> traceback -> that frame)
+        # holds it until Python's next full collection: take it first
         gc.collect()
         with open('/proc/self/maps') as f:
             return ckpt in f.read()
