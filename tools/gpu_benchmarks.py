@@ -19,7 +19,9 @@ commands of :data:`PLAN`:
 - the memory estimate of the 24 GB preset with 8 micro-batches per step (gradient
   accumulation) against the allocator's peak;
 - the memory estimate of the 480p, 5 s config and of the Stable Cascade lite video
-  config at 1 and 2 clips against the allocator's peak.
+  config at 1 and 2 clips against the allocator's peak;
+- the tests that take another path on a GPU (:data:`GPU_TESTS`): ZeRO-2 and ZeRO-3
+  runs that train and resume exactly, and no host sync in the diffusion's steps.
 
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
@@ -48,6 +50,14 @@ XL_DEMO = ['model.denoiser.hidden_size=1152', 'model.denoiser.depth=28',
            'model.denoiser.num_heads=16', 'train_dataloader.batch_size=32']
 XL = ['tools/benchmark.py', '--model', 'DiT-XL/2', '--input-size', '32', '--device',
       'cuda', '--precision', 'bf16', '--ema', '1e-4']
+
+GPU_TESTS = [
+    'tests/test_diffusion/test_gaussian.py::test_no_host_sync_in_a_step_on_a_gpu',
+    'tests/test_engine/test_deepspeed_train.py::'
+    'test_zero2_trains_on_cpu_resumes_exactly_and_converts',
+    'tests/test_engine/test_deepspeed_train.py::test_zero2_bf16_trains_with_a_float32_ema',
+    'tests/test_engine/test_deepspeed_train.py::test_zero3_one_process_resumes_exactly',
+]
 
 # name -> (command, time limit in s), in the order they run (the ones the GPU issue asks
 # for first); {json} and {work} are filled in per command.
@@ -132,6 +142,10 @@ PLAN = {
         '--deepspeed', 'deepspeed_zero3', '--gpus', '8', '--measure', 'cuda',
         '--precision', 'bf16', '--grad-checkpointing', '1', '--batch-size', '1', '5',
         '--json', '{json}'], 300),
+    # tests that take another path on a GPU, each on this one GPU: no host sync in the
+    # diffusion's steps; ZeRO-2 (fp32 and bf16) and ZeRO-3 runs that train, resume
+    # exactly and convert (the two-process ones need two devices)
+    'gpu_tests': (['-m', 'pytest', '-q', '-p', 'no:cacheprovider', *GPU_TESTS], 400),
 }
 
 

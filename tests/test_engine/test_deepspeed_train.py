@@ -249,6 +249,26 @@ def test_zero3_two_processes_keep_the_ema_and_resume_exactly(tmp_path):
                 assert torch.equal(x['torch'], y['torch'])
 
 
+def test_zero3_one_process_resumes_exactly(tmp_path):
+    """ZeRO-3 on one process: a run resumed from step 2 ends bit for bit as the
+    uninterrupted one, EMA included. The two-process tests need two devices on a GPU
+    machine; this one runs where there is one GPU (tools/gpu_benchmarks.py's
+    gpu_tests) as on the CPU."""
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    train(full, preset='deepspeed_zero3', options=TINY_DEMO_OPTIONS)
+    resumed.mkdir()
+    shutil.copytree(full / 'iter_2.pth', resumed / 'iter_2.pth')
+    train(resumed, '--resume', str(resumed / 'iter_2.pth'), preset='deepspeed_zero3',
+          options=TINY_DEMO_OPTIONS)
+    a, b = converted(full), converted(resumed)
+    for key in ('state_dict', 'ema_state_dict'):
+        assert a[key].keys() == b[key].keys()
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    name = 'denoiser.final_layer.linear.weight'  # the EMA trails the trained weights
+    assert (a['ema_state_dict']['module.' + name] - a['state_dict'][name]).abs().max() > 1e-3
+
+
 def hooked(tmp_path, *hooks):
     """The demo with an EMA, RNGStateHook and ``hooks``."""
     config = tmp_path / f'hooked_{len(hooks)}.py'
