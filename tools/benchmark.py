@@ -105,6 +105,10 @@ def parse_args(argv=None):
                         '(torch.cuda.set_per_process_memory_fraction), to see on a large '
                         'card whether the step fits a smaller one; one that needs more '
                         'stops with "does not fit"')
+    parser.add_argument('--profile', metavar='DIR',
+                        help='after the timed steps, profile 2 more of each model '
+                        '(torch.profiler) and write DIR/IMPL.txt: the operators by '
+                        'their own time on the device and on the host')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config keys, e.g. model.denoiser.depth=4')
     parser.add_argument('--seed', type=int, default=0)
@@ -373,9 +377,13 @@ def check_args(args) -> None:
     from mmsora.utils.cli import UserError, check_output_path
     if args.memory_budget is not None and args.device != 'cuda':
         raise UserError('--memory-budget caps CUDA memory: add --device cuda')
-    if args.memory_budget is not None and args.interleave:
-        raise UserError('--memory-budget checks one model in its own process: drop '
-                        '--interleave')
+    for option in ('memory_budget', 'profile'):
+        if getattr(args, option) is not None and args.interleave:
+            raise UserError(f'--{option.replace("_", "-")} looks at one model in its '
+                            'own process: drop --interleave')
+    if args.profile is not None:
+        if os.path.exists(args.profile) and not os.path.isdir(args.profile):
+            raise UserError(f'--profile {args.profile}: exists and is not a directory')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda: no CUDA device on this machine')
     at_least = dict(steps=1, warmup=0, batch_size=1, repeats=1, threads=1, text_len=1,
@@ -483,6 +491,12 @@ def run_worker(args) -> dict:
         # so also report the RSS measured before the model was built.
         result['peak_mem_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result['rss_before_model_mb'] = rss_before_model
+    if args.profile:  # after the figures above: the profiler's overhead is not in them
+        from mmsora.utils.step_profile import profile_steps
+        os.makedirs(args.profile, exist_ok=True)
+        result['profile'] = os.path.join(args.profile, f'{args.worker}.txt')
+        with open(result['profile'], 'w') as f:
+            f.write(profile_steps(step, device) + '\n')
     return result
 
 

@@ -20,6 +20,7 @@ commands of :data:`PLAN`:
   accumulation) against the allocator's peak;
 - the memory estimate of the 480p, 5 s config and of the Stable Cascade lite video
   config at 1 and 2 clips against the allocator's peak;
+- a profile of DiT-XL/2's step at batch 32 and 256 (``OUT_DIR/NAME/ours.txt``);
 - the tests that take another path on a GPU (:data:`GPU_TESTS`): ZeRO-2 and ZeRO-3
   runs that train and resume exactly, and no host sync in the diffusion's steps.
 
@@ -142,6 +143,10 @@ PLAN = {
         '--deepspeed', 'deepspeed_zero3', '--gpus', '8', '--measure', 'cuda',
         '--precision', 'bf16', '--grad-checkpointing', '1', '--batch-size', '1', '5',
         '--json', '{json}'], 300),
+    # where the step's time goes (torch.profiler: operators by device and by host time),
+    # where MFU was lowest (batch 32, 23% on an H200) and highest (batch 256, 33%)
+    **{f'dit_xl2_b{b}_profile': ([*XL, '--batch-size', str(b), '--steps', '3', '--warmup',
+                                  '3', '--profile', '{profile}'], 300) for b in (32, 256)},
     # tests that take another path on a GPU, each on this one GPU: no host sync in the
     # diffusion's steps; ZeRO-2 (fp32 and bf16) and ZeRO-3 runs that train, resume
     # exactly and convert (the two-process ones need two devices)
@@ -181,7 +186,8 @@ def commands(out_dir: str, only=None) -> dict:
         if only and name not in only:
             continue
         fill = dict(json=osp.join(out_dir, f'.{name}.json'),
-                    work=osp.join(tempfile.gettempdir(), f'mmsora_gpu_{name}'))
+                    work=osp.join(tempfile.gettempdir(), f'mmsora_gpu_{name}'),
+                    profile=osp.join(out_dir, name))
         out[name] = ([a.format(**fill) for a in argv], limit)
     return out
 
@@ -238,6 +244,8 @@ def summary_rows(records: dict) -> list:
                         f"{r.get('tflops_per_s', 0):.1f} TFLOP/s, MFU "
                         f"{r.get('mfu', float('nan')):.3f}, peak "
                         f"{r['peak_mem_mb'] / 1024:.2f} GiB")
+            if 'profile' in r:
+                rows.append(f"{name}: {r['impl']}'s operators in {r['profile']}")
         if 'logged_peak_mib' in record:
             rows.append(f"{name}: logged peak {record['logged_peak_mib']} MiB")
         if record['rc'] != 0:

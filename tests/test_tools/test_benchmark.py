@@ -216,6 +216,28 @@ def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
     assert ours['params_m'] < base['params_m']
 
 
+def test_profile_writes_each_models_operators(tmp_path):
+    """--profile: after its timed steps each model's process profiles two more and
+    writes the operators by their own host time (and device time on a GPU)."""
+    from mmsora.utils.cli import UserError
+    out = tmp_path / 'profile'
+    benchmark.main(SMALL + ['--baseline', 'diffusers', '--threads', '1', '--profile',
+                            str(out), '--json', str(tmp_path / 'b.json')])
+    results = json.loads((tmp_path / 'b.json').read_text())['results']
+    for r in results:
+        assert r['profile'] == str(out / f"{r['impl']}.txt")
+        text = open(r['profile']).read()
+        assert text.startswith('2 steps profiled on cpu')
+        host = text.split('== by self time on the host')[1]
+        assert 'aten::addmm' in host and '_scaled_dot_product' in host  # both use SDPA
+    with pytest.raises(UserError, match='--profile looks at one model in its own process'):
+        benchmark.main(SMALL + ['--baseline', 'diffusers', '--interleave', '--profile',
+                                str(out)])
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(UserError, match='exists and is not a directory'):
+        benchmark.main(SMALL + ['--profile', str(tmp_path / 'file')])
+
+
 def test_a_hook_given_built(tmp_path, monkeypatch):
     """A config may hold its EMA hook built: the step runs that hook, and --ema, which
     would have to rewrite its settings, refuses with one line."""
