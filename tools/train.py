@@ -137,7 +137,8 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          check_checkpoint_hook, launcher_world_size)
+                                          check_checkpoint_hook, drop_disabled_hooks,
+                                          launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -150,6 +151,7 @@ def build_train_config(args):
                    options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
+    drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and cfg.get('resume')

@@ -159,3 +159,20 @@ def test_other_wrappers_are_left_alone():
     runner = _FakeRunner(wrappers)
     LossGuardHook().before_train(runner)
     assert 'step' not in vars(wrappers['a'])  # not wrapped
+
+
+def test_default_hooks_of_ours_set_to_none_are_off(repo_root, tmp_path):
+    """``--cfg-options default_hooks.loss_guard=None`` (docs/reliability.md) turns the
+    guard off: mmengine's Runner takes None only for its own default hooks and failed
+    with an AssertionError; tools/train.py drops ours, and NaN steps then go through."""
+    cfg = tiny_cfg(repo_root, tmp_path, 3, 'default_hooks.loss_guard=None',
+                   'default_hooks.timer=None')
+    assert 'loss_guard' not in cfg.default_hooks
+    assert cfg.default_hooks.timer is None  # mmengine's own: the Runner removes it
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(_PoisonIters([1]))
+    runner.train()
+    names = [type(h).__name__ for h in runner.hooks]
+    assert 'LossGuardHook' not in names and 'IterTimerHook' not in names
+    weights = list(runner.model.denoiser.parameters())
+    assert not all(torch.isfinite(w).all() for w in weights)  # nothing skipped the step

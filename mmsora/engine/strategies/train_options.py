@@ -17,6 +17,7 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
            'check_accumulation', 'check_checkpoint_hook', 'check_fsdp_precision',
+           'drop_disabled_hooks',
            'seed_model_at_run_time']
 
 
@@ -279,6 +280,25 @@ def accumulation_of(cfg) -> int:
             if isinstance(steps, int):
                 return steps
     return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+
+
+# The default hooks mmengine's Runner knows: ``default_hooks.NAME=None`` removes one.
+MMENGINE_DEFAULT_HOOKS = ('runtime_info', 'timer', 'sampler_seed', 'logger',
+                          'param_scheduler', 'checkpoint')
+
+
+def drop_disabled_hooks(cfg) -> list:
+    """Remove the default hooks a config sets to None; return their names.
+
+    ``--cfg-options default_hooks.loss_guard=None`` turns our LossGuardHook off
+    (docs/reliability.md), but mmengine's Runner takes None only for its own six
+    default hooks and failed on any other with a bare AssertionError."""
+    hooks = cfg.get('default_hooks') or {}
+    off = [name for name, hook in hooks.items()
+           if hook is None and name not in MMENGINE_DEFAULT_HOOKS]
+    for name in off:
+        hooks.pop(name)
+    return off
 
 
 def check_checkpoint_hook(cfg) -> None:
