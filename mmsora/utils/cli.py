@@ -80,13 +80,30 @@ def apply_cfg_options(cfg, options):
                 raise UserError(f'--cfg-options {key}: the config has no {top!r}; did you '
                                 f'mean {meant}?')
         parent_path, _, leaf = key.rpartition('.')
+        parts = parent_path.split('.') if parent_path else []
         node = cfg
-        for part in parent_path.split('.') if parent_path else []:
-            child = node.get(part) if hasattr(node, 'get') else None
+        for depth, part in enumerate(parts):
+            if isinstance(node, (list, tuple)) and part.isdigit():  # mmengine: an index
+                if int(part) >= len(node):
+                    raise UserError(f'--cfg-options {key}: {".".join(parts[:depth])} has '
+                                    f'{len(node)} entries, no [{part}]')
+                child = node[int(part)]
+            else:
+                child = node.get(part) if hasattr(node, 'get') else None
             if child is None:
+                # A new dict in the middle of the path (mmengine would add it: a hook
+                # config without a type, say): one close to a key there is a typo.
+                close = [name for name in (node.keys() if hasattr(node, 'keys') else ())
+                         if len(part) > 4 and _edits(part, name) <= 2]
+                if close:
+                    above = '.'.join(parts[:depth] + [''])
+                    raise UserError(f'--cfg-options {key}: the config has no '
+                                    f'{above}{part}; did you mean {above}{close[0]}?')
                 break
             node = child
-        if parent_path and not hasattr(node, 'get'):
+        if parent_path and not hasattr(node, 'get') and not (
+                isinstance(node, (list, tuple)) and leaf.isdigit()
+                and int(leaf) < len(node)):
             raise UserError(f'--cfg-options {key}: {parent_path} is not a dict in the config')
         try:
             cfg.merge_from_dict({key: value})

@@ -47,3 +47,35 @@ def test_a_misspelt_top_level_key_is_refused(repo_root):
     # new keys that are not near one of the config's are set as before
     apply_cfg_options(cfg, ['val_dataloader.batch_size=2', 'global_batch_size=8'])
     assert cfg.val_dataloader.batch_size == 2 and cfg.global_batch_size == 8
+
+
+def test_a_misspelt_key_inside_the_path_is_refused(repo_root):
+    """``default_hooks.loss_gaurd.max_consecutive=2`` made a new hook config without a
+    type, and the Runner failed with a 150-line KeyError; a new dict in the middle of
+    the path two edits from a key there is refused, naming the key."""
+    cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+    with pytest.raises(UserError, match='the config has no default_hooks.loss_gaurd; did '
+                                        'you mean default_hooks.loss_guard'):
+        apply_cfg_options(cfg, ['default_hooks.loss_gaurd.max_consecutive=2'])
+    with pytest.raises(UserError, match='no model.denoiser.hiden_size; did you mean '
+                                        'model.denoiser.hidden_size'):
+        apply_cfg_options(cfg, ['model.denoiser.hiden_size.x=3'])
+    # a new leaf, or a new dict far from the keys there, is set as before
+    apply_cfg_options(cfg, ['default_hooks.loss_guard.max_consecutive=2',
+                            'model.denoiser.attn_backend=sdpa', 'env_cfg.extra.a=1'])
+    assert cfg.default_hooks.loss_guard.max_consecutive == 2
+    assert cfg.model.denoiser.attn_backend == 'sdpa' and cfg.env_cfg.extra.a == 1
+
+
+def test_list_entries_are_set_by_index(repo_root):
+    """mmengine's ``custom_hooks.0.momentum=0.5`` (an index into a list) was refused
+    as 'not a dict'; now it is set, and an index past the end is named."""
+    cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+    assert cfg.custom_hooks[0].type == 'EMAHook'
+    apply_cfg_options(cfg, ['custom_hooks.0.momentum=0.5'])
+    assert cfg.custom_hooks[0].momentum == 0.5 and cfg.custom_hooks[0].type == 'EMAHook'
+    n = len(cfg.custom_hooks)
+    with pytest.raises(UserError, match=f'custom_hooks has {n} entries, no \\[9\\]'):
+        apply_cfg_options(cfg, ['custom_hooks.9.momentum=0.5'])
+    with pytest.raises(UserError, match='train_cfg.max_iters is not a dict'):
+        apply_cfg_options(cfg, ['train_cfg.max_iters.x=1'])
