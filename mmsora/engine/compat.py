@@ -147,8 +147,9 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -
         raise ValueError(f"launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
     missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                if k not in os.environ]
-    if missing:
-        raise RuntimeError(
+    if missing:  # a usage error (one line, exit 2), as for slurm's
+        from mmsora.utils.cli import UserError
+        raise UserError(
             f'--launcher {launcher} needs the environment variables {missing}; '
             'start the script with torchrun (tools/dist_train.sh) or srun')
     import datetime

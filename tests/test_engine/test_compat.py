@@ -77,7 +77,9 @@ def test_init_cpu_distributed_names_missing_env(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     if torch.cuda.is_available():
         pytest.skip('CPU-only path')
-    with pytest.raises(RuntimeError, match='RANK'):
+    with pytest.raises(UserError, match=r"--launcher pytorch needs the environment "
+                       r"variables \['RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'\]; "
+                       'start the script with torchrun'):
         mmsora.engine.init_cpu_distributed('pytorch')
     for key in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
         monkeypatch.delenv(key, raising=False)
