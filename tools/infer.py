@@ -46,14 +46,16 @@ def parse_args(argv=None):
     parser.add_argument('--prompt-file', help='text-conditioned models: a file with one '
                         'prompt per line (blank lines and lines starting with # skipped)')
     parser.add_argument('--num-samples', type=int, default=None,
-                        help='number of samples (default: len(--labels), else 16)')
+                        help='number of samples (default: len(--labels), or the number '
+                        'of prompts, else 16)')
     parser.add_argument('--seed', type=int, default=0,
                         help='sample i uses seed SEED + i, whatever the batch size')
     parser.add_argument('--sampler', help="a sampler of the model's objective: "
                         "GaussianDiffusion: 'ddpm', 'ddim' or a diffusers scheduler name "
                         "(DPMSolverMultistepScheduler, EulerDiscreteScheduler, ...); "
                         "Transport (SiT, rectified flow): ode_euler, ode_heun, ode_dopri5, "
-                        "sde_euler, sde_heun, FlowMatchEulerDiscreteScheduler; default: "
+                        "sde_euler, sde_heun, FlowMatchEulerDiscreteScheduler; Stable "
+                        "Cascade's WuerstchenDiffusion: DDPMWuerstchenScheduler; default: "
                         "the config's sample_cfg, else the objective's own")
     parser.add_argument('--steps', type=int, help='number of sampling steps')
     parser.add_argument('--sampler-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -232,8 +234,8 @@ def main(argv=None):
                     sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
                     prompts=prompts, **sample_kwargs)
         if is_main_process():
-            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples; arr_1: labels, '
-                  'or prompts)')
+            second = 'prompts: their prompts' if prompts else 'arr_1: their labels'
+            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples; {second})')
         from mmsora.utils.dist import close_process_group
         close_process_group()
         return
