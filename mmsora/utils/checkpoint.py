@@ -55,9 +55,12 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path, device=str(map_location))
+    zipped = zipfile.is_zipfile(path)
+    if not zipped:
+        _check_legacy_start(path)
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
-            if mmap and not zipfile.is_zipfile(path):  # torch's legacy format
+            if mmap and not zipped:  # torch's legacy format
                 mmap = False
             return torch.load(path, map_location=map_location, weights_only=True,
                               mmap=mmap)
@@ -72,6 +75,21 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
                          f'checkpoint ({first.split(". ")[0]})') from None
+
+
+def _check_legacy_start(path: str) -> None:
+    """Raise ValueError unless a file that is not a zip starts as a pickle does
+    (torch's legacy format): text would reach the unpickler and come back as a
+    refusal of objects that 'could run code' (a Git LFS pointer, an HTML page)."""
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(b'\x80'):  # pickle's PROTO opcode
+        return
+    if head.startswith(b'version https://git-lfs'):
+        raise ValueError(f'cannot read checkpoint {path}: it is a Git LFS pointer, not '
+                         'the file it stands for (fetch it: git lfs pull)')
+    raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
+                     f'checkpoint (neither a zip archive nor a pickle: starts {head[:16]!r})')
 
 
 def _refusal(error):

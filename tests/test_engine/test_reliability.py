@@ -149,6 +149,26 @@ def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
         build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
 
 
+def test_text_in_place_of_a_checkpoint_is_named_as_such(tmp_path):
+    """A Git LFS pointer or an HTML page saved as the checkpoint: named as what it is.
+    Text starting with 'v' or 'n' reached the unpickler and came back as objects that
+    'could run code'. torch's legacy (pickle) format still loads."""
+    lfs = tmp_path / 'lfs.pth'
+    lfs.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n')
+    with pytest.raises(ValueError, match='is a Git LFS pointer, not the file it stands '
+                                         r'for \(fetch it: git lfs pull\)'):
+        load_checkpoint_file(str(lfs))
+    page = tmp_path / 'page.pth'
+    for text in ('<!DOCTYPE html><html>404</html>', 'not found'):
+        page.write_text(text)
+        with pytest.raises(ValueError, match=r'truncated or not a torch checkpoint '
+                                             r'\(neither a zip archive nor a pickle'):
+            load_checkpoint_file(str(page))
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(str(legacy))['w'], torch.ones(2))
+
+
 def test_path_mistakes_are_one_line(tmp_path):
     store = tmp_path / 'store'
     with pytest.raises(FileNotFoundError) as info:
