@@ -138,7 +138,7 @@ def build_train_config(args):
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
                                           check_checkpoint_hook, drop_disabled_hooks,
-                                          launcher_world_size)
+                                          fit_loader_workers, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -152,6 +152,7 @@ def build_train_config(args):
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
+    fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and cfg.get('resume')

@@ -158,3 +158,18 @@ def test_load_from_an_original_dit_file(repo_root, tmp_path):
     model.init_weights()
     for key, value in source.state_dict().items():
         assert torch.equal(model.denoiser.state_dict()[key], value), key
+
+
+def test_no_workers_turns_persistent_workers_off(repo_root):
+    """The ImageNet configs keep their loader workers (persistent_workers=True);
+    --cfg-options train_dataloader.num_workers=0 stopped them with torch's
+    'persistent_workers option needs num_workers > 0'. Now the loader builds."""
+    from torch.utils.data import DataLoader
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    loader = build_train_config(parse_args([config])).train_dataloader
+    assert loader.persistent_workers and loader.num_workers > 0  # kept as configured
+    loader = build_train_config(parse_args(
+        [config, '--cfg-options', 'train_dataloader.num_workers=0'])).train_dataloader
+    assert loader.persistent_workers is False
+    DataLoader(range(4), num_workers=loader.num_workers,
+               persistent_workers=loader.persistent_workers)

@@ -17,7 +17,7 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
            'check_accumulation', 'check_checkpoint_hook', 'check_fsdp_precision',
-           'drop_disabled_hooks',
+           'drop_disabled_hooks', 'fit_loader_workers',
            'seed_model_at_run_time']
 
 
@@ -299,6 +299,18 @@ def drop_disabled_hooks(cfg) -> list:
     for name in off:
         hooks.pop(name)
     return off
+
+
+def fit_loader_workers(cfg) -> None:
+    """``persistent_workers`` off where a loader has no workers: torch's DataLoader
+    refuses the pair, and ``--cfg-options train_dataloader.num_workers=0`` (the way to
+    debug a loader in one process) stopped the configs that keep their workers with
+    'persistent_workers option needs num_workers > 0'."""
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if isinstance(loader, dict) and loader.get('num_workers', 0) == 0 \
+                and loader.get('persistent_workers'):
+            loader['persistent_workers'] = False
 
 
 def check_checkpoint_hook(cfg) -> None:
