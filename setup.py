@@ -26,7 +26,7 @@ setup(
     long_description=open(osp.join(HERE, 'README.md')).read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',  # torch 2.13's wheels need 3.10
     packages=find_packages(exclude=('tests', 'tests.*', 'configs', 'tools')),
     install_requires=read_requirements('runtime'),
     extras_require={

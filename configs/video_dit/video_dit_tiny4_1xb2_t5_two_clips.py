@@ -13,7 +13,7 @@
 #       --cfg-options model.text_encoder.pretrained_path=checkpoints/t5-small
 # Captions are encoded at every step here (two clips, a tiny encoder); for real data
 # store T5 embeddings once with tools/extract_features.py --text-encoder and train
-# from the packed store (configs/dit_xl2_video.py's text variant).
+# from the packed store (configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py).
 _base_ = ['../_base_/default_runtime.py']
 
 num_frames, size = 4, 32
