@@ -17,7 +17,7 @@ from mmengine.evaluator import Evaluator
 
 from .mass_sampling import mass_sample
 
-__all__ = ['build_evaluator', 'evaluate_model']
+__all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model']
 
 # Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample.
 NOT_SAMPLE_ARGS = ('fps',)
@@ -33,6 +33,15 @@ def build_evaluator(metrics: Sequence[dict]) -> Evaluator:
         raise ValueError('evaluation.metrics is empty: name at least one metric, e.g. '
                          "dict(type='FID', ...)")
     return Evaluator([METRICS.build(m) for m in metrics])
+
+
+def check_metric_inputs(evaluator: Evaluator) -> None:
+    """Raise FileNotFoundError for a reference or extractor weights that a metric of
+    ``evaluator`` will read: before the sampling, not after it."""
+    for metric in evaluator.metrics:
+        check = getattr(metric, 'check_inputs', None)
+        if check is not None:
+            check()
 
 
 def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
@@ -66,8 +75,10 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
     kwargs = {**(default_sample_cfg or {}), **(sample_cfg or {})}
     for key in NOT_SAMPLE_ARGS:
         kwargs.pop(key, None)
+    evaluator = build_evaluator(metrics)
+    check_metric_inputs(evaluator)
     result = mass_sample(
         model, num_samples, labels or list(range(model.num_classes)), seed=seed,
         batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,
-        evaluator=build_evaluator(metrics), progress=progress, **kwargs)
+        evaluator=evaluator, progress=progress, **kwargs)
     return result['metrics']

@@ -210,3 +210,38 @@ def test_evaluation_hook_sharded_scores_like_one_process(tiny_run, tmp_path):
     for name in ('fsdp', 'zero3'):
         two = fids(tmp_path / name)
         assert len(two) == 1 and two[0] == pytest.approx(one[0], rel=1e-3), (name, one, two)
+
+
+def test_missing_inputs_stop_before_any_sampling(tiny_run, tmp_path, capsys, monkeypatch):
+    """A wrong FID reference or extractor weights path was found after all the
+    sampling (hours at 50K samples), and by SampleEvaluationHook at its first
+    evaluation, after training; now tools/test.py stops before sampling and the hook
+    before the first training step."""
+    from mmsora.apis import evaluation
+    from mmsora.utils.cli import run_cli
+    repo_root, root, config, ckpt = tiny_run
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError('sampled before checking the metric inputs')
+
+    monkeypatch.setattr(evaluation, 'mass_sample', no_sampling)
+    tool = load_tool(repo_root, 'test')
+    missing = str(tmp_path / 'nope.npz')
+    assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
+                                      f'evaluation.metrics.0.reference={missing}'])) == 2
+    assert f'FID reference not found: {missing}' in capsys.readouterr().err
+    assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
+                                      f'evaluation.metrics.0.extractor.weights={missing}'])) == 2
+    assert (f"FID: the extractor TinyImageExtractor's weights not found: {missing}"
+            in capsys.readouterr().err)
+
+    hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
+    train = load_tool(repo_root, 'train')
+    work = tmp_path / 'work'
+    assert run_cli(lambda: train.main([str(hooked), '--work-dir', str(work), '--cfg-options',
+                                       'train_cfg.max_iters=3',
+                                       f'custom_hooks.2.metrics.0.reference={missing}'])) == 2
+    assert f'FID reference not found: {missing}' in capsys.readouterr().err
+    logs = ''.join(open(osp.join(dp, f)).read() for dp, _, fs in os.walk(work) for f in fs
+                   if f.endswith('.log'))
+    assert 'Iter(train)' not in logs and not list(work.glob('*.pth'))

@@ -82,6 +82,13 @@ class SampleEvaluationHook(Hook):
         self._last_evaluated = step
         return metrics
 
+    def before_train(self, runner):
+        """A missing reference or extractor weights stop the run before its first
+        step, not at the first evaluation (after training, with ``interval`` past
+        ``max_iters``)."""
+        from mmsora.apis import build_evaluator, check_metric_inputs
+        check_metric_inputs(build_evaluator(self.metrics))
+
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.every_n_train_iters(runner, self.interval):
             self.evaluate(runner, runner.iter + 1)  # runner.iter counts from 0 here

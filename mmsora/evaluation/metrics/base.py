@@ -63,6 +63,18 @@ class SampleMetric(BaseMetric):
         self.batch_size = batch_size
         self._extractor = None
 
+    def check_inputs(self) -> None:
+        """Raise FileNotFoundError now for a file the metric will read (the
+        extractor's ``weights`` / ``pretrained_path``), before hours of sampling;
+        the extractor itself is built on first use."""
+        import os.path as osp
+        for key in ('weights', 'pretrained_path'):
+            path = self.extractor_cfg.get(key)
+            if isinstance(path, str) and not osp.exists(path):
+                raise FileNotFoundError(f'{type(self).__name__}: the extractor '
+                                        f"{self.extractor_cfg.get('type')}'s {key} not "
+                                        f'found: {path}')
+
     @property
     def extractor(self) -> torch.nn.Module:
         if self._extractor is None:

@@ -41,6 +41,11 @@ class FrechetMetric(SampleMetric):
         self.reference_cache = reference_cache or (
             f'{osp.splitext(reference)[0]}_{self.extractor_cfg["type"]}_stats.npz')
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if not osp.isfile(self.reference):
+            raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
+
     def sample_results(self, data_samples):
         samples = np.stack([s['sample'] for s in data_samples])
         if samples.ndim != self.sample_ndim:
