@@ -102,8 +102,10 @@ def _load_denoiser(model, obj, use_ema: bool):
                      if k.startswith('module.')}
         denoiser_state = {k[len('denoiser.'):]: v for k, v in state.items()
                           if k.startswith('denoiser.')}
-    else:
+    elif isinstance(obj, dict) and ('ema' in obj or 'model' in obj):  # DiT / fast-DiT
         denoiser_state = extract_state_dict(obj, key='ema' if use_ema else 'model')
+    else:  # the weights themselves (the released DiT-XL-2-256x256.pt: EMA weights)
+        denoiser_state = extract_state_dict(obj, key=None)
     model.denoiser.load_state_dict(denoiser_state, strict=True)
     return model
 

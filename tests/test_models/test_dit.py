@@ -276,6 +276,17 @@ def test_checkpoint_formats(tmp_path, trained_pair):
         fresh = DiT(**cfg).eval()
         load_dit_checkpoint(fresh, str(path), **kwargs)
         _same_outputs(cfg, src, fresh)
+    # tools/infer.py's and tools/test.py's loader takes the same files: the released
+    # layout (the weights themselves) with or without --no-ema (it failed: "checkpoint
+    # has no entry 'ema'"), fast-DiT's EMA or raw weights
+    from types import SimpleNamespace
+
+    from mmsora.apis.inference import load_weights
+    for name, use_ema in (('raw.pt', True), ('raw.pt', False), ('fast_dit.pt', True),
+                          ('fast_dit_model.pt', False)):
+        holder = SimpleNamespace(denoiser=DiT(**cfg).eval())
+        load_weights(holder, str(tmp_path / name), use_ema=use_ema)
+        _same_outputs(cfg, src, holder.denoiser)
     # 'auto' on a fast-DiT checkpoint prefers the EMA weights.
     picked = extract_state_dict(load_checkpoint_file(tmp_path / 'fast_dit.pt'))
     assert torch.equal(picked['pos_embed'], sd['pos_embed'])
