@@ -156,6 +156,11 @@ def test_inflation_from_file_and_errors(tmp_path):
     with pytest.raises(ValueError, match='pos_embed'):
         VideoDiT(**tiny_cfg(depth=2, block_type='stdit', input_size=16)).load_image_dit(
             dit.state_dict())
+    learn_sigma = dit_cfg().get('learn_sigma', True)
+    with pytest.raises(ValueError, match=r'cannot inflate the image DiT: .*final_layer'
+                                         r'.*learn_sigma \(and in_channels\) must match'):
+        VideoDiT(**tiny_cfg(depth=2, block_type='stdit', learn_sigma=not learn_sigma)
+                 ).load_image_dit(dit.state_dict())
     # A text model takes everything but the label table; its new parts start at zero.
     text = randomise(VideoDiT(**tiny_cfg(depth=4, condition='text')))
     text.load_image_dit(dit.state_dict())

@@ -407,7 +407,17 @@ class VideoDiT(nn.Module):
             from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
             dit_sd = extract_state_dict(load_checkpoint_file(state_dict_or_path),
                                         key=key, prefix=prefix)
-        return self.load_state_dict(inflate_dit_state_dict(dit_sd, self), strict=True)
+        inflated, own = inflate_dit_state_dict(dit_sd, self), self.state_dict()
+        wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
+        if wrong:  # else load_state_dict's traceback lists every mismatch
+            k = wrong[0]
+            hint = ('; the final layer differs: learn_sigma (and in_channels) must match '
+                    "the DiT's" if k.startswith('final_layer.') else
+                    '; build it with the DiT\'s widths, in_channels and patch_size')
+            raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
+                             f'in shape, e.g. {k}: {tuple(inflated[k].shape)} in the DiT, '
+                             f'{tuple(own[k].shape)} here{hint}')
+        return self.load_state_dict(inflated, strict=True)
 
 
 # --------------------------------------------------------------------------- #
