@@ -71,6 +71,42 @@ def load_from_kind(path):
     return 'run'
 
 
+def check_load_from_matches(cfg, path):
+    """Refuse ``--load-from`` of an mmengine checkpoint whose denoiser is not the
+    config's. mmengine's loader is not strict: for a checkpoint of another model
+    (other widths or depth) it logged the mismatches and trained from the initial
+    weights. The denoiser's weights are compared by name and shape with the config's
+    model built on the meta device (no memory, no files read)."""
+    import copy
+
+    import mmsora.models  # noqa: F401  (registers the modules)
+    from mmsora.registry import MODELS
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    try:
+        with torch.device('meta'):
+            model = MODELS.build(copy.deepcopy(cfg.model))
+    except Exception:  # the Runner builds it again and names what is wrong
+        return
+    shapes = [{k: tuple(v.shape) for k, v in state.items() if k.startswith('denoiser.')}
+              for state in (model.state_dict(), load_checkpoint_file(path)['state_dict'])]
+    ours, theirs = shapes
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    differ = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+    if missing or extra or differ:
+        found = []
+        if differ:
+            k = differ[0]
+            found.append(f'{len(differ)} of a different shape (e.g. {k}: {theirs[k]} in '
+                         f'the checkpoint, {ours[k]} in the config)')
+        if missing:
+            found.append(f'{len(missing)} missing (e.g. {missing[0]})')
+        if extra:
+            found.append(f'{len(extra)} the config has not (e.g. {extra[0]})')
+        raise UserError(f'--load-from {path}: its denoiser is not the config\'s: '
+                        f'{"; ".join(found)}; give the settings it was trained with '
+                        '(widths, depth, patch size, learn_sigma, classes)')
+
+
 def check_latest_checkpoint(work_dir):
     """Fail early, naming it, if the checkpoint ``--resume`` would pick is unusable."""
     from mmengine.runner import find_latest_checkpoint
@@ -123,6 +159,7 @@ def build_train_config(args):
         kind = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
+            check_load_from_matches(cfg, args.load_from)
             cfg.load_from = args.load_from
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video

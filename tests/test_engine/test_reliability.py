@@ -91,6 +91,22 @@ def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
 
 
 @pytest.mark.skipif(not osp.exists('/proc/self/maps'), reason='reads /proc/self/maps')
+def test_load_from_of_another_model_is_refused(repo_root, tmp_path, trained):
+    """mmengine's loader is not strict: --load-from a checkpoint of another size logged
+    the mismatches and trained from the initial weights."""
+    _, ckpt = trained
+    with pytest.raises(UserError) as info:
+        tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.hidden_size=48',
+                 load_from=ckpt)
+    assert one_line(info.value) == (
+        f"--load-from {ckpt}: its denoiser is not the config's: 31 of a different shape "
+        '(e.g. denoiser.blocks.0.adaLN_modulation.1.bias: (192,) in the checkpoint, '
+        '(288,) in the config); give the settings it was trained with (widths, depth, '
+        'patch size, learn_sigma, classes)')
+    with pytest.raises(UserError, match=r'\d+ missing \(e.g. denoiser.blocks.2.'):
+        tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.depth=3', load_from=ckpt)
+
+
 def test_load_from_maps_the_checkpoint_resume_reads_it(repo_root, tmp_path, trained,
                                                        monkeypatch):
     """--load-from maps the checkpoint (its weights are copied into the model; the
