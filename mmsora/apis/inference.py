@@ -124,6 +124,13 @@ def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_optio
     cfg = load_config(config_path)
     apply_cfg_options(cfg, list(cfg_options))
     model = MODELS.build(cfg.model)
+    # The decoder loads on first use, after the sampling: a wrong folder is named now.
+    vae = getattr(model, 'vae', None)
+    folder = getattr(vae, 'pretrained_path', None)
+    if isinstance(folder, str) and not osp.isdir(folder):
+        raise FileNotFoundError(
+            f'{type(vae).__name__} folder {folder!r} does not exist (give a local folder: '
+            '--cfg-options model.vae.pretrained_path=DIR; nothing is downloaded)')
     checkpoint = checkpoint or run_checkpoint
     if checkpoint is None:
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '

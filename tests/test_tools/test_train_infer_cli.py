@@ -125,3 +125,19 @@ def test_corrupt_npy_in_a_worker_is_named(repo_root, tmp_path):
                    'train_dataloader.batch_size=8', 'train_dataloader.num_workers=2')
     line = error_line(result)
     assert '5.npy' in line, line
+
+
+def test_missing_vae_folder_is_named_before_sampling(repo_root, tmp_path):
+    """The VAE loads on first use, after the sampling: a wrong folder was named only
+    after every denoising step had run (250 by default). tools/infer.py names it
+    before, with one line."""
+    config = tmp_path / 'latent.py'
+    config.write_text(f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
+                      "model = dict(vae=dict(_delete_=True, type='AutoencoderKLWrapper', "
+                      f"pretrained_path={str(tmp_path / 'no_vae')!r}, scale_factor=0.18215))\n")
+    result = run([sys.executable, 'tools/infer.py', str(config), '--checkpoint',
+                  str(tmp_path / 'never_read.pth'), '--num-samples', '1'], repo_root)
+    assert error_line(result) == (
+        f"error: AutoencoderKLWrapper folder {str(tmp_path / 'no_vae')!r} does not exist "
+        '(give a local folder: --cfg-options model.vae.pretrained_path=DIR; nothing is '
+        'downloaded)')
