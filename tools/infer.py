@@ -246,15 +246,15 @@ def main(argv=None):
                            batch_size=args.batch_size, progress=True, prompts=prompts,
                            **sample_kwargs)
     what = f'prompts {prompts}' if prompts else f'labels {labels}'
+    nfe = f'{model.diffusion.last_nfe} model evaluations (NFE) per batch'
     if video:
         fps = args.fps or defaults.get('fps', 8)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
-        print(f'saved {n} clips ({what}, {fps:g} fps) to {", ".join(paths)}')
+        print(f'saved {n} clips ({what}, {fps:g} fps) to {", ".join(paths)}; {nfe}')
         return
     out = args.out or 'samples.png'
     save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
-    print(f'saved {n} samples ({what}) to {out}; {model.diffusion.last_nfe} model '
-          'evaluations (NFE) per batch')
+    print(f'saved {n} samples ({what}) to {out}; {nfe}')
 
 
 if __name__ == '__main__':

@@ -81,6 +81,7 @@ def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):
     result = run(['tools/infer.py', str(work), '--num-samples', '2', '--steps', '2',
                   '--out', str(out), '--gif', '--fps', '10'], repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert '2 model evaluations (NFE) per batch' in result.stdout  # --steps 2, no guidance
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == ['clip_000_label0.gif', 'clip_000_label0.mp4', 'clip_001_label0.gif',
                      'clip_001_label0.mp4'], names
