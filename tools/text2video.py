@@ -29,7 +29,8 @@ from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Turn a text into a narrated video')
     parser.add_argument('text', help="text file (UTF-8), or '-' for standard input")
-    parser.add_argument('--out', default=None, help='the mp4 (default: TEXT with .mp4)')
+    parser.add_argument('--out', default=None, help='the mp4 (default: TEXT with .mp4; '
+                        'story.mp4 for standard input)')
     parser.add_argument('--speech', default='espeak',
                         help='espeak[:VOICE] (offline, default), piper:VOICE.onnx (local '
                         'voice), edge[:VOICE], azure[:VOICE] (cloud), none (silent)')
