@@ -213,6 +213,17 @@ class LatentStoreWriter:
                 raise ValueError(f'{path!r} was written with {key}={other.get(key)!r}, '
                                  f'this writer has {key}={self.header[key]!r}; use '
                                  f'another output folder or the same settings')
+        # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
+        # others kept the old latents. Files of older versions hold none.
+        if 'meta' in other:
+            ours = json.loads(json.dumps(self.meta))
+            theirs = other['meta']
+            for key in sorted(set(ours) | set(theirs)):
+                if ours.get(key) != theirs.get(key):
+                    raise ValueError(
+                        f'{path!r} was written with {key}={theirs.get(key)!r}, this '
+                        f'writer has {key}={ours.get(key)!r}; use another output folder '
+                        'or the same settings')
 
     def done_shards(self):
         """``{shard_id: record}`` of every finished shard, from all parts and the index."""
@@ -326,7 +337,7 @@ class LatentStoreWriter:
 
     def _write_part(self):
         part = dict(self.header, rank=self.rank, world_size=self.world_size,
-                    shards=[self.own[k] for k in sorted(self.own)])
+                    meta=self.meta, shards=[self.own[k] for k in sorted(self.own)])
         _atomic_save_json(self.part_path, part)
 
     def finalize(self):

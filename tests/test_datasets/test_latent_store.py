@@ -147,6 +147,26 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4, dtype='float32')
 
 
+def test_rerun_with_other_extraction_settings_is_refused(tmp_path):
+    """The extraction settings in ``meta`` (frame stride, fps, text encoder): a rerun
+    into the same folder with others kept the old latents and said nothing, after a
+    crash as after a finished run."""
+    x, labels = make_items(8)
+    with pytest.raises(RuntimeError):
+        write_all(str(tmp_path), x, labels, fail_after=1, meta=dict(frame_stride=3))
+    with pytest.raises(ValueError, match=r"rank-00000.json' was written with "
+                                         r"frame_stride=3, this writer has frame_stride=2"):
+        LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4, meta=dict(frame_stride=2))
+    w, written = write_all(str(tmp_path), x, labels, meta=dict(frame_stride=3))  # resumes
+    assert written == [1]
+    w.finalize()
+    w, written = write_all(str(tmp_path), x, labels, meta=dict(frame_stride=3))
+    assert written == []  # done: the same settings find nothing to do
+    with pytest.raises(ValueError, match='was written with frame_stride=3, this writer has '
+                                         'frame_stride=None'):
+        LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4)
+
+
 def test_multi_rank_writers_and_finalize(tmp_path):
     x, labels = make_items(13, copies=2)
     single = str(tmp_path / 'single')
