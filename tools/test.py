@@ -100,10 +100,16 @@ def main(argv=None):
     if is_main_process():
         for key, value in metrics.items():
             print(f'{key}: {value:.4f}')
-        if args.json:
+        if args.json:  # what was scored, as well as the values
+            from mmsora.apis import find_run
+            sample_cfg = {**(cfg.get('sample_cfg') or {}),
+                          **(evaluation.get('sample_cfg') or {})}
             with open(args.json, 'w') as f:
                 json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
-                               checkpoint=args.checkpoint, run=args.run), f, indent=2)
+                               checkpoint=args.checkpoint or find_run(args.run)[1],
+                               run=args.run, use_ema=not args.no_ema,
+                               seed=evaluation.get('seed', 0), sample_cfg=sample_cfg),
+                          f, indent=2, default=str)
     from mmsora.utils.dist import close_process_group
     close_process_group()
 

@@ -121,6 +121,8 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
                '--cfg-options', 'evaluation.num_samples=3', 'model.num_classes=4'])
     result = json.load(open(root / 'e.json'))
     assert result['num_samples'] == 3 and result['metrics']['FID'] > 0
+    assert (result['checkpoint'], result['use_ema'], result['seed']) == (ckpt, True, 3)
+    assert result['sample_cfg'] == dict(sampler='ddim', num_steps=2, cfg_scale=2.0)
     assert run_cli(lambda: tool.main([config, ckpt, '--out', 'x.png'])) == 2
     assert "--out is an .npz file" in capsys.readouterr().err
     assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
