@@ -92,9 +92,11 @@ def apply_cfg_options(cfg, options):
                 child = node.get(part) if hasattr(node, 'get') else None
             if child is None:
                 # A new dict in the middle of the path (mmengine would add it: a hook
-                # config without a type, say): one close to a key there is a typo.
-                close = [name for name in (node.keys() if hasattr(node, 'keys') else ())
-                         if len(part) > 4 and _edits(part, name) <= 2]
+                # config without a type, say): one close to a key there is a typo. (A
+                # key set to None, e.g. model.text_encoder, is filled in as before.)
+                names = list(node.keys()) if hasattr(node, 'keys') else []
+                close = [name for name in names if part not in names and len(part) > 4
+                         and _edits(part, name) <= 2]
                 if close:
                     above = '.'.join(parts[:depth] + [''])
                     raise UserError(f'--cfg-options {key}: the config has no '

@@ -65,6 +65,12 @@ def test_a_misspelt_key_inside_the_path_is_refused(repo_root):
                             'model.denoiser.attn_backend=sdpa', 'env_cfg.extra.a=1'])
     assert cfg.default_hooks.loss_guard.max_consecutive == 2
     assert cfg.model.denoiser.attn_backend == 'sdpa' and cfg.env_cfg.extra.a == 1
+    # a key set to None is not taken for a typo of itself: mmengine's own refusal
+    from mmengine.config import Config
+    cfg = Config(dict(model=dict(text_encoder=None, type='LatentDiffusion')))
+    with pytest.raises(UserError, match='model.text_encoder.max_length=3: text_encoder='
+                                        ".*cannot inherit from base"):
+        apply_cfg_options(cfg, ['model.text_encoder.max_length=3'])
 
 
 def test_list_entries_are_set_by_index(repo_root):
