@@ -159,7 +159,8 @@ def build_train_config(args):
         kind = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
-            check_load_from_matches(cfg, args.load_from)
+            if not args.deepspeed:  # with it a file is refused below, naming the way
+                check_load_from_matches(cfg, args.load_from)
             cfg.load_from = args.load_from
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
