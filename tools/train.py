@@ -56,22 +56,23 @@ def parse_args(argv=None):
 
 
 def load_from_kind(path):
-    """What ``--load-from`` got: ``'run'`` (an mmengine checkpoint of a model like the
-    config's), ``'image_run'`` (an mmengine checkpoint of an image DiT run) or
-    ``'denoiser'`` (an original DiT / fast-DiT / safetensors denoiser state dict)."""
+    """What ``--load-from`` got, and its mmengine state dict (None for a denoiser's):
+    ``'run'`` (an mmengine checkpoint of a model like the config's), ``'image_run'``
+    (an mmengine checkpoint of an image DiT run) or ``'denoiser'`` (an original DiT /
+    fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
-        return 'denoiser'
+        return 'denoiser', None
     obj = load_checkpoint_file(path)
     if not (isinstance(obj, dict) and 'state_dict' in obj):
-        return 'denoiser'
+        return 'denoiser', None
     keys = obj['state_dict']
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
-        return 'image_run'
-    return 'run'
+        return 'image_run', keys
+    return 'run', keys
 
 
-def check_load_from_matches(cfg, path):
+def check_load_from_matches(cfg, path, state_dict):
     """Refuse ``--load-from`` of an mmengine checkpoint whose denoiser is not the
     config's. mmengine's loader is not strict: for a checkpoint of another model
     (other widths or depth) it logged the mismatches and trained from the initial
@@ -81,14 +82,13 @@ def check_load_from_matches(cfg, path):
 
     import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
-    from mmsora.utils.checkpoint import load_checkpoint_file
     try:
         with torch.device('meta'):
             model = MODELS.build(copy.deepcopy(cfg.model))
     except Exception:  # the Runner builds it again and names what is wrong
         return
     shapes = [{k: tuple(v.shape) for k, v in state.items() if k.startswith('denoiser.')}
-              for state in (model.state_dict(), load_checkpoint_file(path)['state_dict'])]
+              for state in (model.state_dict(), state_dict)]
     ours, theirs = shapes
     missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
     differ = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
@@ -156,11 +156,11 @@ def build_train_config(args):
         if not osp.isfile(args.load_from):
             raise UserError(f'--load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
-        kind = load_from_kind(args.load_from)
+        kind, state_dict = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
             if not args.deepspeed:  # with it a file is refused below, naming the way
-                check_load_from_matches(cfg, args.load_from)
+                check_load_from_matches(cfg, args.load_from, state_dict)
             cfg.load_from = args.load_from
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
