@@ -73,16 +73,14 @@ def apply_cfg_options(cfg, options):
             raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
                             '(use numbers, strings, [lists] or (tuples))') from e
     for key, value in updates.items():
-        top = key.split('.')[0]
-        if top not in cfg and len(top) > 4:
-            meant = min(cfg, key=lambda name: _edits(top, name), default=top)
-            if _edits(top, meant) <= 2:  # mmengine would add it as a new key, unused
-                raise UserError(f'--cfg-options {key}: the config has no {top!r}; did you '
-                                f'mean {meant}?')
         parent_path, _, leaf = key.rpartition('.')
         parts = parent_path.split('.') if parent_path else []
+        # mmengine adds any new key. Checked for typos: each dict on the path (a new one
+        # there, a hook config without a type say, fails far away) and a top-level leaf
+        # (set and never read); a new leaf inside a dict is an option its class checks.
+        walk = parts or [leaf]
         node = cfg
-        for depth, part in enumerate(parts):
+        for depth, part in enumerate(walk):
             if isinstance(node, (list, tuple)) and part.isdigit():  # mmengine: an index
                 if int(part) >= len(node):
                     raise UserError(f'--cfg-options {key}: {".".join(parts[:depth])} has '
@@ -91,16 +89,13 @@ def apply_cfg_options(cfg, options):
             else:
                 child = node.get(part) if hasattr(node, 'get') else None
             if child is None:
-                # A new dict in the middle of the path (mmengine would add it: a hook
-                # config without a type, say): one close to a key there is a typo. (A
-                # key set to None, e.g. model.text_encoder, is filled in as before.)
+                # A key set to None (e.g. model.text_encoder) is filled in as before.
                 names = list(node.keys()) if hasattr(node, 'keys') else []
-                close = [name for name in names if part not in names and len(part) > 4
-                         and _edits(part, name) <= 2]
-                if close:
-                    above = '.'.join(parts[:depth] + [''])
+                meant = min(names, key=lambda name: _edits(part, name), default=part)
+                if part not in names and len(part) > 4 and _edits(part, meant) <= 2:
+                    above = '.'.join(walk[:depth] + [''])
                     raise UserError(f'--cfg-options {key}: the config has no '
-                                    f'{above}{part}; did you mean {above}{close[0]}?')
+                                    f'{above}{part}; did you mean {above}{meant}?')
                 break
             node = child
         if parent_path and not hasattr(node, 'get') and not (

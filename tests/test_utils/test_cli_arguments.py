@@ -40,10 +40,12 @@ def test_a_misspelt_top_level_key_is_refused(repo_root):
     config's 1500 iterations. A key two edits from the config's is refused."""
     cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
     with pytest.raises(UserError, match="--cfg-options trian_cfg.max_iters: the config has "
-                                        "no 'trian_cfg'; did you mean train_cfg"):
+                                        "no trian_cfg; did you mean train_cfg"):
         apply_cfg_options(cfg, ['trian_cfg.max_iters=4'])
     with pytest.raises(UserError, match='did you mean randomness'):
         apply_cfg_options(cfg, ['randomnes.seed=1'])
+    with pytest.raises(UserError, match='no log_levl; did you mean log_level'):
+        apply_cfg_options(cfg, ['log_levl=DEBUG'])  # a top-level leaf
     # new keys that are not near one of the config's are set as before
     apply_cfg_options(cfg, ['val_dataloader.batch_size=2', 'global_batch_size=8'])
     assert cfg.val_dataloader.batch_size == 2 and cfg.global_batch_size == 8
