@@ -57,7 +57,7 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         return load_file(path, device=str(map_location))
     zipped = zipfile.is_zipfile(path)
     if not zipped:
-        _check_legacy_start(path)
+        _check_pickle_start(path)
     try:
         with torch.serialization.safe_globals(list(safe_globals)):
             if mmap and not zipped:  # torch's legacy format
@@ -77,14 +77,19 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
                          f'checkpoint ({first.split(". ")[0]})') from None
 
 
-def _check_legacy_start(path: str) -> None:
-    """Raise ValueError unless a file that is not a zip starts as a pickle does
-    (torch's legacy format): text would reach the unpickler and come back as a
-    refusal of objects that 'could run code' (a Git LFS pointer, an HTML page)."""
+def _check_pickle_start(path: str) -> None:
+    """Raise ValueError, saying what the file is, unless a file that is not a whole
+    zip starts as a pickle does (torch's legacy format): text would reach the
+    unpickler and come back as a refusal of objects that 'could run code' (a Git LFS
+    pointer, an HTML page)."""
     with open(path, 'rb') as f:
         head = f.read(64)
     if head.startswith(b'\x80'):  # pickle's PROTO opcode
         return
+    if head.startswith(b'PK\x03\x04'):  # a zip's first entry, its directory missing
+        raise ValueError(f'cannot read checkpoint {path}: it is truncated (a zip archive '
+                         'without the directory at its end: cut short while written or '
+                         'copied)')
     if head.startswith(b'version https://git-lfs'):
         raise ValueError(f'cannot read checkpoint {path}: it is a Git LFS pointer, not '
                          'the file it stands for (fetch it: git lfs pull)')
@@ -119,13 +124,8 @@ def check_checkpoint_complete(path: str) -> None:
     ``--resume`` of a file cut short fails at once with its name.
     """
     path = str(path)
-    if path.endswith('.safetensors') or zipfile.is_zipfile(path):
-        return
-    with open(path, 'rb') as f:
-        head = f.read(2)
-    if head[:1] != b'\x80':  # the pre-1.6 (non-zip) torch format is a plain pickle
-        raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
-                         'checkpoint (no zip directory at its end)')
+    if not (path.endswith('.safetensors') or zipfile.is_zipfile(path)):
+        _check_pickle_start(path)
 
 
 def _is_state_dict(obj) -> bool:

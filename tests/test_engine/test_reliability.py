@@ -149,12 +149,13 @@ def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
     early.write_bytes(data[:5000])
     junk = tmp_path / 'junk.pth'
     junk.write_bytes(b'hello world')
-    for path in (cut, early, junk):
+    cut_short = 'it is truncated (a zip archive without the directory at its end'
+    for path, what in ((cut, cut_short), (early, cut_short),
+                       (junk, 'it is truncated or not a torch checkpoint')):
         for option in ('--resume', '--load-from'):
             with pytest.raises(ValueError) as info:
                 build_train_config(parse_args([DEMO, option, str(path)]))
-            assert one_line(info.value).startswith(
-                f'cannot read checkpoint {path}: it is truncated or not a torch checkpoint')
+            assert one_line(info.value).startswith(f'cannot read checkpoint {path}: {what}')
     # --resume without CKPT takes last_checkpoint: a file cut short there is named too
     # (mmengine wrote checkpoints in place; an old work dir may hold one).
     (tmp_path / 'last_checkpoint').write_text(str(cut))
