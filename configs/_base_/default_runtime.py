@@ -30,7 +30,10 @@ env_cfg = dict(
 )
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends)
-log_processor = dict(by_epoch=False, window_size=50)
+# Means over the last 50 steps. mmengine averages only names matching its pattern
+# (loss, time, grad_norm): the loss terms (mse, vb) are added so they add up to it.
+log_processor = dict(by_epoch=False, window_size=50,
+                     mean_pattern=r'.*(loss|mse|vb|time|data_time|grad_norm).*')
 log_level = 'INFO'
 load_from = None
 resume = False

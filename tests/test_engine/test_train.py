@@ -56,6 +56,23 @@ def test_loss_falls(repo_root, tmp_path):
     assert 'registry with scope' not in log and 'not found in' not in log
 
 
+def test_logged_loss_terms_are_averaged_like_the_loss(repo_root, tmp_path):
+    """The log showed ``loss`` as mmengine's mean over its window beside ``mse`` and
+    ``vb`` of the last step alone, so they did not add up; all three are means now."""
+    import glob
+    import json
+    cfg = tiny_cfg(repo_root, tmp_path, 4, 'default_hooks.logger.interval=4')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    scalars = glob.glob(str(tmp_path / '*' / 'vis_data' / 'scalars.json'))[0]
+    row = [json.loads(line) for line in open(scalars)][-1]
+    assert row['iter'] == 4
+    for key in ('loss', 'mse', 'vb'):
+        steps = list(runner.message_hub.get_scalar(f'train/{key}').data[0])
+        assert len(steps) == 4 and row[key] == pytest.approx(sum(steps) / 4, abs=1e-4)
+    assert row['loss'] == pytest.approx(row['mse'] + row['vb'], abs=2e-4)
+
+
 def test_resume_continues_exactly(repo_root, tmp_path):
     every = 'default_hooks.checkpoint.interval=4'
     full = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'full', 10, every))
