@@ -38,6 +38,23 @@ def test_split_sentences_english_and_chinese():
     assert detect_language('今天天气很好 OK') == 'zh' and detect_language(STORY) == 'en'
 
 
+def test_wrapped_lines_join_and_paragraphs_list_items_headings_end():
+    """A single line break used to end a segment: text wrapped at a width was cut
+    mid-sentence. Lines are now read as Markdown reads them."""
+    wrapped = ('A small robot wakes up in an empty workshop. Dust floats in the morning\n'
+               '  light, and every machine is silent.\n'
+               'It finds a map.')
+    assert split_sentences(wrapped) == [
+        'A small robot wakes up in an empty workshop.',
+        'Dust floats in the morning light, and every machine is silent.',
+        'It finds a map.']
+    assert split_sentences('The Map\n\nIt shows a path\nhome.\n- first item\n'
+                           '* second\n3) third\nstill third\n# Part two\n今天天气\n很好。') == [
+        'The Map', 'It shows a path home.', 'first item', 'second',
+        '3) third still third', 'Part two', '今天天气很好。']
+    assert split_sentences(wrapped.replace('\n', '\r\n')) == split_sentences(wrapped)
+
+
 def test_split_segments_cuts_long_sentences_at_commas():
     long_en = 'One two three, four five six, seven eight nine, ten eleven twelve.'
     assert split_segments([long_en], max_chars=30) == [

@@ -25,6 +25,9 @@ _SENTENCE_END = re.compile(
     r'[。！？；…]+' + _CLOSERS + '|'
     r'(?:[!?;]+|\.{3}|(?<!\b[A-Z])(?<!\b(?:Mr|Ms|Dr|St|vs|No))(?<!\be\.g)(?<!\bi\.e)\.)'
     + _CLOSERS + r'(?=\s|$|[^\x00-\x7f])')
+# A line that starts a list item or a Markdown heading: not joined to the line above
+# (group 2: a numbered item).
+_BLOCK_START = re.compile(r'([-*•+]|(\d+[.)])|#+)\s+')
 # Where a long sentence may be cut: after commas, colons, dashes (both scripts).
 _CLAUSE_END = re.compile(r'(?<=[，、,：:—])\s*')
 
@@ -97,17 +100,39 @@ def detect_language(text: str) -> str:
 def split_sentences(text: str) -> List[str]:
     """Split text into sentences at English and Chinese sentence punctuation.
 
-    Blank lines and line breaks also end a sentence (a heading, a list item). Decimal
-    points, initials ("J. R. R.") and a few abbreviations ("Mr.", "e.g.") do not.
+    Line breaks are read as Markdown reads them: a blank line ends a paragraph (and
+    its sentence: a heading), a line starting a list item (``-``, ``*``, ``•``,
+    ``1.``, ``1)``) or a ``#`` heading starts a new one, and any other line break
+    joins the lines (text wrapped at a width), with a space between Latin words and
+    nothing between CJK characters. Decimal points, initials ("J. R. R.") and a few
+    abbreviations ("Mr.", "e.g.") do not end a sentence.
     """
     sentences = []
-    for line in re.split(r'\s*\n\s*', text.strip()):
+    for line in _logical_lines(text):
         start = 0
         for match in _SENTENCE_END.finditer(line):
             sentences.append(line[start:match.end()].strip())
             start = match.end()
         sentences.append(line[start:].strip())
     return [s for s in sentences if s]
+
+
+def _logical_lines(text: str) -> List[str]:
+    """The text's paragraphs, headings and list items, each joined into one line;
+    heading marks and bullets are dropped (they would be spoken), numbers kept."""
+    lines = []
+    for paragraph in re.split(r'\n\s*\n', text.strip()):
+        block, heading = [], False
+        for line in (part.strip() for part in paragraph.splitlines()):
+            start = _BLOCK_START.match(line)
+            if block and line and not start and not heading:
+                block[-1] = _join([block[-1], line])
+            elif line:
+                block.append(line[start.end():] if start and not start.group(2)
+                             else line)
+            heading = bool(start and start.group(1).startswith('#'))
+        lines += block
+    return lines
 
 
 def _text_length(text: str) -> float:
