@@ -1,4 +1,7 @@
 """Tiny model configs shared by the tests."""
+# The tiny text encoder folders (and their vocabulary) are the package's: the tools
+# write them too (tools/make_tiny_stable_cascade.py).
+from mmsora.utils.tiny_checkpoints import TINY_WORDS, make_tiny_text_encoder  # noqa: F401
 
 # A tiny random SD-style VAE: 2 blocks -> spatial factor 2, 4 latent channels.
 TINY_VAE = dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
@@ -16,44 +19,6 @@ TINY_DEMO_OPTIONS = [
     'param_scheduler=[]', 'train_cfg.max_iters=3', 'default_hooks.logger.interval=1',
     'global_batch_size=8',
 ]
-
-# Words known to the tiny tokenizer of make_tiny_text_encoder (others map to <unk>).
-TINY_WORDS = ('a red disk green square blue ring yellow cross bike rides on the road '
-              'cat dog runs jumps in snow').split()
-
-
-def make_tiny_text_encoder(path, kind='t5', width=32):
-    """Save a tiny random T5 / CLIP text encoder and a word-level tokenizer to ``path``.
-
-    The folder has the layout of a real download (config.json, weights, tokenizer
-    files), so tests go through the real loading code of HFTextEncoder.
-    """
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    specials = ['<pad>', '<unk>', '</s>']
-    vocab = {w: i for i, w in enumerate(specials + list(TINY_WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single='$A </s>', special_tokens=[('</s>', vocab['</s>'])])
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', eos_token='</s>')
-    if kind == 't5':
-        config = transformers.T5Config(
-            vocab_size=len(vocab), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
-            num_heads=4, pad_token_id=0, eos_token_id=2)
-        model = transformers.T5EncoderModel(config)
-    else:
-        config = transformers.CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-            projection_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-        cls = (transformers.CLIPTextModelWithProjection if kind == 'clip_with_projection'
-               else transformers.CLIPTextModel)
-        model = cls(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 # A tiny random Wan video VAE: spatial factor 4, temporal factor 2 (causal: T frames ->
 # (T - 1) // 2 + 1 latent frames), 4 latent channels, with per-channel latent statistics.

@@ -4,8 +4,10 @@
 # CLIP text embeddings, decoded by a tiny Stage B + Stage A. It exercises the whole
 # path (store -> WuerstchenDiffusion loss -> DDPMWuerstchenScheduler with guidance ->
 # Stage B + A per frame -> mp4) in about a minute on 2 cores; it generates nothing
-# meaningful. tests/test_models/test_stable_cascade_e2e.py makes the folders it reads
-# (random tiny CLIP and Stage B/A in local folders, the toy store) and runs:
+# meaningful. tools/make_tiny_stable_cascade.py makes the folders it reads (random tiny
+# CLIP and Stage B/A in local folders, the toy store; tests/test_models/
+# test_stable_cascade_e2e.py does the same):
+#   python tools/make_tiny_stable_cascade.py
 #   python tools/train.py configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py
 #   python tools/infer.py work_dirs/stable_cascade_video_tiny_1xb2_60_toy \
 #       --prompt "a red disk" "a blue ring" --out clips/ --steps 4 --cfg-scale 2

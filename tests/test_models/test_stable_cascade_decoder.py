@@ -10,21 +10,8 @@ from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import P
 
 from mmsora.models import StableCascadeDecoder
 from mmsora.registry import MODELS
+from mmsora.utils.tiny_checkpoints import TINY_STAGE_A, TINY_STAGE_B
 
-_B = (('SDCascadeResBlock', 'SDCascadeTimestepBlock'),
-      ('SDCascadeResBlock', 'SDCascadeTimestepBlock', 'SDCascadeAttnBlock'))
-# Tiny Stage B with the released layout (patch 2, effnet + pixel mappers, repeat
-# mappers, 'sca' conditioning) for 4-channel Stage C latents, and a tiny Stage A.
-TINY_STAGE_B = dict(
-    in_channels=4, out_channels=4, timestep_ratio_embedding_dim=16, patch_size=2,
-    conditioning_dim=16, block_out_channels=(8, 16), num_attention_heads=(0, 2),
-    down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
-    down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(2, 1),
-    block_types_per_layer=_B, clip_text_pooled_in_channels=20, clip_seq=2,
-    effnet_in_channels=4, pixel_mapper_in_channels=3, kernel_size=3, dropout=(0.0, 0.0),
-    self_attn=True, timestep_conditioning_type=('sca',), switch_level=None)
-TINY_STAGE_A = dict(levels=2, bottleneck_blocks=1, embed_dim=16, latent_channels=4,
-                    num_vq_embeddings=16)
 TINY_DECODER = dict(type='StableCascadeDecoder',
                     config=dict(decoder=TINY_STAGE_B, vqgan=TINY_STAGE_A),
                     latent_dim_scale=2.0, num_steps=3, micro_batch_size=2)
