@@ -83,8 +83,8 @@ def write_toy_store(root, clip_path, latent_shape, max_length):
 def main(argv=None):
     args = parse_args(argv)
     cfg = apply_cfg_options(load_config(args.config), args.cfg_options)
-    if cfg.model.get('vae', {}).get('type') != 'StableCascadeDecoder' or \
-            cfg.model.get('text_encoder', {}).get('kind') != 'clip_with_projection':
+    if (cfg.model.get('vae') or {}).get('type') != 'StableCascadeDecoder' or \
+            (cfg.model.get('text_encoder') or {}).get('kind') != 'clip_with_projection':
         raise UserError(f'{args.config}: not a Stable Cascade config (needs model.vae of '
                         "type StableCascadeDecoder and a 'clip_with_projection' text "
                         'encoder)')
@@ -104,7 +104,8 @@ def main(argv=None):
     pooled = unet.clip_text_pooled_in_channels
     if pooled != 16:  # the tiny CLIP's projection width
         raise UserError(f'model.denoiser.unet.clip_text_pooled_in_channels={pooled}: the '
-                        'tiny CLIP projects to 16')
+                        'tiny CLIP projects to 16 (this tool is for tiny configs; a '
+                        'released-size one reads the released weights)')
     make_tiny_text_encoder(paths['text encoder'], 'clip_with_projection',
                            width=unet.clip_text_in_channels)
     make_tiny_stable_cascade_decoder(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from mmengine.config import Config
 
@@ -22,6 +23,7 @@ import mmsora.diffusion  # noqa: F401
 import mmsora.models  # noqa: F401
 from mmsora.models.denoisers.stable_cascade_video import STAGE_C_LITE
 from mmsora.registry import DATASETS, DIFFUSION, MODELS
+from mmsora.utils.cli import UserError
 from mmsora.utils.video_io import read_video_frames
 
 CONFIG = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
@@ -67,6 +69,9 @@ def test_train_sample_mp4(repo_root, tmp_path):
                             '--cfg-options', *folders], cwd=repo_root, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 2 and 'already exist(s); --force replaces them' in again.stderr
+    from tools.make_tiny_stable_cascade import main
+    with pytest.raises(UserError, match='not a Stable Cascade config'):
+        main([osp.join(repo_root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')])
     work = tmp_path / 'work'
     run(['tools/train.py', CONFIG, '--work-dir', str(work), '--cfg-options', *folders],
         repo_root)
