@@ -8,7 +8,7 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
-from mmengine.logging import MessageHub
+from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 
 from mmsora.registry import DIFFUSION, MODELS
@@ -47,7 +47,9 @@ class LatentDiffusion(BaseModel):
         pretrained_denoiser: Optional original DiT / fast-DiT checkpoint file loaded
             into the denoiser (``strict=True``) by ``init_weights``, i.e. when a run
             starts; ``tools/train.py --load-from`` sets it for such files. A denoiser
-            with a ``load_image_dit`` method (VideoDiT) inflates the image DiT instead.
+            with a ``load_image_dit`` method (VideoDiT) inflates an image DiT's
+            weights, and loads a video model's own (an mmsora run's checkpoint or a
+            converted DeepSpeed one, which have ``temp_embed``) as they are.
         train_noise_seed: None (default): a training step draws its timesteps, noise
             and label / caption drops from torch's global generator, per process (as
             DiT). An int: each sample draws them from its own generator seeded by
@@ -118,16 +120,27 @@ class LatentDiffusion(BaseModel):
         super().init_weights()
         if not self.pretrained_denoiser:
             return
-        from mmsora.utils.checkpoint import load_checkpoint_file, load_dit_checkpoint
+        from mmsora.utils.checkpoint import (extract_state_dict, load_checkpoint_file,
+                                             load_dit_checkpoint, load_state_dict_checked)
         path = self.pretrained_denoiser
         # An mmsora (mmengine) run keeps the denoiser's weights under 'denoiser.'.
         obj = load_checkpoint_file(path)
         prefix = 'denoiser.' if isinstance(obj, dict) and 'state_dict' in obj else None
-        del obj
-        if hasattr(self.denoiser, 'load_image_dit'):  # VideoDiT: inflate, strictly
-            self.denoiser.load_image_dit(path, prefix=prefix)
-        else:
+        if not hasattr(self.denoiser, 'load_image_dit'):
+            del obj
             load_dit_checkpoint(self.denoiser, path, prefix=prefix)
+            print_log(f'pretrained_denoiser: loaded {path}', logger='current')
+            return
+        state_dict = extract_state_dict(obj, prefix=prefix)
+        del obj
+        if 'temp_embed' in state_dict:  # a VideoDiT's own weights: loaded as they are
+            load_state_dict_checked(self.denoiser, state_dict, path)
+            print_log(f'pretrained_denoiser: loaded the video model {path}', logger='current')
+        else:  # an image DiT: inflated exactly, strictly
+            self.denoiser.load_image_dit(state_dict)
+            print_log(f'pretrained_denoiser: inflated the image DiT {path} into '
+                      f'{type(self.denoiser).__name__} (temporal layers start as the '
+                      'identity)', logger='current')
 
     # ------------------------------------------------------------------ #
     #                               Training                             #

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
-           'load_dit_checkpoint', 'last_checkpoint']
+           'load_dit_checkpoint', 'load_state_dict_checked', 'last_checkpoint']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -181,6 +181,29 @@ def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
                            f'{list(state_dict)[:5]}')
         state_dict = stripped
     return state_dict
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
+    """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
+    line (the first differing, missing or extra weight) instead of torch's list."""
+    own = model.state_dict()
+    differ = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    if differ or missing or extra:
+        found = []
+        if differ:
+            k = differ[0]
+            found.append(f'{len(differ)} of another shape (e.g. {k}: '
+                         f'{tuple(state_dict[k].shape)} in the file, {tuple(own[k].shape)} '
+                         'here)')
+        if missing:
+            found.append(f'{len(missing)} missing (e.g. {missing[0]})')
+        if extra:
+            found.append(f'{len(extra)} the model has not (e.g. {extra[0]})')
+        raise ValueError(f'{source}: its weights are not this model\'s: {"; ".join(found)}; '
+                         'build the model with the settings it was trained with')
+    return model.load_state_dict(state_dict, strict=True)
 
 
 def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto',

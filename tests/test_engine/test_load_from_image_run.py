@@ -56,6 +56,8 @@ def test_image_run_inflates_into_video_dit(repo_root, tmp_path):
                                state['denoiser.blocks.1.mlp.fc1.weight'])
     torch.testing.assert_close(vid.y_embedder.embedding_table.weight,
                                state['denoiser.y_embedder.embedding_table.weight'])
+    log = open(glob.glob(str(tmp_path / 'video' / '*' / '*.log'))[0]).read()
+    assert f'pretrained_denoiser: inflated the image DiT {ckpt} into VideoDiT' in log
 
     # A video config whose spatial blocks do not match the image run is refused.
     bad = config(repo_root, VIDEO, tmp_path / 'bad', 'train_cfg.max_iters=1',
@@ -82,3 +84,23 @@ def test_video_run_loads_through_mmengine(repo_root, tmp_path):
     saved = torch.load(cfg.load_from, weights_only=False)['state_dict']
     assert saved.keys() == start.weights.keys()
     start.assert_weights(saved)
+
+    # The same video run's weights through model.pretrained_denoiser (what --deepspeed
+    # runs are pointed to) load as they are: they were taken for an image DiT to
+    # inflate ('the DiT has 2 blocks but the latte VideoDiT has 1 spatial blocks').
+    options = ['train_cfg.max_iters=1', 'model.denoiser.depth=2',
+               'model.latent_shape=[3,4,8,8]']
+    cfg = config(repo_root, VIDEO, tmp_path / 'pre', *options,
+                 f'model.pretrained_denoiser={tmp_path / "src" / "iter_1.pth"}')
+    pre = Runner.from_cfg(cfg)
+    pre._init_model_weights()
+    for key, value in pre.model.denoiser.state_dict().items():
+        torch.testing.assert_close(value, saved[f'denoiser.{key}'], rtol=0, atol=0)
+    log = open(glob.glob(str(tmp_path / 'pre' / '*' / '*.log'))[0]).read()
+    assert 'pretrained_denoiser: loaded the video model' in log
+    # and a video model of other widths is named in one line
+    cfg = config(repo_root, VIDEO, tmp_path / 'wide', *options, 'model.denoiser.hidden_size=64',
+                 f'model.pretrained_denoiser={tmp_path / "src" / "iter_1.pth"}')
+    with pytest.raises(ValueError, match=r"its weights are not this model's: \d+ of another "
+                                         r'shape \(e\.g\. '):
+        Runner.from_cfg(cfg)._init_model_weights()
