@@ -183,7 +183,7 @@ def explain_error(exc):
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
         # Errors raised in DataLoader workers arrive wrapped, with the worker's
         # traceback in the message: its last line is the original error.
-        last = re.sub(r'^\w+(Error|Exception): ', '', text.strip().splitlines()[-1])
+        last = re.sub(r'^[\w.]+(Error|Exception): ', '', text.strip().splitlines()[-1])
         if len(last) > 1 and last[0] == last[-1] and last[0] in '\'"':  # a repr
             last = last[1:-1]
         return last

@@ -17,7 +17,11 @@ __all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frame
 class VideoReadError(ValueError):
     """A video file exists but cannot be read (empty, corrupt, truncated, no video)."""
 
-    def __init__(self, path, reason):
+    def __init__(self, path, reason=None):
+        if reason is None:  # a whole message: a DataLoader worker's error re-raised
+            self.path, self.reason = None, path  # (torch rebuilds it from one string)
+            super().__init__(path)
+            return
         self.path, self.reason = path, reason
         super().__init__(f'cannot read video {path!r}: {reason}')
 

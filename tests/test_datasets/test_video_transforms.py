@@ -14,6 +14,7 @@ from mmsora.datasets.transforms import (ClipTooShortError, DecodeFrames, FramesT
                                         SampleClipIndices)
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.registry import DATASETS, TRANSFORMS
+from mmsora.utils.cli import explain_error
 from mmsora.utils.video_io import VideoReadError, read_video_frames
 from tests.shared_videos import BIKES, needs_videos
 
@@ -258,6 +259,14 @@ def test_video_dataset_corrupt_items(manifest):
         ds[1]
     with pytest.raises(FileNotFoundError, match=r'missing\.mp4.*item 2 of'):
         ds[2]
+    # Read in a worker process: torch re-raises the error from its message alone; it
+    # was a RuntimeError with the worker's traceback, not the tools' one line.
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [1]), num_workers=1)
+    with pytest.raises(VideoReadError) as info:
+        next(iter(loader))
+    line = explain_error(info.value)
+    assert line.startswith("cannot read video '") and 'broken.mp4' in line, line
+    assert line.endswith(f'(item 1 of {manifest})'), line
     ds = VideoDataset(manifest, pipeline=PIPELINE, seed=0, skip_corrupt=True)
     item = ds[1]  # broken -> missing -> replaced by item 3
     assert item['caption'] == 'bikes again' and ds.num_skipped == 2
