@@ -290,6 +290,7 @@ class LatentDiffusion(BaseModel):
 
     def _text_kwargs(self, x, caption, embeds, mask, pooled):
         """Model kwargs of a text-conditioned denoiser: ``y`` (tokens), ``mask``, ``pooled``."""
+        source = 'in the batch (text_embeds)'
         if embeds is None:
             if caption is None:
                 raise ValueError(
@@ -297,9 +298,16 @@ class LatentDiffusion(BaseModel):
                     '`text_embeds` (extract them with tools/extract_features.py '
                     '--text-encoder) nor `caption`s to encode')
             embeds, mask, pooled = self.encode_text(caption)
+            source = 'from the text encoder'
         if embeds.dim() != 3 or len(embeds) != len(x):
             raise ValueError(f'text_embeds must be (N={len(x)}, L, D), got shape '
                              f'{tuple(embeds.shape)}')
+        text_dim = getattr(self.denoiser, 'text_dim', None)
+        if text_dim is not None and embeds.shape[-1] != text_dim:
+            raise ValueError(f'text tokens {source} are {embeds.shape[-1]} wide but '
+                             f'model.denoiser.text_dim is {text_dim} (T5-small: 512, '
+                             'T5-base: 768, T5-XXL: 4096): set model.denoiser.text_dim='
+                             f'{embeds.shape[-1]}')
         return self._text_model_kwargs(embeds, mask, pooled, x.device, x.dtype)
 
     @staticmethod

@@ -64,6 +64,20 @@ def test_labels_are_ignored_and_errors():
         model.sample([0, 1], num_steps=2)
 
 
+def test_text_width_other_than_text_dim_is_named(tmp_path):
+    """A T5 of another width than model.denoiser.text_dim (t5-base for the config's
+    t5-small) failed deep in the caption embedder with a size mismatch."""
+    wide = make_tiny_text_encoder(str(tmp_path / 't5'), 't5', width=48)
+    model = build(wide)
+    x = torch.randn(2, *SHAPE)
+    with pytest.raises(ValueError, match='text tokens from the text encoder are 48 wide but '
+                                         'model.denoiser.text_dim is 32 .*set '
+                                         'model.denoiser.text_dim=48$'):
+        model(latents=x, caption=['a red disk', 'a dog'])
+    with pytest.raises(ValueError, match=r'text tokens in the batch \(text_embeds\) are 16 wide'):
+        model(latents=x, text_embeds=torch.randn(2, 4, 16))
+
+
 def test_prompts_with_guidance_per_sample_seeds(t5_dir):
     model = build(t5_dir).eval()
     prompts = ['a red disk', 'a blue ring', 'a cat']
