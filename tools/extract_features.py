@@ -197,6 +197,10 @@ def latent_shape_of(vae, source):
     if h % f or w % f:
         fail(f'size {h}x{w} is not a multiple of the VAE factor {f}')
     if isinstance(vae, VideoVAEWrapper):
+        try:
+            vae.check_num_frames(frames or 1)
+        except ValueError as e:
+            fail(f'--num-frames: {e}')
         shape = vae.latent_shape(frames or 1, h, w)
         return shape if frames else (shape[0], *shape[2:])
     return (vae.latent_channels, *((frames,) if frames else ()), h // f, w // f)

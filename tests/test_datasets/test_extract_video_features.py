@@ -77,6 +77,12 @@ def test_video_vae_compresses_time(manifest, tmp_path):
         clip[None])
     np.testing.assert_allclose(LatentStore(out)[0][0, 0], ref[0].numpy(), atol=1e-5)
     assert LatentStore(out).text(0) is None
+    # 8 frames: Wan encodes the first, then chunks of 4, and dropped the last 3 frames
+    # without a word (the store said num_frames 8)
+    with pytest.raises(UserError, match='--num-frames: 8 frames per clip: AutoencoderKLWan '
+                                        'encodes the first 5 into 3 latent frames and drops '
+                                        'the rest; take 5 or 9 frames'):
+        run(manifest, str(tmp_path / 'eight'), '--video-vae', vae_dir, '--num-frames', '8')
 
 
 def test_errors(manifest, tiny_vae_dir, tmp_path):

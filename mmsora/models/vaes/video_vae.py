@@ -61,6 +61,33 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
         x = torch.zeros(1, 3, num_frames, height, width, dtype=self.dtype, device=self.device)
         return tuple(self.vae.encode(x).latent_dist.mean.shape[1:])
 
+    @torch.no_grad()
+    def check_num_frames(self, num_frames: int) -> None:
+        """Raise ValueError when clips of ``num_frames`` would lose their last frames:
+        a causal video VAE encodes the first frame, then whole chunks of r_t frames
+        (Wan: 4), and drops what does not fill one. Probed on blank clips of a few
+        pixels (time does not depend on the size)."""
+        side = 2 * self.downsample_factor
+        counts = {}
+
+        def latent_frames(n):
+            if n not in counts:
+                x = torch.zeros(1, 3, n, side, side, dtype=self.dtype, device=self.device)
+                counts[n] = self.vae.encode(x).latent_dist.mean.shape[2]
+            return counts[n]
+
+        def whole(n):  # every frame of an n-frame clip reaches a latent frame
+            return n == 1 or latent_frames(n) != latent_frames(n - 1)
+
+        if num_frames < 1 or whole(num_frames):
+            return
+        below = next(n for n in range(num_frames - 1, 0, -1) if whole(n))
+        above = next((n for n in range(num_frames + 1, num_frames + 65) if whole(n)), None)
+        take = f'{below} or {above}' if above else f'{below}'
+        raise ValueError(f'{num_frames} frames per clip: {self.class_name} encodes the '
+                         f'first {below} into {latent_frames(num_frames)} latent frames and '
+                         f'drops the rest; take {take} frames')
+
     @property
     def downsample_factor(self):
         cfg = self.vae.config
