@@ -245,6 +245,11 @@ def main(argv=None):
     images = sample_images(model, labels, [args.seed + i for i in range(n)],
                            batch_size=args.batch_size, progress=True, prompts=prompts,
                            **sample_kwargs)
+    bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
+    if bad:  # else they are saved black without a word
+        print(f'warning: {bad} of {n} samples hold NaN or inf (saved black): the '
+              "checkpoint's weights may be damaged, or the run diverged (see its logged "
+              'loss)', file=sys.stderr)
     what = f'prompts {prompts}' if prompts else f'labels {labels}'
     nfe = f'{model.diffusion.last_nfe} model evaluations (NFE) per batch'
     if video:

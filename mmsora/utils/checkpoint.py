@@ -43,7 +43,7 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         FileNotFoundError: ``path`` does not exist.
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
-        ValueError: The file is truncated or not a torch checkpoint.
+        ValueError: The file is truncated, damaged or not a torch checkpoint.
     """
     # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
     # those data-only types (mmsora.engine.compat) before the weights-only load.
@@ -73,8 +73,8 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         # A truncated zip, or not a torch file at all (torch says KeyError: '101'; some
         # cuts of a zip make its reader seek before the start: OSError EINVAL).
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f'cannot read checkpoint {path}: it is truncated or not a torch '
-                         f'checkpoint ({first.split(". ")[0]})') from None
+        raise ValueError(f'cannot read checkpoint {path}: it is truncated, damaged or not a '
+                         f'torch checkpoint ({first.split(". ")[0]})') from None
 
 
 def _check_pickle_start(path: str) -> None:

@@ -364,3 +364,31 @@ def test_sampler_values_are_checked(option, message):
     with pytest.raises(UserError) as info:
         check_args(infer_args(['work_dirs/x', *option]), num_classes=3)
     assert one_line(info.value) == message
+
+
+def test_samples_that_are_not_finite_are_warned_about(tmp_path, trained, capsys):
+    """A checkpoint damaged in place (a weight's bytes overwritten, the zip intact)
+    loads through the mapped read; its samples were NaN and saved black without a
+    word."""
+    from tools.infer import main as infer
+    work, ckpt = trained
+    obj = torch.load(ckpt, weights_only=False)
+    obj['state_dict']['denoiser.x_embedder.proj.weight'].fill_(3.39e38)  # bytes 0x7F7F7F7F
+    damaged = tmp_path / 'damaged.pth'
+    torch.save(obj, damaged)
+    infer([str(work), '--checkpoint', str(damaged), '--num-samples', '2', '--steps', '2',
+           '--out', str(tmp_path / 'x.png')])
+    err = capsys.readouterr().err
+    assert "warning: 2 of 2 samples hold NaN or inf (saved black): the checkpoint's weights " \
+           'may be damaged, or the run diverged' in err
+    infer([str(work), '--checkpoint', ckpt, '--num-samples', '2', '--steps', '2',
+           '--out', str(tmp_path / 'y.png')])
+    assert 'warning' not in capsys.readouterr().err
+    # a damaged entry header (what --resume's whole read met) is named as damaged, not
+    # as truncated: the file is whole
+    data = bytearray(open(ckpt, 'rb').read())
+    header = data.index(b'PK\x03\x04', len(data) // 2)
+    data[header:header + 64] = b'\x7f' * 64
+    (tmp_path / 'flipped.pth').write_bytes(bytes(data))
+    with pytest.raises(ValueError, match='it is truncated, damaged or not a torch checkpoint'):
+        load_checkpoint_file(str(tmp_path / 'flipped.pth'), mmap=False)
