@@ -161,6 +161,14 @@ def test_inflation_from_file_and_errors(tmp_path):
                                          r'.*learn_sigma \(and in_channels\) must match'):
         VideoDiT(**tiny_cfg(depth=2, block_type='stdit', learn_sigma=not learn_sigma)
                  ).load_image_dit(dit.state_dict())
+    # Another class count, or no null-class row: the hint names those settings (it
+    # said to match the widths)
+    for options in (dict(num_classes=NUM_CLASSES + 1), dict(class_dropout_prob=0.0)):
+        with pytest.raises(ValueError, match=rf'y_embedder.*the DiT has {NUM_CLASSES} classes '
+                                             'and a null-class row for guidance: set '
+                                             'model.denoiser.num_classes'):
+            VideoDiT(**tiny_cfg(depth=2, block_type='stdit', **options)).load_image_dit(
+                dit.state_dict())
     # A text model takes everything but the label table; its new parts start at zero.
     text = randomise(VideoDiT(**tiny_cfg(depth=4, condition='text')))
     text.load_image_dit(dit.state_dict())

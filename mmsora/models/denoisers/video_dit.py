@@ -412,9 +412,16 @@ class VideoDiT(nn.Module):
         wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
         if wrong:  # else load_state_dict's traceback lists every mismatch
             k = wrong[0]
-            hint = ('; the final layer differs: learn_sigma (and in_channels) must match '
-                    "the DiT's" if k.startswith('final_layer.') else
-                    '; build it with the DiT\'s widths, in_channels and patch_size')
+            if k.startswith('final_layer.'):
+                hint = ("; the final layer differs: learn_sigma (and in_channels) must "
+                        "match the DiT's")
+            elif k.startswith('y_embedder.'):
+                rows = tuple(inflated[k].shape)[0]
+                hint = (f'; the class table differs: the DiT has {rows - 1} classes and a '
+                        'null-class row for guidance: set model.denoiser.num_classes and '
+                        f'model.num_classes to {rows - 1} and class_dropout_prob > 0')
+            else:
+                hint = "; build it with the DiT's widths, in_channels and patch_size"
             raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
                              f'in shape, e.g. {k}: {tuple(inflated[k].shape)} in the DiT, '
                              f'{tuple(own[k].shape)} here{hint}')
