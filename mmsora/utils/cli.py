@@ -55,6 +55,15 @@ def _parse_value(text):
     return DictAction._parse_iterable(text)
 
 
+# Top-level keys the tools or mmengine's Runner read when a config sets them (most
+# configs do not): a --cfg-options key two edits from one of them is a typo too.
+OPTIONAL_TOP_LEVEL = (
+    'global_batch_size', 'sample_cfg', 'strategy', 'model_wrapper_cfg',
+    'find_unused_parameters', 'evaluation', 'val_dataloader', 'val_cfg', 'val_evaluator',
+    'test_dataloader', 'test_cfg', 'test_evaluator', 'auto_scale_lr', 'experiment_name',
+    'param_scheduler', 'custom_hooks', 'log_processor', 'visualizer')
+
+
 def apply_cfg_options(cfg, options):
     """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax).
 
@@ -91,6 +100,8 @@ def apply_cfg_options(cfg, options):
             if child is None:
                 # A key set to None (e.g. model.text_encoder) is filled in as before.
                 names = list(node.keys()) if hasattr(node, 'keys') else []
+                if depth == 0:  # also what the tools and the Runner read when set
+                    names += [name for name in OPTIONAL_TOP_LEVEL if name not in names]
                 meant = min(names, key=lambda name: _edits(part, name), default=part)
                 if part not in names and len(part) > 4 and _edits(part, meant) <= 2:
                     above = '.'.join(walk[:depth] + [''])

@@ -46,6 +46,11 @@ def test_a_misspelt_top_level_key_is_refused(repo_root):
         apply_cfg_options(cfg, ['randomnes.seed=1'])
     with pytest.raises(UserError, match='no log_levl; did you mean log_level'):
         apply_cfg_options(cfg, ['log_levl=DEBUG'])  # a top-level leaf
+    # keys the tools read that most configs leave out: global_batch_sise=4 trained
+    # with the config's batch without a word
+    assert 'global_batch_size' not in cfg
+    with pytest.raises(UserError, match='no global_batch_sise; did you mean global_batch_size'):
+        apply_cfg_options(cfg, ['global_batch_sise=4'])
     # new keys that are not near one of the config's are set as before
     apply_cfg_options(cfg, ['val_dataloader.batch_size=2', 'global_batch_size=8'])
     assert cfg.val_dataloader.batch_size == 2 and cfg.global_batch_size == 8
