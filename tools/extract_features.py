@@ -292,7 +292,7 @@ def main(argv=None):
                         num_workers=args.num_workers, collate_fn=collate_sources,
                         pin_memory=device.type == 'cuda')
     bufs = {k: ShardBuffer(k, *writer.shard_range(k)) for k in pending}
-    skipped_now = []
+    skipped_now, reasons = [], {}
     unit = 'img' if args.data_path else 'clip'
     with tqdm(total=len(indices), desc=f'encode (rank {rank})', disable=rank != 0,
               unit=unit, dynamic_ncols=True) as pbar:
@@ -306,10 +306,11 @@ def main(argv=None):
                 moments = iter(moments.unflatten(0, (copies, -1)).transpose(0, 1))
                 if text_encoder is not None:
                     texts = iter(encode_text(
-                        text_encoder, [source.captions[g] for g, ok in items if ok], device))
-            for gidx, ok in items:
+                        text_encoder, [source.captions[g] for g, why in items if why is None],
+                        device))
+            for gidx, why in items:
                 buf = bufs[gidx // args.shard_size]
-                if ok:
+                if why is None:
                     buf.moments.append(next(moments))
                     buf.labels.append(source.labels[gidx])
                     if text_encoder is not None:
@@ -317,6 +318,7 @@ def main(argv=None):
                 else:
                     buf.skipped.append(source.names[gidx])
                     skipped_now.append(source.names[gidx])
+                    reasons[source.names[gidx]] = why
                 buf.seen += 1
                 if buf.full:
                     flush(writer, bufs.pop(buf.shard_id), args, (copies, 2, *latent_shape))
@@ -335,9 +337,10 @@ def main(argv=None):
         print(f'{PROG}: {index["num_items"]} latents of shape {tuple(latent_shape)} in '
               f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
               f'({len(pending)} shards written by rank 0 in this run); skipped '
-              f'{len(skipped)} unreadable files'
-              + (f': {", ".join(skipped[:10])}' + (' ...' if len(skipped) > 10 else '')
-                 if skipped else ''))
+              f'{len(skipped)} unreadable or too short inputs'
+              + (': ' + '; '.join(f'{name} ({reasons[name]})' if name in reasons else name
+                                  for name in skipped[:10])
+                 + (' ...' if len(skipped) > 10 else '') if skipped else ''))
     close_process_group()
     if summary and summary['complete'] and not summary['num_items']:
         fail(f'no latents written to {args.out}: '

@@ -50,8 +50,8 @@ class ImageSource(Dataset):
         path = osp.join(self.root, self.names[gidx])
         try:
             image = image_to_tensor(center_crop_arr(load_image(path), self.image_size))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            image = None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return _reason(e), gidx
         return image, gidx
 
 
@@ -98,13 +98,19 @@ class ClipSource(Dataset):
         try:
             for step in self.steps:
                 results = step(results)
-        except (VideoReadError, FileNotFoundError, ClipTooShortError):
-            return None, gidx
+        except (VideoReadError, FileNotFoundError, ClipTooShortError) as e:
+            return _reason(e), gidx
         return results['images'], gidx
 
 
+def _reason(error: Exception) -> str:
+    """Why an input is skipped, in a few words (the error's message)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 def collate_sources(batch):
-    """Stack readable items; keep ``(global index, readable)`` of all, in order."""
-    items = [x for x, _ in batch if x is not None]
+    """Stack readable items; keep ``(global index, None or why it was skipped)`` of all,
+    in order (an item is a tensor, or the reason it could not be read)."""
+    items = [x for x, _ in batch if torch.is_tensor(x)]
     return (torch.stack(items) if items else None,
-            [(gidx, x is not None) for x, gidx in batch])
+            [(gidx, None if torch.is_tensor(x) else x) for x, gidx in batch])

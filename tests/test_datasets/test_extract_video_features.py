@@ -85,6 +85,19 @@ def test_video_vae_compresses_time(manifest, tmp_path):
         run(manifest, str(tmp_path / 'eight'), '--video-vae', vae_dir, '--num-frames', '8')
 
 
+def test_skipped_inputs_are_listed_with_why(manifest, tiny_vae_dir, tmp_path, capsys):
+    """The summary called a readable but short video 'unreadable'; each skipped input
+    now comes with its reason."""
+    extract.main(['--manifest', manifest, '--out', str(tmp_path / 'long'), '--num-frames',
+                  '60', '--frame-stride', '3', '--size', '16', '24', '--num-workers', '0',
+                  '--device', 'cpu', '--dtype', 'float32', '--vae', tiny_vae_dir])
+    out = capsys.readouterr().out
+    assert 'skipped 2 unreadable or too short inputs: ' in out
+    assert f"{tmp_path / 'broken.mp4'} (cannot read video " in out
+    assert f"{BUNNY} (video '{BUNNY}' has 132 frames but a clip of 60 frames at stride 3 " \
+           'needs 178' in out
+
+
 def test_errors(manifest, tiny_vae_dir, tmp_path):
     with pytest.raises(UserError, match='not a multiple of the VAE factor 2'):
         extract.main(['--manifest', manifest, '--out', str(tmp_path / 'o'), '--vae',
