@@ -128,8 +128,8 @@ def main(argv=None):
     write_manifest(rows, args.out,
                    relative_to=None if args.absolute else osp.dirname(osp.abspath(args.out)))
 
-    summary = (f'{PROG}: wrote {len(rows)} videos to {args.out}; skipped {len(skipped)} '
-               'unreadable')
+    summary = (f'{PROG}: wrote {len(rows)} video{"s" * (len(rows) != 1)} to {args.out}; '
+               f'skipped {len(skipped)} unreadable')
     if classes is not None:
         summary += f'; {len(classes)} classes'
     if captions is not None:

@@ -147,6 +147,9 @@ def build_train_config(args):
         from mmsora.engine.strategies import is_zero_checkpoint
         if is_zero_checkpoint(args.resume):  # a DeepSpeed checkpoint folder
             cfg.resume, cfg.load_from = True, args.resume
+        elif osp.isdir(args.resume):
+            raise UserError(f'--resume {args.resume}: a folder, not a checkpoint file (to '
+                            'continue the run in a work dir: --work-dir DIR --resume)')
         elif not osp.isfile(args.resume):
             raise UserError(f'--resume checkpoint not found: {args.resume}')
         else:

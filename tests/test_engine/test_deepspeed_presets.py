@@ -173,13 +173,15 @@ def test_strategy_options_apply_to_the_preset(tmp_path):
 
 @pytest.mark.parametrize('argv,message', [
     (['--deepspeed', 'deepspeed_zero4'],
-     r"unknown strategy 'deepspeed_zero4'.*deepspeed_zero3_offload"),
+     r"unknown deepspeed strategy 'deepspeed_zero4': give a file or one of "
+     r"\['deepspeed_zero1', (?!.*fsdp).*'deepspeed_zero3_offload'\]$"),  # not fsdp's
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset'),
     (['--fsdp', 'deepspeed_zero2', '--launcher', 'pytorch'],
      '--fsdp deepspeed_zero2: not an FSDPStrategy preset'),
     (['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16'],
      r"got None \(--cfg-options strategy.KEY=VALUE set a preset when --deepspeed"),
-    (['--fsdp', '', '--launcher', 'pytorch'], "unknown strategy ''"),
+    (['--fsdp', '', '--launcher', 'pytorch'], r"unknown fsdp strategy '': .*\['fsdp', "
+                                              r"'fsdp_bf16'\]$"),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--fsdp'], 'start it with tools/dist_train.sh')])
 def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
@@ -194,10 +196,10 @@ def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--deepspeed', 'deepspeed_zero4'], "unknown strategy 'deepspeed_zero4'"),
+    (['--deepspeed', 'deepspeed_zero4'], "unknown deepspeed strategy 'deepspeed_zero4'"),
     (['--deepspeed', 'fsdp'], 'not a DeepSpeedStrategy preset .FSDP: --fsdp.'),
     (['--fsdp', 'deepspeed_zero2'], '--fsdp deepspeed_zero2: not an FSDPStrategy'),
-    (['--fsdp', ''], "unknown strategy ''"),
+    (['--fsdp', ''], "unknown fsdp strategy ''"),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp', ''], 'exclude each other'),
     (['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16'],

@@ -146,6 +146,10 @@ def test_resume_and_load_from_exclude_each_other(repo_root, tmp_path):
         build_train_config(parse_args([DEMO, '--resume', str(ckpt), '--load-from', str(ckpt)]))
     with pytest.raises(UserError, match='^--resume checkpoint not found: nope.pth'):
         build_train_config(parse_args([DEMO, '--resume', 'nope.pth']))
+    # a work dir given to --resume was 'not found' too
+    with pytest.raises(UserError, match=rf'^--resume {tmp_path}: a folder, not a checkpoint '
+                                        r'file \(to continue the run in a work dir: '):
+        build_train_config(parse_args([DEMO, '--resume', str(tmp_path)]))
     with pytest.raises(UserError, match='^--load-from checkpoint not found: nope.pth'):
         build_train_config(parse_args([DEMO, '--load-from', 'nope.pth']))
 

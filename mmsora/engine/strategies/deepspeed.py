@@ -38,25 +38,28 @@ STRATEGY_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(mmsora.__file__))),
                         'configs', '_base_', 'strategies')
 
 
-def preset_path(name: str) -> str:
+def preset_path(name: str, kind: str = '') -> str:
     """The file of a strategy: a preset name (``deepspeed_zero2``, ``fsdp``) or a path
-    to a ``.py`` config holding ``strategy = dict(...)``."""
+    to a ``.py`` config holding ``strategy = dict(...)``; an unknown name is refused
+    with the presets whose names start with ``kind`` (``'deepspeed'``, ``'fsdp'``)."""
     if osp.isfile(name):
         return name
     path = osp.join(STRATEGY_DIR, f'{name}.py')
     if not osp.isfile(path):
         names = sorted(osp.splitext(f)[0] for f in os.listdir(STRATEGY_DIR)
-                       if f.endswith('.py')) if osp.isdir(STRATEGY_DIR) else []
-        raise UserError(f'unknown strategy {name!r}: give a file or one of {names}')
+                       if f.endswith('.py') and f.startswith(kind)) \
+            if osp.isdir(STRATEGY_DIR) else []
+        raise UserError(f'unknown {kind + " " if kind else ""}strategy {name!r}: give a '
+                        f'file or one of {names}')
     return path
 
 
-def load_strategy(name: str, options=()) -> dict:
+def load_strategy(name: str, options=(), kind: str = '') -> dict:
     """The ``strategy`` dict of a preset name or a config file, with ``options``
     (``--cfg-options`` entries; those under ``strategy.`` apply to it, e.g.
     ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it."""
     from mmsora.utils.cli import apply_cfg_options, load_config
-    cfg = load_config(preset_path(name))
+    cfg = load_config(preset_path(name, kind))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
     apply_cfg_options(cfg, _strategy_options(options))

@@ -53,7 +53,7 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
         raise UserError('--deepspeed and --fsdp exclude each other')
     if deepspeed:
         flag = f'--deepspeed {deepspeed}'
-        strategy = load_strategy(deepspeed, options)
+        strategy = load_strategy(deepspeed, options, kind='deepspeed')
         if strategy.get('type') != 'DeepSpeedStrategy':
             raise UserError(f'{flag}: not a DeepSpeedStrategy preset'
                             + (' (FSDP: --fsdp)' if strategy.get('type') == 'FSDPStrategy'
@@ -61,7 +61,7 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     elif fsdp not in (None, False):
         fsdp = 'fsdp' if fsdp is True else fsdp
         flag = f'--fsdp {fsdp}'
-        strategy = load_strategy(fsdp, options)
+        strategy = load_strategy(fsdp, options, kind='fsdp')
         if strategy.get('type') != 'FSDPStrategy':
             raise UserError(f'{flag}: not an FSDPStrategy preset')
     elif cfg.get('strategy'):
