@@ -172,6 +172,7 @@ def set_output_size(model, num_frames: Optional[int] = None,
         if num_frames < 1:
             raise ValueError(f'num_frames must be >= 1, got {num_frames}')
         if hasattr(vae, 'latent_shape') and callable(vae.latent_shape):  # video VAE
+            vae.check_num_frames(num_frames)  # else fewer frames come out than asked
             num_frames = vae.latent_shape(num_frames, shape[-2] * int(f), shape[-1] * int(f))[1]
         shape[1] = num_frames
     denoiser = model.denoiser

@@ -39,6 +39,10 @@ def test_vae_factors():
                            config=TINY_WAN_VAE), (4, 3, 4, 4), 4)
     # 9 frames -> (9 - 1) / 2 + 1 = 5 latent frames with the tiny VAE's factor 2.
     assert set_output_size(wan, num_frames=9) == (4, 5, 4, 4)
+    # 8 frames would come out as 5: refused, naming the counts it can make
+    with pytest.raises(ValueError, match='8 frames per clip: AutoencoderKLWan encodes the '
+                                         'first 5 .* take 5 or 9 frames'):
+        set_output_size(wan, num_frames=8)
 
 
 def test_picture_models_and_parsing():
