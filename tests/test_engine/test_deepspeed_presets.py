@@ -233,8 +233,9 @@ def test_fsdp_may_come_before_the_config(tool, capsys):
         assert 'required: config' in capsys.readouterr().err, argv
 
 
-def test_mend_lets_mmengines_deepspeed_strategy_start():
+def test_mend_lets_mmengines_deepspeed_strategy_start(tmp_path, monkeypatch):
     deepspeed = pytest.importorskip('deepspeed')
+    monkeypatch.chdir(tmp_path)  # the strategy makes work_dirs/TIMESTAMP/ where it runs
     from mmengine._strategy import DeepSpeedStrategy
     from mmengine.registry import OPTIMIZERS
     from mmengine.utils import digit_version
