@@ -61,15 +61,21 @@ def _history_buffer_getstate(self):
 
 
 def make_mmengine_checkpoints_loadable():
-    """Let ``torch.load(weights_only=True)`` read the checkpoints mmengine writes.
+    """Let ``torch.load(weights_only=True)`` read the checkpoints mmengine writes, and
+    those of DiT's, fast-DiT's and SiT's own ``train.py`` (``{'model', 'ema', 'opt',
+    'args'}``, ``args`` an ``argparse.Namespace``).
 
     Safe to call more than once. The allowlisted types carry data only: loading
-    them cannot execute arbitrary code.
+    them cannot execute arbitrary code (a Namespace is rebuilt by setting its
+    attributes).
     """
+    import argparse
+
     from mmengine.logging import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
     HistoryBuffer.__getstate__ = _history_buffer_getstate
-    torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_checkpoint_globals()])
+    torch.serialization.add_safe_globals([HistoryBuffer, argparse.Namespace,
+                                          *_numpy_checkpoint_globals()])
     # mmengine's own loader (--resume, load_from) calls torch.load without
     # weights_only, i.e. trusts torch's default and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:
     # route local files through ours, which passes weights_only=True explicitly.

@@ -1,5 +1,6 @@
 """DiT against an independent reference (diffusers' DiTTransformer2DModel), the
 paper's size table, checkpoint loading and gradient checkpointing."""
+import argparse
 import gc
 import os
 import os.path as osp
@@ -258,8 +259,11 @@ def test_checkpoint_formats(tmp_path, trained_pair):
     noise = {k: torch.randn_like(v) for k, v in sd.items()}
     variants = {
         'raw.pt': (sd, {}),  # the released DiT-XL-2-256x256.pt layout
+        # DiT's / fast-DiT's / SiT's train.py save their argparse.Namespace as 'args'
+        # (refused as 'could run code' until Dec 4 2026)
         'fast_dit.pt': ({'model': noise, 'ema': sd, 'opt': {'state': {}, 'param_groups': []},
-                         'args': {'model': 'DiT-XL/2', 'lr': 1e-4}}, {}),
+                         'args': argparse.Namespace(model='DiT-XL/2', lr=1e-4,
+                                                    results_dir='results')}, {}),
         'fast_dit_model.pt': ({'model': sd, 'ema': noise}, {'key': 'model'}),
         'mmengine.pth': ({'meta': {'iter': 10},
                           'state_dict': {**{'denoiser.' + k: v for k, v in sd.items()},
