@@ -7,7 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from mmsora.utils.checkpoint import extract_state_dict, last_checkpoint, load_checkpoint_file
+from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
+                                     load_state_dict_checked)
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'sample_images', 'save_image_grid']
 
@@ -64,7 +65,7 @@ def load_weights(model, checkpoint, use_ema=True):
         obj = read_zero_checkpoint(checkpoint, trained=not use_ema)
     else:
         obj = load_checkpoint_file(checkpoint)
-    return _load_denoiser(model, obj, use_ema)
+    return _load_denoiser(model, obj, use_ema, source=checkpoint)
 
 
 def _load_zero_on_rank0(model, folder: str, use_ema: bool):
@@ -79,7 +80,7 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
     if get_dist_info()[0] == 0:
         try:
             _load_denoiser(model, read_zero_checkpoint(folder, trained=not use_ema),
-                           use_ema)
+                           use_ema, source=folder)
         except Exception as e:  # tell the others before they wait for the weights
             error, failure = e, [f'{type(e).__name__}: {e}']
     broadcast_object_list(failure, src=0)
@@ -92,8 +93,9 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
     return model
 
 
-def _load_denoiser(model, obj, use_ema: bool):
-    """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``."""
+def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
+    """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``;
+    weights of another model are named in one line (``source``: the file)."""
     if isinstance(obj, dict) and 'state_dict' in obj:
         if use_ema or 'ema_state_dict' not in obj:
             state = obj['state_dict']
@@ -106,7 +108,7 @@ def _load_denoiser(model, obj, use_ema: bool):
         denoiser_state = extract_state_dict(obj, key='ema' if use_ema else 'model')
     else:  # the weights themselves (the released DiT-XL-2-256x256.pt: EMA weights)
         denoiser_state = extract_state_dict(obj, key=None)
-    model.denoiser.load_state_dict(denoiser_state, strict=True)
+    load_state_dict_checked(model.denoiser, denoiser_state, source)
     return model
 
 

@@ -201,8 +201,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
             found.append(f'{len(missing)} missing (e.g. {missing[0]})')
         if extra:
             found.append(f'{len(extra)} the model has not (e.g. {extra[0]})')
+        hint = ('a model for another input_size / patch_size / hidden_size (tokens = '
+                '(input_size / patch_size) ** 2: a 512 px DiT needs input_size=64)'
+                if 'pos_embed' in differ else 'the settings it was trained with (widths, '
+                'depth, patch size, learn_sigma, classes)')
         raise ValueError(f'{source}: its weights are not this model\'s: {"; ".join(found)}; '
-                         'build the model with the settings it was trained with')
+                         f'build the model with {hint}')
     return model.load_state_dict(state_dict, strict=True)
 
 
@@ -235,4 +239,6 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
                 f'{ours}: the checkpoint was trained for another input_size / '
                 f'patch_size / hidden_size (tokens = (input_size / patch_size) ** 2); '
                 f'build the model to match it.')
-    return model.load_state_dict(state_dict, strict=strict)
+    if strict:
+        return load_state_dict_checked(model, state_dict, path)
+    return model.load_state_dict(state_dict, strict=False)

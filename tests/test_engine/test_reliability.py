@@ -392,3 +392,31 @@ def test_samples_that_are_not_finite_are_warned_about(tmp_path, trained, capsys)
     (tmp_path / 'flipped.pth').write_bytes(bytes(data))
     with pytest.raises(ValueError, match='it is truncated, damaged or not a torch checkpoint'):
         load_checkpoint_file(str(tmp_path / 'flipped.pth'), mmap=False)
+
+
+def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
+    """tools/infer.py and tools/test.py gave torch's whole list of mismatches (a
+    512 px checkpoint with the 256 px config, another depth); --load-from of an
+    original DiT file of another depth too."""
+    from mmsora.models import DiT
+    from mmsora.utils.checkpoint import load_dit_checkpoint
+    from tools.infer import main as infer
+    work, ckpt = trained
+    for option, found in (('model.denoiser.depth=3', r'\d+ missing \(e\.g\. blocks\.2\.'),
+                          ('model.denoiser.input_size=16',
+                           r'of another shape \(e\.g\. pos_embed: .*a 512 px DiT needs '
+                           r'input_size=64\)$')):
+        with pytest.raises(ValueError) as info:
+            infer([str(work), '--checkpoint', ckpt, '--num-samples', '1', '--steps', '1',
+                   '--out', str(tmp_path / 'x.png'), '--cfg-options', option,
+                   'model.latent_shape=[3,16,16]' if 'input' in option else 'log_level=INFO'])
+        line = one_line(info.value)
+        assert line.startswith(f"{ckpt}: its weights are not this model's: ")
+        assert re.search(found, line), line
+    dit = DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2,
+              num_classes=4)
+    torch.save(dit.state_dict(), tmp_path / 'dit.pt')
+    with pytest.raises(ValueError, match=r"dit.pt: its weights are not this model's: \d+ "
+                                         r'the model has not \(e\.g\. blocks\.1\.'):
+        load_dit_checkpoint(DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32,
+                                depth=1, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
