@@ -111,9 +111,25 @@ class LatentDiffusion(BaseModel):
                                  else None)
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
+        self._check_parts_agree()
         self.pretrained_denoiser = pretrained_denoiser
         self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
+
+    def _check_parts_agree(self):
+        """Refuse settings the denoiser and the rest state twice and differently (they
+        failed later: an index error at sampling, an assertion in the loss)."""
+        classes = getattr(getattr(self.denoiser, 'y_embedder', None), 'num_classes', None)
+        if classes is not None and classes != self.num_classes:
+            raise ValueError(f'model.num_classes={self.num_classes} but model.denoiser.'
+                             f'num_classes={classes}: set both (label num_classes is the '
+                             'null class of guidance)')
+        learned = getattr(self.diffusion, 'model_var_type', None)
+        sigma = getattr(self.denoiser, 'learn_sigma', None)
+        if learned is not None and sigma is not None and sigma != (learned == 'learned_range'):
+            raise ValueError(f'model.denoiser.learn_sigma={sigma} but model.diffusion.'
+                             f'learn_sigma={learned == "learned_range"}: set both alike (True: '
+                             'the denoiser predicts the variance too, as DiT)')
 
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""

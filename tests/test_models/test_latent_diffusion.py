@@ -32,6 +32,23 @@ def test_loss_terms_and_backward():
     assert model.denoiser.x_embedder.proj.weight.grad.abs().sum() > 0
 
 
+def test_settings_stated_twice_must_agree():
+    """model.num_classes against the denoiser's (an IndexError at sampling, even for
+    label 0), and learn_sigma of the denoiser against the objective's (an
+    AssertionError in the loss)."""
+    with pytest.raises(ValueError, match=r'model.num_classes=1000 but model.denoiser.'
+                                         r'num_classes=3: set both'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
+                          num_classes=1000))
+    with pytest.raises(ValueError, match=r'model.denoiser.learn_sigma=False but '
+                                         r'model.diffusion.learn_sigma=True: set both alike'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=dict(TINY_DIT, learn_sigma=False),
+                          latent_shape=(4, 8, 8), num_classes=3))
+    # the flow objective takes the first half of a learn_sigma output, as SiT does
+    MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
+                      num_classes=3, diffusion=dict(type='Transport')))
+
+
 def test_bad_batches_name_the_problem():
     model = build()
     with pytest.raises(ValueError, match=r'\(4, 16, 16\) do not fit.*latent_shape=\(4, 8, 8\)'):
