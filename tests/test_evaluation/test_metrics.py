@@ -44,10 +44,16 @@ def test_fid_against_reference_samples_is_cached_and_order_free(tmp_path):
     cache = tmp_path / 'ref_TinyImageExtractor_stats.npz'
     assert cache.is_file()
     # Same value in any processing order; the cache is read, not recomputed.
-    (tmp_path / 'ref.npz').write_bytes(b'')  # would fail to load if it were read again
-    np.savez(tmp_path / 'ref.npz', arr_0=ref[:0])
+    stamp = cache.stat().st_mtime_ns
     shuffled = list(np.random.default_rng(0).permutation(len(gen)))
     assert feed(fid, gen, shuffled)['FID'] == result['FID']
+    assert cache.stat().st_mtime_ns == stamp
+    # A reference made again at the same path is read afresh (the cache was kept and
+    # gave the old reference's FID)
+    np.savez(tmp_path / 'ref.npz', arr_0=pictures(40, 5))
+    again = METRICS.build(dict(type='FID', extractor=TINY, reference=str(tmp_path / 'ref.npz')))
+    assert feed(again, gen)['FID'] != pytest.approx(result['FID'], rel=1e-3)
+    assert cache.stat().st_mtime_ns != stamp
 
 
 def test_fid_of_the_reference_itself_is_zero(tmp_path):

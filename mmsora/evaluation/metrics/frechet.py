@@ -1,5 +1,6 @@
 """FID (Heusel et al. 2017) and FVD (Unterthiner et al. 2018): the Frechet distance
 between Gaussians fitted to features of generated and reference samples."""
+import os
 import os.path as osp
 from typing import Dict, List, Optional
 
@@ -64,7 +65,12 @@ class FrechetMetric(SampleMetric):
             if 'arr_0' not in data:
                 raise KeyError(f'{self.reference} has neither statistics (mu, sigma) nor '
                                f'samples (arr_0); it has {sorted(data.files)}')
-        tag = repr(sorted(self.extractor_cfg.items()))
+        # The cache holds for this extractor (its settings, and its weights file as
+        # it is now) and this reference file as it is now: a regenerated reference
+        # or replaced weights at the same path are read afresh.
+        files = [self.reference] + [v for v in self.extractor_cfg.values()
+                                    if isinstance(v, str) and osp.isfile(v)]
+        tag = repr((sorted(self.extractor_cfg.items()), [_file_stamp(f) for f in files]))
         if osp.isfile(self.reference_cache):
             with np.load(self.reference_cache) as cached:
                 if str(cached.get('extractor', '')) == tag:
@@ -130,3 +136,16 @@ class FVD(FrechetMetric):
 
     metric_name = 'FVD'
     sample_ndim = 5
+
+
+def _file_stamp(path: str) -> tuple:
+    """Size, modification time and a hash of the first and last 64 KiB of a file: a
+    zip (.npz, .pth) keeps its entries' checksums there, so new content shows even
+    where the clock is coarse. Cheap for files of any size."""
+    import hashlib
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(1 << 16)
+        f.seek(max(size - (1 << 16), 0))
+        tail = f.read()
+    return size, os.stat(path).st_mtime_ns, hashlib.sha1(head + tail).hexdigest()
