@@ -205,6 +205,10 @@ def main(argv=None):
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
     video = len(model.latent_shape) == 4  # (C, T, H, W)
+    from mmengine.dist import get_rank
+    if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled
+        what = 'trained weights (--no-ema)' if args.no_ema else 'EMA weights where it has them'
+        print(f'weights: {model.loaded_from} ({what})', flush=True)
     check_args(args, model.num_classes, video)
     if args.num_frames is not None or args.resolution is not None:
         from mmsora.apis.inference import set_output_size

@@ -107,20 +107,24 @@ def check_load_from_matches(cfg, path, state_dict):
                         '(widths, depth, patch size, learn_sigma, classes)')
 
 
-def check_latest_checkpoint(work_dir):
-    """Fail early, naming it, if the checkpoint ``--resume`` would pick is unusable."""
-    from mmengine.runner import find_latest_checkpoint
+def latest_checkpoint(work_dir):
+    """The checkpoint ``--resume`` (without CKPT) continues from, or None to start
+    afresh; fails early, naming it, if it is unusable. The work dir's own file comes
+    first (mmengine's lookup took the absolute path in ``last_checkpoint``: a copied
+    work dir resumed from the original's checkpoint)."""
+    from mmsora.utils.checkpoint import last_checkpoint
     marker = osp.join(work_dir, 'last_checkpoint')
-    latest = find_latest_checkpoint(work_dir) if osp.isfile(marker) else None
+    latest = last_checkpoint(work_dir)
     if latest is None:
-        return  # nothing saved yet: mmengine starts the run afresh
+        return None  # nothing saved yet: mmengine starts the run afresh
     from mmsora.engine.strategies import is_zero_checkpoint
     if is_zero_checkpoint(latest):
-        return  # a DeepSpeed checkpoint folder (--deepspeed): DeepSpeed checks it
+        return latest  # a DeepSpeed checkpoint folder (--deepspeed): DeepSpeed checks it
     if not osp.isfile(latest):
         raise UserError(f'--resume: {marker} names {latest!r}, which does not exist; '
                         'pass --resume CKPT to pick a checkpoint')
     check_checkpoint_complete(latest)
+    return latest
 
 
 def build_train_config(args):
@@ -141,8 +145,7 @@ def build_train_config(args):
                         'continues a run (optimizer, EMA, iteration), --load-from '
                         'starts a new one from given weights')
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-        check_latest_checkpoint(cfg.work_dir)
+        cfg.resume, cfg.load_from = True, latest_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         from mmsora.engine.strategies import is_zero_checkpoint
         if is_zero_checkpoint(args.resume):  # a DeepSpeed checkpoint folder

@@ -48,7 +48,8 @@ def load_weights(model, checkpoint, use_ema=True):
     0 reads the folder and sends the weights to the others: every process of the
     group must call this with the same folder), and original DiT /
     fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
-    ``model.denoiser`` with ``strict=True``.
+    ``model.denoiser`` with ``strict=True``. The file or folder read is kept in
+    ``model.loaded_from``.
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
     if osp.isdir(checkpoint) and not is_zero_checkpoint(checkpoint):
@@ -58,6 +59,7 @@ def load_weights(model, checkpoint, use_ema=True):
                                     'checkpoint folder nor a work dir with a '
                                     'last_checkpoint: give a checkpoint file')
         checkpoint = newest
+    model.loaded_from = checkpoint  # what the tools report as the weights sampled
     if osp.isdir(checkpoint):
         from mmengine.dist import get_dist_info
         if get_dist_info()[1] > 1:

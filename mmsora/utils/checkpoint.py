@@ -105,16 +105,16 @@ def _refusal(error):
 
 
 def last_checkpoint(work_dir):
-    """The checkpoint a work dir's ``last_checkpoint`` file names (looked up in the
-    work dir itself if the run was moved), or None."""
+    """The checkpoint a work dir's ``last_checkpoint`` file names, or None. The work
+    dir's own file of that name comes first: mmengine writes an absolute path, which
+    in a copied (or moved) work dir names the original's checkpoint."""
     last = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(last):
         return None
     with open(last) as f:
-        checkpoint = f.read().strip()
-    if not osp.exists(checkpoint):  # the work dir may have been moved
-        checkpoint = osp.join(work_dir, osp.basename(checkpoint.rstrip('/')))
-    return checkpoint
+        named = f.read().strip()
+    own = osp.join(work_dir, osp.basename(named.rstrip('/')))
+    return own if osp.exists(own) else named
 
 
 def check_checkpoint_complete(path: str) -> None:

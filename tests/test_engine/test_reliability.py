@@ -420,3 +420,22 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
                                          r'the model has not \(e\.g\. blocks\.1\.'):
         load_dit_checkpoint(DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                                 depth=1, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
+
+
+def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):
+    """mmengine's last_checkpoint holds an absolute path: --resume and tools/infer.py
+    in a copy of a work dir took the original's checkpoint."""
+    import shutil
+
+    from mmsora.apis.inference import find_run
+    work, ckpt = trained
+    copy = tmp_path / 'copy'
+    shutil.copytree(work, copy)
+    assert str(work) in (copy / 'last_checkpoint').read_text()
+    cfg = build_train_config(parse_args([DEMO, '--work-dir', str(copy), '--resume']))
+    assert cfg.resume and cfg.load_from == str(copy / 'iter_2.pth')
+    assert find_run(str(copy))[1] == str(copy / 'iter_2.pth')
+    from tools.infer import main as infer
+    infer([str(copy), '--num-samples', '1', '--steps', '2', '--out', str(tmp_path / 'x.png')])
+    assert f"weights: {copy / 'iter_2.pth'} (EMA weights where it has them)" in \
+        capsys.readouterr().out
