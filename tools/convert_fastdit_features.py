@@ -28,7 +28,9 @@ def parse_args(argv=None):
     p.add_argument('--features-dir', required=True)
     p.add_argument('--labels-dir', required=True)
     p.add_argument('--out', required=True, help='output store folder')
-    p.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'], default='float16')
+    p.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'], default='float16',
+                   help='stored precision (default: float16, half the disk of fast-DiT\'s '
+                   'float32 files; float32 keeps them bit for bit)')
     p.add_argument('--shard-size', type=int, default=4096)
     p.add_argument('--scale-factor', type=float, default=0.18215,
                    help='scale fast-DiT applied (recorded in the index)')
