@@ -5,6 +5,9 @@ models (``model.latent_shape`` (C, T, H, W)) write one H.264 mp4 per sample:
 ``--out NAME.mp4`` gives ``NAME_000_label3.mp4, NAME_001_label5.mp4, ...``, and a
 folder (``--out clips/``) gives ``clips/sample_000_label3.mp4, ...``; ``--gif`` adds a
 GIF beside each mp4, and ``--fps`` defaults to the config's ``sample_cfg.fps`` (else 8).
+The config's ``sample_cfg`` gives the sampling settings (sampler, steps, guidance, the
+sampler's options such as DDIM's ``eta``, ``guidance_channels``); the options here
+override it.
 
 Examples:
     # the newest checkpoint of a run, EMA weights, 8 samples of classes 0..3
@@ -222,8 +225,15 @@ def main(argv=None):
     pool = args.labels or list(range(model.num_classes))
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})
-    # Sampler and steps left unset fall back to the objective's own defaults.
-    sample_kwargs = dict(
+    # The config's sample_cfg, all of it (eta, guidance_channels, ...; a typo there is
+    # refused by the sampler), under the command line's settings; its sampler's
+    # options stay with its sampler. Sampler and steps left unset fall back to the
+    # objective's own defaults.
+    from mmsora.apis.evaluation import NOT_SAMPLE_ARGS
+    settings = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels')
+    sample_kwargs = {k: v for k, v in defaults.items() if k not in NOT_SAMPLE_ARGS and (
+        k in settings or args.sampler in (None, defaults.get('sampler')))}
+    sample_kwargs.update(
         sampler=args.sampler or defaults.get('sampler'),
         num_steps=args.steps or defaults.get('num_steps'),
         cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0),

@@ -30,13 +30,22 @@ class CountingModel:
         return self.model_fn(*args, **kwargs)
 
 
+# LatentDiffusion.sample's own settings: a name close to one of them is a typo of it
+# (sample_cfg.num_step), not an option of the sampler.
+SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'seeds')
+
+
 def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
     """Raise a one-line ValueError naming options that ``sampler`` does not take."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
+        import difflib
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
+        close = difflib.get_close_matches(unknown[0], [*SAMPLE_SETTINGS, *accepted], n=1)
+        hint = f'; did you mean {close[0]}?' if close else ''
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
-                         f'(its options: {takes})')
+                         f'(its options: {takes}; the sampling settings: '
+                         f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
 
 
 def scheduler_sample_loop(scheduler,

@@ -439,3 +439,29 @@ def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):
     infer([str(copy), '--num-samples', '1', '--steps', '2', '--out', str(tmp_path / 'x.png')])
     assert f"weights: {copy / 'iter_2.pth'} (EMA weights where it has them)" in \
         capsys.readouterr().out
+
+
+def test_infer_takes_the_whole_sample_cfg(tmp_path, trained):
+    """tools/infer.py read only sampler, num_steps, cfg_scale and fps of sample_cfg:
+    sample_cfg.eta=1.0 made no difference and a typo (num_step) was ignored."""
+    from PIL import Image
+
+    from tools.infer import main as infer
+    work, ckpt = trained
+    common = [str(work), '--num-samples', '2', '--steps', '4']
+    out = {}
+    for name, options in (('eta0', []), ('eta1', ['sample_cfg.eta=1.0']),
+                          ('cli', ['--eta', '1.0'])):
+        path = str(tmp_path / f'{name}.png')
+        cfg_options = ['--cfg-options', *options] if options and '=' in options[0] else options
+        infer([*common, '--out', path, *cfg_options])
+        out[name] = np.asarray(Image.open(path))
+    assert not np.array_equal(out['eta0'], out['eta1'])
+    assert np.array_equal(out['eta1'], out['cli'])
+    with pytest.raises(ValueError) as info:
+        infer([*common, '--out', str(tmp_path / 'x.png'), '--cfg-options',
+               'sample_cfg.num_step=5'])
+    assert one_line(info.value).endswith('did you mean num_steps?')
+    # the config's DDIM option stays with DDIM when another sampler is asked for
+    infer([*common, '--out', str(tmp_path / 'y.png'), '--sampler', 'ddpm', '--cfg-options',
+           'sample_cfg.eta=1.0'])
