@@ -131,6 +131,22 @@ def decode_dtype(a, dtype):
 # --------------------------------------------------------------------------- #
 #                                    Writer                                    #
 # --------------------------------------------------------------------------- #
+def _load_shard_file(path, mmap_mode):
+    """``np.load`` of a store file, its failures named with the file (numpy says
+    'mmap length is greater than file size', or 'This file contains pickled (object)
+    data' for bytes that are not an .npy)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'latent store file missing: {path!r} (restore it, or '
+                                'extract the store again into a new folder)') from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
+                         f'damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
+                         '); restore it, or extract the store again into a new folder') \
+            from None
+
+
 class LatentStoreWriter:
     """Writes a packed latent store, one shard at a time, resumably.
 
@@ -405,7 +421,7 @@ class LatentStore:
 
     def _load_labels(self, shard):
         path = osp.join(self.root, shard['labels_file'])
-        labels = np.load(path, allow_pickle=False)
+        labels = _load_shard_file(path, mmap_mode=None)
         if labels.shape != (shard['count'],):
             raise ValueError(f'{path!r} has shape {labels.shape}, index says '
                              f'({shard["count"]},)')
@@ -420,7 +436,7 @@ class LatentStore:
         if arr is None:
             shard = self.shards[i]
             path = osp.join(self.root, shard['text_files'][field] if field else shard['file'])
-            arr = np.load(path, mmap_mode='r', allow_pickle=False)
+            arr = _load_shard_file(path, mmap_mode='r')
             if arr.shape[0] != shard['count']:
                 raise ValueError(f'{path!r} holds {arr.shape[0]} items, index says '
                                  f'{shard["count"]}')

@@ -84,6 +84,24 @@ def test_reader_memory_maps(tmp_path):
     assert list(store._arrays) == [(1, None)]
 
 
+def test_damaged_store_files_are_named(tmp_path):
+    """numpy's own words ('mmap length is greater than file size'; 'This file contains
+    pickled (object) data' for garbage) did not say which file of the store."""
+    x, labels = make_items(8)
+    write_all(str(tmp_path), x, labels)[0].finalize()
+    shard = sorted(glob.glob(str(tmp_path / 'shard_*.npy')))[0]
+    data = open(shard, 'rb').read()
+    for damaged in (data[:len(data) // 2], os.urandom(len(data))):
+        open(shard, 'wb').write(damaged)
+        with pytest.raises(ValueError, match=f"cannot read latent store file '{shard}': it "
+                                             'is truncated or damaged'):
+            LatentStore(str(tmp_path))[0]
+    labels_file = sorted(glob.glob(str(tmp_path / 'labels_*.npy')))[0]
+    os.remove(labels_file)
+    with pytest.raises(FileNotFoundError, match=f"latent store file missing: '{labels_file}'"):
+        LatentStore(str(tmp_path))
+
+
 def test_skipped_items_and_empty_shards(tmp_path):
     x, labels = make_items(6)
     w = LatentStoreWriter(str(tmp_path), 6, SHAPE, shard_size=2, dtype='float32')
