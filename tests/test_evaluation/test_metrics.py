@@ -154,3 +154,25 @@ def test_evaluation_snippets_build(repo_root, name):
     evaluator = build_evaluator(evaluation.metrics)  # extractors are built on first use
     assert [type(m).__name__ for m in evaluator.metrics] == [
         m['type'] for m in evaluation.metrics]
+
+
+def test_reference_content_is_checked_before_the_sampling(tmp_path):
+    """A reference of clips for FID, or statistics of another extractor, were found
+    only after every sample was drawn (hours, for FID-50K)."""
+    clips = tmp_path / 'clips.npz'
+    np.savez(clips, arr_0=np.zeros((2, 3, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'clips.npz: arr_0 is uint8 \(2, 3, 8, 8, 3\), but '
+                                         'FID takes a reference of uint8 pictures'):
+        FID(extractor=TINY, reference=str(clips)).check_inputs()
+    FVD(extractor=dict(type='TinyVideoExtractor'), reference=str(clips)).check_inputs()
+    junk = tmp_path / 'junk.npz'
+    junk.write_bytes(b'not a zip')
+    with pytest.raises(ValueError, match='cannot read the reference .*junk.npz: not an .npz'):
+        FID(extractor=TINY, reference=str(junk)).check_inputs()
+    other = tmp_path / 'other.npz'
+    np.savez(other, mu=np.zeros(400), sigma=np.eye(400))
+    fid = FID(extractor=TINY, reference=str(other))
+    fid.check_inputs()
+    with pytest.raises(ValueError, match='holds statistics of 400 features, but the '
+                                         'TinyImageExtractor extractor gives'):
+        fid.process(None, [dict(index=0, sample=pictures(1, 0)[0])])

@@ -43,17 +43,45 @@ class FrechetMetric(SampleMetric):
             f'{osp.splitext(reference)[0]}_{self.extractor_cfg["type"]}_stats.npz')
 
     def check_inputs(self) -> None:
+        """Also what the reference holds, from its arrays' headers (nothing is read
+        whole): statistics, or samples of the kind this metric takes."""
         super().check_inputs()
         if not osp.isfile(self.reference):
             raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
+        shapes = _npz_shapes(self.reference)
+        if 'mu' in shapes and 'sigma' in shapes:
+            mu, sigma = shapes['mu'][0], shapes['sigma'][0]
+            if len(mu) != 1 or sigma != (mu[0], mu[0]):
+                raise ValueError(f'{self.reference}: mu {shapes["mu"][0]} and sigma {sigma} '
+                                 'are not the statistics of one feature space')
+        elif 'arr_0' in shapes:
+            shape, dtype = shapes['arr_0']
+            if len(shape) != self.sample_ndim or shape[-1] != 3 or dtype != np.uint8:
+                raise ValueError(f'{self.reference}: arr_0 is {dtype} {shape}, but '
+                                 f'{self.metric_name} takes a reference of uint8 '
+                                 f'{self._kind()} (tools/make_reference.py makes one)')
+        else:
+            raise KeyError(f'{self.reference} has neither statistics (mu, sigma) nor '
+                           f'samples (arr_0); it has {sorted(shapes)}')
+
+    def _kind(self) -> str:
+        return 'pictures (N, H, W, 3)' if self.sample_ndim == 4 else 'clips (N, T, H, W, 3)'
 
     def sample_results(self, data_samples):
         samples = np.stack([s['sample'] for s in data_samples])
         if samples.ndim != self.sample_ndim:
-            kind = 'pictures (N, H, W, 3)' if self.sample_ndim == 4 else 'clips (N, T, H, W, 3)'
-            raise ValueError(f'{self.metric_name} takes {kind}; got samples of shape '
+            raise ValueError(f'{self.metric_name} takes {self._kind()}; got samples of shape '
                              f'{samples.shape}')
-        return self.features(samples)
+        out = self.features(samples)
+        if not self.results:  # the first batch: stored statistics of another extractor?
+            shapes = _npz_shapes(self.reference) if osp.isfile(self.reference) else {}
+            dim = shapes.get('mu', ((None,), None))[0][0]
+            if dim is not None and dim != out['features'].shape[1]:
+                raise ValueError(
+                    f'{self.reference} holds statistics of {dim} features, but the '
+                    f"{self.extractor_cfg['type']} extractor gives "
+                    f"{out['features'].shape[1]}: they come from another extractor")
+        return out
 
     def reference_stats(self) -> Dict[str, np.ndarray]:
         """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
@@ -149,3 +177,24 @@ def _file_stamp(path: str) -> tuple:
         f.seek(max(size - (1 << 16), 0))
         tail = f.read()
     return size, os.stat(path).st_mtime_ns, hashlib.sha1(head + tail).hexdigest()
+
+
+def _npz_shapes(path: str) -> Dict[str, tuple]:
+    """``{name: (shape, dtype)}`` of the arrays in an ``.npz``, from their headers."""
+    import zipfile
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if not name.endswith('.npy'):
+                    continue
+                with archive.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                shapes[name[:-len('.npy')]] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ValueError(f'cannot read the reference {path}: not an .npz archive of numpy '
+                         f'arrays ({e})') from None
+    return shapes
