@@ -104,3 +104,19 @@ def test_amp_optim_wrapper_asserts_gpu_autocast_wrapper_does_not():
     assert model.weight.dtype == torch.float32
     with pytest.raises(ValueError, match='dtype'):
         AutocastOptimWrapper(optimizer=optimizer, dtype='int8')
+
+
+def test_deepspeed_is_quiet_on_a_cpu_machine():
+    """mmengine imports DeepSpeed whenever it is installed, which warned 'Setting
+    accelerator to CPU ...' at the start of every tool run without CUDA."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    pytest.importorskip('deepspeed')
+    env = {k: v for k, v in os.environ.items() if k != 'DS_ACCELERATOR'}
+    out = subprocess.run([sys.executable, '-c', 'import mmsora.engine'], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'Setting accelerator to CPU' not in out.stderr + out.stdout
