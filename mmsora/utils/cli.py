@@ -84,6 +84,8 @@ def apply_cfg_options(cfg, options):
     for key, value in updates.items():
         parent_path, _, leaf = key.rpartition('.')
         parts = parent_path.split('.') if parent_path else []
+        if not parts:
+            _refuse_spent_variable(cfg, key, value)
         # mmengine adds any new key. Checked for typos: each dict on the path (a new one
         # there, a hook config without a type say, fails far away) and a top-level leaf
         # (set and never read); a new leaf inside a dict is an option its class checks.
@@ -118,6 +120,45 @@ def apply_cfg_options(cfg, options):
         except Exception as e:
             raise UserError(f'--cfg-options {key}={value!r}: {e}') from e
     return cfg
+
+
+def _refuse_spent_variable(cfg, key, value) -> None:
+    """A top-level path variable (``data_root``) is spent when the config is read:
+    entries built from it (``train_dataloader.dataset.data_root``) keep the old path,
+    and setting it afterwards changes nothing. Refused, naming those entries."""
+    old = cfg.get(key)
+    if not (isinstance(old, str) and old and key.endswith(('root', 'dir', 'path', 'file'))
+            and value != old):
+        return
+    found = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f'{path}.{k}' if path else k)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f'{path}.{i}')
+        elif isinstance(node, str) and path != key and (
+                node == old or node.startswith(old.rstrip('/') + '/')):
+            found.append(path)
+
+    walk(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg, '')
+    if found:
+        example = found[0] + '=' + (str(value) if _value_is(cfg, found[0], old)
+                                    else '...')
+        raise UserError(f'--cfg-options {key}={value}: {key} is a variable the config '
+                        f'used when it was read ({", ".join(found[:3])}'
+                        f'{", ..." if len(found) > 3 else ""} took its value); setting it '
+                        f'now changes nothing: set those instead, e.g. {example}')
+
+
+def _value_is(cfg, path, value) -> bool:
+    """Whether the entry at dotted ``path`` of ``cfg`` is ``value``."""
+    node = cfg
+    for part in path.split('.'):
+        node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+    return node == value
 
 
 def _edits(a: str, b: str) -> int:

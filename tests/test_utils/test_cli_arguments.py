@@ -80,6 +80,20 @@ def test_a_misspelt_key_inside_the_path_is_refused(repo_root):
         apply_cfg_options(cfg, ['model.text_encoder.max_length=3'])
 
 
+def test_a_spent_path_variable_is_refused(repo_root):
+    """--cfg-options data_root=DIR changed nothing (mmengine substitutes the variable
+    when the config is read) and the run then named the config's old path."""
+    cfg = load_config(f'{repo_root}/configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    with pytest.raises(UserError, match=r'data_root=/x: data_root is a variable the config '
+                                        r'used when it was read \(train_dataloader.dataset.'
+                                        r'data_root took its value\); .* e\.g\. '
+                                        r'train_dataloader.dataset.data_root=/x$'):
+        apply_cfg_options(cfg, ['data_root=/x'])
+    apply_cfg_options(cfg, ['train_dataloader.dataset.data_root=/x', 'data_root=' +
+                            cfg.data_root])  # the entry itself; the same value
+    assert cfg.train_dataloader.dataset.data_root == '/x'
+
+
 def test_list_entries_are_set_by_index(repo_root):
     """mmengine's ``custom_hooks.0.momentum=0.5`` (an index into a list) was refused
     as 'not a dict'; now it is set, and an index past the end is named."""
