@@ -131,6 +131,24 @@ def decode_dtype(a, dtype):
 # --------------------------------------------------------------------------- #
 #                                    Writer                                    #
 # --------------------------------------------------------------------------- #
+def _what_is_there(root) -> str:
+    """A hint for a folder given as a latent store that is not one (yet)."""
+    if not osp.isdir(root):
+        return ' (no such folder)'
+    if osp.isdir(osp.join(root, 'parts')):
+        return ' (extraction not finalized? rerun the extraction to finish it)'
+    names = [name for _, _, files in os.walk(root) for name in files][:1000]
+    if any(name.endswith('.npy') for name in names):
+        return (": it holds .npy files: fast-DiT's per-file features? read them with "
+                "dataset=dict(type='NpyLatentDataset', features_dir=..., labels_dir=...) "
+                'or convert them: tools/convert_fastdit_features.py')
+    if any(name.lower().endswith(('.jpg', '.jpeg', '.png', '.mp4', '.avi', '.mov', '.webm'))
+           for name in names):
+        return (': it holds pictures or videos: encode them into a store first with '
+                'tools/extract_features.py')
+    return ''
+
+
 def _load_shard_file(path, mmap_mode):
     """``np.load`` of a store file, its failures named with the file (numpy says
     'mmap length is greater than file size', or 'This file contains pickled (object)
@@ -394,9 +412,7 @@ class LatentStore:
     def __init__(self, root, allow_incomplete=False):
         path = osp.join(root, 'index.json')
         if not osp.isfile(path):
-            hint = (' (extraction not finalized? rerun the extraction to finish it)'
-                    if osp.isdir(osp.join(root, 'parts')) else '')
-            raise FileNotFoundError(f'no latent store index {path!r}{hint}')
+            raise FileNotFoundError(f'no latent store index {path!r}{_what_is_there(root)}')
         index = _read_json(path)
         if index.get('format') != FORMAT or index.get('version') != VERSION:
             raise ValueError(f'{path!r} is not a {FORMAT} v{VERSION} index')

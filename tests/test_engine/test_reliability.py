@@ -190,7 +190,19 @@ def test_path_mistakes_are_one_line(tmp_path):
     store = tmp_path / 'store'
     with pytest.raises(FileNotFoundError) as info:
         LatentStore(str(store))
-    assert one_line(info.value) == f"no latent store index {str(store / 'index.json')!r}"
+    assert one_line(info.value) == (f"no latent store index {str(store / 'index.json')!r} "
+                                    '(no such folder)')
+    # a fast-DiT folder or a folder of pictures given as a store: said what it holds
+    (store / 'features').mkdir(parents=True)
+    np.save(store / 'features' / '0.npy', np.zeros(3))
+    with pytest.raises(FileNotFoundError, match="holds .npy files: fast-DiT's per-file "
+                                                "features.*NpyLatentDataset"):
+        LatentStore(str(store))
+    (store / 'features' / '0.npy').unlink()
+    Image.new('RGB', (4, 4)).save(store / 'cat.png')
+    with pytest.raises(FileNotFoundError, match='holds pictures or videos: encode them into '
+                                                'a store first with tools/extract_features'):
+        LatentStore(str(store))
     # an error re-raised from a DataLoader worker: its last line, a repr unquoted
     wrapped = ValueError("Caught ValueError in DataLoader worker process 0.\nTraceback "
                          "(most recent call last):\n  ...\nValueError: 'bad item 3'")
