@@ -202,12 +202,27 @@ def _find_registered_class(class_name):
     return None
 
 
+def _registered_subclasses(class_name):
+    """Registered classes with a base named ``class_name`` (an unregistered base)."""
+    import mmsora.registry as registries
+    found = []
+    for name in registries.__all__:
+        for cls in getattr(registries, name).module_dict.values():
+            if isinstance(cls, type) and class_name in (b.__name__ for b in cls.__mro__[1:]):
+                found.append(cls)
+    return found
+
+
 def unknown_key_message(class_name, key):
     """``unknown config key KEY for CLASS; did you mean ...?`` for a registered class."""
     import inspect
     cls = _find_registered_class(class_name)
-    params = [name for name, p in inspect.signature(cls).parameters.items()
-              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)] if cls is not None else []
+    # A base class (SampleMetric) gets the keys its registered subclasses (FID) pass on:
+    # the names to suggest are theirs too.
+    classes = [cls] if cls is not None else _registered_subclasses(class_name)
+    params = list(dict.fromkeys(
+        name for c in classes for name, p in inspect.signature(c).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)))
     close = difflib.get_close_matches(key, params, n=3)
     hint = f'; did you mean {", ".join(close)}?' if close else (
         f'; it takes {", ".join(params)}' if params else '')
