@@ -89,14 +89,18 @@ def main(argv=None):
     for key in ('num_samples', 'batch_size', 'seed'):
         if getattr(args, key) is not None:
             evaluation[key] = getattr(args, key)
-    try:
-        metrics = evaluate_model(model, **evaluation, out=args.out,
-                                 sample_dir=args.sample_dir,
-                                 default_sample_cfg=cfg.get('sample_cfg'))
-    except TypeError as e:
-        if 'evaluate_model() got an unexpected keyword' in str(e):
-            raise UserError(f'unknown key in the config\'s evaluation section: {e}') from e
-        raise
+    import difflib
+    import inspect
+    takes = [k for k in inspect.signature(evaluate_model).parameters
+             if k not in ('model', 'out', 'sample_dir', 'default_sample_cfg')]
+    for key in evaluation:
+        if key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1)
+            raise UserError(f'evaluation.{key}: not a setting of the evaluation section'
+                            + (f'; did you mean {close[0]}?' if close else
+                               f' (it takes {", ".join(takes)})'))
+    metrics = evaluate_model(model, **evaluation, out=args.out, sample_dir=args.sample_dir,
+                             default_sample_cfg=cfg.get('sample_cfg'))
     if is_main_process():
         for key, value in metrics.items():
             print(f'{key}: {value:.4f}')

@@ -127,7 +127,8 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
     assert "--out is an .npz file" in capsys.readouterr().err
     assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
                                       'evaluation.num_sample=4'])) == 2
-    assert "unknown key in the config's evaluation section" in capsys.readouterr().err
+    assert ('error: evaluation.num_sample: not a setting of the evaluation section; did '
+            'you mean num_samples?') in capsys.readouterr().err
 
 
 def hooked_config(tmp_path, config, num_samples, batch_size):
