@@ -249,7 +249,8 @@ def main(argv=None):
                     prompts=prompts, **sample_kwargs)
         if is_main_process():
             second = 'prompts: their prompts' if prompts else 'arr_1: their labels'
-            print(f'saved {n} samples to {args.out} (arr_0: uint8 samples; {second})')
+            print(f'saved {n} sample{"s" * (n != 1)} to {args.out} (arr_0: uint8 samples; '
+                  f'{second})')
         from mmsora.utils.dist import close_process_group
         close_process_group()
         return
@@ -269,11 +270,12 @@ def main(argv=None):
     if video:
         fps = args.fps or defaults.get('fps', 8)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
-        print(f'saved {n} clips ({what}, {fps:g} fps) to {", ".join(paths)}; {nfe}')
+        print(f'saved {n} clip{"s" * (n != 1)} ({what}, {fps:g} fps) to {", ".join(paths)}; '
+              f'{nfe}')
         return
     out = args.out or 'samples.png'
     save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
-    print(f'saved {n} samples ({what}) to {out}; {nfe}')
+    print(f'saved {n} sample{"s" * (n != 1)} ({what}) to {out}; {nfe}')
 
 
 if __name__ == '__main__':
