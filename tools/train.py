@@ -127,6 +127,28 @@ def latest_checkpoint(work_dir):
     return latest
 
 
+def check_latent_scale(cfg):
+    """Refuse a packed latent store whose recorded scale is not the config's VAE's
+    (``index.json``'s ``scale_factor`` against ``model.vae.scale_factor``): latents
+    scaled one way and decoded the other train and sample without a word, wrongly."""
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
+    vae = cfg.model.get('vae') or {}
+    if dataset.get('type') != 'PackedLatentDataset' or vae.get('type') != \
+            'AutoencoderKLWrapper':
+        return
+    index = osp.join(dataset.get('data_root', ''), dataset.get('store', ''), 'index.json')
+    if not osp.isfile(index):
+        return  # the dataset names a missing store when it is built
+    import json
+    with open(index) as f:
+        stored = json.load(f).get('scale_factor')
+    ours = vae.get('scale_factor', 0.18215)
+    if stored is not None and abs(stored - ours) > 1e-6 * abs(ours):
+        raise UserError(f'{index}: the latents were scaled by {stored:g} but '
+                        f'model.vae.scale_factor is {ours:g}: set model.vae.scale_factor='
+                        f'{stored:g} (or extract the latents again with the VAE\'s scale)')
+
+
 def build_train_config(args):
     """The config to run, with the command line applied."""
     cfg = load_config(args.config)
@@ -197,6 +219,7 @@ def build_train_config(args):
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
+    check_latent_scale(cfg)  # latents scaled for another VAE setting
     from mmsora.engine.strategies import is_zero_checkpoint
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and cfg.get('resume')

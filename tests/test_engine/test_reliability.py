@@ -477,3 +477,20 @@ def test_infer_takes_the_whole_sample_cfg(tmp_path, trained):
     # the config's DDIM option stays with DDIM when another sampler is asked for
     infer([*common, '--out', str(tmp_path / 'y.png'), '--sampler', 'ddpm', '--cfg-options',
            'sample_cfg.eta=1.0'])
+
+
+def test_latents_of_another_scale_are_refused(repo_root, tmp_path):
+    """extract_features --scale-factor 0.5, then a config whose VAE scales by 0.18215:
+    it trained without a word (index.json records the scale, nothing compared it)."""
+    from mmsora.datasets import LatentStoreWriter
+    writer = LatentStoreWriter(str(tmp_path / 'store'), 2, (4, 32, 32), scale_factor=0.5)
+    writer.write_shard(0, np.zeros((2, 1, 2, 4, 32, 32), np.float32), [0, 1])
+    writer.finalize()
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    argv = [config, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+            f'train_dataloader.dataset.data_root={tmp_path / "store"}']
+    with pytest.raises(UserError, match=r'index.json: the latents were scaled by 0.5 but '
+                                        r'model.vae.scale_factor is 0.18215: set '
+                                        r'model.vae.scale_factor=0.5'):
+        build_train_config(parse_args(argv))
+    build_train_config(parse_args([*argv, 'model.vae.scale_factor=0.5']))
