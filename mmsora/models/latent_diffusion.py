@@ -124,6 +124,11 @@ class LatentDiffusion(BaseModel):
             raise ValueError(f'model.num_classes={self.num_classes} but model.denoiser.'
                              f'num_classes={classes}: set both (label num_classes is the '
                              'null class of guidance)')
+        channels = getattr(self.denoiser, 'in_channels', None)
+        if channels is not None and channels != self.latent_shape[0]:
+            raise ValueError(f'model.latent_shape {list(self.latent_shape)} has '
+                             f'{self.latent_shape[0]} channels but model.denoiser.in_channels '
+                             f'is {channels}: set both to the latents\' channels (SD VAE: 4)')
         learned = getattr(self.diffusion, 'model_var_type', None)
         sigma = getattr(self.denoiser, 'learn_sigma', None)
         if learned is not None and sigma is not None and sigma != (learned == 'learned_range'):

@@ -44,6 +44,13 @@ def test_settings_stated_twice_must_agree():
                                          r'model.diffusion.learn_sigma=True: set both alike'):
         MODELS.build(dict(type='LatentDiffusion', denoiser=dict(TINY_DIT, learn_sigma=False),
                           latent_shape=(4, 8, 8), num_classes=3))
+    with pytest.raises(ValueError, match=r'model.latent_shape \[3, 8, 8\] has 3 channels but '
+                                         r'model.denoiser.in_channels is 4'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(3, 8, 8),
+                          num_classes=3))
+    with pytest.raises(ValueError, match='hidden_size 32 must be divisible by num_heads 3'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=dict(TINY_DIT, num_heads=3),
+                          latent_shape=(4, 8, 8), num_classes=3))
     # the flow objective takes the first half of a learn_sigma output, as SiT does
     MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
                       num_classes=3, diffusion=dict(type='Transport')))

@@ -19,7 +19,9 @@ class MultiHeadCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
         super().__init__()
-        assert dim % num_heads == 0, f'dim {dim} must be divisible by num_heads {num_heads}'
+        if dim % num_heads:  # a config mistake: one line, not an AssertionError
+            raise ValueError(f'hidden_size {dim} must be divisible by num_heads '
+                             f'{num_heads}')
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_linear = nn.Linear(dim, dim)
