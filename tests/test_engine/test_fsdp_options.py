@@ -78,7 +78,8 @@ def test_mixed_precision_is_refused_where_it_would_not_train(tmp_path, monkeypat
         param_dtype=torch.float16))), dict(type='AmpOptimWrapper', dtype=torch.float16))
 
 
-def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload():
+def test_fsdp_on_cpu_gathers_full_state_dicts_without_the_offload(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the strategy makes work_dirs/TIMESTAMP/ where it runs
     strategy = fsdp_on_cpu(load_strategy('fsdp'))
     assert strategy['model_wrapper']['device_id'] == 'cpu'
     assert strategy['model_wrapper']['auto_wrap_policy'] == dict(
