@@ -141,24 +141,16 @@ def _refuse_spent_variable(cfg, key, value) -> None:
                 walk(v, f'{path}.{i}')
         elif isinstance(node, str) and path != key and (
                 node == old or node.startswith(old.rstrip('/') + '/')):
-            found.append(path)
+            found.append((path, node == old))
 
     walk(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg, '')
     if found:
-        example = found[0] + '=' + (str(value) if _value_is(cfg, found[0], old)
-                                    else '...')
+        path, same = found[0]
+        example = f'{path}={value if same else "..."}'
         raise UserError(f'--cfg-options {key}={value}: {key} is a variable the config '
-                        f'used when it was read ({", ".join(found[:3])}'
+                        f'used when it was read ({", ".join(p for p, _ in found[:3])}'
                         f'{", ..." if len(found) > 3 else ""} took its value); setting it '
                         f'now changes nothing: set those instead, e.g. {example}')
-
-
-def _value_is(cfg, path, value) -> bool:
-    """Whether the entry at dotted ``path`` of ``cfg`` is ``value``."""
-    node = cfg
-    for part in path.split('.'):
-        node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
-    return node == value
 
 
 def _edits(a: str, b: str) -> int:
