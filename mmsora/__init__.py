@@ -10,6 +10,9 @@ def _quiet_deepspeed_on_cpu():
     there anyway (the same test as its own): naming it keeps the logs to what matters."""
     if 'DS_ACCELERATOR' in _os.environ:
         return
+    from importlib.util import find_spec
+    if find_spec('deepspeed') is None:  # nothing to quiet: no CUDA query at import
+        return
     import torch
     if not (torch.cuda.device_count() > 0 and torch.cuda.is_available()):
         _os.environ['DS_ACCELERATOR'] = 'cpu'

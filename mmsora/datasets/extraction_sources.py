@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mmsora.utils.cli import first_line
 from mmsora.utils.video_io import VideoReadError
 from .image_folder import center_crop_arr, image_to_tensor, load_image, scan_image_folder
 from .manifest import load_manifest
@@ -51,7 +52,7 @@ class ImageSource(Dataset):
         try:
             image = image_to_tensor(center_crop_arr(load_image(path), self.image_size))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            return _reason(e), gidx
+            return first_line(e), gidx
         return image, gidx
 
 
@@ -99,13 +100,10 @@ class ClipSource(Dataset):
             for step in self.steps:
                 results = step(results)
         except (VideoReadError, FileNotFoundError, ClipTooShortError) as e:
-            return _reason(e), gidx
+            return first_line(e), gidx
         return results['images'], gidx
 
 
-def _reason(error: Exception) -> str:
-    """Why an input is skipped, in a few words (the error's message)."""
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def collate_sources(batch):

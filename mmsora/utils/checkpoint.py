@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
-           'load_dit_checkpoint', 'load_state_dict_checked', 'last_checkpoint']
+           'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
+           'last_checkpoint']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -72,9 +73,9 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         # A truncated zip, or not a torch file at all (torch says KeyError: '101'; some
         # cuts of a zip make its reader seek before the start: OSError EINVAL).
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from mmsora.utils.cli import first_line
         raise ValueError(f'cannot read checkpoint {path}: it is truncated, damaged or not a '
-                         f'torch checkpoint ({first.split(". ")[0]})') from None
+                         f'torch checkpoint ({first_line(e).split(". ")[0]})') from None
 
 
 def _check_pickle_start(path: str) -> None:
@@ -183,29 +184,38 @@ def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
     return state_dict
 
 
+def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model') -> str:
+    """The difference between two ``{name: shape}`` maps in one clause (the counts of
+    weights of another shape, missing and extra, each with its first example), or ''
+    when they match. ``given`` is the checkpoint's, ``own`` the ``own_name``'s."""
+    differ = [k for k in given if k in own and tuple(own[k]) != tuple(given[k])]
+    missing = [k for k in own if k not in given]
+    extra = [k for k in given if k not in own]
+    found = []
+    if differ:
+        k = differ[0]
+        found.append(f'{len(differ)} of another shape (e.g. {k}: {tuple(given[k])} in the '
+                     f'checkpoint, {tuple(own[k])} in the {own_name})')
+    if missing:
+        found.append(f'{len(missing)} missing (e.g. {missing[0]})')
+    if extra:
+        found.append(f'{len(extra)} the {own_name} has not (e.g. {extra[0]})')
+    return '; '.join(found)
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
     line (the first differing, missing or extra weight) instead of torch's list."""
-    own = model.state_dict()
-    differ = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
-    missing = [k for k in own if k not in state_dict]
-    extra = [k for k in state_dict if k not in own]
-    if differ or missing or extra:
-        found = []
-        if differ:
-            k = differ[0]
-            found.append(f'{len(differ)} of another shape (e.g. {k}: '
-                         f'{tuple(state_dict[k].shape)} in the file, {tuple(own[k].shape)} '
-                         'here)')
-        if missing:
-            found.append(f'{len(missing)} missing (e.g. {missing[0]})')
-        if extra:
-            found.append(f'{len(extra)} the model has not (e.g. {extra[0]})')
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    given = {k: v.shape for k, v in state_dict.items()}
+    found = weight_mismatch(own, given)
+    if found:
         hint = ('a model for another input_size / patch_size / hidden_size (tokens = '
                 '(input_size / patch_size) ** 2: a 512 px DiT needs input_size=64)'
-                if 'pos_embed' in differ else 'the settings it was trained with (widths, '
-                'depth, patch size, learn_sigma, classes)')
-        raise ValueError(f'{source}: its weights are not this model\'s: {"; ".join(found)}; '
+                if own.get('pos_embed', given.get('pos_embed')) != given.get('pos_embed')
+                else 'the settings it was trained with (widths, depth, patch size, '
+                'learn_sigma, classes)')
+        raise ValueError(f'{source}: its weights are not this model\'s: {found}; '
                          f'build the model with {hint}')
     return model.load_state_dict(state_dict, strict=True)
 

@@ -9,7 +9,7 @@ import sys
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
-           'unknown_key_message', 'check_output_path']
+           'unknown_key_message', 'check_output_path', 'first_line']
 
 
 class UserError(Exception):
@@ -219,6 +219,13 @@ def unknown_key_message(class_name, key):
     hint = f'; did you mean {", ".join(close)}?' if close else (
         f'; it takes {", ".join(params)}' if params else '')
     return f'unknown config key {key!r} for {class_name}{hint}'
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message in a few words: its first non-empty line, or the exception's
+    class name when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def explain_error(exc):

@@ -99,9 +99,9 @@ def test_load_from_of_another_model_is_refused(repo_root, tmp_path, trained):
         tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.hidden_size=48',
                  load_from=ckpt)
     assert one_line(info.value) == (
-        f"--load-from {ckpt}: its denoiser is not the config's: 31 of a different shape "
-        '(e.g. denoiser.blocks.0.adaLN_modulation.1.bias: (192,) in the checkpoint, '
-        '(288,) in the config); give the settings it was trained with (widths, depth, '
+        f"--load-from {ckpt}: its denoiser is not the config's: 31 of another shape "
+        '(e.g. denoiser.pos_embed: (1, 16, 32) in the checkpoint, (1, 16, 48) in the '
+        'config); give the settings it was trained with (widths, depth, '
         'patch size, learn_sigma, classes)')
     with pytest.raises(UserError, match=r'\d+ missing \(e.g. denoiser.blocks.2.'):
         tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.depth=3', load_from=ckpt)

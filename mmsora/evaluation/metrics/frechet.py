@@ -48,7 +48,7 @@ class FrechetMetric(SampleMetric):
         super().check_inputs()
         if not osp.isfile(self.reference):
             raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
-        shapes = _npz_shapes(self.reference)
+        self._reference_shapes = shapes = _npz_shapes(self.reference)
         if 'mu' in shapes and 'sigma' in shapes:
             mu, sigma = shapes['mu'][0], shapes['sigma'][0]
             if len(mu) != 1 or sigma != (mu[0], mu[0]):
@@ -74,7 +74,9 @@ class FrechetMetric(SampleMetric):
                              f'{samples.shape}')
         out = self.features(samples)
         if not self.results:  # the first batch: stored statistics of another extractor?
-            shapes = _npz_shapes(self.reference) if osp.isfile(self.reference) else {}
+            shapes = getattr(self, '_reference_shapes', None)  # check_inputs read them
+            if shapes is None:
+                shapes = _npz_shapes(self.reference) if osp.isfile(self.reference) else {}
             dim = shapes.get('mu', ((None,), None))[0][0]
             if dim is not None and dim != out['features'].shape[1]:
                 raise ValueError(
