@@ -87,24 +87,14 @@ def check_load_from_matches(cfg, path, state_dict):
             model = MODELS.build(copy.deepcopy(cfg.model))
     except Exception:  # the Runner builds it again and names what is wrong
         return
-    shapes = [{k: tuple(v.shape) for k, v in state.items() if k.startswith('denoiser.')}
-              for state in (model.state_dict(), state_dict)]
-    ours, theirs = shapes
-    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-    differ = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
-    if missing or extra or differ:
-        found = []
-        if differ:
-            k = differ[0]
-            found.append(f'{len(differ)} of a different shape (e.g. {k}: {theirs[k]} in '
-                         f'the checkpoint, {ours[k]} in the config)')
-        if missing:
-            found.append(f'{len(missing)} missing (e.g. {missing[0]})')
-        if extra:
-            found.append(f'{len(extra)} the config has not (e.g. {extra[0]})')
-        raise UserError(f'--load-from {path}: its denoiser is not the config\'s: '
-                        f'{"; ".join(found)}; give the settings it was trained with '
-                        '(widths, depth, patch size, learn_sigma, classes)')
+    from mmsora.utils.checkpoint import weight_mismatch
+    ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
+                    for state in (model.state_dict(), state_dict))
+    found = weight_mismatch(ours, theirs, own_name='config')
+    if found:
+        raise UserError(f'--load-from {path}: its denoiser is not the config\'s: {found}; '
+                        'give the settings it was trained with (widths, depth, patch size, '
+                        'learn_sigma, classes)')
 
 
 def latest_checkpoint(work_dir):
@@ -236,6 +226,9 @@ def build_train_config(args):
                         f'{cfg.load_from} instead')
     if not torch.cuda.is_available():
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            if (cfg.get(key) or {}).get('pin_memory'):  # a GPU recipe: nothing to pin
+                cfg[key]['pin_memory'] = False  # for, and torch warns about it
         if args.launcher != 'none':
             # mmengine gives DDP device_ids=[LOCAL_RANK] even for CPU modules, which
             # DDP rejects; CPU DDP needs device_ids=None.

@@ -91,6 +91,10 @@ def test_resume_continues_exactly(repo_root, tmp_path):
     assert losses_of(resumed)[4:] == ref_losses[4:]
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, ref_params[key]), key
+    # and mmengine's loader no longer warns of a hub key saved as 'not resumed'
+    import glob
+    logs = glob.glob(str(tmp_path / 'half' / '*' / '*.log'))
+    assert logs and not any('resumed key' in open(p).read() for p in logs)
 
 
 def test_load_from_takes_weights_only(repo_root, tmp_path):
@@ -194,3 +198,19 @@ def test_no_workers_turns_persistent_workers_off(repo_root):
     assert loader.persistent_workers is False
     DataLoader(range(4), num_workers=loader.num_workers,
                persistent_workers=loader.persistent_workers)
+
+
+def test_pin_memory_is_off_without_a_gpu(repo_root, monkeypatch):
+    """The ImageNet and video recipes pin loader memory for the GPU; on a machine
+    without one, torch warned at every start that nothing can be pinned."""
+    import warnings
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert build_train_config(parse_args([config])).train_dataloader.pin_memory is True
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    loader = build_train_config(parse_args([config])).train_dataloader
+    assert loader.pin_memory is False
+    from torch.utils.data import DataLoader
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        next(iter(DataLoader(range(4), batch_size=2, pin_memory=loader.pin_memory)))

@@ -56,6 +56,10 @@ class ResumeCheckHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
+        # The hub lists the key as not resumed; listed at all, mmengine's loader
+        # warned at every resume that it is 'not defined in message_hub'.
+        (checkpoint.get('message_hub') or {}).get('resumed_keys', {}).pop(
+            'accumulative_counts', None)
 
     def after_load_checkpoint(self, runner, checkpoint):
         saved = checkpoint.get('meta', {}).get('run_layout')
