@@ -32,6 +32,8 @@ import os.path as osp
 import numpy as np
 import torch
 
+from mmsora.utils.cli import first_line
+
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION']
 
 FORMAT = 'mmsora.latent_store'
@@ -160,9 +162,8 @@ def _load_shard_file(path, mmap_mode):
                                 'extract the store again into a new folder)') from None
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
-                         f'damaged ({str(e).splitlines()[0] if str(e) else type(e).__name__}'
-                         '); restore it, or extract the store again into a new folder') \
-            from None
+                         f'damaged ({first_line(e)}); restore it, or extract the store '
+                         'again into a new folder') from None
 
 
 class LatentStoreWriter:
@@ -225,7 +226,8 @@ class LatentStoreWriter:
         self.meta = meta or {}
         self.item_shape = (int(num_copies), 2 if content == 'moments' else 1,
                            *self.header['latent_shape'])
-        os.makedirs(osp.join(root, 'parts'), exist_ok=True)
+        os.makedirs(root, exist_ok=True)  # parts/ at the first shard: a run that fails
+        # before it leaves no sign of a store begun
         self.part_path = osp.join(root, 'parts', f'rank-{rank:05d}.json')
         # Shards this writer has finished (kept from an earlier run of the same rank
         # id, even if they are not ours under the current world size).
@@ -244,9 +246,8 @@ class LatentStoreWriter:
     def _check_header(self, other, path):
         for key in HEADER_KEYS:
             if other.get(key) != self.header[key]:
-                raise ValueError(f'{path!r} was written with {key}={other.get(key)!r}, '
-                                 f'this writer has {key}={self.header[key]!r}; use '
-                                 f'another output folder or the same settings')
+                raise ValueError(self._other_settings(path, key, other.get(key),
+                                                      self.header[key]))
         # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
         # others kept the old latents. Files of older versions hold none.
         if 'meta' in other:
@@ -254,10 +255,13 @@ class LatentStoreWriter:
             theirs = other['meta']
             for key in sorted(set(ours) | set(theirs)):
                 if ours.get(key) != theirs.get(key):
-                    raise ValueError(
-                        f'{path!r} was written with {key}={theirs.get(key)!r}, this '
-                        f'writer has {key}={ours.get(key)!r}; use another output folder '
-                        'or the same settings')
+                    raise ValueError(self._other_settings(path, key, theirs.get(key),
+                                                          ours.get(key)))
+
+    def _other_settings(self, path, key, theirs, ours):
+        return (f'{self.root!r} holds a latent store written with {key}={theirs!r} (in '
+                f'{osp.relpath(path, self.root)}); this run has {key}={ours!r}: use another '
+                'output folder or the same settings')
 
     def done_shards(self):
         """``{shard_id: record}`` of every finished shard, from all parts and the index."""
@@ -370,6 +374,7 @@ class LatentStoreWriter:
         return out
 
     def _write_part(self):
+        os.makedirs(osp.dirname(self.part_path), exist_ok=True)
         part = dict(self.header, rank=self.rank, world_size=self.world_size,
                     meta=self.meta, shards=[self.own[k] for k in sorted(self.own)])
         _atomic_save_json(self.part_path, part)

@@ -165,6 +165,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4, dtype='float32')
 
 
+def test_a_run_that_fails_before_its_first_shard_leaves_no_parts(tmp_path):
+    """A conversion refused at its first item left an empty parts/, which then read as
+    'extraction not finalized' and made the folder look like a store begun."""
+    x, labels = make_items(8)
+    with pytest.raises(RuntimeError):
+        write_all(str(tmp_path / 'store'), x, labels, fail_after=0)
+    assert os.listdir(tmp_path / 'store') == []
+    with pytest.raises(RuntimeError):
+        write_all(str(tmp_path / 'store'), x, labels, fail_after=1)
+    assert os.listdir(tmp_path / 'store' / 'parts') == ['rank-00000.json']
+
+
 def test_rerun_with_other_extraction_settings_is_refused(tmp_path):
     """The extraction settings in ``meta`` (frame stride, fps, text encoder): a rerun
     into the same folder with others kept the old latents and said nothing, after a
@@ -172,16 +184,17 @@ def test_rerun_with_other_extraction_settings_is_refused(tmp_path):
     x, labels = make_items(8)
     with pytest.raises(RuntimeError):
         write_all(str(tmp_path), x, labels, fail_after=1, meta=dict(frame_stride=3))
-    with pytest.raises(ValueError, match=r"rank-00000.json' was written with "
-                                         r"frame_stride=3, this writer has frame_stride=2"):
+    with pytest.raises(ValueError, match=r"holds a latent store written with frame_stride=3 "
+                                         r"\(in parts/rank-00000.json\); this run has "
+                                         r"frame_stride=2: use another output folder"):
         LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4, meta=dict(frame_stride=2))
     w, written = write_all(str(tmp_path), x, labels, meta=dict(frame_stride=3))  # resumes
     assert written == [1]
     w.finalize()
     w, written = write_all(str(tmp_path), x, labels, meta=dict(frame_stride=3))
     assert written == []  # done: the same settings find nothing to do
-    with pytest.raises(ValueError, match='was written with frame_stride=3, this writer has '
-                                         'frame_stride=None'):
+    with pytest.raises(ValueError, match=r'written with frame_stride=3 \(in parts/rank-0000'
+                                         r'0.json\); this run has frame_stride=None'):
         LatentStoreWriter(str(tmp_path), 8, SHAPE, shard_size=4)
 
 
