@@ -95,7 +95,9 @@ def parse_args(argv=None):
     p.add_argument('--micro-batch-size', type=int, help='most frames (frame-by-frame VAE) '
                    'or clips (video VAE) per VAE call, to bound memory (default: '
                    '--batch-size)')
-    p.add_argument('--num-workers', type=int, default=4, help='decoding workers')
+    p.add_argument('--num-workers', type=int, default=None,
+                   help='decoding workers (default: 4, or as many as the CPUs this '
+                   'process may use when fewer: more only compete for them)')
     p.add_argument('--device', type=device_setting,
                    default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--scale-factor', type=float,
@@ -116,6 +118,9 @@ def check_args(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.num_workers is None:
+        args.num_workers = min(4, len(os.sched_getaffinity(0)) if hasattr(
+            os, 'sched_getaffinity') else os.cpu_count() or 1)
     if args.num_workers < 0:
         fail(f'--num-workers must be >= 0, got {args.num_workers}')
     if args.size is not None and len(args.size) > 2:

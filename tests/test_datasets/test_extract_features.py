@@ -131,6 +131,21 @@ def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
         PackedLatentDataset(str(tmp_path / 'empty_store'))
 
 
+def test_extract_workers_default_to_the_cpus_there_are(tmp_path):
+    """4 decoding workers by default, fewer where the process may use fewer CPUs (on 2
+    cores torch warned that 4 workers were more than suggested)."""
+    base = ['--data-path', str(tmp_path), '--out', str(tmp_path / 'o'), '--vae', 'v']
+    for cpus, expected in (({0, 1}, 2), (set(range(16)), 4)):
+        with mock.patch.object(extract.os, 'sched_getaffinity', lambda pid: cpus,
+                               create=True):
+            args = extract.parse_args(base)
+            extract.check_args(args)
+            assert args.num_workers == expected
+    args = extract.parse_args(base + ['--num-workers', '6'])
+    extract.check_args(args)
+    assert args.num_workers == 6
+
+
 def test_tools_exit_2_with_one_line(tmp_path):
     """Both tools' mistakes end as every tool's do (run_cli): one ``error:`` line on
     stderr and exit status 2, no traceback."""
