@@ -110,6 +110,13 @@ def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
         denoiser_state = extract_state_dict(obj, key='ema' if use_ema else 'model')
     else:  # the weights themselves (the released DiT-XL-2-256x256.pt: EMA weights)
         denoiser_state = extract_state_dict(obj, key=None)
+        if not use_ema:  # nothing else to take: say so rather than sample them silently
+            from mmengine.dist import get_rank
+            if get_rank() == 0:
+                import sys
+                print(f'warning: --no-ema: {source} is a plain state dict, one set of '
+                      'weights (the released DiT files hold the EMA ones): sampling those',
+                      file=sys.stderr, flush=True)
     load_state_dict_checked(model.denoiser, denoiser_state, source)
     return model
 

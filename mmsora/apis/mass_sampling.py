@@ -223,6 +223,12 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
                          'without out')
     num_batches = -(-num_samples // batch_size)
     idle = -(-num_batches // world_size) - len(batches) if collective else 0
+    if parts_dir and rank == 0:  # a rerun after a crash: what it keeps, in one line
+        kept = sum(not p.endswith('.tmp.npz')
+                   for p in glob.glob(osp.join(parts_dir, 'batch_*.npz')))
+        if kept:
+            print(f'resuming: {kept} of {num_batches} batches of {batch_size} already '
+                  f'sampled in {parts_dir}', flush=True)
     for k, indices in tqdm(batches, desc=f'sampling {num_samples} (rank 0 of {world_size})',
                            disable=not progress or rank != 0):
         shard = osp.join(parts_dir, f'batch_{k:06d}.npz') if parts_dir else None

@@ -42,7 +42,7 @@ def test_uint8_quantisation_is_dits():
         to_uint8_samples(torch.zeros(1, 4, 8, 8))
 
 
-def test_npz_files_and_resume(tmp_path):
+def test_npz_files_and_resume(tmp_path, capsys):
     out = tmp_path / 'samples.npz'
     calls = []
 
@@ -73,9 +73,12 @@ def test_npz_files_and_resume(tmp_path):
         mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=str(out2),
                     sample_fn=crashing, progress=False)
     calls.clear()
+    capsys.readouterr()
     mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=str(out2),
                 sample_fn=counting, progress=False)
     assert calls == [[8, 9, 10], [11]]
+    assert capsys.readouterr().out == (f'resuming: 1 of 3 batches of 3 already sampled '
+                                       f'in {out2}.parts\n')
     with np.load(out2) as data:
         np.testing.assert_array_equal(data['arr_0'], arr)
 

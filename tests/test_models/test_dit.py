@@ -253,7 +253,7 @@ def _same_outputs(cfg, a, b):
         torch.testing.assert_close(a(x, t, y), b(x, t, y), atol=0, rtol=0)
 
 
-def test_checkpoint_formats(tmp_path, trained_pair):
+def test_checkpoint_formats(tmp_path, trained_pair, capsys):
     cfg, src, _ = trained_pair
     sd = src.state_dict()
     noise = {k: torch.randn_like(v) for k, v in sd.items()}
@@ -289,8 +289,13 @@ def test_checkpoint_formats(tmp_path, trained_pair):
     for name, use_ema in (('raw.pt', True), ('raw.pt', False), ('fast_dit.pt', True),
                           ('fast_dit_model.pt', False)):
         holder = SimpleNamespace(denoiser=DiT(**cfg).eval())
+        capsys.readouterr()
         load_weights(holder, str(tmp_path / name), use_ema=use_ema)
         _same_outputs(cfg, src, holder.denoiser)
+        # --no-ema on the one set of weights a plain state dict holds is said, not silent
+        warned = capsys.readouterr().err
+        assert (f'warning: --no-ema: {tmp_path / name} is a plain state dict, one set of '
+                'weights' in warned) == (name == 'raw.pt' and not use_ema), warned
     # 'auto' on a fast-DiT checkpoint prefers the EMA weights.
     picked = extract_state_dict(load_checkpoint_file(tmp_path / 'fast_dit.pt'))
     assert torch.equal(picked['pos_embed'], sd['pos_embed'])
