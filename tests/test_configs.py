@@ -83,3 +83,20 @@ def test_demo_config_builds_its_data():
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     item = dataset[0]
     assert tuple(item['latents'].shape) == tuple(cfg.model.latent_shape)
+
+
+def test_dit_xl2_512_config_takes_the_released_512_weights():
+    """The 512 px config is the 256 px recipe with 64x64 latents: the same weights
+    but pos_embed, which DiT-XL-2-512x512.pt holds for 1024 tokens."""
+    shapes = {}
+    for size in (256, 512):
+        cfg = Config.fromfile(osp.join(
+            ROOT, f'configs/dit/dit_xl2_8xb32_400k_imagenet{size}.py'))
+        with torch.device('meta'):
+            model = MODELS.build(cfg.model)
+        shapes[size] = {k: tuple(v.shape) for k, v in model.denoiser.state_dict().items()}
+        assert cfg.train_dataloader.dataset.data_root == f'data/imagenet{size}_latents'
+    assert shapes[512].pop('pos_embed') == (1, 1024, 1152)
+    assert shapes[256].pop('pos_embed') == (1, 256, 1152)
+    assert shapes[512] == shapes[256]
+    assert cfg.model.latent_shape == (4, 64, 64) and cfg.sample_cfg.cfg_scale == 4.0
