@@ -63,3 +63,22 @@ def test_errors(tmp_path):
         HFTextEncoder(str(tmp_path)).encode(['x'])
     with pytest.raises(ValueError, match='kind must be one of'):
         HFTextEncoder(str(tmp_path), kind='bert')
+
+
+def test_a_folder_of_another_kind_is_refused(tmp_path):
+    """transformers loads a CLIP folder into a T5EncoderModel (and the reverse) with a
+    warning and random weights: extraction then wrote a complete store of random
+    caption embeddings. A CLIP text model without its projection as
+    'clip_with_projection' gets a random projection the same way."""
+    clip = make_tiny_text_encoder(str(tmp_path / 'clip'), 'clip')
+    t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5')
+    with pytest.raises(ValueError, match=r"holds a 'clip_text_model' model \(its config.json"
+                                         r"\), not a t5 encoder: give kind='clip'"):
+        HFTextEncoder(clip).encode(['x'])
+    with pytest.raises(ValueError, match=r"holds a 't5' model .*not a clip encoder: give "
+                                         r"kind='t5'"):
+        HFTextEncoder(t5, kind='clip').encode(['x'])
+    with pytest.raises(ValueError, match=r'lacks 1 weight of a CLIPTextModelWithProjection '
+                                         r'\(e.g. text_projection.weight\): they would be '
+                                         'random'):
+        HFTextEncoder(clip, kind='clip_with_projection').encode(['x'])

@@ -23,6 +23,13 @@ KINDS = {
     'clip': ('CLIPTextModel', 77),
     'clip_with_projection': ('CLIPTextModelWithProjection', 77),
 }
+# kind -> the config.json model_type values it reads (a whole CLIP model's folder,
+# 'clip', holds the text tower too; mT5 is T5's architecture)
+MODEL_TYPES = {
+    't5': ('t5', 'mt5'),
+    'clip': ('clip_text_model', 'clip'),
+    'clip_with_projection': ('clip_text_model', 'clip'),
+}
 
 
 @MODELS.register_module()
@@ -87,13 +94,39 @@ class HFTextEncoder(nn.Module):
             raise ImportError('text encoders need the transformers package: '
                               'pip install -r requirements/optional.txt') from None
         model_dir, tok_dir = self._folders()
+        self._check_model_type(model_dir)
         cls = getattr(transformers, KINDS[self.kind][0])
-        encoder = cls.from_pretrained(model_dir, local_files_only=True,
-                                      dtype=self.torch_dtype)
+        encoder, info = cls.from_pretrained(model_dir, local_files_only=True,
+                                            dtype=self.torch_dtype, output_loading_info=True)
+        missing = sorted(info.get('missing_keys') or ())
+        if missing:  # transformers fills them with random values and goes on
+            raise ValueError(
+                f'text encoder folder {model_dir!r} lacks {len(missing)} weight'
+                f'{"s" * (len(missing) != 1)} of a {KINDS[self.kind][0]} (e.g. {missing[0]}): '
+                f'they would be random; give the kind it was saved as (kind '
+                f'{self.kind!r} now; {", ".join(sorted(KINDS))})')
         tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         encoder.requires_grad_(False)
         self.__dict__['_encoder'] = encoder.eval()
         self.__dict__['_tokenizer'] = tokenizer
+
+    def _check_model_type(self, model_dir):
+        """Refuse a folder of another kind of model: transformers loads a CLIP folder
+        into a T5 (and the reverse) with a warning, all its weights random."""
+        import json
+        try:
+            with open(osp.join(model_dir, 'config.json')) as f:
+                model_type = json.load(f).get('model_type')
+        except (OSError, ValueError) as e:
+            raise ValueError(f'cannot read {osp.join(model_dir, "config.json")}: {e}') from None
+        if model_type in MODEL_TYPES[self.kind]:
+            return
+        fits = [k for k, types in MODEL_TYPES.items() if model_type in types]
+        hint = (f'give kind={fits[0]!r} (model.text_encoder.kind; tools/extract_features.py '
+                f'--text-encoder-kind {fits[0]})' if fits else
+                f'the kinds read are {", ".join(sorted(KINDS))}')
+        raise ValueError(f'text encoder folder {model_dir!r} holds a {model_type!r} model '
+                         f'(its config.json), not a {self.kind} encoder: {hint}')
 
     @property
     def encoder(self):
