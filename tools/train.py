@@ -12,8 +12,8 @@ import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
 from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
-                              check_output_path, keep_freed_memory_on_cpu, load_config,
-                              parse_config_and_preset, run_cli)
+                              check_output_path, explain_error, keep_freed_memory_on_cpu,
+                              load_config, parse_config_and_preset, run_cli)
 
 
 def parse_args(argv=None):
@@ -72,21 +72,33 @@ def load_from_kind(path):
     return 'run', keys
 
 
-def check_load_from_matches(cfg, path, state_dict):
-    """Refuse ``--load-from`` of an mmengine checkpoint whose denoiser is not the
-    config's. mmengine's loader is not strict: for a checkpoint of another model
-    (other widths or depth) it logged the mismatches and trained from the initial
-    weights. The denoiser's weights are compared by name and shape with the config's
-    model built on the meta device (no memory, no files read)."""
+def build_model_on_meta(cfg):
+    """The config's model built on the meta device (no memory, no files read: weights
+    load later, in init_weights), or None when that fails for a reason that is not a
+    config mistake (the Runner builds it again and shows it). A config mistake in the
+    model (an unknown type or key, a missing argument) is one line now, before the
+    Runner prints the environment and the config and makes the work dir."""
     import copy
 
     import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
     try:
         with torch.device('meta'):
-            model = MODELS.build(copy.deepcopy(cfg.model))
-    except Exception:  # the Runner builds it again and names what is wrong
-        return
+            return MODELS.build(copy.deepcopy(cfg.model))
+    except (KeyError, TypeError) as e:  # the registry's and the constructors' errors
+        message = explain_error(e)
+        if message is not None:
+            raise UserError(message) from None
+    except Exception:  # e.g. something the meta device cannot do
+        pass
+    return None
+
+
+def check_load_from_matches(model, path, state_dict):
+    """Refuse ``--load-from`` of an mmengine checkpoint whose denoiser is not the
+    config's (``model``, built on the meta device). mmengine's loader is not strict:
+    for a checkpoint of another model (other widths or depth) it logged the
+    mismatches and trained from the initial weights."""
     from mmsora.utils.checkpoint import weight_mismatch
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
@@ -152,12 +164,19 @@ def build_train_config(args):
     if args.amp:
         from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)
+    meta_model = build_model_on_meta(cfg)
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '
                         'continues a run (optimizer, EMA, iteration), --load-from '
                         'starts a new one from given weights')
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, latest_checkpoint(cfg.work_dir)
+        latest = latest_checkpoint(cfg.work_dir)
+        # nothing saved yet (a requeued job's first start, or another --work-dir than
+        # meant): said in one line, instead of mmengine's 'resumed from ... None'
+        cfg.resume, cfg.load_from = latest is not None, latest
+        if latest is None and os.environ.get('RANK', '0') == '0':
+            print(f'--resume: no checkpoint in {cfg.work_dir} yet: the run starts at '
+                  'iteration 0', flush=True)
     elif args.resume is not None:
         from mmsora.engine.strategies import is_zero_checkpoint
         if is_zero_checkpoint(args.resume):  # a DeepSpeed checkpoint folder
@@ -177,8 +196,9 @@ def build_train_config(args):
         kind, state_dict = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
-            if not args.deepspeed:  # with it a file is refused below, naming the way
-                check_load_from_matches(cfg, args.load_from, state_dict)
+            if not args.deepspeed and meta_model is not None:  # (with --deepspeed a
+                # file is refused below, naming the way)
+                check_load_from_matches(meta_model, args.load_from, state_dict)
             cfg.load_from = args.load_from
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
@@ -193,7 +213,8 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          check_checkpoint_hook, drop_disabled_hooks,
+                                          check_checkpoint_hook, check_train_loop,
+                                          drop_disabled_hooks,
                                           fit_loader_workers, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
@@ -207,6 +228,7 @@ def build_train_config(args):
                    options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
+    check_train_loop(cfg)  # a typo would fail after the Runner's start-up output
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     check_latent_scale(cfg)  # latents scaled for another VAE setting

@@ -168,6 +168,8 @@ def _edits(a: str, b: str) -> int:
 _PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 _NOT_REGISTERED = re.compile(r'(\S+) is not in the (\S+)::(.+?) registry')
 _UNEXPECTED_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+_MISSING_ARGS = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?"
+                           r"arguments?: (.+)$", re.M)
 
 
 def _registry_names(scope_name):
@@ -246,6 +248,11 @@ def explain_error(exc):
     match = _UNEXPECTED_KWARG.search(text)
     if isinstance(exc, TypeError) and match:
         return unknown_key_message(*match.groups())
+    match = _MISSING_ARGS.search(text)
+    if isinstance(exc, TypeError) and match and _find_registered_class(match.group(1)):
+        # a config that leaves out what a registered class needs (not a bug of ours:
+        # those call classes that are not built from configs)
+        return f'{match.group(1)} needs {match.group(2)} in its config; they are missing'
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
         # Errors raised in DataLoader workers arrive wrapped, with the worker's
         # traceback in the message: its last line is the original error.

@@ -453,6 +453,18 @@ def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):
         capsys.readouterr().out
 
 
+def test_resume_with_nothing_saved_says_so(tmp_path, capsys, monkeypatch):
+    """--resume in a work dir without a checkpoint starts the run (a requeued job's
+    first start), but a wrong --work-dir restarted a run silently: mmengine said only
+    'Auto resumed from the latest checkpoint None'."""
+    monkeypatch.delenv('RANK', raising=False)
+    cfg = build_train_config(parse_args([DEMO, '--work-dir', str(tmp_path / 'w'),
+                                         '--resume']))
+    assert not cfg.resume and cfg.load_from is None
+    assert capsys.readouterr().out == (f"--resume: no checkpoint in {tmp_path / 'w'} yet: "
+                                       'the run starts at iteration 0\n')
+
+
 def test_infer_takes_the_whole_sample_cfg(tmp_path, trained):
     """tools/infer.py read only sampler, num_steps, cfg_scale and fps of sample_cfg:
     sample_cfg.eta=1.0 made no difference and a typo (num_step) was ignored."""

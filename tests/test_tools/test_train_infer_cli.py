@@ -57,6 +57,25 @@ def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
         assert re.search(expected, line), line
 
 
+@pytest.mark.parametrize('option, expected', [
+    ('model.denoiser.hiden_size=8', "unknown config key 'hiden_size' for DiT; did you mean "
+     'hidden_size'),
+    ('model.denoiser.type=DiTT', "unknown type 'DiTT'.*did you mean DiT"),
+    ('train_cfg.max_iter=5', "train_cfg: unknown config key 'max_iter' for "
+     'IterBasedTrainLoop; did you mean max_iters'),
+])
+def test_model_and_loop_mistakes_stop_before_the_runner_starts(repo_root, tmp_path, option,
+                                                                expected):
+    """The one-line error came after mmengine's ~140 lines of environment and config,
+    and left a work dir with a log behind."""
+    import re
+    result = train(repo_root, DEMO, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                   option)
+    assert re.search(expected, error_line(result))
+    assert not (tmp_path / 'w').exists() or not any((tmp_path / 'w').iterdir())
+    assert 'Environment' not in result.stdout + result.stderr
+
+
 def test_missing_feature_folder_is_named(repo_root, tmp_path):
     config = tmp_path / 'npy.py'
     config.write_text(

@@ -115,3 +115,24 @@ def test_unknown_key_of_a_base_class_suggests_its_subclasses_keys():
     from mmsora.utils.cli import unknown_key_message
     assert unknown_key_message('SampleMetric', 'split_sise') == (
         "unknown config key 'split_sise' for SampleMetric; did you mean split_size?")
+
+
+def test_a_config_missing_a_required_argument_is_one_line():
+    """A dataset dict without what its class needs (a _delete_=True NpyLatentDataset
+    without features_dir / labels_dir) gave a traceback; one line now. The same
+    TypeError from a class that is not registered is a bug of ours: traceback."""
+    import mmsora.datasets  # noqa: F401  (registers the datasets)
+    from mmsora.registry import DATASETS
+    from mmsora.utils.cli import explain_error
+    with pytest.raises(TypeError) as info:
+        DATASETS.build(dict(type='NpyLatentDataset', data_root='x'))
+    assert explain_error(info.value) == (
+        "NpyLatentDataset needs 'features_dir' and 'labels_dir' in its config; they are "
+        'missing')
+
+    class Helper:
+        def __init__(self, a):
+            pass
+    with pytest.raises(TypeError) as info:
+        Helper()
+    assert explain_error(info.value) is None

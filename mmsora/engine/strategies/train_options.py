@@ -333,6 +333,31 @@ def check_checkpoint_hook(cfg) -> None:
                             f'{unknown_key_message("CheckpointHook", key)}')
 
 
+def check_train_loop(cfg) -> None:
+    """Refuse unknown keys of ``train_cfg`` (the training loop's settings) before the
+    Runner starts: mmengine's loop refused ``max_iter=...`` only after printing the
+    environment and the whole config and making the work dir."""
+    import inspect
+
+    from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+    loop = dict(cfg.get('train_cfg') or {})
+    if 'type' in loop:
+        cls = loop.pop('type')
+        if isinstance(cls, str):
+            from mmsora.registry import LOOPS
+            cls = LOOPS.get(cls)
+        if cls is None:  # an unknown type: the Runner names it
+            return
+    else:
+        cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
+    params = inspect.signature(cls).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in loop:
+        if key not in params or key in ('runner', 'dataloader'):
+            raise UserError(f'train_cfg: {unknown_key_message(cls.__name__, key)}')
+
+
 def check_accumulation(cfg) -> None:
     """Refuse what gradient accumulation cannot do exactly.
 
