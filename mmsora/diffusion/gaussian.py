@@ -22,7 +22,8 @@ import torch
 
 from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
 from mmsora.utils import sample_rng
-from .scheduler_sampling import CountingModel, check_sampler_options, scheduler_sample_loop
+from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
+                                 scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 
 __all__ = [
@@ -646,9 +647,7 @@ class GaussianDiffusion:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        if sampler not in self.samplers():
-            raise ValueError(f'unknown sampler {sampler!r} for {type(self).__name__}; '
-                             f'choose one of {self.samplers()}')
+        check_sampler_name(sampler, self.samplers(), type(self).__name__)
         if not 1 <= num_steps <= self.num_timesteps:
             raise ValueError(f'num_steps must be in [1, {self.num_timesteps}] (the '
                              f'diffusion has {self.num_timesteps} timesteps), got {num_steps}')

@@ -12,7 +12,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-__all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options']
+__all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
+           'check_sampler_name']
 
 
 class CountingModel:
@@ -33,6 +34,21 @@ class CountingModel:
 # LatentDiffusion.sample's own settings: a name close to one of them is a typo of it
 # (sample_cfg.num_step), not an option of the sampler.
 SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'seeds')
+
+
+def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):
+    """Raise a one-line ValueError for a sampler ``owner`` does not have, with the
+    names close to it ('dpm' -> DPMSolverMultistepScheduler, ...)."""
+    if sampler in samplers:
+        return
+    import difflib
+    lower = {name.lower(): name for name in samplers}
+    key = str(sampler).lower()
+    close = [lower[n] for n in difflib.get_close_matches(key, list(lower), n=3)]
+    close += [name for low, name in lower.items() if key and key in low and name not in close]
+    hint = f'; did you mean {", ".join(close[:3])}?' if close else ''
+    raise ValueError(f'unknown sampler {sampler!r} for {owner}; choose one of '
+                     f'{list(samplers)}{hint}')
 
 
 def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):

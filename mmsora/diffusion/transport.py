@@ -25,7 +25,8 @@ import torch
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
 from .gaussian import _randn, mean_flat
-from .scheduler_sampling import CountingModel, check_sampler_options, scheduler_sample_loop
+from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
+                                 scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step
 
@@ -356,9 +357,7 @@ class Transport:
             Tensor: The sample, shaped like ``noise``; ``self.last_nfe`` holds the
             number of model evaluations.
         """
-        if sampler not in self.SAMPLER_OPTIONS:
-            raise ValueError(f'unknown sampler {sampler!r} for Transport; choose one of '
-                             f'{self.samplers()}')
+        check_sampler_name(sampler, self.samplers(), 'Transport')
         check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS[sampler])
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps}')

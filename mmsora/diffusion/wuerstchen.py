@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
-from .scheduler_sampling import CountingModel, check_sampler_options
+from .scheduler_sampling import CountingModel, check_sampler_name, check_sampler_options
 
 __all__ = ['WuerstchenDiffusion']
 
@@ -111,9 +111,7 @@ class WuerstchenDiffusion:
             Tensor: The sample x0, shape of ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        if sampler not in self.samplers():
-            raise ValueError(f'unknown sampler {sampler!r} for WuerstchenDiffusion; '
-                             f'choose one of {self.samplers()}')
+        check_sampler_name(sampler, self.samplers(), 'WuerstchenDiffusion')
         check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS[sampler])
         timesteps = sampler_kwargs.get('timesteps')
         if timesteps is None and num_steps < 1:

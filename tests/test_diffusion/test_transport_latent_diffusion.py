@@ -104,3 +104,9 @@ def test_sampler_names_are_checked_per_objective():
         gaussian.sample([0], seeds=[0], sampler='ode_euler', num_steps=2)
     with pytest.raises(ValueError, match="'ddpm' takes no option atol"):
         gaussian.sample([0], seeds=[0], sampler='ddpm', num_steps=2, atol=1e-3)
+    # a short or wrongly cased name gets the samplers it is close to
+    with pytest.raises(ValueError, match=r"; did you mean ddpm, DDPMScheduler, "
+                                         r"DPMSolverMultistepScheduler\?$"):
+        gaussian.sample([0], seeds=[0], sampler='dpm', num_steps=2)
+    with pytest.raises(ValueError, match=r"; did you mean ode_euler, "):
+        flow.sample([0], seeds=[0], sampler='ODE_Euler', num_steps=2)
