@@ -14,11 +14,20 @@ import torch.nn as nn
 
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
-           'last_checkpoint']
+           'last_checkpoint', 'local_pretrained_kwargs']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
 _TRAINING_KEYS = ('ema', 'model')
+
+
+def local_pretrained_kwargs() -> dict:
+    """Keyword arguments of diffusers' ``from_pretrained`` for a local folder: never
+    a download; the low-memory load only where accelerate is installed (without it
+    diffusers turns it off itself, after a warning to install accelerate at every
+    VAE load)."""
+    from importlib.util import find_spec
+    return dict(local_files_only=True, low_cpu_mem_usage=find_spec('accelerate') is not None)
 
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',
@@ -210,13 +219,13 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
     given = {k: v.shape for k, v in state_dict.items()}
     found = weight_mismatch(own, given)
     if found:
-        hint = ('a model for another input_size / patch_size / hidden_size (tokens = '
-                '(input_size / patch_size) ** 2: a 512 px DiT needs input_size=64)'
+        hint = ('it is a model for another input_size / patch_size / hidden_size: build '
+                'the model to match (tokens = (input_size / patch_size) ** 2: a 512 px '
+                'DiT needs input_size=64)'
                 if own.get('pos_embed', given.get('pos_embed')) != given.get('pos_embed')
-                else 'the settings it was trained with (widths, depth, patch size, '
-                'learn_sigma, classes)')
-        raise ValueError(f'{source}: its weights are not this model\'s: {found}; '
-                         f'build the model with {hint}')
+                else 'build the model with the settings it was trained with (widths, '
+                'depth, patch size, learn_sigma, classes)')
+        raise ValueError(f'{source}: its weights are not this model\'s: {found}; {hint}')
     return model.load_state_dict(state_dict, strict=True)
 
 

@@ -34,6 +34,16 @@ def test_load_local_and_frozen(vae_dir):
     assert vae.scale_factor == 0.18215
 
 
+def test_no_accelerate_warning_at_load(vae_dir, capfd, caplog):
+    """diffusers told users to 'pip install accelerate' (with a stray code fence) at
+    every VAE load where accelerate is not installed; it is not a requirement."""
+    from importlib.util import find_spec
+    capfd.readouterr()
+    AutoencoderKLWrapper(str(vae_dir)).vae
+    out, err = capfd.readouterr()
+    assert 'accelerate' not in out + err + caplog.text or find_spec('accelerate') is not None
+
+
 def test_missing_dir(tmp_path):
     # Configs build without the weights; the first use names the missing folder.
     missing = AutoencoderKLWrapper(str(tmp_path / 'no_such_vae'))

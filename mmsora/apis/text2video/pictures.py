@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from mmsora.utils.checkpoint import local_pretrained_kwargs
 from mmsora.utils.cli import UserError
 from .registry import PICTURE_BACKENDS
 from .text_layout import draw_lines, find_font, wrap_lines
@@ -233,8 +234,8 @@ class DiffusersPictures(PictureBackend):
         from diffusers import DiffusionPipeline
         device = device or _default_device()
         dtype = torch.float16 if device.startswith('cuda') else torch.float32
-        self.pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True,
-                                                      torch_dtype=dtype).to(device)
+        self.pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype,
+                                                      **local_pretrained_kwargs()).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.params = inspect.signature(self.pipe.__call__).parameters
         self.num_steps, self.guidance_scale = num_steps, guidance_scale

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
+from mmsora.utils.checkpoint import local_pretrained_kwargs
 from ..layers import PackedLinear, split_heads
 from ..layers.attention_backends import attention
 from ..layers.checkpointing import checkpointed_call
@@ -269,7 +270,7 @@ class StableCascadeVideo(nn.Module):
             raise ValueError(f'{folder} holds a different Stage C: ' + ', '.join(
                 f'{k}={theirs[k]} (model: {_plain(ours[k])})' for k in diff))
         src = stage_c_module().StableCascadeUNet.from_pretrained(
-            path, subfolder=subfolder, local_files_only=True, torch_dtype=torch.float32)
+            path, subfolder=subfolder, torch_dtype=torch.float32, **local_pretrained_kwargs())
         self.unet.load_state_dict(src.state_dict(), strict=True)
         if self.freeze_spatial:
             self.unet.requires_grad_(False)

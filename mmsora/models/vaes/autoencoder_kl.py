@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
+from mmsora.utils.checkpoint import local_pretrained_kwargs
 
 __all__ = ['AutoencoderKLWrapper']
 
@@ -84,7 +85,7 @@ class AutoencoderKLWrapper(nn.Module):
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
                                     f'diffusers AutoencoderKL folder)')
-        return cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
 
     def train(self, mode=True):
         """Stay in eval mode: the VAE is frozen."""

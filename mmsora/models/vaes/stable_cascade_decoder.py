@@ -24,6 +24,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from mmsora.registry import MODELS
+from mmsora.utils.checkpoint import local_pretrained_kwargs
 from .autoencoder_kl import AutoencoderKLWrapper
 
 __all__ = ['StableCascadeDecoder']
@@ -119,8 +120,8 @@ class StableCascadeDecoder(nn.Module):
                     f'{osp.join(path, sub)!r} has no config.json: give a local '
                     f'stabilityai/stable-cascade folder (with {subfolder}/ and vqgan/); '
                     'nothing is downloaded')
-        decoder = unet_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
-        vqgan = vqgan_cls.from_pretrained(path, subfolder='vqgan', local_files_only=True)
+        decoder = unet_cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
+        vqgan = vqgan_cls.from_pretrained(path, subfolder='vqgan', **local_pretrained_kwargs())
         scheduler = (scheduler_cls.from_pretrained(path, subfolder='scheduler')
                      if osp.isdir(osp.join(path, 'scheduler')) else scheduler_cls())
         return decoder, vqgan, scheduler
