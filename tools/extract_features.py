@@ -339,7 +339,10 @@ def main(argv=None):
                        shards_written=len(pending), skipped_this_run=skipped_now,
                        latent_shape=list(latent_shape))
         skipped = [s for sh in index['shards'] for s in sh['skipped']]
-        print(f'{PROG}: {index["num_items"]} latents of shape {tuple(latent_shape)} in '
+        flips = (f' (x2 with the flipped copies: {2 * index["num_items"]} latents)'
+                 if index['num_copies'] == 2 else '')
+        print(f'{PROG}: {index["num_items"]} items{flips}, latents of shape '
+              f'{tuple(latent_shape)}, in '
               f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
               f'({len(pending)} shards written by rank 0 in this run); skipped '
               f'{len(skipped)} unreadable or too short inputs'

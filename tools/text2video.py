@@ -164,8 +164,9 @@ def main(argv=None):
                            prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
                            prompt_rewriter=rewriter)
     timeline = result.timeline
-    print(f'saved {out}: {timeline["duration"]:.1f} s, {len(result.shots)} shots, '
-          f'{len(timeline["segments"])} segments, {composer.size[0]}x{composer.size[1]} '
+    shots, segments = len(result.shots), len(timeline['segments'])
+    print(f'saved {out}: {timeline["duration"]:.1f} s, {shots} shot{"s" * (shots != 1)}, '
+          f'{segments} segment{"s" * (segments != 1)}, {composer.size[0]}x{composer.size[1]} '
           f'at {args.fps:g} fps ({result.language})')
 
 

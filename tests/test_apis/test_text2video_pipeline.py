@@ -208,7 +208,7 @@ def test_clips_play_forward_then_back(tmp_path):
     assert shown == [0, 1, 2, 3, 2, 1, 0, 1]
 
 
-def test_cjk_font_draws_distinct_glyphs_or_warns_with_the_fix():
+def test_cjk_font_draws_distinct_glyphs_or_warns_with_the_fix(capsys):
     from PIL import Image, ImageDraw
 
     from mmsora.apis.text2video import text_layout
@@ -224,6 +224,9 @@ def test_cjk_font_draws_distinct_glyphs_or_warns_with_the_fix():
         # Missing glyphs all draw as the same box; real ones differ.
         assert glyph(font, '中').any() and (glyph(font, '中') != glyph(font, '文')).any()
     else:
-        with pytest.warns(UserWarning, match='fonts-wqy-microhei'):
-            text_layout.find_font('中文', 24)
+        capsys.readouterr()
+        text_layout.find_font('中文', 24)
+        err = capsys.readouterr().err
+        assert err.startswith('warning: no CJK font found') and 'fonts-wqy-microhei' in err
+        assert err.count('\n') == 1  # one line
     text_layout._font_path.cache_clear()

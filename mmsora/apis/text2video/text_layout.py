@@ -8,7 +8,7 @@ characters would draw as empty boxes, so :func:`find_font` warns once, naming th
 import os.path as osp
 import shutil
 import subprocess
-import warnings
+import sys
 from functools import lru_cache
 from typing import List, Optional
 
@@ -67,9 +67,12 @@ def _font_path(cjk: bool, font: Optional[str]) -> Optional[str]:
         if osp.isfile(path):
             return path
     if cjk:
-        warnings.warn('no CJK font found: Chinese subtitles will show as boxes. Install '
-                      'one (apt-get install fonts-wqy-microhei, or fonts-noto-cjk) or '
-                      'pass --font PATH', stacklevel=2)
+        # one line of its own, between progress bars (a warnings.warn came out on the
+        # bar's line, followed by a line of this file's source)
+        from tqdm import tqdm
+        tqdm.write('warning: no CJK font found: Chinese subtitles will show as boxes. '
+                   'Install one (apt-get install fonts-wqy-microhei, or fonts-noto-cjk) or '
+                   'pass --font PATH', file=sys.stderr)
     return None
 
 
