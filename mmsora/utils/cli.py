@@ -253,6 +253,14 @@ def explain_error(exc):
         # a config that leaves out what a registered class needs (not a bug of ours:
         # those call classes that are not built from configs)
         return f'{match.group(1)} needs {match.group(2)} in its config; they are missing'
+    if isinstance(exc, ValueError) and callable(getattr(exc, 'errors', None)) and hasattr(
+            exc, 'title'):  # pydantic's (DeepSpeed's config): each field and what is wrong
+        try:
+            found = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        except Exception:
+            found = []
+        if found:
+            return f'{exc.title}: ' + '; '.join(found[:3])
     if isinstance(exc, (FileNotFoundError, ValueError)) and text:
         # Errors raised in DataLoader workers arrive wrapped, with the worker's
         # traceback in the message: its last line is the original error.

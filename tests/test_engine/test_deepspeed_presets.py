@@ -143,9 +143,13 @@ def test_a_preset_on_the_command_line_replaces_the_configs_own_with_a_warning(
     assert cfg.strategy.config.zero_optimization.stage == 2
 
 
-def test_strategy_options_apply_to_the_preset(tmp_path):
+def test_strategy_options_apply_to_the_preset(tmp_path, monkeypatch):
     """--cfg-options strategy.KEY=VALUE set the preset that --deepspeed / --fsdp
-    load (they replaced it before), the rest of the preset kept."""
+    load (they replaced it before), the rest of the preset kept; without a warning
+    that the config's own strategy (None: the options' own dict) is replaced."""
+    import mmsora.engine.strategies.train_options as options
+    warned = []
+    monkeypatch.setattr(options, 'print_log', lambda msg, **kw: warned.append(msg))
     cfg = train.build_train_config(train.parse_args(
         [DEMO, '--deepspeed', 'deepspeed_zero3', '--work-dir', str(tmp_path),
          '--cfg-options', 'strategy.config.zero_optimization.stage3_max_live_parameters'
@@ -158,6 +162,7 @@ def test_strategy_options_apply_to_the_preset(tmp_path):
          '--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16']))
     wrapper = cfg.strategy.model_wrapper
     assert wrapper.mixed_precision == dict(param_dtype='bfloat16')
+    assert not [w for w in warned if 'replaces' in w], warned
     preset = train.build_train_config(train.parse_args(
         [DEMO, '--fsdp', 'fsdp_bf16', '--launcher', 'pytorch', '--work-dir',
          str(tmp_path)])).strategy.model_wrapper
@@ -203,7 +208,13 @@ def test_bad_strategy_options_fail_in_one_line(argv, message, tmp_path):
     (['--deepspeed', 'deepspeed_zero2', '--fsdp'], 'exclude each other'),
     (['--deepspeed', 'deepspeed_zero2', '--fsdp', ''], 'exclude each other'),
     (['--cfg-options', 'strategy.model_wrapper.mixed_precision.param_dtype=bfloat16'],
-     r"got None \(--cfg-options strategy.KEY=VALUE set a preset")])
+     r"got None \(--cfg-options strategy.KEY=VALUE set a preset"),
+    # a ZeRO typo: training failed at DeepSpeed's start with the last line of
+    # pydantic's message (a URL); the estimate counted the default in its place
+    (['--deepspeed', 'deepspeed_zero2', '--cfg-options',
+      'strategy.config.zero_optimization.reduce_bucket_sise=200000'],
+     r'^strategy.config.zero_optimization.reduce_bucket_sise: not a DeepSpeed ZeRO '
+     'setting; did you mean reduce_bucket_size')])
 def test_train_and_the_estimate_refuse_a_strategy_alike(argv, message, tmp_path):
     """One choice of strategy (chosen_strategy) behind both tools: the same refusal,
     word for word."""
@@ -359,3 +370,41 @@ def test_partitions_weights_asks_the_engine_through_its_wrappers():
     with fake_process_group(2):
         root = FullyShardedDataParallel(torch.nn.Linear(2, 2), device_id=torch.device('cpu'))
         assert not partitions_weights(root)
+
+
+def test_zero_settings_take_deepspeed_s_own_names(tmp_path):
+    """stage3_* are DeepSpeed's names (aliases) for the ZeRO-3 settings: accepted by
+    the check that refuses typos (test_train_and_the_estimate_refuse_a_strategy_alike)."""
+    cfg = train.build_train_config(train.parse_args(
+        [DEMO, '--deepspeed', 'deepspeed_zero3', '--work-dir', str(tmp_path),
+         '--cfg-options', 'strategy.config.zero_optimization.stage3_max_live_parameters=1']))
+    assert cfg.strategy.config.zero_optimization.stage3_max_live_parameters == 1
+
+
+def test_a_deepspeed_folder_resumes_with_its_own_zero_stage(tmp_path):
+    """Without --deepspeed mmengine said 'checkpoint file not found' of the folder;
+    ZeRO-3 against a ZeRO-2 folder failed in DeepSpeed's loader with a bare
+    AssertionError. Only the folder's file names are read."""
+    pytest.importorskip('deepspeed')
+    zero2, zero3 = tmp_path / 'z2' / 'iter_8.pth', tmp_path / 'z3' / 'iter_8.pth'
+    for folder, name in ((zero2, 'mp_rank_00_model_states.pt'),
+                         (zero3, 'zero_pp_rank_0_mp_rank_00_model_states.pt')):
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(b'')
+
+    def build(folder, *argv):
+        return train.build_train_config(train.parse_args(
+            [DEMO, '--work-dir', str(tmp_path / 'w'), '--resume', str(folder), *argv]))
+    with pytest.raises(UserError, match=r'iter_8.pth: a DeepSpeed checkpoint folder '
+                                        r'\(ZeRO-1/2\): resume it with --deepspeed '
+                                        'deepspeed_zero2'):
+        build(zero2)
+    with pytest.raises(UserError, match=r'saved by a ZeRO-1/2 run, resumed with ZeRO-3: '
+                                        'DeepSpeed cannot change that'):
+        build(zero2, '--deepspeed', 'deepspeed_zero3')
+    with pytest.raises(UserError, match=r'saved by a ZeRO-3 run, resumed with ZeRO-2'):
+        build(zero3, '--deepspeed', 'deepspeed_zero2')
+    for folder, preset in ((zero2, 'deepspeed_zero2'), (zero2, 'deepspeed_zero1'),
+                           (zero3, 'deepspeed_zero3')):
+        cfg = build(folder, '--deepspeed', preset)
+        assert cfg.resume and cfg.load_from == str(folder)

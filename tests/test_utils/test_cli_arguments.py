@@ -136,3 +136,18 @@ def test_a_config_missing_a_required_argument_is_one_line():
     with pytest.raises(TypeError) as info:
         Helper()
     assert explain_error(info.value) is None
+
+
+def test_a_pydantic_error_names_the_field():
+    """DeepSpeed's config is pydantic: its errors end with a URL line, which was all
+    the one-line error kept."""
+    pydantic = pytest.importorskip('pydantic')
+    from mmsora.utils.cli import explain_error
+
+    class OffloadConfig(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra='forbid')
+        device: str = 'cpu'
+    with pytest.raises(ValueError) as info:
+        OffloadConfig(device='cpu', pin_memroy=True)
+    assert explain_error(info.value) == 'OffloadConfig: pin_memroy: Extra inputs are not ' \
+        'permitted'

@@ -66,6 +66,27 @@ def load_strategy(name: str, options=(), kind: str = '') -> dict:
     return cfg.strategy.to_dict()
 
 
+def check_zero_settings(strategy: dict) -> None:
+    """Refuse a key of ``config.zero_optimization`` that DeepSpeed's ZeRO config does
+    not have (a typo: ``reduce_bucket_sise``), naming it with the close ones. Training
+    failed at DeepSpeed's start with pydantic's last line only; the memory estimate
+    took the default in its place without a word."""
+    zero = ((strategy.get('config') or {}).get('zero_optimization') or {})
+    try:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    except ImportError:  # training needs DeepSpeed anyway and says so
+        return
+    names = {name for key, field in DeepSpeedZeroConfig.model_fields.items()
+             for name in (key, field.alias) if name}
+    for key in zero:
+        if key not in names:
+            import difflib
+            close = difflib.get_close_matches(key, sorted(names), n=3)
+            raise UserError(f'strategy.config.zero_optimization.{key}: not a DeepSpeed '
+                            'ZeRO setting' + (f'; did you mean {", ".join(close)}?'
+                                              if close else ''))
+
+
 def _strategy_options(options) -> list:
     """The ``--cfg-options`` entries that set the strategy (``strategy.KEY=VALUE``):
     ``--deepspeed`` / ``--fsdp`` put them on the preset they load."""

@@ -9,7 +9,8 @@ from mmengine.logging import print_log
 
 from mmsora.utils.cli import UserError, unknown_key_message
 from mmsora.utils.dist import free_port
-from .deepspeed import load_strategy, mend_mmengine_deepspeed, to_flexible_runner_config
+from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepspeed,
+                        to_flexible_runner_config)
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
 __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
@@ -68,7 +69,8 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
         flag, strategy = None, cfg.strategy.to_dict()
     else:
         return None
-    if flag and cfg.get('strategy'):
+    if flag and (cfg.get('strategy') or {}).get('type'):  # the config file's own (not
+        # one that --cfg-options strategy.KEY=VALUE made up: those set the preset)
         print_log(f'{flag} replaces the config\'s own strategy '
                   f'({cfg.strategy.get("type")}): none of its fields are kept; '
                   '--cfg-options strategy.KEY=VALUE sets them on the preset',
@@ -79,7 +81,27 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
                         f'got {kind!r}' + (' (--cfg-options strategy.KEY=VALUE set a '
                                            'preset when --deepspeed / --fsdp name one)'
                                            if kind is None else ''))
+    if kind == 'DeepSpeedStrategy':
+        check_zero_settings(strategy)
+    else:
+        check_sharding_strategy(strategy)
     return strategy
+
+
+def check_sharding_strategy(strategy: dict) -> None:
+    """An FSDP ``model_wrapper.sharding_strategy`` that is not one of torch's names
+    (mmengine looked it up and failed with a bare KeyError), refused in one line."""
+    value = (strategy.get('model_wrapper') or {}).get('sharding_strategy')
+    if not isinstance(value, str):
+        return
+    from torch.distributed.fsdp import ShardingStrategy
+    names = [s.name for s in ShardingStrategy]
+    if value not in names:
+        import difflib
+        close = difflib.get_close_matches(value, names, n=1)
+        raise UserError(f'strategy.model_wrapper.sharding_strategy={value}: not one of '
+                        f'{", ".join(names)}' + (f'; did you mean {close[0]}?' if close
+                                                 else ''))
 
 
 def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
