@@ -129,6 +129,36 @@ def latest_checkpoint(work_dir):
     return latest
 
 
+def check_resume_matches_strategy(cfg):
+    """A DeepSpeed checkpoint folder resumes with --deepspeed at its ZeRO stage, and a
+    checkpoint file without it. Across the two mmengine said 'checkpoint file not
+    found' of a folder that exists; ZeRO-3 against a ZeRO-1/2 folder (files per rank
+    against one) failed in DeepSpeed's loader with a bare AssertionError."""
+    if not (cfg.get('load_from') and cfg.get('resume')):
+        return
+    from mmsora.utils.zero_checkpoint import zero_checkpoint_stage
+    strategy = cfg.get('strategy') or {}
+    deepspeed = strategy.get('type') == 'DeepSpeedStrategy'
+    saved = zero_checkpoint_stage(cfg.load_from)
+    if deepspeed and saved is None:
+        raise UserError(f'--resume {cfg.load_from} with --deepspeed: not a DeepSpeed '
+                        'checkpoint folder (iter_N.pth/ written by a --deepspeed run)')
+    preset = 'deepspeed_zero3' if saved == 3 else 'deepspeed_zero2 (or deepspeed_zero1)'
+    if saved is not None and not deepspeed:
+        raise UserError(f'--resume {cfg.load_from}: a DeepSpeed checkpoint folder (ZeRO-'
+                        f'{saved if saved == 3 else "1/2"}): resume it with --deepspeed '
+                        f'{preset}')
+    if saved is not None:
+        stage = ((strategy.get('config') or {}).get('zero_optimization') or {}).get('stage')
+        if (stage == 3) != (saved == 3):
+            raise UserError(f'--resume {cfg.load_from}: saved by a ZeRO-'
+                            f'{saved if saved == 3 else "1/2"} run, resumed with ZeRO-'
+                            f'{stage}: DeepSpeed cannot change that at a resume; give '
+                            f'--deepspeed {preset}, or start a new run from its weights '
+                            '(tools/zero_to_state_dict.py, then --cfg-options '
+                            'model.pretrained_denoiser=FILE)')
+
+
 def check_latent_scale(cfg):
     """Refuse a packed latent store whose recorded scale is not the config's VAE's
     (``index.json``'s ``scale_factor`` against ``model.vae.scale_factor``): latents
@@ -232,12 +262,7 @@ def build_train_config(args):
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     check_latent_scale(cfg)  # latents scaled for another VAE setting
-    from mmsora.engine.strategies import is_zero_checkpoint
-    if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
-            and cfg.get('load_from') and cfg.get('resume')
-            and not is_zero_checkpoint(cfg.load_from)):
-        raise UserError(f'--resume {cfg.load_from} with --deepspeed: not a DeepSpeed '
-                        'checkpoint folder (iter_N.pth/ written by a --deepspeed run)')
+    check_resume_matches_strategy(cfg)
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and not cfg.get('resume')):
         # mmengine's DeepSpeedStrategy reads every checkpoint with DeepSpeed's folder

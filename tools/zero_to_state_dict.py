@@ -15,13 +15,14 @@ under ZeRO-1/2/3, FP32EMAHook without ZeRO), else ``{'state_dict': trained weigh
 folder itself, through the same :func:`read_zero_checkpoint`.)
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
 import torch
 
 from mmsora.utils.checkpoint import last_checkpoint
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import UserError, check_output_path, run_cli
 from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
 
 
@@ -60,8 +61,12 @@ def main(argv=None):
     args = parse_args(argv)
     folder = resolve_folder(args.checkpoint)
     out = args.out or osp.splitext(folder)[0] + '_state_dict.pth'
+    check_output_path(out, '--out')  # before the conversion, which can take minutes
     ckpt = zero_to_state_dict(folder)
-    torch.save(ckpt, out)
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    partial = f'{out}.tmp.{os.getpid()}'  # whole or not at all: an interrupted save
+    torch.save(ckpt, partial)  # leaves no file that looks converted
+    os.replace(partial, out)
     n = sum(v.numel() for v in ckpt['state_dict'].values())
     print(f'{folder} -> {out}: {len(ckpt["state_dict"])} tensors, {n / 1e6:.2f} M values')
 

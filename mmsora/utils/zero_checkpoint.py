@@ -6,7 +6,7 @@ import os
 import os.path as osp
 
 __all__ = ['MODEL_STATES_FILES', 'zero_model_states', 'is_zero_checkpoint',
-           'load_deepspeed_file', 'read_zero_checkpoint']
+           'zero_checkpoint_stage', 'load_deepspeed_file', 'read_zero_checkpoint']
 
 # The file of a DeepSpeed checkpoint folder that holds the client state (our hooks'
 # entries, meta): ZeRO-1/2 write the first, ZeRO-3 one per data-parallel rank.
@@ -27,6 +27,16 @@ def is_zero_checkpoint(path: str) -> bool:
     """Whether ``path`` is a checkpoint folder written by DeepSpeed (``--deepspeed``,
     any ZeRO stage)."""
     return zero_model_states(path) is not None
+
+
+def zero_checkpoint_stage(path: str):
+    """3 for a ZeRO-3 checkpoint folder (model states per rank), 1 for ZeRO-1/2 (one
+    model-states file; the two lay out their optimizer states alike), None if
+    ``path`` is not a DeepSpeed checkpoint folder."""
+    found = zero_model_states(path)
+    if found is None:
+        return None
+    return 3 if osp.basename(found) == MODEL_STATES_FILES[1] else 1
 
 
 # What DeepSpeed pickles into its checkpoint files besides tensors and plain

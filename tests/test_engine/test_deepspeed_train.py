@@ -63,10 +63,16 @@ def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
 
     zero_to_state_dict.main([str(work)])  # the work dir: its last checkpoint
     out = work / 'iter_3_state_dict.pth'
+    # --out into a folder not made yet (it failed after the conversion, with a
+    # traceback), and the same file as the default
+    zero_to_state_dict.main([str(work), '--out', str(tmp_path / 'new' / 'x.pth')])
+    assert [p.name for p in (tmp_path / 'new').iterdir()] == ['x.pth']  # no partial file
     from mmsora.apis.inference import load_weights
     from mmsora.registry import MODELS
     from mmsora.utils.checkpoint import load_checkpoint_file
     ckpt = load_checkpoint_file(str(out))  # weights-only, as tools/infer.py
+    other = load_checkpoint_file(str(tmp_path / 'new' / 'x.pth'))['state_dict']
+    assert all(torch.equal(v, other[k]) for k, v in ckpt['state_dict'].items())
     assert ckpt['meta']['iter'] == 3
     cfg = Config.fromfile(DEMO)
     cfg.model.denoiser.depth = 1
@@ -159,6 +165,15 @@ def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):
         zero_to_state_dict.resolve_folder(str(tmp_path))
     with pytest.raises(UserError, match=r'gone\.pth does not exist$'):
         zero_to_state_dict.resolve_folder(str(tmp_path / 'gone.pth'))
+    # an --out that cannot be written is refused before the conversion (it failed
+    # after it, with a traceback): the folder here is not read at all
+    folder = tmp_path / 'iter_2.pth'
+    folder.mkdir()
+    (folder / 'mp_rank_00_model_states.pt').write_bytes(b'')
+    for out, message in ((tmp_path, r'is a folder; give a file name'),
+                         (plain / 'x.pth', r'iter_1.pth is a file, not a folder')):
+        with pytest.raises(UserError, match=message):
+            zero_to_state_dict.main([str(folder), '--out', str(out)])
 
 
 def test_zero2_bf16_trains_with_a_float32_ema(tmp_path):
