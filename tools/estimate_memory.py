@@ -158,6 +158,9 @@ def main(argv=None):
     if deepspeed and deepspeed['zero_optimization']['stage'] == 3 and precision == 'fp16':
         from mmsora.utils.zero3_memory import FP16_REFUSAL
         raise UserError(FP16_REFUSAL)
+    if (fsdp or deepspeed) and args.gpus == 1:  # easy to forget: nothing is sharded
+        print(f'note: {"FSDP" if fsdp else "ZeRO"} over --gpus 1 shards nothing (the '
+              'whole model on one process); give --gpus N for N processes', flush=True)
     batch_sizes = args.batch_size or [cfg.train_dataloader.batch_size]
     settings = args.grad_checkpointing or [None]
     cache = {}

@@ -79,6 +79,13 @@ def check_fsdp_strategy(strategy: dict) -> dict:
     if wrapper.get('cpu_offload'):
         raise ValueError("FSDP's cpu_offload is not modelled (offloaded parameters and "
                          'gradients would be counted on the GPU)')
+    sharding = wrapper.get('sharding_strategy', 'FULL_SHARD')
+    if str(getattr(sharding, 'name', sharding)) != 'FULL_SHARD':
+        # (the count's fake process group runs FSDP's own code, which asserts for
+        # them: SHARD_GRAD_OP keeps whole parameters from the forward to the backward)
+        raise ValueError(f'FSDP sharding_strategy={getattr(sharding, "name", sharding)} is '
+                         'not modelled: the count is FULL_SHARD\'s (NO_SHARD: estimate '
+                         'without --fsdp, as DDP)')
     return wrapper
 
 

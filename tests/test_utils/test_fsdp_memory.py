@@ -146,6 +146,19 @@ def test_tool_counts_fsdp_and_refuses_what_it_does_not_model(tmp_path, capsys):
         cfg.dump(str(tmp_path / 'bad.py'))
         with pytest.raises(UserError, match=message):
             estimate_memory.main([str(tmp_path / 'bad.py')])
+    # SHARD_GRAD_OP, which training takes, ended in FSDP's AssertionError traceback;
+    # a misspelled name in a bare KeyError (training and the estimate alike)
+    grad_op = 'strategy.model_wrapper.sharding_strategy=SHARD_GRAD_OP'
+    with pytest.raises(UserError, match=r'sharding_strategy=SHARD_GRAD_OP is not modelled: '
+                                        "the count is FULL_SHARD's"):
+        estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', '--cfg-options', grad_op])
+    with pytest.raises(UserError, match=r'sharding_strategy=SHARD_GRAD_OPP: not one of '
+                                        r'FULL_SHARD, .*; did you mean SHARD_GRAD_OP\?'):
+        estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', '--cfg-options', grad_op + 'P'])
+    # one process: a note that nothing is sharded
+    capsys.readouterr()
+    estimate_memory.main([DEMO, '--fsdp', '--batch-size', '8'])
+    assert 'note: FSDP over --gpus 1 shards nothing' in capsys.readouterr().out
     with pytest.raises(UserError, match='exclude each other'):
         estimate_memory.main([DEMO, '--fsdp', '--deepspeed', 'deepspeed_zero2'])
     with pytest.raises(UserError, match='--fsdp deepspeed_zero2: not an FSDPStrategy'):
