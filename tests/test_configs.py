@@ -100,3 +100,28 @@ def test_dit_xl2_512_config_takes_the_released_512_weights():
     assert shapes[256].pop('pos_embed') == (1, 256, 1152)
     assert shapes[512] == shapes[256]
     assert cfg.model.latent_shape == (4, 64, 64) and cfg.sample_cfg.cfg_scale == 4.0
+
+
+def test_the_readme_fastdit_config_trains_on_fastdit_features(tmp_path, monkeypatch):
+    """The README's config for training on fast-DiT's folders as they are: it builds
+    and its dataset reads fast-DiT's layout (relative to the working directory)."""
+    import re
+
+    import numpy as np
+    readme = open(osp.join(ROOT, 'README.md')).read()
+    block = re.search(r'```python\n# configs/my_dit_xl2_fastdit.py\n(.*?)```', readme,
+                      re.S).group(1)
+    (tmp_path / 'configs').mkdir()
+    (tmp_path / 'configs' / 'my_dit_xl2_fastdit.py').write_text(
+        block.replace("'./dit/", repr(osp.join(ROOT, 'configs', 'dit'))[:-1] + "/"))
+    for folder in ('imagenet256_features', 'imagenet256_labels'):
+        (tmp_path / 'features' / folder).mkdir(parents=True)
+    for i in range(3):  # fast-DiT saves (1, 4, 32, 32) float32 latents, (1,) labels
+        np.save(tmp_path / 'features' / 'imagenet256_features' / f'{i}.npy',
+                np.zeros((1, 4, 32, 32), np.float32))
+        np.save(tmp_path / 'features' / 'imagenet256_labels' / f'{i}.npy', np.array([i]))
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile('configs/my_dit_xl2_fastdit.py')
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    assert len(dataset) == 3 and dataset[2]['labels'] == 2
+    assert tuple(dataset[0]['latents'].shape) == tuple(cfg.model.latent_shape)

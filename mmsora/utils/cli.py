@@ -81,6 +81,7 @@ def apply_cfg_options(cfg, options):
         except (AssertionError, RecursionError, ValueError) as e:
             raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
                             '(use numbers, strings, [lists] or (tuples))') from e
+    _note_schedule_left_behind(cfg, updates)
     for key, value in updates.items():
         parent_path, _, leaf = key.rpartition('.')
         parts = parent_path.split('.') if parent_path else []
@@ -122,13 +123,37 @@ def apply_cfg_options(cfg, options):
     return cfg
 
 
+def _note_schedule_left_behind(cfg, updates) -> None:
+    """A shorter or longer ``train_cfg.max_iters`` leaves the learning-rate schedule
+    where it was (its ``end`` took the old length when the config was read): said on
+    stderr, naming the entries to set as well, unless they are set too."""
+    new = updates.get('train_cfg.max_iters')
+    old = (cfg.get('train_cfg') or {}).get('max_iters')
+    if type(new) is not int or type(old) is not int or new == old:
+        return
+    left = []
+    for i, sched in enumerate(cfg.get('param_scheduler') or []):
+        for field in ('end', 'T_max'):
+            path = f'param_scheduler.{i}.{field}'
+            if (isinstance(sched, dict) and sched.get(field) == old and path not in updates
+                    and (sched.get('begin') or 0) < new):  # (one that starts after the
+                # run's end never acts)
+                left.append(f'{path}={new}')
+    if left and os.environ.get('RANK', '0') == '0':
+        print(f'note: --cfg-options train_cfg.max_iters={new}: the schedule still ends at '
+              f'{old}, the config\'s length; for one that ends with the run set '
+              f'{" ".join(left)} too', file=sys.stderr, flush=True)
+
+
 def _refuse_spent_variable(cfg, key, value) -> None:
     """A top-level path variable (``data_root``) is spent when the config is read:
     entries built from it (``train_dataloader.dataset.data_root``) keep the old path,
     and setting it afterwards changes nothing. Refused, naming those entries."""
     old = cfg.get(key)
-    if not (isinstance(old, str) and old and key.endswith(('root', 'dir', 'path', 'file'))
-            and value != old):
+    path_like = isinstance(old, str) and old and key.endswith(('root', 'dir', 'path', 'file'))
+    # (a length variable: the demo's max_iters, which the loop and the schedule took)
+    length = (type(old) is int and key.endswith(('_iters', '_epochs')))
+    if not ((path_like or length) and value != old):
         return
     found = []
 
@@ -139,7 +164,9 @@ def _refuse_spent_variable(cfg, key, value) -> None:
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
                 walk(v, f'{path}.{i}')
-        elif isinstance(node, str) and path != key and (
+        elif length and type(node) is int and path != key and node == old:
+            found.append((path, True))
+        elif path_like and isinstance(node, str) and path != key and (
                 node == old or node.startswith(old.rstrip('/') + '/')):
             found.append((path, node == old))
 

@@ -94,6 +94,28 @@ def test_a_spent_path_variable_is_refused(repo_root):
     assert cfg.train_dataloader.dataset.data_root == '/x'
 
 
+def test_a_shorter_run_says_what_its_schedule_keeps(repo_root, capsys):
+    """The demo's length is a variable (max_iters) that its loop and its cosine
+    schedule took: max_iters=60 changed nothing, and train_cfg.max_iters=60 left the
+    schedule at 1500 steps (still warming up at the run's end), without a word."""
+    demo = f'{repo_root}/configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
+    cfg = load_config(demo)
+    with pytest.raises(UserError, match=r'max_iters=60: max_iters is a variable the config '
+                                        r'used when it was read \(param_scheduler.1.end, '
+                                        r'train_cfg.max_iters took its value\)'):
+        apply_cfg_options(cfg, ['max_iters=60'])
+    capsys.readouterr()
+    apply_cfg_options(cfg, ['train_cfg.max_iters=1000'])
+    assert capsys.readouterr().err == (
+        'note: --cfg-options train_cfg.max_iters=1000: the schedule still ends at 1500, the '
+        "config's length; for one that ends with the run set param_scheduler.1.end=1000 "
+        'too\n')
+    cfg = load_config(demo)  # set with it (or a run shorter than the warm-up): no note
+    apply_cfg_options(cfg, ['train_cfg.max_iters=1000', 'param_scheduler.1.end=1000'])
+    apply_cfg_options(load_config(demo), ['train_cfg.max_iters=60'])
+    assert capsys.readouterr().err == ''
+
+
 def test_list_entries_are_set_by_index(repo_root):
     """mmengine's ``custom_hooks.0.momentum=0.5`` (an index into a list) was refused
     as 'not a dict'; now it is set, and an index past the end is named."""
