@@ -22,7 +22,7 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import UserError, first_line, run_cli
 
 
 def parse_args(argv=None):
@@ -99,7 +99,7 @@ def main(argv=None):
         keep = np.sort(rng.choice(len(items), args.max_samples, replace=False))
         items = [items[i] for i in keep]
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    skipped = 0
+    skipped = []  # (name, why)
     with tempfile.TemporaryDirectory(dir=osp.dirname(osp.abspath(args.out))) as tmp:
         npy = osp.join(tmp, 'arr_0.npy')
         arr = np.lib.format.open_memmap(npy, mode='w+', dtype=np.uint8,
@@ -110,11 +110,12 @@ def main(argv=None):
                 arr[n] = (read_picture(item, args.image_size) if args.images
                           else read_clip(item, args, rng))
                 n += 1
-            except (OSError, ValueError) as e:  # unreadable file: count it, go on
-                skipped += 1
-                tqdm.write(f'skipped {item if args.images else item["path"]}: {e}')
+            except (OSError, ValueError) as e:  # unreadable file: name it, go on
+                skipped.append((item if args.images else item['path'], first_line(e)))
+                tqdm.write(f'skipped {skipped[-1][0]}: {skipped[-1][1]}')
         if n == 0:
-            raise UserError('no readable picture or clip: nothing written')
+            raise UserError(f'no readable picture or clip among {len(items)}: nothing '
+                            f'written ({_listed(skipped)})')
         arr.flush()
         del arr
         if n < len(items):  # drop the unused tail rows of the memory map
@@ -127,7 +128,14 @@ def main(argv=None):
             npy = osp.join(tmp, 'part.npy')
         zip_npy_files(args.out, {'arr_0.npy': npy})
     print(f'wrote {n} {"pictures" if args.images else "clips"} {shape} to {args.out}'
-          + (f' ({skipped} unreadable skipped)' if skipped else ''))
+          + (f'; skipped {len(skipped)} unreadable or too short: {_listed(skipped)}'
+             if skipped else ''))
+
+
+def _listed(skipped, most=5):
+    """``name (why); ...`` of the first ``most`` skipped inputs."""
+    return '; '.join(f'{name} ({why})' for name, why in skipped[:most]) + (
+        ' ...' if len(skipped) > most else '')
 
 
 if __name__ == '__main__':

@@ -29,7 +29,8 @@ def test_pictures_are_center_cropped_and_bad_files_skipped(tmp_path, capsys):
     (tmp_path / 'imgs' / '3.jpg').write_bytes(b'not a picture')
     out = tmp_path / 'ref.npz'
     tool().main(['--images', str(tmp_path / 'imgs'), '--out', str(out), '--image-size', '8'])
-    assert '1 unreadable skipped' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f'skipped 1 unreadable or too short: {tmp_path / "imgs" / "3.jpg"} (' in printed
     with np.load(out) as data:
         arr = data['arr_0']
     assert arr.shape == (2, 8, 8, 3) and arr.dtype == np.uint8
@@ -52,3 +53,9 @@ def test_clips_from_a_manifest(tmp_path):
     with np.load(out) as data:
         arr = data['arr_0']
     assert arr.shape == (1, 3, 16, 16, 3) and arr.std() > 5  # real, varied frames
+    # every clip too short: the error says why, not only 'no readable clip'
+    from mmsora.utils.cli import UserError
+    with pytest.raises(UserError, match=r'^no readable picture or clip among 2: nothing '
+                                        r'written \(.* has \d+ frames, fewer than the 1999 '):
+        tool().main(['--videos', str(manifest), '--out', str(out), '--num-frames', '1000',
+                     '--frame-stride', '2', '--image-size', '16'])

@@ -63,6 +63,21 @@ def test_fid_of_the_reference_itself_is_zero(tmp_path):
     assert abs(feed(fid, ref)['FID']) < 1e-6
 
 
+def test_fid_of_fewer_samples_than_features_warns(tmp_path, monkeypatch):
+    """8 samples and a 6-item reference gave FID 6e-12 with only scipy's 'singular
+    matrix' warning (a smoke test's count read as a result)."""
+    import mmsora.evaluation.metrics.frechet as frechet
+    logged = []
+    monkeypatch.setattr(frechet, 'print_log', lambda msg, **kw: logged.append(msg))
+    np.savez(tmp_path / 'ref.npz', arr_0=pictures(50, 2))
+    feed(FID(extractor=TINY, reference=str(tmp_path / 'ref.npz')), pictures(8, 3))
+    assert [m for m in logged if m.startswith('FID of 8 samples in 8 feature dimensions: '
+                                              'their covariance is singular')]
+    logged.clear()
+    feed(FID(extractor=TINY, reference=str(tmp_path / 'ref.npz')), pictures(9, 3))
+    assert not [m for m in logged if 'singular' in m]
+
+
 def test_fid_reads_adm_style_statistics_and_checks_input(tmp_path):
     gen = pictures(20, 3)
     feats = tiny_features(gen)['features']

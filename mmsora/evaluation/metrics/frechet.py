@@ -1,5 +1,6 @@
 """FID (Heusel et al. 2017) and FVD (Unterthiner et al. 2018): the Frechet distance
 between Gaussians fitted to features of generated and reference samples."""
+import logging
 import os
 import os.path as osp
 from typing import Dict, List, Optional
@@ -118,6 +119,13 @@ class FrechetMetric(SampleMetric):
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         arrays = stack_results(results)
+        n, dim = arrays['features'].shape
+        if n <= dim:  # a smoke test's count: scipy's 'singular matrix' said it obliquely
+            print_log(f'{self.metric_name} of {n} samples in {dim} feature dimensions: '
+                      'their covariance is singular (rank < dim), and the value is far from '
+                      'the one at the protocol\'s count (FID-50K, FVD-2048): compare it '
+                      'only with runs of the same count', logger='current',
+                      level=logging.WARNING)
         mu, sigma = feature_stats(arrays['features'])
         ref = self.reference_stats()
         return {self.metric_name: frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
