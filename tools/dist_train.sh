@@ -2,6 +2,7 @@
 # Train on several GPUs (or CPU processes, over gloo) of one or more machines:
 #   bash tools/dist_train.sh CONFIG GPUS [train.py options]
 # Several nodes: run it on each node with NNODES, NODE_RANK, MASTER_ADDR (and PORT) set.
+# PYTHON: the interpreter (default: python on PATH, e.g. an activated venv's).
 set -euo pipefail
 CONFIG=$1
 GPUS=$2
@@ -12,7 +13,7 @@ MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 PYTHONPATH="$HERE/..:${PYTHONPATH:-}" \
-python -m torch.distributed.run \
+"${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \
