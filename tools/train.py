@@ -243,8 +243,8 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          check_checkpoint_hook, check_train_loop,
-                                          drop_disabled_hooks,
+                                          check_checkpoint_hook, check_dataset_keys,
+                                          check_train_loop, drop_disabled_hooks,
                                           fit_loader_workers, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
@@ -259,6 +259,7 @@ def build_train_config(args):
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
     check_train_loop(cfg)  # a typo would fail after the Runner's start-up output
+    check_dataset_keys(cfg)  # the same
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     check_latent_scale(cfg)  # latents scaled for another VAE setting

@@ -214,3 +214,16 @@ def test_pin_memory_is_off_without_a_gpu(repo_root, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         next(iter(DataLoader(range(4), batch_size=2, pin_memory=loader.pin_memory)))
+
+
+def test_a_dataset_missing_its_arguments_stops_before_the_runner(repo_root, tmp_path):
+    """A _delete_=True NpyLatentDataset without its folders: a TypeError traceback at
+    the Runner's dataset build, after its start-up output."""
+    config = tmp_path / 'npy.py'
+    config.write_text(f"_base_ = [{osp.join(repo_root, DEMO)!r}]\n"
+                      "train_dataloader = dict(dataset=dict(_delete_=True, "
+                      "type='NpyLatentDataset', data_root='features'))\n")
+    with pytest.raises(UserError, match=r'^train_dataloader.dataset: NpyLatentDataset needs '
+                                        'features_dir, labels_dir in its config; they are '
+                                        'missing$'):
+        build_train_config(parse_args([str(config), '--work-dir', str(tmp_path / 'w')]))

@@ -63,6 +63,8 @@ def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
     ('model.denoiser.type=DiTT', "unknown type 'DiTT'.*did you mean DiT"),
     ('train_cfg.max_iter=5', "train_cfg: unknown config key 'max_iter' for "
      'IterBasedTrainLoop; did you mean max_iters'),
+    ('train_dataloader.dataset.num_sample=8', "train_dataloader.dataset: unknown config key "
+     "'num_sample' for SyntheticShapesDataset; did you mean num_samples"),
 ])
 def test_model_and_loop_mistakes_stop_before_the_runner_starts(repo_root, tmp_path, option,
                                                                 expected):

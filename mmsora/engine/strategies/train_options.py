@@ -380,6 +380,32 @@ def check_train_loop(cfg) -> None:
             raise UserError(f'train_cfg: {unknown_key_message(cls.__name__, key)}')
 
 
+def check_dataset_keys(cfg) -> None:
+    """The training dataset's keys against its class's signature, before the Runner
+    starts (it builds the dataset after printing the environment and the config): an
+    unknown key (a typo) or a missing argument in one line. Nothing is read."""
+    import inspect
+
+    from mmsora.registry import DATASETS
+    dataset = dict((cfg.get('train_dataloader') or {}).get('dataset') or {})
+    kind = dataset.pop('type', None)
+    cls = DATASETS.get(kind) if isinstance(kind, str) else kind
+    if not inspect.isclass(cls):  # unknown: the registry's error names it
+        return
+    params = inspect.signature(cls).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    for key in dataset:
+        if key not in params:
+            raise UserError(f'train_dataloader.dataset: '
+                            f'{unknown_key_message(cls.__name__, key)}')
+    missing = [name for name, p in params.items() if p.default is p.empty
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in dataset]
+    if missing:
+        raise UserError(f'train_dataloader.dataset: {cls.__name__} needs '
+                        f'{", ".join(missing)} in its config; they are missing')
+
+
 def check_accumulation(cfg) -> None:
     """Refuse what gradient accumulation cannot do exactly.
 
