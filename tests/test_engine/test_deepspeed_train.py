@@ -51,6 +51,14 @@ def train(work, *args, preset='deepspeed_zero2', processes=1, options=(
 def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
     work, resumed = tmp_path / 'run', tmp_path / 'resumed'
     full = train(work)  # 3 steps, checkpoints at 2 and 3
+    # DeepSpeed's gradient norm is logged every step, as under DDP and FSDP
+    import glob
+    import json
+    rows = [json.loads(line) for path in glob.glob(str(work / '*' / 'vis_data' /
+                                                       'scalars.json'))
+            for line in open(path)]
+    norms = [row['grad_norm'] for row in rows if 'loss' in row]
+    assert len(norms) == 3 and all(0 < n < float('inf') for n in norms), rows
     resumed.mkdir()
     shutil.copytree(work / 'iter_2.pth', resumed / 'iter_2.pth')
     again = train(resumed, '--resume', str(resumed / 'iter_2.pth'))  # steps 3

@@ -91,6 +91,8 @@ class LossGuardHook(Hook):
 
     def before_train(self, runner):
         wrapper = runner.optim_wrapper
+        if type(wrapper).__name__ == 'DeepSpeedOptimWrapper' and self.log_grad_norm:
+            self._log_deepspeed_grad_norm(runner, wrapper)  # as DDP and FSDP runs log it
         if not isinstance(wrapper, OptimWrapper):  # DeepSpeed, several optimizers
             runner.logger.warning(f'LossGuardHook guards an OptimWrapper; this run has '
                                   f'{type(wrapper).__name__}: its steps are not guarded')
@@ -123,6 +125,23 @@ class LossGuardHook(Hook):
 
         # Instance attributes shadow the class's methods; update_params calls these.
         wrapper.backward, wrapper.step = guarded_backward, guarded_step
+
+    @staticmethod
+    def _log_deepspeed_grad_norm(runner, wrapper):
+        """Log DeepSpeed's own gradient norm (of the whole gradient, before its
+        clipping) after each optimizer step: the grad_norm column DDP and FSDP runs
+        have was missing under --deepspeed."""
+        step = wrapper.step
+
+        def logged_step(**kwargs):
+            engine = wrapper.model
+            boundary = engine.is_gradient_accumulation_boundary()
+            step(**kwargs)
+            norm = engine.get_global_grad_norm() if boundary else None
+            if norm is not None:
+                runner.message_hub.update_scalar('train/grad_norm', float(norm))
+
+        wrapper.step = logged_step
 
     def _skip(self, runner, loss, norm):
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
