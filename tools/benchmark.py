@@ -67,8 +67,9 @@ def parse_args(argv=None):
     add_malloc_option(parser)  # for every model timed, as tools/train.py
     parser.add_argument('--baseline', choices=['diffusers'],
                         help="also time diffusers' DiTTransformer2DModel at the same size, "
-                        'in the same step')
-    parser.add_argument('--json', metavar='FILE', help='write the results here as JSON')
+                        'in the same step (for a DiT denoiser: --model or a DiT config)')
+    parser.add_argument('--json', metavar='FILE', help='write the results here as JSON '
+                        '(its folder is made if missing)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--repeats', type=int, default=1,
                         help='run each model this many times, alternating them, and keep '
@@ -243,6 +244,22 @@ class DiffusersDiT(nn.Module):
         return self.model(x, timestep=t, class_labels=y).sample
 
 
+def check_baseline(cfg, baseline) -> None:
+    """``--baseline diffusers`` builds diffusers' DiT at the size of the config's
+    denoiser: that denoiser must be a DiT. Checked before any model is timed."""
+    from mmsora.utils.cli import UserError
+    from mmsora.utils.training_inputs import training_model_cfg
+    if baseline != 'diffusers':
+        return
+    denoiser = training_model_cfg(cfg).get('denoiser') or {}
+    kind = denoiser.get('type') if hasattr(denoiser, 'get') else type(denoiser)
+    name = getattr(kind, '__name__', kind)  # a config may give the class
+    if name != 'DiT':
+        raise UserError(f'--baseline diffusers times diffusers\' DiT at the size of a DiT '
+                        f'denoiser; this config\'s model.denoiser is a {name}: drop '
+                        '--baseline, or give a DiT config')
+
+
 def build_model(cfg, impl: str):
     """The config's training model (no VAE / text encoder); for ``'diffusers'`` with
     diffusers' DiT as its denoiser."""
@@ -252,10 +269,8 @@ def build_model(cfg, impl: str):
     from mmsora.utils.training_inputs import training_model_cfg
     model_cfg = training_model_cfg(cfg)
     if impl == 'diffusers':
+        check_baseline(cfg, impl)
         denoiser = dict(model_cfg['denoiser'])
-        if denoiser.get('type') != 'DiT':
-            raise SystemExit(f'--baseline diffusers needs a DiT denoiser, got '
-                             f'{denoiser.get("type")}')
         denoiser.pop('grad_checkpointing', None)
         MODELS.register_module('DiffusersDiT', module=DiffusersDiT, force=True)
         model_cfg['denoiser'] = dict(denoiser, type='DiffusersDiT')
@@ -549,14 +564,31 @@ def interleave_report(args, record: dict) -> str:
 
 def spawn(impl: str, argv) -> dict:
     """Run one implementation in a fresh interpreter (per-model peak memory)."""
+    import tempfile
+
+    from mmsora.utils.cli import UserError
     cmd = [sys.executable, os.path.abspath(__file__), *argv, '--worker', impl]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    with tempfile.TemporaryFile('w+') as out, subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.PIPE, text=True) as proc:
+        errors = []  # run_cli's one line for a mistake: held back, passed on as ours
+        for line in proc.stderr:  # the rest as it comes
+            if line.startswith('error: '):
+                errors.append(line)
+            else:
+                sys.stderr.write(line)
+        proc.wait()
+        out.seek(0)
+        stdout = out.read()
+    if proc.returncode == 2 and errors:
+        sys.stderr.writelines(errors[:-1])
+        raise UserError(errors[-1][len('error: '):].rstrip('\n'))
+    sys.stderr.writelines(errors)
     if proc.returncode != 0:
         raise SystemExit(f'benchmark worker for {impl} failed (exit {proc.returncode})')
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith(_RESULT_TAG):
             return json.loads(line[len(_RESULT_TAG):])
-    raise SystemExit(f'benchmark worker for {impl} printed no result:\n{proc.stdout}')
+    raise SystemExit(f'benchmark worker for {impl} printed no result:\n{stdout}')
 
 
 def format_table(results: list) -> str:
@@ -603,7 +635,8 @@ def report(args, setup: dict, text: str, record: dict) -> None:
     """Print the setup line and the results; with ``--json`` write both."""
     print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
     print(text)
-    if args.json:
+    if args.json:  # checked before the work (check_args); its folder made if missing
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(dict(setup=setup, **record), f, indent=2)
 
@@ -617,6 +650,7 @@ def main(argv=None):
         return
     cfg = benchmark_config(args)
     step_hooks(cfg)  # a wrong path, option or hook stops here
+    check_baseline(cfg, args.baseline)  # before ours is timed
     from mmsora.engine.strategies import accumulation_of
     micro = accumulation_of(cfg)  # a step: this many micro-batches of --batch-size
     micro = micro if micro > 1 else None

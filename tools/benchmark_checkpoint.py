@@ -43,7 +43,8 @@ def parse_args(argv=None):
                         help='then load the weights with the file mapped (what the '
                         'tools do) or read (default: both)')
     parser.add_argument('--out', help='folder to write into (default: a temporary one)')
-    parser.add_argument('--json', metavar='FILE', help='write the results here')
+    parser.add_argument('--json', metavar='FILE', help='write the results here (its folder '
+                        'is made if missing)')
     parser.add_argument('--child', choices=WRITERS + READERS, help=argparse.SUPPRESS)
     parser.add_argument('--keep', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -181,7 +182,8 @@ def main(argv=None):
                   f'{r["rss_after_mb"]:13.0f}')
     result = dict(model=args.model, depth=args.depth,
                   saves=saves[:len(args.writers)], loads=loads)
-    if args.json:
+    if args.json:  # checked before the runs; its folder made now if missing
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
     return result

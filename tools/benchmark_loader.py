@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.datasets import NpyLatentDataset, PackedLatentDataset, list_npy_pairs
+from mmsora.datasets.npy_latent_dataset import load_fastdit_item
+from mmsora.utils.cli import UserError, check_output_path, run_cli
 
 LAYOUTS = ('packed', 'npy')
 
@@ -45,14 +46,50 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=256)
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--data', help='folder holding features/, labels/ and packed/ '
-                        '(written there if missing); default: a temporary folder')
-    parser.add_argument('--json', metavar='FILE', help='write the results here')
+    parser.add_argument('--data', metavar='DIR',
+                        help='folder holding features/, labels/ and packed/: written there '
+                        'if missing; what an earlier run wrote is reused when it holds '
+                        'the --num-samples, --latent-shape and --dtype asked, and refused '
+                        'otherwise (nothing there is overwritten); default: a temporary '
+                        'folder')
+    parser.add_argument('--json', metavar='FILE', help='write the results here (its folder '
+                        'is made if missing)')
     return parser.parse_args(argv)
+
+
+def check_data(root, num_samples, shape, dtype) -> None:
+    """Refuse a ``--data`` folder whose features/ or packed/ (an earlier run's) hold
+    another number of samples, latent shape or packed dtype than asked: they would be
+    timed under the header's new sizes."""
+    feats, labels, packed = (osp.join(root, d) for d in ('features', 'labels', 'packed'))
+    found = []  # (folder, samples, latent shape, dtype of the packed store)
+    if osp.isdir(feats):
+        names = [n for n in os.listdir(feats) if n.endswith('.npy')]
+        there = (load_fastdit_item(*list_npy_pairs(feats, labels)[0], 0)[0].shape
+                 if names else tuple(shape))
+        found.append(('features', len(names), tuple(there), None))
+    index = osp.join(packed, 'index.json')
+    if osp.isfile(index):
+        with open(index) as f:
+            header = json.load(f)
+        found.append(('packed', header.get('num_source_items'),
+                      tuple(header.get('latent_shape') or ()), header.get('dtype')))
+    for folder, n, there, stored in found:
+        if (n, there, stored or dtype) == (num_samples, tuple(shape), dtype):
+            continue
+        options = '--num-samples, --latent-shape' + (', --dtype' if stored else '')
+        in_dtype = f' in {stored}' if stored else ''
+        asked = f' in {dtype}' if stored else ''
+        raise UserError(
+            f'--data {root}: its {folder}/ already holds {n} samples of '
+            f'{"x".join(map(str, there))}{in_dtype}, not the {num_samples} of '
+            f'{"x".join(map(str, shape))}{asked} asked ({options}): give those, or '
+            'another --data folder')
 
 
 def write_layouts(root, num_samples, shape, dtype):
     """fast-DiT's per-file layout and the packed store of the same random items."""
+    check_data(root, num_samples, shape, dtype)
     feats, labels, packed = (osp.join(root, d) for d in ('features', 'labels', 'packed'))
     if not osp.isdir(feats):
         os.makedirs(feats)
@@ -99,6 +136,8 @@ def main(argv=None):
     if args.num_samples < args.batch_size:
         raise UserError(f'--num-samples {args.num_samples} is below one batch '
                         f'({args.batch_size})')
+    check_output_path(args.data, '--data', folder=True)
+    check_output_path(args.json, '--json')  # before the work, not after it
     tmp = None
     root = args.data
     if root is None:
@@ -128,6 +167,7 @@ def main(argv=None):
               f'{packed["samples_per_s"] / npy["samples_per_s"]:>5.2f}  '
               f'{packed["all_samples_per_s"]} / {npy["all_samples_per_s"]}')
     if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(dict(setup=vars(args), results=results), f, indent=2)
     if tmp is not None:

@@ -13,10 +13,14 @@ docs/benchmarks.md to read DiT-XL/2's MFU on a GPU.
 """
 import argparse
 import collections
+import math
+import sys
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from mmsora.utils.cli import UserError, run_cli
 
 # Work on tensor cores, counted as FLOPs (mmsora/utils/flops.py), and views (no data).
 SKIPPED = {
@@ -66,6 +70,20 @@ def traffic_per_sample(hidden_size, num_heads, tokens):
     return {k: two.bytes[k] - one.bytes[k] for k in two.bytes}, dict(two.calls)
 
 
+def check_args(args) -> None:
+    """Sizes of at least 1, a width the heads divide, a positive finite bandwidth."""
+    for name in ('hidden_size', 'num_heads', 'tokens', 'depth', 'batch_size'):
+        value = getattr(args, name)
+        if value < 1:
+            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.hidden_size % args.num_heads:
+        raise UserError(f'--hidden-size {args.hidden_size} must be a multiple of '
+                        f'--num-heads {args.num_heads} (each head takes an equal share)')
+    if not 0 < args.bandwidth < math.inf:
+        raise UserError(f'--bandwidth must be a finite number of TB/s above 0 (H200: 4.8), '
+                        f'got {args.bandwidth:g}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--hidden-size', type=int, default=1152, help='D (XL: 1152)')
@@ -77,6 +95,7 @@ def main(argv=None):
                         help='memory bandwidth in TB/s for the time bound (H200: 4.8, '
                         'H100 SXM: 3.35, A100 80GB: 2.0)')
     args = parser.parse_args(argv)
+    check_args(args)
     per_sample, calls = traffic_per_sample(args.hidden_size, args.num_heads, args.tokens)
     total = sum(per_sample.values())
     elements = args.tokens * args.hidden_size
@@ -92,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -47,7 +47,8 @@ def parse_args(argv=None):
                         help='fraction of the iterations left out of the slope')
     parser.add_argument('--work-dir', default='work_dirs/soak')
     parser.add_argument('--port', type=int, default=29741)
-    parser.add_argument('--out', help='write the result as JSON here')
+    parser.add_argument('--out', metavar='FILE', help='write the result as JSON here (its '
+                        'folder is made if missing)')
     args = parser.parse_args(argv)
     for name in ('iters', 'nproc', 'batch_size', 'items'):
         if getattr(args, name) < 1:
@@ -56,6 +57,11 @@ def parse_args(argv=None):
         parser.error('--warmup must be in [0, 1)')
     if not args.interval > 0:
         parser.error(f'--interval must be > 0 seconds, got {args.interval}')
+    from mmsora.utils.cli import UserError, check_output_path
+    try:  # before the run, not after it
+        check_output_path(args.out, '--out')
+    except UserError as e:
+        parser.error(str(e))
     return args
 
 
@@ -203,6 +209,13 @@ def main(argv=None):
     kept = [s for s in samples if first_counted <= s[1] < args.iters
             and all(r[3] == args.workers for r in s[2].values())
             and len(s[2]) == args.nproc]
+    if not kept:  # (the log names an iteration every 10: a short run has none)
+        raise SystemExit(f'soak.py: error: no memory sample after the warm-up of '
+                         f'{args.iters} iterations (--warmup {args.warmup}; the log names '
+                         'an iteration every 10): give more --iters, e.g. 100')
+    if len(kept) < 3:
+        print(f'soak.py: note: {len(kept)} samples: the slopes rest on too few points to '
+              'tell anything; give more --iters', file=sys.stderr)
     rank_pids = sorted({pid for _, _, ranks in kept for pid in ranks})
     its = [it for _, it, _ in kept]
     per_rank = []
@@ -220,6 +233,7 @@ def main(argv=None):
     print(json.dumps(result, indent=2))
     if args.out:  # with the raw samples: iteration, then KiB per rank as in sample()
         result['series'] = [[it, [ranks[pid] for pid in rank_pids]] for _, it, ranks in kept]
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(result, f)
     return 0

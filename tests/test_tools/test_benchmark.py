@@ -204,12 +204,13 @@ def test_text_video_config_and_compile_hook(tmp_path):
 
 
 def test_driver_runs_both_in_their_own_processes(tmp_path, capsys):
-    # --threads applies in the worker processes only.
+    # --threads applies in the worker processes only; --json's folder is made.
+    out_json = tmp_path / 'new' / 'results' / 'b.json'
     benchmark.main(SMALL + ['--baseline', 'diffusers', '--threads', '1',
-                            '--json', str(tmp_path / 'b.json')])
+                            '--json', str(out_json)])
     out = capsys.readouterr().out
     assert 'ratio ours/diffusers' in out
-    data = json.loads((tmp_path / 'b.json').read_text())
+    data = json.loads(out_json.read_text())
     ours, base = data['results']
     assert (ours['impl'], base['impl']) == ('ours', 'diffusers')
     assert data['setup']['batch_size'] == 2 and data['setup']['threads'] == 1
@@ -277,9 +278,39 @@ def test_bad_input_is_one_line(tmp_path):
             (['--ema', '2'], r'--ema is a momentum in \(0, 1\)'),
             (['--peak-tflops', '-1'], '--peak-tflops must be > 0'),
             (['--model', 'DiT-Q/2'], "--model 'DiT-Q/2': choose from DiT-S/2, "),
-            (['--json', str(cfg_file / 'x.json')], 'hook.py is a file, not a folder')]:
+            (['--json', str(cfg_file / 'x.json')], 'hook.py is a file, not a folder'),
+            (['--json', str(tmp_path)], 'is a folder; give a file name')]:
         with pytest.raises(UserError, match=message):
             benchmark.main(SMALL + extra)
+
+
+def test_baseline_diffusers_needs_a_dit_before_anything_is_timed(monkeypatch):
+    """--baseline diffusers on a VideoDiT config timed ours for a while, then failed in
+    the baseline's worker and discarded ours. Refused before any model is built."""
+    from mmsora.utils.cli import UserError
+    monkeypatch.setattr(benchmark, 'spawn', lambda *a: pytest.fail('a model was timed'))
+    monkeypatch.setattr(benchmark, 'make_step', lambda *a: pytest.fail('a model was built'))
+    preset = osp.join(ROOT, 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py')
+    argv = [preset, '--batch-size', '1', '--baseline', 'diffusers', '--cfg-options',
+            'model.denoiser.depth=2', 'model.denoiser.hidden_size=32',
+            'model.denoiser.num_heads=2']
+    for extra in ([], ['--interleave']):
+        with pytest.raises(UserError, match="--baseline diffusers times diffusers' DiT at "
+                           "the size of a DiT denoiser; this config's model.denoiser is a "
+                           'VideoDiT: drop --baseline, or give a DiT config'):
+            benchmark.main(argv + extra)
+
+
+def test_a_workers_own_error_is_the_only_line():
+    """A mistake only the worker process finds (a size its denoiser refuses) is the one
+    line the user reads, not followed by "benchmark worker for ours failed"."""
+    import subprocess
+    result = subprocess.run(
+        [sys.executable, 'tools/benchmark.py', *SMALL, '--input-size', '33'], cwd=ROOT,
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        'error: input size 33x33 is not a multiple of the patch size 8']
 
 
 @pytest.mark.parametrize('option, value', [('1', 1), ('selective', 'selective')])

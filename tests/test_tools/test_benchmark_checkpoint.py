@@ -5,13 +5,15 @@ import json
 
 import pytest
 
+from mmsora.utils.cli import UserError
 from tools import benchmark_checkpoint
 
 
 def test_saves_and_loads_in_fresh_processes(tmp_path, capsys):
+    out_json = tmp_path / 'new' / 'results' / 'r.json'  # its folder is made
     result = benchmark_checkpoint.main(
         ['--model', 'DiT-S/8', '--depth', '1', '--out', str(tmp_path / 'out'),
-         '--json', str(tmp_path / 'r.json')])
+         '--json', str(out_json)])
     ours, mmengine = result['saves']
     assert (ours['writer'], mmengine['writer']) == ('ours', 'mmengine')
     for r in result['saves']:  # weights, EMA and two moments of ~3.6M float32 parameters
@@ -25,9 +27,14 @@ def test_saves_and_loads_in_fresh_processes(tmp_path, capsys):
     assert read['extra_mb'] > 0.9 * ours['file_mb'], read
     assert mapped['extra_mb'] < 0.5 * ours['file_mb'], mapped
     assert list((tmp_path / 'out').iterdir()) == []  # the runs remove their file
-    assert json.loads((tmp_path / 'r.json').read_text()) == result
+    assert json.loads(out_json.read_text()) == result
     assert 'extra / file' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         benchmark_checkpoint.parse_args(['--model', 'DiT-Q/2'])
     with pytest.raises(SystemExit):
         benchmark_checkpoint.parse_args(['--writers', '--readers'])
+    # an output it could not write is refused before the runs
+    for path, message in [(out_json / 'x.json', f'{out_json} is a file, not a folder'),
+                          (tmp_path, 'is a folder; give a file name')]:
+        with pytest.raises(UserError, match=message):
+            benchmark_checkpoint.parse_args(['--json', str(path)])

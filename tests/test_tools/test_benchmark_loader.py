@@ -1,4 +1,6 @@
 """tools/benchmark_loader.py times both layouts over the same items."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,53 @@ def test_both_layouts_deliver_every_item(tmp_path, capsys, monkeypatch):
 def test_refuses_fewer_samples_than_one_batch():
     with pytest.raises(UserError, match='below one batch'):
         benchmark_loader.main(['--num-samples', '8', '--batch-size', '16'])
+
+
+def test_an_earlier_runs_data_is_reused_only_when_it_is_what_was_asked(tmp_path):
+    """--data keeps what a run wrote for the next; one asking for other sizes was timed
+    on the old data under a header with the new ones. Refused, naming both."""
+    data = tmp_path / 'data'
+    run = ['--batch-size', '16', '--workers', '0', '--epochs', '1', '--repeats', '1',
+           '--data', str(data)]
+    asked = ['--num-samples', '32', '--latent-shape', '4', '8', '8']
+    benchmark_loader.main(run + asked)
+    written = {p: p.stat().st_mtime_ns for p in data.rglob('*') if p.is_file()}
+    for other, message in [
+            (['--num-samples', '48'], 'its features/ already holds 32 samples of 4x8x8, '
+             'not the 48 of 4x8x8 asked'),
+            (['--latent-shape', '4', '4', '4'], 'its features/ already holds 32 samples of '
+             r'4x8x8, not the 32 of 4x4x4 asked \(--num-samples, --latent-shape\): give '
+             'those, or another --data folder'),
+            (['--dtype', 'float32'], 'its packed/ already holds 32 samples of 4x8x8 in '
+             'float16, not the 32 of 4x8x8 in float32 asked')]:
+        with pytest.raises(UserError, match=f'--data {data}: {message}'):
+            benchmark_loader.main(run + asked + other)
+    # the same sizes again: the data is reused as it is
+    results = benchmark_loader.main(run + asked)
+    assert all(r['samples'] == 32 for r in results)
+    assert {p: p.stat().st_mtime_ns for p in data.rglob('*') if p.is_file()} == written
+    # the packed store alone is checked too
+    for path in (data / 'features').iterdir():
+        path.unlink()
+    (data / 'features').rmdir()
+    with pytest.raises(UserError, match='its packed/ already holds 32 samples of 4x8x8 in '
+                                        'float16, not the 48 of 4x8x8 in float16 asked'):
+        benchmark_loader.main(run + ['--num-samples', '48', '--latent-shape', '4', '8', '8'])
+
+
+def test_json_goes_into_a_new_folder_and_a_bad_one_is_refused_first(tmp_path):
+    run = ['--num-samples', '16', '--batch-size', '16', '--workers', '0', '--epochs', '1',
+           '--repeats', '1', '--latent-shape', '4', '8', '8']
+    out = tmp_path / 'new' / 'results' / 'loader.json'
+    results = benchmark_loader.main(run + ['--data', str(tmp_path / 'data'),
+                                           '--json', str(out)])
+    assert json.loads(out.read_text())['results'] == results
+    # a path through a file, a folder as the file: refused before any data is written
+    for json_path, message in [(out / 'x.json', f'{out} is a file, not a folder'),
+                               (tmp_path, 'is a folder; give a file name')]:
+        with pytest.raises(UserError, match=message):
+            benchmark_loader.main(run + ['--data', str(tmp_path / 'unused'),
+                                         '--json', str(json_path)])
+    with pytest.raises(UserError, match=f'--data {out}/d: {out} is a file, not a folder'):
+        benchmark_loader.main(run + ['--data', str(out / 'd')])
+    assert not (tmp_path / 'unused').exists()

@@ -8,7 +8,7 @@ from tests.launch import free_port, fresh_run_env
 
 
 def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
-    out = tmp_path / 'soak.json'
+    out = tmp_path / 'results' / 'soak.json'  # its folder is made
     # Not through an activated environment: dist_train.sh's `python` must still be
     # this interpreter (soak puts its folder first on PATH).
     env = fresh_run_env(PATH=os.defpath)
@@ -26,6 +26,15 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
     assert record['total_pss']['pss_slope'] is not None
     for rank in record['ranks']:  # each rank and its data-loader worker were read
         assert rank['rss_mib_first'] > 100 and rank['workers_pss_mib_first'] > 10
+    # a run too short to be sampled: said, not an IndexError traceback
+    short = subprocess.run(
+        [sys.executable, 'tools/soak.py', '--iters', '2', '--nproc', '2', '--workers', '0',
+         '--items', '16', '--interval', '0.05', '--port', str(free_port()),
+         '--work-dir', str(tmp_path / 'short')],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert short.returncode == 1 and short.stderr.strip().endswith(
+        'soak.py: error: no memory sample after the warm-up of 2 iterations (--warmup 0.2; '
+        'the log names an iteration every 10): give more --iters, e.g. 100'), short.stderr
     bad = subprocess.run([sys.executable, 'tools/soak.py', '--interval', '-1'],
                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and '--interval must be > 0 seconds, got -1.0' in bad.stderr
@@ -36,3 +45,13 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
     assert into_a_file.returncode == 1 and into_a_file.stderr.strip() == (
         f"soak.py: error: --work-dir {tmp_path / 'taken' / 'soak'}: Not a directory: "
         f"{tmp_path / 'taken' / 'soak'}")
+    # an --out it could not write is refused before the run, not after it
+    for out_path, message in [(out / 'x.json', f'{out} is a file, not a folder'),
+                              (tmp_path, f'--out {tmp_path} is a folder; give a file name')]:
+        refused = subprocess.run(
+            [sys.executable, 'tools/soak.py', '--iters', '1', '--work-dir',
+             str(tmp_path / 'unused'), '--out', str(out_path)],
+            cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.splitlines()[-1].startswith(
+            f'soak.py: error: --out {out_path}') and message in refused.stderr
+    assert not (tmp_path / 'unused').exists()
