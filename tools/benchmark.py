@@ -594,7 +594,7 @@ def spawn(impl: str, argv) -> dict:
 def format_table(results: list) -> str:
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
-            ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3f}'), ('peak_mem_mb', '{:.0f}'),
+            ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3g}'), ('peak_mem_mb', '{:.0f}'),
             ('cpu_ms', '{:.0f}'), ('page_faults', '{:.0f}')]
     rows = [[name for name, _ in cols]]
     for r in results:
