@@ -85,7 +85,8 @@ def build_model_on_meta(cfg):
     try:
         with torch.device('meta'):
             return MODELS.build(copy.deepcopy(cfg.model))
-    except (KeyError, TypeError) as e:  # the registry's and the constructors' errors
+    except (KeyError, TypeError, ValueError) as e:  # the registry's, the constructors'
+        # and the model's own consistency checks (latent_shape vs in_channels, ...)
         message = explain_error(e)
         if message is not None:
             raise UserError(message) from None
@@ -204,7 +205,8 @@ def build_train_config(args):
         # nothing saved yet (a requeued job's first start, or another --work-dir than
         # meant): said in one line, instead of mmengine's 'resumed from ... None'
         cfg.resume, cfg.load_from = latest is not None, latest
-        if latest is None and os.environ.get('RANK', '0') == '0':
+        if latest is None and os.environ.get('RANK', os.environ.get('SLURM_PROCID',
+                                                                     '0')) == '0':
             print(f'--resume: no checkpoint in {cfg.work_dir} yet: the run starts at '
                   'iteration 0', flush=True)
     elif args.resume is not None:

@@ -65,8 +65,12 @@ def main(argv=None):
     ckpt = zero_to_state_dict(folder)
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     partial = f'{out}.tmp.{os.getpid()}'  # whole or not at all: an interrupted save
-    torch.save(ckpt, partial)  # leaves no file that looks converted
-    os.replace(partial, out)
+    try:  # leaves no file that looks converted
+        torch.save(ckpt, partial)
+        os.replace(partial, out)
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
     n = sum(v.numel() for v in ckpt['state_dict'].values())
     print(f'{folder} -> {out}: {len(ckpt["state_dict"])} tensors, {n / 1e6:.2f} M values')
 

@@ -222,7 +222,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
         hint = ('it is a model for another input_size / patch_size / hidden_size: build '
                 'the model to match (tokens = (input_size / patch_size) ** 2: a 512 px '
                 'DiT needs input_size=64)'
-                if own.get('pos_embed', given.get('pos_embed')) != given.get('pos_embed')
+                if 'pos_embed' in own and 'pos_embed' in given
+                and tuple(own['pos_embed']) != tuple(given['pos_embed'])
                 else 'build the model with the settings it was trained with (widths, '
                 'depth, patch size, learn_sigma, classes)')
         raise ValueError(f'{source}: its weights are not this model\'s: {found}; {hint}')

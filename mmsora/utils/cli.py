@@ -9,7 +9,8 @@ import sys
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
-           'unknown_key_message', 'check_output_path', 'first_line']
+           'unknown_key_message', 'missing_arguments_message', 'check_output_path',
+           'first_line']
 
 
 class UserError(Exception):
@@ -132,14 +133,16 @@ def _note_schedule_left_behind(cfg, updates) -> None:
     if type(new) is not int or type(old) is not int or new == old:
         return
     left = []
-    for i, sched in enumerate(cfg.get('param_scheduler') or []):
+    schedulers = cfg.get('param_scheduler') or []
+    single = isinstance(schedulers, dict)  # mmengine takes one scheduler as a dict
+    for i, sched in enumerate([schedulers] if single else schedulers):
         for field in ('end', 'T_max'):
-            path = f'param_scheduler.{i}.{field}'
+            path = f'param_scheduler.{field}' if single else f'param_scheduler.{i}.{field}'
             if (isinstance(sched, dict) and sched.get(field) == old and path not in updates
                     and (sched.get('begin') or 0) < new):  # (one that starts after the
                 # run's end never acts)
                 left.append(f'{path}={new}')
-    if left and os.environ.get('RANK', '0') == '0':
+    if left and os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0':
         print(f'note: --cfg-options train_cfg.max_iters={new}: the schedule still ends at '
               f'{old}, the config\'s length; for one that ends with the run set '
               f'{" ".join(left)} too', file=sys.stderr, flush=True)
@@ -172,7 +175,9 @@ def _refuse_spent_variable(cfg, key, value) -> None:
 
     walk(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg, '')
     if found:
-        path, same = found[0]
+        # the example: the loop's length where it took the variable (not, say, a
+        # checkpoint interval that happened to equal it)
+        path, same = next((f for f in found if f[0] == 'train_cfg.max_iters'), found[0])
         example = f'{path}={value if same else "..."}'
         raise UserError(f'--cfg-options {key}={value}: {key} is a variable the config '
                         f'used when it was read ({", ".join(p for p, _ in found[:3])}'
@@ -234,8 +239,9 @@ def _registered_subclasses(class_name):
     return found
 
 
-def unknown_key_message(class_name, key):
-    """``unknown config key KEY for CLASS; did you mean ...?`` for a registered class."""
+def unknown_key_message(class_name, key, skip=()):
+    """``unknown config key KEY for CLASS; did you mean ...?`` for a registered class
+    (``skip``: its arguments that are not the config's to give)."""
     import inspect
     cls = _find_registered_class(class_name)
     # A base class (SampleMetric) gets the keys its registered subclasses (FID) pass on:
@@ -243,11 +249,19 @@ def unknown_key_message(class_name, key):
     classes = [cls] if cls is not None else _registered_subclasses(class_name)
     params = list(dict.fromkeys(
         name for c in classes for name, p in inspect.signature(c).parameters.items()
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)))
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in skip))
     close = difflib.get_close_matches(key, params, n=3)
     hint = f'; did you mean {", ".join(close)}?' if close else (
         f'; it takes {", ".join(params)}' if params else '')
     return f'unknown config key {key!r} for {class_name}{hint}'
+
+
+def missing_arguments_message(class_name, names) -> str:
+    """``CLASS needs 'a' and 'b' in its config; they are missing``."""
+    quoted = [repr(name) for name in names]
+    listed = quoted[0] if len(quoted) == 1 else f'{", ".join(quoted[:-1])} and {quoted[-1]}'
+    return (f'{class_name} needs {listed} in its config; '
+            f'{"it is" if len(names) == 1 else "they are"} missing')
 
 
 def first_line(error: BaseException) -> str:
@@ -279,7 +293,8 @@ def explain_error(exc):
     if isinstance(exc, TypeError) and match and _find_registered_class(match.group(1)):
         # a config that leaves out what a registered class needs (not a bug of ours:
         # those call classes that are not built from configs)
-        return f'{match.group(1)} needs {match.group(2)} in its config; they are missing'
+        return missing_arguments_message(match.group(1), re.findall(r"'(\w+)'",
+                                                                  match.group(2)))
     if isinstance(exc, ValueError) and callable(getattr(exc, 'errors', None)) and hasattr(
             exc, 'title'):  # pydantic's (DeepSpeed's config): each field and what is wrong
         try:

@@ -79,7 +79,7 @@ def check_fsdp_strategy(strategy: dict) -> dict:
     if wrapper.get('cpu_offload'):
         raise ValueError("FSDP's cpu_offload is not modelled (offloaded parameters and "
                          'gradients would be counted on the GPU)')
-    sharding = wrapper.get('sharding_strategy', 'FULL_SHARD')
+    sharding = wrapper.get('sharding_strategy') or 'FULL_SHARD'  # (None: torch's default)
     if str(getattr(sharding, 'name', sharding)) != 'FULL_SHARD':
         # (the count's fake process group runs FSDP's own code, which asserts for
         # them: SHARD_GRAD_OP keeps whole parameters from the forward to the backward)

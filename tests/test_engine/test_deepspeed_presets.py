@@ -385,7 +385,6 @@ def test_a_deepspeed_folder_resumes_with_its_own_zero_stage(tmp_path):
     """Without --deepspeed mmengine said 'checkpoint file not found' of the folder;
     ZeRO-3 against a ZeRO-2 folder failed in DeepSpeed's loader with a bare
     AssertionError. Only the folder's file names are read."""
-    pytest.importorskip('deepspeed')
     zero2, zero3 = tmp_path / 'z2' / 'iter_8.pth', tmp_path / 'z3' / 'iter_8.pth'
     for folder, name in ((zero2, 'mp_rank_00_model_states.pt'),
                          (zero3, 'zero_pp_rank_0_mp_rank_00_model_states.pt')):
@@ -398,7 +397,8 @@ def test_a_deepspeed_folder_resumes_with_its_own_zero_stage(tmp_path):
     with pytest.raises(UserError, match=r'iter_8.pth: a DeepSpeed checkpoint folder '
                                         r'\(ZeRO-1/2\): resume it with --deepspeed '
                                         'deepspeed_zero2'):
-        build(zero2)
+        build(zero2)  # (only file names are read: no DeepSpeed needed)
+    pytest.importorskip('deepspeed')  # the presets below build DeepSpeed's config
     with pytest.raises(UserError, match=r'saved by a ZeRO-1/2 run, resumed with ZeRO-3: '
                                         'DeepSpeed cannot change that'):
         build(zero2, '--deepspeed', 'deepspeed_zero3')

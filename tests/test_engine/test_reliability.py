@@ -432,6 +432,15 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
                                          r'the model has not \(e\.g\. blocks\.1\.'):
         load_dit_checkpoint(DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                                 depth=1, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
+    # keys under another prefix (no pos_embed in the file): the settings hint, not the
+    # input_size one, which is for a pos_embed of another shape
+    from mmsora.utils.checkpoint import load_state_dict_checked
+    with pytest.raises(ValueError) as info:
+        load_state_dict_checked(dit, {f'model.{k}': v for k, v in dit.state_dict().items()},
+                                'x.pt')
+    assert 'the model has not (e.g. model.pos_embed)' in str(info.value)
+    assert str(info.value).endswith('build the model with the settings it was trained with '
+                                    '(widths, depth, patch size, learn_sigma, classes)')
 
 
 def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):

@@ -224,6 +224,6 @@ def test_a_dataset_missing_its_arguments_stops_before_the_runner(repo_root, tmp_
                       "train_dataloader = dict(dataset=dict(_delete_=True, "
                       "type='NpyLatentDataset', data_root='features'))\n")
     with pytest.raises(UserError, match=r'^train_dataloader.dataset: NpyLatentDataset needs '
-                                        'features_dir, labels_dir in its config; they are '
+                                        "'features_dir' and 'labels_dir' in its config; they are "
                                         'missing$'):
         build_train_config(parse_args([str(config), '--work-dir', str(tmp_path / 'w')]))

@@ -65,6 +65,9 @@ def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
      'IterBasedTrainLoop; did you mean max_iters'),
     ('train_dataloader.dataset.num_sample=8', "train_dataloader.dataset: unknown config key "
      "'num_sample' for SyntheticShapesDataset; did you mean num_samples"),
+    # the model's own consistency checks (a ValueError at its build)
+    ('model.latent_shape=[4,16,16]', r'model.latent_shape \[4, 16, 16\] has 4 channels but '
+     'model.denoiser.in_channels is 3'),
 ])
 def test_model_and_loop_mistakes_stop_before_the_runner_starts(repo_root, tmp_path, option,
                                                                 expected):

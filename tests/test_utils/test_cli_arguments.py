@@ -102,7 +102,8 @@ def test_a_shorter_run_says_what_its_schedule_keeps(repo_root, capsys):
     cfg = load_config(demo)
     with pytest.raises(UserError, match=r'max_iters=60: max_iters is a variable the config '
                                         r'used when it was read \(param_scheduler.1.end, '
-                                        r'train_cfg.max_iters took its value\)'):
+                                        r'train_cfg.max_iters took its value\); .*e\.g\. '
+                                        r'train_cfg.max_iters=60$'):
         apply_cfg_options(cfg, ['max_iters=60'])
     capsys.readouterr()
     apply_cfg_options(cfg, ['train_cfg.max_iters=1000'])
@@ -173,3 +174,25 @@ def test_a_pydantic_error_names_the_field():
         OffloadConfig(device='cpu', pin_memroy=True)
     assert explain_error(info.value) == 'OffloadConfig: pin_memroy: Extra inputs are not ' \
         'permitted'
+
+
+def test_config_key_checks_skip_mmengine_s_own_keys(repo_root):
+    """_scope_ is mmengine's (build_from_cfg takes it out): a dataset or loop that
+    gives it is not refused; a typo beside it is, with the Runner's own arguments
+    (runner, dataloader) left out of the suggestion."""
+    from mmsora.engine.strategies import check_dataset_keys, check_train_loop
+    cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+    cfg.train_dataloader.dataset['_scope_'] = 'mmsora'
+    cfg.train_cfg['_scope_'] = 'mmsora'
+    check_dataset_keys(cfg)
+    check_train_loop(cfg)
+    cfg.train_cfg['val_intervall'] = 2
+    with pytest.raises(UserError) as info:
+        check_train_loop(cfg)
+    assert str(info.value).startswith("train_cfg: unknown config key 'val_intervall' for "
+                                      'IterBasedTrainLoop; did you mean val_interval')
+    del cfg.train_cfg['val_intervall']
+    cfg.train_cfg['loader'] = 1  # no close name: the list, without runner / dataloader
+    with pytest.raises(UserError, match=r'; it takes max_iters, val_begin, val_interval, '
+                                        r'dynamic_intervals$'):
+        check_train_loop(cfg)

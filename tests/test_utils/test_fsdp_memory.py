@@ -155,6 +155,9 @@ def test_tool_counts_fsdp_and_refuses_what_it_does_not_model(tmp_path, capsys):
     with pytest.raises(UserError, match=r'sharding_strategy=SHARD_GRAD_OPP: not one of '
                                         r'FULL_SHARD, .*; did you mean SHARD_GRAD_OP\?'):
         estimate_memory.main([DEMO, '--gpus', '2', '--fsdp', '--cfg-options', grad_op + 'P'])
+    from mmsora.utils.fsdp_memory import check_fsdp_strategy
+    check_fsdp_strategy(dict(FSDP, model_wrapper=dict(  # None: torch's default, FULL_SHARD
+        FSDP['model_wrapper'], sharding_strategy=None)))
     # one process: a note that nothing is sharded
     capsys.readouterr()
     estimate_memory.main([DEMO, '--fsdp', '--batch-size', '8'])

@@ -76,8 +76,12 @@ def check_zero_settings(strategy: dict) -> None:
         from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     except ImportError:  # training needs DeepSpeed anyway and says so
         return
-    names = {name for key, field in DeepSpeedZeroConfig.model_fields.items()
-             for name in (key, field.alias) if name}
+    fields = (getattr(DeepSpeedZeroConfig, 'model_fields', None)  # pydantic 2
+              or getattr(DeepSpeedZeroConfig, '__fields__', {}))  # 1 (DeepSpeed < 0.15)
+    names = {name for key, field in fields.items()
+             for name in (key, getattr(field, 'alias', None)) if name}
+    if not names:
+        return
     for key in zero:
         if key not in names:
             import difflib

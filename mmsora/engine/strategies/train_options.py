@@ -7,7 +7,7 @@ import os
 import torch
 from mmengine.logging import print_log
 
-from mmsora.utils.cli import UserError, unknown_key_message
+from mmsora.utils.cli import UserError, missing_arguments_message, unknown_key_message
 from mmsora.utils.dist import free_port
 from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepspeed,
                         to_flexible_runner_config)
@@ -335,36 +335,54 @@ def fit_loader_workers(cfg) -> None:
             loader['persistent_workers'] = False
 
 
+def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
+                      missing_too: bool = False, past_kwargs: bool = False) -> None:
+    """Refuse keys of a config ``entry`` that ``cls`` does not take (a typo), naming
+    the close ones; with ``missing_too`` also the arguments it needs and the entry
+    lacks. ``given_by_runner``: arguments the Runner passes itself (not the config's);
+    ``also``: keys the Runner reads beside them (a hook's ``priority``). mmengine's
+    own keys (``type``, ``_scope_``) are skipped; so is a class that takes
+    ``**kwargs``, unless ``past_kwargs`` (they go on where nothing more is taken)."""
+    import inspect
+    params = {name: p for name, p in inspect.signature(cls).parameters.items()
+              if name not in given_by_runner}
+    if not past_kwargs and any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    keys = [key for key in entry if key not in ('type', '_scope_', *also)]
+    for key in keys:
+        if key not in params or params[key].kind in (params[key].VAR_KEYWORD,
+                                                     params[key].VAR_POSITIONAL):
+            raise UserError(f'{where}: '
+                            f'{unknown_key_message(cls.__name__, key, skip=given_by_runner)}')
+    missing = [name for name, p in params.items() if p.default is p.empty
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in keys]
+    if missing_too and missing:
+        raise UserError(f'{where}: {missing_arguments_message(cls.__name__, missing)}')
+
+
 def check_checkpoint_hook(cfg) -> None:
     """Refuse unknown keys of ``default_hooks.checkpoint`` before training starts.
 
     mmengine's CheckpointHook takes any keyword argument and hands it to
     ``runner.save_checkpoint``, which has none to spare: a typo (``intervall=2``) was
     accepted and failed only at the run's first save."""
-    import inspect
-
     from mmengine.hooks import CheckpointHook
     hook = (cfg.get('default_hooks') or {}).get('checkpoint')
     if not isinstance(hook, dict) or hook.get('type') not in (
             'CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
         return
-    known = {'type', 'priority', *inspect.signature(CheckpointHook).parameters} - {'kwargs'}
-    for key in hook:
-        if key not in known:
-            raise UserError(f'default_hooks.checkpoint: '
-                            f'{unknown_key_message("CheckpointHook", key)}')
+    check_config_keys(hook, CheckpointHook, 'default_hooks.checkpoint', also=('priority',),
+                      past_kwargs=True)
 
 
 def check_train_loop(cfg) -> None:
     """Refuse unknown keys of ``train_cfg`` (the training loop's settings) before the
     Runner starts: mmengine's loop refused ``max_iter=...`` only after printing the
     environment and the whole config and making the work dir."""
-    import inspect
-
     from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
     loop = dict(cfg.get('train_cfg') or {})
     if 'type' in loop:
-        cls = loop.pop('type')
+        cls = loop['type']
         if isinstance(cls, str):
             from mmsora.registry import LOOPS
             cls = LOOPS.get(cls)
@@ -372,12 +390,7 @@ def check_train_loop(cfg) -> None:
             return
     else:
         cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
-    params = inspect.signature(cls).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    for key in loop:
-        if key not in params or key in ('runner', 'dataloader'):
-            raise UserError(f'train_cfg: {unknown_key_message(cls.__name__, key)}')
+    check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
 
 
 def check_dataset_keys(cfg) -> None:
@@ -388,22 +401,10 @@ def check_dataset_keys(cfg) -> None:
 
     from mmsora.registry import DATASETS
     dataset = dict((cfg.get('train_dataloader') or {}).get('dataset') or {})
-    kind = dataset.pop('type', None)
+    kind = dataset.get('type')
     cls = DATASETS.get(kind) if isinstance(kind, str) else kind
-    if not inspect.isclass(cls):  # unknown: the registry's error names it
-        return
-    params = inspect.signature(cls).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    for key in dataset:
-        if key not in params:
-            raise UserError(f'train_dataloader.dataset: '
-                            f'{unknown_key_message(cls.__name__, key)}')
-    missing = [name for name, p in params.items() if p.default is p.empty
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in dataset]
-    if missing:
-        raise UserError(f'train_dataloader.dataset: {cls.__name__} needs '
-                        f'{", ".join(missing)} in its config; they are missing')
+    if inspect.isclass(cls):  # (unknown: the registry's error names it)
+        check_config_keys(dataset, cls, 'train_dataloader.dataset', missing_too=True)
 
 
 def check_accumulation(cfg) -> None:
