@@ -65,6 +65,10 @@ def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
      'IterBasedTrainLoop; did you mean max_iters'),
     ('train_dataloader.dataset.num_sample=8', "train_dataloader.dataset: unknown config key "
      "'num_sample' for SyntheticShapesDataset; did you mean num_samples"),
+    ('optim_wrapper.optimizer.weight_decy=0.1', "optim_wrapper.optimizer: unknown config "
+     "key 'weight_decy' for AdamW; did you mean weight_decay"),
+    ('train_dataloader.sampler.shufle=False', "train_dataloader.sampler: unknown config key "
+     "'shufle' for InfiniteSampler; did you mean shuffle"),
     # the model's own consistency checks (a ValueError at its build)
     ('model.latent_shape=[4,16,16]', r'model.latent_shape \[4, 16, 16\] has 4 channels but '
      'model.denoiser.in_channels is 3'),

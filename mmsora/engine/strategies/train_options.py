@@ -405,6 +405,17 @@ def check_dataset_keys(cfg) -> None:
     cls = DATASETS.get(kind) if isinstance(kind, str) else kind
     if inspect.isclass(cls):  # (unknown: the registry's error names it)
         check_config_keys(dataset, cls, 'train_dataloader.dataset', missing_too=True)
+    # the loader's sampler and the optimizer, built by the Runner after its start too
+    from mmsora.registry import DATA_SAMPLERS, OPTIMIZERS
+    for where, entry, registry, given in (
+            ('train_dataloader.sampler', (cfg.get('train_dataloader') or {}).get('sampler'),
+             DATA_SAMPLERS, ('dataset',)),
+            ('optim_wrapper.optimizer', (cfg.get('optim_wrapper') or {}).get('optimizer'),
+             OPTIMIZERS, ('params',))):
+        kind = entry.get('type') if isinstance(entry, dict) else None
+        cls = registry.get(kind) if isinstance(kind, str) else kind
+        if inspect.isclass(cls):
+            check_config_keys(entry, cls, where, given_by_runner=given)
 
 
 def check_accumulation(cfg) -> None:
