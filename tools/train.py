@@ -12,8 +12,9 @@ import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
 from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
-                              check_output_path, explain_error, keep_freed_memory_on_cpu,
-                              load_config, parse_config_and_preset, run_cli)
+                              check_output_path, explain_error, is_launch_rank0,
+                              keep_freed_memory_on_cpu, load_config, parse_config_and_preset,
+                              run_cli)
 
 
 def parse_args(argv=None):
@@ -205,8 +206,7 @@ def build_train_config(args):
         # nothing saved yet (a requeued job's first start, or another --work-dir than
         # meant): said in one line, instead of mmengine's 'resumed from ... None'
         cfg.resume, cfg.load_from = latest is not None, latest
-        if latest is None and os.environ.get('RANK', os.environ.get('SLURM_PROCID',
-                                                                     '0')) == '0':
+        if latest is None and is_launch_rank0():
             print(f'--resume: no checkpoint in {cfg.work_dir} yet: the run starts at '
                   'iteration 0', flush=True)
     elif args.resume is not None:
@@ -245,14 +245,14 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          check_checkpoint_hook, check_dataset_keys,
+                                          check_checkpoint_hook, check_component_keys,
                                           check_train_loop, drop_disabled_hooks,
                                           fit_loader_workers, launcher_world_size)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
     per_process = apply_global_batch(cfg, world_size)
-    if per_process is not None and int(os.environ.get('RANK', 0)) == 0:
+    if per_process is not None and is_launch_rank0():
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
@@ -261,7 +261,7 @@ def build_train_config(args):
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     check_checkpoint_hook(cfg)  # a typo would fail at the first save
     check_train_loop(cfg)  # a typo would fail after the Runner's start-up output
-    check_dataset_keys(cfg)  # the same
+    check_component_keys(cfg)  # the same
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     check_latent_scale(cfg)  # latents scaled for another VAE setting

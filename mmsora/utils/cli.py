@@ -10,7 +10,7 @@ __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'missing_arguments_message', 'check_output_path',
-           'first_line']
+           'first_line', 'is_launch_rank0']
 
 
 class UserError(Exception):
@@ -124,6 +124,13 @@ def apply_cfg_options(cfg, options):
     return cfg
 
 
+def is_launch_rank0() -> bool:
+    """Whether this process is rank 0 of its launch (torchrun's RANK, srun's
+    SLURM_PROCID; a lone process is), read before any process group exists: for the
+    notes a tool prints once, not once per process."""
+    return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'
+
+
 def _note_schedule_left_behind(cfg, updates) -> None:
     """A shorter or longer ``train_cfg.max_iters`` leaves the learning-rate schedule
     where it was (its ``end`` took the old length when the config was read): said on
@@ -142,7 +149,7 @@ def _note_schedule_left_behind(cfg, updates) -> None:
                     and (sched.get('begin') or 0) < new):  # (one that starts after the
                 # run's end never acts)
                 left.append(f'{path}={new}')
-    if left and os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0':
+    if left and is_launch_rank0():
         print(f'note: --cfg-options train_cfg.max_iters={new}: the schedule still ends at '
               f'{old}, the config\'s length; for one that ends with the run set '
               f'{" ".join(left)} too', file=sys.stderr, flush=True)

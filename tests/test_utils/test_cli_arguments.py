@@ -180,11 +180,11 @@ def test_config_key_checks_skip_mmengine_s_own_keys(repo_root):
     """_scope_ is mmengine's (build_from_cfg takes it out): a dataset or loop that
     gives it is not refused; a typo beside it is, with the Runner's own arguments
     (runner, dataloader) left out of the suggestion."""
-    from mmsora.engine.strategies import check_dataset_keys, check_train_loop
+    from mmsora.engine.strategies import check_component_keys, check_train_loop
     cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
     cfg.train_dataloader.dataset['_scope_'] = 'mmsora'
     cfg.train_cfg['_scope_'] = 'mmsora'
-    check_dataset_keys(cfg)
+    check_component_keys(cfg)
     check_train_loop(cfg)
     cfg.train_cfg['val_intervall'] = 2
     with pytest.raises(UserError) as info:

@@ -354,9 +354,11 @@ def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
                                                      params[key].VAR_POSITIONAL):
             raise UserError(f'{where}: '
                             f'{unknown_key_message(cls.__name__, key, skip=given_by_runner)}')
+    if not missing_too:
+        return
     missing = [name for name, p in params.items() if p.default is p.empty
                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in keys]
-    if missing_too and missing:
+    if missing:
         raise UserError(f'{where}: {missing_arguments_message(cls.__name__, missing)}')
 
 
@@ -393,29 +395,26 @@ def check_train_loop(cfg) -> None:
     check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
 
 
-def check_dataset_keys(cfg) -> None:
-    """The training dataset's keys against its class's signature, before the Runner
-    starts (it builds the dataset after printing the environment and the config): an
-    unknown key (a typo) or a missing argument in one line. Nothing is read."""
+def check_component_keys(cfg) -> None:
+    """The keys of the training dataset, its sampler and the optimizer against their
+    classes' signatures, before the Runner starts (it builds them after printing the
+    environment and the config): an unknown key (a typo) or, for the dataset, a
+    missing argument in one line. Nothing is built or read."""
     import inspect
 
-    from mmsora.registry import DATASETS
-    dataset = dict((cfg.get('train_dataloader') or {}).get('dataset') or {})
-    kind = dataset.get('type')
-    cls = DATASETS.get(kind) if isinstance(kind, str) else kind
-    if inspect.isclass(cls):  # (unknown: the registry's error names it)
-        check_config_keys(dataset, cls, 'train_dataloader.dataset', missing_too=True)
-    # the loader's sampler and the optimizer, built by the Runner after its start too
-    from mmsora.registry import DATA_SAMPLERS, OPTIMIZERS
-    for where, entry, registry, given in (
-            ('train_dataloader.sampler', (cfg.get('train_dataloader') or {}).get('sampler'),
-             DATA_SAMPLERS, ('dataset',)),
+    from mmsora.registry import DATA_SAMPLERS, DATASETS, OPTIMIZERS
+    loader = cfg.get('train_dataloader') or {}
+    for where, entry, registry, given, missing_too in (
+            ('train_dataloader.dataset', loader.get('dataset'), DATASETS, (), True),
+            ('train_dataloader.sampler', loader.get('sampler'), DATA_SAMPLERS,
+             ('dataset',), False),
             ('optim_wrapper.optimizer', (cfg.get('optim_wrapper') or {}).get('optimizer'),
-             OPTIMIZERS, ('params',))):
+             OPTIMIZERS, ('params',), False)):
         kind = entry.get('type') if isinstance(entry, dict) else None
         cls = registry.get(kind) if isinstance(kind, str) else kind
-        if inspect.isclass(cls):
-            check_config_keys(entry, cls, where, given_by_runner=given)
+        if inspect.isclass(cls):  # (unknown: the registry's error names it)
+            check_config_keys(entry, cls, where, given_by_runner=given,
+                              missing_too=missing_too)
 
 
 def check_accumulation(cfg) -> None:
