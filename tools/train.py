@@ -245,9 +245,9 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          check_checkpoint_hook, check_component_keys,
-                                          check_train_loop, drop_disabled_hooks,
-                                          fit_loader_workers, launcher_world_size)
+                                          drop_disabled_hooks, fit_loader_workers,
+                                          launcher_world_size)
+    from mmsora.utils.config_keys import check_training_keys
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -256,12 +256,12 @@ def build_train_config(args):
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
+    # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
+    # and the EMA hook): a typo would fail after the Runner's start-up output, or later
+    check_training_keys(cfg)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
                    options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
-    check_checkpoint_hook(cfg)  # a typo would fail at the first save
-    check_train_loop(cfg)  # a typo would fail after the Runner's start-up output
-    check_component_keys(cfg)  # the same
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     check_latent_scale(cfg)  # latents scaled for another VAE setting

@@ -9,8 +9,8 @@ import sys
 __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
-           'unknown_key_message', 'missing_arguments_message', 'check_output_path',
-           'first_line', 'is_launch_rank0']
+           'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
+           'check_output_path', 'first_line', 'is_launch_rank0']
 
 
 class UserError(Exception):
@@ -246,17 +246,26 @@ def _registered_subclasses(class_name):
     return found
 
 
-def unknown_key_message(class_name, key, skip=()):
+def unknown_type_message(obj_type: str, registry_name: str) -> str:
+    """``unknown type TYPE in the REGISTRY registry; did you mean ...?``"""
+    close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+
+
+def unknown_key_message(class_name, key, skip=(), names=None):
     """``unknown config key KEY for CLASS; did you mean ...?`` for a registered class
-    (``skip``: its arguments that are not the config's to give)."""
+    (``skip``: its arguments that are not the config's to give; ``names``: the keys it
+    takes, where the caller knows them better than its signature tells)."""
     import inspect
-    cls = _find_registered_class(class_name)
-    # A base class (SampleMetric) gets the keys its registered subclasses (FID) pass on:
-    # the names to suggest are theirs too.
-    classes = [cls] if cls is not None else _registered_subclasses(class_name)
-    params = list(dict.fromkeys(
-        name for c in classes for name, p in inspect.signature(c).parameters.items()
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in skip))
+    if names is None:
+        cls = _find_registered_class(class_name)
+        # A base class (SampleMetric) gets the keys its registered subclasses (FID) pass
+        # on: the names to suggest are theirs too.
+        classes = [cls] if cls is not None else _registered_subclasses(class_name)
+        names = (name for c in classes for name, p in inspect.signature(c).parameters.items()
+                 if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    params = list(dict.fromkeys(name for name in names if name not in skip))
     close = difflib.get_close_matches(key, params, n=3)
     hint = f'; did you mean {", ".join(close)}?' if close else (
         f'; it takes {", ".join(params)}' if params else '')
@@ -289,10 +298,7 @@ def explain_error(exc):
     match = _NOT_REGISTERED.search(text)
     if isinstance(exc, KeyError) and match:
         obj_type, _, registry_name = match.groups()
-        obj_type = obj_type.strip('`\'"')
-        close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
-        hint = f'; did you mean {", ".join(close)}?' if close else ''
-        return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+        return unknown_type_message(obj_type.strip('`\'"'), registry_name)
     match = _UNEXPECTED_KWARG.search(text)
     if isinstance(exc, TypeError) and match:
         return unknown_key_message(*match.groups())

@@ -69,6 +69,10 @@ def test_bad_input_gives_one_line(repo_root, tmp_path, args, expected):
      "key 'weight_decy' for AdamW; did you mean weight_decay"),
     ('train_dataloader.sampler.shufle=False', "train_dataloader.sampler: unknown config key "
      "'shufle' for InfiniteSampler; did you mean shuffle"),
+    ('param_scheduler.0.star_factor=0.1', r"param_scheduler\[0\]: unknown config key "
+     "'star_factor' for LinearLR; did you mean start_factor"),
+    ('custom_hooks.0.momentm=0.001', r"custom_hooks\[0\]: unknown config key 'momentm' "
+     'for EMAHook; did you mean momentum'),
     # the model's own consistency checks (a ValueError at its build)
     ('model.latent_shape=[4,16,16]', r'model.latent_shape \[4, 16, 16\] has 4 channels but '
      'model.denoiser.in_channels is 3'),

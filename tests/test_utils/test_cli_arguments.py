@@ -180,19 +180,18 @@ def test_config_key_checks_skip_mmengine_s_own_keys(repo_root):
     """_scope_ is mmengine's (build_from_cfg takes it out): a dataset or loop that
     gives it is not refused; a typo beside it is, with the Runner's own arguments
     (runner, dataloader) left out of the suggestion."""
-    from mmsora.engine.strategies import check_component_keys, check_train_loop
+    from mmsora.utils.config_keys import check_training_keys
     cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
     cfg.train_dataloader.dataset['_scope_'] = 'mmsora'
     cfg.train_cfg['_scope_'] = 'mmsora'
-    check_component_keys(cfg)
-    check_train_loop(cfg)
+    check_training_keys(cfg)
     cfg.train_cfg['val_intervall'] = 2
     with pytest.raises(UserError) as info:
-        check_train_loop(cfg)
+        check_training_keys(cfg)
     assert str(info.value).startswith("train_cfg: unknown config key 'val_intervall' for "
                                       'IterBasedTrainLoop; did you mean val_interval')
     del cfg.train_cfg['val_intervall']
     cfg.train_cfg['loader'] = 1  # no close name: the list, without runner / dataloader
     with pytest.raises(UserError, match=r'; it takes max_iters, val_begin, val_interval, '
                                         r'dynamic_intervals$'):
-        check_train_loop(cfg)
+        check_training_keys(cfg)

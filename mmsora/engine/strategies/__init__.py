@@ -7,7 +7,6 @@ from .speed import (CompileDenoiserHook, keep_freed_cpu_memory, prefer_fused_opt
                     set_tf32, tf32_supported)
 from .train_options import (accumulation_of, amp_dtype_of, apply_amp, apply_global_batch,
                             apply_speed_options, apply_strategy, check_accumulation,
-                            check_checkpoint_hook, check_component_keys, check_train_loop,
                             chosen_strategy, drop_disabled_hooks, fit_loader_workers,
                             drop_amp, launcher_world_size, prepare_deepspeed,
                             seed_model_at_run_time, single_process_env, fsdp_on_cpu)
@@ -23,7 +22,6 @@ __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'fill_auto', 'is_zero_checkpo
            'apply_speed_options', 'chosen_strategy', 'apply_strategy',
            'prepare_deepspeed', 'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'accumulation_of', 'check_accumulation',
-           'check_checkpoint_hook', 'check_component_keys', 'check_train_loop',
            'drop_disabled_hooks',
            'fit_loader_workers',
            'seed_model_at_run_time']

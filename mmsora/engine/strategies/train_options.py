@@ -7,7 +7,7 @@ import os
 import torch
 from mmengine.logging import print_log
 
-from mmsora.utils.cli import UserError, missing_arguments_message, unknown_key_message
+from mmsora.utils.cli import UserError
 from mmsora.utils.dist import free_port
 from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepspeed,
                         to_flexible_runner_config)
@@ -17,7 +17,7 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
-           'check_accumulation', 'check_checkpoint_hook', 'check_fsdp_precision',
+           'check_accumulation', 'check_fsdp_precision',
            'drop_disabled_hooks', 'fit_loader_workers',
            'seed_model_at_run_time']
 
@@ -333,88 +333,6 @@ def fit_loader_workers(cfg) -> None:
         if isinstance(loader, dict) and loader.get('num_workers', 0) == 0 \
                 and loader.get('persistent_workers'):
             loader['persistent_workers'] = False
-
-
-def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
-                      missing_too: bool = False, past_kwargs: bool = False) -> None:
-    """Refuse keys of a config ``entry`` that ``cls`` does not take (a typo), naming
-    the close ones; with ``missing_too`` also the arguments it needs and the entry
-    lacks. ``given_by_runner``: arguments the Runner passes itself (not the config's);
-    ``also``: keys the Runner reads beside them (a hook's ``priority``). mmengine's
-    own keys (``type``, ``_scope_``) are skipped; so is a class that takes
-    ``**kwargs``, unless ``past_kwargs`` (they go on where nothing more is taken)."""
-    import inspect
-    params = {name: p for name, p in inspect.signature(cls).parameters.items()
-              if name not in given_by_runner}
-    if not past_kwargs and any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    keys = [key for key in entry if key not in ('type', '_scope_', *also)]
-    for key in keys:
-        if key not in params or params[key].kind in (params[key].VAR_KEYWORD,
-                                                     params[key].VAR_POSITIONAL):
-            raise UserError(f'{where}: '
-                            f'{unknown_key_message(cls.__name__, key, skip=given_by_runner)}')
-    if not missing_too:
-        return
-    missing = [name for name, p in params.items() if p.default is p.empty
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in keys]
-    if missing:
-        raise UserError(f'{where}: {missing_arguments_message(cls.__name__, missing)}')
-
-
-def check_checkpoint_hook(cfg) -> None:
-    """Refuse unknown keys of ``default_hooks.checkpoint`` before training starts.
-
-    mmengine's CheckpointHook takes any keyword argument and hands it to
-    ``runner.save_checkpoint``, which has none to spare: a typo (``intervall=2``) was
-    accepted and failed only at the run's first save."""
-    from mmengine.hooks import CheckpointHook
-    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if not isinstance(hook, dict) or hook.get('type') not in (
-            'CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook):
-        return
-    check_config_keys(hook, CheckpointHook, 'default_hooks.checkpoint', also=('priority',),
-                      past_kwargs=True)
-
-
-def check_train_loop(cfg) -> None:
-    """Refuse unknown keys of ``train_cfg`` (the training loop's settings) before the
-    Runner starts: mmengine's loop refused ``max_iter=...`` only after printing the
-    environment and the whole config and making the work dir."""
-    from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
-    loop = dict(cfg.get('train_cfg') or {})
-    if 'type' in loop:
-        cls = loop['type']
-        if isinstance(cls, str):
-            from mmsora.registry import LOOPS
-            cls = LOOPS.get(cls)
-        if cls is None:  # an unknown type: the Runner names it
-            return
-    else:
-        cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
-    check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
-
-
-def check_component_keys(cfg) -> None:
-    """The keys of the training dataset, its sampler and the optimizer against their
-    classes' signatures, before the Runner starts (it builds them after printing the
-    environment and the config): an unknown key (a typo) or, for the dataset, a
-    missing argument in one line. Nothing is built or read."""
-    import inspect
-
-    from mmsora.registry import DATA_SAMPLERS, DATASETS, OPTIMIZERS
-    loader = cfg.get('train_dataloader') or {}
-    for where, entry, registry, given, missing_too in (
-            ('train_dataloader.dataset', loader.get('dataset'), DATASETS, (), True),
-            ('train_dataloader.sampler', loader.get('sampler'), DATA_SAMPLERS,
-             ('dataset',), False),
-            ('optim_wrapper.optimizer', (cfg.get('optim_wrapper') or {}).get('optimizer'),
-             OPTIMIZERS, ('params',), False)):
-        kind = entry.get('type') if isinstance(entry, dict) else None
-        cls = registry.get(kind) if isinstance(kind, str) else kind
-        if inspect.isclass(cls):  # (unknown: the registry's error names it)
-            check_config_keys(entry, cls, where, given_by_runner=given,
-                              missing_too=missing_too)
 
 
 def check_accumulation(cfg) -> None:

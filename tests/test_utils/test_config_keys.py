@@ -1,0 +1,119 @@
+"""mmsora.utils.config_keys: a training config's entries checked against the classes
+they build, before the Runner starts (tools/train.py)."""
+import copy
+import glob
+import os.path as osp
+
+import pytest
+
+from mmsora.utils.cli import UserError, load_config
+from mmsora.utils.config_keys import accepted_arguments, check_training_keys
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEMO = osp.join(REPO, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs/**/*.py'), recursive=True)
+                 if '_base_' not in p)
+
+
+def refused(cfg) -> str:
+    with pytest.raises(UserError) as info:
+        check_training_keys(cfg)
+    return str(info.value)
+
+
+def test_arguments_passed_on_to_the_bases_are_collected():
+    """LinearLR's own __init__ is a mixin's (optimizer, *args, **kwargs); the names
+    are its base's. An EMA hook's **kwargs go to no base: not complete."""
+    from mmengine.hooks import EMAHook
+    from mmengine.optim import AmpOptimWrapper, LinearLR
+    names, complete = accepted_arguments(LinearLR)
+    assert complete and {'start_factor', 'end_factor', 'begin', 'end', 'by_epoch'} <= set(
+        names)
+    names, complete = accepted_arguments(AmpOptimWrapper)
+    assert complete and {'loss_scale', 'dtype', 'optimizer', 'accumulative_counts',
+                         'clip_grad'} <= set(names)
+    names, complete = accepted_arguments(EMAHook)
+    assert not complete and 'ema_type' in names
+
+
+@pytest.mark.parametrize('edit, expected', [
+    (lambda c: c.param_scheduler[0].update(star_factor=0.1),
+     "param_scheduler[0]: unknown config key 'star_factor' for LinearLR; did you mean "
+     'start_factor'),
+    (lambda c: c.param_scheduler[1].update(type='CosineAnealingLR'),
+     "param_scheduler[1]: unknown type 'CosineAnealingLR' in the parameter scheduler "
+     'registry; did you mean CosineAnnealingLR'),
+    (lambda c: c.optim_wrapper.update(clip_grads=dict(max_norm=1.0)),
+     "optim_wrapper: unknown config key 'clip_grads' for OptimWrapper; did you mean "
+     'clip_grad'),
+    (lambda c: c.optim_wrapper.update(type='AmpOptimWraper'),
+     "optim_wrapper: unknown type 'AmpOptimWraper' in the optim_wrapper registry; did you "
+     'mean AmpOptimWrapper'),
+    (lambda c: c.custom_hooks[0].update(momentm=1e-4),
+     "custom_hooks[0]: unknown config key 'momentm' for EMAHook; did you mean momentum?"),
+    (lambda c: c.custom_hooks.append(dict(type='RNGStateHok')),
+     "custom_hooks[2]: unknown type 'RNGStateHok' in the hook registry; did you mean "
+     'RNGStateHook'),
+    (lambda c: c.default_hooks.logger.update(intervall=10),
+     "default_hooks.logger: unknown config key 'intervall' for LoggerHook; did you mean "
+     'interval'),
+    (lambda c: c.default_hooks.checkpoint.update(max_keep_ckpt=1),
+     "default_hooks.checkpoint: unknown config key 'max_keep_ckpt' for CheckpointHook; "
+     'did you mean max_keep_ckpts'),
+    (lambda c: c.train_dataloader.collate_fn.update(type='default_colate'),
+     "train_dataloader.collate_fn: unknown type 'default_colate' in the function registry; "
+     'did you mean default_collate'),
+    (lambda c: c.train_cfg.update(type='IterBasedTrainLop'),
+     "train_cfg: unknown type 'IterBasedTrainLop' in the loop registry; did you mean "
+     'IterBasedTrainLoop'),
+])
+def test_a_typo_is_one_line_naming_the_entry(edit, expected):
+    """Each failed only when the Runner built it (after ~140 lines of start-up output),
+    and the hooks' kwargs later still: the checkpoint hook's at the first save."""
+    cfg = load_config(DEMO)
+    check_training_keys(cfg)
+    edit(cfg)
+    assert refused(cfg).startswith(expected)
+
+
+def test_what_the_runner_and_wrappers_take_is_not_refused():
+    """Keys read beside the class (priority, convert_to_iter_based, paramwise_cfg),
+    those a subclass passes on (AmpOptimWrapper's to OptimWrapper), an EMA hook's
+    average's, a scheduler dict of one entry, a custom optimizer constructor's own."""
+    cfg = load_config(DEMO)
+    cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype='bfloat16', loss_scale='dynamic',
+                             accumulative_counts=2, paramwise_cfg=dict(norm_decay_mult=0.0))
+    cfg.custom_hooks[0].update(interval=2, strict_load=True, begin_iter=10)
+    cfg.param_scheduler = dict(type='LinearLR', start_factor=0.1, by_epoch=True, end=2,
+                               convert_to_iter_based=True)
+    cfg.custom_hooks.append(dict(type='EMAHook', ema_type='StochasticWeightAverage',
+                                 priority='ABOVE_NORMAL'))
+    check_training_keys(cfg)
+    cfg.optim_wrapper.update(constructor='MyConstructor', anything=1)
+    check_training_keys(cfg)  # a constructor of its own reads keys of its own
+    cfg.custom_hooks[-1]['momentum'] = 0.1  # StochasticWeightAverage takes no momentum
+    assert "unknown config key 'momentum' for EMAHook" in refused(cfg)
+
+
+def built_entries(cfg) -> list:
+    """The entries of a config that the Runner builds from a registry."""
+    loader = cfg.train_dataloader
+    schedulers = cfg.get('param_scheduler') or []
+    return ([cfg.train_cfg, cfg.optim_wrapper, cfg.optim_wrapper.optimizer, loader.dataset]
+            + [loader[k] for k in ('sampler', 'collate_fn') if isinstance(loader.get(k), dict)]
+            + ([schedulers] if isinstance(schedulers, dict) else list(schedulers))
+            + [h for h in (cfg.get('default_hooks') or {}).values() if isinstance(h, dict)]
+            + list(cfg.get('custom_hooks') or []))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, REPO))
+def test_every_entry_of_every_config_is_checked(path):
+    """Every shipped config passes, and a key added to any entry the Runner builds
+    from a registry is refused: no entry is passed over (a class whose keyword
+    arguments cannot be followed would be)."""
+    cfg = load_config(path)
+    check_training_keys(cfg)
+    for i, entry in enumerate(built_entries(cfg)):
+        typo = copy.deepcopy(cfg)
+        built_entries(typo)[i]['zz_typo'] = 1
+        assert "unknown config key 'zz_typo'" in refused(typo), entry
