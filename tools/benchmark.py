@@ -412,6 +412,8 @@ def check_args(args) -> None:
         if value is not None and value <= 0:
             raise UserError(f'--{name.replace("_", "-")} must be > 0, got {value}')
     check_output_path(args.json, '--json')
+    if args.interleave and not args.baseline:
+        raise UserError('--interleave alternates two models\' steps: add --baseline diffusers')
     if args.ema is not None and not 0 < args.ema < 1:
         raise UserError(f'--ema is a momentum in (0, 1) (DiT: 1e-4), got {args.ema}')
     if not args.config:
@@ -655,8 +657,6 @@ def main(argv=None):
     micro = accumulation_of(cfg)  # a step: this many micro-batches of --batch-size
     micro = micro if micro > 1 else None
     if args.interleave:
-        if not args.baseline:
-            raise SystemExit('--interleave compares two models: add --baseline diffusers')
         record = interleave(args)
         report(args, setup_record(args, micro), interleave_report(args, record), record)
         return

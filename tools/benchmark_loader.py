@@ -133,6 +133,16 @@ def time_loader(dataset, workers, batch_size, epochs) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    for name in ('num_samples', 'batch_size', 'epochs', 'repeats'):
+        if getattr(args, name) < 1:
+            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got '
+                            f'{getattr(args, name)}')
+    if min(args.latent_shape) < 1:
+        raise UserError(f'--latent-shape {" ".join(map(str, args.latent_shape))}: each size '
+                        'must be >= 1')
+    if min(args.workers) < 0:
+        raise UserError(f'--workers {" ".join(map(str, args.workers))}: a count of loader '
+                        'processes, >= 0 (0: load in the main process)')
     if args.num_samples < args.batch_size:
         raise UserError(f'--num-samples {args.num_samples} is below one batch '
                         f'({args.batch_size})')

@@ -46,13 +46,20 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=float, default=0.2,
                         help='fraction of the iterations left out of the slope')
     parser.add_argument('--work-dir', default='work_dirs/soak')
-    parser.add_argument('--port', type=int, default=29741)
+    parser.add_argument('--port', type=int, help='rendezvous port of the training processes '
+                        '(default: a free one)')
     parser.add_argument('--out', metavar='FILE', help='write the result as JSON here (its '
                         'folder is made if missing)')
     args = parser.parse_args(argv)
     for name in ('iters', 'nproc', 'batch_size', 'items'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
+    if args.workers < 0:
+        parser.error(f'--workers must be >= 0 (0: load in the main process), got '
+                     f'{args.workers}')
+    if args.port is None:  # two soaks at once on one machine: each its own
+        from mmsora.utils.dist import free_port
+        args.port = free_port()
     if not 0 <= args.warmup < 1:
         parser.error('--warmup must be in [0, 1)')
     if not args.interval > 0:

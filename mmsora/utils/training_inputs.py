@@ -65,7 +65,7 @@ def hook_class(hook_cfg) -> type:
     class, is a one-line :class:`~mmsora.utils.cli.UserError`."""
     from mmengine.hooks import Hook
 
-    from mmsora.utils.cli import UserError
+    from mmsora.utils.cli import UserError, unknown_type_message
     if isinstance(hook_cfg, Hook):
         return type(hook_cfg)
     kind = hook_cfg['type']
@@ -78,7 +78,7 @@ def hook_class(hook_cfg) -> type:
     from mmsora.registry import HOOKS
     cls = HOOKS.get(kind)
     if cls is None:
-        raise UserError(f'custom_hooks: {kind!r} is not a registered hook')
+        raise UserError(unknown_type_message(kind, HOOKS.name))
     return cls
 
 

@@ -267,7 +267,8 @@ def test_bad_input_is_one_line(tmp_path):
         benchmark.main([str(tmp_path / 'missing.py')])
     cfg_file = tmp_path / 'hook.py'
     cfg_file.write_text(TINY + "custom_hooks = [dict(type='EMAHok')]\n")
-    with pytest.raises(UserError, match="'EMAHok' is not a registered hook"):
+    with pytest.raises(UserError, match="unknown type 'EMAHok' in the hook registry; did "
+                                        'you mean EMAHook'):
         benchmark.main([str(cfg_file)])
     for extra, message in [
             (['--steps', '0'], '--steps must be >= 1, got 0'),
@@ -278,6 +279,7 @@ def test_bad_input_is_one_line(tmp_path):
             (['--ema', '2'], r'--ema is a momentum in \(0, 1\)'),
             (['--peak-tflops', '-1'], '--peak-tflops must be > 0'),
             (['--model', 'DiT-Q/2'], "--model 'DiT-Q/2': choose from DiT-S/2, "),
+            (['--interleave'], '--interleave alternates two models\' steps: add --baseline'),
             (['--json', str(cfg_file / 'x.json')], 'hook.py is a file, not a folder'),
             (['--json', str(tmp_path)], 'is a folder; give a file name')]:
         with pytest.raises(UserError, match=message):

@@ -60,6 +60,20 @@ def test_refuses_fewer_samples_than_one_batch():
         benchmark_loader.main(['--num-samples', '8', '--batch-size', '16'])
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--latent-shape', '4', '0', '32'], '--latent-shape 4 0 32: each size must be >= 1'),
+    (['--workers', '0', '-1'], '--workers 0 -1: a count of loader processes, >= 0'),
+    (['--epochs', '0'], '--epochs must be >= 1, got 0'),
+    (['--batch-size', '0'], '--batch-size must be >= 1, got 0'),
+])
+def test_sizes_and_counts_are_checked_before_any_data_is_written(tmp_path, args, message):
+    """--latent-shape 0 wrote a store of empty latents and timed it; --workers -1
+    failed in torch's DataLoader after the data was written."""
+    with pytest.raises(UserError, match=message):
+        benchmark_loader.main(args + ['--data', str(tmp_path / 'data')])
+    assert not (tmp_path / 'data').exists()
+
+
 def test_an_earlier_runs_data_is_reused_only_when_it_is_what_was_asked(tmp_path):
     """--data keeps what a run wrote for the next; one asking for other sizes was timed
     on the old data under a header with the new ones. Refused, naming both."""

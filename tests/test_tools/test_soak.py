@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.launch import free_port, fresh_run_env
 
 
@@ -55,3 +57,19 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
         assert refused.returncode == 2 and refused.stderr.splitlines()[-1].startswith(
             f'soak.py: error: --out {out_path}') and message in refused.stderr
     assert not (tmp_path / 'unused').exists()
+
+
+def test_the_default_port_is_a_free_one_and_workers_are_checked(repo_root):
+    """A fixed default port (29741) made two soaks at once on one machine collide;
+    --workers -1 failed in torch's DataLoader inside each training process."""
+    import importlib.util
+    import socket
+    spec = importlib.util.spec_from_file_location('soak', f'{repo_root}/tools/soak.py')
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    port = soak.parse_args([]).port
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', port))  # free: nothing holds it
+    assert soak.parse_args(['--port', '29999']).port == 29999
+    with pytest.raises(SystemExit):
+        soak.parse_args(['--workers', '-1'])

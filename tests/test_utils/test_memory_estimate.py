@@ -155,7 +155,7 @@ def test_every_ema_hook_is_counted(hook):
 
 
 @pytest.mark.parametrize('kind, message', [
-    ('EMAHok', "'EMAHok' is not a registered hook"),
+    ('EMAHok', "unknown type 'EMAHok' in the hook registry; did you mean EMAHook"),
     (print, 'is neither a hook class nor the name of one')])
 def test_a_wrong_hook_type_is_a_one_line_error(kind, message):
     cfg = tiny_cfg()
