@@ -12,9 +12,9 @@ import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
 from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
-                              check_output_path, explain_error, is_launch_rank0,
-                              keep_freed_memory_on_cpu, load_config, parse_config_and_preset,
-                              run_cli)
+                              check_output_path, explain_error, is_first_on_machine,
+                              is_launch_rank0, keep_freed_memory_on_cpu, load_config,
+                              parse_config_and_preset, run_cli)
 
 
 def parse_args(argv=None):
@@ -295,7 +295,12 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmsora.engine import init_cpu_distributed
-    cfg = build_train_config(args)
+    try:
+        cfg = build_train_config(args)
+    except UserError:
+        if not is_first_on_machine():  # the same config and files on every process of a
+            raise SystemExit(2)  # machine: its first one says what is wrong
+        raise
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)

@@ -10,7 +10,7 @@ __all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli
            'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
-           'check_output_path', 'first_line', 'is_launch_rank0']
+           'check_output_path', 'first_line', 'is_launch_rank0', 'is_first_on_machine']
 
 
 class UserError(Exception):
@@ -129,6 +129,15 @@ def is_launch_rank0() -> bool:
     SLURM_PROCID; a lone process is), read before any process group exists: for the
     notes a tool prints once, not once per process."""
     return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'
+
+
+def is_first_on_machine() -> bool:
+    """Whether this process is the first of its machine in a launch (torchrun's
+    LOCAL_RANK, srun's SLURM_LOCALID; a lone process is): for a mistake every process
+    of a launch finds alike (the config's), said once per machine, not by each."""
+    if 'RANK' in os.environ:  # torchrun (tools/train.py sets LOCAL_RANK='0' otherwise)
+        return os.environ.get('LOCAL_RANK', '0') == '0'
+    return os.environ.get('SLURM_LOCALID', '0') == '0'
 
 
 def _note_schedule_left_behind(cfg, updates) -> None:

@@ -110,6 +110,19 @@ def test_latent_shape_and_label_range_are_checked(repo_root, tmp_path):
     assert 'labels must lie in [0, 2)' in error_line(labels)
 
 
+def test_a_config_mistake_under_torchrun_is_said_once(repo_root, tmp_path):
+    """Every process of a launch checks the same config: the first of the machine says
+    what is wrong (each process printed the same error line), the others stop."""
+    result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(tmp_path / 'w'),
+                  '--cfg-options', 'train_cfg.max_iter=3'], repo_root, timeout=300,
+                 PORT=str(free_port()))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+    assert lines == ["error: train_cfg: unknown config key 'max_iter' for "
+                     'IterBasedTrainLoop; did you mean max_iters, val_interval?'], \
+        result.stderr[-3000:]
+
+
 def test_two_process_gloo_training_then_infer(repo_root, tmp_path):
     work = tmp_path / 'work'
     result = run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', str(work),
