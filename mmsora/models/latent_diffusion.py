@@ -129,6 +129,21 @@ class LatentDiffusion(BaseModel):
             raise ValueError(f'model.latent_shape {list(self.latent_shape)} has '
                              f'{self.latent_shape[0]} channels but model.denoiser.in_channels '
                              f'is {channels}: set both to the latents\' channels (SD VAE: 4)')
+        # Transformers have a position table for one token grid, and VideoDiT one for
+        # at most num_frames frames: other latents failed in the first forward.
+        grid = getattr(getattr(self.denoiser, 'x_embedder', None), 'img_size', None)
+        if grid is not None and tuple(self.latent_shape[-2:]) != tuple(grid):
+            size = 'x'.join(map(str, self.latent_shape[-2:]))
+            raise ValueError(f'model.latent_shape {list(self.latent_shape)} is {size} but '
+                             f'model.denoiser.input_size is {"x".join(map(str, grid))}: set '
+                             'both to the latents\' size (the pixels / the VAE factor: '
+                             '256 px / 8 = 32)')
+        frames = getattr(self.denoiser, 'num_frames', None)
+        if frames is not None and len(self.latent_shape) == 4 and \
+                self.latent_shape[1] > frames:
+            raise ValueError(f'model.latent_shape {list(self.latent_shape)} has '
+                             f'{self.latent_shape[1]} frames but model.denoiser.num_frames '
+                             f'is {frames}: set num_frames to at least the latents\' frames')
         learned = getattr(self.diffusion, 'model_var_type', None)
         sigma = getattr(self.denoiser, 'learn_sigma', None)
         if learned is not None and sigma is not None and sigma != (learned == 'learned_range'):

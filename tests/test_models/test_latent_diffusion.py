@@ -48,6 +48,19 @@ def test_settings_stated_twice_must_agree():
                                          r'model.denoiser.in_channels is 4'):
         MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(3, 8, 8),
                           num_classes=3))
+    # the token grid and the frames: an assertion in the first forward before
+    with pytest.raises(ValueError, match=r'model.latent_shape \[4, 16, 16\] is 16x16 but '
+                                         r'model.denoiser.input_size is 8x8'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 16, 16),
+                          num_classes=3))
+    video = dict(type='VideoDiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
+                 depth=2, num_heads=2, num_frames=2, num_classes=3)
+    with pytest.raises(ValueError, match=r'model.latent_shape \[4, 4, 8, 8\] has 4 frames but '
+                                         r'model.denoiser.num_frames is 2'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=video, latent_shape=(4, 4, 8, 8),
+                          num_classes=3))
+    MODELS.build(dict(type='LatentDiffusion', denoiser=video, latent_shape=(4, 1, 8, 8),
+                      num_classes=3))  # fewer frames than the table holds: taken
     with pytest.raises(ValueError, match='hidden_size 32 must be divisible by num_heads 3'):
         MODELS.build(dict(type='LatentDiffusion', denoiser=dict(TINY_DIT, num_heads=3),
                           latent_shape=(4, 8, 8), num_classes=3))
