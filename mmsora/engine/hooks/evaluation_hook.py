@@ -42,7 +42,10 @@ class SampleEvaluationHook(Hook):
         evaluate_at_end (bool): Also evaluate after the last iteration.
     """
 
-    priority = 'LOW'  # after EMAHook has updated the averaged weights
+    # After EMAHook has updated the averaged weights, and after CheckpointHook has
+    # saved the iteration: an evaluation that fails (a wrong setting, out of memory)
+    # stops the run without losing the checkpoint of the same iteration.
+    priority = 'LOWEST'
 
     def __init__(self, metrics: Sequence[dict], interval: int = 10000,
                  num_samples: int = 5000, batch_size: int = 16, seed: int = 0,
@@ -88,11 +91,40 @@ class SampleEvaluationHook(Hook):
         ``max_iters``)."""
         from mmsora.apis import build_evaluator, check_metric_inputs
         check_metric_inputs(build_evaluator(self.metrics))
+        self._check_sampler(runner)
+
+    def _check_sampler(self, runner) -> None:
+        """A sampler name the objective does not have (a typo) stops the run now,
+        not at the first evaluation (``interval`` iterations in)."""
+        from mmengine.model import is_model_wrapper
+
+        from mmsora.diffusion.scheduler_sampling import check_sampler_name
+        settings = {**(runner.cfg.get('sample_cfg') or {}),
+                    **(self.settings['sample_cfg'] or {})}
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        diffusion = getattr(model, 'diffusion', None)
+        if settings.get('sampler') is not None and hasattr(diffusion, 'samplers'):
+            check_sampler_name(settings['sampler'], diffusion.samplers(),
+                               type(diffusion).__name__)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.every_n_train_iters(runner, self.interval):
             self.evaluate(runner, runner.iter + 1)  # runner.iter counts from 0 here
+            _restart_iteration_timers(runner)
 
     def after_train(self, runner):
         if self.evaluate_at_end and self._last_evaluated != runner.iter:
             self.evaluate(runner, runner.iter)
+
+
+def _restart_iteration_timers(runner) -> None:
+    """Leave the evaluation's time out of the training's: IterTimerHook times each
+    iteration from the end of the one before, so the next iteration's ``time`` and
+    ``data_time`` (and the ETA from their means over the log window) held the whole
+    evaluation."""
+    import time
+
+    from mmengine.hooks import IterTimerHook
+    for hook in runner.hooks:
+        if isinstance(hook, IterTimerHook):
+            hook.t = time.time()

@@ -1,0 +1,83 @@
+"""SampleEvaluationHook in a training run: a wrong sampler stops the run before its
+first step, and an evaluation that fails comes after the iteration's checkpoint."""
+import os.path as osp
+
+import numpy as np
+import pytest
+
+from tools import train
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+
+
+def hooked_config(tmp_path, repo_root, sampler='ddim'):
+    """The tiny demo with an evaluation and a checkpoint every 2 iterations."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / 'ref.npz', arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
+    config = tmp_path / 'hooked.py'
+    config.write_text(f"""_base_ = [{osp.join(repo_root, DEMO)!r}]
+custom_imports = dict(imports=['tests.test_evaluation.tiny_extractors'],
+                      allow_failed_imports=False)
+model = dict(denoiser=dict(hidden_size=32, depth=2, num_heads=2, input_size=8),
+             latent_shape=(3, 8, 8))
+train_dataloader = dict(batch_size=4, dataset=dict(size=8, num_samples=16))
+param_scheduler = []
+train_cfg = dict(max_iters=3)
+default_hooks = dict(checkpoint=dict(interval=2))
+custom_hooks = [
+    dict(type='EMAHook', momentum=0.01, update_buffers=True, priority='ABOVE_NORMAL'),
+    dict(type='SampleEvaluationHook', interval=2, num_samples=4, batch_size=4,
+         sample_cfg=dict(sampler={sampler!r}, num_steps=2),
+         metrics=[dict(type='FID', extractor=dict(type='TinyImageExtractor'),
+                       reference={str(tmp_path / 'ref.npz')!r})]),
+]
+""")
+    return str(config)
+
+
+def test_a_sampler_typo_stops_the_run_before_its_first_step(repo_root, tmp_path):
+    """It failed at the first evaluation, `interval` iterations in."""
+    work = tmp_path / 'work'
+    with pytest.raises(ValueError, match=r"unknown sampler 'ddmi' for GaussianDiffusion; "
+                                         r'choose one of .*did you mean ddpm, ddim'):
+        train.main([hooked_config(tmp_path, repo_root, sampler='ddmi'), '--work-dir',
+                    str(work), '--cfg-options', 'default_hooks.checkpoint.interval=1'])
+    assert not list(work.glob('iter_*.pth'))  # not one step was taken
+
+
+def test_a_failing_evaluation_comes_after_the_iterations_checkpoint(repo_root, tmp_path,
+                                                                    monkeypatch):
+    """The hook evaluated before CheckpointHook saved the same iteration: a failure
+    there (out of memory while sampling) lost the iteration's checkpoint."""
+    import mmsora.apis
+
+    def failing(*args, **kwargs):
+        raise RuntimeError('out of memory while sampling')
+    monkeypatch.setattr(mmsora.apis, 'evaluate_model', failing)
+    work = tmp_path / 'work'
+    with pytest.raises(RuntimeError, match='out of memory while sampling'):
+        train.main([hooked_config(tmp_path, repo_root), '--work-dir', str(work)])
+    assert (work / 'iter_2.pth').is_file()
+
+
+def test_the_evaluations_time_is_not_the_next_iterations(repo_root, tmp_path, monkeypatch):
+    """The iteration after an evaluation logged the evaluation's time as its
+    data_time (and the ETA followed it for the log window)."""
+    import json
+    import time
+
+    import mmsora.apis
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return {}
+    monkeypatch.setattr(mmsora.apis, 'evaluate_model', slow)
+    work = tmp_path / 'work'
+    train.main([hooked_config(tmp_path, repo_root), '--work-dir', str(work),
+                '--cfg-options', 'default_hooks.logger.interval=1',
+                f'experiment_name=eval-time-{tmp_path.name}'])  # (a visualizer of its own)
+    scalars = [json.loads(line) for path in work.glob('*/vis_data/scalars.json')
+               for line in open(path)]
+    after = [s for s in scalars if s.get('step') == 3 and 'data_time' in s]
+    # (means over the log window: 1.5 s over 3 iterations was 0.5 s)
+    assert after and after[0]['data_time'] < 0.25 and after[0]['time'] < 0.25, scalars
