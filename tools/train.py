@@ -57,20 +57,21 @@ def parse_args(argv=None):
 
 
 def load_from_kind(path):
-    """What ``--load-from`` got, and its mmengine state dict (None for a denoiser's):
+    """What ``--load-from`` (or ``--resume``) got, its mmengine state dict (None for a
+    denoiser's) and its ``meta`` (the iteration it was saved at; {} for a denoiser's):
     ``'run'`` (an mmengine checkpoint of a model like the config's), ``'image_run'``
     (an mmengine checkpoint of an image DiT run) or ``'denoiser'`` (an original DiT /
     fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
-        return 'denoiser', None
+        return 'denoiser', None, {}
     obj = load_checkpoint_file(path)
     if not (isinstance(obj, dict) and 'state_dict' in obj):
-        return 'denoiser', None
-    keys = obj['state_dict']
+        return 'denoiser', None, {}
+    keys, meta = obj['state_dict'], obj.get('meta') or {}
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
-        return 'image_run', keys
-    return 'run', keys
+        return 'image_run', keys, meta
+    return 'run', keys, meta
 
 
 def build_model_on_meta(cfg):
@@ -96,19 +97,46 @@ def build_model_on_meta(cfg):
     return None
 
 
-def check_load_from_matches(model, path, state_dict):
-    """Refuse ``--load-from`` of an mmengine checkpoint whose denoiser is not the
-    config's (``model``, built on the meta device). mmengine's loader is not strict:
-    for a checkpoint of another model (other widths or depth) it logged the
-    mismatches and trained from the initial weights."""
+def check_load_from_matches(model, path, state_dict, option='--load-from'):
+    """Refuse ``--load-from`` (or ``--resume``) of an mmengine checkpoint whose
+    denoiser is not the config's (``model``, built on the meta device). mmengine's
+    loader is not strict: for a checkpoint of another model (other widths or depth) it
+    logged the mismatches and trained from the initial weights; at a resume the EMA
+    hook's strict load failed with a 60-line traceback."""
     from mmsora.utils.checkpoint import weight_mismatch
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
     found = weight_mismatch(ours, theirs, own_name='config')
     if found:
-        raise UserError(f'--load-from {path}: its denoiser is not the config\'s: {found}; '
+        raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}; '
                         'give the settings it was trained with (widths, depth, patch size, '
                         'learn_sigma, classes)')
+
+
+def check_resume_matches(cfg, model, path) -> bool:
+    """Refuse ``--resume`` of a file that is not a checkpoint of a run like the
+    config's: an original DiT / fast-DiT state dict (nothing to resume: no optimizer,
+    no iteration), a run of another model, or one saved past ``train_cfg.max_iters``.
+    Returns False when the checkpoint is the run's end: nothing is left to train
+    (mmengine resumed, trained nothing and said nothing)."""
+    kind, state_dict, meta = load_from_kind(path)
+    if kind == 'denoiser':
+        raise UserError(f'--resume {path}: a state dict of weights alone, not a checkpoint '
+                        'of a run (no optimizer, no iteration): start from it with '
+                        f'--load-from {path}')
+    if model is not None:
+        check_load_from_matches(model, path, state_dict, option='--resume')
+    done, last = meta.get('iter'), (cfg.get('train_cfg') or {}).get('max_iters')
+    if not (isinstance(done, int) and isinstance(last, int) and done >= last):
+        return True
+    if done > last:
+        raise UserError(f'--resume {path}: saved at iteration {done}, past train_cfg.'
+                        f'max_iters={last}: give a larger train_cfg.max_iters to train on')
+    if is_launch_rank0():
+        print(f'--resume {path}: saved at iteration {done}, which is train_cfg.max_iters: '
+              'the run is complete and there is nothing to train (give a larger '
+              'train_cfg.max_iters to train on)', flush=True)
+    return False
 
 
 def latest_checkpoint(work_dir):
@@ -221,11 +249,14 @@ def build_train_config(args):
         else:
             check_checkpoint_complete(args.resume)
             cfg.resume, cfg.load_from = True, args.resume
+    if cfg.get('resume') and osp.isfile(cfg.load_from):  # (not a DeepSpeed folder)
+        if not check_resume_matches(cfg, meta_model, cfg.load_from):
+            cfg.nothing_to_train = True  # main() stops before the Runner
     if args.load_from is not None:
         if not osp.isfile(args.load_from):
             raise UserError(f'--load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
-        kind, state_dict = load_from_kind(args.load_from)
+        kind, state_dict, _ = load_from_kind(args.load_from)
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
             if not args.deepspeed and meta_model is not None:  # (with --deepspeed a
@@ -301,6 +332,8 @@ def main(argv=None):
         if not is_first_on_machine():  # the same config and files on every process of a
             raise SystemExit(2)  # machine: its first one says what is wrong
         raise
+    if cfg.pop('nothing_to_train', False):
+        return
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)

@@ -18,7 +18,7 @@ from mmsora.datasets import (ImageFolderDataset, LatentStore, NpyLatentDataset,
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.cli import UserError, check_output_path, explain_error
 from tests.runner_probes import StateAtTrainStart
-from tests.test_engine.test_train import DEMO, tiny_cfg
+from tests.test_engine.test_train import DEMO, TINY, tiny_cfg
 from tools.train import build_train_config, parse_args
 
 
@@ -257,16 +257,22 @@ def test_crafted_checkpoint_runs_no_code(repo_root, tmp_path, trained, monkeypat
     # With this variable a torch.load that leaves weights_only unset (as mmengine's
     # loader does) unpickles anything; ours passes weights_only=True explicitly.
     monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-    # --resume: mmengine's Runner loads it.
-    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path / 'w', 4,
-                                      resume=str(tmp_path / 'evil.pth')))
-    with pytest.raises(Exception) as info:
-        runner.train()
-    assert one_line(info.value) == (
+    refused = (
         f'{tmp_path / "evil.pth"} holds objects that torch.load(weights_only=True) '
         'refuses to unpickle (they could run code): Trying to load unsupported GLOBAL '
         'posix.mkdir whose module posix is blocked; only tensors and plain containers '
         'are accepted')
+    # --resume: tools/train.py reads it first (its model and iteration) ...
+    with pytest.raises(Exception) as info:
+        tiny_cfg(repo_root, tmp_path / 'w', 4, resume=str(tmp_path / 'evil.pth'))
+    assert one_line(info.value) == refused
+    # ... and mmengine's Runner, which loads it, refuses it too.
+    cfg = tiny_cfg(repo_root, tmp_path / 'w', 4, resume=ckpt)
+    cfg.load_from = str(tmp_path / 'evil.pth')
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(Exception) as info:
+        runner.train()
+    assert one_line(info.value) == refused
     # --load-from: tools/train.py reads it itself.
     with pytest.raises(Exception) as info:
         build_train_config(parse_args([DEMO, '--load-from', str(tmp_path / 'evil.pth')]))
@@ -453,7 +459,8 @@ def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):
     copy = tmp_path / 'copy'
     shutil.copytree(work, copy)
     assert str(work) in (copy / 'last_checkpoint').read_text()
-    cfg = build_train_config(parse_args([DEMO, '--work-dir', str(copy), '--resume']))
+    cfg = build_train_config(parse_args([DEMO, '--work-dir', str(copy), '--resume',
+                                         '--cfg-options', *TINY]))
     assert cfg.resume and cfg.load_from == str(copy / 'iter_2.pth')
     assert find_run(str(copy))[1] == str(copy / 'iter_2.pth')
     from tools.infer import main as infer

@@ -227,3 +227,37 @@ def test_a_dataset_missing_its_arguments_stops_before_the_runner(repo_root, tmp_
                                         "'features_dir' and 'labels_dir' in its config; they are "
                                         'missing$'):
         build_train_config(parse_args([str(config), '--work-dir', str(tmp_path / 'w')]))
+
+
+def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root, tmp_path,
+                                                                       capsys):
+    """--resume of a checkpoint of another model failed in the EMA hook's strict load
+    (a 60-line traceback, after the Runner's start-up output); of a denoiser's weights
+    alone, in mmengine's resume; of a run saved at or past max_iters, it trained
+    nothing and said nothing."""
+    from mmsora.registry import MODELS
+    from tools import train
+    cfg = tiny_cfg(repo_root, tmp_path / 'a', 4)
+    model = MODELS.build(cfg.model)
+    run = tmp_path / 'iter_4.pth'
+    torch.save(dict(meta=dict(iter=4), state_dict=model.state_dict()), run)
+    weights = tmp_path / 'weights.pt'
+    torch.save(model.denoiser.state_dict(), weights)
+    with pytest.raises(UserError, match=rf'^--resume {run}: its denoiser is not the '
+                                        r"config's: .*give the settings it was trained"):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, 'model.denoiser.hidden_size=64',
+                 resume=str(run))
+    with pytest.raises(UserError, match=rf'^--resume {weights}: a state dict of weights '
+                                        rf'alone, .*--load-from {weights}$'):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(weights))
+    with pytest.raises(UserError, match=rf'^--resume {run}: saved at iteration 4, past '
+                                        r'train_cfg.max_iters=3: give a larger'):
+        tiny_cfg(repo_root, tmp_path / 'b', 3, resume=str(run))
+    assert tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(run)).get(
+        'nothing_to_train') is None  # iterations left: the Runner resumes
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'c'), '--resume',
+            str(run), '--cfg-options', 'train_cfg.max_iters=4', *TINY]
+    train.main(argv)  # returns before the Runner: no work dir, no log
+    assert 'saved at iteration 4, which is train_cfg.max_iters: the run is complete' in \
+        capsys.readouterr().out
+    assert not (tmp_path / 'c').exists()
