@@ -9,8 +9,9 @@ the same, so 1 and 8 GPUs give the same pictures and the same metric values. (Di
 
 Outputs: the ADM evaluator's ``.npz`` (``arr_0``: uint8 NHWC pictures or (N, T, H, W,
 3) clips; ``arr_1``: the labels, as guided-diffusion writes for class-conditional
-models, or ``prompts`` for text models), assembled from per-batch shards (a rerun after a crash keeps the finished
-batches), one PNG / mp4 per sample, and mmengine metrics fed batch by batch.
+models, or ``prompts`` for text models), assembled from per-batch shards (a rerun after
+a crash keeps the finished batches), one PNG / mp4 per sample, and mmengine metrics fed
+batch by batch.
 """
 import atexit
 import glob
@@ -18,6 +19,7 @@ import json
 import os
 import os.path as osp
 import shutil
+import sys
 import zipfile
 from typing import Callable, Dict, Optional, Sequence
 
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
+
+from mmsora.utils.cli import UserError
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample',
            'init_sampling_processes', 'zip_npy_files']
@@ -106,40 +110,163 @@ def _fingerprint(model, plan, batch_size, sample_kwargs) -> str:
 
 def _claim_parts_dir(parts_dir: str, fingerprint: str, rank: int) -> None:
     """Make (rank 0) or check the shard folder: shards left by a crashed run are reused
-    only by the same run; anything else is refused rather than silently mixed in."""
+    only by the same run (or by one that only adds samples after them); anything else
+    is refused rather than silently mixed in."""
     record = osp.join(parts_dir, 'run.json')
     if rank == 0:
         os.makedirs(parts_dir, exist_ok=True)
-        if not osp.isfile(record):
+        old = _read_record(record)
+        grown = old is not None and _grown_from(old, fingerprint)
+        if grown:
+            _drop_short_last_batch(parts_dir, _parse_record(old))
+        if old is None or grown:
             with open(record + '.tmp', 'w') as f:
                 f.write(fingerprint)
             os.replace(record + '.tmp', record)
     barrier()
+    old = _read_record(record)
+    if old != fingerprint:
+        raise UserError(f'{parts_dir} holds the shards of a different sampling run '
+                        f'({_differences(old, fingerprint)}); delete it or choose '
+                        'another --out')
+
+
+def _read_record(record: str) -> Optional[str]:
+    """The text of a run's record, or None when there is none yet."""
+    if not osp.isfile(record):
+        return None
     with open(record) as f:
-        if f.read() != fingerprint:
-            raise ValueError(f'{parts_dir} holds the shards of a different sampling run '
-                             '(other settings, labels or weights); delete it or choose '
-                             'another --out')
+        return f.read()
 
 
-def _save_files(sample_dir, indices, samples, labels, fps):
+def _parse_record(text: str) -> Optional[dict]:
+    """A run's record as a dict, or None for one this code cannot read."""
+    try:
+        run = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    readable = (isinstance(run, dict) and isinstance(run.get('plan'), dict)
+                and isinstance(run['plan'].get('seeds'), list) and run['plan']['seeds']
+                and isinstance(run.get('sample_kwargs'), dict))
+    return run if readable else None
+
+
+def _grown_from(old: str, new: str) -> bool:
+    """Whether the new run only adds samples after those of the old one: the same
+    plan for those, the same batches, settings and weights."""
+    old, new = _parse_record(old), _parse_record(new)
+    if old is None or new is None or len(old['plan']['seeds']) >= len(new['plan']['seeds']):
+        return False
+    n = len(old['plan']['seeds'])  # the new plan's first n entries must be the old plan
+    return dict(new, plan={k: v[:n] for k, v in new['plan'].items()}) == old
+
+
+def _drop_short_last_batch(parts_dir: str, old: dict) -> None:
+    """After a run grew, its shards stay but for a short last batch: the bigger run
+    draws that batch in full, which may change its samples (batched kernels)."""
+    n, batch_size = len(old['plan']['seeds']), old['batch_size']
+    shard = osp.join(parts_dir, f'batch_{n // batch_size:06d}.npz')
+    if n % batch_size and osp.isfile(shard):
+        os.remove(shard)
+
+
+def _differences(old: str, new: str) -> str:
+    """What two runs' records differ in, e.g. ``num_steps 250 -> 200``."""
+    old, new = _parse_record(old), _parse_record(new)
+    if old is None or new is None:
+        return 'other settings, labels or weights'
+    plans, kwargs = (old['plan'], new['plan']), (old['sample_kwargs'], new['sample_kwargs'])
+    pairs = [('num_samples', *(len(p['seeds']) for p in plans)),
+             ('seed', *(p['seeds'][0] for p in plans)),
+             ('batch_size', old.get('batch_size'), new.get('batch_size'))]
+    pairs += [(k, *(kw.get(k, 'unset') for kw in kwargs))
+              for k in sorted(set(kwargs[0]) | set(kwargs[1]))]
+    found = [f'{name} {a} -> {b}' for name, a, b in pairs if a != b]
+    n = min(len(p['seeds']) for p in plans)
+    found += [f'other {key}' for key in ('labels', 'prompts')
+              if plans[0].get(key, [])[:n] != plans[1].get(key, [])[:n]]
+    if old.get('weights') != new.get('weights'):
+        found.append('other weights: another checkpoint, or --no-ema')
+    return ', '.join(found) or 'other settings, labels or weights'
+
+
+def _draw(sample_fn, plan: dict, indices: range, sample_kwargs: dict):
+    """Sample ``indices`` of the plan, with their seeds and labels (or prompts)."""
+    cond = ({'prompts': [plan['prompts'][i] for i in indices]} if 'prompts' in plan
+            else {'labels': [plan['labels'][i] for i in indices]})
+    return sample_fn(seeds=[plan['seeds'][i] for i in indices], **cond, **sample_kwargs)
+
+
+class _BadShard(Exception):
+    """A shard whose content is not its batch's samples."""
+
+
+def _kept_samples(shard: str, indices: range) -> Optional[np.ndarray]:
+    """The samples of a shard a previous run finished, or None when there is none. A
+    shard that cannot be read (cut short by a crash, ...) is named and None returned:
+    its batch is sampled again."""
+    if not osp.isfile(shard):
+        return None
+    try:
+        return _read_shard(shard, indices)
+    except Exception as e:  # also a damaged zip member, ...
+        why = str(e) if isinstance(e, _BadShard) else f'{type(e).__name__}: {e}'
+        tqdm.write(f'warning: {shard} cannot be read ({why}): sampled again', file=sys.stderr)
+        return None
+
+
+def _read_shard(shard: str, indices: range) -> np.ndarray:
+    """The samples of the shard of batch ``indices``; _BadShard when it holds others."""
+    if not zipfile.is_zipfile(shard):
+        raise _BadShard('not a complete .npz file')
+    with np.load(shard) as data:
+        if not {'indices', 'samples'} <= set(data.files):
+            raise _BadShard(f'holds {sorted(data.files)}, not indices and samples')
+        got, samples = data['indices'], data['samples']
+    if list(got) != list(indices):
+        raise _BadShard(f'not the samples {indices.start} .. {indices.stop - 1}')
+    if (samples.dtype != np.uint8 or samples.ndim not in (4, 5)
+            or len(samples) != len(indices) or samples.shape[-1] != 3):
+        raise _BadShard(f'samples of {samples.dtype} {samples.shape}')
+    return samples
+
+
+def _write_shard(shard: str, indices: range, samples: np.ndarray) -> None:
+    """Write a batch's shard under a temporary name, flushed to disk before it is
+    renamed: a shard is then whole or absent, even after a power loss."""
+    tmp = shard[:-len('.npz')] + '.tmp.npz'
+    with open(tmp, 'wb') as f:
+        np.savez(f, indices=np.asarray(indices), samples=samples)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, shard)
+
+
+def _save_files(sample_dir, indices, samples, labels, fps, only_missing=False):
+    """One PNG (or mp4) per sample, each written under a temporary name and renamed;
+    ``only_missing``: leave the files that exist (a kept shard's)."""
     from PIL import Image
 
     from mmsora.utils.video_io import write_video
     os.makedirs(sample_dir, exist_ok=True)
+    ext = '.png' if samples.ndim == 4 else '.mp4'
     for k, (i, sample) in enumerate(zip(indices, samples)):
         name = osp.join(sample_dir, f'{i:06d}' if labels is None else f'{i:06d}_label{labels[k]}')
+        if only_missing and osp.isfile(name + ext):
+            continue
         if sample.ndim == 3:
-            Image.fromarray(sample).save(name + '.png')
+            Image.fromarray(sample).save(name + '.tmp.png', format='PNG')
         else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
             clip = torch.from_numpy(sample).permute(3, 0, 1, 2).float() / 127.5 - 1
-            write_video(name + '.mp4', clip, fps)
+            write_video(name + '.tmp.mp4', clip, fps)
+        os.replace(name + '.tmp' + ext, name + ext)
 
 
-def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict):
+def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict,
+                  num_batches: int):
     """Shards -> one ``.npz`` (arr_0, and arr_1 labels or ``prompts``), through a
     memory-mapped ``.npy`` so that 50K pictures never sit in memory at once."""
-    shards = sorted(glob.glob(osp.join(parts_dir, 'batch_*.npz')))
+    shards = [osp.join(parts_dir, f'batch_{k:06d}.npz') for k in range(num_batches)]
     arr = None
     for shard in shards:
         with np.load(shard) as data:
@@ -193,8 +320,11 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             labels and passed to ``model.sample(prompts=...)``.
         out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
             ``{out}.parts/`` (on a file system all ranks share) until it is complete.
+            A rerun keeps them, also one that only asks for more samples; a shard
+            that cannot be read is named and sampled again.
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
             sample: ``{index:06d}_label{y}.png`` (``{index:06d}.png`` for prompts).
+            A rerun writes those of the kept shards that are missing.
         evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
             ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
             ``label`` and ``prompt``.
@@ -234,35 +364,26 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         shard = osp.join(parts_dir, f'batch_{k:06d}.npz') if parts_dir else None
         batch_labels = [plan['labels'][i] for i in indices]
         batch_prompts = [plan['prompts'][i] for i in indices] if prompts is not None else None
-        if shard and osp.isfile(shard):  # finished before a crash: same samples
-            with np.load(shard) as data:
-                samples = data['samples']
-        else:
-            cond = (dict(prompts=batch_prompts) if prompts is not None
-                    else dict(labels=batch_labels))
-            images = sample_fn(seeds=[plan['seeds'][i] for i in indices], **cond,
-                               **sample_kwargs)
-            samples = to_uint8_samples(images)
-            if shard:
-                tmp = shard[:-len('.npz')] + '.tmp.npz'
-                np.savez(tmp, indices=np.asarray(indices), samples=samples)
-                os.replace(tmp, shard)
-            if sample_dir:
-                _save_files(sample_dir, indices, samples,
-                            None if prompts is not None else batch_labels, fps)
+        samples = _kept_samples(shard, indices) if shard else None
+        from_shard = samples is not None
+        if not from_shard:
+            samples = to_uint8_samples(_draw(sample_fn, plan, indices, sample_kwargs))
+        if sample_dir:  # before the shard, so a kept shard's files exist (but see below)
+            # A kept shard of a run without this sample_dir: write its missing files.
+            _save_files(sample_dir, indices, samples, None if prompts is not None
+                        else batch_labels, fps, only_missing=from_shard)
+        if shard and not from_shard:
+            _write_shard(shard, indices, samples)
         if evaluator is not None:
             evaluator.process(data_samples=[
                 dict(index=i, sample=s, label=y,
                      prompt=batch_prompts[j] if batch_prompts else None)
                 for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
     for _ in range(idle):
-        indices = range(min(batch_size, num_samples))
-        cond = (dict(prompts=[plan['prompts'][i] for i in indices]) if prompts is not None
-                else dict(labels=[plan['labels'][i] for i in indices]))
-        sample_fn(seeds=[plan['seeds'][i] for i in indices], **cond, **sample_kwargs)
+        _draw(sample_fn, plan, range(min(batch_size, num_samples)), sample_kwargs)
     barrier()
     if out and rank == 0:
-        _assemble_npz(out, parts_dir, num_samples, plan)
+        _assemble_npz(out, parts_dir, num_samples, plan, num_batches)
     metrics = evaluator.evaluate(num_samples) if evaluator is not None else None
     barrier()
     return dict(metrics=metrics, out=out)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmsora.apis import mass_sample, rank_batches, sample_plan, to_uint8_samples
+from mmsora.utils.cli import UserError
 
 
 def fake_sample(seeds, labels=None, prompts=None, **kwargs):
@@ -102,7 +103,7 @@ def test_shards_of_another_run_are_refused(tmp_path):
 
     with pytest.raises(RuntimeError):
         mass_sample(None, 4, [0], batch_size=2, out=out, sample_fn=crashing, progress=False)
-    with pytest.raises(ValueError, match='shards of a different sampling run'):
+    with pytest.raises(UserError, match='shards of a different sampling run'):
         mass_sample(None, 4, [0], seed=1, batch_size=2, out=out, sample_fn=fake_sample,
                     progress=False)
     # A changed weight is a different run too.
@@ -112,7 +113,7 @@ def test_shards_of_another_run_are_refused(tmp_path):
         mass_sample(model, 4, [0], batch_size=2, out=out2, sample_fn=crashing, progress=False)
     with torch.no_grad():
         model.weight.add_(1)
-    with pytest.raises(ValueError, match='different sampling run'):
+    with pytest.raises(UserError, match='different sampling run'):
         mass_sample(model, 4, [0], batch_size=2, out=out2, sample_fn=fake_sample,
                     progress=False)
 
@@ -130,3 +131,117 @@ def test_clips_go_to_npz_and_mp4(tmp_path):
     with np.load(out) as data:
         assert data['arr_0'].shape == (2, 4, 8, 8, 3)
     assert read_video_frames(str(tmp_path / 'v' / '000001_label0.mp4')).shape == (4, 8, 8, 3)
+
+
+def counting(calls):
+    """fake_sample, recording the seeds of each call."""
+    def sample(seeds, **kwargs):
+        calls.append(list(seeds))
+        return fake_sample(seeds, **kwargs)
+    return sample
+
+
+def crash_at(first_bad_seed):
+    """A sampler killed when it reaches a seed."""
+    def crashing(seeds, **kwargs):
+        if max(seeds) >= first_bad_seed:
+            raise RuntimeError('killed')
+        return fake_sample(seeds, **kwargs)
+    return crashing
+
+
+def test_damaged_shards_are_sampled_again(tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'x.npz'
+    parts = tmp_path / 'x.npz.parts'
+    with pytest.raises(RuntimeError):  # 6 batches of 3; killed in the last
+        mass_sample(None, 18, [0, 1], seed=5, batch_size=3, out=str(out),
+                    sample_fn=crash_at(20), progress=False)
+    shard = [parts / f'batch_{k:06d}.npz' for k in range(6)]
+    shard[1].write_bytes(shard[1].read_bytes()[:300])          # cut short
+    shard[2].write_text('not a shard')                          # text
+    shard[3].write_bytes(b'')                                   # power loss
+    shard[4].write_bytes(shard[0].read_bytes())                 # other samples
+    calls, synced = [], []
+    monkeypatch.setattr('os.fsync', synced.append)
+    capsys.readouterr()
+    mass_sample(None, 18, [0, 1], seed=5, batch_size=3, out=str(out), progress=False,
+                sample_fn=counting(calls))
+    assert calls == [[8, 9, 10], [11, 12, 13], [14, 15, 16], [17, 18, 19], [20, 21, 22]]
+    assert len(synced) == 5  # each new shard is on disk before it is renamed
+    warnings = capsys.readouterr().err.splitlines()
+    assert [w.split(' (')[0] for w in warnings] == [
+        f'warning: {shard[k]} cannot be read' for k in (1, 2, 3, 4)]
+    assert all(w.endswith('): sampled again') for w in warnings)
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data['arr_0'],
+                                      to_uint8_samples(fake_sample(range(5, 23), [0])))
+
+
+def test_sample_dir_gets_the_files_of_kept_shards(tmp_path):
+    from PIL import Image
+    out = str(tmp_path / 'x.npz')
+    with pytest.raises(RuntimeError):  # killed after 2 of 5 batches
+        mass_sample(None, 10, [0], batch_size=2, out=out, sample_fn=crash_at(4),
+                    progress=False)
+    mass_sample(None, 10, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd2'),
+                sample_fn=fake_sample, progress=False)
+    names = sorted(p.name for p in (tmp_path / 'sd2').iterdir())
+    assert names == [f'{i:06d}_label0.png' for i in range(10)]
+    with np.load(out) as data:
+        np.testing.assert_array_equal(
+            np.stack([np.asarray(Image.open(tmp_path / 'sd2' / n)) for n in names]),
+            data['arr_0'])
+    # A file lost from a kept shard's batch (killed while writing) is written again.
+    with pytest.raises(RuntimeError):
+        mass_sample(None, 4, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd3'),
+                    sample_fn=crash_at(2), progress=False)
+    (tmp_path / 'sd3' / '000001_label0.png').unlink()
+    mass_sample(None, 4, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd3'),
+                sample_fn=fake_sample, progress=False)
+    assert len(list((tmp_path / 'sd3').iterdir())) == 4
+
+
+def test_refusal_names_what_differs(tmp_path):
+    out = str(tmp_path / 'x.npz')
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError):
+        mass_sample(model, 4, [0, 1], batch_size=2, out=out, sample_fn=crash_at(2),
+                    progress=False, num_steps=250)
+    with pytest.raises(UserError, match=r'different sampling run \(seed 0 -> 1, batch_size 2 '
+                       r'-> 1, eta unset -> 0.5, num_steps 250 -> 200, other labels, other '
+                       r'weights: another checkpoint, or --no-ema\); delete it'):
+        mass_sample(torch.nn.Linear(2, 2), 4, [1, 0], seed=1, batch_size=1, out=out,
+                    sample_fn=fake_sample, progress=False, num_steps=200, eta=0.5)
+    with pytest.raises(UserError, match=r'run \(num_samples 4 -> 3, other prompts\);'):
+        mass_sample(model, 3, [0, 1], batch_size=2, out=out, sample_fn=fake_sample,
+                    prompts=['a cat'], progress=False, num_steps=250)
+    # A record this code cannot read: the general message.
+    (tmp_path / 'x.npz.parts' / 'run.json').write_text('3f2a9c')
+    with pytest.raises(UserError, match=r'run \(other settings, labels or weights\);'):
+        mass_sample(model, 4, [0, 1], out=out, sample_fn=fake_sample, progress=False)
+
+
+def test_more_samples_keep_the_full_batches_of_a_killed_run(tmp_path, capsys):
+    class KilledAfterLastBatch:  # its shards are all written, the .npz is not
+        def process(self, data_samples):
+            if data_samples[-1]['index'] == 6:
+                raise RuntimeError('killed')
+
+    out = str(tmp_path / 'x.npz')
+    with pytest.raises(RuntimeError):  # batches [0, 3), [3, 6) and the short [6, 7)
+        mass_sample(None, 7, [0, 1, 2], seed=5, batch_size=3, out=out, sample_fn=fake_sample,
+                    evaluator=KilledAfterLastBatch(), progress=False)
+    with pytest.raises(UserError, match=r'run \(num_samples 7 -> 12, seed 5 -> 6\)'):
+        mass_sample(None, 12, [0, 1, 2], seed=6, batch_size=3, out=out,
+                    sample_fn=fake_sample, progress=False)
+    calls = []
+    capsys.readouterr()
+    mass_sample(None, 12, [0, 1, 2], seed=5, batch_size=3, out=out, progress=False,
+                sample_fn=counting(calls))
+    assert calls == [[11, 12, 13], [14, 15, 16]]  # the short batch is drawn in full
+    printed = capsys.readouterr()
+    assert printed.out.startswith('resuming: 2 of 4 batches') and not printed.err
+    with np.load(out) as data:
+        np.testing.assert_array_equal(data['arr_0'],
+                                      to_uint8_samples(fake_sample(range(5, 17), [0])))
+        np.testing.assert_array_equal(data['arr_1'], [0, 1, 2] * 4)
