@@ -73,7 +73,12 @@ def main(argv=None):
     later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
     model, cfg = init_model(args.run, args.checkpoint, device=device,
                             cfg_options=[o for o in args.cfg_options if o not in later],
-                            use_ema=not args.no_ema)
+                            use_ema=not args.no_ema,
+                            checkpoint_option='the checkpoint after the config (test.py '
+                            'CONFIG CKPT)')
+    if is_main_process():  # which file of a work dir (or of a copy of one) is scored
+        what = 'trained weights (--no-ema)' if args.no_ema else 'EMA weights where it has them'
+        print(f'weights: {model.loaded_from} ({what})', flush=True)
     if args.evaluation:
         from mmsora.utils.cli import apply_cfg_options, load_config
         cfg.evaluation = load_config(args.evaluation).get('evaluation')

@@ -17,7 +17,7 @@ from mmengine.evaluator import Evaluator
 
 from .mass_sampling import mass_sample
 
-__all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model']
+__all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model', 'output_size']
 
 # Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample.
 NOT_SAMPLE_ARGS = ('fps',)
@@ -35,13 +35,32 @@ def build_evaluator(metrics: Sequence[dict]) -> Evaluator:
     return Evaluator([METRICS.build(m) for m in metrics])
 
 
-def check_metric_inputs(evaluator: Evaluator) -> None:
-    """Raise FileNotFoundError for a reference or extractor weights that a metric of
-    ``evaluator`` will read: before the sampling, not after it."""
+def check_metric_inputs(evaluator: Evaluator, num_samples: Optional[int] = None,
+                        sample_size: Optional[tuple] = None) -> None:
+    """Raise for a reference or extractor weights that a metric of ``evaluator``
+    will read, for a reference of another size than ``sample_size`` (see
+    :func:`output_size`) and for too few samples: before the sampling, not after it."""
     for metric in evaluator.metrics:
         check = getattr(metric, 'check_inputs', None)
         if check is not None:
-            check()
+            check(num_samples=num_samples, sample_size=sample_size)
+
+
+def output_size(model) -> Optional[tuple]:
+    """(H, W) of the pictures or (T, H, W) of the clips ``model`` samples, from its
+    ``latent_shape`` and VAE factor; None for a size known only after decoding (a
+    VAE that compresses time; Stable Cascade's rounding)."""
+    shape = getattr(model, 'latent_shape', None)
+    if shape is None or len(shape) not in (3, 4):
+        return None
+    vae = getattr(model, 'vae', None)
+    factor = 1 if vae is None else getattr(vae, 'downsample_factor', None)
+    exact = isinstance(factor, int) and not hasattr(vae, 'latent_size')
+    size = [side * factor if exact else None for side in shape[-2:]]
+    if len(shape) == 4:
+        compresses_time = callable(getattr(vae, 'latent_shape', None))
+        size.insert(0, None if compresses_time else shape[1])
+    return tuple(size)
 
 
 def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
@@ -76,7 +95,7 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
     for key in NOT_SAMPLE_ARGS:
         kwargs.pop(key, None)
     evaluator = build_evaluator(metrics)
-    check_metric_inputs(evaluator)
+    check_metric_inputs(evaluator, num_samples, output_size(model))
     result = mass_sample(
         model, num_samples, labels or list(range(model.num_classes)), seed=seed,
         batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,

@@ -122,8 +122,10 @@ def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
 
 
 def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_options=(),
-               use_ema=True):
-    """Build the model of a config (or work dir) and load its weights.
+               use_ema=True, checkpoint_option: str = '--checkpoint CKPT'):
+    """Build the model of a config (or work dir) and load its weights
+    (``checkpoint_option``: how the calling tool takes a checkpoint, for the error when
+    there is none).
 
     Returns:
         ``(model, cfg)``: the model in eval mode on ``device`` and the config.
@@ -145,7 +147,7 @@ def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_optio
     checkpoint = checkpoint or run_checkpoint
     if checkpoint is None:
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
-                                'pass --checkpoint')
+                                f'pass {checkpoint_option}')
     load_weights(model, checkpoint, use_ema=use_ema)
     return model.to(device).eval(), cfg
 

@@ -116,9 +116,17 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
     bare.write_text(f'_base_ = [{config!r}]\nevaluation = None\n')
     assert run_cli(lambda: tool.main([str(bare), ckpt])) == 2
     assert 'no `evaluation` section' in capsys.readouterr().err
+    # a config without a checkpoint: test.py takes it after the config (the error said
+    # --checkpoint, infer.py's option, which test.py does not have)
+    assert run_cli(lambda: tool.main([config])) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        'none found for ' f'{config}: pass the checkpoint after the config (test.py CONFIG '
+        'CKPT)')
     # --evaluation brings the section from another file; evaluation.* options apply to it.
     tool.main([str(bare), ckpt, '--evaluation', config, '--json', str(root / 'e.json'),
                '--cfg-options', 'evaluation.num_samples=3', 'model.num_classes=4'])
+    # which file was scored, as infer.py says which it samples
+    assert f'weights: {ckpt} (EMA weights where it has them)' in capsys.readouterr().out
     result = json.load(open(root / 'e.json'))
     assert result['num_samples'] == 3 and result['metrics']['FID'] > 0
     assert (result['checkpoint'], result['use_ema'], result['seed']) == (ckpt, True, 3)
@@ -248,3 +256,87 @@ def test_missing_inputs_stop_before_any_sampling(tiny_run, tmp_path, capsys, mon
     logs = ''.join(open(osp.join(dp, f)).read() for dp, _, fs in os.walk(work) for f in fs
                    if f.endswith('.log'))
     assert 'Iter(train)' not in logs and not list(work.glob('*.pth'))
+
+
+def test_reference_mistakes_stop_before_any_sampling(tiny_run, tmp_path, capsys,
+                                                     monkeypatch):
+    """A reference of another size was scored (FID printed, rc 0); one of another key
+    or of 1 picture, or --num-samples 1, failed after all the sampling, with a
+    traceback or without naming the culprit. Now each is one line, before sampling."""
+    from mmsora.apis import evaluation
+    from mmsora.utils.cli import run_cli
+    repo_root, root, config, ckpt = tiny_run
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError('sampled before checking the metric inputs')
+
+    monkeypatch.setattr(evaluation, 'mass_sample', no_sampling)
+    tool = load_tool(repo_root, 'test')
+    references = dict(big=dict(arr_0=np.zeros((4, 16, 16, 3), np.uint8)),
+                      other_key=dict(images=np.zeros((4, 8, 8, 3), np.uint8)),
+                      one=dict(arr_0=np.zeros((1, 8, 8, 3), np.uint8)))
+    expected = dict(
+        big='big.npz holds 16x16 pictures, but the model makes 8x8 ones: make the '
+            'reference at that size (tools/make_reference.py --image-size 8)',
+        other_key="other_key.npz has neither statistics (mu, sigma) nor samples (arr_0); "
+                  "it has ['images']: save the samples as arr_0",
+        one='one.npz holds 1 sample(s); FID needs at least 2')
+    for name, arrays in references.items():
+        np.savez(tmp_path / f'{name}.npz', **arrays)
+        assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
+                                          'evaluation.metrics.0.reference='
+                                          f'{tmp_path / name}.npz'])) == 2
+        err = capsys.readouterr().err
+        assert expected[name] in err and len(err.strip().splitlines()) == 1, err
+    assert run_cli(lambda: tool.main([config, ckpt, '--num-samples', '1'])) == 2
+    assert ('error: FID needs at least 2 samples (a covariance), got num_samples=1: '
+            'raise --num-samples') in capsys.readouterr().err
+
+
+def test_clip_reference_of_another_size_stops_before_sampling(tmp_path, monkeypatch):
+    """A 16-frame 32x32 reference against a model making 4-frame 16x16 clips gave an
+    FVD; now refused before sampling, naming both sizes."""
+    import mmsora.models  # noqa: F401
+    from mmsora.apis import evaluation
+    from mmsora.registry import MODELS
+    from mmsora.utils.cli import load_config
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError('sampled before checking the metric inputs')
+
+    monkeypatch.setattr(evaluation, 'mass_sample', no_sampling)
+    repo_root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = load_config(f'{repo_root}/configs/video_dit/'
+                      'video_dit_tiny2_1xb8_1500_moving_shapes16.py')
+    cfg.model.denoiser.update(hidden_size=16, depth=2, num_heads=2)
+    model = MODELS.build(cfg.model)
+    assert evaluation.output_size(model) == (4, 16, 16)
+    np.savez(tmp_path / 'clips.npz', arr_0=np.zeros((3, 16, 32, 32, 3), np.uint8))
+    metric = dict(type='FVD', extractor=dict(type='TinyVideoExtractor'),
+                  reference=str(tmp_path / 'clips.npz'))
+    with pytest.raises(ValueError, match=r'clips.npz holds 16-frame 32x32 clips, but the '
+                                         r'model makes 4-frame 16x16 ones: make the '
+                                         r'reference at that size \(tools/make_reference.py '
+                                         r'--num-frames 4 --image-size 16\)'):
+        evaluation.evaluate_model(model, [metric], num_samples=4)
+
+
+def test_output_size_follows_the_vae():
+    from types import SimpleNamespace
+
+    from mmsora.apis.evaluation import output_size
+
+    class TimeVAE:
+        downsample_factor = 8
+
+        def latent_shape(self, *args):
+            pass
+
+    sd_vae = SimpleNamespace(downsample_factor=8)
+    assert output_size(SimpleNamespace(latent_shape=(4, 32, 32), vae=sd_vae)) == (256, 256)
+    assert output_size(SimpleNamespace(latent_shape=(4, 5, 8, 6), vae=sd_vae)) == (5, 64, 48)
+    assert output_size(SimpleNamespace(latent_shape=(4, 5, 8, 8), vae=TimeVAE())) == (
+        None, 64, 64)  # frames known after decoding only: checked at the first batch
+    cascade = SimpleNamespace(downsample_factor=42.67, latent_size=None)
+    assert output_size(SimpleNamespace(latent_shape=(16, 24, 24), vae=cascade)) == (
+        None, None)

@@ -37,7 +37,8 @@ def test_inception_loads_a_pytorch_fid_style_state_dict(tmp_path):
     with pytest.raises(ValueError, match='uint8'):
         loaded(torch.zeros(1, 3, 8, 8))
     torch.save({k: v for k, v in state.items() if k != 'fc.bias'}, path)
-    with pytest.raises(RuntimeError, match='fc.bias'):
+    with pytest.raises(ValueError, match=r'is not the FID Inception\'s weights \(1 of its '
+                                         r'\d+ entries missing: fc.bias\)'):
         InceptionV3FID(weights=str(path))
 
 
@@ -93,3 +94,33 @@ def test_clip_embedder_matches_transformers_processor(tmp_path):
     expected = out if isinstance(out, torch.Tensor) else out.pooler_output
     got = embedder.encode_images(torch.from_numpy(images).permute(0, 3, 1, 2))
     assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.9999
+
+
+def test_wrong_weight_files_are_named_in_one_line(tmp_path):
+    """A training checkpoint given as Inception weights gave a 48-line load_state_dict
+    error; the Inception file given to I3D failed in torch.jit.load after the first
+    sampling batch, the I3D file given to Inception with a weights_only message."""
+    from mmsora.evaluation import FID, FVD
+    from mmsora.utils.cli import explain_error
+    ckpt, inception, i3d = (str(tmp_path / n) for n in ('iter_10.pth', 'incep.pth', 'i3d.pt'))
+    torch.save(dict(meta=dict(iter=10), state_dict=dict(w=torch.zeros(2))), ckpt)
+    torch.save(dict(w=torch.zeros(2)), inception)
+    torch.jit.save(torch.jit.script(FakeI3D()), i3d)
+    cases = [(lambda: InceptionV3FID(weights=ckpt), f"{ckpt} is not the FID Inception's "
+              "weights (a training checkpoint): give pytorch-fid's pt_inception-2015-12-05"),
+             (lambda: InceptionV3FID(weights=i3d), f"{i3d} is a TorchScript file (I3D's "
+              "i3d_torchscript.pt?), not Inception weights: give pytorch-fid's "
+              'pt_inception-2015-12-05'),
+             (lambda: I3DTorchScript(weights=inception), f'{inception} is not a TorchScript '
+              "file (a plain torch checkpoint or state dict, such as Inception's weights?): "
+              "FVD's I3D is StyleGAN-V's i3d_torchscript.pt"),
+             # before any sampling: from the zip directory, nothing loaded
+             (FID(extractor=dict(type='InceptionV3FID', weights=i3d),
+                  reference='unused.npz').check_inputs, f'{i3d} is a TorchScript file'),
+             (FVD(extractor=dict(type='I3DTorchScript', weights=inception),
+                  reference='unused.npz').check_inputs, f'{inception} is not a TorchScript')]
+    for build, message in cases:
+        with pytest.raises(ValueError) as info:
+            build()
+        assert explain_error(info.value).startswith(message), explain_error(info.value)
+        assert '\n' not in explain_error(info.value)

@@ -191,3 +191,49 @@ def test_reference_content_is_checked_before_the_sampling(tmp_path):
     with pytest.raises(ValueError, match='holds statistics of 400 features, but the '
                                          'TinyImageExtractor extractor gives'):
         fid.process(None, [dict(index=0, sample=pictures(1, 0)[0])])
+
+
+def test_unreadable_statistics_cache_is_computed_again(tmp_path, monkeypatch):
+    """A cache holding text stopped the run after all the sampling ('This file contains
+    pickled (object) data'); now it is recomputed, as a stale one is, with a warning."""
+    import mmsora.evaluation.metrics.frechet as frechet
+    logged = []
+    monkeypatch.setattr(frechet, 'print_log', lambda msg, **kw: logged.append(msg))
+    ref, gen = pictures(20, 0), pictures(20, 1)
+    np.savez(tmp_path / 'ref.npz', arr_0=ref)
+    cache = tmp_path / 'ref_TinyImageExtractor_stats.npz'
+    cache.write_text('not statistics')
+    fid = FID(extractor=TINY, reference=str(tmp_path / 'ref.npz'))
+    expected = frechet_distance(*feature_stats(tiny_features(gen)['features']),
+                                *feature_stats(tiny_features(ref)['features']))
+    assert feed(fid, gen)['FID'] == pytest.approx(expected, rel=1e-6)
+    assert [m for m in logged if m.startswith(
+        f'FID: cannot read the cached reference statistics {cache} (')
+        and m.endswith('); computing them again') and '\n' not in m]
+    with np.load(cache) as data:  # written again, whole
+        assert data['mu'].shape == (8,)
+
+
+def test_sample_size_is_checked_at_the_first_batch(tmp_path):
+    """Where the model's output size is not known before sampling (a VAE that
+    compresses time), the first batch is checked against the reference."""
+    np.savez(tmp_path / 'clips.npz', arr_0=np.zeros((3, 16, 8, 8, 3), np.uint8))
+    fvd = FVD(extractor=dict(type='TinyVideoExtractor'), reference=str(tmp_path / 'clips.npz'))
+    fvd.check_inputs(num_samples=4, sample_size=(None, 8, 8))
+    with pytest.raises(ValueError, match='clips.npz holds 16-frame 8x8 clips, but the samples '
+                                         'are 4-frame 8x8 ones'):
+        fvd.process(None, [dict(index=0, sample=np.zeros((4, 8, 8, 3), np.uint8))])
+
+
+def test_reference_of_another_key_is_a_one_line_error(tmp_path):
+    """Read without check_inputs (a metric used on its own), the reference of another
+    key gave a KeyError (a traceback in the tools)."""
+    from mmsora.utils.cli import explain_error
+    np.savez(tmp_path / 'other.npz', images=pictures(3, 0))
+    fid = FID(extractor=TINY, reference=str(tmp_path / 'other.npz'))
+    fid.process(None, [dict(index=i, sample=s) for i, s in enumerate(pictures(3, 1))])
+    with pytest.raises(ValueError, match=r"has neither statistics \(mu, sigma\) nor "
+                                         r"samples \(arr_0\); it has \['images'\]") as info:
+        fid.evaluate(3)
+    assert explain_error(info.value).endswith("it has ['images']: save the samples as "
+                                              'arr_0 (tools/make_reference.py does)')

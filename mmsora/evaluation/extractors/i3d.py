@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from mmsora.registry import MODELS
 
-__all__ = ['I3DTorchScript', 'resize_center_crop']
+__all__ = ['I3DTorchScript', 'resize_center_crop', 'is_torchscript']
+
+I3D_FILE = "StyleGAN-V's i3d_torchscript.pt, see docs/evaluation.md"
 
 
 def resize_center_crop(videos: torch.Tensor, size: int) -> torch.Tensor:
@@ -33,6 +35,20 @@ def resize_center_crop(videos: torch.Tensor, size: int) -> torch.Tensor:
     return frames.reshape(n, t, c, size, size).permute(0, 2, 1, 3, 4)
 
 
+def is_torchscript(path: str) -> bool:
+    """Whether a file is a TorchScript archive (a zip with ``constants.pkl`` and
+    ``code/``), from its zip directory only; ``torch.save`` files have neither."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [name.partition('/')[2] for name in archive.namelist()]
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return 'constants.pkl' in names or any(n.startswith('code/') for n in names)
+
+
 @MODELS.register_module()
 class I3DTorchScript(nn.Module):
     """FVD's I3D: uint8 clips -> 400-d features.
@@ -45,13 +61,27 @@ class I3DTorchScript(nn.Module):
 
     def __init__(self, weights: str, size: int = 224):
         super().__init__()
+        self.check_weights(weights)
+        try:
+            self.detector = torch.jit.load(weights, map_location='cpu').eval()
+        except RuntimeError as e:
+            raise ValueError(f'cannot load the I3D TorchScript file {weights} ('
+                             f'{str(e).strip().splitlines()[0]}): give {I3D_FILE}') from e
+        self.size = size
+        self.requires_grad_(False)
+
+    @staticmethod
+    def check_weights(weights: str) -> None:
+        """Raise, without loading it, for a missing file or one that is no
+        TorchScript archive (Inception's weights, a training checkpoint)."""
         import os.path as osp
         if not osp.isfile(weights):
             raise FileNotFoundError(f'I3D TorchScript file not found: {weights} '
-                                    '(StyleGAN-V\'s i3d_torchscript.pt; see docs/evaluation.md)')
-        self.detector = torch.jit.load(weights, map_location='cpu').eval()
-        self.size = size
-        self.requires_grad_(False)
+                                    f'({I3D_FILE})')
+        if not is_torchscript(weights):
+            raise ValueError(f'{weights} is not a TorchScript file (a plain torch '
+                             'checkpoint or state dict, such as Inception\'s weights?): '
+                             f'FVD\'s I3D is {I3D_FILE}')
 
     @torch.no_grad()
     def forward(self, videos: torch.Tensor) -> Dict[str, torch.Tensor]:

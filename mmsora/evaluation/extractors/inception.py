@@ -22,6 +22,9 @@ from mmsora.registry import MODELS
 
 __all__ = ['InceptionV3FID', 'resize_bilinear_tf1']
 
+INCEPTION_FILE = ("pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a plain state dict; "
+                  'see docs/evaluation.md)')
+
 
 def resize_bilinear_tf1(x: torch.Tensor, size) -> torch.Tensor:
     """TensorFlow 1.x ``resize_bilinear`` (align_corners=False): source pixel of output
@@ -203,10 +206,42 @@ class InceptionV3FID(nn.Module):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)
         if weights is not None:
-            from mmsora.utils.checkpoint import load_checkpoint_file
-            self.load_state_dict(load_checkpoint_file(weights), strict=True)
+            self.load_state_dict(self._read_weights(weights), strict=True)
         self.requires_grad_(False)
         self.eval()
+
+    @staticmethod
+    def check_weights(weights: str) -> None:
+        """Raise, without loading it, for a TorchScript file (I3D's) given as the
+        Inception weights."""
+        from .i3d import is_torchscript
+        if is_torchscript(weights):
+            raise ValueError(f'{weights} is a TorchScript file (I3D\'s '
+                             'i3d_torchscript.pt?), not Inception weights: give '
+                             f'{INCEPTION_FILE}')
+
+    def _read_weights(self, weights: str) -> Dict[str, torch.Tensor]:
+        """The state dict in ``weights``, refused in one line if it is not this
+        network's (a training checkpoint, another network's weights)."""
+        from mmsora.utils.checkpoint import load_checkpoint_file
+        self.check_weights(weights)
+        state = load_checkpoint_file(weights)
+        # pytorch-fid's file predates BatchNorm's num_batches_tracked (filled in).
+        expected = {k for k in self.state_dict() if not k.endswith('num_batches_tracked')}
+        found = set(state) if isinstance(state, dict) else set()
+        missing, unexpected = sorted(expected - found), sorted(found - expected - set(
+            self.state_dict()))
+        if 'state_dict' in found or 'meta' in found:
+            what = 'a training checkpoint'
+        elif missing:
+            what = (f'{len(missing)} of its {len(expected)} entries missing: '
+                    + ', '.join(missing[:3]) + (', ...' if len(missing) > 3 else ''))
+        elif unexpected:
+            what = 'unexpected entries: ' + ', '.join(unexpected[:3])
+        else:
+            return state
+        raise ValueError(f'{weights} is not the FID Inception\'s weights ({what}): '
+                         f'give {INCEPTION_FILE}')
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:

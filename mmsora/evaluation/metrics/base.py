@@ -63,10 +63,13 @@ class SampleMetric(BaseMetric):
         self.batch_size = batch_size
         self._extractor = None
 
-    def check_inputs(self) -> None:
-        """Raise FileNotFoundError now for a file the metric will read (the
-        extractor's ``weights`` / ``pretrained_path``), before hours of sampling;
-        the extractor itself is built on first use."""
+    def check_inputs(self, num_samples: Optional[int] = None,
+                     sample_size: Optional[tuple] = None) -> None:
+        """Raise now for a file the metric will read (the extractor's ``weights`` /
+        ``pretrained_path``: missing, or of the wrong kind where a header shows it),
+        before hours of sampling; the extractor itself is built on first use.
+        ``num_samples`` and ``sample_size`` (what the model will make) are for
+        subclasses."""
         import os.path as osp
         for key in ('weights', 'pretrained_path'):
             path = self.extractor_cfg.get(key)
@@ -74,6 +77,11 @@ class SampleMetric(BaseMetric):
                 raise FileNotFoundError(f'{type(self).__name__}: the extractor '
                                         f"{self.extractor_cfg.get('type')}'s {key} not "
                                         f'found: {path}')
+        extractor_type = self.extractor_cfg.get('type')
+        cls = MODELS.get(extractor_type) if isinstance(extractor_type, str) else extractor_type
+        check = getattr(cls, 'check_weights', None)
+        if check is not None and isinstance(self.extractor_cfg.get('weights'), str):
+            check(self.extractor_cfg['weights'])
 
     @property
     def extractor(self) -> torch.nn.Module:

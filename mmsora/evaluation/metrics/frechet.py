@@ -3,6 +3,7 @@ between Gaussians fitted to features of generated and reference samples."""
 import logging
 import os
 import os.path as osp
+import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -43,10 +44,16 @@ class FrechetMetric(SampleMetric):
         self.reference_cache = reference_cache or (
             f'{osp.splitext(reference)[0]}_{self.extractor_cfg["type"]}_stats.npz')
 
-    def check_inputs(self) -> None:
+    def check_inputs(self, num_samples: Optional[int] = None,
+                     sample_size: Optional[tuple] = None) -> None:
         """Also what the reference holds, from its arrays' headers (nothing is read
-        whole): statistics, or samples of the kind this metric takes."""
-        super().check_inputs()
+        whole): statistics, or at least 2 samples of the kind this metric takes and
+        of ``sample_size`` (the model's (H, W) or (T, H, W); None: unknown)."""
+        super().check_inputs(num_samples, sample_size)
+        if num_samples is not None and num_samples < 2:
+            raise ValueError(f'{self.metric_name} needs at least 2 samples (a covariance), '
+                             f'got num_samples={num_samples}: raise --num-samples '
+                             '(evaluation.num_samples)')
         if not osp.isfile(self.reference):
             raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
         self._reference_shapes = shapes = _npz_shapes(self.reference)
@@ -56,14 +63,40 @@ class FrechetMetric(SampleMetric):
                 raise ValueError(f'{self.reference}: mu {shapes["mu"][0]} and sigma {sigma} '
                                  'are not the statistics of one feature space')
         elif 'arr_0' in shapes:
-            shape, dtype = shapes['arr_0']
-            if len(shape) != self.sample_ndim or shape[-1] != 3 or dtype != np.uint8:
-                raise ValueError(f'{self.reference}: arr_0 is {dtype} {shape}, but '
-                                 f'{self.metric_name} takes a reference of uint8 '
-                                 f'{self._kind()} (tools/make_reference.py makes one)')
+            self._check_reference_samples(*shapes['arr_0'])
+            self._check_size(shapes['arr_0'][0][1:-1], sample_size, 'the model makes')
         else:
-            raise KeyError(f'{self.reference} has neither statistics (mu, sigma) nor '
-                           f'samples (arr_0); it has {sorted(shapes)}')
+            raise ValueError(_no_reference_arrays(self.reference, shapes))
+
+    def _check_reference_samples(self, shape: tuple, dtype) -> None:
+        """Reference samples of this metric's kind, and at least 2 of them."""
+        if len(shape) != self.sample_ndim or shape[-1] != 3 or dtype != np.uint8:
+            raise ValueError(f'{self.reference}: arr_0 is {dtype} {shape}, but '
+                             f'{self.metric_name} takes a reference of uint8 '
+                             f'{self._kind()} (tools/make_reference.py makes one)')
+        if shape[0] < 2:
+            raise ValueError(f'{self.reference} holds {shape[0]} sample(s); '
+                             f'{self.metric_name} needs at least 2 (a covariance): make '
+                             'the reference from more pictures or clips')
+
+    def _check_size(self, reference: tuple, samples: Optional[tuple], whose: str) -> None:
+        """Refuse reference samples of another (T,) H, W than the samples; a None
+        in ``samples`` is a size not known yet."""
+        if samples is not None and len(samples) != len(reference):
+            raise ValueError(f'{self.metric_name} takes {self._kind()}, but {whose} '
+                             f'{"clips" if len(samples) == 3 else "pictures"}')
+        if samples is None or all(s is None or s == r for s, r in zip(samples, reference)):
+            return
+        frames = samples[0] if len(samples) == 3 else None
+        fix = (f'--num-frames {frames} ' if frames else '') + f'--image-size {samples[-1]}'
+        square = samples[-1] == samples[-2] is not None
+        raise ValueError(
+            f'{self.reference} holds {_size_text(reference)} {self._noun()}, but {whose} '
+            f'{_size_text(samples)} ones: make the reference at that size'
+            + (f' (tools/make_reference.py {fix})' if square else ''))
+
+    def _noun(self) -> str:
+        return 'pictures' if self.sample_ndim == 4 else 'clips'
 
     def _kind(self) -> str:
         return 'pictures (N, H, W, 3)' if self.sample_ndim == 4 else 'clips (N, T, H, W, 3)'
@@ -73,18 +106,26 @@ class FrechetMetric(SampleMetric):
         if samples.ndim != self.sample_ndim:
             raise ValueError(f'{self.metric_name} takes {self._kind()}; got samples of shape '
                              f'{samples.shape}')
+        if not self.results:  # the first batch: a reference of another size?
+            shape = self._shapes().get('arr_0', ((None,) * self.sample_ndim, None))[0]
+            if None not in shape and len(shape) == self.sample_ndim:
+                self._check_size(shape[1:-1], samples.shape[1:-1], 'the samples are')
         out = self.features(samples)
-        if not self.results:  # the first batch: stored statistics of another extractor?
-            shapes = getattr(self, '_reference_shapes', None)  # check_inputs read them
-            if shapes is None:
-                shapes = _npz_shapes(self.reference) if osp.isfile(self.reference) else {}
-            dim = shapes.get('mu', ((None,), None))[0][0]
+        if not self.results:  # stored statistics of another extractor?
+            dim = self._shapes().get('mu', ((None,), None))[0][0]
             if dim is not None and dim != out['features'].shape[1]:
                 raise ValueError(
                     f'{self.reference} holds statistics of {dim} features, but the '
                     f"{self.extractor_cfg['type']} extractor gives "
                     f"{out['features'].shape[1]}: they come from another extractor")
         return out
+
+    def _shapes(self) -> Dict[str, tuple]:
+        """The reference's array headers (as check_inputs read them)."""
+        if getattr(self, '_reference_shapes', None) is None:
+            self._reference_shapes = (_npz_shapes(self.reference)
+                                      if osp.isfile(self.reference) else {})
+        return self._reference_shapes
 
     def reference_stats(self) -> Dict[str, np.ndarray]:
         """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
@@ -94,18 +135,16 @@ class FrechetMetric(SampleMetric):
             if 'mu' in data and 'sigma' in data:
                 return dict(mu=data['mu'], sigma=data['sigma'])
             if 'arr_0' not in data:
-                raise KeyError(f'{self.reference} has neither statistics (mu, sigma) nor '
-                               f'samples (arr_0); it has {sorted(data.files)}')
+                raise ValueError(_no_reference_arrays(self.reference, data.files))
         # The cache holds for this extractor (its settings, and its weights file as
         # it is now) and this reference file as it is now: a regenerated reference
         # or replaced weights at the same path are read afresh.
         files = [self.reference] + [v for v in self.extractor_cfg.values()
                                     if isinstance(v, str) and osp.isfile(v)]
         tag = repr((sorted(self.extractor_cfg.items()), [_file_stamp(f) for f in files]))
-        if osp.isfile(self.reference_cache):
-            with np.load(self.reference_cache) as cached:
-                if str(cached.get('extractor', '')) == tag:
-                    return load_stats(self.reference_cache)
+        cached = self._read_cache(tag)
+        if cached is not None:
+            return cached
         samples = np.load(self.reference, mmap_mode='r')['arr_0']
         chunk = self.batch_size * 16
         features = [self.features(np.asarray(samples[i:i + chunk]))['features']
@@ -116,6 +155,23 @@ class FrechetMetric(SampleMetric):
         print_log(f'{self.metric_name}: reference statistics of {len(samples)} samples '
                   f'cached in {self.reference_cache}', logger='current')
         return dict(mu=mu, sigma=sigma)
+
+    def _read_cache(self, tag: str) -> Optional[Dict[str, np.ndarray]]:
+        """The cached statistics if they are for ``tag``; None if there are none, if
+        they are stale, or if the file cannot be read (said in one warning line)."""
+        if not osp.isfile(self.reference_cache):
+            return None
+        try:
+            with np.load(self.reference_cache) as cached:
+                if str(cached.get('extractor', '')) != tag:
+                    return None
+            return load_stats(self.reference_cache)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print_log(f'{self.metric_name}: cannot read the cached reference statistics '
+                      f'{self.reference_cache} ({reason[:200]}); computing them again',
+                      logger='current', level=logging.WARNING)
+            return None
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         arrays = stack_results(results)
@@ -176,6 +232,17 @@ class FVD(FrechetMetric):
     sample_ndim = 5
 
 
+def _no_reference_arrays(path: str, names) -> str:
+    return (f'{path} has neither statistics (mu, sigma) nor samples (arr_0); it has '
+            f'{sorted(names)}: save the samples as arr_0 (tools/make_reference.py does)')
+
+
+def _size_text(size: tuple) -> str:
+    """(H, W) -> '16x16'; (T, H, W) -> '4-frame 16x16'; None: not known."""
+    text = f'{size[-2] or "?"}x{size[-1] or "?"}'
+    return f'{size[0]}-frame {text}' if len(size) == 3 and size[0] else text
+
+
 def _file_stamp(path: str) -> tuple:
     """Size, modification time and a hash of the first and last 64 KiB of a file: a
     zip (.npz, .pth) keeps its entries' checksums there, so new content shows even
@@ -191,7 +258,6 @@ def _file_stamp(path: str) -> tuple:
 
 def _npz_shapes(path: str) -> Dict[str, tuple]:
     """``{name: (shape, dtype)}`` of the arrays in an ``.npz``, from their headers."""
-    import zipfile
     shapes = {}
     try:
         with zipfile.ZipFile(path) as archive:
