@@ -11,7 +11,7 @@ import sys
 import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
-from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
+from mmsora.utils.cli import (Interrupted, UserError, add_malloc_option, apply_cfg_options,
                               check_output_path, explain_error, is_first_on_machine,
                               is_launch_rank0, keep_freed_memory_on_cpu, load_config,
                               parse_config_and_preset, run_cli)
@@ -321,6 +321,50 @@ def build_train_config(args):
     return cfg
 
 
+def stop_on_ctrl_c(runner) -> None:
+    """In a one-process run, the first Ctrl-C lets the iteration under way finish (its
+    checkpoint saved, where one is due) and then stops; a second stops at once. A
+    KeyboardInterrupt anywhere (inside a checkpoint's save) broke off what was under
+    way; under a launcher every process gets the signal, each at its own point, so
+    they stop at once as before."""
+    import signal
+
+    from mmengine.hooks import Hook
+
+    class StopAfterIteration(Hook):
+        priority = 'LOWEST'  # after CheckpointHook has saved the iteration
+        asked = False
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            if self.asked:  # runner.iter counts this iteration once the hooks are done
+                raise Interrupted(interrupted_at(runner, runner.iter + 1))
+
+    hook, main_pid = StopAfterIteration(), os.getpid()
+    runner.register_hook(hook)
+
+    def ask(signum, frame):
+        if os.getpid() != main_pid:  # a data-loader worker: the main process decides
+            return
+        if hook.asked:
+            raise KeyboardInterrupt
+        hook.asked = True
+        print('Ctrl-C: stopping after this iteration (Ctrl-C again: at once)',
+              file=sys.stderr, flush=True)
+    signal.signal(signal.SIGINT, ask)
+
+
+def interrupted_at(runner, done: int) -> str:
+    """Where a run stopped by Ctrl-C stands: the iterations it finished (``done``) and
+    the checkpoint that ``--resume`` continues from (or that none was saved yet)."""
+    from mmsora.utils.checkpoint import last_checkpoint
+    latest = last_checkpoint(runner.work_dir)
+    where = f'after iteration {done}'
+    if latest is None:
+        return f'{where}; no checkpoint was saved yet'
+    return (f'{where}; the last checkpoint is {latest}: continue with --resume '
+            f'(--work-dir {runner.work_dir})')
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
@@ -353,7 +397,14 @@ def main(argv=None):
     if malloc_kept:
         runner.logger.info('No GPU: glibc malloc keeps freed memory for the next step '
                            '(--default-malloc leaves it as it is)')
-    runner.train()
+    if args.launcher == 'none':
+        stop_on_ctrl_c(runner)
+    try:
+        runner.train()
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C: one line saying where to continue from
+        raise Interrupted(interrupted_at(runner, runner.iter)) from None
     from mmsora.utils.dist import close_process_group, release_engine
     release_engine(runner)
     del runner

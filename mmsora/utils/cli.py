@@ -6,8 +6,8 @@ import os.path as osp
 import re
 import sys
 
-__all__ = ['UserError', 'RunError', 'load_config', 'apply_cfg_options', 'run_cli',
-           'explain_error', 'parse_config_and_preset', 'add_malloc_option',
+__all__ = ['UserError', 'RunError', 'Interrupted', 'load_config', 'apply_cfg_options',
+           'run_cli', 'explain_error', 'parse_config_and_preset', 'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
            'check_output_path', 'first_line', 'is_launch_rank0', 'is_first_on_machine']
@@ -409,13 +409,26 @@ def check_output_path(path, option: str, folder: bool = False) -> None:
         raise UserError(f'{option} {path} is a folder; give a file name')
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what there is to do next in the tool's words (its message)."""
+
+
 def run_cli(main):
-    """Run ``main()``; print user mistakes as one ``error:`` line and exit 2.
+    """Run ``main()``; print user mistakes as one ``error:`` line and exit 2, and
+    Ctrl-C as one ``interrupted`` line (with what to do next, where the tool says it:
+    :class:`Interrupted`) and exit 130, as a shell reports SIGINT.
 
     Set ``MMSORA_DEBUG=1`` to get the full traceback instead.
     """
     try:
         main()
+    except KeyboardInterrupt as e:
+        from mmsora.utils.dist import abandon_process_group
+        abandon_process_group()
+        if os.environ.get('MMSORA_DEBUG'):
+            raise
+        print(f'interrupted{f" {e}" if str(e) else ""}', file=sys.stderr, flush=True)
+        return 130
     except Exception as e:
         from mmsora.utils.dist import abandon_process_group
         abandon_process_group()  # else gloo may abort at exit over the live group

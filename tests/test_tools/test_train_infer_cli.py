@@ -1,6 +1,7 @@
 """tools/train.py, tools/dist_train.sh and tools/infer.py as a user runs them:
 bad input stops with one clear line; 2-process gloo training; sampling to PNG."""
 import os.path as osp
+import re
 import sys
 
 import numpy as np
@@ -121,6 +122,41 @@ def test_a_config_mistake_under_torchrun_is_said_once(repo_root, tmp_path):
     assert lines == ["error: train_cfg: unknown config key 'max_iter' for "
                      'IterBasedTrainLoop; did you mean max_iters, val_interval?'], \
         result.stderr[-3000:]
+
+
+def test_ctrl_c_is_one_line_naming_the_checkpoint_to_resume_from(repo_root, tmp_path):
+    """Ctrl-C printed an 86-line KeyboardInterrupt traceback and no hint of where to
+    continue from; during a checkpoint's save it broke the save off. The first Ctrl-C
+    now ends the iteration under way, its checkpoint included, then stops."""
+    import os
+    import signal
+    import subprocess
+    import time
+    work = tmp_path / 'w'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    with open(tmp_path / 'err.txt', 'w') as stderr:  # (a pipe could fill and block it)
+        proc = subprocess.Popen(
+            [sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work),
+             '--cfg-options', *TINY, 'train_cfg.max_iters=100000',
+             'default_hooks.checkpoint.interval=2'],
+            cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 240
+        while not list(work.glob('iter_*.pth')) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    err = (tmp_path / 'err.txt').read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert 'Traceback' not in err, err[-3000:]
+    assert err.count('Ctrl-C: stopping after this iteration') == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(rf'interrupted after iteration (\d+); the last checkpoint is '
+                         rf'{work}/iter_(\d+)\.pth: continue with --resume \(--work-dir '
+                         rf'{work}\)', last)
+    assert found, last
+    stopped, saved = map(int, found.groups())
+    assert saved == stopped - stopped % 2  # the iteration's checkpoint, where one was due
 
 
 def test_two_process_gloo_training_then_infer(repo_root, tmp_path):
