@@ -64,7 +64,9 @@ def parse_args(argv=None):
                      'with vae/), applied frame by frame to videos')
     vae.add_argument('--video-vae', help='local diffusers video VAE folder (compresses '
                      'time as well; see --video-vae-class)')
-    p.add_argument('--video-vae-class', default='AutoencoderKLWan', choices=VIDEO_VAE_CLASSES)
+    p.add_argument('--video-vae-class', choices=VIDEO_VAE_CLASSES,
+                   help="the --video-vae folder's diffusers class (default: the one its "
+                   "config.json names)")
     p.add_argument('--image-size', type=int, default=256,
                    help='pictures: side of the square crop')
     p.add_argument('--num-frames', type=int, default=16, help='videos: frames per clip')
@@ -166,6 +168,21 @@ def build_source(args):
         fail(e)
 
 
+def video_vae_class(folder: str) -> str:
+    """The class a video VAE folder names in its config.json (or its vae/ subfolder's),
+    for a ``--video-vae`` without ``--video-vae-class``."""
+    from mmsora.models.vaes.autoencoder_kl import folder_vae_class
+    found = folder_vae_class(folder) or folder_vae_class(osp.join(folder, 'vae'))
+    if found in VIDEO_VAE_CLASSES:
+        return found
+    if found == 'AutoencoderKL':
+        raise ValueError(f'--video-vae {folder}: an image VAE (AutoencoderKL, its '
+                         'config.json says): give it with --vae')
+    raise ValueError(f'--video-vae {folder}: its config.json names no video VAE class '
+                     f'({found or "none"}): give --video-vae-class, one of '
+                     f'{", ".join(VIDEO_VAE_CLASSES)}')
+
+
 def build_vae(args):
     micro = args.micro_batch_size or args.batch_size
     try:
@@ -174,7 +191,8 @@ def build_vae(args):
                 pretrained_path=args.vae, micro_batch_size=micro,
                 scale_factor=0.18215 if args.scale_factor is None else args.scale_factor)
         else:
-            vae = VideoVAEWrapper(args.video_vae_class, pretrained_path=args.video_vae,
+            vae = VideoVAEWrapper(args.video_vae_class or video_vae_class(args.video_vae),
+                                  pretrained_path=args.video_vae,
                                   scale_factor=args.scale_factor, micro_batch_size=micro)
         vae.vae  # load now: a bad folder should fail before any work starts
     except (FileNotFoundError, OSError, ValueError) as e:

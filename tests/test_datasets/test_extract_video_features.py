@@ -85,6 +85,27 @@ def test_video_vae_compresses_time(manifest, tmp_path):
         run(manifest, str(tmp_path / 'eight'), '--video-vae', vae_dir, '--num-frames', '8')
 
 
+def test_a_vae_folder_of_another_kind_is_one_line(manifest, tiny_vae_dir, tmp_path):
+    """diffusers loaded a Wan folder into AutoencoderKL (or CogVideoX) and failed with
+    dozens of size-mismatch lines; --video-vae now takes the class its folder names."""
+    from diffusers import AutoencoderKLWan
+    wan = str(tmp_path / 'wan')
+    AutoencoderKLWan(**TINY_WAN_VAE).save_pretrained(wan)
+    with pytest.raises(UserError, match=rf"VAE folder '{wan}' holds AutoencoderKLWan weights "
+                                        r'\(its config.json\), not AutoencoderKL ones: a video '
+                                        r'VAE: give it as one \(extract_features.py '
+                                        r'--video-vae DIR --video-vae-class AutoencoderKLWan'):
+        run(manifest, str(tmp_path / 'a'), '--vae', wan)
+    with pytest.raises(UserError, match=r'holds AutoencoderKLWan weights .*not '
+                                        r'AutoencoderKLCogVideoX ones'):
+        run(manifest, str(tmp_path / 'b'), '--video-vae', wan, '--video-vae-class',
+            'AutoencoderKLCogVideoX')
+    with pytest.raises(UserError, match=rf'--video-vae {tiny_vae_dir}: an image VAE '
+                                        r'\(AutoencoderKL, its config.json says\): give it '
+                                        r'with --vae'):
+        run(manifest, str(tmp_path / 'c'), '--video-vae', tiny_vae_dir)
+
+
 def test_skipped_inputs_are_listed_with_why(manifest, tiny_vae_dir, tmp_path, capsys):
     """The summary called a readable but short video 'unreadable'; each skipped input
     now comes with its reason."""

@@ -18,6 +18,37 @@ from mmsora.utils.checkpoint import local_pretrained_kwargs
 __all__ = ['AutoencoderKLWrapper']
 
 
+def folder_vae_class(folder: str):
+    """The diffusers class a model folder was saved from (``config.json``'s
+    ``_class_name``), or None where it does not say."""
+    import json
+    try:
+        with open(osp.join(folder, 'config.json')) as f:
+            found = json.load(f).get('_class_name')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+def check_vae_kind(folder: str, wanted: str) -> None:
+    """Refuse a folder of another VAE class than ``wanted``: diffusers loaded it into
+    the wrong class and failed with dozens of size-mismatch lines."""
+    found = folder_vae_class(folder)
+    if found is None or found == wanted:
+        return
+    if found == 'AutoencoderKL':
+        hint = ('an image VAE: give it as one (extract_features.py --vae DIR; a config: '
+                'AutoencoderKLWrapper)')
+    elif found.startswith('AutoencoderKL'):
+        hint = (f'a video VAE: give it as one (extract_features.py --video-vae DIR '
+                f"--video-vae-class {found}; a config: VideoVAEWrapper with class_name="
+                f"'{found}')")
+    else:
+        hint = 'not a VAE this wrapper loads'
+    raise ValueError(f'VAE folder {folder!r} holds {found} weights (its config.json), '
+                     f'not {wanted} ones: {hint}')
+
+
 @MODELS.register_module()
 class AutoencoderKLWrapper(nn.Module):
     """Frozen diffusers ``AutoencoderKL`` with the latent scale and micro-batching.
@@ -85,6 +116,7 @@ class AutoencoderKLWrapper(nn.Module):
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
                                     f'diffusers AutoencoderKL folder)')
+        check_vae_kind(folder, cls.__name__)
         return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
 
     def train(self, mode=True):
