@@ -61,6 +61,11 @@ def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
                 f'optimizer step ({row} in a row') in log
     guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
     assert guard.num_skipped == 3
+    # The skipped steps' NaN losses are left out of the log: averaged over its window
+    # they showed as 'loss: nan' for the next 50 iterations.
+    for key in ('train/loss', 'train/mse'):
+        logged = list(runner.message_hub.get_scalar(key).data[0])
+        assert len(logged) == 6 and all(math.isfinite(v) for v in logged), (key, logged)
 
 
 def test_an_inf_loss_is_skipped_too(repo_root, tmp_path):
@@ -79,6 +84,19 @@ def test_k_in_a_row_stop_the_run_naming_the_iteration(repo_root, tmp_path):
     assert explain_error(info.value).startswith(
         'the loss or gradient was not finite in 3 iterations in a row (4 to 6; at 6: '
         'loss nan, gradient norm nan); stopping.')
+    assert explain_error(info.value).endswith(
+        'then start again (no checkpoint was saved yet)')  # (not '--resume from ...')
+
+
+def test_one_allowed_is_said_in_the_singular_and_the_checkpoint_named(repo_root,
+                                                                     tmp_path):
+    runner, _ = _run(repo_root, tmp_path, 10, [3], 'default_hooks.loss_guard.max_consecutive=1',
+                     'default_hooks.checkpoint.interval=2')
+    with pytest.raises(NonFiniteLossError) as info:
+        runner.train()
+    assert explain_error(info.value).startswith(
+        'the loss or gradient was not finite in 1 iteration in a row (4; at 4: loss nan')
+    assert explain_error(info.value).endswith('then --resume from the last checkpoint')
 
 
 def test_grad_norm_is_logged(repo_root, tmp_path):

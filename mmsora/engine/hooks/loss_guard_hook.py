@@ -79,7 +79,9 @@ class LossGuardHook(Hook):
             Defaults to True.
     """
 
-    priority = 'VERY_HIGH'
+    # Before RuntimeInfoHook (VERY_HIGH) logs the iteration's outputs: a skipped
+    # step's NaN loss is left out of the log, not averaged into the next 50 lines.
+    priority = 'HIGHEST'
 
     def __init__(self, max_consecutive=5, log_grad_norm=True):
         if int(max_consecutive) < 1:
@@ -88,6 +90,7 @@ class LossGuardHook(Hook):
         self.log_grad_norm = log_grad_norm
         self.num_skipped = 0
         self._in_a_row = []
+        self._skipped_at = None  # the iteration of the last skipped step
 
     def before_train(self, runner):
         wrapper = runner.optim_wrapper
@@ -126,6 +129,16 @@ class LossGuardHook(Hook):
         # Instance attributes shadow the class's methods; update_params calls these.
         wrapper.backward, wrapper.step = guarded_backward, guarded_step
 
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        """Leave a skipped step's non-finite loss terms out of the logged values:
+        averaged over the log window (50 iterations), one NaN made every line show
+        ``loss: nan`` for the next 50 iterations of a run that had recovered."""
+        if self._skipped_at != runner.iter + 1 or not isinstance(outputs, dict):
+            return
+        for key in [k for k, v in outputs.items() if isinstance(v, (torch.Tensor, float))
+                    and not math.isfinite(float(v))]:
+            outputs.pop(key)
+
     @staticmethod
     def _log_deepspeed_grad_norm(runner, wrapper):
         """Log DeepSpeed's own gradient norm (of the whole gradient, before its
@@ -147,13 +160,18 @@ class LossGuardHook(Hook):
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
         self.num_skipped += 1
         self._in_a_row.append(iteration)
+        self._skipped_at = iteration
         what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
         if len(self._in_a_row) >= self.max_consecutive:
+            from mmsora.utils.checkpoint import last_checkpoint
+            n, first = len(self._in_a_row), self._in_a_row[0]
+            span = f'{first} to {iteration}' if n > 1 else f'{iteration}'
+            then = ('--resume from the last checkpoint' if last_checkpoint(runner.work_dir)
+                    else 'start again (no checkpoint was saved yet)')
             raise NonFiniteLossError(
-                f'the loss or gradient was not finite in {len(self._in_a_row)} iterations '
-                f'in a row ({self._in_a_row[0]} to {iteration}; at {iteration}: {what}); '
-                'stopping. Check the data and the learning rate, then --resume from the '
-                'last checkpoint')
+                f'the loss or gradient was not finite in {n} iteration{"s" * (n > 1)} in '
+                f'a row ({span}; at {iteration}: {what}); stopping. Check the data and the '
+                f'learning rate, then {then}')
         runner.logger.warning(
             f'iteration {iteration}: {what}; skipping this optimizer step '
             f'({len(self._in_a_row)} in a row, {self.num_skipped} in all; the run stops '
