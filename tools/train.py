@@ -4,6 +4,7 @@ The OpenMMLab command line (see ``--help``); several GPUs or nodes go through
 ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
 """
 import argparse
+import math
 import os
 import os.path as osp
 import sys
@@ -58,7 +59,8 @@ def parse_args(argv=None):
 
 def load_from_kind(path):
     """What ``--load-from`` (or ``--resume``) got, its mmengine state dict (None for a
-    denoiser's) and its ``meta`` (the iteration it was saved at; {} for a denoiser's):
+    denoiser's) and the checkpoint itself ({} for a denoiser's; ``meta`` holds the
+    iteration it was saved at, ``optimizer`` the optimizer's state):
     ``'run'`` (an mmengine checkpoint of a model like the config's), ``'image_run'``
     (an mmengine checkpoint of an image DiT run) or ``'denoiser'`` (an original DiT /
     fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
@@ -68,10 +70,10 @@ def load_from_kind(path):
     obj = load_checkpoint_file(path)
     if not (isinstance(obj, dict) and 'state_dict' in obj):
         return 'denoiser', None, {}
-    keys, meta = obj['state_dict'], obj.get('meta') or {}
+    keys = obj['state_dict']
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
-        return 'image_run', keys, meta
-    return 'run', keys, meta
+        return 'image_run', keys, obj
+    return 'run', keys, obj
 
 
 def build_model_on_meta(cfg):
@@ -113,19 +115,40 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
                         'learn_sigma, classes)')
 
 
+def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
+    """Say that ``--resume`` keeps the checkpoint's learning rate when the config asks
+    for another: mmengine restores the optimizer's state, its learning rate (and the
+    schedule's base) included, so a changed ``optim_wrapper.optimizer.lr`` went
+    unused without a word."""
+    ours = ((cfg.get('optim_wrapper') or {}).get('optimizer') or {}).get('lr')
+    groups = (optimizer_state or {}).get('param_groups') if isinstance(
+        optimizer_state, dict) else None
+    if not (isinstance(ours, (int, float)) and groups and isinstance(groups[0], dict)):
+        return
+    theirs = groups[0].get('initial_lr', groups[0].get('lr'))
+    if isinstance(theirs, (int, float)) and not math.isclose(theirs, ours, rel_tol=1e-6) \
+            and is_launch_rank0():
+        print(f'note: --resume {path} keeps its learning rate ({theirs:g}); the config\'s '
+              f'optim_wrapper.optimizer.lr={ours:g} is not used (mmengine resumes the '
+              'optimizer\'s state). To train on at the new rate, start a run from these '
+              'weights: --load-from', flush=True)
+
+
 def check_resume_matches(cfg, model, path) -> bool:
     """Refuse ``--resume`` of a file that is not a checkpoint of a run like the
     config's: an original DiT / fast-DiT state dict (nothing to resume: no optimizer,
     no iteration), a run of another model, or one saved past ``train_cfg.max_iters``.
     Returns False when the checkpoint is the run's end: nothing is left to train
     (mmengine resumed, trained nothing and said nothing)."""
-    kind, state_dict, meta = load_from_kind(path)
+    kind, state_dict, checkpoint = load_from_kind(path)
     if kind == 'denoiser':
         raise UserError(f'--resume {path}: a state dict of weights alone, not a checkpoint '
                         'of a run (no optimizer, no iteration): start from it with '
                         f'--load-from {path}')
     if model is not None:
         check_load_from_matches(model, path, state_dict, option='--resume')
+    note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'))
+    meta = checkpoint.get('meta') or {}
     done, last = meta.get('iter'), (cfg.get('train_cfg') or {}).get('max_iters')
     if not (isinstance(done, int) and isinstance(last, int) and done >= last):
         return True

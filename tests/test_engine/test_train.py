@@ -261,3 +261,23 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     assert 'saved at iteration 4, which is train_cfg.max_iters: the run is complete' in \
         capsys.readouterr().out
     assert not (tmp_path / 'c').exists()
+
+
+def test_resume_says_when_it_keeps_the_checkpoints_learning_rate(repo_root, tmp_path,
+                                                                  capsys):
+    """mmengine resumes the optimizer's state, its learning rate included: a changed
+    optim_wrapper.optimizer.lr went unused without a word."""
+    from mmsora.registry import MODELS
+    cfg = tiny_cfg(repo_root, tmp_path / 'a', 4)
+    run = tmp_path / 'iter_4.pth'
+    groups = [dict(lr=0.25, initial_lr=0.5, params=[0])]  # (0.25: where a schedule was)
+    torch.save(dict(meta=dict(iter=4), state_dict=MODELS.build(cfg.model).state_dict(),
+                    optimizer=dict(state={}, param_groups=groups)), run)
+    capsys.readouterr()
+    tiny_cfg(repo_root, tmp_path / 'b', 8, 'optim_wrapper.optimizer.lr=1e-6',
+             resume=str(run))
+    assert (f'note: --resume {run} keeps its learning rate (0.5); the config\'s '
+            'optim_wrapper.optimizer.lr=1e-06 is not used') in capsys.readouterr().out
+    tiny_cfg(repo_root, tmp_path / 'b', 8, 'optim_wrapper.optimizer.lr=0.5',
+             resume=str(run))
+    assert 'keeps its learning rate' not in capsys.readouterr().out
