@@ -31,8 +31,9 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import (UserError, add_malloc_option, check_output_path,
-                              device_setting, keep_freed_memory_on_cpu, run_cli)
+from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
+                              check_output_path, device_setting, keep_freed_memory_on_cpu,
+                              load_config, run_cli)
 
 
 def parse_args(argv=None):
@@ -131,9 +132,25 @@ def check_args(args, num_classes, video=False):
                 osp.splitext(args.out)[1].lower()) not in Image.SAVE:
             raise UserError(f'--out {args.out}: pictures are saved as one grid image, '
                             'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')
-    bad = [y for y in args.labels or [] if not 0 <= y < num_classes]
+    bad = [y for y in args.labels or [] if num_classes is not None and not 0 <= y < num_classes]
     if bad:
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
+
+
+def precheck_args(args) -> None:
+    """:func:`check_args` from the config alone (whether the model makes clips, its
+    classes), before the weights load: a wrong --out was named only once a large model
+    had loaded. Mistakes in the config itself are left to the model's build."""
+    from mmsora.apis import find_run
+    try:
+        cfg = load_config(find_run(args.run)[0])
+        apply_cfg_options(cfg, args.cfg_options)
+        model = cfg.model
+        video = len(model.latent_shape) == 4
+    except Exception:  # said where init_model meets it
+        return
+    classes = model.get('num_classes')
+    check_args(args, classes if isinstance(classes, int) else None, video)
 
 
 def parse_sampler_options(items):
@@ -205,6 +222,7 @@ def main(argv=None):
                                               'cpu' if args.device == 'cpu' else None)
     keep_freed_memory_on_cpu(args, args.device == 'cpu')
     from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
+    precheck_args(args)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
     video = len(model.latent_shape) == 4  # (C, T, H, W)

@@ -384,6 +384,22 @@ def test_sampler_values_are_checked(option, message):
     assert one_line(info.value) == message
 
 
+def test_a_wrong_out_is_refused_before_the_weights_load(trained, monkeypatch):
+    """--out x.gifx (or an .avi for a video model) was named only once the model and
+    its weights had loaded: minutes for a large one."""
+    import mmsora.apis
+    from tools.infer import main as infer
+    work, _ = trained
+
+    def loading(*args, **kwargs):
+        raise AssertionError('the weights were loaded first')
+    monkeypatch.setattr(mmsora.apis, 'init_model', loading)
+    with pytest.raises(UserError, match='--out grid.gifx: pictures are saved as one grid'):
+        infer([str(work), '--out', 'grid.gifx'])
+    with pytest.raises(UserError, match=r'--labels \[7\] out of range: the model has 4 '):
+        infer([str(work), '--labels', '7'])
+
+
 def test_samples_that_are_not_finite_are_warned_about(tmp_path, trained, capsys):
     """A checkpoint damaged in place (a weight's bytes overwritten, the zip intact)
     loads through the mapped read; its samples were NaN and saved black without a
