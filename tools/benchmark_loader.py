@@ -15,7 +15,6 @@ batch) and reports samples/s; the two layouts take turns for each worker count, 
 the best of ``--repeats`` runs is kept. Both read from the page cache once written, so
 this measures the loader's CPU cost, not the disk.
 """
-import argparse
 import json
 import os
 import os.path as osp
@@ -30,13 +29,13 @@ from torch.utils.data import DataLoader
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset, list_npy_pairs
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import UserError, check_output_path, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
 
 LAYOUTS = ('packed', 'npy')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Benchmark latent data loaders')
+    parser = ArgumentParser(description='Benchmark latent data loaders')
     parser.add_argument('--num-samples', type=int, default=8192)
     parser.add_argument('--latent-shape', type=int, nargs=3, default=[4, 32, 32],
                         metavar=('C', 'H', 'W'))

@@ -9,7 +9,6 @@ Example::
         --features-dir features/imagenet256_features \\
         --labels-dir features/imagenet256_labels --out data/imagenet256_packed
 """
-import argparse
 import sys
 
 import numpy as np
@@ -17,13 +16,13 @@ from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, run_cli
 
 PROG = 'convert_fastdit_features.py'
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Convert fast-DiT .npy features to a '
+    p = ArgumentParser(description='Convert fast-DiT .npy features to a '
                                 'packed latent store.')
     p.add_argument('--features-dir', required=True)
     p.add_argument('--labels-dir', required=True)

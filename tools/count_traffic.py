@@ -11,7 +11,6 @@ operators take in eager mode, where each one reads and writes (N, T, D) tensors 
 full; a compiler that fuses them (``--compile``) removes most of it. Used in
 docs/benchmarks.md to read DiT-XL/2's MFU on a GPU.
 """
-import argparse
 import collections
 import math
 import sys
@@ -20,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, run_cli
 
 # Work on tensor cores, counted as FLOPs (mmsora/utils/flops.py), and views (no data).
 SKIPPED = {
@@ -85,7 +84,7 @@ def check_args(args) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--hidden-size', type=int, default=1152, help='D (XL: 1152)')
     parser.add_argument('--num-heads', type=int, default=16)
     parser.add_argument('--tokens', type=int, default=256, help='T (256 px, /2: 256)')

@@ -27,19 +27,18 @@ collectives (:mod:`mmsora.utils.fsdp_memory`), with the preset's MixedPrecision
 peak beside each estimate (not with ZeRO-1/2; with FSDP and ZeRO-3 on one GPU, their
 collectives faked).
 """
-import argparse
 import json
 import sys
 
-from mmsora.utils.cli import (UserError, apply_cfg_options, check_output_path,
-                              checkpointing_setting, load_config, parse_config_and_preset,
-                              run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, apply_cfg_options,
+                              check_output_path, checkpointing_setting, load_config,
+                              parse_config_and_preset, run_cli)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Estimate training memory of a config')
+    parser = ArgumentParser(description='Estimate training memory of a config')
     parser.add_argument('config', nargs='?')
     parser.add_argument('--precision', choices=PRECISIONS,
                         help='bf16/fp16: autocast over fp32 weights (tools/train.py '

@@ -27,7 +27,6 @@ Examples::
 
 Rerunning the same command after a crash continues with the unfinished shards.
 """
-import argparse
 import os
 import os.path as osp
 import sys
@@ -42,14 +41,14 @@ from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import UserError, device_setting, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, device_setting, run_cli
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Encode pictures or video clips (and their '
+    p = ArgumentParser(description='Encode pictures or video clips (and their '
                                 'captions) into a packed latent store (resumable, torchrun '
                                 'for several GPUs).')
     src = p.add_mutually_exclusive_group(required=True)

@@ -25,19 +25,18 @@ Examples:
     python tools/infer.py work_dirs/sit_tiny2_1xb32_1500_shapes16 --sampler ode_dopri5 \
         --sampler-options atol=1e-6 rtol=1e-3
 """
-import argparse
 import os.path as osp
 import sys
 
 import torch
 
-from mmsora.utils.cli import (UserError, add_malloc_option, apply_cfg_options,
-                              check_output_path, device_setting, keep_freed_memory_on_cpu,
-                              load_config, run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
+                              apply_cfg_options, check_output_path, device_setting,
+                              keep_freed_memory_on_cpu, load_config, run_cli)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Sample pictures from an mmsora model')
+    parser = ArgumentParser(description='Sample pictures from an mmsora model')
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('--checkpoint', help='checkpoint (default: the newest in the work '
                         'dir); mmengine files, DeepSpeed checkpoint folders (--deepspeed runs), '

@@ -12,7 +12,6 @@ Examples::
     python tools/make_manifest.py data/clips --out data/clips.jsonl \\
         --captions data/captions.json          # {"sub/clip_0001.mp4": "a dog ...", ...}
 """
-import argparse
 import json
 import os
 import os.path as osp
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.utils import natural_sort_key
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, run_cli
 from mmsora.utils.video_io import VideoReadError, probe_video
 
 PROG = 'make_manifest.py'
@@ -31,7 +30,7 @@ VIDEO_EXTENSIONS = 'mp4,avi,mov,mkv,webm'
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description='Probe every video under a '
+    p = ArgumentParser(prog=PROG, description='Probe every video under a '
                                 'folder and write a manifest (CSV or JSONL by --out).')
     p.add_argument('video_dir', metavar='VIDEO_DIR', help='folder scanned recursively')
     p.add_argument('--out', required=True, help='manifest file: .csv or .jsonl')

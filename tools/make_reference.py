@@ -13,7 +13,6 @@ Examples:
     python tools/make_reference.py --videos data/ucf101/train.csv --num-frames 16 \
         --image-size 256 --out data/ucf101_16x256_fvd_reference.npz
 """
-import argparse
 import os
 import os.path as osp
 import sys
@@ -22,11 +21,11 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError, first_line, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, first_line, run_cli
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Make an FID / FVD reference .npz')
+    parser = ArgumentParser(description='Make an FID / FVD reference .npz')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--images', help='folder of pictures (searched recursively)')
     source.add_argument('--videos', help='video manifest (CSV / JSONL, tools/make_manifest.py)')

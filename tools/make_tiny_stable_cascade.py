@@ -22,7 +22,6 @@ Then, as the config says:
 The weights are random: this checks the whole path on a CPU in about a minute; it
 generates nothing meaningful.
 """
-import argparse
 import os
 import os.path as osp
 import shutil
@@ -30,14 +29,14 @@ import sys
 
 import numpy as np
 
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, apply_cfg_options, load_config, run_cli
 
 TINY_CONFIG = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
 CAPTIONS = ('a red disk', 'a blue ring')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Make the tiny Stable Cascade config's text encoder, Stage B + A "
                     'and toy latent store folders (random weights)')
     parser.add_argument('config', nargs='?', default=TINY_CONFIG,

@@ -17,12 +17,13 @@ import json
 import os
 import sys
 
-from mmsora.utils.cli import (UserError, add_malloc_option, check_output_path,
-                              device_setting, keep_freed_memory_on_cpu, run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
+                              check_output_path, device_setting, keep_freed_memory_on_cpu,
+                              run_cli)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Evaluate an mmsora model by sampling')
+    parser = ArgumentParser(description='Evaluate an mmsora model by sampling')
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (default: the newest in '
                         'the work dir); mmengine files, DeepSpeed checkpoint folders, '

@@ -17,17 +17,16 @@ Examples:
     python tools/text2video.py story.txt --speech piper:voices/en_US-lessac-medium.onnx
     python tools/text2video.py story.txt --speech azure --pictures openai
 """
-import argparse
 import importlib
 import os.path as osp
 import sys
 
-from mmsora.utils.cli import (UserError, add_malloc_option, device_setting,
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, device_setting,
                               keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Turn a text into a narrated video')
+    parser = ArgumentParser(description='Turn a text into a narrated video')
     parser.add_argument('text', help="text file (UTF-8), or '-' for standard input")
     parser.add_argument('--out', default=None, help='the mp4 (default: TEXT with .mp4; '
                         'story.mp4 for standard input)')

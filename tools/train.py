@@ -12,14 +12,14 @@ import sys
 import torch
 
 from mmsora.utils.checkpoint import check_checkpoint_complete
-from mmsora.utils.cli import (Interrupted, UserError, add_malloc_option, apply_cfg_options,
-                              check_output_path, explain_error, is_first_on_machine,
-                              is_launch_rank0, keep_freed_memory_on_cpu, load_config,
-                              parse_config_and_preset, run_cli)
+from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
+                              apply_cfg_options, check_output_path, explain_error,
+                              is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
+                              load_config, parse_config_and_preset, run_cli)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train an mmsora model')
+    parser = ArgumentParser(description='Train an mmsora model')
     parser.add_argument('config', nargs='?', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                         '(default: ./work_dirs/CONFIG_NAME)')

@@ -14,7 +14,6 @@ under ZeRO-1/2/3, FP32EMAHook without ZeRO), else ``{'state_dict': trained weigh
 'meta'}``. Runs on CPU; needs only the files. (``tools/infer.py`` also reads the
 folder itself, through the same :func:`read_zero_checkpoint`.)
 """
-import argparse
 import os
 import os.path as osp
 import sys
@@ -22,12 +21,12 @@ import sys
 import torch
 
 from mmsora.utils.checkpoint import last_checkpoint
-from mmsora.utils.cli import UserError, check_output_path, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
 from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='ZeRO checkpoint folder -> state dict')
+    parser = ArgumentParser(description='ZeRO checkpoint folder -> state dict')
     parser.add_argument('checkpoint', help='a ZeRO checkpoint folder (iter_N.pth/) or '
                         'a work dir (its last_checkpoint is taken)')
     parser.add_argument('--out', help='output file (default: the folder name with '

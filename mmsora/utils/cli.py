@@ -1,13 +1,15 @@
 """Command-line plumbing shared by tools/: config loading, --cfg-options, and one-line
 errors for user mistakes (instead of a traceback)."""
+import argparse
 import difflib
 import os
 import os.path as osp
 import re
 import sys
 
-__all__ = ['UserError', 'RunError', 'Interrupted', 'load_config', 'apply_cfg_options',
-           'run_cli', 'explain_error', 'parse_config_and_preset', 'add_malloc_option',
+__all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_config',
+           'apply_cfg_options', 'run_cli', 'explain_error', 'parse_config_and_preset',
+           'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
            'check_output_path', 'first_line', 'is_launch_rank0', 'is_first_on_machine']
@@ -31,6 +33,43 @@ def load_config(path):
         return Config.fromfile(path)
     except Exception as e:  # syntax errors, bad _base_ paths, ...
         raise UserError(f'cannot load config {path}: {type(e).__name__}: {e}') from e
+
+
+# The reference projects' flags (DiT's and SiT's sample.py / train.py, fast-DiT,
+# Open-Sora) with a different name here: suggested where the tool has the target.
+FOREIGN_FLAGS = {
+    '--ckpt': '--checkpoint', '--num-sampling-steps': '--steps',
+    '--sampling-method': '--sampler', '--results-dir': '--work-dir',
+    '--global-seed': '--seed', '--resume-from': '--resume', '--ckpt-path': '--checkpoint',
+    '--save-dir': '--out',
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose 'unrecognized arguments' error names the option
+    meant: one spelt with underscores (``--cfg_scale``), a near miss
+    (``--num-sample``), or another project's name for it (DiT's ``--ckpt``,
+    ``--num-sampling-steps``)."""
+
+    def error(self, message):
+        prefix = 'unrecognized arguments: '
+        if message.startswith(prefix):
+            hints = [h for h in map(self._meant, message[len(prefix):].split()) if h]
+            if hints:
+                message += f' (did you mean {"; ".join(hints)}?)'
+        super().error(message)
+
+    def _meant(self, token: str):
+        if not token.startswith('--'):
+            return None
+        flag = token.split('=', 1)[0]
+        ours = [o for action in self._actions for o in action.option_strings
+                if o.startswith('--')]
+        for guess in (flag.replace('_', '-'), FOREIGN_FLAGS.get(flag.replace('_', '-'))):
+            if guess in ours and guess != flag:
+                return f'{guess} for {flag}'
+        close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
+        return f'{close[0]} for {flag}' if close else None
 
 
 def parse_config_and_preset(parser, argv=None, dest: str = 'fsdp',

@@ -195,3 +195,23 @@ def test_config_key_checks_skip_mmengine_s_own_keys(repo_root):
     with pytest.raises(UserError, match=r'; it takes max_iters, val_begin, val_interval, '
                                         r'dynamic_intervals$'):
         check_training_keys(cfg)
+
+
+def test_unknown_flags_name_the_option_meant(capsys):
+    """DiT's and SiT's sample.py flags (--ckpt, --num-sampling-steps), underscores for
+    dashes and near misses ended in argparse's bare 'unrecognized arguments'."""
+    from mmsora.utils.cli import ArgumentParser
+    parser = ArgumentParser(prog='infer.py')
+    for flag in ('--checkpoint', '--steps', '--cfg-scale', '--num-samples'):
+        parser.add_argument(flag)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--ckpt', 'a.pt', '--num-sampling-steps', '10', '--cfg_scale',
+                           '2', '--num-smaples', '4', '--unrelated', '1'])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'infer.py: error: unrecognized arguments: --ckpt a.pt --num-sampling-steps 10 '
+        '--cfg_scale 2 --num-smaples 4 --unrelated 1 (did you mean --checkpoint for --ckpt; '
+        '--steps for --num-sampling-steps; --cfg-scale for --cfg_scale; --num-samples for '
+        '--num-smaples?)')
+    with pytest.raises(SystemExit):  # nothing close: argparse's line as it was
+        parser.parse_args(['--zzz', '1'])
+    assert capsys.readouterr().err.strip().endswith('unrecognized arguments: --zzz 1')
