@@ -15,12 +15,12 @@ from typing import Dict, Optional, Sequence
 
 from mmengine.evaluator import Evaluator
 
+from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS
+
 from .mass_sampling import mass_sample
 
 __all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model', 'output_size']
 
-# Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample.
-NOT_SAMPLE_ARGS = ('fps',)
 
 
 def build_evaluator(metrics: Sequence[dict]) -> Evaluator:

@@ -34,6 +34,9 @@ class CountingModel:
 # LatentDiffusion.sample's own settings: a name close to one of them is a typo of it
 # (sample_cfg.num_step), not an option of the sampler.
 SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'seeds')
+# Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample
+# (the tools read them): close names are typos of them too (sample_cfg.fsp).
+NOT_SAMPLE_ARGS = ('fps',)
 
 
 def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):
@@ -57,7 +60,8 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
     if unknown:
         import difflib
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
-        close = difflib.get_close_matches(unknown[0], [*SAMPLE_SETTINGS, *accepted], n=1)
+        close = difflib.get_close_matches(
+            unknown[0], [*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *accepted], n=1)
         hint = f'; did you mean {close[0]}?' if close else ''
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
                          f'(its options: {takes}; the sampling settings: '

@@ -518,6 +518,10 @@ def test_infer_takes_the_whole_sample_cfg(tmp_path, trained):
         infer([*common, '--out', str(tmp_path / 'x.png'), '--cfg-options',
                'sample_cfg.num_step=5'])
     assert one_line(info.value).endswith('did you mean num_steps?')
+    with pytest.raises(ValueError) as info:  # a config-only key (the video tools' fps)
+        infer([*common, '--out', str(tmp_path / 'x.png'), '--cfg-options',
+               'sample_cfg.fsp=3'])
+    assert one_line(info.value).endswith('did you mean fps?')
     # the config's DDIM option stays with DDIM when another sampler is asked for
     infer([*common, '--out', str(tmp_path / 'y.png'), '--sampler', 'ddpm', '--cfg-options',
            'sample_cfg.eta=1.0'])
