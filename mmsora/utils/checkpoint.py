@@ -3,6 +3,7 @@
 Every ``.pt`` / ``.pth`` file is read with ``torch.load(weights_only=True)``, so a
 checkpoint can hold tensors and plain containers but never code that runs on load.
 """
+import math
 import os.path as osp
 import pickle
 import zipfile
@@ -212,6 +213,24 @@ def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model') -> st
     return '; '.join(found)
 
 
+def pos_embed_hint(theirs, ours, patch_size=None) -> str:
+    """What a checkpoint's ``pos_embed`` of another shape than the model's says: the
+    token grid (input_size at the model's patch size) or the width it was trained
+    with."""
+    if len(theirs) == 3 and len(ours) == 3 and theirs[2] != ours[2]:
+        return (f'it is a model of hidden_size {theirs[2]} (this one: {ours[2]}): build '
+                'the model with the settings it was trained with')
+    side = math.isqrt(theirs[-2]) if len(theirs) >= 2 else 0
+    if side and side * side == theirs[-2] and patch_size:
+        size = side * patch_size
+        return (f'it is a model for {theirs[-2]} tokens, a {side}x{side} grid: set '
+                f'model.denoiser.input_size={size} at patch_size {patch_size} '
+                f'({size * 8} px with an SD VAE; tokens = (input_size / patch_size) ** 2)')
+    return ('it is a model for another input_size / patch_size / hidden_size: build the '
+            'model to match (tokens = (input_size / patch_size) ** 2: a 512 px DiT needs '
+            'input_size=64)')
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
     line (the first differing, missing or extra weight) instead of torch's list."""
@@ -219,9 +238,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
     given = {k: v.shape for k, v in state_dict.items()}
     found = weight_mismatch(own, given)
     if found:
-        hint = ('it is a model for another input_size / patch_size / hidden_size: build '
-                'the model to match (tokens = (input_size / patch_size) ** 2: a 512 px '
-                'DiT needs input_size=64)'
+        hint = (pos_embed_hint(tuple(given['pos_embed']), tuple(own['pos_embed']),
+                               getattr(model, 'patch_size', None))
                 if 'pos_embed' in own and 'pos_embed' in given
                 and tuple(own['pos_embed']) != tuple(given['pos_embed'])
                 else 'build the model with the settings it was trained with (widths, '
@@ -256,9 +274,7 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
         if theirs != ours:
             raise ValueError(
                 f'{path}: checkpoint pos_embed has shape {theirs} but the model\'s is '
-                f'{ours}: the checkpoint was trained for another input_size / '
-                f'patch_size / hidden_size (tokens = (input_size / patch_size) ** 2); '
-                f'build the model to match it.')
+                f'{ours}: {pos_embed_hint(theirs, ours, getattr(model, "patch_size", None))}')
     if strict:
         return load_state_dict_checked(model, state_dict, path)
     return model.load_state_dict(state_dict, strict=False)

@@ -438,8 +438,9 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
     work, ckpt = trained
     for option, found in (('model.denoiser.depth=3', r'\d+ missing \(e\.g\. blocks\.2\.'),
                           ('model.denoiser.input_size=16',
-                           r'of another shape \(e\.g\. pos_embed: .*a 512 px DiT needs '
-                           r'input_size=64\)$')):
+                           r'of another shape \(e\.g\. pos_embed: .*it is a model for 16 '
+                           r'tokens, a 4x4 grid: set model.denoiser.input_size=8 at '
+                           r'patch_size 2 \(64 px with an SD VAE;')):
         with pytest.raises(ValueError) as info:
             infer([str(work), '--checkpoint', ckpt, '--num-samples', '1', '--steps', '1',
                    '--out', str(tmp_path / 'x.png'), '--cfg-options', option,
@@ -454,6 +455,14 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
                                          r'the model has not \(e\.g\. blocks\.1\.'):
         load_dit_checkpoint(DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                                 depth=1, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
+    # an original DiT file of another resolution (--load-from, --checkpoint): the same
+    # hint (it said 'another input_size / patch_size / hidden_size')
+    with pytest.raises(ValueError, match=r'dit.pt: checkpoint pos_embed has shape '
+                                         r"\(1, 16, 32\) but the model's is \(1, 64, 32\): it "
+                                         r'is a model for 16 tokens, a 4x4 grid: set '
+                                         r'model.denoiser.input_size=8'):
+        load_dit_checkpoint(DiT(input_size=16, patch_size=2, in_channels=3, hidden_size=32,
+                                depth=2, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
     # keys under another prefix (no pos_embed in the file): the settings hint, not the
     # input_size one, which is for a pos_embed of another shape
     from mmsora.utils.checkpoint import load_state_dict_checked
