@@ -237,6 +237,7 @@ class ShardBuffer:
     def __init__(self, shard_id, start, stop):
         self.shard_id, self.start, self.stop = shard_id, start, stop
         self.moments, self.labels, self.skipped, self.text, self.seen = [], [], [], [], 0
+        self.why = []  # beside skipped: each one's reason
 
     @property
     def full(self):
@@ -262,7 +263,8 @@ def flush(writer, buf, args, item_shape):
                 for k in (buf.text[0] if buf.text else empty)}
         if not writer.header['pooled_dim']:
             text.pop('pooled_text_embeds', None)
-    writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped, text=text)
+    writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped, text=text,
+                       why=buf.why)
 
 
 def encode_text(text_encoder, captions, device):
@@ -314,7 +316,7 @@ def main(argv=None):
                         num_workers=args.num_workers, collate_fn=collate_sources,
                         pin_memory=device.type == 'cuda')
     bufs = {k: ShardBuffer(k, *writer.shard_range(k)) for k in pending}
-    skipped_now, reasons = [], {}
+    skipped_now = []
     unit = 'img' if args.data_path else 'clip'
     with tqdm(total=len(indices), desc=f'encode (rank {rank})', disable=rank != 0,
               unit=unit, dynamic_ncols=True) as pbar:
@@ -339,8 +341,8 @@ def main(argv=None):
                         buf.text.append(next(texts))
                 else:
                     buf.skipped.append(source.names[gidx])
+                    buf.why.append(why)
                     skipped_now.append(source.names[gidx])
-                    reasons[source.names[gidx]] = why
                 buf.seen += 1
                 if buf.full:
                     flush(writer, bufs.pop(buf.shard_id), args, (copies, 2, *latent_shape))
@@ -356,6 +358,9 @@ def main(argv=None):
                        shards_written=len(pending), skipped_this_run=skipped_now,
                        latent_shape=list(latent_shape))
         skipped = [s for sh in index['shards'] for s in sh['skipped']]
+        # the reasons this run's and earlier runs' shards recorded (older stores: none)
+        reasons = {name: why for sh in index['shards']
+                   for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
         flips = (f' (x2 with the flipped copies: {2 * index["num_items"]} latents)'
                  if index['num_copies'] == 2 else '')
         print(f'{PROG}: {index["num_items"]} items{flips}, latents of shape '

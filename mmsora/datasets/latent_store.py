@@ -306,7 +306,7 @@ class LatentStoreWriter:
                 os.remove(path)
 
     # ------------------------------------------------------------------ writing
-    def write_shard(self, shard_id, latents, labels, skipped=(), text=None):
+    def write_shard(self, shard_id, latents, labels, skipped=(), text=None, why=None):
         """Write one finished shard and record it in this rank's index part.
 
         Args:
@@ -320,6 +320,8 @@ class LatentStoreWriter:
             text (dict, optional): Required when the store has ``text_shape``:
                 ``text_embeds`` (n, L, D), ``text_mask`` (n, L) and, with
                 ``pooled_dim``, ``pooled_text_embeds`` (n, D2).
+            why (Sequence[str], optional): Why each of ``skipped`` was, kept beside it
+                (``skipped_why``): a rerun's summary names the reasons too.
         """
         start, stop = self.shard_range(shard_id)
         if not 0 <= shard_id < self.num_shards:
@@ -342,6 +344,8 @@ class LatentStoreWriter:
         self.own[shard_id] = dict(
             id=shard_id, file=shard_name(shard_id), labels_file=labels_name(shard_id),
             start=start, stop=stop, count=n, skipped=[str(s) for s in skipped])
+        if why is not None:
+            self.own[shard_id]['skipped_why'] = [str(w) for w in why]
         if text_files:
             self.own[shard_id]['text_files'] = {
                 field: text_name(field, shard_id) for field in TEXT_FILES

@@ -109,14 +109,20 @@ def test_a_vae_folder_of_another_kind_is_one_line(manifest, tiny_vae_dir, tmp_pa
 def test_skipped_inputs_are_listed_with_why(manifest, tiny_vae_dir, tmp_path, capsys):
     """The summary called a readable but short video 'unreadable'; each skipped input
     now comes with its reason."""
-    extract.main(['--manifest', manifest, '--out', str(tmp_path / 'long'), '--num-frames',
-                  '60', '--frame-stride', '3', '--size', '16', '24', '--num-workers', '0',
-                  '--device', 'cpu', '--dtype', 'float32', '--vae', tiny_vae_dir])
-    out = capsys.readouterr().out
-    assert 'skipped 2 unreadable or too short inputs: ' in out
-    assert f"{tmp_path / 'broken.mp4'} (cannot read video " in out
-    assert f"{BUNNY} (video '{BUNNY}' has 132 frames but a clip of 60 frames at stride 3 " \
-           'needs 178' in out
+    argv = ['--manifest', manifest, '--out', str(tmp_path / 'long'), '--num-frames', '60',
+            '--frame-stride', '3', '--size', '16', '24', '--num-workers', '0', '--device',
+            'cpu', '--dtype', 'float32', '--vae', tiny_vae_dir]
+    for run_ in ('first', 'rerun'):  # a rerun named the skipped inputs without why
+        extract.main(argv)
+        out = capsys.readouterr().out
+        assert 'skipped 2 unreadable or too short inputs: ' in out, run_
+        assert f"{tmp_path / 'broken.mp4'} (cannot read video " in out, (run_, out)
+        assert f"{BUNNY} (video '{BUNNY}' has 132 frames but a clip of 60 frames at " \
+               'stride 3 needs 178' in out, (run_, out)
+    import json
+    index = json.load(open(tmp_path / 'long' / 'index.json'))
+    assert any(why.startswith('cannot read video') for sh in index['shards']
+               for why in sh['skipped_why'])
 
 
 def test_errors(manifest, tiny_vae_dir, tmp_path):
