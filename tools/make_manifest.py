@@ -131,8 +131,14 @@ def main(argv=None):
                f'skipped {len(skipped)} unreadable')
     if classes is not None:
         summary += f'; {len(classes)} classes'
+    names = {n for rel in rel_paths for n in (rel.replace(os.sep, '/'), osp.basename(rel))}
+    unmatched = sorted(set(captions or ()) - names)
     if captions is not None:
         summary += f'; {uncaptioned} without a caption'
+        if unmatched:  # a key spelt another way than the file, or a video left out
+            summary += (f'; {len(unmatched)} caption{"s" * (len(unmatched) != 1)} '
+                        f'matching no video: {", ".join(unmatched[:5])}'
+                        + (' ...' if len(unmatched) > 5 else ''))
     print(summary)
     for reason in skipped[:10]:
         print(f'  skipped: {reason}')

@@ -155,12 +155,15 @@ def video_dir(tmp_path):
 def test_make_manifest(tmp_path, video_dir, capsys, ext):
     captions = tmp_path / 'captions.json'
     captions.write_text(json.dumps({'cars/bikes.mp4': 'people on bikes',
-                                    'bunny.MP4': 'a big rabbit'}))
+                                    'bunny.MP4': 'a big rabbit',
+                                    'cars/bike.mp4': 'a misspelt key'}))
     out = tmp_path / 'ann' / f'train.{ext}'
     summary = load_tool().main([str(video_dir), '--out', str(out), '--label-from-folder',
                                 '--captions', str(captions), '--workers', '2'])
     printed = capsys.readouterr().out
     assert 'wrote 2 videos' in printed and 'skipped 1 unreadable' in printed, printed
+    # a caption whose key matches no video was not mentioned
+    assert '0 without a caption; 1 caption matching no video: cars/bike.mp4' in printed
     assert 'broken.mp4' in printed and '2 classes' in printed
     assert summary['classes'] == ['cars', 'films'] and len(summary['skipped']) == 1
 
