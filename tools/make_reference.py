@@ -30,9 +30,12 @@ def parse_args(argv=None):
     source.add_argument('--images', help='folder of pictures (searched recursively)')
     source.add_argument('--videos', help='video manifest (CSV / JSONL, tools/make_manifest.py)')
     parser.add_argument('--out', required=True, help='the .npz to write')
-    parser.add_argument('--image-size', type=int, default=256, help='square side S')
-    parser.add_argument('--num-frames', type=int, default=16, help='frames per clip')
-    parser.add_argument('--frame-stride', type=int, default=1, help='take every k-th frame')
+    parser.add_argument('--image-size', type=int, default=256,
+                        help='square side S (default: 256, as the models sample)')
+    parser.add_argument('--num-frames', type=int,
+                        help='--videos: frames per clip (default: 16, FVD-16)')
+    parser.add_argument('--frame-stride', type=int,
+                        help='--videos: take every k-th frame (default: 1)')
     parser.add_argument('--max-samples', type=int, help='at most this many pictures / clips '
                         '(a seeded random subset)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the subset and of '
@@ -79,6 +82,11 @@ def read_clip(row, args, rng):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.images and (args.num_frames, args.frame_stride) != (None, None):
+        raise UserError('--num-frames and --frame-stride are for --videos clips; '
+                        '--images makes a picture reference')  # (they were ignored)
+    args.num_frames = 16 if args.num_frames is None else args.num_frames
+    args.frame_stride = 1 if args.frame_stride is None else args.frame_stride
     for name in ('image_size', 'num_frames', 'frame_stride', 'max_samples'):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -40,6 +40,11 @@ def test_pictures_are_center_cropped_and_bad_files_skipped(tmp_path, capsys):
     from mmsora.utils.cli import UserError
     with pytest.raises(UserError, match='--out must be an .npz'):
         tool().main(['--images', str(tmp_path / 'imgs'), '--out', 'x.png'])
+    # clip settings with pictures were ignored without a word
+    with pytest.raises(UserError, match='--num-frames and --frame-stride are for --videos '
+                                        'clips; --images makes a picture reference'):
+        tool().main(['--images', str(tmp_path / 'imgs'), '--out', str(out),
+                     '--num-frames', '8'])
 
 
 @needs_videos
