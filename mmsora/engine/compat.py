@@ -157,7 +157,8 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -
         from mmsora.utils.cli import UserError
         raise UserError(
             f'--launcher {launcher} needs the environment variables {missing}; '
-            'start the script with torchrun (tools/dist_train.sh) or srun')
+            'start the script with torchrun (torchrun --nproc_per_node N SCRIPT ...; for '
+            'training tools/dist_train.sh) or srun')
     import datetime
     torch_dist.init_process_group(
         backend='gloo', timeout=datetime.timedelta(seconds=timeout_s))

@@ -79,8 +79,9 @@ def test_init_cpu_distributed_names_missing_env(monkeypatch):
         pytest.skip('CPU-only path')
     with pytest.raises(UserError, match=r"--launcher pytorch needs the environment "
                        r"variables \['RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'\]; "
-                       'start the script with torchrun'):
-        mmsora.engine.init_cpu_distributed('pytorch')
+                       r'start the script with torchrun \(torchrun --nproc_per_node N '
+                       r'SCRIPT ...; for training tools/dist_train.sh\)'):
+        mmsora.engine.init_cpu_distributed('pytorch')  # (test.py, infer.py: not dist_train)
     for key in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(UserError, match="slurm needs SLURM's SLURM_PROCID, SLURM_NTASKS, "
