@@ -133,7 +133,8 @@ def check_args(args, num_classes, video=False):
                             'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')
     bad = [y for y in args.labels or [] if num_classes is not None and not 0 <= y < num_classes]
     if bad:
-        raise UserError(f'--labels {bad} out of range: the model has {num_classes} classes')
+        raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
+                        f'class{"es" * (num_classes != 1)}')
 
 
 def precheck_args(args) -> None:
@@ -206,7 +207,7 @@ def read_prompts(args, model):
                             'model.text_encoder.pretrained_path=DIR with --cfg-options')
     elif prompts:
         raise UserError('--prompt / --prompt-file are for text-conditioned models; this '
-                        'one is class-conditional: use --labels')
+                        'one takes class labels (--labels) or none')
     return prompts or None
 
 

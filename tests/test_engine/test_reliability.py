@@ -384,6 +384,13 @@ def test_sampler_values_are_checked(option, message):
     assert one_line(info.value) == message
 
 
+def test_a_one_class_model_is_said_in_the_singular():
+    from tools.infer import check_args
+    from tools.infer import parse_args as infer_args
+    with pytest.raises(UserError, match=r'--labels \[1\] out of range: the model has 1 class$'):
+        check_args(infer_args(['work_dirs/x', '--labels', '1']), num_classes=1)
+
+
 def test_a_wrong_out_is_refused_before_the_weights_load(trained, monkeypatch):
     """--out x.gifx (or an .avi for a video model) was named only once the model and
     its weights had loaded: minutes for a large one."""
