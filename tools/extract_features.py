@@ -366,8 +366,9 @@ def main(argv=None):
         print(f'{PROG}: {index["num_items"]} items{flips}, latents of shape '
               f'{tuple(latent_shape)}, in '
               f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
-              f'({len(pending)} shards written by rank 0 in this run); skipped '
-              f'{len(skipped)} unreadable or too short inputs'
+              f'({len(pending)} shard{"s" * (len(pending) != 1)} written by rank 0 in this '
+              f'run); skipped {len(skipped)} unreadable or too short '
+              f'input{"s" * (len(skipped) != 1)}'
               + (': ' + '; '.join(f'{name} ({reasons[name]})' if name in reasons else name
                                   for name in skipped[:10])
                  + (' ...' if len(skipped) > 10 else '') if skipped else ''))

@@ -47,7 +47,7 @@ def test_extract_moments_with_flip(image_folder, tiny_vae_dir, tmp_path, capsys)
     assert summary['num_items'] == 6 and summary['num_skipped'] == 1
     assert summary['skipped_this_run'] == ['b/broken.png']
     printed = capsys.readouterr().out
-    assert 'skipped 1 unreadable or too short inputs: b/broken.png (' in printed
+    assert 'skipped 1 unreadable or too short input: b/broken.png (' in printed
     # items, and the latents with --flip's copies ('6 latents' read as the store's count)
     assert ': 6 items (x2 with the flipped copies: 12 latents), latents of shape (4, 8, 8),' \
         in printed
