@@ -113,6 +113,28 @@ def fail(msg):
     raise UserError(str(msg))
 
 
+# The store's settings and the options that set them: a rerun into the same --out
+# with another setting is refused naming the setting (num_copies=2): the option too.
+OPTION_OF = dict(
+    num_copies='--flip', content='--store', dtype='--dtype', shard_size='--shard-size',
+    vae='--vae / --video-vae', scale_factor='--scale-factor', shift_factor='the VAE',
+    latent_shape='--size and the VAE', source='--data-path / --manifest',
+    num_source_items='the inputs (--data-path / --manifest)', image_size='--image-size',
+    num_frames='--num-frames', size='--size', frame_stride='--frame-stride',
+    target_fps='--target-fps', text_encoder='--text-encoder',
+    text_encoder_kind='--text-encoder-kind', text_shape='--text-encoder / --max-length',
+    pooled_dim='--text-encoder-kind', classes='the class folders of --data-path')
+
+
+def with_option(error) -> str:
+    """The store's refusal of other settings, with the option that sets the one named."""
+    import re
+    text = str(error)
+    found = re.search(r' written with (\w+)=', text)
+    option = OPTION_OF.get(found.group(1)) if found else None
+    return f'{text} (set by {option})' if option else text
+
+
 def check_args(args):
     for name in ('image_size', 'num_frames', 'shard_size', 'batch_size', 'micro_batch_size',
                  'frame_stride', 'max_length'):
@@ -308,7 +330,7 @@ def main(argv=None):
             vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
             world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim)
     except (ValueError, OSError) as e:  # OSError: --out runs into a file
-        fail(e)
+        fail(with_option(e))
 
     pending = writer.pending_shards()
     indices = [i for k in pending for i in range(*writer.shard_range(k))]

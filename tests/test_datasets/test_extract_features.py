@@ -76,6 +76,10 @@ def test_extract_moments_with_flip(image_folder, tiny_vae_dir, tmp_path, capsys)
         again = run_extract(image_folder, out, tiny_vae_dir, '--flip', '--dtype', 'float32')
     assert again['shards_written'] == 0 and again['num_items'] == 6
     assert shard_mtimes(out) == before
+    # without --flip: refused naming the setting and the option (it said num_copies only)
+    with pytest.raises(UserError, match=r'written with num_copies=2 .*this run has '
+                                        r'num_copies=1: .* \(set by --flip\)$'):
+        run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float32')
 
     ds = PackedLatentDataset(out, seed=0)
     assert ds[0]['latents'].shape == (4, 8, 8)
