@@ -272,7 +272,9 @@ def build_train_config(args):
         else:
             check_checkpoint_complete(args.resume)
             cfg.resume, cfg.load_from = True, args.resume
-    if cfg.get('resume') and osp.isfile(cfg.load_from):  # (not a DeepSpeed folder)
+    # (a file: not a DeepSpeed folder; with --deepspeed a file is refused below, naming
+    # the way)
+    if cfg.get('resume') and osp.isfile(cfg.load_from) and not args.deepspeed:
         if not check_resume_matches(cfg, meta_model, cfg.load_from):
             cfg.nothing_to_train = True  # main() stops before the Runner
     if args.load_from is not None:

@@ -18,14 +18,27 @@ from mmsora.utils.cli import (UserError, missing_arguments_message, unknown_key_
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys']
 
 
+def _forwarding_bases() -> tuple:
+    """Classes known to hand their ``**kwargs`` on to their bases' ``__init__``:
+    mmengine's optimizer wrappers, parameter schedulers (through the LR / momentum
+    mixins), averaged models (our float32 EMA) and EMA hooks (ours to mmengine's,
+    whose own ``**kwargs`` build the average). Elsewhere ``**kwargs`` may go anywhere
+    (torch's ZeroRedundancyOptimizer hands them to the optimizer it builds)."""
+    from mmengine.hooks import EMAHook
+    from mmengine.model.averaged_model import BaseAveragedModel
+    from mmengine.optim import OptimWrapper
+    from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+    return OptimWrapper, _ParamScheduler, BaseAveragedModel, EMAHook
+
+
 def accepted_arguments(cls):
     """``(names, complete)``: the arguments ``cls`` takes by name, and whether that is
-    all of them. A class whose ``__init__`` passes ``**kwargs`` on to its bases
-    (mmengine's optimizer wrappers and parameter schedulers, our EMA and autocast
-    wrappers) takes theirs too, collected along the method resolution order until an
-    ``__init__`` without ``**kwargs``; ``complete`` is False where ``**kwargs`` goes on
-    past every base that names arguments (mmengine's hooks hand theirs elsewhere). A
-    function (a ``collate_fn``) takes its arguments after the first (the batch)."""
+    all of them. A class of :func:`_forwarding_bases` whose ``__init__`` takes
+    ``**kwargs`` takes its bases' arguments too, collected along the method
+    resolution order until an ``__init__`` without ``**kwargs``; any other class with
+    ``**kwargs`` is not complete, nor is one whose ``**kwargs`` go past every base
+    (mmengine's EMA hook builds its average with them). A function (a
+    ``collate_fn``) takes its arguments after the first (the batch)."""
     def named(params):
         return {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
@@ -36,18 +49,24 @@ def accepted_arguments(cls):
         params = list(inspect.signature(cls).parameters.values())[1:]
         return named(params), not takes_any(params)
     found, passed_on = {}, False
+    follow = issubclass(cls, _forwarding_bases())
     for klass in cls.__mro__:
         init = klass.__dict__.get('__init__')
         if init is None:
             continue
-        if klass is object:  # reached with **kwargs held back (an EMA hook's), or
-            return found, not passed_on  # with no __init__ at all: it takes nothing
+        if klass is object:
+            if passed_on:  # **kwargs held back (an EMA hook's)
+                return found, False
+            params = list(inspect.signature(cls).parameters.values())  # (__new__'s,
+            return named(params), not takes_any(params)  # or none at all)
         passed_on = True
         params = list(inspect.signature(init).parameters.values())[1:]  # after self
         for name, p in named(params).items():
             found.setdefault(name, p)
         if not takes_any(params):
             return found, True
+        if not follow:
+            return found, False
     return found, False
 
 
@@ -184,7 +203,10 @@ def _check_hooks(cfg) -> None:
         if issubclass(cls, EMAHook):
             ema_type = hook.get('ema_type', inspect.signature(cls).parameters[
                 'ema_type'].default)
-            average = _registered(dict(type=ema_type), MODELS, f'{where}.ema_type')
+            try:
+                average = _registered(dict(type=ema_type), MODELS, f'{where}.ema_type')
+            except UserError:  # an average the hook builds itself (ShardedEMAHook's)
+                continue
             if average is None:
                 continue
             extra, complete = accepted_arguments(average)

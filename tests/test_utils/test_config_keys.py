@@ -34,6 +34,9 @@ def test_arguments_passed_on_to_the_bases_are_collected():
                          'clip_grad'} <= set(names)
     names, complete = accepted_arguments(EMAHook)
     assert not complete and 'ema_type' in names
+    from collections import namedtuple  # no __init__ of its own: its __new__'s
+    names, complete = accepted_arguments(namedtuple('Pair', 'a b'))
+    assert complete and set(names) == {'a', 'b'}
 
 
 @pytest.mark.parametrize('edit, expected', [
@@ -89,6 +92,16 @@ def test_what_the_runner_and_wrappers_take_is_not_refused():
     cfg.custom_hooks.append(dict(type='EMAHook', ema_type='StochasticWeightAverage',
                                  priority='ABOVE_NORMAL'))
     check_training_keys(cfg)
+    # our EMA hooks (ShardedEMAHook builds its average itself), and an optimizer whose
+    # **kwargs go to the optimizer it builds, not to a base (review of this check)
+    cfg.custom_hooks += [dict(type='ShardedEMAHook', momentum=1e-4, begin_iter=3),
+                         dict(type='FP32EMAHook', momentum=1e-4, strict_load=True)]
+    saved = cfg.optim_wrapper.optimizer
+    cfg.optim_wrapper.optimizer = dict(type='ZeroRedundancyOptimizer',
+                                       optimizer_type='AdamW', lr=1e-4)
+    check_training_keys(cfg)
+    cfg.optim_wrapper.optimizer = saved
+    cfg.custom_hooks = cfg.custom_hooks[:-2]
     cfg.optim_wrapper.update(constructor='MyConstructor', anything=1)
     check_training_keys(cfg)  # a constructor of its own reads keys of its own
     cfg.custom_hooks[-1]['momentum'] = 0.1  # StochasticWeightAverage takes no momentum
