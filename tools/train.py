@@ -134,12 +134,13 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
               'weights: --load-from', flush=True)
 
 
-def check_resume_matches(cfg, model, path) -> bool:
+def check_resume_matches(cfg, model, path) -> None:
     """Refuse ``--resume`` of a file that is not a checkpoint of a run like the
     config's: an original DiT / fast-DiT state dict (nothing to resume: no optimizer,
     no iteration), a run of another model, or one saved past ``train_cfg.max_iters``.
-    Returns False when the checkpoint is the run's end: nothing is left to train
-    (mmengine resumed, trained nothing and said nothing)."""
+    One saved at the run's end is said to leave nothing to train (mmengine resumed,
+    trained nothing and said nothing); the Runner still runs the hooks' ends (a final
+    evaluation that failed before)."""
     kind, state_dict, checkpoint = load_from_kind(path)
     if kind == 'denoiser':
         raise UserError(f'--resume {path}: a state dict of weights alone, not a checkpoint '
@@ -151,7 +152,7 @@ def check_resume_matches(cfg, model, path) -> bool:
     meta = checkpoint.get('meta') or {}
     done, last = meta.get('iter'), (cfg.get('train_cfg') or {}).get('max_iters')
     if not (isinstance(done, int) and isinstance(last, int) and done >= last):
-        return True
+        return
     if done > last:
         raise UserError(f'--resume {path}: saved at iteration {done}, past train_cfg.'
                         f'max_iters={last}: give a larger train_cfg.max_iters to train on')
@@ -159,7 +160,6 @@ def check_resume_matches(cfg, model, path) -> bool:
         print(f'--resume {path}: saved at iteration {done}, which is train_cfg.max_iters: '
               'the run is complete and there is nothing to train (give a larger '
               'train_cfg.max_iters to train on)', flush=True)
-    return False
 
 
 def latest_checkpoint(work_dir):
@@ -274,9 +274,9 @@ def build_train_config(args):
             cfg.resume, cfg.load_from = True, args.resume
     # (a file: not a DeepSpeed folder; with --deepspeed a file is refused below, naming
     # the way)
-    if cfg.get('resume') and osp.isfile(cfg.load_from) and not args.deepspeed:
-        if not check_resume_matches(cfg, meta_model, cfg.load_from):
-            cfg.nothing_to_train = True  # main() stops before the Runner
+    if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)
+            and osp.isfile(cfg.load_from) and not args.deepspeed):
+        check_resume_matches(cfg, meta_model, cfg.load_from)
     if args.load_from is not None:
         if not osp.isfile(args.load_from):
             raise UserError(f'--load-from checkpoint not found: {args.load_from}')
@@ -346,12 +346,12 @@ def build_train_config(args):
     return cfg
 
 
-def stop_on_ctrl_c(runner) -> None:
+def stop_on_ctrl_c(runner):
     """In a one-process run, the first Ctrl-C lets the iteration under way finish (its
     checkpoint saved, where one is due) and then stops; a second stops at once. A
     KeyboardInterrupt anywhere (inside a checkpoint's save) broke off what was under
     way; under a launcher every process gets the signal, each at its own point, so
-    they stop at once as before."""
+    they stop at once as before. Returns what puts the former handler back."""
     import signal
 
     from mmengine.hooks import Hook
@@ -375,7 +375,8 @@ def stop_on_ctrl_c(runner) -> None:
         hook.asked = True
         print('Ctrl-C: stopping after this iteration (Ctrl-C again: at once)',
               file=sys.stderr, flush=True)
-    signal.signal(signal.SIGINT, ask)
+    former = signal.signal(signal.SIGINT, ask)
+    return lambda: signal.signal(signal.SIGINT, former)
 
 
 def interrupted_at(runner, done: int) -> str:
@@ -399,10 +400,11 @@ def main(argv=None):
         cfg = build_train_config(args)
     except UserError:
         if not is_first_on_machine():  # the same config and files on every process of a
-            raise SystemExit(2)  # machine: its first one says what is wrong
+            # machine: its first one says what is wrong, and the launcher then stops
+            # this one (exiting first let torchrun kill the first before it printed)
+            import time
+            time.sleep(30)  # still here: the mistake is this process's alone; say it
         raise
-    if cfg.pop('nothing_to_train', False):
-        return
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher)
@@ -422,14 +424,17 @@ def main(argv=None):
     if malloc_kept:
         runner.logger.info('No GPU: glibc malloc keeps freed memory for the next step '
                            '(--default-malloc leaves it as it is)')
-    if args.launcher == 'none':
-        stop_on_ctrl_c(runner)
+    restore = stop_on_ctrl_c(runner) if args.launcher == 'none' else None
     try:
         runner.train()
     except Interrupted:
         raise
     except KeyboardInterrupt:  # Ctrl-C: one line saying where to continue from
-        raise Interrupted(interrupted_at(runner, runner.iter)) from None
+        loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
+        raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
+    finally:
+        if restore is not None:
+            restore()
     from mmsora.utils.dist import close_process_group, release_engine
     release_engine(runner)
     del runner

@@ -68,6 +68,16 @@ def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
         assert len(logged) == 6 and all(math.isfinite(v) for v in logged), (key, logged)
 
 
+def test_a_nan_in_an_accumulated_steps_first_micro_batch_is_not_logged(repo_root,
+                                                                       tmp_path):
+    """The step is decided at its last micro-batch; the NaN loss of an earlier one was
+    logged in its own iteration (review of the log fix)."""
+    runner, _ = _run(repo_root, tmp_path, 6, [2], 'optim_wrapper.accumulative_counts=2')
+    runner.train()
+    logged = list(runner.message_hub.get_scalar('train/loss').data[0])
+    assert len(logged) == 5 and all(math.isfinite(v) for v in logged), logged
+
+
 def test_an_inf_loss_is_skipped_too(repo_root, tmp_path):
     runner, poison = _run(repo_root, tmp_path, 3, [1], value=float('inf'))
     runner.train()

@@ -67,7 +67,13 @@ def test_the_default_port_is_a_free_one_and_workers_are_checked(repo_root):
     spec = importlib.util.spec_from_file_location('soak', f'{repo_root}/tools/soak.py')
     soak = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(soak)
-    port = soak.parse_args([]).port
+    with socket.socket() as held:  # the old fixed default, taken by another soak
+        try:
+            held.bind(('127.0.0.1', 29741))
+        except OSError:
+            pass  # held already
+        port = soak.parse_args([]).port
+    assert port != 29741
     with socket.socket() as s:
         s.bind(('127.0.0.1', port))  # free: nothing holds it
     assert soak.parse_args(['--port', '29999']).port == 29999

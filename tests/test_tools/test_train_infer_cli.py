@@ -144,6 +144,7 @@ def test_ctrl_c_is_one_line_naming_the_checkpoint_to_resume_from(repo_root, tmp_
         deadline = time.time() + 240
         while not list(work.glob('iter_*.pth')) and time.time() < deadline:
             time.sleep(0.2)
+        assert list(work.glob('iter_*.pth')), 'no checkpoint within 240 s'
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     err = (tmp_path / 'err.txt').read_text()

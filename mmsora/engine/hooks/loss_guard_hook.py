@@ -90,7 +90,7 @@ class LossGuardHook(Hook):
         self.log_grad_norm = log_grad_norm
         self.num_skipped = 0
         self._in_a_row = []
-        self._skipped_at = None  # the iteration of the last skipped step
+        self._guarding = False  # whether this run's optimizer steps are guarded
 
     def before_train(self, runner):
         wrapper = runner.optim_wrapper
@@ -128,12 +128,15 @@ class LossGuardHook(Hook):
 
         # Instance attributes shadow the class's methods; update_params calls these.
         wrapper.backward, wrapper.step = guarded_backward, guarded_step
+        self._guarding = True
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        """Leave a skipped step's non-finite loss terms out of the logged values:
-        averaged over the log window (50 iterations), one NaN made every line show
-        ``loss: nan`` for the next 50 iterations of a run that had recovered."""
-        if self._skipped_at != runner.iter + 1 or not isinstance(outputs, dict):
+        """Leave non-finite loss terms out of the logged values where the steps are
+        guarded (a non-finite loss is always skipped, in whichever micro-batch of an
+        accumulated step it came): averaged over the log window (50 iterations), one
+        NaN made every line show ``loss: nan`` for the next 50 iterations of a run
+        that had recovered."""
+        if not self._guarding or not isinstance(outputs, dict):
             return
         for key in [k for k, v in outputs.items() if isinstance(v, (torch.Tensor, float))
                     and not math.isfinite(float(v))]:
@@ -160,7 +163,6 @@ class LossGuardHook(Hook):
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
         self.num_skipped += 1
         self._in_a_row.append(iteration)
-        self._skipped_at = iteration
         what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
         if len(self._in_a_row) >= self.max_consecutive:
             from mmsora.utils.checkpoint import last_checkpoint
