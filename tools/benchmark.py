@@ -41,8 +41,8 @@ _PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 def parse_args(argv=None):
-    from mmsora.utils.cli import add_malloc_option, checkpointing_setting
-    parser = argparse.ArgumentParser(description='Benchmark training steps')
+    from mmsora.utils.cli import ArgumentParser, add_malloc_option, checkpointing_setting
+    parser = ArgumentParser(description='Benchmark training steps')
     parser.add_argument('config', nargs='?', help='training config; its step is timed '
                         '(without one, --model/--input-size pick a DiT preset)')
     parser.add_argument('--model', default='DiT-S/2', help='DiT preset when no CONFIG '

@@ -33,8 +33,8 @@ READERS = ('mapped', 'read')
 
 
 def parse_args(argv=None):
-    from mmsora.utils.cli import check_output_path
-    parser = argparse.ArgumentParser(description='Benchmark checkpoint saves and loads')
+    from mmsora.utils.cli import ArgumentParser, check_output_path
+    parser = ArgumentParser(description='Benchmark checkpoint saves and loads')
     parser.add_argument('--model', default='DiT-B/2', help='DiT preset (default: DiT-B/2)')
     parser.add_argument('--depth', type=int, help="blocks (default: the preset's)")
     parser.add_argument('--writers', nargs='*', choices=WRITERS, default=list(WRITERS),

@@ -193,7 +193,8 @@ def video_vae_class(folder: str) -> str:
     """The class a video VAE folder names in its config.json (or its vae/ subfolder's),
     for a ``--video-vae`` without ``--video-vae-class``."""
     from mmsora.models.vaes.autoencoder_kl import folder_vae_class
-    found = folder_vae_class(folder) or folder_vae_class(osp.join(folder, 'vae'))
+    root = folder if osp.isfile(osp.join(folder, 'config.json')) else osp.join(folder, 'vae')
+    found = folder_vae_class(root)  # (the folder AutoencoderKLWrapper._load reads)
     if found in VIDEO_VAE_CLASSES:
         return found
     if found == 'AutoencoderKL':

@@ -17,7 +17,6 @@ all processes, and per rank its RSS and its workers' summed RSS and PSS. The res
 is printed, and written as JSON with the raw samples (``--out``); docs/reliability.md
 records runs. Linux only (reads /proc).
 """
-import argparse
 import json
 import os
 import os.path as osp
@@ -35,7 +34,8 @@ _ITER = re.compile(r'Iter\(train\) \[\s*(\d+)/')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Multi-process CPU training soak test')
+    from mmsora.utils.cli import ArgumentParser
+    parser = ArgumentParser(description='Multi-process CPU training soak test')
     parser.add_argument('--iters', type=int, default=500, help='training iterations')
     parser.add_argument('--nproc', type=int, default=2, help='training processes')
     parser.add_argument('--workers', type=int, default=2,

@@ -120,6 +120,8 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
     for another: mmengine restores the optimizer's state, its learning rate (and the
     schedule's base) included, so a changed ``optim_wrapper.optimizer.lr`` went
     unused without a word."""
+    if (cfg.get('optim_wrapper') or {}).get('paramwise_cfg'):
+        return  # per-group multipliers: the groups' rates are not the config's lr
     ours = ((cfg.get('optim_wrapper') or {}).get('optimizer') or {}).get('lr')
     groups = (optimizer_state or {}).get('param_groups') if isinstance(
         optimizer_state, dict) else None
