@@ -1,27 +1,20 @@
 """SampleEvaluationHook in a training run: a wrong sampler stops the run before its
 first step, and an evaluation that fails comes after the iteration's checkpoint."""
-import os.path as osp
-
 import numpy as np
 import pytest
 
+from tests.test_evaluation.test_cli import config_text
 from tools import train
-
-DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
 
 def hooked_config(tmp_path, repo_root, sampler='ddim'):
-    """The tiny demo with an evaluation and a checkpoint every 2 iterations."""
+    """The tiny evaluation config of tests/test_evaluation/test_cli.py with an
+    evaluation and a checkpoint every 2 iterations."""
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / 'ref.npz', arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
+    reference = str(tmp_path / 'ref.npz')
+    np.savez(reference, arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
     config = tmp_path / 'hooked.py'
-    config.write_text(f"""_base_ = [{osp.join(repo_root, DEMO)!r}]
-custom_imports = dict(imports=['tests.test_evaluation.tiny_extractors'],
-                      allow_failed_imports=False)
-model = dict(denoiser=dict(hidden_size=32, depth=2, num_heads=2, input_size=8),
-             latent_shape=(3, 8, 8))
-train_dataloader = dict(batch_size=4, dataset=dict(size=8, num_samples=16))
-param_scheduler = []
+    config.write_text(config_text(repo_root, reference) + f"""
 train_cfg = dict(max_iters=3)
 default_hooks = dict(checkpoint=dict(interval=2))
 custom_hooks = [
@@ -29,7 +22,7 @@ custom_hooks = [
     dict(type='SampleEvaluationHook', interval=2, num_samples=4, batch_size=4,
          sample_cfg=dict(sampler={sampler!r}, num_steps=2),
          metrics=[dict(type='FID', extractor=dict(type='TinyImageExtractor'),
-                       reference={str(tmp_path / 'ref.npz')!r})]),
+                       reference={reference!r})]),
 ]
 """)
     return str(config)
