@@ -250,6 +250,11 @@ def build_train_config(args):
         from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)
     meta_model = build_model_on_meta(cfg)
+    from mmsora.utils.config_keys import check_training_keys
+    # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
+    # and the EMA hook): a typo would fail after the Runner's start-up output, or
+    # later. It reads no file, so it comes before the checks of --resume's checkpoint.
+    check_training_keys(cfg)
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '
                         'continues a run (optimizer, EMA, iteration), --load-from '
@@ -305,7 +310,6 @@ def build_train_config(args):
                                           apply_strategy, check_accumulation,
                                           drop_disabled_hooks, fit_loader_workers,
                                           launcher_world_size)
-    from mmsora.utils.config_keys import check_training_keys
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
@@ -314,9 +318,6 @@ def build_train_config(args):
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)', flush=True)
     apply_speed_options(cfg, compile=args.compile)
-    # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
-    # and the EMA hook): a typo would fail after the Runner's start-up output, or later
-    check_training_keys(cfg)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
                    options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
@@ -348,56 +349,12 @@ def build_train_config(args):
     return cfg
 
 
-def stop_on_ctrl_c(runner):
-    """In a one-process run, the first Ctrl-C lets the iteration under way finish (its
-    checkpoint saved, where one is due) and then stops; a second stops at once. A
-    KeyboardInterrupt anywhere (inside a checkpoint's save) broke off what was under
-    way; under a launcher every process gets the signal, each at its own point, so
-    they stop at once as before. Returns what puts the former handler back."""
-    import signal
-
-    from mmengine.hooks import Hook
-
-    class StopAfterIteration(Hook):
-        priority = 'LOWEST'  # after CheckpointHook has saved the iteration
-        asked = False
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            if self.asked:  # runner.iter counts this iteration once the hooks are done
-                raise Interrupted(interrupted_at(runner, runner.iter + 1))
-
-    hook, main_pid = StopAfterIteration(), os.getpid()
-    runner.register_hook(hook)
-
-    def ask(signum, frame):
-        if os.getpid() != main_pid:  # a data-loader worker: the main process decides
-            return
-        if hook.asked:
-            raise KeyboardInterrupt
-        hook.asked = True
-        print('Ctrl-C: stopping after this iteration (Ctrl-C again: at once)',
-              file=sys.stderr, flush=True)
-    former = signal.signal(signal.SIGINT, ask)
-    return lambda: signal.signal(signal.SIGINT, former)
-
-
-def interrupted_at(runner, done: int) -> str:
-    """Where a run stopped by Ctrl-C stands: the iterations it finished (``done``) and
-    the checkpoint that ``--resume`` continues from (or that none was saved yet)."""
-    from mmsora.utils.checkpoint import last_checkpoint
-    latest = last_checkpoint(runner.work_dir)
-    where = f'after iteration {done}'
-    if latest is None:
-        return f'{where}; no checkpoint was saved yet'
-    return (f'{where}; the last checkpoint is {latest}: continue with --resume '
-            f'(--work-dir {runner.work_dir})')
-
-
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
 
     from mmsora.engine import init_cpu_distributed
+    from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully
     try:
         cfg = build_train_config(args)
     except UserError:
@@ -426,7 +383,9 @@ def main(argv=None):
     if malloc_kept:
         runner.logger.info('No GPU: glibc malloc keeps freed memory for the next step '
                            '(--default-malloc leaves it as it is)')
-    restore = stop_on_ctrl_c(runner) if args.launcher == 'none' else None
+    # Ctrl-C (one process) and SIGTERM (a scheduler's time limit or preemption) stop
+    # after the iteration under way, with a checkpoint to resume from
+    restore = stop_gracefully(runner, ctrl_c=args.launcher == 'none')
     try:
         runner.train()
     except Interrupted:
@@ -435,8 +394,7 @@ def main(argv=None):
         loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
     finally:
-        if restore is not None:
-            restore()
+        restore()
     from mmsora.utils.dist import close_process_group, release_engine
     release_engine(runner)
     del runner

@@ -449,7 +449,14 @@ def check_output_path(path, option: str, folder: bool = False) -> None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with what there is to do next in the tool's words (its message)."""
+    """Ctrl-C (or SIGTERM), with what there is to do next in the tool's words (its
+    message); ``exit_code`` is what :func:`run_cli` exits with (130, as a shell
+    reports SIGINT; 143 for SIGTERM), and ``quiet`` leaves its line to another
+    process (the first of a multi-process run says it)."""
+
+    def __init__(self, message: str = '', exit_code: int = 130, quiet: bool = False):
+        super().__init__(message)
+        self.exit_code, self.quiet = exit_code, quiet
 
 
 def run_cli(main):
@@ -466,8 +473,9 @@ def run_cli(main):
         abandon_process_group()
         if os.environ.get('MMSORA_DEBUG'):
             raise
-        print(f'interrupted{f" {e}" if str(e) else ""}', file=sys.stderr, flush=True)
-        return 130
+        if not getattr(e, 'quiet', False):
+            print(f'interrupted{f" {e}" if str(e) else ""}', file=sys.stderr, flush=True)
+        return getattr(e, 'exit_code', 130)
     except Exception as e:
         from mmsora.utils.dist import abandon_process_group
         abandon_process_group()  # else gloo may abort at exit over the live group

@@ -23,8 +23,7 @@ def _worker(rank, world, port, out):
         torch.manual_seed(100 + rank)  # diff_rank_seed: each rank its own stream
         random.seed(100 + rank)
         hook, checkpoint = RNGStateHook(), {}
-        hook._will_save = lambda runner: True  # as if CheckpointHook saves now
-        hook.after_train_iter(FakeRunner(), 0)  # every rank: gather
+        hook.gather(FakeRunner())  # every rank, as where CheckpointHook saves next
         if rank == 0:  # mmengine saves on rank 0 only
             hook.before_save_checkpoint(FakeRunner(), checkpoint)
         objs = [checkpoint]

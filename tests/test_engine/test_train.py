@@ -249,6 +249,12 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     with pytest.raises(UserError, match=rf'^--resume {weights}: a state dict of weights '
                                         rf'alone, .*--load-from {weights}$'):
         tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(weights))
+    # a config typo is said first: its check reads no file (the checkpoint's checks map
+    # it), and the typo stands whatever the checkpoint
+    with pytest.raises(UserError, match=r"^optim_wrapper.optimizer: unknown config key "
+                                        r"'weight_decy'"):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, 'optim_wrapper.optimizer.weight_decy=0.1',
+                 resume=str(weights))
     with pytest.raises(UserError, match=rf'^--resume {run}: saved at iteration 4, past '
                                         r'train_cfg.max_iters=3: give a larger'):
         tiny_cfg(repo_root, tmp_path / 'b', 3, resume=str(run))

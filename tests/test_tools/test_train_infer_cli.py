@@ -124,40 +124,137 @@ def test_a_config_mistake_under_torchrun_is_said_once(repo_root, tmp_path):
         result.stderr[-3000:]
 
 
-def test_ctrl_c_is_one_line_naming_the_checkpoint_to_resume_from(repo_root, tmp_path):
-    """Ctrl-C printed an 86-line KeyboardInterrupt traceback and no hint of where to
-    continue from; during a checkpoint's save it broke the save off. The first Ctrl-C
-    now ends the iteration under way, its checkpoint included, then stops."""
+def group_alive(pgid) -> bool:
+    """Whether a process of group ``pgid`` is still running (zombies left unreaped by
+    a container's first process do not count)."""
+    import glob
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            fields = open(stat).read().rsplit(')', 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != 'Z':
+            return True
+    return False
+
+
+def signalled_run(repo_root, tmp_path, args, signum, ready, repeat=1, launch=None):
+    """Start a training run (``tools/train.py DEMO args``, or ``launch`` + args), wait
+    until ``ready(stdout_text)``, send ``signum`` to the whole process group, as a
+    terminal or a scheduler does (``repeat - 1`` more times to the first process) and
+    wait for the end.
+    Returns (return code, stderr text)."""
     import os
     import signal
     import subprocess
     import time
-    work = tmp_path / 'w'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    with open(tmp_path / 'err.txt', 'w') as stderr:  # (a pipe could fill and block it)
-        proc = subprocess.Popen(
-            [sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work),
-             '--cfg-options', *TINY, 'train_cfg.max_iters=100000',
-             'default_hooks.checkpoint.interval=2'],
-            cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+    env = {**os.environ, 'OMP_NUM_THREADS': '1',
+           'PATH': osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')}
+    command = launch or [sys.executable, 'tools/train.py', DEMO]
+    out_file, err_file = tmp_path / 'out.txt', tmp_path / 'err.txt'
+    with open(out_file, 'w') as stdout, open(err_file, 'w') as stderr:  # (a pipe could
+        proc = subprocess.Popen(  # fill and block the run)
+            [*command, *args], cwd=repo_root, env=env, stdout=stdout, stderr=stderr,
+            start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 240
-        while not list(work.glob('iter_*.pth')) and time.time() < deadline:
+        while not ready(out_file.read_text()) and time.time() < deadline:
+            assert proc.poll() is None, err_file.read_text()[-3000:]
             time.sleep(0.2)
-        assert list(work.glob('iter_*.pth')), 'no checkpoint within 240 s'
-        proc.send_signal(signal.SIGINT)
+        assert ready(out_file.read_text()), 'not ready within 240 s'
+        os.killpg(proc.pid, signum)
+        for _ in range(repeat - 1):  # as a launcher passes on one its process got too
+            time.sleep(0.05)
+            os.kill(proc.pid, signum)
         proc.wait(timeout=120)
-    err = (tmp_path / 'err.txt').read_text()
-    assert proc.returncode == 130, err[-3000:]
+        deadline = time.time() + 120  # the launcher's processes too (bash dies of the
+        while group_alive(proc.pid):  # signal at once; torchrun and its processes go
+            assert time.time() < deadline, 'the processes did not end within 120 s'
+            time.sleep(0.2)  # on to their end)
+    return proc.returncode, err_file.read_text()
+
+
+def stopped_at(line, work, by=''):
+    """(iteration stopped after, iteration of the last checkpoint) from the line a
+    stopped run ends with; fails unless it is exactly that line."""
+    found = re.fullmatch(rf'interrupted{by} after iteration (\d+); the last checkpoint is '
+                         rf'{work}/iter_(\d+)\.pth: continue with --resume \(--work-dir '
+                         rf'{work}\)', line)
+    assert found, line
+    return tuple(map(int, found.groups()))
+
+
+def test_ctrl_c_is_one_line_naming_the_checkpoint_to_resume_from(repo_root, tmp_path):
+    """Ctrl-C printed an 86-line KeyboardInterrupt traceback and no hint of where to
+    continue from; during a checkpoint's save it broke the save off. The first Ctrl-C
+    now ends the iteration under way, its checkpoint included, then stops."""
+    import signal
+    work = tmp_path / 'w'
+    code, err = signalled_run(
+        repo_root, tmp_path, ['--work-dir', str(work), '--cfg-options', *TINY,
+                              'train_cfg.max_iters=100000', 'default_hooks.checkpoint.interval=2'],
+        signal.SIGINT, lambda _: bool(list(work.glob('iter_*.pth'))))
+    assert code == 130, err[-3000:]
     assert 'Traceback' not in err, err[-3000:]
     assert err.count('Ctrl-C: stopping after this iteration') == 1, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    found = re.fullmatch(rf'interrupted after iteration (\d+); the last checkpoint is '
-                         rf'{work}/iter_(\d+)\.pth: continue with --resume \(--work-dir '
-                         rf'{work}\)', last)
-    assert found, last
-    stopped, saved = map(int, found.groups())
+    stopped, saved = stopped_at(err.strip().splitlines()[-1], work)
     assert saved == stopped - stopped % 2  # the iteration's checkpoint, where one was due
+
+
+ITERATING = re.compile(r'Iter\(train\) \[\s*[3-9]/')  # a few iterations logged
+
+
+def test_sigterm_saves_the_iteration_and_stops(repo_root, tmp_path):
+    """SIGTERM (a scheduler's time limit or preemption) ended the run at once: every
+    iteration since the last due checkpoint was lost. It now saves the iteration under
+    way and stops with exit 143; more SIGTERMs change nothing; --resume continues."""
+    import signal
+    work = tmp_path / 'w'
+    options = ['--cfg-options', *TINY, 'default_hooks.checkpoint.interval=1000',
+               'default_hooks.logger.interval=1', 'train_dataloader.num_workers=2',
+               'train_dataloader.persistent_workers=True']
+    code, err = signalled_run(
+        repo_root, tmp_path, ['--work-dir', str(work), *options,
+                              'train_cfg.max_iters=100000'],
+        signal.SIGTERM, lambda out: bool(ITERATING.search(out)), repeat=3)
+    assert code == 143, err[-3000:]
+    assert 'Traceback' not in err, err[-3000:]
+    assert err.count('SIGTERM: saving a checkpoint and stopping after this iteration') \
+        == 1, err[-3000:]
+    stopped, saved = stopped_at(err.strip().splitlines()[-1], work, by=' by SIGTERM')
+    assert saved == stopped >= 3  # saved although no checkpoint was due
+    resumed = train(repo_root, DEMO, '--work-dir', str(work), '--resume', *options,
+                    f'train_cfg.max_iters={stopped + 1}')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert f'Iter(train) [{stopped + 1}/{stopped + 1}]' in log, log[-3000:]
+    assert f'Iter(train) [{stopped}/' not in log, log[-3000:]  # continued, not redone
+    assert osp.isfile(work / f'iter_{stopped + 1}.pth')
+
+
+def test_sigterm_stops_two_processes_after_the_same_iteration(repo_root, tmp_path):
+    """Under torchrun every process gets SIGTERM at its own point (and torchrun passes
+    its own on): they agree on the iteration to stop after, save it together (each
+    process's RNG states in it) and one of them says where the run stands."""
+    import signal
+
+    import torch
+    work = tmp_path / 'w'
+    code, err = signalled_run(
+        repo_root, tmp_path, ['--work-dir', str(work), '--cfg-options', *TINY,
+                              'train_cfg.max_iters=100000',
+                              'default_hooks.checkpoint.interval=1000',
+                              'default_hooks.logger.interval=1'],
+        signal.SIGTERM, lambda out: bool(ITERATING.search(out)),
+        launch=['env', f'PORT={free_port()}', 'bash', 'tools/dist_train.sh', DEMO, '2'])
+    assert code != 0, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith('interrupted')]
+    assert len(lines) == 1, err[-3000:]
+    stopped, saved = stopped_at(lines[0], work, by=' by SIGTERM')
+    assert saved == stopped
+    meta = torch.load(work / f'iter_{saved}.pth', map_location='cpu',
+                      weights_only=False)['meta']
+    assert meta['iter'] == stopped and len(meta['rng_states']) == 2
 
 
 def test_two_process_gloo_training_then_infer(repo_root, tmp_path):

@@ -17,7 +17,7 @@ import random
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object, get_rank, get_world_size
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import Hook
 
 from mmsora.registry import HOOKS
 
@@ -57,19 +57,17 @@ class RNGStateHook(Hook):
         self._pending = None
         self._gathered = None
 
-    @staticmethod
-    def _will_save(runner):
-        """Whether an (iteration-based) CheckpointHook saves after this iteration."""
-        for hook in runner.hooks:
-            if isinstance(hook, CheckpointHook) and not hook.by_epoch:
-                return hook.every_n_train_iters(runner, hook.interval, hook.save_begin) \
-                    or (hook.save_last and hook.is_last_train_iter(runner))
-        return False
+    def gather(self, runner):
+        """Hand every process's states to process 0 for the checkpoint it saves next.
+        Collective: every process takes part (a stop on SIGTERM calls it before the
+        checkpoint it saves, mmsora/engine/graceful_stop.py)."""
+        if get_world_size() > 1:
+            self._gathered = all_gather_object(get_rng_states())
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        # Collective: every process takes part, before process 0 alone saves.
-        if get_world_size() > 1 and self._will_save(runner):
-            self._gathered = all_gather_object(get_rng_states())
+        from mmsora.engine.graceful_stop import checkpoint_due
+        if checkpoint_due(runner):  # before process 0 alone saves
+            self.gather(runner)
 
     def before_save_checkpoint(self, runner, checkpoint):
         # Runs on process 0 only (Runner.save_checkpoint is master_only).

@@ -1,0 +1,214 @@
+"""Stop a training run between iterations on Ctrl-C or SIGTERM, with a checkpoint.
+
+A KeyboardInterrupt raised anywhere broke off what was under way (a checkpoint's
+save included), and SIGTERM, which a scheduler sends at a job's time limit or
+preemption (slurm; torchrun passes it on to its processes, then kills them 30 s
+later), ended the run at once, losing every iteration since the last checkpoint.
+
+:func:`stop_gracefully` installs signal handlers and a hook. On the first signal the
+run finishes the iteration under way (the optimizer step of an accumulated step,
+too) and stops before the next one; its checkpoint is the one ``--resume``
+continues from:
+
+- Ctrl-C (one-process runs): the checkpoint hook's own checkpoint, where one was
+  due; a second Ctrl-C stops at once. Under a launcher every process gets Ctrl-C at
+  its own point, and the processes stop at once as before.
+- SIGTERM (every run): a checkpoint of this iteration is saved if none was due.
+  Further SIGTERMs change nothing (a launcher may pass on the one the processes
+  got already). Under several processes the processes agree each iteration on
+  whether any of them was asked to stop (one small all-reduce), so that all stop
+  after the same iteration and save it together.
+
+The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoint,
+exit 130 for Ctrl-C and 143 for SIGTERM, as a shell reports them.
+
+Data-loader workers leave the decision to the main process, which shuts them down
+when it stops. A scheduler signals every process of the job, workers included, and
+torch's workers died of SIGTERM (torch's handler in a worker passes on any SIGTERM
+the main process did not send); the main process then failed at once with
+'DataLoader worker (pid N) is killed by signal: Terminated'. Workers started after
+:func:`stop_gracefully` ignore a SIGTERM from anyone but the main process, and end
+on the main process's own as before.
+"""
+import os
+import signal
+import sys
+
+import torch
+from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
+from mmengine.hooks import CheckpointHook, Hook
+
+from mmsora.engine.accumulation import optimizer_stepped
+from mmsora.utils.cli import Interrupted
+
+__all__ = ['stop_gracefully', 'interrupted_at', 'checkpoint_due', 'GracefulStopHook']
+
+# What each signal asks, ordered: the larger wins when processes were asked both.
+_STOP, _SAVE_AND_STOP = 1, 2
+_ASKS = {signal.SIGINT: _STOP, signal.SIGTERM: _SAVE_AND_STOP}
+_NAMES = {_STOP: 'Ctrl-C', _SAVE_AND_STOP: 'SIGTERM'}
+_EXIT_CODES = {_STOP: 130, _SAVE_AND_STOP: 143}
+
+
+def interrupted_at(runner, done: int) -> str:
+    """Where a stopped run stands: the iterations it finished (``done``) and the
+    checkpoint that ``--resume`` continues from (or that none was saved yet)."""
+    from mmsora.utils.checkpoint import last_checkpoint
+    latest = last_checkpoint(runner.work_dir)
+    where = f'after iteration {done}'
+    if latest is None:
+        return f'{where}; no checkpoint was saved yet'
+    return (f'{where}; the last checkpoint is {latest}: continue with --resume '
+            f'(--work-dir {runner.work_dir})')
+
+
+def _checkpoint_hook(runner):
+    """The run's iteration-based checkpoint hook, or None."""
+    for hook in runner.hooks:
+        if isinstance(hook, CheckpointHook) and not hook.by_epoch:
+            return hook
+    return None
+
+
+def checkpoint_due(runner) -> bool:
+    """Whether the checkpoint hook saves after the iteration under way (read in
+    ``after_train_iter``, where ``runner.iter`` has not counted it yet)."""
+    hook = _checkpoint_hook(runner)
+    return hook is not None and bool(
+        hook.every_n_train_iters(runner, hook.interval, hook.save_begin)
+        or (hook.save_last and hook.is_last_train_iter(runner)))
+
+
+class GracefulStopHook(Hook):
+    """Stops the run after the iteration in which a signal was asked for it."""
+
+    # After CheckpointHook (VERY_LOW, 90) has saved the iteration; before the
+    # evaluation hooks (LOWEST, 100), whose sampling a stop does not wait for.
+    priority = 95
+
+    def __init__(self):
+        self.asked = 0  # 0, _STOP or _SAVE_AND_STOP
+
+    def _agreed(self) -> int:
+        """The strongest ask of any process (the same on all of them)."""
+        if get_world_size() == 1:
+            return self.asked
+        asked = torch.tensor([self.asked], dtype=torch.int32)
+        all_reduce(asked, op='max')
+        return int(asked.item())
+
+    def before_train(self, runner):
+        asked = self._agreed()  # during start-up: nothing trained, nothing to save
+        if asked:
+            self._stop(runner, asked, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        asked = self._agreed()
+        if not asked or not optimizer_stepped(runner):  # (amid an accumulated step:
+            return  # its last micro-batch stops)
+        if runner.iter + 1 >= runner.max_iters:  # the last one: the run ends as usual
+            return  # (its checkpoint and the hooks' ends)
+        if asked == _SAVE_AND_STOP and not checkpoint_due(runner):
+            self._save(runner)
+        # runner.iter counts this iteration once the hooks are done
+        self._stop(runner, asked, runner.iter + 1)
+
+    @staticmethod
+    def _save(runner):
+        hook = _checkpoint_hook(runner)
+        if hook is None:  # default_hooks.checkpoint=None: the run keeps none
+            return
+        from mmsora.engine.hooks.rng_state_hook import RNGStateHook
+        for rng in (h for h in runner.hooks if isinstance(h, RNGStateHook)):
+            rng.gather(runner)  # every process's RNG states, for process 0 to save
+        runner.logger.info(f'Saving checkpoint at {runner.iter + 1} iterations '
+                           '(stopping on SIGTERM)')
+        hook._save_checkpoint(runner)
+        if get_world_size() > 1:  # process 0 may still be writing: srun's
+            barrier()  # --kill-on-bad-exit would kill it when another one exits
+
+    @staticmethod
+    def _stop(runner, asked, done):
+        if get_rank() != 0:  # process 0 says where the run stands
+            raise Interrupted('', exit_code=_EXIT_CODES[asked], quiet=True)
+        by = ' by SIGTERM' if asked == _SAVE_AND_STOP else ''
+        raise Interrupted(f'{by} {interrupted_at(runner, done)}'.strip(),
+                          exit_code=_EXIT_CODES[asked])
+
+
+def stop_gracefully(runner, ctrl_c: bool = True):
+    """Install the handlers (SIGTERM; SIGINT too with ``ctrl_c``) and the hook for
+    ``runner``. Returns what puts the former handlers back (after a stop on SIGTERM,
+    SIGTERM stays ignored: the process is to end). Outside the main thread,
+    where Python takes no signal handlers, it changes nothing."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    hook, main_pid = GracefulStopHook(), os.getpid()
+    runner.register_hook(hook)
+
+    def ask(signum, frame):
+        if os.getpid() != main_pid:  # a data-loader worker: the main process decides
+            return
+        wanted = _ASKS[signum]
+        if hook.asked and wanted == _STOP:  # a second Ctrl-C
+            raise KeyboardInterrupt
+        if wanted > hook.asked:
+            hook.asked = wanted
+            action = ('saving a checkpoint and stopping' if wanted == _SAVE_AND_STOP
+                      else 'stopping')
+            again = ' (Ctrl-C again: at once)' if wanted == _STOP else ''
+            print(f'{_NAMES[wanted]}: {action} after this iteration{again}',
+                  file=sys.stderr, flush=True)
+
+    signums = [signal.SIGTERM] + ([signal.SIGINT] if ctrl_c else [])
+    former = {signum: signal.signal(signum, ask) for signum in signums}
+    undo_workers = _workers_take_sigterm_from_the_main_process_only()
+
+    def restore():
+        undo_workers()
+        for signum, handler in former.items():
+            if signum == signal.SIGTERM and hook.asked == _SAVE_AND_STOP:
+                # the process is on its way out: a SIGTERM more (a launcher's, passed
+                # on) must not kill it before it has said where the run stands
+                handler = signal.SIG_IGN
+            signal.signal(signum, handler)
+    return restore
+
+
+def _sigterm_from_the_main_process_only():
+    """In a data-loader worker: a SIGTERM sent by the main process (shutting the
+    worker down, or at its exit) ends the worker at once and quietly, as torch's own
+    handler does; one sent by anyone else (a scheduler signalling the whole job) is
+    ignored. SIGTERM is blocked and taken by a thread that reads its sender."""
+    import threading
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait():
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+    threading.Thread(target=wait, name='sigterm', daemon=True).start()
+
+
+def _workers_take_sigterm_from_the_main_process_only():
+    """Make data-loader workers started from now on ignore a SIGTERM that the main
+    process did not send (see the module's notes). torch installs its handlers at the
+    start of each worker (``_set_worker_signal_handlers``, looked up when the worker
+    starts): ours goes after them. Returns what undoes it."""
+    try:
+        from torch.utils.data._utils import signal_handling
+        torch_handlers = signal_handling._set_worker_signal_handlers
+    except (ImportError, AttributeError):  # another torch: workers as torch has them
+        return lambda: None
+
+    def set_worker_signal_handlers(*args, **kwargs):
+        torch_handlers(*args, **kwargs)
+        _sigterm_from_the_main_process_only()
+
+    signal_handling._set_worker_signal_handlers = set_worker_signal_handlers
+
+    def undo():
+        signal_handling._set_worker_signal_handlers = torch_handlers
+    return undo

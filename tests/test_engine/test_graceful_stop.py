@@ -1,0 +1,94 @@
+"""mmsora/engine/graceful_stop.py in one process: a signal during an iteration stops
+the run after it (SIGTERM with that iteration saved), at the end of an accumulated
+step, and never in the middle of a last iteration. The tools' side (exit codes, the
+line printed, two processes under torchrun) is in
+tests/test_tools/test_train_infer_cli.py."""
+import os
+import signal
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from mmsora.engine.graceful_stop import stop_gracefully
+from mmsora.utils.cli import Interrupted
+from tests.test_engine.test_train import tiny_cfg
+
+
+class _SignalAt(Hook):
+    """Send ``signum`` to this process in the forward of iteration ``at`` (1-based)."""
+
+    priority = 'HIGHEST'
+
+    def __init__(self, at, signum):
+        self.at, self.signum = at, signum
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def _run(repo_root, tmp_path, max_iters, at, signum, *options):
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, max_iters, *options))
+    runner.register_hook(_SignalAt(at, signum))
+    restore = stop_gracefully(runner)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            runner.train()
+    finally:
+        restore()
+    return runner, stopped.value
+
+
+def test_sigterm_saves_the_iteration_under_way(repo_root, tmp_path, capsys):
+    former = signal.getsignal(signal.SIGTERM)
+    try:
+        runner, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGTERM,
+                               'default_hooks.checkpoint.interval=1000')
+        # the process is to end: a SIGTERM more (passed on by a launcher) is ignored
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, former)
+    assert stopped.exit_code == 143
+    assert str(stopped) == (f'by SIGTERM after iteration 3; the last checkpoint is '
+                            f'{tmp_path}/iter_3.pth: continue with --resume (--work-dir '
+                            f'{tmp_path})')
+    saved = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=False)
+    assert saved['meta']['iter'] == 3 and 'rng_states' in saved['meta']
+    assert sorted(p.name for p in tmp_path.glob('iter_*.pth')) == ['iter_3.pth']
+    assert 'SIGTERM: saving a checkpoint and stopping after this iteration' \
+        in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_only_a_due_checkpoint(repo_root, tmp_path):
+    former = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGINT,
+                      'default_hooks.checkpoint.interval=2')
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == former
+    assert stopped.exit_code == 130
+    assert str(stopped).startswith(f'after iteration 3; the last checkpoint is '
+                                   f'{tmp_path}/iter_2.pth')
+    assert not (tmp_path / 'iter_3.pth').exists()
+
+
+def test_an_accumulated_step_is_finished_first(repo_root, tmp_path):
+    """Stopping inside a step of 2 micro-batches would save a checkpoint a resume
+    cannot continue exactly from (the accumulated gradients are not saved)."""
+    _, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGTERM,
+                      'optim_wrapper.accumulative_counts=2',
+                      'default_hooks.checkpoint.interval=1000')
+    assert str(stopped).startswith('by SIGTERM after iteration 4; the last checkpoint is '
+                                   f'{tmp_path}/iter_4.pth')
+
+
+def test_a_signal_in_the_last_iteration_lets_the_run_end(repo_root, tmp_path):
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 3,
+                                      'default_hooks.checkpoint.interval=1000'))
+    runner.register_hook(_SignalAt(3, signal.SIGTERM))
+    restore = stop_gracefully(runner)
+    try:
+        runner.train()  # no Interrupted: the run was complete
+    finally:
+        restore()
+    assert runner.iter == 3 and (tmp_path / 'iter_3.pth').is_file()
