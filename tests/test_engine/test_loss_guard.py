@@ -49,7 +49,13 @@ def _run(repo_root, tmp_path, iters, poisoned, *options, value=float('nan')):
 
 def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
     runner, poison = _run(repo_root, tmp_path, 9, [2, 5, 6])
-    runner.train()
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        runner.train()
+    # reading the losses did not warn of converting a tensor that requires grad
+    assert not [w for w in caught if 'requires_grad' in str(w.message)], \
+        [str(w.message) for w in caught]
     # Weights move on every good step and stay put on the poisoned ones.
     assert [it for it, moved in sorted(poison.changed.items()) if not moved] == [2, 5, 6]
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
@@ -204,3 +210,21 @@ def test_default_hooks_of_ours_set_to_none_are_off(repo_root, tmp_path):
     assert 'LossGuardHook' not in names and 'IterTimerHook' not in names
     weights = list(runner.model.denoiser.parameters())
     assert not all(torch.isfinite(w).all() for w in weights)  # nothing skipped the step
+
+
+def test_a_learning_rate_schedule_does_not_warn_of_an_overridden_step(repo_root, tmp_path):
+    """The hook's own optimizer step lacked the mark mmengine's schedulers put on the
+    step they count: every run with a schedule warned 'optimizer.step() has been
+    overridden after parameter value scheduler initialization'."""
+    import warnings
+    cfg = tiny_cfg(repo_root, tmp_path, 3)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False,
+                                begin=0, end=3)]
+    runner = Runner.from_cfg(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        runner.train()
+    assert [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]._guarding
+    assert not [w for w in caught if 'overridden' in str(w.message)], \
+        [str(w.message) for w in caught]
+    assert runner.optim_wrapper._global_step == 2  # the schedulers' count goes on

@@ -60,6 +60,15 @@ def gradient_replicas(model) -> int:
     return world // torch.distributed.get_world_size(model.process_group)
 
 
+def _counted_like(step, former):
+    """``step`` (which calls ``former``) marked as mmengine's parameter schedulers mark
+    the optimizer step they count: they warned 'optimizer.step() has been overridden'
+    at the first scheduler step of every run once the hook had put its own step in."""
+    if hasattr(former, '_with_counter'):
+        step._with_counter = former._with_counter
+    return step
+
+
 @HOOKS.register_module()
 class LossGuardHook(Hook):
     """Skips non-finite steps, stops after ``max_consecutive`` of them in a row.
@@ -127,7 +136,7 @@ class LossGuardHook(Hook):
             step(**kwargs)
 
         # Instance attributes shadow the class's methods; update_params calls these.
-        wrapper.backward, wrapper.step = guarded_backward, guarded_step
+        wrapper.backward, wrapper.step = guarded_backward, _counted_like(guarded_step, step)
         self._guarding = True
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
@@ -139,7 +148,7 @@ class LossGuardHook(Hook):
         if not self._guarding or not isinstance(outputs, dict):
             return
         for key in [k for k, v in outputs.items() if isinstance(v, (torch.Tensor, float))
-                    and not math.isfinite(float(v))]:
+                    and not math.isfinite(float(v.detach() if torch.is_tensor(v) else v))]:
             outputs.pop(key)
 
     @staticmethod
@@ -157,7 +166,7 @@ class LossGuardHook(Hook):
             if norm is not None:
                 runner.message_hub.update_scalar('train/grad_norm', float(norm))
 
-        wrapper.step = logged_step
+        wrapper.step = _counted_like(logged_step, step)
 
     def _skip(self, runner, loss, norm):
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
