@@ -7,12 +7,13 @@ from tests.test_evaluation.test_cli import config_text
 from tools import train
 
 
-def hooked_config(tmp_path, repo_root, sampler='ddim'):
+def hooked_config(tmp_path, repo_root, sampler='ddim', reference_size=8):
     """The tiny evaluation config of tests/test_evaluation/test_cli.py with an
     evaluation and a checkpoint every 2 iterations."""
     rng = np.random.default_rng(0)
     reference = str(tmp_path / 'ref.npz')
-    np.savez(reference, arr_0=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
+    np.savez(reference, arr_0=rng.integers(
+        0, 256, (8, reference_size, reference_size, 3), dtype=np.uint8))
     config = tmp_path / 'hooked.py'
     config.write_text(config_text(repo_root, reference) + f"""
 train_cfg = dict(max_iters=3)
@@ -34,6 +35,18 @@ def test_a_sampler_typo_stops_the_run_before_its_first_step(repo_root, tmp_path)
     with pytest.raises(ValueError, match=r"unknown sampler 'ddmi' for GaussianDiffusion; "
                                          r'choose one of .*did you mean ddpm, ddim'):
         train.main([hooked_config(tmp_path, repo_root, sampler='ddmi'), '--work-dir',
+                    str(work), '--cfg-options', 'default_hooks.checkpoint.interval=1'])
+    assert not list(work.glob('iter_*.pth'))  # not one step was taken
+
+
+def test_a_reference_of_another_size_stops_the_run_before_its_first_step(repo_root,
+                                                                        tmp_path):
+    """It was checked only at the first evaluation, `interval` iterations in."""
+    work = tmp_path / 'work'
+    with pytest.raises(ValueError, match=r'ref\.npz holds 16x16 pictures, but the model '
+                                         r'makes 8x8 ones: make the reference at that '
+                                         r'size \(tools/make_reference.py --image-size 8\)'):
+        train.main([hooked_config(tmp_path, repo_root, reference_size=16), '--work-dir',
                     str(work), '--cfg-options', 'default_hooks.checkpoint.interval=1'])
     assert not list(work.glob('iter_*.pth'))  # not one step was taken
 

@@ -86,11 +86,17 @@ class SampleEvaluationHook(Hook):
         return metrics
 
     def before_train(self, runner):
-        """A missing reference or extractor weights stop the run before its first
-        step, not at the first evaluation (after training, with ``interval`` past
+        """A missing reference or extractor weights, a reference of another size than
+        the model samples and too few samples stop the run before its first step, not
+        at the first evaluation (after training, with ``interval`` past
         ``max_iters``)."""
+        from mmengine.model import is_model_wrapper
+
         from mmsora.apis import build_evaluator, check_metric_inputs
-        check_metric_inputs(build_evaluator(self.metrics))
+        from mmsora.apis.evaluation import output_size
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_metric_inputs(build_evaluator(self.metrics), self.settings['num_samples'],
+                            output_size(model))
         self._check_sampler(runner)
 
     def _check_sampler(self, runner) -> None:
