@@ -34,7 +34,8 @@ def parse_args(argv=None):
                         "config's evaluation.num_samples)")
     parser.add_argument('--batch-size', type=int, help='global sampling batch size')
     parser.add_argument('--seed', type=int, help='sample i uses seed SEED + i')
-    parser.add_argument('--out', help='also save the samples as an ADM-style .npz')
+    parser.add_argument('--out', help='also save the samples as an ADM-style .npz; a '
+                        'rerun after a crash keeps its finished batches')
     parser.add_argument('--sample-dir', help='also save one PNG / mp4 per sample here')
     parser.add_argument('--json', help='write the metrics to this JSON file')
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')

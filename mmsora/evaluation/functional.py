@@ -9,6 +9,7 @@ Score over splits of 5000 samples.
 """
 import os
 import os.path as osp
+import warnings
 from typing import Dict, Tuple
 
 import numpy as np
@@ -40,10 +41,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                          f'covariance {sigma1.shape} vs {sigma2.shape} (features of '
                          'different extractors?)')
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
-    if not np.isfinite(covmean).all():  # singular product: offset the diagonals
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    with warnings.catch_warnings():  # scipy's 'singular matrix' warning: a singular
+        warnings.simplefilter('ignore', linalg.LinAlgWarning)  # product is handled here
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))  # (disp=False: deprecated in 1.16)
+        if not np.isfinite(covmean).all():  # singular product: offset the diagonals
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag))} in the '

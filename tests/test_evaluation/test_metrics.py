@@ -76,6 +76,12 @@ def test_fid_of_fewer_samples_than_features_warns(tmp_path, monkeypatch):
     logged.clear()
     feed(FID(extractor=TINY, reference=str(tmp_path / 'ref.npz')), pictures(9, 3))
     assert not [m for m in logged if 'singular' in m]
+    # a reference of as few items is said too (its statistics are as singular)
+    np.savez(tmp_path / 'small.npz', arr_0=pictures(8, 2))
+    feed(FID(extractor=TINY, reference=str(tmp_path / 'small.npz')), pictures(9, 3))
+    assert [m for m in logged if m.startswith(f'FID: the reference {tmp_path}/small.npz '
+                                              'holds 8 samples in 8 feature dimensions: '
+                                              'its covariance is singular')], logged
 
 
 def test_fid_reads_adm_style_statistics_and_checks_input(tmp_path):

@@ -182,6 +182,15 @@ class FrechetMetric(SampleMetric):
                       'the one at the protocol\'s count (FID-50K, FVD-2048): compare it '
                       'only with runs of the same count', logger='current',
                       level=logging.WARNING)
+        shapes = self._shapes()
+        count = shapes['arr_0'][0][0] if 'arr_0' in shapes and 'mu' not in shapes else None
+        if count is not None and count <= dim:  # the reference's own statistics too
+            print_log(f'{self.metric_name}: the reference {self.reference} holds {count} '
+                      f'samples in {dim} feature dimensions: its covariance is singular '
+                      '(rank < dim), and the value is far from the one against the '
+                      'protocol\'s reference (50,000 pictures for FID-50K, 2,048 clips for '
+                      'FVD): compare it only with runs against the same reference',
+                      logger='current', level=logging.WARNING)
         mu, sigma = feature_stats(arrays['features'])
         ref = self.reference_stats()
         return {self.metric_name: frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
