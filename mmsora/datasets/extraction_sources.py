@@ -75,9 +75,11 @@ class ClipSource(Dataset):
         require = ('path', 'caption') if require_caption else ('path',)
         self.rows = load_manifest(manifest, data_root=data_root, require=require)
         self.num_frames, self.size = num_frames, tuple(size)
+        clip = SampleClipIndices(num_frames, frame_stride=frame_stride,
+                                 target_fps=target_fps, mode='center', pad=pad, seed=0)
+        clip.pad_hint = '--pad loop (or repeat_last)'  # tools/extract_features.py's
         self.steps = [
-            SampleClipIndices(num_frames, frame_stride=frame_stride, target_fps=target_fps,
-                              mode='center', pad=pad, seed=0),
+            clip,
             DecodeFrames(),
             ResizeCropVideo(self.size, crop='center', seed=0),
             PackVideoInputs(),

@@ -78,7 +78,8 @@ def test_too_short_clip():
     t = SampleClipIndices(num_frames=16, frame_stride=2)
     with pytest.raises(ClipTooShortError,
                        match=r"'short\.mp4' has 10 frames but a clip of 16 frames at "
-                       r'stride 2 needs 31'):
+                       r"stride 2 needs 31; .* or pad='loop' \(or 'repeat_last'\) in "
+                       r"the pipeline's SampleClipIndices"):
         t(dict(path='short.mp4', num_frames=10, fps=25.0))
     loop = SampleClipIndices(num_frames=8, frame_stride=2, pad='loop')(
         dict(path='s.mp4', num_frames=10, fps=25.0))

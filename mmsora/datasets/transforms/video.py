@@ -92,7 +92,13 @@ class SampleClipIndices(_RandomTransform):
             from the start; ``'repeat_last'`` repeats the last strided frame.
         seed (int, optional): Seed of the transform's own generator (used when
             ``results`` holds no ``rng``); None draws one from torch's global RNG.
+
+    ``pad_hint`` is how :class:`ClipTooShortError`'s message names the padding: the
+    pipeline's setting by default; a tool sets its own option there
+    (``tools/extract_features.py``: ``--pad``).
     """
+
+    pad_hint = "pad='loop' (or 'repeat_last') in the pipeline's SampleClipIndices"
 
     def __init__(self, num_frames=16, frame_stride=None, target_fps=None, mode='random',
                  pad=None, seed=None):
@@ -133,7 +139,7 @@ class SampleClipIndices(_RandomTransform):
             raise ClipTooShortError(
                 f'video {results.get("path")!r} has {total} frames but a clip of '
                 f'{self.num_frames} frames at stride {stride} needs {span}; use shorter '
-                "clips, a smaller stride, or pad='loop'/'repeat_last'")
+                f'clips, a smaller stride, or {self.pad_hint}')
         else:
             strided = np.arange(0, total, stride)
             if self.pad == 'loop':
