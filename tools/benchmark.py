@@ -192,8 +192,11 @@ def step_hooks(cfg) -> list:
     from mmsora.registry import HOOKS
     from mmsora.utils.training_inputs import hook_class
     hooks = []
-    for hook_cfg in [*(cfg.get('default_hooks') or {}).values(), *cfg.custom_hooks]:
-        if not hook_cfg or not issubclass(hook_class(hook_cfg),
+    named = [*((f'default_hooks.{name}', hook)
+               for name, hook in (cfg.get('default_hooks') or {}).items()),
+             *((f'custom_hooks[{i}]', hook) for i, hook in enumerate(cfg.custom_hooks))]
+    for where, hook_cfg in named:
+        if not hook_cfg or not issubclass(hook_class(hook_cfg, where),
                                           (LossGuardHook, EMAHook, CompileDenoiserHook)):
             continue
         if isinstance(hook_cfg, Hook):  # given built

@@ -247,10 +247,9 @@ def main(argv=None):
     # refused by the sampler), under the command line's settings; its sampler's
     # options stay with its sampler. Sampler and steps left unset fall back to the
     # objective's own defaults.
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS
-    settings = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels')
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, SAMPLE_SETTINGS
     sample_kwargs = {k: v for k, v in defaults.items() if k not in NOT_SAMPLE_ARGS and (
-        k in settings or args.sampler in (None, defaults.get('sampler')))}
+        k in SAMPLE_SETTINGS or args.sampler in (None, defaults.get('sampler')))}
     sample_kwargs.update(
         sampler=args.sampler or defaults.get('sampler'),
         num_steps=args.steps or defaults.get('num_steps'),

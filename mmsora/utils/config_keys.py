@@ -15,7 +15,8 @@ from typing import Optional
 from mmsora.utils.cli import (UserError, missing_arguments_message, unknown_key_message,
                               unknown_type_message)
 
-__all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys']
+__all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys',
+           'registered_class']
 
 
 def _forwarding_bases() -> tuple:
@@ -100,9 +101,10 @@ def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
         raise UserError(f'{where}: {missing_arguments_message(name, missing)}')
 
 
-def _registered(entry, registry, where: str, default=None):
+def registered_class(entry, registry, where: str, default=None):
     """The class (or function) a config entry names, or None where it names none (a
-    value that is not a dict). An unknown name is refused now, with the close ones."""
+    value that is not a dict, or a dotted name that does not import: the Runner says
+    why). An unknown name is refused now, with the close ones, after ``where``."""
     if not isinstance(entry, dict):
         return None
     kind = entry.get('type', default)
@@ -126,7 +128,7 @@ def _check_train_loop(cfg) -> None:
     from mmsora.registry import LOOPS
     loop = dict(cfg.get('train_cfg') or {})
     if 'type' in loop:
-        cls = _registered(loop, LOOPS, 'train_cfg')
+        cls = registered_class(loop, LOOPS, 'train_cfg')
         if cls is None:
             return
     else:
@@ -142,7 +144,7 @@ def _check_loader(cfg) -> None:
             ('sampler', DATA_SAMPLERS, ('dataset',), False),
             ('collate_fn', FUNCTIONS, (), False)):
         entry = loader.get(where)
-        cls = _registered(entry, registry, f'train_dataloader.{where}')
+        cls = registered_class(entry, registry, f'train_dataloader.{where}')
         if cls is not None:
             check_config_keys(entry, cls, f'train_dataloader.{where}', given_by_runner=given,
                               missing_too=missing_too)
@@ -158,12 +160,12 @@ def _check_optimizer(cfg) -> None:
     wrapper = cfg.get('optim_wrapper')
     if isinstance(wrapper, dict) and wrapper.get('constructor') in (
             None, 'DefaultOptimWrapperConstructor'):
-        cls = _registered(wrapper, OPTIM_WRAPPERS, 'optim_wrapper', default='OptimWrapper')
+        cls = registered_class(wrapper, OPTIM_WRAPPERS, 'optim_wrapper', default='OptimWrapper')
         if cls is not None:
             check_config_keys(wrapper, cls, 'optim_wrapper',
                               also=('constructor', 'paramwise_cfg'))
         optimizer = wrapper.get('optimizer')
-        cls = _registered(optimizer, OPTIMIZERS, 'optim_wrapper.optimizer')
+        cls = registered_class(optimizer, OPTIMIZERS, 'optim_wrapper.optimizer')
         if cls is not None:
             check_config_keys(optimizer, cls, 'optim_wrapper.optimizer',
                               given_by_runner=('params',))
@@ -174,7 +176,7 @@ def _check_optimizer(cfg) -> None:
             for s in (group if isinstance(group, (list, tuple)) else [group])]
     for i, scheduler in enumerate(schedulers):
         where = 'param_scheduler' + (f'[{i}]' if len(schedulers) > 1 else '')
-        cls = _registered(scheduler, PARAM_SCHEDULERS, where)
+        cls = registered_class(scheduler, PARAM_SCHEDULERS, where)
         if inspect.isclass(cls):
             # LR / momentum schedulers give their base its param_name themselves
             mixin = issubclass(cls, (LRSchedulerMixin, MomentumSchedulerMixin))
@@ -196,7 +198,7 @@ def _check_hooks(cfg) -> None:
     custom = cfg.get('custom_hooks') or []
     hooks += [(f'custom_hooks[{i}]', hook) for i, hook in enumerate(custom)]
     for where, hook in hooks:
-        cls = _registered(hook, HOOKS, where)
+        cls = registered_class(hook, HOOKS, where)
         if not inspect.isclass(cls):
             continue
         extra = None
@@ -204,7 +206,7 @@ def _check_hooks(cfg) -> None:
             ema_type = hook.get('ema_type', inspect.signature(cls).parameters[
                 'ema_type'].default)
             try:
-                average = _registered(dict(type=ema_type), MODELS, f'{where}.ema_type')
+                average = registered_class(dict(type=ema_type), MODELS, f'{where}.ema_type')
             except UserError:  # an average the hook builds itself (ShardedEMAHook's)
                 continue
             if average is None:

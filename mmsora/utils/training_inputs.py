@@ -58,27 +58,27 @@ def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
     return batch
 
 
-def hook_class(hook_cfg) -> type:
+def hook_class(hook_cfg, where: str = 'custom_hooks') -> type:
     """The class a hook config builds: its ``type`` looked up in the registry (or the
     class itself, as a pure-Python config may give it; or the hook's own class, for a
     hook given built). A name nobody registered (a typo), or a ``type`` that is not a
-    class, is a one-line :class:`~mmsora.utils.cli.UserError`."""
+    class, is a one-line :class:`~mmsora.utils.cli.UserError` that starts with
+    ``where``."""
     from mmengine.hooks import Hook
 
     from mmsora.utils.cli import UserError, unknown_type_message
+    from mmsora.utils.config_keys import registered_class
     if isinstance(hook_cfg, Hook):
         return type(hook_cfg)
     kind = hook_cfg['type']
-    if isinstance(kind, type):
-        return kind
-    if not isinstance(kind, str):
-        raise UserError(f'custom_hooks: type {kind!r} is neither a hook class nor the '
-                        'name of one')
+    if not isinstance(kind, (str, type)):
+        raise UserError(f'{where}: type {kind!r} is neither a hook class nor the name '
+                        'of one')
     import mmsora.engine  # noqa: F401  (fills the registry)
     from mmsora.registry import HOOKS
-    cls = HOOKS.get(kind)
-    if cls is None:
-        raise UserError(unknown_type_message(kind, HOOKS.name))
+    cls = registered_class(hook_cfg, HOOKS, where)
+    if cls is None:  # a dotted name that does not import
+        raise UserError(f'{where}: {unknown_type_message(kind, HOOKS.name)}')
     return cls
 
 
