@@ -323,6 +323,10 @@ def build_train_config(args):
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
+    if isinstance(cfg.get('train_dataloader'), dict):  # mmengine's default, pseudo_collate,
+        # leaves the batch a list (an AttributeError in the model): ours stack it
+        if not cfg.train_dataloader.get('collate_fn'):
+            cfg.train_dataloader.collate_fn = dict(type='default_collate')
     check_latent_scale(cfg)  # latents scaled for another VAE setting
     check_resume_matches_strategy(cfg)
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
@@ -334,6 +338,7 @@ def build_train_config(args):
                         f'weights with --cfg-options model.pretrained_denoiser='
                         f'{cfg.load_from} instead')
     if not torch.cuda.is_available():
+        cfg.env_cfg = cfg.get('env_cfg') or {}  # (mmengine's default: none given)
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
         for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
             if (cfg.get(key) or {}).get('pin_memory'):  # a GPU recipe: nothing to pin

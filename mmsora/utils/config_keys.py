@@ -9,6 +9,7 @@ reads every such entry against its class's signature at once: nothing is built o
 read. ``tools/train.py`` calls it before the strategy presets rewrite the config, so
 that the names in its messages are the ones the user wrote.
 """
+import difflib
 import inspect
 from typing import Optional
 
@@ -122,7 +123,8 @@ def registered_class(entry, registry, where: str, default=None):
     return found
 
 
-def _check_train_loop(cfg) -> None:
+def _check_train_loop(cfg):
+    """``train_cfg`` against its loop; returns the loop's class (None if unknown)."""
     from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
     from mmsora.registry import LOOPS
@@ -130,10 +132,84 @@ def _check_train_loop(cfg) -> None:
     if 'type' in loop:
         cls = registered_class(loop, LOOPS, 'train_cfg')
         if cls is None:
-            return
+            return None
     else:
         cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
     check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
+    return cls
+
+
+def _check_sections(cfg) -> None:
+    """The sections a training run needs are there (a config written from scratch, or
+    a ``_base_`` list without the schedule, failed with an AttributeError)."""
+    for key, hint in (('train_dataloader', 'inherit a dataset config from '
+                       'configs/_base_/datasets/ or give one'),
+                      ('optim_wrapper', 'inherit a schedule from configs/_base_/schedules/ '
+                       "or give one, e.g. optim_wrapper = dict(optimizer=dict(type='AdamW', "
+                       'lr=1e-4))'),
+                      ('train_cfg', 'e.g. train_cfg = dict(max_iters=400000)')):
+        if not cfg.get(key):
+            raise UserError(f'the config has no {key}: {hint}')
+
+
+# What the Runner reads from these sections (mmengine 0.10: Runner.setup_env and
+# Runner.build_dataloader, which hands the rest of train_dataloader to DataLoader).
+_ENV_KEYS = ('cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit')
+_LOADER_KEYS = ('dataset', 'sampler', 'batch_sampler', 'collate_fn', 'worker_init_fn',
+                'num_batch_per_epoch', 'disable_subprocess_warning')
+
+
+def _check_runtime(cfg) -> None:
+    """``randomness`` against ``Runner.set_randomness``, ``env_cfg`` against what
+    ``Runner.setup_env`` reads (a typo there was a TypeError traceback, or nothing
+    at all), and the training loader's own keys against torch's DataLoader (a typo
+    failed after the Runner's start-up output)."""
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+    randomness = cfg.get('randomness')
+    if isinstance(randomness, dict):
+        check_config_keys(randomness, Runner.set_randomness, 'randomness')
+    env = cfg.get('env_cfg')
+    if isinstance(env, dict):
+        for key in env:
+            if key not in _ENV_KEYS:
+                raise UserError('env_cfg: ' + unknown_key_message(
+                    'the Runner\'s env_cfg', key, names=list(_ENV_KEYS)))
+    loader = cfg.get('train_dataloader')
+    if isinstance(loader, dict):
+        params, _ = accepted_arguments(DataLoader)
+        names = [*_LOADER_KEYS, *(n for n in params if n not in _LOADER_KEYS)]
+        for key in loader:
+            if key not in names:
+                raise UserError('train_dataloader: ' + unknown_key_message(
+                    'DataLoader', key, names=names))
+
+
+def _check_iteration_based(cfg, loop) -> None:
+    """mmengine's schedulers and checkpoint hook count epochs unless told otherwise
+    (``by_epoch=True`` is their default); in an iteration-based run (every mmsora
+    config) a schedule left at it never stepped (the learning rate stayed at its first
+    value for the whole run) and the checkpoint hook saved only at the end, both
+    without a word."""
+    from mmengine.hooks import CheckpointHook
+    from mmengine.runner import IterBasedTrainLoop
+
+    from mmsora.registry import HOOKS
+    if not (inspect.isclass(loop) and issubclass(loop, IterBasedTrainLoop)):
+        return
+    for where, scheduler in _schedulers(cfg):
+        if isinstance(scheduler, dict) and scheduler.get('by_epoch', True) and not \
+                scheduler.get('convert_to_iter_based'):
+            raise UserError(f'{where}: by_epoch=True (mmengine\'s default) in an '
+                            'iteration-based run: it would never step; set by_epoch=False '
+                            '(begin and end in iterations)')
+    checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
+    if isinstance(checkpoint, dict) and checkpoint.get('by_epoch', True):
+        cls = registered_class(checkpoint, HOOKS, 'default_hooks.checkpoint')
+        if inspect.isclass(cls) and issubclass(cls, CheckpointHook):
+            raise UserError('default_hooks.checkpoint: by_epoch=True (mmengine\'s default) '
+                            'in an iteration-based run: it would save only at the end; set '
+                            'by_epoch=False (interval in iterations)')
 
 
 def _check_loader(cfg) -> None:
@@ -150,6 +226,33 @@ def _check_loader(cfg) -> None:
                               missing_too=missing_too)
 
 
+def _schedulers(cfg) -> list:
+    """``(where, entry)`` of each parameter scheduler: ``param_scheduler`` is one, a
+    list, or lists by optimizer name."""
+    schedulers = cfg.get('param_scheduler') or []
+    if isinstance(schedulers, dict):
+        schedulers = [schedulers] if 'type' in schedulers else [
+            s for group in schedulers.values()
+            for s in (group if isinstance(group, (list, tuple)) else [group])]
+    return [('param_scheduler' + (f'[{i}]' if len(schedulers) > 1 else ''), scheduler)
+            for i, scheduler in enumerate(schedulers)]
+
+
+def _check_clip_grad(clip) -> None:
+    """``optim_wrapper.clip_grad`` against the function mmengine's wrapper calls with
+    it (``clip_grad_norm_``, or ``clip_grad_value_`` for ``type='value'``): a typo
+    (``max_nrom``) was a TypeError at the first step."""
+    from torch.nn.utils import clip_grad_norm_, clip_grad_value_
+    if not isinstance(clip, dict):
+        return
+    kind = clip.get('type', 'norm')
+    functions = dict(norm=clip_grad_norm_, value=clip_grad_value_)
+    if kind not in functions:
+        raise UserError(f"optim_wrapper.clip_grad: type {kind!r} is 'norm' "
+                        "(clip_grad_norm_, the default) or 'value' (clip_grad_value_)")
+    check_config_keys(clip, functions[kind], 'optim_wrapper.clip_grad', missing_too=True)
+
+
 def _check_optimizer(cfg) -> None:
     """The optimizer wrapper (with the default constructor: a custom one reads keys of
     its own), its optimizer and the parameter schedulers."""
@@ -164,18 +267,13 @@ def _check_optimizer(cfg) -> None:
         if cls is not None:
             check_config_keys(wrapper, cls, 'optim_wrapper',
                               also=('constructor', 'paramwise_cfg'))
+        _check_clip_grad(wrapper.get('clip_grad'))
         optimizer = wrapper.get('optimizer')
         cls = registered_class(optimizer, OPTIMIZERS, 'optim_wrapper.optimizer')
         if cls is not None:
             check_config_keys(optimizer, cls, 'optim_wrapper.optimizer',
                               given_by_runner=('params',))
-    schedulers = cfg.get('param_scheduler') or []
-    if isinstance(schedulers, dict):  # one scheduler, or lists by optimizer name
-        schedulers = [schedulers] if 'type' in schedulers else [
-            s for group in schedulers.values()
-            for s in (group if isinstance(group, (list, tuple)) else [group])]
-    for i, scheduler in enumerate(schedulers):
-        where = 'param_scheduler' + (f'[{i}]' if len(schedulers) > 1 else '')
+    for where, scheduler in _schedulers(cfg):
         cls = registered_class(scheduler, PARAM_SCHEDULERS, where)
         if inspect.isclass(cls):
             # LR / momentum schedulers give their base its param_name themselves
@@ -184,6 +282,24 @@ def _check_optimizer(cfg) -> None:
                               given_by_runner=('optimizer',) + (('param_name',) if mixin
                                                                  else ()),
                               also=('convert_to_iter_based',))
+
+
+def _check_priority(priority, where: str) -> None:
+    """A hook's ``priority``: a name of mmengine's ``Priority`` or 0..100 (a typo was
+    a KeyError traceback when the Runner registered the hook)."""
+    from mmengine.runner import Priority
+    if isinstance(priority, bool) or not isinstance(priority, (int, str, Priority)):
+        ok = False
+    elif isinstance(priority, int):
+        ok = 0 <= priority <= 100
+    else:
+        ok = isinstance(priority, Priority) or priority.upper() in Priority.__members__
+    if not ok:
+        names = list(Priority.__members__)
+        close = difflib.get_close_matches(str(priority).upper(), names, n=1)
+        raise UserError(f'{where}: priority {priority!r} is none of mmengine\'s ('
+                        f'{", ".join(names)}, or 0 to 100)'
+                        + (f'; did you mean {close[0]}?' if close else ''))
 
 
 def _check_hooks(cfg) -> None:
@@ -197,7 +313,18 @@ def _check_hooks(cfg) -> None:
              for name, hook in (cfg.get('default_hooks') or {}).items()]
     custom = cfg.get('custom_hooks') or []
     hooks += [(f'custom_hooks[{i}]', hook) for i, hook in enumerate(custom)]
+    names = list((cfg.get('default_hooks') or {}))
     for where, hook in hooks:
+        if isinstance(hook, dict) and 'type' not in hook:  # a name no base gives a type
+            name = where.split('.', 1)[1] if where.startswith('default_hooks.') else None
+            close = difflib.get_close_matches(name or '', [n for n in names if n != name],
+                                              n=1)
+            raise UserError(f'{where}: no type (not one of the default hooks that '
+                            'configs/_base_/default_runtime.py gives)'
+                            + (f'; did you mean default_hooks.{close[0]}?' if close else
+                               "; give its type, e.g. dict(type='CheckpointHook', ...)"))
+        if isinstance(hook, dict) and 'priority' in hook:
+            _check_priority(hook['priority'], where)
         cls = registered_class(hook, HOOKS, where)
         if not inspect.isclass(cls):
             continue
@@ -225,7 +352,10 @@ def check_training_keys(cfg) -> None:
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
     or, for the dataset, a missing argument is one line. Nothing is built or read."""
-    _check_train_loop(cfg)
+    _check_sections(cfg)
+    loop = _check_train_loop(cfg)
+    _check_runtime(cfg)
     _check_loader(cfg)
     _check_optimizer(cfg)
     _check_hooks(cfg)
+    _check_iteration_based(cfg, loop)

@@ -288,3 +288,14 @@ def test_resume_says_when_it_keeps_the_checkpoints_learning_rate(repo_root, tmp_
     tiny_cfg(repo_root, tmp_path / 'b', 8, 'optim_wrapper.optimizer.lr=0.5',
              resume=str(run))
     assert 'keeps its learning rate' not in capsys.readouterr().out
+
+
+def test_a_config_without_env_cfg_or_collate_fn_trains(repo_root, tmp_path):
+    """A config written from scratch without env_cfg failed with an AttributeError in
+    tools/train.py; a training loader without collate_fn got mmengine's pseudo_collate
+    (the batch left a list: an AttributeError in the model)."""
+    cfg = tiny_cfg(repo_root, tmp_path, 2, 'env_cfg=None', 'train_dataloader.collate_fn=None')
+    assert cfg.train_dataloader.collate_fn == dict(type='default_collate')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert len(losses_of(runner)) == 2

@@ -79,6 +79,47 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     assert refused(cfg).startswith(expected)
 
 
+@pytest.mark.parametrize('edit, expected', [
+    # mmengine's by_epoch=True default in an iteration-based run: a schedule that never
+    # stepped, a checkpoint hook that saved only at the end (both without a word)
+    (lambda c: c.param_scheduler[1].pop('by_epoch'),
+     "param_scheduler[1]: by_epoch=True (mmengine's default) in an iteration-based run: "
+     'it would never step; set by_epoch=False'),
+    (lambda c: c.default_hooks.checkpoint.pop('by_epoch'),
+     "default_hooks.checkpoint: by_epoch=True (mmengine's default) in an iteration-based "
+     'run: it would save only at the end; set by_epoch=False'),
+    # TypeError / KeyError / AttributeError tracebacks before
+    (lambda c: c.optim_wrapper.update(clip_grad=dict(max_nrom=1.0)),
+     "optim_wrapper.clip_grad: unknown config key 'max_nrom' for clip_grad_norm_; did you "
+     'mean max_norm'),
+    (lambda c: c.optim_wrapper.update(clip_grad=dict(type='value', max_norm=1.0)),
+     "optim_wrapper.clip_grad: unknown config key 'max_norm' for clip_grad_value_"),
+    (lambda c: c.optim_wrapper.update(clip_grad=dict(type='nrom', max_norm=1.0)),
+     "optim_wrapper.clip_grad: type 'nrom' is 'norm'"),
+    (lambda c: c.default_hooks.update(chekpoint=dict(interval=2)),
+     'default_hooks.chekpoint: no type (not one of the default hooks that '
+     'configs/_base_/default_runtime.py gives); did you mean default_hooks.checkpoint?'),
+    (lambda c: c.custom_hooks[0].update(priority='ABOVE_NORMALL'),
+     "custom_hooks[0]: priority 'ABOVE_NORMALL' is none of mmengine's (HIGHEST, "),
+    (lambda c: c.custom_hooks[0].update(priority=101), 'custom_hooks[0]: priority 101'),
+    (lambda c: c.update(randomness=dict(sed=1)),
+     "randomness: unknown config key 'sed' for set_randomness; did you mean seed"),
+    (lambda c: c.update(env_cfg=dict(cudnn_benchmrk=True)),
+     "env_cfg: unknown config key 'cudnn_benchmrk' for the Runner's env_cfg; did you mean "
+     'cudnn_benchmark'),
+    (lambda c: c.train_dataloader.update(batch_sise=4),
+     "train_dataloader: unknown config key 'batch_sise' for DataLoader; did you mean "
+     'batch_size'),
+    (lambda c: c.pop('optim_wrapper'),
+     'the config has no optim_wrapper: inherit a schedule from configs/_base_/schedules/'),
+    (lambda c: c.pop('train_dataloader'), 'the config has no train_dataloader'),
+])
+def test_mistakes_the_runner_met_late_or_never_are_refused(edit, expected):
+    cfg = load_config(DEMO)
+    edit(cfg)
+    assert refused(cfg).startswith(expected)
+
+
 def test_what_the_runner_and_wrappers_take_is_not_refused():
     """Keys read beside the class (priority, convert_to_iter_based, paramwise_cfg),
     those a subclass passes on (AmpOptimWrapper's to OptimWrapper), an EMA hook's
@@ -91,6 +132,12 @@ def test_what_the_runner_and_wrappers_take_is_not_refused():
                                convert_to_iter_based=True)
     cfg.custom_hooks.append(dict(type='EMAHook', ema_type='StochasticWeightAverage',
                                  priority='ABOVE_NORMAL'))
+    cfg.custom_hooks[0]['priority'] = 49  # a number, as mmengine takes it
+    cfg.optim_wrapper.clip_grad = dict(type='value', clip_value=0.5)
+    cfg.update(randomness=dict(seed=1, diff_rank_seed=True, deterministic=False),
+               env_cfg=dict(cudnn_benchmark=True, dist_cfg=dict(backend='gloo')))
+    cfg.train_dataloader.update(pin_memory=True, prefetch_factor=2,
+                                num_batch_per_epoch=10)
     check_training_keys(cfg)
     # our EMA hooks (ShardedEMAHook builds its average itself), and an optimizer whose
     # **kwargs go to the optimizer it builds, not to a base (review of this check)
