@@ -98,7 +98,8 @@ def betas_for_alpha_bar(num_timesteps, alpha_bar, max_beta=0.999):
 
 
 def get_named_beta_schedule(schedule_name, num_timesteps):
-    """DiT's named beta schedules: ``'linear'`` (Ho et al.) or ``'squaredcos_cap_v2'``.
+    """DiT's named beta schedules: ``'linear'`` (Ho et al.) or ``'squaredcos_cap_v2'``
+    (``'cosine'``, improved-diffusion's name for the same schedule).
 
     The linear schedule is rescaled by ``1000 / num_timesteps`` so that it stays close
     to the 1000-step one for any step count (Nichol & Dhariwal 2021).
@@ -106,10 +107,11 @@ def get_named_beta_schedule(schedule_name, num_timesteps):
     if schedule_name == 'linear':
         scale = 1000 / num_timesteps
         return np.linspace(scale * 0.0001, scale * 0.02, num_timesteps, dtype=np.float64)
-    if schedule_name == 'squaredcos_cap_v2':
+    if schedule_name in ('squaredcos_cap_v2', 'cosine'):
         return betas_for_alpha_bar(
             num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2)**2)
-    raise NotImplementedError(f'unknown beta schedule: {schedule_name}')
+    raise ValueError(f"unknown beta schedule {schedule_name!r}: 'linear' or "
+                     "'squaredcos_cap_v2' (also called 'cosine')")
 
 
 # --------------------------------------------------------------------------- #

@@ -136,6 +136,12 @@ def _check_train_loop(cfg):
     else:
         cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
     check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
+    for key in ('max_iters', 'max_epochs', 'val_interval', 'val_begin'):
+        value = loop.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < (0 if key == 'val_begin' else 1)):
+            raise UserError(f'train_cfg.{key}={value!r}: a whole number'
+                            + ('' if key == 'val_begin' else ' (at least 1)'))
     return cls
 
 
@@ -150,6 +156,32 @@ def _check_sections(cfg) -> None:
                       ('train_cfg', 'e.g. train_cfg = dict(max_iters=400000)')):
         if not cfg.get(key):
             raise UserError(f'the config has no {key}: {hint}')
+
+
+# Top-level keys read beside the Runner's own arguments: mmengine's config machinery
+# and runner choice, and mmsora's tools.
+_OWN_TOP_KEYS = ('_base_', 'custom_imports', 'runner_type', 'global_batch_size',
+                 'sample_cfg', 'evaluation', 'model_wrapper_cfg', 'find_unused_parameters')
+
+
+def _check_top_level(cfg) -> None:
+    """A top-level key one letter off a section the Runner or the tools read
+    (``trian_cfg``, ``global_batch_sise``) was taken as a variable of the config's own
+    and left unused without a word. Keys not close to one are left alone: a config's
+    own variables (``data_root``, ``num_frames``) are legitimate."""
+    from mmengine.runner import FlexibleRunner, Runner
+    known = {*_OWN_TOP_KEYS}
+    for runner in (Runner, FlexibleRunner):
+        known.update(inspect.signature(runner.__init__).parameters)
+    known -= {'self', 'cfg'}
+    for key in cfg.keys():
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
+        if close:
+            raise UserError(f'{key}: not a section the Runner or the tools read (a '
+                            f'variable of the config\'s own is left unused); did you mean '
+                            f'{close[0]}?')
 
 
 # What the Runner reads from these sections (mmengine 0.10: Runner.setup_env and
@@ -352,6 +384,7 @@ def check_training_keys(cfg) -> None:
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
     or, for the dataset, a missing argument is one line. Nothing is built or read."""
+    _check_top_level(cfg)
     _check_sections(cfg)
     loop = _check_train_loop(cfg)
     _check_runtime(cfg)

@@ -50,6 +50,14 @@ def test_cosine_betas_match_diffusers():
     diffusion = GaussianDiffusion(beta_schedule='squaredcos_cap_v2')
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule='squaredcos_cap_v2')
     np.testing.assert_allclose(diffusion.betas, ref.betas.double().numpy(), atol=1e-6)
+    # improved-diffusion's name for it; an unknown name lists the known ones (it was a
+    # NotImplementedError traceback naming none)
+    np.testing.assert_array_equal(GaussianDiffusion(beta_schedule='cosine').betas,
+                                  diffusion.betas)
+    import pytest
+    with pytest.raises(ValueError, match=r"unknown beta schedule 'cosin': 'linear' or "
+                                         r"'squaredcos_cap_v2' \(also called 'cosine'\)"):
+        GaussianDiffusion(beta_schedule='cosin')
 
 
 def test_q_sample_and_q_mean_variance_closed_form():

@@ -53,10 +53,14 @@ def test_auto_is_sdpa_without_packages_and_on_cpu(monkeypatch):
     assert attention_backends.installed_backends() == ['sdpa']
     for device in ('cpu', 'cuda'):
         assert resolve_backend('auto', device, torch.bfloat16, 64, False, 0.0) == 'sdpa'
-    with pytest.raises(RuntimeError, match='flash-attn is not installed'):
+    with pytest.raises(ValueError, match='flash-attn is not installed'):
         resolve_backend('flash_attn', 'cuda', torch.bfloat16, 64, False, 0.0)
-    with pytest.raises(RuntimeError, match='xformers is not installed'):
+    with pytest.raises(ValueError, match='xformers is not installed'):
         resolve_backend('xformers', 'cuda', torch.bfloat16, 64, False, 0.0)
+    # refused when the model is given it, not at its first forward (one line)
+    with pytest.raises(ValueError, match="attention backend 'xformers' asked for, but "
+                                         'xformers is not installed'):
+        attention_backends.set_attention_backend(torch.nn.Linear(2, 2), 'xformers')
     with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
         resolve_backend('flash', 'cuda', torch.bfloat16, 64, False, 0.0)
 

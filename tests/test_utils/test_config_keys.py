@@ -113,6 +113,13 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     (lambda c: c.pop('optim_wrapper'),
      'the config has no optim_wrapper: inherit a schedule from configs/_base_/schedules/'),
     (lambda c: c.pop('train_dataloader'), 'the config has no train_dataloader'),
+    (lambda c: c.train_cfg.update(max_iters=4.5),
+     'train_cfg.max_iters=4.5: a whole number (at least 1)'),  # an AssertionError
+    # a top-level key one letter off a section: a variable of the config's own, unused
+    (lambda c: c.update(trian_cfg=dict(max_iters=10)),
+     "trian_cfg: not a section the Runner or the tools read (a variable of the config's "
+     'own is left unused); did you mean train_cfg?'),
+    (lambda c: c.update(global_batch_sise=8), 'global_batch_sise: not a section'),
 ])
 def test_mistakes_the_runner_met_late_or_never_are_refused(edit, expected):
     cfg = load_config(DEMO)
@@ -138,6 +145,7 @@ def test_what_the_runner_and_wrappers_take_is_not_refused():
                env_cfg=dict(cudnn_benchmark=True, dist_cfg=dict(backend='gloo')))
     cfg.train_dataloader.update(pin_memory=True, prefetch_factor=2,
                                 num_batch_per_epoch=10)
+    cfg.update(num_frames=16, data_root='data/x', train_cfgs_note='mine')  # own variables
     check_training_keys(cfg)
     # our EMA hooks (ShardedEMAHook builds its average itself), and an optimizer whose
     # **kwargs go to the optimizer it builds, not to a base (review of this check)

@@ -65,11 +65,16 @@ def installed_backends() -> list:
     return found
 
 
-def check_backend(name: str) -> str:
-    """``name`` if it is a known backend, else a ValueError listing them."""
+def check_backend(name: str, installed: bool = False) -> str:
+    """``name`` if it is a known backend, else a ValueError listing them; with
+    ``installed`` also a ValueError when it names a package this machine lacks."""
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f'unknown attention backend {name!r}; choose one of '
                          f'{", ".join(ATTENTION_BACKENDS)}')
+    if installed and name not in ('auto', 'sdpa') and name not in installed_backends():
+        pkg = 'flash-attn' if name == 'flash_attn' else 'xformers'
+        raise ValueError(f'attention backend {name!r} asked for, but {pkg} is not '
+                         "installed; use 'auto' or 'sdpa'")
     return name
 
 
@@ -92,11 +97,7 @@ def resolve_backend(requested: str, device_type: str, dtype: torch.dtype, head_d
     if masked or requested == 'sdpa':
         return 'sdpa'
     if requested != 'auto':
-        if requested not in installed_backends():
-            pkg = 'flash-attn' if requested == 'flash_attn' else 'xformers'
-            raise RuntimeError(f'attention backend {requested!r} asked for, but {pkg} is '
-                               "not installed; use 'auto' or 'sdpa'")
-        return requested
+        return check_backend(requested, installed=True)
     if device_type != 'cuda':
         return 'sdpa'
     if (dtype in _HALF and head_dim <= 256
@@ -148,8 +149,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
-    """Set ``attn_backend`` on every attention layer of ``model``; returns ``model``."""
-    check_backend(backend)
+    """Set ``attn_backend`` on every attention layer of ``model``; returns ``model``.
+    A backend whose package is not installed is refused now (it was a RuntimeError
+    traceback at the first forward, after the Runner's start-up)."""
+    check_backend(backend, installed=True)
     for module in model.modules():
         if hasattr(module, 'attn_backend'):
             module.attn_backend = backend
