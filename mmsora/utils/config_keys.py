@@ -245,7 +245,9 @@ def _check_iteration_based(cfg, loop) -> None:
 
 
 def _check_loader(cfg) -> None:
-    from mmsora.registry import DATA_SAMPLERS, DATASETS, FUNCTIONS
+    """The training loader's dataset (and the transforms of its ``pipeline``: a typo
+    there failed after the Runner's start-up output), sampler and ``collate_fn``."""
+    from mmsora.registry import DATA_SAMPLERS, DATASETS, FUNCTIONS, TRANSFORMS
     loader = cfg.get('train_dataloader') or {}
     for where, registry, given, missing_too in (
             ('dataset', DATASETS, (), True),
@@ -256,6 +258,28 @@ def _check_loader(cfg) -> None:
         if cls is not None:
             check_config_keys(entry, cls, f'train_dataloader.{where}', given_by_runner=given,
                               missing_too=missing_too)
+    pipeline = (loader.get('dataset') or {}).get('pipeline')
+    for i, step in enumerate(pipeline if isinstance(pipeline, (list, tuple)) else []):
+        where = f'train_dataloader.dataset.pipeline[{i}]'
+        cls = registered_class(step, TRANSFORMS, where)
+        if inspect.isclass(cls):
+            check_config_keys(step, cls, where)
+
+
+def _check_visualizer(cfg) -> None:
+    """The visualizer and its backends (a typo failed after the start-up output)."""
+    from mmsora.registry import VISBACKENDS, VISUALIZERS
+    visualizer = cfg.get('visualizer')
+    cls = registered_class(visualizer, VISUALIZERS, 'visualizer')
+    if inspect.isclass(cls):
+        check_config_keys(visualizer, cls, 'visualizer', also=('name',),
+                          given_by_runner=('save_dir',))
+    backends = (visualizer or {}).get('vis_backends') if isinstance(visualizer, dict) else None
+    for i, backend in enumerate(backends if isinstance(backends, (list, tuple)) else []):
+        where = f'visualizer.vis_backends[{i}]'
+        cls = registered_class(backend, VISBACKENDS, where)
+        if inspect.isclass(cls):
+            check_config_keys(backend, cls, where, given_by_runner=('save_dir',))
 
 
 def _schedulers(cfg) -> list:
@@ -391,4 +415,5 @@ def check_training_keys(cfg) -> None:
     _check_loader(cfg)
     _check_optimizer(cfg)
     _check_hooks(cfg)
+    _check_visualizer(cfg)
     _check_iteration_based(cfg, loop)

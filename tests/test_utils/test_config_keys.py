@@ -185,3 +185,27 @@ def test_every_entry_of_every_config_is_checked(path):
         typo = copy.deepcopy(cfg)
         built_entries(typo)[i]['zz_typo'] = 1
         assert "unknown config key 'zz_typo'" in refused(typo), entry
+
+
+def test_pipeline_transforms_and_the_visualizer_are_checked():
+    """A transform's or the visualizer's typo failed after the Runner's start-up
+    output (about 240 lines), leaving a work dir behind."""
+    cfg = load_config(osp.join(REPO, 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'))
+    check_training_keys(cfg)
+    cfg.train_dataloader.dataset.pipeline[0]['frame_strid'] = 2
+    assert refused(cfg).startswith(
+        "train_dataloader.dataset.pipeline[0]: unknown config key 'frame_strid' for "
+        'SampleClipIndices; did you mean frame_stride')
+    cfg.train_dataloader.dataset.pipeline[0].pop('frame_strid')
+    cfg.train_dataloader.dataset.pipeline[1]['type'] = 'DecodeFrame'
+    assert refused(cfg).startswith("train_dataloader.dataset.pipeline[1]: unknown type "
+                                   "'DecodeFrame' in the transform registry; did you mean "
+                                   'DecodeFrames')
+    cfg = load_config(DEMO)
+    cfg.visualizer.vis_backends[0]['type'] = 'LocalVisBackendd'
+    assert refused(cfg).startswith("visualizer.vis_backends[0]: unknown type "
+                                   "'LocalVisBackendd'")
+    cfg = load_config(DEMO)
+    cfg.visualizer['vis_backend'] = []
+    assert refused(cfg).startswith("visualizer: unknown config key 'vis_backend' for "
+                                   'Visualizer; did you mean vis_backends')
