@@ -27,9 +27,11 @@ Examples::
 
 Rerunning the same command after a crash continues with the unfinished shards.
 """
+import json
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -150,6 +152,9 @@ def check_args(args):
         fail(f'--size takes H or H W, got {len(args.size)} numbers')
     if args.data_path and (args.size or args.frame_stride or args.target_fps or args.pad):
         fail('--size, --frame-stride, --target-fps and --pad are for videos (--manifest)')
+    # before the inputs are scanned: no VAE of this tool encodes to Stage C latents
+    refuse_stable_cascade(args.vae, '--vae')
+    refuse_stable_cascade(args.video_vae, '--video-vae')
 
 
 # --------------------------------------------------------------------------- #
@@ -203,6 +208,42 @@ def video_vae_class(folder: str) -> str:
     raise ValueError(f'--video-vae {folder}: its config.json names no video VAE class '
                      f'({found or "none"}): give --video-vae-class, one of '
                      f'{", ".join(VIDEO_VAE_CLASSES)}')
+
+
+# What a Stable Cascade download holds (stabilityai/stable-cascade and -prior).
+STABLE_CASCADE_PARTS = ('decoder', 'decoder_lite', 'vqgan', 'prior', 'prior_lite')
+
+
+def is_stable_cascade_folder(folder: str) -> bool:
+    """Whether ``folder`` is a Stable Cascade download, not a VAE: it has no VAE
+    config.json, and its model_index.json names a StableCascade pipeline or it has
+    Stage B / Stage A / Stage C subfolders."""
+    if any(osp.isfile(osp.join(folder, *sub, 'config.json')) for sub in ((), ('vae',))):
+        return False
+    index = osp.join(folder, 'model_index.json')
+    if osp.isfile(index):
+        try:
+            with open(index) as f:
+                if str(json.load(f).get('_class_name', '')).startswith('StableCascade'):
+                    return True
+        except (OSError, ValueError, AttributeError):
+            pass
+    return any(osp.isdir(osp.join(folder, part)) for part in STABLE_CASCADE_PARTS)
+
+
+def refuse_stable_cascade(folder: Optional[str], option: str) -> None:
+    """Refuse a Stable Cascade folder as the VAE in one line saying what to do.
+
+    Before, ``--vae`` with one stopped with "VAE folder ... has no config.json (not a
+    diffusers AutoencoderKL folder)", not saying that this tool cannot write Stage C
+    latents at all (diffusers ships no Stage C encoder; docs/stable_cascade.md)."""
+    if folder and is_stable_cascade_folder(folder):
+        fail(f'{option} {folder} is a Stable Cascade folder: its Stage B + A only decode, '
+             'and diffusers ships no Stage C (EfficientNetV2-S) encoder, so this tool '
+             'cannot write Stage C latents; encode with your own encoder '
+             '(StableCascadeDecoder(encoder=...)) and write the store with '
+             'mmsora.datasets.LatentStoreWriter (docs/stable_cascade.md, "Latent '
+             'extraction: a gap")')
 
 
 def build_vae(args):

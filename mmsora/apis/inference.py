@@ -2,6 +2,7 @@
 import glob
 import os
 import os.path as osp
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
                                      load_state_dict_checked)
 
-__all__ = ['find_run', 'init_model', 'load_weights', 'sample_images', 'save_image_grid']
+__all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'sample_images',
+           'save_image_grid']
 
 
 def find_run(path):
@@ -98,6 +100,15 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
 def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
     """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``;
     weights of another model are named in one line (``source``: the file)."""
+    load_state_dict_checked(model.denoiser, denoiser_state_dict(obj, use_ema, source),
+                            source)
+    return model
+
+
+def denoiser_state_dict(obj, use_ema: bool = True, source: str = 'the checkpoint') -> dict:
+    """The denoiser's weights in a loaded checkpoint (see :func:`load_weights`), with
+    the denoiser's own names (DiT's, for a DiT): the EMA weights where the run kept
+    them, else (``use_ema=False``) the trained ones."""
     if isinstance(obj, dict) and 'state_dict' in obj:
         if use_ema or 'ema_state_dict' not in obj:
             state = obj['state_dict']
@@ -115,10 +126,9 @@ def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
             if get_rank() == 0:
                 import sys
                 print(f'warning: --no-ema: {source} is a plain state dict, one set of '
-                      'weights (the released DiT files hold the EMA ones): sampling those',
+                      'weights (the released DiT files hold the EMA ones): taking those',
                       file=sys.stderr, flush=True)
-    load_state_dict_checked(model.denoiser, denoiser_state, source)
-    return model
+    return denoiser_state
 
 
 def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_options=(),
@@ -177,6 +187,13 @@ def set_output_size(model, num_frames: Optional[int] = None,
         h, w = resolution
         if hasattr(vae, 'latent_size'):  # the VAE's own rounding (Stable Cascade: 42.67)
             shape[-2:] = list(vae.latent_size(h, w))
+            made = tuple(vae.decoded_size(h, w)) if hasattr(vae, 'decoded_size') else (h, w)
+            if made != (h, w):  # (the size came out otherwise without a word)
+                from mmengine.dist import is_main_process
+                if is_main_process():
+                    print(f'note: resolution {h}x{w} makes {made[0]}x{made[1]} frames '
+                          '(the nearest the Stable Cascade latent grid decodes to)',
+                          file=sys.stderr, flush=True)
         elif h % f or w % f:
             raise ValueError(f'resolution {h}x{w} is not a multiple of the VAE factor {f}')
         else:

@@ -3,6 +3,7 @@ and sampled through mmengine (after DiT's ``train.py`` and ``sample.py``,
 Peebles & Xie 2023).
 """
 import contextlib
+import inspect
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Union
 
@@ -144,12 +145,24 @@ class LatentDiffusion(BaseModel):
             raise ValueError(f'model.latent_shape {list(self.latent_shape)} has '
                              f'{self.latent_shape[1]} frames but model.denoiser.num_frames '
                              f'is {frames}: set num_frames to at least the latents\' frames')
+        self._check_vae_fits(self.latent_shape[0], getattr(self.denoiser, 'pooled_dim', None),
+                             load=False)
         learned = getattr(self.diffusion, 'model_var_type', None)
         sigma = getattr(self.denoiser, 'learn_sigma', None)
         if learned is not None and sigma is not None and sigma != (learned == 'learned_range'):
             raise ValueError(f'model.denoiser.learn_sigma={sigma} but model.diffusion.'
                              f'learn_sigma={learned == "learned_range"}: set both alike (True: '
                              'the denoiser predicts the variance too, as DiT)')
+
+    def _check_vae_fits(self, latent_channels, pooled_dim=None, load=True):
+        """Refuse a decoder made for other latents or pooled text embeddings (a VAE
+        with ``check_fits``: Stable Cascade's Stage B), in one line naming its folder
+        and both widths. Before, a Stage B made for 8-channel Stage C latents failed
+        only after every sampling step, in a raw convolution error; at build time
+        (``load=False``) it is checked where its config.json is already there."""
+        check = getattr(self.vae, 'check_fits', None)
+        if check is not None:
+            check(latent_channels, pooled_dim, load=load)
 
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
@@ -416,7 +429,10 @@ class LatentDiffusion(BaseModel):
             seeds: One seed per sample: sample i's noise (start and stochastic
                 steps) depends on its seed only, not on the batch it is drawn in.
             noise: Starting noise (N, *latent_shape); overrides ``seeds``.
-            decode: Decode through the VAE when the model has one.
+            decode: Decode through the VAE when the model has one; a VAE whose
+                ``decode`` takes ``pooled`` (Stable Cascade's Stage B) gets the
+                samples' pooled text embeddings, and is checked against the latents'
+                channels and the pooled width before sampling.
             progress: Show a progress bar over sampling steps.
             guidance_channels: Channels guided by CFG; default is the denoiser's.
             prompts: N captions, for text-conditioned denoisers (encoded by
@@ -441,6 +457,11 @@ class LatentDiffusion(BaseModel):
         generators = sample_rng.make_generators(seeds) if seeds is not None else None
         if noise is None:
             noise = self._initial_noise(n, generators, device)
+        decode = decode and self.vae is not None
+        decode_kwargs = self._decode_text_kwargs(cond) if decode else {}
+        if decode:  # before the sampling steps, not after them
+            pooled = decode_kwargs.get('pooled')
+            self._check_vae_fits(noise.shape[1], None if pooled is None else pooled.shape[-1])
         model_fn, x, kwargs = self.denoiser, noise, cond
         use_cfg = cfg_scale != 1.0
         if use_cfg:
@@ -470,9 +491,30 @@ class LatentDiffusion(BaseModel):
             self.denoiser.train(was_training)
         if use_cfg:
             z = z[:n]
-        if decode and self.vae is not None:
-            return self.vae.decode(z)
+        if decode:
+            return self.vae.decode(z, **decode_kwargs)
         return z
+
+    def _decode_text_kwargs(self, cond):
+        """The samples' pooled text embeddings for a VAE whose ``decode`` reads them
+        (Stable Cascade's Stage B, as diffusers' ``StableCascadeDecoderPipeline``:
+        the text encoder's pooled ``text_embeds``, the ones Stage C is given), and, for
+        the VAE's own guidance (``guidance_scale > 1``), the pooled embedding of the
+        empty caption as its negative, as that pipeline's.
+
+        Before, ``decode(z)`` was called without them and Stage B saw zeros in place
+        of the prompt. Class-conditional models and VAEs without ``pooled`` (the SD
+        VAE of DiT) get nothing.
+        """
+        pooled = cond.get('pooled') if self.text_conditioned else None
+        params = inspect.signature(self.vae.decode).parameters
+        if pooled is None or 'pooled' not in params:
+            return {}
+        kwargs = dict(pooled=pooled)
+        if getattr(self.vae, 'guidance_scale', 0) > 1 and 'negative_pooled' in params \
+                and self.text_encoder is not None:
+            kwargs['negative_pooled'] = self.encode_text([''])[2]
+        return kwargs
 
     def _sample_condition(self, labels, prompts, text_embeds, text_mask, pooled, device):
         """The conditional model kwargs of a batch of samples (labels or text)."""

@@ -61,7 +61,7 @@ def test_picture_models_and_parsing():
             parse_resolution(bad)
 
 
-def test_vae_with_its_own_rounding_and_too_many_steps():
+def test_vae_with_its_own_rounding_and_too_many_steps(capsys):
     model = video_model(None, (3, 4, 8, 8))
 
     class RoundingVAE:  # like StableCascadeDecoder: a non-integer factor of 42.67
@@ -74,6 +74,13 @@ def test_vae_with_its_own_rounding_and_too_many_steps():
     with pytest.raises(ValueError, match='makes 341x341'):
         set_output_size(model, resolution=(1024, 1024))  # 24x24 latents: the grid is 8x8
     assert set_output_size(model, resolution=(341, 341)) == (3, 4, 8, 8)
+    # a size the grid decodes to otherwise is said (33x33 came out 40x40 silently)
+    RoundingVAE.decoded_size = staticmethod(lambda h, w: (341, 341))
+    capsys.readouterr()
+    assert set_output_size(model, resolution=(340, 342)) == (3, 4, 8, 8)
+    assert 'note: resolution 340x342 makes 341x341 frames' in capsys.readouterr().err
+    set_output_size(model, resolution=(341, 341))
+    assert 'note:' not in capsys.readouterr().err
     model.__dict__['vae'] = None
     with pytest.raises(ValueError, match=r'num_steps must be in \[1, 1000\]'):
         model.sample([0], num_steps=1001, sampler='ddim')

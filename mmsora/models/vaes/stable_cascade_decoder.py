@@ -15,6 +15,7 @@ Encoding images into Stage C latents needs Stage C's EfficientNetV2-S encoder, w
 diffusers does not ship; ``encoder`` plugs one in (any module mapping images in [-1, 1]
 to latents), and without one :meth:`encode` says so.
 """
+import json
 import math
 import os.path as osp
 from typing import Optional, Union
@@ -43,8 +44,10 @@ class StableCascadeDecoder(nn.Module):
         config (dict, optional): ``dict(decoder=StableCascadeUNet kwargs,
             vqgan=PaellaVQModel kwargs)`` to build random models (tests) instead.
         num_steps (int): Stage B sampling steps. Defaults to 10 (the pipeline's).
-        guidance_scale (float): Stage B guidance against a zeroed pooled caption;
-            <= 1 disables it. Defaults to 0.0 (the pipeline's).
+        guidance_scale (float): Stage B guidance against ``decode``'s
+            ``negative_pooled`` (``LatentDiffusion.sample`` gives the empty caption's,
+            as the pipeline; zeros otherwise); <= 1 disables it. Defaults to 0.0 (the
+            pipeline's).
         latent_dim_scale (float): Stage B latent side over Stage C latent side.
             Defaults to 10.67 (24 -> 256).
         micro_batch_size (int, optional): Most frames decoded at once; None for all.
@@ -151,6 +154,68 @@ class StableCascadeDecoder(nn.Module):
         f = self.downsample_factor
         return math.ceil(height / f), math.ceil(width / f)
 
+    def decoded_size(self, height: int, width: int):
+        """(H, W) of the frames decoded for a request of ``height`` x ``width`` pixels:
+        the latent side rounded up (:meth:`latent_size`), times Stage B's and Stage A's
+        factors (1024 -> 1024; 33 -> 40 for the tiny decoder), for a caller that tells
+        the user the size was rounded."""
+        vq = self.pipeline.vqgan.config
+        stage_a = vq.up_down_scale_factor * 2 ** (vq.levels - 1)
+        return tuple(int(side * self.latent_dim_scale) * stage_a
+                     for side in self.latent_size(height, width))
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def stage_b_source(self) -> str:
+        """Where Stage B comes from, for messages: its folder or the config."""
+        if self.pretrained_path is None:
+            return 'model.vae.config'
+        return osp.join(self.pretrained_path, self.decoder_subfolder)
+
+    def _stage_b_config(self, load: bool) -> Optional[dict]:
+        """Stage B's config: the loaded UNet's; else, with ``load=False``, the folder's
+        ``config.json`` or the ``config`` dict as given (None where neither is there:
+        the folder does not exist yet, or a key is left to diffusers' default)."""
+        if load or self.__dict__['_pipe'] is not None:
+            return dict(self.pipeline.decoder.config)
+        if self.config is not None:
+            return dict(self.config.get('decoder', {}))
+        path = osp.join(self.stage_b_source, 'config.json')
+        if not osp.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def check_fits(self, latent_channels: Optional[int] = None,
+                   pooled_dim: Optional[int] = None, load: bool = True) -> None:
+        """Refuse Stage C latents / pooled embeddings this Stage B was not built for.
+
+        Before, a Stage B made for other latents failed only after all of Stage C's
+        sampling steps, in a raw convolution error ("expected input[4, 16, 4, 4] to
+        have 8 channels"); one made for other pooled embeddings went unnoticed (sampling
+        gave it zeros of its own width). ``load=False`` checks only what is known
+        without loading Stage B (nothing, where its folder does not exist yet).
+
+        Raises:
+            ValueError: one line naming Stage B's folder and both widths.
+        """
+        config = self._stage_b_config(load)
+        if config is None:
+            return
+        source = self.stage_b_source
+        channels = config.get('effnet_in_channels')
+        if None not in (latent_channels, channels) and latent_channels != channels:
+            raise ValueError(
+                f'Stage B in {source!r} reads {channels}-channel Stage C latents but the '
+                f'model\'s have {latent_channels} channels (model.latent_shape[0]): set '
+                'model.vae.pretrained_path to the Stage B made for this Stage C prior')
+        width = config.get('clip_text_pooled_in_channels')
+        if None not in (pooled_dim, width) and pooled_dim != width:
+            raise ValueError(
+                f'Stage B in {source!r} takes {width}-wide pooled text embeddings but the '
+                f'model\'s are {pooled_dim} wide (its text encoder\'s): set '
+                'model.vae.pretrained_path to the Stage B made for this text encoder')
+
     @property
     def dtype(self):
         return self.pipeline.decoder.dtype
@@ -170,29 +235,34 @@ class StableCascadeDecoder(nn.Module):
     # ------------------------------------------------------------------ API
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, pooled: Optional[torch.Tensor] = None,
-               progress: bool = True) -> torch.Tensor:
+               progress: bool = True,
+               negative_pooled: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Frames in [-1, 1] (float32) from Stage C latents.
 
         Args:
             latents (Tensor): (N, C, h, w) or (N, C, T, h, w) scaled Stage C latents.
             pooled (Tensor, optional): (N, D) pooled CLIP embeddings of the captions,
-                Stage B's text input; zeros when not given.
+                Stage B's text input (``LatentDiffusion.sample`` passes the prompts');
+                zeros when not given.
             progress (bool): Show a progress bar over micro-batches.
+            negative_pooled (Tensor, optional): (N, D) or (1, D) pooled embedding of
+                the negative caption for Stage B's guidance (``guidance_scale > 1``);
+                the released pipeline uses CLIP's encoding of ``""``. Zeros when not
+                given.
 
         Returns:
             Tensor: (N, 3, H, W) or (N, 3, T, H, W) with H = int(h * latent_dim_scale)
             * 4 for the released Stage A.
         """
         frames_per_sample = latents.shape[2] if latents.dim() == 5 else 1
+        self.check_fits(latents.shape[1], None if pooled is None else pooled.shape[-1])
         z, unfold = self._fold(latents)
         pipe = self.pipeline.to(latents.device)
         z = z.to(self.dtype) / self.scale_factor
         pooled_dim = pipe.decoder.config.clip_text_pooled_in_channels
-        if pooled is None:
-            pooled = z.new_zeros(len(z), 1, pooled_dim)
-        else:
-            pooled = pooled.reshape(len(latents), 1, -1).to(z) \
-                .repeat_interleave(frames_per_sample, dim=0)          # (N*T, 1, D)
+        pooled = self._per_frame(pooled, len(latents), frames_per_sample, z, pooled_dim)
+        negative = self._per_frame(negative_pooled, len(latents), frames_per_sample, z,
+                                   pooled_dim)
         chunks = self._chunks(len(z))
         images = []
         for start, stop in tqdm(chunks, desc='Stage B+A decode', disable=not progress
@@ -202,12 +272,26 @@ class StableCascadeDecoder(nn.Module):
                 image_embeddings=z[start:stop],
                 prompt_embeds=z.new_zeros(n, 1, pooled_dim),  # unused by Stage B
                 prompt_embeds_pooled=pooled[start:stop],
-                negative_prompt_embeds_pooled=torch.zeros_like(pooled[start:stop]),
+                negative_prompt_embeds_pooled=negative[start:stop],
                 num_inference_steps=self.num_steps, guidance_scale=self.guidance_scale,
                 # one generator per frame, all with the same seed: shared Stage B noise
                 generator=[torch.Generator().manual_seed(self.seed) for _ in range(n)],
                 output_type='pt').images.float())
         return unfold(torch.cat(images) * 2 - 1)              # [0, 1] -> [-1, 1]
+
+    @staticmethod
+    def _per_frame(pooled, n, frames_per_sample, z, width):
+        """(N*T, 1, D) pooled embeddings, each sample's repeated over its frames; zeros
+        for None; a single (1, D) row serves every sample."""
+        if pooled is None:
+            return z.new_zeros(n * frames_per_sample, 1, width)
+        if len(pooled) not in (1, n):
+            raise ValueError(f'pooled embeddings for {len(pooled)} samples but {n} latents '
+                             'to decode: give one row per sample (or one for all)')
+        pooled = pooled.reshape(len(pooled), 1, -1).to(z)
+        if len(pooled) == 1:
+            pooled = pooled.expand(n, -1, -1)
+        return pooled.repeat_interleave(frames_per_sample, dim=0)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
