@@ -25,8 +25,30 @@ from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, devi
                               keep_freed_memory_on_cpu, run_cli)
 
 
+class Text2VideoParser(ArgumentParser):
+    """The tools' parser, whose 'unrecognized arguments' hint also knows other
+    text-to-speech tools' voice options.
+
+    Before, ``--voice en-gb`` got '(did you mean --device for --voice?)', a near miss
+    by spelling; the voice is chosen with ``--speech espeak:VOICE``.
+    """
+
+    # other tools' flag -> ours (mmsora.utils.cli.FOREIGN_FLAGS maps one option to
+    # another; these map to an option with its value)
+    FOREIGN = {'--voice': '--speech espeak:VOICE', '--tts': '--speech'}
+
+    def _meant(self, token: str):
+        flag, _, value = token.partition('=')
+        meant = self.FOREIGN.get(flag.replace('_', '-'))
+        if token.startswith('--') and meant:
+            if value and meant.endswith(':VOICE'):
+                meant = meant.replace('VOICE', value)
+            return f'{meant} for {flag}'
+        return super()._meant(token)
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(description='Turn a text into a narrated video')
+    parser = Text2VideoParser(description='Turn a text into a narrated video')
     parser.add_argument('text', help="text file (UTF-8), or '-' for standard input")
     parser.add_argument('--out', default=None, help='the mp4 (default: TEXT with .mp4; '
                         'story.mp4 for standard input)')
@@ -75,10 +97,13 @@ def parse_args(argv=None):
 
 
 def read_text(path):
+    """The text of ``path`` (``'-'``: standard input), without a leading UTF-8 byte
+    order mark. Before, the mark (saved by Windows editors) was kept in the first
+    segment's text ('\\ufeffHello')."""
     if path == '-':
-        return sys.stdin.read()
+        return sys.stdin.read().lstrip('\ufeff')
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:
             return f.read()
     except FileNotFoundError:
         raise UserError(f'text file not found: {path}') from None

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mmsora.utils.cli import UserError
 from .speech import resample_audio
-from .text_layout import draw_lines, find_font, wrap_lines
+from .text_layout import check_font, draw_lines, find_font, wrap_lines
 
 __all__ = ['RESOLUTIONS', 'parse_resolution', 'ken_burns_box', 'Composer']
 
@@ -85,6 +85,7 @@ class Composer:
         if fps <= 0 or fade < 0 or zoom < 1:
             raise UserError(f'need fps > 0, fade >= 0 and zoom >= 1; got fps={fps}, '
                             f'fade={fade}, zoom={zoom}')
+        check_font(font)
         self.size, self.fps, self.fade, self.zoom = tuple(size), fps, fade, zoom
         self.subtitles, self.font, self.audio_rate, self.crf = subtitles, font, audio_rate, crf
 
@@ -233,18 +234,21 @@ class Composer:
             video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
             sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')
             sent = 0
-            for n in tqdm(range(num_frames), desc='video frames', disable=not progress):
-                image = frame_at(n / self.fps)
-                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format='rgb24')))
-                upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
-                if n == num_frames - 1:
-                    upto = len(audio)
-                if upto > sent:
-                    chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
-                                                       format='fltp', layout='mono')
-                    chunk.sample_rate, chunk.pts = self.audio_rate, sent
-                    container.mux(sound.encode(chunk))
-                    sent = upto
+            # closed by the with block: an error ends the bar's line before it is printed
+            with tqdm(range(num_frames), desc='video frames', disable=not progress) as bar:
+                for n in bar:
+                    image = frame_at(n / self.fps)
+                    frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+                    container.mux(video.encode(frame))
+                    upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
+                    if n == num_frames - 1:
+                        upto = len(audio)
+                    if upto > sent:
+                        chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
+                                                           format='fltp', layout='mono')
+                        chunk.sample_rate, chunk.pts = self.audio_rate, sent
+                        container.mux(sound.encode(chunk))
+                        sent = upto
             container.mux(sound.encode(None))
             container.mux(video.encode(None))
         return dict(duration=duration, num_frames=num_frames, **bounds)

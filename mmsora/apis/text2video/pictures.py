@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mmsora.utils.checkpoint import local_pretrained_kwargs
 from mmsora.utils.cli import UserError
 from .registry import PICTURE_BACKENDS
-from .text_layout import draw_lines, find_font, wrap_lines
+from .text_layout import check_font, draw_lines, find_font, wrap_lines
 
 __all__ = ['PictureBackend', 'TitleCardPictures', 'MMSoraPictures', 'DiffusersPictures',
            'OpenAIPictures', 'build_pictures', 'PICTURE_SHORT_NAMES']
@@ -46,8 +46,10 @@ class PictureBackend:
 
     def render_all(self, shots, size: Tuple[int, int],
                    progress: bool = True) -> List[np.ndarray]:
-        return [self.render(shot, size)
-                for shot in tqdm(shots, desc='pictures', disable=not progress)]
+        # closed by the with block: an error ends the bar's line before it is printed
+        # (it came out after the half-drawn bar, on its line)
+        with tqdm(shots, desc='pictures', disable=not progress) as bar:
+            return [self.render(shot, size) for shot in bar]
 
 
 # --------------------------------------------------------------------------- #
@@ -63,6 +65,7 @@ class TitleCardPictures(PictureBackend):
     """
 
     def __init__(self, font: Optional[str] = None, show_text: bool = True):
+        check_font(font)
         self.font, self.show_text = font, show_text
 
     def render(self, shot, size):

@@ -35,11 +35,25 @@ class Text2VideoResult:
 
 
 def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
-    """Sentences of ``text`` cut into subtitle-sized segments (not yet spoken)."""
+    """Sentences of ``text`` cut into subtitle-sized segments (not yet spoken).
+
+    Raises:
+        UserError: a text with nothing to say: empty, or only punctuation (before, a
+            text such as '...' became a 0.3 s silent video).
+    """
     pieces = split_segments(split_sentences(text), max_chars)
     if not pieces:
         raise UserError('the text is empty: nothing to say')
+    if not any(c.isalnum() for c in text):
+        raise UserError(f'the text holds only punctuation ({_excerpt(text)}): nothing '
+                        'to say')
     return [Segment(p) for p in pieces]
+
+
+def _excerpt(text: str, limit: int = 20) -> str:
+    """``text`` on one line, cut to ``limit`` characters, quoted."""
+    flat = ' '.join(text.split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + '...')
 
 
 def speak(segments: List[Segment], backend: SpeechBackend, language: str,
@@ -50,17 +64,24 @@ def speak(segments: List[Segment], backend: SpeechBackend, language: str,
     almost none, its program a paragraph pause), so trailing silence is cut and
     ``pause`` seconds of silence end every segment instead.
     """
-    for segment in tqdm(segments, desc='speech', disable=not progress):
-        audio, rate = backend.synthesize(segment.text, language)
-        audio = np.asarray(audio, np.float32)
-        if len(audio) == 0:
-            raise UserError(f'the speech backend returned no audio for {segment.text!r}')
-        voiced = np.flatnonzero(np.abs(audio) > 1e-3)
-        if len(voiced):  # a silent backend's track is all pause: keep it
-            audio = audio[:voiced[-1] + 1]
-        silence = np.zeros(int(round(pause * rate)), np.float32)
-        segment.audio, segment.sample_rate = np.concatenate([audio, silence]), int(rate)
+    with tqdm(segments, desc='speech', disable=not progress) as bar:
+        for segment in bar:  # (the with block ends the bar's line on an error)
+            _speak_one(segment, backend, language, pause)
     return segments
+
+
+def _speak_one(segment: Segment, backend: SpeechBackend, language: str,
+               pause: float) -> None:
+    """``segment.audio``: its speech, trailing silence cut, ``pause`` s appended."""
+    audio, rate = backend.synthesize(segment.text, language)
+    audio = np.asarray(audio, np.float32)
+    if len(audio) == 0:
+        raise UserError(f'the speech backend returned no audio for {segment.text!r}')
+    voiced = np.flatnonzero(np.abs(audio) > 1e-3)
+    if len(voiced):  # a silent backend's track is all pause: keep it
+        audio = audio[:voiced[-1] + 1]
+    silence = np.zeros(int(round(pause * rate)), np.float32)
+    segment.audio, segment.sample_rate = np.concatenate([audio, silence]), int(rate)
 
 
 def text_to_video(text: str, out: str,

@@ -110,11 +110,23 @@ def split_sentences(text: str) -> List[str]:
     sentences = []
     for line in _logical_lines(text):
         start = 0
-        for match in _SENTENCE_END.finditer(line):
+        for match in _SENTENCE_END.finditer(line, _item_number_end(line)):
             sentences.append(line[start:match.end()].strip())
             start = match.end()
         sentences.append(line[start:].strip())
     return [s for s in sentences if s]
+
+
+def _item_number_end(line: str) -> int:
+    """Where the number of a numbered list item (``1. walk``, ``10) rest``) ends, else
+    0: the sentence search starts after it.
+
+    Before, the '.' of ``1. walk north`` ended a sentence like any '.' before a space:
+    the item became two segments, '1.' (spoken and shown alone) and 'walk north',
+    while ``2) rest`` stayed whole.
+    """
+    start = _BLOCK_START.match(line)
+    return start.end() if start and start.group(2) else 0
 
 
 def _logical_lines(text: str) -> List[str]:

@@ -9,7 +9,9 @@ their package (and for Azure its key) is present.
 """
 import ctypes
 import ctypes.util
+import difflib
 import io
+import itertools
 import os
 import os.path as osp
 import shutil
@@ -102,6 +104,27 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short),
                                    ctypes.c_int, ctypes.c_void_p)
 
 
+class _EspeakVoice(ctypes.Structure):
+    """``espeak_VOICE`` of speak_lib.h. ``languages`` is a pointer, not a string: it
+    holds several ``<priority byte><language>\\0`` entries, ended by a 0 byte."""
+    _fields_ = [('name', ctypes.c_char_p), ('languages', ctypes.c_void_p),
+                ('identifier', ctypes.c_char_p), ('gender', ctypes.c_ubyte),
+                ('age', ctypes.c_ubyte), ('variant', ctypes.c_ubyte),
+                ('xx1', ctypes.c_ubyte), ('score', ctypes.c_int),
+                ('spare', ctypes.c_void_p)]
+
+
+def _voice_languages(address: int):
+    """``[(priority, language), ...]`` of an ``espeak_VOICE.languages`` list."""
+    found = []
+    while address and ctypes.string_at(address, 1) != b'\0':
+        priority = ctypes.string_at(address, 1)[0]
+        language = ctypes.string_at(address + 1)  # up to its 0 byte
+        found.append((priority, language.decode('utf-8', 'replace')))
+        address += 2 + len(language)
+    return found
+
+
 class _EspeakLibrary:
     """libespeak-ng through ctypes. The library keeps one global state, so one
     instance per process serves every EspeakSpeech, behind a lock."""
@@ -114,6 +137,8 @@ class _EspeakLibrary:
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
                                           ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
                                      ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
@@ -125,6 +150,7 @@ class _EspeakLibrary:
             raise UserError(f'eSpeak NG ({library_path}) could not load its voice data '
                             f'({data_path or "default location"}); {OFFLINE_HINT}')
         self.lib, self.sample_rate, self.chunks = lib, rate, []
+        self._voices, self._resolved = None, {}
         # Keep the callback object alive: the library holds only its address.
         self._callback = _SYNTH_CALLBACK(self._collect)
         lib.espeak_SetSynthCallback(self._callback)
@@ -141,11 +167,74 @@ class _EspeakLibrary:
                 cls._instance = cls(library_path, data_path)
             return cls._instance
 
+    def voices(self):
+        """The installed voices: ``[(name, identifier, [(priority, language), ...])]``
+        from ``espeak_ListVoices``."""
+        if self._voices is None:
+            listed, self._voices = self.lib.espeak_ListVoices(None), []
+            for i in itertools.count():
+                if not listed[i]:
+                    break
+                voice = listed[i].contents
+                self._voices.append((voice.name.decode('utf-8', 'replace'),
+                                     voice.identifier.decode('utf-8', 'replace'),
+                                     _voice_languages(voice.languages)))
+        return self._voices
+
+    def _voice_file(self, voice: str) -> Optional[str]:
+        """The voice file (identifier, with any ``+variant``) that ``voice`` names: a
+        language code (``en-gb``, ``en-GB``; its preferred voice, as ``espeak-ng -v``
+        picks) or a voice name as ``espeak-ng --voices`` shows it
+        (``English_(Great_Britain)``); None if none does."""
+        base, plus, variant = voice.partition('+')
+        wanted = base.strip().lower()
+        by_language = [(priority, identifier) for _, identifier, languages in self.voices()
+                       for priority, language in languages if language.lower() == wanted]
+        by_name = [identifier for name, identifier, _ in self.voices()
+                   if name.lower() in (wanted, wanted.replace('_', ' '))]
+        found = min(by_language)[1] if by_language else (by_name or [None])[0]
+        return found + plus + variant if found else None
+
+    def select_voice(self, voice: str) -> None:
+        """Make ``voice`` the current voice.
+
+        Before, only ``espeak_SetVoiceByName`` was tried, which knows voice file names
+        (``en``, ``gmw/en``, ``de``) and full names but not most language codes: ``en-gb``
+        was refused, with a message that suggested ``en-gb``. Like the ``espeak-ng -v``
+        command, a name that is no voice file is now looked up among the languages (and
+        names) of ``espeak_ListVoices``.
+
+        Raises:
+            UserError: no such voice, naming close matches and a few that exist.
+        """
+        if voice not in self._resolved:
+            found = voice if self.lib.espeak_SetVoiceByName(voice.encode()) == 0 \
+                else self._voice_file(voice)
+            if found is None:
+                raise UserError(self._unknown_voice_message(voice))
+            self._resolved[voice] = found
+        if self.lib.espeak_SetVoiceByName(self._resolved[voice].encode()) != 0:
+            raise UserError(self._unknown_voice_message(voice))
+
+    def _unknown_voice_message(self, voice: str) -> str:
+        """One line: the voice refused, close matches, a few voices that exist."""
+        codes = list(dict.fromkeys(language for _, _, languages in self.voices()
+                                   for _, language in languages))
+        close = difflib.get_close_matches(voice.lower(), codes, n=3, cutoff=0.6)
+        examples = [c for c in ('en-us', 'en-gb', 'de', 'fr', 'es', 'cmn') if c in codes]
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        return (f'eSpeak NG has no voice {voice!r}{hint} ({len(codes)} languages, e.g. '
+                f'{", ".join(examples or codes[:6])}); choose one with --speech espeak:VOICE')
+
+    def check_voice(self, voice: str) -> None:
+        """:meth:`select_voice` for a caller outside the lock (a backend checking its
+        voice before any work starts)."""
+        with self._lock:
+            self.select_voice(voice)
+
     def synthesize(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
         with self._lock:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise UserError(f'eSpeak NG has no voice {voice!r} (e.g. en-us, en-gb, '
-                                'cmn); choose one with --speech espeak:VOICE')
+            self.select_voice(voice)
             self.lib.espeak_SetParameter(_PARAM_RATE, int(words_per_minute), 0)
             self.chunks = []
             data = text.encode('utf-8') + b'\0'
@@ -204,7 +293,10 @@ class EspeakSpeech(SpeechBackend):
             raise UserError(f'speaking rate must be 80..450 words per minute, got '
                             f'{words_per_minute}')
         self.voice, self.words_per_minute, self.engine = voice, words_per_minute, engine
-        self._locate()  # fail now, before pictures are made, if there is no engine
+        # fail now, before any stage starts, if there is no engine or no such voice
+        kind, path, data = self._locate()
+        if voice and kind == 'library':
+            _EspeakLibrary.get(path, data).check_voice(voice)
 
     def _locate(self):
         kind, path, data = find_espeak()

@@ -17,7 +17,7 @@ from PIL import ImageDraw, ImageFont
 from mmsora.utils.cli import UserError
 from .segmentation import _CJK
 
-__all__ = ['find_font', 'wrap_lines', 'draw_lines', 'CJK_FONTS', 'LATIN_FONTS']
+__all__ = ['find_font', 'check_font', 'wrap_lines', 'draw_lines', 'CJK_FONTS', 'LATIN_FONTS']
 
 CJK_FONTS = (
     '/usr/share/fonts/truetype/wqy/wqy-microhei.ttc',
@@ -91,6 +91,20 @@ def find_font(text: str, size: int, font: Optional[str] = None):
         return ImageFont.truetype(path, size=size)
     except OSError as e:
         raise UserError(f'cannot read font {path!r}: {e}') from None
+
+
+def check_font(font: Optional[str]) -> None:
+    """Refuse a font file given (``--font``) that is missing or not a font, when the
+    backend that draws with it is made.
+
+    Before, the file was first opened while drawing, inside a stage: the one-line error
+    came out on the same line as that stage's half-drawn progress bar.
+
+    Raises:
+        UserError: naming the file.
+    """
+    if font is not None:
+        find_font('', 12, font)
 
 
 def _tokens(text: str) -> List[str]:
