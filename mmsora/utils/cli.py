@@ -25,14 +25,145 @@ class RunError(Exception):
 
 
 def load_config(path):
-    """Load an mmengine config file, naming it in any error."""
+    """Load an mmengine config file, naming it in any error.
+
+    Before: a folder given for the config (a work dir) was 'config file not found';
+    an error in a ``_base_`` file was reported against the config given (a SyntaxError
+    with the base's line number, ``<unknown>`` for its file); and ``custom_imports``
+    were imported by mmengine alone: from the folder of the tool (tools/), not the
+    working directory, and any failure, a missing module or one that raised inside,
+    came out as the same 8 lines telling to set PYTHONPATH. Now the folder, the file
+    at fault and the module at fault are named in one line (:func:`_import_custom_modules`).
+    """
     from mmengine.config import Config
+    if osp.isdir(path):
+        raise UserError(_folder_given_message(path))
     if not osp.isfile(path):
         raise UserError(f'config file not found: {path}')
     try:
-        return Config.fromfile(path)
+        # custom_imports: ours below, which say what failed (mmengine's say PYTHONPATH)
+        cfg = Config.fromfile(path, import_custom_modules=False)
     except Exception as e:  # syntax errors, bad _base_ paths, ...
-        raise UserError(f'cannot load config {path}: {type(e).__name__}: {e}') from e
+        raise UserError(_config_error_message(path, e)) from e
+    _import_custom_modules(cfg.get('custom_imports'))
+    return cfg
+
+
+def _folder_given_message(path) -> str:
+    """A folder given where a config file is wanted; a work dir of tools/train.py (one
+    dumped config next to ``last_checkpoint`` or ``iter_*.pth``) gets its config named."""
+    import glob
+    message = f'{path} is a folder, not a config file'
+    configs = [c for c in glob.glob(osp.join(path, '*.py'))
+               if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py')]
+    trained = (osp.exists(osp.join(path, 'last_checkpoint'))
+               or glob.glob(osp.join(path, 'iter_*.pth')))
+    if len(configs) == 1 and trained:
+        return f"{message}: give the config file (this work dir's is {configs[0]})"
+    return f'{message}: give the config file'
+
+
+def _shown_path(path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    relative = osp.relpath(path)
+    return path if relative.startswith('..') else relative
+
+
+def _config_error_message(path, error) -> str:
+    """``cannot load config PATH: ...`` naming the file at fault: mmengine reads the
+    ``_base_`` files in ``Config._file2dict`` (one call per file): the innermost such
+    call in the traceback is the file it was reading. Before, an error in a base was
+    given against ``path``, with the base's line number (and ``<unknown>`` for the file
+    of a SyntaxError), as if ``path`` had it."""
+    culprit, line = None, None
+    tb = error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == '_file2dict' and 'mmengine' in code.co_filename:
+            culprit, line = tb.tb_frame.f_locals.get('filename', culprit), None
+        elif culprit and code.co_filename == culprit:  # the config's code (eval)
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if isinstance(error, SyntaxError):
+        text, line = f'SyntaxError: {error.msg}', error.lineno
+    elif str(error).startswith('Only py/yml/yaml/json type'):
+        text = 'not a .py, .yml, .yaml or .json file'
+    else:
+        text = f'{type(error).__name__}: {error}'
+    where = f' (line {line})' if line else ''
+    if culprit and osp.abspath(culprit) != osp.abspath(path):
+        return f'cannot load config {path}: its base {_shown_path(culprit)}: {text}{where}'
+    return f'cannot load config {path}: {text}{where}'
+
+
+def _import_custom_modules(custom_imports) -> None:
+    """Import a config's ``custom_imports`` (``dict(imports=[...],
+    allow_failed_imports=False)``), as mmengine's ``Config.fromfile`` would, from the
+    working directory too (OpenMMLab users run the tools from their project root; the
+    tools' own folder is on ``sys.path``, not it), each failure in one line: a module
+    not found (searched from where), or one that raised while importing (its real error,
+    file and line; mmengine's message said to set PYTHONPATH for both). With
+    ``allow_failed_imports=True`` a module that cannot be imported is warned about
+    and skipped, as mmengine does."""
+    if not custom_imports:
+        return
+    imports = custom_imports.get('imports') or []
+    imports = [imports] if isinstance(imports, str) else imports
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(m, str) for m in imports):
+        raise UserError(f'custom_imports: imports must be a list of module names, e.g. '
+                        f"['mypkg.mymodule'], got {imports!r}")
+    _make_working_dir_importable()
+    for name in imports:
+        _import_custom_module(name, custom_imports.get('allow_failed_imports', False))
+
+
+def _make_working_dir_importable() -> None:
+    """Append the working directory to ``sys.path`` unless it is there (as '' too)."""
+    cwd = os.getcwd()
+    if not any(osp.abspath(p or os.curdir) == cwd for p in sys.path):
+        sys.path.append(cwd)
+
+
+def _import_custom_module(name, allow_failed: bool) -> None:
+    """Import module ``name`` of ``custom_imports``; UserError (or, ``allow_failed``
+    and an ImportError, mmengine's warning) saying whether it was not found or raised
+    while importing, with its real error and place."""
+    import importlib
+    import warnings
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        missing = (isinstance(e, ModuleNotFoundError) and e.name
+                   and (name == e.name or name.startswith(e.name + '.')))
+        if missing:
+            reason = (f'no module named {name} (looked for from {os.getcwd()} and '
+                      'PYTHONPATH; give its dotted path from a folder on PYTHONPATH)')
+        else:
+            reason = f'importing {name} failed: {type(e).__name__}: {_error_text(e)}'
+            reason += _error_place(e)
+        if allow_failed and isinstance(e, ImportError):  # mmengine's warning
+            warnings.warn(f'{name} failed to import and is ignored ({reason}).', UserWarning)
+            return
+        raise UserError(f'custom_imports: {reason}') from e
+
+
+def _error_text(error) -> str:
+    return error.msg if isinstance(error, SyntaxError) else first_line(error)
+
+
+def _error_place(error) -> str:
+    """`` (FILE, line N)``: where ``error`` was raised in the user's code (the last
+    frame outside importlib's), or a SyntaxError's own place."""
+    import traceback
+    if isinstance(error, SyntaxError) and error.filename:
+        return f' ({_shown_path(error.filename)}, line {error.lineno})'
+    import importlib
+    skip = (osp.dirname(importlib.__file__), __file__)
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(('<', *skip))]
+    if not frames:
+        return ''
+    return f' ({_shown_path(frames[-1].filename)}, line {frames[-1].lineno})'
 
 
 # The reference projects' flags (DiT's and SiT's sample.py / train.py, fast-DiT,
@@ -91,8 +222,63 @@ def parse_config_and_preset(parser, argv=None, dest: str = 'fsdp',
 
 
 def _parse_value(text):
+    """A --cfg-options value as mmengine's ``DictAction`` reads it (numbers, True /
+    False, None, ``a,b`` and ``[a,b]`` lists, ``(a,b)`` tuples, nested), except that
+    before, it deleted every space (``/a/feat copy`` became ``/a/featcopy``) and
+    split any string at its commas, quoted or not (``"/a/feat,copy"`` became a list).
+    Now a value in matching quotes (``'k="/a b,c"'`` in a shell) is that exact
+    string, an entry keeps its inner spaces (only those around it go), and a comma
+    inside quotes does not split. ``dict(...)`` is refused (ValueError)."""
     from mmengine.config import DictAction
-    return DictAction._parse_iterable(text)
+    text = text.strip()
+    if _quoted(text):
+        return text[1:-1]
+    bare = text.strip('\'"')  # mmengine drops stray quotes at the ends
+    is_tuple = bare.startswith('(') and bare.endswith(')')
+    if is_tuple or (bare.startswith('[') and bare.endswith(']')):
+        entries = _split_entries(bare[1:-1])
+    elif ',' in text:
+        entries = _split_entries(text)
+        if len(entries) == 1:  # no comma outside brackets: dict(a=1,b=2), f(x,y)
+            raise ValueError(f'not a value: {text}')
+    elif re.fullmatch(r'dict\(.*\)', bare):
+        raise ValueError(f'not a value: {text}')
+    else:
+        return DictAction._parse_int_float_bool(bare)
+    values = [_parse_value(entry) for entry in entries]
+    return tuple(values) if is_tuple else values
+
+
+def _quoted(text: str) -> bool:
+    """Whether ``text`` is one string in matching quotes: ``"a b"``, not ``"a","b"``."""
+    return (len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"'
+            and text[0] not in text[1:-1])
+
+
+def _split_entries(text: str) -> list:
+    """``text`` split at its commas outside brackets and quotes (a trailing empty entry
+    dropped, as mmengine does: ``1,2,`` is ``[1, 2]``); ValueError for unbalanced
+    brackets."""
+    entries, depth, start, quote = [], 0, 0, None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in '\'"' and char in text[i + 1:]:
+            quote = char
+        elif char in '([':
+            depth += 1
+        elif char in ')]':
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f'unbalanced brackets in {text}')
+        elif char == ',' and depth == 0:
+            entries.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f'unbalanced brackets in {text}')
+    if start < len(text):
+        entries.append(text[start:])
+    return entries
 
 
 # Top-level keys the tools or mmengine's Runner read when a config sets them (most
@@ -105,24 +291,31 @@ OPTIONAL_TOP_LEVEL = (
 
 
 def apply_cfg_options(cfg, options):
-    """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax).
+    """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax); an index
+    into a list may count from the end (``param_scheduler.-1.end``; before, that was a
+    malformed entry).
 
     Raises:
         UserError: naming the malformed option or the key that cannot be set.
     """
-    updates = {}
+    updates, given = {}, {}
     for option in options:
         key, sep, value = option.partition('=')
-        if not sep or not key or not re.fullmatch(r'[\w.]+', key):
+        if not sep or not key or not all(re.fullmatch(r'\w*|-\d+', part)
+                                         for part in key.split('.')):
             raise UserError(f'malformed --cfg-options entry {option!r}: expected KEY=VALUE, '
                             'e.g. train_cfg.max_iters=1000')
         try:
-            updates[key] = _parse_value(value)
+            parsed = _parse_value(value)
         except (AssertionError, RecursionError, ValueError) as e:
             raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
-                            '(use numbers, strings, [lists] or (tuples))') from e
+                            '(use numbers, strings, [lists] or (tuples); quote a string '
+                            'with commas or spaces: \'KEY="a, b"\')') from e
+        resolved = _resolve_negative_indices(cfg, key)
+        updates[resolved], given[resolved] = parsed, key
     _note_schedule_left_behind(cfg, updates)
     for key, value in updates.items():
+        shown = given[key]
         parent_path, _, leaf = key.rpartition('.')
         parts = parent_path.split('.') if parent_path else []
         if not parts:
@@ -133,9 +326,12 @@ def apply_cfg_options(cfg, options):
         walk = parts or [leaf]
         node = cfg
         for depth, part in enumerate(walk):
+            if isinstance(node, (list, tuple)):
+                _check_list_step(shown, walk[:depth], node, part,
+                                 key.split('.')[depth + 1:], value)
             if isinstance(node, (list, tuple)) and part.isdigit():  # mmengine: an index
                 if int(part) >= len(node):
-                    raise UserError(f'--cfg-options {key}: {".".join(parts[:depth])} has '
+                    raise UserError(f'--cfg-options {shown}: {".".join(parts[:depth])} has '
                                     f'{len(node)} entries, no [{part}]')
                 child = node[int(part)]
             else:
@@ -148,19 +344,81 @@ def apply_cfg_options(cfg, options):
                 meant = min(names, key=lambda name: _edits(part, name), default=part)
                 if part not in names and len(part) > 4 and _edits(part, meant) <= 2:
                     above = '.'.join(walk[:depth] + [''])
-                    raise UserError(f'--cfg-options {key}: the config has no '
+                    raise UserError(f'--cfg-options {shown}: the config has no '
                                     f'{above}{part}; did you mean {above}{meant}?')
                 break
             node = child
+        else:
+            if parts and isinstance(node, (list, tuple)):
+                _check_list_step(shown, parts, node, leaf, [], value)
         if parent_path and not hasattr(node, 'get') and not (
                 isinstance(node, (list, tuple)) and leaf.isdigit()
                 and int(leaf) < len(node)):
-            raise UserError(f'--cfg-options {key}: {parent_path} is not a dict in the config')
+            raise UserError(f'--cfg-options {shown}: {parent_path} is not a dict in the config')
         try:
             cfg.merge_from_dict({key: value})
         except Exception as e:
-            raise UserError(f'--cfg-options {key}={value!r}: {e}') from e
+            raise UserError(f'--cfg-options {shown}={value!r}: {e}') from e
     return cfg
+
+
+def _resolve_negative_indices(cfg, key: str) -> str:
+    """``key`` with each index counted from the end (``param_scheduler.-1.end``) made
+    the index from the start that mmengine's merge takes (``param_scheduler.1.end``
+    for two schedulers). Before, a negative index was 'malformed'."""
+    parts = key.split('.')
+    node = cfg
+    for i, part in enumerate(parts):
+        if part.startswith('-'):
+            above = '.'.join(parts[:i])
+            if not isinstance(node, (list, tuple)):
+                raise UserError(f'--cfg-options {key}: {part} is an index, but '
+                                f'{above or "the config"} is not a list')
+            if -int(part) > len(node):
+                raise UserError(f'--cfg-options {key}: {above} has {len(node)} entries, '
+                                f'no [{part}]')
+            parts[i] = str(len(node) + int(part))
+        if isinstance(node, (list, tuple)):
+            index = int(parts[i]) if parts[i].isdigit() else len(node)
+            node = node[index] if index < len(node) else None
+        else:
+            node = node.get(parts[i]) if hasattr(node, 'get') else None
+    return '.'.join(parts)
+
+
+def _check_list_step(shown, path_parts, sequence, part, rest, value) -> None:
+    """Refuse a key that goes into a list or tuple where mmengine cannot follow it.
+    Before: into one of plain values (``model.latent_shape.0=4``), mmengine's long
+    'cannot inherit from base ... set `_delete_=True`'; a name where an index belongs
+    (``param_scheduler.first.end``), 'no param_scheduler.first; did you mean
+    param_scheduler.first?'; a whole entry of a list of dicts (``custom_hooks.0=5``),
+    "'int' object has no attribute 'items'"."""
+    path = '.'.join(path_parts)
+    kind = 'a tuple' if isinstance(sequence, tuple) else 'a list'
+    if not all(isinstance(entry, dict) for entry in sequence):
+        whole = list(sequence)
+        if part.isdigit() and int(part) < len(whole) and not rest:
+            whole[int(part)] = value
+        plain = tuple(sequence) if isinstance(sequence, tuple) else list(sequence)
+        raise UserError(f'--cfg-options {shown}: {path} is {kind} {plain!r}: '
+                        f'give it whole, e.g. {path}={_literal(whole)}')
+    if not part.isdigit():
+        example = '.'.join([path, '0', *(rest or ['KEY'])])
+        raise UserError(f'--cfg-options {shown}: {path} is {kind}: give an index, '
+                        f'e.g. {example}')
+    if not rest and int(part) < len(sequence):
+        raise UserError(f'--cfg-options {shown}: {path}.{part} is a dict: set its keys '
+                        f'(e.g. {path}.{part}.KEY=VALUE) or give {path} whole')
+
+
+def _literal(value) -> str:
+    """``value`` written as a --cfg-options value (no spaces): ``[4,8,8]``."""
+    if isinstance(value, (list, tuple)):
+        inner = ','.join(_literal(entry) for entry in value)
+        return f'({inner})' if isinstance(value, tuple) else f'[{inner}]'
+    if isinstance(value, str) and not re.fullmatch(r'[\w./:+-]*', value):
+        return f'"{value}"'
+    return str(value)
 
 
 def is_launch_rank0() -> bool:

@@ -1,0 +1,205 @@
+"""mmsora.utils.cli: reading a config (its custom_imports, its _base_ files, a folder
+given for it) and the values and keys of --cfg-options, as a user meets them."""
+import os
+import subprocess
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root as the working directory, not on sys.path (tools/train.py puts
+    tools/ there, not it), with a package ``PKG`` of modules written by ``add``;
+    sys.path is restored and the package forgotten afterwards."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path
+                                      if os.path.abspath(p or '.') != str(tmp_path)])
+    package = f'mymods_{tmp_path.name}'.replace('-', '_')
+    (tmp_path / package).mkdir()
+    (tmp_path / package / '__init__.py').write_text('')
+
+    def add(module, code, allow_failed=False):
+        (tmp_path / package / f'{module}.py').write_text(code)
+        config = tmp_path / f'{module}_cfg.py'
+        config.write_text(f"custom_imports = dict(imports=['{package}.{module}'], "
+                          f'allow_failed_imports={allow_failed})\nmodel = dict(type="X")\n')
+        return str(config), f'{package}.{module}'
+    yield add
+    for name in [name for name in sys.modules if name.split('.')[0] == package]:
+        del sys.modules[name]
+
+
+def test_custom_imports_are_found_from_the_working_directory(project):
+    """mmengine imported them from sys.path only: run from the project root holding
+    the package, tools/train.py failed with 8 lines telling to set PYTHONPATH."""
+    config, module = project('scaled', 'LOADED = True\n')
+    cfg = load_config(config)
+    assert sys.modules[module].LOADED and cfg.model.type == 'X'
+    assert os.getcwd() in sys.path
+
+
+def test_a_custom_import_not_found_is_one_line(project):
+    config, module = project('scaled', '')
+    os.remove(f'{module.replace(".", "/")}.py')
+    with pytest.raises(UserError, match=rf'^custom_imports: no module named {module} '
+                                        rf'\(looked for from {os.getcwd()} and PYTHONPATH; '
+                                        r'give its dotted path from a folder on '
+                                        r'PYTHONPATH\)$'):
+        load_config(config)
+
+
+def test_a_custom_import_that_fails_inside_names_the_real_error(project):
+    """A module found but failing while imported gave the same 'set PYTHONPATH' text;
+    its own error showed with MMSORA_DEBUG=1 only."""
+    config, module = project('broken', 'import numpy_not_here\n')
+    path = f'{module.replace(".", "/")}.py'
+    with pytest.raises(UserError, match=rf"^custom_imports: importing {module} failed: "
+                                        r"ModuleNotFoundError: No module named "
+                                        rf"'numpy_not_here' \({path}, line 1\)$"):
+        load_config(config)
+    config, module = project('typo', 'x = 1\ndef f(:\n')
+    with pytest.raises(UserError, match=rf'importing {module} failed: SyntaxError: .*'
+                                        r'line 2\)$'):
+        load_config(config)
+
+
+def test_allowed_failed_custom_imports_warn_and_go_on(project):
+    config, module = project('broken', 'import numpy_not_here\n', allow_failed=True)
+    with pytest.warns(UserWarning, match=f'{module} failed to import and is ignored'):
+        cfg = load_config(config)
+    assert cfg.model.type == 'X'
+
+
+def test_train_imports_custom_modules_from_where_it_is_run(repo_root, tmp_path):
+    """tools/train.py, run from a project root (not the repository): the module of
+    custom_imports is imported (it says so), and the run then stops at a mistake."""
+    (tmp_path / 'myproj').mkdir()
+    (tmp_path / 'myproj' / '__init__.py').write_text('')
+    (tmp_path / 'myproj' / 'ext.py').write_text(
+        "import sys\nprint('myproj.ext imported', file=sys.stderr)\n")
+    (tmp_path / 'cfg.py').write_text(
+        f"_base_ = [{os.path.join(repo_root, DEMO)!r}]\n"
+        "custom_imports = dict(imports=['myproj.ext'], allow_failed_imports=False)\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo_root, 'tools/train.py'), 'cfg.py',
+         '--work-dir', str(tmp_path / 'w'), '--cfg-options', 'model.denoiser.type=DiTT'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert 'myproj.ext imported' in result.stderr
+    assert "error: unknown type 'DiTT'" in result.stderr, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr
+
+
+def test_an_error_in_a_base_file_names_the_base(tmp_path):
+    """A SyntaxError in a _base_ file was given against the child, with the base's
+    line number and '<unknown>' for its file; a base with another suffix got mmengine's
+    'Only py/yml/yaml/json type are supported', naming no file."""
+    (tmp_path / 'base.py').write_text("x = 1\nmodel = dict(type='X'\n")
+    (tmp_path / 'child.py').write_text("_base_ = ['base.py']\n")
+    with pytest.raises(UserError, match=rf'^cannot load config {tmp_path}/child.py: its base '
+                                        rf".*base.py: SyntaxError: '\(' was never closed "
+                                        r'\(line 2\)$'):
+        load_config(str(tmp_path / 'child.py'))
+    (tmp_path / 'base.txt').write_text('x = 1\n')
+    (tmp_path / 'child.py').write_text("_base_ = ['base.txt']\n")
+    with pytest.raises(UserError, match=r'child.py: its base .*base.txt: not a .py, .yml, '
+                                        r'.yaml or .json file$'):
+        load_config(str(tmp_path / 'child.py'))
+    # an error of the file given is still its own
+    with pytest.raises(UserError, match=rf"^cannot load config {tmp_path}/base.py: "
+                                        r"SyntaxError: '\(' was never closed \(line 2\)$"):
+        load_config(str(tmp_path / 'base.py'))
+
+
+def test_a_folder_given_for_the_config_is_named(tmp_path):
+    """A work dir given to tools/train.py was 'config file not found: WORK_DIR'."""
+    with pytest.raises(UserError, match=rf'^{tmp_path} is a folder, not a config file: '
+                                        r'give the config file$'):
+        load_config(str(tmp_path))
+    (tmp_path / 'dit_tiny.py').write_text('x = 1\n')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    with pytest.raises(UserError, match=rf"give the config file \(this work dir's is "
+                                        rf'{tmp_path}/dit_tiny.py\)$'):
+        load_config(str(tmp_path))
+
+
+def _set(option, **config):
+    cfg = Config(config or dict(train_dataloader=dict(dataset=dict(data_root='/old')),
+                                model=dict(latent_shape=(3, 8, 8))))
+    apply_cfg_options(cfg, [option])
+    return cfg
+
+
+def test_quoted_and_spaced_strings_are_kept():
+    """mmengine's parsing deleted every space (``/a/feat copy`` became ``/a/featcopy``)
+    and split at commas, quoted or not: a path with either could not be given."""
+    key = 'train_dataloader.dataset.data_root'
+    for value, expected in [('/a/feat copy', '/a/feat copy'), ('"/a/feat,copy"', '/a/feat,copy'),
+                            ("'/a b,c'", '/a b,c'), ('"None"', 'None'), ('"12"', '12'),
+                            ('" x "', ' x ')]:
+        assert _set(f'{key}={value}').train_dataloader.dataset.data_root == expected, value
+    assert _set('x=["a,b", c d]').x == ['a,b', 'c d']
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('[3,8,8]', [3, 8, 8]), ('3,8,8', [3, 8, 8]), ('[3, 8, 8]', [3, 8, 8]),
+    ('(1,2)', (1, 2)), ('[(1,2),[a,b],c]', [(1, 2), ['a', 'b'], 'c']), ('[]', []),
+    ('None', None), ('True', True), ('false', False), ('2', 2), ('1e-4', 1e-4),
+    ('/a/feat,copy', ['/a/feat', 'copy']), ('sdpa', 'sdpa'), ('1,2,', [1, 2])])
+def test_values_parse_as_before(value, expected):
+    got = _set(f'x={value}').x
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize('value', ['[3,8', 'dict(type=EMAHook,momentum=1)', 'dict(a=1)'])
+def test_values_that_are_not_values_are_refused(value):
+    with pytest.raises(UserError, match='cannot parse the value of --cfg-options x'):
+        _set(f'x={value}')
+
+
+def test_a_name_where_a_list_index_belongs_is_named(repo_root):
+    """``param_scheduler.first.end=2`` said 'the config has no param_scheduler.first;
+    did you mean param_scheduler.first?'; ``param_scheduler.-1.end`` was malformed."""
+    cfg = load_config(os.path.join(repo_root, DEMO))
+    with pytest.raises(UserError, match=r'^--cfg-options param_scheduler.first.end: '
+                                        r'param_scheduler is a list: give an index, e\.g\. '
+                                        r'param_scheduler.0.end$'):
+        apply_cfg_options(cfg, ['param_scheduler.first.end=2'])
+    apply_cfg_options(cfg, ['param_scheduler.-1.end=2', 'param_scheduler.-2.begin=1'])
+    assert cfg.param_scheduler[-1].end == 2 and cfg.param_scheduler[0].begin == 1
+    with pytest.raises(UserError, match=r'param_scheduler has 2 entries, no \[-3\]'):
+        apply_cfg_options(cfg, ['param_scheduler.-3.end=2'])
+    with pytest.raises(UserError, match='-1 is an index, but train_cfg is not a list'):
+        apply_cfg_options(cfg, ['train_cfg.-1=2'])
+
+
+def test_an_index_into_a_tuple_of_values_says_give_it_whole(repo_root):
+    """``model.latent_shape.0=4`` gave mmengine's 'cannot inherit from base ... You may
+    set `_delete_=True`'; ``custom_hooks.0=5`` "'int' object has no attribute 'items'"."""
+    cfg = Config(dict(model=dict(latent_shape=(3, 8, 8)), custom_hooks=[dict(type='H')]))
+    with pytest.raises(UserError, match=r'^--cfg-options model.latent_shape.0: '
+                                        r'model.latent_shape is a tuple \(3, 8, 8\): give it '
+                                        r'whole, e\.g\. model.latent_shape=\[4,8,8\]$'):
+        apply_cfg_options(cfg, ['model.latent_shape.0=4'])
+    with pytest.raises(UserError, match=r'custom_hooks.0 is a dict: set its keys'):
+        apply_cfg_options(cfg, ['custom_hooks.0=5'])
+    apply_cfg_options(cfg, ['model.latent_shape=[4,8,8]', 'custom_hooks.0.priority=1'])
+    assert cfg.model.latent_shape == [4, 8, 8] and cfg.custom_hooks[0].priority == 1
+
+
+def test_a_string_for_a_number_is_left_to_its_class(repo_root):
+    """``train_cfg.max_iters=ten`` is set as the string 'ten': a key may take a number
+    or a word (``grad_checkpointing``: K or 'selective'), so the class built from it
+    (mmengine's IterBasedTrainLoop: ``int(max_iters)``) is the one to refuse it."""
+    cfg = load_config(os.path.join(repo_root, DEMO))
+    apply_cfg_options(cfg, ['train_cfg.max_iters=ten'])
+    assert cfg.train_cfg.max_iters == 'ten'
+
