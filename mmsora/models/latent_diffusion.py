@@ -464,6 +464,12 @@ class LatentDiffusion(BaseModel):
             self._check_vae_fits(noise.shape[1], None if pooled is None else pooled.shape[-1])
         model_fn, x, kwargs = self.denoiser, noise, cond
         use_cfg = cfg_scale != 1.0
+        if use_cfg and not hasattr(self.denoiser, 'forward_with_cfg'):  # (an
+            # AttributeError traceback, for a denoiser of one's own)
+            raise ValueError(f'{type(self.denoiser).__name__} has no forward_with_cfg: it '
+                             f'cannot sample with guidance (cfg_scale={cfg_scale}); give '
+                             '--cfg-scale 1, or add forward_with_cfg as DiT has it (README, '
+                             '"Your own modules")')
         if use_cfg:
             # The guided batch is doubled; its second half's noise is never used.
             generators = generators + generators if generators is not None else None

@@ -141,6 +141,13 @@ def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     assert torch.equal(one, plain) and calls == [1] * 4
     model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=4.0)
     assert calls[4:] == [2] * 4  # guided: conditional and unconditional halves
+    # a denoiser of one's own without forward_with_cfg: one line, not an AttributeError
+    model.denoiser.__class__ = type('OwnDenoiser', (torch.nn.Module,), dict(
+        forward=type(model.denoiser).forward))  # DiT's forward, no forward_with_cfg
+    with pytest.raises(ValueError, match=r'OwnDenoiser has no forward_with_cfg: it cannot '
+                                         r'sample with guidance \(cfg_scale=4.0\); give '
+                                         r'--cfg-scale 1'):
+        model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=4.0)
 
 
 def test_vae_encodes_on_the_fly_and_decodes_samples():
