@@ -553,10 +553,30 @@ def _registered_subclasses(class_name):
 
 
 def unknown_type_message(obj_type: str, registry_name: str) -> str:
-    """``unknown type TYPE in the REGISTRY registry; did you mean ...?``"""
+    """``unknown type TYPE in the REGISTRY registry; did you mean ...?``; without a
+    close name, the registry that does hold TYPE (a class registered in the wrong
+    one), else where a class of one's own gets registered (``custom_imports``)."""
     close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
-    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    if close:
+        hint = f'; did you mean {", ".join(close)}?'
+    else:
+        elsewhere = _holding_registry(obj_type)
+        hint = (f'; it is registered in the {elsewhere} registry' if elsewhere else
+                '; a class of your own is registered when its module is imported: list '
+                'the module in the config\'s custom_imports (README, "Your own modules")')
     return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+
+
+def _holding_registry(obj_type: str):
+    """The name of the (mmsora or mmengine) registry that holds ``obj_type``, or None."""
+    import mmsora.registry as registries
+    for name in registries.__all__:
+        node = getattr(registries, name)
+        while node is not None:
+            if obj_type in node.module_dict:
+                return node.name
+            node = node.parent
+    return None
 
 
 def unknown_key_message(class_name, key, skip=(), names=None):

@@ -203,3 +203,16 @@ def test_a_string_for_a_number_is_left_to_its_class(repo_root):
     apply_cfg_options(cfg, ['train_cfg.max_iters=ten'])
     assert cfg.train_cfg.max_iters == 'ten'
 
+
+
+def test_an_unknown_type_says_where_it_is_registered_or_how_to_register_it():
+    """Without a close name the line said nothing more: a class registered in another
+    registry (a dataset in MODELS) or one whose module was never imported."""
+    from mmsora.utils.cli import unknown_type_message
+    import mmsora.datasets  # noqa: F401  (fills the registries)
+    assert unknown_type_message('VideoDataset', 'model') == (
+        "unknown type 'VideoDataset' in the model registry; it is registered in the "
+        'dataset registry')
+    assert unknown_type_message('ScaledDiT', 'model').endswith(
+        "a class of your own is registered when its module is imported: list the module "
+        "in the config's custom_imports (README, \"Your own modules\")")
