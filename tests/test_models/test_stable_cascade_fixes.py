@@ -6,7 +6,6 @@ The model is the tiny config's (a tiny Stage C, tiny CLIP, tiny Stage B + A in l
 folders), 2 Stage C steps and 2 Stage B steps.
 """
 import functools
-import importlib.util
 import json
 import os.path as osp
 from unittest import mock
@@ -112,14 +111,6 @@ def test_stage_b_for_other_latents_is_refused_before_sampling(clip_path, tmp_pat
         model.vae.decode(torch.zeros(1, 16, 4, 4))
 
 
-def load_extract_tool():
-    spec = importlib.util.spec_from_file_location(
-        'extract_features', osp.join(REPO, 'tools', 'extract_features.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('layout', ['subfolders', 'model_index'])
 def test_extract_features_names_a_stable_cascade_folder(tmp_path, layout):
     folder = tmp_path / 'stable-cascade'
@@ -131,7 +122,7 @@ def test_extract_features_names_a_stable_cascade_folder(tmp_path, layout):
         (folder / 'model_index.json').write_text(
             json.dumps(dict(_class_name='StableCascadeDecoderPipeline')))
     (tmp_path / 'images' / 'a').mkdir(parents=True)
-    extract = load_extract_tool()
+    from tools import extract_features as extract
     with pytest.raises(UserError) as info:
         extract.main(['--data-path', str(tmp_path / 'images'), '--out', str(tmp_path / 'o'),
                       '--vae', str(folder), '--device', 'cpu'])
