@@ -400,6 +400,11 @@ def main(argv=None):
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
     finally:
         restore()
+        if getattr(sys.exc_info()[1], 'exit_code', None) == 143:  # stopped by SIGTERM:
+            # the process is to end; a SIGTERM more (a launcher's, passed on) must not
+            # kill it before it has said where the run stands
+            import signal
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from mmsora.utils.dist import close_process_group, release_engine
     release_engine(runner)
     del runner

@@ -7,8 +7,8 @@ later), ended the run at once, losing every iteration since the last checkpoint.
 
 :func:`stop_gracefully` installs signal handlers and a hook. On the first signal the
 run finishes the iteration under way (the optimizer step of an accumulated step,
-too) and stops before the next one; its checkpoint is the one ``--resume``
-continues from:
+too) with all its hooks (a due checkpoint, an evaluation) and stops before the next
+one; its checkpoint is the one ``--resume`` continues from:
 
 - Ctrl-C (one-process runs): the checkpoint hook's own checkpoint, where one was
   due; a second Ctrl-C stops at once. Under a launcher every process gets Ctrl-C at
@@ -28,11 +28,13 @@ torch's workers died of SIGTERM (torch's handler in a worker passes on any SIGTE
 the main process did not send); the main process then failed at once with
 'DataLoader worker (pid N) is killed by signal: Terminated'. Workers started after
 :func:`stop_gracefully` ignore a SIGTERM from anyone but the main process, and end
-on the main process's own as before.
+on the main process's own as before. This covers workers the main process forks (the
+default start method on Linux); spawn / forkserver workers
+(``multiprocessing_context``) die of the scheduler's SIGTERM as before.
 """
 import os
+import os.path as osp
 import signal
-import sys
 
 import torch
 from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
@@ -70,6 +72,15 @@ def _checkpoint_hook(runner):
     return None
 
 
+def _saved_at(runner, done: int) -> bool:
+    """Whether the checkpoint hook saved iteration ``done`` (every process knows: the
+    hook records the file it saves on all of them)."""
+    hook = _checkpoint_hook(runner)
+    last = runner.message_hub.get_info('last_ckpt')
+    return hook is not None and isinstance(last, str) and \
+        osp.basename(last) == hook.filename_tmpl.format(done)
+
+
 def checkpoint_due(runner) -> bool:
     """Whether the checkpoint hook saves after the iteration under way (read in
     ``after_train_iter``, where ``runner.iter`` has not counted it yet)."""
@@ -80,14 +91,18 @@ def checkpoint_due(runner) -> bool:
 
 
 class GracefulStopHook(Hook):
-    """Stops the run after the iteration in which a signal was asked for it."""
+    """Stops the run before the next iteration once a signal asked for it.
 
-    # After CheckpointHook (VERY_LOW, 90) has saved the iteration; before the
-    # evaluation hooks (LOWEST, 100), whose sampling a stop does not wait for.
-    priority = 95
+    The decision is taken at the start of each iteration (``before_train_iter``),
+    after every hook of the previous one: a signal during an evaluation or a sampling
+    hook stops the run when they are done, not one more iteration later."""
+
+    priority = 'VERY_HIGH'  # first at the start of an iteration
 
     def __init__(self):
         self.asked = 0  # 0, _STOP or _SAVE_AND_STOP
+        self.ctrl_c = False  # a Ctrl-C came (a second one stops at once)
+        self._ran = False  # an iteration of this run has finished
 
     def _agreed(self) -> int:
         """The strongest ask of any process (the same on all of them)."""
@@ -97,33 +112,29 @@ class GracefulStopHook(Hook):
         all_reduce(asked, op='max')
         return int(asked.item())
 
-    def before_train(self, runner):
-        asked = self._agreed()  # during start-up: nothing trained, nothing to save
-        if asked:
-            self._stop(runner, asked, runner.iter)
-
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._ran = True
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
         asked = self._agreed()
-        if not asked or not optimizer_stepped(runner):  # (amid an accumulated step:
-            return  # its last micro-batch stops)
-        if runner.iter + 1 >= runner.max_iters:  # the last one: the run ends as usual
-            return  # (its checkpoint and the hooks' ends)
-        if asked == _SAVE_AND_STOP and not checkpoint_due(runner):
-            self._save(runner)
-        # runner.iter counts this iteration once the hooks are done
-        self._stop(runner, asked, runner.iter + 1)
+        if not asked or (self._ran and not optimizer_stepped(runner)):  # (amid an
+            return  # accumulated step: its last micro-batch stops)
+        done = runner.iter  # the iterations finished (this one has not started)
+        if asked == _SAVE_AND_STOP and self._ran and not _saved_at(runner, done):
+            self._save(runner, done)
+        self._stop(runner, asked, done)
 
     @staticmethod
-    def _save(runner):
+    def _save(runner, done: int):
         hook = _checkpoint_hook(runner)
         if hook is None:  # default_hooks.checkpoint=None: the run keeps none
             return
         from mmsora.engine.hooks.rng_state_hook import RNGStateHook
         for rng in (h for h in runner.hooks if isinstance(h, RNGStateHook)):
             rng.gather(runner)  # every process's RNG states, for process 0 to save
-        runner.logger.info(f'Saving checkpoint at {runner.iter + 1} iterations '
-                           '(stopping on SIGTERM)')
-        hook._save_checkpoint(runner)
+        runner.logger.info(f'Saving checkpoint at {done} iterations (stopping on SIGTERM)')
+        hook._save_checkpoint_with_step(runner, done, meta=dict(epoch=runner.epoch,
+                                                                 iter=done))
         if get_world_size() > 1:  # process 0 may still be writing: srun's
             barrier()  # --kill-on-bad-exit would kill it when another one exits
 
@@ -138,28 +149,37 @@ class GracefulStopHook(Hook):
 
 def stop_gracefully(runner, ctrl_c: bool = True):
     """Install the handlers (SIGTERM; SIGINT too with ``ctrl_c``) and the hook for
-    ``runner``. Returns what puts the former handlers back (after a stop on SIGTERM,
-    SIGTERM stays ignored: the process is to end). Outside the main thread,
-    where Python takes no signal handlers, it changes nothing."""
+    ``runner``. Returns what puts the former handlers back and takes the hook off
+    the runner. Outside the main thread, where Python takes no signal handlers, it
+    changes nothing."""
     import threading
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     hook, main_pid = GracefulStopHook(), os.getpid()
     runner.register_hook(hook)
 
+    def say(text):  # os.write: a print here could break into one under way
+        os.write(2, (text + '\n').encode())  # (a 'reentrant call' RuntimeError)
+
     def ask(signum, frame):
-        if os.getpid() != main_pid:  # a data-loader worker: the main process decides
-            return
+        if os.getpid() != main_pid:  # a child forked by this process
+            if signum == signal.SIGTERM:  # (data-loader workers have torch's own
+                signal.signal(signum, signal.SIG_DFL)  # handler): it ends as it would
+                os.kill(os.getpid(), signum)  # have without ours
+            return  # Ctrl-C: the main process decides
+        if signum == signal.SIGINT:
+            if hook.ctrl_c:  # a second Ctrl-C
+                raise KeyboardInterrupt
+            hook.ctrl_c = True
         wanted = _ASKS[signum]
-        if hook.asked and wanted == _STOP:  # a second Ctrl-C
-            raise KeyboardInterrupt
         if wanted > hook.asked:
             hook.asked = wanted
             action = ('saving a checkpoint and stopping' if wanted == _SAVE_AND_STOP
                       else 'stopping')
             again = ' (Ctrl-C again: at once)' if wanted == _STOP else ''
-            print(f'{_NAMES[wanted]}: {action} after this iteration{again}',
-                  file=sys.stderr, flush=True)
+            say(f'{_NAMES[wanted]}: {action} after this iteration{again}')
+        elif signum == signal.SIGINT:  # after a SIGTERM: the stop is under way
+            say('Ctrl-C: already stopping after this iteration (Ctrl-C again: at once)')
 
     signums = [signal.SIGTERM] + ([signal.SIGINT] if ctrl_c else [])
     former = {signum: signal.signal(signum, ask) for signum in signums}
@@ -168,11 +188,9 @@ def stop_gracefully(runner, ctrl_c: bool = True):
     def restore():
         undo_workers()
         for signum, handler in former.items():
-            if signum == signal.SIGTERM and hook.asked == _SAVE_AND_STOP:
-                # the process is on its way out: a SIGTERM more (a launcher's, passed
-                # on) must not kill it before it has said where the run stands
-                handler = signal.SIG_IGN
             signal.signal(signum, handler)
+        if hook in runner._hooks:  # a later runner.train() starts without a stop asked
+            runner._hooks.remove(hook)
     return restore
 
 
@@ -180,10 +198,14 @@ def _sigterm_from_the_main_process_only():
     """In a data-loader worker: a SIGTERM sent by the main process (shutting the
     worker down, or at its exit) ends the worker at once and quietly, as torch's own
     handler does; one sent by anyone else (a scheduler signalling the whole job) is
-    ignored. SIGTERM is blocked and taken by a thread that reads its sender."""
+    ignored. SIGTERM is blocked and taken by a thread that reads its sender; a
+    process the worker forks gets it unblocked (one started by ``subprocess`` keeps it
+    blocked: the mask survives exec)."""
     import threading
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    os.register_at_fork(after_in_child=lambda: signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, {signal.SIGTERM}))
 
     def wait():
         while True:

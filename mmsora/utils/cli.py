@@ -227,12 +227,20 @@ def _parse_value(text):
     before, it deleted every space (``/a/feat copy`` became ``/a/featcopy``) and
     split any string at its commas, quoted or not (``"/a/feat,copy"`` became a list).
     Now a value in matching quotes (``'k="/a b,c"'`` in a shell) is that exact
-    string, an entry keeps its inner spaces (only those around it go), and a comma
-    inside quotes does not split. ``dict(...)`` is refused (ValueError)."""
+    string unless it reads as a number, True / False / None or a bracketed list or
+    tuple (kept as mmengine reads them: its help writes ``key="[a,b]"``), an entry
+    keeps its inner spaces (only those around it go), and a comma inside quotes (one
+    that opens an entry: not an apostrophe inside one) does not split. ``dict(...)``
+    is refused (ValueError)."""
     from mmengine.config import DictAction
     text = text.strip()
-    if _quoted(text):
-        return text[1:-1]
+    if _quoted(text):  # an exact string, unless it reads as a number, True / False /
+        inner = text[1:-1]  # None or a bracketed list or tuple, as mmengine took
+        bracketed = inner[:1] + inner[-1:] in ('[]', '()')  # those ('"[a,b]"', '"1e-4"')
+        value = DictAction._parse_int_float_bool(inner) if not bracketed else None
+        if bracketed:
+            return _parse_value(inner)
+        return value if not isinstance(value, str) else inner
     bare = text.strip('\'"')  # mmengine drops stray quotes at the ends
     is_tuple = bare.startswith('(') and bare.endswith(')')
     if is_tuple or (bare.startswith('[') and bare.endswith(']')):
@@ -263,8 +271,8 @@ def _split_entries(text: str) -> list:
     for i, char in enumerate(text):
         if quote:
             quote = None if char == quote else quote
-        elif char in '\'"' and char in text[i + 1:]:
-            quote = char
+        elif char in '\'"' and not text[start:i].strip() and char in text[i + 1:]:
+            quote = char  # (at an entry's start only: an apostrophe inside, O'Brien)
         elif char in '([':
             depth += 1
         elif char in ')]':

@@ -137,11 +137,14 @@ def _check_train_loop(cfg):
         cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
     check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
     for key in ('max_iters', 'max_epochs', 'val_interval', 'val_begin'):
-        value = loop.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (0 if key == 'val_begin' else 1)):
-            raise UserError(f'train_cfg.{key}={value!r}: a whole number'
-                            + ('' if key == 'val_begin' else ' (at least 1)'))
+        value = loop.get(key)  # mmengine takes int(v) where int(v) == v (4e5 too)
+        whole = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and float(value).is_integer())
+        if value is not None and (not whole or value < (0 if key == 'val_begin' else 1)):
+            raise UserError(f'train_cfg.{key}={value!r}: '
+                            + ('a number of iterations' if isinstance(value, str) else
+                               'a whole number') + ('' if key == 'val_begin' else
+                                                    ' (at least 1)'))
     return cls
 
 
@@ -158,30 +161,34 @@ def _check_sections(cfg) -> None:
             raise UserError(f'the config has no {key}: {hint}')
 
 
-# Top-level keys read beside the Runner's own arguments: mmengine's config machinery
-# and runner choice, and mmsora's tools.
-_OWN_TOP_KEYS = ('_base_', 'custom_imports', 'runner_type', 'global_batch_size',
-                 'sample_cfg', 'evaluation', 'model_wrapper_cfg', 'find_unused_parameters')
+def _swapped(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` with two neighbouring letters swapped (trian / train)."""
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    return (len(a) == len(b) and len(diff) == 2 and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
 
 
-def _check_top_level(cfg) -> None:
-    """A top-level key one letter off a section the Runner or the tools read
-    (``trian_cfg``, ``global_batch_sise``) was taken as a variable of the config's own
-    and left unused without a word. Keys not close to one are left alone: a config's
-    own variables (``data_root``, ``num_frames``) are legitimate."""
+def _note_top_level(cfg) -> None:
+    """Say so when a top-level key is one letter off a section the Runner or the tools
+    read (``trian_cfg``: taken as a variable of the config's own, and the section it
+    meant left as the base has it, without a word). A note, not a refusal: a variable
+    of one's own may be that close and used (``vae_cfg`` in ``model.vae``)."""
     from mmengine.runner import FlexibleRunner, Runner
-    known = {*_OWN_TOP_KEYS}
+
+    from mmsora.utils.cli import OPTIONAL_TOP_LEVEL, _edits, is_launch_rank0
+    known = {'_base_', 'custom_imports', 'runner_type', *OPTIONAL_TOP_LEVEL}
     for runner in (Runner, FlexibleRunner):
         known.update(inspect.signature(runner.__init__).parameters)
     known -= {'self', 'cfg'}
     for key in cfg.keys():
-        if key in known:
+        if key in known or len(key) <= 4:
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.85)
-        if close:
-            raise UserError(f'{key}: not a section the Runner or the tools read (a '
-                            f'variable of the config\'s own is left unused); did you mean '
-                            f'{close[0]}?')
+        meant = min(known, key=lambda name: (not _swapped(key, name), _edits(key, name)))
+        if (_edits(key, meant) == 1 or _swapped(key, meant)) and is_launch_rank0():
+            import sys
+            print(f'note: {key} is not a section the Runner or the tools read; if it '
+                  f'stands for {meant}, rename it (a variable of the config\'s own is '
+                  'fine)', file=sys.stderr, flush=True)
 
 
 # What the Runner reads from these sections (mmengine 0.10: Runner.setup_env and
@@ -375,6 +382,9 @@ def _check_hooks(cfg) -> None:
             name = where.split('.', 1)[1] if where.startswith('default_hooks.') else None
             close = difflib.get_close_matches(name or '', [n for n in names if n != name],
                                               n=1)
+            if name is None:  # a custom hook
+                raise UserError(f"{where}: no type; give it, e.g. dict(type='EMAHook', "
+                                '...)')
             raise UserError(f'{where}: no type (not one of the default hooks that '
                             'configs/_base_/default_runtime.py gives)'
                             + (f'; did you mean default_hooks.{close[0]}?' if close else
@@ -408,7 +418,7 @@ def check_training_keys(cfg) -> None:
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
     or, for the dataset, a missing argument is one line. Nothing is built or read."""
-    _check_top_level(cfg)
+    _note_top_level(cfg)
     _check_sections(cfg)
     loop = _check_train_loop(cfg)
     _check_runtime(cfg)

@@ -143,10 +143,18 @@ def test_quoted_and_spaced_strings_are_kept():
     and split at commas, quoted or not: a path with either could not be given."""
     key = 'train_dataloader.dataset.data_root'
     for value, expected in [('/a/feat copy', '/a/feat copy'), ('"/a/feat,copy"', '/a/feat,copy'),
-                            ("'/a b,c'", '/a b,c'), ('"None"', 'None'), ('"12"', '12'),
-                            ('" x "', ' x ')]:
+                            ("'/a b,c'", '/a b,c'), ('" x "', ' x ')]:
         assert _set(f'{key}={value}').train_dataloader.dataset.data_root == expected, value
     assert _set('x=["a,b", c d]').x == ['a,b', 'c d']
+    # an apostrophe inside an entry is no quote (a prompt list: the first version of
+    # this parser refused it)
+    assert _set("x=[a dog's ball,a cat's toy]").x == ["a dog's ball", "a cat's toy"]
+    assert _set("x=O'Brien,D'Arcy").x == ["O'Brien", "D'Arcy"]
+    # a quoted number, True / False / None or bracketed list keeps mmengine's reading
+    # (its help writes key="[a,b]"; launchers pass the quotes on)
+    for value, expected in [('"[1,2]"', [1, 2]), ('"1000"', 1000), ('"1e-4"', 1e-4),
+                            ('"None"', None), ('"(1,2)"', (1, 2))]:
+        assert _set(f'x={value}').x == expected, value
 
 
 @pytest.mark.parametrize('value, expected', [
