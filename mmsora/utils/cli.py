@@ -561,16 +561,18 @@ def _registered_subclasses(class_name):
 
 
 def unknown_type_message(obj_type: str, registry_name: str) -> str:
-    """``unknown type TYPE in the REGISTRY registry; did you mean ...?``; without a
-    close name, the registry that does hold TYPE (a class registered in the wrong
-    one), else where a class of one's own gets registered (``custom_imports``)."""
+    """``unknown type TYPE in the REGISTRY registry; did you mean ...?``: the registry
+    that does hold TYPE (a class registered in the wrong one) comes first, then close
+    names; without either, where a class of one's own gets registered
+    (``custom_imports``)."""
+    elsewhere = _holding_registry(obj_type)
     close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
-    if close:
+    if elsewhere:
+        hint = f'; it is registered in the {elsewhere} registry'
+    elif close:
         hint = f'; did you mean {", ".join(close)}?'
     else:
-        elsewhere = _holding_registry(obj_type)
-        hint = (f'; it is registered in the {elsewhere} registry' if elsewhere else
-                '; a class of your own is registered when its module is imported: list '
+        hint = ('; a class of your own is registered when its module is imported: list '
                 'the module in the config\'s custom_imports (README, "Your own modules")')
     return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
 

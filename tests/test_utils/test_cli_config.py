@@ -217,7 +217,8 @@ def test_an_unknown_type_says_where_it_is_registered_or_how_to_register_it():
     """Without a close name the line said nothing more: a class registered in another
     registry (a dataset in MODELS) or one whose module was never imported."""
     from mmsora.utils.cli import unknown_type_message
-    import mmsora.datasets  # noqa: F401  (fills the registries)
+    import mmsora.datasets  # noqa: F401  (fills the registries: with the models, a
+    import mmsora.models  # noqa: F401  close name, VideoDiT, is there too)
     assert unknown_type_message('VideoDataset', 'model') == (
         "unknown type 'VideoDataset' in the model registry; it is registered in the "
         'dataset registry')
