@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
-           'check_sampler_name']
+           'check_sampler_name', 'check_sample_settings']
 
 
 class CountingModel:
@@ -66,6 +66,20 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
                          f'(its options: {takes}; the sampling settings: '
                          f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
+
+
+def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
+    """A ``sample_cfg``'s sampler and sampler options against the objective
+    ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``), without sampling: what
+    its ``sample`` checks first. ``own``: the keys the caller takes itself
+    (``LatentDiffusion.sample``'s arguments). Raises the same one-line ValueError."""
+    sampler = settings.get('sampler') or inspect.signature(
+        diffusion.sample).parameters['sampler'].default
+    check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
+    options = {k: v for k, v in settings.items()
+               if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
+    check_sampler_options(sampler, options,
+                          getattr(diffusion, 'SAMPLER_OPTIONS', {}).get(sampler, ()))
 
 
 def scheduler_sample_loop(scheduler,

@@ -104,6 +104,10 @@ class LatentDiffusion(BaseModel):
         for name, value in (('train_noise_seed', train_noise_seed), ('init_seed', init_seed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f'model.{name} must be an int (or None), got {value!r}')
+        for name, part in (('denoiser', denoiser), ('diffusion', diffusion)):
+            if not isinstance(part, dict):  # (mmengine's TypeError, a traceback)
+                raise ValueError(f'model.{name} must be a config dict(type=...), got '
+                                 f'{part!r}')
         with _seeded(init_seed):
             self.denoiser = set_attention_backend(MODELS.build(denoiser), attn_backend)
             self.diffusion = DIFFUSION.build(diffusion)
@@ -498,6 +502,8 @@ class LatentDiffusion(BaseModel):
         if use_cfg:
             z = z[:n]
         if decode:
+            if 'progress' in inspect.signature(self.vae.decode).parameters:
+                decode_kwargs['progress'] = progress  # Stable Cascade's Stage B bar
             return self.vae.decode(z, **decode_kwargs)
         return z
 

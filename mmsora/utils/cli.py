@@ -45,6 +45,7 @@ def load_config(path):
         cfg = Config.fromfile(path, import_custom_modules=False)
     except Exception as e:  # syntax errors, bad _base_ paths, ...
         raise UserError(_config_error_message(path, e)) from e
+    _note_variables_left_in_base(path, cfg)
     _import_custom_modules(cfg.get('custom_imports'))
     return cfg
 
@@ -298,6 +299,18 @@ OPTIONAL_TOP_LEVEL = (
     'param_scheduler', 'custom_hooks', 'log_processor', 'visualizer')
 
 
+def known_top_level() -> set:
+    """The top-level keys that mean something to the tools or to mmengine's Runner /
+    FlexibleRunner (their arguments): what a key one typo off is compared with."""
+    import inspect
+
+    from mmengine.runner import FlexibleRunner, Runner
+    known = {'_base_', 'custom_imports', 'runner_type', *OPTIONAL_TOP_LEVEL}
+    for runner in (Runner, FlexibleRunner):
+        known.update(inspect.signature(runner.__init__).parameters)
+    return known - {'self', 'cfg'}
+
+
 def apply_cfg_options(cfg, options):
     """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax); an index
     into a list may count from the end (``param_scheduler.-1.end``; before, that was a
@@ -348,7 +361,7 @@ def apply_cfg_options(cfg, options):
                 # A key set to None (e.g. model.text_encoder) is filled in as before.
                 names = list(node.keys()) if hasattr(node, 'keys') else []
                 if depth == 0:  # also what the tools and the Runner read when set
-                    names += [name for name in OPTIONAL_TOP_LEVEL if name not in names]
+                    names += sorted(known_top_level() - set(names))
                 meant = min(names, key=lambda name: _edits(part, name), default=part)
                 if part not in names and len(part) > 4 and _edits(part, meant) <= 2:
                     above = '.'.join(walk[:depth] + [''])
@@ -436,6 +449,12 @@ def is_launch_rank0() -> bool:
     return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'
 
 
+def note(text: str) -> None:
+    """Print ``note: TEXT`` on standard error, once per launch (rank 0's)."""
+    if is_launch_rank0():
+        print(f'note: {text}', file=sys.stderr, flush=True)
+
+
 def is_first_on_machine() -> bool:
     """Whether this process is the first of its machine in a launch (torchrun's
     LOCAL_RANK, srun's SLURM_LOCALID; a lone process is): for a mistake every process
@@ -463,23 +482,23 @@ def _note_schedule_left_behind(cfg, updates) -> None:
                     and (sched.get('begin') or 0) < new):  # (one that starts after the
                 # run's end never acts)
                 left.append(f'{path}={new}')
-    if left and is_launch_rank0():
-        print(f'note: --cfg-options train_cfg.max_iters={new}: the schedule still ends at '
-              f'{old}, the config\'s length; for one that ends with the run set '
-              f'{" ".join(left)} too', file=sys.stderr, flush=True)
+    if left:
+        note(f'--cfg-options train_cfg.max_iters={new}: the schedule still ends at {old}, '
+             f'the config\'s length; for one that ends with the run set {" ".join(left)} '
+             'too')
 
 
-def _refuse_spent_variable(cfg, key, value) -> None:
-    """A top-level path variable (``data_root``) is spent when the config is read:
-    entries built from it (``train_dataloader.dataset.data_root``) keep the old path,
-    and setting it afterwards changes nothing. Refused, naming those entries."""
-    old = cfg.get(key)
+def _spent_entries(cfg, key, old) -> list:
+    """``[(path, equal)]``: the entries of ``cfg`` that took the top-level variable
+    ``key``'s value ``old`` when the config was read (a path variable, ``data_root``:
+    entries equal to it or below it; a length, the demo's ``max_iters``: entries equal
+    to it), or ``[]`` for a variable of another kind."""
     path_like = isinstance(old, str) and old and key.endswith(('root', 'dir', 'path', 'file'))
     # (a length variable: the demo's max_iters, which the loop and the schedule took)
     length = (type(old) is int and key.endswith(('_iters', '_epochs')))
-    if not ((path_like or length) and value != old):
-        return
     found = []
+    if not (path_like or length):
+        return found
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -495,15 +514,105 @@ def _refuse_spent_variable(cfg, key, value) -> None:
             found.append((path, node == old))
 
     walk(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg, '')
+    return found
+
+
+def _listed(paths) -> str:
+    return f'{", ".join(paths[:3])}{", ..." if len(paths) > 3 else ""}'
+
+
+def _refuse_spent_variable(cfg, key, value) -> None:
+    """A top-level path variable (``data_root``) is spent when the config is read:
+    entries built from it (``train_dataloader.dataset.data_root``) keep the old path,
+    and setting it afterwards changes nothing. Refused, naming those entries."""
+    old = cfg.get(key)
+    found = _spent_entries(cfg, key, old) if value != old else []
     if found:
         # the example: the loop's length where it took the variable (not, say, a
         # checkpoint interval that happened to equal it)
         path, same = next((f for f in found if f[0] == 'train_cfg.max_iters'), found[0])
         example = f'{path}={value if same else "..."}'
         raise UserError(f'--cfg-options {key}={value}: {key} is a variable the config '
-                        f'used when it was read ({", ".join(p for p, _ in found[:3])}'
-                        f'{", ..." if len(found) > 3 else ""} took its value); setting it '
-                        f'now changes nothing: set those instead, e.g. {example}')
+                        f'used when it was read ({_listed([p for p, _ in found])} took its '
+                        f'value); setting it now changes nothing: set those instead, e.g. '
+                        f'{example}')
+
+
+def _note_variables_left_in_base(path, cfg) -> None:
+    """The same trap in a config file: a child that sets ``data_root = '/mine'`` over a
+    base whose entries were built from the base's own ``data_root`` (OpenMMLab's
+    configs work this way) leaves those entries at the base's path, and the run read
+    the base's data, or failed after the Runner's start-up on a path the child never
+    names. A note naming the entries (a child may mean it); and one for an entry whose
+    type the child changed (:func:`_note_type_changes`)."""
+    from mmengine.config import Config
+    try:
+        bases = [Config._get_cfg_path(b, path)[0] for b in Config._get_base_files(path)
+                 if '::' not in b]
+        base_cfgs = [Config.fromfile(b, import_custom_modules=False) for b in bases]
+    except Exception:
+        return
+    for base_path, base in zip(bases, base_cfgs):
+        _note_type_changes(path, base_path, base.to_dict(), cfg.to_dict())
+        for key in base.keys():
+            old, new = base.get(key), cfg.get(key)
+            if key not in cfg or new == old or type(new) is not type(old):
+                continue
+            found = [p for p, _ in _spent_entries(cfg, key, old)]
+            if found:
+                note(f'{_shown_path(path)} sets {key}={new!r}, but {_listed(found)} still '
+                     f'{"holds" if len(found) == 1 else "hold"} the value of {key} in '
+                     f'{_shown_path(base_path)} ({old!r}): a base\'s entries took its '
+                     'variables when it was read; set them in your config too')
+
+
+def _note_type_changes(path, base_path, base, merged, where='') -> None:
+    """A child's entry of another ``type`` than its base's is merged into the base's
+    (mmengine), keeping the base's other keys: a dataset turned from
+    PackedLatentDataset into a class of one's own kept ``sample_posterior`` and failed
+    with an unknown key naming no base. Noted with the keys kept and ``_delete_``."""
+    if isinstance(base, dict) and isinstance(merged, dict):
+        kind, was = merged.get('type'), base.get('type')
+        if isinstance(kind, str) and isinstance(was, str) and kind != was:
+            kept = [k for k in base if k != 'type' and k in merged and merged[k] == base[k]]
+            taken = _arguments_of(kind)
+            # only keys the new class does not take (a same value given again beside
+            # _delete_=True looks kept too, and is fine)
+            kept = [k for k in kept if taken is not None and k not in taken]
+            if kept:
+                note(f'{_shown_path(path)} changes {where} from {was} (in '
+                     f'{_shown_path(base_path)}) to {kind} and keeps the base entry\'s '
+                     f'{", ".join(kept)}, which {kind} does not take: mmengine merges an '
+                     'entry into the base\'s; to start it afresh, give it _delete_=True')
+            return
+        for key, value in merged.items():
+            if key in base:
+                _note_type_changes(path, base_path, base[key], value,
+                                   f'{where}.{key}' if where else key)
+    elif isinstance(base, (list, tuple)) and isinstance(merged, (list, tuple)) and len(
+            base) == len(merged):
+        for i, (old, new) in enumerate(zip(base, merged)):
+            _note_type_changes(path, base_path, old, new, f'{where}.{i}')
+
+
+def _arguments_of(class_name):
+    """The arguments the registered class ``class_name`` takes by name, or None where
+    that is not known (not registered, or it takes ``**kwargs`` onwards)."""
+    import mmsora.registry as registries
+    for name in registries.__all__:  # (their locations are imported on a lookup)
+        try:
+            getattr(registries, name).get(class_name)
+        except Exception:
+            pass
+    cls = _find_registered_class(class_name)
+    if cls is None:
+        return None
+    from mmsora.utils.config_keys import accepted_arguments
+    try:
+        names, complete = accepted_arguments(cls)
+    except (TypeError, ValueError):  # no signature
+        return None
+    return set(names) if complete else None
 
 
 def _edits(a: str, b: str) -> int:
@@ -538,15 +647,21 @@ def _registry_names(scope_name):
     return []
 
 
-def _find_registered_class(class_name):
+def _registered(class_name):
+    """``(registry, class)`` of the (mmsora or mmengine, through the parents) registry
+    that holds ``class_name``, or ``(None, None)``."""
     import mmsora.registry as registries
     for name in registries.__all__:
         node = getattr(registries, name)
         while node is not None:
             if class_name in node.module_dict:
-                return node.module_dict[class_name]
+                return node, node.module_dict[class_name]
             node = node.parent
-    return None
+    return None, None
+
+
+def _find_registered_class(class_name):
+    return _registered(class_name)[1]
 
 
 def _registered_subclasses(class_name):
@@ -565,7 +680,8 @@ def unknown_type_message(obj_type: str, registry_name: str) -> str:
     that does hold TYPE (a class registered in the wrong one) comes first, then close
     names; without either, where a class of one's own gets registered
     (``custom_imports``)."""
-    elsewhere = _holding_registry(obj_type)
+    holder = _registered(obj_type)[0]
+    elsewhere = holder.name if holder is not None else None
     close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
     if elsewhere:
         hint = f'; it is registered in the {elsewhere} registry'
@@ -575,18 +691,6 @@ def unknown_type_message(obj_type: str, registry_name: str) -> str:
         hint = ('; a class of your own is registered when its module is imported: list '
                 'the module in the config\'s custom_imports (README, "Your own modules")')
     return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
-
-
-def _holding_registry(obj_type: str):
-    """The name of the (mmsora or mmengine) registry that holds ``obj_type``, or None."""
-    import mmsora.registry as registries
-    for name in registries.__all__:
-        node = getattr(registries, name)
-        while node is not None:
-            if obj_type in node.module_dict:
-                return node.name
-            node = node.parent
-    return None
 
 
 def unknown_key_message(class_name, key, skip=(), names=None):
@@ -671,7 +775,8 @@ def add_malloc_option(parser) -> None:
     parser.add_argument('--default-malloc', action='store_true',
                         help="on the CPU, leave glibc's malloc as it is (default there: "
                         'it keeps the memory a step frees for the next one instead of '
-                        'faulting fresh pages in; faster, about the same peak)')
+                        'faulting fresh pages in: faster steps; the peak can be higher, '
+                        '+1%% training DiT-S/2, more where steps differ in size)')
 
 
 def keep_freed_memory_on_cpu(args, on_cpu: bool) -> bool:

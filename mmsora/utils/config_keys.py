@@ -173,22 +173,15 @@ def _note_top_level(cfg) -> None:
     read (``trian_cfg``: taken as a variable of the config's own, and the section it
     meant left as the base has it, without a word). A note, not a refusal: a variable
     of one's own may be that close and used (``vae_cfg`` in ``model.vae``)."""
-    from mmengine.runner import FlexibleRunner, Runner
-
-    from mmsora.utils.cli import OPTIONAL_TOP_LEVEL, _edits, is_launch_rank0
-    known = {'_base_', 'custom_imports', 'runner_type', *OPTIONAL_TOP_LEVEL}
-    for runner in (Runner, FlexibleRunner):
-        known.update(inspect.signature(runner.__init__).parameters)
-    known -= {'self', 'cfg'}
+    from mmsora.utils.cli import _edits, known_top_level, note
+    known = known_top_level()
     for key in cfg.keys():
         if key in known or len(key) <= 4:
             continue
         meant = min(known, key=lambda name: (not _swapped(key, name), _edits(key, name)))
-        if (_edits(key, meant) == 1 or _swapped(key, meant)) and is_launch_rank0():
-            import sys
-            print(f'note: {key} is not a section the Runner or the tools read; if it '
-                  f'stands for {meant}, rename it (a variable of the config\'s own is '
-                  'fine)', file=sys.stderr, flush=True)
+        if _edits(key, meant) == 1 or _swapped(key, meant):
+            note(f'{key} is not a section the Runner or the tools read; if it stands for '
+                 f'{meant}, rename it (a variable of the config\'s own is fine)')
 
 
 # What the Runner reads from these sections (mmengine 0.10: Runner.setup_env and
@@ -396,6 +389,13 @@ def _check_hooks(cfg) -> None:
             continue
         extra = None
         if issubclass(cls, EMAHook):
+            momentum = hook.get('momentum')
+            if momentum is not None and (isinstance(momentum, bool) or not isinstance(
+                    momentum, (int, float)) or not 0 < momentum < 1):
+                # (mmengine's assertion, a traceback, when the hook built its average)
+                raise UserError(f'{where}.momentum={momentum!r}: the EMA moves that '
+                                'fraction of the way to the weights each step, in (0, 1); '
+                                "DiT's decay 0.9999 is momentum=1e-4")
             ema_type = hook.get('ema_type', inspect.signature(cls).parameters[
                 'ema_type'].default)
             try:
@@ -412,12 +412,46 @@ def _check_hooks(cfg) -> None:
                           past_kwargs=issubclass(cls, CheckpointHook))
 
 
+def _check_sample_cfg(cfg) -> None:
+    """``sample_cfg`` (and a hook's or the evaluation's own over it) against the
+    model's objective: a sampler name or option typo failed when the samples were
+    first drawn, a sampling hook's interval into the run (and the run with it), or at
+    ``tools/infer.py``. A model config that does not build is left to the model."""
+    from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    from mmsora.models.latent_diffusion import LatentDiffusion
+    from mmsora.registry import DIFFUSION
+    base = cfg.get('sample_cfg')
+    base = dict(base) if isinstance(base, dict) else {}
+    entries = [('sample_cfg', base)] if base else []
+    for i, hook in enumerate(cfg.get('custom_hooks') or []):
+        if isinstance(hook, dict) and isinstance(hook.get('sample_cfg'), dict):
+            entries.append((f'custom_hooks[{i}].sample_cfg', {**base, **hook['sample_cfg']}))
+    evaluation = cfg.get('evaluation')
+    if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
+        entries.append(('evaluation.sample_cfg', {**base, **evaluation['sample_cfg']}))
+    model = cfg.get('model')
+    if not entries or not isinstance(model, dict) or model.get('type') != 'LatentDiffusion':
+        return
+    try:
+        diffusion = DIFFUSION.build(model.get('diffusion', dict(type='GaussianDiffusion')))
+    except Exception:
+        return
+    own = [name for name in inspect.signature(LatentDiffusion.sample).parameters
+           if name not in ('self', 'sampler_kwargs')]
+    for where, settings in entries:
+        try:
+            check_sample_settings(diffusion, settings, own)
+        except ValueError as e:
+            raise UserError(f'{where}: {e}') from None
+
+
 def check_training_keys(cfg) -> None:
     """Every entry of a training config that the Runner builds from a registry — the
     loop (``train_cfg``), the training loader's dataset, sampler and ``collate_fn``,
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
-    or, for the dataset, a missing argument is one line. Nothing is built or read."""
+    or, for the dataset, a missing argument is one line; ``sample_cfg`` against the
+    model's objective (which alone is built: it holds no weights). Nothing is read."""
     _note_top_level(cfg)
     _check_sections(cfg)
     loop = _check_train_loop(cfg)
@@ -426,4 +460,5 @@ def check_training_keys(cfg) -> None:
     _check_optimizer(cfg)
     _check_hooks(cfg)
     _check_visualizer(cfg)
+    _check_sample_cfg(cfg)
     _check_iteration_based(cfg, loop)

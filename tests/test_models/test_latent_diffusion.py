@@ -32,6 +32,16 @@ def test_loss_terms_and_backward():
     assert model.denoiser.x_embedder.proj.weight.grad.abs().sum() > 0
 
 
+def test_a_part_that_is_not_a_config_is_named():
+    """model.denoiser=None (--cfg-options) was mmengine's TypeError traceback."""
+    with pytest.raises(ValueError, match=r'^model.denoiser must be a config '
+                                         r'dict\(type=...\), got None$'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=None, latent_shape=(4, 8, 8)))
+    with pytest.raises(ValueError, match=r"^model.diffusion must be .*, got 'ddpm'$"):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, diffusion='ddpm',
+                          latent_shape=(4, 8, 8), num_classes=3))
+
+
 def test_settings_stated_twice_must_agree():
     """model.num_classes against the denoiser's (an IndexError at sampling, even for
     label 0), and learn_sigma of the denoiser against the objective's (an

@@ -118,6 +118,69 @@ def test_an_error_in_a_base_file_names_the_base(tmp_path):
         load_config(str(tmp_path / 'base.py'))
 
 
+def test_a_child_variable_that_its_base_spent_is_noted(tmp_path, capsys):
+    """OpenMMLab's trap: a child's data_root = '/mine' over a base whose dataset
+    entry was built from the base's own data_root left the entry at the base's path,
+    without a word (the run read the base's data, or failed after the Runner's
+    start-up on a path the child never names)."""
+    (tmp_path / 'base.py').write_text(
+        "data_root = '/base/latents'\nmax_iters = 100\n"
+        "train_dataloader = dict(dataset=dict(data_root=data_root, "
+        "ann_file=data_root + '/index.json'))\n"
+        "train_cfg = dict(max_iters=max_iters)\n"
+        "param_scheduler = [dict(type='LinearLR', end=max_iters)]\n")
+    (tmp_path / 'child.py').write_text("_base_ = ['base.py']\ndata_root = '/mine'\n"
+                                       "max_iters = 20\ntrain_cfg = dict(max_iters=20)\n")
+    load_config(str(tmp_path / 'child.py'))
+    err = capsys.readouterr().err
+    assert (f"note: {tmp_path}/child.py sets data_root='/mine', but "
+            'train_dataloader.dataset.data_root, train_dataloader.dataset.ann_file still '
+            f"hold the value of data_root in {tmp_path}/base.py ('/base/latents')") in err
+    # the child set train_cfg.max_iters itself: only the schedule is left behind
+    assert ("sets max_iters=20, but param_scheduler.0.end still holds the value of "
+            'max_iters') in err
+    # a child that sets the entries too, or the same value, gets no note
+    (tmp_path / 'child.py').write_text(
+        "_base_ = ['base.py']\ndata_root = '/mine'\nmax_iters = 100\n"
+        "train_dataloader = dict(dataset=dict(data_root=data_root, "
+        "ann_file=data_root + '/index.json'))\n")
+    load_config(str(tmp_path / 'child.py'))
+    assert 'note:' not in capsys.readouterr().err
+
+
+def test_an_entry_of_another_type_than_its_base_names_what_it_kept(tmp_path, capsys):
+    """mmengine merges a child's entry into its base's: a dataset turned into another
+    class kept the base's keys and failed with an unknown key naming no base (no
+    _delete_ hint). Only keys the new class does not take are named."""
+    (tmp_path / 'base.py').write_text(
+        "train_dataloader = dict(dataset=dict(type='PackedLatentDataset', data_root='d', "
+        "sample_posterior=False, random_flip=False))\n"
+        "optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.95)))\n")
+    (tmp_path / 'child.py').write_text(
+        "_base_ = ['base.py']\n"
+        "train_dataloader = dict(dataset=dict(type='NpyLatentDataset', features_dir='f', "
+        "labels_dir='l'))\n"
+        "optim_wrapper = dict(optimizer=dict(type='SGD', lr=1e-4))\n")
+    load_config(str(tmp_path / 'child.py'))
+    err = capsys.readouterr().err
+    assert (f'note: {tmp_path}/child.py changes train_dataloader.dataset from '
+            f'PackedLatentDataset (in {tmp_path}/base.py) to NpyLatentDataset and keeps the '
+            "base entry's "
+            'sample_posterior, random_flip, which NpyLatentDataset does not take: mmengine '
+            "merges an entry into the base's; to start it afresh, give it _delete_=True"
+            ) in err
+    # lr is SGD's too: only betas is named
+    assert "changes optim_wrapper.optimizer from AdamW (in" in err
+    assert "keeps the base entry's betas, which SGD does not take" in err
+    (tmp_path / 'child.py').write_text(
+        "_base_ = ['base.py']\n"
+        "train_dataloader = dict(dataset=dict(_delete_=True, type='NpyLatentDataset', "
+        "features_dir='f', labels_dir='l', data_root='d'))\n"
+        "optim_wrapper = dict(optimizer=dict(_delete_=True, type='SGD', lr=1e-4))\n")
+    load_config(str(tmp_path / 'child.py'))
+    assert 'note:' not in capsys.readouterr().err
+
+
 def test_a_folder_given_for_the_config_is_named(tmp_path):
     """A work dir given to tools/train.py was 'config file not found: WORK_DIR'."""
     with pytest.raises(UserError, match=rf'^{tmp_path} is a folder, not a config file: '

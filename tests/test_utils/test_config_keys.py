@@ -119,6 +119,20 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
      "train_cfg.max_iters='ten': a number of iterations (at least 1)"),
     (lambda c: c.custom_hooks.append(dict(momentum=1e-4)),
      "custom_hooks[2]: no type; give it, e.g. dict(type='EMAHook', ...)"),
+    # mmengine's assertion when the hook built its average: a traceback
+    (lambda c: c.custom_hooks[0].update(momentum=2),
+     'custom_hooks[0].momentum=2: the EMA moves that fraction of the way to the weights '
+     "each step, in (0, 1); DiT's decay 0.9999 is momentum=1e-4"),
+    (lambda c: c.custom_hooks[0].update(momentum='1e-4'), "custom_hooks[0].momentum='1e-4'"),
+    # sample_cfg: met when samples were first drawn (a sampling hook's interval in)
+    (lambda c: c.update(sample_cfg=dict(sampler='ddim', num_step=10)),
+     "sample_cfg: sampler 'ddim' takes no option num_step (its options: eta; the sampling "
+     'settings: sampler, num_steps, cfg_scale, guidance_channels); did you mean num_steps?'),
+    (lambda c: c.update(sample_cfg=dict(sampler='dpm')),
+     "sample_cfg: unknown sampler 'dpm' for GaussianDiffusion; choose one of"),
+    (lambda c: c.custom_hooks.append(dict(type='SampleVisualizationHook', interval=100,
+                                          sample_cfg=dict(etta=0.5))),
+     "custom_hooks[2].sample_cfg: sampler 'ddim' takes no option etta"),
 ])
 def test_mistakes_the_runner_met_late_or_never_are_refused(edit, expected):
     cfg = load_config(DEMO)
