@@ -99,7 +99,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_args(args, num_classes, video=False):
+LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one takes '
+                        '--prompt / --prompt-file')
+
+
+def check_args(args, num_classes, video=False, text=False):
     """Validate values a parser cannot; raise UserError naming the option."""
     for name in ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'):
         value = getattr(args, name)
@@ -131,6 +135,8 @@ def check_args(args, num_classes, video=False):
                 osp.splitext(args.out)[1].lower()) not in Image.SAVE:
             raise UserError(f'--out {args.out}: pictures are saved as one grid image, '
                             'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')
+    if text and args.labels:  # not 'out of range' of its one (null) class
+        raise UserError(LABELS_ON_TEXT_MODEL)
     bad = [y for y in args.labels or [] if num_classes is not None and not 0 <= y < num_classes]
     if bad:
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
@@ -147,10 +153,14 @@ def precheck_args(args) -> None:
         apply_cfg_options(cfg, args.cfg_options)
         model = cfg.model
         video = len(model.latent_shape) == 4
+        denoiser = model.get('denoiser') or {}
+        from mmsora.registry import MODELS
+        kind = MODELS.get(denoiser['type']) if isinstance(denoiser.get('type'), str) else None
+        text = denoiser.get('condition', getattr(kind, 'condition', None)) == 'text'
     except Exception:  # said where init_model meets it
         return
     classes = model.get('num_classes')
-    check_args(args, classes if isinstance(classes, int) else None, video)
+    check_args(args, classes if isinstance(classes, int) else None, video, text)
 
 
 def parse_sampler_options(items):
@@ -200,8 +210,7 @@ def read_prompts(args, model):
             raise UserError('this model is text-conditioned: give --prompt TEXT ... or '
                             '--prompt-file FILE')
         if args.labels:
-            raise UserError('--labels is for class-conditional models; this one takes '
-                            '--prompt / --prompt-file')
+            raise UserError(LABELS_ON_TEXT_MODEL)
         if model.text_encoder is None:
             raise UserError('this text-conditioned model has no text encoder: set '
                             'model.text_encoder.pretrained_path=DIR with --cfg-options')
@@ -230,7 +239,7 @@ def main(argv=None):
     if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled
         what = 'trained weights (--no-ema)' if args.no_ema else 'EMA weights where it has them'
         print(f'weights: {model.loaded_from} ({what})', flush=True)
-    check_args(args, model.num_classes, video)
+    check_args(args, model.num_classes, video, model.text_conditioned)
     if args.num_frames is not None or args.resolution is not None:
         from mmsora.apis.inference import set_output_size
         try:

@@ -192,6 +192,8 @@ def main(argv=None):
     print(f'saved {out}: {timeline["duration"]:.1f} s, {shots} shot{"s" * (shots != 1)}, '
           f'{segments} segment{"s" * (segments != 1)}, {composer.size[0]}x{composer.size[1]} '
           f'at {args.fps:g} fps ({result.language})')
+    for shot, (start, end) in zip(result.shots, timeline['shots']):
+        print(f'  shot {shot.index + 1}, {start:.1f}-{end:.1f} s: {shot.prompt}')
 
 
 if __name__ == '__main__':

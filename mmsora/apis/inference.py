@@ -2,7 +2,6 @@
 import glob
 import os
 import os.path as osp
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 
 from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
                                      load_state_dict_checked)
+from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'sample_images',
            'save_image_grid']
@@ -189,11 +189,8 @@ def set_output_size(model, num_frames: Optional[int] = None,
             shape[-2:] = list(vae.latent_size(h, w))
             made = tuple(vae.decoded_size(h, w)) if hasattr(vae, 'decoded_size') else (h, w)
             if made != (h, w):  # (the size came out otherwise without a word)
-                from mmengine.dist import is_main_process
-                if is_main_process():
-                    print(f'note: resolution {h}x{w} makes {made[0]}x{made[1]} frames '
-                          '(the nearest the Stable Cascade latent grid decodes to)',
-                          file=sys.stderr, flush=True)
+                note(f'resolution {h}x{w} makes {made[0]}x{made[1]} frames (the nearest '
+                     'the Stable Cascade latent grid decodes to)')
         elif h % f or w % f:
             raise ValueError(f'resolution {h}x{w} is not a multiple of the VAE factor {f}')
         else:
@@ -210,6 +207,13 @@ def set_output_size(model, num_frames: Optional[int] = None,
     if video and most is not None and shape[1] > most:
         raise ValueError(f'{shape[1]} latent frames but the denoiser has a table for at most '
                          f'{most} (model.denoiser.num_frames); train for longer clips')
+    trained = model.latent_shape[1] if video else None
+    if video and most is None and shape[1] > trained:
+        # no table to refuse it (Stable Cascade's sinusoidal frame positions): allowed,
+        # and said
+        note(f'{shape[1]} latent frames, more than the {trained} the model was configured '
+             'to train on (model.latent_shape): frames past those are extrapolated and may '
+             'lose motion or coherence')
     embedder = getattr(denoiser, 'x_embedder', None)
     if embedder is not None and hasattr(embedder, 'img_size'):
         trained = tuple(embedder.img_size)

@@ -84,3 +84,20 @@ def test_vae_with_its_own_rounding_and_too_many_steps(capsys):
     model.__dict__['vae'] = None
     with pytest.raises(ValueError, match=r'num_steps must be in \[1, 1000\]'):
         model.sample([0], num_steps=1001, sampler='ddim')
+
+
+def test_frames_past_the_trained_length_are_noted_without_a_table(repo_root, capsys):
+    """Stable Cascade's temporal layers have no frame table to refuse a longer clip:
+    --num-frames beyond the trained length was taken without a word."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        f'{repo_root}/configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py').model
+    cfg.update(vae=None, text_encoder=None)
+    model = MODELS.build(cfg)
+    trained = cfg.latent_shape[1]
+    capsys.readouterr()
+    assert set_output_size(model, num_frames=trained)[1] == trained
+    assert 'note:' not in capsys.readouterr().err
+    assert set_output_size(model, num_frames=trained + 2)[1] == trained + 2
+    assert (f'note: {trained + 2} latent frames, more than the {trained} the model was '
+            'configured to train on') in capsys.readouterr().err

@@ -80,6 +80,19 @@ def test_stage_b_guidance_uses_the_empty_caption_as_negative(clip_path, tmp_path
     assert torch.equal(calls[-1]['negative_pooled'], empty)
 
 
+def test_stage_b_progress_bar_follows_sample_progress(clip_path, tmp_path, capfd):
+    """progress=False (mass sampling, the evaluation hook) still drew Stage B's bar
+    over micro-batches: decode() was called with its own default (True)."""
+    model = build(clip_path, make_tiny_stable_cascade_decoder(str(tmp_path / 'sc')),
+                  micro_batch_size=1)
+    calls = spy_decode(model.vae)
+    for progress in (False, True):
+        capfd.readouterr()
+        model.sample(prompts=PROMPTS, seeds=[0, 1], num_steps=2, progress=progress)
+        assert calls[-1]['progress'] is progress
+        assert ('Stage B+A decode' in capfd.readouterr().err) is progress
+
+
 def test_class_models_decode_as_before():
     from mmsora.models.latent_diffusion import LatentDiffusion
     model = mock.Mock(text_conditioned=False)

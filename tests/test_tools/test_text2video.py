@@ -94,6 +94,11 @@ def test_cli_makes_a_video_from_an_mmsora_checkpoint(tiny_dit, repo_root, tmp_pa
                        '--fps', '8', '--shot-seconds', '0'], repo_root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'saved' in result.stdout and '2 shots' in result.stdout
+    # each shot's picture prompt, with its span (the prompts were not shown anywhere)
+    shown = [line for line in result.stdout.splitlines() if line.startswith('  shot ')]
+    assert [line.split(':')[0] for line in shown] == ['  shot 1, 0.0-2.2 s',
+                                                      '  shot 2, 2.2-4.7 s'], shown
+    assert 'red disk rolls away' in shown[0] and 'green square waits' in shown[1]
     info = probe_video(str(out))
     # Silent speech lasts 60/160 s per word (5 + 6 words), plus a 0.3 s pause each.
     assert info['duration'] == pytest.approx(11 * 60 / 160 + 2 * 0.3, abs=0.13)

@@ -64,6 +64,10 @@ def test_prompts_select_their_clips(repo_root, tmp_path):
               'to the other')
     assert min(gaps) >= MIN_GAP, gaps
 
-    # A class-style call on a text model is refused with the option to use.
-    result = run(['tools/infer.py', str(work), '--labels', '0'], repo_root, 120)
-    assert result.returncode != 0 and '--prompt' in result.stderr
+    # A class-style call on a text model is refused with the option to use (a label
+    # past its one null class was 'out of range: the model has 1 class').
+    for label in '0', '3':
+        result = run(['tools/infer.py', str(work), '--labels', label], repo_root, 120)
+        assert result.returncode != 0 and ('error: --labels is for class-conditional '
+                                           'models; this one takes --prompt / --prompt-file'
+                                           ) in result.stderr, result.stderr[-2000:]
