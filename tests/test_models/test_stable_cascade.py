@@ -201,6 +201,24 @@ def test_load_released_stage_c_folder(tmp_path):
         model.load_stage_c(str(tmp_path), 'prior_lite')
 
 
+def test_a_stage_b_given_for_the_prior_is_named(tmp_path):
+    """A decoder folder given as the prior: a line of every architecture key that
+    differed. The load of a prior is logged (it was silent)."""
+    from unittest import mock
+
+    from mmsora.utils.tiny_checkpoints import make_tiny_stable_cascade_decoder
+    make_tiny_stable_cascade_decoder(str(tmp_path / 'sc'))
+    model = MODELS.build(dict(type='StableCascadeVideo', unet=TINY_STAGE_C))
+    with pytest.raises(ValueError, match=r'^\S+decoder_lite holds a Stage B \(the decoder: '
+                                         r'it reads EfficientNet latents\), not a Stage C '
+                                         r'prior: point pretrained_path'):
+        model.load_stage_c(str(tmp_path / 'sc'), 'decoder_lite')
+    StableCascadeUNet(**TINY_STAGE_C).save_pretrained(tmp_path / 'prior_lite')
+    with mock.patch('mmengine.logging.print_log') as logged:
+        model.load_stage_c(str(tmp_path), 'prior_lite')
+    assert logged.call_args[0][0].startswith(f'Stage C weights from {tmp_path}/prior_lite: ')
+
+
 # --------------------------------------------------------------------------- #
 #                                 Objective                                    #
 # --------------------------------------------------------------------------- #

@@ -265,15 +265,28 @@ class StableCascadeVideo(nn.Module):
         with open(config_file) as f:
             theirs = json.load(f)
         ours = self.unet.config
+        if theirs.get('effnet_in_channels') and not ours.get('effnet_in_channels'):
+            # (each architecture key differed: a line of a dozen mismatches)
+            raise ValueError(f'{folder} holds a Stage B (the decoder: it reads EfficientNet '
+                             'latents), not a Stage C prior: point pretrained_path / '
+                             "pretrained_subfolder at the prior ('prior_lite' or 'prior' "
+                             'of stable-cascade-prior)')
         diff = [k for k in _ARCH_KEYS if k in theirs and _plain(theirs[k]) != _plain(ours[k])]
         if diff:
-            raise ValueError(f'{folder} holds a different Stage C: ' + ', '.join(
-                f'{k}={theirs[k]} (model: {_plain(ours[k])})' for k in diff))
+            shown = ', '.join(f'{k}={theirs[k]} (model: {_plain(ours[k])})' for k in diff[:4])
+            more = f' and {len(diff) - 4} more' if len(diff) > 4 else ''
+            raise ValueError(f'{folder} holds a different Stage C: {shown}{more}')
         src = stage_c_module().StableCascadeUNet.from_pretrained(
             path, subfolder=subfolder, torch_dtype=torch.float32, **local_pretrained_kwargs())
-        self.unet.load_state_dict(src.state_dict(), strict=True)
+        state = src.state_dict()
+        self.unet.load_state_dict(state, strict=True)
         if self.freeze_spatial:
             self.unet.requires_grad_(False)
+        from mmengine.logging import print_log
+        print_log(f'Stage C weights from {folder}: {len(state)} tensors, '
+                  f'{sum(v.numel() for v in state.values()) / 1e6:.1f}M parameters'
+                  f'{" (frozen)" if self.freeze_spatial else ""}; the temporal layers are '
+                  'not in it', logger='current')
 
     # ------------------------------------------------------------------ helpers
     def null_condition(self, n: int, device, dtype=torch.float32):
