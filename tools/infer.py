@@ -153,10 +153,8 @@ def precheck_args(args) -> None:
         apply_cfg_options(cfg, args.cfg_options)
         model = cfg.model
         video = len(model.latent_shape) == 4
-        denoiser = model.get('denoiser') or {}
-        from mmsora.registry import MODELS
-        kind = MODELS.get(denoiser['type']) if isinstance(denoiser.get('type'), str) else None
-        text = denoiser.get('condition', getattr(kind, 'condition', None)) == 'text'
+        from mmsora.utils.config_keys import text_conditioned_config
+        text = text_conditioned_config(model)
     except Exception:  # said where init_model meets it
         return
     classes = model.get('num_classes')

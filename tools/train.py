@@ -214,26 +214,63 @@ def check_resume_matches_strategy(cfg):
                             'model.pretrained_denoiser=FILE)')
 
 
-def check_latent_scale(cfg):
-    """Refuse a packed latent store whose recorded scale is not the config's VAE's
-    (``index.json``'s ``scale_factor`` against ``model.vae.scale_factor``): latents
-    scaled one way and decoded the other train and sample without a word, wrongly."""
+def check_latent_store(cfg):
+    """A packed latent store's ``index.json`` against the config, before the Runner.
+    The scale (``scale_factor`` against ``model.vae.scale_factor``): latents scaled one
+    way and decoded the other trained and sampled without a word, wrongly. The labels
+    of a class-conditional model against ``model.num_classes``: a label past them
+    stopped the run at the first batch that held one, which may come hours in."""
     dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
-    vae = cfg.model.get('vae') or {}
-    if dataset.get('type') != 'PackedLatentDataset' or vae.get('type') != \
-            'AutoencoderKLWrapper':
+    if dataset.get('type') != 'PackedLatentDataset':
         return
-    index = osp.join(dataset.get('data_root', ''), dataset.get('store', ''), 'index.json')
-    if not osp.isfile(index):
+    root = osp.normpath(osp.join(dataset.get('data_root', ''), dataset.get('store', '')))
+    index_file = osp.join(root, 'index.json')
+    if not osp.isfile(index_file):
         return  # the dataset names a missing store when it is built
     import json
-    with open(index) as f:
-        stored = json.load(f).get('scale_factor')
-    ours = vae.get('scale_factor', 0.18215)
-    if stored is not None and abs(stored - ours) > 1e-6 * abs(ours):
-        raise UserError(f'{index}: the latents were scaled by {stored:g} but '
+    try:
+        with open(index_file) as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return  # the dataset says what is wrong with it
+    vae = cfg.model.get('vae') or {}
+    stored, ours = index.get('scale_factor'), vae.get('scale_factor', 0.18215)
+    if vae.get('type') == 'AutoencoderKLWrapper' and stored is not None and \
+            abs(stored - ours) > 1e-6 * abs(ours):
+        raise UserError(f'{index_file}: the latents were scaled by {stored:g} but '
                         f'model.vae.scale_factor is {ours:g}: set model.vae.scale_factor='
                         f'{stored:g} (or extract the latents again with the VAE\'s scale)')
+    from mmsora.utils.config_keys import text_conditioned_config
+    if text_conditioned_config(cfg.model):
+        return
+    classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
+    if not isinstance(classes, int):
+        return
+    import numpy as np
+    low = high = None
+    for shard in index.get('shards') or []:
+        try:
+            labels = np.load(osp.join(root, shard['labels_file']))
+        except (KeyError, OSError, ValueError):
+            return  # the dataset says what is wrong with it
+        if labels.size:
+            low = int(labels.min()) if low is None else min(low, int(labels.min()))
+            high = int(labels.max()) if high is None else max(high, int(labels.max()))
+    if low is None:
+        return
+    if classes == 1:  # unconditional: -1 ("no label") is class 0
+        low = max(low, 0)
+    if low < 0:
+        raise UserError(f'{root}: the store holds label {low} (a manifest row without a '
+                        'label is -1): add a label column to the manifest, or set '
+                        'model.num_classes=1 for an unconditional model')
+    if high >= classes:
+        takes = ('an unconditional model: label 0, or -1' if classes == 1 else
+                 f'labels 0 to {classes - 1}')
+        raise UserError(f'{root}: the store\'s labels go up to {high} but '
+                        f'model.num_classes={classes} ({takes}): set '
+                        f'model.num_classes={high + 1} and model.denoiser.num_classes='
+                        f'{high + 1}')
 
 
 def build_train_config(args):
@@ -327,7 +364,7 @@ def build_train_config(args):
         # leaves the batch a list (an AttributeError in the model): ours stack it
         if not cfg.train_dataloader.get('collate_fn'):
             cfg.train_dataloader.collate_fn = dict(type='default_collate')
-    check_latent_scale(cfg)  # latents scaled for another VAE setting
+    check_latent_store(cfg)  # latents scaled for another VAE, labels past num_classes
     check_resume_matches_strategy(cfg)
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and not cfg.get('resume')):

@@ -412,6 +412,21 @@ def _check_hooks(cfg) -> None:
                           past_kwargs=issubclass(cls, CheckpointHook))
 
 
+def text_conditioned_config(model) -> bool:
+    """Whether a ``model`` config's denoiser reads text (``condition='text'`` in the
+    config, or as its class has it: StableCascadeVideo), from the config alone."""
+    denoiser = (model or {}).get('denoiser') or {}
+    if not isinstance(denoiser, dict):
+        return False
+    kind = denoiser.get('type')
+    try:
+        from mmsora.registry import MODELS
+        cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    except Exception:
+        cls = None
+    return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
+
+
 def _check_sample_cfg(cfg) -> None:
     """``sample_cfg`` (and a hook's or the evaluation's own over it) against the
     model's objective: a sampler name or option typo failed when the samples were

@@ -558,3 +558,30 @@ def test_latents_of_another_scale_are_refused(repo_root, tmp_path):
                                         r'model.vae.scale_factor=0.5'):
         build_train_config(parse_args(argv))
     build_train_config(parse_args([*argv, 'model.vae.scale_factor=0.5']))
+
+
+def test_labels_past_the_models_classes_are_refused_before_the_run(repo_root, tmp_path):
+    """A store label past model.num_classes stopped the run at the first batch that
+    held one (with a rare label, hours in); a row without a label (-1) likewise."""
+    from mmsora.datasets import LatentStoreWriter
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+
+    def store(name, *shards):
+        writer = LatentStoreWriter(str(tmp_path / name), sum(map(len, shards)), (4, 32, 32),
+                                   scale_factor=0.18215, shard_size=2)
+        for i, labels in enumerate(shards):
+            writer.write_shard(i, np.zeros((len(labels), 1, 2, 4, 32, 32), np.float32), labels)
+        writer.finalize()
+        return [config, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                'model.num_classes=4', 'model.denoiser.num_classes=4',
+                f'train_dataloader.dataset.data_root={tmp_path / name}']
+
+    argv = store('past', [0, 1], [3, 6])  # the model has 4 classes; 6 in the 2nd shard
+    with pytest.raises(UserError, match=r"past: the store's labels go up to 6 but "
+                                        r'model.num_classes=4 \(labels 0 to 3\): set '
+                                        r'model.num_classes=7 and model.denoiser.num_classes=7$'):
+        build_train_config(parse_args(argv))
+    with pytest.raises(UserError, match=r'none: the store holds label -1 \(a manifest row '
+                                        r'without a label is -1\): add a label column'):
+        build_train_config(parse_args(store('none', [0, -1])))
+    build_train_config(parse_args(store('fits', [0, 3], [2, 1])))
