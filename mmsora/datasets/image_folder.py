@@ -18,7 +18,8 @@ from .utils import WorkerRNGMixin, draw_seed, natural_sort_key
 __all__ = ['IMG_EXTENSIONS', 'center_crop_arr', 'scan_image_folder', 'load_image',
            'image_to_tensor', 'ImageFolderDataset']
 
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+# torchvision's ImageFolder's (what DiT's train.py reads)
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 
 def center_crop_arr(pil_image, image_size):
@@ -63,9 +64,18 @@ def scan_image_folder(root):
 
 
 def load_image(path):
-    """Decode an image file to RGB; raises OSError/ValueError if it is unreadable."""
+    """Decode an image file to RGB; raises OSError/ValueError if it is unreadable.
+
+    As torchvision's loader (DiT's), ``convert('RGB')``, except for 16- and 32-bit
+    grayscale (a 16-bit PNG opens as mode ``I;16``): ``convert`` clips those values
+    at 255, so a 16-bit picture came out almost white; they are scaled to 8 bits."""
     with open(path, 'rb') as f:
         img = Image.open(f)
+        if img.mode.startswith('I;16') or img.mode == 'I':
+            values = np.asarray(img, dtype=np.float64)
+            if img.mode != 'I' or values.max() > 255:  # 16-bit range (mode I: a
+                values = values / 257.0  # 16-bit PNG on older Pillow; 8-bit data kept)
+            img = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), 'L')
         return img.convert('RGB')
 
 

@@ -57,3 +57,22 @@ def test_image_folder_dataset(image_folder):
     broken = [i for i, (s, _) in enumerate(ds.samples) if s.endswith('broken.png')][0]
     with pytest.raises(ValueError, match='broken.png'):
         ds[broken]
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit grayscale PNG (mode I;16) came out almost white: convert('RGB')
+    clips its values at 255. 8-bit pictures load as before (torchvision's loader)."""
+    from PIL import Image
+
+    from mmsora.datasets.image_folder import load_image
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / 'g16.png')
+    rgb = np.asarray(load_image(str(tmp_path / 'g16.png')))
+    assert rgb.shape == (64, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_allclose(rgb[..., 0], ramp / 257.0, atol=0.51)
+    eight = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(eight).save(tmp_path / 'rgb.png')
+    Image.fromarray(eight[..., 0]).save(tmp_path / 'l.png')
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / 'rgb.png'))), eight)
+    assert np.array_equal(np.asarray(load_image(str(tmp_path / 'l.png')))[..., 1],
+                          eight[..., 0])
