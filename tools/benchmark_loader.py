@@ -146,6 +146,12 @@ def main(argv=None):
         raise UserError(f'--num-samples {args.num_samples} is below one batch '
                         f'({args.batch_size})')
     check_output_path(args.data, '--data', folder=True)
+    if args.data and osp.isdir(args.data):  # (it wrote its three folders beside them)
+        other = sorted(set(os.listdir(args.data)) - {'features', 'labels', 'packed'})
+        if other:
+            raise UserError(f'--data {args.data} holds other files ({", ".join(other[:3])}'
+                            f'{", ..." if len(other) > 3 else ""}): it is the benchmark\'s '
+                            'own folder for the data it generates; give a new or empty one')
     check_output_path(args.json, '--json')  # before the work, not after it
     tmp = None
     root = args.data

@@ -1,5 +1,6 @@
 """tools/benchmark_loader.py times both layouts over the same items."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -72,6 +73,17 @@ def test_sizes_and_counts_are_checked_before_any_data_is_written(tmp_path, args,
     with pytest.raises(UserError, match=message):
         benchmark_loader.main(args + ['--data', str(tmp_path / 'data')])
     assert not (tmp_path / 'data').exists()
+
+
+def test_a_folder_of_other_files_is_refused_as_data(tmp_path):
+    """--data pointed at a latent store of one's own wrote features/, labels/ and
+    packed/ beside its index.json."""
+    (tmp_path / 'store').mkdir()
+    (tmp_path / 'store' / 'index.json').write_text('{}')
+    with pytest.raises(UserError, match=r'--data \S+store holds other files \(index.json\): '
+                                        "it is the benchmark's own folder"):
+        benchmark_loader.main(['--data', str(tmp_path / 'store')])
+    assert os.listdir(tmp_path / 'store') == ['index.json']
 
 
 def test_an_earlier_runs_data_is_reused_only_when_it_is_what_was_asked(tmp_path):
