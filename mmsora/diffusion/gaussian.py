@@ -136,10 +136,19 @@ def space_timesteps(num_timesteps, section_counts):
     if isinstance(section_counts, str):
         if section_counts.startswith('ddim'):
             desired_count = int(section_counts[len('ddim'):])
-            for stride in range(1, num_timesteps):
+            for stride in range(1, num_timesteps + 1):  # (to num_timesteps: 1 step too)
                 if len(range(0, num_timesteps, stride)) == desired_count:
                     return set(range(0, num_timesteps, stride))
-            raise ValueError(f'cannot create exactly {num_timesteps} steps with an integer stride')
+            # (IDDPM's message named num_timesteps, not the count asked for)
+            counts = sorted({len(range(0, num_timesteps, s))
+                             for s in range(1, num_timesteps + 1)})
+            below = max((c for c in counts if c < desired_count), default=None)
+            above = min((c for c in counts if c > desired_count), default=None)
+            near = ' or '.join(str(c) for c in (below, above) if c is not None)
+            raise ValueError(f'DDIM cannot take {desired_count} steps: its integer stride '
+                             f'over the {num_timesteps} timesteps (the DDIM paper\'s '
+                             f'spacing) gives {near} steps; give one of those, or the '
+                             'sampler DDIMScheduler (diffusers\') for any count')
         section_counts = [int(x) for x in section_counts.split(',')]
     size_per, extra = divmod(num_timesteps, len(section_counts))
     start_idx, all_steps = 0, []

@@ -116,6 +116,17 @@ def test_q_posterior_closed_form_and_diffusers():
 # --------------------------------------------------------------------------- #
 #                                  Respacing                                   #
 # --------------------------------------------------------------------------- #
+def test_ddim_step_counts_its_stride_cannot_make_are_named():
+    """--steps 60 with DiT's DDIM said 'cannot create exactly 1000 steps with an
+    integer stride' (IDDPM's message, naming the process, not the count); 1 step was
+    refused too (the stride search stopped short of the process length)."""
+    assert space_timesteps(1000, 'ddim1') == {0}
+    with pytest.raises(ValueError, match=r'^DDIM cannot take 60 steps: its integer stride '
+                                         r'over the 1000 timesteps .* gives 59 or 63 steps; '
+                                         r'give one of those, or the sampler DDIMScheduler'):
+        space_timesteps(1000, 'ddim60')
+
+
 def test_space_timesteps_hand_computed():
     steps = sorted(space_timesteps(1000, '250'))
     assert len(steps) == 250 and steps[0] == 0 and steps[-1] == 999
