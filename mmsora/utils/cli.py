@@ -45,8 +45,8 @@ def load_config(path):
         cfg = Config.fromfile(path, import_custom_modules=False)
     except Exception as e:  # syntax errors, bad _base_ paths, ...
         raise UserError(_config_error_message(path, e)) from e
+    _import_custom_modules(cfg.get('custom_imports'))  # (their classes, for the notes)
     _note_variables_left_in_base(path, cfg)
-    _import_custom_modules(cfg.get('custom_imports'))
     return cfg
 
 
@@ -67,7 +67,7 @@ def _folder_given_message(path) -> str:
 def _shown_path(path) -> str:
     """``path`` relative to the working directory when it lies below it."""
     relative = osp.relpath(path)
-    return path if relative.startswith('..') else relative
+    return osp.normpath(path) if relative.startswith('..') else relative
 
 
 def _config_error_message(path, error) -> str:
@@ -449,8 +449,15 @@ def is_launch_rank0() -> bool:
     return os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) == '0'
 
 
-def note(text: str) -> None:
-    """Print ``note: TEXT`` on standard error, once per launch (rank 0's)."""
+_NOTED = set()
+
+
+def note(text: str, once: bool = False) -> None:
+    """Print ``note: TEXT`` on standard error, once per launch (rank 0's); ``once``:
+    not again in this process (a config the tool loads twice)."""
+    if once and text in _NOTED:
+        return
+    _NOTED.add(text)
     if is_launch_rank0():
         print(f'note: {text}', file=sys.stderr, flush=True)
 
@@ -507,8 +514,9 @@ def _spent_entries(cfg, key, old) -> list:
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
                 walk(v, f'{path}.{i}')
-        elif length and type(node) is int and path != key and node == old:
-            found.append((path, True))
+        elif length and type(node) is int and path != key and node == old and \
+                path.startswith(('train_cfg.', 'param_scheduler')):  # (not an interval
+            found.append((path, True))  # that happens to hold the same number)
         elif path_like and isinstance(node, str) and path != key and (
                 node == old or node.startswith(old.rstrip('/') + '/')):
             found.append((path, node == old))
@@ -563,7 +571,14 @@ def _note_variables_left_in_base(path, cfg) -> None:
                 note(f'{_shown_path(path)} sets {key}={new!r}, but {_listed(found)} still '
                      f'{"holds" if len(found) == 1 else "hold"} the value of {key} in '
                      f'{_shown_path(base_path)} ({old!r}): a base\'s entries took its '
-                     'variables when it was read; set them in your config too')
+                     'variables when it was read; set them in your config too', once=True)
+
+
+# Keys mmengine's Runner and builders read beside a registered class's arguments (an
+# optimizer wrapper's constructor and paramwise_cfg, a scheduler's
+# convert_to_iter_based, a hook's priority, a visualizer's name).
+READ_BESIDE_THE_CLASS = ('_scope_', 'priority', 'constructor', 'paramwise_cfg',
+                         'convert_to_iter_based', 'name')
 
 
 def _note_type_changes(path, base_path, base, merged, where='') -> None:
@@ -574,7 +589,8 @@ def _note_type_changes(path, base_path, base, merged, where='') -> None:
     if isinstance(base, dict) and isinstance(merged, dict):
         kind, was = merged.get('type'), base.get('type')
         if isinstance(kind, str) and isinstance(was, str) and kind != was:
-            kept = [k for k in base if k != 'type' and k in merged and merged[k] == base[k]]
+            kept = [k for k in base if k not in ('type', *READ_BESIDE_THE_CLASS)
+                    and k in merged and merged[k] == base[k]]
             taken = _arguments_of(kind)
             # only keys the new class does not take (a same value given again beside
             # _delete_=True looks kept too, and is fine)
@@ -583,16 +599,13 @@ def _note_type_changes(path, base_path, base, merged, where='') -> None:
                 note(f'{_shown_path(path)} changes {where} from {was} (in '
                      f'{_shown_path(base_path)}) to {kind} and keeps the base entry\'s '
                      f'{", ".join(kept)}, which {kind} does not take: mmengine merges an '
-                     'entry into the base\'s; to start it afresh, give it _delete_=True')
+                     'entry into the base\'s; to start it afresh, give it _delete_=True',
+                     once=True)
             return
-        for key, value in merged.items():
+        for key, value in merged.items():  # (a list is replaced whole: nothing kept)
             if key in base:
                 _note_type_changes(path, base_path, base[key], value,
                                    f'{where}.{key}' if where else key)
-    elif isinstance(base, (list, tuple)) and isinstance(merged, (list, tuple)) and len(
-            base) == len(merged):
-        for i, (old, new) in enumerate(zip(base, merged)):
-            _note_type_changes(path, base_path, old, new, f'{where}.{i}')
 
 
 def _arguments_of(class_name):

@@ -181,6 +181,41 @@ def test_an_entry_of_another_type_than_its_base_names_what_it_kept(tmp_path, cap
     assert 'note:' not in capsys.readouterr().err
 
 
+def test_notes_of_base_entries_stay_quiet_where_nothing_is_kept(project, tmp_path, capsys):
+    """Review of the notes: a list replaced whole (mmengine merges dicts only), keys the
+    Runner reads beside a class (an optimizer wrapper's paramwise_cfg), an interval that
+    happens to equal a base's max_iters are not 'kept'; a dataset class of one's own
+    (custom_imports, imported before the notes) is; a config loaded twice notes once."""
+    config, module = project('myds', (
+        'from mmsora.registry import DATASETS\n'
+        f'@DATASETS.register_module(name="Ds_{tmp_path.name}")\n'
+        'class MyDataset:\n'
+        '    def __init__(self, data_root, split="train"):\n'
+        '        pass\n'))
+    (tmp_path / 'base.py').write_text(
+        "max_iters = 100\ntrain_cfg = dict(max_iters=max_iters)\n"
+        "default_hooks = dict(logger=dict(type='LoggerHook', interval=100))\n"
+        "custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]\n"
+        "optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4), "
+        "paramwise_cfg=dict(norm_decay_mult=0.0))\n"
+        "train_dataloader = dict(dataset=dict(type='PackedLatentDataset', data_root='d', "
+        "sample_posterior=False))\n")
+    (tmp_path / 'child.py').write_text(
+        "_base_ = ['base.py']\n"
+        f"custom_imports = dict(imports=['{module}'], allow_failed_imports=False)\n"
+        "max_iters = 200\ntrain_cfg = dict(max_iters=max_iters)\n"
+        "custom_hooks = [dict(type='RNGStateHook', priority='ABOVE_NORMAL')]\n"
+        "optim_wrapper = dict(type='AmpOptimWrapper', dtype='bfloat16')\n"
+        f"train_dataloader = dict(dataset=dict(type='Ds_{tmp_path.name}'))\n")
+    load_config(str(tmp_path / 'child.py'))
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+    assert len(notes) == 1, notes
+    assert (f'changes train_dataloader.dataset from PackedLatentDataset (in base.py) to '
+            f"Ds_{tmp_path.name} and keeps the base entry's sample_posterior") in notes[0]
+    load_config(str(tmp_path / 'child.py'))  # (tools/infer.py loads it twice)
+    assert 'note:' not in capsys.readouterr().err
+
+
 def test_a_folder_given_for_the_config_is_named(tmp_path):
     """A work dir given to tools/train.py was 'config file not found: WORK_DIR'."""
     with pytest.raises(UserError, match=rf'^{tmp_path} is a folder, not a config file: '

@@ -133,6 +133,9 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     (lambda c: c.custom_hooks.append(dict(type='SampleVisualizationHook', interval=100,
                                           sample_cfg=dict(etta=0.5))),
      "custom_hooks[2].sample_cfg: sampler 'ddim' takes no option etta"),
+    # what the hooks pass themselves (a TypeError 'got multiple values' at sampling)
+    (lambda c: c.update(sample_cfg=dict(sampler='ddim', progress=True)),
+     "sample_cfg: sampler 'ddim' takes no option progress"),
 ])
 def test_mistakes_the_runner_met_late_or_never_are_refused(edit, expected):
     cfg = load_config(DEMO)
@@ -235,3 +238,21 @@ def test_a_top_level_key_one_letter_off_a_section_is_noted(capsys):
     assert 'note: trian_cfg is not a section the Runner or the tools read; if it stands ' \
            'for train_cfg, rename it' in err
     assert 'note: vae_cfg' in err and 'data_root' not in err
+
+
+def test_sample_cfg_of_an_objective_with_loss_and_sample_alone_is_left_to_it():
+    """An objective of one's own needs loss and sample only: the sample_cfg check read
+    its samplers() and sample's sampler argument (KeyError / AttributeError)."""
+    from mmsora.registry import DIFFUSION
+
+    @DIFFUSION.register_module(name='LossAndSampleOnly', force=True)
+    class LossAndSampleOnly:
+        def loss(self, model, x0, model_kwargs=None):
+            return {}
+
+        def sample(self, model_fn, noise, model_kwargs, num_steps=10, **kwargs):
+            return noise
+    cfg = load_config(DEMO)
+    cfg.model.diffusion = dict(type='LossAndSampleOnly')
+    cfg.sample_cfg = dict(num_steps=10, sampler='euler')
+    check_training_keys(cfg)
