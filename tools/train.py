@@ -15,7 +15,7 @@ from mmsora.utils.checkpoint import check_checkpoint_complete
 from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
                               apply_cfg_options, check_output_path, explain_error,
                               is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
-                              load_config, parse_config_and_preset, run_cli)
+                              load_config, note, parse_config_and_preset, run_cli)
 
 
 def parse_args(argv=None):
@@ -136,6 +136,35 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
               'weights: --load-from', flush=True)
 
 
+# Schedule settings a resumed scheduler's state holds (mmengine restores them all).
+_SCHEDULE_KEYS = ('begin', 'end', 'eta_min', 'eta_min_ratio', 'start_factor', 'end_factor',
+                  'factor', 'gamma', 'milestones', 'power', 'step_size')
+
+
+def note_schedule_kept(cfg, path, scheduler_states) -> None:
+    """Say that ``--resume`` keeps the checkpoint's schedule where the config's
+    differs: mmengine restores each scheduler's state, its ``end`` and ``eta_min``
+    included, so a run extended with ``param_scheduler.1.end=N`` went on along the
+    old curve without a word (and the ``train_cfg.max_iters`` note advised just that)."""
+    schedulers = cfg.get('param_scheduler') or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else list(schedulers)
+    if not isinstance(scheduler_states, list):
+        return  # (several optimizer wrappers: a dict of lists; not ours)
+    changed = []
+    for i, (entry, state) in enumerate(zip(schedulers, scheduler_states)):
+        if not (isinstance(entry, dict) and isinstance(state, dict)):
+            continue
+        for key in _SCHEDULE_KEYS:
+            if key in entry and key in state and entry[key] != state[key]:
+                changed.append((f'param_scheduler.{i}.{key}', state[key], entry[key]))
+    if changed:
+        shown = ', '.join(f'{name}={theirs!r} (config: {ours!r})'
+                          for name, theirs, ours in changed[:3])
+        note(f'--resume {path} keeps its schedule: {shown}{", ..." if len(changed) > 3 else ""} '
+             '(mmengine resumes the schedulers\' state). To train on a new schedule, start '
+             'a run from these weights: --load-from')
+
+
 def check_resume_matches(cfg, model, path) -> None:
     """Refuse ``--resume`` of a file that is not a checkpoint of a run like the
     config's: an original DiT / fast-DiT state dict (nothing to resume: no optimizer,
@@ -151,6 +180,7 @@ def check_resume_matches(cfg, model, path) -> None:
     if model is not None:
         check_load_from_matches(model, path, state_dict, option='--resume')
     note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'))
+    note_schedule_kept(cfg, path, checkpoint.get('param_schedulers'))
     meta = checkpoint.get('meta') or {}
     done, last = meta.get('iter'), (cfg.get('train_cfg') or {}).get('max_iters')
     if not (isinstance(done, int) and isinstance(last, int) and done >= last):
@@ -276,7 +306,8 @@ def check_latent_store(cfg):
 def build_train_config(args):
     """The config to run, with the command line applied."""
     cfg = load_config(args.config)
-    apply_cfg_options(cfg, args.cfg_options)
+    # (on --resume the schedule is the checkpoint's: note_schedule_kept says so)
+    apply_cfg_options(cfg, args.cfg_options, schedule_note=args.resume is None)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -311,7 +311,7 @@ def known_top_level() -> set:
     return known - {'self', 'cfg'}
 
 
-def apply_cfg_options(cfg, options):
+def apply_cfg_options(cfg, options, schedule_note: bool = True):
     """Apply ``KEY=VALUE`` overrides (mmengine's --cfg-options syntax); an index
     into a list may count from the end (``param_scheduler.-1.end``; before, that was a
     malformed entry).
@@ -334,7 +334,8 @@ def apply_cfg_options(cfg, options):
                             'with commas or spaces: \'KEY="a, b"\')') from e
         resolved = _resolve_negative_indices(cfg, key)
         updates[resolved], given[resolved] = parsed, key
-    _note_schedule_left_behind(cfg, updates)
+    if schedule_note:
+        _note_schedule_left_behind(cfg, updates)
     for key, value in updates.items():
         shown = given[key]
         parent_path, _, leaf = key.rpartition('.')

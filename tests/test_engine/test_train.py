@@ -290,6 +290,34 @@ def test_resume_says_when_it_keeps_the_checkpoints_learning_rate(repo_root, tmp_
     assert 'keeps its learning rate' not in capsys.readouterr().out
 
 
+def test_resume_says_when_it_keeps_the_checkpoints_schedule(repo_root, tmp_path, capsys):
+    """mmengine restores the schedulers' states, end included: a run extended with
+    train_cfg.max_iters=200 param_scheduler.1.end=200 went on along the old cosine to
+    1500 without a word, and the max_iters note had advised setting that end."""
+    from mmsora.registry import MODELS
+    cfg = tiny_cfg(repo_root, tmp_path / 'a', 4)
+    run = tmp_path / 'iter_4.pth'
+    states = [dict(begin=0, end=100, start_factor=0.01, last_step=4),
+              dict(begin=100, end=1500, eta_min=1e-5, T_max=1400, last_step=4)]
+    torch.save(dict(meta=dict(iter=4), state_dict=MODELS.build(cfg.model).state_dict(),
+                    param_schedulers=states), run)
+    capsys.readouterr()
+
+    def resume(*extra):  # the demo's own schedule (TINY drops it)
+        build_train_config(parse_args([
+            osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'b'), '--resume',
+            str(run), '--cfg-options', 'train_cfg.max_iters=200',
+            *[o for o in TINY if not o.startswith('param_scheduler')], *extra]))
+    resume('param_scheduler.1.end=200')
+    err = capsys.readouterr().err
+    assert (f'note: --resume {run} keeps its schedule: param_scheduler.1.end=1500 (config: '
+            "200) (mmengine resumes the schedulers' state). To train on a new schedule, "
+            'start a run from these weights: --load-from') in err
+    assert 'the schedule still ends at' not in err  # (the advice that did not work)
+    resume()
+    assert 'keeps its schedule' not in capsys.readouterr().err
+
+
 def test_a_config_without_env_cfg_or_collate_fn_trains(repo_root, tmp_path):
     """A config written from scratch without env_cfg failed with an AttributeError in
     tools/train.py; a training loader without collate_fn got mmengine's pseudo_collate
