@@ -76,6 +76,26 @@ def load_from_kind(path):
     return 'run', keys, obj
 
 
+def trained_objective(checkpoint):
+    """The objective (``model.diffusion.type``) of the run that saved an mmengine
+    ``checkpoint``, from the config text its ``meta`` holds, or None."""
+    text = ((checkpoint or {}).get('meta') or {}).get('cfg')
+    if not isinstance(text, str):
+        return None
+    try:
+        from mmengine.config import Config
+        diffusion = (Config.fromstring(text, '.py').get('model') or {}).get('diffusion')
+    except Exception:  # a config whose imports are gone: nothing to compare
+        return None
+    kind = (diffusion or {}).get('type') if isinstance(diffusion, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def config_objective(cfg):
+    diffusion = (cfg.get('model') or {}).get('diffusion') or dict(type='GaussianDiffusion')
+    return diffusion.get('type') if isinstance(diffusion, dict) else None
+
+
 def build_model_on_meta(cfg):
     """The config's model built on the meta device (no memory, no files read: weights
     load later, in init_weights), or None when that fails for a reason that is not a
@@ -179,6 +199,12 @@ def check_resume_matches(cfg, model, path) -> None:
                         f'--load-from {path}')
     if model is not None:
         check_load_from_matches(model, path, state_dict, option='--resume')
+    theirs, ours = trained_objective(checkpoint), config_objective(cfg)
+    if theirs and ours and theirs != ours:  # (it resumed, and trained on, silently)
+        raise UserError(f'--resume {path}: saved by a run of the {theirs} objective, this '
+                        f'config trains {ours}: resume with the config it was trained with '
+                        '(the .py in its work dir), or start from its weights with '
+                        '--load-from')
     note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'))
     note_schedule_kept(cfg, path, checkpoint.get('param_schedulers'))
     meta = checkpoint.get('meta') or {}
@@ -356,7 +382,12 @@ def build_train_config(args):
         if not osp.isfile(args.load_from):
             raise UserError(f'--load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
-        kind, state_dict, _ = load_from_kind(args.load_from)
+        kind, state_dict, checkpoint = load_from_kind(args.load_from)
+        theirs, ours = trained_objective(checkpoint), config_objective(cfg)
+        if theirs and ours and theirs != ours:  # a fine-tune across objectives (DiT
+            # into SiT, docs/sit.md) may be meant: said, not refused
+            note(f'--load-from {args.load_from}: trained with the {theirs} objective, this '
+                 f'run trains {ours} from its weights (docs/sit.md: timestep_convention)')
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
             if not args.deepspeed and meta_model is not None:  # (with --deepspeed a

@@ -290,6 +290,28 @@ def test_resume_says_when_it_keeps_the_checkpoints_learning_rate(repo_root, tmp_
     assert 'keeps its learning rate' not in capsys.readouterr().out
 
 
+def test_a_checkpoint_of_another_objective_is_named(repo_root, tmp_path, capsys):
+    """A SiT run's checkpoint resumed under a DDPM config resumed and trained on as
+    DDPM without a word; --load-from across objectives (a DiT fine-tuned into SiT) is
+    said, not refused."""
+    from mmengine.config import Config
+
+    from mmsora.registry import MODELS
+    cfg = tiny_cfg(repo_root, tmp_path / 'a', 4)
+    saved = Config(dict(model=dict(cfg.model, diffusion=dict(type='Transport'))))
+    run = tmp_path / 'iter_4.pth'
+    torch.save(dict(meta=dict(iter=4, cfg=saved.pretty_text),
+                    state_dict=MODELS.build(cfg.model).state_dict()), run)
+    with pytest.raises(UserError, match=rf'^--resume {run}: saved by a run of the Transport '
+                                        r'objective, this config trains GaussianDiffusion: '
+                                        r'resume with the config it was trained with'):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(run))
+    capsys.readouterr()
+    tiny_cfg(repo_root, tmp_path / 'c', 8, load_from=str(run))
+    assert (f'note: --load-from {run}: trained with the Transport objective, this run '
+            'trains GaussianDiffusion from its weights') in capsys.readouterr().err
+
+
 def test_resume_says_when_it_keeps_the_checkpoints_schedule(repo_root, tmp_path, capsys):
     """mmengine restores the schedulers' states, end included: a run extended with
     train_cfg.max_iters=200 param_scheduler.1.end=200 went on along the old cosine to
