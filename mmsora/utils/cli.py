@@ -173,7 +173,25 @@ FOREIGN_FLAGS = {
     '--ckpt': '--checkpoint', '--num-sampling-steps': '--steps',
     '--sampling-method': '--sampler', '--results-dir': '--work-dir',
     '--global-seed': '--seed', '--resume-from': '--resume', '--ckpt-path': '--checkpoint',
-    '--save-dir': '--out',
+    '--save-dir': '--out', '--image-size': '--resolution',
+    '--per-proc-batch-size': '--batch-size',
+}
+# Their flags with no one flag here: what to give instead, shown where the tool has
+# the flag named first.
+FOREIGN_HINTS = {
+    '--ckpt': ('--resume', '--resume CKPT (continue) or --load-from CKPT (new run)'),
+    '--ema': ('--no-ema', '--no-ema (EMA weights are the default)'),
+    '--global-batch-size': ('--cfg-options', '--cfg-options global_batch_size=N'),
+    '--epochs': ('--cfg-options', '--cfg-options train_cfg.max_iters=N'),
+    '--ckpt-every': ('--cfg-options', '--cfg-options default_hooks.checkpoint.interval=N'),
+    '--feature-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
+    '--data-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
+    '--model': ('--cfg-options', 'a config (configs/dit/dit_xl2_8xb32_400k_imagenet256.py: '
+                'DiT-XL/2)'),
+    '--vae': ('--cfg-options', '--cfg-options model.vae.pretrained_path=DIR'),
+    '--num-classes': ('--cfg-options', '--cfg-options model.num_classes=N '
+                      'model.denoiser.num_classes=N'),
+    '--tf32': ('--no-tf32', '--no-tf32 (TF32 is on by default)'),
 }
 
 
@@ -197,9 +215,13 @@ class ArgumentParser(argparse.ArgumentParser):
         flag = token.split('=', 1)[0]
         ours = [o for action in self._actions for o in action.option_strings
                 if o.startswith('--')]
-        for guess in (flag.replace('_', '-'), FOREIGN_FLAGS.get(flag.replace('_', '-'))):
+        dashed = flag.replace('_', '-')
+        for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
             if guess in ours and guess != flag:
                 return f'{guess} for {flag}'
+        needs, hint = FOREIGN_HINTS.get(dashed, (None, None))
+        if hint and needs in ours:
+            return f'{hint} for {flag}'
         close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
         return f'{close[0]} for {flag}' if close else None
 

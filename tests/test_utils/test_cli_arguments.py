@@ -215,3 +215,25 @@ def test_unknown_flags_name_the_option_meant(capsys):
     with pytest.raises(SystemExit):  # nothing close: argparse's line as it was
         parser.parse_args(['--zzz', '1'])
     assert capsys.readouterr().err.strip().endswith('unrecognized arguments: --zzz 1')
+
+
+def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):
+    """SiT's / fast-DiT's train.py --ckpt, --epochs, --global-batch-size ended in
+    argparse's bare line on tools/train.py; infer.py --ema was 'did you mean --eta'."""
+    from mmsora.utils.cli import ArgumentParser
+    train = ArgumentParser(prog='train.py')
+    for flag in ('--resume', '--load-from', '--cfg-options'):
+        train.add_argument(flag)
+    with pytest.raises(SystemExit):
+        train.parse_args(['--ckpt', 'a.pt', '--epochs', '3', '--global-batch-size', '8'])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        '(did you mean --resume CKPT (continue) or --load-from CKPT (new run) for --ckpt; '
+        '--cfg-options train_cfg.max_iters=N for --epochs; --cfg-options '
+        'global_batch_size=N for --global-batch-size?)')
+    infer = ArgumentParser(prog='infer.py')
+    for flag in ('--eta', '--no-ema'):
+        infer.add_argument(flag)
+    with pytest.raises(SystemExit):
+        infer.parse_args(['--ema'])
+    assert capsys.readouterr().err.strip().endswith(
+        '(did you mean --no-ema (EMA weights are the default) for --ema?)')
