@@ -280,6 +280,23 @@ def _check_visualizer(cfg) -> None:
         cls = registered_class(backend, VISBACKENDS, where)
         if inspect.isclass(cls):
             check_config_keys(backend, cls, where, given_by_runner=('save_dir',))
+            _check_backend_installed(cls.__name__, where)
+
+
+# mmengine's logging backends and the package each imports when the run starts (an
+# ImportError traceback after the start-up output without it)
+_BACKEND_PACKAGES = {'TensorboardVisBackend': 'tensorboard', 'WandbVisBackend': 'wandb',
+                     'MLflowVisBackend': 'mlflow', 'ClearMLVisBackend': 'clearml',
+                     'NeptuneVisBackend': 'neptune', 'DVCLiveVisBackend': 'dvclive',
+                     'AimVisBackend': 'aim'}
+
+
+def _check_backend_installed(name: str, where: str) -> None:
+    import importlib.util
+    package = _BACKEND_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(f'{where}: {name} needs the {package} package, which is not '
+                        f'installed: pip install {package}')
 
 
 def _schedulers(cfg) -> list:

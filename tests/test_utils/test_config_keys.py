@@ -226,6 +226,17 @@ def test_pipeline_transforms_and_the_visualizer_are_checked():
     cfg.visualizer['vis_backend'] = []
     assert refused(cfg).startswith("visualizer: unknown config key 'vis_backend' for "
                                    'Visualizer; did you mean vis_backends')
+    # a backend whose package is missing: an ImportError traceback after start-up
+    import importlib.util
+    from unittest import mock
+    cfg = load_config(DEMO)
+    cfg.visualizer.vis_backends[0]['type'] = 'TensorboardVisBackend'
+    real = importlib.util.find_spec
+    with mock.patch('importlib.util.find_spec',
+                    lambda name, *a: None if name == 'tensorboard' else real(name, *a)):
+        assert refused(cfg) == ('visualizer.vis_backends[0]: TensorboardVisBackend needs the '
+                                'tensorboard package, which is not installed: pip install '
+                                'tensorboard')
 
 
 def test_a_top_level_key_one_letter_off_a_section_is_noted(capsys):
