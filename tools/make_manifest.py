@@ -1,9 +1,11 @@
 """Scan a folder of videos into a CSV/JSONL manifest for ``VideoDataset``.
 
 Every video is probed (frame count, fps, size; its first frame decoded) so unreadable
-files are found now and left out, not in a training worker. Paths are written relative
-to the manifest's folder (``--absolute`` for absolute paths), which is where
-``load_manifest`` resolves them by default.
+files (and pictures renamed to a video extension) are found now and left out, not in a
+training worker; the full list of them, with the reasons, goes to ``OUT.skipped.txt``.
+Paths are written relative to the manifest's folder (``--absolute`` for absolute
+paths), which is where ``load_manifest`` resolves them by default. Links to folders
+are followed (datasets kept on another disk), each real folder once.
 
 Examples::
 
@@ -12,9 +14,11 @@ Examples::
     python tools/make_manifest.py data/clips --out data/clips.jsonl \\
         --captions data/captions.json          # {"sub/clip_0001.mp4": "a dog ...", ...}
 """
+import collections
 import json
 import os
 import os.path as osp
+import posixpath
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument('video_dir', metavar='VIDEO_DIR', help='folder scanned recursively')
     p.add_argument('--out', required=True, help='manifest file: .csv or .jsonl')
     p.add_argument('--captions', help='JSON file mapping a video path relative to '
-                   'VIDEO_DIR (or its file name) to its caption')
+                   'VIDEO_DIR (or a file name that only one video has) to its caption, '
+                   'or to null for none')
     p.add_argument('--label-from-folder', action='store_true',
                    help='label = index of the top-level folder under VIDEO_DIR in the '
                    'sorted folder names (ImageFolder rule); adds a class_name column')
@@ -48,22 +53,68 @@ def parse_args(argv=None):
 
 
 def scan_videos(video_dir, extensions):
-    """Sorted paths (relative to ``video_dir``) of the files with these extensions."""
+    """Sorted paths (relative to ``video_dir``) of the files with these extensions, and
+    the number of folder links left out (see :func:`walk_folders`)."""
+    if osp.isfile(video_dir):  # before: 'video folder not found', of a file that exists
+        raise UserError(f'{video_dir} is a file, not a folder: give the folder that '
+                        'holds the videos')
     if not osp.isdir(video_dir):
         raise UserError(f'video folder not found: {video_dir}')
     exts = tuple('.' + e.strip().lower().lstrip('.') for e in extensions.split(',')
                  if e.strip())
-    found = []
-    for dirpath, _, filenames in os.walk(video_dir, followlinks=True):
-        found += [osp.relpath(osp.join(dirpath, f), video_dir) for f in filenames
-                  if f.lower().endswith(exts)]
+    folders, skipped_links = walk_folders(video_dir)
+    found = [osp.relpath(osp.join(folder, f), video_dir) for folder, files in folders
+             for f in files if f.lower().endswith(exts)]
     if not found:
         raise UserError(f'no videos ({", ".join(exts)}) under {video_dir}')
-    return sorted(found, key=natural_sort_key)
+    return sorted(found, key=natural_sort_key), skipped_links
+
+
+def walk_folders(root):
+    """``[(folder, file names)]`` for each real folder under ``root`` once, and the
+    number of folder links not followed.
+
+    Before, ``os.walk(followlinks=True)`` went into every link: ``ln -s .. loop`` in a
+    class folder multiplied the tree (1229 rows from 30 clips, paths of 485
+    characters) and a linked class folder listed its videos twice. Now the real
+    folders of the tree come first, then the links, breadth first; a link is followed
+    (datasets on another disk are linked in) unless its folder was listed already or
+    holds the link itself (a loop).
+    """
+    seen, listed, skipped_links = set(), [], 0
+    folders, links = collections.deque([root]), collections.deque()
+    while folders or links:
+        is_link = not folders
+        folder = links.popleft() if is_link else folders.popleft()
+        real = osp.realpath(folder)
+        if real in seen or (is_link and _contains(real, osp.dirname(folder))):
+            skipped_links += is_link
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # an unreadable folder, passed over as os.walk does
+            continue
+        for entry in entries:
+            if entry.is_dir():
+                (links if entry.is_symlink() else folders).append(entry.path)
+        listed.append((folder, [e.name for e in entries if not e.is_dir()]))
+    return listed, skipped_links
+
+
+def _contains(real_folder, path):
+    """Whether ``path`` lies in ``real_folder`` (a real path), links resolved."""
+    real = osp.realpath(path)
+    return real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
 
 
 def load_captions(path):
-    """The caption mapping of ``--captions``, keys with forward slashes."""
+    """The caption mapping of ``--captions``, keys with forward slashes; a null value
+    is kept as None (no caption).
+
+    Before, every value went through ``str()``: null became the caption 'None' (and the
+    video was not counted as uncaptioned), a number its digits, silently.
+    """
     if not osp.isfile(path):
         raise UserError(f'captions file not found: {path}')
     try:
@@ -74,7 +125,57 @@ def load_captions(path):
     if not isinstance(captions, dict):
         raise UserError(f'captions file {path} must hold a JSON object '
                         '{"relative/path.mp4": "caption", ...}')
-    return {k.replace('\\', '/'): str(v) for k, v in captions.items()}
+    for key, value in captions.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(f'captions file {path}: the caption of {key!r} is a JSON '
+                            f'{_json_type(value)}, not a string (null for no caption)')
+    return {k.replace('\\', '/'): v for k, v in captions.items()}
+
+
+def _json_type(value):
+    """JSON's name for the type of a decoded value."""
+    names = {bool: 'boolean', int: 'number', float: 'number', list: 'array',
+             dict: 'object'}
+    return names.get(type(value), type(value).__name__)
+
+
+def match_captions(rel_paths, captions, video_dir):
+    """Each video's caption (None without one) and the keys that match no video.
+
+    A key is a video's path relative to ``video_dir``, else a file name. Before, a
+    file-name key captioned every video of that name, in any folder (``0001.mp4`` in
+    each class folder), silently; now a file-name key that two videos without a path
+    key of their own share is refused, as the caption cannot belong to both.
+    """
+    keys = [rel.replace(os.sep, '/') for rel in rel_paths]
+    paths, by_name = set(keys), collections.defaultdict(list)
+    for key in keys:
+        if key not in captions:  # a path key decides for its video
+            by_name[posixpath.basename(key)].append(key)
+    name_keys = [k for k in captions if k not in paths and k in by_name]
+    ambiguous = [k for k in name_keys if len(by_name[k]) > 1]
+    if ambiguous:
+        raise UserError(_ambiguous_message(ambiguous, by_name[ambiguous[0]], video_dir))
+    per_video = [captions[k] if k in captions else _name_caption(k, captions, paths)
+                 for k in keys]
+    unmatched = sorted(k for k in captions if k not in paths and k not in name_keys)
+    return per_video, unmatched
+
+
+def _name_caption(key, captions, paths):
+    """The caption keyed by the file name of the video at ``key``, or None. A name that
+    is another video's path (a video at the top of VIDEO_DIR) keys that video only."""
+    name = posixpath.basename(key)
+    return None if name in paths else captions.get(name)
+
+
+def _ambiguous_message(keys, hits, video_dir):
+    many = len(keys) != 1
+    return (f'--captions: {len(keys)} '
+            f'{"keys are file names" if many else "key is a file name"} that several '
+            f'videos share, e.g. {keys[0]!r} matches {len(hits)} videos '
+            f'({", ".join(hits[:2])}{", ..." if len(hits) > 2 else ""}); key '
+            f'{"them" if many else "it"} by the path relative to {video_dir}')
 
 
 def probe(path):
@@ -85,12 +186,39 @@ def probe(path):
         return None, str(e)
 
 
+def skipped_list_path(out):
+    """Where the full list of skipped files goes: beside the manifest."""
+    return out + '.skipped.txt'
+
+
+def write_skipped(out, skipped):
+    """Write one line per skipped file (its path and why) to ``OUT.skipped.txt``, and
+    remove a list left by an earlier run when nothing was skipped. Before, only the
+    first 10 were printed ('... and 237 more') and nothing kept the rest."""
+    path = skipped_list_path(out)
+    if not skipped:
+        if osp.isfile(path):
+            os.remove(path)
+        return None
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.writelines(reason.replace('\n', ' ') + '\n' for reason in skipped)
+    return path
+
+
+def _plural(n, word):
+    return f'{n} {word}{"s" * (n != 1)}'
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not args.out.lower().endswith(('.csv', '.jsonl')):
         raise UserError(f'--out must end in .csv or .jsonl, got {args.out}')
-    rel_paths = scan_videos(args.video_dir, args.extensions)
-    captions = load_captions(args.captions) if args.captions else None
+    rel_paths, skipped_links = scan_videos(args.video_dir, args.extensions)
+    captions, unmatched = None, []
+    if args.captions:  # matched before probing: a refused key costs no probe time
+        captions, unmatched = match_captions(rel_paths, load_captions(args.captions),
+                                             args.video_dir)
     classes = None
     if args.label_from_folder:
         loose = [p for p in rel_paths if osp.dirname(p) == '']
@@ -105,46 +233,51 @@ def main(argv=None):
                            desc='probing videos', unit='video', file=sys.stderr))
 
     rows, skipped, uncaptioned = [], [], 0
-    for rel, full, (info, reason) in zip(rel_paths, full_paths, probed):
+    for i, (rel, full, (info, reason)) in enumerate(zip(rel_paths, full_paths, probed)):
         if info is None:
             skipped.append(reason)
             continue
         row = dict(path=osp.abspath(full))
         if captions is not None:
-            key = rel.replace(os.sep, '/')
-            caption = captions.get(key, captions.get(osp.basename(rel)))
-            uncaptioned += caption is None
-            row['caption'] = caption
+            uncaptioned += captions[i] is None
+            row['caption'] = captions[i]
         if classes is not None:
             name = rel.split(os.sep)[0]
             row['label'], row['class_name'] = classes.index(name), name
         row.update(num_frames=info['num_frames'], fps=round(info['fps'], 6),
                    height=info['height'], width=info['width'])
         rows.append(row)
+    skipped_file = write_skipped(args.out, skipped)
     if not rows:
         raise UserError(f'none of the {len(rel_paths)} videos under {args.video_dir} '
-                        f'could be read; first problem: {skipped[0]}')
+                        f'could be read; first problem: {skipped[0]} (all listed in '
+                        f'{skipped_file})')
     write_manifest(rows, args.out,
                    relative_to=None if args.absolute else osp.dirname(osp.abspath(args.out)))
 
-    summary = (f'{PROG}: wrote {len(rows)} video{"s" * (len(rows) != 1)} to {args.out}; '
+    summary = (f'{PROG}: wrote {_plural(len(rows), "video")} to {args.out}; '
                f'skipped {len(skipped)} unreadable')
+    if skipped_file:
+        summary += f' (all listed in {skipped_file})'
+    if skipped_links:
+        summary += (f'; skipped {_plural(skipped_links, "folder link")} that '
+                    + ('lead to folders' if skipped_links != 1 else 'leads to a folder')
+                    + ' already listed')
     if classes is not None:
         summary += f'; {len(classes)} classes'
-    names = {n for rel in rel_paths for n in (rel.replace(os.sep, '/'), osp.basename(rel))}
-    unmatched = sorted(set(captions or ()) - names)
     if captions is not None:
         summary += f'; {uncaptioned} without a caption'
         if unmatched:  # a key spelt another way than the file, or a video left out
-            summary += (f'; {len(unmatched)} caption{"s" * (len(unmatched) != 1)} '
+            summary += (f'; {_plural(len(unmatched), "caption")} '
                         f'matching no video: {", ".join(unmatched[:5])}'
                         + (' ...' if len(unmatched) > 5 else ''))
     print(summary)
     for reason in skipped[:10]:
         print(f'  skipped: {reason}')
     if len(skipped) > 10:
-        print(f'  ... and {len(skipped) - 10} more')
-    return dict(num_rows=len(rows), skipped=skipped, classes=classes)
+        print(f'  ... and {len(skipped) - 10} more (in {skipped_file})')
+    return dict(num_rows=len(rows), skipped=skipped, classes=classes,
+                skipped_file=skipped_file, skipped_links=skipped_links)
 
 
 if __name__ == '__main__':

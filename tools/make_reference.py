@@ -67,8 +67,8 @@ def read_clip(row, args, rng):
     span = (args.num_frames - 1) * args.frame_stride + 1
     total = row.get('num_frames') or probe_video(row['path'])['num_frames']
     if total < span:
-        raise ValueError(f'{row["path"]} has {total} frames, fewer than the {span} a clip '
-                         'needs')
+        raise ValueError(f'{row["path"]} has {total} frame{"s" * (total != 1)}, fewer than '
+                         f'the {span} a clip needs')
     start = int(rng.integers(0, total - span + 1))
     frames = read_video_frames(row['path'], range(start, start + span, args.frame_stride))
     h, w = frames.shape[1:3]

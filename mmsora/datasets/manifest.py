@@ -8,6 +8,10 @@ columns are kept as strings. Example (``tools/make_manifest.py`` writes these)::
     path,caption,label,num_frames,fps,height,width
     clips/bikes.mp4,people riding bikes,0,250,25.0,272,640
 
+An Open-Sora CSV (``path,text,num_frames,height,width,aspect_ratio,fps,resolution,aes``)
+is a manifest as it is, by design: ``text`` is read as the caption, the known columns
+are typed, and the others (``aspect_ratio``, ``aes``, ...) are kept as strings.
+
 Relative paths resolve against ``data_root`` when given, else against the folder that
 holds the manifest, so a manifest moved together with its videos keeps working.
 """

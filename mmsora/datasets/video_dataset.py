@@ -8,11 +8,17 @@ from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS, TRANSFORMS
 from mmsora.utils.video_io import VideoReadError
-from . import transforms  # noqa: F401  (registers the video transforms)
 from .manifest import load_manifest
+from .transforms import ClipTooShortError  # (importing registers the video transforms)
 from .utils import WorkerRNGMixin, draw_seed
 
-__all__ = ['VideoDataset']
+__all__ = ['VideoDataset', 'SKIPPABLE_ERRORS']
+
+# What ``skip_corrupt`` skips: errors that are the video's fault, not the config's.
+# Before, a video too short for the clip (ClipTooShortError, raised by
+# SampleClipIndices) stopped a skip_corrupt run: only unreadable and missing files
+# were listed here, although SkipCorruptDataset (``READ_ERRORS``) skips all three.
+SKIPPABLE_ERRORS = (VideoReadError, FileNotFoundError, ClipTooShortError)
 
 DEFAULT_PIPELINE = (
     dict(type='SampleClipIndices', num_frames=16, frame_stride=1),
@@ -40,9 +46,10 @@ class VideoDataset(WorkerRNGMixin, Dataset):
         pipeline (Sequence[dict | callable]): Transform configs (``TRANSFORMS``) or
             callables. Defaults to 16 consecutive frames, 256x256 center crop, flip.
         require_caption (bool): Every row must hold a caption. Defaults to False.
-        skip_corrupt (bool): On a missing or unreadable video, log a warning, count it
-            (once per video and process) in ``num_skipped``, and return the next
-            readable item instead of raising. Defaults to False.
+        skip_corrupt (bool): On a missing or unreadable video, or one too short for the
+            clip (``SKIPPABLE_ERRORS``), log a warning naming the item, count it (once
+            per video and process) in ``num_skipped``, and return the next readable
+            item instead of raising. Defaults to False.
         seed (int, optional): Seed of the random draws; None draws one from torch's
             global RNG (which mmengine seeds).
     """
@@ -87,9 +94,9 @@ class VideoDataset(WorkerRNGMixin, Dataset):
                 continue
             try:
                 return self.load(j)
-            except (VideoReadError, FileNotFoundError) as e:
+            except SKIPPABLE_ERRORS as e:
                 self._bad.add(j)
                 self.num_skipped += 1
-                print_log(f'skipping unreadable video: {e}', logger='current',
-                          level=logging.WARNING)
+                print_log(f'skipping video item {j}: {e} ({self.num_skipped} skipped in '
+                          'this process)', logger='current', level=logging.WARNING)
         raise VideoReadError(self.manifest, f'none of its {len(self)} videos is readable')

@@ -13,6 +13,15 @@ import numpy as np
 __all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frames',
            'write_video', 'write_gif']
 
+# FFmpeg opens pictures through its image demuxers, which it picks by content: 'image2'
+# and 'image2pipe', and one '<format>_pipe' per picture format (png_pipe, jpeg_pipe,
+# webp_pipe, tiff_pipe, ...; every FFmpeg demuxer named *_pipe is one of them); GIF and
+# APNG, still or animated, have demuxers of their own. A picture comes out as a 1-frame
+# "video" at a made-up 25 fps, so a PNG renamed to .mp4 probed as a video. A file is a
+# picture when such a demuxer gives one frame: the demuxer follows the content, not the
+# extension; a real video of one frame (an mp4) is not refused, nor an animated GIF.
+_PICTURE_DEMUXERS = ('image2', 'image2pipe', 'gif', 'apng')
+
 
 class VideoReadError(ValueError):
     """A video file exists but cannot be read (empty, corrupt, truncated, no video)."""
@@ -44,6 +53,19 @@ def _open(path):
     return container, container.streams.video[0]
 
 
+def _plural_frames(n):
+    """'1 frame', '5 frames'."""
+    return f'{n} frame' + 's' * (n != 1)
+
+
+def _picture_format(container, num_frames):
+    """The demuxer's name when the file is a still picture, else None."""
+    name = container.format.name
+    if num_frames == 1 and (name in _PICTURE_DEMUXERS or name.endswith('_pipe')):
+        return name
+    return None
+
+
 def _decode(container, stream, path):
     """Yield decoded frames, turning FFmpeg errors into :class:`VideoReadError`."""
     import av
@@ -71,7 +93,9 @@ def probe_video(path):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        VideoReadError: the file is empty, corrupt, or has no decodable video stream.
+        VideoReadError: the file is empty, corrupt, has no decodable video stream, or
+            is a still picture (a PNG or JPEG renamed to .mp4; before, it was probed
+            as a 1-frame video at 25 fps, and training died on it).
     """
     container, stream = _open(path)
     with container:
@@ -83,6 +107,9 @@ def probe_video(path):
             raise VideoReadError(path, 'no frame could be decoded')
         if num_frames <= 0:
             num_frames = 1 + sum(1 for _ in frames)
+        picture = _picture_format(container, num_frames)
+        if picture is not None:
+            raise VideoReadError(path, f'a picture ({picture}), not a video')
         width = stream.codec_context.width or first.width
         height = stream.codec_context.height or first.height
         if stream.duration is not None and stream.time_base is not None:
@@ -143,8 +170,8 @@ def read_video_frames(path, indices=None):
             raise VideoReadError(path, 'no frame could be decoded')
         return np.stack([kept[i] for i in range(count)])
     if last >= count:
-        raise VideoReadError(path, f'frame {last} was asked for but only {count} frames '
-                             'could be decoded')
+        raise VideoReadError(path, f'frame {last} was asked for but only '
+                             f'{_plural_frames(count)} could be decoded')
     return np.stack([kept[i] for i in indices])
 
 

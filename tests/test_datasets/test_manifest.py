@@ -53,6 +53,21 @@ def test_open_sora_text_column_is_the_caption(tmp_path):
         dict(path=str(tmp_path / 'x.mp4'), caption='a red car', num_frames=10)]
 
 
+def test_an_open_sora_csv_is_a_manifest(tmp_path):
+    """Open-Sora's CSV as it writes it (docs/video.md): relative and absolute paths,
+    ``text`` for the caption, its extra columns kept as text, an empty fps left out."""
+    path = write(tmp_path / 'meta' / 'train.csv',
+                 'path,text,num_frames,height,width,aspect_ratio,fps,resolution,aes\n'
+                 'clips/a.mp4,"a car, red",250,272,640,0.425,25.0,174080,5.21\n'
+                 f'{tmp_path}/img.jpg,a still,1,480,640,0.75,,307200,4.8\n')
+    a, img = load_manifest(path, require=('path', 'caption'))
+    assert a == dict(path=str(tmp_path / 'meta' / 'clips' / 'a.mp4'), caption='a car, red',
+                     num_frames=250, height=272, width=640, aspect_ratio='0.425',
+                     fps=25.0, resolution='174080', aes='5.21')
+    assert img['path'] == str(tmp_path / 'img.jpg') and 'fps' not in img
+    assert load_manifest(path, data_root='/data')[0]['path'] == '/data/clips/a.mp4'
+
+
 def test_relative_paths(tmp_path):
     path = write(tmp_path / 'ann' / 'm.jsonl',
                  json.dumps(dict(path='v/a.mp4')) + '\n\n'

@@ -175,3 +175,29 @@ def test_file_without_video_stream(tmp_path):
     with pytest.raises(VideoReadError, match='no video stream') as info:
         probe_video(path)
     assert path in str(info.value)
+
+
+@pytest.mark.parametrize('fmt, demuxer', [('PNG', 'png_pipe'), ('JPEG', 'jpeg_pipe'),
+                                          ('GIF', 'gif'), ('WEBP', 'webp_pipe')])
+def test_a_picture_is_not_a_video(tmp_path, fmt, demuxer):
+    # Before: FFmpeg's image demuxers made it a 1-frame video at 25 fps.
+    path = str(tmp_path / 'picture.mp4')
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(path, format=fmt)
+    with pytest.raises(VideoReadError, match=rf'a picture \({demuxer}\), not a video$') \
+            as info:
+        probe_video(path)
+    assert info.value.path == path
+
+
+def test_one_frame_video_and_animated_gif_are_videos(tmp_path):
+    one = str(tmp_path / 'one.mp4')
+    write_video(one, np.zeros((1, 16, 16, 3), np.uint8), fps=8)
+    assert probe_video(one)['num_frames'] == 1
+    gif = str(tmp_path / 'anim.gif')
+    frames = np.stack([np.full((16, 16, 3), v, np.uint8) for v in (0, 128, 255)])
+    write_gif(gif, frames, fps=10)
+    assert probe_video(gif)['num_frames'] == 3
+    # 'frame' in the singular for one (before: 'only 1 frames').
+    with pytest.raises(VideoReadError, match=r'frame 2 was asked for but only 1 frame '
+                       r'could be decoded$'):
+        read_video_frames(one, [0, 2])

@@ -137,8 +137,9 @@ class SampleClipIndices(_RandomTransform):
             indices = start + stride * np.arange(self.num_frames)
         elif self.pad is None:
             raise ClipTooShortError(
-                f'video {results.get("path")!r} has {total} frames but a clip of '
-                f'{self.num_frames} frames at stride {stride} needs {span}; use shorter '
+                f'video {results.get("path")!r} has {total} frame{"s" * (total != 1)} '
+                f'but a clip of {self.num_frames} frames at stride {stride} needs {span}; '
+                'use shorter '
                 f'clips, a smaller stride, or {self.pad_hint}')
         else:
             strided = np.arange(0, total, stride)
