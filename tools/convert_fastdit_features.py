@@ -1,7 +1,10 @@
 """Convert fast-DiT per-file features (``N.npy`` latents + labels) to a packed store.
 
 fast-DiT's latents are already scaled posterior samples of randomly flipped images, so
-the store holds ``content='samples'`` with one copy. Resumable like the extractor.
+the store holds ``content='samples'`` with one copy. Resumable like the extractor: a
+run stopped (Ctrl-C, or a bad feature file, refused naming it) keeps the shards it
+finished, and rerunning the same command continues after them; a run refused before
+its first shard removes the --out folders it made.
 
 Example::
 
@@ -9,6 +12,8 @@ Example::
         --features-dir features/imagenet256_features \\
         --labels-dir features/imagenet256_labels --out data/imagenet256_packed
 """
+import os
+import os.path as osp
 import sys
 
 import numpy as np
@@ -36,37 +41,91 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def load_item(pairs, i, shape):
+    """Item ``i`` as ``(latent, label)``, refusing an unreadable file, a shape other than
+    item 0's, and NaN or inf values.
+
+    Before, a feature file holding NaN or inf was converted (exit 0) and training then
+    logged 'loss nan' naming no file."""
     try:
-        pairs = list_npy_pairs(args.features_dir, args.labels_dir)
-        shape = load_fastdit_item(*pairs[0], 0)[0].shape
-        writer = LatentStoreWriter(
-            args.out, len(pairs), shape, dtype=args.dtype, content='samples',
-            num_copies=1, scale_factor=args.scale_factor, shard_size=args.shard_size,
-            vae=f'fast-DiT features {args.features_dir}')
-    except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
+        x, y = load_fastdit_item(*pairs[i], i)
+    except ValueError as e:
         raise UserError(str(e))
+    if x.shape != shape:
+        raise UserError(f'{pairs[i][0]!r} (item {i}) has shape {x.shape}, item 0 has '
+                        f'{shape}')
+    bad = x.size - int(np.isfinite(x).sum())
+    if bad:
+        raise UserError(f'{pairs[i][0]!r} (item {i}) holds NaN or inf ({bad} of {x.size} '
+                        'values): extract that image again, or leave its feature and label '
+                        'files out (training on it logs loss nan)')
+    return x, y
+
+
+def missing_folders(path):
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = osp.abspath(path)
+    while not osp.exists(path) and path != osp.dirname(path):
+        missing.append(path)
+        path = osp.dirname(path)
+    return missing
+
+
+def undo_empty_start(created, writer):
+    """After a refusal: remove the folders this run made for --out when it wrote no
+    shard into them (an empty --out looked like a store begun), and say what is left.
+
+    Before, a refusal at the first file left an empty --out, and one later on a store
+    with no word of it. Finished shards are kept: they are listed in the store's index
+    part, so a rerun resumes after them (the writer's resume rule)."""
+    if not writer.own:
+        for folder in created:
+            try:
+                os.rmdir(folder)  # only empty ones: what this run made and left empty
+            except OSError:
+                break
+        return ''
+    n = len(writer.own)
+    return (f'; {writer.root} keeps the {n} shard{"s" * (n != 1)} finished before it: '
+            'rerun once the file is fixed to resume, or convert into a new --out')
+
+
+def convert(args, pairs, shape, writer):
+    """Write the pending shards; returns how many were written."""
     pending = writer.pending_shards()
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),
               unit='item') as pbar:
         for k in pending:
             latents, labels = [], []
             for i in range(*writer.shard_range(k)):
-                try:
-                    x, y = load_fastdit_item(*pairs[i], i)
-                except ValueError as e:
-                    raise UserError(str(e))
-                if x.shape != shape:
-                    raise UserError(f'{pairs[i][0]!r} (item {i}) has shape {x.shape}, '
-                                    f'item 0 has {shape}')
+                x, y = load_item(pairs, i, shape)
                 latents.append(x)
                 labels.append(y)
                 pbar.update(1)
             writer.write_shard(k, np.stack(latents)[:, None, None], labels)
+    return len(pending)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        pairs = list_npy_pairs(args.features_dir, args.labels_dir)
+        shape = load_fastdit_item(*pairs[0], 0)[0].shape
+        created = missing_folders(args.out)
+        writer = LatentStoreWriter(
+            args.out, len(pairs), shape, dtype=args.dtype, content='samples',
+            num_copies=1, scale_factor=args.scale_factor, shard_size=args.shard_size,
+            vae=f'fast-DiT features {args.features_dir}')
+    except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
+        raise UserError(str(e))
+    try:
+        written = convert(args, pairs, shape, writer)
+    except UserError as e:
+        raise UserError(f'{e}{undo_empty_start(created, writer)}') from None
     index = writer.finalize()
     print(f'{PROG}: {index["num_items"]} latents in {len(index["shards"])} shards at '
-          f'{args.out} ({len(pending)} written in this run)')
+          f'{args.out} ({written} written in this run)')
     return index
 
 

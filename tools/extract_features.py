@@ -25,7 +25,9 @@ Examples::
         --vae checkpoints/sd-vae-ft-ema --text-encoder checkpoints/t5-v1_1-xxl
     torchrun --nproc_per_node 8 tools/extract_features.py ...   # several GPUs
 
-Rerunning the same command after a crash continues with the unfinished shards.
+Rerunning the same command after a crash continues with the unfinished shards; what
+is in --out is read before any model loads (a complete store: nothing to do), and a
+rerun with other settings or other source items (a manifest changed since) is refused.
 """
 import json
 import os
@@ -40,6 +42,8 @@ from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
+from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
+                                          read_store_progress)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
@@ -47,6 +51,10 @@ from mmsora.utils.cli import ArgumentParser, UserError, device_setting, run_cli
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
+# Items per shard by default. A shard is held in memory until it is written, and a
+# caption's tokens are max_length x width values (2 bytes each in float16 / bfloat16):
+# 120 x 4096 x 2 = 0.94 MiB for T5-XXL, so text stores take smaller shards.
+SHARD_SIZE, TEXT_SHARD_SIZE = 4096, 1024
 
 
 def parse_args(argv=None):
@@ -93,7 +101,11 @@ def parse_args(argv=None):
     p.add_argument('--flip', action='store_true',
                    help='also encode a horizontally flipped copy of every item')
     p.add_argument('--dtype', choices=['float16', 'bfloat16', 'float32'], default='float16')
-    p.add_argument('--shard-size', type=int, default=4096, help='items per shard')
+    p.add_argument('--shard-size', type=int,
+                   help='items per shard, held in memory until written (default: the '
+                   f'store\'s own when resuming, else {SHARD_SIZE}, or {TEXT_SHARD_SIZE} '
+                   'with --text-encoder: each caption keeps max-length x width x 2 bytes '
+                   '(x4 in float32), 0.94 MiB for T5-XXL at 120 tokens, ~1 GiB a shard)')
     p.add_argument('--batch-size', type=int, default=32, help='items per batch')
     p.add_argument('--micro-batch-size', type=int, help='most frames (frame-by-frame VAE) '
                    'or clips (video VAE) per VAE call, to bound memory (default: '
@@ -143,6 +155,8 @@ def check_args(args):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.target_fps is not None and not 0 < args.target_fps < float('inf'):
+        fail(f'--target-fps must be a positive number, got {args.target_fps:g}')
     if args.num_workers is None:
         args.num_workers = min(4, len(os.sched_getaffinity(0)) if hasattr(
             os, 'sched_getaffinity') else os.cpu_count() or 1)
@@ -295,22 +309,151 @@ def latent_shape_of(vae, source):
 # --------------------------------------------------------------------------- #
 #                                    Main                                      #
 # --------------------------------------------------------------------------- #
+def plural(n, word):
+    return f'{n} {word}{"s" * (n != 1)}'
+
+
+def launch_rank() -> int:
+    """This process's rank as torchrun set it, before the process group is joined."""
+    return int(os.environ.get('RANK', 0)) if int(os.environ.get('WORLD_SIZE', 1)) > 1 else 0
+
+
+def store_meta(args, source) -> dict:
+    """The extraction settings recorded in the store (a rerun with others is refused)."""
+    meta = dict(source=osp.abspath(args.data_path or args.manifest))
+    if args.data_path:
+        meta.update(classes=source.classes, image_size=args.image_size)
+    else:
+        meta.update(num_frames=args.num_frames, size=list(source.size),
+                    frame_stride=args.frame_stride, target_fps=args.target_fps)
+    if args.text_encoder:
+        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind)
+    return meta
+
+
+def known_settings(args, source, fingerprint) -> dict:
+    """The store settings this run knows before its models load (not the latent shape,
+    the text width or a video VAE's own scale factor)."""
+    settings = dict(dtype=args.dtype, content=args.store, num_copies=2 if args.flip else 1,
+                    vae=args.vae or args.video_vae, num_source_items=len(source),
+                    source_fingerprint=fingerprint, text_shape=None)
+    if args.text_encoder:
+        settings['text_shape'] = [args.max_length or TEXT_KINDS[args.text_encoder_kind][1],
+                                  None]
+    if args.shard_size is not None:
+        settings['shard_size'] = args.shard_size
+    if args.scale_factor is not None or args.vae:
+        settings['scale_factor'] = 0.18215 if args.scale_factor is None else args.scale_factor
+    return settings
+
+
+def source_changed(args) -> str:
+    if args.manifest:
+        return (f'--manifest {args.manifest} changed since the store at {args.out} was '
+                'started (its rows are other ones: other files, captions or labels, or '
+                'another order): extract into a new --out')
+    return (f'--data-path {args.data_path}: the image folder changed since the store at '
+            f'{args.out} was started (other files, or files in other classes): extract '
+            'into a new --out')
+
+
+def check_out(args, source, meta):
+    """What is already in ``--out``, read before any model loads: refuses a store begun
+    with other known settings or from other source items, and sets ``--shard-size``
+    when it is not given (the store's own, else the default).
+
+    Before, the models loaded first (minutes with T5-XXL), and a store begun from a
+    manifest whose rows changed but not their count was resumed (or found complete)
+    as if it matched. Every torchrun rank reads the store before any joins the process
+    group, so before any rank writes: all decide alike.
+
+    Returns:
+        tuple: :func:`read_store_progress`'s dict (None when nothing was begun) and the
+        source items' fingerprint."""
+    fingerprint = source.fingerprint(with_captions=bool(args.text_encoder))
+    try:
+        progress = read_store_progress(args.out, known_settings(args, source, fingerprint),
+                                       meta)
+    except SourceChangedError:
+        fail(source_changed(args))
+    except ValueError as e:
+        fail(with_option(e))
+    if args.shard_size is None:
+        args.shard_size = (progress['header']['shard_size'] if progress else
+                           TEXT_SHARD_SIZE if args.text_encoder else SHARD_SIZE)
+    return progress, fingerprint
+
+
+def nothing_to_do(args, progress):
+    """The summary of a store that is complete already: no model is loaded."""
+    if launch_rank() != 0:
+        return None
+    skipped = progress['num_skipped']
+    if not progress['num_items']:
+        fail(f'no latents written to {args.out}: '
+             + (f'all {skipped} inputs were unreadable' if skipped else 'no inputs'))
+    print(f'{PROG}: {args.out} is complete ({plural(progress["num_items"], "item")} in '
+          f'{plural(progress["num_shards"], "shard")}): nothing to do'
+          + (f'; {skipped_inputs(progress["shards"])}' if skipped else ''))
+    return dict(num_items=progress['num_items'], num_shards=progress['num_shards'],
+                complete=True, num_skipped=skipped, shards_written=0, skipped_this_run=[],
+                latent_shape=list(progress['header']['latent_shape']))
+
+
+def warn_slow_clips(args, source):
+    """Warn once when ``--target-fps`` is above some clips' frame rate: those take every
+    frame (stride 1) and run at their own rate. Before, it was silent."""
+    if not args.target_fps or launch_rank() != 0:
+        return
+    count, row = source.slower_than(args.target_fps)
+    if count:
+        print(f'warning: {count} of {plural(len(source), "video")} '
+              f'{"is" if count == 1 else "are"} slower than --target-fps '
+              f'{args.target_fps:g} (e.g. {row["path"]} at {row["fps"]:g} fps): every frame '
+              'of those is taken (stride 1), so their clips run at their own rate, not '
+              f'{args.target_fps:g} fps', file=sys.stderr, flush=True)
+
+
 class ShardBuffer:
-    """Collects one shard's moments (and text) until all of its source items are through."""
+    """Collects one shard's fields (latents, text) until all of its source items are
+    through, each in one tensor of the shard's length made at its first item (memory
+    is taken as rows are filled), in the dtype it is written in.
+
+    Before, each item's text embeddings were kept as a float32 tensor (1.9 MiB of
+    T5-XXL tokens) and stacked (another copy) at the shard's end: 7.5 GiB held and 15
+    at the end at the default 4096 items a shard; now 0.94 MiB an item in float16, and
+    text stores default to 1024 a shard."""
 
     def __init__(self, shard_id, start, stop):
         self.shard_id, self.start, self.stop = shard_id, start, stop
-        self.moments, self.labels, self.skipped, self.text, self.seen = [], [], [], [], 0
+        self.fields, self.labels, self.skipped, self.seen = {}, [], [], 0
         self.why = []  # beside skipped: each one's reason
 
     @property
     def full(self):
         return self.seen == self.stop - self.start
 
+    def add(self, fields, label):
+        """Keep one item: ``{name: tensor}`` and its label."""
+        row = len(self.labels)
+        for name, value in fields.items():
+            if name not in self.fields:
+                self.fields[name] = torch.empty((self.stop - self.start, *value.shape),
+                                                dtype=value.dtype)
+            self.fields[name][row] = value
+        self.labels.append(label)
+
+    def take(self, name, empty_shape, dtype):
+        """The kept items' ``name`` (n, ...), or an empty tensor when none was kept."""
+        if name in self.fields:
+            return self.fields[name][:len(self.labels)]
+        return torch.zeros(0, *empty_shape, dtype=dtype)
+
 
 def flush(writer, buf, args, item_shape):
     """Write a finished shard (sampling from the moments for ``--store samples``)."""
-    moments = torch.stack(buf.moments) if buf.moments else torch.zeros(0, *item_shape)
+    kept = TORCH_DTYPES[args.dtype] if args.store == 'moments' else torch.float32
+    moments = buf.take('latents', item_shape, kept)
     if args.store == 'samples':
         # Noise seeded per shard: a resumed run draws what an uninterrupted one would.
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + buf.shard_id)
@@ -321,32 +464,87 @@ def flush(writer, buf, args, item_shape):
     text = None
     if writer.header['text_shape']:
         L, D = writer.header['text_shape']
-        empty = dict(text_embeds=torch.zeros(0, L, D), text_mask=torch.zeros(0, L, dtype=bool),
-                     pooled_text_embeds=torch.zeros(0, writer.header['pooled_dim'] or 0))
-        text = {k: torch.stack([t[k] for t in buf.text]) if buf.text else empty[k]
-                for k in (buf.text[0] if buf.text else empty)}
-        if not writer.header['pooled_dim']:
-            text.pop('pooled_text_embeds', None)
+        dtype = TORCH_DTYPES[args.dtype]
+        text = dict(text_embeds=buf.take('text_embeds', (L, D), dtype),
+                    text_mask=buf.take('text_mask', (L,), torch.bool))
+        if writer.header['pooled_dim']:
+            text['pooled_text_embeds'] = buf.take('pooled_text_embeds',
+                                                  (writer.header['pooled_dim'],), dtype)
     writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped, text=text,
                        why=buf.why)
 
 
-def encode_text(text_encoder, captions, device):
-    """Per-item dicts of text fields, on the CPU."""
+def encode_text(text_encoder, captions, device, dtype):
+    """``{field: (n, ...) CPU tensor}`` of the captions' text fields, the embeddings in
+    the store's ``dtype`` (converted here, a batch at a time, not when the shard is
+    written)."""
     emb, mask, pooled = text_encoder.encode(captions, device=device)
-    items = []
-    for i in range(len(captions)):
-        item = dict(text_embeds=emb[i].cpu(), text_mask=mask[i].cpu())
-        if pooled is not None:
-            item['pooled_text_embeds'] = pooled[i].cpu()
-        items.append(item)
-    return items
+    fields = dict(text_embeds=emb.to(dtype).cpu(), text_mask=mask.cpu())
+    if pooled is not None:
+        fields['pooled_text_embeds'] = pooled.to(dtype).cpu()
+    return fields
+
+
+def encode_batch(x, vae, text_encoder, captions, args, device):
+    """``{field: (n, ...) CPU tensor}`` of a batch of readable items: ``latents`` (n,
+    copies, 2, ...) (the moments: in the store's dtype, or float32 for ``--store
+    samples``, sampled when the shard is written) and the text fields."""
+    x = x.to(device, non_blocking=True)
+    copies = 2 if args.flip else 1
+    if args.flip:
+        x = torch.cat([x, x.flip(-1)])  # originals then mirrored copies
+    mean, std = vae.encode_moments(x)
+    moments = torch.stack([mean, std], 1)  # (n*copies, 2, C, ...)
+    kept = TORCH_DTYPES[args.dtype] if args.store == 'moments' else torch.float32
+    fields = dict(latents=moments.to(kept).cpu().unflatten(0, (copies, -1)).transpose(0, 1))
+    if text_encoder is not None:
+        fields.update(encode_text(text_encoder, captions, device, TORCH_DTYPES[args.dtype]))
+    return fields
+
+
+def summarize(args, writer, pending, skipped_now, latent_shape):
+    """Finalize the store (rank 0, after every rank is done) and print what it holds."""
+    index = writer.finalize()
+    # shards_written / skipped_this_run count rank 0's work only.
+    summary = dict(num_items=index['num_items'], num_shards=len(index['shards']),
+                   complete=index['complete'], num_skipped=index['num_skipped'],
+                   shards_written=len(pending), skipped_this_run=skipped_now,
+                   latent_shape=list(latent_shape))
+    flips = (f' (x2 with the flipped copies: {2 * index["num_items"]} latents)'
+             if index['num_copies'] == 2 else '')
+    print(f'{PROG}: {plural(index["num_items"], "item")}{flips}, latents of shape '
+          f'{tuple(latent_shape)}, in '
+          f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
+          f'({plural(len(pending), "shard")} written by rank 0 in this run); '
+          + skipped_inputs(index['shards']))
+    return summary, [s for sh in index['shards'] for s in sh['skipped']]
+
+
+def skipped_inputs(shards) -> str:
+    """'skipped N unreadable or too short inputs: NAME (why); ...' of the shards' records
+    (the first 10 named)."""
+    skipped = [s for sh in shards for s in sh['skipped']]
+    # the reasons this run's and earlier runs' shards recorded (older stores: none)
+    reasons = {name: why for sh in shards
+               for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
+    return (f'skipped {len(skipped)} unreadable or too short input{"s" * (len(skipped) != 1)}'
+            + (': ' + '; '.join(f'{name} ({reasons[name]})' if name in reasons else name
+                                for name in skipped[:10])
+               + (' ...' if len(skipped) > 10 else '') if skipped else ''))
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     source = build_source(args)
+    meta = store_meta(args, source)
+    progress, fingerprint = check_out(args, source, meta)
+    if progress and progress['complete']:
+        return nothing_to_do(args, progress)
+    if progress and launch_rank() == 0:
+        print(f'{PROG}: resuming: {len(progress["done"])} of '
+              f'{plural(progress["num_shards"], "shard")} done at {args.out}', flush=True)
+    warn_slow_clips(args, source)
     vae = build_vae(args)
     text_encoder = build_text_encoder(args)
     rank, world, device = init_dist(args.device)
@@ -357,24 +555,19 @@ def main(argv=None):
     if text_encoder is not None:
         text_shape = (text_encoder.max_length, text_encoder.embed_dim)
         pooled_dim = text_encoder.pooled_dim
-    meta = dict(source=osp.abspath(args.data_path or args.manifest))
-    if args.data_path:
-        meta.update(classes=source.classes, image_size=args.image_size)
-    else:
-        meta.update(num_frames=args.num_frames, size=list(source.size),
-                    frame_stride=args.frame_stride, target_fps=args.target_fps)
-    if text_encoder is not None:
-        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind)
     try:
         writer = LatentStoreWriter(
             args.out, len(source), latent_shape, dtype=args.dtype, content=args.store,
             num_copies=copies, scale_factor=vae.scale_factor, shift_factor=vae.shift_factor,
             vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
-            world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim)
+            world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim,
+            source_fingerprint=fingerprint)
+        pending = writer.pending_shards()
+    except SourceChangedError:
+        fail(source_changed(args))
     except (ValueError, OSError) as e:  # OSError: --out runs into a file
         fail(with_option(e))
 
-    pending = writer.pending_shards()
     indices = [i for k in pending for i in range(*writer.shard_range(k))]
     loader = DataLoader(Subset(source, indices), batch_size=args.batch_size,
                         num_workers=args.num_workers, collate_fn=collate_sources,
@@ -386,23 +579,16 @@ def main(argv=None):
               unit=unit, dynamic_ncols=True) as pbar:
         for batch, items in loader:
             if batch is not None:
-                x = batch.to(device, non_blocking=True)
-                if args.flip:
-                    x = torch.cat([x, x.flip(-1)])  # originals then mirrored copies
-                mean, std = vae.encode_moments(x)
-                moments = torch.stack([mean, std], 1).cpu()  # (n*copies, 2, C, ...)
-                moments = iter(moments.unflatten(0, (copies, -1)).transpose(0, 1))
-                if text_encoder is not None:
-                    texts = iter(encode_text(
-                        text_encoder, [source.captions[g] for g, why in items if why is None],
-                        device))
+                fields = encode_batch(
+                    batch, vae, text_encoder,
+                    [source.captions[g] for g, why in items if why is None], args, device)
+                row = 0
             for gidx, why in items:
                 buf = bufs[gidx // args.shard_size]
                 if why is None:
-                    buf.moments.append(next(moments))
-                    buf.labels.append(source.labels[gidx])
-                    if text_encoder is not None:
-                        buf.text.append(next(texts))
+                    buf.add({name: value[row] for name, value in fields.items()},
+                            source.labels[gidx])
+                    row += 1
                 else:
                     buf.skipped.append(source.names[gidx])
                     buf.why.append(why)
@@ -415,27 +601,7 @@ def main(argv=None):
     barrier()
     summary = None
     if rank == 0:
-        index = writer.finalize()
-        # shards_written / skipped_this_run count rank 0's work only.
-        summary = dict(num_items=index['num_items'], num_shards=len(index['shards']),
-                       complete=index['complete'], num_skipped=index['num_skipped'],
-                       shards_written=len(pending), skipped_this_run=skipped_now,
-                       latent_shape=list(latent_shape))
-        skipped = [s for sh in index['shards'] for s in sh['skipped']]
-        # the reasons this run's and earlier runs' shards recorded (older stores: none)
-        reasons = {name: why for sh in index['shards']
-                   for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
-        flips = (f' (x2 with the flipped copies: {2 * index["num_items"]} latents)'
-                 if index['num_copies'] == 2 else '')
-        print(f'{PROG}: {index["num_items"]} items{flips}, latents of shape '
-              f'{tuple(latent_shape)}, in '
-              f'{len(index["shards"])}/{index["num_shards"]} shards at {args.out} '
-              f'({len(pending)} shard{"s" * (len(pending) != 1)} written by rank 0 in this '
-              f'run); skipped {len(skipped)} unreadable or too short '
-              f'input{"s" * (len(skipped) != 1)}'
-              + (': ' + '; '.join(f'{name} ({reasons[name]})' if name in reasons else name
-                                  for name in skipped[:10])
-                 + (' ...' if len(skipped) > 10 else '') if skipped else ''))
+        summary, skipped = summarize(args, writer, pending, skipped_now, latent_shape)
     close_process_group()
     if summary and summary['complete'] and not summary['num_items']:
         fail(f'no latents written to {args.out}: '

@@ -5,6 +5,9 @@ A source item is ``(tensor or None, global index)``: ``None`` marks a file that 
 be read, so the extraction skips it (and records it in the store's index) instead of
 stopping hours into a run.
 """
+import hashlib
+import itertools
+import json
 import os.path as osp
 
 import torch
@@ -18,7 +21,19 @@ from .manifest import load_manifest
 from .transforms.video import (ClipTooShortError, DecodeFrames, PackVideoInputs,
                                ResizeCropVideo, SampleClipIndices)
 
-__all__ = ['ImageSource', 'ClipSource', 'collate_sources']
+__all__ = ['ImageSource', 'ClipSource', 'collate_sources', 'fingerprint_items']
+
+
+def fingerprint_items(items, chunk=4096):
+    """sha256 hex digest of a sequence of JSON-able tuples, fed to the hash as they are
+    iterated (the JSON of ``chunk`` of them at a time): a million manifest rows take
+    about a second and no copy of them."""
+    digest, items = hashlib.sha256(), iter(items)
+    while True:
+        part = list(itertools.islice(items, chunk))
+        if not part:
+            return digest.hexdigest()
+        digest.update(json.dumps(part, ensure_ascii=False).encode())
 
 
 class ImageSource(Dataset):
@@ -42,6 +57,13 @@ class ImageSource(Dataset):
     def frames_shape(self):
         """(H, W) of every item (no frame axis)."""
         return None, self.image_size, self.image_size
+
+    def fingerprint(self, with_captions=False):
+        """Digest of the items in order: relative paths and labels (and captions, the
+        class names, ``with_captions``): other files with the same count change it."""
+        if with_captions:
+            return fingerprint_items(zip(self.names, self.labels, self.captions))
+        return fingerprint_items(zip(self.names, self.labels))
 
     def __len__(self):
         return len(self.indices)
@@ -92,6 +114,23 @@ class ClipSource(Dataset):
     def frames_shape(self):
         return self.num_frames, *self.size
 
+    def fingerprint(self, with_captions=False):
+        """Digest of the rows in order: what each clip is made from (its path, label,
+        and the frame count and fps the manifest gives, which place the clip) and,
+        ``with_captions``, its caption: rows shuffled, relabelled, recaptioned or
+        pointing at other files change it."""
+        rows = ((r['path'], r.get('label', -1), r.get('num_frames'), r.get('fps'))
+                + ((r.get('caption', ''),) if with_captions else ()) for r in self.rows)
+        return fingerprint_items(rows)
+
+    def slower_than(self, fps):
+        """``(count, first row)`` of the rows whose manifest fps is below ``fps``:
+        their clips take every frame and run slower than asked. Rows without an fps
+        (probed only when decoded) are not counted."""
+        slow = (r for r in self.rows if r.get('fps') is not None and r['fps'] < fps)
+        first = next(slow, None)
+        return (0, None) if first is None else (1 + sum(1 for _ in slow), first)
+
     def __len__(self):
         return len(self.indices)
 
@@ -104,8 +143,6 @@ class ClipSource(Dataset):
         except (VideoReadError, FileNotFoundError, ClipTooShortError) as e:
             return first_line(e), gidx
         return results['images'], gidx
-
-
 
 
 def collate_sources(batch):

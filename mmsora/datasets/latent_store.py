@@ -34,7 +34,8 @@ import torch
 
 from mmsora.utils.cli import first_line
 
-__all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION']
+__all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
+           'read_store_progress']
 
 FORMAT = 'mmsora.latent_store'
 VERSION = 1
@@ -44,6 +45,13 @@ CONTENTS = ('moments', 'samples')
 HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_copies',
                'scale_factor', 'shift_factor', 'vae', 'shard_size', 'num_source_items',
                'num_shards', 'text_shape', 'pooled_dim')
+# Not in HEADER_KEYS: stores written before it was recorded have none, and resume.
+FINGERPRINT_KEY = 'source_fingerprint'
+
+
+class SourceChangedError(ValueError):
+    """The source items (paths, captions, labels, their order) are not the ones a store
+    was started from, though their number is."""
 
 
 # --------------------------------------------------------------------------- #
@@ -113,14 +121,25 @@ def text_name(field, shard_id):
 # --------------------------------------------------------------------------- #
 #                                dtype encoding                                #
 # --------------------------------------------------------------------------- #
+TORCH_DTYPES = dict(float16=torch.float16, bfloat16=torch.bfloat16, float32=torch.float32)
+
+
 def encode_dtype(x, dtype):
-    """float array/tensor → the stored numpy array (bfloat16 as uint16 bits)."""
+    """float array/tensor → the stored numpy array (bfloat16 as uint16 bits).
+
+    A CPU tensor (or array) already in ``dtype`` is returned as a view, not copied: a
+    writer that buffers a shard in the stored dtype (tools/extract_features.py) had
+    it copied through float32 at 3x its size."""
+    if isinstance(x, torch.Tensor) and x.dtype == TORCH_DTYPES[dtype]:
+        x = x.detach().cpu().contiguous()
+        return x.view(torch.int16).numpy().view(np.uint16) if dtype == 'bfloat16' \
+            else x.numpy()
     if dtype == 'bfloat16':
         t = torch.as_tensor(x).float().to(torch.bfloat16)  # round to nearest even
         return t.view(torch.int16).numpy().view(np.uint16)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
-    return np.asarray(x).astype(dtype)
+    return np.asarray(x).astype(dtype, copy=False)
 
 
 def decode_dtype(a, dtype):
@@ -166,6 +185,86 @@ def _load_shard_file(path, mmap_mode):
                          'again into a new folder') from None
 
 
+def _other_settings(root, path, key, theirs, ours):
+    return (f'{root!r} holds a latent store written with {key}={theirs!r} (in '
+            f'{osp.relpath(path, root)}); this run has {key}={ours!r}: use another '
+            'output folder or the same settings')
+
+
+def _known_part(theirs, ours):
+    """``ours`` with its unknown (None) entries taken from ``theirs``: a setting known
+    in part before the models load (a text length, not the encoder's width)."""
+    if (isinstance(ours, (list, tuple)) and None in ours and isinstance(theirs, list)
+            and len(theirs) == len(ours)):
+        return [t if o is None else o for t, o in zip(theirs, ours)]
+    return ours
+
+
+def check_recorded(root, recorded, path, settings, meta=None):
+    """Refuse (ValueError naming the first setting that differs) a store file
+    ``recorded`` (index or part at ``path``) written with other ``settings`` (header
+    keys; those left out, or None inside a list, are not compared) or ``meta``;
+    :class:`SourceChangedError` where both record a ``source_fingerprint`` and they
+    differ."""
+    for key in HEADER_KEYS:
+        if key not in settings:
+            continue
+        theirs = recorded.get(key)
+        ours = _known_part(theirs, settings[key])
+        if theirs != ours:
+            raise ValueError(_other_settings(root, path, key, theirs, ours))
+    # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
+    # others kept the old latents. Files of older versions hold none.
+    if 'meta' in recorded and meta is not None:
+        ours = json.loads(json.dumps(meta))
+        theirs = recorded['meta']
+        for key in sorted(set(ours) | set(theirs)):
+            if ours.get(key) != theirs.get(key):
+                raise ValueError(_other_settings(root, path, key, theirs.get(key),
+                                                 ours.get(key)))
+    theirs, ours = recorded.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)
+    if theirs and ours and theirs != ours:
+        raise SourceChangedError(
+            f'{root!r} holds a latent store of other source items (source_fingerprint '
+            f'{theirs[:12]}... in {osp.relpath(path, root)}; this run has {ours[:12]}...): '
+            'they changed since it was started; use another output folder')
+
+
+def _store_files(root):
+    index = osp.join(root, 'index.json')
+    return ([index] if osp.exists(index) else []) + sorted(
+        glob.glob(osp.join(root, 'parts', 'rank-*.json')))
+
+
+def read_store_progress(root, settings, meta=None):
+    """What a writer would find at ``root``, read before what its header needs (a VAE's
+    latent shape) is known: None where no store was begun, else a dict of ``header``
+    (the recorded one), ``done`` (sorted ids of the finished shards), ``shards`` (their
+    records, in that order), ``num_shards``, ``num_items`` and ``num_skipped`` (in the
+    finished shards) and ``complete`` (index.json says every shard is there:
+    :meth:`LatentStoreWriter.finalize` has nothing to add).
+
+    Every index and part is checked as :func:`check_recorded` does (the same refusals a
+    writer gives), so each torchrun rank, reading them before any rank writes, decides
+    the same."""
+    paths = _store_files(root)
+    if not paths:
+        return None
+    done, header, indexed = {}, None, False
+    for path in paths:
+        data = _read_json(path)
+        check_recorded(root, data, path, settings, meta)
+        header = header or {k: data.get(k) for k in (*HEADER_KEYS, FINGERPRINT_KEY)}
+        if osp.basename(path) == 'index.json':
+            indexed = bool(data.get('complete'))
+        done.update({int(s['id']): s for s in data['shards']})
+    return dict(header=header, done=sorted(done), shards=[done[k] for k in sorted(done)],
+                num_shards=header['num_shards'],
+                num_items=sum(s['count'] for s in done.values()),
+                num_skipped=sum(len(s['skipped']) for s in done.values()),
+                complete=indexed and len(done) == header['num_shards'])
+
+
 class LatentStoreWriter:
     """Writes a packed latent store, one shard at a time, resumably.
 
@@ -193,12 +292,17 @@ class LatentStoreWriter:
             bool token mask). Defaults to None (no text).
         pooled_dim (int, optional): Width of each item's pooled text embedding (CLIP),
             when kept. Defaults to None.
+        source_fingerprint (str, optional): A digest of the source items (their paths,
+            captions, labels, in order), recorded: a resumed writer whose items are
+            other ones of the same number is refused (:class:`SourceChangedError`).
+            Checked only where both this writer and the store have one. Defaults to
+            None.
     """
 
     def __init__(self, root, num_source_items, latent_shape, dtype='float16',
                  content='moments', num_copies=1, scale_factor=0.18215, shift_factor=0.0,
                  vae='', shard_size=4096, rank=0, world_size=1, meta=None,
-                 text_shape=None, pooled_dim=None):
+                 text_shape=None, pooled_dim=None, source_fingerprint=None):
         if dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
         if content not in CONTENTS:
@@ -221,6 +325,8 @@ class LatentStoreWriter:
             num_shards=-(-int(num_source_items) // int(shard_size)),
             text_shape=[int(s) for s in text_shape] if text_shape else None,
             pooled_dim=int(pooled_dim) if pooled_dim else None)
+        if source_fingerprint:
+            self.header[FINGERPRINT_KEY] = str(source_fingerprint)
         if pooled_dim and not text_shape:
             raise ValueError('pooled_dim needs text_shape (the token embeddings)')
         self.meta = meta or {}
@@ -244,32 +350,12 @@ class LatentStoreWriter:
         return self.header['num_shards']
 
     def _check_header(self, other, path):
-        for key in HEADER_KEYS:
-            if other.get(key) != self.header[key]:
-                raise ValueError(self._other_settings(path, key, other.get(key),
-                                                      self.header[key]))
-        # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
-        # others kept the old latents. Files of older versions hold none.
-        if 'meta' in other:
-            ours = json.loads(json.dumps(self.meta))
-            theirs = other['meta']
-            for key in sorted(set(ours) | set(theirs)):
-                if ours.get(key) != theirs.get(key):
-                    raise ValueError(self._other_settings(path, key, theirs.get(key),
-                                                          ours.get(key)))
-
-    def _other_settings(self, path, key, theirs, ours):
-        return (f'{self.root!r} holds a latent store written with {key}={theirs!r} (in '
-                f'{osp.relpath(path, self.root)}); this run has {key}={ours!r}: use another '
-                'output folder or the same settings')
+        check_recorded(self.root, other, path, self.header, self.meta)
 
     def done_shards(self):
         """``{shard_id: record}`` of every finished shard, from all parts and the index."""
         done = {}
-        index = osp.join(self.root, 'index.json')
-        sources = ([index] if osp.exists(index) else []) + sorted(
-            glob.glob(osp.join(self.root, 'parts', 'rank-*.json')))
-        for path in sources:
+        for path in _store_files(self.root):
             info = self.own if path == self.part_path else None
             if info is None:
                 data = _read_json(path)

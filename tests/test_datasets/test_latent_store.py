@@ -280,3 +280,76 @@ def test_text_shapes_are_checked(tmp_path):
     # Resuming a store with other text settings is refused.
     with pytest.raises(ValueError, match='text_shape'):
         LatentStoreWriter(str(tmp_path / 'b'), 2, SHAPE, text_shape=(5, 3)).done_shards()
+
+
+def test_other_source_items_are_refused(tmp_path):
+    """The source items' fingerprint: a resumed writer of other items of the same number
+    was taken as the same store."""
+    from mmsora.datasets.latent_store import SourceChangedError
+    x, labels = make_items(8)
+    root = str(tmp_path)
+    with pytest.raises(RuntimeError):
+        write_all(root, x, labels, fail_after=1, source_fingerprint='a' * 64)
+    with pytest.raises(SourceChangedError, match=r"holds a latent store of other source items "
+                                                 r"\(source_fingerprint aaaaaaaaaaaa\.\.\. in "
+                                                 r"parts/rank-00000.json; this run has "
+                                                 r"bbbbbbbbbbbb\.\.\.\): they changed"):
+        LatentStoreWriter(root, 8, SHAPE, shard_size=4, source_fingerprint='b' * 64)
+    with pytest.raises(SourceChangedError):  # another rank reads it in the part it lacks
+        LatentStoreWriter(root, 8, SHAPE, shard_size=4, rank=1, world_size=2,
+                          source_fingerprint='b' * 64).pending_shards()
+    # not compared where one side has none (stores begun before it was recorded)
+    assert LatentStoreWriter(root, 8, SHAPE, shard_size=4).pending_shards() == [1]
+    part = os.path.join(root, 'parts', 'rank-00000.json')
+    data = json.load(open(part))
+    del data['source_fingerprint']
+    json.dump(data, open(part, 'w'))
+    w, written = write_all(root, x, labels, source_fingerprint='b' * 64)
+    assert written == [1] and w.finalize()['source_fingerprint'] == 'b' * 64
+
+
+def test_read_store_progress(tmp_path):
+    """What a rerun finds, read before the latent shape is known (no writer built)."""
+    from mmsora.datasets.latent_store import read_store_progress
+    x, labels = make_items(8)
+    root = str(tmp_path / 'store')
+    settings = dict(dtype='float16', num_source_items=8, source_fingerprint='f' * 64)
+    assert read_store_progress(root, settings) is None
+    with pytest.raises(RuntimeError):
+        write_all(root, x, labels, fail_after=1, source_fingerprint='f' * 64,
+                  text_shape=None)
+    found = read_store_progress(root, settings, meta={})
+    assert found['done'] == [0] and found['num_shards'] == 2 and not found['complete']
+    assert found['num_items'] == 4 and found['header']['shard_size'] == 4
+    with pytest.raises(ValueError, match="written with dtype='float16'.*dtype='float32'"):
+        read_store_progress(root, dict(settings, dtype='float32'))
+    with pytest.raises(ValueError, match='written with frame_stride=None .*frame_stride=2'):
+        read_store_progress(root, settings, meta=dict(frame_stride=2))
+    w, _ = write_all(root, x, labels, source_fingerprint='f' * 64)
+    assert not read_store_progress(root, settings)['complete']  # parts only: not finalized
+    w.finalize()
+    assert read_store_progress(root, settings)['complete']
+
+
+def test_a_setting_known_in_part(tmp_path):
+    """The text length is known before the text encoder loads, not its width."""
+    from mmsora.datasets.latent_store import read_store_progress
+    x, labels = make_items(2)
+    w = LatentStoreWriter(str(tmp_path), 2, SHAPE, text_shape=(5, 3))
+    w.write_shard(0, x, labels, text=make_text(2, pooled=0))
+    w.finalize()
+    assert read_store_progress(str(tmp_path), dict(text_shape=[5, None]))['complete']
+    with pytest.raises(ValueError, match=r'written with text_shape=\[5, 3\] \(in index.json\); '
+                                         r'this run has text_shape=\[7, 3\]'):
+        read_store_progress(str(tmp_path), dict(text_shape=[7, None]))
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16', 'float32'])
+def test_a_tensor_in_the_stored_dtype_is_not_copied(dtype):
+    """It went through a float32 copy (3x a float16 shard) before being stored."""
+    from mmsora.datasets.latent_store import TORCH_DTYPES, encode_dtype
+    x = torch.randn(6, 5)
+    kept = x.to(TORCH_DTYPES[dtype])
+    stored = encode_dtype(kept, dtype)
+    assert stored.ctypes.data == kept.data_ptr()
+    np.testing.assert_array_equal(stored, encode_dtype(x.numpy(), dtype))  # same rounding

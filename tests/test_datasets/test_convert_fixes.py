@@ -1,0 +1,90 @@
+"""tools/convert_fastdit_features.py: NaN / inf feature files are refused naming them,
+and a refused run leaves no empty --out behind (a begun store it keeps, resumable)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
+from mmsora.utils.cli import UserError
+from tests.test_datasets.test_extract_features import convert, shard_mtimes
+
+
+@pytest.fixture
+def features(tmp_path):
+    """11 fast-DiT items (1, 4, 4, 4) with labels."""
+    feats, labels = tmp_path / 'f', tmp_path / 'l'
+    feats.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
+        np.save(labels / f'{i}.npy', np.array([i % 4]))
+    return feats, labels
+
+
+def run(features, out):
+    feats, labels = features
+    return convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
+                         '--out', str(out), '--dtype', 'float32', '--shard-size', '4'])
+
+
+def spoil(features, i, value=np.nan):
+    path = features[0] / f'{i}.npy'
+    x = np.load(path)
+    good = x.copy()
+    x[0, 1, 2, 3] = value
+    np.save(path, x)
+    return lambda: np.save(path, good)
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+def test_non_finite_features_are_refused(features, tmp_path, value):
+    """A feature file holding NaN or inf was converted (exit 0) and training then
+    logged 'loss nan' naming nothing."""
+    spoil(features, 2, value)
+    with pytest.raises(UserError, match=rf"^'{features[0] / '2.npy'}' \(item 2\) holds NaN or "
+                                        r'inf \(1 of 64 values\): extract that image again'):
+        run(features, tmp_path / 'out')
+
+
+def test_a_refusal_before_the_first_shard_leaves_no_folder(features, tmp_path):
+    """A run refused at a bad file left an empty --out behind (the writer had made it)."""
+    fix = spoil(features, 2)
+    out = tmp_path / 'new' / 'deeper' / 'store'
+    with pytest.raises(UserError, match=r'holds NaN or inf \(1 of 64 values\): .*files out '
+                                        r'\(training on it logs loss nan\)$'):
+        run(features, out)
+    assert not (tmp_path / 'new').exists()  # the folders it made, parents too
+    # a wrong shape too
+    fix()
+    np.save(features[0] / '3.npy', np.zeros((1, 4, 4, 2), np.float32))
+    with pytest.raises(UserError, match=r"'.*3.npy' \(item 3\) has shape"):
+        run(features, tmp_path / 'other')
+    assert not (tmp_path / 'other').exists()
+    # a folder that was there stays, as it was
+    (tmp_path / 'given').mkdir()
+    with pytest.raises(UserError):
+        run(features, tmp_path / 'given')
+    assert os.listdir(tmp_path / 'given') == []
+
+
+def test_a_refusal_keeps_finished_shards_and_a_rerun_resumes(features, tmp_path):
+    fix = spoil(features, 6)  # shard 1 (items 4-7)
+    out = tmp_path / 'store'
+    with pytest.raises(UserError, match=rf"^'.*6.npy' \(item 6\) holds NaN .*; {out} keeps "
+                                        r'the 1 shard finished before it: rerun once the '
+                                        r'file is fixed to resume, or convert into a new '
+                                        r'--out$'):
+        run(features, out)
+    before = shard_mtimes(str(out))
+    assert sorted(os.path.basename(p) for p in before) == ['labels_00000.npy',
+                                                          'shard_00000.npy']
+    fix()
+    index = run(features, out)
+    assert index['complete'] and index['num_items'] == 11
+    assert {p: t for p, t in shard_mtimes(str(out)).items() if p in before} == before
+    src, dst = NpyLatentDataset(*map(str, features)), PackedLatentDataset(str(out), seed=0)
+    for i in range(11):
+        assert torch.equal(src[i]['latents'], dst[i]['latents'])
