@@ -13,7 +13,8 @@ names of DiT's ``models.py``, so DiT's ``sample.py --ckpt FILE`` (and
 it as they read the released ``DiT-XL-2-256x256.pt`` (raw EMA weights). ``.pt`` /
 ``.pth`` are written with ``torch.save``, ``.safetensors`` with safetensors. Reads
 checkpoint files, DeepSpeed checkpoint folders and work dirs (their newest
-checkpoint); needs no config, no VAE and no GPU.
+checkpoint: the one ``last_checkpoint`` names, else the highest ``iter_N.pth``);
+needs no config, no VAE and no GPU.
 """
 import os
 import os.path as osp
@@ -42,17 +43,22 @@ def resolve_checkpoint(path: str) -> str:
     if not osp.exists(path):
         raise UserError(f'{path} does not exist')
     if osp.isdir(path) and not is_zero_checkpoint(path):
-        newest = last_checkpoint(path)
+        newest = last_checkpoint(path)  # its last_checkpoint, else its iter_N.pth
         if newest is None:
             raise UserError(f'{path}: a folder that is neither a DeepSpeed checkpoint '
-                            'folder nor a work dir with a last_checkpoint')
+                            'folder nor a work dir with a checkpoint (last_checkpoint, '
+                            'iter_N.pth)')
         return newest
     return path
 
 
-def read_denoiser(checkpoint: str, use_ema: bool = True) -> dict:
-    """The denoiser's weights in ``checkpoint`` (a file or a DeepSpeed folder)."""
-    from mmsora.apis.inference import denoiser_state_dict
+def read_denoiser(checkpoint: str, use_ema: bool = True):
+    """The denoiser's weights in ``checkpoint`` (a file or a DeepSpeed folder), and
+    which they are, in words: the EMA or the trained ones (asked for, or all that a
+    run without EMA kept: warned about), or the one set of a file that does not say
+    (a plain state dict). Before, the EMA weights were reported where a run without
+    EMAHook kept only the trained ones."""
+    from mmsora.apis.inference import denoiser_state_dict, ema_kept
     from mmsora.utils.checkpoint import load_checkpoint_file
     from mmsora.utils.zero_checkpoint import read_zero_checkpoint
     obj = (read_zero_checkpoint(checkpoint, trained=not use_ema) if osp.isdir(checkpoint)
@@ -60,7 +66,11 @@ def read_denoiser(checkpoint: str, use_ema: bool = True) -> dict:
     state = denoiser_state_dict(obj, use_ema, source=checkpoint)
     if not state:
         raise UserError(f'{checkpoint}: no denoiser weights in it (no denoiser.* keys)')
-    return {k: v.detach().contiguous() for k, v in state.items()}
+    kept = ema_kept(obj, checkpoint)
+    which = ('weights (the one set in it, EMA or not: the file does not say)'
+             if kept is None else
+             'EMA weights' if use_ema and kept else 'trained weights')
+    return {k: v.detach().contiguous() for k, v in state.items()}, which
 
 
 def write_state_dict(state: dict, out: str) -> None:
@@ -85,11 +95,10 @@ def main(argv=None):
         raise UserError(f'--out {args.out}: give a .pt, .pth or .safetensors file name')
     check_output_path(args.out, '--out')
     checkpoint = resolve_checkpoint(args.checkpoint)
-    state = read_denoiser(checkpoint, use_ema=not args.no_ema)
+    state, which = read_denoiser(checkpoint, use_ema=not args.no_ema)
     write_state_dict(state, args.out)
     n = sum(v.numel() for v in state.values())
-    which = 'trained' if args.no_ema else 'EMA (where the run kept them)'
-    print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} weights, {len(state)} '
+    print(f'{checkpoint} -> {args.out}: the denoiser\'s {which}, {len(state)} '
           f'tensors, {n / 1e6:.2f} M parameters')
 
 

@@ -11,8 +11,8 @@ from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_c
                                      load_state_dict_checked)
 from mmsora.utils.cli import note
 
-__all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'sample_images',
-           'save_image_grid']
+__all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
+           'sample_images', 'save_image_grid']
 
 
 def find_run(path):
@@ -20,7 +20,8 @@ def find_run(path):
 
     A work dir written by tools/train.py holds the dumped config and a
     ``last_checkpoint`` file naming the newest checkpoint (a file, or a DeepSpeed
-    checkpoint folder).
+    checkpoint folder); without that file, its highest-numbered ``iter_N.pth`` is
+    taken (:func:`~mmsora.utils.checkpoint.last_checkpoint`).
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     if osp.isfile(path):
@@ -58,8 +59,9 @@ def load_weights(model, checkpoint, use_ema=True):
         newest = last_checkpoint(checkpoint)  # a work dir: its newest checkpoint
         if newest is None:
             raise FileNotFoundError(f'{checkpoint} is a folder but neither a DeepSpeed '
-                                    'checkpoint folder nor a work dir with a '
-                                    'last_checkpoint: give a checkpoint file')
+                                    'checkpoint folder nor a work dir with a checkpoint '
+                                    '(last_checkpoint, iter_N.pth): give a checkpoint '
+                                    'file')
         checkpoint = newest
     model.loaded_from = checkpoint  # what the tools report as the weights sampled
     if osp.isdir(checkpoint):
@@ -108,7 +110,15 @@ def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
 def denoiser_state_dict(obj, use_ema: bool = True, source: str = 'the checkpoint') -> dict:
     """The denoiser's weights in a loaded checkpoint (see :func:`load_weights`), with
     the denoiser's own names (DiT's, for a DiT): the EMA weights where the run kept
-    them, else (``use_ema=False``) the trained ones."""
+    them, else (``use_ema=False``, or a run without EMA, which is warned about) the
+    trained ones.
+
+    A run checkpoint without EMA weights (a run without EMAHook) gave its trained
+    weights for the EMA ones without a word before (tools/infer.py said '(EMA weights
+    where it has them)', tools/export_denoiser.py 'the denoiser's EMA ... weights')."""
+    if use_ema and ema_kept(obj, source) is False:
+        _warn(f'{source} holds no EMA weights (the run kept none: no EMAHook): taking '
+              'the trained weights')
     if isinstance(obj, dict) and 'state_dict' in obj:
         if use_ema or 'ema_state_dict' not in obj:
             state = obj['state_dict']
@@ -118,17 +128,44 @@ def denoiser_state_dict(obj, use_ema: bool = True, source: str = 'the checkpoint
         denoiser_state = {k[len('denoiser.'):]: v for k, v in state.items()
                           if k.startswith('denoiser.')}
     elif isinstance(obj, dict) and ('ema' in obj or 'model' in obj):  # DiT / fast-DiT
-        denoiser_state = extract_state_dict(obj, key='ema' if use_ema else 'model')
+        denoiser_state = extract_state_dict(
+            obj, key='ema' if use_ema and 'ema' in obj else 'model')
     else:  # the weights themselves (the released DiT-XL-2-256x256.pt: EMA weights)
         denoiser_state = extract_state_dict(obj, key=None)
         if not use_ema:  # nothing else to take: say so rather than sample them silently
-            from mmengine.dist import get_rank
-            if get_rank() == 0:
-                import sys
-                print(f'warning: --no-ema: {source} is a plain state dict, one set of '
-                      'weights (the released DiT files hold the EMA ones): taking those',
-                      file=sys.stderr, flush=True)
+            _warn(f'--no-ema: {source} is a plain state dict, one set of weights (the '
+                  'released DiT files hold the EMA ones): taking those')
     return denoiser_state
+
+
+def ema_kept(obj, source: str = '') -> Optional[bool]:
+    """Whether a loaded checkpoint (see :func:`load_weights`) holds EMA weights: a
+    run's (mmengine's, with its ``meta``), its ``ema_state_dict`` (EMAHook's); a DiT /
+    fast-DiT one, its ``'ema'``; None where the file does not say (a plain state dict,
+    or ``{'state_dict': ...}`` alone, not a run's). A DeepSpeed folder (``source``)
+    read for its EMA alone leaves the trained weights out, so its client state is
+    asked."""
+    if not isinstance(obj, dict):
+        return None
+    if 'state_dict' in obj:
+        if 'meta' not in obj:
+            return None
+        if 'ema_state_dict' in obj:
+            return True
+        from mmsora.utils.zero_checkpoint import load_deepspeed_file, zero_model_states
+        client = zero_model_states(source) if osp.isdir(source) else None
+        return client is not None and 'ema_state_dict' in load_deepspeed_file(client)
+    if 'ema' in obj or 'model' in obj:
+        return 'ema' in obj
+    return None
+
+
+def _warn(text: str) -> None:
+    """``warning: TEXT`` on standard error, from process 0 alone."""
+    from mmengine.dist import get_rank
+    if get_rank() == 0:
+        import sys
+        print(f'warning: {text}', file=sys.stderr, flush=True)
 
 
 def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_options=(),

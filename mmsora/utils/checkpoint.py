@@ -1,11 +1,16 @@
 """Checkpoint io: read released / fast-DiT / mmengine checkpoints without running pickle code.
 
 Every ``.pt`` / ``.pth`` file is read with ``torch.load(weights_only=True)``, so a
-checkpoint can hold tensors and plain containers but never code that runs on load.
+checkpoint can hold tensors and plain containers but never code that runs on load;
+every ``.safetensors`` file through :func:`read_safetensors`. A file that cannot be
+read is named in one line saying what it is (cut short, the other format, text).
 """
+import json
 import math
+import os
 import os.path as osp
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Optional, Sequence, Union
@@ -15,7 +20,8 @@ import torch.nn as nn
 
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
-           'last_checkpoint', 'local_pretrained_kwargs']
+           'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
+           'read_safetensors', 'check_safetensors_file', 'fixed_tables']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -54,7 +60,8 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         FileNotFoundError: ``path`` does not exist.
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
-        ValueError: The file is truncated, damaged or not a torch checkpoint.
+        ValueError: The file is truncated, damaged or not a torch checkpoint (named
+            ``.safetensors``: not a whole safetensors file, :func:`read_safetensors`).
     """
     # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
     # those data-only types (mmsora.engine.compat) before the weights-only load.
@@ -64,8 +71,7 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path, device=str(map_location))
+        return read_safetensors(path, map_location)
     zipped = zipfile.is_zipfile(path)
     if not zipped:
         _check_pickle_start(path)
@@ -92,9 +98,16 @@ def _check_pickle_start(path: str) -> None:
     """Raise ValueError, saying what the file is, unless a file that is not a whole
     zip starts as a pickle does (torch's legacy format): text would reach the
     unpickler and come back as a refusal of objects that 'could run code' (a Git LFS
-    pointer, an HTML page)."""
+    pointer, an HTML page). A safetensors file given a torch name is named as such:
+    it was 'neither a zip archive nor a pickle: starts b'8\\x0b...{"...''. It is
+    refused rather than read by its content: the name decides how every other reader
+    takes it (DiT's sample.py and mmengine torch.load a .pt), so renaming it mends it
+    for all of them, and a torch file named .safetensors is refused alike."""
     with open(path, 'rb') as f:
         head = f.read(64)
+    if _is_safetensors_start(head, osp.getsize(path)):  # (its length may start 0x80)
+        raise ValueError(f'cannot read checkpoint {path}: it is a safetensors file: name '
+                         'it .safetensors')
     if head.startswith(b'\x80'):  # pickle's PROTO opcode
         return
     if head.startswith(b'PK\x03\x04'):  # a zip's first entry, its directory missing
@@ -108,6 +121,91 @@ def _check_pickle_start(path: str) -> None:
                      f'checkpoint (neither a zip archive nor a pickle: starts {head[:16]!r})')
 
 
+# safetensors' layout: an 8-byte little-endian header length, the header (JSON: each
+# tensor's dtype, shape and byte range in the data after it), the data.
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header safetensors reads
+
+
+def _is_safetensors_start(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes starting ``head`` (at least 9 bytes of it)
+    starts as a safetensors file: a header length that fits the file, then JSON."""
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], 'little')
+    return 2 <= length <= size - 8 and head[8:9] == b'{'
+
+
+def _not_safetensors(path: str, why: str) -> ValueError:
+    return ValueError(f'cannot read checkpoint {path}: it is truncated or not a '
+                      f'safetensors file ({why})')
+
+
+def check_safetensors_file(path: str) -> None:
+    """Raise ValueError, in one line naming ``path`` and what it is, unless the file is
+    laid out as a whole safetensors file: its header length, a JSON header, and the
+    data up to the end of the last byte range the header gives. Cheap: reads the
+    header alone.
+
+    Before, a truncated or empty ``.safetensors`` (or a torch checkpoint given that
+    name) reached safetensors' reader, whose ``SafetensorError: Error while
+    deserializing header: incomplete metadata, file not fully covered`` ('header too
+    large', 'header too small') came out of every tool as a raw traceback.
+    """
+    size = osp.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(64)
+        if not _is_safetensors_start(head, size):
+            _refuse_safetensors_start(path, head, size)
+        length = int.from_bytes(head[:8], 'little')
+        if length > _SAFETENSORS_MAX_HEADER:
+            raise _not_safetensors(path, f'a header of {length} bytes, more than '
+                                   'safetensors reads')
+        f.seek(8)
+        text = f.read(length)
+    try:
+        header = json.loads(text)
+        end = max((int(entry['data_offsets'][1]) for name, entry in header.items()
+                   if name != '__metadata__'), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise _not_safetensors(path, 'its header is not the JSON of a tensor '
+                               'table') from None
+    if 8 + length + end > size:
+        raise _not_safetensors(path, f'its header gives {8 + length + end} bytes, the '
+                               f'file holds {size}')
+
+
+def _refuse_safetensors_start(path: str, head: bytes, size: int) -> None:
+    """Raise ValueError saying what a ``.safetensors`` file that does not start as one
+    is: a torch checkpoint, a Git LFS pointer, or cut short / something else."""
+    if head.startswith((b'PK\x03\x04', b'\x80')):  # a zip archive, a pickle
+        raise ValueError(f'cannot read checkpoint {path}: it is a torch checkpoint, not '
+                         'safetensors: name it .pt')
+    if head.startswith(b'version https://git-lfs'):
+        raise ValueError(f'cannot read checkpoint {path}: it is a Git LFS pointer, not '
+                         'the file it stands for (fetch it: git lfs pull)')
+    if size < 8:
+        raise _not_safetensors(path, f'{size} bytes, short of the 8-byte header length')
+    length = int.from_bytes(head[:8], 'little')
+    if length > size - 8:
+        raise _not_safetensors(path, f'a header of {length} bytes in a file of {size}')
+    raise _not_safetensors(path, f'no JSON header: starts {head[:16]!r}')
+
+
+def read_safetensors(path: str, map_location: Union[str, torch.device] = 'cpu') -> dict:
+    """A ``.safetensors`` file's tensors, every read of one going through here: a
+    file that is not a whole safetensors file is named in one line
+    (:func:`check_safetensors_file`; safetensors' own refusals likewise)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mmsora.utils.cli import first_line
+    check_safetensors_file(path)
+    try:
+        return load_file(path, device=str(map_location))
+    except SafetensorError as e:
+        raise _not_safetensors(path, first_line(e)) from None
+
+
 def _refusal(error):
     """The line of torch's weights-only refusal that names the offending global."""
     lines = [line for line in str(error).splitlines() if line.strip()]
@@ -116,26 +214,62 @@ def _refusal(error):
 
 
 def last_checkpoint(work_dir):
-    """The checkpoint a work dir's ``last_checkpoint`` file names, or None. The work
-    dir's own file of that name comes first: mmengine writes an absolute path, which
-    in a copied (or moved) work dir names the original's checkpoint."""
+    """The checkpoint a work dir's ``last_checkpoint`` file names, else its newest
+    numbered one (:func:`newest_numbered_checkpoint`), or None. The work dir's own
+    file of the name comes first: mmengine writes an absolute path, which in a copied
+    (or moved) work dir names the original's checkpoint.
+
+    What ``--resume``, tools/infer.py WORK_DIR and tools/export_denoiser.py WORK_DIR
+    all take. Before, a work dir holding ``iter_*.pth`` without its
+    ``last_checkpoint`` (the checkpoints copied alone) was taken for one without a
+    checkpoint: ``--resume`` started at iteration 0 and pruned the old ones as it
+    saved, and the other tools found nothing to read.
+    """
     last = osp.join(work_dir, 'last_checkpoint')
-    if not osp.isfile(last):
-        return None
-    with open(last) as f:
-        named = f.read().strip()
+    named = ''
+    if osp.isfile(last):
+        with open(last) as f:
+            named = f.read().strip()
+    if not named:  # none, or empty (written in place and cut short by a kill)
+        return newest_numbered_checkpoint(work_dir)
     own = osp.join(work_dir, osp.basename(named.rstrip('/')))
     return own if osp.exists(own) else named
 
 
-def check_checkpoint_complete(path: str) -> None:
-    """Raise ValueError if a torch checkpoint file is truncated or not one.
+_NUMBERED = re.compile(r'(iter|epoch)_(\d+)\.pth')
 
-    Cheap (reads the zip directory at the end of the file, not the tensors), so a
-    ``--resume`` of a file cut short fails at once with its name.
+
+def newest_numbered_checkpoint(work_dir):
+    """The highest-numbered ``iter_N.pth`` in ``work_dir`` (a file, or the folder a
+    DeepSpeed run saves), else the highest ``epoch_N.pth``, or None: by the number,
+    not the time, which a copy does not keep. (A run saves one kind or the other:
+    mmengine's CheckpointHook by iteration or by epoch.)"""
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint
+    if not osp.isdir(work_dir):
+        return None
+    found = {'iter': [], 'epoch': []}
+    for name in os.listdir(work_dir):
+        match = _NUMBERED.fullmatch(name)
+        path = osp.join(work_dir, name)
+        if match and (osp.isfile(path) or is_zero_checkpoint(path)):
+            found[match[1]].append((int(match[2]), path))
+    kind = found['iter'] or found['epoch']
+    return max(kind)[1] if kind else None
+
+
+def check_checkpoint_complete(path: str) -> None:
+    """Raise ValueError if a checkpoint file is truncated or not one of its kind.
+
+    Cheap (reads the zip directory at the end of a torch file, the header of a
+    ``.safetensors`` one, not the tensors), so a ``--resume`` (``--load-from``) of a
+    file cut short fails at once with its name, before anything is built. A
+    ``.safetensors`` file passed unchecked before: cut short, it failed in
+    safetensors' reader after the Runner's start-up, in a raw traceback.
     """
     path = str(path)
-    if not (path.endswith('.safetensors') or zipfile.is_zipfile(path)):
+    if path.endswith('.safetensors'):
+        check_safetensors_file(path)
+    elif not zipfile.is_zipfile(path):
         _check_pickle_start(path)
 
 
@@ -194,11 +328,19 @@ def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
     return state_dict
 
 
-def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model') -> str:
+def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model',
+                    fixed: Sequence[str] = ()) -> str:
     """The difference between two ``{name: shape}`` maps in one clause (the counts of
-    weights of another shape, missing and extra, each with its first example), or ''
-    when they match. ``given`` is the checkpoint's, ``own`` the ``own_name``'s."""
-    differ = [k for k in given if k in own and tuple(own[k]) != tuple(given[k])]
+    weights of another shape, missing and extra, each with its first example, and
+    what that says of the file: :func:`_kind_of_file`, :func:`_frames_hint`), or ''
+    when they match. ``given`` is the checkpoint's, ``own`` the ``own_name``'s;
+    ``fixed`` names weights whose shapes may differ (:func:`fixed_tables`).
+
+    Weights the checkpoint has and the model has not read '21 the config has not
+    (e.g. denoiser.temp_embed)' before; a video DiT's file for an image model (or the
+    reverse) was not named as such."""
+    differ = [k for k in given
+              if k in own and k not in fixed and tuple(own[k]) != tuple(given[k])]
     missing = [k for k in own if k not in given]
     extra = [k for k in given if k not in own]
     found = []
@@ -209,47 +351,153 @@ def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model') -> st
     if missing:
         found.append(f'{len(missing)} missing (e.g. {missing[0]})')
     if extra:
-        found.append(f'{len(extra)} the {own_name} has not (e.g. {extra[0]})')
+        found.append(f'{len(extra)} not in the {own_name} (e.g. {extra[0]})')
+    if found:
+        found += [said for said in (_kind_of_file(own, given), _frames_hint(own, given, differ))
+                  if said]
     return '; '.join(found)
 
 
-def pos_embed_hint(theirs, ours, patch_size=None) -> str:
+def _leaf(name: str) -> str:
+    return name.rsplit('.', 1)[-1]
+
+
+def _kind_of_file(own: Mapping, given: Mapping) -> str:
+    """What keys present on one side alone say of the file: a video DiT's (its
+    ``temp_embed``) for an image model, or an image DiT's for a video model."""
+    theirs = any(_leaf(k) == 'temp_embed' for k in given)
+    ours = any(_leaf(k) == 'temp_embed' for k in own)
+    if theirs and not ours:
+        return 'the file is a video DiT (it has temp_embed)'
+    if ours and not theirs and any(_leaf(k) == 'pos_embed' for k in given):
+        return ('the file is an image DiT: tools/train.py --load-from inflates it into a '
+                'video model; tools/infer.py cannot')
+    return ''
+
+
+def _frames_hint(own: Mapping, given: Mapping, differ: Sequence[str]) -> str:
+    """A ``temp_embed`` of another length (at the same width): the frame count the
+    file's video DiT was built for."""
+    for k in differ:
+        theirs, ours = tuple(given[k]), tuple(own[k])
+        if _leaf(k) == 'temp_embed' and len(theirs) == len(ours) == 3 \
+                and theirs[2] == ours[2]:
+            return (f'the file has a frame table for {theirs[1]} frames (this one: '
+                    f'{ours[1]}): set model.denoiser.num_frames={theirs[1]}')
+    return ''
+
+
+def _patch_size_of(shapes: Mapping) -> Optional[int]:
+    """The patch size of a DiT-like state dict: its patch embedding's kernel."""
+    shape = shapes.get('x_embedder.proj.weight')
+    return int(shape[-1]) if shape is not None and len(shape) == 4 else None
+
+
+def pos_embed_hint(theirs, ours, patch_size=None, their_patch=None) -> str:
     """What a checkpoint's ``pos_embed`` of another shape than the model's says: the
-    token grid (input_size at the model's patch size) or the width it was trained
-    with."""
+    token grid (input_size at the checkpoint's patch size, ``their_patch``, else the
+    model's, ``patch_size``) or the width it was trained with.
+
+    Before, the grid was turned into an input_size at the model's patch size alone:
+    a patch-2 checkpoint in a patch-4 model got 'set model.denoiser.input_size=32 at
+    patch_size 4', which then failed on the patch embedding's kernel."""
     if len(theirs) == 3 and len(ours) == 3 and theirs[2] != ours[2]:
         return (f'it is a model of hidden_size {theirs[2]} (this one: {ours[2]}): build '
                 'the model with the settings it was trained with')
     side = math.isqrt(theirs[-2]) if len(theirs) >= 2 else 0
-    if side and side * side == theirs[-2] and patch_size:
-        size = side * patch_size
-        return (f'it is a model for {theirs[-2]} tokens, a {side}x{side} grid: set '
-                f'model.denoiser.input_size={size} at patch_size {patch_size} '
-                f'({size * 8} px with an SD VAE; tokens = (input_size / patch_size) ** 2)')
+    patch = their_patch or patch_size
+    if side and side * side == theirs[-2] and patch:
+        size = side * patch
+        setting = (f'a {side}x{side} grid: set model.denoiser.input_size={size} at '
+                   f'patch_size {patch}' if patch == (patch_size or patch) else
+                   f'a {side}x{side} grid at patch_size {patch} (this model\'s: '
+                   f'{patch_size}): set model.denoiser.patch_size={patch} and '
+                   f'model.denoiser.input_size={size}')
+        return (f'it is a model for {theirs[-2]} tokens, {setting} ({size * 8} px with an '
+                'SD VAE; tokens = (input_size / patch_size) ** 2)')
     return ('it is a model for another input_size / patch_size / hidden_size: build the '
             'model to match (tokens = (input_size / patch_size) ** 2: a 512 px DiT needs '
             'input_size=64)')
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str):
+def _mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
+    """What to do about a checkpoint of another model (``own`` and ``given``: the
+    model's and the checkpoint's shapes), or '' where the mismatch says it already
+    (an image DiT's file for a video model)."""
+    ours, theirs = _patch_size_of(own), _patch_size_of(given)
+    ours = ours or getattr(model, 'patch_size', None)
+    if 'pos_embed' in own and 'pos_embed' in given \
+            and tuple(own['pos_embed']) != tuple(given['pos_embed']):
+        return pos_embed_hint(tuple(given['pos_embed']), tuple(own['pos_embed']), ours,
+                              theirs)
+    if theirs and ours and theirs != ours:
+        return (f'the file is of patch_size {theirs} (this model of {ours}): set '
+                f'model.denoiser.patch_size={theirs}')
+    if _kind_of_file(own, given).startswith('the file is an image DiT'):
+        return ''
+    return ('build the model with the settings it was trained with (widths, depth, '
+            'patch size, learn_sigma, classes)')
+
+
+# The position tables DiT and VideoDiT compute from their config in
+# initialize_weights (sin-cos of the token grid, get_2d_sincos_pos_embed, and of the
+# frame index, get_1d_sincos_pos_embed_from_grid) and never train: frozen Parameters,
+# in the state dict only because the original DiT keeps pos_embed there.
+_FIXED_TABLES = {'DiT': ('pos_embed',), 'VideoDiT': ('pos_embed', 'temp_embed')}
+
+
+def fixed_tables(model: nn.Module) -> set:
+    """The names of ``model``'s fixed position tables (:data:`_FIXED_TABLES` of its
+    class or a base, still frozen): computed from the config, so a checkpoint's of
+    another size tells nothing the model's own does not. A learned table is never
+    one."""
+    names = {n for cls in type(model).__mro__ for n in _FIXED_TABLES.get(cls.__name__, ())}
+    params = dict(model.named_parameters())
+    return {n for n in names if n in params and not params[n].requires_grad}
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
+                            keep_fixed_tables: bool = False):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
-    line (the first differing, missing or extra weight) instead of torch's list."""
+    line (the first differing, missing or extra weight) instead of torch's list.
+
+    ``keep_fixed_tables``: where the only weights of another shape are the model's
+    fixed position tables (:func:`fixed_tables`: DiT's ``pos_embed``, VideoDiT's
+    ``temp_embed``), load the rest and keep the model's own tables, said in one log
+    line: a fine-tune to another input size or frame count, as DiT, Latte and
+    Open-Sora users do (it was refused as weights of another model). Off for
+    sampling, where another token grid than the one trained is a mistake to name.
+    """
     own = {k: v.shape for k, v in model.state_dict().items()}
     given = {k: v.shape for k, v in state_dict.items()}
     found = weight_mismatch(own, given)
-    if found:
-        hint = (pos_embed_hint(tuple(given['pos_embed']), tuple(own['pos_embed']),
-                               getattr(model, 'patch_size', None))
-                if 'pos_embed' in own and 'pos_embed' in given
-                and tuple(own['pos_embed']) != tuple(given['pos_embed'])
-                else 'build the model with the settings it was trained with (widths, '
-                'depth, patch size, learn_sigma, classes)')
-        raise ValueError(f'{source}: its weights are not this model\'s: {found}; {hint}')
-    return model.load_state_dict(state_dict, strict=True)
+    if not found:
+        return model.load_state_dict(state_dict, strict=True)
+    tables = fixed_tables(model) if keep_fixed_tables else set()
+    if tables and not weight_mismatch(own, given, fixed=tables):
+        return _load_keeping_tables(model, state_dict, tables, source)
+    hint = _mismatch_hint(model, own, given)
+    raise ValueError(f'{source}: its weights are not this model\'s: {found}'
+                     + (f'; {hint}' if hint else ''))
+
+
+def _load_keeping_tables(model: nn.Module, state_dict: Mapping, tables: set, source: str):
+    """Load ``state_dict`` strictly with the model's own values of the fixed tables
+    of another shape (see :func:`load_state_dict_checked`), saying so."""
+    from mmengine.logging import print_log
+    own = model.state_dict()
+    kept = [k for k in sorted(tables)
+            if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    print_log(f'{source}: kept the model\'s own ' + ', '.join(
+        f'{k} {tuple(own[k].shape)} (the file\'s: {tuple(state_dict[k].shape)})'
+        for k in kept) + ': fixed sin-cos tables of the input size / frame count, '
+        'computed from the config; the rest is loaded', logger='current')
+    return model.load_state_dict({**state_dict, **{k: own[k] for k in kept}}, strict=True)
 
 
 def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto',
-                        prefix: Optional[str] = None, strict: bool = True):
+                        prefix: Optional[str] = None, strict: bool = True,
+                        keep_fixed_tables: bool = False):
     """Load a released / fast-DiT / mmengine checkpoint into a :class:`DiT`.
 
     Args:
@@ -258,6 +506,8 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
         key (str | None): See :func:`extract_state_dict`. Defaults to 'auto'.
         prefix (str | None): See :func:`extract_state_dict`.
         strict (bool): Passed to ``load_state_dict``. Defaults to True.
+        keep_fixed_tables (bool): A fine-tune to another input size: see
+            :func:`load_state_dict_checked`. Defaults to False.
 
     Returns:
         The ``load_state_dict`` result (missing and unexpected keys).
@@ -269,12 +519,14 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
     state_dict = extract_state_dict(load_checkpoint_file(path), key=key, prefix=prefix)
     # load_state_dict would also fail here, but with a generic size-mismatch list;
     # a 256 px checkpoint in a 512 px model is common enough to say so plainly.
-    if 'pos_embed' in state_dict and hasattr(model, 'pos_embed'):
+    if 'pos_embed' in state_dict and hasattr(model, 'pos_embed') and not (
+            strict and keep_fixed_tables):
         theirs, ours = tuple(state_dict['pos_embed'].shape), tuple(model.pos_embed.shape)
         if theirs != ours:
-            raise ValueError(
-                f'{path}: checkpoint pos_embed has shape {theirs} but the model\'s is '
-                f'{ours}: {pos_embed_hint(theirs, ours, getattr(model, "patch_size", None))}')
+            hint = pos_embed_hint(theirs, ours, getattr(model, 'patch_size', None),
+                                  _patch_size_of({k: v.shape for k, v in state_dict.items()}))
+            raise ValueError(f'{path}: checkpoint pos_embed has shape {theirs} but the '
+                             f'model\'s is {ours}: {hint}')
     if strict:
-        return load_state_dict_checked(model, state_dict, path)
+        return load_state_dict_checked(model, state_dict, path, keep_fixed_tables)
     return model.load_state_dict(state_dict, strict=False)

@@ -54,3 +54,24 @@ def test_mistakes_are_one_line(run, tmp_path):
     with pytest.raises(UserError, match=r'neither a DeepSpeed checkpoint folder nor a '
                                         r'work dir'):
         export_denoiser.main([str(tmp_path), '--out', str(tmp_path / 'a.pt')])
+
+
+def test_a_copy_of_the_checkpoints_alone_is_a_work_dir(run, tmp_path, capsys):
+    """A work dir holding iter_*.pth without last_checkpoint (the checkpoints copied
+    alone) was 'neither a DeepSpeed checkpoint folder nor a work dir with a
+    last_checkpoint': its highest-numbered checkpoint is taken."""
+    import shutil
+    work, _ = run
+    copy = tmp_path / 'copy'
+    copy.mkdir()
+    for name in ('iter_1.pth', 'iter_2.pth'):
+        if (work / name).exists():
+            shutil.copy(work / name, copy / name)
+    out = tmp_path / 'dit.pt'
+    export_denoiser.main([str(copy), '--out', str(out)])
+    assert capsys.readouterr().out.startswith(f"{copy / 'iter_2.pth'} -> {out}: the "
+                                              "denoiser's EMA weights")
+    direct = tmp_path / 'direct.pt'
+    export_denoiser.main([str(work / 'iter_2.pth'), '--out', str(direct)])
+    a, b = (torch.load(p, weights_only=True) for p in (out, direct))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
