@@ -66,6 +66,7 @@ def load_from_kind(path):
     fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
+        check_checkpoint_complete(path)  # cut short, or a torch file: before the Runner
         return 'denoiser', None, {}
     obj = load_checkpoint_file(path)
     if not (isinstance(obj, dict) and 'state_dict' in obj):
@@ -125,10 +126,14 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.checkpoint import weight_mismatch
+    from mmsora.utils.checkpoint import fixed_tables, weight_mismatch
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
-    found = weight_mismatch(ours, theirs, own_name='config')
+    # a fine-tune to another input size or frame count: the fixed sin-cos tables are
+    # the config's own (mmengine's loader keeps the model's and warns of the others)
+    fixed = ({f'denoiser.{k}' for k in fixed_tables(model.denoiser)}
+             if option == '--load-from' else ())
+    found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
     if found:
         raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}; '
                         'give the settings it was trained with (widths, depth, patch size, '

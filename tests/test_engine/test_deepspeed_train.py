@@ -170,7 +170,8 @@ def test_converter_refuses_what_is_not_a_zero_folder(tmp_path):
     with pytest.raises(UserError, match='needs no conversion'):
         zero_to_state_dict.resolve_folder(str(plain))
     with pytest.raises(UserError, match='not a DeepSpeed checkpoint folder'):
-        zero_to_state_dict.resolve_folder(str(tmp_path))
+        (tmp_path / 'empty').mkdir()
+        zero_to_state_dict.resolve_folder(str(tmp_path / 'empty'))
     with pytest.raises(UserError, match=r'gone\.pth does not exist$'):
         zero_to_state_dict.resolve_folder(str(tmp_path / 'gone.pth'))
     # an --out that cannot be written is refused before the conversion (it failed

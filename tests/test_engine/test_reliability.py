@@ -99,10 +99,10 @@ def test_load_from_of_another_model_is_refused(repo_root, tmp_path, trained):
         tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.hidden_size=48',
                  load_from=ckpt)
     assert one_line(info.value) == (
-        f"--load-from {ckpt}: its denoiser is not the config's: 31 of another shape "
-        '(e.g. denoiser.pos_embed: (1, 16, 32) in the checkpoint, (1, 16, 48) in the '
-        'config); give the settings it was trained with (widths, depth, '
-        'patch size, learn_sigma, classes)')
+        f"--load-from {ckpt}: its denoiser is not the config's: 30 of another shape "
+        '(e.g. denoiser.x_embedder.proj.weight: (32, 3, 2, 2) in the checkpoint, '
+        '(48, 3, 2, 2) in the config); give the settings it was trained with (widths, '
+        'depth, patch size, learn_sigma, classes)')  # (pos_embed, fixed, is the config's)
     with pytest.raises(UserError, match=r'\d+ missing \(e.g. denoiser.blocks.2.'):
         tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.depth=3', load_from=ckpt)
 
@@ -459,7 +459,7 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
               num_classes=4)
     torch.save(dit.state_dict(), tmp_path / 'dit.pt')
     with pytest.raises(ValueError, match=r"dit.pt: its weights are not this model's: \d+ "
-                                         r'the model has not \(e\.g\. blocks\.1\.'):
+                                         r'not in the model \(e\.g\. blocks\.1\.'):
         load_dit_checkpoint(DiT(input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                                 depth=1, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
     # an original DiT file of another resolution (--load-from, --checkpoint): the same
@@ -476,7 +476,7 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
     with pytest.raises(ValueError) as info:
         load_state_dict_checked(dit, {f'model.{k}': v for k, v in dit.state_dict().items()},
                                 'x.pt')
-    assert 'the model has not (e.g. model.pos_embed)' in str(info.value)
+    assert 'not in the model (e.g. model.pos_embed)' in str(info.value)
     assert str(info.value).endswith('build the model with the settings it was trained with '
                                     '(widths, depth, patch size, learn_sigma, classes)')
 

@@ -312,6 +312,35 @@ def test_a_checkpoint_of_another_objective_is_named(repo_root, tmp_path, capsys)
             'trains GaussianDiffusion from its weights') in capsys.readouterr().err
 
 
+def test_load_from_at_another_input_size_keeps_the_configs_position_table(repo_root,
+                                                                           tmp_path):
+    """DiT's pos_embed is a fixed sin-cos table of the config's grid: a fine-tune from
+    8x8 latents to 16x16 (DiT-256 -> 512 style) was refused as another model, from a
+    run checkpoint and from a DiT file alike."""
+    from mmsora.registry import MODELS
+    small = tiny_cfg(repo_root, tmp_path / 'a', 4)
+    model = MODELS.build(small.model)
+    run, dit = tmp_path / 'iter_4.pth', tmp_path / 'dit.pt'
+    torch.save(dict(meta=dict(iter=4), state_dict=model.state_dict()), run)
+    torch.save(model.denoiser.state_dict(), dit)
+    bigger = ('model.denoiser.input_size=16', 'model.latent_shape=[3,16,16]',
+              'train_dataloader.dataset.size=16')
+    cfg = tiny_cfg(repo_root, tmp_path / 'b', 2, *bigger, load_from=str(run))
+    assert cfg.load_from == str(run)
+    cfg = tiny_cfg(repo_root, tmp_path / 'c', 2, *bigger, load_from=str(dit))
+    large = MODELS.build(cfg.model)
+    large.init_weights()  # the DiT file loads; its blocks are the file's
+    state = large.denoiser.state_dict()
+    for key, value in model.denoiser.state_dict().items():
+        if key != 'pos_embed':
+            assert torch.equal(state[key], value), key
+    assert state['pos_embed'].shape == (1, 64, 32)
+    # a learned weight of another shape is still refused
+    with pytest.raises(UserError, match='its denoiser is not the config'):
+        tiny_cfg(repo_root, tmp_path / 'd', 2, 'model.denoiser.hidden_size=64',
+                 load_from=str(run))
+
+
 def test_resume_says_when_it_keeps_the_checkpoints_schedule(repo_root, tmp_path, capsys):
     """mmengine restores the schedulers' states, end included: a run extended with
     train_cfg.max_iters=200 param_scheduler.1.end=200 went on along the old cosine to
