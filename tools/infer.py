@@ -159,6 +159,26 @@ def precheck_args(args) -> None:
         return
     classes = model.get('num_classes')
     check_args(args, classes if isinstance(classes, int) else None, video, text)
+    check_objective(args.checkpoint, model)
+
+
+def check_objective(checkpoint, model) -> None:
+    """Refuse a --checkpoint of a run with another objective than the config's (a
+    SiT run's sampled through a DDPM config: it sampled, meaninglessly, without a
+    word). The objective is read from the config text the checkpoint's meta holds."""
+    if not (checkpoint and osp.isfile(checkpoint)) or checkpoint.endswith('.safetensors'):
+        return
+    from mmsora.utils.checkpoint import load_checkpoint_file, trained_objective
+    try:
+        theirs = trained_objective(load_checkpoint_file(checkpoint))  # (mapped)
+    except Exception:  # an unreadable file is named where the weights load
+        return
+    diffusion = model.get('diffusion') or dict(type='GaussianDiffusion')
+    ours = diffusion.get('type') if isinstance(diffusion, dict) else None
+    if theirs and ours and theirs != ours:
+        raise UserError(f'--checkpoint {checkpoint}: trained with the {theirs} objective, '
+                        f'the config samples with {ours}: give the config it was trained '
+                        'with (the .py in its work dir), or its work dir')
 
 
 def parse_sampler_options(items):

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from mmsora.utils.checkpoint import check_checkpoint_complete
+from mmsora.utils.checkpoint import check_checkpoint_complete, trained_objective
 from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
                               apply_cfg_options, check_output_path, explain_error,
                               is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
@@ -75,21 +75,6 @@ def load_from_kind(path):
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
         return 'image_run', keys, obj
     return 'run', keys, obj
-
-
-def trained_objective(checkpoint):
-    """The objective (``model.diffusion.type``) of the run that saved an mmengine
-    ``checkpoint``, from the config text its ``meta`` holds, or None."""
-    text = ((checkpoint or {}).get('meta') or {}).get('cfg')
-    if not isinstance(text, str):
-        return None
-    try:
-        from mmengine.config import Config
-        diffusion = (Config.fromstring(text, '.py').get('model') or {}).get('diffusion')
-    except Exception:  # a config whose imports are gone: nothing to compare
-        return None
-    kind = (diffusion or {}).get('type') if isinstance(diffusion, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def config_objective(cfg):

@@ -21,7 +21,7 @@ import torch.nn as nn
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
-           'read_safetensors', 'check_safetensors_file', 'fixed_tables']
+           'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'trained_objective']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -530,3 +530,18 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
     if strict:
         return load_state_dict_checked(model, state_dict, path, keep_fixed_tables)
     return model.load_state_dict(state_dict, strict=False)
+
+
+def trained_objective(checkpoint):
+    """The objective (``model.diffusion.type``) of the run that saved an mmengine
+    ``checkpoint``, from the config text its ``meta`` holds, or None."""
+    text = ((checkpoint or {}).get('meta') or {}).get('cfg')
+    if not isinstance(text, str):
+        return None
+    try:
+        from mmengine.config import Config
+        diffusion = (Config.fromstring(text, '.py').get('model') or {}).get('diffusion')
+    except Exception:  # a config whose imports are gone: nothing to compare
+        return None
+    kind = (diffusion or {}).get('type') if isinstance(diffusion, dict) else None
+    return kind if isinstance(kind, str) else None

@@ -75,3 +75,23 @@ def test_bad_sampler_choices_give_one_line(checkpoint, tmp_path, capsys, args, m
     code, _ = infer(checkpoint, tmp_path, *args)
     err = capsys.readouterr().err
     assert code == 2 and err.count('error:') == 1 and message in err, err
+
+
+def test_a_checkpoint_of_another_objective_is_refused(checkpoint, tmp_path, capsys):
+    """A SiT run's checkpoint sampled through the DiT (DDPM) config sampled without a
+    word (meaningless pictures): the objective its meta records is compared first."""
+    from mmengine.config import Config
+    saved = tmp_path / 'iter_1.pth'
+    state = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    state['meta'] = dict(cfg=Config(dict(model=dict(
+        diffusion=dict(type='Transport')))).pretty_text)
+    torch.save(state, saved)
+    dit = osp.join(ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+    argv = [dit, '--checkpoint', str(saved), '--num-samples', '4', '--out',
+            str(tmp_path / 'g.png'), '--cfg-options', *TINY]
+    code = run_cli(lambda: load_infer().main(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and (f'error: --checkpoint {saved}: trained with the Transport '
+                          'objective, the config samples with GaussianDiffusion') in err, err
+    argv[0] = DEMO  # its own objective: sampled
+    assert run_cli(lambda: load_infer().main(argv)) == 0, capsys.readouterr().err
