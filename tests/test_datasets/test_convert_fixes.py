@@ -8,20 +8,14 @@ import torch
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
 from mmsora.utils.cli import UserError
-from tests.test_datasets.test_extract_features import convert, shard_mtimes
+from tests.test_datasets.test_extract_features import (convert, shard_mtimes,
+                                                      write_fastdit_features)
 
 
 @pytest.fixture
 def features(tmp_path):
     """11 fast-DiT items (1, 4, 4, 4) with labels."""
-    feats, labels = tmp_path / 'f', tmp_path / 'l'
-    feats.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(11):
-        np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
-        np.save(labels / f'{i}.npy', np.array([i % 4]))
-    return feats, labels
+    return write_fastdit_features(tmp_path)
 
 
 def run(features, out):

@@ -211,14 +211,20 @@ def test_extract_torchrun_two_ranks(image_folder, tiny_vae_dir, tmp_path):
         np.testing.assert_allclose(a[i], b[i], atol=1e-6)
 
 
-def test_convert_fastdit_round_trip(tmp_path):
+def write_fastdit_features(tmp_path, count=11):
+    """``count`` fast-DiT items (1, 4, 4, 4) with labels in ``f/`` and ``l/``."""
     feats, labels = tmp_path / 'f', tmp_path / 'l'
     feats.mkdir()
     labels.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(11):
+    for i in range(count):
         np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
         np.save(labels / f'{i}.npy', np.array([i % 4]))
+    return feats, labels
+
+
+def test_convert_fastdit_round_trip(tmp_path):
+    feats, labels = write_fastdit_features(tmp_path)
     out = str(tmp_path / 'packed')
     index = convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
                           '--out', out, '--dtype', 'float32', '--shard-size', '4'])

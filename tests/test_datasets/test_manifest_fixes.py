@@ -3,7 +3,6 @@ too short for the clip; tools/make_manifest.py on pictures renamed to .mp4, null
 non-string captions, folder links (loops, linked class folders, datasets linked in
 from outside), file-name caption keys shared by several videos, the full list of
 skipped files, and a file given for the folder. Clips are tiny mp4s written here."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -18,7 +17,7 @@ from mmsora.datasets.transforms import ClipTooShortError
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.utils.cli import UserError
 from mmsora.utils.video_io import write_video
-from tests.shared_videos import REPO_ROOT
+from tests.test_datasets.test_manifest import load_tool
 
 
 def make_clip(path, num_frames=2, value=0):
@@ -28,12 +27,6 @@ def make_clip(path, num_frames=2, value=0):
     return str(path)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'make_manifest', osp.join(REPO_ROOT, 'tools', 'make_manifest.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_tool(capsys, *argv):
