@@ -168,13 +168,13 @@ def check_objective(checkpoint, model) -> None:
     word). The objective is read from the config text the checkpoint's meta holds."""
     if not (checkpoint and osp.isfile(checkpoint)) or checkpoint.endswith('.safetensors'):
         return
-    from mmsora.utils.checkpoint import load_checkpoint_file, trained_objective
+    from mmsora.utils.checkpoint import (config_objective, load_checkpoint_file,
+                                         trained_objective)
     try:
         theirs = trained_objective(load_checkpoint_file(checkpoint))  # (mapped)
     except Exception:  # an unreadable file is named where the weights load
         return
-    diffusion = model.get('diffusion') or dict(type='GaussianDiffusion')
-    ours = diffusion.get('type') if isinstance(diffusion, dict) else None
+    ours = config_objective(model)
     if theirs and ours and theirs != ours:
         raise UserError(f'--checkpoint {checkpoint}: trained with the {theirs} objective, '
                         f'the config samples with {ours}: give the config it was trained '

@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from mmsora.utils.checkpoint import check_checkpoint_complete, trained_objective
+from mmsora.utils.checkpoint import (check_checkpoint_complete, config_objective,
+                                     trained_objective)
 from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
                               apply_cfg_options, check_output_path, explain_error,
                               is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
@@ -75,11 +76,6 @@ def load_from_kind(path):
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
         return 'image_run', keys, obj
     return 'run', keys, obj
-
-
-def config_objective(cfg):
-    diffusion = (cfg.get('model') or {}).get('diffusion') or dict(type='GaussianDiffusion')
-    return diffusion.get('type') if isinstance(diffusion, dict) else None
 
 
 def build_model_on_meta(cfg):
@@ -189,7 +185,7 @@ def check_resume_matches(cfg, model, path) -> None:
                         f'--load-from {path}')
     if model is not None:
         check_load_from_matches(model, path, state_dict, option='--resume')
-    theirs, ours = trained_objective(checkpoint), config_objective(cfg)
+    theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))
     if theirs and ours and theirs != ours:  # (it resumed, and trained on, silently)
         raise UserError(f'--resume {path}: saved by a run of the {theirs} objective, this '
                         f'config trains {ours}: resume with the config it was trained with '
@@ -373,7 +369,7 @@ def build_train_config(args):
             raise UserError(f'--load-from checkpoint not found: {args.load_from}')
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
-        theirs, ours = trained_objective(checkpoint), config_objective(cfg)
+        theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))
         if theirs and ours and theirs != ours:  # a fine-tune across objectives (DiT
             # into SiT, docs/sit.md) may be meant: said, not refused
             note(f'--load-from {args.load_from}: trained with the {theirs} objective, this '

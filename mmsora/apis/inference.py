@@ -152,9 +152,17 @@ def ema_kept(obj, source: str = '') -> Optional[bool]:
             return None
         if 'ema_state_dict' in obj:
             return True
-        from mmsora.utils.zero_checkpoint import load_deepspeed_file, zero_model_states
-        client = zero_model_states(source) if osp.isdir(source) else None
-        return client is not None and 'ema_state_dict' in load_deepspeed_file(client)
+        if osp.isdir(source):
+            from mmsora.utils.zero_checkpoint import load_deepspeed_file, zero_model_states
+            client = zero_model_states(source)
+            return client is not None and 'ema_state_dict' in load_deepspeed_file(client)
+        text = (obj.get('meta') or {}).get('cfg')
+        if not isinstance(text, str) or 'EMAHook' in text:
+            # a run with an EMA hook whose checkpoint was published without
+            # ema_state_dict (CheckpointHook's published_keys): its state_dict holds
+            # the EMA weights (the hook swaps them in), or cannot be told
+            return None
+        return False
     if 'ema' in obj or 'model' in obj:
         return 'ema' in obj
     return None

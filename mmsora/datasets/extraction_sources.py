@@ -119,7 +119,8 @@ class ClipSource(Dataset):
         and the frame count and fps the manifest gives, which place the clip) and,
         ``with_captions``, its caption: rows shuffled, relabelled, recaptioned or
         pointing at other files change it."""
-        rows = ((r['path'], r.get('label', -1), r.get('num_frames'), r.get('fps'))
+        # (absolute: --data-root data and --data-root $PWD/data are the same files)
+        rows = ((osp.abspath(r['path']), r.get('label', -1), r.get('num_frames'), r.get('fps'))
                 + ((r.get('caption', ''),) if with_captions else ()) for r in self.rows)
         return fingerprint_items(rows)
 

@@ -21,7 +21,8 @@ import torch.nn as nn
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
-           'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'trained_objective']
+           'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'trained_objective',
+           'config_objective']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -532,16 +533,26 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
     return model.load_state_dict(state_dict, strict=False)
 
 
-def trained_objective(checkpoint):
-    """The objective (``model.diffusion.type``) of the run that saved an mmengine
+def config_objective(model) -> Optional[str]:
+    """The objective class name of a ``model`` config: its ``diffusion.type`` without
+    a scope (``mmsora.GaussianDiffusion``), LatentDiffusion's default when it gives
+    none, or None."""
+    if not isinstance(model, dict):
+        return None
+    diffusion = model.get('diffusion') or dict(type='GaussianDiffusion')
+    kind = diffusion.get('type') if isinstance(diffusion, dict) else None
+    return kind.rpartition('.')[2] if isinstance(kind, str) else None
+
+
+def trained_objective(checkpoint) -> Optional[str]:
+    """The objective (:func:`config_objective`) of the run that saved an mmengine
     ``checkpoint``, from the config text its ``meta`` holds, or None."""
     text = ((checkpoint or {}).get('meta') or {}).get('cfg')
     if not isinstance(text, str):
         return None
     try:
         from mmengine.config import Config
-        diffusion = (Config.fromstring(text, '.py').get('model') or {}).get('diffusion')
+        model = Config.fromstring(text, '.py').get('model')
     except Exception:  # a config whose imports are gone: nothing to compare
         return None
-    kind = (diffusion or {}).get('type') if isinstance(diffusion, dict) else None
-    return kind if isinstance(kind, str) else None
+    return config_objective(model.to_dict() if hasattr(model, 'to_dict') else model)

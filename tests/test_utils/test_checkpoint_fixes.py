@@ -39,11 +39,11 @@ def run_checkpoint(path, ema=True):
     """A run checkpoint in mmengine's layout, of a denoiser that is one Linear(2, 2):
     the EMA weights (ones) in state_dict, the trained ones (twos) in ema_state_dict."""
     trained = {'denoiser.weight': torch.full((2, 2), 2.), 'denoiser.bias': torch.full((2,), 2.)}
-    obj = {'state_dict': trained, 'meta': {'iter': 2}}
+    obj = {'state_dict': trained, 'meta': {'iter': 2, 'cfg': "custom_hooks = []\n"}}
     if ema:
         obj = {'state_dict': {k: torch.ones_like(v) for k, v in trained.items()},
                'ema_state_dict': {f'module.{k}': v for k, v in trained.items()},
-               'meta': {'iter': 2}}
+               'meta': {'iter': 2, 'cfg': "custom_hooks = [dict(type='EMAHook')]\n"}}
     torch.save(obj, path)
     return str(path)
 
@@ -227,7 +227,14 @@ def test_a_run_without_ema_is_warned_about(tmp_path, capsys):
     export_denoiser.main([ema_run, '--out', str(out)])
     captured = capsys.readouterr()
     assert not captured.err and "the denoiser's EMA weights" in captured.out
-    # nothing to say: the trained weights asked for, a plain state dict (EMA or not)
+    # nothing to say: the trained weights asked for, a plain state dict (EMA or not),
+    # a run with an EMA hook published without ema_state_dict (CheckpointHook's
+    # published_keys: its state_dict holds the EMA weights)
+    published = tmp_path / 'published.pth'
+    torch.save({'state_dict': torch.load(ema_run)['state_dict'],
+                'meta': {'iter': 2, 'cfg': "custom_hooks = [dict(type='EMAHook')]\n"}},
+               published)
+    load_weights(linear_model(), str(published))
     load_weights(linear_model(), plain_run, use_ema=False)
     denoiser_state_dict({'weight': torch.ones(2)})
     assert not capsys.readouterr().err
@@ -368,3 +375,32 @@ def test_a_file_that_does_not_say_is_not_warned_about(tmp_path, capsys):
     export_denoiser.main([str(path), '--out', str(tmp_path / 'd.pt')])
     assert "the denoiser's weights (the one set in it, EMA or not: the file does not say)" \
         in capsys.readouterr().out
+
+
+def test_objectives_compare_by_class_name_with_the_default():
+    """(review) 'mmsora.GaussianDiffusion' builds GaussianDiffusion: a --resume of a
+    run saved with the plain name was refused as another objective; a model config
+    without diffusion trains LatentDiffusion's default."""
+    from mmengine.config import Config
+
+    from mmsora.utils.checkpoint import config_objective, trained_objective
+    assert config_objective(dict(diffusion=dict(type='mmsora.GaussianDiffusion'))) == \
+        'GaussianDiffusion'
+    assert config_objective(dict(type='LatentDiffusion')) == 'GaussianDiffusion'
+    saved = Config(dict(model=dict(type='LatentDiffusion'))).pretty_text
+    assert trained_objective(dict(meta=dict(cfg=saved))) == 'GaussianDiffusion'
+    assert trained_objective(dict(meta=dict())) is None
+
+
+def test_the_clip_fingerprint_does_not_depend_on_how_the_data_root_is_written(
+        tmp_path, monkeypatch):
+    """(review) --data-root data and --data-root $PWD/data name the same files: a
+    rerun with the other spelling was refused as 'the manifest changed'."""
+    from mmsora.datasets.extraction_sources import ClipSource
+    from mmsora.datasets.manifest import write_manifest
+    (tmp_path / 'data').mkdir()
+    write_manifest([dict(path='a.mp4', num_frames=8, fps=8.0)], str(tmp_path / 'm.csv'))
+    monkeypatch.chdir(tmp_path)
+    relative = ClipSource(str(tmp_path / 'm.csv'), 4, (8, 8), data_root='data')
+    absolute = ClipSource(str(tmp_path / 'm.csv'), 4, (8, 8), data_root=str(tmp_path / 'data'))
+    assert relative.fingerprint() == absolute.fingerprint()
