@@ -252,7 +252,10 @@ def newest_numbered_checkpoint(work_dir):
     for name in os.listdir(work_dir):
         match = _NUMBERED.fullmatch(name)
         path = osp.join(work_dir, name)
-        if match and (osp.isfile(path) or is_zero_checkpoint(path)):
+        # a DeepSpeed folder with its optimizer shards (its save is not atomic: one cut
+        # short has the model states alone)
+        if match and (osp.isfile(path) or (is_zero_checkpoint(path) and any(
+                f.endswith('optim_states.pt') for f in os.listdir(path)))):
             found[match[1]].append((int(match[2]), path))
     kind = found['iter'] or found['epoch']
     return max(kind)[1] if kind else None

@@ -171,6 +171,14 @@ def test_the_highest_numbered_checkpoint_stands_in_for_last_checkpoint(tmp_path)
     (work / '.iter_12.pth.tmp.5').write_bytes(b'')  # a save under way
     (work / 'iter_13.pth.bak').write_bytes(b'')
     assert last_checkpoint(str(work)) == str(work / 'iter_10.pth')
+    zero = work / 'iter_14.pth'  # a DeepSpeed save cut short: the model states alone
+    zero.mkdir()
+    torch.save({}, zero / 'mp_rank_00_model_states.pt')
+    assert last_checkpoint(str(work)) == str(work / 'iter_10.pth')
+    torch.save({}, zero / 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt')
+    assert last_checkpoint(str(work)) == str(zero)
+    import shutil
+    shutil.rmtree(zero)
     (work / 'last_checkpoint').write_text('')  # written in place and cut short
     assert last_checkpoint(str(work)) == str(work / 'iter_10.pth')
     (work / 'last_checkpoint').write_text('/elsewhere/iter_9.pth')  # the file still rules
