@@ -121,6 +121,26 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
                         'learn_sigma, classes)')
 
 
+def check_denoiser_file_matches(model, path) -> None:
+    """Refuse ``--load-from`` of a denoiser's weights alone (a DiT / fast-DiT file, an
+    exported .pt / .safetensors) of another model, before the Runner: the denoiser's
+    strict load refused it in ``init_weights``, after about 240 lines of start-up and
+    with a work dir made. The fixed sin-cos tables may differ (another input size)."""
+    from mmsora.utils.checkpoint import (extract_state_dict, fixed_tables,
+                                         load_checkpoint_file, weight_mismatch)
+    try:
+        state = extract_state_dict(load_checkpoint_file(path), key='auto')
+    except (KeyError, ValueError):  # what the load itself says, in init_weights
+        return
+    ours = {k: v.shape for k, v in model.denoiser.state_dict().items()}
+    found = weight_mismatch(ours, {k: v.shape for k, v in state.items()},
+                            own_name='config', fixed=fixed_tables(model.denoiser))
+    if found:
+        raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
+                        f'{found}; give the settings it was trained with (widths, depth, '
+                        'patch size, learn_sigma, classes)')
+
+
 def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
     """Say that ``--resume`` keeps the checkpoint's learning rate when the config asks
     for another: mmengine restores the optimizer's state, its learning rate (and the
@@ -384,6 +404,8 @@ def build_train_config(args):
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
             # model: the denoiser loads it strictly (VideoDiT inflates it exactly), not
             # mmengine's non-strict loader, which would skip mismatched keys silently.
+            if kind == 'denoiser' and not video and meta_model is not None:
+                check_denoiser_file_matches(meta_model, args.load_from)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
     seed = (cfg.get('randomness') or {}).get('seed')

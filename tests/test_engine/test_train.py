@@ -335,10 +335,15 @@ def test_load_from_at_another_input_size_keeps_the_configs_position_table(repo_r
         if key != 'pos_embed':
             assert torch.equal(state[key], value), key
     assert state['pos_embed'].shape == (1, 64, 32)
-    # a learned weight of another shape is still refused
+    # a learned weight of another shape is still refused, from a DiT file too before
+    # the Runner (its strict load refused it after about 240 lines of start-up)
     with pytest.raises(UserError, match='its denoiser is not the config'):
         tiny_cfg(repo_root, tmp_path / 'd', 2, 'model.denoiser.hidden_size=64',
                  load_from=str(run))
+    with pytest.raises(UserError, match=r"dit.pt: its weights are not the config's "
+                                        r'denoiser: \d+ of another shape'):
+        tiny_cfg(repo_root, tmp_path / 'e', 2, 'model.denoiser.hidden_size=64',
+                 load_from=str(dit))
 
 
 def test_resume_says_when_it_keeps_the_checkpoints_schedule(repo_root, tmp_path, capsys):
