@@ -30,10 +30,14 @@ custom_hooks = [
 
 
 def test_a_sampler_typo_stops_the_run_before_its_first_step(repo_root, tmp_path):
-    """It failed at the first evaluation, `interval` iterations in."""
+    """It failed at the first evaluation, `interval` iterations in. The config check
+    of tools/train.py names the hook's sample_cfg before the Runner starts (the hook's
+    own before_train check stays for runs built without the tool)."""
+    from mmsora.utils.cli import UserError
     work = tmp_path / 'work'
-    with pytest.raises(ValueError, match=r"unknown sampler 'ddmi' for GaussianDiffusion; "
-                                         r'choose one of .*did you mean ddpm, ddim'):
+    with pytest.raises(UserError, match=r"^custom_hooks\[1\].sample_cfg: unknown sampler "
+                                        r"'ddmi' for GaussianDiffusion; choose one of .*did "
+                                        r'you mean ddpm, ddim'):
         train.main([hooked_config(tmp_path, repo_root, sampler='ddmi'), '--work-dir',
                     str(work), '--cfg-options', 'default_hooks.checkpoint.interval=1'])
     assert not list(work.glob('iter_*.pth'))  # not one step was taken
@@ -87,3 +91,17 @@ def test_the_evaluations_time_is_not_the_next_iterations(repo_root, tmp_path, mo
     after = [s for s in scalars if s.get('step') == 3 and 'data_time' in s]
     # (means over the log window: the 3 s over 3 iterations was 1 s)
     assert after and after[0]['data_time'] < 0.5 and after[0]['time'] < 0.5, scalars
+
+
+def test_the_hook_checks_its_sampler_itself_in_a_runner_built_without_the_tool():
+    """A Runner built in Python (not tools/train.py, whose config check comes first):
+    the hook's before_train still names the typo."""
+    from types import SimpleNamespace
+
+    from mmsora.diffusion import GaussianDiffusion
+    from mmsora.engine.hooks.evaluation_hook import SampleEvaluationHook
+    hook = SampleEvaluationHook(interval=2, num_samples=4, sample_cfg=dict(sampler='ddmi'),
+                                metrics=[])
+    runner = SimpleNamespace(cfg={}, model=SimpleNamespace(diffusion=GaussianDiffusion()))
+    with pytest.raises(ValueError, match="unknown sampler 'ddmi' for GaussianDiffusion"):
+        hook._check_sampler(runner)
