@@ -47,7 +47,7 @@ from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import ArgumentParser, UserError, device_setting, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, device_setting, plural, run_cli
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
@@ -309,10 +309,6 @@ def latent_shape_of(vae, source):
 # --------------------------------------------------------------------------- #
 #                                    Main                                      #
 # --------------------------------------------------------------------------- #
-def plural(n, word):
-    return f'{n} {word}{"s" * (n != 1)}'
-
-
 def launch_rank() -> int:
     """This process's rank as torchrun set it, before the process group is joined."""
     return int(os.environ.get('RANK', 0)) if int(os.environ.get('WORLD_SIZE', 1)) > 1 else 0

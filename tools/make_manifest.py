@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.utils import natural_sort_key
-from mmsora.utils.cli import ArgumentParser, UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 from mmsora.utils.video_io import VideoReadError, probe_video
 
 PROG = 'make_manifest.py'
@@ -206,10 +206,6 @@ def write_skipped(out, skipped):
     return path
 
 
-def _plural(n, word):
-    return f'{n} {word}{"s" * (n != 1)}'
-
-
 def main(argv=None):
     args = parse_args(argv)
     if not args.out.lower().endswith(('.csv', '.jsonl')):
@@ -255,12 +251,12 @@ def main(argv=None):
     write_manifest(rows, args.out,
                    relative_to=None if args.absolute else osp.dirname(osp.abspath(args.out)))
 
-    summary = (f'{PROG}: wrote {_plural(len(rows), "video")} to {args.out}; '
+    summary = (f'{PROG}: wrote {plural(len(rows), "video")} to {args.out}; '
                f'skipped {len(skipped)} unreadable')
     if skipped_file:
         summary += f' (all listed in {skipped_file})'
     if skipped_links:
-        summary += (f'; skipped {_plural(skipped_links, "folder link")} that '
+        summary += (f'; skipped {plural(skipped_links, "folder link")} that '
                     + ('lead to folders' if skipped_links != 1 else 'leads to a folder')
                     + ' already listed')
     if classes is not None:
@@ -268,7 +264,7 @@ def main(argv=None):
     if captions is not None:
         summary += f'; {uncaptioned} without a caption'
         if unmatched:  # a key spelt another way than the file, or a video left out
-            summary += (f'; {_plural(len(unmatched), "caption")} '
+            summary += (f'; {plural(len(unmatched), "caption")} '
                         f'matching no video: {", ".join(unmatched[:5])}'
                         + (' ...' if len(unmatched) > 5 else ''))
     print(summary)

@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import ArgumentParser, UserError, first_line, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, first_line, plural, run_cli
 
 
 def parse_args(argv=None):
@@ -67,7 +67,7 @@ def read_clip(row, args, rng):
     span = (args.num_frames - 1) * args.frame_stride + 1
     total = row.get('num_frames') or probe_video(row['path'])['num_frames']
     if total < span:
-        raise ValueError(f'{row["path"]} has {total} frame{"s" * (total != 1)}, fewer than '
+        raise ValueError(f'{row["path"]} has {plural(total, "frame")}, fewer than '
                          f'the {span} a clip needs')
     start = int(rng.integers(0, total - span + 1))
     frames = read_video_frames(row['path'], range(start, start + span, args.frame_stride))

@@ -756,6 +756,11 @@ def missing_arguments_message(class_name, names) -> str:
             f'{"it is" if len(names) == 1 else "they are"} missing')
 
 
+def plural(n: int, word: str) -> str:
+    """'1 frame', '5 frames'."""
+    return f'{n} {word}{"s" * (n != 1)}'
+
+
 def first_line(error: BaseException) -> str:
     """An error's message in a few words: its first non-empty line, or the exception's
     class name when it has no message."""

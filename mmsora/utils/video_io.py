@@ -10,6 +10,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from mmsora.utils.cli import plural
+
 __all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frames',
            'write_video', 'write_gif']
 
@@ -51,11 +53,6 @@ def _open(path):
         container.close()
         raise VideoReadError(path, 'the file has no video stream')
     return container, container.streams.video[0]
-
-
-def _plural_frames(n):
-    """'1 frame', '5 frames'."""
-    return f'{n} frame' + 's' * (n != 1)
 
 
 def _picture_format(container, num_frames):
@@ -171,7 +168,7 @@ def read_video_frames(path, indices=None):
         return np.stack([kept[i] for i in range(count)])
     if last >= count:
         raise VideoReadError(path, f'frame {last} was asked for but only '
-                             f'{_plural_frames(count)} could be decoded')
+                             f'{plural(count, "frame")} could be decoded')
     return np.stack([kept[i] for i in indices])
 
 

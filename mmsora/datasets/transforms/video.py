@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 
 from mmsora.registry import TRANSFORMS
+from mmsora.utils.cli import plural
 from mmsora.utils.video_io import probe_video, read_video_frames
 from ..utils import WorkerRNGMixin, draw_seed
 
@@ -137,7 +138,7 @@ class SampleClipIndices(_RandomTransform):
             indices = start + stride * np.arange(self.num_frames)
         elif self.pad is None:
             raise ClipTooShortError(
-                f'video {results.get("path")!r} has {total} frame{"s" * (total != 1)} '
+                f'video {results.get("path")!r} has {plural(total, "frame")} '
                 f'but a clip of {self.num_frames} frames at stride {stride} needs {span}; '
                 'use shorter '
                 f'clips, a smaller stride, or {self.pad_hint}')
