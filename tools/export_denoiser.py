@@ -28,7 +28,8 @@ from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_c
 def parse_args(argv=None):
     parser = ArgumentParser(description='checkpoint -> the denoiser state dict alone')
     parser.add_argument('checkpoint', help='a checkpoint file, a DeepSpeed checkpoint '
-                        'folder, or a work dir (its newest checkpoint)')
+                        'folder, a diffusers DiT folder, or a work dir (its newest '
+                        'checkpoint)')
     parser.add_argument('--out', required=True, help='output file: .pt / .pth (torch.save) '
                         'or .safetensors')
     parser.add_argument('--no-ema', action='store_true',
@@ -37,12 +38,14 @@ def parse_args(argv=None):
 
 
 def resolve_checkpoint(path: str) -> str:
-    """The checkpoint file or DeepSpeed folder ``path`` names, or its work dir's newest."""
+    """The checkpoint file, DeepSpeed folder or diffusers DiT folder ``path`` names,
+    or its work dir's newest."""
     from mmsora.utils.checkpoint import last_checkpoint
+    from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     if not osp.exists(path):
         raise UserError(f'{path} does not exist')
-    if osp.isdir(path) and not is_zero_checkpoint(path):
+    if osp.isdir(path) and not is_zero_checkpoint(path) and diffusers_dit_folder(path) is None:
         newest = last_checkpoint(path)  # its last_checkpoint, else its iter_N.pth
         if newest is None:
             raise UserError(f'{path}: a folder that is neither a DeepSpeed checkpoint '
@@ -60,9 +63,9 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     EMAHook kept only the trained ones."""
     from mmsora.apis.inference import denoiser_state_dict, ema_kept
     from mmsora.utils.checkpoint import load_checkpoint_file
-    from mmsora.utils.zero_checkpoint import read_zero_checkpoint
-    obj = (read_zero_checkpoint(checkpoint, trained=not use_ema) if osp.isdir(checkpoint)
-           else load_checkpoint_file(checkpoint))
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
+    obj = (read_zero_checkpoint(checkpoint, trained=not use_ema)
+           if is_zero_checkpoint(checkpoint) else load_checkpoint_file(checkpoint))
     state = denoiser_state_dict(obj, use_ema, source=checkpoint)
     if not state:
         raise UserError(f'{checkpoint}: no denoiser weights in it (no denoiser.* keys)')

@@ -49,13 +49,16 @@ def load_weights(model, checkpoint, use_ema=True):
     checkpoint folders of ``--deepspeed`` runs (read as ``tools/zero_to_state_dict.py``
     converts them; the EMA weights from the client state alone; under torchrun process
     0 reads the folder and sends the weights to the others: every process of the
-    group must call this with the same folder), and original DiT /
-    fast-DiT checkpoints (a denoiser state dict, EMA preferred), loaded into
+    group must call this with the same folder), original DiT /
+    fast-DiT checkpoints (a denoiser state dict, EMA preferred) and diffusers DiT
+    folders (``facebook/DiT-XL-2-256``: :mod:`mmsora.utils.diffusers_dit`), loaded into
     ``model.denoiser`` with ``strict=True``. The file or folder read is kept in
     ``model.loaded_from``.
     """
+    from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
-    if osp.isdir(checkpoint) and not is_zero_checkpoint(checkpoint):
+    diffusers_folder = diffusers_dit_folder(checkpoint) is not None  # (read as a file)
+    if osp.isdir(checkpoint) and not (is_zero_checkpoint(checkpoint) or diffusers_folder):
         newest = last_checkpoint(checkpoint)  # a work dir: its newest checkpoint
         if newest is None:
             raise FileNotFoundError(f'{checkpoint} is a folder but neither a DeepSpeed '
@@ -64,7 +67,7 @@ def load_weights(model, checkpoint, use_ema=True):
                                     'file')
         checkpoint = newest
     model.loaded_from = checkpoint  # what the tools report as the weights sampled
-    if osp.isdir(checkpoint):
+    if osp.isdir(checkpoint) and not diffusers_folder:
         from mmengine.dist import get_dist_info
         if get_dist_info()[1] > 1:
             return _load_zero_on_rank0(model, checkpoint, use_ema)

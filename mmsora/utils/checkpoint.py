@@ -40,10 +40,11 @@ def local_pretrained_kwargs() -> dict:
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',
                          safe_globals: Sequence = (), mmap: bool = True) -> dict:
-    """Read a ``.pt`` / ``.pth`` (weights-only pickle) or ``.safetensors`` file.
+    """Read a ``.pt`` / ``.pth`` / ``.bin`` (weights-only pickle) or ``.safetensors``
+    file, or a diffusers DiT folder.
 
     Args:
-        path (str): File to read.
+        path (str): File (or diffusers DiT folder) to read.
         map_location (str | torch.device): Device for the tensors. Defaults to 'cpu'.
         safe_globals (Sequence): More data-only classes the weights-only loader may
             build (DeepSpeed's, for its checkpoint folders).
@@ -55,20 +56,38 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
             a live mapping keeps a checkpoint's disk space after it is pruned.
 
     Returns:
-        dict: What the file holds (a state dict or a checkpoint dict).
+        dict: What the file holds (a state dict or a checkpoint dict). A diffusers
+        DiT (its pipeline or transformer folder, or its weights file beside its
+        config.json) is given in the original DiT's layout
+        (:mod:`mmsora.utils.diffusers_dit`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
         ValueError: The file is truncated, damaged or not a torch checkpoint (named
-            ``.safetensors``: not a whole safetensors file, :func:`read_safetensors`).
+            ``.safetensors``: not a whole safetensors file, :func:`read_safetensors`),
+            or diffusers DiT weights the original's layout cannot hold.
     """
     # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
     # those data-only types (mmsora.engine.compat) before the weights-only load.
     from mmsora.engine.compat import make_mmengine_checkpoints_loadable
     make_mmengine_checkpoints_loadable()
+    from mmsora.utils import diffusers_dit
     path = str(path)
+    folder = diffusers_dit.diffusers_dit_folder(path)
+    if folder is not None:  # a diffusers DiT (the hub's facebook/DiT-XL-2-256)
+        return diffusers_dit.read_diffusers_dit(
+            folder, lambda f, where: _read_file(f, where, safe_globals, mmap), map_location)
+    obj = _read_file(path, map_location, safe_globals, mmap)
+    if diffusers_dit.is_diffusers_dit(obj):  # its weights file, named alone
+        config = diffusers_dit.read_config(osp.join(osp.dirname(path), 'config.json'))
+        return diffusers_dit.dit_state_from_diffusers(obj, config, path)
+    return obj
+
+
+def _read_file(path: str, map_location, safe_globals: Sequence = (), mmap: bool = True):
+    """One file of :func:`load_checkpoint_file`, as it is."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     if path.endswith('.safetensors'):

@@ -1,0 +1,167 @@
+"""DiT weights saved by diffusers (``DiTTransformer2DModel``, the older
+``Transformer2DModel``), read into the original DiT's layout.
+
+The DiT weights on the Hugging Face hub (``facebook/DiT-XL-2-256``, ``-512``) are a
+diffusers pipeline folder: ``model_index.json``, ``transformer/`` (``config.json`` and
+``diffusion_pytorch_model.safetensors`` or ``.bin``), ``vae/`` and ``scheduler/``. They
+were converted from the original release, so they are the same network in other
+names, with three differences of layout this module undoes:
+
+* each block holds its own timestep / class embedder (``norm1.emb``), all copies of
+  the original's one; the final layer's modulation reads block 0's. Copies that
+  differ (a DiT trained in diffusers) cannot become one shared embedder: refused.
+* the attention's q, k, v are three linears (the original: one ``qkv``).
+* the sin-cos position table is not in the file (diffusers computes it from
+  ``sample_size``): it is computed here from ``config.json``, so a 512 px model in a
+  256 px config is named as the usual ``pos_embed`` mismatch, not sampled wrongly.
+
+The network that comes out is the original's (timestep frequencies divided by half
+the width, LayerNorm eps 1e-6); diffusers' own ``DiTTransformer2DModel`` differs from
+it slightly there (``downscale_freq_shift=1``, eps 1e-5 unless its config says).
+
+Every reader of a checkpoint (:func:`mmsora.utils.checkpoint.load_checkpoint_file`)
+goes through :func:`read_diffusers_dit` and :func:`is_diffusers_dit`, so a diffusers
+folder or file works wherever a DiT ``.pt`` does: ``tools/infer.py --checkpoint``,
+``tools/train.py --load-from``, ``model.pretrained_denoiser``, inflation into a video
+DiT, ``tools/export_denoiser.py``.
+"""
+import json
+import os.path as osp
+from typing import Optional
+
+import torch
+
+__all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
+           'dit_state_from_diffusers', 'read_config']
+
+# The classes a diffusers DiT transformer's config.json names.
+DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
+WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
+                'diffusion_pytorch_model.fp16.safetensors', 'diffusion_pytorch_model.fp16.bin')
+INDEX_FILE = 'diffusion_pytorch_model.safetensors.index.json'
+_EMB = 'transformer_blocks.{}.norm1.emb.'
+
+
+def is_diffusers_dit(obj) -> bool:
+    """Whether a loaded checkpoint is a diffusers DiT transformer's state dict."""
+    return (isinstance(obj, dict) and 'pos_embed.proj.weight' in obj
+            and 'transformer_blocks.0.attn1.to_q.weight' in obj
+            and _EMB.format(0) + 'class_embedder.embedding_table.weight' in obj)
+
+
+def diffusers_dit_folder(path: str) -> Optional[str]:
+    """The transformer folder of a diffusers DiT given as ``path`` (a pipeline folder,
+    with ``model_index.json`` and ``transformer/``, or the transformer folder itself),
+    or None when ``path`` is neither."""
+    if not osp.isdir(path):
+        return None
+    if osp.isfile(osp.join(path, 'model_index.json')) \
+            and osp.isdir(osp.join(path, 'transformer')):
+        path = osp.join(path, 'transformer')
+    config = read_config(osp.join(path, 'config.json'))
+    return path if config and config.get('_class_name') in DIT_CLASSES else None
+
+
+def read_config(path: str) -> Optional[dict]:
+    """A folder's config.json as a dict, or None (none there, or not JSON)."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
+    """The original-layout state dict of the diffusers DiT transformer ``folder``
+    (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
+    map_location)`` (a single file, or the shards an index lists)."""
+    index = osp.join(folder, INDEX_FILE)
+    if osp.isfile(index):
+        with open(index, encoding='utf-8') as f:
+            shards = sorted(set(json.load(f)['weight_map'].values()))
+        state = {}
+        for shard in shards:
+            state.update(read_file(osp.join(folder, shard), map_location))
+    else:
+        found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]
+        if not found:
+            raise FileNotFoundError(f'{folder}: a diffusers DiT folder (config.json) without '
+                                    f'its weights (one of {", ".join(WEIGHT_FILES)}, or '
+                                    f'{INDEX_FILE})')
+        state = read_file(osp.join(folder, found[0]), map_location)
+    return dit_state_from_diffusers(state, read_config(osp.join(folder, 'config.json')),
+                                    folder)
+
+
+def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -> dict:
+    """A diffusers DiT state dict (:func:`is_diffusers_dit`) in the original DiT's key
+    layout, its ``pos_embed`` computed from ``config`` (the transformer's
+    config.json). Raises ValueError for what the original cannot hold: no config
+    (the table's size is unknown), another activation or norm, weights the
+    original has not, per-block embedders that differ."""
+    table = state.get('pos_embed.pos_embed')  # (kept in files of some versions)
+    if not config and table is None:
+        raise ValueError(f'{source}: diffusers DiT weights without the config.json beside '
+                         'them: it says the size (sample_size) they were trained at; give '
+                         'the transformer folder (or the pipeline folder) instead')
+    config = config or {}
+    for key, want in (('norm_type', 'ada_norm_zero'), ('activation_fn', 'gelu-approximate')):
+        if config.get(key, want) != want:
+            raise ValueError(f'{source}: a diffusers Transformer2DModel with {key}='
+                             f'{config[key]!r}, not a DiT ({key}={want!r})')
+    used = {k for k in state if k.startswith(('proj_out_', 'pos_embed.'))} | {
+        k for k in state if k.startswith('transformer_blocks.') and (
+            '.norm1.' in k or '.attn1.' in k or '.ff.net.' in k)}
+    left = sorted(set(state) - used)
+    if left:  # e.g. affine norm2 weights (norm_elementwise_affine=True): the
+        # original's norms have none; dropping them would change the network
+        raise ValueError(f'{source}: holds {len(left)} weight(s) the original DiT has not '
+                         f'(e.g. {left[0]}): not a DiT\'s layout')
+    depth = 1 + max(int(k.split('.')[1]) for k in state if k.startswith('transformer_blocks.'))
+    emb0 = {k[len(_EMB.format(0)):]: v for k, v in state.items()
+            if k.startswith(_EMB.format(0))}
+    for i in range(1, depth):
+        for name, value in emb0.items():
+            other = state[_EMB.format(i) + name]
+            if not torch.equal(other, value):
+                raise ValueError(
+                    f'{source}: block {i}\'s timestep / class embedder ({_EMB.format(i)}'
+                    f'{name}) differs from block 0\'s: a DiT trained in diffusers, with an '
+                    'embedder per block; the original DiT (and mmsora\'s) shares one, so '
+                    'these weights cannot be loaded exactly')
+    out = {
+        'x_embedder.proj.weight': state['pos_embed.proj.weight'],
+        'x_embedder.proj.bias': state['pos_embed.proj.bias'],
+        't_embedder.mlp.0.weight': emb0['timestep_embedder.linear_1.weight'],
+        't_embedder.mlp.0.bias': emb0['timestep_embedder.linear_1.bias'],
+        't_embedder.mlp.2.weight': emb0['timestep_embedder.linear_2.weight'],
+        't_embedder.mlp.2.bias': emb0['timestep_embedder.linear_2.bias'],
+        'y_embedder.embedding_table.weight': emb0['class_embedder.embedding_table.weight'],
+        # both emit (shift, scale), in that order
+        'final_layer.adaLN_modulation.1.weight': state['proj_out_1.weight'],
+        'final_layer.adaLN_modulation.1.bias': state['proj_out_1.bias'],
+        'final_layer.linear.weight': state['proj_out_2.weight'],
+        'final_layer.linear.bias': state['proj_out_2.bias'],
+    }
+    for i in range(depth):
+        src, dst = f'transformer_blocks.{i}.', f'blocks.{i}.'
+        for wb in ('weight', 'bias'):
+            out[dst + f'attn.qkv.{wb}'] = torch.cat(
+                [state[src + f'attn1.to_{n}.{wb}'] for n in 'qkv'], dim=0)
+            out[dst + f'attn.proj.{wb}'] = state[src + f'attn1.to_out.0.{wb}']
+            out[dst + f'mlp.fc1.{wb}'] = state[src + f'ff.net.0.proj.{wb}']
+            out[dst + f'mlp.fc2.{wb}'] = state[src + f'ff.net.2.{wb}']
+            # AdaLayerNormZero chunks shift / scale / gate of the attention, then of
+            # the MLP: the original's order
+            out[dst + f'adaLN_modulation.1.{wb}'] = state[src + f'norm1.linear.{wb}']
+    if table is None:
+        from mmsora.models.layers.embedders import get_2d_sincos_pos_embed
+        hidden, patch = out['x_embedder.proj.weight'].shape[0], \
+            out['x_embedder.proj.weight'].shape[-1]
+        grid = int(config.get('sample_size', 32)) // patch  # (diffusers' default 32)
+        table = get_2d_sincos_pos_embed(hidden, grid).float().unsqueeze(0)
+    out['pos_embed'] = table.reshape(1, -1, table.shape[-1])
+    return out

@@ -1,0 +1,130 @@
+"""DiT weights saved by diffusers (the hub's facebook/DiT-XL-2-256 is a diffusers
+pipeline folder) read as the original DiT: the same outputs as diffusers' model, in
+every tool that takes a DiT file, and one line for what cannot be loaded exactly."""
+import json
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import DiTTransformer2DModel
+
+from mmsora.models import DiT
+from mmsora.utils.checkpoint import load_checkpoint_file, load_dit_checkpoint
+from tests.test_models.test_dit import build_reference, inputs, rekey_reference, tiny_cfg
+
+
+def save_pipeline(ref, folder, safe=True):
+    """``ref`` as a diffusers DiT pipeline folder (its transformer part, the
+    model_index.json that names it), as ``huggingface-cli download`` leaves it."""
+    ref.save_pretrained(osp.join(folder, 'transformer'), safe_serialization=safe)
+    with open(osp.join(folder, 'model_index.json'), 'w') as f:
+        json.dump({'_class_name': 'DiTPipeline',
+                   'transformer': ['diffusers', 'DiTTransformer2DModel']}, f)
+    return str(folder)
+
+
+@pytest.fixture(scope='module')
+def pipeline(tmp_path_factory):
+    cfg = tiny_cfg()
+    ref = build_reference(cfg, seed=5)
+    return cfg, ref, save_pipeline(ref, tmp_path_factory.mktemp('dit'))
+
+
+def same_as_reference(cfg, ref, model):
+    x, t, y = inputs(cfg)
+    with torch.no_grad():
+        theirs = ref(x, timestep=t, class_labels=y).sample
+        assert theirs.abs().mean() > 1e-2  # a dead reference would prove nothing
+        torch.testing.assert_close(model(x, t, y), theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_diffusers_folder_or_file_loads_as_the_original(pipeline, tmp_path):
+    cfg, ref, folder = pipeline
+    weights = osp.join(folder, 'transformer', 'diffusion_pytorch_model.safetensors')
+    # the pickled .bin of older diffusers versions (the hub's DiT files) too
+    bin_folder = save_pipeline(ref, tmp_path / 'bin', safe=False)
+    expected = rekey_reference(ref)
+    for path in (folder, osp.join(folder, 'transformer'), weights, bin_folder):
+        state = load_checkpoint_file(path)
+        assert sorted(state) == sorted(expected), path
+        for key, value in expected.items():  # position table computed from sample_size
+            torch.testing.assert_close(state[key], value, atol=1e-6, rtol=0, msg=key)
+        model = DiT(**cfg).eval()
+        load_dit_checkpoint(model, path)
+        same_as_reference(cfg, ref, model)
+
+
+def test_sampling_and_export_take_the_folder(pipeline, tmp_path):
+    from types import SimpleNamespace
+
+    from mmsora.apis.inference import load_weights
+    from tools.export_denoiser import main as export
+    cfg, ref, folder = pipeline
+    holder = SimpleNamespace(denoiser=DiT(**cfg).eval())
+    load_weights(holder, folder)  # tools/infer.py's and tools/test.py's loader
+    assert holder.loaded_from == folder
+    same_as_reference(cfg, ref, holder.denoiser)
+    # exported as a plain DiT file, which DiT's own sample.py could read
+    export([folder, '--out', str(tmp_path / 'dit.pt')])
+    model = DiT(**cfg).eval()
+    model.load_state_dict(torch.load(tmp_path / 'dit.pt', weights_only=True))
+    same_as_reference(cfg, ref, model)
+
+
+def test_what_cannot_be_loaded_exactly_is_one_line(pipeline, tmp_path):
+    cfg, ref, folder = pipeline
+    # a model trained in diffusers: each block's embedder its own
+    other = build_reference(cfg, seed=5)
+    with torch.no_grad():
+        other.transformer_blocks[1].norm1.emb.class_embedder.embedding_table.weight.add_(1)
+    path = save_pipeline(other, tmp_path / 'own_embedders')
+    with pytest.raises(ValueError, match=r"block 1's timestep / class embedder \(transformer_"
+                                         r"blocks\.1\.norm1\.emb\.class_embedder\..*differs "
+                                         r"from block 0's: a DiT trained in diffusers"):
+        load_checkpoint_file(path)
+    # the weights file without its config.json: the size it was trained at is unknown
+    alone = tmp_path / 'alone.safetensors'
+    shutil.copy(osp.join(folder, 'transformer', 'diffusion_pytorch_model.safetensors'), alone)
+    with pytest.raises(ValueError, match=rf'^{alone}: diffusers DiT weights without the '
+                                         r'config\.json beside them'):
+        load_checkpoint_file(alone)
+    # LayerNorms with weights (norm_elementwise_affine=True): not the original's
+    affine = DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=16,
+                                   in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+                                   patch_size=2, num_embeds_ada_norm=10,
+                                   norm_elementwise_affine=True)
+    with pytest.raises(ValueError, match=r"holds 4 weight\(s\) the original DiT has not "
+                                         r"\(e\.g\. transformer_blocks\.0\.norm3\.bias\)"):
+        load_checkpoint_file(save_pipeline(affine, tmp_path / 'affine'))
+
+
+def test_a_model_of_another_size_is_named_by_its_sample_size(tmp_path):
+    # The table is not in diffusers' files: it comes from config.json's sample_size,
+    # so a 512 px DiT in a 256 px config is refused as such, not sampled wrongly.
+    cfg = tiny_cfg()
+    ref = build_reference(dict(cfg, input_size=16))
+    path = save_pipeline(ref, tmp_path / 'big')
+    with pytest.raises(ValueError, match=r'pos_embed has shape \(1, 64, 64\) but the model\'s '
+                                         r'is \(1, 16, 64\): it is a model for 64 tokens, a '
+                                         r'8x8 grid: set model\.denoiser\.input_size=16'):
+        load_dit_checkpoint(DiT(**cfg), path)
+
+
+def test_infer_samples_from_a_diffusers_folder(repo_root, tmp_path):
+    # the main demo's DiT size (configs/dit/dit_tiny2_1xb32_1500_shapes16.py)
+    cfg = dict(input_size=16, patch_size=2, in_channels=3, hidden_size=128, depth=4,
+               num_heads=4, num_classes=4, learn_sigma=True)
+    folder = save_pipeline(build_reference(cfg), tmp_path / 'DiT-tiny')
+    out = tmp_path / 'samples.png'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    result = subprocess.run(
+        [sys.executable, 'tools/infer.py', 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py',
+         '--checkpoint', folder, '--labels', '0', '3', '--steps', '2', '--out', str(out)],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.is_file() and out.stat().st_size > 0
+    assert folder in result.stdout + result.stderr  # the weights sampled are named
