@@ -173,6 +173,12 @@ def main(argv=None):
         'default_hooks.logger.interval=10',
         f'default_hooks.checkpoint.interval={max(args.iters // 5, 1)}',
     ]
+    run = osp.join(args.work_dir, 'run')
+    if osp.isdir(run):  # an earlier soak's run: tools/train.py refuses a work dir
+        # holding checkpoints without --resume, and a soak measures a run from its start
+        import shutil
+        shutil.rmtree(run)
+        print(f'soak.py: removed the earlier soak run {run}', flush=True)
     config = osp.join(args.work_dir, 'soak_config.py')
     with open(config, 'w') as f:  # the demo's model and schedule on the latent files
         f.write(f'_base_ = [{CONFIG!r}]\n'
@@ -184,7 +190,7 @@ def main(argv=None):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PORT': str(args.port), 'PATH': path}
     proc = subprocess.Popen(
         ['bash', osp.join(ROOT, 'tools/dist_train.sh'), osp.abspath(config), str(args.nproc),
-         '--work-dir', osp.join(args.work_dir, 'run'), '--cfg-options', *options],
+         '--work-dir', run, '--cfg-options', *options],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = dict(iter=0, tail=[])
 

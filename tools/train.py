@@ -145,7 +145,8 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
     """Say that ``--resume`` keeps the checkpoint's learning rate when the config asks
     for another: mmengine restores the optimizer's state, its learning rate (and the
     schedule's base) included, so a changed ``optim_wrapper.optimizer.lr`` went
-    unused without a word."""
+    unused without a word. A note on stderr (it was printed on stdout, unlike the
+    schedule's)."""
     if (cfg.get('optim_wrapper') or {}).get('paramwise_cfg'):
         return  # per-group multipliers: the groups' rates are not the config's lr
     ours = ((cfg.get('optim_wrapper') or {}).get('optimizer') or {}).get('lr')
@@ -154,12 +155,11 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
     if not (isinstance(ours, (int, float)) and groups and isinstance(groups[0], dict)):
         return
     theirs = groups[0].get('initial_lr', groups[0].get('lr'))
-    if isinstance(theirs, (int, float)) and not math.isclose(theirs, ours, rel_tol=1e-6) \
-            and is_launch_rank0():
-        print(f'note: --resume {path} keeps its learning rate ({theirs:g}); the config\'s '
-              f'optim_wrapper.optimizer.lr={ours:g} is not used (mmengine resumes the '
-              'optimizer\'s state). To train on at the new rate, start a run from these '
-              'weights: --load-from', flush=True)
+    if isinstance(theirs, (int, float)) and not math.isclose(theirs, ours, rel_tol=1e-6):
+        note(f'--resume {path} keeps its learning rate ({theirs:g}); the config\'s '
+             f'optim_wrapper.optimizer.lr={ours:g} is not used (mmengine resumes the '
+             'optimizer\'s state). To train on at the new rate, start a run from these '
+             'weights: --load-from')
 
 
 # Schedule settings a resumed scheduler's state holds (mmengine restores them all).
@@ -244,6 +244,124 @@ def latest_checkpoint(work_dir):
                         'pass --resume CKPT to pick a checkpoint')
     check_checkpoint_complete(latest)
     return latest
+
+
+def earlier_checkpoint(work_dir):
+    """The newest checkpoint an earlier run left in ``work_dir`` (the one its
+    ``last_checkpoint`` names, else the highest ``iter_N.pth`` / ``epoch_N.pth``, a
+    file or a DeepSpeed folder), or None."""
+    from mmsora.utils.checkpoint import last_checkpoint, newest_numbered_checkpoint
+    latest = last_checkpoint(work_dir)
+    if latest is not None and osp.exists(latest) and osp.realpath(
+            osp.dirname(osp.abspath(latest.rstrip('/')))) == osp.realpath(work_dir):
+        return latest
+    return newest_numbered_checkpoint(work_dir)  # (last_checkpoint names another's)
+
+
+def check_work_dir_is_new(cfg, args) -> None:
+    """Refuse a new run (no ``--resume``: from scratch, or ``--load-from``) into a
+    work dir that holds an earlier run's checkpoints. It started at iteration 0
+    without a word, overwrote the earlier ``iter_N.pth`` and ``last_checkpoint`` as it
+    saved, and ``max_keep_ckpts`` pruned the older ones: a forgotten ``--resume``
+    lost the run. A work dir with logs or a dumped config alone (a run stopped before
+    its first checkpoint) is taken. Called by :func:`main`, not by
+    :func:`build_train_config`, which other code builds configs with."""
+    if cfg.get('resume'):
+        return
+    newest = earlier_checkpoint(cfg.work_dir)
+    if newest is None:
+        return
+    import re
+    import shlex
+    work_dir = cfg.work_dir.rstrip('/') or '/'
+    name = osp.basename(newest.rstrip('/'))
+    numbered = re.fullmatch(r'(iter|epoch)_(\d+)\.pth', name)
+    at = (f', {"iteration" if numbered[1] == "iter" else "epoch"} {numbered[2]}'
+          if numbered else '')
+    # what to remove to start over: the marker and the numbered checkpoints (DeepSpeed's
+    # are folders), or a file of another name that the marker names
+    saved = [n for n in os.listdir(work_dir) if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)]
+    files = ['last_checkpoint'] if osp.isfile(osp.join(work_dir, 'last_checkpoint')) else []
+    files += [f'{kind}_*.pth' for kind in ('iter', 'epoch')
+              if any(n.startswith(f'{kind}_') for n in saved)]
+    if not numbered:
+        files.append(name)
+    remove = 'rm -r' if any(osp.isdir(osp.join(work_dir, n)) for n in saved) else 'rm'
+    remove += ''.join(f' {shlex.quote(work_dir)}/{f}' for f in files)
+    where = f'--work-dir {work_dir}' if args.work_dir else f'the work dir {work_dir}'
+    start = f'--load-from {args.load_from} into {where}: it' if args.load_from else where
+    raise UserError(f'{start} holds the checkpoints of an earlier run (newest: {newest}'
+                    f'{at}), which a new run there would overwrite from iteration 0: '
+                    'continue that run with --resume, start the new one in another '
+                    f'--work-dir, or remove them to start over ({remove})')
+
+
+def keep_dumped_config(cfg):
+    """Keep the config an earlier run dumped into the work dir (``WORK_DIR/
+    CONFIG_NAME.py``, which tools/infer.py WORK_DIR reads) across a ``--resume``
+    that fails before the checkpoint is resumed (a checkpoint of another layout is
+    refused only then): the Runner dumps this run's config when it is built, which
+    overwrote the earlier run's. Returns a function of the runner to call when the
+    run fails: it puts the earlier file back (or removes the one dumped, where there
+    was none) unless the checkpoint was resumed."""
+    if not (cfg.get('resume') and cfg.filename):
+        return lambda runner: None
+    path = osp.join(cfg.work_dir, osp.basename(cfg.filename))  # (Runner.dump_config's)
+    try:
+        with open(path, 'rb') as f:
+            earlier = f.read()
+    except OSError:
+        earlier = None
+
+    def put_back(runner):
+        from mmengine.dist import is_main_process
+        if getattr(runner, '_has_loaded', True) or not is_main_process():
+            return  # resumed: the config it goes on with is this run's
+        try:
+            if earlier is None:
+                os.remove(path)
+            else:
+                with open(path, 'wb') as f:
+                    f.write(earlier)
+        except OSError:
+            pass
+    return put_back
+
+
+def resumes_a_complete_run(cfg) -> bool:
+    """Whether the run resumes a checkpoint file saved at ``train_cfg.max_iters``
+    (:func:`check_resume_matches` says there is nothing to train)."""
+    path = cfg.get('load_from')
+    if not (cfg.get('resume') and isinstance(path, str) and osp.isfile(path)):
+        return False
+    meta = load_from_kind(path)[2].get('meta') or {}
+    return meta.get('iter') == (cfg.get('train_cfg') or {}).get('max_iters')
+
+
+def drop_log_dir_left_empty(runner, existed) -> None:
+    """Remove the log folder (``WORK_DIR/TIMESTAMP``) of a resume of a complete run
+    that wrote nothing but what every start writes (its log and ``vis_data/
+    config.py``): each such ``--resume`` left one more folder of start-up output. A
+    folder holding what the hooks' ends made (a final evaluation's scalars, samples)
+    stays, as does one that was there before (``existed``: the work dir's entries
+    before the Runner)."""
+    from mmengine.dist import is_main_process
+    log_dir = runner.log_dir
+    if not is_main_process() or osp.basename(log_dir) in existed:
+        return
+    made = [osp.relpath(osp.join(folder, f), log_dir)
+            for folder, _, files in os.walk(log_dir) for f in files]
+    if any(path != osp.join('vis_data', 'config.py') and not (
+            path.endswith('.log') and os.sep not in path) for path in made):
+        return
+    import logging
+    import shutil
+    for handler in list(runner.logger.handlers):  # (its log file is in the folder)
+        if isinstance(handler, logging.FileHandler) and \
+                handler.baseFilename.startswith(osp.abspath(log_dir) + os.sep):
+            runner.logger.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def check_resume_matches_strategy(cfg):
@@ -469,6 +587,7 @@ def main(argv=None):
     from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully
     try:
         cfg = build_train_config(args)
+        check_work_dir_is_new(cfg, args)  # a forgotten --resume
     except UserError:
         if not is_first_on_machine():  # the same config and files on every process of a
             # machine: its first one says what is wrong, and the launcher then stops
@@ -486,6 +605,9 @@ def main(argv=None):
     if prepare_deepspeed(cfg):  # installed; mmengine mended
         for key, value in single_process_env(cfg).items():  # one-process run
             os.environ.setdefault(key, value)
+    put_back_config = keep_dumped_config(cfg)  # (the Runner dumps its own)
+    complete = resumes_a_complete_run(cfg)
+    existed = set(os.listdir(cfg.work_dir)) if osp.isdir(cfg.work_dir) else set()
     if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
         from mmengine.runner import FlexibleRunner
         runner = FlexibleRunner.from_cfg(cfg)
@@ -507,11 +629,15 @@ def main(argv=None):
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
     finally:
         restore()
+        if sys.exc_info()[1] is not None:  # stopped: one that had not resumed yet
+            put_back_config(runner)  # leaves the earlier run's dumped config
         if getattr(sys.exc_info()[1], 'exit_code', None) == 143:  # stopped by SIGTERM:
             # the process is to end; a SIGTERM more (a launcher's, passed on) must not
             # kill it before it has said where the run stands
             import signal
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if complete:  # nothing trained: no log folder of start-up output alone
+        drop_log_dir_left_empty(runner, existed)
     from mmsora.utils.dist import close_process_group, release_engine
     release_engine(runner)
     del runner

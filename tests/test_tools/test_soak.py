@@ -29,14 +29,19 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
     for rank in record['ranks']:  # each rank and its data-loader worker were read
         assert rank['rss_mib_first'] > 100 and rank['workers_pss_mib_first'] > 10
     # a run too short to be sampled: said, not an IndexError traceback
-    short = subprocess.run(
-        [sys.executable, 'tools/soak.py', '--iters', '2', '--nproc', '2', '--workers', '0',
-         '--items', '16', '--interval', '0.05', '--port', str(free_port()),
-         '--work-dir', str(tmp_path / 'short')],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert short.returncode == 1 and short.stderr.strip().endswith(
-        'soak.py: error: no memory sample after the warm-up of 2 iterations (--warmup 0.2; '
-        'the log names an iteration every 10): give more --iters, e.g. 100'), short.stderr
+    # run twice into one --work-dir: the second removes the first's run (its
+    # checkpoints made tools/train.py refuse a new run there)
+    for again in (False, True):
+        short = subprocess.run(
+            [sys.executable, 'tools/soak.py', '--iters', '2', '--nproc', '2', '--workers',
+             '0', '--items', '16', '--interval', '0.05', '--port', str(free_port()),
+             '--work-dir', str(tmp_path / 'short')],
+            cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        assert short.returncode == 1 and short.stderr.strip().endswith(
+            'soak.py: error: no memory sample after the warm-up of 2 iterations (--warmup '
+            '0.2; the log names an iteration every 10): give more --iters, e.g. 100'), \
+            short.stdout[-2000:] + short.stderr
+        assert ('soak.py: removed the earlier soak run' in short.stdout) == again
     bad = subprocess.run([sys.executable, 'tools/soak.py', '--interval', '-1'],
                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and '--interval must be > 0 seconds, got -1.0' in bad.stderr
