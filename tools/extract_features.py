@@ -136,7 +136,8 @@ OPTION_OF = dict(
     num_source_items='the inputs (--data-path / --manifest)', image_size='--image-size',
     num_frames='--num-frames', size='--size', frame_stride='--frame-stride',
     target_fps='--target-fps', text_encoder='--text-encoder',
-    text_encoder_kind='--text-encoder-kind', text_shape='--text-encoder / --max-length',
+    text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
+    text_shape='--text-encoder / --max-length',
     pooled_dim='--text-encoder-kind', classes='the class folders of --data-path')
 
 
@@ -211,7 +212,7 @@ def build_source(args):
 def video_vae_class(folder: str) -> str:
     """The class a video VAE folder names in its config.json (or its vae/ subfolder's),
     for a ``--video-vae`` without ``--video-vae-class``."""
-    from mmsora.models.vaes.autoencoder_kl import folder_vae_class
+    from mmsora.models.vaes.autoencoder_kl import folder_model, folder_vae_class
     root = folder if osp.isfile(osp.join(folder, 'config.json')) else osp.join(folder, 'vae')
     found = folder_vae_class(root)  # (the folder AutoencoderKLWrapper._load reads)
     if found in VIDEO_VAE_CLASSES:
@@ -219,6 +220,11 @@ def video_vae_class(folder: str) -> str:
     if found == 'AutoencoderKL':
         raise ValueError(f'--video-vae {folder}: an image VAE (AutoencoderKL, its '
                          'config.json says): give it with --vae')
+    holds = folder_model(root)
+    if holds and holds.startswith('transformers '):  # (was: 'names no video VAE class')
+        raise ValueError(f'--video-vae {folder} holds a {holds} (its config.json), not a '
+                         'diffusers video VAE: give the VAE\'s folder (a text encoder goes '
+                         'to --text-encoder)')
     raise ValueError(f'--video-vae {folder}: its config.json names no video VAE class '
                      f'({found or "none"}): give --video-vae-class, one of '
                      f'{", ".join(VIDEO_VAE_CLASSES)}')
@@ -323,7 +329,11 @@ def store_meta(args, source) -> dict:
         meta.update(num_frames=args.num_frames, size=list(source.size),
                     frame_stride=args.frame_stride, target_fps=args.target_fps)
     if args.text_encoder:
-        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind)
+        # hidden_layer: which of the encoder's hidden states the tokens are (None: the
+        # last, after the final norm). Unrecorded before, a resume with another one
+        # mixed the embeddings of two layers in one store.
+        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind,
+                    hidden_layer=args.hidden_layer)
     return meta
 
 

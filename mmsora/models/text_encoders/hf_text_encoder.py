@@ -112,15 +112,31 @@ class HFTextEncoder(nn.Module):
 
     def _check_model_type(self, model_dir):
         """Refuse a folder of another kind of model: transformers loads a CLIP folder
-        into a T5 (and the reverse) with a warning, all its weights random."""
+        into a T5 (and the reverse) with a warning, all its weights random. A diffusers
+        folder (a VAE given as the text encoder) has no ``model_type``: it was refused
+        as holding 'a None model'."""
         import json
         try:
             with open(osp.join(model_dir, 'config.json')) as f:
-                model_type = json.load(f).get('model_type')
-        except (OSError, ValueError) as e:
+                config = json.load(f)
+            model_type = config.get('model_type')
+        except (OSError, ValueError, AttributeError) as e:
             raise ValueError(f'cannot read {osp.join(model_dir, "config.json")}: {e}') from None
         if model_type in MODEL_TYPES[self.kind]:
             return
+        if model_type is None:
+            name = config.get('_class_name')
+            name = name if isinstance(name, str) else None
+            holds = (f'a diffusers {name} (its config.json)' if name
+                     else 'a config.json without a model_type')
+            image = name == 'AutoencoderKL'
+            vae = (f' (a VAE goes to extract_features.py {"--vae" if image else "--video-vae"}; '
+                   f'in a config, to {"AutoencoderKLWrapper" if image else "VideoVAEWrapper"})'
+                   if name and name.startswith('AutoencoderKL') else '')
+            raise ValueError(
+                f'text encoder folder {model_dir!r} holds {holds}, not a transformers '
+                f'{KINDS[self.kind][0]}: give the text encoder\'s folder with its tokenizer, '
+                f'or a pipeline folder with text_encoder/ and tokenizer/{vae}')
         fits = [k for k, types in MODEL_TYPES.items() if model_type in types]
         hint = (f'give kind={fits[0]!r} (model.text_encoder.kind; tools/extract_features.py '
                 f'--text-encoder-kind {fits[0]})' if fits else

@@ -5,6 +5,7 @@ with Latent Diffusion Models", 2022). The latent scale factor lives here, not in
 models: ``latents = (z - shift_factor) * scale_factor``, 0.18215 for SD VAEs as in DiT.
 Videos ``(N, C, T, H, W)`` are encoded frame by frame (the SD VAE is per-image).
 """
+import glob
 import os.path as osp
 
 import torch
@@ -30,11 +31,44 @@ def folder_vae_class(folder: str):
     return found if isinstance(found, str) else None
 
 
+def folder_model(folder: str):
+    """What a model folder's ``config.json`` says it holds: ``'diffusers
+    AutoencoderKL'`` (its ``_class_name``), ``'transformers T5EncoderModel'`` (its
+    ``architectures``, else its ``model_type``), or None where it does not say (or
+    cannot be read)."""
+    import json
+    try:
+        with open(osp.join(folder, 'config.json')) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get('_class_name'), str):
+        return f'diffusers {config["_class_name"]}'
+    names = config.get('architectures')
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return f'transformers {"/".join(names)}'
+    if isinstance(config.get('model_type'), str):
+        return f'transformers {config["model_type"]!r} model'
+    return None
+
+
 def check_vae_kind(folder: str, wanted: str) -> None:
     """Refuse a folder of another VAE class than ``wanted``: diffusers loaded it into
-    the wrong class and failed with dozens of size-mismatch lines."""
+    the wrong class and failed with dozens of size-mismatch lines. A transformers
+    folder (a T5 or CLIP text encoder given as the VAE) failed in diffusers with 'no
+    file named diffusion_pytorch_model.bin'."""
     found = folder_vae_class(folder)
-    if found is None or found == wanted:
+    if found is None:
+        holds = folder_model(folder)
+        if holds and holds.startswith('transformers '):
+            raise ValueError(
+                f'VAE folder {folder!r} holds a {holds} (its config.json), not a diffusers '
+                f'{wanted}: give the VAE\'s folder (a text encoder goes to '
+                'extract_features.py --text-encoder; in a config, to HFTextEncoder)')
+        return
+    if found == wanted:
         return
     if found == 'AutoencoderKL':
         hint = ('an image VAE: give it as one (extract_features.py --vae DIR; a config: '
@@ -47,6 +81,18 @@ def check_vae_kind(folder: str, wanted: str) -> None:
         hint = 'not a VAE this wrapper loads'
     raise ValueError(f'VAE folder {folder!r} holds {found} weights (its config.json), '
                      f'not {wanted} ones: {hint}')
+
+
+def _pipeline_without_vae(folder: str) -> str:
+    """': a StableDiffusionPipeline folder (model_index.json) without vae/' for a
+    pipeline folder given as the VAE, else ''."""
+    import json
+    try:
+        with open(osp.join(folder, 'model_index.json')) as f:
+            name = json.load(f).get('_class_name')
+    except (OSError, ValueError, AttributeError):
+        return ''
+    return f': a {name or "diffusers pipeline"} folder (model_index.json) without vae/'
 
 
 @MODELS.register_module()
@@ -115,9 +161,23 @@ class AutoencoderKLWrapper(nn.Module):
         folder = osp.join(path, subfolder) if subfolder else path
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
-                                    f'diffusers AutoencoderKL folder)')
+                                    f'diffusers {cls.__name__} folder)'
+                                    + _pipeline_without_vae(folder))
         check_vae_kind(folder, cls.__name__)
-        return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
+        # Without weights diffusers logged an error and raised 'Error no file named
+        # diffusion_pytorch_model.bin found in directory ...'.
+        no_weights = FileNotFoundError(
+            f'VAE folder {folder!r} holds {cls.__name__}\'s config.json but no weights '
+            '(diffusion_pytorch_model.safetensors or .bin): copy them in beside it, or give '
+            'the folder that holds them')
+        if not glob.glob(osp.join(glob.escape(folder), 'diffusion_pytorch_model*')):
+            raise no_weights
+        try:
+            return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
+        except OSError as e:
+            if 'no file named' not in str(e):
+                raise
+            raise no_weights from None
 
     def train(self, mode=True):
         """Stay in eval mode: the VAE is frozen."""
