@@ -47,6 +47,9 @@ HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_cop
                'num_shards', 'text_shape', 'pooled_dim')
 # Not in HEADER_KEYS: stores written before it was recorded have none, and resume.
 FINGERPRINT_KEY = 'source_fingerprint'
+# Extraction settings (``meta``) recorded only since a later version: a store whose
+# meta lacks one resumes unchecked on it (it may have been written with any value).
+LATER_META_KEYS = ('hidden_layer',)
 
 
 class SourceChangedError(ValueError):
@@ -219,6 +222,8 @@ def check_recorded(root, recorded, path, settings, meta=None):
         ours = json.loads(json.dumps(meta))
         theirs = recorded['meta']
         for key in sorted(set(ours) | set(theirs)):
+            if key in LATER_META_KEYS and key not in theirs:
+                continue
             if ours.get(key) != theirs.get(key):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
                                                  ours.get(key)))
@@ -567,6 +572,12 @@ class LatentStore:
     def __getitem__(self, idx):
         i, row = self.locate(idx)
         return decode_dtype(self.shard_array(i)[row], self.dtype)
+
+    def item_name(self, idx):
+        """Where item ``idx`` is kept, for messages: ``'ROOT/shard_00003.npy row 17'``
+        (a NaN loss's warning names the batch's items so: LossGuardHook)."""
+        i, row = self.locate(idx)
+        return f'{osp.join(self.root, self.shards[i]["file"])} row {row}'
 
     def text(self, idx):
         """Item ``idx``'s text fields as float32 / bool arrays, or None if no text is kept.

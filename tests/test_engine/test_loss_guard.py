@@ -2,6 +2,7 @@
 run naming the iteration, and the gradient norm is logged."""
 import glob
 import math
+import os.path as osp
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks.loss_guard_hook import grad_norm
+from mmsora.registry import DATASETS
 from mmsora.utils.cli import explain_error
 from tests.test_engine.test_train import tiny_cfg
 
@@ -65,6 +67,8 @@ def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
     for iteration, row in ((3, 1), (6, 1), (7, 2)):
         assert (f'iteration {iteration}: loss nan, gradient norm nan; skipping this '
                 f'optimizer step ({row} in a row') in log
+    # the poison is in the model's output, not in the data: the batches are finite
+    assert log.count("in a row); the batch's inputs are finite\n") == 3
     guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
     assert guard.num_skipped == 3
     # The skipped steps' NaN losses are left out of the log: averaged over its window
@@ -99,7 +103,7 @@ def test_k_in_a_row_stop_the_run_naming_the_iteration(repo_root, tmp_path):
     assert runner.iter == 5  # stopped in iteration 6 (1-based), before finishing it
     assert explain_error(info.value).startswith(
         'the loss or gradient was not finite in 3 iterations in a row (4 to 6; at 6: '
-        'loss nan, gradient norm nan); stopping.')
+        "loss nan, gradient norm nan; the batch's inputs are finite); stopping.")
     assert explain_error(info.value).endswith(
         'then start again (no checkpoint was saved yet)')  # (not '--resume from ...')
 
@@ -228,3 +232,211 @@ def test_a_learning_rate_schedule_does_not_warn_of_an_overridden_step(repo_root,
     assert not [w for w in caught if 'overridden' in str(w.message)], \
         [str(w.message) for w in caught]
     assert runner.optim_wrapper._global_step == 2  # the schedulers' count goes on
+
+
+# --------------------------------------------------------------------------- #
+#            the items of a skipped step's batch (which one holds a NaN)        #
+# --------------------------------------------------------------------------- #
+class _PoisonLatents(Hook):
+    """Put a NaN into the latents of the batch's item at ``position`` at iteration
+    ``at`` (0-based)."""
+
+    priority = 'HIGHEST'
+
+    def __init__(self, at, position):
+        self.at, self.position = at, position
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter == self.at:
+            data_batch['latents'][self.position, 0, 0, 0] = float('nan')
+
+
+def _log_of(tmp_path):
+    return open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+
+
+def test_a_nan_in_the_latents_is_placed_in_the_batch(repo_root, tmp_path):
+    """The warning named the iteration only: a corrupt item could not be found. Items
+    without ``sample_idx`` (the synthetic demo's) are placed by position."""
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 3))
+    runner.register_hook(_PoisonLatents(at=1, position=3))
+    runner.train()
+    assert ('iteration 2: loss nan, gradient norm nan; skipping this optimizer step (1 in '
+            'a row, 1 in all; the run stops after 5 in a row); non-finite latents in the '
+            'batch of 8 at position 3 (its items carry no sample_idx to name them by)\n'
+            ) in _log_of(tmp_path)
+    # one step skipped, named once; the others went through without a word
+    log = _log_of(tmp_path)
+    assert log.count('non-finite latents') == 1 and 'inputs are finite' not in log
+
+
+@DATASETS.register_module(force=True)
+class LossGuardIndexedStore(torch.utils.data.Dataset):
+    """A packed store's items with their index, as a dataset carrying ``sample_idx``
+    gives them (PackedLatentDataset's own items, plus the index)."""
+
+    def __init__(self, data_root):
+        from mmsora.datasets import PackedLatentDataset
+        self.inner = PackedLatentDataset(data_root, sample_posterior=False,
+                                         random_flip=False, seed=0)
+        self.store = self.inner.store
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, idx):
+        return dict(self.inner[idx], sample_idx=idx)
+
+
+def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
+    """A store item with NaN latents (a broken VAE encode) is named by its index and
+    its shard file and row; the model never sees ``sample_idx`` (its forward takes
+    the batch's keys as arguments)."""
+    import numpy as np
+
+    from mmsora.datasets import LatentStoreWriter
+    root = str(tmp_path / 'store')
+    rng = np.random.default_rng(0)
+    latents = rng.standard_normal((16, 1, 2, 3, 8, 8)).astype(np.float32) * 0.1
+    latents[:, :, 1] = 0.01  # std
+    latents[5, 0, 0, 1, 2, 3] = float('nan')  # item 5: shard 1 (items 4-7), row 1
+    writer = LatentStoreWriter(root, 16, (3, 8, 8), dtype='float32', shard_size=4)
+    for k in range(4):
+        writer.write_shard(k, latents[4 * k:4 * k + 4], [0, 1, 2, 3])
+    writer.finalize()
+    cfg = tiny_cfg(repo_root, tmp_path / 'work', 2)
+    cfg.train_dataloader.dataset = dict(type='LossGuardIndexedStore', data_root=root)
+    runner = Runner.from_cfg(cfg)
+    runner.train()  # one epoch of 16 items: item 5 is in one of the two batches
+    guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
+    assert guard.num_skipped == 1
+    shard = osp.join(root, 'shard_00001.npy')
+    assert (f'skipping this optimizer step (1 in a row, 1 in all; the run stops after 5 '
+            f'in a row); non-finite latents in the batch: item 5 ({shard} row 1)\n'
+            ) in _log_of(tmp_path / 'work')
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+class _Lines:
+    """A logger that keeps the lines, with their level."""
+
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, line):
+        self.lines.append(('warning', line))
+
+    def error(self, line):
+        self.lines.append(('error', line))
+
+
+def _guarded(max_consecutive=5):
+    from mmengine.optim import OptimWrapper
+    param = torch.nn.Parameter(torch.ones(2))
+    wrapper = OptimWrapper(torch.optim.SGD([param], lr=0.1))
+    runner = _FakeRunner(wrapper)
+    runner.logger = _Lines()
+    guard = LossGuardHook(max_consecutive=max_consecutive)
+    guard.before_train(runner)
+    return guard, runner, wrapper, param
+
+
+def _batch(indices, bad=(), field='latents'):
+    """A collated batch of items with these dataset ``indices`` (a number: that many
+    items without ``sample_idx``), with an inf in ``field`` of the items at ``bad``."""
+    n = indices if isinstance(indices, int) else len(indices)
+    latents, text = torch.zeros(n, 2, 2), torch.zeros(n, 3, 4)
+    for pos in bad:
+        (latents if field == 'latents' else text)[pos, 1, 1] = float('inf')
+    batch = dict(latents=latents, text_embeds=text, labels=torch.zeros(n).long())
+    if not isinstance(indices, int):
+        batch['sample_idx'] = torch.tensor(indices)
+    return batch
+
+
+def test_each_rank_names_its_own_items_and_says_so_where_it_is_seen():
+    """Under DDP each rank knows its own batch only: rank 1 names its items, and says
+    so at the level that reaches the console of a rank other than 0."""
+    from unittest import mock
+    guard, runner, wrapper, param = _guarded(max_consecutive=3)
+    batch = _batch([40, 41, 42, 43], bad=[2], field='text_embeds')
+    guard.before_train_iter(runner, 0, batch)
+    assert 'sample_idx' not in batch  # taken out before the model sees the batch
+    with mock.patch('mmsora.engine.hooks.loss_guard_hook.get_dist_info',
+                    return_value=(1, 2)):
+        wrapper.update_params((param * float('nan')).sum())
+    assert runner.logger.lines == [(
+        'error', 'iteration 1: loss nan, gradient norm nan; skipping this optimizer step '
+        "(1 in a row, 1 in all; the run stops after 3 in a row); non-finite text_embeds "
+        "in rank 1's batch: item 42")]
+    # rank 0 of the same step: its loss was finite, its gradient (averaged) is not
+    guard, runner, wrapper, param = _guarded()
+    for indices, said in (([1, 2], "rank 0's batch: items 1, 2 (its loss was finite)"),
+                          (3, "rank 0's loss was finite")):
+        guard.before_train_iter(runner, 0, _batch(indices))
+        wrapper.backward(param.sum())
+        param.grad = torch.tensor([float('nan'), 0.0])
+        with mock.patch('mmsora.engine.hooks.loss_guard_hook.get_dist_info',
+                        return_value=(0, 2)):
+            wrapper.step()
+        wrapper.zero_grad()
+        assert runner.logger.lines[-1] == ('warning', 'iteration 1: loss 2.0, gradient norm '
+                                           'nan; skipping this optimizer step ('
+                                           f'{len(runner.logger.lines)} in a row, '
+                                           f'{len(runner.logger.lines)} in all; the run stops '
+                                           f'after 5 in a row); {said}')
+
+
+def test_an_accumulated_step_names_the_micro_batch_items_and_caps_the_list():
+    guard, runner, wrapper, param = _guarded()
+    # micro-batch 1 finite, micro-batch 2 with infs at positions 0 and 3: positions 4
+    # and 7 of the step's 8 items, dataset items 10 and 13
+    guard.before_train_iter(runner, 0, _batch([20, 21, 22, 23]))
+    wrapper.backward(param.sum())
+    guard.before_train_iter(runner, 1, _batch([10, 11, 12, 13], bad=[0, 3]))
+    wrapper.backward((param * float('inf')).sum())
+    wrapper.step()
+    wrapper.zero_grad()
+    assert runner.logger.lines[-1][1].endswith(
+        'non-finite latents in the batch: item 10; item 13')
+    # without indices: the positions in the step's 8 items
+    guard.before_train_iter(runner, 0, _batch(4))
+    wrapper.backward(param.sum())
+    guard.before_train_iter(runner, 1, _batch(4, bad=[0, 3]))
+    wrapper.backward((param * float('inf')).sum())
+    wrapper.step()
+    wrapper.zero_grad()
+    assert runner.logger.lines[-1][1].endswith(
+        'non-finite latents in the batch of 8 at position 4; position 7 (its items carry '
+        'no sample_idx to name them by)')
+    # a gradient that is not finite with a finite loss: the items, unchecked
+    guard.before_train_iter(runner, 2, _batch(list(range(100, 120))))
+    wrapper.backward(param.sum())
+    param.grad = torch.tensor([float('nan'), 0.0])
+    wrapper.step()
+    wrapper.zero_grad()
+    assert runner.logger.lines[-1][1].endswith(
+        '; the batch: items 100, 101, 102, 103, 104, 105, 106, 107 ... (20 in all)')
+    # a non-finite loss from finite inputs: said so (the data is not the cause)
+    guard.before_train_iter(runner, 3, _batch([7, 8]))
+    wrapper.update_params((param * float('nan')).sum())
+    assert runner.logger.lines[-1][1].endswith(
+        '; the batch: items 7, 8 (their inputs are finite)')
+    assert guard.num_skipped == 4 and len(runner.logger.lines) == 4
+
+
+def test_the_stop_names_the_items_of_its_last_step(tmp_path):
+    guard, runner, wrapper, param = _guarded(max_consecutive=3)
+    runner.work_dir = str(tmp_path)
+    for i in range(3):
+        runner.iter = i
+        guard.before_train_iter(runner, i, _batch(4, bad=[1, 2] if i == 2 else []))
+        if i < 2:
+            wrapper.update_params((param * float('nan')).sum())
+    with pytest.raises(NonFiniteLossError) as info:
+        wrapper.update_params((param * float('nan')).sum())
+    assert explain_error(info.value) == (
+        'the loss or gradient was not finite in 3 iterations in a row (1 to 3; at 3: loss '
+        'nan, gradient norm nan; non-finite latents in the batch of 4 at position 1; '
+        'position 2 (its items carry no sample_idx to name them by)); stopping. Check the '
+        'data and the learning rate, then start again (no checkpoint was saved yet)')

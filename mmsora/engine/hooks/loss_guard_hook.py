@@ -8,10 +8,17 @@ already averaged over the ranks, so a NaN on one rank is a NaN on all of them an
 every rank skips the same step without an extra collective. Under FSDP each rank
 holds a shard of the gradient, so the norm is summed over the ranks (one all-reduce
 of a scalar) and again every rank takes the same decision.
+
+A skipped step's warning says which of the batch's items hold NaN / inf inputs (the
+batch is checked only when the loss was not finite): by dataset index, and file or
+store row, where the items carry ``sample_idx``, else by position. Before, it named
+the iteration only, and a corrupt item of a latent store could not be found. Under
+DDP each rank names the items of its own batch.
 """
 import math
 
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper
 
@@ -60,6 +67,93 @@ def gradient_replicas(model) -> int:
     return world // torch.distributed.get_world_size(model.process_group)
 
 
+# Where a dataset's items may carry their index (mmengine's BaseDataset's name for it).
+INDEX_KEY = 'sample_idx'
+MAX_LISTED = 8  # items a skip message lists (it stays one line)
+MAX_NAMED = 3  # items with non-finite inputs it names with their file
+
+
+def take_indices(data_batch):
+    """Take the items' dataset indices (``sample_idx``) out of a batch, a dict of
+    batched values (``default_collate``) or a list of item dicts (``pseudo_collate``):
+    the model's forward takes the batch's keys as its arguments. Returns a list of
+    ints, or None where the items carry none."""
+    if isinstance(data_batch, dict):
+        value = data_batch.pop(INDEX_KEY, None)
+        if value is None:
+            return None
+        return [int(i) for i in (value.tolist() if torch.is_tensor(value) else value)]
+    if (isinstance(data_batch, (list, tuple)) and data_batch
+            and all(isinstance(item, dict) for item in data_batch)):
+        found = [item.pop(INDEX_KEY, None) for item in data_batch]
+        return None if any(i is None for i in found) else [int(i) for i in found]
+    return None
+
+
+def batch_size(data_batch) -> int:
+    """Number of items of a batch (0 where it cannot tell)."""
+    if isinstance(data_batch, dict):
+        for value in data_batch.values():
+            if isinstance(value, (torch.Tensor, list, tuple)):
+                return len(value)
+        return 0
+    return len(data_batch) if isinstance(data_batch, (list, tuple)) else 0
+
+
+def nonfinite_items(data_batch):
+    """``[(position, field)]`` of a batch's items whose float inputs (latents, images,
+    text embeddings) hold NaN or inf, the first such field of each, in batch order."""
+    if isinstance(data_batch, dict):
+        n = batch_size(data_batch)
+        found = {}
+        for key, value in data_batch.items():
+            if torch.is_tensor(value) and value.is_floating_point() and value.dim() \
+                    and len(value) == n:
+                bad = ~torch.isfinite(value.detach().reshape(n, -1)).all(1)
+                for pos in bad.nonzero().flatten().tolist():
+                    found.setdefault(pos, key)
+        return sorted(found.items())
+    items = data_batch if isinstance(data_batch, (list, tuple)) else ()
+    out = []
+    for pos, item in enumerate(items):
+        for key, value in (item.items() if isinstance(item, dict) else ()):
+            if torch.is_tensor(value) and value.is_floating_point() \
+                    and not bool(torch.isfinite(value).all()):
+                out.append((pos, key))
+                break
+    return out
+
+
+def item_name(dataset, index):
+    """What names item ``index`` of a dataset besides its index, where the dataset
+    gives it: a packed store's shard file and row (PackedLatentDataset), a fast-DiT
+    feature file (NpyLatentDataset), a manifest row's video (VideoDataset), or the
+    dataset's own ``item_name(index)``; None otherwise."""
+    try:
+        named = getattr(dataset, 'item_name', None)
+        if callable(named):
+            return str(named(index))
+        store = getattr(dataset, 'store', None)
+        if callable(getattr(store, 'item_name', None)):
+            return store.item_name(index)
+        pairs = getattr(dataset, 'pairs', None)
+        if isinstance(pairs, list):
+            return str(pairs[index][0])
+        rows = getattr(dataset, 'rows', None)
+        if isinstance(rows, list):
+            return str(rows[index]['path'])
+    except (LookupError, TypeError, ValueError, AttributeError):  # not this dataset's
+        return None
+    return None
+
+
+def _listed(values, most):
+    """'a, b, c' of the first ``most`` values, with how many there are in all."""
+    values = list(values)
+    return ', '.join(map(str, values[:most])) + (
+        f' ... ({len(values)} in all)' if len(values) > most else '')
+
+
 def _counted_like(step, former):
     """``step`` (which calls ``former``) marked as mmengine's parameter schedulers mark
     the optimizer step they count: they warned 'optimizer.step() has been overridden'
@@ -100,6 +194,16 @@ class LossGuardHook(Hook):
         self.num_skipped = 0
         self._in_a_row = []
         self._guarding = False  # whether this run's optimizer steps are guarded
+        # This iteration's batch (checked only after a non-finite loss) and its items'
+        # dataset indices; what the micro-batches since the last step held.
+        self._batch, self._batch_indices = None, None
+        self._new_step()
+
+    def _new_step(self):
+        self._indices = []  # dataset indices of the step's items; None: not all known
+        self._seen = 0  # items of the step's micro-batches so far
+        self._bad = []  # (position in the step, index or None, field): non-finite inputs
+        self._checked = False  # whether the inputs were checked (a non-finite loss)
 
     def before_train(self, runner):
         wrapper = runner.optim_wrapper
@@ -117,6 +221,7 @@ class LossGuardHook(Hook):
 
         def guarded_backward(loss, **kwargs):
             losses.append(float(loss.detach().float()))
+            self._note_batch(bad_loss=not math.isfinite(losses[-1]))
             backward(loss, **kwargs)
 
         def guarded_step(**kwargs):
@@ -126,10 +231,14 @@ class LossGuardHook(Hook):
             scaled = getattr(wrapper, 'loss_scaler', None) is not None
             norm = None if scaled else grad_norm(wrapper, sharded, bool(bad), replicas)
             if bad or (norm is not None and not math.isfinite(norm)):
-                self._skip(runner, loss, norm)
+                try:
+                    self._skip(runner, loss, norm)
+                finally:
+                    self._new_step()
                 if scaled:  # the scaler sees the inf/NaN gradients on every rank,
                     step(**kwargs)  # skips the update and lowers its scale
                 return
+            self._new_step()
             if norm is not None and self.log_grad_norm and not wrapper.clip_grad_kwargs:
                 runner.message_hub.update_scalar('train/grad_norm', norm)
             self._in_a_row = []
@@ -139,12 +248,36 @@ class LossGuardHook(Hook):
         wrapper.backward, wrapper.step = guarded_backward, _counted_like(guarded_step, step)
         self._guarding = True
 
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        """Take the items' ``sample_idx`` out of the batch (the model does not take
+        it) and keep the batch, for a skipped step's message to name its items."""
+        self._batch_indices = take_indices(data_batch)
+        self._batch = data_batch
+
+    def _note_batch(self, bad_loss):
+        """Count this iteration's items into the step's (at its ``backward``, once);
+        after a non-finite loss, find those with non-finite inputs."""
+        batch, indices = self._batch, self._batch_indices
+        self._batch = None
+        if batch is None:  # no Runner iteration (update_params called by hand)
+            return
+        if bad_loss:
+            self._checked = True
+            self._bad += [(self._seen + pos, indices[pos] if indices else None, field)
+                          for pos, field in nonfinite_items(batch)]
+        if indices is None or self._indices is None:
+            self._indices = None
+        else:
+            self._indices += indices
+        self._seen += batch_size(batch)
+
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         """Leave non-finite loss terms out of the logged values where the steps are
         guarded (a non-finite loss is always skipped, in whichever micro-batch of an
         accumulated step it came): averaged over the log window (50 iterations), one
         NaN made every line show ``loss: nan`` for the next 50 iterations of a run
         that had recovered."""
+        self._batch = None  # (not kept beyond its iteration)
         if not self._guarding or not isinstance(outputs, dict):
             return
         for key in [k for k, v in outputs.items() if isinstance(v, (torch.Tensor, float))
@@ -168,11 +301,44 @@ class LossGuardHook(Hook):
 
         wrapper.step = _counted_like(logged_step, step)
 
+    def _data_note(self, runner) -> str:
+        """What this rank's batch of the step held: its items with non-finite inputs,
+        else its items (where they carry their index) and whether the inputs were
+        found finite; '' where there is nothing to say."""
+        rank, world = get_dist_info()
+        whose = f"rank {rank}'s batch" if world > 1 else 'the batch'
+        if self._bad:
+            loop = getattr(runner, '_train_loop', None)  # (not built by asking)
+            dataset = getattr(getattr(loop, 'dataloader', None), 'dataset', None)
+            named = []
+            for pos, index, _ in self._bad[:MAX_NAMED]:
+                name = None if index is None else item_name(dataset, index)
+                named.append(f'position {pos}' if index is None else
+                             f'item {index}' + (f' ({name})' if name else ''))
+            fields = '/'.join(dict.fromkeys(field for _, _, field in self._bad))
+            more = len(self._bad) - len(named)
+            where = '; '.join(named) + (f' and {more} more' if more > 0 else '')
+            if self._indices is None:
+                return (f'non-finite {fields} in {whose} of {self._seen} at {where} (its '
+                        f'items carry no {INDEX_KEY} to name them by)')
+            return f'non-finite {fields} in {whose}: {where}'
+        # Under DDP a NaN loss on one rank makes every rank's gradient NaN: the others
+        # say their own loss was finite (the rank with the NaNs names its items).
+        elsewhere = world > 1 and not self._checked
+        if self._indices:
+            return (f'{whose}: items {_listed(self._indices, MAX_LISTED)}'
+                    + (' (their inputs are finite)' if self._checked else
+                       ' (its loss was finite)' if elsewhere else ''))
+        if self._checked:
+            return f"{whose}'s inputs are finite"
+        return f"rank {rank}'s loss was finite" if elsewhere else ''
+
     def _skip(self, runner, loss, norm):
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
         self.num_skipped += 1
         self._in_a_row.append(iteration)
         what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
+        data = self._data_note(runner)
         if len(self._in_a_row) >= self.max_consecutive:
             from mmsora.utils.checkpoint import last_checkpoint
             n, first = len(self._in_a_row), self._in_a_row[0]
@@ -181,9 +347,12 @@ class LossGuardHook(Hook):
                     else 'start again (no checkpoint was saved yet)')
             raise NonFiniteLossError(
                 f'the loss or gradient was not finite in {n} iteration{"s" * (n > 1)} in '
-                f'a row ({span}; at {iteration}: {what}); stopping. Check the data and the '
-                f'learning rate, then {then}')
-        runner.logger.warning(
-            f'iteration {iteration}: {what}; skipping this optimizer step '
+                f'a row ({span}; at {iteration}: {what}' + (f'; {data}' if data else '')
+                + f'); stopping. Check the data and the learning rate, then {then}')
+        # Other ranks' consoles show errors only (mmengine's logger): a rank whose
+        # own items hold the NaNs says so at that level, or no one would see it.
+        log = runner.logger.error if self._bad and get_dist_info()[0] else \
+            runner.logger.warning
+        log(f'iteration {iteration}: {what}; skipping this optimizer step '
             f'({len(self._in_a_row)} in a row, {self.num_skipped} in all; the run stops '
-            f'after {self.max_consecutive} in a row)')
+            f'after {self.max_consecutive} in a row)' + (f'; {data}' if data else ''))
