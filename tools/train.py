@@ -107,12 +107,13 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.checkpoint import fixed_tables, weight_mismatch
+    from mmsora.utils.checkpoint import fine_tune_tables, weight_mismatch
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
-    # a fine-tune to another input size or frame count: the fixed sin-cos tables are
-    # the config's own (mmengine's loader keeps the model's and warns of the others)
-    fixed = ({f'denoiser.{k}' for k in fixed_tables(model.denoiser)}
+    # a fine-tune to another input size, frame count or class count: the fixed sin-cos
+    # tables and the label table are the config's own (mmengine's loader keeps the
+    # model's and warns of the others)
+    fixed = ({f'denoiser.{k}' for k in fine_tune_tables(model.denoiser)}
              if option == '--load-from' else ())
     found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
     if found:
@@ -123,10 +124,11 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
 
 def check_denoiser_file_matches(model, path) -> None:
     """Refuse ``--load-from`` of a denoiser's weights alone (a DiT / fast-DiT file, an
-    exported .pt / .safetensors) of another model, before the Runner: the denoiser's
-    strict load refused it in ``init_weights``, after about 240 lines of start-up and
-    with a work dir made. The fixed sin-cos tables may differ (another input size)."""
-    from mmsora.utils.checkpoint import (extract_state_dict, fixed_tables,
+    exported .pt / .safetensors, a diffusers DiT folder) of another model, before the
+    Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
+    lines of start-up and with a work dir made. The fixed sin-cos tables and the label
+    table may differ (another input size or class count: a fine-tune)."""
+    from mmsora.utils.checkpoint import (extract_state_dict, fine_tune_tables,
                                          load_checkpoint_file, weight_mismatch)
     try:
         state = extract_state_dict(load_checkpoint_file(path), key='auto')
@@ -134,7 +136,7 @@ def check_denoiser_file_matches(model, path) -> None:
         return
     ours = {k: v.shape for k, v in model.denoiser.state_dict().items()}
     found = weight_mismatch(ours, {k: v.shape for k, v in state.items()},
-                            own_name='config', fixed=fixed_tables(model.denoiser))
+                            own_name='config', fixed=fine_tune_tables(model.denoiser))
     if found:
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
                         f'{found}; give the settings it was trained with (widths, depth, '
@@ -503,8 +505,11 @@ def build_train_config(args):
             and osp.isfile(cfg.load_from) and not args.deepspeed):
         check_resume_matches(cfg, meta_model, cfg.load_from)
     if args.load_from is not None:
-        if not osp.isfile(args.load_from):
-            raise UserError(f'--load-from checkpoint not found: {args.load_from}')
+        from mmsora.utils.diffusers_dit import diffusers_dit_folder
+        if not osp.isfile(args.load_from) and diffusers_dit_folder(args.load_from) is None:
+            raise UserError(f'--load-from checkpoint not found: {args.load_from}'
+                            + (' (a folder, but not a diffusers DiT folder: give a checkpoint '
+                               'file)' if osp.isdir(args.load_from) else ''))
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
         theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))

@@ -181,17 +181,17 @@ class LatentDiffusion(BaseModel):
         prefix = 'denoiser.' if isinstance(obj, dict) and 'state_dict' in obj else None
         if not hasattr(self.denoiser, 'load_image_dit'):
             del obj
-            # (another input size: the model keeps its own fixed sin-cos table)
-            load_dit_checkpoint(self.denoiser, path, prefix=prefix, keep_fixed_tables=True)
+            # (another input size or class count: the model keeps its own tables)
+            load_dit_checkpoint(self.denoiser, path, prefix=prefix, fine_tune=True)
             print_log(f'pretrained_denoiser: loaded {path}', logger='current')
             return
         state_dict = extract_state_dict(obj, prefix=prefix)
         del obj
         if 'temp_embed' in state_dict:  # a VideoDiT's own weights: loaded as they are
-            load_state_dict_checked(self.denoiser, state_dict, path, keep_fixed_tables=True)
+            load_state_dict_checked(self.denoiser, state_dict, path, fine_tune=True)
             print_log(f'pretrained_denoiser: loaded the video model {path}', logger='current')
         else:  # an image DiT: inflated exactly, strictly
-            self.denoiser.load_image_dit(state_dict)
+            self.denoiser.load_image_dit(state_dict, source=path)
             print_log(f'pretrained_denoiser: inflated the image DiT {path} into '
                       f'{type(self.denoiser).__name__} (temporal layers start as the '
                       'identity)', logger='current')

@@ -21,8 +21,8 @@ import torch.nn as nn
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
-           'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'trained_objective',
-           'config_objective']
+           'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
+           'trained_objective', 'config_objective']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -357,13 +357,14 @@ def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model',
     weights of another shape, missing and extra, each with its first example, and
     what that says of the file: :func:`_kind_of_file`, :func:`_frames_hint`), or ''
     when they match. ``given`` is the checkpoint's, ``own`` the ``own_name``'s;
-    ``fixed`` names weights whose shapes may differ (:func:`fixed_tables`).
+    ``fixed`` names tables whose length may differ at the same width
+    (:func:`fine_tune_tables`).
 
     Weights the checkpoint has and the model has not read '21 the config has not
     (e.g. denoiser.temp_embed)' before; a video DiT's file for an image model (or the
     reverse) was not named as such."""
-    differ = [k for k in given
-              if k in own and k not in fixed and tuple(own[k]) != tuple(given[k])]
+    differ = [k for k in given if k in own and tuple(own[k]) != tuple(given[k])
+              and not (k in fixed and tuple(own[k])[-1:] == tuple(given[k])[-1:])]
     missing = [k for k in own if k not in given]
     extra = [k for k in given if k not in own]
     found = []
@@ -479,24 +480,40 @@ def fixed_tables(model: nn.Module) -> set:
     return {n for n in names if n in params and not params[n].requires_grad}
 
 
+# The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
+# null class's for guidance).
+LABEL_TABLE = 'y_embedder.embedding_table.weight'
+
+
+def fine_tune_tables(model: nn.Module) -> set:
+    """The tables of ``model`` whose length its config decides, which a fine-tune
+    takes from the config where a file's differ at the same width: the fixed
+    position tables (:func:`fixed_tables`) and the label table (another class
+    count: it starts from the config's initialisation, as DiT users fine-tuning the
+    ImageNet model on their own classes replace it)."""
+    params = dict(model.named_parameters())
+    return fixed_tables(model) | ({LABEL_TABLE} if LABEL_TABLE in params else set())
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
-                            keep_fixed_tables: bool = False):
+                            fine_tune: bool = False):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
     line (the first differing, missing or extra weight) instead of torch's list.
 
-    ``keep_fixed_tables``: where the only weights of another shape are the model's
-    fixed position tables (:func:`fixed_tables`: DiT's ``pos_embed``, VideoDiT's
-    ``temp_embed``), load the rest and keep the model's own tables, said in one log
-    line: a fine-tune to another input size or frame count, as DiT, Latte and
-    Open-Sora users do (it was refused as weights of another model). Off for
-    sampling, where another token grid than the one trained is a mistake to name.
+    ``fine_tune``: where the only weights of another shape are tables whose length
+    the config decides (:func:`fine_tune_tables`: DiT's ``pos_embed``, VideoDiT's
+    ``temp_embed``, the label table), load the rest and keep the model's own
+    tables, said in one log line: a fine-tune to another input size, frame count
+    (as DiT, Latte and Open-Sora users do) or class count (it was refused as weights
+    of another model). Off for sampling, where another token grid or class count
+    than the one trained is a mistake to name.
     """
     own = {k: v.shape for k, v in model.state_dict().items()}
     given = {k: v.shape for k, v in state_dict.items()}
     found = weight_mismatch(own, given)
     if not found:
         return model.load_state_dict(state_dict, strict=True)
-    tables = fixed_tables(model) if keep_fixed_tables else set()
+    tables = fine_tune_tables(model) if fine_tune else set()
     if tables and not weight_mismatch(own, given, fixed=tables):
         return _load_keeping_tables(model, state_dict, tables, source)
     hint = _mismatch_hint(model, own, given)
@@ -505,22 +522,51 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
 
 
 def _load_keeping_tables(model: nn.Module, state_dict: Mapping, tables: set, source: str):
-    """Load ``state_dict`` strictly with the model's own values of the fixed tables
-    of another shape (see :func:`load_state_dict_checked`), saying so."""
-    from mmengine.logging import print_log
+    """Load ``state_dict`` strictly with the model's own values of the tables of
+    another length (see :func:`load_state_dict_checked`), saying so."""
     own = model.state_dict()
-    kept = [k for k in sorted(tables)
-            if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    print_log(f'{source}: kept the model\'s own ' + ', '.join(
-        f'{k} {tuple(own[k].shape)} (the file\'s: {tuple(state_dict[k].shape)})'
-        for k in kept) + ': fixed sin-cos tables of the input size / frame count, '
-        'computed from the config; the rest is loaded', logger='current')
+    kept = tables_kept(own, state_dict, tables)
+    say_tables_kept(source, own, state_dict, kept)
     return model.load_state_dict({**state_dict, **{k: own[k] for k in kept}}, strict=True)
+
+
+def tables_kept(own: Mapping, given: Mapping, tables: set) -> list:
+    """Which of ``tables`` (:func:`fine_tune_tables`) a fine-tune keeps from the
+    model (``own``) rather than the file (``given``): those of another length at the
+    same width."""
+    return [k for k in sorted(tables) if k in given and k in own
+            and tuple(given[k].shape) != tuple(own[k].shape)
+            and given[k].shape[-1:] == own[k].shape[-1:]]
+
+
+def say_tables_kept(source: str, own: Mapping, given: Mapping, kept: Sequence[str]) -> None:
+    """One log line for the fixed tables a fine-tune kept (:func:`tables_kept`), and
+    a warning for a label table started afresh (the class count changed: a mistake
+    unless the new classes were meant)."""
+    from mmengine.logging import print_log
+
+    def shapes(k):
+        return f'{k} {tuple(own[k].shape)} (the file\'s: {tuple(given[k].shape)})'
+
+    fixed = [k for k in kept if k != LABEL_TABLE]
+    if fixed:
+        print_log(f'{source}: kept the model\'s own ' + ', '.join(map(shapes, fixed))
+                  + ': fixed sin-cos tables of the input size / frame count, computed '
+                  'from the config; the rest is loaded', logger='current')
+    if LABEL_TABLE in kept:
+        import logging
+        rows = given[LABEL_TABLE].shape[0]
+        print_log(f'{source}: a label table of another length: the config\'s '
+                  f'{shapes(LABEL_TABLE)} starts from its initialisation, the file\'s is '
+                  'not used (a fine-tune to new classes; to keep the file\'s, set '
+                  f'model.denoiser.num_classes and model.num_classes to {rows - 1} with '
+                  f'class_dropout_prob > 0 (a null-class row for guidance), or to {rows} '
+                  'without)', logger='current', level=logging.WARNING)
 
 
 def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto',
                         prefix: Optional[str] = None, strict: bool = True,
-                        keep_fixed_tables: bool = False):
+                        fine_tune: bool = False):
     """Load a released / fast-DiT / mmengine checkpoint into a :class:`DiT`.
 
     Args:
@@ -529,7 +575,7 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
         key (str | None): See :func:`extract_state_dict`. Defaults to 'auto'.
         prefix (str | None): See :func:`extract_state_dict`.
         strict (bool): Passed to ``load_state_dict``. Defaults to True.
-        keep_fixed_tables (bool): A fine-tune to another input size: see
+        fine_tune (bool): A fine-tune to another input size or class count: see
             :func:`load_state_dict_checked`. Defaults to False.
 
     Returns:
@@ -543,7 +589,7 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
     # load_state_dict would also fail here, but with a generic size-mismatch list;
     # a 256 px checkpoint in a 512 px model is common enough to say so plainly.
     if 'pos_embed' in state_dict and hasattr(model, 'pos_embed') and not (
-            strict and keep_fixed_tables):
+            strict and fine_tune):
         theirs, ours = tuple(state_dict['pos_embed'].shape), tuple(model.pos_embed.shape)
         if theirs != ours:
             hint = pos_embed_hint(theirs, ours, getattr(model, 'patch_size', None),
@@ -551,7 +597,7 @@ def load_dit_checkpoint(model: nn.Module, path: str, key: Optional[str] = 'auto'
             raise ValueError(f'{path}: checkpoint pos_embed has shape {theirs} but the '
                              f'model\'s is {ours}: {hint}')
     if strict:
-        return load_state_dict_checked(model, state_dict, path, keep_fixed_tables)
+        return load_state_dict_checked(model, state_dict, path, fine_tune)
     return model.load_state_dict(state_dict, strict=False)
 
 

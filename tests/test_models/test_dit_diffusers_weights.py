@@ -128,3 +128,36 @@ def test_infer_samples_from_a_diffusers_folder(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.is_file() and out.stat().st_size > 0
     assert folder in result.stdout + result.stderr  # the weights sampled are named
+
+
+def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path):
+    # tools/train.py --load-from the folder (it said 'checkpoint not found' of any
+    # folder), fine-tuning the 10-class model on the demo's 4 classes: the label table
+    # starts afresh, said in a warning; the rest is the diffusers model's
+    from unittest import mock
+
+    from mmsora.registry import MODELS
+    from tests.test_engine.test_train import tiny_cfg as train_cfg
+    cfg = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2,
+               num_heads=2, num_classes=10, learn_sigma=True)
+    ref = build_reference(cfg)
+    folder = save_pipeline(ref, tmp_path / 'DiT-10')
+    run = train_cfg(repo_root, tmp_path / 'work', 1, load_from=folder)
+    assert run.load_from is None and run.model.pretrained_denoiser == folder
+    model = MODELS.build(run.model)
+    fresh = model.denoiser.y_embedder.embedding_table.weight.detach().clone()
+    with mock.patch('mmengine.logging.print_log') as log:
+        model.init_weights()
+    expected = rekey_reference(ref)
+    for key, value in model.denoiser.state_dict().items():
+        if key != 'y_embedder.embedding_table.weight':
+            torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0, msg=key)
+    assert torch.equal(model.denoiser.y_embedder.embedding_table.weight, fresh)
+    assert fresh.shape == (5, 32)  # the demo's 4 classes and the null class
+    warned = [c for c in log.call_args_list if "a label table of another length" in c[0][0]]
+    assert len(warned) == 1 and "(5, 32) (the file's: (11, 32))" in warned[0][0][0]
+    # a folder that is not a diffusers DiT is still 'not found' as a checkpoint
+    from mmsora.utils.cli import UserError
+    with pytest.raises(UserError, match=r'^--load-from checkpoint not found: .* \(a folder, but '
+                                        r'not a diffusers DiT folder'):
+        train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path))

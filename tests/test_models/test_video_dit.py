@@ -1,5 +1,8 @@
 """VideoDiT: shapes, exact inflation from a (randomised) image DiT, text masking and the
 null caption, CFG against its formula, gradient checkpointing, registry and size."""
+import logging
+from unittest import mock
+
 import pytest
 import torch
 
@@ -153,22 +156,40 @@ def test_inflation_from_file_and_errors(tmp_path):
                                    atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='spatial blocks'):
         inflate_dit_state_dict(dit.state_dict(), VideoDiT(**tiny_cfg(depth=2)))  # latte: 1
-    with pytest.raises(ValueError, match='pos_embed'):
-        VideoDiT(**tiny_cfg(depth=2, block_type='stdit', input_size=16)).load_image_dit(
-            dit.state_dict())
+    with pytest.raises(ValueError, match='pos_embed'):  # another width
+        inflate_dit_state_dict({**dit.state_dict(), 'pos_embed': dit.pos_embed[..., :16]},
+                               VideoDiT(**tiny_cfg(depth=2, block_type='stdit')))
     learn_sigma = dit_cfg().get('learn_sigma', True)
     with pytest.raises(ValueError, match=r'cannot inflate the image DiT: .*final_layer'
                                          r'.*learn_sigma \(and in_channels\) must match'):
         VideoDiT(**tiny_cfg(depth=2, block_type='stdit', learn_sigma=not learn_sigma)
                  ).load_image_dit(dit.state_dict())
-    # Another class count, or no null-class row: the hint names those settings (it
-    # said to match the widths)
+    # Another class count, or no null-class row: a fine-tune to new classes keeps the
+    # video model's own label table, loads the rest and warns, naming the settings
+    # that would keep the DiT's (it was refused)
     for options in (dict(num_classes=NUM_CLASSES + 1), dict(class_dropout_prob=0.0)):
-        with pytest.raises(ValueError, match=rf'y_embedder.*the DiT has {NUM_CLASSES} classes '
-                                             'and a null-class row for guidance: set '
-                                             'model.denoiser.num_classes'):
-            VideoDiT(**tiny_cfg(depth=2, block_type='stdit', **options)).load_image_dit(
-                dit.state_dict())
+        video = VideoDiT(**tiny_cfg(depth=2, block_type='stdit', **options))
+        own = video.y_embedder.embedding_table.weight.detach().clone()
+        with mock.patch('mmengine.logging.print_log') as log:
+            video.load_image_dit(dit.state_dict(), source='dit.pt')
+        assert torch.equal(video.y_embedder.embedding_table.weight, own)
+        assert torch.equal(video.blocks[1].attn.qkv.weight, dit.blocks[1].attn.qkv.weight)
+        (message,), kwargs = log.call_args
+        assert message.startswith(
+            "dit.pt: a label table of another length: the config's y_embedder.embedding_"
+            f'table.weight ({len(own)}, 32) (the file\'s: ({NUM_CLASSES + 1}, 32)) starts '
+            "from its initialisation, the file's is not used (a fine-tune to new classes; "
+            f'to keep the file\'s, set model.denoiser.num_classes and model.num_classes to '
+            f'{NUM_CLASSES} with class_dropout_prob > 0'), message
+        assert kwargs['level'] == logging.WARNING
+    # Another input size: the video model's own sin-cos table, the rest the DiT's
+    video = VideoDiT(**tiny_cfg(depth=2, block_type='stdit', input_size=16))
+    table = video.pos_embed.detach().clone()
+    with mock.patch('mmengine.logging.print_log') as log:
+        video.load_image_dit(dit.state_dict())
+    assert torch.equal(video.pos_embed, table) and table.shape != dit.pos_embed.shape
+    assert torch.equal(video.x_embedder.proj.weight, dit.x_embedder.proj.weight)
+    assert "the image DiT: kept the model's own pos_embed" in log.call_args[0][0]
     # A text model takes everything but the label table; its new parts start at zero.
     text = randomise(VideoDiT(**tiny_cfg(depth=4, condition='text')))
     text.load_image_dit(dit.state_dict())

@@ -334,7 +334,7 @@ def logged(monkeypatch):
 
 def assert_loaded_keeping(model, state_dict, tables):
     own = {k: v.clone() for k, v in model.state_dict().items()}
-    load_state_dict_checked(model, state_dict, 'ckpt.pt', keep_fixed_tables=True)
+    load_state_dict_checked(model, state_dict, 'ckpt.pt', fine_tune=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, own[k] if k in tables else state_dict[k]), k
 
@@ -352,10 +352,32 @@ def test_another_input_size_or_frame_count_loads_the_rest(tmp_path, logged):
                           {'pos_embed', 'temp_embed'})
     path = tmp_path / 'dit.pt'
     torch.save(small, path)
-    load_dit_checkpoint(DiT(**{**IMAGE, 'input_size': 16}), str(path), keep_fixed_tables=True)
+    load_dit_checkpoint(DiT(**{**IMAGE, 'input_size': 16}), str(path), fine_tune=True)
     # sampling (the default) still refuses another token grid
     with pytest.raises(ValueError, match='set model.denoiser.input_size=8 at patch_size 2'):
         load_state_dict_checked(DiT(**{**IMAGE, 'input_size': 16}), small, 'ckpt.pt')
+
+
+def test_a_fine_tune_to_another_class_count_starts_a_new_label_table(logged):
+    # DiT users fine-tune the ImageNet model on their own classes: the label table of
+    # another length is the config's (its initialisation), said in a warning; the
+    # rest loads (it was refused as another model)
+    ten = DiT(**{**IMAGE, 'num_classes': 10}).state_dict()
+    model = DiT(**{**IMAGE, 'num_classes': 3})
+    assert_loaded_keeping(model, ten, {'y_embedder.embedding_table.weight'})
+    assert logged == ["ckpt.pt: a label table of another length: the config's y_embedder."
+                      "embedding_table.weight (4, 32) (the file's: (11, 32)) starts from its "
+                      "initialisation, the file's is not used (a fine-tune to new classes; to "
+                      "keep the file's, set model.denoiser.num_classes and model.num_classes to "
+                      '10 with class_dropout_prob > 0 (a null-class row for guidance), or to 11 '
+                      'without)']
+    # sampling refuses it; a table of another width is another model
+    with pytest.raises(ValueError, match='y_embedder.embedding_table.weight: \\(11, 32\\)'):
+        load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 3}), ten, 'ckpt.pt')
+    wide = {**ten, 'y_embedder.embedding_table.weight': torch.zeros(4, 16)}
+    with pytest.raises(ValueError, match='of another shape'):
+        load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 3}), wide, 'ckpt.pt',
+                                fine_tune=True)
 
 
 def test_only_fixed_tables_are_kept(logged):
@@ -363,11 +385,11 @@ def test_only_fixed_tables_are_kept(logged):
     with pytest.raises(ValueError, match=r'pos_embed: \(1, 16, 32\) in the checkpoint.*'
                                          r'; 10 missing \(e.g. blocks.2.'):
         load_state_dict_checked(DiT(**{**IMAGE, 'input_size': 16, 'depth': 3}), small,
-                                'ckpt.pt', keep_fixed_tables=True)
+                                'ckpt.pt', fine_tune=True)
     learned = DiT(**{**IMAGE, 'input_size': 16})
     learned.pos_embed.requires_grad_(True)  # a table that trains is the file's to give
     with pytest.raises(ValueError, match='of another shape'):
-        load_state_dict_checked(learned, small, 'ckpt.pt', keep_fixed_tables=True)
+        load_state_dict_checked(learned, small, 'ckpt.pt', fine_tune=True)
     assert not logged
 
 

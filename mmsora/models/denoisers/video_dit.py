@@ -390,14 +390,19 @@ class VideoDiT(nn.Module):
 
     # ----------------------------------------------------------------------- #
     def load_image_dit(self, state_dict_or_path: Union[Mapping, str],
-                       key: Optional[str] = 'auto', prefix: Optional[str] = None):
-        """Inflate an image DiT (original key layout) into this model, strictly.
+                       key: Optional[str] = 'auto', prefix: Optional[str] = None,
+                       source: Optional[str] = None):
+        """Inflate an image DiT (original key layout) into this model, strictly (a
+        position or label table of another length is the model's own: said in the
+        log, :func:`inflate_dit_state_dict`).
 
         Args:
             state_dict_or_path (dict | str): A DiT state dict, or a checkpoint file
                 (released / fast-DiT / mmengine, read weights-only).
             key (str | None): Checkpoint entry, see ``extract_state_dict``.
             prefix (str | None): Key prefix to strip (``'denoiser.'`` for mmsora runs).
+            source (str, optional): What to call the DiT in the log (default: the
+                file, else 'the image DiT').
 
         Returns:
             The ``load_state_dict`` result.
@@ -415,16 +420,16 @@ class VideoDiT(nn.Module):
             if k.startswith('final_layer.'):
                 hint = ("; the final layer differs: learn_sigma (and in_channels) must "
                         "match the DiT's")
-            elif k.startswith('y_embedder.'):
-                rows = tuple(inflated[k].shape)[0]
-                hint = (f'; the class table differs: the DiT has {rows - 1} classes and a '
-                        'null-class row for guidance: set model.denoiser.num_classes and '
-                        f'model.num_classes to {rows - 1} and class_dropout_prob > 0')
             else:
                 hint = "; build it with the DiT's widths, in_channels and patch_size"
             raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
                              f'in shape, e.g. {k}: {tuple(inflated[k].shape)} in the DiT, '
                              f'{tuple(own[k].shape)} here{hint}')
+        from mmsora.utils.checkpoint import fine_tune_tables, say_tables_kept, tables_kept
+        kept = tables_kept(own, dit_sd, fine_tune_tables(self))
+        if kept:  # another input size or class count
+            say_tables_kept(source or (state_dict_or_path if isinstance(
+                state_dict_or_path, str) else 'the image DiT'), own, dit_sd, kept)
         return self.load_state_dict(inflated, strict=True)
 
 
@@ -474,8 +479,13 @@ def inflate_dit_state_dict(dit_sd: Mapping, video_model: VideoDiT) -> dict:
     Returns:
         dict: Loads into ``video_model`` with ``strict=True``.
 
+    Where the DiT was trained at another input size or class count (at the same
+    width), the video model keeps its own position table (its sin-cos of the
+    config's grid) and label table (its initialisation): a fine-tune, no longer
+    the DiT's outputs frame by frame at the DiT's own size (it was refused).
+
     Raises:
-        ValueError: Depth or token-grid mismatch.
+        ValueError: Depth or width mismatch.
     """
     sd = {k: v.clone() for k, v in video_model.state_dict().items()}
     dit_depth = len({k.split('.')[1] for k in dit_sd if k.startswith('blocks.')})
@@ -485,13 +495,19 @@ def inflate_dit_state_dict(dit_sd: Mapping, video_model: VideoDiT) -> dict:
             f'the DiT has {dit_depth} blocks but the {video_model.block_type} VideoDiT has '
             f'{len(spatial)} spatial blocks; exact inflation needs one per DiT block '
             f'(latte: depth = 2 x DiT depth; stdit: depth = DiT depth)')
+    from mmsora.utils.checkpoint import fine_tune_tables, tables_kept
+    # another input size or class count at the same width: the video model's own
+    # position table (computed) and label table (new classes) stay
+    kept = set(tables_kept(sd, dit_sd, fine_tune_tables(video_model)))
     theirs, ours = tuple(dit_sd['pos_embed'].shape), tuple(sd['pos_embed'].shape)
-    if theirs != ours:
+    if theirs != ours and 'pos_embed' not in kept:
         raise ValueError(f'DiT pos_embed has shape {theirs} but the VideoDiT\'s is {ours}: '
                          f'build it with the DiT\'s input_size / patch_size / hidden_size')
 
     for k, v in dit_sd.items():
         head = k.split('.')[0]
+        if k in kept:
+            continue
         if head == 'blocks':
             _, i, rest = k.split('.', 2)
             sd[f'blocks.{spatial[int(i)]}.{rest}'] = v
