@@ -122,4 +122,8 @@ class ImageFolderDataset(WorkerRNGMixin, Dataset):
             raise ValueError(f'cannot read image {path!r} (item {idx}): {e}') from None
         if self.random_flip and self.rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return dict(images=image_to_tensor(img), labels=label)
+        return dict(images=image_to_tensor(img), labels=label, sample_idx=idx)
+
+    def item_name(self, idx) -> str:
+        """Item ``idx``'s file (LossGuardHook names an item with NaN inputs by it)."""
+        return osp.join(self.root, self.samples[idx][0])

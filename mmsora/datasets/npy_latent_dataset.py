@@ -105,4 +105,4 @@ class NpyLatentDataset(Dataset):
         if x.shape != self.latent_shape:
             raise ValueError(f'{self.pairs[idx][0]!r} (item {idx}) has latent shape '
                              f'{x.shape}; item 0 has {self.latent_shape}')
-        return dict(latents=torch.from_numpy(np.ascontiguousarray(x)), labels=y)
+        return dict(latents=torch.from_numpy(np.ascontiguousarray(x)), labels=y, sample_idx=idx)

@@ -66,7 +66,7 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
         else:
             latents = item[copy, 0]
         out = dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
-                   labels=int(self.store.labels[idx]))
+                   labels=int(self.store.labels[idx]), sample_idx=idx)
         for field, value in (self.store.text(idx) or {}).items():
             out[field] = torch.from_numpy(value)
         return out

@@ -106,7 +106,8 @@ class SyntheticShapesDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx):
-        return dict(latents=torch.from_numpy(self.images[idx]), labels=int(self.labels[idx]))
+        return dict(latents=torch.from_numpy(self.images[idx]), labels=int(self.labels[idx]),
+                    sample_idx=idx)
 
 
 @DATASETS.register_module()
@@ -144,4 +145,5 @@ class SyntheticMovingShapesDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx):
-        return dict(latents=torch.from_numpy(self.clips[idx]), labels=int(self.labels[idx]))
+        return dict(latents=torch.from_numpy(self.clips[idx]), labels=int(self.labels[idx]),
+                    sample_idx=idx)

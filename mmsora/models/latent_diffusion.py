@@ -208,7 +208,8 @@ class LatentDiffusion(BaseModel):
                 text_mask: Optional[torch.Tensor] = None,
                 pooled_text_embeds: Optional[torch.Tensor] = None,
                 mode: str = 'loss',
-                sample_kwargs: Optional[dict] = None):
+                sample_kwargs: Optional[dict] = None,
+                sample_idx: Optional[torch.Tensor] = None):
         """mmengine entry point: ``mode='loss'`` returns the loss dict.
 
         ``mode='predict'`` samples one latent per label with the default sampler, or
@@ -217,7 +218,10 @@ class LatentDiffusion(BaseModel):
         Class-conditional denoisers read ``labels`` (a ``caption`` is then ignored);
         text-conditioned ones read ``text_embeds`` / ``text_mask`` /
         ``pooled_text_embeds`` (from a latent store written with a text encoder), or
-        encode ``caption`` with ``text_encoder``.
+        encode ``caption`` with ``text_encoder``. ``sample_idx``, the items' dataset
+        indices (mmsora's datasets give them; LossGuardHook takes them out of the batch
+        to name an item with NaN inputs), is not used here: where no hook took it (the
+        guard off, tools/benchmark.py) it arrives and is ignored.
         """
         if mode == 'loss':
             return self.loss(latents=latents, labels=labels, images=images, caption=caption,

@@ -32,7 +32,7 @@ def test_build_and_item_contract(tmp_path):
                              store='store', seed=0))
     assert len(ds) == 6
     item = ds[4]
-    assert set(item) == {'latents', 'labels'}
+    assert set(item) == {'latents', 'labels', 'sample_idx'} and item['sample_idx'] == 4
     assert item['latents'].dtype == torch.float32 and item['latents'].shape == SHAPE
     np.testing.assert_array_equal(item['latents'].numpy(), x[4, 0, 0])
     assert item['labels'] == labels[4] and isinstance(item['labels'], int)

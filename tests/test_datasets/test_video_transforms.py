@@ -239,7 +239,7 @@ def test_video_dataset_end_to_end(manifest):
     ds = VideoDataset(manifest, pipeline=PIPELINE, seed=0)
     assert len(ds) == 4 and ds.metainfo == dict(num_classes=2)
     item = ds[0]
-    assert set(item) == {'images', 'labels', 'caption'}
+    assert set(item) == {'images', 'labels', 'caption', 'sample_idx'} and item['sample_idx'] == 0
     assert item['images'].shape == (3, 8, 64, 64) and item['images'].dtype == torch.float32
     assert -1 <= item['images'].min() < 0 < item['images'].max() <= 1
     assert item['labels'] == 1 and item['caption'] == 'people riding bikes'

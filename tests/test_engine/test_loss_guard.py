@@ -2,6 +2,7 @@
 run naming the iteration, and the gradient norm is logged."""
 import glob
 import math
+import re
 import os.path as osp
 
 import pytest
@@ -11,7 +12,6 @@ from mmengine.runner import Runner
 
 from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks.loss_guard_hook import grad_norm
-from mmsora.registry import DATASETS
 from mmsora.utils.cli import explain_error
 from tests.test_engine.test_train import tiny_cfg
 
@@ -67,8 +67,10 @@ def test_nonfinite_steps_are_skipped(repo_root, tmp_path):
     for iteration, row in ((3, 1), (6, 1), (7, 2)):
         assert (f'iteration {iteration}: loss nan, gradient norm nan; skipping this '
                 f'optimizer step ({row} in a row') in log
-    # the poison is in the model's output, not in the data: the batches are finite
-    assert log.count("in a row); the batch's inputs are finite\n") == 3
+    # the poison is in the model's output, not in the data: the batches are finite,
+    # their 8 items named by their index
+    assert len(re.findall(r'in a row\); the batch: items (\d+, ){7}\d+ \(their inputs are '
+                          r'finite\)\n', log)) == 3, log
     guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
     assert guard.num_skipped == 3
     # The skipped steps' NaN losses are left out of the log: averaged over its window
@@ -101,9 +103,10 @@ def test_k_in_a_row_stop_the_run_naming_the_iteration(repo_root, tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
         runner.train()
     assert runner.iter == 5  # stopped in iteration 6 (1-based), before finishing it
-    assert explain_error(info.value).startswith(
-        'the loss or gradient was not finite in 3 iterations in a row (4 to 6; at 6: '
-        "loss nan, gradient norm nan; the batch's inputs are finite); stopping.")
+    assert re.match(
+        r'the loss or gradient was not finite in 3 iterations in a row \(4 to 6; at 6: '
+        r'loss nan, gradient norm nan; the batch: items (\d+, ){7}\d+ \(their inputs are '
+        r'finite\)\); stopping\.', explain_error(info.value)), explain_error(info.value)
     assert explain_error(info.value).endswith(
         'then start again (no checkpoint was saved yet)')  # (not '--resume from ...')
 
@@ -239,15 +242,19 @@ def test_a_learning_rate_schedule_does_not_warn_of_an_overridden_step(repo_root,
 # --------------------------------------------------------------------------- #
 class _PoisonLatents(Hook):
     """Put a NaN into the latents of the batch's item at ``position`` at iteration
-    ``at`` (0-based)."""
+    ``at`` (0-based), keeping that item's dataset index (``sample_idx``, which
+    LossGuardHook, before it, took out of the batch)."""
 
     priority = 'HIGHEST'
 
     def __init__(self, at, position):
-        self.at, self.position = at, position
+        self.at, self.position, self.index = at, position, None
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if runner.iter == self.at:
+            assert 'sample_idx' not in data_batch  # the model never sees it
+            guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
+            self.index = guard._batch_indices[self.position]
             data_batch['latents'][self.position, 0, 0, 0] = float('nan')
 
 
@@ -255,43 +262,27 @@ def _log_of(tmp_path):
     return open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
 
 
-def test_a_nan_in_the_latents_is_placed_in_the_batch(repo_root, tmp_path):
-    """The warning named the iteration only: a corrupt item could not be found. Items
-    without ``sample_idx`` (the synthetic demo's) are placed by position."""
+def test_a_nan_in_the_latents_is_named_by_its_item(repo_root, tmp_path):
+    """The warning named the iteration only: a corrupt item could not be found. The
+    demo's items carry their index (sample_idx) as every mmsora dataset's do."""
     runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 3))
-    runner.register_hook(_PoisonLatents(at=1, position=3))
+    poison = _PoisonLatents(at=1, position=3)
+    runner.register_hook(poison)
     runner.train()
+    assert isinstance(poison.index, int)
     assert ('iteration 2: loss nan, gradient norm nan; skipping this optimizer step (1 in '
             'a row, 1 in all; the run stops after 5 in a row); non-finite latents in the '
-            'batch of 8 at position 3 (its items carry no sample_idx to name them by)\n'
-            ) in _log_of(tmp_path)
+            f'batch: item {poison.index}\n') in _log_of(tmp_path)
     # one step skipped, named once; the others went through without a word
     log = _log_of(tmp_path)
     assert log.count('non-finite latents') == 1 and 'inputs are finite' not in log
 
 
-@DATASETS.register_module(force=True)
-class LossGuardIndexedStore(torch.utils.data.Dataset):
-    """A packed store's items with their index, as a dataset carrying ``sample_idx``
-    gives them (PackedLatentDataset's own items, plus the index)."""
-
-    def __init__(self, data_root):
-        from mmsora.datasets import PackedLatentDataset
-        self.inner = PackedLatentDataset(data_root, sample_posterior=False,
-                                         random_flip=False, seed=0)
-        self.store = self.inner.store
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, idx):
-        return dict(self.inner[idx], sample_idx=idx)
-
-
 def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
     """A store item with NaN latents (a broken VAE encode) is named by its index and
     its shard file and row; the model never sees ``sample_idx`` (its forward takes
-    the batch's keys as arguments)."""
+    the batch's keys as arguments). Without the guard the items' index reaches the
+    model, which ignores it."""
     import numpy as np
 
     from mmsora.datasets import LatentStoreWriter
@@ -305,7 +296,8 @@ def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
         writer.write_shard(k, latents[4 * k:4 * k + 4], [0, 1, 2, 3])
     writer.finalize()
     cfg = tiny_cfg(repo_root, tmp_path / 'work', 2)
-    cfg.train_dataloader.dataset = dict(type='LossGuardIndexedStore', data_root=root)
+    cfg.train_dataloader.dataset = dict(type='PackedLatentDataset', data_root=root,
+                                        sample_posterior=False, random_flip=False)
     runner = Runner.from_cfg(cfg)
     runner.train()  # one epoch of 16 items: item 5 is in one of the two batches
     guard = [h for h in runner.hooks if isinstance(h, LossGuardHook)][0]
@@ -315,6 +307,9 @@ def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
             f'in a row); non-finite latents in the batch: item 5 ({shard} row 1)\n'
             ) in _log_of(tmp_path / 'work')
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    # the guard off: sample_idx reaches the model's forward, which ignores it
+    cfg = tiny_cfg(repo_root, tmp_path / 'off', 1, 'default_hooks.loss_guard=None')
+    Runner.from_cfg(cfg).train()
 
 
 class _Lines:

@@ -297,8 +297,9 @@ class PackVideoInputs(BaseTransform):
     """Keep what a batch needs: ``images``, ``labels`` and ``caption``.
 
     Returns ``dict(images=FloatTensor (3, T, H, W) in [-1, 1], labels=int (``label``,
-    or -1 when there is none), caption=str ('' when none))`` plus ``meta_keys``
-    copied from ``results``; converts ``frames`` first if ``FramesToTensor`` did not.
+    or -1 when there is none), caption=str ('' when none))``, the item's
+    ``sample_idx`` where the dataset gives it, plus ``meta_keys`` copied from
+    ``results``; converts ``frames`` first if ``FramesToTensor`` did not.
 
     Args:
         meta_keys (Sequence[str]): Extra keys to keep, e.g. ``('path', 'clip_fps')``.
@@ -313,6 +314,8 @@ class PackVideoInputs(BaseTransform):
         label, caption = results.get('label'), results.get('caption')
         packed = dict(images=images, labels=-1 if label is None else int(label),
                       caption='' if caption is None else str(caption))
+        if 'sample_idx' in results:  # (mmengine's BaseDataset's: LossGuardHook names
+            packed['sample_idx'] = results['sample_idx']  # an item with NaN inputs by it)
         for key in self.meta_keys:
             packed[key] = results[key]
         return packed

@@ -130,6 +130,9 @@ def item_name(dataset, index):
     feature file (NpyLatentDataset), a manifest row's video (VideoDataset), or the
     dataset's own ``item_name(index)``; None otherwise."""
     try:
+        inner = getattr(dataset, 'dataset', None)  # a wrapper (SkipCorruptDataset)
+        if inner is not None and not callable(getattr(dataset, 'item_name', None)):
+            return item_name(inner, index)
         named = getattr(dataset, 'item_name', None)
         if callable(named):
             return str(named(index))
