@@ -508,6 +508,19 @@ def encode_batch(x, vae, text_encoder, captions, args, device):
     return fields
 
 
+def nonfinite_rows(fields) -> dict:
+    """``{row: field}`` of a batch's items (:func:`encode_batch`) whose latents or text
+    embeddings hold NaN / inf, in the dtype they are stored in: a VAE that overflowed
+    (half precision), or values past float16's range. Such an item was written into
+    the store without a word, and training met it as a NaN loss hours later."""
+    bad = {}
+    for name, value in fields.items():
+        if value.is_floating_point():
+            for row in (~torch.isfinite(value.flatten(1)).all(1)).nonzero().flatten().tolist():
+                bad.setdefault(row, name)
+    return bad
+
+
 def summarize(args, writer, pending, skipped_now, latent_shape):
     """Finalize the store (rank 0, after every rank is done) and print what it holds."""
     index = writer.finalize()
@@ -588,9 +601,15 @@ def main(argv=None):
                 fields = encode_batch(
                     batch, vae, text_encoder,
                     [source.captions[g] for g, why in items if why is None], args, device)
-                row = 0
+                row, bad = 0, nonfinite_rows(fields)
             for gidx, why in items:
                 buf = bufs[gidx // args.shard_size]
+                if why is None and row in bad:  # skipped, with its reason, as unreadable
+                    # inputs are: training would meet it as a NaN loss
+                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({args.dtype}): '
+                           'the encoder overflowed or the input is broken')
+                    tqdm.write(f'{PROG}: skipping {source.names[gidx]}: {why}')
+                    row += 1
                 if why is None:
                     buf.add({name: value[row] for name, value in fields.items()},
                             source.labels[gidx])

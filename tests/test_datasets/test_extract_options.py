@@ -156,3 +156,36 @@ def test_a_vae_folder_without_weights_or_without_a_vae_is_named(image_folder, ti
         f"VAE folder {str(pipeline)!r} has no config.json (not a diffusers AutoencoderKL "
         'folder): a StableDiffusionPipeline folder (model_index.json) without vae/')
     assert not os.path.exists(tmp_path / 'out' / 'parts')  # nothing begun
+
+
+def test_an_item_encoded_to_nan_is_skipped_with_its_reason(image_folder, tiny_vae_dir,
+                                                          tmp_path, capsys):
+    """A VAE that overflows on one input (half precision, a broken picture) gave NaN
+    latents that were written into the store without a word; training met them as a
+    NaN loss hours later. Now the item is skipped and named, with the reason, as an
+    unreadable input is."""
+    from unittest import mock
+
+    from PIL import Image
+
+    from mmsora.models.vaes import AutoencoderKLWrapper
+    from tests.test_datasets.test_extract_features import run_extract
+    Image.new('RGB', (24, 24), (255, 255, 255)).save(osp.join(image_folder, 'a', 'white.png'))
+    real = AutoencoderKLWrapper.encode_moments
+
+    def overflowing(self, images):  # this VAE overflows on an all-white picture
+        mean, std = real(self, images)
+        white = (images == 1).flatten(1).all(1)
+        return mean.masked_fill(white.view(-1, 1, 1, 1), float('nan')), std
+
+    out = str(tmp_path / 'store')
+    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments', overflowing):
+        summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float16')
+    assert summary['num_items'] == 6 and summary['skipped_this_run'] == [
+        'a/white.png', 'b/broken.png']
+    why = 'its latents hold NaN or inf (float16): the encoder overflowed or the input is broken'
+    printed = capsys.readouterr()
+    assert f'extract_features.py: skipping a/white.png: {why}' in printed.out + printed.err
+    assert f'a/white.png ({why})' in printed.out
+    store = LatentStore(out)
+    assert all(np.isfinite(store[i]).all() for i in range(len(store)))
