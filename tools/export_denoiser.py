@@ -3,6 +3,7 @@
     python tools/export_denoiser.py work_dirs/RUN --out DiT-XL-2-mine.pt
     python tools/export_denoiser.py work_dirs/RUN/iter_400000.pth --out dit.safetensors
     python tools/export_denoiser.py work_dirs/RUN --out raw.pt --no-ema
+    python tools/export_denoiser.py work_dirs/RUN --diffusers --out DiT-mine/transformer
 
 A training checkpoint holds the whole model (``denoiser.*``), the optimizer and the
 hooks' states, with the EMA weights in ``state_dict`` and the trained ones in
@@ -15,6 +16,11 @@ it as they read the released ``DiT-XL-2-256x256.pt`` (raw EMA weights). ``.pt`` 
 checkpoint files, DeepSpeed checkpoint folders and work dirs (their newest
 checkpoint: the one ``last_checkpoint`` names, else the highest ``iter_N.pth``);
 needs no config, no VAE and no GPU.
+
+``--diffusers`` writes an image DiT as diffusers' ``DiTTransformer2DModel`` folder
+(``config.json`` and ``diffusion_pytorch_model.safetensors``), which
+``DiTTransformer2DModel.from_pretrained(OUT)`` and ``DiTPipeline`` read, as the hub's
+``facebook/DiT-XL-2-256/transformer`` is laid out (:mod:`mmsora.utils.diffusers_dit`).
 """
 import os
 import os.path as osp
@@ -31,9 +37,15 @@ def parse_args(argv=None):
                         'folder, a diffusers DiT folder, or a work dir (its newest '
                         'checkpoint)')
     parser.add_argument('--out', required=True, help='output file: .pt / .pth (torch.save) '
-                        'or .safetensors')
+                        'or .safetensors; with --diffusers a folder')
     parser.add_argument('--no-ema', action='store_true',
                         help='the trained weights, not the EMA ones')
+    parser.add_argument('--diffusers', action='store_true',
+                        help="an image DiT as diffusers' DiTTransformer2DModel folder "
+                        '(config.json, diffusion_pytorch_model.safetensors) at --out')
+    parser.add_argument('--num-heads', type=int,
+                        help='--diffusers: attention heads (default: the run\'s config, '
+                        'else the DiT paper\'s for its width: S 6, B 12, L 16, XL 16)')
     return parser.parse_args(argv)
 
 
@@ -56,11 +68,12 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def read_denoiser(checkpoint: str, use_ema: bool = True):
-    """The denoiser's weights in ``checkpoint`` (a file or a DeepSpeed folder), and
-    which they are, in words: the EMA or the trained ones (asked for, or all that a
-    run without EMA kept: warned about), or the one set of a file that does not say
-    (a plain state dict). Before, the EMA weights were reported where a run without
-    EMAHook kept only the trained ones."""
+    """The denoiser's weights in ``checkpoint`` (a file or a DeepSpeed folder), which
+    they are, in words: the EMA or the trained ones (asked for, or all that a run
+    without EMA kept: warned about), or the one set of a file that does not say (a
+    plain state dict), and the run's denoiser config (None where the file has none).
+    Before, the EMA weights were reported where a run without EMAHook kept only the
+    trained ones."""
     from mmsora.apis.inference import denoiser_state_dict, ema_kept
     from mmsora.utils.checkpoint import load_checkpoint_file
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
@@ -73,7 +86,47 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     which = ('weights (the one set in it, EMA or not: the file does not say)'
              if kept is None else
              'EMA weights' if use_ema and kept else 'trained weights')
-    return {k: v.detach().contiguous() for k, v in state.items()}, which
+    from mmsora.utils.checkpoint import trained_model_config
+    denoiser = (trained_model_config(obj) or {}).get('denoiser')
+    return ({k: v.detach().contiguous() for k, v in state.items()}, which,
+            denoiser if isinstance(denoiser, dict) else None)
+
+
+def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str) -> dict:
+    """A DiT's ``state`` as a diffusers DiTTransformer2DModel folder at ``out``, whole
+    or not at all (a temporary folder renamed); returns its config. The heads come
+    from ``num_heads``, the run's config, or the DiT paper's for the width."""
+    from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
+    cfg = denoiser_cfg or {}
+    width = state['x_embedder.proj.weight'].shape[0] if 'x_embedder.proj.weight' in state \
+        else None
+    heads = num_heads or cfg.get('num_heads') or DIT_HEADS.get(width)
+    if not heads:
+        raise UserError(f'{source}: a DiT of width {width}, not one of the paper\'s and with '
+                        'no run config to say its heads: give --num-heads')
+    if cfg.get('class_dropout_prob') == 0:
+        raise UserError(f'{source}: trained with class_dropout_prob=0, so its label table has '
+                        'no null-class row, which diffusers\' DiT always has (guidance '
+                        'reads it): it cannot be written as one')
+    try:
+        converted, config = diffusers_from_dit(state, heads, source)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    import json
+    from safetensors.torch import save_file
+    partial = f'{out.rstrip(os.sep)}.tmp.{os.getpid()}'
+    import shutil
+    try:
+        os.makedirs(partial)
+        save_file(converted, osp.join(partial, 'diffusion_pytorch_model.safetensors'))
+        with open(osp.join(partial, 'config.json'), 'w') as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        if osp.isdir(out):
+            os.rmdir(out)  # (empty)
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return config
 
 
 def write_state_dict(state: dict, out: str) -> None:
@@ -94,13 +147,29 @@ def write_state_dict(state: dict, out: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.out.endswith(('.pt', '.pth', '.safetensors')):
-        raise UserError(f'--out {args.out}: give a .pt, .pth or .safetensors file name')
-    check_output_path(args.out, '--out')
+    if args.diffusers:
+        if args.out.endswith(('.pt', '.pth', '.safetensors')):
+            raise UserError(f'--out {args.out}: with --diffusers give a folder (its '
+                            'config.json and weights are written in it)')
+    elif not args.out.endswith(('.pt', '.pth', '.safetensors')):
+        raise UserError(f'--out {args.out}: give a .pt, .pth or .safetensors file name (or '
+                        '--diffusers for a diffusers folder)')
+    elif args.num_heads:
+        raise UserError('--num-heads is for --diffusers (a state dict needs no heads)')
+    check_output_path(args.out, '--out', folder=args.diffusers)
+    if args.diffusers and osp.isdir(args.out) and os.listdir(args.out):
+        raise UserError(f'--out {args.out}: a folder that is not empty; give a new one')
     checkpoint = resolve_checkpoint(args.checkpoint)
-    state, which = read_denoiser(checkpoint, use_ema=not args.no_ema)
-    write_state_dict(state, args.out)
+    state, which, denoiser_cfg = read_denoiser(checkpoint, use_ema=not args.no_ema)
     n = sum(v.numel() for v in state.values())
+    if args.diffusers:
+        config = write_diffusers(state, denoiser_cfg, args.num_heads, args.out, checkpoint)
+        print(f'{checkpoint} -> {args.out}: the denoiser\'s {which}, {n / 1e6:.2f} M '
+              f'parameters, as diffusers\' DiTTransformer2DModel ({config["num_layers"]} '
+              f'blocks, {config["num_attention_heads"]} heads, sample_size '
+              f'{config["sample_size"]}, {config["num_embeds_ada_norm"]} classes)')
+        return
+    write_state_dict(state, args.out)
     print(f'{checkpoint} -> {args.out}: the denoiser\'s {which}, {len(state)} '
           f'tensors, {n / 1e6:.2f} M parameters')
 

@@ -22,7 +22,7 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
-           'trained_objective', 'config_objective']
+           'trained_objective', 'trained_model_config', 'config_objective']
 
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
@@ -612,15 +612,22 @@ def config_objective(model) -> Optional[str]:
     return kind.rpartition('.')[2] if isinstance(kind, str) else None
 
 
-def trained_objective(checkpoint) -> Optional[str]:
-    """The objective (:func:`config_objective`) of the run that saved an mmengine
-    ``checkpoint``, from the config text its ``meta`` holds, or None."""
+def trained_model_config(checkpoint) -> Optional[dict]:
+    """The ``model`` config of the run that saved an mmengine ``checkpoint``, from the
+    config text its ``meta`` holds, or None (not a run's, or a config whose imports
+    are gone)."""
     text = ((checkpoint or {}).get('meta') or {}).get('cfg')
     if not isinstance(text, str):
         return None
     try:
         from mmengine.config import Config
         model = Config.fromstring(text, '.py').get('model')
-    except Exception:  # a config whose imports are gone: nothing to compare
+    except Exception:  # a config whose imports are gone: nothing to tell
         return None
-    return config_objective(model.to_dict() if hasattr(model, 'to_dict') else model)
+    return model.to_dict() if hasattr(model, 'to_dict') else model
+
+
+def trained_objective(checkpoint) -> Optional[str]:
+    """The objective (:func:`config_objective`) of the run that saved an mmengine
+    ``checkpoint``, or None."""
+    return config_objective(trained_model_config(checkpoint))

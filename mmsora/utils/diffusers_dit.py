@@ -23,7 +23,8 @@ Every reader of a checkpoint (:func:`mmsora.utils.checkpoint.load_checkpoint_fil
 goes through :func:`read_diffusers_dit` and :func:`is_diffusers_dit`, so a diffusers
 folder or file works wherever a DiT ``.pt`` does: ``tools/infer.py --checkpoint``,
 ``tools/train.py --load-from``, ``model.pretrained_denoiser``, inflation into a video
-DiT, ``tools/export_denoiser.py``.
+DiT, ``tools/export_denoiser.py``. The other way, :func:`diffusers_from_dit` writes a
+DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``).
 """
 import json
 import os.path as osp
@@ -32,7 +33,8 @@ from typing import Optional
 import torch
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
-           'dit_state_from_diffusers', 'read_config']
+           'dit_state_from_diffusers', 'read_config', 'diffusers_from_dit',
+           'DIT_HEADS']
 
 # The classes a diffusers DiT transformer's config.json names.
 DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
@@ -165,3 +167,74 @@ def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -
         table = get_2d_sincos_pos_embed(hidden, grid).float().unsqueeze(0)
     out['pos_embed'] = table.reshape(1, -1, table.shape[-1])
     return out
+
+
+# Heads of the DiT paper's sizes (S, B, L, XL), by width: a state dict does not say.
+DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
+
+
+def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> tuple:
+    """An original-layout DiT state dict as diffusers' ``DiTTransformer2DModel``:
+    ``(state, config)``, the inverse of :func:`dit_state_from_diffusers` (each block
+    gets a copy of the shared embedder, ``qkv`` split, no position table: diffusers
+    computes it from ``sample_size``). ``config`` is the transformer's config.json,
+    with the original's LayerNorm eps (1e-6). The label table's last row is taken for
+    the null class's, as diffusers' always has one (the caller refuses a DiT trained
+    with ``class_dropout_prob=0`` where its config says so). Raises ValueError for
+    what diffusers' DiT cannot hold: a video DiT, a non-square grid, a width the
+    heads do not divide."""
+    if any(k.startswith('temp_embed') or '.attn_temp.' in k for k in state):
+        raise ValueError(f'{source}: a video DiT; diffusers\' DiTTransformer2DModel is an '
+                         'image DiT')
+    needed = ('x_embedder.proj.weight', 'y_embedder.embedding_table.weight', 'pos_embed',
+              'final_layer.linear.weight', 'blocks.0.attn.qkv.weight')
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise ValueError(f'{source}: not a class-conditional DiT\'s weights (no {missing[0]})')
+    patch_w = state['x_embedder.proj.weight']
+    hidden, in_channels, patch = patch_w.shape[0], patch_w.shape[1], patch_w.shape[-1]
+    if hidden % num_heads:
+        raise ValueError(f'{source}: hidden size {hidden} is not a multiple of {num_heads} '
+                         'heads')
+    tokens = state['pos_embed'].shape[-2]
+    grid = int(round(tokens ** 0.5))
+    if grid * grid != tokens:
+        raise ValueError(f'{source}: a {tokens}-token position table is not a square grid: '
+                         'diffusers\' DiT is square (sample_size)')
+    rows = state['y_embedder.embedding_table.weight'].shape[0]
+    depth = 1 + max(int(k.split('.')[1]) for k in state if k.startswith('blocks.'))
+    emb = {
+        'timestep_embedder.linear_1.weight': state['t_embedder.mlp.0.weight'],
+        'timestep_embedder.linear_1.bias': state['t_embedder.mlp.0.bias'],
+        'timestep_embedder.linear_2.weight': state['t_embedder.mlp.2.weight'],
+        'timestep_embedder.linear_2.bias': state['t_embedder.mlp.2.bias'],
+        'class_embedder.embedding_table.weight': state['y_embedder.embedding_table.weight'],
+    }
+    out = {
+        'pos_embed.proj.weight': patch_w, 'pos_embed.proj.bias': state['x_embedder.proj.bias'],
+        'proj_out_1.weight': state['final_layer.adaLN_modulation.1.weight'],
+        'proj_out_1.bias': state['final_layer.adaLN_modulation.1.bias'],
+        'proj_out_2.weight': state['final_layer.linear.weight'],
+        'proj_out_2.bias': state['final_layer.linear.bias'],
+    }
+    for i in range(depth):
+        src, dst = f'blocks.{i}.', f'transformer_blocks.{i}.'
+        out.update({_EMB.format(i) + k: v.clone() for k, v in emb.items()})
+        for wb in ('weight', 'bias'):
+            for n, part in zip('qkv', state[src + f'attn.qkv.{wb}'].chunk(3, dim=0)):
+                out[dst + f'attn1.to_{n}.{wb}'] = part.clone()
+            out[dst + f'attn1.to_out.0.{wb}'] = state[src + f'attn.proj.{wb}']
+            out[dst + f'ff.net.0.proj.{wb}'] = state[src + f'mlp.fc1.{wb}']
+            out[dst + f'ff.net.2.{wb}'] = state[src + f'mlp.fc2.{wb}']
+            out[dst + f'norm1.linear.{wb}'] = state[src + f'adaLN_modulation.1.{wb}']
+    config = {
+        '_class_name': 'DiTTransformer2DModel', 'activation_fn': 'gelu-approximate',
+        'attention_bias': True, 'attention_head_dim': hidden // num_heads, 'dropout': 0.0,
+        'in_channels': in_channels, 'norm_elementwise_affine': False, 'norm_eps': 1e-6,
+        'norm_num_groups': 32, 'norm_type': 'ada_norm_zero', 'num_attention_heads': num_heads,
+        # diffusers' label table always ends with the null class's row
+        'num_embeds_ada_norm': rows - 1, 'num_layers': depth,
+        'out_channels': state['final_layer.linear.weight'].shape[0] // (patch * patch),
+        'patch_size': patch, 'sample_size': grid * patch, 'upcast_attention': False,
+    }
+    return {k: v.contiguous() for k, v in out.items()}, config

@@ -161,3 +161,54 @@ def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path):
     with pytest.raises(UserError, match=r'^--load-from checkpoint not found: .* \(a folder, but '
                                         r'not a diffusers DiT folder'):
         train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path))
+
+
+def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsys):
+    # tools/export_denoiser.py --diffusers: a folder DiTTransformer2DModel reads with
+    # no weight missing or left over, giving the same outputs (with the original's
+    # timestep frequencies: diffusers' own DiT shifts them), and read back exactly
+    from mmsora.utils.cli import UserError
+    from tools.export_denoiser import main as export
+    cfg, ref, folder = pipeline
+    dit = DiT(**cfg).eval()
+    load_dit_checkpoint(dit, folder)
+    torch.save(dit.state_dict(), tmp_path / 'dit.pt')
+    out = tmp_path / 'mine' / 'transformer'
+    export([str(tmp_path / 'dit.pt'), '--diffusers', '--num-heads', '4', '--out', str(out)])
+    assert 'as diffusers\' DiTTransformer2DModel (2 blocks, 4 heads, sample_size 8, 10 ' \
+        'classes)' in capsys.readouterr().out
+    theirs, info = DiTTransformer2DModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info  # nothing missing, unexpected or mismatched
+    from diffusers.models.embeddings import Timesteps
+    for m in theirs.modules():
+        if isinstance(m, Timesteps):
+            m.downscale_freq_shift = 0  # the original's frequencies, as build_reference
+    same_as_reference(cfg, theirs.eval(), dit)
+    back = DiT(**cfg).eval()
+    load_dit_checkpoint(back, str(out))
+    for key, value in dit.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    # what diffusers cannot hold, or where the heads are unknown, is one line
+    video = {**dit.state_dict(), 'temp_embed': torch.zeros(1, 4, 64)}
+    torch.save(video, tmp_path / 'video.pt')
+    with pytest.raises(UserError, match=r"video\.pt: a video DiT; diffusers' "):
+        export([str(tmp_path / 'video.pt'), '--diffusers', '--num-heads', '4', '--out',
+                str(tmp_path / 'v')])
+    with pytest.raises(UserError, match=r'a DiT of width 64, not one of the paper\'s and with '
+                                        r'no run config to say its heads: give --num-heads'):
+        export([str(tmp_path / 'dit.pt'), '--diffusers', '--out', str(tmp_path / 'h')])
+    with pytest.raises(UserError, match=r'mine/transformer: a folder that is not empty'):
+        export([str(tmp_path / 'dit.pt'), '--diffusers', '--num-heads', '4', '--out', str(out)])
+    assert sorted(os.listdir(tmp_path / 'mine')) == ['transformer']  # no partial left
+    # a run's checkpoint says its heads, and whether its table has the null class's row
+    for dropout, name in ((0.1, 'run'), (0.0, 'no_null')):
+        torch.save({'meta': {'cfg': "model = dict(type='LatentDiffusion', denoiser=dict("
+                                    f"type='DiT', num_heads=4, class_dropout_prob={dropout}))"},
+                    'state_dict': {f'denoiser.{k}': v for k, v in dit.state_dict().items()}},
+                   tmp_path / f'{name}.pth')
+    export([str(tmp_path / 'run.pth'), '--diffusers', '--out', str(tmp_path / 'from_run')])
+    assert DiTTransformer2DModel.from_pretrained(tmp_path / 'from_run').config[
+        'num_attention_heads'] == 4
+    with pytest.raises(UserError, match=r'no_null\.pth: trained with class_dropout_prob=0, so '
+                                        r'its label table has no null-class row'):
+        export([str(tmp_path / 'no_null.pth'), '--diffusers', '--out', str(tmp_path / 'n')])
