@@ -107,19 +107,25 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.checkpoint import fine_tune_tables, weight_mismatch
+    from mmsora.utils.checkpoint import (LABEL_TABLE, fine_tune_tables, null_row_hint,
+                                         say_tables_kept, tables_kept, weight_mismatch)
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
     # a fine-tune to another input size, frame count or class count: the fixed sin-cos
     # tables and the label table are the config's own (mmengine's loader keeps the
-    # model's and warns of the others)
+    # model's, printing its 'size mismatch' lines; the label table's is said here)
     fixed = ({f'denoiser.{k}' for k in fine_tune_tables(model.denoiser)}
-             if option == '--load-from' else ())
+             if option == '--load-from' else set())
     found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
+    table = f'denoiser.{LABEL_TABLE}'
     if found:
+        hint = null_row_hint(ours.get(table), theirs.get(table))
         raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}; '
-                        'give the settings it was trained with (widths, depth, patch size, '
-                        'learn_sigma, classes)')
+                        + (hint or 'give the settings it was trained with (widths, depth, '
+                           'patch size, learn_sigma, classes)'))
+    if table in tables_kept(ours, theirs, fixed):
+        say_tables_kept(f'{option} {path}', {LABEL_TABLE: ours[table]},
+                        {LABEL_TABLE: theirs[table]}, [LABEL_TABLE])
 
 
 def check_denoiser_file_matches(model, path) -> None:
@@ -128,19 +134,22 @@ def check_denoiser_file_matches(model, path) -> None:
     Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
     lines of start-up and with a work dir made. The fixed sin-cos tables and the label
     table may differ (another input size or class count: a fine-tune)."""
-    from mmsora.utils.checkpoint import (extract_state_dict, fine_tune_tables,
-                                         load_checkpoint_file, weight_mismatch)
+    from mmsora.utils.checkpoint import (LABEL_TABLE, extract_state_dict, fine_tune_tables,
+                                         load_checkpoint_file, null_row_hint,
+                                         weight_mismatch)
     try:
         state = extract_state_dict(load_checkpoint_file(path), key='auto')
     except (KeyError, ValueError):  # what the load itself says, in init_weights
         return
     ours = {k: v.shape for k, v in model.denoiser.state_dict().items()}
-    found = weight_mismatch(ours, {k: v.shape for k, v in state.items()},
-                            own_name='config', fixed=fine_tune_tables(model.denoiser))
+    theirs = {k: v.shape for k, v in state.items()}
+    found = weight_mismatch(ours, theirs, own_name='config',
+                            fixed=fine_tune_tables(model.denoiser))
     if found:
+        hint = null_row_hint(ours.get(LABEL_TABLE), theirs.get(LABEL_TABLE))
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
-                        f'{found}; give the settings it was trained with (widths, depth, '
-                        'patch size, learn_sigma, classes)')
+                        f'{found}; ' + (hint or 'give the settings it was trained with '
+                                        '(widths, depth, patch size, learn_sigma, classes)'))
 
 
 def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
@@ -260,42 +269,64 @@ def earlier_checkpoint(work_dir):
     return newest_numbered_checkpoint(work_dir)  # (last_checkpoint names another's)
 
 
+def checkpoint_dirs(cfg) -> list:
+    """Where the run saves its checkpoints: the work dir, and where the checkpoint
+    hook has an ``out_dir``, mmengine's ``OUT_DIR/WORK_DIR_NAME`` too."""
+    dirs = [cfg.work_dir]
+    out_dir = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('out_dir')
+    if isinstance(out_dir, str):
+        dirs.append(osp.join(out_dir, osp.basename(cfg.work_dir.rstrip(os.sep))))
+    return dirs
+
+
 def check_work_dir_is_new(cfg, args) -> None:
     """Refuse a new run (no ``--resume``: from scratch, or ``--load-from``) into a
-    work dir that holds an earlier run's checkpoints. It started at iteration 0
-    without a word, overwrote the earlier ``iter_N.pth`` and ``last_checkpoint`` as it
-    saved, and ``max_keep_ckpts`` pruned the older ones: a forgotten ``--resume``
-    lost the run. A work dir with logs or a dumped config alone (a run stopped before
-    its first checkpoint) is taken. Called by :func:`main`, not by
-    :func:`build_train_config`, which other code builds configs with."""
+    work dir that holds an earlier run's checkpoints (or its checkpoint hook's
+    ``out_dir`` does). It started at iteration 0 without a word, overwrote the earlier
+    ``iter_N.pth`` and ``last_checkpoint`` as it saved, and ``max_keep_ckpts`` pruned
+    the older ones: a forgotten ``--resume`` lost the run. A work dir with logs or a
+    dumped config alone (a run stopped before its first checkpoint) is taken. The
+    files to remove are named one by one (a glob took other files along, e.g.
+    tools/zero_to_state_dict.py's ``iter_N_state_dict.pth``); a ``--load-from`` of a
+    checkpoint in that folder is told to use another work dir (removing the
+    checkpoints would remove the weights it starts from). Called by :func:`main`,
+    not by :func:`build_train_config`, which other code builds configs with."""
     if cfg.get('resume'):
-        return
-    newest = earlier_checkpoint(cfg.work_dir)
-    if newest is None:
         return
     import re
     import shlex
-    work_dir = cfg.work_dir.rstrip('/') or '/'
+    for folder in checkpoint_dirs(cfg):
+        newest = earlier_checkpoint(folder)
+        if newest is not None:
+            break
+    else:
+        return
+    folder = folder.rstrip('/') or '/'
     name = osp.basename(newest.rstrip('/'))
     numbered = re.fullmatch(r'(iter|epoch)_(\d+)\.pth', name)
     at = (f', {"iteration" if numbered[1] == "iter" else "epoch"} {numbered[2]}'
           if numbered else '')
-    # what to remove to start over: the marker and the numbered checkpoints (DeepSpeed's
+    where = (f'--work-dir {cfg.work_dir}' if args.work_dir else f'the work dir {cfg.work_dir}'
+             ) + ('' if folder == cfg.work_dir.rstrip('/') else f' (its checkpoints: {folder})')
+    earlier = (f'holds the checkpoints of an earlier run (newest: {newest}{at}), which a new '
+               'run there would overwrite from iteration 0')
+    if args.load_from and osp.realpath(osp.dirname(osp.abspath(
+            args.load_from.rstrip('/')))) == osp.realpath(folder):
+        raise UserError(f'--load-from {args.load_from} into {where}: it {earlier}, the file '
+                        'given among them: start the new run in another --work-dir (or '
+                        'continue that run with --resume)')
+    # what to remove to start over: the marker and each numbered checkpoint (DeepSpeed's
     # are folders), or a file of another name that the marker names
-    saved = [n for n in os.listdir(work_dir) if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)]
-    files = ['last_checkpoint'] if osp.isfile(osp.join(work_dir, 'last_checkpoint')) else []
-    files += [f'{kind}_*.pth' for kind in ('iter', 'epoch')
-              if any(n.startswith(f'{kind}_') for n in saved)]
-    if not numbered:
-        files.append(name)
-    remove = 'rm -r' if any(osp.isdir(osp.join(work_dir, n)) for n in saved) else 'rm'
-    remove += ''.join(f' {shlex.quote(work_dir)}/{f}' for f in files)
-    where = f'--work-dir {work_dir}' if args.work_dir else f'the work dir {work_dir}'
+    saved = sorted((n for n in os.listdir(folder)
+                    if re.fullmatch(r'(iter|epoch)_\d+\.pth', n)),
+                   key=lambda n: (n.split('_')[0], int(re.sub(r'\D', '', n))))
+    files = ['last_checkpoint'] if osp.isfile(osp.join(folder, 'last_checkpoint')) else []
+    files += saved + ([] if numbered else [name])
+    remove = 'rm -r' if any(osp.isdir(osp.join(folder, n)) for n in saved) else 'rm'
+    remove += ''.join(f' {shlex.quote(osp.join(folder, f))}' for f in files)
     start = f'--load-from {args.load_from} into {where}: it' if args.load_from else where
-    raise UserError(f'{start} holds the checkpoints of an earlier run (newest: {newest}'
-                    f'{at}), which a new run there would overwrite from iteration 0: '
-                    'continue that run with --resume, start the new one in another '
-                    f'--work-dir, or remove them to start over ({remove})')
+    raise UserError(f'{start} {earlier}: continue that run with --resume, start the new '
+                    f'one in another --work-dir, or remove them to start over ({remove})')
 
 
 def keep_dumped_config(cfg):

@@ -24,6 +24,11 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective']
 
+# The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
+# null class's for guidance).
+LABEL_TABLE = 'y_embedder.embedding_table.weight'
+
+
 # Keys of the training checkpoints written by DiT's and fast-DiT's train.py, in the
 # order they are preferred: the EMA weights are the ones the papers sample with.
 _TRAINING_KEYS = ('ema', 'model')
@@ -364,7 +369,8 @@ def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model',
     (e.g. denoiser.temp_embed)' before; a video DiT's file for an image model (or the
     reverse) was not named as such."""
     differ = [k for k in given if k in own and tuple(own[k]) != tuple(given[k])
-              and not (k in fixed and tuple(own[k])[-1:] == tuple(given[k])[-1:])]
+              and not (k in fixed and table_may_differ(k, own[k], given[k]))]
+    differ.sort(key=lambda k: k in fixed)  # a learned weight is the telling example
     missing = [k for k in own if k not in given]
     extra = [k for k in given if k not in own]
     found = []
@@ -444,6 +450,23 @@ def pos_embed_hint(theirs, ours, patch_size=None, their_patch=None) -> str:
             'input_size=64)')
 
 
+def null_row_hint(ours, theirs) -> str:
+    """What label tables (shapes) one row apart at the same width say: one has the
+    null-class row for guidance and the other not, or ''."""
+    if ours is None or theirs is None:
+        return ''
+    ours, theirs = _shape(ours), _shape(theirs)
+    if ours[-1:] != theirs[-1:] or abs(ours[0] - theirs[0]) != 1:
+        return ''
+    if theirs[0] > ours[0]:
+        return (f'the label tables are one row apart: the file\'s {theirs[0]} rows are '
+                f'{theirs[0] - 1} classes and the null-class row for guidance, which this '
+                'model has not: set model.denoiser.class_dropout_prob > 0 (DiT: 0.1)')
+    return (f'the label tables are one row apart: the file\'s {theirs[0]} rows hold no '
+            'null-class row (trained with class_dropout_prob=0): set '
+            'model.denoiser.class_dropout_prob=0')
+
+
 def _mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
     """What to do about a checkpoint of another model (``own`` and ``given``: the
     model's and the checkpoint's shapes), or '' where the mismatch says it already
@@ -457,6 +480,9 @@ def _mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
     if theirs and ours and theirs != ours:
         return (f'the file is of patch_size {theirs} (this model of {ours}): set '
                 f'model.denoiser.patch_size={theirs}')
+    null_row = null_row_hint(own.get(LABEL_TABLE), given.get(LABEL_TABLE))
+    if null_row:
+        return null_row
     if _kind_of_file(own, given).startswith('the file is an image DiT'):
         return ''
     return ('build the model with the settings it was trained with (widths, depth, '
@@ -478,11 +504,6 @@ def fixed_tables(model: nn.Module) -> set:
     names = {n for cls in type(model).__mro__ for n in _FIXED_TABLES.get(cls.__name__, ())}
     params = dict(model.named_parameters())
     return {n for n in names if n in params and not params[n].requires_grad}
-
-
-# The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
-# null class's for guidance).
-LABEL_TABLE = 'y_embedder.embedding_table.weight'
 
 
 def fine_tune_tables(model: nn.Module) -> set:
@@ -530,13 +551,29 @@ def _load_keeping_tables(model: nn.Module, state_dict: Mapping, tables: set, sou
     return model.load_state_dict({**state_dict, **{k: own[k] for k in kept}}, strict=True)
 
 
+def _shape(value) -> tuple:
+    return tuple(value.shape) if hasattr(value, 'shape') else tuple(value)
+
+
+def table_may_differ(name: str, ours, theirs) -> bool:
+    """Whether a fine-tune may keep the model's table ``name`` (one of
+    :func:`fine_tune_tables`) of shape ``ours`` over the file's of shape ``theirs``:
+    the same width, another length; for the label table not a length one apart,
+    which is the null-class row for guidance (``class_dropout_prob`` set otherwise
+    than in training), not new classes: that is refused, naming the setting (it
+    would have started the same classes afresh)."""
+    ours, theirs = _shape(ours), _shape(theirs)
+    if ours == theirs or ours[-1:] != theirs[-1:]:
+        return False
+    return not (name.endswith(LABEL_TABLE) and abs(ours[0] - theirs[0]) == 1)
+
+
 def tables_kept(own: Mapping, given: Mapping, tables: set) -> list:
     """Which of ``tables`` (:func:`fine_tune_tables`) a fine-tune keeps from the
-    model (``own``) rather than the file (``given``): those of another length at the
-    same width."""
+    model (``own``) rather than the file (``given``; tensors or shapes):
+    :func:`table_may_differ`."""
     return [k for k in sorted(tables) if k in given and k in own
-            and tuple(given[k].shape) != tuple(own[k].shape)
-            and given[k].shape[-1:] == own[k].shape[-1:]]
+            and table_may_differ(k, own[k], given[k])]
 
 
 def say_tables_kept(source: str, own: Mapping, given: Mapping, kept: Sequence[str]) -> None:
@@ -546,7 +583,7 @@ def say_tables_kept(source: str, own: Mapping, given: Mapping, kept: Sequence[st
     from mmengine.logging import print_log
 
     def shapes(k):
-        return f'{k} {tuple(own[k].shape)} (the file\'s: {tuple(given[k].shape)})'
+        return f'{k} {_shape(own[k])} (the file\'s: {_shape(given[k])})'
 
     fixed = [k for k in kept if k != LABEL_TABLE]
     if fixed:
@@ -555,7 +592,7 @@ def say_tables_kept(source: str, own: Mapping, given: Mapping, kept: Sequence[st
                   'from the config; the rest is loaded', logger='current')
     if LABEL_TABLE in kept:
         import logging
-        rows = given[LABEL_TABLE].shape[0]
+        rows = _shape(given[LABEL_TABLE])[0]
         print_log(f'{source}: a label table of another length: the config\'s '
                   f'{shapes(LABEL_TABLE)} starts from its initialisation, the file\'s is '
                   'not used (a fine-tune to new classes; to keep the file\'s, set '

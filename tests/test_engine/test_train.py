@@ -348,6 +348,33 @@ def test_load_from_at_another_input_size_keeps_the_configs_position_table(repo_r
                  load_from=str(dit))
 
 
+def test_load_from_a_run_of_another_class_count(repo_root, tmp_path):
+    """--load-from an mmengine run of 10 classes into the demo's 4: mmengine's loader
+    keeps the config's label table (its 'size mismatch' lines alone said so); the
+    warning names both lengths. One row apart (the null-class row, class_dropout_prob)
+    is refused, naming the setting: the same classes would have started afresh."""
+    from unittest import mock
+
+    from mmsora.registry import MODELS
+    ten = tiny_cfg(repo_root, tmp_path / 'a', 4, 'model.denoiser.num_classes=10',
+                   'model.num_classes=10', 'train_dataloader.dataset.num_classes=10')
+    run = tmp_path / 'iter_4.pth'
+    torch.save(dict(meta=dict(iter=4), state_dict=MODELS.build(ten.model).state_dict()), run)
+    with mock.patch('mmengine.logging.print_log') as log:
+        cfg = tiny_cfg(repo_root, tmp_path / 'b', 2, load_from=str(run))
+    assert cfg.load_from == str(run)
+    (message,), kwargs = log.call_args
+    assert message.startswith(
+        f"--load-from {run}: a label table of another length: the config's y_embedder."
+        "embedding_table.weight (5, 32) (the file's: (11, 32)) starts from its "
+        'initialisation'), message
+    with pytest.raises(UserError, match=r"one row apart: the file's 11 rows are 10 classes "
+                                        r'and the null-class row for guidance'):
+        tiny_cfg(repo_root, tmp_path / 'c', 2, 'model.denoiser.num_classes=10',
+                 'model.num_classes=10', 'model.denoiser.class_dropout_prob=0',
+                 'train_dataloader.dataset.num_classes=10', load_from=str(run))
+
+
 def test_resume_says_when_it_keeps_the_checkpoints_schedule(repo_root, tmp_path, capsys):
     """mmengine restores the schedulers' states, end included: a run extended with
     train_cfg.max_iters=200 param_scheduler.1.end=200 went on along the old cosine to

@@ -164,24 +164,31 @@ def test_inflation_from_file_and_errors(tmp_path):
                                          r'.*learn_sigma \(and in_channels\) must match'):
         VideoDiT(**tiny_cfg(depth=2, block_type='stdit', learn_sigma=not learn_sigma)
                  ).load_image_dit(dit.state_dict())
-    # Another class count, or no null-class row: a fine-tune to new classes keeps the
-    # video model's own label table, loads the rest and warns, naming the settings
-    # that would keep the DiT's (it was refused)
-    for options in (dict(num_classes=NUM_CLASSES + 1), dict(class_dropout_prob=0.0)):
-        video = VideoDiT(**tiny_cfg(depth=2, block_type='stdit', **options))
-        own = video.y_embedder.embedding_table.weight.detach().clone()
-        with mock.patch('mmengine.logging.print_log') as log:
-            video.load_image_dit(dit.state_dict(), source='dit.pt')
-        assert torch.equal(video.y_embedder.embedding_table.weight, own)
-        assert torch.equal(video.blocks[1].attn.qkv.weight, dit.blocks[1].attn.qkv.weight)
-        (message,), kwargs = log.call_args
-        assert message.startswith(
-            "dit.pt: a label table of another length: the config's y_embedder.embedding_"
-            f'table.weight ({len(own)}, 32) (the file\'s: ({NUM_CLASSES + 1}, 32)) starts '
-            "from its initialisation, the file's is not used (a fine-tune to new classes; "
-            f'to keep the file\'s, set model.denoiser.num_classes and model.num_classes to '
-            f'{NUM_CLASSES} with class_dropout_prob > 0'), message
-        assert kwargs['level'] == logging.WARNING
+    # Another class count: a fine-tune to new classes keeps the video model's own
+    # label table, loads the rest and warns, naming the settings that would keep the
+    # DiT's (it was refused)
+    video = VideoDiT(**tiny_cfg(depth=2, block_type='stdit', num_classes=NUM_CLASSES + 3))
+    own = video.y_embedder.embedding_table.weight.detach().clone()
+    with mock.patch('mmengine.logging.print_log') as log:
+        video.load_image_dit(dit.state_dict(), source='dit.pt')
+    assert torch.equal(video.y_embedder.embedding_table.weight, own)
+    assert torch.equal(video.blocks[1].attn.qkv.weight, dit.blocks[1].attn.qkv.weight)
+    (message,), kwargs = log.call_args
+    assert message.startswith(
+        "dit.pt: a label table of another length: the config's y_embedder.embedding_"
+        f"table.weight ({NUM_CLASSES + 4}, 32) (the file's: ({NUM_CLASSES + 1}, 32)) starts "
+        "from its initialisation, the file's is not used (a fine-tune to new classes; "
+        "to keep the file's, set model.denoiser.num_classes and model.num_classes to "
+        f'{NUM_CLASSES} with class_dropout_prob > 0'), message
+    assert kwargs['level'] == logging.WARNING
+    # No null-class row (one row apart): the same classes, a setting to mend, refused
+    with pytest.raises(ValueError, match=r'y_embedder.*the label tables are one row apart: '
+                                         rf"the file's {NUM_CLASSES + 1} rows are {NUM_CLASSES} "
+                                         r'classes and the null-class row for guidance, which '
+                                         r'this model has not: set model.denoiser.class_'
+                                         r'dropout_prob > 0'):
+        VideoDiT(**tiny_cfg(depth=2, block_type='stdit', class_dropout_prob=0.0)
+                 ).load_image_dit(dit.state_dict())
     # Another input size: the video model's own sin-cos table, the rest the DiT's
     video = VideoDiT(**tiny_cfg(depth=2, block_type='stdit', input_size=16))
     table = video.pos_embed.detach().clone()

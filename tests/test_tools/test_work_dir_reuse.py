@@ -51,7 +51,7 @@ def test_a_new_run_into_a_work_dir_with_checkpoints_is_refused(repo_root, tmp_pa
         f'{work}/iter_4.pth, iteration 4), which a new run there would overwrite from '
         'iteration 0: continue that run with --resume, start the new one in another '
         f'--work-dir, or remove them to start over (rm {work}/last_checkpoint '
-        f'{work}/iter_*.pth)'], err[-3000:]
+        f'{work}/iter_2.pth {work}/iter_4.pth)'], err[-3000:]
     assert 'Traceback' not in err
     assert contents(work) == before  # nothing written: no log folder, no config dumped
     # --load-from starts at 0 and overwrites the same way
@@ -62,6 +62,21 @@ def test_a_new_run_into_a_work_dir_with_checkpoints_is_refused(repo_root, tmp_pa
                                         rf'\(newest: {work}/iter_4.pth, iteration 4\)'):
         main(repo_root, work, '--load-from', str(weights), name='load')
     assert contents(work) == before
+    # --load-from a checkpoint of that very folder: removing the checkpoints (as said
+    # above) would remove the weights it starts from; another work dir is the way
+    with pytest.raises(UserError, match=rf'^--load-from {work}/iter_2.pth into --work-dir '
+                                        rf'{work}: it holds the checkpoints of an earlier run '
+                                        r'.*, the file given among them: start the new run in '
+                                        r'another --work-dir \(or continue that run with '
+                                        r'--resume\)$'):
+        main(repo_root, work, '--load-from', str(work / 'iter_2.pth'), name='own')
+    # a file of another name beside them is not in the list to remove (a glob took
+    # tools/zero_to_state_dict.py's iter_N_state_dict.pth along)
+    (work / 'iter_4_state_dict.pth').write_bytes(b'weights')
+    with pytest.raises(UserError, match=r'\(rm \S+/last_checkpoint \S+/iter_2.pth '
+                                        r'\S+/iter_4.pth\)$'):
+        main(repo_root, work, name='again')
+    os.remove(work / 'iter_4_state_dict.pth')
     # what the message says to do: --resume ...
     main(repo_root, work, '--resume', iters=6, name='resume')
     assert (work / 'iter_6.pth').is_file()
@@ -126,6 +141,17 @@ def test_a_work_dir_without_checkpoints_is_taken(repo_root, tmp_path):
     with pytest.raises(UserError, match='holds the checkpoints of an earlier run'):
         check()
     check('--cfg-options', 'resume=True')  # mmengine's own auto-resume
+    # checkpoints saved under the checkpoint hook's out_dir (OUT_DIR/WORK_DIR_NAME, as
+    # mmengine lays them out) were not looked for
+    os.remove(work / 'iter_4.pth')
+    out = tmp_path / 'ckpts'
+    (out / 'w').mkdir(parents=True)
+    (out / 'w' / 'iter_6.pth').write_bytes(b'')
+    with pytest.raises(UserError, match=rf'^--work-dir {work} \(its checkpoints: {out}/w\) '
+                                        rf'holds the checkpoints of an earlier run \(newest: '
+                                        rf'{out}/w/iter_6.pth, iteration 6\).*\(rm '
+                                        rf'{out}/w/iter_6.pth\)$'):
+        check('--cfg-options', f'default_hooks.checkpoint.out_dir={out}')
 
 
 def test_a_refused_resume_keeps_the_dumped_config(repo_root, tmp_path, malloc_calls):

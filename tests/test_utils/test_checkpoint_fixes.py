@@ -378,6 +378,17 @@ def test_a_fine_tune_to_another_class_count_starts_a_new_label_table(logged):
     with pytest.raises(ValueError, match='of another shape'):
         load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 3}), wide, 'ckpt.pt',
                                 fine_tune=True)
+    # one row apart is the null-class row (class_dropout_prob), not new classes: the
+    # same 10 classes would have started afresh; refused, naming the setting
+    for cfg, said in (({'class_dropout_prob': 0.0}, "the file's 11 rows are 10 classes and "
+                       'the null-class row for guidance, which this model has not: set '
+                       r'model.denoiser.class_dropout_prob > 0 \(DiT: 0.1\)'),
+                      ({'num_classes': 11}, "the file's 11 rows hold no null-class row")):
+        state = ten if 'class_dropout_prob' in cfg else DiT(
+            **{**IMAGE, 'num_classes': 11, 'class_dropout_prob': 0.0}).state_dict()
+        with pytest.raises(ValueError, match='the label tables are one row apart: ' + said):
+            load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 10, **cfg}), state,
+                                    'ckpt.pt', fine_tune=True)
 
 
 def test_only_fixed_tables_are_kept(logged):

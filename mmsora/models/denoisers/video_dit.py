@@ -417,9 +417,12 @@ class VideoDiT(nn.Module):
         wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
         if wrong:  # else load_state_dict's traceback lists every mismatch
             k = wrong[0]
+            from mmsora.utils.checkpoint import null_row_hint
             if k.startswith('final_layer.'):
                 hint = ("; the final layer differs: learn_sigma (and in_channels) must "
                         "match the DiT's")
+            elif null_row_hint(own[k].shape, inflated[k].shape) and k.startswith('y_embedder.'):
+                hint = '; ' + null_row_hint(own[k].shape, inflated[k].shape)
             else:
                 hint = "; build it with the DiT's widths, in_channels and patch_size"
             raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
