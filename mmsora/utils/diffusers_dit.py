@@ -27,6 +27,7 @@ DiT, ``tools/export_denoiser.py``. The other way, :func:`diffusers_from_dit` wri
 DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``).
 """
 import json
+import os
 import os.path as osp
 from typing import Optional
 
@@ -40,7 +41,11 @@ __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
 DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
 WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
                 'diffusion_pytorch_model.fp16.safetensors', 'diffusion_pytorch_model.fp16.bin')
-INDEX_FILE = 'diffusion_pytorch_model.safetensors.index.json'
+# The shard indexes of weights saved in several files (diffusers' names, variants too).
+INDEX_FILES = ('diffusion_pytorch_model.safetensors.index.json',
+               'diffusion_pytorch_model.bin.index.json',
+               'diffusion_pytorch_model.safetensors.index.fp16.json',
+               'diffusion_pytorch_model.bin.index.fp16.json')
 _EMB = 'transformer_blocks.{}.norm1.emb.'
 
 
@@ -57,11 +62,29 @@ def diffusers_dit_folder(path: str) -> Optional[str]:
     or None when ``path`` is neither."""
     if not osp.isdir(path):
         return None
+    path = _hub_snapshot(path)
     if osp.isfile(osp.join(path, 'model_index.json')) \
             and osp.isdir(osp.join(path, 'transformer')):
         path = osp.join(path, 'transformer')
     config = read_config(osp.join(path, 'config.json'))
     return path if config and config.get('_class_name') in DIT_CLASSES else None
+
+
+def _hub_snapshot(path: str) -> str:
+    """The snapshot a Hugging Face cache folder (``models--facebook--DiT-XL-2-256``)
+    holds: the one ``refs/main`` names, else its only one; ``path`` otherwise."""
+    snapshots = osp.join(path, 'snapshots')
+    if not (osp.basename(path.rstrip(os.sep)).startswith('models--') and osp.isdir(snapshots)):
+        return path
+    try:
+        with open(osp.join(path, 'refs', 'main'), encoding='utf-8') as f:
+            named = osp.join(snapshots, f.read().strip())
+        if osp.isdir(named):
+            return named
+    except OSError:
+        pass
+    found = os.listdir(snapshots)
+    return osp.join(snapshots, found[0]) if len(found) == 1 else path
 
 
 def read_config(path: str) -> Optional[dict]:
@@ -80,22 +103,32 @@ def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
     """The original-layout state dict of the diffusers DiT transformer ``folder``
     (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
     map_location)`` (a single file, or the shards an index lists)."""
-    index = osp.join(folder, INDEX_FILE)
-    if osp.isfile(index):
-        with open(index, encoding='utf-8') as f:
+    config = read_config(osp.join(folder, 'config.json'))
+    check_dit_config(config, folder)  # before any weight is read
+    indexes = [name for name in INDEX_FILES if osp.isfile(osp.join(folder, name))]
+    found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]
+    if found:
+        state = read_file(osp.join(folder, found[0]), map_location)
+    elif indexes:
+        with open(osp.join(folder, indexes[0]), encoding='utf-8') as f:
             shards = sorted(set(json.load(f)['weight_map'].values()))
         state = {}
         for shard in shards:
             state.update(read_file(osp.join(folder, shard), map_location))
     else:
-        found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]
-        if not found:
-            raise FileNotFoundError(f'{folder}: a diffusers DiT folder (config.json) without '
-                                    f'its weights (one of {", ".join(WEIGHT_FILES)}, or '
-                                    f'{INDEX_FILE})')
-        state = read_file(osp.join(folder, found[0]), map_location)
-    return dit_state_from_diffusers(state, read_config(osp.join(folder, 'config.json')),
-                                    folder)
+        raise FileNotFoundError(f'{folder}: a diffusers DiT folder (config.json) without '
+                                f'its weights (one of {", ".join(WEIGHT_FILES)}, or a shard '
+                                'index)')
+    return dit_state_from_diffusers(state, config, folder)
+
+
+def check_dit_config(config: Optional[dict], source: str) -> None:
+    """Raise ValueError where a transformer's config.json is not a DiT's (another
+    norm or activation: PixArt's Transformer2DModel, ...)."""
+    for key, want in (('norm_type', 'ada_norm_zero'), ('activation_fn', 'gelu-approximate')):
+        if (config or {}).get(key, want) != want:
+            raise ValueError(f'{source}: a diffusers Transformer2DModel with {key}='
+                             f'{config[key]!r}, not a DiT ({key}={want!r})')
 
 
 def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -> dict:
@@ -110,10 +143,7 @@ def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -
                          'them: it says the size (sample_size) they were trained at; give '
                          'the transformer folder (or the pipeline folder) instead')
     config = config or {}
-    for key, want in (('norm_type', 'ada_norm_zero'), ('activation_fn', 'gelu-approximate')):
-        if config.get(key, want) != want:
-            raise ValueError(f'{source}: a diffusers Transformer2DModel with {key}='
-                             f'{config[key]!r}, not a DiT ({key}={want!r})')
+    check_dit_config(config, source)
     used = {k for k in state if k.startswith(('proj_out_', 'pos_embed.'))} | {
         k for k in state if k.startswith('transformer_blocks.') and (
             '.norm1.' in k or '.attn1.' in k or '.ff.net.' in k)}

@@ -212,3 +212,33 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
     with pytest.raises(UserError, match=r'no_null\.pth: trained with class_dropout_prob=0, so '
                                         r'its label table has no null-class row'):
         export([str(tmp_path / 'no_null.pth'), '--diffusers', '--out', str(tmp_path / 'n')])
+
+
+def test_sharded_weights_and_the_hub_cache_layout(pipeline, tmp_path):
+    # weights in several files (an index naming the shards; .bin too), and the
+    # Hugging Face cache folder itself (models--org--name/snapshots/HASH)
+    cfg, ref, _ = pipeline
+    expected = rekey_reference(ref)
+    for safe in (True, False):
+        folder = tmp_path / f'sharded_{safe}'
+        ref.save_pretrained(folder, safe_serialization=safe, max_shard_size='20KB')
+        assert len(list(folder.glob('diffusion_pytorch_model-*'))) > 1
+        state = load_checkpoint_file(str(folder))
+        for key, value in expected.items():
+            torch.testing.assert_close(state[key], value, atol=1e-6, rtol=0, msg=key)
+    cache = tmp_path / 'models--facebook--DiT-tiny'
+    save_pipeline(ref, cache / 'snapshots' / 'abc123')
+    (cache / 'refs').mkdir()
+    (cache / 'refs' / 'main').write_text('abc123')
+    model = DiT(**cfg).eval()
+    load_dit_checkpoint(model, str(cache))
+    same_as_reference(cfg, ref, model)
+    # a Transformer2DModel that is not a DiT (PixArt's norm) is named from its
+    # config.json before any weight is read
+    other = tmp_path / 'pixart'
+    other.mkdir()
+    (other / 'config.json').write_text(json.dumps({'_class_name': 'Transformer2DModel',
+                                                   'norm_type': 'ada_norm_single'}))
+    with pytest.raises(ValueError, match=r"pixart: a diffusers Transformer2DModel with "
+                                         r"norm_type='ada_norm_single', not a DiT"):
+        load_checkpoint_file(str(other))
