@@ -22,7 +22,8 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
-           'trained_objective', 'trained_model_config', 'config_objective']
+           'trained_objective', 'trained_model_config', 'config_objective',
+           'read_json_config']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -41,6 +42,17 @@ def local_pretrained_kwargs() -> dict:
     VAE load)."""
     from importlib.util import find_spec
     return dict(local_files_only=True, low_cpu_mem_usage=find_spec('accelerate') is not None)
+
+
+def read_json_config(path: str) -> Optional[dict]:
+    """A model folder's JSON file (``config.json``, ``model_index.json``) as a dict, or
+    None (none there, unreadable, or not a JSON object)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',
@@ -86,7 +98,7 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
             folder, lambda f, where: _read_file(f, where, safe_globals, mmap), map_location)
     obj = _read_file(path, map_location, safe_globals, mmap)
     if diffusers_dit.is_diffusers_dit(obj):  # its weights file, named alone
-        config = diffusers_dit.read_config(osp.join(osp.dirname(path), 'config.json'))
+        config = read_json_config(osp.join(osp.dirname(path), 'config.json'))
         return diffusers_dit.dit_state_from_diffusers(obj, config, path)
     return obj
 

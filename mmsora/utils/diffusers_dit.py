@@ -33,8 +33,10 @@ from typing import Optional
 
 import torch
 
+from mmsora.utils.checkpoint import read_json_config
+
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
-           'dit_state_from_diffusers', 'read_config', 'diffusers_from_dit',
+           'dit_state_from_diffusers', 'diffusers_from_dit',
            'DIT_HEADS']
 
 # The classes a diffusers DiT transformer's config.json names.
@@ -66,7 +68,7 @@ def diffusers_dit_folder(path: str) -> Optional[str]:
     if osp.isfile(osp.join(path, 'model_index.json')) \
             and osp.isdir(osp.join(path, 'transformer')):
         path = osp.join(path, 'transformer')
-    config = read_config(osp.join(path, 'config.json'))
+    config = read_json_config(osp.join(path, 'config.json'))
     return path if config and config.get('_class_name') in DIT_CLASSES else None
 
 
@@ -87,23 +89,11 @@ def _hub_snapshot(path: str) -> str:
     return osp.join(snapshots, found[0]) if len(found) == 1 else path
 
 
-def read_config(path: str) -> Optional[dict]:
-    """A folder's config.json as a dict, or None (none there, or not JSON)."""
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path, encoding='utf-8') as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
     """The original-layout state dict of the diffusers DiT transformer ``folder``
     (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
     map_location)`` (a single file, or the shards an index lists)."""
-    config = read_config(osp.join(folder, 'config.json'))
+    config = read_json_config(osp.join(folder, 'config.json'))
     check_dit_config(config, folder)  # before any weight is read
     indexes = [name for name in INDEX_FILES if osp.isfile(osp.join(folder, name))]
     found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]

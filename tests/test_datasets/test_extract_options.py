@@ -158,6 +158,24 @@ def test_a_vae_folder_without_weights_or_without_a_vae_is_named(image_folder, ti
     assert not os.path.exists(tmp_path / 'out' / 'parts')  # nothing begun
 
 
+def test_a_vae_folder_with_fp16_weights_alone_loads(image_folder, tiny_vae_dir, tmp_path):
+    # the weights as diffusion_pytorch_model.fp16.safetensors alone (a variant, as hub
+    # folders hold them): diffusers read it only when asked, and the folder was said
+    # to hold no weights
+    from diffusers import AutoencoderKL
+    variant = tmp_path / 'vae_fp16'
+    AutoencoderKL.from_pretrained(tiny_vae_dir).save_pretrained(variant, variant='fp16')
+    assert sorted(os.listdir(variant)) == ['config.json',
+                                           'diffusion_pytorch_model.fp16.safetensors']
+    summary = run_extract(image_folder, str(tmp_path / 'out'), str(variant), '--dtype',
+                          'float32')
+    assert summary['num_items'] == 6
+    ref = run_extract(image_folder, str(tmp_path / 'ref'), tiny_vae_dir, '--dtype', 'float32')
+    assert ref['num_items'] == 6
+    a, b = LatentStore(str(tmp_path / 'ref')), LatentStore(str(tmp_path / 'out'))
+    np.testing.assert_array_equal(a[0], b[0])  # (the tiny VAE's weights were float32)
+
+
 def test_an_item_encoded_to_nan_is_skipped_with_its_reason(image_folder, tiny_vae_dir,
                                                           tmp_path, capsys):
     """A VAE that overflows on one input (half precision, a broken picture) gave NaN

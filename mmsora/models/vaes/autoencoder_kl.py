@@ -6,6 +6,7 @@ models: ``latents = (z - shift_factor) * scale_factor``, 0.18215 for SD VAEs as 
 Videos ``(N, C, T, H, W)`` are encoded frame by frame (the SD VAE is per-image).
 """
 import glob
+import os
 import os.path as osp
 
 import torch
@@ -14,7 +15,7 @@ from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
-from mmsora.utils.checkpoint import local_pretrained_kwargs
+from mmsora.utils.checkpoint import local_pretrained_kwargs, read_json_config
 
 __all__ = ['AutoencoderKLWrapper']
 
@@ -22,12 +23,7 @@ __all__ = ['AutoencoderKLWrapper']
 def folder_vae_class(folder: str):
     """The diffusers class a model folder was saved from (``config.json``'s
     ``_class_name``), or None where it does not say."""
-    import json
-    try:
-        with open(osp.join(folder, 'config.json')) as f:
-            found = json.load(f).get('_class_name')
-    except (OSError, ValueError, AttributeError):
-        return None
+    found = (read_json_config(osp.join(folder, 'config.json')) or {}).get('_class_name')
     return found if isinstance(found, str) else None
 
 
@@ -36,13 +32,8 @@ def folder_model(folder: str):
     AutoencoderKL'`` (its ``_class_name``), ``'transformers T5EncoderModel'`` (its
     ``architectures``, else its ``model_type``), or None where it does not say (or
     cannot be read)."""
-    import json
-    try:
-        with open(osp.join(folder, 'config.json')) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
+    config = read_json_config(osp.join(folder, 'config.json'))
+    if config is None:
         return None
     if isinstance(config.get('_class_name'), str):
         return f'diffusers {config["_class_name"]}'
@@ -83,16 +74,30 @@ def check_vae_kind(folder: str, wanted: str) -> None:
                      f'not {wanted} ones: {hint}')
 
 
+def weights_variant(folder: str) -> dict:
+    """``dict(variant=NAME)`` for a folder holding only a variant of the weights
+    (``diffusion_pytorch_model.fp16.safetensors``, as the hub's folders may), which
+    diffusers reads only when asked (it said 'no file named ...', and the folder was
+    said to hold no weights); ``{}`` otherwise."""
+    import re
+    names = os.listdir(folder) if osp.isdir(folder) else []
+    plain = re.compile(r'diffusion_pytorch_model(-\d+-of-\d+)?\.(safetensors|bin)'
+                       r'(\.index\.json)?')
+    if any(plain.fullmatch(n) for n in names):
+        return {}
+    variants = sorted({m[1] for n in names for m in [re.fullmatch(
+        r'diffusion_pytorch_model\.(\w+)\.(safetensors|bin)', n)] if m})
+    return dict(variant='fp16' if 'fp16' in variants else variants[0]) if variants else {}
+
+
 def _pipeline_without_vae(folder: str) -> str:
     """': a StableDiffusionPipeline folder (model_index.json) without vae/' for a
     pipeline folder given as the VAE, else ''."""
-    import json
-    try:
-        with open(osp.join(folder, 'model_index.json')) as f:
-            name = json.load(f).get('_class_name')
-    except (OSError, ValueError, AttributeError):
+    index = read_json_config(osp.join(folder, 'model_index.json'))
+    if index is None:
         return ''
-    return f': a {name or "diffusers pipeline"} folder (model_index.json) without vae/'
+    return (f': a {index.get("_class_name") or "diffusers pipeline"} folder '
+            '(model_index.json) without vae/')
 
 
 @MODELS.register_module()
@@ -173,7 +178,8 @@ class AutoencoderKLWrapper(nn.Module):
         if not glob.glob(osp.join(glob.escape(folder), 'diffusion_pytorch_model*')):
             raise no_weights
         try:
-            return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
+            return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs(),
+                                       **weights_variant(folder))
         except OSError as e:
             if 'no file named' not in str(e):
                 raise
