@@ -44,6 +44,7 @@ from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
                                           read_store_progress)
+from mmsora.engine.hooks.loss_guard_hook import nonfinite_rows
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
@@ -508,19 +509,6 @@ def encode_batch(x, vae, text_encoder, captions, args, device):
     return fields
 
 
-def nonfinite_rows(fields) -> dict:
-    """``{row: field}`` of a batch's items (:func:`encode_batch`) whose latents or text
-    embeddings hold NaN / inf, in the dtype they are stored in: a VAE that overflowed
-    (half precision), or values past float16's range. Such an item was written into
-    the store without a word, and training met it as a NaN loss hours later."""
-    bad = {}
-    for name, value in fields.items():
-        if value.is_floating_point():
-            for row in (~torch.isfinite(value.flatten(1)).all(1)).nonzero().flatten().tolist():
-                bad.setdefault(row, name)
-    return bad
-
-
 def summarize(args, writer, pending, skipped_now, latent_shape):
     """Finalize the store (rank 0, after every rank is done) and print what it holds."""
     index = writer.finalize()
@@ -601,12 +589,16 @@ def main(argv=None):
                 fields = encode_batch(
                     batch, vae, text_encoder,
                     [source.captions[g] for g, why in items if why is None], args, device)
+                # an item whose latents or text embeddings hold NaN / inf in the dtype
+                # they are stored in (a VAE that overflowed, values past float16's range)
+                # was written without a word, and training met it as a NaN loss
                 row, bad = 0, nonfinite_rows(fields)
             for gidx, why in items:
                 buf = bufs[gidx // args.shard_size]
                 if why is None and row in bad:  # skipped, with its reason, as unreadable
                     # inputs are: training would meet it as a NaN loss
-                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({args.dtype}): '
+                    kept_as = str(fields[bad[row]].dtype).replace('torch.', '')
+                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({kept_as}): '
                            'the encoder overflowed or the input is broken')
                     tqdm.write(f'{PROG}: skipping {source.names[gidx]}: {why}')
                     row += 1
@@ -630,7 +622,8 @@ def main(argv=None):
     close_process_group()
     if summary and summary['complete'] and not summary['num_items']:
         fail(f'no latents written to {args.out}: '
-             + (f'all {len(skipped)} inputs were unreadable' if skipped else 'no inputs'))
+             + (f'all {len(skipped)} inputs were skipped (unreadable, too short or '
+                'encoded to NaN / inf: listed above)' if skipped else 'no inputs'))
     return summary
 
 

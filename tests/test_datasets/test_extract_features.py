@@ -132,8 +132,9 @@ def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
     # (mmengine's infinite sampler would wait on it for ever).
     (tmp_path / 'bad' / 'a').mkdir(parents=True)
     (tmp_path / 'bad' / 'a' / 'x.png').write_bytes(b'\x89PNG\r\n\x1a\n not a png')
-    with pytest.raises(UserError, match=r'^no latents written to .*empty_store: '
-                                         r'all 1 inputs were unreadable$'):
+    with pytest.raises(UserError, match=r'^no latents written to .*empty_store: all 1 '
+                                         r'inputs were skipped \(unreadable, too short or '
+                                         r'encoded to NaN / inf: listed above\)$'):
         run_extract(str(tmp_path / 'bad'), str(tmp_path / 'empty_store'), tiny_vae_dir)
     with pytest.raises(ValueError, match=r"holds no latents \(its extraction skipped all 1 "):
         PackedLatentDataset(str(tmp_path / 'empty_store'))

@@ -393,7 +393,7 @@ def test_an_accumulated_step_names_the_micro_batch_items_and_caps_the_list():
     wrapper.step()
     wrapper.zero_grad()
     assert runner.logger.lines[-1][1].endswith(
-        'non-finite latents in the batch: item 10; item 13')
+        'non-finite latents in the batch: item 10, item 13')
     # without indices: the positions in the step's 8 items
     guard.before_train_iter(runner, 0, _batch(4))
     wrapper.backward(param.sum())
@@ -402,7 +402,7 @@ def test_an_accumulated_step_names_the_micro_batch_items_and_caps_the_list():
     wrapper.step()
     wrapper.zero_grad()
     assert runner.logger.lines[-1][1].endswith(
-        'non-finite latents in the batch of 8 at position 4; position 7 (its items carry '
+        'non-finite latents in the batch of 8 at position 4, position 7 (its items carry '
         'no sample_idx to name them by)')
     # a gradient that is not finite with a finite loss: the items, unchecked
     guard.before_train_iter(runner, 2, _batch(list(range(100, 120))))
@@ -432,6 +432,6 @@ def test_the_stop_names_the_items_of_its_last_step(tmp_path):
         wrapper.update_params((param * float('nan')).sum())
     assert explain_error(info.value) == (
         'the loss or gradient was not finite in 3 iterations in a row (1 to 3; at 3: loss '
-        'nan, gradient norm nan; non-finite latents in the batch of 4 at position 1; '
+        'nan, gradient norm nan; non-finite latents in the batch of 4 at position 1, '
         'position 2 (its items carry no sample_idx to name them by)); stopping. Check the '
         'data and the learning rate, then start again (no checkpoint was saved yet)')

@@ -100,19 +100,26 @@ def batch_size(data_batch) -> int:
     return len(data_batch) if isinstance(data_batch, (list, tuple)) else 0
 
 
+def nonfinite_rows(fields, n=None) -> dict:
+    """``{row: field}`` of the rows of a dict of batched tensors (``n`` rows, default
+    the first tensor's) whose float fields hold NaN or inf, the first such field of
+    each (a batch's latents, images, text embeddings; an extraction's, in
+    tools/extract_features.py)."""
+    found = {}
+    for key, value in fields.items():
+        if torch.is_tensor(value) and value.is_floating_point() and value.dim() \
+                and (n is None or len(value) == n):
+            bad = ~torch.isfinite(value.detach().reshape(len(value), -1)).all(1)
+            for row in bad.nonzero().flatten().tolist():
+                found.setdefault(row, key)
+    return found
+
+
 def nonfinite_items(data_batch):
     """``[(position, field)]`` of a batch's items whose float inputs (latents, images,
     text embeddings) hold NaN or inf, the first such field of each, in batch order."""
     if isinstance(data_batch, dict):
-        n = batch_size(data_batch)
-        found = {}
-        for key, value in data_batch.items():
-            if torch.is_tensor(value) and value.is_floating_point() and value.dim() \
-                    and len(value) == n:
-                bad = ~torch.isfinite(value.detach().reshape(n, -1)).all(1)
-                for pos in bad.nonzero().flatten().tolist():
-                    found.setdefault(pos, key)
-        return sorted(found.items())
+        return sorted(nonfinite_rows(data_batch, batch_size(data_batch)).items())
     items = data_batch if isinstance(data_batch, (list, tuple)) else ()
     out = []
     for pos, item in enumerate(items):
@@ -320,7 +327,7 @@ class LossGuardHook(Hook):
                              f'item {index}' + (f' ({name})' if name else ''))
             fields = '/'.join(dict.fromkeys(field for _, _, field in self._bad))
             more = len(self._bad) - len(named)
-            where = '; '.join(named) + (f' and {more} more' if more > 0 else '')
+            where = ', '.join(named) + (f' and {more} more' if more > 0 else '')
             if self._indices is None:
                 return (f'non-finite {fields} in {whose} of {self._seen} at {where} (its '
                         f'items carry no {INDEX_KEY} to name them by)')
