@@ -14,6 +14,14 @@ shuffled ``DataLoader`` over every item ``--epochs`` times (after one untimed wa
 batch) and reports samples/s; the two layouts take turns for each worker count, and
 the best of ``--repeats`` runs is kept. Both read from the page cache once written, so
 this measures the loader's CPU cost, not the disk.
+
+``--store DIR`` times a packed store of one's own instead (read only, nothing
+written): ``--num-samples`` items drawn from it (seeded), read as training reads them
+(:class:`PackedLatentDataset`: a posterior sample per item, text embeddings where the
+store holds them), at each ``--workers`` count, with the bytes an item holds and
+MB/s: whether the loader keeps up with the training step (a store of T5 embeddings
+holds about 1 MB an item). A first pass reads from the disk; later ones from the
+page cache where the items fit in memory.
 """
 import json
 import os
@@ -51,6 +59,9 @@ def parse_args(argv=None):
                         'the --num-samples, --latent-shape and --dtype asked, and refused '
                         'otherwise (nothing there is overwritten); default: a temporary '
                         'folder')
+    parser.add_argument('--store', metavar='DIR',
+                        help='time this packed latent store (extract_features.py\'s '
+                        'output) alone, read only: --num-samples items of it')
     parser.add_argument('--json', metavar='FILE', help='write the results here (its folder '
                         'is made if missing)')
     return parser.parse_args(argv)
@@ -130,6 +141,51 @@ def time_loader(dataset, workers, batch_size, epochs) -> dict:
     return dict(samples=n, seconds=elapsed, samples_per_s=n / elapsed)
 
 
+def item_bytes(item) -> int:
+    """Bytes of the tensors of one dataset item."""
+    return sum(v.numel() * v.element_size() for v in item.values() if torch.is_tensor(v))
+
+
+def time_store(args) -> list:
+    """``--store``: samples/s and MB/s of ``--num-samples`` items of the store, at each
+    worker count, the best of ``--repeats``; nothing is written."""
+    from torch.utils.data import Subset
+    try:
+        dataset = PackedLatentDataset(args.store, seed=0)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f'--store {args.store}: {e}') from None
+    n = min(args.num_samples, len(dataset))
+    if n < args.batch_size:
+        raise UserError(f'--store {args.store}: {n} items, below one batch ({args.batch_size})')
+    picked = np.random.default_rng(0).choice(len(dataset), n, replace=False).tolist()
+    first = dataset[picked[0]]
+    size = item_bytes(first)
+    results = []
+    for workers in args.workers:
+        runs = [time_loader(Subset(dataset, picked), workers, args.batch_size, args.epochs)
+                for _ in range(args.repeats)]
+        best = max(runs, key=lambda r: r['samples_per_s'])
+        results.append(dict(layout='store', workers=workers, item_bytes=size,
+                            mb_per_s=best['samples_per_s'] * size / 1e6, **best,
+                            all_samples_per_s=[round(r['samples_per_s']) for r in runs]))
+    fields = ', '.join(sorted(k for k, v in first.items() if torch.is_tensor(v)))
+    print(f'store={args.store} items={len(dataset)} timed={n} ({fields}; '
+          f'{size / 1e6:.3f} MB an item) batch_size={args.batch_size} epochs={args.epochs} '
+          f'repeats={args.repeats} cpus={os.cpu_count()}')
+    print(f'{"workers":>7}  {"samples/s":>10}  {"MB/s":>8}  runs')
+    for r in results:
+        print(f'{r["workers"]:>7}  {r["samples_per_s"]:>10.0f}  {r["mb_per_s"]:>8.1f}  '
+              f'{r["all_samples_per_s"]}')
+    return results
+
+
+def write_json(path, args, results) -> None:
+    if path:
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        with open(path, 'w') as f:
+            json.dump(dict(setup=vars(args), results=results), f, indent=2)
+
+
 def main(argv=None):
     args = parse_args(argv)
     for name in ('num_samples', 'batch_size', 'epochs', 'repeats'):
@@ -142,6 +198,14 @@ def main(argv=None):
     if min(args.workers) < 0:
         raise UserError(f'--workers {" ".join(map(str, args.workers))}: a count of loader '
                         'processes, >= 0 (0: load in the main process)')
+    check_output_path(args.json, '--json')  # before the work, not after it
+    if args.store:
+        if args.data:
+            raise UserError('--store and --data exclude each other: --store times a store '
+                            'of yours, read only; --data is the benchmark\'s own folder')
+        results = time_store(args)
+        write_json(args.json, args, results)
+        return results
     if args.num_samples < args.batch_size:
         raise UserError(f'--num-samples {args.num_samples} is below one batch '
                         f'({args.batch_size})')
@@ -152,7 +216,6 @@ def main(argv=None):
             raise UserError(f'--data {args.data} holds other files ({", ".join(other[:3])}'
                             f'{", ..." if len(other) > 3 else ""}): it is the benchmark\'s '
                             'own folder for the data it generates; give a new or empty one')
-    check_output_path(args.json, '--json')  # before the work, not after it
     tmp = None
     root = args.data
     if root is None:
@@ -181,10 +244,7 @@ def main(argv=None):
               f'{npy["samples_per_s"]:>15.0f}  '
               f'{packed["samples_per_s"] / npy["samples_per_s"]:>5.2f}  '
               f'{packed["all_samples_per_s"]} / {npy["all_samples_per_s"]}')
-    if args.json:
-        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(dict(setup=vars(args), results=results), f, indent=2)
+    write_json(args.json, args, results)
     if tmp is not None:
         tmp.cleanup()
     return results

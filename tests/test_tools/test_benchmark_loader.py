@@ -134,3 +134,38 @@ def test_json_goes_into_a_new_folder_and_a_bad_one_is_refused_first(tmp_path):
     with pytest.raises(UserError, match=f'--data {out}/d: {out} is a file, not a folder'):
         benchmark_loader.main(run + ['--data', str(out / 'd')])
     assert not (tmp_path / 'unused').exists()
+
+
+def test_a_store_of_ones_own_is_timed_read_only(tmp_path, capsys):
+    """--store times a packed store the user made (the benchmark wrote only its own
+    generated data, and refused a folder of other files), text embeddings included,
+    with the bytes an item holds; nothing in the store changes."""
+    from mmsora.datasets import LatentStoreWriter
+    root = str(tmp_path / 'store')
+    rng = np.random.default_rng(0)
+    writer = LatentStoreWriter(root, 40, (4, 8, 8), dtype='float16', shard_size=16,
+                               text_shape=(6, 16))
+    for k, (a, b) in enumerate(((0, 16), (16, 32), (32, 40))):
+        moments = rng.standard_normal((b - a, 1, 2, 4, 8, 8)).astype(np.float32)
+        text = dict(text_embeds=torch.randn(b - a, 6, 16).half(),
+                    text_mask=torch.ones(b - a, 6, dtype=torch.bool))
+        writer.write_shard(k, moments, [0] * (b - a), text=text)
+    writer.finalize()
+    before = {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in os.listdir(root)}
+    results = benchmark_loader.main(['--store', root, '--num-samples', '32', '--batch-size',
+                                     '8', '--workers', '0', '1', '--epochs', '1', '--repeats',
+                                     '2', '--json', str(tmp_path / 'r.json')])
+    # as training reads them: the latents (4x8x8) and text embeddings (6x16) in float32,
+    # the mask's 6 bools
+    assert [r['workers'] for r in results] == [0, 1]
+    assert all(r['samples'] == 32 and r['item_bytes'] == 4 * 8 * 8 * 4 + 6 * 16 * 4 + 6
+               for r in results), results
+    out = capsys.readouterr().out
+    assert f'store={root} items=40 timed=32 (latents, text_embeds, text_mask; 0.001 MB an ' \
+        'item)' in out
+    assert json.load(open(tmp_path / 'r.json'))['results'][1]['mb_per_s'] > 0
+    assert {f: os.stat(os.path.join(root, f)).st_mtime_ns for f in os.listdir(root)} == before
+    with pytest.raises(UserError, match='--store and --data exclude each other'):
+        benchmark_loader.main(['--store', root, '--data', str(tmp_path / 'd')])
+    with pytest.raises(UserError, match=rf'^--store {tmp_path}: '):
+        benchmark_loader.main(['--store', str(tmp_path)])
