@@ -50,6 +50,21 @@ INDEX_FILES = ('diffusion_pytorch_model.safetensors.index.json',
                'diffusion_pytorch_model.bin.index.fp16.json')
 _EMB = 'transformer_blocks.{}.norm1.emb.'
 
+# The same weights' names, the original DiT's and diffusers' (``{}``: weight / bias),
+# read one way by dit_state_from_diffusers and the other by diffusers_from_dit.
+# Both final modulations emit (shift, scale) in that order; AdaLayerNormZero chunks
+# shift / scale / gate of the attention, then of the MLP, as the original's blocks.
+TOP_NAMES = (('x_embedder.proj.{}', 'pos_embed.proj.{}'),
+             ('final_layer.adaLN_modulation.1.{}', 'proj_out_1.{}'),
+             ('final_layer.linear.{}', 'proj_out_2.{}'))
+# the shared embedder (diffusers: a copy in each block, under _EMB)
+EMBEDDER_NAMES = (('t_embedder.mlp.0.{}', 'timestep_embedder.linear_1.{}'),
+                  ('t_embedder.mlp.2.{}', 'timestep_embedder.linear_2.{}'))
+LABEL_NAMES = ('y_embedder.embedding_table.weight', 'class_embedder.embedding_table.weight')
+# in block i: blocks.{i}. / transformer_blocks.{i}. (q, k, v: one qkv in the original)
+BLOCK_NAMES = (('attn.proj.{}', 'attn1.to_out.0.{}'), ('mlp.fc1.{}', 'ff.net.0.proj.{}'),
+               ('mlp.fc2.{}', 'ff.net.2.{}'), ('adaLN_modulation.1.{}', 'norm1.linear.{}'))
+
 
 def is_diffusers_dit(obj) -> bool:
     """Whether a loaded checkpoint is a diffusers DiT transformer's state dict."""
@@ -154,31 +169,18 @@ def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -
                     f'{name}) differs from block 0\'s: a DiT trained in diffusers, with an '
                     'embedder per block; the original DiT (and mmsora\'s) shares one, so '
                     'these weights cannot be loaded exactly')
-    out = {
-        'x_embedder.proj.weight': state['pos_embed.proj.weight'],
-        'x_embedder.proj.bias': state['pos_embed.proj.bias'],
-        't_embedder.mlp.0.weight': emb0['timestep_embedder.linear_1.weight'],
-        't_embedder.mlp.0.bias': emb0['timestep_embedder.linear_1.bias'],
-        't_embedder.mlp.2.weight': emb0['timestep_embedder.linear_2.weight'],
-        't_embedder.mlp.2.bias': emb0['timestep_embedder.linear_2.bias'],
-        'y_embedder.embedding_table.weight': emb0['class_embedder.embedding_table.weight'],
-        # both emit (shift, scale), in that order
-        'final_layer.adaLN_modulation.1.weight': state['proj_out_1.weight'],
-        'final_layer.adaLN_modulation.1.bias': state['proj_out_1.bias'],
-        'final_layer.linear.weight': state['proj_out_2.weight'],
-        'final_layer.linear.bias': state['proj_out_2.bias'],
-    }
+    out = {LABEL_NAMES[0]: emb0[LABEL_NAMES[1]]}
+    for ours, theirs in TOP_NAMES + EMBEDDER_NAMES:
+        source_of = emb0 if (ours, theirs) in EMBEDDER_NAMES else state
+        for wb in ('weight', 'bias'):
+            out[ours.format(wb)] = source_of[theirs.format(wb)]
     for i in range(depth):
         src, dst = f'transformer_blocks.{i}.', f'blocks.{i}.'
         for wb in ('weight', 'bias'):
             out[dst + f'attn.qkv.{wb}'] = torch.cat(
                 [state[src + f'attn1.to_{n}.{wb}'] for n in 'qkv'], dim=0)
-            out[dst + f'attn.proj.{wb}'] = state[src + f'attn1.to_out.0.{wb}']
-            out[dst + f'mlp.fc1.{wb}'] = state[src + f'ff.net.0.proj.{wb}']
-            out[dst + f'mlp.fc2.{wb}'] = state[src + f'ff.net.2.{wb}']
-            # AdaLayerNormZero chunks shift / scale / gate of the attention, then of
-            # the MLP: the original's order
-            out[dst + f'adaLN_modulation.1.{wb}'] = state[src + f'norm1.linear.{wb}']
+            for ours, theirs in BLOCK_NAMES:
+                out[dst + ours.format(wb)] = state[src + theirs.format(wb)]
     if table is None:
         from mmsora.models.layers.embedders import get_2d_sincos_pos_embed
         hidden, patch = out['x_embedder.proj.weight'].shape[0], \
@@ -223,30 +225,19 @@ def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> 
                          'diffusers\' DiT is square (sample_size)')
     rows = state['y_embedder.embedding_table.weight'].shape[0]
     depth = 1 + max(int(k.split('.')[1]) for k in state if k.startswith('blocks.'))
-    emb = {
-        'timestep_embedder.linear_1.weight': state['t_embedder.mlp.0.weight'],
-        'timestep_embedder.linear_1.bias': state['t_embedder.mlp.0.bias'],
-        'timestep_embedder.linear_2.weight': state['t_embedder.mlp.2.weight'],
-        'timestep_embedder.linear_2.bias': state['t_embedder.mlp.2.bias'],
-        'class_embedder.embedding_table.weight': state['y_embedder.embedding_table.weight'],
-    }
-    out = {
-        'pos_embed.proj.weight': patch_w, 'pos_embed.proj.bias': state['x_embedder.proj.bias'],
-        'proj_out_1.weight': state['final_layer.adaLN_modulation.1.weight'],
-        'proj_out_1.bias': state['final_layer.adaLN_modulation.1.bias'],
-        'proj_out_2.weight': state['final_layer.linear.weight'],
-        'proj_out_2.bias': state['final_layer.linear.bias'],
-    }
+    emb = {LABEL_NAMES[1]: state[LABEL_NAMES[0]]}
+    emb.update({theirs.format(wb): state[ours.format(wb)] for ours, theirs in EMBEDDER_NAMES
+                for wb in ('weight', 'bias')})
+    out = {theirs.format(wb): state[ours.format(wb)] for ours, theirs in TOP_NAMES
+           for wb in ('weight', 'bias')}
     for i in range(depth):
         src, dst = f'blocks.{i}.', f'transformer_blocks.{i}.'
         out.update({_EMB.format(i) + k: v.clone() for k, v in emb.items()})
         for wb in ('weight', 'bias'):
             for n, part in zip('qkv', state[src + f'attn.qkv.{wb}'].chunk(3, dim=0)):
                 out[dst + f'attn1.to_{n}.{wb}'] = part.clone()
-            out[dst + f'attn1.to_out.0.{wb}'] = state[src + f'attn.proj.{wb}']
-            out[dst + f'ff.net.0.proj.{wb}'] = state[src + f'mlp.fc1.{wb}']
-            out[dst + f'ff.net.2.{wb}'] = state[src + f'mlp.fc2.{wb}']
-            out[dst + f'norm1.linear.{wb}'] = state[src + f'adaLN_modulation.1.{wb}']
+            for ours, theirs in BLOCK_NAMES:
+                out[dst + theirs.format(wb)] = state[src + ours.format(wb)]
     config = {
         '_class_name': 'DiTTransformer2DModel', 'activation_fn': 'gelu-approximate',
         'attention_bias': True, 'attention_head_dim': hidden // num_heads, 'dropout': 0.0,
