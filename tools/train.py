@@ -123,9 +123,10 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
         raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}; '
                         + (hint or 'give the settings it was trained with (widths, depth, '
                            'patch size, learn_sigma, classes)'))
-    if table in tables_kept(ours, theirs, fixed):
-        say_tables_kept(f'{option} {path}', {LABEL_TABLE: ours[table]},
-                        {LABEL_TABLE: theirs[table]}, [LABEL_TABLE])
+    kept = [k[len('denoiser.'):] for k in tables_kept(ours, theirs, fixed)]
+    if kept:  # (mmengine's loader keeps them, printing its 'size mismatch' lines)
+        say_tables_kept(f'{option} {path}', {k: ours[f'denoiser.{k}'] for k in kept},
+                        {k: theirs[f'denoiser.{k}'] for k in kept}, kept)
 
 
 def check_denoiser_file_matches(model, path) -> None:
@@ -535,6 +536,12 @@ def build_train_config(args):
     if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)
             and osp.isfile(cfg.load_from) and not args.deepspeed):
         check_resume_matches(cfg, meta_model, cfg.load_from)
+    if args.load_from is None and args.resume is None and not cfg.get('resume') \
+            and isinstance(cfg.get('load_from'), str):
+        # a config's load_from (OpenMMLab's way, or --cfg-options load_from=F) goes the
+        # way --load-from goes: a DiT file reached mmengine's loader and its EMA hook
+        # failed with a KeyError traceback
+        args.load_from = cfg.load_from
     if args.load_from is not None:
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
         if not osp.isfile(args.load_from) and diffusers_dit_folder(args.load_from) is None:
@@ -562,6 +569,11 @@ def build_train_config(args):
                 check_denoiser_file_matches(meta_model, args.load_from)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
+    if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):
+        # the run's checkpoint gives every weight (--resume, or --load-from a run): a
+        # pretrained_denoiser (a work dir's dumped config keeps its run's --load-from)
+        # was read for nothing, and stopped the resume once that file was gone
+        cfg.model.pretrained_denoiser = None
     seed = (cfg.get('randomness') or {}).get('seed')
     if seed is not None and 'init_seed' not in cfg.model:
         # The initial weights from the run's seed, wherever the runner builds the model
