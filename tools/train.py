@@ -107,8 +107,8 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.checkpoint import (LABEL_TABLE, fine_tune_tables, null_row_hint,
-                                         say_tables_kept, tables_kept, weight_mismatch)
+    from mmsora.utils.checkpoint import (fine_tune_tables, mismatch_hint, say_tables_kept,
+                                         tables_kept, weight_mismatch)
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
     # a fine-tune to another input size, frame count or class count: the fixed sin-cos
@@ -117,12 +117,11 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     fixed = ({f'denoiser.{k}' for k in fine_tune_tables(model.denoiser)}
              if option == '--load-from' else set())
     found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
-    table = f'denoiser.{LABEL_TABLE}'
     if found:
-        hint = null_row_hint(ours.get(table), theirs.get(table))
-        raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}; '
-                        + (hint or 'give the settings it was trained with (widths, depth, '
-                           'patch size, learn_sigma, classes)'))
+        hint = mismatch_hint(model.denoiser, *({k[len('denoiser.'):]: v for k, v in x.items()}
+                                               for x in (ours, theirs)))
+        raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}'
+                        + (f'; {hint}' if hint else ''))
     kept = [k[len('denoiser.'):] for k in tables_kept(ours, theirs, fixed)]
     if kept:  # (mmengine's loader keeps them, printing its 'size mismatch' lines)
         say_tables_kept(f'{option} {path}', {k: ours[f'denoiser.{k}'] for k in kept},
@@ -135,9 +134,8 @@ def check_denoiser_file_matches(model, path) -> None:
     Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
     lines of start-up and with a work dir made. The fixed sin-cos tables and the label
     table may differ (another input size or class count: a fine-tune)."""
-    from mmsora.utils.checkpoint import (LABEL_TABLE, extract_state_dict, fine_tune_tables,
-                                         load_checkpoint_file, null_row_hint,
-                                         weight_mismatch)
+    from mmsora.utils.checkpoint import (extract_state_dict, fine_tune_tables,
+                                         load_checkpoint_file, mismatch_hint, weight_mismatch)
     try:
         state = extract_state_dict(load_checkpoint_file(path), key='auto')
     except (KeyError, ValueError):  # what the load itself says, in init_weights
@@ -147,10 +145,9 @@ def check_denoiser_file_matches(model, path) -> None:
     found = weight_mismatch(ours, theirs, own_name='config',
                             fixed=fine_tune_tables(model.denoiser))
     if found:
-        hint = null_row_hint(ours.get(LABEL_TABLE), theirs.get(LABEL_TABLE))
+        hint = mismatch_hint(model.denoiser, ours, theirs)
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
-                        f'{found}; ' + (hint or 'give the settings it was trained with '
-                                        '(widths, depth, patch size, learn_sigma, classes)'))
+                        f'{found}' + (f'; {hint}' if hint else ''))
 
 
 def note_learning_rate_kept(cfg, path, optimizer_state) -> None:

@@ -23,7 +23,7 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective',
-           'read_json_config']
+           'read_json_config', 'mismatch_hint']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -479,10 +479,17 @@ def null_row_hint(ours, theirs) -> str:
             'model.denoiser.class_dropout_prob=0')
 
 
-def _mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
+def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
     """What to do about a checkpoint of another model (``own`` and ``given``: the
-    model's and the checkpoint's shapes), or '' where the mismatch says it already
-    (an image DiT's file for a video model)."""
+    denoiser's and the checkpoint's shapes, the denoiser's own names), or '' where
+    the mismatch says it already (an image DiT's file for a video model). The grid,
+    patch size, null-class row, class count and learned sigma are named with the
+    setting to give; a VAE's weights as such (they were told to change the widths)."""
+    if any(k.startswith(('encoder.', 'decoder.')) for k in given) \
+            and not any(k.startswith(('encoder.', 'decoder.')) for k in own):
+        return ('the file holds a VAE\'s weights (encoder / decoder), not a denoiser\'s: '
+                'give the denoiser\'s checkpoint (a VAE folder goes to '
+                'model.vae.pretrained_path)')
     ours, theirs = _patch_size_of(own), _patch_size_of(given)
     ours = ours or getattr(model, 'patch_size', None)
     if 'pos_embed' in own and 'pos_embed' in given \
@@ -497,6 +504,20 @@ def _mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
         return null_row
     if _kind_of_file(own, given).startswith('the file is an image DiT'):
         return ''
+    table = [_shape(x[LABEL_TABLE]) if LABEL_TABLE in x else None for x in (own, given)]
+    if None not in table and table[0][-1:] == table[1][-1:] and table[0] != table[1]:
+        rows = table[1][0]
+        return (f'the file\'s label table has {rows} rows ({rows - 1} classes and the '
+                f'null-class row): set model.denoiser.num_classes={rows - 1} and '
+                f'model.num_classes={rows - 1}')
+    out = [_shape(x['final_layer.linear.weight']) if 'final_layer.linear.weight' in x
+           else None for x in (own, given)]
+    if None not in out and out[0][1:] == out[1][1:] and out[1][0] in (2 * out[0][0],
+                                                                      out[0][0] // 2):
+        sigma = out[1][0] > out[0][0]
+        return (f'the file {"predicts" if sigma else "does not predict"} the variance '
+                f'(learn_sigma: {out[1][0]} outputs, this model {out[0][0]}): set '
+                f'model.denoiser.learn_sigma={sigma} (and the objective\'s learn_sigma)')
     return ('build the model with the settings it was trained with (widths, depth, '
             'patch size, learn_sigma, classes)')
 
@@ -549,7 +570,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
     tables = fine_tune_tables(model) if fine_tune else set()
     if tables and not weight_mismatch(own, given, fixed=tables):
         return _load_keeping_tables(model, state_dict, tables, source)
-    hint = _mismatch_hint(model, own, given)
+    hint = mismatch_hint(model, own, given)
     raise ValueError(f'{source}: its weights are not this model\'s: {found}'
                      + (f'; {hint}' if hint else ''))
 

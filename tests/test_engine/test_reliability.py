@@ -101,8 +101,8 @@ def test_load_from_of_another_model_is_refused(repo_root, tmp_path, trained):
     assert one_line(info.value) == (
         f"--load-from {ckpt}: its denoiser is not the config's: 31 of another shape "
         '(e.g. denoiser.x_embedder.proj.weight: (32, 3, 2, 2) in the checkpoint, '
-        '(48, 3, 2, 2) in the config); give the settings it was trained with (widths, '
-        'depth, patch size, learn_sigma, classes)')  # (pos_embed, fixed, named last)
+        '(48, 3, 2, 2) in the config); it is a model of hidden_size 32 (this one: 48): '
+        'build the model with the settings it was trained with')  # (pos_embed named last)
     with pytest.raises(UserError, match=r'\d+ missing \(e.g. denoiser.blocks.2.'):
         tiny_cfg(repo_root, tmp_path / 'w', 2, 'model.denoiser.depth=3', load_from=ckpt)
 

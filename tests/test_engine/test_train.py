@@ -243,7 +243,7 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     weights = tmp_path / 'weights.pt'
     torch.save(model.denoiser.state_dict(), weights)
     with pytest.raises(UserError, match=rf'^--resume {run}: its denoiser is not the '
-                                        r"config's: .*give the settings it was trained"):
+                                        r"config's: .*build the model with the settings it was trained"):
         tiny_cfg(repo_root, tmp_path / 'b', 8, 'model.denoiser.hidden_size=64',
                  resume=str(run))
     with pytest.raises(UserError, match=rf'^--resume {weights}: a state dict of weights '

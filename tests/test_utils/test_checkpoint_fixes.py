@@ -445,3 +445,26 @@ def test_the_clip_fingerprint_does_not_depend_on_how_the_data_root_is_written(
     relative = ClipSource(str(tmp_path / 'm.csv'), 4, (8, 8), data_root='data')
     absolute = ClipSource(str(tmp_path / 'm.csv'), 4, (8, 8), data_root=str(tmp_path / 'data'))
     assert relative.fingerprint() == absolute.fingerprint()
+
+
+def test_the_mismatch_names_the_setting_to_give(tmp_path):
+    """A VAE's weights, a file with(out) learned sigma and another class count were
+    all told 'build the model with the settings it was trained with (widths, depth,
+    ...)': the VAE's is no denoiser at all, and the others have one setting to give."""
+    from diffusers import AutoencoderKL
+
+    from tests.tiny_models import TINY_VAE
+    vae = AutoencoderKL(**TINY_VAE).state_dict()
+    with pytest.raises(ValueError, match=r"the file holds a VAE's weights \(encoder / "
+                                         r"decoder\), not a denoiser's"):
+        load_state_dict_checked(DiT(**IMAGE), vae, 'vae.safetensors')
+    sigma = DiT(**{**IMAGE, 'learn_sigma': True}).state_dict()
+    with pytest.raises(ValueError, match=r'the file predicts the variance \(learn_sigma: '
+                                         r'24 outputs, this model 12\): set model.denoiser.'
+                                         r'learn_sigma=True'):
+        load_state_dict_checked(DiT(**{**IMAGE, 'learn_sigma': False}), sigma, 'ckpt.pt')
+    ten = DiT(**{**IMAGE, 'num_classes': 10}).state_dict()
+    with pytest.raises(ValueError, match=r"the file's label table has 11 rows \(10 classes "
+                                         r'and the null-class row\): set model.denoiser.'
+                                         r'num_classes=10 and model.num_classes=10'):
+        load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 3}), ten, 'ckpt.pt')
