@@ -51,20 +51,12 @@ def parse_args(argv=None):
 
 def resolve_checkpoint(path: str) -> str:
     """The checkpoint file, DeepSpeed folder or diffusers DiT folder ``path`` names,
-    or its work dir's newest."""
-    from mmsora.utils.checkpoint import last_checkpoint
-    from mmsora.utils.diffusers_dit import diffusers_dit_folder
-    from mmsora.utils.zero_checkpoint import is_zero_checkpoint
-    if not osp.exists(path):
-        raise UserError(f'{path} does not exist')
-    if osp.isdir(path) and not is_zero_checkpoint(path) and diffusers_dit_folder(path) is None:
-        newest = last_checkpoint(path)  # its last_checkpoint, else its iter_N.pth
-        if newest is None:
-            raise UserError(f'{path}: a folder that is neither a DeepSpeed checkpoint '
-                            'folder nor a work dir with a checkpoint (last_checkpoint, '
-                            'iter_N.pth)')
-        return newest
-    return path
+    or its work dir's newest (:func:`mmsora.utils.checkpoint.resolve_checkpoint`)."""
+    from mmsora.utils import checkpoint
+    try:
+        return checkpoint.resolve_checkpoint(path)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
 
 
 def read_denoiser(checkpoint: str, use_ema: bool = True):

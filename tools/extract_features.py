@@ -213,7 +213,8 @@ def build_source(args):
 def video_vae_class(folder: str) -> str:
     """The class a video VAE folder names in its config.json (or its vae/ subfolder's),
     for a ``--video-vae`` without ``--video-vae-class``."""
-    from mmsora.models.vaes.autoencoder_kl import folder_model, folder_vae_class
+    from mmsora.models.vaes.autoencoder_kl import folder_vae_class
+    from mmsora.utils.checkpoint import folder_model
     root = folder if osp.isfile(osp.join(folder, 'config.json')) else osp.join(folder, 'vae')
     found = folder_vae_class(root)  # (the folder AutoencoderKLWrapper._load reads)
     if found in VIDEO_VAE_CLASSES:

@@ -540,11 +540,19 @@ def build_train_config(args):
         # failed with a KeyError traceback
         args.load_from = cfg.load_from
     if args.load_from is not None:
+        from mmsora.utils.checkpoint import resolve_checkpoint
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
-        if not osp.isfile(args.load_from) and diffusers_dit_folder(args.load_from) is None:
-            raise UserError(f'--load-from checkpoint not found: {args.load_from}'
-                            + (' (a folder, but not a diffusers DiT folder: give a checkpoint '
-                               'file)' if osp.isdir(args.load_from) else ''))
+        try:  # a work dir: its newest checkpoint, as infer and export_denoiser take it
+            found = resolve_checkpoint(args.load_from)
+        except FileNotFoundError as e:
+            raise UserError(f'--load-from {e}') from None
+        if found != args.load_from:
+            print(f'--load-from {args.load_from}: its newest checkpoint, {found}', flush=True)
+            args.load_from = found
+        if not osp.isfile(found) and diffusers_dit_folder(found) is None:  # (DeepSpeed's)
+            raise UserError(f'--load-from {found}: a DeepSpeed checkpoint folder: convert it '
+                            'with tools/zero_to_state_dict.py and --load-from the file it '
+                            'writes (or continue that run: --resume it with --deepspeed)')
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
         theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
-                                     load_state_dict_checked)
+                                     load_state_dict_checked, resolve_checkpoint)
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
@@ -56,16 +56,10 @@ def load_weights(model, checkpoint, use_ema=True):
     ``model.loaded_from``.
     """
     from mmsora.utils.diffusers_dit import diffusers_dit_folder
-    from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
+    from mmsora.utils.zero_checkpoint import read_zero_checkpoint
     diffusers_folder = diffusers_dit_folder(checkpoint) is not None  # (read as a file)
-    if osp.isdir(checkpoint) and not (is_zero_checkpoint(checkpoint) or diffusers_folder):
-        newest = last_checkpoint(checkpoint)  # a work dir: its newest checkpoint
-        if newest is None:
-            raise FileNotFoundError(f'{checkpoint} is a folder but neither a DeepSpeed '
-                                    'checkpoint folder nor a work dir with a checkpoint '
-                                    '(last_checkpoint, iter_N.pth): give a checkpoint '
-                                    'file')
-        checkpoint = newest
+    if osp.isdir(checkpoint):  # a work dir: its newest checkpoint; another folder named
+        checkpoint = resolve_checkpoint(checkpoint)
     model.loaded_from = checkpoint  # what the tools report as the weights sampled
     if osp.isdir(checkpoint) and not diffusers_folder:
         from mmengine.dist import get_dist_info

@@ -23,7 +23,8 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective',
-           'read_json_config', 'mismatch_hint']
+           'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
+           'resolve_checkpoint']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -53,6 +54,59 @@ def read_json_config(path: str) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def folder_model(folder: str):
+    """What a model folder's ``config.json`` says it holds: ``'diffusers
+    AutoencoderKL'`` (its ``_class_name``), ``'transformers T5EncoderModel'`` (its
+    ``architectures``, else its ``model_type``), or None where it does not say (or
+    cannot be read)."""
+    config = read_json_config(osp.join(folder, 'config.json'))
+    if config is None:
+        return None
+    if isinstance(config.get('_class_name'), str):
+        return f'diffusers {config["_class_name"]}'
+    names = config.get('architectures')
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return f'transformers {"/".join(names)}'
+    if isinstance(config.get('model_type'), str):
+        return f'transformers {config["model_type"]!r} model'
+    return None
+
+
+def not_a_checkpoint_folder(path: str) -> str:
+    """What a folder given as a checkpoint is, in a clause, when it is none of the
+    folders the tools read (a DeepSpeed checkpoint folder, a work dir with a
+    checkpoint, a diffusers DiT folder): a model of another kind (a VAE, a text
+    encoder: its config.json) is named as such. Before, the tools said 'checkpoint
+    not found' of a folder that exists, or listed the kinds without the diffusers
+    one."""
+    holds = folder_model(path)
+    if holds:
+        return (f'{path} holds a {holds} (its config.json), not a denoiser\'s weights: give '
+                'a checkpoint file, a work dir, a DeepSpeed checkpoint folder or a diffusers '
+                'DiT folder')
+    return (f'{path}: a folder that is neither a work dir with a checkpoint '
+            '(last_checkpoint, iter_N.pth), a DeepSpeed checkpoint folder nor a diffusers DiT '
+            'folder: give a checkpoint file')
+
+
+def resolve_checkpoint(path: str) -> str:
+    """What the tools read for a checkpoint ``path``: a file, a DeepSpeed checkpoint
+    folder or a diffusers DiT folder as they are, a work dir's newest checkpoint (the
+    one ``last_checkpoint`` names, else its highest ``iter_N.pth``). Raises
+    FileNotFoundError naming what a folder of another kind is
+    (:func:`not_a_checkpoint_folder`), or that ``path`` does not exist."""
+    from mmsora.utils.diffusers_dit import diffusers_dit_folder
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint
+    if not osp.exists(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if not osp.isdir(path) or is_zero_checkpoint(path) or diffusers_dit_folder(path):
+        return path
+    newest = last_checkpoint(path)
+    if newest is None:
+        raise FileNotFoundError(not_a_checkpoint_folder(path))
+    return newest
 
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',

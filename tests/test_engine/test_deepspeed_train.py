@@ -106,7 +106,7 @@ def test_zero2_trains_on_cpu_resumes_exactly_and_converts(tmp_path):
         direct, _ = init_model(str(work), use_ema=use_ema)
         for key, value in direct.denoiser.state_dict().items():
             assert torch.equal(value, expected[key]), (use_ema, key)
-    with pytest.raises(FileNotFoundError, match='neither a DeepSpeed checkpoint folder'):
+    with pytest.raises(FileNotFoundError, match='neither a work dir with a checkpoint'):
         load_weights(model, str(tmp_path))
     load_weights(model, str(work))  # a work dir as the checkpoint: its newest
     assert all(torch.equal(v, ema[k]) for k, v in model.denoiser.state_dict().items())

@@ -443,3 +443,14 @@ def test_a_configs_load_from_and_a_dumped_pretrained_denoiser(repo_root, tmp_pat
     assert [c for c in log.call_args_list if c[0][0].startswith(
         f"--load-from {run}: kept the model's own pos_embed (1, 64, 32) (the file's: "
         '(1, 16, 32))')], log.call_args_list
+
+
+def test_load_from_a_deepspeed_folder_names_the_way(repo_root, tmp_path):
+    # it was 'checkpoint not found' of a folder that exists
+    folder = tmp_path / 'iter_6.pth'
+    folder.mkdir()
+    for f in ('mp_rank_00_model_states.pt', 'bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt'):
+        (folder / f).write_bytes(b'')
+    with pytest.raises(UserError, match=rf'^--load-from {folder}: a DeepSpeed checkpoint '
+                                        r'folder: convert it with tools/zero_to_state_dict.py'):
+        tiny_cfg(repo_root, tmp_path / 'w', 1, load_from=str(folder))

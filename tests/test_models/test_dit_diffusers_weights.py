@@ -156,11 +156,26 @@ def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path):
     assert fresh.shape == (5, 32)  # the demo's 4 classes and the null class
     warned = [c for c in log.call_args_list if "a label table of another length" in c[0][0]]
     assert len(warned) == 1 and "(5, 32) (the file's: (11, 32))" in warned[0][0][0]
-    # a folder that is not a diffusers DiT is still 'not found' as a checkpoint
+    # a folder of another kind is named (it was 'checkpoint not found'): a VAE's by its
+    # config.json, any other as what it is not; a work dir gives its newest checkpoint
+    from diffusers import AutoencoderKL
+
     from mmsora.utils.cli import UserError
-    with pytest.raises(UserError, match=r'^--load-from checkpoint not found: .* \(a folder, but '
-                                        r'not a diffusers DiT folder'):
+    from tests.tiny_models import TINY_VAE
+    with pytest.raises(UserError, match=rf'^--load-from {tmp_path}: a folder that is neither '
+                                        r'a work dir with a checkpoint'):
         train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path))
+    AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / 'vae')
+    with pytest.raises(UserError, match=rf"^--load-from {tmp_path}/vae holds a diffusers "
+                                        r"AutoencoderKL \(its config.json\), not a denoiser's "
+                                        r'weights'):
+        train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path / 'vae'))
+    run = tmp_path / 'run'
+    run.mkdir()
+    torch.save(dict(meta=dict(iter=2), state_dict=MODELS.build(
+        train_cfg(repo_root, tmp_path / 'w3', 1).model).state_dict()), run / 'iter_2.pth')
+    assert train_cfg(repo_root, tmp_path / 'w4', 1, load_from=str(run)).load_from == str(
+        run / 'iter_2.pth')
 
 
 def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsys):

@@ -46,13 +46,14 @@ def test_the_ema_weights_load_into_a_dit_as_a_released_file(run, tmp_path):
 
 def test_mistakes_are_one_line(run, tmp_path):
     work, _ = run
-    with pytest.raises(UserError, match=r'does not exist'):
+    with pytest.raises(UserError, match=r'^checkpoint not found: .*nope$'):
         export_denoiser.main([str(tmp_path / 'nope'), '--out', str(tmp_path / 'a.pt')])
     with pytest.raises(UserError, match=r'--out .*a\.npz: give a \.pt, \.pth or '
                                         r'\.safetensors file name'):
         export_denoiser.main([str(work), '--out', str(tmp_path / 'a.npz')])
-    with pytest.raises(UserError, match=r'neither a DeepSpeed checkpoint folder nor a '
-                                        r'work dir'):
+    with pytest.raises(UserError, match=r'a folder that is neither a work dir with a '
+                                        r'checkpoint .*, a DeepSpeed checkpoint folder nor a '
+                                        r'diffusers DiT folder: give a checkpoint file$'):
         export_denoiser.main([str(tmp_path), '--out', str(tmp_path / 'a.pt')])
 
 

@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
-from mmsora.utils.checkpoint import local_pretrained_kwargs, read_json_config
+from mmsora.utils.checkpoint import folder_model, local_pretrained_kwargs, read_json_config
 
 __all__ = ['AutoencoderKLWrapper']
 
@@ -25,24 +25,6 @@ def folder_vae_class(folder: str):
     ``_class_name``), or None where it does not say."""
     found = (read_json_config(osp.join(folder, 'config.json')) or {}).get('_class_name')
     return found if isinstance(found, str) else None
-
-
-def folder_model(folder: str):
-    """What a model folder's ``config.json`` says it holds: ``'diffusers
-    AutoencoderKL'`` (its ``_class_name``), ``'transformers T5EncoderModel'`` (its
-    ``architectures``, else its ``model_type``), or None where it does not say (or
-    cannot be read)."""
-    config = read_json_config(osp.join(folder, 'config.json'))
-    if config is None:
-        return None
-    if isinstance(config.get('_class_name'), str):
-        return f'diffusers {config["_class_name"]}'
-    names = config.get('architectures')
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        return f'transformers {"/".join(names)}'
-    if isinstance(config.get('model_type'), str):
-        return f'transformers {config["model_type"]!r} model'
-    return None
 
 
 def check_vae_kind(folder: str, wanted: str) -> None:
