@@ -66,7 +66,7 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     plain state dict), and the run's denoiser config (None where the file has none).
     Before, the EMA weights were reported where a run without EMAHook kept only the
     trained ones."""
-    from mmsora.apis.inference import denoiser_state_dict, ema_kept
+    from mmsora.apis.inference import denoiser_state_dict, weights_taken
     from mmsora.utils.checkpoint import load_checkpoint_file
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
     obj = (read_zero_checkpoint(checkpoint, trained=not use_ema)
@@ -74,10 +74,7 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     state = denoiser_state_dict(obj, use_ema, source=checkpoint)
     if not state:
         raise UserError(f'{checkpoint}: no denoiser weights in it (no denoiser.* keys)')
-    kept = ema_kept(obj, checkpoint)
-    which = ('weights (the one set in it, EMA or not: the file does not say)'
-             if kept is None else
-             'EMA weights' if use_ema and kept else 'trained weights')
+    which = weights_taken(obj, use_ema, checkpoint)
     from mmsora.utils.checkpoint import trained_model_config
     denoiser = (trained_model_config(obj) or {}).get('denoiser')
     return ({k: v.detach().contiguous() for k, v in state.items()}, which,

@@ -256,8 +256,7 @@ def main(argv=None):
     video = len(model.latent_shape) == 4  # (C, T, H, W)
     from mmengine.dist import get_rank
     if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled
-        what = 'trained weights (--no-ema)' if args.no_ema else 'EMA weights where it has them'
-        print(f'weights: {model.loaded_from} ({what})', flush=True)
+        print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
     check_args(args, model.num_classes, video, model.text_conditioned)
     if args.num_frames is not None or args.resolution is not None:
         from mmsora.apis.inference import set_output_size

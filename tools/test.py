@@ -79,8 +79,7 @@ def main(argv=None):
                             checkpoint_option='the checkpoint after the config (test.py '
                             'CONFIG CKPT)')
     if is_main_process():  # which file of a work dir (or of a copy of one) is scored
-        what = 'trained weights (--no-ema)' if args.no_ema else 'EMA weights where it has them'
-        print(f'weights: {model.loaded_from} ({what})', flush=True)
+        print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
     if args.evaluation:
         from mmsora.utils.cli import apply_cfg_options, load_config
         cfg.evaluation = load_config(args.evaluation).get('evaluation')

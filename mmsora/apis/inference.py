@@ -61,6 +61,8 @@ def load_weights(model, checkpoint, use_ema=True):
     if osp.isdir(checkpoint):  # a work dir: its newest checkpoint; another folder named
         checkpoint = resolve_checkpoint(checkpoint)
     model.loaded_from = checkpoint  # what the tools report as the weights sampled
+    # (and which: set from the file where it is read; a process that is sent them)
+    model.loaded_weights = 'EMA weights' if use_ema else 'trained weights'
     if osp.isdir(checkpoint) and not diffusers_folder:
         from mmengine.dist import get_dist_info
         if get_dist_info()[1] > 1:
@@ -98,10 +100,22 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
 
 def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
     """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``;
-    weights of another model are named in one line (``source``: the file)."""
+    weights of another model are named in one line (``source``: the file). Which
+    weights they are is kept in ``model.loaded_weights`` (:func:`weights_taken`)."""
     load_state_dict_checked(model.denoiser, denoiser_state_dict(obj, use_ema, source),
                             source)
+    model.loaded_weights = weights_taken(obj, use_ema, source)
     return model
+
+
+def weights_taken(obj, use_ema: bool, source: str = '') -> str:
+    """Which weights :func:`denoiser_state_dict` takes from a loaded checkpoint, in
+    words: the EMA or the trained ones, or the one set of a file that does not say (a
+    plain state dict: a released DiT file, a diffusers folder, an export). The tools
+    said 'EMA weights where it has them' whatever they had read."""
+    kept = ema_kept(obj, source)
+    return ('one set of weights, EMA or not: the file does not say' if kept is None
+            else 'EMA weights' if use_ema and kept else 'trained weights')
 
 
 def denoiser_state_dict(obj, use_ema: bool = True, source: str = 'the checkpoint') -> dict:

@@ -497,7 +497,7 @@ def test_a_copied_work_dir_uses_its_own_checkpoints(tmp_path, trained, capsys):
     assert find_run(str(copy))[1] == str(copy / 'iter_2.pth')
     from tools.infer import main as infer
     infer([str(copy), '--num-samples', '1', '--steps', '2', '--out', str(tmp_path / 'x.png')])
-    assert f"weights: {copy / 'iter_2.pth'} (EMA weights where it has them)" in \
+    assert f"weights: {copy / 'iter_2.pth'} (EMA weights)" in \
         capsys.readouterr().out
 
 

@@ -126,7 +126,8 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
     tool.main([str(bare), ckpt, '--evaluation', config, '--json', str(root / 'e.json'),
                '--cfg-options', 'evaluation.num_samples=3', 'model.num_classes=4'])
     # which file was scored, as infer.py says which it samples
-    assert f'weights: {ckpt} (EMA weights where it has them)' in capsys.readouterr().out
+    assert (f'weights: {ckpt} (one set of weights, EMA or not: the file does not say)'
+            in capsys.readouterr().out)  # ({'state_dict': ...} alone: not a run's)
     result = json.load(open(root / 'e.json'))
     assert result['num_samples'] == 3 and result['metrics']['FID'] > 0
     assert (result['checkpoint'], result['use_ema'], result['seed']) == (ckpt, True, 3)

@@ -257,3 +257,23 @@ def test_sharded_weights_and_the_hub_cache_layout(pipeline, tmp_path):
     with pytest.raises(ValueError, match=r"pixart: a diffusers Transformer2DModel with "
                                          r"norm_type='ada_norm_single', not a DiT"):
         load_checkpoint_file(str(other))
+
+
+def test_infer_says_which_weights_it_samples(pipeline, tmp_path):
+    # a plain state dict (a diffusers folder, a released file) does not say whether its
+    # weights are the EMA ones: infer and test said 'EMA weights where it has them' of
+    # every file
+    from types import SimpleNamespace
+
+    from mmsora.apis.inference import load_weights
+    cfg, ref, folder = pipeline
+    holder = SimpleNamespace(denoiser=DiT(**cfg).eval())
+    load_weights(holder, folder)
+    assert holder.loaded_weights == 'one set of weights, EMA or not: the file does not say'
+    state = {f'denoiser.{k}': v for k, v in holder.denoiser.state_dict().items()}
+    torch.save({'meta': {'iter': 1}, 'state_dict': state,
+                'ema_state_dict': {f'module.{k}': v for k, v in state.items()}},
+               tmp_path / 'run.pth')
+    for use_ema, said in ((True, 'EMA weights'), (False, 'trained weights')):
+        load_weights(holder, str(tmp_path / 'run.pth'), use_ema=use_ema)
+        assert holder.loaded_weights == said

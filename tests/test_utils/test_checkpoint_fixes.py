@@ -414,7 +414,7 @@ def test_a_file_that_does_not_say_is_not_warned_about(tmp_path, capsys):
     load_weights(linear_model(), str(path))
     assert not capsys.readouterr().err
     export_denoiser.main([str(path), '--out', str(tmp_path / 'd.pt')])
-    assert "the denoiser's weights (the one set in it, EMA or not: the file does not say)" \
+    assert "the denoiser's one set of weights, EMA or not: the file does not say" \
         in capsys.readouterr().out
 
 
