@@ -102,12 +102,11 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str)
     except ValueError as e:
         raise UserError(str(e)) from None
     import json
-    from safetensors.torch import save_file
-    partial = f'{out.rstrip(os.sep)}.tmp.{os.getpid()}'
     import shutil
+    partial = f'{out.rstrip(os.sep)}.tmp.{os.getpid()}'
     try:
         os.makedirs(partial)
-        save_file(converted, osp.join(partial, 'diffusion_pytorch_model.safetensors'))
+        save_safetensors(converted, osp.join(partial, 'diffusion_pytorch_model.safetensors'))
         with open(osp.join(partial, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
         if osp.isdir(out):
@@ -118,14 +117,24 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str)
     return config
 
 
+def save_safetensors(state: dict, path: str) -> None:
+    """safetensors' ``save_file``, the file then readable as any file written here is
+    (the umask's mode): safetensors writes it 0600, so the other users of a shared
+    machine could not read an export the .pt of which they could."""
+    from safetensors.torch import save_file
+    save_file(state, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_state_dict(state: dict, out: str) -> None:
     """``state`` to ``out``, whole or not at all (a temporary file renamed)."""
     os.makedirs(osp.dirname(osp.abspath(out)) or '.', exist_ok=True)
     partial = f'{out}.tmp.{os.getpid()}'
     try:
         if out.endswith('.safetensors'):
-            from safetensors.torch import save_file
-            save_file(state, partial)
+            save_safetensors(state, partial)
         else:
             torch.save(state, partial)
         os.replace(partial, out)

@@ -1,4 +1,6 @@
 """tools/export_denoiser.py: a run's denoiser weights alone, as DiT releases them."""
+import os
+
 import pytest
 import torch
 from mmengine.runner import Runner
@@ -42,6 +44,10 @@ def test_the_ema_weights_load_into_a_dit_as_a_released_file(run, tmp_path):
     from safetensors.torch import load_file
     state = load_file(str(raw))
     assert all(torch.equal(state[k], trained[k]) for k in trained)
+    # as readable as the .pt (safetensors wrote it 0600: others on a shared machine
+    # could not read it)
+    assert os.stat(raw).st_mode & 0o777 == os.stat(out).st_mode & 0o777
+    assert os.stat(raw).st_mode & 0o044
 
 
 def test_mistakes_are_one_line(run, tmp_path):
