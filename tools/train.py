@@ -556,8 +556,10 @@ def build_train_config(args):
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
         theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))
-        if theirs and ours and theirs != ours:  # a fine-tune across objectives (DiT
-            # into SiT, docs/sit.md) may be meant: said, not refused
+        dit_time = ((cfg.model.get('diffusion') or {}).get('timestep_convention') == 'dit'
+                    and theirs == 'GaussianDiffusion')  # (docs/sit.md's recipe: meant)
+        if theirs and ours and theirs != ours and not dit_time:  # a fine-tune across
+            # objectives (DiT into SiT, docs/sit.md) may be meant: said, not refused
             note(f'--load-from {args.load_from}: trained with the {theirs} objective, this '
                  f'run trains {ours} from its weights (docs/sit.md: timestep_convention)')
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'

@@ -312,6 +312,18 @@ def test_a_checkpoint_of_another_objective_is_named(repo_root, tmp_path, capsys)
     tiny_cfg(repo_root, tmp_path / 'c', 8, load_from=str(run))
     assert (f'note: --load-from {run}: trained with the Transport objective, this run '
             'trains GaussianDiffusion from its weights') in capsys.readouterr().err
+    # docs/sit.md's recipe, a DiT run into SiT with DiT's timesteps: meant, no note
+    dit_run = tmp_path / 'dit.pth'
+    torch.save(dict(meta=dict(iter=4, cfg=Config(dict(model=cfg.model)).pretty_text),
+                    state_dict=MODELS.build(cfg.model).state_dict()), dit_run)
+    sit = osp.join(repo_root, 'configs/sit/sit_tiny2_1xb32_1500_shapes16.py')
+    for convention, noted in (('sit', True), ('dit', False)):
+        build_train_config(parse_args([
+            sit, '--work-dir', str(tmp_path / f'sit_{convention}'), '--load-from', str(dit_run),
+            '--cfg-options', *TINY, 'model.denoiser.learn_sigma=True',
+            f'model.diffusion.timestep_convention={convention}']))
+        assert ('trained with the GaussianDiffusion objective, this run trains Transport'
+                in capsys.readouterr().err) == noted
 
 
 def test_load_from_at_another_input_size_keeps_the_configs_position_table(repo_root,
