@@ -510,7 +510,8 @@ def pos_embed_hint(theirs, ours, patch_size=None, their_patch=None) -> str:
                    f'{patch_size}): set model.denoiser.patch_size={patch} and '
                    f'model.denoiser.input_size={size}')
         return (f'it is a model for {theirs[-2]} tokens, {setting} ({size * 8} px with an '
-                'SD VAE; tokens = (input_size / patch_size) ** 2)')
+                'SD VAE; tokens = (input_size / patch_size) ** 2), and model.latent_shape\'s '
+                f'height and width to {size} alike')
     return ('it is a model for another input_size / patch_size / hidden_size: build the '
             'model to match (tokens = (input_size / patch_size) ** 2: a 512 px DiT needs '
             'input_size=64)')
