@@ -150,6 +150,27 @@ def check_denoiser_file_matches(model, path) -> None:
                         f'{found}' + (f'; {hint}' if hint else ''))
 
 
+def check_inflation_matches(model, path, kind) -> None:
+    """Refuse ``--load-from`` of an image DiT (a file, or an image run's checkpoint)
+    that the config's video model cannot inflate (another depth, learn_sigma, width),
+    before the Runner: the denoiser's inflation refused it in ``init_weights``, after
+    about 240 lines of start-up and with a work dir made. A video DiT's own file is
+    left to its strict load."""
+    from mmsora.models.denoisers.video_dit import checked_inflation
+    from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+    try:
+        state = extract_state_dict(load_checkpoint_file(path),
+                                   prefix='denoiser.' if kind == 'image_run' else None)
+    except (KeyError, ValueError):  # what the load itself says, in init_weights
+        return
+    if 'temp_embed' in state or not hasattr(model.denoiser, 'load_image_dit'):
+        return
+    try:
+        checked_inflation(state, model.denoiser)
+    except ValueError as e:
+        raise UserError(f'--load-from {path}: {e}') from None
+
+
 def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
     """Say that ``--resume`` keeps the checkpoint's learning rate when the config asks
     for another: mmengine restores the optimizer's state, its learning rate (and the
@@ -574,6 +595,8 @@ def build_train_config(args):
             # mmengine's non-strict loader, which would skip mismatched keys silently.
             if kind == 'denoiser' and not video and meta_model is not None:
                 check_denoiser_file_matches(meta_model, args.load_from)
+            elif video and meta_model is not None:
+                check_inflation_matches(meta_model, args.load_from, kind)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
     if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):

@@ -1,6 +1,7 @@
 """--load-from an mmsora image-DiT run into a video config inflates the image DiT
 strictly (not mmengine's non-strict loader, which would skip the mismatched keys)."""
 import glob
+import os
 import os.path as osp
 
 import pytest
@@ -10,6 +11,7 @@ from mmengine.runner import Runner
 import mmsora.datasets  # noqa: F401
 import mmsora.engine  # noqa: F401
 import mmsora.models  # noqa: F401
+from mmsora.utils.cli import UserError
 from tests.runner_probes import StateAtTrainStart
 from tools.train import build_train_config, parse_args
 
@@ -59,12 +61,19 @@ def test_image_run_inflates_into_video_dit(repo_root, tmp_path):
     log = open(glob.glob(str(tmp_path / 'video' / '*' / '*.log'))[0]).read()
     assert f'pretrained_denoiser: inflated the image DiT {ckpt} into VideoDiT' in log
 
-    # A video config whose spatial blocks do not match the image run is refused.
-    bad = config(repo_root, VIDEO, tmp_path / 'bad', 'train_cfg.max_iters=1',
-                 'model.denoiser.depth=2', 'model.latent_shape=[3,4,8,8]', *sigma,
-                 load_from=ckpt)
-    with pytest.raises(Exception, match='spatial block'):
-        Runner.from_cfg(bad)._init_model_weights()
+    # A video config whose spatial blocks or output layer do not match the image run
+    # is refused before the Runner (it was after about 240 lines of start-up, with a
+    # work dir made)
+    with pytest.raises(UserError, match=rf'^--load-from {ckpt}: the DiT has 2 blocks but '
+                                        r'the latte VideoDiT has 1 spatial blocks'):
+        config(repo_root, VIDEO, tmp_path / 'bad', 'train_cfg.max_iters=1',
+               'model.denoiser.depth=2', 'model.latent_shape=[3,4,8,8]', *sigma,
+               load_from=ckpt)
+    with pytest.raises(UserError, match=rf'^--load-from {ckpt}: cannot inflate the image DiT: '
+                                        r'.*learn_sigma \(and in_channels\) must match'):
+        config(repo_root, VIDEO, tmp_path / 'bad', 'train_cfg.max_iters=1',
+               'model.denoiser.depth=4', 'model.latent_shape=[3,4,8,8]', load_from=ckpt)
+    assert not os.path.exists(tmp_path / 'bad')
 
 
 def test_video_run_loads_through_mmengine(repo_root, tmp_path):

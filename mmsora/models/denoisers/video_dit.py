@@ -413,21 +413,7 @@ class VideoDiT(nn.Module):
             from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
             dit_sd = extract_state_dict(load_checkpoint_file(state_dict_or_path),
                                         key=key, prefix=prefix)
-        inflated, own = inflate_dit_state_dict(dit_sd, self), self.state_dict()
-        wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
-        if wrong:  # else load_state_dict's traceback lists every mismatch
-            k = wrong[0]
-            from mmsora.utils.checkpoint import null_row_hint
-            if k.startswith('final_layer.'):
-                hint = ("; the final layer differs: learn_sigma (and in_channels) must "
-                        "match the DiT's")
-            elif null_row_hint(own[k].shape, inflated[k].shape) and k.startswith('y_embedder.'):
-                hint = '; ' + null_row_hint(own[k].shape, inflated[k].shape)
-            else:
-                hint = "; build it with the DiT's widths, in_channels and patch_size"
-            raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
-                             f'in shape, e.g. {k}: {tuple(inflated[k].shape)} in the DiT, '
-                             f'{tuple(own[k].shape)} here{hint}')
+        inflated, own = checked_inflation(dit_sd, self)
         from mmsora.utils.checkpoint import fine_tune_tables, say_tables_kept, tables_kept
         kept = tables_kept(own, dit_sd, fine_tune_tables(self))
         if kept:  # another input size or class count
@@ -439,6 +425,30 @@ class VideoDiT(nn.Module):
 # --------------------------------------------------------------------------- #
 #                          Inflation from an image DiT                         #
 # --------------------------------------------------------------------------- #
+def checked_inflation(dit_sd: Mapping, video_model: VideoDiT) -> tuple:
+    """``(inflated, own)``: :func:`inflate_dit_state_dict` and the model's state dict,
+    or ValueError naming the first weight of another shape and the setting to give.
+    Works on a model built on the meta device (tools/train.py checks a --load-from
+    before the Runner: the refusal came after about 240 lines of start-up, with a
+    work dir made)."""
+    inflated, own = inflate_dit_state_dict(dit_sd, video_model), video_model.state_dict()
+    wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
+    if wrong:  # else load_state_dict's traceback lists every mismatch
+        k = wrong[0]
+        from mmsora.utils.checkpoint import null_row_hint
+        if k.startswith('final_layer.'):
+            hint = ("; the final layer differs: learn_sigma (and in_channels) must "
+                    "match the DiT's")
+        elif null_row_hint(own[k].shape, inflated[k].shape) and k.startswith('y_embedder.'):
+            hint = '; ' + null_row_hint(own[k].shape, inflated[k].shape)
+        else:
+            hint = "; build it with the DiT's widths, in_channels and patch_size"
+        raise ValueError(f'cannot inflate the image DiT: {len(wrong)} weight(s) differ '
+                         f'in shape, e.g. {k}: {tuple(inflated[k].shape)} in the DiT, '
+                         f'{tuple(own[k].shape)} here{hint}')
+    return inflated, own
+
+
 def _zero_temporal_and_text_outputs(block: nn.Module):
     """Zero the output projections that must start at zero (temporal-in-block, cross-attn).
 
