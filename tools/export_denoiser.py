@@ -162,14 +162,14 @@ def main(argv=None):
     n = sum(v.numel() for v in state.values())
     if args.diffusers:
         config = write_diffusers(state, denoiser_cfg, args.num_heads, args.out, checkpoint)
-        print(f'{checkpoint} -> {args.out}: the denoiser\'s {which}, {n / 1e6:.2f} M '
-              f'parameters, as diffusers\' DiTTransformer2DModel ({config["num_layers"]} '
+        print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} ({n / 1e6:.2f} M '
+              f'parameters), as diffusers\' DiTTransformer2DModel ({config["num_layers"]} '
               f'blocks, {config["num_attention_heads"]} heads, sample_size '
               f'{config["sample_size"]}, {config["num_embeds_ada_norm"]} classes)')
         return
     write_state_dict(state, args.out)
-    print(f'{checkpoint} -> {args.out}: the denoiser\'s {which}, {len(state)} '
-          f'tensors, {n / 1e6:.2f} M parameters')
+    print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} ({len(state)} '
+          f'tensors, {n / 1e6:.2f} M parameters)')
 
 
 if __name__ == '__main__':

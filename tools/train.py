@@ -28,7 +28,8 @@ def parse_args(argv=None):
                         help='resume from CKPT, or from the latest checkpoint in the '
                         'work dir when no CKPT is given (optimizer, EMA, iteration, RNG)')
     parser.add_argument('--load-from', help='initialise the weights from CKPT only '
-                        '(fresh optimizer and schedule)')
+                        '(fresh optimizer and schedule): a checkpoint file, a work dir (its '
+                        'newest) or a diffusers DiT folder')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: AmpOptimWrapper (bf16 where supported, '
                         'else fp16 with loss scaling) on CUDA, bf16 autocast on CPU')
@@ -119,7 +120,8 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
     if found:
         hint = mismatch_hint(model.denoiser, *({k[len('denoiser.'):]: v for k, v in x.items()}
-                                               for x in (ours, theirs)))
+                                               for x in (ours, theirs)),
+                             fixed={k[len('denoiser.'):] for k in fixed})
         raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}'
                         + (f'; {hint}' if hint else ''))
     kept = [k[len('denoiser.'):] for k in tables_kept(ours, theirs, fixed)]
@@ -145,7 +147,7 @@ def check_denoiser_file_matches(model, path) -> None:
     found = weight_mismatch(ours, theirs, own_name='config',
                             fixed=fine_tune_tables(model.denoiser))
     if found:
-        hint = mismatch_hint(model.denoiser, ours, theirs)
+        hint = mismatch_hint(model.denoiser, ours, theirs, fine_tune_tables(model.denoiser))
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
                         f'{found}' + (f'; {hint}' if hint else ''))
 
@@ -529,6 +531,7 @@ def build_train_config(args):
         raise UserError('--resume and --load-from exclude each other: --resume '
                         'continues a run (optimizer, EMA, iteration), --load-from '
                         'starts a new one from given weights')
+    config_load_from = cfg.get('load_from')  # (a config's own: --resume may replace it)
     if args.resume == 'auto':
         latest = latest_checkpoint(cfg.work_dir)
         # nothing saved yet (a requeued job's first start, or another --work-dir than
@@ -554,26 +557,33 @@ def build_train_config(args):
     if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)
             and osp.isfile(cfg.load_from) and not args.deepspeed):
         check_resume_matches(cfg, meta_model, cfg.load_from)
-    if args.load_from is None and args.resume is None and not cfg.get('resume') \
-            and isinstance(cfg.get('load_from'), str):
+    option = '--load-from'
+    if args.load_from is None and not cfg.get('resume') and isinstance(config_load_from, str):
         # a config's load_from (OpenMMLab's way, or --cfg-options load_from=F) goes the
         # way --load-from goes: a DiT file reached mmengine's loader and its EMA hook
-        # failed with a KeyError traceback
-        args.load_from = cfg.load_from
+        # failed with a KeyError traceback; under --resume with nothing saved yet (a
+        # requeued job's first start) the run starts from it (it was dropped)
+        args.load_from, option = config_load_from, 'load_from'
     if args.load_from is not None:
         from mmsora.utils.checkpoint import resolve_checkpoint
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
+        from mmsora.utils.zero_checkpoint import is_zero_checkpoint
         try:  # a work dir: its newest checkpoint, as infer and export_denoiser take it
             found = resolve_checkpoint(args.load_from)
         except FileNotFoundError as e:
-            raise UserError(f'--load-from {e}') from None
+            raise UserError(f'{option} {e}') from None
         if found != args.load_from:
-            print(f'--load-from {args.load_from}: its newest checkpoint, {found}', flush=True)
+            if is_launch_rank0():
+                print(f'{option} {args.load_from}: its newest checkpoint, {found}', flush=True)
             args.load_from = found
-        if not osp.isfile(found) and diffusers_dit_folder(found) is None:  # (DeepSpeed's)
-            raise UserError(f'--load-from {found}: a DeepSpeed checkpoint folder: convert it '
-                            'with tools/zero_to_state_dict.py and --load-from the file it '
-                            'writes (or continue that run: --resume it with --deepspeed)')
+        if is_zero_checkpoint(found):
+            raise UserError(f'{option} {found}: a DeepSpeed checkpoint folder: convert it '
+                            'with tools/zero_to_state_dict.py and start from the file it '
+                            'writes (--load-from, or model.pretrained_denoiser with '
+                            '--deepspeed), or continue that run: --resume it with '
+                            '--deepspeed')
+        if not osp.isfile(found) and diffusers_dit_folder(found) is None:
+            raise UserError(f'{option} checkpoint not found: {found}')
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
         theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))

@@ -106,6 +106,9 @@ def resolve_checkpoint(path: str) -> str:
     newest = last_checkpoint(path)
     if newest is None:
         raise FileNotFoundError(not_a_checkpoint_folder(path))
+    if not osp.exists(newest):  # (a moved work dir: the marker names the old place)
+        raise FileNotFoundError(f'{osp.join(path, "last_checkpoint")} names {newest}, which '
+                                'does not exist: give the checkpoint file')
     return newest
 
 
@@ -534,12 +537,18 @@ def null_row_hint(ours, theirs) -> str:
             'model.denoiser.class_dropout_prob=0')
 
 
-def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
+def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping, fixed=()) -> str:
     """What to do about a checkpoint of another model (``own`` and ``given``: the
     denoiser's and the checkpoint's shapes, the denoiser's own names), or '' where
     the mismatch says it already (an image DiT's file for a video model). The grid,
-    patch size, null-class row, class count and learned sigma are named with the
-    setting to give; a VAE's weights as such (they were told to change the widths)."""
+    patch size, null-class row, class count, input channels and learned sigma are
+    named with the setting to give; a VAE's weights as such (they were told to
+    change the widths). ``fixed``: the tables a fine-tune may take from the config
+    (:func:`fine_tune_tables`), which then say nothing of the mismatch."""
+    def differs(k):
+        return k in own and k in given and _shape(own[k]) != _shape(given[k]) and not (
+            k in fixed and table_may_differ(k, own[k], given[k]))
+
     if any(k.startswith(('encoder.', 'decoder.')) for k in given) \
             and not any(k.startswith(('encoder.', 'decoder.')) for k in own):
         return ('the file holds a VAE\'s weights (encoder / decoder), not a denoiser\'s: '
@@ -547,8 +556,7 @@ def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
                 'model.vae.pretrained_path)')
     ours, theirs = _patch_size_of(own), _patch_size_of(given)
     ours = ours or getattr(model, 'patch_size', None)
-    if 'pos_embed' in own and 'pos_embed' in given \
-            and tuple(own['pos_embed']) != tuple(given['pos_embed']):
+    if differs('pos_embed'):
         return pos_embed_hint(tuple(given['pos_embed']), tuple(own['pos_embed']), ours,
                               theirs)
     if theirs and ours and theirs != ours:
@@ -559,12 +567,17 @@ def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping) -> str:
         return null_row
     if _kind_of_file(own, given).startswith('the file is an image DiT'):
         return ''
-    table = [_shape(x[LABEL_TABLE]) if LABEL_TABLE in x else None for x in (own, given)]
-    if None not in table and table[0][-1:] == table[1][-1:] and table[0] != table[1]:
-        rows = table[1][0]
+    if differs(LABEL_TABLE) and _shape(own[LABEL_TABLE])[-1:] == _shape(
+            given[LABEL_TABLE])[-1:]:
+        rows = _shape(given[LABEL_TABLE])[0]
         return (f'the file\'s label table has {rows} rows ({rows - 1} classes and the '
-                f'null-class row): set model.denoiser.num_classes={rows - 1} and '
-                f'model.num_classes={rows - 1}')
+                f'null-class row, or {rows} without one): set model.denoiser.num_classes '
+                'and model.num_classes to match (and class_dropout_prob)')
+    patch = [_shape(x['x_embedder.proj.weight']) if 'x_embedder.proj.weight' in x
+             else None for x in (own, given)]
+    if None not in patch and patch[0] != patch[1] and patch[0][::2] == patch[1][::2]:
+        return (f'the file takes {patch[1][1]} input channels (this model {patch[0][1]}): '
+                f'set model.denoiser.in_channels={patch[1][1]} (the latents\' channels)')
     out = [_shape(x['final_layer.linear.weight']) if 'final_layer.linear.weight' in x
            else None for x in (own, given)]
     if None not in out and out[0][1:] == out[1][1:] and out[1][0] in (2 * out[0][0],
@@ -625,7 +638,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
     tables = fine_tune_tables(model) if fine_tune else set()
     if tables and not weight_mismatch(own, given, fixed=tables):
         return _load_keeping_tables(model, state_dict, tables, source)
-    hint = mismatch_hint(model, own, given)
+    hint = mismatch_hint(model, own, given, tables)
     raise ValueError(f'{source}: its weights are not this model\'s: {found}'
                      + (f'; {hint}' if hint else ''))
 

@@ -220,9 +220,13 @@ def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> 
                          'heads')
     tokens = state['pos_embed'].shape[-2]
     grid = int(round(tokens ** 0.5))
-    if grid * grid != tokens:
-        raise ValueError(f'{source}: a {tokens}-token position table is not a square grid: '
-                         'diffusers\' DiT is square (sample_size)')
+    from mmsora.models.layers.embedders import get_2d_sincos_pos_embed
+    if grid * grid != tokens or not torch.allclose(
+            state['pos_embed'].reshape(tokens, -1).float(),
+            get_2d_sincos_pos_embed(hidden, grid).float(), atol=1e-5):
+        # (a 2x8 grid has the 16 tokens of a 4x4 one: its table tells them apart)
+        raise ValueError(f'{source}: its {tokens}-token position table is not a square '
+                         'grid\'s: diffusers\' DiT is square (sample_size)')
     rows = state['y_embedder.embedding_table.weight'].shape[0]
     depth = 1 + max(int(k.split('.')[1]) for k in state if k.startswith('blocks.'))
     emb = {LABEL_NAMES[1]: state[LABEL_NAMES[0]]}

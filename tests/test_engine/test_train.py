@@ -440,6 +440,13 @@ def test_a_configs_load_from_and_a_dumped_pretrained_denoiser(repo_root, tmp_pat
     torch.save(model.denoiser.state_dict(), tmp_path / 'dit.pt')
     cfg = tiny_cfg(repo_root, tmp_path / 'b', 1, f'load_from={tmp_path / "dit.pt"}')
     assert cfg.load_from is None and cfg.model.pretrained_denoiser == str(tmp_path / 'dit.pt')
+    # with --resume and nothing saved yet (a requeued job's first start) it was dropped:
+    # the run trained from scratch
+    cfg = tiny_cfg(repo_root, tmp_path / 'b2', 1, f'load_from={tmp_path / "dit.pt"}',
+                   resume='auto')
+    assert not cfg.resume and cfg.model.pretrained_denoiser == str(tmp_path / 'dit.pt')
+    with pytest.raises(UserError, match=r'^load_from checkpoint not found: .*nope.pt$'):
+        tiny_cfg(repo_root, tmp_path / 'b3', 1, f'load_from={tmp_path / "nope.pt"}')
     run = tmp_path / 'iter_1.pth'
     torch.save(dict(meta=dict(iter=1), state_dict=model.state_dict()), run)
     gone = f'model.pretrained_denoiser={tmp_path / "gone.pt"}'

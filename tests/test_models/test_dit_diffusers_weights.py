@@ -227,6 +227,12 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
     with pytest.raises(UserError, match=r'no_null\.pth: trained with class_dropout_prob=0, so '
                                         r'its label table has no null-class row'):
         export([str(tmp_path / 'no_null.pth'), '--diffusers', '--out', str(tmp_path / 'n')])
+    # a 2x8 grid has the 16 tokens of a 4x4 one: it was written as sample_size 8
+    wide = DiT(**dict(cfg, input_size=(4, 16))).eval()
+    torch.save(wide.state_dict(), tmp_path / 'wide.pt')
+    with pytest.raises(UserError, match=r"16-token position table is not a square grid's"):
+        export([str(tmp_path / 'wide.pt'), '--diffusers', '--num-heads', '4', '--out',
+                str(tmp_path / 'w')])
 
 
 def test_sharded_weights_and_the_hub_cache_layout(pipeline, tmp_path):

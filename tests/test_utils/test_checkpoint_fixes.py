@@ -231,7 +231,7 @@ def test_a_run_without_ema_is_warned_about(tmp_path, capsys):
     export_denoiser.main([plain_run, '--out', str(out)])
     captured = capsys.readouterr()
     assert 'holds no EMA weights' in captured.err
-    assert f"{plain_run} -> {out}: the denoiser's trained weights, 2 tensors" in captured.out
+    assert f"{plain_run} -> {out}: the denoiser's trained weights (2 tensors" in captured.out
     export_denoiser.main([ema_run, '--out', str(out)])
     captured = capsys.readouterr()
     assert not captured.err and "the denoiser's EMA weights" in captured.out
@@ -467,6 +467,27 @@ def test_the_mismatch_names_the_setting_to_give(tmp_path):
         load_state_dict_checked(DiT(**{**IMAGE, 'learn_sigma': False}), sigma, 'ckpt.pt')
     ten = DiT(**{**IMAGE, 'num_classes': 10}).state_dict()
     with pytest.raises(ValueError, match=r"the file's label table has 11 rows \(10 classes "
-                                         r'and the null-class row\): set model.denoiser.'
-                                         r'num_classes=10 and model.num_classes=10'):
+                                         r'and the null-class row, or 11 without one\): set '
+                                         r'model.denoiser.num_classes and model.num_classes'):
         load_state_dict_checked(DiT(**{**IMAGE, 'num_classes': 3}), ten, 'ckpt.pt')
+    # another in_channels was told 'the file predicts the variance' (its output rows
+    # double too)
+    eight = DiT(**{**IMAGE, 'in_channels': 6, 'learn_sigma': False}).state_dict()
+    with pytest.raises(ValueError, match=r'the file takes 6 input channels \(this model 3\): '
+                                         r'set model.denoiser.in_channels=6'):
+        load_state_dict_checked(DiT(**{**IMAGE, 'learn_sigma': False}), eight, 'ckpt.pt')
+    # in a fine-tune the tables the config may change say nothing: another size and
+    # class count with another learn_sigma is named by learn_sigma (it was 'set
+    # input_size' / 'set num_classes')
+    other = DiT(**{**IMAGE, 'input_size': 16, 'num_classes': 10, 'learn_sigma': False})
+    with pytest.raises(ValueError, match='set model.denoiser.learn_sigma=True'):
+        load_state_dict_checked(other, sigma, 'ckpt.pt', fine_tune=True)
+    # a work dir whose last_checkpoint names a file gone (a moved work dir): named as
+    # such (train --load-from called it a DeepSpeed folder)
+    from mmsora.utils.checkpoint import resolve_checkpoint
+    work = tmp_path / 'moved'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text('/elsewhere/work/iter_4.pth')
+    with pytest.raises(FileNotFoundError, match=r'moved/last_checkpoint names /elsewhere/work/'
+                                                r'iter_4.pth, which does not exist'):
+        resolve_checkpoint(str(work))
