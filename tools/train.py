@@ -61,8 +61,9 @@ def parse_args(argv=None):
 
 def load_from_kind(path):
     """What ``--load-from`` (or ``--resume``) got, its mmengine state dict (None for a
-    denoiser's) and the checkpoint itself ({} for a denoiser's; ``meta`` holds the
-    iteration it was saved at, ``optimizer`` the optimizer's state):
+    denoiser's) and the checkpoint itself (what the file holds; {} for a .safetensors
+    file, not read here; ``meta`` holds the iteration it was saved at, ``optimizer``
+    the optimizer's state):
     ``'run'`` (an mmengine checkpoint of a model like the config's), ``'image_run'``
     (an mmengine checkpoint of an image DiT run) or ``'denoiser'`` (an original DiT /
     fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
@@ -72,7 +73,7 @@ def load_from_kind(path):
         return 'denoiser', None, {}
     obj = load_checkpoint_file(path)
     if not (isinstance(obj, dict) and 'state_dict' in obj):
-        return 'denoiser', None, {}
+        return 'denoiser', None, obj if isinstance(obj, dict) else {}
     keys = obj['state_dict']
     if 'denoiser.pos_embed' in keys and 'denoiser.temp_embed' not in keys:
         return 'image_run', keys, obj
@@ -130,42 +131,47 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
                         {k: theirs[f'denoiser.{k}'] for k in kept}, kept)
 
 
-def check_denoiser_file_matches(model, path) -> None:
+def denoiser_weights(path, checkpoint, prefix=None):
+    """The denoiser's weights in a ``--load-from`` file, from ``checkpoint`` (what
+    :func:`load_from_kind` read; read here where it did not: a .safetensors file),
+    or None where the load itself will say what is wrong (in ``init_weights``)."""
+    from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+    try:
+        return extract_state_dict(checkpoint or load_checkpoint_file(path), prefix=prefix)
+    except (KeyError, ValueError):
+        return None
+
+
+def check_denoiser_file_matches(model, path, checkpoint=None) -> None:
     """Refuse ``--load-from`` of a denoiser's weights alone (a DiT / fast-DiT file, an
     exported .pt / .safetensors, a diffusers DiT folder) of another model, before the
     Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
     lines of start-up and with a work dir made. The fixed sin-cos tables and the label
     table may differ (another input size or class count: a fine-tune)."""
-    from mmsora.utils.checkpoint import (extract_state_dict, fine_tune_tables,
-                                         load_checkpoint_file, mismatch_hint, weight_mismatch)
-    try:
-        state = extract_state_dict(load_checkpoint_file(path), key='auto')
-    except (KeyError, ValueError):  # what the load itself says, in init_weights
+    from mmsora.utils.checkpoint import fine_tune_tables, mismatch_hint, weight_mismatch
+    state = denoiser_weights(path, checkpoint)
+    if state is None:
         return
     ours = {k: v.shape for k, v in model.denoiser.state_dict().items()}
     theirs = {k: v.shape for k, v in state.items()}
-    found = weight_mismatch(ours, theirs, own_name='config',
-                            fixed=fine_tune_tables(model.denoiser))
+    tables = fine_tune_tables(model.denoiser)
+    found = weight_mismatch(ours, theirs, own_name='config', fixed=tables)
     if found:
-        hint = mismatch_hint(model.denoiser, ours, theirs, fine_tune_tables(model.denoiser))
+        hint = mismatch_hint(model.denoiser, ours, theirs, tables)
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
                         f'{found}' + (f'; {hint}' if hint else ''))
 
 
-def check_inflation_matches(model, path, kind) -> None:
+def check_inflation_matches(model, path, kind, checkpoint=None) -> None:
     """Refuse ``--load-from`` of an image DiT (a file, or an image run's checkpoint)
     that the config's video model cannot inflate (another depth, learn_sigma, width),
     before the Runner: the denoiser's inflation refused it in ``init_weights``, after
     about 240 lines of start-up and with a work dir made. A video DiT's own file is
     left to its strict load."""
     from mmsora.models.denoisers.video_dit import checked_inflation
-    from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
-    try:
-        state = extract_state_dict(load_checkpoint_file(path),
-                                   prefix='denoiser.' if kind == 'image_run' else None)
-    except (KeyError, ValueError):  # what the load itself says, in init_weights
-        return
-    if 'temp_embed' in state or not hasattr(model.denoiser, 'load_image_dit'):
+    state = denoiser_weights(path, checkpoint, 'denoiser.' if kind == 'image_run' else None)
+    if state is None or 'temp_embed' in state or not hasattr(model.denoiser,
+                                                             'load_image_dit'):
         return
     try:
         checked_inflation(state, model.denoiser)
@@ -604,9 +610,9 @@ def build_train_config(args):
             # model: the denoiser loads it strictly (VideoDiT inflates it exactly), not
             # mmengine's non-strict loader, which would skip mismatched keys silently.
             if kind == 'denoiser' and not video and meta_model is not None:
-                check_denoiser_file_matches(meta_model, args.load_from)
+                check_denoiser_file_matches(meta_model, args.load_from, checkpoint)
             elif video and meta_model is not None:
-                check_inflation_matches(meta_model, args.load_from, kind)
+                check_inflation_matches(meta_model, args.load_from, kind, checkpoint)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
     if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):

@@ -174,22 +174,21 @@ class LatentDiffusion(BaseModel):
         if not self.pretrained_denoiser:
             return
         from mmsora.utils.checkpoint import (extract_state_dict, load_checkpoint_file,
-                                             load_dit_checkpoint, load_state_dict_checked)
+                                             load_state_dict_checked)
         path = self.pretrained_denoiser
-        # An mmsora (mmengine) run keeps the denoiser's weights under 'denoiser.'.
+        # An mmsora (mmengine) run keeps the denoiser's weights under 'denoiser.'. The
+        # file is read once (a DiT's was read again to load it: a diffusers folder
+        # converted twice).
         obj = load_checkpoint_file(path)
         prefix = 'denoiser.' if isinstance(obj, dict) and 'state_dict' in obj else None
-        if not hasattr(self.denoiser, 'load_image_dit'):
-            del obj
-            # (another input size or class count: the model keeps its own tables)
-            load_dit_checkpoint(self.denoiser, path, prefix=prefix, fine_tune=True)
-            print_log(f'pretrained_denoiser: loaded {path}', logger='current')
-            return
         state_dict = extract_state_dict(obj, prefix=prefix)
         del obj
-        if 'temp_embed' in state_dict:  # a VideoDiT's own weights: loaded as they are
+        if not hasattr(self.denoiser, 'load_image_dit') or 'temp_embed' in state_dict:
+            # the denoiser's own weights (another input size or class count: the model
+            # keeps its own tables)
             load_state_dict_checked(self.denoiser, state_dict, path, fine_tune=True)
-            print_log(f'pretrained_denoiser: loaded the video model {path}', logger='current')
+            video = ' the video model' if hasattr(self.denoiser, 'load_image_dit') else ''
+            print_log(f'pretrained_denoiser: loaded{video} {path}', logger='current')
         else:  # an image DiT: inflated exactly, strictly
             self.denoiser.load_image_dit(state_dict, source=path)
             print_log(f'pretrained_denoiser: inflated the image DiT {path} into '
