@@ -19,9 +19,9 @@ this measures the loader's CPU cost, not the disk.
 written): ``--num-samples`` items drawn from it (seeded), read as training reads them
 (:class:`PackedLatentDataset`: a posterior sample per item, text embeddings where the
 store holds them), at each ``--workers`` count, with the bytes of an item as the
-loader hands it on (float32: twice a float16 store's on disk) and MB/s of those:
-whether the loader keeps up with the training step (T5-XXL embeddings of 120 tokens
-are about 2 MB an item so). A first pass reads from the disk; later ones from the
+loader hands it on (latents in float32, text embeddings in the store's dtype) and
+MB/s of those: whether the loader keeps up with the training step (T5-XXL embeddings
+of 120 tokens are about 1 MB an item in float16). A first pass reads from the disk; later ones from the
 page cache where the items fit in memory. ``--latent-shape`` and ``--dtype`` are
 the generated data's and do not apply.
 """

@@ -152,6 +152,14 @@ def decode_dtype(a, dtype):
     return np.array(a, dtype=np.float32)
 
 
+def stored_tensor(a, dtype):
+    """Stored numpy array → torch tensor in the stored dtype (a new tensor, never a
+    view of the file): float16 / bfloat16 stay half the bytes of float32."""
+    a = np.array(a)
+    return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) \
+        if dtype == 'bfloat16' else torch.from_numpy(a)
+
+
 # --------------------------------------------------------------------------- #
 #                                    Writer                                    #
 # --------------------------------------------------------------------------- #
@@ -570,8 +578,14 @@ class LatentStore:
         return i, idx - int(self.offsets[i])
 
     def __getitem__(self, idx):
+        return self.read(idx)
+
+    def read(self, idx, copy=None):
+        """Item ``idx`` in float32: ``(num_copies, K, *latent_shape)``, or with
+        ``copy`` that copy alone, ``(K, *latent_shape)`` (the others not decoded)."""
         i, row = self.locate(idx)
-        return decode_dtype(self.shard_array(i)[row], self.dtype)
+        stored = self.shard_array(i)[row]
+        return decode_dtype(stored if copy is None else stored[copy], self.dtype)
 
     def item_name(self, idx):
         """Where item ``idx`` is kept, for messages: ``'ROOT/shard_00003.npy row 17'``
@@ -579,8 +593,15 @@ class LatentStore:
         i, row = self.locate(idx)
         return f'{osp.join(self.root, self.shards[i]["file"])} row {row}'
 
-    def text(self, idx):
-        """Item ``idx``'s text fields as float32 / bool arrays, or None if no text is kept.
+    def text(self, idx, decode=True):
+        """Item ``idx``'s text fields, or None if no text is kept.
+
+        Args:
+            idx (int): Item index.
+            decode (bool): Give float32 / bool numpy arrays; if False, torch tensors
+                with the embeddings in the store's dtype (what a loader hands to the
+                device, where the model casts them: a T5-XXL item is 1 MB in float16,
+                2 MB in float32). Defaults to True.
 
         Returns:
             dict | None: ``text_embeds`` (L, D), ``text_mask`` (L,) and, when kept,
@@ -592,8 +613,12 @@ class LatentStore:
         out = {}
         for field in self.shards[i]['text_files']:
             value = self.shard_array(i, field)[row]
-            out[field] = (np.array(value, dtype=bool) if field == 'text_mask'
-                          else decode_dtype(value, self.dtype))
+            if field == 'text_mask':
+                value = np.array(value, dtype=bool)
+                out[field] = value if decode else torch.from_numpy(value)
+            else:
+                out[field] = (decode_dtype(value, self.dtype) if decode
+                              else stored_tensor(value, self.dtype))
         return out
 
     def __getstate__(self):

@@ -18,7 +18,10 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     Items are ``{'latents': FloatTensor (C, H, W) (or (C, T, H, W)), 'labels': int}``,
     scaled by the VAE scale factor, plus ``text_embeds`` (L, D), ``text_mask`` (L,)
-    and (CLIP) ``pooled_text_embeds`` (D2,) when the store keeps text embeddings. When the store holds moments, the latent is
+    and (CLIP) ``pooled_text_embeds`` (D2,) when the store keeps text embeddings, in
+    the store's dtype (float16 / bfloat16: half the bytes of float32 from workers to
+    the device; the model casts them to its own). When the store holds moments, the
+    latent is
     ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
     does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
     random. All draws come from a per-process generator seeded by ``(seed, rank,
@@ -53,20 +56,19 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
         return len(self.store)
 
     def __getitem__(self, idx):
-        item = self.store[idx]  # (num_copies, K, *latent_shape) float32
         copy = 0
         if self.random_flip and self.store.num_copies > 1:
             copy = int(self.rng.integers(self.store.num_copies))
+        item = self.store.read(idx, copy)  # (K, *latent_shape) float32
         if self.store.content == 'moments':
-            mean, std = item[copy, 0], item[copy, 1]
+            mean, std = item[0], item[1]
             latents = mean
             if self.sample_posterior:
                 eps = self.rng.standard_normal(mean.shape, dtype=np.float32)
                 latents = mean + std * eps
         else:
-            latents = item[copy, 0]
+            latents = item[0]
         out = dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
                    labels=int(self.store.labels[idx]), sample_idx=idx)
-        for field, value in (self.store.text(idx) or {}).items():
-            out[field] = torch.from_numpy(value)
+        out.update(self.store.text(idx, decode=False) or {})
         return out

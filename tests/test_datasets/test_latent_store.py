@@ -263,6 +263,40 @@ def test_text_embeddings_round_trip_and_dataset(tmp_path):
     assert torch.equal(item['pooled_text_embeds'], torch.from_numpy(text['pooled_text_embeds'][4]))
 
 
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_dataset_hands_text_on_in_the_stored_dtype(tmp_path, dtype):
+    """Text embeddings leave PackedLatentDataset in the store's dtype (a T5-XXL item
+    was handed from the workers to the device in float32, twice its bytes), the same
+    numbers the float32 reader gives, and batch with the default collate."""
+    from torch.utils.data import default_collate
+    from mmsora.datasets import PackedLatentDataset
+    x, labels = make_items(5, copies=2)
+    text = make_text(5)
+    w = LatentStoreWriter(str(tmp_path), 5, SHAPE, shard_size=2, dtype=dtype, num_copies=2,
+                          text_shape=(5, 3), pooled_dim=2)
+    for k in w.pending_shards():
+        s, e = w.shard_range(k)
+        w.write_shard(k, x[s:e], labels[s:e], text={f: v[s:e] for f, v in text.items()})
+    w.finalize()
+    store = LatentStore(str(tmp_path))
+    dataset = PackedLatentDataset(str(tmp_path), seed=0)
+    for i in range(5):
+        item, decoded = dataset[i], store.text(i)
+        for field in ('text_embeds', 'pooled_text_embeds'):
+            assert item[field].dtype == getattr(torch, dtype)
+            assert torch.equal(item[field].float(), torch.from_numpy(decoded[field]))
+        assert item['text_mask'].dtype == torch.bool
+        assert torch.equal(item['text_mask'], torch.from_numpy(text['text_mask'][i]))
+        assert item['latents'].dtype == torch.float32
+    batch = default_collate([dataset[i] for i in range(4)])
+    assert batch['text_embeds'].shape == (4, 5, 3)
+    assert batch['text_embeds'].dtype == getattr(torch, dtype)
+    # One copy read alone is that copy of the whole item.
+    for i in range(5):
+        for copy in range(2):
+            np.testing.assert_array_equal(store.read(i, copy), store[i][copy])
+
+
 def test_text_shapes_are_checked(tmp_path):
     x, labels = make_items(2)
     w = LatentStoreWriter(str(tmp_path / 'a'), 2, SHAPE, text_shape=(5, 3))

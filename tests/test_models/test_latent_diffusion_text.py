@@ -51,6 +51,22 @@ def test_loss_from_text_embeds_and_from_captions(t5_dir):
     assert not any(k.startswith('text_encoder') for k in model.state_dict())
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_text_embeds_give_the_float32_loss(dtype):
+    """A float16 / bfloat16 text store's embeddings reach the model in that dtype
+    (PackedLatentDataset): the loss is the one of the same numbers in float32."""
+    model = build()
+    x = torch.randn(2, *SHAPE)
+    emb = torch.randn(2, 4, 32).to(dtype)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    torch.manual_seed(1)
+    half = model(latents=x, text_embeds=emb, text_mask=mask)['loss']
+    torch.manual_seed(1)
+    full = model(latents=x, text_embeds=emb.float(), text_mask=mask)['loss']
+    assert half.dtype == torch.float32
+    assert torch.equal(half, full)
+
+
 def test_labels_are_ignored_and_errors():
     model = build()
     x = torch.randn(2, *SHAPE)

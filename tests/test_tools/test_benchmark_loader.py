@@ -155,10 +155,10 @@ def test_a_store_of_ones_own_is_timed_read_only(tmp_path, capsys):
     results = benchmark_loader.main(['--store', root, '--num-samples', '32', '--batch-size',
                                      '8', '--workers', '0', '1', '--epochs', '1', '--repeats',
                                      '2', '--json', str(tmp_path / 'r.json')])
-    # as training reads them: the latents (4x8x8) and text embeddings (6x16) in float32,
-    # the mask's 6 bools
+    # as training reads them: the latents (4x8x8) in float32, the text embeddings (6x16)
+    # in the store's float16, the mask's 6 bools
     assert [r['workers'] for r in results] == [0, 1]
-    assert all(r['samples'] == 32 and r['item_bytes'] == 4 * 8 * 8 * 4 + 6 * 16 * 4 + 6
+    assert all(r['samples'] == 32 and r['item_bytes'] == 4 * 8 * 8 * 4 + 6 * 16 * 2 + 6
                for r in results), results
     out = capsys.readouterr().out
     assert f'store={root} items=40 timed=32 (latents, text_embeds, text_mask; 0.001 MB an ' \
