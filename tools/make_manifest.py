@@ -7,6 +7,11 @@ Paths are written relative to the manifest's folder (``--absolute`` for absolute
 paths), which is where ``load_manifest`` resolves them by default. Links to folders
 are followed (datasets kept on another disk), each real folder once.
 
+Each probe is appended to ``OUT.probes.jsonl`` as it finishes: a run stopped half way
+(Ctrl-C, a crash) and a rerun after clips were added probe only the videos not
+probed before (a file whose size or modification time changed is probed again;
+``--reprobe`` probes all).
+
 Examples::
 
     python tools/make_manifest.py data/ucf101/videos --out data/ucf101/train.csv \\
@@ -20,7 +25,7 @@ import os
 import os.path as osp
 import posixpath
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
@@ -49,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=4, help='probing threads')
     p.add_argument('--absolute', action='store_true',
                    help='write absolute paths instead of paths relative to the manifest')
+    p.add_argument('--reprobe', action='store_true',
+                   help='probe every video again instead of taking what OUT.probes.jsonl '
+                   'holds from an earlier run')
     return p.parse_args(argv)
 
 
@@ -179,11 +187,121 @@ def _ambiguous_message(keys, hits, video_dir):
 
 
 def probe(path):
-    """``probe_video``, or the reason the file cannot be read."""
+    """``(probe_video's dict, None, stat)``, or ``(None, the error, stat)`` of a file
+    that cannot be read; ``stat`` is the file's ``[size, mtime_ns]`` where the outcome
+    is the file's own, None after an OSError (a file not there or not readable now
+    may be later)."""
+    try:  # before the probe: a file rewritten while probed is probed again next time
+        st = os.stat(path)
+        stat = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        stat = None  # (probe_video names what is wrong)
     try:
-        return probe_video(path), None
-    except (VideoReadError, OSError) as e:
-        return None, str(e)
+        return probe_video(path), None, stat
+    except VideoReadError as e:
+        return None, e, stat
+    except OSError as e:
+        return None, e, None
+
+
+# ``OUT.probes.jsonl``: a first line {"probe_cache": PROBE_CACHE_VERSION}, then one
+# line a probed file: {"path": absolute path, "stat": [size, mtime_ns], "info": {...}
+# or "reason": "..."}. A change of what probe_video checks bumps the version.
+PROBE_CACHE_VERSION = 1
+
+
+def probe_cache_path(out):
+    """Where the probes of a run are kept: beside the manifest."""
+    return out + '.probes.jsonl'
+
+
+def read_probe_cache(path) -> dict:
+    """``{absolute path: entry}`` of an earlier run's probes; empty when there is no
+    cache or one of another version. A line cut short (a run killed while writing it)
+    is passed over."""
+    entries = {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = iter(f)
+            head = _json_line(next(lines, ''))
+            if head is None or head.get('probe_cache') != PROBE_CACHE_VERSION:
+                return {}
+            for line in lines:
+                entry = _json_line(line)
+                if entry is not None and isinstance(entry.get('path'), str):
+                    entries[entry['path']] = entry
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return entries
+
+
+def _json_line(line):
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _cache_line(path, outcome) -> str:
+    info, error, stat = outcome
+    entry = dict(path=path, stat=stat)
+    entry.update(dict(info=info) if info is not None else dict(reason=error.reason))
+    return json.dumps(entry, ensure_ascii=False) + '\n'
+
+
+def _cached_outcome(entry, path):
+    """The cached ``probe`` outcome of ``path`` if the file is unchanged, else None."""
+    if entry is None or entry.get('stat') is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    if entry['stat'] != [stat.st_size, stat.st_mtime_ns]:
+        return None
+    if entry.get('info') is not None:
+        return entry['info'], None, entry['stat']
+    return None, VideoReadError(path, str(entry.get('reason'))), entry['stat']
+
+
+def probe_all(paths, workers, cache, reprobe=False):
+    """``probe`` of each path, in order, taking unchanged files' outcomes from the
+    ``cache`` file (keyed by absolute path) and appending each new probe to it as it
+    finishes.
+
+    The cache is first rewritten with the unchanged entries of this run's files (a
+    file gone is dropped from it). Before, the probes of a run lived in memory only: a Ctrl-C or a
+    crash an hour into 100k clips (a container without a frame count is decoded whole)
+    lost them all, and a rerun after adding a few clips probed every clip again."""
+    old = {} if reprobe else read_probe_cache(cache)
+    outcomes = {p: _cached_outcome(old.get(osp.abspath(p)), p) for p in paths}
+    todo = [p for p in paths if outcomes[p] is None]
+    if len(todo) < len(paths):
+        print(f'{PROG}: {len(paths) - len(todo)} of {plural(len(paths), "video")} '
+              f'probed by an earlier run ({cache}); probing {len(todo)}', file=sys.stderr)
+    os.makedirs(osp.dirname(osp.abspath(cache)), exist_ok=True)
+    with open(cache + '.tmp', 'w', encoding='utf-8') as f:  # this run's files only
+        f.write(json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n')
+        f.writelines(_cache_line(osp.abspath(p), outcomes[p]) for p in paths
+                     if outcomes[p] is not None)
+    os.replace(cache + '.tmp', cache)
+    with open(cache, 'a', encoding='utf-8') as f:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            futures = {pool.submit(probe, p): p for p in todo}
+            try:
+                for future in tqdm(as_completed(futures), total=len(todo),
+                                   desc='probing videos', unit='video', file=sys.stderr):
+                    path = futures[future]
+                    outcomes[path] = future.result()
+                    if outcomes[path][2] is not None:
+                        f.write(_cache_line(osp.abspath(path), outcomes[path]))
+                        f.flush()
+            except BaseException:  # Ctrl-C: keep what is written, start no more probes
+                for future in futures:
+                    future.cancel()
+                raise
+    return [outcomes[p] for p in paths]
 
 
 def skipped_list_path(out):
@@ -223,15 +341,12 @@ def main(argv=None):
                             f'{args.video_dir}, outside any class folder (e.g. {loose[0]})')
         classes = sorted({p.split(os.sep)[0] for p in rel_paths}, key=natural_sort_key)
     full_paths = [osp.join(args.video_dir, p) for p in rel_paths]
-
-    with ThreadPoolExecutor(max(1, args.workers)) as pool:
-        probed = list(tqdm(pool.map(probe, full_paths), total=len(full_paths),
-                           desc='probing videos', unit='video', file=sys.stderr))
+    probed = probe_all(full_paths, args.workers, probe_cache_path(args.out), args.reprobe)
 
     rows, skipped, uncaptioned = [], [], 0
-    for i, (rel, full, (info, reason)) in enumerate(zip(rel_paths, full_paths, probed)):
+    for i, (rel, full, (info, error, _)) in enumerate(zip(rel_paths, full_paths, probed)):
         if info is None:
-            skipped.append(reason)
+            skipped.append(str(error))
             continue
         row = dict(path=osp.abspath(full))
         if captions is not None:

@@ -1,0 +1,87 @@
+"""tools/make_manifest.py keeps its probes in OUT.probes.jsonl as they finish: a run
+stopped half way, or rerun after clips were added or changed, probes only the videos
+not probed before. Clips are tiny mp4s written here."""
+import json
+
+import pytest
+
+from mmsora.utils.video_io import probe_video
+from tests.test_datasets.test_manifest import load_tool
+from tests.test_datasets.test_manifest_fixes import make_clip
+
+
+@pytest.fixture
+def clips(tmp_path):
+    root = tmp_path / 'clips'
+    for i, name in enumerate(('a.mp4', 'b.mp4', 'sub/c.mp4', 'sub/d.mp4')):
+        make_clip(root / name, num_frames=2 + i)
+    return root
+
+
+def run(tmp_path, clips, out='train.csv', fail_at=None, extra=()):
+    """make_manifest.main on ``clips`` with one probing thread: (the files it
+    probed, in order, and its summary); ``fail_at=k`` stops it with Ctrl-C at the k-th
+    probe."""
+    tool = load_tool()
+    probed = []
+
+    def counting(path):
+        if fail_at is not None and len(probed) == fail_at:
+            raise KeyboardInterrupt
+        probed.append(path)
+        return probe_video(path)
+
+    tool.probe_video = counting
+    summary = tool.main([str(clips), '--out', str(tmp_path / out), '--workers', '1',
+                         *extra])
+    return [p.replace(str(clips) + '/', '') for p in probed], summary
+
+
+def test_rerun_probes_only_videos_new_or_changed(tmp_path, clips):
+    probed, _ = run(tmp_path, clips)
+    assert sorted(probed) == ['a.mp4', 'b.mp4', 'sub/c.mp4', 'sub/d.mp4']
+    manifest = (tmp_path / 'train.csv').read_text()
+    # Nothing changed: nothing probed, the same manifest.
+    assert run(tmp_path, clips)[0] == []
+    assert (tmp_path / 'train.csv').read_text() == manifest
+    # A clip added and one rewritten (another size) are probed; a broken one named.
+    make_clip(clips / 'e.mp4', num_frames=3)
+    make_clip(clips / 'b.mp4', num_frames=7)
+    (clips / 'sub/c.mp4').write_bytes(b'not a video at all')
+    probed, summary = run(tmp_path, clips)
+    assert sorted(probed) == ['b.mp4', 'e.mp4', 'sub/c.mp4']
+    assert len(summary['skipped']) == 1 and 'c.mp4' in summary['skipped'][0]
+    frames = {row.split(',')[0]: row for row in
+              (tmp_path / 'train.csv').read_text().splitlines()[1:]}
+    assert ',7,' in frames['clips/b.mp4'] and 'clips/e.mp4' in frames
+    # The broken file's reason comes from the cache, the same words.
+    probed, again = run(tmp_path, clips)
+    assert probed == [] and again['skipped'] == summary['skipped']
+    # --reprobe probes all.
+    assert len(run(tmp_path, clips, extra=['--reprobe'])[0]) == 5
+
+
+def test_a_run_stopped_half_way_keeps_its_probes(tmp_path, clips):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, clips, fail_at=2)
+    lines = (tmp_path / 'train.csv.probes.jsonl').read_text().splitlines()
+    assert json.loads(lines[0]) == {'probe_cache': 1} and len(lines) == 3
+    assert not (tmp_path / 'train.csv').exists()
+    probed, _ = run(tmp_path, clips)
+    assert len(probed) == 2  # the two not probed before
+    run(tmp_path, clips, out='fresh.csv')
+    assert (tmp_path / 'train.csv').read_text() == (tmp_path / 'fresh.csv').read_text()
+
+
+def test_a_torn_or_foreign_cache_is_probed_again(tmp_path, clips):
+    run(tmp_path, clips)
+    cache = tmp_path / 'train.csv.probes.jsonl'
+    lines = cache.read_text().splitlines()
+    # The last line cut short (a run killed while writing it): that video only.
+    cache.write_text('\n'.join(lines[:-1] + [lines[-1][:20]]) + '\n')
+    assert len(run(tmp_path, clips)[0]) == 1
+    # A cache of another version (what the probe checks changed): all.
+    cache.write_text('\n'.join(['{"probe_cache": 0}'] + lines[1:]) + '\n')
+    assert len(run(tmp_path, clips)[0]) == 4
+    cache.write_text('garbage\n')
+    assert len(run(tmp_path, clips)[0]) == 4
