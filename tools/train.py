@@ -269,17 +269,16 @@ def latest_checkpoint(work_dir):
     afresh; fails early, naming it, if it is unusable. The work dir's own file comes
     first (mmengine's lookup took the absolute path in ``last_checkpoint``: a copied
     work dir resumed from the original's checkpoint)."""
-    from mmsora.utils.checkpoint import last_checkpoint
-    marker = osp.join(work_dir, 'last_checkpoint')
-    latest = last_checkpoint(work_dir)
+    from mmsora.utils.checkpoint import saved_checkpoint
+    try:
+        latest = saved_checkpoint(work_dir)
+    except FileNotFoundError as e:
+        raise UserError(f'--resume: {e}; pass --resume CKPT to pick a checkpoint') from None
     if latest is None:
         return None  # nothing saved yet: mmengine starts the run afresh
     from mmsora.engine.strategies import is_zero_checkpoint
     if is_zero_checkpoint(latest):
         return latest  # a DeepSpeed checkpoint folder (--deepspeed): DeepSpeed checks it
-    if not osp.isfile(latest):
-        raise UserError(f'--resume: {marker} names {latest!r}, which does not exist; '
-                        'pass --resume CKPT to pick a checkpoint')
     check_checkpoint_complete(latest)
     return latest
 

@@ -103,12 +103,12 @@ def resolve_checkpoint(path: str) -> str:
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if not osp.isdir(path) or is_zero_checkpoint(path) or diffusers_dit_folder(path):
         return path
-    newest = last_checkpoint(path)
+    try:
+        newest = saved_checkpoint(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f'{e}: give the checkpoint file') from None
     if newest is None:
         raise FileNotFoundError(not_a_checkpoint_folder(path))
-    if not osp.exists(newest):  # (a moved work dir: the marker names the old place)
-        raise FileNotFoundError(f'{osp.join(path, "last_checkpoint")} names {newest}, which '
-                                'does not exist: give the checkpoint file')
     return newest
 
 
@@ -328,6 +328,18 @@ def last_checkpoint(work_dir):
         return newest_numbered_checkpoint(work_dir)
     own = osp.join(work_dir, osp.basename(named.rstrip('/')))
     return own if osp.exists(own) else named
+
+
+def saved_checkpoint(work_dir):
+    """:func:`last_checkpoint`, checked to exist: None when nothing was saved; raises
+    FileNotFoundError when ``last_checkpoint`` names a checkpoint gone (a work dir
+    moved without it, or its file removed). What ``--resume`` continues from and
+    what the tools read of a work dir (:func:`resolve_checkpoint`)."""
+    newest = last_checkpoint(work_dir)
+    if newest is not None and not osp.exists(newest):
+        raise FileNotFoundError(f'{osp.join(work_dir, "last_checkpoint")} names '
+                                f'{newest}, which does not exist')
+    return newest
 
 
 _NUMBERED = re.compile(r'(iter|epoch)_(\d+)\.pth')
