@@ -70,6 +70,12 @@ def parse_args(argv=None):
                         '(1 = none)')
     parser.add_argument('--eta', type=float, help="DDIM's eta (default 0)")
     parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--precision', choices=['fp32', 'tf32', 'bf16', 'fp16'],
+                        help="the denoiser's arithmetic: fp32; tf32 (float32 with TF32 "
+                        "matrix products on Ampere and newer, as DiT's sample.py); bf16 / "
+                        "fp16 (autocast: faster on a GPU, flash attention; samples differ "
+                        "a little). Default: the config's sample_cfg.precision, else tf32 "
+                        "on a GPU, fp32 on the CPU")
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', type=device_setting,
                         default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -284,6 +290,8 @@ def main(argv=None):
         **parse_sampler_options(args.sampler_options))
     if args.eta is not None:
         sample_kwargs['eta'] = args.eta
+    sample_kwargs['precision'] = args.precision or defaults.get('precision') or (
+        'tf32' if torch.device(args.device).type == 'cuda' else 'fp32')
     if mass:  # fixed per-index seeds and batches: the same on any number of processes
         from mmengine.dist import is_main_process
 

@@ -33,7 +33,8 @@ class CountingModel:
 
 # LatentDiffusion.sample's own settings: a name close to one of them is a typo of it
 # (sample_cfg.num_step), not an option of the sampler.
-SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'seeds')
+SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'precision',
+                   'seeds')
 # Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample
 # (the tools read them): close names are typos of them too (sample_cfg.fsp).
 NOT_SAMPLE_ARGS = ('fps',)
@@ -76,6 +77,8 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     sampler = settings.get('sampler') or inspect.signature(
         diffusion.sample).parameters['sampler'].default
     check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
+    from mmsora.models.latent_diffusion import check_sampling_precision
+    check_sampling_precision(settings.get('precision', 'fp32'))
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
     check_sampler_options(sampler, options,

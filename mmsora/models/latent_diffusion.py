@@ -420,6 +420,7 @@ class LatentDiffusion(BaseModel):
                text_embeds: Optional[torch.Tensor] = None,
                text_mask: Optional[torch.Tensor] = None,
                pooled_text_embeds: Optional[torch.Tensor] = None,
+               precision: str = 'fp32',
                **sampler_kwargs) -> torch.Tensor:
         """Generate one sample per label or prompt (DiT's ``sample.py``).
 
@@ -448,6 +449,12 @@ class LatentDiffusion(BaseModel):
             text_embeds / text_mask / pooled_text_embeds: pre-computed
                 (N, L, D) tokens, (N, L) mask and (N, D2) pooled embeddings.
                 With guidance the unconditional half uses the denoiser's null caption.
+            precision: The denoiser's arithmetic: ``'fp32'``; ``'tf32'`` (float32
+                matrix products in TF32 on Ampere and newer, as DiT's ``sample.py``;
+                fp32 elsewhere); ``'bf16'`` / ``'fp16'`` (each denoiser call under
+                autocast, as Open-Sora samples in bf16: flash attention on a GPU).
+                The sampler's state between steps, the text encoder and the VAE stay
+                float32. Defaults to 'fp32'.
             **sampler_kwargs: Options of the sampler (``eta`` for DDIM, ``atol`` /
                 ``rtol`` for dopri5, ...), checked by the objective.
 
@@ -493,14 +500,16 @@ class LatentDiffusion(BaseModel):
             model_fn = self.denoiser.forward_with_cfg
         # Half-precision weights (a DeepSpeed bf16 / fp16 module during training)
         model_fn = self._denoiser_in_weight_dtype(model_fn, float_output=True)
+        model_fn = _in_precision(model_fn, precision, device)
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
             # Unset sampler / steps fall back to the objective's signature defaults.
             chosen = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps).items()
                       if v is not None}
-            z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
-                                      progress=progress, **chosen, **sampler_kwargs)
+            with _tf32(precision == 'tf32'):
+                z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
+                                          progress=progress, **chosen, **sampler_kwargs)
         finally:
             self.denoiser.train(was_training)
         if use_cfg:
@@ -554,6 +563,51 @@ class LatentDiffusion(BaseModel):
         if generators is None:
             return torch.randn(n, *self.latent_shape, device=device)
         return sample_rng.randn_per_sample(generators, (n, *self.latent_shape), device)
+
+
+# Sampling precisions (LatentDiffusion.sample): the autocast dtype of each denoiser
+# call ('tf32' is float32 with TF32 matrix products).
+SAMPLING_PRECISIONS = dict(fp32=None, tf32=None, bf16=torch.bfloat16, fp16=torch.float16)
+
+
+def check_sampling_precision(precision) -> None:
+    """One-line ValueError for a sampling precision not in :data:`SAMPLING_PRECISIONS`
+    (also checked in a config's ``sample_cfg`` before training starts)."""
+    if precision not in SAMPLING_PRECISIONS:
+        raise ValueError(f'precision={precision!r}: sampling precisions are '
+                         f'{", ".join(SAMPLING_PRECISIONS)}')
+
+
+def _in_precision(fn, precision: str, device: torch.device):
+    """``fn`` (a denoiser call) under autocast to ``precision``'s dtype, its output
+    back in float32; ``fn`` itself for 'fp32' / 'tf32'."""
+    check_sampling_precision(precision)
+    dtype = SAMPLING_PRECISIONS[precision]
+    if dtype is None:
+        return fn
+
+    def call(*args, **kwargs):
+        with torch.autocast(device.type, dtype=dtype):
+            out = fn(*args, **kwargs)
+        return out.float()
+    return call
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 matrix products (and cuDNN convolutions) inside the block, the settings as
+    they were after it; nothing where TF32 is off already wanted or not."""
+    if not enabled:
+        yield
+        return
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision('high')
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 @contextlib.contextmanager

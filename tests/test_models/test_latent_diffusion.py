@@ -139,6 +139,33 @@ def test_half_precision_weights_sample_in_float32(cfg_scale):
     assert 0 < (half - full).abs().max() < 0.1 * full.abs().max()
 
 
+@pytest.mark.parametrize('precision,dtype', [('bf16', torch.bfloat16),
+                                             ('fp16', torch.float16)])
+@pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
+def test_sampling_precision_runs_the_denoiser_under_autocast(precision, dtype, cfg_scale):
+    """precision='bf16' / 'fp16' (tools/infer.py --precision, sample_cfg.precision):
+    the denoiser's products in that dtype, the sampler's state float32, the sample
+    near the float32 one; 'tf32' is float32 on the CPU and leaves the process's
+    matmul setting as it was; an unknown precision is one line."""
+    model = build().eval()
+    seen = []
+    model.denoiser.final_layer.linear.register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype))
+    kw = dict(sampler='ddim', num_steps=4, cfg_scale=cfg_scale, seeds=[5, 6])
+    full = model.sample([0, 1], **kw)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    half = model.sample([0, 1], precision=precision, **kw)
+    assert set(seen) == {dtype} and half.dtype == torch.float32
+    assert 0 < (half - full).abs().max() < 0.1 * full.abs().max()
+    before = torch.get_float32_matmul_precision()
+    assert torch.equal(model.sample([0, 1], precision='tf32', **kw), full)
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match=r"^precision='bf32': sampling precisions are "
+                                         r'fp32, tf32, bf16, fp16$'):
+        model.sample([0, 1], precision='bf32', **kw)
+
+
 def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     model = build().eval()
     plain = model.sample([1], seeds=[3], sampler='ddim', num_steps=4)

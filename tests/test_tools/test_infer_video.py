@@ -98,6 +98,17 @@ def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert probe_video(str(folder / 'sample_000_label0.mp4'))['fps'] == pytest.approx(6.25)
 
+    # --precision bf16: the denoiser under autocast (samples near, not equal to, fp32's)
+    arrays = {}
+    for precision in ('fp32', 'bf16'):
+        npz = tmp_path / f'{precision}.npz'
+        result = run(['tools/infer.py', str(work), '--labels', '0', '0', '--steps', '2',
+                      '--precision', precision, '--out', str(npz)], repo_root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        arrays[precision] = np.load(npz)['arr_0'].astype(np.int16)
+    diff = np.abs(arrays['bf16'] - arrays['fp32'])
+    assert 0 < diff.max() and diff.mean() < 4, (diff.max(), diff.mean())
+
     bad = run(['tools/infer.py', str(work), '--fps', '0'], repo_root)
     assert '--fps must be > 0' in error_line(bad)
     bad = run(['tools/infer.py', str(work), '--out', str(tmp_path / 'grid.png')], repo_root)

@@ -127,7 +127,10 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     # sample_cfg: met when samples were first drawn (a sampling hook's interval in)
     (lambda c: c.update(sample_cfg=dict(sampler='ddim', num_step=10)),
      "sample_cfg: sampler 'ddim' takes no option num_step (its options: eta; the sampling "
-     'settings: sampler, num_steps, cfg_scale, guidance_channels); did you mean num_steps?'),
+     'settings: sampler, num_steps, cfg_scale, guidance_channels, precision); did you mean '
+     'num_steps?'),
+    (lambda c: c.update(sample_cfg=dict(sampler='ddim', precision='bfloat16')),
+     "sample_cfg: precision='bfloat16': sampling precisions are fp32, tf32, bf16, fp16"),
     (lambda c: c.update(sample_cfg=dict(sampler='dpm')),
      "sample_cfg: unknown sampler 'dpm' for GaussianDiffusion; choose one of"),
     (lambda c: c.custom_hooks.append(dict(type='SampleVisualizationHook', interval=100,
