@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.utils import natural_sort_key
-from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
+from mmsora.utils.cli import ArgumentParser, Interrupted, UserError, plural, run_cli
 from mmsora.utils.video_io import VideoReadError, probe_video
 
 PROG = 'make_manifest.py'
@@ -189,8 +189,8 @@ def _ambiguous_message(keys, hits, video_dir):
 def probe(path):
     """``(probe_video's dict, None, stat)``, or ``(None, the error, stat)`` of a file
     that cannot be read; ``stat`` is the file's ``[size, mtime_ns]`` where the outcome
-    is the file's own, None after an OSError (a file not there or not readable now
-    may be later)."""
+    is the file's own, None where it may change without the file changing: the file
+    missing, or a read refused (permissions, an I/O error on a network disk)."""
     try:  # before the probe: a file rewritten while probed is probed again next time
         st = os.stat(path)
         stat = [st.st_size, st.st_mtime_ns]
@@ -199,7 +199,7 @@ def probe(path):
     try:
         return probe_video(path), None, stat
     except VideoReadError as e:
-        return None, e, stat
+        return None, e, None if isinstance(e.__context__, OSError) else stat
     except OSError as e:
         return None, e, None
 
@@ -245,7 +245,7 @@ def _json_line(line):
 
 def _cache_line(path, outcome) -> str:
     info, error, stat = outcome
-    entry = dict(path=path, stat=stat)
+    entry = dict(path=osp.abspath(path), stat=stat)
     entry.update(dict(info=info) if info is not None else dict(reason=error.reason))
     return json.dumps(entry, ensure_ascii=False) + '\n'
 
@@ -265,42 +265,71 @@ def _cached_outcome(entry, path):
     return None, VideoReadError(path, str(entry.get('reason'))), entry['stat']
 
 
+def open_probe_cache(cache, paths, outcomes):
+    """Rewrite ``cache`` with the outcomes already known (this run's files only: a
+    file gone is dropped) and return it open for appending, or None, with a warning,
+    where it cannot be written (a read-only folder: the run goes on without it)."""
+    from mmsora.engine.atomic_checkpoint import atomic_write_bytes
+    head = json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n'
+    known = ''.join(_cache_line(p, outcomes[p]) for p in paths if outcomes[p] is not None)
+    try:
+        atomic_write_bytes((head + known).encode('utf-8'), cache)
+        return open(cache, 'a', encoding='utf-8')
+    except OSError as e:
+        print(f'{PROG}: warning: cannot keep the probes in {cache} ({e.strerror or e}); '
+              'probing without it: a rerun probes every video again', file=sys.stderr)
+        return None
+
+
 def probe_all(paths, workers, cache, reprobe=False):
     """``probe`` of each path, in order, taking unchanged files' outcomes from the
     ``cache`` file (keyed by absolute path) and appending each new probe to it as it
     finishes.
 
-    The cache is first rewritten with the unchanged entries of this run's files (a
-    file gone is dropped from it). Before, the probes of a run lived in memory only: a Ctrl-C or a
-    crash an hour into 100k clips (a container without a frame count is decoded whole)
-    lost them all, and a rerun after adding a few clips probed every clip again."""
+    Before, the probes of a run lived in memory only: a Ctrl-C or a crash an hour into
+    100k clips (a container without a frame count is decoded whole) lost them all, and
+    a rerun after adding a few clips probed every clip again."""
     old = {} if reprobe else read_probe_cache(cache)
     outcomes = {p: _cached_outcome(old.get(osp.abspath(p)), p) for p in paths}
+    del old
     todo = [p for p in paths if outcomes[p] is None]
     if len(todo) < len(paths):
         print(f'{PROG}: {len(paths) - len(todo)} of {plural(len(paths), "video")} '
               f'probed by an earlier run ({cache}); probing {len(todo)}', file=sys.stderr)
-    os.makedirs(osp.dirname(osp.abspath(cache)), exist_ok=True)
-    with open(cache + '.tmp', 'w', encoding='utf-8') as f:  # this run's files only
-        f.write(json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n')
-        f.writelines(_cache_line(osp.abspath(p), outcomes[p]) for p in paths
-                     if outcomes[p] is not None)
-    os.replace(cache + '.tmp', cache)
-    with open(cache, 'a', encoding='utf-8') as f:
+    f = open_probe_cache(cache, paths, outcomes)
+
+    def keep(path, future):
+        if outcomes[path] is not None:  # kept already
+            return
+        outcomes[path] = future.result()
+        if f is not None and outcomes[path][2] is not None:
+            f.write(_cache_line(path, outcomes[path]))
+            f.flush()
+
+    try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             futures = {pool.submit(probe, p): p for p in todo}
             try:
                 for future in tqdm(as_completed(futures), total=len(todo),
                                    desc='probing videos', unit='video', file=sys.stderr):
-                    path = futures[future]
-                    outcomes[path] = future.result()
-                    if outcomes[path][2] is not None:
-                        f.write(_cache_line(osp.abspath(path), outcomes[path]))
-                        f.flush()
-            except BaseException:  # Ctrl-C: keep what is written, start no more probes
+                    keep(futures[future], future)
+            except BaseException as e:  # Ctrl-C, or a probe's unforeseen error
                 for future in futures:
                     future.cancel()
+                pool.shutdown(wait=True)  # the probes running finish: keep them too
+                for future, path in futures.items():
+                    if future.done() and not future.cancelled() and \
+                            future.exception() is None:
+                        keep(path, future)
+                if isinstance(e, KeyboardInterrupt) and f is not None:
+                    done = sum(outcomes[p] is not None for p in paths)
+                    raise Interrupted(f'({done} of {plural(len(paths), "video")} probed, '
+                                      f'kept in {cache}: rerun the same command to probe '
+                                      'the rest)') from None
                 raise
+    finally:
+        if f is not None:
+            f.close()
     return [outcomes[p] for p in paths]
 
 

@@ -155,7 +155,7 @@ def decode_dtype(a, dtype):
 def stored_tensor(a, dtype):
     """Stored numpy array → torch tensor in the stored dtype (a new tensor, never a
     view of the file): float16 / bfloat16 stay half the bytes of float32."""
-    a = np.array(a)
+    a = np.array(a, dtype=np.asarray(a).dtype.newbyteorder('='))  # (torch: native order)
     return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) \
         if dtype == 'bfloat16' else torch.from_numpy(a)
 

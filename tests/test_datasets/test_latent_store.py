@@ -291,6 +291,13 @@ def test_dataset_hands_text_on_in_the_stored_dtype(tmp_path, dtype):
     batch = default_collate([dataset[i] for i in range(4)])
     assert batch['text_embeds'].shape == (4, 5, 3)
     assert batch['text_embeds'].dtype == getattr(torch, dtype)
+    # A shard written on a big-endian machine reads the same (torch takes native order).
+    from mmsora.datasets.latent_store import stored_tensor
+    bits = torch.tensor([1.0, -2.5]).to(torch.bfloat16).view(torch.int16).numpy()
+    assert torch.equal(stored_tensor(bits.view(np.uint16).astype('>u2'), 'bfloat16').float(),
+                       torch.tensor([1.0, -2.5]))
+    assert torch.equal(stored_tensor(np.array([1.5], '>f2'), 'float16'),
+                       torch.tensor([1.5], dtype=torch.float16))
     # One copy read alone is that copy of the whole item.
     for i in range(5):
         for copy in range(2):

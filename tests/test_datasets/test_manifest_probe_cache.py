@@ -2,10 +2,11 @@
 stopped half way, or rerun after clips were added or changed, probes only the videos
 not probed before. Clips are tiny mp4s written here."""
 import json
+import os
 
 import pytest
 
-from mmsora.utils.video_io import probe_video
+from mmsora.utils.video_io import VideoReadError, probe_video
 from tests.test_datasets.test_manifest import load_tool
 from tests.test_datasets.test_manifest_fixes import make_clip
 
@@ -18,10 +19,10 @@ def clips(tmp_path):
     return root
 
 
-def run(tmp_path, clips, out='train.csv', fail_at=None, extra=()):
+def run(tmp_path, clips, out='train.csv', fail_at=None, extra=(), refused=()):
     """make_manifest.main on ``clips`` with one probing thread: (the files it
     probed, in order, and its summary); ``fail_at=k`` stops it with Ctrl-C at the k-th
-    probe."""
+    probe; the files named in ``refused`` cannot be read (no permission)."""
     tool = load_tool()
     probed = []
 
@@ -29,6 +30,12 @@ def run(tmp_path, clips, out='train.csv', fail_at=None, extra=()):
         if fail_at is not None and len(probed) == fail_at:
             raise KeyboardInterrupt
         probed.append(path)
+        if path.endswith(tuple(refused)):
+            try:  # as PyAV refuses a file it may not read
+                raise PermissionError(13, 'Permission denied')
+            except OSError:
+                raise VideoReadError(path, 'not a readable video container '
+                                           '(Permission denied)')
         return probe_video(path)
 
     tool.probe_video = counting
@@ -62,7 +69,9 @@ def test_rerun_probes_only_videos_new_or_changed(tmp_path, clips):
 
 
 def test_a_run_stopped_half_way_keeps_its_probes(tmp_path, clips):
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r'^\(2 of 4 videos probed, kept in '
+                                                r'.*train.csv.probes.jsonl: rerun the same '
+                                                r'command to probe the rest\)$'):
         run(tmp_path, clips, fail_at=2)
     lines = (tmp_path / 'train.csv.probes.jsonl').read_text().splitlines()
     assert json.loads(lines[0]) == {'probe_cache': 1} and len(lines) == 3
@@ -85,3 +94,24 @@ def test_a_torn_or_foreign_cache_is_probed_again(tmp_path, clips):
     assert len(run(tmp_path, clips)[0]) == 4
     cache.write_text('garbage\n')
     assert len(run(tmp_path, clips)[0]) == 4
+
+
+def test_a_file_refused_or_touched_is_probed_again(tmp_path, clips):
+    """A read refused (permissions, an I/O error) is not the file's content: fixed with
+    chmod, which changes neither size nor time, it is probed again; a file whose time
+    alone changed is probed again too."""
+    _, summary = run(tmp_path, clips, refused=['b.mp4'])
+    assert 'Permission denied' in summary['skipped'][0]
+    probed, summary = run(tmp_path, clips)
+    assert probed == ['b.mp4'] and summary['skipped'] == []
+    os.utime(clips / 'a.mp4', ns=(1, 10**18))
+    assert run(tmp_path, clips)[0] == ['a.mp4']
+
+
+def test_a_cache_that_cannot_be_written_is_done_without(tmp_path, clips, capsys):
+    (tmp_path / 'train.csv.probes.jsonl').mkdir()
+    probed, summary = run(tmp_path, clips)
+    assert len(probed) == 4 and summary['num_rows'] == 4
+    assert 'warning: cannot keep the probes in' in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['clips', 'train.csv',
+                                                          'train.csv.probes.jsonl']
