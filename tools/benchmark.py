@@ -128,21 +128,13 @@ def benchmark_config(args):
 
     from mmsora.engine.strategies import (amp_dtype_of, apply_amp, apply_speed_options,
                                           drop_amp)
-    from mmsora.models import dit_preset
     from mmsora.utils.cli import apply_cfg_options, load_config
-    from mmsora.utils.training_inputs import is_ema_hook
+    from mmsora.utils.training_inputs import dit_recipe_model_cfg, is_ema_hook
     if args.config:
         cfg = load_config(args.config)
     else:
-        denoiser = dict(type='DiT', **dit_preset(args.model, input_size=args.input_size,
-                                                  num_classes=args.num_classes))
-        learn_sigma = denoiser.get('learn_sigma', True)
         cfg = Config(dict(
-            model=dict(type='LatentDiffusion', denoiser=denoiser,
-                       diffusion=dict(type='GaussianDiffusion', learn_sigma=learn_sigma),
-                       latent_shape=(denoiser.get('in_channels', 4), args.input_size,
-                                     args.input_size),
-                       num_classes=args.num_classes),
+            model=dit_recipe_model_cfg(args.model, args.input_size, args.num_classes),
             optim_wrapper=dict(type='OptimWrapper', optimizer=dict(
                 type='AdamW', lr=1e-4, weight_decay=0)),
             # as configs/_base_/default_runtime.py guards every step

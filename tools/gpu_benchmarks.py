@@ -143,6 +143,19 @@ PLAN = {
         '--deepspeed', 'deepspeed_zero3', '--gpus', '8', '--measure', 'cuda',
         '--precision', 'bf16', '--grad-checkpointing', '1', '--batch-size', '1', '5',
         '--json', '{json}'], 300),
+    # sampling (tools/benchmark_sampling.py): DiT-XL/2 256 px, 16 images, DDIM 50 steps
+    # with guidance 4, in fp32, tf32 (infer's default on a GPU) and bf16; and one 480p,
+    # 5 s clip (63,600 tokens, guided: 2 x 63,600 a step) at 10 steps in bf16 and tf32
+    'sample_dit_xl2_b16': (['tools/benchmark_sampling.py', '--model', 'DiT-XL/2',
+                            '--input-size', '32', '--device', 'cuda', '--batch-size', '16',
+                            '--sampler', 'ddim', '--steps', '50', '--cfg-scale', '4',
+                            '--precision', 'fp32', 'tf32', 'bf16', '--repeats', '2',
+                            '--json', '{json}'], 300),
+    'sample_video_480p': (['tools/benchmark_sampling.py',
+                           'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py', '--device',
+                           'cuda', '--batch-size', '1', '--sampler', 'ddim', '--steps', '10',
+                           '--cfg-scale', '4', '--precision', 'bf16', 'tf32', '--repeats',
+                           '1', '--json', '{json}'], 600),
     # where the step's time goes (torch.profiler: operators by device and by host time),
     # where MFU was lowest (batch 32, 23% on an H200) and highest (batch 256, 33%)
     **{f'dit_xl2_b{b}_profile': ([*XL, '--batch-size', str(b), '--steps', '3', '--warmup',
@@ -240,7 +253,8 @@ def summary_rows(records: dict) -> list:
     for name, record in records.items():
         results = (record.get('result') or {}).get('results') or []
         for r in results:
-            rows.append(f"{name}: {r['samples_per_s']:.1f} samples/s, "
+            tag = f" {r['precision']}" if 'precision' in r and 'impl' not in r else ''
+            rows.append(f"{name}{tag}: {r['samples_per_s']:.1f} samples/s, "
                         f"{r.get('tflops_per_s', 0):.1f} TFLOP/s, MFU "
                         f"{r.get('mfu', float('nan')):.3f}, peak "
                         f"{r['peak_mem_mb'] / 1024:.2f} GiB")

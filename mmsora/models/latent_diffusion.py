@@ -507,7 +507,7 @@ class LatentDiffusion(BaseModel):
             # Unset sampler / steps fall back to the objective's signature defaults.
             chosen = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps).items()
                       if v is not None}
-            with _tf32(precision == 'tf32'):
+            with _tf32(precision == 'tf32' and device.type == 'cuda'):
                 z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
                                           progress=progress, **chosen, **sampler_kwargs)
         finally:
@@ -595,8 +595,9 @@ def _in_precision(fn, precision: str, device: torch.device):
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    """TF32 matrix products (and cuDNN convolutions) inside the block, the settings as
-    they were after it; nothing where TF32 is off already wanted or not."""
+    """TF32 matrix products (and cuDNN convolutions) on CUDA inside the block, the
+    settings as they were after it; nothing when not ``enabled`` (the CPU: the
+    matmul precision setting reaches oneDNN's float32 products there too)."""
     if not enabled:
         yield
         return

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['training_model_cfg', 'denoiser_kwargs', 'training_batch', 'hook_class',
+__all__ = ['training_model_cfg', 'dit_recipe_model_cfg', 'denoiser_kwargs', 'training_batch', 'hook_class',
            'is_ema_hook', 'ema_hook_cfg']
 
 
@@ -22,6 +22,20 @@ def training_model_cfg(cfg) -> dict:
     model_cfg.pop('text_encoder', None)
     model_cfg.pop('pretrained_denoiser', None)
     return model_cfg
+
+
+def dit_recipe_model_cfg(preset: str, input_size: int, num_classes: int) -> dict:
+    """``model`` of DiT's ImageNet recipe at a preset's size (``'DiT-S/2'``): Gaussian
+    diffusion with learned sigma over ``input_size`` latents; what the benchmarks
+    build without a config (``--model``)."""
+    from mmsora.models import dit_preset
+    denoiser = dict(type='DiT', **dit_preset(preset, input_size=input_size,
+                                             num_classes=num_classes))
+    return dict(type='LatentDiffusion', denoiser=denoiser,
+                diffusion=dict(type='GaussianDiffusion',
+                               learn_sigma=denoiser.get('learn_sigma', True)),
+                latent_shape=(denoiser.get('in_channels', 4), input_size, input_size),
+                num_classes=num_classes)
 
 
 def denoiser_kwargs(model, n: int, text_len: Optional[int] = None) -> dict:
@@ -47,7 +61,8 @@ def denoiser_kwargs(model, n: int, text_len: Optional[int] = None) -> dict:
 def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
     """A loader's batch of ``n`` random samples for ``model`` (a ``LatentDiffusion``):
     ``latents`` (N, *latent_shape) and ``labels``, or ``text_embeds`` / ``text_mask``
-    (/ ``pooled_text_embeds``), on the CPU as a loader hands them over."""
+    (/ ``pooled_text_embeds``), on the CPU (the text in float32, as a float32 store's
+    loader hands it over; a float16 store's is half the bytes to copy)."""
     latents = torch.randn(n, *model.latent_shape)
     kwargs = denoiser_kwargs(model, n, text_len)
     if 'mask' not in kwargs:  # class labels

@@ -161,6 +161,11 @@ def test_sampling_precision_runs_the_denoiser_under_autocast(precision, dtype, c
     before = torch.get_float32_matmul_precision()
     assert torch.equal(model.sample([0, 1], precision='tf32', **kw), full)
     assert torch.get_float32_matmul_precision() == before
+    # on a GPU, 'tf32' sets TF32 products for the sampling alone
+    from mmsora.models.latent_diffusion import _tf32
+    with _tf32(True):
+        assert torch.get_float32_matmul_precision() == 'high'
+    assert torch.get_float32_matmul_precision() == before
     with pytest.raises(ValueError, match=r"^precision='bf32': sampling precisions are "
                                          r'fp32, tf32, bf16, fp16$'):
         model.sample([0, 1], precision='bf32', **kw)
