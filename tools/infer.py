@@ -290,8 +290,8 @@ def main(argv=None):
         **parse_sampler_options(args.sampler_options))
     if args.eta is not None:
         sample_kwargs['eta'] = args.eta
-    sample_kwargs['precision'] = args.precision or defaults.get('precision') or (
-        'tf32' if torch.device(args.device).type == 'cuda' else 'fp32')
+    from mmsora.apis.inference import default_precision
+    sample_kwargs['precision'] = args.precision or default_precision(args.device, defaults)
     if mass:  # fixed per-index seeds and batches: the same on any number of processes
         from mmengine.dist import is_main_process
 

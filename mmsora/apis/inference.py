@@ -12,7 +12,7 @@ from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_c
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
-           'sample_images', 'save_image_grid']
+           'default_precision', 'sample_images', 'save_image_grid']
 
 
 def find_run(path):
@@ -281,6 +281,14 @@ def set_output_size(model, num_frames: Optional[int] = None,
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)
     return model.latent_shape
+
+
+def default_precision(device, sample_cfg=None) -> str:
+    """The sampling precision of tools/infer.py and the text-to-video pictures when
+    none is asked: the config's ``sample_cfg.precision``, else TF32 on a GPU (DiT's
+    ``sample.py`` allows it), fp32 on the CPU."""
+    return (sample_cfg or {}).get('precision') or (
+        'tf32' if torch.device(device).type == 'cuda' else 'fp32')
 
 
 def sample_images(model, labels: Optional[Sequence[int]], seeds: Sequence[int], batch_size=16,

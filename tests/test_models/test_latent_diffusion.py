@@ -171,6 +171,16 @@ def test_sampling_precision_runs_the_denoiser_under_autocast(precision, dtype, c
         model.sample([0, 1], precision='bf32', **kw)
 
 
+def test_the_tools_default_precision():
+    """infer and the text-to-video pictures: sample_cfg.precision, else TF32 on a GPU (as
+    DiT's sample.py), fp32 on the CPU."""
+    from mmsora.apis.inference import default_precision
+    assert default_precision('cuda') == default_precision('cuda:1') == 'tf32'
+    assert default_precision('cpu') == 'fp32'
+    assert default_precision('cuda', dict(precision='bf16', fps=8)) == 'bf16'
+    assert default_precision('cpu', dict(sampler='ddim')) == 'fp32'
+
+
 def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     model = build().eval()
     plain = model.sample([1], seeds=[3], sampler='ddim', num_steps=4)

@@ -157,17 +157,19 @@ class MMSoraPictures(PictureBackend):
                  num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
                  seed: int = 0, device: Optional[str] = None, batch_size: int = 8,
                  cfg_options: Sequence[str] = ()):
-        from mmsora.apis.inference import init_model
+        from mmsora.apis.inference import default_precision, init_model
+        device = device or _default_device()
         with tempfile.TemporaryDirectory() as folder:
             if osp.isfile(run) and not run.endswith('.py'):
                 run, checkpoint = _config_from_checkpoint(run, folder), run
-            self.model, cfg = init_model(run, checkpoint, device=device or _default_device(),
+            self.model, cfg = init_model(run, checkpoint, device=device,
                                          cfg_options=cfg_options)
         defaults = cfg.get('sample_cfg', {})
         self.sample_kwargs = dict(
             sampler=sampler or defaults.get('sampler', 'ddpm'),
             num_steps=num_steps or defaults.get('num_steps', 250),
-            cfg_scale=cfg_scale if cfg_scale is not None else defaults.get('cfg_scale', 1.0))
+            cfg_scale=cfg_scale if cfg_scale is not None else defaults.get('cfg_scale', 1.0),
+            precision=default_precision(device, defaults))
         self.fps = defaults.get('fps', 8)
         num_classes = self.model.num_classes
         self.labels = list(labels) if labels else list(range(num_classes))
