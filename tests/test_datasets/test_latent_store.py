@@ -241,16 +241,23 @@ def make_text(n, seq=5, dim=3, pooled=2, seed=1):
                 pooled_text_embeds=rng.standard_normal((n, pooled)).astype(np.float32))
 
 
-def test_text_embeddings_round_trip_and_dataset(tmp_path):
-    from mmsora.datasets import PackedLatentDataset
-    x, labels = make_items(7)
-    text = make_text(7)
-    w = LatentStoreWriter(str(tmp_path), 7, SHAPE, shard_size=3, dtype='float32',
-                          text_shape=(5, 3), pooled_dim=2)
+def write_text_store(root, n, shard_size, dtype, copies=1):
+    """A store of ``n`` items with (5, 3) text tokens and 2-wide pooled embeddings;
+    returns the text written."""
+    x, labels = make_items(n, copies=copies)
+    text = make_text(n)
+    w = LatentStoreWriter(root, n, SHAPE, shard_size=shard_size, dtype=dtype,
+                          num_copies=copies, text_shape=(5, 3), pooled_dim=2)
     for k in w.pending_shards():
         s, e = w.shard_range(k)
         w.write_shard(k, x[s:e], labels[s:e], text={f: v[s:e] for f, v in text.items()})
     w.finalize()
+    return text
+
+
+def test_text_embeddings_round_trip_and_dataset(tmp_path):
+    from mmsora.datasets import PackedLatentDataset
+    text = write_text_store(str(tmp_path), 7, shard_size=3, dtype='float32')
     store = LatentStore(str(tmp_path))
     assert store.text_shape == (5, 3) and store.pooled_dim == 2
     for i in range(7):
@@ -270,14 +277,7 @@ def test_dataset_hands_text_on_in_the_stored_dtype(tmp_path, dtype):
     numbers the float32 reader gives, and batch with the default collate."""
     from torch.utils.data import default_collate
     from mmsora.datasets import PackedLatentDataset
-    x, labels = make_items(5, copies=2)
-    text = make_text(5)
-    w = LatentStoreWriter(str(tmp_path), 5, SHAPE, shard_size=2, dtype=dtype, num_copies=2,
-                          text_shape=(5, 3), pooled_dim=2)
-    for k in w.pending_shards():
-        s, e = w.shard_range(k)
-        w.write_shard(k, x[s:e], labels[s:e], text={f: v[s:e] for f, v in text.items()})
-    w.finalize()
+    text = write_text_store(str(tmp_path), 5, shard_size=2, dtype=dtype, copies=2)
     store = LatentStore(str(tmp_path))
     dataset = PackedLatentDataset(str(tmp_path), seed=0)
     for i in range(5):
