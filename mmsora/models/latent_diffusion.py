@@ -359,20 +359,27 @@ class LatentDiffusion(BaseModel):
         if embeds.dim() != 3 or len(embeds) != len(x):
             raise ValueError(f'text_embeds must be (N={len(x)}, L, D), got shape '
                              f'{tuple(embeds.shape)}')
+        self._check_text_width(embeds, source, f'set model.denoiser.text_dim='
+                                               f'{embeds.shape[-1]}')
+        return self._text_model_kwargs(embeds, mask, pooled, x.device, x.dtype)
+
+    def _check_text_width(self, embeds, source, fix):
+        """One-line ValueError for text tokens of another width than the denoiser's
+        ``text_dim``, ending with what to do (``fix``)."""
         text_dim = getattr(self.denoiser, 'text_dim', None)
         if text_dim is not None and embeds.shape[-1] != text_dim:
             raise ValueError(f'text tokens {source} are {embeds.shape[-1]} wide but '
                              f'model.denoiser.text_dim is {text_dim} (T5-small: 512, '
-                             'T5-base: 768, T5-XXL: 4096): set model.denoiser.text_dim='
-                             f'{embeds.shape[-1]}')
-        return self._text_model_kwargs(embeds, mask, pooled, x.device, x.dtype)
+                             f'T5-base: 768, T5-XXL: 4096): {fix}')
 
-    @staticmethod
-    def _text_model_kwargs(embeds, mask, pooled, device, dtype):
-        """``dict(y=tokens, mask=mask[, pooled=pooled])`` on ``device`` / ``dtype``."""
+    def _text_model_kwargs(self, embeds, mask, pooled, device, dtype):
+        """``dict(y=tokens, mask=mask[, pooled=pooled])`` on ``device`` / ``dtype``;
+        pooled embeddings only for a denoiser that reads them (``pooled_dim``: Stable
+        Cascade's). A CLIP store's or encoder's pooled embedding reached VideoDiT,
+        which conditions on the tokens alone: a TypeError traceback."""
         kwargs = dict(y=embeds.to(device, dtype),
                       mask=None if mask is None else mask.to(device))
-        if pooled is not None:
+        if pooled is not None and getattr(self.denoiser, 'pooled_dim', None):
             kwargs['pooled'] = pooled.to(device, dtype)
         return kwargs
 
@@ -553,9 +560,16 @@ class LatentDiffusion(BaseModel):
             if isinstance(prompts, str):
                 prompts = [prompts]
             text_embeds, text_mask, pooled = self.encode_text(prompts)
+            self._check_text_width(text_embeds, 'from the text encoder',
+                                   'give the text encoder the model was trained with '
+                                   '(model.text_encoder.pretrained_path)')
         elif text_embeds is None:
             raise ValueError('this model is text-conditioned: give prompts (with '
                              'model.text_encoder set) or text_embeds')
+        else:
+            self._check_text_width(text_embeds, 'given (text_embeds)',
+                                   'give the embeddings of the text encoder the model '
+                                   'was trained with')
         dtype = next(self.denoiser.parameters()).dtype
         return self._text_model_kwargs(text_embeds, text_mask, pooled, device, dtype)
 

@@ -51,6 +51,33 @@ def test_loss_from_text_embeds_and_from_captions(t5_dir):
     assert not any(k.startswith('text_encoder') for k in model.state_dict())
 
 
+def test_a_clip_pooled_embedding_is_left_out_for_videodit():
+    """A CLIP store (or encoder) gives pooled embeddings too; VideoDiT conditions on
+    the tokens alone (it was 'unexpected keyword argument pooled' in training and at
+    sampling)."""
+    model = build()
+    x, emb, pooled = torch.randn(2, *SHAPE), torch.randn(2, 4, 32), torch.randn(2, 8)
+    torch.manual_seed(1)
+    with_pooled = model(latents=x, text_embeds=emb, pooled_text_embeds=pooled)
+    torch.manual_seed(1)
+    assert torch.equal(with_pooled['loss'], model(latents=x, text_embeds=emb)['loss'])
+    model.sample(text_embeds=emb, pooled_text_embeds=torch.randn(2, 8), num_steps=2,
+                 sampler='ddim', seeds=[0, 1])
+
+
+def test_text_of_another_width_at_sampling_is_named(tmp_path):
+    """Sampling a trained model with a text encoder of another width failed deep in the
+    caption embedder ('mat1 and mat2 shapes cannot be multiplied'); the advice is the
+    encoder it was trained with, not another text_dim."""
+    model = build(make_tiny_text_encoder(str(tmp_path / 't5'), 't5', width=48))
+    with pytest.raises(ValueError, match=r'^text tokens from the text encoder are 48 wide '
+                                         r'but model.denoiser.text_dim is 32 .*: give the '
+                                         r'text encoder the model was trained with'):
+        model.sample(prompts=['a dog'], num_steps=2, sampler='ddim')
+    with pytest.raises(ValueError, match=r'^text tokens given \(text_embeds\) are 16 wide'):
+        model.sample(text_embeds=torch.randn(1, 4, 16), num_steps=2, sampler='ddim')
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_text_embeds_give_the_float32_loss(dtype):
     """A float16 / bfloat16 text store's embeddings reach the model in that dtype
