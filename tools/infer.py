@@ -32,7 +32,7 @@ import torch
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
                               apply_cfg_options, check_output_path, device_setting,
-                              keep_freed_memory_on_cpu, load_config, run_cli)
+                              keep_freed_memory_on_cpu, load_config, note, run_cli)
 
 
 def parse_args(argv=None):
@@ -81,7 +81,8 @@ def parse_args(argv=None):
                         default='cuda' if torch.cuda.is_available() else 'cpu')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
-                        'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4, or a '
+                        'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '
+                        '(NAME_{i:03d}.mp4 for text models), or a '
                         'folder (default samples.mp4); NAME.npz: all samples in the ADM '
                         'evaluator\'s layout (arr_0 uint8 NHWC / NTHWC, arr_1 labels)')
     parser.add_argument('--num-frames', type=int, help='videos: frames per clip (default: '
@@ -128,7 +129,7 @@ def check_args(args, num_classes, video=False, text=False):
     if video and args.out is not None and not args.out.endswith('.npz'):
         from mmsora.apis import video_paths
         try:
-            video_paths(args.out, [0])
+            video_paths(args.out, [None] if text else [0])
         except ValueError as e:
             raise UserError(str(e)) from None
     # Checked before sampling, not when the samples are written.
@@ -150,7 +151,7 @@ def check_args(args, num_classes, video=False, text=False):
                         f'class{"es" * (num_classes != 1)}')
 
 
-def precheck_args(args) -> None:
+def precheck_args(args, prompts=None) -> None:
     """:func:`check_args` from the config alone (whether the model makes clips, its
     classes), before the weights load: a wrong --out was named only once a large model
     had loaded. Mistakes in the config itself are left to the model's build."""
@@ -166,6 +167,7 @@ def precheck_args(args) -> None:
         return
     classes = model.get('num_classes')
     check_args(args, classes if isinstance(classes, int) else None, video, text)
+    check_prompts(args, prompts, text)
     check_objective(args.checkpoint, model)
 
 
@@ -218,31 +220,43 @@ def parse_resolution(text):
     return h, w
 
 
-def read_prompts(args, model):
-    """The prompts of --prompt / --prompt-file, checked against the kind of model."""
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        try:
-            with open(args.prompt_file, encoding='utf-8') as f:
-                prompts += [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
-        except OSError as e:
-            raise UserError(f'--prompt-file: cannot read {args.prompt_file!r}: '
-                            f'{e.strerror}') from None
-        if not prompts:
-            raise UserError(f'--prompt-file {args.prompt_file!r} holds no prompt')
-    if model.text_conditioned:
+def read_prompts(args):
+    """The prompts of --prompt or --prompt-file (one a line; blank lines and lines
+    starting with # skipped; a UTF-8 byte order mark dropped), read before the model
+    loads: a missing file was named only after the weights had loaded, and a file
+    saved with a byte order mark gave its first prompt with the mark (or sampled its
+    first comment line)."""
+    if args.prompt and args.prompt_file:
+        raise UserError('--prompt and --prompt-file exclude each other: give the prompts '
+                        'one way')
+    if not args.prompt_file:
+        return list(args.prompt or []) or None
+    try:
+        with open(args.prompt_file, encoding='utf-8-sig') as f:
+            prompts = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'--prompt-file: cannot read {args.prompt_file!r}: '
+                        f'{getattr(e, "strerror", None) or e}') from None
+    if not prompts:
+        raise UserError(f'--prompt-file {args.prompt_file!r} holds no prompt')
+    return prompts
+
+
+def check_prompts(args, prompts, text: bool, text_encoder: bool = True) -> None:
+    """The prompts (or none) against the kind of model: from the config before the
+    weights load, then from the model built."""
+    if text:
         if not prompts:
             raise UserError('this model is text-conditioned: give --prompt TEXT ... or '
                             '--prompt-file FILE')
         if args.labels:
             raise UserError(LABELS_ON_TEXT_MODEL)
-        if model.text_encoder is None:
+        if not text_encoder:
             raise UserError('this text-conditioned model has no text encoder: set '
                             'model.text_encoder.pretrained_path=DIR with --cfg-options')
     elif prompts:
         raise UserError('--prompt / --prompt-file are for text-conditioned models; this '
                         'one takes class labels (--labels) or none')
-    return prompts or None
 
 
 def main(argv=None):
@@ -256,7 +270,8 @@ def main(argv=None):
                                               'cpu' if args.device == 'cpu' else None)
     keep_freed_memory_on_cpu(args, args.device == 'cpu')
     from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
-    precheck_args(args)  # from the config alone: before minutes of loading weights
+    prompts = read_prompts(args)
+    precheck_args(args, prompts)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema)
     video = len(model.latent_shape) == 4  # (C, T, H, W)
@@ -269,10 +284,18 @@ def main(argv=None):
         try:
             set_output_size(model, args.num_frames, parse_resolution(args.resolution))
         except ValueError as e:
-            raise UserError(str(e)) from None
-    prompts = read_prompts(args, model)
+            given = ' '.join(f'--{name.replace("_", "-")} {getattr(args, name)}'
+                             for name in ('num_frames', 'resolution')
+                             if getattr(args, name) is not None)
+            raise UserError(f'{given}: {e}') from None
+    check_prompts(args, prompts, model.text_conditioned, model.text_encoder is not None)
     n = args.num_samples or (len(args.labels) if args.labels else
                              len(prompts) if prompts else 16)
+    given = args.labels or prompts or []
+    if len(given) > n:  # (they were left out without a word)
+        what = 'labels' if args.labels else 'prompts'
+        note(f'--num-samples {n}: the last {len(given) - n} of the {len(given)} {what} '
+             'given are not sampled')
     pool = args.labels or list(range(model.num_classes))
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})

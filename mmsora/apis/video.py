@@ -34,8 +34,10 @@ def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> Lis
     if is_clip_folder(out):
         stem = osp.join(out, 'sample')
     elif suffix.lower() != VIDEO_SUFFIX:
-        raise ValueError(f'--out for video samples is NAME.mp4 (files NAME_000_label0.mp4, '
-                         f'...) or a folder, got {out!r}')
+        label = '' if not labels or labels[0] is None else '_label0'
+        raise ValueError(f'--out for video samples is NAME.mp4 (files NAME_000{label}.mp4, '
+                         f'...), a folder, or NAME.npz (all samples in one file), got '
+                         f'{out!r}')
     return [f'{stem}_{i:03d}{"" if y is None else f"_label{int(y)}"}{ext}'
             for i, y in enumerate(labels)]
 
