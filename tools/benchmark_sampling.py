@@ -16,13 +16,16 @@ evaluation (NFE), model TFLOP/s (forward FLOPs counted from the operators, times
 the batch, the guidance's doubling and the NFE) and MFU against the card's peak for
 that precision, peak memory (CUDA: allocated; CPU: this process's resident set, which
 only grows from one precision to the next), and how far the precision's samples lie
-from the first precision's, from the same noise (``max |diff|`` over the samples'
-largest magnitude).
+from the first precision's, from the same noise (``rel_max_diff``: the largest
+difference over the reference samples' largest magnitude). Sampler, steps, guidance
+and the sampler's options are the config's ``sample_cfg`` under the command line's,
+as tools/infer.py takes them (the objective's own sampler where none is given).
 
 Without ``--checkpoint`` the weights are random (the zero-initialised adaLN and
 output layers filled, so that every block computes and the precisions' samples
 differ as a trained model's would in kind).
 """
+import inspect
 import json
 import sys
 import time
@@ -31,7 +34,7 @@ import torch
 
 from mmsora.models.latent_diffusion import SAMPLING_PRECISIONS
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
-                              check_output_path, run_cli)
+                              check_output_path, note, run_cli)
 
 PROG = 'benchmark_sampling.py'
 
@@ -125,6 +128,31 @@ def build_model(args):
     return model.to(args.device).eval(), sample_cfg
 
 
+def sampling_settings(args, model, sample_cfg) -> dict:
+    """Sampler, steps, guidance and the sampler's options as tools/infer.py takes them:
+    the command line's over the config's ``sample_cfg`` (for ``--model``, DiT's
+    guidance scale 4), the objective's default sampler where none is given, 50 steps
+    where neither gives them; checked against the objective before anything is timed."""
+    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
+                                                     check_sample_settings)
+    same_sampler = args.sampler in (None, sample_cfg.get('sampler'))
+    settings = {k: v for k, v in sample_cfg.items() if k not in NOT_SAMPLE_ARGS and k not in
+                ('precision', 'seeds') and (k in SAMPLE_SETTINGS or same_sampler)}
+    if args.sampler:
+        settings['sampler'] = args.sampler
+    settings['num_steps'] = args.steps or settings.get('num_steps') or 50
+    settings['cfg_scale'] = args.cfg_scale if args.cfg_scale is not None else \
+        settings.get('cfg_scale', 1.0 if args.config else 4.0)
+    try:
+        check_sample_settings(model.diffusion, settings)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not settings.get('sampler'):
+        settings['sampler'] = inspect.signature(
+            model.diffusion.sample).parameters['sampler'].default
+    return settings
+
+
 def conditions(model, n, text_len):
     """``model.sample``'s conditioning of ``n`` samples: labels, or text embeddings."""
     from mmsora.utils.training_inputs import denoiser_kwargs
@@ -190,29 +218,22 @@ def main(argv=None):
                                     else ['fp32', 'bf16'])
     n = args.batch_size
     cond = conditions(model, n, args.text_len)
-    cfg_scale = args.cfg_scale if args.cfg_scale is not None else \
-        sample_cfg.get('cfg_scale', 4.0)
-    settings = dict(sampler=args.sampler or sample_cfg.get('sampler') or 'ddim',
-                    num_steps=args.steps or sample_cfg.get('num_steps') or 50,
-                    cfg_scale=cfg_scale, seeds=[args.seed + i for i in range(n)],
-                    decode=False, **cond)
+    settings = sampling_settings(args, model, sample_cfg)
+    settings.update(seeds=[args.seed + i for i in range(n)], decode=False, **cond)
     try:
         flops = forward_flops_per_sample(model, cond, device)
-    except Exception:  # a denoiser of one's own torch cannot count: no TFLOP/s
+    except Exception as e:  # a denoiser of one's own that torch cannot count
         flops = None
+        note(f'no TFLOP/s: the forward FLOPs could not be counted ({type(e).__name__}: {e})')
     from mmsora.utils.flops import peak_tflops
     results, reference = [], None
     for precision in precisions:
-        try:
-            best, times, nfe, peak, z = time_precision(model, precision, settings, args,
-                                                       device)
-        except ValueError as e:  # a sampler name or option the objective refuses
-            raise UserError(str(e)) from None
+        best, times, nfe, peak, z = time_precision(model, precision, settings, args, device)
         row = dict(precision=precision, s_per_batch=best, samples_per_s=n / best,
                    ms_per_nfe=1000 * best / nfe, nfe=nfe, peak_mem_mb=peak,
                    runs_s=[round(t, 4) for t in times])
         if flops:
-            guided = 2 if cfg_scale != 1.0 else 1
+            guided = 2 if settings['cfg_scale'] != 1.0 else 1
             row['tflops_per_s'] = flops * n * guided * nfe / best / 1e12
             peak_flops = args.peak_tflops or (peak_tflops(
                 torch.cuda.get_device_name(device), {'tf32': 'fp32'}.get(precision, precision),
@@ -222,7 +243,7 @@ def main(argv=None):
         if reference is None:
             reference = z
         scale = float(reference.abs().max()) or 1.0
-        row['max_abs_diff'] = float((z - reference).abs().max()) / scale
+        row['rel_max_diff'] = float((z - reference).abs().max()) / scale
         results.append(row)
     report(args, model, settings, precisions, results)
     return results
@@ -230,25 +251,26 @@ def main(argv=None):
 
 def report(args, model, settings, precisions, results) -> None:
     name = args.config or f'{args.model} input_size={args.input_size}'
+    shown = {k: v for k, v in settings.items()
+             if k not in ('seeds', 'decode', 'labels', 'text_embeds', 'text_mask',
+                          'pooled_text_embeds')}
     print(f'{name}: latent {"x".join(map(str, model.latent_shape))} '
-          f'batch_size={args.batch_size} sampler={settings["sampler"]} '
-          f'steps={settings["num_steps"]} cfg_scale={settings["cfg_scale"]:g} '
-          f'NFE={results[0]["nfe"]} device={args.device} torch={torch.__version__} '
-          f'repeats={args.repeats}')
-    print(f'{"precision":>9}  {"s/batch":>8}  {"samples/s":>9}  {"ms/NFE":>8}  '
-          f'{"TFLOP/s":>8}  {"MFU":>6}  {"peak MB":>8}  max|diff| vs {precisions[0]}')
+          f'batch_size={args.batch_size} '
+          + ' '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
+                     for k, v in shown.items())
+          + f' device={args.device} torch={torch.__version__} repeats={args.repeats}')
+    print(f'{"precision":>9}  {"s/batch":>8}  {"samples/s":>9}  {"NFE":>4}  {"ms/NFE":>8}  '
+          f'{"TFLOP/s":>8}  {"MFU":>6}  {"peak MB":>8}  rel. max|diff| vs {precisions[0]}')
     for r in results:
         tflops = f'{r["tflops_per_s"]:8.3f}' if 'tflops_per_s' in r else f'{"-":>8}'
         mfu = f'{r["mfu"]:6.1%}' if 'mfu' in r else f'{"-":>6}'
         print(f'{r["precision"]:>9}  {r["s_per_batch"]:8.3f}  {r["samples_per_s"]:9.2f}  '
-              f'{r["ms_per_nfe"]:8.1f}  {tflops}  {mfu}  {r["peak_mem_mb"]:8.0f}  '
-              f'{r["max_abs_diff"]:.2e}')
+              f'{r["nfe"]:>4}  {r["ms_per_nfe"]:8.1f}  {tflops}  {mfu}  '
+              f'{r["peak_mem_mb"]:8.0f}  {r["rel_max_diff"]:.2e}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(config=args.config, model=None if args.config else args.model,
-                           batch_size=args.batch_size, device=args.device,
-                           settings={k: v for k, v in settings.items()
-                                     if k in ('sampler', 'num_steps', 'cfg_scale')},
+                           batch_size=args.batch_size, device=args.device, settings=shown,
                            results=results), f, indent=2)
 
 

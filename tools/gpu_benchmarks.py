@@ -145,7 +145,7 @@ PLAN = {
         '--json', '{json}'], 300),
     # sampling (tools/benchmark_sampling.py): DiT-XL/2 256 px, 16 images, DDIM 50 steps
     # with guidance 4, in fp32, tf32 (infer's default on a GPU) and bf16; and one 480p,
-    # 5 s clip (63,600 tokens, guided: 2 x 63,600 a step) at 10 steps in bf16 and tf32
+    # 5 s clip (63,600 tokens, guided: 2 x 63,600 a step) at 10 steps in tf32 and bf16
     'sample_dit_xl2_b16': (['tools/benchmark_sampling.py', '--model', 'DiT-XL/2',
                             '--input-size', '32', '--device', 'cuda', '--batch-size', '16',
                             '--sampler', 'ddim', '--steps', '50', '--cfg-scale', '4',
@@ -154,7 +154,7 @@ PLAN = {
     'sample_video_480p': (['tools/benchmark_sampling.py',
                            'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py', '--device',
                            'cuda', '--batch-size', '1', '--sampler', 'ddim', '--steps', '10',
-                           '--cfg-scale', '4', '--precision', 'bf16', 'tf32', '--repeats',
+                           '--cfg-scale', '4', '--precision', 'tf32', 'bf16', '--repeats',
                            '1', '--json', '{json}'], 600),
     # where the step's time goes (torch.profiler: operators by device and by host time),
     # where MFU was lowest (batch 32, 23% on an H200) and highest (batch 256, 33%)

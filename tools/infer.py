@@ -337,9 +337,11 @@ def main(argv=None):
                            **sample_kwargs)
     bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
     if bad:  # else they are saved black without a word
+        overflow = (' or fp16 overflowed (try --precision bf16)'
+                    if sample_kwargs.get('precision') == 'fp16' else '')
         print(f'warning: {bad} of {n} samples hold NaN or inf (saved black): the '
               "checkpoint's weights may be damaged, or the run diverged (see its logged "
-              'loss)', file=sys.stderr)
+              f'loss){overflow}', file=sys.stderr)
     what = f'prompts {prompts}' if prompts else f'labels {labels}'
     nfe = f'{model.diffusion.last_nfe} model evaluations (NFE) per batch'
     if video:

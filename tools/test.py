@@ -105,15 +105,18 @@ def main(argv=None):
             raise UserError(f'evaluation.{key}: not a setting of the evaluation section'
                             + (f'; did you mean {close[0]}?' if close else
                                f' (it takes {", ".join(takes)})'))
+    # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
+    from mmsora.apis.inference import default_precision
+    sample_cfg = {**(cfg.get('sample_cfg') or {}), **(evaluation.get('sample_cfg') or {})}
+    if default_precision(device, sample_cfg) is not None:
+        sample_cfg['precision'] = default_precision(device, sample_cfg)
     metrics = evaluate_model(model, **evaluation, out=args.out, sample_dir=args.sample_dir,
-                             default_sample_cfg=cfg.get('sample_cfg'))
+                             default_sample_cfg=sample_cfg)
     if is_main_process():
         for key, value in metrics.items():
             print(f'{key}: {value:.4f}')
         if args.json:  # what was scored, as well as the values
             from mmsora.apis import find_run
-            sample_cfg = {**(cfg.get('sample_cfg') or {}),
-                          **(evaluation.get('sample_cfg') or {})}
             with open(args.json, 'w') as f:
                 json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
                                checkpoint=args.checkpoint or find_run(args.run)[1],

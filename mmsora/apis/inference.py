@@ -283,12 +283,13 @@ def set_output_size(model, num_frames: Optional[int] = None,
     return model.latent_shape
 
 
-def default_precision(device, sample_cfg=None) -> str:
-    """The sampling precision of tools/infer.py and the text-to-video pictures when
-    none is asked: the config's ``sample_cfg.precision``, else TF32 on a GPU (DiT's
-    ``sample.py`` allows it), fp32 on the CPU."""
+def default_precision(device, sample_cfg=None):
+    """The sampling precision of tools/infer.py, tools/test.py and the text-to-video
+    pictures when none is asked: the config's ``sample_cfg.precision``, else TF32 on a
+    GPU (DiT's ``sample.py`` and ``sample_ddp.py`` allow it), on the CPU None (float32,
+    where TF32 does not apply)."""
     return (sample_cfg or {}).get('precision') or (
-        'tf32' if torch.device(device).type == 'cuda' else 'fp32')
+        'tf32' if torch.device(device).type == 'cuda' else None)
 
 
 def sample_images(model, labels: Optional[Sequence[int]], seeds: Sequence[int], batch_size=16,

@@ -104,7 +104,9 @@ def _fingerprint(model, plan, batch_size, sample_kwargs) -> str:
     if isinstance(model, torch.nn.Module):
         weights = float(sum(p.detach().double().abs().sum().item() for p in model.parameters()))
     return json.dumps(dict(plan=plan, batch_size=batch_size, weights=weights,
-                           sample_kwargs={k: repr(v) for k, v in sorted(sample_kwargs.items())}),
+                           # (precision None: as before the setting existed)
+                           sample_kwargs={k: repr(v) for k, v in sorted(sample_kwargs.items())
+                                          if not (k == 'precision' and v is None)}),
                       sort_keys=True)
 
 

@@ -78,7 +78,7 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
         diffusion.sample).parameters['sampler'].default
     check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
     from mmsora.models.latent_diffusion import check_sampling_precision
-    check_sampling_precision(settings.get('precision', 'fp32'))
+    check_sampling_precision(settings.get('precision'))
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
     check_sampler_options(sampler, options,

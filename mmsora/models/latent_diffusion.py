@@ -427,7 +427,7 @@ class LatentDiffusion(BaseModel):
                text_embeds: Optional[torch.Tensor] = None,
                text_mask: Optional[torch.Tensor] = None,
                pooled_text_embeds: Optional[torch.Tensor] = None,
-               precision: str = 'fp32',
+               precision: Optional[str] = None,
                **sampler_kwargs) -> torch.Tensor:
         """Generate one sample per label or prompt (DiT's ``sample.py``).
 
@@ -456,18 +456,23 @@ class LatentDiffusion(BaseModel):
             text_embeds / text_mask / pooled_text_embeds: pre-computed
                 (N, L, D) tokens, (N, L) mask and (N, D2) pooled embeddings.
                 With guidance the unconditional half uses the denoiser's null caption.
-            precision: The denoiser's arithmetic: ``'fp32'``; ``'tf32'`` (float32
-                matrix products in TF32 on Ampere and newer, as DiT's ``sample.py``;
+            precision: The denoiser's arithmetic: ``'fp32'`` (full float32: TF32 off
+                on a GPU for the sampling); ``'tf32'`` (float32 with TF32 matrix
+                products and convolutions on Ampere and newer, as DiT's ``sample.py``;
                 fp32 elsewhere); ``'bf16'`` / ``'fp16'`` (each denoiser call under
-                autocast, as Open-Sora samples in bf16: flash attention on a GPU).
+                autocast, as Open-Sora samples in bf16: flash attention on a GPU;
+                adaptive ODE solvers then take more steps at their default rtol).
                 The sampler's state between steps, the text encoder and the VAE stay
-                float32. Defaults to 'fp32'.
+                float32. A denoiser whose weights are half precision already (a
+                DeepSpeed bf16 / fp16 run's) computes in its own dtype. None (the
+                default): float32 with the process's TF32 settings as they are.
             **sampler_kwargs: Options of the sampler (``eta`` for DDIM, ``atol`` /
                 ``rtol`` for dopri5, ...), checked by the objective.
 
         Returns:
             Decoded images in [-1, 1] (N, 3, H, W) with a VAE, else latents.
         """
+        check_sampling_precision(precision)
         device = next(self.denoiser.parameters()).device
         cond = self._sample_condition(labels, prompts, text_embeds, text_mask,
                                       pooled_text_embeds, device)
@@ -506,15 +511,18 @@ class LatentDiffusion(BaseModel):
                 kwargs['guidance_channels'] = guidance_channels
             model_fn = self.denoiser.forward_with_cfg
         # Half-precision weights (a DeepSpeed bf16 / fp16 module during training)
+        # compute in their dtype: autocast to the other half type fails in torch
+        half_weights = next(self.denoiser.parameters()).dtype != torch.float32
         model_fn = self._denoiser_in_weight_dtype(model_fn, float_output=True)
-        model_fn = _in_precision(model_fn, precision, device)
+        if not half_weights:
+            model_fn = _in_precision(model_fn, precision, device)
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
             # Unset sampler / steps fall back to the objective's signature defaults.
             chosen = {k: v for k, v in dict(sampler=sampler, num_steps=num_steps).items()
                       if v is not None}
-            with _tf32(precision == 'tf32' and device.type == 'cuda'):
+            with _float32_products(precision, device):
                 z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
                                           progress=progress, **chosen, **sampler_kwargs)
         finally:
@@ -580,8 +588,10 @@ class LatentDiffusion(BaseModel):
 
 
 # Sampling precisions (LatentDiffusion.sample): the autocast dtype of each denoiser
-# call ('tf32' is float32 with TF32 matrix products).
-SAMPLING_PRECISIONS = dict(fp32=None, tf32=None, bf16=torch.bfloat16, fp16=torch.float16)
+# call ('fp32' / 'tf32' are float32, with TF32 products off / on on a GPU; None
+# leaves the process's settings as they are).
+SAMPLING_PRECISIONS = {None: None, 'fp32': None, 'tf32': None, 'bf16': torch.bfloat16,
+                       'fp16': torch.float16}
 
 
 def check_sampling_precision(precision) -> None:
@@ -589,40 +599,43 @@ def check_sampling_precision(precision) -> None:
     (also checked in a config's ``sample_cfg`` before training starts)."""
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f'precision={precision!r}: sampling precisions are '
-                         f'{", ".join(SAMPLING_PRECISIONS)}')
+                         f'{", ".join(p for p in SAMPLING_PRECISIONS if p)}')
 
 
-def _in_precision(fn, precision: str, device: torch.device):
+def _in_precision(fn, precision, device: torch.device):
     """``fn`` (a denoiser call) under autocast to ``precision``'s dtype, its output
-    back in float32; ``fn`` itself for 'fp32' / 'tf32'."""
-    check_sampling_precision(precision)
+    back in float32; ``fn`` itself for float32 precisions, with autocast off for
+    'fp32' / 'tf32' (an autocast region the caller opened does not reach it)."""
     dtype = SAMPLING_PRECISIONS[precision]
-    if dtype is None:
+    if precision is None:
         return fn
 
     def call(*args, **kwargs):
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16,
+                            enabled=dtype is not None):
             out = fn(*args, **kwargs)
         return out.float()
     return call
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
-    """TF32 matrix products (and cuDNN convolutions) on CUDA inside the block, the
-    settings as they were after it; nothing when not ``enabled`` (the CPU: the
-    matmul precision setting reaches oneDNN's float32 products there too)."""
-    if not enabled:
+def _float32_products(precision, device: torch.device):
+    """On a GPU, float32 matrix products and cuDNN convolutions in TF32 for 'tf32' and
+    in full float32 for the other precisions inside the block (the training's TF32
+    setting reached an 'fp32' sampling hook's samples), put back after; nothing for
+    None or on the CPU (the setting reaches oneDNN's products there). Through the
+    per-backend ``fp32_precision`` settings: the legacy
+    ``get_float32_matmul_precision`` refuses to read after the new API was used."""
+    if precision is None or device.type != 'cuda':
         yield
         return
-    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision('high')
-    torch.backends.cudnn.allow_tf32 = True
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = 'tf32' if precision == 'tf32' else 'ieee'
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = cudnn
+        matmul.fp32_precision, conv.fp32_precision = before
 
 
 @contextlib.contextmanager

@@ -158,27 +158,53 @@ def test_sampling_precision_runs_the_denoiser_under_autocast(precision, dtype, c
     half = model.sample([0, 1], precision=precision, **kw)
     assert set(seen) == {dtype} and half.dtype == torch.float32
     assert 0 < (half - full).abs().max() < 0.1 * full.abs().max()
-    before = torch.get_float32_matmul_precision()
     assert torch.equal(model.sample([0, 1], precision='tf32', **kw), full)
-    assert torch.get_float32_matmul_precision() == before
-    # on a GPU, 'tf32' sets TF32 products for the sampling alone
-    from mmsora.models.latent_diffusion import _tf32
-    with _tf32(True):
-        assert torch.get_float32_matmul_precision() == 'high'
-    assert torch.get_float32_matmul_precision() == before
+    assert torch.equal(model.sample([0, 1], precision='fp32', **kw), full)
+    # 'fp32' is float32 inside an autocast region the caller opened, too
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(model.sample([0, 1], precision='fp32', **kw), full)
     with pytest.raises(ValueError, match=r"^precision='bf32': sampling precisions are "
                                          r'fp32, tf32, bf16, fp16$'):
         model.sample([0, 1], precision='bf32', **kw)
 
 
+def test_float32_products_on_a_gpu_are_set_for_the_sampling_alone():
+    """'tf32' turns TF32 on for the sampling, 'fp32' / 'bf16' / 'fp16' turn it off (the
+    training's TF32 reached an 'fp32' sampling hook's samples), None leaves it; the
+    settings are put back, through the per-backend API (the legacy getter refuses to
+    read after it was used); nothing on the CPU."""
+    from mmsora.models.latent_diffusion import _float32_products
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    cuda = torch.device('cuda')
+    for precision, inside in (('tf32', 'tf32'), ('fp32', 'ieee'), ('bf16', 'ieee')):
+        with _float32_products(precision, cuda):
+            assert (matmul.fp32_precision, conv.fp32_precision) == (inside, inside)
+        assert (matmul.fp32_precision, conv.fp32_precision) == before
+    for precision, device in ((None, cuda), ('tf32', torch.device('cpu'))):
+        with _float32_products(precision, device):
+            assert (matmul.fp32_precision, conv.fp32_precision) == before
+
+
+def test_half_weights_sample_in_their_own_dtype_at_any_precision():
+    """DeepSpeed bf16 weights sampled by a hook with sample_cfg.precision='fp16' (or
+    fp16 weights at 'bf16') failed in autocast ('Unexpected floating ScalarType')."""
+    model = build().eval()
+    kw = dict(sampler='ddim', num_steps=2, cfg_scale=3.0, seeds=[5, 6])
+    for weights, precision in ((torch.bfloat16, 'fp16'), (torch.float16, 'bf16')):
+        model.denoiser.to(weights)
+        assert torch.equal(model.sample([0, 1], precision=precision, **kw),
+                           model.sample([0, 1], **kw))
+
+
 def test_the_tools_default_precision():
     """infer and the text-to-video pictures: sample_cfg.precision, else TF32 on a GPU (as
-    DiT's sample.py), fp32 on the CPU."""
+    DiT's sample.py), None (float32 as it is) on the CPU."""
     from mmsora.apis.inference import default_precision
     assert default_precision('cuda') == default_precision('cuda:1') == 'tf32'
-    assert default_precision('cpu') == 'fp32'
+    assert default_precision('cpu') is None
     assert default_precision('cuda', dict(precision='bf16', fps=8)) == 'bf16'
-    assert default_precision('cpu', dict(sampler='ddim')) == 'fp32'
+    assert default_precision('cpu', dict(sampler='ddim')) is None
 
 
 def test_cfg_changes_the_sample_and_scale_one_is_unguided():
