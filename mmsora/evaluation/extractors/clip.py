@@ -5,6 +5,9 @@ torchmetrics' default for its CLIPScore, or ``openai/clip-vit-base-patch32``).
 The folder holds ``config.json``, the weights (``model.safetensors`` or
 ``pytorch_model.bin``), the tokenizer files and, usually, ``preprocessor_config.json``
 whose mean, std and crop size are used. Loaded with ``local_files_only=True``.
+The folder must hold a whole CLIP model (``CLIPModel``: image and text towers); a
+text encoder's folder (T5, or a CLIP text tower alone) is refused from its
+``config.json`` before loading.
 """
 import json
 import os.path as osp
@@ -15,12 +18,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmsora.registry import MODELS
+from mmsora.utils.checkpoint import folder_model, read_json_config
 
 __all__ = ['CLIPEmbedder']
 
 # OpenAI CLIP's pixel statistics, used when the folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# What a folder of a CLIP tower alone holds, by its config.json's model_type.
+_TOWERS = dict(clip_text_model='a CLIP text encoder only (what extract_features.py '
+               '--text-encoder-kind clip reads), no image tower',
+               clip_vision_model='a CLIP image encoder only, no text tower')
+
+
+def check_clip_folder(folder: str) -> None:
+    """Refuse a folder that is not a whole transformers CLIP model, from its
+    ``config.json``. Before, transformers loaded a T5 folder ('You are using a model of
+    type t5 to instantiate a model of type clip') or a CLIP text encoder's folder into
+    a ``CLIPModel`` with a table of missing keys, the weights it lacked random, and
+    the CLIP score came out as 0.0000 with exit status 0."""
+    need = ('the CLIP score needs a whole transformers CLIPModel (image and text '
+            'towers) with its tokenizer, e.g. openai/clip-vit-large-patch14 saved locally')
+    config_file = osp.join(folder, 'config.json')
+    if not osp.isfile(config_file):
+        raise ValueError(f'CLIP folder {folder!r} has no config.json (not a transformers '
+                         f'model folder): {need}')
+    config = read_json_config(config_file)
+    if config is None:
+        raise ValueError(f'CLIP folder {folder!r}: its config.json cannot be read as a '
+                         f'JSON object: {need}')
+    holds = folder_model(folder)
+    if config.get('model_type') == 'clip' or holds is None:  # None: it does not say
+        return
+    tower = _TOWERS.get(config.get('model_type'))
+    raise ValueError(f'CLIP folder {folder!r} holds a {holds} (its config.json)'
+                     f'{": " + tower if tower else ""}, not a whole CLIP model: {need}')
 
 
 def _embeddings(out):
@@ -43,6 +77,7 @@ class CLIPEmbedder(nn.Module):
         if not osp.isdir(pretrained_path):
             raise FileNotFoundError(f'CLIP folder not found: {pretrained_path} (a local '
                                     'transformers CLIP folder; see docs/evaluation.md)')
+        self.check_pretrained_path(pretrained_path)
         self.model = transformers.CLIPModel.from_pretrained(
             pretrained_path, local_files_only=True).eval().requires_grad_(False)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -58,6 +93,12 @@ class CLIPEmbedder(nn.Module):
         self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.batch_size = batch_size
         self.max_length = self.model.config.text_config.max_position_embeddings
+
+    @staticmethod
+    def check_pretrained_path(pretrained_path: str) -> None:
+        """Raise, without loading it, for a folder that is not a whole CLIP model
+        (:func:`check_clip_folder`)."""
+        check_clip_folder(pretrained_path)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> CLIP's input: shorter side bicubic-resized to the

@@ -79,9 +79,13 @@ class SampleMetric(BaseMetric):
                                         f'found: {path}')
         extractor_type = self.extractor_cfg.get('type')
         cls = MODELS.get(extractor_type) if isinstance(extractor_type, str) else extractor_type
-        check = getattr(cls, 'check_weights', None)
-        if check is not None and isinstance(self.extractor_cfg.get('weights'), str):
-            check(self.extractor_cfg['weights'])
+        # the extractor's file or folder checked before anything is sampled (a T5
+        # folder as CLIP's was refused only once the first batch had been drawn)
+        for key, method in (('weights', 'check_weights'),
+                            ('pretrained_path', 'check_pretrained_path')):
+            check = getattr(cls, method, None)
+            if check is not None and isinstance(self.extractor_cfg.get(key), str):
+                check(self.extractor_cfg[key])
 
     @property
     def extractor(self) -> torch.nn.Module:
