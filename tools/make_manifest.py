@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True, help='manifest file: .csv or .jsonl')
     p.add_argument('--captions', help='JSON file mapping a video path relative to '
                    'VIDEO_DIR (or a file name that only one video has) to its caption, '
-                   'or to null for none')
+                   'or to null (or "") for none')
     p.add_argument('--label-from-folder', action='store_true',
                    help='label = index of the top-level folder under VIDEO_DIR in the '
                    'sorted folder names (ImageFolder rule); adds a class_name column')
@@ -117,11 +117,13 @@ def _contains(real_folder, path):
 
 
 def load_captions(path):
-    """The caption mapping of ``--captions``, keys with forward slashes; a null value
-    is kept as None (no caption).
+    """The caption mapping of ``--captions``, keys with forward slashes; a null value,
+    an empty caption and one of only whitespace are kept as None (no caption).
 
     Before, every value went through ``str()``: null became the caption 'None' (and the
-    video was not counted as uncaptioned), a number its digits, silently.
+    video was not counted as uncaptioned), a number its digits, silently. An empty
+    caption was counted as one and written as an empty cell, which the manifest's
+    readers take for none (extract_features.py --text-encoder stopped at its row).
     """
     if not osp.isfile(path):
         raise UserError(f'captions file not found: {path}')
@@ -137,7 +139,8 @@ def load_captions(path):
         if value is not None and not isinstance(value, str):
             raise UserError(f'captions file {path}: the caption of {key!r} is a JSON '
                             f'{_json_type(value)}, not a string (null for no caption)')
-    return {k.replace('\\', '/'): v for k, v in captions.items()}
+    return {k.replace('\\', '/'): v if v is None or v.strip() else None
+            for k, v in captions.items()}
 
 
 def _json_type(value):

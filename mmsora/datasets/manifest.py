@@ -114,7 +114,7 @@ def load_manifest(path, data_root=None, require=('path', )):
         FileNotFoundError: the manifest does not exist.
         ManifestError: naming the file, line and column of the first problem (missing
             column, with the nearest existing name; empty manifest; bad number; empty
-            required value).
+            required value), and what to do where it is a missing caption or value.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'manifest not found: {path}')
@@ -130,12 +130,35 @@ def load_manifest(path, data_root=None, require=('path', )):
                             f'{e.start})') from None
 
 
-def _check_columns(path, where, columns, require):
+def _check_columns(path, where, columns, require, row=None):
+    """Refuse ``columns`` lacking a required one: a CSV's header (``row`` None) or a
+    JSONL row (``row``: its index). In a JSONL row after the first, a key left out
+    without a close name is the row's empty value (make_manifest leaves a null caption
+    out), left to the empty-value check; before, it was a 'missing required column'."""
     present = {_ALIASES.get(c, c) for c in columns}
     for name in require:
         if name not in present:
+            suggest = _suggest(name, columns)
+            if row and not suggest:
+                continue
+            hint = ''
+            if name == 'caption':  # before: nothing said that 'text' is read as it too
+                hint = (": add a caption column, 'caption' or Open-Sora's 'text' (read as "
+                        'the caption too); tools/make_manifest.py --captions writes one'
+                        if row is None else ": give the row a 'caption' (or Open-Sora's "
+                        "'text', read as the caption too) or drop the row")
             raise ManifestError(f'manifest {path} {where}: missing required column '
-                                f'{name!r}{_suggest(name, columns)}')
+                                f'{name!r}{suggest}{hint}')
+
+
+def _empty_value(path, line_num, name, columns):
+    """The error of a row without a value for the required column ``name``; before,
+    it did not say what to do."""
+    label, why = repr(name), 'every row needs one'
+    if name == 'caption' and 'caption' not in columns and 'text' in columns:
+        label, why = "'text'", 'the caption; every row needs one'  # Open-Sora's name
+    return ManifestError(f'manifest {path} line {line_num}: empty {label} ({why}): fill '
+                         f'in the {name} or drop the row')
 
 
 def _load_rows(path, reader, root, require):
@@ -147,7 +170,7 @@ def _load_rows(path, reader, root, require):
     rows = []
     for line_num, columns, raw in reader(path):
         if reader is _read_jsonl:
-            _check_columns(path, f'line {line_num}', columns, require)
+            _check_columns(path, f'line {line_num}', columns, require, row=len(rows))
         row = {}
         for key, value in raw.items():
             key = _ALIASES.get(key, key)
@@ -162,8 +185,7 @@ def _load_rows(path, reader, root, require):
             row[key] = value
         for name in require:
             if name not in row:
-                raise ManifestError(f'manifest {path} line {line_num}: empty {name!r} '
-                                    f'(every row needs one)')
+                raise _empty_value(path, line_num, name, columns)
         row['path'] = osp.normpath(osp.join(root, osp.expanduser(row['path'])))
         rows.append(row)
     if not rows:
