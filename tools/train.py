@@ -481,6 +481,7 @@ def check_latent_store(cfg):
                         f'{stored:g} (or extract the latents again with the VAE\'s scale)')
     from mmsora.utils.config_keys import text_conditioned_config
     if text_conditioned_config(cfg.model):
+        note_caption_length(cfg, index, root)
         return
     classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
     if not isinstance(classes, int):
@@ -510,6 +511,21 @@ def check_latent_store(cfg):
                         f'model.num_classes={classes} ({takes}): set '
                         f'model.num_classes={high + 1} and model.denoiser.num_classes='
                         f'{high + 1}')
+
+
+def note_caption_length(cfg, index, root) -> None:
+    """Say when the store's captions were encoded to another token length than the
+    config's text encoder encodes prompts to at sampling (extract_features.py
+    --max-length against model.text_encoder.max_length): the model trains on captions
+    of up to one length and is sampled with prompts cut to the other, without a word."""
+    encoder = cfg.model.get('text_encoder') or {}
+    stored = (index.get('text_shape') or [None])[0]
+    ours = encoder.get('max_length') if hasattr(encoder, 'get') else None
+    if isinstance(stored, int) and isinstance(ours, int) and stored != ours:
+        note(f'{root}: the captions were encoded to {stored} tokens (extract_features.py '
+             f'--max-length {stored}) but model.text_encoder.max_length is {ours}: prompts '
+             f'are cut to {ours} tokens at sampling; set model.text_encoder.max_length='
+             f'{stored} to sample as the model was trained')
 
 
 def build_train_config(args):

@@ -585,3 +585,28 @@ def test_labels_past_the_models_classes_are_refused_before_the_run(repo_root, tm
                                         r'without a label is -1\): add a label column'):
         build_train_config(parse_args(store('none', [0, -1])))
     build_train_config(parse_args(store('fits', [0, 3], [2, 1])))
+
+
+def test_captions_of_another_length_than_the_samplers_are_noted(repo_root, tmp_path,
+                                                               capsys):
+    """A store extracted with --max-length 16 trained a model whose config encodes
+    prompts to 120 tokens at sampling, without a word (walk-through of text-to-video)."""
+    from mmengine.config import Config
+
+    from mmsora.datasets import LatentStoreWriter
+    from tools.train import check_latent_store
+    writer = LatentStoreWriter(str(tmp_path / 'store'), 1, (4, 2, 4, 4), text_shape=(16, 8))
+    writer.write_shard(0, np.zeros((1, 1, 2, 4, 2, 4, 4), np.float32), [0],
+                       text=dict(text_embeds=np.zeros((1, 16, 8), np.float32),
+                                 text_mask=np.ones((1, 16), bool)))
+    writer.finalize()
+    cfg = Config.fromfile(osp.join(repo_root,
+                                   'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'store')
+    check_latent_store(cfg)
+    assert ('the captions were encoded to 16 tokens (extract_features.py --max-length 16) '
+            'but model.text_encoder.max_length is 120: prompts are cut to 120 tokens at '
+            'sampling; set model.text_encoder.max_length=16') in capsys.readouterr().err
+    cfg.model.text_encoder.max_length = 16
+    check_latent_store(cfg)
+    assert 'captions were encoded' not in capsys.readouterr().err
