@@ -103,6 +103,18 @@ def build_model_on_meta(cfg):
     return None
 
 
+def check_vae_folder(model) -> None:
+    """The VAE's folder (``model.vae.pretrained_path``) against what it holds, from its
+    config.json, before the run: the VAE loads only when samples are decoded, so a T5
+    folder given as the VAE trained a whole run before tools/infer.py named it."""
+    check = getattr(getattr(model, 'vae', None), 'check_folder', None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as e:
+            raise UserError(f'model.vae.pretrained_path: {e}') from None
+
+
 def check_load_from_matches(model, path, state_dict, option='--load-from'):
     """Refuse ``--load-from`` (or ``--resume``) of an mmengine checkpoint whose
     denoiser is not the config's (``model``, built on the meta device). mmengine's
@@ -543,6 +555,7 @@ def build_train_config(args):
         from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)
     meta_model = build_model_on_meta(cfg)
+    check_vae_folder(meta_model)
     from mmsora.utils.config_keys import check_training_keys
     # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
     # and the EMA hook): a typo would fail after the Runner's start-up output, or

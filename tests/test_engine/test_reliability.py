@@ -610,3 +610,15 @@ def test_captions_of_another_length_than_the_samplers_are_noted(repo_root, tmp_p
     cfg.model.text_encoder.max_length = 16
     check_latent_store(cfg)
     assert 'captions were encoded' not in capsys.readouterr().err
+
+
+def test_a_text_encoder_folder_as_the_vae_is_refused_before_the_run(repo_root, tmp_path):
+    """The VAE loads only when samples are decoded: a T5 folder given as
+    model.vae.pretrained_path trained a whole run, then stopped tools/infer.py."""
+    from tests.tiny_models import make_tiny_text_encoder
+    t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5')
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    argv = [config, '--work-dir', str(tmp_path / 'w'), '--cfg-options']
+    with pytest.raises(UserError, match=r"^model.vae.pretrained_path: VAE folder '.*t5' "
+                                        r'holds a transformers T5EncoderModel'):
+        build_train_config(parse_args([*argv, f'model.vae.pretrained_path={t5}']))

@@ -27,6 +27,15 @@ def folder_vae_class(folder: str):
     return found if isinstance(found, str) else None
 
 
+def _vae_folder(path: str, subfolder=None) -> str:
+    """The folder a VAE loads from: ``path/subfolder``, or a pipeline folder's
+    ``vae/`` when ``path`` has no config.json of its own."""
+    if subfolder is None and not osp.isfile(osp.join(path, 'config.json')) \
+            and osp.isfile(osp.join(path, 'vae', 'config.json')):
+        subfolder = 'vae'
+    return osp.join(path, subfolder) if subfolder else path
+
+
 def check_vae_kind(folder: str, wanted: str) -> None:
     """Refuse a folder of another VAE class than ``wanted``: diffusers loaded it into
     the wrong class and failed with dozens of size-mismatch lines. A transformers
@@ -137,15 +146,24 @@ class AutoencoderKLWrapper(nn.Module):
         """The diffusers model class this wrapper holds."""
         return AutoencoderKL
 
+    def check_folder(self) -> None:
+        """Refuse, without loading it, a ``pretrained_path`` folder that holds another
+        model than this wrapper's (a text encoder's, another VAE class): what
+        ``tools/train.py`` checks before the run (the VAE loads only when samples are
+        decoded: a T5 folder given as the VAE trained a whole run, then stopped
+        tools/infer.py). A folder not there (yet) is left to the load."""
+        if self.pretrained_path is None or not osp.isdir(self.pretrained_path):
+            return
+        folder = _vae_folder(self.pretrained_path, self.subfolder)
+        if osp.isfile(osp.join(folder, 'config.json')):
+            check_vae_kind(folder, self.model_class().__name__)
+
     @staticmethod
     def _load(cls, path, subfolder):
         if not osp.isdir(path):
             raise FileNotFoundError(f'VAE folder {path!r} does not exist (give a local '
                                     f'diffusers AutoencoderKL folder; nothing is downloaded)')
-        if subfolder is None and not osp.isfile(osp.join(path, 'config.json')) \
-                and osp.isfile(osp.join(path, 'vae', 'config.json')):
-            subfolder = 'vae'
-        folder = osp.join(path, subfolder) if subfolder else path
+        folder = _vae_folder(path, subfolder)
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
                                     f'diffusers {cls.__name__} folder)'
@@ -160,7 +178,7 @@ class AutoencoderKLWrapper(nn.Module):
         if not glob.glob(osp.join(glob.escape(folder), 'diffusion_pytorch_model*')):
             raise no_weights
         try:
-            return cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs(),
+            return cls.from_pretrained(folder, **local_pretrained_kwargs(),
                                        **weights_variant(folder))
         except OSError as e:
             if 'no file named' not in str(e):
