@@ -4,13 +4,17 @@
 # from its prompt. It checks that captions reach the model and steer it, end to end
 # (manifest captions -> T5 -> cross-attention -> guidance -> mp4): not a generator of
 # new videos. tests/test_tools/test_text_to_video_overfit.py runs it.
-# The text encoder is read from a local folder (nothing is downloaded):
+# The data: two clips and a caption for each (the test's), as a manifest beside them;
+# the text encoder is read from a local folder (nothing is downloaded):
+#   echo '{"bikes.mp4": "a bike rides on the road",
+#          "bigbuckbunny.mp4": "a cat runs in the snow"}' > data/videos/captions.json
+#   python tools/make_manifest.py data/videos --out data/videos/captions.csv \
+#       --captions data/videos/captions.json
 #   python tools/train.py configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py \
-#       --cfg-options train_dataloader.dataset.data_root=data/videos \
-#       model.text_encoder.pretrained_path=checkpoints/t5-small
-#   python tools/infer.py work_dirs/video_dit_tiny4_1xb2_t5_two_clips \
-#       --prompt "people ride bikes" "a rabbit in a meadow" --out clips/ --cfg-scale 2 \
 #       --cfg-options model.text_encoder.pretrained_path=checkpoints/t5-small
+#   python tools/infer.py work_dirs/video_dit_tiny4_1xb2_t5_two_clips \
+#       --prompt "a bike rides on the road" "a cat runs in the snow" --out clips/ \
+#       --cfg-scale 2 --cfg-options model.text_encoder.pretrained_path=checkpoints/t5-small
 # Captions are encoded at every step here (two clips, a tiny encoder); for real data
 # store T5 embeddings once with tools/extract_features.py --text-encoder and train
 # from the packed store (configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py).
@@ -38,7 +42,7 @@ model = dict(
 )
 sample_cfg = dict(sampler='ddim', num_steps=25, cfg_scale=1.0, fps=3.125)
 
-# A manifest with a caption per video (tools/make_manifest.py, then add the captions).
+# A manifest with a caption per video (tools/make_manifest.py --captions, above).
 data_root = 'data/videos'
 train_dataloader = dict(
     batch_size=2,
