@@ -48,7 +48,7 @@ from mmsora.engine.hooks.loss_guard_hook import nonfinite_rows
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import ArgumentParser, UserError, device_setting, plural, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, device_setting, note, plural, run_cli
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
@@ -283,6 +283,24 @@ def build_vae(args):
     except (FileNotFoundError, OSError, ValueError) as e:
         fail(e)
     return vae
+
+
+def note_long_captions(text_encoder, source) -> None:
+    """Say, before encoding, how many captions are longer than --max-length tokens
+    (they are cut there: a 300-word caption kept its first 120 tokens without a
+    word), with the longest's length (rank 0)."""
+    if text_encoder is None or launch_rank() != 0:
+        return
+    captions = [c for c in source.captions if isinstance(c, str)]
+    long = text_encoder.longer_than_max_length(captions)
+    if long:
+        longest = max(len(ids) for ids in text_encoder.tokenizer(
+            [captions[i] for i in long])['input_ids'])
+        note(f'{plural(len(long), "caption")} of {len(captions)} '
+             f'{"is" if len(long) == 1 else "are"} longer than --max-length '
+             f'{text_encoder.max_length} tokens (the longest {longest}, e.g. '
+             f'{captions[long[0]][:60]!r}) and will be cut there; give a larger '
+             '--max-length to keep them whole')
 
 
 def build_text_encoder(args):
@@ -555,6 +573,7 @@ def main(argv=None):
     warn_slow_clips(args, source)
     vae = build_vae(args)
     text_encoder = build_text_encoder(args)
+    note_long_captions(text_encoder, source)
     rank, world, device = init_dist(args.device)
     vae.vae.to(device)
     latent_shape = latent_shape_of(vae, source)

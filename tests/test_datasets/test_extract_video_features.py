@@ -142,3 +142,18 @@ def test_errors(manifest, tiny_vae_dir, tmp_path):
     with pytest.raises(UserError, match='caption'):
         extract.main(['--manifest', nocap, '--out', str(tmp_path / 'o'), '--vae',
                       tiny_vae_dir, '--text-encoder', str(tmp_path)])
+
+
+def test_captions_longer_than_max_length_are_counted_first(manifest, tiny_vae_dir, tmp_path,
+                                                           capsys):
+    """Captions past --max-length tokens were cut without a word (as Open-Sora's T5
+    does); the count comes before the encoding, with the longest's length."""
+    t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5')
+    run(manifest, str(tmp_path / 'store'), '--vae', tiny_vae_dir, '--text-encoder', t5,
+        '--max-length', '6')
+    assert ("note: 1 caption of 3 is longer than --max-length 6 tokens (the longest 7, "
+            "e.g. 'people ride bikes on the road') and will be cut there; give a larger "
+            '--max-length to keep them whole') in capsys.readouterr().err
+    run(manifest, str(tmp_path / 'whole'), '--vae', tiny_vae_dir, '--text-encoder', t5,
+        '--max-length', '7')
+    assert 'longer than --max-length' not in capsys.readouterr().err

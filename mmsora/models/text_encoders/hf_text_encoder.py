@@ -177,6 +177,13 @@ class HFTextEncoder(nn.Module):
 
     # ------------------------------------------------------------------ API
     @torch.no_grad()
+    def longer_than_max_length(self, captions: Sequence[str]) -> list:
+        """The positions of the captions whose tokens (the end token included) do not
+        fit in ``max_length``: :meth:`encode` cuts them there, as Open-Sora's T5 does
+        without a word (tools/extract_features.py says how many, before encoding)."""
+        lengths = [len(ids) for ids in self.tokenizer(list(captions))['input_ids']]
+        return [i for i, n in enumerate(lengths) if n > self.max_length]
+
     def encode(self, captions: Sequence[str], device=None
                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Token embeddings of captions.
