@@ -231,15 +231,8 @@ def read_prompts(args):
                         'one way')
     if not args.prompt_file:
         return list(args.prompt or []) or None
-    try:
-        with open(args.prompt_file, encoding='utf-8-sig') as f:
-            prompts = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f'--prompt-file: cannot read {args.prompt_file!r}: '
-                        f'{getattr(e, "strerror", None) or e}') from None
-    if not prompts:
-        raise UserError(f'--prompt-file {args.prompt_file!r} holds no prompt')
-    return prompts
+    from mmsora.apis.inference import read_prompt_file
+    return read_prompt_file(args.prompt_file)
 
 
 def check_prompts(args, prompts, text: bool, text_encoder: bool = True) -> None:

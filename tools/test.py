@@ -37,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='also save the samples as an ADM-style .npz; a '
                         'rerun after a crash keeps its finished batches')
     parser.add_argument('--sample-dir', help='also save one PNG / mp4 per sample here')
+    parser.add_argument('--prompt-file', help='text-conditioned models: the prompts to '
+                        'sample and score, one a line (blank lines and lines starting with '
+                        '# skipped), cycled over the samples; sets evaluation.prompts')
     parser.add_argument('--json', help='write the metrics to this JSON file')
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', type=device_setting,
@@ -65,6 +68,10 @@ def check_args(args):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
+    prompts = None
+    if args.prompt_file:  # before minutes of loading weights
+        from mmsora.apis.inference import read_prompt_file
+        prompts = read_prompt_file(args.prompt_file)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     from mmengine.dist import is_main_process
 
@@ -95,6 +102,8 @@ def main(argv=None):
     for key in ('num_samples', 'batch_size', 'seed'):
         if getattr(args, key) is not None:
             evaluation[key] = getattr(args, key)
+    if prompts is not None:
+        evaluation['prompts'] = prompts
     import difflib
     import inspect
     takes = [k for k in inspect.signature(evaluate_model).parameters

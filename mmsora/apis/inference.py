@@ -12,7 +12,7 @@ from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_c
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
-           'default_precision', 'sample_images', 'save_image_grid']
+           'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid']
 
 
 def find_run(path):
@@ -281,6 +281,23 @@ def set_output_size(model, num_frames: Optional[int] = None,
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)
     return model.latent_shape
+
+
+def read_prompt_file(path) -> list:
+    """The prompts of ``--prompt-file`` (tools/infer.py, tools/test.py), one a line:
+    blank lines and lines starting with ``#`` skipped, surrounding spaces and a UTF-8
+    byte order mark dropped (it began the first prompt). Raises UserError (one line)
+    for a file that cannot be read or holds no prompt."""
+    from mmsora.utils.cli import UserError
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            prompts = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'--prompt-file: cannot read {path!r}: '
+                        f'{getattr(e, "strerror", None) or e}') from None
+    if not prompts:
+        raise UserError(f'--prompt-file {path!r} holds no prompt')
+    return prompts
 
 
 def default_precision(device, sample_cfg=None):

@@ -108,7 +108,7 @@ def load_tool(repo_root, name):
     return module
 
 
-def test_test_tool_errors_are_one_line(tiny_run, capsys):
+def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
     from mmsora.utils.cli import run_cli
     repo_root, root, config, ckpt = tiny_run
     tool = load_tool(repo_root, 'test')
@@ -138,6 +138,24 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys):
                                       'evaluation.num_sample=4'])) == 2
     assert ('error: evaluation.num_sample: not a setting of the evaluation section; did '
             'you mean num_samples?') in capsys.readouterr().err
+    # --prompt-file: read as infer reads it, before the weights load, into
+    # evaluation.prompts (before: a config line open()-ing the file, blank lines kept)
+    assert run_cli(lambda: tool.main([config, '/nonexistent.pth', '--prompt-file',
+                                      str(root / 'none.txt')])) == 2
+    assert "error: --prompt-file: cannot read '" in capsys.readouterr().err
+    (root / 'prompts.txt').write_text('\ufeffa cat runs\n\n# not this\na dog sits\n')
+    import functools
+
+    import mmsora.apis
+    seen = {}
+
+    @functools.wraps(mmsora.apis.evaluate_model)  # (test.py checks keys by its signature)
+    def evaluate(model, **kw):
+        seen.update(kw)
+        return {'FID': 1.0}
+    monkeypatch.setattr(mmsora.apis, 'evaluate_model', evaluate)
+    tool.main([config, ckpt, '--prompt-file', str(root / 'prompts.txt')])
+    assert seen['prompts'] == ['a cat runs', 'a dog sits']
 
 
 def hooked_config(tmp_path, config, num_samples, batch_size):
