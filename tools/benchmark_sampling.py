@@ -133,13 +133,10 @@ def sampling_settings(args, model, sample_cfg) -> dict:
     the command line's over the config's ``sample_cfg`` (for ``--model``, DiT's
     guidance scale 4), the objective's default sampler where none is given, 50 steps
     where neither gives them; checked against the objective before anything is timed."""
-    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
-                                                     check_sample_settings)
-    same_sampler = args.sampler in (None, sample_cfg.get('sampler'))
-    settings = {k: v for k, v in sample_cfg.items() if k not in NOT_SAMPLE_ARGS and k not in
-                ('precision', 'seeds') and (k in SAMPLE_SETTINGS or same_sampler)}
-    if args.sampler:
-        settings['sampler'] = args.sampler
+    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, check_sample_settings,
+                                                     merge_sample_cfg)
+    settings = {k: v for k, v in merge_sample_cfg(sample_cfg, sampler=args.sampler).items()
+                if k not in (*NOT_SAMPLE_ARGS, 'precision', 'seeds')}
     settings['num_steps'] = args.steps or settings.get('num_steps') or 50
     settings['cfg_scale'] = args.cfg_scale if args.cfg_scale is not None else \
         settings.get('cfg_scale', 1.0 if args.config else 4.0)

@@ -296,16 +296,15 @@ def main(argv=None):
     # refused by the sampler), under the command line's settings; its sampler's
     # options stay with its sampler. Sampler and steps left unset fall back to the
     # objective's own defaults.
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, SAMPLE_SETTINGS
-    sample_kwargs = {k: v for k, v in defaults.items() if k not in NOT_SAMPLE_ARGS and (
-        k in SAMPLE_SETTINGS or args.sampler in (None, defaults.get('sampler')))}
-    sample_kwargs.update(
-        sampler=args.sampler or defaults.get('sampler'),
-        num_steps=args.steps or defaults.get('num_steps'),
-        cfg_scale=args.cfg_scale if args.cfg_scale is not None else defaults.get('cfg_scale', 1.0),
-        **parse_sampler_options(args.sampler_options))
-    if args.eta is not None:
-        sample_kwargs['eta'] = args.eta
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
+    sample_kwargs = merge_sample_cfg(defaults, dict(sampler=args.sampler) if args.sampler
+                                     else None, parse_sampler_options(args.sampler_options),
+                                     num_steps=args.steps, cfg_scale=args.cfg_scale,
+                                     eta=args.eta)
+    for key in NOT_SAMPLE_ARGS:
+        sample_kwargs.pop(key, None)
+    # (the keys a mass-sampling run's fingerprint has always held)
+    sample_kwargs = dict(dict(sampler=None, num_steps=None, cfg_scale=1.0), **sample_kwargs)
     from mmsora.apis.inference import default_precision
     sample_kwargs['precision'] = args.precision or default_precision(args.device, defaults)
     if mass:  # fixed per-index seeds and batches: the same on any number of processes

@@ -116,7 +116,8 @@ def main(argv=None):
                                f' (it takes {", ".join(takes)})'))
     # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
     from mmsora.apis.inference import default_precision
-    sample_cfg = {**(cfg.get('sample_cfg') or {}), **(evaluation.get('sample_cfg') or {})}
+    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    sample_cfg = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
     if default_precision(device, sample_cfg) is not None:
         sample_cfg['precision'] = default_precision(device, sample_cfg)
     metrics = evaluate_model(model, **evaluation, out=args.out, sample_dir=args.sample_dir,

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 from mmengine.evaluator import Evaluator
 
-from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS
+from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
 
 from .mass_sampling import mass_sample
 
@@ -91,7 +91,7 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
     Returns:
         dict: metric name -> value, on every rank.
     """
-    kwargs = {**(default_sample_cfg or {}), **(sample_cfg or {})}
+    kwargs = merge_sample_cfg(default_sample_cfg, sample_cfg)
     for key in NOT_SAMPLE_ARGS:
         kwargs.pop(key, None)
     evaluator = build_evaluator(metrics)

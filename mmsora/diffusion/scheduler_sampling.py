@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
-           'check_sampler_name', 'check_sample_settings']
+           'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg']
 
 
 class CountingModel:
@@ -38,6 +38,26 @@ SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'pr
 # Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample
 # (the tools read them): close names are typos of them too (sample_cfg.fsp).
 NOT_SAMPLE_ARGS = ('fps',)
+
+
+def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> dict:
+    """A config's ``sample_cfg`` (``base``) under overrides: dicts (a hook's or the
+    evaluation's ``sample_cfg``, a tool's sampler options), then keyword choices
+    (a tool's options; None ones are not chosen). Where an override picks another
+    sampler than the settings so far, their options of the sampler they had are
+    dropped (a config's DDIM ``eta`` would be refused by DDPM), the sampling settings
+    and the tools' entries (``fps``) kept. The one rule of tools/infer.py, tools/test.py,
+    the sampling hooks, the text-to-video pictures and tools/benchmark_sampling.py
+    (each had its own: a hook or evaluation choosing another sampler kept the
+    config's options and was refused, the pictures dropped eta and the rest)."""
+    merged = dict(base or {})
+    for over in (*overs, {k: v for k, v in chosen.items() if v is not None}):
+        over = dict(over or {})
+        if over.get('sampler') not in (None, merged.get('sampler')):
+            merged = {k: v for k, v in merged.items()
+                      if k in SAMPLE_SETTINGS or k in NOT_SAMPLE_ARGS}
+        merged.update(over)
+    return merged
 
 
 def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):

@@ -449,7 +449,7 @@ def _check_sample_cfg(cfg) -> None:
     model's objective: a sampler name or option typo failed when the samples were
     first drawn, a sampling hook's interval into the run (and the run with it), or at
     ``tools/infer.py``. A model config that does not build is left to the model."""
-    from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    from mmsora.diffusion.scheduler_sampling import check_sample_settings, merge_sample_cfg
     from mmsora.models.latent_diffusion import LatentDiffusion
     from mmsora.registry import DIFFUSION
     base = cfg.get('sample_cfg')
@@ -457,10 +457,11 @@ def _check_sample_cfg(cfg) -> None:
     entries = [('sample_cfg', base)] if base else []
     for i, hook in enumerate(cfg.get('custom_hooks') or []):
         if isinstance(hook, dict) and isinstance(hook.get('sample_cfg'), dict):
-            entries.append((f'custom_hooks[{i}].sample_cfg', {**base, **hook['sample_cfg']}))
+            entries.append((f'custom_hooks[{i}].sample_cfg',
+                            merge_sample_cfg(base, hook['sample_cfg'])))
     evaluation = cfg.get('evaluation')
     if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
-        entries.append(('evaluation.sample_cfg', {**base, **evaluation['sample_cfg']}))
+        entries.append(('evaluation.sample_cfg', merge_sample_cfg(base, evaluation['sample_cfg'])))
     model = cfg.get('model')
     if not entries or not isinstance(model, dict) or model.get('type') != 'LatentDiffusion':
         return

@@ -71,3 +71,37 @@ def test_build_noise_scheduler():
     sched = build_noise_scheduler(dict(type='DDIMScheduler', beta_schedule='scaled_linear'),
                                   steps_offset=1)
     assert sched.config.beta_schedule == 'scaled_linear' and sched.config.steps_offset == 1
+
+
+def test_sample_cfg_merges_by_one_rule():
+    """merge_sample_cfg: a config's sample_cfg under a hook's / the evaluation's / a
+    tool's choices; another sampler drops the options of the one before (DDIM's eta
+    was handed to DDPM: 'takes no option eta'), settings and fps stay; None is not a
+    choice, but an option's None value given in a dict is kept."""
+    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    base = dict(sampler='ddim', num_steps=50, eta=0.5, cfg_scale=4.0, fps=8)
+    assert merge_sample_cfg(base, dict(sampler='ddpm')) == dict(
+        sampler='ddpm', num_steps=50, cfg_scale=4.0, fps=8)
+    assert merge_sample_cfg(base, dict(num_steps=10)) == dict(base, num_steps=10)
+    assert merge_sample_cfg(base, None, sampler=None, num_steps=None, eta=0.0) == \
+        dict(base, eta=0.0)
+    assert merge_sample_cfg(None, dict(sampler='sde_euler'), dict(last_step=None),
+                            num_steps=20) == dict(sampler='sde_euler', last_step=None,
+                                                  num_steps=20)
+    assert merge_sample_cfg(base, dict(sampler='ddpm', eta=1.0)) == dict(
+        sampler='ddpm', num_steps=50, cfg_scale=4.0, fps=8, eta=1.0)
+
+
+def test_a_hook_with_another_sampler_than_the_config_is_not_refused():
+    """A sampling hook (or the evaluation) choosing DDPM under a config's DDIM with
+    its eta was refused before training ('sampler ddpm takes no option eta')."""
+    import os.path as osp
+
+    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_keys import check_training_keys
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = load_config(osp.join(root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'))
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=10, eta=0.5)
+    cfg.custom_hooks.append(dict(type='SampleVisualizationHook', interval=100,
+                                 sample_cfg=dict(sampler='ddpm')))
+    check_training_keys(cfg)

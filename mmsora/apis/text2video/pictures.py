@@ -164,12 +164,15 @@ class MMSoraPictures(PictureBackend):
                 run, checkpoint = _config_from_checkpoint(run, folder), run
             self.model, cfg = init_model(run, checkpoint, device=device,
                                          cfg_options=cfg_options)
+        from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
         defaults = cfg.get('sample_cfg', {})
-        self.sample_kwargs = dict(
-            sampler=sampler or defaults.get('sampler', 'ddpm'),
-            num_steps=num_steps or defaults.get('num_steps', 250),
-            cfg_scale=cfg_scale if cfg_scale is not None else defaults.get('cfg_scale', 1.0),
+        # the config's settings and its sampler's options under the ones given (unset:
+        # the objective's own sampler and steps; a SiT model was refused 'ddpm')
+        self.sample_kwargs = merge_sample_cfg(
+            defaults, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
             precision=default_precision(device, defaults))
+        for key in NOT_SAMPLE_ARGS:
+            self.sample_kwargs.pop(key, None)
         self.fps = defaults.get('fps', 8)
         num_classes = self.model.num_classes
         self.labels = list(labels) if labels else list(range(num_classes))

@@ -104,9 +104,8 @@ class SampleEvaluationHook(Hook):
         not at the first evaluation (``interval`` iterations in)."""
         from mmengine.model import is_model_wrapper
 
-        from mmsora.diffusion.scheduler_sampling import check_sampler_name
-        settings = {**(runner.cfg.get('sample_cfg') or {}),
-                    **(self.settings['sample_cfg'] or {})}
+        from mmsora.diffusion.scheduler_sampling import check_sampler_name, merge_sample_cfg
+        settings = merge_sample_cfg(runner.cfg.get('sample_cfg'), self.settings['sample_cfg'])
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         diffusion = getattr(model, 'diffusion', None)
         if settings.get('sampler') is not None and hasattr(diffusion, 'samplers'):

@@ -119,7 +119,8 @@ class SampleVisualizationHook(Hook):
 
     def _sample_cfg(self, runner) -> dict:
         """The config's ``sample_cfg`` with the hook's over it (``fps`` included)."""
-        return dict(runner.cfg.get('sample_cfg') or {}, **self.sample_cfg)
+        from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+        return merge_sample_cfg(runner.cfg.get('sample_cfg'), self.sample_cfg)
 
     def _draw(self, runner, model):
         from mmsora.apis import sample_images
