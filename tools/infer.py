@@ -334,7 +334,9 @@ def main(argv=None):
         print(f'warning: {bad} of {n} samples hold NaN or inf (saved black): the '
               "checkpoint's weights may be damaged, or the run diverged (see its logged "
               f'loss){overflow}', file=sys.stderr)
-    what = f'prompts {prompts}' if prompts else f'labels {labels}'
+    # (a 300-word prompt filled the line)
+    what = (f'prompts {[p if len(p) <= 60 else p[:57] + "..." for p in prompts]}'
+            if prompts else f'labels {labels}')
     nfe = f'{model.diffusion.last_nfe} model evaluations (NFE) per batch'
     if video:
         fps = args.fps or defaults.get('fps', 8)

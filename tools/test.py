@@ -131,7 +131,9 @@ def main(argv=None):
                 json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
                                checkpoint=args.checkpoint or find_run(args.run)[1],
                                run=args.run, use_ema=not args.no_ema,
-                               seed=evaluation.get('seed', 0), sample_cfg=sample_cfg),
+                               seed=evaluation.get('seed', 0), sample_cfg=sample_cfg,
+                               **({'prompts': evaluation['prompts']}
+                                  if evaluation.get('prompts') else {})),
                           f, indent=2, default=str)
     from mmsora.utils.dist import close_process_group
     close_process_group()

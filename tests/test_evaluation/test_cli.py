@@ -154,8 +154,10 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
         seen.update(kw)
         return {'FID': 1.0}
     monkeypatch.setattr(mmsora.apis, 'evaluate_model', evaluate)
-    tool.main([config, ckpt, '--prompt-file', str(root / 'prompts.txt')])
+    tool.main([config, ckpt, '--prompt-file', str(root / 'prompts.txt'), '--json',
+               str(root / 'p.json')])
     assert seen['prompts'] == ['a cat runs', 'a dog sits']
+    assert json.load(open(root / 'p.json'))['prompts'] == ['a cat runs', 'a dog sits']
 
 
 def hooked_config(tmp_path, config, num_samples, batch_size):

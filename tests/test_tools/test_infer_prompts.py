@@ -72,3 +72,25 @@ def test_what_num_samples_leaves_out_and_num_frames_are_named(repo_root, tmp_pat
         in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / 'clips').iterdir()) == [
         'sample_000_label0.mp4', 'sample_001_label1.mp4']
+
+
+def test_a_long_prompt_is_shortened_in_the_summary(repo_root, tmp_path, capsys):
+    """The summary line printed every prompt whole (a 300-word prompt filled it)."""
+    import mmsora.diffusion  # noqa: F401
+    import mmsora.models  # noqa: F401
+    from mmsora.registry import MODELS
+    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.training_inputs import training_model_cfg
+    from tests.tiny_models import make_tiny_text_encoder
+    t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5', width=32)
+    options = ['model.denoiser.text_dim=32', f'model.text_encoder.pretrained_path={t5}']
+    cfg = load_config(osp.join(repo_root, TEXT_CONFIG))
+    apply_cfg_options(cfg, options)
+    weights = tmp_path / 'text.pt'
+    torch.save(MODELS.build(training_model_cfg(cfg)).denoiser.state_dict(), weights)
+    long = 'a bike rides on the road ' * 20
+    infer.main([osp.join(repo_root, TEXT_CONFIG), '--checkpoint', str(weights), '--prompt',
+                long, 'a cat', '--steps', '1', '--device', 'cpu', '--out',
+                str(tmp_path / 'clips') + '/', '--cfg-options', *options])
+    out = capsys.readouterr().out
+    assert f"prompts ['{long[:57]}...', 'a cat']" in out
