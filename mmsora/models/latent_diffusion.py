@@ -603,12 +603,12 @@ def check_sampling_precision(precision) -> None:
 
 
 def _in_precision(fn, precision, device: torch.device):
-    """``fn`` (a denoiser call) under autocast to ``precision``'s dtype, its output
-    back in float32; ``fn`` itself for float32 precisions, with autocast off for
-    'fp32' / 'tf32' (an autocast region the caller opened does not reach it)."""
-    dtype = SAMPLING_PRECISIONS[precision]
+    """``fn`` (a denoiser call) under autocast to ``precision``'s dtype ('bf16' /
+    'fp16'), or with autocast off ('fp32' / 'tf32': an autocast region the caller
+    opened does not reach it), its output back in float32; ``fn`` itself for None."""
     if precision is None:
         return fn
+    dtype = SAMPLING_PRECISIONS[precision]
 
     def call(*args, **kwargs):
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16,
