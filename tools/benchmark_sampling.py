@@ -144,9 +144,9 @@ def sampling_settings(args, model, sample_cfg) -> dict:
         check_sample_settings(model.diffusion, settings)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not settings.get('sampler'):
-        settings['sampler'] = inspect.signature(
-            model.diffusion.sample).parameters['sampler'].default
+    params = inspect.signature(model.diffusion.sample).parameters
+    if not settings.get('sampler') and 'sampler' in params:
+        settings['sampler'] = params['sampler'].default
     return settings
 
 
@@ -199,7 +199,8 @@ def time_precision(model, precision, settings, args, device):
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda'
             else peak_rss_mb())
-    return min(times), times, model.diffusion.last_nfe, peak, z.float().cpu()
+    # (an objective of one's own may not count its model evaluations)
+    return min(times), times, getattr(model.diffusion, 'last_nfe', None), peak, z.float().cpu()
 
 
 def main(argv=None):
@@ -227,9 +228,9 @@ def main(argv=None):
     for precision in precisions:
         best, times, nfe, peak, z = time_precision(model, precision, settings, args, device)
         row = dict(precision=precision, s_per_batch=best, samples_per_s=n / best,
-                   ms_per_nfe=1000 * best / nfe, nfe=nfe, peak_mem_mb=peak,
-                   runs_s=[round(t, 4) for t in times])
-        if flops:
+                   ms_per_nfe=1000 * best / nfe if nfe else None, nfe=nfe,
+                   peak_mem_mb=peak, runs_s=[round(t, 4) for t in times])
+        if flops and nfe:
             guided = 2 if settings['cfg_scale'] != 1.0 else 1
             row['tflops_per_s'] = flops * n * guided * nfe / best / 1e12
             peak_flops = args.peak_tflops or (peak_tflops(
@@ -262,7 +263,7 @@ def report(args, model, settings, precisions, results) -> None:
         tflops = f'{r["tflops_per_s"]:8.3f}' if 'tflops_per_s' in r else f'{"-":>8}'
         mfu = f'{r["mfu"]:6.1%}' if 'mfu' in r else f'{"-":>6}'
         print(f'{r["precision"]:>9}  {r["s_per_batch"]:8.3f}  {r["samples_per_s"]:9.2f}  '
-              f'{r["nfe"]:>4}  {r["ms_per_nfe"]:8.1f}  {tflops}  {mfu}  '
+              f'{r["nfe"] or "-":>4}  {r["ms_per_nfe"] or float("nan"):8.1f}  {tflops}  {mfu}  '
               f'{r["peak_mem_mb"]:8.0f}  {r["rel_max_diff"]:.2e}')
     if args.json:
         with open(args.json, 'w') as f:

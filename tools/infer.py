@@ -337,7 +337,11 @@ def main(argv=None):
     # (a 300-word prompt filled the line)
     what = (f'prompts {[p if len(p) <= 60 else p[:57] + "..." for p in prompts]}'
             if prompts else f'labels {labels}')
-    nfe = f'{model.diffusion.last_nfe} model evaluations (NFE) per batch'
+    # (an objective of one's own may not count its model evaluations: the samples
+    # were sampled and not saved, an AttributeError)
+    nfe = getattr(model.diffusion, 'last_nfe', None)
+    nfe = f'{nfe} model evaluations (NFE) per batch' if nfe is not None else \
+        'NFE not reported by the objective'
     if video:
         fps = args.fps or defaults.get('fps', 8)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)

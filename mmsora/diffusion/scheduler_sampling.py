@@ -94,11 +94,14 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``), without sampling: what
     its ``sample`` checks first. ``own``: the keys the caller takes itself
     (``LatentDiffusion.sample``'s arguments). Raises the same one-line ValueError."""
+    from mmsora.models.latent_diffusion import check_sampling_precision
+    check_sampling_precision(settings.get('precision'))
+    if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
+            inspect.signature(diffusion.sample).parameters:
+        return  # an objective of one's own with loss and sample alone
     sampler = settings.get('sampler') or inspect.signature(
         diffusion.sample).parameters['sampler'].default
     check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
-    from mmsora.models.latent_diffusion import check_sampling_precision
-    check_sampling_precision(settings.get('precision'))
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
     check_sampler_options(sampler, options,

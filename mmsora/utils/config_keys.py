@@ -469,9 +469,6 @@ def _check_sample_cfg(cfg) -> None:
         diffusion = DIFFUSION.build(model.get('diffusion', dict(type='GaussianDiffusion')))
     except Exception:
         return
-    if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
-            inspect.signature(diffusion.sample).parameters:
-        return  # an objective of one's own with loss and sample alone
     # LatentDiffusion.sample's settings; not what the hooks and tools pass themselves
     # (a sample_cfg.progress or seeds met the same keyword twice: a TypeError)
     passed = ('self', 'sampler_kwargs', 'labels', 'seeds', 'noise', 'progress', 'prompts',
