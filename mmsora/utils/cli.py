@@ -2,6 +2,7 @@
 errors for user mistakes (instead of a traceback)."""
 import argparse
 import difflib
+import math
 import os
 import os.path as osp
 import re
@@ -263,6 +264,8 @@ def _parse_value(text):
         value = DictAction._parse_int_float_bool(inner) if not bracketed else None
         if bracketed:
             return _parse_value(inner)
+        if isinstance(value, float) and not math.isfinite(value):
+            return inner  # a quoted 'nan' / 'inf' is that string
         return value if not isinstance(value, str) else inner
     bare = text.strip('\'"')  # mmengine drops stray quotes at the ends
     is_tuple = bare.startswith('(') and bare.endswith(')')
@@ -354,6 +357,11 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
             raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
                             '(use numbers, strings, [lists] or (tuples); quote a string '
                             'with commas or spaces: \'KEY="a, b"\')') from e
+        if _non_finite(parsed):  # the dumped config said max_norm=inf: NameError on load
+            raise UserError(f'--cfg-options {key}={value}: a config cannot hold inf or nan '
+                            '(the work dir\'s dumped config would not load again for infer '
+                            'or --resume): give a large number such as 1e9, or quote a '
+                            f'string: \'{key}="{value}"\'')
         resolved = _resolve_negative_indices(cfg, key)
         updates[resolved], given[resolved] = parsed, key
     if schedule_note:
@@ -403,7 +411,18 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
             cfg.merge_from_dict({key: value})
         except Exception as e:
             raise UserError(f'--cfg-options {shown}={value!r}: {e}') from e
+    if any(key.split('.')[0] == 'custom_imports' for key in updates):
+        # imported with the config file's: one given here was dumped with the run but
+        # never imported (a typo or a module that fails passed without a word)
+        _import_custom_modules(cfg.get('custom_imports'))
     return cfg
+
+
+def _non_finite(value) -> bool:
+    """Whether a parsed --cfg-options value holds inf or nan (in a list or tuple too)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_non_finite(v) for v in value)
 
 
 def _resolve_negative_indices(cfg, key: str) -> str:

@@ -237,3 +237,23 @@ def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):
         infer.parse_args(['--ema'])
     assert capsys.readouterr().err.strip().endswith(
         '(did you mean --no-ema (EMA weights are the default) for --ema?)')
+
+
+def test_inf_and_nan_and_custom_imports_in_cfg_options(repo_root, tmp_path, monkeypatch):
+    """max_norm=inf trained, and the dumped config (max_norm=inf) could not be loaded
+    again by infer or --resume (NameError); a quoted 'nan' became the float. A
+    custom_imports given with --cfg-options was dumped with the run but never
+    imported: a typo or a failing module passed without a word."""
+    cfg = load_config(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py')
+    for value in ('inf', '-inf', 'nan', '[1,inf]'):
+        with pytest.raises(UserError, match=r'^--cfg-options optim_wrapper.clip_grad.max_norm='
+                                            r'.*: a config cannot hold inf or nan'):
+            apply_cfg_options(cfg, [f'optim_wrapper.clip_grad.max_norm={value}'])
+    apply_cfg_options(cfg, ['train_dataloader.dataset.mode="nan"'])
+    assert cfg.train_dataloader.dataset.mode == 'nan'
+    (tmp_path / 'failing_module_31.py').write_text('raise RuntimeError("boom")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r'^custom_imports: .*failing_module_31.*boom'):
+        apply_cfg_options(cfg, ['custom_imports.imports=[failing_module_31]'])
+    with pytest.raises(UserError, match=r'^custom_imports: .*no_such_module_31'):
+        apply_cfg_options(cfg, ['custom_imports.imports=[no_such_module_31]'])
