@@ -28,7 +28,7 @@ from .schedulers import build_noise_scheduler
 
 __all__ = [
     'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
-    'normal_kl', 'discretized_gaussian_log_likelihood'
+    'normal_kl', 'discretized_gaussian_log_likelihood', 'check_model_output'
 ]
 
 
@@ -38,6 +38,77 @@ __all__ = [
 def mean_flat(tensor):
     """Mean over all non-batch dimensions."""
     return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def denoiser_name(model_fn):
+    """Class name of the ``nn.Module`` behind a model function, or None.
+
+    The objectives get the denoiser itself, one of its bound methods
+    (``forward_with_cfg``) or wrappers around either (``CountingModel``,
+    ``functools.partial``, LatentDiffusion's dtype / precision closures); this looks
+    through a few levels of them. Only called to word an error.
+    """
+    level = [model_fn]
+    for _ in range(6):
+        inner = []
+        for fn in level:
+            if isinstance(fn, torch.nn.Module):
+                return type(fn).__name__
+            if isinstance(getattr(fn, '__self__', None), torch.nn.Module):
+                return type(fn.__self__).__name__
+            inner += [getattr(fn, a) for a in ('model_fn', 'func', '__wrapped__')
+                      if callable(getattr(fn, a, None))]
+            for cell in getattr(fn, '__closure__', None) or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if callable(value) and not isinstance(value, type):
+                    inner.append(value)
+        level = inner
+    return None
+
+
+def check_model_output(model_fn, out, x, channels, expects, hints=None):
+    """Raise one ValueError line when the model returned something else than a tensor
+    shaped ``(N, c, ...)`` like its input ``x`` with ``c`` in ``channels``.
+
+    A denoiser of one's own returning another shape met a bare ``assert`` (an
+    AssertionError without a message), and one returning a diffusers output object
+    (``UNet2DOutput``) an AttributeError on ``.shape``. Shape comparisons only: no
+    host sync.
+
+    Args:
+        model_fn (Callable): The model function, only to name the denoiser.
+        out: What it returned.
+        x (Tensor): Its input x_t (N, C, ...).
+        channels (tuple[int]): Output channel counts accepted.
+        expects (str): Why, e.g. ``'learn_sigma=True expects 8 channels (...)'``.
+        hints (dict, optional): Channel count -> advice appended for that count.
+
+    Returns:
+        The output, unchanged.
+    """
+    if (torch.is_tensor(out) and out.ndim == x.ndim and out.shape[0] == x.shape[0]
+            and out.shape[1] in channels and out.shape[2:] == x.shape[2:]):
+        return out
+    name = denoiser_name(model_fn)
+    who = f'model.denoiser ({name})' if name else 'the denoiser'
+    if not torch.is_tensor(out):
+        raise ValueError(f'{who} returned a {type(out).__name__}, not a tensor: return a '
+                         'tensor (e.g. the .sample of a diffusers output)')
+    head = f'{who} returned shape {tuple(out.shape)} for latents {tuple(x.shape)}'
+    dims = {4: 'height, width', 5: 'frames, height, width'}.get(x.ndim, 'other dimensions')
+    if out.ndim != x.ndim:
+        raise ValueError(f'{head}: expected {x.ndim} dimensions (N, C, {dims}), '
+                         f'got {out.ndim}')
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f'{head}: expected the batch of {x.shape[0]}, got {out.shape[0]}')
+    if out.shape[2:] != x.shape[2:]:
+        raise ValueError(f'{head}: expected the latents\' ({dims}) {tuple(x.shape[2:])}, '
+                         f'got {tuple(out.shape[2:])}')
+    raise ValueError(f'{head}: {expects}, got {out.shape[1]}'
+                     f'{(hints or {}).get(out.shape[1], "")}')
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -323,6 +394,20 @@ class GaussianDiffusion:
         """Call ``model`` with the original timestep values of indices ``t``."""
         return model(x, self._table('timestep_map', t.device).to(t.dtype)[t], **model_kwargs)
 
+    def _check_output(self, model, out, x):
+        """One ValueError line for a model output not shaped ``(N, C, ...)`` like ``x``
+        (``(N, 2C, ...)`` with ``learn_sigma``): a bare ``assert`` met it before."""
+        C = x.shape[1]
+        if self.model_var_type == 'learned_range':
+            return check_model_output(
+                model, out, x, (2 * C, ), f"learn_sigma=True expects {2 * C} channels (the "
+                f"mean and the variance's)", {C: '; set model.diffusion.learn_sigma=False '
+                                                 'for a denoiser without a variance output'})
+        return check_model_output(
+            model, out, x, (C, ), f'learn_sigma=False expects {C} channels',
+            {2 * C: '; set model.diffusion.learn_sigma=True for a denoiser that predicts '
+                    'the variance too (as DiT)'})
+
     # ----------------------------- forward process ---------------------------- #
     def q_mean_variance(self, x_start, t):
         """Mean, variance and log variance of q(x_t | x_0)."""
@@ -379,11 +464,11 @@ class GaussianDiffusion:
         assert t.shape == (B, )
         model_output = self._call_model(model, x, t, model_kwargs)
         extra = None
-        if isinstance(model_output, tuple):
+        if isinstance(model_output, tuple) and len(model_output) == 2:
             model_output, extra = model_output
+        self._check_output(model, model_output, x)
 
         if self.model_var_type == 'learned_range':
-            assert model_output.shape == (B, C * 2, *x.shape[2:])
             model_output, model_var_values = torch.split(model_output, C, dim=1)
             # The model's value in [-1, 1] interpolates the log variance between the
             # posterior variance (min) and beta (max).
@@ -590,10 +675,10 @@ class GaussianDiffusion:
                 model_kwargs=model_kwargs)['output'] * self.num_timesteps
             return terms
 
-        model_output = self._call_model(model, x_t, t, model_kwargs)
+        model_output = self._check_output(
+            model, self._call_model(model, x_t, t, model_kwargs), x_t)
         if self.model_var_type == 'learned_range':
-            B, C = x_t.shape[:2]
-            assert model_output.shape == (B, C * 2, *x_t.shape[2:])
+            C = x_t.shape[1]
             model_output, model_var_values = torch.split(model_output, C, dim=1)
             # Learn the variance with the VLB but keep it from moving the mean: the
             # bound sees a frozen copy of the mean prediction.
@@ -678,7 +763,11 @@ class GaussianDiffusion:
             def eps_fn(model_in, t):
                 t_batch = torch.full((model_in.shape[0],), float(t), device=model_in.device)
                 # Learned-sigma models output (eps, variance); schedulers take eps.
-                return model_fn(model_in, t_batch, **model_kwargs)[:, :channels]
+                out = check_model_output(
+                    model_fn, model_fn(model_in, t_batch, **model_kwargs), model_in,
+                    (channels, 2 * channels), f'{sampler} expects {channels} channels (the '
+                    f'noise; or {2 * channels}, a learned-sigma output, the variance dropped)')
+                return out[:, :channels]
 
             scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
             x = scheduler_sample_loop(scheduler, eps_fn, noise, num_steps, generators,

@@ -24,7 +24,7 @@ import torch
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
-from .gaussian import _randn, mean_flat
+from .gaussian import _randn, check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
                                  scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
@@ -271,9 +271,15 @@ class Transport:
         return t if self.timestep_convention == 'sit' else 1000 * (1 - t)
 
     def _call(self, model, x, t, model_kwargs):
-        out = model(x, self.model_time(t), **model_kwargs)
+        """The model's prediction at ``x``, time ``t``; one ValueError line for an output
+        not shaped like ``x`` (an AttributeError or a bare ``assert`` met it before)."""
+        C = x.shape[1]
+        out = check_model_output(
+            model, model(x, self.model_time(t), **model_kwargs), x, (C, 2 * C),
+            f'{type(self).__name__} expects {C} channels (the {self.prediction}; or '
+            f"{2 * C}, a learned-sigma denoiser's, the variance dropped)")
         # A learned-sigma DiT returns 2C channels; SiT's models drop the second half.
-        return out[:, :x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
+        return out[:, :C] if out.shape[1] == 2 * C else out
 
     # ---------------------------------- training -------------------------------- #
     def sample_time(self, n, device):

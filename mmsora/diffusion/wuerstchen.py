@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
+from .gaussian import check_model_output
 from .scheduler_sampling import CountingModel, check_sampler_name, check_sampler_options
 
 __all__ = ['WuerstchenDiffusion']
@@ -68,6 +69,12 @@ class WuerstchenDiffusion:
         ab = self.alpha_bar(t).view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    @staticmethod
+    def _check_output(model, out, x):
+        """One ValueError line for a predicted eps not shaped like ``x``."""
+        return check_model_output(model, out, x, (x.shape[1], ),
+                                  f'WuerstchenDiffusion expects {x.shape[1]} channels (the noise)')
+
     # ------------------------------------------------------------------ training
     def loss(self, model: Callable, x0: torch.Tensor,
              model_kwargs: Optional[dict] = None) -> dict:
@@ -78,7 +85,9 @@ class WuerstchenDiffusion:
         """
         t = sample_rng.rand(x0.shape[0], x0.device)
         noise = sample_rng.randn_like(x0)
-        pred = model(self.q_sample(x0, t, noise), t, **(model_kwargs or {}))
+        x_t = self.q_sample(x0, t, noise)
+        # (a wrong shape broadcast against the noise, or met an AttributeError)
+        pred = self._check_output(model, model(x_t, t, **(model_kwargs or {})), x_t)
         mse = ((pred.float() - noise.float()) ** 2).mean(dim=list(range(1, x0.dim())))
         if self.loss_weight == 'p2':
             ab = self.alpha_bar(t).float()
@@ -127,7 +136,7 @@ class WuerstchenDiffusion:
         # The last grid point (0) is only the target of the final step.
         for t in tqdm(scheduler.timesteps[:-1], desc=sampler, disable=not progress):
             r = t.expand(x.shape[0]).to(x.dtype)
-            eps = model_fn(x, r, **kwargs)
+            eps = self._check_output(model_fn, model_fn(x, r, **kwargs), x)
             x = scheduler.step(eps, r, x, generator=generators).prev_sample
         self.last_nfe = model_fn.nfe
         return x

@@ -290,7 +290,8 @@ class LatentDiffusion(BaseModel):
 
         def call(x, t, **kwargs):
             out = fn(cast(x), t, **{k: cast(v) for k, v in kwargs.items()})
-            return out.float() if float_output else out
+            # (not a tensor: the objective names what the denoiser returned)
+            return out.float() if float_output and torch.is_tensor(out) else out
         return call
 
     def _training_draws(self, n):
@@ -614,7 +615,7 @@ def _in_precision(fn, precision, device: torch.device):
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16,
                             enabled=dtype is not None):
             out = fn(*args, **kwargs)
-        return out.float()
+        return out.float() if torch.is_tensor(out) else out
     return call
 
 
