@@ -495,9 +495,11 @@ class LatentDiffusion(BaseModel):
         if use_cfg and not hasattr(self.denoiser, 'forward_with_cfg'):  # (an
             # AttributeError traceback, for a denoiser of one's own)
             raise ValueError(f'{type(self.denoiser).__name__} has no forward_with_cfg: it '
-                             f'cannot sample with guidance (cfg_scale={cfg_scale}); give '
-                             '--cfg-scale 1, or add forward_with_cfg as DiT has it (README, '
-                             '"Your own modules")')
+                             f'cannot sample with guidance (cfg_scale={cfg_scale}); sample '
+                             'with cfg_scale 1 (tools/infer.py --cfg-scale 1; in a config '
+                             'sample_cfg.cfg_scale=1, the evaluation\'s evaluation.'
+                             'sample_cfg.cfg_scale=1), or add forward_with_cfg as DiT has it '
+                             '(README, "Your own modules")')
         if use_cfg:
             # The guided batch is doubled; its second half's noise is never used.
             generators = generators + generators if generators is not None else None

@@ -444,6 +444,38 @@ def text_conditioned_config(model) -> bool:
     return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
 
 
+def _check_guidance(cfg) -> None:
+    """A sampling hook (samples or an evaluation during training) that guides
+    (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
+    without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
+    iterations in, and the message pointed at an option train.py does not have."""
+    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    denoiser = (cfg.get('model') or {}).get('denoiser') if isinstance(
+        cfg.get('model'), dict) else None
+    kind = denoiser.get('type') if isinstance(denoiser, dict) else None
+    try:
+        from mmsora.registry import MODELS
+        cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    except Exception:
+        cls = None
+    if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
+        return
+    base = cfg.get('sample_cfg') if isinstance(cfg.get('sample_cfg'), dict) else {}
+    for i, hook in enumerate(cfg.get('custom_hooks') or []):
+        if not (isinstance(hook, dict) and hook.get('type') in (
+                'SampleVisualizationHook', 'SampleEvaluationHook')):
+            continue
+        own = hook.get('sample_cfg') if isinstance(hook.get('sample_cfg'), dict) else {}
+        scale = merge_sample_cfg(base, own).get('cfg_scale', 1.0)
+        if scale != 1.0:
+            where = (f'custom_hooks[{i}].sample_cfg.cfg_scale' if 'cfg_scale' in own
+                     else 'sample_cfg.cfg_scale')
+            raise UserError(f'custom_hooks[{i}] ({hook["type"]}) samples with guidance '
+                            f'({where}={scale:g}) but model.denoiser {cls.__name__} has no '
+                            f'forward_with_cfg: set {where}=1, or add forward_with_cfg as '
+                            'DiT has it (README, "Your own modules")')
+
+
 def _check_sample_cfg(cfg) -> None:
     """``sample_cfg`` (and a hook's or the evaluation's own over it) against the
     model's objective: a sampler name or option typo failed when the samples were
@@ -498,4 +530,5 @@ def check_training_keys(cfg) -> None:
     _check_hooks(cfg)
     _check_visualizer(cfg)
     _check_sample_cfg(cfg)
+    _check_guidance(cfg)
     _check_iteration_based(cfg, loop)

@@ -223,8 +223,9 @@ def test_cfg_changes_the_sample_and_scale_one_is_unguided():
     model.denoiser.__class__ = type('OwnDenoiser', (torch.nn.Module,), dict(
         forward=type(model.denoiser).forward))  # DiT's forward, no forward_with_cfg
     with pytest.raises(ValueError, match=r'OwnDenoiser has no forward_with_cfg: it cannot '
-                                         r'sample with guidance \(cfg_scale=4.0\); give '
-                                         r'--cfg-scale 1'):
+                                         r'sample with guidance \(cfg_scale=4.0\); sample '
+                                         r'with cfg_scale 1 \(tools/infer.py --cfg-scale 1; '
+                                         r'in a config sample_cfg.cfg_scale=1'):
         model.sample([1], seeds=[3], sampler='ddim', num_steps=4, cfg_scale=4.0)
 
 

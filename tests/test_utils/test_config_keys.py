@@ -270,3 +270,27 @@ def test_sample_cfg_of_an_objective_with_loss_and_sample_alone_is_left_to_it():
     cfg.model.diffusion = dict(type='LossAndSampleOnly')
     cfg.sample_cfg = dict(num_steps=10, sampler='euler')
     check_training_keys(cfg)
+
+
+def test_a_sampling_hook_guiding_a_denoiser_without_forward_with_cfg_is_refused():
+    """A denoiser of one's own without forward_with_cfg and a sampling hook under the
+    config's sample_cfg.cfg_scale=2: the run stopped at the hook's first interval, with
+    advice to give --cfg-scale 1, which train.py does not have."""
+    import torch
+
+    from mmsora.registry import MODELS
+
+    @MODELS.register_module(name='NoGuidanceDenoiser31', force=True)
+    class NoGuidanceDenoiser31(torch.nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+    cfg = load_config(DEMO)
+    cfg.model.denoiser = dict(type='NoGuidanceDenoiser31')
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale=2.0)
+    cfg.custom_hooks.append(dict(type='SampleVisualizationHook', interval=10))
+    assert refused(cfg).startswith(
+        'custom_hooks[2] (SampleVisualizationHook) samples with guidance '
+        '(sample_cfg.cfg_scale=2) but model.denoiser NoGuidanceDenoiser31 has no '
+        'forward_with_cfg: set sample_cfg.cfg_scale=1')
+    cfg.custom_hooks[-1]['sample_cfg'] = dict(cfg_scale=1.0)
+    check_training_keys(cfg)
