@@ -115,6 +115,13 @@ def _import_custom_modules(custom_imports) -> None:
         raise UserError(f'custom_imports: imports must be a list of module names, e.g. '
                         f"['mypkg.mymodule'], got {imports!r}")
     _make_working_dir_importable()
+    # mmsora's own classes first: a class of one's own named like one of them (a
+    # copied DiT being changed) was registered first, and mmsora's own import then
+    # failed deep inside with 'DiT is already registered'
+    import mmsora.datasets  # noqa: F401
+    import mmsora.diffusion  # noqa: F401
+    import mmsora.engine  # noqa: F401
+    import mmsora.models  # noqa: F401
     for name in imports:
         _import_custom_module(name, custom_imports.get('allow_failed_imports', False))
 
@@ -143,6 +150,9 @@ def _import_custom_module(name, allow_failed: bool) -> None:
         else:
             reason = f'importing {name} failed: {type(e).__name__}: {_error_text(e)}'
             reason += _error_place(e)
+            if isinstance(e, KeyError) and 'is already registered' in str(e):
+                reason += ('; give your class another name, or register it under one: '
+                           "@MODELS.register_module(name='MyDiT')")
         if allow_failed and isinstance(e, ImportError):  # mmengine's warning
             warnings.warn(f'{name} failed to import and is ignored ({reason}).', UserWarning)
             return

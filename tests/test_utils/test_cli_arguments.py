@@ -257,3 +257,19 @@ def test_inf_and_nan_and_custom_imports_in_cfg_options(repo_root, tmp_path, monk
         apply_cfg_options(cfg, ['custom_imports.imports=[failing_module_31]'])
     with pytest.raises(UserError, match=r'^custom_imports: .*no_such_module_31'):
         apply_cfg_options(cfg, ['custom_imports.imports=[no_such_module_31]'])
+
+
+def test_a_class_of_ones_own_named_like_mmsoras_is_named(repo_root, tmp_path, monkeypatch):
+    """A copied DiT registered as 'DiT' by custom_imports: mmsora's own import then
+    failed deep inside with 'DiT is already registered' (a traceback)."""
+    (tmp_path / 'own_dit_31.py').write_text(
+        'import torch\nfrom mmsora.registry import MODELS\n\n\n'
+        '@MODELS.register_module()\nclass DiT(torch.nn.Module):\n    pass\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / 'own.py'
+    config.write_text(f"_base_ = [{repo_root + '/configs/dit/dit_tiny2_1xb32_1500_shapes16.py'!r}]"
+                      "\ncustom_imports = dict(imports=['own_dit_31'])\n")
+    with pytest.raises(UserError, match=r"^custom_imports: importing own_dit_31 failed: "
+                                        r"KeyError: .*DiT is already registered.*; give your "
+                                        r"class another name, or register it under one"):
+        load_config(str(config))
