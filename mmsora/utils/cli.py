@@ -832,11 +832,39 @@ def explain_error(exc):
         last = re.sub(r'^[\w.]+(Error|Exception): ', '', text.strip().splitlines()[-1])
         if len(last) > 1 and last[0] == last[-1] and last[0] in '\'"':  # a repr
             last = last[1:-1]
-        return last
+        return last + _user_code_place(exc)
     if isinstance(exc, _PATH_ERRORS) and exc.filename:  # an output path through a file
         return f'{exc.strerror}: {exc.filename}' + (
             f' -> {exc.filename2}' if exc.filename2 else '')
     return None
+
+
+def _user_code_place(exc) -> str:
+    """`` (raised in FILE:LINE; ...)`` when the innermost frame of ``exc`` that is not
+    a library's (the standard library, site-packages) is in code of one's own, not
+    mmsora's (whose messages say what they are about), else ''. A ValueError of one's
+    own dataset or denoiser (or of numpy, called from it) was a bare line naming
+    neither the file nor the class."""
+    import sysconfig
+    libraries = tuple(osp.realpath(p) + os.sep for p in {
+        sysconfig.get_paths()[k] for k in ('stdlib', 'purelib', 'platlib')})
+    package = osp.dirname(osp.dirname(osp.realpath(__file__)))
+    ours = (package + os.sep, osp.join(osp.dirname(package), 'tools') + os.sep)
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if any(f.tb_frame.f_code.co_name == 'reraise' for f in frames):
+        return ''  # from a DataLoader worker: raised elsewhere (its message says where)
+    for frame in reversed(frames):
+        path = osp.realpath(frame.tb_frame.f_code.co_filename)
+        if path.startswith(libraries) or frame.tb_frame.f_code.co_filename.startswith('<'):
+            continue
+        if path.startswith(ours):
+            return ''
+        return (f' (raised in {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}; '
+                'MMSORA_DEBUG=1 shows the traceback)')
+    return ''
 
 
 def add_malloc_option(parser) -> None:

@@ -273,3 +273,24 @@ def test_a_class_of_ones_own_named_like_mmsoras_is_named(repo_root, tmp_path, mo
                                         r"KeyError: .*DiT is already registered.*; give your "
                                         r"class another name, or register it under one"):
         load_config(str(config))
+
+
+def test_a_value_error_of_ones_own_code_says_where(tmp_path, monkeypatch):
+    """A ValueError of one's own dataset (or of numpy, called from it) was a bare line
+    naming neither the file nor the class; mmsora's own errors keep their one line."""
+    from mmsora.utils.cli import explain_error
+    (tmp_path / 'own_data_31.py').write_text(
+        'import numpy as np\n\n\ndef load(path):\n    return np.load(path)\n')
+    (tmp_path / 'bad.npy').write_bytes(b'not an npy file at all')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import own_data_31
+    with pytest.raises(ValueError) as info:
+        own_data_31.load(str(tmp_path / 'bad.npy'))
+    message = explain_error(info.value)
+    assert message.endswith(f'(raised in {tmp_path / "own_data_31.py"}:5; MMSORA_DEBUG=1 '
+                            'shows the traceback)'), message
+    from mmsora.datasets.manifest import load_manifest
+    (tmp_path / 'm.csv').write_text('path\n')
+    with pytest.raises(ValueError) as info:
+        load_manifest(str(tmp_path / 'm.csv'))
+    assert 'raised in' not in explain_error(info.value)
