@@ -125,6 +125,8 @@ class LatentDiffusion(BaseModel):
         """Refuse settings the denoiser and the rest state twice and differently (they
         failed later: an index error at sampling, an assertion in the loss)."""
         classes = getattr(getattr(self.denoiser, 'y_embedder', None), 'num_classes', None)
+        if classes is None and isinstance(getattr(self.denoiser, 'num_classes', None), int):
+            classes = self.denoiser.num_classes  # a denoiser of one's own saying it
         if classes is not None and classes != self.num_classes:
             raise ValueError(f'model.num_classes={self.num_classes} but model.denoiser.'
                              f'num_classes={classes}: set both (label num_classes is the '

@@ -50,6 +50,17 @@ def test_settings_stated_twice_must_agree():
                                          r'num_classes=3: set both'):
         MODELS.build(dict(type='LatentDiffusion', denoiser=TINY_DIT, latent_shape=(4, 8, 8),
                           num_classes=1000))
+    # a denoiser of one's own with a num_classes of its own (no DiT y_embedder): it
+    # trained, class 3 aliasing its null row, and guided sampling hit an IndexError
+    @MODELS.register_module(name='OwnClassDenoiser31', force=True)
+    class OwnClassDenoiser31(torch.nn.Module):
+        def __init__(self, num_classes=3):
+            super().__init__()
+            self.num_classes = num_classes
+    with pytest.raises(ValueError, match=r'model.num_classes=4 but model.denoiser.'
+                                         r'num_classes=3: set both'):
+        MODELS.build(dict(type='LatentDiffusion', denoiser=dict(type='OwnClassDenoiser31'),
+                          latent_shape=(4, 8, 8), num_classes=4))
     with pytest.raises(ValueError, match=r'model.denoiser.learn_sigma=False but '
                                          r'model.diffusion.learn_sigma=True: set both alike'):
         MODELS.build(dict(type='LatentDiffusion', denoiser=dict(TINY_DIT, learn_sigma=False),
