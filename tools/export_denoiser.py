@@ -87,6 +87,12 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str)
     from ``num_heads``, the run's config, or the DiT paper's for the width."""
     from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
     cfg = denoiser_cfg or {}
+    kind = cfg.get('type')
+    kind = getattr(kind, '__name__', kind)
+    if kind is not None and kind != 'DiT':  # (it asked for --num-heads, then failed)
+        raise UserError(f'{source}: --diffusers writes an image DiT as diffusers\' '
+                        f'DiTTransformer2DModel; this run\'s denoiser is a {kind}: export it '
+                        'without --diffusers (a .pt / .safetensors of its own weights)')
     width = state['x_embedder.proj.weight'].shape[0] if 'x_embedder.proj.weight' in state \
         else None
     heads = num_heads or cfg.get('num_heads') or DIT_HEADS.get(width)

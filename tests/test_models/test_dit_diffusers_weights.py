@@ -227,6 +227,16 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
     with pytest.raises(UserError, match=r'no_null\.pth: trained with class_dropout_prob=0, so '
                                         r'its label table has no null-class row'):
         export([str(tmp_path / 'no_null.pth'), '--diffusers', '--out', str(tmp_path / 'n')])
+    # a run of another denoiser (one's own): it asked for --num-heads, then said 'not a
+    # class-conditional DiT's weights'
+    torch.save({'meta': {'cfg': "model = dict(type='LatentDiffusion', denoiser=dict("
+                                "type='MyMixer', width=64))"},
+                'state_dict': {f'denoiser.{k}': v for k, v in dit.state_dict().items()}},
+               tmp_path / 'mixer.pth')
+    with pytest.raises(UserError, match=r"mixer\.pth: --diffusers writes an image DiT as "
+                                        r"diffusers' DiTTransformer2DModel; this run's denoiser "
+                                        r'is a MyMixer: export it without --diffusers'):
+        export([str(tmp_path / 'mixer.pth'), '--diffusers', '--out', str(tmp_path / 'm')])
     # a 2x8 grid has the 16 tokens of a 4x4 one: it was written as sample_size 8
     wide = DiT(**dict(cfg, input_size=(4, 16))).eval()
     torch.save(wide.state_dict(), tmp_path / 'wide.pt')
