@@ -67,6 +67,15 @@ def exactly(message):
 
 
 # ------------------------------------------------------------------ GaussianDiffusion
+
+def refused_in_loss_and_sampling(model, msg, **sample_kwargs):
+    """The one line ``msg`` from the training loss and from sampling alike."""
+    with pytest.raises(ValueError, match=msg):
+        loss(model)
+    with pytest.raises(ValueError, match=msg):
+        sample(model, **sample_kwargs)
+
+
 def test_learn_sigma_with_other_channels_is_named_in_loss_and_sampling():
     """learn_sigma=True and 12 channels: ``assert model_output.shape == (B, 2C, ...)``."""
     model = build(out_channels=12)
@@ -108,10 +117,7 @@ def test_no_learn_sigma_with_twice_the_channels_says_to_turn_it_on():
                   'latents (2, 4, 8, 8): learn_sigma=False expects 4 channels, got 8; set '
                   'model.diffusion.learn_sigma=True for a denoiser that predicts the '
                   'variance too (as DiT)')
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    with pytest.raises(ValueError, match=msg):
-        sample(model, sampler='ddim', num_steps=2)
+    refused_in_loss_and_sampling(model, msg, sampler='ddim', num_steps=2)
 
 
 def test_video_denoiser_dropping_a_frame():
@@ -119,10 +125,7 @@ def test_video_denoiser_dropping_a_frame():
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned shape (2, 8, 2, 8, 8) for '
                   "latents (2, 4, 3, 8, 8): expected the latents' (frames, height, width) "
                   '(3, 8, 8), got (2, 8, 8)')
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    with pytest.raises(ValueError, match=msg):
-        sample(model, sampler='ddpm', num_steps=2)
+    refused_in_loss_and_sampling(model, msg, sampler='ddpm', num_steps=2)
 
 
 def test_diffusers_output_object_is_named():
