@@ -118,8 +118,9 @@ def main(argv=None):
     from mmsora.apis.inference import default_precision
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     sample_cfg = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
-    if default_precision(device, sample_cfg) is not None:
-        sample_cfg['precision'] = default_precision(device, sample_cfg)
+    precision = default_precision(device, sample_cfg)
+    if precision is not None:
+        sample_cfg['precision'] = precision
     metrics = evaluate_model(model, **evaluation, out=args.out, sample_dir=args.sample_dir,
                              default_sample_cfg=sample_cfg)
     if is_main_process():

@@ -435,13 +435,20 @@ def text_conditioned_config(model) -> bool:
     denoiser = (model or {}).get('denoiser') or {}
     if not isinstance(denoiser, dict):
         return False
-    kind = denoiser.get('type')
+    cls = _denoiser_class(model)
+    return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
+
+
+def _denoiser_class(model):
+    """The class a ``model`` config's denoiser names (its ``type``, looked up in the
+    registry, or the class given), or None where it does not say or is not found."""
+    denoiser = (model or {}).get('denoiser') if isinstance(model, dict) else None
+    kind = denoiser.get('type') if isinstance(denoiser, dict) else None
     try:
         from mmsora.registry import MODELS
-        cls = MODELS.get(kind) if isinstance(kind, str) else kind
+        return MODELS.get(kind) if isinstance(kind, str) else kind
     except Exception:
-        cls = None
-    return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
+        return None
 
 
 def _check_guidance(cfg) -> None:
@@ -450,14 +457,7 @@ def _check_guidance(cfg) -> None:
     without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
     iterations in, and the message pointed at an option train.py does not have."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
-    denoiser = (cfg.get('model') or {}).get('denoiser') if isinstance(
-        cfg.get('model'), dict) else None
-    kind = denoiser.get('type') if isinstance(denoiser, dict) else None
-    try:
-        from mmsora.registry import MODELS
-        cls = MODELS.get(kind) if isinstance(kind, str) else kind
-    except Exception:
-        cls = None
+    cls = _denoiser_class(cfg.get('model'))
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
         return
     base = cfg.get('sample_cfg') if isinstance(cfg.get('sample_cfg'), dict) else {}
