@@ -68,12 +68,14 @@ def exactly(message):
 
 # ------------------------------------------------------------------ GaussianDiffusion
 
-def refused_in_loss_and_sampling(model, msg, **sample_kwargs):
-    """The one line ``msg`` from the training loss and from sampling alike."""
+def refused_in_loss_and_sampling(model, msg, sampler=None, num_steps=2, samplers=()):
+    """The one line ``msg`` from the training loss and from sampling alike (with
+    ``sampler`` and each of ``samplers``; None: the objective's own)."""
     with pytest.raises(ValueError, match=msg):
         loss(model)
-    with pytest.raises(ValueError, match=msg):
-        sample(model, **sample_kwargs)
+    for name in (sampler, *samplers):
+        with pytest.raises(ValueError, match=msg):
+            sample(model, num_steps=num_steps, **({} if name is None else {'sampler': name}))
 
 
 def test_learn_sigma_with_other_channels_is_named_in_loss_and_sampling():
@@ -82,11 +84,7 @@ def test_learn_sigma_with_other_channels_is_named_in_loss_and_sampling():
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned shape (2, 12, 8, 8) for '
                   "latents (2, 4, 8, 8): learn_sigma=True expects 8 channels (the mean and "
                   "the variance's), got 12")
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    for sampler in ('ddpm', 'ddim'):
-        with pytest.raises(ValueError, match=msg):
-            sample(model, sampler=sampler, num_steps=2)
+    refused_in_loss_and_sampling(model, msg, 'ddpm', samplers=('ddim',))
     # through forward_with_cfg (a bound method) and the precision wrapper: the guided
     # batch is doubled
     with pytest.raises(ValueError, match=r'^model.denoiser \(OwnChannelsDenoiser\) returned '
@@ -133,11 +131,7 @@ def test_diffusers_output_object_is_named():
     model = build(out_channels=8, wrap=True)
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned a UNet2DOutput, not a '
                   'tensor: return a tensor (e.g. the .sample of a diffusers output)')
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    for sampler in ('ddpm', 'DDIMScheduler'):
-        with pytest.raises(ValueError, match=msg):
-            sample(model, sampler=sampler, num_steps=2)
+    refused_in_loss_and_sampling(model, msg, 'ddpm', samplers=('DDIMScheduler',))
     # through LatentDiffusion's precision wrapper (infer always sets one) too
     for precision in ('fp32', 'bf16'):
         with pytest.raises(ValueError, match=msg):
@@ -185,11 +179,8 @@ def test_transport_names_the_denoiser():
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned shape (2, 12, 8, 8) for '
                   "latents (2, 4, 8, 8): Transport expects 4 channels (the velocity; or 8, a "
                   "learned-sigma denoiser's, the variance dropped), got 12")
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    for sampler in ('ode_euler', 'sde_euler', 'FlowMatchEulerDiscreteScheduler'):
-        with pytest.raises(ValueError, match=msg):
-            sample(model, sampler=sampler, num_steps=2)
+    refused_in_loss_and_sampling(model, msg, 'ode_euler',
+                                 samplers=('sde_euler', 'FlowMatchEulerDiscreteScheduler'))
     wrapped = build(out_channels=4, wrap=True, diffusion=dict(type='Transport'))
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned a UNet2DOutput, not a '
                   'tensor: return a tensor (e.g. the .sample of a diffusers output)')
@@ -219,10 +210,7 @@ def test_wuerstchen_names_the_denoiser():
     msg = exactly('model.denoiser (OwnChannelsDenoiser) returned shape (2, 8, 8, 8) for '
                   'latents (2, 4, 8, 8): WuerstchenDiffusion expects 4 channels (the noise), '
                   'got 8')
-    with pytest.raises(ValueError, match=msg):
-        loss(model)
-    with pytest.raises(ValueError, match=msg):
-        sample(model, num_steps=2)
+    refused_in_loss_and_sampling(model, msg)
     # (N, 1, H, W) broadcast against the noise without an error before
     one = build(out_channels=1, diffusion=dict(type='WuerstchenDiffusion'))
     with pytest.raises(ValueError, match=r'expects 4 channels \(the noise\), got 1$'):
