@@ -18,6 +18,8 @@ Examples::
         --label-from-folder --workers 8
     python tools/make_manifest.py data/clips --out data/clips.jsonl \\
         --captions data/captions.json          # {"sub/clip_0001.mp4": "a dog ...", ...}
+    python tools/make_manifest.py data/clips --out data/clips.csv \\
+        --caption-files --skip-uncaptioned     # data/clips/a.mp4 + data/clips/a.txt
 """
 import collections
 import json
@@ -25,14 +27,11 @@ import os
 import os.path as osp
 import posixpath
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
-
-from tqdm import tqdm
 
 from mmsora.datasets.manifest import write_manifest
+from mmsora.datasets.probe_cache import probe_all
 from mmsora.datasets.utils import natural_sort_key
-from mmsora.utils.cli import ArgumentParser, Interrupted, UserError, plural, run_cli
-from mmsora.utils.video_io import VideoReadError, probe_video
+from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 
 PROG = 'make_manifest.py'
 VIDEO_EXTENSIONS = 'mp4,avi,mov,mkv,webm'
@@ -46,6 +45,15 @@ def parse_args(argv=None):
     p.add_argument('--captions', help='JSON file mapping a video path relative to '
                    'VIDEO_DIR (or a file name that only one video has) to its caption, '
                    'or to null (or "") for none')
+    p.add_argument('--caption-files', action='store_true',
+                   help="read each video's caption from the text file beside it of the "
+                   'same name ending in .txt (clip_0001.mp4 -> clip_0001.txt), as kohya, '
+                   'diffusion-pipe and musubi-tuner datasets keep them; a missing or empty '
+                   'file means no caption')
+    p.add_argument('--skip-uncaptioned', action='store_true',
+                   help='leave the videos without a caption out of the manifest (listed in '
+                   'OUT.skipped.txt; not probed) instead of writing rows without one, which '
+                   'text-to-video extraction and training refuse')
     p.add_argument('--label-from-folder', action='store_true',
                    help='label = index of the top-level folder under VIDEO_DIR in the '
                    'sorted folder names (ImageFolder rule); adds a class_name column')
@@ -114,6 +122,31 @@ def _contains(real_folder, path):
     """Whether ``path`` lies in ``real_folder`` (a real path), links resolved."""
     real = osp.realpath(path)
     return real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
+
+
+def read_caption_files(video_dir, rel_paths):
+    """``--caption-files``: each video's caption from ``NAME.txt`` beside it (UTF-8, a
+    byte-order mark dropped, lines joined by spaces), None where there is no such file
+    or it holds only whitespace. A file that cannot be read as text stops the run
+    naming it, before any video is probed."""
+    captions = []
+    for rel in rel_paths:
+        path = osp.join(video_dir, osp.splitext(rel)[0] + '.txt')
+        try:
+            with open(path, encoding='utf-8-sig') as f:
+                text = f.read()
+        except FileNotFoundError:
+            captions.append(None)
+            continue
+        except UnicodeDecodeError as e:
+            raise UserError(f'--caption-files: {path} is not UTF-8 text ({e.reason} at '
+                            f'byte {e.start}): save it as UTF-8') from None
+        except OSError as e:
+            raise UserError(f'--caption-files: cannot read {path}: '
+                            f'{e.strerror or e}') from None
+        text = ' '.join(line.strip() for line in text.splitlines() if line.strip())
+        captions.append(text or None)
+    return captions
 
 
 def load_captions(path):
@@ -189,151 +222,18 @@ def _ambiguous_message(keys, hits, video_dir):
             f'{"them" if many else "it"} by the path relative to {video_dir}')
 
 
-def probe(path):
-    """``(probe_video's dict, None, stat)``, or ``(None, the error, stat)`` of a file
-    that cannot be read; ``stat`` is the file's ``[size, mtime_ns]`` where the outcome
-    is the file's own, None where it may change without the file changing: the file
-    missing, or a read refused (permissions, an I/O error on a network disk)."""
-    try:  # before the probe: a file rewritten while probed is probed again next time
-        st = os.stat(path)
-        stat = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        stat = None  # (probe_video names what is wrong)
-    try:
-        return probe_video(path), None, stat
-    except VideoReadError as e:
-        return None, e, None if isinstance(e.__context__, OSError) else stat
-    except OSError as e:
-        return None, e, None
-
-
-# ``OUT.probes.jsonl``: a first line {"probe_cache": PROBE_CACHE_VERSION}, then one
-# line a probed file: {"path": absolute path, "stat": [size, mtime_ns], "info": {...}
-# or "reason": "..."}. A change of what probe_video checks bumps the version.
-PROBE_CACHE_VERSION = 1
+def _caption_source_hint(args):
+    """Why no video may have found its caption."""
+    if args.caption_files:
+        return (' (no video has a NAME.txt beside it with text in it, e.g. clip_0001.mp4 '
+                '-> clip_0001.txt)')
+    return f' (every key of {args.captions} is null or empty, or matches no video)'
 
 
 def probe_cache_path(out):
-    """Where the probes of a run are kept: beside the manifest."""
+    """Where the probes of a run are kept (mmsora/datasets/probe_cache.py): beside the
+    manifest."""
     return out + '.probes.jsonl'
-
-
-def read_probe_cache(path) -> dict:
-    """``{absolute path: entry}`` of an earlier run's probes; empty when there is no
-    cache or one of another version. A line cut short (a run killed while writing it)
-    is passed over."""
-    entries = {}
-    try:
-        with open(path, encoding='utf-8') as f:
-            lines = iter(f)
-            head = _json_line(next(lines, ''))
-            if head is None or head.get('probe_cache') != PROBE_CACHE_VERSION:
-                return {}
-            for line in lines:
-                entry = _json_line(line)
-                if entry is not None and isinstance(entry.get('path'), str):
-                    entries[entry['path']] = entry
-    except (OSError, UnicodeDecodeError):
-        return {}
-    return entries
-
-
-def _json_line(line):
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _cache_line(path, outcome) -> str:
-    info, error, stat = outcome
-    entry = dict(path=osp.abspath(path), stat=stat)
-    entry.update(dict(info=info) if info is not None else dict(reason=error.reason))
-    return json.dumps(entry, ensure_ascii=False) + '\n'
-
-
-def _cached_outcome(entry, path):
-    """The cached ``probe`` outcome of ``path`` if the file is unchanged, else None."""
-    if entry is None or entry.get('stat') is None:
-        return None
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    if entry['stat'] != [stat.st_size, stat.st_mtime_ns]:
-        return None
-    if entry.get('info') is not None:
-        return entry['info'], None, entry['stat']
-    return None, VideoReadError(path, str(entry.get('reason'))), entry['stat']
-
-
-def open_probe_cache(cache, paths, outcomes):
-    """Rewrite ``cache`` with the outcomes already known (this run's files only: a
-    file gone is dropped) and return it open for appending, or None, with a warning,
-    where it cannot be written (a read-only folder: the run goes on without it)."""
-    from mmsora.engine.atomic_checkpoint import atomic_write_bytes
-    head = json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n'
-    known = ''.join(_cache_line(p, outcomes[p]) for p in paths if outcomes[p] is not None)
-    try:
-        atomic_write_bytes((head + known).encode('utf-8'), cache)
-        return open(cache, 'a', encoding='utf-8')
-    except OSError as e:
-        print(f'{PROG}: warning: cannot keep the probes in {cache} ({e.strerror or e}); '
-              'probing without it: a rerun probes every video again', file=sys.stderr)
-        return None
-
-
-def probe_all(paths, workers, cache, reprobe=False):
-    """``probe`` of each path, in order, taking unchanged files' outcomes from the
-    ``cache`` file (keyed by absolute path) and appending each new probe to it as it
-    finishes.
-
-    Before, the probes of a run lived in memory only: a Ctrl-C or a crash an hour into
-    100k clips (a container without a frame count is decoded whole) lost them all, and
-    a rerun after adding a few clips probed every clip again."""
-    old = {} if reprobe else read_probe_cache(cache)
-    outcomes = {p: _cached_outcome(old.get(osp.abspath(p)), p) for p in paths}
-    del old
-    todo = [p for p in paths if outcomes[p] is None]
-    if len(todo) < len(paths):
-        print(f'{PROG}: {len(paths) - len(todo)} of {plural(len(paths), "video")} '
-              f'probed by an earlier run ({cache}); probing {len(todo)}', file=sys.stderr)
-    f = open_probe_cache(cache, paths, outcomes)
-
-    def keep(path, future):
-        if outcomes[path] is not None:  # kept already
-            return
-        outcomes[path] = future.result()
-        if f is not None and outcomes[path][2] is not None:
-            f.write(_cache_line(path, outcomes[path]))
-            f.flush()
-
-    try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = {pool.submit(probe, p): p for p in todo}
-            try:
-                for future in tqdm(as_completed(futures), total=len(todo),
-                                   desc='probing videos', unit='video', file=sys.stderr):
-                    keep(futures[future], future)
-            except BaseException as e:  # Ctrl-C, or a probe's unforeseen error
-                for future in futures:
-                    future.cancel()
-                pool.shutdown(wait=True)  # the probes running finish: keep them too
-                for future, path in futures.items():
-                    if future.done() and not future.cancelled() and \
-                            future.exception() is None:
-                        keep(path, future)
-                if isinstance(e, KeyboardInterrupt) and f is not None:
-                    done = sum(outcomes[p] is not None for p in paths)
-                    raise Interrupted(f'({done} of {plural(len(paths), "video")} probed, '
-                                      f'kept in {cache}: rerun the same command to probe '
-                                      'the rest)') from None
-                raise
-    finally:
-        if f is not None:
-            f.close()
-    return [outcomes[p] for p in paths]
 
 
 def skipped_list_path(out):
@@ -360,11 +260,19 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.out.lower().endswith(('.csv', '.jsonl')):
         raise UserError(f'--out must end in .csv or .jsonl, got {args.out}')
+    if args.captions and args.caption_files:
+        raise UserError('--captions and --caption-files both give the captions: '
+                        'choose one')
+    if args.skip_uncaptioned and not (args.captions or args.caption_files):
+        raise UserError('--skip-uncaptioned needs the captions: give --captions FILE or '
+                        '--caption-files')
     rel_paths, skipped_links = scan_videos(args.video_dir, args.extensions)
     captions, unmatched = None, []
     if args.captions:  # matched before probing: a refused key costs no probe time
         captions, unmatched = match_captions(rel_paths, load_captions(args.captions),
                                              args.video_dir)
+    elif args.caption_files:
+        captions = read_caption_files(args.video_dir, rel_paths)
     classes = None
     if args.label_from_folder:
         loose = [p for p in rel_paths if osp.dirname(p) == '']
@@ -372,8 +280,19 @@ def main(argv=None):
             raise UserError(f'--label-from-folder: {len(loose)} videos lie directly in '
                             f'{args.video_dir}, outside any class folder (e.g. {loose[0]})')
         classes = sorted({p.split(os.sep)[0] for p in rel_paths}, key=natural_sort_key)
+    left_out = []  # --skip-uncaptioned: not probed (the classes above count them)
+    if args.skip_uncaptioned:
+        left_out = [osp.join(args.video_dir, p) for p, c in zip(rel_paths, captions)
+                    if c is None]
+        if len(left_out) == len(rel_paths):
+            raise UserError(f'--skip-uncaptioned: none of the {len(rel_paths)} videos '
+                            f'under {args.video_dir} has a caption'
+                            + _caption_source_hint(args))
+        rel_paths, captions = map(list, zip(*[(p, c) for p, c in zip(rel_paths, captions)
+                                              if c is not None]))
     full_paths = [osp.join(args.video_dir, p) for p in rel_paths]
-    probed = probe_all(full_paths, args.workers, probe_cache_path(args.out), args.reprobe)
+    probed = probe_all(full_paths, args.workers, probe_cache_path(args.out), args.reprobe,
+                       prog=PROG)
 
     rows, skipped, uncaptioned = [], [], 0
     for i, (rel, full, (info, error, _)) in enumerate(zip(rel_paths, full_paths, probed)):
@@ -390,17 +309,18 @@ def main(argv=None):
         row.update(num_frames=info['num_frames'], fps=round(info['fps'], 6),
                    height=info['height'], width=info['width'])
         rows.append(row)
-    skipped_file = write_skipped(args.out, skipped)
+    skipped_file = write_skipped(args.out, skipped + [
+        f'{path}: no caption (left out by --skip-uncaptioned)' for path in left_out])
     if not rows:
         raise UserError(f'none of the {len(rel_paths)} videos under {args.video_dir} '
-                        f'could be read; first problem: {skipped[0]} (all listed in '
-                        f'{skipped_file})')
+                        f'{"with a caption " if left_out else ""}could be read; first '
+                        f'problem: {skipped[0]} (all listed in {skipped_file})')
     write_manifest(rows, args.out,
                    relative_to=None if args.absolute else osp.dirname(osp.abspath(args.out)))
 
     summary = (f'{PROG}: wrote {plural(len(rows), "video")} to {args.out}; '
                f'skipped {len(skipped)} unreadable')
-    if skipped_file:
+    if skipped:
         summary += f' (all listed in {skipped_file})'
     if skipped_links:
         summary += (f'; skipped {plural(skipped_links, "folder link")} that '
@@ -408,19 +328,25 @@ def main(argv=None):
                     + ' already listed')
     if classes is not None:
         summary += f'; {len(classes)} classes'
-    if captions is not None:
+    if left_out:
+        summary += (f'; left out {len(left_out)} without a caption (--skip-uncaptioned; '
+                    f'listed in {skipped_file})')
+    elif captions is not None:
         summary += f'; {uncaptioned} without a caption'
-        if unmatched:  # a key spelt another way than the file, or a video left out
-            summary += (f'; {plural(len(unmatched), "caption")} '
-                        f'matching no video: {", ".join(unmatched[:5])}'
-                        + (' ...' if len(unmatched) > 5 else ''))
+        if uncaptioned == len(rows):
+            summary += _caption_source_hint(args)
+    if unmatched:  # a key spelt another way than the file, or a video left out
+        summary += (f'; {plural(len(unmatched), "caption")} '
+                    f'matching no video: {", ".join(unmatched[:5])}'
+                    + (' ...' if len(unmatched) > 5 else ''))
     print(summary)
     for reason in skipped[:10]:
         print(f'  skipped: {reason}')
     if len(skipped) > 10:
         print(f'  ... and {len(skipped) - 10} more (in {skipped_file})')
     return dict(num_rows=len(rows), skipped=skipped, classes=classes,
-                skipped_file=skipped_file, skipped_links=skipped_links)
+                skipped_file=skipped_file, skipped_links=skipped_links,
+                left_out=len(left_out))
 
 
 if __name__ == '__main__':

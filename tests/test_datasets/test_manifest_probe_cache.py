@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from mmsora.datasets import probe_cache
 from mmsora.utils.video_io import VideoReadError, probe_video
 from tests.test_datasets.test_manifest import load_tool
 from tests.test_datasets.test_manifest_fixes import make_clip
@@ -38,9 +39,10 @@ def run(tmp_path, clips, out='train.csv', fail_at=None, extra=(), refused=()):
                                            '(Permission denied)')
         return probe_video(path)
 
-    tool.probe_video = counting
-    summary = tool.main([str(clips), '--out', str(tmp_path / out), '--workers', '1',
-                         *extra])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_cache, 'probe_video', counting)
+        summary = tool.main([str(clips), '--out', str(tmp_path / out), '--workers', '1',
+                             *extra])
     return [p.replace(str(clips) + '/', '') for p in probed], summary
 
 
