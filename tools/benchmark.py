@@ -303,8 +303,7 @@ def make_step(args, impl: str):
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
 
-    from mmsora.utils.flops import forward_flops
-    from mmsora.utils.training_inputs import denoiser_kwargs, training_batch
+    from mmsora.utils.training_inputs import forward_flops_per_sample, training_batch
     init_default_scope('mmsora')
     device = torch.device(args.device)
     cfg = benchmark_config(args)
@@ -317,11 +316,7 @@ def make_step(args, impl: str):
         batch = {k: v.pin_memory() for k, v in batch.items()}
 
     # One sample's forward FLOPs, before torch.compile (counted on the eager module).
-    one = {k: v[:1].to(device) for k, v in
-           denoiser_kwargs(model, 1, args.text_len).items()}
-    flops = forward_flops(model.denoiser, batch['latents'][:1].to(device),
-                          torch.zeros(1, dtype=torch.long, device=device),
-                          attention_model=model.denoiser, **one)
+    flops = forward_flops_per_sample(model, device, args.text_len)
 
     from mmsora.engine.strategies import accumulation_of
     micro_batches = accumulation_of(cfg)
@@ -384,7 +379,7 @@ def _sync(device):
 
 
 def check_args(args) -> None:
-    from mmsora.utils.cli import UserError, check_output_path
+    from mmsora.utils.cli import UserError, check_at_least, check_output_path
     if args.memory_budget is not None and args.device != 'cuda':
         raise UserError('--memory-budget caps CUDA memory: add --device cuda')
     for option in ('memory_budget', 'profile'):
@@ -396,12 +391,9 @@ def check_args(args) -> None:
             raise UserError(f'--profile {args.profile}: exists and is not a directory')
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda: no CUDA device on this machine')
-    at_least = dict(steps=1, warmup=0, batch_size=1, repeats=1, threads=1, text_len=1,
-                    **({} if args.config else dict(input_size=1, num_classes=1)))
-    for name, least in at_least.items():
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise UserError(f'--{name.replace("_", "-")} must be >= {least}, got {value}')
+    check_at_least(args, dict(steps=1, warmup=0, batch_size=1, repeats=1, threads=1,
+                              text_len=1,
+                              **({} if args.config else dict(input_size=1, num_classes=1))))
     for name in ('peak_tflops', 'memory_budget'):
         value = getattr(args, name)
         if value is not None and value <= 0:

@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset, list_npy_pairs
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, check_output_path,
+                              run_cli)
 
 LAYOUTS = ('packed', 'npy')
 
@@ -190,10 +191,7 @@ def write_json(path, args, results) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    for name in ('num_samples', 'batch_size', 'epochs', 'repeats'):
-        if getattr(args, name) < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got '
-                            f'{getattr(args, name)}')
+    check_at_least(args, ('num_samples', 'batch_size', 'epochs', 'repeats'))
     if min(args.latent_shape) < 1:
         raise UserError(f'--latent-shape {" ".join(map(str, args.latent_shape))}: each size '
                         'must be >= 1')

@@ -33,7 +33,7 @@ import time
 import torch
 
 from mmsora.models.latent_diffusion import SAMPLING_PRECISIONS
-from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
                               check_output_path, note, run_cli)
 
 PROG = 'benchmark_sampling.py'
@@ -74,11 +74,8 @@ def parse_args(argv=None):
 
 
 def check_args(args) -> None:
-    for name, least in dict(batch_size=1, steps=1, repeats=1, threads=1, text_len=1,
-                            input_size=1, num_classes=1).items():
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise UserError(f'--{name.replace("_", "-")} must be >= {least}, got {value}')
+    check_at_least(args, ('batch_size', 'steps', 'repeats', 'threads', 'text_len',
+                          'input_size', 'num_classes'))
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         raise UserError(f'--peak-tflops must be > 0, got {args.peak_tflops}')
     if torch.device(args.device).type == 'cuda' and not torch.cuda.is_available():
@@ -162,20 +159,6 @@ def conditions(model, n, text_len):
     return out
 
 
-def forward_flops_per_sample(model, cond, device) -> int:
-    """FLOPs of one denoiser forward pass on one sample (counted on the CPU copy's
-    operators, as tools/benchmark.py counts them)."""
-    from mmsora.utils.flops import forward_flops
-    from mmsora.utils.training_inputs import denoiser_kwargs
-    one = {k: v[:1].to(device) for k, v in denoiser_kwargs(model, 1).items()}
-    if 'text_embeds' in cond:
-        one['y'] = cond['text_embeds'][:1].to(device)
-        one['mask'] = cond['text_mask'][:1].to(device)
-    x = torch.zeros(1, *model.latent_shape, device=device)
-    return forward_flops(model.denoiser, x, torch.zeros(1, dtype=torch.long, device=device),
-                         attention_model=model.denoiser, **one)
-
-
 def _sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -218,8 +201,9 @@ def main(argv=None):
     cond = conditions(model, n, args.text_len)
     settings = sampling_settings(args, model, sample_cfg)
     settings.update(seeds=[args.seed + i for i in range(n)], decode=False, **cond)
+    from mmsora.utils.training_inputs import forward_flops_per_sample
     try:
-        flops = forward_flops_per_sample(model, cond, device)
+        flops = forward_flops_per_sample(model, device, args.text_len)
     except Exception as e:  # a denoiser of one's own that torch cannot count
         flops = None
         note(f'no TFLOP/s: the forward FLOPs could not be counted ({type(e).__name__}: {e})')

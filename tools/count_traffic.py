@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from mmsora.utils.cli import ArgumentParser, UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, check_at_least, run_cli
 
 # Work on tensor cores, counted as FLOPs (mmsora/utils/flops.py), and views (no data).
 SKIPPED = {
@@ -71,10 +71,7 @@ def traffic_per_sample(hidden_size, num_heads, tokens):
 
 def check_args(args) -> None:
     """Sizes of at least 1, a width the heads divide, a positive finite bandwidth."""
-    for name in ('hidden_size', 'num_heads', 'tokens', 'depth', 'batch_size'):
-        value = getattr(args, name)
-        if value < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    check_at_least(args, ('hidden_size', 'num_heads', 'tokens', 'depth', 'batch_size'))
     if args.hidden_size % args.num_heads:
         raise UserError(f'--hidden-size {args.hidden_size} must be a multiple of '
                         f'--num-heads {args.num_heads} (each head takes an equal share)')

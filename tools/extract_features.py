@@ -48,7 +48,8 @@ from mmsora.engine.hooks.loss_guard_hook import nonfinite_rows
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import ArgumentParser, UserError, device_setting, note, plural, run_cli
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, device_setting, note,
+                              plural, run_cli)
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 
 PROG = 'extract_features.py'
@@ -152,11 +153,8 @@ def with_option(error) -> str:
 
 
 def check_args(args):
-    for name in ('image_size', 'num_frames', 'shard_size', 'batch_size', 'micro_batch_size',
-                 'frame_stride', 'max_length'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            fail(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    check_at_least(args, ('image_size', 'num_frames', 'shard_size', 'batch_size',
+                          'micro_batch_size', 'frame_stride', 'max_length'))
     if args.target_fps is not None and not 0 < args.target_fps < float('inf'):
         fail(f'--target-fps must be a positive number, got {args.target_fps:g}')
     if args.num_workers is None:

@@ -31,7 +31,7 @@ import sys
 import torch
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
-                              apply_cfg_options, check_output_path, device_setting,
+                              apply_cfg_options, check_at_least, check_output_path, device_setting,
                               keep_freed_memory_on_cpu, load_config, note, run_cli)
 
 
@@ -113,10 +113,7 @@ LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one take
 
 def check_args(args, num_classes, video=False, text=False):
     """Validate values a parser cannot; raise UserError naming the option."""
-    for name in ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    check_at_least(args, ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'))
     if args.cfg_scale is not None and args.cfg_scale < 1:
         raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {args.cfg_scale}')
     if args.eta is not None and not 0 <= args.eta <= 1:

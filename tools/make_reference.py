@@ -21,7 +21,8 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import ArgumentParser, UserError, first_line, plural, run_cli
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, first_line, plural,
+                              run_cli)
 
 
 def parse_args(argv=None):
@@ -87,10 +88,7 @@ def main(argv=None):
                         '--images makes a picture reference')  # (they were ignored)
     args.num_frames = 16 if args.num_frames is None else args.num_frames
     args.frame_stride = 1 if args.frame_stride is None else args.frame_stride
-    for name in ('image_size', 'num_frames', 'frame_stride', 'max_samples'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    check_at_least(args, ('image_size', 'num_frames', 'frame_stride', 'max_samples'))
     if not args.out.endswith('.npz'):
         raise UserError(f'--out must be an .npz file, got {args.out!r}')
     from mmsora.apis.mass_sampling import zip_npy_files

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
                               check_output_path, device_setting, keep_freed_memory_on_cpu,
                               run_cli)
 
@@ -54,10 +54,7 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-    for name in ('num_samples', 'batch_size'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    check_at_least(args, ('num_samples', 'batch_size'))
     if args.out is not None and not args.out.endswith('.npz'):
         raise UserError(f'--out is an .npz file (the ADM evaluator\'s layout), got {args.out!r}')
     for option, path, folder in (('--out', args.out, False), ('--json', args.json, False),

@@ -13,7 +13,8 @@ __all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_confi
            'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
-           'check_output_path', 'first_line', 'is_launch_rank0', 'is_first_on_machine']
+           'check_output_path', 'check_at_least', 'first_line', 'is_launch_rank0',
+           'is_first_on_machine']
 
 
 class UserError(Exception):
@@ -922,6 +923,18 @@ def device_setting(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f'{text}: this machine has {torch.cuda.device_count()} CUDA device(s)')
     return text
+
+
+def check_at_least(args, names, least=1) -> None:
+    """Refuse an option of ``args`` below its least value, named as it is spelt on the
+    command line (``--batch-size must be >= 1, got 0``); an option left unset (None)
+    passes. ``names``: option names (``'batch_size'``) that must be at least
+    ``least``, or a dict of each name's own least."""
+    limits = names if isinstance(names, dict) else dict.fromkeys(names, least)
+    for name, lowest in limits.items():
+        value = getattr(args, name)
+        if value is not None and value < lowest:
+            raise UserError(f'--{name.replace("_", "-")} must be >= {lowest}, got {value}')
 
 
 def check_output_path(path, option: str, folder: bool = False) -> None:

@@ -11,8 +11,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ['training_model_cfg', 'dit_recipe_model_cfg', 'denoiser_kwargs', 'training_batch', 'hook_class',
-           'is_ema_hook', 'ema_hook_cfg']
+__all__ = ['training_model_cfg', 'dit_recipe_model_cfg', 'denoiser_kwargs', 'training_batch',
+           'forward_flops_per_sample', 'hook_class', 'is_ema_hook', 'ema_hook_cfg']
 
 
 def training_model_cfg(cfg) -> dict:
@@ -71,6 +71,18 @@ def training_batch(model, n: int, text_len: Optional[int] = None) -> dict:
     if 'pooled' in kwargs:
         batch['pooled_text_embeds'] = kwargs['pooled']
     return batch
+
+
+def forward_flops_per_sample(model, device, text_len: Optional[int] = None) -> int:
+    """FLOPs of one forward pass of ``model.denoiser`` on one sample of
+    ``model.latent_shape`` with the conditioning of :func:`denoiser_kwargs` (counted on
+    the operators run, :func:`mmsora.utils.flops.forward_flops`): what
+    ``tools/benchmark.py`` and ``tools/benchmark_sampling.py`` turn into TFLOP/s."""
+    from mmsora.utils.flops import forward_flops
+    one = {k: v.to(device) for k, v in denoiser_kwargs(model, 1, text_len).items()}
+    x = torch.zeros(1, *model.latent_shape, device=device)
+    return forward_flops(model.denoiser, x, torch.zeros(1, dtype=torch.long, device=device),
+                         attention_model=model.denoiser, **one)
 
 
 def hook_class(hook_cfg, where: str = 'custom_hooks') -> type:

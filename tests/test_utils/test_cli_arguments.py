@@ -5,7 +5,8 @@ import importlib
 import pytest
 import torch
 
-from mmsora.utils.cli import UserError, apply_cfg_options, device_setting, load_config
+from mmsora.utils.cli import (UserError, apply_cfg_options, check_at_least, device_setting,
+                              load_config)
 
 
 def test_device_setting(monkeypatch):
@@ -294,3 +295,13 @@ def test_a_value_error_of_ones_own_code_says_where(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as info:
         load_manifest(str(tmp_path / 'm.csv'))
     assert 'raised in' not in explain_error(info.value)
+
+
+def test_check_at_least_names_the_option_as_spelt():
+    args = argparse.Namespace(batch_size=0, steps=None, warmup=0)
+    check_at_least(args, ('steps',))  # unset passes
+    check_at_least(args, dict(warmup=0))
+    with pytest.raises(UserError, match=r'^--batch-size must be >= 1, got 0$'):
+        check_at_least(args, ('steps', 'batch_size'))
+    with pytest.raises(UserError, match=r'^--warmup must be >= 2, got 0$'):
+        check_at_least(args, dict(steps=1, warmup=2))
