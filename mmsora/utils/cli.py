@@ -812,7 +812,13 @@ def explain_error(exc):
         return unknown_type_message(obj_type.strip('`\'"'), registry_name)
     match = _UNEXPECTED_KWARG.search(text)
     if isinstance(exc, TypeError) and match:
-        return unknown_key_message(*match.groups())
+        built = _built_class(exc, match.group(1))
+        if built is None:
+            return unknown_key_message(*match.groups())
+        import inspect
+        params = inspect.signature(built).parameters.values()
+        return unknown_key_message(built.__name__, match.group(2), names=[
+            p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)])
     match = _MISSING_ARGS.search(text)
     if isinstance(exc, TypeError) and match and _find_registered_class(match.group(1)):
         # a config that leaves out what a registered class needs (not a bug of ours:
@@ -837,6 +843,23 @@ def explain_error(exc):
     if isinstance(exc, _PATH_ERRORS) and exc.filename:  # an output path through a file
         return f'{exc.strerror}: {exc.filename}' + (
             f' -> {exc.filename2}' if exc.filename2 else '')
+    return None
+
+
+def _built_class(exc, defined_in: str):
+    """The class a config's ``type`` was building when ``exc`` was raised, where its
+    ``__init__`` is one it inherits from ``defined_in`` (the class Python's TypeError
+    names), else None. A class of one's own on a base class was named by the base
+    (``unknown config key 'widht' for _MixerBase``). Read from the frame of mmengine's
+    ``build_from_cfg``."""
+    tb, built = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == 'build_from_cfg':
+            built = tb.tb_frame.f_locals.get('obj_cls', built)
+        tb = tb.tb_next
+    if isinstance(built, type) and built.__name__ != defined_in and any(
+            c.__name__ == defined_in for c in built.__mro__[1:]):
+        return built
     return None
 
 

@@ -305,3 +305,32 @@ def test_check_at_least_names_the_option_as_spelt():
         check_at_least(args, ('steps', 'batch_size'))
     with pytest.raises(UserError, match=r'^--warmup must be >= 2, got 0$'):
         check_at_least(args, dict(steps=1, warmup=2))
+
+
+def test_unknown_key_of_a_class_on_an_inherited_init_names_the_configured_class():
+    """A class of one's own without an __init__ of its own: Python's TypeError names
+    the base class (``_Base.__init__() got an unexpected keyword argument``), and so
+    did the message; it names the class the config's ``type`` built."""
+    from mmengine.registry import Registry
+
+    from mmsora.utils.cli import explain_error
+
+    class _TinyBase(torch.nn.Module):
+        def __init__(self, width=4, depth=2):
+            super().__init__()
+
+    registry = Registry('walk-through m models', scope='mmsora_test_inherited_init')
+
+    @registry.register_module()
+    class TinyMixer(_TinyBase):
+        pass
+
+    with pytest.raises(TypeError) as info:
+        registry.build(dict(type='TinyMixer', widht=3))
+    assert '_TinyBase.__init__()' in str(info.value)
+    assert explain_error(info.value) == (
+        "unknown config key 'widht' for TinyMixer; did you mean width?")
+    # A class with an __init__ of its own: named as before.
+    with pytest.raises(TypeError) as info:
+        registry.build(dict(type=_TinyBase, widht=3))
+    assert explain_error(info.value).startswith("unknown config key 'widht' for _TinyBase")
