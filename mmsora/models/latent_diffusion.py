@@ -210,7 +210,8 @@ class LatentDiffusion(BaseModel):
                 pooled_text_embeds: Optional[torch.Tensor] = None,
                 mode: str = 'loss',
                 sample_kwargs: Optional[dict] = None,
-                sample_idx: Optional[torch.Tensor] = None):
+                sample_idx: Optional[torch.Tensor] = None,
+                **others):
         """mmengine entry point: ``mode='loss'`` returns the loss dict.
 
         ``mode='predict'`` samples one latent per label with the default sampler, or
@@ -222,8 +223,16 @@ class LatentDiffusion(BaseModel):
         encode ``caption`` with ``text_encoder``. ``sample_idx``, the items' dataset
         indices (mmsora's datasets give them; LossGuardHook takes them out of the batch
         to name an item with NaN inputs), is not used here: where no hook took it (the
-        guard off, tools/benchmark.py) it arrives and is ignored.
+        guard off, tools/benchmark.py) it arrives and is ignored. Any other key of a
+        batch (a dataset's item) is refused, naming what the batch may hold.
         """
+        if others:  # before: "forward() got an unexpected keyword argument 'x'", a traceback
+            raise ValueError(
+                f'the batch holds {", ".join(map(repr, others))}, which '
+                f'{type(self).__name__} does not take: a dataset\'s items give \'latents\' '
+                "(or 'images' with a model.vae) with 'labels', or 'text_embeds' / "
+                "'text_mask' (/ 'pooled_text_embeds') or 'caption' for a text model "
+                "(README: 'A dataset ... returns dict items')")
         if mode == 'loss':
             return self.loss(latents=latents, labels=labels, images=images, caption=caption,
                              text_embeds=text_embeds, text_mask=text_mask,
@@ -263,6 +272,12 @@ class LatentDiffusion(BaseModel):
                 model_kwargs = dict(y=labels)
             terms = self.diffusion.loss(self._denoiser_in_weight_dtype(), x,
                                         model_kwargs=model_kwargs)
+        if not (isinstance(terms, dict) and torch.is_tensor(terms.get('loss'))):
+            got = (f"a dict with keys {', '.join(map(repr, terms))}" if isinstance(terms, dict)
+                   else f'a {type(terms).__name__}')
+            raise ValueError(f'{type(self.diffusion).__name__}.loss returned {got}: it '
+                             "returns a dict whose 'loss' is the per-sample loss (N,) "
+                             '(other entries are logged)')
         # Only keys containing 'loss' are summed by mmengine; the rest are logged.
         out = dict(loss=terms['loss'].mean())
         for key, value in terms.items():

@@ -696,6 +696,10 @@ def _edits(a: str, b: str) -> int:
 _PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 _NOT_REGISTERED = re.compile(r'(\S+) is not in the (\S+)::(.+?) registry')
 _UNEXPECTED_KWARG = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
+_UNEQUAL_STACK = 'stack expects each tensor to be equal size'
+_WORKER_STACK = 'Trying to resize storage that is not resizable'
+_ONE_SHAPE = (': a batch stacks them, so each key needs one shape in every item (crop or '
+              'resize them to one size)')
 _MISSING_ARGS = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?"
                            r"arguments?: (.+)$", re.M)
 
@@ -825,6 +829,16 @@ def explain_error(exc):
         # those call classes that are not built from configs)
         return missing_arguments_message(match.group(1), re.findall(r"'(\w+)'",
                                                                   match.group(2)))
+    if isinstance(exc, RuntimeError) and _UNEQUAL_STACK in text:  # the default collate's
+        got = next(line for line in text.splitlines() if _UNEQUAL_STACK in line)
+        got = got[got.index(_UNEQUAL_STACK) + len(_UNEQUAL_STACK):].lstrip(', ').rstrip('.')
+        got = got[len('but got '):] if got.startswith('but got ') else got
+        return f"the dataset's items differ in shape ({got} of a batch)" + _ONE_SHAPE
+    if isinstance(exc, RuntimeError) and _WORKER_STACK in text and 'collate' in text:
+        # the same in a DataLoader worker: it stacks into shared memory sized by the
+        # first item, and says only this
+        return ("the dataset's items differ in shape (a DataLoader worker could not "
+                f"stack a batch: '{_WORKER_STACK}')" + _ONE_SHAPE)
     if isinstance(exc, ValueError) and callable(getattr(exc, 'errors', None)) and hasattr(
             exc, 'title'):  # pydantic's (DeepSpeed's config): each field and what is wrong
         try:
