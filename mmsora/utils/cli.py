@@ -530,22 +530,29 @@ def _note_schedule_left_behind(cfg, updates) -> None:
     stderr, naming the entries to set as well, unless they are set too."""
     new = updates.get('train_cfg.max_iters')
     old = (cfg.get('train_cfg') or {}).get('max_iters')
+    left = _schedule_left_behind(cfg, old, new, set_paths=updates)
+    if left:
+        note(f'--cfg-options train_cfg.max_iters={new}: the schedule still ends at {old}, '
+             f'the config\'s length; for one that ends with the run set {" ".join(left)} '
+             'too')
+
+
+def _schedule_left_behind(cfg, old, new, set_paths=()) -> list:
+    """``['param_scheduler.0.end=NEW', ...]``: the schedulers of ``cfg`` whose ``end``
+    (or ``T_max``) is the old run length ``old`` where the run is now ``new`` long,
+    leaving out ``set_paths`` and those starting after the run's end (never acting)."""
     if type(new) is not int or type(old) is not int or new == old:
-        return
+        return []
     left = []
     schedulers = cfg.get('param_scheduler') or []
     single = isinstance(schedulers, dict)  # mmengine takes one scheduler as a dict
     for i, sched in enumerate([schedulers] if single else schedulers):
         for field in ('end', 'T_max'):
             path = f'param_scheduler.{field}' if single else f'param_scheduler.{i}.{field}'
-            if (isinstance(sched, dict) and sched.get(field) == old and path not in updates
-                    and (sched.get('begin') or 0) < new):  # (one that starts after the
-                # run's end never acts)
+            if (isinstance(sched, dict) and sched.get(field) == old and path not in set_paths
+                    and (sched.get('begin') or 0) < new):
                 left.append(f'{path}={new}')
-    if left:
-        note(f'--cfg-options train_cfg.max_iters={new}: the schedule still ends at {old}, '
-             f'the config\'s length; for one that ends with the run set {" ".join(left)} '
-             'too')
+    return left
 
 
 def _spent_entries(cfg, key, old) -> list:
@@ -615,16 +622,28 @@ def _note_variables_left_in_base(path, cfg) -> None:
         return
     for base_path, base in zip(bases, base_cfgs):
         _note_type_changes(path, base_path, base.to_dict(), cfg.to_dict())
+        schedule_noted = False
         for key in base.keys():
             old, new = base.get(key), cfg.get(key)
             if key not in cfg or new == old or type(new) is not type(old):
                 continue
             found = [p for p, _ in _spent_entries(cfg, key, old)]
             if found:
+                schedule_noted |= any(p.startswith('param_scheduler') for p in found)
                 note(f'{_shown_path(path)} sets {key}={new!r}, but {_listed(found)} still '
                      f'{"holds" if len(found) == 1 else "hold"} the value of {key} in '
                      f'{_shown_path(base_path)} ({old!r}): a base\'s entries took its '
                      'variables when it was read; set them in your config too', once=True)
+        old_iters = (base.get('train_cfg') or {}).get('max_iters')
+        new_iters = (cfg.get('train_cfg') or {}).get('max_iters')
+        # (a schedule of the child's own is meant; one noted above is not said twice)
+        if not schedule_noted and base.get('param_scheduler') == cfg.get('param_scheduler'):
+            left = _schedule_left_behind(cfg, old_iters, new_iters)
+            if left:
+                note(f'{_shown_path(path)} sets train_cfg.max_iters={new_iters}, but the '
+                     f'schedule of {_shown_path(base_path)} still ends at {old_iters}, its '
+                     f'length; for one that ends with the run set {" ".join(left)} in your '
+                     'config too (or a param_scheduler of your own)', once=True)
 
 
 # Keys mmengine's Runner and builders read beside a registered class's arguments (an

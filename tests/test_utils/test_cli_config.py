@@ -139,6 +139,7 @@ def test_a_child_variable_that_its_base_spent_is_noted(tmp_path, capsys):
     # the child set train_cfg.max_iters itself: only the schedule is left behind
     assert ("sets max_iters=20, but param_scheduler.0.end still holds the value of "
             'max_iters') in err
+    assert err.count('param_scheduler.0.end') == 1  # (not noted again for train_cfg)
     # a child that sets the entries too, or the same value, gets no note
     (tmp_path / 'child.py').write_text(
         "_base_ = ['base.py']\ndata_root = '/mine'\nmax_iters = 100\n"
@@ -323,3 +324,29 @@ def test_an_unknown_type_says_where_it_is_registered_or_how_to_register_it():
     assert unknown_type_message('ScaledDiT', 'model').endswith(
         "a class of your own is registered when its module is imported: list the module "
         "in the config's custom_imports (README, \"Your own modules\")")
+
+
+def test_a_child_run_length_over_a_base_schedule_is_noted(tmp_path, capsys):
+    """A child's own train_cfg.max_iters (in its file, not --cfg-options) left the
+    base's learning-rate schedule ending at the base's length without a word (walk-
+    through m); --cfg-options had the note already."""
+    (tmp_path / 'base.py').write_text(
+        "train_cfg = dict(by_epoch=False, max_iters=1500)\n"
+        "param_scheduler = [dict(type='LinearLR', start_factor=0.1, end=1500), "
+        "dict(type='CosineAnnealingLR', begin=1500, T_max=3000)]\n")
+    (tmp_path / 'child.py').write_text("_base_ = ['base.py']\n"
+                                       "train_cfg = dict(max_iters=200)\n")
+    load_config(str(tmp_path / 'child.py'))
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+    assert notes == [f'note: {tmp_path}/child.py sets train_cfg.max_iters=200, but the '
+                     f'schedule of {tmp_path}/base.py still ends at 1500, its length; for one '
+                     'that ends with the run set param_scheduler.0.end=200 in your config too '
+                     '(or a param_scheduler of your own)']
+    # A schedule of the child's own, or the base's length: no note. (Other file names:
+    # a note is said once a process.)
+    for i, child in enumerate(("train_cfg = dict(max_iters=200)\n"
+                               "param_scheduler = [dict(type='LinearLR', end=1500)]\n",
+                               "train_cfg = dict(max_iters=1500)\n")):
+        (tmp_path / f'own{i}.py').write_text("_base_ = ['base.py']\n" + child)
+        load_config(str(tmp_path / f'own{i}.py'))
+        assert 'note:' not in capsys.readouterr().err
