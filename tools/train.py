@@ -191,7 +191,7 @@ def check_inflation_matches(model, path, kind, checkpoint=None) -> None:
         raise UserError(f'--load-from {path}: {e}') from None
 
 
-def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
+def note_learning_rate_kept(cfg, path, optimizer_state, option='--resume') -> None:
     """Say that ``--resume`` keeps the checkpoint's learning rate when the config asks
     for another: mmengine restores the optimizer's state, its learning rate (and the
     schedule's base) included, so a changed ``optim_wrapper.optimizer.lr`` went
@@ -206,7 +206,7 @@ def note_learning_rate_kept(cfg, path, optimizer_state) -> None:
         return
     theirs = groups[0].get('initial_lr', groups[0].get('lr'))
     if isinstance(theirs, (int, float)) and not math.isclose(theirs, ours, rel_tol=1e-6):
-        note(f'--resume {path} keeps its learning rate ({theirs:g}); the config\'s '
+        note(f'{option} {path} keeps its learning rate ({theirs:g}); the config\'s '
              f'optim_wrapper.optimizer.lr={ours:g} is not used (mmengine resumes the '
              'optimizer\'s state). To train on at the new rate, start a run from these '
              'weights: --load-from')
@@ -217,7 +217,7 @@ _SCHEDULE_KEYS = ('begin', 'end', 'eta_min', 'eta_min_ratio', 'start_factor', 'e
                   'factor', 'gamma', 'milestones', 'power', 'step_size')
 
 
-def note_schedule_kept(cfg, path, scheduler_states) -> None:
+def note_schedule_kept(cfg, path, scheduler_states, option='--resume') -> None:
     """Say that ``--resume`` keeps the checkpoint's schedule where the config's
     differs: mmengine restores each scheduler's state, its ``end`` and ``eta_min``
     included, so a run extended with ``param_scheduler.1.end=N`` went on along the
@@ -236,42 +236,44 @@ def note_schedule_kept(cfg, path, scheduler_states) -> None:
     if changed:
         shown = ', '.join(f'{name}={theirs!r} (config: {ours!r})'
                           for name, theirs, ours in changed[:3])
-        note(f'--resume {path} keeps its schedule: {shown}{", ..." if len(changed) > 3 else ""} '
+        note(f'{option} {path} keeps its schedule: {shown}{", ..." if len(changed) > 3 else ""} '
              '(mmengine resumes the schedulers\' state). To train on a new schedule, start '
              'a run from these weights: --load-from')
 
 
-def check_resume_matches(cfg, model, path) -> None:
+def check_resume_matches(cfg, model, path, option='--resume') -> None:
     """Refuse ``--resume`` of a file that is not a checkpoint of a run like the
     config's: an original DiT / fast-DiT state dict (nothing to resume: no optimizer,
     no iteration), a run of another model, or one saved past ``train_cfg.max_iters``.
     One saved at the run's end is said to leave nothing to train (mmengine resumed,
     trained nothing and said nothing); the Runner still runs the hooks' ends (a final
-    evaluation that failed before)."""
+    evaluation that failed before). ``option``: what asked to resume, as the messages
+    name it (a config's ``resume = True`` with its ``load_from``)."""
     kind, state_dict, checkpoint = load_from_kind(path)
     if kind == 'denoiser':
-        raise UserError(f'--resume {path}: a state dict of weights alone, not a checkpoint '
-                        'of a run (no optimizer, no iteration): start from it with '
-                        f'--load-from {path}')
+        start = (f'--load-from {path}' if option == '--resume' else
+                 'resume = False (load_from then starts a run from it)')
+        raise UserError(f'{option} {path}: a state dict of weights alone, not a checkpoint '
+                        f'of a run (no optimizer, no iteration): start from it with {start}')
     if model is not None:
-        check_load_from_matches(model, path, state_dict, option='--resume')
+        check_load_from_matches(model, path, state_dict, option=option)
     theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))
     if theirs and ours and theirs != ours:  # (it resumed, and trained on, silently)
-        raise UserError(f'--resume {path}: saved by a run of the {theirs} objective, this '
+        raise UserError(f'{option} {path}: saved by a run of the {theirs} objective, this '
                         f'config trains {ours}: resume with the config it was trained with '
                         '(the .py in its work dir), or start from its weights with '
                         '--load-from')
-    note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'))
-    note_schedule_kept(cfg, path, checkpoint.get('param_schedulers'))
+    note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'), option)
+    note_schedule_kept(cfg, path, checkpoint.get('param_schedulers'), option)
     meta = checkpoint.get('meta') or {}
     done, last = meta.get('iter'), (cfg.get('train_cfg') or {}).get('max_iters')
     if not (isinstance(done, int) and isinstance(last, int) and done >= last):
         return
     if done > last:
-        raise UserError(f'--resume {path}: saved at iteration {done}, past train_cfg.'
+        raise UserError(f'{option} {path}: saved at iteration {done}, past train_cfg.'
                         f'max_iters={last}: give a larger train_cfg.max_iters to train on')
     if is_launch_rank0():
-        print(f'--resume {path}: saved at iteration {done}, which is train_cfg.max_iters: '
+        print(f'{option} {path}: saved at iteration {done}, which is train_cfg.max_iters: '
               'the run is complete and there is nothing to train (give a larger '
               'train_cfg.max_iters to train on)', flush=True)
 
@@ -590,7 +592,8 @@ def build_train_config(args):
     # the way)
     if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)
             and osp.isfile(cfg.load_from) and not args.deepspeed):
-        check_resume_matches(cfg, meta_model, cfg.load_from)
+        check_resume_matches(cfg, meta_model, cfg.load_from,
+                             '--resume' if args.resume is not None else 'resume = True, load_from')
     option = '--load-from'
     if args.load_from is None and not cfg.get('resume') and isinstance(config_load_from, str):
         # a config's load_from (OpenMMLab's way, or --cfg-options load_from=F) goes the

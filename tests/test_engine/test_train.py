@@ -249,6 +249,17 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     with pytest.raises(UserError, match=rf'^--resume {weights}: a state dict of weights '
                                         rf'alone, .*--load-from {weights}$'):
         tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(weights))
+    # the same asked by the config (resume = True with its load_from): named so (it
+    # said '--resume', an option not given)
+    with pytest.raises(UserError, match=rf'^resume = True, load_from {weights}: a state '
+                                        r'dict of weights alone, .*start from it with '
+                                        r'resume = False \(load_from then starts a run '
+                                        r'from it\)$'):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, 'resume=True', f'load_from={weights}')
+    with pytest.raises(UserError, match=rf'^resume = True, load_from {run}: its denoiser '
+                                        r"is not the config's"):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, 'model.denoiser.hidden_size=64',
+                 'resume=True', f'load_from={run}')
     # a config typo is said first: its check reads no file (the checkpoint's checks map
     # it), and the typo stands whatever the checkpoint
     with pytest.raises(UserError, match=r"^optim_wrapper.optimizer: unknown config key "
