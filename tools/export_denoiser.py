@@ -115,12 +115,35 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str)
         save_safetensors(converted, osp.join(partial, 'diffusion_pytorch_model.safetensors'))
         with open(osp.join(partial, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        if osp.isdir(out):
+        old = None
+        if osp.isdir(out) and os.listdir(out):  # an earlier export: replaced whole
+            old = f'{out.rstrip(os.sep)}.old.{os.getpid()}'
+            os.replace(out, old)
+        elif osp.isdir(out):
             os.rmdir(out)  # (empty)
         os.replace(partial, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return config
+
+
+EXPORT_FILES = {'config.json', 'diffusion_pytorch_model.safetensors'}
+
+
+def is_earlier_export(folder: str) -> bool:
+    """Whether ``folder`` holds what ``--diffusers`` writes and nothing else (a
+    DiTTransformer2DModel's config.json and its weights): such a folder is replaced,
+    as a .pt is; any other folder that is not empty is refused."""
+    import json
+    if set(os.listdir(folder)) != EXPORT_FILES:
+        return False
+    try:
+        with open(osp.join(folder, 'config.json'), encoding='utf-8') as f:
+            return json.load(f).get('_class_name') == 'DiTTransformer2DModel'
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def save_safetensors(state: dict, path: str) -> None:
@@ -161,8 +184,11 @@ def main(argv=None):
     elif args.num_heads:
         raise UserError('--num-heads is for --diffusers (a state dict needs no heads)')
     check_output_path(args.out, '--out', folder=args.diffusers)
-    if args.diffusers and osp.isdir(args.out) and os.listdir(args.out):
-        raise UserError(f'--out {args.out}: a folder that is not empty; give a new one')
+    if (args.diffusers and osp.isdir(args.out) and os.listdir(args.out)
+            and not is_earlier_export(args.out)):  # (an earlier export is replaced)
+        raise UserError(f'--out {args.out}: a folder that is not empty and not an earlier '
+                        "export (config.json and diffusion_pytorch_model.safetensors "
+                        'alone); give a new one')
     checkpoint = resolve_checkpoint(args.checkpoint)
     state, which, denoiser_cfg = read_denoiser(checkpoint, use_ema=not args.no_ema)
     n = sum(v.numel() for v in state.values())

@@ -212,7 +212,18 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
     with pytest.raises(UserError, match=r'a DiT of width 64, not one of the paper\'s and with '
                                         r'no run config to say its heads: give --num-heads'):
         export([str(tmp_path / 'dit.pt'), '--diffusers', '--out', str(tmp_path / 'h')])
-    with pytest.raises(UserError, match=r'mine/transformer: a folder that is not empty'):
+    # an earlier export is replaced whole, as a .pt is (it was refused as 'not empty')
+    with torch.no_grad():
+        dit.final_layer.linear.bias.add_(1.0)
+    torch.save(dit.state_dict(), tmp_path / 'dit2.pt')
+    export([str(tmp_path / 'dit2.pt'), '--diffusers', '--num-heads', '4', '--out', str(out)])
+    load_dit_checkpoint(back, str(out))
+    assert torch.equal(back.final_layer.linear.bias, dit.final_layer.linear.bias)
+    assert sorted(os.listdir(tmp_path / 'mine')) == ['transformer']  # nothing else left
+    # any other folder that is not empty is refused
+    (out / 'notes.txt').write_text('mine')
+    with pytest.raises(UserError, match=r'mine/transformer: a folder that is not empty and '
+                                        r'not an earlier export'):
         export([str(tmp_path / 'dit.pt'), '--diffusers', '--num-heads', '4', '--out', str(out)])
     assert sorted(os.listdir(tmp_path / 'mine')) == ['transformer']  # no partial left
     # a run's checkpoint says its heads, and whether its table has the null class's row
