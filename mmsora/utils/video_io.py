@@ -74,12 +74,37 @@ def _decode(container, stream, path):
         raise VideoReadError(path, f'decoding failed ({reason})') from None
 
 
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright: its display
+    matrix's rotation (a phone's portrait clip is stored sideways with a 90 degree
+    one), 0 where it has none. As players and FFmpeg's command line (autorotate) do."""
+    degrees = getattr(frame, 'rotation', 0) or 0
+    return int(round(degrees / 90)) % 4
+
+
+def _upright(frame, size):
+    """RGB uint8 ``(H, W, 3)`` of a decoded ``frame``: scaled to ``size`` (width,
+    height: the stream's first frame's) where the stream changed size mid-way (joined
+    recordings), then turned upright."""
+    if (frame.width, frame.height) != size:
+        array = frame.to_ndarray(width=size[0], height=size[1], format='rgb24')
+    else:
+        array = frame.to_ndarray(format='rgb24')
+    turns = _quarter_turns(frame)
+    return np.rot90(array, turns) if turns else array
+
+
 def probe_video(path):
     """Frame count, frame rate, size and duration of a video file.
 
-    The frame count is the container's when it records one, else a full decode count;
-    the first frame is always decoded so that a file with a valid header but unreadable
-    data is caught here rather than in a training worker.
+    The frame count is the container's when it records one that agrees with the
+    stream's duration, else a full decode count (an mp4 cut without re-encoding keeps
+    the frames its edit list drops, which no decoder gives: its recorded count was
+    taken, and clips asked for frames past the end); the first frame is always
+    decoded so that a file with a valid header but unreadable data is caught here
+    rather than in a training worker. The size is the first frame's as shown: a clip
+    with a rotation in its display matrix (a phone's portrait video) is as tall as
+    players show it, as :func:`read_video_frames` gives its frames.
 
     Args:
         path (str): Video file.
@@ -102,15 +127,22 @@ def probe_video(path):
         first = next(frames, None)
         if first is None:
             raise VideoReadError(path, 'no frame could be decoded')
+        stream_duration = (float(stream.duration * stream.time_base)
+                           if stream.duration is not None and stream.time_base is not None
+                           else None)
+        if num_frames > 0 and rate and stream_duration and \
+                abs(num_frames - stream_duration * float(rate)) > 1.5:
+            num_frames = 0  # frames the edit list drops: count what decodes
         if num_frames <= 0:
             num_frames = 1 + sum(1 for _ in frames)
         picture = _picture_format(container, num_frames)
         if picture is not None:
             raise VideoReadError(path, f'a picture ({picture}), not a video')
-        width = stream.codec_context.width or first.width
-        height = stream.codec_context.height or first.height
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
+        width, height = first.width, first.height
+        if _quarter_turns(first) % 2:
+            width, height = height, width
+        if stream_duration is not None:
+            duration = stream_duration
         elif container.duration is not None:
             duration = container.duration / 1e6  # AV_TIME_BASE is microseconds
         else:
@@ -128,10 +160,14 @@ def probe_video(path):
 
 
 def read_video_frames(path, indices=None):
-    """Decode the frames at ``indices`` (all frames when None).
+    """Decode the frames at ``indices`` (all frames when None), upright (a rotation in
+    the display matrix applied, as players do) and at one size (the first frame's,
+    where a stream changes size mid-way).
 
     Decoding is sequential from the start and stops at the last frame asked for, so a
-    clip near the beginning of a long video costs only what precedes it.
+    clip near the beginning of a long video costs only what precedes it. Each frame
+    asked for is converted into its place in the output as it is decoded (no second
+    copy of the clip).
 
     Args:
         path (str): Video file.
@@ -151,25 +187,36 @@ def read_video_frames(path, indices=None):
             raise ValueError(f'no frame indices given for {path!r}')
         if min(indices) < 0:
             raise ValueError(f'negative frame index {min(indices)} for {path!r}')
-        wanted, last = set(indices), max(indices)
+        places, last = {}, max(indices)
+        for place, i in enumerate(indices):
+            places.setdefault(i, []).append(place)
     container, stream = _open(path)
     stream.thread_type = 'AUTO'  # frame threading: several frames decode at once
-    kept, count = {}, 0
+    every, out, size, count = [], None, None, 0
     with container:
         for i, frame in enumerate(_decode(container, stream, path)):
             count = i + 1
-            if indices is None or i in wanted:
-                kept[i] = frame.to_ndarray(format='rgb24')
-            if indices is not None and i >= last:
+            if size is None:
+                size = (frame.width, frame.height)
+            if indices is None:
+                every.append(_upright(frame, size))
+                continue
+            if i in places:
+                array = _upright(frame, size)
+                if out is None:
+                    out = np.empty((len(indices), *array.shape), np.uint8)
+                for place in places[i]:
+                    out[place] = array
+            if i >= last:
                 break
     if indices is None:
-        if not kept:
+        if not every:
             raise VideoReadError(path, 'no frame could be decoded')
-        return np.stack([kept[i] for i in range(count)])
+        return np.stack(every)
     if last >= count:
         raise VideoReadError(path, f'frame {last} was asked for but only '
                              f'{plural(count, "frame")} could be decoded')
-    return np.stack([kept[i] for i in indices])
+    return out
 
 
 def to_uint8_frames(frames):

@@ -1,0 +1,159 @@
+"""What real video files hold beyond a plain encode, read as players show them: an
+mp4 cut without re-encoding (an edit list dropping its first frames), a phone's
+portrait clip (a rotation in the display matrix), recordings joined into one stream
+of two sizes; and the memory of a clip's decode and resize. Each frame of the
+synthetic clips carries its number in ten black / white bars."""
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from mmsora.datasets.transforms import SampleClipIndices
+from mmsora.datasets.transforms.video import resize_frames
+from mmsora.utils.video_io import probe_video, read_video_frames
+
+BITS = 10
+
+
+def numbered(i, h=48, w=80):
+    """A frame whose ten vertical bars spell ``i`` in binary (bar b white: bit b)."""
+    a = np.zeros((h, w, 3), np.uint8)
+    bar = w // BITS
+    for b in range(BITS):
+        if (i >> b) & 1:
+            a[:, b * bar:(b + 1) * bar] = 255
+    return a
+
+
+def number_of(a):
+    h, w = a.shape[:2]
+    bar = w // BITS
+    return sum(1 << b for b in range(BITS)
+               if a[h // 4:3 * h // 4, b * bar + bar // 4:(b + 1) * bar - bar // 4].mean() > 127)
+
+
+def write(path, n, h=48, w=80, first_pts=0, frame=numbered):
+    with av.open(str(path), 'w') as c:
+        s = c.add_stream('libx264', rate=25)
+        s.width, s.height, s.pix_fmt, s.options = w, h, 'yuv420p', {'crf': '10'}
+        s.codec_context.time_base = Fraction(1, 25)
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(frame(i, h, w), format='rgb24')
+            f.pts, f.time_base = first_pts + i, Fraction(1, 25)
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+    return str(path)
+
+
+def test_an_edit_list_that_drops_frames_is_counted_as_decoded(tmp_path):
+    # 50 frames muxed from pts -5: the mp4's edit list drops the first 5 (what
+    # `ffmpeg -ss ... -c copy` writes). The container records 50 samples; 45 decode.
+    path = write(tmp_path / 'cut.mp4', 50, first_pts=-5)
+    assert av.open(path).streams.video[0].frames == 50
+    info = probe_video(path)
+    assert info['num_frames'] == 45  # before: 50, and clips asked for frames past the end
+    frames = read_video_frames(path, [0, 44])
+    assert [number_of(f) for f in frames] == [5, 49]
+    # every clip drawn over the probed length decodes (before: 1 in 4 failed)
+    sampler = SampleClipIndices(num_frames=16, frame_stride=2, seed=0)
+    for _ in range(10):
+        indices = sampler(dict(path=path, **info))['frame_indices']
+        assert len(read_video_frames(path, indices)) == 16
+
+
+def test_a_rotated_clip_is_read_upright(tmp_path):
+    # A phone's portrait clip: stored 80 wide and 48 tall with a 90 degree rotation in
+    # the mp4's track header, shown 48 wide and 80 tall (turned clockwise).
+    def red_corner(i, h, w):
+        a = np.zeros((h, w, 3), np.uint8)
+        a[:h // 2, :w // 2] = (255, 0, 0)  # top left, as stored
+        return a
+    path = write(tmp_path / 'portrait.mp4', 4, frame=red_corner)
+    data = bytearray(open(path, 'rb').read())
+    at = data.find(b'tkhd')
+    version = data[at + 4]
+    matrix = at + 4 + 4 + (32 if version == 1 else 20) + 8 + 2 + 2 + 2 + 2
+    one = 0x10000
+    data[matrix:matrix + 36] = struct.pack('>9i', 0, one, 0, -one, 0, 0, 0, 0, 0x40000000)
+    open(path, 'wb').write(data)
+    assert next(av.open(path).decode(video=0)).rotation == -90
+    info = probe_video(path)
+    assert (info['height'], info['width']) == (80, 48)  # before: 48 x 80
+    frame = read_video_frames(path, [0])[0]
+    assert frame.shape == (80, 48, 3)
+    assert frame[5, -5, 0] > 200 and frame[5, 5].max() < 50  # red at the top right now
+    assert frame[-5, -5].max() < 50
+
+
+def test_a_stream_that_changes_size_is_read_at_its_first_size(tmp_path):
+    # Two MPEG-TS recordings joined with cat: 80 x 48, then 64 x 48.
+    a = write(tmp_path / 'a.ts', 30, w=80)
+    b = write(tmp_path / 'b.ts', 30, w=64)
+    joined = tmp_path / 'ab.ts'
+    joined.write_bytes(open(a, 'rb').read() + open(b, 'rb').read())
+    info = probe_video(str(joined))
+    assert (info['num_frames'], info['height'], info['width']) == (60, 48, 80)
+    # before: ValueError 'all input arrays must have the same shape', which neither
+    # skip_corrupt nor extraction skipped
+    frames = read_video_frames(str(joined), range(20, 40))
+    assert frames.shape == (20, 48, 80, 3)
+    assert [number_of(f) for f in frames[:10]] == list(range(20, 30))
+
+
+@pytest.mark.parametrize('fps, target, stride', [
+    (25, 10, 3),     # 8.33 fps; round(2.5) took 2 (12.5 fps)
+    (23.9, 16, 2),   # 11.95; round(1.49) took 1 (23.9)
+    (35, 10, 4),     # 8.75
+    (30, 8, 4),      # 7.5 (as before)
+    (25, 8, 3),      # 8.33 (as before)
+    (24, 12, 2),     # exact
+    (10, 16, 1),     # slower than the target: every frame
+])
+def test_the_stride_nearest_the_target_frame_rate(fps, target, stride):
+    assert SampleClipIndices(num_frames=4, target_fps=target).stride_for(fps) == stride
+
+
+MEASURE = """
+import sys
+from mmsora.datasets.transforms import ResizeCropVideo
+from mmsora.utils.process_memory import peak_rss_mb, reset_peak_rss, rss_mb
+from mmsora.utils.video_io import read_video_frames
+def growth(fn):
+    reset_peak_rss()
+    before = rss_mb()
+    out = fn()
+    return out, int((peak_rss_mb() - before) * 2**20)
+read_video_frames(sys.argv[1], [0])  # (the decoder's own buffers: not the clip's)
+frames, decoded = growth(lambda: read_video_frames(sys.argv[1], range(64)))
+_, resized = growth(lambda: ResizeCropVideo(size=(64, 64))(
+    dict(frames=frames, img_shape=frames.shape[1:3])))
+print(frames.nbytes, decoded, resized)
+"""
+
+
+def test_a_clip_decodes_and_resizes_without_copies_of_itself(tmp_path):
+    # 64 frames of 480 x 640: a 59 MB clip. Before, the decode kept every frame and
+    # then np.stack copied them all (2x the clip), and the resize turned the whole clip
+    # into float32 (4x more) in every loader worker.
+    import subprocess
+    import sys
+    path = write(tmp_path / 'big.mp4', 64, h=480, w=640)
+    out = subprocess.run([sys.executable, '-c', MEASURE, path], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    clip, decode_growth, resize_growth = map(int, out.stdout.split())
+    assert decode_growth < 1.4 * clip, decode_growth / clip  # (before: 2.05x)
+    assert resize_growth < 1.5 * clip, resize_growth / clip  # (before: 4.7x)
+
+
+def test_the_resize_in_chunks_gives_what_the_whole_clip_did(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    frames = np.random.default_rng(0).integers(0, 256, (9, 60, 80, 3), dtype=np.uint8)
+    whole = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(24, 32),
+                          mode='bilinear', align_corners=False, antialias=True)
+    whole = whole.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(resize_frames(frames, (24, 32)), whole)
+    assert np.array_equal(resize_frames(frames, (24, 32), chunk=2), whole)
