@@ -12,7 +12,7 @@ import pytest
 
 from mmsora.datasets.transforms import SampleClipIndices
 from mmsora.datasets.transforms.video import resize_frames
-from mmsora.utils.video_io import probe_video, read_video_frames
+from mmsora.utils.video_io import VideoReadError, probe_video, read_video_frames
 
 BITS = 10
 
@@ -34,14 +34,18 @@ def number_of(a):
                if a[h // 4:3 * h // 4, b * bar + bar // 4:(b + 1) * bar - bar // 4].mean() > 127)
 
 
-def write(path, n, h=48, w=80, first_pts=0, frame=numbered):
+def write(path, n, h=48, w=80, first_pts=0, frame=numbered, codec='libx264', options=None,
+          times=None):
+    """``n`` frames at 25 fps (``times``: each frame's time in ms, a variable rate)."""
     with av.open(str(path), 'w') as c:
-        s = c.add_stream('libx264', rate=25)
-        s.width, s.height, s.pix_fmt, s.options = w, h, 'yuv420p', {'crf': '10'}
-        s.codec_context.time_base = Fraction(1, 25)
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = w, h, 'yuv420p'
+        s.options = options or {'crf': '10'}
+        base = Fraction(1, 1000) if times else Fraction(1, 25)
+        s.codec_context.time_base = base
         for i in range(n):
             f = av.VideoFrame.from_ndarray(frame(i, h, w), format='rgb24')
-            f.pts, f.time_base = first_pts + i, Fraction(1, 25)
+            f.pts, f.time_base = (times[i] if times else first_pts + i), base
             c.mux(s.encode(f))
         c.mux(s.encode())
     return str(path)
@@ -157,3 +161,47 @@ def test_the_resize_in_chunks_gives_what_the_whole_clip_did(tmp_path):
     whole = whole.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(resize_frames(frames, (24, 32)), whole)
     assert np.array_equal(resize_frames(frames, (24, 32), chunk=2), whole)
+
+
+@pytest.mark.parametrize('kind', ['h264', 'vp9', 'cut', 'variable'])
+def test_a_clip_far_into_a_video_is_read_by_seeking_with_the_same_frames(
+        tmp_path, kind, monkeypatch):
+    """A clip 2 s or more into a constant-rate video is decoded from the keyframe
+    before it (it was decoded from the start: 5.3 s for a 16-frame clip two minutes
+    into a 720p video, 0.2 s now), with the frames a decode from the start gives:
+    B-frames (H.264), VP9 in WebM, an mp4 whose edit list drops frames; a variable
+    frame rate is read from the start."""
+    import mmsora.utils.video_io as video_io
+    n = 300  # 12 s at 25 fps, a keyframe every second
+    if kind == 'h264':
+        path = write(tmp_path / 'v.mp4', n, options={'crf': '10', 'g': '25', 'bf': '2'})
+    elif kind == 'vp9':
+        path = write(tmp_path / 'v.webm', n, codec='libvpx-vp9',
+                     options={'crf': '10', 'g': '25', 'deadline': 'realtime'})
+    elif kind == 'cut':
+        path = write(tmp_path / 'v.mp4', n + 5, first_pts=-5, options={'crf': '10', 'g': '25'})
+    else:  # 30 fps for 4 s, then 10 fps
+        times = [round(1000 * i / 30) if i < 120 else 4000 + 100 * (i - 120) for i in range(n)]
+        path = write(tmp_path / 'v.mkv', n, times=times, options={'crf': '10', 'g': '25'})
+    shift = 5 if kind == 'cut' else 0
+    decoded = []
+    decode = video_io._decode
+
+    def counting(*args):
+        for frame in decode(*args):
+            decoded.append(frame)
+            yield frame
+    monkeypatch.setattr(video_io, '_decode', counting)
+    for start in (0, 49, 50, 51, 137, 250, 284):
+        decoded.clear()
+        frames = read_video_frames(path, range(start, start + 16))
+        assert [number_of(f) - shift for f in frames] == list(range(start, start + 16)), start
+        if start >= 50 and kind != 'variable':  # a keyframe at most 25 frames before
+            assert len(decoded) <= 1 + 25 + 16 + 4, (start, len(decoded))
+        elif kind == 'variable':
+            assert len(decoded) >= start + 16  # read from the start
+    # strided, unordered and repeated frame numbers far in
+    indices = [290, 250, 253, 253, 299]
+    assert [number_of(f) - shift for f in read_video_frames(path, indices)] == indices
+    with pytest.raises(VideoReadError, match=r'frame 300 was asked for but only 300 frames'):
+        read_video_frames(path, [280, 300])
