@@ -26,7 +26,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
     does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
     random. All draws come from a per-process generator seeded by ``(seed, rank,
-    worker_id)`` (see :class:`WorkerRNGMixin`), never from the global RNGs.
+    worker_id)`` and, in a loader worker, the loader's per-iterator seed (see
+    :class:`WorkerRNGMixin`), never from the global RNGs.
 
     Args:
         data_root (str): Prefix of ``store``.

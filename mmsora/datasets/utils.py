@@ -30,11 +30,32 @@ class WorkerRNGMixin:
     """Gives a dataset a lazily built, per-process ``np.random.Generator``.
 
     The generator is created on the first draw in each process (main process or
-    DataLoader worker) and seeded from ``(seed, rank, worker_id)``. Datasets never
-    touch the global torch/numpy RNGs, so the data stream depends only on ``seed`` and
-    the order of indices asked for: a resumed run that replays the same indices
-    replays the same draws. The rank is mixed in so that DDP ranks do not draw the
-    same noise for different items. Subclasses set ``self.seed`` in ``__init__``.
+    DataLoader worker) and never touches the global torch/numpy RNGs. It is seeded
+    from ``(seed, rank, worker_id)`` and, in a DataLoader worker, from the worker's
+    torch seed (``get_worker_info().seed``: the base seed torch draws from the main
+    process's RNG, or the loader's ``generator``, for each new iterator, plus the
+    worker id):
+
+    * ``rank``: DDP ranks do not draw the same noise for different items.
+    * ``worker_id``: the workers of one iterator draw different streams.
+    * the worker's torch seed: a loader without ``persistent_workers`` starts new
+      workers for every iterator (every epoch); seeded from ``(seed, rank,
+      worker_id)`` alone they replayed the same clip starts, crops, flips and
+      posterior noise every epoch. The base seed differs for each iterator and is a
+      function of the main process's RNG state, which ``randomness.seed`` fixes, so a
+      run is still reproducible from its seeds.
+
+    In the main process (``num_workers=0``) the generator is seeded from ``(seed,
+    rank, 0)`` and persists across epochs, as do persistent workers' generators.
+    Exact resume: an iteration-based run with an infinite sampler (every mmsora
+    config) builds its single iterator before the checkpoint is loaded, from the same
+    RNG state as the uninterrupted run, and mmengine replays the trained batches
+    through it, so the streams continue where they stopped. An iterator made later
+    (a finite sampler's next epoch) takes its base seed from the RNG state of that
+    moment, which a resume restores (``RNGStateHook``) only at its first training
+    iteration: where such an epoch starts during the replay or at that iteration, the
+    resumed run draws other augmentations than the uninterrupted one from there on.
+    Subclasses set ``self.seed`` in ``__init__``.
     """
 
     _rng = None
@@ -46,8 +67,10 @@ class WorkerRNGMixin:
         pid = os.getpid()
         if self._rng is None or self._rng_pid != pid:
             info = torch.utils.data.get_worker_info()
-            worker_id = info.id if info is not None else 0
-            ss = np.random.SeedSequence([self.seed, _dist_rank(), worker_id])
+            entropy = [self.seed, _dist_rank(), 0]
+            if info is not None:  # a worker: new for each iterator unless persistent
+                entropy = [self.seed, _dist_rank(), info.id, info.seed]
+            ss = np.random.SeedSequence(entropy)
             self._rng = np.random.Generator(np.random.PCG64(ss))
             self._rng_pid = pid
         return self._rng
