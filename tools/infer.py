@@ -82,8 +82,8 @@ def parse_args(argv=None):
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '
-                        '(NAME_{i:03d}.mp4 for text models), or a '
-                        'folder (default samples.mp4); NAME.npz: all samples in the ADM '
+                        '(NAME_{i:03d}.mp4 for text models), NAME.gif (GIFs alone), or '
+                        'a folder (default samples.mp4); NAME.npz: all samples in the ADM '
                         'evaluator\'s layout (arr_0 uint8 NHWC / NTHWC, arr_1 labels)')
     parser.add_argument('--num-frames', type=int, help='videos: frames per clip (default: '
                         "the config's; at most what the model was trained for)")
@@ -127,8 +127,11 @@ def check_args(args, num_classes, video=False, text=False):
         from mmsora.apis import video_paths
         try:
             video_paths(args.out, [None] if text else [0])
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        except ValueError:
+            label = '' if text else '_label0'
+            raise UserError(f'--out for video samples is NAME.mp4 (files NAME_000{label}.mp4, '
+                            '...), NAME.gif (GIFs alone), a folder, or NAME.npz (all samples '
+                            f'in one file), got {args.out!r}') from None
     # Checked before sampling, not when the samples are written.
     from mmsora.apis import is_clip_folder
     check_output_path(args.out, '--out',
@@ -263,7 +266,8 @@ def main(argv=None):
     prompts = read_prompts(args)
     precheck_args(args, prompts)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
-                            cfg_options=args.cfg_options, use_ema=not args.no_ema)
+                            cfg_options=args.cfg_options, use_ema=not args.no_ema,
+                            checkpoint_option='--checkpoint CKPT')
     video = len(model.latent_shape) == 4  # (C, T, H, W)
     from mmengine.dist import get_rank
     if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled

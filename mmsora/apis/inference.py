@@ -57,6 +57,10 @@ def load_weights(model, checkpoint, use_ema=True):
     """
     from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import read_zero_checkpoint
+    if not hasattr(model, 'denoiser'):  # (an AttributeError after the file was read)
+        raise TypeError(f'load_weights loads into a LatentDiffusion (init_model\'s model), '
+                        f'not a {type(model).__name__}; a bare DiT loads a checkpoint with '
+                        'mmsora.utils.checkpoint.load_dit_checkpoint')
     diffusers_folder = diffusers_dit_folder(checkpoint) is not None  # (read as a file)
     if osp.isdir(checkpoint):  # a work dir: its newest checkpoint; another folder named
         checkpoint = resolve_checkpoint(checkpoint)
@@ -187,22 +191,55 @@ def _warn(text: str) -> None:
         print(f'warning: {text}', file=sys.stderr, flush=True)
 
 
-def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_options=(),
-               use_ema=True, checkpoint_option: str = '--checkpoint CKPT'):
-    """Build the model of a config (or work dir) and load its weights
-    (``checkpoint_option``: how the calling tool takes a checkpoint, for the error when
-    there is none).
+def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=True,
+               checkpoint_option: str = 'checkpoint='):
+    """Build the model of a config (or a work dir of tools/train.py) and load its
+    weights: the Python way into what ``tools/infer.py`` samples.
+
+    Args:
+        config: A work dir (its dumped config and newest checkpoint), or a config file.
+        checkpoint: A checkpoint file or DeepSpeed folder, a DiT / fast-DiT file or a
+            diffusers DiT folder (:func:`load_weights`); default: the work dir's
+            newest. ``False``: no weights (a model built from the config, random).
+        device: Where the model goes (``'cuda'``, ``'cpu'``).
+        cfg_options: Overrides, as ``--cfg-options`` takes them (``['a.b=1']``) or as
+            a dict (``{'a.b': 1}``).
+        use_ema: The EMA weights where the checkpoint has both.
+        checkpoint_option: How the calling tool takes a checkpoint (its errors).
 
     Returns:
-        ``(model, cfg)``: the model in eval mode on ``device`` and the config.
+        ``(model, cfg)``: the model in eval mode on ``device``, its run's
+        ``sample_cfg`` in ``model.sample_cfg`` (:func:`sample_images` samples with
+        it), and the config.
+
+    Raises:
+        mmsora.utils.cli.UserError: A mistake in the config or the overrides (an
+            unknown key or type), in one line as the tools say it.
+        FileNotFoundError: No config, checkpoint or VAE folder where named.
     """
     import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cli import UserError, apply_cfg_options, explain_error, load_config
+    if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f'device={device!r}: no CUDA device on this machine')
     config_path, run_checkpoint = find_run(config)
     cfg = load_config(config_path)
+    if isinstance(cfg_options, dict):
+        from mmsora.utils.cli import _literal
+        cfg_options = [f'{k}={_literal(v)}' for k, v in cfg_options.items()]
     apply_cfg_options(cfg, list(cfg_options))
-    model = MODELS.build(cfg.model)
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmsora')
+    try:
+        model = MODELS.build(cfg.model)
+    except (TypeError, KeyError) as e:  # an unknown key or type in one line, as the
+        line = explain_error(e)           # tools say it (ValueErrors are one already)
+        if line is None:
+            raise
+        raise UserError(line) from e
+    model.sample_cfg = dict(cfg.get('sample_cfg') or {})
+    if checkpoint is False:
+        return model.to(device).eval(), cfg
     # The decoder loads on first use, after the sampling: a wrong folder is named now.
     vae = getattr(model, 'vae', None)
     folder = getattr(vae, 'pretrained_path', None)
@@ -212,8 +249,10 @@ def init_model(config, checkpoint: Optional[str] = None, device='cpu', cfg_optio
             '--cfg-options model.vae.pretrained_path=DIR; nothing is downloaded)')
     checkpoint = checkpoint or run_checkpoint
     if checkpoint is None:
+        random = (" (checkpoint=False: the config's model with random weights)"
+                  if checkpoint_option == 'checkpoint=' else '')
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
-                                f'pass {checkpoint_option}')
+                                f'pass {checkpoint_option}{random}')
     load_weights(model, checkpoint, use_ema=use_ema)
     return model.to(device).eval(), cfg
 
@@ -309,25 +348,79 @@ def default_precision(device, sample_cfg=None):
         'tf32' if torch.device(device).type == 'cuda' else None)
 
 
-def sample_images(model, labels: Optional[Sequence[int]], seeds: Sequence[int], batch_size=16,
-                  progress=False, prompts: Optional[Sequence[str]] = None, **sample_kwargs):
-    """Sample in batches; sample i depends only on its label (or prompt) and ``seeds[i]``.
+def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_size=16,
+                  progress=False, prompts=None, **sample_kwargs):
+    """Sample in batches as ``tools/infer.py`` does; sample i depends only on its
+    label (or prompt) and its seed, not on the batch it is drawn in.
 
-    Class-conditional models take ``labels``; text-conditioned ones take ``prompts``
-    (``labels`` is then ignored).
+    A model from :func:`init_model` samples with its run's ``sample_cfg`` (sampler,
+    steps, guidance, the sampler's options, precision: ``model.sample_cfg``) under
+    ``sample_kwargs``, and at infer's default precision (TF32 on a GPU) where neither
+    says one: the same seeds give the samples ``tools/infer.py`` saves. Before, it
+    sampled with the objective's defaults (DDPM, 250 steps, no guidance) unless every
+    setting was passed.
+
+    Args:
+        model: A ``LatentDiffusion`` (in eval mode).
+        labels: Class ids, one per sample (class-conditional models).
+        seeds: One seed per sample, or an int ``s`` for ``s, s + 1, ...`` (infer's
+            ``--seed s``).
+        batch_size: Samples per call of the model.
+        progress: A progress bar over each batch's steps.
+        prompts: Captions, one per sample, or one caption (text models; ``labels``
+            is then ignored).
+        **sample_kwargs: :meth:`LatentDiffusion.sample`'s settings (``sampler``,
+            ``num_steps``, ``cfg_scale``, ``precision``, ``decode``, the sampler's
+            options such as ``eta``); None leaves the run's. Another sampler than
+            the run's drops the run's sampler options (``merge_sample_cfg``).
+
+    Returns:
+        Tensor: float32 on the CPU, ``(N, 3, H, W)`` pictures or ``(N, 3, T, H, W)``
+        clips in [-1, 1] (latents for a model without a VAE, or ``decode=False``).
     """
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
+    run_cfg = getattr(model, 'sample_cfg', None)
+    settings = merge_sample_cfg(run_cfg, **sample_kwargs)
+    for key in NOT_SAMPLE_ARGS:  # (the run's fps is for saving)
+        settings.pop(key, None)
+    if run_cfg is not None and settings.get('precision') is None:
+        device = next(model.parameters()).device
+        settings['precision'] = default_precision(device, run_cfg)
+    if isinstance(prompts, str):  # (was sliced into its characters)
+        prompts = [prompts]
+    if prompts is not None:
+        prompts = list(prompts)
+    elif labels is not None:
+        labels = labels.tolist() if torch.is_tensor(labels) else list(labels)
+    elif not getattr(model, 'text_conditioned', False):
+        raise ValueError('this model is class-conditional: give labels, one per sample')
+    else:
+        raise ValueError('this model is text-conditioned: give prompts, one per sample')
+    given = prompts if prompts is not None else labels
+    if isinstance(seeds, int):
+        seeds = list(range(seeds, seeds + len(given)))
+    seeds = list(seeds)
+    if len(seeds) != len(given):
+        raise ValueError(f'{len(seeds)} seeds for {len(given)} '
+                         f'{"prompts" if prompts is not None else "labels"}: give one '
+                         'seed per sample (or an int: seeds s, s + 1, ...)')
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     outs = []
     for start in range(0, len(seeds), batch_size):
         part = slice(start, start + batch_size)
-        cond = (dict(prompts=list(prompts[part])) if prompts is not None
+        cond = (dict(prompts=prompts[part]) if prompts is not None
                 else dict(labels=labels[part]))
         outs.append(model.sample(seeds=seeds[part], progress=progress, **cond,
-                                 **sample_kwargs).float().cpu())
+                                 **settings).float().cpu())
     return torch.cat(outs)
 
 
 def to_uint8(images):
     """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    if images.dim() == 5 and images.shape[1] == 3:  # (it said: latent models need a VAE)
+        raise ValueError(f'expected (N, 3, H, W) pictures, got clips of shape '
+                         f'{tuple(images.shape)}: save them with save_videos')
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f'expected (N, 3, H, W) pictures, got shape {tuple(images.shape)}; '
                          'latent models need a VAE (model.vae) to make pictures')
@@ -336,8 +429,14 @@ def to_uint8(images):
 
 
 def save_image_grid(images, path, nrow=8, upscale=1):
-    """Save (N, 3, H, W) pictures in [-1, 1] as one PNG grid."""
+    """Save (N, 3, H, W) pictures in [-1, 1] as one grid picture (PNG, JPEG, ... by
+    ``path``'s suffix), ``nrow`` a row, each ``upscale`` times larger (nearest)."""
     from PIL import Image
+    if osp.splitext(path)[1].lower() not in Image.registered_extensions():
+        # (PIL's 'unknown file extension', after the folder was made)
+        raise ValueError(f'save_image_grid writes a picture: give a .png or .jpg path, got '
+                         f'{path!r}' + ('; clips go to save_videos'
+                                         if str(path).lower().endswith('.mp4') else ''))
     pics = to_uint8(images)
     n, h, w, _ = pics.shape
     ncol = min(nrow, n)

@@ -1,4 +1,5 @@
 """Saving sampled clips: one H.264 mp4 (and optionally one GIF) per sample."""
+import numbers
 import os.path as osp
 from typing import List, Optional, Sequence
 
@@ -9,6 +10,7 @@ from mmsora.utils.video_io import write_gif, write_video
 __all__ = ['video_paths', 'save_videos', 'is_clip_folder']
 
 VIDEO_SUFFIX = '.mp4'
+CLIP_SUFFIXES = ('.mp4', '.gif')
 
 
 def is_clip_folder(out: str) -> bool:
@@ -16,42 +18,56 @@ def is_clip_folder(out: str) -> bool:
     return out.endswith(('/', osp.sep)) or not osp.splitext(out)[1]
 
 
-def video_paths(out: str, labels: Sequence[int], ext: str = VIDEO_SUFFIX) -> List[str]:
+def video_paths(out: str, labels: Sequence[Optional[int]], ext: str = VIDEO_SUFFIX) -> List[str]:
     """File names of the clips: ``{stem}_{i:03d}_label{y}{ext}`` (``{stem}_{i:03d}{ext}``
     for a label of None, e.g. the samples of a text-conditioned model).
 
     Args:
-        out (str): ``DIR/NAME.mp4`` puts clip i at ``DIR/NAME_{i:03d}_label{y}.mp4``;
-            a path without a suffix (or ending in ``/``) is a folder, and clip i goes
-            to ``out/sample_{i:03d}_label{y}.mp4``.
+        out (str): ``DIR/NAME.mp4`` puts clip i at ``DIR/NAME_{i:03d}_label{y}.mp4``
+            (``DIR/NAME.gif`` the same with ``.gif``: GIFs alone); a path without a
+            suffix (or ending in ``/``) is a folder, and clip i goes to
+            ``out/sample_{i:03d}_label{y}.mp4``.
         labels (Sequence[int | None]): One class id (or None) per clip.
         ext (str): Suffix of the files (``'.mp4'`` or ``'.gif'``).
 
     Raises:
-        ValueError: ``out`` has a suffix other than ``.mp4``.
+        ValueError: ``out`` has a suffix other than ``.mp4`` or ``.gif``, or a label is
+            not a class id.
     """
     stem, suffix = osp.splitext(out)
     if is_clip_folder(out):
         stem = osp.join(out, 'sample')
-    elif suffix.lower() != VIDEO_SUFFIX:
+    elif suffix.lower() not in CLIP_SUFFIXES:
         label = '' if not labels or labels[0] is None else '_label0'
-        raise ValueError(f'--out for video samples is NAME.mp4 (files NAME_000{label}.mp4, '
-                         f'...), a folder, or NAME.npz (all samples in one file), got '
-                         f'{out!r}')
+        raise ValueError(f'clips are saved as NAME.mp4 (files NAME_000{label}.mp4, ...), '
+                         f'NAME.gif (GIFs alone) or into a folder, got {out!r}')
+    bad = [y for y in labels if y is not None and not _class_id(y)]
+    if bad:  # (a string was an 'invalid literal for int()' traceback)
+        raise ValueError(f'labels are class ids (ints) or None, got {bad[0]!r}')
     return [f'{stem}_{i:03d}{"" if y is None else f"_label{int(y)}"}{ext}'
             for i, y in enumerate(labels)]
 
 
+def _class_id(value) -> bool:
+    if torch.is_tensor(value):
+        return value.numel() == 1 and not value.is_floating_point()
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def save_videos(videos: torch.Tensor, out: str, fps: float,
-                labels: Optional[Sequence[int]] = None, gif: bool = False) -> List[str]:
+                labels: Optional[Sequence[Optional[int]]] = None,
+                gif: bool = False) -> List[str]:
     """Write each sampled clip as an H.264 mp4 (PyAV), and as a GIF when ``gif``.
 
     Args:
-        videos (Tensor): Clips (N, 3, T, H, W) in [-1, 1] (values outside are clipped).
-        out (str): ``NAME.mp4`` or a folder; see :func:`video_paths`.
+        videos (Tensor): Clips (N, 3, T, H, W) in [-1, 1] (values outside are clipped),
+            as :func:`~mmsora.apis.sample_images` returns them.
+        out (str): ``NAME.mp4``, ``NAME.gif`` (GIFs alone) or a folder; see
+            :func:`video_paths`.
         fps (float): Frame rate written into the files.
-        labels (Sequence[int], optional): Class of each clip (named in the file);
-            defaults to 0 for all.
+        labels (Sequence[int | None], optional): Class of each clip, named in its file
+            (``NAME_000_label3.mp4``); None: no label in the names (``NAME_000.mp4``,
+            as a text model's clips are named).
         gif (bool): Also write ``.gif`` files beside the mp4s. Defaults to False.
 
     Returns:
@@ -62,16 +78,15 @@ def save_videos(videos: torch.Tensor, out: str, fps: float,
                          'latent models need a VAE (model.vae) to make videos')
     if fps <= 0:
         raise ValueError(f'fps must be positive, got {fps}')
-    labels = [0] * len(videos) if labels is None else list(labels)
+    labels = [None] * len(videos) if labels is None else list(labels)
     if len(labels) != len(videos):
         raise ValueError(f'got {len(labels)} labels for {len(videos)} clips')
+    gif_alone = not is_clip_folder(out) and osp.splitext(out)[1].lower() == '.gif'
+    mp4s = [] if gif_alone else video_paths(out, labels)
+    gifs = video_paths(out, labels, ext='.gif') if gif or gif_alone else []
     videos = videos.detach().float().cpu()
-    written = []
-    for path, clip in zip(video_paths(out, labels), videos):
+    for path, clip in zip(mp4s, videos):
         write_video(path, clip, fps)                          # clip: (3, T, H, W)
-        written.append(path)
-    if gif:
-        for path, clip in zip(video_paths(out, labels, ext='.gif'), videos):
-            write_gif(path, clip, fps)
-            written.append(path)
-    return written
+    for path, clip in zip(gifs, videos):
+        write_gif(path, clip, fps)
+    return mp4s + gifs

@@ -253,8 +253,11 @@ class LatentDiffusion(BaseModel):
              caption: Optional[Sequence[str]] = None,
              text_embeds: Optional[torch.Tensor] = None,
              text_mask: Optional[torch.Tensor] = None,
-             pooled_text_embeds: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """One training step's loss: latents -> (t, noise, predict: the objective) -> loss."""
+             pooled_text_embeds: Optional[torch.Tensor] = None,
+             sample_idx: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """One training step's loss: latents -> (t, noise, predict: the objective) -> loss.
+        Takes a dataset's batch as it is (``model.loss(**batch)``: its ``sample_idx``,
+        the items' indices, is not used here)."""
         source = latents if latents is not None else images
         if source is None:
             raise ValueError('LatentDiffusion.loss needs `latents` or `images` in the batch')
@@ -409,7 +412,10 @@ class LatentDiffusion(BaseModel):
                 'or the model size in the config')
 
     def _unconditional_labels(self, labels, x):
-        """A one-class model is unconditional: no label or -1 ("none") means class 0."""
+        """A one-class model is unconditional: no label or -1 ("none") means class 0.
+        Labels given as a list (DiT-style calls) become a tensor on ``x``'s device."""
+        if labels is not None and not torch.is_tensor(labels):
+            labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
         if self.num_classes != 1:
             return labels
         if labels is None:

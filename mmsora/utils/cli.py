@@ -409,6 +409,12 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
                     above = '.'.join(walk[:depth] + [''])
                     raise UserError(f'--cfg-options {shown}: the config has no '
                                     f'{above}{part}; did you mean {above}{meant}?')
+                inside = _paths_ending_in(cfg, part) if not parts and part not in names \
+                    else []
+                if inside:  # set at the top and never read: the run ignored it
+                    raise UserError(f'--cfg-options {shown}: the config has no top-level '
+                                    f'{part} (it would be set and never read); did you mean '
+                                    f'{" or ".join(inside[:3])}?')
                 break
             node = child
         else:
@@ -427,6 +433,22 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
         # never imported (a typo or a module that fails passed without a word)
         _import_custom_modules(cfg.get('custom_imports'))
     return cfg
+
+
+def _paths_ending_in(cfg, name: str, depth: int = 3) -> list:
+    """The dotted paths of ``cfg``'s entries named ``name`` inside its sections, up to
+    ``depth`` levels down (``max_iters`` -> ``['train_cfg.max_iters']``)."""
+    found = []
+
+    def walk(node, path, left):
+        if not hasattr(node, 'items') or not left:
+            return
+        for key, value in node.items():
+            if key == name and path:
+                found.append(f'{path}.{key}')
+            walk(value, f'{path}.{key}' if path else key, left - 1)
+    walk(cfg, '', depth)
+    return found
 
 
 def _non_finite(value) -> bool:

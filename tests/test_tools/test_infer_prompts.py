@@ -41,9 +41,9 @@ def test_prompt_mistakes_are_named_before_the_weights_load(repo_root, tmp_path):
                     'a dog']).startswith('--prompt / --prompt-file are for text-conditioned')
     # a text model's clips are NAME_000.mp4 (no label), and .npz is offered
     assert refused([text, '--checkpoint', MISSING, '--prompt', 'a', '--out',
-                    str(tmp_path / 'x.gif')]).startswith(
-        '--out for video samples is NAME.mp4 (files NAME_000.mp4, ...), a folder, or '
-        'NAME.npz')
+                    str(tmp_path / 'x.png')]).startswith(
+        '--out for video samples is NAME.mp4 (files NAME_000.mp4, ...), NAME.gif (GIFs '
+        'alone), a folder, or NAME.npz')
 
 
 @pytest.fixture

@@ -60,6 +60,20 @@ def test_video_paths_and_save_videos(tmp_path):
     assert info['fps'] == pytest.approx(12.5)
     with pytest.raises(ValueError, match=r'\(N, 3, T, H, W\)'):
         save_videos(videos[:, :, 0], str(tmp_path / 'x.mp4'), fps=8)
+    # From Python: no labels, no label in the names (they were all '_label0'); NAME.gif
+    # writes GIFs alone (it was refused, naming --out and NAME.npz); a label that is
+    # not a class id is one line (an 'invalid literal for int()' traceback)
+    paths = save_videos(videos, str(tmp_path / 'p.mp4'), fps=8)
+    assert [osp.basename(p) for p in paths] == ['p_000.mp4', 'p_001.mp4']
+    paths = save_videos(videos, str(tmp_path / 'g.gif'), fps=8, labels=[1, 2])
+    assert [osp.basename(p) for p in paths] == ['g_000_label1.gif', 'g_001_label2.gif']
+    assert all(osp.isfile(p) for p in paths) and not (tmp_path / 'g_000_label1.mp4').exists()
+    with pytest.raises(ValueError, match=r"^clips are saved as NAME.mp4 \(files NAME_000.mp4, "
+                                         r"...\), NAME.gif \(GIFs alone\) or into a folder, "
+                                         r"got '.*x.npz'$"):
+        save_videos(videos, str(tmp_path / 'x.npz'), fps=8)
+    with pytest.raises(ValueError, match=r"^labels are class ids \(ints\) or None, got 'cat'"):
+        save_videos(videos, str(tmp_path / 'c.mp4'), fps=8, labels=['cat', 'dog'])
 
 
 def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):

@@ -334,3 +334,18 @@ def test_unknown_key_of_a_class_on_an_inherited_init_names_the_configured_class(
     with pytest.raises(TypeError) as info:
         registry.build(dict(type=_TinyBase, widht=3))
     assert explain_error(info.value).startswith("unknown config key 'widht' for _TinyBase")
+
+
+def test_a_new_top_level_key_that_a_section_holds_is_refused(repo_root):
+    """--cfg-options max_iters=50 on a config without a max_iters variable was set at
+    the top and never read: the image demo trained its 1500 steps without a word
+    (walk-through n)."""
+    import os.path as osp
+    cfg = load_config(osp.join(repo_root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'))
+    with pytest.raises(UserError, match=r'^--cfg-options max_iters: the config has no '
+                                        r'top-level max_iters \(it would be set and never '
+                                        r'read\); did you mean train_cfg.max_iters\?$'):
+        apply_cfg_options(cfg, ['max_iters=50'])
+    # top-level keys the Runner or the tools read, and new keys no section holds, pass
+    apply_cfg_options(cfg, ['load_from=x.pth', 'my_variable=3'])
+    assert cfg.load_from == 'x.pth' and cfg.my_variable == 3

@@ -163,7 +163,8 @@ class MMSoraPictures(PictureBackend):
             if osp.isfile(run) and not run.endswith('.py'):
                 run, checkpoint = _config_from_checkpoint(run, folder), run
             self.model, cfg = init_model(run, checkpoint, device=device,
-                                         cfg_options=cfg_options)
+                                         cfg_options=cfg_options,
+                                         checkpoint_option='--checkpoint CKPT')
         from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
         defaults = cfg.get('sample_cfg', {})
         # the config's settings and its sampler's options under the ones given (unset:
