@@ -23,7 +23,7 @@ import torch
 from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
 from mmsora.utils import sample_rng
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
-                                 scheduler_sample_loop)
+                                 epsilon_from_x0, scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 
 __all__ = [
@@ -732,7 +732,8 @@ class GaussianDiffusion:
             model_kwargs (dict): Conditioning passed to ``model_fn``.
             sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own, respaced to
                 ``num_steps``) or a diffusers scheduler registered in
-                ``NOISE_SCHEDULERS`` (given this objective's betas).
+                ``NOISE_SCHEDULERS`` (given this objective's betas; it takes epsilon:
+                with ``predict_xstart`` the model's x0 is turned into it first).
             num_steps (int): Number of sampling steps.
             generators (list[torch.Generator], optional): One per sample, so a
                 sample's noise depends on its own seed only.
@@ -759,17 +760,22 @@ class GaussianDiffusion:
                 progress=progress, generator=generators)
         else:
             channels = noise.shape[1]
+            scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
 
             def eps_fn(model_in, t):
                 t_batch = torch.full((model_in.shape[0],), float(t), device=model_in.device)
-                # Learned-sigma models output (eps, variance); schedulers take eps.
+                # Learned-sigma models output (eps or x0, variance); schedulers take eps.
                 out = check_model_output(
                     model_fn, model_fn(model_in, t_batch, **model_kwargs), model_in,
                     (channels, 2 * channels), f'{sampler} expects {channels} channels (the '
-                    f'noise; or {2 * channels}, a learned-sigma output, the variance dropped)')
-                return out[:, :channels]
+                    f'noise; or {2 * channels}, a learned-sigma output, the variance dropped)'
+                )[:, :channels]
+                if self.model_mean_type == 'start_x':
+                    # An x0 prediction (guided, if at all, as x0: the 'ddim' path's
+                    # way) becomes the epsilon the scheduler's step turns back into it.
+                    out = epsilon_from_x0(scheduler, out, model_in, t)
+                return out
 
-            scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
             x = scheduler_sample_loop(scheduler, eps_fn, noise, num_steps, generators,
                                       progress, desc=sampler)
         self.last_nfe = model_fn.nfe

@@ -4,7 +4,9 @@ The loop follows diffusers' pipelines (``set_timesteps``, ``scale_model_input``,
 ``step``); what the model's output means is the objective's business, so each
 objective passes a function that turns ``(x, t)`` into the scheduler's
 ``model_output`` (epsilon for :class:`GaussianDiffusion`, the flow velocity
-noise - data for :class:`Transport`).
+noise - data for :class:`Transport`). An objective whose model predicts x0 turns it
+into epsilon with :func:`epsilon_from_x0`, at the noise level the scheduler's ``step``
+reads the same input at.
 """
 import inspect
 from typing import Callable, Optional, Sequence
@@ -13,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
-           'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg']
+           'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg',
+           'scheduler_noise_level', 'epsilon_from_x0']
 
 
 class CountingModel:
@@ -38,6 +41,8 @@ SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'pr
 # Entries of a config's sample_cfg that are not arguments of LatentDiffusion.sample
 # (the tools read them): close names are typos of them too (sample_cfg.fsp).
 NOT_SAMPLE_ARGS = ('fps',)
+# What the tools use them for (check_sampler_options' message).
+_NOT_SAMPLE_ARGS_USE = {'fps': 'the frame rate of saved videos'}
 
 
 def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> dict:
@@ -76,14 +81,32 @@ def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):
 
 
 def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
-    """Raise a one-line ValueError naming options that ``sampler`` does not take."""
+    """Raise a one-line ValueError naming options that ``sampler`` does not take.
+
+    A name close to an option or a setting is hinted as its typo; a setting or a
+    tools' entry (``NOT_SAMPLE_ARGS``: a run's whole ``sample_cfg`` handed to the
+    sampler) is said to be one, never hinted as the fix of itself."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         import difflib
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
-        close = difflib.get_close_matches(
-            unknown[0], [*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *accepted], n=1)
-        hint = f'; did you mean {close[0]}?' if close else ''
+        notes = []
+        for key in unknown:
+            if key in NOT_SAMPLE_ARGS:
+                notes.append(f'{key} is not for the sampler: the tools read it from '
+                             f'sample_cfg ({_NOT_SAMPLE_ARGS_USE.get(key, "not sampling")}); '
+                             'leave it out of the sampling arguments')
+            elif key in SAMPLE_SETTINGS:
+                notes.append(f'{key} is a setting of LatentDiffusion.sample, not an option '
+                             'of the sampler')
+            else:
+                close = difflib.get_close_matches(
+                    key, [n for n in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *accepted)
+                          if n != key], n=1)
+                if close:
+                    notes.append(f'did you mean {close[0]}' +
+                                 (f' for {key}' if len(unknown) > 1 else '') + '?')
+        hint = ''.join(f'; {note}' for note in notes)
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
                          f'(its options: {takes}; the sampling settings: '
                          f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
@@ -144,3 +167,46 @@ def scheduler_sample_loop(scheduler,
                     if hasattr(scheduler, 'scale_model_input') else x)
         x = scheduler.step(model_output_fn(model_in, t), t, x, **step_kwargs).prev_sample
     return x
+
+
+def scheduler_noise_level(scheduler, t):
+    """``(alpha_t, sigma_t)`` of the model's input at the scheduler's timestep ``t``,
+    ``x_t = alpha_t * x0 + sigma_t * eps``, as the scheduler's ``step`` reads it.
+
+    Sigma-table schedulers (Euler, Euler-ancestral, DPM-Solver++, UniPC) step on
+    ``sigmas[step_index]``, where ``t`` may lie between training timesteps (Euler's
+    timesteps are fractional, its sigmas interpolated); their model input is
+    ``x / sqrt(sigma^2 + 1)`` (Euler's ``scale_model_input``; DPM-Solver++ and UniPC
+    work on that scale), so ``alpha_t = 1 / sqrt(sigma^2 + 1)``, ``sigma_t = sigma *
+    alpha_t``. DDPM and DDIM read ``alphas_cumprod[t]`` at their integer timesteps.
+    Call it for the current step, before that step's ``step``.
+    """
+    sigmas = getattr(scheduler, 'sigmas', None)
+    if sigmas is not None and hasattr(scheduler, '_init_step_index'):
+        if scheduler.step_index is None:  # what step would do first (DPM-Solver++, UniPC)
+            scheduler._init_step_index(t)
+        sigma = sigmas[scheduler.step_index]
+        if hasattr(scheduler, '_sigma_to_alpha_sigma_t'):  # DPM-Solver++, UniPC
+            return scheduler._sigma_to_alpha_sigma_t(sigma)
+        alpha = (sigma**2 + 1)**-0.5
+        return alpha, sigma * alpha
+    alphas_cumprod = getattr(scheduler, 'alphas_cumprod', None)
+    if alphas_cumprod is None:
+        raise ValueError(f'{type(scheduler).__name__} has neither sigmas nor alphas_cumprod: '
+                         'the noise level of its steps is unknown, so an x0 prediction '
+                         'cannot be turned into the epsilon it takes')
+    alpha_bar = alphas_cumprod[int(t)]
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def epsilon_from_x0(scheduler, x0, x_t, t):
+    """The epsilon a scheduler's ``step`` takes, from a prediction of x0 at its input
+    ``x_t`` (what the model was fed) and timestep ``t``: ``(x_t - alpha_t x0) / sigma_t``
+    (:func:`scheduler_noise_level`), the inverse of the x0 every scheduler derives
+    from epsilon, so its step goes to the model's x0 (as DiT's DDIM re-derives epsilon
+    from x0, ``GaussianDiffusion._predict_eps_from_xstart``). Works for schedulers
+    without ``prediction_type='sample'`` too (Euler-ancestral)."""
+    alpha, sigma = scheduler_noise_level(scheduler, t)
+    alpha, sigma = (torch.as_tensor(v, dtype=x_t.dtype, device=x_t.device)
+                    for v in (alpha, sigma))
+    return (x_t - alpha * x0) / sigma

@@ -9,10 +9,16 @@ from diffusers and keep its contract (``set_timesteps``, ``timesteps``, ``step``
 and, for flow matching, ``Transport.sample``) and classifier-free guidance in the
 model (``LatentDiffusion.sample``), not here.
 
-DiT models trained with ``learn_sigma=True`` output ``2C`` channels: epsilon first,
-then the variance interpolation value. Schedulers other than ``DDPMScheduler(
-variance_type='learned_range')`` expect epsilon only, so the caller passes
+DiT models trained with ``learn_sigma=True`` output ``2C`` channels: epsilon (or x0)
+first, then the variance interpolation value. Schedulers other than ``DDPMScheduler(
+variance_type='learned_range')`` expect the prediction only, so the caller passes
 ``model_output[:, :C]`` (``torch.split(out, C, dim=1)[0]``) to ``step``.
+
+The schedulers are built to take epsilon (``prediction_type='epsilon'``) whatever the
+model predicts: ``GaussianDiffusion(predict_xstart=True)`` turns its model's x0 into
+epsilon at the scheduler's own noise level before ``step``
+(``scheduler_sampling.epsilon_from_x0``). One rule for all of them:
+Euler-ancestral has no ``prediction_type='sample'``.
 """
 import inspect
 
@@ -47,7 +53,8 @@ def dit_scheduler_config(num_train_timesteps=1000, scheduler=None):
 
     DiT trains with the linear schedule 1e-4..0.02 at 1000 steps, rescaled by
     ``1000 / num_train_timesteps`` for other step counts (as
-    :func:`mmsora.diffusion.gaussian.get_named_beta_schedule`), and predicts epsilon.
+    :func:`mmsora.diffusion.gaussian.get_named_beta_schedule`), and predicts epsilon
+    (an x0-predicting objective converts its model's output to epsilon before ``step``).
     Its latents are unbounded, so x0 is never clipped. ``set_alpha_to_one=True`` makes
     DDIM's last step go to alpha_bar = 1, as DiT's ``ddim_sample`` does.
 
