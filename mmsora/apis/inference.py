@@ -21,24 +21,40 @@ def find_run(path):
     A work dir written by tools/train.py holds the dumped config and a
     ``last_checkpoint`` file naming the newest checkpoint (a file, or a DeepSpeed
     checkpoint folder); without that file, its highest-numbered ``iter_N.pth`` is
-    taken (:func:`~mmsora.utils.checkpoint.last_checkpoint`).
+    taken (:func:`~mmsora.utils.checkpoint.last_checkpoint`). A checkpoint file in a
+    work dir is that run at that checkpoint (``work_dirs/run/iter_300.pth``: it was
+    read as a config, 'not a .py').
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     if osp.isfile(path):
-        return path, None
+        if not path.endswith(CHECKPOINT_SUFFIXES):
+            return path, None
+        configs = _dumped_configs(osp.dirname(path) or '.')
+        if len(configs) == 1:
+            return configs[0], path
+        raise FileNotFoundError(f'{path} is a checkpoint, with no dumped config beside it: '
+                                'give the config file, and the checkpoint as --checkpoint '
+                                '(checkpoint= in Python)')
     if not osp.isdir(path):
         raise FileNotFoundError(f'no such config file or work dir: {path}')
     if is_zero_checkpoint(path):
         raise FileNotFoundError(f'{path} is a DeepSpeed checkpoint folder: give its work '
                                 'dir (or the config file and --checkpoint FOLDER)')
-    # (DeepSpeed copies its conversion scripts into the work dir of a run)
-    configs = sorted(c for c in glob.glob(osp.join(path, '*.py'))
-                     if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py'))
+    configs = _dumped_configs(path)
     if len(configs) != 1:
         raise FileNotFoundError(
             f'work dir {path} should hold exactly one dumped config (*.py), found '
             f'{len(configs)}; pass the config file and --checkpoint instead')
     return configs[0], last_checkpoint(path)
+
+
+CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.ckpt', '.safetensors', '.bin')
+
+
+def _dumped_configs(folder):
+    """The configs a work dir holds (DeepSpeed copies its conversion scripts there)."""
+    return sorted(c for c in glob.glob(osp.join(folder, '*.py'))
+                  if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py'))
 
 
 def load_weights(model, checkpoint, use_ema=True):

@@ -133,3 +133,19 @@ def test_the_loss_takes_a_dataset_batch_as_it_is(repo_root, weights):
     torch.manual_seed(0)  # a dataset's batch holds sample_idx; labels as DiT passes a list
     batch = model.loss(latents=x, labels=[0, 1], sample_idx=torch.tensor([4, 5]))['loss']
     assert torch.equal(plain, batch)
+
+
+def test_a_checkpoint_file_of_a_work_dir_is_that_run(tmp_path):
+    """find_run('work_dirs/run/iter_300.pth') (init_model, tools/infer.py RUN) read the
+    checkpoint as a config: 'cannot load config ...: not a .py'."""
+    from mmsora.apis import find_run
+    work = tmp_path / 'run'
+    work.mkdir()
+    (work / 'run.py').write_text('x = 1\n')
+    (work / 'iter_300.pth').write_bytes(b'')
+    assert find_run(str(work / 'iter_300.pth')) == (str(work / 'run.py'), str(work / 'iter_300.pth'))
+    (tmp_path / 'DiT-XL-2-256x256.pt').write_bytes(b'')
+    with pytest.raises(FileNotFoundError, match=r'DiT-XL-2-256x256.pt is a checkpoint, with '
+                                                r'no dumped config beside it: give the config '
+                                                r'file, and the checkpoint as --checkpoint'):
+        find_run(str(tmp_path / 'DiT-XL-2-256x256.pt'))
