@@ -249,6 +249,10 @@ def read_video_frames(path, indices=None):
 
 def _read_frames(path, indices, places, last, seek_to):
     container, stream = _open(path)
+    name = container.format.name
+    if name in ('image2', 'image2pipe') or name.endswith('_pipe'):  # never a video
+        container.close()  # (a manifest row with an fps read a picture as a still clip)
+        raise VideoReadError(path, f'a picture ({name}), not a video')
     stream.thread_type = 'AUTO'  # frame threading: several frames decode at once
     every, out, size, count = [], None, None, 0
     with container:

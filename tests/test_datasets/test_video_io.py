@@ -187,6 +187,11 @@ def test_a_picture_is_not_a_video(tmp_path, fmt, demuxer):
             as info:
         probe_video(path)
     assert info.value.path == path
+    if demuxer != 'gif':  # read too (a manifest row with an fps is never probed: a
+        # picture was read as a still clip; a still GIF reads as one frame, as an
+        # animated one is a video)
+        with pytest.raises(VideoReadError, match=rf'a picture \({demuxer}\), not a video$'):
+            read_video_frames(path, [0])
 
 
 def test_one_frame_video_and_animated_gif_are_videos(tmp_path):
