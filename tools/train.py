@@ -493,6 +493,7 @@ def check_latent_store(cfg):
         raise UserError(f'{index_file}: the latents were scaled by {stored:g} but '
                         f'model.vae.scale_factor is {ours:g}: set model.vae.scale_factor='
                         f'{stored:g} (or extract the latents again with the VAE\'s scale)')
+    note_clip_fps(cfg, index, root)
     from mmsora.utils.config_keys import text_conditioned_config
     if text_conditioned_config(cfg.model):
         note_caption_length(cfg, index, root)
@@ -525,6 +526,24 @@ def check_latent_store(cfg):
                         f'model.num_classes={classes} ({takes}): set '
                         f'model.num_classes={high + 1} and model.denoiser.num_classes='
                         f'{high + 1}')
+
+
+def note_clip_fps(cfg, index, root) -> None:
+    """Say when the store's clips were sampled at another frame rate (extract_features.py
+    --target-fps) than the config's samples are written at (``sample_cfg.fps``, else
+    tools/infer.py's 8): the model learns motion at one rate and its clips play at the
+    other, faster or slower, without a word."""
+    target = (index.get('meta') or {}).get('target_fps')
+    if not isinstance(target, (int, float)) or target <= 0:
+        return  # pictures, or --frame-stride (each clip at its video's fps / stride)
+    given = (cfg.get('sample_cfg') or {}).get('fps')
+    fps = given if isinstance(given, (int, float)) and given > 0 else 8
+    if abs(fps - target) > 1e-6 * target:
+        where = f'sample_cfg.fps is {fps:g}' if given is not None else \
+            f'sample_cfg sets no fps (tools/infer.py writes {fps:g})'
+        note(f'{root}: the clips were sampled at {target:g} fps (extract_features.py '
+             f'--target-fps {target:g}) but {where}: the samples play {fps / target:.3g}x as '
+             f'fast as the training clips; set sample_cfg.fps={target:g}')
 
 
 def note_caption_length(cfg, index, root) -> None:

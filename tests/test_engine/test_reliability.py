@@ -612,6 +612,32 @@ def test_captions_of_another_length_than_the_samplers_are_noted(repo_root, tmp_p
     assert 'captions were encoded' not in capsys.readouterr().err
 
 
+def test_clips_sampled_at_another_rate_than_the_samples_are_written_are_noted(
+        repo_root, tmp_path, capsys):
+    """A store extracted with --target-fps 8 trained a config whose clips are written
+    at 4 fps (sample_cfg.fps): they played at half the speed, without a word."""
+    from mmengine.config import Config
+
+    from mmsora.datasets import LatentStoreWriter
+    from tools.train import check_latent_store
+    writer = LatentStoreWriter(str(tmp_path / 'store'), 1, (3, 4, 16, 16),
+                               meta=dict(num_frames=4, target_fps=8.0))
+    writer.write_shard(0, np.zeros((1, 1, 2, 3, 4, 16, 16), np.float32), [0])
+    writer.finalize()
+    cfg = Config.fromfile(osp.join(
+        repo_root, 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'))
+    cfg.train_dataloader.dataset = dict(type='PackedLatentDataset',
+                                        data_root=str(tmp_path / 'store'))
+    cfg.model.num_classes = 1
+    check_latent_store(cfg)
+    assert ('the clips were sampled at 8 fps (extract_features.py --target-fps 8) but '
+            'sample_cfg.fps is 4: the samples play 0.5x as fast as the training clips; set '
+            'sample_cfg.fps=8') in capsys.readouterr().err
+    cfg.sample_cfg.fps = 8
+    check_latent_store(cfg)
+    assert 'fps' not in capsys.readouterr().err
+
+
 def test_a_text_encoder_folder_as_the_vae_is_refused_before_the_run(repo_root, tmp_path):
     """The VAE loads only when samples are decoded: a T5 folder given as
     model.vae.pretrained_path trained a whole run, then stopped tools/infer.py."""
