@@ -169,6 +169,13 @@ class _SeekMismatch(Exception):
     variable frame rate, timestamps missing): the file is read from the start."""
 
 
+# Containers whose frame times come from an index of the whole file (mp4 / mov sample
+# tables, Matroska cues), increasing through it: seeking by time finds the frame
+# numbered so. Not streams such as MPEG-TS, whose clocks may restart (recordings
+# joined with cat: a time names two frames).
+_SEEKABLE_CONTAINERS = ('mov', 'mp4', 'matroska', 'webm')
+
+
 def _constant_rate(stream) -> bool:
     """Whether the stream's average frame rate is its nominal one (a constant rate:
     a frame's number is its time times the rate)."""
@@ -176,18 +183,24 @@ def _constant_rate(stream) -> bool:
     return bool(average and nominal and abs(average / nominal - 1) < 1e-3)
 
 
+def _seekable(container, stream) -> bool:
+    return (bool(set(container.format.name.split(',')) & set(_SEEKABLE_CONTAINERS))
+            and _constant_rate(stream))
+
+
 def _numbered_frames(container, stream, path, seek_to=0):
     """``(frame number, frame)`` in display order from frame 0; with ``seek_to`` at
-    least :data:`SEEK_AFTER_S` into a constant-rate stream, frame 0 and then the
-    frames from the keyframe before ``seek_to`` on, numbered by their times (checked
-    whole and consecutive, else :class:`_SeekMismatch`)."""
+    least :data:`SEEK_AFTER_S` into a constant-rate stream of an indexed container
+    (mp4, mov, mkv, webm), frame 0 and then the frames from the keyframe before
+    ``seek_to`` on, numbered by their times (checked whole and consecutive, else
+    :class:`_SeekMismatch`)."""
     frames = _decode(container, stream, path)
     first = next(frames, None)
     if first is None:
         return
     yield 0, first
     rate, base = stream.average_rate, stream.time_base
-    if not (seek_to and first.pts is not None and base and _constant_rate(stream)
+    if not (seek_to and first.pts is not None and base and _seekable(container, stream)
             and seek_to >= SEEK_AFTER_S * float(rate)):
         yield from enumerate(frames, 1)
         return
@@ -276,6 +289,8 @@ def _read_frames(path, indices, places, last, seek_to):
             raise VideoReadError(path, 'no frame could be decoded')
         return np.stack(every)
     if last >= count:
+        if seek_to:  # (the frames' times led past the end: count them from the start)
+            raise _SeekMismatch
         raise VideoReadError(path, f'frame {last} was asked for but only '
                              f'{plural(count, "frame")} could be decoded')
     return out
