@@ -82,10 +82,21 @@ def _quarter_turns(frame) -> int:
     return int(round(degrees / 90)) % 4
 
 
+def _display_size(frame, stream):
+    """``(width, height)`` the frame is shown at before any rotation: its stored size
+    with the width scaled by the pixels' aspect (non-square pixels: HDV's 1440x1080
+    shows 1920x1080; they were read squashed)."""
+    aspect = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not aspect or aspect == 1:
+        return frame.width, frame.height
+    return max(1, round(frame.width * aspect)), frame.height
+
+
 def _upright(frame, size):
     """RGB uint8 ``(H, W, 3)`` of a decoded ``frame``: scaled to ``size`` (width,
-    height: the stream's first frame's) where the stream changed size mid-way (joined
-    recordings), then turned upright."""
+    height: the stream's first frame's as shown, :func:`_display_size`) where that is
+    not its stored size (non-square pixels; a stream that changed size mid-way,
+    joined recordings), then turned upright."""
     if (frame.width, frame.height) != size:
         array = frame.to_ndarray(width=size[0], height=size[1], format='rgb24')
     else:
@@ -104,7 +115,8 @@ def probe_video(path):
     decoded so that a file with a valid header but unreadable data is caught here
     rather than in a training worker. The size is the first frame's as shown: a clip
     with a rotation in its display matrix (a phone's portrait video) is as tall as
-    players show it, as :func:`read_video_frames` gives its frames.
+    players show it, one of non-square pixels as wide, as :func:`read_video_frames`
+    gives its frames.
 
     Args:
         path (str): Video file.
@@ -138,7 +150,7 @@ def probe_video(path):
         picture = _picture_format(container, num_frames)
         if picture is not None:
             raise VideoReadError(path, f'a picture ({picture}), not a video')
-        width, height = first.width, first.height
+        width, height = _display_size(first, stream)
         if _quarter_turns(first) % 2:
             width, height = height, width
         if stream_duration is not None:
@@ -221,8 +233,9 @@ def _numbered_frames(container, stream, path, seek_to=0):
 
 def read_video_frames(path, indices=None):
     """Decode the frames at ``indices`` (all frames when None), upright (a rotation in
-    the display matrix applied, as players do) and at one size (the first frame's,
-    where a stream changes size mid-way).
+    the display matrix applied, as players do), at the width they are shown at
+    (non-square pixels) and at one size (the first frame's, where a stream changes
+    size mid-way).
 
     Decoding stops at the last frame asked for. A clip that starts within
     :data:`SEEK_AFTER_S` seconds is decoded from the start; one further into a
@@ -272,7 +285,7 @@ def _read_frames(path, indices, places, last, seek_to):
         for i, frame in _numbered_frames(container, stream, path, seek_to):
             count = i + 1
             if size is None:
-                size = (frame.width, frame.height)
+                size = _display_size(frame, stream)
             if indices is None:
                 every.append(_upright(frame, size))
                 continue

@@ -106,6 +106,27 @@ def test_a_stream_that_changes_size_is_read_at_its_first_size(tmp_path):
     assert [number_of(f) for f in frames[:10]] == list(range(20, 30))
 
 
+def test_non_square_pixels_are_read_at_the_width_they_are_shown(tmp_path):
+    # 96 x 64 stored with pixels 4/3 as wide as tall (HDV, DVD): shown 128 x 64, a
+    # stored 32 x 32 square shown 43 wide. They were read 96 wide: squashed.
+    path = str(tmp_path / 'anamorphic.mp4')
+    with av.open(path, 'w') as c:
+        s = c.add_stream('libx264', rate=25)
+        s.width, s.height, s.pix_fmt = 96, 64, 'yuv420p'
+        s.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for _ in range(3):
+            a = np.zeros((64, 96, 3), np.uint8)
+            a[16:48, 32:64] = 255
+            c.mux(s.encode(av.VideoFrame.from_ndarray(a, format='rgb24')))
+        c.mux(s.encode())
+    info = probe_video(path)
+    assert (info['height'], info['width']) == (64, 128)
+    frame = read_video_frames(path, [0])[0]
+    assert frame.shape == (64, 128, 3)
+    assert 41 <= int((frame[32, :, 0] > 127).sum()) <= 44  # the square, shown 43 wide
+    assert int((frame[:, 64, 0] > 127).sum()) == 32
+
+
 @pytest.mark.parametrize('fps, target, stride', [
     (25, 10, 3),     # 8.33 fps; round(2.5) took 2 (12.5 fps)
     (23.9, 16, 2),   # 11.95; round(1.49) took 1 (23.9)
