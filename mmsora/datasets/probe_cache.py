@@ -22,7 +22,9 @@ from mmsora.utils.video_io import VideoReadError, probe_video
 
 __all__ = ['PROBE_CACHE_VERSION', 'probe', 'probe_all', 'read_probe_cache']
 
-PROBE_CACHE_VERSION = 1
+# 2: probes give the size as shown (rotation, non-square pixels) and count the frames an
+# mp4's edit list keeps: version 1's entries are probed again.
+PROBE_CACHE_VERSION = 2
 
 
 def probe(path):

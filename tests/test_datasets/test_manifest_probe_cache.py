@@ -76,7 +76,7 @@ def test_a_run_stopped_half_way_keeps_its_probes(tmp_path, clips):
                                                 r'command to probe the rest\)$'):
         run(tmp_path, clips, fail_at=2)
     lines = (tmp_path / 'train.csv.probes.jsonl').read_text().splitlines()
-    assert json.loads(lines[0]) == {'probe_cache': 1} and len(lines) == 3
+    assert json.loads(lines[0]) == {'probe_cache': 2} and len(lines) == 3
     assert not (tmp_path / 'train.csv').exists()
     probed, _ = run(tmp_path, clips)
     assert len(probed) == 2  # the two not probed before
