@@ -528,6 +528,28 @@ def check_latent_store(cfg):
                         f'{high + 1}')
 
 
+def note_named_layout(config, cfg, world_size: int) -> None:
+    """Say when a config named for N processes (``..._8xb32_...``: OpenMMLab's batch
+    per process) runs on another number of them without a ``global_batch_size``: the
+    global batch, which the recipe's learning rate goes with, is then another (DiT's
+    256 became 32 on one card, without a word)."""
+    import re
+    found = re.search(r'_(\d+)xb(\d+)_', osp.basename(config))
+    batch = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if not found or int(found.group(1)) == world_size or not isinstance(batch, int):
+        return
+    gpus, named_batch = int(found.group(1)), int(found.group(2))
+    accum = int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1) or 1)
+    recipe, ours = gpus * named_batch, world_size * batch * accum
+    if recipe == ours:  # (the batch or accumulation was set to keep it)
+        return
+    note(f'{osp.basename(config)} is named for {gpus} processes x {named_batch} (a global '
+         f'batch of {recipe}); this run has {world_size}: a global batch of {ours} at the '
+         f'same learning rate. For the recipe\'s: --cfg-options global_batch_size={recipe} '
+         f'(with optim_wrapper.accumulative_counts=K where {recipe // world_size} a '
+         'process does not fit)')
+
+
 def note_clip_fps(cfg, index, root) -> None:
     """Say when the store's clips were sampled at another frame rate (extract_features.py
     --target-fps) than the config's samples are written at (``sample_cfg.fps``, else
@@ -686,6 +708,8 @@ def build_train_config(args):
     if per_process is not None and is_launch_rank0():
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)', flush=True)
+    elif per_process is None:
+        note_named_layout(args.config, cfg, world_size)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
                    options=args.cfg_options)

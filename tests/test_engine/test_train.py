@@ -484,3 +484,18 @@ def test_load_from_a_deepspeed_folder_names_the_way(repo_root, tmp_path):
     with pytest.raises(UserError, match=rf'^--load-from {folder}: a DeepSpeed checkpoint '
                                         r'folder: convert it with tools/zero_to_state_dict.py'):
         tiny_cfg(repo_root, tmp_path / 'w', 1, load_from=str(folder))
+
+
+def test_a_config_named_for_more_processes_notes_the_global_batch(repo_root, tmp_path,
+                                                                   capsys):
+    """DiT's recipe config (8xb32: a global batch of 256) trained on one process ran
+    a global batch of 32 at the recipe's learning rate, without a word (config audit)."""
+    config = osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py')
+    build_train_config(parse_args([config, '--work-dir', str(tmp_path / 'a')]))
+    assert ('note: dit_s2_8xb32_400k_imagenet256.py is named for 8 processes x 32 (a global '
+            'batch of 256); this run has 1: a global batch of 32 at the same learning rate. '
+            "For the recipe's: --cfg-options global_batch_size=256") in capsys.readouterr().err
+    for kept in (['train_dataloader.batch_size=256'], ['global_batch_size=256']):
+        build_train_config(parse_args([config, '--work-dir', str(tmp_path / 'b'),
+                                       '--cfg-options', *kept]))
+        assert 'is named for' not in capsys.readouterr().err
