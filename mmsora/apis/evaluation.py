@@ -13,6 +13,7 @@ dataloader, and there is no data to iterate over when generating.)
 """
 from typing import Dict, Optional, Sequence
 
+import numpy as np
 from mmengine.evaluator import Evaluator
 
 from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
@@ -82,7 +83,11 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
         seed (int): Sample i uses seed ``seed + i``.
         sample_cfg (dict, optional): Sampler settings for the evaluation (sampler,
             num_steps, cfg_scale, ...), over ``default_sample_cfg``.
-        labels (Sequence[int], optional): Classes to cycle through; default all.
+        labels (Sequence[int] | str, optional): Classes to cycle through (default all:
+            each class equally often), or ``'random'``: each sample's class drawn
+            uniformly, as DiT's and SiT's ``sample_ddp.py`` draw them
+            (``torch.randint``), here from ``seed`` alone, so the same on any number of
+            processes.
         prompts (Sequence[str], optional): Prompts to cycle through (text models).
         out, sample_dir: Also save the samples (see :func:`mass_sample`).
         progress (bool): Progress bar on rank 0.
@@ -96,6 +101,13 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
         kwargs.pop(key, None)
     evaluator = build_evaluator(metrics)
     check_metric_inputs(evaluator, num_samples, output_size(model))
+    if isinstance(labels, str):
+        if labels != 'random':
+            raise ValueError(f"evaluation.labels: a list of classes, or 'random', got "
+                             f'{labels!r}')
+        # a pool of num_samples drawn labels, cycled once (mass_sample's plan)
+        labels = np.random.default_rng([seed, 0x1abe1]).integers(
+            model.num_classes, size=num_samples).tolist()
     result = mass_sample(
         model, num_samples, labels or list(range(model.num_classes)), seed=seed,
         batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,

@@ -243,3 +243,30 @@ def test_reference_of_another_key_is_a_one_line_error(tmp_path):
         fid.evaluate(3)
     assert explain_error(info.value).endswith("it has ['images']: save the samples as "
                                               'arr_0 (tools/make_reference.py does)')
+
+
+def test_random_labels_are_drawn_as_dits_sample_ddp_draws_them(repo_root, monkeypatch):
+    """fid50k_imagenet256.py claimed DiT's protocol but cycled the classes (exactly 50
+    of each); DiT's sample_ddp.py draws each sample's class uniformly (config audit).
+    labels='random' draws them from the seed alone (any number of processes alike)."""
+    import mmsora.apis.evaluation as evaluation
+    from mmsora.apis import init_model
+    from tests.tiny_models import TINY_DEMO_OPTIONS
+    model, _ = init_model(f'{repo_root}/configs/dit/dit_tiny2_1xb32_1500_shapes16.py',
+                          checkpoint=False, cfg_options=TINY_DEMO_OPTIONS)
+    taken = []
+    monkeypatch.setattr(evaluation, 'mass_sample',
+                        lambda model, n, labels, **kwargs: taken.append(labels) or
+                        dict(metrics={}))
+    monkeypatch.setattr(evaluation, 'build_evaluator', lambda metrics: None)
+    monkeypatch.setattr(evaluation, 'check_metric_inputs', lambda *args: None)
+    for seed in (0, 0, 1):
+        evaluation.evaluate_model(model, [], num_samples=400, seed=seed, labels='random')
+    first, again, other = taken
+    assert first == again != other and len(first) == 400
+    counts = np.bincount(first, minlength=4)
+    assert set(first) == {0, 1, 2, 3} and counts.min() != counts.max()  # not cycled
+    evaluation.evaluate_model(model, [], num_samples=8)
+    assert taken[-1] == [0, 1, 2, 3]  # the default: each class in turn
+    with pytest.raises(ValueError, match="evaluation.labels: a list of classes, or 'random'"):
+        evaluation.evaluate_model(model, [], num_samples=8, labels='shuffle')
