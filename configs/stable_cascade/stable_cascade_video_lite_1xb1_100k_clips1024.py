@@ -55,11 +55,12 @@ model = dict(
         temporal_layers=('attn',),
         temporal_every=1,
         freeze_spatial=True,
-        cond_dropout_prob=0.1,
+        cond_dropout_prob=0.05,  # Stable Cascade's training drops 5% of captions
         pretrained_path='checkpoints/stable-cascade-prior',
         pretrained_subfolder='prior_lite',
         grad_checkpointing=True),
-    diffusion=dict(type='WuerstchenDiffusion', s=0.008, scaler=1.0, loss_weight='none'),
+    # P2 weighting, as Stable Cascade's train_c.py without adaptive_loss_weight
+    diffusion=dict(type='WuerstchenDiffusion', s=0.008, scaler=1.0, loss_weight='p2'),
     vae=dict(type='StableCascadeDecoder', pretrained_path='checkpoints/stable-cascade',
              decoder_subfolder='decoder_lite', num_steps=10, micro_batch_size=4),
     # CLIP ViT-bigG with projection, its last hidden states (before the final norm),

@@ -14,6 +14,10 @@
 #   python tools/infer.py work_dirs/video_dit_xl2_8xb5_1m_t5_clips256 \
 #       --prompt "a red sports car drives along a coast road" --out clips/
 # tools/infer.py encodes prompts with model.text_encoder (loaded only when sampling).
+# Open-Sora 1.0's own recipe (its configs/opensora/train/16x256x256.py) differs: lr 2e-5,
+# 8 clips per GPU, gradient clipping at 1.0, bf16, starting from PixArt-XL-2-512x512;
+# 100 sampling steps. Here: Latte's optimizer settings (lr 1e-4, 5 clips), without
+# Latte's late clipping (below).
 _base_ = ['../dit_xl2_video.py']
 
 model = dict(
@@ -23,6 +27,12 @@ model = dict(
                       kind='t5', max_length=120, dtype='bfloat16'),
     num_classes=1,
 )
-sample_cfg = dict(sampler='ddpm', num_steps=250, cfg_scale=7.0, fps=8)
+# default_runtime's hooks (not Latte's late clipping)
+custom_hooks = [
+    dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL'),
+    dict(type='RNGStateHook'),
+]
+# (guidance on the first 3 latent channels, Open-Sora 1.0's cfg_channel=3)
+sample_cfg = dict(sampler='ddpm', num_steps=250, cfg_scale=7.0, guidance_channels=3, fps=8)
 data_root = 'data/clips_16x256_t5_latents'
 train_dataloader = dict(dataset=dict(data_root=data_root))

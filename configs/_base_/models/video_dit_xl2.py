@@ -19,5 +19,8 @@ model = dict(
     latent_shape=(4, 16, 32, 32),
     num_classes=101,
 )
-# What tools/infer.py uses unless told otherwise; fps of the written mp4s.
-sample_cfg = dict(sampler='ddpm', num_steps=250, cfg_scale=4.0, fps=8)
+# What tools/infer.py uses unless told otherwise; fps of the written mp4s. Latte's
+# UCF-101 sampling (its configs/ucf101/ucf101_sample.yaml): 250 DDPM steps, guidance
+# 7.0 on all 4 latent channels (its forward_with_cfg guides model_out[:, :, :4]; DiT
+# guides the first 3 alone, VideoDiT's default).
+sample_cfg = dict(sampler='ddpm', num_steps=250, cfg_scale=7.0, guidance_channels=4, fps=8)
