@@ -1,6 +1,7 @@
-# The main demo: a tiny DiT (patch 2, 4 blocks, hidden 128) learns four classes of
-# coloured shapes (16x16 pictures generated at run time; nothing downloaded) in a
-# few minutes on 2 CPU cores. Pixel space: no VAE, the pictures are the "latents".
+# The image demo (the README's main demo is its video twin, configs/video_dit/
+# video_dit_tiny2_1xb8_1500_moving_shapes16.py): a tiny DiT (patch 2, 4 blocks, hidden
+# 128) learns four classes of coloured shapes (16x16 pictures generated at run time;
+# nothing downloaded) in a few minutes on 2 CPU cores. Pixel space: no VAE, the pictures are the "latents".
 #   python tools/train.py configs/dit/dit_tiny2_1xb32_1500_shapes16.py
 #   python tools/infer.py work_dirs/dit_tiny2_1xb32_1500_shapes16 --out demo.png
 # Differences from DiT's ImageNet recipe, each measured on this task: the cosine noise
