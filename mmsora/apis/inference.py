@@ -2,6 +2,7 @@
 import glob
 import os
 import os.path as osp
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -29,12 +30,16 @@ def find_run(path):
     if osp.isfile(path):
         if not path.endswith(CHECKPOINT_SUFFIXES):
             return path, None
-        configs = _dumped_configs(osp.dirname(path) or '.')
-        if len(configs) == 1:
+        folder = osp.dirname(path) or '.'
+        configs = _dumped_configs(folder)
+        # a work dir of tools/train.py (never another .py beside a released file:
+        # setup.py beside DiT-XL-2-256x256.pt was run as the config)
+        if len(configs) == 1 and (osp.isfile(osp.join(folder, 'last_checkpoint')) or
+                                  re.fullmatch(r'iter_\d+\.pth', osp.basename(path))):
             return configs[0], path
-        raise FileNotFoundError(f'{path} is a checkpoint, with no dumped config beside it: '
-                                'give the config file, and the checkpoint as --checkpoint '
-                                '(checkpoint= in Python)')
+        raise FileNotFoundError(f'{path} is a checkpoint, not a config or a work dir of '
+                                'tools/train.py: give the config file, and the checkpoint '
+                                'as --checkpoint (checkpoint= in Python)')
     if not osp.isdir(path):
         raise FileNotFoundError(f'no such config file or work dir: {path}')
     if is_zero_checkpoint(path):
@@ -240,10 +245,7 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         raise UserError(f'device={device!r}: no CUDA device on this machine')
     config_path, run_checkpoint = find_run(config)
     cfg = load_config(config_path)
-    if isinstance(cfg_options, dict):
-        from mmsora.utils.cli import _literal
-        cfg_options = [f'{k}={_literal(v)}' for k, v in cfg_options.items()]
-    apply_cfg_options(cfg, list(cfg_options))
+    apply_cfg_options(cfg, cfg_options if isinstance(cfg_options, dict) else list(cfg_options))
     from mmengine.registry import init_default_scope
     init_default_scope('mmsora')
     try:

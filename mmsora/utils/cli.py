@@ -352,27 +352,37 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
     into a list may count from the end (``param_scheduler.-1.end``; before, that was a
     malformed entry).
 
+    ``options`` may also be a dict of keys and Python values (``init_model``'s
+    ``cfg_options={'a.b': 1}``): taken as they are, with the same checks.
+
     Raises:
         UserError: naming the malformed option or the key that cannot be set.
     """
     updates, given = {}, {}
-    for option in options:
-        key, sep, value = option.partition('=')
-        if not sep or not key or not all(re.fullmatch(r'\w*|-\d+', part)
-                                         for part in key.split('.')):
-            raise UserError(f'malformed --cfg-options entry {option!r}: expected KEY=VALUE, '
+    python = isinstance(options, dict)  # (they went through text: a dict value failed,
+    for option in (options.items() if python else options):  # '2024' became 2024)
+        if python:
+            key, parsed = option
+            shown, well_formed = f'{key}={parsed!r}', isinstance(key, str)
+        else:
+            key, sep, value = option.partition('=')
+            shown, well_formed = option, bool(sep)
+        if not well_formed or not key or not all(re.fullmatch(r'\w*|-\d+', part)
+                                                 for part in key.split('.')):
+            raise UserError(f'malformed --cfg-options entry {shown!r}: expected KEY=VALUE, '
                             'e.g. train_cfg.max_iters=1000')
-        try:
-            parsed = _parse_value(value)
-        except (AssertionError, RecursionError, ValueError) as e:
-            raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
-                            '(use numbers, strings, [lists] or (tuples); quote a string '
-                            'with commas or spaces: \'KEY="a, b"\')') from e
+        if not python:
+            try:
+                parsed = _parse_value(value)
+            except (AssertionError, RecursionError, ValueError) as e:
+                raise UserError(f'cannot parse the value of --cfg-options {key}: {value!r} '
+                                '(use numbers, strings, [lists] or (tuples); quote a string '
+                                'with commas or spaces: \'KEY="a, b"\')') from e
         if _non_finite(parsed):  # the dumped config said max_norm=inf: NameError on load
-            raise UserError(f'--cfg-options {key}={value}: a config cannot hold inf or nan '
+            raise UserError(f'--cfg-options {shown}: a config cannot hold inf or nan '
                             '(the work dir\'s dumped config would not load again for infer '
-                            'or --resume): give a large number such as 1e9, or quote a '
-                            f'string: \'{key}="{value}"\'')
+                            'or --resume): give a large number such as 1e9' +
+                            ('' if python else f', or quote a string: \'{key}="{value}"\''))
         resolved = _resolve_negative_indices(cfg, key)
         updates[resolved], given[resolved] = parsed, key
     if schedule_note:

@@ -76,6 +76,17 @@ def test_a_model_from_a_config_alone_and_config_mistakes(repo_root, weights):
     with pytest.raises(TypeError, match=r'load_weights loads into a LatentDiffusion '
                                         r"\(init_model's model\), not a DiT"):
         load_weights(model.denoiser, weights)
+    # dict values are taken as they are (they went through --cfg-options text: a dict
+    # failed, a list of dicts was split into strings, the string '2024' became 2024)
+    _, cfg = init_model(config, checkpoint=False, cfg_options=dict(
+        TINY_DEMO_OPTIONS_DICT, sample_cfg=dict(sampler='ddpm', num_steps=5),
+        param_scheduler=[dict(type='ConstantLR', factor=1.0)], experiment_name='2024'))
+    assert cfg.sample_cfg == dict(sampler='ddpm', num_steps=5, cfg_scale=2.0)
+    assert cfg.param_scheduler == [dict(type='ConstantLR', factor=1.0)]
+    assert cfg.experiment_name == '2024'
+    with pytest.raises(UserError, match=r"^--cfg-options train_cfg.max_iters=inf: a config "
+                                        r'cannot hold inf or nan'):
+        init_model(config, checkpoint=False, cfg_options={'train_cfg.max_iters': float('inf')})
 
 
 class Recorder(torch.nn.Module):
@@ -143,9 +154,14 @@ def test_a_checkpoint_file_of_a_work_dir_is_that_run(tmp_path):
     work.mkdir()
     (work / 'run.py').write_text('x = 1\n')
     (work / 'iter_300.pth').write_bytes(b'')
+    (work / 'last_checkpoint').write_text(str(work / 'iter_300.pth'))
     assert find_run(str(work / 'iter_300.pth')) == (str(work / 'run.py'), str(work / 'iter_300.pth'))
+    # a released file beside another .py (setup.py in the repository's root) is not a
+    # run: that .py was executed as the config
+    (tmp_path / 'setup.py').write_text('raise SystemExit("run")\n')
     (tmp_path / 'DiT-XL-2-256x256.pt').write_bytes(b'')
-    with pytest.raises(FileNotFoundError, match=r'DiT-XL-2-256x256.pt is a checkpoint, with '
-                                                r'no dumped config beside it: give the config '
-                                                r'file, and the checkpoint as --checkpoint'):
+    with pytest.raises(FileNotFoundError, match=r'DiT-XL-2-256x256.pt is a checkpoint, not a '
+                                                r'config or a work dir of tools/train.py: give '
+                                                r'the config file, and the checkpoint as '
+                                                r'--checkpoint'):
         find_run(str(tmp_path / 'DiT-XL-2-256x256.pt'))
