@@ -181,29 +181,31 @@ class _SeekMismatch(Exception):
     variable frame rate, timestamps missing): the file is read from the start."""
 
 
-# Containers whose frame times come from an index of the whole file (mp4 / mov sample
-# tables, Matroska cues), increasing through it: seeking by time finds the frame
-# numbered so. Not streams such as MPEG-TS, whose clocks may restart (recordings
-# joined with cat: a time names two frames).
-_SEEKABLE_CONTAINERS = ('mov', 'mp4', 'matroska', 'webm')
-
-
-def _constant_rate(stream) -> bool:
-    """Whether the stream's average frame rate is its nominal one (a constant rate:
-    a frame's number is its time times the rate)."""
-    average, nominal = stream.average_rate, stream.guessed_rate
-    return bool(average and nominal and abs(average / nominal - 1) < 1e-3)
+# Containers whose sample tables record every frame (mp4, mov): a stream there whose
+# frame count is its duration times its nominal rate has no gap, and a frame's number
+# is its time times the rate. Not Matroska / WebM (no frame count: a dropped frame's
+# gap went unseen, and the seek shifted every later frame by one) nor streams such as
+# MPEG-TS, whose clocks may restart (recordings joined with cat).
+_SEEKABLE_CONTAINERS = ('mov', 'mp4')
 
 
 def _seekable(container, stream) -> bool:
-    return (bool(set(container.format.name.split(',')) & set(_SEEKABLE_CONTAINERS))
-            and _constant_rate(stream))
+    """Whether frame numbers follow from frame times: an mp4 / mov stream whose
+    recorded frame count, average rate and nominal rate agree exactly with its
+    duration (no gap, no variable rate, no frames an edit list drops)."""
+    if not set(container.format.name.split(',')) & set(_SEEKABLE_CONTAINERS):
+        return False
+    frames, nominal, base = stream.frames, stream.guessed_rate, stream.time_base
+    if not (frames and nominal and base and stream.duration is not None
+            and stream.average_rate == nominal):
+        return False
+    return abs(frames - stream.duration * base * nominal) < 0.5
 
 
 def _numbered_frames(container, stream, path, seek_to=0):
     """``(frame number, frame)`` in display order from frame 0; with ``seek_to`` at
-    least :data:`SEEK_AFTER_S` into a constant-rate stream of an indexed container
-    (mp4, mov, mkv, webm), frame 0 and then the frames from the keyframe before
+    least :data:`SEEK_AFTER_S` into a gap-free constant-rate mp4 / mov stream
+    (:func:`_seekable`), frame 0 and then the frames from the keyframe before
     ``seek_to`` on, numbered by their times (checked whole and consecutive, else
     :class:`_SeekMismatch`)."""
     frames = _decode(container, stream, path)
@@ -239,9 +241,10 @@ def read_video_frames(path, indices=None):
 
     Decoding stops at the last frame asked for. A clip that starts within
     :data:`SEEK_AFTER_S` seconds is decoded from the start; one further into a
-    constant-rate video from the keyframe before it (a 16-frame clip two minutes into
-    a 720p video: 5.3 s to 0.2 s), its frame numbers those of a decode from the start
-    (a file whose frame times do not allow this is read from the start). Each frame
+    gap-free constant-rate mp4 / mov from the keyframe before it (a 16-frame clip two
+    minutes into a 720p video: 5.3 s to 0.2 s), its frame numbers those of a decode
+    from the start (other files, and one whose frame times turn out not to allow
+    this, are read from the start). Each frame
     asked for is converted into its place in the output as it is decoded (no second
     copy of the clip).
 
