@@ -880,7 +880,7 @@ def explain_error(exc):
         # those call classes that are not built from configs)
         return missing_arguments_message(match.group(1), re.findall(r"'(\w+)'",
                                                                   match.group(2)))
-    if isinstance(exc, RuntimeError) and _UNEQUAL_STACK in text:  # the default collate's
+    if isinstance(exc, RuntimeError) and _UNEQUAL_STACK in text and _in_collate(exc):
         got = next(line for line in text.splitlines() if _UNEQUAL_STACK in line)
         got = got[got.index(_UNEQUAL_STACK) + len(_UNEQUAL_STACK):].lstrip(', ').rstrip('.')
         got = got[len('but got '):] if got.startswith('but got ') else got
@@ -909,6 +909,18 @@ def explain_error(exc):
         return f'{exc.strerror}: {exc.filename}' + (
             f' -> {exc.filename2}' if exc.filename2 else '')
     return None
+
+
+def _in_collate(exc) -> bool:
+    """Whether ``exc`` was raised in torch's default collate (a batch of a dataset's
+    items), not in a model's own torch.stack."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.replace(os.sep, '/').endswith(
+                'torch/utils/data/_utils/collate.py'):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _built_class(exc, defined_in: str):

@@ -278,10 +278,10 @@ def read_video_frames(path, indices=None):
 
 def _read_frames(path, indices, places, last, seek_to):
     container, stream = _open(path)
-    name = container.format.name
-    if name in ('image2', 'image2pipe') or name.endswith('_pipe'):  # never a video
-        container.close()  # (a manifest row with an fps read a picture as a still clip)
-        raise VideoReadError(path, f'a picture ({name}), not a video')
+    # a picture demuxer: decode a second frame to know (probe_video's rule, a picture
+    # is one frame; a manifest row with an fps is never probed and a picture was read
+    # as a still clip)
+    picture = _picture_format(container, 1) is not None
     stream.thread_type = 'AUTO'  # frame threading: several frames decode at once
     every, out, size, count = [], None, None, 0
     with container:
@@ -298,8 +298,11 @@ def _read_frames(path, indices, places, last, seek_to):
                     out = np.empty((len(indices), *array.shape), np.uint8)
                 for place in places[i]:
                     out[place] = array
-            if i >= last:
+            if i >= max(last, 1 if picture else 0):
                 break
+        if picture and count == 1:
+            raise VideoReadError(path, f'a picture ({_picture_format(container, 1)}), not '
+                                 'a video')
     if indices is None:
         if not every:
             raise VideoReadError(path, 'no frame could be decoded')

@@ -187,11 +187,23 @@ def test_a_picture_is_not_a_video(tmp_path, fmt, demuxer):
             as info:
         probe_video(path)
     assert info.value.path == path
-    if demuxer != 'gif':  # read too (a manifest row with an fps is never probed: a
-        # picture was read as a still clip; a still GIF reads as one frame, as an
-        # animated one is a video)
+    # read too, by the same rule (a manifest row with an fps is never probed: a picture
+    # was read as a still clip)
+    for indices in ([0], [0, 0, 0], None):
         with pytest.raises(VideoReadError, match=rf'a picture \({demuxer}\), not a video$'):
-            read_video_frames(path, [0])
+            read_video_frames(path, indices)
+
+
+def test_pictures_in_a_row_are_a_video_to_probe_and_read(tmp_path):
+    # three PNGs one after the other: FFmpeg's png_pipe gives 3 frames, a video to the
+    # probe; the reader refused it as a picture by its demuxer alone
+    path = tmp_path / 'three.mp4'
+    for i in range(3):
+        Image.fromarray(np.full((16, 24, 3), 80 * i, np.uint8)).save(tmp_path / f'{i}.png')
+    path.write_bytes(b''.join((tmp_path / f'{i}.png').read_bytes() for i in range(3)))
+    assert probe_video(str(path))['num_frames'] == 3
+    frames = read_video_frames(str(path), [2, 0])
+    assert frames.shape == (2, 16, 24, 3) and frames[0].mean() > frames[1].mean()
 
 
 def test_one_frame_video_and_animated_gif_are_videos(tmp_path):

@@ -63,6 +63,12 @@ def test_items_of_different_shapes(workers):
         'needs one shape in every item (crop or resize them to one size)')
 
 
+def test_a_stack_of_ones_own_is_not_blamed_on_the_dataset():
+    with pytest.raises(RuntimeError) as info:
+        torch.stack([torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 2, 2)])
+    assert explain_error(info.value) is None  # a traceback: a bug, not the data's
+
+
 class TensorLoss(GaussianDiffusion):
     """An objective of one's own whose loss returns the loss tensor itself."""
 
