@@ -292,7 +292,7 @@ def main(argv=None):
                                               if c is not None]))
     full_paths = [osp.join(args.video_dir, p) for p in rel_paths]
     probed = probe_all(full_paths, args.workers, probe_cache_path(args.out), args.reprobe,
-                       prog=PROG)
+                       prog=PROG, keep=left_out)  # (captioned later: not probed again)
 
     rows, skipped, uncaptioned = [], [], 0
     for i, (rel, full, (info, error, _)) in enumerate(zip(rel_paths, full_paths, probed)):

@@ -95,13 +95,15 @@ def _cached_outcome(entry, path):
     return None, VideoReadError(path, str(entry.get('reason'))), entry['stat']
 
 
-def open_probe_cache(cache, paths, outcomes, prog):
-    """Rewrite ``cache`` with the outcomes already known (this run's files only: a
-    file gone is dropped) and return it open for appending, or None, with a warning,
-    where it cannot be written (a read-only folder: the run goes on without it)."""
+def open_probe_cache(cache, paths, outcomes, prog, kept=()):
+    """Rewrite ``cache`` with the outcomes already known (this run's files and the
+    ``kept`` entries: a file gone is dropped) and return it open for appending, or
+    None, with a warning, where it cannot be written (a read-only folder: the run goes
+    on without it)."""
     from mmsora.engine.atomic_checkpoint import atomic_write_bytes
     head = json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n'
     known = ''.join(_cache_line(p, outcomes[p]) for p in paths if outcomes[p] is not None)
+    known += ''.join(json.dumps(entry, ensure_ascii=False) + '\n' for entry in kept)
     try:
         atomic_write_bytes((head + known).encode('utf-8'), cache)
         return open(cache, 'a', encoding='utf-8')
@@ -111,10 +113,12 @@ def open_probe_cache(cache, paths, outcomes, prog):
         return None
 
 
-def probe_all(paths, workers, cache, reprobe=False, prog='mmsora'):
+def probe_all(paths, workers, cache, reprobe=False, prog='mmsora', keep=()):
     """``probe`` of each path, in order, taking unchanged files' outcomes from the
     ``cache`` file (keyed by absolute path) and appending each new probe to it as it
-    finishes; ``prog`` starts the lines printed to stderr. A Ctrl-C raises
+    finishes; ``prog`` starts the lines printed to stderr. The cached probes of the
+    files in ``keep`` (not probed in this run: make_manifest's videos left out for
+    want of a caption) stay in the cache while the files are unchanged. A Ctrl-C raises
     :class:`~mmsora.utils.cli.Interrupted` saying how many probes are kept.
 
     Before, the probes of a run lived in memory only: a Ctrl-C or a crash an hour into
@@ -122,12 +126,13 @@ def probe_all(paths, workers, cache, reprobe=False, prog='mmsora'):
     a rerun after adding a few clips probed every clip again."""
     old = {} if reprobe else read_probe_cache(cache)
     outcomes = {p: _cached_outcome(old.get(osp.abspath(p)), p) for p in paths}
+    kept = [old[osp.abspath(p)] for p in keep if _cached_outcome(old.get(osp.abspath(p)), p)]
     del old
     todo = [p for p in paths if outcomes[p] is None]
     if len(todo) < len(paths):
         print(f'{prog}: {len(paths) - len(todo)} of {plural(len(paths), "video")} '
               f'probed by an earlier run ({cache}); probing {len(todo)}', file=sys.stderr)
-    f = open_probe_cache(cache, paths, outcomes, prog)
+    f = open_probe_cache(cache, paths, outcomes, prog, kept)
 
     def keep(path, future):
         if outcomes[path] is not None:  # kept already

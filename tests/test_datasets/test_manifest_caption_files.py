@@ -87,3 +87,21 @@ def test_a_caption_file_not_utf8_is_named(tmp_path, clips, capsys):
     with pytest.raises(UserError, match=r'--caption-files: .*bikes/b.txt is not UTF-8 '
                                         r'text \(.* at byte 3\): save it as UTF-8'):
         run_tool(capsys, clips, '--out', tmp_path / 'm.csv', '--caption-files')
+
+
+def test_videos_left_out_keep_their_cached_probes(tmp_path, clips, capsys, monkeypatch):
+    """A run with --skip-uncaptioned rewrote the probe cache with the captioned videos
+    alone: captioning one more later probed it again (at 100k clips, every one)."""
+    probed = []
+    probe = probe_cache.probe_video
+    monkeypatch.setattr(probe_cache, 'probe_video',
+                        lambda path: probed.append(path) or probe(path))
+    out = tmp_path / 'm.csv'
+    (clips / 'films/c.txt').write_text('a film')
+    run_tool(capsys, clips, '--out', out, '--caption-files')  # all three probed
+    run_tool(capsys, clips, '--out', out, '--caption-files', '--skip-uncaptioned')
+    (clips / 'bikes/a.txt').write_text('a bike')
+    probed.clear()
+    summary, _ = run_tool(capsys, clips, '--out', out, '--caption-files',
+                          '--skip-uncaptioned')
+    assert probed == [] and summary['num_rows'] == 2
