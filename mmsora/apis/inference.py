@@ -398,9 +398,9 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     """
     from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
     run_cfg = getattr(model, 'sample_cfg', None)
+    if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
+        run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
     settings = merge_sample_cfg(run_cfg, **sample_kwargs)
-    for key in NOT_SAMPLE_ARGS:  # (the run's fps is for saving)
-        settings.pop(key, None)
     if run_cfg is not None and settings.get('precision') is None:
         device = next(model.parameters()).device
         settings['precision'] = default_precision(device, run_cfg)

@@ -57,7 +57,9 @@ def test_python_samples_what_infer_saves(repo_root, tmp_path, weights):
     sample_images(model, [0], seeds=[3], sampler='ddpm', num_steps=4)
     assert model.diffusion.last_nfe == 4
     model.sample_cfg['fps'] = 8
-    sample_images(model, [0], seeds=[3], num_steps=2)
+    sample_images(model, [0], seeds=[3], num_steps=2)  # the run's fps is not the sampler's
+    with pytest.raises(ValueError, match=r'fps is not for the sampler'):  # one given is
+        sample_images(model, [0], seeds=[3], num_steps=2, fps=8)          # refused
 
 
 def test_a_model_from_a_config_alone_and_config_mistakes(repo_root, weights):

@@ -157,7 +157,7 @@ class MMSoraPictures(PictureBackend):
                  num_steps: Optional[int] = None, cfg_scale: Optional[float] = None,
                  seed: int = 0, device: Optional[str] = None, batch_size: int = 8,
                  cfg_options: Sequence[str] = ()):
-        from mmsora.apis.inference import default_precision, init_model
+        from mmsora.apis.inference import init_model
         device = device or _default_device()
         with tempfile.TemporaryDirectory() as folder:
             if osp.isfile(run) and not run.endswith('.py'):
@@ -165,16 +165,11 @@ class MMSoraPictures(PictureBackend):
             self.model, cfg = init_model(run, checkpoint, device=device,
                                          cfg_options=cfg_options,
                                          checkpoint_option='--checkpoint CKPT')
-        from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
-        defaults = cfg.get('sample_cfg', {})
-        # the config's settings and its sampler's options under the ones given (unset:
-        # the objective's own sampler and steps; a SiT model was refused 'ddpm')
-        self.sample_kwargs = merge_sample_cfg(
-            defaults, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale,
-            precision=default_precision(device, defaults))
-        for key in NOT_SAMPLE_ARGS:
-            self.sample_kwargs.pop(key, None)
-        self.fps = defaults.get('fps', 8)
+        # the choices given; sample_images puts them over the run's sample_cfg with its
+        # sampler's options, at infer's default precision (unset: the objective's own
+        # sampler and steps; a SiT model was refused 'ddpm')
+        self.sample_kwargs = dict(sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale)
+        self.fps = cfg.get('sample_cfg', {}).get('fps', 8)
         num_classes = self.model.num_classes
         self.labels = list(labels) if labels else list(range(num_classes))
         if self.text_conditioned:
