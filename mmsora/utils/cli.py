@@ -911,16 +911,20 @@ def explain_error(exc):
     return None
 
 
+def _tracebacks(exc) -> list:
+    """The traceback entries of ``exc``, outermost first."""
+    tb, entries = exc.__traceback__, []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    return entries
+
+
 def _in_collate(exc) -> bool:
     """Whether ``exc`` was raised in torch's default collate (a batch of a dataset's
     items), not in a model's own torch.stack."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.replace(os.sep, '/').endswith(
-                'torch/utils/data/_utils/collate.py'):
-            return True
-        tb = tb.tb_next
-    return False
+    return any(tb.tb_frame.f_code.co_filename.replace(os.sep, '/').endswith(
+        'torch/utils/data/_utils/collate.py') for tb in _tracebacks(exc))
 
 
 def _built_class(exc, defined_in: str):
@@ -929,11 +933,10 @@ def _built_class(exc, defined_in: str):
     names), else None. A class of one's own on a base class was named by the base
     (``unknown config key 'widht' for _MixerBase``). Read from the frame of mmengine's
     ``build_from_cfg``."""
-    tb, built = exc.__traceback__, None
-    while tb is not None:
+    built = None
+    for tb in _tracebacks(exc):
         if tb.tb_frame.f_code.co_name == 'build_from_cfg':
             built = tb.tb_frame.f_locals.get('obj_cls', built)
-        tb = tb.tb_next
     if isinstance(built, type) and built.__name__ != defined_in and any(
             c.__name__ == defined_in for c in built.__mro__[1:]):
         return built
@@ -951,10 +954,7 @@ def _user_code_place(exc) -> str:
         sysconfig.get_paths()[k] for k in ('stdlib', 'purelib', 'platlib')})
     package = osp.dirname(osp.dirname(osp.realpath(__file__)))
     ours = (package + os.sep, osp.join(osp.dirname(package), 'tools') + os.sep)
-    tb, frames = exc.__traceback__, []
-    while tb is not None:
-        frames.append(tb)
-        tb = tb.tb_next
+    frames = _tracebacks(exc)
     if any(f.tb_frame.f_code.co_name == 'reraise' for f in frames):
         return ''  # from a DataLoader worker: raised elsewhere (its message says where)
     for frame in reversed(frames):
