@@ -211,6 +211,20 @@ def _known_part(theirs, ours):
     return ours
 
 
+# Settings that name a folder: the same folder typed another way ('vae/', './vae', an
+# absolute path) is the same setting (a rerun with one was refused).
+PATH_SETTINGS = ('vae', 'text_encoder')
+
+
+def _same(key, theirs, ours) -> bool:
+    if theirs == ours:
+        return True
+    if key in PATH_SETTINGS and isinstance(theirs, str) and isinstance(ours, str) \
+            and theirs and ours:
+        return osp.realpath(theirs) == osp.realpath(ours)
+    return False
+
+
 def check_recorded(root, recorded, path, settings, meta=None):
     """Refuse (ValueError naming the first setting that differs) a store file
     ``recorded`` (index or part at ``path``) written with other ``settings`` (header
@@ -222,7 +236,7 @@ def check_recorded(root, recorded, path, settings, meta=None):
             continue
         theirs = recorded.get(key)
         ours = _known_part(theirs, settings[key])
-        if theirs != ours:
+        if not _same(key, theirs, ours):
             raise ValueError(_other_settings(root, path, key, theirs, ours))
     # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
     # others kept the old latents. Files of older versions hold none.
@@ -232,7 +246,7 @@ def check_recorded(root, recorded, path, settings, meta=None):
         for key in sorted(set(ours) | set(theirs)):
             if key in LATER_META_KEYS and key not in theirs:
                 continue
-            if ours.get(key) != theirs.get(key):
+            if not _same(key, theirs.get(key), ours.get(key)):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
                                                  ours.get(key)))
     theirs, ours = recorded.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)

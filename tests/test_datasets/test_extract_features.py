@@ -115,6 +115,21 @@ def test_extract_resume_after_crash(image_folder, tiny_vae_dir, tmp_path):
         np.testing.assert_allclose(a[i], b[i], atol=1e-6)
 
 
+def test_a_rerun_naming_the_vae_folder_otherwise_is_the_same_run(image_folder, tiny_vae_dir,
+                                                                   tmp_path, monkeypatch):
+    """--vae vae/ (tab completion), ./vae or an absolute path on a rerun was refused as
+    'a latent store written with vae='vae'': resuming from another folder too (walk-
+    through o)."""
+    out = str(tmp_path / 'store')
+    monkeypatch.chdir(osp.dirname(tiny_vae_dir))
+    name = osp.basename(tiny_vae_dir)
+    run_extract(image_folder, out, name)
+    for other in (name + '/', './' + name, tiny_vae_dir):
+        assert run_extract(image_folder, out, other)['complete']
+    with pytest.raises(UserError, match="written with vae='vae0'"):
+        run_extract(image_folder, out, str(tmp_path))  # another folder: refused
+
+
 def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
     with pytest.raises(UserError, match=r'^.*missing.*does not exist'):
         run_extract(str(tmp_path / 'missing'), str(tmp_path / 'o'), tiny_vae_dir)
