@@ -555,17 +555,41 @@ def note_clip_fps(cfg, index, root) -> None:
     --target-fps) than the config's samples are written at (``sample_cfg.fps``, else
     tools/infer.py's 8): the model learns motion at one rate and its clips play at the
     other, faster or slower, without a word."""
-    target = (index.get('meta') or {}).get('target_fps')
+    meta = index.get('meta') or {}
+    target = meta.get('target_fps')
     if not isinstance(target, (int, float)) or target <= 0:
         return  # pictures, or --frame-stride (each clip at its video's fps / stride)
+    rate, rates = target, _clip_rates(meta.get('source'), target)
+    if rates:  # what each video gave: its fps over the nearest whole step (a video
+        rate = sorted(rates)[len(rates) // 2]  # slower than the target: every frame)
     given = (cfg.get('sample_cfg') or {}).get('fps')
     fps = given if isinstance(given, (int, float)) and given > 0 else 8
-    if abs(fps - target) > 1e-6 * target:
+    if abs(fps - rate) > 0.02 * rate:
         where = f'sample_cfg.fps is {fps:g}' if given is not None else \
             f'sample_cfg sets no fps (tools/infer.py writes {fps:g})'
-        note(f'{root}: the clips were sampled at {target:g} fps (extract_features.py '
-             f'--target-fps {target:g}) but {where}: the samples play {fps / target:.3g}x as '
-             f'fast as the training clips; set sample_cfg.fps={target:g}')
+        spread = (f', {min(rates):.3g} to {max(rates):.3g} across the videos'
+                  if rates and max(rates) > 1.02 * min(rates) else '')
+        note(f'{root}: the clips were sampled at {rate:.3g} fps (extract_features.py '
+             f'--target-fps {target:g}{spread}) but {where}: the samples play '
+             f'{fps / rate:.3g}x as fast as the training clips; set sample_cfg.fps='
+             f'{rate:.3g}')
+
+
+def _clip_rates(manifest, target) -> list:
+    """The frame rate of each clip of a manifest sampled at ``target`` fps (the step
+    extract_features takes: SampleClipIndices.stride_for), or [] where the manifest
+    cannot be read or records no fps."""
+    if not isinstance(manifest, str) or not osp.isfile(manifest):
+        return []
+    from mmsora.datasets.manifest import load_manifest
+    from mmsora.datasets.transforms import SampleClipIndices
+    try:
+        rows = load_manifest(manifest)
+    except Exception:  # (the store was made from it; a manifest changed since says so
+        return []      # when it is read for extraction)
+    sampler = SampleClipIndices(num_frames=1, target_fps=target)
+    return [row['fps'] / sampler.stride_for(row['fps']) for row in rows
+            if isinstance(row.get('fps'), (int, float)) and row['fps'] > 0]
 
 
 def note_caption_length(cfg, index, root) -> None:

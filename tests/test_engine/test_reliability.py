@@ -636,6 +636,19 @@ def test_clips_sampled_at_another_rate_than_the_samples_are_written_are_noted(
     cfg.sample_cfg.fps = 8
     check_latent_store(cfg)
     assert 'fps' not in capsys.readouterr().err
+    # the rate the videos gave, read from the manifest the store was made from: 25 fps
+    # videos asked for 30 give every frame, 25 fps (it said 30; walk-through o)
+    manifest = tmp_path / 'clips.csv'
+    manifest.write_text('path,fps\na.mp4,25\nb.mp4,25\nc.mp4,24\n')
+    writer = LatentStoreWriter(str(tmp_path / 'store30'), 1, (3, 4, 16, 16),
+                               meta=dict(num_frames=4, target_fps=30.0, source=str(manifest)))
+    writer.write_shard(0, np.zeros((1, 1, 2, 3, 4, 16, 16), np.float32), [0])
+    writer.finalize()
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'store30')
+    check_latent_store(cfg)
+    assert ('the clips were sampled at 25 fps (extract_features.py --target-fps 30, 24 to 25 '
+            'across the videos) but sample_cfg.fps is 8: the samples play 0.32x as fast as '
+            'the training clips; set sample_cfg.fps=25') in capsys.readouterr().err
 
 
 def test_a_text_encoder_folder_as_the_vae_is_refused_before_the_run(repo_root, tmp_path):
