@@ -543,11 +543,16 @@ def note_named_layout(config, cfg, world_size: int) -> None:
     recipe, ours = gpus * named_batch, world_size * batch * accum
     if recipe == ours:  # (the batch or accumulation was set to keep it)
         return
-    note(f'{osp.basename(config)} is named for {gpus} processes x {named_batch} (a global '
+    def processes(n):
+        return f'{n} process' + ('es' if n != 1 else '')
+    fix = ''
+    if recipe % world_size == 0:
+        fix = f' For the recipe\'s: --cfg-options global_batch_size={recipe}' + (
+            f' (with optim_wrapper.accumulative_counts=K where {recipe // world_size} a '
+            'process does not fit)' if world_size < gpus else '')
+    note(f'{osp.basename(config)} is named for {processes(gpus)} x {named_batch} (a global '
          f'batch of {recipe}); this run has {world_size}: a global batch of {ours} at the '
-         f'same learning rate. For the recipe\'s: --cfg-options global_batch_size={recipe} '
-         f'(with optim_wrapper.accumulative_counts=K where {recipe // world_size} a '
-         'process does not fit)')
+         f'same learning rate.{fix}')
 
 
 def note_clip_fps(cfg, index, root) -> None:

@@ -349,7 +349,10 @@ def read_prompt_file(path) -> list:
     try:
         with open(path, encoding='utf-8-sig') as f:
             prompts = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise UserError(f'--prompt-file {path!r} is not UTF-8 text ({e.reason} at byte '
+                        f'{e.start}): save it as UTF-8') from None
+    except OSError as e:
         raise UserError(f'--prompt-file: cannot read {path!r}: '
                         f'{getattr(e, "strerror", None) or e}') from None
     if not prompts:
@@ -406,11 +409,15 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
         settings['precision'] = default_precision(device, run_cfg)
     if isinstance(prompts, str):  # (was sliced into its characters)
         prompts = [prompts]
+    text = getattr(model, 'text_conditioned', False)
+    if text and prompts is None and labels is not None:  # (the model's own message
+        raise ValueError('this model is text-conditioned: give the captions as '  # blamed
+                         'prompts=[...], not labels')                              # the encoder)
     if prompts is not None:
         prompts = list(prompts)
     elif labels is not None:
         labels = labels.tolist() if torch.is_tensor(labels) else list(labels)
-    elif not getattr(model, 'text_conditioned', False):
+    elif not text:
         raise ValueError('this model is class-conditional: give labels, one per sample')
     else:
         raise ValueError('this model is text-conditioned: give prompts, one per sample')

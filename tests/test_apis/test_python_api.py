@@ -119,6 +119,9 @@ def test_arguments_are_checked_up_front():
              '^this model is class-conditional: give labels, one per sample$'),
             (lambda: sample_images(text, None, seeds=[0]),
              '^this model is text-conditioned: give prompts, one per sample$'),
+            (lambda: sample_images(text, ['a bike rides on the road'], seeds=0),
+             r'^this model is text-conditioned: give the captions as prompts=\[...\], not '
+             'labels$'),
             (lambda: sample_images(classes, [0, 1], seeds=[0]),
              r'^1 seeds for 2 labels: give one seed per sample \(or an int'),
             (lambda: sample_images(classes, [0], seeds=[0], batch_size=0),

@@ -495,6 +495,13 @@ def test_a_config_named_for_more_processes_notes_the_global_batch(repo_root, tmp
     assert ('note: dit_s2_8xb32_400k_imagenet256.py is named for 8 processes x 32 (a global '
             'batch of 256); this run has 1: a global batch of 32 at the same learning rate. '
             "For the recipe's: --cfg-options global_batch_size=256") in capsys.readouterr().err
+    # (one named for 1 process, run on 2: no accumulation to suggest)
+    from tools.train import note_named_layout
+    note_named_layout('video_dit_tiny4_1xb2_t5_two_clips.py',
+                      dict(train_dataloader=dict(batch_size=2)), 2)
+    assert ('named for 1 process x 2 (a global batch of 2); this run has 2: a global batch '
+            "of 4 at the same learning rate. For the recipe's: --cfg-options "
+            'global_batch_size=2\n') in capsys.readouterr().err
     for kept in (['train_dataloader.batch_size=256'], ['global_batch_size=256']):
         build_train_config(parse_args([config, '--work-dir', str(tmp_path / 'b'),
                                        '--cfg-options', *kept]))

@@ -29,6 +29,11 @@ def test_a_prompt_file_with_a_byte_order_mark(tmp_path):
     both = infer.parse_args(['run', '--prompt', 'x', '--prompt-file', str(path)])
     with pytest.raises(UserError, match='^--prompt and --prompt-file exclude each other'):
         infer.read_prompts(both)
+    latin = tmp_path / 'latin.txt'  # (the codec's own words, a position in the file)
+    latin.write_bytes('un café\n'.encode('latin-1'))
+    with pytest.raises(UserError, match=r"^--prompt-file '.*latin.txt' is not UTF-8 text "
+                                        r'\(.* at byte 6\): save it as UTF-8$'):
+        infer.read_prompts(infer.parse_args(['run', '--prompt-file', str(latin)]))
 
 
 def test_prompt_mistakes_are_named_before_the_weights_load(repo_root, tmp_path):
