@@ -335,6 +335,11 @@ def main(argv=None):
         summary += f'; {uncaptioned} without a caption'
         if uncaptioned == len(rows):
             summary += _caption_source_hint(args)
+        elif uncaptioned:  # (which, and the way to leave them out, were not said)
+            none = [osp.relpath(r['path'], osp.abspath(args.video_dir)) for r in rows
+                    if r.get('caption') is None]
+            summary += (f' ({", ".join(none[:3])}{", ..." if len(none) > 3 else ""}; '
+                        '--skip-uncaptioned leaves them out)')
     if unmatched:  # a key spelt another way than the file, or a video left out
         summary += (f'; {plural(len(unmatched), "caption")} '
                     f'matching no video: {", ".join(unmatched[:5])}'

@@ -157,8 +157,10 @@ def _empty_value(path, line_num, name, columns):
     label, why = repr(name), 'every row needs one'
     if name == 'caption' and 'caption' not in columns and 'text' in columns:
         label, why = "'text'", 'the caption; every row needs one'  # Open-Sora's name
+    drop = (' (tools/make_manifest.py --skip-uncaptioned leaves such videos out)'
+            if name == 'caption' else '')
     return ManifestError(f'manifest {path} line {line_num}: empty {label} ({why}): fill '
-                         f'in the {name} or drop the row')
+                         f'in the {name} or drop the row{drop}')
 
 
 def _load_rows(path, reader, root, require):

@@ -25,7 +25,8 @@ def test_caption_files_beside_the_videos(tmp_path, clips, capsys):
     summary, printed = run_tool(capsys, clips, '--out', out, '--caption-files')
     assert captions_of(out) == {'a.mp4': 'a red bike on a hill', 'b.mp4': None,
                                 'c.mp4': None}
-    assert '; 2 without a caption' in printed and summary['num_rows'] == 3
+    assert ('; 2 without a caption (bikes/b.mp4, films/c.mp4; --skip-uncaptioned leaves '
+            'them out)') in printed and summary['num_rows'] == 3
     # No .txt holds text: the summary says where they were looked for.
     (clips / 'bikes/a.txt').unlink()
     _, printed = run_tool(capsys, clips, '--out', out, '--caption-files')

@@ -11,7 +11,8 @@ from mmsora.datasets.manifest import ManifestError, load_manifest
 from mmsora.utils.cli import explain_error
 from tests.test_datasets.test_manifest_fixes import make_clip, run_tool
 
-FILL = ': fill in the caption or drop the row'
+FILL = (': fill in the caption or drop the row (tools/make_manifest.py --skip-uncaptioned '
+        'leaves such videos out)')
 
 
 @pytest.fixture
