@@ -117,6 +117,13 @@ def load_manifest(path, data_root=None, require=('path', )):
             required value), and what to do where it is a missing caption or value.
     """
     if not osp.isfile(path):
+        folder = path if osp.isdir(path) else osp.dirname(path)
+        if osp.isfile(osp.join(folder, 'index.json')):  # (a latent store given as data)
+            raise FileNotFoundError(f'manifest not found: {path}: {folder} is a latent store '
+                                    '(index.json): train on it with PackedLatentDataset')
+        if osp.isdir(path):
+            raise FileNotFoundError(f'manifest not found: {path} is a folder: give the .csv '
+                                    'or .jsonl in it (tools/make_manifest.py writes one)')
         raise FileNotFoundError(f'manifest not found: {path}')
     reader = _read_csv if _format(path) == 'csv' else _read_jsonl
     root = osp.dirname(osp.abspath(path)) if data_root is None else data_root

@@ -76,3 +76,14 @@ def test_loader_messages_say_what_to_do(tmp_path):
     typo.write_text('{"path": "a.mp4", "caption": "a"}\n{"path": "b.mp4", "captoin": "b"}\n')
     assert refusal(typo).startswith(f"manifest {typo} line 2: missing required column "
                                     "'caption' (did you mean 'captoin'?)")
+
+
+def test_a_folder_or_a_store_given_as_the_manifest_is_named(tmp_path):
+    """A video folder given as --manifest, and a config's VideoDataset pointed at a
+    latent store, were 'manifest not found' (walk-through o)."""
+    with pytest.raises(FileNotFoundError, match=r'is a folder: give the .csv or .jsonl in it'):
+        load_manifest(str(tmp_path))
+    (tmp_path / 'index.json').write_text('{}')
+    with pytest.raises(FileNotFoundError, match=r'is a latent store \(index.json\): train on '
+                                                r'it with PackedLatentDataset'):
+        load_manifest(str(tmp_path / 'captions.csv'))
