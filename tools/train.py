@@ -493,6 +493,7 @@ def check_latent_store(cfg):
         raise UserError(f'{index_file}: the latents were scaled by {stored:g} but '
                         f'model.vae.scale_factor is {ours:g}: set model.vae.scale_factor='
                         f'{stored:g} (or extract the latents again with the VAE\'s scale)')
+    check_store_shapes(cfg, index, root)
     note_clip_fps(cfg, index, root)
     from mmsora.utils.config_keys import text_conditioned_config
     if text_conditioned_config(cfg.model):
@@ -526,6 +527,26 @@ def check_latent_store(cfg):
                         f'model.num_classes={classes} ({takes}): set '
                         f'model.num_classes={high + 1} and model.denoiser.num_classes='
                         f'{high + 1}')
+
+
+def check_store_shapes(cfg, index, root) -> None:
+    """Refuse a store whose latents or caption embeddings do not fit the model, before
+    the Runner (the first batch said so after some 260 lines of start-up output)."""
+    stored, ours = index.get('latent_shape'), cfg.model.get('latent_shape')
+    if isinstance(stored, list) and isinstance(ours, (list, tuple)) and \
+            tuple(stored) != tuple(ours):
+        raise UserError(f'{root}: the store holds latents of shape {tuple(stored)} but '
+                        f'model.latent_shape is {tuple(ours)}: set model.latent_shape='
+                        f'{tuple(stored)} (and the denoiser\'s sizes to match), or extract '
+                        "at the config's size")
+    text = index.get('text_shape')
+    width = (cfg.model.get('denoiser') or {}).get('text_dim')
+    if isinstance(text, list) and len(text) == 2 and isinstance(text[1], int) and \
+            isinstance(width, int) and text[1] != width:
+        raise UserError(f'{root}: the store\'s caption embeddings are {text[1]} wide (its '
+                        f'text encoder) but model.denoiser.text_dim is {width}: set '
+                        f'model.denoiser.text_dim={text[1]}, or extract with the text '
+                        'encoder the config names')
 
 
 def note_named_layout(config, cfg, world_size: int) -> None:

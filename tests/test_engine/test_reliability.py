@@ -603,6 +603,17 @@ def test_captions_of_another_length_than_the_samplers_are_noted(repo_root, tmp_p
     cfg = Config.fromfile(osp.join(repo_root,
                                    'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
     cfg.train_dataloader.dataset.data_root = str(tmp_path / 'store')
+    # the store's sizes: another latent shape or text width is refused before the run
+    # (the first batch said so after the Runner's start-up output; walk-through o)
+    with pytest.raises(UserError, match=r'store: the store holds latents of shape \(4, 2, 4, '
+                                        r'4\) but model.latent_shape is \(4, 16, 32, 32\)'):
+        check_latent_store(cfg)
+    cfg.model.latent_shape = (4, 2, 4, 4)
+    with pytest.raises(UserError, match=r"store: the store's caption embeddings are 8 wide "
+                                        r'\(its text encoder\) but model.denoiser.text_dim is '
+                                        r'4096: set model.denoiser.text_dim=8'):
+        check_latent_store(cfg)
+    cfg.model.denoiser.text_dim = 8
     check_latent_store(cfg)
     assert ('the captions were encoded to 16 tokens (extract_features.py --max-length 16) '
             'but model.text_encoder.max_length is 120: prompts are cut to 120 tokens at '
