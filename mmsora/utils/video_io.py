@@ -41,6 +41,9 @@ def _open(path):
     """Open ``path`` with PyAV and return ``(container, video_stream)``."""
     import av
     if not osp.isfile(path):
+        if osp.islink(path):  # (said 'not found' of a file that is listed)
+            raise FileNotFoundError(f'video file not found: {path!r} is a link to '
+                                    f'{os.readlink(path)!r}, which does not exist')
         raise FileNotFoundError(f'video file not found: {path!r}')
     if osp.getsize(path) == 0:
         raise VideoReadError(path, 'the file is empty (0 bytes)')

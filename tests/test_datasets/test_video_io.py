@@ -161,6 +161,11 @@ def test_missing_file(tmp_path, reader):
     path = str(tmp_path / 'nope.mp4')
     with pytest.raises(FileNotFoundError, match='nope.mp4'):
         reader(path)
+    # a link whose file is gone (a dataset on an unmounted disk): said so
+    (tmp_path / 'linked.mp4').symlink_to(tmp_path / 'gone' / 'clip.mp4')
+    with pytest.raises(FileNotFoundError, match=r"linked.mp4' is a link to '.*gone/clip.mp4', "
+                                                'which does not exist'):
+        reader(str(tmp_path / 'linked.mp4'))
 
 
 def test_file_without_video_stream(tmp_path):
