@@ -230,6 +230,10 @@ def read_prompts(args):
         raise UserError('--prompt and --prompt-file exclude each other: give the prompts '
                         'one way')
     if not args.prompt_file:
+        if any(not p.strip() for p in args.prompt or []):  # (encoded as a caption '')
+            raise UserError("--prompt '': an empty prompt is an empty caption to the text "
+                            "encoder, not the model's null caption that guidance uses: give "
+                            'text')
         return list(args.prompt or []) or None
     from mmsora.apis.inference import read_prompt_file
     return read_prompt_file(args.prompt_file)

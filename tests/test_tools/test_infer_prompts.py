@@ -29,6 +29,9 @@ def test_a_prompt_file_with_a_byte_order_mark(tmp_path):
     both = infer.parse_args(['run', '--prompt', 'x', '--prompt-file', str(path)])
     with pytest.raises(UserError, match='^--prompt and --prompt-file exclude each other'):
         infer.read_prompts(both)
+    with pytest.raises(UserError, match=r"^--prompt '': an empty prompt is an empty "
+                                        r"caption to the text encoder, not the model's null"):
+        infer.read_prompts(infer.parse_args(['run', '--prompt', 'a bike', ' ']))
     latin = tmp_path / 'latin.txt'  # (the codec's own words, a position in the file)
     latin.write_bytes('un café\n'.encode('latin-1'))
     with pytest.raises(UserError, match=r"^--prompt-file '.*latin.txt' is not UTF-8 text "
