@@ -582,38 +582,65 @@ def note_clip_fps(cfg, index, root) -> None:
     tools/infer.py's 8): the model learns motion at one rate and its clips play at the
     other, faster or slower, without a word."""
     meta = index.get('meta') or {}
-    target = meta.get('target_fps')
-    if not isinstance(target, (int, float)) or target <= 0:
-        return  # pictures, or --frame-stride (each clip at its video's fps / stride)
-    rate, rates = target, _clip_rates(meta.get('source'), target)
-    if rates:  # what each video gave: its fps over the nearest whole step (a video
-        rate = sorted(rates)[len(rates) // 2]  # slower than the target: every frame)
+    target, stride = meta.get('target_fps'), meta.get('frame_stride')
+    if not (isinstance(target, (int, float)) and target > 0):
+        target = None
+    rates = _clip_rates(meta.get('source'), target, stride)
+    if target and not rates:  # (no manifest to read: the rate asked)
+        rates = [target]
+    how = (f'--target-fps {target:g}' if target else f'--frame-stride {stride}' if stride
+           else 'every frame')
+    _note_clip_fps(cfg, root, rates, f'extract_features.py {how}')
+
+
+def note_video_dataset_fps(cfg) -> None:
+    """:func:`note_clip_fps` for clips decoded during training (a ``VideoDataset``
+    whose pipeline samples them with ``SampleClipIndices``)."""
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
+    if not hasattr(dataset, 'get') or dataset.get('type') != 'VideoDataset':
+        return
+    sampler = next((t for t in dataset.get('pipeline') or [] if hasattr(t, 'get')
+                    and t.get('type') == 'SampleClipIndices'), None)
+    if sampler is None or not isinstance(dataset.get('manifest'), str):
+        return
+    manifest = osp.join(dataset.get('data_root') or '', dataset['manifest'])
+    target, stride = sampler.get('target_fps'), sampler.get('frame_stride')
+    how = f'target_fps={target:g}' if target else f'frame_stride={stride or 1}'
+    _note_clip_fps(cfg, manifest, _clip_rates(manifest, target, stride),
+                   f'SampleClipIndices {how}')
+
+
+def _note_clip_fps(cfg, where, rates, how) -> None:
+    if not rates:
+        return
+    rate = sorted(rates)[len(rates) // 2]  # (the median: the videos' rates may differ)
     given = (cfg.get('sample_cfg') or {}).get('fps')
     fps = given if isinstance(given, (int, float)) and given > 0 else 8
-    if abs(fps - rate) > 0.02 * rate:
-        where = f'sample_cfg.fps is {fps:g}' if given is not None else \
-            f'sample_cfg sets no fps (tools/infer.py writes {fps:g})'
-        spread = (f', {min(rates):.3g} to {max(rates):.3g} across the videos'
-                  if rates and max(rates) > 1.02 * min(rates) else '')
-        note(f'{root}: the clips were sampled at {rate:.3g} fps (extract_features.py '
-             f'--target-fps {target:g}{spread}) but {where}: the samples play '
-             f'{fps / rate:.3g}x as fast as the training clips; set sample_cfg.fps='
-             f'{rate:.3g}')
+    if abs(fps - rate) <= 0.02 * rate:
+        return
+    written = f'sample_cfg.fps is {fps:g}' if given is not None else \
+        f'sample_cfg sets no fps (tools/infer.py writes {fps:g})'
+    spread = (f', {min(rates):.3g} to {max(rates):.3g} across the videos'
+              if max(rates) > 1.02 * min(rates) else '')
+    note(f'{where}: the clips were sampled at {rate:.3g} fps ({how}{spread}) but {written}: '
+         f'the samples play {fps / rate:.3g}x as fast as the training clips; set '
+         f'sample_cfg.fps={rate:.3g}')
 
 
-def _clip_rates(manifest, target) -> list:
+def _clip_rates(manifest, target=None, stride=None) -> list:
     """The frame rate of each clip of a manifest sampled at ``target`` fps (the step
-    extract_features takes: SampleClipIndices.stride_for), or [] where the manifest
-    cannot be read or records no fps."""
+    SampleClipIndices.stride_for takes) or every ``stride``-th frame, or [] where the
+    manifest cannot be read or records no fps."""
     if not isinstance(manifest, str) or not osp.isfile(manifest):
         return []
     from mmsora.datasets.manifest import load_manifest
     from mmsora.datasets.transforms import SampleClipIndices
     try:
         rows = load_manifest(manifest)
-    except Exception:  # (the store was made from it; a manifest changed since says so
-        return []      # when it is read for extraction)
-    sampler = SampleClipIndices(num_frames=1, target_fps=target)
+    except Exception:  # (what is wrong with it is said where it is read for the data)
+        return []
+    sampler = SampleClipIndices(num_frames=1, target_fps=target,
+                                frame_stride=None if target else stride)
     return [row['fps'] / sampler.stride_for(row['fps']) for row in rows
             if isinstance(row.get('fps'), (int, float)) and row['fps'] > 0]
 
@@ -760,6 +787,7 @@ def build_train_config(args):
               f'{per_process} on each of {world_size} process(es)', flush=True)
     elif per_process is None:
         note_named_layout(args.config, cfg, world_size)
+    note_video_dataset_fps(cfg)
     apply_speed_options(cfg, compile=args.compile)
     apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
                    options=args.cfg_options)

@@ -662,6 +662,25 @@ def test_clips_sampled_at_another_rate_than_the_samples_are_written_are_noted(
             'the training clips; set sample_cfg.fps=25') in capsys.readouterr().err
 
 
+def test_clips_decoded_in_training_at_another_rate_are_noted(repo_root, tmp_path, capsys):
+    """The same for a VideoDataset (clips decoded during training): 30 fps videos at the
+    two-clip config's stride 8 are 3.75 fps clips, written at 3.125 (walk-through o)."""
+    from mmengine.config import Config
+
+    from tools.train import note_video_dataset_fps
+    (tmp_path / 'captions.csv').write_text('path,caption,fps\na.mp4,a,30\nb.mp4,b,30\n')
+    cfg = Config.fromfile(osp.join(repo_root,
+                                   'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path)
+    note_video_dataset_fps(cfg)
+    assert ('captions.csv: the clips were sampled at 3.75 fps (SampleClipIndices '
+            'frame_stride=8) but sample_cfg.fps is 3.125: the samples play 0.833x as fast as '
+            'the training clips; set sample_cfg.fps=3.75') in capsys.readouterr().err
+    (tmp_path / 'captions.csv').write_text('path,caption,fps\na.mp4,a,25\n')
+    note_video_dataset_fps(cfg)  # the shared clips: 25 / 8 = 3.125, as written
+    assert 'fps' not in capsys.readouterr().err
+
+
 def test_a_text_encoder_folder_as_the_vae_is_refused_before_the_run(repo_root, tmp_path):
     """The VAE loads only when samples are decoded: a T5 folder given as
     model.vae.pretrained_path trained a whole run, then stopped tools/infer.py."""
