@@ -9,9 +9,9 @@
 # from iteration 100k (GradClipFromHook below), up to 1M iterations, 16 frames every
 # 3rd; sampling (ucf101_sample.yaml): 250 DDPM steps, guidance 7.0 on all 4 latent
 # channels (_base_/models/video_dit_xl2.py). Ours: 8 GPUs (a global batch of 40; Latte's
-# script runs 2), --amp (bf16) for the memory, and one fixed clip per video from the
-# latent store (extract_features takes each video's middle 16 frames once; Latte crops
-# a new window each time it reads a video: train on VideoDataset for that).
+# script runs 2), --amp (bf16) for the memory, and fixed clips from the latent store
+# (extract_features takes each video's middle 16 frames once, or K windows spread over
+# it with --clips-per-video K; Latte crops a new window each time it reads a video).
 #   bash tools/dist_train.sh configs/dit_xl2_video.py 8 --amp \
 #       --cfg-options train_dataloader.dataset.data_root=/data/ucf101_16x256_latents
 #   python tools/infer.py work_dirs/dit_xl2_video --labels 0 10 20 30 --out ucf/ --gif

@@ -91,6 +91,10 @@ def parse_args(argv=None):
                    '--image-size); must be multiples of the VAE factor')
     p.add_argument('--pad', choices=['loop', 'repeat_last'],
                    help='videos shorter than a clip: pad them (default: skip them)')
+    p.add_argument('--clips-per-video', type=int, default=1, metavar='K',
+                   help='videos: K clips from each, spread evenly over it (the first '
+                   'window, the last and between), each an item of the store, so training '
+                   'draws among K windows of every video (default 1: the middle one)')
     p.add_argument('--text-encoder', help='local T5 / CLIP folder (or a pipeline with '
                    'text_encoder/ and tokenizer/): also store caption embeddings')
     p.add_argument('--text-encoder-kind', default='t5', choices=sorted(TEXT_KINDS))
@@ -137,7 +141,8 @@ OPTION_OF = dict(
     latent_shape='--size and the VAE', source='--data-path / --manifest',
     num_source_items='the inputs (--data-path / --manifest)', image_size='--image-size',
     num_frames='--num-frames', size='--size', frame_stride='--frame-stride',
-    target_fps='--target-fps', text_encoder='--text-encoder',
+    target_fps='--target-fps', clips_per_video='--clips-per-video',
+    text_encoder='--text-encoder',
     text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
     text_shape='--text-encoder / --max-length',
     pooled_dim='--text-encoder-kind', classes='the class folders of --data-path')
@@ -154,7 +159,8 @@ def with_option(error) -> str:
 
 def check_args(args):
     check_at_least(args, ('image_size', 'num_frames', 'shard_size', 'batch_size',
-                          'micro_batch_size', 'frame_stride', 'max_length'))
+                          'micro_batch_size', 'frame_stride', 'max_length',
+                          'clips_per_video'))
     if args.target_fps is not None and not 0 < args.target_fps < float('inf'):
         fail(f'--target-fps must be a positive number, got {args.target_fps:g}')
     if args.num_workers is None:
@@ -164,8 +170,10 @@ def check_args(args):
         fail(f'--num-workers must be >= 0, got {args.num_workers}')
     if args.size is not None and len(args.size) > 2:
         fail(f'--size takes H or H W, got {len(args.size)} numbers')
-    if args.data_path and (args.size or args.frame_stride or args.target_fps or args.pad):
-        fail('--size, --frame-stride, --target-fps and --pad are for videos (--manifest)')
+    if args.data_path and (args.size or args.frame_stride or args.target_fps or args.pad
+                           or args.clips_per_video != 1):
+        fail('--size, --frame-stride, --target-fps, --pad and --clips-per-video are for '
+             'videos (--manifest)')
     # before the inputs are scanned: no VAE of this tool encodes to Stage C latents
     refuse_stable_cascade(args.vae, '--vae')
     refuse_stable_cascade(args.video_vae, '--video-vae')
@@ -203,7 +211,8 @@ def build_source(args):
         return ClipSource(args.manifest, args.num_frames, (size[0], size[-1]),
                           frame_stride=args.frame_stride, target_fps=args.target_fps,
                           pad=args.pad, data_root=args.data_root,
-                          require_caption=bool(args.text_encoder))
+                          require_caption=bool(args.text_encoder),
+                          clips_per_video=args.clips_per_video)
     except (FileNotFoundError, ValueError, ManifestError) as e:
         fail(e)
 
@@ -346,6 +355,8 @@ def store_meta(args, source) -> dict:
     else:
         meta.update(num_frames=args.num_frames, size=list(source.size),
                     frame_stride=args.frame_stride, target_fps=args.target_fps)
+        if args.clips_per_video != 1:  # (stores of one clip a video record none)
+            meta.update(clips_per_video=args.clips_per_video)
     if args.text_encoder:
         # hidden_layer: which of the encoder's hidden states the tokens are (None: the
         # last, after the final norm). Unrecorded before, a resume with another one

@@ -79,7 +79,10 @@ class ImageSource(Dataset):
 
 
 class ClipSource(Dataset):
-    """One clip per manifest row: center clip in time, resize + center crop in space.
+    """One clip per manifest row: center clip in time, resize + center crop in space;
+    or ``clips_per_video`` clips a row, spread evenly over the video (the first
+    window, the last, and evenly between), each an item of its own (its label and
+    caption the row's; its name ``PATH (clip k of K)``).
 
     Args:
         manifest (str): CSV / JSONL manifest (``tools/make_manifest.py``).
@@ -90,15 +93,20 @@ class ClipSource(Dataset):
         pad (str, optional): For short videos, see :class:`SampleClipIndices`.
         data_root (str, optional): Where relative video paths resolve.
         require_caption (bool): Every row must have a caption (text encoders).
+        clips_per_video (int): Clips taken from each video. Defaults to 1 (the center).
     """
 
     def __init__(self, manifest, num_frames, size, frame_stride=None, target_fps=None,
-                 pad=None, data_root=None, require_caption=False):
+                 pad=None, data_root=None, require_caption=False, clips_per_video=1):
         require = ('path', 'caption') if require_caption else ('path',)
         self.rows = load_manifest(manifest, data_root=data_root, require=require)
         self.num_frames, self.size = num_frames, tuple(size)
+        if clips_per_video < 1:
+            raise ValueError(f'clips_per_video must be >= 1, got {clips_per_video}')
+        self.clips = k = clips_per_video
         clip = SampleClipIndices(num_frames, frame_stride=frame_stride,
-                                 target_fps=target_fps, mode='center', pad=pad, seed=0)
+                                 target_fps=target_fps, mode='center' if k == 1 else
+                                 'position', pad=pad, seed=0)
         clip.pad_hint = '--pad loop (or repeat_last)'  # tools/extract_features.py's
         self.steps = [
             clip,
@@ -106,10 +114,11 @@ class ClipSource(Dataset):
             ResizeCropVideo(self.size, crop='center', seed=0),
             PackVideoInputs(),
         ]
-        self.labels = [r.get('label', -1) for r in self.rows]
-        self.names = [r['path'] for r in self.rows]
-        self.captions = [r.get('caption', '') for r in self.rows]
-        self.indices = list(range(len(self.rows)))
+        self.labels = [r.get('label', -1) for r in self.rows for _ in range(k)]
+        self.names = [r['path'] if k == 1 else f'{r["path"]} (clip {j + 1} of {k})'
+                      for r in self.rows for j in range(k)]
+        self.captions = [r.get('caption', '') for r in self.rows for _ in range(k)]
+        self.indices = list(range(len(self.rows) * k))
 
     def frames_shape(self):
         return self.num_frames, *self.size
@@ -137,7 +146,9 @@ class ClipSource(Dataset):
 
     def __getitem__(self, i):
         gidx = self.indices[i]
-        results = dict(self.rows[gidx], sample_idx=gidx)
+        results = dict(self.rows[gidx // self.clips], sample_idx=gidx)
+        if self.clips > 1:
+            results['clip_position'] = (gidx % self.clips) / (self.clips - 1)
         try:
             for step in self.steps:
                 results = step(results)

@@ -49,7 +49,7 @@ HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_cop
 FINGERPRINT_KEY = 'source_fingerprint'
 # Extraction settings (``meta``) recorded only since a later version: a store whose
 # meta lacks one resumes unchecked on it (it may have been written with any value).
-LATER_META_KEYS = ('hidden_layer',)
+LATER_META_KEYS = ('hidden_layer', 'clips_per_video')
 
 
 class SourceChangedError(ValueError):
@@ -231,15 +231,9 @@ def check_recorded(root, recorded, path, settings, meta=None):
     keys; those left out, or None inside a list, are not compared) or ``meta``;
     :class:`SourceChangedError` where both record a ``source_fingerprint`` and they
     differ."""
-    for key in HEADER_KEYS:
-        if key not in settings:
-            continue
-        theirs = recorded.get(key)
-        ours = _known_part(theirs, settings[key])
-        if not _same(key, theirs, ours):
-            raise ValueError(_other_settings(root, path, key, theirs, ours))
     # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
-    # others kept the old latents. Files of older versions hold none.
+    # others kept the old latents. Files of older versions hold none. Before the header's:
+    # an option named there says what differs (a header count follows from it).
     if 'meta' in recorded and meta is not None:
         ours = json.loads(json.dumps(meta))
         theirs = recorded['meta']
@@ -249,6 +243,13 @@ def check_recorded(root, recorded, path, settings, meta=None):
             if not _same(key, theirs.get(key), ours.get(key)):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
                                                  ours.get(key)))
+    for key in HEADER_KEYS:
+        if key not in settings:
+            continue
+        theirs = recorded.get(key)
+        ours = _known_part(theirs, settings[key])
+        if not _same(key, theirs, ours):
+            raise ValueError(_other_settings(root, path, key, theirs, ours))
     theirs, ours = recorded.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)
     if theirs and ours and theirs != ours:
         raise SourceChangedError(

@@ -157,3 +157,31 @@ def test_captions_longer_than_max_length_are_counted_first(manifest, tiny_vae_di
     run(manifest, str(tmp_path / 'whole'), '--vae', tiny_vae_dir, '--text-encoder', t5,
         '--max-length', '7')
     assert 'longer than --max-length' not in capsys.readouterr().err
+
+
+def test_several_clips_per_video_spread_over_it(manifest, tiny_vae_dir, tmp_path):
+    """--clips-per-video K: K windows of every video (first, last, evenly between), each
+    an item (Latte crops a new window each time it reads a video; the store took the
+    middle one alone: config audit)."""
+    from mmsora.datasets.transforms import SampleClipIndices
+    source = ClipSource(manifest, 4, (16, 24), frame_stride=3, clips_per_video=3)
+    assert len(source) == 9 and source.labels == [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert source.names[4].endswith('broken.mp4 (clip 2 of 3)')
+    # the windows' frames: the first, the middle and the last 10-frame spans of bikes
+    from mmsora.utils.video_io import probe_video
+    total = probe_video(BIKES)['num_frames']
+    sampler = SampleClipIndices(4, frame_stride=3, mode='position')
+    starts = [int(sampler(dict(path=BIKES, num_frames=total, fps=25.0, clip_position=p))[
+        'frame_indices'][0]) for p in (0.0, 0.5, 1.0)]
+    assert starts == [0, round((total - 10) / 2), total - 10]
+    first, middle, last = (source[i][0] for i in range(3))
+    assert not torch.equal(first, last) and not torch.equal(first, middle)
+    out = str(tmp_path / 'store')
+    summary = run(manifest, out, '--vae', tiny_vae_dir, '--clips-per-video', '3')
+    assert summary['num_items'] == 6  # 2 readable videos x 3 clips
+    store = LatentStore(out)
+    np.testing.assert_array_equal(store.labels, [1, 1, 1, 0, 0, 0])
+    assert store.index['meta']['clips_per_video'] == 3
+    # a rerun with another count is refused, naming the option
+    with pytest.raises(UserError, match=r'clips_per_video=3 .* \(set by --clips-per-video\)'):
+        run(manifest, out, '--vae', tiny_vae_dir)

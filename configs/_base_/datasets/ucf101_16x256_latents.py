@@ -4,6 +4,8 @@
 #   python tools/extract_features.py --manifest data/ucf101/train.csv --num-frames 16 \
 #       --frame-stride 3 --size 256 --vae checkpoints/sd-vae-ft-ema --flip \
 #       --out data/ucf101_16x256_latents
+# (add --clips-per-video 4 for four 16-frame windows of each video, Latte's temporal
+# crops in part: four times the store, 13k -> 53k items)
 data_root = 'data/ucf101_16x256_latents'
 train_dataloader = dict(
     batch_size=5,

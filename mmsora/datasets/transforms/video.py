@@ -90,7 +90,10 @@ class SampleClipIndices(_RandomTransform):
         num_frames (int): Frames per clip. Defaults to 16.
         frame_stride (int, optional): Fixed stride; exclusive with ``target_fps``.
         target_fps (float, optional): Frame rate to sample at.
-        mode (str): ``'random'`` or ``'center'`` temporal crop. Defaults to 'random'.
+        mode (str): ``'random'`` or ``'center'`` temporal crop, or ``'position'``: the
+            window at ``results['clip_position']`` (0 the first, 1 the last; what
+            ``tools/extract_features.py --clips-per-video`` spreads). Defaults to
+            'random'.
         pad (str, optional): For videos shorter than the clip: None raises
             :class:`ClipTooShortError`; ``'loop'`` cycles through the strided frames
             from the start; ``'repeat_last'`` repeats the last strided frame.
@@ -115,8 +118,8 @@ class SampleClipIndices(_RandomTransform):
             raise ValueError(f'frame_stride must be >= 1, got {frame_stride}')
         if target_fps is not None and target_fps <= 0:
             raise ValueError(f'target_fps must be positive, got {target_fps}')
-        if mode not in ('random', 'center'):
-            raise ValueError(f"mode must be 'random' or 'center', got {mode!r}")
+        if mode not in ('random', 'center', 'position'):
+            raise ValueError(f"mode must be 'random', 'center' or 'position', got {mode!r}")
         if pad not in (None, 'loop', 'repeat_last'):
             raise ValueError(f"pad must be None, 'loop' or 'repeat_last', got {pad!r}")
         self.num_frames, self.frame_stride, self.target_fps = num_frames, frame_stride, target_fps
@@ -140,6 +143,8 @@ class SampleClipIndices(_RandomTransform):
         if total >= span:
             if self.mode == 'center':
                 start = (total - span) // 2
+            elif self.mode == 'position':  # 0: the first window, 1: the last
+                start = int(round(float(results['clip_position']) * (total - span)))
             else:
                 start = int(self._generator(results).integers(0, total - span + 1))
             indices = start + stride * np.arange(self.num_frames)
