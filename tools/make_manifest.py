@@ -31,7 +31,7 @@ import sys
 from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.probe_cache import probe_all
 from mmsora.datasets.utils import natural_sort_key
-from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, plural, read_user_text, run_cli
 
 PROG = 'make_manifest.py'
 VIDEO_EXTENSIONS = 'mp4,avi,mov,mkv,webm'
@@ -133,17 +133,10 @@ def read_caption_files(video_dir, rel_paths):
     for rel in rel_paths:
         path = osp.join(video_dir, osp.splitext(rel)[0] + '.txt')
         try:
-            with open(path, encoding='utf-8-sig') as f:
-                text = f.read()
+            text = read_user_text(path, '--caption-files')
         except FileNotFoundError:
             captions.append(None)
             continue
-        except UnicodeDecodeError as e:
-            raise UserError(f'--caption-files: {path} is not UTF-8 text ({e.reason} at '
-                            f'byte {e.start}): save it as UTF-8') from None
-        except OSError as e:
-            raise UserError(f'--caption-files: cannot read {path}: '
-                            f'{e.strerror or e}') from None
         text = ' '.join(line.strip() for line in text.splitlines() if line.strip())
         captions.append(text or None)
     return captions

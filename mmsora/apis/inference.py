@@ -345,16 +345,13 @@ def read_prompt_file(path) -> list:
     blank lines and lines starting with ``#`` skipped, surrounding spaces and a UTF-8
     byte order mark dropped (it began the first prompt). Raises UserError (one line)
     for a file that cannot be read or holds no prompt."""
-    from mmsora.utils.cli import UserError
+    from mmsora.utils.cli import UserError, read_user_text
     try:
-        with open(path, encoding='utf-8-sig') as f:
-            prompts = [ln.strip() for ln in f if ln.strip() and not ln.startswith('#')]
-    except UnicodeDecodeError as e:
-        raise UserError(f'--prompt-file {path!r} is not UTF-8 text ({e.reason} at byte '
-                        f'{e.start}): save it as UTF-8') from None
-    except OSError as e:
-        raise UserError(f'--prompt-file: cannot read {path!r}: '
-                        f'{getattr(e, "strerror", None) or e}') from None
+        text = read_user_text(path, '--prompt-file')
+    except FileNotFoundError as e:
+        raise UserError(f'--prompt-file: cannot read {path}: {e.strerror}') from None
+    prompts = [ln.strip() for ln in text.splitlines()
+               if ln.strip() and not ln.startswith('#')]
     if not prompts:
         raise UserError(f'--prompt-file {path!r} holds no prompt')
     return prompts

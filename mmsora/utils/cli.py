@@ -13,7 +13,8 @@ __all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_confi
            'add_malloc_option',
            'keep_freed_memory_on_cpu', 'checkpointing_setting', 'device_setting',
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
-           'check_output_path', 'check_at_least', 'first_line', 'is_launch_rank0',
+           'check_output_path', 'check_at_least', 'read_user_text', 'first_line',
+           'is_launch_rank0',
            'is_first_on_machine']
 
 
@@ -1023,6 +1024,23 @@ def device_setting(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f'{text}: this machine has {torch.cuda.device_count()} CUDA device(s)')
     return text
+
+
+def read_user_text(path, option: str) -> str:
+    """The text of a file the user names with ``option`` (a prompt file, a caption
+    file): UTF-8, a byte-order mark dropped. One that is not UTF-8, or cannot be read,
+    is one line naming the option; FileNotFoundError passes through (a caller may take
+    a missing file for none)."""
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f'{option}: {path} is not UTF-8 text ({e.reason} at byte '
+                        f'{e.start}): save it as UTF-8') from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise UserError(f'{option}: cannot read {path}: {e.strerror or e}') from None
 
 
 def check_at_least(args, names, least=1) -> None:

@@ -142,7 +142,7 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
     # evaluation.prompts (before: a config line open()-ing the file, blank lines kept)
     assert run_cli(lambda: tool.main([config, '/nonexistent.pth', '--prompt-file',
                                       str(root / 'none.txt')])) == 2
-    assert "error: --prompt-file: cannot read '" in capsys.readouterr().err
+    assert 'error: --prompt-file: cannot read ' in capsys.readouterr().err
     (root / 'prompts.txt').write_text('\ufeffa cat runs\n\n# not this\na dog sits\n')
     import functools
 
