@@ -48,3 +48,29 @@ def test_mistakes_and_deepspeed(capsys):
     with pytest.raises(UserError, match=r"optim_wrapper.clip_grad \(\{'max_norm': 1.0\}\) "
                                         r'clips from the first step already'):
         hook.before_train(clipping)
+
+
+def test_under_fsdp_it_clips_by_the_whole_gradients_norm(monkeypatch):
+    """FSDPGradClipHook makes the wrapper clip by the whole gradient's norm before the
+    run, when a config's clip_grad is on; clipping turned on mid-run clipped each
+    process's shards by their own norm. The hook sets the same up when it turns on."""
+    import torch.distributed.fsdp as fsdp
+    from mmengine.optim import OptimWrapper
+
+    from mmsora.engine.strategies import fsdp as ours
+
+    class FakeFSDP(torch.nn.Linear):
+        pass
+    monkeypatch.setattr(fsdp, 'FullyShardedDataParallel', FakeFSDP)
+    model = FakeFSDP(2, 2)
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    runner = types.SimpleNamespace(optim_wrapper=wrapper, model=model, iter=0)
+    hook = GradClipFromHook(begin=1, max_norm=0.5)
+    hook.before_train(runner)
+    hook.before_train_iter(runner, 0)
+    assert not wrapper.clip_grad_kwargs
+    runner.iter = 1
+    hook.before_train_iter(runner, 1)
+    assert wrapper.clip_grad_kwargs == dict(max_norm=0.5, norm_type=2.0)
+    assert wrapper._clip_grad.func is ours._clip_sharded_grad
+    assert wrapper._clip_grad.args == (wrapper, model)

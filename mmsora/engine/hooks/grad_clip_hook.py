@@ -58,3 +58,7 @@ class GradClipFromHook(Hook):
             wrapper.clip_func = torch.nn.utils.clip_grad_norm_
             wrapper.grad_name = 'grad_norm'
             wrapper.clip_grad_kwargs = dict(max_norm=self.max_norm, norm_type=self.norm_type)
+            # under FSDP by the whole gradient's norm, as FSDPGradClipHook makes a
+            # clip_grad of the config clip (it set it up before the run, when none was on)
+            from mmsora.engine.strategies.fsdp import clip_by_whole_norm
+            clip_by_whole_norm(wrapper, runner.model)

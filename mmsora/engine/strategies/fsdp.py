@@ -56,13 +56,18 @@ class FSDPGradClipHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_run(self, runner) -> None:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        wrapper = runner.optim_wrapper
-        if not isinstance(runner.model, FSDP) or not getattr(wrapper, 'clip_grad_kwargs',
-                                                             None):
-            return
-        if wrapper.clip_func is torch.nn.utils.clip_grad_norm_:
-            wrapper._clip_grad = partial(_clip_sharded_grad, wrapper, runner.model)
+        clip_by_whole_norm(runner.optim_wrapper, runner.model)
+
+
+def clip_by_whole_norm(wrapper, model) -> None:
+    """Under FSDP, make an optimizer wrapper that clips by norm clip by the whole
+    gradient's (``FSDP.clip_grad_norm_``); nothing otherwise. Also what
+    ``GradClipFromHook`` calls when it turns clipping on mid-run."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    if not isinstance(model, FSDP) or not getattr(wrapper, 'clip_grad_kwargs', None):
+        return
+    if wrapper.clip_func is torch.nn.utils.clip_grad_norm_:
+        wrapper._clip_grad = partial(_clip_sharded_grad, wrapper, model)
 
 
 _OPTIMIZER_KEYS = ('state', 'param_groups')
