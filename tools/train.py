@@ -560,8 +560,8 @@ def note_named_layout(config, cfg, world_size: int) -> None:
     if not found or int(found.group(1)) == world_size or not isinstance(batch, int):
         return
     gpus, named_batch = int(found.group(1)), int(found.group(2))
-    accum = int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1) or 1)
-    recipe, ours = gpus * named_batch, world_size * batch * accum
+    from mmsora.engine.strategies import accumulation_of
+    recipe, ours = gpus * named_batch, world_size * batch * accumulation_of(cfg)
     if recipe == ours:  # (the batch or accumulation was set to keep it)
         return
     def processes(n):
