@@ -51,6 +51,7 @@ from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAE
 from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, device_setting, note,
                               plural, run_cli)
 from mmsora.utils.dist import barrier_device_ids, close_process_group
+from mmsora.utils.video_io import READER_VERSION
 
 PROG = 'extract_features.py'
 # Items per shard by default. A shard is held in memory until it is written, and a
@@ -145,7 +146,9 @@ OPTION_OF = dict(
     text_encoder='--text-encoder',
     text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
     text_shape='--text-encoder / --max-length',
-    pooled_dim='--text-encoder-kind', classes='the class folders of --data-path')
+    pooled_dim='--text-encoder-kind', classes='the class folders of --data-path',
+    video_reader='the version of mmsora that read the videos: extract into a new --out, '
+    'or go on with that version')
 
 
 def with_option(error) -> str:
@@ -354,7 +357,8 @@ def store_meta(args, source) -> dict:
         meta.update(classes=source.classes, image_size=args.image_size)
     else:
         meta.update(num_frames=args.num_frames, size=list(source.size),
-                    frame_stride=args.frame_stride, target_fps=args.target_fps)
+                    frame_stride=args.frame_stride, target_fps=args.target_fps,
+                    video_reader=READER_VERSION)
         if args.clips_per_video != 1:  # (stores of one clip a video record none)
             meta.update(clips_per_video=args.clips_per_video)
     if args.text_encoder:
@@ -579,6 +583,11 @@ def main(argv=None):
     if progress and launch_rank() == 0:
         print(f'{PROG}: resuming: {len(progress["done"])} of '
               f'{plural(progress["num_shards"], "shard")} done at {args.out}', flush=True)
+    if progress and 'video_reader' in progress['unchecked']:
+        note(f'{args.out} was begun by an older mmsora, whose video reader did not turn '
+             'rotated phone clips upright, widen non-square pixels or skip the frames an '
+             'mp4 edit list cuts: clips of such videos in its finished shards may differ '
+             'from those this run adds (extract into a new --out to have all read one way)')
     warn_slow_clips(args, source)
     vae = build_vae(args)
     text_encoder = build_text_encoder(args)

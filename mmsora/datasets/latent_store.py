@@ -49,7 +49,7 @@ HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_cop
 FINGERPRINT_KEY = 'source_fingerprint'
 # Extraction settings (``meta``) recorded only since a later version: a store whose
 # meta lacks one resumes unchecked on it (it may have been written with any value).
-LATER_META_KEYS = ('hidden_layer', 'clips_per_video')
+LATER_META_KEYS = ('hidden_layer', 'clips_per_video', 'video_reader')
 
 
 class SourceChangedError(ValueError):
@@ -269,8 +269,10 @@ def read_store_progress(root, settings, meta=None):
     latent shape) is known: None where no store was begun, else a dict of ``header``
     (the recorded one), ``done`` (sorted ids of the finished shards), ``shards`` (their
     records, in that order), ``num_shards``, ``num_items`` and ``num_skipped`` (in the
-    finished shards) and ``complete`` (index.json says every shard is there:
-    :meth:`LatentStoreWriter.finalize` has nothing to add).
+    finished shards), ``complete`` (index.json says every shard is there:
+    :meth:`LatentStoreWriter.finalize` has nothing to add) and ``unchecked`` (sorted
+    keys of ``meta`` in :data:`LATER_META_KEYS` that a file written before they were
+    recorded lacks: its shards may hold any value).
 
     Every index and part is checked as :func:`check_recorded` does (the same refusals a
     writer gives), so each torchrun rank, reading them before any rank writes, decides
@@ -278,10 +280,13 @@ def read_store_progress(root, settings, meta=None):
     paths = _store_files(root)
     if not paths:
         return None
-    done, header, indexed = {}, None, False
+    done, header, indexed, unchecked = {}, None, False, set()
     for path in paths:
         data = _read_json(path)
         check_recorded(root, data, path, settings, meta)
+        if meta is not None and 'meta' in data:
+            unchecked.update(k for k in LATER_META_KEYS
+                             if k in meta and k not in data['meta'])
         header = header or {k: data.get(k) for k in (*HEADER_KEYS, FINGERPRINT_KEY)}
         if osp.basename(path) == 'index.json':
             indexed = bool(data.get('complete'))
@@ -290,7 +295,8 @@ def read_store_progress(root, settings, meta=None):
                 num_shards=header['num_shards'],
                 num_items=sum(s['count'] for s in done.values()),
                 num_skipped=sum(len(s['skipped']) for s in done.values()),
-                complete=indexed and len(done) == header['num_shards'])
+                complete=indexed and len(done) == header['num_shards'],
+                unchecked=sorted(unchecked))
 
 
 class LatentStoreWriter:

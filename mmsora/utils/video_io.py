@@ -13,7 +13,14 @@ import numpy as np
 from mmsora.utils.cli import plural
 
 __all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frames',
-           'write_video', 'write_gif']
+           'write_video', 'write_gif', 'READER_VERSION']
+
+# Which frames read_video_frames gives for a file. Raise it with any change that reads
+# the same file into other pixels (2: display-matrix rotation, non-square pixels
+# widened, edit lists' dropped frames not counted, a size change mid-stream). A latent
+# store records it, and a resume by a reader of another version is refused: its clips
+# would be read two ways in one store.
+READER_VERSION = 2
 
 # FFmpeg opens pictures through its image demuxers, which it picks by content: 'image2'
 # and 'image2pipe', and one '<format>_pipe' per picture format (png_pipe, jpeg_pipe,

@@ -185,3 +185,48 @@ def test_several_clips_per_video_spread_over_it(manifest, tiny_vae_dir, tmp_path
     # a rerun with another count is refused, naming the option
     with pytest.raises(UserError, match=r'clips_per_video=3 .* \(set by --clips-per-video\)'):
         run(manifest, out, '--vae', tiny_vae_dir)
+
+
+def _set_reader(out, version):
+    """Make ``out``'s files say another video reader wrote them (None: from before the
+    reader was recorded)."""
+    import glob
+    import json
+    import os.path as osp
+    for path in glob.glob(osp.join(out, 'parts', '*.json')) + glob.glob(
+            osp.join(out, 'index.json')):
+        with open(path) as f:
+            data = json.load(f)
+        if version is None:
+            del data['meta']['video_reader']
+        else:
+            data['meta']['video_reader'] = version
+        with open(path, 'w') as f:
+            json.dump(data, f)
+
+
+def test_the_video_reader_is_recorded_and_a_resume_by_another_is_refused(
+        manifest, tiny_vae_dir, tmp_path, capsys):
+    """A store begun before the reader turned phone clips upright (widened non-square
+    pixels, skipped edit-list frames) resumed silently: its finished shards held clips
+    read one way, the rest another."""
+    from mmsora.utils.video_io import READER_VERSION
+    from tests.test_datasets.test_extract_fixes import interrupted
+    out = str(tmp_path / 'store')
+    interrupted(lambda: run(manifest, out, '--vae', tiny_vae_dir))
+    _set_reader(out, READER_VERSION - 1)
+    with pytest.raises(UserError, match=rf'written with video_reader={READER_VERSION - 1} '
+                       rf'.*this run has video_reader={READER_VERSION}: .*\(set by the '
+                       r'version of mmsora that read the videos: extract into a new --out'):
+        run(manifest, out, '--vae', tiny_vae_dir)
+    # one from before the reader was recorded resumes, with a note saying what may differ
+    _set_reader(out, None)
+    capsys.readouterr()
+    summary = run(manifest, out, '--vae', tiny_vae_dir)
+    assert summary['complete'] and summary['num_items'] == 2
+    assert 'was begun by an older mmsora, whose video reader did not turn rotated' in \
+        capsys.readouterr().err
+    assert LatentStore(out).index['meta']['video_reader'] == READER_VERSION
+    # finished: a rerun has nothing to do and no note
+    assert run(manifest, out, '--vae', tiny_vae_dir)['shards_written'] == 0
+    assert 'older mmsora' not in capsys.readouterr().err
