@@ -468,15 +468,22 @@ def check_resume_matches_strategy(cfg):
 
 
 def check_latent_store(cfg):
-    """A packed latent store's ``index.json`` against the config, before the Runner.
-    The scale (``scale_factor`` against ``model.vae.scale_factor``): latents scaled one
-    way and decoded the other trained and sampled without a word, wrongly. The labels
-    of a class-conditional model against ``model.num_classes``: a label past them
-    stopped the run at the first batch that held one, which may come hours in."""
+    """A packed latent store's ``index.json`` against the config, before the Runner
+    (each of them, where the dataset reads several). The scale (``scale_factor``
+    against ``model.vae.scale_factor``): latents scaled one way and decoded the other
+    trained and sampled without a word, wrongly. The labels of a class-conditional
+    model against ``model.num_classes``: a label past them stopped the run at the first
+    batch that held one, which may come hours in."""
     dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     if dataset.get('type') != 'PackedLatentDataset':
         return
-    root = osp.normpath(osp.join(dataset.get('data_root', ''), dataset.get('store', '')))
+    stores = dataset.get('store', '')
+    for store in [stores] if isinstance(stores, str) else stores:
+        if isinstance(store, str):
+            check_one_store(cfg, osp.normpath(osp.join(dataset.get('data_root', ''), store)))
+
+
+def check_one_store(cfg, root):
     index_file = osp.join(root, 'index.json')
     if not osp.isfile(index_file):
         return  # the dataset names a missing store when it is built
@@ -499,6 +506,11 @@ def check_latent_store(cfg):
     if text_conditioned_config(cfg.model):
         note_caption_length(cfg, index, root)
         return
+    check_store_labels(cfg, index, root)
+
+
+def check_store_labels(cfg, index, root) -> None:
+    """A class-conditional model's ``num_classes`` against the store's labels."""
     classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
     if not isinstance(classes, int):
         return

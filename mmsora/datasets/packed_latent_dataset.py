@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS
-from .latent_store import LatentStore
+from .latent_store import TORCH_DTYPES, LatentStore
 from .utils import WorkerRNGMixin, draw_seed
 
 __all__ = ['PackedLatentDataset']
@@ -20,18 +20,26 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     scaled by the VAE scale factor, plus ``text_embeds`` (L, D), ``text_mask`` (L,)
     and (CLIP) ``pooled_text_embeds`` (D2,) when the store keeps text embeddings, in
     the store's dtype (float16 / bfloat16: half the bytes of float32 from workers to
-    the device; the model casts them to its own; a loader over stores of two dtypes,
-    a ConcatDataset of a float16 and a bfloat16 store, batches them in its first
-    item's dtype in its workers). When the store holds moments, the latent is
+    the device; the model casts them to its own). When the store holds moments, the latent is
     ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
     does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
     random. All draws come from a per-process generator seeded by ``(seed, rank,
     worker_id)`` and, in a loader worker, the loader's per-iterator seed (see
     :class:`WorkerRNGMixin`), never from the global RNGs.
 
+    Several stores (``store=['ucf101', 'mine']``) read as one dataset, in order, when
+    their latents fit one model: the same latent shape, scale and shift, all with
+    caption embeddings of one shape or none, and the same class names where both
+    record them (a refusal names the first setting that differs). A store of moments
+    and one of samples, or with and without flip copies, go together (each item is
+    read as its store holds it); caption embeddings of stores of two dtypes come in
+    the wider one (float16 with bfloat16: float32), so a batch is one dtype. Each
+    item's ``sample_idx`` counts across the stores.
+
     Args:
         data_root (str): Prefix of ``store``.
-        store (str): Store folder relative to ``data_root``. Defaults to ''.
+        store (str | list[str]): Store folder relative to ``data_root``, or several.
+            Defaults to ''.
         sample_posterior (bool): Draw from the posterior (moments stores); if False
             return its mean. Ignored for 'samples' stores. Defaults to True.
         random_flip (bool): Pick a random copy (original / flipped) when the store has
@@ -42,27 +50,66 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     def __init__(self, data_root, store='', sample_posterior=True, random_flip=True,
                  seed=None):
-        self.store = LatentStore(osp.join(data_root, store))
-        if len(self.store) == 0:  # an infinite sampler would wait on it for ever
-            num_skipped = self.store.index.get('num_skipped', 0)
-            raise ValueError(f'latent store {self.store.root!r} holds no latents'
-                             + (f' (its extraction skipped all {num_skipped} inputs as '
-                                'unreadable)' if num_skipped else ''))
+        names = [store] if isinstance(store, str) else list(store)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise TypeError(f'store must be a folder or a list of folders, got {store!r}')
+        self.stores = [LatentStore(osp.join(data_root, name)) for name in names]
+        for one in self.stores:
+            if len(one) == 0:  # an infinite sampler would wait on it for ever
+                num_skipped = one.index.get('num_skipped', 0)
+                raise ValueError(f'latent store {one.root!r} holds no latents'
+                                 + (f' (its extraction skipped all {num_skipped} inputs as '
+                                    'unreadable)' if num_skipped else ''))
+        check_stores_fit(self.stores)
+        self.offsets = np.cumsum([0] + [len(one) for one in self.stores])
+        dtypes = {one.dtype for one in self.stores if one.text_shape is not None}
+        self.text_dtype = None  # (one dtype: each store's own)
+        if len(dtypes) > 1:
+            self.text_dtype = TORCH_DTYPES[dtypes.pop()]
+            for dtype in dtypes:
+                self.text_dtype = torch.promote_types(self.text_dtype, TORCH_DTYPES[dtype])
         self.sample_posterior = sample_posterior
         self.random_flip = random_flip
         self.seed = draw_seed(seed)
-        self.metainfo = dict(self.store.index['meta'], scale_factor=self.store.scale_factor,
-                             latent_shape=self.store.latent_shape)
+        first = self.stores[0]
+        self.metainfo = dict(first.index['meta'], scale_factor=first.scale_factor,
+                             latent_shape=first.latent_shape)
+        if len(self.stores) > 1:
+            self.metainfo['stores'] = [one.root for one in self.stores]
+
+    @property
+    def store(self):
+        """The store, where there is one (a single ``store`` folder)."""
+        if len(self.stores) > 1:
+            raise AttributeError('this PackedLatentDataset reads several stores: see '
+                                 '.stores and .locate(index)')
+        return self.stores[0]
 
     def __len__(self):
-        return len(self.store)
+        return int(self.offsets[-1])
+
+    def locate(self, idx):
+        """``(store, index in it)`` of item ``idx``."""
+        n = len(self)
+        if idx < 0:
+            idx += n
+        if not 0 <= idx < n:
+            raise IndexError(f'item {idx} out of range for a dataset of {n} items')
+        i = int(np.searchsorted(self.offsets, idx, side='right')) - 1
+        return self.stores[i], idx - int(self.offsets[i])
+
+    def item_name(self, idx):
+        """Where item ``idx`` is kept: its store's shard file and row."""
+        store, row = self.locate(idx)
+        return store.item_name(row)
 
     def __getitem__(self, idx):
+        store, row = self.locate(idx)
         copy = 0
-        if self.random_flip and self.store.num_copies > 1:
-            copy = int(self.rng.integers(self.store.num_copies))
-        item = self.store.read(idx, copy)  # (K, *latent_shape) float32
-        if self.store.content == 'moments':
+        if self.random_flip and store.num_copies > 1:
+            copy = int(self.rng.integers(store.num_copies))
+        item = store.read(row, copy)  # (K, *latent_shape) float32
+        if store.content == 'moments':
             mean, std = item[0], item[1]
             latents = mean
             if self.sample_posterior:
@@ -71,6 +118,34 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
         else:
             latents = item[0]
         out = dict(latents=torch.from_numpy(np.ascontiguousarray(latents)),
-                   labels=int(self.store.labels[idx]), sample_idx=idx)
-        out.update(self.store.text(idx, decode=False) or {})
+                   labels=int(store.labels[row]), sample_idx=int(idx))
+        text = store.text(row, decode=False) or {}
+        if self.text_dtype is not None:
+            text = {k: v.to(self.text_dtype) if v.is_floating_point() else v
+                    for k, v in text.items()}
+        out.update(text)
         return out
+
+
+def check_stores_fit(stores):
+    """Refuse (ValueError naming the setting) stores whose latents do not fit one model
+    together."""
+    first = stores[0]
+
+    def setting(one):
+        meta = one.index.get('meta') or {}
+        return dict(latent_shape=one.latent_shape, scale_factor=one.scale_factor,
+                    shift_factor=one.index.get('shift_factor') or 0.0,
+                    text_shape=one.text_shape, pooled_dim=one.pooled_dim,
+                    classes=meta.get('classes'))
+
+    ours = setting(first)
+    for other in stores[1:]:
+        theirs = setting(other)
+        for key, value in ours.items():
+            if key == 'classes' and (value is None or theirs[key] is None):
+                continue
+            if theirs[key] != value:
+                raise ValueError(f'latent stores {first.root!r} and {other.root!r} cannot be '
+                                 f'read as one dataset: {key} {value!r} against '
+                                 f'{theirs[key]!r}')
