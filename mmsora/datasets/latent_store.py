@@ -525,6 +525,18 @@ class LatentStoreWriter:
 # --------------------------------------------------------------------------- #
 #                                    Reader                                    #
 # --------------------------------------------------------------------------- #
+def locate(offsets, idx, within):
+    """``(part, index in it)`` of item ``idx`` (negative: from the end) of parts that
+    start at ``offsets`` (cumulative counts from 0); ``within`` names the whole."""
+    n = int(offsets[-1])
+    if idx < 0:
+        idx += n
+    if not 0 <= idx < n:
+        raise IndexError(f'item {idx} out of range for {within} of {n} items')
+    i = int(np.searchsorted(offsets, idx, side='right')) - 1
+    return i, idx - int(offsets[i])
+
+
 class LatentStore:
     """Memory-mapped reader of a packed latent store.
 
@@ -590,13 +602,7 @@ class LatentStore:
 
     def locate(self, idx):
         """``(shard position, row)`` of global item ``idx``."""
-        n = len(self)
-        if idx < 0:
-            idx += n
-        if not 0 <= idx < n:
-            raise IndexError(f'item {idx} out of range for a store of {n} items')
-        i = int(np.searchsorted(self.offsets, idx, side='right')) - 1
-        return i, idx - int(self.offsets[i])
+        return locate(self.offsets, idx, 'a store')
 
     def __getitem__(self, idx):
         return self.read(idx)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS
-from .latent_store import TORCH_DTYPES, LatentStore
+from .latent_store import TORCH_DTYPES, LatentStore, locate
 from .utils import WorkerRNGMixin, draw_seed
 
 __all__ = ['PackedLatentDataset']
@@ -90,13 +90,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     def locate(self, idx):
         """``(store, index in it)`` of item ``idx``."""
-        n = len(self)
-        if idx < 0:
-            idx += n
-        if not 0 <= idx < n:
-            raise IndexError(f'item {idx} out of range for a dataset of {n} items')
-        i = int(np.searchsorted(self.offsets, idx, side='right')) - 1
-        return self.stores[i], idx - int(self.offsets[i])
+        i, row = locate(self.offsets, idx, 'a dataset')
+        return self.stores[i], row
 
     def item_name(self, idx):
         """Where item ``idx`` is kept: its store's shard file and row."""
