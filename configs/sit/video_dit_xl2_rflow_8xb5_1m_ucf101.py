@@ -2,8 +2,10 @@
 # trained with rectified flow instead of DiT's Gaussian diffusion: the Linear path with
 # velocity prediction (Liu et al. 2023) and logit-normal training times (SD3, Esser et
 # al. 2024: the noise level is sigmoid(N(0, 1)); Open-Sora 1.2 trains video this way,
-# and also shifts the times by resolution and length (use_timestep_transform) and
-# samples 30 steps at guidance 7: neither is done here).
+# and also shifts the times by resolution and length (use_timestep_transform: here
+# model.diffusion.time_shift, 1 by default; its rule, open_sora_time_shift, has no value
+# for 16-frame clips, docs/sit.md) and samples 30 steps at guidance 7: neither is done
+# here).
 # Otherwise the recipe of configs/dit_xl2_video.py: UCF-101 16x256x256 SD-VAE latents,
 # 8 GPUs x 5 clips, AdamW 1e-4 constant, EMA 0.9999.
 #   bash tools/dist_train.sh configs/sit/video_dit_xl2_rflow_8xb5_1m_ucf101.py 8 --amp

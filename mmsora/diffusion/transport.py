@@ -28,9 +28,9 @@ from .gaussian import _randn, check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
                                  scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
-from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step
+from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step, shift_times
 
-__all__ = ['Transport', 'LinearPath', 'GVPPath', 'VPPath', 'PATHS']
+__all__ = ['Transport', 'LinearPath', 'GVPPath', 'VPPath', 'PATHS', 'open_sora_time_shift']
 
 
 def _expand(t, x):
@@ -183,6 +183,15 @@ class Transport:
             that ``train_eps`` leaves.
         logit_mean (float): Mean of the logit-normal (SD3: 0; > 0 favours noise).
         logit_std (float): Standard deviation of the logit-normal (SD3: 1).
+        time_shift (float): Shift of the noise level ``s = 1 - t`` to
+            ``k s / (1 + (k - 1) s)`` (SD3's shift; Open-Sora 1.2's
+            ``use_timestep_transform``, whose ``k`` :func:`open_sora_time_shift` gives
+            for a size and length), in training (after ``time_dist``) and in the
+            fixed-step samplers' grids (ODE, SDE, and the ``shift`` of
+            ``FlowMatchEulerDiscreteScheduler`` unless given): ``k`` > 1 spends more of
+            both at high noise, which larger pictures and longer clips need (their
+            many tokens keep more of the signal at a given noise level). Defaults to
+            1 (no shift; SiT).
         timestep_convention (str): What the model is given as its time: ``'sit'``
             passes t in [0, 1] with 1 = data, as SiT's released models were
             trained; ``'dit'`` passes ``1000 * (1 - t)``, DiT's and diffusers' scale
@@ -218,6 +227,7 @@ class Transport:
                  time_dist: str = 'uniform',
                  logit_mean: float = 0.0,
                  logit_std: float = 1.0,
+                 time_shift: float = 1.0,
                  timestep_convention: str = 'sit'):
         _check_choice('path', path, tuple(PATHS))
         _check_choice('prediction', prediction, PREDICTIONS)
@@ -229,6 +239,8 @@ class Transport:
                              "a velocity loss is unweighted (SiT): set loss_weight=None")
         if logit_std <= 0:
             raise ValueError(f'logit_std must be > 0, got {logit_std}')
+        if not 0 < time_shift < float('inf'):
+            raise ValueError(f'time_shift must be > 0, got {time_shift}')
         # SiT's create_transport defaults: only where a parametrisation divides by
         # zero at an end of [0, 1] does it keep away from that end.
         if path == 'VP':
@@ -250,6 +262,7 @@ class Transport:
         self.path_name, self.prediction, self.loss_weight = path, prediction, loss_weight
         self.path = PATHS[path]()
         self.time_dist, self.logit_mean, self.logit_std = time_dist, logit_mean, logit_std
+        self.time_shift = float(time_shift)
         self.timestep_convention = timestep_convention
         self.last_nfe = 0
 
@@ -283,13 +296,13 @@ class Transport:
 
     # ---------------------------------- training -------------------------------- #
     def sample_time(self, n, device):
-        """Training times in [t0, t1]: uniform or logit-normal."""
+        """Training times in [t0, t1]: uniform or logit-normal, then shifted."""
         t0, t1 = self.interval(self.train_eps)
         if self.time_dist == 'uniform':
             u = sample_rng.rand(n, device)
         else:  # the noise level 1 - u is logit-normal
             u = 1 - torch.sigmoid(self.logit_mean + self.logit_std * sample_rng.randn((n,), device))
-        return t0 + (t1 - t0) * u
+        return t0 + (t1 - t0) * shift_times(u, self.time_shift)
 
     def loss(self, model, x0, model_kwargs=None):
         """SiT's training loss (``training_losses``): t, noise -> x_t -> predict.
@@ -389,7 +402,8 @@ class Transport:
 
         if method == 'dopri5':
             return ode_adaptive(drift, x, t0, t1, 'dopri5', atol=atol, rtol=rtol)
-        return ode_fixed_step(drift, x, t0, t1, num_steps, method, progress)
+        return ode_fixed_step(drift, x, t0, t1, num_steps, method, progress,
+                              shift=self.time_shift)
 
     def _sample_sde(self, model, x, model_kwargs, method, num_steps, generators, progress,
                     diffusion_form='sigma', diffusion_norm=1.0, last_step='Mean',
@@ -417,7 +431,7 @@ class Transport:
             return velocity + diffusion(x, t) * score
 
         x = sde_fixed_step(sde_drift, diffusion, x, t0, t1, num_steps, method, generators,
-                           progress)
+                           progress, shift=self.time_shift)
         t = torch.full((x.shape[0],), t1, device=x.device, dtype=x.dtype)
         if last_step == 'Mean':  # the SDE's drift step with no noise
             return x + sde_drift(x, t) * last_step_size
@@ -438,6 +452,8 @@ class Transport:
                 "FlowMatchEulerDiscreteScheduler samples rectified flow: it needs "
                 f"path='Linear' and prediction='velocity' (this objective: "
                 f"path={self.path_name!r}, prediction={self.prediction!r})")
+        if self.time_shift != 1:
+            scheduler_kwargs.setdefault('shift', self.time_shift)
         scheduler = build_noise_scheduler('FlowMatchEulerDiscreteScheduler',
                                           **scheduler_kwargs)
         num_train = scheduler.config.num_train_timesteps
@@ -507,7 +523,24 @@ class Transport:
         return (f'Transport(path={self.path_name!r}, prediction={self.prediction!r}, '
                 f'loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, '
                 f'sample_eps={self.sample_eps}, time_dist={self.time_dist!r}, '
-                f'timestep_convention={self.timestep_convention!r})')
+                f'time_shift={self.time_shift:g}, timestep_convention={self.timestep_convention!r})')
+
+
+def open_sora_time_shift(height: int, width: int, num_frames: int, scale: float = 1.0):
+    """Open-Sora 1.2's time shift for clips of ``num_frames`` frames of ``height`` x
+    ``width`` pixels (its ``timestep_transform``): ``sqrt(height * width / 512**2) *
+    sqrt(num_frames // 17 * 5) * scale``, the frames counted in 17s as its video VAE
+    packs them (a picture: 1). For :class:`Transport`'s ``time_shift``; e.g. 480x848
+    and 102 frames (4 s at 24 fps): 6.83."""
+    for name, value in (('height', height), ('width', width), ('num_frames', num_frames)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f'{name} must be a positive whole number, got {value!r}')
+    if 1 < num_frames < 17:
+        raise ValueError(f'num_frames={num_frames}: Open-Sora 1.2 counts frames in 17s '
+                         '(num_frames // 17 * 5), which gives 0 below 17 frames; give a '
+                         'time_shift of your own')
+    frames = 1 if num_frames == 1 else num_frames // 17 * 5
+    return math.sqrt(height * width / 512 ** 2) * math.sqrt(frames) * scale
 
 
 def _check_choice(name, value, choices):

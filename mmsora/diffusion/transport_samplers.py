@@ -14,7 +14,27 @@ from tqdm import tqdm
 
 from .gaussian import _randn
 
-__all__ = ['ode_fixed_step', 'ode_adaptive', 'sde_fixed_step']
+__all__ = ['ode_fixed_step', 'ode_adaptive', 'sde_fixed_step', 'shift_times', 'time_grid']
+
+
+def shift_times(u, shift):
+    """Times ``u`` in [0, 1] (1 = data) whose noise level ``s = 1 - u`` is shifted to
+    ``shift * s / (1 + (shift - 1) * s)`` (SD3's shift, Esser et al. 2024 eq. 23;
+    Open-Sora 1.2's ``timestep_transform``): ``shift`` > 1 moves every time toward the
+    noise end, keeping both ends. A tensor or a float."""
+    if shift == 1:
+        return u
+    s = 1 - u
+    return 1 - shift * s / (1 + (shift - 1) * s)
+
+
+def time_grid(t0: float, t1: float, num_points: int, shift: float = 1.0):
+    """``linspace(t0, t1, num_points)`` as floats, its points' place in [t0, t1]
+    shifted by :func:`shift_times`."""
+    if shift == 1:
+        return torch.linspace(t0, t1, num_points, dtype=torch.float64).tolist()
+    u = shift_times(torch.linspace(0, 1, num_points, dtype=torch.float64), shift)
+    return (t0 + (t1 - t0) * u).tolist()
 
 
 def _t_batch(t, x):
@@ -31,8 +51,9 @@ def _add(x, dt, k):
 
 
 def ode_fixed_step(drift: Callable, x, t0: float, t1: float, num_steps: int,
-                   method: str = 'euler', progress: bool = False):
-    """Integrate ``dx/dt = drift(x, t)`` with ``num_steps`` equal steps.
+                   method: str = 'euler', progress: bool = False, shift: float = 1.0):
+    """Integrate ``dx/dt = drift(x, t)`` with ``num_steps`` equal steps (on the grid
+    of :func:`time_grid` with ``shift``).
 
     Args:
         drift: ``drift(x, t) -> dx/dt``.
@@ -42,11 +63,12 @@ def ode_fixed_step(drift: Callable, x, t0: float, t1: float, num_steps: int,
         method: ``'euler'`` or ``'heun'`` (explicit trapezoid, torchdiffeq's
             ``heun2``).
         progress: Show a progress bar.
+        shift: Shift of the grid (:func:`shift_times`; 1: equal steps).
 
     Returns:
         The state at ``t1``.
     """
-    ts = torch.linspace(t0, t1, num_steps + 1, dtype=torch.float64).tolist()
+    ts = time_grid(t0, t1, num_steps + 1, shift)
     for t_cur, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc=f'ode {method}',
                               disable=not progress):
         dt = t_next - t_cur
@@ -84,8 +106,9 @@ def ode_adaptive(drift: Callable, x: torch.Tensor, t0: float, t1: float,
 def sde_fixed_step(drift: Callable, diffusion: Callable, x: torch.Tensor, t0: float,
                    t1: float, num_points: int, method: str = 'euler',
                    generators: Optional[Sequence[torch.Generator]] = None,
-                   progress: bool = False) -> torch.Tensor:
-    """Integrate SiT's SDE on ``linspace(t0, t1, num_points)`` (``num_points - 1`` steps).
+                   progress: bool = False, shift: float = 1.0) -> torch.Tensor:
+    """Integrate SiT's SDE on ``linspace(t0, t1, num_points)`` (``num_points - 1`` steps;
+    the grid of :func:`time_grid` with ``shift``).
 
     Args:
         drift: ``drift(x, t)``, the SDE drift.
@@ -96,13 +119,15 @@ def sde_fixed_step(drift: Callable, diffusion: Callable, x: torch.Tensor, t0: fl
         method: ``'euler'`` (Euler-Maruyama; one drift evaluation per step) or
             ``'heun'`` (noise first, then a Heun drift step; two evaluations).
         generators: One generator per sample for the Brownian increments.
+        shift: Shift of the grid (:func:`shift_times`; 1: equal steps).
 
     Returns:
         The state at ``t1``.
     """
-    ts = torch.linspace(t0, t1, num_points, dtype=torch.float64).tolist()
-    dt = ts[1] - ts[0]
-    for t_cur in tqdm(ts[:-1], desc=f'sde {method}', disable=not progress):
+    ts = time_grid(t0, t1, num_points, shift)
+    for t_cur, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc=f'sde {method}',
+                              disable=not progress):
+        dt = t_next - t_cur
         t = _t_batch(t_cur, x)
         dw = _randn(x.shape, generators, x.device, x.dtype) * dt**0.5
         if method == 'euler':
