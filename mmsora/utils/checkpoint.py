@@ -36,6 +36,25 @@ LABEL_TABLE = 'y_embedder.embedding_table.weight'
 _TRAINING_KEYS = ('ema', 'model')
 
 
+def hub_snapshot(path: str) -> str:
+    """The snapshot a Hugging Face cache folder (``~/.cache/huggingface/hub/
+    models--stabilityai--sd-vae-ft-ema``, what ``huggingface-cli download`` leaves)
+    holds: the one ``refs/main`` names, else its only one; ``path`` otherwise (a plain
+    model folder, or a cache folder of several snapshots and no ``refs/main``)."""
+    snapshots = osp.join(path, 'snapshots')
+    if not (osp.basename(path.rstrip(os.sep)).startswith('models--') and osp.isdir(snapshots)):
+        return path
+    try:
+        with open(osp.join(path, 'refs', 'main'), encoding='utf-8') as f:
+            named = osp.join(snapshots, f.read().strip())
+        if osp.isdir(named):
+            return named
+    except OSError:
+        pass
+    found = os.listdir(snapshots)
+    return osp.join(snapshots, found[0]) if len(found) == 1 else path
+
+
 def local_pretrained_kwargs() -> dict:
     """Keyword arguments of diffusers' ``from_pretrained`` for a local folder: never
     a download; the low-memory load only where accelerate is installed (without it

@@ -27,13 +27,12 @@ DiT, ``tools/export_denoiser.py``. The other way, :func:`diffusers_from_dit` wri
 DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``).
 """
 import json
-import os
 import os.path as osp
 from typing import Optional
 
 import torch
 
-from mmsora.utils.checkpoint import read_json_config
+from mmsora.utils.checkpoint import hub_snapshot, read_json_config
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
            'dit_state_from_diffusers', 'diffusers_from_dit',
@@ -79,29 +78,12 @@ def diffusers_dit_folder(path: str) -> Optional[str]:
     or None when ``path`` is neither."""
     if not osp.isdir(path):
         return None
-    path = _hub_snapshot(path)
+    path = hub_snapshot(path)
     if osp.isfile(osp.join(path, 'model_index.json')) \
             and osp.isdir(osp.join(path, 'transformer')):
         path = osp.join(path, 'transformer')
     config = read_json_config(osp.join(path, 'config.json'))
     return path if config and config.get('_class_name') in DIT_CLASSES else None
-
-
-def _hub_snapshot(path: str) -> str:
-    """The snapshot a Hugging Face cache folder (``models--facebook--DiT-XL-2-256``)
-    holds: the one ``refs/main`` names, else its only one; ``path`` otherwise."""
-    snapshots = osp.join(path, 'snapshots')
-    if not (osp.basename(path.rstrip(os.sep)).startswith('models--') and osp.isdir(snapshots)):
-        return path
-    try:
-        with open(osp.join(path, 'refs', 'main'), encoding='utf-8') as f:
-            named = osp.join(snapshots, f.read().strip())
-        if osp.isdir(named):
-            return named
-    except OSError:
-        pass
-    found = os.listdir(snapshots)
-    return osp.join(snapshots, found[0]) if len(found) == 1 else path
 
 
 def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:

@@ -73,11 +73,14 @@ class HFTextEncoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     def _folders(self):
-        """(model folder, tokenizer folder) inside ``pretrained_path``."""
+        """(model folder, tokenizer folder) inside ``pretrained_path`` (a Hugging Face
+        cache folder: in its snapshot)."""
         path = self.pretrained_path
         if not osp.isdir(path):
             raise FileNotFoundError(f'text encoder folder {path!r} does not exist (give a '
                                     f'local transformers folder; nothing is downloaded)')
+        from mmsora.utils.checkpoint import hub_snapshot
+        path = hub_snapshot(path)
         if osp.isfile(osp.join(path, 'config.json')):
             return path, path
         model_dir = osp.join(path, 'text_encoder')

@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
-from mmsora.utils.checkpoint import folder_model, local_pretrained_kwargs, read_json_config
+from mmsora.utils.checkpoint import (folder_model, hub_snapshot, local_pretrained_kwargs,
+                                     read_json_config)
 
 __all__ = ['AutoencoderKLWrapper']
 
@@ -29,7 +30,9 @@ def folder_vae_class(folder: str):
 
 def _vae_folder(path: str, subfolder=None) -> str:
     """The folder a VAE loads from: ``path/subfolder``, or a pipeline folder's
-    ``vae/`` when ``path`` has no config.json of its own."""
+    ``vae/`` when ``path`` has no config.json of its own (``path`` a Hugging Face cache
+    folder: in its snapshot)."""
+    path = hub_snapshot(path)
     if subfolder is None and not osp.isfile(osp.join(path, 'config.json')) \
             and osp.isfile(osp.join(path, 'vae', 'config.json')):
         subfolder = 'vae'

@@ -25,7 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from mmsora.registry import MODELS
-from mmsora.utils.checkpoint import local_pretrained_kwargs
+from mmsora.utils.checkpoint import hub_snapshot, local_pretrained_kwargs
 from .autoencoder_kl import AutoencoderKLWrapper
 
 __all__ = ['StableCascadeDecoder']
@@ -117,6 +117,7 @@ class StableCascadeDecoder(nn.Module):
 
     @staticmethod
     def _load(path, subfolder, unet_cls, vqgan_cls, scheduler_cls):
+        path = hub_snapshot(path)
         for sub in (subfolder, 'vqgan'):
             if not osp.isfile(osp.join(path, sub, 'config.json')):
                 raise FileNotFoundError(
