@@ -9,9 +9,12 @@ it (``ref_InceptionV3FID_stats.npz``), so the reference is read once per extract
 Examples:
     python tools/make_reference.py --images data/my_images --out data/my_ref.npz \
         --image-size 256
-    # UCF-101: one 16-frame clip per video, at a seeded random start
+    # UCF-101 FVD-2048 (configs/_base_/evaluation/fvd2048_ucf101.py): 2048 videos, a
+    # seeded random subset, one 16-frame clip of every 3rd frame each, at a seeded
+    # random start
     python tools/make_reference.py --videos data/ucf101/train.csv --num-frames 16 \
-        --image-size 256 --out data/ucf101_16x256_fvd_reference.npz
+        --frame-stride 3 --image-size 256 --max-samples 2048 \
+        --out data/ucf101_16x256_fvd_reference.npz
 """
 import os
 import os.path as osp
@@ -38,7 +41,8 @@ def parse_args(argv=None):
     parser.add_argument('--frame-stride', type=int,
                         help='--videos: take every k-th frame (default: 1)')
     parser.add_argument('--max-samples', type=int, help='at most this many pictures / clips '
-                        '(a seeded random subset)')
+                        '(a seeded random subset of the inputs, drawn before reading; an '
+                        'unreadable one is skipped, not replaced); FVD-2048: 2048')
     parser.add_argument('--seed', type=int, default=0, help='seed of the subset and of '
                         'the clip start positions')
     return parser.parse_args(argv)

@@ -32,7 +32,10 @@ def parse_args(argv=None):
                         'file instead, e.g. configs/_base_/evaluation/fid50k_imagenet256.py')
     parser.add_argument('--num-samples', type=int, help='samples in all (default: the '
                         "config's evaluation.num_samples)")
-    parser.add_argument('--batch-size', type=int, help='global sampling batch size')
+    parser.add_argument('--batch-size', type=int, help='samples per batch; each batch is '
+                        'drawn whole by one process, so this is per-process memory, not '
+                        "split among the processes (default: the config's "
+                        'evaluation.batch_size)')
     parser.add_argument('--seed', type=int, help='sample i uses seed SEED + i')
     parser.add_argument('--out', help='also save the samples as an ADM-style .npz; a '
                         'rerun after a crash keeps its finished batches')

@@ -33,7 +33,28 @@ def build_evaluator(metrics: Sequence[dict]) -> Evaluator:
     if not metrics:
         raise ValueError('evaluation.metrics is empty: name at least one metric, e.g. '
                          "dict(type='FID', ...)")
-    return Evaluator([METRICS.build(m) for m in metrics])
+    built = [METRICS.build(m) for m in metrics]
+    check_result_names(built)
+    return Evaluator(built)
+
+
+def check_result_names(metrics: Sequence) -> None:
+    """Refuse two metrics that report a result of the same name (``FID`` with
+    ``inception_score=True`` beside an ``InceptionScore``: both give ``IS``), which
+    mmengine's ``Evaluator`` found only after all the sampling."""
+    seen = {}
+    for metric in metrics:
+        names = getattr(metric, 'result_names', None)
+        label = type(metric).__name__ + (' (inception_score=True)'
+                                         if getattr(metric, 'inception_score', False) is True
+                                         else '')
+        for name in (names() if callable(names) else ()):
+            if name in seen:
+                raise ValueError(f'evaluation.metrics: {seen[name]} and {label} both report '
+                                 f'{name}: drop one of them, or give one a prefix '
+                                 f"(prefix='...' in its config names its results "
+                                 f'PREFIX/{name})')
+            seen[name] = label
 
 
 def check_metric_inputs(evaluator: Evaluator, num_samples: Optional[int] = None,
@@ -79,7 +100,9 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
         model: A ``LatentDiffusion`` in eval mode.
         metrics (Sequence[dict]): Metric configs (``METRICS``).
         num_samples (int): Samples in all (FID-50K: 50000).
-        batch_size (int): Size of the fixed global batches (see :func:`mass_sample`).
+        batch_size (int): Size of the fixed batches, each drawn whole by one process
+            (per-process memory, not split among the processes; see
+            :func:`mass_sample`).
         seed (int): Sample i uses seed ``seed + i``.
         sample_cfg (dict, optional): Sampler settings for the evaluation (sampler,
             num_steps, cfg_scale, ...), over ``default_sample_cfg``.

@@ -87,13 +87,33 @@ def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int):
             for k in range(rank, num_batches, world_size)]
 
 
-def to_uint8_samples(x: torch.Tensor) -> np.ndarray:
+def to_uint8_samples(x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> np.ndarray:
     """Samples in [-1, 1], (N, 3, H, W) or (N, 3, T, H, W) -> uint8 channels-last,
-    with DiT's ``sample_ddp.py`` quantisation (``clamp(127.5 x + 128, 0, 255)``)."""
-    if x.dim() not in (4, 5) or x.shape[1] != 3:
+    with DiT's ``sample_ddp.py`` quantisation (``clamp(127.5 x + 128, 0, 255)``).
+
+    NaN would become 0 and inf 255 without a word, and a diverged model would get a
+    plausible FID: samples holding NaN or inf are named in one warning line (by
+    ``indices``, their global sample indices; default 0 .. N-1). Not refused: an
+    evaluation during training would stop the run, and the warnings and the score say
+    enough."""
+    if x.dim() not in (4, 5):
         raise ValueError(f'expected pictures (N, 3, H, W) or clips (N, 3, T, H, W), got '
                          f'shape {tuple(x.shape)}; latent models need a VAE (model.vae)')
-    x = torch.clamp(127.5 * x.float() + 128.0, 0, 255).to(torch.uint8)
+    if x.shape[1] != 3:
+        raise ValueError(f'the metrics and the saved samples need 3-channel RGB pictures '
+                         f'(N, 3, H, W) or clips (N, 3, T, H, W), but the model gives '
+                         f'{x.shape[1]}-channel ones of shape {tuple(x.shape)}'
+                         + ('' if x.shape[1] == 1 else
+                            ' (latents? latent models need a VAE, model.vae)'))
+    x = x.float()
+    bad = (~torch.isfinite(x)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        names = [int(indices[k]) if indices is not None else k for k in bad]
+        listed = ', '.join(map(str, names[:5])) + (', ...' if len(names) > 5 else '')
+        tqdm.write(f'warning: {len(bad)} of {len(x)} samples ({listed}) hold NaN or inf '
+                   'values (the model diverged?): they are scored as black / white '
+                   'pictures', file=sys.stderr)
+    x = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(0, 2, 3, 4, 1)).cpu().numpy()
 
 
@@ -317,7 +337,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         labels (Sequence[int]): Class ids, cycled: sample i has ``labels[i % len]``
             (ignored when ``prompts`` are given).
         seed (int): Sample i uses seed ``seed + i``.
-        batch_size (int): Global batch size B of the fixed batches (per process).
+        batch_size (int): Size B of the fixed batches; each batch is drawn whole by
+            one process, so B is what one process holds in memory at a time.
         prompts (Sequence[str], optional): Prompts of a text model, cycled like the
             labels and passed to ``model.sample(prompts=...)``.
         out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
@@ -369,7 +390,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         samples = _kept_samples(shard, indices) if shard else None
         from_shard = samples is not None
         if not from_shard:
-            samples = to_uint8_samples(_draw(sample_fn, plan, indices, sample_kwargs))
+            samples = to_uint8_samples(_draw(sample_fn, plan, indices, sample_kwargs),
+                                       indices)
         if sample_dir:  # before the shard, so a kept shard's files exist (but see below)
             # A kept shard of a run without this sample_dir: write its missing files.
             _save_files(sample_dir, indices, samples, None if prompts is not None

@@ -80,8 +80,11 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> Tuple[float, 
 
 
 def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
-    """Per-pair CLIP score ``100 * max(cos(image, text), 0)`` (torchmetrics' CLIPScore,
-    after Hessel et al. 2021); rows of the two arrays are paired."""
+    """Per-pair CLIP score ``100 * max(cos(image, text), 0)`` (Hessel et al. 2021's
+    definition, with torchmetrics' scale of 100); rows of the two arrays are paired.
+    The metric averages these per-pair scores. torchmetrics' ``CLIPScore`` instead
+    clamps the mean of ``100 * cos`` at 0, which differs where some pair has a
+    negative cosine."""
     a = np.asarray(image_embeds, dtype=np.float64)
     b = np.asarray(text_embeds, dtype=np.float64)
     if a.shape != b.shape:

@@ -1,5 +1,5 @@
 # CLIP score of a text-to-video model: the mean over clips of the per-frame
-# 100 * max(cos(CLIP image, CLIP text), 0) (torchmetrics' CLIPScore scaling), with
+# 100 * max(cos(CLIP image, CLIP text), 0) (Hessel et al.'s CLIPScore, per pair), with
 # openai/clip-vit-large-patch14 from a local folder. Give the prompts to score,
 # cycled over the samples: tools/test.py --prompt-file prompts.txt (one a line, as
 # tools/infer.py reads it), prompts=[...] here, or

@@ -1,6 +1,9 @@
-# FVD of 2048 generated 16-frame clips against UCF-101 (the FVD-16 setting of StyleGAN-V
-# and Latte, with StyleGAN-V's i3d_torchscript.pt; the reference clips are made once by
-# tools/make_reference.py and their statistics cached, see docs/evaluation.md).
+# FVD of 2048 generated 16-frame clips against 2048 real UCF-101 clips (the FVD-16
+# setting of StyleGAN-V and Latte: 2048 real, 2048 generated, 16 frames; Latte takes
+# every 3rd frame), with StyleGAN-V's i3d_torchscript.pt. The reference is made once by
+# tools/make_reference.py --max-samples 2048 (a seeded random subset of the videos, as
+# StyleGAN-V samples its real clips at random; the whole training set, ~9.5K clips,
+# gives other numbers) and its statistics cached, see docs/evaluation.md.
 evaluation = dict(
     num_samples=2048,
     batch_size=8,

@@ -4,7 +4,10 @@ torchmetrics' default for its CLIPScore, or ``openai/clip-vit-base-patch32``).
 
 The folder holds ``config.json``, the weights (``model.safetensors`` or
 ``pytorch_model.bin``), the tokenizer files and, usually, ``preprocessor_config.json``
-whose mean, std and crop size are used. Loaded with ``local_files_only=True``.
+whose mean and std are used. Pictures are resized (shorter side) and centre-cropped
+to the model's own input size, ``config.json``'s ``vision_config.image_size`` (OpenAI's
+folders give the same number as ``shortest_edge`` and ``crop_size`` in
+``preprocessor_config.json``). Loaded with ``local_files_only=True``.
 The folder must hold a whole CLIP model (``CLIPModel``: image and text towers); a
 text encoder's folder (T5, or a CLIP text tower alone) is refused from its
 ``config.json`` before loading.
@@ -102,11 +105,14 @@ class CLIPEmbedder(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> CLIP's input: shorter side bicubic-resized to the
-        model's size, center crop, normalised (CLIPImageProcessor's steps)."""
+        model's size, center crop, normalised (CLIPImageProcessor's steps). The longer
+        side is ``int(size * long / short)``, rounded down as transformers'
+        ``get_resize_output_image_size`` does (rounding to nearest moved the crop by a
+        pixel on some non-square frames, e.g. 240x426)."""
         x = images.to(self.mean.device, torch.float32) / 255
         h, w = x.shape[-2:]
-        scale = self.size / min(h, w)
-        target = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
+        longer = int(self.size * max(h, w) / min(h, w))
+        target = (self.size, longer) if h <= w else (longer, self.size)
         x = F.interpolate(x, size=target, mode='bicubic', align_corners=False,
                           antialias=True).clamp(0, 1)
         top, left = (target[0] - self.size) // 2, (target[1] - self.size) // 2

@@ -23,7 +23,14 @@ I3D_FILE = "StyleGAN-V's i3d_torchscript.pt, see docs/evaluation.md"
 def resize_center_crop(videos: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (bilinear) and center-crop to a square.
 
-    ``videos`` is (N, C, T, H, W); this is Latte's / StyleGAN-V's FVD preprocessing.
+    ``videos`` is (N, C, T, H, W). This is the preprocessing of
+    common_metrics_on_video_quality's FVD code (its ``preprocess_single``, which
+    Open-Sora-Plan vendors), which then calls the detector with ``rescale=False,
+    resize=False``. StyleGAN-V's and Latte's FVD code do not crop: they give the
+    detector uint8 clips with ``rescale=True, resize=True``, and it resizes each whole
+    frame to 224x224. Square clips come out the same either way (up to interpolation
+    details); on non-square clips the features differ: a centre square here, the
+    whole frame squeezed to a square there.
     """
     n, c, t, h, w = videos.shape
     scale = size / min(h, w)

@@ -53,6 +53,8 @@ class SampleMetric(BaseMetric):
 
     # Results are named 'FID', 'IS', ... without a prefix unless one is given.
     default_prefix = ''
+    # The keys compute_metrics returns (before the prefix); see result_names.
+    result_keys: tuple = ()
 
     def __init__(self, extractor: dict, device: Optional[str] = None, batch_size: int = 64,
                  collect_device: str = 'cpu', prefix: Optional[str] = None,
@@ -86,6 +88,13 @@ class SampleMetric(BaseMetric):
             check = getattr(cls, method, None)
             if check is not None and isinstance(self.extractor_cfg.get(key), str):
                 check(self.extractor_cfg[key])
+
+    def result_names(self) -> list:
+        """The names this metric's results get in the evaluator's output (prefix
+        included): two metrics giving the same name made mmengine fail only after
+        all the sampling ('multiple evaluation results with the same metric name'),
+        so :func:`mmsora.apis.build_evaluator` compares them first."""
+        return [f'{self.prefix}/{key}' if self.prefix else key for key in self.result_keys]
 
     @property
     def extractor(self) -> torch.nn.Module:

@@ -24,6 +24,8 @@ class CLIPScore(SampleMetric):
         **kwargs: See :class:`SampleMetric`.
     """
 
+    result_keys = ('CLIPScore',)
+
     def __init__(self, extractor: dict, num_frames: Optional[int] = None, **kwargs):
         super().__init__(extractor, **kwargs)
         self.num_frames = num_frames

@@ -3,6 +3,7 @@ between Gaussians fitted to features of generated and reference samples."""
 import logging
 import os
 import os.path as osp
+import struct
 import zipfile
 from typing import Dict, List, Optional
 
@@ -44,6 +45,10 @@ class FrechetMetric(SampleMetric):
         self.reference_cache = reference_cache or (
             f'{osp.splitext(reference)[0]}_{self.extractor_cfg["type"]}_stats.npz')
 
+    @property
+    def result_keys(self) -> tuple:
+        return (self.metric_name,)
+
     def check_inputs(self, num_samples: Optional[int] = None,
                      sample_size: Optional[tuple] = None) -> None:
         """Also what the reference holds, from its arrays' headers (nothing is read
@@ -65,8 +70,20 @@ class FrechetMetric(SampleMetric):
         elif 'arr_0' in shapes:
             self._check_reference_samples(*shapes['arr_0'])
             self._check_size(shapes['arr_0'][0][1:-1], sample_size, 'the model makes')
+            self._warn_unwritable_cache()
         else:
             raise ValueError(_no_reference_arrays(self.reference, shapes))
+
+    def _warn_unwritable_cache(self) -> None:
+        """Say before the sampling when the statistics cannot be cached: the metric
+        still works (they are computed from the reference on each run), but a cache
+        write that failed after the sampling used to end the run without its value."""
+        why = _unwritable_reason(self.reference_cache)
+        if why is not None and not self._cache_is_current():
+            print_log(f'{self.metric_name}: the reference statistics cannot be cached at '
+                      f'{self.reference_cache} ({why}): they will be computed from '
+                      f'{self.reference} on every run; set reference_cache to a writable '
+                      'path to keep them', logger='current', level=logging.WARNING)
 
     def _check_reference_samples(self, shape: tuple, dtype) -> None:
         """Reference samples of this metric's kind, and at least 2 of them."""
@@ -106,8 +123,11 @@ class FrechetMetric(SampleMetric):
         if samples.ndim != self.sample_ndim:
             raise ValueError(f'{self.metric_name} takes {self._kind()}; got samples of shape '
                              f'{samples.shape}')
-        if not self.results:  # the first batch: a reference of another size?
-            shape = self._shapes().get('arr_0', ((None,) * self.sample_ndim, None))[0]
+        shapes = self._shapes()
+        # the first batch: reference samples of another size? (Not where the file has
+        # mu / sigma beside arr_0, as ADM's VIRTUAL_*.npz: only the statistics are used.)
+        if not self.results and not ('mu' in shapes and 'sigma' in shapes):
+            shape = shapes.get('arr_0', ((None,) * self.sample_ndim, None))[0]
             if None not in shape and len(shape) == self.sample_ndim:
                 self._check_size(shape[1:-1], samples.shape[1:-1], 'the samples are')
         out = self.features(samples)
@@ -131,30 +151,52 @@ class FrechetMetric(SampleMetric):
         """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
         if not osp.isfile(self.reference):
             raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
-        with np.load(self.reference, mmap_mode='r') as data:
+        with np.load(self.reference) as data:  # (members are read only when named)
             if 'mu' in data and 'sigma' in data:
                 return dict(mu=data['mu'], sigma=data['sigma'])
             if 'arr_0' not in data:
                 raise ValueError(_no_reference_arrays(self.reference, data.files))
-        # The cache holds for this extractor (its settings, and its weights file as
-        # it is now) and this reference file as it is now: a regenerated reference
-        # or replaced weights at the same path are read afresh.
-        files = [self.reference] + [v for v in self.extractor_cfg.values()
-                                    if isinstance(v, str) and osp.isfile(v)]
-        tag = repr((sorted(self.extractor_cfg.items()), [_file_stamp(f) for f in files]))
+        tag = self._cache_tag()
         cached = self._read_cache(tag)
         if cached is not None:
             return cached
-        samples = np.load(self.reference, mmap_mode='r')['arr_0']
+        samples = npz_array(self.reference, 'arr_0')  # memory-mapped where it can be
         chunk = self.batch_size * 16
-        features = [self.features(np.asarray(samples[i:i + chunk]))['features']
+        # each chunk read into a writable copy (torch warns on a read-only memmap)
+        features = [self.features(np.array(samples[i:i + chunk]))['features']
                     for i in tqdm(range(0, len(samples), chunk),
                                   desc=f'{self.metric_name} reference features')]
         mu, sigma = feature_stats(np.concatenate(features))
-        save_stats(self.reference_cache, mu, sigma, extractor=tag, num_samples=len(samples))
-        print_log(f'{self.metric_name}: reference statistics of {len(samples)} samples '
-                  f'cached in {self.reference_cache}', logger='current')
+        try:
+            save_stats(self.reference_cache, mu, sigma, extractor=tag,
+                       num_samples=len(samples))
+        except OSError as e:  # after all the sampling: the value matters more
+            print_log(f'{self.metric_name}: cannot cache the reference statistics in '
+                      f'{self.reference_cache} ({_first_line(e)}); the metric is computed '
+                      'without the cache, and the next run computes them again: set '
+                      'reference_cache to a writable path', logger='current',
+                      level=logging.WARNING)
+        else:
+            print_log(f'{self.metric_name}: reference statistics of {len(samples)} samples '
+                      f'cached in {self.reference_cache}', logger='current')
         return dict(mu=mu, sigma=sigma)
+
+    def _cache_tag(self) -> str:
+        """What the cache holds for: this extractor (its settings, and its weights
+        file as it is now) and this reference file as it is now, so that a
+        regenerated reference or replaced weights at the same path are read afresh."""
+        files = [self.reference] + [v for v in self.extractor_cfg.values()
+                                    if isinstance(v, str) and osp.isfile(v)]
+        return repr((sorted(self.extractor_cfg.items()), [_file_stamp(f) for f in files]))
+
+    def _cache_is_current(self) -> bool:
+        """Whether a cache for this extractor and reference is there already (one
+        made beforehand in a read-only data folder needs no writing)."""
+        try:
+            with np.load(self.reference_cache) as cached:
+                return str(cached.get('extractor', '')) == self._cache_tag()
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return False
 
     def _read_cache(self, tag: str) -> Optional[Dict[str, np.ndarray]]:
         """The cached statistics if they are for ``tag``; None if there are none, if
@@ -219,6 +261,10 @@ class FID(FrechetMetric):
         self.inception_score = inception_score
         self.split_size = split_size
 
+    @property
+    def result_keys(self) -> tuple:
+        return ('FID', 'IS', 'IS_std') if self.inception_score else ('FID',)
+
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         metrics = super().compute_metrics(results)
         if self.inception_score:
@@ -239,6 +285,58 @@ class FVD(FrechetMetric):
 
     metric_name = 'FVD'
     sample_ndim = 5
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _unwritable_reason(path: str) -> Optional[str]:
+    """Why a file cannot be written at ``path`` (its folder is under a file, or the
+    nearest existing folder is not writable), or None when it can be, as far as the
+    file system tells before trying."""
+    folder = osp.dirname(osp.abspath(path))
+    existing = folder
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        return f'{existing} is a file, not a folder'
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f'{existing} is not writable'
+    if osp.isdir(path):
+        return 'a folder of that name is in the way'
+    return None
+
+
+def npz_array(path: str, name: str) -> np.ndarray:
+    """Array ``name`` of an ``.npz``, memory-mapped (read-only) when it is stored
+    uncompressed, as tools/make_reference.py, mass sampling and ADM's reference
+    batches store it: ``np.load(mmap_mode='r')`` ignores mmap_mode for ``.npz`` files
+    and reads the array whole (30 GB for the clips of a large FVD reference, on the
+    one process that computes the statistics). A compressed (``np.savez_compressed``)
+    or otherwise unmappable member is read whole, as ``np.load`` does."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f'{name}.npy')
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:  # not encrypted
+        with open(path, 'rb') as f:
+            # the data follows the member's LOCAL header, whose name and extra field
+            # lengths may differ from the central directory's
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) == 30 and local[:4] == b'PK\x03\x04':
+                name_len, extra_len = struct.unpack('<HH', local[26:30])
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is not None:
+                    shape, fortran, dtype = read(f)
+                    if not dtype.hasobject and shape and 0 not in shape:
+                        return np.memmap(path, dtype=dtype, mode='r', offset=f.tell(),
+                                         shape=shape, order='F' if fortran else 'C')
+    with np.load(path) as data:
+        return data[name]
 
 
 def _no_reference_arrays(path: str, names) -> str:

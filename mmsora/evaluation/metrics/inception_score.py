@@ -21,6 +21,8 @@ class InceptionScore(SampleMetric):
         **kwargs: See :class:`SampleMetric`.
     """
 
+    result_keys = ('IS', 'IS_std')
+
     def __init__(self, extractor: dict, split_size: int = 5000, **kwargs):
         super().__init__(extractor, **kwargs)
         self.split_size = split_size
