@@ -20,8 +20,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     scaled by the VAE scale factor, plus ``text_embeds`` (L, D), ``text_mask`` (L,)
     and (CLIP) ``pooled_text_embeds`` (D2,) when the store keeps text embeddings, in
     the store's dtype (float16 / bfloat16: half the bytes of float32 from workers to
-    the device; the model casts them to its own). When the store holds moments, the latent is
-    ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
+    the device; the model casts them to its own). When the store holds moments, the
+    latent is ``mean + std * eps`` with ``eps`` drawn fresh each time (as DiT's training loop
     does with ``latent_dist.sample()``); when it holds flip copies, one is picked at
     random. All draws come from a per-process generator seeded by ``(seed, rank,
     worker_id)`` and, in a loader worker, the loader's per-iterator seed (see

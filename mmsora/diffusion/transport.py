@@ -523,7 +523,8 @@ class Transport:
         return (f'Transport(path={self.path_name!r}, prediction={self.prediction!r}, '
                 f'loss_weight={self.loss_weight!r}, train_eps={self.train_eps}, '
                 f'sample_eps={self.sample_eps}, time_dist={self.time_dist!r}, '
-                f'time_shift={self.time_shift:g}, timestep_convention={self.timestep_convention!r})')
+                f'time_shift={self.time_shift:g}, '
+                f'timestep_convention={self.timestep_convention!r})')
 
 
 def open_sora_time_shift(height: int, width: int, num_frames: int, scale: float = 1.0):
