@@ -205,8 +205,10 @@ def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> 
     from mmsora.models.layers.embedders import get_2d_sincos_pos_embed
     if grid * grid != tokens or not torch.allclose(
             state['pos_embed'].reshape(tokens, -1).float(),
-            get_2d_sincos_pos_embed(hidden, grid).float(), atol=1e-5):
-        # (a 2x8 grid has the 16 tokens of a 4x4 one: its table tells them apart)
+            get_2d_sincos_pos_embed(hidden, grid).float(), atol=1e-3):
+        # (a 2x8 grid has the 16 tokens of a 4x4 one: its table tells them apart, by
+        # O(1); the tolerance takes the ~1e-4 that DiT's update_ema moves the frozen
+        # table of EMA weights, released DiT files' included)
         raise ValueError(f'{source}: its {tokens}-token position table is not a square '
                          'grid\'s: diffusers\' DiT is square (sample_size)')
     rows = state['y_embedder.embedding_table.weight'].shape[0]

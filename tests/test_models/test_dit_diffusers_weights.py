@@ -254,6 +254,19 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
     with pytest.raises(UserError, match=r"16-token position table is not a square grid's"):
         export([str(tmp_path / 'wide.pt'), '--diffusers', '--num-heads', '4', '--out',
                 str(tmp_path / 'w')])
+    # DiT's update_ema averages the frozen pos_embed too: EMA weights (every released
+    # DiT file, a fast-DiT 'ema') hold a table 1e-4 off the sin-cos one, which was
+    # refused as 'not a square grid's'
+    drifted = {k: v.clone() for k, v in dit.state_dict().items()}
+    table = drifted['pos_embed']
+    for _ in range(2000):  # update_ema(decay=0.9999) of a table in float32
+        table.mul_(0.9999).add_(table * 1.0001, alpha=1e-4)
+    assert 5e-5 < (table - dit.state_dict()['pos_embed']).abs().max() < 1e-3
+    torch.save(drifted, tmp_path / 'ema.pt')
+    export([str(tmp_path / 'ema.pt'), '--diffusers', '--num-heads', '4', '--out',
+            str(tmp_path / 'from_ema')])
+    assert DiTTransformer2DModel.from_pretrained(tmp_path / 'from_ema').config[
+        'sample_size'] == dit.x_embedder.num_patches ** 0.5 * dit.patch_size
 
 
 def test_sharded_weights_and_the_hub_cache_layout(pipeline, tmp_path):
