@@ -509,6 +509,21 @@ def check_one_store(cfg, root):
     check_store_labels(cfg, index, root)
 
 
+def note_load_from_run(args, checkpoint) -> None:
+    """Say what ``--load-from`` takes from a run's checkpoint and what starts afresh
+    (mmengine's log said only 'Load checkpoint from ...')."""
+    done = (checkpoint.get('meta') or {}).get('iter')
+    saved = f' (iteration {done})' if done else ''
+    if 'ema_state_dict' not in checkpoint:
+        takes = f'its weights{saved}'
+    elif args.fsdp:  # (ShardedEMAHook: the weights mmengine loads, the average)
+        takes = f'its EMA weights{saved}, the EMA too'
+    else:
+        takes = f'its trained weights{saved}, the EMA from its EMA'
+    note(f'--load-from {args.load_from}: the model starts from {takes}; the optimizer '
+         'state, the schedule and the data order start afresh (--resume keeps them)')
+
+
 def check_store_labels(cfg, index, root) -> None:
     """A class-conditional model's ``num_classes`` against the store's labels."""
     classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
@@ -766,6 +781,7 @@ def build_train_config(args):
                 # file is refused below, naming the way)
                 check_load_from_matches(meta_model, args.load_from, state_dict)
             cfg.load_from = args.load_from
+            note_load_from_run(args, checkpoint)
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
             # model: the denoiser loads it strictly (VideoDiT inflates it exactly), not

@@ -54,6 +54,22 @@ class EMAHook(MMEngineEMAHook):
         if optimizer_stepped(runner):
             super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """``--load-from`` a run's checkpoint that kept an EMA: the model starts from
+        its trained weights and the average from its average, as a resume has them.
+        mmengine's hook loaded the checkpoint's ``state_dict``, which holds the EMA
+        weights (it swaps them in to save), into both: a run continued on another
+        number of processes (which ``--resume`` refuses) went on from the average, a
+        young run's close to its initial weights. The hook runs before the model
+        loads ``state_dict``; shapes the model does not take (a label table of other
+        classes) are left as mmengine's loader leaves them, said in its log."""
+        if runner._resume or 'ema_state_dict' not in checkpoint:
+            return super().after_load_checkpoint(runner, checkpoint)
+        from mmengine.runner.checkpoint import load_state_dict
+        self._swap_ema_state_dict(checkpoint)  # state_dict: the trained weights now
+        load_state_dict(self.ema_model, checkpoint['ema_state_dict'],
+                        strict=self.strict_load, logger='current')
+
 
 @MODELS.register_module()
 class FP32ExponentialMovingAverage(ExponentialMovingAverage):

@@ -54,8 +54,9 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
     assert one_line(info.value) == (
         'cannot resume: the checkpoint was saved by a run of 1 process x batch size 8 '
         '(global 8), this run has 1 process x batch size 4 (global 4); exact resume '
-        'needs the same layout: relaunch with it, or start a new run from the '
-        "checkpoint's weights with --load-from CKPT")
+        'needs the same layout: relaunch with it, or go on from its weights with '
+        '--load-from CKPT (its trained weights and EMA; the optimizer state, schedule and '
+        'data order start afresh)')
     # Another number of processes: the layout as a 2-process run records it.
     two = load_checkpoint_file(ckpt)
     assert two['meta']['run_layout'] == dict(world_size=1, batch_size=8, dataset_size=64,
@@ -73,7 +74,7 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
         runner.train()
 
 
-def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
+def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained, capsys):
     _, ckpt = trained
     source = load_checkpoint_file(ckpt)
     source['meta']['run_layout']['world_size'] = 2  # as if a 2-process run wrote it
@@ -81,13 +82,30 @@ def test_load_from_works_across_data_and_layout(repo_root, tmp_path, trained):
     cfg = tiny_cfg(repo_root, tmp_path / 'new', 2, 'train_dataloader.batch_size=4',
                    'train_dataloader.dataset.num_samples=24',
                    'train_dataloader.dataset.seed=7', load_from=str(tmp_path / 'two.pth'))
+    assert (f'--load-from {tmp_path / "two.pth"}: the model starts from its trained '
+            'weights (iteration 2), the EMA from its EMA; the optimizer state, the '
+            'schedule and the data order start afresh (--resume keeps them)'
+            ) in capsys.readouterr().err
     runner = Runner.from_cfg(cfg)
     first = StateAtTrainStart()
     runner.register_hook(first)
+    ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook')
+    average = {}
+    runner.register_hook(type('AverageAtStart', (StateAtTrainStart,), dict(
+        before_train=lambda self, r: average.update(
+            {k: v.clone() for k, v in ema.ema_model.module.state_dict().items()})))())
     runner.train()
     assert runner.iter == 2  # a new run: fresh iteration counter (and optimizer)
-    first.assert_weights({k: v for k, v in source['state_dict'].items()
-                          if k.startswith('denoiser.')})
+    # the model from the run's trained weights, its EMA from the run's average (the
+    # checkpoint's state_dict holds the average: mmengine loaded it into both, and a
+    # run continued on another layout went on from its average)
+    trained = {k[len('module.'):]: v for k, v in source['ema_state_dict'].items()
+               if k.startswith('module.denoiser.')}
+    first.assert_weights(trained)
+    for key, value in source['state_dict'].items():
+        if key.startswith('denoiser.'):
+            assert torch.equal(average[key], value), key
+    assert any(not torch.equal(trained[k], source['state_dict'][k]) for k in trained)
 
 
 @pytest.mark.skipif(not osp.exists('/proc/self/maps'), reason='reads /proc/self/maps')

@@ -107,11 +107,14 @@ def test_load_from_takes_weights_only(repo_root, tmp_path):
     start = StateAtTrainStart()
     dst.register_hook(start)
     dst.train()
-    # The checkpoint's weights (its state_dict: the EMA's, which the EMA hook saves
-    # there), and nothing else: no optimizer state, and a new iteration count.
-    saved = torch.load(ckpt, weights_only=False)['state_dict']
-    assert saved.keys() == start.weights.keys()
-    start.assert_weights(saved)
+    # The checkpoint's trained weights (in its ema_state_dict: the EMA hook swaps the
+    # average into state_dict to save), and nothing else: no optimizer state, and a
+    # new iteration count.
+    saved = torch.load(ckpt, weights_only=False)
+    trained = {k[len('module.'):]: v for k, v in saved['ema_state_dict'].items()
+               if k.startswith('module.')}
+    assert trained.keys() == start.weights.keys() == saved['state_dict'].keys()
+    start.assert_weights(trained)
     assert start.optimizer_state == {}
     assert dst.iter == 2  # a new run: the iteration counter starts from 0
 

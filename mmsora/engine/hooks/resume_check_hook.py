@@ -73,8 +73,9 @@ class ResumeCheckHook(Hook):
             raise UserError(
                 f'cannot resume: the checkpoint was saved by a run of '
                 f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '
-                'the same layout: relaunch with it, or start a new run from the '
-                'checkpoint\'s weights with --load-from CKPT')
+                'the same layout: relaunch with it, or go on from its weights with '
+                '--load-from CKPT (its trained weights and EMA; the optimizer state, '
+                'schedule and data order start afresh)')
         if 'accumulation' not in saved and now['accumulation'] > 1:
             runner.logger.warning(
                 f'resuming a checkpoint written before mmsora recorded gradient '
