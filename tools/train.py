@@ -253,6 +253,11 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
     if kind == 'denoiser':
         start = (f'--load-from {path}' if option == '--resume' else
                  'resume = False (load_from then starts a run from it)')
+        if 'opt' in checkpoint and ('ema' in checkpoint or 'model' in checkpoint):
+            raise UserError(f'{option} {path}: a DiT / fast-DiT training checkpoint (model, '
+                            "ema, opt): its optimizer state and step are not mmsora's to "
+                            f"resume; start from its weights with {start} (its 'ema' "
+                            'weights)')
         raise UserError(f'{option} {path}: a state dict of weights alone, not a checkpoint '
                         f'of a run (no optimizer, no iteration): start from it with {start}')
     if model is not None:
@@ -792,6 +797,10 @@ def build_train_config(args):
                 check_inflation_matches(meta_model, args.load_from, kind, checkpoint)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
+            if kind == 'denoiser' and 'ema' in checkpoint and 'model' in checkpoint:
+                note(f"--load-from {args.load_from}: a DiT / fast-DiT training file: the "
+                     "model starts from its 'ema' weights (the ones DiT samples with; its "
+                     "'model' weights and 'opt' are not used), the EMA from the same")
     if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):
         # the run's checkpoint gives every weight (--resume, or --load-from a run): a
         # pretrained_denoiser (a work dir's dumped config keeps its run's --load-from)

@@ -252,6 +252,21 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     with pytest.raises(UserError, match=rf'^--resume {weights}: a state dict of weights '
                                         rf'alone, .*--load-from {weights}$'):
         tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(weights))
+    # a fast-DiT training file holds an optimizer ('opt'): 'no optimizer' was untrue
+    # (walk-through p); --load-from it says which weights it takes
+    fast = tmp_path / '0000050.pt'
+    state = model.denoiser.state_dict()
+    torch.save(dict(model=state, ema=state, opt=dict(state={}, param_groups=[]),
+                    args=dict(model='DiT-XL/2')), fast)
+    with pytest.raises(UserError, match=rf"^--resume {fast}: a DiT / fast-DiT training "
+                                        r"checkpoint \(model, ema, opt\): its optimizer state "
+                                        rf"and step are not mmsora's to resume; start from its "
+                                        rf"weights with --load-from {fast} \(its 'ema' weights\)$"):
+        tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(fast))
+    capsys.readouterr()
+    tiny_cfg(repo_root, tmp_path / 'c', 8, load_from=str(fast))
+    assert (f"--load-from {fast}: a DiT / fast-DiT training file: the model starts from "
+            "its 'ema' weights") in capsys.readouterr().err
     # the same asked by the config (resume = True with its load_from): named so (it
     # said '--resume', an option not given)
     with pytest.raises(UserError, match=rf'^resume = True, load_from {weights}: a state '
