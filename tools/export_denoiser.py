@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, note, run_cli
 
 
 def parse_args(argv=None):
@@ -45,7 +45,9 @@ def parse_args(argv=None):
                         '(config.json, diffusion_pytorch_model.safetensors) at --out')
     parser.add_argument('--num-heads', type=int,
                         help='--diffusers: attention heads (default: the run\'s config, '
-                        'else the DiT paper\'s for its width: S 6, B 12, L 16, XL 16)')
+                        'or a DiT / fast-DiT file\'s args (num_heads, or the size its '
+                        'model names), else the DiT paper\'s for its width: S 6, B 12, '
+                        'L 16, XL 16)')
     return parser.parse_args(argv)
 
 
@@ -63,7 +65,8 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     """The denoiser's weights in ``checkpoint`` (a file or a DeepSpeed folder), which
     they are, in words: the EMA or the trained ones (asked for, or all that a run
     without EMA kept: warned about), or the one set of a file that does not say (a
-    plain state dict), and the run's denoiser config (None where the file has none).
+    plain state dict), the run's denoiser config (None where the file has none) and
+    the training arguments of a DiT / fast-DiT file (its ``args``, else None).
     Before, the EMA weights were reported where a run without EMAHook kept only the
     trained ones."""
     from mmsora.apis.inference import denoiser_state_dict, weights_taken
@@ -77,14 +80,44 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     which = weights_taken(obj, use_ema, checkpoint)
     from mmsora.utils.checkpoint import trained_model_config
     denoiser = (trained_model_config(obj) or {}).get('denoiser')
+    trained_args = obj.get('args') if isinstance(obj, dict) and 'state_dict' not in obj \
+        else None
     return ({k: v.detach().contiguous() for k, v in state.items()}, which,
-            denoiser if isinstance(denoiser, dict) else None)
+            denoiser if isinstance(denoiser, dict) else None, trained_args)
 
 
-def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str) -> dict:
+def heads_in_args(trained_args, width, source: str):
+    """``(heads, where)``: the attention heads a DiT / fast-DiT file's ``args`` give
+    (an ``argparse.Namespace`` or a dict) and where they were read, or
+    ``(None, None)`` where they say nothing of them.
+
+    fast-DiT's file says its size (``args.model='DiT-XL/2'``), and ``--diffusers``
+    asked for --num-heads all the same. A ``num_heads`` of its own is taken as it
+    is; a preset's heads where the weights are of that preset's width (the heads
+    are not in the weights: a shrunk model under a preset's name is refused, not
+    given the preset's)."""
+    from mmsora.models import DIT_PRESETS
+    given = vars(trained_args) if hasattr(trained_args, '__dict__') else trained_args
+    if not isinstance(given, dict):
+        return None, None
+    if isinstance(given.get('num_heads'), int) and given['num_heads'] > 0:
+        return given['num_heads'], 'its args.num_heads'
+    preset = DIT_PRESETS.get(given.get('model'))
+    if preset is None:
+        return None, None
+    if width != preset['hidden_size']:
+        raise UserError(f'{source}: its args.model says {given["model"]} (width '
+                        f'{preset["hidden_size"]}, {preset["num_heads"]} heads), but its '
+                        f'weights are of width {width}: give --num-heads')
+    return preset['num_heads'], f'those of its args.model, {given["model"]}'
+
+
+def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
+                    trained_args=None) -> dict:
     """A DiT's ``state`` as a diffusers DiTTransformer2DModel folder at ``out``, whole
     or not at all (a temporary folder renamed); returns its config. The heads come
-    from ``num_heads``, the run's config, or the DiT paper's for the width."""
+    from ``num_heads``, the run's config, a DiT / fast-DiT file's ``trained_args``
+    (:func:`heads_in_args`, said in a note), or the DiT paper's for the width."""
     from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
     cfg = denoiser_cfg or {}
     kind = cfg.get('type')
@@ -95,7 +128,12 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str)
                         'without --diffusers (a .pt / .safetensors of its own weights)')
     width = state['x_embedder.proj.weight'].shape[0] if 'x_embedder.proj.weight' in state \
         else None
-    heads = num_heads or cfg.get('num_heads') or DIT_HEADS.get(width)
+    heads = num_heads or cfg.get('num_heads')
+    if not heads and trained_args is not None:
+        heads, where = heads_in_args(trained_args, width, source)
+        if heads:
+            note(f'{source}: {heads} heads, {where} (--num-heads N to give others)')
+    heads = heads or DIT_HEADS.get(width)
     if not heads:
         raise UserError(f'{source}: a DiT of width {width}, not one of the paper\'s and with '
                         'no run config to say its heads: give --num-heads')
@@ -190,10 +228,12 @@ def main(argv=None):
                         "export (config.json and diffusion_pytorch_model.safetensors "
                         'alone); give a new one')
     checkpoint = resolve_checkpoint(args.checkpoint)
-    state, which, denoiser_cfg = read_denoiser(checkpoint, use_ema=not args.no_ema)
+    state, which, denoiser_cfg, trained_args = read_denoiser(checkpoint,
+                                                              use_ema=not args.no_ema)
     n = sum(v.numel() for v in state.values())
     if args.diffusers:
-        config = write_diffusers(state, denoiser_cfg, args.num_heads, args.out, checkpoint)
+        config = write_diffusers(state, denoiser_cfg, args.num_heads, args.out, checkpoint,
+                                 trained_args)
         print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} ({n / 1e6:.2f} M '
               f'parameters), as diffusers\' DiTTransformer2DModel ({config["num_layers"]} '
               f'blocks, {config["num_attention_heads"]} heads, sample_size '

@@ -16,7 +16,7 @@ from mmsora.registry import DATASETS
 from .utils import WorkerRNGMixin, draw_seed, natural_sort_key
 
 __all__ = ['IMG_EXTENSIONS', 'center_crop_arr', 'scan_image_folder', 'load_image',
-           'image_to_tensor', 'ImageFolderDataset']
+           'image_to_tensor', 'ImageFolderDataset', 'UnreadableImageError']
 
 # torchvision's ImageFolder's (what DiT's train.py reads)
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -85,6 +85,22 @@ def image_to_tensor(pil_image):
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
+class UnreadableImageError(ValueError):
+    """An image of an :class:`ImageFolderDataset` that cannot be decoded; the message
+    names the file and the item.
+
+    Training straight from images stopped at the first broken file without a word
+    of ``SkipCorruptDataset``, which skips such files: the tools' one-line error
+    adds :attr:`hint` (``explain_error``). It is not in the message itself, which
+    ``SkipCorruptDataset`` logs for every image it skips, where the advice would be
+    noise. (A class attribute: an error from a DataLoader worker is raised again as
+    its class, from the message alone.)"""
+
+    hint = ("to skip unreadable images instead, wrap the dataset: train_dataloader = "
+            "dict(dataset=dict(_delete_=True, type='SkipCorruptDataset', "
+            "dataset=dict(type='ImageFolderDataset', data_root=...)))")
+
+
 @DATASETS.register_module()
 class ImageFolderDataset(WorkerRNGMixin, Dataset):
     """Images of an ImageFolder tree, for encoding with the VAE on the fly.
@@ -119,7 +135,8 @@ class ImageFolderDataset(WorkerRNGMixin, Dataset):
         try:
             img = center_crop_arr(load_image(path), self.image_size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ValueError(f'cannot read image {path!r} (item {idx}): {e}') from None
+            raise UnreadableImageError(f'cannot read image {path!r} (item {idx}): {e}') \
+                from None
         if self.random_flip and self.rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return dict(images=image_to_tensor(img), labels=label, sample_idx=idx)

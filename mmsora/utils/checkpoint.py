@@ -421,6 +421,9 @@ def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
       it (the hook swaps them in). Their keys carry the owning module's path, e.g.
       ``'denoiser.'`` or ``'ema_model.module.denoiser.'``: pass it as ``prefix``.
 
+    A ``module.`` / ``_orig_mod.`` prefix that every key carries (a DDP or
+    torch.compile wrapper saved) is taken off: :func:`strip_wrapper_prefixes`.
+
     Args:
         obj (Mapping): A loaded checkpoint.
         key (str | None): Entry to take (``'ema'``, ``'model'``, ``'state_dict'``,
@@ -453,6 +456,30 @@ def extract_state_dict(obj: Mapping, key: Optional[str] = 'auto',
             raise KeyError(f'no key starts with prefix {prefix!r}; first keys are '
                            f'{list(state_dict)[:5]}')
         state_dict = stripped
+    return strip_wrapper_prefixes(state_dict)
+
+
+# What torch's wrappers put before every key of the module they wrap when the wrapper
+# itself is saved: DistributedDataParallel / DataParallel, torch.compile.
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+def strip_wrapper_prefixes(state_dict: Mapping) -> dict:
+    """``state_dict`` without a ``module.`` (DDP) or ``_orig_mod.`` (torch.compile)
+    prefix that every key carries, nested ones too (``module._orig_mod.``).
+
+    DiT forks that save ``model.state_dict()`` of the wrapped model instead of DiT's
+    ``model.module.state_dict()`` give such files; they were refused as another
+    model's weights ('32 missing (e.g. pos_embed); 32 not in the model (e.g.
+    module.pos_embed)'). The prefixes are the wrappers', not the model's structure;
+    only one that every key carries is taken off."""
+    state_dict = dict(state_dict)
+    while state_dict:
+        prefix = next((p for p in WRAPPER_PREFIXES
+                       if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
 
 

@@ -186,16 +186,30 @@ FOREIGN_FLAGS = {
     '--ckpt': '--checkpoint', '--num-sampling-steps': '--steps',
     '--sampling-method': '--sampler', '--results-dir': '--work-dir',
     '--global-seed': '--seed', '--resume-from': '--resume', '--ckpt-path': '--checkpoint',
-    '--save-dir': '--out', '--image-size': '--resolution',
-    '--per-proc-batch-size': '--batch-size',
+    '--save-dir': '--out', '--per-proc-batch-size': '--batch-size',
 }
 # Their flags with no one flag here: what to give instead, shown where the tool has
-# the flag named first.
+# the flag named first (a tuple of such pairs: the first whose flag the tool has).
 FOREIGN_HINTS = {
     '--ckpt': ('--resume', '--resume CKPT (continue) or --load-from CKPT (new run)'),
     '--ema': ('--no-ema', '--no-ema (EMA weights are the default)'),
     '--global-batch-size': ('--cfg-options', '--cfg-options global_batch_size=N'),
-    '--epochs': ('--cfg-options', '--cfg-options train_cfg.max_iters=N'),
+    '--epochs': ('--cfg-options', '--cfg-options train_cfg.max_iters=N (iterations: '
+                 'epochs x dataset size / global batch)'),
+    # mmengine averages the logged loss over log_processor.window_size steps (50 in
+    # default_runtime), not over the logger's interval as DiT's --log-every does
+    '--log-every': ('--cfg-options', '--cfg-options default_hooks.logger.interval=N '
+                    'log_processor.window_size=N'),
+    '--global-seed': ('--cfg-options', '--cfg-options randomness.seed=N'),
+    '--num-workers': ('--cfg-options', '--cfg-options train_dataloader.num_workers=N'),
+    # DiT's sample.py --image-size picks the checkpoint's size; a DiT's position table
+    # makes only that one, which --resolution refuses to change
+    '--image-size': (
+        ('--resolution', '--resolution S (a DiT makes only the size it was trained at: '
+                         'give the run or checkpoint of that size)'),
+        ('--cfg-options', '--cfg-options model.denoiser.input_size=S/8 '
+                          'model.latent_shape=[4,S/8,S/8] (latents extracted at --image-size '
+                          'S)')),
     '--ckpt-every': ('--cfg-options', '--cfg-options default_hooks.checkpoint.interval=N'),
     '--feature-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
     '--data-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
@@ -232,9 +246,10 @@ class ArgumentParser(argparse.ArgumentParser):
         for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
             if guess in ours and guess != flag:
                 return f'{guess} for {flag}'
-        needs, hint = FOREIGN_HINTS.get(dashed, (None, None))
-        if hint and needs in ours:
-            return f'{hint} for {flag}'
+        hints = FOREIGN_HINTS.get(dashed, ())
+        for needs, hint in (hints,) if hints and isinstance(hints[0], str) else hints:
+            if needs in ours:
+                return f'{hint} for {flag}'
         close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
         return f'{close[0]} for {flag}' if close else None
 
@@ -618,6 +633,14 @@ def _spent_entries(cfg, key, old) -> list:
     return found
 
 
+def _entry(cfg, path: str):
+    """The value at the dotted ``path`` of ``cfg`` (one :func:`_paths_ending_in` gave)."""
+    node = cfg
+    for part in path.split('.'):
+        node = node[part]
+    return node
+
+
 def _listed(paths) -> str:
     return f'{", ".join(paths[:3])}{", ..." if len(paths) > 3 else ""}'
 
@@ -625,9 +648,23 @@ def _listed(paths) -> str:
 def _refuse_spent_variable(cfg, key, value) -> None:
     """A top-level path variable (``data_root``) is spent when the config is read:
     entries built from it (``train_dataloader.dataset.data_root``) keep the old path,
-    and setting it afterwards changes nothing. Refused, naming those entries."""
+    and setting it afterwards changes nothing. Refused, naming those entries.
+
+    So is one that no entry took at all: a derived config (README's fast-DiT one)
+    sets ``train_dataloader.dataset.data_root`` itself and leaves the base's
+    ``data_root`` behind, and ``data_root=/x`` trained on the old path while the
+    dumped config said ``/x``. Refused where entries of the sections bear its name
+    and the tools or the Runner do not read it at the top (``work_dir``)."""
     old = cfg.get(key)
     found = _spent_entries(cfg, key, old) if value != old else []
+    if not found and key in cfg and value != old and key not in known_top_level():
+        named = _paths_ending_in(cfg, key, depth=5)
+        if named and any(_entry(cfg, path) != value for path in named):
+            raise UserError(f'--cfg-options {key}={value}: no entry of the config took its '
+                            f'value from the variable {key} ({_listed(named)} '
+                            f'{"holds" if len(named) == 1 else "hold"} a value of '
+                            f'{"its" if len(named) == 1 else "their"} own), so setting it '
+                            f'changes nothing: set {named[0]}={value} instead')
     if found:
         # the example: the loop's length where it took the variable (not, say, a
         # checkpoint interval that happened to equal it)
@@ -905,7 +942,10 @@ def explain_error(exc):
         last = re.sub(r'^[\w.]+(Error|Exception): ', '', text.strip().splitlines()[-1])
         if len(last) > 1 and last[0] == last[-1] and last[0] in '\'"':  # a repr
             last = last[1:-1]
-        return last + _user_code_place(exc)
+        # what to do, where the error's class says it outside its message (a dataset's
+        # unreadable item: the skipping wrapper, which logs the message of each)
+        hint = getattr(type(exc), 'hint', None)
+        return last + _user_code_place(exc) + (f'; {hint}' if isinstance(hint, str) else '')
     if isinstance(exc, _PATH_ERRORS) and exc.filename:  # an output path through a file
         return f'{exc.strerror}: {exc.filename}' + (
             f' -> {exc.filename2}' if exc.filename2 else '')

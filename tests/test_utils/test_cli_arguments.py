@@ -229,7 +229,8 @@ def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):
         train.parse_args(['--ckpt', 'a.pt', '--epochs', '3', '--global-batch-size', '8'])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         '(did you mean --resume CKPT (continue) or --load-from CKPT (new run) for --ckpt; '
-        '--cfg-options train_cfg.max_iters=N for --epochs; --cfg-options '
+        '--cfg-options train_cfg.max_iters=N (iterations: epochs x dataset size / global '
+        'batch) for --epochs; --cfg-options '
         'global_batch_size=N for --global-batch-size?)')
     infer = ArgumentParser(prog='infer.py')
     for flag in ('--eta', '--no-ema'):
