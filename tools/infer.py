@@ -25,6 +25,7 @@ Examples:
     python tools/infer.py work_dirs/sit_tiny2_1xb32_1500_shapes16 --sampler ode_dopri5 \
         --sampler-options atol=1e-6 rtol=1e-3
 """
+import argparse
 import os.path as osp
 import sys
 
@@ -42,8 +43,10 @@ def parse_args(argv=None):
                         'dir); mmengine files, DeepSpeed checkpoint folders (--deepspeed runs), '
                         'original DiT and fast-DiT files and diffusers DiT folders '
                         '(facebook/DiT-XL-2-256) are accepted')
-    parser.add_argument('--labels', type=int, nargs='+',
-                        help='class ids to sample (default: cycle through the classes)')
+    parser.add_argument('--labels', type=label_or_random, nargs='+',
+                        help="class ids to sample (default: cycle through the classes), or "
+                        "'random': each sample's class drawn uniformly from --seed, as "
+                        "DiT's sample_ddp.py draws them for FID")
     parser.add_argument('--prompt', nargs='+', metavar='TEXT',
                         help='text-conditioned models: prompts to sample (cycled to '
                         '--num-samples)')
@@ -107,6 +110,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def label_or_random(text):
+    """A class id, or 'random'."""
+    if text == 'random':
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a class id or 'random', got {text!r}") from None
+
+
 LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one takes '
                         '--prompt / --prompt-file')
 
@@ -145,7 +158,11 @@ def check_args(args, num_classes, video=False, text=False):
                             'e.g. samples.png (.png, .jpg, .webp, ...), or as NAME.npz')
     if text and args.labels:  # not 'out of range' of its one (null) class
         raise UserError(LABELS_ON_TEXT_MODEL)
-    bad = [y for y in args.labels or [] if num_classes is not None and not 0 <= y < num_classes]
+    if args.labels and 'random' in args.labels and args.labels != ['random']:
+        raise UserError("--labels random draws every sample's class: give it alone "
+                        '(with --num-samples), or class ids')
+    bad = [y for y in args.labels or [] if y != 'random' and num_classes is not None
+           and not 0 <= y < num_classes]
     if bad:
         raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
                         f'class{"es" * (num_classes != 1)}')
@@ -287,6 +304,10 @@ def main(argv=None):
                              if getattr(args, name) is not None)
             raise UserError(f'{given}: {e}') from None
     check_prompts(args, prompts, model.text_conditioned, model.text_encoder is not None)
+    drawn = args.labels == ['random']
+    if drawn:  # (DiT's sample_ddp.py: torch.randint over the classes)
+        from mmsora.apis.mass_sampling import random_labels
+        args.labels = None
     n = args.num_samples or (len(args.labels) if args.labels else
                              len(prompts) if prompts else 16)
     given = args.labels or prompts or []
@@ -294,7 +315,8 @@ def main(argv=None):
         what = 'labels' if args.labels else 'prompts'
         note(f'--num-samples {n}: the last {len(given) - n} of the {len(given)} {what} '
              'given are not sampled')
-    pool = args.labels or list(range(model.num_classes))
+    pool = (random_labels(model.num_classes, n, args.seed) if drawn else
+            args.labels or list(range(model.num_classes)))
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})
     # The config's sample_cfg, all of it (eta, guidance_channels, ...; a typo there is
@@ -316,6 +338,11 @@ def main(argv=None):
         from mmengine.dist import is_main_process
 
         from mmsora.apis import mass_sample
+        if is_main_process():  # (what an FID is scored at: DiT's sample_ddp.py uses cfg
+            # 1.5, sample.py 4.0; the config's sample_cfg chose without a word)
+            shown = ', '.join(f'{k}={v}' for k, v in sample_kwargs.items() if v is not None)
+            print(f'sampling {n} sample{"s" * (n != 1)} with {shown}'
+                  + ('; classes drawn at random from --seed' if drawn else ''), flush=True)
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
                     sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
                     prompts=prompts, **sample_kwargs)

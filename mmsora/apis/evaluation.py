@@ -13,12 +13,11 @@ dataloader, and there is no data to iterate over when generating.)
 """
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 from mmengine.evaluator import Evaluator
 
 from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
 
-from .mass_sampling import mass_sample
+from .mass_sampling import mass_sample, random_labels
 
 __all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model', 'output_size']
 
@@ -128,9 +127,7 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
         if labels != 'random':
             raise ValueError(f"evaluation.labels: a list of classes, or 'random', got "
                              f'{labels!r}')
-        # a pool of num_samples drawn labels, cycled once (mass_sample's plan)
-        labels = np.random.default_rng([seed, 0x1abe1]).integers(
-            model.num_classes, size=num_samples).tolist()
+        labels = random_labels(model.num_classes, num_samples, seed)
     result = mass_sample(
         model, num_samples, labels or list(range(model.num_classes)), seed=seed,
         batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,

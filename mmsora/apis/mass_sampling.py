@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mmsora.utils.cli import UserError
 
-__all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample',
+__all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
            'init_sampling_processes', 'zip_npy_files']
 
 
@@ -85,6 +85,14 @@ def rank_batches(num_samples: int, batch_size: int, rank: int, world_size: int):
     num_batches = (num_samples + batch_size - 1) // batch_size
     return [(k, range(k * batch_size, min((k + 1) * batch_size, num_samples)))
             for k in range(rank, num_batches, world_size)]
+
+
+def random_labels(num_classes: int, num_samples: int, seed: int) -> list:
+    """``num_samples`` classes drawn uniformly, as DiT's and SiT's ``sample_ddp.py``
+    draw them (``torch.randint``), here from ``seed`` alone: the same on any number of
+    processes (as a pool, :func:`mass_sample` cycles it once)."""
+    return np.random.default_rng([seed, 0x1abe1]).integers(
+        num_classes, size=num_samples).tolist()
 
 
 def to_uint8_samples(x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> np.ndarray:

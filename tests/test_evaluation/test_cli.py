@@ -361,3 +361,31 @@ def test_output_size_follows_the_vae():
     cascade = SimpleNamespace(downsample_factor=42.67, latent_size=None)
     assert output_size(SimpleNamespace(latent_shape=(16, 24, 24), vae=cascade)) == (
         None, None)
+
+
+def test_infer_draws_random_classes_as_fid_does(tiny_run, capsys, malloc_calls):
+    """tools/infer.py --out NAME.npz cycled the classes (DiT's sample_ddp.py draws them
+    at random) and said nothing of the settings it sampled with (the config's cfg 4.0
+    where sample_ddp.py takes 1.5): --labels random draws them as tools/test.py's
+    labels='random' does, and the settings are printed (walk-through p)."""
+    repo_root, root, config, ckpt = tiny_run
+    infer = load_tool(repo_root, 'infer')
+    infer.main([config, '--checkpoint', ckpt, '--num-samples', '6', '--batch-size', '4',
+                '--seed', '3', '--labels', 'random', '--out', str(root / 'random.npz')])
+    printed = capsys.readouterr().out
+    assert ('sampling 6 samples with sampler=ddim, num_steps=2, cfg_scale=2.0; '
+            'classes drawn at random from --seed') in printed
+    load_tool(repo_root, 'test').main([config, ckpt, '--out', str(root / 'test_random.npz'),
+                                       '--cfg-options', 'evaluation.labels=random'])
+    ours, theirs = (np.load(root / f'{n}.npz') for n in ('random', 'test_random'))
+    from mmsora.apis.mass_sampling import random_labels
+    np.testing.assert_array_equal(ours['arr_1'], random_labels(4, 6, 3))
+    np.testing.assert_array_equal(ours['arr_1'], theirs['arr_1'])
+    np.testing.assert_array_equal(ours['arr_0'], theirs['arr_0'])
+    from mmsora.utils.cli import UserError
+    with pytest.raises(UserError, match="--labels random draws every sample's class: give it "
+                                        'alone'):
+        infer.main([config, '--checkpoint', ckpt, '--labels', 'random', '2'])
+    with pytest.raises(SystemExit):
+        infer.main([config, '--checkpoint', ckpt, '--labels', 'rand'])
+    assert "a class id or 'random', got 'rand'" in capsys.readouterr().err
