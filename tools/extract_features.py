@@ -194,8 +194,25 @@ def init_dist(device):
     if on_cuda:
         device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
         torch.cuda.set_device(device)
-    dist.init_process_group(backend='nccl' if on_cuda else 'gloo')
+    # The ranks meet only at the end, in the barrier before rank 0 writes the index: a
+    # rank with fewer (or no) shards waits there while the others encode, which can
+    # take hours; NCCL's default timeout (10 min) ended it, torchrun then stopped the
+    # ranks still encoding, and a store of fewer shards than GPUs never finished.
+    import datetime
+    dist.init_process_group(backend='nccl' if on_cuda else 'gloo',
+                            timeout=datetime.timedelta(days=7))
     return dist.get_rank(), dist.get_world_size(), torch.device(device)
+
+
+def adopt_slurm_tasks() -> None:
+    """Under ``srun --ntasks N`` (no torchrun: WORLD_SIZE unset), take the ranks from
+    SLURM's variables, as ``--launcher slurm`` does for training: each task encoded
+    every shard into the same folder."""
+    if 'WORLD_SIZE' in os.environ or int(os.environ.get('SLURM_NTASKS', 1)) <= 1 \
+            or 'SLURM_PROCID' not in os.environ:
+        return
+    from mmsora.engine.compat import _slurm_env
+    _slurm_env()
 
 
 def barrier():
@@ -420,6 +437,11 @@ def check_out(args, source, meta):
     if args.shard_size is None:
         args.shard_size = (progress['header']['shard_size'] if progress else
                            TEXT_SHARD_SIZE if args.text_encoder else SHARD_SIZE)
+        if not progress:  # every rank gets a shard to encode (shards are dealt out
+            # whole: 1000 captioned clips made one 1024-item shard, 7 of 8 GPUs idle)
+            world = int(os.environ.get('WORLD_SIZE', 1))
+            if world > 1:
+                args.shard_size = max(1, min(args.shard_size, -(-len(source) // world)))
     return progress, fingerprint
 
 
@@ -572,8 +594,48 @@ def skipped_inputs(shards) -> str:
                + (' ...' if len(skipped) > 10 else '') if skipped else ''))
 
 
+def encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, rank,
+               shard_shape, total, skipped_now):
+    """Encode the pending items of ``loader`` into ``bufs``, writing each shard as
+    it fills."""
+    unit = 'img' if args.data_path else 'clip'
+    with tqdm(total=total, desc=f'encode (rank {rank})', disable=rank != 0,
+              unit=unit, dynamic_ncols=True) as pbar:
+        for batch, items in loader:
+            if batch is not None:
+                fields = encode_batch(
+                    batch, vae, text_encoder,
+                    [source.captions[g] for g, why in items if why is None], args, device)
+                # an item whose latents or text embeddings hold NaN / inf in the dtype
+                # they are stored in (a VAE that overflowed, values past float16's range)
+                # was written without a word, and training met it as a NaN loss
+                row, bad = 0, nonfinite_rows(fields)
+            for gidx, why in items:
+                buf = bufs[gidx // args.shard_size]
+                if why is None and row in bad:  # skipped, with its reason, as unreadable
+                    # inputs are: training would meet it as a NaN loss
+                    kept_as = str(fields[bad[row]].dtype).replace('torch.', '')
+                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({kept_as}): '
+                           'the encoder overflowed or the input is broken')
+                    tqdm.write(f'{PROG}: skipping {source.names[gidx]}: {why}')
+                    row += 1
+                if why is None:
+                    buf.add({name: value[row] for name, value in fields.items()},
+                            source.labels[gidx])
+                    row += 1
+                else:
+                    buf.skipped.append(source.names[gidx])
+                    buf.why.append(why)
+                    skipped_now.append(source.names[gidx])
+                buf.seen += 1
+                if buf.full:
+                    flush(writer, bufs.pop(buf.shard_id), args, shard_shape)
+            pbar.update(len(items))
+
+
 def main(argv=None):
     args = parse_args(argv)
+    adopt_slurm_tasks()
     check_args(args)
     source = build_source(args)
     meta = store_meta(args, source)
@@ -619,39 +681,14 @@ def main(argv=None):
                         pin_memory=device.type == 'cuda')
     bufs = {k: ShardBuffer(k, *writer.shard_range(k)) for k in pending}
     skipped_now = []
-    unit = 'img' if args.data_path else 'clip'
-    with tqdm(total=len(indices), desc=f'encode (rank {rank})', disable=rank != 0,
-              unit=unit, dynamic_ncols=True) as pbar:
-        for batch, items in loader:
-            if batch is not None:
-                fields = encode_batch(
-                    batch, vae, text_encoder,
-                    [source.captions[g] for g, why in items if why is None], args, device)
-                # an item whose latents or text embeddings hold NaN / inf in the dtype
-                # they are stored in (a VAE that overflowed, values past float16's range)
-                # was written without a word, and training met it as a NaN loss
-                row, bad = 0, nonfinite_rows(fields)
-            for gidx, why in items:
-                buf = bufs[gidx // args.shard_size]
-                if why is None and row in bad:  # skipped, with its reason, as unreadable
-                    # inputs are: training would meet it as a NaN loss
-                    kept_as = str(fields[bad[row]].dtype).replace('torch.', '')
-                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({kept_as}): '
-                           'the encoder overflowed or the input is broken')
-                    tqdm.write(f'{PROG}: skipping {source.names[gidx]}: {why}')
-                    row += 1
-                if why is None:
-                    buf.add({name: value[row] for name, value in fields.items()},
-                            source.labels[gidx])
-                    row += 1
-                else:
-                    buf.skipped.append(source.names[gidx])
-                    buf.why.append(why)
-                    skipped_now.append(source.names[gidx])
-                buf.seen += 1
-                if buf.full:
-                    flush(writer, bufs.pop(buf.shard_id), args, (copies, 2, *latent_shape))
-            pbar.update(len(items))
+    try:
+        encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, rank,
+                   (copies, 2, *latent_shape), len(indices), skipped_now)
+    except KeyboardInterrupt:  # (a bare 'interrupted' from each rank)
+        from mmsora.utils.cli import Interrupted
+        raise Interrupted(f'({plural(len(writer.done_shards()), "shard")} of '
+                          f'{writer.num_shards} at {args.out} are kept: rerun the same '
+                          'command to go on)', quiet=rank != 0) from None
 
     barrier()
     summary = None
