@@ -136,3 +136,6 @@ def test_train_py_checks_pass_on_every_config(path, tmp_path):
     cfg = build_train_config(parse_args([path, '--work-dir', str(tmp_path / 'w')]))
     assert cfg.work_dir == str(tmp_path / 'w') and not (tmp_path / 'w').exists()
     assert build_model_on_meta(cfg) is not None  # checked, not passed over
+    # the other ranks wait in a collective while rank 0 draws the samples during
+    # training: NCCL's default 10 minutes ended a text model's first round (walk-through q)
+    assert cfg.env_cfg.dist_cfg.get('timeout', 0) >= 1800

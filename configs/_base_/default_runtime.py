@@ -25,8 +25,13 @@ custom_hooks = [
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    # tools/train.py switches this to gloo on machines without CUDA.
-    dist_cfg=dict(backend='nccl'),
+    # tools/train.py switches this to gloo on machines without CUDA. timeout: seconds
+    # a collective waits (torch's default for NCCL is 10 minutes): the samples drawn
+    # during training (SampleVisualizationHook) are rank 0's alone, and the
+    # other ranks wait in the next all-reduce meanwhile; a text model's first round
+    # also loads its text encoder (T5-XXL) from disk, and 250 guided DDPM steps of an
+    # XL video model can take longer than that on a 48 GB card.
+    dist_cfg=dict(backend='nccl', timeout=3600),
 )
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends)
