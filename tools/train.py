@@ -442,14 +442,14 @@ def drop_log_dir_left_empty(runner, existed) -> None:
     shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def check_resume_matches_strategy(cfg):
+def check_resume_matches_strategy(cfg, world_size: int = 1):
     """A DeepSpeed checkpoint folder resumes with --deepspeed at its ZeRO stage, and a
     checkpoint file without it. Across the two mmengine said 'checkpoint file not
     found' of a folder that exists; ZeRO-3 against a ZeRO-1/2 folder (files per rank
     against one) failed in DeepSpeed's loader with a bare AssertionError."""
     if not (cfg.get('load_from') and cfg.get('resume')):
         return
-    from mmsora.utils.zero_checkpoint import zero_checkpoint_stage
+    from mmsora.utils.zero_checkpoint import zero_checkpoint_stage, zero_checkpoint_world_size
     strategy = cfg.get('strategy') or {}
     deepspeed = strategy.get('type') == 'DeepSpeedStrategy'
     saved = zero_checkpoint_stage(cfg.load_from)
@@ -470,6 +470,14 @@ def check_resume_matches_strategy(cfg):
                             f'--deepspeed {preset}, or start a new run from its weights '
                             '(tools/zero_to_state_dict.py, then --cfg-options '
                             'model.pretrained_denoiser=FILE)')
+        saved_world = zero_checkpoint_world_size(cfg.load_from)
+        if saved_world and saved_world != world_size:  # (DeepSpeed's 30-line traceback:
+            # 'The checkpoint being loaded used a DP world size of 2 but ...')
+            raise UserError(
+                f'--resume {cfg.load_from}: saved by {saved_world} DeepSpeed '
+                f'process{"es" * (saved_world != 1)}, this run has {world_size}: DeepSpeed resumes its partitioned optimizer '
+                'state on the same number only; relaunch with it, or start a new run from '
+                'its weights (tools/zero_to_state_dict.py, then --load-from FILE)')
 
 
 def check_latent_store(cfg):
@@ -836,7 +844,7 @@ def build_train_config(args):
         if not cfg.train_dataloader.get('collate_fn'):
             cfg.train_dataloader.collate_fn = dict(type='default_collate')
     check_latent_store(cfg)  # latents scaled for another VAE, labels past num_classes
-    check_resume_matches_strategy(cfg)
+    check_resume_matches_strategy(cfg, world_size)
     if ((cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy'
             and cfg.get('load_from') and not cfg.get('resume')):
         # mmengine's DeepSpeedStrategy reads every checkpoint with DeepSpeed's folder

@@ -6,7 +6,8 @@ import os
 import os.path as osp
 
 __all__ = ['MODEL_STATES_FILES', 'zero_model_states', 'is_zero_checkpoint',
-           'zero_checkpoint_stage', 'load_deepspeed_file', 'read_zero_checkpoint']
+           'zero_checkpoint_stage', 'zero_checkpoint_world_size', 'load_deepspeed_file',
+           'read_zero_checkpoint']
 
 # The file of a DeepSpeed checkpoint folder that holds the client state (our hooks'
 # entries, meta): ZeRO-1/2 write the first, ZeRO-3 one per data-parallel rank.
@@ -37,6 +38,16 @@ def zero_checkpoint_stage(path: str):
     if found is None:
         return None
     return 3 if osp.basename(found) == MODEL_STATES_FILES[1] else 1
+
+
+def zero_checkpoint_world_size(path: str):
+    """How many data-parallel processes saved a DeepSpeed checkpoint folder: one
+    optimizer-states file each (``[bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt``,
+    every ZeRO stage); None where there are none."""
+    import glob
+    ranks = {osp.basename(f).split('zero_pp_rank_')[1].split('_')[0]
+             for f in glob.glob(osp.join(glob.escape(path), '*zero_pp_rank_*_optim_states.pt'))}
+    return len(ranks) or None
 
 
 # What DeepSpeed pickles into its checkpoint files besides tensors and plain

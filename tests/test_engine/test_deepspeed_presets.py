@@ -408,3 +408,13 @@ def test_a_deepspeed_folder_resumes_with_its_own_zero_stage(tmp_path):
                            (zero3, 'deepspeed_zero3')):
         cfg = build(folder, '--deepspeed', preset)
         assert cfg.resume and cfg.load_from == str(folder)
+    # saved by 2 processes (one optimizer-states file each), resumed by 1: DeepSpeed's
+    # loader stopped with a 30-line traceback (walk-through q)
+    for rank in (0, 1):
+        (zero2 / f'bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt').write_bytes(b'')
+    with pytest.raises(UserError, match=r'iter_8.pth: saved by 2 DeepSpeed processes, this '
+                                        r'run has 1: DeepSpeed resumes its partitioned '
+                                        r'optimizer state on the same number only'):
+        build(zero2, '--deepspeed', 'deepspeed_zero2')
+    (zero2 / 'bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt').unlink()
+    assert build(zero2, '--deepspeed', 'deepspeed_zero2').resume
