@@ -136,6 +136,9 @@ class SampleVisualizationHook(Hook):
         finally:
             set_rng_states(states)
             model.train(was_training)
+            offload = getattr(getattr(model, 'text_encoder', None), 'offload', None)
+            if callable(offload) and offload():  # (not training memory: docs)
+                torch.cuda.empty_cache()
         return samples, labels
 
     def _log(self, runner, samples, labels, step: int):

@@ -164,6 +164,17 @@ class HFTextEncoder(nn.Module):
         """Stay in eval mode: the encoder is frozen."""
         return super().train(False)
 
+    def offload(self) -> bool:
+        """Move a loaded encoder off its GPU to the CPU, where the next :meth:`encode`
+        on a GPU takes it back; whether it moved. The samples drawn during training
+        left T5-XXL (9.5 GB in bf16) on rank 0's card for the rest of the run."""
+        encoder = self.__dict__['_encoder']
+        param = next(encoder.parameters(), None) if encoder is not None else None
+        if param is None or param.device.type == 'cpu':
+            return False
+        encoder.to('cpu')
+        return True
+
     # ------------------------------------------------------------------ shapes
     @property
     def embed_dim(self):
