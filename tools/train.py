@@ -595,7 +595,8 @@ def note_named_layout(config, cfg, world_size: int) -> None:
     global batch, which the recipe's learning rate goes with, is then another (DiT's
     256 became 32 on one card, without a word)."""
     import re
-    found = re.search(r'_(\d+)xb(\d+)_', osp.basename(config))
+    # (the layout may end the name: t2v_tiny_4xb2.py)
+    found = re.search(r'_(\d+)xb(\d+)(_|\.py$|$)', osp.basename(config))
     batch = (cfg.get('train_dataloader') or {}).get('batch_size')
     if not found or int(found.group(1)) == world_size or not isinstance(batch, int):
         return

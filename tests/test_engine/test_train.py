@@ -520,6 +520,9 @@ def test_a_config_named_for_more_processes_notes_the_global_batch(repo_root, tmp
     assert ('named for 1 process x 2 (a global batch of 2); this run has 2: a global batch '
             "of 4 at the same learning rate. For the recipe's: --cfg-options "
             'global_batch_size=2\n') in capsys.readouterr().err
+    # a layout that ends the name (walk-through q's t2v_tiny_4xb2.py had no note)
+    note_named_layout('t2v_tiny_4xb2.py', dict(train_dataloader=dict(batch_size=2)), 2)
+    assert 't2v_tiny_4xb2.py is named for 4 processes x 2' in capsys.readouterr().err
     for kept in (['train_dataloader.batch_size=256'], ['global_batch_size=256']):
         build_train_config(parse_args([config, '--work-dir', str(tmp_path / 'b'),
                                        '--cfg-options', *kept]))
