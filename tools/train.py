@@ -442,6 +442,21 @@ def drop_log_dir_left_empty(runner, existed) -> None:
     shutil.rmtree(log_dir, ignore_errors=True)
 
 
+def note_load_from_run(args, checkpoint) -> None:
+    """Say what ``--load-from`` takes from a run's checkpoint and what starts afresh
+    (mmengine's log said only 'Load checkpoint from ...')."""
+    done = (checkpoint.get('meta') or {}).get('iter')
+    saved = f' (iteration {done})' if done else ''
+    if 'ema_state_dict' not in checkpoint:
+        takes = f'its weights{saved}'
+    elif args.fsdp:  # (ShardedEMAHook: the weights mmengine loads, the average)
+        takes = f'its EMA weights{saved}, the EMA too'
+    else:
+        takes = f'its trained weights{saved}, the EMA from its EMA'
+    note(f'--load-from {args.load_from}: the model starts from {takes}; the optimizer '
+         'state, the schedule and the data order start afresh (--resume keeps them)')
+
+
 def check_resume_matches_strategy(cfg, world_size: int = 1):
     """A DeepSpeed checkpoint folder resumes with --deepspeed at its ZeRO stage, and a
     checkpoint file without it. Across the two mmengine said 'checkpoint file not
@@ -475,9 +490,10 @@ def check_resume_matches_strategy(cfg, world_size: int = 1):
             # 'The checkpoint being loaded used a DP world size of 2 but ...')
             raise UserError(
                 f'--resume {cfg.load_from}: saved by {saved_world} DeepSpeed '
-                f'process{"es" * (saved_world != 1)}, this run has {world_size}: DeepSpeed resumes its partitioned optimizer '
-                'state on the same number only; relaunch with it, or start a new run from '
-                'its weights (tools/zero_to_state_dict.py, then --load-from FILE)')
+                f'process{"es" * (saved_world != 1)}, this run has {world_size}: DeepSpeed '
+                'resumes its partitioned optimizer state on the same number only; relaunch '
+                'with it, or start a new run from its weights (tools/zero_to_state_dict.py, '
+                'then --load-from FILE)')
 
 
 def check_latent_store(cfg):
@@ -520,21 +536,6 @@ def check_one_store(cfg, root):
         note_caption_length(cfg, index, root)
         return
     check_store_labels(cfg, index, root)
-
-
-def note_load_from_run(args, checkpoint) -> None:
-    """Say what ``--load-from`` takes from a run's checkpoint and what starts afresh
-    (mmengine's log said only 'Load checkpoint from ...')."""
-    done = (checkpoint.get('meta') or {}).get('iter')
-    saved = f' (iteration {done})' if done else ''
-    if 'ema_state_dict' not in checkpoint:
-        takes = f'its weights{saved}'
-    elif args.fsdp:  # (ShardedEMAHook: the weights mmengine loads, the average)
-        takes = f'its EMA weights{saved}, the EMA too'
-    else:
-        takes = f'its trained weights{saved}, the EMA from its EMA'
-    note(f'--load-from {args.load_from}: the model starts from {takes}; the optimizer '
-         'state, the schedule and the data order start afresh (--resume keeps them)')
 
 
 def check_store_labels(cfg, index, root) -> None:
