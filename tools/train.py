@@ -515,7 +515,16 @@ def check_latent_store(cfg):
 def check_one_store(cfg, root):
     index_file = osp.join(root, 'index.json')
     if not osp.isfile(index_file):
-        return  # the dataset names a missing store when it is built
+        if not osp.isdir(root):
+            return  # the dataset names a missing folder when it is built
+        # a folder of something else (fast-DiT's features, a parent folder): named now,
+        # as the dataset names it (after the Runner's start-up had made the work dir)
+        from mmsora.datasets.latent_store import LatentStore
+        try:
+            LatentStore(root)
+        except (OSError, ValueError) as e:
+            raise UserError(f'train_dataloader.dataset: {e}') from None
+        return
     import json
     try:
         with open(index_file) as f:

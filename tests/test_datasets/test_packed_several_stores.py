@@ -126,3 +126,18 @@ def test_training_checks_each_store_before_the_run(repo_root, tmp_path):
                                         r'model.num_classes=4'):
         build_train_config(parse_args(argv))
     build_train_config(parse_args([*argv[:-1], "train_dataloader.dataset.store=['a','a']"]))
+
+
+def test_a_missing_store_is_named_before_the_run(repo_root, tmp_path):
+    """A data_root without index.json (fast-DiT's features folder given as a store) was
+    named after the Runner's start-up, which left the work dir's folders behind
+    (walk-through p)."""
+    from tools.train import build_train_config, parse_args
+    (tmp_path / 'features').mkdir()
+    argv = [osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py'),
+            '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+            f'train_dataloader.dataset.data_root={tmp_path / "features"}']
+    with pytest.raises(UserError, match=r"^train_dataloader.dataset: no latent store index "
+                                        r"'.*features/index.json'"):
+        build_train_config(parse_args(argv))
+    assert not (tmp_path / 'w').exists()
