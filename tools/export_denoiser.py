@@ -145,6 +145,10 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
         converted, config = diffusers_from_dit(state, heads, source)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if config['num_embeds_ada_norm'] != 1000:  # (an IndexError in the pipeline)
+        note(f"{source}: {config['num_embeds_ada_norm']} classes: diffusers' DiTPipeline "
+             'takes class 1000 as the null class, so with guidance it samples 1000-class '
+             'models alone; call it with guidance_scale=1, or sample with tools/infer.py')
     import json
     import shutil
     partial = f'{out.rstrip(os.sep)}.tmp.{os.getpid()}'

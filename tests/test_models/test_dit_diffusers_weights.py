@@ -263,8 +263,14 @@ def test_a_dit_exported_for_diffusers_is_diffusers_dit(pipeline, tmp_path, capsy
         table.mul_(0.9999).add_(table * 1.0001, alpha=1e-4)
     assert 5e-5 < (table - dit.state_dict()['pos_embed']).abs().max() < 1e-3
     torch.save(drifted, tmp_path / 'ema.pt')
+    capsys.readouterr()
     export([str(tmp_path / 'ema.pt'), '--diffusers', '--num-heads', '4', '--out',
             str(tmp_path / 'from_ema')])
+    # diffusers' DiTPipeline takes class 1000 as the null class: with guidance, an
+    # IndexError for any other class count (walk-through p)
+    rows = dit.y_embedder.embedding_table.weight.shape[0]
+    assert (f"ema.pt: {rows - 1} classes: diffusers' DiTPipeline takes class 1000 as the "
+            'null class') in capsys.readouterr().err
     assert DiTTransformer2DModel.from_pretrained(tmp_path / 'from_ema').config[
         'sample_size'] == dit.x_embedder.num_patches ** 0.5 * dit.patch_size
 
