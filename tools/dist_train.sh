@@ -4,6 +4,15 @@
 # Several nodes: run it on each node with NNODES, NODE_RANK, MASTER_ADDR (and PORT) set.
 # PYTHON: the interpreter (default: python on PATH, e.g. an activated venv's).
 set -euo pipefail
+USAGE='bash tools/dist_train.sh CONFIG GPUS [train.py options]'
+if [[ $# -lt 1 || $1 == -* ]]; then
+    echo "dist_train.sh: CONFIG is missing${1:+ (got the option $1 in its place)}: $USAGE" >&2
+    exit 2
+fi
+if [[ $# -lt 2 || $2 == -* ]]; then
+    echo "dist_train.sh: GPUS, the number of processes on this node, is missing${2:+ (got the option $2 in its place)}: $USAGE" >&2
+    exit 2
+fi
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

@@ -12,7 +12,9 @@ at each ``--batch-size`` (default: the config's) with its parts, and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on
 one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
-buckets; gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
+buckets, and divides a config's ``global_batch_size`` as ``tools/train.py`` does on N
+processes (over the accumulation steps too; ``--batch-size`` counts other batches
+instead); gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
 gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
@@ -44,7 +46,9 @@ def parse_args(argv=None):
                         help='bf16/fp16: autocast over fp32 weights (tools/train.py '
                         '--amp); default: what the config\'s optim_wrapper trains in')
     parser.add_argument('--batch-size', type=int, nargs='+',
-                        help='samples per GPU (default: train_dataloader.batch_size)')
+                        help='samples per GPU (default: the config\'s '
+                        'global_batch_size over --gpus and the accumulation steps, as '
+                        'tools/train.py splits it, else train_dataloader.batch_size)')
     parser.add_argument('--grad-checkpointing', type=checkpointing_setting, nargs='+',
                         metavar='K', help='recompute every K-th block (1: all, 0: none), '
                         'or selective (only the elementwise ops of every block); several '
@@ -143,11 +147,32 @@ def _check(args, cfg):
             raise UserError('--measure cuda: no CUDA device on this machine')
 
 
+def _apply_global_batch(args, cfg):
+    """A config's ``global_batch_size`` split over ``--gpus`` as ``tools/train.py``
+    splits it over its processes (and accumulation steps), unless ``--batch-size`` is
+    given; one line says which batch is counted. (The config's per-process
+    ``train_dataloader.batch_size`` was counted instead, without a word.)"""
+    total = cfg.get('global_batch_size')
+    if total is None:
+        return
+    if args.batch_size:
+        print(f'note: --batch-size {" ".join(map(str, args.batch_size))} is counted, not '
+              f'the config\'s global_batch_size={total}', flush=True)
+        return
+    from mmsora.engine.strategies import apply_global_batch
+    per_process = apply_global_batch(cfg, args.gpus)
+    accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    print(f'global_batch_size={total}: a batch of {per_process} per GPU on each of --gpus '
+          f'{args.gpus}' + (f' x {accum} accumulation steps' if accum > 1 else '')
+          + ', as tools/train.py trains it', flush=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
     apply_cfg_options(cfg, args.cfg_options)
     _check(args, cfg)
+    _apply_global_batch(args, cfg)
     deepspeed, fsdp = _strategy(args, cfg)
     from mmsora.engine.strategies import amp_dtype_of
     from mmsora.utils.memory_estimate import (estimate_training_memory,

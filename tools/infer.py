@@ -26,6 +26,7 @@ Examples:
         --sampler-options atol=1e-6 rtol=1e-3
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -273,11 +274,32 @@ def check_prompts(args, prompts, text: bool, text_encoder: bool = True) -> None:
                         'one takes class labels (--labels) or none')
 
 
+def check_launcher(args, mass: bool) -> None:
+    """--launcher (and --sample-dir) only with mass sampling into --out NAME.npz, and
+    under torchrun only with --launcher: its processes each drew every sample and wrote
+    the same files (a grid, mp4s or the .npz's shards)."""
+    world = os.environ.get('WORLD_SIZE', '1')
+    torchrun = world.isdigit() and int(world) > 1
+    out = f'--out {args.out}' if args.out else 'no --out'
+    if not mass and torchrun:
+        raise UserError(f'started as one of {world} torchrun processes with {out}: a grid '
+                        "or mp4s are one process's job: run it without torchrun, or "
+                        'sample many with --out NAME.npz --launcher pytorch')
+    if not mass and args.launcher != 'none':
+        raise UserError(f'--launcher {args.launcher} is for mass sampling into --out '
+                        f"NAME.npz; with {out} (a grid or mp4s, one process's job) run it "
+                        'without --launcher')
+    if torchrun and args.launcher == 'none':
+        raise UserError(f'started as one of {world} torchrun processes without --launcher: '
+                        'add --launcher pytorch (each process then samples its share)')
+    if args.sample_dir and not mass:
+        raise UserError('--sample-dir is for mass sampling: give --out NAME.npz')
+
+
 def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
-    if (args.launcher != 'none' or args.sample_dir) and not mass:
-        raise UserError('--launcher and --sample-dir are for mass sampling: give --out NAME.npz')
+    check_launcher(args, mass)  # before minutes of loading weights
     if args.launcher != 'none':
         from mmsora.apis import init_sampling_processes
         args.device = init_sampling_processes(args.launcher,

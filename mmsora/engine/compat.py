@@ -115,6 +115,37 @@ def load_from_local_weights_only(filename, map_location=None):
                                 mmap=not _RESUMING[0])
 
 
+def slurm_master_addr(node_list: str) -> str:
+    """The first host of ``SLURM_NODELIST``, for ``MASTER_ADDR``.
+
+    A plain host name is itself; a list (``node[01-04]``, ``a,b``) is expanded by
+    ``scontrol show hostname``, whose stdout alone is read. (mmengine's launcher reads
+    ``scontrol ... | head -n1`` with stderr mixed in: without scontrol, as in many
+    containers, the rendezvous retried the host '/bin/sh: 1: scontrol: not found'
+    for ever.)
+    """
+    if not any(c in node_list for c in '[],'):
+        return node_list
+    command = ['scontrol', 'show', 'hostname', node_list]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, check=True, timeout=60)
+        first = done.stdout.split('\n', 1)[0].strip()
+        why = 'printed no host name'
+    except FileNotFoundError:
+        first, why = '', 'not found on PATH'
+    except subprocess.CalledProcessError as e:
+        said = (e.stderr or '').strip().splitlines()
+        first, why = '', f'exit status {e.returncode}' + (f' ({said[0]})' if said else '')
+    except (OSError, subprocess.TimeoutExpired) as e:
+        first, why = '', str(e).splitlines()[0] if str(e) else type(e).__name__
+    if first:
+        return first
+    from mmsora.utils.cli import UserError
+    raise UserError(f'--launcher slurm: cannot name the first host of SLURM_NODELIST='
+                    f'{node_list}: {" ".join(command)}: {why}; set MASTER_ADDR to it')
+
+
 def _slurm_env():
     """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher."""
     missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
@@ -126,9 +157,9 @@ def _slurm_env():
     proc_id = int(os.environ['SLURM_PROCID'])
     ntasks = int(os.environ['SLURM_NTASKS'])
     node_list = os.environ['SLURM_NODELIST']
-    addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
     os.environ.setdefault('MASTER_PORT', '29500')
-    os.environ.setdefault('MASTER_ADDR', addr)
+    if 'MASTER_ADDR' not in os.environ:  # (kept when given)
+        os.environ['MASTER_ADDR'] = slurm_master_addr(node_list)
     os.environ['WORLD_SIZE'] = str(ntasks)
     os.environ['LOCAL_RANK'] = str(proc_id % max(torch.cuda.device_count(), 1))
     os.environ['RANK'] = str(proc_id)
@@ -143,14 +174,18 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -
 
     Returns:
         True when this call initialised the group. On CUDA machines, or with
-        ``launcher='none'``, nothing is done and mmengine initialises nccl itself.
+        ``launcher='none'``, no group is made and mmengine initialises nccl itself
+        (with ``'slurm'`` from the variables filled here: its own ``MASTER_ADDR``
+        is scontrol's output with stderr mixed in, see :func:`slurm_master_addr`).
     """
-    if launcher == 'none' or torch.cuda.is_available() or torch_dist.is_initialized():
+    if launcher == 'none' or torch_dist.is_initialized():
         return False
     if launcher == 'slurm':
         _slurm_env()
     elif launcher != 'pytorch':
         raise ValueError(f"launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
+    if torch.cuda.is_available():
+        return False
     missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                if k not in os.environ]
     if missing:  # a usage error (one line, exit 2), as for slurm's

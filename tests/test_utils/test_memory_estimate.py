@@ -425,3 +425,39 @@ def test_stable_cascade_lite_fits_one_24gb_card():
     for card, largest in ((24, 3), (48, 8)):
         assert estimate_training_memory(cfg, largest, amp='bf16').peak <= usable_bytes(card)
         assert estimate_training_memory(cfg, largest + 1, amp='bf16').peak > usable_bytes(card)
+
+
+def test_tool_splits_a_global_batch_as_train_does(tmp_path, capsys):
+    """A config's global_batch_size (or --cfg-options global_batch_size=40) is divided
+    over --gpus and the accumulation steps, as tools/train.py divides it: the tool
+    counted train_dataloader.batch_size instead (5: 30 GiB where train.py trained 10
+    per GPU, 46 GiB)."""
+    cfg_file = tmp_path / 'tiny.py'
+    tiny_cfg().dump(str(cfg_file))  # train_dataloader.batch_size=4
+
+    def counted(*options):
+        out = estimate_memory.main([str(cfg_file), *options])
+        return [row['batch_size'] for row in out['estimates']], out, capsys.readouterr().out
+
+    assert counted('--gpus', '4')[0] == [4]
+    batches, out, text = counted('--gpus', '4', '--cfg-options', 'global_batch_size=40')
+    assert batches == [10]
+    assert text.splitlines()[0] == ('global_batch_size=40: a batch of 10 per GPU on each '
+                                    'of --gpus 4, as tools/train.py trains it')
+    assert out['estimates'][0]['peak'] == counted('--gpus', '4', '--batch-size', '10')[1][
+        'estimates'][0]['peak']
+    from mmsora.engine.strategies import apply_global_batch  # train.py's own split
+    cfg = Config(dict(tiny_cfg(accumulate=2).to_dict(), global_batch_size=40))
+    assert apply_global_batch(cfg, 4) == 5
+    cfg.dump(str(cfg_file))
+    batches, _, text = counted('--gpus', '4')
+    assert batches == [5] and text.startswith(
+        'global_batch_size=40: a batch of 5 per GPU on each of --gpus 4 x 2 accumulation '
+        'steps, as tools/train.py trains it\n')
+    assert counted('--gpus', '1')[0] == [20]
+    batches, _, text = counted('--gpus', '4', '--batch-size', '3', '7')  # asked for: counted
+    assert batches == [3, 7] and text.startswith(
+        "note: --batch-size 3 7 is counted, not the config's global_batch_size=40\n")
+    with pytest.raises(UserError, match=r'global_batch_size=40 does not split evenly over 3 '
+                       r'process\(es\) x 2 accumulation step\(s\)'):
+        counted('--gpus', '3')
