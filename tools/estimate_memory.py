@@ -159,9 +159,9 @@ def _apply_global_batch(args, cfg):
         print(f'note: --batch-size {" ".join(map(str, args.batch_size))} is counted, not '
               f'the config\'s global_batch_size={total}', flush=True)
         return
-    from mmsora.engine.strategies import apply_global_batch
+    from mmsora.engine.strategies import accumulation_of, apply_global_batch
     per_process = apply_global_batch(cfg, args.gpus)
-    accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    accum = accumulation_of(cfg)
     print(f'global_batch_size={total}: a batch of {per_process} per GPU on each of --gpus '
           f'{args.gpus}' + (f' x {accum} accumulation steps' if accum > 1 else '')
           + ', as tools/train.py trains it', flush=True)

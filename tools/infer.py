@@ -26,7 +26,6 @@ Examples:
         --sampler-options atol=1e-6 rtol=1e-3
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -34,7 +33,8 @@ import torch
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
                               apply_cfg_options, check_at_least, check_output_path, device_setting,
-                              keep_freed_memory_on_cpu, load_config, note, run_cli)
+                              check_torchrun_launcher, keep_freed_memory_on_cpu,
+                              load_config, note, run_cli, torchrun_processes)
 
 
 def parse_args(argv=None):
@@ -278,8 +278,8 @@ def check_launcher(args, mass: bool) -> None:
     """--launcher (and --sample-dir) only with mass sampling into --out NAME.npz, and
     under torchrun only with --launcher: its processes each drew every sample and wrote
     the same files (a grid, mp4s or the .npz's shards)."""
-    world = os.environ.get('WORLD_SIZE', '1')
-    torchrun = world.isdigit() and int(world) > 1
+    world = torchrun_processes()
+    torchrun = world > 1
     out = f'--out {args.out}' if args.out else 'no --out'
     if not mass and torchrun:
         raise UserError(f'started as one of {world} torchrun processes with {out}: a grid '
@@ -289,9 +289,7 @@ def check_launcher(args, mass: bool) -> None:
         raise UserError(f'--launcher {args.launcher} is for mass sampling into --out '
                         f"NAME.npz; with {out} (a grid or mp4s, one process's job) run it "
                         'without --launcher')
-    if torchrun and args.launcher == 'none':
-        raise UserError(f'started as one of {world} torchrun processes without --launcher: '
-                        'add --launcher pytorch (each process then samples its share)')
+    check_torchrun_launcher(args.launcher)
     if args.sample_dir and not mass:
         raise UserError('--sample-dir is for mass sampling: give --out NAME.npz')
 

@@ -18,8 +18,8 @@ import os
 import sys
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
-                              check_output_path, device_setting, keep_freed_memory_on_cpu,
-                              run_cli)
+                              check_output_path, check_torchrun_launcher, device_setting,
+                              keep_freed_memory_on_cpu, run_cli)
 
 
 def parse_args(argv=None):
@@ -65,19 +65,10 @@ def check_args(args):
         check_output_path(path, option, folder)  # before the sampling, not after it
 
 
-def check_launcher(args):
-    """Under torchrun (WORLD_SIZE > 1) without --launcher every process sampled every
-    item into the same shard files (and one stopped on another's .tmp.npz)."""
-    world = os.environ.get('WORLD_SIZE', '1')
-    if args.launcher == 'none' and world.isdigit() and int(world) > 1:
-        raise UserError(f'started as one of {world} torchrun processes without --launcher: '
-                        'add --launcher pytorch (each process then samples its share)')
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    check_launcher(args)  # before minutes of loading weights
+    check_torchrun_launcher(args.launcher)  # before minutes of loading weights
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
         from mmsora.apis.inference import read_prompt_file

@@ -15,7 +15,7 @@ __all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_confi
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
            'check_output_path', 'check_at_least', 'read_user_text', 'first_line',
            'is_launch_rank0',
-           'is_first_on_machine']
+           'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher']
 
 
 class UserError(Exception):
@@ -464,6 +464,11 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
 def _paths_ending_in(cfg, name: str, depth: int = 3) -> list:
     """The dotted paths of ``cfg``'s entries named ``name`` inside its sections, up to
     ``depth`` levels down (``max_iters`` -> ``['train_cfg.max_iters']``)."""
+    return [path for path, _ in _entries_named(cfg, name, depth)]
+
+
+def _entries_named(cfg, name: str, depth: int = 3) -> list:
+    """``[(path, value)]`` of the entries :func:`_paths_ending_in` names."""
     found = []
 
     def walk(node, path, left):
@@ -471,7 +476,7 @@ def _paths_ending_in(cfg, name: str, depth: int = 3) -> list:
             return
         for key, value in node.items():
             if key == name and path:
-                found.append(f'{path}.{key}')
+                found.append((f'{path}.{key}', value))
             walk(value, f'{path}.{key}' if path else key, left - 1)
     walk(cfg, '', depth)
     return found
@@ -572,6 +577,22 @@ def is_first_on_machine() -> bool:
     return os.environ.get('SLURM_LOCALID', '0') == '0'
 
 
+def torchrun_processes() -> int:
+    """How many processes torchrun started this one among (its WORLD_SIZE; 1 without
+    torchrun)."""
+    world = os.environ.get('WORLD_SIZE', '1')
+    return int(world) if world.isdigit() else 1
+
+
+def check_torchrun_launcher(launcher: str) -> None:
+    """A sampling tool under torchrun without ``--launcher``: every process sampled
+    every item into the same files (one stopped on another's .tmp.npz)."""
+    world = torchrun_processes()
+    if launcher == 'none' and world > 1:
+        raise UserError(f'started as one of {world} torchrun processes without --launcher: '
+                        'add --launcher pytorch (each process then samples its share)')
+
+
 def _note_schedule_left_behind(cfg, updates) -> None:
     """A shorter or longer ``train_cfg.max_iters`` leaves the learning-rate schedule
     where it was (its ``end`` took the old length when the config was read): said on
@@ -633,14 +654,6 @@ def _spent_entries(cfg, key, old) -> list:
     return found
 
 
-def _entry(cfg, path: str):
-    """The value at the dotted ``path`` of ``cfg`` (one :func:`_paths_ending_in` gave)."""
-    node = cfg
-    for part in path.split('.'):
-        node = node[part]
-    return node
-
-
 def _listed(paths) -> str:
     return f'{", ".join(paths[:3])}{", ..." if len(paths) > 3 else ""}'
 
@@ -658,8 +671,9 @@ def _refuse_spent_variable(cfg, key, value) -> None:
     old = cfg.get(key)
     found = _spent_entries(cfg, key, old) if value != old else []
     if not found and key in cfg and value != old and key not in known_top_level():
-        named = _paths_ending_in(cfg, key, depth=5)
-        if named and any(_entry(cfg, path) != value for path in named):
+        entries = _entries_named(cfg, key, depth=5)
+        named = [path for path, _ in entries]
+        if any(held != value for _, held in entries):
             raise UserError(f'--cfg-options {key}={value}: no entry of the config took its '
                             f'value from the variable {key} ({_listed(named)} '
                             f'{"holds" if len(named) == 1 else "hold"} a value of '

@@ -12,12 +12,17 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from mmsora.registry import METRICS
+from mmsora.utils.cli import first_line
 
 from ..functional import (feature_stats, frechet_distance, inception_score, load_stats,
                           save_stats)
 from .base import SampleMetric, stack_results
 
 __all__ = ['FID', 'FVD']
+
+# What reading a statistics cache file may raise: missing, not an .npz, cut short, or
+# without its arrays.
+_CACHE_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 class FrechetMetric(SampleMetric):
@@ -172,7 +177,7 @@ class FrechetMetric(SampleMetric):
                        num_samples=len(samples))
         except OSError as e:  # after all the sampling: the value matters more
             print_log(f'{self.metric_name}: cannot cache the reference statistics in '
-                      f'{self.reference_cache} ({_first_line(e)}); the metric is computed '
+                      f'{self.reference_cache} ({first_line(e)[:200]}); the metric is computed '
                       'without the cache, and the next run computes them again: set '
                       'reference_cache to a writable path', logger='current',
                       level=logging.WARNING)
@@ -189,13 +194,18 @@ class FrechetMetric(SampleMetric):
                                     if isinstance(v, str) and osp.isfile(v)]
         return repr((sorted(self.extractor_cfg.items()), [_file_stamp(f) for f in files]))
 
+    def _cached_tag(self) -> str:
+        """The tag the cache file was written for (:meth:`_cache_tag`); raises
+        :data:`_CACHE_ERRORS` where it cannot be read."""
+        with np.load(self.reference_cache) as cached:
+            return str(cached.get('extractor', ''))
+
     def _cache_is_current(self) -> bool:
         """Whether a cache for this extractor and reference is there already (one
         made beforehand in a read-only data folder needs no writing)."""
         try:
-            with np.load(self.reference_cache) as cached:
-                return str(cached.get('extractor', '')) == self._cache_tag()
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return self._cached_tag() == self._cache_tag()
+        except _CACHE_ERRORS:
             return False
 
     def _read_cache(self, tag: str) -> Optional[Dict[str, np.ndarray]]:
@@ -204,14 +214,12 @@ class FrechetMetric(SampleMetric):
         if not osp.isfile(self.reference_cache):
             return None
         try:
-            with np.load(self.reference_cache) as cached:
-                if str(cached.get('extractor', '')) != tag:
-                    return None
+            if self._cached_tag() != tag:
+                return None
             return load_stats(self.reference_cache)
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except _CACHE_ERRORS as e:
             print_log(f'{self.metric_name}: cannot read the cached reference statistics '
-                      f'{self.reference_cache} ({reason[:200]}); computing them again',
+                      f'{self.reference_cache} ({first_line(e)[:200]}); computing them again',
                       logger='current', level=logging.WARNING)
             return None
 
@@ -285,11 +293,6 @@ class FVD(FrechetMetric):
 
     metric_name = 'FVD'
     sample_ndim = 5
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _unwritable_reason(path: str) -> Optional[str]:
