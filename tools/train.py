@@ -14,7 +14,7 @@ import torch
 from mmsora.utils.checkpoint import (check_checkpoint_complete, config_objective,
                                      trained_objective)
 from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
-                              apply_cfg_options, check_output_path, explain_error,
+                              add_note, apply_cfg_options, check_output_path, explain_error,
                               is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
                               load_config, note, parse_config_and_preset, run_cli)
 
@@ -886,7 +886,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmsora.engine import init_cpu_distributed
-    from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully
+    from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
     try:
         cfg = build_train_config(args)
         check_work_dir_is_new(cfg, args)  # a forgotten --resume
@@ -929,6 +929,12 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C: one line saying where to continue from
         loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
+    except Exception as e:  # a crash (another process killed, out of memory, a bad
+        # file): its traceback ends with where the run stands, as Ctrl-C's line does
+        where = stopped_by_error(runner)
+        if where:
+            add_note(e, where)
+        raise
     finally:
         restore()
         if sys.exc_info()[1] is not None:  # stopped: one that had not resumed yet

@@ -20,7 +20,9 @@ one; its checkpoint is the one ``--resume`` continues from:
   after the same iteration and save it together.
 
 The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoint,
-exit 130 for Ctrl-C and 143 for SIGTERM, as a shell reports them.
+exit 130 for Ctrl-C and 143 for SIGTERM, as a shell reports them. A run that an
+error ends after an iteration of its own (another process killed, out of memory)
+gets the same words under its traceback (:func:`stopped_by_error`).
 
 Data-loader workers leave the decision to the main process, which shuts them down
 when it stops. A scheduler signals every process of the job, workers included, and
@@ -35,6 +37,7 @@ default start method on Linux); spawn / forkserver workers
 import os
 import os.path as osp
 import signal
+from typing import Optional
 
 import torch
 from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
@@ -43,7 +46,8 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmsora.engine.accumulation import optimizer_stepped
 from mmsora.utils.cli import Interrupted
 
-__all__ = ['stop_gracefully', 'interrupted_at', 'checkpoint_due', 'GracefulStopHook']
+__all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'checkpoint_due',
+           'GracefulStopHook']
 
 # What each signal asks, ordered: the larger wins when processes were asked both.
 _STOP, _SAVE_AND_STOP = 1, 2
@@ -62,6 +66,16 @@ def interrupted_at(runner, done: int) -> str:
         return f'{where}; no checkpoint was saved yet'
     return (f'{where}; the last checkpoint is {latest}: continue with --resume '
             f'(--work-dir {runner.work_dir})')
+
+
+def stopped_by_error(runner) -> Optional[str]:
+    """Where a run that an error ended stands (:func:`interrupted_at`'s words), or
+    None when no iteration of its own had finished: what failed then was its start
+    (the resume, the first batch), which ``--resume`` would only repeat."""
+    hook = next((h for h in runner.hooks if isinstance(h, GracefulStopHook)), None)
+    if hook is None or not hook._ran:
+        return None
+    return f'training stopped by this error {interrupted_at(runner, runner.iter)}'
 
 
 def _checkpoint_hook(runner):

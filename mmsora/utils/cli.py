@@ -15,7 +15,8 @@ __all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_confi
            'unknown_key_message', 'unknown_type_message', 'missing_arguments_message',
            'check_output_path', 'check_at_least', 'read_user_text', 'first_line',
            'is_launch_rank0',
-           'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher']
+           'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher',
+           'add_note']
 
 
 class UserError(Exception):
@@ -1124,6 +1125,15 @@ def check_output_path(path, option: str, folder: bool = False) -> None:
         raise UserError(f'{option} {path} is a folder; give a file name')
 
 
+def add_note(exc: BaseException, text: str) -> None:
+    """Add ``text`` under ``exc``'s traceback (Python 3.11's ``add_note``; printed to
+    stderr at once on 3.10, which has none)."""
+    if hasattr(exc, 'add_note'):
+        exc.add_note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM), with what there is to do next in the tool's words (its
     message); ``exit_code`` is what :func:`run_cli` exits with (130, as a shell
@@ -1159,5 +1169,7 @@ def run_cli(main):
         if message is None or os.environ.get('MMSORA_DEBUG'):
             raise
         print(f'error: {message}', file=sys.stderr)
+        for line in getattr(e, '__notes__', ()):  # (add_note's: what to do next)
+            print(line, file=sys.stderr)
         return 2
     return 0
