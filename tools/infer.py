@@ -32,9 +32,10 @@ import sys
 import torch
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
-                              apply_cfg_options, check_at_least, check_output_path, device_setting,
-                              check_torchrun_launcher, keep_freed_memory_on_cpu,
-                              load_config, note, run_cli, torchrun_processes)
+                              apply_cfg_options, check_at_least, check_output_path,
+                              check_samples_not_finished, check_torchrun_launcher,
+                              device_setting, keep_freed_memory_on_cpu, load_config, note,
+                              run_cli, torchrun_processes)
 
 
 def parse_args(argv=None):
@@ -298,6 +299,8 @@ def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
     check_launcher(args, mass)  # before minutes of loading weights
+    if mass:
+        check_samples_not_finished(args.out)
     if args.launcher != 'none':
         from mmsora.apis import init_sampling_processes
         args.device = init_sampling_processes(args.launcher,

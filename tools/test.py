@@ -18,7 +18,8 @@ import os
 import sys
 
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
-                              check_output_path, check_torchrun_launcher, device_setting,
+                              check_output_path, check_samples_not_finished,
+                              check_torchrun_launcher, device_setting,
                               keep_freed_memory_on_cpu, run_cli)
 
 
@@ -63,6 +64,7 @@ def check_args(args):
     for option, path, folder in (('--out', args.out, False), ('--json', args.json, False),
                                  ('--sample-dir', args.sample_dir, True)):
         check_output_path(path, option, folder)  # before the sampling, not after it
+    check_samples_not_finished(args.out)
 
 
 def main(argv=None):

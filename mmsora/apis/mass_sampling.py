@@ -272,16 +272,27 @@ def _write_shard(shard: str, indices: range, samples: np.ndarray) -> None:
     os.replace(tmp, shard)
 
 
-def _save_files(sample_dir, indices, samples, labels, fps, only_missing=False):
-    """One PNG (or mp4) per sample, each written under a temporary name and renamed;
-    ``only_missing``: leave the files that exist (a kept shard's)."""
+def _save_labels(sample_dir, labels):
+    """``labels.txt``: line i is the class of sample i (the file names are DiT's
+    ``{i:06d}.png``, which its ``create_npz_from_sample_folder`` reads)."""
+    os.makedirs(sample_dir, exist_ok=True)
+    path = osp.join(sample_dir, 'labels.txt')
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(f'{y}\n' for y in labels)
+    os.replace(path + '.tmp', path)
+
+
+def _save_files(sample_dir, indices, samples, fps, only_missing=False):
+    """One PNG (or mp4) per sample, ``{i:06d}.png`` as DiT's ``sample_ddp.py`` names
+    them, each written under a temporary name and renamed; ``only_missing``: leave the
+    files that exist (a kept shard's)."""
     from PIL import Image
 
     from mmsora.utils.video_io import write_video
     os.makedirs(sample_dir, exist_ok=True)
     ext = '.png' if samples.ndim == 4 else '.mp4'
-    for k, (i, sample) in enumerate(zip(indices, samples)):
-        name = osp.join(sample_dir, f'{i:06d}' if labels is None else f'{i:06d}_label{labels[k]}')
+    for i, sample in zip(indices, samples):
+        name = osp.join(sample_dir, f'{i:06d}')
         if only_missing and osp.isfile(name + ext):
             continue
         if sample.ndim == 3:
@@ -354,7 +365,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             A rerun keeps them, also one that only asks for more samples; a shard
             that cannot be read is named and sampled again.
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
-            sample: ``{index:06d}_label{y}.png`` (``{index:06d}.png`` for prompts).
+            sample: ``{index:06d}.png`` (``.mp4``), the names DiT's ``sample_ddp.py``
+            writes, and for class models ``labels.txt`` (line i: sample i's class).
             A rerun writes those of the kept shards that are missing.
         evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
             ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
@@ -374,6 +386,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     parts_dir = f'{out}.parts' if out else None
     if parts_dir:
         _claim_parts_dir(parts_dir, _fingerprint(model, plan, batch_size, sample_kwargs), rank)
+    if sample_dir and rank == 0 and prompts is None:
+        _save_labels(sample_dir, plan['labels'])
     batches = rank_batches(num_samples, batch_size, rank, world_size)
     # A model whose sampling is collective (an FSDP-sharded one, which gathers its
     # weights in every forward: ShardedSampler) needs every process in every batch:
@@ -402,8 +416,7 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
                                        indices)
         if sample_dir:  # before the shard, so a kept shard's files exist (but see below)
             # A kept shard of a run without this sample_dir: write its missing files.
-            _save_files(sample_dir, indices, samples, None if prompts is not None
-                        else batch_labels, fps, only_missing=from_shard)
+            _save_files(sample_dir, indices, samples, fps, only_missing=from_shard)
         if shard and not from_shard:
             _write_shard(shard, indices, samples)
         if evaluator is not None:

@@ -16,7 +16,7 @@ __all__ = ['UserError', 'RunError', 'Interrupted', 'ArgumentParser', 'load_confi
            'check_output_path', 'check_at_least', 'read_user_text', 'first_line',
            'is_launch_rank0',
            'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher',
-           'add_note']
+           'add_note', 'check_samples_not_finished']
 
 
 class UserError(Exception):
@@ -1132,6 +1132,15 @@ def add_note(exc: BaseException, text: str) -> None:
         exc.add_note(text)
     else:
         print(text, file=sys.stderr, flush=True)
+
+
+def check_samples_not_finished(path, option: str = '--out') -> None:
+    """Refuse a mass sampling's ``.npz`` that exists: a finished run's (its shards
+    are gone once it is written), which the same command run again, or another run's
+    ``--out``, sampled over and replaced without a word."""
+    if path is not None and osp.isfile(path):
+        raise UserError(f'{option} {path} exists: the samples of a finished run are not '
+                        'sampled over; delete it, or give another name')
 
 
 class Interrupted(KeyboardInterrupt):

@@ -91,7 +91,8 @@ def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsy
     for other in arrays[1:]:
         np.testing.assert_array_equal(other['arr_0'], arrays[0]['arr_0'])
         np.testing.assert_array_equal(other['arr_1'], [0, 1, 2, 3, 0, 1])
-    assert len(os.listdir(root / 'files')) == 6
+    assert sorted(os.listdir(root / 'files')) == [f'{i:06d}.png' for i in range(6)] + [
+        'labels.txt']
 
     # The metric recomputed here from the saved samples: the CLI feeds what it saved.
     from mmsora.evaluation import FID

@@ -59,8 +59,15 @@ def test_npz_files_and_resume(tmp_path, capsys):
     np.testing.assert_array_equal(labels, [0, 1, 2, 0, 1, 2, 0])
     np.testing.assert_array_equal(arr, to_uint8_samples(fake_sample(range(5, 12), labels)))
     assert calls == [[5, 6, 7], [8, 9, 10], [11]]
-    assert sorted(p.name for p in (tmp_path / 'files').iterdir())[:2] == [
-        '000000_label0.png', '000001_label1.png']
+    assert sorted(p.name for p in (tmp_path / 'files').iterdir()) == [
+        *(f'{i:06d}.png' for i in range(7)), 'labels.txt']
+    assert (tmp_path / 'files' / 'labels.txt').read_text() == '0\n1\n2\n0\n1\n2\n0\n'
+    # The folder as DiT's create_npz_from_sample_folder reads it (it named files
+    # {i:06d}_label{y}.png, which that FileNotFoundError'd on)
+    from PIL import Image
+    dit_read = np.stack([np.asarray(Image.open(f"{tmp_path / 'files'}/{i:06d}.png"))
+                         .astype(np.uint8) for i in range(7)])
+    np.testing.assert_array_equal(dit_read, arr)
     assert not (tmp_path / 'samples.npz.parts').exists()
 
     # A crash after the first batch: the rerun keeps that shard and samples the rest.
@@ -130,7 +137,7 @@ def test_clips_go_to_npz_and_mp4(tmp_path):
                 sample_fn=clips, fps=4, progress=False)
     with np.load(out) as data:
         assert data['arr_0'].shape == (2, 4, 8, 8, 3)
-    assert read_video_frames(str(tmp_path / 'v' / '000001_label0.mp4')).shape == (4, 8, 8, 3)
+    assert read_video_frames(str(tmp_path / 'v' / '000001.mp4')).shape == (4, 8, 8, 3)
 
 
 def counting(calls):
@@ -185,8 +192,8 @@ def test_sample_dir_gets_the_files_of_kept_shards(tmp_path):
                     progress=False)
     mass_sample(None, 10, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd2'),
                 sample_fn=fake_sample, progress=False)
-    names = sorted(p.name for p in (tmp_path / 'sd2').iterdir())
-    assert names == [f'{i:06d}_label0.png' for i in range(10)]
+    names = sorted(p.name for p in (tmp_path / 'sd2').glob('*.png'))
+    assert names == [f'{i:06d}.png' for i in range(10)]
     with np.load(out) as data:
         np.testing.assert_array_equal(
             np.stack([np.asarray(Image.open(tmp_path / 'sd2' / n)) for n in names]),
@@ -195,10 +202,10 @@ def test_sample_dir_gets_the_files_of_kept_shards(tmp_path):
     with pytest.raises(RuntimeError):
         mass_sample(None, 4, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd3'),
                     sample_fn=crash_at(2), progress=False)
-    (tmp_path / 'sd3' / '000001_label0.png').unlink()
+    (tmp_path / 'sd3' / '000001.png').unlink()
     mass_sample(None, 4, [0], batch_size=2, out=out, sample_dir=str(tmp_path / 'sd3'),
                 sample_fn=fake_sample, progress=False)
-    assert len(list((tmp_path / 'sd3').iterdir())) == 4
+    assert len(list((tmp_path / 'sd3').glob('*.png'))) == 4
 
 
 def test_refusal_names_what_differs(tmp_path):
