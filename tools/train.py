@@ -515,10 +515,9 @@ def check_latent_store(cfg):
 def check_one_store(cfg, root):
     index_file = osp.join(root, 'index.json')
     if not osp.isfile(index_file):
-        if not osp.isdir(root):
-            return  # the dataset names a missing folder when it is built
-        # a folder of something else (fast-DiT's features, a parent folder): named now,
-        # as the dataset names it (after the Runner's start-up had made the work dir)
+        # a missing folder, or one of something else (fast-DiT's features, a parent
+        # folder): named now, as the dataset names it (after the Runner's start-up had
+        # made the work dir and, for a large model, built it: 39 s for Stable Cascade lite)
         from mmsora.datasets.latent_store import LatentStore
         try:
             LatentStore(root)
