@@ -211,6 +211,26 @@ class MMSoraPictures(PictureBackend):
 # --------------------------------------------------------------------------- #
 #                             diffusers pipelines                             #
 # --------------------------------------------------------------------------- #
+# Pipelines that give no pictures from a saved folder: the prior samples Stage C
+# latents (image embeddings); the decoder and the combined pipeline name Würstchen's
+# PaellaVQModel, which diffusers no longer loads by name ("`diffusers` has no class
+# PaellaVQModel").
+STABLE_CASCADE_PIPELINES = ('StableCascadePriorPipeline', 'StableCascadeDecoderPipeline',
+                            'StableCascadeCombinedPipeline')
+
+
+def check_picture_pipeline(path: str) -> None:
+    """Refuse, before loading it, a pipeline folder whose ``model_index.json`` names a
+    Stable Cascade pipeline: the prior sampled, then stopped on its output (no
+    ``images``); the decoder and combined ones failed inside diffusers."""
+    from mmsora.utils.checkpoint import read_json_config
+    name = (read_json_config(osp.join(path, 'model_index.json')) or {}).get('_class_name')
+    if name in STABLE_CASCADE_PIPELINES:
+        raise UserError(f'{path} holds a {name}, which gives no pictures here: sample a '
+                        'Stable Cascade run of mmsora instead (--pictures mmsora:RUN, with '
+                        'its Stage B + A as model.vae)')
+
+
 @PICTURE_BACKENDS.register_module()
 class DiffusersPictures(PictureBackend):
     """A diffusers pipeline saved in a local folder (``save_pretrained`` layout).
@@ -234,6 +254,7 @@ class DiffusersPictures(PictureBackend):
                             'with pipeline.save_pretrained(DIR)); ' + OFFLINE_HINT)
         if not osp.isfile(osp.join(path, 'model_index.json')):
             raise UserError(f'{path} is not a diffusers pipeline folder (no model_index.json)')
+        check_picture_pipeline(path)
         import torch
         from diffusers import DiffusionPipeline
         device = device or _default_device()
@@ -257,7 +278,13 @@ class DiffusersPictures(PictureBackend):
             kwargs['guidance_scale'] = self.guidance_scale
         out = self.pipe(**kwargs)
         pics = getattr(out, 'frames', None)
-        pics = np.asarray(out.images if pics is None else pics)[0]  # (H, W, 3) or clip
+        if pics is None:
+            pics = getattr(out, 'images', None)
+        if pics is None:  # e.g. a prior's image embeddings: an AttributeError before
+            raise UserError(f'{type(self.pipe).__name__} gives a {type(out).__name__} with '
+                            'neither images nor frames: not a picture pipeline; give a '
+                            'text-to-image or text-to-video pipeline folder')
+        pics = np.asarray(pics)[0]  # (H, W, 3) or clip
         return (np.clip(pics, 0, 1) * 255).round().astype(np.uint8)
 
 

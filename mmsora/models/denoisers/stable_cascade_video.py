@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mmsora.registry import MODELS
 from mmsora.utils import sample_rng
-from mmsora.utils.checkpoint import local_pretrained_kwargs
+from mmsora.utils.checkpoint import hub_snapshot, local_pretrained_kwargs
 from ..layers import PackedLinear, split_heads
 from ..layers.attention_backends import attention
 from ..layers.checkpointing import checkpointed_call
@@ -253,8 +253,11 @@ class StableCascadeVideo(nn.Module):
 
         The folder's ``config.json`` must describe the same architecture as ``unet``;
         every weight must match (``strict=True``). The temporal layers are untouched.
+        A Hugging Face cache folder (``models--stabilityai--stable-cascade-prior``) is
+        read in its snapshot, as the text encoder's and the VAE's folders are.
         """
         import json
+        path = hub_snapshot(path)
         folder = osp.join(path, subfolder) if subfolder else path
         config_file = osp.join(folder, 'config.json')
         if not osp.isfile(config_file):

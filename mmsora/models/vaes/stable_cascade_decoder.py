@@ -55,7 +55,8 @@ class StableCascadeDecoder(nn.Module):
         scale_factor (float): Stage C latent scale (1.0: Stage C diffuses the encoder's
             batch-normalised output as it is).
         encoder (dict | nn.Module, optional): Image -> Stage C latent encoder (a
-            MODELS config or a module), used by :meth:`encode`.
+            MODELS config, built at the first :meth:`encode` with ``seed``, or a
+            module), used by :meth:`encode`.
     """
 
     def __init__(self, pretrained_path: Optional[str] = None,
@@ -217,6 +218,39 @@ class StableCascadeDecoder(nn.Module):
                 f'model\'s are {pooled_dim} wide (its text encoder\'s): set '
                 'model.vae.pretrained_path to the Stage B made for this text encoder')
 
+    def check_folder(self) -> None:
+        """Refuse, without loading it, a ``pretrained_path`` folder without Stage B in
+        ``decoder_subfolder`` or Stage A in ``vqgan/``: what ``tools/train.py`` checks
+        before the run (Stage B and A load only when samples are decoded: a typo in
+        ``decoder_subfolder`` trained a whole run, then stopped tools/infer.py). A
+        folder not there (yet) is left to the load.
+
+        Raises:
+            ValueError: one line naming the folder and the setting to change.
+        """
+        if self.pretrained_path is None or not osp.isdir(self.pretrained_path):
+            return
+        path = hub_snapshot(self.pretrained_path)
+
+        def has(sub):
+            return osp.isfile(osp.join(path, sub, 'config.json'))
+        if not has(self.decoder_subfolder):
+            found = [sub for sub in ('decoder_lite', 'decoder') if has(sub)]
+            if found:
+                raise ValueError(
+                    f'{path!r} has no {self.decoder_subfolder}/config.json (model.vae.'
+                    f'decoder_subfolder={self.decoder_subfolder!r}): set model.vae.'
+                    f'decoder_subfolder to {" or ".join(map(repr, found))}, its Stage B')
+            prior = [sub for sub in ('prior_lite', 'prior') if has(sub)]
+            holds = (f'a Stage C prior ({prior[0]}/: stable-cascade-prior), not Stage B'
+                     if prior else 'no Stage B (decoder_lite/ or decoder/)')
+            raise ValueError(f'{path!r} holds {holds}: give a local stabilityai/stable-'
+                             f'cascade folder with {self.decoder_subfolder}/ and vqgan/')
+        if not has('vqgan'):
+            raise ValueError(f'{path!r} has no vqgan/config.json (Stage A): give a local '
+                             f'stabilityai/stable-cascade folder with '
+                             f'{self.decoder_subfolder}/ and vqgan/')
+
     @property
     def dtype(self):
         return self.pipeline.decoder.dtype
@@ -304,9 +338,22 @@ class StableCascadeDecoder(nn.Module):
                 "encoder (Stable Cascade's EfficientNetV2-S); set the wrapper's `encoder` "
                 "to a module mapping images in [-1, 1] to Stage C latents")
         if isinstance(encoder, dict):
-            encoder = MODELS.build(encoder)
+            encoder = self._build_encoder(encoder, images.device)
             self.__dict__['_encoder'] = encoder
         encoder.requires_grad_(False).eval().to(images.device)
         x, unfold = self._fold(images)
         latents = [encoder(x[a:b]).float() for a, b in self._chunks(len(x))]
         return unfold(torch.cat(latents) * self.scale_factor)
+
+    def _build_encoder(self, cfg: dict, device) -> nn.Module:
+        """The encoder of a config, built on first use (its weights stay unloaded
+        until latents are encoded) from a generator of its own, seeded with ``seed``.
+
+        Built from torch's global generator, its initialisation drew at iteration 1 of
+        a run but at the first iteration after a ``--resume``: the draws of every later
+        step moved, and the resumed losses were not the uninterrupted run's.
+        """
+        devices = [device] if torch.device(device).type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(self.seed)
+            return MODELS.build(cfg)
