@@ -1,5 +1,6 @@
 """Python API behind tools/infer.py: load a trained model, sample, save pictures."""
 import glob
+import inspect
 import os
 import os.path as osp
 import re
@@ -389,18 +390,30 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
             is then ignored).
         **sample_kwargs: :meth:`LatentDiffusion.sample`'s settings (``sampler``,
             ``num_steps``, ``cfg_scale``, ``precision``, ``decode``, the sampler's
-            options such as ``eta``); None leaves the run's. Another sampler than
+            options such as ``eta``); a setting None leaves the run's, a sampler
+            option None is passed on (SiT's ``last_step=None``). Another sampler than
             the run's drops the run's sampler options (``merge_sample_cfg``).
 
     Returns:
         Tensor: float32 on the CPU, ``(N, 3, H, W)`` pictures or ``(N, 3, T, H, W)``
         clips in [-1, 1] (latents for a model without a VAE, or ``decode=False``).
     """
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
+    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
+                                                     merge_sample_cfg)
     run_cfg = getattr(model, 'sample_cfg', None)
     if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
         run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
-    settings = merge_sample_cfg(run_cfg, **sample_kwargs)
+    # As tools/infer.py merges: the sampler, then its options as a dict (a None there is
+    # a value: SiT's last_step=None), then the settings as choices (None: the run's).
+    # (All as choices, last_step=None was dropped and SiT's 'Mean' last step taken.)
+    named = [name for name, p in inspect.signature(model.sample).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *named)
+    chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
+    options = {k: v for k, v in sample_kwargs.items() if k not in own}
+    sampler = sample_kwargs.get('sampler')
+    settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
+                                options, **chosen)
     if run_cfg is not None and settings.get('precision') is None:
         device = next(model.parameters()).device
         settings['precision'] = default_precision(device, run_cfg)

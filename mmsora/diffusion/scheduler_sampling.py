@@ -114,9 +114,10 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
 
 def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     """A ``sample_cfg``'s sampler and sampler options against the objective
-    ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``), without sampling: what
-    its ``sample`` checks first. ``own``: the keys the caller takes itself
-    (``LatentDiffusion.sample``'s arguments). Raises the same one-line ValueError."""
+    ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``, and the options' values
+    where it has ``check_sample_options``), without sampling: what its ``sample``
+    checks first. ``own``: the keys the caller takes itself (``LatentDiffusion.sample``'s
+    arguments). Raises the same one-line ValueError."""
     from mmsora.models.latent_diffusion import check_sampling_precision
     check_sampling_precision(settings.get('precision'))
     if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
@@ -129,6 +130,8 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
     check_sampler_options(sampler, options,
                           getattr(diffusion, 'SAMPLER_OPTIONS', {}).get(sampler, ()))
+    if callable(getattr(diffusion, 'check_sample_options', None)):
+        diffusion.check_sample_options(sampler, **options)  # the values (Transport's)
 
 
 def scheduler_sample_loop(scheduler,

@@ -17,7 +17,9 @@ noise and returns per-sample losses; ``sample`` integrates the probability-flow 
 SiT's reverse SDE from noise to data; ``log_likelihood`` integrates the ODE backwards
 with a Hutchinson divergence estimate.
 """
+import inspect
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -376,8 +378,7 @@ class Transport:
             Tensor: The sample, shaped like ``noise``; ``self.last_nfe`` holds the
             number of model evaluations.
         """
-        check_sampler_name(sampler, self.samplers(), 'Transport')
-        check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS[sampler])
+        self.check_sample_options(sampler, **sampler_kwargs)
         if num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps}')
         model = CountingModel(model_fn)
@@ -392,6 +393,51 @@ class Transport:
                                         progress, **sampler_kwargs)
         self.last_nfe = model.nfe
         return x
+
+    def check_sample_options(self, sampler, **options):
+        """``sampler`` and its options as :meth:`sample` takes them, checked before any
+        model call (and, through ``check_sample_settings``, a config's ``sample_cfg``
+        before training): the name, the option names, then their values, each a
+        one-line ValueError (a wrong value was a TypeError or an IndexError from
+        torchdiffeq or diffusers, or all-NaN samples)."""
+        check_sampler_name(sampler, self.samplers(), 'Transport')
+        check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
+        if sampler == 'ode_dopri5':
+            defaults = _defaults(self._sample_ode)
+            for name in ('atol', 'rtol'):  # (0 and 0: 'underflow in dt 0.0')
+                _check_number(name, options.get(name, defaults[name]), '> 0',
+                              f"dopri5's {'absolute' if name == 'atol' else 'relative'} "
+                              f'tolerance; SiT: {defaults[name]:g}')
+        elif sampler.startswith('sde_'):
+            defaults = _defaults(self._sample_sde)
+            options = dict(defaults, **options)
+            form, last_step = options['diffusion_form'], options['last_step']
+            _check_choice('diffusion_form', form, DIFFUSION_FORMS)
+            _check_choice('last_step', last_step, LAST_STEPS)
+            # (a negative norm made every sample NaN: sqrt of a negative diffusion)
+            _check_number('diffusion_norm', options['diffusion_norm'], '>= 0',
+                          f"the scale of the SDE's diffusion; SiT: "
+                          f"{defaults['diffusion_norm']:g}")
+            if last_step is not None:  # (None: no last step, its size unused)
+                _check_number('last_step_size', options['last_step_size'], 'in (0, 1)',
+                              f'the size of the {last_step!r} last step; SiT: '
+                              f"{defaults['last_step_size']:g}")
+            t0, _ = self.interval(self.sample_eps, sde=True, diffusion_form=form)
+            if form == 'SBDM' and t0 == 0 and self.path_name != 'VP':
+                raise ValueError(
+                    f"diffusion_form='SBDM' is infinite at t = 0 on the {self.path_name} "
+                    "path: set the objective's sample_eps > 0 (--cfg-options "
+                    'model.diffusion.sample_eps=1e-3; in Python Transport(sample_eps=1e-3)) '
+                    "or use diffusion_form='sigma'")
+        elif sampler == 'FlowMatchEulerDiscreteScheduler':
+            if self.path_name != 'Linear' or self.prediction != 'velocity':
+                raise ValueError(
+                    "FlowMatchEulerDiscreteScheduler samples rectified flow: it needs "
+                    f"path='Linear' and prediction='velocity' (this objective: "
+                    f"path={self.path_name!r}, prediction={self.prediction!r})")
+            if 'shift' in options:  # (0: an IndexError inside diffusers)
+                _check_number('shift', options['shift'], '> 0',
+                              "the scheduler's time shift; SD3: 3")
 
     def _sample_ode(self, model, x, model_kwargs, method, num_steps, progress,
                     atol=1e-6, rtol=1e-3):
@@ -408,20 +454,13 @@ class Transport:
     def _sample_sde(self, model, x, model_kwargs, method, num_steps, generators, progress,
                     diffusion_form='sigma', diffusion_norm=1.0, last_step='Mean',
                     last_step_size=0.04):
-        _check_choice('diffusion_form', diffusion_form, DIFFUSION_FORMS)
-        _check_choice('last_step', last_step, LAST_STEPS)
+        # (the options were checked by check_sample_options)
         if num_steps < 2:
             raise ValueError(f'the SDE samplers need num_steps >= 2, got {num_steps}')
         if last_step is None:
             last_step_size = 0.0
-        elif not 0 < last_step_size < 1:
-            raise ValueError(f'last_step_size must be in (0, 1), got {last_step_size}')
         t0, t1 = self.interval(self.sample_eps, sde=True, diffusion_form=diffusion_form,
                                last_step_size=last_step_size)
-        if diffusion_form == 'SBDM' and t0 == 0 and self.path_name != 'VP':
-            raise ValueError(f"diffusion_form='SBDM' is infinite at t = 0 on the "
-                             f"{self.path_name} path: set the objective's sample_eps > 0 "
-                             "(e.g. 1e-3) or use diffusion_form='sigma'")
 
         def diffusion(x, t):
             return self.path.diffusion(x, t, diffusion_form, diffusion_norm)
@@ -447,11 +486,6 @@ class Transport:
 
     def _sample_flow_match(self, model, x, model_kwargs, num_steps, generators, progress,
                            **scheduler_kwargs):
-        if self.path_name != 'Linear' or self.prediction != 'velocity':
-            raise ValueError(
-                "FlowMatchEulerDiscreteScheduler samples rectified flow: it needs "
-                f"path='Linear' and prediction='velocity' (this objective: "
-                f"path={self.path_name!r}, prediction={self.prediction!r})")
         if self.time_shift != 1:
             scheduler_kwargs.setdefault('shift', self.time_shift)
         scheduler = build_noise_scheduler('FlowMatchEulerDiscreteScheduler',
@@ -547,3 +581,20 @@ def open_sora_time_shift(height: int, width: int, num_frames: int, scale: float 
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f'{name}={value!r} is not one of {list(choices)}')
+
+
+def _check_number(name, value, allowed, what):
+    """A sampler option that must be a finite number ``allowed`` ('> 0', '>= 0' or
+    'in (0, 1)'); ``what`` says what it is."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:  # (NaN fails both comparisons)
+        ok = (value >= 0 if allowed == '>= 0' else value > 0) and \
+            value < (1 if allowed == 'in (0, 1)' else math.inf)
+    if not ok:
+        raise ValueError(f'{name}={value!r} is not a number {allowed} ({what})')
+
+
+def _defaults(method):
+    """The keyword defaults of a sampler method: its options' defaults."""
+    return {name: p.default for name, p in inspect.signature(method).parameters.items()
+            if p.default is not p.empty}
