@@ -69,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, help='number of sampling steps')
     parser.add_argument('--sampler-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help="options of the sampler, e.g. atol=1e-6 rtol=1e-3 (ode_dopri5), "
-                        "diffusion_form=SBDM last_step=None (sde_*), shift=3.0 "
+                        "diffusion_form=sigma last_step=Mean (sde_*), shift=3.0 "
                         "(FlowMatchEulerDiscreteScheduler); unknown keys are named")
     parser.add_argument('--cfg-scale', type=float, help='classifier-free guidance scale '
                         '(1 = none)')
@@ -176,7 +176,8 @@ def precheck_args(args, prompts=None) -> None:
     had loaded. Mistakes in the config itself are left to the model's build."""
     from mmsora.apis import find_run
     try:
-        cfg = load_config(find_run(args.run)[0])
+        config, saved = find_run(args.run)
+        cfg = load_config(config)
         apply_cfg_options(cfg, args.cfg_options)
         model = cfg.model
         video = len(model.latent_shape) == 4
@@ -187,26 +188,90 @@ def precheck_args(args, prompts=None) -> None:
     classes = model.get('num_classes')
     check_args(args, classes if isinstance(classes, int) else None, video, text)
     check_prompts(args, prompts, text)
-    check_objective(args.checkpoint, model)
+    if args.checkpoint:
+        check_objective(args.checkpoint, model)
+    elif saved:  # a work dir: its own config, unless --cfg-options changed the objective
+        check_objective(saved, model, f'{args.run}: its checkpoint {saved}')
 
 
-def check_objective(checkpoint, model) -> None:
-    """Refuse a --checkpoint of a run with another objective than the config's (a
-    SiT run's sampled through a DDPM config: it sampled, meaninglessly, without a
-    word). The objective is read from the config text the checkpoint's meta holds."""
-    if not (checkpoint and osp.isfile(checkpoint)) or checkpoint.endswith('.safetensors'):
-        return
-    from mmsora.utils.checkpoint import (config_objective, load_checkpoint_file,
-                                         trained_objective)
+def check_objective(checkpoint, model, name=None) -> None:
+    """Refuse a checkpoint trained with another objective than the config samples
+    with (a SiT run's sampled through a DDPM config), or with other settings of it
+    that change what the model's output and time mean (Transport's path, prediction
+    and timestep_convention; GaussianDiffusion's learn_sigma, predict_xstart and
+    schedule): a run fine-tuned with timestep_convention=dit sampled through the SiT
+    config, or a noise-prediction run as velocity, sampled wrongly without a word.
+    The objective is read from the config text an mmengine checkpoint's meta holds,
+    or from a SiT training file's args. Another time_shift is said in a note.
+    ``name``: the checkpoint as the messages name it (default ``--checkpoint CKPT``)."""
+    from mmsora.utils.checkpoint import (checkpoint_objective, load_checkpoint_file,
+                                         objective_differences, objective_settings,
+                                         resolve_checkpoint, said_objective_differences,
+                                         sit_training_args)
+    name = name or f'--checkpoint {checkpoint}'
     try:
-        theirs = trained_objective(load_checkpoint_file(checkpoint))  # (mapped)
+        checkpoint = resolve_checkpoint(checkpoint)  # (a work dir: its newest)
+        if not osp.isfile(checkpoint) or checkpoint.endswith('.safetensors'):
+            return
+        obj = load_checkpoint_file(checkpoint)  # (mapped)
     except Exception:  # an unreadable file is named where the weights load
         return
-    ours = config_objective(model)
-    if theirs and ours and theirs != ours:
-        raise UserError(f'--checkpoint {checkpoint}: trained with the {theirs} objective, '
-                        f'the config samples with {ours}: give the config it was trained '
-                        'with (the .py in its work dir), or its work dir')
+    theirs, ours = checkpoint_objective(obj), objective_settings(model)
+    if not (theirs and ours):
+        return
+    sit = sit_training_args(obj) is not None
+    if theirs['type'] != ours['type']:
+        fix = ('give a SiT config (configs/sit/)' if sit else
+               'give the config it was trained with (the .py in its work dir), or its '
+               'work dir')
+        raise UserError(f'{name}: trained with the {theirs["type"]} objective'
+                        f'{" (a SiT training file)" if sit else ""}, the config samples '
+                        f'with {ours["type"]}: {fix}')
+    differ = objective_differences(theirs, ours)
+    if differ:
+        trained, given, options = said_objective_differences(differ)
+        raise UserError(f'{name}: trained with {trained}'
+                        f'{" (its SiT args)" if sit else ""}, the config samples with '
+                        f'{given}: its outputs would be misread (wrong samples): sample as '
+                        f'trained, with --cfg-options {options}')
+    shifted = objective_differences(theirs, ours, noted=True)
+    if shifted:
+        trained, given, options = said_objective_differences(shifted)
+        note(f'{name}: trained with {trained}, sampled with {given} (the fixed-step '
+             'samplers\' time grid; to sample on the grid it was trained for: '
+             f'--cfg-options {options})')
+
+
+def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):
+    """``(samples, nfes)``: :func:`~mmsora.apis.sample_images` batch by batch (the
+    same samples: sample i depends on its label or prompt and its seed alone), and
+    each batch's model evaluations (the objective's ``last_nfe``). An adaptive
+    sampler's (ode_dopri5) differ from batch to batch: the last batch's alone was
+    reported. An objective of one's own may count none: [] (it was an
+    AttributeError once the samples were drawn, and they were not saved)."""
+    from mmsora.apis import sample_images
+    outs, nfes = [], []
+    for start in range(0, len(labels), batch_size):
+        part = slice(start, start + batch_size)
+        seeds = [seed + i for i in range(len(labels))[part]]
+        outs.append(sample_images(model, labels[part], seeds, batch_size=batch_size,
+                                  progress=True, prompts=prompts and prompts[part],
+                                  **sample_kwargs))
+        nfe = getattr(model.diffusion, 'last_nfe', None)
+        if nfe is not None:
+            nfes.append(nfe)
+    return torch.cat(outs), nfes
+
+
+def said_nfe(nfes) -> str:
+    """The model evaluations of :func:`sample_counting`'s batches in words: one count,
+    or the range and the total where the batches differ."""
+    if not nfes:
+        return 'NFE not reported by the objective'
+    if min(nfes) == max(nfes):
+        return f'{nfes[0]} model evaluations (NFE) per batch'
+    return (f'{min(nfes)} to {max(nfes)} model evaluations (NFE) per batch, {sum(nfes)} '
+            f'over the {len(nfes)} batches')
 
 
 def parse_sampler_options(items):
@@ -306,7 +371,7 @@ def main(argv=None):
         args.device = init_sampling_processes(args.launcher,
                                               'cpu' if args.device == 'cpu' else None)
     keep_freed_memory_on_cpu(args, args.device == 'cpu')
-    from mmsora.apis import init_model, sample_images, save_image_grid, save_videos
+    from mmsora.apis import init_model, save_image_grid, save_videos
     prompts = read_prompts(args)
     precheck_args(args, prompts)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
@@ -357,6 +422,10 @@ def main(argv=None):
     sample_kwargs = dict(dict(sampler=None, num_steps=None, cfg_scale=1.0), **sample_kwargs)
     from mmsora.apis.inference import default_precision
     sample_kwargs['precision'] = args.precision or default_precision(args.device, defaults)
+    if sample_kwargs['sampler'] == 'ode_dopri5' and args.steps is not None:  # (unused
+        # without a word before)
+        note(f'--steps {args.steps}: ode_dopri5 is adaptive and takes the steps its '
+             'tolerances need (--sampler-options atol=1e-6 rtol=1e-3): --steps is not used')
     if mass:  # fixed per-index seeds and batches: the same on any number of processes
         from mmengine.dist import is_main_process
 
@@ -379,9 +448,8 @@ def main(argv=None):
     if prompts:
         prompts = [prompts[i % len(prompts)] for i in range(n)]
         labels = [None] * n
-    images = sample_images(model, labels, [args.seed + i for i in range(n)],
-                           batch_size=args.batch_size, progress=True, prompts=prompts,
-                           **sample_kwargs)
+    images, nfes = sample_counting(model, labels, args.seed, args.batch_size, prompts,
+                                   sample_kwargs)
     bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
     if bad:  # else they are saved black without a word
         overflow = (' or fp16 overflowed (try --precision bf16)'
@@ -392,11 +460,7 @@ def main(argv=None):
     # (a 300-word prompt filled the line)
     what = (f'prompts {[p if len(p) <= 60 else p[:57] + "..." for p in prompts]}'
             if prompts else f'labels {labels}')
-    # (an objective of one's own may not count its model evaluations: the samples
-    # were sampled and not saved, an AttributeError)
-    nfe = getattr(model.diffusion, 'last_nfe', None)
-    nfe = f'{nfe} model evaluations (NFE) per batch' if nfe is not None else \
-        'NFE not reported by the objective'
+    nfe = said_nfe(nfes)
     if video:
         fps = args.fps or defaults.get('fps', 8)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)

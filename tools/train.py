@@ -254,10 +254,12 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
         start = (f'--load-from {path}' if option == '--resume' else
                  'resume = False (load_from then starts a run from it)')
         if 'opt' in checkpoint and ('ema' in checkpoint or 'model' in checkpoint):
-            raise UserError(f'{option} {path}: a DiT / fast-DiT training checkpoint (model, '
-                            "ema, opt): its optimizer state and step are not mmsora's to "
-                            f"resume; start from its weights with {start} (its 'ema' "
-                            'weights)')
+            from mmsora.utils.checkpoint import training_file_kind  # (SiT's: its args
+            # name the path_type; it was called a DiT file)
+            raise UserError(f'{option} {path}: a {training_file_kind(checkpoint)} training '
+                            "checkpoint (model, ema, opt): its optimizer state and step are "
+                            f"not mmsora's to resume; start from its weights with {start} "
+                            "(its 'ema' weights)")
         raise UserError(f'{option} {path}: a state dict of weights alone, not a checkpoint '
                         f'of a run (no optimizer, no iteration): start from it with {start}')
     if model is not None:
@@ -503,21 +505,38 @@ def check_latent_store(cfg):
     trained and sampled without a word, wrongly. The labels of a class-conditional
     model against ``model.num_classes``: a label past them stopped the run at the first
     batch that held one, which may come hours in."""
+    for root in store_roots(cfg):
+        check_one_store(cfg, root)
+
+
+def store_roots(cfg) -> list:
+    """The latent store folders a ``PackedLatentDataset`` config reads."""
     dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
     if dataset.get('type') != 'PackedLatentDataset':
-        return
+        return []
     stores = dataset.get('store', '')
-    for store in [stores] if isinstance(stores, str) else stores:
-        if isinstance(store, str):
-            check_one_store(cfg, osp.normpath(osp.join(dataset.get('data_root', ''), store)))
+    return [osp.normpath(osp.join(dataset.get('data_root', ''), store))
+            for store in ([stores] if isinstance(stores, str) else stores)
+            if isinstance(store, str)]
 
 
-def check_one_store(cfg, root):
+def check_stores_exist(cfg) -> None:
+    """A latent store folder that does not exist, named before the Runner: the dataset
+    named it after the start-up had made the work dir and, for a large model, built it
+    (39 s for Stable Cascade lite). Apart from :func:`build_train_config`'s checks,
+    which take a config without its data."""
+    for root in store_roots(cfg):
+        if not osp.isdir(root):
+            check_one_store(cfg, root, missing_ok=False)
+
+
+def check_one_store(cfg, root, missing_ok=True):
     index_file = osp.join(root, 'index.json')
     if not osp.isfile(index_file):
-        # a missing folder, or one of something else (fast-DiT's features, a parent
-        # folder): named now, as the dataset names it (after the Runner's start-up had
-        # made the work dir and, for a large model, built it: 39 s for Stable Cascade lite)
+        if missing_ok and not osp.isdir(root):
+            return  # (check_stores_exist)
+        # a folder of something else (fast-DiT's features, a parent folder): named now,
+        # as the dataset names it (after the Runner's start-up had made the work dir)
         from mmsora.datasets.latent_store import LatentStore
         try:
             LatentStore(root)
@@ -791,13 +810,24 @@ def build_train_config(args):
             raise UserError(f'{option} checkpoint not found: {found}')
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
-        theirs, ours = trained_objective(checkpoint), config_objective(cfg.get('model'))
+        from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
+                                             objective_settings, said_objective_differences,
+                                             training_file_kind)
+        # (an mmengine run's config, or a SiT training file's args)
+        trained, settings = checkpoint_objective(checkpoint), objective_settings(cfg.model)
+        theirs, ours = (x and x['type'] for x in (trained, settings))
         dit_time = ((cfg.model.get('diffusion') or {}).get('timestep_convention') == 'dit'
                     and theirs == 'GaussianDiffusion')  # (docs/sit.md's recipe: meant)
         if theirs and ours and theirs != ours and not dit_time:  # a fine-tune across
             # objectives (DiT into SiT, docs/sit.md) may be meant: said, not refused
             note(f'--load-from {args.load_from}: trained with the {theirs} objective, this '
                  f'run trains {ours} from its weights (docs/sit.md: timestep_convention)')
+        differ = objective_differences(trained, settings)
+        if differ:  # (a SiT noise-prediction file trained on as velocity without a word)
+            was, now, options = said_objective_differences(differ)
+            note(f'--load-from {args.load_from}: trained with {was}, this run trains with '
+                 f'{now} from its weights (a fine-tune to another parametrisation; to train '
+                 f'on as it was: --cfg-options {options})')
         video = cfg.model.get('denoiser', {}).get('type') == 'VideoDiT'
         if kind == 'run' or (kind == 'image_run' and not video):
             if not args.deepspeed and meta_model is not None:  # (with --deepspeed a
@@ -816,9 +846,11 @@ def build_train_config(args):
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
             if kind == 'denoiser' and 'ema' in checkpoint and 'model' in checkpoint:
-                note(f"--load-from {args.load_from}: a DiT / fast-DiT training file: the "
-                     "model starts from its 'ema' weights (the ones DiT samples with; its "
-                     "'model' weights and 'opt' are not used), the EMA from the same")
+                who = training_file_kind(checkpoint)
+                note(f"--load-from {args.load_from}: a {who} training file: the model "
+                     f"starts from its 'ema' weights (the ones {who.split()[0]} samples "
+                     "with; its 'model' weights and 'opt' are not used), the EMA from the "
+                     "same")
     if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):
         # the run's checkpoint gives every weight (--resume, or --load-from a run): a
         # pretrained_denoiser (a work dir's dumped config keeps its run's --load-from)
@@ -888,6 +920,7 @@ def main(argv=None):
     from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
     try:
         cfg = build_train_config(args)
+        check_stores_exist(cfg)
         check_work_dir_is_new(cfg, args)  # a forgotten --resume
     except UserError:
         if not is_first_on_machine():  # the same config and files on every process of a

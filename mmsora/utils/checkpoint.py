@@ -24,7 +24,9 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective',
            'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
-           'resolve_checkpoint']
+           'resolve_checkpoint', 'objective_settings', 'checkpoint_objective',
+           'objective_differences', 'said_objective_differences', 'sit_training_args',
+           'training_file_kind', 'learn_sigma_hint']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -595,14 +597,17 @@ def null_row_hint(ours, theirs) -> str:
             'model.denoiser.class_dropout_prob=0')
 
 
-def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping, fixed=()) -> str:
+def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping, fixed=(),
+                  objective=None) -> str:
     """What to do about a checkpoint of another model (``own`` and ``given``: the
     denoiser's and the checkpoint's shapes, the denoiser's own names), or '' where
     the mismatch says it already (an image DiT's file for a video model). The grid,
     patch size, null-class row, class count, input channels and learned sigma are
     named with the setting to give; a VAE's weights as such (they were told to
     change the widths). ``fixed``: the tables a fine-tune may take from the config
-    (:func:`fine_tune_tables`), which then say nothing of the mismatch."""
+    (:func:`fine_tune_tables`), which then say nothing of the mismatch.
+    ``objective``: the model's objective (or its class name), for the learned-sigma
+    settings (:func:`learn_sigma_hint`)."""
     def differs(k):
         return k in own and k in given and _shape(own[k]) != _shape(given[k]) and not (
             k in fixed and table_may_differ(k, own[k], given[k]))
@@ -642,10 +647,23 @@ def mismatch_hint(model: nn.Module, own: Mapping, given: Mapping, fixed=()) -> s
                                                                       out[0][0] // 2):
         sigma = out[1][0] > out[0][0]
         return (f'the file {"predicts" if sigma else "does not predict"} the variance '
-                f'(learn_sigma: {out[1][0]} outputs, this model {out[0][0]}): set '
-                f'model.denoiser.learn_sigma={sigma} (and the objective\'s learn_sigma)')
+                f'(learn_sigma: {out[1][0]} outputs, this model {out[0][0]}): '
+                + learn_sigma_hint(sigma, objective))
     return ('build the model with the settings it was trained with (widths, depth, '
             'patch size, learn_sigma, classes)')
+
+
+def learn_sigma_hint(sigma: bool, objective=None) -> str:
+    """The settings that give a denoiser ``learn_sigma=sigma``: the denoiser's, and
+    the objective's own where it has one (GaussianDiffusion; Transport has none and
+    refused it as an unknown key, after the hint said to set it). ``objective``: an
+    objective, its class or its class name; None where the caller does not know it."""
+    setting = f'set model.denoiser.learn_sigma={sigma}'
+    if objective is None:
+        return (f'{setting} (with GaussianDiffusion, model.diffusion.learn_sigma={sigma} '
+                'alike)')
+    return (f'{setting} and model.diffusion.learn_sigma={sigma}'
+            if 'learn_sigma' in _constructor_defaults(objective) else setting)
 
 
 # The position tables DiT and VideoDiT compute from their config in
@@ -676,7 +694,7 @@ def fine_tune_tables(model: nn.Module) -> set:
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
-                            fine_tune: bool = False):
+                            fine_tune: bool = False, objective=None):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
     line (the first differing, missing or extra weight) instead of torch's list.
 
@@ -686,7 +704,9 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
     tables, said in one log line: a fine-tune to another input size, frame count
     (as DiT, Latte and Open-Sora users do) or class count (it was refused as weights
     of another model). Off for sampling, where another token grid or class count
-    than the one trained is a mistake to name.
+    than the one trained is a mistake to name. ``objective``: the objective
+    ``model`` is sampled or trained with, for the learned-sigma hint
+    (:func:`learn_sigma_hint`).
     """
     own = {k: v.shape for k, v in model.state_dict().items()}
     given = {k: v.shape for k, v in state_dict.items()}
@@ -696,7 +716,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
     tables = fine_tune_tables(model) if fine_tune else set()
     if tables and not weight_mismatch(own, given, fixed=tables):
         return _load_keeping_tables(model, state_dict, tables, source)
-    hint = mismatch_hint(model, own, given, tables)
+    hint = mismatch_hint(model, own, given, tables, objective)
     raise ValueError(f'{source}: its weights are not this model\'s: {found}'
                      + (f'; {hint}' if hint else ''))
 
@@ -827,3 +847,116 @@ def trained_objective(checkpoint) -> Optional[str]:
     """The objective (:func:`config_objective`) of the run that saved an mmengine
     ``checkpoint``, or None."""
     return config_objective(trained_model_config(checkpoint))
+
+
+# The objective settings that decide what the denoiser's output and its time input
+# mean: weights sampled (or trained on) under other values of these are read wrongly
+# without a word. Settings of training alone (train_eps, loss_weight, time_dist,
+# use_kl, ...) or of sampling alone (sample_eps, timestep_respacing, sigma_small) are
+# not among them. Transport's time_shift is said in a note (OBJECTIVE_NOTED): it is
+# the law of the training times and the fixed-step samplers' grid, not a meaning of
+# the output, and a shift of one's own at sampling may be meant.
+OBJECTIVE_MEANING = {
+    'Transport': ('path', 'prediction', 'timestep_convention'),
+    'GaussianDiffusion': ('num_timesteps', 'beta_schedule', 'learn_sigma', 'predict_xstart'),
+    'WuerstchenDiffusion': ('s', 'scaler'),
+}
+OBJECTIVE_NOTED = {'Transport': ('time_shift',)}
+
+
+def _constructor_defaults(objective) -> dict:
+    """The keyword defaults of an objective's constructor (``objective``: the
+    objective, its class or its registered name); {} where it is not found."""
+    import inspect
+    if isinstance(objective, str):
+        from mmsora.registry import DIFFUSION
+        objective = DIFFUSION.get(objective.rpartition('.')[2])
+    elif objective is not None and not isinstance(objective, type):
+        objective = type(objective)
+    try:
+        parameters = inspect.signature(objective).parameters
+    except (TypeError, ValueError):  # None, or a class without a signature
+        return {}
+    return {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+
+
+def objective_settings(model) -> Optional[dict]:
+    """The objective of a ``model`` config: ``{'type': its class name}`` and the
+    settings of :data:`OBJECTIVE_MEANING` and :data:`OBJECTIVE_NOTED`, each the
+    config's value or the constructor's default; None where the config names no
+    objective (:func:`config_objective`)."""
+    kind = config_objective(model)
+    if kind is None:
+        return None
+    given = model.get('diffusion') or {}
+    defaults = _constructor_defaults(kind)
+    settings = dict(type=kind)
+    for name in OBJECTIVE_MEANING.get(kind, ()) + OBJECTIVE_NOTED.get(kind, ()):
+        if name in given or name in defaults:
+            settings[name] = given[name] if name in given else defaults[name]
+    return settings
+
+
+def sit_training_args(checkpoint) -> Optional[dict]:
+    """The ``args`` of a file SiT's train.py saved (``{'model', 'ema', 'opt', 'args'}``,
+    ``args`` its argparse Namespace, which names the ``path_type``) as a dict, or None:
+    a DiT / fast-DiT file (args without a path_type), or any other."""
+    if not isinstance(checkpoint, Mapping) or 'state_dict' in checkpoint:
+        return None
+    args = checkpoint.get('args')
+    given = vars(args) if hasattr(args, '__dict__') else args
+    if not isinstance(given, Mapping) or 'path_type' not in given:
+        return None
+    return dict(given)
+
+
+def training_file_kind(checkpoint) -> str:
+    """Whose train.py saved a ``{'model', 'ema', 'opt', 'args'}`` file, in words:
+    'SiT' (:func:`sit_training_args`) or 'DiT / fast-DiT'."""
+    return 'SiT' if sit_training_args(checkpoint) is not None else 'DiT / fast-DiT'
+
+
+def checkpoint_objective(checkpoint) -> Optional[dict]:
+    """The objective a checkpoint was trained with, as :func:`objective_settings`
+    gives a config's: from an mmengine checkpoint's config text (its ``meta``), or
+    from a SiT training file's args (Transport with their path and prediction, SiT's
+    time in [0, 1] and no shift); None where the file does not say (a released DiT
+    file, a DiT / fast-DiT training file, a fork's args in names of its own)."""
+    settings = objective_settings(trained_model_config(checkpoint))
+    if settings is not None:
+        return settings
+    args = sit_training_args(checkpoint)
+    if args is None:
+        return None
+    from mmsora.diffusion.transport import PATHS, PREDICTIONS
+    path, prediction = args.get('path_type'), args.get('prediction', 'velocity')
+    if path not in PATHS or prediction not in PREDICTIONS:  # (REPA's path_type='linear')
+        return None
+    return dict(type='Transport', path=path, prediction=prediction,
+                timestep_convention='sit', time_shift=1.0)
+
+
+def objective_differences(theirs: Optional[dict], ours: Optional[dict],
+                          noted: bool = False) -> list:
+    """``[(setting, theirs, ours)]``: where two objectives of one class
+    (:func:`objective_settings`, :func:`checkpoint_objective`) differ in the settings
+    of :data:`OBJECTIVE_MEANING` (``noted``: of :data:`OBJECTIVE_NOTED`); [] where
+    either is unknown or the classes differ."""
+    if not (theirs and ours) or theirs['type'] != ours['type']:
+        return []
+    names = (OBJECTIVE_NOTED if noted else OBJECTIVE_MEANING).get(theirs['type'], ())
+    return [(name, theirs[name], ours[name]) for name in names
+            if name in theirs and name in ours and theirs[name] != ours[name]]
+
+
+def said_objective_differences(differences: Sequence) -> tuple:
+    """``(trained, ours, options)`` in words for :func:`objective_differences`:
+    'path=GVP, prediction=noise', the same settings' values in the config, and the
+    ``--cfg-options`` entries that give the trained ones (learn_sigma the denoiser's
+    too: LatentDiffusion refuses the two apart)."""
+    trained = ', '.join(f'{name}={theirs}' for name, theirs, _ in differences)
+    ours = ', '.join(f'{name}={value}' for name, _, value in differences)
+    options = ' '.join(f'model.diffusion.{name}={theirs}'
+                       + (f' model.denoiser.{name}={theirs}' if name == 'learn_sigma' else '')
+                       for name, theirs, _ in differences)
+    return trained, ours, options

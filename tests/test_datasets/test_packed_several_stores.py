@@ -146,12 +146,14 @@ def test_a_missing_store_is_named_before_the_run(repo_root, tmp_path):
 def test_a_store_folder_that_does_not_exist_is_named_before_the_run(repo_root, tmp_path):
     """A data_root that does not exist was left to the dataset, named after the
     Runner's start-up (39 s of building Stable Cascade lite, the work dir made;
-    walk-through s)."""
-    from tools.train import build_train_config, parse_args
+    walk-through s). build_train_config's checks still take a config without its data
+    (tests/test_configs.py checks every shipped config so)."""
+    from tools.train import build_train_config, main, parse_args
     argv = [osp.join(repo_root, 'configs/dit/dit_s2_8xb32_400k_imagenet256.py'),
             '--work-dir', str(tmp_path / 'w'), '--cfg-options',
             f'train_dataloader.dataset.data_root={tmp_path / "nowhere"}']
+    build_train_config(parse_args(argv))
     with pytest.raises(UserError, match=r"^train_dataloader.dataset: no latent store index "
                                         r"'.*nowhere/index.json' \(no such folder\)"):
-        build_train_config(parse_args(argv))
+        main(argv)
     assert not (tmp_path / 'w').exists()
