@@ -222,7 +222,10 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         config: A work dir (its dumped config and newest checkpoint), or a config file.
         checkpoint: A checkpoint file or DeepSpeed folder, a DiT / fast-DiT file or a
             diffusers DiT folder (:func:`load_weights`); default: the work dir's
-            newest. ``False``: no weights (a model built from the config, random).
+            newest, else (a config file) the pretrained weights the config names
+            (``model.pretrained_denoiser``, a Stable Cascade prior's
+            ``pretrained_path``). ``False``: no checkpoint: the config's model with
+            those pretrained weights where it names them, else random.
         device: Where the model goes (``'cuda'``, ``'cpu'``).
         cfg_options: Overrides, as ``--cfg-options`` takes them (``['a.b=1']``) or as
             a dict (``{'a.b': 1}``).
@@ -257,23 +260,43 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
             raise
         raise UserError(line) from e
     model.sample_cfg = dict(cfg.get('sample_cfg') or {})
-    if checkpoint is False:
-        return model.to(device).eval(), cfg
-    # The decoder loads on first use, after the sampling: a wrong folder is named now.
-    vae = getattr(model, 'vae', None)
-    folder = getattr(vae, 'pretrained_path', None)
-    if isinstance(folder, str) and not osp.isdir(folder):
-        raise FileNotFoundError(
-            f'{type(vae).__name__} folder {folder!r} does not exist (give a local folder: '
-            '--cfg-options model.vae.pretrained_path=DIR; nothing is downloaded)')
-    checkpoint = checkpoint or run_checkpoint
-    if checkpoint is None:
+    pretrained = config_pretrained_weights(model)
+    if checkpoint is not False:
+        # The decoder loads on first use, after the sampling: a wrong folder is named now.
+        vae = getattr(model, 'vae', None)
+        folder = getattr(vae, 'pretrained_path', None)
+        if isinstance(folder, str) and not osp.isdir(folder):
+            raise FileNotFoundError(
+                f'{type(vae).__name__} folder {folder!r} does not exist (give a local '
+                'folder: --cfg-options model.vae.pretrained_path=DIR; nothing is '
+                'downloaded)')
+        checkpoint = checkpoint or run_checkpoint
+    if not checkpoint:
+        # no checkpoint: the config's model, with the pretrained weights it names
+        # loaded as training starts from them (a Stable Cascade prior not trained in
+        # time yet: the image model frame by frame); they were left random. (A work
+        # dir without checkpoints is refused: its run's weights are what it means.)
+        if pretrained and (checkpoint is False or not osp.isdir(config)):
+            model.init_weights()
+            model.loaded_from = pretrained
+            model.loaded_weights = "the config's pretrained weights, no checkpoint"
+            return model.to(device).eval(), cfg
+        if checkpoint is False:
+            return model.to(device).eval(), cfg
         random = (" (checkpoint=False: the config's model with random weights)"
                   if checkpoint_option == 'checkpoint=' else '')
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
                                 f'pass {checkpoint_option}{random}')
     load_weights(model, checkpoint, use_ema=use_ema)
     return model.to(device).eval(), cfg
+
+
+def config_pretrained_weights(model) -> Optional[str]:
+    """The pretrained weights a model's config names (``model.pretrained_denoiser``,
+    or the denoiser's ``pretrained_path``: a Stable Cascade prior), which its
+    ``init_weights`` loads, or None."""
+    return getattr(model, 'pretrained_denoiser', None) or getattr(
+        getattr(model, 'denoiser', None), 'pretrained_path', None) or None
 
 
 def set_output_size(model, num_frames: Optional[int] = None,

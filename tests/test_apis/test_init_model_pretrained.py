@@ -1,0 +1,61 @@
+"""init_model (tools/infer.py) on a config that names pretrained weights and no
+checkpoint: a Stable Cascade prior's pretrained_path, or model.pretrained_denoiser.
+checkpoint=False left them random (the untrained video model was not the image
+prior applied frame by frame, as docs/stable_cascade.md describes it), and
+tools/infer.py CONFIG stopped with 'no checkpoint given' (walk-through s)."""
+import os.path as osp
+
+import pytest
+import torch
+
+from mmsora.apis import init_model
+
+CONFIG = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+
+
+@pytest.fixture
+def dit_file(repo_root, tmp_path):
+    """A DiT state dict of the tiny config's denoiser, off its initial weights."""
+    model, _ = init_model(osp.join(repo_root, CONFIG), checkpoint=False)
+    state = model.denoiser.state_dict()
+    torch.manual_seed(3)
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}
+    path = str(tmp_path / 'dit.pt')
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize('checkpoint', [False, None])
+def test_the_config_pretrained_denoiser_is_loaded_without_a_checkpoint(
+        repo_root, dit_file, checkpoint):
+    path, state = dit_file
+    model, _ = init_model(osp.join(repo_root, CONFIG), checkpoint=checkpoint,
+                          cfg_options={'model.pretrained_denoiser': path})
+    for key, value in state.items():
+        assert torch.equal(model.denoiser.state_dict()[key], value), key
+    assert model.loaded_from == path
+    assert model.loaded_weights == "the config's pretrained weights, no checkpoint"
+
+
+def test_without_pretrained_weights_a_checkpoint_is_still_asked_for(repo_root):
+    with pytest.raises(FileNotFoundError, match='no checkpoint given and none found'):
+        init_model(osp.join(repo_root, CONFIG))
+
+
+def test_stable_cascade_prior_without_a_checkpoint_is_the_prior(repo_root, tmp_path):
+    from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
+    from mmengine.config import Config
+    config = osp.join(repo_root,
+                      'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py')
+    unet = Config.fromfile(config).model.denoiser.unet.to_dict()
+    torch.manual_seed(5)
+    released = StableCascadeUNet(**unet)
+    with torch.no_grad():
+        for p in released.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    released.save_pretrained(tmp_path / 'prior' / 'prior_lite')
+    model, _ = init_model(config, checkpoint=False, cfg_options={
+        'model.denoiser.pretrained_path': str(tmp_path / 'prior'),
+        'model.denoiser.pretrained_subfolder': 'prior_lite'})
+    for key, value in released.state_dict().items():
+        assert torch.equal(model.denoiser.unet.state_dict()[key], value), key
