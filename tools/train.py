@@ -134,7 +134,8 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     if found:
         hint = mismatch_hint(model.denoiser, *({k[len('denoiser.'):]: v for k, v in x.items()}
                                                for x in (ours, theirs)),
-                             fixed={k[len('denoiser.'):] for k in fixed})
+                             fixed={k[len('denoiser.'):] for k in fixed},
+                             objective=getattr(model, 'diffusion', None))
         raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}'
                         + (f'; {hint}' if hint else ''))
     kept = [k[len('denoiser.'):] for k in tables_kept(ours, theirs, fixed)]
@@ -169,7 +170,8 @@ def check_denoiser_file_matches(model, path, checkpoint=None) -> None:
     tables = fine_tune_tables(model.denoiser)
     found = weight_mismatch(ours, theirs, own_name='config', fixed=tables)
     if found:
-        hint = mismatch_hint(model.denoiser, ours, theirs, tables)
+        hint = mismatch_hint(model.denoiser, ours, theirs, tables,
+                             objective=getattr(model, 'diffusion', None))
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
                         f'{found}' + (f'; {hint}' if hint else ''))
 
@@ -270,6 +272,16 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
                         f'config trains {ours}: resume with the config it was trained with '
                         '(the .py in its work dir), or start from its weights with '
                         '--load-from')
+    from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
+                                         objective_settings, said_objective_differences)
+    differ = objective_differences(checkpoint_objective(checkpoint),
+                                   objective_settings(cfg.get('model')))
+    if differ:  # (a timestep_convention=dit fine-tune resumed as 'sit' trained on
+        # from weights that read another time: silently)
+        was, now, options = said_objective_differences(differ)
+        raise UserError(f'{option} {path}: saved by a run trained with {was}, this config '
+                        f'trains with {now}: resume as it was trained (--cfg-options '
+                        f'{options}), or start from its weights with --load-from')
     note_learning_rate_kept(cfg, path, checkpoint.get('optimizer'), option)
     note_schedule_kept(cfg, path, checkpoint.get('param_schedulers'), option)
     meta = checkpoint.get('meta') or {}

@@ -129,7 +129,7 @@ def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
     weights of another model are named in one line (``source``: the file). Which
     weights they are is kept in ``model.loaded_weights`` (:func:`weights_taken`)."""
     load_state_dict_checked(model.denoiser, denoiser_state_dict(obj, use_ema, source),
-                            source)
+                            source, objective=getattr(model, 'diffusion', None))
     model.loaded_weights = weights_taken(obj, use_ema, source)
     return model
 

@@ -188,7 +188,8 @@ class LatentDiffusion(BaseModel):
         if not hasattr(self.denoiser, 'load_image_dit') or 'temp_embed' in state_dict:
             # the denoiser's own weights (another input size or class count: the model
             # keeps its own tables)
-            load_state_dict_checked(self.denoiser, state_dict, path, fine_tune=True)
+            load_state_dict_checked(self.denoiser, state_dict, path, fine_tune=True,
+                                    objective=self.diffusion)
             video = ' the video model' if hasattr(self.denoiser, 'load_image_dit') else ''
             print_log(f'pretrained_denoiser: loaded{video} {path}', logger='current')
         else:  # an image DiT: inflated exactly, strictly

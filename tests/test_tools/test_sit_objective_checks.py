@@ -184,7 +184,17 @@ def test_infer_learn_sigma_mismatch_does_not_send_a_sit_user_to_a_refused_key(
     with pytest.raises(ValueError) as error:
         sample(repo_root, tmp_path, None, checkpoint=run)
     assert "(and the objective's learn_sigma)" not in str(error.value)
-    assert 'set model.denoiser.learn_sigma=True' in str(error.value)
+    # the objective is known where the weights load: Transport's has no learn_sigma
+    assert str(error.value).endswith('set model.denoiser.learn_sigma=True')
+    # and so for train.py --load-from a DiT file with the head
+    torch.manual_seed(0)
+    dit = MODELS.build(sit_model_cfg(repo_root, 'model.denoiser.learn_sigma=True').model)
+    torch.save(dit.denoiser.state_dict(), tmp_path / 'dit.pt')
+    with pytest.raises(UserError) as error:
+        build_train_config(train_args([osp.join(repo_root, SIT), '--work-dir',
+                                       str(tmp_path / 'w'), '--load-from',
+                                       str(tmp_path / 'dit.pt'), '--cfg-options', *TINY]))
+    assert str(error.value).endswith('set model.denoiser.learn_sigma=True'), str(error.value)
 
 
 # ------------------------------------------------ finding 3: SiT's training files
@@ -297,3 +307,18 @@ def test_help_sde_example_samples_on_the_repos_sit_configs(repo_root, tmp_path, 
     run = save_run(repo_root, tmp_path / 'iter_2.pth')
     assert osp.isfile(sample(repo_root, tmp_path, None, '--sampler', 'sde_euler', '--steps',
                              '3', '--sampler-options', *example, checkpoint=run))
+
+
+def test_resume_refuses_a_run_trained_with_other_objective_settings(repo_root, tmp_path):
+    """--resume of a timestep_convention=dit fine-tune under the SiT config as it is
+    trained on from weights that read another time, silently."""
+    from tools.train import check_resume_matches
+    run = save_run(repo_root, tmp_path / 'iter_2.pth', 'model.diffusion.timestep_convention=dit')
+    with pytest.raises(UserError, match=(
+            rf'^--resume {re.escape(run)}: saved by a run trained with timestep_convention=dit, '
+            r'this config trains with timestep_convention=sit: resume as it was trained '
+            r'\(--cfg-options model.diffusion.timestep_convention=dit\), or start from its '
+            r'weights with --load-from$')):
+        check_resume_matches(sit_model_cfg(repo_root), None, run)
+    check_resume_matches(sit_model_cfg(repo_root, 'model.diffusion.timestep_convention=dit'),
+                         None, run)
