@@ -1,0 +1,238 @@
+"""A SiT user's and a Stable Cascade / diffusers user's first day (walk-throughs): their
+flags on tools/train.py and tools/infer.py, their names in --cfg-options, and
+top-level keys of theirs that were set and never read."""
+import inspect
+import os.path as osp
+import re
+
+import pytest
+
+from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+
+SIT = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
+CASCADE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
+
+
+def _hints(capsys):
+    """The '(did you mean A for --x; B for --y?)' of argparse's last line, by flag."""
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    meant = re.search(r'\(did you mean (.*)\?\)$', line).group(1)
+    return {part.rsplit(' for ', 1)[1]: part.rsplit(' for ', 1)[0]
+            for part in meant.split('; ')}
+
+
+def _refused(parse_args, argv, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    return _hints(capsys)
+
+
+def test_sit_sample_flags_say_what_to_give(capsys, repo_root):
+    """SiT's sample.py flags on tools/infer.py: the sampler's were argparse's bare
+    'unrecognized arguments', --prediction was 'did you mean --precision' and
+    --sample-eps 'did you mean --sampler'."""
+    from tools.infer import parse_args
+    hints = _refused(parse_args, [
+        'run', '--atol', '1e-6', '--rtol', '1e-3', '--diffusion-form', 'sigma',
+        '--diffusion-norm', '1', '--last-step', 'Mean', '--last-step-size', '0.04'], capsys)
+    dopri5 = '--sampler-options atol=1e-6 rtol=1e-3 (--sampler ode_dopri5)'
+    sde = '--sampler sde_euler or sde_heun'
+    assert hints == {
+        '--atol': dopri5, '--rtol': dopri5,
+        '--diffusion-form': f'--sampler-options diffusion_form=sigma ({sde})',
+        '--diffusion-norm': f'--sampler-options diffusion_norm=1.0 ({sde})',
+        '--last-step': f'--sampler-options last_step=Mean (or Tweedie, Euler, None: {sde})',
+        '--last-step-size': f'--sampler-options last_step_size=0.04 ({sde})'}
+    hints = _refused(parse_args, [
+        'run', '--likelihood', '--reverse', '--path-type', 'Linear', '--prediction',
+        'velocity', '--loss-weight', 'velocity', '--train-eps', '0', '--sample-eps', '1e-3'],
+        capsys)
+    likelihood = ("model.diffusion.log_likelihood(...) from Python (docs/sit.md, "
+                  "'Log-likelihood (ODE)': no tool computes it)")
+    trained = 'the one the model was trained with'
+    assert hints == {
+        '--likelihood': likelihood, '--reverse': likelihood,
+        '--path-type': f'--cfg-options model.diffusion.path=Linear (or GVP, VP: {trained})',
+        '--prediction': '--cfg-options model.diffusion.prediction=velocity (or score, noise: '
+                        f'{trained})',
+        '--loss-weight': 'nothing (model.diffusion.loss_weight is read in training alone)',
+        '--train-eps': 'nothing (model.diffusion.train_eps is read in training alone)',
+        '--sample-eps': '--cfg-options model.diffusion.sample_eps=E'}
+    # the names the hints give are Transport's
+    from mmsora.diffusion import Transport
+    assert '## Log-likelihood (ODE)' in open(osp.join(repo_root, 'docs/sit.md')).read()
+    assert callable(Transport.log_likelihood)
+    assert {'atol', 'rtol'} == set(Transport.SAMPLER_OPTIONS['ode_dopri5'])
+    assert {'diffusion_form', 'diffusion_norm', 'last_step', 'last_step_size'} == set(
+        Transport.SAMPLER_OPTIONS['sde_euler'])
+    assert {'path', 'prediction', 'loss_weight', 'train_eps', 'sample_eps'} <= set(
+        inspect.signature(Transport).parameters)
+
+
+def test_sit_train_flags_and_model_name_say_what_to_give(capsys, repo_root):
+    """SiT's train.py flags on tools/train.py were argparse's bare line; --model
+    SiT-XL/2 was pointed to the DiT-XL/2 config."""
+    from tools.train import parse_args
+    hints = _refused(parse_args, [
+        'cfg.py', '--path-type', 'GVP', '--prediction', 'noise', '--loss-weight', 'likelihood',
+        '--train-eps', '1e-5', '--sample-eps', '1e-3', '--model', 'SiT-XL/2'], capsys)
+    assert hints == {
+        '--path-type': '--cfg-options model.diffusion.path=Linear (or GVP, VP)',
+        '--prediction': '--cfg-options model.diffusion.prediction=velocity (or score, noise)',
+        '--loss-weight': '--cfg-options model.diffusion.loss_weight=velocity (or likelihood, '
+                         'None)',
+        '--train-eps': '--cfg-options model.diffusion.train_eps=E',
+        '--sample-eps': '--cfg-options model.diffusion.sample_eps=E',
+        '--model': f'a config ({SIT}: SiT-XL/2)'}
+    # another size: the SiT recipe with that DiT's denoiser; DiT names their config
+    hints = _refused(parse_args, ['cfg.py', '--model=SiT-B/4'], capsys)
+    b4 = 'configs/dit/dit_b4_8xb32_400k_imagenet256.py'
+    assert hints == {'--model': f'a config ({SIT} with the model.denoiser of {b4}: SiT-B/4 is '
+                                "DiT-B/4 with SiT's objective)"}
+    assert _refused(parse_args, ['cfg.py', '--model', 'DiT-L/8'], capsys) == {
+        '--model': 'a config (configs/dit/dit_l8_8xb32_400k_imagenet256.py: DiT-L/8)'}
+    from mmsora.utils.cli import _model_config
+    for size in ('S', 'B', 'L', 'XL'):
+        for patch in '248':
+            for family in ('DiT', 'SiT'):
+                named = re.findall(r'configs/\S+\.py', _model_config(f'{family}-{size}/{patch}'))
+                assert named and all(osp.isfile(osp.join(repo_root, p)) for p in named)
+    # the keys the hints name are the SiT config's
+    cfg = load_config(osp.join(repo_root, SIT))
+    apply_cfg_options(cfg, ['model.diffusion.path=GVP', 'model.diffusion.prediction=noise',
+                            'model.diffusion.loss_weight=likelihood',
+                            'model.diffusion.train_eps=1e-5', 'model.diffusion.sample_eps=1e-3'])
+    from mmsora.registry import DIFFUSION
+    transport = DIFFUSION.build(cfg.model.diffusion)
+    assert type(transport.path).__name__ == 'GVPPath'
+    assert transport.prediction == 'noise' and transport.train_eps == 1e-5
+
+
+def test_stable_cascade_and_diffusers_sample_flags_say_what_to_give(capsys):
+    """diffusers' pipeline arguments as tools/infer.py flags: argparse's bare line."""
+    from tools.infer import parse_args
+    hints = _refused(parse_args, [
+        'run', '--guidance-scale', '4', '--guidance_scale', '4', '--num-inference-steps', '20',
+        '--prior-guidance-scale', '4', '--prior-num-inference-steps', '20',
+        '--negative-prompt', 'blurry', '--height', '512', '--width', '512',
+        '--num-images-per-prompt', '2'], capsys)
+    one_set = ('mmsora samples Stage C with one --cfg-scale and --steps, Stage B with '
+               '--cfg-options model.vae.guidance_scale=S model.vae.num_steps=N')
+    assert hints == {
+        '--guidance-scale': '--cfg-scale', '--guidance_scale': '--cfg-scale',
+        '--num-inference-steps': '--steps',
+        '--prior-guidance-scale': f'--cfg-scale ({one_set})',
+        '--prior-num-inference-steps': f'--steps ({one_set})',
+        '--negative-prompt': "--cfg-scale alone (no negative prompts here: guidance pushes "
+                             "away from the denoiser's null caption, Stable Cascade's zeroed "
+                             "one, VideoDiT's learned one)",
+        '--height': '--resolution HxW', '--width': '--resolution HxW',
+        '--num-images-per-prompt': '--num-samples N (in all: the prompts are cycled to N)'}
+    # Stage B's settings are the decoder's arguments
+    from mmsora.models.vaes.stable_cascade_decoder import StableCascadeDecoder
+    assert {'guidance_scale', 'num_steps'} <= set(
+        inspect.signature(StableCascadeDecoder).parameters)
+
+
+def test_stable_cascade_train_flags_say_what_to_give(capsys, repo_root):
+    """Stable Cascade's training settings as tools/train.py flags: argparse's bare line."""
+    from tools.train import parse_args
+    hints = _refused(parse_args, [
+        'cfg.py', '--lr', '1e-4', '--batch-size', '4', '--updates', '10', '--save-every', '5',
+        '--grad-accum-steps', '2', '--model-version', '1B'], capsys)
+    assert hints == {
+        '--lr': '--cfg-options optim_wrapper.optimizer.lr=LR',
+        '--batch-size': '--cfg-options train_dataloader.batch_size=N (per process) or '
+                        'global_batch_size=N (all processes)',
+        '--updates': '--cfg-options train_cfg.max_iters=N',
+        '--save-every': '--cfg-options default_hooks.checkpoint.interval=N',
+        '--grad-accum-steps': '--cfg-options optim_wrapper.accumulative_counts=K',
+        '--model-version': 'a config under configs/stable_cascade/ (the lite prior, '
+                           'stable_cascade_video_lite_1xb1_100k_clips1024.py, or for the full one '
+                           'its copy with unet=STAGE_C and pretrained_subfolder=prior)'}
+    assert osp.isfile(osp.join(repo_root, CASCADE))
+    from mmsora.models.denoisers import stable_cascade_video
+    assert isinstance(stable_cascade_video.STAGE_C, dict)
+    # the keys the hints name are the lite config's, and its classes take them
+    from mmsora.utils.config_keys import check_training_keys
+    cfg = load_config(osp.join(repo_root, CASCADE))
+    apply_cfg_options(cfg, [
+        'optim_wrapper.optimizer.lr=2e-4', 'train_dataloader.batch_size=2',
+        'global_batch_size=2', 'train_cfg.max_iters=10', 'default_hooks.checkpoint.interval=5',
+        'optim_wrapper.accumulative_counts=2', 'model.diffusion.loss_weight=p2',
+        'model.vae.guidance_scale=2.0', 'model.vae.num_steps=4'], schedule_note=False)
+    check_training_keys(cfg)
+    assert cfg.optim_wrapper.accumulative_counts == 2 and cfg.train_cfg.max_iters == 10
+
+
+def test_another_projects_sampling_names_in_sample_cfg(repo_root):
+    """sample_cfg.guidance_scale=4 (diffusers' name) was taken for a sampler option and
+    refused with 'did you mean guidance_channels?'."""
+    cfg = load_config(osp.join(repo_root, SIT))
+    with pytest.raises(UserError, match=r'^--cfg-options sample_cfg.guidance_scale=4: the '
+                                        r'sampling settings have no guidance_scale \(another '
+                                        r"project's name\); did you mean sample_cfg.cfg_scale\?$"):
+        apply_cfg_options(cfg, ['sample_cfg.guidance_scale=4'])
+    with pytest.raises(UserError, match=r'did you mean sample_cfg.num_steps\?$'):
+        apply_cfg_options(cfg, ['sample_cfg.num_inference_steps=50'])
+    cfg.custom_hooks.append(dict(type='SampleVisualizationHook', interval=10,
+                                 sample_cfg=dict(num_steps=5)))
+    with pytest.raises(UserError, match=r'did you mean custom_hooks.2.sample_cfg.cfg_scale\?$'):
+        apply_cfg_options(cfg, ['custom_hooks.2.sample_cfg.guidance_scale=4'])
+    with pytest.raises(UserError, match=r'^--cfg-options guidance_scale: the config has no '
+                                        r'top-level guidance_scale \(it would be set and never '
+                                        r'read\); did you mean sample_cfg.cfg_scale\?$'):
+        apply_cfg_options(cfg, ['guidance_scale=4'])
+    # Stage B's guidance_scale is the decoder's own argument: set
+    cascade = load_config(osp.join(repo_root, CASCADE))
+    apply_cfg_options(cascade, ['model.vae.guidance_scale=2.0', 'sample_cfg.cfg_scale=5'])
+    assert cascade.model.vae.guidance_scale == 2.0 and cascade.sample_cfg.cfg_scale == 5
+
+
+def test_a_new_top_level_key_of_another_project_is_refused(repo_root, capsys):
+    """--cfg-options model_version=1B adaptive_loss_weight=True updates=10 ema_beta=0.9
+    (Stable Cascade's config keys) were dumped with the run and never read."""
+    cfg = load_config(osp.join(repo_root, CASCADE))
+    with pytest.raises(UserError, match=r"^--cfg-options updates=10: the config has no "
+                                        r"top-level key 'updates' \(it would be set and never "
+                                        r"read\); set train_cfg.max_iters=10 instead$"):
+        apply_cfg_options(cfg, ['updates=10'])
+    for option, hint in [
+            ('model_version=1B', 'use a config under configs/stable_cascade/ '),
+            ('adaptive_loss_weight=True', 'set model.diffusion.loss_weight=p2 (or none: '),
+            ('ema_beta=0.9', 'set custom_hooks.I.momentum=1-beta (the EMAHook'),
+            ('save_every=100', 'set default_hooks.checkpoint.interval=100 instead'),
+            ('epochs=3', 'set train_cfg.max_iters=N (iterations: epochs')]:
+        key = option.partition('=')[0]
+        with pytest.raises(UserError, match=rf"^--cfg-options {re.escape(option)}: the config "
+                                            rf"has no top-level key '{key}' .*; "
+                                            rf'{re.escape(hint)}'):
+            apply_cfg_options(cfg, [option])
+        assert key not in cfg
+    # top-level keys the config has (its variables too), and those the Runner and the
+    # tools read, pass
+    apply_cfg_options(cfg, [
+        'num_frames=16', 'work_dir=/tmp/w', 'randomness.seed=3', 'env_cfg.cudnn_benchmark=True',
+        'custom_hooks=[]', 'load_from=a.pth', 'resume=True', 'global_batch_size=2',
+        'sample_cfg.num_steps=4', 'evaluation=None', 'log_level=DEBUG', 'launcher=none'])
+    assert cfg.global_batch_size == 2 and cfg.randomness.seed == 3 and cfg.custom_hooks == []
+    # a new key no table knows is added (code of one's own may read it), with a note
+    capsys.readouterr()
+    apply_cfg_options(cfg, ['my_hook_setting_sc=3'])
+    assert cfg.my_hook_setting_sc == 3
+    assert ("note: --cfg-options my_hook_setting_sc=3: the config has no top-level key "
+            "'my_hook_setting_sc'; it is added") in capsys.readouterr().err
+
+
+def test_every_hint_reads_as_one_part_of_the_line(repo_root):
+    """The hints are joined with '; ' after 'did you mean': none holds one itself, and
+    each names a flag that a tool has."""
+    import glob
+    from mmsora.utils.cli import FOREIGN_HINTS
+    flags = set()
+    for path in glob.glob(osp.join(repo_root, 'tools/*.py')):
+        flags.update(re.findall(r"add_argument\('(--[\w-]+)'", open(path).read()))
+    for flag, hints in FOREIGN_HINTS.items():
+        for needs, text in (hints,) if isinstance(hints[0], str) else hints:
+            assert '; ' not in text, flag
+            assert needs in flags, (flag, needs)
