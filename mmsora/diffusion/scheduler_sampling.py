@@ -89,6 +89,8 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         import difflib
+
+        from mmsora.utils.cli import FOREIGN_KEYS  # other projects' setting names
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
         notes = []
         for key in unknown:
@@ -99,6 +101,9 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
             elif key in SAMPLE_SETTINGS:
                 notes.append(f'{key} is a setting of LatentDiffusion.sample, not an option '
                              'of the sampler')
+            elif key in FOREIGN_KEYS:  # (diffusers' name: not 'guidance_channels?')
+                notes.append(f'did you mean {FOREIGN_KEYS[key]}' +
+                             (f' for {key}' if len(unknown) > 1 else '') + '?')
             else:
                 close = difflib.get_close_matches(
                     key, [n for n in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *accepted)

@@ -184,3 +184,14 @@ def test_the_train_time_check_of_sample_cfg_checks_values():
         _check_sample_cfg(cfg)
     cfg.sample_cfg = dict(sampler='sde_euler', num_steps=10, last_step=None)
     _check_sample_cfg(cfg)
+
+
+def test_a_diffusers_setting_name_as_a_sampler_option_suggests_ours():
+    """infer --sampler-options guidance_scale=4 (diffusers' name) answered 'did you
+    mean guidance_channels?' (walk-through s)."""
+    from mmsora.diffusion.scheduler_sampling import check_sampler_options
+    with pytest.raises(ValueError, match=r'takes no option guidance_scale .*; did you mean '
+                                         r'cfg_scale\?$'):
+        check_sampler_options('ddim', {'guidance_scale': 4}, ['eta', 'guidance_channels'])
+    with pytest.raises(ValueError, match=r'did you mean num_steps for num_inference_steps\?'):
+        check_sampler_options('ddim', {'guidance_scale': 4, 'num_inference_steps': 9}, ['eta'])
