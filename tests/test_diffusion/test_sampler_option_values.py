@@ -3,9 +3,6 @@
 while settings left None fall back to the run's; wrong option values are one-line
 ValueErrors before any model call (and in the train-time check of sample_cfg); the
 SBDM error names the config key that fixes it."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
@@ -14,12 +11,11 @@ from mmsora.diffusion import Transport
 from mmsora.diffusion.scheduler_sampling import check_sample_settings
 from mmsora.registry import MODELS
 from mmsora.utils.cli import load_config, run_cli
+# the tiny SiT demo's checkpoint (a fixture) and tools/infer.py, as the other infer
+# tests have them
+from tests.test_diffusion.test_transport_infer import (  # noqa: F401
+    DEMO, TINY, checkpoint, load_infer)
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = osp.join(ROOT, 'configs/sit/sit_tiny2_1xb32_1500_shapes16.py')
-TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
-        'model.denoiser.num_heads=2', 'model.denoiser.input_size=8',
-        'model.latent_shape=[3,8,8]']
 TINY_SIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
                 depth=2, num_heads=2, num_classes=3, learn_sigma=False)
 
@@ -60,24 +56,6 @@ def test_sample_images_passes_an_explicit_none_option_on():
     # sde_heun, 4 steps of 2 evaluations and no last step.
     sample_images(model, [0], seeds=1, sampler='sde_heun', last_step=None)
     assert model.diffusion.last_nfe == 8
-
-
-def load_infer():
-    spec = importlib.util.spec_from_file_location('infer', osp.join(ROOT, 'tools/infer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    from mmsora.utils.cli import apply_cfg_options
-    cfg = apply_cfg_options(load_config(DEMO), TINY)
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    path = tmp_path_factory.mktemp('sit') / 'iter_1.pth'
-    torch.save(dict(state_dict=model.state_dict()), path)
-    return str(path)
 
 
 def infer(checkpoint, tmp_path, *args, cfg_options=()):
