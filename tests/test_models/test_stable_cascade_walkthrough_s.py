@@ -175,3 +175,20 @@ def test_a_caller_that_counts_long_captions_is_not_repeated(clip_path, capsys, m
     embeds, mask, _ = encoder.encode([LONG_PROMPT, 'a red disk'])
     assert embeds.shape == (2, 8, 32) and mask[0].all() and mask[1].sum() == 4
     assert notes(capsys) == []
+
+
+def test_a_prior_path_that_is_a_file_or_missing_is_named(tmp_path):
+    """Stability's own stage_c_lite_bf16.safetensors (its yaml's
+    generator_checkpoint_path) and a path that does not exist were both told 'has no
+    config.json: not a local diffusers StableCascadeUNet folder'."""
+    from mmengine.config import Config
+    unet = Config.fromfile(CONFIG).model.denoiser.unet.to_dict()
+    model = MODELS.build(dict(type='StableCascadeVideo', unet=unet))
+    single = tmp_path / 'stage_c_lite_bf16.safetensors'
+    single.write_bytes(b'\0' * 16)
+    with pytest.raises(FileNotFoundError, match=r"is a file \(Stability's own format, as "
+                                                r'stage_c_lite_bf16.safetensors\): give the '
+                                                'diffusers folder'):
+        model.load_stage_c(str(single), 'prior_lite')
+    with pytest.raises(FileNotFoundError, match=r"pretrained_path '.*nowhere' does not exist"):
+        model.load_stage_c(str(tmp_path / 'nowhere'), 'prior_lite')

@@ -257,6 +257,16 @@ class StableCascadeVideo(nn.Module):
         read in its snapshot, as the text encoder's and the VAE's folders are.
         """
         import json
+        if osp.isfile(path):  # Stability's own release (its yaml's
+            # generator_checkpoint_path) was told 'has no config.json'
+            raise FileNotFoundError(
+                f'pretrained_path {path!r} is a file (Stability\'s own format, as '
+                'stage_c_lite_bf16.safetensors): give the diffusers folder of '
+                'stabilityai/stable-cascade-prior (with prior_lite/ or prior/)')
+        if not osp.exists(path):
+            raise FileNotFoundError(f'pretrained_path {path!r} does not exist (a local '
+                                    'stabilityai/stable-cascade-prior folder; nothing is '
+                                    'downloaded)')
         path = hub_snapshot(path)
         folder = osp.join(path, subfolder) if subfolder else path
         config_file = osp.join(folder, 'config.json')
