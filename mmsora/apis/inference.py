@@ -224,8 +224,8 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
             diffusers DiT folder (:func:`load_weights`); default: the work dir's
             newest, else (a config file) the pretrained weights the config names
             (``model.pretrained_denoiser``, a Stable Cascade prior's
-            ``pretrained_path``). ``False``: no checkpoint: the config's model with
-            those pretrained weights where it names them, else random.
+            ``pretrained_path``). ``False``: no weights (a model built from the
+            config, random).
         device: Where the model goes (``'cuda'``, ``'cpu'``).
         cfg_options: Overrides, as ``--cfg-options`` takes them (``['a.b=1']``) or as
             a dict (``{'a.b': 1}``).
@@ -274,11 +274,12 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
     if checkpoint is not False:
         checkpoint = checkpoint or run_checkpoint
     if not checkpoint:
-        # no checkpoint: the config's model, with the pretrained weights it names
-        # loaded as training starts from them (a Stable Cascade prior not trained in
-        # time yet: the image model frame by frame); they were left random. (A work
-        # dir without checkpoints is refused: its run's weights are what it means.)
-        if pretrained and (checkpoint is False or not osp.isdir(config)):
+        # no checkpoint given for a config file: the config's model, with the
+        # pretrained weights it names loaded as training starts from them (a Stable
+        # Cascade prior not trained in time yet: the image model frame by frame); it
+        # stopped. (A work dir without checkpoints, or its dumped .py, is refused: its
+        # run's weights are what it means.)
+        if pretrained and checkpoint is None and not _in_a_work_dir(config_path):
             model.init_weights()
             model.loaded_from = pretrained
             model.loaded_weights = "the config's pretrained weights, no checkpoint"
@@ -291,6 +292,13 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
                                 f'pass {checkpoint_option}{random}')
     load_weights(model, checkpoint, use_ema=use_ema)
     return model.to(device).eval(), cfg
+
+
+def _in_a_work_dir(config_path: str) -> bool:
+    """Whether a config file is a run's dumped one (checkpoints beside it)."""
+    folder = osp.dirname(osp.abspath(config_path))
+    return osp.isfile(osp.join(folder, 'last_checkpoint')) or bool(
+        glob.glob(osp.join(folder, 'iter_*.pth')))
 
 
 def config_pretrained_weights(model) -> Optional[str]:
@@ -428,14 +436,17 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     run_cfg = getattr(model, 'sample_cfg', None)
     if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
         run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
-    # As tools/infer.py merges: the sampler, then its options as a dict (a None there is
-    # a value: SiT's last_step=None), then the settings as choices (None: the run's).
-    # (All as choices, last_step=None was dropped and SiT's 'Mean' last step taken.)
+    # As tools/infer.py merges: the sampler, then its options as a dict, then the
+    # settings as choices (None: the run's). An option None leaves the run's too, but
+    # where None is one of its values (SiT's last_step=None: no last step), which all
+    # as choices was dropped and SiT's 'Mean' last step taken.
     named = [name for name, p in inspect.signature(model.sample).parameters.items()
              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *named)
+    takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
     chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
-    options = {k: v for k, v in sample_kwargs.items() if k not in own}
+    options = {k: v for k, v in sample_kwargs.items()
+               if k not in own and (v is not None or k in takes_none)}
     sampler = sample_kwargs.get('sampler')
     settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
                                 options, **chosen)

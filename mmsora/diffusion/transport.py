@@ -214,6 +214,8 @@ class Transport:
         velocity prediction only): option ``shift`` (SD3: 3.0).
     """
 
+    # Options whose None is a value, not 'unset' (sample_images): SiT's --last-step None
+    OPTIONS_TAKING_NONE = ('last_step',)
     SAMPLER_OPTIONS = {
         'ode_euler': (), 'ode_heun': (), 'ode_dopri5': ('atol', 'rtol'),
         'sde_euler': SDE_OPTIONS, 'sde_heun': SDE_OPTIONS,

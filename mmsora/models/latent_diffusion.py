@@ -594,6 +594,8 @@ class LatentDiffusion(BaseModel):
         if prompts is not None:
             if isinstance(prompts, str):
                 prompts = [prompts]
+            if callable(getattr(self.text_encoder, 'note_long_prompts', None)):
+                self.text_encoder.note_long_prompts(list(prompts))  # (cut without a word)
             text_embeds, text_mask, pooled = self.encode_text(prompts)
             self._check_text_width(text_embeds, 'from the text encoder',
                                    'give the text encoder the model was trained with '

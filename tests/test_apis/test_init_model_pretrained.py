@@ -25,16 +25,31 @@ def dit_file(repo_root, tmp_path):
     return path, state
 
 
-@pytest.mark.parametrize('checkpoint', [False, None])
-def test_the_config_pretrained_denoiser_is_loaded_without_a_checkpoint(
-        repo_root, dit_file, checkpoint):
+def test_the_config_pretrained_denoiser_is_loaded_without_a_checkpoint(repo_root, dit_file):
     path, state = dit_file
-    model, _ = init_model(osp.join(repo_root, CONFIG), checkpoint=checkpoint,
+    model, _ = init_model(osp.join(repo_root, CONFIG),
                           cfg_options={'model.pretrained_denoiser': path})
     for key, value in state.items():
         assert torch.equal(model.denoiser.state_dict()[key], value), key
     assert model.loaded_from == path
     assert model.loaded_weights == "the config's pretrained weights, no checkpoint"
+    # checkpoint=False: no weights, as it always meant (a config naming a folder not
+    # there, Stable Cascade lite's, still builds)
+    model, _ = init_model(osp.join(repo_root, CONFIG), checkpoint=False,
+                          cfg_options={'model.pretrained_denoiser': '/nonexistent.pt'})
+    assert not any(torch.equal(model.denoiser.state_dict()[k], v) for k, v in state.items()
+                   if v.dim() > 1)
+
+
+def test_a_run_dumped_config_without_checkpoints_is_still_refused(repo_root, dit_file,
+                                                                 tmp_path):
+    from mmengine.config import Config
+    work = tmp_path / 'run'
+    work.mkdir()
+    Config.fromfile(osp.join(repo_root, CONFIG)).dump(str(work / 'run.py'))  # as a run's
+    (work / 'last_checkpoint').write_text(str(work / 'iter_9.pth'))
+    with pytest.raises(FileNotFoundError, match='no checkpoint given and none found'):
+        init_model(str(work / 'run.py'), cfg_options={'model.pretrained_denoiser': dit_file[0]})
 
 
 def test_without_pretrained_weights_a_checkpoint_is_still_asked_for(repo_root):
@@ -54,7 +69,8 @@ def test_stable_cascade_prior_without_a_checkpoint_is_the_prior(repo_root, tmp_p
         for p in released.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     released.save_pretrained(tmp_path / 'prior' / 'prior_lite')
-    model, _ = init_model(config, checkpoint=False, cfg_options={
+    model, _ = init_model(config, cfg_options={
+        'model.vae': None,  # (the toy's Stage B folder is made by a tool; not needed)
         'model.denoiser.pretrained_path': str(tmp_path / 'prior'),
         'model.denoiser.pretrained_subfolder': 'prior_lite'})
     for key, value in released.state_dict().items():

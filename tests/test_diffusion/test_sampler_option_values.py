@@ -3,6 +3,8 @@
 while settings left None fall back to the run's; wrong option values are one-line
 ValueErrors before any model call (and in the train-time check of sample_cfg); the
 SBDM error names the config key that fixes it."""
+import os.path as osp
+
 import pytest
 import torch
 
@@ -173,3 +175,14 @@ def test_a_diffusers_setting_name_as_a_sampler_option_suggests_ours():
         check_sampler_options('ddim', {'guidance_scale': 4}, ['eta', 'guidance_channels'])
     with pytest.raises(ValueError, match=r'did you mean num_steps for num_inference_steps\?'):
         check_sampler_options('ddim', {'guidance_scale': 4, 'num_inference_steps': 9}, ['eta'])
+
+
+def test_an_option_none_without_a_none_value_leaves_the_runs(repo_root):
+    """sample_images(..., eta=None) kept the run's eta before last_step=None went
+    through as a value; it still does (DDIM's eta=None was a TypeError)."""
+    from mmsora.apis import init_model
+    model, _ = init_model(osp.join(repo_root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'),
+                          checkpoint=False, cfg_options=TINY)
+    model.sample_cfg = dict(sampler='ddim', num_steps=2, eta=0.5)
+    torch.testing.assert_close(sample_images(model, [0], seeds=1, eta=None, decode=False),
+                               sample_images(model, [0], seeds=1, decode=False))

@@ -166,8 +166,9 @@ def test_long_prompts_are_said_once_at_sampling(clip_path, capsys, monkeypatch):
     assert notes(capsys) == []
 
 
-def test_a_caller_that_counts_long_captions_is_not_repeated(clip_path, capsys, monkeypatch):
-    """tools/extract_features.py says how many captions are cut before encoding them."""
+def test_encoding_captions_alone_says_nothing(clip_path, capsys, monkeypatch):
+    """A training batch's captions (and tools/extract_features.py, which counts them
+    itself) are encoded without the note, and without a second tokenizer pass."""
     for key in ('RANK', 'SLURM_PROCID'):
         monkeypatch.delenv(key, raising=False)
     encoder = HFTextEncoder(clip_path, kind='clip_with_projection', max_length=8)

@@ -67,8 +67,7 @@ class HFTextEncoder(nn.Module):
         self.hidden_layer = hidden_layer
         self.torch_dtype = getattr(torch, dtype) if dtype else torch.float32
         self.micro_batch_size = micro_batch_size
-        # Whether the captions cut at max_length were said (once: see encode).
-        self.long_captions_noted = False
+        self._long_prompts_noted = False  # (note_long_prompts: once)
         # Built on first use and not registered as a submodule (see AutoencoderKLWrapper).
         self.__dict__['_encoder'] = None
         self.__dict__['_tokenizer'] = None
@@ -196,27 +195,28 @@ class HFTextEncoder(nn.Module):
     def longer_than_max_length(self, captions: Sequence[str]) -> list:
         """The positions of the captions whose tokens (the end token included) do not
         fit in ``max_length``: :meth:`encode` cuts them there, as Open-Sora's T5 does
-        without a word (tools/extract_features.py says how many, before encoding).
-        A caller that looks says it: :meth:`encode` then does not say it again."""
-        self.long_captions_noted = True
+        without a word (tools/extract_features.py says how many, before encoding)."""
         lengths = [len(ids) for ids in self.tokenizer(list(captions))['input_ids']]
         return [i for i, n in enumerate(lengths) if n > self.max_length]
 
-    def _note_long_captions(self, captions: Sequence[str]) -> None:
-        """Say, once, that prompts longer than ``max_length`` tokens are cut there:
-        tools/infer.py --prompt and tools/text2video.py cut a long prompt without a
-        word. Once per encoder, not once per batch: the captions of a training run are
-        said at extraction (tools/extract_features.py)."""
-        long = self.longer_than_max_length(captions)
-        if not long:
-            self.long_captions_noted = False  # not said yet: look again next time
+    def note_long_prompts(self, prompts: Sequence[str]) -> None:
+        """Say, once per encoder, that prompts longer than ``max_length`` tokens are
+        cut there (:meth:`encode` cuts them; tools/infer.py --prompt and
+        tools/text2video.py did without a word). Called where prompts are sampled
+        (``LatentDiffusion.sample``), not per training batch: a run's captions are
+        counted at extraction (tools/extract_features.py)."""
+        if self._long_prompts_noted:
             return
+        long = self.longer_than_max_length(prompts)
+        if not long:
+            return
+        self._long_prompts_noted = True
         from mmsora.utils.cli import note
         longest = max(len(ids) for ids in self.tokenizer(
-            [captions[i] for i in long])['input_ids'])
-        note(f'{len(long)} of {len(captions)} prompts {"is" if len(long) == 1 else "are"} '
+            [prompts[i] for i in long])['input_ids'])
+        note(f'{len(long)} of {len(prompts)} prompts {"is" if len(long) == 1 else "are"} '
              f'longer than the text encoder\'s max_length, {self.max_length} tokens (the '
-             f'longest {longest}, e.g. {captions[long[0]][:60]!r}), and cut there; set a '
+             f'longest {longest}, e.g. {prompts[long[0]][:60]!r}), and cut there; set a '
              'larger model.text_encoder.max_length to keep them whole')
 
     def encode(self, captions: Sequence[str], device=None
@@ -236,8 +236,6 @@ class HFTextEncoder(nn.Module):
             raise TypeError('captions must be a sequence of strings')
         encoder = self.encoder.to(device) if device is not None else self.encoder
         device = next(encoder.parameters()).device
-        if not self.long_captions_noted:
-            self._note_long_captions(captions)
         embeds, masks, pooled = [], [], []
         n = self.micro_batch_size or max(len(captions), 1)
         for start in range(0, len(captions), n):
