@@ -17,7 +17,6 @@ noise and returns per-sample losses; ``sample`` integrates the probability-flow 
 SiT's reverse SDE from noise to data; ``log_likelihood`` integrates the ODE backwards
 with a Hutchinson divergence estimate.
 """
-import inspect
 import math
 import numbers
 from typing import Optional
@@ -26,6 +25,7 @@ import torch
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
+from mmsora.utils.checkpoint import keyword_defaults
 from .gaussian import _randn, check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
                                  scheduler_sample_loop)
@@ -405,13 +405,13 @@ class Transport:
         check_sampler_name(sampler, self.samplers(), 'Transport')
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
         if sampler == 'ode_dopri5':
-            defaults = _defaults(self._sample_ode)
+            defaults = keyword_defaults(self._sample_ode)
             for name in ('atol', 'rtol'):  # (0 and 0: 'underflow in dt 0.0')
                 _check_number(name, options.get(name, defaults[name]), '> 0',
                               f"dopri5's {'absolute' if name == 'atol' else 'relative'} "
                               f'tolerance; SiT: {defaults[name]:g}')
         elif sampler.startswith('sde_'):
-            defaults = _defaults(self._sample_sde)
+            defaults = keyword_defaults(self._sample_sde)
             options = dict(defaults, **options)
             form, last_step = options['diffusion_form'], options['last_step']
             _check_choice('diffusion_form', form, DIFFUSION_FORMS)
@@ -595,8 +595,3 @@ def _check_number(name, value, allowed, what):
     if not ok:
         raise ValueError(f'{name}={value!r} is not a number {allowed} ({what})')
 
-
-def _defaults(method):
-    """The keyword defaults of a sampler method: its options' defaults."""
-    return {name: p.default for name, p in inspect.signature(method).parameters.items()
-            if p.default is not p.empty}

@@ -26,7 +26,7 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
            'resolve_checkpoint', 'objective_settings', 'checkpoint_objective',
            'objective_differences', 'said_objective_differences', 'sit_training_args',
-           'training_file_kind', 'learn_sigma_hint']
+           'training_file_kind', 'learn_sigma_hint', 'keyword_defaults']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -864,20 +864,26 @@ OBJECTIVE_MEANING = {
 OBJECTIVE_NOTED = {'Transport': ('time_shift',)}
 
 
+def keyword_defaults(fn) -> dict:
+    """``{name: default}`` of a callable's (a class's constructor's) keyword
+    parameters; {} where it has no signature (None, a builtin)."""
+    import inspect
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+
+
 def _constructor_defaults(objective) -> dict:
     """The keyword defaults of an objective's constructor (``objective``: the
     objective, its class or its registered name); {} where it is not found."""
-    import inspect
     if isinstance(objective, str):
         from mmsora.registry import DIFFUSION
         objective = DIFFUSION.get(objective.rpartition('.')[2])
     elif objective is not None and not isinstance(objective, type):
         objective = type(objective)
-    try:
-        parameters = inspect.signature(objective).parameters
-    except (TypeError, ValueError):  # None, or a class without a signature
-        return {}
-    return {name: p.default for name, p in parameters.items() if p.default is not p.empty}
+    return keyword_defaults(objective)
 
 
 def objective_settings(model) -> Optional[dict]:

@@ -200,7 +200,8 @@ _TRAIN = '--load-from'
 _SIT_OBJECTIVE = {
     '--path-type': ('path', 'Linear', 'GVP, VP', True),
     '--prediction': ('prediction', 'velocity', 'score, noise', True),
-    '--loss-weight': ('loss_weight', 'velocity', 'likelihood, None', None),
+    '--loss-weight': ('loss_weight', 'velocity', 'likelihood: with prediction=score or '
+                      'noise only', None),
     '--train-eps': ('train_eps', 'E', '', None),
     '--sample-eps': ('sample_eps', 'E', '', False),
 }

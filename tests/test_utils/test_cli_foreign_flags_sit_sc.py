@@ -79,8 +79,8 @@ def test_sit_train_flags_and_model_name_say_what_to_give(capsys, repo_root):
     assert hints == {
         '--path-type': '--cfg-options model.diffusion.path=Linear (or GVP, VP)',
         '--prediction': '--cfg-options model.diffusion.prediction=velocity (or score, noise)',
-        '--loss-weight': '--cfg-options model.diffusion.loss_weight=velocity (or likelihood, '
-                         'None)',
+        '--loss-weight': '--cfg-options model.diffusion.loss_weight=velocity (or likelihood: '
+                         'with prediction=score or noise only)',
         '--train-eps': '--cfg-options model.diffusion.train_eps=E',
         '--sample-eps': '--cfg-options model.diffusion.sample_eps=E',
         '--model': f'a config ({SIT}: SiT-XL/2)'}
