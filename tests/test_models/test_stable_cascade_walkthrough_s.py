@@ -193,3 +193,15 @@ def test_a_prior_path_that_is_a_file_or_missing_is_named(tmp_path):
         model.load_stage_c(str(single), 'prior_lite')
     with pytest.raises(FileNotFoundError, match=r"pretrained_path '.*nowhere' does not exist"):
         model.load_stage_c(str(tmp_path / 'nowhere'), 'prior_lite')
+
+
+def test_stage_b_checks_read_a_hugging_face_cache_folder_at_its_snapshot(tmp_path):
+    """check_fits(load=False) read Stage B's config.json beside the cache folder, found
+    none and passed over its checks without a word (the load reads the snapshot)."""
+    cache = tmp_path / 'models--stabilityai--stable-cascade'
+    (cache / 'snapshots' / 'abc123' / 'decoder_lite').mkdir(parents=True)
+    (cache / 'refs').mkdir()
+    (cache / 'refs' / 'main').write_text('abc123\n')
+    wrapper = MODELS.build(dict(type='StableCascadeDecoder', pretrained_path=str(cache),
+                                decoder_subfolder='decoder_lite'))
+    assert wrapper.stage_b_source == str(cache / 'snapshots' / 'abc123' / 'decoder_lite')

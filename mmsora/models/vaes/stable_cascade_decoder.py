@@ -172,7 +172,9 @@ class StableCascadeDecoder(nn.Module):
         """Where Stage B comes from, for messages: its folder or the config."""
         if self.pretrained_path is None:
             return 'model.vae.config'
-        return osp.join(self.pretrained_path, self.decoder_subfolder)
+        # (a Hugging Face cache folder at its snapshot, as the load reads it: its
+        # config.json was not found, and the checks passed over it without a word)
+        return osp.join(hub_snapshot(self.pretrained_path), self.decoder_subfolder)
 
     def _stage_b_config(self, load: bool) -> Optional[dict]:
         """Stage B's config: the loaded UNet's; else, with ``load=False``, the folder's
