@@ -130,13 +130,15 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
         return  # an objective of one's own with loss and sample alone
     sampler = settings.get('sampler') or inspect.signature(
         diffusion.sample).parameters['sampler'].default
-    check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
+    if callable(getattr(diffusion, 'check_sample_options', None)):
+        # the name, the options and their values (Transport's, what its sample checks)
+        diffusion.check_sample_options(sampler, **options)
+        return
+    check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
     check_sampler_options(sampler, options,
                           getattr(diffusion, 'SAMPLER_OPTIONS', {}).get(sampler, ()))
-    if callable(getattr(diffusion, 'check_sample_options', None)):
-        diffusion.check_sample_options(sampler, **options)  # the values (Transport's)
 
 
 def scheduler_sample_loop(scheduler,
