@@ -17,7 +17,7 @@ from mmsora.utils.cli import (UserError, missing_arguments_message, unknown_key_
                               unknown_type_message)
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys',
-           'registered_class']
+           'registered_class', 'check_sample_settings_of']
 
 
 def _forwarding_bases() -> tuple:
@@ -481,9 +481,7 @@ def _check_sample_cfg(cfg) -> None:
     model's objective: a sampler name or option typo failed when the samples were
     first drawn, a sampling hook's interval into the run (and the run with it), or at
     ``tools/infer.py``. A model config that does not build is left to the model."""
-    from mmsora.diffusion.scheduler_sampling import check_sample_settings, merge_sample_cfg
-    from mmsora.models.latent_diffusion import LatentDiffusion
-    from mmsora.registry import DIFFUSION
+    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     base = cfg.get('sample_cfg')
     base = dict(base) if isinstance(base, dict) else {}
     entries = [('sample_cfg', base)] if base else []
@@ -494,8 +492,21 @@ def _check_sample_cfg(cfg) -> None:
     evaluation = cfg.get('evaluation')
     if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
         entries.append(('evaluation.sample_cfg', merge_sample_cfg(base, evaluation['sample_cfg'])))
-    model = cfg.get('model')
-    if not entries or not isinstance(model, dict) or model.get('type') != 'LatentDiffusion':
+    for where, settings in entries:
+        try:
+            check_sample_settings_of(cfg.get('model'), settings)
+        except ValueError as e:
+            raise UserError(f'{where}: {e}') from None
+
+
+def check_sample_settings_of(model, settings: dict) -> None:
+    """Sampling ``settings`` (a ``sample_cfg``) against a ``LatentDiffusion`` config's
+    objective, which alone is built (it holds no weights); a one-line ValueError.
+    Nothing is checked for another model or an objective that does not build."""
+    from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    from mmsora.models.latent_diffusion import LatentDiffusion
+    from mmsora.registry import DIFFUSION
+    if not isinstance(model, dict) or model.get('type') != 'LatentDiffusion':
         return
     try:
         diffusion = DIFFUSION.build(model.get('diffusion', dict(type='GaussianDiffusion')))
@@ -507,11 +518,7 @@ def _check_sample_cfg(cfg) -> None:
               'text_embeds', 'text_mask', 'pooled_text_embeds')
     own = [name for name in inspect.signature(LatentDiffusion.sample).parameters
            if name not in passed]
-    for where, settings in entries:
-        try:
-            check_sample_settings(diffusion, settings, own)
-        except ValueError as e:
-            raise UserError(f'{where}: {e}') from None
+    check_sample_settings(diffusion, settings, own)
 
 
 def check_training_keys(cfg) -> None:

@@ -322,3 +322,19 @@ def test_resume_refuses_a_run_trained_with_other_objective_settings(repo_root, t
         check_resume_matches(sit_model_cfg(repo_root), None, run)
     check_resume_matches(sit_model_cfg(repo_root, 'model.diffusion.timestep_convention=dit'),
                          None, run)
+
+
+def test_a_wrong_sampler_is_refused_before_the_weights_load(repo_root, tmp_path,
+                                                             monkeypatch):
+    """A sampler name or option value the objective refuses was named once the model
+    had loaded (30 s and 5.7 GB for Stable Cascade lite; walk-through s)."""
+    import mmsora.apis
+
+    def built(*args, **kwargs):
+        raise AssertionError('the model was built')
+    monkeypatch.setattr(mmsora.apis, 'init_model', built)
+    with pytest.raises(ValueError, match=r"^unknown sampler 'ddim' for Transport"):
+        sample(repo_root, tmp_path, None, '--sampler', 'ddim', checkpoint='/nonexistent.pth')
+    with pytest.raises(ValueError, match=r'^diffusion_norm=-1 is not a number >= 0'):
+        sample(repo_root, tmp_path, None, '--sampler', 'sde_euler', '--sampler-options',
+               'diffusion_norm=-1', checkpoint='/nonexistent.pth')
