@@ -44,7 +44,8 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', help='checkpoint (default: the newest in the work '
                         "dir; for a config file, the pretrained weights it names, such as a "
                         "Stable Cascade prior's pretrained_path); mmengine files, DeepSpeed "
-                        'checkpoint folders (--deepspeed runs), original DiT and fast-DiT files and diffusers DiT folders '
+                        'checkpoint folders (--deepspeed runs), original DiT and fast-DiT '
+                        'files and diffusers DiT folders '
                         '(facebook/DiT-XL-2-256) are accepted')
     parser.add_argument('--labels', type=label_or_random, nargs='+',
                         help="class ids to sample (default: cycle through the classes), or "
