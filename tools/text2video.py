@@ -37,14 +37,14 @@ class Text2VideoParser(ArgumentParser):
     # another; these map to an option with its value)
     FOREIGN = {'--voice': '--speech espeak:VOICE', '--tts': '--speech'}
 
-    def _meant(self, token: str):
+    def _meant(self, token: str, following=None):
         flag, _, value = token.partition('=')
         meant = self.FOREIGN.get(flag.replace('_', '-'))
         if token.startswith('--') and meant:
             if value and meant.endswith(':VOICE'):
                 meant = meant.replace('VOICE', value)
             return f'{meant} for {flag}'
-        return super()._meant(token)
+        return super()._meant(token, following)
 
 
 def parse_args(argv=None):

@@ -342,23 +342,17 @@ class ArgumentParser(argparse.ArgumentParser):
         prefix = 'unrecognized arguments: '
         if message.startswith(prefix):
             tokens = message[len(prefix):].split()
-            hints = []
-            for token, following in zip(tokens, tokens[1:] + [None]):
-                # (the value after a flag, --model SiT-XL/2, for _meant; a subclass's
-                # _meant takes the token alone)
-                self._following = following
-                hints.append(self._meant(token))
-            self._following = None
-            hints = [h for h in hints if h]
+            # (the value after a flag too: --model SiT-XL/2)
+            hints = [h for h in map(self._meant, tokens, tokens[1:] + [None]) if h]
             if hints:
                 message += f' (did you mean {"; ".join(hints)}?)'
         super().error(message)
 
-    def _meant(self, token: str):
+    def _meant(self, token: str, following: str = None):
+        """What ``token`` meant; ``following``: the token after it (a flag's value)."""
         if not token.startswith('--'):
             return None
         flag, equals, value = token.partition('=')
-        following = getattr(self, '_following', None)
         value = value if equals else (following if following and not following.startswith(
             '--') else None)
         ours = [o for action in self._actions for o in action.option_strings
