@@ -211,6 +211,21 @@ def sample_settings(args, defaults) -> dict:
     return settings
 
 
+def _shown_settings(settings: dict) -> list:
+    """``key=value`` of the settings a mass-sampling run samples with: an unset one left
+    out, an option set to None that means something kept (SiT's last_step=None: no last
+    step), an adaptive sampler's steps said as such (ode_dopri5 printed the config's
+    unused num_steps)."""
+    from mmsora.diffusion.transport import Transport
+    shown = []
+    for key, value in settings.items():
+        if key == 'num_steps' and settings.get('sampler') == 'ode_dopri5':
+            value = 'adaptive'
+        if value is not None or key in Transport.OPTIONS_TAKING_NONE:
+            shown.append(f'{key}={value}')
+    return shown
+
+
 def check_sampling(args, cfg) -> None:
     """--sampler and --sampler-options (over the config's sample_cfg) against the
     config's objective, which alone is built: a wrong sampler name was refused once
@@ -448,7 +463,7 @@ def main(argv=None):
         from mmsora.apis import mass_sample
         if is_main_process():  # (what an FID is scored at: DiT's sample_ddp.py uses cfg
             # 1.5, sample.py 4.0; the config's sample_cfg chose without a word)
-            shown = ', '.join(f'{k}={v}' for k, v in sample_kwargs.items() if v is not None)
+            shown = ', '.join(_shown_settings(sample_kwargs))
             print(f'sampling {n} sample{"s" * (n != 1)} with {shown}'
                   + ('; classes drawn at random from --seed' if drawn else ''), flush=True)
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,

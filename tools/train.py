@@ -111,8 +111,10 @@ def check_vae_folder(model) -> None:
     if check is not None:
         try:
             check()
-        except ValueError as e:
-            raise UserError(f'model.vae.pretrained_path: {e}') from None
+        except ValueError as e:  # (a message naming its own key, e.g. decoder_subfolder,
+            #  is not put under pretrained_path)
+            named = 'model.vae.' in str(e)
+            raise UserError(str(e) if named else f'model.vae.pretrained_path: {e}') from None
 
 
 def check_load_from_matches(model, path, state_dict, option='--load-from'):

@@ -96,6 +96,15 @@ class WuerstchenDiffusion:
         return dict(loss=mse, mse=mse)
 
     # ------------------------------------------------------------------ sampling
+    def check_sample_options(self, sampler, **options):
+        """``sampler`` and its options as :meth:`sample` takes them, checked before any
+        model call (and, through ``check_sample_settings``, by tools/infer.py before
+        the weights load and by tools/train.py in ``sample_cfg``)."""
+        check_sampler_name(sampler, self.samplers(), 'WuerstchenDiffusion')
+        check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
+        if options.get('timesteps') is not None:
+            _check_timesteps(options['timesteps'])
+
     @torch.no_grad()
     def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],
                sampler: str = 'DDPMWuerstchenScheduler', num_steps: int = 20,
@@ -120,13 +129,10 @@ class WuerstchenDiffusion:
             Tensor: The sample x0, shape of ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        check_sampler_name(sampler, self.samplers(), 'WuerstchenDiffusion')
-        check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS[sampler])
+        self.check_sample_options(sampler, **sampler_kwargs)
         timesteps = sampler_kwargs.get('timesteps')
         if timesteps is None and num_steps < 1:
             raise ValueError(f'num_steps must be >= 1, got {num_steps}')
-        if timesteps is not None and (len(timesteps) < 2 or float(timesteps[-1]) != 0.0):
-            raise ValueError('timesteps must hold at least two values, decreasing to 0')
         scheduler = self.scheduler()
         scheduler.set_timesteps(None if timesteps is not None else num_steps,
                                 timesteps=timesteps, device=noise.device)
@@ -140,3 +146,21 @@ class WuerstchenDiffusion:
             x = scheduler.step(eps, r, x, generator=generators).prev_sample
         self.last_nfe = model_fn.nfe
         return x
+
+
+def _check_timesteps(timesteps):
+    """A custom grid names its fault: too short, not ending at 0 (the last value is only
+    the target of the final step), not decreasing, or outside [0, 1]."""
+    values = [float(t) for t in timesteps]
+    given = f'timesteps={values}'
+    if len(values) < 2:
+        raise ValueError(f'{given}: give at least two values, decreasing to 0 '
+                         '(e.g. [1.0, 0.5, 0.0])')
+    if values[-1] != 0.0:
+        raise ValueError(f'{given}: the grid must end at 0 (the target of the last step); '
+                         f'e.g. {values + [0.0]}')
+    if any(b >= a for a, b in zip(values, values[1:])):
+        raise ValueError(f'{given}: the values must decrease to 0')
+    if values[0] > 1.0:
+        raise ValueError(f'{given}: the values lie in [0, 1] (1 is pure noise)')
+

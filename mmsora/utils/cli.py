@@ -43,7 +43,7 @@ def load_config(path):
     if osp.isdir(path):
         raise UserError(_folder_given_message(path))
     if not osp.isfile(path):
-        raise UserError(f'config file not found: {path}')
+        raise UserError(f'config file not found: {path}{_close_configs(path)}')
     try:
         # custom_imports: ours below, which say what failed (mmengine's say PYTHONPATH)
         cfg = Config.fromfile(path, import_custom_modules=False)
@@ -52,6 +52,30 @@ def load_config(path):
     _import_custom_modules(cfg.get('custom_imports'))  # (their classes, for the notes)
     _note_variables_left_in_base(path, cfg)
     return cfg
+
+
+def _close_configs(path) -> str:
+    """'; did you mean ...' for a config path not found: the same file name in another
+    folder of configs/ (configs/dit_s2_....py for configs/dit/dit_s2_....py), else close
+    names in the folder given and under configs/ of the working directory."""
+    import glob
+    name = osp.basename(path)
+    if not name:
+        return ''
+    folder = osp.dirname(path)
+    found = set()
+    if osp.isdir(folder or '.'):
+        found.update(osp.join(folder, f) for f in os.listdir(folder or '.') if f.endswith('.py'))
+    found.update(glob.glob(osp.join('configs', '**', '*.py'), recursive=True))
+    found = sorted(f for f in found if '__pycache__' not in f)
+    same = [f for f in found if osp.basename(f) == name]
+    if not same:
+        by_name = {}
+        for f in found:
+            by_name.setdefault(osp.basename(f), f)
+        close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.75)
+        same = [by_name[c] for c in close]
+    return f"; did you mean {' or '.join(same[:3])}?" if same else ''
 
 
 def _folder_given_message(path) -> str:

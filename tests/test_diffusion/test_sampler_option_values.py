@@ -74,6 +74,23 @@ def test_infer_samples_with_last_step_none(checkpoint, tmp_path, capsys):
     assert '; 4 model evaluations (NFE) per batch' in captured.out, captured.out
 
 
+def test_mass_sampling_line_says_the_settings_sampled_with(checkpoint, tmp_path, capsys):
+    """infer --out NAME.npz's settings line printed ode_dopri5 with the config's unused
+    num_steps and left out last_step=None, which changes the samples."""
+    for name, args, shown in (
+            ('ode', ('--sampler', 'ode_dopri5'), 'sampler=ode_dopri5, num_steps=adaptive, '),
+            ('sde', ('--sampler', 'sde_euler', '--steps', '3', '--sampler-options',
+                     'last_step=None'), 'sampler=sde_euler, num_steps=3, cfg_scale=')):
+        code = run_cli(lambda: load_infer().main([
+            DEMO, '--checkpoint', checkpoint, '--num-samples', '2', '--out',
+            str(tmp_path / f'{name}.npz'), *args, '--cfg-options', *TINY]))
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        line = next(x for x in printed.out.splitlines() if x.startswith('sampling 2 samples'))
+        assert shown in line, line
+        assert ('last_step=None' in line) == (name == 'sde'), line
+
+
 # --------------------------------------------------------------------------- #
 #                        Wrong option values (finding 2)                       #
 # --------------------------------------------------------------------------- #

@@ -261,9 +261,17 @@ def test_sampler_checks():
         diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {}, 'ddim', 4)
     with pytest.raises(ValueError, match='takes no option eta'):
         diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {}, eta=0.0)
-    with pytest.raises(ValueError, match='decreasing to 0'):
-        diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {},
-                         timesteps=[1.0, 0.5])
+    # each grid fault named for what it is ([1.0, 0.5] said 'at least two values')
+    for grid, message in (([1.0, 0.5], r'the grid must end at 0 .*; e\.g\. \[1\.0, 0\.5, '
+                                       r'0\.0\]$'),
+                          ([0.0], 'give at least two values'),
+                          ([0.5, 1.0, 0.0], 'the values must decrease to 0$'),
+                          ([2.0, 1.0, 0.0], r'the values lie in \[0, 1\]')):
+        with pytest.raises(ValueError, match=rf'^timesteps=\[.*\]: {message}'):
+            diffusion.sample(lambda x, t: x, torch.randn(1, 4, 2, 2), {}, timesteps=grid)
+    with pytest.raises(ValueError, match='must end at 0'):  # before any model call: infer
+        # and train check sample_cfg through it
+        diffusion.check_sample_options('DDPMWuerstchenScheduler', timesteps=[1.0, 0.5])
     with pytest.raises(ValueError, match="loss_weight must be 'none' or 'p2'"):
         WuerstchenDiffusion(loss_weight='snr')
 

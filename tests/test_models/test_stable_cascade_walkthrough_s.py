@@ -105,7 +105,8 @@ def test_train_refuses_a_missing_stage_b_subfolder(tmp_path):
     path = f'model.vae.pretrained_path={folder}'
     check_train(path)                                  # the right one passes
     check_train(f'model.vae.pretrained_path={tmp_path}/not-yet')  # left to load
-    with pytest.raises(UserError, match=r"^model\.vae\.pretrained_path: '\S+/sc' has no "
+    # (the fault is decoder_subfolder's: not put under pretrained_path)
+    with pytest.raises(UserError, match=r"^'\S+/sc' has no "
                                         r"decoder-lite/config\.json \(model\.vae\.decoder_"
                                         r"subfolder='decoder-lite'\): set model\.vae\.decoder"
                                         r"_subfolder to 'decoder_lite', its Stage B$"):

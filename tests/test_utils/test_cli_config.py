@@ -230,6 +230,23 @@ def test_a_folder_given_for_the_config_is_named(tmp_path):
         load_config(str(tmp_path))
 
 
+def test_a_config_path_not_found_gets_close_names(tmp_path, monkeypatch):
+    """A config path not found was named alone: a file of configs/dit/ given under
+    configs/, or a typo in its name, gets the config meant."""
+    (tmp_path / 'configs' / 'dit').mkdir(parents=True)
+    (tmp_path / 'configs' / 'dit' / 'dit_s2_8xb32_400k_imagenet256.py').write_text('x = 1\n')
+    (tmp_path / 'configs' / 'dit_xl2_video.py').write_text('x = 1\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r'^config file not found: configs/dit_s2_8xb32_400k_'
+                                        r'imagenet256\.py; did you mean configs/dit/dit_s2_'
+                                        r'8xb32_400k_imagenet256\.py\?$'):
+        load_config('configs/dit_s2_8xb32_400k_imagenet256.py')
+    with pytest.raises(UserError, match=r'; did you mean configs/dit_xl2_video\.py\?$'):
+        load_config('configs/dit_xl2_vidoe.py')
+    with pytest.raises(UserError, match=r'^config file not found: nothing_like_it\.py$'):
+        load_config('nothing_like_it.py')
+
+
 def _set(option, **config):
     cfg = Config(config or dict(train_dataloader=dict(dataset=dict(data_root='/old')),
                                 model=dict(latent_shape=(3, 8, 8))))

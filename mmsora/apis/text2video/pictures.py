@@ -189,8 +189,39 @@ class MMSoraPictures(PictureBackend):
     def text_conditioned(self) -> bool:
         return getattr(self.model, 'text_conditioned', False)
 
+    def match_aspect(self, size) -> Optional[Tuple[int, int]]:
+        """Sample at the output's aspect ratio (``size``: W, H) where the model can: a
+        convolutional denoiser (Stable Cascade) on a latent grid of about the area it
+        was set up for (the pan/zoom cut its square clips to 16:9: 44% of each frame
+        lost). A transformer's position table fixes its size: left as it is. Returns
+        the frames' (W, H), or None where the size stays."""
+        from mmsora.apis.inference import set_output_size
+        if not hasattr(self, '_shape'):
+            self._shape = self.model.latent_shape  # (what each call starts from)
+        self.model.latent_shape = self._shape
+        rows, cols = self._shape[-2:]
+        aspect = size[0] / size[1]
+        if abs(aspect - cols / rows) < 0.02:
+            return None
+        rows = max(1, round((rows * cols / aspect) ** 0.5))
+        cols = max(1, round(rows * aspect))
+        vae = self.model.vae
+        f = vae.downsample_factor if vae is not None else 1
+        # (int(): Stable Cascade's factor 42.67 rounds the side up to this grid again;
+        # its decoded size, asked for, gives the same grid without a note on rounding)
+        resolution = (int(rows * f), int(cols * f))
+        if hasattr(vae, 'decoded_size'):
+            resolution = tuple(vae.decoded_size(*resolution))
+        try:
+            set_output_size(self.model, resolution=resolution)
+        except ValueError:  # a fixed position table
+            self.model.latent_shape = self._shape
+            return None
+        return resolution[::-1]
+
     def render_all(self, shots, size, progress=True):
         from mmsora.apis.inference import sample_images
+        self.match_aspect(size)
         n = len(shots)
         seeds = [self.seed + i for i in range(n)]
         if self.text_conditioned:
