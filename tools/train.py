@@ -263,7 +263,7 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
             raise UserError(f'{option} {path}: a {training_file_kind(checkpoint)} training '
                             "checkpoint (model, ema, opt): its optimizer state and step are "
                             f"not mmsora's to resume; start from its weights with {start} "
-                            "(its 'ema' weights)")
+                            "(the model from its 'model' weights, the EMA from its 'ema')")
         raise UserError(f'{option} {path}: a state dict of weights alone, not a checkpoint '
                         f'of a run (no optimizer, no iteration): start from it with {start}')
     if model is not None:
@@ -471,6 +471,52 @@ def note_load_from_run(args, checkpoint) -> None:
         takes = f'its trained weights{saved}, the EMA from its EMA'
     note(f'--load-from {args.load_from}: the model starts from {takes}; the optimizer '
          'state, the schedule and the data order start afresh (--resume keeps them)')
+
+
+def start_from_training_file(cfg, path, checkpoint) -> None:
+    """``--load-from`` a DiT / fast-DiT / SiT training file (``{'model', 'ema', 'opt',
+    'args'}``) continues its training: the model from its 'model' weights
+    (``model.pretrained_entry``), mmsora's EMA hook's average from its 'ema' weights
+    (``EMAHook.before_train``); with no EMA hook, 'model' alone. Both started from 'ema'
+    (as from a released file, a plain state dict), which threw the run's trained weights
+    away. Where the EMA starts from the model's weights whatever the file (--deepspeed /
+    --fsdp: their EMA, ShardedEMAHook, holds shards of the wrapped model; mmengine's own
+    EMAHook; a ``begin_iter``) both still start from 'ema', the weights the file's
+    authors sample with. Its optimizer state ('opt') is never used: mmengine's optimizer
+    and schedule start afresh. Said in one note."""
+    from mmengine.hooks import Hook
+
+    from mmsora.engine.ema import EMAHook
+    from mmsora.utils.checkpoint import training_file_kind
+    from mmsora.utils.training_inputs import hook_class, is_ema_hook
+    who = training_file_kind(checkpoint)
+    start = f'--load-from {path}: a {who} training file:'
+    opt = "its 'opt' (optimizer state) is not used: the optimizer starts afresh"
+    hook = next((h for h in cfg.get('custom_hooks') or [] if is_ema_hook(h)), None)
+    if hook is None:
+        cfg.model.pretrained_entry = 'model'
+        note(f"{start} the model starts from its 'model' weights (the trained ones); its "
+             "'ema' weights are not used (the config keeps no EMA: no EMAHook in "
+             f'custom_hooks); {opt}')
+        return
+    settings = vars(hook) if isinstance(hook, Hook) else hook  # (a hook given built)
+    begin = next((f'{k}={settings[k]}' for k in ('begin_iter', 'begin_epoch')
+                  if settings.get(k)), None)
+    if cfg.get('runner_type') == 'FlexibleRunner':
+        why = "with --deepspeed / --fsdp the EMA starts from the model's weights"
+    elif not issubclass(hook_class(hook), EMAHook):
+        why = ("mmengine's EMAHook starts from the model's weights; type='EMAHook' "
+               "(mmsora's) starts from its 'ema' and the model from its 'model'")
+    elif begin:
+        why = f'the EMA follows the model until {begin}'
+    else:
+        cfg.model.pretrained_entry = 'model'
+        note(f"{start} its training continues: the model starts from its 'model' weights, "
+             f"the EMA from its 'ema' weights; {opt}")
+        return
+    note(f"{start} the model starts from its 'ema' weights (the ones {who.split()[0]} "
+         f"samples with), the EMA from the same ({why}); its 'model' weights are not "
+         f'used; {opt}')
 
 
 def check_resume_matches_strategy(cfg, world_size: int = 1):
@@ -802,6 +848,7 @@ def build_train_config(args):
         # failed with a KeyError traceback; under --resume with nothing saved yet (a
         # requeued job's first start) the run starts from it (it was dropped)
         args.load_from, option = config_load_from, 'load_from'
+    training_file = None  # a DiT / fast-DiT / SiT train.py's file given to --load-from
     if args.load_from is not None:
         from mmsora.utils.checkpoint import resolve_checkpoint
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
@@ -825,8 +872,7 @@ def build_train_config(args):
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
         from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
-                                             objective_settings, said_objective_differences,
-                                             training_file_kind)
+                                             objective_settings, said_objective_differences)
         # (an mmengine run's config, or a SiT training file's args)
         trained, settings = checkpoint_objective(checkpoint), objective_settings(cfg.model)
         theirs, ours = (x and x['type'] for x in (trained, settings))
@@ -859,12 +905,11 @@ def build_train_config(args):
                 check_inflation_matches(meta_model, args.load_from, kind, checkpoint)
             cfg.load_from = None
             cfg.model.pretrained_denoiser = args.load_from
+            if 'pretrained_entry' in cfg.model:  # (a work dir's dumped config keeps the
+                # entry its run took from its own file)
+                cfg.model.pretrained_entry = 'auto'
             if kind == 'denoiser' and 'ema' in checkpoint and 'model' in checkpoint:
-                who = training_file_kind(checkpoint)
-                note(f"--load-from {args.load_from}: a {who} training file: the model "
-                     f"starts from its 'ema' weights (the ones {who.split()[0]} samples "
-                     "with; its 'model' weights and 'opt' are not used), the EMA from the "
-                     "same")
+                training_file = checkpoint  # (its entries: once the hooks are known)
     if cfg.get('load_from') and cfg.model.get('pretrained_denoiser'):
         # the run's checkpoint gives every weight (--resume, or --load-from a run): a
         # pretrained_denoiser (a work dir's dumped config keeps its run's --load-from)
@@ -894,6 +939,8 @@ def build_train_config(args):
                    options=args.cfg_options)
     check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
+    if training_file is not None:  # (which EMA hook the strategy left decides)
+        start_from_training_file(cfg, args.load_from, training_file)
     fit_loader_workers(cfg)  # num_workers=0 with persistent_workers: torch refuses
     if isinstance(cfg.get('train_dataloader'), dict):  # mmengine's default, pseudo_collate,
         # leaves the batch a list (an AttributeError in the model): ours stack it

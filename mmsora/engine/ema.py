@@ -29,12 +29,19 @@ mmengine's own (``--fsdp`` / ``--deepspeed`` switch it to ``ShardedEMAHook`` /
 ``FP32EMAHook``, which update once per step like this one). The EMA's ``interval``
 then counts optimizer steps; ``begin_iter`` still counts iterations (micro-batches),
 as the Runner does.
+
+``--load-from`` a DiT / fast-DiT / SiT training file continues its training: the model
+starts from the file's ``'model'`` weights (``model.pretrained_entry='model'``) and
+:class:`EMAHook`'s average from its ``'ema'`` weights (at ``before_train``), where
+mmengine's average copies the model at its first update.
 """
 import itertools
+import logging
 
 import torch
 from mmengine.hooks import EMAHook as MMEngineEMAHook
-from mmengine.model import ExponentialMovingAverage
+from mmengine.logging import print_log
+from mmengine.model import BaseAveragedModel, ExponentialMovingAverage
 
 from mmsora.registry import HOOKS, MODELS
 
@@ -53,6 +60,42 @@ class EMAHook(MMEngineEMAHook):
                          outputs=None) -> None:
         if optimizer_stepped(runner):
             super().after_train_iter(runner, batch_idx, data_batch, outputs)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        self._start_from_pretrained_ema()
+
+    def _start_from_pretrained_ema(self) -> None:
+        """A model that continues a DiT / fast-DiT / SiT training file (``--load-from``
+        it: ``model.pretrained_entry='model'``, the denoiser from the file's trained
+        weights): the average starts from the file's ``'ema'`` weights, as that run's
+        train.py would have gone on, instead of copying the model at the first update.
+        The average is the model's weights (what the first update copies) with the
+        denoiser's from ``'ema'`` (inflated for a video model), and ``steps`` is 1, so
+        the first update moves it by ``momentum``. Not with ``begin_iter`` /
+        ``begin_epoch`` (the average follows the model until then), nor once the
+        average has moved (a resume)."""
+        model = self.src_model
+        if (getattr(model, 'pretrained_entry', None) != 'model'
+                or not getattr(model, 'pretrained_denoiser', None)
+                or self.begin_iter or self.begin_epoch):
+            return
+        if not isinstance(self.ema_model, BaseAveragedModel):  # (ShardedEMAHook's)
+            print_log(f"model.pretrained_entry='model': the {type(self.ema_model).__name__} "
+                      "starts from the model's weights, not from the file's 'ema'",
+                      logger='current', level=logging.WARNING)
+            return
+        if int(self.ema_model.steps) != 0:
+            return
+        source = model.state_dict() if self.ema_model.update_buffers else dict(
+            model.named_parameters())
+        for key, average in self.ema_model.avg_parameters.items():  # (the first update's
+            average.data.copy_(source[key].data)  # copy: weights besides the denoiser's)
+        if not self.ema_model.module.load_pretrained_denoiser('ema', entry_only=True):
+            return  # not a training file: the first update copies the model, as it would
+        self.ema_model.steps.fill_(1)
+        print_log(f"EMAHook: the average starts from the 'ema' weights of "
+                  f'{model.pretrained_denoiser}', logger='current')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """``--load-from`` a run's checkpoint that kept an EMA: the model starts from

@@ -18,6 +18,10 @@ from .layers import set_attention_backend
 
 __all__ = ['LatentDiffusion']
 
+# What ``pretrained_entry`` may name: a guess (a training file's 'ema'), or an entry of
+# a DiT / fast-DiT / SiT training file.
+PRETRAINED_ENTRIES = ('auto', 'model', 'ema')
+
 
 @MODELS.register_module()
 class LatentDiffusion(BaseModel):
@@ -51,6 +55,16 @@ class LatentDiffusion(BaseModel):
             with a ``load_image_dit`` method (VideoDiT) inflates an image DiT's
             weights, and loads a video model's own (an mmsora run's checkpoint or a
             converted DeepSpeed one, which have ``temp_embed``) as they are.
+        pretrained_entry: Which weights of a DiT / fast-DiT / SiT training file
+            (``{'model', 'ema', 'opt', 'args'}``) ``pretrained_denoiser`` gives the
+            denoiser: ``'auto'`` (default) its ``'ema'`` weights (the ones those papers
+            sample with; any other file as it is), ``'model'`` its trained weights, to
+            continue its training: mmsora's ``EMAHook`` then starts its average from
+            the file's ``'ema'`` weights (:meth:`load_pretrained_denoiser`), as the
+            train.py that saved it would have gone on. ``'ema'`` names that entry.
+            Any other file loads as it is, whatever the entry.
+            ``tools/train.py --load-from`` of a training file sets ``'model'`` where
+            the run keeps such an EMA or none.
         train_noise_seed: None (default): a training step draws its timesteps, noise
             and label / caption drops from torch's global generator, per process (as
             DiT). An int: each sample draws them from its own generator seeded by
@@ -95,6 +109,7 @@ class LatentDiffusion(BaseModel):
                  latent_shape: Sequence[int] = (4, 32, 32),
                  num_classes: int = 1000,
                  pretrained_denoiser: Optional[str] = None,
+                 pretrained_entry: str = 'auto',
                  train_noise_seed: Optional[int] = None,
                  init_seed: Optional[int] = None,
                  attn_backend: str = 'auto',
@@ -104,6 +119,10 @@ class LatentDiffusion(BaseModel):
         for name, value in (('train_noise_seed', train_noise_seed), ('init_seed', init_seed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f'model.{name} must be an int (or None), got {value!r}')
+        if pretrained_entry not in PRETRAINED_ENTRIES:
+            raise ValueError(f'model.pretrained_entry must be one of '
+                             f'{", ".join(map(repr, PRETRAINED_ENTRIES))}, got '
+                             f'{pretrained_entry!r}')
         for name, part in (('denoiser', denoiser), ('diffusion', diffusion)):
             if not isinstance(part, dict):  # (mmengine's TypeError, a traceback)
                 raise ValueError(f'model.{name} must be a config dict(type=...), got '
@@ -118,6 +137,7 @@ class LatentDiffusion(BaseModel):
         self.num_classes = num_classes
         self._check_parts_agree()
         self.pretrained_denoiser = pretrained_denoiser
+        self.pretrained_entry = pretrained_entry
         self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
 
@@ -173,8 +193,25 @@ class LatentDiffusion(BaseModel):
     def init_weights(self):
         """Denoisers initialise themselves; then load ``pretrained_denoiser`` if set."""
         super().init_weights()
-        if not self.pretrained_denoiser:
-            return
+        if self.pretrained_denoiser:
+            self.load_pretrained_denoiser(self.pretrained_entry)
+
+    def load_pretrained_denoiser(self, entry: str = 'auto', entry_only: bool = False) -> bool:
+        """Load ``pretrained_denoiser`` into the denoiser, strictly, or inflated into a
+        video denoiser: ``entry`` of a training file (see ``pretrained_entry``), any
+        other file as it is (a work dir's dumped config keeps the entry its run took,
+        given another file). mmsora's ``EMAHook`` calls it with ``'ema'`` on its
+        average's copy of this model, which then starts from the file's EMA as this
+        model does from its ``'model'`` weights.
+
+        Args:
+            entry (str): ``'model'``, ``'ema'`` or ``'auto'`` (:data:`PRETRAINED_ENTRIES`).
+            entry_only (bool): Load nothing where the file is not a training file
+                holding ``entry``, instead of loading it as it is.
+
+        Returns:
+            bool: Whether the weights were loaded.
+        """
         from mmsora.utils.checkpoint import (extract_state_dict, load_checkpoint_file,
                                              load_state_dict_checked)
         path = self.pretrained_denoiser
@@ -182,21 +219,27 @@ class LatentDiffusion(BaseModel):
         # file is read once (a DiT's was read again to load it: a diffusers folder
         # converted twice).
         obj = load_checkpoint_file(path)
-        prefix = 'denoiser.' if isinstance(obj, dict) and 'state_dict' in obj else None
-        state_dict = extract_state_dict(obj, prefix=prefix)
+        run = isinstance(obj, dict) and 'state_dict' in obj
+        if entry != 'auto' and (run or not isinstance(obj, dict) or entry not in obj):
+            if entry_only:
+                return False
+            entry = 'auto'
+        state_dict = extract_state_dict(obj, key=entry, prefix='denoiser.' if run else None)
         del obj
+        taken = f" (its '{entry}' weights)" if entry != 'auto' else ''
         if not hasattr(self.denoiser, 'load_image_dit') or 'temp_embed' in state_dict:
             # the denoiser's own weights (another input size or class count: the model
             # keeps its own tables)
             load_state_dict_checked(self.denoiser, state_dict, path, fine_tune=True,
                                     objective=self.diffusion)
             video = ' the video model' if hasattr(self.denoiser, 'load_image_dit') else ''
-            print_log(f'pretrained_denoiser: loaded{video} {path}', logger='current')
+            print_log(f'pretrained_denoiser: loaded{video} {path}{taken}', logger='current')
         else:  # an image DiT: inflated exactly, strictly
             self.denoiser.load_image_dit(state_dict, source=path)
-            print_log(f'pretrained_denoiser: inflated the image DiT {path} into '
+            print_log(f'pretrained_denoiser: inflated the image DiT {path}{taken} into '
                       f'{type(self.denoiser).__name__} (temporal layers start as the '
                       'identity)', logger='current')
+        return True
 
     # ------------------------------------------------------------------ #
     #                               Training                             #

@@ -261,12 +261,14 @@ def test_resume_refuses_another_model_weights_alone_and_a_finished_run(repo_root
     with pytest.raises(UserError, match=rf"^--resume {fast}: a DiT / fast-DiT training "
                                         r"checkpoint \(model, ema, opt\): its optimizer state "
                                         rf"and step are not mmsora's to resume; start from its "
-                                        rf"weights with --load-from {fast} \(its 'ema' weights\)$"):
+                                        rf"weights with --load-from {fast} \(the model from its "
+                                        r"'model' weights, the EMA from its 'ema'\)$"):
         tiny_cfg(repo_root, tmp_path / 'b', 8, resume=str(fast))
     capsys.readouterr()
     tiny_cfg(repo_root, tmp_path / 'c', 8, load_from=str(fast))
-    assert (f"--load-from {fast}: a DiT / fast-DiT training file: the model starts from "
-            "its 'ema' weights") in capsys.readouterr().err
+    assert (f"--load-from {fast}: a DiT / fast-DiT training file: its training continues: "
+            "the model starts from its 'model' weights, the EMA from its 'ema' weights"
+            ) in capsys.readouterr().err
     # the same asked by the config (resume = True with its load_from): named so (it
     # said '--resume', an option not given)
     with pytest.raises(UserError, match=rf'^resume = True, load_from {weights}: a state '

@@ -226,8 +226,8 @@ def test_train_names_a_sit_file_and_its_parametrisation(repo_root, tmp_path, cap
     build_train_config(train_args([sit, '--work-dir', str(tmp_path / 'b'), '--load-from',
                                    noise, '--cfg-options', *TRAIN_TINY]))
     err = capsys.readouterr().err
-    assert (f"note: --load-from {noise}: a SiT training file: the model starts from its "
-            "'ema' weights (the ones SiT samples with;") in err, err
+    assert (f"note: --load-from {noise}: a SiT training file: its training continues: the "
+            "model starts from its 'model' weights, the EMA from its 'ema' weights") in err, err
     assert (f'note: --load-from {noise}: trained with prediction=noise, this run trains with '
             'prediction=velocity from its weights (a fine-tune to another parametrisation; '
             'to train on as it was: --cfg-options model.diffusion.prediction=noise)') in err
