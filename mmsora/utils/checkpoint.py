@@ -530,7 +530,7 @@ def _kind_of_file(own: Mapping, given: Mapping) -> str:
         return 'the file is a video DiT (it has temp_embed)'
     if ours and not theirs and any(_leaf(k) == 'pos_embed' for k in given):
         return ('the file is an image DiT: tools/train.py --load-from inflates it into a '
-                'video model; tools/infer.py cannot')
+                'video model; it cannot be sampled as one')
     return ''
 
 

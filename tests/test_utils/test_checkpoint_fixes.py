@@ -291,7 +291,7 @@ def test_an_image_file_for_a_video_model_is_named_as_such():
         load_state_dict_checked(video_dit(), DiT(**IMAGE).state_dict(), 'image.pt')
     assert one_line(info.value).endswith(
         'missing (e.g. temp_embed); the file is an image DiT: tools/train.py --load-from '
-        'inflates it into a video model; tools/infer.py cannot')
+        'inflates it into a video model; it cannot be sampled as one')
 
 
 def test_a_frame_table_of_another_length_names_num_frames():

@@ -158,9 +158,18 @@ class MMSoraPictures(PictureBackend):
                  seed: int = 0, device: Optional[str] = None, batch_size: int = 8,
                  cfg_options: Sequence[str] = ()):
         from mmsora.apis.inference import init_model
+        # (read as a work dir, it was 'should hold exactly one dumped config (*.py)')
+        if osp.isfile(osp.join(run, 'model_index.json')):
+            raise UserError(f'{run} holds a diffusers pipeline (model_index.json), not an '
+                            f'mmsora run: --pictures diffusers:{run}')
         device = device or _default_device()
         with tempfile.TemporaryDirectory() as folder:
             if osp.isfile(run) and not run.endswith('.py'):
+                if checkpoint:  # (it was dropped: RUN's own weights were sampled)
+                    raise UserError(f'--checkpoint {checkpoint} beside --pictures '
+                                    f'mmsora:{run}, itself a checkpoint (its weights are '
+                                    'sampled): give one of them, or a config file or work '
+                                    'dir as RUN with --checkpoint')
                 run, checkpoint = _config_from_checkpoint(run, folder), run
             self.model, cfg = init_model(run, checkpoint, device=device,
                                          cfg_options=cfg_options,
@@ -220,16 +229,32 @@ class MMSoraPictures(PictureBackend):
         return resolution[::-1]
 
     def render_all(self, shots, size, progress=True):
+        import torch
+
         from mmsora.apis.inference import sample_images
         self.match_aspect(size)
         n = len(shots)
+        if not n:
+            return []
         seeds = [self.seed + i for i in range(n)]
         if self.text_conditioned:
             labels, prompts = None, [shot.prompt for shot in shots]
         else:
             labels, prompts = [self.labels[i % len(self.labels)] for i in range(n)], None
-        samples = sample_images(self.model, labels, seeds, batch_size=self.batch_size,
-                                progress=progress, prompts=prompts, **self.sample_kwargs)
+        # One batch at a time under a 'pictures' bar over the shots, as the other
+        # backends' (the sampling steps' bar had no label and counted steps); sample i
+        # depends only on its label or prompt and its seed, not on its batch.
+        parts = []
+        with tqdm(total=n, desc='pictures', disable=not progress) as bar:
+            for start in range(0, n, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                parts.append(sample_images(
+                    self.model, None if labels is None else labels[part], seeds[part],
+                    batch_size=self.batch_size,
+                    prompts=None if prompts is None else prompts[part],
+                    **self.sample_kwargs))
+                bar.update(len(seeds[part]))
+        samples = torch.cat(parts)
         if samples.dim() not in (4, 5) or samples.shape[1] != 3:
             raise UserError(f'the model samples shape {tuple(samples.shape)}, not RGB '
                             'pictures; latent models need a VAE (model.vae)')
@@ -262,30 +287,68 @@ def check_picture_pipeline(path: str) -> None:
                         'its Stage B + A as model.vae)')
 
 
+def _mmsora_run_hint(path: str) -> str:
+    """A hint toward ``mmsora:`` for a path that looks like an mmsora run (a config, a
+    checkpoint, or a work dir of tools/train.py holding them), else ''."""
+    suffixes = ('.py', '.pth', '.pt', '.ckpt')
+    if osp.isdir(path):
+        names = os.listdir(path)
+        run = 'last_checkpoint' in names or any(name.endswith(suffixes) for name in names)
+    else:
+        run = osp.isfile(path) and path.endswith(suffixes)
+    return f'; an mmsora run is sampled with --pictures mmsora:{path}' if run else ''
+
+
+def _pipeline_class(path: str):
+    """The diffusers pipeline class that ``model_index.json`` names, or None (not one
+    of diffusers', or one whose dependencies are missing)."""
+    import diffusers
+    from mmsora.utils.checkpoint import read_json_config
+    name = (read_json_config(osp.join(path, 'model_index.json')) or {}).get('_class_name')
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    ok = isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)
+    return cls if ok else None
+
+
 @PICTURE_BACKENDS.register_module()
 class DiffusersPictures(PictureBackend):
     """A diffusers pipeline saved in a local folder (``save_pretrained`` layout).
 
     Text pipelines get the shot's prompt; class-conditional ones (DiTPipeline) cycle
-    through ``labels``; unconditional ones just sample. Nothing is downloaded.
+    through ``labels``; unconditional ones just sample. Nothing is downloaded. An
+    option the pipeline does not take is refused (it was dropped without a word).
 
     Args:
         path: The pipeline's folder.
-        num_steps: Inference steps. Defaults to 30.
-        guidance_scale: Passed when the pipeline takes it (default: the pipeline's).
-        labels: Class ids to cycle through, for class-conditional pipelines.
+        num_steps: Inference steps, for pipelines that take ``num_inference_steps``.
+            Defaults to 30.
+        guidance_scale: For pipelines that take it (default: the pipeline's).
+        labels: Class ids to cycle through, for class-conditional pipelines (default:
+            class 0).
         seed: Shot i uses seed ``seed + i``.
         device: Defaults to CUDA when available.
     """
 
-    def __init__(self, path: str, num_steps: int = 30, guidance_scale: Optional[float] = None,
-                 labels: Sequence[int] = (0,), seed: int = 0, device: Optional[str] = None):
+    DEFAULT_STEPS = 30
+
+    def __init__(self, path: str, num_steps: Optional[int] = None,
+                 guidance_scale: Optional[float] = None,
+                 labels: Optional[Sequence[int]] = None, seed: int = 0,
+                 device: Optional[str] = None):
         if not osp.isdir(path):
-            raise UserError(f'--pictures diffusers:DIR: no pipeline folder {path!r} (save one '
-                            'with pipeline.save_pretrained(DIR)); ' + OFFLINE_HINT)
+            hint = _mmsora_run_hint(path) or (' (save one with pipeline.save_pretrained(DIR)); '
+                                              + OFFLINE_HINT)
+            raise UserError(f'--pictures diffusers:DIR: no pipeline folder {path!r}{hint}')
         if not osp.isfile(osp.join(path, 'model_index.json')):
-            raise UserError(f'{path} is not a diffusers pipeline folder (no model_index.json)')
+            raise UserError(f'{path} is not a diffusers pipeline folder (no model_index.json)'
+                            + _mmsora_run_hint(path))
         check_picture_pipeline(path)
+        self.num_steps, self.guidance_scale = num_steps, guidance_scale
+        self.labels, self.seed = list(labels) if labels else [0], seed
+        known = _pipeline_class(path)
+        if known is not None:  # refused before the pipeline loads
+            self._check_options(known.__name__, inspect.signature(known.__call__).parameters,
+                                labels)
         import torch
         from diffusers import DiffusionPipeline
         device = device or _default_device()
@@ -294,13 +357,30 @@ class DiffusersPictures(PictureBackend):
                                                       **local_pretrained_kwargs()).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.params = inspect.signature(self.pipe.__call__).parameters
-        self.num_steps, self.guidance_scale = num_steps, guidance_scale
-        self.labels, self.seed = list(labels), seed
+        self._check_options(type(self.pipe).__name__, self.params, labels)
+
+    def _check_options(self, name: str, params, labels) -> None:
+        """Refuse the options given that the pipeline ``name``'s ``__call__`` (its
+        ``params``) does not take."""
+        if labels and ('prompt' in params or 'class_labels' not in params):
+            kind = 'it draws from the prompt' if 'prompt' in params else 'not class-conditional'
+            raise UserError(f'--labels: {name} takes no class labels ({kind}); leave '
+                            '--labels out')
+        if self.guidance_scale is not None and 'guidance_scale' not in params:
+            raise UserError(f'--cfg-scale: {name} takes no guidance_scale (it samples '
+                            'without guidance); leave --cfg-scale out')
+        if self.num_steps is not None and 'num_inference_steps' not in params:
+            raise UserError(f'--steps: {name} takes no num_inference_steps; leave --steps '
+                            'out')
 
     def render(self, shot, size):
         import torch
-        kwargs = dict(num_inference_steps=self.num_steps, output_type='np',
-                      generator=torch.Generator().manual_seed(self.seed + shot.index))
+        kwargs = dict(output_type='np')
+        if 'num_inference_steps' in self.params:
+            kwargs['num_inference_steps'] = (self.DEFAULT_STEPS if self.num_steps is None
+                                            else self.num_steps)
+        if 'generator' in self.params:
+            kwargs['generator'] = torch.Generator().manual_seed(self.seed + shot.index)
         if 'prompt' in self.params:
             kwargs['prompt'] = shot.prompt
         elif 'class_labels' in self.params:
