@@ -6,6 +6,10 @@ mmsora's ``[tests]`` and ``[optional]`` extras), as the system library
 ``libespeak-ng`` (``apt-get install espeak-ng``), or as the ``espeak-ng`` program.
 Piper speaks with a local voice model; Azure and Edge are cloud voices, used only when
 their package (and for Azure its key) is present.
+
+Without a voice named, a segment in a script that names its language (Cyrillic, kana,
+Hangul, Devanagari, Arabic, Greek, ...: ``segmentation.SCRIPTS``) is read by that
+language's voice, not by the English or Mandarin one.
 """
 import ctypes
 import ctypes.util
@@ -16,6 +20,7 @@ import os
 import os.path as osp
 import shutil
 import subprocess
+import sys
 import threading
 import wave
 from typing import Optional, Tuple
@@ -24,6 +29,7 @@ import numpy as np
 
 from mmsora.utils.cli import UserError
 from .registry import SPEECH_BACKENDS
+from .segmentation import SCRIPTS, check_unicode, script_language
 
 __all__ = ['SpeechBackend', 'EspeakSpeech', 'PiperSpeech', 'EdgeSpeech', 'AzureSpeech',
            'SilentSpeech', 'decode_audio', 'resample_audio', 'build_speech',
@@ -41,12 +47,20 @@ class SpeechBackend:
 
         Args:
             text: One segment.
-            language: ``'en'`` or ``'zh'`` (picks the default voice).
+            language: ``'en'``, ``'zh'`` or another language code (picks the default
+                voice; a segment in a script that names another language, Cyrillic,
+                kana, ..., is read in that one).
 
         Returns:
             Mono float32 samples in [-1, 1] and their sample rate.
         """
         raise NotImplementedError
+
+
+def _say(line: str) -> None:
+    """Print a note on a line of its own, between progress bars."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- #
@@ -232,7 +246,13 @@ class _EspeakLibrary:
         with self._lock:
             self.select_voice(voice)
 
+    def has_voice(self, language: str) -> bool:
+        """Whether a voice speaks ``language`` (a language code)."""
+        with self._lock:
+            return self._voice_file(language) is not None
+
     def synthesize(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
+        check_unicode(text)  # not an encode error from the line below
         with self._lock:
             self.select_voice(voice)
             self.lib.espeak_SetParameter(_PARAM_RATE, int(words_per_minute), 0)
@@ -287,6 +307,8 @@ class EspeakSpeech(SpeechBackend):
 
     def __init__(self, voice: Optional[str] = None, words_per_minute: int = 160,
                  engine: str = 'auto'):
+        # script language -> whether a voice speaks it (each said once)
+        self._script_voices = {}
         if engine not in ('auto', 'library', 'program'):
             raise ValueError(f"engine must be 'auto', 'library' or 'program', got {engine!r}")
         if not 80 <= words_per_minute <= 450:
@@ -311,8 +333,40 @@ class EspeakSpeech(SpeechBackend):
                             'apt-get install espeak-ng')
         return kind, path, data
 
+    def _default_voice(self, text: str, language: str) -> str:
+        """The voice of ``language``, or of the language the segment's script names
+        (Cyrillic: ``ru``, kana: ``ja``, Devanagari: ``hi``, ...), said once per script.
+
+        Before, language detection knew English and Chinese only: Russian was read by
+        the en-us voice (letter by letter, 16.9 s for two short sentences) and Japanese
+        by the Mandarin one, without a word.
+        """
+        voice = self.VOICES.get(language, language)
+        scripted = script_language(text)
+        if scripted is None or scripted == language:
+            return voice
+        if scripted not in self._script_voices:
+            found = self._has_voice(scripted)
+            self._script_voices[scripted] = found
+            script = SCRIPTS[scripted][0]
+            _say(f"note: {script} text is read with eSpeak's {scripted!r} voice; "
+                 '--speech espeak:VOICE names another' if found else
+                 f'warning: eSpeak NG has no {scripted!r} voice for {script} text: it is '
+                 f'read with {voice!r}; name a voice with --speech espeak:VOICE')
+        return scripted if self._script_voices[scripted] else voice
+
+    def _has_voice(self, language: str) -> bool:
+        kind, path, data = self._locate()
+        if kind == 'library':
+            return _EspeakLibrary.get(path, data).has_voice(language)
+        # the program lists a language's voices under a header line
+        listed = subprocess.run([path, f'--voices={language}'], capture_output=True,
+                                text=True, errors='replace', timeout=60).stdout
+        return len(listed.strip().splitlines()) > 1
+
     def synthesize(self, text, language):
-        voice = self.voice or self.VOICES.get(language, language)
+        check_unicode(text)
+        voice = self.voice or self._default_voice(text, language)
         kind, path, data = self._locate()
         if kind == 'library':
             engine = _EspeakLibrary.get(path, data)
@@ -380,6 +434,20 @@ class PiperSpeech(SpeechBackend):
         return _read_wav(buffer.getvalue())
 
 
+def _cloud_voice(voices: dict, text: str, language: str, name: str) -> str:
+    """The default voice of a cloud backend for a segment: its script's language if it
+    names one (Cyrillic: ru, ...), else ``language``.
+
+    Raises:
+        UserError: no default voice for that language, naming the option.
+    """
+    language = script_language(text) or language
+    if language not in voices:
+        raise UserError(f'--speech {name} has no default voice for {language!r} text; '
+                        f'name one with --speech {name}:VOICE')
+    return voices[language]
+
+
 @SPEECH_BACKENDS.register_module()
 class EdgeSpeech(SpeechBackend):
     """Microsoft Edge's online voices through the ``edge-tts`` package (needs network).
@@ -388,7 +456,10 @@ class EdgeSpeech(SpeechBackend):
         voice: Edge voice name; default by language.
     """
 
-    VOICES = {'en': 'en-US-AriaNeural', 'zh': 'zh-CN-XiaoxiaoNeural'}
+    VOICES = {'en': 'en-US-AriaNeural', 'zh': 'zh-CN-XiaoxiaoNeural',
+              'ja': 'ja-JP-NanamiNeural', 'ko': 'ko-KR-SunHiNeural',
+              'ru': 'ru-RU-SvetlanaNeural', 'el': 'el-GR-AthinaNeural',
+              'ar': 'ar-SA-ZariyahNeural', 'hi': 'hi-IN-SwaraNeural'}
 
     def __init__(self, voice: Optional[str] = None):
         try:
@@ -402,10 +473,11 @@ class EdgeSpeech(SpeechBackend):
         import asyncio
 
         import edge_tts
+        voice = self.voice or _cloud_voice(self.VOICES, text, language, 'edge')
 
         async def fetch():
             audio = bytearray()
-            communicate = edge_tts.Communicate(text, self.voice or self.VOICES[language])
+            communicate = edge_tts.Communicate(text, voice)
             async for chunk in communicate.stream():
                 if chunk['type'] == 'audio':
                     audio += chunk['data']
@@ -423,7 +495,10 @@ class AzureSpeech(SpeechBackend):
         voice: Azure voice name; default by language.
     """
 
-    VOICES = {'en': 'en-US-JennyNeural', 'zh': 'zh-CN-XiaoxiaoNeural'}
+    VOICES = {'en': 'en-US-JennyNeural', 'zh': 'zh-CN-XiaoxiaoNeural',
+              'ja': 'ja-JP-NanamiNeural', 'ko': 'ko-KR-SunHiNeural',
+              'ru': 'ru-RU-SvetlanaNeural', 'el': 'el-GR-AthinaNeural',
+              'ar': 'ar-SA-ZariyahNeural', 'hi': 'hi-IN-SwaraNeural'}
 
     def __init__(self, voice: Optional[str] = None):
         key = os.environ.get('AZURE_SPEECH_KEY') or os.environ.get('SPEECH_KEY')
@@ -442,7 +517,8 @@ class AzureSpeech(SpeechBackend):
             speechsdk.SpeechSynthesisOutputFormat.Riff24Khz16BitMonoPcm)
 
     def synthesize(self, text, language):
-        self.config.speech_synthesis_voice_name = self.voice or self.VOICES[language]
+        self.config.speech_synthesis_voice_name = (
+            self.voice or _cloud_voice(self.VOICES, text, language, 'azure'))
         synthesizer = self.sdk.SpeechSynthesizer(speech_config=self.config,
                                                  audio_config=None)
         result = synthesizer.speak_text_async(text).get()

@@ -4,18 +4,23 @@ Chinese text needs a CJK font. One is looked for among the usual system fonts
 (WenQuanYi, Noto CJK, Droid Sans Fallback, AR PL, PingFang, Microsoft YaHei, and
 whatever ``fc-match :lang=zh`` names); ``--font PATH`` picks one. Without any, CJK
 characters would draw as empty boxes, so :func:`find_font` warns once, naming the fix.
+Korean Hangul is drawn with a CJK font too (they cover it). A font that lacks glyphs for
+the text of any script (Devanagari in DejaVu Sans, Chinese in a ``--font`` of Latin
+letters) is warned about once, naming how many and a few of them.
 """
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from functools import lru_cache
 from typing import List, Optional
 
 from PIL import ImageDraw, ImageFont
 
 from mmsora.utils.cli import UserError
-from .segmentation import _CJK
+from .segmentation import _CJK, SCRIPTS
 
 __all__ = ['find_font', 'check_font', 'wrap_lines', 'draw_lines', 'CJK_FONTS', 'LATIN_FONTS']
 
@@ -39,6 +44,13 @@ LATIN_FONTS = (
     '/System/Library/Fonts/Helvetica.ttc',
     'C:/Windows/Fonts/arial.ttf',
 )
+
+# Text that needs a CJK font: CJK characters and kana, and Hangul.
+_NEEDS_CJK_FONT = re.compile(f'{_CJK.pattern}|{SCRIPTS["ko"][1].pattern}')
+# Fonts already warned about for missing glyphs (None: Pillow's own font).
+_WARNED_FONTS = set()
+# A character no font has (the last private-use one): drawn as the missing-glyph box.
+_NO_GLYPH = '\U0010fffd'
 
 
 @lru_cache(maxsize=None)
@@ -70,27 +82,77 @@ def _font_path(cjk: bool, font: Optional[str]) -> Optional[str]:
         # one line of its own, between progress bars (a warnings.warn came out on the
         # bar's line, followed by a line of this file's source)
         from tqdm import tqdm
-        tqdm.write('warning: no CJK font found: Chinese subtitles will show as boxes. '
-                   'Install one (apt-get install fonts-wqy-microhei, or fonts-noto-cjk) or '
-                   'pass --font PATH', file=sys.stderr)
+        tqdm.write('warning: no CJK font found: Chinese, Japanese and Korean subtitles will '
+                   'show as boxes. Install one (apt-get install fonts-wqy-microhei, or '
+                   'fonts-noto-cjk) or pass --font PATH', file=sys.stderr)
     return None
 
 
 def find_font(text: str, size: int, font: Optional[str] = None):
     """A font of ``size`` pixels able to draw ``text`` (a CJK font when it has CJK).
 
+    Warns once per font that has no glyphs for some of the text's characters.
+
     Args:
         text: What will be drawn (decides whether a CJK font is needed).
         size: Font size in pixels.
         font: A font file that overrides the search.
     """
-    path = _font_path(bool(_CJK.search(text)), font)
+    cjk = bool(_NEEDS_CJK_FONT.search(text))
+    path = _font_path(cjk, font)
+    if not (path is None and cjk):  # (no CJK font at all: _font_path said so)
+        _warn_missing_glyphs(path, text)
     if path is None:
         return ImageFont.load_default(size=size)  # Pillow's own scalable font
+    return _load(path, size)
+
+
+def _load(path: str, size: int):
     try:
         return ImageFont.truetype(path, size=size)
     except OSError as e:
         raise UserError(f'cannot read font {path!r}: {e}') from None
+
+
+@lru_cache(maxsize=None)
+def _has_glyph(path: Optional[str], char: str) -> bool:
+    """Whether the font at ``path`` (None: Pillow's own) draws ``char`` as something
+    other than its missing-glyph box (PIL draws what the font maps, box or not)."""
+    font = ImageFont.load_default(size=32) if path is None else _load(path, 32)
+
+    def drawn(c):
+        mask = font.getmask(c)
+        return mask.size, bytes(mask)
+
+    return drawn(char) != drawn(_NO_GLYPH)
+
+
+def _warn_missing_glyphs(path: Optional[str], text: str) -> None:
+    """Warn, once per font, when it lacks glyphs for characters of ``text``.
+
+    Before, only a missing CJK font was warned about: Hindi subtitles and title cards
+    in DejaVu Sans, or Chinese in a ``--font`` of Latin letters, were empty boxes
+    without a word.
+    """
+    if path in _WARNED_FONTS:
+        return
+    # letters, digits, punctuation, symbols; not spaces, controls or combining marks
+    # (drawn with the letter before them)
+    chars = [c for c in dict.fromkeys(text) if unicodedata.category(c)[0] in 'LNPS'][:400]
+    missing = [c for c in chars if not _has_glyph(path, c)]
+    if missing:
+        _WARNED_FONTS.add(path)
+        from tqdm import tqdm
+        name = "Pillow's built-in font" if path is None else f'the font {path}'
+        tqdm.write(f'warning: {name} has no glyphs for {len(missing)} of the '
+                   f'{len(chars)} characters of {_excerpt(text)} (e.g. '
+                   f'{" ".join(missing[:5])}): they show as boxes; give --font a font '
+                   'that has them', file=sys.stderr)
+
+
+def _excerpt(text: str, limit: int = 24) -> str:
+    flat = ' '.join(text.split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + '...')
 
 
 def check_font(font: Optional[str]) -> None:
