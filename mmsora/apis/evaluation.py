@@ -19,7 +19,8 @@ from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cf
 
 from .mass_sampling import mass_sample, random_labels
 
-__all__ = ['build_evaluator', 'check_metric_inputs', 'evaluate_model', 'output_size']
+__all__ = ['build_evaluator', 'check_metric_keys', 'check_metric_inputs', 'prepare_metrics',
+           'evaluate_model', 'evaluation_record', 'output_size']
 
 
 
@@ -32,9 +33,33 @@ def build_evaluator(metrics: Sequence[dict]) -> Evaluator:
     if not metrics:
         raise ValueError('evaluation.metrics is empty: name at least one metric, e.g. '
                          "dict(type='FID', ...)")
-    built = [METRICS.build(m) for m in metrics]
+    built = []
+    for i, metric in enumerate(metrics):
+        check_metric_keys(metric, f'metrics[{i}]')
+        built.append(METRICS.build(metric))
+        if hasattr(built[-1], 'config_path'):  # for the messages of its checks
+            built[-1].config_path = f'metrics[{i}]'
     check_result_names(built)
     return Evaluator(built)
+
+
+def check_metric_keys(metric: dict, where: str) -> None:
+    """Refuse a key the metric does not take (``refrence``), naming the metric's
+    type and the close keys, before it is built: the message came from Python's
+    TypeError and named the class that raised it, ``SampleMetric`` under
+    tools/train.py's evaluation hook, ``FID`` under tools/test.py."""
+    from mmsora.evaluation.metrics.base import config_arguments
+    from mmsora.registry import METRICS
+    from mmsora.utils.cli import unknown_key_message
+    kind = metric.get('type') if isinstance(metric, dict) else None
+    cls = METRICS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(cls, type):
+        return  # (an unknown type: the registry says it when building)
+    names, complete = config_arguments(cls)
+    for key in metric:
+        if complete and key not in ('type', '_scope_') and key not in names:
+            raise ValueError(f'{where}: ' + unknown_key_message(cls.__name__, key,
+                                                                names=names))
 
 
 def check_result_names(metrics: Sequence) -> None:
@@ -65,6 +90,21 @@ def check_metric_inputs(evaluator: Evaluator, num_samples: Optional[int] = None,
         check = getattr(metric, 'check_inputs', None)
         if check is not None:
             check(num_samples=num_samples, sample_size=sample_size)
+
+
+def prepare_metrics(evaluator: Optional[Evaluator]) -> None:
+    """What the metrics need besides the samples (a Frechet metric's reference
+    statistics: read, from their cache, or computed and cached), now, before the
+    sampling: a reference that fails (unreadable, out of memory) stops the run
+    before hours of sampling, not after them. On the main process only, where
+    mmengine computes the metrics."""
+    from mmengine.dist import is_main_process
+    if evaluator is None or not is_main_process():
+        return
+    for metric in evaluator.metrics:
+        prepare = getattr(metric, 'prepare', None)
+        if prepare is not None:
+            prepare()
 
 
 def output_size(model) -> Optional[tuple]:
@@ -119,8 +159,9 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
         dict: metric name -> value, on every rank.
     """
     kwargs = merge_sample_cfg(default_sample_cfg, sample_cfg)
-    for key in NOT_SAMPLE_ARGS:
-        kwargs.pop(key, None)
+    # not sampler settings; fps is the frame rate of the clips sample_dir gets (a
+    # video config's, 4 for the demo: they were written at mass_sample's 8)
+    saving = {key: kwargs.pop(key) for key in NOT_SAMPLE_ARGS if key in kwargs}
     evaluator = build_evaluator(metrics)
     check_metric_inputs(evaluator, num_samples, output_size(model))
     if isinstance(labels, str):
@@ -128,8 +169,57 @@ def evaluate_model(model, metrics: Sequence[dict], num_samples: int = 50000,
             raise ValueError(f"evaluation.labels: a list of classes, or 'random', got "
                              f'{labels!r}')
         labels = random_labels(model.num_classes, num_samples, seed)
+    prepare_metrics(evaluator)
     result = mass_sample(
         model, num_samples, labels or list(range(model.num_classes)), seed=seed,
         batch_size=batch_size, prompts=prompts, out=out, sample_dir=sample_dir,
-        evaluator=evaluator, progress=progress, **kwargs)
+        evaluator=evaluator, progress=progress, **saving, **kwargs)
     return result['metrics']
+
+
+def evaluation_record(model, metrics: Dict[str, float], evaluation: dict,
+                      sample_cfg: Optional[dict] = None, **extra) -> dict:
+    """What an evaluation scored, for a JSON file beside its values (tools/test.py
+    ``--json``): the file the weights came from and which ones they are (as
+    ``init_model`` loaded them: ``use_ema`` true only where EMA weights were
+    scored, None where the file does not say), the samples' protocol (number, seed,
+    labels ``'random'`` or ``'cycled'``, prompts), the sampler settings (not the
+    frame rate of saved clips) and each metric's config (its reference file and
+    its extractor's weights).
+
+    Args:
+        model: The model scored (``init_model``'s: ``loaded_from``,
+            ``loaded_weights``).
+        metrics (dict): :func:`evaluate_model`'s result.
+        evaluation (dict): The ``evaluation`` section as scored (after the options).
+        sample_cfg (dict, optional): The sampler settings scored with.
+        **extra: More entries (``run=...``).
+    """
+    loaded = getattr(model, 'loaded_weights', None)
+    labels = evaluation.get('labels')
+    record = dict(
+        metrics=dict(metrics),
+        checkpoint=getattr(model, 'loaded_from', None), weights=loaded,
+        use_ema={'EMA weights': True, 'trained weights': False}.get(loaded),
+        num_samples=evaluation.get('num_samples'), seed=evaluation.get('seed', 0),
+        sample_cfg={k: v for k, v in (sample_cfg or {}).items() if k not in NOT_SAMPLE_ARGS},
+        metric_configs=[_plain(m) for m in ([evaluation['metrics']]
+                                            if isinstance(evaluation.get('metrics'), dict)
+                                            else evaluation.get('metrics') or [])])
+    if evaluation.get('prompts'):
+        record['prompts'] = list(evaluation['prompts'])
+    else:  # a class model: drawn from the seed, or cycled through (these, or all)
+        record['labels'] = 'random' if labels == 'random' else 'cycled'
+        if labels is not None and labels != 'random':
+            record['classes'] = list(labels)
+    record.update(extra)
+    return record
+
+
+def _plain(value):
+    """A config's dicts and lists as plain ones (ConfigDict, tuples), for JSON."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

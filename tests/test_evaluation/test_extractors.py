@@ -20,7 +20,7 @@ def test_tf1_bilinear_resize_closed_form():
 
 def test_inception_loads_a_pytorch_fid_style_state_dict(tmp_path):
     torch.manual_seed(0)
-    net = InceptionV3FID()
+    net = InceptionV3FID(random_weights=True)
     state = net.state_dict()
     # pytorch-fid's file predates BatchNorm's num_batches_tracked buffers.
     state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}

@@ -74,6 +74,12 @@ class CLIPEmbedder(nn.Module):
         batch_size (int): Most pictures or prompts through CLIP at once.
     """
 
+    # The argument that names the weights, and what to give there (see
+    # SampleMetric.check_inputs).
+    weights_arg = 'pretrained_path'
+    weights_file = ('a local transformers CLIP folder, e.g. openai/clip-vit-large-patch14 '
+                    'saved with save_pretrained (see docs/evaluation.md)')
+
     def __init__(self, pretrained_path: str, batch_size: int = 64):
         super().__init__()
         import transformers

@@ -66,6 +66,11 @@ class I3DTorchScript(nn.Module):
             square before the network; 224 is what the features were trained on.
     """
 
+    # The argument that names the weights, and what to give there (see
+    # SampleMetric.check_inputs).
+    weights_arg = 'weights'
+    weights_file = I3D_FILE
+
     def __init__(self, weights: str, size: int = 224):
         super().__init__()
         self.check_weights(weights)

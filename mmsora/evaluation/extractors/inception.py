@@ -179,15 +179,28 @@ class InceptionV3FID(nn.Module):
     """Inception-v3 of FID and IS: uint8 pictures -> pool-3 features and logits.
 
     Args:
-        weights (str, optional): Local ``pt_inception-2015-12-05-6726825d.pth`` (see
-            the module docstring). None leaves the network random (tests only:
-            its FID is not comparable with anything).
+        weights (str): Local ``pt_inception-2015-12-05-6726825d.pth`` (see the module
+            docstring); required unless ``random_weights``.
+        random_weights (bool): Leave the network random, without ``weights`` (tests
+            only: its FID and IS are not comparable with anything). An extractor
+            config without weights used to mean this silently, and a run scored
+            'FID: 0.0000' with random features.
     """
 
     INPUT_SIZE = 299
+    # The argument that names the weights, and what to give there (the metrics refuse
+    # a config without it before any sampling: SampleMetric.check_inputs).
+    weights_arg = 'weights'
+    weights_file = INCEPTION_FILE
 
-    def __init__(self, weights: Optional[str] = None):
+    def __init__(self, weights: Optional[str] = None, random_weights: bool = False):
         super().__init__()
+        if weights is None and not random_weights:
+            raise ValueError(f'InceptionV3FID needs weights: give {INCEPTION_FILE} '
+                             '(random_weights=True gives a random network, tests only)')
+        if weights is not None and random_weights:
+            raise ValueError('InceptionV3FID: weights and random_weights=True exclude each '
+                             'other: drop random_weights')
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)

@@ -5,15 +5,18 @@ mmengine's ``BaseMetric`` collects ``self.results`` from all ranks and calls
 under its global sample index; ``compute_metrics`` sorts by that index, so the value
 does not depend on how many processes drew the samples or in what order.
 """
+import inspect
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 
 from mmsora.registry import MODELS
 
-__all__ = ['SampleMetric', 'to_channels_first', 'stack_results']
+__all__ = ['SampleMetric', 'config_arguments', 'to_channels_first', 'stack_results']
 
 
 def to_channels_first(samples: np.ndarray) -> torch.Tensor:
@@ -33,6 +36,24 @@ def stack_results(results: List[dict]) -> Dict[str, np.ndarray]:
         raise ValueError('a sample index was evaluated twice; every index must be drawn '
                          'by exactly one process')
     return {key: np.stack([r[key] for r in results]) for key in results[0]}
+
+
+def config_arguments(cls: type) -> tuple:
+    """``(names, complete)``: the arguments ``cls`` takes by name, following
+    ``**kwargs`` down the bases' ``__init__`` (a metric passes them on to
+    :class:`SampleMetric`), and whether that is all of them (an ``__init__`` without
+    ``**kwargs`` ends the list)."""
+    names = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None or klass is object:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # after self
+        names += [p.name for p in params
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names, True
+    return names, False
 
 
 class SampleMetric(BaseMetric):
@@ -64,14 +85,17 @@ class SampleMetric(BaseMetric):
         self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         self.batch_size = batch_size
         self._extractor = None
+        # where the config sits (metrics[0]), for messages; set by build_evaluator
+        self.config_path: Optional[str] = None
 
     def check_inputs(self, num_samples: Optional[int] = None,
                      sample_size: Optional[tuple] = None) -> None:
-        """Raise now for a file the metric will read (the extractor's ``weights`` /
-        ``pretrained_path``: missing, or of the wrong kind where a header shows it),
-        before hours of sampling; the extractor itself is built on first use.
-        ``num_samples`` and ``sample_size`` (what the model will make) are for
-        subclasses."""
+        """Raise now for the extractor's config (a key it does not take; no weights
+        where the network needs them) and for a file the metric will read (the
+        extractor's ``weights`` / ``pretrained_path``: missing, or of the wrong kind
+        where a header shows it), before hours of sampling; the extractor itself is
+        built on first use. ``num_samples`` and ``sample_size`` (what the model will
+        make) are for subclasses."""
         import os.path as osp
         for key in ('weights', 'pretrained_path'):
             path = self.extractor_cfg.get(key)
@@ -81,6 +105,8 @@ class SampleMetric(BaseMetric):
                                         f'found: {path}')
         extractor_type = self.extractor_cfg.get('type')
         cls = MODELS.get(extractor_type) if isinstance(extractor_type, str) else extractor_type
+        if isinstance(cls, type):
+            self._check_extractor_cfg(cls)
         # the extractor's file or folder checked before anything is sampled (a T5
         # folder as CLIP's was refused only once the first batch had been drawn)
         for key, method in (('weights', 'check_weights'),
@@ -88,6 +114,39 @@ class SampleMetric(BaseMetric):
             check = getattr(cls, method, None)
             if check is not None and isinstance(self.extractor_cfg.get(key), str):
                 check(self.extractor_cfg[key])
+
+    def _check_extractor_cfg(self, cls: type) -> None:
+        """A key the extractor does not take (``weigths``), and no weights for a
+        network that needs them (``weights_arg``): an Inception without weights was
+        built random and scored 'FID: 0.0000' (IS 1.0) without a word."""
+        name = type(self).__name__
+        names, complete = config_arguments(cls)
+        for key in self.extractor_cfg:
+            if complete and key not in ('type', '_scope_') and key not in names:
+                from mmsora.utils.cli import unknown_key_message
+                raise ValueError(f'{self.config_key("extractor")} of {name}: '
+                                 + unknown_key_message(cls.__name__, key, names=list(names)))
+        key = getattr(cls, 'weights_arg', None)
+        if key is None or self.extractor_cfg.get(key) is not None:
+            return
+        if self.extractor_cfg.get('random_weights') is True:
+            print_log(f'{name}: its extractor {cls.__name__} has random weights '
+                      '(random_weights=True, for tests): the values are not comparable '
+                      'with anything', logger='current', level=logging.WARNING)
+            return
+        raise ValueError(f'{self.config_key("extractor." + key)}: {name}\'s extractor '
+                         f'{cls.__name__} has no {key} (a random network\'s values mean '
+                         f'nothing): give {getattr(cls, "weights_file", "its local file")}')
+
+    def config_key(self, key: str) -> str:
+        """``metrics[0].extractor.weights``: where ``key`` of this metric's config is
+        (``config_path`` is set by :func:`mmsora.apis.build_evaluator`)."""
+        return f'{self.config_path}.{key}' if self.config_path else key
+
+    def prepare(self) -> None:
+        """Read or compute what the metric needs besides the samples (a Frechet
+        metric's reference statistics), before the sampling: a failure there came
+        after all of it."""
 
     def result_names(self) -> list:
         """The names this metric's results get in the evaluator's output (prefix

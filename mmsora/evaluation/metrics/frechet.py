@@ -152,6 +152,13 @@ class FrechetMetric(SampleMetric):
                                       if osp.isfile(self.reference) else {})
         return self._reference_shapes
 
+    def prepare(self) -> None:
+        """The reference statistics now, before the sampling (read, from the cache, or
+        computed and cached): they were computed in ``compute_metrics``, after all of
+        it, where a reference that could not be read (or a 9.8 GB compressed one,
+        out of memory) lost the samples of an evaluation run without ``--out``."""
+        self._prepared_stats = self.reference_stats()
+
     def reference_stats(self) -> Dict[str, np.ndarray]:
         """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
         if not osp.isfile(self.reference):
@@ -175,7 +182,7 @@ class FrechetMetric(SampleMetric):
         try:
             save_stats(self.reference_cache, mu, sigma, extractor=tag,
                        num_samples=len(samples))
-        except OSError as e:  # after all the sampling: the value matters more
+        except OSError as e:  # the statistics are in memory: the metric can still be given
             print_log(f'{self.metric_name}: cannot cache the reference statistics in '
                       f'{self.reference_cache} ({first_line(e)[:200]}); the metric is computed '
                       'without the cache, and the next run computes them again: set '
@@ -242,7 +249,9 @@ class FrechetMetric(SampleMetric):
                       'FVD): compare it only with runs against the same reference',
                       logger='current', level=logging.WARNING)
         mu, sigma = feature_stats(arrays['features'])
-        ref = self.reference_stats()
+        # those of prepare() (before the sampling), once; else read or computed now
+        ref, self._prepared_stats = getattr(self, '_prepared_stats', None), None
+        ref = ref or self.reference_stats()
         return {self.metric_name: frechet_distance(mu, sigma, ref['mu'], ref['sigma'])}
 
 
