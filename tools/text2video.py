@@ -1,8 +1,8 @@
 """Text to narrated video: ``python tools/text2video.py story.txt --out story.mp4``.
 
 Splits the text into sentences and subtitle-sized segments, speaks each segment, groups
-segments into shots of about ``--shot-seconds``, makes one picture per shot, and writes
-an H.264 + AAC mp4 with a slow pan/zoom, cross-fades and burned-in subtitles. With no
+segments into shots of at least ``--shot-seconds``, makes one picture per shot, and
+writes an H.264 + AAC mp4 with a slow pan/zoom, cross-fades and burned-in subtitles. With no
 options everything runs offline: eSpeak NG speaks, procedural title cards illustrate.
 
 Examples:
@@ -60,23 +60,27 @@ def parse_args(argv=None):
     parser.add_argument('--pictures', default='titlecard',
                         help='titlecard (offline, default), mmsora:RUN (work dir, config '
                         'or checkpoint), diffusers:DIR (local pipeline), openai[:MODEL]')
-    parser.add_argument('--checkpoint', help='mmsora:CONFIG: its checkpoint')
+    parser.add_argument('--checkpoint', help='mmsora:CONFIG or WORK_DIR: the checkpoint to '
+                        'sample (not with a checkpoint as RUN)')
     parser.add_argument('--labels', type=int, nargs='+',
                         help='class ids that shots cycle through (class-conditional models)')
     parser.add_argument('--steps', type=int, help='sampling steps (mmsora, diffusers)')
     parser.add_argument('--cfg-scale', type=float, help='guidance scale (mmsora, diffusers)')
-    parser.add_argument('--seed', type=int, default=0, help='shot i uses seed SEED + i')
+    parser.add_argument('--seed', type=int,
+                        help='shot i uses seed SEED + i (mmsora, diffusers; default 0)')
     parser.add_argument('--device', type=device_setting,
                         help='device for model pictures (default: cuda if any)')
     add_malloc_option(parser)  # the composition's frames, and model pictures on the CPU
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='mmsora: override config entries (e.g. the text encoder '
                         'folder, model.text_encoder.pretrained_path=DIR)')
-    parser.add_argument('--language', default='auto', choices=['auto', 'en', 'zh'])
-    parser.add_argument('--resolution', default='480p', help='480p, 720p or WxH')
+    parser.add_argument('--language', default='auto',
+                        help="auto (from the text's script: en, zh, ru, ja, ...; default) or "
+                        'a language code for the default voice, e.g. de')
+    parser.add_argument('--resolution', default='480p', help='480p, 720p, 1080p or WxH')
     parser.add_argument('--fps', type=float, default=24)
     parser.add_argument('--shot-seconds', type=float, default=4.0,
-                        help='a picture stays for segments lasting about this long '
+                        help='a picture stays for segments lasting at least this long '
                         '(0: one picture per segment)')
     parser.add_argument('--max-chars', type=int, default=90,
                         help='cut longer sentences at commas (a CJK character counts 2)')
@@ -85,7 +89,8 @@ def parse_args(argv=None):
     parser.add_argument('--fade', type=float, default=0.5, help='cross-fade seconds')
     parser.add_argument('--zoom', type=float, default=1.12,
                         help='pan/zoom strength (1: still pictures)')
-    parser.add_argument('--no-subtitles', action='store_true')
+    parser.add_argument('--no-subtitles', action='store_true',
+                        help='no subtitles (title cards then show the text instead)')
     parser.add_argument('--font', help='font file for subtitles and title cards '
                         '(Chinese needs a CJK font)')
     parser.add_argument('--prompt-template', default=None,
@@ -100,8 +105,16 @@ def read_text(path):
     """The text of ``path`` (``'-'``: standard input), without a leading UTF-8 byte
     order mark. Before, the mark (saved by Windows editors) was kept in the first
     segment's text ('\\ufeffHello')."""
-    if path == '-':
-        return sys.stdin.read().lstrip('\ufeff')
+    if path == '-':  # (as bytes: a non-UTF-8 text got through as surrogates, to fail
+        # in the speech backend)
+        if not hasattr(sys.stdin, 'buffer'):  # a text stream put in its place
+            return sys.stdin.read().lstrip('\ufeff')
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode('utf-8-sig')
+        except UnicodeDecodeError as e:
+            raise UserError(f'standard input is not UTF-8 text ({e.reason} at byte '
+                            f'{e.start}): save it as UTF-8') from None
     try:
         with open(path, encoding='utf-8-sig') as f:
             return f.read()
@@ -127,6 +140,7 @@ def load_rewriter(spec):
 # Picture options and the backends that take them (constructor argument names).
 PICTURE_OPTIONS = {
     'checkpoint': ('checkpoint', ('mmsora',)),
+    'seed': ('seed', ('mmsora', 'diffusers')),
     'labels': ('labels', ('mmsora', 'diffusers')),
     'steps': ('num_steps', ('mmsora', 'diffusers')),
     'cfg_scale': ('cfg_scale', ('mmsora', 'diffusers')),  # diffusers: guidance_scale
@@ -143,7 +157,9 @@ def picture_options(args):
         UserError: an option given that the chosen backend does not use.
     """
     name = args.pictures.partition(':')[0]
-    options = dict(seed=args.seed) if name in ('mmsora', 'diffusers') else {}
+    options = {}
+    if name == 'titlecard':  # the text twice on every frame, big and in the subtitle
+        options['show_text'] = args.no_subtitles
     for option, (argument, backends) in PICTURE_OPTIONS.items():
         value = getattr(args, option)
         if value is None or value == []:
@@ -162,15 +178,22 @@ def main(argv=None):
     args = parse_args(argv)
     from mmsora.apis.text2video import (Composer, build_pictures, build_speech,
                                         parse_resolution, text_to_video)
+    from mmsora.apis.text2video.pipeline import check_options, drawn_from
     from mmsora.apis.text2video.segmentation import DEFAULT_PROMPT_TEMPLATE
     for name in ('fps', 'max_chars', 'rate'):
         if getattr(args, name) <= 0:
             raise UserError(f'--{name.replace("_", "-")} must be > 0')
     if args.steps is not None and args.steps < 1:
         raise UserError('--steps must be >= 1')
-    text = read_text(args.text)
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        raise UserError(f'--cfg-scale must be >= 0 (1: no guidance), got {args.cfg_scale:g}')
     out = args.out or ('story.mp4' if args.text == '-' else
                        osp.splitext(args.text)[0] + '.mp4')
+    template = args.prompt_template or DEFAULT_PROMPT_TEMPLATE
+    # before any speech or sampling: these failed after them
+    check_options(out, args.shot_seconds, args.pause, template)
+    options = picture_options(args)  # (an option the backend does not take, e.g. --seed)
+    text = read_text(args.text)
     composer = Composer(parse_resolution(args.resolution), fps=args.fps, fade=args.fade,
                         zoom=args.zoom, subtitles=not args.no_subtitles, font=args.font)
     speech_name = args.speech.partition(':')[0]
@@ -179,13 +202,13 @@ def main(argv=None):
     # The composition (and model pictures without a GPU) runs on the CPU: per frame
     # arrays above glibc's mmap threshold were fresh pages each time (docs/text2video.md)
     keep_freed_memory_on_cpu(args, on_cpu=True)
-    pictures = build_pictures(args.pictures, **picture_options(args))
+    pictures = build_pictures(args.pictures, **options)
     rewriter = load_rewriter(args.prompt_rewriter) if args.prompt_rewriter else None
     result = text_to_video(text, out, speech=speech, pictures=pictures,
                            language=args.language, composer=composer,
                            shot_seconds=args.shot_seconds, max_chars=args.max_chars,
                            pause=args.pause,
-                           prompt_template=args.prompt_template or DEFAULT_PROMPT_TEMPLATE,
+                           prompt_template=template,
                            prompt_rewriter=rewriter)
     timeline = result.timeline
     shots, segments = len(result.shots), len(timeline['segments'])
@@ -193,7 +216,7 @@ def main(argv=None):
           f'{segments} segment{"s" * (segments != 1)}, {composer.size[0]}x{composer.size[1]} '
           f'at {args.fps:g} fps ({result.language})')
     for shot, (start, end) in zip(result.shots, timeline['shots']):
-        print(f'  shot {shot.index + 1}, {start:.1f}-{end:.1f} s: {shot.prompt}')
+        print(f'  shot {shot.index + 1}, {start:.1f}-{end:.1f} s: {drawn_from(pictures, shot)}')
 
 
 if __name__ == '__main__':

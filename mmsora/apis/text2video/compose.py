@@ -9,6 +9,8 @@ speech (to within one frame). PyAV is used directly rather than moviepy: moviepy
 an ffmpeg subprocess, while PyAV is already a dependency and encodes in-process.
 """
 import bisect
+import os
+import os.path as osp
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,24 +18,26 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError
+from mmsora.utils.cli import Interrupted, UserError
 from .speech import resample_audio
 from .text_layout import check_font, draw_lines, find_font, wrap_lines
 
-__all__ = ['RESOLUTIONS', 'parse_resolution', 'ken_burns_box', 'Composer']
+__all__ = ['RESOLUTIONS', 'parse_resolution', 'ken_burns_box', 'Composer', 'part_path',
+           'not_written']
 
-RESOLUTIONS = {'480p': (854, 480), '720p': (1280, 720)}
+RESOLUTIONS = {'480p': (854, 480), '720p': (1280, 720), '1080p': (1920, 1080)}
 
 
 def parse_resolution(text: str) -> Tuple[int, int]:
-    """``'480p'``, ``'720p'`` or ``'WxH'`` (even sides, at least 32) -> ``(W, H)``."""
-    if text in RESOLUTIONS:
-        return RESOLUTIONS[text]
+    """``'480p'``, ``'720p'``, ``'1080p'`` (any case) or ``'WxH'`` (even sides, at
+    least 32) -> ``(W, H)``."""
+    if text.lower() in RESOLUTIONS:
+        return RESOLUTIONS[text.lower()]
     try:
         w, h = (int(v) for v in text.lower().split('x'))
     except ValueError:
-        raise UserError(f'--resolution {text!r}: use 480p, 720p or WxH (e.g. 640x360)') \
-            from None
+        raise UserError(f'--resolution {text!r}: use 480p, 720p or WxH (e.g. 640x360), '
+                        'or 1080p') from None
     if w < 32 or h < 32 or w % 2 or h % 2:
         raise UserError(f'--resolution {text!r}: width and height must be even and >= 32 '
                         '(H.264 yuv420p)')
@@ -60,6 +64,19 @@ def ken_burns_box(src_size, out_size, progress: float, index: int, zoom: float):
     cx = sw / 2 + (0.5 * drift * free_x if horizontal else 0)
     cy = sh / 2 + (0 if horizontal else 0.5 * drift * free_y)
     return (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+
+
+def part_path(out: str) -> str:
+    """The file an mp4 is written to before it is renamed ``out``: next to it (a rename
+    within one folder), with the same extension (PyAV picks the format by it)."""
+    return out + '.part' + (osp.splitext(out)[1] or '.mp4')
+
+
+def not_written(out: str) -> str:
+    """What the 'interrupted' line says when ``out`` was not written."""
+    if osp.exists(out):
+        return f'({out} not written: the file there before is kept)'
+    return f'(nothing written to {out})'
 
 
 class Composer:
@@ -127,7 +144,9 @@ class Composer:
     def subtitle_overlay(self, text: str) -> Tuple[np.ndarray, int]:
         """RGBA band ``(h, W, 4)`` with the wrapped text, and the row it starts at."""
         w, h = self.size
-        size = max(10, h // 18)
+        # from the shorter side: h // 18 made portrait subtitles (480x854) 47 px, three
+        # lines a fifth of the frame
+        size = max(10, min(w, h) // 18)
         while True:
             font = find_font(text, size, self.font)
             lines = wrap_lines(text, font, 0.9 * w)
@@ -227,28 +246,51 @@ class Composer:
                 image = self._overlay(image, *overlays[k])
             return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
-        with av.open(out, mode='w') as container:
-            rate = Fraction(self.fps).limit_denominator(1001)
-            video = container.add_stream('libx264', rate=rate)
-            video.width, video.height = self.size
-            video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
-            sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')
-            sent = 0
-            # closed by the with block: an error ends the bar's line before it is printed
-            with tqdm(range(num_frames), desc='video frames', disable=not progress) as bar:
-                for n in bar:
-                    image = frame_at(n / self.fps)
-                    frame = av.VideoFrame.from_ndarray(image, format='rgb24')
-                    container.mux(video.encode(frame))
-                    upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
-                    if n == num_frames - 1:
-                        upto = len(audio)
-                    if upto > sent:
-                        chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
-                                                           format='fltp', layout='mono')
-                        chunk.sample_rate, chunk.pts = self.audio_rate, sent
-                        container.mux(sound.encode(chunk))
-                        sent = upto
-            container.mux(sound.encode(None))
-            container.mux(video.encode(None))
+        # Frames go to a part file next to ``out``, renamed over it once complete: an
+        # error or Ctrl-C while writing replaced a finished video with a stub (or left a
+        # playable but partial one under the final name)
+        part = part_path(out)
+        try:
+            with av.open(part, mode='w') as container:
+                self._write(container, frame_at, num_frames, audio, progress)
+        except BaseException as e:
+            if osp.lexists(part):
+                os.remove(part)
+            if isinstance(e, KeyboardInterrupt) and not isinstance(e, Interrupted):
+                raise Interrupted(not_written(out), exit_code=getattr(e, 'exit_code', 130)) \
+                    from None
+            if isinstance(e, av.error.FFmpegError) and isinstance(e, OSError):
+                # FFmpeg's file errors name no file ('No such file or directory' for
+                # /proc/x.mp4, found once its buffer is flushed)
+                raise UserError(f'cannot write {out}: {e.strerror}') from None
+            raise
+        os.replace(part, out)
         return dict(duration=duration, num_frames=num_frames, **bounds)
+
+    def _write(self, container, frame_at, num_frames: int, audio: np.ndarray,
+               progress: bool) -> None:
+        """Encode ``num_frames`` frames of ``frame_at(t)`` and the ``audio`` track."""
+        import av
+        rate = Fraction(self.fps).limit_denominator(1001)
+        video = container.add_stream('libx264', rate=rate)
+        video.width, video.height = self.size
+        video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
+        sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')
+        sent = 0
+        # closed by the with block: an error ends the bar's line before it is printed
+        with tqdm(range(num_frames), desc='video frames', disable=not progress) as bar:
+            for n in bar:
+                image = frame_at(n / self.fps)
+                frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+                container.mux(video.encode(frame))
+                upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
+                if n == num_frames - 1:
+                    upto = len(audio)
+                if upto > sent:
+                    chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
+                                                       format='fltp', layout='mono')
+                    chunk.sample_rate, chunk.pts = self.audio_rate, sent
+                    container.mux(sound.encode(chunk))
+                    sent = upto
+        container.mux(sound.encode(None))
+        container.mux(video.encode(None))

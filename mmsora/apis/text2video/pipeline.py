@@ -1,20 +1,23 @@
 """text -> segments -> speech -> shots and prompts -> pictures -> narrated mp4."""
 import os
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError
-from .compose import Composer
+from mmsora.utils.cli import Interrupted, UserError, check_output_path
+from .compose import Composer, not_written
 from .pictures import PictureBackend, build_pictures
 from .segmentation import (DEFAULT_PROMPT_TEMPLATE, Segment, Shot, build_prompt,
-                           detect_language, group_shots, split_segments, split_sentences)
+                           detect_language, group_shots, script_language, split_segments,
+                           split_sentences)
 from .speech import SpeechBackend, build_speech
 
-__all__ = ['Text2VideoResult', 'plan_segments', 'speak', 'text_to_video']
+__all__ = ['Text2VideoResult', 'plan_segments', 'speak', 'text_to_video', 'check_options',
+           'drawn_from']
 
 
 @dataclass
@@ -23,7 +26,7 @@ class Text2VideoResult:
 
     Attributes:
         path: The mp4.
-        language: ``'en'`` or ``'zh'``.
+        language: The language code the text was spoken in (``'en'``, ``'zh'``, ``'ru'``...).
         shots: The spoken shots (segments with audio, prompts, pictures).
         timeline: ``Composer.compose``'s answer: ``duration``, ``num_frames``, and the
             start/end times of ``shots`` and ``segments``.
@@ -48,6 +51,55 @@ def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
         raise UserError(f'the text holds only punctuation ({_excerpt(text)}): nothing '
                         'to say')
     return [Segment(p) for p in pieces]
+
+
+def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: float = 0.3,
+                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> None:
+    """Refuse, before any speech or sampling, settings that would fail after them.
+
+    Before, ``--shot-seconds -1`` and a template without ``{text}`` were refused once
+    all the speech was made, and an ``--out`` that cannot be written (a folder, a path
+    through a file, /proc/x.mp4) once the pictures were too, some with a traceback.
+
+    Raises:
+        UserError: naming the option and what it needs.
+    """
+    if shot_seconds < 0:
+        raise UserError(f'--shot-seconds must be >= 0 (0: one picture per segment), '
+                        f'got {shot_seconds:g}')
+    if pause < 0:
+        raise UserError(f'--pause must be >= 0, got {pause:g}')
+    if '{text}' not in prompt_template:
+        raise UserError(f'--prompt-template must contain {{text}} (where the shot\'s text '
+                        f"goes, e.g. '{{text}}, watercolor'), got {prompt_template!r}")
+    if out is None:
+        return
+    if not out.lower().endswith('.mp4'):
+        raise UserError(f'--out must name an .mp4 file, got {out!r}')
+    check_output_path(out, '--out')
+    folder = osp.dirname(osp.abspath(out))
+    while not osp.isdir(folder):  # (made when the video is written)
+        folder = osp.dirname(folder)
+    import tempfile
+    try:  # a file with no name where the system allows it (O_TMPFILE): nothing left
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise UserError(f'--out {out}: cannot write in {folder} ({e.strerror})') from None
+
+
+def drawn_from(pictures: PictureBackend, shot: Shot) -> str:
+    """What ``shot``'s picture was drawn from, for the summary: its prompt, or, where
+    the model is class-conditional, the class label (the model never sees the prompt),
+    with the start of the shot's text."""
+    params = getattr(pictures, 'params', None)  # a diffusers pipeline's arguments
+    if params is not None:
+        by_label = 'prompt' not in params and 'class_labels' in params
+    else:  # MMSoraPictures
+        by_label = getattr(pictures, 'text_conditioned', True) is False
+    labels = getattr(pictures, 'labels', None)
+    if not by_label or not labels:
+        return shot.prompt
+    return f'class label {labels[shot.index % len(labels)]} for {_excerpt(shot.text, 60)}'
 
 
 def _excerpt(text: str, limit: int = 20) -> str:
@@ -100,11 +152,14 @@ def text_to_video(text: str, out: str,
         speech: Speech backend, or its spec (``espeak``, ``piper:VOICE.onnx``, ``edge``,
             ``azure``, ``none``) or config.
         pictures: Picture backend, or its spec (``titlecard``, ``mmsora:RUN``,
-            ``diffusers:DIR``, ``openai``) or config.
-        language: ``'en'``, ``'zh'`` or ``'auto'`` (detected from the text).
+            ``diffusers:DIR``, ``openai``) or config. (``'titlecard'`` draws the shot's
+            text on the card; the command line turns that off under subtitles:
+            ``TitleCardPictures(show_text=False)``.)
+        language: ``'auto'`` (from the text's script: :func:`script_language`, else
+            ``'en'`` or ``'zh'``) or a language code for the speech backend's voice.
         composer: Output settings (default: 480p, 24 fps).
-        shot_seconds: A shot (one picture) takes segments until it lasts this long;
-            0 gives one picture per segment.
+        shot_seconds: A shot (one picture) takes segments until it lasts at least this
+            long (the last may be shorter); 0 gives one picture per segment.
         max_chars: Sentences longer than this are cut at commas (CJK counts double).
         pause: Seconds of silence after each segment.
         prompt_template: Image prompt with ``{text}``.
@@ -112,22 +167,27 @@ def text_to_video(text: str, out: str,
             template.
         progress: Show progress bars.
     """
-    if language == 'auto':
-        language = detect_language(text)
-    if language not in ('en', 'zh'):
-        raise UserError(f"--language must be en, zh or auto, got {language!r}")
-    if not out.lower().endswith('.mp4'):
-        raise UserError(f'--out must name an .mp4 file, got {out!r}')
+    if language == 'auto':  # (Russian text was said to be 'en', and --language ru refused:
+        # the speech backends pick a voice for each script's language)
+        language = script_language(text) or detect_language(text)
+    if not re.fullmatch(r'[a-z]{2,3}(-[a-z0-9]+)*', str(language).lower()):
+        raise UserError(f"--language must be auto or a language code (en, zh, ru, de, ...), "
+                        f"got {language!r}")
+    check_options(out, shot_seconds, pause, prompt_template)
     composer = composer or Composer()
     speech = speech if isinstance(speech, SpeechBackend) else build_speech(speech)
     pictures = pictures if isinstance(pictures, PictureBackend) else build_pictures(pictures)
-    if pause < 0:
-        raise UserError(f'--pause must be >= 0, got {pause}')
-    segments = speak(plan_segments(text, max_chars), speech, language, pause, progress)
-    shots = group_shots(segments, shot_seconds)
-    for shot in shots:
-        shot.prompt = build_prompt(shot.text, prompt_template, prompt_rewriter)
-    images = pictures.render_all(shots, composer.picture_size, progress=progress)
+    try:
+        segments = speak(plan_segments(text, max_chars), speech, language, pause, progress)
+        shots = group_shots(segments, shot_seconds)
+        for shot in shots:
+            shot.prompt = build_prompt(shot.text, prompt_template, prompt_rewriter)
+        images = pictures.render_all(shots, composer.picture_size, progress=progress)
+    except KeyboardInterrupt as e:  # (the composer says it while writing)
+        if isinstance(e, Interrupted):
+            raise
+        raise Interrupted(not_written(out), exit_code=getattr(e, 'exit_code', 130)) \
+            from None
     for shot, image in zip(shots, images):
         shot.picture = image
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
