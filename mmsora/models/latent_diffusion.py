@@ -136,10 +136,45 @@ class LatentDiffusion(BaseModel):
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self._check_parts_agree()
+        self._check_denoiser_signature()
         self.pretrained_denoiser = pretrained_denoiser
         self.pretrained_entry = pretrained_entry
         self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
+
+    def _check_denoiser_signature(self):
+        """Refuse a denoiser whose ``forward`` (or ``forward_with_cfg``) does not take
+        the keywords this model calls it with: ``y`` (labels, or a text denoiser's
+        tokens with ``mask``, and ``pooled`` where it has a ``pooled_dim``). A
+        diffusers-style ``forward(hidden_states, timestep, class_labels)`` failed at
+        the first step with "got an unexpected keyword argument 'y'"."""
+        names = ['y']
+        if self.text_conditioned:
+            names += ['mask'] + (['pooled'] if getattr(self.denoiser, 'pooled_dim', None)
+                                 else [])
+        for method, wanted in (('forward', names),
+                               ('forward_with_cfg', names + ['cfg_scale'])):
+            fn = getattr(self.denoiser, method, None)
+            if fn is None or getattr(type(self.denoiser), method, None) is \
+                    torch.nn.Module.forward:  # (none of its own: it says so when called)
+                continue
+            try:
+                params = inspect.signature(fn).parameters.values()
+            except (TypeError, ValueError):  # (a builtin or C-implemented callable)
+                continue
+            if any(p.kind == p.VAR_KEYWORD for p in params):
+                continue
+            taken = [p.name for p in params
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            missing = [name for name in wanted if name not in taken]
+            if missing:
+                call = ', '.join(['x', 't'] + [f'{n}=...' for n in wanted])
+                found = ', '.join(p.name for p in params)
+                raise ValueError(
+                    f'model.denoiser: {type(self.denoiser).__name__}.{method}({found}) '
+                    f'does not take the keyword{"s" * (len(missing) > 1)} '
+                    f'{", ".join(missing)}: LatentDiffusion calls it as {method}({call}); '
+                    'name its parameters so (or take **kwargs)')
 
     def _check_parts_agree(self):
         """Refuse settings the denoiser and the rest state twice and differently (they
@@ -389,8 +424,15 @@ class LatentDiffusion(BaseModel):
         return loss, log_vars
 
     def _latents_from(self, latents, images):
+        # float64 (numpy's default, a dataset's torch.from_numpy) is cast to float32
+        # rather than refused: the weights are float32 and the first layer failed with
+        # 'Input type (double) and bias type (float) should be the same'. float16 /
+        # bfloat16 latents are left as they are: the objective's float32 tables promote
+        # x_t to float32.
         if latents is not None:
-            return latents
+            return latents.float() if latents.dtype == torch.float64 else latents
+        if images is not None and images.dtype == torch.float64:
+            images = images.float()
         if self.vae is None:  # pixel space: the pictures / clips are the latents
             return images
         with torch.no_grad():
@@ -576,6 +618,7 @@ class LatentDiffusion(BaseModel):
             x = torch.cat([noise, noise])
             kwargs = dict(cond, cfg_scale=cfg_scale)
             if not self.text_conditioned:
+                self._check_null_label_row(cfg_scale)
                 kwargs['y'] = torch.cat([cond['y'], torch.full_like(cond['y'], self.num_classes)])
             if guidance_channels is not None:
                 kwargs['guidance_channels'] = guidance_channels
@@ -595,6 +638,13 @@ class LatentDiffusion(BaseModel):
             with _float32_products(precision, device):
                 z = self.diffusion.sample(model_fn, x, kwargs, generators=generators,
                                           progress=progress, **chosen, **sampler_kwargs)
+        except IndexError as e:
+            # a label table of one's own without the null row (nn.Embedding's message)
+            if not (use_cfg and not self.text_conditioned
+                    and 'index out of range in self' in str(e)):
+                raise
+            raise ValueError(self._null_label_message(
+                cfg_scale, "its label table has no row for it ('index out of range')")) from e
         finally:
             self.denoiser.train(was_training)
         if use_cfg:
@@ -604,6 +654,27 @@ class LatentDiffusion(BaseModel):
                 decode_kwargs['progress'] = progress  # Stable Cascade's Stage B bar
             return self.vae.decode(z, **decode_kwargs)
         return z
+
+    def _check_null_label_row(self, cfg_scale):
+        """Refuse guidance with a label table (DiT's ``y_embedder``) that has no row for
+        the null label ``num_classes`` (DiT's with ``class_dropout_prob=0``), before the
+        sampling steps; other denoisers' tables are caught by their IndexError."""
+        embedder = getattr(self.denoiser, 'y_embedder', None)
+        if not isinstance(embedder, torch.nn.Module):
+            return
+        tables = [m for m in embedder.modules() if isinstance(m, torch.nn.Embedding)]
+        if len(tables) == 1 and tables[0].num_embeddings <= self.num_classes:
+            raise ValueError(self._null_label_message(
+                cfg_scale, f'its label table (y_embedder) has {tables[0].num_embeddings} '
+                'rows'))
+
+    def _null_label_message(self, cfg_scale, detail):
+        """Guidance's null label is missing from the denoiser's label table."""
+        return (f'{type(self.denoiser).__name__} cannot sample with guidance (cfg_scale='
+                f'{cfg_scale}): the null label is num_classes={self.num_classes}, and '
+                f'{detail}: give the table num_classes + 1 rows (nn.Embedding(num_classes '
+                '+ 1, ...); DiT: class_dropout_prob > 0), or sample with cfg_scale=1 '
+                '(tools/infer.py --cfg-scale 1)')
 
     def _decode_text_kwargs(self, cond):
         """The samples' pooled text embeddings for a VAE whose ``decode`` reads them

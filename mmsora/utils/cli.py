@@ -119,6 +119,10 @@ def _config_error_message(path, error) -> str:
         text = 'not a .py, .yml, .yaml or .json file'
     else:
         text = f'{type(error).__name__}: {error}'
+    if 'does not support to load' in text:  # a _base_ of 'package::...' (OpenMMLab's mim)
+        text += (" (a _base_ 'package::path' is read from an installed OpenMMLab package "
+                 "only: give the path of the config file, relative to your config's "
+                 "folder or absolute, e.g. '../mmsora/configs/dit/....py')")
     where = f' (line {line})' if line else ''
     if culprit and osp.abspath(culprit) != osp.abspath(path):
         return f'cannot load config {path}: its base {_shown_path(culprit)}: {text}{where}'
@@ -133,9 +137,25 @@ def _import_custom_modules(custom_imports) -> None:
     not found (searched from where), or one that raised while importing (its real error,
     file and line; mmengine's message said to set PYTHONPATH for both). With
     ``allow_failed_imports=True`` a module that cannot be imported is warned about
-    and skipped, as mmengine does."""
+    and skipped, as mmengine does. A list (or a string) of module names is taken for
+    ``imports`` (an ``AttributeError`` traceback before); a dict key other than these
+    two is refused by name (``import_modules`` imported nothing, and the type was then
+    said to be unknown)."""
     if not custom_imports:
         return
+    if isinstance(custom_imports, (str, list, tuple)):
+        custom_imports = dict(imports=custom_imports)
+    if not isinstance(custom_imports, dict):
+        raise UserError(f"custom_imports must be dict(imports=['mypkg.mymodule'], "
+                        f'allow_failed_imports=False) or a list of module names, got '
+                        f'{custom_imports!r}')
+    for key in custom_imports:
+        if key not in _CUSTOM_IMPORTS_KEYS:
+            close = difflib.get_close_matches(str(key), _CUSTOM_IMPORTS_KEYS, n=1,
+                                              cutoff=0.5)
+            meant = f'did you mean {close[0]}? ' if close else ''
+            raise UserError(f'custom_imports: unknown key {key!r}; {meant}its keys are '
+                            "imports=['mypkg.mymodule'] and allow_failed_imports=False")
     imports = custom_imports.get('imports') or []
     imports = [imports] if isinstance(imports, str) else imports
     if not isinstance(imports, (list, tuple)) or not all(isinstance(m, str) for m in imports):
@@ -151,6 +171,10 @@ def _import_custom_modules(custom_imports) -> None:
     import mmsora.models  # noqa: F401
     for name in imports:
         _import_custom_module(name, custom_imports.get('allow_failed_imports', False))
+
+
+# The keys of a config's custom_imports dict (mmengine's import_modules_from_strings).
+_CUSTOM_IMPORTS_KEYS = ('imports', 'allow_failed_imports')
 
 
 def _make_working_dir_importable() -> None:
@@ -1034,13 +1058,26 @@ def _registered_subclasses(class_name):
     return found
 
 
-def unknown_type_message(obj_type: str, registry_name: str) -> str:
+def unknown_type_message(obj_type: str, registry_name: str, scope: str = None) -> str:
     """``unknown type TYPE in the REGISTRY registry; did you mean ...?``: the registry
     that does hold TYPE (a class registered in the wrong one) comes first, then close
     names; without either, where a class of one's own gets registered
-    (``custom_imports``)."""
+    (``custom_imports``). ``scope``: the scope of the registry that built it (mmengine's
+    message says it): a type of mmsora's built from mmengine's root registry is a
+    config without ``default_scope`` (it was 'it is registered in the model registry':
+    both are named 'model'). A scoped type (``myproj.MyDenoiser``) gets close names of
+    that scope's registry."""
     holder = _registered(obj_type)[0]
+    if (holder is not None and scope not in (None, 'mmsora') and holder.scope == 'mmsora'
+            and holder.name == registry_name):
+        return (f'unknown type {obj_type!r} in the {scope}::{registry_name} registry: the '
+                f"config has no default_scope; set default_scope = 'mmsora' (or inherit "
+                'configs/_base_/default_runtime.py)')
     elsewhere = holder.name if holder is not None else None
+    if '.' in obj_type and holder is None:
+        scoped = _scoped_type_hint(obj_type, registry_name)
+        if scoped:
+            return f'unknown type {obj_type!r} in the {registry_name} registry; {scoped}'
     close = difflib.get_close_matches(obj_type, _registry_names(registry_name), n=3)
     if elsewhere:
         hint = f'; it is registered in the {elsewhere} registry'
@@ -1050,6 +1087,26 @@ def unknown_type_message(obj_type: str, registry_name: str) -> str:
         hint = ('; a class of your own is registered when its module is imported: list '
                 'the module in the config\'s custom_imports (README, "Your own modules")')
     return f'unknown type {obj_type!r} in the {registry_name} registry{hint}'
+
+
+def _scoped_type_hint(obj_type: str, registry_name: str) -> str:
+    """'did you mean SCOPE.NAME?' for a scoped type (``myproj.MyDenoser``) close to a
+    name of that scope's registry named ``registry_name``, 'SCOPE has no ... registry'
+    for a scope not found; '' where the scope's registry has no close name."""
+    import mmsora.registry as registries
+    scope, name = obj_type.split('.', 1)
+    root = next((getattr(registries, r) for r in registries.__all__
+                 if getattr(registries, r).name == registry_name), None)
+    while root is not None and root.parent is not None:
+        root = root.parent
+    if root is None:
+        return ''
+    found = root if root.scope == scope else root._search_child(scope)
+    if found is None:
+        return (f"no {registry_name} registry has the scope {scope!r} (is the module "
+                "defining it in the config's custom_imports?)")
+    close = difflib.get_close_matches(name, list(found.module_dict), n=3)
+    return f'did you mean {", ".join(f"{scope}.{c}" for c in close)}?' if close else ''
 
 
 def unknown_key_message(class_name, key, skip=(), names=None):
@@ -1101,8 +1158,8 @@ def explain_error(exc):
     text = str(exc)
     match = _NOT_REGISTERED.search(text)
     if isinstance(exc, KeyError) and match:
-        obj_type, _, registry_name = match.groups()
-        return unknown_type_message(obj_type.strip('`\'"'), registry_name)
+        obj_type, scope, registry_name = match.groups()
+        return unknown_type_message(obj_type.strip('`\'"'), registry_name, scope)
     match = _UNEXPECTED_KWARG.search(text)
     if isinstance(exc, TypeError) and match:
         built = _built_class(exc, match.group(1))
