@@ -119,15 +119,20 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
     from ``num_heads``, the run's config, a DiT / fast-DiT file's ``trained_args``
     (:func:`heads_in_args`, said in a note), or the DiT paper's for the width."""
     from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
+    from mmsora.utils.checkpoint import config_denoiser
     cfg = denoiser_cfg or {}
-    kind = cfg.get('type')
-    kind = getattr(kind, '__name__', kind)
+    # (the type as the run recorded it: a class of one's own is named whether or not
+    # its module imports here)
+    kind = config_denoiser(dict(denoiser=cfg))
     if kind is not None and kind != 'DiT':  # (it asked for --num-heads, then failed)
         raise UserError(f'{source}: --diffusers writes an image DiT as diffusers\' '
                         f'DiTTransformer2DModel; this run\'s denoiser is a {kind}: export it '
                         'without --diffusers (a .pt / .safetensors of its own weights)')
-    width = state['x_embedder.proj.weight'].shape[0] if 'x_embedder.proj.weight' in state \
-        else None
+    if 'x_embedder.proj.weight' not in state:  # (it said 'a DiT of width None')
+        raise UserError(f'{source}: --diffusers writes an image DiT as diffusers\' '
+                        'DiTTransformer2DModel; these weights are not a DiT\'s (no '
+                        'x_embedder.proj.weight): export them without --diffusers')
+    width = state['x_embedder.proj.weight'].shape[0]
     heads = num_heads or cfg.get('num_heads')
     if not heads and trained_args is not None:
         heads, where = heads_in_args(trained_args, width, source)
@@ -135,8 +140,10 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
             note(f'{source}: {heads} heads, {where} (--num-heads N to give others)')
     heads = heads or DIT_HEADS.get(width)
     if not heads:
-        raise UserError(f'{source}: a DiT of width {width}, not one of the paper\'s and with '
-                        'no run config to say its heads: give --num-heads')
+        said = ('its run config gives no num_heads' if denoiser_cfg else
+                'with no run config to say its heads')
+        raise UserError(f'{source}: a DiT of width {width}, not one of the paper\'s and {said}: '
+                        'give --num-heads')
     if cfg.get('class_dropout_prob') == 0:
         raise UserError(f'{source}: trained with class_dropout_prob=0, so its label table has '
                         'no null-class row, which diffusers\' DiT always has (guidance '

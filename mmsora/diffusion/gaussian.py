@@ -14,6 +14,8 @@ the timesteps' device. One class covers both the original ``GaussianDiffusion`` 
 ``SpacedDiffusion``: every instance keeps a ``timestep_map`` (the identity when nothing
 is skipped) and always calls the model with the original timestep values.
 """
+import copy
+import functools
 import inspect
 import math
 
@@ -280,7 +282,6 @@ class GaussianDiffusion:
             num_timesteps=num_timesteps, beta_schedule=beta_schedule, learn_sigma=learn_sigma,
             sigma_small=sigma_small, predict_xstart=predict_xstart, use_kl=use_kl,
             rescale_learned_sigmas=rescale_learned_sigmas)
-        self.timestep_respacing = timestep_respacing
         self.model_mean_type = 'start_x' if predict_xstart else 'epsilon'
         if learn_sigma:
             self.model_var_type = 'learned_range'
@@ -291,13 +292,34 @@ class GaussianDiffusion:
         else:
             self.loss_type = 'rescaled_mse' if rescale_learned_sigmas else 'mse'
 
-        # Respace: keep some steps, recompute betas from alphas_cumprod at kept steps.
-        # Done even when all steps are kept, as DiT always builds a SpacedDiffusion.
         self.original_num_steps = num_timesteps
+        self._space(timestep_respacing)
+
+    def __init_subclass__(cls, **kwargs):
+        """Record the arguments a subclass is built with, its own as well as these,
+        for :meth:`respace` to build it again with."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get('__init__')
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            if '_built_with' not in self.__dict__:  # the outermost constructor's
+                self._built_with = (args, kw)
+            init(self, *args, **kw)
+        cls.__init__ = __init__
+
+    def _space(self, timestep_respacing):
+        """Build the tables of the process keeping ``timestep_respacing`` steps of the
+        full one: betas recomputed from alphas_cumprod at the kept steps. Done even
+        when all steps are kept, as DiT always builds a SpacedDiffusion."""
+        num_timesteps = self.original_num_steps
+        self.timestep_respacing = timestep_respacing
         if timestep_respacing is None or timestep_respacing == '':
             timestep_respacing = [num_timesteps]
         use_timesteps = space_timesteps(num_timesteps, timestep_respacing)
-        base_betas = get_named_beta_schedule(beta_schedule, num_timesteps)
+        base_betas = get_named_beta_schedule(self._init_args['beta_schedule'], num_timesteps)
         base_alphas_cumprod = np.cumprod(1.0 - base_betas)
         last_alpha_cumprod, betas, timestep_map = 1.0, [], []
         for i, alpha_cumprod in enumerate(base_alphas_cumprod):
@@ -387,8 +409,36 @@ class GaussianDiffusion:
         return res.view(-1, *([1] * (len(shape) - 1))).expand(shape)
 
     def respace(self, timestep_respacing):
-        """The same diffusion keeping ``timestep_respacing`` steps of the full process."""
-        return type(self)(**self._init_args, timestep_respacing=timestep_respacing)
+        """The same diffusion keeping ``timestep_respacing`` steps of the full process.
+
+        A subclass is built again with the arguments it was built with, its own too:
+        they were dropped (a subclass with an argument of its own failed to sample with
+        a TypeError, or sampled with its default). Where its constructor does not pass
+        ``timestep_respacing`` on, it is copied and the copy's tables respaced."""
+        built = self.__dict__.get('_built_with')
+        if built is None:  # GaussianDiffusion, or a subclass with its constructor
+            return type(self)(**self._init_args, timestep_respacing=timestep_respacing)
+        args, kwargs = built
+        try:
+            bound = inspect.signature(type(self)).bind(*args, **kwargs)
+        except TypeError:
+            bound = None
+        if bound is not None:
+            params = bound.signature.parameters
+            more = next((name for name, p in params.items()
+                         if p.kind is p.VAR_KEYWORD), None)
+            if 'timestep_respacing' in params:
+                bound.arguments['timestep_respacing'] = timestep_respacing
+            elif more is not None:
+                bound.arguments[more] = {**bound.arguments.get(more, {}),
+                                         'timestep_respacing': timestep_respacing}
+            if 'timestep_respacing' in params or more is not None:
+                respaced = type(self)(*bound.args, **bound.kwargs)
+                if respaced.timestep_respacing == timestep_respacing:
+                    return respaced
+        respaced = copy.copy(self)
+        respaced._space(timestep_respacing)
+        return respaced
 
     def _call_model(self, model, x, t, model_kwargs):
         """Call ``model`` with the original timestep values of indices ``t``."""

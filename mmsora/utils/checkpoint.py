@@ -26,7 +26,8 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
            'resolve_checkpoint', 'objective_settings', 'checkpoint_objective',
            'objective_differences', 'said_objective_differences', 'sit_training_args',
-           'training_file_kind', 'learn_sigma_hint', 'keyword_defaults']
+           'training_file_kind', 'learn_sigma_hint', 'keyword_defaults',
+           'config_denoiser', 'meaning_kind']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -830,16 +831,30 @@ def config_objective(model) -> Optional[str]:
 
 def trained_model_config(checkpoint) -> Optional[dict]:
     """The ``model`` config of the run that saved an mmengine ``checkpoint``, from the
-    config text its ``meta`` holds, or None (not a run's, or a config whose imports
-    are gone)."""
+    config text its ``meta`` holds, or None (not a run's, or text that is not a
+    config).
+
+    The text is read without importing its ``custom_imports``: the types are its
+    names, whether or not the modules of a run of one's own import here. Before, they
+    were imported (mmengine's ``Config.fromstring``), without the working directory
+    on ``sys.path``, and a failure gave None: a run's recorded denoiser and objective
+    went unchecked, and a wrong model loaded without a word."""
     text = ((checkpoint or {}).get('meta') or {}).get('cfg')
     if not isinstance(text, str):
         return None
+    import tempfile
+
+    from mmengine.config import Config
+    # (a file closed before it is read: Windows opens a temporary file once)
+    with tempfile.NamedTemporaryFile('w', encoding='utf-8', suffix='.py',
+                                     delete=False) as f:
+        f.write(text)
     try:
-        from mmengine.config import Config
-        model = Config.fromstring(text, '.py').get('model')
-    except Exception:  # a config whose imports are gone: nothing to tell
+        model = Config.fromfile(f.name, import_custom_modules=False).get('model')
+    except Exception:  # not the text of a config: nothing to tell
         return None
+    finally:
+        os.remove(f.name)
     return model.to_dict() if hasattr(model, 'to_dict') else model
 
 
@@ -875,15 +890,52 @@ def keyword_defaults(fn) -> dict:
     return {name: p.default for name, p in parameters.items() if p.default is not p.empty}
 
 
-def _constructor_defaults(objective) -> dict:
-    """The keyword defaults of an objective's constructor (``objective``: the
-    objective, its class or its registered name); {} where it is not found."""
+def _objective_class(objective) -> Optional[type]:
+    """The class of ``objective`` (an objective, its class or its registered name),
+    or None where the name is not registered here."""
     if isinstance(objective, str):
         from mmsora.registry import DIFFUSION
-        objective = DIFFUSION.get(objective.rpartition('.')[2])
-    elif objective is not None and not isinstance(objective, type):
-        objective = type(objective)
-    return keyword_defaults(objective)
+        return DIFFUSION.get(objective.rpartition('.')[2])
+    if objective is not None and not isinstance(objective, type):
+        return type(objective)
+    return objective
+
+
+def _constructor_defaults(objective) -> dict:
+    """The keyword defaults of an objective's constructor (``objective``: the
+    objective, its class or its registered name), a subclass's with those of the
+    base constructors its ``**kwargs`` go to (MinSNRGaussianDiffusion(snr_gamma=5.0,
+    **kwargs) has GaussianDiffusion's beta_schedule); {} where it is not found."""
+    import inspect
+    cls = _objective_class(objective)
+    defaults = {}
+    for base in (cls.__mro__ if isinstance(cls, type) else ()):
+        init = base.__dict__.get('__init__')
+        if init is None:
+            continue
+        defaults = {**keyword_defaults(init), **defaults}
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break  # (what it gives its bases is its own)
+    return defaults
+
+
+def meaning_kind(kind: Optional[str]) -> Optional[str]:
+    """The class name :data:`OBJECTIVE_MEANING` and :data:`OBJECTIVE_NOTED` list the
+    settings of objective ``kind`` (a class name) under: its own, else its nearest
+    registered base class's that has an entry (a MinSNRGaussianDiffusion is a
+    GaussianDiffusion), else ``kind`` (a name not registered here). Before, the exact
+    name alone: a subclass's schedule changed at ``--resume`` trained on silently."""
+    if kind is None or kind in OBJECTIVE_MEANING:
+        return kind
+    cls = _objective_class(kind)
+    if not isinstance(cls, type):
+        return kind
+    return next((base.__name__ for base in cls.__mro__
+                 if base.__name__ in OBJECTIVE_MEANING), kind)
 
 
 def objective_settings(model) -> Optional[dict]:
@@ -897,10 +949,23 @@ def objective_settings(model) -> Optional[dict]:
     given = model.get('diffusion') or {}
     defaults = _constructor_defaults(kind)
     settings = dict(type=kind)
-    for name in OBJECTIVE_MEANING.get(kind, ()) + OBJECTIVE_NOTED.get(kind, ()):
+    base = meaning_kind(kind)
+    for name in OBJECTIVE_MEANING.get(base, ()) + OBJECTIVE_NOTED.get(base, ()):
         if name in given or name in defaults:
             settings[name] = given[name] if name in given else defaults[name]
+    denoiser = config_denoiser(model)
+    if denoiser is not None:
+        settings['denoiser'] = denoiser
     return settings
+
+
+def config_denoiser(model) -> Optional[str]:
+    """The denoiser class name of a ``model`` config: its ``denoiser.type`` without a
+    scope (``mmsora.DiT``), or None."""
+    denoiser = model.get('denoiser') if isinstance(model, dict) else None
+    kind = denoiser.get('type') if isinstance(denoiser, dict) else None
+    kind = getattr(kind, '__name__', kind)  # (a class in a config of Python types)
+    return kind.rpartition('.')[2] if isinstance(kind, str) else None
 
 
 def sit_training_args(checkpoint) -> Optional[dict]:
@@ -946,23 +1011,53 @@ def objective_differences(theirs: Optional[dict], ours: Optional[dict],
                           noted: bool = False) -> list:
     """``[(setting, theirs, ours)]``: where two objectives of one class
     (:func:`objective_settings`, :func:`checkpoint_objective`) differ in the settings
-    of :data:`OBJECTIVE_MEANING` (``noted``: of :data:`OBJECTIVE_NOTED`); [] where
-    either is unknown or the classes differ."""
-    if not (theirs and ours) or theirs['type'] != ours['type']:
+    of :data:`OBJECTIVE_MEANING` (``noted``: of :data:`OBJECTIVE_NOTED`), those of a
+    subclass's nearest base with an entry (:func:`meaning_kind`); then, not
+    ``noted``, ``('denoiser', theirs, ours)`` where both name a denoiser class and
+    they differ, whatever the objectives, unless both are mmsora's own
+    (:func:`_shipped_denoiser`). [] where either is unknown.
+
+    The denoiser's class was not compared: a run of a DiT subclass of one's own (its
+    weights' keys a DiT's) loaded into a DiT config and sampled as a DiT silently."""
+    if not (theirs and ours):
         return []
-    names = (OBJECTIVE_NOTED if noted else OBJECTIVE_MEANING).get(theirs['type'], ())
-    return [(name, theirs[name], ours[name]) for name in names
-            if name in theirs and name in ours and theirs[name] != ours[name]]
+    found = []
+    if theirs['type'] == ours['type']:
+        names = (OBJECTIVE_NOTED if noted else OBJECTIVE_MEANING).get(
+            meaning_kind(theirs['type']), ())
+        found = [(name, theirs[name], ours[name]) for name in names
+                 if name in theirs and name in ours and theirs[name] != ours[name]]
+    denoisers = theirs.get('denoiser'), ours.get('denoiser')
+    if not noted and None not in denoisers and denoisers[0] != denoisers[1] \
+            and not all(map(_shipped_denoiser, denoisers)):
+        found.append(('denoiser', *denoisers))
+    return found
+
+
+def _shipped_denoiser(kind: str) -> bool:
+    """Whether the denoiser class named ``kind`` is one of mmsora's own. No two of them
+    share a weight layout, so a strict load tells them apart (and a DiT run inflated
+    into a VideoDiT is meant); a class of one's own (a DiT subclass) may share its
+    base's, or be one that does not import here."""
+    from mmsora.registry import MODELS
+    cls = MODELS.get(kind)
+    return isinstance(cls, type) and cls.__module__.split('.')[0] == 'mmsora'
 
 
 def said_objective_differences(differences: Sequence) -> tuple:
     """``(trained, ours, options)`` in words for :func:`objective_differences`:
     'path=GVP, prediction=noise', the same settings' values in the config, and the
     ``--cfg-options`` entries that give the trained ones (learn_sigma the denoiser's
-    too: LatentDiffusion refuses the two apart)."""
+    too: LatentDiffusion refuses the two apart; a denoiser class its type, or the
+    run's own config)."""
     trained = ', '.join(f'{name}={theirs}' for name, theirs, _ in differences)
     ours = ', '.join(f'{name}={value}' for name, _, value in differences)
-    options = ' '.join(f'model.diffusion.{name}={theirs}'
+    options = ' '.join(('model.denoiser.type' if name == 'denoiser' else
+                        f'model.diffusion.{name}') + f'={theirs}'
                        + (f' model.denoiser.{name}={theirs}' if name == 'learn_sigma' else '')
                        for name, theirs, _ in differences)
+    if any(name == 'denoiser' for name, _, _ in differences):
+        # (a denoiser of one's own has arguments and custom_imports of its own)
+        options += (', or give the run\'s own config (the .py in its work dir) or its '
+                    'work dir')
     return trained, ours, options
