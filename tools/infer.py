@@ -100,14 +100,15 @@ def parse_args(argv=None):
                         "the config's sample_cfg.fps, else 8)")
     parser.add_argument('--gif', action='store_true',
                         help='videos: also write a GIF beside each mp4')
-    parser.add_argument('--nrow', type=int, default=8, help='pictures per grid row')
-    parser.add_argument('--upscale', type=int, default=1,
-                        help='enlarge the grid by this integer factor (nearest)')
+    parser.add_argument('--nrow', type=int, help='pictures per grid row (default 8)')
+    parser.add_argument('--upscale', type=int,
+                        help='enlarge the grid by this integer factor (nearest; default 1)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries')
     # Mass sampling for evaluation (docs/evaluation.md): --out NAME.npz.
     parser.add_argument('--sample-dir', help='with --out NAME.npz: also write one PNG / '
-                        'mp4 per sample into this folder')
+                        'mp4 per sample into this folder (and labels.txt, or prompts.txt '
+                        'for text models: line i is sample i\'s)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='with --out NAME.npz: sample over the processes of a '
                         'torchrun (pytorch) or slurm launch')
@@ -209,21 +210,6 @@ def sample_settings(args, defaults) -> dict:
     for key in NOT_SAMPLE_ARGS:
         settings.pop(key, None)
     return settings
-
-
-def _shown_settings(settings: dict) -> list:
-    """``key=value`` of the settings a mass-sampling run samples with: an unset one left
-    out, an option set to None that means something kept (SiT's last_step=None: no last
-    step), an adaptive sampler's steps said as such (ode_dopri5 printed the config's
-    unused num_steps)."""
-    from mmsora.diffusion.transport import Transport
-    shown = []
-    for key, value in settings.items():
-        if key == 'num_steps' and settings.get('sampler') == 'ode_dopri5':
-            value = 'adaptive'
-        if value is not None or key in Transport.OPTIONS_TAKING_NONE:
-            shown.append(f'{key}={value}')
-    return shown
 
 
 def check_sampling(args, cfg) -> None:
@@ -399,6 +385,12 @@ def check_launcher(args, mass: bool) -> None:
     check_torchrun_launcher(args.launcher)
     if args.sample_dir and not mass:
         raise UserError('--sample-dir is for mass sampling: give --out NAME.npz')
+    grid = [f'--{name}' for name in ('nrow', 'upscale') if getattr(args, name) is not None]
+    if mass and (grid or args.gif):  # (they were ignored without a word)
+        given = ' / '.join(grid + ['--gif'] * args.gif)
+        raise UserError(f'{given}: --out {args.out} writes the samples as they are, no grid '
+                        'or GIFs; for one file per sample give --sample-dir DIR (PNGs, '
+                        'mp4s for clips)')
 
 
 def main(argv=None):
@@ -461,11 +453,12 @@ def main(argv=None):
         from mmengine.dist import is_main_process
 
         from mmsora.apis import mass_sample
+        from mmsora.apis.mass_sampling import sampling_line, save_prompts
         if is_main_process():  # (what an FID is scored at: DiT's sample_ddp.py uses cfg
             # 1.5, sample.py 4.0; the config's sample_cfg chose without a word)
-            shown = ', '.join(_shown_settings(sample_kwargs))
-            print(f'sampling {n} sample{"s" * (n != 1)} with {shown}'
-                  + ('; classes drawn at random from --seed' if drawn else ''), flush=True)
+            print(sampling_line(n, sample_kwargs, drawn), flush=True)
+            if args.sample_dir and prompts:  # (class models get labels.txt)
+                save_prompts(args.sample_dir, [prompts[i % len(prompts)] for i in range(n)])
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
                     sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
                     prompts=prompts, **sample_kwargs)
@@ -499,7 +492,7 @@ def main(argv=None):
               f'{nfe}')
         return
     out = args.out or 'samples.png'
-    save_image_grid(images, out, nrow=args.nrow, upscale=args.upscale)
+    save_image_grid(images, out, nrow=args.nrow or 8, upscale=args.upscale or 1)
     print(f'saved {n} sample{"s" * (n != 1)} ({what}) to {out}; {nfe}')
 
 

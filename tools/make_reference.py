@@ -24,8 +24,8 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, first_line, plural,
-                              run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, first_line, note,
+                              plural, run_cli)
 
 
 def parse_args(argv=None):
@@ -50,6 +50,9 @@ def parse_args(argv=None):
 
 def list_images(root):
     from mmsora.datasets.image_folder import IMG_EXTENSIONS
+    if osp.isfile(root):  # (it said 'folder not found' of a file that is there)
+        raise UserError(f'--images takes a folder of pictures (searched recursively), got '
+                        f'the file {root}: give its folder, or put the pictures in one')
     if not osp.isdir(root):
         raise UserError(f'--images folder not found: {root}')
     files = sorted(osp.join(d, f) for d, _, fs in os.walk(root, followlinks=True)
@@ -60,8 +63,10 @@ def list_images(root):
 
 
 def read_picture(path, size):
+    """``(picture, (W, H))``: the center crop, and the size it was read at."""
     from mmsora.datasets.image_folder import center_crop_arr, load_image
-    return np.asarray(center_crop_arr(load_image(path), size))
+    image = load_image(path)
+    return np.asarray(center_crop_arr(image, size)), image.size
 
 
 def read_clip(row, args, rng):
@@ -109,6 +114,7 @@ def main(argv=None):
         items = [items[i] for i in keep]
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     skipped = []  # (name, why)
+    enlarged = []  # (name, W, H) of pictures smaller than the reference size
     with tempfile.TemporaryDirectory(dir=osp.dirname(osp.abspath(args.out))) as tmp:
         npy = osp.join(tmp, 'arr_0.npy')
         arr = np.lib.format.open_memmap(npy, mode='w+', dtype=np.uint8,
@@ -116,8 +122,12 @@ def main(argv=None):
         n = 0
         for item in tqdm(items, desc='reference'):
             try:
-                arr[n] = (read_picture(item, args.image_size) if args.images
-                          else read_clip(item, args, rng))
+                if args.images:
+                    arr[n], (w, h) = read_picture(item, args.image_size)
+                    if min(w, h) < args.image_size:
+                        enlarged.append((item, w, h))
+                else:
+                    arr[n] = read_clip(item, args, rng)
                 n += 1
             except (OSError, ValueError) as e:  # unreadable file: name it, go on
                 skipped.append((item if args.images else item['path'], first_line(e)))
@@ -136,9 +146,20 @@ def main(argv=None):
             del part, full
             npy = osp.join(tmp, 'part.npy')
         zip_npy_files(args.out, {'arr_0.npy': npy})
-    print(f'wrote {n} {"pictures" if args.images else "clips"} {shape} to {args.out}'
+    what = 'picture' if args.images else 'clip'
+    print(f'wrote {plural(n, what)} {shape} to {args.out}'
           + (f'; skipped {len(skipped)} unreadable or too short: {_listed(skipped)}'
              if skipped else ''))
+    if enlarged:  # (upsampled without a word: blurrier than the real set, a worse FID)
+        shown = '; '.join(f'{name} ({w}x{h})' for name, w, h in enlarged[:5]) + (
+            ' ...' if len(enlarged) > 5 else '')
+        note(f'{len(enlarged)} of {plural(n, "picture")} are smaller than --image-size '
+             f'{args.image_size} on their shorter side and were enlarged to it: {shown}')
+    if n < 2:  # FID / FVD refuse it (a covariance needs 2 samples): said now, not then
+        print(f'warning: {args.out} holds {plural(n, what)}: FID and FVD need at least 2 '
+              f'reference samples; add {"pictures" if args.images else "videos"}'
+              + ('' if args.images else ' or ask for shorter clips (--num-frames, '
+                 '--frame-stride)'), file=sys.stderr)
 
 
 def _listed(skipped, most=5):

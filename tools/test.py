@@ -15,12 +15,16 @@ Examples:
 import argparse
 import json
 import os
+import os.path as osp
 import sys
 
-from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
-                              check_output_path, check_samples_not_finished,
+from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
+                              check_at_least, check_output_path, check_samples_not_finished,
                               check_torchrun_launcher, device_setting,
                               keep_freed_memory_on_cpu, run_cli)
+
+SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
+                    'evaluation')
 
 
 def parse_args(argv=None):
@@ -39,7 +43,8 @@ def parse_args(argv=None):
                         'evaluation.batch_size)')
     parser.add_argument('--seed', type=int, help='sample i uses seed SEED + i')
     parser.add_argument('--out', help='also save the samples as an ADM-style .npz; a '
-                        'rerun after a crash keeps its finished batches')
+                        'rerun after a crash keeps its finished batches (after a crash in '
+                        'the scoring, it scores the .npz without sampling again)')
     parser.add_argument('--sample-dir', help='also save one PNG / mp4 per sample here')
     parser.add_argument('--prompt-file', help='text-conditioned models: the prompts to '
                         'sample and score, one a line (blank lines and lines starting with '
@@ -64,7 +69,109 @@ def check_args(args):
     for option, path, folder in (('--out', args.out, False), ('--json', args.json, False),
                                  ('--sample-dir', args.sample_dir, True)):
         check_output_path(path, option, folder)  # before the sampling, not after it
-    check_samples_not_finished(args.out)
+    if args.out is not None and osp.isfile(args.out):
+        from mmsora.apis.mass_sampling import unscored_samples
+        if not unscored_samples(args.out):  # (those are scored if they are this run's)
+            check_samples_not_finished(args.out)
+
+
+def shipped_sections() -> str:
+    """The evaluation sections configs/_base_/evaluation/ holds, as the messages name
+    them."""
+    names = sorted(n for n in os.listdir(SECTIONS) if n.endswith('.py')) \
+        if osp.isdir(SECTIONS) else []
+    return ', '.join(f'configs/_base_/evaluation/{n}' for n in names)
+
+
+def evaluation_section(args, cfg, later, prompts) -> dict:
+    """The evaluation settings: the config's ``evaluation`` section (or --evaluation's,
+    with the ``evaluation.*`` options ``later`` over it) under --num-samples,
+    --batch-size, --seed and --prompt-file. A missing section, one without metrics
+    (``--cfg-options evaluation.num_samples=4`` on a config without a section makes
+    one) and keys it does not take are one line, not evaluate_model's TypeError."""
+    from mmsora.utils.cli import apply_cfg_options, load_config
+    if args.evaluation:
+        cfg.evaluation = load_config(args.evaluation).get('evaluation')
+        if not cfg.evaluation:
+            raise UserError(f'{args.evaluation} has no `evaluation` section; give one of '
+                            f'{shipped_sections()}')
+        apply_cfg_options(cfg, later)
+    evaluation = cfg.get('evaluation')
+    take = (f'give one with --evaluation FILE ({shipped_sections()}) or inherit one, see '
+            'docs/evaluation.md')
+    if not evaluation:
+        raise UserError('the config has no `evaluation` section (metrics and number of '
+                        f'samples): {take}')
+    evaluation = dict(evaluation)
+    for key in ('num_samples', 'batch_size', 'seed'):
+        if getattr(args, key) is not None:
+            evaluation[key] = getattr(args, key)
+    if prompts is not None:
+        evaluation['prompts'] = prompts
+    import difflib
+    import inspect
+
+    from mmsora.apis import evaluate_model
+    takes = [k for k in inspect.signature(evaluate_model).parameters
+             if k not in ('model', 'out', 'sample_dir', 'default_sample_cfg')]
+    for key in evaluation:
+        if key not in takes:
+            close = difflib.get_close_matches(key, takes, n=1)
+            raise UserError(f'evaluation.{key}: not a setting of the evaluation section'
+                            + (f'; did you mean {close[0]}?' if close else
+                               f' (it takes {", ".join(takes)})'))
+    metrics = evaluation.get('metrics')
+    if isinstance(metrics, dict) and 'type' in metrics:
+        metrics = [metrics]
+    where = args.evaluation or 'the config'
+    if not metrics:
+        raise UserError(f'evaluation.metrics: none in the evaluation section of {where} '
+                        f'(what to score): {take}')
+    if not isinstance(metrics, (list, tuple)) or not all(
+            isinstance(m, dict) and 'type' in m for m in metrics):
+        # (evaluation.metrics.0.reference=X on a config without a section: a dict)
+        raise UserError(f'evaluation.metrics: a list of metric configs, each with a type '
+                        f"(dict(type='FID', ...)), got {metrics!r} in {where}: {take}")
+    return evaluation
+
+
+def check_before_loading(cfg, evaluation) -> None:
+    """The evaluation's sampler settings against the config's objective, and its
+    prompts against the kind of model, from the config alone: they were found once
+    the weights had loaded and the first batch started (the FID section's DDPM for a
+    SiT model, a text model without prompts)."""
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
+    from mmsora.utils.config_keys import check_sample_settings_of, text_conditioned_config
+    settings = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
+    for key in NOT_SAMPLE_ARGS:
+        settings.pop(key, None)
+    try:
+        check_sample_settings_of(cfg.model, settings)
+    except ValueError as e:
+        raise UserError(f"the evaluation's sampler settings (evaluation.sample_cfg over the "
+                        f"config's sample_cfg): {e}; set them with --cfg-options "
+                        'evaluation.sample_cfg.KEY=VALUE') from None
+    if text_conditioned_config(cfg.model):
+        if not evaluation.get('prompts'):
+            raise UserError('this model is text-conditioned: give the prompts to sample and '
+                            'score with --prompt-file FILE (one a line) or evaluation.prompts')
+        if not cfg.model.get('text_encoder'):
+            raise UserError('this text-conditioned model has no text encoder to read the '
+                            'prompts: set model.text_encoder.pretrained_path=DIR with '
+                            '--cfg-options')
+
+
+def precheck_config(args, options):
+    """The run's config with ``options``, as init_model will load it, or None where
+    it does not load (init_model says why)."""
+    from mmsora.apis import find_run
+    from mmsora.utils.cli import apply_cfg_options, load_config
+    try:
+        cfg = load_config(find_run(args.run)[0])
+        apply_cfg_options(cfg, options, schedule_note=False)
+    except Exception:
+        return None
+    return cfg
 
 
 def main(argv=None):
@@ -76,69 +183,58 @@ def main(argv=None):
         from mmsora.apis.inference import read_prompt_file
         prompts = read_prompt_file(args.prompt_file)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    # With --evaluation, the evaluation.* options apply to the section it brings.
+    later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
+    early = [o for o in args.cfg_options if o not in later]
+    cfg = precheck_config(args, early)  # before minutes of loading weights
+    if cfg is not None and (args.evaluation or cfg.get('evaluation')):
+        check_before_loading(cfg, evaluation_section(args, cfg, later, prompts))
     from mmengine.dist import is_main_process
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes
     device = init_sampling_processes(args.launcher, args.device)
     keep_freed_memory_on_cpu(args, device == 'cpu')
-    # With --evaluation, the evaluation.* options apply to the section it brings.
-    later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
-    model, cfg = init_model(args.run, args.checkpoint, device=device,
-                            cfg_options=[o for o in args.cfg_options if o not in later],
+    model, cfg = init_model(args.run, args.checkpoint, device=device, cfg_options=early,
                             use_ema=not args.no_ema,
                             checkpoint_option='the checkpoint after the config (test.py '
                             'CONFIG CKPT)')
     if is_main_process():  # which file of a work dir (or of a copy of one) is scored
         print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
-    if args.evaluation:
-        from mmsora.utils.cli import apply_cfg_options, load_config
-        cfg.evaluation = load_config(args.evaluation).get('evaluation')
-        if not cfg.evaluation:
-            raise UserError(f'{args.evaluation} has no `evaluation` section')
-        apply_cfg_options(cfg, later)
-    evaluation = cfg.get('evaluation')
-    if not evaluation:
-        raise UserError('the config has no `evaluation` section (metrics and number of '
-                        'samples); inherit one, e.g. configs/_base_/evaluation/'
-                        'fid50k_imagenet256.py, see docs/evaluation.md')
-    evaluation = dict(evaluation)
-    for key in ('num_samples', 'batch_size', 'seed'):
-        if getattr(args, key) is not None:
-            evaluation[key] = getattr(args, key)
-    if prompts is not None:
-        evaluation['prompts'] = prompts
-    import difflib
-    import inspect
-    takes = [k for k in inspect.signature(evaluate_model).parameters
-             if k not in ('model', 'out', 'sample_dir', 'default_sample_cfg')]
-    for key in evaluation:
-        if key not in takes:
-            close = difflib.get_close_matches(key, takes, n=1)
-            raise UserError(f'evaluation.{key}: not a setting of the evaluation section'
-                            + (f'; did you mean {close[0]}?' if close else
-                               f' (it takes {", ".join(takes)})'))
+    evaluation = evaluation_section(args, cfg, later, prompts)
     # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
     from mmsora.apis.inference import default_precision
-    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    from mmsora.apis.mass_sampling import sampling_line, save_prompts
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
     sample_cfg = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
     precision = default_precision(device, sample_cfg)
     if precision is not None:
         sample_cfg['precision'] = precision
-    metrics = evaluate_model(model, **evaluation, out=args.out, sample_dir=args.sample_dir,
-                             default_sample_cfg=sample_cfg)
+    if is_main_process():  # what the metrics are scored at (the guidance decides an FID)
+        n = evaluation.get('num_samples', 50000)
+        print(sampling_line(n, {k: v for k, v in sample_cfg.items()
+                                if k not in NOT_SAMPLE_ARGS},
+                            evaluation.get('labels') == 'random'), flush=True)
+        given = evaluation.get('prompts')
+        if args.sample_dir and given:  # line i: sample i's (class models get labels.txt)
+            save_prompts(args.sample_dir, [given[i % len(given)] for i in range(n)])
+    try:
+        metrics = evaluate_model(model, **evaluation, out=args.out,
+                                 sample_dir=args.sample_dir, default_sample_cfg=sample_cfg)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted) or args.out:
+            raise
+        raise Interrupted('(the samples were held in memory only: a rerun samples them all '
+                          'again; give --out NAME.npz to keep them)',
+                          quiet=not is_main_process()) from None
     if is_main_process():
         for key, value in metrics.items():
             print(f'{key}: {value:.4f}')
-        if args.json:  # what was scored, as well as the values
-            from mmsora.apis import find_run
+        if args.json:  # what was scored (the weights as loaded: use_ema said true for
+            # trained weights), as well as the values
+            from mmsora.apis.evaluation import evaluation_record
             with open(args.json, 'w') as f:
-                json.dump(dict(metrics=metrics, num_samples=evaluation.get('num_samples'),
-                               checkpoint=args.checkpoint or find_run(args.run)[1],
-                               run=args.run, use_ema=not args.no_ema,
-                               seed=evaluation.get('seed', 0), sample_cfg=sample_cfg,
-                               **({'prompts': evaluation['prompts']}
-                                  if evaluation.get('prompts') else {})),
-                          f, indent=2, default=str)
+                json.dump(evaluation_record(model, metrics, evaluation, sample_cfg,
+                                            run=args.run), f, indent=2, default=str)
     from mmsora.utils.dist import close_process_group
     close_process_group()
 

@@ -28,10 +28,11 @@ import torch
 from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError
+from mmsora.utils.cli import Interrupted, UserError, plural
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
-           'init_sampling_processes', 'zip_npy_files']
+           'init_sampling_processes', 'zip_npy_files', 'sampling_line', 'save_prompts',
+           'unscored_samples']
 
 
 def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None) -> str:
@@ -123,6 +124,38 @@ def to_uint8_samples(x: torch.Tensor, indices: Optional[Sequence[int]] = None) -
                    'pictures', file=sys.stderr)
     x = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
     return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x.permute(0, 2, 3, 4, 1)).cpu().numpy()
+
+
+def sampling_line(num_samples: int, settings: dict, random_classes: bool = False) -> str:
+    """The line tools/infer.py and tools/test.py print before mass sampling: what an
+    FID is scored at (DiT's sample_ddp.py takes cfg 1.5, its sample.py 4.0; the
+    config's ``sample_cfg`` chose without a word), e.g. ``sampling 16 samples with
+    sampler=ddpm, num_steps=10, cfg_scale=1.5; classes drawn at random from --seed``.
+
+    An unset setting is left out, an option set to None that means something kept
+    (SiT's last_step=None: no last step), an adaptive sampler's steps said as such
+    (ode_dopri5 printed the config's unused num_steps)."""
+    from mmsora.diffusion.transport import Transport
+    shown = []
+    for key, value in settings.items():
+        if key == 'num_steps' and settings.get('sampler') == 'ode_dopri5':
+            value = 'adaptive'
+        if value is not None or key in Transport.OPTIONS_TAKING_NONE:
+            shown.append(f'{key}={value}')
+    return (f'sampling {plural(num_samples, "sample")} with {", ".join(shown)}'
+            + ('; classes drawn at random from --seed' if random_classes else ''))
+
+
+def save_prompts(sample_dir: str, prompts: Sequence[str]) -> str:
+    """``prompts.txt`` beside a text model's sample files: line i is the prompt of
+    sample i (``prompts``: one per sample, in sample order), as ``labels.txt`` gives a
+    class model's classes; a line break inside a prompt is written as a space."""
+    os.makedirs(sample_dir, exist_ok=True)
+    path = osp.join(sample_dir, 'prompts.txt')
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(' '.join(str(p).splitlines()) + '\n' for p in prompts)
+    os.replace(path + '.tmp', path)
+    return path
 
 
 def _fingerprint(model, plan, batch_size, sample_kwargs) -> str:
@@ -304,9 +337,12 @@ def _save_files(sample_dir, indices, samples, fps, only_missing=False):
 
 
 def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict,
-                  num_batches: int):
+                  num_batches: int, keep_record: bool = False):
     """Shards -> one ``.npz`` (arr_0, and arr_1 labels or ``prompts``), through a
-    memory-mapped ``.npy`` so that 50K pictures never sit in memory at once."""
+    memory-mapped ``.npy`` so that 50K pictures never sit in memory at once.
+    ``keep_record``: the samples are still to be scored: the run's record stays in
+    ``parts_dir`` as ``scoring.json``, the rest removed, so that a rerun after a crash
+    in the scoring knows the ``.npz`` for this run's (:func:`_finished_samples`)."""
     shards = [osp.join(parts_dir, f'batch_{k:06d}.npz') for k in range(num_batches)]
     arr = None
     for shard in shards:
@@ -325,7 +361,42 @@ def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict,
         second = 'arr_1.npy'
         np.save(osp.join(parts_dir, second), np.asarray(plan['labels'], dtype=np.int64))
     zip_npy_files(out, {name: osp.join(parts_dir, name) for name in ('arr_0.npy', second)})
-    shutil.rmtree(parts_dir)
+    if not keep_record:
+        shutil.rmtree(parts_dir)
+        return
+    # (a crash before this: the rerun finds every shard and writes out again)
+    shutil.copyfile(osp.join(parts_dir, 'run.json'), osp.join(parts_dir, 'scoring.tmp'))
+    os.replace(osp.join(parts_dir, 'scoring.tmp'), osp.join(parts_dir, 'scoring.json'))
+    for name in os.listdir(parts_dir):
+        if name != 'scoring.json':
+            os.remove(osp.join(parts_dir, name))
+
+
+def unscored_samples(out: str) -> bool:
+    """Whether ``out`` is a finished ``.npz`` whose scoring did not finish (its run's
+    record kept in ``{out}.parts``): :func:`mass_sample` scores it again without
+    sampling when it is the same run's, and refuses it otherwise."""
+    return osp.isfile(out) and osp.isfile(osp.join(f'{out}.parts', 'scoring.json'))
+
+
+def _finished_samples(out: str, parts_dir: str, fingerprint: str, num_samples: int):
+    """The samples (arr_0, memory-mapped) of a finished ``.npz`` whose scoring did not
+    finish (a crash, Ctrl-C, an out-of-memory reading the reference: its record is
+    kept until the metrics are computed: ``scoring.json``), when they are this run's;
+    else UserError. None when ``out`` is not such a file."""
+    if not unscored_samples(out):
+        return None
+    record = _read_record(osp.join(parts_dir, 'scoring.json'))
+    if record != fingerprint:
+        differ = _differences(record, fingerprint)
+        raise UserError(f'{out} holds the samples of another run ({differ}): they are not '
+                        f'sampled over; delete it and {parts_dir}, or give another --out')
+    from mmsora.evaluation.metrics.frechet import npz_array
+    samples = npz_array(out, 'arr_0')
+    if len(samples) != num_samples:  # (not written by this code)
+        raise UserError(f'{out} holds {len(samples)} samples, its record in {parts_dir} '
+                        f'{num_samples}: delete both, or give another --out')
+    return samples
 
 
 def zip_npy_files(out: str, files: Dict[str, str]) -> str:
@@ -363,10 +434,15 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
             ``{out}.parts/`` (on a file system all ranks share) until it is complete.
             A rerun keeps them, also one that only asks for more samples; a shard
-            that cannot be read is named and sampled again.
+            that cannot be read is named and sampled again. With an ``evaluator``, the
+            run's record (``run.json``) stays there until the metrics are computed: a
+            rerun after a crash in the scoring scores the ``.npz`` it finds (when it
+            is this run's) without sampling again. Ctrl-C says what is kept
+            (:class:`~mmsora.utils.cli.Interrupted`).
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
             sample: ``{index:06d}.png`` (``.mp4``), the names DiT's ``sample_ddp.py``
-            writes, and for class models ``labels.txt`` (line i: sample i's class).
+            writes, and for class models ``labels.txt`` (line i: sample i's class;
+            the tools write a text model's ``prompts.txt``: :func:`save_prompts`).
             A rerun writes those of the kept shards that are missing.
         evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
             ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
@@ -384,8 +460,16 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     plan = sample_plan(num_samples, labels, seed, prompts)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
+    finished = None  # the samples of a finished out still to be scored
     if parts_dir:
-        _claim_parts_dir(parts_dir, _fingerprint(model, plan, batch_size, sample_kwargs), rank)
+        fingerprint = _fingerprint(model, plan, batch_size, sample_kwargs)
+        finished = _finished_samples(out, parts_dir, fingerprint, num_samples)
+        barrier()  # (every process has looked before rank 0 writes a record)
+        if finished is None:
+            _claim_parts_dir(parts_dir, fingerprint, rank)
+        elif rank == 0:
+            print(f'{out} holds the {plural(num_samples, "sample")} of this run: scoring '
+                  'them', flush=True)
     if sample_dir and rank == 0 and prompts is None:
         _save_labels(sample_dir, plan['labels'])
     batches = rank_batches(num_samples, batch_size, rank, world_size)
@@ -398,37 +482,68 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
                          'without out')
     num_batches = -(-num_samples // batch_size)
     idle = -(-num_batches // world_size) - len(batches) if collective else 0
-    if parts_dir and rank == 0:  # a rerun after a crash: what it keeps, in one line
-        kept = sum(not p.endswith('.tmp.npz')
-                   for p in glob.glob(osp.join(parts_dir, 'batch_*.npz')))
+    if parts_dir and rank == 0 and finished is None:  # a rerun after a crash: what it
+        kept = _kept_shards(parts_dir)                  # keeps, in one line
         if kept:
             print(f'resuming: {kept} of {num_batches} batches of {batch_size} already '
                   f'sampled in {parts_dir}', flush=True)
-    for k, indices in tqdm(batches, desc=f'sampling {num_samples} (rank 0 of {world_size})',
-                           disable=not progress or rank != 0):
-        shard = osp.join(parts_dir, f'batch_{k:06d}.npz') if parts_dir else None
-        batch_labels = [plan['labels'][i] for i in indices]
-        batch_prompts = [plan['prompts'][i] for i in indices] if prompts is not None else None
-        samples = _kept_samples(shard, indices) if shard else None
-        from_shard = samples is not None
-        if not from_shard:
-            samples = to_uint8_samples(_draw(sample_fn, plan, indices, sample_kwargs),
-                                       indices)
-        if sample_dir:  # before the shard, so a kept shard's files exist (but see below)
-            # A kept shard of a run without this sample_dir: write its missing files.
-            _save_files(sample_dir, indices, samples, fps, only_missing=from_shard)
-        if shard and not from_shard:
-            _write_shard(shard, indices, samples)
-        if evaluator is not None:
-            evaluator.process(data_samples=[
-                dict(index=i, sample=s, label=y,
-                     prompt=batch_prompts[j] if batch_prompts else None)
-                for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
-    for _ in range(idle):
-        _draw(sample_fn, plan, range(min(batch_size, num_samples)), sample_kwargs)
+    try:
+        for k, indices in tqdm(batches, disable=not progress or rank != 0,
+                               desc=f'{"scoring" if finished is not None else "sampling"} '
+                                    f'{num_samples} (rank 0 of {world_size})'):
+            shard = (osp.join(parts_dir, f'batch_{k:06d}.npz')
+                     if parts_dir and finished is None else None)
+            batch_labels = [plan['labels'][i] for i in indices]
+            batch_prompts = ([plan['prompts'][i] for i in indices] if prompts is not None
+                             else None)
+            if finished is not None:
+                samples = np.array(finished[indices.start:indices.stop])
+            else:
+                samples = _kept_samples(shard, indices) if shard else None
+            from_shard = samples is not None
+            if not from_shard:
+                samples = to_uint8_samples(_draw(sample_fn, plan, indices, sample_kwargs),
+                                           indices)
+            if sample_dir:  # before the shard, so a kept shard's files exist (but see
+                # below). A kept shard of a run without this sample_dir: its missing files.
+                _save_files(sample_dir, indices, samples, fps, only_missing=from_shard)
+            if shard and not from_shard:
+                _write_shard(shard, indices, samples)
+            if evaluator is not None:
+                evaluator.process(data_samples=[
+                    dict(index=i, sample=s, label=y,
+                         prompt=batch_prompts[j] if batch_prompts else None)
+                    for j, (i, s, y) in enumerate(zip(indices, samples, batch_labels))])
+        for _ in range(idle):
+            _draw(sample_fn, plan, range(min(batch_size, num_samples)), sample_kwargs)
+        barrier()
+        if out and rank == 0 and finished is None:
+            _assemble_npz(out, parts_dir, num_samples, plan, num_batches,
+                          keep_record=evaluator is not None)
+        metrics = evaluator.evaluate(num_samples) if evaluator is not None else None
+    except KeyboardInterrupt as e:  # Ctrl-C (torchrun passes it to every process)
+        if isinstance(e, Interrupted) or not parts_dir:
+            raise
+        raise Interrupted(_kept_in_words(out, parts_dir, num_batches, num_samples),
+                          quiet=rank != 0) from None
     barrier()
-    if out and rank == 0:
-        _assemble_npz(out, parts_dir, num_samples, plan, num_batches)
-    metrics = evaluator.evaluate(num_samples) if evaluator is not None else None
-    barrier()
+    if parts_dir and rank == 0 and osp.isdir(parts_dir):  # scored: the record is done
+        shutil.rmtree(parts_dir)
     return dict(metrics=metrics, out=out)
+
+
+def _kept_shards(parts_dir: Optional[str]) -> int:
+    """The finished shards in ``parts_dir`` (0 without one)."""
+    if not parts_dir:
+        return 0
+    return sum(not p.endswith('.tmp.npz')
+               for p in glob.glob(osp.join(parts_dir, 'batch_*.npz')))
+
+
+def _kept_in_words(out: str, parts_dir: str, num_batches: int, num_samples: int) -> str:
+    """What an interrupted run keeps, and how to go on (``interrupted (...)``)."""
+    if osp.isfile(osp.join(parts_dir, 'scoring.json')):  # sampled; stopped in the scoring
+        return (f'({plural(num_samples, "sample")} kept in {out}: run the same command '
+                'to score them)')
+    return (f'({_kept_shards(parts_dir)} of {num_batches} batch{"es" * (num_batches != 1)} '
+            f'kept in {parts_dir}: run the same command to go on)')

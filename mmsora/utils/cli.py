@@ -1379,7 +1379,8 @@ def add_note(exc: BaseException, text: str) -> None:
 def check_samples_not_finished(path, option: str = '--out') -> None:
     """Refuse a mass sampling's ``.npz`` that exists: a finished run's (its shards
     are gone once it is written), which the same command run again, or another run's
-    ``--out``, sampled over and replaced without a word."""
+    ``--out``, sampled over and replaced without a word. (tools/test.py first scores a
+    file whose run was stopped while scoring: ``mass_sampling`` keeps its record.)"""
     if path is not None and osp.isfile(path):
         raise UserError(f'{option} {path} exists: the samples of a finished run are not '
                         'sampled over; delete it, or give another name')

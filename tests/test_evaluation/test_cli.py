@@ -131,7 +131,8 @@ def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
             in capsys.readouterr().out)  # ({'state_dict': ...} alone: not a run's)
     result = json.load(open(root / 'e.json'))
     assert result['num_samples'] == 3 and result['metrics']['FID'] > 0
-    assert (result['checkpoint'], result['use_ema'], result['seed']) == (ckpt, True, 3)
+    # (use_ema: None, the file does not say which weights it holds)
+    assert (result['checkpoint'], result['use_ema'], result['seed']) == (ckpt, None, 3)
     assert result['sample_cfg'] == dict(sampler='ddim', num_steps=2, cfg_scale=2.0)
     assert run_cli(lambda: tool.main([config, ckpt, '--out', 'x.png'])) == 2
     assert "--out is an .npz file" in capsys.readouterr().err
