@@ -453,12 +453,10 @@ def main(argv=None):
         from mmengine.dist import is_main_process
 
         from mmsora.apis import mass_sample
-        from mmsora.apis.mass_sampling import sampling_line, save_prompts
+        from mmsora.apis.mass_sampling import sampling_line
         if is_main_process():  # (what an FID is scored at: DiT's sample_ddp.py uses cfg
             # 1.5, sample.py 4.0; the config's sample_cfg chose without a word)
             print(sampling_line(n, sample_kwargs, drawn), flush=True)
-            if args.sample_dir and prompts:  # (class models get labels.txt)
-                save_prompts(args.sample_dir, [prompts[i % len(prompts)] for i in range(n)])
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
                     sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
                     prompts=prompts, **sample_kwargs)

@@ -203,20 +203,18 @@ def main(argv=None):
     evaluation = evaluation_section(args, cfg, later, prompts)
     # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
     from mmsora.apis.inference import default_precision
-    from mmsora.apis.mass_sampling import sampling_line, save_prompts
+    from mmsora.apis.mass_sampling import sampling_line
     from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
     sample_cfg = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
     precision = default_precision(device, sample_cfg)
     if precision is not None:
         sample_cfg['precision'] = precision
     if is_main_process():  # what the metrics are scored at (the guidance decides an FID)
-        n = evaluation.get('num_samples', 50000)
+        from mmsora.utils.checkpoint import keyword_defaults  # (evaluate_model's default)
+        n = evaluation.get('num_samples', keyword_defaults(evaluate_model)['num_samples'])
         print(sampling_line(n, {k: v for k, v in sample_cfg.items()
                                 if k not in NOT_SAMPLE_ARGS},
                             evaluation.get('labels') == 'random'), flush=True)
-        given = evaluation.get('prompts')
-        if args.sample_dir and given:  # line i: sample i's (class models get labels.txt)
-            save_prompts(args.sample_dir, [given[i % len(given)] for i in range(n)])
     try:
         metrics = evaluate_model(model, **evaluation, out=args.out,
                                  sample_dir=args.sample_dir, default_sample_cfg=sample_cfg)

@@ -191,7 +191,7 @@ def main(argv=None):
                        osp.splitext(args.text)[0] + '.mp4')
     template = args.prompt_template or DEFAULT_PROMPT_TEMPLATE
     # before any speech or sampling: these failed after them
-    check_options(out, args.shot_seconds, args.pause, template)
+    check_options(out, args.shot_seconds, args.pause, template, args.language)
     options = picture_options(args)  # (an option the backend does not take, e.g. --seed)
     text = read_text(args.text)
     composer = Composer(parse_resolution(args.resolution), fps=args.fps, fade=args.fade,

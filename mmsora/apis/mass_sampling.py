@@ -441,8 +441,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             (:class:`~mmsora.utils.cli.Interrupted`).
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
             sample: ``{index:06d}.png`` (``.mp4``), the names DiT's ``sample_ddp.py``
-            writes, and for class models ``labels.txt`` (line i: sample i's class;
-            the tools write a text model's ``prompts.txt``: :func:`save_prompts`).
+            writes, and ``labels.txt`` (line i: sample i's class) or, for a text
+            model, ``prompts.txt`` (line i: sample i's prompt; :func:`save_prompts`).
             A rerun writes those of the kept shards that are missing.
         evaluator: An mmengine ``Evaluator`` (or metric) fed each batch as
             ``data_samples``: dicts with ``index``, ``sample`` (uint8, channels last),
@@ -470,8 +470,12 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         elif rank == 0:
             print(f'{out} holds the {plural(num_samples, "sample")} of this run: scoring '
                   'them', flush=True)
-    if sample_dir and rank == 0 and prompts is None:
-        _save_labels(sample_dir, plan['labels'])
+    if sample_dir and rank == 0:  # (after the run's checks: a refused rerun kept the
+        # files' own list)
+        if prompts is None:
+            _save_labels(sample_dir, plan['labels'])
+        else:
+            save_prompts(sample_dir, plan['prompts'])
     batches = rank_batches(num_samples, batch_size, rank, world_size)
     # A model whose sampling is collective (an FSDP-sharded one, which gathers its
     # weights in every forward: ShardedSampler) needs every process in every batch:

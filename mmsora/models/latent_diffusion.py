@@ -136,45 +136,45 @@ class LatentDiffusion(BaseModel):
         self.latent_shape = tuple(latent_shape)
         self.num_classes = num_classes
         self._check_parts_agree()
-        self._check_denoiser_signature()
+        self._check_denoiser_signature('forward')  # (forward_with_cfg: when guided)
         self.pretrained_denoiser = pretrained_denoiser
         self.pretrained_entry = pretrained_entry
         self.train_noise_seed = train_noise_seed
         self._calls_without_runner = 0
 
-    def _check_denoiser_signature(self):
-        """Refuse a denoiser whose ``forward`` (or ``forward_with_cfg``) does not take
-        the keywords this model calls it with: ``y`` (labels, or a text denoiser's
-        tokens with ``mask``, and ``pooled`` where it has a ``pooled_dim``). A
-        diffusers-style ``forward(hidden_states, timestep, class_labels)`` failed at
-        the first step with "got an unexpected keyword argument 'y'"."""
+    def _check_denoiser_signature(self, method: str):
+        """Refuse a denoiser whose ``method`` (``forward`` when built;
+        ``forward_with_cfg`` before guided sampling: a config that only trains need not
+        have it right) does not take the keywords this model calls it with: ``y``
+        (labels, or a text denoiser's tokens with ``mask``, and ``pooled`` where it has
+        a ``pooled_dim``). A diffusers-style ``forward(hidden_states, timestep,
+        class_labels)`` failed at the first step with "got an unexpected keyword
+        argument 'y'"."""
         names = ['y']
         if self.text_conditioned:
             names += ['mask'] + (['pooled'] if getattr(self.denoiser, 'pooled_dim', None)
                                  else [])
-        for method, wanted in (('forward', names),
-                               ('forward_with_cfg', names + ['cfg_scale'])):
-            fn = getattr(self.denoiser, method, None)
-            if fn is None or getattr(type(self.denoiser), method, None) is \
-                    torch.nn.Module.forward:  # (none of its own: it says so when called)
-                continue
-            try:
-                params = inspect.signature(fn).parameters.values()
-            except (TypeError, ValueError):  # (a builtin or C-implemented callable)
-                continue
-            if any(p.kind == p.VAR_KEYWORD for p in params):
-                continue
-            taken = [p.name for p in params
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-            missing = [name for name in wanted if name not in taken]
-            if missing:
-                call = ', '.join(['x', 't'] + [f'{n}=...' for n in wanted])
-                found = ', '.join(p.name for p in params)
-                raise ValueError(
-                    f'model.denoiser: {type(self.denoiser).__name__}.{method}({found}) '
-                    f'does not take the keyword{"s" * (len(missing) > 1)} '
-                    f'{", ".join(missing)}: LatentDiffusion calls it as {method}({call}); '
-                    'name its parameters so (or take **kwargs)')
+        wanted = names + ['cfg_scale'] if method == 'forward_with_cfg' else names
+        fn = getattr(self.denoiser, method, None)
+        if fn is None or getattr(type(self.denoiser), method, None) is \
+                torch.nn.Module.forward:  # (none of its own: it says so when called)
+            return
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # (a builtin or C-implemented callable)
+            return
+        if any(p.kind == p.VAR_KEYWORD for p in params):
+            return
+        taken = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        missing = [name for name in wanted if name not in taken]
+        if missing:
+            call = ', '.join(['x', 't'] + [f'{n}=...' for n in wanted])
+            found = ', '.join(p.name for p in params)
+            raise ValueError(
+                f'model.denoiser: {type(self.denoiser).__name__}.{method}({found}) '
+                f'does not take the keyword{"s" * (len(missing) > 1)} '
+                f'{", ".join(missing)}: LatentDiffusion calls it as {method}({call}); '
+                'name its parameters so (or take **kwargs)')
 
     def _check_parts_agree(self):
         """Refuse settings the denoiser and the rest state twice and differently (they
@@ -610,6 +610,7 @@ class LatentDiffusion(BaseModel):
                              'sample_cfg.cfg_scale=1), or add forward_with_cfg as DiT has it '
                              '(README, "Your own modules")')
         if use_cfg:
+            self._check_denoiser_signature('forward_with_cfg')
             # The guided batch is doubled; its second half's noise is never used.
             generators = generators + generators if generators is not None else None
             # DiT's sample.py: conditional half then the null label; the denoiser
@@ -674,7 +675,8 @@ class LatentDiffusion(BaseModel):
                 f'{cfg_scale}): the null label is num_classes={self.num_classes}, and '
                 f'{detail}: give the table num_classes + 1 rows (nn.Embedding(num_classes '
                 '+ 1, ...); DiT: class_dropout_prob > 0), or sample with cfg_scale=1 '
-                '(tools/infer.py --cfg-scale 1)')
+                '(tools/infer.py --cfg-scale 1; in a config sample_cfg.cfg_scale=1, the '
+                "evaluation's evaluation.sample_cfg.cfg_scale=1)")
 
     def _decode_text_kwargs(self, cond):
         """The samples' pooled text embeddings for a VAE whose ``decode`` reads them

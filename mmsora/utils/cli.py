@@ -1070,8 +1070,10 @@ def unknown_type_message(obj_type: str, registry_name: str, scope: str = None) -
     holder = _registered(obj_type)[0]
     if (holder is not None and scope not in (None, 'mmsora') and holder.scope == 'mmsora'
             and holder.name == registry_name):
-        return (f'unknown type {obj_type!r} in the {scope}::{registry_name} registry: the '
-                f"config has no default_scope; set default_scope = 'mmsora' (or inherit "
+        which = ('the config has no default_scope' if scope == 'mmengine' else
+                 f"default_scope is {scope!r}, whose registry does not reach mmsora's")
+        return (f'unknown type {obj_type!r} in the {scope}::{registry_name} registry: '
+                f"{which}; set default_scope = 'mmsora' (or inherit "
                 'configs/_base_/default_runtime.py)')
     elsewhere = holder.name if holder is not None else None
     if '.' in obj_type and holder is None:

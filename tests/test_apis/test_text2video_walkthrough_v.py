@@ -137,7 +137,9 @@ def test_out_is_checked_before_any_speech(repo_root, tmp_path, capsys, no_speech
     (['--shot-seconds', '-1'], '--shot-seconds must be >= 0'),
     (['--prompt-template', 'watercolor'], '--prompt-template must contain {text}'),
     (['--cfg-scale', '-3'], '--cfg-scale must be >= 0'),
-    (['--pause', '-0.5'], '--pause must be >= 0')])
+    (['--pause', '-0.5'], '--pause must be >= 0'),
+    # (after the picture model had loaded: it was argparse's choices before)
+    (['--language', 'english'], '--language must be auto or a language code')])
 def test_options_are_checked_before_any_speech(repo_root, tmp_path, capsys,
                                                no_speech_allowed, args, expected):
     tool = load_tool(repo_root)

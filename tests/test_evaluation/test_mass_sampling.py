@@ -99,7 +99,8 @@ def test_text_models_get_prompts_not_labels(tmp_path):
         assert sorted(data.files) == ['arr_0', 'prompts']
         assert list(data['prompts']) == ['a cat', 'a dog', 'a cat']
     assert sorted(p.name for p in (tmp_path / 'files').iterdir()) == [
-        '000000.png', '000001.png', '000002.png']
+        '000000.png', '000001.png', '000002.png', 'prompts.txt']
+    assert (tmp_path / 'files' / 'prompts.txt').read_text() == 'a cat\na dog\na cat\n'
 
 
 def test_shards_of_another_run_are_refused(tmp_path):

@@ -13,7 +13,7 @@ from torch import nn
 
 from mmsora.models import LatentDiffusion
 from mmsora.registry import MODELS
-from mmsora.utils.cli import UserError, explain_error, load_config
+from mmsora.utils.cli import UserError, explain_error, load_config, unknown_type_message
 
 TINY_DIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                 depth=2, num_heads=2, mlp_ratio=2.0, class_dropout_prob=0.1, num_classes=4,
@@ -76,6 +76,11 @@ def test_a_config_without_default_scope_is_told_to_set_it():
     assert message == ("unknown type 'LatentDiffusion' in the mmengine::model registry: "
                        "the config has no default_scope; set default_scope = 'mmsora' (or "
                        'inherit configs/_base_/default_runtime.py)')
+    # a scope of one's own is not said to be missing (it was: 'has no default_scope')
+    assert unknown_type_message('LatentDiffusion', 'model', scope='myproj') == (
+        "unknown type 'LatentDiffusion' in the myproj::model registry: default_scope is "
+        "'myproj', whose registry does not reach mmsora's; set default_scope = 'mmsora' (or "
+        'inherit configs/_base_/default_runtime.py)')
 
 
 def test_a_type_registered_elsewhere_is_still_named():
@@ -117,6 +122,25 @@ def test_a_denoiser_taking_kwargs_trains():
     model = tiny_model(denoiser=dict(type=TakesKwargs))
     loss = model.loss(latents=torch.randn(2, 3, 8, 8), labels=torch.tensor([0, 1]))['loss']
     assert torch.isfinite(loss)
+
+
+class GuidedOtherwise(TakesKwargs):
+
+    def forward_with_cfg(self, x, t, y, scale):
+        return self.forward(x, t)
+
+
+def test_forward_with_cfg_is_checked_when_guided_not_when_built():
+    """A forward_with_cfg of other parameter names refused the config at build time
+    (review): a run that only trains, or samples with cfg_scale=1, needs none."""
+    model = tiny_model(denoiser=dict(type=GuidedOtherwise))
+    assert torch.isfinite(model.loss(latents=torch.randn(2, 3, 8, 8),
+                                     labels=torch.tensor([0, 1]))['loss'])
+    assert model.sample([0, 1], sampler='ddim', num_steps=2, cfg_scale=1.0).shape == (
+        2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r'GuidedOtherwise.forward_with_cfg\(x, t, y, scale\) '
+                                         r'does not take the keyword cfg_scale'):
+        model.sample([0, 1], sampler='ddim', num_steps=2, cfg_scale=2.0)
 
 
 # ---------------------------------------------------------------- latents dtype
@@ -184,10 +208,14 @@ def test_a_typo_in_a_scoped_type_gets_close_names():
     registry = ROOT_MODELS._search_child(scope) or Registry(
         'model', parent=ROOT_MODELS, scope=scope)
     registry.register_module(name='ScopedDenoiser', module=DiffusersStyle, force=True)
-    with pytest.raises(KeyError) as info:
-        MODELS.build(dict(type=f'{scope}.ScopedDenoser'))
-    assert explain_error(info.value) == (f"unknown type '{scope}.ScopedDenoser' in the model "
-                                         f'registry; did you mean {scope}.ScopedDenoiser?')
+    try:
+        with pytest.raises(KeyError) as info:
+            MODELS.build(dict(type=f'{scope}.ScopedDenoser'))
+        assert explain_error(info.value) == (
+            f"unknown type '{scope}.ScopedDenoser' in the model registry; did you mean "
+            f'{scope}.ScopedDenoiser?')
+    finally:  # (the root registry is the session's: the scope goes again)
+        ROOT_MODELS._children.pop(scope, None)
 
 
 def test_a_mim_style_base_is_told_to_give_a_path(tmp_path):

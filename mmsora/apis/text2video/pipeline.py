@@ -54,7 +54,8 @@ def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
 
 
 def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: float = 0.3,
-                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> None:
+                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+                  language: str = 'auto') -> None:
     """Refuse, before any speech or sampling, settings that would fail after them.
 
     Before, ``--shot-seconds -1`` and a template without ``{text}`` were refused once
@@ -69,6 +70,10 @@ def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: f
                         f'got {shot_seconds:g}')
     if pause < 0:
         raise UserError(f'--pause must be >= 0, got {pause:g}')
+    if language != 'auto' and not re.fullmatch(r'[a-z]{2,3}(-[a-z0-9]+)*',
+                                               str(language).lower()):
+        raise UserError(f"--language must be auto or a language code (en, zh, ru, de, ...), "
+                        f"got {language!r}")
     if '{text}' not in prompt_template:
         raise UserError(f'--prompt-template must contain {{text}} (where the shot\'s text '
                         f"goes, e.g. '{{text}}, watercolor'), got {prompt_template!r}")
@@ -167,13 +172,10 @@ def text_to_video(text: str, out: str,
             template.
         progress: Show progress bars.
     """
+    check_options(out, shot_seconds, pause, prompt_template, language)
     if language == 'auto':  # (Russian text was said to be 'en', and --language ru refused:
         # the speech backends pick a voice for each script's language)
         language = script_language(text) or detect_language(text)
-    if not re.fullmatch(r'[a-z]{2,3}(-[a-z0-9]+)*', str(language).lower()):
-        raise UserError(f"--language must be auto or a language code (en, zh, ru, de, ...), "
-                        f"got {language!r}")
-    check_options(out, shot_seconds, pause, prompt_template)
     composer = composer or Composer()
     speech = speech if isinstance(speech, SpeechBackend) else build_speech(speech)
     pictures = pictures if isinstance(pictures, PictureBackend) else build_pictures(pictures)
