@@ -24,13 +24,16 @@ def _forwarding_bases() -> tuple:
     """Classes known to hand their ``**kwargs`` on to their bases' ``__init__``:
     mmengine's optimizer wrappers, parameter schedulers (through the LR / momentum
     mixins), averaged models (our float32 EMA) and EMA hooks (ours to mmengine's,
-    whose own ``**kwargs`` build the average). Elsewhere ``**kwargs`` may go anywhere
-    (torch's ZeroRedundancyOptimizer hands them to the optimizer it builds)."""
+    whose own ``**kwargs`` build the average) and the evaluation's metrics (to
+    ``SampleMetric``). Elsewhere ``**kwargs`` may go anywhere (torch's
+    ZeroRedundancyOptimizer hands them to the optimizer it builds)."""
     from mmengine.hooks import EMAHook
     from mmengine.model.averaged_model import BaseAveragedModel
     from mmengine.optim import OptimWrapper
     from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
-    return OptimWrapper, _ParamScheduler, BaseAveragedModel, EMAHook
+
+    from mmsora.evaluation.metrics.base import SampleMetric
+    return OptimWrapper, _ParamScheduler, BaseAveragedModel, EMAHook, SampleMetric
 
 
 def accepted_arguments(cls):

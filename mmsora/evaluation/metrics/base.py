@@ -5,7 +5,6 @@ mmengine's ``BaseMetric`` collects ``self.results`` from all ranks and calls
 under its global sample index; ``compute_metrics`` sorts by that index, so the value
 does not depend on how many processes drew the samples or in what order.
 """
-import inspect
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -40,20 +39,12 @@ def stack_results(results: List[dict]) -> Dict[str, np.ndarray]:
 
 def config_arguments(cls: type) -> tuple:
     """``(names, complete)``: the arguments ``cls`` takes by name, following
-    ``**kwargs`` down the bases' ``__init__`` (a metric passes them on to
-    :class:`SampleMetric`), and whether that is all of them (an ``__init__`` without
-    ``**kwargs`` ends the list)."""
-    names = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get('__init__')
-        if init is None or klass is object:
-            continue
-        params = list(inspect.signature(init).parameters.values())[1:]  # after self
-        names += [p.name for p in params
-                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names, True
-    return names, False
+    ``**kwargs`` down the bases' ``__init__`` where they go there (a metric passes them
+    on to :class:`SampleMetric`), and whether that is all of them: the names of
+    :func:`mmsora.utils.config_keys.accepted_arguments`, the one walk of them."""
+    from mmsora.utils.config_keys import accepted_arguments
+    found, complete = accepted_arguments(cls)
+    return list(found), complete
 
 
 class SampleMetric(BaseMetric):
