@@ -167,6 +167,35 @@ def _apply_global_batch(args, cfg):
           + ', as tools/train.py trains it', flush=True)
 
 
+def _value_read_errors() -> tuple:
+    from torch._subclasses.fake_tensor import (DataDependentOutputException,
+                                               DynamicOutputShapeException)
+    return DataDependentOutputException, DynamicOutputShapeException
+
+
+_VALUE_READ = _value_read_errors()
+
+
+def _value_read_message(error) -> str:
+    """The step is counted on fake tensors (shapes, no values): a model that reads a
+    tensor's value (``float(t.mean())``, ``.item()``, a shape from data) cannot be
+    counted so. Names the line of the model's code that read it."""
+    import os.path as osp
+    import traceback
+
+    import torch
+    from mmsora.utils import memory_estimate
+    torch_dir = osp.dirname(torch.__file__)
+    counter = memory_estimate.__file__  # (its dispatch mode runs every operation)
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(torch_dir) and 'site-packages' not in f.filename
+              and f.filename != counter]
+    where = f' at {frames[-1].filename}:{frames[-1].lineno}' if frames else ''
+    return (f'the step is counted on fake tensors (shapes, no values), and the model reads '
+            f'a tensor\'s value{where} ({type(error).__name__}): measure a real step '
+            'instead: tools/benchmark.py CONFIG --device cuda (its peak memory)')
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config)
@@ -191,9 +220,13 @@ def main(argv=None):
 
     def estimate(batch_size, k):
         if (batch_size, k) not in cache:
-            cache[batch_size, k] = estimate_training_memory(
-                cfg, batch_size, amp=precision, grad_checkpointing=k,
-                text_len=args.text_len, gpus=args.gpus, deepspeed=deepspeed, fsdp=fsdp)
+            try:
+                cache[batch_size, k] = estimate_training_memory(
+                    cfg, batch_size, amp=precision, grad_checkpointing=k,
+                    text_len=args.text_len, gpus=args.gpus, deepspeed=deepspeed, fsdp=fsdp)
+            except _VALUE_READ as e:  # (a torch traceback ending in
+                # DataDependentOutputException, for a denoiser of one's own)
+                raise UserError(_value_read_message(e)) from None
         return cache[batch_size, k]
 
     strategy = ''

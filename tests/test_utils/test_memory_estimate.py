@@ -461,3 +461,31 @@ def test_tool_splits_a_global_batch_as_train_does(tmp_path, capsys):
     with pytest.raises(UserError, match=r'global_batch_size=40 does not split evenly over 3 '
                        r'process\(es\) x 2 accumulation step\(s\)'):
         counted('--gpus', '3')
+
+
+def test_a_model_reading_a_tensor_value_is_named_in_one_line(tmp_path):
+    """A denoiser of one's own reading a value in forward (float(t.mean())) ended in a
+    fake-tensor traceback (DataDependentOutputException): the line is named, and a
+    real step's measurement suggested (walk-through w)."""
+    from mmsora.models.denoisers.dit import DiT
+    from mmsora.registry import MODELS
+
+    class ReadsValueDiT(DiT):
+        def forward(self, x, t, y):
+            if float(t.float().mean()) > 1e9:  # a value read: no fake tensor has one
+                t = t * 0
+            return super().forward(x, t, y)
+
+    MODELS.register_module(name='ReadsValueDiT', module=ReadsValueDiT, force=True)
+    try:
+        cfg = tiny_cfg()
+        cfg.model.denoiser.type = 'ReadsValueDiT'
+        cfg_file = tmp_path / 'reads.py'
+        cfg.dump(str(cfg_file))
+        with pytest.raises(UserError, match=r'^the step is counted on fake tensors \(shapes, '
+                                            r'no values\), and the model reads a tensor\'s '
+                                            rf'value at {__file__}:\d+ \(DataDependentOutput'
+                                            r'Exception\): measure a real step instead'):
+            estimate_memory.main([str(cfg_file), '--batch-size', '2'])
+    finally:
+        MODELS._module_dict.pop('ReadsValueDiT', None)
