@@ -435,9 +435,9 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             ``{out}.parts/`` (on a file system all ranks share) until it is complete.
             A rerun keeps them, also one that only asks for more samples; a shard
             that cannot be read is named and sampled again. With an ``evaluator``, the
-            run's record (``run.json``) stays there until the metrics are computed: a
-            rerun after a crash in the scoring scores the ``.npz`` it finds (when it
-            is this run's) without sampling again. Ctrl-C says what is kept
+            run's record (``run.json``, kept as ``scoring.json``) stays until the
+            metrics are computed: a rerun after a crash in the scoring scores the
+            ``.npz`` it finds (when it is this run's) without sampling again. Ctrl-C says what is kept
             (:class:`~mmsora.utils.cli.Interrupted`).
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
             sample: ``{index:06d}.png`` (``.mp4``), the names DiT's ``sample_ddp.py``
