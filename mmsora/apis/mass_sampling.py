@@ -437,8 +437,8 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
             that cannot be read is named and sampled again. With an ``evaluator``, the
             run's record (``run.json``, kept as ``scoring.json``) stays until the
             metrics are computed: a rerun after a crash in the scoring scores the
-            ``.npz`` it finds (when it is this run's) without sampling again. Ctrl-C says what is kept
-            (:class:`~mmsora.utils.cli.Interrupted`).
+            ``.npz`` it finds (when it is this run's) without sampling again. Ctrl-C
+            says what is kept (:class:`~mmsora.utils.cli.Interrupted`).
         sample_dir (str, optional): Also write one PNG (pictures) or mp4 (clips) per
             sample: ``{index:06d}.png`` (``.mp4``), the names DiT's ``sample_ddp.py``
             writes, and ``labels.txt`` (line i: sample i's class) or, for a text
