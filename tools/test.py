@@ -161,6 +161,23 @@ def check_before_loading(cfg, evaluation) -> None:
                             '--cfg-options')
 
 
+def check_trained_objective_of(args, cfg) -> None:
+    """The checkpoint scored (the one after the config, else the work dir's newest)
+    against the config's objective and denoiser, as tools/infer.py checks it."""
+    from mmsora.apis import find_run
+    from mmsora.utils.checkpoint import check_trained_objective
+    if args.checkpoint:
+        check_trained_objective(args.checkpoint, cfg.model,
+                                f'the checkpoint {args.checkpoint}')
+        return
+    try:
+        saved = find_run(args.run)[1]
+    except Exception:  # (said where init_model meets it)
+        return
+    if saved:
+        check_trained_objective(saved, cfg.model, f'{args.run}: its checkpoint {saved}')
+
+
 def precheck_config(args, options):
     """The run's config with ``options``, as init_model will load it, or None where
     it does not load (init_model says why)."""
@@ -189,6 +206,9 @@ def main(argv=None):
     cfg = precheck_config(args, early)  # before minutes of loading weights
     if cfg is not None and (args.evaluation or cfg.get('evaluation')):
         check_before_loading(cfg, evaluation_section(args, cfg, later, prompts))
+    if cfg is not None:  # a run of another objective or denoiser (infer.py refused it;
+        # test.py scored it, its outputs misread)
+        check_trained_objective_of(args, cfg)
     from mmengine.dist import is_main_process
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes

@@ -27,7 +27,7 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'resolve_checkpoint', 'objective_settings', 'checkpoint_objective',
            'objective_differences', 'said_objective_differences', 'sit_training_args',
            'training_file_kind', 'learn_sigma_hint', 'keyword_defaults',
-           'config_denoiser', 'meaning_kind']
+           'config_denoiser', 'meaning_kind', 'check_trained_objective']
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
 # null class's for guidance).
@@ -1061,3 +1061,49 @@ def said_objective_differences(differences: Sequence) -> tuple:
         options += (', or give the run\'s own config (the .py in its work dir) or its '
                     'work dir')
     return trained, ours, options
+
+
+def check_trained_objective(checkpoint, model, name=None) -> None:
+    """Refuse a checkpoint trained with another objective than the config samples
+    with (a SiT run's sampled through a DDPM config), or with other settings of it
+    that change what the model's output and time mean (Transport's path, prediction
+    and timestep_convention; GaussianDiffusion's learn_sigma, predict_xstart and
+    schedule): a run fine-tuned with timestep_convention=dit sampled through the SiT
+    config, or a noise-prediction run as velocity, sampled wrongly without a word.
+    The objective is read from the config text an mmengine checkpoint's meta holds,
+    or from a SiT training file's args. Another time_shift is said in a note.
+    ``name``: the checkpoint as the messages name it (default ``--checkpoint CKPT``).
+    tools/infer.py and tools/test.py check with it before the weights load."""
+    from mmsora.utils.cli import UserError, note
+    name = name or f'--checkpoint {checkpoint}'
+    try:
+        checkpoint = resolve_checkpoint(checkpoint)  # (a work dir: its newest)
+        if not osp.isfile(checkpoint) or checkpoint.endswith('.safetensors'):
+            return
+        obj = load_checkpoint_file(checkpoint)  # (mapped)
+    except Exception:  # an unreadable file is named where the weights load
+        return
+    theirs, ours = checkpoint_objective(obj), objective_settings(model)
+    if not (theirs and ours):
+        return
+    sit = sit_training_args(obj) is not None
+    if theirs['type'] != ours['type']:
+        fix = ('give a SiT config (configs/sit/)' if sit else
+               'give the config it was trained with (the .py in its work dir), or its '
+               'work dir')
+        raise UserError(f'{name}: trained with the {theirs["type"]} objective'
+                        f'{" (a SiT training file)" if sit else ""}, the config samples '
+                        f'with {ours["type"]}: {fix}')
+    differ = objective_differences(theirs, ours)
+    if differ:
+        trained, given, options = said_objective_differences(differ)
+        raise UserError(f'{name}: trained with {trained}'
+                        f'{" (its SiT args)" if sit else ""}, the config samples with '
+                        f'{given}: its outputs would be misread (wrong samples): sample as '
+                        f'trained, with --cfg-options {options}')
+    shifted = objective_differences(theirs, ours, noted=True)
+    if shifted:
+        trained, given, options = said_objective_differences(shifted)
+        note(f'{name}: trained with {trained}, sampled with {given} (the fixed-step '
+             'samplers\' time grid; to sample on the grid it was trained for: '
+             f'--cfg-options {options})')

@@ -107,6 +107,22 @@ def test_infer_refuses_a_subclass_run_for_a_dit_config(repo_root, tmp_path):
     infer.check_objective(path, run_cfg(repo_root))  # its own config: sampled
 
 
+def test_test_py_refuses_it_before_loading_too(repo_root, tmp_path, monkeypatch, capsys):
+    """tools/test.py never compared the checkpoint's objective or denoiser with the
+    config's: the ParallelDiT run was scored as a DiT."""
+    from tools import test as test_tool
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError('the weights were loaded before the refusal')
+    monkeypatch.setattr('mmsora.apis.init_model', no_loading)
+    path = save_run(tmp_path / 'iter_2.pth', run_cfg(repo_root))
+    code = cli.run_cli(lambda: test_tool.main([osp.join(repo_root, DIT), str(path),
+                                               '--cfg-options', *TINY]))
+    err = capsys.readouterr().err
+    assert code == 2 and f'error: the checkpoint {path}: trained with denoiser=ParallelDiT' \
+        in err, err
+
+
 def test_infer_refuses_a_subclass_objective_it_cannot_import(repo_root, tmp_path):
     path = save_run(tmp_path / 'iter_2.pth',
                     run_cfg(repo_root, 'DiT', 'MinSNRGaussianDiffusion'))
