@@ -17,17 +17,9 @@ from mmsora.apis.text2video import (Composer, Shot, build_pictures, parse_resolu
 from mmsora.apis.text2video.segmentation import Segment
 from mmsora.utils.cli import Interrupted, UserError, run_cli
 from mmsora.utils.video_io import probe_video
+from tests.test_apis.test_text2video_fixes import load_tool
 
 STORY = 'The red disk rolls away. A green square waits for it.'
-
-
-def load_tool(repo_root):
-    """tools/text2video.py as a module (its main(), without a process start-up)."""
-    spec = importlib.util.spec_from_file_location(
-        'text2video_tool_walkthrough_v', osp.join(repo_root, 'tools', 'text2video.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def spoken_shot(text='Hello.', seconds=1.0, index=0):
