@@ -1357,7 +1357,9 @@ def check_at_least(args, names, least=1) -> None:
 def check_output_path(path, option: str, folder: bool = False) -> None:
     """Refuse, before the work that ends in writing it, an output ``path`` that
     cannot be written: one whose folder runs into an existing file (``x.jpg/out.json``),
-    or an existing folder where a file is wanted. ``folder``: ``path`` is a folder."""
+    an existing folder where a file is wanted, or one under a folder this process may
+    not write in (read-only, another user's, ``/proc``). ``folder``: ``path`` is a
+    folder."""
     if path is None:
         return
     probe = osp.abspath(path if folder else osp.dirname(osp.abspath(path)))
@@ -1367,6 +1369,11 @@ def check_output_path(path, option: str, folder: bool = False) -> None:
         raise UserError(f'{option} {path}: {probe} is a file, not a folder')
     if not folder and osp.isdir(path):
         raise UserError(f'{option} {path} is a folder; give a file name')
+    import tempfile
+    try:  # a file with no name where the system allows it (O_TMPFILE): nothing is left
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UserError(f'{option} {path}: cannot write in {probe} ({e.strerror})') from None
 
 
 def add_note(exc: BaseException, text: str) -> None:

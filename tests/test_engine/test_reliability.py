@@ -251,6 +251,21 @@ def test_path_mistakes_are_one_line(tmp_path):
         build_train_config(parse_args([DEMO, '--cfg-options', f'work_dir={afile}']))
     check_output_path(str(tmp_path / 'new' / 'deeper' / 'x.json'), '--json')  # made later
     check_output_path(str(tmp_path / 'new' / 'clips'), '--out', folder=True)
+    # ... and a folder this process cannot write in, before the work too (it failed at
+    # the end: an npz of finished samples, a run's first checkpoint)
+    if osp.isdir('/proc/self'):  # a folder where no file can be made, even by root
+        with pytest.raises(UserError, match='^--out /proc/s.npz: cannot write in /proc '):
+            check_args(infer_args(['work_dirs/x', '--out', '/proc/s.npz']), num_classes=3)
+        with pytest.raises(UserError, match='^--sample-dir /proc/png: cannot write in /proc'):
+            check_args(infer_args(['work_dirs/x', '--out', str(tmp_path / 's.npz'),
+                                   '--sample-dir', '/proc/png']), num_classes=3)
+        with pytest.raises(UserError, match='^--work-dir /proc/run: cannot write in /proc'):
+            build_train_config(parse_args([DEMO, '--work-dir', '/proc/run']))
+    if os.geteuid() != 0:  # root writes in a read-only folder
+        locked = tmp_path / 'locked'
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UserError, match=f'--json {locked}/a/b.json: cannot write in '):
+            check_output_path(str(locked / 'a' / 'b.json'), '--json')
 
 
 # --------------------------------------------------------------------------- #

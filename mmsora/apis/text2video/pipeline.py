@@ -82,14 +82,6 @@ def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: f
     if not out.lower().endswith('.mp4'):
         raise UserError(f'--out must name an .mp4 file, got {out!r}')
     check_output_path(out, '--out')
-    folder = osp.dirname(osp.abspath(out))
-    while not osp.isdir(folder):  # (made when the video is written)
-        folder = osp.dirname(folder)
-    import tempfile
-    try:  # a file with no name where the system allows it (O_TMPFILE): nothing left
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise UserError(f'--out {out}: cannot write in {folder} ({e.strerror})') from None
 
 
 def drawn_from(pictures: PictureBackend, shot: Shot) -> str:
