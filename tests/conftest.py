@@ -28,3 +28,15 @@ def malloc_calls(monkeypatch):
     monkeypatch.setattr(mmsora.engine.strategies, 'keep_freed_cpu_memory',
                         lambda: calls.append(1) or True)
     return calls
+
+
+@pytest.fixture
+def kept_environ():
+    """Put ``os.environ`` back as it was after the test: the tools run in the test
+    process set variables for themselves (tools/train.py's parse_args sets LOCAL_RANK).
+    Use it with ``pytestmark = pytest.mark.usefixtures('kept_environ')``."""
+    import os
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -204,7 +204,7 @@ def main(argv=None):
     later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
     early = [o for o in args.cfg_options if o not in later]
     cfg = precheck_config(args, early)  # before minutes of loading weights
-    if cfg is not None and (args.evaluation or cfg.get('evaluation')):
+    if cfg is not None:  # (a config without an evaluation section is refused here)
         check_before_loading(cfg, evaluation_section(args, cfg, later, prompts))
     if cfg is not None:  # a run of another objective or denoiser (infer.py refused it;
         # test.py scored it, its outputs misread)

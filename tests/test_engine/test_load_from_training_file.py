@@ -5,7 +5,6 @@ away. A released file (the EMA weights alone) gives both the same, as before; a 
 without an EMA takes 'model' alone; --fsdp keeps both on 'ema' (its EMA starts from the
 model's weights) and says so; a video model inflates 'model' and 'ema' alike."""
 import argparse
-import os
 import os.path as osp
 
 import pytest
@@ -34,13 +33,7 @@ VIDEO_TINY = ['model.denoiser.depth=4', 'model.latent_shape=[3,4,8,8]',
 MOMENTUM = 0.01  # the image and video demos' EMAHook
 
 
-@pytest.fixture(autouse=True)
-def kept_environ():
-    """tools/train.py's parse_args sets LOCAL_RANK: put the environment back."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures('kept_environ')  # parse_args sets LOCAL_RANK
 
 
 class StartOfTraining(Hook):

@@ -5,7 +5,6 @@ settings; Ctrl-C said only 'interrupted'; sampler and prompt mistakes came after
 weights had loaded; make_reference.py upsampled small pictures and wrote a 1-clip
 reference without a word; infer.py --out NAME.npz ignored --gif / --nrow / --upscale
 and wrote no prompts.txt for a text model."""
-import os
 import os.path as osp
 
 import numpy as np
@@ -27,16 +26,8 @@ SHIPPED = ('configs/_base_/evaluation/clip_score_t2v.py, configs/_base_/evaluati
            'fid50k_imagenet256.py, configs/_base_/evaluation/fvd2048_ucf101.py')
 
 # The tools run here keep glibc's freed memory on the CPU: recorded, not made.
-pytestmark = pytest.mark.usefixtures('malloc_calls')
-
-
-@pytest.fixture(autouse=True)
-def same_environment():
-    """The tools run here set LOCAL_RANK: the environment is put back as it was."""
-    before = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(before)
+# They set LOCAL_RANK: the environment is put back after each test.
+pytestmark = pytest.mark.usefixtures('malloc_calls', 'kept_environ')
 
 
 def tiny_config(repo_root, path, evaluation=''):
@@ -111,8 +102,10 @@ def test_a_section_without_metrics_is_one_line_before_loading(tiny_run, tmp_path
                               "'x.npz'}} in the config: give one with --evaluation FILE (")
 
 
-def test_no_section_names_the_shipped_ones(tiny_run, capsys):
+def test_no_section_names_the_shipped_ones(tiny_run, capsys, monkeypatch):
     config, bare, ckpt = tiny_run
+    import mmsora.apis  # refused before the model loads (it was after)
+    monkeypatch.setattr(mmsora.apis, 'init_model', None)
     assert run_cli(lambda: test_tool.main([bare, ckpt])) == 2
     assert capsys.readouterr().err.strip().endswith(
         'error: the config has no `evaluation` section (metrics and number of samples): '

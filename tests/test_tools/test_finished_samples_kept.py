@@ -14,6 +14,7 @@ from tools import test as test_tool
 
 CONFIG = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 MISSING = '/nonexistent/iter_10.pth'  # never read: refused before
+EVALUATION = 'configs/_base_/evaluation/fid50k_imagenet256.py'  # (the config has none)
 
 
 @pytest.fixture
@@ -37,7 +38,8 @@ def refused(main, argv) -> str:
 @pytest.mark.parametrize('tool', ['infer', 'test'])
 def test_a_finished_npz_is_not_sampled_over(finished, repo_root, tool):
     config = osp.join(repo_root, CONFIG)
-    argv = ([config, '--checkpoint', MISSING] if tool == 'infer' else [config, MISSING])
+    argv = ([config, '--checkpoint', MISSING] if tool == 'infer' else
+            [config, MISSING, '--evaluation', EVALUATION])
     main = infer.main if tool == 'infer' else test_tool.main
     before = open(finished, 'rb').read()
     assert refused(main, [*argv, '--out', finished]) == (
