@@ -299,7 +299,7 @@ def test_reference_mistakes_stop_before_any_sampling(tiny_run, tmp_path, capsys,
                       other_key=dict(images=np.zeros((4, 8, 8, 3), np.uint8)),
                       one=dict(arr_0=np.zeros((1, 8, 8, 3), np.uint8)))
     expected = dict(
-        big='big.npz holds 16x16 pictures, but the model makes 8x8 ones: make the '
+        big='big.npz holds 16x16 pictures, but the samples are 8x8 ones: make the '
             'reference at that size (tools/make_reference.py --image-size 8)',
         other_key="other_key.npz has neither statistics (mu, sigma) nor samples (arr_0); "
                   "it has ['images']: save the samples as arr_0",
@@ -338,7 +338,7 @@ def test_clip_reference_of_another_size_stops_before_sampling(tmp_path, monkeypa
     metric = dict(type='FVD', extractor=dict(type='TinyVideoExtractor'),
                   reference=str(tmp_path / 'clips.npz'))
     with pytest.raises(ValueError, match=r'clips.npz holds 16-frame 32x32 clips, but the '
-                                         r'model makes 4-frame 16x16 ones: make the '
+                                         r'samples are 4-frame 16x16 ones: make the '
                                          r'reference at that size \(tools/make_reference.py '
                                          r'--num-frames 4 --image-size 16\)'):
         evaluation.evaluate_model(model, [metric], num_samples=4)

@@ -46,6 +46,10 @@ sample_cfg = dict(sampler='ddim', num_steps=2, cfg_scale=2.0)
 
 @pytest.fixture
 def tiny_run(repo_root, tmp_path):
+    return make_tiny_run(repo_root, tmp_path)
+
+
+def make_tiny_run(repo_root, tmp_path):
     """A config with an evaluation section (FID of 6 samples, batches of 4), one
     without, and a checkpoint of the random model."""
     from mmsora.registry import MODELS

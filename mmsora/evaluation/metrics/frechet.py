@@ -74,7 +74,7 @@ class FrechetMetric(SampleMetric):
                                  'are not the statistics of one feature space')
         elif 'arr_0' in shapes:
             self._check_reference_samples(*shapes['arr_0'])
-            self._check_size(shapes['arr_0'][0][1:-1], sample_size, 'the model makes')
+            self._check_size(shapes['arr_0'][0][1:-1], sample_size, 'the samples are')
             self._warn_unwritable_cache()
         else:
             raise ValueError(_no_reference_arrays(self.reference, shapes))
