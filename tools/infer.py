@@ -5,6 +5,9 @@ models (``model.latent_shape`` (C, T, H, W)) write one H.264 mp4 per sample:
 ``--out NAME.mp4`` gives ``NAME_000_label3.mp4, NAME_001_label5.mp4, ...``, and a
 folder (``--out clips/``) gives ``clips/sample_000_label3.mp4, ...``; ``--gif`` adds a
 GIF beside each mp4, and ``--fps`` defaults to the config's ``sample_cfg.fps`` (else 8).
+Clips of an odd width or height are padded by one row / column of edge pixels in the
+mp4s (H.264 needs an even size). Options of the other kind (``--nrow`` / ``--upscale``
+for video, ``--fps`` / ``--gif`` for image models) are refused.
 The config's ``sample_cfg`` gives the sampling settings (sampler, steps, guidance, the
 sampler's options such as DDIM's ``eta``, ``guidance_channels``); the options here
 override it.
@@ -97,13 +100,14 @@ def parse_args(argv=None):
                         "the config's; at most what the model was trained for)")
     parser.add_argument('--resolution', help='output size HxW or S (default: the '
                         "config's; transformer denoisers only make their trained size)")
-    parser.add_argument('--fps', type=float, help="frame rate of the videos (default: "
-                        "the config's sample_cfg.fps, else 8)")
+    parser.add_argument('--fps', type=float, help="videos: frame rate (default: the "
+                        "config's sample_cfg.fps, else 8)")
     parser.add_argument('--gif', action='store_true',
                         help='videos: also write a GIF beside each mp4')
-    parser.add_argument('--nrow', type=int, help='pictures per grid row (default 8)')
-    parser.add_argument('--upscale', type=int,
-                        help='enlarge the grid by this integer factor (nearest; default 1)')
+    parser.add_argument('--nrow', type=int, help='image models: pictures per grid row '
+                        '(default 8)')
+    parser.add_argument('--upscale', type=int, help='image models: enlarge the grid by '
+                        'this integer factor (nearest; default 1)')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries')
     # Mass sampling for evaluation (docs/evaluation.md): --out NAME.npz.
@@ -139,9 +143,18 @@ def check_args(args, num_classes, video=False, text=False):
         raise UserError(f'--eta must be in [0, 1], got {args.eta}')
     if args.fps is not None and not args.fps > 0:
         raise UserError(f'--fps must be > 0, got {args.fps}')
-    if not video and args.gif:
-        raise UserError('--gif is for video models; this model makes pictures '
-                        '(model.latent_shape has no frame axis)')
+    # Options of the other kind of output were ignored without a word (an mp4 still at
+    # 32x32 after --upscale 4).
+    clip_options = [f'--{name}' for name in ('fps', 'gif') if getattr(args, name)]
+    if not video and clip_options:
+        raise UserError(f'{" / ".join(clip_options)}: for video models; this model makes '
+                        'pictures (model.latent_shape has no frame axis)')
+    grid_options = [f'--{name}' for name in ('nrow', 'upscale')
+                    if getattr(args, name) is not None]
+    if video and grid_options and not (args.out or '').endswith('.npz'):
+        raise UserError(f'{" / ".join(grid_options)}: for the picture grid of image '
+                        'models; this model makes clips (one mp4 per sample, at its own '
+                        'size)')
     if video and args.out is not None and not args.out.endswith('.npz'):
         from mmsora.apis import video_paths
         try:

@@ -332,7 +332,13 @@ def _save_files(sample_dir, indices, samples, fps, only_missing=False):
             Image.fromarray(sample).save(name + '.tmp.png', format='PNG')
         else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
             clip = torch.from_numpy(sample).permute(3, 0, 1, 2).float() / 127.5 - 1
-            write_video(name + '.tmp.mp4', clip, fps)
+            h, w = clip.shape[-2:]
+            if h % 2 or w % 2:  # (yuv420p: refused after a batch had been drawn)
+                from mmsora.utils.cli import note
+                note(f'the clips are {w}x{h}: their mp4s in {sample_dir} are padded to '
+                     f'{w + w % 2}x{h + h % 2} (one row / column of edge pixels) for H.264; '
+                     'the .npz keeps the sampled size', once=True)
+            write_video(name + '.tmp.mp4', clip, fps, pad_odd=True)
         os.replace(name + '.tmp' + ext, name + ext)
 
 

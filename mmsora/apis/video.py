@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from mmsora.utils.cli import note
 from mmsora.utils.video_io import write_gif, write_video
 
 __all__ = ['video_paths', 'save_videos', 'is_clip_folder']
@@ -71,11 +72,16 @@ def save_videos(videos: torch.Tensor, out: str, fps: float,
         gif (bool): Also write ``.gif`` files beside the mp4s. Defaults to False.
 
     Returns:
-        list[str]: The files written, mp4s first, in sample order.
+        list[str]: The files written, mp4s first, in sample order. An mp4 of an odd
+        width or height is one column or row of edge pixels larger (H.264 needs an even
+        size; a note says so once), a GIF the size of the clips.
     """
     if videos.dim() != 5 or videos.shape[1] != 3:
-        raise ValueError(f'expected clips (N, 3, T, H, W), got shape {tuple(videos.shape)}; '
-                         'latent models need a VAE (model.vae) to make videos')
+        shape = f'expected clips (N, 3, T, H, W), got shape {tuple(videos.shape)}'
+        if videos.dim() == 5 and videos.shape[2] == 3:  # (Latte's and diffusers' layout)
+            raise ValueError(f'{shape}: they look like (N, T, 3, H, W) clips; pass '
+                             'x.permute(0, 2, 1, 3, 4)')
+        raise ValueError(f'{shape}; latent models need a VAE (model.vae) to make videos')
     if fps <= 0:
         raise ValueError(f'fps must be positive, got {fps}')
     labels = [None] * len(videos) if labels is None else list(labels)
@@ -85,8 +91,14 @@ def save_videos(videos: torch.Tensor, out: str, fps: float,
     mp4s = [] if gif_alone else video_paths(out, labels)
     gifs = video_paths(out, labels, ext='.gif') if gif or gif_alone else []
     videos = videos.detach().float().cpu()
+    h, w = videos.shape[-2:]
+    if mp4s and (h % 2 or w % 2):  # (a GIF takes any size)
+        note(f'the clips are {w}x{h}: padded to {w + w % 2}x{h + h % 2} (one row / column '
+             'of edge pixels) for H.264', once=True)
     for path, clip in zip(mp4s, videos):
-        write_video(path, clip, fps)                          # clip: (3, T, H, W)
+        # yuv420p needs an even size: a 15x15 model's samples were refused once drawn,
+        # and ended a training run at its first sample hook
+        write_video(path, clip, fps, pad_odd=True)            # clip: (3, T, H, W)
     for path, clip in zip(gifs, videos):
         write_gif(path, clip, fps)
     return mp4s + gifs

@@ -10,7 +10,11 @@ runs, and
   configured backend gets it: ``LocalVisBackend`` writes PNGs under the run's
   ``vis_data/vis_image/``, ``TensorboardVisBackend`` and ``WandbVisBackend`` show it;
 * for clips also writes H.264 mp4s (and GIFs on request) under
-  ``{log_dir}/samples/iter_{N}/``, since image backends cannot play video.
+  ``{log_dir}/samples/iter_{N}/``, since image backends cannot play video (an odd width
+  or height is padded by one row / column of edge pixels: H.264 needs an even size).
+
+A sample that cannot be saved (a full disk, a backend's error) is a warning in the log,
+never the end of the training run.
 
 Only the main process samples (under FSDP every process does, as the sharded model's
 all-gathers need them all, and the main one logs); the global RNG states are restored
@@ -144,11 +148,17 @@ class SampleVisualizationHook(Hook):
     def _log(self, runner, samples, labels, step: int):
         from mmsora.apis import save_videos
         fps = self._sample_cfg(runner).get('fps', 8)
-        runner.visualizer.add_image('samples', filmstrip(samples), step=step)
-        if samples.dim() == 5:
-            out = osp.join(runner.log_dir, 'samples', f'iter_{step}')
-            save_videos(samples, out + osp.sep, fps,
-                        labels if labels is not None else [None] * len(samples), gif=self.gif)
+        out = osp.join(runner.log_dir, 'samples', f'iter_{step}')
+        try:
+            runner.visualizer.add_image('samples', filmstrip(samples), step=step)
+            if samples.dim() == 5:  # (an odd size is padded for H.264, with a note)
+                save_videos(samples, out + osp.sep, fps,
+                            labels if labels is not None else [None] * len(samples),
+                            gif=self.gif)
+        except Exception as e:  # samples are to watch: saving them never ends a run
+            runner.logger.warning(f'Iter(sample) [{step}] the samples were not saved '
+                                  f'(training goes on): {type(e).__name__}: {e}')
+            return samples
         runner.logger.info(f'Iter(sample) [{step}] {len(samples)} samples logged to the '
                            'visualizer' + (f' and {out}' if samples.dim() == 5 else ''))
         return samples
