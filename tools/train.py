@@ -609,13 +609,8 @@ def check_one_store(cfg, root, missing_ok=True):
             index = json.load(f)
     except (OSError, ValueError):
         return  # the dataset says what is wrong with it
-    vae = cfg.model.get('vae') or {}
-    stored, ours = index.get('scale_factor'), vae.get('scale_factor', 0.18215)
-    if vae.get('type') == 'AutoencoderKLWrapper' and stored is not None and \
-            abs(stored - ours) > 1e-6 * abs(ours):
-        raise UserError(f'{index_file}: the latents were scaled by {stored:g} but '
-                        f'model.vae.scale_factor is {ours:g}: set model.vae.scale_factor='
-                        f'{stored:g} (or extract the latents again with the VAE\'s scale)')
+    check_store_vae(cfg, index, root)
+    check_store_scale(cfg, index, index_file)
     check_store_shapes(cfg, index, root)
     note_clip_fps(cfg, index, root)
     from mmsora.utils.config_keys import text_conditioned_config
@@ -623,6 +618,105 @@ def check_one_store(cfg, root, missing_ok=True):
         note_caption_length(cfg, index, root)
         return
     check_store_labels(cfg, index, root)
+
+
+# The VAE wrappers a store's latents come from (extract_features.py --vae / --video-vae)
+# and how each encodes a clip.
+FRAME_VAE, VIDEO_VAE = 'AutoencoderKLWrapper', 'VideoVAEWrapper'
+VAE_KINDS = {FRAME_VAE: 'an image VAE, frame by frame: extract_features.py --vae',
+             VIDEO_VAE: 'a video VAE: extract_features.py --video-vae'}
+
+
+def store_vae(index):
+    """``(wrapper, class name)`` of the VAE a store was encoded by, each None where the
+    store does not tell: the class from its VAE folder's ``config.json`` where the
+    folder is here, the wrapper from that class, else from its clips' frames (a video
+    VAE compresses time, an image VAE keeps every frame)."""
+    from mmsora.models.vaes.autoencoder_kl import _vae_folder, folder_vae_class
+    from mmsora.models.vaes.video_vae import VIDEO_VAE_CLASSES
+    folder, found = index.get('vae'), None
+    if isinstance(folder, str) and folder and osp.isdir(folder):
+        found = folder_vae_class(_vae_folder(folder))
+    if found == 'AutoencoderKL':
+        return FRAME_VAE, found
+    if found in VIDEO_VAE_CLASSES:
+        return VIDEO_VAE, found
+    shape, frames = index.get('latent_shape'), (index.get('meta') or {}).get('num_frames')
+    if isinstance(shape, list) and len(shape) == 4 and isinstance(frames, int) and frames > 1:
+        return (FRAME_VAE if shape[1] == frames else VIDEO_VAE), None
+    return None, None
+
+
+def check_store_vae(cfg, index, root) -> None:
+    """Refuse a store encoded by another kind of VAE than ``model.vae`` (an image VAE's
+    latents decoded by a video VAE, or the other way): it trained without a word and
+    its samples decoded to other frame counts and sizes (a frame-by-frame store on
+    Wan: 31 frames at 64x64 for 16 at 32x32). A folder of the same kind that is not
+    the store's is noted (the VAE may have been moved)."""
+    vae = cfg.model.get('vae') or {}
+    ours = vae.get('type') if hasattr(vae, 'get') else None
+    if ours not in VAE_KINDS:
+        return
+    kind, cls = store_vae(index)
+    folder = index.get('vae') if isinstance(index.get('vae'), str) else ''
+    path = vae.get('pretrained_path')
+    our_cls = vae.get('class_name', 'AutoencoderKLWan') if ours == VIDEO_VAE else None
+    if kind is not None and (kind != ours or (cls and our_cls and cls != our_cls)):
+        scale = index.get('scale_factor')
+        keys = [f'model.vae.type={kind}'] + (
+            [f'model.vae.class_name={cls or "CLASS"}'] if kind == VIDEO_VAE else []) + (
+            [f'model.vae.pretrained_path={folder}'] if folder else []) + (
+            [f'model.vae.scale_factor={scale:g}'] if isinstance(scale, (int, float)) else [])
+        drop = ' without model.vae.class_name (a VideoVAEWrapper key)' if kind == FRAME_VAE \
+            else ''
+        option = '--video-vae' if ours == VIDEO_VAE else '--vae'
+        again = (f', or extract the latents again with {option} {path}'
+                 if isinstance(path, str) and path else '')
+        raise UserError(f'{root}: the latents were encoded by {cls or "a VAE"} '
+                        f'{"at " + folder + " " if folder else ""}({VAE_KINDS[kind]}) but '
+                        f'model.vae is {ours} ({our_cls or "AutoencoderKL"}'
+                        f'{", " + path if isinstance(path, str) else ""}): its samples would '
+                        f'decode to other frames and sizes; set --cfg-options '
+                        f'{" ".join(keys)}{drop}{again}')
+    if kind == ours and folder and isinstance(path, str) and path and \
+            osp.realpath(folder) != osp.realpath(path):
+        note(f'{root}: the latents were encoded by the VAE at {folder} but '
+             f'model.vae.pretrained_path is {path}: if that is not the same VAE (moved or '
+             f'copied), samples decode wrongly; set model.vae.pretrained_path={folder}')
+
+
+def check_store_scale(cfg, index, index_file) -> None:
+    """Refuse latents normalised otherwise than ``model.vae`` undoes: scaled one way and
+    decoded the other, they trained and sampled without a word, wrongly (a Wan store
+    under VideoVAEWrapper took the base config's SD scale 0.18215: samples ~5.5x off).
+    The scale is the wrapper's own (a video VAE's from its folder's config.json when
+    the config gives none)."""
+    vae = cfg.model.get('vae') or {}
+    if not hasattr(vae, 'get') or vae.get('type') not in VAE_KINDS:
+        return
+    stored = index.get('scale_factor')
+    if not isinstance(stored, (int, float)):
+        return
+    from mmsora.registry import MODELS
+    try:
+        wrapper = MODELS.build(dict(vae))  # (lazy: no weights are loaded)
+        ours = wrapper.scale_factor
+    except Exception:  # (a folder not here, another key wrong: said where it is built)
+        return
+    given = vae.get('scale_factor')
+    if abs(stored - ours) > 1e-6 * abs(ours):
+        says = (f'model.vae.scale_factor is {ours:g}' if given is not None else
+                f'model.vae.scale_factor is unset ({getattr(wrapper, "class_name", "the VAE")}\'s '
+                f'own: {ours:g})')
+        raise UserError(f'{index_file}: the latents were scaled by {stored:g} but {says}: '
+                        f'set model.vae.scale_factor={stored:g} (or extract the latents '
+                        'again with the VAE\'s scale)')
+    shift = index.get('shift_factor')
+    ours = getattr(wrapper, 'shift_factor', 0.0)
+    if isinstance(shift, (int, float)) and abs(shift - ours) > 1e-6 * max(abs(ours), 1e-6):
+        raise UserError(f'{index_file}: the latents were shifted by {shift:g} but '
+                        f'model.vae.shift_factor is {ours:g}: set model.vae.shift_factor='
+                        f'{shift:g}')
 
 
 def check_store_labels(cfg, index, root) -> None:
@@ -644,10 +738,12 @@ def check_store_labels(cfg, index, root) -> None:
         return
     if classes == 1:  # unconditional: -1 ("no label") is class 0
         low = max(low, 0)
-    if low < 0:
+    if low < 0:  # (the denoiser's label table is set alike, or the model refuses it)
+        denoiser = cfg.model.get('denoiser') or {}
+        both = ' model.denoiser.num_classes=1' if 'num_classes' in denoiser else ''
         raise UserError(f'{root}: the store holds label {low} (a manifest row without a '
                         'label is -1): add a label column to the manifest, or set '
-                        'model.num_classes=1 for an unconditional model')
+                        f'model.num_classes=1{both} for an unconditional model')
     if high >= classes:
         takes = ('an unconditional model: label 0, or -1' if classes == 1 else
                  f'labels 0 to {classes - 1}')
@@ -655,6 +751,14 @@ def check_store_labels(cfg, index, root) -> None:
                         f'model.num_classes={classes} ({takes}): set '
                         f'model.num_classes={high + 1} and model.denoiser.num_classes='
                         f'{high + 1}')
+    if classes > 1 and high + 1 <= classes // 2 and len(store_roots(cfg)) == 1:
+        # (a 2-class store on the 101-class UCF config trained without a word; the
+        # stores of a dataset of several are not counted together here)
+        note(f'{root}: the store\'s labels go up to {high} but model.num_classes={classes}: '
+             f'labels {high + 1} to {classes - 1} have no clips to learn from (samples of '
+             f'them are untrained); set model.num_classes={high + 1} and '
+             f'model.denoiser.num_classes={high + 1} (keep them where the table is a '
+             'pretrained one\'s, as DiT\'s 1000)')
 
 
 def check_store_shapes(cfg, index, root) -> None:
@@ -714,7 +818,7 @@ def note_clip_fps(cfg, index, root) -> None:
     target, stride = meta.get('target_fps'), meta.get('frame_stride')
     if not (isinstance(target, (int, float)) and target > 0):
         target = None
-    rates = _clip_rates(meta.get('source'), target, stride)
+    rates = _clip_rates(meta.get('source'), target, stride, store=index)
     if target and not rates:  # (no manifest to read: the rate asked)
         rates = [target]
     how = (f'--target-fps {target:g}' if target else f'--frame-stride {stride}' if stride
@@ -756,10 +860,11 @@ def _note_clip_fps(cfg, where, rates, how) -> None:
          f'sample_cfg.fps={rate:.3g}')
 
 
-def _clip_rates(manifest, target=None, stride=None) -> list:
+def _clip_rates(manifest, target=None, stride=None, store=None) -> list:
     """The frame rate of each clip of a manifest sampled at ``target`` fps (the step
     SampleClipIndices.stride_for takes) or every ``stride``-th frame, or [] where the
-    manifest cannot be read or records no fps."""
+    manifest cannot be read or records no fps. With a store's ``index.json`` (made from
+    the manifest), of the clips the store holds only."""
     if not isinstance(manifest, str) or not osp.isfile(manifest):
         return []
     from mmsora.datasets.manifest import load_manifest
@@ -770,8 +875,46 @@ def _clip_rates(manifest, target=None, stride=None) -> list:
         return []
     sampler = SampleClipIndices(num_frames=1, target_fps=target,
                                 frame_stride=None if target else stride)
+    if store is not None:
+        rows = _held_rows(store, rows)
     return [row['fps'] / sampler.stride_for(row['fps']) for row in rows
             if isinstance(row.get('fps'), (int, float)) and row['fps'] > 0]
+
+
+def _held_rows(index, rows) -> list:
+    """The manifest row of each clip a store holds: its shards' source items less
+    those they skipped (a video too short or unreadable was counted in the rates all
+    the same); every row where the index does not fit the manifest (changed since)."""
+    from collections import Counter
+    k = (index.get('meta') or {}).get('clips_per_video') or 1
+    shards = index.get('shards')
+    if not isinstance(shards, list) or index.get('num_source_items') != len(rows) * k:
+        return rows
+
+    def name(i):  # as extract_features.py names a skipped item
+        path = rows[i // k]['path']
+        return path if k == 1 else f'{path} (clip {i % k + 1} of {k})'
+
+    held = []
+    for shard in shards:
+        start, stop = shard.get('start'), shard.get('stop')
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop
+                <= len(rows) * k):
+            return rows
+        items, skipped = list(range(start, stop)), Counter(shard.get('skipped') or [])
+        for i in list(items):
+            if skipped[name(i)] > 0:
+                skipped[name(i)] -= 1
+                items.remove(i)
+        # the rest by file name: the store's paths are under extract_features.py's
+        # --data-root, which it does not record
+        by_name = Counter(osp.basename(n) for n in skipped.elements())
+        for i in list(items):
+            if by_name[osp.basename(name(i))] > 0:
+                by_name[osp.basename(name(i))] -= 1
+                items.remove(i)
+        held += [rows[i // k] for i in items]
+    return held
 
 
 def note_caption_length(cfg, index, root) -> None:

@@ -176,12 +176,17 @@ class LatentDiffusion(BaseModel):
                 f'{", ".join(missing)}: LatentDiffusion calls it as {method}({call}); '
                 'name its parameters so (or take **kwargs)')
 
-    def _check_parts_agree(self):
-        """Refuse settings the denoiser and the rest state twice and differently (they
-        failed later: an index error at sampling, an assertion in the loss)."""
+    def _denoiser_classes(self):
+        """The denoiser's number of classes (its label table's), or None."""
         classes = getattr(getattr(self.denoiser, 'y_embedder', None), 'num_classes', None)
         if classes is None and isinstance(getattr(self.denoiser, 'num_classes', None), int):
             classes = self.denoiser.num_classes  # a denoiser of one's own saying it
+        return classes
+
+    def _check_parts_agree(self):
+        """Refuse settings the denoiser and the rest state twice and differently (they
+        failed later: an index error at sampling, an assertion in the loss)."""
+        classes = self._denoiser_classes()
         if classes is not None and classes != self.num_classes:
             raise ValueError(f'model.num_classes={self.num_classes} but model.denoiser.'
                              f'num_classes={classes}: set both (label num_classes is the '
@@ -512,8 +517,10 @@ class LatentDiffusion(BaseModel):
         if labels is None:
             raise ValueError('the batch has no `labels`; class-conditional models need them')
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            both = (' model.denoiser.num_classes=1' if self._denoiser_classes() is not None
+                    else '')  # (set alike, or _check_parts_agree refuses it)
             hint = (' (label -1 marks a manifest row without a label: add a label column, '
-                    'or set model.num_classes=1 for an unconditional model)'
+                    f'or set model.num_classes=1{both} for an unconditional model)'
                     if int(labels.min()) == -1 else '')
             raise ValueError(
                 f'labels must lie in [0, {self.num_classes}); got min {int(labels.min())} '

@@ -8,11 +8,14 @@ Latents are normalised as each family's diffusers pipeline does: per channel
 statistics (Wan, LTX-Video), else ``z * scaling_factor`` (CogVideoX 1.15258426,
 HunyuanVideo 0.476986).
 """
+import os.path as osp
+
 import diffusers
 import torch
 
 from mmsora.registry import MODELS
-from .autoencoder_kl import AutoencoderKLWrapper
+from mmsora.utils.checkpoint import read_json_config
+from .autoencoder_kl import AutoencoderKLWrapper, _vae_folder
 
 __all__ = ['VideoVAEWrapper', 'VIDEO_VAE_CLASSES']
 
@@ -47,6 +50,30 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
 
     def model_class(self):
         return getattr(diffusers, self.class_name)
+
+    @property
+    def scale_factor(self):
+        """The scale the latents take after the per-channel statistics: ``scale_factor``
+        as given, else the VAE config's ``scaling_factor`` (1 when it has none). It said
+        1.0 whatever the latents were scaled by, and extract_features.py recorded that
+        in the store. Read from ``config.json`` while the VAE is not loaded."""
+        if self.scale_override is not None:
+            return float(self.scale_override)
+        if self.__dict__['_vae'] is not None:
+            config = self.vae.config
+        elif self.config is not None:
+            config = self.config
+        else:
+            config = read_json_config(osp.join(_vae_folder(self.pretrained_path,
+                                                           self.subfolder), 'config.json'))
+            config = self.vae.config if config is None else config  # (the load says why)
+        found = (config.get('scaling_factor') if isinstance(config, dict)
+                 else getattr(config, 'scaling_factor', None))
+        return float(found or 1.0)
+
+    @scale_factor.setter
+    def scale_factor(self, value):  # (AutoencoderKLWrapper.__init__ sets it)
+        self.scale_override = value
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -101,8 +128,7 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
     def _normalisation(self, device):
         """Per-channel ``(shift, scale)`` shaped (1, C, 1, 1, 1): z' = (z - shift) * scale."""
         cfg, vae = self.vae.config, self.vae
-        scaling = (self.scale_override if self.scale_override is not None
-                   else getattr(cfg, 'scaling_factor', None) or 1.0)
+        scaling = self.scale_factor
         mean, std = getattr(cfg, 'latents_mean', None), getattr(cfg, 'latents_std', None)
         if mean is None and isinstance(getattr(vae, 'latents_mean', None), torch.Tensor):
             mean, std = vae.latents_mean, vae.latents_std  # LTX-Video keeps buffers
