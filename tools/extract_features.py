@@ -32,6 +32,7 @@ rerun with other settings or other source items (a manifest changed since) is re
 import json
 import os
 import os.path as osp
+import re
 import sys
 from typing import Optional
 
@@ -89,7 +90,9 @@ def parse_args(argv=None):
                       'stride follows each video\'s fps)')
     p.add_argument('--size', type=int, nargs='+', metavar='H [W]',
                    help='videos: output height and width (one number: square; default '
-                   '--image-size); must be multiples of the VAE factor')
+                   '--image-size); multiples of the VAE factor, and the latent sides '
+                   '(size / factor) multiples of the denoiser\'s patch size: for DiT /2 '
+                   'on an SD VAE (factor 8), multiples of 16')
     p.add_argument('--pad', choices=['loop', 'repeat_last'],
                    help='videos shorter than a clip: pad them (default: skip them)')
     p.add_argument('--clips-per-video', type=int, default=1, metavar='K',
@@ -146,14 +149,14 @@ OPTION_OF = dict(
     text_encoder='--text-encoder',
     text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
     text_shape='--text-encoder / --max-length',
-    pooled_dim='--text-encoder-kind', classes='the class folders of --data-path',
+    pooled_dim='--text-encoder-kind',
+    classes='the class folders of --data-path, or the class_name column of --manifest',
     video_reader='the version of mmsora that read the videos: extract into a new --out, '
     'or go on with that version')
 
 
 def with_option(error) -> str:
     """The store's refusal of other settings, with the option that sets the one named."""
-    import re
     text = str(error)
     found = re.search(r' written with (\w+)=', text)
     option = OPTION_OF.get(found.group(1)) if found else None
@@ -343,7 +346,7 @@ def build_text_encoder(args):
     return enc
 
 
-def latent_shape_of(vae, source):
+def latent_shape_of(args, vae, source):
     """Shape of one latent: (C, h, w) for pictures, (C, T', h, w) for clips."""
     frames, h, w = source.frames_shape()
     f = vae.downsample_factor
@@ -355,8 +358,26 @@ def latent_shape_of(vae, source):
         except ValueError as e:
             fail(f'--num-frames: {e}')
         shape = vae.latent_shape(frames or 1, h, w)
-        return shape if frames else (shape[0], *shape[2:])
-    return (vae.latent_channels, *((frames,) if frames else ()), h // f, w // f)
+        shape = shape if frames else (shape[0], *shape[2:])
+    else:
+        shape = (vae.latent_channels, *((frames,) if frames else ()), h // f, w // f)
+    warn_odd_latents(args, (h, w), f, shape[-2:])
+    return shape
+
+
+def warn_odd_latents(args, size, factor, sides):
+    """Warn (rank 0) when a latent side is odd: every DiT / VideoDiT patch (the models
+    that train on these stores) is 2 or more, so training stopped on such a store
+    ('input size 17x17 is not a multiple of the patch size 2') after the whole
+    extraction, and it had to be done again."""
+    if all(side % 2 == 0 for side in sides) or launch_rank() != 0:
+        return
+    option = '--image-size' if args.data_path else '--size'
+    print(f'warning: {option} {size[0]}x{size[1]} gives latents of {sides[0]}x{sides[1]} '
+          f'(the VAE factor {factor}): an odd side fits no DiT or VideoDiT patch (2, 4 or '
+          f'8), and training on this store stops (input size not a multiple of the patch '
+          f'size); give sides that are multiples of {factor} x the patch size ({2 * factor} '
+          'for a /2 model)', file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -378,6 +399,12 @@ def store_meta(args, source) -> dict:
                     video_reader=READER_VERSION)
         if args.clips_per_video != 1:  # (stores of one clip a video record none)
             meta.update(clips_per_video=args.clips_per_video)
+        # Recorded as an image store's class folders are, so that stores of two label
+        # maps (biking/ bunny/ and a_bunny/ b_biking/: label 0 is another class in
+        # each) are refused together (PackedLatentDataset); before, they trained as one.
+        classes = manifest_classes(args, source)
+        if classes is not None:
+            meta.update(classes=classes)
     if args.text_encoder:
         # hidden_layer: which of the encoder's hidden states the tokens are (None: the
         # last, after the final norm). Unrecorded before, a resume with another one
@@ -385,6 +412,25 @@ def store_meta(args, source) -> dict:
         meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind,
                     hidden_layer=args.hidden_layer)
     return meta
+
+
+def manifest_classes(args, source):
+    """The manifest's class names by label (its ``class_name`` column, which
+    tools/make_manifest.py --label-from-folder writes), None for a label no row names;
+    None when no labelled row has one."""
+    names = {}
+    for row in source.rows:
+        label, name = row.get('label'), row.get('class_name')
+        if label is None or label < 0 or name is None:
+            continue
+        known = names.setdefault(label, str(name))
+        if known != str(name):
+            fail(f'--manifest {args.manifest}: label {label} is class {known!r} in one row '
+                 f'and {str(name)!r} in another ({row["path"]}): give each label one '
+                 'class_name')
+    if not names:
+        return None
+    return [names.get(label) for label in range(max(names) + 1)]
 
 
 def known_settings(args, source, fingerprint) -> dict:
@@ -583,15 +629,41 @@ def summarize(args, writer, pending, skipped_now, latent_shape):
 
 def skipped_inputs(shards) -> str:
     """'skipped N unreadable or too short inputs: NAME (why); ...' of the shards' records
-    (the first 10 named)."""
+    (the first 10 named), the clips of one video skipped for one reason in one entry
+    ('short8.mp4: clips 1-20 of 20 (why)'). Before, --clips-per-video 20 named such a
+    video with its reason ten times over, one clip at a time, and no other input."""
     skipped = [s for sh in shards for s in sh['skipped']]
     # the reasons this run's and earlier runs' shards recorded (older stores: none)
     reasons = {name: why for sh in shards
                for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
+    groups = {}  # (video, clips of it, why): its clip numbers, in the order met
+    for name in skipped:
+        found = CLIP_NAME.fullmatch(name)
+        video, of = (found.group(1), found.group(3)) if found else (name, None)
+        groups.setdefault((video, of, reasons.get(name)), []).append(
+            int(found.group(2)) if found else None)
+    entries = [video + (f': {clip_ranges(clips)} of {of}' if of else '')
+               + (f' ({why})' if why is not None else '')
+               for (video, of, why), clips in groups.items()]
     return (f'skipped {len(skipped)} unreadable or too short input{"s" * (len(skipped) != 1)}'
-            + (': ' + '; '.join(f'{name} ({reasons[name]})' if name in reasons else name
-                                for name in skipped[:10])
-               + (' ...' if len(skipped) > 10 else '') if skipped else ''))
+            + (': ' + '; '.join(entries[:10]) + (' ...' if len(entries) > 10 else '')
+               if skipped else ''))
+
+
+# The name ClipSource gives a clip of a video it takes several of.
+CLIP_NAME = re.compile(r'(.*) \(clip (\d+) of (\d+)\)', re.S)
+
+
+def clip_ranges(clips) -> str:
+    """'clip 3', or 'clips 1-4, 7' of clip numbers."""
+    clips, runs = sorted(set(clips)), []
+    for clip in clips:
+        if runs and clip == runs[-1][1] + 1:
+            runs[-1][1] = clip
+        else:
+            runs.append([clip, clip])
+    return ('clip ' if len(clips) == 1 else 'clips ') + ', '.join(
+        str(a) if a == b else f'{a}-{b}' for a, b in runs)
 
 
 def encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, rank,
@@ -656,7 +728,7 @@ def main(argv=None):
     note_long_captions(text_encoder, source)
     rank, world, device = init_dist(args.device)
     vae.vae.to(device)
-    latent_shape = latent_shape_of(vae, source)
+    latent_shape = latent_shape_of(args, vae, source)
     copies = 2 if args.flip else 1
     text_shape = pooled_dim = None
     if text_encoder is not None:

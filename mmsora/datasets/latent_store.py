@@ -49,7 +49,8 @@ HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_cop
 FINGERPRINT_KEY = 'source_fingerprint'
 # Extraction settings (``meta``) recorded only since a later version: a store whose
 # meta lacks one resumes unchecked on it (it may have been written with any value).
-LATER_META_KEYS = ('hidden_layer', 'clips_per_video', 'video_reader')
+# (classes: image stores always recorded theirs, video stores only since a later one.)
+LATER_META_KEYS = ('hidden_layer', 'clips_per_video', 'video_reader', 'classes')
 
 
 class SourceChangedError(ValueError):

@@ -29,10 +29,11 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     Several stores (``store=['ucf101', 'mine']``) read as one dataset, in order, when
     their latents fit one model: the same latent shape, scale and shift, all with
-    caption embeddings of one shape or none, and the same class names where both
-    record them (a refusal names the first setting that differs). A store of moments
-    and one of samples, or with and without flip copies, go together (each item is
-    read as its store holds it); caption embeddings of stores of two dtypes come in
+    caption embeddings of one shape or none, and the same class name for each label
+    two of them name (image stores record their class folders, video stores their
+    manifest's class_name column; a refusal names the first setting that differs). A
+    store of moments and one of samples, or with and without flip copies, go together
+    (each item is read as its store holds it); caption embeddings of stores of two dtypes come in
     the wider one (float16 with bfloat16: float32), so a batch is one dtype. Each
     item's ``sample_idx`` counts across the stores.
 
@@ -128,19 +129,35 @@ def check_stores_fit(stores):
     first = stores[0]
 
     def setting(one):
-        meta = one.index.get('meta') or {}
         return dict(latent_shape=one.latent_shape, scale_factor=one.scale_factor,
                     shift_factor=one.index.get('shift_factor') or 0.0,
-                    text_shape=one.text_shape, pooled_dim=one.pooled_dim,
-                    classes=meta.get('classes'))
+                    text_shape=one.text_shape, pooled_dim=one.pooled_dim)
+
+    def refuse(one, other, what):
+        raise ValueError(f'latent stores {one.root!r} and {other.root!r} cannot be read as '
+                         f'one dataset: {what}')
 
     ours = setting(first)
     for other in stores[1:]:
         theirs = setting(other)
         for key, value in ours.items():
-            if key == 'classes' and (value is None or theirs[key] is None):
-                continue
             if theirs[key] != value:
-                raise ValueError(f'latent stores {first.root!r} and {other.root!r} cannot be '
-                                 f'read as one dataset: {key} {value!r} against '
-                                 f'{theirs[key]!r}')
+                refuse(first, other, f'{key} {value!r} against {theirs[key]!r}')
+    # Class names are compared label by label, where two stores both name one (a
+    # manifest's store may name some labels only, or none), each against every store
+    # before it that names it.
+    named = {}  # label: (its name, the store that first named it)
+    for other in stores:
+        classes = classes_of(other) or ()
+        for label, name in enumerate(classes):
+            if name is None:
+                continue
+            known, one = named.setdefault(label, (name, other))
+            if known != name:
+                refuse(one, other, f'classes {classes_of(one)!r} against {classes!r} (label '
+                                   f'{label} is {known!r} in one, {name!r} in the other)')
+
+
+def classes_of(store):
+    """The class names a store records (``classes[label]``), or None."""
+    return (store.index.get('meta') or {}).get('classes')
