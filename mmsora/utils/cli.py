@@ -57,7 +57,8 @@ def load_config(path):
 def _close_configs(path) -> str:
     """'; did you mean ...' for a config path not found: the same file name in another
     folder of configs/ (configs/dit_s2_....py for configs/dit/dit_s2_....py), else close
-    names in the folder given and under configs/ of the working directory."""
+    names in the folder given and under configs/ of the working directory; files under
+    ``_base_`` only for a path under ``_base_``."""
     import glob
     name = osp.basename(path)
     if not name:
@@ -68,6 +69,9 @@ def _close_configs(path) -> str:
         found.update(osp.join(folder, f) for f in os.listdir(folder or '.') if f.endswith('.py'))
     found.update(glob.glob(osp.join('configs', '**', '*.py'), recursive=True))
     found = sorted(f for f in found if '__pycache__' not in f)
+    if '_base_' not in path:  # a config to run: not a fragment of one (configs/_base_/
+        # models/video_dit_xl2.py for configs/video_dit/video_dit_xl2_24gb.py)
+        found = [f for f in found if '_base_' not in f.split(os.sep)]
     same = [f for f in found if osp.basename(f) == name]
     if not same:
         by_name = {}

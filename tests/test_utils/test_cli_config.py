@@ -245,6 +245,17 @@ def test_a_config_path_not_found_gets_close_names(tmp_path, monkeypatch):
         load_config('configs/dit_xl2_vidoe.py')
     with pytest.raises(UserError, match=r'^config file not found: nothing_like_it\.py$'):
         load_config('nothing_like_it.py')
+    # a config to run, not a fragment under _base_ (unless a _base_ path was given)
+    (tmp_path / 'configs' / '_base_' / 'models').mkdir(parents=True)
+    (tmp_path / 'configs' / '_base_' / 'models' / 'video_dit_xl2.py').write_text('x = 1\n')
+    (tmp_path / 'configs' / 'video_dit').mkdir()
+    (tmp_path / 'configs' / 'video_dit' / 'video_dit_xl2_8xb5_24gb.py').write_text('x = 1\n')
+    with pytest.raises(UserError, match=r'; did you mean configs/video_dit/video_dit_xl2_8xb5_'
+                                        r'24gb\.py\?$'):
+        load_config('configs/video_dit/video_dit_xl2_24gb.py')
+    with pytest.raises(UserError, match=r'; did you mean configs/_base_/models/video_dit_xl2'
+                                        r'\.py\?$'):
+        load_config('configs/_base_/models/video_dit_xl2.pu')
 
 
 def _set(option, **config):
