@@ -54,9 +54,26 @@ def parse_args(argv=None):
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
+    check_amp_takes_no_value(sys.argv[1:] if argv is None else list(argv))
     args = parse_config_and_preset(parser, argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+# What one might give --amp as a value (argparse said 'unrecognized arguments: fp16').
+AMP_VALUES = ('fp16', 'float16', 'half', 'bf16', 'bfloat16', 'fp32', 'float32')
+
+
+def check_amp_takes_no_value(argv) -> None:
+    """``--amp fp16`` / ``--amp=bf16``: refused in one line saying how the dtype is
+    chosen."""
+    for i, arg in enumerate(argv):
+        value = (arg[len('--amp='):] if arg.startswith('--amp=')
+                 else argv[i + 1] if arg == '--amp' and i + 1 < len(argv) else None)
+        if value is not None and (arg != '--amp' or value.lower() in AMP_VALUES):
+            raise UserError(f'--amp takes no value (got {value}): it trains in bfloat16 '
+                            'where the GPU has it, else float16; for float16: --amp '
+                            '--cfg-options optim_wrapper.dtype=float16')
 
 
 def load_from_kind(path):
@@ -101,6 +118,20 @@ def build_model_on_meta(cfg):
     except Exception:  # e.g. something the meta device cannot do
         pass
     return None
+
+
+def check_block_interval(model) -> None:
+    """The denoiser's ``grad_checkpointing=k`` above its number of blocks, refused in
+    one line: it recomputed block 0 alone (blocks 0, k, 2k, ...), without a word."""
+    denoiser = getattr(model, 'denoiser', None)
+    blocks = getattr(denoiser, 'blocks', None)
+    if blocks is None:
+        return
+    from mmsora.models.layers.checkpointing import check_checkpoint_every
+    try:
+        check_checkpoint_every(denoiser.grad_checkpointing, len(blocks))
+    except ValueError as e:
+        raise UserError(f'model.denoiser.{e}') from None
 
 
 def check_vae_folder(model) -> None:
@@ -943,16 +974,21 @@ def build_train_config(args):
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     check_output_path(cfg.work_dir, '--work-dir' if args.work_dir else 'work_dir', folder=True)
+    from mmsora.engine.strategies.train_options import (accumulation_of, apply_amp,
+                                                        fit_amp_to_device)
     if args.amp:
-        from mmsora.engine.strategies import apply_amp
         apply_amp(cfg)
+    else:  # a card preset's AmpOptimWrapper without CUDA: what --amp gives there
+        fit_amp_to_device(cfg)
     meta_model = build_model_on_meta(cfg)
     check_vae_folder(meta_model)
+    check_block_interval(meta_model)
     from mmsora.utils.config_keys import check_training_keys
     # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
     # and the EMA hook): a typo would fail after the Runner's start-up output, or
     # later. It reads no file, so it comes before the checks of --resume's checkpoint.
     check_training_keys(cfg)
+    accumulation_of(cfg)  # a whole number >= 1 (mmengine asserts after its start-up)
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '
                         'continues a run (optimizer, EMA, iteration), --load-from '
@@ -1072,8 +1108,11 @@ def build_train_config(args):
     world_size = launcher_world_size(args.launcher)
     per_process = apply_global_batch(cfg, world_size)
     if per_process is not None and is_launch_rank0():
+        accumulation = cfg.optim_wrapper.get('accumulative_counts', 1)
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
-              f'{per_process} on each of {world_size} process(es)', flush=True)
+              f'{per_process} on each of {world_size} process(es)'
+              + (f' x {accumulation} accumulation steps (optim_wrapper.accumulative_counts)'
+                 if accumulation > 1 else ''), flush=True)
     elif per_process is None:
         note_named_layout(args.config, cfg, world_size)
     note_video_dataset_fps(cfg)

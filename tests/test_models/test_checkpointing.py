@@ -16,7 +16,7 @@ VIDEO = dict(DIT, depth=4, num_frames=3, block_type='latte')
 # grad_checkpointing -> the blocks it checkpoints (depth 6); pairs, as False == 0 and
 # True == 1 would be one key each in a dict
 EXPECTED = [(False, []), (0, []), (True, [0, 1, 2, 3, 4, 5]), (1, [0, 1, 2, 3, 4, 5]),
-            (2, [0, 2, 4]), (3, [0, 3]), (6, [0]), (7, [0]),
+            (2, [0, 2, 4]), (3, [0, 3]), (6, [0]),  # (7: refused, more than the depth)
             ('selective', [0, 1, 2, 3, 4, 5])]
 
 

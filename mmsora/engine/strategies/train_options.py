@@ -7,7 +7,7 @@ import os
 import torch
 from mmengine.logging import print_log
 
-from mmsora.utils.cli import UserError
+from mmsora.utils.cli import UserError, note
 from mmsora.utils.dist import free_port
 from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepspeed,
                         to_flexible_runner_config)
@@ -19,7 +19,7 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
            'check_accumulation', 'check_fsdp_precision',
            'drop_disabled_hooks', 'fit_loader_workers',
-           'seed_model_at_run_time']
+           'seed_model_at_run_time', 'fit_amp_to_device', 'check_accumulative_counts']
 
 
 def amp_dtype_of(optim_wrapper) -> str:
@@ -218,20 +218,62 @@ def apply_amp(cfg, dtype=None, device=None):
     """``tools/train.py --amp``: mixed precision over float32 weights.
 
     On CUDA mmengine's ``AmpOptimWrapper`` with a dynamic loss scale, in ``dtype``
-    (default: ``'bfloat16'`` where the GPU has it, else ``'float16'``); on the CPU
-    (which mmengine's wrapper refuses) :class:`AutocastOptimWrapper` in ``dtype``
-    (default ``'bfloat16'``). ``device`` defaults to CUDA when there is one."""
+    (default: the config's ``optim_wrapper.dtype``, else ``'bfloat16'`` where the GPU
+    has it, else ``'float16'``); on the CPU (which mmengine's wrapper refuses)
+    :class:`AutocastOptimWrapper` in ``dtype`` (default: the config's, else
+    ``'bfloat16'``; float16 becomes bfloat16, with a note). ``device`` defaults to CUDA
+    when there is one."""
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    drop_amp(cfg)  # a config's own AMP settings belong to the other wrapper
+    # (--cfg-options optim_wrapper.dtype=float16 is how fp16 is chosen with --amp)
+    dtype = dtype or _dtype_name(cfg.optim_wrapper.get('dtype'))
+    if dtype is not None and dtype not in ('float16', 'bfloat16'):
+        raise UserError(f'optim_wrapper.dtype={dtype}: mixed precision trains in float16 '
+                        'or bfloat16; set optim_wrapper.dtype=float16 or bfloat16')
+    drop_amp(cfg)  # a config's other AMP settings belong to the other wrapper
     if device == 'cuda':
+        if dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+            note('optim_wrapper.dtype=bfloat16: this GPU has no bfloat16, training in '
+                 'float16 with loss scaling instead')
+            dtype = 'float16'
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.dtype = dtype or ('bfloat16' if torch.cuda.is_bf16_supported()
                                             else 'float16')
         cfg.optim_wrapper.loss_scale = 'dynamic'
     else:
+        if dtype == 'float16':
+            note(f'optim_wrapper.dtype=float16 on the {device.upper()}: training in '
+                 f'bfloat16 instead ({CPU_FP16_WHY})')
         cfg.optim_wrapper.type = 'AutocastOptimWrapper'
-        cfg.optim_wrapper.dtype = dtype or 'bfloat16'
+        cfg.optim_wrapper.dtype = 'bfloat16'
         cfg.optim_wrapper.device_type = device
+    return cfg
+
+
+# Why float16 autocast is not used on the CPU (it has no loss scaling there either).
+CPU_FP16_WHY = 'float16 autocast is very slow on the CPU'
+
+
+def _dtype_name(value):
+    """``'float16'`` for ``torch.float16`` or ``'float16'``; None stays None."""
+    return None if value is None else str(value).replace('torch.', '')
+
+
+def fit_amp_to_device(cfg, device=None):
+    """A config's own ``AmpOptimWrapper`` (the card presets') on a machine without
+    CUDA: mmengine's wrapper asserts a GPU after the Runner's start-up, so the run
+    trains as ``--amp`` does there (bfloat16 autocast, :func:`apply_amp`), with a
+    note. ``device`` defaults to CUDA when there is one; other configs are left as
+    they are."""
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    wrapper = cfg.get('optim_wrapper') or {}
+    if device == 'cuda' or wrapper.get('type') != 'AmpOptimWrapper':
+        return cfg
+    dtype = amp_dtype_of(wrapper)
+    why = f': {CPU_FP16_WHY}' if dtype == 'float16' else ''
+    note(f'optim_wrapper.type=AmpOptimWrapper ({dtype}) needs a GPU: on the '
+         f'{device.upper()} the run trains in bfloat16 autocast (AutocastOptimWrapper), '
+         f'as --amp does there{why}', once=True)
+    apply_amp(cfg, dtype='bfloat16', device=device)
     return cfg
 
 
@@ -278,7 +320,7 @@ def apply_global_batch(cfg, world_size: int):
     total = cfg.get('global_batch_size')
     if total is None:
         return None
-    accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))
+    accum = check_accumulative_counts(cfg.optim_wrapper.get('accumulative_counts', 1))
     if (not isinstance(total, int) or total < 1
             or total % (world_size * accum) != 0):
         raise UserError(
@@ -300,8 +342,21 @@ def accumulation_of(cfg) -> int:
         for steps in (strategy.get('gradient_accumulation_steps'),
                       (strategy.get('config') or {}).get('gradient_accumulation_steps')):
             if isinstance(steps, int):
-                return steps
-    return int((cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+                return check_accumulative_counts(
+                    steps, 'strategy.gradient_accumulation_steps')
+    return check_accumulative_counts(
+        (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+
+
+def check_accumulative_counts(value, option='optim_wrapper.accumulative_counts') -> int:
+    """``value``, the micro-batches per optimizer step, if it is an int >= 1; else a
+    one-line refusal naming ``option``. (mmengine failed on 0 or -2 with an
+    AssertionError after the Runner's start-up, and took 2.5: steps every 5th
+    iteration with the loss divided by 2.5.)"""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f'{option}={value!r}: the micro-batches per optimizer step are a '
+                        f'whole number >= 1 (1: no gradient accumulation); set {option}=K')
+    return value
 
 
 # The default hooks mmengine's Runner knows: ``default_hooks.NAME=None`` removes one.

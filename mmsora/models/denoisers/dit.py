@@ -105,7 +105,7 @@ class DiT(nn.Module):
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.patch_size = patch_size
         self.num_heads = num_heads
-        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing)
+        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing, depth)
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size)

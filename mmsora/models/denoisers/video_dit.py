@@ -228,7 +228,7 @@ class VideoDiT(nn.Module):
         self.block_type = block_type
         self.condition = condition
         self.text_dim = text_dim if condition == 'text' else None
-        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing)
+        self.grad_checkpointing = check_checkpoint_every(grad_checkpointing, depth)
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size)

@@ -12,7 +12,7 @@
   about half of what it kept (``docs/benchmarks.md``).
 """
 from functools import partial
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
@@ -60,16 +60,22 @@ def _selective_policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
 _SELECTIVE = partial(create_selective_checkpoint_contexts, _selective_policy)
 
 
-def check_checkpoint_every(
-        grad_checkpointing: Union[bool, int, str]) -> Union[bool, int, str]:
+def check_checkpoint_every(grad_checkpointing: Union[bool, int, str],
+                           depth: Optional[int] = None) -> Union[bool, int, str]:
     """Validate a ``grad_checkpointing`` argument: False/0 (off), True (every block),
-    an int k >= 1 (every k-th block, i.e. blocks 0, k, 2k, ...) or ``'selective'``."""
+    an int k >= 1 (every k-th block, i.e. blocks 0, k, 2k, ...) or ``'selective'``.
+    With the model's ``depth`` (its number of blocks) a k above it is refused: it
+    recomputes block 0 alone, as k = depth does."""
     if isinstance(grad_checkpointing, bool) or grad_checkpointing == 'selective':
         return grad_checkpointing
     if not isinstance(grad_checkpointing, int) or grad_checkpointing < 0:
         raise ValueError("grad_checkpointing must be True/False, 'selective' or a block "
                          'interval k >= 0 (checkpoint every k-th block), got '
                          f'{grad_checkpointing!r}')
+    if depth is not None and grad_checkpointing > depth:
+        raise ValueError(f'grad_checkpointing={grad_checkpointing} is more than the '
+                         f'{depth} blocks (it would recompute block 0 alone): use 0 (off), '
+                         f"1 (every block) to {depth} (every k-th block) or 'selective'")
     return grad_checkpointing
 
 

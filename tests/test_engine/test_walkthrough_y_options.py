@@ -1,0 +1,195 @@
+"""A one-RTX-4090 user's walk-through of tools/train.py's options: a card preset's
+AmpOptimWrapper on a machine without CUDA, gradient accumulation counts that are not
+a whole number >= 1, --amp with a config's float16, grad_checkpointing=k above the
+depth, and the micro-batches named in the global batch line."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmsora.engine.strategies.train_options import accumulation_of, apply_amp
+from mmsora.models.layers.checkpointing import check_checkpoint_every
+from mmsora.utils.cli import UserError
+from tools.train import build_train_config, parse_args
+
+pytestmark = pytest.mark.usefixtures('kept_environ')
+
+DEMO = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
+PRESET = 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py'
+TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
+        'model.denoiser.num_heads=2', 'train_dataloader.batch_size=2',
+        'train_dataloader.dataset.num_samples=8', 'param_scheduler=[]',
+        'train_cfg.max_iters=2', 'custom_hooks=[]']
+
+
+def train_config(repo_root, tmp_path, *options, config=DEMO, amp=False):
+    argv = [osp.join(repo_root, config), '--work-dir', str(tmp_path / 'work')]
+    argv += ['--amp'] if amp else []
+    return build_train_config(parse_args(argv + ['--cfg-options', *TINY, *options]))
+
+
+def estimate_memory_main(repo_root):
+    spec = importlib.util.spec_from_file_location(
+        'estimate_memory_y', osp.join(repo_root, 'tools/estimate_memory.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+# ----------------------------------------------------------------------------------
+# 1. A card preset's AmpOptimWrapper without CUDA
+# ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_a_card_presets_amp_wrapper_trains_on_the_cpu(repo_root, tmp_path, capsys, dtype):
+    # A config inheriting the tiny demo with the card presets' wrapper: mmengine's
+    # AmpOptimWrapper asserted a GPU after the Runner's start-up.
+    config = tmp_path / 'tiny_24gb.py'
+    config.write_text(f"_base_ = ['{osp.join(repo_root, DEMO)}']\n"
+                      f"optim_wrapper = dict(type='AmpOptimWrapper', dtype='{dtype}', "
+                      "loss_scale='dynamic')\n")
+    cfg = build_train_config(parse_args([str(config), '--work-dir', str(tmp_path / 'w'),
+                                         '--cfg-options', *TINY]))
+    wrapper = cfg.optim_wrapper
+    assert (wrapper.type, wrapper.dtype, wrapper.device_type) == (
+        'AutocastOptimWrapper', 'bfloat16', 'cpu')
+    assert 'loss_scale' not in wrapper
+    err = capsys.readouterr().err
+    assert f'note: optim_wrapper.type=AmpOptimWrapper ({dtype}) needs a GPU' in err
+    assert ('float16 autocast is very slow' in err) == (dtype == 'float16')
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert type(runner.optim_wrapper).__name__ == 'AutocastOptimWrapper'
+    assert runner.iter == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path')
+def test_the_card_preset_itself_is_converted(repo_root, tmp_path):
+    cfg = build_train_config(parse_args([osp.join(repo_root, PRESET), '--work-dir',
+                                         str(tmp_path)]))
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype) == (
+        'AutocastOptimWrapper', 'bfloat16')
+
+
+def test_an_amp_wrapper_is_kept_on_cuda():
+    from mmsora.engine.strategies.train_options import fit_amp_to_device
+    cfg = Config(dict(optim_wrapper=dict(type='AmpOptimWrapper', dtype='float16')))
+    fit_amp_to_device(cfg, device='cuda')
+    assert cfg.optim_wrapper.to_dict() == dict(type='AmpOptimWrapper', dtype='float16')
+
+
+# ----------------------------------------------------------------------------------
+# 2. accumulative_counts: a whole number >= 1
+# ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('counts', ['0', '-2', '2.5', 'True'])
+@pytest.mark.parametrize('global_batch', [False, True])
+def test_a_bad_accumulation_count_is_refused_in_one_line(repo_root, tmp_path, counts,
+                                                         global_batch):
+    options = [f'optim_wrapper.accumulative_counts={counts}']
+    options += ['global_batch_size=8'] if global_batch else []
+    with pytest.raises(UserError, match=r'^optim_wrapper\.accumulative_counts=\S+: the '
+                       r'micro-batches per optimizer step are a whole number >= 1 .*'
+                       r'set optim_wrapper\.accumulative_counts=K$'):
+        train_config(repo_root, tmp_path, *options)
+
+
+def test_estimate_memory_refuses_a_bad_accumulation_count(repo_root, capsys):
+    main = estimate_memory_main(repo_root)
+    with pytest.raises(UserError, match=r'^optim_wrapper\.accumulative_counts=0: '):
+        main([osp.join(repo_root, DEMO), '--cfg-options', *TINY,
+              'optim_wrapper.accumulative_counts=0'])
+    assert 'GiB' not in capsys.readouterr().out  # no estimate printed
+
+
+def test_accumulation_of_checks_deepspeed_steps_too():
+    cfg = Config(dict(optim_wrapper=dict(accumulative_counts=2),
+                      strategy=dict(type='DeepSpeedStrategy',
+                                    gradient_accumulation_steps=0)))
+    with pytest.raises(UserError, match=r'^strategy\.gradient_accumulation_steps=0: '):
+        accumulation_of(cfg)
+    cfg.strategy.gradient_accumulation_steps = 3
+    assert accumulation_of(cfg) == 3
+
+
+# ----------------------------------------------------------------------------------
+# 3. --amp keeps the config's dtype
+# ----------------------------------------------------------------------------------
+
+def test_amp_keeps_a_float16_the_config_sets_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', dtype='float16')))
+    apply_amp(cfg, device='cuda')
+    assert cfg.optim_wrapper.to_dict() == dict(type='AmpOptimWrapper', dtype='float16',
+                                               loss_scale='dynamic')
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper')))  # the default stays
+    apply_amp(cfg, device='cuda')
+    assert cfg.optim_wrapper.dtype == 'bfloat16'
+
+
+def test_amp_float16_on_the_cpu_is_bfloat16_with_a_note(repo_root, tmp_path, capsys):
+    cfg = train_config(repo_root, tmp_path, 'optim_wrapper.dtype=float16', amp=True)
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype) == (
+        'AutocastOptimWrapper', 'bfloat16')
+    assert ('note: optim_wrapper.dtype=float16 on the CPU: training in bfloat16 instead'
+            in capsys.readouterr().err)
+
+
+def test_amp_refuses_a_dtype_it_cannot_train_in():
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', dtype='int8')))
+    with pytest.raises(UserError, match=r'^optim_wrapper\.dtype=int8: mixed precision'):
+        apply_amp(cfg, device='cpu')
+
+
+@pytest.mark.parametrize('argv', [['--amp', 'fp16'], ['--amp=bf16']])
+def test_amp_takes_no_value(repo_root, argv):
+    with pytest.raises(UserError, match=r'^--amp takes no value \(got (fp16|bf16)\): .*'
+                       r'--amp --cfg-options optim_wrapper\.dtype=float16$'):
+        parse_args([osp.join(repo_root, DEMO), *argv])
+    # (the config given after --amp is the config)
+    assert parse_args(['--amp', osp.join(repo_root, DEMO)]).amp
+
+
+# ----------------------------------------------------------------------------------
+# 4. grad_checkpointing=k above the depth
+# ----------------------------------------------------------------------------------
+
+def test_check_checkpoint_every_refuses_k_above_the_depth():
+    assert check_checkpoint_every(4, depth=4) == 4
+    assert check_checkpoint_every(100) == 100  # (no depth: nothing to compare)
+    with pytest.raises(ValueError, match=r"^grad_checkpointing=100 is more than the 4 "
+                       r"blocks .*use 0 \(off\), 1 \(every block\) to 4 "):
+        check_checkpoint_every(100, depth=4)
+
+
+def test_train_refuses_grad_checkpointing_above_the_depth(repo_root, tmp_path):
+    with pytest.raises(UserError, match=r'^(model\.denoiser\.)?grad_checkpointing=100 is '
+                       r'more than the 2 blocks'):
+        train_config(repo_root, tmp_path, 'model.denoiser.grad_checkpointing=100')
+    cfg = train_config(repo_root, tmp_path, 'model.denoiser.grad_checkpointing=2')
+    assert cfg.model.denoiser.grad_checkpointing == 2
+
+
+def test_estimate_memory_refuses_grad_checkpointing_above_the_depth(repo_root, capsys):
+    """A row 'every 100th block' of a 4-block model was counted as block 0 alone."""
+    main = estimate_memory_main(repo_root)
+    with pytest.raises(ValueError, match=r'^grad_checkpointing=100 is more than the 2 '):
+        main([osp.join(repo_root, DEMO), '--cfg-options', *TINY,
+              '--grad-checkpointing', '0', '100'])
+
+
+# ----------------------------------------------------------------------------------
+# 9. The global batch line names the micro-batches
+# ----------------------------------------------------------------------------------
+
+def test_the_global_batch_line_names_the_accumulation(repo_root, tmp_path, capsys):
+    cfg = train_config(repo_root, tmp_path, 'global_batch_size=8',
+                       'optim_wrapper.accumulative_counts=2')
+    assert cfg.train_dataloader.batch_size == 4
+    assert ('global_batch_size=8: train_dataloader.batch_size=4 on each of 1 process(es) '
+            'x 2 accumulation steps (optim_wrapper.accumulative_counts)'
+            in capsys.readouterr().out)
