@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,10 @@ from torch import nn
 
 _RESULT_TAG = 'BENCHMARK_RESULT '
 _PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
+# --model's batch: the recorded CPU figures (docs/benchmarks.md) were taken at it.
+DEFAULT_BATCH_SIZE = 8
+FP16_ON_CPU = ('fp16 on the CPU is unscaled fp16 autocast, which tools/train.py never '
+               'runs there (its --amp is bf16 on the CPU): give --precision bf16')
 
 
 def parse_args(argv=None):
@@ -52,7 +57,11 @@ def parse_args(argv=None):
     parser.add_argument('--num-classes', type=int, default=1000, help='for --model')
     parser.add_argument('--steps', type=int, default=10, help='timed steps')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first')
-    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--batch-size', type=int,
+                        help='samples per micro-batch (default: with a CONFIG the batch '
+                        'tools/train.py trains on one process: global_batch_size over '
+                        'the accumulation steps, else train_dataloader.batch_size; '
+                        'with --model: 8)')
     parser.add_argument('--device', choices=['cpu', 'cuda'],
                         default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='default: cuda when a GPU is visible, as tools/train.py')
@@ -123,7 +132,8 @@ def parse_args(argv=None):
 # --------------------------------------------------------------------------- #
 def benchmark_config(args):
     """The training config to time: CONFIG with ``--cfg-options``, or DiT's recipe for
-    ``--model``; with the command line's precision, EMA, compile and fused AdamW."""
+    ``--model``; with the command line's precision, EMA, compile and fused AdamW. Fills
+    in ``args.batch_size`` and ``args.precision`` where the command line left them."""
     from mmengine.config import Config
 
     from mmsora.engine.strategies import (amp_dtype_of, apply_amp, apply_speed_options,
@@ -143,6 +153,8 @@ def benchmark_config(args):
     apply_cfg_options(cfg, args.cfg_options)
     if 'optim_wrapper' not in cfg:
         cfg.optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))
+    if args.batch_size is None:
+        args.batch_size = config_batch_size(cfg) if args.config else DEFAULT_BATCH_SIZE
     if args.grad_checkpointing is not None:
         cfg.model.denoiser.grad_checkpointing = args.grad_checkpointing
     if args.attn_backend is not None:
@@ -163,12 +175,42 @@ def benchmark_config(args):
     if args.precision is None:  # the config's (and on this device)
         dtype = amp_dtype_of(cfg.optim_wrapper)
         args.precision = {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[dtype]
+        if args.precision == 'fp16' and args.device == 'cpu':
+            from mmsora.utils.cli import UserError
+            raise UserError(f'{FP16_ON_CPU} (this config\'s optim_wrapper trains in fp16)')
     if _PRECISIONS[args.precision]:
         apply_amp(cfg, _PRECISIONS[args.precision], args.device)
     else:  # full precision, whatever the config's wrapper autocasts to
         drop_amp(cfg)
     apply_speed_options(cfg, compile=args.compile, device=args.device)
     return cfg
+
+
+def config_batch_size(cfg):
+    """The micro-batch ``tools/train.py`` trains a config in on one process: its
+    ``global_batch_size`` over the accumulation steps, else
+    ``train_dataloader.batch_size``; :data:`DEFAULT_BATCH_SIZE` for a config that
+    gives neither."""
+    from mmsora.engine.strategies import apply_global_batch
+    per_process = apply_global_batch(cfg, 1)
+    if per_process is not None:
+        return per_process
+    return (cfg.get('train_dataloader') or {}).get('batch_size') or DEFAULT_BATCH_SIZE
+
+
+def batch_note(args, cfg) -> str:
+    """One line saying which batch a CONFIG's step is timed at without --batch-size."""
+    total = cfg.get('global_batch_size')
+    if total is not None:
+        accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))  # as train.py splits
+        split = f' over {accum} accumulation steps' if accum > 1 else ''
+        why = f"the config's global_batch_size={total}{split} on one process"
+    elif (cfg.get('train_dataloader') or {}).get('batch_size'):
+        why = "the config's train_dataloader.batch_size"
+    else:
+        why = 'the config gives no train_dataloader.batch_size'
+    return (f'batch: {args.batch_size} per micro-batch ({why}, as tools/train.py trains '
+            'it; --batch-size N for another)')
 
 
 def step_hooks(cfg) -> list:
@@ -399,6 +441,8 @@ def check_args(args) -> None:
         if value is not None and value <= 0:
             raise UserError(f'--{name.replace("_", "-")} must be > 0, got {value}')
     check_output_path(args.json, '--json')
+    if args.precision == 'fp16' and args.device == 'cpu':
+        raise UserError(f'--precision {FP16_ON_CPU}')
     if args.interleave and not args.baseline:
         raise UserError('--interleave alternates two models\' steps: add --baseline diffusers')
     if args.ema is not None and not 0 < args.ema < 1:
@@ -597,6 +641,59 @@ def format_table(results: list) -> str:
     return '\n'.join('  '.join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
 
 
+def baseline_notes(args, cfg) -> list:
+    """Lines under the results where the ratio to the baseline is not like for like:
+    diffusers' DiT runs without our denoiser's gradient checkpointing."""
+    from mmsora.utils.training_inputs import training_model_cfg
+    if not args.baseline:
+        return []
+    k = (training_model_cfg(cfg).get('denoiser') or {}).get('grad_checkpointing')
+    if not k:
+        return []
+    return [f'note: {args.baseline} runs without gradient checkpointing (ours: '
+            f'grad_checkpointing={k}), so the ratio is not like for like; drop '
+            '--grad-checkpointing (or set it to 0) to compare the same step']
+
+
+def git_commit(path=None):
+    """The commit checked out where ``path`` (default: this file) lies, or None
+    outside a git checkout (or without git)."""
+    folder = os.path.dirname(os.path.abspath(path or __file__))
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(args) -> dict:
+    """What docs/benchmarks.md asks every figure to carry: when (UTC), where, by which
+    command and at which commit."""
+    import datetime
+    import socket
+    gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec='seconds'),
+                machine=dict(cpu=cpu_model(), cpus=os.cpu_count(), gpu=gpu),
+                hostname=socket.gethostname(),
+                command=shlex.join(sys.argv), git_commit=git_commit())
+
+
 def setup_record(args, micro, peak_tflops=None) -> dict:
     """What a run measured, for its header line and its JSON: the options that shape
     the step, the mode (interleaved, or separate processes with their repeats) and the
@@ -627,7 +724,7 @@ def report(args, setup: dict, text: str, record: dict) -> None:
     if args.json:  # checked before the work (check_args); its folder made if missing
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
-            json.dump(dict(setup=setup, **record), f, indent=2)
+            json.dump(dict(setup=setup, **provenance(args), **record), f, indent=2)
 
 
 def main(argv=None):
@@ -637,15 +734,20 @@ def main(argv=None):
     if args.worker:
         print(_RESULT_TAG + json.dumps(run_worker(args)), flush=True)
         return
+    batch_from_config = args.config and args.batch_size is None
     cfg = benchmark_config(args)
     step_hooks(cfg)  # a wrong path, option or hook stops here
     check_baseline(cfg, args.baseline)  # before ours is timed
+    if batch_from_config:
+        print(batch_note(args, cfg), flush=True)
     from mmsora.engine.strategies import accumulation_of
     micro = accumulation_of(cfg)  # a step: this many micro-batches of --batch-size
     micro = micro if micro > 1 else None
+    notes = baseline_notes(args, cfg)
     if args.interleave:
         record = interleave(args)
-        report(args, setup_record(args, micro), interleave_report(args, record), record)
+        report(args, setup_record(args, micro),
+               '\n'.join([interleave_report(args, record), *notes]), record)
         return
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
     # Alternate the models so that load from other processes hits both alike.
@@ -664,6 +766,7 @@ def main(argv=None):
               for r in results if 'attn_kernel' in r]
     if args.repeats > 1:
         lines += [f"{r['impl']}: step_ms of each run {r['step_ms_all']}" for r in results]
+    lines += notes
     setup = setup_record(args, micro, peak_tflops=results[0].get('peak_tflops'))
     report(args, setup, '\n'.join(lines), dict(results=results))
 

@@ -96,6 +96,30 @@ def _checkpointing_label(k) -> str:
     return f'every {k}{suffix} block'
 
 
+def _resolved(cfg, k):
+    """The checkpointing setting counted: ``k``, else (None) the config's
+    ``model.denoiser.grad_checkpointing``; None where the config leaves it to the
+    denoiser's default."""
+    if k is not None:
+        return k
+    denoiser = (cfg.get('model') or {}).get('denoiser')
+    return denoiser.get('grad_checkpointing') if hasattr(denoiser, 'get') else None
+
+
+def _one_gpu_note(deepspeed, fsdp) -> str:
+    """What FSDP / ZeRO do on one process: shard nothing; ZeRO's offload still moves
+    the float32 master weights and the optimizer states to host memory."""
+    zero = (deepspeed or {}).get('zero_optimization') or {}
+    offload = (zero.get('offload_optimizer') or {}).get('device', 'none')
+    if offload not in (None, 'none'):
+        return (f'note: ZeRO-{zero.get("stage")} over --gpus 1 shards nothing, but its '
+                'offload still moves the float32 master weights, optimizer states and '
+                f'gradients off the GPU (offload_optimizer.device={offload}: the host '
+                'column); give --gpus N for N processes')
+    return (f'note: {"FSDP" if fsdp else "ZeRO"} over --gpus 1 shards nothing (the whole '
+            'model on one process); give --gpus N for N processes')
+
+
 def _strategy(args, cfg):
     """``(deepspeed, fsdp)``: the DeepSpeed config or the FSDP strategy to count
     (``--deepspeed`` / ``--fsdp``, else the config's strategy), or None for the
@@ -212,8 +236,7 @@ def main(argv=None):
         from mmsora.utils.zero3_memory import FP16_REFUSAL
         raise UserError(FP16_REFUSAL)
     if (fsdp or deepspeed) and args.gpus == 1:  # easy to forget: nothing is sharded
-        print(f'note: {"FSDP" if fsdp else "ZeRO"} over --gpus 1 shards nothing (the '
-              'whole model on one process); give --gpus N for N processes', flush=True)
+        print(_one_gpu_note(deepspeed, fsdp), flush=True)
     batch_sizes = args.batch_size or [cfg.train_dataloader.batch_size]
     settings = args.grad_checkpointing or [None]
     cache = {}
@@ -270,7 +293,8 @@ def main(argv=None):
                 e['measured'] = real['measured'] or real['peak']
                 row += (f"{e['measured']:.2f}",)
             rows.append(row)
-            results.append(dict(grad_checkpointing=k, precision=precision_label, **e))
+            results.append(dict(grad_checkpointing=_resolved(cfg, k),
+                                precision=precision_label, **e))
     print(_table(rows))
     zero3 = bool(deepspeed) and deepspeed['zero_optimization']['stage'] == 3
     print('step: gradients, activations and temporaries at the peak (with the batch)'
@@ -299,13 +323,13 @@ def main(argv=None):
                                                            estimate(n, k).startup),
                                              usable_bytes(budget, args.headroom),
                                              limit=args.max_batch)
-                largest.append(dict(grad_checkpointing=k, budget_gib=budget,
+                largest.append(dict(grad_checkpointing=_resolved(cfg, k), budget_gib=budget,
                                     headroom=args.headroom, batch_size=best))
                 row.append(f'{best}' + ('+' if best == args.max_batch else ''))
             rows.append(tuple(row))
         print(f'\nlargest batch per GPU with {args.headroom:.0%} of the card free:')
         print(_table(rows))
-    out = dict(config=args.config, estimates=results, largest_batch=largest)
+    out = dict(config=args.config, units='GiB', estimates=results, largest_batch=largest)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(out, f, indent=2)
