@@ -11,6 +11,7 @@ that the names in its messages are the ones the user wrote.
 """
 import difflib
 import inspect
+import numbers
 from typing import Optional
 
 from mmsora.utils.cli import (UserError, missing_arguments_message, unknown_key_message,
@@ -238,6 +239,12 @@ def _check_iteration_based(cfg, loop) -> None:
             raise UserError(f'{where}: by_epoch=True (mmengine\'s default) in an '
                             'iteration-based run: it would never step; set by_epoch=False '
                             '(begin and end in iterations)')
+        begin, end = ((scheduler.get('begin', 0), scheduler.get('end'))
+                      if isinstance(scheduler, dict) else (0, None))
+        if isinstance(begin, numbers.Real) and isinstance(end, numbers.Real) and end <= begin:
+            # (mmengine said it after the Runner's start-up, leaving a work dir)
+            raise UserError(f'{where}: end={end} is not after begin={begin}: a schedule '
+                            'runs from begin to end; raise end or lower begin')
     checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint')
     if isinstance(checkpoint, dict) and checkpoint.get('by_epoch', True):
         cls = registered_class(checkpoint, HOOKS, 'default_hooks.checkpoint')

@@ -85,6 +85,11 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     (lambda c: c.param_scheduler[1].pop('by_epoch'),
      "param_scheduler[1]: by_epoch=True (mmengine's default) in an iteration-based run: "
      'it would never step; set by_epoch=False'),
+    # a schedule that ends before it begins: mmengine's error after the Runner's start,
+    # its work dir left (docs/reliability.md says before)
+    (lambda c: c.param_scheduler[1].update(end=c.param_scheduler[1].begin - 40),
+     'param_scheduler[1]: end=60 is not after begin=100: a schedule runs from begin to '
+     'end; raise end or lower begin'),
     (lambda c: c.default_hooks.checkpoint.pop('by_epoch'),
      "default_hooks.checkpoint: by_epoch=True (mmengine's default) in an iteration-based "
      'run: it would save only at the end; set by_epoch=False'),
