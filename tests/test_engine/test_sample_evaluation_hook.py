@@ -47,8 +47,8 @@ def test_a_reference_of_another_size_stops_the_run_before_its_first_step(repo_ro
                                                                         tmp_path):
     """It was checked only at the first evaluation, `interval` iterations in."""
     work = tmp_path / 'work'
-    with pytest.raises(ValueError, match=r'ref\.npz holds 16x16 pictures, but the model '
-                                         r'makes 8x8 ones: make the reference at that '
+    with pytest.raises(ValueError, match=r'ref\.npz holds 16x16 pictures, but the samples '
+                                         r'are 8x8 ones: make the reference at that '
                                          r'size \(tools/make_reference.py --image-size 8\)'):
         train.main([hooked_config(tmp_path, repo_root, reference_size=16), '--work-dir',
                     str(work), '--cfg-options', 'default_hooks.checkpoint.interval=1'])

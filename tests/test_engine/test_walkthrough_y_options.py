@@ -14,7 +14,15 @@ from mmsora.models.layers.checkpointing import check_checkpoint_every
 from mmsora.utils.cli import UserError
 from tools.train import build_train_config, parse_args
 
-pytestmark = pytest.mark.usefixtures('kept_environ')
+pytestmark = pytest.mark.usefixtures('kept_environ', 'fresh_notes')
+
+
+@pytest.fixture
+def fresh_notes(monkeypatch):
+    """The notes said once a process (note(..., once=True)) said again here: other
+    tests of the run build the card presets too."""
+    from mmsora.utils import cli
+    monkeypatch.setattr(cli, '_NOTED', set())
 
 DEMO = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
 PRESET = 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py'

@@ -42,9 +42,11 @@ def test_test_py_refuses_torchrun_without_launcher(torchrun_rank1, repo_root, tm
     assert refused(test_tool.main, [config, MISSING, '--out',
                                     str(tmp_path / 's.npz')]) == WITHOUT_LAUNCHER
     assert refused(test_tool.main, [config, MISSING]) == WITHOUT_LAUNCHER
-    # with --launcher it goes on to join the processes
+    # with --launcher it goes on to join the processes (an evaluation section given:
+    # a config without one is refused before that)
     with pytest.raises(AssertionError, match='the processes joined'):
-        test_tool.main([config, MISSING, '--launcher', 'pytorch'])
+        test_tool.main([config, MISSING, '--launcher', 'pytorch', '--evaluation',
+                        osp.join(repo_root, 'configs/_base_/evaluation/fid50k_imagenet256.py')])
 
 
 def test_infer_refuses_torchrun_without_launcher(torchrun_rank1, repo_root, tmp_path):

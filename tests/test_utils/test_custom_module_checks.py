@@ -116,8 +116,9 @@ def test_test_py_refuses_it_before_loading_too(repo_root, tmp_path, monkeypatch,
         raise AssertionError('the weights were loaded before the refusal')
     monkeypatch.setattr('mmsora.apis.init_model', no_loading)
     path = save_run(tmp_path / 'iter_2.pth', run_cfg(repo_root))
+    fid = osp.join(repo_root, 'configs/_base_/evaluation/fid50k_imagenet256.py')
     code = cli.run_cli(lambda: test_tool.main([osp.join(repo_root, DIT), str(path),
-                                               '--cfg-options', *TINY]))
+                                               '--evaluation', fid, '--cfg-options', *TINY]))
     err = capsys.readouterr().err
     assert code == 2 and f'error: the checkpoint {path}: trained with denoiser=ParallelDiT' \
         in err, err
