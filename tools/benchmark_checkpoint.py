@@ -91,14 +91,14 @@ def save_child(args):
     import mmengine.runner.checkpoint as mm_checkpoint
 
     import mmsora.engine  # noqa: F401  (the atomic LocalBackend.put, for both)
-    from mmsora.engine.atomic_checkpoint import _MMENGINE_SAVE_CHECKPOINT, save_checkpoint
+    from mmsora.engine.atomic_checkpoint import MMENGINE_SAVE_CHECKPOINT, save_checkpoint
     ckpt = build_checkpoint(args.model, args.depth)
     nbytes = sum(t.numel() * t.element_size() for part in ('state_dict', 'ema_state_dict')
                  for t in ckpt[part].values())
     nbytes += sum(t.numel() * t.element_size() for s in ckpt['optimizer']['state'].values()
                   for t in s.values())
     gc.collect()
-    save = save_checkpoint if args.child == 'ours' else _MMENGINE_SAVE_CHECKPOINT
+    save = save_checkpoint if args.child == 'ours' else MMENGINE_SAVE_CHECKPOINT
     assert mm_checkpoint.save_checkpoint is save_checkpoint  # what the runner calls
     path = osp.join(args.out, 'checkpoint.pth')
     reset_peak_rss()

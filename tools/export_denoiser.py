@@ -28,6 +28,7 @@ import sys
 
 import torch
 
+from mmsora.utils.atomic_io import atomic_path, fsync_dir, fsync_file, tmp_name
 from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, note, run_cli
 
 
@@ -158,12 +159,18 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
              'models alone; call it with guidance_scale=1, or sample with tools/infer.py')
     import json
     import shutil
-    partial = f'{out.rstrip(os.sep)}.tmp.{os.getpid()}'
+    # Written in a temporary folder (mmsora.utils.atomic_io's name for ``out``), its
+    # files synced, then swapped in: an interrupted export leaves no half of one.
+    partial = tmp_name(out.rstrip(os.sep))
     try:
         os.makedirs(partial)
-        save_safetensors(converted, osp.join(partial, 'diffusion_pytorch_model.safetensors'))
+        weights = osp.join(partial, 'diffusion_pytorch_model.safetensors')
+        save_safetensors(converted, weights)
         with open(osp.join(partial, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
+        for path in (weights, osp.join(partial, 'config.json')):
+            fsync_file(path)
+        fsync_dir(partial)
         old = None
         if osp.isdir(out) and os.listdir(out):  # an earlier export: replaced whole
             old = f'{out.rstrip(os.sep)}.old.{os.getpid()}'
@@ -171,6 +178,7 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
         elif osp.isdir(out):
             os.rmdir(out)  # (empty)
         os.replace(partial, out)
+        fsync_dir(osp.dirname(osp.abspath(out.rstrip(os.sep))))
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -208,17 +216,11 @@ def save_safetensors(state: dict, path: str) -> None:
 
 def write_state_dict(state: dict, out: str) -> None:
     """``state`` to ``out``, whole or not at all (a temporary file renamed)."""
-    os.makedirs(osp.dirname(osp.abspath(out)) or '.', exist_ok=True)
-    partial = f'{out}.tmp.{os.getpid()}'
-    try:
+    with atomic_path(out) as partial:
         if out.endswith('.safetensors'):
             save_safetensors(state, partial)
         else:
             torch.save(state, partial)
-        os.replace(partial, out)
-    finally:
-        if osp.exists(partial):
-            os.remove(partial)
 
 
 def main(argv=None):

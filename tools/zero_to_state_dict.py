@@ -14,12 +14,12 @@ under ZeRO-1/2/3, FP32EMAHook without ZeRO), else ``{'state_dict': trained weigh
 'meta'}``. Runs on CPU; needs only the files. (``tools/infer.py`` also reads the
 folder itself, through the same :func:`read_zero_checkpoint`.)
 """
-import os
 import os.path as osp
 import sys
 
 import torch
 
+from mmsora.utils.atomic_io import atomic_path
 from mmsora.utils.checkpoint import last_checkpoint
 from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
 from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
@@ -62,14 +62,9 @@ def main(argv=None):
     out = args.out or osp.splitext(folder)[0] + '_state_dict.pth'
     check_output_path(out, '--out')  # before the conversion, which can take minutes
     ckpt = zero_to_state_dict(folder)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    partial = f'{out}.tmp.{os.getpid()}'  # whole or not at all: an interrupted save
-    try:  # leaves no file that looks converted
+    # Whole or not at all: an interrupted save leaves no file that looks converted.
+    with atomic_path(out) as partial:
         torch.save(ckpt, partial)
-        os.replace(partial, out)
-    finally:
-        if osp.exists(partial):
-            os.remove(partial)
     n = sum(v.numel() for v in ckpt['state_dict'].values())
     print(f'{folder} -> {out}: {len(ckpt["state_dict"])} tensors, {n / 1e6:.2f} M values')
 

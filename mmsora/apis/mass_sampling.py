@@ -28,6 +28,7 @@ import torch
 from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
 
+from mmsora.utils.atomic_io import atomic_file, atomic_path
 from mmsora.utils.cli import Interrupted, UserError, plural
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
@@ -152,9 +153,8 @@ def save_prompts(sample_dir: str, prompts: Sequence[str]) -> str:
     class model's classes; a line break inside a prompt is written as a space."""
     os.makedirs(sample_dir, exist_ok=True)
     path = osp.join(sample_dir, 'prompts.txt')
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    with atomic_file(path, 'w', encoding='utf-8') as f:
         f.writelines(' '.join(str(p).splitlines()) + '\n' for p in prompts)
-    os.replace(path + '.tmp', path)
     return path
 
 
@@ -183,9 +183,8 @@ def _claim_parts_dir(parts_dir: str, fingerprint: str, rank: int) -> None:
         if grown:
             _drop_short_last_batch(parts_dir, _parse_record(old))
         if old is None or grown:
-            with open(record + '.tmp', 'w') as f:
+            with atomic_file(record, 'w') as f:
                 f.write(fingerprint)
-            os.replace(record + '.tmp', record)
     barrier()
     old = _read_record(record)
     if old != fingerprint:
@@ -296,13 +295,10 @@ def _read_shard(shard: str, indices: range) -> np.ndarray:
 
 def _write_shard(shard: str, indices: range, samples: np.ndarray) -> None:
     """Write a batch's shard under a temporary name, flushed to disk before it is
-    renamed: a shard is then whole or absent, even after a power loss."""
-    tmp = shard[:-len('.npz')] + '.tmp.npz'
-    with open(tmp, 'wb') as f:
+    renamed: a shard is then whole or absent, even after a power loss. (The folder is
+    not synced: a shard whose rename is lost is drawn again, as any missing one.)"""
+    with atomic_file(shard, sync_folder=False) as f:
         np.savez(f, indices=np.asarray(indices), samples=samples)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, shard)
 
 
 def _save_labels(sample_dir, labels):
@@ -310,36 +306,32 @@ def _save_labels(sample_dir, labels):
     ``{i:06d}.png``, which its ``create_npz_from_sample_folder`` reads)."""
     os.makedirs(sample_dir, exist_ok=True)
     path = osp.join(sample_dir, 'labels.txt')
-    with open(path + '.tmp', 'w') as f:
+    with atomic_file(path, 'w') as f:
         f.writelines(f'{y}\n' for y in labels)
-    os.replace(path + '.tmp', path)
 
 
 def _save_files(sample_dir, indices, samples, fps, only_missing=False):
     """One PNG (or mp4) per sample, ``{i:06d}.png`` as DiT's ``sample_ddp.py`` names
-    them, each written under a temporary name and renamed; ``only_missing``: leave the
-    files that exist (a kept shard's)."""
+    them, each written under a temporary name and renamed (not fsynced: 50K of them,
+    and the shards hold the samples); ``only_missing``: leave the files that exist (a
+    kept shard's)."""
     from PIL import Image
 
-    from mmsora.utils.video_io import write_video
+    from mmsora.utils.video_io import note_odd_padding, write_video
     os.makedirs(sample_dir, exist_ok=True)
     ext = '.png' if samples.ndim == 4 else '.mp4'
     for i, sample in zip(indices, samples):
-        name = osp.join(sample_dir, f'{i:06d}')
-        if only_missing and osp.isfile(name + ext):
+        name = osp.join(sample_dir, f'{i:06d}{ext}')
+        if only_missing and osp.isfile(name):
             continue
-        if sample.ndim == 3:
-            Image.fromarray(sample).save(name + '.tmp.png', format='PNG')
-        else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
-            clip = torch.from_numpy(sample).permute(3, 0, 1, 2).float() / 127.5 - 1
-            h, w = clip.shape[-2:]
-            if h % 2 or w % 2:  # (yuv420p: refused after a batch had been drawn)
-                from mmsora.utils.cli import note
-                note(f'the clips are {w}x{h}: their mp4s in {sample_dir} are padded to '
-                     f'{w + w % 2}x{h + h % 2} (one row / column of edge pixels) for H.264; '
-                     'the .npz keeps the sampled size', once=True)
-            write_video(name + '.tmp.mp4', clip, fps, pad_odd=True)
-        os.replace(name + '.tmp' + ext, name + ext)
+        with atomic_path(name, sync=False, sync_folder=False) as tmp:
+            if sample.ndim == 3:
+                Image.fromarray(sample).save(tmp, format='PNG')
+            else:  # (T, H, W, 3) -> write_video's (3, T, H, W) in [-1, 1]
+                clip = torch.from_numpy(sample).permute(3, 0, 1, 2).float() / 127.5 - 1
+                # (yuv420p: an odd size was refused after a batch had been drawn)
+                note_odd_padding(clip.shape[-1], clip.shape[-2], where=sample_dir)
+                write_video(tmp, clip, fps, pad_odd=True)
 
 
 def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict,
@@ -371,8 +363,8 @@ def _assemble_npz(out: str, parts_dir: str, num_samples: int, plan: dict,
         shutil.rmtree(parts_dir)
         return
     # (a crash before this: the rerun finds every shard and writes out again)
-    shutil.copyfile(osp.join(parts_dir, 'run.json'), osp.join(parts_dir, 'scoring.tmp'))
-    os.replace(osp.join(parts_dir, 'scoring.tmp'), osp.join(parts_dir, 'scoring.json'))
+    with atomic_path(osp.join(parts_dir, 'scoring.json')) as tmp:
+        shutil.copyfile(osp.join(parts_dir, 'run.json'), tmp)
     for name in os.listdir(parts_dir):
         if name != 'scoring.json':
             os.remove(osp.join(parts_dir, name))
@@ -408,11 +400,12 @@ def _finished_samples(out: str, parts_dir: str, fingerprint: str, num_samples: i
 def zip_npy_files(out: str, files: Dict[str, str]) -> str:
     """Pack ``.npy`` files into an ``.npz`` (what ``np.load`` reads) without loading
     them, written under a temporary name and renamed when complete."""
-    tmp = out + '.tmp'
-    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, path in files.items():
-            zf.write(path, name)
-    os.replace(tmp, out)
+    # (Not fsynced, as before; a power loss just after the shards are removed can
+    # lose it: see tests/test_evaluation/test_mass_sampling.py's count of fsyncs.)
+    with atomic_file(out, sync=False, sync_folder=False) as f:
+        with zipfile.ZipFile(f, 'w', zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, path in files.items():
+                zf.write(path, name)
     return out
 
 
@@ -546,7 +539,7 @@ def _kept_shards(parts_dir: Optional[str]) -> int:
     """The finished shards in ``parts_dir`` (0 without one)."""
     if not parts_dir:
         return 0
-    return sum(not p.endswith('.tmp.npz')
+    return sum(not p.endswith('.tmp.npz')  # (the temporary names of earlier versions)
                for p in glob.glob(osp.join(parts_dir, 'batch_*.npz')))
 
 

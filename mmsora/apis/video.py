@@ -5,8 +5,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from mmsora.utils.cli import note
-from mmsora.utils.video_io import write_gif, write_video
+from mmsora.utils.video_io import note_odd_padding, write_gif, write_video
 
 __all__ = ['video_paths', 'save_videos', 'is_clip_folder']
 
@@ -92,9 +91,8 @@ def save_videos(videos: torch.Tensor, out: str, fps: float,
     gifs = video_paths(out, labels, ext='.gif') if gif or gif_alone else []
     videos = videos.detach().float().cpu()
     h, w = videos.shape[-2:]
-    if mp4s and (h % 2 or w % 2):  # (a GIF takes any size)
-        note(f'the clips are {w}x{h}: padded to {w + w % 2}x{h + h % 2} (one row / column '
-             'of edge pixels) for H.264', once=True)
+    if mp4s:  # (a GIF takes any size)
+        note_odd_padding(w, h)
     for path, clip in zip(mp4s, videos):
         # yuv420p needs an even size: a 15x15 model's samples were refused once drawn,
         # and ended a training run at its first sample hook

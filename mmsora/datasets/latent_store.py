@@ -32,6 +32,7 @@ import os.path as osp
 import numpy as np
 import torch
 
+from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_target
 from mmsora.utils.cli import first_line
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
@@ -61,41 +62,13 @@ class SourceChangedError(ValueError):
 # --------------------------------------------------------------------------- #
 #                                 File helpers                                 #
 # --------------------------------------------------------------------------- #
-def _fsync_dir(path):
-    """Make a rename in ``path`` durable (best effort: not every OS allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path, write_fn):
-    """Write ``path`` through a temporary file, fsync it and rename it into place."""
-    tmp = f'{path}.tmp.{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(osp.dirname(osp.abspath(path)))
-
-
 def _atomic_save_npy(path, array):
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    with atomic_file(path) as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def _atomic_save_json(path, obj):
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def _read_json(path):
@@ -416,15 +389,19 @@ class LatentStoreWriter:
     def _remove_stray_temps(self):
         # Temp files of shards this rank owns are leftovers of a crash: only this
         # rank writes those shards now, so removing them cannot race with anyone.
+        # (``shard_00002.npy.tmp.PID``: the temporary names of earlier versions.)
         owned = set(self.owned_shards())
-        for path in glob.glob(osp.join(self.root, '*.npy.tmp.*')):
-            stem = osp.basename(path).split('.')[0]
+        for name in os.listdir(self.root):
+            target = tmp_target(name)
+            target = target[0] if target else name.partition('.tmp.')[0]
+            if not target.endswith('.npy') or target == name:
+                continue
             try:
-                shard_id = int(stem.rsplit('_', 1)[1])
+                shard_id = int(target[:-len('.npy')].rsplit('_', 1)[1])
             except (IndexError, ValueError):
                 continue
             if shard_id in owned:
-                os.remove(path)
+                os.remove(osp.join(self.root, name))
 
     # ------------------------------------------------------------------ writing
     def write_shard(self, shard_id, latents, labels, skipped=(), text=None, why=None):

@@ -100,12 +100,12 @@ def open_probe_cache(cache, paths, outcomes, prog, kept=()):
     ``kept`` entries: a file gone is dropped) and return it open for appending, or
     None, with a warning, where it cannot be written (a read-only folder: the run goes
     on without it)."""
-    from mmsora.engine.atomic_checkpoint import atomic_write_bytes
+    from mmsora.utils.atomic_io import atomic_write_bytes
     head = json.dumps(dict(probe_cache=PROBE_CACHE_VERSION)) + '\n'
     known = ''.join(_cache_line(p, outcomes[p]) for p in paths if outcomes[p] is not None)
     known += ''.join(json.dumps(entry, ensure_ascii=False) + '\n' for entry in kept)
     try:
-        atomic_write_bytes((head + known).encode('utf-8'), cache)
+        atomic_write_bytes(cache, (head + known).encode('utf-8'))
         return open(cache, 'a', encoding='utf-8')
     except OSError as e:
         print(f'{prog}: warning: cannot keep the probes in {cache} ({e.strerror or e}); '

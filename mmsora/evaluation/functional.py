@@ -7,8 +7,6 @@ DiT and SiT: statistics in float64, ``np.cov(rowvar=False)``, ``scipy.linalg.sqr
 of the covariance product with an ``eps`` offset when it is singular, and the Inception
 Score over splits of 5000 samples.
 """
-import os
-import os.path as osp
 import warnings
 from typing import Dict, Tuple
 
@@ -96,10 +94,9 @@ def clip_score(image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
 def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, **meta) -> str:
     """Write feature statistics as ``.npz`` (``mu``, ``sigma``: the ADM evaluator's
     keys, so its reference batches and our caches read alike)."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mu=mu, sigma=sigma, **meta)
-    os.replace(tmp, path)  # a crash never leaves a half-written cache
+    from mmsora.utils.atomic_io import atomic_file
+    with atomic_file(path) as f:  # a crash never leaves a half-written cache
+        np.savez(f, mu=mu, sigma=sigma, **meta)
     return path
 
 

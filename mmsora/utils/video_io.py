@@ -10,10 +10,10 @@ from fractions import Fraction
 
 import numpy as np
 
-from mmsora.utils.cli import plural
+from mmsora.utils.cli import note, plural
 
 __all__ = ['VideoReadError', 'probe_video', 'read_video_frames', 'to_uint8_frames',
-           'write_video', 'write_gif', 'READER_VERSION']
+           'write_video', 'write_gif', 'note_odd_padding', 'READER_VERSION']
 
 # Which frames read_video_frames gives for a file. Raise it with any change that reads
 # the same file into other pixels (2: display-matrix rotation, non-square pixels
@@ -385,6 +385,21 @@ def write_video(path, frames, fps, crf=18, pad_odd=False):
             frame = av.VideoFrame.from_ndarray(arr, format='rgb24')
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush the encoder's delayed frames
+
+
+def note_odd_padding(w, h, where=None):
+    """Say once per process that clips of an odd ``w`` x ``h`` are written as mp4s one
+    row / column of edge pixels larger (what ``write_video(pad_odd=True)`` does);
+    ``where``: the folder of those mp4s, when the clips are also kept elsewhere at
+    their sampled size (an .npz). Nothing is said for an even size."""
+    if not (h % 2 or w % 2):
+        return
+    size = f'{w + w % 2}x{h + h % 2} (one row / column of edge pixels) for H.264'
+    if where is None:
+        note(f'the clips are {w}x{h}: padded to {size}', once=True)
+    else:
+        note(f'the clips are {w}x{h}: their mp4s in {where} are padded to {size}; the '
+             '.npz keeps the sampled size', once=True)
 
 
 def write_gif(path, frames, fps, loop=0):

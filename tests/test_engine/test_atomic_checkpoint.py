@@ -13,7 +13,7 @@ from mmengine.runner import Runner
 from mmsora.engine import CheckpointWriteError
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.cli import explain_error
-from tests.test_engine.test_train import tiny_cfg
+from tests.tiny_models import tiny_cfg
 
 
 def last_checkpoint(work_dir):
@@ -101,7 +101,7 @@ def test_a_checkpoint_streams_into_its_file(tmp_path):
     import mmengine.runner.runner as mm_runner
     import torch
 
-    from mmsora.engine.atomic_checkpoint import _MMENGINE_SAVE_CHECKPOINT, save_checkpoint
+    from mmsora.engine.atomic_checkpoint import MMENGINE_SAVE_CHECKPOINT, save_checkpoint
     from mmsora.engine.strategies import mend_mmengine_deepspeed
     mend_mmengine_deepspeed()
     import mmengine._strategy.deepspeed as mm_deepspeed
@@ -112,7 +112,7 @@ def test_a_checkpoint_streams_into_its_file(tmp_path):
             'meta': {'iter': 3}}  # 16 MiB of tensors
     size = 16 * 2**20
     for save, path in ((save_checkpoint, tmp_path / 'ours.pth'),
-                       (_MMENGINE_SAVE_CHECKPOINT, tmp_path / 'mmengine.pth')):
+                       (MMENGINE_SAVE_CHECKPOINT, tmp_path / 'mmengine.pth')):
         tracemalloc.start()
         save(ckpt, str(path))
         peak = tracemalloc.get_traced_memory()[1]
