@@ -40,3 +40,40 @@ def kept_environ():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def fresh_notes(monkeypatch):
+    """Notes said once a process (``note(..., once=True)``) said again in this test:
+    an earlier test of the run may have said them. Use it with ``pytestmark =
+    pytest.mark.usefixtures('fresh_notes')``."""
+    from mmsora.utils import cli
+    monkeypatch.setattr(cli, '_NOTED', set())
+
+
+# Tiny model folders that tests only read, written once a session.
+@pytest.fixture(scope='session')
+def tiny_vae_dir(tmp_path_factory):
+    """A tiny random SD-style VAE folder (``tests.tiny_models.TINY_VAE``)."""
+    from diffusers import AutoencoderKL
+
+    from tests.tiny_models import TINY_VAE
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('vae')
+    AutoencoderKL(**TINY_VAE).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope='session')
+def t5_dir(tmp_path_factory):
+    """A tiny random T5 encoder folder with its word-level tokenizer (width 32)."""
+    from tests.tiny_models import make_tiny_text_encoder
+    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('t5')), 't5')
+
+
+@pytest.fixture(scope='session')
+def clip_path(tmp_path_factory):
+    """A tiny random CLIP text encoder with projection (width 32, pooled 16 wide)."""
+    from tests.tiny_models import make_tiny_text_encoder
+    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('clip')),
+                                  'clip_with_projection', width=32)

@@ -25,3 +25,56 @@ TINY_DEMO_OPTIONS = [
 TINY_WAN_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
                     temperal_downsample=[False, True], attn_scales=[],
                     latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 1.5, 1.0, 0.5])
+
+# The main demo config and the --cfg-options that shrink it for the single-process
+# training tests (tests/test_engine/test_train.py and the tests that train like it):
+# a 2-block DiT of width 32 on 8x8 pictures, batch 8, every step logged.
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+TINY_TRAIN = [
+    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
+    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
+    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=64',
+    'train_dataloader.batch_size=8', 'default_hooks.logger.interval=1',
+    'param_scheduler=[]',
+]
+
+
+def tiny_cfg(repo_root, work_dir, max_iters, *extra, resume=None, load_from=None):
+    """tools/train.py's config of the shrunk demo (:data:`TINY_TRAIN`) for ``max_iters``
+    iterations in ``work_dir``, with ``extra`` --cfg-options, ready for
+    ``Runner.from_cfg``."""
+    import os.path as osp
+
+    import mmsora.datasets  # noqa: F401  (the Runner builds from these registries)
+    import mmsora.diffusion  # noqa: F401
+    import mmsora.engine  # noqa: F401
+    import mmsora.models  # noqa: F401
+    from tools.train import build_train_config, parse_args
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(work_dir),
+            '--cfg-options', f'train_cfg.max_iters={max_iters}', *TINY_TRAIN, *extra]
+    if resume:
+        argv += ['--resume', resume]
+    if load_from:
+        argv += ['--load-from', load_from]
+    cfg = build_train_config(parse_args(argv))
+    cfg.experiment_name = f'{osp.basename(str(work_dir))}-{max_iters}-{bool(resume)}'
+    return cfg
+
+
+def make_tiny_clip(path):
+    """A tiny random transformers CLIPModel folder with the tests' word-level tokenizer."""
+    import torch
+    import transformers
+    make_tiny_text_encoder(path, kind='clip')  # the tokenizer files; the model is replaced
+    vocab = len(transformers.AutoTokenizer.from_pretrained(path))
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=16, patch_size=8),
+        projection_dim=8)
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(path)
+    return str(path)

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from mmsora.apis import save_videos
-from mmsora.datasets.manifest import write_manifest
-from mmsora.utils.cli import UserError
-from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+from mmsora.utils.video_io import probe_video, read_video_frames
+from tests.cli_helpers import refused
+from tests.tiny_data import LineLogger, moving_square_clip
 
 pytestmark = pytest.mark.usefixtures('kept_environ')
 
@@ -53,11 +53,7 @@ PADDED = 'note: the clips are 15x15: padded to 16x16 (one row / column of edge p
 def odd_run(repo_root, tmp_path):
     """Train the 15x15 model for 2 iterations (the hook samples at 2); its work dir."""
     from tools import train
-    frames = np.zeros((8, 24, 24, 3), np.uint8)
-    for i in range(8):
-        frames[i, 6:14, 2 + 2 * i:10 + 2 * i] = (200, 60, 30)
-    write_video(str(tmp_path / 'data' / 'clip.mp4'), frames, fps=25)
-    write_manifest([dict(path='clip.mp4')], str(tmp_path / 'data' / 'clips.csv'))
+    moving_square_clip(tmp_path / 'data', 8, 24, 24, top=6, size=8, step=2)
     config = tmp_path / 'odd_video.py'
     config.write_text(ODD_CONFIG.format(base=osp.join(repo_root, VIDEO_CONFIG),
                                         data_root=str(tmp_path / 'data')))
@@ -107,17 +103,6 @@ def test_save_videos_pads_an_odd_size_with_one_note(tmp_path, capsys):
     assert 'padded' not in capsys.readouterr().err
 
 
-class _Logger:
-    def __init__(self):
-        self.lines = []
-
-    def info(self, text):
-        self.lines.append(('info', text))
-
-    def warning(self, text):
-        self.lines.append(('warning', text))
-
-
 def test_a_hook_that_cannot_save_its_clips_does_not_end_the_run(tmp_path, monkeypatch):
     import mmsora.apis.video
     from mmsora.engine.hooks.sample_visualization_hook import SampleVisualizationHook
@@ -126,7 +111,7 @@ def test_a_hook_that_cannot_save_its_clips_does_not_end_the_run(tmp_path, monkey
         raise OSError(28, 'No space left on device', path)
 
     monkeypatch.setattr(mmsora.apis.video, 'write_video', full_disk)
-    logger, pictures = _Logger(), []
+    logger, pictures = LineLogger(), []
     runner = SimpleNamespace(
         cfg={'sample_cfg': dict(fps=8)}, log_dir=str(tmp_path), logger=logger,
         visualizer=SimpleNamespace(add_image=lambda *a, **k: pictures.append(a)))
@@ -143,12 +128,6 @@ def test_a_hook_that_cannot_save_its_clips_does_not_end_the_run(tmp_path, monkey
 # --------------------------------------------------------------------------- #
 #  7. infer.py options the model's kind does not use                           #
 # --------------------------------------------------------------------------- #
-def refused(main, argv):
-    with pytest.raises(UserError) as info:
-        main(argv)
-    return str(info.value)
-
-
 def test_grid_options_on_a_video_model_are_refused(repo_root, tmp_path, monkeypatch):
     from tools import infer
 

@@ -1,18 +1,10 @@
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKL
 from PIL import Image
 
-from tests.tiny_models import TINY_VAE
+from tests.tiny_data import make_clip
 
-
-@pytest.fixture(scope='session')
-def tiny_vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('vae')
-    AutoencoderKL(**TINY_VAE).save_pretrained(path)
-    return str(path)
+# tiny_vae_dir is tests/conftest.py's (other test folders use it too)
 
 
 @pytest.fixture
@@ -29,3 +21,19 @@ def image_folder(tmp_path):
     (root / 'b' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
     (root / 'b' / 'notes.txt').write_text('not an image')
     return str(root)
+
+
+@pytest.fixture(scope='module')
+def clip_bytes(tmp_path_factory):
+    """The bytes of one 2-frame clip, copied wherever a test needs a video."""
+    return open(make_clip(tmp_path_factory.mktemp('clip') / 'c.mp4'), 'rb').read()
+
+
+@pytest.fixture
+def clips(tmp_path, clip_bytes):
+    """clips/bikes/{a,b}.mp4 and clips/films/c.mp4."""
+    root = tmp_path / 'clips'
+    for rel in ('bikes/a.mp4', 'bikes/b.mp4', 'films/c.mp4'):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(clip_bytes)
+    return root

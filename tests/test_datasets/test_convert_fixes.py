@@ -8,8 +8,8 @@ import torch
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
 from mmsora.utils.cli import UserError
-from tests.test_datasets.test_extract_features import (convert, shard_mtimes,
-                                                      write_fastdit_features)
+from tests.extract_tools import convert, shard_mtimes
+from tests.test_datasets.test_extract_features import write_fastdit_features
 
 
 @pytest.fixture

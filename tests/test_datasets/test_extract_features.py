@@ -1,6 +1,4 @@
 """End-to-end tests of tools/extract_features.py and tools/convert_fastdit_features.py."""
-import glob
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -16,29 +14,8 @@ from mmsora.datasets import (LatentStore, LatentStoreWriter, NpyLatentDataset,
                              PackedLatentDataset, center_crop_arr)
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import UserError
+from tests.extract_tools import REPO, convert, extract, run_extract, shard_mtimes
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-extract = load_tool('extract_features')
-convert = load_tool('convert_fastdit_features')
-
-
-def run_extract(data, out, vae, *extra):
-    return extract.main(['--data-path', data, '--out', out, '--vae', vae, '--image-size',
-                         '16', '--shard-size', '2', '--batch-size', '3', '--num-workers',
-                         '0', '--device', 'cpu', *extra])
-
-
-def shard_mtimes(out):
-    return {p: os.stat(p).st_mtime_ns for p in glob.glob(osp.join(out, '*.npy'))}
 
 
 def test_extract_moments_with_flip(image_folder, tiny_vae_dir, tmp_path, capsys):

@@ -15,27 +15,12 @@ from mmsora.datasets.extraction_sources import fingerprint_items
 from mmsora.models import HFTextEncoder
 from mmsora.utils.cli import UserError
 from tests.shared_videos import BIKES, BUNNY, needs_videos
-from tests.test_datasets.test_extract_features import extract, run_extract, shard_mtimes
+from tests.extract_tools import extract, interrupted, run_extract, shard_mtimes
 from tests.tiny_models import make_tiny_text_encoder
 
 CHANGED = (r'^--data-path .*images: the image folder changed since the store at .*store '
            r'was started \(other files, or files in other classes\): extract into a new '
            r'--out$')
-
-
-def interrupted(run, after=1):
-    """Run ``run()`` until its shard number ``after + 1`` is about to be written."""
-    real_write, calls = LatentStoreWriter.write_shard, []
-
-    def crash(self, *args, **kwargs):
-        calls.append(args[0])
-        if len(calls) > after:
-            raise KeyboardInterrupt
-        return real_write(self, *args, **kwargs)
-
-    with mock.patch.object(LatentStoreWriter, 'write_shard', crash):
-        with pytest.raises(KeyboardInterrupt):
-            run()
 
 
 def no_models():
@@ -299,7 +284,7 @@ def test_the_fingerprint_streams():
 def test_torchrun_ranks_agree_on_resume_and_completion(image_folder, tiny_vae_dir, tmp_path):
     import subprocess
     import sys
-    from tests.test_datasets.test_extract_features import REPO
+    from tests.extract_tools import REPO
     out = str(tmp_path / 'store')
     interrupted(lambda: run_extract(image_folder, out, tiny_vae_dir))
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',

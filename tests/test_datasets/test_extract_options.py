@@ -13,8 +13,7 @@ import pytest
 from mmsora.datasets import LatentStore, PackedLatentDataset
 from mmsora.models import HFTextEncoder
 from mmsora.utils.cli import UserError
-from tests.test_datasets.test_extract_features import extract, run_extract
-from tests.test_datasets.test_extract_fixes import interrupted
+from tests.extract_tools import extract, interrupted, run_extract
 from tests.tiny_models import make_tiny_text_encoder
 
 
@@ -187,7 +186,7 @@ def test_an_item_encoded_to_nan_is_skipped_with_its_reason(image_folder, tiny_va
     from PIL import Image
 
     from mmsora.models.vaes import AutoencoderKLWrapper
-    from tests.test_datasets.test_extract_features import run_extract
+    from tests.extract_tools import run_extract
     Image.new('RGB', (24, 24), (255, 255, 255)).save(osp.join(image_folder, 'a', 'white.png'))
     real = AutoencoderKLWrapper.encode_moments
 

@@ -7,7 +7,7 @@ from unittest import mock
 
 import torch
 
-from tests.test_datasets.test_extract_features import extract
+from tests.extract_tools import extract
 
 
 def test_a_fresh_store_gives_every_rank_a_shard(image_folder, monkeypatch, tmp_path):
@@ -64,7 +64,7 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(image_folder, tiny_vae_dir, t
 
     from mmsora.datasets import LatentStoreWriter
     from mmsora.utils.cli import Interrupted
-    from tests.test_datasets.test_extract_features import run_extract
+    from tests.extract_tools import run_extract
     real_write, calls = LatentStoreWriter.write_shard, []
 
     def ctrl_c(self, *args, **kwargs):  # at the second shard

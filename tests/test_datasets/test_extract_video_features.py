@@ -8,7 +8,7 @@ from mmsora.datasets.extraction_sources import ClipSource
 from mmsora.models import HFTextEncoder, VideoVAEWrapper
 from mmsora.utils.cli import UserError
 from tests.shared_videos import BIKES, BUNNY, needs_videos
-from tests.test_datasets.test_extract_features import extract
+from tests.extract_tools import extract
 from tests.tiny_models import TINY_WAN_VAE, make_tiny_text_encoder
 
 pytestmark = needs_videos
@@ -211,7 +211,7 @@ def test_the_video_reader_is_recorded_and_a_resume_by_another_is_refused(
     pixels, skipped edit-list frames) resumed silently: its finished shards held clips
     read one way, the rest another."""
     from mmsora.utils.video_io import READER_VERSION
-    from tests.test_datasets.test_extract_fixes import interrupted
+    from tests.extract_tools import interrupted
     out = str(tmp_path / 'store')
     interrupted(lambda: run(manifest, out, '--vae', tiny_vae_dir))
     _set_reader(out, READER_VERSION - 1)

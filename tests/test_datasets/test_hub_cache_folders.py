@@ -13,7 +13,7 @@ from mmsora.datasets import LatentStore
 from mmsora.models import HFTextEncoder
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.checkpoint import hub_snapshot
-from tests.test_datasets.test_extract_features import run_extract
+from tests.extract_tools import run_extract
 from tests.tiny_models import make_tiny_text_encoder
 
 

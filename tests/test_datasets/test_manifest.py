@@ -1,9 +1,7 @@
 """Manifests (CSV/JSONL): round trips, path resolution, one-line errors naming file,
 line and column; tools/make_manifest.py on a folder with real clips and a broken one."""
-import importlib.util
 import json
 import os
-import os.path as osp
 import subprocess
 import sys
 
@@ -11,6 +9,7 @@ import pytest
 
 from mmsora.datasets.manifest import ManifestError, load_manifest, write_manifest
 from mmsora.utils.cli import UserError
+from tests.extract_tools import make_manifest_tool
 from tests.shared_videos import BIKES, BUNNY, REPO_ROOT, needs_videos
 
 
@@ -144,14 +143,6 @@ def test_missing_and_binary_manifest(tmp_path):
 # --------------------------------------------------------------------------- #
 #                             tools/make_manifest.py                           #
 # --------------------------------------------------------------------------- #
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'make_manifest', osp.join(REPO_ROOT, 'tools', 'make_manifest.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def video_dir(tmp_path):
     """Class folders: cars/ holds bikes.mp4, films/ holds the bunny and a broken file."""
@@ -173,7 +164,7 @@ def test_make_manifest(tmp_path, video_dir, capsys, ext):
                                     'bunny.MP4': 'a big rabbit',
                                     'cars/bike.mp4': 'a misspelt key'}))
     out = tmp_path / 'ann' / f'train.{ext}'
-    summary = load_tool().main([str(video_dir), '--out', str(out), '--label-from-folder',
+    summary = make_manifest_tool().main([str(video_dir), '--out', str(out), '--label-from-folder',
                                 '--captions', str(captions), '--workers', '2'])
     printed = capsys.readouterr().out
     assert 'wrote 2 videos' in printed and 'skipped 1 unreadable' in printed, printed
@@ -198,7 +189,7 @@ def test_make_manifest(tmp_path, video_dir, capsys, ext):
 @needs_videos
 def test_make_manifest_extensions_and_absolute(tmp_path, video_dir, capsys):
     out = tmp_path / 'm.csv'
-    load_tool().main([str(video_dir), '--out', str(out), '--extensions', 'mp4',
+    make_manifest_tool().main([str(video_dir), '--out', str(out), '--extensions', 'mp4',
                       '--absolute', '--workers', '1'])
     rows = load_manifest(str(out))
     assert len(rows) == 2 and 'caption' not in rows[0] and 'label' not in rows[0]
@@ -206,7 +197,7 @@ def test_make_manifest_extensions_and_absolute(tmp_path, video_dir, capsys):
 
 
 def test_make_manifest_user_errors(tmp_path):
-    tool = load_tool()
+    tool = make_manifest_tool()
     with pytest.raises(UserError, match='video folder not found: .*nope'):
         tool.main([str(tmp_path / 'nope'), '--out', str(tmp_path / 'm.csv')])
     (tmp_path / 'empty').mkdir()

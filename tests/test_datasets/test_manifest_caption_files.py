@@ -11,7 +11,7 @@ from mmsora.datasets import probe_cache
 from mmsora.datasets.extraction_sources import ClipSource
 from mmsora.datasets.manifest import load_manifest
 from mmsora.utils.cli import UserError
-from tests.test_datasets.test_manifest_fixes import clip_bytes, clips, run_tool  # noqa: F401
+from tests.extract_tools import run_make_manifest
 
 
 def captions_of(out):
@@ -22,14 +22,14 @@ def test_caption_files_beside_the_videos(tmp_path, clips, capsys):
     (clips / 'bikes/a.txt').write_text('\ufeffa red bike\non a hill\n', encoding='utf-8')
     (clips / 'bikes/b.txt').write_text('  \n')  # blank: no caption
     out = tmp_path / 'm.jsonl'
-    summary, printed = run_tool(capsys, clips, '--out', out, '--caption-files')
+    summary, printed = run_make_manifest(capsys, clips, '--out', out, '--caption-files')
     assert captions_of(out) == {'a.mp4': 'a red bike on a hill', 'b.mp4': None,
                                 'c.mp4': None}
     assert ('; 2 without a caption (bikes/b.mp4, films/c.mp4; --skip-uncaptioned leaves '
             'them out)') in printed and summary['num_rows'] == 3
     # No .txt holds text: the summary says where they were looked for.
     (clips / 'bikes/a.txt').unlink()
-    _, printed = run_tool(capsys, clips, '--out', out, '--caption-files')
+    _, printed = run_make_manifest(capsys, clips, '--out', out, '--caption-files')
     assert '3 without a caption (no video has a NAME.txt beside it' in printed
 
 
@@ -40,7 +40,7 @@ def test_skip_uncaptioned_leaves_them_out_unprobed(tmp_path, clips, capsys, monk
     monkeypatch.setattr(probe_cache, 'probe_video',
                         lambda path: probed.append(path) or probe(path))
     out = tmp_path / 'm.csv'
-    summary, printed = run_tool(capsys, clips, '--out', out, '--caption-files',
+    summary, printed = run_make_manifest(capsys, clips, '--out', out, '--caption-files',
                                 '--skip-uncaptioned', '--label-from-folder')
     assert [p.rsplit('/', 1)[-1] for p in probed] == ['c.mp4']
     rows = load_manifest(str(out))
@@ -62,7 +62,7 @@ def test_skip_uncaptioned_with_a_captions_json(tmp_path, clips, capsys):
     captions = tmp_path / 'caps.json'
     captions.write_text(json.dumps({'a.mp4': 'a bike', 'b.mp4': None, 'zzz.mp4': 'x'}))
     out = tmp_path / 'm.csv'
-    summary, printed = run_tool(capsys, clips, '--out', out, '--captions', captions,
+    summary, printed = run_make_manifest(capsys, clips, '--out', out, '--captions', captions,
                                 '--skip-uncaptioned')
     assert captions_of(out) == {'a.mp4': 'a bike'} and summary['left_out'] == 2
     assert '1 caption matching no video: zzz.mp4' in printed
@@ -79,7 +79,7 @@ def test_skip_uncaptioned_with_a_captions_json(tmp_path, clips, capsys):
 ])
 def test_caption_option_mistakes(tmp_path, clips, capsys, argv, message):
     with pytest.raises(UserError, match=message):
-        run_tool(capsys, clips, '--out', tmp_path / 'm.csv', *argv)
+        run_make_manifest(capsys, clips, '--out', tmp_path / 'm.csv', *argv)
     assert not (tmp_path / 'm.csv').exists()
 
 
@@ -87,7 +87,7 @@ def test_a_caption_file_not_utf8_is_named(tmp_path, clips, capsys):
     (clips / 'bikes/b.txt').write_bytes('café'.encode('latin-1'))
     with pytest.raises(UserError, match=r'--caption-files: .*bikes/b.txt is not UTF-8 '
                                         r'text \(.* at byte 3\): save it as UTF-8'):
-        run_tool(capsys, clips, '--out', tmp_path / 'm.csv', '--caption-files')
+        run_make_manifest(capsys, clips, '--out', tmp_path / 'm.csv', '--caption-files')
 
 
 def test_videos_left_out_keep_their_cached_probes(tmp_path, clips, capsys, monkeypatch):
@@ -99,10 +99,10 @@ def test_videos_left_out_keep_their_cached_probes(tmp_path, clips, capsys, monke
                         lambda path: probed.append(path) or probe(path))
     out = tmp_path / 'm.csv'
     (clips / 'films/c.txt').write_text('a film')
-    run_tool(capsys, clips, '--out', out, '--caption-files')  # all three probed
-    run_tool(capsys, clips, '--out', out, '--caption-files', '--skip-uncaptioned')
+    run_make_manifest(capsys, clips, '--out', out, '--caption-files')  # all three probed
+    run_make_manifest(capsys, clips, '--out', out, '--caption-files', '--skip-uncaptioned')
     (clips / 'bikes/a.txt').write_text('a bike')
     probed.clear()
-    summary, _ = run_tool(capsys, clips, '--out', out, '--caption-files',
+    summary, _ = run_make_manifest(capsys, clips, '--out', out, '--caption-files',
                           '--skip-uncaptioned')
     assert probed == [] and summary['num_rows'] == 2

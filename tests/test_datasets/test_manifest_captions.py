@@ -9,7 +9,8 @@ import pytest
 from mmsora.datasets.extraction_sources import ClipSource
 from mmsora.datasets.manifest import ManifestError, load_manifest
 from mmsora.utils.cli import explain_error
-from tests.test_datasets.test_manifest_fixes import make_clip, run_tool
+from tests.extract_tools import run_make_manifest
+from tests.tiny_data import make_clip
 
 FILL = (': fill in the caption or drop the row (tools/make_manifest.py --skip-uncaptioned '
         'leaves such videos out)')
@@ -41,7 +42,7 @@ def test_empty_and_blank_captions_are_no_captions(tmp_path, clips, capsys, out):
     captions.write_text(json.dumps({'bikes/a.mp4': 'bikes', 'bikes/b.mp4': '',
                                     'films/c.mp4': ' \t '}))
     out = tmp_path / out
-    _, printed = run_tool(capsys, clips, '--out', out, '--captions', captions)
+    _, printed = run_make_manifest(capsys, clips, '--out', out, '--captions', captions)
     assert '; 2 without a caption' in printed, printed  # before: 0
     assert [r.get('caption') for r in load_manifest(str(out))] == ['bikes', None, None]
     if out.suffix == '.csv':  # written as a null caption is: an empty cell

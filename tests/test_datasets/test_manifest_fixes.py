@@ -16,39 +16,8 @@ from mmsora.datasets.manifest import load_manifest, write_manifest
 from mmsora.datasets.transforms import ClipTooShortError
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.utils.cli import UserError
-from mmsora.utils.video_io import write_video
-from tests.test_datasets.test_manifest import load_tool
-
-
-def make_clip(path, num_frames=2, value=0):
-    """A tiny H.264 mp4 (16x16) of ``num_frames`` frames of one grey level."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(str(path), np.full((num_frames, 16, 16, 3), value, np.uint8), fps=8)
-    return str(path)
-
-
-
-
-def run_tool(capsys, *argv):
-    """``make_manifest.main(argv)``: (its summary dict, what it printed)."""
-    summary = load_tool().main([str(a) for a in argv] + ['--workers', '1'])
-    return summary, capsys.readouterr().out
-
-
-@pytest.fixture(scope='module')
-def clip_bytes(tmp_path_factory):
-    """The bytes of one 2-frame clip, copied wherever a test needs a video."""
-    return open(make_clip(tmp_path_factory.mktemp('clip') / 'c.mp4'), 'rb').read()
-
-
-@pytest.fixture
-def clips(tmp_path, clip_bytes):
-    """clips/bikes/{a,b}.mp4 and clips/films/c.mp4."""
-    root = tmp_path / 'clips'
-    for rel in ('bikes/a.mp4', 'bikes/b.mp4', 'films/c.mp4'):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(clip_bytes)
-    return root
+from tests.extract_tools import make_manifest_tool, run_make_manifest
+from tests.tiny_data import make_clip
 
 
 # --------------------------------------------------------------------------- #
@@ -85,7 +54,7 @@ def test_skip_corrupt_skips_a_video_too_short_for_the_clip(tmp_path, monkeypatch
 def test_a_picture_renamed_to_mp4_is_skipped(tmp_path, clips, capsys):
     Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(clips / 'films' / 'pic.mp4',
                                                           format='PNG')
-    summary, printed = run_tool(capsys, clips, '--out', tmp_path / 'm.csv')
+    summary, printed = run_make_manifest(capsys, clips, '--out', tmp_path / 'm.csv')
     assert summary['num_rows'] == 3  # before: 4, the picture as a 1-frame video
     assert 'skipped 1 unreadable' in printed
     assert "pic.mp4': a picture (png_pipe), not a video" in printed, printed
@@ -96,7 +65,7 @@ def test_null_caption_is_no_caption_and_a_number_is_refused(tmp_path, clips, cap
     captions.write_text(json.dumps({'bikes/a.mp4': 'bikes', 'bikes/b.mp4': None,
                                     'c.mp4': 'a film'}))
     out = tmp_path / 'm.jsonl'
-    _, printed = run_tool(capsys, clips, '--out', out, '--captions', captions)
+    _, printed = run_make_manifest(capsys, clips, '--out', out, '--captions', captions)
     rows = load_manifest(str(out))
     assert [r.get('caption') for r in rows] == ['bikes', None, 'a film']  # not 'None'
     assert '; 1 without a caption' in printed, printed
@@ -104,13 +73,13 @@ def test_null_caption_is_no_caption_and_a_number_is_refused(tmp_path, clips, cap
         captions.write_text(json.dumps({'bikes/a.mp4': 'bikes', 'bikes/b.mp4': value}))
         with pytest.raises(UserError, match=rf"captions file .*caps\.json: the caption of "
                            rf"'bikes/b\.mp4' is a JSON {kind}, not a string") as info:
-            run_tool(capsys, clips, '--out', out, '--captions', captions)
+            run_make_manifest(capsys, clips, '--out', out, '--captions', captions)
         assert '\n' not in str(info.value)
 
 
 def test_a_folder_link_loop_is_listed_once(tmp_path, clips, capsys):
     os.symlink('..', clips / 'bikes' / 'loop')  # before: clips/bikes/loop/bikes/loop/...
-    summary, printed = run_tool(capsys, clips, '--out', tmp_path / 'm.csv')
+    summary, printed = run_make_manifest(capsys, clips, '--out', tmp_path / 'm.csv')
     assert summary['num_rows'] == 3 and summary['skipped_links'] == 1
     assert '; skipped 1 folder link that leads to a folder already listed' in printed
 
@@ -123,7 +92,7 @@ def test_a_linked_class_folder_once_and_a_dataset_linked_in(tmp_path, clips, cli
     (external / 'd.mp4').write_bytes(clip_bytes)
     os.symlink(external, clips / 'trains')
     out = tmp_path / 'm.csv'
-    summary, _ = run_tool(capsys, clips, '--out', out, '--label-from-folder')
+    summary, _ = run_make_manifest(capsys, clips, '--out', out, '--label-from-folder')
     assert [osp.relpath(r['path'], clips) for r in load_manifest(str(out))] == [
         'bikes/a.mp4', 'bikes/b.mp4', 'films/c.mp4', 'trains/d.mp4']
     assert summary['classes'] == ['bikes', 'films', 'trains']  # before: 'autos' too
@@ -138,7 +107,7 @@ def test_walk_folders_stops_at_every_kind_of_loop(tmp_path, clips):
     os.symlink('../../clips', external / 'back')  # from outside back into the tree
     os.symlink('..', external / 'sub' / 'parent')  # a loop outside the tree
     os.symlink('../bikes', clips / 'films' / 'again')  # a folder listed already
-    folders, skipped_links = load_tool().walk_folders(str(clips))
+    folders, skipped_links = make_manifest_tool().walk_folders(str(clips))
     assert sorted(osp.relpath(f, clips) for f, _ in folders) == [
         '.', 'bikes', 'films', 'trains', 'trains/sub']
     assert skipped_links == 4
@@ -154,11 +123,11 @@ def test_a_file_name_key_shared_by_several_videos_is_refused(tmp_path, clips, ca
     with pytest.raises(UserError, match=r"--captions: 1 key is a file name that several "
                        r"videos share, e.g. '0001\.mp4' matches 2 videos \(bikes/0001\.mp4,"
                        r" films/0001\.mp4\); key it by the path relative to .*clips$"):
-        run_tool(capsys, clips, '--out', out, '--captions', captions)
+        run_make_manifest(capsys, clips, '--out', out, '--captions', captions)
     assert not out.exists()  # refused before probing
     # A path key settles its video; the file-name key then names one video only.
     captions.write_text(json.dumps({'0001.mp4': 'a film', 'bikes/0001.mp4': 'bikes'}))
-    run_tool(capsys, clips, '--out', out, '--captions', captions)
+    run_make_manifest(capsys, clips, '--out', out, '--captions', captions)
     got = {osp.relpath(r['path'], clips): r.get('caption') for r in load_manifest(str(out))}
     assert got['bikes/0001.mp4'] == 'bikes' and got['films/0001.mp4'] == 'a film'
     assert got['films/c.mp4'] is None
@@ -169,7 +138,7 @@ def test_the_full_list_of_skipped_files_is_written(tmp_path, clips, capsys):
     for path in broken:
         path.write_text('not a video')
     out = tmp_path / 'ann' / 'm.csv'
-    summary, printed = run_tool(capsys, clips, '--out', out)
+    summary, printed = run_make_manifest(capsys, clips, '--out', out)
     listed = tmp_path / 'ann' / 'm.csv.skipped.txt'
     assert summary['skipped_file'] == str(listed)
     assert f'skipped 12 unreadable (all listed in {listed})' in printed, printed
@@ -180,7 +149,7 @@ def test_the_full_list_of_skipped_files_is_written(tmp_path, clips, capsys):
         assert str(path) in line and 'not a readable video container' in line, line
     for path in broken:
         path.unlink()
-    summary, printed = run_tool(capsys, clips, '--out', out)
+    summary, printed = run_make_manifest(capsys, clips, '--out', out)
     assert summary['skipped_file'] is None and 'listed in' not in printed
     assert not listed.exists()  # an old list would describe another run
 
@@ -188,4 +157,5 @@ def test_the_full_list_of_skipped_files_is_written(tmp_path, clips, capsys):
 def test_a_file_given_for_the_folder(tmp_path, clips):
     with pytest.raises(UserError, match=r'^.*a\.mp4 is a file, not a folder: give the '
                        r'folder that holds the videos$'):
-        load_tool().main([str(clips / 'bikes' / 'a.mp4'), '--out', str(tmp_path / 'm.csv')])
+        make_manifest_tool().main([str(clips / 'bikes' / 'a.mp4'), '--out',
+                                   str(tmp_path / 'm.csv')])

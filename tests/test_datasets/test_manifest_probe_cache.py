@@ -8,8 +8,8 @@ import pytest
 
 from mmsora.datasets import probe_cache
 from mmsora.utils.video_io import VideoReadError, probe_video
-from tests.test_datasets.test_manifest import load_tool
-from tests.test_datasets.test_manifest_fixes import make_clip
+from tests.extract_tools import make_manifest_tool
+from tests.tiny_data import make_clip
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def run(tmp_path, clips, out='train.csv', fail_at=None, extra=(), refused=()):
     """make_manifest.main on ``clips`` with one probing thread: (the files it
     probed, in order, and its summary); ``fail_at=k`` stops it with Ctrl-C at the k-th
     probe; the files named in ``refused`` cannot be read (no permission)."""
-    tool = load_tool()
+    tool = make_manifest_tool()
     probed = []
 
     def counting(path):

@@ -8,7 +8,7 @@ import pytest
 from mmsora.datasets import LatentStore, PackedLatentDataset, write_manifest
 from mmsora.utils.cli import UserError
 from tests.shared_videos import BIKES, BUNNY, needs_videos
-from tests.test_datasets.test_extract_features import extract, load_tool
+from tests.extract_tools import extract, load_tool
 
 pytestmark = [needs_videos, pytest.mark.usefixtures('kept_environ')]
 make_manifest = load_tool('make_manifest')

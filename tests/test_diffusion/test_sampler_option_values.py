@@ -13,10 +13,9 @@ from mmsora.diffusion import Transport
 from mmsora.diffusion.scheduler_sampling import check_sample_settings
 from mmsora.registry import MODELS
 from mmsora.utils.cli import load_config, run_cli
-# the tiny SiT demo's checkpoint (a fixture) and tools/infer.py, as the other infer
-# tests have them
-from tests.test_diffusion.test_transport_infer import (  # noqa: F401
-    DEMO, TINY, checkpoint, load_infer)
+# the tiny SiT demo and tools/infer.py, as the other infer tests have them (its
+# checkpoint is a fixture of tests/test_diffusion/conftest.py)
+from tests.sit_demo import DEMO, TINY, load_infer
 
 TINY_SIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
                 depth=2, num_heads=2, num_classes=3, learn_sigma=False)

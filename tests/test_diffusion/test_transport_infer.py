@@ -1,39 +1,15 @@
 """tools/infer.py with a Transport model: every flag shared with the Gaussian samplers,
 --sampler-options checked by the objective (one-line errors), the NFE reported."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 from PIL import Image
 
-from mmsora.registry import MODELS
-from mmsora.utils.cli import load_config, run_cli
+from mmsora.utils.cli import run_cli
+from tests.sit_demo import DEMO, ROOT, TINY, load_infer
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO = osp.join(ROOT, 'configs/sit/sit_tiny2_1xb32_1500_shapes16.py')
-TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
-        'model.denoiser.num_heads=2', 'model.denoiser.input_size=8',
-        'model.latent_shape=[3,8,8]']
-
-
-def load_infer():
-    spec = importlib.util.spec_from_file_location('infer', osp.join(ROOT, 'tools/infer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    import mmsora.models  # noqa: F401
-    from mmsora.utils.cli import apply_cfg_options
-    cfg = apply_cfg_options(load_config(DEMO), TINY)
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    path = tmp_path_factory.mktemp('sit') / 'iter_1.pth'
-    torch.save(dict(state_dict=model.state_dict()), path)
-    return str(path)
+# ``checkpoint``: the tiny SiT demo's (tests/test_diffusion/conftest.py)
 
 
 def infer(checkpoint, tmp_path, *args):

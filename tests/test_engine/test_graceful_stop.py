@@ -13,7 +13,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine.graceful_stop import stop_gracefully
 from mmsora.utils.cli import Interrupted
-from tests.test_engine.test_train import tiny_cfg
+from tests.tiny_models import tiny_cfg
 
 
 class _SignalAt(Hook):

@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine.hooks import GradClipFromHook
 from mmsora.utils.cli import UserError
-from tests.test_engine.test_train import tiny_cfg
+from tests.tiny_models import tiny_cfg
 
 
 def test_clipping_starts_at_its_iteration(repo_root, tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ from mmengine.runner import Runner
 from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks.loss_guard_hook import grad_norm
 from mmsora.utils.cli import explain_error
-from tests.test_engine.test_train import tiny_cfg
+from tests.tiny_data import LineLogger
+from tests.tiny_models import tiny_cfg
 
 
 class _PoisonIters(Hook):
@@ -312,25 +313,12 @@ def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
     Runner.from_cfg(cfg).train()
 
 
-class _Lines:
-    """A logger that keeps the lines, with their level."""
-
-    def __init__(self):
-        self.lines = []
-
-    def warning(self, line):
-        self.lines.append(('warning', line))
-
-    def error(self, line):
-        self.lines.append(('error', line))
-
-
 def _guarded(max_consecutive=5):
     from mmengine.optim import OptimWrapper
     param = torch.nn.Parameter(torch.ones(2))
     wrapper = OptimWrapper(torch.optim.SGD([param], lr=0.1))
     runner = _FakeRunner(wrapper)
-    runner.logger = _Lines()
+    runner.logger = LineLogger()
     guard = LossGuardHook(max_consecutive=max_consecutive)
     guard.before_train(runner)
     return guard, runner, wrapper, param

@@ -13,28 +13,9 @@ import mmsora.engine  # noqa: F401
 import mmsora.models  # noqa: F401
 from mmsora.utils.cli import UserError
 from tests.runner_probes import StateAtTrainStart
+from tests.tiny_models import DEMO, tiny_cfg
+from tests.tiny_models import TINY_TRAIN as TINY
 from tools.train import build_train_config, parse_args
-
-DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
-TINY = [
-    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
-    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
-    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=64',
-    'train_dataloader.batch_size=8', 'default_hooks.logger.interval=1',
-    'param_scheduler=[]',
-]
-
-
-def tiny_cfg(repo_root, work_dir, max_iters, *extra, resume=None, load_from=None):
-    argv = [osp.join(repo_root, DEMO), '--work-dir', str(work_dir),
-            '--cfg-options', f'train_cfg.max_iters={max_iters}', *TINY, *extra]
-    if resume:
-        argv += ['--resume', resume]
-    if load_from:
-        argv += ['--load-from', load_from]
-    cfg = build_train_config(parse_args(argv))
-    cfg.experiment_name = f'{osp.basename(str(work_dir))}-{max_iters}-{bool(resume)}'
-    return cfg
 
 
 def losses_of(runner):

@@ -16,14 +16,6 @@ from tools.train import build_train_config, parse_args
 
 pytestmark = pytest.mark.usefixtures('kept_environ', 'fresh_notes')
 
-
-@pytest.fixture
-def fresh_notes(monkeypatch):
-    """The notes said once a process (note(..., once=True)) said again here: other
-    tests of the run build the card presets too."""
-    from mmsora.utils import cli
-    monkeypatch.setattr(cli, '_NOTED', set())
-
 DEMO = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
 PRESET = 'configs/video_dit/video_dit_xl2_8xb5_1m_ucf101_24gb.py'
 TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
@@ -175,8 +167,9 @@ def test_check_checkpoint_every_refuses_k_above_the_depth():
 
 
 def test_train_refuses_grad_checkpointing_above_the_depth(repo_root, tmp_path):
-    with pytest.raises(UserError, match=r'^(model\.denoiser\.)?grad_checkpointing=100 is '
-                       r'more than the 2 blocks'):
+    # (DiT's and VideoDiT's constructors refuse it, through build_model_on_meta)
+    with pytest.raises(UserError, match=r'^grad_checkpointing=100 is more than the 2 '
+                       r'blocks'):
         train_config(repo_root, tmp_path, 'model.denoiser.grad_checkpointing=100')
     cfg = train_config(repo_root, tmp_path, 'model.denoiser.grad_checkpointing=2')
     assert cfg.model.denoiser.grad_checkpointing == 2

@@ -7,8 +7,7 @@ pytest.importorskip('transformers')
 
 from mmsora.evaluation import CLIPEmbedder, CLIPScore  # noqa: E402
 from mmsora.utils.cli import explain_error  # noqa: E402
-from tests.test_evaluation.test_metrics import make_tiny_clip  # noqa: E402
-from tests.tiny_models import make_tiny_text_encoder  # noqa: E402
+from tests.tiny_models import make_tiny_clip, make_tiny_text_encoder  # noqa: E402
 
 NEED = ('not a whole CLIP model: the CLIP score needs a whole transformers CLIPModel '
         '(image and text towers) with its tokenizer, e.g. openai/clip-vit-large-patch14 '

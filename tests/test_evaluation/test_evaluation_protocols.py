@@ -21,7 +21,7 @@ def test_clip_resize_matches_clip_image_processor_on_non_square_pictures(tmp_pat
     short) makes 27 (16 / 30 * 52 = 27.7): the crop moved by a pixel."""
     transformers = pytest.importorskip('transformers')
     from mmsora.evaluation import CLIPEmbedder
-    from tests.test_evaluation.test_metrics import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
     embedder = CLIPEmbedder(make_tiny_clip(tmp_path / 'clip'))
     assert embedder.size == 16
     # smooth pictures (noise upsampled 6x), as frames are: the resize kernels agree

@@ -80,7 +80,7 @@ def test_resize_center_crop_keeps_the_middle():
 def test_clip_embedder_matches_transformers_processor(tmp_path):
     transformers = pytest.importorskip('transformers')
     from mmsora.evaluation import CLIPEmbedder
-    from tests.test_evaluation.test_metrics import make_tiny_clip
+    from tests.tiny_models import make_tiny_clip
     embedder = CLIPEmbedder(make_tiny_clip(tmp_path / 'clip'))
     images = np.random.default_rng(0).integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
     # transformers' own (PIL) preprocessing: shortest edge, center crop, CLIP mean/std.

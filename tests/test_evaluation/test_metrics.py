@@ -7,6 +7,7 @@ import tests.test_evaluation.tiny_extractors  # noqa: F401  (registers them)
 from mmsora.evaluation import FID, FVD, CLIPScore, InceptionScore, frechet_distance
 from mmsora.evaluation import feature_stats, inception_score
 from mmsora.registry import METRICS
+from tests.tiny_models import make_tiny_clip
 
 TINY = dict(type='TinyImageExtractor')
 
@@ -120,26 +121,6 @@ def test_fvd_on_clips(tmp_path):
     assert feed(fvd, shifted)['FVD'] > 1e-3
     with pytest.raises(ValueError, match='FVD takes clips'):
         fvd.process(None, [dict(index=0, sample=ref[0, 0])])
-
-
-def make_tiny_clip(path):
-    """A tiny random transformers CLIPModel folder with the tests' word-level tokenizer."""
-    import transformers
-
-    from tests.tiny_models import make_tiny_text_encoder
-    make_tiny_text_encoder(path, kind='clip')  # the tokenizer files; the model is replaced
-    vocab = len(transformers.AutoTokenizer.from_pretrained(path))
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=2),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=16, patch_size=8),
-        projection_dim=8)
-    torch.manual_seed(0)
-    transformers.CLIPModel(config).save_pretrained(path)
-    return str(path)
 
 
 def test_clip_score_on_pictures_and_clips(tmp_path):

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import mmsora.apis
-from mmsora.utils.cli import UserError, run_cli
+from mmsora.utils.cli import run_cli
+from tests.cli_helpers import refused
 from tools import infer
 from tools import make_reference
 from tools import test as test_tool
@@ -74,12 +75,6 @@ def not_loaded(monkeypatch):
     def built(*args, **kwargs):
         raise AssertionError('the model was built')
     monkeypatch.setattr(mmsora.apis, 'init_model', built)
-
-
-def refused(main, argv) -> str:
-    with pytest.raises(UserError) as info:
-        main(argv)
-    return str(info.value)
 
 
 # --------------------------------------------------------------------------- #

@@ -130,14 +130,15 @@ def test_infer_samples_from_a_diffusers_folder(repo_root, tmp_path):
     assert folder in result.stdout + result.stderr  # the weights sampled are named
 
 
-def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path):
+def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path,
+                                                           tiny_vae_dir):
     # tools/train.py --load-from the folder (it said 'checkpoint not found' of any
     # folder), fine-tuning the 10-class model on the demo's 4 classes: the label table
     # starts afresh, said in a warning; the rest is the diffusers model's
     from unittest import mock
 
     from mmsora.registry import MODELS
-    from tests.test_engine.test_train import tiny_cfg as train_cfg
+    from tests.tiny_models import tiny_cfg as train_cfg
     cfg = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2,
                num_heads=2, num_classes=10, learn_sigma=True)
     ref = build_reference(cfg)
@@ -158,18 +159,14 @@ def test_train_load_from_a_diffusers_folder_to_new_classes(repo_root, tmp_path):
     assert len(warned) == 1 and "(5, 32) (the file's: (11, 32))" in warned[0][0][0]
     # a folder of another kind is named (it was 'checkpoint not found'): a VAE's by its
     # config.json, any other as what it is not; a work dir gives its newest checkpoint
-    from diffusers import AutoencoderKL
-
     from mmsora.utils.cli import UserError
-    from tests.tiny_models import TINY_VAE
     with pytest.raises(UserError, match=rf'^--load-from {tmp_path}: a folder that is neither '
                                         r'a work dir with a checkpoint'):
         train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path))
-    AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / 'vae')
-    with pytest.raises(UserError, match=rf"^--load-from {tmp_path}/vae holds a diffusers "
+    with pytest.raises(UserError, match=rf"^--load-from {tiny_vae_dir} holds a diffusers "
                                         r"AutoencoderKL \(its config.json\), not a denoiser's "
                                         r'weights'):
-        train_cfg(repo_root, tmp_path / 'work2', 1, load_from=str(tmp_path / 'vae'))
+        train_cfg(repo_root, tmp_path / 'work2', 1, load_from=tiny_vae_dir)
     run = tmp_path / 'run'
     run.mkdir()
     torch.save(dict(meta=dict(iter=2), state_dict=MODELS.build(

@@ -10,11 +10,6 @@ pytest.importorskip('transformers')
 SHAPE = (4, 2, 8, 8)
 
 
-@pytest.fixture(scope='module')
-def t5_dir(tmp_path_factory):
-    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('t5')), 't5')
-
-
 def build(t5_dir=None, **diffusion):
     torch.manual_seed(0)
     model = MODELS.build(dict(

@@ -9,7 +9,6 @@ stable_cascade config builds, and the lite one is the released prior + temporal 
 """
 import glob
 import json
-import os
 import os.path as osp
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from mmsora.models.denoisers.stable_cascade_video import STAGE_C_LITE
 from mmsora.registry import DATASETS, DIFFUSION, MODELS
 from mmsora.utils.cli import UserError
 from mmsora.utils.video_io import read_video_frames
+from tests.launch import run_tool
 
 CONFIG = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
 LITE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
@@ -51,9 +51,8 @@ def test_configs_build(repo_root):
 
 
 def run(args, repo_root):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    out = subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True,
-                         text=True, timeout=600, env=env)
+    """A script of the repository (``args[0]``) run by this interpreter; it must pass."""
+    out = run_tool([sys.executable, *args], repo_root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 

@@ -18,8 +18,8 @@ import mmsora.diffusion  # noqa: F401
 import mmsora.models  # noqa: F401
 from mmsora.registry import MODELS
 from mmsora.utils.cli import UserError
-from mmsora.utils.tiny_checkpoints import (make_tiny_stable_cascade_decoder,
-                                           make_tiny_text_encoder)
+from mmsora.utils.tiny_checkpoints import make_tiny_stable_cascade_decoder
+from tests.tiny_models import TINY_VAE
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py')
@@ -36,12 +36,6 @@ def spy_decode(vae):
         return decode.__wrapped__(*args, **kwargs)
     vae.decode = decode
     return calls
-
-
-@pytest.fixture(scope='module')
-def clip_path(tmp_path_factory):
-    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('clip')),
-                                  'clip_with_projection', width=32)
 
 
 def build(clip_path, stage_b, **vae):
@@ -94,9 +88,26 @@ def test_stage_b_progress_bar_follows_sample_progress(clip_path, tmp_path, capfd
 
 
 def test_class_models_decode_as_before():
-    from mmsora.models.latent_diffusion import LatentDiffusion
-    model = mock.Mock(text_conditioned=False)
-    assert LatentDiffusion._decode_text_kwargs(model, dict(y=torch.zeros(2))) == {}
+    """A class-conditional model (tiny DiT, tiny SD VAE) gives its VAE no pooled text
+    embeddings, even a VAE whose ``decode`` reads them: sampling decodes with none,
+    and a condition that holds 'pooled' gives none either (a class model has no text:
+    without the ``text_conditioned`` check it would be passed on)."""
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='LatentDiffusion', latent_shape=(4, 8, 8), num_classes=3,
+        denoiser=dict(type='DiT', input_size=8, patch_size=2, in_channels=4,
+                      hidden_size=32, depth=2, num_heads=2, num_classes=3),
+        vae=dict(type='AutoencoderKLWrapper', config=TINY_VAE, scale_factor=0.5))).eval()
+    calls, decode = [], model.vae.decode
+
+    def decode_reading_pooled(z, pooled=None, negative_pooled=None):
+        calls.append(dict(pooled=pooled, negative_pooled=negative_pooled))
+        return decode(z)
+    model.vae.decode = decode_reading_pooled
+    model.sample([0, 1], seeds=[0, 1], sampler='ddim', num_steps=2)
+    assert calls == [dict(pooled=None, negative_pooled=None)]
+    cond = dict(y=torch.tensor([0, 1]), pooled=torch.ones(2, 16))
+    assert model._decode_text_kwargs(cond) == {}
 
 
 def test_stage_b_for_other_latents_is_refused_at_build(clip_path, tmp_path):

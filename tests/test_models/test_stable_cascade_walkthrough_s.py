@@ -18,8 +18,7 @@ from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.registry import MODELS
 from mmsora.utils.cli import UserError
 from mmsora.utils.tiny_checkpoints import (TINY_STAGE_A, TINY_STAGE_B,
-                                           make_tiny_stable_cascade_decoder,
-                                           make_tiny_text_encoder)
+                                           make_tiny_stable_cascade_decoder)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py')
@@ -135,12 +134,6 @@ def test_a_prior_folder_given_as_stage_b_is_named(tmp_path):
 # --------------------------------------------------------------------------- #
 #                 5. prompts cut at max_length are said, once                  #
 # --------------------------------------------------------------------------- #
-@pytest.fixture(scope='module')
-def clip_path(tmp_path_factory):
-    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('clip')),
-                                  'clip_with_projection', width=32)
-
-
 def notes(capsys):
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
 

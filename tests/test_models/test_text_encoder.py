@@ -8,11 +8,6 @@ from tests.tiny_models import make_tiny_text_encoder
 pytest.importorskip('transformers')
 
 
-@pytest.fixture(scope='module')
-def t5_dir(tmp_path_factory):
-    return make_tiny_text_encoder(str(tmp_path_factory.mktemp('t5')), 't5')
-
-
 def test_t5_tokens_mask_and_padding_invariance(t5_dir):
     enc = HFTextEncoder(t5_dir, kind='t5', max_length=12)
     emb, mask, pooled = enc.encode(['a red disk', 'the cat runs in snow'])

@@ -7,7 +7,7 @@ from mmengine.runner import Runner
 
 from mmsora.utils.cli import UserError
 from tests.conftest import REPO_ROOT
-from tests.test_engine.test_train import tiny_cfg
+from tests.tiny_models import tiny_cfg
 from tools import export_denoiser
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import mmsora.apis
-from mmsora.utils.cli import UserError
+from tests.cli_helpers import refused
 from tools import infer
 from tools import test as test_tool
 
@@ -27,12 +27,6 @@ def finished(tmp_path, monkeypatch):
         raise AssertionError('the model was built')
     monkeypatch.setattr(mmsora.apis, 'init_model', built)
     return str(out)
-
-
-def refused(main, argv) -> str:
-    with pytest.raises(UserError) as info:
-        main(argv)
-    return str(info.value)
 
 
 @pytest.mark.parametrize('tool', ['infer', 'test'])

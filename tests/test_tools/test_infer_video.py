@@ -2,7 +2,6 @@
 names, frame count, size and fps; bad video options give one ``error:`` line. Also
 ``mmsora.apis.save_videos`` on its own."""
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -10,8 +9,10 @@ import pytest
 import torch
 
 from mmsora.apis import save_videos, video_paths
-from mmsora.datasets.manifest import write_manifest
-from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+from mmsora.utils.video_io import probe_video, read_video_frames
+from tests.cli_helpers import error_line
+from tests.launch import run_tool
+from tests.tiny_data import moving_square_clip
 
 CONFIG = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
 # The demo config at 4 frames of 16x16 (patch 4, 2 blocks of width 32): seconds on CPU.
@@ -31,17 +32,8 @@ default_hooks = dict(checkpoint=dict(interval=2))
 
 
 def run(args, repo_root, timeout=300):
-    import os
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def error_line(result):
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-    assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
-    return lines[0]
+    """A script of the repository (``args[0]``) run by this interpreter."""
+    return run_tool([sys.executable, *args], repo_root, timeout=timeout)
 
 
 def test_video_paths_and_save_videos(tmp_path):
@@ -79,11 +71,7 @@ def test_video_paths_and_save_videos(tmp_path):
 def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):
     # A synthetic moving-square video and an unlabelled manifest (labels -1 -> class 0
     # for the one-class model).
-    frames = np.zeros((12, 32, 48, 3), np.uint8)
-    for i in range(12):
-        frames[i, 8:20, 2 + 3 * i:14 + 3 * i] = (200, 60, 30)
-    write_video(str(tmp_path / 'data' / 'clip.mp4'), frames, fps=25)
-    write_manifest([dict(path='clip.mp4')], str(tmp_path / 'data' / 'clips.csv'))
+    moving_square_clip(tmp_path / 'data', 12, 32, 48, top=8, size=12, step=3)
     config = tmp_path / 'tiny_video.py'
     config.write_text(TINY_CONFIG.format(base=osp.join(repo_root, CONFIG),
                                          data_root=str(tmp_path / 'data')))

@@ -17,7 +17,6 @@ import torch
 from mmengine.config import Config
 
 from mmsora.registry import DIFFUSION, MODELS
-from mmsora.utils import cli
 from mmsora.utils.cli import UserError, apply_cfg_options, load_config
 from tools import infer
 from tools.train import build_train_config
@@ -30,13 +29,8 @@ TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
         'model.latent_shape=[3,8,8]']
 TRAIN_TINY = [*TINY, 'train_dataloader.dataset.size=8', 'param_scheduler=[]',
               'train_cfg.max_iters=4']
-pytestmark = pytest.mark.usefixtures('malloc_calls')
+pytestmark = pytest.mark.usefixtures('malloc_calls', 'fresh_notes')
 
-
-@pytest.fixture(autouse=True)
-def fresh_notes(monkeypatch):
-    """Notes are said once a process: each test hears its own."""
-    monkeypatch.setattr(cli, '_NOTED', set())
 
 
 def sit_model_cfg(repo_root, *options):

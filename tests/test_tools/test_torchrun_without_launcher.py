@@ -7,7 +7,7 @@ import os.path as osp
 import pytest
 
 import mmsora.apis
-from mmsora.utils.cli import UserError
+from tests.cli_helpers import refused
 from tools import infer
 from tools import test as test_tool
 
@@ -29,12 +29,6 @@ def torchrun_rank1(monkeypatch):
         raise AssertionError('the model was built (or the processes joined)')
     monkeypatch.setattr(mmsora.apis, 'init_model', built)
     monkeypatch.setattr(mmsora.apis, 'init_sampling_processes', built)
-
-
-def refused(main, argv) -> str:
-    with pytest.raises(UserError) as info:
-        main(argv)
-    return str(info.value)
 
 
 def test_test_py_refuses_torchrun_without_launcher(torchrun_rank1, repo_root, tmp_path):

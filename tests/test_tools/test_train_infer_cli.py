@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.cli_helpers import error_line
 from tests.launch import free_port, run_tool
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -25,14 +26,6 @@ def run(args, repo_root, timeout=300, **env):
 
 def train(repo_root, *args, timeout=300):
     return run([sys.executable, 'tools/train.py', *args], repo_root, timeout=timeout)
-
-
-def error_line(result):
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-    assert len(lines) == 1, result.stderr[-3000:]
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    return lines[0]
 
 
 @pytest.mark.parametrize('args, expected', [

@@ -28,9 +28,7 @@ trained 22-23 dB, mean colour 14.3 dB, backwards clip 23.5 dB: its order check i
 weak, so it is only applied to bikes.mp4.)
 """
 import math
-import os
 import os.path as osp
-import subprocess
 import sys
 import time
 
@@ -42,6 +40,7 @@ from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.transforms.video import (ResizeCropVideo, SampleClipIndices,
                                               resize_frames)
 from mmsora.utils.video_io import probe_video, read_video_frames, write_video
+from tests.launch import run_tool
 from tests.shared_videos import VIDEOS as SHARED
 
 CANDIDATES = ('bikes.mp4', 'bigbuckbunny.mp4')
@@ -56,9 +55,8 @@ def psnr(a, b):
 
 
 def run(args, repo_root, timeout):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    return subprocess.run([sys.executable, *args], cwd=repo_root, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    """A script of the repository (``args[0]``) run by this interpreter."""
+    return run_tool([sys.executable, *args], repo_root, timeout=timeout)
 
 
 def cut_clip(source, out, sample_clip, size):

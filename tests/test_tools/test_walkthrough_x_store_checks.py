@@ -128,7 +128,7 @@ def test_extract_features_records_a_video_vaes_scale(repo_root, tmp_path, vae_di
     """extract_features.py --video-vae --scale-factor 0.5 recorded scale_factor 1.0 (what
     VideoVAEWrapper said), so nothing could compare it."""
     from mmsora.datasets import LatentStore, write_manifest
-    from tests.test_datasets.test_extract_features import extract
+    from tests.extract_tools import extract
     _, wan = vae_dirs
     write_manifest([dict(path=BIKES, label=0)], str(tmp_path / 'clips.csv'))
     out = str(tmp_path / 'store')

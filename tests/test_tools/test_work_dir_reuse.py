@@ -9,7 +9,8 @@ import time
 import pytest
 
 from mmsora.utils.cli import UserError, run_cli
-from tests.test_engine.test_train import DEMO, TINY
+from tests.tiny_models import DEMO
+from tests.tiny_models import TINY_TRAIN as TINY
 from tools import train
 
 CONFIG_NAME = osp.basename(DEMO)  # the config the Runner dumps into the work dir

@@ -18,17 +18,11 @@ from mmsora.models import DiT, VideoDiT
 from mmsora.utils.checkpoint import (check_checkpoint_complete, last_checkpoint,
                                      load_checkpoint_file, load_dit_checkpoint,
                                      load_state_dict_checked, weight_mismatch)
-from mmsora.utils.cli import explain_error
+from tests.cli_helpers import one_line
 from tools import export_denoiser
 
 IMAGE = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2,
              num_heads=2, num_classes=4)
-
-
-def one_line(exc):
-    message = explain_error(exc)
-    assert message is not None and '\n' not in message, repr(exc)
-    return message
 
 
 def video_dit(**kwargs):
@@ -122,7 +116,7 @@ def test_resume_of_a_cut_safetensors_is_refused_before_the_runner(tmp_path, repo
                                                                   safetensors_file):
     """--resume X.safetensors: named by the cheap pre-check, not taken for a state
     dict of weights alone."""
-    from tests.test_engine.test_train import DEMO
+    from tests.tiny_models import DEMO
     from tools.train import build_train_config, parse_args
     cut = tmp_path / 'cut.safetensors'
     cut.write_bytes(safetensors_file.read_bytes()[:100])
@@ -206,7 +200,7 @@ def test_resume_continues_from_it(tmp_path, repo_root):
     """--resume said 'no checkpoint in W yet: the run starts at iteration 0' (and
     pruned the old checkpoints as it saved)."""
     from mmsora.registry import MODELS
-    from tests.test_engine.test_train import tiny_cfg
+    from tests.tiny_models import tiny_cfg
     work = tmp_path / 'copy'
     cfg = tiny_cfg(repo_root, work, 20)
     state = MODELS.build(cfg.model).state_dict()

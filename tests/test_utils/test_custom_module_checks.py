@@ -33,12 +33,7 @@ TINY = ['model.denoiser.hidden_size=64', 'model.denoiser.depth=2',
 # A package of one's own that does not import here (not on sys.path: the tools run
 # from another folder than the project's).
 GONE = 'myidea_not_on_this_path'
-
-
-@pytest.fixture(autouse=True)
-def fresh_notes(monkeypatch):
-    """Notes are said once a process: each test hears its own."""
-    monkeypatch.setattr(cli, '_NOTED', set())
+pytestmark = pytest.mark.usefixtures('fresh_notes')
 
 
 def tiny_dit_cfg(repo_root, *options):
