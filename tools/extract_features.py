@@ -126,8 +126,8 @@ def parse_args(argv=None):
     p.add_argument('--device', type=device_setting,
                    default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--scale-factor', type=float,
-                   help='latent scale (default: 0.18215 for --vae, the VAE config\'s for '
-                   '--video-vae)')
+                   help='latent scale (default: the VAE config\'s scaling_factor, else '
+                   '0.18215 for --vae and 1 for --video-vae)')
     p.add_argument('--seed', type=int, default=0, help='seed of --store samples noise')
     return p.parse_args(argv)
 
@@ -243,10 +243,10 @@ def build_source(args):
 def video_vae_class(folder: str) -> str:
     """The class a video VAE folder names in its config.json (or its vae/ subfolder's),
     for a ``--video-vae`` without ``--video-vae-class``."""
-    from mmsora.models.vaes.autoencoder_kl import folder_vae_class
+    from mmsora.models.vaes.autoencoder_kl import folder_vae_class, vae_folder
     from mmsora.utils.checkpoint import folder_model
-    root = folder if osp.isfile(osp.join(folder, 'config.json')) else osp.join(folder, 'vae')
-    found = folder_vae_class(root)  # (the folder AutoencoderKLWrapper._load reads)
+    root = vae_folder(folder)  # (the folder AutoencoderKLWrapper._load reads)
+    found = folder_vae_class(root)
     if found in VIDEO_VAE_CLASSES:
         return found
     if found == 'AutoencoderKL':
@@ -298,13 +298,23 @@ def refuse_stable_cascade(folder: Optional[str], option: str) -> None:
              'extraction: a gap")')
 
 
+def image_vae_scale(args) -> float:
+    """--vae's latent scale: --scale-factor, else the folder's config.json
+    ``scaling_factor`` (SD's VAEs 0.18215, SDXL's 0.13025), else 0.18215. SDXL's VAE
+    was scaled by SD's 0.18215 without a word."""
+    from mmsora.models.vaes.autoencoder_kl import folder_scaling_factor
+    if args.scale_factor is not None:
+        return args.scale_factor
+    found = folder_scaling_factor(args.vae) if osp.isdir(args.vae) else None
+    return 0.18215 if found is None else found
+
+
 def build_vae(args):
     micro = args.micro_batch_size or args.batch_size
     try:
         if args.vae:
-            vae = AutoencoderKLWrapper(
-                pretrained_path=args.vae, micro_batch_size=micro,
-                scale_factor=0.18215 if args.scale_factor is None else args.scale_factor)
+            vae = AutoencoderKLWrapper(pretrained_path=args.vae, micro_batch_size=micro,
+                                       scale_factor=image_vae_scale(args))
         else:
             vae = VideoVAEWrapper(args.video_vae_class or video_vae_class(args.video_vae),
                                   pretrained_path=args.video_vae,
@@ -445,7 +455,8 @@ def known_settings(args, source, fingerprint) -> dict:
     if args.shard_size is not None:
         settings['shard_size'] = args.shard_size
     if args.scale_factor is not None or args.vae:
-        settings['scale_factor'] = 0.18215 if args.scale_factor is None else args.scale_factor
+        settings['scale_factor'] = (image_vae_scale(args) if args.vae
+                                    else args.scale_factor)
     return settings
 
 

@@ -120,18 +120,24 @@ def build_model_on_meta(cfg):
     return None
 
 
-def check_block_interval(model) -> None:
-    """The denoiser's ``grad_checkpointing=k`` above its number of blocks, refused in
-    one line: it recomputed block 0 alone (blocks 0, k, 2k, ...), without a word."""
-    denoiser = getattr(model, 'denoiser', None)
-    blocks = getattr(denoiser, 'blocks', None)
-    if blocks is None:
-        return
-    from mmsora.models.layers.checkpointing import check_checkpoint_every
-    try:
-        check_checkpoint_every(denoiser.grad_checkpointing, len(blocks))
-    except ValueError as e:
-        raise UserError(f'model.denoiser.{e}') from None
+def note_missing_hooks(cfg) -> None:
+    """A config's own ``custom_hooks`` list replaces its base's whole (mmengine merges
+    dicts, not lists): a list of one SampleVisualizationHook dropped the EMA and the
+    RNG states that every mmsora config keeps, without a word."""
+    from mmsora.engine.hooks import RNGStateHook
+    from mmsora.utils.training_inputs import hook_class, is_ema_hook
+    hooks = cfg.get('custom_hooks') or []
+    missing = []
+    if not any(is_ema_hook(h) for h in hooks):
+        missing.append('no EMAHook (no EMA weights: checkpoints hold the trained weights, '
+                       'which infer samples)')
+    if not any(issubclass(hook_class(h), RNGStateHook) for h in hooks):
+        missing.append('no RNGStateHook (a --resume draws other noise than the run would '
+                       'have)')
+    if missing:
+        note(f'custom_hooks has {" and ".join(missing)}; a config\'s custom_hooks list '
+             "replaces its base's whole: list them too if they were meant "
+             '(configs/_base_/default_runtime.py)', once=True)
 
 
 def check_vae_folder(model) -> None:
@@ -663,11 +669,11 @@ def store_vae(index):
     store does not tell: the class from its VAE folder's ``config.json`` where the
     folder is here, the wrapper from that class, else from its clips' frames (a video
     VAE compresses time, an image VAE keeps every frame)."""
-    from mmsora.models.vaes.autoencoder_kl import _vae_folder, folder_vae_class
+    from mmsora.models.vaes.autoencoder_kl import folder_vae_class, vae_folder
     from mmsora.models.vaes.video_vae import VIDEO_VAE_CLASSES
     folder, found = index.get('vae'), None
     if isinstance(folder, str) and folder and osp.isdir(folder):
-        found = folder_vae_class(_vae_folder(folder))
+        found = folder_vae_class(vae_folder(folder))
     if found == 'AutoencoderKL':
         return FRAME_VAE, found
     if found in VIDEO_VAE_CLASSES:
@@ -982,12 +988,12 @@ def build_train_config(args):
         fit_amp_to_device(cfg)
     meta_model = build_model_on_meta(cfg)
     check_vae_folder(meta_model)
-    check_block_interval(meta_model)
     from mmsora.utils.config_keys import check_training_keys
     # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
     # and the EMA hook): a typo would fail after the Runner's start-up output, or
     # later. It reads no file, so it comes before the checks of --resume's checkpoint.
     check_training_keys(cfg)
+    note_missing_hooks(cfg)
     accumulation_of(cfg)  # a whole number >= 1 (mmengine asserts after its start-up)
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '

@@ -272,7 +272,13 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         # stopped. (A work dir without checkpoints, or its dumped .py, is refused: its
         # run's weights are what it means.)
         if pretrained and checkpoint is None and not _in_a_work_dir(config_path):
-            model.init_weights()
+            # (without a log file mmengine logs a block per parameter, 'The value is the
+            # same before and after calling init_weights': 236 of them for DiT-XL/2)
+            model._dump_init_info = lambda: None
+            try:
+                model.init_weights()
+            finally:
+                del model._dump_init_info
             model.loaded_from = pretrained
             model.loaded_weights = "the config's pretrained weights, no checkpoint"
             return model.to(device).eval(), cfg

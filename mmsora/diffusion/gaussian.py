@@ -780,8 +780,9 @@ class GaussianDiffusion:
                 timesteps (0 .. 999); it may return ``2C`` channels (learned sigma).
             noise (Tensor): Starting noise (N, C, ...).
             model_kwargs (dict): Conditioning passed to ``model_fn``.
-            sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own, respaced to
-                ``num_steps``) or a diffusers scheduler registered in
+            sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own loops, respaced to
+                ``num_steps`` as DiT's ``create_diffusion(str(num_steps))`` does: any
+                count, evenly spread over 0 .. T - 1) or a diffusers scheduler registered in
                 ``NOISE_SCHEDULERS`` (given this objective's betas; it takes epsilon:
                 with ``predict_xstart`` the model's x0 is turned into it first).
             num_steps (int): Number of sampling steps.
@@ -801,7 +802,11 @@ class GaussianDiffusion:
         check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS.get(sampler, ()))
         model_fn = CountingModel(model_fn)
         if sampler == 'ddim':
-            x = self.respace(f'ddim{num_steps}').ddim_sample_loop(
+            # The steps DiT's codebase takes (create_diffusion(str(N)), as Latte's and
+            # Open-Sora 1.0's sample.py run DDIM): evenly spread from 0 to T - 1 (50:
+            # ..., 958, 979, 999); 'ddimN', the DDIM paper's integer stride, is diffusers'
+            # DDIMScheduler's leading spacing (..., 940, 960, 980): sampler='DDIMScheduler'
+            x = self.respace(str(num_steps)).ddim_sample_loop(
                 model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
                 progress=progress, generator=generators, **sampler_kwargs)
         elif sampler == 'ddpm':

@@ -309,7 +309,7 @@ class Transport:
         return t0 + (t1 - t0) * shift_times(u, self.time_shift)
 
     def loss(self, model, x0, model_kwargs=None):
-        """SiT's training loss (``training_losses``): t, noise -> x_t -> predict.
+        """SiT's training loss (``training_losses``): noise, t -> x_t -> predict.
 
         Args:
             model (Callable): ``model(x_t, time, **model_kwargs)``.
@@ -320,8 +320,10 @@ class Transport:
             dict: ``loss`` of shape (N,).
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
-        t = self.sample_time(x0.shape[0], x0.device)
+        # the noise first, then t: SiT's order of draws (Transport.sample), so that a
+        # seeded step gives SiT's loss (t first gave another sample's pair)
         noise = sample_rng.randn_like(x0)
+        t = self.sample_time(x0.shape[0], x0.device)
         x_t, u_t = self.path.interpolate(t, noise, x0)
         out = self._call(model, x_t, t, model_kwargs)
         assert out.shape == x_t.shape, f'model output {tuple(out.shape)} != {tuple(x_t.shape)}'

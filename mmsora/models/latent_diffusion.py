@@ -380,8 +380,9 @@ class LatentDiffusion(BaseModel):
         denoiser itself. DeepSpeed's bf16 / fp16 turn the module's weights to half
         precision while the objective builds ``x_t`` in float32: the call casts ``x``
         and the float conditioning (not the timesteps) to the weights' dtype. With
-        ``float_output`` the output comes back in float32 (the samplers' state stays
-        float32 between steps).
+        ``float_output`` the output comes back in ``x``'s dtype (the samplers' state
+        stays float32 between steps; a float64 model sampled from float64 noise, as a
+        parity check against DiT's loop runs, stays float64: it was cut to float32).
         """
         fn = self.denoiser if fn is None else fn
         dtype = next(self.denoiser.parameters()).dtype
@@ -395,7 +396,7 @@ class LatentDiffusion(BaseModel):
         def call(x, t, **kwargs):
             out = fn(cast(x), t, **{k: cast(v) for k, v in kwargs.items()})
             # (not a tensor: the objective names what the denoiser returned)
-            return out.float() if float_output and torch.is_tensor(out) else out
+            return out.to(x.dtype) if float_output and torch.is_tensor(out) else out
         return call
 
     def _training_draws(self, n):

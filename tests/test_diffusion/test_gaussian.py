@@ -199,6 +199,29 @@ def test_p_sample_step_matches_diffusers_learned_range():
         torch.testing.assert_close(ours['sample'], theirs.prev_sample, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize('num_steps', [50, 60])
+def test_the_ddim_sampler_takes_dit_codebases_steps(num_steps):
+    """sampler='ddim' visits the timesteps of DiT's create_diffusion(str(N)), which
+    Latte's and Open-Sora 1.0's sample.py run DDIM on (50: ... 958, 979, 999; any
+    count); it took the DDIM paper's stride ('ddim50': ... 960, 980, never 999), 17%
+    off their samples at 50 steps, and refused 60."""
+    seen = []
+
+    def model(x, t, **kwargs):
+        seen.append(int(t[0]))
+        return torch.zeros(1, 2, 2, 2)  # (learned sigma: eps and the variance's input)
+
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=num_steps)
+    stride = 999 / (num_steps - 1)  # DiT's space_timesteps: round(i * frac_stride)
+    assert seen == [round(i * stride) for i in reversed(range(num_steps))]
+    assert seen[:3] == ([999, 979, 958] if num_steps == 50 else [999, 982, 965])
+    # the same steps as its DDPM sampler (both respaced alike)
+    seen.clear()
+    GaussianDiffusion().sample(model, noise, {}, sampler='ddpm', num_steps=num_steps)
+    assert seen == [round(i * stride) for i in reversed(range(num_steps))]
+
+
 @pytest.mark.parametrize('eta', [0.0, 0.7])
 def test_ddim_step_matches_diffusers(eta):
     """DDIM on 'ddim50' vs diffusers' DDIMScheduler (leading spacing, stride 20).

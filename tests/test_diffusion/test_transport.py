@@ -106,10 +106,10 @@ def test_loss_targets_and_weights_on_the_linear_path(prediction, weight, expecte
 
     torch.manual_seed(0)
     loss = transport.loss(model, data)['loss']
-    torch.manual_seed(0)  # the same draws: t in [eps, 1 - eps], then the noise
+    torch.manual_seed(0)  # SiT's draws in SiT's order (Transport.sample): the noise,
+    noise = torch.randn_like(data)  # then t in [eps, 1 - eps]
     t = transport.train_eps + (1 - 2 * transport.train_eps) * torch.rand(6) \
         if prediction != 'velocity' else torch.rand(6)
-    noise = torch.randn_like(data)
     tb = t.view(-1, 1, 1, 1)
     torch.testing.assert_close(seen['t'], t)
     torch.testing.assert_close(seen['x'], tb * data + (1 - tb) * noise)
@@ -138,8 +138,8 @@ def test_logit_normal_times_and_the_dit_timestep_convention():
     torch.manual_seed(1)
     transport.loss(model, torch.randn(4, 2))
     torch.manual_seed(1)
-    torch.randn(4, 2)  # the data drawn above
-    torch.testing.assert_close(seen['t'], 1000 * (1 - transport.sample_time(4, 'cpu')))
+    torch.randn(4, 2), torch.randn(4, 2)  # the data drawn above, then the noise (SiT's
+    torch.testing.assert_close(seen['t'], 1000 * (1 - transport.sample_time(4, 'cpu')))  # order)
 
 
 def test_a_learned_sigma_output_is_cut_to_its_first_half():

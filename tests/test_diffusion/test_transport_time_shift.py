@@ -96,7 +96,7 @@ def test_training_times_are_shifted_as_open_soras():
     torch.manual_seed(3)
     transport.loss(lambda x, t: seen.append(t) or x, torch.randn(5, 2))
     torch.manual_seed(3)
-    torch.randn(5, 2)  # the data drawn above
+    torch.randn(5, 2), torch.randn(5, 2)  # the data drawn above, then the noise
     torch.testing.assert_close(seen[0], transport.sample_time(5, 'cpu'))
 
 

@@ -18,7 +18,7 @@ from mmsora.utils import sample_rng
 from mmsora.utils.checkpoint import (folder_model, hub_snapshot, local_pretrained_kwargs,
                                      read_json_config)
 
-__all__ = ['AutoencoderKLWrapper']
+__all__ = ['AutoencoderKLWrapper', 'vae_folder', 'folder_scaling_factor']
 
 
 def folder_vae_class(folder: str):
@@ -28,7 +28,7 @@ def folder_vae_class(folder: str):
     return found if isinstance(found, str) else None
 
 
-def _vae_folder(path: str, subfolder=None) -> str:
+def vae_folder(path: str, subfolder=None) -> str:
     """The folder a VAE loads from: ``path/subfolder``, or a pipeline folder's
     ``vae/`` when ``path`` has no config.json of its own (``path`` a Hugging Face cache
     folder: in its snapshot)."""
@@ -37,6 +37,15 @@ def _vae_folder(path: str, subfolder=None) -> str:
             and osp.isfile(osp.join(path, 'vae', 'config.json')):
         subfolder = 'vae'
     return osp.join(path, subfolder) if subfolder else path
+
+
+def folder_scaling_factor(path: str, subfolder=None):
+    """The ``scaling_factor`` a VAE folder's config.json gives (0.18215 for SD's VAEs,
+    0.13025 for SDXL's), read without loading the VAE; None when it gives none."""
+    from mmsora.utils.checkpoint import read_json_config
+    config = read_json_config(osp.join(vae_folder(path, subfolder), 'config.json'))
+    found = config.get('scaling_factor') if config else None
+    return float(found) if isinstance(found, (int, float)) else None
 
 
 def check_vae_kind(folder: str, wanted: str) -> None:
@@ -157,16 +166,25 @@ class AutoencoderKLWrapper(nn.Module):
         tools/infer.py). A folder not there (yet) is left to the load."""
         if self.pretrained_path is None or not osp.isdir(self.pretrained_path):
             return
-        folder = _vae_folder(self.pretrained_path, self.subfolder)
+        folder = vae_folder(self.pretrained_path, self.subfolder)
         if osp.isfile(osp.join(folder, 'config.json')):
             check_vae_kind(folder, self.model_class().__name__)
+        own = folder_scaling_factor(folder)
+        if type(self) is AutoencoderKLWrapper and own is not None \
+                and abs(own - self.scale_factor) > 1e-6 * own:
+            # (an SDXL VAE, 0.13025, given to a config of SD's 0.18215: decoded 1.4x off
+            # without a word; a scale of one's own may be meant: said, not refused)
+            from mmsora.utils.cli import note
+            note(f'VAE folder {folder} says scaling_factor {own:g}, model.vae.scale_factor '
+                 f'is {self.scale_factor:g}: latents are scaled by {self.scale_factor:g} '
+                 f'(the folder\'s own: model.vae.scale_factor={own:g})', once=True)
 
     @staticmethod
     def _load(cls, path, subfolder):
         if not osp.isdir(path):
             raise FileNotFoundError(f'VAE folder {path!r} does not exist (give a local '
                                     f'diffusers AutoencoderKL folder; nothing is downloaded)')
-        folder = _vae_folder(path, subfolder)
+        folder = vae_folder(path, subfolder)
         if not osp.isfile(osp.join(folder, 'config.json')):
             raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
                                     f'diffusers {cls.__name__} folder)'

@@ -15,7 +15,7 @@ import torch
 
 from mmsora.registry import MODELS
 from mmsora.utils.checkpoint import read_json_config
-from .autoencoder_kl import AutoencoderKLWrapper, _vae_folder
+from .autoencoder_kl import AutoencoderKLWrapper, vae_folder
 
 __all__ = ['VideoVAEWrapper', 'VIDEO_VAE_CLASSES']
 
@@ -64,7 +64,7 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
         elif self.config is not None:
             config = self.config
         else:
-            config = read_json_config(osp.join(_vae_folder(self.pretrained_path,
+            config = read_json_config(osp.join(vae_folder(self.pretrained_path,
                                                            self.subfolder), 'config.json'))
             config = self.vae.config if config is None else config  # (the load says why)
         found = (config.get('scaling_factor') if isinstance(config, dict)
