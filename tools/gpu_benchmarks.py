@@ -1,6 +1,7 @@
 """The GPU figures of docs/benchmarks.md, measured in one run.
 
     python tools/gpu_benchmarks.py OUT_DIR [--only NAME ...] [--time-budget S] [--dry-run]
+                                   [--allow-cpu]
 
 Runs, one after the other (each in its own process group, each with a time limit), the
 commands of :data:`PLAN`:
@@ -27,8 +28,10 @@ commands of :data:`PLAN`:
 Everything goes into two files: ``OUT_DIR/log.txt`` (every command and its output) and
 ``OUT_DIR/summary.json`` (per command: the command, exit code, seconds, and the JSON it
 wrote); the main figures are printed at the end. A command that fails or times out is
-recorded and the run goes on. It needs mmengine, mmcv-lite, diffusers and DeepSpeed
-beside torch (checked first).
+recorded and the run goes on; the exit code is 1 when one did. It needs a CUDA device
+(``--allow-cpu`` to try the plan without one) and mmengine, mmcv-lite, diffusers and
+DeepSpeed beside torch (checked first). A command's work dir (under the temp folder) is
+removed once its logged peak is read.
 """
 import argparse
 import glob
@@ -174,6 +177,9 @@ def parse_args(argv=None):
     parser.add_argument('--only', nargs='+', choices=list(PLAN), metavar='NAME',
                         help=f'run these only: {", ".join(PLAN)}')
     parser.add_argument('--dry-run', action='store_true', help='print the commands')
+    parser.add_argument('--allow-cpu', action='store_true',
+                        help='run without a CUDA device (to try the plan itself: the '
+                        'figures are not the GPU ones)')
     parser.add_argument('--time-budget', type=float, metavar='S',
                         help='stop starting commands when less than 30 s of this many '
                         'seconds is left, and cut each one to what is left')
@@ -240,8 +246,10 @@ def run(name: str, argv: list, limit: int, out_dir: str, log) -> dict:
         with open(written) as f:
             record['result'] = json.load(f)
         os.remove(written)
-    if '--work-dir' in argv:
-        record['logged_peak_mib'] = _peak_logged(argv[argv.index('--work-dir') + 1])
+    if '--work-dir' in argv:  # read, then removed: a ZeRO run's checkpoints at
+        work = argv[argv.index('--work-dir') + 1]  # DiT-XL/2's widths are ~10 GB
+        record['logged_peak_mib'] = _peak_logged(work)
+        shutil.rmtree(work, ignore_errors=True)
     log.write(f'=== {name}: rc={rc} in {record["seconds"]} s\n')
     log.flush()
     return record
@@ -275,6 +283,11 @@ def main(argv=None):
             print(f'{name} (limit {limit} s): python {shlex.join(argv_)}')
         return
     check_imports()
+    import torch
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        raise SystemExit('error: no CUDA device: these are the GPU figures (each command '
+                         'would run on the CPU, or fail, for hours); --allow-cpu runs '
+                         'them anyway, --dry-run prints them')
     os.makedirs(args.out_dir, exist_ok=True)
     summary = osp.join(args.out_dir, 'summary.json')
     records = {}
@@ -296,7 +309,13 @@ def main(argv=None):
             with open(summary, 'w') as f:
                 json.dump(records, f, indent=2)  # after each: a cut-off run keeps it
     print('\n'.join(summary_rows({name: records[name] for name in ran})))
+    failed = [name for name in ran if records[name]['rc'] != 0]
+    if failed:
+        print(f'{len(failed)} of {len(ran)} commands failed or timed out: '
+              f'{", ".join(failed)} (see {osp.join(args.out_dir, "log.txt")})')
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

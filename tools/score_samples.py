@@ -144,11 +144,11 @@ def main(argv=None):
     for key, value in metrics.items():
         print(f'{key}: {value:.4f}')
     if args.json:
-        from mmsora.apis.evaluation import _plain
+        from mmsora.apis.evaluation import metric_configs
         with open(args.json, 'w') as f:
             json.dump(dict(metrics=dict(metrics), samples=osp.abspath(args.samples),
                            num_samples=n, evaluation=args.evaluation,
-                           metric_configs=_plain(evaluation['metrics'])),
+                           metric_configs=metric_configs(evaluation)),
                       f, indent=2, default=str)
 
 

@@ -20,7 +20,7 @@ from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cf
 from .mass_sampling import mass_sample, random_labels
 
 __all__ = ['build_evaluator', 'check_metric_keys', 'check_metric_inputs', 'prepare_metrics',
-           'evaluate_model', 'evaluation_record', 'output_size']
+           'evaluate_model', 'evaluation_record', 'metric_configs', 'output_size']
 
 
 
@@ -203,9 +203,7 @@ def evaluation_record(model, metrics: Dict[str, float], evaluation: dict,
         use_ema={'EMA weights': True, 'trained weights': False}.get(loaded),
         num_samples=evaluation.get('num_samples'), seed=evaluation.get('seed', 0),
         sample_cfg={k: v for k, v in (sample_cfg or {}).items() if k not in NOT_SAMPLE_ARGS},
-        metric_configs=[_plain(m) for m in ([evaluation['metrics']]
-                                            if isinstance(evaluation.get('metrics'), dict)
-                                            else evaluation.get('metrics') or [])])
+        metric_configs=metric_configs(evaluation))
     if evaluation.get('prompts'):
         record['prompts'] = list(evaluation['prompts'])
     else:  # a class model: drawn from the seed, or cycled through (these, or all)
@@ -214,6 +212,13 @@ def evaluation_record(model, metrics: Dict[str, float], evaluation: dict,
             record['classes'] = list(labels)
     record.update(extra)
     return record
+
+
+def metric_configs(evaluation: dict) -> list:
+    """An evaluation section's metrics (one dict, or a list of them) as a list of plain
+    dicts and lists, as a JSON record keeps them."""
+    metrics = evaluation.get('metrics') or []
+    return [_plain(m) for m in ([metrics] if isinstance(metrics, dict) else metrics)]
 
 
 def _plain(value):

@@ -60,7 +60,7 @@ def test_a_run_records_results_and_failures(tmp_path, monkeypatch, capsys):
              '--json', '{json}']
     monkeypatch.setattr(gpu_benchmarks, 'PLAN', {
         'small': (small, 300), 'missing': (['tools/benchmark.py', 'missing.py'], 60)})
-    gpu_benchmarks.main([str(tmp_path)])
+    assert gpu_benchmarks.main([str(tmp_path), '--allow-cpu']) == 1  # (one failed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['log.txt', 'summary.json']
     records = json.loads((tmp_path / 'summary.json').read_text())
     assert records['small']['rc'] == 0 and records['small']['seconds'] > 0
@@ -70,6 +70,25 @@ def test_a_run_records_results_and_failures(tmp_path, monkeypatch, capsys):
     assert '=== small' in log and 'config file not found: missing.py' in log
     out = capsys.readouterr().out
     assert 'small: ' in out and 'samples/s' in out and 'missing: rc=2' in out
+    assert f'1 of 2 commands failed or timed out: missing (see {tmp_path}/log.txt)' in out
+
+
+def test_no_cuda_is_refused_and_work_dirs_go(tmp_path, monkeypatch, capsys):
+    """Without CUDA every command ran on the CPU (or failed) and the run ended with 0;
+    a command's --work-dir (a ZeRO run's checkpoints) stayed in the temp folder."""
+    work = tmp_path / 'work'
+    made = f'import os; os.makedirs({str(work / "run" / "vis_data")!r}); ' \
+           f'open({str(work / "run" / "vis_data" / "scalars.json")!r}, "w").write(' \
+           '\'{{"memory": 12}}\\n{{"memory": 34}}\\n\')'  # (PLAN's {} are str.format's)
+    monkeypatch.setattr(gpu_benchmarks, 'PLAN', {
+        'made': (['-c', made, '--work-dir', str(work)], 60)})
+    monkeypatch.setattr(gpu_benchmarks, 'check_imports', lambda: None)
+    with pytest.raises(SystemExit, match='^error: no CUDA device: .*--allow-cpu'):
+        gpu_benchmarks.main([str(tmp_path / 'out')])
+    assert not (tmp_path / 'out').exists()
+    assert gpu_benchmarks.main([str(tmp_path / 'out'), '--allow-cpu']) == 0
+    records = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert records['made']['logged_peak_mib'] == 34 and not work.exists()
 
 
 def _alive(pid: int) -> bool:
@@ -100,7 +119,7 @@ def test_a_timeout_takes_the_workers_too_and_the_budget_holds(tmp_path, monkeypa
         'later': (['-c', 'print(1)'], 60)})
     monkeypatch.setattr(gpu_benchmarks, 'check_imports', lambda: None)
     out = tmp_path / 'out'
-    gpu_benchmarks.main([str(out), '--only', 'slow'])
+    gpu_benchmarks.main([str(out), '--only', 'slow', '--allow-cpu'])
     records = json.loads((out / 'summary.json').read_text())
     assert records['slow']['rc'] == 'timeout'
     child = int(pid_file.read_text())
@@ -112,7 +131,7 @@ def test_a_timeout_takes_the_workers_too_and_the_budget_holds(tmp_path, monkeypa
         pytest.fail('the command\'s own child outlived its timeout')
     assert 'slow: rc=timeout' in capsys.readouterr().out
     # a later --only run keeps the earlier records; a spent budget starts nothing
-    gpu_benchmarks.main([str(out), '--only', 'later'])
+    gpu_benchmarks.main([str(out), '--only', 'later', '--allow-cpu'])
     assert sorted(json.loads((out / 'summary.json').read_text())) == ['later', 'slow']
-    gpu_benchmarks.main([str(out), '--time-budget', '10'])
+    gpu_benchmarks.main([str(out), '--time-budget', '10', '--allow-cpu'])
     assert '=== slow: skipped' in (out / 'log.txt').read_text()

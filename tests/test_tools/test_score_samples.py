@@ -30,6 +30,9 @@ def test_same_numbers_as_test_py(tiny_run, tmp_path, capsys):
     got = json.load(open(scored))
     assert set(expected) == {'FID'} and got['metrics'] == pytest.approx(expected, rel=1e-6)
     assert f"FID: {expected['FID']:.4f}" in printed and got['num_samples'] == 6
+    # the metrics' settings recorded as test.py records them: a list of plain dicts
+    assert got['metric_configs'] == json.load(open(sampled))['metric_configs']
+    assert [m['type'] for m in got['metric_configs']] == ['FID']
     # the first 4 alone: another value, said as 4
     score_samples.main([out, '--evaluation', config, '--json', scored, '--num-samples', '4'])
     assert json.load(open(scored))['num_samples'] == 4
@@ -89,8 +92,8 @@ def test_clip_score_takes_the_prompt_file(tmp_path):
     from tests.test_evaluation.test_metrics import make_tiny_clip, pictures
     extractor = dict(type='CLIPEmbedder', pretrained_path=make_tiny_clip(tmp_path / 'clip'))
     section = tmp_path / 'clip_section.py'
-    section.write_text(f'evaluation = dict(metrics=[dict(type="CLIPScore", '
-                       f'extractor={extractor!r})])\n')
+    section.write_text(f'evaluation = dict(metrics=dict(type="CLIPScore", '  # (one dict)
+                       f'extractor={extractor!r}))\n')
     samples = pictures(4, 6, size=20)
     np.savez(tmp_path / 's.npz', arr_0=samples)
     prompts = ['a red disk', 'a green square', 'a blue ring']
@@ -106,4 +109,6 @@ def test_clip_score_takes_the_prompt_file(tmp_path):
         feed_one = dict(index=i, sample=s, label=None, prompt=prompts[i % 3])
         metric.process(None, [feed_one])
     expected = metric.compute_metrics(metric.results)
-    assert json.load(open(tmp_path / 'r.json'))['metrics'] == pytest.approx(expected)
+    record = json.load(open(tmp_path / 'r.json'))
+    assert record['metrics'] == pytest.approx(expected)
+    assert [m['type'] for m in record['metric_configs']] == ['CLIPScore']
