@@ -371,6 +371,7 @@ def main(argv=None):
                                               'cpu' if args.device == 'cpu' else None)
     keep_freed_memory_on_cpu(args, args.device == 'cpu')
     from mmsora.apis import init_model, save_image_grid, save_videos
+    from mmsora.apis.video import DEFAULT_FPS
     prompts = read_prompts(args)
     precheck_args(args, prompts)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
@@ -424,7 +425,8 @@ def main(argv=None):
             # 1.5, sample.py 4.0; the config's sample_cfg chose without a word)
             print(sampling_line(n, sample_kwargs, drawn), flush=True)
         mass_sample(model, n, pool, seed=args.seed, batch_size=args.batch_size, out=args.out,
-                    sample_dir=args.sample_dir, fps=args.fps or defaults.get('fps', 8),
+                    sample_dir=args.sample_dir,
+                    fps=args.fps or defaults.get('fps', DEFAULT_FPS),
                     prompts=prompts, **sample_kwargs)
         if is_main_process():
             second = 'prompts: their prompts' if prompts else 'arr_1: their labels'
@@ -450,7 +452,7 @@ def main(argv=None):
             if prompts else f'labels {labels}')
     nfe = said_nfe(nfes)
     if video:
-        fps = args.fps or defaults.get('fps', 8)
+        fps = args.fps or defaults.get('fps', DEFAULT_FPS)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
         print(f'saved {n} clip{"s" * (n != 1)} ({what}, {fps:g} fps) to {", ".join(paths)}; '
               f'{nfe}')

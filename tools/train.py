@@ -885,7 +885,8 @@ def _note_clip_fps(cfg, where, rates, how) -> None:
         return
     rate = sorted(rates)[len(rates) // 2]  # (the median: the videos' rates may differ)
     given = (cfg.get('sample_cfg') or {}).get('fps')
-    fps = given if isinstance(given, (int, float)) and given > 0 else 8
+    from mmsora.apis.video import DEFAULT_FPS
+    fps = given if isinstance(given, (int, float)) and given > 0 else DEFAULT_FPS
     if abs(fps - rate) <= 0.02 * rate:
         return
     written = f'sample_cfg.fps is {fps:g}' if given is not None else \

@@ -7,7 +7,11 @@ import torch
 
 from mmsora.utils.video_io import note_odd_padding, write_gif, write_video
 
-__all__ = ['video_paths', 'save_videos', 'is_clip_folder']
+__all__ = ['video_paths', 'save_videos', 'is_clip_folder', 'DEFAULT_FPS']
+
+# The frame rate sampled clips are written at when the config's sample_cfg gives no
+# fps (tools/infer.py, the sample hook, text2video's mmsora pictures).
+DEFAULT_FPS = 8
 
 VIDEO_SUFFIX = '.mp4'
 CLIP_SUFFIXES = ('.mp4', '.gif')

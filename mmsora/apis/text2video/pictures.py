@@ -178,7 +178,8 @@ class MMSoraPictures(PictureBackend):
         # sampler's options, at infer's default precision (unset: the objective's own
         # sampler and steps; a SiT model was refused 'ddpm')
         self.sample_kwargs = dict(sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale)
-        self.fps = cfg.get('sample_cfg', {}).get('fps', 8)
+        from mmsora.apis.video import DEFAULT_FPS
+        self.fps = cfg.get('sample_cfg', {}).get('fps', DEFAULT_FPS)
         num_classes = self.model.num_classes
         self.labels = list(labels) if labels else list(range(num_classes))
         if self.text_conditioned:

@@ -185,6 +185,7 @@ def text_to_video(text: str, out: str,
     for shot, image in zip(shots, images):
         shot.picture = image
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    timeline = composer.compose(shots, images, out,
-                                clip_fps=getattr(pictures, 'fps', 8), progress=progress)
+    from mmsora.apis.video import DEFAULT_FPS
+    timeline = composer.compose(shots, images, out, progress=progress,
+                                clip_fps=getattr(pictures, 'fps', DEFAULT_FPS))
     return Text2VideoResult(out, language, shots, timeline)

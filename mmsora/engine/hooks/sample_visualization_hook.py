@@ -146,8 +146,8 @@ class SampleVisualizationHook(Hook):
         return samples, labels
 
     def _log(self, runner, samples, labels, step: int):
-        from mmsora.apis import save_videos
-        fps = self._sample_cfg(runner).get('fps', 8)
+        from mmsora.apis.video import DEFAULT_FPS, save_videos
+        fps = self._sample_cfg(runner).get('fps', DEFAULT_FPS)
         out = osp.join(runner.log_dir, 'samples', f'iter_{step}')
         try:
             runner.visualizer.add_image('samples', filmstrip(samples), step=step)
