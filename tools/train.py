@@ -4,6 +4,7 @@ The OpenMMLab command line (see ``--help``); several GPUs or nodes go through
 ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
 """
 import argparse
+import errno
 import math
 import os
 import os.path as osp
@@ -13,7 +14,7 @@ import torch
 
 from mmsora.utils.checkpoint import (check_checkpoint_complete, config_objective,
                                      trained_objective)
-from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
+from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, add_malloc_option,
                               add_note, apply_cfg_options, check_output_path, explain_error,
                               is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
                               load_config, note, parse_config_and_preset, run_cli)
@@ -1162,6 +1163,23 @@ def build_train_config(args):
     return cfg
 
 
+# What a write meets on a full disk, over a quota, or on a file system mounted read-only.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def collective_timeout(cfg) -> dict:
+    """``timeout_s`` for init_cpu_distributed: the config's env_cfg.dist_cfg.timeout
+    (seconds), which mmengine gives NCCL; a gloo run (no CUDA) waited a fixed 30
+    minutes whatever it said. Nothing when the config sets none."""
+    timeout = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get('timeout')
+    if timeout is None:
+        return {}
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise UserError(f'env_cfg.dist_cfg.timeout must be a number of seconds > 0, got '
+                        f'{timeout!r}')
+    return dict(timeout_s=timeout)
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
@@ -1172,6 +1190,7 @@ def main(argv=None):
         cfg = build_train_config(args)
         check_stores_exist(cfg)
         check_work_dir_is_new(cfg, args)  # a forgotten --resume
+        timeout = collective_timeout(cfg)
     except UserError:
         if not is_first_on_machine():  # the same config and files on every process of a
             # machine: its first one says what is wrong, and the launcher then stops
@@ -1181,7 +1200,7 @@ def main(argv=None):
         raise
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
-    init_cpu_distributed(args.launcher)
+    init_cpu_distributed(args.launcher, **timeout)
     from mmsora.engine.strategies import (prepare_deepspeed, seed_model_at_run_time,
                                           set_tf32, single_process_env, tf32_supported)
     set_tf32(tf32_supported() and not args.no_tf32)
@@ -1192,12 +1211,27 @@ def main(argv=None):
     put_back_config = keep_dumped_config(cfg)  # (the Runner dumps its own)
     complete = resumes_a_complete_run(cfg)
     existed = set(os.listdir(cfg.work_dir)) if osp.isdir(cfg.work_dir) else set()
-    if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
-        from mmengine.runner import FlexibleRunner
-        runner = FlexibleRunner.from_cfg(cfg)
-        seed_model_at_run_time(runner)  # it builds the model later, on every process
-    else:
-        runner = Runner.from_cfg(cfg)
+    dumped = osp.join(cfg.work_dir, osp.basename(cfg.filename)) if cfg.filename else None
+    dumped_before = bool(dumped) and osp.exists(dumped)
+    try:
+        if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
+            from mmengine.runner import FlexibleRunner
+            runner = FlexibleRunner.from_cfg(cfg)
+            seed_model_at_run_time(runner)  # it builds the model later, on every process
+        else:
+            runner = Runner.from_cfg(cfg)
+    except OSError as e:
+        if e.errno not in FULL_DISK:
+            raise
+        # (a 190-line traceback from the config's dump, and a 0-byte dumped config
+        # that tools/infer.py WORK_DIR then read)
+        from types import SimpleNamespace
+        put_back_config(SimpleNamespace(_has_loaded=False))  # a resume's earlier one
+        if dumped and not dumped_before and osp.exists(dumped):
+            os.remove(dumped)
+        raise RunError(f'{e.filename or cfg.work_dir}: {e.strerror}, at the run\'s start-up '
+                       f'(its config and logs go to {cfg.work_dir}): free space there, or '
+                       'give another --work-dir') from None
     if malloc_kept:
         runner.logger.info('No GPU: glibc malloc keeps freed memory for the next step '
                            '(--default-malloc leaves it as it is)')

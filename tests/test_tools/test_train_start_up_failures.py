@@ -1,0 +1,60 @@
+"""tools/train.py at start-up: a gloo run's collectives wait what the config's
+env_cfg.dist_cfg.timeout says, and a full disk is one line that leaves no empty
+dumped config behind."""
+import errno
+import os.path as osp
+
+import pytest
+
+from mmsora.utils.cli import RunError, UserError
+from tests.tiny_models import DEMO, TINY_TRAIN
+from tools import train
+
+pytestmark = pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_configs_collective_timeout_reaches_gloo(repo_root, tmp_path, monkeypatch):
+    import mmsora.engine
+    seen = []
+
+    def init(launcher, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(mmsora.engine, 'init_cpu_distributed', init)
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+            *TINY_TRAIN]
+    for extra, expected in ((['env_cfg.dist_cfg.timeout=20'], dict(timeout_s=20)),
+                            ([], dict(timeout_s=3600))):  # (default_runtime's hour)
+        with pytest.raises(Stop):
+            train.main(argv + extra)
+        assert seen.pop() == expected
+    with pytest.raises(UserError, match=r'^env_cfg\.dist_cfg\.timeout must be a number of '
+                                        r'seconds > 0, got 0$'):
+        train.main(argv + ['env_cfg.dist_cfg.timeout=0'])
+
+
+def test_a_full_disk_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch):
+    from mmengine.config import Config
+    dump = Config.dump
+
+    def full(self, file=None):  # the disk full when the Runner dumps the config into the
+        if 'vis_data' in file:  # work dir (after the visualizer's copy): the file made,
+            return dump(self, file)  # empty, as a write on a full disk leaves it
+        open(file, 'w').close()
+        raise OSError(errno.ENOSPC, 'No space left on device', file)
+
+    monkeypatch.setattr(Config, 'dump', full)
+    work = tmp_path / 'w'
+    with pytest.raises(RunError) as info:
+        train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
+                    *TINY_TRAIN])
+    dumped = work / osp.basename(DEMO)
+    assert str(info.value) == (
+        f"{dumped}: No space left on device, at the run's start-up (its config and logs "
+        f'go to {work}): free space there, or give another --work-dir')
+    assert not dumped.exists()  # (tools/infer.py WORK_DIR read the empty one)
