@@ -180,11 +180,8 @@ def check_args(args, num_classes, video=False, text=False):
     if args.labels and 'random' in args.labels and args.labels != ['random']:
         raise UserError("--labels random draws every sample's class: give it alone "
                         '(with --num-samples), or class ids')
-    bad = [y for y in args.labels or [] if y != 'random' and num_classes is not None
-           and not 0 <= y < num_classes]
-    if bad:
-        raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
-                        f'class{"es" * (num_classes != 1)}')
+    from mmsora.apis.inference import check_label_ids
+    check_label_ids([y for y in args.labels or [] if y != 'random'], num_classes)
 
 
 def precheck_args(args, prompts=None) -> None:

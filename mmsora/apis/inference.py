@@ -14,7 +14,19 @@ from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_c
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
-           'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid']
+           'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
+           'check_label_ids']
+
+
+def check_label_ids(labels, num_classes: Optional[int]) -> None:
+    """Refuse class ids a model of ``num_classes`` classes has no row for, in one line
+    naming the option (tools/infer.py's and text2video's ``--labels``); None: the
+    model's classes unknown, nothing checked."""
+    from mmsora.utils.cli import UserError
+    bad = [y for y in labels if num_classes is not None and not 0 <= y < num_classes]
+    if bad:
+        raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
+                        f'class{"es" * (num_classes != 1)}')
 
 
 def find_run(path):

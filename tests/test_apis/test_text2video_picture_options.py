@@ -297,3 +297,13 @@ def test_a_diffusers_folder_given_to_mmsora_is_pointed_to_diffusers(ddpm_folder)
         build_pictures(f'mmsora:{ddpm_folder}', device='cpu')
     assert str(e.value) == (f'{ddpm_folder} holds a diffusers pipeline (model_index.json), '
                             f'not an mmsora run: --pictures diffusers:{ddpm_folder}')
+
+
+def test_labels_out_of_range_are_named_as_infer_names_them(two_runs):
+    """One check for tools/infer.py's and text2video's --labels (mmsora.apis.inference.
+    check_label_ids): text2video said '1 classes' and wrote the rule a second time."""
+    (_, run), _ = two_runs
+    model_classes = build_pictures(f'mmsora:{run}', device='cpu').model.num_classes
+    with pytest.raises(UserError, match=rf'^--labels \[{model_classes}\] out of range: the '
+                                        rf'model has {model_classes} classes$'):
+        build_pictures(f'mmsora:{run}', labels=[0, model_classes], device='cpu')

@@ -189,10 +189,8 @@ class MMSoraPictures(PictureBackend):
             if getattr(self.model, 'text_encoder', None) is None:
                 raise UserError('this text-conditioned model has no model.text_encoder to '
                                 'encode the prompts; set one with --cfg-options')
-        bad = [y for y in self.labels if not 0 <= y < num_classes]
-        if bad:
-            raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
-                            'classes')
+        from mmsora.apis.inference import check_label_ids
+        check_label_ids(self.labels, num_classes)
         self.seed, self.batch_size = seed, batch_size
 
     @property
