@@ -322,7 +322,7 @@ def test_saved_bytes_leave_out_weights_and_attention_probabilities():
 
     import torch.nn.functional as F
 
-    from mmsora.models.denoisers.stable_cascade_cost import _SavedBytes
+    from tools.stable_cascade_cost import _SavedBytes
     with torch.device('meta'):
         lin = torch.nn.Linear(8, 8)
         x = torch.randn(3, 5, 8, requires_grad=True)
@@ -338,7 +338,7 @@ def test_saved_bytes_leave_out_weights_and_attention_probabilities():
 
 
 def test_counted_flops_of_a_tiny_model():
-    from mmsora.models.denoisers.stable_cascade_cost import count_step
+    from tools.stable_cascade_cost import count_step
     cfg = dict(type='StableCascadeVideo', unet=TINY_STAGE_C)
     cost = count_step(cfg, 'stage_c', pixels=6 * 43, frames=2)
     frozen = count_step(dict(cfg, freeze_spatial=True), 'stage_c', pixels=6 * 43, frames=2)

@@ -12,8 +12,8 @@ Two measurements behind docs/stable_cascade.md:
   than wall time on a shared machine) and the growth of the process's peak RSS during
   the steps, each model in its own process.
 
-    python -m mmsora.models.denoisers.stable_cascade_cost                # counts
-    python -m mmsora.models.denoisers.stable_cascade_cost --measure      # + CPU timing
+    python tools/stable_cascade_cost.py                # counts
+    python tools/stable_cascade_cost.py --measure      # + CPU timing
 
 Stage C latents are 42.67x smaller than the frames (``ceil(side / 42.67)``, 24 for
 1024 px); SD-VAE latents 8x (VideoDiT-XL/2: patch 2, so 16x fewer tokens than pixels).
@@ -206,8 +206,7 @@ def main(argv=None):
     print(f'Measured on CPU ({torch.get_num_threads()} threads), scaled models, '
           f'{args.measure_pixels}px, median of {args.steps} steps:')
     for name in model_configs(scaled=True):
-        cmd = [sys.executable, '-m', 'mmsora.models.denoisers.stable_cascade_cost',
-               '--worker', name, '--frames', str(args.frames),
+        cmd = [sys.executable, __file__, '--worker', name, '--frames', str(args.frames),
                '--measure-pixels', str(args.measure_pixels), '--steps', str(args.steps)]
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
         r = json.loads(out.split('RESULT ', 1)[1])
