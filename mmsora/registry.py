@@ -40,7 +40,7 @@ __all__ = [
     'WEIGHT_INITIALIZERS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
     'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'METRICS', 'EVALUATOR',
     'TASK_UTILS', 'VISUALIZERS', 'VISBACKENDS', 'LOG_PROCESSORS', 'INFERENCERS',
-    'FUNCTIONS', 'DIFFUSION', 'NOISE_SCHEDULERS'
+    'FUNCTIONS', 'DIFFUSION', 'NOISE_SCHEDULERS', 'SPEECH_BACKENDS', 'PICTURE_BACKENDS'
 ]
 
 # --------------------------------------------------------------------------- #
@@ -92,3 +92,10 @@ DIFFUSION = Registry('diffusion', scope='mmsora', locations=['mmsora.diffusion']
 # Inference-time samplers with diffusers' contract (set_timesteps / timesteps / step).
 NOISE_SCHEDULERS = Registry(
     'noise scheduler', scope='mmsora', locations=['mmsora.diffusion'])
+# The text-to-video pipeline's backends (mmsora.apis.text2video): text -> speech
+# (offline espeak-ng, piper with a local voice; cloud Azure, Edge) and prompt -> picture
+# (title cards, mmsora checkpoints, local diffusers pipelines, OpenAI).
+SPEECH_BACKENDS = Registry('speech backend', scope='mmsora',
+                           locations=['mmsora.apis.text2video.speech'])
+PICTURE_BACKENDS = Registry('picture backend', scope='mmsora',
+                            locations=['mmsora.apis.text2video.pictures'])

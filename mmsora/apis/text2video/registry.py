@@ -1,21 +1,14 @@
-"""Registries of the text-to-video backends (roots of mmsora's own, like DIFFUSION).
+"""Building the text-to-video backends from a config dict or a command-line spec.
 
 Backends are built from a config dict (``dict(type='EspeakSpeech', voice='en-gb')``)
 or from the short command-line spec that :func:`build_backend` reads
-(``espeak:en-gb``, ``mmsora:work_dirs/run``).
+(``espeak:en-gb``, ``mmsora:work_dirs/run``). Their registries, SPEECH_BACKENDS and
+PICTURE_BACKENDS, are in :mod:`mmsora.registry` with every other one.
 """
-from mmengine.registry import Registry
-
+from mmsora.registry import PICTURE_BACKENDS, SPEECH_BACKENDS
 from mmsora.utils.cli import UserError
 
 __all__ = ['SPEECH_BACKENDS', 'PICTURE_BACKENDS', 'parse_spec', 'build_backend']
-
-# Text -> speech: offline (espeak-ng, piper with a local voice) and cloud (Azure, Edge).
-SPEECH_BACKENDS = Registry('speech backend', scope='mmsora',
-                           locations=['mmsora.apis.text2video.speech'])
-# Prompt -> picture: title cards, mmsora checkpoints, local diffusers pipelines, OpenAI.
-PICTURE_BACKENDS = Registry('picture backend', scope='mmsora',
-                            locations=['mmsora.apis.text2video.pictures'])
 
 
 def parse_spec(spec, short_names, option):
