@@ -135,6 +135,16 @@ def test_grad_norm_is_logged(repo_root, tmp_path):
     assert 'grad_norm:' in log
 
 
+def test_grad_norm_is_not_logged_when_told_not_to(repo_root, tmp_path):
+    # log_grad_norm=False: the steps still guarded, no grad_norm of the guard's
+    runner, _ = _run(repo_root, tmp_path, 3, [], 'optim_wrapper.clip_grad=None',
+                     'default_hooks.loss_guard.log_grad_norm=False')
+    runner.train()
+    assert 'train/grad_norm' not in runner.message_hub.log_scalars
+    log = open(glob.glob(str(tmp_path / '*' / '*.log'))[0]).read()
+    assert 'grad_norm:' not in log and 'loss:' in log
+
+
 class _Capture(Hook):
     """The gradient norm computed independently (torch's clip_grad_norm_ with an
     infinite bound returns the total norm) just before each optimizer step."""
