@@ -21,6 +21,7 @@ import torch.nn as nn
 __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_dict',
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
+           'saved_checkpoint', 'intact_earlier_checkpoint', 'earlier_checkpoint_hint',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective',
            'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
@@ -126,7 +127,7 @@ def resolve_checkpoint(path: str) -> str:
     if not osp.isdir(path) or is_zero_checkpoint(path) or diffusers_dit_folder(path):
         return path
     try:
-        newest = saved_checkpoint(path)
+        newest = saved_checkpoint(path, option=None)
     except FileNotFoundError as e:
         raise FileNotFoundError(f'{e}: give the checkpoint file') from None
     if newest is None:
@@ -221,6 +222,9 @@ def _check_pickle_start(path: str) -> None:
     for all of them, and a torch file named .safetensors is refused alike."""
     with open(path, 'rb') as f:
         head = f.read(64)
+    if not head:  # (it was "neither a zip archive nor a pickle: starts b''")
+        raise ValueError(f'cannot read checkpoint {path}: it is empty (0 bytes: cut short '
+                         'while written or copied)')
     if _is_safetensors_start(head, osp.getsize(path)):  # (its length may start 0x80)
         raise ValueError(f'cannot read checkpoint {path}: it is a safetensors file: name '
                          'it .safetensors')
@@ -329,11 +333,23 @@ def _refusal(error):
     return (named or lines or ['refused'])[0].strip().rstrip('.')
 
 
+def _named_last(work_dir) -> str:
+    """What a work dir's ``last_checkpoint`` file holds ('' where none, or empty)."""
+    last = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(last):
+        return ''
+    with open(last) as f:
+        return f.read().strip()
+
+
 def last_checkpoint(work_dir):
     """The checkpoint a work dir's ``last_checkpoint`` file names, else its newest
-    numbered one (:func:`newest_numbered_checkpoint`), or None. The work dir's own
-    file of the name comes first: mmengine writes an absolute path, which in a copied
-    (or moved) work dir names the original's checkpoint.
+    numbered one (:func:`newest_numbered_checkpoint`), or None. It is the work dir's
+    own file of that name, whether it exists or not (:func:`saved_checkpoint` refuses
+    one gone): mmengine writes an absolute path, which in a copied (or moved) work dir
+    names the original's checkpoint. Before, the original's was taken where the
+    copy's was gone: ``--resume`` went on from another folder's checkpoint, and
+    ``max_keep_ckpts`` then pruned the copy's own intact ones.
 
     What ``--resume``, tools/infer.py WORK_DIR and tools/export_denoiser.py WORK_DIR
     all take. Before, a work dir holding ``iter_*.pth`` without its
@@ -341,26 +357,33 @@ def last_checkpoint(work_dir):
     checkpoint: ``--resume`` started at iteration 0 and pruned the old ones as it
     saved, and the other tools found nothing to read.
     """
-    last = osp.join(work_dir, 'last_checkpoint')
-    named = ''
-    if osp.isfile(last):
-        with open(last) as f:
-            named = f.read().strip()
+    named = _named_last(work_dir)
     if not named:  # none, or empty (written in place and cut short by a kill)
         return newest_numbered_checkpoint(work_dir)
     own = osp.join(work_dir, osp.basename(named.rstrip('/')))
-    return own if osp.exists(own) else named
+    if osp.exists(own) or osp.realpath(named) != osp.realpath(own):
+        return own
+    return named  # (its own, gone: named as the file names it)
 
 
-def saved_checkpoint(work_dir):
+def saved_checkpoint(work_dir, option: Optional[str] = '--resume'):
     """:func:`last_checkpoint`, checked to exist: None when nothing was saved; raises
     FileNotFoundError when ``last_checkpoint`` names a checkpoint gone (a work dir
-    moved without it, or its file removed). What ``--resume`` continues from and
-    what the tools read of a work dir (:func:`resolve_checkpoint`)."""
+    moved without it, its file removed, or a copy's own file removed: the original's
+    is never taken), saying which earlier checkpoint of the work dir is readable
+    (:func:`earlier_checkpoint_hint`, ``option`` the way to give it). What
+    ``--resume`` continues from and what the tools read of a work dir
+    (:func:`resolve_checkpoint`)."""
     newest = last_checkpoint(work_dir)
     if newest is not None and not osp.exists(newest):
-        raise FileNotFoundError(f'{osp.join(work_dir, "last_checkpoint")} names '
-                                f'{newest}, which does not exist')
+        last, named = osp.join(work_dir, 'last_checkpoint'), _named_last(work_dir)
+        if named != newest and osp.exists(named):  # a copy: the original's is there
+            said = (f'{last} names {named}, another folder\'s checkpoint, and the work dir\'s '
+                    f'own {newest} does not exist (a copied work dir resumes from its own '
+                    'checkpoints only)')
+        else:
+            said = f'{last} names {named}, which does not exist'
+        raise FileNotFoundError(said + earlier_checkpoint_hint(newest, option))
     return newest
 
 
@@ -388,20 +411,71 @@ def newest_numbered_checkpoint(work_dir):
     return max(kind)[1] if kind else None
 
 
-def check_checkpoint_complete(path: str) -> None:
+def check_checkpoint_complete(path: str, option: Optional[str] = '--resume') -> None:
     """Raise ValueError if a checkpoint file is truncated or not one of its kind.
 
     Cheap (reads the zip directory at the end of a torch file, the header of a
     ``.safetensors`` one, not the tensors), so a ``--resume`` (``--load-from``) of a
     file cut short fails at once with its name, before anything is built. A
     ``.safetensors`` file passed unchecked before: cut short, it failed in
-    safetensors' reader after the Runner's start-up, in a raw traceback.
+    safetensors' reader after the Runner's start-up, in a raw traceback. The error
+    names an earlier checkpoint beside it that passes the same check, where there is
+    one (:func:`earlier_checkpoint_hint`; ``option``: the way to give it).
     """
+    try:
+        _check_complete(path)
+    except ValueError as e:
+        hint = earlier_checkpoint_hint(path, option)
+        if not hint:
+            raise
+        raise ValueError(f'{e}{hint}') from None
+
+
+def _check_complete(path: str) -> None:
+    """:func:`check_checkpoint_complete` without naming an earlier checkpoint."""
     path = str(path)
     if path.endswith('.safetensors'):
         check_safetensors_file(path)
     elif not zipfile.is_zipfile(path):
         _check_pickle_start(path)
+
+
+def intact_earlier_checkpoint(path: str) -> Optional[str]:
+    """The newest checkpoint file saved before ``path`` (an ``iter_N.pth`` /
+    ``epoch_N.pth`` cut short, empty or gone) in its folder: of its kind, with a lower
+    N, passing :func:`check_checkpoint_complete`'s cheap check (newest first; a
+    DeepSpeed folder is not taken). None where ``path`` is not numbered, or none is."""
+    path = str(path).rstrip(os.sep)
+    match = _NUMBERED.fullmatch(osp.basename(path))
+    folder = osp.dirname(path)
+    if match is None or not osp.isdir(folder or '.'):
+        return None
+    earlier = []
+    for name in os.listdir(folder or '.'):
+        found = _NUMBERED.fullmatch(name)
+        if found and found[1] == match[1] and int(found[2]) < int(match[2]):
+            earlier.append((int(found[2]), osp.join(folder, name)))
+    for _, candidate in sorted(earlier, reverse=True):
+        if not osp.isfile(candidate):
+            continue
+        try:
+            _check_complete(candidate)
+        except (OSError, ValueError):
+            continue
+        return candidate
+    return None
+
+
+def earlier_checkpoint_hint(path: str, option: Optional[str] = '--resume') -> str:
+    """``'; an earlier checkpoint DIR/iter_4.pth is readable: --resume DIR/iter_4.pth'``
+    to end the error about an unusable (or gone) checkpoint ``path`` with, where
+    :func:`intact_earlier_checkpoint` finds one ('' otherwise); ``option`` None: without
+    the way to give it (the caller says it). Before, the error said nothing of it."""
+    earlier = intact_earlier_checkpoint(path)
+    if earlier is None:
+        return ''
+    return f'; an earlier checkpoint {earlier} is readable' + (
+        f': {option} {earlier}' if option else '')
 
 
 def _is_state_dict(obj) -> bool:
