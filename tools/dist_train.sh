@@ -21,8 +21,11 @@ PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-PYTHONPATH="$HERE/..:${PYTHONPATH:-}" \
-"${PYTHON:-python}" -m torch.distributed.run \
+# exec: torchrun takes this script's process, so that a job wrapper (or a shell) that
+# signals and waits on the script waits on torchrun itself, until its processes have
+# saved and stopped (before, bash died of SIGTERM at once, before the checkpoint).
+export PYTHONPATH="$HERE/..:${PYTHONPATH:-}"
+exec "${PYTHON:-python}" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -63,17 +63,28 @@ def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=No
             try:
                 torch.save(checkpoint, f)
             except RuntimeError as e:
-                # A failed write (full disk) raises OSError inside torch.save; its zip
-                # writer, closing the archive, then raises its own error over it.
-                cause = e.__context__
-                while cause is not None and not isinstance(cause, OSError):
-                    cause = cause.__context__
-                if cause is None:
-                    raise
-                raise cause from None
+                _raise_cause(e, (OSError, KeyboardInterrupt))
         return
-    MMENGINE_SAVE_CHECKPOINT(checkpoint, filename, file_client_args=file_client_args,
-                              backend_args=backend_args)
+    try:
+        MMENGINE_SAVE_CHECKPOINT(checkpoint, filename, file_client_args=file_client_args,
+                                  backend_args=backend_args)
+    except RuntimeError as e:
+        _raise_cause(e, KeyboardInterrupt)
+
+
+def _raise_cause(error, kinds):
+    """In the handler of ``torch.save``'s ``error``: raise what it hides, one of
+    ``kinds`` raised inside the save, over which torch's zip writer, closing the
+    archive, raised its own error ('unexpected pos'), else ``error`` itself. A failed
+    write (full disk) is an OSError; a second Ctrl-C a KeyboardInterrupt, which so
+    ends the run with the usual 'interrupted' line and exit code 130 (it was a
+    47-line traceback and exit code 1)."""
+    cause = error.__context__
+    while cause is not None and not isinstance(cause, kinds):
+        cause = cause.__context__
+    if cause is None:
+        raise error
+    raise cause from None
 
 
 def remove_stale_tmp_files(folder):

@@ -19,10 +19,11 @@ one; its checkpoint is the one ``--resume`` continues from:
   whether any of them was asked to stop (one small all-reduce), so that all stop
   after the same iteration and save it together.
 
-The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoint,
-exit 130 for Ctrl-C and 143 for SIGTERM, as a shell reports them. A run that an
-error ends after an iteration of its own (another process killed, out of memory)
-gets the same words under its traceback (:func:`stopped_by_error`).
+The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoint
+(and the iterations not in it), exit 130 for Ctrl-C and 143 for SIGTERM, as a shell
+reports them. A run that an error ends after an iteration of its own (another
+process killed, out of memory) gets the same words under its traceback
+(:func:`stopped_by_error`).
 
 Data-loader workers leave the decision to the main process, which shuts them down
 when it stops. A scheduler signals every process of the job, workers included, and
@@ -36,6 +37,7 @@ default start method on Linux); spawn / forkserver workers
 """
 import os
 import os.path as osp
+import re
 import signal
 from typing import Optional
 
@@ -56,26 +58,51 @@ _NAMES = {_STOP: 'Ctrl-C', _SAVE_AND_STOP: 'SIGTERM'}
 _EXIT_CODES = {_STOP: 130, _SAVE_AND_STOP: 143}
 
 
-def interrupted_at(runner, done: int) -> str:
-    """Where a stopped run stands: the iterations it finished (``done``) and the
-    checkpoint that ``--resume`` continues from (or that none was saved yet)."""
+def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
+    """Where a stopped run stands: the iterations it finished (``done``, or more where
+    the train step of one more had finished: a stop in its hooks, a checkpoint's save
+    say, which mmengine counts only after them) and the checkpoint that ``--resume``
+    continues from (or that none was saved yet), with the iterations not in it; with
+    ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them."""
     from mmsora.utils.checkpoint import last_checkpoint
+    hook = _graceful_stop_hook(runner)
+    done = max(done, hook.finished if hook is not None else 0)
     latest = last_checkpoint(runner.work_dir)
-    where = f'after iteration {done}'
+    where, notes = f'after iteration {done}', []
+    saved = _iteration_of(latest) if latest is not None else None
+    if saved is not None and saved < done:
+        notes.append(f'iteration {done} is not in it' if saved + 1 == done
+                     else f'iterations {saved + 1}-{done} are not in it')
+    if sigterm_hint and (notes or (latest is None and done)) \
+            and _checkpoint_hook(runner) is not None:  # (a run that keeps none: no hint)
+        notes.append('SIGTERM saves the iteration it stops at')
+    lost = f' ({"; ".join(notes)})' if notes else ''
     if latest is None:
-        return f'{where}; no checkpoint was saved yet'
-    return (f'{where}; the last checkpoint is {latest}: continue with --resume '
+        return f'{where}; no checkpoint was saved yet{lost}'
+    return (f'{where}; the last checkpoint is {latest}{lost}: continue with --resume '
             f'(--work-dir {runner.work_dir})')
+
+
+def _iteration_of(checkpoint: str) -> Optional[int]:
+    """The iteration of an ``iter_N.pth`` checkpoint, else None (an epoch's)."""
+    found = re.fullmatch(r'iter_(\d+)\.pth', osp.basename(checkpoint.rstrip('/')))
+    return int(found[1]) if found else None
+
+
+def _graceful_stop_hook(runner):
+    """The run's :class:`GracefulStopHook`, or None."""
+    return next((h for h in runner.hooks if isinstance(h, GracefulStopHook)), None)
 
 
 def stopped_by_error(runner) -> Optional[str]:
     """Where a run that an error ended stands (:func:`interrupted_at`'s words), or
     None when no iteration of its own had finished: what failed then was its start
     (the resume, the first batch), which ``--resume`` would only repeat."""
-    hook = next((h for h in runner.hooks if isinstance(h, GracefulStopHook)), None)
+    hook = _graceful_stop_hook(runner)
     if hook is None or not hook._ran:
         return None
-    return f'training stopped by this error {interrupted_at(runner, runner.iter)}'
+    where = interrupted_at(runner, runner.iter, sigterm_hint=False)
+    return f'training stopped by this error {where}'
 
 
 def _checkpoint_hook(runner):
@@ -117,6 +144,8 @@ class GracefulStopHook(Hook):
         self.asked = 0  # 0, _STOP or _SAVE_AND_STOP
         self.ctrl_c = False  # a Ctrl-C came (a second one stops at once)
         self._ran = False  # an iteration of this run has finished
+        self.finished = 0  # the iterations whose train step finished (runner.iter
+        # counts one only after its after_train_iter hooks)
 
     def _agreed(self) -> int:
         """The strongest ask of any process (the same on all of them)."""
@@ -127,7 +156,8 @@ class GracefulStopHook(Hook):
         return int(asked.item())
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self._ran = True
+        self._ran = True  # (first of the iteration's hooks: VERY_HIGH)
+        self.finished = runner.iter + 1
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         asked = self._agreed()
@@ -157,7 +187,8 @@ class GracefulStopHook(Hook):
         if get_rank() != 0:  # process 0 says where the run stands
             raise Interrupted('', exit_code=_EXIT_CODES[asked], quiet=True)
         by = ' by SIGTERM' if asked == _SAVE_AND_STOP else ''
-        raise Interrupted(f'{by} {interrupted_at(runner, done)}'.strip(),
+        where = interrupted_at(runner, done, sigterm_hint=asked == _STOP)
+        raise Interrupted(f'{by} {where}'.strip(),
                           exit_code=_EXIT_CODES[asked])
 
 

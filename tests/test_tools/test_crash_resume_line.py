@@ -50,8 +50,9 @@ def test_a_crash_ends_with_the_checkpoint_to_resume_from(repo_root, tmp_path):
     work, err = crashed_run(repo_root, tmp_path, 5)
     assert 'Connection reset by peer' in err[-2], err[-5:]
     assert re.fullmatch(
-        rf'training stopped by this error after iteration 4; the last checkpoint is '
-        rf'{work}/iter_4\.pth: continue with --resume \(--work-dir {work}\)', err[-1]), err[-5:]
+        rf'training stopped by this error after iteration 5; the last checkpoint is '
+        rf'{work}/iter_4\.pth \(iteration 5 is not in it\): continue with --resume '
+        rf'\(--work-dir {work}\)', err[-1]), err[-5:]
 
 
 def test_a_crash_before_an_iteration_of_its_own_names_no_checkpoint(repo_root, tmp_path):

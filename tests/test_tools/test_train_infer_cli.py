@@ -171,8 +171,9 @@ def stopped_at(line, work, by=''):
     """(iteration stopped after, iteration of the last checkpoint) from the line a
     stopped run ends with; fails unless it is exactly that line."""
     found = re.fullmatch(rf'interrupted{by} after iteration (\d+); the last checkpoint is '
-                         rf'{work}/iter_(\d+)\.pth: continue with --resume \(--work-dir '
-                         rf'{work}\)', line)
+                         rf'{work}/iter_(\d+)\.pth(?: \(iterations? [\d-]+ (?:is|are) not in '
+                         rf'it(?:; SIGTERM saves the iteration it stops at)?\))?: continue '
+                         rf'with --resume \(--work-dir {work}\)', line)
     assert found, line
     return tuple(map(int, found.groups()))
 
