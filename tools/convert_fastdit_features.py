@@ -94,6 +94,8 @@ def undo_empty_start(created, writer):
 def convert(args, pairs, shape, writer):
     """Write the pending shards; returns how many were written."""
     pending = writer.pending_shards()
+    for name, what, detail in writer.damaged.values():  # (a rerun: found cut short)
+        print(f'{PROG}: {name}: {what} ({detail}): writing it again', flush=True)
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),
               unit='item') as pbar:
         for k in pending:

@@ -28,6 +28,9 @@ Examples::
 Rerunning the same command after a crash continues with the unfinished shards; what
 is in --out is read before any model loads (a complete store: nothing to do), and a
 rerun with other settings or other source items (a manifest changed since) is refused.
+A rerun checks every finished shard's files against the sizes their .npy headers and
+the index give (a stat and a header read each, no data): a shard cut short or missing
+(a copy or sync that stopped, a full disk) is encoded again, in a complete store too.
 """
 import json
 import os
@@ -518,6 +521,20 @@ def nothing_to_do(args, progress):
                 latent_shape=list(progress['header']['latent_shape']))
 
 
+def say_damaged(args, progress, most=20):
+    """One line a finished shard whose files are cut short or missing (rank 0): it is
+    encoded again. Before, a rerun kept it (a complete store: 'nothing to do'), and
+    training met it when it first read it, hours in on a large store."""
+    damaged = list((progress or {}).get('damaged', {}).values())
+    if not damaged or launch_rank() != 0:
+        return
+    for name, what, detail in damaged[:most]:
+        print(f'{PROG}: {name}: {what} ({detail}): encoding it again', flush=True)
+    if len(damaged) > most:
+        print(f'{PROG}: ... and {len(damaged) - most} more damaged shards: encoding them '
+              'again', flush=True)
+
+
 def warn_slow_clips(args, source):
     """Warn once when ``--target-fps`` is above some clips' frame rate: those take every
     frame (stride 1) and run at their own rate. Before, it was silent."""
@@ -725,6 +742,7 @@ def main(argv=None):
     progress, fingerprint = check_out(args, source, meta)
     if progress and progress['complete']:
         return nothing_to_do(args, progress)
+    say_damaged(args, progress)
     if progress and launch_rank() == 0:
         print(f'{PROG}: resuming: {len(progress["done"])} of '
               f'{plural(progress["num_shards"], "shard")} done at {args.out}', flush=True)
@@ -753,6 +771,11 @@ def main(argv=None):
             world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim,
             source_fingerprint=fingerprint)
         pending = writer.pending_shards()
+        if progress and progress['damaged'] and rank == 0 \
+                and osp.exists(osp.join(args.out, 'index.json')):
+            # the index no longer counts them (a complete store says incomplete until
+            # they are written again: a run stopped before then is not read as whole)
+            writer.finalize()
     except SourceChangedError:
         fail(source_changed(args))
     except (ValueError, OSError) as e:  # OSError: --out runs into a file

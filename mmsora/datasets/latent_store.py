@@ -155,6 +155,111 @@ def _what_is_there(root) -> str:
     return ''
 
 
+# --------------------------------------------------------------------------- #
+#                      Cheap check of a shard's files                          #
+# --------------------------------------------------------------------------- #
+def npy_header(path):
+    """``(shape, dtype, offset of the data)`` of an .npy file, from its header alone."""
+    with open(path, 'rb') as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # (3.0: utf-8 field names, which no store array has)
+            raise ValueError(f'.npy format {version} is not one of a store')
+        return tuple(shape), dtype, f.tell()
+
+
+def shard_files(shard):
+    """``{field: file name}`` of a shard's record: labels, latents and its text fields
+    (labels first: those are what a reader loads up front)."""
+    return dict(labels=shard['labels_file'], latents=shard['file'],
+                **(shard.get('text_files') or {}))
+
+
+def shard_shapes(header, count):
+    """``{field: shape}`` of the arrays of a shard of ``count`` items of a store."""
+    k = 2 if header['content'] == 'moments' else 1
+    shapes = dict(labels=(count,),
+                  latents=(count, header['num_copies'], k, *header['latent_shape']))
+    if header.get('text_shape'):
+        shapes.update(text_embeds=(count, *header['text_shape']),
+                      text_mask=(count, header['text_shape'][0]))
+        if header.get('pooled_dim'):
+            shapes['pooled_text_embeds'] = (count, header['pooled_dim'])
+    return shapes
+
+
+def check_file(path, shape=None):
+    """``(what, detail)`` of what is wrong with a store file by its size and .npy
+    header alone (no data is read), e.g. ``('truncated', '200000 of 1234567 bytes')``;
+    None when nothing is. A file cut short (a copy or a sync that stopped, a full
+    disk) is seen so; bytes overwritten inside the data are not."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return 'missing', 'no such file'
+    except OSError as e:
+        return 'unreadable', first_line(e)
+    try:
+        got, dtype, offset = npy_header(path)
+    except (ValueError, SyntaxError, TypeError, OSError, EOFError) as e:
+        return 'damaged', f'{size} bytes, no .npy header: {first_line(e)}'
+    if dtype.hasobject:
+        return 'damaged', 'an .npy of pickled objects'
+    need = offset + int(np.prod(got, dtype=np.int64)) * dtype.itemsize
+    if size < need:
+        return 'truncated', f'{size} of {need} bytes'
+    if size > need:
+        return 'damaged', f'{size} bytes, its header says {need}'
+    if shape is not None and got != tuple(shape):
+        return 'damaged', f'shape {got}, the index says {tuple(shape)}'
+    return None
+
+
+def damaged_shard(root, shard, header):
+    """``(file name, what, detail)`` of the first file of a shard's record (its index
+    entry) that :func:`check_file` finds wrong, else None: a stat and a header read a
+    file."""
+    shapes = shard_shapes(header, shard['count'])
+    for field, name in shard_files(shard).items():
+        found = check_file(osp.join(root, name), shapes.get(field))
+        if found:
+            return (name, *found)
+    return None
+
+
+def sound_records(root, records, header):
+    """``({id: record}, {id: damaged_shard(...)})`` of ``{id: [its records, in the
+    order of the store's files]}``: of each shard the last record whose files pass the
+    cheap check (an index part written after a repair may differ from an older one),
+    else why the last one fails."""
+    done, damaged = {}, {}
+    for k, recs in records.items():
+        tried = []
+        for rec in reversed(recs):
+            if rec in tried:
+                continue
+            tried.append(rec)
+            found = damaged_shard(root, rec, header)
+            if found is None:
+                done[k] = rec
+                break
+            damaged.setdefault(k, found)
+        if k in done:
+            damaged.pop(k, None)
+    return done, damaged
+
+
+# What mends a store with damaged shards (the writer's tools check every shard's files
+# on a rerun and write the damaged ones again). Before: 'extract the store again into a
+# new folder', hours of encoding for one file.
+REPAIR = ('restore it, or rerun the command that wrote the store (the same '
+          'tools/extract_features.py or convert_fastdit_features.py command): it writes '
+          'the damaged shards again')
+
+
 def _load_shard_file(path, mmap_mode):
     """``np.load`` of a store file, its failures named with the file (numpy says
     'mmap length is greater than file size', or 'This file contains pickled (object)
@@ -162,12 +267,12 @@ def _load_shard_file(path, mmap_mode):
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f'latent store file missing: {path!r} (restore it, or '
-                                'extract the store again into a new folder)') from None
+        raise FileNotFoundError(f'latent store file missing: {path!r} ({REPAIR})') \
+            from None
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
-                         f'damaged ({first_line(e)}); restore it, or extract the store '
-                         'again into a new folder') from None
+                         f'damaged ({first_line(e)}); {REPAIR}') from None
+
 
 
 def _other_settings(root, path, key, theirs, ours):
@@ -246,7 +351,9 @@ def read_store_progress(root, settings, meta=None):
     finished shards), ``complete`` (index.json says every shard is there:
     :meth:`LatentStoreWriter.finalize` has nothing to add) and ``unchecked`` (sorted
     keys of ``meta`` in :data:`LATER_META_KEYS` that a file written before they were
-    recorded lacks: its shards may hold any value).
+    recorded lacks: its shards may hold any value) and ``damaged`` (``{id: (file name,
+    what, detail)}`` of the recorded shards whose files :func:`check_file` finds wrong:
+    they are not in ``done``, so a writer writes them again).
 
     Every index and part is checked as :func:`check_recorded` does (the same refusals a
     writer gives), so each torchrun rank, reading them before any rank writes, decides
@@ -254,7 +361,7 @@ def read_store_progress(root, settings, meta=None):
     paths = _store_files(root)
     if not paths:
         return None
-    done, header, indexed, unchecked = {}, None, False, set()
+    records, header, indexed, unchecked = {}, None, False, set()
     for path in paths:
         data = _read_json(path)
         check_recorded(root, data, path, settings, meta)
@@ -264,13 +371,15 @@ def read_store_progress(root, settings, meta=None):
         header = header or {k: data.get(k) for k in (*HEADER_KEYS, FINGERPRINT_KEY)}
         if osp.basename(path) == 'index.json':
             indexed = bool(data.get('complete'))
-        done.update({int(s['id']): s for s in data['shards']})
+        for shard in data['shards']:
+            records.setdefault(int(shard['id']), []).append(shard)
+    done, damaged = sound_records(root, records, header)
     return dict(header=header, done=sorted(done), shards=[done[k] for k in sorted(done)],
                 num_shards=header['num_shards'],
                 num_items=sum(s['count'] for s in done.values()),
                 num_skipped=sum(len(s['skipped']) for s in done.values()),
                 complete=indexed and len(done) == header['num_shards'],
-                unchecked=sorted(unchecked))
+                unchecked=sorted(unchecked), damaged=dict(sorted(damaged.items())))
 
 
 class LatentStoreWriter:
@@ -346,6 +455,7 @@ class LatentStoreWriter:
         # Shards this writer has finished (kept from an earlier run of the same rank
         # id, even if they are not ours under the current world size).
         self.own = {}
+        self.damaged = {}  # {id: damaged_shard(...)}: what done_shards() found
         if osp.exists(self.part_path):
             part = _read_json(self.part_path)
             self._check_header(part, self.part_path)
@@ -361,15 +471,22 @@ class LatentStoreWriter:
         check_recorded(self.root, other, path, self.header, self.meta)
 
     def done_shards(self):
-        """``{shard_id: record}`` of every finished shard, from all parts and the index."""
-        done = {}
+        """``{shard_id: record}`` of every finished shard, from all parts and the index.
+
+        A recorded shard whose files are cut short or missing (:func:`damaged_shard`:
+        a stat and a header read a file) is not finished: it is pending again, and
+        :meth:`finalize` leaves it out (the store is incomplete until it is written
+        again). Before, a rerun kept it, and training met it hours in."""
+        records = {}
         for path in _store_files(self.root):
             info = self.own if path == self.part_path else None
             if info is None:
                 data = _read_json(path)
                 self._check_header(data, path)
                 info = {int(s['id']): s for s in data['shards']}
-            done.update(info)
+            for k, shard in info.items():
+                records.setdefault(k, []).append(shard)
+        done, self.damaged = sound_records(self.root, records, self.header)
         return done
 
     def shard_range(self, shard_id):
@@ -546,6 +663,7 @@ class LatentStore:
         self.latent_shape = tuple(index['latent_shape'])
         self.scale_factor = index['scale_factor']
         self.shards = [s for s in index['shards'] if s['count'] > 0]
+        self._check_files()
         counts = np.array([s['count'] for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.labels = np.concatenate(
@@ -553,6 +671,31 @@ class LatentStore:
         self.text_shape = tuple(index['text_shape']) if index.get('text_shape') else None
         self.pooled_dim = index.get('pooled_dim')
         self._arrays = {}
+
+    def _check_files(self):
+        """Refuse a store with a shard file cut short or missing, naming it, before
+        training starts (a stat and a header read a file: no data is read). Before, a
+        run met it when it first read the shard, hours in on a large store."""
+        damaged = [found for found in (damaged_shard(self.root, s, self.index)
+                                       for s in self.shards) if found]
+        if not damaged:
+            return
+        name, what, detail = damaged[0]
+        path = osp.join(self.root, name)
+        tool = ('tools/convert_fastdit_features.py' if str(self.index.get('vae', ''))
+                .startswith('fast-DiT features') else 'tools/extract_features.py')
+        others = (f'; {len(damaged)} of {len(self.shards)} shards are damaged: '
+                  + ', '.join(f[0] for f in damaged[:10]) + (' ...' if len(damaged) > 10
+                                                             else '')
+                  if len(damaged) > 1 else '')
+        advice = (f'rerun the {tool} command that wrote {self.root!r} (the same '
+                  'command): it checks every shard and writes the damaged ones again '
+                  '(or restore the files)')
+        if what == 'missing':
+            raise FileNotFoundError(f'latent store file missing: {path!r}{others}; '
+                                    f'{advice}')
+        raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
+                         f'damaged ({what}: {detail}){others}; {advice}')
 
     def _load_labels(self, shard):
         path = osp.join(self.root, shard['labels_file'])
