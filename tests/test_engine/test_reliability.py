@@ -625,7 +625,7 @@ def test_captions_of_another_length_than_the_samplers_are_noted(repo_root, tmp_p
     from mmengine.config import Config
 
     from mmsora.datasets import LatentStoreWriter
-    from tools.train import check_latent_store
+    from mmsora.datasets.store_checks import check_latent_store
     writer = LatentStoreWriter(str(tmp_path / 'store'), 1, (4, 2, 4, 4), text_shape=(16, 8))
     writer.write_shard(0, np.zeros((1, 1, 2, 4, 2, 4, 4), np.float32), [0],
                        text=dict(text_embeds=np.zeros((1, 16, 8), np.float32),
@@ -661,7 +661,7 @@ def test_clips_sampled_at_another_rate_than_the_samples_are_written_are_noted(
     from mmengine.config import Config
 
     from mmsora.datasets import LatentStoreWriter
-    from tools.train import check_latent_store
+    from mmsora.datasets.store_checks import check_latent_store
     writer = LatentStoreWriter(str(tmp_path / 'store'), 1, (3, 4, 16, 16),
                                meta=dict(num_frames=4, target_fps=8.0))
     writer.write_shard(0, np.zeros((1, 1, 2, 3, 4, 16, 16), np.float32), [0])
@@ -698,7 +698,7 @@ def test_clips_decoded_in_training_at_another_rate_are_noted(repo_root, tmp_path
     two-clip config's stride 8 are 3.75 fps clips, written at 3.125 (walk-through o)."""
     from mmengine.config import Config
 
-    from tools.train import note_video_dataset_fps
+    from mmsora.datasets.store_checks import note_video_dataset_fps
     (tmp_path / 'captions.csv').write_text('path,caption,fps\na.mp4,a,30\nb.mp4,b,30\n')
     cfg = Config.fromfile(osp.join(repo_root,
                                    'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'))
