@@ -348,7 +348,9 @@ def latest_checkpoint(work_dir):
     try:
         latest = saved_checkpoint(work_dir)
     except FileNotFoundError as e:
-        raise UserError(f'--resume: {e}; pass --resume CKPT to pick a checkpoint') from None
+        named = 'is readable: --resume' in str(e)  # (the earlier checkpoint to take)
+        raise UserError(f'--resume: {e}' + ('' if named else '; pass --resume CKPT to pick '
+                                                              'a checkpoint')) from None
     if latest is None:
         return None  # nothing saved yet: mmengine starts the run afresh
     from mmsora.engine.strategies import is_zero_checkpoint
