@@ -97,6 +97,8 @@ def main(argv=None):
     for path in existing:
         shutil.rmtree(path) if osp.isdir(path) else os.remove(path)
 
+    from mmsora.models.vaes.stable_cascade_decoder import StableCascadeDecoder
+    from mmsora.utils.checkpoint import keyword_defaults
     from mmsora.utils.tiny_checkpoints import (make_tiny_stable_cascade_decoder,
                                                make_tiny_text_encoder)
     unet = cfg.model.denoiser.unet
@@ -109,7 +111,8 @@ def main(argv=None):
                            width=unet.clip_text_in_channels)
     make_tiny_stable_cascade_decoder(
         paths['Stage B + A'], stage_c_channels=unet.in_channels, pooled_dim=pooled,
-        subfolder=cfg.model.vae.get('decoder_subfolder', 'decoder_lite'))
+        subfolder=cfg.model.vae.get(
+            'decoder_subfolder', keyword_defaults(StableCascadeDecoder)['decoder_subfolder']))
     write_toy_store(paths['latent store'], paths['text encoder'],
                     cfg.model.latent_shape, cfg.model.text_encoder.max_length)
     for what, path in paths.items():

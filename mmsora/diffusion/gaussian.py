@@ -551,7 +551,7 @@ class GaussianDiffusion:
         """
         out = self.p_mean_variance(
             model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
-        noise = _randn(x.shape, generator, x.device, x.dtype)
+        noise = sample_rng.sampling_noise(x.shape, generator, x.device, x.dtype)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))  # no noise at t=0
         sample = out['mean'] + nonzero_mask * torch.exp(0.5 * out['log_variance']) * noise
         return dict(sample=sample, pred_xstart=out['pred_xstart'])
@@ -577,7 +577,7 @@ class GaussianDiffusion:
         alpha_bar_prev = self._extract('alphas_cumprod_prev', t, x.shape)
         sigma = (eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) *
                  torch.sqrt(1 - alpha_bar / alpha_bar_prev))
-        noise = _randn(x.shape, generator, x.device, x.dtype)
+        noise = sample_rng.sampling_noise(x.shape, generator, x.device, x.dtype)
         mean_pred = (out['pred_xstart'] * torch.sqrt(alpha_bar_prev) +
                      torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))  # no noise at t=0
@@ -665,7 +665,9 @@ class GaussianDiffusion:
         assert isinstance(shape, (tuple, list))
         if device is None:
             device = _infer_device(model, noise, generator)
-        img = noise if noise is not None else _randn(shape, generator, device, torch.float32)
+        img = noise
+        if img is None:
+            img = sample_rng.sampling_noise(shape, generator, device, torch.float32)
         indices = list(range(self.num_timesteps))[::-1]
         if progress:
             from tqdm.auto import tqdm
@@ -848,19 +850,6 @@ class GaussianDiffusion:
     def __repr__(self):
         args = ', '.join(f'{k}={v!r}' for k, v in self._init_args.items())
         return f'{type(self).__name__}({args}, timestep_respacing={self.timestep_respacing!r})'
-
-
-def _randn(shape, generator, device, dtype):
-    """Standard normal noise, drawn from ``generator`` when one is given.
-
-    ``generator`` may also be a list with one (CPU) generator per batch element, so
-    each sample's noise depends on its own seed only, whatever batch it is drawn in.
-    """
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f'{len(generator)} generators for a batch of {shape[0]}')
-        return sample_rng.randn_per_sample(generator, shape, device, dtype)
-    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
 def _infer_device(model, noise, generator):

@@ -26,7 +26,7 @@ import torch
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
 from mmsora.utils.checkpoint import keyword_defaults
-from .gaussian import _randn, check_model_output, mean_flat
+from .gaussian import check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
                                  scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
@@ -534,7 +534,8 @@ class Transport:
         model_kwargs = {} if model_kwargs is None else model_kwargs
         model = CountingModel(model_fn)
         t0, t1 = self.interval(self.sample_eps)
-        probe = torch.where(_randn(x.shape, generators, x.device, x.dtype) > 0, 1.0, -1.0)
+        draw = sample_rng.sampling_noise(x.shape, generators, x.device, x.dtype)
+        probe = torch.where(draw > 0, 1.0, -1.0)
 
         def drift(state, s):  # reversed time s = 1 - t runs from 1 - t1 to 1 - t0
             y = state[0]

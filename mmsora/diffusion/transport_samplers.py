@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from .gaussian import _randn
+from mmsora.utils import sample_rng
 
 __all__ = ['ode_fixed_step', 'ode_adaptive', 'sde_fixed_step', 'shift_times', 'time_grid']
 
@@ -129,7 +129,7 @@ def sde_fixed_step(drift: Callable, diffusion: Callable, x: torch.Tensor, t0: fl
                               disable=not progress):
         dt = t_next - t_cur
         t = _t_batch(t_cur, x)
-        dw = _randn(x.shape, generators, x.device, x.dtype) * dt**0.5
+        dw = sample_rng.sampling_noise(x.shape, generators, x.device, x.dtype) * dt**0.5
         if method == 'euler':
             x = x + drift(x, t) * dt + torch.sqrt(2 * diffusion(x, t)) * dw
         else:

@@ -357,7 +357,7 @@ class LatentDiffusion(BaseModel):
                 labels = self._unconditional_labels(labels, x)
                 self._check_labels(labels)
                 model_kwargs = dict(y=labels)
-            terms = self.diffusion.loss(self._denoiser_in_weight_dtype(), x,
+            terms = self.diffusion.loss(self.denoiser_in_weight_dtype(), x,
                                         model_kwargs=model_kwargs)
         if not (isinstance(terms, dict) and torch.is_tensor(terms.get('loss'))):
             got = (f"a dict with keys {', '.join(map(repr, terms))}" if isinstance(terms, dict)
@@ -372,7 +372,7 @@ class LatentDiffusion(BaseModel):
                 out[key] = value.detach().float().mean()
         return out
 
-    def _denoiser_in_weight_dtype(self, fn=None, float_output: bool = False):
+    def denoiser_in_weight_dtype(self, fn=None, float_output: bool = False):
         """The denoiser (or ``fn``, one of its methods), called with its float inputs
         in its weights' dtype.
 
@@ -601,7 +601,7 @@ class LatentDiffusion(BaseModel):
         # on its seed only, so a sample does not change with the batch it is in.
         generators = sample_rng.make_generators(seeds) if seeds is not None else None
         if noise is None:
-            noise = self._initial_noise(n, generators, device)
+            noise = sample_rng.sampling_noise((n, *self.latent_shape), generators, device)
         decode = decode and self.vae is not None
         decode_kwargs = self._decode_text_kwargs(cond) if decode else {}
         if decode:  # before the sampling steps, not after them
@@ -635,7 +635,7 @@ class LatentDiffusion(BaseModel):
         # Half-precision weights (a DeepSpeed bf16 / fp16 module during training)
         # compute in their dtype: autocast to the other half type fails in torch
         half_weights = next(self.denoiser.parameters()).dtype != torch.float32
-        model_fn = self._denoiser_in_weight_dtype(model_fn, float_output=True)
+        model_fn = self.denoiser_in_weight_dtype(model_fn, float_output=True)
         if not half_weights:
             model_fn = _in_precision(model_fn, precision, device)
         was_training = self.denoiser.training
@@ -733,11 +733,6 @@ class LatentDiffusion(BaseModel):
                                    'was trained with')
         dtype = next(self.denoiser.parameters()).dtype
         return self._text_model_kwargs(text_embeds, text_mask, pooled, device, dtype)
-
-    def _initial_noise(self, n, generators, device):
-        if generators is None:
-            return torch.randn(n, *self.latent_shape, device=device)
-        return sample_rng.randn_per_sample(generators, (n, *self.latent_shape), device)
 
 
 # Sampling precisions (LatentDiffusion.sample): the autocast dtype of each denoiser

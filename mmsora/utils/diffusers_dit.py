@@ -32,6 +32,7 @@ from typing import Optional
 
 import torch
 
+from mmsora.models.denoisers.dit import DIT_PRESETS
 from mmsora.utils.checkpoint import hub_snapshot, read_json_config
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
@@ -174,7 +175,7 @@ def dit_state_from_diffusers(state: dict, config: Optional[dict], source: str) -
 
 
 # Heads of the DiT paper's sizes (S, B, L, XL), by width: a state dict does not say.
-DIT_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
+DIT_HEADS = {arch['hidden_size']: arch['num_heads'] for arch in DIT_PRESETS.values()}
 
 
 def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> tuple:

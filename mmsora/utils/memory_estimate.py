@@ -48,11 +48,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
+from .checkpoint import keyword_defaults
 from .training_inputs import denoiser_kwargs, ema_hook_cfg, training_model_cfg
 
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
            'largest_batch', 'largest_fitting_batch', 'secant_guess', 'usable_bytes',
-           'GiB']
+           'GiB', 'build_optimizer']
 
 GiB = 2 ** 30
 _AMP_DTYPES = {None: None, 'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -181,7 +182,8 @@ class MemoryEstimate:
                 for k, v in asdict(self).items()}
 
 
-def _build_optimizer(cfg, params):
+def build_optimizer(cfg, params):
+    """The optimizer ``cfg.optim_wrapper.optimizer`` builds for ``params``, as on a GPU."""
     from mmengine.optim import OptimWrapper  # noqa: F401  (fills mmengine's registry)
 
     from mmsora.engine.strategies.speed import prefer_fused_optimizer
@@ -206,7 +208,7 @@ def _zero_optimizer_bytes(cfg, numel: int) -> tuple:
     with FakeTensorMode(), LiveTensorBytes() as mem:
         master = torch.zeros(numel, requires_grad=True)
         master.grad = torch.zeros(numel)
-        optimizer = _build_optimizer(cfg, [master])
+        optimizer = build_optimizer(cfg, [master])
         before = mem.current
         optimizer.step()
         return mem.current - before, mem.peak - mem.current
@@ -390,7 +392,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     with group, tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
         # the batch (read from the model before FSDP turns its weights into shards)
-        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
+        x = torch.randn(batch_size, *model.latent_shape)
         kwargs = denoiser_kwargs(model, batch_size, text_len)
         batch_bytes = sum(t.numel() * t.element_size() for t in tree_leaves([x, kwargs])
                           if isinstance(t, torch.Tensor))
@@ -416,24 +418,28 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         ema, ema_partition, sharded_ema = None, [], None
         if ema_cfg is not None and wrapped is not None:  # ShardedEMAHook's
             from mmsora.engine.sharded_ema import ShardedEMA
-            sharded_ema = ShardedEMA(wrapped, update_buffers=ema_cfg.get(
-                'update_buffers', False))
+            sharded_ema = ShardedEMA(wrapped, **{
+                k: ema_cfg[k] for k in ('update_buffers',) if k in ema_cfg})
         elif ema_cfg is not None and zero is None:
+            from mmengine.model import ExponentialMovingAverage
             ema = MODELS.build(model_cfg).requires_grad_(False)
+            momentum = ema_cfg.get('momentum',
+                                   keyword_defaults(ExponentialMovingAverage)['momentum'])
         elif ema_cfg is not None:
+            from mmsora.engine.sharded_ema import ShardedEMA
             if zero.offload_optimizer:
                 host += 4 * numel
             else:
                 ema_partition.append(torch.empty(numel, dtype=torch.float32))
-            if ema_cfg.get('update_buffers', False):
+            if ema_cfg.get('update_buffers', keyword_defaults(ShardedEMA)['update_buffers']):
                 ema_partition += [torch.empty(b.shape, dtype=torch.float32)
                                   for b in model.buffers() if b.is_floating_point()]
         ema_bytes = mem.current - batch_bytes - weights
         if zero is None:
-            optimizer = _build_optimizer(cfg, trainable)
+            optimizer = build_optimizer(cfg, trainable)
             loss_fn = model.denoiser
         else:
-            loss_fn = model._denoiser_in_weight_dtype()
+            loss_fn = model.denoiser_in_weight_dtype()
             with _disable_current_modes():  # its own fake tensors, counted apart
                 states, temporaries = _zero_optimizer_bytes(cfg, numel)
             master = 4 * numel  # float32 copy of the partition
@@ -460,7 +466,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             # denoiser's inputs follow its gathered weights' dtype, as in
             # LatentDiffusion.forward
             model.forward = lambda x, kwargs: model.diffusion.loss(
-                model._denoiser_in_weight_dtype(), x, model_kwargs=kwargs)
+                model.denoiser_in_weight_dtype(), x, model_kwargs=kwargs)
             objective = partial(wrapped, x, kwargs)
 
         def step():
@@ -484,7 +490,7 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
             if ema is not None:  # mmengine's ExponentialMovingAverage: in place
                 with torch.no_grad():
                     for avg, p in zip(ema.parameters(), model.parameters()):
-                        avg.lerp_(p.to(avg.dtype), ema_cfg.get('momentum', 2e-4))
+                        avg.lerp_(p.to(avg.dtype), momentum)
 
         step()  # the optimizer creates its states here
         persistent = mem.current

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence
 import torch
 
 __all__ = ['per_sample_generators', 'sample_seeds', 'make_generators', 'randn_per_sample',
-           'rand', 'randn', 'randn_like', 'randint']
+           'sampling_noise', 'rand', 'randn', 'randn_like', 'randint']
 
 # A plain module global, not a ContextVar: torch.compile (Dynamo) traces a global
 # read, a ContextVar.get() breaks the graph. Training steps do not run concurrently in
@@ -68,6 +68,21 @@ def randn_per_sample(generators: Sequence[torch.Generator], shape: Sequence[int]
     return _per_sample(generators,
                        lambda g: torch.randn(tuple(shape[1:]), generator=g, dtype=dtype),
                        device)
+
+
+def sampling_noise(shape: Sequence[int], generator=None, device=None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise for a sampling loop, drawn from ``generator`` when one is given.
+
+    ``generator`` may also be a list with one (CPU) generator per batch element, so
+    each sample's noise depends on its own seed only, whatever batch it is drawn in.
+    Unlike :func:`randn`, it ignores :func:`per_sample_generators` (a training context).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f'{len(generator)} generators for a batch of {shape[0]}')
+        return randn_per_sample(generator, shape, device, dtype)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
 def _active(n: int) -> Optional[List[torch.Generator]]:

@@ -28,13 +28,14 @@ def dit_recipe_model_cfg(preset: str, input_size: int, num_classes: int) -> dict
     """``model`` of DiT's ImageNet recipe at a preset's size (``'DiT-S/2'``): Gaussian
     diffusion with learned sigma over ``input_size`` latents; what the benchmarks
     build without a config (``--model``)."""
-    from mmsora.models import dit_preset
+    from mmsora.models import DiT, dit_preset
+    from mmsora.utils.checkpoint import keyword_defaults
     denoiser = dict(type='DiT', **dit_preset(preset, input_size=input_size,
                                              num_classes=num_classes))
+    arch = {**keyword_defaults(DiT), **denoiser}  # (a preset leaves these to DiT)
     return dict(type='LatentDiffusion', denoiser=denoiser,
-                diffusion=dict(type='GaussianDiffusion',
-                               learn_sigma=denoiser.get('learn_sigma', True)),
-                latent_shape=(denoiser.get('in_channels', 4), input_size, input_size),
+                diffusion=dict(type='GaussianDiffusion', learn_sigma=arch['learn_sigma']),
+                latent_shape=(arch['in_channels'], input_size, input_size),
                 num_classes=num_classes)
 
 

@@ -171,7 +171,7 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
     from mmsora.engine.sharded_ema import ZeroShardedEMA
     from mmsora.registry import MODELS
     from .fsdp_memory import fake_process_group
-    from .memory_estimate import LiveTensorBytes, MemoryEstimate, _build_optimizer
+    from .memory_estimate import LiveTensorBytes, MemoryEstimate, build_optimizer
     from .training_inputs import denoiser_kwargs
     check_zero3_config(ds_config)
     micro = min(int(ds_config.get('gradient_accumulation_steps', 1)), 2)
@@ -187,11 +187,11 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
         cuda_before = torch.cuda.memory_allocated()
     with fake_process_group(processes), tensors, LiveTensorBytes() as mem:
         model = MODELS.build(model_cfg).train()
-        x = torch.randn(batch_size, *model_cfg.get('latent_shape', (4, 32, 32)))
+        x = torch.randn(batch_size, *model.latent_shape)
         kwargs = denoiser_kwargs(model, batch_size, text_len)
         batch_bytes = _storage_bytes(t for t in tree_leaves([x, kwargs])
                                      if isinstance(t, torch.Tensor))
-        optimizer = _build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+        optimizer = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         dtype = (torch.bfloat16 if (ds_config.get('bf16') or {}).get('enabled') is True
                  else torch.float32)
         # the whole module as DeepSpeed moves it to the GPU before partitioning it
@@ -200,7 +200,7 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
                    * dtype.itemsize
                    + sum(b.numel() * b.element_size() for b in model.buffers()))
         # the engine's forward (mmengine's train_step's) around the objective
-        model.forward = lambda: model.diffusion.loss(model._denoiser_in_weight_dtype(),
+        model.forward = lambda: model.diffusion.loss(model.denoiser_in_weight_dtype(),
                                                      x, model_kwargs=kwargs)
         with fake_zero3(model, 'cpu' if fake else device):
             deepspeed.init_distributed(dist_backend='fake', auto_mpi_discovery=False)
@@ -214,9 +214,8 @@ def count_zero3_step(cfg, model_cfg: dict, ema_cfg, ds_config: dict, batch_size:
                 zero_optimizer = engine.optimizer
                 before_ema = mem.current
                 if ema_cfg is not None:  # ShardedEMAHook's
-                    ema = ZeroShardedEMA(model, zero_optimizer,
-                                         momentum=ema_cfg.get('momentum', 2e-4),
-                                         update_buffers=ema_cfg.get('update_buffers', False))
+                    ema = ZeroShardedEMA(model, zero_optimizer, **{
+                        k: ema_cfg[k] for k in ('momentum', 'update_buffers') if k in ema_cfg})
                 ema_bytes = mem.current - before_ema
 
                 def step():  # DeepSpeedOptimWrapper's update_params, per micro-batch

@@ -19,12 +19,12 @@ from mmsora.utils.cli import UserError
 
 __all__ = ['Segment', 'Shot', 'detect_language', 'script_language', 'check_unicode',
            'split_sentences', 'split_segments', 'group_shots', 'build_prompt',
-           'DEFAULT_PROMPT_TEMPLATE', 'SCRIPTS']
+           'DEFAULT_PROMPT_TEMPLATE', 'SCRIPTS', 'CJK']
 
 DEFAULT_PROMPT_TEMPLATE = '{text}, digital illustration, cinematic lighting, detailed'
 
 # CJK ideographs, kana and CJK punctuation / full-width forms.
-_CJK = re.compile(r'[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]')
+CJK = re.compile(r'[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]')
 # A sentence ends at 。！？；… (and Japanese ｡, Devanagari । ॥, Arabic ؟ ؛, Urdu ۔)
 # anywhere, and at !?; or a '.' followed by a space, the end or a CJK character;
 # closing quotes and brackets stay with the sentence they close.
@@ -102,7 +102,7 @@ class Shot:
 
 
 def _is_cjk(text: str) -> bool:
-    return bool(_CJK.search(text))
+    return bool(CJK.search(text))
 
 
 def _join(parts: Sequence[str]) -> str:
@@ -125,7 +125,7 @@ def detect_language(text: str) -> str:
     letters = [c for c in text if c.isalnum()]
     if not letters:
         return 'en'
-    cjk = sum(1 for c in letters if _CJK.match(c))
+    cjk = sum(1 for c in letters if CJK.match(c))
     return 'zh' if cjk >= 0.2 * len(letters) else 'en'
 
 
@@ -142,7 +142,7 @@ def script_language(text: str) -> Optional[str]:
     counts = {language: sum(1 for c in letters if letters_of.match(c))
               for language, (_, letters_of) in SCRIPTS.items()}
     if counts['ja']:
-        counts['ja'] += sum(1 for c in letters if _CJK.match(c))
+        counts['ja'] += sum(1 for c in letters if CJK.match(c))
     language = max(counts, key=counts.get, default=None)
     return language if letters and counts[language] >= 0.5 * len(letters) else None
 
@@ -224,7 +224,7 @@ def _logical_lines(text: str) -> List[str]:
 
 def _text_length(text: str) -> float:
     """Reading length: a CJK character counts as two Latin characters."""
-    return sum(2 if _CJK.match(c) else 1 for c in text)
+    return sum(2 if CJK.match(c) else 1 for c in text)
 
 
 def _word_tokens(text: str) -> List[str]:
@@ -240,7 +240,7 @@ def _word_tokens(text: str) -> List[str]:
             new = False
         else:
             new = (unicodedata.category(char) in ('Ps', 'Pi') or char.isalnum()
-                   and bool(_CJK.match(char) or _CJK.match(prev[-1])))
+                   and bool(CJK.match(char) or CJK.match(prev[-1])))
         if new:
             tokens.append(char)
         else:

@@ -397,9 +397,9 @@ class SilentSpeech(SpeechBackend):
         self.words_per_minute, self.sample_rate = words_per_minute, sample_rate
 
     def synthesize(self, text, language):
-        from .segmentation import _CJK
-        cjk = len(_CJK.findall(text))
-        words = len(_CJK.sub(' ', text).split()) + cjk / 2.5
+        from .segmentation import CJK
+        cjk = len(CJK.findall(text))
+        words = len(CJK.sub(' ', text).split()) + cjk / 2.5
         seconds = max(1.0, 60.0 * words / self.words_per_minute)
         return np.zeros(int(round(seconds * self.sample_rate)), np.float32), self.sample_rate
 

@@ -20,7 +20,7 @@ from typing import List, Optional
 from PIL import ImageDraw, ImageFont
 
 from mmsora.utils.cli import UserError
-from .segmentation import _CJK, SCRIPTS
+from .segmentation import CJK, SCRIPTS
 
 __all__ = ['find_font', 'check_font', 'wrap_lines', 'draw_lines', 'CJK_FONTS', 'LATIN_FONTS']
 
@@ -46,7 +46,7 @@ LATIN_FONTS = (
 )
 
 # Text that needs a CJK font: CJK characters and kana, and Hangul.
-_NEEDS_CJK_FONT = re.compile(f'{_CJK.pattern}|{SCRIPTS["ko"][1].pattern}')
+_NEEDS_CJK_FONT = re.compile(f'{CJK.pattern}|{SCRIPTS["ko"][1].pattern}')
 # Fonts already warned about for missing glyphs (None: Pillow's own font).
 _WARNED_FONTS = set()
 # A character no font has (the last private-use one): drawn as the missing-glyph box.
@@ -173,7 +173,7 @@ def _tokens(text: str) -> List[str]:
     """Wrapping units: CJK characters one by one, Latin words with their spaces."""
     tokens, word = [], ''
     for char in text:
-        if _CJK.match(char):
+        if CJK.match(char):
             if word:
                 tokens.append(word)
                 word = ''
