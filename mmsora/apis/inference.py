@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
-                                     load_state_dict_checked, resolve_checkpoint)
+                                     load_state_dict_checked, newest_numbered_checkpoint,
+                                     resolve_checkpoint)
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
@@ -298,8 +299,14 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
             return model.to(device).eval(), cfg
         random = (" (checkpoint=False: the config's model with random weights)"
                   if checkpoint_option == 'checkpoint=' else '')
+        # a config trained with tools/train.py's default work dir: its run named (the
+        # config alone was refused without a word of where the weights were)
+        run = osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+        trained = (f'; its run {run} holds {osp.basename(newest)}: give the run '
+                   f'({run}) instead of the config' if not _in_a_work_dir(config_path)
+                   and (newest := newest_numbered_checkpoint(run)) else '')
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
-                                f'pass {checkpoint_option}{random}')
+                                f'pass {checkpoint_option}{random}{trained}')
     load_weights(model, checkpoint, use_ema=use_ema)
     return model.to(device).eval(), cfg
 

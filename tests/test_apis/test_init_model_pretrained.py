@@ -63,6 +63,24 @@ def test_without_pretrained_weights_a_checkpoint_is_still_asked_for(repo_root):
         init_model(osp.join(repo_root, CONFIG))
 
 
+def test_a_config_trained_in_its_default_work_dir_names_the_run(repo_root, tmp_path,
+                                                                 monkeypatch):
+    """infer.py CONFIG after tools/train.py CONFIG (work_dirs/NAME by default): the
+    refusal names the run that holds the weights (it said only 'pass --checkpoint')."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / 'work_dirs' / osp.splitext(osp.basename(CONFIG))[0]
+    run.mkdir(parents=True)
+    (run / 'iter_300.pth').write_bytes(b'')
+    (run / 'iter_1500.pth').write_bytes(b'')
+    name = osp.join('work_dirs', run.name)
+    with pytest.raises(FileNotFoundError) as info:
+        init_model(osp.join(repo_root, CONFIG), checkpoint_option='--checkpoint CKPT')
+    assert str(info.value) == (
+        f'no checkpoint given and none found for {osp.join(repo_root, CONFIG)}: pass '
+        f'--checkpoint CKPT; its run {name} holds iter_1500.pth: give the run ({name}) '
+        'instead of the config')
+
+
 def test_stable_cascade_prior_without_a_checkpoint_is_the_prior(repo_root, tmp_path):
     from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
     from mmengine.config import Config
