@@ -203,10 +203,11 @@ def main(argv=None):
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
-    # bash -> python -m torch.distributed.run (the launcher) -> ranks -> workers
+    # dist_train.sh execs python -m torch.distributed.run: proc is the launcher itself
+    # -> ranks -> workers
     samples, start = [], time.time()
     while proc.poll() is None:
-        launcher = children_map().get(proc.pid, [None])[0]
+        launcher = proc.pid
         if launcher is not None and state['iter'] > 0:
             ranks = sample(launcher)
             if ranks:

@@ -220,8 +220,8 @@ def space_timesteps(num_timesteps, section_counts):
             near = ' or '.join(str(c) for c in (below, above) if c is not None)
             raise ValueError(f'DDIM cannot take {desired_count} steps: its integer stride '
                              f'over the {num_timesteps} timesteps (the DDIM paper\'s '
-                             f'spacing) gives {near} steps; give one of those, or the '
-                             'sampler DDIMScheduler (diffusers\') for any count')
+                             f'spacing) gives {near} steps; give one of those, or '
+                             "spacing='even' (DiT's create_diffusion(N): any count)")
         section_counts = [int(x) for x in section_counts.split(',')]
     size_per, extra = divmod(num_timesteps, len(section_counts))
     start_idx, all_steps = 0, []
@@ -750,7 +750,14 @@ class GaussianDiffusion:
     # --------------------------- objective interface --------------------------- #
     # Every objective in the DIFFUSION registry provides ``loss`` and ``sample`` (and
     # ``last_nfe``); LatentDiffusion calls nothing else.
-    SAMPLER_OPTIONS = {'ddpm': (), 'ddim': ('eta',)}
+    SAMPLER_OPTIONS = {'ddpm': (), 'ddim': ('eta', 'spacing')}
+    # 'ddim''s steps: 'stride', the DDIM paper's integer stride from t = 0 (IDDPM's
+    # 'ddimN', diffusers' DDIMScheduler's leading spacing: ..., 960, 980 for 50);
+    # 'even', spread evenly from 0 to T - 1 as DiT's create_diffusion(str(N)), on which
+    # Latte's and Open-Sora 1.0's sample.py run DDIM (..., 979, 999; any count). The
+    # default is the stride: with a cosine schedule t = T - 1 is all but pure noise
+    # (sqrt(alphabar) 5e-5), and DDIM, unclipped, blew the demo's pixels up to 3000.
+    DDIM_SPACINGS = ('stride', 'even')
 
     def samplers(self):
         """Sampler names :meth:`sample` accepts: DiT's own, then diffusers' schedulers."""
@@ -783,15 +790,16 @@ class GaussianDiffusion:
             noise (Tensor): Starting noise (N, C, ...).
             model_kwargs (dict): Conditioning passed to ``model_fn``.
             sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own loops, respaced to
-                ``num_steps`` as DiT's ``create_diffusion(str(num_steps))`` does: any
-                count, evenly spread over 0 .. T - 1) or a diffusers scheduler registered in
+                ``num_steps``: DDPM as DiT's ``create_diffusion(str(num_steps))``, DDIM
+                on :attr:`DDIM_SPACINGS`) or a diffusers scheduler registered in
                 ``NOISE_SCHEDULERS`` (given this objective's betas; it takes epsilon:
                 with ``predict_xstart`` the model's x0 is turned into it first).
             num_steps (int): Number of sampling steps.
             generators (list[torch.Generator], optional): One per sample, so a
                 sample's noise depends on its own seed only.
             progress (bool): Show a progress bar.
-            **sampler_kwargs: ``eta`` for ``'ddim'``.
+            **sampler_kwargs: ``eta`` and ``spacing`` (``'stride'``, default, or
+                ``'even'``) for ``'ddim'``.
 
         Returns:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
@@ -804,11 +812,13 @@ class GaussianDiffusion:
         check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS.get(sampler, ()))
         model_fn = CountingModel(model_fn)
         if sampler == 'ddim':
-            # The steps DiT's codebase takes (create_diffusion(str(N)), as Latte's and
-            # Open-Sora 1.0's sample.py run DDIM): evenly spread from 0 to T - 1 (50:
-            # ..., 958, 979, 999); 'ddimN', the DDIM paper's integer stride, is diffusers'
-            # DDIMScheduler's leading spacing (..., 940, 960, 980): sampler='DDIMScheduler'
-            x = self.respace(str(num_steps)).ddim_sample_loop(
+            spacing = sampler_kwargs.pop('spacing', 'stride')
+            if spacing not in self.DDIM_SPACINGS:
+                raise ValueError(f"sampler 'ddim' takes spacing='stride' (the DDIM paper's, "
+                                 "from t = 0) or 'even' (DiT's create_diffusion(str(N)), to "
+                                 f't = T - 1), got {spacing!r}')
+            spec = f'ddim{num_steps}' if spacing == 'stride' else str(num_steps)
+            x = self.respace(spec).ddim_sample_loop(
                 model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
                 progress=progress, generator=generators, **sampler_kwargs)
         elif sampler == 'ddpm':

@@ -123,7 +123,7 @@ def test_ddim_step_counts_its_stride_cannot_make_are_named():
     assert space_timesteps(1000, 'ddim1') == {0}
     with pytest.raises(ValueError, match=r'^DDIM cannot take 60 steps: its integer stride '
                                          r'over the 1000 timesteps .* gives 59 or 63 steps; '
-                                         r'give one of those, or the sampler DDIMScheduler'):
+                                         r"give one of those, or spacing='even' "):
         space_timesteps(1000, 'ddim60')
 
 
@@ -200,11 +200,11 @@ def test_p_sample_step_matches_diffusers_learned_range():
 
 
 @pytest.mark.parametrize('num_steps', [50, 60])
-def test_the_ddim_sampler_takes_dit_codebases_steps(num_steps):
-    """sampler='ddim' visits the timesteps of DiT's create_diffusion(str(N)), which
-    Latte's and Open-Sora 1.0's sample.py run DDIM on (50: ... 958, 979, 999; any
-    count); it took the DDIM paper's stride ('ddim50': ... 960, 980, never 999), 17%
-    off their samples at 50 steps, and refused 60."""
+def test_the_ddim_sampler_takes_dit_codebases_steps_when_asked(num_steps):
+    """sampler='ddim' with spacing='even' visits the timesteps of DiT's
+    create_diffusion(str(N)), which Latte's and Open-Sora 1.0's sample.py run DDIM on
+    (50: ... 958, 979, 999; any count), as its DDPM does; the default stays the DDIM
+    paper's stride (... 960, 980; 60 steps refused, naming spacing='even')."""
     seen = []
 
     def model(x, t, **kwargs):
@@ -212,14 +212,25 @@ def test_the_ddim_sampler_takes_dit_codebases_steps(num_steps):
         return torch.zeros(1, 2, 2, 2)  # (learned sigma: eps and the variance's input)
 
     noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=num_steps)
-    stride = 999 / (num_steps - 1)  # DiT's space_timesteps: round(i * frac_stride)
-    assert seen == [round(i * stride) for i in reversed(range(num_steps))]
+    even = 999 / (num_steps - 1)  # DiT's space_timesteps: round(i * frac_stride)
+    GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=num_steps,
+                               spacing='even')
+    assert seen == [round(i * even) for i in reversed(range(num_steps))]
     assert seen[:3] == ([999, 979, 958] if num_steps == 50 else [999, 982, 965])
-    # the same steps as its DDPM sampler (both respaced alike)
     seen.clear()
     GaussianDiffusion().sample(model, noise, {}, sampler='ddpm', num_steps=num_steps)
-    assert seen == [round(i * stride) for i in reversed(range(num_steps))]
+    assert seen == [round(i * even) for i in reversed(range(num_steps))]
+    seen.clear()
+    if num_steps == 50:
+        GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=50)
+        assert seen == list(range(980, -1, -20))
+    else:
+        with pytest.raises(ValueError, match="^DDIM cannot take 60 steps: .*spacing='even'"):
+            GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=60)
+    with pytest.raises(ValueError, match=r"^sampler 'ddim' takes spacing='stride' .* got "
+                                         r"'uniform'$"):
+        GaussianDiffusion().sample(model, noise, {}, sampler='ddim', num_steps=10,
+                                   spacing='uniform')
 
 
 @pytest.mark.parametrize('eta', [0.0, 0.7])

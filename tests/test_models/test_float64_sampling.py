@@ -31,7 +31,7 @@ def test_a_float64_model_samples_in_float64(repo_root):
     assert ours.dtype == torch.float64 and seen == [torch.float64] * 5
     # the objective's loop on the denoiser itself, in float64: the same to float64 rounding
     y = torch.tensor(labels + [model.num_classes] * 2)
-    direct = model.diffusion.respace('5').ddim_sample_loop(
+    direct = model.diffusion.respace('ddim5').ddim_sample_loop(
         forward, (4, 3, 8, 8), noise=torch.cat([z, z]),
         model_kwargs=dict(y=y, cfg_scale=4.0))[:2]
     torch.testing.assert_close(ours, direct, rtol=1e-12, atol=1e-12)
