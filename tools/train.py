@@ -348,7 +348,7 @@ def latest_checkpoint(work_dir):
     try:
         latest = saved_checkpoint(work_dir)
     except FileNotFoundError as e:
-        named = 'is readable: --resume' in str(e)  # (the earlier checkpoint to take)
+        named = getattr(e, 'earlier', None)  # (an earlier checkpoint to take, named)
         raise UserError(f'--resume: {e}' + ('' if named else '; pass --resume CKPT to pick '
                                                               'a checkpoint')) from None
     if latest is None:
@@ -437,11 +437,13 @@ def keep_dumped_config(cfg):
     CONFIG_NAME.py``, which tools/infer.py WORK_DIR reads) across a ``--resume``
     that fails before the checkpoint is resumed (a checkpoint of another layout is
     refused only then): the Runner dumps this run's config when it is built, which
-    overwrote the earlier run's. Returns a function of the runner to call when the
-    run fails: it puts the earlier file back (or removes the one dumped, where there
-    was none) unless the checkpoint was resumed."""
-    if not (cfg.get('resume') and cfg.filename):
-        return lambda runner: None
+    overwrote the earlier run's. Returns a function to call when the run fails: it
+    puts the earlier file back (or removes the one dumped, where there was none)
+    unless the checkpoint was resumed; called without a runner (the Runner's
+    start-up failed: a full disk cut its dump short), for every run."""
+    if not cfg.filename:
+        return lambda runner=None: None
+    resume = bool(cfg.get('resume'))
     path = osp.join(cfg.work_dir, osp.basename(cfg.filename))  # (Runner.dump_config's)
     try:
         with open(path, 'rb') as f:
@@ -449,10 +451,11 @@ def keep_dumped_config(cfg):
     except OSError:
         earlier = None
 
-    def put_back(runner):
+    def put_back(runner=None):
         from mmengine.dist import is_main_process
-        if getattr(runner, '_has_loaded', True) or not is_main_process():
-            return  # resumed: the config it goes on with is this run's
+        if not is_main_process() or (runner is not None and (
+                not resume or getattr(runner, '_has_loaded', True))):
+            return  # a new run's own, or resumed: the config it goes on with is this run's
         try:
             if earlier is None:
                 os.remove(path)
@@ -868,8 +871,6 @@ def main(argv=None):
     put_back_config = keep_dumped_config(cfg)  # (the Runner dumps its own)
     complete = resumes_a_complete_run(cfg)
     existed = set(os.listdir(cfg.work_dir)) if osp.isdir(cfg.work_dir) else set()
-    dumped = osp.join(cfg.work_dir, osp.basename(cfg.filename)) if cfg.filename else None
-    dumped_before = bool(dumped) and osp.exists(dumped)
     try:
         if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
             from mmengine.runner import FlexibleRunner
@@ -882,10 +883,7 @@ def main(argv=None):
             raise
         # (a 190-line traceback from the config's dump, and a 0-byte dumped config
         # that tools/infer.py WORK_DIR then read)
-        from types import SimpleNamespace
-        put_back_config(SimpleNamespace(_has_loaded=False))  # a resume's earlier one
-        if dumped and not dumped_before and osp.exists(dumped):
-            os.remove(dumped)
+        put_back_config()
         raise RunError(f'{e.filename or cfg.work_dir}: {e.strerror}, at the run\'s start-up '
                        f'(its config and logs go to {cfg.work_dir}): free space there, or '
                        'give another --work-dir') from None

@@ -274,7 +274,6 @@ def _load_shard_file(path, mmap_mode):
                          f'damaged ({first_line(e)}); {REPAIR}') from None
 
 
-
 def _other_settings(root, path, key, theirs, ours):
     return (f'{root!r} holds a latent store written with {key}={theirs!r} (in '
             f'{osp.relpath(path, root)}); this run has {key}={ours!r}: use another '

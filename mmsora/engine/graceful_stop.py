@@ -37,7 +37,6 @@ default start method on Linux); spawn / forkserver workers
 """
 import os
 import os.path as osp
-import re
 import signal
 from typing import Optional
 
@@ -64,12 +63,13 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
     say, which mmengine counts only after them) and the checkpoint that ``--resume``
     continues from (or that none was saved yet), with the iterations not in it; with
     ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them."""
-    from mmsora.utils.checkpoint import last_checkpoint
+    from mmsora.utils.checkpoint import checkpoint_number, last_checkpoint
     hook = _graceful_stop_hook(runner)
     done = max(done, hook.finished if hook is not None else 0)
     latest = last_checkpoint(runner.work_dir)
     where, notes = f'after iteration {done}', []
-    saved = _iteration_of(latest) if latest is not None else None
+    number = checkpoint_number(latest) if latest is not None else None
+    saved = number[1] if number and number[0] == 'iter' else None
     if saved is not None and saved < done:
         notes.append(f'iteration {done} is not in it' if saved + 1 == done
                      else f'iterations {saved + 1}-{done} are not in it')
@@ -81,12 +81,6 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
         return f'{where}; no checkpoint was saved yet{lost}'
     return (f'{where}; the last checkpoint is {latest}{lost}: continue with --resume '
             f'(--work-dir {runner.work_dir})')
-
-
-def _iteration_of(checkpoint: str) -> Optional[int]:
-    """The iteration of an ``iter_N.pth`` checkpoint, else None (an epoch's)."""
-    found = re.fullmatch(r'iter_(\d+)\.pth', osp.basename(checkpoint.rstrip('/')))
-    return int(found[1]) if found else None
 
 
 def _graceful_stop_hook(runner):

@@ -13,7 +13,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ __all__ = ['load_checkpoint_file', 'check_checkpoint_complete', 'extract_state_d
            'load_dit_checkpoint', 'load_state_dict_checked', 'weight_mismatch',
            'last_checkpoint', 'newest_numbered_checkpoint', 'local_pretrained_kwargs',
            'saved_checkpoint', 'intact_earlier_checkpoint', 'earlier_checkpoint_hint',
+           'checkpoint_number',
            'read_safetensors', 'check_safetensors_file', 'fixed_tables', 'fine_tune_tables',
            'trained_objective', 'trained_model_config', 'config_objective',
            'read_json_config', 'mismatch_hint', 'folder_model', 'not_a_checkpoint_folder',
@@ -383,11 +384,22 @@ def saved_checkpoint(work_dir, option: Optional[str] = '--resume'):
                     'checkpoints only)')
         else:
             said = f'{last} names {named}, which does not exist'
-        raise FileNotFoundError(said + earlier_checkpoint_hint(newest, option))
+        earlier = intact_earlier_checkpoint(newest)
+        error = FileNotFoundError(said + _earlier_hint(earlier, option))
+        error.earlier = earlier  # (what a caller may offer in place of its own advice)
+        raise error
     return newest
 
 
 _NUMBERED = re.compile(r'(iter|epoch)_(\d+)\.pth')
+
+
+def checkpoint_number(path: str) -> Optional[Tuple[str, int]]:
+    """``('iter', N)`` or ``('epoch', N)`` of a checkpoint named as mmengine's
+    CheckpointHook names them (``iter_N.pth``, ``epoch_N.pth``; a file or a DeepSpeed
+    folder), else None."""
+    match = _NUMBERED.fullmatch(osp.basename(str(path).rstrip('/' + os.sep)))
+    return (match[1], int(match[2])) if match else None
 
 
 def newest_numbered_checkpoint(work_dir):
@@ -400,13 +412,13 @@ def newest_numbered_checkpoint(work_dir):
         return None
     found = {'iter': [], 'epoch': []}
     for name in os.listdir(work_dir):
-        match = _NUMBERED.fullmatch(name)
+        number = checkpoint_number(name)
         path = osp.join(work_dir, name)
         # a DeepSpeed folder with its optimizer shards (its save is not atomic: one cut
         # short has the model states alone)
-        if match and (osp.isfile(path) or (is_zero_checkpoint(path) and any(
+        if number and (osp.isfile(path) or (is_zero_checkpoint(path) and any(
                 f.endswith('optim_states.pt') for f in os.listdir(path)))):
-            found[match[1]].append((int(match[2]), path))
+            found[number[0]].append((number[1], path))
     kind = found['iter'] or found['epoch']
     return max(kind)[1] if kind else None
 
@@ -446,15 +458,15 @@ def intact_earlier_checkpoint(path: str) -> Optional[str]:
     N, passing :func:`check_checkpoint_complete`'s cheap check (newest first; a
     DeepSpeed folder is not taken). None where ``path`` is not numbered, or none is."""
     path = str(path).rstrip(os.sep)
-    match = _NUMBERED.fullmatch(osp.basename(path))
+    number = checkpoint_number(path)
     folder = osp.dirname(path)
-    if match is None or not osp.isdir(folder or '.'):
+    if number is None or not osp.isdir(folder or '.'):
         return None
     earlier = []
     for name in os.listdir(folder or '.'):
-        found = _NUMBERED.fullmatch(name)
-        if found and found[1] == match[1] and int(found[2]) < int(match[2]):
-            earlier.append((int(found[2]), osp.join(folder, name)))
+        found = checkpoint_number(name)
+        if found and found[0] == number[0] and found[1] < number[1]:
+            earlier.append((found[1], osp.join(folder, name)))
     for _, candidate in sorted(earlier, reverse=True):
         if not osp.isfile(candidate):
             continue
@@ -471,7 +483,11 @@ def earlier_checkpoint_hint(path: str, option: Optional[str] = '--resume') -> st
     to end the error about an unusable (or gone) checkpoint ``path`` with, where
     :func:`intact_earlier_checkpoint` finds one ('' otherwise); ``option`` None: without
     the way to give it (the caller says it). Before, the error said nothing of it."""
-    earlier = intact_earlier_checkpoint(path)
+    return _earlier_hint(intact_earlier_checkpoint(path), option)
+
+
+def _earlier_hint(earlier: Optional[str], option: Optional[str]) -> str:
+    """:func:`earlier_checkpoint_hint`'s words for the checkpoint ``earlier`` found."""
     if earlier is None:
         return ''
     return f'; an earlier checkpoint {earlier} is readable' + (
