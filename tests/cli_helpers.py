@@ -1,7 +1,8 @@
 """Checks of the one-line messages the tools give, shared by the tests."""
 import pytest
 
-from mmsora.utils.cli import UserError, explain_error
+from mmsora.utils.cli import UserError
+from mmsora.utils.error_messages import explain_error
 
 
 def refused(main, argv) -> str:

@@ -138,7 +138,8 @@ def benchmark_config(args):
 
     from mmsora.engine.strategies import (amp_dtype_of, apply_amp, apply_speed_options,
                                           drop_amp)
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import dit_recipe_model_cfg, is_ema_hook
     if args.config:
         cfg = load_config(args.config)

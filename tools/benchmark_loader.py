@@ -39,8 +39,7 @@ from torch.utils.data import DataLoader
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset, list_npy_pairs
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, check_output_path,
-                              run_cli)
+from mmsora.utils.cli import ArgumentParser, UserError, check_at_least, check_output_path, run_cli
 
 LAYOUTS = ('packed', 'npy')
 

@@ -97,7 +97,8 @@ def build_model(args):
     import mmsora.diffusion  # noqa: F401  (fill the registries)
     import mmsora.models  # noqa: F401  (fill the registries)
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import dit_recipe_model_cfg, training_model_cfg
     init_default_scope('mmsora')
     if args.config:

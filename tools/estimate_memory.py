@@ -32,9 +32,10 @@ collectives faked).
 import json
 import sys
 
-from mmsora.utils.cli import (ArgumentParser, UserError, apply_cfg_options,
-                              check_output_path, checkpointing_setting, load_config,
-                              parse_config_and_preset, run_cli)
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import (ArgumentParser, UserError, check_output_path, checkpointing_setting,
+                              run_cli)
+from mmsora.utils.config_loading import load_config, parse_config_and_preset
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 

@@ -54,10 +54,10 @@ def parse_args(argv=None):
 
 def resolve_checkpoint(path: str) -> str:
     """The checkpoint file, DeepSpeed folder or diffusers DiT folder ``path`` names,
-    or its work dir's newest (:func:`mmsora.utils.checkpoint.resolve_checkpoint`)."""
-    from mmsora.utils import checkpoint
+    or its work dir's newest (:func:`mmsora.utils.checkpoint_choice.resolve_checkpoint`)."""
+    from mmsora.utils import checkpoint_choice
     try:
-        return checkpoint.resolve_checkpoint(path)
+        return checkpoint_choice.resolve_checkpoint(path)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
 
@@ -79,7 +79,7 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     if not state:
         raise UserError(f'{checkpoint}: no denoiser weights in it (no denoiser.* keys)')
     which = weights_taken(obj, use_ema, checkpoint)
-    from mmsora.utils.checkpoint import trained_model_config
+    from mmsora.utils.trained_settings import trained_model_config
     denoiser = (trained_model_config(obj) or {}).get('denoiser')
     trained_args = obj.get('args') if isinstance(obj, dict) and 'state_dict' not in obj \
         else None
@@ -120,7 +120,7 @@ def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
     from ``num_heads``, the run's config, a DiT / fast-DiT file's ``trained_args``
     (:func:`heads_in_args`, said in a note), or the DiT paper's for the width."""
     from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
-    from mmsora.utils.checkpoint import config_denoiser
+    from mmsora.utils.trained_settings import config_denoiser
     cfg = denoiser_cfg or {}
     # (the type as the run recorded it: a class of one's own is named whether or not
     # its module imports here)

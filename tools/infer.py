@@ -34,12 +34,13 @@ import sys
 
 import torch
 
-from mmsora.utils.checkpoint import check_trained_objective as check_objective
-from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option,
-                              apply_cfg_options, check_at_least, check_output_path,
-                              check_samples_not_finished, check_torchrun_launcher,
-                              device_setting, keep_freed_memory_on_cpu, load_config, note,
-                              run_cli, torchrun_processes)
+from mmsora.utils.trained_settings import check_trained_objective as check_objective
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
+                              check_output_path, check_samples_not_finished,
+                              check_torchrun_launcher, device_setting, keep_freed_memory_on_cpu,
+                              note, run_cli, torchrun_processes)
+from mmsora.utils.config_loading import load_config
 
 
 def parse_args(argv=None):

@@ -29,7 +29,9 @@ import sys
 
 import numpy as np
 
-from mmsora.utils.cli import ArgumentParser, UserError, apply_cfg_options, load_config, run_cli
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import ArgumentParser, UserError, run_cli
+from mmsora.utils.config_loading import load_config
 
 TINY_CONFIG = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
 CAPTIONS = ('a red disk', 'a blue ring')
@@ -98,7 +100,7 @@ def main(argv=None):
         shutil.rmtree(path) if osp.isdir(path) else os.remove(path)
 
     from mmsora.models.vaes.stable_cascade_decoder import StableCascadeDecoder
-    from mmsora.utils.checkpoint import keyword_defaults
+    from mmsora.utils.trained_settings import keyword_defaults
     from mmsora.utils.tiny_checkpoints import (make_tiny_stable_cascade_decoder,
                                                make_tiny_text_encoder)
     unet = cfg.model.denoiser.unet

@@ -19,8 +19,8 @@ import os.path as osp
 import sys
 import zipfile
 
-from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, check_output_path,
-                              plural, run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, check_output_path, plural,
+                              run_cli)
 
 
 def parse_args(argv=None):
@@ -80,7 +80,8 @@ def read_samples(path: str):
 
 def evaluation_of(args) -> dict:
     """The evaluation section of --evaluation, with --cfg-options over it."""
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     cfg = load_config(args.evaluation)
     apply_cfg_options(cfg, args.cfg_options, schedule_note=False)
     evaluation = cfg.get('evaluation')

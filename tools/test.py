@@ -20,8 +20,8 @@ import sys
 
 from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
                               check_at_least, check_output_path, check_samples_not_finished,
-                              check_torchrun_launcher, device_setting,
-                              keep_freed_memory_on_cpu, run_cli)
+                              check_torchrun_launcher, device_setting, keep_freed_memory_on_cpu,
+                              run_cli)
 
 SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
                     'evaluation')
@@ -89,7 +89,8 @@ def evaluation_section(args, cfg, later, prompts) -> dict:
     --batch-size, --seed and --prompt-file. A missing section, one without metrics
     (``--cfg-options evaluation.num_samples=4`` on a config without a section makes
     one) and keys it does not take are one line, not evaluate_model's TypeError."""
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     if args.evaluation:
         cfg.evaluation = load_config(args.evaluation).get('evaluation')
         if not cfg.evaluation:
@@ -165,7 +166,7 @@ def check_trained_objective_of(args, cfg) -> None:
     """The checkpoint scored (the one after the config, else the work dir's newest)
     against the config's objective and denoiser, as tools/infer.py checks it."""
     from mmsora.apis import find_run
-    from mmsora.utils.checkpoint import check_trained_objective
+    from mmsora.utils.trained_settings import check_trained_objective
     if args.checkpoint:
         check_trained_objective(args.checkpoint, cfg.model,
                                 f'the checkpoint {args.checkpoint}')
@@ -182,7 +183,8 @@ def precheck_config(args, options):
     """The run's config with ``options``, as init_model will load it, or None where
     it does not load (init_model says why)."""
     from mmsora.apis import find_run
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     try:
         cfg = load_config(find_run(args.run)[0])
         apply_cfg_options(cfg, options, schedule_note=False)
@@ -230,7 +232,7 @@ def main(argv=None):
     if precision is not None:
         sample_cfg['precision'] = precision
     if is_main_process():  # what the metrics are scored at (the guidance decides an FID)
-        from mmsora.utils.checkpoint import keyword_defaults  # (evaluate_model's default)
+        from mmsora.utils.trained_settings import keyword_defaults
         n = evaluation.get('num_samples', keyword_defaults(evaluate_model)['num_samples'])
         print(sampling_line(n, {k: v for k, v in sample_cfg.items()
                                 if k not in NOT_SAMPLE_ARGS},

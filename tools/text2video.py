@@ -33,7 +33,7 @@ class Text2VideoParser(ArgumentParser):
     by spelling; the voice is chosen with ``--speech espeak:VOICE``.
     """
 
-    # other tools' flag -> ours (mmsora.utils.cli.FOREIGN_FLAGS maps one option to
+    # other tools' flag -> ours (mmsora.utils.foreign_flags.FOREIGN_FLAGS maps one option to
     # another; these map to an option with its value)
     FOREIGN = {'--voice': '--speech espeak:VOICE', '--tts': '--speech'}
 

@@ -14,12 +14,14 @@ import torch
 
 from mmsora.datasets.store_checks import (check_latent_store, check_stores_exist,
                                           note_video_dataset_fps)
-from mmsora.utils.checkpoint import (check_checkpoint_complete, config_objective,
-                                     trained_objective)
+from mmsora.utils.checkpoint_choice import check_checkpoint_complete
+from mmsora.utils.trained_settings import config_objective, trained_objective
+from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, add_malloc_option,
-                              add_note, apply_cfg_options, check_output_path, explain_error,
-                              is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
-                              load_config, note, parse_config_and_preset, run_cli)
+                              add_note, check_output_path, is_first_on_machine, is_launch_rank0,
+                              keep_freed_memory_on_cpu, note, run_cli)
+from mmsora.utils.config_loading import load_config, parse_config_and_preset
+from mmsora.utils.error_messages import explain_error
 
 
 def parse_args(argv=None):
@@ -163,8 +165,8 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.checkpoint import (fine_tune_tables, mismatch_hint, say_tables_kept,
-                                         tables_kept, weight_mismatch)
+    from mmsora.utils.weight_loading import (fine_tune_tables, mismatch_hint, say_tables_kept,
+                                             tables_kept, weight_mismatch)
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
     # a fine-tune to another input size, frame count or class count: the fixed sin-cos
@@ -190,7 +192,8 @@ def denoiser_weights(path, checkpoint, prefix=None):
     """The denoiser's weights in a ``--load-from`` file, from ``checkpoint`` (what
     :func:`load_from_kind` read; read here where it did not: a .safetensors file),
     or None where the load itself will say what is wrong (in ``init_weights``)."""
-    from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    from mmsora.utils.weight_loading import extract_state_dict
     try:
         return extract_state_dict(checkpoint or load_checkpoint_file(path), prefix=prefix)
     except (KeyError, ValueError):
@@ -203,7 +206,7 @@ def check_denoiser_file_matches(model, path, checkpoint=None) -> None:
     Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
     lines of start-up and with a work dir made. The fixed sin-cos tables and the label
     table may differ (another input size or class count: a fine-tune)."""
-    from mmsora.utils.checkpoint import fine_tune_tables, mismatch_hint, weight_mismatch
+    from mmsora.utils.weight_loading import fine_tune_tables, mismatch_hint, weight_mismatch
     state = denoiser_weights(path, checkpoint)
     if state is None:
         return
@@ -298,7 +301,7 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
         start = (f'--load-from {path}' if option == '--resume' else
                  'resume = False (load_from then starts a run from it)')
         if 'opt' in checkpoint and ('ema' in checkpoint or 'model' in checkpoint):
-            from mmsora.utils.checkpoint import training_file_kind  # (SiT's: its args
+            from mmsora.utils.trained_settings import training_file_kind
             # name the path_type; it was called a DiT file)
             raise UserError(f'{option} {path}: a {training_file_kind(checkpoint)} training '
                             "checkpoint (model, ema, opt): its optimizer state and step are "
@@ -314,8 +317,8 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
                         f'config trains {ours}: resume with the config it was trained with '
                         '(the .py in its work dir), or start from its weights with '
                         '--load-from')
-    from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
-                                         objective_settings, said_objective_differences)
+    from mmsora.utils.trained_settings import (checkpoint_objective, objective_differences,
+                                               objective_settings, said_objective_differences)
     differ = objective_differences(checkpoint_objective(checkpoint),
                                    objective_settings(cfg.get('model')))
     if differ:  # (a timestep_convention=dit fine-tune resumed as 'sit' trained on
@@ -344,7 +347,7 @@ def latest_checkpoint(work_dir):
     afresh; fails early, naming it, if it is unusable. The work dir's own file comes
     first (mmengine's lookup took the absolute path in ``last_checkpoint``: a copied
     work dir resumed from the original's checkpoint)."""
-    from mmsora.utils.checkpoint import saved_checkpoint
+    from mmsora.utils.checkpoint_choice import saved_checkpoint
     try:
         latest = saved_checkpoint(work_dir)
     except FileNotFoundError as e:
@@ -364,7 +367,7 @@ def earlier_checkpoint(work_dir):
     """The newest checkpoint an earlier run left in ``work_dir`` (the one its
     ``last_checkpoint`` names, else the highest ``iter_N.pth`` / ``epoch_N.pth``, a
     file or a DeepSpeed folder), or None."""
-    from mmsora.utils.checkpoint import last_checkpoint, newest_numbered_checkpoint
+    from mmsora.utils.checkpoint_choice import last_checkpoint, newest_numbered_checkpoint
     latest = last_checkpoint(work_dir)
     if latest is not None and osp.exists(latest) and osp.realpath(
             osp.dirname(osp.abspath(latest.rstrip('/')))) == osp.realpath(work_dir):
@@ -532,7 +535,7 @@ def start_from_training_file(cfg, path, checkpoint) -> None:
     from mmengine.hooks import Hook
 
     from mmsora.engine.ema import EMAHook
-    from mmsora.utils.checkpoint import training_file_kind
+    from mmsora.utils.trained_settings import training_file_kind
     from mmsora.utils.training_inputs import hook_class, is_ema_hook
     who = training_file_kind(checkpoint)
     start = f'--load-from {path}: a {who} training file:'
@@ -697,7 +700,7 @@ def build_train_config(args):
         args.load_from, option = config_load_from, 'load_from'
     training_file = None  # a DiT / fast-DiT / SiT train.py's file given to --load-from
     if args.load_from is not None:
-        from mmsora.utils.checkpoint import resolve_checkpoint
+        from mmsora.utils.checkpoint_choice import resolve_checkpoint
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
         from mmsora.utils.zero_checkpoint import is_zero_checkpoint
         try:  # a work dir: its newest checkpoint, as infer and export_denoiser take it
@@ -718,8 +721,8 @@ def build_train_config(args):
             raise UserError(f'{option} checkpoint not found: {found}')
         cfg.resume = False
         kind, state_dict, checkpoint = load_from_kind(args.load_from)
-        from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
-                                             objective_settings, said_objective_differences)
+        from mmsora.utils.trained_settings import (checkpoint_objective, objective_differences,
+                                                   objective_settings, said_objective_differences)
         # (an mmengine run's config, or a SiT training file's args)
         trained, settings = checkpoint_objective(checkpoint), objective_settings(cfg.model)
         theirs, ours = (x and x['type'] for x in (trained, settings))

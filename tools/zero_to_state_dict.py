@@ -20,7 +20,7 @@ import sys
 import torch
 
 from mmsora.utils.atomic_io import atomic_path
-from mmsora.utils.checkpoint import last_checkpoint
+from mmsora.utils.checkpoint_choice import last_checkpoint
 from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, run_cli
 from mmsora.utils.zero_checkpoint import read_zero_checkpoint, zero_model_states
 

@@ -50,7 +50,7 @@ def check_metric_keys(metric: dict, where: str) -> None:
     tools/train.py's evaluation hook, ``FID`` under tools/test.py."""
     from mmsora.evaluation.metrics.base import config_arguments
     from mmsora.registry import METRICS
-    from mmsora.utils.cli import unknown_key_message
+    from mmsora.utils.error_messages import unknown_key_message
     kind = metric.get('type') if isinstance(metric, dict) else None
     cls = METRICS.get(kind) if isinstance(kind, str) else kind
     if not isinstance(cls, type):

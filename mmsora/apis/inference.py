@@ -9,9 +9,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from mmsora.utils.checkpoint import (extract_state_dict, last_checkpoint, load_checkpoint_file,
-                                     load_state_dict_checked, newest_numbered_checkpoint,
-                                     resolve_checkpoint)
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.checkpoint_choice import (last_checkpoint, newest_numbered_checkpoint,
+                                            resolve_checkpoint)
+from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_checked
 from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
@@ -36,7 +37,7 @@ def find_run(path):
     A work dir written by tools/train.py holds the dumped config and a
     ``last_checkpoint`` file naming the newest checkpoint (a file, or a DeepSpeed
     checkpoint folder); without that file, its highest-numbered ``iter_N.pth`` is
-    taken (:func:`~mmsora.utils.checkpoint.last_checkpoint`). A checkpoint file in a
+    taken (:func:`~mmsora.utils.checkpoint_choice.last_checkpoint`). A checkpoint file in a
     work dir is that run at that checkpoint (``work_dirs/run/iter_300.pth``: it was
     read as a config, 'not a .py').
     """
@@ -95,7 +96,7 @@ def load_weights(model, checkpoint, use_ema=True):
     if not hasattr(model, 'denoiser'):  # (an AttributeError after the file was read)
         raise TypeError(f'load_weights loads into a LatentDiffusion (init_model\'s model), '
                         f'not a {type(model).__name__}; a bare DiT loads a checkpoint with '
-                        'mmsora.utils.checkpoint.load_dit_checkpoint')
+                        'mmsora.utils.weight_loading.load_dit_checkpoint')
     diffusers_folder = diffusers_dit_folder(checkpoint) is not None  # (read as a file)
     if osp.isdir(checkpoint):  # a work dir: its newest checkpoint; another folder named
         checkpoint = resolve_checkpoint(checkpoint)
@@ -257,7 +258,10 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
     """
     import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import UserError, apply_cfg_options, explain_error, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.cli import UserError
+    from mmsora.utils.config_loading import load_config
+    from mmsora.utils.error_messages import explain_error
     if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'device={device!r}: no CUDA device on this machine')
     config_path, run_checkpoint = find_run(config)

@@ -90,7 +90,7 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
     if unknown:
         import difflib
 
-        from mmsora.utils.cli import FOREIGN_KEYS  # other projects' setting names
+        from mmsora.utils.foreign_flags import FOREIGN_KEYS
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
         notes = []
         for key in unknown:

@@ -25,7 +25,7 @@ import torch
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
-from mmsora.utils.checkpoint import keyword_defaults
+from mmsora.utils.trained_settings import keyword_defaults
 from .gaussian import check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
                                  scheduler_sample_loop)

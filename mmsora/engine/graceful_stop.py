@@ -63,7 +63,7 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
     say, which mmengine counts only after them) and the checkpoint that ``--resume``
     continues from (or that none was saved yet), with the iterations not in it; with
     ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them."""
-    from mmsora.utils.checkpoint import checkpoint_number, last_checkpoint
+    from mmsora.utils.checkpoint_choice import checkpoint_number, last_checkpoint
     hook = _graceful_stop_hook(runner)
     done = max(done, hook.finished if hook is not None else 0)
     latest = last_checkpoint(runner.work_dir)

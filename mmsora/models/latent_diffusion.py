@@ -252,8 +252,8 @@ class LatentDiffusion(BaseModel):
         Returns:
             bool: Whether the weights were loaded.
         """
-        from mmsora.utils.checkpoint import (extract_state_dict, load_checkpoint_file,
-                                             load_state_dict_checked)
+        from mmsora.utils.checkpoint import load_checkpoint_file
+        from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_checked
         path = self.pretrained_denoiser
         # An mmsora (mmengine) run keeps the denoiser's weights under 'denoiser.'. The
         # file is read once (a DiT's was read again to load it: a diffusers folder

@@ -14,8 +14,9 @@ import inspect
 import numbers
 from typing import Optional
 
-from mmsora.utils.cli import (UserError, missing_arguments_message, unknown_key_message,
-                              unknown_type_message)
+from mmsora.utils.cli import UserError
+from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_message,
+                                         unknown_type_message)
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys',
            'registered_class', 'check_sample_settings_of']
@@ -177,7 +178,8 @@ def _note_top_level(cfg) -> None:
     read (``trian_cfg``: taken as a variable of the config's own, and the section it
     meant left as the base has it, without a word). A note, not a refusal: a variable
     of one's own may be that close and used (``vae_cfg`` in ``model.vae``)."""
-    from mmsora.utils.cli import _edits, known_top_level, note
+    from mmsora.utils.cfg_options import _edits, known_top_level
+    from mmsora.utils.cli import note
     known = known_top_level()
     for key in cfg.keys():
         if key in known or len(key) <= 4:

@@ -48,7 +48,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
-from .checkpoint import keyword_defaults
+from .trained_settings import keyword_defaults
 from .training_inputs import denoiser_kwargs, ema_hook_cfg, training_model_cfg
 
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',

@@ -29,7 +29,7 @@ def dit_recipe_model_cfg(preset: str, input_size: int, num_classes: int) -> dict
     diffusion with learned sigma over ``input_size`` latents; what the benchmarks
     build without a config (``--model``)."""
     from mmsora.models import DiT, dit_preset
-    from mmsora.utils.checkpoint import keyword_defaults
+    from mmsora.utils.trained_settings import keyword_defaults
     denoiser = dict(type='DiT', **dit_preset(preset, input_size=input_size,
                                              num_classes=num_classes))
     arch = {**keyword_defaults(DiT), **denoiser}  # (a preset leaves these to DiT)
@@ -94,7 +94,8 @@ def hook_class(hook_cfg, where: str = 'custom_hooks') -> type:
     ``where``."""
     from mmengine.hooks import Hook
 
-    from mmsora.utils.cli import UserError, unknown_type_message
+    from mmsora.utils.cli import UserError
+    from mmsora.utils.error_messages import unknown_type_message
     from mmsora.utils.config_keys import registered_class
     if isinstance(hook_cfg, Hook):
         return type(hook_cfg)

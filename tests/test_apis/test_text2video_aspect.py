@@ -10,7 +10,8 @@ import torch
 from mmsora.apis.inference import set_output_size
 from mmsora.apis.text2video import Shot, build_pictures
 from mmsora.registry import MODELS
-from mmsora.utils.cli import apply_cfg_options, load_config
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.config_loading import load_config
 from tests.conftest import REPO_ROOT
 
 CONFIG = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'

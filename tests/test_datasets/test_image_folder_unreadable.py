@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mmsora.datasets import ImageFolderDataset, SkipCorruptDataset
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 
 HINT = ("; to skip unreadable images instead, wrap the dataset: train_dataloader = "
         "dict(dataset=dict(_delete_=True, type='SkipCorruptDataset', "

@@ -8,7 +8,7 @@ import pytest
 
 from mmsora.datasets.extraction_sources import ClipSource
 from mmsora.datasets.manifest import ManifestError, load_manifest
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 from tests.extract_tools import run_make_manifest
 from tests.tiny_data import make_clip
 

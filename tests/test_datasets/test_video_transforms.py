@@ -14,7 +14,7 @@ from mmsora.datasets.transforms import (ClipTooShortError, DecodeFrames, FramesT
                                         SampleClipIndices)
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.registry import DATASETS, TRANSFORMS
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 from mmsora.utils.video_io import VideoReadError, read_video_frames
 from tests.shared_videos import BIKES, needs_videos
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mmsora.registry import MODELS
-from mmsora.utils.cli import load_config
+from mmsora.utils.config_loading import load_config
 from tests.sit_demo import DEMO, TINY
 
 
@@ -10,7 +10,7 @@ from tests.sit_demo import DEMO, TINY
 def checkpoint(tmp_path_factory):
     """A checkpoint of the tiny SiT demo (random weights)."""
     import mmsora.models  # noqa: F401
-    from mmsora.utils.cli import apply_cfg_options
+    from mmsora.utils.cfg_options import apply_cfg_options
     cfg = apply_cfg_options(load_config(DEMO), TINY)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)

@@ -12,7 +12,8 @@ from mmsora.apis import sample_images
 from mmsora.diffusion import Transport
 from mmsora.diffusion.scheduler_sampling import check_sample_settings
 from mmsora.registry import MODELS
-from mmsora.utils.cli import load_config, run_cli
+from mmsora.utils.cli import run_cli
+from mmsora.utils.config_loading import load_config
 # the tiny SiT demo and tools/infer.py, as the other infer tests have them (its
 # checkpoint is a fixture of tests/test_diffusion/conftest.py)
 from tests.sit_demo import DEMO, TINY, load_infer

@@ -97,7 +97,7 @@ def test_a_hook_with_another_sampler_than_the_config_is_not_refused():
     its eta was refused before training ('sampler ddpm takes no option eta')."""
     import os.path as osp
 
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.config_keys import check_training_keys
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     cfg = load_config(osp.join(root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'))

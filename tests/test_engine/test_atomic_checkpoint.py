@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine import CheckpointWriteError
 from mmsora.utils.checkpoint import load_checkpoint_file
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 from tests.tiny_models import tiny_cfg
 
 

@@ -254,7 +254,7 @@ def test_the_ema_hook_is_found_however_the_config_gives_it(tmp_path, monkeypatch
     from mmengine.hooks import EMAHook
 
     import mmsora.engine
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     hook = {'mmengine.EMAHook': dict(type='mmengine.EMAHook', momentum=0.01),
             'class': dict(type=EMAHook, momentum=0.01),
             'our class': dict(type=mmsora.engine.EMAHook, momentum=0.01),

@@ -12,7 +12,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks.loss_guard_hook import grad_norm
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 from tests.tiny_data import LineLogger
 from tests.tiny_models import tiny_cfg
 

@@ -469,7 +469,7 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
     512 px checkpoint with the 256 px config, another depth); --load-from of an
     original DiT file of another depth too."""
     from mmsora.models import DiT
-    from mmsora.utils.checkpoint import load_dit_checkpoint
+    from mmsora.utils.weight_loading import load_dit_checkpoint
     from tools.infer import main as infer
     work, ckpt = trained
     for option, found in (('model.denoiser.depth=3', r'\d+ missing \(e\.g\. blocks\.2\.'),
@@ -501,7 +501,7 @@ def test_weights_of_another_model_are_named_in_one_line(tmp_path, trained):
                                 depth=2, num_heads=2, num_classes=4), str(tmp_path / 'dit.pt'))
     # keys under another prefix (no pos_embed in the file): the settings hint, not the
     # input_size one, which is for a pos_embed of another shape
-    from mmsora.utils.checkpoint import load_state_dict_checked
+    from mmsora.utils.weight_loading import load_state_dict_checked
     with pytest.raises(ValueError) as info:
         load_state_dict_checked(dit, {f'model.{k}': v for k, v in dit.state_dict().items()},
                                 'x.pt')

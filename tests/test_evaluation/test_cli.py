@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory, repo_root=osp.dirname(osp.dirname(osp.dirname(
     """A config with an evaluation section, and a checkpoint of its random model."""
     import mmsora.models  # noqa: F401
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     root = tmp_path_factory.mktemp('run')
     rng = np.random.default_rng(0)
     np.savez(root / 'ref.npz', arr_0=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
@@ -322,7 +322,7 @@ def test_clip_reference_of_another_size_stops_before_sampling(tmp_path, monkeypa
     import mmsora.models  # noqa: F401
     from mmsora.apis import evaluation
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
 
     def no_sampling(*args, **kwargs):
         raise AssertionError('sampled before checking the metric inputs')

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip('transformers')
 
 from mmsora.evaluation import CLIPEmbedder, CLIPScore  # noqa: E402
-from mmsora.utils.cli import explain_error  # noqa: E402
+from mmsora.utils.error_messages import explain_error
 from tests.tiny_models import make_tiny_clip, make_tiny_text_encoder  # noqa: E402
 
 NEED = ('not a whole CLIP model: the CLIP score needs a whole transformers CLIPModel '

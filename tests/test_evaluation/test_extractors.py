@@ -101,7 +101,7 @@ def test_wrong_weight_files_are_named_in_one_line(tmp_path):
     error; the Inception file given to I3D failed in torch.jit.load after the first
     sampling batch, the I3D file given to Inception with a weights_only message."""
     from mmsora.evaluation import FID, FVD
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
     ckpt, inception, i3d = (str(tmp_path / n) for n in ('iter_10.pth', 'incep.pth', 'i3d.pt'))
     torch.save(dict(meta=dict(iter=10), state_dict=dict(w=torch.zeros(2))), ckpt)
     torch.save(dict(w=torch.zeros(2)), inception)

@@ -150,7 +150,7 @@ def test_evaluation_snippets_build(repo_root, name):
     import inspect
 
     from mmsora.apis import build_evaluator, evaluate_model
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     evaluation = load_config(f'{repo_root}/configs/_base_/evaluation/{name}.py').evaluation
     assert set(evaluation) <= set(inspect.signature(evaluate_model).parameters)
     evaluator = build_evaluator(evaluation.metrics)  # extractors are built on first use
@@ -215,7 +215,7 @@ def test_sample_size_is_checked_at_the_first_batch(tmp_path):
 def test_reference_of_another_key_is_a_one_line_error(tmp_path):
     """Read without check_inputs (a metric used on its own), the reference of another
     key gave a KeyError (a traceback in the tools)."""
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
     np.savez(tmp_path / 'other.npz', images=pictures(3, 0))
     fid = FID(extractor=TINY, reference=str(tmp_path / 'other.npz'))
     fid.process(None, [dict(index=i, sample=s) for i, s in enumerate(pictures(3, 1))])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tests.test_evaluation.tiny_extractors  # noqa: F401  (registers them)
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 from tests.tiny_models import TINY_DEMO_OPTIONS
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
@@ -180,7 +180,7 @@ def test_sample_dir_clips_get_the_configs_fps(repo_root, tmp_path):
     import mmsora.models  # noqa: F401
     from mmsora.apis import evaluate_model
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     cfg = load_config(f'{repo_root}/{VIDEO_DEMO}')
     assert cfg.sample_cfg.fps == 4
     cfg.model.denoiser.update(hidden_size=16, depth=2, num_heads=2)
@@ -211,7 +211,7 @@ def test_the_record_says_which_weights_reference_and_labels_were_scored(repo_roo
     from mmsora.apis import init_model
     from mmsora.apis.evaluation import evaluation_record
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     cfg = load_config(f'{repo_root}/{DEMO}')
     model = MODELS.build(cfg.model)
     ckpt = str(tmp_path / 'iter_10.pth')  # a run's checkpoint, without EMA weights

@@ -54,7 +54,7 @@ def make_tiny_run(repo_root, tmp_path):
     """A config with an evaluation section (FID of 6 samples, batches of 4), one
     without, and a checkpoint of the random model."""
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     rng = np.random.default_rng(0)
     np.savez(tmp_path / 'ref.npz', arr_0=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
     config = tiny_config(repo_root, tmp_path / 'tiny_eval.py', f"""evaluation = dict(
@@ -309,7 +309,7 @@ def test_grid_and_gif_options_with_npz_are_refused(repo_root, tmp_path, not_load
 
 def test_a_text_model_sample_dir_gets_its_prompts(repo_root, tmp_path):
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import training_model_cfg
     from tests.tiny_models import make_tiny_text_encoder
     t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5', width=32)

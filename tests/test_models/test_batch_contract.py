@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mmsora.diffusion import GaussianDiffusion
 from mmsora.models import LatentDiffusion
-from mmsora.utils.cli import explain_error
+from mmsora.utils.error_messages import explain_error
 
 
 def tiny_model(**kwargs):

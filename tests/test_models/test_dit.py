@@ -13,8 +13,8 @@ from diffusers.models.embeddings import Timesteps
 
 from mmsora.models import DIT_PRESETS, DiT, dit_flops, dit_preset
 from mmsora.registry import MODELS
-from mmsora.utils.checkpoint import (extract_state_dict, load_checkpoint_file,
-                                     load_dit_checkpoint)
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.weight_loading import extract_state_dict, load_dit_checkpoint
 
 NUM_CLASSES = 10
 

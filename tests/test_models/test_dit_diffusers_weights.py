@@ -13,7 +13,8 @@ import torch
 from diffusers import DiTTransformer2DModel
 
 from mmsora.models import DiT
-from mmsora.utils.checkpoint import load_checkpoint_file, load_dit_checkpoint
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.weight_loading import load_dit_checkpoint
 from tests.test_models.test_dit import build_reference, inputs, rekey_reference, tiny_cfg
 
 

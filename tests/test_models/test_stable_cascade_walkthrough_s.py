@@ -92,7 +92,7 @@ def check_train(*options):
     """tools/train.py's check of the VAE folder on the tiny config with ``options``."""
     from mmengine.config import Config
 
-    from mmsora.utils.cli import apply_cfg_options
+    from mmsora.utils.cfg_options import apply_cfg_options
     from tools.train import build_model_on_meta, check_vae_folder
     cfg = Config.fromfile(CONFIG)
     apply_cfg_options(cfg, list(options))

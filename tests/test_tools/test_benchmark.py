@@ -244,7 +244,7 @@ def test_a_hook_given_built(tmp_path, monkeypatch):
     would have to rewrite its settings, refuses with one line."""
     from mmengine.hooks import EMAHook
 
-    import mmsora.utils.cli
+    import mmsora.utils.config_loading
     from mmsora.utils.cli import UserError
     hook = EMAHook(momentum=0.5)
     cfg = benchmark.benchmark_config(benchmark.parse_args(SMALL))
@@ -252,9 +252,9 @@ def test_a_hook_given_built(tmp_path, monkeypatch):
     assert hook in benchmark.step_hooks(cfg)
     cfg_file = tmp_path / 'built.py'
     cfg_file.write_text(TINY)
-    loaded = mmsora.utils.cli.load_config(str(cfg_file))
+    loaded = mmsora.utils.config_loading.load_config(str(cfg_file))
     loaded.custom_hooks = [hook]
-    monkeypatch.setattr(mmsora.utils.cli, 'load_config', lambda path: loaded)
+    monkeypatch.setattr(mmsora.utils.config_loading, 'load_config', lambda path: loaded)
     with pytest.raises(UserError, match='gives its EMA hook built'):
         benchmark.benchmark_config(benchmark.parse_args([str(cfg_file), '--ema', '1e-4']))
 

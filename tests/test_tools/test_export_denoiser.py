@@ -34,7 +34,7 @@ def test_the_ema_weights_load_into_a_dit_as_a_released_file(run, tmp_path):
     assert any(not torch.equal(state[k], trained[k]) for k in state)  # not the trained
     # DiT's names: a DiT of the same settings loads it strictly, as a released file
     from mmsora.models import DiT
-    from mmsora.utils.checkpoint import load_dit_checkpoint
+    from mmsora.utils.weight_loading import load_dit_checkpoint
     dit = DiT(**{k: runner.cfg.model.denoiser[k] for k in runner.cfg.model.denoiser
                  if k != 'type'})
     load_dit_checkpoint(dit, str(out))

@@ -13,7 +13,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def test_every_command_parses_with_its_tool(tmp_path):
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     plan = gpu_benchmarks.commands(str(tmp_path))
     assert set(plan) == set(gpu_benchmarks.PLAN)
     for name, (argv, limit) in plan.items():

@@ -60,7 +60,7 @@ def video_weights(repo_root, tmp_path):
     import mmsora.diffusion  # noqa: F401
     import mmsora.models  # noqa: F401
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import training_model_cfg
     model = MODELS.build(training_model_cfg(load_config(osp.join(repo_root, VIDEO_CONFIG))))
     path = tmp_path / 'video.pt'
@@ -87,7 +87,8 @@ def test_a_long_prompt_is_shortened_in_the_summary(repo_root, tmp_path, capsys):
     import mmsora.diffusion  # noqa: F401
     import mmsora.models  # noqa: F401
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import training_model_cfg
     from tests.tiny_models import make_tiny_text_encoder
     t5 = make_tiny_text_encoder(str(tmp_path / 't5'), 't5', width=32)

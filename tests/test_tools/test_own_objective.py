@@ -38,7 +38,7 @@ def own_objective_run(repo_root, tmp_path):
     """A config with the objective of one's own, and random denoiser weights."""
     import mmsora.models  # noqa: F401
     from mmsora.registry import MODELS
-    from mmsora.utils.cli import load_config
+    from mmsora.utils.config_loading import load_config
     from mmsora.utils.training_inputs import training_model_cfg
     config = tmp_path / 'own.py'
     config.write_text(f"_base_ = [{osp.join(repo_root, CONFIG)!r}]\n"

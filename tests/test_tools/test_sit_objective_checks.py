@@ -17,7 +17,9 @@ import torch
 from mmengine.config import Config
 
 from mmsora.registry import DIFFUSION, MODELS
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 from tools import infer
 from tools.train import build_train_config
 from tools.train import parse_args as train_args
@@ -149,7 +151,7 @@ def test_gaussian_settings_are_compared_too(repo_root, tmp_path):
 
 # ------------------------------------------------ finding 2: the learn_sigma hint
 def test_learn_sigma_hint_names_the_objectives_key_only_where_it_has_one(repo_root):
-    from mmsora.utils.checkpoint import load_state_dict_checked
+    from mmsora.utils.weight_loading import load_state_dict_checked
     sigma = MODELS.build(sit_model_cfg(repo_root, 'model.denoiser.learn_sigma=True').model)
     plain = MODELS.build(sit_model_cfg(repo_root).model)
     with pytest.raises(ValueError) as error:
@@ -193,8 +195,8 @@ def test_infer_learn_sigma_mismatch_does_not_send_a_sit_user_to_a_refused_key(
 
 # ------------------------------------------------ finding 3: SiT's training files
 def test_a_sit_training_file_loads_safely_and_is_recognised(repo_root, tmp_path):
-    from mmsora.utils.checkpoint import (checkpoint_objective, load_checkpoint_file,
-                                         training_file_kind)
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    from mmsora.utils.trained_settings import checkpoint_objective, training_file_kind
     loaded = load_checkpoint_file(save_sit_file(repo_root, tmp_path / 's.pt', 'GVP', 'noise'))
     assert isinstance(loaded['args'], argparse.Namespace)  # weights_only accepts it
     assert training_file_kind(loaded) == 'SiT'

@@ -15,9 +15,10 @@ import torch.nn as nn
 
 from mmsora.apis.inference import denoiser_state_dict, find_run, load_weights
 from mmsora.models import DiT, VideoDiT
-from mmsora.utils.checkpoint import (check_checkpoint_complete, last_checkpoint,
-                                     load_checkpoint_file, load_dit_checkpoint,
-                                     load_state_dict_checked, weight_mismatch)
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.checkpoint_choice import check_checkpoint_complete, last_checkpoint
+from mmsora.utils.weight_loading import (load_dit_checkpoint, load_state_dict_checked,
+                                         weight_mismatch)
 from tests.cli_helpers import one_line
 from tools import export_denoiser
 
@@ -334,7 +335,7 @@ def assert_loaded_keeping(model, state_dict, tables):
 
 
 def test_another_input_size_or_frame_count_loads_the_rest(tmp_path, logged):
-    from mmsora.utils.checkpoint import fixed_tables
+    from mmsora.utils.weight_loading import fixed_tables
     assert fixed_tables(DiT(**IMAGE)) == {'pos_embed'}
     assert fixed_tables(video_dit()) == {'pos_embed', 'temp_embed'}
     small = DiT(**IMAGE).state_dict()
@@ -420,7 +421,7 @@ def test_objectives_compare_by_class_name_with_the_default():
     without diffusion trains LatentDiffusion's default."""
     from mmengine.config import Config
 
-    from mmsora.utils.checkpoint import config_objective, trained_objective
+    from mmsora.utils.trained_settings import config_objective, trained_objective
     assert config_objective(dict(diffusion=dict(type='mmsora.GaussianDiffusion'))) == \
         'GaussianDiffusion'
     assert config_objective(dict(type='LatentDiffusion')) == 'GaussianDiffusion'
@@ -478,7 +479,7 @@ def test_the_mismatch_names_the_setting_to_give(tmp_path):
         load_state_dict_checked(other, sigma, 'ckpt.pt', fine_tune=True)
     # a work dir whose last_checkpoint names a file gone (a moved work dir): named as
     # such (train --load-from called it a DeepSpeed folder)
-    from mmsora.utils.checkpoint import resolve_checkpoint
+    from mmsora.utils.checkpoint_choice import resolve_checkpoint
     work = tmp_path / 'moved'
     work.mkdir()
     (work / 'last_checkpoint').write_text('/elsewhere/work/iter_4.pth')

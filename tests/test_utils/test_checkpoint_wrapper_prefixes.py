@@ -13,8 +13,9 @@ import torch
 from mmsora.apis.inference import load_weights
 from mmsora.models import DiT
 from mmsora.registry import MODELS
-from mmsora.utils.checkpoint import load_dit_checkpoint
-from mmsora.utils.cli import apply_cfg_options, load_config
+from mmsora.utils.weight_loading import load_dit_checkpoint
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.config_loading import load_config
 from tests.tiny_models import TINY_DEMO_OPTIONS
 
 PREFIXES = ('module.', '_orig_mod.', 'module._orig_mod.')

@@ -5,8 +5,9 @@ import importlib
 import pytest
 import torch
 
-from mmsora.utils.cli import (UserError, apply_cfg_options, check_at_least, device_setting,
-                              load_config)
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError, check_at_least, device_setting
+from mmsora.utils.config_loading import load_config
 
 
 def test_device_setting(monkeypatch):
@@ -136,7 +137,7 @@ def test_unknown_key_of_a_base_class_suggests_its_subclasses_keys():
     """evaluation.metrics.0.split_sise=3 reached SampleMetric (FID passes its keys
     on), which is not registered: no suggestion was made."""
     import mmsora.evaluation  # noqa: F401  (registers FID and the others)
-    from mmsora.utils.cli import unknown_key_message
+    from mmsora.utils.error_messages import unknown_key_message
     assert unknown_key_message('SampleMetric', 'split_sise') == (
         "unknown config key 'split_sise' for SampleMetric; did you mean split_size?")
 
@@ -147,7 +148,7 @@ def test_a_config_missing_a_required_argument_is_one_line():
     TypeError from a class that is not registered is a bug of ours: traceback."""
     import mmsora.datasets  # noqa: F401  (registers the datasets)
     from mmsora.registry import DATASETS
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
     with pytest.raises(TypeError) as info:
         DATASETS.build(dict(type='NpyLatentDataset', data_root='x'))
     assert explain_error(info.value) == (
@@ -166,7 +167,7 @@ def test_a_pydantic_error_names_the_field():
     """DeepSpeed's config is pydantic: its errors end with a URL line, which was all
     the one-line error kept."""
     pydantic = pytest.importorskip('pydantic')
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
 
     class OffloadConfig(pydantic.BaseModel):
         model_config = pydantic.ConfigDict(extra='forbid')
@@ -280,7 +281,7 @@ def test_a_class_of_ones_own_named_like_mmsoras_is_named(repo_root, tmp_path, mo
 def test_a_value_error_of_ones_own_code_says_where(tmp_path, monkeypatch):
     """A ValueError of one's own dataset (or of numpy, called from it) was a bare line
     naming neither the file nor the class; mmsora's own errors keep their one line."""
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
     (tmp_path / 'own_data_31.py').write_text(
         'import numpy as np\n\n\ndef load(path):\n    return np.load(path)\n')
     (tmp_path / 'bad.npy').write_bytes(b'not an npy file at all')
@@ -314,7 +315,7 @@ def test_unknown_key_of_a_class_on_an_inherited_init_names_the_configured_class(
     did the message; it names the class the config's ``type`` built."""
     from mmengine.registry import Registry
 
-    from mmsora.utils.cli import explain_error
+    from mmsora.utils.error_messages import explain_error
 
     class _TinyBase(torch.nn.Module):
         def __init__(self, width=4, depth=2):

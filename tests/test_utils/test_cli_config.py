@@ -7,7 +7,9 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
@@ -343,7 +345,7 @@ def test_a_string_for_a_number_is_left_to_its_class(repo_root):
 def test_an_unknown_type_says_where_it_is_registered_or_how_to_register_it():
     """Without a close name the line said nothing more: a class registered in another
     registry (a dataset in MODELS) or one whose module was never imported."""
-    from mmsora.utils.cli import unknown_type_message
+    from mmsora.utils.error_messages import unknown_type_message
     import mmsora.datasets  # noqa: F401  (fills the registries: with the models, a
     import mmsora.models  # noqa: F401  close name, VideoDiT, is there too)
     assert unknown_type_message('VideoDataset', 'model') == (

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 
 
 def _hints(capsys):

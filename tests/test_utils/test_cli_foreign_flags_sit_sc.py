@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 
 SIT = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
 CASCADE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
@@ -91,11 +93,11 @@ def test_sit_train_flags_and_model_name_say_what_to_give(capsys, repo_root):
                                 "DiT-B/4 with SiT's objective)"}
     assert _refused(parse_args, ['cfg.py', '--model', 'DiT-L/8'], capsys) == {
         '--model': 'a config (configs/dit/dit_l8_8xb32_400k_imagenet256.py: DiT-L/8)'}
-    from mmsora.utils.cli import _model_config
+    from mmsora.utils.foreign_flags import model_config
     for size in ('S', 'B', 'L', 'XL'):
         for patch in '248':
             for family in ('DiT', 'SiT'):
-                named = re.findall(r'configs/\S+\.py', _model_config(f'{family}-{size}/{patch}'))
+                named = re.findall(r'configs/\S+\.py', model_config(f'{family}-{size}/{patch}'))
                 assert named and all(osp.isfile(osp.join(repo_root, p)) for p in named)
     # the keys the hints name are the SiT config's
     cfg = load_config(osp.join(repo_root, SIT))
@@ -228,7 +230,7 @@ def test_every_hint_reads_as_one_part_of_the_line(repo_root):
     """The hints are joined with '; ' after 'did you mean': none holds one itself, and
     each names a flag that a tool has."""
     import glob
-    from mmsora.utils.cli import FOREIGN_HINTS
+    from mmsora.utils.foreign_flags import FOREIGN_HINTS
     flags = set()
     for path in glob.glob(osp.join(repo_root, 'tools/*.py')):
         flags.update(re.findall(r"add_argument\('(--[\w-]+)'", open(path).read()))

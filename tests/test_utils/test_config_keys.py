@@ -6,7 +6,8 @@ import os.path as osp
 
 import pytest
 
-from mmsora.utils.cli import UserError, load_config
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 from mmsora.utils.config_keys import accepted_arguments, check_training_keys
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

@@ -20,10 +20,12 @@ from mmsora.diffusion.gaussian import GaussianDiffusion
 from mmsora.models import DiT
 from mmsora.registry import DIFFUSION
 from mmsora.utils import cli
-from mmsora.utils.checkpoint import (checkpoint_objective, objective_differences,
-                                     objective_settings, said_objective_differences,
-                                     trained_model_config)
-from mmsora.utils.cli import UserError, apply_cfg_options, load_config
+from mmsora.utils.trained_settings import (checkpoint_objective, objective_differences,
+                                           objective_settings, said_objective_differences,
+                                           trained_model_config)
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
 from tools import export_denoiser, infer
 
 DIT = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'

@@ -13,7 +13,9 @@ from torch import nn
 
 from mmsora.models import LatentDiffusion
 from mmsora.registry import MODELS
-from mmsora.utils.cli import UserError, explain_error, load_config, unknown_type_message
+from mmsora.utils.cli import UserError
+from mmsora.utils.config_loading import load_config
+from mmsora.utils.error_messages import explain_error, unknown_type_message
 
 TINY_DIT = dict(type='DiT', input_size=8, patch_size=2, in_channels=3, hidden_size=32,
                 depth=2, num_heads=2, mlp_ratio=2.0, class_dropout_prob=0.1, num_classes=4,

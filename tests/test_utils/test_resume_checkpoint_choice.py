@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from mmsora.utils.checkpoint import (check_checkpoint_complete, last_checkpoint,
-                                     load_checkpoint_file, resolve_checkpoint,
-                                     saved_checkpoint)
+from mmsora.utils.checkpoint import load_checkpoint_file
+from mmsora.utils.checkpoint_choice import (check_checkpoint_complete, last_checkpoint,
+                                            resolve_checkpoint, saved_checkpoint)
 from mmsora.utils.cli import UserError
 from tests.tiny_models import DEMO
 from tools.train import build_train_config, latest_checkpoint, parse_args
@@ -100,13 +100,13 @@ def test_a_damaged_last_checkpoint_names_the_intact_earlier_one(tmp_path, damage
     # every reader says what the file is; only the option-less hint where asked
     with pytest.raises(ValueError, match=f'{what.split(" (")[0]}'):
         load_checkpoint_file(str(last))
-    from mmsora.utils.checkpoint import earlier_checkpoint_hint
+    from mmsora.utils.checkpoint_choice import earlier_checkpoint_hint
     assert earlier_checkpoint_hint(str(last), None) == (
         f'; an earlier checkpoint {work}/iter_4.pth is readable')
 
 
 def test_the_earlier_checkpoint_is_the_newest_intact_one_of_its_kind(tmp_path):
-    from mmsora.utils.checkpoint import intact_earlier_checkpoint
+    from mmsora.utils.checkpoint_choice import intact_earlier_checkpoint
     work = _run(tmp_path / 'w', iters=(1, 2, 3, 10))
     (work / 'epoch_9.pth').write_bytes((work / 'iter_1.pth').read_bytes())  # other kind
     (work / 'iter_3.pth').write_bytes(b'')  # empty: passed over

@@ -58,7 +58,8 @@ def load_strategy(name: str, options=(), kind: str = '') -> dict:
     """The ``strategy`` dict of a preset name or a config file, with ``options``
     (``--cfg-options`` entries; those under ``strategy.`` apply to it, e.g.
     ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it."""
-    from mmsora.utils.cli import apply_cfg_options, load_config
+    from mmsora.utils.cfg_options import apply_cfg_options
+    from mmsora.utils.config_loading import load_config
     cfg = load_config(preset_path(name, kind))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')

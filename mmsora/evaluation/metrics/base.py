@@ -114,7 +114,7 @@ class SampleMetric(BaseMetric):
         names, complete = config_arguments(cls)
         for key in self.extractor_cfg:
             if complete and key not in ('type', '_scope_') and key not in names:
-                from mmsora.utils.cli import unknown_key_message
+                from mmsora.utils.error_messages import unknown_key_message
                 raise ValueError(f'{self.config_key("extractor")} of {name}: '
                                  + unknown_key_message(cls.__name__, key, names=list(names)))
         key = getattr(cls, 'weights_arg', None)

@@ -410,11 +410,12 @@ class VideoDiT(nn.Module):
         if isinstance(state_dict_or_path, Mapping):
             dit_sd = state_dict_or_path
         else:
-            from mmsora.utils.checkpoint import extract_state_dict, load_checkpoint_file
+            from mmsora.utils.checkpoint import load_checkpoint_file
+            from mmsora.utils.weight_loading import extract_state_dict
             dit_sd = extract_state_dict(load_checkpoint_file(state_dict_or_path),
                                         key=key, prefix=prefix)
         inflated, own = checked_inflation(dit_sd, self)
-        from mmsora.utils.checkpoint import fine_tune_tables, say_tables_kept, tables_kept
+        from mmsora.utils.weight_loading import fine_tune_tables, say_tables_kept, tables_kept
         kept = tables_kept(own, dit_sd, fine_tune_tables(self))
         if kept:  # another input size or class count
             say_tables_kept(source or (state_dict_or_path if isinstance(
@@ -435,7 +436,7 @@ def checked_inflation(dit_sd: Mapping, video_model: VideoDiT) -> tuple:
     wrong = [k for k, v in inflated.items() if k in own and own[k].shape != v.shape]
     if wrong:  # else load_state_dict's traceback lists every mismatch
         k = wrong[0]
-        from mmsora.utils.checkpoint import null_row_hint
+        from mmsora.utils.weight_loading import null_row_hint
         if k.startswith('final_layer.'):
             hint = ("; the final layer differs: learn_sigma (and in_channels) must "
                     "match the DiT's")
@@ -508,7 +509,7 @@ def inflate_dit_state_dict(dit_sd: Mapping, video_model: VideoDiT) -> dict:
             f'the DiT has {dit_depth} blocks but the {video_model.block_type} VideoDiT has '
             f'{len(spatial)} spatial blocks; exact inflation needs one per DiT block '
             f'(latte: depth = 2 x DiT depth; stdit: depth = DiT depth)')
-    from mmsora.utils.checkpoint import fine_tune_tables, tables_kept
+    from mmsora.utils.weight_loading import fine_tune_tables, tables_kept
     # another input size or class count at the same width: the video model's own
     # position table (computed) and label table (new classes) stay
     kept = set(tables_kept(sd, dit_sd, fine_tune_tables(video_model)))

@@ -1,0 +1,176 @@
+"""Other projects' flags and config keys (DiT's, SiT's, diffusers', Stable Cascade's,
+Open-Sora's) and what to give mmsora instead: the hints of the tools' argument parser
+(cli.ArgumentParser) and of ``--cfg-options`` (cfg_options.py)."""
+import re
+
+__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'model_config', 'foreign_key_hint']
+
+
+# The reference projects' flags (DiT's and SiT's sample.py / train.py, fast-DiT,
+# Open-Sora, diffusers' pipelines) with a different name here: suggested where the
+# tool has the target.
+FOREIGN_FLAGS = {
+    '--ckpt': '--checkpoint', '--num-sampling-steps': '--steps',
+    '--sampling-method': '--sampler', '--results-dir': '--work-dir',
+    '--global-seed': '--seed', '--resume-from': '--resume', '--ckpt-path': '--checkpoint',
+    '--save-dir': '--out', '--per-proc-batch-size': '--batch-size',
+    '--guidance-scale': '--cfg-scale', '--num-inference-steps': '--steps',
+}
+# tools/train.py's own flag: a hint that needs it is shown on tools/train.py alone (a
+# learning rate or a checkpoint interval means nothing to the sampling tools).
+_TRAIN = '--load-from'
+# SiT's objective (its train.py and sample.py share these flags): the config's
+# model.diffusion (KEY, example, other values, what it is when sampling: True, the one
+# the model was trained with; False, a sampling setting; None, not read).
+_SIT_OBJECTIVE = {
+    '--path-type': ('path', 'Linear', 'GVP, VP', True),
+    '--prediction': ('prediction', 'velocity', 'score, noise', True),
+    '--loss-weight': ('loss_weight', 'velocity', 'likelihood: with prediction=score or '
+                      'noise only', None),
+    '--train-eps': ('train_eps', 'E', '', None),
+    '--sample-eps': ('sample_eps', 'E', '', False),
+}
+
+
+def _sit_objective_hints(key, value, others, sampling):
+    """tools/train.py's hint for SiT's flag of ``model.diffusion.KEY``, then the
+    sampling tools'."""
+    setting = f'--cfg-options model.diffusion.{key}={value}'
+    if sampling is None:
+        return ((_TRAIN, setting + (f' (or {others})' if others else '')),
+                ('--cfg-options', f'nothing (model.diffusion.{key} is read in training alone)'))
+    trained = ': the one the model was trained with' if sampling else ''
+    return ((_TRAIN, setting + (f' (or {others})' if others else '')),
+            ('--cfg-options', setting + (f' (or {others}{trained})' if others else '')))
+
+
+# SiT's sample.py sampler flags (its defaults): options of the sampler here.
+_SIT_SAMPLER_OPTIONS = {
+    '--atol': 'atol=1e-6 rtol=1e-3 (--sampler ode_dopri5)',
+    '--rtol': 'atol=1e-6 rtol=1e-3 (--sampler ode_dopri5)',
+    '--diffusion-form': 'diffusion_form=sigma (--sampler sde_euler or sde_heun)',
+    '--diffusion-norm': 'diffusion_norm=1.0 (--sampler sde_euler or sde_heun)',
+    '--last-step': 'last_step=Mean (or Tweedie, Euler, None: --sampler sde_euler or sde_heun)',
+    '--last-step-size': 'last_step_size=0.04 (--sampler sde_euler or sde_heun)',
+}
+_SIT_LIKELIHOOD = ("model.diffusion.log_likelihood(...) from Python (docs/sit.md, "
+                   "'Log-likelihood (ODE)': no tool computes it)")
+_STAGE_C_ONE_SET = ('mmsora samples Stage C with one --cfg-scale and --steps, Stage B '
+                    'with --cfg-options model.vae.guidance_scale=S model.vae.num_steps=N')
+# Their flags with no one flag here: what to give instead, shown where the tool has
+# the flag named first (a tuple of such pairs: the first whose flag the tool has).
+# Also read for a --cfg-options top-level key of that name (``updates=10``, Stable
+# Cascade's config key): :func:`foreign_key_hint`.
+FOREIGN_HINTS = {
+    '--ckpt': ('--resume', '--resume CKPT (continue) or --load-from CKPT (new run)'),
+    '--ema': ('--no-ema', '--no-ema (EMA weights are the default)'),
+    '--global-batch-size': ('--cfg-options', '--cfg-options global_batch_size=N'),
+    '--epochs': ('--cfg-options', '--cfg-options train_cfg.max_iters=N (iterations: '
+                 'epochs x dataset size / global batch)'),
+    # mmengine averages the logged loss over log_processor.window_size steps (50 in
+    # default_runtime), not over the logger's interval as DiT's --log-every does
+    '--log-every': ('--cfg-options', '--cfg-options default_hooks.logger.interval=N '
+                    'log_processor.window_size=N'),
+    '--global-seed': ('--cfg-options', '--cfg-options randomness.seed=N'),
+    '--num-workers': ('--cfg-options', '--cfg-options train_dataloader.num_workers=N'),
+    # DiT's sample.py --image-size picks the checkpoint's size; a DiT's position table
+    # makes only that one, which --resolution refuses to change
+    '--image-size': (
+        ('--resolution', '--resolution S (a DiT makes only the size it was trained at: '
+                         'give the run or checkpoint of that size)'),
+        ('--cfg-options', '--cfg-options model.denoiser.input_size=S/8 '
+                          'model.latent_shape=[4,S/8,S/8] (latents extracted at --image-size '
+                          'S)')),
+    '--ckpt-every': ('--cfg-options', '--cfg-options default_hooks.checkpoint.interval=N'),
+    '--feature-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
+    '--data-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
+    # (--model NAME of DiT's and SiT's scripts: the config of NAME, model_config)
+    '--model': ('--cfg-options', 'a config (configs/dit/dit_xl2_8xb32_400k_imagenet256.py: '
+                'DiT-XL/2)'),
+    '--vae': ('--cfg-options', '--cfg-options model.vae.pretrained_path=DIR'),
+    '--num-classes': ('--cfg-options', '--cfg-options model.num_classes=N '
+                      'model.denoiser.num_classes=N'),
+    '--tf32': ('--no-tf32', '--no-tf32 (TF32 is on by default)'),
+    # SiT: the objective is the config's, and sampling must use the trained one
+    **{flag: _sit_objective_hints(*setting) for flag, setting in _SIT_OBJECTIVE.items()},
+    **{flag: ('--sampler-options', f'--sampler-options {options}')
+       for flag, options in _SIT_SAMPLER_OPTIONS.items()},
+    '--likelihood': ('--sampler-options', _SIT_LIKELIHOOD),
+    '--reverse': ('--sampler-options', _SIT_LIKELIHOOD),
+    # diffusers' Stable Cascade pipelines (their prior_* arguments are Stage C's)
+    '--prior-guidance-scale': ('--cfg-scale', f'--cfg-scale ({_STAGE_C_ONE_SET})'),
+    '--prior-num-inference-steps': ('--steps', f'--steps ({_STAGE_C_ONE_SET})'),
+    '--negative-prompt': ('--cfg-scale', "--cfg-scale alone (no negative prompts here: "
+                          "guidance pushes away from the denoiser's null caption, Stable "
+                          "Cascade's zeroed one, VideoDiT's learned one)"),
+    '--height': ('--resolution', '--resolution HxW'),
+    '--width': ('--resolution', '--resolution HxW'),
+    '--num-images-per-prompt': ('--num-samples', '--num-samples N (in all: the prompts are '
+                                'cycled to N)'),
+    # Stable Cascade's training config keys (train/train_c.py's yaml), given as flags or
+    # as top-level --cfg-options keys; diffusers' training scripts' flags
+    '--lr': (_TRAIN, '--cfg-options optim_wrapper.optimizer.lr=LR'),
+    '--learning-rate': (_TRAIN, '--cfg-options optim_wrapper.optimizer.lr=LR'),
+    '--batch-size': (_TRAIN, '--cfg-options train_dataloader.batch_size=N (per process) or '
+                     'global_batch_size=N (all processes)'),
+    '--train-batch-size': (_TRAIN, '--cfg-options train_dataloader.batch_size=N (per '
+                           'process)'),
+    '--updates': (_TRAIN, '--cfg-options train_cfg.max_iters=N'),
+    '--max-train-steps': (_TRAIN, '--cfg-options train_cfg.max_iters=N'),
+    '--save-every': (_TRAIN, '--cfg-options default_hooks.checkpoint.interval=N'),
+    '--checkpointing-steps': (_TRAIN, '--cfg-options default_hooks.checkpoint.interval=N'),
+    '--grad-accum-steps': (_TRAIN, '--cfg-options optim_wrapper.accumulative_counts=K'),
+    '--gradient-accumulation-steps': (_TRAIN,
+                                      '--cfg-options optim_wrapper.accumulative_counts=K'),
+    '--mixed-precision': (_TRAIN, '--amp (bf16 where the GPU has it, else fp16)'),
+    '--model-version': (_TRAIN, 'a config under configs/stable_cascade/ (the lite prior, '
+                        'stable_cascade_video_lite_1xb1_100k_clips1024.py, or for the full one '
+                        'its copy with unet=STAGE_C and pretrained_subfolder=prior)'),
+    '--adaptive-loss-weight': (_TRAIN, '--cfg-options model.diffusion.loss_weight=p2 (or none: '
+                               "Stable Cascade's adaptive weight is not implemented)"),
+    '--ema-beta': (_TRAIN, '--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at '
+                   "index I of the config's custom_hooks: mmengine's momentum is 1 - decay)"),
+}
+# Other projects' names of the sampling settings (diffusers' pipelines' arguments, DiT's
+# sample.py's): a sample_cfg key of theirs is taken for ours, not for a close spelling
+# (sample_cfg.guidance_scale was 'did you mean guidance_channels?').
+FOREIGN_KEYS = {'guidance_scale': 'cfg_scale', 'num_inference_steps': 'num_steps',
+                'num_sampling_steps': 'num_steps', 'sampling_method': 'sampler'}
+
+
+def model_config(name):
+    """The config of DiT's / SiT's ``--model NAME`` (``SiT-XL/2``), or None for a name
+    of another kind. SiT's models are DiT's, trained with SiT's objective."""
+    match = re.fullmatch(r'(DiT|SiT)-(S|B|L|XL)/([248])', name or '')
+    if not match:
+        return None
+    family, size, patch = match.groups()
+    dit = f'configs/dit/dit_{size.lower()}{patch}_8xb32_400k_imagenet256.py'
+    if family == 'DiT':
+        return f'a config ({dit}: {name})'
+    sit = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
+    if (size, patch) == ('XL', '2'):
+        return f'a config ({sit}: {name})'
+    return f"a config ({sit} with the model.denoiser of {dit}: {name} is DiT-{size}/{patch} " \
+           "with SiT's objective)"
+
+
+def foreign_key_hint(key: str, value: str = ''):
+    """What to give for another project's setting ``key`` given as a top-level
+    --cfg-options key (Stable Cascade's ``updates``, DiT's ``epochs``): the config
+    entries of its flag's hint, with ``value`` where the hint is one entry alone
+    (``updates=10``: ``set train_cfg.max_iters=10 instead``), or what else to use;
+    None where the tables have no such flag."""
+    flag = '--' + key.replace('_', '-')
+    hints = FOREIGN_HINTS.get(flag, ())
+    pairs = [hints] if hints and isinstance(hints[0], str) else list(hints)
+    texts = [hint for _, hint in pairs]
+    for text in texts:
+        if text.startswith('--cfg-options '):
+            entries = text[len('--cfg-options '):]
+            if value and re.fullmatch(r'[\w.]+=[A-Z]+', entries):  # (one entry, as is)
+                entries = f'{entries.partition("=")[0]}={value}'
+            return f'set {entries} instead'
+    if texts:
+        return f'use {texts[0]}'
+    return f'use {FOREIGN_FLAGS[flag]}' if flag in FOREIGN_FLAGS else None
