@@ -134,7 +134,7 @@ def main(argv=None):
                 tqdm.write(f'skipped {skipped[-1][0]}: {skipped[-1][1]}')
         if n == 0:
             raise UserError(f'no readable picture or clip among {len(items)}: nothing '
-                            f'written ({listed_paths(skipped)})')
+                            f'written ({_listed(skipped)})')
         arr.flush()
         del arr
         if n < len(items):  # drop the unused tail rows of the memory map
@@ -148,7 +148,7 @@ def main(argv=None):
         zip_npy_files(args.out, {'arr_0.npy': npy})
     what = 'picture' if args.images else 'clip'
     print(f'wrote {plural(n, what)} {shape} to {args.out}'
-          + (f'; skipped {len(skipped)} unreadable or too short: {listed_paths(skipped)}'
+          + (f'; skipped {len(skipped)} unreadable or too short: {_listed(skipped)}'
              if skipped else ''))
     if enlarged:  # (upsampled without a word: blurrier than the real set, a worse FID)
         shown = '; '.join(f'{name} ({w}x{h})' for name, w, h in enlarged[:5]) + (
@@ -162,7 +162,7 @@ def main(argv=None):
                  '--frame-stride)'), file=sys.stderr)
 
 
-def listed_paths(skipped, most=5):
+def _listed(skipped, most=5):
     """``name (why); ...`` of the first ``most`` skipped inputs."""
     return '; '.join(f'{name} ({why})' for name, why in skipped[:most]) + (
         ' ...' if len(skipped) > most else '')

@@ -10,7 +10,7 @@ import sys
 from mmsora.utils.cli import UserError, first_line, note
 from mmsora.utils.error_messages import find_registered_class
 
-__all__ = ['load_config', 'shown_path', 'import_custom_modules', 'parse_config_and_preset',
+__all__ = ['load_config', 'import_custom_modules', 'parse_config_and_preset',
            'schedule_left_behind', 'spent_entries', 'listed_paths', 'READ_BESIDE_THE_CLASS']
 
 
@@ -82,7 +82,7 @@ def _folder_given_message(path) -> str:
     return f'{message}: give the config file'
 
 
-def shown_path(path) -> str:
+def _shown_path(path) -> str:
     """``path`` relative to the working directory when it lies below it."""
     relative = osp.relpath(path)
     return osp.normpath(path) if relative.startswith('..') else relative
@@ -115,7 +115,7 @@ def _config_error_message(path, error) -> str:
                  "folder or absolute, e.g. '../mmsora/configs/dit/....py')")
     where = f' (line {line})' if line else ''
     if culprit and osp.abspath(culprit) != osp.abspath(path):
-        return f'cannot load config {path}: its base {shown_path(culprit)}: {text}{where}'
+        return f'cannot load config {path}: its base {_shown_path(culprit)}: {text}{where}'
     return f'cannot load config {path}: {text}{where}'
 
 
@@ -209,14 +209,14 @@ def _error_place(error) -> str:
     frame outside importlib's), or a SyntaxError's own place."""
     import traceback
     if isinstance(error, SyntaxError) and error.filename:
-        return f' ({shown_path(error.filename)}, line {error.lineno})'
+        return f' ({_shown_path(error.filename)}, line {error.lineno})'
     import importlib
     skip = (osp.dirname(importlib.__file__), __file__)
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if not f.filename.startswith(('<', *skip))]
     if not frames:
         return ''
-    return f' ({shown_path(frames[-1].filename)}, line {frames[-1].lineno})'
+    return f' ({_shown_path(frames[-1].filename)}, line {frames[-1].lineno})'
 
 
 def parse_config_and_preset(parser, argv=None, dest: str = 'fsdp',
@@ -313,9 +313,9 @@ def _note_variables_left_in_base(path, cfg) -> None:
             found = [p for p, _ in spent_entries(cfg, key, old)]
             if found:
                 schedule_noted |= any(p.startswith('param_scheduler') for p in found)
-                note(f'{shown_path(path)} sets {key}={new!r}, but {listed_paths(found)} still '
+                note(f'{_shown_path(path)} sets {key}={new!r}, but {listed_paths(found)} still '
                      f'{"holds" if len(found) == 1 else "hold"} the value of {key} in '
-                     f'{shown_path(base_path)} ({old!r}): a base\'s entries took its '
+                     f'{_shown_path(base_path)} ({old!r}): a base\'s entries took its '
                      'variables when it was read; set them in your config too', once=True)
         old_iters = (base.get('train_cfg') or {}).get('max_iters')
         new_iters = (cfg.get('train_cfg') or {}).get('max_iters')
@@ -323,8 +323,8 @@ def _note_variables_left_in_base(path, cfg) -> None:
         if not schedule_noted and base.get('param_scheduler') == cfg.get('param_scheduler'):
             left = schedule_left_behind(cfg, old_iters, new_iters)
             if left:
-                note(f'{shown_path(path)} sets train_cfg.max_iters={new_iters}, but the '
-                     f'schedule of {shown_path(base_path)} still ends at {old_iters}, its '
+                note(f'{_shown_path(path)} sets train_cfg.max_iters={new_iters}, but the '
+                     f'schedule of {_shown_path(base_path)} still ends at {old_iters}, its '
                      f'length; for one that ends with the run set {" ".join(left)} in your '
                      'config too (or a param_scheduler of your own)', once=True)
 
@@ -351,8 +351,8 @@ def _note_type_changes(path, base_path, base, merged, where='') -> None:
             # _delete_=True looks kept too, and is fine)
             kept = [k for k in kept if taken is not None and k not in taken]
             if kept:
-                note(f'{shown_path(path)} changes {where} from {was} (in '
-                     f'{shown_path(base_path)}) to {kind} and keeps the base entry\'s '
+                note(f'{_shown_path(path)} changes {where} from {was} (in '
+                     f'{_shown_path(base_path)}) to {kind} and keeps the base entry\'s '
                      f'{", ".join(kept)}, which {kind} does not take: mmengine merges an '
                      'entry into the base\'s; to start it afresh, give it _delete_=True',
                      once=True)

@@ -157,7 +157,7 @@ def item_name(dataset, index):
     return None
 
 
-def listed_paths(values, most):
+def _listed(values, most):
     """'a, b, c' of the first ``most`` values, with how many there are in all."""
     values = list(values)
     return ', '.join(map(str, values[:most])) + (
@@ -336,7 +336,7 @@ class LossGuardHook(Hook):
         # say their own loss was finite (the rank with the NaNs names its items).
         elsewhere = world > 1 and not self._checked
         if self._indices:
-            return (f'{whose}: items {listed_paths(self._indices, MAX_LISTED)}'
+            return (f'{whose}: items {_listed(self._indices, MAX_LISTED)}'
                     + (' (their inputs are finite)' if self._checked else
                        ' (its loss was finite)' if elsewhere else ''))
         if self._checked:
