@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
+from mmsora.datasets.latent_store import say_damaged
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
 from mmsora.utils.cli import ArgumentParser, UserError, run_cli
 
@@ -94,8 +95,7 @@ def undo_empty_start(created, writer):
 def convert(args, pairs, shape, writer):
     """Write the pending shards; returns how many were written."""
     pending = writer.pending_shards()
-    for name, what, detail in writer.damaged.values():  # (a rerun: found cut short)
-        print(f'{PROG}: {name}: {what} ({detail}): writing it again', flush=True)
+    say_damaged(PROG, writer.damaged)  # (a rerun: found cut short)
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),
               unit='item') as pbar:
         for k in pending:

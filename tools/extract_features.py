@@ -28,7 +28,7 @@ Examples::
 Rerunning the same command after a crash continues with the unfinished shards; what
 is in --out is read before any model loads (a complete store: nothing to do), and a
 rerun with other settings or other source items (a manifest changed since) is refused.
-A rerun checks every finished shard's files against the sizes their .npy headers and
+A rerun checks every finished shard's files once against the sizes their .npy headers and
 the index give (a stat and a header read each, no data): a shard cut short or missing
 (a copy or sync that stopped, a full disk) is encoded again, in a complete store too.
 """
@@ -47,7 +47,7 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          read_store_progress)
+                                          read_store_progress, say_damaged)
 from mmsora.engine.hooks.loss_guard_hook import nonfinite_rows
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
@@ -521,20 +521,6 @@ def nothing_to_do(args, progress):
                 latent_shape=list(progress['header']['latent_shape']))
 
 
-def say_damaged(args, progress, most=20):
-    """One line a finished shard whose files are cut short or missing (rank 0): it is
-    encoded again. Before, a rerun kept it (a complete store: 'nothing to do'), and
-    training met it when it first read it, hours in on a large store."""
-    damaged = list((progress or {}).get('damaged', {}).values())
-    if not damaged or launch_rank() != 0:
-        return
-    for name, what, detail in damaged[:most]:
-        print(f'{PROG}: {name}: {what} ({detail}): encoding it again', flush=True)
-    if len(damaged) > most:
-        print(f'{PROG}: ... and {len(damaged) - most} more damaged shards: encoding them '
-              'again', flush=True)
-
-
 def warn_slow_clips(args, source):
     """Warn once when ``--target-fps`` is above some clips' frame rate: those take every
     frame (stride 1) and run at their own rate. Before, it was silent."""
@@ -742,8 +728,8 @@ def main(argv=None):
     progress, fingerprint = check_out(args, source, meta)
     if progress and progress['complete']:
         return nothing_to_do(args, progress)
-    say_damaged(args, progress)
     if progress and launch_rank() == 0:
+        say_damaged(PROG, progress['damaged'])  # (each is encoded again)
         print(f'{PROG}: resuming: {len(progress["done"])} of '
               f'{plural(progress["num_shards"], "shard")} done at {args.out}', flush=True)
     if progress and 'video_reader' in progress['unchecked']:
@@ -769,7 +755,8 @@ def main(argv=None):
             num_copies=copies, scale_factor=vae.scale_factor, shift_factor=vae.shift_factor,
             vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
             world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim,
-            source_fingerprint=fingerprint)
+            source_fingerprint=fingerprint,  # (the shards check_out found sound: each
+            checked=progress['checked'] if progress else None)  # shard's files read once)
         pending = writer.pending_shards()
         if progress and progress['damaged'] and rank == 0 \
                 and osp.exists(osp.join(args.out, 'index.json')):

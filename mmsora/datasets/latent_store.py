@@ -230,11 +230,23 @@ def damaged_shard(root, shard, header):
     return None
 
 
-def sound_records(root, records, header):
+def record_key(shard):
+    """What the check of a shard's record depends on (its files and item count): the
+    key a record found sound is kept under (``checked``)."""
+    return shard['count'], tuple(shard_files(shard).items())
+
+
+def sound_records(root, records, header, checked=None):
     """``({id: record}, {id: damaged_shard(...)})`` of ``{id: [its records, in the
     order of the store's files]}``: of each shard the last record whose files pass the
     cheap check (an index part written after a repair may differ from an older one),
-    else why the last one fails."""
+    else why the last one fails.
+
+    ``checked`` (a set of :func:`record_key`) holds the records found sound before:
+    they are not checked again, and those found sound now are added. A record found
+    damaged is not kept so: its shard is written again under the same record (by this
+    process or another rank), so it is checked each time."""
+    checked = set() if checked is None else checked
     done, damaged = {}, {}
     for k, recs in records.items():
         tried = []
@@ -242,8 +254,10 @@ def sound_records(root, records, header):
             if rec in tried:
                 continue
             tried.append(rec)
-            found = damaged_shard(root, rec, header)
+            found = (None if record_key(rec) in checked
+                     else damaged_shard(root, rec, header))
             if found is None:
+                checked.add(record_key(rec))
                 done[k] = rec
                 break
             damaged.setdefault(k, found)
@@ -252,26 +266,45 @@ def sound_records(root, records, header):
     return done, damaged
 
 
-# What mends a store with damaged shards (the writer's tools check every shard's files
-# on a rerun and write the damaged ones again). Before: 'extract the store again into a
-# new folder', hours of encoding for one file.
-REPAIR = ('restore it, or rerun the command that wrote the store (the same '
-          'tools/extract_features.py or convert_fastdit_features.py command): it writes '
-          'the damaged shards again')
+def repair_advice(root, index):
+    """What mends the store at ``root`` (its ``index``) with a damaged shard file, found
+    so when the store opens or when the file is read: the tool that wrote it checks
+    every shard's files on a rerun and writes the damaged ones again. Before: 'extract
+    the store again into a new folder', hours of encoding for one file."""
+    tool = ('tools/convert_fastdit_features.py' if str(index.get('vae', ''))
+            .startswith('fast-DiT features') else 'tools/extract_features.py')
+    return (f'rerun the {tool} command that wrote {root!r} (the same command): it checks '
+            'every shard and writes the damaged ones again (or restore the files)')
 
 
-def _load_shard_file(path, mmap_mode):
-    """``np.load`` of a store file, its failures named with the file (numpy says
-    'mmap length is greater than file size', or 'This file contains pickled (object)
-    data' for bytes that are not an .npy)."""
+def say_damaged(prog, damaged, most=20):
+    """Print what a rerun of the tool ``prog`` does with the finished shards whose
+    files are cut short or missing (``{id: (file name, what, detail)}``, as
+    :func:`read_store_progress` and :attr:`LatentStoreWriter.damaged` give them): a
+    line each, the first ``most`` of them, then how many more. Before, a rerun kept
+    them (a complete store: 'nothing to do'), and training met them when it first read
+    them, hours in on a large store."""
+    for k in sorted(damaged)[:most]:
+        name, what, detail = damaged[k]
+        print(f'{prog}: {name}: {what} ({detail}): encoding it again', flush=True)
+    if len(damaged) > most:
+        print(f'{prog}: ... and {len(damaged) - most} more damaged shards: encoding them '
+              'again', flush=True)
+
+
+def _load_shard_file(path, mmap_mode, repair):
+    """``np.load`` of a store file, its failures named with the file and what mends it
+    (``repair``: :func:`repair_advice`). numpy says 'mmap length is greater than file
+    size', or 'This file contains pickled (object) data' for bytes that are not an
+    .npy."""
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except FileNotFoundError:
-        raise FileNotFoundError(f'latent store file missing: {path!r} ({REPAIR})') \
+        raise FileNotFoundError(f'latent store file missing: {path!r}; {repair}') \
             from None
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
-                         f'damaged ({first_line(e)}); {REPAIR}') from None
+                         f'damaged ({first_line(e)}); {repair}') from None
 
 
 def _other_settings(root, path, key, theirs, ours):
@@ -348,11 +381,13 @@ def read_store_progress(root, settings, meta=None):
     (the recorded one), ``done`` (sorted ids of the finished shards), ``shards`` (their
     records, in that order), ``num_shards``, ``num_items`` and ``num_skipped`` (in the
     finished shards), ``complete`` (index.json says every shard is there:
-    :meth:`LatentStoreWriter.finalize` has nothing to add) and ``unchecked`` (sorted
+    :meth:`LatentStoreWriter.finalize` has nothing to add), ``unchecked`` (sorted
     keys of ``meta`` in :data:`LATER_META_KEYS` that a file written before they were
-    recorded lacks: its shards may hold any value) and ``damaged`` (``{id: (file name,
+    recorded lacks: its shards may hold any value), ``damaged`` (``{id: (file name,
     what, detail)}`` of the recorded shards whose files :func:`check_file` finds wrong:
-    they are not in ``done``, so a writer writes them again).
+    they are not in ``done``, so a writer writes them again) and ``checked`` (the
+    :func:`record_key` of each record whose files passed: a writer given them,
+    ``LatentStoreWriter(checked=...)``, does not check those files again).
 
     Every index and part is checked as :func:`check_recorded` does (the same refusals a
     writer gives), so each torchrun rank, reading them before any rank writes, decides
@@ -360,7 +395,7 @@ def read_store_progress(root, settings, meta=None):
     paths = _store_files(root)
     if not paths:
         return None
-    records, header, indexed, unchecked = {}, None, False, set()
+    records, header, indexed, unchecked, checked = {}, None, False, set(), set()
     for path in paths:
         data = _read_json(path)
         check_recorded(root, data, path, settings, meta)
@@ -372,13 +407,14 @@ def read_store_progress(root, settings, meta=None):
             indexed = bool(data.get('complete'))
         for shard in data['shards']:
             records.setdefault(int(shard['id']), []).append(shard)
-    done, damaged = sound_records(root, records, header)
+    done, damaged = sound_records(root, records, header, checked)
     return dict(header=header, done=sorted(done), shards=[done[k] for k in sorted(done)],
                 num_shards=header['num_shards'],
                 num_items=sum(s['count'] for s in done.values()),
                 num_skipped=sum(len(s['skipped']) for s in done.values()),
                 complete=indexed and len(done) == header['num_shards'],
-                unchecked=sorted(unchecked), damaged=dict(sorted(damaged.items())))
+                unchecked=sorted(unchecked), damaged=dict(sorted(damaged.items())),
+                checked=checked)
 
 
 class LatentStoreWriter:
@@ -413,12 +449,16 @@ class LatentStoreWriter:
             other ones of the same number is refused (:class:`SourceChangedError`).
             Checked only where both this writer and the store have one. Defaults to
             None.
+        checked (set, optional): :func:`read_store_progress`'s ``checked``: the
+            records whose files it found sound, not checked again (an extraction rerun
+            read every finished shard's files there, then here). Defaults to None.
     """
 
     def __init__(self, root, num_source_items, latent_shape, dtype='float16',
                  content='moments', num_copies=1, scale_factor=0.18215, shift_factor=0.0,
                  vae='', shard_size=4096, rank=0, world_size=1, meta=None,
-                 text_shape=None, pooled_dim=None, source_fingerprint=None):
+                 text_shape=None, pooled_dim=None, source_fingerprint=None,
+                 checked=None):
         if dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {dtype!r}')
         if content not in CONTENTS:
@@ -455,6 +495,7 @@ class LatentStoreWriter:
         # id, even if they are not ours under the current world size).
         self.own = {}
         self.damaged = {}  # {id: damaged_shard(...)}: what done_shards() found
+        self.checked = set(checked or ())  # record_key() of the records found sound
         if osp.exists(self.part_path):
             part = _read_json(self.part_path)
             self._check_header(part, self.part_path)
@@ -475,7 +516,9 @@ class LatentStoreWriter:
         A recorded shard whose files are cut short or missing (:func:`damaged_shard`:
         a stat and a header read a file) is not finished: it is pending again, and
         :meth:`finalize` leaves it out (the store is incomplete until it is written
-        again). Before, a rerun kept it, and training met it hours in."""
+        again). Before, a rerun kept it, and training met it hours in. A record found
+        sound once (here or in ``checked``) is not checked again: a rerun read every
+        finished shard's files for its pending shards and again for its index."""
         records = {}
         for path in _store_files(self.root):
             info = self.own if path == self.part_path else None
@@ -485,7 +528,8 @@ class LatentStoreWriter:
                 info = {int(s['id']): s for s in data['shards']}
             for k, shard in info.items():
                 records.setdefault(k, []).append(shard)
-        done, self.damaged = sound_records(self.root, records, self.header)
+        done, self.damaged = sound_records(self.root, records, self.header,
+                                           self.checked)
         return done
 
     def shard_range(self, shard_id):
@@ -662,6 +706,7 @@ class LatentStore:
         self.latent_shape = tuple(index['latent_shape'])
         self.scale_factor = index['scale_factor']
         self.shards = [s for s in index['shards'] if s['count'] > 0]
+        self.repair = repair_advice(root, index)  # (what mends a damaged file)
         self._check_files()
         counts = np.array([s['count'] for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -681,24 +726,19 @@ class LatentStore:
             return
         name, what, detail = damaged[0]
         path = osp.join(self.root, name)
-        tool = ('tools/convert_fastdit_features.py' if str(self.index.get('vae', ''))
-                .startswith('fast-DiT features') else 'tools/extract_features.py')
         others = (f'; {len(damaged)} of {len(self.shards)} shards are damaged: '
                   + ', '.join(f[0] for f in damaged[:10]) + (' ...' if len(damaged) > 10
                                                              else '')
                   if len(damaged) > 1 else '')
-        advice = (f'rerun the {tool} command that wrote {self.root!r} (the same '
-                  'command): it checks every shard and writes the damaged ones again '
-                  '(or restore the files)')
         if what == 'missing':
             raise FileNotFoundError(f'latent store file missing: {path!r}{others}; '
-                                    f'{advice}')
+                                    f'{self.repair}')
         raise ValueError(f'cannot read latent store file {path!r}: it is truncated or '
-                         f'damaged ({what}: {detail}){others}; {advice}')
+                         f'damaged ({what}: {detail}){others}; {self.repair}')
 
     def _load_labels(self, shard):
         path = osp.join(self.root, shard['labels_file'])
-        labels = _load_shard_file(path, mmap_mode=None)
+        labels = _load_shard_file(path, None, self.repair)
         if labels.shape != (shard['count'],):
             raise ValueError(f'{path!r} has shape {labels.shape}, index says '
                              f'({shard["count"]},)')
@@ -713,7 +753,7 @@ class LatentStore:
         if arr is None:
             shard = self.shards[i]
             path = osp.join(self.root, shard['text_files'][field] if field else shard['file'])
-            arr = _load_shard_file(path, mmap_mode='r')
+            arr = _load_shard_file(path, 'r', self.repair)
             if arr.shape[0] != shard['count']:
                 raise ValueError(f'{path!r} holds {arr.shape[0]} items, index says '
                                  f'{shard["count"]}')
