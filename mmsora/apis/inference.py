@@ -17,18 +17,65 @@ from mmsora.utils.cli import note
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
            'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
-           'check_label_ids']
+           'check_label_ids', 'check_label_range']
+
+
+def check_label_range(labels, num_classes: Optional[int], where: str, *, null=(),
+                      error=None, explain=None) -> None:
+    """The rule for class labels, for every place that takes them (``--labels``, a
+    training batch, a latent store): whole numbers in ``[0, num_classes)``.
+
+    Refused labels are named in one line: ``{where} [5] out of range: the model has 3
+    classes``, or ``{where} [1.5] are not class ids (whole numbers): ...`` (1.5 was
+    read as class 1).
+
+    Args:
+        labels: The labels: a sequence, a numpy array or a tensor.
+        num_classes: The model's classes; None (unknown): nothing is checked.
+        where: What the message names them by: ``'--labels'``, ``"the batch's
+            labels"``, ``"ROOT: the store's labels"``.
+        null: Labels the place also takes: -1 ("no label") in a one-class model's
+            batches and stores, which the model reads as class 0. ``--labels`` names
+            classes to sample, and takes none (DiT's null label ``num_classes`` is the
+            denoiser's own, for dropped labels and guidance: no place gives it).
+        error: The exception raised; :class:`~mmsora.utils.cli.UserError` when None
+            (the model raises ValueError).
+        explain: ``explain(sentence, bad)`` gives the message for labels out of range
+            from the sentence above and the sorted labels at fault, where a place has
+            a fix to add (the config change to make).
+    """
+    if num_classes is None:
+        return
+    if error is None:
+        from mmsora.utils.cli import UserError as error
+    if torch.is_tensor(labels):
+        labels = labels.detach().cpu().numpy()
+    values = np.asarray(labels).reshape(-1)
+    classes = f'the model has {num_classes} class{"es" * (num_classes != 1)}'
+    if values.dtype.kind == 'f':
+        not_whole = values[~(np.isfinite(values) & (values == np.round(values)))]
+    else:
+        not_whole = values[:0] if values.dtype.kind in 'iu' else values
+    if len(not_whole):
+        raise error(f'{where} {_some(not_whole)} are not class ids (whole numbers): {classes}')
+    bad = values[((values < 0) | (values >= num_classes)) & ~np.isin(values, list(null))]
+    if len(bad):
+        bad = sorted(int(y) for y in np.unique(bad))
+        sentence = f'{where} {_some(bad)} out of range: {classes}'
+        raise error(explain(sentence, bad) if explain is not None else sentence)
+
+
+def _some(values, most=8) -> str:
+    """The first ``most`` distinct values, as a list (a store holds millions)."""
+    values = [v.item() if hasattr(v, 'item') else v for v in dict.fromkeys(values)]
+    return str(values[:most])[:-1] + ', ...]' if len(values) > most else str(values)
 
 
 def check_label_ids(labels, num_classes: Optional[int]) -> None:
     """Refuse class ids a model of ``num_classes`` classes has no row for, in one line
     naming the option (tools/infer.py's and text2video's ``--labels``); None: the
     model's classes unknown, nothing checked."""
-    from mmsora.utils.cli import UserError
-    bad = [y for y in labels if num_classes is not None and not 0 <= y < num_classes]
-    if bad:
-        raise UserError(f'--labels {bad} out of range: the model has {num_classes} '
-                        f'class{"es" * (num_classes != 1)}')
+    check_label_range(labels, num_classes, '--labels')
 
 
 def find_run(path):

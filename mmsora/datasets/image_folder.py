@@ -110,16 +110,14 @@ class ImageFolderDataset(WorkerRNGMixin, Dataset):
     horizontal flip from the per-process generator).
 
     Args:
-        data_root (str): Prefix of ``data_prefix``.
-        data_prefix (str): Tree root relative to ``data_root``. Defaults to ''.
+        data_root (str): The tree's root folder (``data_root/class_name/*.png``).
         image_size (int): Output side. Defaults to 256.
         random_flip (bool): Flip horizontally with probability 0.5. Defaults to True.
         seed (int, optional): Seed of the flips; None draws one from torch's global RNG.
     """
 
-    def __init__(self, data_root, data_prefix='', image_size=256, random_flip=True,
-                 seed=None):
-        self.root = osp.join(data_root, data_prefix)
+    def __init__(self, data_root, image_size=256, random_flip=True, seed=None):
+        self.root = data_root
         self.classes, self.samples = scan_image_folder(self.root)
         self.metainfo = dict(classes=self.classes)
         self.image_size = image_size

@@ -177,37 +177,42 @@ def check_store_scale(cfg, index, index_file) -> None:
 
 
 def check_store_labels(cfg, index, root) -> None:
-    """A class-conditional model's ``num_classes`` against the store's labels."""
+    """A class-conditional model's ``num_classes`` against the store's labels (the rule
+    of ``--labels`` and of a batch: ``check_label_range``; a one-class model's store
+    may hold -1, a row without a label)."""
     classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
     if not isinstance(classes, int):
         return
     import numpy as np
-    low = high = None
+    shards = []
     for shard in index.get('shards') or []:
         try:
-            labels = np.load(osp.join(root, shard['labels_file']))
+            shards.append(np.load(osp.join(root, shard['labels_file'])).reshape(-1))
         except (KeyError, OSError, ValueError):
             return  # the dataset says what is wrong with it
-        if labels.size:
-            low = int(labels.min()) if low is None else min(low, int(labels.min()))
-            high = int(labels.max()) if high is None else max(high, int(labels.max()))
-    if low is None:
+    labels = np.concatenate(shards) if shards else np.zeros(0, np.int64)
+    if not labels.size:
         return
-    if classes == 1:  # unconditional: -1 ("no label") is class 0
-        low = max(low, 0)
-    if low < 0:  # (the denoiser's label table is set alike, or the model refuses it)
-        denoiser = cfg.model.get('denoiser') or {}
-        both = ' model.denoiser.num_classes=1' if 'num_classes' in denoiser else ''
-        raise UserError(f'{root}: the store holds label {low} (a manifest row without a '
-                        'label is -1): add a label column to the manifest, or set '
-                        f'model.num_classes=1{both} for an unconditional model')
-    if high >= classes:
+
+    def explain(sentence, bad):
+        if bad[0] == -1:  # (the denoiser's label table is set alike, or the model refuses it)
+            denoiser = cfg.model.get('denoiser') or {}
+            both = ' model.denoiser.num_classes=1' if 'num_classes' in denoiser else ''
+            return (f'{root}: the store holds label -1 (a manifest row without a label is '
+                    '-1): add a label column to the manifest, or set model.num_classes=1'
+                    f'{both} for an unconditional model')
+        if bad[0] < 0:
+            return sentence  # (not a manifest's: something else wrote the store)
+        high = bad[-1]
         takes = ('an unconditional model: label 0, or -1' if classes == 1 else
                  f'labels 0 to {classes - 1}')
-        raise UserError(f'{root}: the store\'s labels go up to {high} but '
-                        f'model.num_classes={classes} ({takes}): set '
-                        f'model.num_classes={high + 1} and model.denoiser.num_classes='
-                        f'{high + 1}')
+        return (f'{root}: the store\'s labels go up to {high} but model.num_classes='
+                f'{classes} ({takes}): set model.num_classes={high + 1} and '
+                f'model.denoiser.num_classes={high + 1}')
+    from mmsora.apis.inference import check_label_range
+    check_label_range(labels, classes, f"{root}: the store's labels",
+                      null=(-1,) if classes == 1 else (), explain=explain)
+    high = int(labels.max())
     if classes > 1 and high + 1 <= classes // 2 and len(store_roots(cfg)) == 1:
         # (a 2-class store on the 101-class UCF config trained without a word; the
         # stores of a dataset of several are not counted together here)

@@ -355,7 +355,6 @@ class LatentDiffusion(BaseModel):
                                                  pooled_text_embeds)
             else:
                 labels = self._unconditional_labels(labels, x)
-                self._check_labels(labels)
                 model_kwargs = dict(y=labels)
             terms = self.diffusion.loss(self.denoiser_in_weight_dtype(), x,
                                         model_kwargs=model_kwargs)
@@ -504,28 +503,35 @@ class LatentDiffusion(BaseModel):
                 'or the model size in the config')
 
     def _unconditional_labels(self, labels, x):
-        """A one-class model is unconditional: no label or -1 ("none") means class 0.
-        Labels given as a list (DiT-style calls) become a tensor on ``x``'s device."""
+        """A batch's labels, checked (:meth:`_check_labels`). A one-class model is
+        unconditional: no label or -1 ("none") means class 0. Labels given as a list
+        (DiT-style calls) become a tensor on ``x``'s device."""
         if labels is not None and not torch.is_tensor(labels):
-            labels = torch.as_tensor(labels, dtype=torch.long, device=x.device)
-        if self.num_classes != 1:
-            return labels
-        if labels is None:
+            labels = torch.as_tensor(labels, device=x.device)  # (1.5 is refused, not cut)
+        if self.num_classes == 1 and labels is None:
             return torch.zeros(len(x), dtype=torch.long, device=x.device)
-        return labels.clamp(min=0)
+        self._check_labels(labels, null=(-1,) if self.num_classes == 1 else ())
+        labels = labels.long()
+        return labels.clamp(min=0) if self.num_classes == 1 else labels
 
-    def _check_labels(self, labels):
+    def _check_labels(self, labels, where="the batch's labels", null=()):
+        """Refuse labels the model has no class for, as the ``--labels`` option and a
+        latent store are refused (one rule: ``check_label_range``)."""
         if labels is None:
             raise ValueError('the batch has no `labels`; class-conditional models need them')
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+        from mmsora.apis.inference import check_label_range
+
+        def explain(sentence, bad):
             both = (' model.denoiser.num_classes=1' if self._denoiser_classes() is not None
                     else '')  # (set alike, or _check_parts_agree refuses it)
             hint = (' (label -1 marks a manifest row without a label: add a label column, '
                     f'or set model.num_classes=1{both} for an unconditional model)'
-                    if int(labels.min()) == -1 else '')
-            raise ValueError(
-                f'labels must lie in [0, {self.num_classes}); got min {int(labels.min())} '
-                f'max {int(labels.max())} (model.num_classes={self.num_classes}){hint}')
+                    if bad[0] == -1 else '')
+            return (f'{sentence} (model.num_classes={self.num_classes}: labels must lie '
+                    f'in [0, {self.num_classes}), got min {int(labels.min())} max '
+                    f'{int(labels.max())}){hint}')
+        check_label_range(labels, self.num_classes, where, null=null, error=ValueError,
+                          explain=explain)
 
     # ------------------------------------------------------------------ #
     #                               Sampling                             #
@@ -712,9 +718,9 @@ class LatentDiffusion(BaseModel):
         if not self.text_conditioned:
             if labels is None:
                 raise ValueError('this model is class-conditional: give labels')
-            labels = torch.as_tensor(labels, dtype=torch.long, device=device).reshape(-1)
-            self._check_labels(labels)
-            return dict(y=labels)
+            labels = torch.as_tensor(labels, device=device).reshape(-1)
+            self._check_labels(labels, 'labels')  # (1.5 is refused, not cut to class 1)
+            return dict(y=labels.long())
         if prompts is not None:
             if isinstance(prompts, str):
                 prompts = [prompts]
