@@ -1,5 +1,6 @@
 """Hooks that tests register on a Runner to see what it holds at a given moment, or
-what it ran (in-process, or through a config in the processes a launcher starts)."""
+what it ran (in-process, or through a config in the processes a launcher starts), and
+one that signals the run at a given iteration."""
 import json
 import os
 import os.path as osp
@@ -9,7 +10,8 @@ from mmengine.hooks import Hook
 
 from mmsora.registry import HOOKS
 
-__all__ = ['StateAtTrainStart', 'BlockRuns', 'probed_config', 'block_runs']
+__all__ = ['StateAtTrainStart', 'BlockRuns', 'probed_config', 'block_runs', 'SignalAt',
+           'signalled_train']
 
 
 class StateAtTrainStart(Hook):
@@ -93,3 +95,43 @@ def block_runs(work_dir, processes) -> list:
         with open(osp.join(str(work_dir), f'block_runs.{rank}.json')) as f:
             counts.append(json.load(f))
     return counts
+
+
+class SignalAt(Hook):
+    """Send ``signum`` to this process at the end of iteration ``at`` (1-based), as
+    the iteration's own hooks run (an evaluation, say)."""
+
+    priority = 'LOWEST'
+
+    def __init__(self, at, signum):
+        self.at, self.signum = at, signum
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def signalled_train(repo_root, work_dir, max_iters, at, signum, *options):
+    """Train the shrunk demo (:func:`tests.tiny_models.tiny_cfg`, ``options`` its extra
+    --cfg-options) in this process under ``stop_gracefully``, as tools/train.py does,
+    with ``signum`` sent at iteration ``at``.
+
+    Returns:
+        (the runner, the :class:`~mmsora.utils.cli.Interrupted` the run stopped with);
+        fails unless it stopped so.
+    """
+    import pytest
+    from mmengine.runner import Runner
+
+    from mmsora.engine.graceful_stop import stop_gracefully
+    from mmsora.utils.cli import Interrupted
+    from tests.tiny_models import tiny_cfg
+    runner = Runner.from_cfg(tiny_cfg(repo_root, work_dir, max_iters, *options))
+    runner.register_hook(SignalAt(at, signum))
+    restore = stop_gracefully(runner)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            runner.train()
+    finally:
+        restore()
+    return runner, stopped.value

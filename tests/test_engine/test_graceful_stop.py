@@ -3,49 +3,20 @@ the run after it (SIGTERM with that iteration saved), at the end of an accumulat
 step, and never in the middle of a last iteration. The tools' side (exit codes, the
 line printed, two processes under torchrun) is in
 tests/test_tools/test_train_infer_cli.py."""
-import os
 import signal
 
-import pytest
 import torch
-from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmsora.engine.graceful_stop import stop_gracefully
-from mmsora.utils.cli import Interrupted
+from tests.runner_probes import SignalAt, signalled_train
 from tests.tiny_models import tiny_cfg
-
-
-class _SignalAt(Hook):
-    """Send ``signum`` to this process at the end of iteration ``at`` (1-based), as
-    the iteration's own hooks run (an evaluation, say)."""
-
-    priority = 'LOWEST'
-
-    def __init__(self, at, signum):
-        self.at, self.signum = at, signum
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 == self.at:
-            os.kill(os.getpid(), self.signum)
-
-
-def _run(repo_root, tmp_path, max_iters, at, signum, *options):
-    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, max_iters, *options))
-    runner.register_hook(_SignalAt(at, signum))
-    restore = stop_gracefully(runner)
-    try:
-        with pytest.raises(Interrupted) as stopped:
-            runner.train()
-    finally:
-        restore()
-    return runner, stopped.value
 
 
 def test_sigterm_saves_the_iteration_under_way(repo_root, tmp_path, capfd):
     former = signal.getsignal(signal.SIGTERM)
-    runner, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGTERM,
-                           'default_hooks.checkpoint.interval=1000')
+    runner, stopped = signalled_train(repo_root, tmp_path, 10, 3, signal.SIGTERM,
+                                      'default_hooks.checkpoint.interval=1000')
     assert signal.getsignal(signal.SIGTERM) is former  # put back
     assert not [h for h in runner.hooks if type(h).__name__ == 'GracefulStopHook']
     assert stopped.exit_code == 143
@@ -61,8 +32,8 @@ def test_sigterm_saves_the_iteration_under_way(repo_root, tmp_path, capfd):
 
 def test_ctrl_c_saves_only_a_due_checkpoint(repo_root, tmp_path):
     former = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGINT,
-                      'default_hooks.checkpoint.interval=2')
+    _, stopped = signalled_train(repo_root, tmp_path, 10, 3, signal.SIGINT,
+                                 'default_hooks.checkpoint.interval=2')
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == former
     assert stopped.exit_code == 130
     assert str(stopped).startswith(f'after iteration 3; the last checkpoint is '
@@ -73,9 +44,9 @@ def test_ctrl_c_saves_only_a_due_checkpoint(repo_root, tmp_path):
 def test_an_accumulated_step_is_finished_first(repo_root, tmp_path):
     """Stopping inside a step of 2 micro-batches would save a checkpoint a resume
     cannot continue exactly from (the accumulated gradients are not saved)."""
-    _, stopped = _run(repo_root, tmp_path, 10, 3, signal.SIGTERM,
-                      'optim_wrapper.accumulative_counts=2',
-                      'default_hooks.checkpoint.interval=1000')
+    _, stopped = signalled_train(repo_root, tmp_path, 10, 3, signal.SIGTERM,
+                                 'optim_wrapper.accumulative_counts=2',
+                                 'default_hooks.checkpoint.interval=1000')
     assert str(stopped).startswith('by SIGTERM after iteration 4; the last checkpoint is '
                                    f'{tmp_path}/iter_4.pth')
 
@@ -83,7 +54,7 @@ def test_an_accumulated_step_is_finished_first(repo_root, tmp_path):
 def test_a_signal_in_the_last_iteration_lets_the_run_end(repo_root, tmp_path):
     runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 3,
                                       'default_hooks.checkpoint.interval=1000'))
-    runner.register_hook(_SignalAt(3, signal.SIGTERM))
+    runner.register_hook(SignalAt(3, signal.SIGTERM))
     restore = stop_gracefully(runner)
     try:
         runner.train()  # no Interrupted: the run was complete

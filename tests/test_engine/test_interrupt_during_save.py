@@ -15,6 +15,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
+from tests.runner_probes import signalled_train
 from tests.tiny_models import tiny_cfg
 
 
@@ -110,21 +111,9 @@ def test_an_error_in_an_iterations_hooks_counts_the_iteration(repo_root, tmp_pat
 
 def test_ctrl_c_names_the_iterations_not_saved(repo_root, tmp_path):
     """The first Ctrl-C stops after the iteration (3), whose checkpoint was not due."""
-    class CtrlCAt3(Hook):
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            if runner.iter + 1 == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 10,
-                                      'default_hooks.checkpoint.interval=2'))
-    runner.register_hook(CtrlCAt3())
-    restore = stop_gracefully(runner)
-    try:
-        with pytest.raises(KeyboardInterrupt) as stopped:
-            runner.train()
-    finally:
-        restore()
-    assert str(stopped.value) == (
+    _, stopped = signalled_train(repo_root, tmp_path, 10, 3, signal.SIGINT,
+                                 'default_hooks.checkpoint.interval=2')
+    assert str(stopped) == (
         f'after iteration 3; the last checkpoint is {tmp_path}/iter_2.pth (iteration 3 '
         'is not in it; SIGTERM saves the iteration it stops at): continue with --resume '
         f'(--work-dir {tmp_path})')

@@ -7,7 +7,7 @@ import re
 import sys
 
 from tests.launch import run_tool
-from tests.test_tools.test_train_infer_cli import DEMO, TINY
+from tests.tiny_models import DEMO, TINY_TRAIN
 
 # A user's hook (custom_imports, as an OpenMMLab user adds one) that fails as a
 # collective does when another process has died.
@@ -39,7 +39,7 @@ def crashed_run(repo_root, tmp_path, at):
                       f"custom_hooks = [dict(type='PeerDies', at={at})]\n")
     work = tmp_path / 'w'
     result = run_tool([sys.executable, 'tools/train.py', str(config), '--work-dir', str(work),
-                       '--cfg-options', *TINY, 'train_cfg.max_iters=20',
+                       '--cfg-options', *TINY_TRAIN, 'train_cfg.max_iters=20',
                        'default_hooks.checkpoint.interval=2'],
                       repo_root, timeout=300, PYTHONPATH=f'{tmp_path}:{repo_root}')
     assert result.returncode == 1, result.stderr[-3000:]

@@ -10,14 +10,12 @@ from PIL import Image
 
 from tests.cli_helpers import error_line
 from tests.launch import free_port, run_tool
+from tests.tiny_models import DEMO, TINY_TRAIN
 
-DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
-TINY = [
-    'model.denoiser.hidden_size=32', 'model.denoiser.depth=2', 'model.denoiser.num_heads=2',
-    'model.denoiser.input_size=8', 'model.latent_shape=[3,8,8]',
-    'train_dataloader.dataset.size=8', 'train_dataloader.dataset.num_samples=32',
-    'train_dataloader.batch_size=4', 'param_scheduler=[]',
-]
+# The shrunk demo of the training tests (TINY_TRAIN) with half its batch and samples:
+# the two processes of the torchrun tests train on its batch of 8 together.
+TINY = [*TINY_TRAIN, 'train_dataloader.dataset.num_samples=32',
+        'train_dataloader.batch_size=4']
 
 
 def run(args, repo_root, timeout=300, **env):
@@ -30,7 +28,8 @@ def train(repo_root, *args, timeout=300):
 
 @pytest.mark.parametrize('args, expected', [
     (['configs/nope.py'], 'config file not found: configs/nope.py'),
-    ([DEMO, '--cfg-options', 'train_cfg.max_iters'], "malformed --cfg-options entry 'train_cfg.max_iters'"),
+    ([DEMO, '--cfg-options', 'train_cfg.max_iters'],
+     "malformed --cfg-options entry 'train_cfg.max_iters'"),
     ([DEMO, '--cfg-options', 'model.denoiser.type=DiTT'], "unknown type 'DiTT'.*did you mean DiT"),
     ([DEMO, '--cfg-options', 'train_dataloader.dataset.type=SyntheticShapeDataset'],
      "unknown type 'SyntheticShapeDataset'.*SyntheticShapesDataset"),
@@ -294,7 +293,8 @@ def test_corrupt_npy_in_a_worker_is_named(repo_root, tmp_path):
         "train_dataloader = dict(num_workers=2, batch_size=8, dataset=dict(_delete_=True, "
         f"type='NpyLatentDataset', features_dir='{feats}', labels_dir='{labels}'))\n")
     result = train(repo_root, str(config), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
-                   *[o for o in TINY if 'dataset' not in o], 'model.denoiser.in_channels=4', 'model.latent_shape=[4,8,8]',
+                   *[o for o in TINY if 'dataset' not in o], 'model.denoiser.in_channels=4',
+                   'model.latent_shape=[4,8,8]',
                    'train_dataloader.batch_size=8', 'train_dataloader.num_workers=2')
     line = error_line(result)
     assert '5.npy' in line, line
