@@ -4,6 +4,7 @@ Peebles & Xie 2023).
 """
 import contextlib
 import inspect
+import numbers
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Union
 
@@ -466,6 +467,15 @@ class LatentDiffusion(BaseModel):
                     'the denoiser is text-conditioned but the batch has neither '
                     '`text_embeds` (extract them with tools/extract_features.py '
                     '--text-encoder) nor `caption`s to encode')
+            if isinstance(caption, str):  # (iterated: one caption per letter)
+                if len(x) != 1:
+                    raise ValueError(f'caption is one string for a batch of {len(x)} '
+                                     f'latents: give a list of {len(x)} captions, one per '
+                                     'latent')
+                caption = [caption]
+            if len(caption) != len(x):
+                raise ValueError(f'got {len(caption)} captions for {len(x)} latents: give '
+                                 'one caption per latent')
             embeds, mask, pooled = self.encode_text(caption)
             source = 'from the text encoder'
         if embeds.dim() != 3 or len(embeds) != len(x):
@@ -510,6 +520,14 @@ class LatentDiffusion(BaseModel):
             labels = torch.as_tensor(labels, device=x.device)  # (1.5 is refused, not cut)
         if self.num_classes == 1 and labels is None:
             return torch.zeros(len(x), dtype=torch.long, device=x.device)
+        if labels is not None and tuple(labels.shape) != (len(x),):
+            # (N, 1) failed deep in DiT ('not enough values to unpack'), N + 1 labels
+            # in a size mismatch of its blocks
+            hint = ('; (N, 1)? squeeze them (labels.squeeze(1): a fast-DiT label file '
+                    'holds shape (1,))' if labels.dim() == 2 and labels.shape[1] == 1
+                    else '')
+            raise ValueError(f"the batch's labels must be (N,) = ({len(x)},), one class "
+                             f'id per latent, got shape {tuple(labels.shape)}{hint}')
         self._check_labels(labels, null=(-1,) if self.num_classes == 1 else ())
         labels = labels.long()
         return labels.clamp(min=0) if self.num_classes == 1 else labels
@@ -542,7 +560,7 @@ class LatentDiffusion(BaseModel):
                sampler: Optional[str] = None,
                num_steps: Optional[int] = None,
                cfg_scale: float = 1.0,
-               seeds: Optional[Sequence[int]] = None,
+               seeds: Union[int, Sequence[int], None] = None,
                noise: Optional[torch.Tensor] = None,
                decode: bool = True,
                progress: bool = False,
@@ -566,9 +584,13 @@ class LatentDiffusion(BaseModel):
                 SiT's ``'sde_euler'``).
             num_steps: Number of sampling steps; None: the objective's default.
             cfg_scale: Classifier-free guidance scale; 1 disables guidance.
-            seeds: One seed per sample: sample i's noise (start and stochastic
-                steps) depends on its seed only, not on the batch it is drawn in.
-            noise: Starting noise (N, *latent_shape); overrides ``seeds``.
+            seeds: One seed per sample, or an int ``s`` for ``s, s + 1, ...`` (as
+                :func:`~mmsora.apis.inference.sample_images`): sample i's noise (start
+                and stochastic steps) depends on its seed only, not on the batch it is
+                drawn in.
+            noise: Starting noise (N, *latent_shape), N the labels' or prompts'
+                count; overrides ``seeds`` for the start. float64 noise is cast to
+                float32 for a float32 model (as ``loss`` casts latents).
             decode: Decode through the VAE when the model has one; a VAE whose
                 ``decode`` takes ``pooled`` (Stable Cascade's Stage B) gets the
                 samples' pooled text embeddings, and is checked against the latents'
@@ -601,13 +623,17 @@ class LatentDiffusion(BaseModel):
         cond = self._sample_condition(labels, prompts, text_embeds, text_mask,
                                       pooled_text_embeds, device)
         n = len(cond['y'])
-        if seeds is not None and len(seeds) != n:
-            raise ValueError(f'got {len(seeds)} seeds for {n} samples')
+        if seeds is not None:
+            seeds = _seed_list(seeds, n)
         # One generator per sample: its starting noise and every step's noise depend
         # on its seed only, so a sample does not change with the batch it is in.
         generators = sample_rng.make_generators(seeds) if seeds is not None else None
         if noise is None:
             noise = sample_rng.sampling_noise((n, *self.latent_shape), generators, device)
+        else:
+            noise = self._checked_noise(noise, n, 'labels' if not self.text_conditioned
+                                        else 'prompts' if prompts is not None
+                                        else 'text_embeds', device)
         decode = decode and self.vae is not None
         decode_kwargs = self._decode_text_kwargs(cond) if decode else {}
         if decode:  # before the sampling steps, not after them
@@ -669,6 +695,22 @@ class LatentDiffusion(BaseModel):
                 decode_kwargs['progress'] = progress  # Stable Cascade's Stage B bar
             return self.vae.decode(z, **decode_kwargs)
         return z
+
+    def _checked_noise(self, noise, n, given, device):
+        """``noise`` of ``sample``: refused in one line unless it is ``(n,
+        *latent_shape)``; float64 cast to float32 for a float32 model, as ``loss``
+        casts latents (a float64 model samples float64 noise in float64)."""
+        noise = torch.as_tensor(noise, device=device)
+        # (a torch RuntimeError for another batch, DiT's AssertionError for another
+        # size, 'Input type (double) and bias type (float)' for float64)
+        if tuple(noise.shape) != (n, *self.latent_shape):
+            raise ValueError(f'noise must be (N, *model.latent_shape) = '
+                             f'{(n, *self.latent_shape)} for the {n} samples of the '
+                             f'{given} given, got shape {tuple(noise.shape)}')
+        if noise.dtype == torch.float64 and \
+                next(self.denoiser.parameters()).dtype != torch.float64:
+            noise = noise.float()
+        return noise
 
     def _check_null_label_row(self, cfg_scale):
         """Refuse guidance with a label table (DiT's ``y_embedder``) that has no row for
@@ -754,6 +796,24 @@ def check_sampling_precision(precision) -> None:
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f'precision={precision!r}: sampling precisions are '
                          f'{", ".join(p for p in SAMPLING_PRECISIONS if p)}')
+
+
+def _seed_list(seeds, n: int) -> list:
+    """``sample``'s seeds: one per sample, or an int ``s`` for ``s, s + 1, ...``
+    (as :func:`~mmsora.apis.inference.sample_images` and infer's ``--seed s``)."""
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return list(range(int(seeds), int(seeds) + n))
+    try:
+        if isinstance(seeds, (str, bytes)):
+            raise TypeError
+        seeds = [int(s) for s in seeds]  # (a tensor's or an array's items too)
+    except (TypeError, ValueError):  # ('object of type float has no len()', a traceback)
+        raise ValueError(f'seeds must be one int per sample (or an int s: seeds s, '
+                         f's + 1, ...), got {seeds!r}') from None
+    if len(seeds) != n:
+        raise ValueError(f'got {len(seeds)} seeds for {n} samples: give one seed per '
+                         'sample (or an int s: seeds s, s + 1, ...)')
+    return seeds
 
 
 def _in_precision(fn, precision, device: torch.device):

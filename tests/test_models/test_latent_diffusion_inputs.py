@@ -1,0 +1,134 @@
+"""LatentDiffusion's inputs from Python: badly shaped labels, noise, a lone caption
+string and an int seed are refused (or taken) in one line, not in a traceback deep in
+the denoiser."""
+import re
+
+import pytest
+import torch
+
+from mmsora.registry import MODELS
+
+SHAPE = (4, 8, 8)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    denoiser = dict(type='DiT', input_size=8, patch_size=2, in_channels=4, hidden_size=32,
+                    depth=2, num_heads=2, num_classes=3, learn_sigma=True)
+    model = MODELS.build(dict(type='LatentDiffusion', denoiser=denoiser,
+                              latent_shape=SHAPE, num_classes=3))
+    for p in model.denoiser.parameters():  # (DiT's zero-initialised output layers)
+        if p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def sample(model, labels=(0, 1), **kwargs):
+    return model.sample(list(labels), sampler='ddim', num_steps=2, decode=False, **kwargs)
+
+
+# ----------------------------- (1) labels' shape ----------------------------- #
+def test_labels_of_shape_n_1_are_named_with_the_fix():
+    """A fast-DiT label file holds shape (1,): a dataset returning np.load(label) gave
+    (N, 1) labels, which failed in DiT with 'not enough values to unpack'."""
+    with pytest.raises(ValueError, match=r"^the batch's labels must be \(N,\) = \(2,\), one "
+                                         r'class id per latent, got shape \(2, 1\); \(N, 1\)\? '
+                                         r'squeeze them'):
+        tiny_model().loss(torch.randn(2, *SHAPE), torch.tensor([[0], [1]]))
+
+
+@pytest.mark.parametrize('labels', [[0, 1, 2], [0], 1])
+def test_labels_of_another_count_than_the_latents_are_named(labels):
+    """Three labels for two latents were a size mismatch inside DiT's blocks."""
+    shape = re.escape(str(tuple(torch.as_tensor(labels).shape)))
+    with pytest.raises(ValueError, match=rf"^the batch's labels must be \(N,\) = \(2,\), "
+                                         rf'one class id per latent, got shape {shape}$'):
+        tiny_model().loss(torch.randn(2, *SHAPE), labels)
+
+
+def test_labels_of_shape_n_still_train():
+    out = tiny_model().loss(torch.randn(2, *SHAPE), torch.tensor([0, 2]))
+    assert out['loss'].isfinite()
+
+
+# ------------------------------ (2) sample's noise ----------------------------- #
+def test_noise_of_another_batch_than_the_labels_is_named():
+    with pytest.raises(ValueError, match=r'^noise must be \(N, \*model.latent_shape\) = '
+                                         r'\(2, 4, 8, 8\) for the 2 samples of the labels '
+                                         r'given, got shape \(3, 4, 8, 8\)$'):
+        sample(tiny_model(), noise=torch.randn(3, *SHAPE))
+
+
+def test_noise_of_another_size_than_the_model_is_named():
+    """It was DiT's AssertionError 'input size (16, 16) does not match the model'."""
+    with pytest.raises(ValueError, match=r'^noise must be .* = \(2, 4, 8, 8\) .*got shape '
+                                         r'\(2, 4, 16, 16\)$'):
+        sample(tiny_model(), noise=torch.randn(2, 4, 16, 16))
+
+
+def test_float64_noise_samples_as_its_float32_values():
+    """float64 noise (numpy's default) failed with 'Input type (double) and bias type
+    (float)'; it is cast as ``loss`` casts float64 latents."""
+    model = tiny_model()
+    noise = torch.randn(2, *SHAPE, dtype=torch.float64)
+    ours = sample(model, noise=noise, seeds=[0, 1])
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, sample(model, noise=noise.float(), seeds=[0, 1]),
+                               rtol=0, atol=0)
+
+
+# ----------------------------- (3) a lone caption ------------------------------ #
+def text_model(t5_dir):
+    torch.manual_seed(0)
+    return MODELS.build(dict(
+        type='LatentDiffusion',
+        denoiser=dict(type='VideoDiT', input_size=8, patch_size=2, in_channels=4,
+                      hidden_size=32, depth=2, num_heads=2, learn_sigma=False,
+                      num_frames=2, block_type='stdit', condition='text', text_dim=32,
+                      max_text_len=4, class_dropout_prob=0.1),
+        diffusion=dict(type='GaussianDiffusion', learn_sigma=False),
+        text_encoder=dict(type='HFTextEncoder', pretrained_path=t5_dir, max_length=6),
+        latent_shape=(4, 2, 8, 8)))
+
+
+def test_a_lone_caption_string_for_a_batch_is_named(t5_dir):
+    """The string was iterated, one caption per letter: 'text_embeds must be (N=2, L,
+    D), got shape (10, 16, 32)'."""
+    pytest.importorskip('transformers')
+    model = text_model(t5_dir)
+    with pytest.raises(ValueError, match=r'^caption is one string for a batch of 2 latents: '
+                                         r'give a list of 2 captions, one per latent$'):
+        model.loss(torch.randn(2, 4, 2, 8, 8), caption='a red bike')
+    with pytest.raises(ValueError, match=r'^got 3 captions for 2 latents'):
+        model.loss(torch.randn(2, 4, 2, 8, 8), caption=['a', 'red', 'bike'])
+
+
+def test_a_lone_caption_string_for_one_latent_is_its_caption(t5_dir):
+    pytest.importorskip('transformers')
+    model = text_model(t5_dir)
+    x = torch.randn(1, 4, 2, 8, 8)
+    torch.manual_seed(1)
+    lone = model.loss(x, caption='a red disk')['loss']
+    torch.manual_seed(1)
+    torch.testing.assert_close(lone, model.loss(x, caption=['a red disk'])['loss'])
+
+
+# ------------------------------ (4) an int seed -------------------------------- #
+def test_an_int_seed_is_seeds_s_s_plus_1():
+    """It was 'object of type int has no len()'; sample_images takes an int s as the
+    seeds s, s + 1, ..."""
+    model = tiny_model()
+    torch.testing.assert_close(sample(model, seeds=5), sample(model, seeds=[5, 6]),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('seeds', [1.5, 'ab'])
+def test_seeds_neither_int_nor_one_per_sample_are_named(seeds):
+    with pytest.raises(ValueError, match=r'^seeds must be one int per sample \(or an int s: '
+                                         r'seeds s, s \+ 1, ...\), got '):
+        sample(tiny_model(), seeds=seeds)
+
+
+def test_a_wrong_count_of_seeds_is_named():
+    with pytest.raises(ValueError, match=r'^got 3 seeds for 2 samples: give one seed per'):
+        sample(tiny_model(), seeds=[0, 1, 2])
