@@ -34,13 +34,15 @@ import sys
 
 import torch
 
-from mmsora.utils.trained_settings import check_trained_objective as check_objective
-from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, check_at_least,
                               check_output_path, check_samples_not_finished,
                               check_torchrun_launcher, device_setting, keep_freed_memory_on_cpu,
                               note, run_cli, torchrun_processes)
-from mmsora.utils.config_loading import load_config
+from mmsora.utils.trained_settings import check_trained_objective
+
+# The check of a checkpoint's objective that precheck_args makes (through
+# mmsora.apis.run_checks); tests/test_utils/test_custom_module_checks.py calls it here.
+check_objective = check_trained_objective
 
 
 def parse_args(argv=None):
@@ -187,13 +189,16 @@ def check_args(args, num_classes, video=False, text=False):
 
 def precheck_args(args, prompts=None) -> None:
     """:func:`check_args` from the config alone (whether the model makes clips, its
-    classes), before the weights load: a wrong --out was named only once a large model
-    had loaded. Mistakes in the config itself are left to the model's build."""
-    from mmsora.apis import find_run
+    classes), then the prompts, the sampling settings and the checkpoint's objective,
+    before the weights load: a wrong --out was named only once a large model had
+    loaded. Mistakes in the config itself are left to the model's build. The steps
+    tools/test.py takes too are mmsora.apis.run_checks'."""
+    from mmsora.apis.run_checks import check_run_objective, load_run_config
+    loaded = load_run_config(args.run, args.cfg_options)
+    if loaded is None:  # said where init_model meets it
+        return
+    cfg, saved = loaded
     try:
-        config, saved = find_run(args.run)
-        cfg = load_config(config)
-        apply_cfg_options(cfg, args.cfg_options)
         model = cfg.model
         video = len(model.latent_shape) == 4
         from mmsora.utils.config_keys import text_conditioned_config
@@ -204,10 +209,8 @@ def precheck_args(args, prompts=None) -> None:
     check_args(args, classes if isinstance(classes, int) else None, video, text)
     check_prompts(args, prompts, text)
     check_sampling(args, cfg)
-    if args.checkpoint:
-        check_objective(args.checkpoint, model)
-    elif saved:  # a work dir: its own config, unless --cfg-options changed the objective
-        check_objective(saved, model, f'{args.run}: its checkpoint {saved}')
+    # a work dir: its own config, unless --cfg-options changed the objective
+    check_run_objective(model, args.run, args.checkpoint, saved)
 
 
 def sample_settings(args, defaults) -> dict:
@@ -227,10 +230,11 @@ def sample_settings(args, defaults) -> dict:
 def check_sampling(args, cfg) -> None:
     """--sampler and --sampler-options (over the config's sample_cfg) against the
     config's objective, which alone is built: a wrong sampler name was refused once
-    the weights had loaded (30 s and 5.7 GB for Stable Cascade lite)."""
-    from mmsora.utils.config_keys import check_sample_settings_of
+    the weights had loaded (30 s and 5.7 GB for Stable Cascade lite), and a wrong
+    value of an option or of --steps (DDIM's spacing=evn) still was."""
+    from mmsora.apis.run_checks import check_run_sampling
     # (the sampler's one-line ValueError, as the sampling raised it)
-    check_sample_settings_of(cfg.model, sample_settings(args, cfg.get('sample_cfg', {})))
+    check_run_sampling(cfg.model, sample_settings(args, cfg.get('sample_cfg', {})))
 
 
 def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):

@@ -141,13 +141,12 @@ def check_before_loading(cfg, evaluation) -> None:
     prompts against the kind of model, from the config alone: they were found once
     the weights had loaded and the first batch started (the FID section's DDPM for a
     SiT model, a text model without prompts)."""
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
-    from mmsora.utils.config_keys import check_sample_settings_of, text_conditioned_config
+    from mmsora.apis.run_checks import check_run_sampling
+    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    from mmsora.utils.config_keys import text_conditioned_config
     settings = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
-    for key in NOT_SAMPLE_ARGS:
-        settings.pop(key, None)
     try:
-        check_sample_settings_of(cfg.model, settings)
+        check_run_sampling(cfg.model, settings)
     except ValueError as e:
         raise UserError(f"the evaluation's sampler settings (evaluation.sample_cfg over the "
                         f"config's sample_cfg): {e}; set them with --cfg-options "
@@ -162,37 +161,6 @@ def check_before_loading(cfg, evaluation) -> None:
                             '--cfg-options')
 
 
-def check_trained_objective_of(args, cfg) -> None:
-    """The checkpoint scored (the one after the config, else the work dir's newest)
-    against the config's objective and denoiser, as tools/infer.py checks it."""
-    from mmsora.apis import find_run
-    from mmsora.utils.trained_settings import check_trained_objective
-    if args.checkpoint:
-        check_trained_objective(args.checkpoint, cfg.model,
-                                f'the checkpoint {args.checkpoint}')
-        return
-    try:
-        saved = find_run(args.run)[1]
-    except Exception:  # (said where init_model meets it)
-        return
-    if saved:
-        check_trained_objective(saved, cfg.model, f'{args.run}: its checkpoint {saved}')
-
-
-def precheck_config(args, options):
-    """The run's config with ``options``, as init_model will load it, or None where
-    it does not load (init_model says why)."""
-    from mmsora.apis import find_run
-    from mmsora.utils.cfg_options import apply_cfg_options
-    from mmsora.utils.config_loading import load_config
-    try:
-        cfg = load_config(find_run(args.run)[0])
-        apply_cfg_options(cfg, options, schedule_note=False)
-    except Exception:
-        return None
-    return cfg
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
@@ -205,12 +173,19 @@ def main(argv=None):
     # With --evaluation, the evaluation.* options apply to the section it brings.
     later = [o for o in args.cfg_options if args.evaluation and o.startswith('evaluation.')]
     early = [o for o in args.cfg_options if o not in later]
-    cfg = precheck_config(args, early)  # before minutes of loading weights
-    if cfg is not None:  # (a config without an evaluation section is refused here)
+    from mmsora.apis.run_checks import check_run_objective, load_run_config
+    # from the config alone, before minutes of loading weights (None: it does not load,
+    # init_model says why)
+    loaded = load_run_config(args.run, early, schedule_note=False)
+    if loaded is not None:
+        cfg, saved = loaded
+        # (a config without an evaluation section is refused here)
         check_before_loading(cfg, evaluation_section(args, cfg, later, prompts))
-    if cfg is not None:  # a run of another objective or denoiser (infer.py refused it;
-        # test.py scored it, its outputs misread)
-        check_trained_objective_of(args, cfg)
+        # The checkpoint scored (the one after the config, else the work dir's newest)
+        # against the config's objective and denoiser, as tools/infer.py checks it: a
+        # run of another objective or denoiser was scored, its outputs misread.
+        check_run_objective(cfg.model, args.run, args.checkpoint, saved,
+                            f'the checkpoint {args.checkpoint}')
     from mmengine.dist import is_main_process
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes

@@ -18,6 +18,7 @@ import copy
 import functools
 import inspect
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -805,18 +806,10 @@ class GaussianDiffusion:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        check_sampler_name(sampler, self.samplers(), type(self).__name__)
-        if not 1 <= num_steps <= self.num_timesteps:
-            raise ValueError(f'num_steps must be in [1, {self.num_timesteps}] (the '
-                             f'diffusion has {self.num_timesteps} timesteps), got {num_steps}')
-        check_sampler_options(sampler, sampler_kwargs, self.SAMPLER_OPTIONS.get(sampler, ()))
+        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         model_fn = CountingModel(model_fn)
         if sampler == 'ddim':
             spacing = sampler_kwargs.pop('spacing', 'stride')
-            if spacing not in self.DDIM_SPACINGS:
-                raise ValueError(f"sampler 'ddim' takes spacing='stride' (the DDIM paper's, "
-                                 "from t = 0) or 'even' (DiT's create_diffusion(str(N)), to "
-                                 f't = T - 1), got {spacing!r}')
             spec = f'ddim{num_steps}' if spacing == 'stride' else str(num_steps)
             x = self.respace(spec).ddim_sample_loop(
                 model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
@@ -847,6 +840,37 @@ class GaussianDiffusion:
                                       progress, desc=sampler)
         self.last_nfe = model_fn.nfe
         return x
+
+    def check_sample_options(self, sampler, num_steps=None, **options):
+        """``sampler``, ``num_steps`` and the sampler's options as :meth:`sample` takes
+        them, checked before any model call (and, through ``check_sample_settings``, by
+        tools/infer.py and tools/test.py before the weights load and by tools/train.py
+        in ``sample_cfg``): the name, the steps, the option names, then their values,
+        each a one-line ValueError. A wrong spacing or a step count DDIM's stride does
+        not make was refused only once the weights had loaded; an eta above 1 made NaN
+        samples (the square root of a negative number), a negative one sampled as its
+        opposite, a word was a TypeError. ``num_steps`` None: :meth:`sample`'s default."""
+        check_sampler_name(sampler, self.samplers(), type(self).__name__)
+        if num_steps is None:
+            num_steps = inspect.signature(self.sample).parameters['num_steps'].default
+        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+                and 1 <= num_steps <= self.num_timesteps):
+            raise ValueError(f'num_steps must be in [1, {self.num_timesteps}] (the diffusion '
+                             f'has {self.num_timesteps} timesteps), got {num_steps!r}')
+        check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))
+        if sampler != 'ddim':
+            return
+        spacing = options.get('spacing', 'stride')
+        if spacing not in self.DDIM_SPACINGS:
+            raise ValueError(f"sampler 'ddim' takes spacing='stride' (the DDIM paper's, "
+                             "from t = 0) or 'even' (DiT's create_diffusion(str(N)), to "
+                             f't = T - 1), got {spacing!r}')
+        eta = options.get('eta', 0.0)
+        if not (isinstance(eta, numbers.Real) and not isinstance(eta, bool) and 0 <= eta <= 1):
+            raise ValueError(f"eta={eta!r} is not a number in [0, 1] (DDIM's noise: 0 none, "
+                             "1 DDPM's posterior variance)")
+        if spacing == 'stride':  # (the count it cannot make is named with those it can)
+            space_timesteps(self.original_num_steps, f'ddim{num_steps}')
 
     def scheduler_overrides(self, sampler):
         """Give a diffusers scheduler this objective's own betas (linear, cosine, ...)."""

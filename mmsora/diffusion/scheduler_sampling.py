@@ -120,9 +120,10 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
 def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     """A ``sample_cfg``'s sampler and sampler options against the objective
     ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``, and the options' values
-    where it has ``check_sample_options``), without sampling: what its ``sample``
-    checks first. ``own``: the keys the caller takes itself (``LatentDiffusion.sample``'s
-    arguments). Raises the same one-line ValueError."""
+    and the steps where it has ``check_sample_options``: the check its ``sample``
+    makes first, not a copy of it), without sampling. ``own``: the keys the caller
+    takes itself (``LatentDiffusion.sample``'s arguments). Raises the same one-line
+    ValueError."""
     from mmsora.models.latent_diffusion import check_sampling_precision
     check_sampling_precision(settings.get('precision'))
     if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
@@ -132,9 +133,14 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
         diffusion.sample).parameters['sampler'].default
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
-    if callable(getattr(diffusion, 'check_sample_options', None)):
-        # the name, the options and their values (Transport's, what its sample checks)
-        diffusion.check_sample_options(sampler, **options)
+    check = getattr(diffusion, 'check_sample_options', None)
+    if callable(check):
+        # the name, the options and their values (what its sample checks first), and
+        # the steps where it takes them (ours; unset: its sample's default)
+        if 'num_steps' in inspect.signature(check).parameters and \
+                settings.get('num_steps') is not None:
+            options['num_steps'] = settings['num_steps']
+        check(sampler, **options)
         return
     check_sampler_name(sampler, diffusion.samplers(), type(diffusion).__name__)
     check_sampler_options(sampler, options,

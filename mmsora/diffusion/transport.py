@@ -382,9 +382,7 @@ class Transport:
             Tensor: The sample, shaped like ``noise``; ``self.last_nfe`` holds the
             number of model evaluations.
         """
-        self.check_sample_options(sampler, **sampler_kwargs)
-        if num_steps < 1:
-            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         model = CountingModel(model_fn)
         if sampler.startswith('ode_'):
             x = self._sample_ode(model, noise, model_kwargs, sampler[len('ode_'):],
@@ -398,12 +396,15 @@ class Transport:
         self.last_nfe = model.nfe
         return x
 
-    def check_sample_options(self, sampler, **options):
-        """``sampler`` and its options as :meth:`sample` takes them, checked before any
-        model call (and, through ``check_sample_settings``, a config's ``sample_cfg``
-        before training): the name, the option names, then their values, each a
-        one-line ValueError (a wrong value was a TypeError or an IndexError from
-        torchdiffeq or diffusers, or all-NaN samples)."""
+    def check_sample_options(self, sampler, num_steps=None, **options):
+        """``sampler``, ``num_steps`` and the sampler's options as :meth:`sample` takes
+        them, checked before any model call (and, through ``check_sample_settings``, by
+        tools/infer.py and tools/test.py before the weights load and by tools/train.py
+        in ``sample_cfg``): the name, the option names, their values, then the steps,
+        each a one-line ValueError (a wrong value was a TypeError or an IndexError from
+        torchdiffeq or diffusers, or all-NaN samples; the SDE samplers' one step was
+        refused once the weights had loaded). ``num_steps`` None: :meth:`sample`'s
+        default."""
         check_sampler_name(sampler, self.samplers(), 'Transport')
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
         if sampler == 'ode_dopri5':
@@ -442,6 +443,13 @@ class Transport:
             if 'shift' in options:  # (0: an IndexError inside diffusers)
                 _check_number('shift', options['shift'], '> 0',
                               "the scheduler's time shift; SD3: 3")
+        if num_steps is None:
+            num_steps = keyword_defaults(self.sample)['num_steps']
+        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+                and num_steps >= 1):
+            raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
+        if sampler.startswith('sde_') and num_steps < 2:
+            raise ValueError(f'the SDE samplers need num_steps >= 2, got {num_steps}')
 
     def _sample_ode(self, model, x, model_kwargs, method, num_steps, progress,
                     atol=1e-6, rtol=1e-3):
@@ -458,9 +466,7 @@ class Transport:
     def _sample_sde(self, model, x, model_kwargs, method, num_steps, generators, progress,
                     diffusion_form='sigma', diffusion_norm=1.0, last_step='Mean',
                     last_step_size=0.04):
-        # (the options were checked by check_sample_options)
-        if num_steps < 2:
-            raise ValueError(f'the SDE samplers need num_steps >= 2, got {num_steps}')
+        # (the options and the steps were checked by check_sample_options)
         if last_step is None:
             last_step_size = 0.0
         t0, t1 = self.interval(self.sample_eps, sde=True, diffusion_form=diffusion_form,

@@ -8,6 +8,8 @@ sqrt(1 - alpha_bar) eps``; the model sees the timestep *ratio* t itself and pred
 eps. Sampling is diffusers' ``DDPMWuerstchenScheduler`` (same ``s`` and ``scaler``) on
 the uniform grid 1 -> 0, stepped as ``StableCascadePriorPipeline`` steps it.
 """
+import inspect
+import numbers
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -96,14 +98,22 @@ class WuerstchenDiffusion:
         return dict(loss=mse, mse=mse)
 
     # ------------------------------------------------------------------ sampling
-    def check_sample_options(self, sampler, **options):
-        """``sampler`` and its options as :meth:`sample` takes them, checked before any
-        model call (and, through ``check_sample_settings``, by tools/infer.py before
-        the weights load and by tools/train.py in ``sample_cfg``)."""
+    def check_sample_options(self, sampler, num_steps=None, **options):
+        """``sampler``, ``num_steps`` and the sampler's options as :meth:`sample` takes
+        them, checked before any model call (and, through ``check_sample_settings``, by
+        tools/infer.py and tools/test.py before the weights load and by tools/train.py
+        in ``sample_cfg``). ``num_steps`` None: :meth:`sample`'s default; a custom
+        ``timesteps`` grid replaces it."""
         check_sampler_name(sampler, self.samplers(), 'WuerstchenDiffusion')
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
         if options.get('timesteps') is not None:
             _check_timesteps(options['timesteps'])
+            return
+        if num_steps is None:
+            num_steps = inspect.signature(self.sample).parameters['num_steps'].default
+        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+                and num_steps >= 1):
+            raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
 
     @torch.no_grad()
     def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],
@@ -129,10 +139,8 @@ class WuerstchenDiffusion:
             Tensor: The sample x0, shape of ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        self.check_sample_options(sampler, **sampler_kwargs)
+        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         timesteps = sampler_kwargs.get('timesteps')
-        if timesteps is None and num_steps < 1:
-            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
         scheduler = self.scheduler()
         scheduler.set_timesteps(None if timesteps is not None else num_steps,
                                 timesteps=timesteps, device=noise.device)
@@ -149,8 +157,16 @@ class WuerstchenDiffusion:
 
 
 def _check_timesteps(timesteps):
-    """A custom grid names its fault: too short, not ending at 0 (the last value is only
-    the target of the final step), not decreasing, or outside [0, 1]."""
+    """A custom grid names its fault: not a list of numbers (a word or one number from
+    --sampler-options was a TypeError or float()'s message), too short, not ending at 0
+    (the last value is only the target of the final step), not decreasing, or outside
+    [0, 1]."""
+    if hasattr(timesteps, 'tolist'):  # a tensor or an array
+        timesteps = timesteps.tolist()
+    if not (isinstance(timesteps, (list, tuple)) and all(
+            isinstance(t, numbers.Real) and not isinstance(t, bool) for t in timesteps)):
+        raise ValueError(f'timesteps={timesteps!r}: give a list of numbers decreasing to 0 '
+                         '(e.g. [1.0, 0.5, 0.0]; 1 is pure noise)')
     values = [float(t) for t in timesteps]
     given = f'timesteps={values}'
     if len(values) < 2:
