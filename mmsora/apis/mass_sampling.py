@@ -33,7 +33,7 @@ from mmsora.utils.cli import Interrupted, UserError, plural
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
            'init_sampling_processes', 'zip_npy_files', 'sampling_line', 'save_prompts',
-           'unscored_samples']
+           'unscored_samples', 'with_run_sample_cfg']
 
 
 def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None) -> str:
@@ -65,11 +65,18 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
     return device
 
 
-def sample_plan(num_samples: int, labels: Sequence[int], seed: int = 0,
+def sample_plan(num_samples: int, labels: Optional[Sequence[int]], seed: int = 0,
                 prompts: Optional[Sequence[str]] = None):
-    """Labels, seeds (and prompts) of samples ``0 .. num_samples - 1``."""
+    """Labels, seeds (and prompts) of samples ``0 .. num_samples - 1``. With prompts
+    the labels may be None or empty: a text model's one class, 0, as tools/infer.py
+    gives them (its ``range(model.num_classes)``), so the runs' records are alike."""
     if num_samples < 1:
         raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+    if prompts is not None and (labels is None or not len(labels)):
+        labels = [0]
+    if labels is None:
+        raise ValueError('labels=None: give the class ids to cycle through (or prompts, '
+                         'for a text model)')
     if not len(labels):
         raise ValueError('need at least one label to cycle through')
     plan = dict(labels=[int(labels[i % len(labels)]) for i in range(num_samples)],
@@ -409,8 +416,47 @@ def zip_npy_files(out: str, files: Dict[str, str]) -> str:
     return out
 
 
+def with_run_sample_cfg(model, sample_kwargs: dict) -> dict:
+    """``sample_kwargs`` over the run's ``sample_cfg`` (``model.sample_cfg``, which
+    init_model sets), merged as :func:`~mmsora.apis.inference.sample_images` merges
+    them (``merge_sample_cfg``, tools/infer.py's rule): a setting given wins, None
+    leaves the run's, another sampler drops the run's sampler options, and the
+    precision is infer's default where neither says one. A setting (not a sampler
+    option) given as None that the run does not set stays None: the keys
+    tools/infer.py's run records hold. A model without ``sample_cfg`` gets
+    ``sample_kwargs`` as they are."""
+    import inspect
+
+    from mmsora.apis.inference import default_precision
+    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
+                                                     merge_sample_cfg)
+    run_cfg = getattr(model, 'sample_cfg', None)
+    if run_cfg is None:
+        return dict(sample_kwargs)
+    # (the run's fps is for saving: mass_sample's own fps)
+    run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
+    # As sample_images merges: the sampler, then its options as a dict (an option None
+    # kept where None is one of its values: SiT's last_step=None), then the settings
+    # as choices (None: the run's).
+    named = [name for name, p in inspect.signature(model.sample).parameters.items()
+             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *named)
+    takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
+    chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
+    options = {k: v for k, v in sample_kwargs.items()
+               if k not in own and (v is not None or k in takes_none)}
+    sampler = sample_kwargs.get('sampler')
+    settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
+                                options, **chosen)
+    if settings.get('precision') is None and isinstance(model, torch.nn.Module):
+        device = next(model.parameters()).device
+        settings['precision'] = default_precision(device, run_cfg)
+    return dict({k: v for k, v in sample_kwargs.items() if v is None and k in own},
+                **settings)
+
+
 @torch.no_grad()
-def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
+def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: int = 0,
                 batch_size: int = 16, prompts: Optional[Sequence[str]] = None,
                 out: Optional[str] = None, sample_dir: Optional[str] = None,
                 evaluator=None, fps: float = 8, progress: bool = True,
@@ -423,14 +469,15 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
     Args:
         model: A ``LatentDiffusion`` (anything with its ``sample``) in eval mode.
         num_samples (int): Samples in all.
-        labels (Sequence[int]): Class ids, cycled: sample i has ``labels[i % len]``
-            (ignored when ``prompts`` are given).
+        labels (Sequence[int], optional): Class ids, cycled: sample i has
+            ``labels[i % len]`` (ignored when ``prompts`` are given: None will do).
         seed (int): Sample i uses seed ``seed + i``.
         batch_size (int): Size B of the fixed batches; each batch is drawn whole by
             one process, so B is what one process holds in memory at a time.
         prompts (Sequence[str], optional): Prompts of a text model, cycled like the
             labels and passed to ``model.sample(prompts=...)``.
-        out (str, optional): The ``.npz`` to write (ADM layout); its shards sit in
+        out (str, optional): The ``NAME.npz`` to write (ADM layout; another name is
+            refused, as tools/infer.py samples into --out NAME.npz); its shards sit in
             ``{out}.parts/`` (on a file system all ranks share) until it is complete.
             A rerun keeps them, also one that only asks for more samples; a shard
             that cannot be read is named and sampled again. With an ``evaluator``, the
@@ -450,13 +497,23 @@ def mass_sample(model, num_samples: int, labels: Sequence[int], seed: int = 0,
         progress (bool): Progress bar on rank 0.
         sample_fn (callable, optional): Replaces ``model.sample`` (called as
             ``sample_fn(seeds=..., labels=...)`` or ``(seeds=..., prompts=...)``).
-        **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...).
+        **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...),
+            over the run's ``sample_cfg`` of a model from init_model
+            (:func:`with_run_sample_cfg`): ``mass_sample(model, ...)`` draws what
+            ``tools/infer.py --out NAME.npz`` saves for the same seeds. (Before, the
+            objective's defaults: DDPM, 250 steps, no guidance.)
 
     Returns:
         dict: ``metrics`` (the evaluator's result, or None) and ``out``.
     """
+    if out is not None and not str(out).endswith('.npz'):  # (an .npz archive under
+        # the name given, without a word)
+        raise ValueError(f'out={out!r}: mass_sample writes one .npz archive (ADM layout): '
+                         "give out='NAME.npz' (and sample_dir=DIR for one PNG / mp4 a "
+                         'sample)')
     rank, world_size = get_dist_info()
     plan = sample_plan(num_samples, labels, seed, prompts)
+    sample_kwargs = with_run_sample_cfg(model, sample_kwargs)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
     finished = None  # the samples of a finished out still to be scored

@@ -1,0 +1,92 @@
+"""mass_sample called from Python as a notebook calls it (walk-through G3): a model from
+init_model samples with its run's sample_cfg, as tools/infer.py --out NAME.npz does (it
+drew unguided DDPM-250); a text model's labels may be None; an out that is not an .npz
+is refused (an .npz archive was written under it)."""
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+import mmsora.apis.mass_sampling as mass_sampling
+from mmsora.apis import init_model, mass_sample, sample_plan
+from tests.conftest import REPO_ROOT
+from tests.tiny_models import TINY_DEMO_OPTIONS
+from tools import infer
+
+pytestmark = pytest.mark.usefixtures('malloc_calls')
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+
+
+def fake_sample(seeds, labels=None, prompts=None, **kwargs):
+    """Pictures that depend only on each sample's seed, like LatentDiffusion's."""
+    assert (labels is None) != (prompts is None)
+    return torch.stack([torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(s)) * 2 - 1
+                        for s in seeds])
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """Random weights of the tiny demo DiT, as a released-style file."""
+    model, _ = init_model(osp.join(REPO_ROOT, DEMO), checkpoint=False,
+                          cfg_options=TINY_DEMO_OPTIONS)
+    path = tmp_path_factory.mktemp('weights') / 'dit.pt'
+    torch.save(model.denoiser.state_dict(), path)
+    return str(path)
+
+
+def test_mass_sample_draws_what_infer_saves(tmp_path, weights, monkeypatch):
+    config = osp.join(REPO_ROOT, DEMO)
+    records = []  # each run's record (its settings), as the shard folder gets it
+    claim = mass_sampling._claim_parts_dir
+    monkeypatch.setattr(mass_sampling, '_claim_parts_dir',
+                        lambda parts, fingerprint, rank: (records.append(fingerprint),
+                                                          claim(parts, fingerprint, rank)))
+    model, cfg = init_model(config, weights, cfg_options=TINY_DEMO_OPTIONS)
+    assert model.sample_cfg == dict(cfg.sample_cfg)  # DDIM 50, guidance 2
+    ours = str(tmp_path / 'python.npz')
+    mass_sample(model, 4, [0, 1, 2, 3], seed=0, out=ours, progress=False)
+    assert model.diffusion.last_nfe == 50  # (was 250: DDPM, no guidance)
+    theirs = str(tmp_path / 'infer.npz')
+    infer.main([config, '--checkpoint', weights, '--labels', '0', '1', '2', '3', '--out',
+                theirs, '--cfg-options', *TINY_DEMO_OPTIONS])
+    with np.load(ours) as a, np.load(theirs) as b:
+        assert np.array_equal(a['arr_0'], b['arr_0'])
+        assert np.array_equal(a['arr_1'], b['arr_1'])
+    assert records[0] == records[1]  # the same run: either resumes the other's shards
+    # Settings given win over the run's; another sampler drops the run's sampler
+    # options (DDPM refused DDIM's eta); a model without sample_cfg: as before.
+    mass_sample(model, 1, [0], num_steps=5, progress=False)
+    assert model.diffusion.last_nfe == 5
+    model.sample_cfg['eta'] = 0.5
+    mass_sample(model, 1, [0], sampler='ddpm', num_steps=4, progress=False)
+    assert model.diffusion.last_nfe == 4
+    model.sample_cfg = None
+    mass_sample(model, 1, [0], num_steps=3, progress=False)
+    assert model.diffusion.last_nfe == 3
+
+
+def test_text_model_labels_may_be_none(tmp_path):
+    # Alike with labels None, [] or infer's [0] (a text model's one class).
+    for labels in (None, []):
+        assert sample_plan(3, labels, prompts=['a', 'b']) == sample_plan(3, [0],
+                                                                          prompts=['a', 'b'])
+    out = str(tmp_path / 'text.npz')
+    mass_sample(None, 2, None, prompts=['a red bike'], out=out, sample_fn=fake_sample,
+                progress=False)
+    with np.load(out) as data:
+        assert list(data['prompts']) == ['a red bike'] * 2
+    with pytest.raises(ValueError, match=r'^labels=None: give the class ids'):
+        sample_plan(2, None)
+
+
+def test_an_out_that_is_not_an_npz_is_refused(tmp_path):
+    def never(**kwargs):
+        raise AssertionError('sampled before the out was checked')
+
+    out = str(tmp_path / 'x.png')
+    with pytest.raises(ValueError, match=r"^out='.*x\.png': mass_sample writes one \.npz "
+                                         r"archive .*give out='NAME\.npz'"):
+        mass_sample(None, 2, [0], out=out, sample_fn=never, progress=False)
+    assert not list(tmp_path.iterdir())  # no x.png, no x.png.parts
