@@ -203,7 +203,8 @@ def batch_note(args, cfg) -> str:
     """One line saying which batch a CONFIG's step is timed at without --batch-size."""
     total = cfg.get('global_batch_size')
     if total is not None:
-        accum = int(cfg.optim_wrapper.get('accumulative_counts', 1))  # as train.py splits
+        from mmsora.engine.strategies import accumulation_of
+        accum = accumulation_of(cfg)  # what train.py's split divides by (apply_global_batch)
         split = f' over {accum} accumulation steps' if accum > 1 else ''
         why = f"the config's global_batch_size={total}{split} on one process"
     elif (cfg.get('train_dataloader') or {}).get('batch_size'):

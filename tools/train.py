@@ -165,23 +165,20 @@ def check_load_from_matches(model, path, state_dict, option='--load-from'):
     loader is not strict: for a checkpoint of another model (other widths or depth) it
     logged the mismatches and trained from the initial weights; at a resume the EMA
     hook's strict load failed with a 60-line traceback."""
-    from mmsora.utils.weight_loading import (fine_tune_tables, mismatch_hint, say_tables_kept,
-                                             tables_kept, weight_mismatch)
+    from mmsora.utils.weight_loading import (fine_tune_tables, say_tables_kept,
+                                             state_dict_mismatch, tables_kept)
     ours, theirs = ({k: v.shape for k, v in state.items() if k.startswith('denoiser.')}
                     for state in (model.state_dict(), state_dict))
     # a fine-tune to another input size, frame count or class count: the fixed sin-cos
     # tables and the label table are the config's own (mmengine's loader keeps the
     # model's, printing its 'size mismatch' lines; the label table's is said here)
-    fixed = ({f'denoiser.{k}' for k in fine_tune_tables(model.denoiser)}
-             if option == '--load-from' else set())
-    found = weight_mismatch(ours, theirs, own_name='config', fixed=fixed)
-    if found:
-        hint = mismatch_hint(model.denoiser, *({k[len('denoiser.'):]: v for k, v in x.items()}
-                                               for x in (ours, theirs)),
-                             fixed={k[len('denoiser.'):] for k in fixed},
-                             objective=getattr(model, 'diffusion', None))
-        raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}'
-                        + (f'; {hint}' if hint else ''))
+    fine_tune = option == '--load-from'
+    found = state_dict_mismatch(model.denoiser, ours, theirs, fine_tune,
+                                getattr(model, 'diffusion', None), own_name='config',
+                                prefix='denoiser.')
+    if found:  # (the loader's rule and words: a model's pretrained_denoiser says the same)
+        raise UserError(f'{option} {path}: its denoiser is not the config\'s: {found}')
+    fixed = {f'denoiser.{k}' for k in fine_tune_tables(model.denoiser)} if fine_tune else set()
     kept = [k[len('denoiser.'):] for k in tables_kept(ours, theirs, fixed)]
     if kept:  # (mmengine's loader keeps them, printing its 'size mismatch' lines)
         say_tables_kept(f'{option} {path}', {k: ours[f'denoiser.{k}'] for k in kept},
@@ -206,19 +203,18 @@ def check_denoiser_file_matches(model, path, checkpoint=None) -> None:
     Runner: the denoiser's strict load refused it in ``init_weights``, after about 240
     lines of start-up and with a work dir made. The fixed sin-cos tables and the label
     table may differ (another input size or class count: a fine-tune)."""
-    from mmsora.utils.weight_loading import fine_tune_tables, mismatch_hint, weight_mismatch
+    from mmsora.utils.weight_loading import state_dict_mismatch
     state = denoiser_weights(path, checkpoint)
     if state is None:
         return
     ours = {k: v.shape for k, v in model.denoiser.state_dict().items()}
     theirs = {k: v.shape for k, v in state.items()}
-    tables = fine_tune_tables(model.denoiser)
-    found = weight_mismatch(ours, theirs, own_name='config', fixed=tables)
+    # the rule and the words of the load in init_weights (load_state_dict_checked)
+    found = state_dict_mismatch(model.denoiser, ours, theirs, fine_tune=True,
+                                objective=getattr(model, 'diffusion', None), own_name='config')
     if found:
-        hint = mismatch_hint(model.denoiser, ours, theirs, tables,
-                             objective=getattr(model, 'diffusion', None))
         raise UserError(f'--load-from {path}: its weights are not the config\'s denoiser: '
-                        f'{found}' + (f'; {hint}' if hint else ''))
+                        f'{found}')
 
 
 def check_inflation_matches(model, path, kind, checkpoint=None) -> None:
@@ -779,10 +775,11 @@ def build_train_config(args):
     world_size = launcher_world_size(args.launcher)
     per_process = apply_global_batch(cfg, world_size)
     if per_process is not None and is_launch_rank0():
-        accumulation = cfg.optim_wrapper.get('accumulative_counts', 1)
+        from mmsora.engine.strategies.train_options import accumulation_setting
+        accumulation, setting = accumulation_setting(cfg)  # (what the split divided by)
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)'
-              + (f' x {accumulation} accumulation steps (optim_wrapper.accumulative_counts)'
+              + (f' x {accumulation} accumulation steps ({setting})'
                  if accumulation > 1 else ''), flush=True)
     elif per_process is None:
         note_named_layout(args.config, cfg, world_size)

@@ -15,8 +15,9 @@ from mmsora.utils.trained_settings import constructor_defaults
 
 __all__ = ['LABEL_TABLE', 'extract_state_dict', 'WRAPPER_PREFIXES', 'strip_wrapper_prefixes',
            'weight_mismatch', 'pos_embed_hint', 'null_row_hint', 'mismatch_hint',
-           'learn_sigma_hint', 'fixed_tables', 'fine_tune_tables', 'load_state_dict_checked',
-           'table_may_differ', 'tables_kept', 'say_tables_kept', 'load_dit_checkpoint']
+           'learn_sigma_hint', 'fixed_tables', 'fine_tune_tables', 'state_dict_mismatch',
+           'load_state_dict_checked', 'table_may_differ', 'tables_kept', 'say_tables_kept',
+           'load_dit_checkpoint']
 
 
 # The label table of a class-conditional DiT / VideoDiT (num_classes rows, and the
@@ -112,20 +113,22 @@ def strip_wrapper_prefixes(state_dict: Mapping) -> dict:
 
 
 def weight_mismatch(own: Mapping, given: Mapping, own_name: str = 'model',
-                    fixed: Sequence[str] = ()) -> str:
+                    fixed: Sequence[str] = (), last: Sequence[str] = ()) -> str:
     """The difference between two ``{name: shape}`` maps in one clause (the counts of
     weights of another shape, missing and extra, each with its first example, and
     what that says of the file: :func:`_kind_of_file`, :func:`_frames_hint`), or ''
     when they match. ``given`` is the checkpoint's, ``own`` the ``own_name``'s;
     ``fixed`` names tables whose length may differ at the same width
-    (:func:`fine_tune_tables`).
+    (:func:`fine_tune_tables`); ``last`` names weights counted but given as the
+    example only where no other weight differs.
 
     Weights the checkpoint has and the model has not read '21 the config has not
     (e.g. denoiser.temp_embed)' before; a video DiT's file for an image model (or the
     reverse) was not named as such."""
     differ = [k for k in given if k in own and tuple(own[k]) != tuple(given[k])
               and not (k in fixed and table_may_differ(k, own[k], given[k]))]
-    differ.sort(key=lambda k: k in fixed)  # a learned weight is the telling example
+    # a learned weight is the telling example
+    differ.sort(key=lambda k: k in fixed or k in last)
     missing = [k for k in own if k not in given]
     extra = [k for k in given if k not in own]
     found = []
@@ -319,6 +322,32 @@ def fine_tune_tables(model: nn.Module) -> set:
     return fixed_tables(model) | ({LABEL_TABLE} if LABEL_TABLE in params else set())
 
 
+def state_dict_mismatch(model: nn.Module, own: Mapping, given: Mapping,
+                        fine_tune: bool = False, objective=None, own_name: str = 'model',
+                        prefix: str = '') -> str:
+    """What keeps a file's weights (``given``) from loading into ``model`` (``own``;
+    both ``{name: shape}`` maps), in one clause with the setting to give
+    (:func:`weight_mismatch`, :func:`mismatch_hint`), or '' where they load: the
+    same shapes, or with ``fine_tune`` tables whose length the config decides of
+    another length alone (:func:`fine_tune_tables`; the model keeps its own). The
+    loader (:func:`load_state_dict_checked`) and ``tools/train.py``'s checks before
+    the Runner say it with this rule and these words (they were written apart: the
+    loader counted the tables and named ``pos_embed`` first, the checks neither).
+    ``prefix``: the denoiser's keys' prefix in both maps (``'denoiser.'`` in an
+    mmengine run's state dict), kept in the weights named; ``own_name``: what
+    ``own`` is said to be; ``objective``: as :func:`mismatch_hint` takes it."""
+    tables = {prefix + k for k in fine_tune_tables(model)} if fine_tune else set()
+    if not weight_mismatch(own, given, fixed=tables):
+        return ''
+    # refused, nothing loads: every weight of another shape is counted, the tables
+    # the fine-tune would have kept named last (a learned weight is the telling one)
+    found = weight_mismatch(own, given, own_name, last=tables)
+    hint = mismatch_hint(model, *({k[len(prefix):]: v for k, v in x.items()
+                                   if k.startswith(prefix)} for x in (own, given)),
+                         {k[len(prefix):] for k in tables}, objective)
+    return found + (f'; {hint}' if hint else '')
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
                             fine_tune: bool = False, objective=None):
     """``model.load_state_dict(state_dict, strict=True)``, with a mismatch named in one
@@ -336,15 +365,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping, source: str,
     """
     own = {k: v.shape for k, v in model.state_dict().items()}
     given = {k: v.shape for k, v in state_dict.items()}
-    found = weight_mismatch(own, given)
-    if not found:
+    if not weight_mismatch(own, given):
         return model.load_state_dict(state_dict, strict=True)
-    tables = fine_tune_tables(model) if fine_tune else set()
-    if tables and not weight_mismatch(own, given, fixed=tables):
-        return _load_keeping_tables(model, state_dict, tables, source)
-    hint = mismatch_hint(model, own, given, tables, objective)
-    raise ValueError(f'{source}: its weights are not this model\'s: {found}'
-                     + (f'; {hint}' if hint else ''))
+    found = state_dict_mismatch(model, own, given, fine_tune, objective)
+    if found:
+        raise ValueError(f'{source}: its weights are not this model\'s: {found}')
+    return _load_keeping_tables(model, state_dict, fine_tune_tables(model), source)
 
 
 def _load_keeping_tables(model: nn.Module, state_dict: Mapping, tables: set, source: str):

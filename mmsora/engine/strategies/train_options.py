@@ -16,7 +16,7 @@ from .speed import CompileDenoiserHook, prefer_fused_optimizer
 __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
            'single_process_env', 'apply_global_batch',
-           'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of',
+           'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of', 'accumulation_setting',
            'check_accumulation', 'check_fsdp_precision',
            'drop_disabled_hooks', 'fit_loader_workers',
            'seed_model_at_run_time', 'fit_amp_to_device', 'check_accumulative_counts']
@@ -311,7 +311,9 @@ def launcher_world_size(launcher: str) -> int:
 
 def apply_global_batch(cfg, world_size: int):
     """Set the per-process batch from a config's ``global_batch_size`` (DiT's
-    ``--global-batch-size``): ``global_batch_size / (world_size * accumulative_counts)``.
+    ``--global-batch-size``): ``global_batch_size / (world_size * accumulation)``, the
+    accumulation :func:`accumulation_of` reads (the lines of ``tools/train.py``,
+    ``tools/estimate_memory.py`` and ``tools/benchmark.py`` name it too).
 
     Without ``global_batch_size`` the config's ``train_dataloader.batch_size`` stays
     the per-process batch (OpenMMLab's ``8xb32`` naming). Returns the per-process
@@ -320,14 +322,16 @@ def apply_global_batch(cfg, world_size: int):
     total = cfg.get('global_batch_size')
     if total is None:
         return None
-    accum = check_accumulative_counts(cfg.optim_wrapper.get('accumulative_counts', 1))
+    # the micro-batches the run accumulates: a DeepSpeed strategy's own count too (it
+    # divided by optim_wrapper.accumulative_counts alone, and DeepSpeed's
+    # gradient_accumulation_steps=2 then trained twice the global batch)
+    accum, setting = accumulation_setting(cfg)
     if (not isinstance(total, int) or total < 1
             or total % (world_size * accum) != 0):
         raise UserError(
             f'global_batch_size={total!r} does not split evenly over {world_size} '
             f'process(es) x {accum} accumulation step(s) '
-            '(optim_wrapper.accumulative_counts): pick a multiple of '
-            f'{world_size * accum}')
+            f'({setting}): pick a multiple of {world_size * accum}')
     cfg.train_dataloader.batch_size = total // (world_size * accum)
     return cfg.train_dataloader.batch_size
 
@@ -337,15 +341,24 @@ def accumulation_of(cfg) -> int:
     ``gradient_accumulation_steps`` (the strategy's own argument, which mmengine puts
     over its config's, or the config's once filled in by ``--deepspeed``), else
     ``optim_wrapper.accumulative_counts``."""
+    return accumulation_setting(cfg)[0]
+
+
+def accumulation_setting(cfg) -> tuple:
+    """:func:`accumulation_of` and the setting that gives it, for the lines that say
+    how a global batch is split."""
     strategy = cfg.get('strategy') or {}
     if strategy.get('type') == 'DeepSpeedStrategy':
-        for steps in (strategy.get('gradient_accumulation_steps'),
-                      (strategy.get('config') or {}).get('gradient_accumulation_steps')):
+        for setting, steps in (
+                ('strategy.gradient_accumulation_steps',
+                 strategy.get('gradient_accumulation_steps')),
+                ('strategy.config.gradient_accumulation_steps',
+                 (strategy.get('config') or {}).get('gradient_accumulation_steps'))):
             if isinstance(steps, int):
-                return check_accumulative_counts(
-                    steps, 'strategy.gradient_accumulation_steps')
+                return check_accumulative_counts(steps, setting), setting
     return check_accumulative_counts(
-        (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1))
+        (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1)), \
+        'optim_wrapper.accumulative_counts'
 
 
 def check_accumulative_counts(value, option='optim_wrapper.accumulative_counts') -> int:
