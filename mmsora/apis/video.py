@@ -1,7 +1,8 @@
 """Saving sampled clips: one H.264 mp4 (and optionally one GIF) per sample."""
 import numbers
+import os
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -17,17 +18,19 @@ VIDEO_SUFFIX = '.mp4'
 CLIP_SUFFIXES = ('.mp4', '.gif')
 
 
-def is_clip_folder(out: str) -> bool:
+def is_clip_folder(out: Union[str, os.PathLike]) -> bool:
     """Whether the clips' ``out`` names a folder: it ends in ``/`` or has no suffix."""
+    out = os.fspath(out)  # (a pathlib.Path had no endswith)
     return out.endswith(('/', osp.sep)) or not osp.splitext(out)[1]
 
 
-def video_paths(out: str, labels: Sequence[Optional[int]], ext: str = VIDEO_SUFFIX) -> List[str]:
+def video_paths(out: Union[str, os.PathLike], labels: Sequence[Optional[int]],
+                ext: str = VIDEO_SUFFIX) -> List[str]:
     """File names of the clips: ``{stem}_{i:03d}_label{y}{ext}`` (``{stem}_{i:03d}{ext}``
     for a label of None, e.g. the samples of a text-conditioned model).
 
     Args:
-        out (str): ``DIR/NAME.mp4`` puts clip i at ``DIR/NAME_{i:03d}_label{y}.mp4``
+        out (str | os.PathLike): ``DIR/NAME.mp4`` puts clip i at ``DIR/NAME_{i:03d}_label{y}.mp4``
             (``DIR/NAME.gif`` the same with ``.gif``: GIFs alone); a path without a
             suffix (or ending in ``/``) is a folder, and clip i goes to
             ``out/sample_{i:03d}_label{y}.mp4``.
@@ -38,6 +41,7 @@ def video_paths(out: str, labels: Sequence[Optional[int]], ext: str = VIDEO_SUFF
         ValueError: ``out`` has a suffix other than ``.mp4`` or ``.gif``, or a label is
             not a class id.
     """
+    out = os.fspath(out)
     stem, suffix = osp.splitext(out)
     if is_clip_folder(out):
         stem = osp.join(out, 'sample')
@@ -58,15 +62,16 @@ def _class_id(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def save_videos(videos: torch.Tensor, out: str, fps: float,
+def save_videos(videos: torch.Tensor, out: Union[str, os.PathLike], fps: float,
                 labels: Optional[Sequence[Optional[int]]] = None,
                 gif: bool = False) -> List[str]:
     """Write each sampled clip as an H.264 mp4 (PyAV), and as a GIF when ``gif``.
 
     Args:
-        videos (Tensor): Clips (N, 3, T, H, W) in [-1, 1] (values outside are clipped),
-            as :func:`~mmsora.apis.sample_images` returns them.
-        out (str): ``NAME.mp4``, ``NAME.gif`` (GIFs alone) or a folder; see
+        videos (Tensor): Clips (N, 3, T, H, W), floats in [-1, 1] (values outside are
+            clipped; integer pixels are refused), as :func:`~mmsora.apis.sample_images`
+            returns them.
+        out (str | os.PathLike): ``NAME.mp4``, ``NAME.gif`` (GIFs alone) or a folder; see
             :func:`video_paths`.
         fps (float): Frame rate written into the files.
         labels (Sequence[int | None], optional): Class of each clip, named in its file
@@ -85,8 +90,12 @@ def save_videos(videos: torch.Tensor, out: str, fps: float,
             raise ValueError(f'{shape}: they look like (N, T, 3, H, W) clips; pass '
                              'x.permute(0, 2, 1, 3, 4)')
         raise ValueError(f'{shape}; latent models need a VAE (model.vae) to make videos')
+    if not videos.is_floating_point():  # (uint8 128 was taken as 128 in [-1, 1]: white)
+        raise ValueError(f'clips are floats in [-1, 1], got {videos.dtype}; pass uint8 '
+                         'pixels in [0, 255] as x.float() / 127.5 - 1')
     if fps <= 0:
         raise ValueError(f'fps must be positive, got {fps}')
+    out = os.fspath(out)
     labels = [None] * len(videos) if labels is None else list(labels)
     if len(labels) != len(videos):
         raise ValueError(f'got {len(labels)} labels for {len(videos)} clips')

@@ -1,4 +1,5 @@
 """Dataset over a packed latent store (see :mod:`mmsora.datasets.latent_store`)."""
+import os
 import os.path as osp
 
 import numpy as np
@@ -38,9 +39,9 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     item's ``sample_idx`` counts across the stores.
 
     Args:
-        data_root (str): Prefix of ``store``.
-        store (str | list[str]): Store folder relative to ``data_root``, or several.
-            Defaults to ''.
+        data_root (str | os.PathLike): Prefix of ``store``.
+        store (str | os.PathLike | list): Store folder relative to ``data_root``, or
+            several (str and pathlib.Path alike). Defaults to ''.
         sample_posterior (bool): Draw from the posterior (moments stores); if False
             return its mean. Ignored for 'samples' stores. Defaults to True.
         random_flip (bool): Pick a random copy (original / flipped) when the store has
@@ -51,10 +52,12 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     def __init__(self, data_root, store='', sample_posterior=True, random_flip=True,
                  seed=None):
-        names = [store] if isinstance(store, str) else list(store)
-        if not names or not all(isinstance(name, str) for name in names):
+        # (a pathlib.Path store was iterated as a list: 'PosixPath' is not iterable)
+        names = [store] if isinstance(store, (str, os.PathLike)) else list(store)
+        if not names or not all(isinstance(name, (str, os.PathLike)) for name in names):
             raise TypeError(f'store must be a folder or a list of folders, got {store!r}')
-        self.stores = [LatentStore(osp.join(data_root, name)) for name in names]
+        data_root = os.fspath(data_root)
+        self.stores = [LatentStore(osp.join(data_root, os.fspath(name))) for name in names]
         for one in self.stores:
             if len(one) == 0:  # an infinite sampler would wait on it for ever
                 num_skipped = one.index.get('num_skipped', 0)

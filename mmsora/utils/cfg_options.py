@@ -110,12 +110,23 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
     malformed entry).
 
     ``options`` may also be a dict of keys and Python values (``init_model``'s
-    ``cfg_options={'a.b': 1}``): taken as they are, with the same checks.
+    ``cfg_options={'a.b': 1}``): taken as they are, with the same checks; or one
+    string, which is one entry (``cfg_options='a.b=1'``; before, it was read character
+    by character: "malformed --cfg-options entry 'a'").
 
     Raises:
         UserError: naming the malformed option or the key that cannot be set.
     """
     updates, given, written = {}, {}, {}
+    if isinstance(options, str):
+        options = [options]
+    elif not isinstance(options, dict):
+        options = list(options)
+        if (len(options) > 2 and '=' in options
+                and all(isinstance(o, str) and len(o) == 1 for o in options)):
+            # a string split into its characters by the caller (init_model's
+            # list(cfg_options)): no entry is one character long, KEY=VALUE is three
+            options = [''.join(options)]
     python = isinstance(options, dict)  # (they went through text: a dict value failed,
     for option in (options.items() if python else options):  # '2024' became 2024)
         if python:

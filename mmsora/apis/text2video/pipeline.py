@@ -53,8 +53,8 @@ def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
     return [Segment(p) for p in pieces]
 
 
-def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: float = 0.3,
-                  prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+def check_options(out: Optional[Union[str, os.PathLike]] = None, shot_seconds: float = 4.0,
+                  pause: float = 0.3, prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
                   language: str = 'auto') -> None:
     """Refuse, before any speech or sampling, settings that would fail after them.
 
@@ -79,6 +79,7 @@ def check_options(out: Optional[str] = None, shot_seconds: float = 4.0, pause: f
                         f"goes, e.g. '{{text}}, watercolor'), got {prompt_template!r}")
     if out is None:
         return
+    out = os.fspath(out)  # (a pathlib.Path had no lower)
     if not out.lower().endswith('.mp4'):
         raise UserError(f'--out must name an .mp4 file, got {out!r}')
     check_output_path(out, '--out')
@@ -133,7 +134,7 @@ def _speak_one(segment: Segment, backend: SpeechBackend, language: str,
     segment.audio, segment.sample_rate = np.concatenate([audio, silence]), int(rate)
 
 
-def text_to_video(text: str, out: str,
+def text_to_video(text: str, out: Union[str, os.PathLike],
                   speech: Union[str, dict, SpeechBackend] = 'espeak',
                   pictures: Union[str, dict, PictureBackend] = 'titlecard',
                   language: str = 'auto', composer: Optional[Composer] = None,
@@ -145,7 +146,7 @@ def text_to_video(text: str, out: str,
 
     Args:
         text: The story (English or Chinese).
-        out: The mp4 to write.
+        out: The mp4 to write (a str or a pathlib.Path; ``result.path`` is a str).
         speech: Speech backend, or its spec (``espeak``, ``piper:VOICE.onnx``, ``edge``,
             ``azure``, ``none``) or config.
         pictures: Picture backend, or its spec (``titlecard``, ``mmsora:RUN``,
@@ -164,6 +165,7 @@ def text_to_video(text: str, out: str,
             template.
         progress: Show progress bars.
     """
+    out = os.fspath(out)
     check_options(out, shot_seconds, pause, prompt_template, language)
     if language == 'auto':  # (Russian text was said to be 'en', and --language ru refused:
         # the speech backends pick a voice for each script's language)
