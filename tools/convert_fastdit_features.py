@@ -105,7 +105,10 @@ def convert(args, pairs, shape, writer):
                 latents.append(x)
                 labels.append(y)
                 pbar.update(1)
-            writer.write_shard(k, np.stack(latents)[:, None, None], labels)
+            try:  # (finite float32 values past --dtype float16's range: inf once stored)
+                writer.write_shard(k, np.stack(latents)[:, None, None], labels)
+            except ValueError as e:
+                raise UserError(str(e)) from None
     return len(pending)
 
 

@@ -116,7 +116,8 @@ def encode_dtype(x, dtype):
         return t.view(torch.int16).numpy().view(np.uint16)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().float().numpy()
-    return np.asarray(x).astype(dtype, copy=False)
+    with np.errstate(over='ignore'):  # (inf past float16's range: write_shard refuses it)
+        return np.asarray(x).astype(dtype, copy=False)
 
 
 def decode_dtype(a, dtype):
@@ -124,6 +125,19 @@ def decode_dtype(a, dtype):
     if dtype == 'bfloat16':
         return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
     return np.array(a, dtype=np.float32)
+
+
+def nonfinite_counts(stored, dtype):
+    """``{row: how many values}`` of the rows of a stored array ``(n, ...)`` (as
+    :func:`encode_dtype` gives it) that hold NaN or inf in the stored dtype: a float32
+    value past float16's range is inf once stored (tools/extract_features.py's rule)."""
+    counts = np.zeros(len(stored), np.int64)
+    for start in range(0, len(stored), 256):  # (a mask of 256 rows, not of a 1 GB shard)
+        block = stored[start:start + 256]
+        # bfloat16 as uint16 bits: all exponent bits set is inf or NaN
+        bad = (block & 0x7F80) == 0x7F80 if dtype == 'bfloat16' else ~np.isfinite(block)
+        counts[start:start + len(block)] = bad.reshape(len(block), -1).sum(1)
+    return {int(row): int(counts[row]) for row in np.flatnonzero(counts)}
 
 
 def stored_tensor(a, dtype):
@@ -142,7 +156,9 @@ def _what_is_there(root) -> str:
     if not osp.isdir(root):
         return ' (no such folder)'
     if osp.isdir(osp.join(root, 'parts')):
-        return ' (extraction not finalized? rerun the extraction to finish it)'
+        return (' (extraction not finalized? rerun the extraction to finish it; a store '
+                'written from Python needs LatentStoreWriter.finalize() once every shard '
+                'is written)')
     names = [name for _, _, files in os.walk(root) for name in files][:1000]
     if any(name.endswith('.npy') for name in names):
         return (": it holds .npy files: fast-DiT's per-file features? read them with "
@@ -567,6 +583,10 @@ class LatentStoreWriter:
     def write_shard(self, shard_id, latents, labels, skipped=(), text=None, why=None):
         """Write one finished shard and record it in this rank's index part.
 
+        Latents or text embeddings holding NaN or inf as stored (a float32 value past
+        float16's range is inf in a float16 store) are refused, naming the first such
+        item: nothing of the shard is written then.
+
         Args:
             shard_id (int): Which shard.
             latents (np.ndarray | torch.Tensor): ``(n, num_copies, K, *latent_shape)``
@@ -594,6 +614,7 @@ class LatentStoreWriter:
             raise ValueError(f'shard {shard_id}: {n} items + {len(skipped)} skipped != '
                              f'{stop - start} source items')
         text_files = self._text_arrays(shard_id, n, text)
+        self._refuse_nonfinite(shard_id, latents, text_files)
         # Data files first, the index part last: a shard is listed only when complete.
         for name, array in text_files.items():
             _atomic_save_npy(osp.join(self.root, name), array)
@@ -609,6 +630,27 @@ class LatentStoreWriter:
                 field: text_name(field, shard_id) for field in TEXT_FILES
                 if text_name(field, shard_id) in text_files}
         self._write_part()
+
+    def _refuse_nonfinite(self, shard_id, latents, text_files):
+        """Refuse a shard whose latents or text embeddings hold NaN or inf as stored,
+        naming its first such item. Before, they were written without a word and
+        PackedLatentDataset served them: training met them as a NaN loss."""
+        dtype, found = self.header['dtype'], {}
+        fields = dict(latents=latents, **{
+            field: text_files[text_name(field, shard_id)]
+            for field in ('text_embeds', 'pooled_text_embeds')
+            if text_name(field, shard_id) in text_files})
+        for field, stored in fields.items():
+            for row, count in nonfinite_counts(stored, dtype).items():
+                found.setdefault(row, (field, count, stored[row].size))
+        if found:
+            row = min(found)
+            field, count, size = found[row]
+            more = f' (and {len(found) - 1} more)' if len(found) > 1 else ''
+            raise ValueError(
+                f'{self.root!r} shard {shard_id}: item {row}{more} holds NaN or inf in its '
+                f'{field} ({count} of {size} values, as {dtype}): encode it again, or leave '
+                'it out (list it in skipped): training on it meets a NaN loss')
 
     def _text_arrays(self, shard_id, n, text):
         """``{file name: array}`` of a shard's text fields, checked against the header."""

@@ -82,3 +82,14 @@ def test_a_refusal_keeps_finished_shards_and_a_rerun_resumes(features, tmp_path)
     src, dst = NpyLatentDataset(*map(str, features)), PackedLatentDataset(str(out), seed=0)
     for i in range(11):
         assert torch.equal(src[i]['latents'], dst[i]['latents'])
+
+
+def test_values_past_float16_are_one_line(features, tmp_path):
+    """A finite feature past float16's range is inf in a --dtype float16 store: the
+    writer refuses the shard (a ValueError traceback from the tool before)."""
+    spoil(features, 2, 1e5)
+    feats, labels = features
+    with pytest.raises(UserError, match=r'shard 0: item 2 holds NaN or inf in its latents'):
+        convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
+                      '--out', str(tmp_path / 'out'), '--dtype', 'float16',
+                      '--shard-size', '4'])

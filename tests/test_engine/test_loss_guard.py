@@ -301,11 +301,15 @@ def test_a_corrupt_item_of_a_packed_store_is_named(repo_root, tmp_path):
     rng = np.random.default_rng(0)
     latents = rng.standard_normal((16, 1, 2, 3, 8, 8)).astype(np.float32) * 0.1
     latents[:, :, 1] = 0.01  # std
-    latents[5, 0, 0, 1, 2, 3] = float('nan')  # item 5: shard 1 (items 4-7), row 1
     writer = LatentStoreWriter(root, 16, (3, 8, 8), dtype='float32', shard_size=4)
     for k in range(4):
         writer.write_shard(k, latents[4 * k:4 * k + 4], [0, 1, 2, 3])
     writer.finalize()
+    # item 5: shard 1 (items 4-7), row 1, spoilt on disk (the writer refuses NaN)
+    spoilt = np.load(osp.join(root, 'shard_00001.npy'), mmap_mode='r+')
+    spoilt[1, 0, 0, 1, 2, 3] = np.nan
+    spoilt.flush()
+    del spoilt
     cfg = tiny_cfg(repo_root, tmp_path / 'work', 2)
     cfg.train_dataloader.dataset = dict(type='PackedLatentDataset', data_root=root,
                                         sample_posterior=False, random_flip=False)
