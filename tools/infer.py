@@ -258,6 +258,36 @@ def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):
     return torch.cat(outs), nfes
 
 
+def nan_warning(bad: int, n: int, model, sample_kwargs: dict) -> str:
+    """The warning line for ``bad`` of ``n`` samples holding NaN or inf. A diffusers
+    scheduler's steps refuse to make NaN from finite inputs (``scheduler_sample_loop``):
+    then the model made them. Other samplers' steps may have (it blamed the weights
+    alone, where 4 Euler-ancestral steps had made them)."""
+    import inspect
+
+    from mmsora.registry import NOISE_SCHEDULERS
+    sampler, steps = sample_kwargs.get('sampler'), sample_kwargs.get('num_steps')
+    sample = getattr(getattr(model, 'diffusion', None), 'sample', None)
+    if callable(sample):  # None: the objective's default, named
+        params = inspect.signature(sample).parameters
+        if sampler is None and 'sampler' in params:
+            sampler = params['sampler'].default
+        if steps is None and 'num_steps' in params:
+            steps = params['num_steps'].default
+    weights = ("the checkpoint's weights may be damaged, or the run diverged (see its "
+               'logged loss)')
+    if sampler in NOISE_SCHEDULERS.module_dict:
+        cause = (f"the model's outputs held them ({sampler}'s steps are checked to keep "
+                 f'finite inputs finite): {weights}')
+    else:
+        cause = (f"the model's outputs or the sampler's steps ({sampler}, {steps} steps) "
+                 'made them: sample with another --steps or --sampler; if they stay, '
+                 f'{weights}')
+    overflow = (' or fp16 overflowed (try --precision bf16)'
+                if sample_kwargs.get('precision') == 'fp16' else '')
+    return f'warning: {bad} of {n} samples hold NaN or inf (saved black): {cause}{overflow}'
+
+
 def said_nfe(nfes) -> str:
     """The model evaluations of :func:`sample_counting`'s batches in words: one count,
     or the range and the total where the batches differ."""
@@ -444,11 +474,7 @@ def main(argv=None):
                                    sample_kwargs)
     bad = int((~torch.isfinite(images.flatten(1))).any(1).sum())
     if bad:  # else they are saved black without a word
-        overflow = (' or fp16 overflowed (try --precision bf16)'
-                    if sample_kwargs.get('precision') == 'fp16' else '')
-        print(f'warning: {bad} of {n} samples hold NaN or inf (saved black): the '
-              "checkpoint's weights may be damaged, or the run diverged (see its logged "
-              f'loss){overflow}', file=sys.stderr)
+        print(nan_warning(bad, n, model, sample_kwargs), file=sys.stderr)
     # (a 300-word prompt filled the line)
     what = (f'prompts {[p if len(p) <= 60 else p[:57] + "..." for p in prompts]}'
             if prompts else f'labels {labels}')

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from mmsora.utils.cli import UserError
+
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg',
            'scheduler_noise_level', 'epsilon_from_x0']
@@ -170,19 +172,88 @@ def scheduler_sample_loop(scheduler,
 
     Returns:
         The sample, same shape as ``x``.
+
+    Raises:
+        UserError: A step turned finite inputs into NaN or inf (one line naming the
+            sampler, the steps and the schedule).
     """
     scheduler.set_timesteps(num_steps, device=x.device)
+    _ancestral_sigmas_in_float64(scheduler, x.device)
     # Flow-matching schedulers start at unit variance and have no such attribute.
     x = x * getattr(scheduler, 'init_noise_sigma', 1.0)
     # Stochastic schedulers take a generator; deterministic ones have no such argument.
     step_kwargs = ({'generator': generators}
                    if 'generator' in inspect.signature(scheduler.step).parameters else {})
+    # NaN or inf from finite inputs is a step's arithmetic, not the model's: said after
+    # the loop, else the samples came out NaN and the tools blamed the weights. (NaN
+    # from the model itself is left to the tools' warnings.) The flags stay on the
+    # device until then: no sync a step.
+    made_nan = []
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress):
         # Karras-style schedulers scale the input; flow-matching ones feed x as it is.
         model_in = (scheduler.scale_model_input(x, t)
                     if hasattr(scheduler, 'scale_model_input') else x)
-        x = scheduler.step(model_output_fn(model_in, t), t, x, **step_kwargs).prev_sample
+        out = model_output_fn(model_in, t)
+        prev = scheduler.step(out, t, x, **step_kwargs).prev_sample
+        made_nan.append(torch.isfinite(x).all() & torch.isfinite(out).all()
+                        & ~torch.isfinite(prev).all())
+        x = prev
+    if made_nan and bool(torch.stack(made_nan).any()):
+        i = int(torch.stack(made_nan).nonzero()[0, 0])
+        raise UserError(_step_failed_message(scheduler, num_steps, i, scheduler.timesteps[i],
+                                             out.dtype))
     return x
+
+
+# Ancestral schedulers split each step's noise level into a deterministic and a noise
+# part, sigma_down = sqrt(sigma_to^2 - sigma_up^2): where one step falls from a very high
+# sigma (squaredcos_cap_v2's first, 2e4) to a low one (1.75 at 4 steps), the
+# difference is below float32's rounding and came out negative, its root NaN.
+_ANCESTRAL = ('EulerAncestralDiscreteScheduler', 'KDPM2AncestralDiscreteScheduler')
+
+
+def _ancestral_sigmas_in_float64(scheduler, device: torch.device):
+    """Hand an ancestral scheduler's sigma table to its ``step`` in float64 (its noise
+    split, sigma_up and sigma_down, is then float64; the samples keep their dtype).
+    MPS has no float64."""
+    sigmas = getattr(scheduler, 'sigmas', None)
+    if (type(scheduler).__name__ in _ANCESTRAL and isinstance(sigmas, torch.Tensor)
+            and sigmas.dtype == torch.float32 and device.type != 'mps'):
+        scheduler.sigmas = sigmas.double()
+
+
+def _schedule_name(config) -> str:
+    """The noise schedule of a scheduler's config in words: its ``beta_schedule``, or
+    the name of DiT's schedule its ``trained_betas`` (an objective's own) are."""
+    betas = config.get('trained_betas')
+    if betas is None:
+        return ', '.join(f'{k} {config[k]!r}' for k in ('beta_schedule', 'shift')
+                         if k in config)
+    import numpy as np
+
+    from mmsora.diffusion.gaussian import get_named_beta_schedule  # (it imports us)
+    for name in ('linear', 'squaredcos_cap_v2'):
+        named = get_named_beta_schedule(name, len(betas))
+        if np.allclose(np.asarray(betas, dtype=np.float64), named, rtol=1e-6, atol=0):
+            return f'beta_schedule {name!r}'
+    return 'betas of its own'
+
+
+def _step_failed_message(scheduler, num_steps, index, t, dtype) -> str:
+    """The one line for a scheduler step that turned finite inputs into NaN or inf."""
+    schedule = _schedule_name(getattr(scheduler, 'config', {}))
+    sigmas = getattr(scheduler, 'sigmas', None)
+    if isinstance(sigmas, torch.Tensor) and index + 1 < len(sigmas):
+        # (the jump an ancestral step splits: where it fails)
+        schedule += (f'{", " if schedule else ""}sigma {float(sigmas[index]):.3g} to '
+                     f'{float(sigmas[index + 1]):.3g}')
+    precision = ('' if dtype in (torch.float32, torch.float64) else
+                 f'; in {str(dtype).replace("torch.", "")}: or sample at a wider precision')
+    return (f'sampler {type(scheduler).__name__} with {num_steps} steps turned finite '
+            f'inputs into NaN or inf at step {index + 1} of {num_steps} (timestep '
+            f'{float(t):g}{", " + schedule if schedule else ""}): the scheduler\'s '
+            f'arithmetic, not the model; sample with another step count (e.g. '
+            f'{num_steps + 1}) or another sampler{precision}')
 
 
 def scheduler_noise_level(scheduler, t):
