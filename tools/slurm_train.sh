@@ -3,7 +3,9 @@
 # WORK_DIR (default work_dirs/CONFIG_NAME) may be left out before the options, as in a
 # requeued job's `bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG --resume`.
 # GPUS (default 8), GPUS_PER_NODE (default GPUS, at most 8), CPUS_PER_TASK (5), SRUN_ARGS
-# and PYTHON (the interpreter, default python on PATH) come from the environment.
+# and PYTHON (the interpreter, default python on PATH) come from the environment; so do
+# PORT (else MASTER_PORT; default 29500, so two jobs sharing a node need one each) and
+# GRES (default gpu:GPUS_PER_NODE; GRES=none asks for no GPUs, for a CPU-only partition).
 set -euo pipefail
 USAGE='bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [train.py options]'
 NAMES=(PARTITION JOB_NAME CONFIG)
@@ -34,12 +36,29 @@ fi
 GPUS_PER_NODE=${GPUS_PER_NODE:-$(( GPUS < 8 ? GPUS : 8 ))}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-""}
+GRES=${GRES:-gpu:$GPUS_PER_NODE}
+GRES_ARGS=(--gres="$GRES")
+[[ $GRES != none ]] || GRES_ARGS=()
+# train.py's --launcher slurm takes MASTER_PORT from the environment srun passes on
+PORT=${PORT:-${MASTER_PORT:-}}
+if [[ -n $PORT ]]; then
+    if ! [[ $PORT =~ ^[1-9][0-9]*$ && $PORT -le 65535 ]]; then
+        echo "slurm_train.sh: PORT=$PORT is not a port number: set one, e.g. PORT=29501" >&2
+        exit 2
+    fi
+    export MASTER_PORT=$PORT
+fi
 HERE=$(cd "$(dirname "$0")" && pwd)
+if ! command -v srun >/dev/null; then
+    echo "slurm_train.sh: srun was not found: run this on a slurm login node, or" \
+        "tools/dist_train.sh without slurm" >&2
+    exit 2
+fi
 
 PYTHONPATH="$HERE/..:${PYTHONPATH:-}" \
 srun -p "$PARTITION" \
     --job-name="$JOB_NAME" \
-    --gres=gpu:"$GPUS_PER_NODE" \
+    ${GRES_ARGS[@]+"${GRES_ARGS[@]}"} \
     --ntasks="$GPUS" \
     --ntasks-per-node="$GPUS_PER_NODE" \
     --cpus-per-task="$CPUS_PER_TASK" \
