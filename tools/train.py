@@ -18,8 +18,9 @@ from mmsora.utils.checkpoint_choice import check_checkpoint_complete
 from mmsora.utils.trained_settings import config_objective, trained_objective
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, add_malloc_option,
-                              add_note, check_output_path, is_first_on_machine, is_launch_rank0,
-                              keep_freed_memory_on_cpu, note, run_cli)
+                              add_note, check_output_path, check_torchrun_launcher,
+                              is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
+                              note, run_cli)
 from mmsora.utils.config_loading import load_config, parse_config_and_preset
 from mmsora.utils.error_messages import explain_error
 
@@ -599,7 +600,52 @@ def check_resume_matches_strategy(cfg, world_size: int = 1):
                 f'process{"es" * (saved_world != 1)}, this run has {world_size}: DeepSpeed '
                 'resumes its partitioned optimizer state on the same number only; relaunch '
                 'with it, or start a new run from its weights (tools/zero_to_state_dict.py, '
-                'then --load-from FILE)')
+                'then --cfg-options model.pretrained_denoiser=FILE with --deepspeed, or '
+                '--load-from FILE without it)')
+
+
+def check_resume_layout(cfg, world_size: int) -> None:
+    """Refuse ``--resume`` of a checkpoint file saved by another layout (processes x
+    batch per process x micro-batches per step, its ``meta.run_layout``) before the
+    Runner starts. ResumeCheckHook refuses it too, but only once the Runner has
+    started: some 250 lines of start-up output and a new log folder per attempt.
+    Checked where the config keeps the hook (``default_hooks.resume_check=None``
+    turns the check off). Called by :func:`main`, not by :func:`build_train_config`,
+    which other code builds configs with (tests of the hook's own refusal)."""
+    path = cfg.get('load_from')
+    if not (cfg.get('resume') and isinstance(path, str) and osp.isfile(path)):
+        return
+    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
+        return  # (a file: refused by check_resume_matches_strategy)
+    from mmsora.engine.hooks import ResumeCheckHook
+    from mmsora.engine.hooks.resume_check_hook import _describe
+    from mmsora.engine.strategies import accumulation_of
+    from mmsora.utils.training_inputs import hook_class
+    hooks = [*(cfg.get('default_hooks') or {}).values(), *(cfg.get('custom_hooks') or [])]
+    if not any(h is not None and issubclass(hook_class(h), ResumeCheckHook) for h in hooks):
+        return
+    saved = (load_from_kind(path)[2].get('meta') or {}).get('run_layout')
+    batch = (cfg.get('train_dataloader') or {}).get('batch_size')
+    if not isinstance(saved, dict) or not isinstance(batch, int):
+        return  # (an older checkpoint, or a loader's own batch sampler: the hook's)
+    now = dict(world_size=world_size, batch_size=batch, accumulation=accumulation_of(cfg))
+    # (checkpoints written before the accumulation was recorded: not compared)
+    if (saved['world_size'], saved['batch_size'],
+            saved.get('accumulation', now['accumulation'])) == (
+            now['world_size'], now['batch_size'], now['accumulation']):
+        return
+    why = ''
+    world = saved['world_size']
+    if world != world_size and (world * saved['batch_size'] * saved.get(
+            'accumulation', now['accumulation'])) == world_size * batch * now['accumulation']:
+        why = (f' (the global batch is the same, but the data order and the per-process RNG '
+               f'states the checkpoint holds belong to {world} process{"es" * (world != 1)})')
+    # (ResumeCheckHook's words, which tests and docs/reliability.md quote)
+    raise UserError(f'cannot resume: the checkpoint was saved by a run of {_describe(saved)}, '
+                    f'this run has {_describe(now)}; exact resume needs the same layout{why}: '
+                    f'relaunch with it, or go on from its weights with --load-from {path} (its '
+                    'trained weights and EMA; the optimizer state and the data order start '
+                    'afresh, and the learning-rate schedule restarts from iteration 0)')
 
 
 def note_named_layout(config, cfg, world_size: int) -> None:
@@ -695,6 +741,7 @@ def build_train_config(args):
         # requeued job's first start) the run starts from it (it was dropped)
         args.load_from, option = config_load_from, 'load_from'
     training_file = None  # a DiT / fast-DiT / SiT train.py's file given to --load-from
+    run_checkpoint = None  # a run's checkpoint given to --load-from (said once checked)
     if args.load_from is not None:
         from mmsora.utils.checkpoint_choice import resolve_checkpoint
         from mmsora.utils.diffusers_dit import diffusers_dit_folder
@@ -740,7 +787,7 @@ def build_train_config(args):
                 # file is refused below, naming the way)
                 check_load_from_matches(meta_model, args.load_from, state_dict)
             cfg.load_from = args.load_from
-            note_load_from_run(args, checkpoint)
+            run_checkpoint = checkpoint
         else:
             # An original DiT / fast-DiT file, or an image run's checkpoint for a video
             # model: the denoiser loads it strictly (VideoDiT inflates it exactly), not
@@ -806,6 +853,8 @@ def build_train_config(args):
                         'only DeepSpeed checkpoint folders there; start from these '
                         f'weights with --cfg-options model.pretrained_denoiser='
                         f'{cfg.load_from} instead')
+    if run_checkpoint is not None:  # (not before a refusal: it said the run would start)
+        note_load_from_run(args, run_checkpoint)
     if not torch.cuda.is_available():
         cfg.env_cfg = cfg.get('env_cfg') or {}  # (mmengine's default: none given)
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
@@ -847,9 +896,13 @@ def main(argv=None):
     from mmsora.engine import init_cpu_distributed
     from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
     try:
+        # each of torchrun's processes trained the whole run alone, into the same work dir
+        check_torchrun_launcher(args.launcher)
         cfg = build_train_config(args)
         check_stores_exist(cfg)
         check_work_dir_is_new(cfg, args)  # a forgotten --resume
+        from mmsora.engine.strategies import launcher_world_size
+        check_resume_layout(cfg, launcher_world_size(args.launcher))
         timeout = collective_timeout(cfg)
     except UserError:
         if not is_first_on_machine():  # the same config and files on every process of a
