@@ -449,8 +449,8 @@ def test_samples_that_are_not_finite_are_warned_about(tmp_path, trained, capsys)
     infer([str(work), '--checkpoint', str(damaged), '--num-samples', '2', '--steps', '2',
            '--out', str(tmp_path / 'x.png')])
     err = capsys.readouterr().err
-    assert "warning: 2 of 2 samples hold NaN or inf (saved black): the checkpoint's weights " \
-           'may be damaged, or the run diverged' in err
+    assert 'warning: 2 of 2 samples hold NaN or inf (saved black): ' in err
+    assert "the checkpoint's weights may be damaged, or the run diverged" in err
     infer([str(work), '--checkpoint', ckpt, '--num-samples', '2', '--steps', '2',
            '--out', str(tmp_path / 'y.png')])
     assert 'warning' not in capsys.readouterr().err
