@@ -12,11 +12,14 @@ Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
 the same process raises "already registered"). :func:`mend_mmengine_deepspeed`
 replaces it with one that registers the optimizers the installed DeepSpeed has, and
 makes ``save_checkpoint`` run the hooks' checkpoint callback, which it drops (so the
-EMA weights are saved).
+EMA weights are saved). It also hides torch's deprecation of the collectives DeepSpeed
+calls, which came back at every step (:func:`quiet_deprecated_collectives`).
 """
 import copy
 import os
 import os.path as osp
+import sys
+import warnings
 from functools import partial
 
 from mmengine.hooks import Hook
@@ -30,7 +33,7 @@ from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
            'zero_model_states', 'partitions_weights',
            'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
-           'to_flexible_runner_config']
+           'quiet_deprecated_collectives', 'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
                      'deepspeed_zero3', 'deepspeed_zero3_offload')
@@ -159,7 +162,36 @@ def mend_mmengine_deepspeed():
         strategy.save_checkpoint = _save_with_hooks(strategy.save_checkpoint)
         strategy.resume = _resume_with_hooks(strategy.resume)
         strategy._mmsora_hooks_mended = True
+    quiet_deprecated_collectives()
     return register_deepspeed_optimizers()
+
+
+# torch's FutureWarnings for the collectives DeepSpeed's ZeRO calls at every step
+# (torch >= 2.5 deprecates them; DeepSpeed 0.19 still calls them).
+_DEPRECATED_COLLECTIVES = (r'`torch\.distributed\.(all_gather_into_tensor|'
+                           r'reduce_scatter_tensor)` is deprecated')
+
+
+def quiet_deprecated_collectives() -> None:
+    """Hide torch's deprecation of ``all_gather_into_tensor`` and
+    ``reduce_scatter_tensor``, which DeepSpeed calls (nothing a user can change),
+    and no other warning.
+
+    Python's default shows a warning once per location, but its record is wiped
+    whenever anything changes the warning filters, ``warnings.catch_warnings()``
+    included (the 'once' action's record too). DeepSpeed does that at every step
+    on the CPU: ZeRO's gradient reduction asks the CPU accelerator for its device
+    count, which runs ``numactl`` in a subprocess, and ``subprocess`` enters
+    ``catch_warnings``. So the same warnings came back at every step on every rank
+    and flooded the log. A ``-W`` option or ``PYTHONWARNINGS`` the user gave is
+    left to decide.
+    """
+    if sys.warnoptions:
+        return
+    # the module the warning is attributed to differs with torch's version (its
+    # c10d logger wrapper, or DeepSpeed calling in)
+    warnings.filterwarnings('ignore', _DEPRECATED_COLLECTIVES, FutureWarning,
+                            r'(torch\.distributed|deepspeed)\.')
 
 
 def partitions_weights(model) -> bool:
