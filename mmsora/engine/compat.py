@@ -195,6 +195,14 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -
             'start the script with torchrun (torchrun --nproc_per_node N SCRIPT ...; for '
             'training tools/dist_train.sh) or srun')
     import datetime
-    torch_dist.init_process_group(
-        backend='gloo', timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        torch_dist.init_process_group(
+            backend='gloo', timeout=datetime.timedelta(seconds=timeout_s))
+    except torch_dist.DistNetworkError as e:
+        from mmsora.utils.error_messages import port_in_use_message
+        message = port_in_use_message(e)
+        if message is None:
+            raise
+        from mmsora.utils.cli import RunError
+        raise RunError(message) from None  # (rank 0's alone: a 30-line traceback)
     return True

@@ -1,6 +1,6 @@
 """Command-line plumbing shared by tools/: the one-line errors (UserError, RunError,
 Interrupted), notes, the argument parser, option checks, and run_cli, which prints a
-user's mistake as one line instead of a traceback.
+user's mistake as one line instead of a traceback (once per machine under a launcher).
 
 Beside it: config_loading.py (reading a config), cfg_options.py (--cfg-options),
 foreign_flags.py (other projects' flags and keys), error_messages.py (the one-line
@@ -13,8 +13,8 @@ import sys
 
 from mmsora.utils.foreign_flags import FOREIGN_FLAGS, FOREIGN_HINTS, model_config
 
-__all__ = ['UserError', 'RunError', 'ArgumentParser', 'is_launch_rank0', 'note',
-           'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
+__all__ = ['UserError', 'UserPathNotFound', 'RunError', 'ArgumentParser', 'is_launch_rank0',
+           'note', 'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
            'first_line', 'add_malloc_option', 'keep_freed_memory_on_cpu', 'checkpointing_setting',
            'device_setting', 'read_user_text', 'check_at_least', 'check_output_path', 'add_note',
            'check_samples_not_finished', 'Interrupted', 'run_cli']
@@ -22,6 +22,12 @@ __all__ = ['UserError', 'RunError', 'ArgumentParser', 'is_launch_rank0', 'note',
 
 class UserError(Exception):
     """A mistake in what the user gave (path, option, config); printed as one line."""
+
+
+class UserPathNotFound(UserError, FileNotFoundError):
+    """A path the user gave (an option's, a config's) that does not exist: a
+    UserError (said once per machine under a launcher, see :func:`run_cli`) that the
+    callers catching FileNotFoundError still catch."""
 
 
 class RunError(Exception):
@@ -265,10 +271,42 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code, self.quiet = exit_code, quiet
 
 
+# How long a process other than the first of its machine waits, after a UserError,
+# for the launcher to stop it: torchrun, and srun --kill-on-bad-exit (as
+# tools/slurm_train.sh starts it), stop every process once one has failed.
+LAUNCHER_GRACE_S = 30
+
+
+def _said_by_first_on_machine() -> bool:
+    """After a :class:`UserError` in a process that is not the first of its machine:
+    whether the first one says it. Waits up to ``LAUNCHER_GRACE_S`` for the launcher
+    to stop this process, which it does once the first has failed (exiting at once
+    let torchrun kill the first before it printed); still here after that, the
+    mistake is this process's alone (False)."""
+    if is_first_on_machine():
+        return False
+    import time
+    try:
+        time.sleep(LAUNCHER_GRACE_S)
+    except KeyboardInterrupt:  # the launcher's SIGTERM, where a handler raises it
+        return True
+    return False
+
+
 def run_cli(main):
     """Run ``main()``; print user mistakes as one ``error:`` line and exit 2, and
     Ctrl-C as one ``interrupted`` line (with what to do next, where the tool says it:
     :class:`Interrupted`) and exit 130, as a shell reports SIGINT.
+
+    Under a launcher a :class:`UserError` is said once per machine, by its first
+    process (:func:`is_first_on_machine`), not once per process: it is raised from
+    what every process of a launch is given alike (the command line, the config, the
+    files they share) before any collective, so each process meets the same one. The
+    others wait, without a word, for the launcher to stop them (exit 2 where a signal
+    handler turns its SIGTERM into KeyboardInterrupt); one still running
+    ``LAUNCHER_GRACE_S`` later met a mistake of its own, and says it. Every other error
+    (a RunError, an OSError) can be one process's alone (its own disk, its own file)
+    and is said by each process that meets it.
 
     Set ``MMSORA_DEBUG=1`` to get the full traceback instead.
     """
@@ -289,6 +327,8 @@ def run_cli(main):
         message = explain_error(e)
         if message is None or os.environ.get('MMSORA_DEBUG'):
             raise
+        if isinstance(e, UserError) and _said_by_first_on_machine():
+            return 2
         print(f'error: {message}', file=sys.stderr)
         for line in getattr(e, '__notes__', ()):  # (add_note's: what to do next)
             print(line, file=sys.stderr)

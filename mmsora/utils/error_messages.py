@@ -9,7 +9,7 @@ import re
 from mmsora.utils.cli import RunError, UserError
 
 __all__ = ['find_registered_class', 'unknown_type_message', 'unknown_key_message',
-           'missing_arguments_message', 'explain_error']
+           'missing_arguments_message', 'port_in_use_message', 'explain_error']
 
 
 # What a path the user gave can run into (FileNotFoundError has its own message).
@@ -20,6 +20,7 @@ _UNEQUAL_STACK = 'stack expects each tensor to be equal size'
 _WORKER_STACK = 'Trying to resize storage that is not resizable'
 _ONE_SHAPE = (': a batch stacks them, so each key needs one shape in every item (crop or '
               'resize them to one size)')
+_PORT_IN_USE = re.compile(r'port: (\d+).*EADDRINUSE', re.S)
 _MISSING_ARGS = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?"
                            r"arguments?: (.+)$", re.M)
 
@@ -145,10 +146,28 @@ def missing_arguments_message(class_name, names) -> str:
             f'{"it is" if len(names) == 1 else "they are"} missing')
 
 
+def port_in_use_message(exc):
+    """``port N (MASTER_PORT) is in use ...; set MASTER_PORT ...`` for torch's
+    DistNetworkError of a process group whose rank 0 cannot listen on MASTER_PORT
+    (another run holds the port), else None. Under srun rank 0 listens itself (under
+    torchrun its agent does, and says so in its own words)."""
+    match = _PORT_IN_USE.search(str(exc))
+    if type(exc).__name__ != 'DistNetworkError' or not match:
+        return None
+    from mmsora.utils.dist import free_port
+    return (f'port {match.group(1)} (MASTER_PORT) is in use on this machine: another run, '
+            'or one that just ended, holds it, and the process group cannot listen on it; '
+            f'set MASTER_PORT to a free port (MASTER_PORT={free_port()} is free here now) '
+            'and start again')
+
+
 def explain_error(exc):
     """A one-line explanation for a user mistake, or None for a real bug."""
     if isinstance(exc, (UserError, RunError)):
         return str(exc)
+    port_in_use = port_in_use_message(exc)  # (mmengine's own nccl group under srun)
+    if port_in_use:
+        return port_in_use
     import pickle
     if isinstance(exc, pickle.UnpicklingError):  # a checkpoint that holds code
         return str(exc)

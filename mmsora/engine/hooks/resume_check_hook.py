@@ -44,15 +44,22 @@ class ResumeCheckHook(Hook):
     A different number of processes, batch size per process or number of
     micro-batches per optimizer step stops the resume with one line; a dataset of
     another length is allowed with a warning (the data order then differs from the
-    uninterrupted run's).
+    uninterrupted run's). The layout is logged at the start of training, in the run's
+    log file.
     """
 
     def before_train(self, runner):
+        accumulation = accumulation_steps(runner)
         # The micro-batches per optimizer step, for whatever keys draws by step
         # (LatentDiffusion's train_noise_seed).
         # Not saved with checkpoints: each run states its own.
-        runner.message_hub.update_info('accumulative_counts', accumulation_steps(runner),
-                                       resumed=False)
+        runner.message_hub.update_info('accumulative_counts', accumulation, resumed=False)
+        # tools/train.py prints how it split a global_batch_size on the terminal only:
+        # the log file is where a run's global batch is looked up afterwards
+        batch = runner.train_dataloader.batch_size  # (None with a batch_sampler)
+        if batch is not None:
+            runner.logger.info('batch layout: ' + _describe(dict(
+                world_size=get_world_size(), batch_size=batch, accumulation=accumulation)))
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
