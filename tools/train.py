@@ -19,8 +19,7 @@ from mmsora.utils.trained_settings import config_objective, trained_objective
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, add_malloc_option,
                               add_note, check_output_path, check_torchrun_launcher,
-                              is_first_on_machine, is_launch_rank0, keep_freed_memory_on_cpu,
-                              note, run_cli)
+                              is_launch_rank0, keep_freed_memory_on_cpu, note, run_cli)
 from mmsora.utils.config_loading import load_config, parse_config_and_preset
 from mmsora.utils.error_messages import explain_error
 
@@ -895,22 +894,15 @@ def main(argv=None):
 
     from mmsora.engine import init_cpu_distributed
     from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
-    try:
-        # each of torchrun's processes trained the whole run alone, into the same work dir
-        check_torchrun_launcher(args.launcher)
-        cfg = build_train_config(args)
-        check_stores_exist(cfg)
-        check_work_dir_is_new(cfg, args)  # a forgotten --resume
-        from mmsora.engine.strategies import launcher_world_size
-        check_resume_layout(cfg, launcher_world_size(args.launcher))
-        timeout = collective_timeout(cfg)
-    except UserError:
-        if not is_first_on_machine():  # the same config and files on every process of a
-            # machine: its first one says what is wrong, and the launcher then stops
-            # this one (exiting first let torchrun kill the first before it printed)
-            import time
-            time.sleep(30)  # still here: the mistake is this process's alone; say it
-        raise
+    # (a mistake here is said by the first process of each machine: run_cli)
+    # each of torchrun's processes trained the whole run alone, into the same work dir
+    check_torchrun_launcher(args.launcher)
+    cfg = build_train_config(args)
+    check_stores_exist(cfg)
+    check_work_dir_is_new(cfg, args)  # a forgotten --resume
+    from mmsora.engine.strategies import launcher_world_size
+    check_resume_layout(cfg, launcher_world_size(args.launcher))
+    timeout = collective_timeout(cfg)
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
     init_cpu_distributed(args.launcher, **timeout)
