@@ -113,12 +113,13 @@ def torchrun_processes() -> int:
 
 
 def check_torchrun_launcher(launcher: str) -> None:
-    """A sampling tool under torchrun without ``--launcher``: every process sampled
-    every item into the same files (one stopped on another's .tmp.npz)."""
+    """A tool under torchrun without ``--launcher``: every process sampled every item
+    into the same files (one stopped on another's .tmp.npz), or trained the whole run
+    alone into the same work dir."""
     world = torchrun_processes()
     if launcher == 'none' and world > 1:
         raise UserError(f'started as one of {world} torchrun processes without --launcher: '
-                        'add --launcher pytorch (each process then samples its share)')
+                        'add --launcher pytorch (each process then does its share)')
 
 
 def plural(n: int, word: str) -> str:

@@ -15,7 +15,7 @@ CONFIG = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 VIDEO_CONFIG = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
 MISSING = '/nonexistent/iter_10.pth'  # never read: refused before
 WITHOUT_LAUNCHER = ('started as one of 2 torchrun processes without --launcher: add '
-                    '--launcher pytorch (each process then samples its share)')
+                    '--launcher pytorch (each process then does its share)')
 
 
 @pytest.fixture
