@@ -146,6 +146,14 @@ def slurm_master_addr(node_list: str) -> str:
                     f'{node_list}: {" ".join(command)}: {why}; set MASTER_ADDR to it')
 
 
+def default_slurm_port() -> str:
+    """The rendezvous port of a slurm job that sets no MASTER_PORT: 20000 + its job id
+    modulo 10000, so two jobs sharing a node take two ports (both took 29500 and the
+    second stopped on a port in use); 29500 outside a job."""
+    job = os.environ.get('SLURM_JOB_ID', '')
+    return str(20000 + int(job) % 10000) if job.isdigit() else '29500'
+
+
 def _slurm_env():
     """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher."""
     missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
@@ -157,7 +165,7 @@ def _slurm_env():
     proc_id = int(os.environ['SLURM_PROCID'])
     ntasks = int(os.environ['SLURM_NTASKS'])
     node_list = os.environ['SLURM_NODELIST']
-    os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ.setdefault('MASTER_PORT', default_slurm_port())
     if 'MASTER_ADDR' not in os.environ:  # (kept when given)
         os.environ['MASTER_ADDR'] = slurm_master_addr(node_list)
     os.environ['WORLD_SIZE'] = str(ntasks)

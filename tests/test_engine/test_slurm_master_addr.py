@@ -21,6 +21,7 @@ def slurm(monkeypatch, tmp_path):
     for key in FILLED:  # (set first, so that monkeypatch removes what _slurm_env adds)
         monkeypatch.setenv(key, 'x')
         monkeypatch.delenv(key)
+    monkeypatch.delenv('SLURM_JOB_ID', raising=False)
     monkeypatch.setenv('SLURM_PROCID', '1')
     monkeypatch.setenv('SLURM_NTASKS', '2')
     bin_dir = tmp_path / 'bin'
@@ -43,6 +44,22 @@ def test_a_plain_host_name_is_used_without_scontrol(slurm, monkeypatch):
     assert os.environ['MASTER_ADDR'] == 'gpu-node07'
     assert (os.environ['MASTER_PORT'], os.environ['WORLD_SIZE'], os.environ['RANK']) == (
         '29500', '2', '1')
+
+
+def test_two_jobs_on_a_node_take_two_ports(slurm, monkeypatch):
+    """Without MASTER_PORT every job took 29500: a second job on the node stopped on a
+    port in use. The job id picks one; a given MASTER_PORT is kept."""
+    monkeypatch.setenv('SLURM_NODELIST', 'gpu-node07')
+    ports = []
+    for job in ('123456', '123457'):
+        monkeypatch.setenv('SLURM_JOB_ID', job)
+        monkeypatch.delenv('MASTER_PORT', raising=False)
+        compat._slurm_env()
+        ports.append(os.environ['MASTER_PORT'])
+    assert ports == ['23456', '23457']
+    monkeypatch.setenv('MASTER_PORT', '29601')
+    compat._slurm_env()
+    assert os.environ['MASTER_PORT'] == '29601'
 
 
 def test_a_given_master_addr_is_kept(slurm, monkeypatch):
