@@ -184,3 +184,20 @@ def test_the_batch_layout_is_in_the_runs_log_file(repo_root, tmp_path):
         lines = [line for line in f if 'batch layout:' in line]
     assert len(lines) == 1 and lines[0].rstrip().endswith(
         'batch layout: 1 process x batch size 8 x 2 micro-batches per step (global 16)')
+
+
+def test_a_missing_fid_reference_is_said_once_per_machine(tmp_path, monkeypatch, capsys,
+                                                          waits):
+    """tools/test.py under torchrun printed 'FID reference not found' from every
+    process (a FileNotFoundError, which one process can meet alone)."""
+    import tests.test_evaluation.tiny_extractors  # noqa: F401  (registers them)
+    from mmsora.evaluation import FID
+    fid = FID(extractor=dict(type='TinyImageExtractor'), reference=str(tmp_path / 'no.npz'))
+    with pytest.raises(FileNotFoundError, match='FID reference not found'):
+        fid.reference_stats()
+    _launch(monkeypatch, RANK='1', LOCAL_RANK='1', WORLD_SIZE='2')
+    assert run_cli(fid.reference_stats) == 2
+    assert capsys.readouterr().err == ''
+    _launch(monkeypatch, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')
+    assert run_cli(fid.reference_stats) == 2
+    assert 'FID reference not found' in capsys.readouterr().err

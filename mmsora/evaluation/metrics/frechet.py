@@ -12,7 +12,7 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from mmsora.registry import METRICS
-from mmsora.utils.cli import first_line
+from mmsora.utils.cli import UserPathNotFound, first_line
 
 from ..functional import (feature_stats, frechet_distance, inception_score, load_stats,
                           save_stats)
@@ -65,7 +65,7 @@ class FrechetMetric(SampleMetric):
                              f'got num_samples={num_samples}: raise --num-samples '
                              '(evaluation.num_samples)')
         if not osp.isfile(self.reference):
-            raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
+            raise UserPathNotFound(f'{self.metric_name} reference not found: {self.reference}')
         self._reference_shapes = shapes = _npz_shapes(self.reference)
         if 'mu' in shapes and 'sigma' in shapes:
             mu, sigma = shapes['mu'][0], shapes['sigma'][0]
@@ -162,7 +162,7 @@ class FrechetMetric(SampleMetric):
     def reference_stats(self) -> Dict[str, np.ndarray]:
         """The reference's ``mu``/``sigma``: stored, cached, or computed now and cached."""
         if not osp.isfile(self.reference):
-            raise FileNotFoundError(f'{self.metric_name} reference not found: {self.reference}')
+            raise UserPathNotFound(f'{self.metric_name} reference not found: {self.reference}')
         with np.load(self.reference) as data:  # (members are read only when named)
             if 'mu' in data and 'sigma' in data:
                 return dict(mu=data['mu'], sigma=data['sigma'])
