@@ -1,9 +1,12 @@
 """Python API behind tools/infer.py: load a trained model, sample, save pictures."""
 import glob
 import inspect
+import math
+import numbers
 import os
 import os.path as osp
 import re
+from collections.abc import Iterable
 from typing import Optional, Sequence
 
 import numpy as np
@@ -86,9 +89,10 @@ def find_run(path):
     checkpoint folder); without that file, its highest-numbered ``iter_N.pth`` is
     taken (:func:`~mmsora.utils.checkpoint_choice.last_checkpoint`). A checkpoint file in a
     work dir is that run at that checkpoint (``work_dirs/run/iter_300.pth``: it was
-    read as a config, 'not a .py').
+    read as a config, 'not a .py'). ``path``: a str or a ``pathlib.Path``.
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
+    path = os.fspath(path)  # (a pathlib.Path had no endswith)
     if osp.isfile(path):
         if not path.endswith(CHECKPOINT_SUFFIXES):
             return path, None
@@ -140,6 +144,7 @@ def load_weights(model, checkpoint, use_ema=True):
     """
     from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import read_zero_checkpoint
+    checkpoint = os.fspath(checkpoint)  # (a pathlib.Path too; a str in loaded_from)
     if not hasattr(model, 'denoiser'):  # (an AttributeError after the file was read)
         raise TypeError(f'load_weights loads into a LatentDiffusion (init_model\'s model), '
                         f'not a {type(model).__name__}; a bare DiT loads a checkpoint with '
@@ -280,7 +285,8 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
     weights: the Python way into what ``tools/infer.py`` samples.
 
     Args:
-        config: A work dir (its dumped config and newest checkpoint), or a config file.
+        config: A work dir (its dumped config and newest checkpoint), or a config file
+            (paths here: a str or a ``pathlib.Path``).
         checkpoint: A checkpoint file or DeepSpeed folder, a DiT / fast-DiT file or a
             diffusers DiT folder (:func:`load_weights`); default: the work dir's
             newest, else (a config file) the pretrained weights the config names
@@ -311,6 +317,9 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
     from mmsora.utils.error_messages import explain_error
     if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'device={device!r}: no CUDA device on this machine')
+    config = os.fspath(config)  # (a pathlib.Path: find_run said it had no endswith)
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
     config_path, run_checkpoint = find_run(config)
     cfg = load_config(config_path)
     apply_cfg_options(cfg, cfg_options if isinstance(cfg_options, dict) else list(cfg_options))
@@ -476,6 +485,7 @@ def read_prompt_file(path) -> list:
     byte order mark dropped (it began the first prompt). Raises UserError (one line)
     for a file that cannot be read or holds no prompt."""
     from mmsora.utils.cli import UserError, read_user_text
+    path = os.fspath(path)
     try:
         text = read_user_text(path, '--prompt-file')
     except FileNotFoundError as e:
@@ -526,9 +536,17 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     Returns:
         Tensor: float32 on the CPU, ``(N, 3, H, W)`` pictures or ``(N, 3, T, H, W)``
         clips in [-1, 1] (latents for a model without a VAE, or ``decode=False``).
+
+    Raises:
+        ValueError: In one line, before the first batch: labels that are not a
+            non-empty 1-D sequence of the model's class ids, seeds that are not ints,
+            a ``cfg_scale`` that is not a number, and the sampler, its options and
+            the steps as the model's objective refuses them.
     """
     from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
+                                                     check_sample_settings,
                                                      merge_sample_cfg)
+    from mmsora.models.latent_diffusion import _seed_list
     run_cfg = getattr(model, 'sample_cfg', None)
     if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
         run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
@@ -549,6 +567,15 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     if run_cfg is not None and settings.get('precision') is None:
         device = next(model.parameters()).device
         settings['precision'] = default_precision(device, run_cfg)
+    scale = settings.get('cfg_scale')
+    if scale is not None and not (isinstance(scale, numbers.Real) and
+                                  not isinstance(scale, bool) and math.isfinite(scale)):
+        # (a str was 'only integer tensors of a single element can be converted')
+        raise ValueError(f'cfg_scale must be a finite number (the guidance scale; 1: none), '
+                         f'got {scale!r}')
+    diffusion = getattr(model, 'diffusion', None)
+    if diffusion is not None:  # the sampler, its options and the steps, before any
+        check_sample_settings(diffusion, settings, named)  # batch (the objective's rule)
     if isinstance(prompts, str):  # (was sliced into its characters)
         prompts = [prompts]
     text = getattr(model, 'text_conditioned', False)
@@ -557,20 +584,24 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
                          'prompts=[...], not labels')                              # the encoder)
     if prompts is not None:
         prompts = list(prompts)
-    elif labels is not None:
-        labels = labels.tolist() if torch.is_tensor(labels) else list(labels)
+        if not prompts:  # (torch.cat(): expected a non-empty list of Tensors)
+            raise ValueError('prompts is empty: give one caption per sample')
+    elif labels is not None:  # all of them, before the first batch is drawn
+        labels = _label_list(labels, getattr(model, 'num_classes', None))
     elif not text:
         raise ValueError('this model is class-conditional: give labels, one per sample')
     else:
         raise ValueError('this model is text-conditioned: give prompts, one per sample')
     given = prompts if prompts is not None else labels
-    if isinstance(seeds, int):
-        seeds = list(range(seeds, seeds + len(given)))
-    seeds = list(seeds)
-    if len(seeds) != len(given):
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):  # (np.int64)
+        seeds = list(range(int(seeds), int(seeds) + len(given)))
+    elif isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+        seeds = list(seeds)
+    if isinstance(seeds, list) and len(seeds) != len(given):
         raise ValueError(f'{len(seeds)} seeds for {len(given)} '
                          f'{"prompts" if prompts is not None else "labels"}: give one '
                          'seed per sample (or an int: seeds s, s + 1, ...)')
+    seeds = _seed_list(seeds, len(given))  # (the model's rule: one int each)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     outs = []
@@ -583,22 +614,50 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     return torch.cat(outs)
 
 
+def _label_list(labels, num_classes: Optional[int]) -> list:
+    """:func:`sample_images`' ``labels`` as a list, refused in one line unless they are a
+    non-empty 1-D sequence of class ids (:func:`check_label_range`'s rule where the
+    model's classes are known): ``labels=3`` was 'int object is not iterable', ``[]``
+    a torch.cat error, ``[[0, 1]]`` 'got 1 seeds for 2 samples'."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable) or \
+            getattr(labels, 'ndim', 1) == 0:
+        raise ValueError(f'labels must be a sequence of class ids, one per sample '
+                         f'(labels=[3] for one sample of class 3), got {labels!r}')
+    labels = labels.tolist() if torch.is_tensor(labels) else list(labels)
+    try:
+        shape = np.shape(labels)
+    except ValueError:  # (rows of different lengths)
+        shape = None
+    if shape is None or len(shape) != 1:
+        raise ValueError('labels must be one class id per sample (a 1-D sequence), got '
+                         + (f'shape {shape}' if shape else repr(labels)))
+    if not labels:
+        raise ValueError('labels is empty: give one class id per sample')
+    check_label_range(labels, num_classes, 'labels', error=ValueError)
+    return labels
+
+
 def to_uint8(images):
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+    """(N, 3, H, W) floats in [-1, 1] -> (N, H, W, 3) uint8 (integer pixels refused)."""
     if images.dim() == 5 and images.shape[1] == 3:  # (it said: latent models need a VAE)
         raise ValueError(f'expected (N, 3, H, W) pictures, got clips of shape '
                          f'{tuple(images.shape)}: save them with save_videos')
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f'expected (N, 3, H, W) pictures, got shape {tuple(images.shape)}; '
                          'latent models need a VAE (model.vae) to make pictures')
+    if not images.is_floating_point():  # (uint8 128 was taken as 128 in [-1, 1]: white)
+        raise ValueError(f'pictures are floats in [-1, 1], got {images.dtype}; pass uint8 '
+                         'pixels in [0, 255] as x.float() / 127.5 - 1')
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).numpy()
 
 
 def save_image_grid(images, path, nrow=8, upscale=1):
     """Save (N, 3, H, W) pictures in [-1, 1] as one grid picture (PNG, JPEG, ... by
-    ``path``'s suffix), ``nrow`` a row, each ``upscale`` times larger (nearest)."""
+    ``path``'s suffix), ``nrow`` a row, each ``upscale`` times larger (nearest).
+    ``path``: a str or a ``pathlib.Path``; the str is returned."""
     from PIL import Image
+    path = os.fspath(path)
     if osp.splitext(path)[1].lower() not in Image.registered_extensions():
         # (PIL's 'unknown file extension', after the folder was made)
         raise ValueError(f'save_image_grid writes a picture: give a .png or .jpg path, got '
