@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmsora.utils.cli import UserError, run_cli
-from tests.test_evaluation.test_walkthrough_u_tools import make_tiny_run
+from tests.test_evaluation.test_evaluation_tool_checks_and_resume import make_tiny_run
 from tools import score_samples
 from tools import test as test_tool
 

@@ -17,7 +17,7 @@ from mmsora.apis.text2video import (Composer, Shot, build_pictures, parse_resolu
 from mmsora.apis.text2video.segmentation import Segment
 from mmsora.utils.cli import Interrupted, UserError, run_cli
 from mmsora.utils.video_io import probe_video
-from tests.test_apis.test_text2video_fixes import load_tool
+from tests.test_apis.test_text2video_voices_text_and_font import load_tool
 
 STORY = 'The red disk rolls away. A green square waits for it.'
 
