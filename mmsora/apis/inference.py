@@ -15,69 +15,19 @@ import torch
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.checkpoint_choice import (last_checkpoint, newest_numbered_checkpoint,
                                             resolve_checkpoint)
-from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_checked
 from mmsora.utils.cli import note
+from mmsora.utils.labels import check_label_range
+from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_checked
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
            'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
-           'check_label_ids', 'check_label_range']
-
-
-def check_label_range(labels, num_classes: Optional[int], where: str, *, null=(),
-                      error=None, explain=None) -> None:
-    """The rule for class labels, for every place that takes them (``--labels``, a
-    training batch, a latent store): whole numbers in ``[0, num_classes)``.
-
-    Refused labels are named in one line: ``{where} [5] out of range: the model has 3
-    classes``, or ``{where} [1.5] are not class ids (whole numbers): ...`` (1.5 was
-    read as class 1).
-
-    Args:
-        labels: The labels: a sequence, a numpy array or a tensor.
-        num_classes: The model's classes; None (unknown): nothing is checked.
-        where: What the message names them by: ``'--labels'``, ``"the batch's
-            labels"``, ``"ROOT: the store's labels"``.
-        null: Labels the place also takes: -1 ("no label") in a one-class model's
-            batches and stores, which the model reads as class 0. ``--labels`` names
-            classes to sample, and takes none (DiT's null label ``num_classes`` is the
-            denoiser's own, for dropped labels and guidance: no place gives it).
-        error: The exception raised; :class:`~mmsora.utils.cli.UserError` when None
-            (the model raises ValueError).
-        explain: ``explain(sentence, bad)`` gives the message for labels out of range
-            from the sentence above and the sorted labels at fault, where a place has
-            a fix to add (the config change to make).
-    """
-    if num_classes is None:
-        return
-    if error is None:
-        from mmsora.utils.cli import UserError as error
-    if torch.is_tensor(labels):
-        labels = labels.detach().cpu().numpy()
-    values = np.asarray(labels).reshape(-1)
-    classes = f'the model has {num_classes} class{"es" * (num_classes != 1)}'
-    if values.dtype.kind == 'f':
-        not_whole = values[~(np.isfinite(values) & (values == np.round(values)))]
-    else:
-        not_whole = values[:0] if values.dtype.kind in 'iu' else values
-    if len(not_whole):
-        raise error(f'{where} {_some(not_whole)} are not class ids (whole numbers): {classes}')
-    bad = values[((values < 0) | (values >= num_classes)) & ~np.isin(values, list(null))]
-    if len(bad):
-        bad = sorted(int(y) for y in np.unique(bad))
-        sentence = f'{where} {_some(bad)} out of range: {classes}'
-        raise error(explain(sentence, bad) if explain is not None else sentence)
-
-
-def _some(values, most=8) -> str:
-    """The first ``most`` distinct values, as a list (a store holds millions)."""
-    values = [v.item() if hasattr(v, 'item') else v for v in dict.fromkeys(values)]
-    return str(values[:most])[:-1] + ', ...]' if len(values) > most else str(values)
+           'check_label_ids']
 
 
 def check_label_ids(labels, num_classes: Optional[int]) -> None:
     """Refuse class ids a model of ``num_classes`` classes has no row for, in one line
     naming the option (tools/infer.py's and text2video's ``--labels``); None: the
-    model's classes unknown, nothing checked."""
+    model's classes unknown, whole numbers of any value."""
     check_label_range(labels, num_classes, '--labels')
 
 
@@ -546,7 +496,7 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
                                                      check_sample_settings,
                                                      merge_sample_cfg)
-    from mmsora.models.latent_diffusion import _seed_list
+    from mmsora.utils.sample_rng import seed_list
     run_cfg = getattr(model, 'sample_cfg', None)
     if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
         run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
@@ -601,7 +551,7 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
         raise ValueError(f'{len(seeds)} seeds for {len(given)} '
                          f'{"prompts" if prompts is not None else "labels"}: give one '
                          'seed per sample (or an int: seeds s, s + 1, ...)')
-    seeds = _seed_list(seeds, len(given))  # (the model's rule: one int each)
+    seeds = seed_list(seeds, len(given))  # (the model's rule: one int each)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     outs = []

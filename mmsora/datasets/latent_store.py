@@ -34,6 +34,7 @@ import torch
 
 from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_target
 from mmsora.utils.cli import first_line
+from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
            'read_store_progress']
@@ -605,6 +606,8 @@ class LatentStoreWriter:
         if not 0 <= shard_id < self.num_shards:
             raise ValueError(f'shard id {shard_id} is not in [0, {self.num_shards})')
         latents = encode_dtype(latents, self.header['dtype'])
+        check_label_range(labels, None, f'{self.root!r} shard {shard_id}: labels',
+                          error=ValueError)  # (1.5 was stored as class 1)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         n = len(labels)
         if latents.shape != (n, *self.item_shape):

@@ -10,6 +10,7 @@ the caption length against the text encoder's.
 import os.path as osp
 
 from mmsora.utils.cli import UserError, note
+from mmsora.utils.labels import check_label_range
 
 __all__ = ['check_latent_store', 'store_roots', 'check_stores_exist', 'check_one_store',
            'store_vae', 'note_video_dataset_fps', 'FRAME_VAE', 'VIDEO_VAE']
@@ -209,7 +210,6 @@ def check_store_labels(cfg, index, root) -> None:
         return (f'{root}: the store\'s labels go up to {high} but model.num_classes='
                 f'{classes} ({takes}): set model.num_classes={high + 1} and '
                 f'model.denoiser.num_classes={high + 1}')
-    from mmsora.apis.inference import check_label_range
     check_label_range(labels, classes, f"{root}: the store's labels",
                       null=(-1,) if classes == 1 else (), explain=explain)
     high = int(labels.max())

@@ -4,7 +4,6 @@ Peebles & Xie 2023).
 """
 import contextlib
 import inspect
-import numbers
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Union
 
@@ -15,6 +14,7 @@ from mmengine.model import BaseModel
 
 from mmsora.registry import DIFFUSION, MODELS
 from mmsora.utils import sample_rng
+from mmsora.utils.labels import check_label_range
 from .layers import set_attention_backend
 
 __all__ = ['LatentDiffusion']
@@ -537,7 +537,6 @@ class LatentDiffusion(BaseModel):
         latent store are refused (one rule: ``check_label_range``)."""
         if labels is None:
             raise ValueError('the batch has no `labels`; class-conditional models need them')
-        from mmsora.apis.inference import check_label_range
 
         def explain(sentence, bad):
             both = (' model.denoiser.num_classes=1' if self._denoiser_classes() is not None
@@ -624,7 +623,7 @@ class LatentDiffusion(BaseModel):
                                       pooled_text_embeds, device)
         n = len(cond['y'])
         if seeds is not None:
-            seeds = _seed_list(seeds, n)
+            seeds = sample_rng.seed_list(seeds, n)
         # One generator per sample: its starting noise and every step's noise depend
         # on its seed only, so a sample does not change with the batch it is in.
         generators = sample_rng.make_generators(seeds) if seeds is not None else None
@@ -796,24 +795,6 @@ def check_sampling_precision(precision) -> None:
     if precision not in SAMPLING_PRECISIONS:
         raise ValueError(f'precision={precision!r}: sampling precisions are '
                          f'{", ".join(p for p in SAMPLING_PRECISIONS if p)}')
-
-
-def _seed_list(seeds, n: int) -> list:
-    """``sample``'s seeds: one per sample, or an int ``s`` for ``s, s + 1, ...``
-    (as :func:`~mmsora.apis.inference.sample_images` and infer's ``--seed s``)."""
-    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        return list(range(int(seeds), int(seeds) + n))
-    try:
-        if isinstance(seeds, (str, bytes)):
-            raise TypeError
-        seeds = [int(s) for s in seeds]  # (a tensor's or an array's items too)
-    except (TypeError, ValueError):  # ('object of type float has no len()', a traceback)
-        raise ValueError(f'seeds must be one int per sample (or an int s: seeds s, '
-                         f's + 1, ...), got {seeds!r}') from None
-    if len(seeds) != n:
-        raise ValueError(f'got {len(seeds)} seeds for {n} samples: give one seed per '
-                         'sample (or an int s: seeds s, s + 1, ...)')
-    return seeds
 
 
 def _in_precision(fn, precision, device: torch.device):

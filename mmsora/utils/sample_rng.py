@@ -18,12 +18,13 @@ VAE wrapper's posterior sample when latents are encoded on the fly) call
 exactly ``torch.rand`` / ``torch.randn_like`` / ``torch.randint``.
 """
 import contextlib
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
 
 __all__ = ['per_sample_generators', 'sample_seeds', 'make_generators', 'randn_per_sample',
-           'sampling_noise', 'rand', 'randn', 'randn_like', 'randint']
+           'sampling_noise', 'rand', 'randn', 'randn_like', 'randint', 'seed_list']
 
 # A plain module global, not a ContextVar: torch.compile (Dynamo) traces a global
 # read, a ContextVar.get() breaks the graph. Training steps do not run concurrently in
@@ -127,3 +128,21 @@ def randint(high: int, n: int, device=None) -> torch.Tensor:
     if gens is None:
         return torch.randint(0, high, (n,), device=device)
     return _per_sample(gens, lambda g: torch.randint(0, high, (), generator=g), device)
+
+
+def seed_list(seeds, n: int) -> list:
+    """``LatentDiffusion.sample``'s seeds: one per sample, or an int ``s`` for ``s, s + 1, ...``
+    (as :func:`~mmsora.apis.inference.sample_images` and infer's ``--seed s``)."""
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return list(range(int(seeds), int(seeds) + n))
+    try:
+        if isinstance(seeds, (str, bytes)):
+            raise TypeError
+        seeds = [int(s) for s in seeds]  # (a tensor's or an array's items too)
+    except (TypeError, ValueError):  # ('object of type float has no len()', a traceback)
+        raise ValueError(f'seeds must be one int per sample (or an int s: seeds s, '
+                         f's + 1, ...), got {seeds!r}') from None
+    if len(seeds) != n:
+        raise ValueError(f'got {len(seeds)} seeds for {n} samples: give one seed per '
+                         'sample (or an int s: seeds s, s + 1, ...)')
+    return seeds

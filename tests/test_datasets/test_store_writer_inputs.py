@@ -104,3 +104,17 @@ def test_unfinalized_store_names_finalize(tmp_path):
         LatentStore(root)
     writer.finalize()
     assert len(LatentStore(root)) == 2
+
+
+def test_labels_that_are_not_class_ids_are_refused(tmp_path):
+    """write_shard cast labels to int64: 1.5 was stored as class 1. The writer does not
+    know the classes: whole numbers of any value pass (the store's check against the
+    config's classes comes at training)."""
+    from mmsora.datasets import LatentStoreWriter
+    writer = LatentStoreWriter(str(tmp_path / 's'), 2, (4, 2, 2), dtype='float32',
+                               shard_size=2)
+    latents = np.zeros((2, 1, 2, 4, 2, 2), np.float32)  # (n, copies, mean / std, C, H, W)
+    with pytest.raises(ValueError, match=r"shard 0: labels \[1.5\] are not class ids "
+                                         r'\(whole numbers\)$'):
+        writer.write_shard(0, latents, [0, 1.5])
+    writer.write_shard(0, latents, [0, 7.0])

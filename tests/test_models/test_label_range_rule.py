@@ -10,7 +10,8 @@ from mmengine.config import Config
 
 import mmsora.diffusion  # noqa: F401
 import mmsora.models  # noqa: F401
-from mmsora.apis.inference import check_label_ids, check_label_range
+from mmsora.apis.inference import check_label_ids
+from mmsora.utils.labels import check_label_range
 from mmsora.datasets.store_checks import check_store_labels
 from mmsora.registry import DATASETS, MODELS
 from mmsora.utils.cli import UserError
