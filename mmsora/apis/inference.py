@@ -15,13 +15,13 @@ import torch
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.checkpoint_choice import (last_checkpoint, newest_numbered_checkpoint,
                                             resolve_checkpoint)
-from mmsora.utils.cli import note
+from mmsora.utils.cli import UserPathNotFound, note
 from mmsora.utils.labels import check_label_range
 from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_checked
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
            'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
-           'check_label_ids']
+           'check_label_ids', 'run_sample_settings', 'sample_arguments']
 
 
 def check_label_ids(labels, num_classes: Optional[int]) -> None:
@@ -40,6 +40,10 @@ def find_run(path):
     taken (:func:`~mmsora.utils.checkpoint_choice.last_checkpoint`). A checkpoint file in a
     work dir is that run at that checkpoint (``work_dirs/run/iter_300.pth``: it was
     read as a config, 'not a .py'). ``path``: a str or a ``pathlib.Path``.
+
+    Raises:
+        UserPathNotFound: (a FileNotFoundError) no such file or folder, or one that is
+            not a config or a work dir; said once per machine under a launcher.
     """
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     path = os.fspath(path)  # (a pathlib.Path had no endswith)
@@ -53,17 +57,17 @@ def find_run(path):
         if len(configs) == 1 and (osp.isfile(osp.join(folder, 'last_checkpoint')) or
                                   re.fullmatch(r'iter_\d+\.pth', osp.basename(path))):
             return configs[0], path
-        raise FileNotFoundError(f'{path} is a checkpoint, not a config or a work dir of '
+        raise UserPathNotFound(f'{path} is a checkpoint, not a config or a work dir of '
                                 'tools/train.py: give the config file, and the checkpoint '
                                 'as --checkpoint (checkpoint= in Python)')
     if not osp.isdir(path):
-        raise FileNotFoundError(f'no such config file or work dir: {path}')
+        raise UserPathNotFound(f'no such config file or work dir: {path}')
     if is_zero_checkpoint(path):
-        raise FileNotFoundError(f'{path} is a DeepSpeed checkpoint folder: give its work '
+        raise UserPathNotFound(f'{path} is a DeepSpeed checkpoint folder: give its work '
                                 'dir (or the config file and --checkpoint FOLDER)')
     configs = _dumped_configs(path)
     if len(configs) != 1:
-        raise FileNotFoundError(
+        raise UserPathNotFound(
             f'work dir {path} should hold exactly one dumped config (*.py), found '
             f'{len(configs)}; pass the config file and --checkpoint instead')
     return configs[0], last_checkpoint(path)
@@ -272,7 +276,8 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         checkpoint = os.fspath(checkpoint)
     config_path, run_checkpoint = find_run(config)
     cfg = load_config(config_path)
-    apply_cfg_options(cfg, cfg_options if isinstance(cfg_options, dict) else list(cfg_options))
+    apply_cfg_options(cfg, cfg_options if isinstance(cfg_options, (dict, str))
+                      else list(cfg_options))
     if checkpoint is not False:
         _check_model_folders(cfg.model)
     from mmengine.registry import init_default_scope
@@ -447,6 +452,42 @@ def read_prompt_file(path) -> list:
     return prompts
 
 
+def sample_arguments(model) -> list:
+    """The arguments ``model.sample`` names (not ``**kwargs``): the settings it takes
+    itself, apart from the sampler's options."""
+    return [name for name, p in inspect.signature(model.sample).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def run_sample_settings(model, sample_kwargs: dict) -> dict:
+    """``sample_kwargs`` over the run's ``sample_cfg`` (``model.sample_cfg``, which
+    :func:`init_model` sets; a model without one: ``sample_kwargs`` merged alone), as
+    tools/infer.py merges them (``merge_sample_cfg``): the sampler, then its options
+    as a dict, then the settings as choices (None: the run's); another sampler drops
+    the run's sampler options; the precision is :func:`default_precision` where
+    neither says one. The one merge of :func:`sample_images` and ``mass_sample``."""
+    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
+                                                     merge_sample_cfg)
+    run_cfg = getattr(model, 'sample_cfg', None)
+    if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
+        run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
+    # An option None leaves the run's too, but where None is one of its values (SiT's
+    # last_step=None: no last step), which all as choices was dropped and SiT's 'Mean'
+    # last step taken.
+    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *sample_arguments(model))
+    takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
+    chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
+    options = {k: v for k, v in sample_kwargs.items()
+               if k not in own and (v is not None or k in takes_none)}
+    sampler = sample_kwargs.get('sampler')
+    settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
+                                options, **chosen)
+    if run_cfg is not None and settings.get('precision') is None:
+        device = next(model.parameters()).device
+        settings['precision'] = default_precision(device, run_cfg)
+    return settings
+
+
 def default_precision(device, sample_cfg=None):
     """The sampling precision of tools/infer.py, tools/test.py and the text-to-video
     pictures when none is asked: the config's ``sample_cfg.precision``, else TF32 on a
@@ -493,30 +534,9 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
             a ``cfg_scale`` that is not a number, and the sampler, its options and
             the steps as the model's objective refuses them.
     """
-    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
-                                                     check_sample_settings,
-                                                     merge_sample_cfg)
+    from mmsora.diffusion.scheduler_sampling import check_sample_settings
     from mmsora.utils.sample_rng import seed_list
-    run_cfg = getattr(model, 'sample_cfg', None)
-    if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
-        run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
-    # As tools/infer.py merges: the sampler, then its options as a dict, then the
-    # settings as choices (None: the run's). An option None leaves the run's too, but
-    # where None is one of its values (SiT's last_step=None: no last step), which all
-    # as choices was dropped and SiT's 'Mean' last step taken.
-    named = [name for name, p in inspect.signature(model.sample).parameters.items()
-             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *named)
-    takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
-    chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
-    options = {k: v for k, v in sample_kwargs.items()
-               if k not in own and (v is not None or k in takes_none)}
-    sampler = sample_kwargs.get('sampler')
-    settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
-                                options, **chosen)
-    if run_cfg is not None and settings.get('precision') is None:
-        device = next(model.parameters()).device
-        settings['precision'] = default_precision(device, run_cfg)
+    settings = run_sample_settings(model, sample_kwargs)
     scale = settings.get('cfg_scale')
     if scale is not None and not (isinstance(scale, numbers.Real) and
                                   not isinstance(scale, bool) and math.isfinite(scale)):
@@ -525,7 +545,7 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
                          f'got {scale!r}')
     diffusion = getattr(model, 'diffusion', None)
     if diffusion is not None:  # the sampler, its options and the steps, before any
-        check_sample_settings(diffusion, settings, named)  # batch (the objective's rule)
+        check_sample_settings(diffusion, settings, sample_arguments(model))  # batch
     if isinstance(prompts, str):  # (was sliced into its characters)
         prompts = [prompts]
     text = getattr(model, 'text_conditioned', False)

@@ -425,32 +425,12 @@ def with_run_sample_cfg(model, sample_kwargs: dict) -> dict:
     option) given as None that the run does not set stays None: the keys
     tools/infer.py's run records hold. A model without ``sample_cfg`` gets
     ``sample_kwargs`` as they are."""
-    import inspect
-
-    from mmsora.apis.inference import default_precision
-    from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
-                                                     merge_sample_cfg)
-    run_cfg = getattr(model, 'sample_cfg', None)
-    if run_cfg is None:
+    from mmsora.apis.inference import run_sample_settings, sample_arguments
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, SAMPLE_SETTINGS
+    if getattr(model, 'sample_cfg', None) is None:
         return dict(sample_kwargs)
-    # (the run's fps is for saving: mass_sample's own fps)
-    run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
-    # As sample_images merges: the sampler, then its options as a dict (an option None
-    # kept where None is one of its values: SiT's last_step=None), then the settings
-    # as choices (None: the run's).
-    named = [name for name, p in inspect.signature(model.sample).parameters.items()
-             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *named)
-    takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
-    chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
-    options = {k: v for k, v in sample_kwargs.items()
-               if k not in own and (v is not None or k in takes_none)}
-    sampler = sample_kwargs.get('sampler')
-    settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
-                                options, **chosen)
-    if settings.get('precision') is None and isinstance(model, torch.nn.Module):
-        device = next(model.parameters()).device
-        settings['precision'] = default_precision(device, run_cfg)
+    settings = run_sample_settings(model, sample_kwargs)
+    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *sample_arguments(model))
     return dict({k: v for k, v in sample_kwargs.items() if v is None and k in own},
                 **settings)
 

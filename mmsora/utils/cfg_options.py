@@ -122,11 +122,6 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
         options = [options]
     elif not isinstance(options, dict):
         options = list(options)
-        if (len(options) > 2 and '=' in options
-                and all(isinstance(o, str) and len(o) == 1 for o in options)):
-            # a string split into its characters by the caller (init_model's
-            # list(cfg_options)): no entry is one character long, KEY=VALUE is three
-            options = [''.join(options)]
     python = isinstance(options, dict)  # (they went through text: a dict value failed,
     for option in (options.items() if python else options):  # '2024' became 2024)
         if python:

@@ -113,8 +113,6 @@ def test_apply_cfg_options_takes_one_string():
     cfg = Config(dict(model=dict(depth=4, width=8), train_cfg=dict(max_iters=10)))
     apply_cfg_options(cfg, 'model.depth=1')
     assert cfg.model.depth == 1
-    apply_cfg_options(cfg, list('model.width=16'))   # a string split into characters
-    assert cfg.model.width == 16
     apply_cfg_options(cfg, ['train_cfg.max_iters=5', 'model.depth=2'])  # (a list as before)
     assert cfg.train_cfg.max_iters == 5 and cfg.model.depth == 2
     with pytest.raises(UserError, match="malformed --cfg-options entry 'a'"):

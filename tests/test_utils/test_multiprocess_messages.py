@@ -201,3 +201,15 @@ def test_a_missing_fid_reference_is_said_once_per_machine(tmp_path, monkeypatch,
     _launch(monkeypatch, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')
     assert run_cli(fid.reference_stats) == 2
     assert 'FID reference not found' in capsys.readouterr().err
+
+
+def test_a_missing_run_is_said_once_per_machine(tmp_path, monkeypatch, capsys, waits):
+    """tools/infer.py RUN under torchrun printed 'no such config file or work dir'
+    from every process."""
+    from mmsora.apis.inference import find_run
+    from mmsora.utils.cli import UserPathNotFound
+    with pytest.raises(UserPathNotFound, match='no such config file or work dir'):
+        find_run(str(tmp_path / 'nowhere'))
+    _launch(monkeypatch, RANK='1', LOCAL_RANK='1', WORLD_SIZE='2')
+    assert run_cli(lambda: find_run(str(tmp_path / 'nowhere'))) == 2
+    assert capsys.readouterr().err == ''
