@@ -21,8 +21,8 @@ written): ``--num-samples`` items drawn from it (seeded), read as training reads
 store holds them), at each ``--workers`` count, with the bytes of an item as the
 loader hands it on (latents in float32, text embeddings in the store's dtype) and
 MB/s of those: whether the loader keeps up with the training step (T5-XXL embeddings
-of 120 tokens are about 1 MB an item in float16). A first pass reads from the disk; later ones from the
-page cache where the items fit in memory. ``--latent-shape`` and ``--dtype`` are
+of 120 tokens are about 1 MB an item in float16). A first pass reads from the disk;
+later ones from the page cache where the items fit in memory. ``--latent-shape`` and ``--dtype`` are
 the generated data's and do not apply.
 """
 import json

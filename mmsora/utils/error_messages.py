@@ -21,8 +21,8 @@ _WORKER_STACK = 'Trying to resize storage that is not resizable'
 _ONE_SHAPE = (': a batch stacks them, so each key needs one shape in every item (crop or '
               'resize them to one size)')
 _PORT_IN_USE = re.compile(r'port: (\d+).*EADDRINUSE', re.S)
-_MISSING_ARGS = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional |keyword-only )?"
-                           r"arguments?: (.+)$", re.M)
+_MISSING_ARGS = re.compile(r"(\w+)\.__init__\(\) missing \d+ required "
+                           r"(?:positional |keyword-only )?arguments?: (.+)$", re.M)
 
 
 def _registry_names(scope_name):

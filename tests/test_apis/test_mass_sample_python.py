@@ -11,12 +11,10 @@ import torch
 import mmsora.apis.mass_sampling as mass_sampling
 from mmsora.apis import init_model, mass_sample, sample_plan
 from tests.conftest import REPO_ROOT
-from tests.tiny_models import TINY_DEMO_OPTIONS
+from tests.tiny_models import DEMO, TINY_DEMO_OPTIONS
 from tools import infer
 
 pytestmark = pytest.mark.usefixtures('malloc_calls')
-
-DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
 
 def fake_sample(seeds, labels=None, prompts=None, **kwargs):
@@ -24,16 +22,6 @@ def fake_sample(seeds, labels=None, prompts=None, **kwargs):
     assert (labels is None) != (prompts is None)
     return torch.stack([torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(s)) * 2 - 1
                         for s in seeds])
-
-
-@pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    """Random weights of the tiny demo DiT, as a released-style file."""
-    model, _ = init_model(osp.join(REPO_ROOT, DEMO), checkpoint=False,
-                          cfg_options=TINY_DEMO_OPTIONS)
-    path = tmp_path_factory.mktemp('weights') / 'dit.pt'
-    torch.save(model.denoiser.state_dict(), path)
-    return str(path)
 
 
 def test_mass_sample_draws_what_infer_saves(tmp_path, weights, monkeypatch):

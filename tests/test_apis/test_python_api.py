@@ -11,13 +11,10 @@ from PIL import Image
 
 from mmsora.apis import init_model, load_weights, sample_images, save_image_grid
 from mmsora.utils.cli import UserError
-from tests.conftest import REPO_ROOT
-from tests.tiny_models import TINY_DEMO_OPTIONS
+from tests.tiny_models import DEMO, TINY_DEMO_OPTIONS
 from tools import infer
 
 pytestmark = pytest.mark.usefixtures('malloc_calls')
-
-DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
 
 # --cfg-options of the tiny demo as a dict, as a notebook gives them
@@ -25,16 +22,6 @@ TINY_DEMO_OPTIONS_DICT = {}
 for _option in TINY_DEMO_OPTIONS:
     _key, _value = _option.split('=', 1)
     TINY_DEMO_OPTIONS_DICT[_key] = eval(_value) if _value[0] in '[0123456789' else _value
-
-
-@pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    """Random weights of the tiny demo DiT, as a released-style file."""
-    model, _ = init_model(osp.join(REPO_ROOT, DEMO), checkpoint=False,
-                          cfg_options=TINY_DEMO_OPTIONS)
-    path = tmp_path_factory.mktemp('weights') / 'dit.pt'
-    torch.save(model.denoiser.state_dict(), path)
-    return str(path)
 
 
 def test_python_samples_what_infer_saves(repo_root, tmp_path, weights):

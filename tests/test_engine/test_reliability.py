@@ -176,7 +176,8 @@ def test_unusable_checkpoints_are_named(repo_root, tmp_path, trained):
     with pytest.raises(ValueError, match=f'cannot read checkpoint {cut}'):
         build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'gone.pth'))
-    with pytest.raises(UserError, match="names .*gone.pth, which does not exist; pass --resume CKPT"):
+    with pytest.raises(UserError,
+                       match="names .*gone.pth, which does not exist; pass --resume CKPT"):
         build_train_config(parse_args([DEMO, '--resume', '--work-dir', str(tmp_path)]))
 
 
