@@ -14,11 +14,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from mmsora.utils.cli import UserError
-
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg',
-           'scheduler_noise_level', 'epsilon_from_x0']
+           'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
 
 class CountingModel:
@@ -174,7 +172,7 @@ def scheduler_sample_loop(scheduler,
         The sample, same shape as ``x``.
 
     Raises:
-        UserError: A step turned finite inputs into NaN or inf (one line naming the
+        SamplerStepError: A step turned finite inputs into NaN or inf (one line naming the
             sampler, the steps and the schedule).
     """
     scheduler.set_timesteps(num_steps, device=x.device)
@@ -200,9 +198,15 @@ def scheduler_sample_loop(scheduler,
         x = prev
     if made_nan and bool(torch.stack(made_nan).any()):
         i = int(torch.stack(made_nan).nonzero()[0, 0])
-        raise UserError(_step_failed_message(scheduler, num_steps, i, scheduler.timesteps[i],
+        raise SamplerStepError(_step_failed_message(scheduler, num_steps, i, scheduler.timesteps[i],
                                              out.dtype))
     return x
+
+
+class SamplerStepError(ValueError):
+    """A sampler's step turned finite inputs into NaN or inf: its arithmetic, not the
+    model (a ValueError: the tools print it as one line; SampleVisualizationHook logs
+    it and training goes on)."""
 
 
 # Ancestral schedulers split each step's noise level into a deterministic and a noise

@@ -12,9 +12,8 @@ import torch
 from mmsora.apis import init_model
 from mmsora.apis.inference import sample_images
 from mmsora.diffusion import scheduler_sampling
-from mmsora.diffusion.scheduler_sampling import scheduler_sample_loop
+from mmsora.diffusion.scheduler_sampling import SamplerStepError, scheduler_sample_loop
 from mmsora.diffusion.schedulers import build_noise_scheduler
-from mmsora.utils.cli import UserError
 from tests.tiny_models import DEMO, TINY_DEMO_OPTIONS
 
 VIDEO_DEMO = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
@@ -68,7 +67,7 @@ def test_a_step_that_makes_nan_is_refused_in_one_line(monkeypatch, image_model):
     # the float32 arithmetic as it was: the check alone stands between it and NaN samples
     monkeypatch.setattr(scheduler_sampling, '_ancestral_sigmas_in_float64',
                         lambda scheduler, device: None)
-    with pytest.raises(UserError) as info:
+    with pytest.raises(SamplerStepError) as info:
         sample_images(image_model, [0, 1], seeds=0, sampler=EULER_A, num_steps=4)
     message = str(info.value)
     assert '\n' not in message

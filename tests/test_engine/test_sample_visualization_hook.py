@@ -118,3 +118,22 @@ def test_the_text_encoder_leaves_the_gpu_after_the_samples(monkeypatch, tmp_path
         hook._draw(runner, model)
     model.text_encoder.offload.assert_called_once_with()
     empty.assert_called_once_with()
+
+
+def test_a_sampler_that_makes_nan_is_a_warning(repo_root, tmp_path, monkeypatch):
+    """A scheduler step that turns finite inputs into NaN is refused
+    (SamplerStepError): in the hook it is a warning and training goes on (it ended the
+    run at its first sample hook)."""
+    from mmsora.diffusion import gaussian
+    from mmsora.diffusion.scheduler_sampling import SamplerStepError
+
+    def fails(*args, **kwargs):
+        raise SamplerStepError('sampler EulerAncestralDiscreteScheduler with 4 steps '
+                               'turned finite inputs into NaN or inf at step 1 of 4')
+    monkeypatch.setattr(gaussian, 'scheduler_sample_loop', fails)
+    hook = dict(type='SampleVisualizationHook', interval=2, num_samples=2, labels=[1],
+                sample_cfg=dict(sampler='EulerAncestralDiscreteScheduler', num_steps=4))
+    runner = run(repo_root, tmp_path / 'nan', hook)
+    assert runner.iter == 4
+    log = open(glob.glob(str(tmp_path / 'nan' / '*' / '*.log'))[0]).read()
+    assert 'Iter(sample) [2] no samples: sampler EulerAncestralDiscreteScheduler' in log

@@ -115,10 +115,16 @@ class SampleVisualizationHook(Hook):
         rank calls it: the model to sample may have to be gathered
         (:func:`sampling_model`)."""
         self._last = step
+        from mmsora.diffusion.scheduler_sampling import SamplerStepError
         with sampling_model(runner, self.use_ema) as model:
             if not (is_main_process() or isinstance(model, ShardedSampler)):
                 return None
-            samples, labels = self._draw(runner, model)
+            try:
+                samples, labels = self._draw(runner, model)
+            except SamplerStepError as e:  # (the sampler's NaN: training is not at fault)
+                if is_main_process():
+                    runner.logger.warning(f'Iter(sample) [{step}] no samples: {e}')
+                return None
         return self._log(runner, samples, labels, step) if is_main_process() else None
 
     def _sample_cfg(self, runner) -> dict:
