@@ -563,15 +563,7 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
     else:
         raise ValueError('this model is text-conditioned: give prompts, one per sample')
     given = prompts if prompts is not None else labels
-    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):  # (np.int64)
-        seeds = list(range(int(seeds), int(seeds) + len(given)))
-    elif isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
-        seeds = list(seeds)
-    if isinstance(seeds, list) and len(seeds) != len(given):
-        raise ValueError(f'{len(seeds)} seeds for {len(given)} '
-                         f'{"prompts" if prompts is not None else "labels"}: give one '
-                         'seed per sample (or an int: seeds s, s + 1, ...)')
-    seeds = seed_list(seeds, len(given))  # (the model's rule: one int each)
+    seeds = seed_list(seeds, len(given), 'prompts' if prompts is not None else 'labels')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     outs = []

@@ -130,19 +130,24 @@ def randint(high: int, n: int, device=None) -> torch.Tensor:
     return _per_sample(gens, lambda g: torch.randint(0, high, (), generator=g), device)
 
 
-def seed_list(seeds, n: int) -> list:
-    """``LatentDiffusion.sample``'s seeds: one per sample, or an int ``s`` for ``s, s + 1, ...``
-    (as :func:`~mmsora.apis.inference.sample_images` and infer's ``--seed s``)."""
+def seed_list(seeds, n: int, what: str = 'samples') -> list:
+    """The seeds of ``n`` samples (``LatentDiffusion.sample``'s and
+    :func:`~mmsora.apis.inference.sample_images`'): one whole number per sample, or
+    an int ``s`` for ``s, s + 1, ...`` (infer's ``--seed s``); ``what`` the samples
+    are named by in the count's message (``'labels'``, ``'prompts'``)."""
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         return list(range(int(seeds), int(seeds) + n))
     try:
         if isinstance(seeds, (str, bytes)):
             raise TypeError
-        seeds = [int(s) for s in seeds]  # (a tensor's or an array's items too)
-    except (TypeError, ValueError):  # ('object of type float has no len()', a traceback)
-        raise ValueError(f'seeds must be one int per sample (or an int s: seeds s, '
-                         f's + 1, ...), got {seeds!r}') from None
-    if len(seeds) != n:
-        raise ValueError(f'got {len(seeds)} seeds for {n} samples: give one seed per '
+        values = seeds.tolist() if torch.is_tensor(seeds) else list(seeds)
+        if any(isinstance(s, (bool, str, bytes)) or float(s) != int(s) for s in values):
+            raise ValueError  # (1.5 was taken as seed 1)
+        values = [int(s) for s in values]
+    except (TypeError, ValueError, OverflowError):  # ('object of type float has no len()')
+        raise ValueError(f'seeds must be one whole number per sample (or an int s: seeds '
+                         f's, s + 1, ...), got {seeds!r}') from None
+    if len(values) != n:
+        raise ValueError(f'got {len(values)} seeds for {n} {what}: give one seed per '
                          'sample (or an int s: seeds s, s + 1, ...)')
-    return seeds
+    return values

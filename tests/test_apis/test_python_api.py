@@ -110,7 +110,7 @@ def test_arguments_are_checked_up_front():
              r'^this model is text-conditioned: give the captions as prompts=\[...\], not '
              'labels$'),
             (lambda: sample_images(classes, [0, 1], seeds=[0]),
-             r'^1 seeds for 2 labels: give one seed per sample \(or an int'),
+             r'^got 1 seeds for 2 labels: give one seed per sample \(or an int'),
             (lambda: sample_images(classes, [0], seeds=[0], batch_size=0),
              '^batch_size must be >= 1, got 0$')]:
         with pytest.raises(ValueError, match=message):

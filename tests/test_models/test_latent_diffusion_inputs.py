@@ -4,6 +4,7 @@ the denoiser."""
 import re
 
 import pytest
+import numpy as np
 import torch
 
 from mmsora.registry import MODELS
@@ -124,7 +125,7 @@ def test_an_int_seed_is_seeds_s_s_plus_1():
 
 @pytest.mark.parametrize('seeds', [1.5, 'ab'])
 def test_seeds_neither_int_nor_one_per_sample_are_named(seeds):
-    with pytest.raises(ValueError, match=r'^seeds must be one int per sample \(or an int s: '
+    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample \(or an int s: '
                                          r'seeds s, s \+ 1, ...\), got '):
         sample(tiny_model(), seeds=seeds)
 
@@ -132,3 +133,12 @@ def test_seeds_neither_int_nor_one_per_sample_are_named(seeds):
 def test_a_wrong_count_of_seeds_is_named():
     with pytest.raises(ValueError, match=r'^got 3 seeds for 2 samples: give one seed per'):
         sample(tiny_model(), seeds=[0, 1, 2])
+
+
+def test_seeds_that_are_not_whole_numbers_are_refused():
+    """seed_list took [1.5, 2.7] as seeds 1 and 2 (review ag)."""
+    from mmsora.utils.sample_rng import seed_list
+    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample'):
+        seed_list([1.5, 2.7], 2)
+    assert seed_list([3.0, np.int64(4)], 2) == [3, 4]
+    assert seed_list(torch.tensor([5, 6]), 2) == [5, 6]
