@@ -12,6 +12,7 @@ Example::
         --features-dir features/imagenet256_features \\
         --labels-dir features/imagenet256_labels --out data/imagenet256_packed
 """
+import json
 import os
 import os.path as osp
 import sys
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
 from mmsora.datasets.latent_store import say_damaged
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import ArgumentParser, UserError, run_cli
+from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 
 PROG = 'convert_fastdit_features.py'
 
@@ -92,6 +93,21 @@ def undo_empty_start(created, writer):
             'rerun once the file is fixed to resume, or convert into a new --out')
 
 
+def finished_before(writer) -> bool:
+    """Whether an earlier run finished the store: its index.json says complete and no
+    shard is pending (none found cut short since). Before, a rerun drew two empty
+    progress bars and said '0 written in this run'."""
+    path = osp.join(writer.root, 'index.json')
+    if not osp.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            complete = json.load(f).get('complete')
+    except (OSError, ValueError):
+        return False  # (the writer's finalize writes it again)
+    return bool(complete) and not writer.pending_shards()
+
+
 def convert(args, pairs, shape, writer):
     """Write the pending shards; returns how many were written."""
     pending = writer.pending_shards()
@@ -124,6 +140,11 @@ def main(argv=None):
             vae=f'fast-DiT features {args.features_dir}')
     except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
         raise UserError(str(e))
+    if finished_before(writer):  # (said as extract_features.py says it)
+        index = writer.finalize()
+        print(f'{PROG}: {args.out} is complete ({plural(index["num_items"], "item")} in '
+              f'{plural(len(index["shards"]), "shard")}): nothing to do')
+        return index
     try:
         written = convert(args, pairs, shape, writer)
     except UserError as e:

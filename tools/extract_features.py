@@ -301,6 +301,18 @@ def refuse_stable_cascade(folder: Optional[str], option: str) -> None:
              'extraction: a gap")')
 
 
+def old_vae_scale(args, error) -> str:
+    """What keeps a store refused for its scale where an earlier version wrote it: that
+    scaled every --vae store by 0.18215, not by the VAE folder's ``scaling_factor``
+    (SDXL's 0.13025), so rerunning its command met the refusal."""
+    if not (args.vae and args.scale_factor is None
+            and ' written with scale_factor=0.18215 ' in str(error)
+            and image_vae_scale(args) != 0.18215):
+        return ''
+    return ("; earlier versions scaled every --vae store by 0.18215 (not the VAE folder's "
+            "scaling_factor): '--scale-factor 0.18215' keeps this store")
+
+
 def image_vae_scale(args) -> float:
     """--vae's latent scale: --scale-factor, else the folder's config.json
     ``scaling_factor`` (SD's VAEs 0.18215, SDXL's 0.13025), else 0.18215. SDXL's VAE
@@ -493,7 +505,7 @@ def check_out(args, source, meta):
     except SourceChangedError:
         fail(source_changed(args))
     except ValueError as e:
-        fail(with_option(e))
+        fail(with_option(e) + old_vae_scale(args, e))
     if args.shard_size is None:
         args.shard_size = (progress['header']['shard_size'] if progress else
                            TEXT_SHARD_SIZE if args.text_encoder else SHARD_SIZE)

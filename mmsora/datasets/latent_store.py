@@ -353,15 +353,38 @@ def _same(key, theirs, ours) -> bool:
     return False
 
 
+def _covered_by_index(root, recorded, path):
+    """Whether ``recorded`` (a part at ``path``) lists only shards that ``root``'s
+    index.json lists alike and records the extraction settings (``meta``) of, the store
+    complete: one an older mmsora finished (checked there; nothing is written to it)."""
+    index = osp.join(root, 'index.json')
+    if osp.abspath(path) == osp.abspath(index) or not osp.exists(index):
+        return False
+    data = _read_json(index)
+    if 'meta' not in data or not data.get('complete'):
+        return False
+    listed = {int(s['id']): s for s in data['shards']}
+    return all(listed.get(int(s['id'])) == s for s in recorded['shards'])
+
+
 def check_recorded(root, recorded, path, settings, meta=None):
     """Refuse (ValueError naming the first setting that differs) a store file
     ``recorded`` (index or part at ``path``) written with other ``settings`` (header
     keys; those left out, or None inside a list, are not compared) or ``meta``;
     :class:`SourceChangedError` where both record a ``source_fingerprint`` and they
-    differ."""
+    differ. Given a ``meta``, a file that records none (an older mmsora's part) is
+    refused unless index.json records one and lists its shards alike."""
     # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
-    # others kept the old latents. Files of older versions hold none. Before the header's:
-    # an option named there says what differs (a header count follows from it).
+    # others kept the old latents. Before the header's: an option named there says what
+    # differs (a header count follows from it).
+    if meta and 'meta' not in recorded and not _covered_by_index(root, recorded, path):
+        # Parts of older versions hold none: a store they left half-done was resumed
+        # unchecked (another frame stride, reordered rows: a clip stored twice).
+        raise ValueError(
+            f'{root!r} holds a latent store begun by an older mmsora '
+            f'({osp.relpath(path, root)} records no extraction settings), whose settings '
+            "cannot be checked against this run's: use a new --out (or delete the folder "
+            'to extract it again)')
     if 'meta' in recorded and meta is not None:
         ours = json.loads(json.dumps(meta))
         theirs = recorded['meta']

@@ -76,6 +76,7 @@ def check_one_store(cfg, root, missing_ok=True):
         note_caption_length(cfg, index, root)
         return
     check_store_labels(cfg, index, root)
+    note_unnamed_classes(cfg, index, root)
 
 
 # The VAE wrappers a store's latents come from (extract_features.py --vae / --video-vae)
@@ -221,6 +222,20 @@ def check_store_labels(cfg, index, root) -> None:
              f'them are untrained); set model.num_classes={high + 1} and '
              f'model.denoiser.num_classes={high + 1} (keep them where the table is a '
              'pretrained one\'s, as DiT\'s 1000)')
+
+
+def note_unnamed_classes(cfg, index, root) -> None:
+    """A store that records no class names (an older mmsora's video store), trained
+    with others: its labels cannot be compared with theirs (PackedLatentDataset compares
+    the names label by label), so label 0 may be another class in each, as before."""
+    classes = cfg.model.get('num_classes', 1000)  # LatentDiffusion's default
+    if not isinstance(classes, int) or classes <= 1 or len(store_roots(cfg)) < 2:
+        return
+    if (index.get('meta') or {}).get('classes') is None:
+        note(f'{root}: the store records no class names (begun by an older mmsora): its '
+             'labels cannot be compared with those of the other stores trained with it '
+             '(label 0 may be another class in each); extract it again to have them '
+             'compared', once=True)
 
 
 def check_store_shapes(cfg, index, root) -> None:
