@@ -14,14 +14,14 @@ import torch
 
 from mmsora.datasets.store_checks import (check_latent_store, check_stores_exist,
                                           note_video_dataset_fps)
-from mmsora.utils.checkpoint_choice import check_checkpoint_complete
-from mmsora.utils.trained_settings import config_objective, trained_objective
 from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.checkpoint_choice import check_checkpoint_complete
 from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, add_malloc_option,
                               add_note, check_output_path, check_torchrun_launcher,
                               is_launch_rank0, keep_freed_memory_on_cpu, note, run_cli)
 from mmsora.utils.config_loading import load_config, parse_config_and_preset
 from mmsora.utils.error_messages import explain_error
+from mmsora.utils.trained_settings import config_objective, trained_config, trained_objective
 
 
 def parse_args(argv=None):
@@ -336,6 +336,84 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
         print(f'{option} {path}: saved at iteration {done}, which is train_cfg.max_iters: '
               'the run is complete and there is nothing to train (give a larger '
               'train_cfg.max_iters to train on)', flush=True)
+
+
+# What a resume takes from this run's config, not from the checkpoint: a change made
+# since the checkpoint's run changes the training from the resume on.
+# (optim_wrapper and param_scheduler: note_learning_rate_kept / note_schedule_kept)
+_RESUME_COMPARED = ('custom_hooks', 'sample_cfg', 'model.diffusion')
+
+
+def _plain(value):
+    """``value`` with ConfigDicts as dicts and tuples as lists (a dumped config's
+    text gives back lists)."""
+    if hasattr(value, 'to_dict'):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _said_difference(theirs, ours):
+    """``(theirs, ours)`` in words, shortened to what differs: a dict's differing
+    keys, a hook list's types."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        keys = [k for k in {**theirs, **ours} if theirs.get(k, ...) != ours.get(k, ...)]
+        keys = keys[:3] if keys != ['type'] else ['type']
+
+        def side(d):
+            return ', '.join(f'{k}={_short(d[k], 40)}' if k in d else f'no {k}'
+                             for k in keys) or 'nothing'
+        return side(theirs), side(ours)
+
+    def types(v):
+        return (isinstance(v, list) and all(isinstance(e, dict) for e in v)
+                and [e.get('type') for e in v])
+    if types(theirs) is not False and types(ours) is not False and types(theirs) != types(ours):
+        return (f'[{", ".join(map(str, types(theirs)))}]',
+                f'[{", ".join(map(str, types(ours)))}]')
+    return _short(theirs), _short(ours)
+
+
+def note_resumed_config_changes(cfg, path, checkpoint, option='--resume') -> None:
+    """Say which of this run's settings a resume takes from the config
+    (:data:`_RESUME_COMPARED`) differ from those of the run that saved the checkpoint
+    (its ``meta.cfg``), one line each: a config changed since (a hook added, another
+    cfg_scale) went on without a word. Also that a Transport checkpoint of an mmsora
+    that did not record its version resumes with losses that differ from the
+    uninterrupted run's."""
+    meta = checkpoint.get('meta') or {}
+    if config_objective(cfg.get('model')) == 'Transport' and 'mmsora_version' not in meta:
+        note(f'{option} {path}: saved by an older mmsora, whose Transport loss drew t before '
+             'the noise; the loss now draws the noise first (SiT\'s order), so the losses '
+             'after the resume will not match an uninterrupted run exactly; training is '
+             'otherwise unaffected')
+    saved = trained_config(checkpoint)
+    if saved is None:
+        return
+    missing = object()
+
+    def entry(config, key):
+        for part in key.split('.'):
+            if not isinstance(config, dict) or part not in config:
+                return missing
+            config = config[part]
+        return _plain(config)
+    for key in _RESUME_COMPARED:
+        theirs, ours = entry(saved, key), entry(cfg.to_dict(), key)
+        if theirs == ours:
+            continue
+        theirs, ours = _said_difference(None if theirs is missing else theirs,
+                                        None if ours is missing else ours)
+        note(f'{option} {path}: {key} changed since the checkpoint: the checkpoint\'s run '
+             f'had {theirs}; this run has {ours}')
 
 
 def latest_checkpoint(work_dir):
@@ -854,6 +932,12 @@ def build_train_config(args):
                         f'{cfg.load_from} instead')
     if run_checkpoint is not None:  # (not before a refusal: it said the run would start)
         note_load_from_run(args, run_checkpoint)
+    if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)
+            and osp.isfile(cfg.load_from) and not args.deepspeed):
+        # (on the final config: the one the Runner dumps, as the checkpoint's run did)
+        note_resumed_config_changes(
+            cfg, cfg.load_from, load_from_kind(cfg.load_from)[2],
+            '--resume' if args.resume is not None else 'resume = True, load_from')
     if not torch.cuda.is_available():
         cfg.env_cfg = cfg.get('env_cfg') or {}  # (mmengine's default: none given)
         cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.checkpoint_choice import resolve_checkpoint
 
-__all__ = ['config_objective', 'trained_model_config', 'trained_objective', 'OBJECTIVE_MEANING',
+__all__ = ['config_objective', 'trained_config', 'trained_model_config', 'trained_objective',
+           'OBJECTIVE_MEANING',
            'OBJECTIVE_NOTED', 'keyword_defaults', 'constructor_defaults', 'meaning_kind',
            'objective_settings', 'config_denoiser', 'sit_training_args', 'training_file_kind',
            'checkpoint_objective', 'objective_differences', 'said_objective_differences',
@@ -27,9 +28,9 @@ def config_objective(model) -> Optional[str]:
     return kind.rpartition('.')[2] if isinstance(kind, str) else None
 
 
-def trained_model_config(checkpoint) -> Optional[dict]:
-    """The ``model`` config of the run that saved an mmengine ``checkpoint``, from the
-    config text its ``meta`` holds, or None (not a run's, or text that is not a
+def trained_config(checkpoint) -> Optional[dict]:
+    """The config (a plain dict) of the run that saved an mmengine ``checkpoint``, from
+    the config text its ``meta`` holds, or None (not a run's, or text that is not a
     config).
 
     The text is read without importing its ``custom_imports``: the types are its
@@ -48,12 +49,17 @@ def trained_model_config(checkpoint) -> Optional[dict]:
                                      delete=False) as f:
         f.write(text)
     try:
-        model = Config.fromfile(f.name, import_custom_modules=False).get('model')
+        return Config.fromfile(f.name, import_custom_modules=False).to_dict()
     except Exception:  # not the text of a config: nothing to tell
         return None
     finally:
         os.remove(f.name)
-    return model.to_dict() if hasattr(model, 'to_dict') else model
+
+
+def trained_model_config(checkpoint) -> Optional[dict]:
+    """The ``model`` config of the run that saved an mmengine ``checkpoint``
+    (:func:`trained_config`), or None."""
+    return (trained_config(checkpoint) or {}).get('model')
 
 
 def trained_objective(checkpoint) -> Optional[str]:

@@ -9,9 +9,14 @@ GPU-count check reads a key its checkpoints no longer hold. This hook saves the 
 with each checkpoint and stops a resume that differs, pointing at ``--load-from``
 (weights only), which works with any layout.
 """
+import functools
+import os.path as osp
+import subprocess
+
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 
+import mmsora
 from mmsora.engine.accumulation import accumulation_steps
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
@@ -25,6 +30,19 @@ def run_layout(runner):
     loader = runner.train_dataloader
     return dict(world_size=get_world_size(), batch_size=loader.batch_size,
                 dataset_size=len(loader.dataset), accumulation=accumulation_steps(runner))
+
+
+@functools.lru_cache(maxsize=None)
+def mmsora_commit():
+    """The git commit of the mmsora package folder's checkout, or None (an installed
+    package, no git): looked up once per process."""
+    try:
+        out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=osp.dirname(mmsora.__file__),
+                             capture_output=True, text=True, timeout=10)
+    except Exception:  # (no git, or it hung: a save goes on without the commit)
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
 
 
 def _describe(layout):
@@ -45,7 +63,8 @@ class ResumeCheckHook(Hook):
     micro-batches per optimizer step stops the resume with one line; a dataset of
     another length is allowed with a warning (the data order then differs from the
     uninterrupted run's). The layout is logged at the start of training, in the run's
-    log file.
+    log file. Checkpoints also record the mmsora that wrote them (``meta.mmsora_version``,
+    ``meta.mmsora_commit``: None outside a git checkout).
     """
 
     def before_train(self, runner):
@@ -62,13 +81,22 @@ class ResumeCheckHook(Hook):
                 world_size=get_world_size(), batch_size=batch, accumulation=accumulation)))
 
     def before_save_checkpoint(self, runner, checkpoint):
-        checkpoint.setdefault('meta', {})['run_layout'] = run_layout(runner)
+        meta = checkpoint.setdefault('meta', {})
+        meta['run_layout'] = run_layout(runner)
+        # Which mmsora wrote it: a resume by another version can say what changed.
+        meta['mmsora_version'] = mmsora.__version__
+        meta['mmsora_commit'] = mmsora_commit()
         # The hub lists the key as not resumed; listed at all, mmengine's loader
         # warned at every resume that it is 'not defined in message_hub'.
         (checkpoint.get('message_hub') or {}).get('resumed_keys', {}).pop(
             'accumulative_counts', None)
 
     def after_load_checkpoint(self, runner, checkpoint):
+        # Checkpoints saved before the key was dropped at save list it; mmengine's
+        # resume (which reads the hub after this hook) warned that it is 'not defined
+        # in message_hub' at each resume of one.
+        (checkpoint.get('message_hub') or {}).get('resumed_keys', {}).pop(
+            'accumulative_counts', None)
         saved = checkpoint.get('meta', {}).get('run_layout')
         if not runner._resume or saved is None:
             return
