@@ -607,9 +607,8 @@ def to_uint8(images):
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f'expected (N, 3, H, W) pictures, got shape {tuple(images.shape)}; '
                          'latent models need a VAE (model.vae) to make pictures')
-    if not images.is_floating_point():  # (uint8 128 was taken as 128 in [-1, 1]: white)
-        raise ValueError(f'pictures are floats in [-1, 1], got {images.dtype}; pass uint8 '
-                         'pixels in [0, 255] as x.float() / 127.5 - 1')
+    from mmsora.apis.video import check_pixels_float
+    check_pixels_float(images, 'pictures')
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).numpy()
 

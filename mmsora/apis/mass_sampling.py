@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from mmsora.utils.atomic_io import atomic_file, atomic_path
 from mmsora.utils.cli import Interrupted, UserError, plural
+from mmsora.utils.labels import check_label_range
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
            'init_sampling_processes', 'zip_npy_files', 'sampling_line', 'save_prompts',
@@ -79,6 +80,7 @@ def sample_plan(num_samples: int, labels: Optional[Sequence[int]], seed: int = 0
                          'for a text model)')
     if not len(labels):
         raise ValueError('need at least one label to cycle through')
+    check_label_range(labels, None, 'labels', error=ValueError)  # (1.5 was class 1)
     plan = dict(labels=[int(labels[i % len(labels)]) for i in range(num_samples)],
                 seeds=[seed + i for i in range(num_samples)])
     if prompts is not None:

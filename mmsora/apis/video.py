@@ -8,7 +8,7 @@ import torch
 
 from mmsora.utils.video_io import note_odd_padding, write_gif, write_video
 
-__all__ = ['video_paths', 'save_videos', 'is_clip_folder', 'DEFAULT_FPS']
+__all__ = ['video_paths', 'save_videos', 'is_clip_folder', 'check_pixels_float', 'DEFAULT_FPS']
 
 # The frame rate sampled clips are written at when the config's sample_cfg gives no
 # fps (tools/infer.py, the sample hook, text2video's mmsora pictures).
@@ -56,6 +56,14 @@ def video_paths(out: Union[str, os.PathLike], labels: Sequence[Optional[int]],
             for i, y in enumerate(labels)]
 
 
+def check_pixels_float(pixels: torch.Tensor, what: str) -> None:
+    """Refuse integer pixels where floats in [-1, 1] are saved (save_videos' clips,
+    save_image_grid's pictures): uint8 128 was taken as 128 in [-1, 1], clamped white."""
+    if not pixels.is_floating_point():
+        raise ValueError(f'{what} are floats in [-1, 1], got {pixels.dtype}; pass uint8 '
+                         'pixels in [0, 255] as x.float() / 127.5 - 1')
+
+
 def _class_id(value) -> bool:
     if torch.is_tensor(value):
         return value.numel() == 1 and not value.is_floating_point()
@@ -90,9 +98,7 @@ def save_videos(videos: torch.Tensor, out: Union[str, os.PathLike], fps: float,
             raise ValueError(f'{shape}: they look like (N, T, 3, H, W) clips; pass '
                              'x.permute(0, 2, 1, 3, 4)')
         raise ValueError(f'{shape}; latent models need a VAE (model.vae) to make videos')
-    if not videos.is_floating_point():  # (uint8 128 was taken as 128 in [-1, 1]: white)
-        raise ValueError(f'clips are floats in [-1, 1], got {videos.dtype}; pass uint8 '
-                         'pixels in [0, 255] as x.float() / 127.5 - 1')
+    check_pixels_float(videos, 'clips')
     if fps <= 0:
         raise ValueError(f'fps must be positive, got {fps}')
     out = os.fspath(out)

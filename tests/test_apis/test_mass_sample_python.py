@@ -78,3 +78,10 @@ def test_an_out_that_is_not_an_npz_is_refused(tmp_path):
                                          r"archive .*give out='NAME\.npz'"):
         mass_sample(None, 2, [0], out=out, sample_fn=never, progress=False)
     assert not list(tmp_path.iterdir())  # no x.png, no x.png.parts
+
+
+def test_labels_that_are_not_class_ids_are_refused():
+    """sample_plan cut 1.5 to class 1 (review ag: the one place left after c9cc070)."""
+    with pytest.raises(ValueError, match=r'^labels \[1.5\] are not class ids'):
+        sample_plan(2, [1.5])
+    assert sample_plan(2, [3.0])['labels'] == [3, 3]
