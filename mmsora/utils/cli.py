@@ -100,9 +100,11 @@ def is_first_on_machine() -> bool:
     """Whether this process is the first of its machine in a launch (torchrun's
     LOCAL_RANK, srun's SLURM_LOCALID; a lone process is): for a mistake every process
     of a launch finds alike (the config's), said once per machine, not by each."""
-    if 'RANK' in os.environ:  # torchrun (tools/train.py sets LOCAL_RANK='0' otherwise)
+    if 'LOCAL_WORLD_SIZE' in os.environ:  # torchrun's (inside a slurm job too)
         return os.environ.get('LOCAL_RANK', '0') == '0'
-    return os.environ.get('SLURM_LOCALID', '0') == '0'
+    if 'SLURM_LOCALID' in os.environ:  # srun's tasks: compat._slurm_env's LOCAL_RANK is
+        return os.environ['SLURM_LOCALID'] == '0'  # the GPU's, 0 for every CPU task
+    return os.environ.get('LOCAL_RANK', '0') == '0'
 
 
 def torchrun_processes() -> int:

@@ -8,8 +8,8 @@ import pytest
 from mmsora.utils import cli
 from mmsora.utils.cli import RunError, UserError, run_cli
 
-LAUNCH_KEYS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'SLURM_PROCID', 'SLURM_LOCALID',
-               'SLURM_NTASKS')
+LAUNCH_KEYS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'SLURM_PROCID',
+               'SLURM_LOCALID', 'SLURM_NTASKS')
 
 
 class Waits(list):
@@ -213,3 +213,19 @@ def test_a_missing_run_is_said_once_per_machine(tmp_path, monkeypatch, capsys, w
     _launch(monkeypatch, RANK='1', LOCAL_RANK='1', WORLD_SIZE='2')
     assert run_cli(lambda: find_run(str(tmp_path / 'nowhere'))) == 2
     assert capsys.readouterr().err == ''
+
+
+def test_the_first_of_a_machine_after_slurms_variables_and_under_torchrun_in_a_job(
+        monkeypatch):
+    """compat._slurm_env sets LOCAL_RANK to the task's GPU, 0 for every task on a
+    CPU-only partition: each task was 'first' and printed (review ag). torchrun's
+    LOCAL_RANK comes first where torchrun runs inside a slurm job."""
+    _launch(monkeypatch, SLURM_PROCID='3', SLURM_LOCALID='1', SLURM_NTASKS='4',
+            RANK='3', LOCAL_RANK='0', WORLD_SIZE='4')
+    assert not cli.is_first_on_machine()
+    _launch(monkeypatch, SLURM_LOCALID='0', RANK='1', LOCAL_RANK='1', WORLD_SIZE='2',
+            LOCAL_WORLD_SIZE='2')
+    assert not cli.is_first_on_machine()
+    _launch(monkeypatch, SLURM_LOCALID='0', RANK='0', LOCAL_RANK='0', WORLD_SIZE='2',
+            LOCAL_WORLD_SIZE='2')
+    assert cli.is_first_on_machine()
