@@ -695,7 +695,7 @@ def check_resume_layout(cfg, world_size: int) -> None:
     if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
         return  # (a file: refused by check_resume_matches_strategy)
     from mmsora.engine.hooks import ResumeCheckHook
-    from mmsora.engine.hooks.resume_check_hook import _describe
+    from mmsora.engine.hooks.resume_check_hook import layout_refusal
     from mmsora.engine.strategies import accumulation_of
     from mmsora.utils.training_inputs import hook_class
     hooks = [*(cfg.get('default_hooks') or {}).values(), *(cfg.get('custom_hooks') or [])]
@@ -706,23 +706,9 @@ def check_resume_layout(cfg, world_size: int) -> None:
     if not isinstance(saved, dict) or not isinstance(batch, int):
         return  # (an older checkpoint, or a loader's own batch sampler: the hook's)
     now = dict(world_size=world_size, batch_size=batch, accumulation=accumulation_of(cfg))
-    # (checkpoints written before the accumulation was recorded: not compared)
-    if (saved['world_size'], saved['batch_size'],
-            saved.get('accumulation', now['accumulation'])) == (
-            now['world_size'], now['batch_size'], now['accumulation']):
-        return
-    why = ''
-    world = saved['world_size']
-    if world != world_size and (world * saved['batch_size'] * saved.get(
-            'accumulation', now['accumulation'])) == world_size * batch * now['accumulation']:
-        why = (f' (the global batch is the same, but the data order and the per-process RNG '
-               f'states the checkpoint holds belong to {world} process{"es" * (world != 1)})')
-    # (ResumeCheckHook's words, which tests and docs/reliability.md quote)
-    raise UserError(f'cannot resume: the checkpoint was saved by a run of {_describe(saved)}, '
-                    f'this run has {_describe(now)}; exact resume needs the same layout{why}: '
-                    f'relaunch with it, or go on from its weights with --load-from {path} (its '
-                    'trained weights and EMA; the optimizer state and the data order start '
-                    'afresh, and the learning-rate schedule restarts from iteration 0)')
+    refusal = layout_refusal(saved, now, path)  # (the hook's, before its start-up)
+    if refusal:
+        raise UserError(refusal)
 
 
 def note_named_layout(config, cfg, world_size: int) -> None:

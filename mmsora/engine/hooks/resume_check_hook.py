@@ -45,6 +45,28 @@ def mmsora_commit():
     return commit if out.returncode == 0 and commit else None
 
 
+def layout_refusal(saved: dict, now: dict, checkpoint: str = 'CKPT'):
+    """The one-line refusal of resuming a checkpoint of layout ``saved`` (its
+    ``meta.run_layout``) in a run of layout ``now``, or None where they match: the
+    hook's, and tools/train.py's before the Runner starts (``checkpoint``: the path
+    the ``--load-from`` advice names). Checkpoints written before the accumulation was
+    recorded are compared without it."""
+    steps = saved.get('accumulation', now['accumulation'])
+    if (saved['world_size'], saved['batch_size'], steps) == (
+            now['world_size'], now['batch_size'], now['accumulation']):
+        return None
+    world, why = saved['world_size'], ''
+    if world != now['world_size'] and world * saved['batch_size'] * steps == (
+            now['world_size'] * now['batch_size'] * now['accumulation']):
+        why = (f' (the global batch is the same, but the data order and the per-process RNG '
+               f'states the checkpoint holds belong to {world} process{"es" * (world != 1)})')
+    return (f'cannot resume: the checkpoint was saved by a run of {_describe(saved)}, '
+            f'this run has {_describe(now)}; exact resume needs the same layout{why}: '
+            f'relaunch with it, or go on from its weights with --load-from {checkpoint} (its '
+            'trained weights and EMA; the optimizer state and the data order start '
+            'afresh, and the learning-rate schedule restarts from iteration 0)')
+
+
 def _describe(layout):
     world, batch = layout['world_size'], layout['batch_size']
     accumulation = layout.get('accumulation', 1)
@@ -101,16 +123,9 @@ class ResumeCheckHook(Hook):
         if not runner._resume or saved is None:
             return
         now = run_layout(runner)
-        # (checkpoints written before the accumulation was recorded: not compared)
-        if (saved['world_size'], saved['batch_size'],
-                saved.get('accumulation', now['accumulation'])) != (
-                now['world_size'], now['batch_size'], now['accumulation']):
-            raise UserError(
-                f'cannot resume: the checkpoint was saved by a run of '
-                f'{_describe(saved)}, this run has {_describe(now)}; exact resume needs '
-                'the same layout: relaunch with it, or go on from its weights with '
-                '--load-from CKPT (its trained weights and EMA; the optimizer state, '
-                'schedule and data order start afresh)')
+        refusal = layout_refusal(saved, now)
+        if refusal:
+            raise UserError(refusal)
         if 'accumulation' not in saved and now['accumulation'] > 1:
             runner.logger.warning(
                 f'resuming a checkpoint written before mmsora recorded gradient '
