@@ -38,11 +38,6 @@ from mmsora.utils.cli import (ArgumentParser, UserError, add_malloc_option, chec
                               check_output_path, check_samples_not_finished,
                               check_torchrun_launcher, device_setting, keep_freed_memory_on_cpu,
                               note, run_cli, torchrun_processes)
-from mmsora.utils.trained_settings import check_trained_objective
-
-# The check of a checkpoint's objective that precheck_args makes (through
-# mmsora.apis.run_checks); tests/test_utils/test_custom_module_checks.py calls it here.
-check_objective = check_trained_objective
 
 
 def parse_args(argv=None):

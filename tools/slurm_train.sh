@@ -4,7 +4,7 @@
 # requeued job's `bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG --resume`.
 # GPUS (default 8), GPUS_PER_NODE (default GPUS, at most 8), CPUS_PER_TASK (5), SRUN_ARGS
 # and PYTHON (the interpreter, default python on PATH) come from the environment; so do
-# PORT (else MASTER_PORT; default 29500, so two jobs sharing a node need one each) and
+# PORT (else MASTER_PORT; by default tools/train.py takes 20000 + the job id % 10000) and
 # GRES (default gpu:GPUS_PER_NODE; GRES=none asks for no GPUs, for a CPU-only partition).
 set -euo pipefail
 USAGE='bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [train.py options]'

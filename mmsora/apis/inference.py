@@ -276,8 +276,7 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         checkpoint = os.fspath(checkpoint)
     config_path, run_checkpoint = find_run(config)
     cfg = load_config(config_path)
-    apply_cfg_options(cfg, cfg_options if isinstance(cfg_options, (dict, str))
-                      else list(cfg_options))
+    apply_cfg_options(cfg, cfg_options)
     if checkpoint is not False:
         _check_model_folders(cfg.model)
     from mmengine.registry import init_default_scope

@@ -10,7 +10,7 @@ from mmsora.utils.config_loading import (import_custom_modules, listed_paths, sc
                                          spent_entries)
 from mmsora.utils.foreign_flags import FOREIGN_KEYS, foreign_key_hint
 
-__all__ = ['OPTIONAL_TOP_LEVEL', 'known_top_level', 'apply_cfg_options']
+__all__ = ['OPTIONAL_TOP_LEVEL', 'known_top_level', 'apply_cfg_options', 'edit_distance']
 
 
 def _parse_value(text):
@@ -177,8 +177,8 @@ def apply_cfg_options(cfg, options, schedule_note: bool = True):
                 names = list(node.keys()) if hasattr(node, 'keys') else []
                 if depth == 0:  # also what the tools and the Runner read when set
                     names += sorted(known_top_level() - set(names))
-                meant = min(names, key=lambda name: _edits(part, name), default=part)
-                if part not in names and len(part) > 4 and _edits(part, meant) <= 2:
+                meant = min(names, key=lambda name: edit_distance(part, name), default=part)
+                if part not in names and len(part) > 4 and edit_distance(part, meant) <= 2:
                     above = '.'.join(walk[:depth] + [''])
                     raise UserError(f'--cfg-options {shown}: the config has no '
                                     f'{above}{part}; did you mean {above}{meant}?')
@@ -364,7 +364,7 @@ def _refuse_spent_variable(cfg, key, value) -> None:
                         f'{example}')
 
 
-def _edits(a: str, b: str) -> int:
+def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance: the fewest one-character insertions, deletions or
     substitutions that turn ``a`` into ``b``."""
     row = list(range(len(b) + 1))

@@ -178,14 +178,14 @@ def _note_top_level(cfg) -> None:
     read (``trian_cfg``: taken as a variable of the config's own, and the section it
     meant left as the base has it, without a word). A note, not a refusal: a variable
     of one's own may be that close and used (``vae_cfg`` in ``model.vae``)."""
-    from mmsora.utils.cfg_options import _edits, known_top_level
+    from mmsora.utils.cfg_options import edit_distance, known_top_level
     from mmsora.utils.cli import note
     known = known_top_level()
     for key in cfg.keys():
         if key in known or len(key) <= 4:
             continue
-        meant = min(known, key=lambda name: (not _swapped(key, name), _edits(key, name)))
-        if _edits(key, meant) == 1 or _swapped(key, meant):
+        meant = min(known, key=lambda name: (not _swapped(key, name), edit_distance(key, name)))
+        if edit_distance(key, meant) == 1 or _swapped(key, meant):
             note(f'{key} is not a section the Runner or the tools read; if it stands for '
                  f'{meant}, rename it (a variable of the config\'s own is fine)')
 

@@ -11,7 +11,7 @@ from mmsora.utils.cli import UserError, first_line, note
 from mmsora.utils.error_messages import find_registered_class
 
 __all__ = ['load_config', 'import_custom_modules', 'parse_config_and_preset',
-           'schedule_left_behind', 'spent_entries', 'listed_paths', 'READ_BESIDE_THE_CLASS']
+           'schedule_left_behind', 'spent_entries', 'listed_paths']
 
 
 def load_config(path):

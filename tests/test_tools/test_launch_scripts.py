@@ -218,7 +218,7 @@ def test_slurm_train_says_when_there_is_no_srun(tmp_path, repo_root):
 
 
 def test_slurm_train_passes_a_port_on(run_script):
-    """Under slurm the port was always 29500: two jobs on one node collided."""
+    """slurm_train.sh passed no port on: the one PORT / MASTER_PORT gives reaches srun."""
     done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py', PORT='29601')
     assert srun_env(done) == {'MASTER_PORT': '29601'}
     done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py', MASTER_PORT='29602')
@@ -226,7 +226,7 @@ def test_slurm_train_passes_a_port_on(run_script):
     done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py', PORT='29601',
                       MASTER_PORT='29602')
     assert srun_env(done) == {'MASTER_PORT': '29601'}
-    done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py')  # train.py's 29500
+    done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py')  # (train.py's by job id)
     assert srun_env(done) == {'MASTER_PORT': ''}
     done = run_script('slurm_train.sh', 'gpu', 'job', 'c.py', PORT='29k')
     assert done.returncode == 2 and done.stdout == ''

@@ -20,13 +20,13 @@ from mmsora.diffusion.gaussian import GaussianDiffusion
 from mmsora.models import DiT
 from mmsora.registry import DIFFUSION
 from mmsora.utils import cli
-from mmsora.utils.trained_settings import (checkpoint_objective, objective_differences,
-                                           objective_settings, said_objective_differences,
-                                           trained_model_config)
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import UserError
 from mmsora.utils.config_loading import load_config
-from tools import export_denoiser, infer
+from mmsora.utils.trained_settings import (check_trained_objective, checkpoint_objective,
+                                           objective_differences, objective_settings,
+                                           said_objective_differences, trained_model_config)
+from tools import export_denoiser
 
 DIT = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 TINY = ['model.denoiser.hidden_size=64', 'model.denoiser.depth=2',
@@ -97,11 +97,11 @@ def test_infer_refuses_a_subclass_run_for_a_dit_config(repo_root, tmp_path):
     into the DiT config and was sampled as a DiT without a word."""
     path = save_run(tmp_path / 'iter_2.pth', run_cfg(repo_root))
     with pytest.raises(UserError) as e:
-        infer.check_objective(path, tiny_dit_cfg(repo_root).model)
+        check_trained_objective(path, tiny_dit_cfg(repo_root).model)
     line = str(e.value)
     assert 'denoiser=ParallelDiT' in line and 'denoiser=DiT' in line
     assert 'model.denoiser.type=ParallelDiT' in line and 'its work dir' in line
-    infer.check_objective(path, run_cfg(repo_root))  # its own config: sampled
+    check_trained_objective(path, run_cfg(repo_root))  # its own config: sampled
 
 
 def test_test_py_refuses_it_before_loading_too(repo_root, tmp_path, monkeypatch, capsys):
@@ -126,7 +126,7 @@ def test_infer_refuses_a_subclass_objective_it_cannot_import(repo_root, tmp_path
                     run_cfg(repo_root, 'DiT', 'MinSNRGaussianDiffusion'))
     with pytest.raises(UserError, match='trained with the MinSNRGaussianDiffusion '
                        'objective, the config samples with GaussianDiffusion'):
-        infer.check_objective(path, tiny_dit_cfg(repo_root).model)
+        check_trained_objective(path, tiny_dit_cfg(repo_root).model)
 
 
 def test_shipped_denoisers_are_told_apart_by_their_weights():
@@ -212,7 +212,7 @@ def test_resume_refuses_a_subclass_run_with_another_schedule(repo_root, tmp_path
                                  objective_settings(now)) == [
         ('beta_schedule', 'squaredcos_cap_v2', 'linear')]
     with pytest.raises(UserError, match='trained with beta_schedule=squaredcos_cap_v2'):
-        infer.check_objective(path, now)
+        check_trained_objective(path, now)
 
 
 def test_an_objective_that_does_not_resolve_is_compared_by_name():
