@@ -14,7 +14,8 @@ for the CUDA context and the caching allocator. The step is ``tools/train.py``'s
 one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
 buckets, and divides a config's ``global_batch_size`` as ``tools/train.py`` does on N
 processes (over the accumulation steps too; ``--batch-size`` counts other batches
-instead); gradient accumulation (``optim_wrapper.accumulative_counts``) adds the
+instead); gradient accumulation (``optim_wrapper.accumulative_counts``, or a DeepSpeed
+strategy's own ``gradient_accumulation_steps``) adds the
 gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
 a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
 ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what

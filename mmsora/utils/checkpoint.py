@@ -4,6 +4,9 @@ Every ``.pt`` / ``.pth`` file is read with ``torch.load(weights_only=True)``, so
 checkpoint can hold tensors and plain containers but never code that runs on load;
 every ``.safetensors`` file through :func:`read_safetensors`. A file that cannot be
 read is named in one line saying what it is (cut short, the other format, text).
+Also here: the local model folders checkpoints are read beside (a Hugging Face cache's
+snapshot, a diffusers folder's config.json: hub_snapshot, folder_model,
+local_pretrained_kwargs).
 
 Beside it: checkpoint_choice.py (which checkpoint of a work dir to take),
 weight_loading.py (a file's weights into a model, with shape hints),

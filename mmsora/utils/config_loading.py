@@ -1,7 +1,8 @@
 """Reading a config for the tools: a path not found named with the configs meant, a
 config's syntax error in one line, custom_imports imported (the working directory
 importable), and notes on what a config's ``_base_`` leaves behind (variables its
-entries were written with, a type changed under the base's arguments)."""
+entries were written with, a type changed under the base's arguments); and
+parse_config_and_preset, the tools' CONFIG argument with a strategy preset."""
 import difflib
 import os
 import os.path as osp

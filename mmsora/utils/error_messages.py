@@ -1,6 +1,9 @@
 """One-line messages for errors a run meets, printed by cli.run_cli instead of a
-traceback (explain_error): a type not registered (with the close registered names), an
-unknown or missing constructor argument, items a batch cannot stack, a path error."""
+traceback (explain_error): a type not registered (with the close registered names:
+find_registered_class looks a name up in every registry), an unknown or missing
+constructor argument, items a batch cannot stack, a path error, a port in use
+(port_in_use_message). It imports cli (UserError, RunError); cli.run_cli imports it
+when it runs, so the two do not import each other at load."""
 import difflib
 import os
 import os.path as osp
