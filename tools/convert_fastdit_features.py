@@ -111,7 +111,7 @@ def finished_before(writer) -> bool:
 def convert(args, pairs, shape, writer):
     """Write the pending shards; returns how many were written."""
     pending = writer.pending_shards()
-    say_damaged(PROG, writer.damaged)  # (a rerun: found cut short)
+    say_damaged(PROG, writer.damaged, doing='writing')  # (a rerun: found cut short)
     with tqdm(total=sum(len(range(*writer.shard_range(k))) for k in pending),
               unit='item') as pbar:
         for k in pending:

@@ -294,18 +294,19 @@ def repair_advice(root, index):
             'every shard and writes the damaged ones again (or restore the files)')
 
 
-def say_damaged(prog, damaged, most=20):
+def say_damaged(prog, damaged, most=20, doing='encoding'):
     """Print what a rerun of the tool ``prog`` does with the finished shards whose
     files are cut short or missing (``{id: (file name, what, detail)}``, as
     :func:`read_store_progress` and :attr:`LatentStoreWriter.damaged` give them): a
-    line each, the first ``most`` of them, then how many more. Before, a rerun kept
-    them (a complete store: 'nothing to do'), and training met them when it first read
-    them, hours in on a large store."""
+    line each, the first ``most`` of them, then how many more; ``doing``: what the
+    tool does to a shard again ('encoding'; 'writing' for a conversion, which encodes
+    nothing). Before, a rerun kept them (a complete store: 'nothing to do'), and
+    training met them when it first read them, hours in on a large store."""
     for k in sorted(damaged)[:most]:
         name, what, detail = damaged[k]
-        print(f'{prog}: {name}: {what} ({detail}): encoding it again', flush=True)
+        print(f'{prog}: {name}: {what} ({detail}): {doing} it again', flush=True)
     if len(damaged) > most:
-        print(f'{prog}: ... and {len(damaged) - most} more damaged shards: encoding them '
+        print(f'{prog}: ... and {len(damaged) - most} more damaged shards: {doing} them '
               'again', flush=True)
 
 

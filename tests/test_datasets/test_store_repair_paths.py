@@ -139,8 +139,8 @@ def test_a_damaged_file_gets_one_advice_when_opened_or_read(tmp_path, vae, tool)
 # --------------------------------------------------------------------------- #
 def test_both_tools_name_a_damaged_shard_with_one_line(
         image_folder, tiny_vae_dir, tmp_path, capsys):
-    """convert_fastdit_features.py said 'writing it again', extract_features.py
-    'encoding it again'."""
+    """convert_fastdit_features.py and extract_features.py said it each their way: one
+    function says it for both, with what each does again."""
     out = str(tmp_path / 'store')
     run_extract(image_folder, out, tiny_vae_dir)
     argv = fastdit_argv(tmp_path)
@@ -153,8 +153,9 @@ def test_both_tools_name_a_damaged_shard_with_one_line(
     said = {'extract_features.py': capsys.readouterr().out.splitlines()[0]}
     convert.main(argv)
     said['convert_fastdit_features.py'] = capsys.readouterr().out.splitlines()[0]
+    doing = {'extract_features.py': 'encoding', 'convert_fastdit_features.py': 'writing'}
     assert said == {prog: f'{prog}: shard_00001.npy: truncated ({size - 100} of {size} '
-                          'bytes): encoding it again' for prog, size in sizes.items()}
+                          f'bytes): {doing[prog]} it again' for prog, size in sizes.items()}
 
 
 def test_a_conversion_rerun_names_twenty_damaged_shards_and_counts_the_rest(
@@ -171,6 +172,6 @@ def test_a_conversion_rerun_names_twenty_damaged_shards_and_counts_the_rest(
     assert [line.split(': ')[1] for line in printed[:20]] == [
         f'shard_{k:05d}.npy' for k in range(20)]
     assert printed[20] == ('convert_fastdit_features.py: ... and 2 more damaged shards: '
-                           'encoding them again')
+                           'writing them again')
     assert printed[21].startswith('convert_fastdit_features.py: 23 latents in 23 shards')
     assert index['complete']
