@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.tiny_data import make_clip
+from tests.tiny_models import TINY_VAE
 
 # tiny_vae_dir is tests/conftest.py's (other test folders use it too)
 
@@ -37,3 +39,13 @@ def clips(tmp_path, clip_bytes):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(clip_bytes)
     return root
+
+
+@pytest.fixture
+def sdxl_like_vae(tmp_path):
+    """A tiny random VAE folder whose scaling_factor is SDXL's 0.13025 (not SD's)."""
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    path = tmp_path / 'sdxl_vae'
+    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
+    return str(path)

@@ -7,7 +7,6 @@ import os.path as osp
 
 import numpy as np
 import pytest
-import torch
 from mmengine.config import Config
 
 from mmsora.datasets import LatentStoreWriter
@@ -15,7 +14,6 @@ from mmsora.datasets.store_checks import check_latent_store
 from mmsora.utils.cli import UserError
 from tests.extract_tools import convert, interrupted, run_extract, shard_mtimes
 from tests.test_datasets.test_extract_features import write_fastdit_features
-from tests.tiny_models import TINY_VAE
 
 pytestmark = pytest.mark.usefixtures('fresh_notes')
 
@@ -83,15 +81,6 @@ def test_a_store_without_class_names_among_several_is_noted(tmp_path, capsys):
     cfg.train_dataloader.dataset.store = 'old'  # (alone: nothing to compare with)
     check_latent_store(cfg)
     assert capsys.readouterr().err == ''
-
-
-@pytest.fixture
-def sdxl_like_vae(tmp_path):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    path = tmp_path / 'sdxl_vae'
-    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
-    return str(path)
 
 
 def test_a_store_scaled_by_the_old_default_says_how_to_keep_it(image_folder, sdxl_like_vae,

@@ -4,22 +4,11 @@ import json
 import os.path as osp
 
 import pytest
-import torch
 
 from mmsora.models.vaes.autoencoder_kl import AutoencoderKLWrapper, folder_scaling_factor
 from tests.extract_tools import run_extract
-from tests.tiny_models import TINY_VAE
 
 pytestmark = pytest.mark.usefixtures('fresh_notes')
-
-
-@pytest.fixture
-def sdxl_like_vae(tmp_path):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    path = tmp_path / 'sdxl_vae'
-    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
-    return str(path)
 
 
 def test_extraction_scales_by_the_folders_own(sdxl_like_vae, tiny_vae_dir, image_folder,
