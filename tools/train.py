@@ -4,6 +4,7 @@ The OpenMMLab command line (see ``--help``); several GPUs or nodes go through
 ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
 """
 import argparse
+import contextlib
 import errno
 import math
 import os
@@ -81,6 +82,25 @@ def check_amp_takes_no_value(argv) -> None:
                             '--cfg-options optim_wrapper.dtype=float16')
 
 
+# What load_from_kind read within start_up_reads() (path -> its answer); None outside.
+_start_up_reads = None
+
+
+@contextlib.contextmanager
+def start_up_reads():
+    """Within it, :func:`load_from_kind` reads each file once: the start-up's checks of
+    ``--resume`` (its layout, its model and objective, a complete run, the config
+    changes since) read the checkpoint four times, each a parse of the whole pickle.
+    At its end the answers are dropped, so that no checkpoint stays mapped into the
+    training (a mapping keeps a pruned checkpoint's disk space)."""
+    global _start_up_reads
+    _start_up_reads = {}
+    try:
+        yield
+    finally:
+        _start_up_reads = None
+
+
 def load_from_kind(path):
     """What ``--load-from`` (or ``--resume``) got, its mmengine state dict (None for a
     denoiser's) and the checkpoint itself (what the file holds; {} for a .safetensors
@@ -88,7 +108,16 @@ def load_from_kind(path):
     the optimizer's state):
     ``'run'`` (an mmengine checkpoint of a model like the config's), ``'image_run'``
     (an mmengine checkpoint of an image DiT run) or ``'denoiser'`` (an original DiT /
-    fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole."""
+    fast-DiT / safetensors denoiser state dict). The file is mapped, not read whole;
+    within :func:`start_up_reads`, once."""
+    if _start_up_reads is None:
+        return _read_kind(path)
+    if path not in _start_up_reads:
+        _start_up_reads[path] = _read_kind(path)
+    return _start_up_reads[path]
+
+
+def _read_kind(path):
     from mmsora.utils.checkpoint import load_checkpoint_file
     if path.endswith('.safetensors'):
         check_checkpoint_complete(path)  # cut short, or a torch file: before the Runner
@@ -967,11 +996,13 @@ def main(argv=None):
     # (a mistake here is said by the first process of each machine: run_cli)
     # each of torchrun's processes trained the whole run alone, into the same work dir
     check_torchrun_launcher(args.launcher)
-    cfg = build_train_config(args)
-    check_stores_exist(cfg)
-    check_work_dir_is_new(cfg, args)  # a forgotten --resume
-    from mmsora.engine.strategies import launcher_world_size
-    check_resume_layout(cfg, launcher_world_size(args.launcher))
+    with start_up_reads():  # (each checkpoint read once by the checks below)
+        cfg = build_train_config(args)
+        check_stores_exist(cfg)
+        check_work_dir_is_new(cfg, args)  # a forgotten --resume
+        from mmsora.engine.strategies import launcher_world_size
+        check_resume_layout(cfg, launcher_world_size(args.launcher))
+        complete = resumes_a_complete_run(cfg)
     timeout = collective_timeout(cfg)
     # mmengine's launcher calls torch.cuda.set_device even without CUDA: start
     # gloo ourselves there, and mmengine then leaves the process group alone.
@@ -984,7 +1015,6 @@ def main(argv=None):
         for key, value in single_process_env(cfg).items():  # one-process run
             os.environ.setdefault(key, value)
     put_back_config = keep_dumped_config(cfg)  # (the Runner dumps its own)
-    complete = resumes_a_complete_run(cfg)
     existed = set(os.listdir(cfg.work_dir)) if osp.isdir(cfg.work_dir) else set()
     try:
         if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp

@@ -1,6 +1,8 @@
 """What a checkpoint records of its training (the model config, the objective's
 settings, SiT's ``args``) and the comparison with the config it is loaded under: a
 run of another objective, schedule or prediction is refused or noted before sampling."""
+import copy
+import functools
 import os
 import os.path as osp
 from collections.abc import Mapping
@@ -41,6 +43,15 @@ def trained_config(checkpoint) -> Optional[dict]:
     text = ((checkpoint or {}).get('meta') or {}).get('cfg')
     if not isinstance(text, str):
         return None
+    parsed = _parsed_config(text)
+    return None if parsed is None else copy.deepcopy(parsed)  # (the caller's to change)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_config(text: str) -> Optional[dict]:
+    """:func:`trained_config`'s parse of a config text, once per text: a resume's
+    checks read the recorded config three times (objective, its settings, the changes
+    since)."""
     import tempfile
 
     from mmengine.config import Config

@@ -58,3 +58,44 @@ def test_a_full_disk_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch):
         f"{dumped}: No space left on device, at the run's start-up (its config and logs "
         f'go to {work}): free space there, or give another --work-dir')
     assert not dumped.exists()  # (tools/infer.py WORK_DIR read the empty one)
+
+
+def test_the_resumed_checkpoint_is_read_once_at_start_up(repo_root, tmp_path, monkeypatch):
+    """The start-up's checks of --resume (its layout, model, objective, a complete run,
+    the config changes since) read the checkpoint once and parse its recorded config
+    once (four reads and three parses before); nothing of it is held when the Runner
+    starts (it would keep the file mapped into the training)."""
+    import tempfile
+
+    import mmengine.runner
+    from mmengine.config import Config
+
+    import mmsora.utils.checkpoint as checkpoint
+    work = tmp_path / 'w'
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options', *TINY_TRAIN,
+            'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2']
+    train.main(argv)
+    ckpt = str(work / 'iter_2.pth')
+    real, reads = checkpoint.load_checkpoint_file, []
+    fromfile, parses = Config.fromfile, []
+
+    def spy(path, *args, **kwargs):
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    def parse(filename, *args, **kwargs):  # (the recorded text: a temporary file)
+        if osp.dirname(str(filename)) == tempfile.gettempdir():
+            parses.append(filename)
+        return fromfile(filename, *args, **kwargs)
+
+    def from_cfg(cfg):
+        assert not getattr(train, '_start_up_reads', None)  # (nothing keeps it mapped)
+        raise Stop
+
+    monkeypatch.setattr(checkpoint, 'load_checkpoint_file', spy)
+    monkeypatch.setattr(Config, 'fromfile', staticmethod(parse))
+    monkeypatch.setattr(mmengine.runner.Runner, 'from_cfg', from_cfg)
+    with pytest.raises(Stop):
+        train.main(argv[:-2] + ['train_cfg.max_iters=4', '--resume', ckpt])
+    assert reads == [ckpt]
+    assert len(parses) == 1
