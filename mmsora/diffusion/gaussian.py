@@ -25,8 +25,9 @@ import torch
 
 from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
 from mmsora.utils import sample_rng
-from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
-                                 epsilon_from_x0, scheduler_sample_loop)
+from mmsora.utils.trained_settings import keyword_defaults
+from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
+                                 check_sampler_options, epsilon_from_x0, scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 
 __all__ = [
@@ -751,7 +752,9 @@ class GaussianDiffusion:
     # --------------------------- objective interface --------------------------- #
     # Every objective in the DIFFUSION registry provides ``loss`` and ``sample`` (and
     # ``last_nfe``); LatentDiffusion calls nothing else.
-    SAMPLER_OPTIONS = {'ddpm': (), 'ddim': ('eta', 'spacing')}
+    # clip_denoised: IDDPM's clamp of the predicted x0 to [-1, 1], for models of pixels;
+    # off by default, as DiT's sample.py samples its latents (they exceed [-1, 1]).
+    SAMPLER_OPTIONS = {'ddpm': ('clip_denoised', ), 'ddim': ('clip_denoised', 'eta', 'spacing')}
     # 'ddim''s steps: 'stride', the DDIM paper's integer stride from t = 0 (IDDPM's
     # 'ddimN', diffusers' DDIMScheduler's leading spacing: ..., 960, 980 for 50);
     # 'even', spread evenly from 0 to T - 1 as DiT's create_diffusion(str(N)), on which
@@ -800,7 +803,9 @@ class GaussianDiffusion:
                 sample's noise depends on its own seed only.
             progress (bool): Show a progress bar.
             **sampler_kwargs: ``eta`` and ``spacing`` (``'stride'``, default, or
-                ``'even'``) for ``'ddim'``.
+                ``'even'``) for ``'ddim'``; ``clip_denoised`` (False) for ``'ddpm'`` and
+                ``'ddim'``: clamp each step's predicted x0 to [-1, 1] (IDDPM's, for
+                pixel-space models; not latents).
 
         Returns:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
@@ -817,7 +822,7 @@ class GaussianDiffusion:
         elif sampler == 'ddpm':
             x = self.respace(str(num_steps)).p_sample_loop(
                 model_fn, noise.shape, noise=noise, model_kwargs=model_kwargs,
-                progress=progress, generator=generators)
+                progress=progress, generator=generators, **sampler_kwargs)
         else:
             channels = noise.shape[1]
             scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
@@ -852,12 +857,14 @@ class GaussianDiffusion:
         opposite, a word was a TypeError. ``num_steps`` None: :meth:`sample`'s default."""
         check_sampler_name(sampler, self.samplers(), type(self).__name__)
         if num_steps is None:
-            num_steps = inspect.signature(self.sample).parameters['num_steps'].default
-        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
-                and 1 <= num_steps <= self.num_timesteps):
-            raise ValueError(f'num_steps must be in [1, {self.num_timesteps}] (the diffusion '
-                             f'has {self.num_timesteps} timesteps), got {num_steps!r}')
+            num_steps = keyword_defaults(self.sample)['num_steps']
+        check_num_steps(num_steps, 1, self.num_timesteps,
+                        f'the diffusion has {self.num_timesteps} timesteps')
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))
+        clip = options.get('clip_denoised', False)
+        if not isinstance(clip, bool):  # (--sampler-options clip_denoised=false: a word, true)
+            raise ValueError(f'clip_denoised={clip!r} is not True or False (clamp the '
+                             'predicted x0 to [-1, 1]: for pixel-space models)')
         if sampler != 'ddim':
             return
         spacing = options.get('spacing', 'stride')

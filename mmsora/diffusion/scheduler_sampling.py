@@ -9,13 +9,16 @@ into epsilon with :func:`epsilon_from_x0`, at the noise level the scheduler's ``
 reads the same input at.
 """
 import inspect
+import numbers
 from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm import tqdm
 
+from mmsora.utils.trained_settings import keyword_defaults
+
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
-           'check_sampler_name', 'check_sample_settings', 'merge_sample_cfg',
+           'check_sampler_name', 'check_num_steps', 'check_sample_settings', 'merge_sample_cfg',
            'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
 
@@ -117,6 +120,20 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
                          f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
 
 
+def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,
+                    why: str = ''):
+    """Raise a one-line ValueError unless ``num_steps`` is a whole number (not a bool)
+    in ``[minimum, maximum]`` (no upper bound where ``maximum`` is None): the step
+    count of every objective's ``check_sample_options``, each with its own bounds.
+    ``why``: what the bounds come from, said in parentheses."""
+    whole = isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+    if whole and num_steps >= minimum and (maximum is None or num_steps <= maximum):
+        return
+    bounds = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
+    raise ValueError(f'num_steps must be {bounds}{f" ({why})" if why else ""}, '
+                     f'got {num_steps!r}')
+
+
 def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     """A ``sample_cfg``'s sampler and sampler options against the objective
     ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``, and the options' values
@@ -129,8 +146,7 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
             inspect.signature(diffusion.sample).parameters:
         return  # an objective of one's own with loss and sample alone
-    sampler = settings.get('sampler') or inspect.signature(
-        diffusion.sample).parameters['sampler'].default
+    sampler = settings.get('sampler') or keyword_defaults(diffusion.sample).get('sampler')
     options = {k: v for k, v in settings.items()
                if k not in (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *own)}
     check = getattr(diffusion, 'check_sample_options', None)

@@ -27,8 +27,8 @@ from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
 from mmsora.utils.trained_settings import keyword_defaults
 from .gaussian import check_model_output, mean_flat
-from .scheduler_sampling import (CountingModel, check_sampler_name, check_sampler_options,
-                                 scheduler_sample_loop)
+from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
+                                 check_sampler_options, scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step, shift_times
 
@@ -445,11 +445,11 @@ class Transport:
                               "the scheduler's time shift; SD3: 3")
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
-        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
-                and num_steps >= 1):
-            raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
-        if sampler.startswith('sde_') and num_steps < 2:
-            raise ValueError(f'the SDE samplers need num_steps >= 2, got {num_steps}')
+        if sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
+            check_num_steps(num_steps, 2,
+                            why='the SDE samplers count grid points: num_steps - 1 steps')
+        else:
+            check_num_steps(num_steps)
 
     def _sample_ode(self, model, x, model_kwargs, method, num_steps, progress,
                     atol=1e-6, rtol=1e-3):

@@ -8,7 +8,6 @@ sqrt(1 - alpha_bar) eps``; the model sees the timestep *ratio* t itself and pred
 eps. Sampling is diffusers' ``DDPMWuerstchenScheduler`` (same ``s`` and ``scaler``) on
 the uniform grid 1 -> 0, stepped as ``StableCascadePriorPipeline`` steps it.
 """
-import inspect
 import numbers
 from typing import Callable, Optional, Sequence
 
@@ -18,8 +17,10 @@ from tqdm import tqdm
 
 from mmsora.registry import DIFFUSION
 from mmsora.utils import sample_rng
+from mmsora.utils.trained_settings import keyword_defaults
 from .gaussian import check_model_output
-from .scheduler_sampling import CountingModel, check_sampler_name, check_sampler_options
+from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
+                                 check_sampler_options)
 
 __all__ = ['WuerstchenDiffusion']
 
@@ -110,10 +111,8 @@ class WuerstchenDiffusion:
             _check_timesteps(options['timesteps'])
             return
         if num_steps is None:
-            num_steps = inspect.signature(self.sample).parameters['num_steps'].default
-        if not (isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
-                and num_steps >= 1):
-            raise ValueError(f'num_steps must be >= 1, got {num_steps!r}')
+            num_steps = keyword_defaults(self.sample)['num_steps']
+        check_num_steps(num_steps)
 
     @torch.no_grad()
     def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],

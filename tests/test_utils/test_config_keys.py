@@ -132,7 +132,8 @@ def test_a_typo_is_one_line_naming_the_entry(edit, expected):
     (lambda c: c.custom_hooks[0].update(momentum='1e-4'), "custom_hooks[0].momentum='1e-4'"),
     # sample_cfg: met when samples were first drawn (a sampling hook's interval in)
     (lambda c: c.update(sample_cfg=dict(sampler='ddim', num_step=10)),
-     "sample_cfg: sampler 'ddim' takes no option num_step (its options: eta, spacing; the "
+     "sample_cfg: sampler 'ddim' takes no option num_step (its options: clip_denoised, eta, "
+     'spacing; the '
      'sampling settings: sampler, num_steps, cfg_scale, guidance_channels, precision); did '
      'you mean '
      'num_steps?'),
