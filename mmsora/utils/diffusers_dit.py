@@ -24,7 +24,9 @@ goes through :func:`read_diffusers_dit` and :func:`is_diffusers_dit`, so a diffu
 folder or file works wherever a DiT ``.pt`` does: ``tools/infer.py --checkpoint``,
 ``tools/train.py --load-from``, ``model.pretrained_denoiser``, inflation into a video
 DiT, ``tools/export_denoiser.py``. The other way, :func:`diffusers_from_dit` writes a
-DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``).
+DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``), and
+:func:`dit_scheduler` the scheduler of a ``DiTPipeline`` folder that samples them as
+the run's GaussianDiffusion (``tools/export_denoiser.py --pipeline``).
 """
 import json
 import os.path as osp
@@ -36,7 +38,7 @@ from mmsora.models.denoisers.dit import DIT_PRESETS
 from mmsora.utils.checkpoint import hub_snapshot, read_json_config
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
-           'dit_state_from_diffusers', 'diffusers_from_dit',
+           'dit_state_from_diffusers', 'diffusers_from_dit', 'dit_scheduler',
            'DIT_HEADS']
 
 # The classes a diffusers DiT transformer's config.json names.
@@ -238,3 +240,38 @@ def diffusers_from_dit(state: dict, num_heads: int, source: str = 'the DiT') -> 
         'patch_size': patch, 'sample_size': grid * patch, 'upcast_attention': False,
     }
     return {k: v.contiguous() for k, v in out.items()}, config
+
+
+# GaussianDiffusion's beta schedules as diffusers' schedulers name them: the same
+# formulas (diffusers' 'squaredcos_cap_v2' is IDDPM's cosine, max beta 0.999).
+SCHEDULE_NAMES = {'linear': 'linear', 'squaredcos_cap_v2': 'squaredcos_cap_v2',
+                  'cosine': 'squaredcos_cap_v2'}
+
+
+def dit_scheduler(objective: dict, sigma_small: bool = False, source: str = 'the run'):
+    """diffusers' ``DDIMScheduler`` (as the hub's ``facebook/DiT-XL-2-256`` has) over the
+    process of ``objective``, a GaussianDiffusion's settings
+    (:func:`~mmsora.utils.trained_settings.objective_settings`): its steps, betas
+    (:func:`~mmsora.diffusion.schedulers.dit_scheduler_config`'s, or the cosine ones)
+    and prediction, no clipping, ``'leading'`` steps (DiT's ``ddimN`` respacing). A
+    run of fixed variance also gets DDPMScheduler's ``variance_type`` (``sigma_small``:
+    the posterior's), a key DDIM keeps for the schedulers swapped in with
+    ``from_config``; a learned one has none diffusers'
+    DiTPipeline can use (it drops the variance channels before the scheduler). Raises
+    ValueError for a schedule diffusers' schedulers do not have."""
+    from diffusers import DDIMScheduler
+
+    from mmsora.diffusion.schedulers import dit_scheduler_config
+    schedule = objective['beta_schedule']
+    if schedule not in SCHEDULE_NAMES:
+        raise ValueError(f'{source}: beta_schedule {schedule!r}, which diffusers\' '
+                         "schedulers do not have (they take 'linear' and "
+                         "'squaredcos_cap_v2')")
+    scheduler = DDIMScheduler(**dict(
+        dit_scheduler_config(objective['num_timesteps']),  # (DiT's betas, no clipping)
+        beta_schedule=SCHEDULE_NAMES[schedule], steps_offset=0, timestep_spacing='leading',
+        prediction_type='sample' if objective['predict_xstart'] else 'epsilon'))
+    if not objective['learn_sigma']:
+        scheduler.register_to_config(
+            variance_type='fixed_small' if sigma_small else 'fixed_large')
+    return scheduler
