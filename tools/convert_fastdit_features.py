@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import say_damaged
+from mmsora.datasets.latent_store import nonfinite_items, say_damaged
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
 from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 
@@ -43,12 +43,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_item(pairs, i, shape):
+def load_item(pairs, i, shape, dtype):
     """Item ``i`` as ``(latent, label)``, refusing an unreadable file, a shape other than
-    item 0's, and NaN or inf values.
+    item 0's, and NaN or inf values as stored in ``dtype`` (the store's rule).
 
     Before, a feature file holding NaN or inf was converted (exit 0) and training then
-    logged 'loss nan' naming no file."""
+    logged 'loss nan' naming no file; one with values past --dtype float16's range
+    passed here and the store's writer refused its shard naming a row of it."""
     try:
         x, y = load_fastdit_item(*pairs[i], i)
     except ValueError as e:
@@ -61,6 +62,12 @@ def load_item(pairs, i, shape):
         raise UserError(f'{pairs[i][0]!r} (item {i}) holds NaN or inf ({bad} of {x.size} '
                         'values): extract that image again, or leave its feature and label '
                         'files out (training on it logs loss nan)')
+    found = nonfinite_items(dict(latents=x[None]), dtype)
+    if found:  # finite as read: past the stored dtype's range (float16: 65504)
+        raise UserError(f'{pairs[i][0]!r} (item {i}) holds values past {dtype}\'s range '
+                        f'({found[0][1]} of {x.size} values, largest {np.abs(x).max():g}): '
+                        'convert with --dtype bfloat16 or float32, or leave its feature and '
+                        'label files out')
     return x, y
 
 
@@ -117,11 +124,11 @@ def convert(args, pairs, shape, writer):
         for k in pending:
             latents, labels = [], []
             for i in range(*writer.shard_range(k)):
-                x, y = load_item(pairs, i, shape)
+                x, y = load_item(pairs, i, shape, args.dtype)
                 latents.append(x)
                 labels.append(y)
                 pbar.update(1)
-            try:  # (finite float32 values past --dtype float16's range: inf once stored)
+            try:  # (its refusals in one line; NaN / inf as stored: refused by load_item)
                 writer.write_shard(k, np.stack(latents)[:, None, None], labels)
             except ValueError as e:
                 raise UserError(str(e)) from None

@@ -47,8 +47,7 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          read_store_progress, say_damaged)
-from mmsora.engine.hooks.loss_guard_hook import nonfinite_rows
+                                          nonfinite_items, read_store_progress, say_damaged)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
@@ -561,13 +560,15 @@ class ShardBuffer:
         self.shard_id, self.start, self.stop = shard_id, start, stop
         self.fields, self.labels, self.skipped, self.seen = {}, [], [], 0
         self.why = []  # beside skipped: each one's reason
+        self.kept = []  # beside labels: each kept item's source index
+        self.skipped_at = []  # beside skipped: each one's source index
 
     @property
     def full(self):
         return self.seen == self.stop - self.start
 
-    def add(self, fields, label):
-        """Keep one item: ``{name: tensor}`` and its label."""
+    def add(self, fields, label, index):
+        """Keep one item: ``{name: tensor}``, its label and its source index."""
         row = len(self.labels)
         for name, value in fields.items():
             if name not in self.fields:
@@ -575,6 +576,19 @@ class ShardBuffer:
                                                 dtype=value.dtype)
             self.fields[name][row] = value
         self.labels.append(label)
+        self.kept.append(index)
+
+    def skip(self, index, name, why):
+        """Record source item ``index`` (``name``) as left out, and why."""
+        self.skipped_at.append(index)
+        self.skipped.append(name)
+        self.why.append(why)
+
+    def skipped_in_order(self):
+        """``(names, reasons)`` of the items left out, in source order (those found
+        non-finite at the shard's end come after the unreadable ones otherwise)."""
+        order = sorted(range(len(self.skipped)), key=self.skipped_at.__getitem__)
+        return [self.skipped[i] for i in order], [self.why[i] for i in order]
 
     def take(self, name, empty_shape, dtype):
         """The kept items' ``name`` (n, ...), or an empty tensor when none was kept."""
@@ -583,8 +597,10 @@ class ShardBuffer:
         return torch.zeros(0, *empty_shape, dtype=dtype)
 
 
-def flush(writer, buf, args, item_shape):
-    """Write a finished shard (sampling from the moments for ``--store samples``)."""
+def flush(writer, buf, args, item_shape, source, skipped_now):
+    """Write a finished shard (sampling from the moments for ``--store samples``),
+    leaving out the items whose values hold NaN or inf as stored (named, with their
+    reason, as unreadable inputs are: ``skipped_now`` gets their names)."""
     kept = TORCH_DTYPES[args.dtype] if args.store == 'moments' else torch.float32
     moments = buf.take('latents', item_shape, kept)
     if args.store == 'samples':
@@ -603,8 +619,33 @@ def flush(writer, buf, args, item_shape):
         if writer.header['pooled_dim']:
             text['pooled_text_embeds'] = buf.take('pooled_text_embeds',
                                                   (writer.header['pooled_dim'],), dtype)
-    writer.write_shard(buf.shard_id, latents, buf.labels, buf.skipped, text=text,
-                       why=buf.why)
+    labels = buf.labels
+    # The store's rule, on the values as they are stored: a value past float16's range
+    # (finite where it was computed) passed the check of each batch, and the writer
+    # then refused the whole shard, stopping the run.
+    bad = nonfinite_items(dict(latents=latents, **(text or {})), args.dtype)
+    if bad:
+        keep = torch.tensor([row for row in range(len(labels)) if row not in bad],
+                            dtype=torch.long)
+        latents, labels = latents[keep], [labels[row] for row in keep.tolist()]
+        if text is not None:
+            text = {name: value[keep] for name, value in text.items()}
+        for row in sorted(bad):
+            index, why = buf.kept[row], nonfinite_reason(bad[row][0], args.dtype)
+            tqdm.write(f'{PROG}: skipping {source.names[index]}: {why}')
+            buf.skip(index, source.names[index], why)
+            skipped_now.append(source.names[index])
+    skipped, why = buf.skipped_in_order()
+    writer.write_shard(buf.shard_id, latents, labels, skipped, text=text, why=why)
+
+
+def nonfinite_reason(field, dtype) -> str:
+    """Why an item whose ``field`` holds NaN or inf as stored in ``dtype`` is skipped
+    (training would meet it as a NaN loss)."""
+    return (f'its {field.replace("_", " ")} hold NaN or inf ({dtype}): the encoder '
+            'overflowed or the input is broken' + (
+                " (or values are past float16's range, 65504: --dtype bfloat16 keeps them)"
+                if dtype == 'float16' else ''))
 
 
 def encode_text(text_encoder, captions, device, dtype):
@@ -704,30 +745,20 @@ def encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, ra
                 fields = encode_batch(
                     batch, vae, text_encoder,
                     [source.captions[g] for g, why in items if why is None], args, device)
-                # an item whose latents or text embeddings hold NaN / inf in the dtype
-                # they are stored in (a VAE that overflowed, values past float16's range)
-                # was written without a word, and training met it as a NaN loss
-                row, bad = 0, nonfinite_rows(fields)
+                row = 0
             for gidx, why in items:
                 buf = bufs[gidx // args.shard_size]
-                if why is None and row in bad:  # skipped, with its reason, as unreadable
-                    # inputs are: training would meet it as a NaN loss
-                    kept_as = str(fields[bad[row]].dtype).replace('torch.', '')
-                    why = (f'its {bad[row].replace("_", " ")} hold NaN or inf ({kept_as}): '
-                           'the encoder overflowed or the input is broken')
-                    tqdm.write(f'{PROG}: skipping {source.names[gidx]}: {why}')
-                    row += 1
-                if why is None:
+                if why is None:  # (one holding NaN / inf as stored: left out by flush)
                     buf.add({name: value[row] for name, value in fields.items()},
-                            source.labels[gidx])
+                            source.labels[gidx], gidx)
                     row += 1
                 else:
-                    buf.skipped.append(source.names[gidx])
-                    buf.why.append(why)
+                    buf.skip(gidx, source.names[gidx], why)
                     skipped_now.append(source.names[gidx])
                 buf.seen += 1
                 if buf.full:
-                    flush(writer, bufs.pop(buf.shard_id), args, shard_shape)
+                    flush(writer, bufs.pop(buf.shard_id), args, shard_shape, source,
+                          skipped_now)
             pbar.update(len(items))
 
 

@@ -37,7 +37,7 @@ from mmsora.utils.cli import first_line
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
-           'read_store_progress']
+           'read_store_progress', 'nonfinite_items']
 
 FORMAT = 'mmsora.latent_store'
 VERSION = 1
@@ -139,6 +139,38 @@ def nonfinite_counts(stored, dtype):
         bad = (block & 0x7F80) == 0x7F80 if dtype == 'bfloat16' else ~np.isfinite(block)
         counts[start:start + len(block)] = bad.reshape(len(block), -1).sum(1)
     return {int(row): int(counts[row]) for row in np.flatnonzero(counts)}
+
+
+def _is_mask(value) -> bool:
+    """Whether a field holds booleans (a text mask: no NaN or inf to hold)."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    return np.asarray(value).dtype == bool
+
+
+def nonfinite_stored(fields, dtype):
+    """``{row: (field, count, size)}`` of the items (rows) of stored arrays ``{field:
+    (n, ...)}`` (as :func:`encode_dtype` gives them) that hold NaN or inf: the first
+    such field of each, how many of its values, of how many. Boolean fields are passed
+    over. The rule a writer refuses a shard by (:meth:`LatentStoreWriter.write_shard`)."""
+    found = {}
+    for field, stored in fields.items():
+        if _is_mask(stored):
+            continue
+        for row, count in nonfinite_counts(stored, dtype).items():
+            found.setdefault(row, (field, count, stored[row].size))
+    return found
+
+
+def nonfinite_items(fields, dtype):
+    """:func:`nonfinite_stored` of float values ``{field: (n, ...) array or tensor}``
+    not yet stored: each converted to ``dtype`` as the writer stores it first, so a
+    float32 value past float16's range counts as inf. What a tool skips or refuses an
+    item by before writing (tools/extract_features.py, convert_fastdit_features.py):
+    before, extraction checked values in the dtype they were computed in, and the
+    writer then refused a whole shard, stopping the run."""
+    return nonfinite_stored({field: value if _is_mask(value) else encode_dtype(value, dtype)
+                             for field, value in fields.items()}, dtype)
 
 
 def stored_tensor(a, dtype):
@@ -374,7 +406,9 @@ def check_recorded(root, recorded, path, settings, meta=None):
     keys; those left out, or None inside a list, are not compared) or ``meta``;
     :class:`SourceChangedError` where both record a ``source_fingerprint`` and they
     differ. Given a ``meta``, a file that records none (an older mmsora's part) is
-    refused unless index.json records one and lists its shards alike."""
+    refused unless index.json records one and lists its shards alike, and the settings
+    a shard's own record holds (``meta``: :meth:`LatentStoreWriter._kept_record`) are
+    compared too."""
     # The extraction settings (frame stride, fps, text encoder, ...): a rerun with
     # others kept the old latents. Before the header's: an option named there says what
     # differs (a header count follows from it).
@@ -386,15 +420,21 @@ def check_recorded(root, recorded, path, settings, meta=None):
             f'({osp.relpath(path, root)} records no extraction settings), whose settings '
             "cannot be checked against this run's: use a new --out (or delete the folder "
             'to extract it again)')
-    if 'meta' in recorded and meta is not None:
-        ours = json.loads(json.dumps(meta))
+    run_meta = None if meta is None else json.loads(json.dumps(meta))
+    if 'meta' in recorded and run_meta is not None:
         theirs = recorded['meta']
-        for key in sorted(set(ours) | set(theirs)):
+        for key in sorted(set(run_meta) | set(theirs)):
             if key in LATER_META_KEYS and key not in theirs:
                 continue
-            if not _same(key, theirs.get(key), ours.get(key)):
+            if not _same(key, theirs.get(key), run_meta.get(key)):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
-                                                 ours.get(key)))
+                                                 run_meta.get(key)))
+    if run_meta is not None:  # the settings a shard written into an older store records
+        for shard in recorded.get('shards') or ():
+            for key, theirs in (shard.get('meta') or {}).items():
+                if not _same(key, theirs, run_meta.get(key)):
+                    raise ValueError(_other_settings(root, path, key, theirs,
+                                                     run_meta.get(key)))
     for key in HEADER_KEYS:
         if key not in settings:
             continue
@@ -480,6 +520,8 @@ class LatentStoreWriter:
         rank (int): This writer's rank. Defaults to 0.
         world_size (int): Number of writers. Defaults to 1.
         meta (dict, optional): Free-form JSON-able extras (classes, image size, ...).
+            Into a store of an older mmsora whose record lacks some of
+            :data:`LATER_META_KEYS`, those are recorded by the shards written alone.
         text_shape (tuple[int], optional): ``(L, D)`` of each item's text-encoder
             tokens when the store keeps text embeddings (stored in ``dtype``, with a
             bool token mask). Defaults to None (no text).
@@ -537,10 +579,13 @@ class LatentStoreWriter:
         self.own = {}
         self.damaged = {}  # {id: damaged_shard(...)}: what done_shards() found
         self.checked = set(checked or ())  # record_key() of the records found sound
+        self.part_lacks_meta = False  # (an older mmsora's part: see finalize)
         if osp.exists(self.part_path):
             part = _read_json(self.part_path)
             self._check_header(part, self.part_path)
             self.own = {int(s['id']): s for s in part['shards']}
+            self.part_lacks_meta = 'meta' not in part
+        self.store_meta, self.shard_meta = self._kept_record()
         self._remove_stray_temps()
 
     # ------------------------------------------------------------------ state
@@ -550,6 +595,26 @@ class LatentStoreWriter:
 
     def _check_header(self, other, path):
         check_recorded(self.root, other, path, self.header, self.meta)
+
+    def _kept_record(self):
+        """``(store meta, shard meta)``: the ``meta`` the index and parts record, and
+        what each shard this writer writes records besides (``meta`` in its record).
+
+        A store begun by an older mmsora records none of the later settings
+        (:data:`LATER_META_KEYS`): its shards may hold any value of them, so its
+        record keeps them unknown, and the shards written now record this run's
+        values of them alone. Before, a rerun that wrote a damaged shard of such a
+        store again (or resumed one) wrote this run's meta over the old: the index
+        said every shard was written with this run's settings."""
+        meta = json.loads(json.dumps(self.meta))
+        lacking = set()
+        for path in _store_files(self.root):
+            data = _read_json(path)
+            if 'meta' in data:  # (a part without one: the index records its shards')
+                lacking.update(k for k in LATER_META_KEYS
+                               if k in meta and k not in data['meta'])
+        return ({k: v for k, v in meta.items() if k not in lacking},
+                {k: meta[k] for k in sorted(lacking)})
 
     def done_shards(self):
         """``{shard_id: record}`` of every finished shard, from all parts and the index.
@@ -652,6 +717,8 @@ class LatentStoreWriter:
             start=start, stop=stop, count=n, skipped=[str(s) for s in skipped])
         if why is not None:
             self.own[shard_id]['skipped_why'] = [str(w) for w in why]
+        if self.shard_meta:  # (settings the store's record lacks: _kept_record)
+            self.own[shard_id]['meta'] = dict(self.shard_meta)
         if text_files:
             self.own[shard_id]['text_files'] = {
                 field: text_name(field, shard_id) for field in TEXT_FILES
@@ -662,14 +729,11 @@ class LatentStoreWriter:
         """Refuse a shard whose latents or text embeddings hold NaN or inf as stored,
         naming its first such item. Before, they were written without a word and
         PackedLatentDataset served them: training met them as a NaN loss."""
-        dtype, found = self.header['dtype'], {}
-        fields = dict(latents=latents, **{
+        dtype = self.header['dtype']
+        found = nonfinite_stored(dict(latents=latents, **{
             field: text_files[text_name(field, shard_id)]
             for field in ('text_embeds', 'pooled_text_embeds')
-            if text_name(field, shard_id) in text_files})
-        for field, stored in fields.items():
-            for row, count in nonfinite_counts(stored, dtype).items():
-                found.setdefault(row, (field, count, stored[row].size))
+            if text_name(field, shard_id) in text_files}), dtype)
         if found:
             row = min(found)
             field, count, size = found[row]
@@ -707,8 +771,9 @@ class LatentStoreWriter:
     def _write_part(self):
         os.makedirs(osp.dirname(self.part_path), exist_ok=True)
         part = dict(self.header, rank=self.rank, world_size=self.world_size,
-                    meta=self.meta, shards=[self.own[k] for k in sorted(self.own)])
+                    meta=self.store_meta, shards=[self.own[k] for k in sorted(self.own)])
         _atomic_save_json(self.part_path, part)
+        self.part_lacks_meta = False
 
     def finalize(self):
         """Merge all index parts into ``index.json``; returns the index dict.
@@ -722,9 +787,15 @@ class LatentStoreWriter:
                      num_items=sum(s['count'] for s in shards),
                      num_skipped=sum(len(s['skipped']) for s in shards),
                      complete=len(shards) == self.num_shards,
-                     meta=self.meta, shards=shards)
+                     meta=self.store_meta, shards=shards)
         path = osp.join(self.root, 'index.json')
         if not (osp.exists(path) and _read_json(path) == index):
+            if self.part_lacks_meta:
+                # An older mmsora's part records no settings: only a complete index
+                # vouches for its shards, and this one may say incomplete (a damaged
+                # shard left out): a repair stopped before its shard was written was
+                # then refused as a half-done store of an older mmsora.
+                self._write_part()
             _atomic_save_json(path, index)
         return index
 

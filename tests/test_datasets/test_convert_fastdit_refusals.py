@@ -85,11 +85,13 @@ def test_a_refusal_keeps_finished_shards_and_a_rerun_resumes(features, tmp_path)
 
 
 def test_values_past_float16_are_one_line(features, tmp_path):
-    """A finite feature past float16's range is inf in a --dtype float16 store: the
-    writer refuses the shard (a ValueError traceback from the tool before)."""
+    """A finite feature past float16's range is inf in a --dtype float16 store: refused
+    naming its file (a ValueError traceback from the tool before, then the writer's
+    'shard 0: item 2')."""
     spoil(features, 2, 1e5)
     feats, labels = features
-    with pytest.raises(UserError, match=r'shard 0: item 2 holds NaN or inf in its latents'):
+    with pytest.raises(UserError, match=rf"^'{features[0] / '2.npy'}' \(item 2\) holds "
+                                        r"values past float16's range \(1 of 64 values"):
         convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
                       '--out', str(tmp_path / 'out'), '--dtype', 'float16',
                       '--shard-size', '4'])

@@ -75,16 +75,18 @@ def test_a_store_from_before_the_hidden_layer_was_recorded_resumes(image_folder,
                                                                    tiny_vae_dir, tmp_path,
                                                                    t5):
     """An older store does not say which layer it holds: it resumes (unchecked on it,
-    as one without a source fingerprint does), then records this run's."""
+    as one without a source fingerprint does); the shards this run writes record this
+    run's, the store's record keeps it unknown (its older shards may hold any)."""
     out = str(tmp_path / 'store')
     options = text_options(t5, '--hidden-layer', '-1')  # (Stable Cascade's prior's)
     interrupted(lambda: run_extract(image_folder, out, tiny_vae_dir, *options))
     _forget_the_hidden_layer(out)
     summary = run_extract(image_folder, out, tiny_vae_dir, *options)
     assert summary['complete'] and summary['num_items'] == 6
-    assert LatentStore(out).index['meta']['hidden_layer'] == -1
+    index = LatentStore(out).index
+    assert 'hidden_layer' not in index['meta']
+    assert [s.get('meta') for s in index['shards']] == [None] + [dict(hidden_layer=-1)] * 3
     # a complete one reads, trains and reruns as before
-    _forget_the_hidden_layer(out)
     assert 'hidden_layer' not in PackedLatentDataset(out).metainfo
     assert run_extract(image_folder, out, tiny_vae_dir, *options)['shards_written'] == 0
 
@@ -200,7 +202,8 @@ def test_an_item_encoded_to_nan_is_skipped_with_its_reason(image_folder, tiny_va
         summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float16')
     assert summary['num_items'] == 6 and summary['skipped_this_run'] == [
         'a/white.png', 'b/broken.png']
-    why = 'its latents hold NaN or inf (float16): the encoder overflowed or the input is broken'
+    why = ("its latents hold NaN or inf (float16): the encoder overflowed or the input is "
+           "broken (or values are past float16's range, 65504: --dtype bfloat16 keeps them)")
     printed = capsys.readouterr()
     assert f'extract_features.py: skipping a/white.png: {why}' in printed.out + printed.err
     assert f'a/white.png ({why})' in printed.out

@@ -1,0 +1,203 @@
+"""The latent store's rule for NaN / inf, on the values as stored, applied by the tools
+before they write (an item past float16's range is skipped by extract_features.py and
+named by its file in convert_fastdit_features.py), and what a rerun records when it
+writes shards into a store of an older mmsora (its record kept, theirs beside it)."""
+import glob
+import json
+import os
+import os.path as osp
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmsora.datasets import LatentStore, LatentStoreWriter
+from mmsora.datasets.latent_store import nonfinite_items
+from mmsora.models.vaes import AutoencoderKLWrapper
+from mmsora.utils.cli import UserError
+from tests.extract_tools import convert, interrupted, run_extract, shard_mtimes
+from tests.test_datasets.test_extract_features import write_fastdit_features
+
+pytestmark = pytest.mark.usefixtures('fresh_notes')
+
+
+# --------------------------------------------------------------------------- #
+#                      1. NaN / inf as stored, one rule                        #
+# --------------------------------------------------------------------------- #
+def test_the_rule_counts_values_past_the_stored_range():
+    x = torch.zeros(3, 2, 4)
+    x[1, 0, 0] = 1e5  # finite in float32, inf in float16
+    x[2, 1, 3] = float('nan')
+    fields = dict(latents=x, text_mask=torch.ones(3, 4, dtype=torch.bool))
+    assert nonfinite_items(fields, 'float32') == {2: ('latents', 1, 8)}
+    assert nonfinite_items(fields, 'float16') == {1: ('latents', 1, 8),
+                                                  2: ('latents', 1, 8)}
+    assert nonfinite_items(dict(latents=x.numpy()), 'bfloat16') == {2: ('latents', 1, 8)}
+
+
+def _white_picture(image_folder):
+    Image.new('RGB', (24, 24), (255, 255, 255)).save(osp.join(image_folder, 'a', 'white.png'))
+
+
+def _past_float16_on_white(self, images, real=AutoencoderKLWrapper.encode_moments):
+    """This VAE gives a mean of 1e5 for an all-white picture: finite in float32."""
+    mean, std = real(self, images)
+    white = (images == 1).flatten(1).all(1)
+    return mean.masked_fill(white.view(-1, 1, 1, 1), 1e5), std
+
+
+@pytest.mark.parametrize('store', ['samples', 'moments'])
+def test_an_item_past_float16_is_skipped_and_the_run_goes_on(image_folder, tiny_vae_dir,
+                                                           tmp_path, capsys, store):
+    """--store samples --dtype float16: the sample of a mean of 1e5 passed the tool's
+    check (float32, where it was drawn) and the writer then refused its whole shard,
+    stopping the run with a traceback."""
+    _white_picture(image_folder)
+    out = str(tmp_path / 'store')
+    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments', _past_float16_on_white):
+        summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float16',
+                              '--store', store)
+    assert summary['complete'] and summary['num_items'] == 6
+    assert summary['skipped_this_run'] == ['a/white.png', 'b/broken.png']
+    why = ("its latents hold NaN or inf (float16): the encoder overflowed or the input is "
+           "broken (or values are past float16's range, 65504: --dtype bfloat16 keeps them)")
+    printed = capsys.readouterr()
+    assert f'extract_features.py: skipping a/white.png: {why}\n' in printed.out + printed.err
+    assert f'a/white.png ({why})' in printed.out
+    store_ = LatentStore(out)
+    assert all(np.isfinite(store_[i]).all() for i in range(len(store_)))
+    # shard 1 holds a/a2.png and a/white.png: the one, and the other named as left out
+    shard = store_.index['shards'][1]
+    assert shard['count'] == 1 and shard['skipped'] == ['a/white.png']
+    assert shard['skipped_why'] == [why]
+
+
+def test_bfloat16_keeps_what_float16_cannot(image_folder, tiny_vae_dir, tmp_path):
+    _white_picture(image_folder)
+    out = str(tmp_path / 'store')
+    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments', _past_float16_on_white):
+        summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'bfloat16',
+                              '--store', 'samples')
+    assert summary['num_items'] == 7 and summary['skipped_this_run'] == ['b/broken.png']
+
+
+def test_convert_names_the_file_past_float16(tmp_path):
+    """The writer's refusal named 'shard 0: item 2' (a row of a shard), not the file."""
+    feats, labels = write_fastdit_features(tmp_path)
+    path = feats / '6.npy'
+    x = np.load(path)
+    x[0, 1, 2, 3] = -1e5
+    np.save(path, x)
+    def argv(out, dtype):
+        return ['--features-dir', str(feats), '--labels-dir', str(labels), '--out',
+                str(tmp_path / out), '--shard-size', '4', '--dtype', dtype]
+
+    with pytest.raises(UserError) as info:
+        convert.main(argv('out', 'float16'))
+    message = str(info.value)
+    assert message.startswith(
+        f"{str(path)!r} (item 6) holds values past float16's range (1 of 64 values, largest "
+        '100000): convert with --dtype bfloat16 or float32, or leave its feature and label '
+        'files out; ')
+    assert 'shard' not in message.split('; ')[0] and '\n' not in message
+    assert convert.main(argv('bf16', 'bfloat16'))['complete']
+
+
+# --------------------------------------------------------------------------- #
+#              2. shards written into a store of an older mmsora               #
+# --------------------------------------------------------------------------- #
+def _as_an_older_mmsora_wrote_it(out, part_meta=True):
+    """``out``'s index and parts with no class names (recorded only by later
+    versions); ``part_meta`` False: parts with no meta at all (Dec 3)."""
+    for path in glob.glob(osp.join(out, 'parts', '*.json')) + [osp.join(out, 'index.json')]:
+        with open(path) as f:
+            data = json.load(f)
+        del data['meta']['classes']
+        if not part_meta and 'parts' in path:
+            del data['meta']
+        with open(path, 'w') as f:
+            json.dump(data, f)
+
+
+def _index(out):
+    with open(osp.join(out, 'index.json')) as f:
+        return json.load(f)
+
+
+def test_a_repair_keeps_the_older_record(image_folder, tiny_vae_dir, tmp_path):
+    """A rerun that wrote a damaged shard of an older store again wrote this run's meta
+    over the store's: the index said every shard was written with this run's class
+    names, of which the older shards record none."""
+    out = str(tmp_path / 'store')
+    run_extract(image_folder, out, tiny_vae_dir)
+    _as_an_older_mmsora_wrote_it(out)
+    old_meta = _index(out)['meta']
+    with open(osp.join(out, 'shard_00001.npy'), 'r+b') as f:
+        f.truncate(100)
+    mtimes = shard_mtimes(out)
+    summary = run_extract(image_folder, out, tiny_vae_dir)
+    assert summary['complete'] and summary['shards_written'] == 1
+    assert sorted(p for p, t in shard_mtimes(out).items() if mtimes[p] != t) == [
+        osp.join(out, 'labels_00001.npy'), osp.join(out, 'shard_00001.npy')]
+    index = _index(out)
+    assert index['meta'] == old_meta
+    # the shard written again records the class names it was written with
+    assert [s.get('meta') for s in index['shards']] == [None, {'classes': ['a', 'b']},
+                                                        None, None]
+    with open(osp.join(out, 'parts', 'rank-00000.json')) as f:
+        part = json.load(f)
+    assert part['meta'] == old_meta and part['shards'] == index['shards']
+    assert len(LatentStore(out)) == 6
+    assert run_extract(image_folder, out, tiny_vae_dir)['shards_written'] == 0
+
+
+def test_a_shard_written_with_other_settings_than_this_run_is_refused(
+        image_folder, tiny_vae_dir, tmp_path):
+    """What the shards record of theirs is checked as the store's record is."""
+    out = str(tmp_path / 'store')
+    run_extract(image_folder, out, tiny_vae_dir)
+    _as_an_older_mmsora_wrote_it(out)
+    with open(osp.join(out, 'shard_00002.npy'), 'r+b') as f:
+        f.truncate(100)
+    run_extract(image_folder, out, tiny_vae_dir)  # (shard 2 records classes [a, b])
+    os.rename(osp.join(image_folder, 'b'), osp.join(image_folder, 'c'))  # (renamed)
+    with pytest.raises(UserError, match=r"written with classes=\['a', 'b'\] \(in "
+                       r"(index|parts/rank-00000)\.json\); this run has classes=\['a', "
+                       r"'c'\]: use another output folder or the same settings"):
+        run_extract(image_folder, out, tiny_vae_dir)
+
+
+def test_a_repair_stopped_before_its_shard_is_written_goes_on(image_folder, tiny_vae_dir,
+                                                             tmp_path):
+    """A store whose parts record no settings (an older mmsora's) is vouched for by its
+    complete index alone: a repair says the index is incomplete before it writes, and a
+    repair stopped then was refused as a half-done store of an older mmsora."""
+    out = str(tmp_path / 'store')
+    run_extract(image_folder, out, tiny_vae_dir)
+    _as_an_older_mmsora_wrote_it(out, part_meta=False)
+    with open(osp.join(out, 'shard_00001.npy'), 'r+b') as f:
+        f.truncate(100)
+    interrupted(lambda: run_extract(image_folder, out, tiny_vae_dir), after=0)
+    assert not _index(out)['complete']
+    summary = run_extract(image_folder, out, tiny_vae_dir)
+    assert summary['complete'] and summary['shards_written'] == 1
+    assert 'classes' not in _index(out)['meta'] and len(LatentStore(out)) == 6
+
+
+def test_a_writer_from_python_records_the_same(tmp_path):
+    """LatentStoreWriter given more settings than an older store records."""
+    root = str(tmp_path / 'store')
+    x = np.zeros((2, 1, 2, 4, 2, 2), np.float32)
+    writer = LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2, meta=dict(size=2))
+    writer.write_shard(0, x, [0, 1])
+    writer = LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2,
+                               meta=dict(size=2, video_reader=3))
+    writer.write_shard(1, x, [0, 1])
+    index = writer.finalize()
+    assert index['meta'] == dict(size=2)
+    assert [s.get('meta') for s in index['shards']] == [None, dict(video_reader=3)]
+    with pytest.raises(ValueError, match=r'written with video_reader=3 .*this run has '
+                                         r'video_reader=4'):
+        LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2, meta=dict(size=2, video_reader=4))
