@@ -1,8 +1,6 @@
 """Python API behind tools/infer.py: load a trained model, sample, save pictures."""
 import glob
 import inspect
-import math
-import numbers
 import os
 import os.path as osp
 import re
@@ -458,16 +456,23 @@ def sample_arguments(model) -> list:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
-def run_sample_settings(model, sample_kwargs: dict) -> dict:
+def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) -> dict:
     """``sample_kwargs`` over the run's ``sample_cfg`` (``model.sample_cfg``, which
     :func:`init_model` sets; a model without one: ``sample_kwargs`` merged alone), as
     tools/infer.py merges them (``merge_sample_cfg``): the sampler, then its options
     as a dict, then the settings as choices (None: the run's); another sampler drops
     the run's sampler options; the precision is :func:`default_precision` where
-    neither says one. The one merge of :func:`sample_images` and ``mass_sample``."""
+    neither says one. The one merge of :func:`sample_images` and ``mass_sample``.
+
+    ``keep_unset`` (``mass_sample``'s): a setting (not a sampler option) given as None
+    that the run does not set stays None (the keys tools/infer.py's run records
+    hold), and a model without ``sample_cfg`` (or a ``sample_fn`` in its place) gets
+    ``sample_kwargs`` as they are."""
     from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
                                                      merge_sample_cfg)
     run_cfg = getattr(model, 'sample_cfg', None)
+    if keep_unset and run_cfg is None:
+        return dict(sample_kwargs)
     if run_cfg is not None:  # (the run's fps is for saving; one given is refused)
         run_cfg = {k: v for k, v in run_cfg.items() if k not in NOT_SAMPLE_ARGS}
     # An option None leaves the run's too, but where None is one of its values (SiT's
@@ -484,6 +489,9 @@ def run_sample_settings(model, sample_kwargs: dict) -> dict:
     if run_cfg is not None and settings.get('precision') is None:
         device = next(model.parameters()).device
         settings['precision'] = default_precision(device, run_cfg)
+    if keep_unset:
+        settings = dict({k: v for k, v in sample_kwargs.items() if v is None and k in own},
+                        **settings)
     return settings
 
 
@@ -529,32 +537,26 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
 
     Raises:
         ValueError: In one line, before the first batch: labels that are not a
-            non-empty 1-D sequence of the model's class ids, seeds that are not ints,
-            a ``cfg_scale`` that is not a number, and the sampler, its options and
-            the steps as the model's objective refuses them.
+            non-empty 1-D sequence of the model's class ids, prompts that are not a
+            non-empty sequence of str (or one str), seeds that are not ints, a
+            ``cfg_scale`` that is not a finite number, and the sampler, its options
+            and the steps as the model's objective refuses them.
     """
     from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    from mmsora.models.latent_diffusion import check_cfg_scale, prompt_list
     from mmsora.utils.sample_rng import seed_list
     settings = run_sample_settings(model, sample_kwargs)
-    scale = settings.get('cfg_scale')
-    if scale is not None and not (isinstance(scale, numbers.Real) and
-                                  not isinstance(scale, bool) and math.isfinite(scale)):
-        # (a str was 'only integer tensors of a single element can be converted')
-        raise ValueError(f'cfg_scale must be a finite number (the guidance scale; 1: none), '
-                         f'got {scale!r}')
+    if 'cfg_scale' in settings:  # (LatentDiffusion.sample's check, before any batch)
+        check_cfg_scale(settings['cfg_scale'])
     diffusion = getattr(model, 'diffusion', None)
     if diffusion is not None:  # the sampler, its options and the steps, before any
         check_sample_settings(diffusion, settings, sample_arguments(model))  # batch
-    if isinstance(prompts, str):  # (was sliced into its characters)
-        prompts = [prompts]
     text = getattr(model, 'text_conditioned', False)
     if text and prompts is None and labels is not None:  # (the model's own message
         raise ValueError('this model is text-conditioned: give the captions as '  # blamed
                          'prompts=[...], not labels')                              # the encoder)
-    if prompts is not None:
-        prompts = list(prompts)
-        if not prompts:  # (torch.cat(): expected a non-empty list of Tensors)
-            raise ValueError('prompts is empty: give one caption per sample')
+    if prompts is not None:  # (one str: one caption; prompts=3 was 'int object is not
+        prompts = prompt_list(prompts)  # iterable')
     elif labels is not None:  # all of them, before the first batch is drawn
         labels = _label_list(labels, getattr(model, 'num_classes', None))
     elif not text:

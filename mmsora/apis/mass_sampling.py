@@ -28,13 +28,14 @@ import torch
 from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
 
+from mmsora.apis.inference import run_sample_settings
 from mmsora.utils.atomic_io import atomic_file, atomic_path
 from mmsora.utils.cli import Interrupted, UserError, plural
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['sample_plan', 'rank_batches', 'to_uint8_samples', 'mass_sample', 'random_labels',
            'init_sampling_processes', 'zip_npy_files', 'sampling_line', 'save_prompts',
-           'unscored_samples', 'with_run_sample_cfg']
+           'unscored_samples']
 
 
 def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None) -> str:
@@ -418,25 +419,6 @@ def zip_npy_files(out: str, files: Dict[str, str]) -> str:
     return out
 
 
-def with_run_sample_cfg(model, sample_kwargs: dict) -> dict:
-    """``sample_kwargs`` over the run's ``sample_cfg`` (``model.sample_cfg``, which
-    init_model sets), merged as :func:`~mmsora.apis.inference.sample_images` merges
-    them (``merge_sample_cfg``, tools/infer.py's rule): a setting given wins, None
-    leaves the run's, another sampler drops the run's sampler options, and the
-    precision is infer's default where neither says one. A setting (not a sampler
-    option) given as None that the run does not set stays None: the keys
-    tools/infer.py's run records hold. A model without ``sample_cfg`` gets
-    ``sample_kwargs`` as they are."""
-    from mmsora.apis.inference import run_sample_settings, sample_arguments
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, SAMPLE_SETTINGS
-    if getattr(model, 'sample_cfg', None) is None:
-        return dict(sample_kwargs)
-    settings = run_sample_settings(model, sample_kwargs)
-    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *sample_arguments(model))
-    return dict({k: v for k, v in sample_kwargs.items() if v is None and k in own},
-                **settings)
-
-
 @torch.no_grad()
 def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: int = 0,
                 batch_size: int = 16, prompts: Optional[Sequence[str]] = None,
@@ -481,7 +463,9 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
             ``sample_fn(seeds=..., labels=...)`` or ``(seeds=..., prompts=...)``).
         **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...),
             over the run's ``sample_cfg`` of a model from init_model
-            (:func:`with_run_sample_cfg`): ``mass_sample(model, ...)`` draws what
+            (``run_sample_settings(model, sample_kwargs, keep_unset=True)``, the
+            merge of :func:`~mmsora.apis.inference.sample_images`; settings given as
+            None kept for the run's record): ``mass_sample(model, ...)`` draws what
             ``tools/infer.py --out NAME.npz`` saves for the same seeds. (Before, the
             objective's defaults: DDPM, 250 steps, no guidance.)
 
@@ -495,7 +479,7 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
                          'sample)')
     rank, world_size = get_dist_info()
     plan = sample_plan(num_samples, labels, seed, prompts)
-    sample_kwargs = with_run_sample_cfg(model, sample_kwargs)
+    sample_kwargs = run_sample_settings(model, sample_kwargs, keep_unset=True)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
     finished = None  # the samples of a finished out still to be scored

@@ -4,7 +4,10 @@ Peebles & Xie 2023).
 """
 import contextlib
 import inspect
+import math
+import numbers
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -582,7 +585,8 @@ class LatentDiffusion(BaseModel):
                 objective's default (GaussianDiffusion: ``'ddpm'``; Transport:
                 SiT's ``'sde_euler'``).
             num_steps: Number of sampling steps; None: the objective's default.
-            cfg_scale: Classifier-free guidance scale; 1 disables guidance.
+            cfg_scale: Classifier-free guidance scale, a finite number; 1 disables
+                guidance.
             seeds: One seed per sample, or an int ``s`` for ``s, s + 1, ...`` (as
                 :func:`~mmsora.apis.inference.sample_images`): sample i's noise (start
                 and stochastic steps) depends on its seed only, not on the batch it is
@@ -596,8 +600,8 @@ class LatentDiffusion(BaseModel):
                 channels and the pooled width before sampling.
             progress: Show a progress bar over sampling steps.
             guidance_channels: Channels guided by CFG; default is the denoiser's.
-            prompts: N captions, for text-conditioned denoisers (encoded by
-                ``text_encoder``); or give their
+            prompts: N captions (str; one str: one sample), for text-conditioned
+                denoisers (encoded by ``text_encoder``); or give their
             text_embeds / text_mask / pooled_text_embeds: pre-computed
                 (N, L, D) tokens, (N, L) mask and (N, D2) pooled embeddings.
                 With guidance the unconditional half uses the denoiser's null caption.
@@ -618,6 +622,7 @@ class LatentDiffusion(BaseModel):
             Decoded images in [-1, 1] (N, 3, H, W) with a VAE, else latents.
         """
         check_sampling_precision(precision)
+        check_cfg_scale(cfg_scale)
         device = next(self.denoiser.parameters()).device
         cond = self._sample_condition(labels, prompts, text_embeds, text_mask,
                                       pooled_text_embeds, device)
@@ -763,10 +768,9 @@ class LatentDiffusion(BaseModel):
             self._check_labels(labels, 'labels')  # (1.5 is refused, not cut to class 1)
             return dict(y=labels.long())
         if prompts is not None:
-            if isinstance(prompts, str):
-                prompts = [prompts]
+            prompts = prompt_list(prompts)
             if callable(getattr(self.text_encoder, 'note_long_prompts', None)):
-                self.text_encoder.note_long_prompts(list(prompts))  # (cut without a word)
+                self.text_encoder.note_long_prompts(prompts)  # (cut without a word)
             text_embeds, text_mask, pooled = self.encode_text(prompts)
             self._check_text_width(text_embeds, 'from the text encoder',
                                    'give the text encoder the model was trained with '
@@ -787,6 +791,42 @@ class LatentDiffusion(BaseModel):
 # leaves the process's settings as they are).
 SAMPLING_PRECISIONS = {None: None, 'fp32': None, 'tf32': None, 'bf16': torch.bfloat16,
                        'fp16': torch.float16}
+
+
+def check_cfg_scale(cfg_scale) -> None:
+    """One-line ValueError for a guidance scale that is not a finite real number (a
+    str from a notebook was torch's 'only integer tensors of a single element can be
+    converted', a bool a scale of 1 or 0, NaN gave NaN samples): the one check of
+    :meth:`LatentDiffusion.sample` and :func:`~mmsora.apis.inference.sample_images`.
+    Its range is the tools' to set (tools/infer.py's ``--cfg-scale`` >= 1,
+    tools/text2video.py's >= 0)."""
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or \
+            not math.isfinite(cfg_scale):
+        raise ValueError(f'cfg_scale must be a finite number (the guidance scale; 1: none), '
+                         f'got {cfg_scale!r}')
+
+
+def prompt_list(prompts) -> list:
+    """``prompts`` (of :meth:`LatentDiffusion.sample` and
+    :func:`~mmsora.apis.inference.sample_images`) as a list of captions, one per
+    sample; one str is one caption (it was sliced into its characters). Anything but
+    a non-empty sequence of str is refused in one line naming ``prompts``:
+    ``prompts=3`` was 'int object is not iterable', ``[3]`` an error in the
+    tokenizer."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (bytes, dict)) or not isinstance(prompts, Iterable) or \
+            getattr(prompts, 'ndim', 1) == 0:
+        raise ValueError(f"prompts must be a list of captions (str), one per sample "
+                         f"(prompts=['a red bike'] for one sample), got {prompts!r}")
+    prompts = list(prompts)
+    if not prompts:  # (torch.cat(): expected a non-empty list of Tensors)
+        raise ValueError('prompts is empty: give one caption per sample')
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f'prompts[{i}] is {prompt!r}, not a caption: prompts must be '
+                             'a list of str, one per sample')
+    return prompts
 
 
 def check_sampling_precision(precision) -> None:

@@ -85,3 +85,36 @@ def test_labels_that_are_not_class_ids_are_refused():
     with pytest.raises(ValueError, match=r'^labels \[1.5\] are not class ids'):
         sample_plan(2, [1.5])
     assert sample_plan(2, [3.0])['labels'] == [3, 3]
+
+
+class RunModel(torch.nn.Module):
+    """A model of a run (its sample_cfg) that takes LatentDiffusion.sample's settings."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.sample_cfg = dict(sampler='ddim', num_steps=50, cfg_scale=2.0, eta=0.0, fps=4)
+
+    def sample(self, labels=None, sampler=None, num_steps=None, cfg_scale=1.0, decode=True,
+               precision=None, **sampler_kwargs):
+        raise AssertionError('not sampled')
+
+
+def test_one_merge_for_sample_images_and_mass_sample():
+    """mass_sample's merge is sample_images' (run_sample_settings; it had its own entry
+    point over it), keeping the settings given as None that its run record holds."""
+    from mmsora.apis.inference import run_sample_settings
+    assert not hasattr(mass_sampling, 'with_run_sample_cfg')
+    model = RunModel()
+    given = dict(sampler=None, num_steps=None, cfg_scale=None, decode=None, eta=None)
+    merged = dict(sampler='ddim', num_steps=50, cfg_scale=2.0, eta=0.0, precision=None)
+    assert run_sample_settings(model, given) == merged  # (the run's fps is for saving)
+    assert run_sample_settings(model, given, keep_unset=True) == dict(merged, decode=None)
+    assert run_sample_settings(model, dict(given, sampler='ddpm', num_steps=4),
+                               keep_unset=True) == dict(sampler='ddpm', num_steps=4,
+                                                        cfg_scale=2.0, precision=None,
+                                                        decode=None)
+    model.sample_cfg = None  # a model of one's own, or a sample_fn: as given
+    assert run_sample_settings(model, given, keep_unset=True) == given
+    assert run_sample_settings(None, given, keep_unset=True) == given
+    assert run_sample_settings(model, given) == {}

@@ -151,6 +151,38 @@ def test_empty_prompts_are_one_line():
         sample_images(Text(), prompts=[], seeds=0)
 
 
+class TextRecorder(torch.nn.Module):
+    """A text model that records the prompts sample_images gives it."""
+    text_conditioned = True
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def sample(self, seeds, progress, prompts=None, **settings):
+        self.calls.append(prompts)
+        return torch.zeros(len(seeds), 3, 2, 2)
+
+
+@pytest.mark.parametrize('prompts, message', [
+    (3, r"^prompts must be a list of captions \(str\), one per sample \(prompts=\['a red "
+        r"bike'\] for one sample\), got 3$"),
+    (np.int64(3), r'^prompts must be a list of captions .*got np\.int64\(3\)$'),
+    (b'a bike', r"^prompts must be a list of captions .*got b'a bike'$"),
+    (['a bike', None], r'^prompts\[1\] is None, not a caption: prompts must be a list of '
+                       r'str, one per sample$'),
+])
+def test_prompts_that_are_not_captions_are_one_line(prompts, message):
+    """prompts=3 was 'int object is not iterable'; the line is LatentDiffusion.sample's
+    (one check for both)."""
+    text = TextRecorder()
+    with pytest.raises(ValueError, match=message):
+        sample_images(text, prompts=prompts, seeds=0)
+    assert text.calls == []  # before the first batch
+    sample_images(text, prompts=('a bike', 'a road'), seeds=0, batch_size=1)
+    assert text.calls == [['a bike'], ['a road']]
+
+
 # ---------------------------------------------------------------------------
 # (3) save_image_grid takes floats in [-1, 1]
 # ---------------------------------------------------------------------------

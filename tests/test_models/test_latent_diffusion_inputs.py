@@ -142,3 +142,56 @@ def test_seeds_that_are_not_whole_numbers_are_refused():
         seed_list([1.5, 2.7], 2)
     assert seed_list([3.0, np.int64(4)], 2) == [3, 4]
     assert seed_list(torch.tensor([5, 6]), 2) == [5, 6]
+
+
+# ------------------------ (5) sample's cfg_scale and prompts ------------------------ #
+@pytest.mark.parametrize('cfg_scale', ['4', True, float('nan'), float('inf'), None,
+                                       torch.tensor(4.0)])
+def test_a_cfg_scale_that_is_not_a_finite_number_is_one_line(cfg_scale):
+    """A str from a notebook was a raw torch error inside the denoiser; True sampled
+    without guidance and NaN drew NaN samples, without a word. The line is
+    sample_images' (one check for both)."""
+    with pytest.raises(ValueError, match=r'^cfg_scale must be a finite number \(the guidance '
+                                         rf'scale; 1: none\), got {re.escape(repr(cfg_scale))}$'):
+        sample(tiny_model(), cfg_scale=cfg_scale)
+
+
+def test_a_cfg_scale_of_any_real_number_type_still_guides():
+    model = tiny_model()
+    want = sample(model, seeds=[0, 1], cfg_scale=1.5)
+    for scale in (np.float32(1.5), np.float64(1.5)):
+        torch.testing.assert_close(sample(model, seeds=[0, 1], cfg_scale=scale), want,
+                                   rtol=0, atol=0)
+    assert not torch.equal(sample(model, seeds=[0, 1], cfg_scale=1), want)
+
+
+@pytest.mark.parametrize('prompts, message', [
+    (3, r"^prompts must be a list of captions \(str\), one per sample \(prompts=\['a red "
+        r"bike'\] for one sample\), got 3$"),
+    (b'a red bike', r'^prompts must be a list of captions \(str\), one per sample .*got '
+                   r"b'a red bike'$"),
+    ([], r'^prompts is empty: give one caption per sample$'),
+    (['a red bike', 3], r'^prompts\[1\] is 3, not a caption: prompts must be a list of str, '
+                        r'one per sample$'),
+    ([['a red bike']], r"^prompts\[0\] is \['a red bike'\], not a caption"),
+])
+def test_prompts_that_are_not_captions_are_one_line(t5_dir, prompts, message):
+    """prompts=3 was 'int object is not iterable'; [3] failed in the tokenizer."""
+    pytest.importorskip('transformers')
+    model = text_model(t5_dir)
+    with pytest.raises(ValueError, match=message):
+        model.sample(prompts=prompts, seeds=0, num_steps=2, decode=False)
+
+
+def test_one_caption_string_is_one_sample_and_sequences_of_str_are_taken(t5_dir):
+    pytest.importorskip('transformers')
+    model = text_model(t5_dir)
+
+    def draw(prompts):
+        return model.sample(prompts=prompts, seeds=0, sampler='ddim', num_steps=2,
+                            decode=False)
+
+    want = draw(['a red bike'])
+    assert want.shape == (1, 4, 2, 8, 8)
+    for prompts in ('a red bike', ('a red bike',), np.array(['a red bike'])):
+        torch.testing.assert_close(draw(prompts), want, rtol=0, atol=0)
