@@ -1,8 +1,23 @@
-"""Checks of the one-line messages the tools give, shared by the tests."""
+"""Checks of the one-line messages the tools give, shared by the tests, and a tool of
+tools/ loaded as a module."""
+import importlib.util
+import os.path as osp
+
 import pytest
 
 from mmsora.utils.cli import UserError
 from mmsora.utils.error_messages import explain_error
+from tests.conftest import REPO_ROOT
+
+
+def load_tool(name):
+    """tools/NAME.py as a fresh module, to run its ``main`` or its functions in this
+    process (a process start-up costs seconds)."""
+    spec = importlib.util.spec_from_file_location(
+        f'mmsora_tool_{name}', osp.join(REPO_ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def refused(main, argv) -> str:

@@ -61,6 +61,45 @@ def tiny_cfg(repo_root, work_dir, max_iters, *extra, resume=None, load_from=None
     return cfg
 
 
+# The video demo shrunk for the tests that train a video run and sample it: 4 frames of
+# SIZE x SIZE (patch PATCH), 2 blocks of width 32, 2 iterations with a checkpoint at 2,
+# on the clips.csv of tests.tiny_data.moving_square_clip: seconds on CPU.
+VIDEO_DEMO = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
+TINY_VIDEO_RUN = '''_base_ = [{base!r}]
+model = dict(denoiser=dict(input_size={size}, patch_size={patch_size}, hidden_size=32,
+                           depth=2, num_heads=2, num_frames=4),
+             latent_shape=(3, 4, {size}, {size}))
+train_dataloader = dict(dataset=dict(data_root={data_root!r}, manifest='clips.csv',
+    pipeline=[dict(type='SampleClipIndices', num_frames=4, mode='center'),
+              dict(type='DecodeFrames'),
+              dict(type='ResizeCropVideo', size={size}),
+              dict(type='PackVideoInputs')]))
+param_scheduler = []
+train_cfg = dict(max_iters=2)
+default_hooks = dict(checkpoint=dict(interval=2))
+'''
+# The demo's EMA and a sample hook at iteration 2 (one clip, 2 steps).
+TINY_VIDEO_SAMPLE_HOOK = '''custom_hooks = [
+    dict(type='EMAHook', momentum=0.05, update_buffers=True, priority='ABOVE_NORMAL'),
+    dict(type='SampleVisualizationHook', interval=2, num_samples=1,
+         sample_cfg=dict(num_steps=2)),
+]
+'''
+
+
+def tiny_video_run_config(path, repo_root, data_root, size=16, patch_size=4,
+                          sample_hook=False):
+    """Write the shrunk video demo (:data:`TINY_VIDEO_RUN`) at ``path`` (a pathlib.Path)
+    for frames of ``size`` x ``size`` in patches of ``patch_size``, trained on
+    ``data_root``'s clips.csv, with :data:`TINY_VIDEO_SAMPLE_HOOK` if ``sample_hook``;
+    returns ``path`` as a string."""
+    import os.path as osp
+    text = TINY_VIDEO_RUN.format(base=osp.join(repo_root, VIDEO_DEMO), size=size,
+                                 patch_size=patch_size, data_root=str(data_root))
+    path.write_text(text + (TINY_VIDEO_SAMPLE_HOOK if sample_hook else ''))
+    return str(path)
+
+
 def make_tiny_clip(path):
     """A tiny random transformers CLIPModel folder with the tests' word-level tokenizer."""
     import torch

@@ -4,7 +4,6 @@ pipeline does not take (dropped without a word, though the docs say they are ref
 the mmsora progress bar (no label, counting steps), the Stable Cascade folders named one
 failed run at a time, and the hints between ``mmsora:`` and ``diffusers:``."""
 import importlib
-import importlib.util
 import json
 import os.path as osp
 import types
@@ -18,6 +17,7 @@ from mmsora.apis import init_model
 from mmsora.apis.text2video import Shot, build_pictures
 from mmsora.apis.text2video.pictures import DiffusersPictures
 from mmsora.utils.cli import UserError, run_cli
+from tests.cli_helpers import load_tool
 from tests.conftest import REPO_ROOT
 
 # The shapes demo's DiT, shrunk: 16x16 pixels, 2 classes, one block of width 32.
@@ -57,19 +57,11 @@ def two_runs(tmp_path_factory):
     return [tiny_checkpoint(tmp_path_factory.mktemp(f'run{i}'), seed=i) for i in range(2)]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'text2video_tool', osp.join(REPO_ROOT, 'tools/text2video.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def tool_error(tmp_path, capsys, *args):
     """The one line tools/text2video.py stops with (run in this process)."""
     story = tmp_path / 'story.txt'
     story.write_text('Hello there.')
-    tool = load_tool()
+    tool = load_tool('text2video')
     assert run_cli(lambda: tool.main([str(story), '--out', str(tmp_path / 'o.mp4'),
                                       '--speech', 'none', '--default-malloc', *args])) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -2,8 +2,6 @@
 numbered list items kept whole, a UTF-8 byte order mark dropped, a text of only
 punctuation refused, ``--voice`` pointed at ``--speech``, and a bad ``--font`` refused
 before any progress bar (a stage's error printed after its bar's line is ended)."""
-import importlib.util
-import os.path as osp
 import re
 
 import numpy as np
@@ -15,15 +13,7 @@ from mmsora.apis.text2video import speech as speech_module
 from mmsora.apis.text2video.pictures import PictureBackend
 from mmsora.apis.text2video.segmentation import Segment, Shot
 from mmsora.utils.cli import UserError
-
-
-def load_tool(repo_root):
-    """tools/text2video.py as a module (its functions, without a process start-up)."""
-    spec = importlib.util.spec_from_file_location(
-        'text2video_tool_fixes', osp.join(repo_root, 'tools', 'text2video.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+from tests.cli_helpers import load_tool
 
 
 @pytest.fixture(scope='module')
@@ -70,8 +60,8 @@ def test_numbered_list_items_stay_one_segment():
         'It was 1999.', 'Then we left.', 'We had 2.', 'Not 3.']
 
 
-def test_a_byte_order_mark_is_not_read_into_the_text(repo_root, tmp_path, monkeypatch):
-    tool = load_tool(repo_root)
+def test_a_byte_order_mark_is_not_read_into_the_text(tmp_path, monkeypatch):
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_bytes('\ufeffHello there. Bye.'.encode('utf-8'))
     assert tool.read_text(str(story)) == 'Hello there. Bye.'
@@ -89,9 +79,9 @@ def test_a_text_of_only_punctuation_has_nothing_to_say():
     assert [s.text for s in plan_segments('Wait... what?')] == ['Wait...', 'what?']
 
 
-def test_voice_option_points_at_speech(repo_root, capsys):
+def test_voice_option_points_at_speech(capsys):
     """--voice got '(did you mean --device for --voice?)'."""
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     for args, meant in [(['--voice', 'en-gb'], '--speech espeak:VOICE for --voice'),
                         (['--voice=en-gb'], '--speech espeak:en-gb for --voice'),
                         (['--tts', 'espeak'], '--speech for --tts'),

@@ -17,7 +17,7 @@ from mmsora.apis.text2video import (Composer, Shot, build_pictures, parse_resolu
 from mmsora.apis.text2video.segmentation import Segment
 from mmsora.utils.cli import Interrupted, UserError, run_cli
 from mmsora.utils.video_io import probe_video
-from tests.test_apis.test_text2video_voices_text_and_font import load_tool
+from tests.cli_helpers import load_tool
 
 STORY = 'The red disk rolls away. A green square waits for it.'
 
@@ -107,10 +107,10 @@ def run_main(tool, argv, capsys):
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_out_is_checked_before_any_speech(repo_root, tmp_path, capsys, no_speech_allowed):
+def test_out_is_checked_before_any_speech(tmp_path, capsys, no_speech_allowed):
     """A folder for --out was a traceback from PyAV after all the work; a path
     through a file 'File exists'; /proc/x.mp4 an FFmpeg error without the path."""
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_text(STORY)
     (tmp_path / 'dir.mp4').mkdir()
@@ -132,9 +132,9 @@ def test_out_is_checked_before_any_speech(repo_root, tmp_path, capsys, no_speech
     (['--pause', '-0.5'], '--pause must be >= 0'),
     # (after the picture model had loaded: it was argparse's choices before)
     (['--language', 'english'], '--language must be auto or a language code')])
-def test_options_are_checked_before_any_speech(repo_root, tmp_path, capsys,
-                                               no_speech_allowed, args, expected):
-    tool = load_tool(repo_root)
+def test_options_are_checked_before_any_speech(tmp_path, capsys, no_speech_allowed, args,
+                                               expected):
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_text(STORY)
     code, err = run_main(tool, [str(story), *args], capsys)
@@ -157,9 +157,9 @@ def test_resolution_names_in_any_case_and_1080p(tmp_path):
 # --------------------------------------------------------------------------- #
 #                       3. title cards leave the text to subtitles            #
 # --------------------------------------------------------------------------- #
-def test_title_cards_show_the_text_only_without_subtitles(repo_root):
+def test_title_cards_show_the_text_only_without_subtitles():
     """Every frame showed the shot's text twice: on the card and in the subtitle."""
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     shot = spoken_shot('A small robot wakes up in an empty workshop.')
     plain = build_pictures('titlecard', show_text=False).render(shot, (160, 90))
     lettered = build_pictures('titlecard', show_text=True).render(shot, (160, 90))
@@ -215,7 +215,7 @@ def test_summary_gives_class_labels_not_unseen_prompts(repo_root, tmp_path, caps
                     meta=dict(cfg=cfg.pretty_text)), checkpoint)
     story = tmp_path / 'story.txt'
     story.write_text(STORY + ' It does not move.')
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     tool.main([str(story), '--out', str(tmp_path / 'story.mp4'), '--speech', 'none',
                '--pictures', f'mmsora:{checkpoint}', '--device', 'cpu', '--labels', '1',
                '0', '--resolution', '64x36', '--fps', '4', '--shot-seconds', '0'])
@@ -230,12 +230,11 @@ def test_summary_gives_class_labels_not_unseen_prompts(repo_root, tmp_path, caps
 # --------------------------------------------------------------------------- #
 #     stdin, --seed and --language (changes the other fixes named in tools/)   #
 # --------------------------------------------------------------------------- #
-def test_stdin_that_is_not_utf8_is_one_line(repo_root, tmp_path, capsys, monkeypatch,
-                                            no_speech_allowed):
+def test_stdin_that_is_not_utf8_is_one_line(tmp_path, capsys, monkeypatch, no_speech_allowed):
     """`cat latin1.txt | text2video.py -` ended in an encode traceback of the speech
     backend (stdin's surrogates); the same file by path was one line."""
     import io
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     stdin = io.TextIOWrapper(io.BytesIO('Un café noir.'.encode('latin-1')))
     monkeypatch.setattr('sys.stdin', stdin)
     code, err = run_main(tool, ['-', '--out', str(tmp_path / 'x.mp4')], capsys)
@@ -243,10 +242,9 @@ def test_stdin_that_is_not_utf8_is_one_line(repo_root, tmp_path, capsys, monkeyp
                                  'continuation byte at byte 6): save it as UTF-8'], err
 
 
-def test_seed_is_refused_where_pictures_take_none(repo_root, tmp_path, capsys,
-                                                  no_speech_allowed):
+def test_seed_is_refused_where_pictures_take_none(tmp_path, capsys, no_speech_allowed):
     """--seed with title cards was taken without a word (its default 0 hid it)."""
-    tool = load_tool(repo_root)
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_text(STORY)
     code, err = run_main(tool, [str(story), '--seed', '3'], capsys)

@@ -21,31 +21,11 @@ from mmsora.apis import save_videos
 from mmsora.utils.video_io import probe_video, read_video_frames
 from tests.cli_helpers import refused
 from tests.tiny_data import LineLogger, moving_square_clip
+from tests.tiny_models import VIDEO_DEMO, tiny_video_run_config
 
 pytestmark = pytest.mark.usefixtures('kept_environ')
 
-VIDEO_CONFIG = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
 IMAGE_CONFIG = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
-# The demo config at 4 frames of 15x15 (patch 3, 2 blocks of width 32), sampled by the
-# hook at iteration 2: seconds on CPU.
-ODD_CONFIG = '''_base_ = [{base!r}]
-model = dict(denoiser=dict(input_size=15, patch_size=3, hidden_size=32, depth=2,
-                           num_heads=2, num_frames=4),
-             latent_shape=(3, 4, 15, 15))
-train_dataloader = dict(dataset=dict(data_root={data_root!r}, manifest='clips.csv',
-    pipeline=[dict(type='SampleClipIndices', num_frames=4, mode='center'),
-              dict(type='DecodeFrames'),
-              dict(type='ResizeCropVideo', size=15),
-              dict(type='PackVideoInputs')]))
-param_scheduler = []
-train_cfg = dict(max_iters=2)
-default_hooks = dict(checkpoint=dict(interval=2))
-custom_hooks = [
-    dict(type='EMAHook', momentum=0.05, update_buffers=True, priority='ABOVE_NORMAL'),
-    dict(type='SampleVisualizationHook', interval=2, num_samples=1,
-         sample_cfg=dict(num_steps=2)),
-]
-'''
 PADDED = 'note: the clips are 15x15: padded to 16x16 (one row / column of edge pixels) ' \
          'for H.264'
 
@@ -54,11 +34,11 @@ def odd_run(repo_root, tmp_path):
     """Train the 15x15 model for 2 iterations (the hook samples at 2); its work dir."""
     from tools import train
     moving_square_clip(tmp_path / 'data', 8, 24, 24, top=6, size=8, step=2)
-    config = tmp_path / 'odd_video.py'
-    config.write_text(ODD_CONFIG.format(base=osp.join(repo_root, VIDEO_CONFIG),
-                                        data_root=str(tmp_path / 'data')))
+    # The video demo at 4 frames of 15x15 (patch 3, 2 blocks of width 32).
+    config = tiny_video_run_config(tmp_path / 'odd_video.py', repo_root, tmp_path / 'data',
+                                   size=15, patch_size=3, sample_hook=True)
     work = tmp_path / 'work'
-    train.main([str(config), '--work-dir', str(work)])
+    train.main([config, '--work-dir', str(work)])
     return work
 
 
@@ -135,7 +115,7 @@ def test_grid_options_on_a_video_model_are_refused(repo_root, tmp_path, monkeypa
         raise AssertionError('the weights were loaded before the options were checked')
 
     monkeypatch.setattr('mmsora.apis.init_model', no_weights)
-    config = osp.join(repo_root, VIDEO_CONFIG)
+    config = osp.join(repo_root, VIDEO_DEMO)
     out = str(tmp_path / 'v.mp4')
     assert refused(infer.main, [config, '--upscale', '4', '--nrow', '2', '--out', out]) == (
         '--nrow / --upscale: for the picture grid of image models; this model makes clips '

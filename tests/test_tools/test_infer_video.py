@@ -13,22 +13,7 @@ from mmsora.utils.video_io import probe_video, read_video_frames
 from tests.cli_helpers import error_line
 from tests.launch import run_tool
 from tests.tiny_data import moving_square_clip
-
-CONFIG = 'configs/video_dit/video_dit_tiny4_1xb1_overfit_bikes.py'
-# The demo config at 4 frames of 16x16 (patch 4, 2 blocks of width 32): seconds on CPU.
-TINY_CONFIG = '''_base_ = [{base!r}]
-model = dict(denoiser=dict(input_size=16, hidden_size=32, depth=2, num_heads=2,
-                           num_frames=4),
-             latent_shape=(3, 4, 16, 16))
-train_dataloader = dict(dataset=dict(data_root={data_root!r}, manifest='clips.csv',
-    pipeline=[dict(type='SampleClipIndices', num_frames=4, mode='center'),
-              dict(type='DecodeFrames'),
-              dict(type='ResizeCropVideo', size=16),
-              dict(type='PackVideoInputs')]))
-param_scheduler = []
-train_cfg = dict(max_iters=2)
-default_hooks = dict(checkpoint=dict(interval=2))
-'''
+from tests.tiny_models import tiny_video_run_config
 
 
 def run(args, repo_root, timeout=300):
@@ -72,11 +57,10 @@ def test_infer_writes_one_mp4_per_sample(repo_root, tmp_path):
     # A synthetic moving-square video and an unlabelled manifest (labels -1 -> class 0
     # for the one-class model).
     moving_square_clip(tmp_path / 'data', 12, 32, 48, top=8, size=12, step=3)
-    config = tmp_path / 'tiny_video.py'
-    config.write_text(TINY_CONFIG.format(base=osp.join(repo_root, CONFIG),
-                                         data_root=str(tmp_path / 'data')))
+    # The video demo at 4 frames of 16x16 (patch 4, 2 blocks of width 32).
+    config = tiny_video_run_config(tmp_path / 'tiny_video.py', repo_root, tmp_path / 'data')
     work = tmp_path / 'work'
-    result = run(['tools/train.py', str(config), '--work-dir', str(work)], repo_root)
+    result = run(['tools/train.py', config, '--work-dir', str(work)], repo_root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     out = tmp_path / 'samples' / 'clip.mp4'

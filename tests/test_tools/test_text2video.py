@@ -13,6 +13,7 @@ import torch
 from mmsora.apis.text2video import Shot, build_pictures
 from mmsora.utils.cli import UserError
 from mmsora.utils.video_io import probe_video, read_video_frames
+from tests.cli_helpers import load_tool
 
 TEXT_CONFIG = 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'
 # The shapes demo's DiT, shrunk: 16x16 pixels, 2 classes, one block of width 32.
@@ -108,21 +109,10 @@ def test_cli_makes_a_video_from_an_mmsora_checkpoint(tiny_dit, repo_root, tmp_pa
     assert np.abs(frames[0, :27] - frames[1, :27]).mean() > 1.0
 
 
-def load_cli(repo_root):
-    """tools/text2video.py as a module, to run its main() in this process (start-up
-    costs seconds)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'text2video_tool', osp.join(repo_root, 'tools', 'text2video.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
-def test_the_cpu_work_keeps_freed_memory(tiny_dit, repo_root, tmp_path, malloc_calls):
+def test_the_cpu_work_keeps_freed_memory(tiny_dit, tmp_path, malloc_calls):
     """As tools/infer.py: glibc keeps the memory a frame or a sampling step frees for
     the next (recorded, not made: conftest's malloc_calls), unless --default-malloc."""
-    tool = load_cli(repo_root)
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_text('A red disk.')
     common = [str(story), '--speech', 'none', '--resolution', '64x32', '--fps', '4']
@@ -137,10 +127,10 @@ def test_the_cpu_work_keeps_freed_memory(tiny_dit, repo_root, tmp_path, malloc_c
     assert malloc_calls == [1, 1] and (tmp_path / 'c.mp4').is_file()
 
 
-def test_cli_errors_are_one_line(repo_root, tmp_path, monkeypatch, capsys):
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     """The tool's main() under run_cli, in this process."""
     from mmsora.utils.cli import run_cli
-    tool = load_cli(repo_root)
+    tool = load_tool('text2video')
     story = tmp_path / 'story.txt'
     story.write_text('Hello there.')
     monkeypatch.delenv('OPENAI_API_KEY', raising=False)
