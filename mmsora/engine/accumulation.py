@@ -7,7 +7,8 @@ mmengine's ``OptimWrapper`` (AMP and mmsora's autocast wrapper included) accumul
 the engine's ``step()`` at every micro-batch and DeepSpeed steps at its own
 ``gradient_accumulation_steps`` boundary (``tools/train.py`` fills it from
 ``accumulative_counts``). Used by the EMA hooks (one update per optimizer step,
-mmsora/engine/ema.py) and by ``ResumeCheckHook`` (a resume keeps the global batch).
+mmsora/engine/ema.py), by ``ResumeCheckHook`` (a resume keeps the global batch) and
+by ``LossGuardHook`` (the loss logged once per optimizer step, its micro-batches' mean).
 """
 
 __all__ = ['optimizer_stepped', 'accumulation_steps']

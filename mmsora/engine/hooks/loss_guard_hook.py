@@ -1,5 +1,6 @@
 """Skip optimizer steps whose loss or gradient is not finite, stop a run that keeps
-producing them, and log the gradient norm.
+producing them, log the gradient norm, and, with gradient accumulation, log the loss
+once per optimizer step.
 
 One NaN batch (a corrupt latent, an fp16 overflow) would otherwise write NaN into
 every weight and the EMA, and the run would go on for days training nothing. The
@@ -14,6 +15,14 @@ batch is checked only when the loss was not finite): by dataset index, and file 
 store row, where the items carry ``sample_idx``, else by position. Before, it named
 the iteration only, and a corrupt item of a latent store could not be found. Under
 DDP each rank names the items of its own batch.
+
+With gradient accumulation over k micro-batches (Runner iterations) per optimizer
+step, the loss and its terms go to the log once per step, as the mean of its k
+micro-batches (what the step optimizes: mmengine divides each micro-batch's loss by
+k), as ``grad_norm`` does. Before, the loss went in at every micro-batch and
+``grad_norm`` at every step, so a line's loss was a mean over the last 50
+micro-batches (one micro-batch's at iteration 1) and its grad_norm over the last 50
+steps, k times as many.
 """
 import math
 
@@ -22,6 +31,7 @@ from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper
 
+from mmsora.engine.accumulation import accumulation_steps, optimizer_stepped
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import RunError
 from mmsora.utils.dist import collective_device
@@ -157,6 +167,17 @@ def item_name(dataset, index):
     return None
 
 
+def _is_number(value) -> bool:
+    """Whether a model output is one number (a loss term the log takes)."""
+    if torch.is_tensor(value):
+        return value.numel() == 1
+    return isinstance(value, (float, int)) and not isinstance(value, bool)
+
+
+def _value(value) -> float:
+    return float(value.detach()) if torch.is_tensor(value) else float(value)
+
+
 def _listed(values, most):
     """'a, b, c' of the first ``most`` values, with how many there are in all."""
     values = list(values)
@@ -184,6 +205,10 @@ class LossGuardHook(Hook):
     (which skips inf/NaN gradients and lowers the scale) still runs. Other wrappers
     (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning.
 
+    With gradient accumulation it also logs the loss and its terms once per optimizer
+    step, averaged over the step's micro-batches (see the module's docstring), and
+    says so in the log before the first iteration.
+
     Args:
         max_consecutive (int): Stop the run (``NonFiniteLossError``) after this many
             skipped steps in a row. Defaults to 5.
@@ -207,6 +232,8 @@ class LossGuardHook(Hook):
         # This iteration's batch (checked only after a non-finite loss) and its items'
         # dataset indices; what the micro-batches since the last step held.
         self._batch, self._batch_indices = None, None
+        self._accumulation = 1  # micro-batches per optimizer step (set in before_train)
+        self._step_values = {}  # logged key -> finite values of the step's micro-batches
         self._new_step()
 
     def _new_step(self):
@@ -216,6 +243,9 @@ class LossGuardHook(Hook):
         self._checked = False  # whether the inputs were checked (a non-finite loss)
 
     def before_train(self, runner):
+        self._accumulation, self._step_values = accumulation_steps(runner), {}
+        if self._accumulation > 1:
+            runner.logger.info(self._accumulation_line(runner))
         wrapper = runner.optim_wrapper
         if type(wrapper).__name__ == 'DeepSpeedOptimWrapper' and self.log_grad_norm:
             self._log_deepspeed_grad_norm(runner, wrapper)  # as DDP and FSDP runs log it
@@ -286,13 +316,41 @@ class LossGuardHook(Hook):
         guarded (a non-finite loss is always skipped, in whichever micro-batch of an
         accumulated step it came): averaged over the log window (50 iterations), one
         NaN made every line show ``loss: nan`` for the next 50 iterations of a run
-        that had recovered."""
+        that had recovered. With gradient accumulation, hand the logged values on
+        (to ``RuntimeInfoHook``, which puts ``outputs`` in the message hub) once per
+        optimizer step: the means over its micro-batches."""
         self._batch = None  # (not kept beyond its iteration)
-        if not self._guarding or not isinstance(outputs, dict):
+        if not isinstance(outputs, dict):
             return
-        for key in [k for k, v in outputs.items() if isinstance(v, (torch.Tensor, float))
-                    and not math.isfinite(float(v.detach() if torch.is_tensor(v) else v))]:
-            outputs.pop(key)
+        if self._guarding:
+            for key in [k for k, v in outputs.items() if _is_number(v)
+                        and not math.isfinite(_value(v))]:
+                outputs.pop(key)
+        if self._accumulation > 1:
+            self._log_per_step(runner, outputs)
+
+    def _log_per_step(self, runner, outputs):
+        """Keep this micro-batch's values back; after the step's last micro-batch put
+        each one's mean over the step in ``outputs`` (a value non-finite in every
+        micro-batch, left out above, stays out)."""
+        for key in [k for k, v in outputs.items() if _is_number(v)]:
+            self._step_values.setdefault(key, []).append(_value(outputs.pop(key)))
+        if optimizer_stepped(runner):
+            for key, values in self._step_values.items():
+                outputs[key] = math.fsum(values) / len(values)
+            self._step_values = {}
+
+    def _accumulation_line(self, runner) -> str:
+        """What the logged numbers are under gradient accumulation (the log's line
+        before the first iteration)."""
+        k = self._accumulation
+        window = getattr(getattr(runner, 'log_processor', None), 'window_size', None)
+        over = (f'the last {window} optimizer steps' if isinstance(window, int)
+                else f'log_processor.window_size={window!r}')
+        return (f'gradient accumulation: {k} micro-batches (iterations) per optimizer '
+                f'step; loss and its terms are logged once per step, the mean of its {k} '
+                f'micro-batches, and grad_norm once per step: a line shows their means '
+                f'over {over} completed by then (time and data_time: per iteration)')
 
     @staticmethod
     def _log_deepspeed_grad_norm(runner, wrapper):

@@ -17,7 +17,7 @@ __all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of', 'accumulation_setting',
-           'check_accumulation', 'check_fsdp_precision',
+           'check_accumulation', 'warmup_note', 'check_fsdp_precision',
            'drop_disabled_hooks', 'fit_loader_workers',
            'seed_model_at_run_time', 'fit_amp_to_device', 'check_accumulative_counts']
 
@@ -415,10 +415,14 @@ def check_accumulation(cfg) -> None:
     DeepSpeed ``max_iters`` must be a multiple too. Checkpoints by epoch
     (``by_epoch=True``) are not checked: the epoch's length is known only at run
     time. And ``model.train_noise_seed`` keys its draws by optimizer step, which
-    ``ResumeCheckHook`` tells the model: it must be there."""
+    ``ResumeCheckHook`` tells the model: it must be there. A warm-up counted in
+    iterations is said in optimizer steps (:func:`warmup_note`)."""
     accumulation = accumulation_of(cfg)
     if accumulation <= 1:
         return
+    said = warmup_note(cfg)
+    if said:
+        note(said)
     why = 'micro-batches of an optimizer step (optim_wrapper.accumulative_counts)'
     if (cfg.get('model') or {}).get('train_noise_seed') is not None and not (
             cfg.get('default_hooks') or {}).get('resume_check'):
@@ -447,6 +451,59 @@ def check_accumulation(cfg) -> None:
                 f'{accumulation} {why}: a checkpoint inside a step loses the gradients '
                 'accumulated so far and --resume could not continue the run exactly; '
                 f'use a multiple, e.g. default_hooks.checkpoint.{key}={whole}')
+
+
+def _warmup_kind(scheduler: dict):
+    """The type of a scheduler entry that raises the learning rate from its ``begin``
+    (a warm-up): mmengine's ``LinearLR`` with ``start_factor < end_factor``, or its
+    ``ConstantLR`` with ``factor < 1`` (``factor=1.0``, the ImageNet recipe's, keeps
+    the rate); their defaults are mmengine's. None for any other entry."""
+    kind = scheduler.get('type')
+    kind = getattr(kind, '__name__', kind)
+    kind = kind.split('.')[-1] if isinstance(kind, str) else None
+    if kind == 'LinearLR' and \
+            scheduler.get('start_factor', 1 / 3) < scheduler.get('end_factor', 1.0):
+        return kind
+    if kind == 'ConstantLR' and scheduler.get('factor', 1 / 3) < 1:
+        return kind
+    return None
+
+
+def warmup_note(cfg):
+    """With gradient accumulation over k micro-batches, a warm-up given in iterations
+    (``by_epoch=False``: mmengine's ``ParamSchedulerHook`` steps the schedulers at
+    every iteration, i.e. micro-batch) lasts k times fewer optimizer steps than the
+    same config without accumulation: the line that says how many, and what to set
+    to keep the config's number of steps (the warm-up's ``end``, and the ``begin`` of
+    the schedulers that start where it ends). None without accumulation, without
+    such a warm-up, or on ``--resume`` (which keeps the checkpoint's schedule)."""
+    accumulation, setting = accumulation_setting(cfg)
+    schedulers = cfg.get('param_scheduler') or []
+    if accumulation <= 1 or cfg.get('resume'):
+        return None
+    single = isinstance(schedulers, dict)  # mmengine takes one scheduler as a dict
+    entries = [schedulers] if single else list(schedulers)
+    names = ['param_scheduler' if single else f'param_scheduler.{i}'
+             for i in range(len(entries))]
+    for i, scheduler in enumerate(entries):
+        kind = _warmup_kind(scheduler) if isinstance(scheduler, dict) else None
+        if kind is None or scheduler.get('by_epoch', True):
+            continue
+        begin, end = scheduler.get('begin', 0), scheduler.get('end')
+        if type(begin) is not int or type(end) is not int or begin != 0 or end <= 0 \
+                or end >= int(1e9):  # (mmengine's INF: no end, no warm-up length)
+            continue
+        kept = end * accumulation
+        fixes = [f'{names[i]}.end={kept}'] + [
+            f'{names[j]}.begin={kept}' for j, other in enumerate(entries)
+            if j != i and isinstance(other, dict) and not other.get('by_epoch', True)
+            and other.get('begin') == end]
+        return (f'{names[i]} ({kind}) warms the learning rate up over {end} iterations '
+                f'(by_epoch=False), which at {setting}={accumulation} (micro-batches per '
+                f'optimizer step) are {end / accumulation:g} optimizer steps; for {end} '
+                f'optimizer steps, as without accumulation: --cfg-options '
+                f'{" ".join(fixes)}')
+    return None
 
 
 def seed_model_at_run_time(runner) -> None:

@@ -1,0 +1,161 @@
+"""What a run with gradient accumulation (optim_wrapper.accumulative_counts = k) logs,
+and the note on a warm-up counted in iterations. The loss goes to the log once per
+optimizer step, the mean of its k micro-batches, as grad_norm does (LossGuardHook);
+before, the loss went in at every micro-batch (a line showed one micro-batch's loss at
+iteration 1) and grad_norm at every step."""
+import glob
+import json
+import math
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmsora.engine.strategies.train_options import check_accumulation, warmup_note
+from tests.tiny_models import TINY_TRAIN
+from tools.train import build_train_config, parse_args
+
+DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
+
+
+def train(repo_root, work_dir, accumulate, iters, *options):
+    """The tiny demo (its own warm-up kept), every iteration logged; returns the
+    runner and each micro-batch's outputs (the model's, before any hook)."""
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(work_dir), '--cfg-options',
+            *[o for o in TINY_TRAIN if not o.startswith('param_scheduler')],
+            f'train_cfg.max_iters={iters}', f'optim_wrapper.accumulative_counts={accumulate}',
+            'default_hooks.checkpoint.interval=100', *options]
+    cfg = build_train_config(parse_args(argv))
+    cfg.experiment_name = f'log-{accumulate}-{iters}-{osp.basename(str(work_dir))}'
+    runner = Runner.from_cfg(cfg)
+    micro = []
+    train_step = runner.model.train_step
+
+    def recorded(data, optim_wrapper):
+        outputs = train_step(data, optim_wrapper=optim_wrapper)
+        micro.append({k: float(v.detach()) for k, v in outputs.items()})
+        return outputs
+
+    runner.model.train_step = recorded
+    runner.train()
+    return runner, micro
+
+
+def logged_lines(work_dir):
+    """The scalars.json lines of the run (one per logged iteration)."""
+    path, = glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json'))
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_log(work_dir):
+    path, = glob.glob(osp.join(str(work_dir), '*', '*.log'))
+    with open(path) as f:
+        return f.read()
+
+
+def test_the_loss_is_logged_once_per_optimizer_step(repo_root, tmp_path, capsys):
+    # 4 micro-batches, 2 per optimizer step: 2 steps.
+    runner, micro = train(repo_root, tmp_path, accumulate=2, iters=4)
+    assert len(micro) == 4
+    hub = runner.message_hub
+    losses = list(hub.get_scalar('train/loss').data[0])
+    steps = [(micro[0]['loss'] + micro[1]['loss']) / 2,
+             (micro[2]['loss'] + micro[3]['loss']) / 2]
+    assert losses == pytest.approx(steps, rel=1e-6)  # (not the 4 micro-batches')
+    for term in ('mse', 'vb'):  # the terms alike, so that they add up to the loss
+        values = list(hub.get_scalar(f'train/{term}').data[0])
+        assert values == pytest.approx([(micro[0][term] + micro[1][term]) / 2,
+                                        (micro[2][term] + micro[3][term]) / 2], rel=1e-6)
+    assert len(hub.get_scalar('train/grad_norm').data[0]) == 2  # once per step too
+    lines = {line['iter']: line for line in logged_lines(tmp_path) if 'iter' in line}
+    assert sorted(lines) == [1, 2, 3, 4]
+    # iteration 1 ended no step: no loss yet (it showed micro-batch 1's alone)
+    assert 'loss' not in lines[1] and 'grad_norm' not in lines[1]
+    assert lines[2]['loss'] == pytest.approx(steps[0], abs=1e-4)
+    assert lines[3]['loss'] == pytest.approx(steps[0], abs=1e-4)  # (the last step's)
+    assert lines[4]['loss'] == pytest.approx(sum(steps) / 2, abs=1e-4)  # the window's
+    assert ('gradient accumulation: 2 micro-batches (iterations) per optimizer step; loss '
+            'and its terms are logged once per step, the mean of its 2 micro-batches'
+            ) in run_log(tmp_path)
+    # the demo's warm-up (LinearLR, 100 iterations) is said in optimizer steps
+    assert ('note: param_scheduler.0 (LinearLR) warms the learning rate up over 100 '
+            'iterations (by_epoch=False), which at optim_wrapper.accumulative_counts=2 '
+            '(micro-batches per optimizer step) are 50 optimizer steps; for 100 optimizer '
+            'steps, as without accumulation: --cfg-options param_scheduler.0.end=200 '
+            'param_scheduler.1.begin=200') in capsys.readouterr().err
+
+
+def test_without_accumulation_every_iteration_is_logged(repo_root, tmp_path, capsys):
+    runner, micro = train(repo_root, tmp_path, accumulate=1, iters=2)
+    losses = list(runner.message_hub.get_scalar('train/loss').data[0])
+    assert losses == pytest.approx([m['loss'] for m in micro], rel=1e-6)
+    assert 'gradient accumulation' not in run_log(tmp_path)
+    assert 'warms the learning rate up' not in capsys.readouterr().err
+
+
+def schedule_cfg(accumulate, schedulers, **extra):
+    return Config(dict(optim_wrapper=dict(accumulative_counts=accumulate),
+                       param_scheduler=schedulers, **extra))
+
+
+WARMUP = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
+          dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=1500)]
+
+
+def test_the_warmup_note_is_said_only_for_a_warmup_in_iterations(capsys):
+    check_accumulation(schedule_cfg(8, WARMUP))
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('note: param_scheduler.0 (LinearLR)')
+    assert ('are 12.5 optimizer steps; for 100 optimizer steps, as without accumulation: '
+            '--cfg-options param_scheduler.0.end=800 param_scheduler.1.begin=800') in err
+    # one scheduler given as a dict; mmengine's ConstantLR warm-up (factor < 1)
+    said = warmup_note(schedule_cfg(
+        4, dict(type='ConstantLR', factor=0.1, by_epoch=False, end=40)))
+    assert said.startswith('param_scheduler (ConstantLR) warms the learning rate up over '
+                           '40 iterations')
+    assert said.endswith('are 10 optimizer steps; for 40 optimizer steps, as without '
+                         'accumulation: --cfg-options param_scheduler.end=160')
+    # a DeepSpeed strategy's own accumulation names its setting
+    said = warmup_note(Config(dict(
+        strategy=dict(type='DeepSpeedStrategy', gradient_accumulation_steps=2),
+        param_scheduler=WARMUP)))
+    assert 'at strategy.gradient_accumulation_steps=2 (micro-batches' in said
+    for cfg in (schedule_cfg(1, WARMUP),  # no accumulation
+                schedule_cfg(2, [dict(WARMUP[0], by_epoch=True)]),  # epochs: no change
+                # the ImageNet recipe's constant rate: no warm-up
+                schedule_cfg(2, [dict(type='ConstantLR', factor=1.0, by_epoch=False)]),
+                schedule_cfg(2, [dict(type='LinearLR', by_epoch=False)]),  # no end
+                schedule_cfg(2, WARMUP[1:]),  # no warm-up
+                schedule_cfg(2, WARMUP, resume=True)):  # the checkpoint's schedule
+        assert warmup_note(cfg) is None, cfg.param_scheduler
+        check_accumulation(cfg)
+    assert capsys.readouterr().err == ''
+
+
+def test_a_nonfinite_micro_batch_is_left_out_of_its_steps_mean():
+    """LossGuardHook's per-step log on its own: a NaN term of one micro-batch is left
+    out (the step was skipped), the other micro-batch's value is logged."""
+    from mmsora.engine.hooks.loss_guard_hook import LossGuardHook
+
+    class Wrapper:
+        _inner_count, _accumulative_counts = 0, 2
+
+        def should_update(self):
+            return self._inner_count % 2 == 0
+
+    class Runner_:
+        optim_wrapper = Wrapper()
+
+    hook, runner = LossGuardHook(), Runner_()
+    hook._accumulation, hook._guarding = 2, True
+    logged = []
+    for i, (loss, mse) in enumerate([(1.0, float('nan')), (3.0, 2.0), (5.0, 4.0),
+                                     (7.0, 6.0)]):
+        runner.optim_wrapper._inner_count = i + 1
+        outputs = dict(loss=loss, mse=mse)
+        hook.after_train_iter(runner, i, outputs=outputs)
+        logged.append(outputs)
+    assert logged == [{}, dict(loss=2.0, mse=2.0), {}, dict(loss=6.0, mse=5.0)]
+    assert not any(math.isnan(v) for out in logged for v in out.values())
