@@ -94,6 +94,16 @@ def not_a_checkpoint_folder(path: str) -> str:
         return (f'{path} holds a {holds} (its config.json), not a denoiser\'s weights: give '
                 'a checkpoint file, a work dir, a DeepSpeed checkpoint folder or a diffusers '
                 'DiT folder')
+    index = read_json_config(osp.join(path, 'model_index.json'))
+    if index is not None and isinstance(index.get('_class_name'), str):  # (a pipeline's)
+        return (f'{path} holds a diffusers {index["_class_name"]} (its model_index.json), '
+                'not a DiT\'s: give a checkpoint file, a work dir, a DeepSpeed checkpoint '
+                'folder or a diffusers DiT folder (a DiTPipeline, or its transformer/)')
+    from mmsora.utils.diffusers_dit import WEIGHT_FILES
+    weights = next((n for n in WEIGHT_FILES if osp.isfile(osp.join(path, n))), None)
+    if weights is not None:  # (its file then said 'give the transformer folder')
+        return (f'{path}: diffusers weights ({weights}) without the config.json they were '
+                'saved with: put it back beside them (save_pretrained writes both)')
     return (f'{path}: a folder that is neither a work dir with a checkpoint '
             '(last_checkpoint, iter_N.pth), a DeepSpeed checkpoint folder nor a diffusers DiT '
             'folder: give a checkpoint file')

@@ -321,3 +321,31 @@ def test_infer_says_which_weights_it_samples(pipeline, tmp_path):
     for use_ema, said in ((True, 'EMA weights'), (False, 'trained weights')):
         load_weights(holder, str(tmp_path / 'run.pth'), use_ema=use_ema)
         assert holder.loaded_weights == said
+
+
+@pytest.mark.parametrize('weights', ['diffusion_pytorch_model.safetensors',
+                                     'diffusion_pytorch_model.bin'])
+def test_a_folder_of_diffusers_weights_without_config_or_of_another_pipeline(
+        pipeline, tmp_path, weights):
+    """A transformer folder whose config.json is lost says so (it said 'give a
+    checkpoint file', and the file then 'give the transformer folder'); a pipeline of
+    another model (PixArt's) is named by its model_index.json."""
+    from mmsora.utils.checkpoint_choice import resolve_checkpoint
+    _, ref, _ = pipeline
+    folder = tmp_path / 'transformer'
+    ref.save_pretrained(folder, safe_serialization=weights.endswith('.safetensors'))
+    os.remove(folder / 'config.json')
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_checkpoint(str(folder))
+    assert str(info.value) == (f'{folder}: diffusers weights ({weights}) without the '
+                               'config.json they were saved with: put it back beside them '
+                               '(save_pretrained writes both)')
+    other = tmp_path / 'pixart'
+    other.mkdir()
+    with open(other / 'model_index.json', 'w') as f:
+        json.dump({'_class_name': 'PixArtAlphaPipeline',
+                   'transformer': ['diffusers', 'PixArtTransformer2DModel']}, f)
+    with pytest.raises(FileNotFoundError, match=(
+            rf"^{other} holds a diffusers PixArtAlphaPipeline \(its model_index.json\), "
+            r"not a DiT's: give .* \(a DiTPipeline, or its transformer/\)$")):
+        resolve_checkpoint(str(other))
