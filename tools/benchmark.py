@@ -16,7 +16,9 @@ The model is the config's without its VAE and text encoder (training reads
 pre-extracted latents). Without a CONFIG, ``--model`` builds
 DiT's ImageNet recipe at that size: Gaussian diffusion with learned sigma, AdamW (lr
 1e-4, no weight decay), no clipping, and an EMA only with ``--ema``. Each model runs in
-its own subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's.
+its own subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's
+(the table's ``peak_rss_MiB`` / ``peak_cuda_allocated_MiB``; in ``--json``,
+``peak_mem_mb`` in MiB, and ``peak_mem_kind``: ``'rss'`` or ``'cuda_allocated'``).
 
 FLOPs are counted from the operators of one forward pass
 (:func:`mmsora.utils.flops.forward_flops`; the DiT paper's "Gflops" are MACs, so FLOPs
@@ -534,12 +536,16 @@ def run_worker(args) -> dict:
         **throughput(args, info, step_s))
     if info['attn_kernel']:
         result['attn_kernel'] = info['attn_kernel']
+    # peak_mem_mb (in MiB, under its old name: tools/gpu_benchmarks.py and the
+    # recorded JSON read it) is one of two figures; peak_mem_kind says which.
     if device.type == 'cuda':
         result['peak_mem_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        result['peak_mem_kind'] = 'cuda_allocated'
     else:
         # ru_maxrss is in KiB on Linux; it includes the interpreter and torch itself,
         # so also report the RSS measured before the model was built.
         result['peak_mem_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result['peak_mem_kind'] = 'rss'
         result['rss_before_model_mb'] = rss_before_model
     if args.profile:  # after the figures above: the profiler's overhead is not in them
         from mmsora.utils.step_profile import profile_steps
@@ -626,12 +632,20 @@ def spawn(impl: str, argv) -> dict:
     raise SystemExit(f'benchmark worker for {impl} printed no result:\n{stdout}')
 
 
+# The table's header for peak_mem_mb (MiB): the process's peak resident memory on the
+# CPU, the caching allocator's peak of allocated tensors on CUDA.
+PEAK_MEM_HEADERS = {'rss': 'peak_rss_MiB', 'cuda_allocated': 'peak_cuda_allocated_MiB'}
+
+
 def format_table(results: list) -> str:
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
             ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3g}'), ('peak_mem_mb', '{:.0f}'),
             ('cpu_ms', '{:.0f}'), ('page_faults', '{:.0f}')]
-    rows = [[name for name, _ in cols]]
+    kinds = {r.get('peak_mem_kind') for r in results}  # (one device: one kind)
+    peak_header = PEAK_MEM_HEADERS.get(kinds.pop()) if len(kinds) == 1 else None
+    rows = [[(peak_header or 'peak_mem_MiB') if name == 'peak_mem_mb' else name
+             for name, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[k]) if k in r else '-' for k, fmt in cols])
     if len(results) == 2:

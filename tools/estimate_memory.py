@@ -7,10 +7,14 @@ under a minute with ZeRO-3).
         [--gpus N] [--deepspeed deepspeed_zero2 | --fsdp [fsdp_bf16]] [--text-len L] \
         [--max-batch 256] [--measure cuda] [--json FILE] [--cfg-options KEY=VALUE ...]
 
-For every ``--grad-checkpointing`` setting (default: the config's) it prints the peak
-at each ``--batch-size`` (default: the config's) with its parts, and with
+For every ``--grad-checkpointing`` setting (default: the config's, marked "(config)")
+it prints the peak at each ``--batch-size`` (default: the config's) with its parts (GiB,
+or MiB / KiB below 1 GiB; ``--json`` in GiB), and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
-for the CUDA context and the caching allocator. The step is ``tools/train.py``'s on
+for the CUDA context and the caching allocator ("N+": ``--max-batch`` N fits). Without
+``--precision`` it counts what the config's ``optim_wrapper`` trains in, and says so in
+one line (a plain ``OptimWrapper``: fp32, though ``tools/train.py --amp`` trains it in
+bf16: give ``--precision bf16`` for that). The step is ``tools/train.py``'s on
 one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
 buckets, and divides a config's ``global_batch_size`` as ``tools/train.py`` does on N
 processes (over the accumulation steps too; ``--batch-size`` counts other batches
@@ -88,14 +92,63 @@ def parse_args(argv=None):
     return parse_config_and_preset(parser, argv)
 
 
-def _checkpointing_label(k) -> str:
-    """'none', 'every block', 'every 2nd block', ..., 'selective' (None: the config's
-    setting)."""
-    if k in (None, 0, 1, 'selective'):
-        return {None: 'as configured', 0: 'none', 1: 'every block',
-                'selective': 'selective'}[k]
+def _checkpointing_label(k, cfg=None) -> str:
+    """'none', 'every block', 'every 2nd block', ..., 'selective'; None: the config's
+    setting, named and marked '(config)' (read from ``cfg``), e.g. 'every block
+    (config)'."""
+    if k is None:
+        return f'{_checkpointing_label(_configured(cfg))} (config)'
+    if k in (0, 1, 'selective'):
+        return {0: 'none', 1: 'every block', 'selective': 'selective'}[k]
     suffix = 'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')
     return f'every {k}{suffix} block'
+
+
+def _configured(cfg):
+    """The denoiser's grad_checkpointing as the config builds it: the config's
+    setting, else the denoiser class's default (False where it has none)."""
+    k = _resolved(cfg, None)
+    if k is None:
+        from importlib import import_module
+
+        from mmsora.registry import MODELS
+        import_module('mmsora.models')  # (fills the registry)
+        from mmsora.utils.trained_settings import keyword_defaults
+        kind = cfg.model.denoiser.get('type')  # a name, or the class itself
+        denoiser = kind if isinstance(kind, type) else MODELS.get(kind)
+        k = keyword_defaults(denoiser).get('grad_checkpointing') or False
+    return k
+
+
+def _size(gib: float) -> str:
+    """A figure given in GiB, readable at any size: GiB to 2 decimals from about 1 GiB
+    up, else MiB or KiB to 3 significant figures (the tiny models' are KiB)."""
+    if gib == 0:
+        return '0'
+    for unit, scale in (('GiB', 1), ('MiB', 2 ** 10), ('KiB', 2 ** 20)):
+        if abs(gib) * scale >= 999.5 / 1024:  # (999.5 MiB and up print as 0.98 GiB)
+            return f'{gib:.2f} GiB' if unit == 'GiB' else f'{gib * scale:.3g} {unit}'
+    return f'{gib * 2 ** 30:.0f} B'
+
+
+def _precision(args, cfg):
+    """``(precision counted, the line that says where it comes from)``: ``--precision``
+    (the header line names it: no line), else what the config's optim_wrapper trains
+    in, as ``tools/train.py`` without ``--amp`` does; a full-precision wrapper's line
+    names ``--precision bf16``, what ``tools/train.py --amp`` trains in."""
+    from mmsora.engine.strategies import amp_dtype_of
+    if args.precision:
+        return args.precision, None
+    wrapper = cfg.optim_wrapper
+    dtype = amp_dtype_of(wrapper)
+    precision = {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[dtype]
+    kind = wrapper.get('type', 'OptimWrapper')
+    if dtype is None:
+        return precision, (f"precision: fp32, as the config's optim_wrapper ({kind}) "
+                           'trains; tools/train.py --amp trains it in bf16: give '
+                           '--precision bf16 to count that')
+    return precision, (f"precision: {precision}, as the config's optim_wrapper ({kind}, "
+                       f'{dtype}) trains; --precision fp32|bf16|fp16 counts another')
 
 
 def _resolved(cfg, k):
@@ -229,11 +282,9 @@ def main(argv=None):
     _check(args, cfg)
     _apply_global_batch(args, cfg)
     deepspeed, fsdp = _strategy(args, cfg)
-    from mmsora.engine.strategies import amp_dtype_of
     from mmsora.utils.memory_estimate import (estimate_training_memory,
                                               largest_fitting_batch, usable_bytes)
-    precision = args.precision or {None: 'fp32', 'bfloat16': 'bf16', 'float16': 'fp16'}[
-        amp_dtype_of(cfg.optim_wrapper)]
+    precision, precision_line = _precision(args, cfg)
     if deepspeed and deepspeed['zero_optimization']['stage'] == 3 and precision == 'fp16':
         from mmsora.utils.zero3_memory import FP16_REFUSAL
         raise UserError(FP16_REFUSAL)
@@ -271,9 +322,11 @@ def main(argv=None):
     accumulation = accumulation_of(cfg)
     if accumulation > 1:  # the gradients stay through the next micro-batch
         strategy += f', {accumulation} micro-batches per optimizer step'
+    if precision_line:  # (the header names it too, without where it comes from)
+        print(precision_line)
     print(f'{args.config}: {cfg.model.denoiser.type}, latents {tuple(cfg.model.latent_shape)}, '
-          f'{precision_label}, {args.gpus} GPU(s){strategy}; GiB of tensors per GPU at the peak '
-          'of a training step')
+          f'{precision_label}, {args.gpus} GPU(s){strategy}; tensors per GPU at the peak of a '
+          'training step')
     keys = (('zero_buffers', 'host') if deepspeed else () if fsdp else ('ddp_buckets',))
     labels = {'zero_buffers': 'zero', 'host': 'host', 'ddp_buckets': 'ddp'}
     extra = tuple(labels[key] for key in keys)
@@ -283,17 +336,16 @@ def main(argv=None):
     for k in settings:
         for n in batch_sizes:
             e = estimate(n, k).as_gib()
-            row = (_checkpointing_label(k), str(n), f"{e['peak']:.2f}",
-                   f"{e['weights']:.2f}", f"{e['ema']:.2f}",
-                   f"{e['optimizer_states']:.2f}", f"{e['step']:.2f}",
-                   *(f"{e[key]:.2f}" for key in keys))
+            row = (_checkpointing_label(k, cfg), str(n),
+                   *(_size(e[key]) for key in ('peak', 'weights', 'ema', 'optimizer_states',
+                                               'step', *keys)))
             if args.measure:
                 real = estimate_training_memory(
                     cfg, n, amp=precision, grad_checkpointing=k, text_len=args.text_len,
                     gpus=args.gpus, fake=False, device=args.measure, deepspeed=deepspeed,
                     fsdp=fsdp).as_gib()
                 e['measured'] = real['measured'] or real['peak']
-                row += (f"{e['measured']:.2f}",)
+                row += (_size(e['measured']),)
             rows.append(row)
             results.append(dict(grad_checkpointing=_resolved(cfg, k),
                                 precision=precision_label, **e))
@@ -304,7 +356,7 @@ def main(argv=None):
              'float32 master weights and their states); zero: the reduction bucket and '
              'gradient partition the engine keeps from start-up; the weights ZeRO-3 '
              'gathers are in step; at start-up DeepSpeed puts the whole module on the '
-             f"GPU ({results[0]['startup']:.2f} GiB), which must fit too"
+             f"GPU ({_size(results[0]['startup'])}), which must fit too"
              if zero3 else
              '; zero: DeepSpeed\'s reduction buckets and reduced gradients (ZeRO-1 '
              'with accumulation: and the whole gradients), held from the backward to '
@@ -314,12 +366,15 @@ def main(argv=None):
              if deepspeed else '; weights, ema, optimizer: this process\'s shards '
              '(optimizer: with the gradient shard FSDP keeps to the next forward); '
              'the units FSDP gathers are in step' if fsdp else ''))
+    if None in settings:
+        print("(config): the config's model.denoiser.grad_checkpointing (else the "
+              "denoiser's default); --grad-checkpointing K counts another")
 
     largest = []
     if args.budget_gb:
         rows = [('checkpointing',) + tuple(f'{b:g} GiB card' for b in args.budget_gb)]
         for k in settings:
-            row = [_checkpointing_label(k)]
+            row = [_checkpointing_label(k, cfg)]
             for budget in args.budget_gb:
                 best = largest_fitting_batch(lambda n: max(estimate(n, k).peak,
                                                            estimate(n, k).startup),
@@ -331,6 +386,13 @@ def main(argv=None):
             rows.append(tuple(row))
         print(f'\nlargest batch per GPU with {args.headroom:.0%} of the card free:')
         print(_table(rows))
+        marks = [f'{args.max_batch}+: --max-batch {args.max_batch} fits, the largest tried '
+                 '(a larger --max-batch searches further)'
+                 if any(row['batch_size'] == args.max_batch for row in largest) else '',
+                 '0: not even one sample fits the card'
+                 if any(row['batch_size'] == 0 for row in largest) else '']
+        if any(marks):
+            print('; '.join(mark for mark in marks if mark))
     out = dict(config=args.config, units='GiB', estimates=results, largest_batch=largest)
     if args.json:
         with open(args.json, 'w') as f:
