@@ -41,22 +41,33 @@ def _white_picture(image_folder):
     Image.new('RGB', (24, 24), (255, 255, 255)).save(osp.join(image_folder, 'a', 'white.png'))
 
 
-def _past_float16_on_white(self, images, real=AutoencoderKLWrapper.encode_moments):
-    """This VAE gives a mean of 1e5 for an all-white picture: finite in float32."""
-    mean, std = real(self, images)
-    white = (images == 1).flatten(1).all(1)
-    return mean.masked_fill(white.view(-1, 1, 1, 1), 1e5), std
+def _white_gives(value):
+    """A VAE's encode_moments whose mean is ``value`` for an all-white picture."""
+    real = AutoencoderKLWrapper.encode_moments
+
+    def encode_moments(self, images):
+        mean, std = real(self, images)
+        white = (images == 1).flatten(1).all(1)
+        return mean.masked_fill(white.view(-1, 1, 1, 1), value), std
+    return encode_moments
 
 
-@pytest.mark.parametrize('store', ['samples', 'moments'])
-def test_an_item_past_float16_is_skipped_and_the_run_goes_on(image_folder, tiny_vae_dir,
-                                                           tmp_path, capsys, store):
-    """--store samples --dtype float16: the sample of a mean of 1e5 passed the tool's
-    check (float32, where it was drawn) and the writer then refused its whole shard,
-    stopping the run with a traceback."""
+_past_float16_on_white = _white_gives(1e5)  # (finite in float32)
+
+
+@pytest.mark.parametrize('store, value', [('samples', 1e5), ('moments', 1e5),
+                                          ('moments', float('nan'))])
+def test_an_item_nan_or_past_float16_is_skipped_and_the_run_goes_on(
+        image_folder, tiny_vae_dir, tmp_path, capsys, store, value):
+    """A VAE that overflows on one input (half precision, a broken picture) gave NaN
+    latents that were written into the store without a word, and training met them as
+    a NaN loss hours later: the item is skipped and named with its reason, as an
+    unreadable input is. --store samples --dtype float16: the sample of a mean of 1e5
+    passed the tool's check (float32, where it was drawn) and the writer then refused
+    its whole shard, stopping the run with a traceback."""
     _white_picture(image_folder)
     out = str(tmp_path / 'store')
-    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments', _past_float16_on_white):
+    with mock.patch.object(AutoencoderKLWrapper, 'encode_moments', _white_gives(value)):
         summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'float16',
                               '--store', store)
     assert summary['complete'] and summary['num_items'] == 6
