@@ -25,11 +25,13 @@ needs no config, no VAE and no GPU.
 
 ``--pipeline`` writes the whole ``DiTPipeline`` folder that
 ``DiTPipeline.from_pretrained(OUT)`` runs: ``model_index.json``, that ``transformer/``,
-``vae/`` (the run's ``model.vae`` folder, or ``--vae DIR``: a local diffusers
-AutoencoderKL, its ``scaling_factor`` the run's latent scale) and ``scheduler/`` (a
-DDIMScheduler over the run's GaussianDiffusion steps and betas:
-:func:`mmsora.utils.diffusers_dit.dit_scheduler`); ``--class-names FILE`` (one line per
-class) gives the pipeline's ``id2label``.
+``vae/`` (the run's ``model.vae`` folder, a DiTPipeline folder's own ``vae/``, or
+``--vae DIR``: a local diffusers AutoencoderKL, its ``scaling_factor`` the run's latent
+scale) and ``scheduler/`` (a DDIMScheduler over the run's GaussianDiffusion steps and
+betas: :func:`mmsora.utils.diffusers_dit.dit_scheduler`, its config without the
+``timestep_spacing`` that schedulers swapped in with ``from_config`` would inherit);
+``--class-names FILE`` (one line per class) gives the pipeline's ``id2label``. A run in
+pixel space (no VAE) is refused: DiTPipeline decodes latents.
 """
 import os
 import os.path as osp
@@ -54,16 +56,18 @@ def parse_args(argv=None):
                         help="an image DiT as diffusers' DiTTransformer2DModel folder "
                         '(config.json, diffusion_pytorch_model.safetensors) at --out')
     parser.add_argument('--num-heads', type=int,
-                        help='--diffusers / --pipeline: attention heads (default: the run\'s '
-                        'config, or a DiT / fast-DiT file\'s args (num_heads, or the size '
-                        'its model names), else the DiT paper\'s for its width: S 6, B 12, '
-                        'L 16, XL 16)')
+                        help='--diffusers / --pipeline: attention heads, where the source does '
+                        'not say them (the run\'s config or a diffusers DiT folder\'s '
+                        'config.json does: other heads are refused); default: those, or a '
+                        'DiT / fast-DiT file\'s args (num_heads, or the size its model '
+                        'names), else the DiT paper\'s for its width: S 6, B 12, L 16, XL 16')
     parser.add_argument('--pipeline', action='store_true',
                         help="an image DiT as diffusers' DiTPipeline folder at --out "
                         '(model_index.json, transformer/, vae/, scheduler/)')
     parser.add_argument('--vae', metavar='DIR',
                         help="--pipeline: the local diffusers AutoencoderKL folder of its vae/ "
-                        "(default: the run's model.vae folder)")
+                        "(default: the run's model.vae folder, or a DiTPipeline folder's "
+                        'own vae/)')
     parser.add_argument('--class-names', metavar='FILE',
                         help="--pipeline: the classes' names, one line per class (line N: "
                         "class N's, comma-separated), as the pipeline's id2label")
@@ -136,23 +140,26 @@ def heads_in_args(trained_args, width, source: str):
 
 
 def write_diffusers(state: dict, denoiser_cfg, num_heads, out: str, source: str,
-                    trained_args=None) -> dict:
+                    trained_args=None, source_config=None) -> dict:
     """A DiT's ``state`` as a diffusers DiTTransformer2DModel folder at ``out``, whole
     or not at all (:func:`write_folder`); returns its config
     (:func:`diffusers_transformer`)."""
     converted, config = diffusers_transformer(state, denoiser_cfg, num_heads, source,
-                                              trained_args)
+                                              trained_args, source_config=source_config)
     write_folder(out, lambda folder: save_transformer(converted, config, folder))
     return config
 
 
 def diffusers_transformer(state: dict, denoiser_cfg, num_heads, source: str,
-                          trained_args=None, flag: str = '--diffusers') -> tuple:
+                          trained_args=None, flag: str = '--diffusers',
+                          source_config=None) -> tuple:
     """A DiT's ``state`` as diffusers' DiTTransformer2DModel: ``(state, config)``. The
-    heads come from ``num_heads``, the run's config, a DiT / fast-DiT file's
-    ``trained_args`` (:func:`heads_in_args`, said in a note), or the DiT paper's for
-    the width. ``flag``: the option the messages name (``--diffusers``,
-    ``--pipeline``)."""
+    heads come from the run's config, a diffusers DiT's own ``source_config`` (its
+    transformer's config.json: ``num_attention_heads``), ``num_heads`` (--num-heads:
+    refused where those say other heads, as the weights were trained with theirs), a
+    DiT / fast-DiT file's ``trained_args`` (:func:`heads_in_args`, said in a note), or
+    the DiT paper's for the width. ``flag``: the option the messages name
+    (``--diffusers``, ``--pipeline``)."""
     from mmsora.utils.diffusers_dit import DIT_HEADS, diffusers_from_dit
     from mmsora.utils.trained_settings import config_denoiser
     cfg = denoiser_cfg or {}
@@ -168,7 +175,14 @@ def diffusers_transformer(state: dict, denoiser_cfg, num_heads, source: str,
                         'DiTTransformer2DModel; these weights are not a DiT\'s (no '
                         f'x_embedder.proj.weight): export them without {flag}')
     width = state['x_embedder.proj.weight'].shape[0]
-    heads = num_heads or cfg.get('num_heads')
+    said, where = cfg.get('num_heads'), "its run config's model.denoiser.num_heads"
+    if not said:  # (a diffusers DiT folder: it asked for --num-heads all the same)
+        said, where = (source_config or {}).get('num_attention_heads'), \
+            "its config.json's num_attention_heads"
+    if num_heads and said and num_heads != said:  # (it was written: 0.014 off on 0.5)
+        raise UserError(f'{source}: --num-heads {num_heads}, but {where} is {said} (the '
+                        f'heads its weights were trained with): leave --num-heads out')
+    heads = num_heads or said
     if not heads and trained_args is not None:
         heads, where = heads_in_args(trained_args, width, source)
         if heads:
@@ -269,11 +283,12 @@ def pipeline_objective(run: dict, source: str, learn_sigma: bool) -> tuple:
     return objective, bool(sigma_small)
 
 
-def pipeline_vae(run: dict, vae_dir, in_channels: int, source: str):
-    """The diffusers AutoencoderKL of the pipeline: ``--vae DIR`` or the run's
-    ``model.vae`` folder, loaded from the local folder (nothing is downloaded), its
-    ``scaling_factor`` the run's latent scale (that of the folder where the run names
-    no VAE)."""
+def pipeline_vae(run: dict, vae_dir, in_channels: int, source: str, own_vae=None):
+    """The diffusers AutoencoderKL of the pipeline: ``--vae DIR``, the run's
+    ``model.vae`` folder, or ``own_vae``, the ``vae/`` of the DiTPipeline folder
+    exported again (said in a note), loaded from the local folder (nothing is
+    downloaded), its ``scaling_factor`` the run's latent scale (that of the folder
+    where the run names no VAE)."""
     from mmsora.models.vaes.autoencoder_kl import AutoencoderKLWrapper
     from mmsora.utils.trained_settings import keyword_defaults
     cfg = (run['model'] or {}).get('vae')
@@ -284,6 +299,8 @@ def pipeline_vae(run: dict, vae_dir, in_channels: int, source: str):
         path, subfolder = vae_dir, None
     elif ours and cfg.get('pretrained_path'):
         path, subfolder = cfg['pretrained_path'], cfg.get('subfolder')
+    elif own_vae:  # (it said 'it names no VAE folder' of a pipeline folder with its vae/)
+        path, subfolder = own_vae, None
     else:
         said = f'its model.vae is a {kind}' if kind else 'it names no VAE folder'
         raise UserError(f'{source}: --pipeline needs the VAE that decodes its latents and '
@@ -305,6 +322,9 @@ def pipeline_vae(run: dict, vae_dir, in_channels: int, source: str):
     if ours:
         vae.register_to_config(scaling_factor=float(
             cfg.get('scale_factor', defaults['scale_factor'])))
+    elif path == own_vae:
+        note(f'{source}: its own VAE is written ({path}, scaling_factor '
+             f'{vae.config.scaling_factor:g}; --vae DIR to give another)')
     else:
         note(f'{source}: the run names no VAE of its own: {path}\'s scaling_factor '
              f'{vae.config.scaling_factor:g} is taken for its latents\' scale')
@@ -331,19 +351,30 @@ def read_class_names(path: str, num_classes: int) -> dict:
 
 
 def write_pipeline(state: dict, denoiser_cfg, run: dict, args, source: str,
-                   trained_args=None) -> dict:
+                   trained_args=None, source_config=None) -> dict:
     """A DiT's ``state`` as diffusers' DiTPipeline folder at ``args.out``, whole or not
     at all (:func:`write_folder`): ``model_index.json``, ``transformer/``
-    (:func:`diffusers_transformer`), ``vae/`` (:func:`pipeline_vae`) and
-    ``scheduler/`` (:func:`mmsora.utils.diffusers_dit.dit_scheduler` over the run's
-    GaussianDiffusion); returns the transformer's config."""
+    (:func:`diffusers_transformer`), ``vae/`` (:func:`pipeline_vae`; the source's own
+    where it is a DiTPipeline folder) and ``scheduler/``
+    (:func:`mmsora.utils.diffusers_dit.dit_scheduler` over the run's
+    GaussianDiffusion); returns the transformer's config. A run in pixel space (no
+    ``model.vae``, 3 input channels) is refused: DiTPipeline decodes with a VAE."""
     import json
 
     import diffusers
 
-    from mmsora.utils.diffusers_dit import dit_scheduler
+    from mmsora.utils.diffusers_dit import dit_pipeline_vae, dit_scheduler, save_dit_scheduler
+    from mmsora.utils.trained_settings import config_denoiser
+    model, patch = run['model'], state.get('x_embedder.proj.weight')
+    if (isinstance(model, dict) and model.get('vae') is None and config_denoiser(model) == 'DiT'
+            and patch is not None and patch.shape[1] == 3):
+        # (it asked for --vae, then refused every VAE for its 3 channels)
+        raise UserError(f'{source}: a run in pixel space (no model.vae) has no VAE for '
+                        "diffusers' DiTPipeline, which decodes latents with one: export "
+                        'the transformer alone with --diffusers, or a .pt')
     converted, config = diffusers_transformer(state, denoiser_cfg, args.num_heads, source,
-                                              trained_args, flag='--pipeline')
+                                              trained_args, flag='--pipeline',
+                                              source_config=source_config)
     objective, sigma_small = pipeline_objective(
         run, source, learn_sigma=config['out_channels'] == 2 * config['in_channels'])
     id2label = (read_class_names(args.class_names, config['num_embeds_ada_norm'])
@@ -352,7 +383,8 @@ def write_pipeline(state: dict, denoiser_cfg, run: dict, args, source: str,
         scheduler = dit_scheduler(objective, sigma_small, source)
     except ValueError as e:
         raise UserError(str(e)) from None
-    vae = pipeline_vae(run, args.vae, config['in_channels'], source)
+    vae = pipeline_vae(run, args.vae, config['in_channels'], source,
+                       own_vae=dit_pipeline_vae(source))
     index = {'_class_name': 'DiTPipeline', '_diffusers_version': diffusers.__version__,
              'scheduler': ['diffusers', type(scheduler).__name__],
              'transformer': ['diffusers', 'DiTTransformer2DModel'],
@@ -364,7 +396,7 @@ def write_pipeline(state: dict, denoiser_cfg, run: dict, args, source: str,
         os.makedirs(osp.join(folder, 'transformer'))
         save_transformer(converted, config, osp.join(folder, 'transformer'))
         vae.save_pretrained(osp.join(folder, 'vae'))
-        scheduler.save_pretrained(osp.join(folder, 'scheduler'))
+        save_dit_scheduler(scheduler, osp.join(folder, 'scheduler'))
         with open(osp.join(folder, 'model_index.json'), 'w') as f:
             json.dump(index, f, indent=2, sort_keys=True)
 
@@ -445,8 +477,11 @@ def main(argv=None):
     state, which, denoiser_cfg, trained_args, run = read_denoiser(checkpoint,
                                                                    use_ema=not args.no_ema)
     n = sum(v.numel() for v in state.values())
+    from mmsora.utils.diffusers_dit import diffusers_dit_config
+    source_config = diffusers_dit_config(checkpoint) if folder else None
     if args.pipeline:
-        config = write_pipeline(state, denoiser_cfg, run, args, checkpoint, trained_args)
+        config = write_pipeline(state, denoiser_cfg, run, args, checkpoint, trained_args,
+                                source_config)
         print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} ({n / 1e6:.2f} M '
               f'parameters), as diffusers\' DiTPipeline ({config["num_layers"]} blocks, '
               f'{config["num_attention_heads"]} heads, sample_size {config["sample_size"]}, '
@@ -455,7 +490,7 @@ def main(argv=None):
         return
     if args.diffusers:
         config = write_diffusers(state, denoiser_cfg, args.num_heads, args.out, checkpoint,
-                                 trained_args)
+                                 trained_args, source_config)
         print(f'{checkpoint} -> {args.out}: the denoiser\'s {which} ({n / 1e6:.2f} M '
               f'parameters), as diffusers\' DiTTransformer2DModel ({config["num_layers"]} '
               f'blocks, {config["num_attention_heads"]} heads, sample_size '

@@ -26,9 +26,12 @@ folder or file works wherever a DiT ``.pt`` does: ``tools/infer.py --checkpoint`
 DiT, ``tools/export_denoiser.py``. The other way, :func:`diffusers_from_dit` writes a
 DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``), and
 :func:`dit_scheduler` the scheduler of a ``DiTPipeline`` folder that samples them as
-the run's GaussianDiffusion (``tools/export_denoiser.py --pipeline``).
+the run's GaussianDiffusion (``tools/export_denoiser.py --pipeline``, which writes it
+with :func:`save_dit_scheduler`).
 """
+import inspect
 import json
+import os
 import os.path as osp
 from typing import Optional
 
@@ -37,9 +40,9 @@ import torch
 from mmsora.models.denoisers.dit import DIT_PRESETS
 from mmsora.utils.checkpoint import hub_snapshot, read_json_config
 
-__all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'read_diffusers_dit',
-           'dit_state_from_diffusers', 'diffusers_from_dit', 'dit_scheduler',
-           'DIT_HEADS']
+__all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'diffusers_dit_config',
+           'dit_pipeline_vae', 'read_diffusers_dit', 'dit_state_from_diffusers',
+           'diffusers_from_dit', 'dit_scheduler', 'save_dit_scheduler', 'DIT_HEADS']
 
 # The classes a diffusers DiT transformer's config.json names.
 DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
@@ -87,6 +90,29 @@ def diffusers_dit_folder(path: str) -> Optional[str]:
         path = osp.join(path, 'transformer')
     config = read_json_config(osp.join(path, 'config.json'))
     return path if config and config.get('_class_name') in DIT_CLASSES else None
+
+
+def diffusers_dit_config(path: str) -> Optional[dict]:
+    """The transformer's ``config.json`` of the diffusers DiT ``path`` names (a pipeline
+    or transformer folder, :func:`diffusers_dit_folder`, or its weights file beside
+    its config.json), or None where ``path`` is none of them."""
+    folder = diffusers_dit_folder(path)
+    if folder is None and osp.isfile(path) and osp.basename(path).startswith(
+            'diffusion_pytorch_model'):  # (its weights file, named alone)
+        folder = diffusers_dit_folder(osp.dirname(osp.abspath(path)))
+    return None if folder is None else read_json_config(osp.join(folder, 'config.json'))
+
+
+def dit_pipeline_vae(path: str) -> Optional[str]:
+    """The ``vae/`` folder of the diffusers ``DiTPipeline`` folder ``path``, or None where
+    ``path`` is not one (or has no ``vae/``)."""
+    if not osp.isdir(path):
+        return None
+    path = hub_snapshot(path)
+    index = read_json_config(osp.join(path, 'model_index.json'))
+    vae = osp.join(path, 'vae')
+    return vae if index and index.get('_class_name') == 'DiTPipeline' \
+        and osp.isdir(vae) else None
 
 
 def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
@@ -253,12 +279,13 @@ def dit_scheduler(objective: dict, sigma_small: bool = False, source: str = 'the
     process of ``objective``, a GaussianDiffusion's settings
     (:func:`~mmsora.utils.trained_settings.objective_settings`): its steps, betas
     (:func:`~mmsora.diffusion.schedulers.dit_scheduler_config`'s, or the cosine ones)
-    and prediction, no clipping, ``'leading'`` steps (DiT's ``ddimN`` respacing). A
-    run of fixed variance also gets DDPMScheduler's ``variance_type`` (``sigma_small``:
-    the posterior's), a key DDIM keeps for the schedulers swapped in with
-    ``from_config``; a learned one has none diffusers'
-    DiTPipeline can use (it drops the variance channels before the scheduler). Raises
-    ValueError for a schedule diffusers' schedulers do not have."""
+    and prediction, no clipping, ``'leading'`` steps (DiT's ``ddimN`` respacing; DDIM's
+    default, left out of the file by :func:`save_dit_scheduler`). A run of fixed
+    variance also gets DDPMScheduler's ``variance_type`` (``sigma_small``: the
+    posterior's), a key DDIM keeps for the schedulers swapped in with ``from_config``;
+    a learned one has none diffusers' DiTPipeline can use (it drops the variance
+    channels before the scheduler). Raises ValueError for a schedule diffusers'
+    schedulers do not have."""
     from diffusers import DDIMScheduler
 
     from mmsora.diffusion.schedulers import dit_scheduler_config
@@ -275,3 +302,27 @@ def dit_scheduler(objective: dict, sigma_small: bool = False, source: str = 'the
         scheduler.register_to_config(
             variance_type='fixed_small' if sigma_small else 'fixed_large')
     return scheduler
+
+
+# DDIMScheduler's defaults that the schedulers swapped in with ``from_config`` have
+# others of: left out of the config written (DDIM reads its own back), so a swapped one
+# takes its own, as mmsora's sampler of its name does. Written, 'leading' made
+# DPMSolverMultistepScheduler.from_config(pipe.scheduler.config) step on [900, 810,
+# ..., 90] for 10 steps, mmsora's (diffusers' default 'linspace') on [999, 899, ...].
+OWN_DEFAULT_KEYS = ('timestep_spacing',)
+
+
+def save_dit_scheduler(scheduler, folder: str) -> None:
+    """``scheduler`` (:func:`dit_scheduler`'s) as ``folder/scheduler_config.json``, as
+    ``save_pretrained`` writes it but without the keys of :data:`OWN_DEFAULT_KEYS` that
+    hold the scheduler's own defaults (as the hub's ``facebook/DiT-XL-2-256`` has
+    none)."""
+    defaults = inspect.signature(type(scheduler).__init__).parameters
+    config = json.loads(scheduler.to_json_string())
+    for key in OWN_DEFAULT_KEYS:
+        if key in defaults and config.get(key) == defaults[key].default:
+            del config[key]
+    os.makedirs(folder, exist_ok=True)
+    with open(osp.join(folder, scheduler.config_name), 'w', encoding='utf-8') as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write('\n')

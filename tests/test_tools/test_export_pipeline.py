@@ -3,8 +3,10 @@
 runs with the run's weights, VAE, latent scale and noise schedule."""
 import os
 
+import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiTPipeline,
+                       DiTTransformer2DModel)
 from diffusers.models.embeddings import Timesteps
 
 from mmsora.diffusion import GaussianDiffusion
@@ -154,3 +156,132 @@ def test_what_diffusers_cannot_run_is_one_line(tmp_path, tiny_vae_dir):
         f'--out {out}: a folder that is not empty and not an earlier export '
         '(model_index.json, transformer/, vae/ and scheduler/ alone); give a new one')
     assert os.listdir(out) == ['notes.txt']
+
+
+def test_a_scheduler_swapped_in_samples_on_mmsoras_grid(tmp_path, tiny_vae_dir):
+    """scheduler_config.json said timestep_spacing='leading' (DDIM's default): a
+    DPMSolverMultistepScheduler swapped in with from_config inherited it and sampled on
+    [900, 810, ..., 90] where mmsora's sampler of that name samples on diffusers'
+    default 'linspace' grid, [999, 899, ..., 100] (samples 395 off on latents of ~56)."""
+    import json
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    from mmsora.diffusion import build_noise_scheduler
+    vae = dict(type='AutoencoderKLWrapper', pretrained_path=tiny_vae_dir)
+    diffusion = dict(type='GaussianDiffusion', num_timesteps=1000, learn_sigma=True)
+    _, ckpt = run_checkpoint(tmp_path / 'iter_2.pth', diffusion=diffusion, vae=vae)
+    out = tmp_path / 'DiT-mine'
+    export([ckpt, '--pipeline', '--out', str(out)])
+    # DDIM still steps as DiT's ddim10 respacing (its own default, 'leading')
+    ddim = DDIMScheduler.from_pretrained(out, subfolder='scheduler', local_files_only=True)
+    ddim.set_timesteps(10)
+    assert ddim.timesteps.tolist() == list(range(900, -1, -100))
+    # a scheduler swapped in steps as mmsora's sampler of its name for this run
+    dpm = DPMSolverMultistepScheduler.from_config(ddim.config)
+    dpm.set_timesteps(10)
+    objective = GaussianDiffusion(**{k: v for k, v in diffusion.items() if k != 'type'})
+    ours = build_noise_scheduler('DPMSolverMultistepScheduler',
+                                 **objective.scheduler_overrides('DPMSolverMultistepScheduler'))
+    ours.set_timesteps(10)
+    assert dpm.timesteps.tolist() == ours.timesteps.tolist()
+    assert dpm.timesteps[0] == 999
+    with open(out / 'scheduler' / 'scheduler_config.json') as f:
+        assert 'timestep_spacing' not in json.load(f)  # (as the hub's DiT-XL-2-256)
+
+
+def test_heads_that_contradict_the_runs_are_refused(tmp_path, tiny_vae_dir):
+    """--num-heads 4 on a run of 2 heads was written (outputs 0.014 off on 0.5)."""
+    vae = dict(type='AutoencoderKLWrapper', pretrained_path=tiny_vae_dir)
+    _, ckpt = run_checkpoint(tmp_path / 'iter_2.pth', vae=vae)
+    for flag in ('--pipeline', '--diffusers'):
+        out = tmp_path / flag.strip('-')
+        assert refused(export, [ckpt, flag, '--num-heads', '4', '--out', str(out)]) == (
+            f"{ckpt}: --num-heads 4, but its run config's model.denoiser.num_heads is 2 (the "
+            'heads its weights were trained with): leave --num-heads out')
+        assert not out.exists()
+        export([ckpt, flag, '--num-heads', '2', '--out', str(out)])  # (the same: taken)
+    # where the run does not say them, --num-heads says them
+    _, said = run_checkpoint(tmp_path / 'iter_3.pth', {k: v for k, v in DIT.items()
+                                                       if k != 'num_heads'}, vae=vae)
+    export([said, '--diffusers', '--num-heads', '4', '--out', str(tmp_path / 'four')])
+    assert DiTTransformer2DModel.from_pretrained(
+        tmp_path / 'four').config.num_attention_heads == 4
+
+
+@pytest.fixture(scope='module')
+def diffusers_pipeline(tmp_path_factory, tiny_vae_dir):
+    """A tiny random diffusers DiTPipeline folder (width 32, 2 heads: not a DiT
+    paper's width), its transformer's embedders shared as the original DiT's are."""
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    with torch.no_grad():
+        for p in transformer.parameters():  # (diffusers zeroes the modulations)
+            p.normal_(0, 0.1)
+    state = transformer.state_dict()
+    for key in state:  # (diffusers copies the one embedder into each block)
+        if '.norm1.emb.' in key:
+            state[key] = state['transformer_blocks.0.' + key.split('.', 2)[2]].clone()
+    transformer.load_state_dict(state)
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
+    vae.register_to_config(scaling_factor=0.3)
+    folder = tmp_path_factory.mktemp('diffusers') / 'DiT-theirs'
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(
+        folder)
+    return transformer, str(folder)
+
+
+def test_a_diffusers_dit_is_exported_with_its_own_heads(diffusers_pipeline, tmp_path,
+                                                         capsys):
+    """A DiTTransformer2DModel or DiTPipeline folder asked for --num-heads: its
+    transformer's config.json says num_attention_heads."""
+    transformer, folder = diffusers_pipeline
+    given = transformer.state_dict()
+    transformer_dir = os.path.join(folder, 'transformer')
+    for source in (folder, transformer_dir,  # (and its weights file, named alone)
+                   os.path.join(transformer_dir, 'diffusion_pytorch_model.safetensors')):
+        out = tmp_path / 'tf'
+        export([source, '--diffusers', '--out', str(out)])
+        assert "as diffusers' DiTTransformer2DModel (2 blocks, 2 heads" in \
+            capsys.readouterr().out
+        back = DiTTransformer2DModel.from_pretrained(out)
+        assert back.config.num_attention_heads == 2
+        assert all(torch.equal(v, given[k]) for k, v in back.state_dict().items())
+        # its config.json's heads are the heads: other ones are refused
+        assert refused(export, [source, '--diffusers', '--num-heads', '4', '--out',
+                                str(tmp_path / 'x')]) == (
+            f"{source}: --num-heads 4, but its config.json's num_attention_heads is 2 (the "
+            'heads its weights were trained with): leave --num-heads out')
+
+
+def test_a_dit_pipeline_is_exported_with_its_own_vae(diffusers_pipeline, tmp_path, capsys):
+    """--pipeline from a DiTPipeline folder asked for --vae: it has its own vae/."""
+    _, folder = diffusers_pipeline
+    out = tmp_path / 'DiT-again'
+    export([folder, '--pipeline', '--out', str(out)])
+    assert (f"note: {folder}: its own VAE is written ({os.path.join(folder, 'vae')}, "
+            'scaling_factor 0.3; --vae DIR to give another)') in capsys.readouterr().err
+    pipe = DiTPipeline.from_pretrained(out, local_files_only=True)
+    assert pipe.transformer.config.num_attention_heads == 2
+    assert pipe.vae.config.scaling_factor == 0.3
+    theirs = AutoencoderKL.from_pretrained(os.path.join(folder, 'vae')).state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in pipe.vae.state_dict().items())
+
+
+def test_a_run_in_pixel_space_is_refused_at_once(tmp_path, tiny_vae_dir, capsys):
+    """A pixel-space run (the README's shapes demo: no model.vae, 3 channels, 4
+    classes) was asked for --vae, then any VAE was refused for its channels."""
+    _, pixels = run_checkpoint(tmp_path / 'iter_2.pth',
+                               dict(DIT, in_channels=3, num_classes=4))
+    out = tmp_path / 'out'
+    for extra in ([], ['--vae', tiny_vae_dir]):
+        assert refused(export, [pixels, '--pipeline', '--out', str(out), *extra]) == (
+            f"{pixels}: a run in pixel space (no model.vae) has no VAE for diffusers' "
+            'DiTPipeline, which decodes latents with one: export the transformer alone with '
+            '--diffusers, or a .pt')
+        assert not out.exists()
+        assert 'classes' not in capsys.readouterr().err  # (at once: no note of them first)
+    export([pixels, '--diffusers', '--out', str(out)])
+    assert DiTTransformer2DModel.from_pretrained(out).config.in_channels == 3
