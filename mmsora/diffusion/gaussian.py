@@ -27,7 +27,8 @@ from mmsora.registry import DIFFUSION, NOISE_SCHEDULERS
 from mmsora.utils import sample_rng
 from mmsora.utils.trained_settings import keyword_defaults
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
-                                 check_sampler_options, epsilon_from_x0, scheduler_sample_loop)
+                                 check_sampler_options, check_scheduler_options,
+                                 epsilon_from_x0, scheduler_sample_loop)
 from .schedulers import build_noise_scheduler
 
 __all__ = [
@@ -762,6 +763,13 @@ class GaussianDiffusion:
     # default is the stride: with a cosine schedule t = T - 1 is all but pure noise
     # (sqrt(alphabar) 5e-5), and DDIM, unclipped, blew the demo's pixels up to 3000.
     DDIM_SPACINGS = ('stride', 'even')
+    # A diffusers scheduler sampler takes its constructor's settings as options
+    # (solver_order, timestep_spacing, use_karras_sigmas, ...) but these: the trained
+    # process (scheduler_overrides' timesteps and betas; zero-SNR rescaled betas and flow
+    # sigmas are another one) and the epsilon the sampling loop hands its step.
+    SCHEDULER_FIXED = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule',
+                       'trained_betas', 'rescale_betas_zero_snr', 'use_flow_sigmas',
+                       'flow_shift', 'prediction_type')
 
     def samplers(self):
         """Sampler names :meth:`sample` accepts: DiT's own, then diffusers' schedulers."""
@@ -805,7 +813,9 @@ class GaussianDiffusion:
             **sampler_kwargs: ``eta`` and ``spacing`` (``'stride'``, default, or
                 ``'even'``) for ``'ddim'``; ``clip_denoised`` (False) for ``'ddpm'`` and
                 ``'ddim'``: clamp each step's predicted x0 to [-1, 1] (IDDPM's, for
-                pixel-space models; not latents).
+                pixel-space models; not latents). A diffusers scheduler takes its
+                constructor's settings (``algorithm_type``, ``solver_order``,
+                ``timestep_spacing``, ...) but :attr:`SCHEDULER_FIXED`.
 
         Returns:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
@@ -825,7 +835,7 @@ class GaussianDiffusion:
                 progress=progress, generator=generators, **sampler_kwargs)
         else:
             channels = noise.shape[1]
-            scheduler = build_noise_scheduler(sampler, **self.scheduler_overrides(sampler))
+            scheduler = self.build_scheduler(sampler, **sampler_kwargs)
 
             def eps_fn(model_in, t):
                 t_batch = torch.full((model_in.shape[0],), float(t), device=model_in.device)
@@ -860,6 +870,18 @@ class GaussianDiffusion:
             num_steps = keyword_defaults(self.sample)['num_steps']
         check_num_steps(num_steps, 1, self.num_timesteps,
                         f'the diffusion has {self.num_timesteps} timesteps')
+        if sampler not in self.SAMPLER_OPTIONS:  # a diffusers scheduler
+            if options.get('variance_type') in ('learned', 'learned_range'):
+                raise ValueError(f"variance_type={options['variance_type']!r} is not for "
+                                 f'{sampler}: the sampling loop hands it epsilon alone (a '
+                                 "learned variance dropped); for DiT's learned variance use "
+                                 "sampler 'ddpm'")
+            check_scheduler_options(
+                sampler, options, self.SCHEDULER_FIXED,
+                f"{type(self).__name__}'s {self.original_num_steps} timesteps, beta_schedule "
+                f"{self._init_args['beta_schedule']!r}, epsilon handed to the scheduler",
+                functools.partial(self.build_scheduler, sampler), num_steps)
+            return
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))
         clip = options.get('clip_denoised', False)
         if not isinstance(clip, bool):  # (--sampler-options clip_denoised=false: a word, true)
@@ -878,6 +900,13 @@ class GaussianDiffusion:
                              "1 DDPM's posterior variance)")
         if spacing == 'stride':  # (the count it cannot make is named with those it can)
             space_timesteps(self.original_num_steps, f'ddim{num_steps}')
+
+    def build_scheduler(self, sampler, **options):
+        """The diffusers scheduler ``sampler`` on this objective's process
+        (:meth:`scheduler_overrides`) with the sampler ``options`` (its constructor's
+        settings, checked by :meth:`check_sample_options`)."""
+        return build_noise_scheduler(sampler, **{**self.scheduler_overrides(sampler),
+                                                 **options})
 
     def scheduler_overrides(self, sampler):
         """Give a diffusers scheduler this objective's own betas (linear, cosine, ...)."""

@@ -19,6 +19,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_num_steps', 'check_sample_settings', 'merge_sample_cfg',
+           'check_scheduler_options',
            'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
 
@@ -118,6 +119,69 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
                          f'(its options: {takes}; the sampling settings: '
                          f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
+
+
+def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
+                            objective: str, build: Callable, num_steps: int):
+    """Raise a one-line ValueError for options a diffusers scheduler sampler does not
+    take or refuses. Its options are its constructor's settings (what diffusers'
+    ``Scheduler.from_config(config, **kwargs)`` takes: ``solver_order``,
+    ``timestep_spacing``, ...), but ``fixed``: those the objective sets to the process
+    it trained (its betas, timesteps, prediction), refused as such. The values are the
+    scheduler's to judge: it is built with them (``build(**options)``) and given its
+    ``num_steps`` timesteps and one step, as sampling will (cheap, so tools/infer.py
+    says a refused value before the weights load), and what it raises becomes one line
+    naming the option. ``objective``: the trained process in words, for the message."""
+    from .schedulers import scheduler_settings
+    given = [key for key in options if key in fixed]
+    if given:
+        raise ValueError(f'sampler {sampler!r} takes {", ".join(given)} from the model\'s '
+                         f'objective ({objective}): another value would sample another '
+                         f'process than the one trained; leave '
+                         f'{"it" if len(given) == 1 else "them"} out of the sampler options')
+    settings = scheduler_settings(sampler)
+    check_sampler_options(sampler, options, [name for name in settings if name not in fixed])
+    for key, value in options.items():
+        # (--sampler-options use_karras_sigmas=false: a word, which diffusers takes as true)
+        if isinstance(settings[key], bool) and not isinstance(value, bool):
+            raise ValueError(f'{key}={value!r} is not True or False (a switch of {sampler}; '
+                             f'its default: {settings[key]})')
+
+    def refusal(chosen):
+        """What the scheduler raises when built with ``chosen`` (one line), or None."""
+        try:
+            scheduler = build(**chosen)
+            scheduler.set_timesteps(num_steps)
+            # and one step on a 1-element sample: some settings fail only there
+            # (UniPC's solver_order=0, DDIM's clip_sample_range='a')
+            t, x = scheduler.timesteps[0], torch.zeros(1, 1, 1, 1)
+            if hasattr(scheduler, 'scale_model_input'):
+                x = scheduler.scale_model_input(x, t)
+            # (a stochastic step's noise from its own generator: the global one untouched)
+            step_kwargs = ({'generator': torch.Generator().manual_seed(0)}
+                           if 'generator' in inspect.signature(scheduler.step).parameters
+                           else {})
+            scheduler.step(torch.zeros_like(x), t, x, **step_kwargs)
+        except Exception as error:  # (diffusers raises ValueError, NotImplementedError, ...)
+            why = ' '.join(str(error).split()).rstrip('.') or type(error).__name__
+            return why if len(why) <= 200 else why[:197] + '...'
+        return None
+
+    why = refusal(options)
+    if why is None:
+        return
+    # The options it is refused for: each left out that the refusal outlives is not
+    # (one; or a combination: karras and exponential sigmas).
+    culprits = dict(options)
+    for key in options:
+        rest = {k: v for k, v in culprits.items() if k != key}
+        if refusal(rest) is not None:
+            culprits = rest
+    if not culprits:  # (not an option's doing: its steps)
+        raise ValueError(f'sampler {sampler!r} with {num_steps} steps: {why}')
+    named = ', '.join(f'{key}={value!r}' for key, value in culprits.items())
+    raise ValueError(f'sampler {sampler!r} refused {named}: {why}; give '
+                     f'{"another value" if len(culprits) == 1 else "other values"}')
 
 
 def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,

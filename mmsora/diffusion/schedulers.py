@@ -28,7 +28,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from mmsora.registry import NOISE_SCHEDULERS
 
-__all__ = ['dit_scheduler_config', 'build_noise_scheduler']
+__all__ = ['dit_scheduler_config', 'build_noise_scheduler', 'scheduler_settings']
 
 # --------------------------------------------------------------------------- #
 #                                 Registration                                 #
@@ -111,3 +111,22 @@ def build_noise_scheduler(cfg_or_name, **overrides):
         cfg = dict(cfg_or_name)
     cfg.update(overrides)
     return NOISE_SCHEDULERS.build(cfg)
+
+
+def scheduler_settings(scheduler):
+    """The settings a scheduler's constructor takes by keyword (its ``from_config``
+    kwargs: ``solver_order``, ``timestep_spacing``, ...) and their defaults, in its
+    signature's order.
+
+    Args:
+        scheduler (str | type): A scheduler (class or registered name).
+
+    Returns:
+        dict: Keyword name -> default.
+    """
+    if isinstance(scheduler, str):
+        scheduler = NOISE_SCHEDULERS.get(scheduler)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: p.default
+            for name, p in inspect.signature(scheduler.__init__).parameters.items()
+            if name != 'self' and p.kind in kinds}

@@ -28,8 +28,9 @@ from mmsora.utils import sample_rng
 from mmsora.utils.trained_settings import keyword_defaults
 from .gaussian import check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
-                                 check_sampler_options, scheduler_sample_loop)
-from .schedulers import build_noise_scheduler
+                                 check_sampler_options, check_scheduler_options,
+                                 scheduler_sample_loop)
+from .schedulers import build_noise_scheduler, scheduler_settings
 from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step, shift_times
 
 __all__ = ['Transport', 'LinearPath', 'GVPPath', 'VPPath', 'PATHS', 'open_sora_time_shift']
@@ -158,6 +159,7 @@ DIFFUSION_FORMS = ('constant', 'SBDM', 'sigma', 'linear', 'decreasing',
                    'increasing-decreasing')
 LAST_STEPS = (None, 'Mean', 'Tweedie', 'Euler')
 SDE_OPTIONS = ('diffusion_form', 'diffusion_norm', 'last_step', 'last_step_size')
+FLOW_MATCH_FIXED = ('invert_sigmas',)
 
 
 # --------------------------------------------------------------------------- #
@@ -211,15 +213,21 @@ class Transport:
         ``'increasing-decreasing'``), ``diffusion_norm`` (1.0), ``last_step``
         (``'Mean'``, ``'Tweedie'``, ``'Euler'`` or None) and ``last_step_size``
         (0.04). ``'FlowMatchEulerDiscreteScheduler'`` (diffusers; Linear path with
-        velocity prediction only): option ``shift`` (SD3: 3.0).
+        velocity prediction only): its constructor's settings, e.g. ``shift`` (SD3:
+        3.0), ``use_karras_sigmas``, ``stochastic_sampling``, but ``invert_sigmas``.
     """
 
     # Options whose None is a value, not 'unset' (sample_images): SiT's --last-step None
     OPTIONS_TAKING_NONE = ('last_step',)
+    # FlowMatchEulerDiscreteScheduler's settings the objective fixes: invert_sigmas
+    # would run the flow from data to noise.
+    SCHEDULER_FIXED = FLOW_MATCH_FIXED
     SAMPLER_OPTIONS = {
         'ode_euler': (), 'ode_heun': (), 'ode_dopri5': ('atol', 'rtol'),
         'sde_euler': SDE_OPTIONS, 'sde_heun': SDE_OPTIONS,
-        'FlowMatchEulerDiscreteScheduler': ('shift',),
+        'FlowMatchEulerDiscreteScheduler': tuple(
+            name for name in scheduler_settings('FlowMatchEulerDiscreteScheduler')
+            if name not in FLOW_MATCH_FIXED),
     }
 
     def __init__(self,
@@ -406,7 +414,8 @@ class Transport:
         refused once the weights had loaded). ``num_steps`` None: :meth:`sample`'s
         default."""
         check_sampler_name(sampler, self.samplers(), 'Transport')
-        check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
+        if sampler != 'FlowMatchEulerDiscreteScheduler':  # (its names: with its values, below)
+            check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
         if sampler == 'ode_dopri5':
             defaults = keyword_defaults(self._sample_ode)
             for name in ('atol', 'rtol'):  # (0 and 0: 'underflow in dt 0.0')
@@ -445,6 +454,12 @@ class Transport:
                               "the scheduler's time shift; SD3: 3")
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
+        if sampler == 'FlowMatchEulerDiscreteScheduler':
+            check_num_steps(num_steps)
+            check_scheduler_options(
+                sampler, options, self.SCHEDULER_FIXED,
+                f'the {self.path_name} path from noise at t = 0 to data at t = 1',
+                self._flow_match_scheduler, num_steps)
         if sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
             check_num_steps(num_steps, 2,
                             why='the SDE samplers count grid points: num_steps - 1 steps')
@@ -494,12 +509,16 @@ class Transport:
             return x / alpha_t + sigma_t**2 / alpha_t * score
         return x
 
+    def _flow_match_scheduler(self, **options):
+        """diffusers' FlowMatchEulerDiscreteScheduler with the sampler ``options`` (its
+        settings), shifted by the objective's ``time_shift`` unless ``shift`` is given."""
+        if self.time_shift != 1:
+            options.setdefault('shift', self.time_shift)
+        return build_noise_scheduler('FlowMatchEulerDiscreteScheduler', **options)
+
     def _sample_flow_match(self, model, x, model_kwargs, num_steps, generators, progress,
                            **scheduler_kwargs):
-        if self.time_shift != 1:
-            scheduler_kwargs.setdefault('shift', self.time_shift)
-        scheduler = build_noise_scheduler('FlowMatchEulerDiscreteScheduler',
-                                          **scheduler_kwargs)
+        scheduler = self._flow_match_scheduler(**scheduler_kwargs)
         num_train = scheduler.config.num_train_timesteps
 
         def flow_fn(model_in, timestep):
