@@ -117,3 +117,25 @@ def make_tiny_clip(path):
     torch.manual_seed(0)
     transformers.CLIPModel(config).save_pretrained(path)
     return str(path)
+
+
+# A tiny DiT config for tools/estimate_memory.py and tools/benchmark.py CONFIG, and the
+# --model arguments of a one-step benchmark on the CPU.
+TINY_DIT_CONFIG = (
+    "model = dict(type='LatentDiffusion', denoiser=dict(type='DiT', input_size=8, "
+    "patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, "
+    "num_classes=10{extra}), latent_shape=(4, 8, 8), num_classes=10)\n"
+    "optim_wrapper = dict(type='{wrapper}', {dtype}optimizer=dict(type='AdamW', lr=1e-4))\n"
+    "custom_hooks = []\n")
+BENCH_SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
+               '--batch-size', '2', '--steps', '1', '--warmup', '0', '--device', 'cpu']
+
+
+def tiny_dit_config(tmp_path, text='', extra='', amp=False, name='tiny.py') -> str:
+    """:data:`TINY_DIT_CONFIG` (``extra``: more denoiser arguments; ``amp``: an
+    AmpOptimWrapper in bfloat16) and ``text`` after it, written to ``tmp_path/name``."""
+    path = tmp_path / name
+    path.write_text(TINY_DIT_CONFIG.format(
+        extra=extra, wrapper='AmpOptimWrapper' if amp else 'OptimWrapper',
+        dtype="dtype='bfloat16', " if amp else '') + text)
+    return str(path)

@@ -11,26 +11,16 @@ import sys
 import pytest
 
 from mmsora.utils.cli import UserError
+from tests.tiny_models import BENCH_SMALL, tiny_dit_config
 from tools import benchmark, estimate_memory
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-TINY = ("model = dict(type='LatentDiffusion', denoiser=dict(type='DiT', input_size=8, "
-        "patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, "
-        "num_classes=10{extra}), latent_shape=(4, 8, 8), num_classes=10)\n"
-        "optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))\n"
-        "custom_hooks = []\n")
-
-SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
-         '--batch-size', '2', '--steps', '1', '--warmup', '0', '--device', 'cpu']
 
 pytestmark = pytest.mark.usefixtures('malloc_calls')
 
 
 def tiny_config(tmp_path, text='', extra='', name='tiny.py'):
-    path = tmp_path / name
-    path.write_text(TINY.format(extra=extra) + text)
-    return str(path)
+    return tiny_dit_config(tmp_path, text, extra, name=name)
 
 
 def fake_result(impl):
@@ -140,7 +130,7 @@ NOTE = ('note: diffusers runs without gradient checkpointing (ours: grad_checkpo
                                            'selective'),
                                           ([], None), (['--grad-checkpointing', '0'], None)])
 def test_the_ratio_to_diffusers_notes_checkpointing(capsys, timed, extra, value):
-    benchmark.main(SMALL + ['--baseline', 'diffusers', *extra])
+    benchmark.main(BENCH_SMALL + ['--baseline', 'diffusers', *extra])
     out = capsys.readouterr().out
     assert timed == ['ours', 'diffusers'] and 'ratio ours/diffusers' in out
     lines = out.splitlines()
@@ -172,10 +162,10 @@ def test_fp16_on_the_cpu_is_refused_before_anything_is_built(tmp_path, monkeypat
     with pytest.raises(UserError, match=r'^--precision fp16 on the CPU is unscaled fp16 '
                        r'autocast, which tools/train.py never runs there \(its --amp is '
                        r'bf16 on the CPU\): give --precision bf16$'):
-        benchmark.main(SMALL + ['--precision', 'fp16'])
+        benchmark.main(BENCH_SMALL + ['--precision', 'fp16'])
     for interleaved in ([], ['--baseline', 'diffusers', '--interleave']):
         with pytest.raises(UserError, match='--precision fp16 on the CPU'):
-            benchmark.main(SMALL + ['--precision', 'fp16', *interleaved])
+            benchmark.main(BENCH_SMALL + ['--precision', 'fp16', *interleaved])
 
 
 def test_a_config_in_fp16_on_the_cpu_is_refused(tmp_path, timed):
@@ -191,7 +181,7 @@ def test_a_config_in_fp16_on_the_cpu_is_refused(tmp_path, timed):
 
 def test_json_records_date_machine_command_and_commit(tmp_path, timed, monkeypatch):
     out_json = tmp_path / 'b.json'
-    argv = SMALL + ['--json', str(out_json)]
+    argv = BENCH_SMALL + ['--json', str(out_json)]
     monkeypatch.setattr(sys, 'argv', ['tools/benchmark.py', *argv])
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     benchmark.main(argv)

@@ -11,22 +11,12 @@ from mmengine.config import Config
 
 from mmsora.utils.config_loading import load_config
 from mmsora.utils.memory_estimate import GiB, estimate_training_memory
+from tests.tiny_models import BENCH_SMALL, tiny_dit_config
 from tools import benchmark, estimate_memory
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 LITE = osp.join(ROOT, 'configs', 'stable_cascade',
                 'stable_cascade_video_lite_1xb1_100k_clips1024.py')
-
-TINY = ("model = dict(type='LatentDiffusion', denoiser=dict(type='DiT', input_size=8, "
-        "patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, "
-        "num_classes=10{extra}), latent_shape=(4, 8, 8), num_classes=10)\n"
-        "optim_wrapper = dict(type='{wrapper}', {dtype}optimizer=dict(type='AdamW', "
-        "lr=1e-4))\n"
-        "custom_hooks = []\n"
-        "train_dataloader = dict(batch_size=2)\n")
-
-SMALL = ['--model', 'DiT-S/8', '--input-size', '16', '--num-classes', '10',
-         '--batch-size', '2', '--steps', '1', '--warmup', '0', '--device', 'cpu']
 
 PLAIN_FP32 = ("precision: fp32, as the config's optim_wrapper (OptimWrapper) trains; "
               'tools/train.py --amp trains it in bf16: give --precision bf16 to count that')
@@ -35,11 +25,8 @@ pytestmark = pytest.mark.usefixtures('malloc_calls')
 
 
 def tiny_config(tmp_path, extra='', amp=False, name='tiny.py'):
-    path = tmp_path / name
-    path.write_text(TINY.format(
-        extra=extra, wrapper='AmpOptimWrapper' if amp else 'OptimWrapper',
-        dtype="dtype='bfloat16', " if amp else ''))
-    return str(path)
+    return tiny_dit_config(tmp_path, 'train_dataloader = dict(batch_size=2)\n', extra, amp,
+                           name)
 
 
 def table(text: str) -> list:
@@ -143,7 +130,7 @@ def test_benchmark_names_its_peak_memory_and_unit(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(benchmark, 'spawn', lambda impl, argv: benchmark.run_worker(
         benchmark.parse_args(list(argv) + ['--worker', impl])))  # a real step, in-process
     out_json = tmp_path / 'b.json'
-    benchmark.main(SMALL + ['--json', str(out_json)])
+    benchmark.main(BENCH_SMALL + ['--json', str(out_json)])
     header = capsys.readouterr().out.splitlines()[1].split()
     assert header[-3:] == ['peak_rss_MiB', 'cpu_ms', 'page_faults']
     result = json.loads(out_json.read_text())['results'][0]
@@ -157,7 +144,7 @@ def test_benchmark_names_its_peak_memory_and_unit(tmp_path, capsys, monkeypatch)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 def test_benchmark_peak_on_cuda_is_the_allocators():
-    args = benchmark.parse_args(SMALL[:-2] + ['--device', 'cuda', '--worker', 'ours'])
+    args = benchmark.parse_args(BENCH_SMALL[:-2] + ['--device', 'cuda', '--worker', 'ours'])
     result = benchmark.run_worker(args)
     assert result['peak_mem_kind'] == 'cuda_allocated' and result['peak_mem_mb'] > 0
     assert 'rss_before_model_mb' not in result
