@@ -349,3 +349,16 @@ def test_a_folder_of_diffusers_weights_without_config_or_of_another_pipeline(
             rf"^{other} holds a diffusers PixArtAlphaPipeline \(its model_index.json\), "
             r"not a DiT's: give .* \(a DiTPipeline, or its transformer/\)$")):
         resolve_checkpoint(str(other))
+
+
+def test_a_dit_folder_given_as_the_vae_says_what_to_give(pipeline):
+    """It said what the folder holds and 'not a VAE this wrapper loads', not what to
+    give (walk-through ah)."""
+    from mmsora.models.vaes import AutoencoderKLWrapper
+    folder = osp.join(pipeline[2], 'transformer')
+    with pytest.raises(ValueError) as info:
+        AutoencoderKLWrapper(pretrained_path=folder).check_folder()
+    assert str(info.value) == (
+        f"VAE folder {folder!r} holds DiTTransformer2DModel weights (its config.json), not "
+        "AutoencoderKL ones: not a VAE: give a diffusers AutoencoderKL folder (its "
+        "config.json names AutoencoderKL; a pipeline's is its vae/)")

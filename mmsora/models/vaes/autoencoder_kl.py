@@ -72,7 +72,8 @@ def check_vae_kind(folder: str, wanted: str) -> None:
                 f"--video-vae-class {found}; a config: VideoVAEWrapper with class_name="
                 f"'{found}')")
     else:
-        hint = 'not a VAE this wrapper loads'
+        hint = (f'not a VAE: give a diffusers {wanted} folder (its config.json names '
+                f"{wanted}; a pipeline's is its vae/)")
     raise ValueError(f'VAE folder {folder!r} holds {found} weights (its config.json), '
                      f'not {wanted} ones: {hint}')
 
