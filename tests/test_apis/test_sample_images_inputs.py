@@ -74,8 +74,8 @@ def test_a_numpy_int_seed_is_an_int_seed(tiny):
     want = sample_images(tiny, [0, 1], seeds=3, num_steps=2)
     assert torch.equal(sample_images(tiny, [0, 1], seeds=np.int64(3), num_steps=2), want)
     assert torch.equal(sample_images(tiny, np.array([0, 1]), seeds=[3, 4], num_steps=2), want)
-    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample \(or an int s: '
-                                         r'seeds s, s \+ 1, ...\), got True$'):
+    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample '
+                                         r'\(or an int s: seeds s, s \+ 1, ...\), got True$'):
         sample_images(tiny, [0], seeds=True, num_steps=2)  # (a bool is no seed)
     with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample .*got 2.5$'):
         sample_images(tiny, [0], seeds=2.5, num_steps=2)

@@ -125,8 +125,8 @@ def test_an_int_seed_is_seeds_s_s_plus_1():
 
 @pytest.mark.parametrize('seeds', [1.5, 'ab'])
 def test_seeds_neither_int_nor_one_per_sample_are_named(seeds):
-    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample \(or an int s: '
-                                         r'seeds s, s \+ 1, ...\), got '):
+    with pytest.raises(ValueError, match=r'^seeds must be one whole number per sample '
+                                         r'\(or an int s: seeds s, s \+ 1, ...\), got '):
         sample(tiny_model(), seeds=seeds)
 
 
