@@ -29,7 +29,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
                                  check_sampler_options, check_scheduler_options,
                                  epsilon_from_x0, scheduler_sample_loop)
-from .schedulers import build_noise_scheduler
+from .schedulers import build_noise_scheduler, scheduler_settings
 
 __all__ = [
     'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
@@ -911,8 +911,7 @@ class GaussianDiffusion:
     def scheduler_overrides(self, sampler):
         """Give a diffusers scheduler this objective's own betas (linear, cosine, ...)."""
         overrides = dict(num_train_timesteps=self.original_num_steps)
-        accepted = inspect.signature(NOISE_SCHEDULERS.get(sampler).__init__).parameters
-        if 'trained_betas' in accepted:
+        if 'trained_betas' in scheduler_settings(sampler):
             overrides['trained_betas'] = get_named_beta_schedule(
                 self._init_args['beta_schedule'], self.original_num_steps)
         return overrides

@@ -80,9 +80,7 @@ def dit_scheduler_config(num_train_timesteps=1000, scheduler=None):
         thresholding=False)
     if scheduler is None:
         return cfg
-    if isinstance(scheduler, str):
-        scheduler = NOISE_SCHEDULERS.get(scheduler)
-    accepted = inspect.signature(scheduler.__init__).parameters
+    accepted = scheduler_settings(scheduler)
     return {k: v for k, v in cfg.items() if k in accepted}
 
 

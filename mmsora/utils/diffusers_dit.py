@@ -29,7 +29,6 @@ DiT's weights as diffusers' (``tools/export_denoiser.py --diffusers``), and
 the run's GaussianDiffusion (``tools/export_denoiser.py --pipeline``, which writes it
 with :func:`save_dit_scheduler`).
 """
-import inspect
 import json
 import os
 import os.path as osp
@@ -317,10 +316,11 @@ def save_dit_scheduler(scheduler, folder: str) -> None:
     ``save_pretrained`` writes it but without the keys of :data:`OWN_DEFAULT_KEYS` that
     hold the scheduler's own defaults (as the hub's ``facebook/DiT-XL-2-256`` has
     none)."""
-    defaults = inspect.signature(type(scheduler).__init__).parameters
+    from mmsora.diffusion.schedulers import scheduler_settings
+    defaults = scheduler_settings(type(scheduler))
     config = json.loads(scheduler.to_json_string())
     for key in OWN_DEFAULT_KEYS:
-        if key in defaults and config.get(key) == defaults[key].default:
+        if key in defaults and config.get(key) == defaults[key]:
             del config[key]
     os.makedirs(folder, exist_ok=True)
     with open(osp.join(folder, scheduler.config_name), 'w', encoding='utf-8') as f:
