@@ -467,7 +467,8 @@ def _check_guidance(cfg) -> None:
     """A sampling hook (samples or an evaluation during training) that guides
     (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
     without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
-    iterations in, and the message pointed at an option train.py does not have."""
+    iterations in, and the message pointed at an option train.py does not have. The
+    scales are numbers here: :func:`_check_sample_cfg`, called first, judged them."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     cls = _denoiser_class(cfg.get('model'))
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
@@ -492,8 +493,12 @@ def _check_sample_cfg(cfg) -> None:
     """``sample_cfg`` (and a hook's or the evaluation's own over it) against the
     model's objective: a sampler name or option typo failed when the samples were
     first drawn, a sampling hook's interval into the run (and the run with it), or at
-    ``tools/infer.py``. A model config that does not build is left to the model."""
+    ``tools/infer.py``. A model config that does not build is left to the model.
+    ``cfg_scale`` is judged for every model by sampling's own rule (None or '4'
+    stopped the run at a sampling hook's first samples, or was a TypeError of the
+    guidance check's own message)."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    from mmsora.models.latent_diffusion import check_cfg_scale
     base = cfg.get('sample_cfg')
     base = dict(base) if isinstance(base, dict) else {}
     entries = [('sample_cfg', base)] if base else []
@@ -505,6 +510,11 @@ def _check_sample_cfg(cfg) -> None:
     if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
         entries.append(('evaluation.sample_cfg', merge_sample_cfg(base, evaluation['sample_cfg'])))
     for where, settings in entries:
+        if 'cfg_scale' in settings:
+            try:
+                check_cfg_scale(settings['cfg_scale'])
+            except ValueError as e:  # ('cfg_scale must be ...': the key, named in full)
+                raise UserError(f'{where}.{e}') from None
         try:
             check_sample_settings_of(cfg.get('model'), settings)
         except ValueError as e:

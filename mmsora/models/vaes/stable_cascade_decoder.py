@@ -68,8 +68,7 @@ class StableCascadeDecoder(nn.Module):
         super().__init__()
         if (pretrained_path is None) == (config is None):
             raise ValueError('give exactly one of pretrained_path (a local folder) or config')
-        if num_steps < 1:
-            raise ValueError(f'num_steps must be >= 1, got {num_steps}')
+        self._check_sampling(num_steps, guidance_scale)
         self.pretrained_path = pretrained_path
         self.decoder_subfolder = decoder_subfolder
         self.config = config
@@ -83,6 +82,25 @@ class StableCascadeDecoder(nn.Module):
         # they have no place in the trained model's state dict, optimizer or EMA copy.
         self.__dict__['_pipe'] = None
         self.__dict__['_encoder'] = encoder
+
+    @staticmethod
+    def _check_sampling(num_steps, guidance_scale) -> None:
+        """Stage B's steps and guidance by sampling's own rules, in one line (a str
+        ``num_steps`` was a TypeError here, 2.5 or True passed; a str
+        ``guidance_scale`` failed in the pipeline after all of Stage C's steps, NaN
+        or True turned guidance off without a word)."""
+        from mmsora.diffusion.scheduler_sampling import check_num_steps
+        from mmsora.models.latent_diffusion import check_cfg_scale
+        try:
+            check_num_steps(num_steps)
+        except ValueError as e:
+            raise ValueError(f"Stable Cascade's Stage B (model.vae): {e}") from None
+        try:  # (the pipeline's rule after that: <= 1 is no guidance, its default 0)
+            check_cfg_scale(guidance_scale)
+        except ValueError:
+            raise ValueError(f"Stable Cascade's Stage B (model.vae): guidance_scale must be a "
+                             f'finite number (<= 1: no guidance), got {guidance_scale!r}'
+                             ) from None
 
     # ------------------------------------------------------------------ loading
     @property
