@@ -57,8 +57,9 @@ def parse_args(argv=None):
                         '(config.json, diffusion_pytorch_model.safetensors) at --out')
     parser.add_argument('--num-heads', type=int,
                         help='--diffusers / --pipeline: attention heads, where the source does '
-                        'not say them (the run\'s config or a diffusers DiT folder\'s '
-                        'config.json does: other heads are refused); default: those, or a '
+                        'not say them (the run\'s config, with DiT\'s default where it gives '
+                        'none, or a diffusers DiT folder\'s config.json does: other heads are '
+                        'refused); default: those, or a '
                         'DiT / fast-DiT file\'s args (num_heads, or the size its model '
                         'names), else the DiT paper\'s for its width: S 6, B 12, L 16, XL 16')
     parser.add_argument('--pipeline', action='store_true',
@@ -154,7 +155,8 @@ def diffusers_transformer(state: dict, denoiser_cfg, num_heads, source: str,
                           trained_args=None, flag: str = '--diffusers',
                           source_config=None) -> tuple:
     """A DiT's ``state`` as diffusers' DiTTransformer2DModel: ``(state, config)``. The
-    heads come from the run's config, a diffusers DiT's own ``source_config`` (its
+    heads come from the run's config (DiT's default where it gives none: the model was
+    built with it), a diffusers DiT's own ``source_config`` (its
     transformer's config.json: ``num_attention_heads``), ``num_heads`` (--num-heads:
     refused where those say other heads, as the weights were trained with theirs), a
     DiT / fast-DiT file's ``trained_args`` (:func:`heads_in_args`, said in a note), or
@@ -176,6 +178,13 @@ def diffusers_transformer(state: dict, denoiser_cfg, num_heads, source: str,
                         f'x_embedder.proj.weight): export them without {flag}')
     width = state['x_embedder.proj.weight'].shape[0]
     said, where = cfg.get('num_heads'), "its run config's model.denoiser.num_heads"
+    if kind == 'DiT' and 'num_heads' not in cfg:
+        # built with DiT's default: before, it asked for --num-heads, or gave the
+        # paper's heads for the width (6 at 384: other heads than the model's)
+        from mmsora.models import DiT
+        from mmsora.utils.trained_settings import keyword_defaults
+        said = keyword_defaults(DiT)['num_heads']
+        where += " (not given: DiT's default)"
     if not said:  # (a diffusers DiT folder: it asked for --num-heads all the same)
         said, where = (source_config or {}).get('num_attention_heads'), \
             "its config.json's num_attention_heads"

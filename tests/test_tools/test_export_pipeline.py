@@ -201,12 +201,17 @@ def test_heads_that_contradict_the_runs_are_refused(tmp_path, tiny_vae_dir):
             'heads its weights were trained with): leave --num-heads out')
         assert not out.exists()
         export([ckpt, flag, '--num-heads', '2', '--out', str(out)])  # (the same: taken)
-    # where the run does not say them, --num-heads says them
+    # where the run does not say them, DiT's default says them, the heads it was built
+    # with (tests/test_tools/test_export_default_heads.py): other heads are refused
     _, said = run_checkpoint(tmp_path / 'iter_3.pth', {k: v for k, v in DIT.items()
                                                        if k != 'num_heads'}, vae=vae)
-    export([said, '--diffusers', '--num-heads', '4', '--out', str(tmp_path / 'four')])
+    assert refused(export, [said, '--diffusers', '--num-heads', '4', '--out',
+                            str(tmp_path / 'four')]).endswith(
+        "model.denoiser.num_heads (not given: DiT's default) is 16 (the heads its weights "
+        'were trained with): leave --num-heads out')
+    export([said, '--diffusers', '--out', str(tmp_path / 'default')])
     assert DiTTransformer2DModel.from_pretrained(
-        tmp_path / 'four').config.num_attention_heads == 4
+        tmp_path / 'default').config.num_attention_heads == 16
 
 
 @pytest.fixture(scope='module')

@@ -164,12 +164,14 @@ def test_export_refuses_diffusers_for_weights_not_a_dit(tmp_path):
 
 
 def test_export_names_a_run_config_without_heads(tmp_path):
-    """A run config that does not give the heads is not called 'no run config'."""
-    with pytest.raises(UserError, match='a DiT of width 48, not one of the paper\'s and '
-                       'its run config gives no num_heads: give --num-heads'):
+    """A run config that does not give the heads is not called 'no run config': the
+    DiT was built with DiT's default heads, its run config's
+    (tests/test_tools/test_export_default_heads.py)."""
+    with pytest.raises(UserError, match=r"--num-heads 4, but its run config's "
+                       r"model\.denoiser\.num_heads \(not given: DiT's default\) is 16"):
         export_denoiser.write_diffusers(
             {'x_embedder.proj.weight': torch.zeros(48, 4, 2, 2)},
-            dict(type='DiT', hidden_size=48), None, str(tmp_path / 'd'), 'iter_2.pth')
+            dict(type='DiT', hidden_size=48), 4, str(tmp_path / 'd'), 'iter_2.pth')
 
 
 # ---------------------------------------------------------------------------
