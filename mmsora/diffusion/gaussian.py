@@ -29,7 +29,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
                                  check_sampler_options, check_scheduler_options,
                                  epsilon_from_x0, scheduler_sample_loop)
-from .schedulers import build_noise_scheduler, scheduler_settings
+from .schedulers import build_noise_scheduler, ddpm_variance_type, scheduler_settings
 
 __all__ = [
     'GaussianDiffusion', 'space_timesteps', 'get_named_beta_schedule', 'mean_flat',
@@ -804,8 +804,9 @@ class GaussianDiffusion:
             sampler (str): ``'ddpm'`` or ``'ddim'`` (DiT's own loops, respaced to
                 ``num_steps``: DDPM as DiT's ``create_diffusion(str(num_steps))``, DDIM
                 on :attr:`DDIM_SPACINGS`) or a diffusers scheduler registered in
-                ``NOISE_SCHEDULERS`` (given this objective's betas; it takes epsilon:
-                with ``predict_xstart`` the model's x0 is turned into it first).
+                ``NOISE_SCHEDULERS`` (given this objective's betas, and DDPM its fixed
+                variance, :meth:`scheduler_overrides`; it takes epsilon: with
+                ``predict_xstart`` the model's x0 is turned into it first).
             num_steps (int): Number of sampling steps.
             generators (list[torch.Generator], optional): One per sample, so a
                 sample's noise depends on its own seed only.
@@ -909,11 +910,18 @@ class GaussianDiffusion:
                                                  **options})
 
     def scheduler_overrides(self, sampler):
-        """Give a diffusers scheduler this objective's own betas (linear, cosine, ...)."""
+        """Give a diffusers scheduler this objective's own betas (linear, cosine, ...),
+        and ``DDPMScheduler`` its fixed variance (:func:`ddpm_variance_type`:
+        ``sigma_small``'s posterior variance or beta, as the ``'ddpm'`` sampler steps;
+        a learned one: the posterior's, the loop hands it epsilon alone). The sampler's
+        options (``variance_type=...``) replace these."""
         overrides = dict(num_train_timesteps=self.original_num_steps)
         if 'trained_betas' in scheduler_settings(sampler):
             overrides['trained_betas'] = get_named_beta_schedule(
                 self._init_args['beta_schedule'], self.original_num_steps)
+        if sampler == 'DDPMScheduler':  # (DPM-Solver's variance_type means another thing)
+            overrides['variance_type'] = ddpm_variance_type(
+                self._init_args['sigma_small'], self._init_args['learn_sigma'])
         return overrides
 
     def __repr__(self):

@@ -131,7 +131,10 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     scheduler's to judge: it is built with them (``build(**options)``) and given its
     ``num_steps`` timesteps and one step, as sampling will (cheap, so tools/infer.py
     says a refused value before the weights load), and what it raises becomes one line
-    naming the option. ``objective``: the trained process in words, for the message."""
+    naming the option. An option that makes ``set_timesteps`` ask for an argument the
+    loop does not pass (``use_dynamic_shifting``: ``mu``, which diffusers' pipelines
+    compute from the picture) is said so, in words of ours. ``objective``: the trained
+    process in words, for the message."""
     from .schedulers import scheduler_settings
     given = [key for key in options if key in fixed]
     if given:
@@ -148,10 +151,14 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
                              f'its default: {settings[key]})')
 
     def refusal(chosen):
-        """What the scheduler raises when built with ``chosen`` (one line), or None."""
+        """What the scheduler raises when built with ``chosen`` (one line), or None; and
+        the argument of ``set_timesteps`` it asked for that the loop does not pass."""
+        stage = 'build'
         try:
             scheduler = build(**chosen)
+            stage = 'set_timesteps'
             scheduler.set_timesteps(num_steps)
+            stage = 'step'
             # and one step on a 1-element sample: some settings fail only there
             # (UniPC's solver_order=0, DDIM's clip_sample_range='a')
             t, x = scheduler.timesteps[0], torch.zeros(1, 1, 1, 1)
@@ -164,10 +171,14 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
             scheduler.step(torch.zeros_like(x), t, x, **step_kwargs)
         except Exception as error:  # (diffusers raises ValueError, NotImplementedError, ...)
             why = ' '.join(str(error).split()).rstrip('.') or type(error).__name__
-            return why if len(why) <= 200 else why[:197] + '...'
-        return None
+            # (diffusers names an argument in backquotes: "`mu` must be passed when ...")
+            needs = next((name for name in (inspect.signature(
+                scheduler.set_timesteps).parameters if stage == 'set_timesteps' else ())
+                if name not in _LOOP_PASSES and f'`{name}`' in why), None)
+            return (why if len(why) <= 200 else why[:197] + '...'), needs
+        return None, None
 
-    why = refusal(options)
+    why, needs = refusal(options)
     if why is None:
         return
     # The options it is refused for: each left out that the refusal outlives is not
@@ -175,13 +186,33 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     culprits = dict(options)
     for key in options:
         rest = {k: v for k, v in culprits.items() if k != key}
-        if refusal(rest) is not None:
+        if refusal(rest)[0] is not None:
             culprits = rest
     if not culprits:  # (not an option's doing: its steps)
         raise ValueError(f'sampler {sampler!r} with {num_steps} steps: {why}')
     named = ', '.join(f'{key}={value!r}' for key, value in culprits.items())
+    if needs is not None:
+        what = _LOOP_DOES_NOT_PASS.get(needs, '')
+        shift = next((key for key in ('shift', 'flow_shift')
+                      if key in settings and key not in fixed), None)
+        instead = (f' (for a fixed shift give {shift}=..., e.g. SD3\'s 3.0)'
+                   if needs == 'mu' and shift else '')
+        raise ValueError(f'sampler {sampler!r} cannot take {named}: its set_timesteps '
+                         f'then needs `{needs}`{what}, which mmsora\'s '
+                         f'sampling loop does not pass; leave '
+                         f'{"it" if len(culprits) == 1 else "them"} out{instead}')
     raise ValueError(f'sampler {sampler!r} refused {named}: {why}; give '
                      f'{"another value" if len(culprits) == 1 else "other values"}')
+
+
+# The arguments of a scheduler's set_timesteps that scheduler_sample_loop passes (the
+# steps, the device); diffusers' pipelines pass others (mu, sigmas, timesteps) that an
+# option may make it need: what they are, for check_scheduler_options' message.
+_LOOP_PASSES = ('num_inference_steps', 'device')
+_LOOP_DOES_NOT_PASS = {
+    'mu': (" (SD3's and Flux's resolution-dependent shift, which their pipelines compute "
+           "from the picture's token count)"),
+}
 
 
 def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,

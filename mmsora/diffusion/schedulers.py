@@ -28,7 +28,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from mmsora.registry import NOISE_SCHEDULERS
 
-__all__ = ['dit_scheduler_config', 'build_noise_scheduler', 'scheduler_settings']
+__all__ = ['dit_scheduler_config', 'build_noise_scheduler', 'scheduler_settings',
+           'ddpm_variance_type']
 
 # --------------------------------------------------------------------------- #
 #                                 Registration                                 #
@@ -82,6 +83,25 @@ def dit_scheduler_config(num_train_timesteps=1000, scheduler=None):
         return cfg
     accepted = scheduler_settings(scheduler)
     return {k: v for k, v in cfg.items() if k in accepted}
+
+
+def ddpm_variance_type(sigma_small=False, learn_sigma=False):
+    """``DDPMScheduler``'s ``variance_type`` for a :class:`GaussianDiffusion`'s variance
+    (its ``sigma_small`` and ``learn_sigma``): ``'fixed_small'``, the posterior variance,
+    or ``'fixed_large'``, beta, as its ``model_var_type`` names them (IDDPM's names and
+    diffusers' are the same). A learned variance gets ``'fixed_small'``: the sampling loop
+    hands the scheduler epsilon alone (the variance channels dropped), so the learned
+    interpolation between the two is not there to take; the posterior's, the lower end
+    of that range, is diffusers' default.
+
+    Args:
+        sigma_small (bool): The objective's fixed variance is the posterior's.
+        learn_sigma (bool): The objective learns its variance.
+
+    Returns:
+        str: ``'fixed_small'`` or ``'fixed_large'``.
+    """
+    return 'fixed_small' if sigma_small or learn_sigma else 'fixed_large'
 
 
 def build_noise_scheduler(cfg_or_name, **overrides):

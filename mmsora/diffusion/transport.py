@@ -214,7 +214,9 @@ class Transport:
         (``'Mean'``, ``'Tweedie'``, ``'Euler'`` or None) and ``last_step_size``
         (0.04). ``'FlowMatchEulerDiscreteScheduler'`` (diffusers; Linear path with
         velocity prediction only): its constructor's settings, e.g. ``shift`` (SD3:
-        3.0), ``use_karras_sigmas``, ``stochastic_sampling``, but ``invert_sigmas``.
+        3.0), ``use_karras_sigmas``, ``stochastic_sampling``, but ``invert_sigmas``
+        (and ``use_dynamic_shifting``, refused: its ``mu``, SD3's resolution-dependent
+        shift, is not passed; give ``shift``).
     """
 
     # Options whose None is a value, not 'unset' (sample_images): SiT's --last-step None

@@ -287,7 +287,7 @@ def dit_scheduler(objective: dict, sigma_small: bool = False, source: str = 'the
     schedulers do not have."""
     from diffusers import DDIMScheduler
 
-    from mmsora.diffusion.schedulers import dit_scheduler_config
+    from mmsora.diffusion.schedulers import ddpm_variance_type, dit_scheduler_config
     schedule = objective['beta_schedule']
     if schedule not in SCHEDULE_NAMES:
         raise ValueError(f'{source}: beta_schedule {schedule!r}, which diffusers\' '
@@ -298,8 +298,7 @@ def dit_scheduler(objective: dict, sigma_small: bool = False, source: str = 'the
         beta_schedule=SCHEDULE_NAMES[schedule], steps_offset=0, timestep_spacing='leading',
         prediction_type='sample' if objective['predict_xstart'] else 'epsilon'))
     if not objective['learn_sigma']:
-        scheduler.register_to_config(
-            variance_type='fixed_small' if sigma_small else 'fixed_large')
+        scheduler.register_to_config(variance_type=ddpm_variance_type(sigma_small))
     return scheduler
 
 

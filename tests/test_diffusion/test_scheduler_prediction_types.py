@@ -79,8 +79,9 @@ def test_x0_objective_samples_as_the_epsilon_objective(sampler, learn_sigma):
     assert x0_samples.abs().max() < 3  # it was in the hundreds
     torch.testing.assert_close(x0_samples, eps_samples, atol=1e-4, rtol=1e-4)
     # (learned sigma -1: the posterior variance, the diffusers schedulers' own; DiT's
-    # 'ddpm' without it takes beta, a larger one)
-    own = _sample(OWN.get(sampler, 'ddim'), True, True, noise)
+    # 'ddpm' without it takes beta, a larger one, and so does DDPMScheduler then)
+    own = _sample(OWN.get(sampler, 'ddim'), True,
+                  learn_sigma if sampler == 'DDPMScheduler' else True, noise)
     assert x0_samples.mean().item() == pytest.approx(MUS[0], abs=0.03)
     assert x0_samples.std().item() == pytest.approx(own.std().item(), rel=0.1)
     if sampler == 'DDIMScheduler':  # the same steps and chain as DiT's DDIM (its
