@@ -386,17 +386,41 @@ def _same(key, theirs, ours) -> bool:
     return False
 
 
-def _covered_by_index(root, recorded, path):
-    """Whether ``recorded`` (a part at ``path``) lists only shards that ``root``'s
-    index.json lists alike and records the extraction settings (``meta``) of, the store
-    complete: one an older mmsora finished (checked there; nothing is written to it)."""
-    index = osp.join(root, 'index.json')
-    if osp.abspath(path) == osp.abspath(index) or not osp.exists(index):
+def later_keys_lacking(meta, recorded):
+    """Keys of ``meta`` in :data:`LATER_META_KEYS` that ``recorded`` (an index or part
+    with a ``meta``) lacks: written before they were recorded, its shards may hold any
+    value of them, so they are not checked against it. (A file with no ``meta`` at all
+    lacks none here: the index that vouches for it records them.)"""
+    if not meta or 'meta' not in recorded:
+        return set()
+    return {k for k in LATER_META_KEYS if k in meta and k not in recorded['meta']}
+
+
+def _vouching_index(root):
+    """``root``'s index.json when it can vouch for a part that records no extraction
+    settings (an older mmsora's): it records them (``meta``) and says the store is
+    complete (one an older mmsora finished); else None."""
+    path = osp.join(root, 'index.json')
+    if not osp.exists(path):
+        return None
+    data = _read_json(path)
+    return data if 'meta' in data and data.get('complete') else None
+
+
+def _covered_by_index(root, recorded, path, index=None):
+    """Whether ``recorded`` (a part at ``path``) lists only shards that ``index``
+    (:func:`_vouching_index` of ``root`` when None) lists alike.
+
+    Only a complete index vouches: an older mmsora's incomplete one may list shards
+    resumed unchecked with other settings. So before a writer says a vouching index is
+    incomplete, it records the index's ``meta`` in the parts it vouches for
+    (:meth:`LatentStoreWriter.finalize`)."""
+    if osp.abspath(path) == osp.abspath(osp.join(root, 'index.json')):
         return False
-    data = _read_json(index)
-    if 'meta' not in data or not data.get('complete'):
+    index = _vouching_index(root) if index is None else index
+    if index is None:
         return False
-    listed = {int(s['id']): s for s in data['shards']}
+    listed = {int(s['id']): s for s in index['shards']}
     return all(listed.get(int(s['id'])) == s for s in recorded['shards'])
 
 
@@ -422,9 +446,9 @@ def check_recorded(root, recorded, path, settings, meta=None):
             'to extract it again)')
     run_meta = None if meta is None else json.loads(json.dumps(meta))
     if 'meta' in recorded and run_meta is not None:
-        theirs = recorded['meta']
+        theirs, unchecked = recorded['meta'], later_keys_lacking(run_meta, recorded)
         for key in sorted(set(run_meta) | set(theirs)):
-            if key in LATER_META_KEYS and key not in theirs:
+            if key in unchecked:
                 continue
             if not _same(key, theirs.get(key), run_meta.get(key)):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
@@ -480,9 +504,7 @@ def read_store_progress(root, settings, meta=None):
     for path in paths:
         data = _read_json(path)
         check_recorded(root, data, path, settings, meta)
-        if meta is not None and 'meta' in data:
-            unchecked.update(k for k in LATER_META_KEYS
-                             if k in meta and k not in data['meta'])
+        unchecked.update(later_keys_lacking(meta, data))
         header = header or {k: data.get(k) for k in (*HEADER_KEYS, FINGERPRINT_KEY)}
         if osp.basename(path) == 'index.json':
             indexed = bool(data.get('complete'))
@@ -579,12 +601,10 @@ class LatentStoreWriter:
         self.own = {}
         self.damaged = {}  # {id: damaged_shard(...)}: what done_shards() found
         self.checked = set(checked or ())  # record_key() of the records found sound
-        self.part_lacks_meta = False  # (an older mmsora's part: see finalize)
         if osp.exists(self.part_path):
             part = _read_json(self.part_path)
             self._check_header(part, self.part_path)
             self.own = {int(s['id']): s for s in part['shards']}
-            self.part_lacks_meta = 'meta' not in part
         self.store_meta, self.shard_meta = self._kept_record()
         self._remove_stray_temps()
 
@@ -609,10 +629,7 @@ class LatentStoreWriter:
         meta = json.loads(json.dumps(self.meta))
         lacking = set()
         for path in _store_files(self.root):
-            data = _read_json(path)
-            if 'meta' in data:  # (a part without one: the index records its shards')
-                lacking.update(k for k in LATER_META_KEYS
-                               if k in meta and k not in data['meta'])
+            lacking.update(later_keys_lacking(meta, _read_json(path)))
         return ({k: v for k, v in meta.items() if k not in lacking},
                 {k: meta[k] for k in sorted(lacking)})
 
@@ -773,7 +790,6 @@ class LatentStoreWriter:
         part = dict(self.header, rank=self.rank, world_size=self.world_size,
                     meta=self.store_meta, shards=[self.own[k] for k in sorted(self.own)])
         _atomic_save_json(self.part_path, part)
-        self.part_lacks_meta = False
 
     def finalize(self):
         """Merge all index parts into ``index.json``; returns the index dict.
@@ -790,14 +806,34 @@ class LatentStoreWriter:
                      meta=self.store_meta, shards=shards)
         path = osp.join(self.root, 'index.json')
         if not (osp.exists(path) and _read_json(path) == index):
-            if self.part_lacks_meta:
-                # An older mmsora's part records no settings: only a complete index
-                # vouches for its shards, and this one may say incomplete (a damaged
-                # shard left out): a repair stopped before its shard was written was
-                # then refused as a half-done store of an older mmsora.
-                self._write_part()
+            self._record_vouched_meta()  # (the parts first: a rank reading meanwhile)
             _atomic_save_json(path, index)
         return index
+
+    def _record_vouched_meta(self):
+        """Record the ``meta`` of the complete index in every part that records none
+        (an older mmsora's) and whose shards it vouches for (:func:`_covered_by_index`):
+        the index written next may say incomplete (a damaged shard left out), and then
+        vouches for none. Before, only this writer's own part was given it: a repair
+        stopped before the damaged shard was written again was refused as a half-done
+        store of an older mmsora where another rank's part had none (a rerun with
+        several ranks, or one process repairing a store that several wrote).
+
+        Other ranks' parts are rewritten too (the index cannot carry the vouch: it
+        leaves the damaged shard out, which such a part lists). tools/extract_features.py
+        finalizes so at its start, while other ranks may encode: a rank that writes its
+        part between the read and the write here has its newest shard record dropped
+        until its next shard (at worst that shard is encoded again by the next run);
+        the parts are written before the index, so a rank reading them meanwhile is not
+        refused."""
+        index = _vouching_index(self.root)
+        if index is None:
+            return
+        for path in glob.glob(osp.join(self.root, 'parts', 'rank-*.json')):
+            part = _read_json(path)
+            if 'meta' not in part and _covered_by_index(self.root, part, path, index):
+                shards = part.pop('shards')
+                _atomic_save_json(path, dict(part, meta=index['meta'], shards=shards))
 
 
 # --------------------------------------------------------------------------- #

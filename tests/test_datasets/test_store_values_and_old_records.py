@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmsora.datasets import LatentStore, LatentStoreWriter
-from mmsora.datasets.latent_store import nonfinite_items
+from mmsora.datasets.latent_store import nonfinite_items, read_store_progress
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import UserError
 from tests.extract_tools import convert, interrupted, run_extract, shard_mtimes
@@ -195,6 +195,67 @@ def test_a_repair_stopped_before_its_shard_is_written_goes_on(image_folder, tiny
     summary = run_extract(image_folder, out, tiny_vae_dir)
     assert summary['complete'] and summary['shards_written'] == 1
     assert 'classes' not in _index(out)['meta'] and len(LatentStore(out)) == 6
+
+
+def _older_two_rank_store(root, damaged):
+    """A store written by ranks 0 and 1 (4 shards of 2 items: rank 1 owns 1 and 3) as an
+    older mmsora left it (parts with no meta), shard ``damaged`` cut short."""
+    for rank in (0, 1):
+        writer = _two_rank_writer(root, rank)
+        for k in writer.pending_shards():
+            writer.write_shard(k, np.zeros((2, 1, 2, 4, 2, 2), np.float32), [0, 1])
+    assert _two_rank_writer(root, 0).finalize()['complete']
+    _as_an_older_mmsora_wrote_it(root, part_meta=False)
+    with open(osp.join(root, f'shard_{damaged:05d}.npy'), 'r+b') as f:
+        f.truncate(100)
+
+
+def _two_rank_writer(root, rank, world_size=2):
+    return LatentStoreWriter(root, 8, (4, 2, 2), shard_size=2, rank=rank,
+                             world_size=world_size, meta=dict(size=2, classes=['a', 'b']))
+
+
+def _repair(root, world_size):
+    """Each rank writes its pending shards again, then rank 0 finalizes."""
+    writers = [_two_rank_writer(root, rank, world_size) for rank in range(world_size)]
+    for writer in writers:
+        for k in writer.pending_shards():
+            writer.write_shard(k, np.ones((2, 1, 2, 4, 2, 2), np.float32), [0, 1])
+    return writers[0].finalize()
+
+
+@pytest.mark.parametrize('damaged', [0, 1])
+def test_a_stopped_repair_of_a_store_of_two_ranks_goes_on(tmp_path, damaged):
+    """A rerun with two ranks finalizes first (the index says incomplete: the damaged
+    shard left out) and stops: the next run was refused as a half-done store of an
+    older mmsora, the part of the rank that finalized alone given the index's meta."""
+    root = str(tmp_path / 'store')
+    _older_two_rank_store(root, damaged)
+    old_meta = _index(root)['meta']
+    _two_rank_writer(root, 1)  # (rank 1 reads the store too)
+    assert not _two_rank_writer(root, 0).finalize()['complete']  # ... then stops
+    assert read_store_progress(root, {}, dict(size=2, classes=['a', 'b']))['damaged']
+    assert _two_rank_writer(root, damaged).pending_shards() == [damaged]
+    index = _repair(root, 2)
+    assert index['complete'] and index['meta'] == old_meta
+    assert [s.get('meta') for s in index['shards']] == [
+        {'classes': ['a', 'b']} if k == damaged else None for k in range(4)]
+    assert len(LatentStore(root)) == 8
+
+
+@pytest.mark.parametrize('damaged', [0, 1])
+def test_a_stopped_repair_by_one_process_of_a_store_of_two_ranks_goes_on(tmp_path, damaged):
+    """The same store repaired by one process (world size 1): no writer of this run owns
+    parts/rank-00001.json, so no shard written rewrites it."""
+    root = str(tmp_path / 'store')
+    _older_two_rank_store(root, damaged)
+    assert not _two_rank_writer(root, 0, world_size=1).finalize()['complete']  # stops
+    progress = read_store_progress(root, {}, dict(size=2, classes=['a', 'b']))
+    assert not progress['complete'] and list(progress['damaged']) == [damaged]
+    assert progress['unchecked'] == ['classes']
+    index = _repair(root, 1)
+    assert index['complete'] and 'classes' not in index['meta']
+    assert len(LatentStore(root)) == 8
 
 
 def test_a_writer_from_python_records_the_same(tmp_path):
