@@ -16,9 +16,11 @@ The model is the config's without its VAE and text encoder (training reads
 pre-extracted latents). Without a CONFIG, ``--model`` builds
 DiT's ImageNet recipe at that size: Gaussian diffusion with learned sigma, AdamW (lr
 1e-4, no weight decay), no clipping, and an EMA only with ``--ema``. Each model runs in
-its own subprocess, so peak RSS (CPU) / peak allocated memory (CUDA) is that model's
-(the table's ``peak_rss_MiB`` / ``peak_cuda_allocated_MiB``; in ``--json``,
-``peak_mem_mb`` in MiB, and ``peak_mem_kind``: ``'rss'`` or ``'cuda_allocated'``).
+its own subprocess, so peak RSS (CPU: the process's VmHWM, which unlike ``ru_maxrss``
+leaves out the parent's memory before ``exec``) / peak allocated memory (CUDA) is that
+model's (the table's ``peak_rss_MiB`` / ``peak_cuda_allocated_MiB``; in ``--json``,
+``peak_mem_mb`` in MiB, and ``peak_mem_kind``: ``'rss'`` or ``'cuda_allocated'``; on the
+CPU ``peak_rss_source``: ``'VmHWM'``, or ``'ru_maxrss'`` where there is no ``/proc``).
 
 FLOPs are counted from the operators of one forward pass
 (:func:`mmsora.utils.flops.forward_flops`; the DiT paper's "Gflops" are MACs, so FLOPs
@@ -498,7 +500,7 @@ def throughput(args, info: dict, step_s: float) -> dict:
 
 def run_worker(args) -> dict:
     """Build one implementation and time its training steps."""
-    from mmsora.utils.process_memory import rss_mb
+    from mmsora.utils.process_memory import peak_memory, rss_mb
     _setup(args)
     device = torch.device(args.device)
     rss_before_model = rss_mb()
@@ -537,15 +539,12 @@ def run_worker(args) -> dict:
     if info['attn_kernel']:
         result['attn_kernel'] = info['attn_kernel']
     # peak_mem_mb (in MiB, under its old name: tools/gpu_benchmarks.py and the
-    # recorded JSON read it) is one of two figures; peak_mem_kind says which.
-    if device.type == 'cuda':
-        result['peak_mem_mb'] = torch.cuda.max_memory_allocated() / 2**20
-        result['peak_mem_kind'] = 'cuda_allocated'
-    else:
-        # ru_maxrss is in KiB on Linux; it includes the interpreter and torch itself,
-        # so also report the RSS measured before the model was built.
-        result['peak_mem_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result['peak_mem_kind'] = 'rss'
+    # recorded JSON read it) is one of two figures; peak_mem_kind says which. On the
+    # CPU it is this program's VmHWM, not ru_maxrss, which counts the parent's memory
+    # before exec; it includes the interpreter and torch itself, so the RSS measured
+    # before the model was built is reported too.
+    result.update(peak_memory(device))
+    if device.type != 'cuda':
         result['rss_before_model_mb'] = rss_before_model
     if args.profile:  # after the figures above: the profiler's overhead is not in them
         from mmsora.utils.step_profile import profile_steps
@@ -632,20 +631,14 @@ def spawn(impl: str, argv) -> dict:
     raise SystemExit(f'benchmark worker for {impl} printed no result:\n{stdout}')
 
 
-# The table's header for peak_mem_mb (MiB): the process's peak resident memory on the
-# CPU, the caching allocator's peak of allocated tensors on CUDA.
-PEAK_MEM_HEADERS = {'rss': 'peak_rss_MiB', 'cuda_allocated': 'peak_cuda_allocated_MiB'}
-
-
 def format_table(results: list) -> str:
+    from mmsora.utils.process_memory import peak_mem_header
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
             ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3g}'), ('peak_mem_mb', '{:.0f}'),
             ('cpu_ms', '{:.0f}'), ('page_faults', '{:.0f}')]
-    kinds = {r.get('peak_mem_kind') for r in results}  # (one device: one kind)
-    peak_header = PEAK_MEM_HEADERS.get(kinds.pop()) if len(kinds) == 1 else None
-    rows = [[(peak_header or 'peak_mem_MiB') if name == 'peak_mem_mb' else name
-             for name, _ in cols]]
+    peak_header = peak_mem_header(r.get('peak_mem_kind') for r in results)
+    rows = [[peak_header if name == 'peak_mem_mb' else name for name, _ in cols]]
     for r in results:
         rows.append([fmt.format(r[k]) if k in r else '-' for k, fmt in cols])
     if len(results) == 2:

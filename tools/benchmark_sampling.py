@@ -14,9 +14,11 @@ once with 2 steps (kernels chosen, memory pools grown), then ``--repeats`` timed
 calls; the best is reported: seconds a batch, samples/s, milliseconds a model
 evaluation (NFE), model TFLOP/s (forward FLOPs counted from the operators, times
 the batch, the guidance's doubling and the NFE) and MFU against the card's peak for
-that precision, peak memory (CUDA: allocated; CPU: this process's resident set, which
-only grows from one precision to the next), and how far the precision's samples lie
-from the first precision's, from the same noise (``rel_max_diff``: the largest
+that precision, peak memory in MiB during the timed calls (the table's
+``peak_cuda_allocated_MiB``: CUDA's allocated tensors; ``peak_rss_MiB``: this process's
+resident set, its VmHWM, model and interpreter included; in ``--json`` ``peak_mem_mb``
+with ``peak_mem_kind``, as tools/benchmark.py names them), and how far the precision's
+samples lie from the first precision's, from the same noise (``rel_max_diff``: the largest
 difference over the reference samples' largest magnitude). Sampler, steps, guidance
 and the sampler's options are the config's ``sample_cfg`` under the command line's,
 as tools/infer.py takes them (the objective's own sampler where none is given).
@@ -166,8 +168,10 @@ def _sync(device):
 
 
 def time_precision(model, precision, settings, args, device):
-    """Best seconds of ``--repeats`` calls, the NFE, peak memory (MB) and the samples."""
-    from mmsora.utils.process_memory import peak_rss_mb, reset_peak_rss
+    """Best seconds of ``--repeats`` calls, the NFE, peak memory (``peak_mem_mb`` in MiB
+    and its ``peak_mem_kind``, :func:`~mmsora.utils.process_memory.peak_memory`) and the
+    samples."""
+    from mmsora.utils.process_memory import peak_memory, reset_peak_rss
     model.sample(**dict(settings, num_steps=min(2, settings['num_steps'])),
                  precision=precision)
     if device.type == 'cuda':
@@ -181,8 +185,7 @@ def time_precision(model, precision, settings, args, device):
         z = model.sample(**settings, precision=precision)
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda'
-            else peak_rss_mb())
+    peak = peak_memory(device)
     # (an objective of one's own may not count its model evaluations)
     return min(times), times, getattr(model.diffusion, 'last_nfe', None), peak, z.float().cpu()
 
@@ -214,7 +217,7 @@ def main(argv=None):
         best, times, nfe, peak, z = time_precision(model, precision, settings, args, device)
         row = dict(precision=precision, s_per_batch=best, samples_per_s=n / best,
                    ms_per_nfe=1000 * best / nfe if nfe else None, nfe=nfe,
-                   peak_mem_mb=peak, runs_s=[round(t, 4) for t in times])
+                   **peak, runs_s=[round(t, 4) for t in times])
         if flops and nfe:
             guided = 2 if settings['cfg_scale'] != 1.0 else 1
             row['tflops_per_s'] = flops * n * guided * nfe / best / 1e12
@@ -233,6 +236,7 @@ def main(argv=None):
 
 
 def report(args, model, settings, precisions, results) -> None:
+    from mmsora.utils.process_memory import peak_mem_header
     name = args.config or f'{args.model} input_size={args.input_size}'
     shown = {k: v for k, v in settings.items()
              if k not in ('seeds', 'decode', 'labels', 'text_embeds', 'text_mask',
@@ -242,14 +246,16 @@ def report(args, model, settings, precisions, results) -> None:
           + ' '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}'
                      for k, v in shown.items())
           + f' device={args.device} torch={torch.__version__} repeats={args.repeats}')
+    # named as tools/benchmark.py's column: peak_rss_MiB / peak_cuda_allocated_MiB
+    peak = peak_mem_header(r.get('peak_mem_kind') for r in results)
     print(f'{"precision":>9}  {"s/batch":>8}  {"samples/s":>9}  {"NFE":>4}  {"ms/NFE":>8}  '
-          f'{"TFLOP/s":>8}  {"MFU":>6}  {"peak MB":>8}  rel. max|diff| vs {precisions[0]}')
+          f'{"TFLOP/s":>8}  {"MFU":>6}  {peak}  rel. max|diff| vs {precisions[0]}')
     for r in results:
         tflops = f'{r["tflops_per_s"]:8.3f}' if 'tflops_per_s' in r else f'{"-":>8}'
         mfu = f'{r["mfu"]:6.1%}' if 'mfu' in r else f'{"-":>6}'
         print(f'{r["precision"]:>9}  {r["s_per_batch"]:8.3f}  {r["samples_per_s"]:9.2f}  '
               f'{r["nfe"] or "-":>4}  {r["ms_per_nfe"] or float("nan"):8.1f}  {tflops}  {mfu}  '
-              f'{r["peak_mem_mb"]:8.0f}  {r["rel_max_diff"]:.2e}')
+              f'{r["peak_mem_mb"]:{len(peak)}.0f}  {r["rel_max_diff"]:.2e}')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(config=args.config, model=None if args.config else args.model,

@@ -255,6 +255,10 @@ def run(name: str, argv: list, limit: int, out_dir: str, log) -> dict:
     return record
 
 
+# peak_mem_mb's kind (tools/benchmark.py, tools/benchmark_sampling.py) in a summary row
+_PEAK_KINDS = {'cuda_allocated': 'allocated ', 'rss': 'RSS '}
+
+
 def summary_rows(records: dict) -> list:
     """One line per benchmark: img/s, MFU and peak memory."""
     rows = []
@@ -262,9 +266,11 @@ def summary_rows(records: dict) -> list:
         results = (record.get('result') or {}).get('results') or []
         for r in results:
             tag = f" {r['precision']}" if 'precision' in r and 'impl' not in r else ''
+            # which peak: peak_mem_kind (results recorded before it say nothing)
+            kind = _PEAK_KINDS.get(r.get('peak_mem_kind'), '')
             rows.append(f"{name}{tag}: {r['samples_per_s']:.1f} samples/s, "
                         f"{r.get('tflops_per_s', 0):.1f} TFLOP/s, MFU "
-                        f"{r.get('mfu', float('nan')):.3f}, peak "
+                        f"{r.get('mfu', float('nan')):.3f}, peak {kind}"
                         f"{r['peak_mem_mb'] / 1024:.2f} GiB")
             if 'profile' in r:
                 rows.append(f"{name}: {r['impl']}'s operators in {r['profile']}")

@@ -10,7 +10,8 @@ Two measurements behind docs/stable_cascade.md:
 * **Measured on CPU** at scaled sizes (both models at 1/4 width and about 1/4 depth):
   CPU seconds per training step (forward, backward, AdamW; process time, steadier
   than wall time on a shared machine) and the growth of the process's peak RSS during
-  the steps, each model in its own process.
+  the steps (Linux's VmHWM: unlike ``ru_maxrss`` it leaves out the memory of the
+  process before its ``exec``), each model in its own process.
 
     python tools/stable_cascade_cost.py                # counts
     python tools/stable_cascade_cost.py --measure      # + CPU timing
@@ -21,14 +22,13 @@ Stage C latents are 42.67x smaller than the frames (``ceil(side / 42.67)``, 24 f
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 
-from mmsora.utils.process_memory import rss_mb
+from mmsora.utils.process_memory import peak_rss_figure, rss_mb
 
 __all__ = ['model_configs', 'step_inputs', 'count_step']
 
@@ -171,10 +171,10 @@ def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
         step()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak, source = peak_rss_figure()  # 'ru_maxrss' (no /proc) counts the parent too
     return dict(step_s=sorted(wall)[len(wall) // 2], step_s_all=wall,
                 step_cpu_s=sorted(cpu)[len(cpu) // 2], step_cpu_s_all=cpu,
-                peak_rss_growth_mb=peak - rss_before)
+                peak_rss_growth_mb=peak - rss_before, peak_rss_source=source)
 
 
 def main(argv=None):

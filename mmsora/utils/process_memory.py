@@ -1,15 +1,27 @@
 """This process's resident memory, from Linux's ``/proc/self/status``, for the
-benchmarks: the current RSS, and the peak (VmHWM) since it was last reset."""
+benchmarks: the current RSS, and the peak (VmHWM) since it was last reset; and the
+peak memory figure the benchmarks report, named for what it is."""
+import sys
 
-__all__ = ['rss_mb', 'peak_rss_mb', 'reset_peak_rss']
+__all__ = ['rss_mb', 'peak_rss_mb', 'reset_peak_rss', 'peak_rss_figure', 'peak_memory',
+           'peak_mem_header', 'PEAK_MEM_HEADERS']
+
+# A table's header for the benchmarks' ``peak_mem_mb`` (MiB), by its ``peak_mem_kind``:
+# the process's peak resident memory on the CPU, the caching allocator's peak of
+# allocated tensors on CUDA.
+PEAK_MEM_HEADERS = {'rss': 'peak_rss_MiB', 'cuda_allocated': 'peak_cuda_allocated_MiB'}
 
 
 def _status_mb(field: str):
-    """``/proc/self/status``'s ``field`` (``VmRSS``, ``VmHWM``) in MiB, or None."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(f'{field}:'):
-                return int(line.split()[1]) / 1024
+    """``/proc/self/status``'s ``field`` (``VmRSS``, ``VmHWM``) in MiB, or None (also
+    where there is no ``/proc``)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(f'{field}:'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return None
 
 
@@ -33,3 +45,39 @@ def reset_peak_rss() -> None:
     """Start the peak (VmHWM) anew from the current RSS."""
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
+
+
+def peak_rss_figure() -> tuple:
+    """``(MiB, source)``: this program's peak resident set size, from ``'VmHWM'``
+    (:func:`peak_rss_mb`), or from ``'ru_maxrss'`` where there is no
+    ``/proc/self/status`` (not Linux). ``ru_maxrss`` is the process's peak over its
+    whole life, before ``exec`` too: a child started by a larger parent reports at
+    least the parent's size."""
+    value = _status_mb('VmHWM')
+    if value is not None:
+        return value, 'VmHWM'
+    import resource
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (2**20 if sys.platform == 'darwin' else 1024), 'ru_maxrss'  # B / KiB
+
+
+def peak_memory(device) -> dict:
+    """The benchmarks' peak memory on ``device`` (a ``torch.device``), in MiB, under
+    ``peak_mem_mb`` (the key tools/gpu_benchmarks.py and the recorded JSON read) with
+    ``peak_mem_kind`` saying which figure it is: ``'cuda_allocated'``
+    (``torch.cuda.max_memory_allocated``) or ``'rss'`` (:func:`peak_rss_figure`, its
+    source under ``peak_rss_source``). Reset the peak before what it should cover."""
+    if device.type == 'cuda':
+        import torch
+        return dict(peak_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20,
+                    peak_mem_kind='cuda_allocated')
+    value, source = peak_rss_figure()
+    return dict(peak_mem_mb=value, peak_mem_kind='rss', peak_rss_source=source)
+
+
+def peak_mem_header(kinds) -> str:
+    """A table's header for ``peak_mem_mb`` of rows of these ``peak_mem_kind`` values:
+    :data:`PEAK_MEM_HEADERS`' for one known kind, ``peak_mem_MiB`` otherwise."""
+    kinds = set(kinds)
+    return PEAK_MEM_HEADERS.get(kinds.pop(), 'peak_mem_MiB') if len(kinds) == 1 \
+        else 'peak_mem_MiB'
