@@ -204,8 +204,9 @@ def evaluation_record(model, metrics: Dict[str, float], evaluation: dict,
         num_samples=evaluation.get('num_samples'), seed=evaluation.get('seed', 0),
         sample_cfg={k: v for k, v in (sample_cfg or {}).items() if k not in NOT_SAMPLE_ARGS},
         metric_configs=metric_configs(evaluation))
-    if evaluation.get('prompts'):
-        record['prompts'] = list(evaluation['prompts'])
+    if evaluation.get('prompts'):  # (as sampled: one str is one prompt, not its letters)
+        from mmsora.models.latent_diffusion import prompt_list
+        record['prompts'] = prompt_list(evaluation['prompts'])
     else:  # a class model: drawn from the seed, or cycled through (these, or all)
         record['labels'] = 'random' if labels == 'random' else 'cycled'
         if labels is not None and labels != 'random':

@@ -464,10 +464,11 @@ def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) ->
     the run's sampler options; the precision is :func:`default_precision` where
     neither says one. The one merge of :func:`sample_images` and ``mass_sample``.
 
-    ``keep_unset`` (``mass_sample``'s): a setting (not a sampler option) given as None
-    that the run does not set stays None (the keys tools/infer.py's run records
-    hold), and a model without ``sample_cfg`` (or a ``sample_fn`` in its place) gets
-    ``sample_kwargs`` as they are."""
+    ``keep_unset`` (``mass_sample``'s record of a run, not what it samples with): a
+    setting (not a sampler option) given as None that the run does not set stays
+    None (the keys tools/infer.py's run records hold), and a model without
+    ``sample_cfg`` (or a ``sample_fn`` in its place) gets ``sample_kwargs`` as they
+    are. ``model``: None, or one without ``sample``, where a ``sample_fn`` samples."""
     from mmsora.diffusion.scheduler_sampling import (NOT_SAMPLE_ARGS, SAMPLE_SETTINGS,
                                                      merge_sample_cfg)
     run_cfg = getattr(model, 'sample_cfg', None)
@@ -478,7 +479,8 @@ def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) ->
     # An option None leaves the run's too, but where None is one of its values (SiT's
     # last_step=None: no last step), which all as choices was dropped and SiT's 'Mean'
     # last step taken.
-    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS, *sample_arguments(model))
+    own = (*SAMPLE_SETTINGS, *NOT_SAMPLE_ARGS,
+           *(sample_arguments(model) if hasattr(model, 'sample') else ()))
     takes_none = getattr(getattr(model, 'diffusion', None), 'OPTIONS_TAKING_NONE', ())
     chosen = {k: v for k, v in sample_kwargs.items() if k in own and k != 'sampler'}
     options = {k: v for k, v in sample_kwargs.items()

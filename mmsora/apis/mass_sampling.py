@@ -71,9 +71,14 @@ def sample_plan(num_samples: int, labels: Optional[Sequence[int]], seed: int = 0
                 prompts: Optional[Sequence[str]] = None):
     """Labels, seeds (and prompts) of samples ``0 .. num_samples - 1``. With prompts
     the labels may be None or empty: a text model's one class, 0, as tools/infer.py
-    gives them (its ``range(model.num_classes)``), so the runs' records are alike."""
+    gives them (its ``range(model.num_classes)``), so the runs' records are alike.
+    ``prompts`` as ``sample_images`` takes them (``prompt_list``): one str is one
+    caption (it was cut into its characters), a set is refused."""
+    from mmsora.models.latent_diffusion import prompt_list
     if num_samples < 1:
         raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+    if prompts is not None:  # (prompts=3: 'object of type int has no len()')
+        prompts = prompt_list(prompts)
     if prompts is not None and (labels is None or not len(labels)):
         labels = [0]
     if labels is None:
@@ -85,8 +90,6 @@ def sample_plan(num_samples: int, labels: Optional[Sequence[int]], seed: int = 0
     plan = dict(labels=[int(labels[i % len(labels)]) for i in range(num_samples)],
                 seeds=[seed + i for i in range(num_samples)])
     if prompts is not None:
-        if not len(prompts):
-            raise ValueError('the prompt list is empty')
         plan['prompts'] = [prompts[i % len(prompts)] for i in range(num_samples)]
     return plan
 
@@ -463,9 +466,10 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
             ``sample_fn(seeds=..., labels=...)`` or ``(seeds=..., prompts=...)``).
         **sample_kwargs: Passed to ``model.sample`` (sampler, num_steps, cfg_scale, ...),
             over the run's ``sample_cfg`` of a model from init_model
-            (``run_sample_settings(model, sample_kwargs, keep_unset=True)``, the
-            merge of :func:`~mmsora.apis.inference.sample_images`; settings given as
-            None kept for the run's record): ``mass_sample(model, ...)`` draws what
+            (``run_sample_settings(model, sample_kwargs)``, the merge of
+            :func:`~mmsora.apis.inference.sample_images`: a setting None leaves the
+            run's, or the model's default; kept as None in the run's record,
+            ``keep_unset=True``): ``mass_sample(model, ...)`` draws what
             ``tools/infer.py --out NAME.npz`` saves for the same seeds. (Before, the
             objective's defaults: DDPM, 250 steps, no guidance.)
 
@@ -479,12 +483,16 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
                          'sample)')
     rank, world_size = get_dist_info()
     plan = sample_plan(num_samples, labels, seed, prompts)
-    sample_kwargs = run_sample_settings(model, sample_kwargs, keep_unset=True)
+    # The run's record keeps the settings given as None (the keys of tools/infer.py's
+    # records); the sampling takes sample_images' merge, None: the run's setting (a
+    # cfg_scale=None the run does not set reached model.sample and was refused)
+    recorded = run_sample_settings(model, sample_kwargs, keep_unset=True)
+    sample_kwargs = run_sample_settings(model, sample_kwargs)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
     finished = None  # the samples of a finished out still to be scored
     if parts_dir:
-        fingerprint = _fingerprint(model, plan, batch_size, sample_kwargs)
+        fingerprint = _fingerprint(model, plan, batch_size, recorded)
         finished = _finished_samples(out, parts_dir, fingerprint, num_samples)
         barrier()  # (every process has looked before rank 0 writes a record)
         if finished is None:

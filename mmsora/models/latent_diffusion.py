@@ -7,7 +7,7 @@ import inspect
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView, Set
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -812,9 +812,15 @@ def prompt_list(prompts) -> list:
     sample; one str is one caption (it was sliced into its characters). Anything but
     a non-empty sequence of str is refused in one line naming ``prompts``:
     ``prompts=3`` was 'int object is not iterable', ``[3]`` an error in the
-    tokenizer."""
+    tokenizer. A set is refused too: its order (of str: their hashes) changes from
+    one process to the next, and caption i with it."""
     if isinstance(prompts, str):
         return [prompts]
+    if isinstance(prompts, Set) and not isinstance(prompts, KeysView):  # (a dict's keys
+        # keep their order; a frozenset does not)
+        raise ValueError(f'prompts is a {type(prompts).__name__}, whose order changes from '
+                         'one run to the next (caption i is sample i\'s): give a list, '
+                         'e.g. sorted(prompts)')
     if isinstance(prompts, (bytes, dict)) or not isinstance(prompts, Iterable) or \
             getattr(prompts, 'ndim', 1) == 0:
         raise ValueError(f"prompts must be a list of captions (str), one per sample "

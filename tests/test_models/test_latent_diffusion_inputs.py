@@ -174,6 +174,9 @@ def test_a_cfg_scale_of_any_real_number_type_still_guides():
     (['a red bike', 3], r'^prompts\[1\] is 3, not a caption: prompts must be a list of str, '
                         r'one per sample$'),
     ([['a red bike']], r"^prompts\[0\] is \['a red bike'\], not a caption"),
+    # (a set's order of str changes from one process to the next: caption i with it)
+    ({'a red bike', 'a blue car'}, r"^prompts is a set, whose order changes from one run to "
+                                   r"the next .*give a list, e\.g\. sorted\(prompts\)$"),
 ])
 def test_prompts_that_are_not_captions_are_one_line(t5_dir, prompts, message):
     """prompts=3 was 'int object is not iterable'; [3] failed in the tokenizer."""
