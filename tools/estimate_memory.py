@@ -9,22 +9,24 @@ under a minute with ZeRO-3).
 
 For every ``--grad-checkpointing`` setting (default: the config's, marked "(config)")
 it prints the peak at each ``--batch-size`` (default: the config's) with its parts (GiB,
-or MiB / KiB below 1 GiB; ``--json`` in GiB), and with
+or MiB / KiB below 1 GiB; ``--json`` in GiB, with the setting counted: K or 'selective',
+the config's resolved as the table names it), and with
 ``--budget-gb`` the largest batch per card that leaves ``--headroom`` of the card free
 for the CUDA context and the caching allocator ("N+": ``--max-batch`` N fits). Without
 ``--precision`` it counts what the config's ``optim_wrapper`` trains in, and says so in
 one line (a plain ``OptimWrapper``: fp32, though ``tools/train.py --amp`` trains it in
-bf16: give ``--precision bf16`` for that). The step is ``tools/train.py``'s on
-one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N`` adds DDP's gradient
-buckets, and divides a config's ``global_batch_size`` as ``tools/train.py`` does on N
-processes (over the accumulation steps too; ``--batch-size`` counts other batches
-instead); gradient accumulation (``optim_wrapper.accumulative_counts``, or a DeepSpeed
-strategy's own ``gradient_accumulation_steps``) adds the
-gradients kept through the next micro-batch. ``--deepspeed PRESET`` (or a config with
-a DeepSpeed ``strategy``) counts ``tools/train.py --deepspeed``'s step instead:
-ZeRO-1/2 partitions over ``--gpus``, their reduction buckets and, with offload, what
-stays in host memory (:mod:`mmsora.utils.zero_memory`); ZeRO-3's step is DeepSpeed's
-own, run over fake collectives (:mod:`mmsora.utils.zero3_memory`; without offload).
+bf16, fp16 on GPUs without bf16: give ``--precision bf16`` for that). The step is
+``tools/train.py``'s on one GPU (see :mod:`mmsora.utils.memory_estimate`); ``--gpus N``
+adds DDP's gradient buckets, and divides a config's ``global_batch_size`` as
+``tools/train.py`` does on N processes (over the accumulation steps too;
+``--batch-size`` counts other batches instead); gradient accumulation
+(``optim_wrapper.accumulative_counts``, or a DeepSpeed strategy's own
+``gradient_accumulation_steps``) adds the gradients kept through the next micro-batch.
+``--deepspeed PRESET`` (or a config with a DeepSpeed ``strategy``) counts
+``tools/train.py --deepspeed``'s step instead: ZeRO-1/2 partitions over ``--gpus``,
+their reduction buckets and, with offload, what stays in host memory
+(:mod:`mmsora.utils.zero_memory`); ZeRO-3's step is DeepSpeed's own, run over fake
+collectives (:mod:`mmsora.utils.zero3_memory`; without offload).
 ``--fsdp [PRESET]`` (or a config with an FSDP ``strategy``) counts ``tools/train.py
 --fsdp``'s step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
 collectives (:mod:`mmsora.utils.fsdp_memory`), with the preset's MixedPrecision
@@ -135,7 +137,8 @@ def _precision(args, cfg):
     """``(precision counted, the line that says where it comes from)``: ``--precision``
     (the header line names it: no line), else what the config's optim_wrapper trains
     in, as ``tools/train.py`` without ``--amp`` does; a full-precision wrapper's line
-    names ``--precision bf16``, what ``tools/train.py --amp`` trains in."""
+    names ``--precision bf16``, what ``tools/train.py --amp`` trains in (fp16 on a GPU
+    without bf16: :func:`~mmsora.engine.strategies.apply_amp`)."""
     from mmsora.engine.strategies import amp_dtype_of
     if args.precision:
         return args.precision, None
@@ -145,8 +148,9 @@ def _precision(args, cfg):
     kind = wrapper.get('type', 'OptimWrapper')
     if dtype is None:
         return precision, (f"precision: fp32, as the config's optim_wrapper ({kind}) "
-                           'trains; tools/train.py --amp trains it in bf16: give '
-                           '--precision bf16 to count that')
+                           'trains; tools/train.py --amp trains it in bf16 (fp16 on GPUs '
+                           'without bf16: V100, T4): give --precision bf16 (or fp16) to '
+                           'count that')
     return precision, (f"precision: {precision}, as the config's optim_wrapper ({kind}, "
                        f'{dtype}) trains; --precision fp32|bf16|fp16 counts another')
 
@@ -159,6 +163,15 @@ def _resolved(cfg, k):
         return k
     denoiser = (cfg.get('model') or {}).get('denoiser')
     return denoiser.get('grad_checkpointing') if hasattr(denoiser, 'get') else None
+
+
+def _counted(cfg, k):
+    """What ``--json`` records of the checkpointing counted: the setting the table
+    names, as ``--grad-checkpointing`` takes it (K, 0: none, or 'selective'); None (the
+    config's) resolved as the table's '(config)' row is, the denoiser's default
+    included (it recorded null there)."""
+    k = _configured(cfg) if k is None else k
+    return int(k) if isinstance(k, bool) else k
 
 
 def _one_gpu_note(deepspeed, fsdp) -> str:
@@ -347,7 +360,7 @@ def main(argv=None):
                 e['measured'] = real['measured'] or real['peak']
                 row += (_size(e['measured']),)
             rows.append(row)
-            results.append(dict(grad_checkpointing=_resolved(cfg, k),
+            results.append(dict(grad_checkpointing=_counted(cfg, k),
                                 precision=precision_label, **e))
     print(_table(rows))
     zero3 = bool(deepspeed) and deepspeed['zero_optimization']['stage'] == 3
@@ -380,7 +393,7 @@ def main(argv=None):
                                                            estimate(n, k).startup),
                                              usable_bytes(budget, args.headroom),
                                              limit=args.max_batch)
-                largest.append(dict(grad_checkpointing=_resolved(cfg, k), budget_gib=budget,
+                largest.append(dict(grad_checkpointing=_counted(cfg, k), budget_gib=budget,
                                     headroom=args.headroom, batch_size=best))
                 row.append(f'{best}' + ('+' if best == args.max_batch else ''))
             rows.append(tuple(row))

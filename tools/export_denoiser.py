@@ -311,7 +311,15 @@ def pipeline_vae(run: dict, vae_dir, in_channels: int, source: str, own_vae=None
     elif own_vae:  # (it said 'it names no VAE folder' of a pipeline folder with its vae/)
         path, subfolder = own_vae, None
     else:
-        said = f'its model.vae is a {kind}' if kind else 'it names no VAE folder'
+        if ours:  # (no pretrained_path: a random VAE built from model.vae.config)
+            said = (f'its model.vae ({kind}) is built from a config, with no weights folder '
+                    'to copy' if cfg.get('config') is not None else
+                    f'its model.vae ({kind}) names no weights folder (pretrained_path)')
+        elif kind:  # (a video VAE, Stable Cascade's decoder, one's own)
+            said = (f'its model.vae ({kind}) is not an AutoencoderKLWrapper, whose diffusers '
+                    'AutoencoderKL folder --pipeline copies')
+        else:
+            said = 'it names no VAE folder'
         raise UserError(f'{source}: --pipeline needs the VAE that decodes its latents and '
                         f'{said}: give --vae DIR (a local diffusers AutoencoderKL folder)')
     defaults = keyword_defaults(AutoencoderKLWrapper.__init__)

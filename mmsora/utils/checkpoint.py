@@ -86,7 +86,8 @@ def not_a_checkpoint_folder(path: str) -> str:
     """What a folder given as a checkpoint is, in a clause, when it is none of the
     folders the tools read (a DeepSpeed checkpoint folder, a work dir with a
     checkpoint, a diffusers DiT folder): a model of another kind (a VAE, a text
-    encoder: its config.json) is named as such. Before, the tools said 'checkpoint
+    encoder: its config.json) is named as such, and what a DiTPipeline folder lacks
+    (its transformer/, or there the config.json). Before, the tools said 'checkpoint
     not found' of a folder that exists, or listed the kinds without the diffusers
     one."""
     holds = folder_model(path)
@@ -95,6 +96,8 @@ def not_a_checkpoint_folder(path: str) -> str:
                 'a checkpoint file, a work dir, a DeepSpeed checkpoint folder or a diffusers '
                 'DiT folder')
     index = read_json_config(osp.join(path, 'model_index.json'))
+    if index is not None and index.get('_class_name') == 'DiTPipeline':  # (not its DiT)
+        return _broken_dit_pipeline(path)
     if index is not None and isinstance(index.get('_class_name'), str):  # (a pipeline's)
         return (f'{path} holds a diffusers {index["_class_name"]} (its model_index.json), '
                 'not a DiT\'s: give a checkpoint file, a work dir, a DeepSpeed checkpoint '
@@ -107,6 +110,33 @@ def not_a_checkpoint_folder(path: str) -> str:
     return (f'{path}: a folder that is neither a work dir with a checkpoint '
             '(last_checkpoint, iter_N.pth), a DeepSpeed checkpoint folder nor a diffusers DiT '
             'folder: give a checkpoint file')
+
+
+def _broken_dit_pipeline(path: str) -> str:
+    """What a diffusers DiTPipeline folder lacks that the tools read its DiT from: its
+    ``transformer/``, or there its config.json (or the weights beside it). It was told
+    it held 'a DiTPipeline, not a DiT's: give ... a DiTPipeline'."""
+    from mmsora.utils.diffusers_dit import INDEX_FILES, WEIGHT_FILES
+    where = f'{path} holds a diffusers DiTPipeline (its model_index.json)'
+    transformer = osp.join(path, 'transformer')
+    if not osp.isdir(transformer):
+        return (f'{where} without its transformer/ folder (the DiT\'s config.json and '
+                'weights): copy it back, or give the DiT\'s checkpoint file')
+    holds = folder_model(transformer)
+    if holds:  # (a config.json that names no DiT class)
+        return (f'{where} whose transformer/ holds a {holds} (its config.json), not a '
+                'diffusers DiTTransformer2DModel: give a DiT\'s pipeline or checkpoint')
+    config = osp.join(transformer, 'config.json')
+    if not osp.isfile(config):
+        lacks = 'no config.json'
+    elif read_json_config(config) is None:
+        lacks = 'a config.json that is not a JSON object'
+    else:
+        lacks = 'a config.json that names no model class (_class_name)'
+    if not any(osp.isfile(osp.join(transformer, n)) for n in WEIGHT_FILES + INDEX_FILES):
+        lacks += f' and no weights ({WEIGHT_FILES[0]} or .bin)'
+    return (f'{where} whose transformer/ has {lacks}: put back what save_pretrained wrote '
+            'there (config.json beside the weights)')
 
 
 def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cpu',

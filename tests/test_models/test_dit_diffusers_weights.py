@@ -362,3 +362,38 @@ def test_a_dit_folder_given_as_the_vae_says_what_to_give(pipeline):
         f"VAE folder {folder!r} holds DiTTransformer2DModel weights (its config.json), not "
         "AutoencoderKL ones: not a VAE: give a diffusers AutoencoderKL folder (its "
         "config.json names AutoencoderKL; a pipeline's is its vae/)")
+
+
+def test_a_dit_pipeline_folder_missing_part_of_its_transformer_says_which(pipeline,
+                                                                          tmp_path):
+    """A DiTPipeline folder whose transformer/ lost its config.json was told it held 'a
+    diffusers DiTPipeline, not a DiT's: give ... (a DiTPipeline, or its transformer/)'."""
+    from mmsora.utils.checkpoint_choice import resolve_checkpoint
+    folder = tmp_path / 'pipe'
+    shutil.copytree(pipeline[2], folder)
+    transformer = folder / 'transformer'
+
+    def message():
+        with pytest.raises(FileNotFoundError) as info:
+            resolve_checkpoint(str(folder))
+        return str(info.value)
+    where = f'{folder} holds a diffusers DiTPipeline (its model_index.json)'
+    put_back = ': put back what save_pretrained wrote there (config.json beside the weights)'
+    config = (transformer / 'config.json').read_text()
+    os.remove(transformer / 'config.json')
+    assert message() == f'{where} whose transformer/ has no config.json{put_back}'
+    (transformer / 'config.json').write_text('{"_class_name": ')  # cut short
+    assert message() == f'{where} whose transformer/ has a config.json that is not a JSON ' \
+        f'object{put_back}'
+    (transformer / 'config.json').write_text(config.replace('DiTTransformer2DModel',
+                                                            'PixArtTransformer2DModel'))
+    assert message() == (f'{where} whose transformer/ holds a diffusers '
+                         'PixArtTransformer2DModel (its config.json), not a diffusers '
+                         "DiTTransformer2DModel: give a DiT's pipeline or checkpoint")
+    os.remove(transformer / 'config.json')
+    os.remove(transformer / 'diffusion_pytorch_model.safetensors')
+    assert message() == (f'{where} whose transformer/ has no config.json and no weights '
+                         f'(diffusion_pytorch_model.safetensors or .bin){put_back}')
+    shutil.rmtree(transformer)
+    assert message() == (f"{where} without its transformer/ folder (the DiT's config.json "
+                         "and weights): copy it back, or give the DiT's checkpoint file")

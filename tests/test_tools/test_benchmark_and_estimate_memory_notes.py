@@ -71,8 +71,16 @@ def test_estimate_json_names_the_checkpointing_counted_and_its_units(tmp_path, c
     data = estimate_memory.main([config, '--grad-checkpointing', '0', 'selective'])
     assert [row['grad_checkpointing'] for row in data['estimates']] == [0, 'selective']
     plain = tiny_config(tmp_path, 'train_dataloader = dict(batch_size=2)\n', name='p.py')
-    data = estimate_memory.main([plain])  # left to the denoiser's default
-    assert [row['grad_checkpointing'] for row in data['estimates']] == [None]
+    # left to the denoiser's default: what the table's '(config)' row names, not null
+    data = estimate_memory.main([plain, '--budget-gb', '0.01'])
+    assert 'none (config)' in capsys.readouterr().out
+    assert [row['grad_checkpointing'] for row in data['estimates']] == [0]
+    assert [row['grad_checkpointing'] for row in data['largest_batch']] == [0]
+    every = tiny_config(tmp_path, 'train_dataloader = dict(batch_size=2)\n',
+                        extra=', grad_checkpointing=True', name='t.py')
+    data = estimate_memory.main([every])
+    assert 'every block (config)' in capsys.readouterr().out
+    assert [row['grad_checkpointing'] for row in data['estimates']] == [1]
 
 
 # --------------------------------------------------------------------------- #

@@ -158,6 +158,26 @@ def test_what_diffusers_cannot_run_is_one_line(tmp_path, tiny_vae_dir):
     assert os.listdir(out) == ['notes.txt']
 
 
+def test_a_run_whose_vae_has_no_folder_is_told_why(tmp_path):
+    """A run whose model.vae is built from a config was told 'its model.vae is a
+    AutoencoderKLWrapper': the kind was right; the weights folder is what is missing."""
+    from tests.tiny_models import TINY_VAE
+    out = str(tmp_path / 'out')
+    vae = dict(type='AutoencoderKLWrapper', config=TINY_VAE)
+    random = run_checkpoint(tmp_path / 'random.pth', vae=vae)[1]
+    assert refused(export, [random, '--pipeline', '--out', out]) == (
+        f'{random}: --pipeline needs the VAE that decodes its latents and its model.vae '
+        '(AutoencoderKLWrapper) is built from a config, with no weights folder to copy: '
+        'give --vae DIR (a local diffusers AutoencoderKL folder)')
+    video = dict(type='VideoVAEWrapper', class_name='AutoencoderKLWan', config={})
+    wan = run_checkpoint(tmp_path / 'wan.pth', vae=video)[1]
+    assert refused(export, [wan, '--pipeline', '--out', out]) == (
+        f'{wan}: --pipeline needs the VAE that decodes its latents and its model.vae '
+        '(VideoVAEWrapper) is not an AutoencoderKLWrapper, whose diffusers AutoencoderKL '
+        'folder --pipeline copies: give --vae DIR (a local diffusers AutoencoderKL folder)')
+    assert not os.path.exists(out)
+
+
 def test_a_scheduler_swapped_in_samples_on_mmsoras_grid(tmp_path, tiny_vae_dir):
     """scheduler_config.json said timestep_spacing='leading' (DDIM's default): a
     DPMSolverMultistepScheduler swapped in with from_config inherited it and sampled on

@@ -19,7 +19,8 @@ LITE = osp.join(ROOT, 'configs', 'stable_cascade',
                 'stable_cascade_video_lite_1xb1_100k_clips1024.py')
 
 PLAIN_FP32 = ("precision: fp32, as the config's optim_wrapper (OptimWrapper) trains; "
-              'tools/train.py --amp trains it in bf16: give --precision bf16 to count that')
+              'tools/train.py --amp trains it in bf16 (fp16 on GPUs without bf16: V100, T4): '
+              'give --precision bf16 (or fp16) to count that')
 
 pytestmark = pytest.mark.usefixtures('malloc_calls')
 

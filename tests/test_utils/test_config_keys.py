@@ -283,17 +283,15 @@ def test_sample_cfg_of_an_objective_with_loss_and_sample_alone_is_left_to_it():
 def test_a_sampling_hook_guiding_a_denoiser_without_forward_with_cfg_is_refused():
     """A denoiser of one's own without forward_with_cfg and a sampling hook under the
     config's sample_cfg.cfg_scale=2: the run stopped at the hook's first interval, with
-    advice to give --cfg-scale 1, which train.py does not have."""
+    advice to give --cfg-scale 1, which train.py does not have. (The class is given
+    itself: nothing is registered, so nothing leaks into later tests.)"""
     import torch
 
-    from mmsora.registry import MODELS
-
-    @MODELS.register_module(name='NoGuidanceDenoiser31', force=True)
     class NoGuidanceDenoiser31(torch.nn.Module):
         def __init__(self, **kwargs):
             super().__init__()
     cfg = load_config(DEMO)
-    cfg.model.denoiser = dict(type='NoGuidanceDenoiser31')
+    cfg.model.denoiser = dict(type=NoGuidanceDenoiser31)
     cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale=2.0)
     cfg.custom_hooks.append(dict(type='SampleVisualizationHook', interval=10))
     assert refused(cfg).startswith(
