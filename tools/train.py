@@ -993,6 +993,7 @@ def main(argv=None):
 
     from mmsora.engine import init_cpu_distributed
     from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
+    from mmsora.engine.log_files import guarded_log_files
     # (a mistake here is said by the first process of each machine: run_cli)
     # each of torchrun's processes trained the whole run alone, into the same work dir
     check_torchrun_launcher(args.launcher)
@@ -1016,13 +1017,14 @@ def main(argv=None):
             os.environ.setdefault(key, value)
     put_back_config = keep_dumped_config(cfg)  # (the Runner dumps its own)
     existed = set(os.listdir(cfg.work_dir)) if osp.isdir(cfg.work_dir) else set()
-    try:
-        if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
-            from mmengine.runner import FlexibleRunner
-            runner = FlexibleRunner.from_cfg(cfg)
-            seed_model_at_run_time(runner)  # it builds the model later, on every process
-        else:
-            runner = Runner.from_cfg(cfg)
+    try:  # (a log file on a full disk: one line, not a traceback per record: log_files.py)
+        with guarded_log_files():
+            if cfg.get('runner_type') == 'FlexibleRunner':  # --deepspeed / --fsdp
+                from mmengine.runner import FlexibleRunner
+                runner = FlexibleRunner.from_cfg(cfg)
+                seed_model_at_run_time(runner)  # it builds the model later, on every process
+            else:
+                runner = Runner.from_cfg(cfg)
     except OSError as e:
         if e.errno not in FULL_DISK:
             raise

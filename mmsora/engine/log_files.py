@@ -1,0 +1,118 @@
+"""A run's log file on a full disk: one line, not a traceback per log record.
+
+mmengine's ``MMLogger`` writes the run's log into ``WORK_DIR/TIMESTAMP/TIMESTAMP.log``
+through a ``logging.FileHandler``. When the disk fills (or the quota is spent, or the
+file system turns read-only), every record that handler fails to write makes Python's
+``logging`` print a ``--- Logging error ---`` block with a full traceback to stderr,
+burying the run's own output; mmengine also writes into the handler's stream itself
+(a model's ``init_weights`` dumps its initialisation there), which a full disk made an
+OSError ending the run. :func:`guarded_log_files` gives each log file's handler a
+stream whose first failed write or flush is said in one line on stderr, after which
+the file is closed and written no more in this run; the console log (mmengine's stdout
+handler) goes on as before. Other logging errors (a record that does not format) are
+the handler's to report, as before.
+
+The file is not tried again: a full disk stops the run soon anyway (the next
+checkpoint's save fails with ``CheckpointWriteError``: atomic_checkpoint.py), and a
+file that ends where its writes failed, with the rest on the console, is simpler to
+read than one with a hole that a later write would leave unmarked.
+"""
+import contextlib
+import io
+import logging
+import sys
+
+from mmengine.logging import MMLogger
+
+__all__ = ['guard_log_file', 'guarded_log_files']
+
+
+class LogFileGuard:
+    """The guard of one log file's handler: the streams the handler opens are
+    :class:`LogFileStream` objects, which write nothing once one of them failed."""
+
+    def __init__(self, handler: logging.FileHandler):
+        self.path = handler.baseFilename
+        self.failed = False
+        self._open = handler._open
+
+    def open(self) -> 'LogFileStream':
+        """The handler's ``_open``: it opens the file again after a ``close`` (mmengine
+        appends, since torch.compile could close the run's handlers) and at a rotating
+        handler's rollover."""
+        if not self.failed:
+            try:
+                return LogFileStream(self, self._open())
+            except OSError as e:  # (logging opens it outside emit's try: a crash)
+                self.fail(e)
+        return LogFileStream(self, None)
+
+    def fail(self, error: OSError) -> None:
+        self.failed = True
+        print(f'warning: cannot write the log file {self.path} ({error.strerror or error}): '
+              'it is not written again in this run; the log goes on on the console',
+              file=sys.stderr, flush=True)
+
+
+class LogFileStream(io.TextIOBase):
+    """The stream a log file's handler writes into: the file's, until a write or a
+    flush of it fails (an OSError); then the file is closed, the guard says so, and
+    what comes after is dropped."""
+
+    def __init__(self, guard: LogFileGuard, stream):
+        super().__init__()
+        self.guard = guard
+        self.stream = stream  # None once the file failed
+
+    def write(self, text: str) -> int:
+        self._try('write', text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._try('flush')
+
+    def close(self) -> None:
+        self._try('close')
+        self.stream = None
+        super().close()
+
+    def _try(self, method: str, *args) -> None:
+        if self.stream is None:
+            return
+        try:
+            getattr(self.stream, method)(*args)
+        except OSError as e:
+            stream, self.stream = self.stream, None
+            with contextlib.suppress(OSError, ValueError):  # (its unwritten buffer cannot
+                stream.close()  # be written either)
+            self.guard.fail(e)
+
+
+def guard_log_file(handler: logging.FileHandler) -> None:
+    """Make ``handler``'s first failed write one line on stderr, and its last."""
+    if isinstance(getattr(handler._open, '__self__', None), LogFileGuard):
+        return  # (guarded already)
+    guard = LogFileGuard(handler)
+    handler._open = guard.open
+    if handler.stream is not None:  # (None: opened at the first record, delay=True)
+        handler.stream = LogFileStream(guard, handler.stream)
+
+
+@contextlib.contextmanager
+def guarded_log_files():
+    """Inside: each ``MMLogger`` made (a Runner's, when it is built) has its log
+    files guarded (:func:`guard_log_file`) before its first record: the Runner logs
+    its environment and config while it is built."""
+    init = MMLogger.__init__
+
+    def guarded_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for handler in self.handlers:
+            if isinstance(handler, logging.FileHandler):
+                guard_log_file(handler)
+
+    MMLogger.__init__ = guarded_init
+    try:
+        yield
+    finally:
+        MMLogger.__init__ = init
