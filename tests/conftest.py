@@ -3,6 +3,8 @@
 Tests use one torch thread: their tensors are tiny, and on small CI machines
 (2 cores) torch's intra-op threads cost far more than they save on such sizes.
 """
+import fnmatch
+import importlib
 import os.path as osp
 
 import pytest
@@ -11,6 +13,27 @@ import torch
 torch.set_num_threads(1)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class _HelperModule(pytest.Module):
+    """A helper module of tests/ (``runner_probes.py``, ``tiny_models.py``, ...) given
+    on the command line, imported under the one name its importers use
+    (``tests.runner_probes``). pytest's own import named it by its file alone
+    (``runner_probes``): a second module, whose ``register_module`` ran a second time
+    ('BlockRuns is already registered')."""
+
+    def _getobj(self):
+        name = osp.splitext(osp.relpath(str(self.path), REPO_ROOT))[0]
+        return importlib.import_module(name.replace(osp.sep, '.'))
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    """The tests/ modules that are no test files (pytest collects those only when
+    given their path) as :class:`_HelperModule`."""
+    test_file = any(fnmatch.fnmatch(module_path.name, pattern)
+                    for pattern in parent.config.getini('python_files'))
+    if not test_file and module_path.name != 'conftest.py':
+        return _HelperModule.from_parent(parent, path=module_path)
 
 
 @pytest.fixture

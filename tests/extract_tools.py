@@ -2,7 +2,6 @@
 tools/convert_fastdit_features.py one module object each, shared by every test (tests
 patch its attributes); tools/make_manifest.py loaded afresh for each run."""
 import glob
-import importlib.util
 import os
 import os.path as osp
 from unittest import mock
@@ -10,16 +9,9 @@ from unittest import mock
 import pytest
 
 from mmsora.datasets import LatentStoreWriter
+from tests.cli_helpers import load_tool
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def load_tool(name):
-    """tools/NAME.py as a fresh module."""
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 extract = load_tool('extract_features')

@@ -1,6 +1,7 @@
 """The tiny SiT demo the tools/infer.py tests of Transport sample from."""
-import importlib.util
 import os.path as osp
+
+from tests.cli_helpers import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs/sit/sit_tiny2_1xb32_1500_shapes16.py')
@@ -11,7 +12,4 @@ TINY = ['model.denoiser.hidden_size=32', 'model.denoiser.depth=2',
 
 def load_infer():
     """tools/infer.py as a fresh module."""
-    spec = importlib.util.spec_from_file_location('infer', osp.join(ROOT, 'tools/infer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('infer')

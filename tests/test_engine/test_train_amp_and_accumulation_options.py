@@ -2,7 +2,6 @@
 AmpOptimWrapper on a machine without CUDA, gradient accumulation counts that are not
 a whole number >= 1, --amp with a config's float16, grad_checkpointing=k above the
 depth, and the micro-batches named in the global batch line."""
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -12,6 +11,7 @@ from mmengine.config import Config
 from mmsora.engine.strategies.train_options import accumulation_of, apply_amp
 from mmsora.models.layers.checkpointing import check_checkpoint_every
 from mmsora.utils.cli import UserError
+from tests.cli_helpers import load_tool
 from tools.train import build_train_config, parse_args
 
 pytestmark = pytest.mark.usefixtures('kept_environ', 'fresh_notes')
@@ -30,12 +30,8 @@ def train_config(repo_root, tmp_path, *options, config=DEMO, amp=False):
     return build_train_config(parse_args(argv + ['--cfg-options', *TINY, *options]))
 
 
-def estimate_memory_main(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        'estimate_memory_y', osp.join(repo_root, 'tools/estimate_memory.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def estimate_memory_main():
+    return load_tool('estimate_memory').main
 
 
 # ----------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def test_a_bad_accumulation_count_is_refused_in_one_line(repo_root, tmp_path, co
 
 
 def test_estimate_memory_refuses_a_bad_accumulation_count(repo_root, capsys):
-    main = estimate_memory_main(repo_root)
+    main = estimate_memory_main()
     with pytest.raises(UserError, match=r'^optim_wrapper\.accumulative_counts=0: '):
         main([osp.join(repo_root, DEMO), '--cfg-options', *TINY,
               'optim_wrapper.accumulative_counts=0'])
@@ -177,7 +173,7 @@ def test_train_refuses_grad_checkpointing_above_the_depth(repo_root, tmp_path):
 
 def test_estimate_memory_refuses_grad_checkpointing_above_the_depth(repo_root, capsys):
     """A row 'every 100th block' of a 4-block model was counted as block 0 alone."""
-    main = estimate_memory_main(repo_root)
+    main = estimate_memory_main()
     with pytest.raises(ValueError, match=r'^grad_checkpointing=100 is more than the 2 '):
         main([osp.join(repo_root, DEMO), '--cfg-options', *TINY,
               '--grad-checkpointing', '0', '100'])

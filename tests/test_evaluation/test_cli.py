@@ -1,7 +1,6 @@
 """tools/test.py and tools/infer.py mass sampling end to end on a tiny model: the same
 samples and metric values from 1 and 2 processes (gloo on CPU); the evaluation hook
 during a short training run."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from tests import cli_helpers
 
 DEMO = 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py'
 
@@ -76,11 +77,11 @@ def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsy
     # Two processes (torchrun, gloo); then one, in this process (no second start-up).
     run([osp.join(repo_root, 'tools', 'test.py'), config, ckpt, '--out', str(root / 'two.npz'),
          '--json', str(root / 'two.json')], repo_root, root, nproc=2, port=29651)
-    load_tool(repo_root, 'test').main([config, ckpt, '--out', str(root / 'one.npz'),
-                                       '--json', str(root / 'one.json')])
+    cli_helpers.load_tool('test').main([config, ckpt, '--out', str(root / 'one.npz'),
+                                        '--json', str(root / 'one.json')])
     printed = capsys.readouterr().out
     assert 'FID: ' in printed and 'IS: ' in printed
-    load_tool(repo_root, 'infer').main([
+    cli_helpers.load_tool('infer').main([
         config, '--checkpoint', ckpt, '--num-samples', '6', '--batch-size', '4', '--seed',
         '3', '--out', str(root / 'infer.npz'), '--sample-dir', str(root / 'files')])
     assert malloc_calls == ([] if torch.cuda.is_available() else [1, 1])
@@ -102,17 +103,16 @@ def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsy
 
 
 def load_tool(repo_root, name):
-    spec = importlib.util.spec_from_file_location(f'mmsora_tool_{name}',
-                                                  osp.join(repo_root, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """:func:`tests.cli_helpers.load_tool` with the (repo_root, name) arguments other
+    test files give it (repo_root: this checkout's, the one it loads from)."""
+    assert osp.samefile(repo_root, cli_helpers.REPO_ROOT), repo_root
+    return cli_helpers.load_tool(name)
 
 
 def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
     from mmsora.utils.cli import run_cli
-    repo_root, root, config, ckpt = tiny_run
-    tool = load_tool(repo_root, 'test')
+    _, root, config, ckpt = tiny_run
+    tool = cli_helpers.load_tool('test')
     bare = root / 'no_evaluation.py'
     bare.write_text(f'_base_ = [{config!r}]\nevaluation = None\n')
     assert run_cli(lambda: tool.main([str(bare), ckpt])) == 2
@@ -180,9 +180,9 @@ def test_evaluation_hook_logs_the_metric_during_training(tiny_run, tmp_path,
                                                          malloc_calls):
     """(Its two training runs also check that tools/train.py keeps glibc's freed memory
     without a GPU, and logs it, unless --default-malloc.)"""
-    repo_root, root, config, ckpt = tiny_run
+    _, root, config, ckpt = tiny_run
     hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
-    train = load_tool(repo_root, 'train')
+    train = cli_helpers.load_tool('train')
 
     def train_losses(config, work, *flags):
         train.main([str(config), '--work-dir', str(work), *flags, '--cfg-options',
@@ -253,13 +253,13 @@ def test_missing_inputs_stop_before_any_sampling(tiny_run, tmp_path, capsys, mon
     before the first training step."""
     from mmsora.apis import evaluation
     from mmsora.utils.cli import run_cli
-    repo_root, root, config, ckpt = tiny_run
+    _, root, config, ckpt = tiny_run
 
     def no_sampling(*args, **kwargs):
         raise AssertionError('sampled before checking the metric inputs')
 
     monkeypatch.setattr(evaluation, 'mass_sample', no_sampling)
-    tool = load_tool(repo_root, 'test')
+    tool = cli_helpers.load_tool('test')
     missing = str(tmp_path / 'nope.npz')
     assert run_cli(lambda: tool.main([config, ckpt, '--cfg-options',
                                       f'evaluation.metrics.0.reference={missing}'])) == 2
@@ -270,7 +270,7 @@ def test_missing_inputs_stop_before_any_sampling(tiny_run, tmp_path, capsys, mon
             in capsys.readouterr().err)
 
     hooked = hooked_config(tmp_path, config, num_samples=4, batch_size=4)
-    train = load_tool(repo_root, 'train')
+    train = cli_helpers.load_tool('train')
     work = tmp_path / 'work'
     assert run_cli(lambda: train.main([str(hooked), '--work-dir', str(work), '--cfg-options',
                                        'train_cfg.max_iters=3',
@@ -288,13 +288,13 @@ def test_reference_mistakes_stop_before_any_sampling(tiny_run, tmp_path, capsys,
     traceback or without naming the culprit. Now each is one line, before sampling."""
     from mmsora.apis import evaluation
     from mmsora.utils.cli import run_cli
-    repo_root, root, config, ckpt = tiny_run
+    _, root, config, ckpt = tiny_run
 
     def no_sampling(*args, **kwargs):
         raise AssertionError('sampled before checking the metric inputs')
 
     monkeypatch.setattr(evaluation, 'mass_sample', no_sampling)
-    tool = load_tool(repo_root, 'test')
+    tool = cli_helpers.load_tool('test')
     references = dict(big=dict(arr_0=np.zeros((4, 16, 16, 3), np.uint8)),
                       other_key=dict(images=np.zeros((4, 8, 8, 3), np.uint8)),
                       one=dict(arr_0=np.zeros((1, 8, 8, 3), np.uint8)))
@@ -370,15 +370,15 @@ def test_infer_draws_random_classes_as_fid_does(tiny_run, capsys, malloc_calls):
     at random) and said nothing of the settings it sampled with (the config's cfg 4.0
     where sample_ddp.py takes 1.5): --labels random draws them as tools/test.py's
     labels='random' does, and the settings are printed (walk-through p)."""
-    repo_root, root, config, ckpt = tiny_run
-    infer = load_tool(repo_root, 'infer')
+    _, root, config, ckpt = tiny_run
+    infer = cli_helpers.load_tool('infer')
     infer.main([config, '--checkpoint', ckpt, '--num-samples', '6', '--batch-size', '4',
                 '--seed', '3', '--labels', 'random', '--out', str(root / 'random.npz')])
     printed = capsys.readouterr().out
     assert ('sampling 6 samples with sampler=ddim, num_steps=2, cfg_scale=2.0; '
             'classes drawn at random from --seed') in printed
-    load_tool(repo_root, 'test').main([config, ckpt, '--out', str(root / 'test_random.npz'),
-                                       '--cfg-options', 'evaluation.labels=random'])
+    cli_helpers.load_tool('test').main([config, ckpt, '--out', str(root / 'test_random.npz'),
+                                        '--cfg-options', 'evaluation.labels=random'])
     ours, theirs = (np.load(root / f'{n}.npz') for n in ('random', 'test_random'))
     from mmsora.apis.mass_sampling import random_labels
     np.testing.assert_array_equal(ours['arr_1'], random_labels(4, 6, 3))

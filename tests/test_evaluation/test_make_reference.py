@@ -1,21 +1,15 @@
 """tools/make_reference.py: pictures and real clips into the reference .npz the FID / FVD
 metrics read."""
-import importlib.util
-import os.path as osp
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.shared_videos import BIKES, BUNNY, REPO_ROOT, needs_videos
+from tests.cli_helpers import load_tool
+from tests.shared_videos import BIKES, BUNNY, needs_videos
 
 
 def tool():
-    spec = importlib.util.spec_from_file_location(
-        'mmsora_tool_make_reference', osp.join(REPO_ROOT, 'tools', 'make_reference.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('make_reference')
 
 
 def test_pictures_are_center_cropped_and_bad_files_skipped(tmp_path, capsys):

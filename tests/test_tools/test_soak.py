@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tests.cli_helpers import load_tool
 from tests.launch import free_port, fresh_run_env
 
 
@@ -64,14 +65,11 @@ def test_two_processes_with_workers_are_sampled(repo_root, tmp_path):
     assert not (tmp_path / 'unused').exists()
 
 
-def test_the_default_port_is_a_free_one_and_workers_are_checked(repo_root):
+def test_the_default_port_is_a_free_one_and_workers_are_checked():
     """A fixed default port (29741) made two soaks at once on one machine collide;
     --workers -1 failed in torch's DataLoader inside each training process."""
-    import importlib.util
     import socket
-    spec = importlib.util.spec_from_file_location('soak', f'{repo_root}/tools/soak.py')
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
+    soak = load_tool('soak')
     with socket.socket() as held:  # the old fixed default, taken by another soak
         try:
             held.bind(('127.0.0.1', 29741))
