@@ -766,10 +766,14 @@ class GaussianDiffusion:
     # A diffusers scheduler sampler takes its constructor's settings as options
     # (solver_order, timestep_spacing, use_karras_sigmas, ...) but these: the trained
     # process (scheduler_overrides' timesteps and betas; zero-SNR rescaled betas and flow
-    # sigmas are another one) and the epsilon the sampling loop hands its step.
+    # sigmas are another one) and the epsilon the sampling loop hands its step. The
+    # dynamic shift (use_dynamic_shifting, time_shift_type: set_timesteps' mu, SD3's
+    # resolution-dependent flow_shift) acts on flow sigmas alone: on the betas' sigmas
+    # DPM-Solver++ ignored it without a word, UniPC asked for a mu the loop does not pass.
     SCHEDULER_FIXED = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule',
                        'trained_betas', 'rescale_betas_zero_snr', 'use_flow_sigmas',
-                       'flow_shift', 'prediction_type')
+                       'flow_shift', 'use_dynamic_shifting', 'time_shift_type',
+                       'prediction_type')
 
     def samplers(self):
         """Sampler names :meth:`sample` accepts: DiT's own, then diffusers' schedulers."""
@@ -880,7 +884,8 @@ class GaussianDiffusion:
             check_scheduler_options(
                 sampler, options, self.SCHEDULER_FIXED,
                 f"{type(self).__name__}'s {self.original_num_steps} timesteps, beta_schedule "
-                f"{self._init_args['beta_schedule']!r}, epsilon handed to the scheduler",
+                f"{self._init_args['beta_schedule']!r}, no flow sigmas or shift, epsilon "
+                'handed to the scheduler',
                 functools.partial(self.build_scheduler, sampler), num_steps)
             return
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))

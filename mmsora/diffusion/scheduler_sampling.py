@@ -131,10 +131,12 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     scheduler's to judge: it is built with them (``build(**options)``) and given its
     ``num_steps`` timesteps and one step, as sampling will (cheap, so tools/infer.py
     says a refused value before the weights load), and what it raises becomes one line
-    naming the option. An option that makes ``set_timesteps`` ask for an argument the
-    loop does not pass (``use_dynamic_shifting``: ``mu``, which diffusers' pipelines
-    compute from the picture) is said so, in words of ours. ``objective``: the trained
-    process in words, for the message."""
+    naming the option; first a word for a switch and a bool for a number (diffusers
+    took 'false' as true, True as 1) are refused. An option that makes
+    ``set_timesteps`` ask for an argument the loop does not pass
+    (``use_dynamic_shifting``: ``mu``, which diffusers' pipelines compute from the
+    picture) is said so, in words of ours. ``objective``: the trained process in words,
+    for the message."""
     from .schedulers import scheduler_settings
     given = [key for key in options if key in fixed]
     if given:
@@ -149,6 +151,11 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
         if isinstance(settings[key], bool) and not isinstance(value, bool):
             raise ValueError(f'{key}={value!r} is not True or False (a switch of {sampler}; '
                              f'its default: {settings[key]})')
+        # (solver_order=True: diffusers takes it as 1)
+        if isinstance(value, bool) and isinstance(settings[key], (int, float)) and \
+                not isinstance(settings[key], bool):
+            raise ValueError(f'{key}={value!r} is not a number (a setting of {sampler}; '
+                             f'its default: {settings[key]}): give a number')
 
     def refusal(chosen):
         """What the scheduler raises when built with ``chosen`` (one line), or None; and
@@ -233,11 +240,16 @@ def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):
     """A ``sample_cfg``'s sampler and sampler options against the objective
     ``diffusion`` (its ``samplers()`` and ``SAMPLER_OPTIONS``, and the options' values
     and the steps where it has ``check_sample_options``: the check its ``sample``
-    makes first, not a copy of it), without sampling. ``own``: the keys the caller
-    takes itself (``LatentDiffusion.sample``'s arguments). Raises the same one-line
-    ValueError."""
-    from mmsora.models.latent_diffusion import check_sampling_precision
+    makes first, not a copy of it), without sampling; and the settings
+    ``LatentDiffusion.sample`` judges first, ``precision`` and ``cfg_scale`` (a
+    ``cfg_scale`` given is passed to it as it is: None or '4' is refused there, so here;
+    NaN got through tools/infer.py's checks to the weights). ``own``: the keys the
+    caller takes itself (``LatentDiffusion.sample``'s arguments). Raises the same
+    one-line ValueError."""
+    from mmsora.models.latent_diffusion import check_cfg_scale, check_sampling_precision
     check_sampling_precision(settings.get('precision'))
+    if 'cfg_scale' in settings:
+        check_cfg_scale(settings['cfg_scale'])
     if not callable(getattr(diffusion, 'samplers', None)) or 'sampler' not in \
             inspect.signature(diffusion.sample).parameters:
         return  # an objective of one's own with loss and sample alone

@@ -456,13 +456,13 @@ class Transport:
                               "the scheduler's time shift; SD3: 3")
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
-        if sampler == 'FlowMatchEulerDiscreteScheduler':
-            check_num_steps(num_steps)
+        if sampler == 'FlowMatchEulerDiscreteScheduler':  # (the steps first: the check
+            check_num_steps(num_steps)  # builds the scheduler with them)
             check_scheduler_options(
                 sampler, options, self.SCHEDULER_FIXED,
                 f'the {self.path_name} path from noise at t = 0 to data at t = 1',
                 self._flow_match_scheduler, num_steps)
-        if sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
+        elif sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
             check_num_steps(num_steps, 2,
                             why='the SDE samplers count grid points: num_steps - 1 steps')
         else:

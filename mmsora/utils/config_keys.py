@@ -468,7 +468,9 @@ def _check_guidance(cfg) -> None:
     (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
     without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
     iterations in, and the message pointed at an option train.py does not have. The
-    scales are numbers here: :func:`_check_sample_cfg`, called first, judged them."""
+    scales of a ``LatentDiffusion`` whose objective builds are numbers here:
+    :func:`_check_sample_cfg`, called first, judged them; another's (a model that does
+    not build) are left to it."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     cls = _denoiser_class(cfg.get('model'))
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
@@ -480,7 +482,7 @@ def _check_guidance(cfg) -> None:
             continue
         own = hook.get('sample_cfg') if isinstance(hook.get('sample_cfg'), dict) else {}
         scale = merge_sample_cfg(base, own).get('cfg_scale', 1.0)
-        if scale != 1.0:
+        if isinstance(scale, numbers.Real) and scale != 1.0:  # ('4': no format 'g')
             where = (f'custom_hooks[{i}].sample_cfg.cfg_scale' if 'cfg_scale' in own
                      else 'sample_cfg.cfg_scale')
             raise UserError(f'custom_hooks[{i}] ({hook["type"]}) samples with guidance '
@@ -494,11 +496,11 @@ def _check_sample_cfg(cfg) -> None:
     model's objective: a sampler name or option typo failed when the samples were
     first drawn, a sampling hook's interval into the run (and the run with it), or at
     ``tools/infer.py``. A model config that does not build is left to the model.
-    ``cfg_scale`` is judged for every model by sampling's own rule (None or '4'
-    stopped the run at a sampling hook's first samples, or was a TypeError of the
-    guidance check's own message)."""
+    ``cfg_scale`` is judged by sampling's own rule, in ``check_sample_settings`` with
+    the rest (None or '4' stopped the run at a sampling hook's first samples, or was a
+    TypeError of the guidance check's own message), its message naming the key in
+    full."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
-    from mmsora.models.latent_diffusion import check_cfg_scale
     base = cfg.get('sample_cfg')
     base = dict(base) if isinstance(base, dict) else {}
     entries = [('sample_cfg', base)] if base else []
@@ -510,15 +512,12 @@ def _check_sample_cfg(cfg) -> None:
     if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
         entries.append(('evaluation.sample_cfg', merge_sample_cfg(base, evaluation['sample_cfg'])))
     for where, settings in entries:
-        if 'cfg_scale' in settings:
-            try:
-                check_cfg_scale(settings['cfg_scale'])
-            except ValueError as e:  # ('cfg_scale must be ...': the key, named in full)
-                raise UserError(f'{where}.{e}') from None
         try:
             check_sample_settings_of(cfg.get('model'), settings)
         except ValueError as e:
-            raise UserError(f'{where}: {e}') from None
+            # ('cfg_scale must be ...', sampling's rule: the key, named in full)
+            joint = '.' if str(e).startswith('cfg_scale must be ') else ': '
+            raise UserError(f'{where}{joint}{e}') from None
 
 
 def check_sample_settings_of(model, settings: dict) -> None:

@@ -81,3 +81,12 @@ def test_numbers_pass_and_still_meet_the_guidance_check():
         f'custom_hooks[{len(cfg.custom_hooks) - 1}] (SampleVisualizationHook) samples '
         'with guidance (sample_cfg.cfg_scale=4) but model.denoiser NoGuidanceDenoiserF1 '
         'has no forward_with_cfg: set sample_cfg.cfg_scale=1')
+
+
+def test_a_scale_left_to_a_model_that_does_not_build_is_no_crash():
+    """A config whose objective does not build is left to the model (its cfg_scale too):
+    the guidance check met '4' as a number ('Unknown format code 'g'')."""
+    cfg = sampling_config(NoGuidanceDenoiserF1)
+    cfg.model.diffusion = dict(type='NoSuchDiffusionF1')
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale='4')
+    check_training_keys(cfg)
