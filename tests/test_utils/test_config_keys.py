@@ -265,17 +265,14 @@ def test_a_top_level_key_one_letter_off_a_section_is_noted(capsys):
 def test_sample_cfg_of_an_objective_with_loss_and_sample_alone_is_left_to_it():
     """An objective of one's own needs loss and sample only: the sample_cfg check read
     its samplers() and sample's sampler argument (KeyError / AttributeError)."""
-    from mmsora.registry import DIFFUSION
-
-    @DIFFUSION.register_module(name='LossAndSampleOnly', force=True)
-    class LossAndSampleOnly:
+    class LossAndSampleOnly:  # (given as the class itself: nothing registered)
         def loss(self, model, x0, model_kwargs=None):
             return {}
 
         def sample(self, model_fn, noise, model_kwargs, num_steps=10, **kwargs):
             return noise
     cfg = load_config(DEMO)
-    cfg.model.diffusion = dict(type='LossAndSampleOnly')
+    cfg.model.diffusion = dict(type=LossAndSampleOnly)
     cfg.sample_cfg = dict(num_steps=10, sampler='euler')
     check_training_keys(cfg)
 
