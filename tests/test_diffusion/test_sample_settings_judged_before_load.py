@@ -16,7 +16,7 @@ from mmsora.diffusion.schedulers import scheduler_settings
 from mmsora.utils.cli import run_cli
 from mmsora.utils.config_keys import check_sample_settings_of
 from mmsora.utils.config_loading import load_config
-from tests.sit_demo import ROOT, load_infer
+from tests.sit_demo import load_infer
 from tests.test_diffusion.test_sampler_values_before_load import DIT_DEMO, refuse_loading
 
 pytestmark = pytest.mark.usefixtures('malloc_calls', 'kept_environ')
@@ -54,22 +54,6 @@ def test_a_config_cfg_scale_is_judged_with_its_precision():
     check_sample_settings_of(model, dict(sampler='ddim'))  # (unset: the model's default)
 
 
-@pytest.mark.parametrize('args, shown', [
-    (['--cfg-scale', 'nan'], 'nan'),
-    (['--cfg-options', 'sample_cfg.cfg_scale=abc'], "'abc'"),
-    (['--cfg-options', 'sample_cfg.cfg_scale=True'], 'True'),
-])
-def test_infer_refuses_a_cfg_scale_before_the_weights_load(args, shown, tmp_path, capsys,
-                                                           monkeypatch):
-    refuse_loading(monkeypatch)
-    code = run_cli(lambda: load_infer().main([
-        DIT_DEMO, '--checkpoint', str(tmp_path / 'DiT-XL-2-256x256.pt'), '--out',
-        str(tmp_path / 'grid.png'), *args]))
-    err = capsys.readouterr().err
-    assert code == 2 and err.count('error:') == 1, err
-    assert f'{RULE}{shown}' in err, err
-
-
 def test_infers_own_floor_comes_first(tmp_path, capsys, monkeypatch):
     """--cfg-scale 0.5 is a number below tools/infer.py's floor: its own message."""
     refuse_loading(monkeypatch)
@@ -82,13 +66,13 @@ def test_infers_own_floor_comes_first(tmp_path, capsys, monkeypatch):
 
 def test_the_test_tool_refuses_an_evaluation_cfg_scale_before_the_weights_load(
         tmp_path, capsys, monkeypatch):
-    from tests.test_evaluation.test_cli import load_tool
+    from tests.cli_helpers import load_tool
     refuse_loading(monkeypatch)
     config = tmp_path / 'dit_eval.py'
     config.write_text(f'_base_ = [{DIT_DEMO!r}]\n'
                       'evaluation = dict(num_samples=4, batch_size=2, metrics=[dict('
                       "type='FID', reference='ref.npz')])\n")
-    tool = load_tool(ROOT, 'test')
+    tool = load_tool('test')
     code = run_cli(lambda: tool.main([str(config), str(tmp_path / 'big.pth'),
                                       '--cfg-options', 'evaluation.sample_cfg.cfg_scale=True']))
     err = capsys.readouterr().err

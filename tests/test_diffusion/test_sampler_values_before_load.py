@@ -111,6 +111,13 @@ def refuse_loading(monkeypatch):
     (['--steps', '1001'], 'num_steps must be in [1, 1000]'),
     # the config's sample_cfg is ddim: its eta too
     (['--cfg-options', 'sample_cfg.eta=2'], 'eta=2 is not a number in [0, 1]'),
+    # a guidance scale that is no finite number (it got through to the weights)
+    (['--cfg-scale', 'nan'], 'cfg_scale must be a finite number (the guidance scale; 1: '
+                             'none), got nan'),
+    (['--cfg-options', 'sample_cfg.cfg_scale=abc'], "cfg_scale must be a finite number "
+                                                    "(the guidance scale; 1: none), got 'abc'"),
+    (['--cfg-options', 'sample_cfg.cfg_scale=True'], 'cfg_scale must be a finite number '
+                                                     '(the guidance scale; 1: none), got True'),
 ])
 def test_infer_refuses_a_wrong_value_before_the_weights_load(args, message, tmp_path, capsys,
                                                              monkeypatch):
