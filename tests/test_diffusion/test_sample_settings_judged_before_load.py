@@ -64,22 +64,6 @@ def test_infers_own_floor_comes_first(tmp_path, capsys, monkeypatch):
     assert code == 2 and '--cfg-scale must be >= 1 (1 disables guidance), got 0.5' in err, err
 
 
-def test_the_test_tool_refuses_an_evaluation_cfg_scale_before_the_weights_load(
-        tmp_path, capsys, monkeypatch):
-    from tests.cli_helpers import load_tool
-    refuse_loading(monkeypatch)
-    config = tmp_path / 'dit_eval.py'
-    config.write_text(f'_base_ = [{DIT_DEMO!r}]\n'
-                      'evaluation = dict(num_samples=4, batch_size=2, metrics=[dict('
-                      "type='FID', reference='ref.npz')])\n")
-    tool = load_tool('test')
-    code = run_cli(lambda: tool.main([str(config), str(tmp_path / 'big.pth'),
-                                      '--cfg-options', 'evaluation.sample_cfg.cfg_scale=True']))
-    err = capsys.readouterr().err
-    assert code == 2 and err.count('error:') == 1, err
-    assert f"(evaluation.sample_cfg over the config's sample_cfg): {RULE}True" in err, err
-
-
 # ------------------------------------------------------------ a bool for a number setting
 @pytest.mark.parametrize('objective, sampler, options', [
     (GaussianDiffusion, DPM, dict(solver_order=True)),

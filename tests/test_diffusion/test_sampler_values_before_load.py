@@ -143,17 +143,19 @@ def test_infer_refuses_stable_cascades_timesteps_before_the_weights_load(tmp_pat
 
 def test_test_tool_refuses_a_wrong_value_before_the_weights_load(tmp_path, capsys,
                                                                  monkeypatch):
-    from tests.test_evaluation.test_cli import load_tool
+    from tests.cli_helpers import load_tool
     refuse_loading(monkeypatch)
     config = tmp_path / 'dit_eval.py'
     config.write_text(f'_base_ = [{DIT_DEMO!r}]\n'
                       'evaluation = dict(num_samples=4, batch_size=2, metrics=[dict('
                       "type='FID', reference='ref.npz')])\n")
-    tool = load_tool(ROOT, 'test')
+    tool = load_tool('test')
     for options, message in (
             (['evaluation.sample_cfg.spacing=evn'], "sampler 'ddim' takes spacing='stride' "),
             (['evaluation.sample_cfg.eta=-0.5'], 'eta=-0.5 is not a number in [0, 1]'),
-            (['evaluation.sample_cfg.num_steps=60'], 'DDIM cannot take 60 steps')):
+            (['evaluation.sample_cfg.num_steps=60'], 'DDIM cannot take 60 steps'),
+            (['evaluation.sample_cfg.cfg_scale=True'],  # (it got through to the weights)
+             'cfg_scale must be a finite number (the guidance scale; 1: none), got True')):
         code = run_cli(lambda: tool.main([str(config), str(tmp_path / 'big.pth'),
                                           '--cfg-options', *options]))
         err = capsys.readouterr().err

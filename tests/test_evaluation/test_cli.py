@@ -102,13 +102,6 @@ def test_one_and_two_processes_give_the_same_samples_and_metrics(tiny_run, capsy
     assert fid.evaluate(6)['FID'] == pytest.approx(metrics[0]['FID'], rel=1e-9)
 
 
-def load_tool(repo_root, name):
-    """:func:`tests.cli_helpers.load_tool` with the (repo_root, name) arguments other
-    test files give it (repo_root: this checkout's, the one it loads from)."""
-    assert osp.samefile(repo_root, cli_helpers.REPO_ROOT), repo_root
-    return cli_helpers.load_tool(name)
-
-
 def test_test_tool_errors_are_one_line(tiny_run, capsys, monkeypatch):
     from mmsora.utils.cli import run_cli
     _, root, config, ckpt = tiny_run

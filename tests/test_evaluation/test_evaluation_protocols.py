@@ -63,9 +63,9 @@ def test_fvd2048_reference_is_2048_clips_as_documented(repo_root):
 def test_batch_size_is_described_as_per_process(repo_root, capsys):
     """Each batch is drawn whole by one process: --batch-size is per-process memory,
     not a 'global sampling batch size' split among the processes."""
-    from tests.test_evaluation.test_cli import load_tool
+    from tests.cli_helpers import load_tool
     with pytest.raises(SystemExit):
-        load_tool(repo_root, 'test').parse_args(['--help'])
+        load_tool('test').parse_args(['--help'])
     help_text = ' '.join(capsys.readouterr().out.split())
     assert 'global sampling batch size' not in help_text
     assert ('--batch-size BATCH_SIZE samples per batch; each batch is drawn whole by one '
