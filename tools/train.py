@@ -992,7 +992,8 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmsora.engine import init_cpu_distributed
-    from mmsora.engine.graceful_stop import interrupted_at, stop_gracefully, stopped_by_error
+    from mmsora.engine.graceful_stop import (interrupted_at, stop_gracefully, stopped_by_error,
+                                             stopped_by_full_disk)
     from mmsora.engine.log_files import guarded_log_files
     # (a mistake here is said by the first process of each machine: run_cli)
     # each of torchrun's processes trained the whole run alone, into the same work dir
@@ -1041,7 +1042,8 @@ def main(argv=None):
     # after the iteration under way, with a checkpoint to resume from
     restore = stop_gracefully(runner, ctrl_c=args.launcher == 'none')
     try:
-        runner.train()
+        with guarded_log_files():  # (a scalars file's failed write names the file)
+            runner.train()
     except Interrupted:
         raise
     except KeyboardInterrupt:  # Ctrl-C: one line saying where to continue from
@@ -1049,6 +1051,9 @@ def main(argv=None):
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
     except Exception as e:  # a crash (another process killed, out of memory, a bad
         # file): its traceback ends with where the run stands, as Ctrl-C's line does
+        if isinstance(e, OSError) and e.errno in FULL_DISK:  # a full disk (mmengine's
+            # scalars files, written every logged iteration): one line, the file, what to do
+            raise RunError(stopped_by_full_disk(runner, e)) from e
         where = stopped_by_error(runner)
         if where:
             add_note(e, where)

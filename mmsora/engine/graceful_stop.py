@@ -23,7 +23,8 @@ The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoi
 (and the iterations not in it), exit 130 for Ctrl-C and 143 for SIGTERM, as a shell
 reports them. A run that an error ends after an iteration of its own (another
 process killed, out of memory) gets the same words under its traceback
-(:func:`stopped_by_error`).
+(:func:`stopped_by_error`); one that a full disk ends, in one line with the file
+(:func:`stopped_by_full_disk`).
 
 Data-loader workers leave the decision to the main process, which shuts them down
 when it stops. A scheduler signals every process of the job, workers included, and
@@ -35,6 +36,7 @@ on the main process's own as before. This covers workers the main process forks 
 default start method on Linux); spawn / forkserver workers
 (``multiprocessing_context``) die of the scheduler's SIGTERM as before.
 """
+import errno
 import os
 import os.path as osp
 import signal
@@ -47,8 +49,8 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmsora.engine.accumulation import optimizer_stepped
 from mmsora.utils.cli import Interrupted
 
-__all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'checkpoint_due',
-           'GracefulStopHook']
+__all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'stopped_by_full_disk',
+           'checkpoint_due', 'GracefulStopHook']
 
 # What each signal asks, ordered: the larger wins when processes were asked both.
 _STOP, _SAVE_AND_STOP = 1, 2
@@ -57,12 +59,14 @@ _NAMES = {_STOP: 'Ctrl-C', _SAVE_AND_STOP: 'SIGTERM'}
 _EXIT_CODES = {_STOP: 130, _SAVE_AND_STOP: 143}
 
 
-def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
+def interrupted_at(runner, done: int, sigterm_hint: bool = True,
+                   fix: Optional[str] = None) -> str:
     """Where a stopped run stands: the iterations it finished (``done``, or more where
     the train step of one more had finished: a stop in its hooks, a checkpoint's save
     say, which mmengine counts only after them) and the checkpoint that ``--resume``
     continues from (or that none was saved yet), with the iterations not in it; with
-    ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them."""
+    ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them. ``fix``:
+    what to do before the run goes on (``'free space there'``)."""
     from mmsora.utils.checkpoint_choice import checkpoint_number, last_checkpoint
     hook = _graceful_stop_hook(runner)
     done = max(done, hook.finished if hook is not None else 0)
@@ -78,8 +82,10 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True) -> str:
         notes.append('SIGTERM saves the iteration it stops at')
     lost = f' ({"; ".join(notes)})' if notes else ''
     if latest is None:
-        return f'{where}; no checkpoint was saved yet{lost}'
-    return (f'{where}; the last checkpoint is {latest}{lost}: continue with --resume '
+        again = f': {fix}, then run the same command again' if fix else ''
+        return f'{where}; no checkpoint was saved yet{lost}{again}'
+    return (f'{where}; the last checkpoint is {latest}{lost}: '
+            f'{f"{fix}, then " if fix else ""}continue with --resume '
             f'(--work-dir {runner.work_dir})')
 
 
@@ -97,6 +103,19 @@ def stopped_by_error(runner) -> Optional[str]:
         return None
     where = interrupted_at(runner, runner.iter, sigterm_hint=False)
     return f'training stopped by this error {where}'
+
+
+def stopped_by_full_disk(runner, error: OSError) -> str:
+    """The one line for a run that a write on a full disk (or over a quota, or on a
+    file system turned read-only) ended: the file, the error, where the run stands
+    (:func:`interrupted_at`'s words) and what to do. Unlike :func:`stopped_by_error`
+    it names the checkpoint before an iteration of the run's own too: once there is
+    space, the same command does not only repeat the failure."""
+    loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
+    fix = 'make it writable' if error.errno == errno.EROFS else 'free space there'
+    where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix)
+    return (f'cannot write {error.filename or "a file"}: {error.strerror or error}; '
+            f'training stopped {where}')
 
 
 def _checkpoint_hook(runner):

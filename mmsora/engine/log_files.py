@@ -16,6 +16,13 @@ The file is not tried again: a full disk stops the run soon anyway (the next
 checkpoint's save fails with ``CheckpointWriteError``: atomic_checkpoint.py), and a
 file that ends where its writes failed, with the rest on the console, is simpler to
 read than one with a hole that a later write would leave unmarked.
+
+mmengine's ``LocalVisBackend`` appends each iteration's scalars to
+``WORK_DIR/TIMESTAMP/vis_data/scalars.json`` and ``TIMESTAMP.json`` (``_dump``) with no
+error handling: on a full disk the first of those writes that needs space ends the
+run, and tools/train.py says so in one line (``stopped_by_full_disk``:
+graceful_stop.py). A failed write or flush, unlike a failed open, names no file:
+inside :func:`guarded_log_files` those writes' OSErrors name theirs.
 """
 import contextlib
 import io
@@ -23,6 +30,7 @@ import logging
 import sys
 
 from mmengine.logging import MMLogger
+from mmengine.visualization import LocalVisBackend
 
 __all__ = ['guard_log_file', 'guarded_log_files']
 
@@ -102,8 +110,9 @@ def guard_log_file(handler: logging.FileHandler) -> None:
 def guarded_log_files():
     """Inside: each ``MMLogger`` made (a Runner's, when it is built) has its log
     files guarded (:func:`guard_log_file`) before its first record: the Runner logs
-    its environment and config while it is built."""
-    init = MMLogger.__init__
+    its environment and config while it is built. An OSError writing a scalars file of
+    ``LocalVisBackend`` names the file (``filename``; it still ends the run)."""
+    init, dump = MMLogger.__init__, LocalVisBackend._dump
 
     def guarded_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -111,8 +120,16 @@ def guarded_log_files():
             if isinstance(handler, logging.FileHandler):
                 guard_log_file(handler)
 
-    MMLogger.__init__ = guarded_init
+    def named_dump(self, value_dict, file_path, *args, **kwargs):
+        try:
+            return dump(self, value_dict, file_path, *args, **kwargs)
+        except OSError as e:
+            if e.filename is None:  # (a failed write or flush; a failed open names it)
+                e.filename = file_path
+            raise
+
+    MMLogger.__init__, LocalVisBackend._dump = guarded_init, named_dump
     try:
         yield
     finally:
-        MMLogger.__init__ = init
+        MMLogger.__init__, LocalVisBackend._dump = init, dump

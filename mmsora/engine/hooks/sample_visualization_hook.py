@@ -73,7 +73,8 @@ class SampleVisualizationHook(Hook):
         labels (Sequence[int], optional): Classes to cycle through (class models);
             default ``0, 1, 2, ...`` up to the model's number of classes.
         prompts (Sequence[str], optional): Prompts to cycle through (text models;
-            required for them).
+            required for them); one str is one prompt, a set is refused (its order
+            changes from one process to the next).
         sample_cfg (dict, optional): Sampler settings over the config's ``sample_cfg``
             (``sampler``, ``num_steps``, ``cfg_scale``, ``fps``).
         use_ema (bool): Sample with EMAHook's averaged weights when it runs.
@@ -93,7 +94,13 @@ class SampleVisualizationHook(Hook):
                              f'num_samples >= 1, got {interval} and {num_samples}')
         self.interval, self.num_samples, self.seed = interval, num_samples, seed
         self.labels = list(labels) if labels is not None else None
-        self.prompts = list(prompts) if prompts is not None else None
+        self.prompts = None
+        if prompts is not None:  # (one str was cut into its characters, a set taken)
+            from mmsora.models.latent_diffusion import prompt_list
+            try:
+                self.prompts = prompt_list(prompts)
+            except ValueError as e:  # (at the run's start, not at its first sampling)
+                raise ValueError(f'SampleVisualizationHook: {e}') from None
         self.sample_cfg = dict(sample_cfg or {})
         self.use_ema, self.gif, self.at_end = use_ema, gif, at_end
         self._last = None
