@@ -9,6 +9,9 @@ whole.
     python tools/benchmark_checkpoint.py [--model DiT-B/2] [--depth N] \
         [--writers ours mmengine] [--readers mapped read] [--out DIR] [--json FILE]
 
+A bare ``--writers`` or ``--readers`` (an empty list) leaves that half out: ``--readers``
+alone measures the saves only, ``--writers`` alone the loads (one save made for them).
+
 The checkpoint is the one ``tools/train.py`` writes for a DiT preset at 256 px: the
 weights (``state_dict``), their EMA (``ema_state_dict``) and AdamW's two moments, all
 float32, about 16 bytes per parameter. Each save and each load runs in a fresh
@@ -38,10 +41,11 @@ def parse_args(argv=None):
     parser.add_argument('--model', default='DiT-B/2', help='DiT preset (default: DiT-B/2)')
     parser.add_argument('--depth', type=int, help="blocks (default: the preset's)")
     parser.add_argument('--writers', nargs='*', choices=WRITERS, default=list(WRITERS),
-                        help='save with these (default: both)')
+                        help='save with these (default: both; a bare --writers: no saves '
+                        'measured, one made for the loads to read)')
     parser.add_argument('--readers', nargs='*', choices=READERS, default=list(READERS),
                         help='then load the weights with the file mapped (what the '
-                        'tools do) or read (default: both)')
+                        'tools do) or read (default: both; a bare --readers: no loads)')
     parser.add_argument('--out', help='folder to write into (default: a temporary one)')
     parser.add_argument('--json', metavar='FILE', help='write the results here (its folder '
                         'is made if missing)')

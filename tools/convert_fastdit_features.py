@@ -157,8 +157,9 @@ def main(argv=None):
     except UserError as e:
         raise UserError(f'{e}{undo_empty_start(created, writer)}') from None
     index = writer.finalize()
-    print(f'{PROG}: {index["num_items"]} latents in {len(index["shards"])} shards at '
-          f'{args.out} ({written} written in this run)')
+    print(f'{PROG}: {plural(index["num_items"], "latent")} in '
+          f'{plural(len(index["shards"]), "shard")} at {args.out} ({written} written in '
+          'this run)')
     return index
 
 

@@ -105,6 +105,8 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
             elif key in SAMPLE_SETTINGS:
                 notes.append(f'{key} is a setting of LatentDiffusion.sample, not an option '
                              'of the sampler')
+            elif key == 'sampler_options':  # (a nested dict, named after infer's flag)
+                notes.append(_nested_options_note(options[key]))
             elif key in FOREIGN_KEYS:  # (diffusers' name: not 'guidance_channels?')
                 notes.append(f'did you mean {FOREIGN_KEYS[key]}' +
                              (f' for {key}' if len(unknown) > 1 else '') + '?')
@@ -119,6 +121,24 @@ def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
         raise ValueError(f'sampler {sampler!r} takes no option {", ".join(unknown)} '
                          f'(its options: {takes}; the sampling settings: '
                          f'{", ".join(SAMPLE_SETTINGS[:-1])}){hint}')
+
+
+def _nested_options_note(nested) -> str:
+    """The hint for a ``sampler_options`` entry (sample_cfg.sampler_options=...,
+    ``sample(sampler_options=...)``): a sampler's options sit flat beside ``sampler``,
+    as tools/infer.py's --sampler-options puts them (it was hinted as a typo of
+    ``sampler``, which is not the fix). Its entries, where they can be read (--cfg-options
+    gives a dict as its text), are shown flat."""
+    if isinstance(nested, str):
+        import ast
+        try:
+            nested = ast.literal_eval(nested)
+        except (ValueError, SyntaxError):
+            pass
+    flat = (' '.join(f'sample_cfg.{k}={v}' for k, v in nested.items())
+            if isinstance(nested, dict) and nested else 'sample_cfg.NAME=VALUE')
+    return ('sampler_options is not a key: a sampler\'s options go flat in sample_cfg, '
+            f'beside sampler ({flat})')
 
 
 def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],

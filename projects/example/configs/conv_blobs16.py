@@ -1,4 +1,4 @@
-# A config of one's own: the main demo's recipe (inherited by a path relative to this
+# A config of one's own: the image demo's recipe (inherited by a path relative to this
 # file) with this project's denoiser and dataset. Run from projects/example:
 #   python ../../tools/train.py configs/conv_blobs16.py
 #   python ../../tools/infer.py work_dirs/conv_blobs16 --labels 0 1 2 3 --out blobs.png
