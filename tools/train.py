@@ -991,7 +991,7 @@ def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
 
-    from mmsora.engine import init_cpu_distributed
+    from mmsora.engine import CheckpointWriteError, init_cpu_distributed
     from mmsora.engine.graceful_stop import (interrupted_at, stop_gracefully, stopped_by_error,
                                              stopped_by_full_disk)
     from mmsora.engine.log_files import guarded_log_files
@@ -1051,8 +1051,11 @@ def main(argv=None):
         raise Interrupted(interrupted_at(runner, getattr(loop, 'iter', 0))) from None
     except Exception as e:  # a crash (another process killed, out of memory, a bad
         # file): its traceback ends with where the run stands, as Ctrl-C's line does
-        if isinstance(e, OSError) and e.errno in FULL_DISK:  # a full disk (mmengine's
-            # scalars files, written every logged iteration): one line, the file, what to do
+        # a full disk (mmengine's scalars files, written every logged iteration; a
+        # checkpoint's save): one line, the file, what to do; EFBIG (a file-size limit)
+        # is no room either, with its own advice
+        failed = e.error if isinstance(e, CheckpointWriteError) else e
+        if isinstance(failed, OSError) and failed.errno in FULL_DISK + (errno.EFBIG,):
             raise RunError(stopped_by_full_disk(runner, e)) from e
         where = stopped_by_error(runner)
         if where:

@@ -26,6 +26,7 @@ Temporary files left by a killed process are removed at the next save.
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 import mmengine.runner
 import mmengine.runner.checkpoint as mm_checkpoint
@@ -44,7 +45,25 @@ __all__ = ['CheckpointWriteError', 'save_checkpoint', 'make_checkpoints_atomic',
 
 
 class CheckpointWriteError(RunError):
-    """A checkpoint could not be written (full disk, quota, permissions)."""
+    """A checkpoint could not be written (full disk, quota, permissions).
+
+    Args:
+        filename (str): The checkpoint; the failed write left no part of it.
+        error (OSError): What the write met.
+        previous (str, optional): The checkpoint saved before (``last_checkpoint``),
+            which is intact; None where none was.
+
+    Its message says all three; tools/train.py says a full disk's (``error.errno``
+    ENOSPC, EDQUOT, EROFS, EFBIG) in the one line of a run that a full disk ended
+    instead (:func:`~mmsora.engine.graceful_stop.stopped_by_full_disk`).
+    """
+
+    def __init__(self, filename: str, error: OSError, previous: Optional[str] = None):
+        self.filename, self.error, self.previous = filename, error, previous
+        kept = (f'the previous checkpoint {previous} is intact (--resume continues '
+                'from it)' if previous else 'no earlier checkpoint exists')
+        super().__init__(f'cannot write checkpoint {filename}: {error.strerror or error}; '
+                         f'{kept}')
 
 
 # mmengine's own writer (written in place), kept before make_checkpoints_atomic replaces
@@ -135,12 +154,8 @@ def _save_checkpoint_with_step(self, runner, step, meta):
             save_param_scheduler=self.save_param_scheduler, meta=meta,
             by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
     except OSError as e:
-        previous = _read_last_checkpoint(runner.work_dir)
-        kept = (f'the previous checkpoint {previous} is intact (--resume continues '
-                'from it)' if previous else 'no earlier checkpoint exists')
-        raise CheckpointWriteError(
-            f'cannot write checkpoint {self.last_ckpt}: {e.strerror or e}; '
-            f'{kept}') from e
+        raise CheckpointWriteError(self.last_ckpt, e,
+                                   _read_last_checkpoint(runner.work_dir)) from e
     if not is_main_process():
         return
     atomic_write_bytes(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt.encode())

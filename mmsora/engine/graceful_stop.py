@@ -23,8 +23,8 @@ The stop is :class:`~mmsora.utils.cli.Interrupted`: one line naming the checkpoi
 (and the iterations not in it), exit 130 for Ctrl-C and 143 for SIGTERM, as a shell
 reports them. A run that an error ends after an iteration of its own (another
 process killed, out of memory) gets the same words under its traceback
-(:func:`stopped_by_error`); one that a full disk ends, in one line with the file
-(:func:`stopped_by_full_disk`).
+(:func:`stopped_by_error`); one that a full disk ends (a checkpoint's save too), in one
+line with the file (:func:`stopped_by_full_disk`).
 
 Data-loader workers leave the decision to the main process, which shuts them down
 when it stops. A scheduler signals every process of the job, workers included, and
@@ -47,6 +47,7 @@ from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
 
 from mmsora.engine.accumulation import optimizer_stepped
+from mmsora.engine.atomic_checkpoint import CheckpointWriteError
 from mmsora.utils.cli import Interrupted
 
 __all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'stopped_by_full_disk',
@@ -60,18 +61,19 @@ _EXIT_CODES = {_STOP: 130, _SAVE_AND_STOP: 143}
 
 
 def interrupted_at(runner, done: int, sigterm_hint: bool = True,
-                   fix: Optional[str] = None) -> str:
+                   fix: Optional[str] = None, intact: bool = False) -> str:
     """Where a stopped run stands: the iterations it finished (``done``, or more where
     the train step of one more had finished: a stop in its hooks, a checkpoint's save
     say, which mmengine counts only after them) and the checkpoint that ``--resume``
     continues from (or that none was saved yet), with the iterations not in it; with
     ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them. ``fix``:
-    what to do before the run goes on (``'free space there'``)."""
+    what to do before the run goes on (``'free space there'``); ``intact``: say that
+    the checkpoint is (a later one's save failed)."""
     from mmsora.utils.checkpoint_choice import checkpoint_number, last_checkpoint
     hook = _graceful_stop_hook(runner)
     done = max(done, hook.finished if hook is not None else 0)
     latest = last_checkpoint(runner.work_dir)
-    where, notes = f'after iteration {done}', []
+    where, notes = f'after iteration {done}', ['intact'] if intact and latest else []
     number = checkpoint_number(latest) if latest is not None else None
     saved = number[1] if number and number[0] == 'iter' else None
     if saved is not None and saved < done:
@@ -105,17 +107,36 @@ def stopped_by_error(runner) -> Optional[str]:
     return f'training stopped by this error {where}'
 
 
-def stopped_by_full_disk(runner, error: OSError) -> str:
-    """The one line for a run that a write on a full disk (or over a quota, or on a
-    file system turned read-only) ended: the file, the error, where the run stands
-    (:func:`interrupted_at`'s words) and what to do. Unlike :func:`stopped_by_error`
-    it names the checkpoint before an iteration of the run's own too: once there is
-    space, the same command does not only repeat the failure."""
+# What to do, before the run goes on, about a write that found no room: space (ENOSPC,
+# EDQUOT) unless the file system is read-only or the file at a size limit. EFBIG is the
+# process's file-size limit (ulimit -f; or the file system's largest file): freed space
+# would not mend it, and --resume would fail at the same checkpoint again.
+_NO_ROOM_FIXES = {errno.EROFS: 'make it writable',
+                  errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
+
+
+def stopped_by_full_disk(runner, error) -> str:
+    """The one line for a run that a write on a full disk (or over a quota, on a file
+    system turned read-only, at the file-size limit) ended: the file, the error, where
+    the run stands (:func:`interrupted_at`'s words) and what to do. Unlike
+    :func:`stopped_by_error` it names the checkpoint before an iteration of the run's
+    own too: once there is space, the same command does not only repeat the failure.
+
+    Args:
+        runner: The run.
+        error (OSError | CheckpointWriteError): The write's error; a checkpoint's
+            save's (atomic_checkpoint.py) adds that the failed file left no partial
+            file and that the last checkpoint is intact.
+    """
+    checkpoint = isinstance(error, CheckpointWriteError)
+    failed = error.error if checkpoint else error
     loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
-    fix = 'make it writable' if error.errno == errno.EROFS else 'free space there'
-    where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix)
-    return (f'cannot write {error.filename or "a file"}: {error.strerror or error}; '
-            f'training stopped {where}')
+    fix = _NO_ROOM_FIXES.get(failed.errno, 'free space there')
+    where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix,
+                           intact=checkpoint)
+    what = (f'checkpoint {error.filename}' if checkpoint else failed.filename or 'a file')
+    left = ' (no partial file left)' if checkpoint else ''
+    return f'cannot write {what}: {failed.strerror or failed}{left}; training stopped {where}'
 
 
 def _checkpoint_hook(runner):

@@ -1,18 +1,23 @@
 """Crash-safe checkpoints (mmsora.engine.atomic_checkpoint): temporary file + rename,
 keep the last N, a failed write never replaces or deletes a good one (a killed write:
 tests/test_tools/test_kill_resume.py)."""
+import contextlib
+import errno
+import functools
 import os
 import os.path as osp
 import resource
+from collections import OrderedDict
 
 import pytest
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.runner import IterBasedTrainLoop, Runner
 
 from mmsora.engine import CheckpointWriteError
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.error_messages import explain_error
+from tests.test_engine.test_scalars_full_disk import train_cli
 from tests.tiny_models import tiny_cfg
 
 
@@ -126,3 +131,114 @@ def test_a_checkpoint_streams_into_its_file(tmp_path):
         for name, value in ckpt['state_dict'].items():
             assert torch.equal(loaded['state_dict'][name], value), name
     assert sorted(os.listdir(tmp_path)) == ['mmengine.pth', 'ours.pth']  # no temp files
+
+
+# Through tools/train.py: a checkpoint's save that finds no room ends the run in the
+# one line of a full disk (graceful_stop.stopped_by_full_disk); it was the checkpoint's
+# error line, then 'training stopped by this error ...: continue with --resume' under
+# it, which for a file-size limit (EFBIG) advised a --resume that fails there again.
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """tools/train.py runs in this process: their loggers, message hubs, visualizers
+    and scopes are made anew and forgotten after the test."""
+    from tests.test_engine.test_scalars_full_disk import RUN_INSTANCES, forget_runs
+    for kind in RUN_INSTANCES:
+        monkeypatch.setattr(kind, '_instance_dict', OrderedDict())
+    yield forget_runs
+    forget_runs()
+
+
+@contextlib.contextmanager
+def no_room_from(iteration, how):
+    """Inside, from iteration ``iteration`` on, writes find no room: ``'ulimit'``, files
+    may not grow beyond 200 kB (a checkpoint is larger; the log and scalars files are
+    not): the kernel fails the write with EFBIG; ``errno``, each ``os.fsync`` fails with
+    it (ENOSPC: where a full disk's last write fails on NFS, or with ext4's delayed
+    allocation)."""
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+    run_iter = IterBasedTrainLoop.run_iter
+    with pytest.MonkeyPatch.context() as patch:
+        def run_iter_then_fill(loop, data_batch):
+            if loop.iter + 1 == iteration:
+                if how == 'ulimit':
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, saved[1]))
+                else:
+                    patch.setattr(os, 'fsync', functools.partial(fail_fsync, how))
+            run_iter(loop, data_batch)
+
+        patch.setattr(IterBasedTrainLoop, 'run_iter', run_iter_then_fill)
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, saved)
+
+
+def fail_fsync(error, fd):
+    raise OSError(error, os.strerror(error))
+
+
+EVERY_2 = ['default_hooks.checkpoint.interval=2']  # (6 iterations: train_cli's)
+KEEP_1 = [*EVERY_2, 'default_hooks.checkpoint.max_keep_ckpts=1']
+NO_ROOM = {  # how, the error, what to do
+    'ulimit': ('File too large', 'raise the file-size limit (ulimit -f)'),
+    errno.ENOSPC: ('No space left on device', 'free space there'),
+}
+
+
+@pytest.mark.parametrize('how', list(NO_ROOM))
+@pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+def test_no_room_for_a_checkpoint_is_one_line(repo_root, tmp_path, capfd, runs, how):
+    work = tmp_path / 'w'
+    with no_room_from(3, how):
+        assert train_cli(repo_root, work, *KEEP_1) == 2
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err, err[-3000:]
+    strerror, fix = NO_ROOM[how]
+    good = work / 'iter_2.pth'
+    assert [line for line in err.splitlines() if line.startswith('error')] == [
+        f'error: cannot write checkpoint {work}/iter_4.pth: {strerror} (no partial file '
+        f'left); training stopped after iteration 4; the last checkpoint is {good} '
+        f'(intact; iterations 3-4 are not in it): {fix}, then continue with --resume '
+        f'(--work-dir {work})'], err[-3000:]
+    assert err.strip().splitlines()[-1].startswith('error: cannot write checkpoint ')
+    if how == 'ulimit':
+        assert osp.getsize(good) > 200_000  # the limit really is below a checkpoint's size
+    assert not [f for f in os.listdir(work) if '.tmp-' in f or f == 'iter_4.pth']
+    assert last_checkpoint(work) == str(good)
+    # as it says: with room again, --resume goes on from iteration 2 to the end
+    runs()
+    assert train_cli(repo_root, work, *KEEP_1, '--resume') == 0
+    assert last_checkpoint(work) == str(work / 'iter_6.pth')
+    assert load_checkpoint_file(work / 'iter_6.pth')['meta']['iter'] == 6
+
+
+@pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+def test_no_room_before_any_checkpoint_says_none_was_saved(repo_root, tmp_path, capfd, runs):
+    work = tmp_path / 'w'
+    with no_room_from(1, errno.EDQUOT):
+        assert train_cli(repo_root, work, *EVERY_2) == 2
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith('error')] == [
+        f'error: cannot write checkpoint {work}/iter_2.pth: {os.strerror(errno.EDQUOT)} (no '
+        'partial file left); training stopped after iteration 2; no checkpoint was saved '
+        'yet: free space there, then run the same command again'], err[-3000:]
+
+
+@pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+def test_other_checkpoint_write_errors_say_where_the_run_stands_under_theirs(
+        repo_root, tmp_path, capfd, runs):
+    """An I/O error (a failing disk) is not a full one: the checkpoint's line and the
+    line of where the run stands under it, as before."""
+    work = tmp_path / 'w'
+    with no_room_from(3, errno.EIO):
+        assert train_cli(repo_root, work, *EVERY_2) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-2:] == [
+        f'error: cannot write checkpoint {work}/iter_4.pth: Input/output error; the previous '
+        f'checkpoint {work}/iter_2.pth is intact (--resume continues from it)',
+        f'training stopped by this error after iteration 4; the last checkpoint is '
+        f'{work}/iter_2.pth (iterations 3-4 are not in it): continue with --resume '
+        f'(--work-dir {work})'], err[-5:]
