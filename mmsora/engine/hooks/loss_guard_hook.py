@@ -22,13 +22,21 @@ micro-batches (what the step optimizes: mmengine divides each micro-batch's loss
 k), as ``grad_norm`` does. Before, the loss went in at every micro-batch and
 ``grad_norm`` at every step, so a line's loss was a mean over the last 50
 micro-batches (one micro-batch's at iteration 1) and its grad_norm over the last 50
-steps, k times as many.
+steps, k times as many. What is logged is chosen where mmengine's ``RuntimeInfoHook``
+puts the iteration's ``outputs`` in the message hub: ``outputs`` itself stays as the
+model gave it, so every hook sees each micro-batch's own loss tensor (editing it, as
+this hook did until Dec 6 2026, left a hook after it no ``loss`` at k-1 of k
+iterations and a float at the k-th). The ``LoggerHook``'s ``interval`` then counts
+optimizer steps, so that its lines (and ``vis_data/scalars.json``) fall on iterations
+that end a step: with ``interval=1`` the lines between two steps repeated the last
+step's loss and grad_norm, k-1 stale points per step on a plotted curve.
 """
 import math
+import warnings
 
 import torch
 from mmengine.dist import get_dist_info
-from mmengine.hooks import Hook
+from mmengine.hooks import Hook, LoggerHook, ParamSchedulerHook, RuntimeInfoHook
 from mmengine.optim import OptimWrapper
 
 from mmsora.engine.accumulation import accumulation_steps, optimizer_stepped
@@ -178,6 +186,35 @@ def _value(value) -> float:
     return float(value.detach()) if torch.is_tensor(value) else float(value)
 
 
+def _class_method(hook, name):
+    """A hook's own method ``name`` (its class's, not a wrapper put on the instance)."""
+    return getattr(type(hook), name).__get__(hook, type(hook))
+
+
+def _lines_per_step(hook, accumulation):
+    """A ``LoggerHook``'s ``after_train_iter`` with its ``interval`` counted in
+    optimizer steps of ``accumulation`` iterations: its lines fall on the iterations
+    that end a step (what it logs of the others repeats the last step's loss and
+    grad_norm). Its val and test lines keep their interval."""
+    after_train_iter = _class_method(hook, 'after_train_iter')
+
+    def after_train_iter_per_step(runner, batch_idx, data_batch=None, outputs=None):
+        interval = hook.interval
+        hook.interval = interval * accumulation
+        try:
+            return after_train_iter(runner, batch_idx, data_batch, outputs)
+        finally:
+            hook.interval = interval
+
+    return after_train_iter_per_step
+
+
+# mmengine's parameter schedulers (torch's say `lr_scheduler.step()`) at their first
+# step, when the optimizer has not stepped yet.
+EARLY_SCHEDULER_STEP = (r'Detected call of `(lr_)?scheduler\.step\(\)` before '
+                        r'`optimizer\.step\(\)`')
+
+
 def _listed(values, most):
     """'a, b, c' of the first ``most`` values, with how many there are in all."""
     values = list(values)
@@ -206,8 +243,9 @@ class LossGuardHook(Hook):
     (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning.
 
     With gradient accumulation it also logs the loss and its terms once per optimizer
-    step, averaged over the step's micro-batches (see the module's docstring), and
-    says so in the log before the first iteration.
+    step, averaged over the step's micro-batches, in log lines every ``interval``
+    optimizer steps (see the module's docstring), and says so in the log before the
+    first iteration. The iteration's ``outputs`` are left as the model gave them.
 
     Args:
         max_consecutive (int): Stop the run (``NonFiniteLossError``) after this many
@@ -217,8 +255,8 @@ class LossGuardHook(Hook):
             Defaults to True.
     """
 
-    # Before RuntimeInfoHook (VERY_HIGH) logs the iteration's outputs: a skipped
-    # step's NaN loss is left out of the log, not averaged into the next 50 lines.
+    # First: its before_train_iter takes the items' sample_idx out of the batch before
+    # any other hook (or the model) reads it.
     priority = 'HIGHEST'
 
     def __init__(self, max_consecutive=5, log_grad_norm=True):
@@ -234,6 +272,7 @@ class LossGuardHook(Hook):
         self._batch, self._batch_indices = None, None
         self._accumulation = 1  # micro-batches per optimizer step (set in before_train)
         self._step_values = {}  # logged key -> finite values of the step's micro-batches
+        self._wrapped = []  # the run's hooks whose after_train_iter this hook wrapped
         self._new_step()
 
     def _new_step(self):
@@ -244,6 +283,7 @@ class LossGuardHook(Hook):
 
     def before_train(self, runner):
         self._accumulation, self._step_values = accumulation_steps(runner), {}
+        self._take_over_logging(runner)
         if self._accumulation > 1:
             runner.logger.info(self._accumulation_line(runner))
         wrapper = runner.optim_wrapper
@@ -311,34 +351,95 @@ class LossGuardHook(Hook):
             self._indices += indices
         self._seen += batch_size(batch)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        """Leave non-finite loss terms out of the logged values where the steps are
-        guarded (a non-finite loss is always skipped, in whichever micro-batch of an
-        accumulated step it came): averaged over the log window (50 iterations), one
-        NaN made every line show ``loss: nan`` for the next 50 iterations of a run
-        that had recovered. With gradient accumulation, hand the logged values on
-        (to ``RuntimeInfoHook``, which puts ``outputs`` in the message hub) once per
-        optimizer step: the means over its micro-batches."""
-        self._batch = None  # (not kept beyond its iteration)
-        if not isinstance(outputs, dict):
-            return
-        if self._guarding:
-            for key in [k for k, v in outputs.items() if _is_number(v)
-                        and not math.isfinite(_value(v))]:
-                outputs.pop(key)
-        if self._accumulation > 1:
-            self._log_per_step(runner, outputs)
+    def after_train(self, runner):
+        self._unwrap()
 
-    def _log_per_step(self, runner, outputs):
-        """Keep this micro-batch's values back; after the step's last micro-batch put
-        each one's mean over the step in ``outputs`` (a value non-finite in every
-        micro-batch, left out above, stays out)."""
-        for key in [k for k, v in outputs.items() if _is_number(v)]:
-            self._step_values.setdefault(key, []).append(_value(outputs.pop(key)))
-        if optimizer_stepped(runner):
-            for key, values in self._step_values.items():
-                outputs[key] = math.fsum(values) / len(values)
-            self._step_values = {}
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        """Let go of the iteration's batch; ``outputs`` is left as the model gave it
+        (what goes to the log: :meth:`logged_values`)."""
+        self._batch = None  # (not kept beyond its iteration)
+
+    def _take_over_logging(self, runner):
+        """Wrap the ``after_train_iter`` of mmengine's hooks of the run: its
+        ``RuntimeInfoHook`` puts :meth:`logged_values` of the iteration's ``outputs`` in
+        the message hub, not ``outputs`` (which every hook sees as the model gave it);
+        with gradient accumulation its ``LoggerHook`` counts its ``interval`` in
+        optimizer steps (:func:`_lines_per_step`); its ``ParamSchedulerHook`` steps
+        without the warning of :meth:`_scheduling_quietly`. Undone after training."""
+        self._unwrap()
+        for hook in getattr(runner, 'hooks', ()):  # (tools/benchmark.py's runner: none)
+            if isinstance(hook, RuntimeInfoHook):
+                wrapped = self._pushing_logged(hook)
+            elif isinstance(hook, LoggerHook) and self._accumulation > 1:
+                wrapped = _lines_per_step(hook, self._accumulation)
+            elif isinstance(hook, ParamSchedulerHook):
+                wrapped = self._scheduling_quietly(hook)
+            else:
+                continue
+            hook.after_train_iter = wrapped  # (shadows the class's method)
+            self._wrapped.append(hook)
+
+    def _unwrap(self):
+        for hook in self._wrapped:
+            vars(hook).pop('after_train_iter', None)
+        self._wrapped = []
+
+    def _pushing_logged(self, hook):
+        after_train_iter = _class_method(hook, 'after_train_iter')
+
+        def after_train_iter_logged(runner, batch_idx, data_batch=None, outputs=None):
+            return after_train_iter(runner, batch_idx, data_batch,
+                                    self.logged_values(runner, outputs))
+
+        return after_train_iter_logged
+
+    def _scheduling_quietly(self, hook):
+        """A ``ParamSchedulerHook``'s ``after_train_iter`` without mmengine's
+        "Detected call of `scheduler.step()` before `optimizer.step()`" warning
+        (:data:`EARLY_SCHEDULER_STEP`, no other) while the optimizer has not stepped
+        yet with gradient accumulation or after a skipped step: with k micro-batches
+        per step the first step is at iteration k while the schedulers step at every
+        iteration (a schedule counted in iterations: ``warmup_note`` in
+        mmsora/engine/strategies/train_options.py), and a skipped first step did not
+        step either. Nothing was called in the wrong order; the warning told the user
+        to fix their code."""
+        after_train_iter = _class_method(hook, 'after_train_iter')
+
+        def after_train_iter_quiet(runner, batch_idx, data_batch=None, outputs=None):
+            # mmengine's schedulers count the optimizer wrapper's steps here (-1: none)
+            early = getattr(runner.optim_wrapper, '_global_step', 0) < 0
+            if not early or (self._accumulation <= 1 and not self.num_skipped):
+                return after_train_iter(runner, batch_idx, data_batch, outputs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings('ignore', EARLY_SCHEDULER_STEP, UserWarning)
+                return after_train_iter(runner, batch_idx, data_batch, outputs)
+
+        return after_train_iter_quiet
+
+    def logged_values(self, runner, outputs):
+        """What of an iteration's ``outputs`` goes to the message hub (the log), a new
+        dict: where the steps are guarded, without its non-finite loss terms (a
+        non-finite loss is always skipped, in whichever micro-batch of an accumulated
+        step it came: averaged over the log window, 50 iterations, one NaN made every
+        line show ``loss: nan`` for the next 50 iterations of a run that had
+        recovered). With gradient accumulation, the loss terms are kept back until the
+        step's last micro-batch, which gives each one's mean over the step (a value
+        non-finite in every micro-batch stays out)."""
+        if not isinstance(outputs, dict):
+            return outputs
+        logged = dict(outputs)
+        if self._guarding:
+            for key in [k for k, v in logged.items() if _is_number(v)
+                        and not math.isfinite(_value(v))]:
+                del logged[key]
+        if self._accumulation > 1:
+            for key in [k for k, v in logged.items() if _is_number(v)]:
+                self._step_values.setdefault(key, []).append(_value(logged.pop(key)))
+            if optimizer_stepped(runner):
+                for key, values in self._step_values.items():
+                    logged[key] = math.fsum(values) / len(values)
+                self._step_values = {}
+        return logged
 
     def _accumulation_line(self, runner) -> str:
         """What the logged numbers are under gradient accumulation (the log's line
@@ -347,10 +448,16 @@ class LossGuardHook(Hook):
         window = getattr(getattr(runner, 'log_processor', None), 'window_size', None)
         over = (f'the last {window} optimizer steps' if isinstance(window, int)
                 else f'log_processor.window_size={window!r}')
+        every = ''
+        for hook in getattr(runner, 'hooks', ()):
+            if isinstance(hook, LoggerHook):
+                n = hook.interval
+                every = (f' every {n} optimizer step{"s" * (n != 1)} (the logger\'s '
+                         f'interval={n} counts steps: {n * k} iterations)')
         return (f'gradient accumulation: {k} micro-batches (iterations) per optimizer '
                 f'step; loss and its terms are logged once per step, the mean of its {k} '
-                f'micro-batches, and grad_norm once per step: a line shows their means '
-                f'over {over} completed by then (time and data_time: per iteration)')
+                f'micro-batches, and grad_norm once per step: a line{every} shows their '
+                f'means over {over} (time and data_time: per iteration)')
 
     @staticmethod
     def _log_deepspeed_grad_norm(runner, wrapper):
