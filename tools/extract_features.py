@@ -636,7 +636,8 @@ def flush(writer, buf, args, item_shape, source, skipped_now):
             buf.skip(index, source.names[index], why)
             skipped_now.append(source.names[index])
     skipped, why = buf.skipped_in_order()
-    writer.write_shard(buf.shard_id, latents, labels, skipped, text=text, why=why)
+    writer.write_shard(buf.shard_id, latents, labels, skipped, text=text, why=why,
+                       finite_checked=True)  # (the scan above: one a shard, not two)
 
 
 def nonfinite_reason(field, dtype) -> str:

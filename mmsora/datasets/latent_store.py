@@ -47,7 +47,8 @@ CONTENTS = ('moments', 'samples')
 HEADER_KEYS = ('format', 'version', 'dtype', 'latent_shape', 'content', 'num_copies',
                'scale_factor', 'shift_factor', 'vae', 'shard_size', 'num_source_items',
                'num_shards', 'text_shape', 'pooled_dim')
-# Not in HEADER_KEYS: stores written before it was recorded have none, and resume.
+# Not in HEADER_KEYS: stores written before it was recorded have none, and resume (and
+# keep none: LatentStoreWriter._kept_record).
 FINGERPRINT_KEY = 'source_fingerprint'
 # Extraction settings (``meta``) recorded only since a later version: a store whose
 # meta lacks one resumes unchecked on it (it may have been written with any value).
@@ -552,8 +553,8 @@ class LatentStoreWriter:
         source_fingerprint (str, optional): A digest of the source items (their paths,
             captions, labels, in order), recorded: a resumed writer whose items are
             other ones of the same number is refused (:class:`SourceChangedError`).
-            Checked only where both this writer and the store have one. Defaults to
-            None.
+            Checked only where both this writer and the store have one; a store begun
+            without one (by an older mmsora) is not given it. Defaults to None.
         checked (set, optional): :func:`read_store_progress`'s ``checked``: the
             records whose files it found sound, not checked again (an extraction rerun
             read every finished shard's files there, then here). Defaults to None.
@@ -586,8 +587,8 @@ class LatentStoreWriter:
             num_shards=-(-int(num_source_items) // int(shard_size)),
             text_shape=[int(s) for s in text_shape] if text_shape else None,
             pooled_dim=int(pooled_dim) if pooled_dim else None)
-        if source_fingerprint:
-            self.header[FINGERPRINT_KEY] = str(source_fingerprint)
+        # Compared with the store's; recorded (in the header) as _kept_record says.
+        self.fingerprint = str(source_fingerprint) if source_fingerprint else None
         if pooled_dim and not text_shape:
             raise ValueError('pooled_dim needs text_shape (the token embeddings)')
         self.meta = meta or {}
@@ -605,7 +606,9 @@ class LatentStoreWriter:
             part = _read_json(self.part_path)
             self._check_header(part, self.part_path)
             self.own = {int(s['id']): s for s in part['shards']}
-        self.store_meta, self.shard_meta = self._kept_record()
+        self.store_meta, self.shard_meta, fingerprint = self._kept_record()
+        if fingerprint:
+            self.header[FINGERPRINT_KEY] = fingerprint
         self._remove_stray_temps()
 
     # ------------------------------------------------------------------ state
@@ -614,24 +617,34 @@ class LatentStoreWriter:
         return self.header['num_shards']
 
     def _check_header(self, other, path):
-        check_recorded(self.root, other, path, self.header, self.meta)
+        check_recorded(self.root, other, path, {**self.header, FINGERPRINT_KEY: self.fingerprint},
+                       self.meta)
 
     def _kept_record(self):
-        """``(store meta, shard meta)``: the ``meta`` the index and parts record, and
-        what each shard this writer writes records besides (``meta`` in its record).
+        """``(store meta, shard meta, fingerprint)``: the ``meta`` the index and parts
+        record, what each shard this writer writes records besides (``meta`` in its
+        record), and the ``source_fingerprint`` the index and parts record (None: none).
 
         A store begun by an older mmsora records none of the later settings
         (:data:`LATER_META_KEYS`): its shards may hold any value of them, so its
         record keeps them unknown, and the shards written now record this run's
         values of them alone. Before, a rerun that wrote a damaged shard of such a
         store again (or resumed one) wrote this run's meta over the old: the index
-        said every shard was written with this run's settings."""
+        said every shard was written with this run's settings.
+
+        Likewise a store begun without a source fingerprint keeps none: its shards
+        may come from other source items. Before, a rerun recorded its own in the
+        index and parts: it said the older shards came from this run's items, which
+        nothing checked, and a later run with their true items was refused."""
         meta = json.loads(json.dumps(self.meta))
-        lacking = set()
+        lacking, fingerprint = set(), self.fingerprint
         for path in _store_files(self.root):
-            lacking.update(later_keys_lacking(meta, _read_json(path)))
+            recorded = _read_json(path)
+            lacking.update(later_keys_lacking(meta, recorded))
+            if not recorded.get(FINGERPRINT_KEY):
+                fingerprint = None
         return ({k: v for k, v in meta.items() if k not in lacking},
-                {k: meta[k] for k in sorted(lacking)})
+                {k: meta[k] for k in sorted(lacking)}, fingerprint)
 
     def done_shards(self):
         """``{shard_id: record}`` of every finished shard, from all parts and the index.
@@ -687,12 +700,14 @@ class LatentStoreWriter:
                 os.remove(osp.join(self.root, name))
 
     # ------------------------------------------------------------------ writing
-    def write_shard(self, shard_id, latents, labels, skipped=(), text=None, why=None):
+    def write_shard(self, shard_id, latents, labels, skipped=(), text=None, why=None,
+                    finite_checked=False):
         """Write one finished shard and record it in this rank's index part.
 
         Latents or text embeddings holding NaN or inf as stored (a float32 value past
         float16's range is inf in a float16 store) are refused, naming the first such
-        item: nothing of the shard is written then.
+        item: nothing of the shard is written then. (A caller that scanned them itself
+        says so, ``finite_checked``, and they are not scanned again.)
 
         Args:
             shard_id (int): Which shard.
@@ -707,6 +722,10 @@ class LatentStoreWriter:
                 ``pooled_dim``, ``pooled_text_embeds`` (n, D2).
             why (Sequence[str], optional): Why each of ``skipped`` was, kept beside it
                 (``skipped_why``): a rerun's summary names the reasons too.
+            finite_checked (bool): The caller has found these very values finite as
+                stored (:func:`nonfinite_items`, the rule this writer refuses by), so
+                they are not scanned again (about 1 s a 1024-item shard of T5-XXL
+                tokens). Defaults to False.
         """
         start, stop = self.shard_range(shard_id)
         if not 0 <= shard_id < self.num_shards:
@@ -723,7 +742,8 @@ class LatentStoreWriter:
             raise ValueError(f'shard {shard_id}: {n} items + {len(skipped)} skipped != '
                              f'{stop - start} source items')
         text_files = self._text_arrays(shard_id, n, text)
-        self._refuse_nonfinite(shard_id, latents, text_files)
+        if not finite_checked:
+            self._refuse_nonfinite(shard_id, latents, text_files)
         # Data files first, the index part last: a shard is listed only when complete.
         for name, array in text_files.items():
             _atomic_save_npy(osp.join(self.root, name), array)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsora.datasets import LatentStore, LatentStoreWriter
+from mmsora.datasets import LatentStore, LatentStoreWriter, latent_store
 from mmsora.datasets.latent_store import nonfinite_items, read_store_progress
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import UserError
@@ -92,6 +92,22 @@ def test_bfloat16_keeps_what_float16_cannot(image_folder, tiny_vae_dir, tmp_path
         summary = run_extract(image_folder, out, tiny_vae_dir, '--dtype', 'bfloat16',
                               '--store', 'samples')
     assert summary['num_items'] == 7 and summary['skipped_this_run'] == ['b/broken.png']
+
+
+def test_extraction_scans_each_shard_once(image_folder, tiny_vae_dir, tmp_path):
+    """extract_features.py scanned each shard for NaN / inf to skip items, and the writer
+    scanned it again (about 1 s a 1024-item shard of T5-XXL tokens); a writer not told
+    its values were checked still scans them."""
+    scans = mock.Mock(wraps=latent_store.nonfinite_stored)
+    with mock.patch.object(latent_store, 'nonfinite_stored', scans):
+        summary = run_extract(image_folder, str(tmp_path / 'store'), tiny_vae_dir)
+        assert summary['shards_written'] == 4 and scans.call_count == 4
+        writer = LatentStoreWriter(str(tmp_path / 'other'), 2, (4, 2, 2))
+        x = np.zeros((2, 1, 2, 4, 2, 2), np.float32)
+        x[1, 0, 0, 0, 0, 0] = np.nan
+        with pytest.raises(ValueError, match='shard 0: item 1 holds NaN or inf'):
+            writer.write_shard(0, x, [0, 1])
+    assert scans.call_count == 5
 
 
 def test_convert_names_the_file_past_float16(tmp_path):
@@ -273,3 +289,28 @@ def test_a_writer_from_python_records_the_same(tmp_path):
     with pytest.raises(ValueError, match=r'written with video_reader=3 .*this run has '
                                          r'video_reader=4'):
         LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2, meta=dict(size=2, video_reader=4))
+
+
+def test_a_store_begun_without_a_source_fingerprint_keeps_none(tmp_path):
+    """A rerun recorded its source fingerprint in a store begun without one: the index
+    said the older shards came from this run's items, which nothing checked, and a run
+    with their true items was then refused (as LATER_META_KEYS: kept unknown)."""
+    root = str(tmp_path / 'store')
+    x = np.zeros((2, 1, 2, 4, 2, 2), np.float32)
+    LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2).write_shard(0, x, [0, 1])
+    writer = LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2, source_fingerprint='b' * 64)
+    writer.write_shard(1, x, [0, 1])
+    assert 'source_fingerprint' not in writer.finalize()
+    with open(osp.join(root, 'parts', 'rank-00000.json')) as f:
+        assert 'source_fingerprint' not in json.load(f)
+    assert LatentStoreWriter(root, 4, (4, 2, 2), shard_size=2,
+                             source_fingerprint='a' * 64).pending_shards() == []
+    # a part that records one is still compared with this run's, recorded or not
+    other = str(tmp_path / 'other')
+    LatentStoreWriter(other, 4, (4, 2, 2), shard_size=2, world_size=2,
+                      source_fingerprint='a' * 64).write_shard(0, x, [0, 1])
+    LatentStoreWriter(other, 4, (4, 2, 2), shard_size=2, rank=1, world_size=2)\
+        .write_shard(1, x, [0, 1])
+    with pytest.raises(latent_store.SourceChangedError, match='rank-00000.json'):
+        LatentStoreWriter(other, 4, (4, 2, 2), shard_size=2, rank=1, world_size=2,
+                          source_fingerprint='b' * 64).pending_shards()
