@@ -128,8 +128,10 @@ def convert(args, pairs, shape, writer):
                 latents.append(x)
                 labels.append(y)
                 pbar.update(1)
-            try:  # (its refusals in one line; NaN / inf as stored: refused by load_item)
-                writer.write_shard(k, np.stack(latents)[:, None, None], labels)
+            try:  # (its refusals in one line; NaN / inf as stored: refused by load_item,
+                # each item scanned there: the writer need not scan the shard again)
+                writer.write_shard(k, np.stack(latents)[:, None, None], labels,
+                                   finite_checked=True)
             except ValueError as e:
                 raise UserError(str(e)) from None
     return len(pending)

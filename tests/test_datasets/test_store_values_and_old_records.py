@@ -132,6 +132,17 @@ def test_convert_names_the_file_past_float16(tmp_path):
     assert convert.main(argv('bf16', 'bfloat16'))['complete']
 
 
+def test_convert_scans_each_item_once(tmp_path):
+    """convert_fastdit_features.py scans each item as it loads it (to name its file);
+    the writer scanned every shard of them again."""
+    feats, labels = write_fastdit_features(tmp_path, count=8)
+    scans = mock.Mock(wraps=latent_store.nonfinite_stored)
+    with mock.patch.object(latent_store, 'nonfinite_stored', scans):
+        convert.main(['--features-dir', str(feats), '--labels-dir', str(labels), '--out',
+                      str(tmp_path / 'out'), '--shard-size', '4', '--dtype', 'float16'])
+    assert scans.call_count == 8  # (one an item; 10 with the writer's two shards)
+
+
 # --------------------------------------------------------------------------- #
 #              2. shards written into a store of an older mmsora               #
 # --------------------------------------------------------------------------- #
