@@ -228,8 +228,15 @@ def check_sampling(args, cfg) -> None:
     the weights had loaded (30 s and 5.7 GB for Stable Cascade lite), and a wrong
     value of an option or of --steps (DDIM's spacing=evn) still was."""
     from mmsora.apis.run_checks import check_run_sampling
-    # (the sampler's one-line ValueError, as the sampling raised it)
-    check_run_sampling(cfg.model, sample_settings(args, cfg.get('sample_cfg', {})))
+    try:  # (the sampler's one-line ValueError, as the sampling raised it)
+        check_run_sampling(cfg.model, sample_settings(args, cfg.get('sample_cfg', {})))
+    except ValueError as e:
+        # sampling's rule for cfg_scale cannot say where the value came from (the
+        # flag, over the config's sample_cfg, or --cfg-options sample_cfg.cfg_scale)
+        if not str(e).startswith('cfg_scale must be '):
+            raise
+        where = '--cfg-scale' if args.cfg_scale is not None else 'sample_cfg.cfg_scale'
+        raise UserError(f'{where}{str(e)[len("cfg_scale"):]}') from None
 
 
 def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):

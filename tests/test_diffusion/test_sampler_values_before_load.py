@@ -112,12 +112,18 @@ def refuse_loading(monkeypatch):
     # the config's sample_cfg is ddim: its eta too
     (['--cfg-options', 'sample_cfg.eta=2'], 'eta=2 is not a number in [0, 1]'),
     # a guidance scale that is no finite number (it got through to the weights)
-    (['--cfg-scale', 'nan'], 'cfg_scale must be a finite number (the guidance scale; 1: '
-                             'none), got nan'),
-    (['--cfg-options', 'sample_cfg.cfg_scale=abc'], "cfg_scale must be a finite number "
-                                                    "(the guidance scale; 1: none), got 'abc'"),
-    (['--cfg-options', 'sample_cfg.cfg_scale=True'], 'cfg_scale must be a finite number '
-                                                     '(the guidance scale; 1: none), got True'),
+    # named as given: the flag, or the config's sample_cfg (its --cfg-options too)
+    (['--cfg-scale', 'nan'], 'error: --cfg-scale must be a finite number (the guidance '
+                             'scale; 1: none), got nan'),
+    (['--cfg-scale', 'inf', '--cfg-options', 'sample_cfg.cfg_scale=abc'],
+     'error: --cfg-scale must be a finite number (the guidance scale; 1: none), got inf'),
+    (['--cfg-options', 'sample_cfg.cfg_scale=abc'],
+     "error: sample_cfg.cfg_scale must be a finite number (the guidance scale; 1: none), "
+     "got 'abc'"),
+    (['--cfg-options', 'sample_cfg.cfg_scale=True'],
+     'error: sample_cfg.cfg_scale must be a finite number (the guidance scale; 1: none), '
+     'got True'),
+    (['--cfg-scale', '0.5'], 'error: --cfg-scale must be >= 1 (1 disables guidance), got 0.5'),
 ])
 def test_infer_refuses_a_wrong_value_before_the_weights_load(args, message, tmp_path, capsys,
                                                              monkeypatch):

@@ -174,6 +174,32 @@ def test_the_warmup_note_is_said_only_for_a_warmup_in_iterations(capsys):
     assert capsys.readouterr().err == ''
 
 
+@pytest.mark.parametrize('options, setting', [
+    # the preset's gradient_accumulation_steps='auto' is filled from it: the note named
+    # strategy.config.gradient_accumulation_steps=2, which the user never typed
+    (['optim_wrapper.accumulative_counts=2'], 'optim_wrapper.accumulative_counts=2'),
+    (['strategy.config.gradient_accumulation_steps=2'],
+     'strategy.config.gradient_accumulation_steps=2')])
+def test_the_warmup_note_names_the_accumulation_setting_given_under_deepspeed(
+        repo_root, tmp_path, capsys, options, setting):
+    own = tmp_path / 'dit_zero2.py'  # the preset inherited: the config's own strategy
+    own.write_text(f"_base_ = ['{osp.join(repo_root, DEMO)}', "
+                   f"'{osp.join(repo_root, 'configs/_base_/strategies/deepspeed_zero2.py')}']\n")
+    for config, flags in ((osp.join(repo_root, DEMO), ['--deepspeed', 'deepspeed_zero2']),
+                          (str(own), [])):
+        cfg = build_train_config(parse_args(
+            [config, *flags, '--work-dir', str(tmp_path), '--cfg-options',
+             'train_cfg.max_iters=1500', *options]))
+        assert cfg.strategy.config.gradient_accumulation_steps == 2  # (what DeepSpeed runs)
+        notes = [line for line in capsys.readouterr().err.splitlines()
+                 if 'warms the learning rate up' in line]
+        assert notes == [
+            'note: param_scheduler.0 (LinearLR) warms the learning rate up over 100 '
+            f'iterations (by_epoch=False), which at {setting} (micro-batches per optimizer '
+            'step) are 50 optimizer steps; for 100 optimizer steps, as without accumulation: '
+            '--cfg-options param_scheduler.0.end=200 param_scheduler.1.begin=200'], config
+
+
 def test_a_nonfinite_micro_batch_is_left_out_of_its_steps_mean():
     """LossGuardHook's per-step log on its own: a NaN term of one micro-batch is left
     out (the step was skipped), the other micro-batch's value is logged; the outputs

@@ -133,7 +133,15 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         check_fsdp_precision(strategy, cfg.optim_wrapper)
         if not torch.cuda.is_available():
             fsdp_on_cpu(strategy)
-    return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+    # The warm-up note of a run with a strategy, said here, before the preset's 'auto'
+    # values are filled in: DeepSpeed's gradient_accumulation_steps filled from
+    # optim_wrapper.accumulative_counts (which the filled config no longer has) was
+    # named as strategy.config.gradient_accumulation_steps, not as the user set it.
+    said = warmup_note(cfg, strategy)
+    cfg = to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+    if said:
+        note(said)
+    return cfg
 
 
 def check_fsdp_precision(strategy: dict, optim_wrapper: dict) -> None:
@@ -344,10 +352,12 @@ def accumulation_of(cfg) -> int:
     return accumulation_setting(cfg)[0]
 
 
-def accumulation_setting(cfg) -> tuple:
+def accumulation_setting(cfg, strategy=None) -> tuple:
     """:func:`accumulation_of` and the setting that gives it, for the lines that say
-    how a global batch is split."""
-    strategy = cfg.get('strategy') or {}
+    how a global batch is split; ``strategy``: the run's, where the config does not
+    hold it yet (default: the config's). A DeepSpeed ``gradient_accumulation_steps``
+    left ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it)."""
+    strategy = (cfg.get('strategy') if strategy is None else strategy) or {}
     if strategy.get('type') == 'DeepSpeedStrategy':
         for setting, steps in (
                 ('strategy.gradient_accumulation_steps',
@@ -416,11 +426,14 @@ def check_accumulation(cfg) -> None:
     (``by_epoch=True``) are not checked: the epoch's length is known only at run
     time. And ``model.train_noise_seed`` keys its draws by optimizer step, which
     ``ResumeCheckHook`` tells the model: it must be there. A warm-up counted in
-    iterations is said in optimizer steps (:func:`warmup_note`)."""
+    iterations is said in optimizer steps (:func:`warmup_note`; for a run with a
+    DeepSpeed or FSDP strategy :func:`apply_strategy` says it, before the strategy's
+    ``'auto'`` values are filled in)."""
     accumulation = accumulation_of(cfg)
     if accumulation <= 1:
         return
-    said = warmup_note(cfg)
+    said = None if (cfg.get('strategy') or {}).get('type') in (
+        'DeepSpeedStrategy', 'FSDPStrategy') else warmup_note(cfg)
     if said:
         note(said)
     why = 'micro-batches of an optimizer step (optim_wrapper.accumulative_counts)'
@@ -469,15 +482,17 @@ def _warmup_kind(scheduler: dict):
     return None
 
 
-def warmup_note(cfg):
+def warmup_note(cfg, strategy=None):
     """With gradient accumulation over k micro-batches, a warm-up given in iterations
     (``by_epoch=False``: mmengine's ``ParamSchedulerHook`` steps the schedulers at
     every iteration, i.e. micro-batch) lasts k times fewer optimizer steps than the
     same config without accumulation: the line that says how many, and what to set
     to keep the config's number of steps (the warm-up's ``end``, and the ``begin`` of
     the schedulers that start where it ends). None without accumulation, without
-    such a warm-up, or on ``--resume`` (which keeps the checkpoint's schedule)."""
-    accumulation, setting = accumulation_setting(cfg)
+    such a warm-up, or on ``--resume`` (which keeps the checkpoint's schedule).
+    ``strategy``: the run's, as :func:`accumulation_setting` takes it; the note names
+    the setting the user gave."""
+    accumulation, setting = accumulation_setting(cfg, strategy)
     schedulers = cfg.get('param_scheduler') or []
     if accumulation <= 1 or cfg.get('resume'):
         return None
