@@ -19,7 +19,8 @@ from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_chec
 
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
            'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
-           'check_label_ids', 'run_sample_settings', 'sample_arguments']
+           'check_label_ids', 'run_sample_settings', 'sample_arguments',
+           'check_run_sample_settings']
 
 
 def check_label_ids(labels, num_classes: Optional[int]) -> None:
@@ -497,6 +498,24 @@ def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) ->
     return settings
 
 
+def check_run_sample_settings(model, settings: dict) -> None:
+    """Judge the settings :func:`sample_images` and ``mass_sample`` sample with
+    (:func:`run_sample_settings`' merge) before the first batch, and before
+    ``mass_sample`` writes anything (a refused NaN left a record that refused the
+    corrected rerun): against the model's objective (``check_sample_settings``: the
+    sampler, its options and the steps, ``precision`` and ``cfg_scale``); a model
+    without one (None where a ``sample_fn`` samples) its ``cfg_scale`` alone, by
+    ``LatentDiffusion.sample``'s rule. Raises its one-line ValueError."""
+    from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    from mmsora.models.latent_diffusion import check_cfg_scale
+    diffusion = getattr(model, 'diffusion', None)
+    if diffusion is not None:
+        own = sample_arguments(model) if hasattr(model, 'sample') else ()
+        check_sample_settings(diffusion, settings, own)
+    elif 'cfg_scale' in settings:
+        check_cfg_scale(settings['cfg_scale'])
+
+
 def default_precision(device, sample_cfg=None):
     """The sampling precision of tools/infer.py, tools/test.py and the text-to-video
     pictures when none is asked: the config's ``sample_cfg.precision``, else TF32 on a
@@ -544,15 +563,10 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
             ``cfg_scale`` that is not a finite number, and the sampler, its options
             and the steps as the model's objective refuses them.
     """
-    from mmsora.diffusion.scheduler_sampling import check_sample_settings
-    from mmsora.models.latent_diffusion import check_cfg_scale, prompt_list
+    from mmsora.models.latent_diffusion import prompt_list
     from mmsora.utils.sample_rng import seed_list
     settings = run_sample_settings(model, sample_kwargs)
-    if 'cfg_scale' in settings:  # (LatentDiffusion.sample's check, before any batch)
-        check_cfg_scale(settings['cfg_scale'])
-    diffusion = getattr(model, 'diffusion', None)
-    if diffusion is not None:  # the sampler, its options and the steps, before any
-        check_sample_settings(diffusion, settings, sample_arguments(model))  # batch
+    check_run_sample_settings(model, settings)  # before any batch
     text = getattr(model, 'text_conditioned', False)
     if text and prompts is None and labels is not None:  # (the model's own message
         raise ValueError('this model is text-conditioned: give the captions as '  # blamed

@@ -28,7 +28,7 @@ import torch
 from mmengine.dist import barrier, get_dist_info
 from tqdm import tqdm
 
-from mmsora.apis.inference import run_sample_settings
+from mmsora.apis.inference import check_run_sample_settings, run_sample_settings
 from mmsora.utils.atomic_io import atomic_file, atomic_path
 from mmsora.utils.cli import Interrupted, UserError, plural
 from mmsora.utils.labels import check_label_range
@@ -471,7 +471,10 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
             run's, or the model's default; kept as None in the run's record,
             ``keep_unset=True``): ``mass_sample(model, ...)`` draws what
             ``tools/infer.py --out NAME.npz`` saves for the same seeds. (Before, the
-            objective's defaults: DDPM, 250 steps, no guidance.)
+            objective's defaults: DDPM, 250 steps, no guidance.) Judged as
+            ``sample_images`` judges them (``check_run_sample_settings``) before
+            anything is written. Without a model (``model=None``, a ``sample_fn``),
+            passed to ``sample_fn`` as given, None included.
 
     Returns:
         dict: ``metrics`` (the evaluator's result, or None) and ``out``.
@@ -485,9 +488,15 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
     plan = sample_plan(num_samples, labels, seed, prompts)
     # The run's record keeps the settings given as None (the keys of tools/infer.py's
     # records); the sampling takes sample_images' merge, None: the run's setting (a
-    # cfg_scale=None the run does not set reached model.sample and was refused)
+    # cfg_scale=None the run does not set reached model.sample and was refused),
+    # judged as sample_images judges it before anything is written (a NaN cfg_scale
+    # was refused after the run's record was, which refused the corrected rerun)
     recorded = run_sample_settings(model, sample_kwargs, keep_unset=True)
-    sample_kwargs = run_sample_settings(model, sample_kwargs)
+    merged = run_sample_settings(model, sample_kwargs)
+    check_run_sample_settings(model, merged)
+    # Without a model no run setting stands behind None: a sample_fn of one's own gets
+    # the settings as given (None may be one of its values, as SiT's last_step=None)
+    sample_kwargs = merged if model is not None else dict(sample_kwargs)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None
     finished = None  # the samples of a finished out still to be scored
