@@ -37,6 +37,7 @@ from mmengine.fileio import get_file_backend
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 
+from mmsora.engine.log_files import naming_os_errors
 from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_target
 from mmsora.utils.cli import RunError
 
@@ -119,8 +120,10 @@ def remove_stale_tmp_files(folder):
 
 
 def _atomic_put(self, obj, filepath):
-    """``LocalBackend.put`` (write bytes to a file), atomically."""
-    atomic_write_bytes(str(filepath), obj)
+    """``LocalBackend.put`` (write bytes to a file), atomically. A failed write's
+    OSError names the file (a full disk's line: graceful_stop.py)."""
+    with naming_os_errors(filepath):
+        atomic_write_bytes(str(filepath), obj)
 
 
 def _read_last_checkpoint(work_dir):
@@ -158,7 +161,9 @@ def _save_checkpoint_with_step(self, runner, step, meta):
                                    _read_last_checkpoint(runner.work_dir)) from e
     if not is_main_process():
         return
-    atomic_write_bytes(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt.encode())
+    pointer = osp.join(runner.work_dir, 'last_checkpoint')
+    with naming_os_errors(pointer):  # (a full disk's line names it)
+        atomic_write_bytes(pointer, self.last_ckpt.encode())
     if outdated is not None:
         path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
         if self.file_backend.isfile(path):

@@ -111,8 +111,17 @@ def stopped_by_error(runner) -> Optional[str]:
 # EDQUOT) unless the file system is read-only or the file at a size limit. EFBIG is the
 # process's file-size limit (ulimit -f; or the file system's largest file): freed space
 # would not mend it, and --resume would fail at the same checkpoint again.
-_NO_ROOM_FIXES = {errno.EROFS: 'make it writable',
-                  errno.EFBIG: 'raise the file-size limit (ulimit -f)'}
+def _no_room_fix(code: int, work_dir: Optional[str] = None) -> str:
+    """What to do about a write's error ``code`` on the file's disk ('there'); with
+    ``work_dir``, for an error that names no file (a writer that does not name it), on
+    the work dir's disk, where the run's files go."""
+    if code == errno.EFBIG:
+        return 'raise the file-size limit (ulimit -f)'
+    read_only = code == errno.EROFS
+    if work_dir is None:
+        return 'make it writable' if read_only else 'free space there'
+    disk = f'the disk of {work_dir}'
+    return f'make {disk} writable' if read_only else f'free space on {disk}'
 
 
 def stopped_by_full_disk(runner, error) -> str:
@@ -131,10 +140,11 @@ def stopped_by_full_disk(runner, error) -> str:
     checkpoint = isinstance(error, CheckpointWriteError)
     failed = error.error if checkpoint else error
     loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
-    fix = _NO_ROOM_FIXES.get(failed.errno, 'free space there')
+    name = error.filename if checkpoint else failed.filename
+    fix = _no_room_fix(failed.errno, None if name else runner.work_dir)
     where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix,
                            intact=checkpoint)
-    what = (f'checkpoint {error.filename}' if checkpoint else failed.filename or 'a file')
+    what = f'checkpoint {name}' if checkpoint else name or 'a file'
     left = ' (no partial file left)' if checkpoint else ''
     return f'cannot write {what}: {failed.strerror or failed}{left}; training stopped {where}'
 

@@ -22,17 +22,25 @@ mmengine's ``LocalVisBackend`` appends each iteration's scalars to
 error handling: on a full disk the first of those writes that needs space ends the
 run, and tools/train.py says so in one line (``stopped_by_full_disk``:
 graceful_stop.py). A failed write or flush, unlike a failed open, names no file:
-inside :func:`guarded_log_files` those writes' OSErrors name theirs.
+inside :func:`guarded_log_files` those writes' OSErrors name theirs
+(:func:`naming_os_errors`, which the checkpoints' ``last_checkpoint`` file takes too:
+atomic_checkpoint.py).
+
+The guarded stream passes a rotating handler's ``seek`` / ``tell`` and a watched
+one's ``fileno`` (logging.handlers) on to the file while it is open: mmengine's
+``file_handler_cfg`` may name those handlers, and they roll over as before.
 """
 import contextlib
 import io
 import logging
+import os
 import sys
+import threading
 
 from mmengine.logging import MMLogger
 from mmengine.visualization import LocalVisBackend
 
-__all__ = ['guard_log_file', 'guarded_log_files']
+__all__ = ['guard_log_file', 'guarded_log_files', 'naming_os_errors']
 
 
 class LogFileGuard:
@@ -84,16 +92,36 @@ class LogFileStream(io.TextIOBase):
         self.stream = None
         super().close()
 
-    def _try(self, method: str, *args) -> None:
+    # What logging.handlers asks of the stream besides: a RotatingFileHandler seeks to
+    # the end and tells the size at each record (a text file's ``tell`` flushes, which a
+    # full disk fails), a WatchedFileHandler stats ``fileno()``. Once the file failed
+    # the size is 0: a handler does not roll a file over that is written no more.
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._try('seek', offset, whence) or 0
+
+    def tell(self) -> int:
+        return self._try('tell') or 0
+
+    def fileno(self) -> int:
         if self.stream is None:
-            return
+            return super().fileno()  # (io.UnsupportedOperation)
+        return self.stream.fileno()
+
+    def _try(self, method: str, *args):
+        """The file's ``method(*args)``; None once the file failed, or when this
+        call fails it (an OSError: then the guard says so)."""
+        if self.stream is None:
+            return None
         try:
-            getattr(self.stream, method)(*args)
+            return getattr(self.stream, method)(*args)
+        except io.UnsupportedOperation:  # (an OSError, but not the disk's: a pipe's tell)
+            raise
         except OSError as e:
             stream, self.stream = self.stream, None
             with contextlib.suppress(OSError, ValueError):  # (its unwritten buffer cannot
                 stream.close()  # be written either)
             self.guard.fail(e)
+            return None
 
 
 def guard_log_file(handler: logging.FileHandler) -> None:
@@ -107,11 +135,29 @@ def guard_log_file(handler: logging.FileHandler) -> None:
 
 
 @contextlib.contextmanager
-def guarded_log_files():
-    """Inside: each ``MMLogger`` made (a Runner's, when it is built) has its log
-    files guarded (:func:`guard_log_file`) before its first record: the Runner logs
-    its environment and config while it is built. An OSError writing a scalars file of
-    ``LocalVisBackend`` names the file (``filename``; it still ends the run)."""
+def naming_os_errors(path):
+    """Inside: an OSError that names no file (a failed write, flush or fsync; a failed
+    open names its file) names ``path`` (``filename``), for the line that says it
+    (``stopped_by_full_disk``: graceful_stop.py)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
+
+
+# guarded_log_files may be entered again before it is left, by another thread too: the
+# first entry patches mmengine and the last exit restores it (entries that overlapped,
+# A entered, B entered, A left, B left, left mmengine patched for good: B restored A's).
+_lock = threading.Lock()
+_depth = 0
+_unpatch = None
+
+
+def _patch_mmengine():
+    """Patch ``MMLogger.__init__`` and ``LocalVisBackend._dump`` (see
+    :func:`guarded_log_files`); returns what restores them."""
     init, dump = MMLogger.__init__, LocalVisBackend._dump
 
     def guarded_init(self, *args, **kwargs):
@@ -121,15 +167,33 @@ def guarded_log_files():
                 guard_log_file(handler)
 
     def named_dump(self, value_dict, file_path, *args, **kwargs):
-        try:
+        with naming_os_errors(file_path):
             return dump(self, value_dict, file_path, *args, **kwargs)
-        except OSError as e:
-            if e.filename is None:  # (a failed write or flush; a failed open names it)
-                e.filename = file_path
-            raise
 
     MMLogger.__init__, LocalVisBackend._dump = guarded_init, named_dump
+
+    def unpatch():
+        MMLogger.__init__, LocalVisBackend._dump = init, dump
+    return unpatch
+
+
+@contextlib.contextmanager
+def guarded_log_files():
+    """Inside: each ``MMLogger`` made (a Runner's, when it is built) has its log
+    files guarded (:func:`guard_log_file`) before its first record: the Runner logs
+    its environment and config while it is built. An OSError writing a scalars file of
+    ``LocalVisBackend`` names the file (``filename``; it still ends the run). Entries
+    may nest or overlap: mmengine is as it was once the last is left."""
+    global _depth, _unpatch
+    with _lock:
+        if _depth == 0:
+            _unpatch = _patch_mmengine()
+        _depth += 1
     try:
         yield
     finally:
-        MMLogger.__init__, LocalVisBackend._dump = init, dump
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                _unpatch()
+                _unpatch = None

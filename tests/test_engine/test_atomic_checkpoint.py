@@ -242,3 +242,27 @@ def test_other_checkpoint_write_errors_say_where_the_run_stands_under_theirs(
         f'training stopped by this error after iteration 4; the last checkpoint is '
         f'{work}/iter_2.pth (iterations 3-4 are not in it): continue with --resume '
         f'(--work-dir {work})'], err[-5:]
+
+
+@pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+def test_no_room_for_the_last_checkpoint_file_names_it(repo_root, tmp_path, capfd, runs,
+                                                       monkeypatch):
+    """The pointer (``last_checkpoint``) written after a checkpoint: a failed write
+    names no file, and the line said 'cannot write a file: ...: free space there'."""
+    import mmsora.engine.atomic_checkpoint as atomic_checkpoint
+    write = atomic_checkpoint.atomic_write_bytes
+
+    def no_room_for_the_pointer(path, data, sync=True):
+        if osp.basename(path) == 'last_checkpoint':  # (a failed write: no filename)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, data, sync)
+
+    monkeypatch.setattr(atomic_checkpoint, 'atomic_write_bytes', no_room_for_the_pointer)
+    work = tmp_path / 'w'
+    assert train_cli(repo_root, work, *EVERY_2) == 2
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith('error')] == [
+        f'error: cannot write {work}/last_checkpoint: {os.strerror(errno.ENOSPC)}; training '
+        f'stopped after iteration 2; the last checkpoint is {work}/iter_2.pth: free space '
+        f'there, then continue with --resume (--work-dir {work})'], err[-3000:]

@@ -4,13 +4,16 @@ run's output. tools/train.py now says it in one line and writes the file no more
 console log goes on."""
 import errno
 import logging
+import logging.handlers
 import os
 import os.path as osp
 
 import pytest
 from mmengine.logging import MMLogger
 from mmengine.runner import IterBasedTrainLoop, Runner
+from mmengine.visualization import LocalVisBackend
 
+from mmsora.engine import log_files
 from mmsora.engine.log_files import guarded_log_files
 from tests.tiny_models import DEMO, TINY_TRAIN
 from tools import train
@@ -38,6 +41,15 @@ class Disk:
 
     def close(self):
         self.file.close()
+
+    def seek(self, *args):  # (what a RotatingFileHandler asks of its stream besides)
+        return self.file.seek(*args)
+
+    def tell(self):
+        return self.file.tell()
+
+    def fileno(self):
+        return self.file.fileno()
 
 
 @pytest.fixture
@@ -145,3 +157,56 @@ def test_other_logging_errors_are_still_shown(tmp_path, capfd, disk):
                                       log_file=str(tmp_path / 'run2.log'))
     unguarded.info('lost')
     assert '--- Logging error ---' in capfd.readouterr().err
+
+
+def test_a_rotating_log_file_rolls_over_and_fails_in_one_line(tmp_path, capfd, disk):
+    """mmengine's ``file_handler_cfg`` may name a RotatingFileHandler, which seeks and
+    tells its stream at each record (the guarded stream had neither: a '--- Logging
+    error ---' block every record, and no rollover)."""
+    log_file = tmp_path / 'run.log'
+    with guarded_log_files():
+        logger = MMLogger.get_instance(
+            'log-file-guard-rotating', log_file=str(log_file),
+            file_handler_cfg=dict(type='RotatingFileHandler', maxBytes=400, backupCount=2))
+    (handler,) = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    assert isinstance(handler, logging.handlers.RotatingFileHandler)
+    assert handler.stream.fileno() == handler.stream.stream.fileno()
+    for i in range(12):
+        logger.info(f'record {i:02d} ' + 'x' * 40)
+    err = capfd.readouterr().err
+    assert not err, err[-3000:]
+    rolled = tmp_path / 'run.log.1'
+    assert rolled.exists() and 'record' in rolled.read_text()
+    assert 'record 11' in log_file.read_text() and osp.getsize(log_file) <= 400
+    disk.full = True
+    for i in range(12):
+        logger.info(f'lost {i:02d} ' + 'x' * 40)
+    err = capfd.readouterr().err
+    assert err.splitlines() == [
+        f'warning: cannot write the log file {log_file} ({NO_SPACE}): it is not written '
+        'again in this run; the log goes on on the console'], err[-3000:]
+    assert 'lost' not in log_file.read_text() + rolled.read_text()
+
+
+def test_entries_may_nest_and_overlap(tmp_path, capfd, disk):
+    """Enter A, enter B, leave A, leave B (two threads' runs, say): loggers made
+    until the last exit are guarded, and mmengine is as it was after it (the second
+    entry kept the first's patch as mmengine's, and restored that for good)."""
+    init, dump = MMLogger.__init__, LocalVisBackend._dump
+    a, b = guarded_log_files(), guarded_log_files()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    logger = MMLogger.get_instance('log-file-guard-overlap', log_file=str(tmp_path / 'o.log'))
+    b.__exit__(None, None, None)
+    assert (MMLogger.__init__, LocalVisBackend._dump) == (init, dump)
+    assert log_files._depth == 0
+    disk.full = True
+    logger.info('lost')
+    err = capfd.readouterr().err
+    assert '--- Logging error ---' not in err and 'cannot write the log file' in err, err
+    with guarded_log_files():
+        with guarded_log_files():
+            assert MMLogger.__init__ is not init
+        assert MMLogger.__init__ is not init
+    assert (MMLogger.__init__, LocalVisBackend._dump) == (init, dump)

@@ -8,6 +8,7 @@ import functools
 import os
 import os.path as osp
 from collections import OrderedDict
+from types import SimpleNamespace
 
 import pytest
 from mmengine.logging import MessageHub, MMLogger
@@ -15,6 +16,7 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import IterBasedTrainLoop
 from mmengine.visualization import LocalVisBackend, Visualizer, vis_backend
 
+from mmsora.engine.graceful_stop import stopped_by_full_disk
 from mmsora.utils.cli import run_cli
 from tests.tiny_models import DEMO, TINY_TRAIN
 from tools import train
@@ -144,3 +146,24 @@ def test_other_write_errors_keep_their_traceback(repo_root, tmp_path, monkeypatc
     assert info.value.__notes__[-1].startswith(
         'training stopped by this error after iteration 3; the last checkpoint is ')
     assert LocalVisBackend._dump.__name__ == '_dump'  # (mmengine's again after the run)
+
+
+@pytest.mark.parametrize('error, fix', [
+    (errno.ENOSPC, 'free space on the disk of {work}'),
+    (errno.EROFS, 'make the disk of {work} writable'),
+    (errno.EFBIG, 'raise the file-size limit (ulimit -f)')])
+def test_a_write_that_names_no_file_points_at_the_work_dirs_disk(tmp_path, error, fix):
+    """A failed write or flush names no file (mmengine's writers, a hook's own): the
+    line said 'free space there' of no place; it names the work dir's disk."""
+    work = tmp_path / 'w'
+    work.mkdir()
+    (work / 'iter_2.pth').write_bytes(b'')
+    runner = SimpleNamespace(hooks=[], work_dir=str(work), _train_loop=SimpleNamespace(iter=3))
+    assert stopped_by_full_disk(runner, OSError(error, os.strerror(error))) == (
+        f'cannot write a file: {os.strerror(error)}; training stopped after iteration 3; '
+        f'the last checkpoint is {work}/iter_2.pth (iteration 3 is not in it): '
+        f'{fix.format(work=work)}, then continue with --resume (--work-dir {work})')
+    (work / 'iter_2.pth').unlink()
+    assert stopped_by_full_disk(runner, OSError(error, os.strerror(error))).endswith(
+        f'no checkpoint was saved yet: {fix.format(work=work)}, then run the same command '
+        'again')
