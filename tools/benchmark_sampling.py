@@ -16,10 +16,12 @@ evaluation (NFE), model TFLOP/s (forward FLOPs counted from the operators, times
 the batch, the guidance's doubling and the NFE) and MFU against the card's peak for
 that precision, peak memory in MiB during the timed calls (the table's
 ``peak_cuda_allocated_MiB``: CUDA's allocated tensors; ``peak_rss_MiB``: this process's
-resident set, its VmHWM, model and interpreter included; in ``--json`` ``peak_mem_mb``
-with ``peak_mem_kind``, as tools/benchmark.py names them), and how far the precision's
-samples lie from the first precision's, from the same noise (``rel_max_diff``: the largest
-difference over the reference samples' largest magnitude). Sampler, steps, guidance
+resident set, its VmHWM, model and interpreter included; without ``/proc``, where it
+cannot be reset, ``ru_maxrss``: the process's peak since it started, its
+``peak_rss_source`` saying so; in ``--json`` ``peak_mem_mb`` with ``peak_mem_kind``, as
+tools/benchmark.py names them), and how far the precision's samples lie from the first
+precision's, from the same noise (``rel_max_diff``: the largest difference over the
+reference samples' largest magnitude). Sampler, steps, guidance
 and the sampler's options are the config's ``sample_cfg`` under the command line's,
 as tools/infer.py takes them (the objective's own sampler where none is given).
 
@@ -176,8 +178,9 @@ def time_precision(model, precision, settings, args, device):
                  precision=precision)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reset_peak_rss()
+        was_reset = True
+    else:  # (not without /proc: then a peak since the process started)
+        was_reset = reset_peak_rss()
     times = []
     for _ in range(args.repeats):
         _sync(device)
@@ -185,7 +188,7 @@ def time_precision(model, precision, settings, args, device):
         z = model.sample(**settings, precision=precision)
         _sync(device)
         times.append(time.perf_counter() - start)
-    peak = peak_memory(device)
+    peak = peak_memory(device, was_reset)
     # (an objective of one's own may not count its model evaluations)
     return min(times), times, getattr(model.diffusion, 'last_nfe', None), peak, z.float().cpu()
 
@@ -236,7 +239,7 @@ def main(argv=None):
 
 
 def report(args, model, settings, precisions, results) -> None:
-    from mmsora.utils.process_memory import peak_mem_header
+    from mmsora.utils.process_memory import NOT_RESET, peak_mem_header
     name = args.config or f'{args.model} input_size={args.input_size}'
     shown = {k: v for k, v in settings.items()
              if k not in ('seeds', 'decode', 'labels', 'text_embeds', 'text_mask',
@@ -256,6 +259,10 @@ def report(args, model, settings, precisions, results) -> None:
         print(f'{r["precision"]:>9}  {r["s_per_batch"]:8.3f}  {r["samples_per_s"]:9.2f}  '
               f'{r["nfe"] or "-":>4}  {r["ms_per_nfe"] or float("nan"):8.1f}  {tflops}  {mfu}  '
               f'{r["peak_mem_mb"]:{len(peak)}.0f}  {r["rel_max_diff"]:.2e}')
+    if any(r.get('peak_rss_source', '').endswith(tuple(NOT_RESET.values()))
+           for r in results):
+        note(f"{peak} is a peak since the process started, not each precision's (no "
+             '/proc/self/clear_refs to reset it): run one --precision at a time for its own')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(config=args.config, model=None if args.config else args.model,

@@ -10,8 +10,9 @@ Two measurements behind docs/stable_cascade.md:
 * **Measured on CPU** at scaled sizes (both models at 1/4 width and about 1/4 depth):
   CPU seconds per training step (forward, backward, AdamW; process time, steadier
   than wall time on a shared machine) and the growth of the process's peak RSS during
-  the steps (Linux's VmHWM: unlike ``ru_maxrss`` it leaves out the memory of the
-  process before its ``exec``), each model in its own process.
+  the steps (Linux's VmHWM, reset right before them: unlike ``ru_maxrss`` it leaves out
+  the model's building and the process before its ``exec``; nan without ``/proc``),
+  each model in its own process.
 
     python tools/stable_cascade_cost.py                # counts
     python tools/stable_cascade_cost.py --measure      # + CPU timing
@@ -28,7 +29,7 @@ import time
 
 import torch
 
-from mmsora.utils.process_memory import peak_rss_figure, rss_mb
+from mmsora.utils.process_memory import peak_rss_figure, reset_peak_rss, rss_mb
 
 __all__ = ['model_configs', 'step_inputs', 'count_step']
 
@@ -145,7 +146,8 @@ def count_step(cfg: dict, kind: str, pixels: int, frames: int = 16) -> dict:
 
 
 def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
-    """Seconds per training step (wall and process CPU time) and peak-RSS growth.
+    """Seconds per training step (wall and process CPU time) and peak-RSS growth
+    during the steps (from a peak reset right before them; nan without ``/proc``).
 
     On a shared machine the CPU time (one torch thread) is the steadier figure: it does
     not count the time the process waits for a core.
@@ -163,6 +165,8 @@ def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
+    # (the model's building may have peaked higher; without /proc rss_mb is nan)
+    was_reset = reset_peak_rss()
     rss_before = rss_mb()
     step()  # warm-up (also allocates the optimizer state)
     wall, cpu = [], []
@@ -171,7 +175,7 @@ def measure_step(name: str, pixels: int, frames: int, steps: int) -> dict:
         step()
         wall.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    peak, source = peak_rss_figure()  # 'ru_maxrss' (no /proc) counts the parent too
+    peak, source = peak_rss_figure(was_reset)
     return dict(step_s=sorted(wall)[len(wall) // 2], step_s_all=wall,
                 step_cpu_s=sorted(cpu)[len(cpu) // 2], step_cpu_s_all=cpu,
                 peak_rss_growth_mb=peak - rss_before, peak_rss_source=source)

@@ -87,10 +87,12 @@ def not_a_checkpoint_folder(path: str) -> str:
     folders the tools read (a DeepSpeed checkpoint folder, a work dir with a
     checkpoint, a diffusers DiT folder): a model of another kind (a VAE, a text
     encoder: its config.json) is named as such, and what a DiTPipeline folder lacks
-    (its transformer/, or there the config.json). Before, the tools said 'checkpoint
-    not found' of a folder that exists, or listed the kinds without the diffusers
-    one."""
+    (its transformer/, or there the config.json), as what a diffusers DiT folder
+    lacks (its weights). Before, the tools said 'checkpoint not found' of a folder that
+    exists, or listed the kinds without the diffusers one."""
     holds = folder_model(path)
+    if _names_dit(holds):  # (it said 'a diffusers DiT..., not ... a diffusers DiT folder')
+        return _dit_folder_weights(path, f'{path} holds a {holds}\'s config.json')
     if holds:
         return (f'{path} holds a {holds} (its config.json), not a denoiser\'s weights: give '
                 'a checkpoint file, a work dir, a DeepSpeed checkpoint folder or a diffusers '
@@ -112,6 +114,24 @@ def not_a_checkpoint_folder(path: str) -> str:
             'folder: give a checkpoint file')
 
 
+def _names_dit(holds) -> bool:
+    """Whether :func:`folder_model`'s ``holds`` is a diffusers DiT class (the tools read
+    such a folder: :func:`mmsora.utils.diffusers_dit.diffusers_dit_folder`)."""
+    from mmsora.utils.diffusers_dit import DIT_CLASSES
+    return holds in [f'diffusers {name}' for name in DIT_CLASSES]
+
+
+def _dit_folder_weights(folder: str, where: str) -> str:
+    """What the diffusers DiT folder ``folder`` (its config.json names a DiT class),
+    ``where`` saying so, is as a checkpoint: one without its weights, else one the
+    tools read (it was told it held 'a diffusers DiT..., not a diffusers DiT...')."""
+    from mmsora.utils.diffusers_dit import INDEX_FILES, WEIGHT_FILES
+    if any(osp.isfile(osp.join(folder, n)) for n in WEIGHT_FILES + INDEX_FILES):
+        return f'{where} and weights: a diffusers DiT folder, which the tools read'
+    return (f'{where} but no weights ({WEIGHT_FILES[0]} or .bin): put back what '
+            'save_pretrained wrote there (config.json beside the weights)')
+
+
 def _broken_dit_pipeline(path: str) -> str:
     """What a diffusers DiTPipeline folder lacks that the tools read its DiT from: its
     ``transformer/``, or there its config.json (or the weights beside it). It was told
@@ -123,6 +143,9 @@ def _broken_dit_pipeline(path: str) -> str:
         return (f'{where} without its transformer/ folder (the DiT\'s config.json and '
                 'weights): copy it back, or give the DiT\'s checkpoint file')
     holds = folder_model(transformer)
+    if _names_dit(holds):
+        return _dit_folder_weights(transformer,
+                                   f'{where} whose transformer/ has a {holds}\'s config.json')
     if holds:  # (a config.json that names no DiT class)
         return (f'{where} whose transformer/ holds a {holds} (its config.json), not a '
                 'diffusers DiTTransformer2DModel: give a DiT\'s pipeline or checkpoint')

@@ -397,3 +397,30 @@ def test_a_dit_pipeline_folder_missing_part_of_its_transformer_says_which(pipeli
     shutil.rmtree(transformer)
     assert message() == (f"{where} without its transformer/ folder (the DiT's config.json "
                          "and weights): copy it back, or give the DiT's checkpoint file")
+
+
+@pytest.mark.parametrize('class_name', ['DiTTransformer2DModel', 'Transformer2DModel'])
+def test_a_dit_folder_without_weights_says_they_are_missing(pipeline, tmp_path, class_name):
+    """not_a_checkpoint_folder of a DiTPipeline folder whose transformer/ kept its DiT's
+    config.json but not its weights said 'transformer/ holds a diffusers
+    DiTTransformer2DModel (its config.json), not a diffusers DiTTransformer2DModel'."""
+    from mmsora.utils.checkpoint import not_a_checkpoint_folder
+    folder = tmp_path / 'pipe'
+    shutil.copytree(pipeline[2], folder)
+    transformer = folder / 'transformer'
+    config = (transformer / 'config.json').read_text()
+    (transformer / 'config.json').write_text(config.replace('DiTTransformer2DModel',
+                                                            class_name))
+    holds = f"diffusers {class_name}'s config.json"
+    assert not_a_checkpoint_folder(str(folder)) == (
+        f'{folder} holds a diffusers DiTPipeline (its model_index.json) whose transformer/ '
+        f'has a {holds} and weights: a diffusers DiT folder, which the tools read')
+    os.remove(transformer / 'diffusion_pytorch_model.safetensors')
+    put_back = ('but no weights (diffusion_pytorch_model.safetensors or .bin): put back what '
+                'save_pretrained wrote there (config.json beside the weights)')
+    assert not_a_checkpoint_folder(str(folder)) == (
+        f'{folder} holds a diffusers DiTPipeline (its model_index.json) whose transformer/ '
+        f'has a {holds} {put_back}')
+    # the transformer folder itself
+    assert not_a_checkpoint_folder(str(transformer)) == f'{transformer} holds a {holds} ' \
+        f'{put_back}'

@@ -109,3 +109,58 @@ def test_gpu_summary_says_which_peak():
     lines = gpu_benchmarks.summary_rows({'b': dict(rc=0, result=dict(results=rows))})
     assert [line.split('peak ')[1] for line in lines] == [
         'allocated 2.00 GiB', 'RSS 1.00 GiB', '0.50 GiB']
+
+
+def no_proc_open(monkeypatch):
+    """process_memory as on a system without /proc: its /proc files cannot be opened."""
+    def opener(path, *args, **kwargs):
+        if str(path).startswith('/proc/'):
+            raise FileNotFoundError(2, 'No such file or directory', str(path))
+        return open(path, *args, **kwargs)
+    monkeypatch.setattr(process_memory, 'open', opener, raising=False)
+
+
+@pytest.mark.usefixtures('malloc_calls')
+def test_without_proc_sampling_runs_and_calls_its_peaks_lifetime_ones(monkeypatch, tmp_path,
+                                                                       capsys):
+    """Without /proc the peak could not be reset: benchmark_sampling.py died at the reset
+    before its first precision (FileNotFoundError: /proc/self/clear_refs), and an unreset
+    ru_maxrss would have passed for each precision's own peak."""
+    assert process_memory.reset_peak_rss() is True
+    no_proc_open(monkeypatch)
+    assert process_memory.reset_peak_rss() is False
+    out = tmp_path / 'r.json'
+    results = benchmark_sampling.main([
+        '--model', 'DiT-S/2', '--input-size', '8', '--batch-size', '1', '--steps', '2',
+        '--repeats', '1', '--precision', 'fp32', 'bf16', '--threads', '1', '--device', 'cpu',
+        '--json', str(out)])
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    lifetime = 'ru_maxrss (not reset: a peak since the process started)'
+    assert json.loads(out.read_text())['results'] == results
+    for row in results:
+        assert row['peak_rss_source'] == lifetime and row['peak_mem_kind'] == 'rss'
+    peaks = [row['peak_mem_mb'] for row in results]  # the process's: never lower
+    assert peaks == sorted(peaks) and peaks[-1] == pytest.approx(maxrss, rel=0.05)
+    err = capsys.readouterr().err
+    assert ("note: peak_rss_MiB is a peak since the process started, not each precision's "
+            '(no /proc/self/clear_refs to reset it): run one --precision at a time for its '
+            'own\n') in err
+
+
+def test_stable_cascade_cost_growth_leaves_out_what_came_before_the_steps(monkeypatch):
+    """measure_step's 'growth during the steps' took VmHWM without resetting it: a higher
+    peak while the model was built (here BALLAST_MIB, written then freed) counted."""
+    from tools import stable_cascade_cost
+    build = stable_cascade_cost.build
+
+    def build_then_peak(cfg, pixels):
+        model = build(cfg, pixels)
+        ballast = b'x' * (BALLAST_MIB << 20)  # resident, then given back to the system
+        del ballast
+        return model
+    monkeypatch.setattr(stable_cascade_cost, 'build', build_then_peak)
+    with torch.random.fork_rng():  # (measure_step seeds torch)
+        result = stable_cascade_cost.measure_step('VideoDiT-XL/2', 32, 2, 1)
+    # about 170 MiB (weights, gradients, AdamW's state); unreset: above BALLAST_MIB
+    assert 0 < result['peak_rss_growth_mb'] < 500
+    assert result['peak_rss_source'] == 'VmHWM'
