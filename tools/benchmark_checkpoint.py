@@ -105,7 +105,7 @@ def save_child(args):
     save = save_checkpoint if args.child == 'ours' else MMENGINE_SAVE_CHECKPOINT
     assert mm_checkpoint.save_checkpoint is save_checkpoint  # what the runner calls
     path = osp.join(args.out, 'checkpoint.pth')
-    reset_peak_rss()
+    reset_peak()
     before = rss_mb()
     start = time.perf_counter()
     save(ckpt, path)
@@ -115,6 +115,16 @@ def save_child(args):
                           rss_before_mb=before, peak_during_mb=peak_rss_mb())))
     if not args.keep:
         os.remove(path)
+
+
+def reset_peak():
+    """Start the peak RSS anew before what is measured; a peak that cannot be reset
+    (no writable ``/proc/self/clear_refs``) would be the child's whole life's, the
+    model's build included, so the child stops instead of printing it."""
+    if not reset_peak_rss():
+        raise SystemExit('benchmark_checkpoint.py: cannot reset the peak RSS '
+                         '(/proc/self/clear_refs is not writable): the peak during a save '
+                         'or load needs Linux /proc')
 
 
 def load_child(args):
@@ -127,7 +137,7 @@ def load_child(args):
     model = _model(args.model, args.depth).eval()
     make_mmengine_checkpoints_loadable()  # its imports (mmengine) before the count
     gc.collect()
-    reset_peak_rss()
+    reset_peak()
     before = rss_mb()
     start = time.perf_counter()
     obj = load_checkpoint_file(osp.join(args.out, 'checkpoint.pth'),
