@@ -28,7 +28,8 @@ from mmsora.utils import sample_rng
 from mmsora.utils.trained_settings import keyword_defaults
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
                                  check_sampler_options, check_scheduler_options,
-                                 epsilon_from_x0, scheduler_sample_loop)
+                                 epsilon_from_x0, scheduler_option_values,
+                                 scheduler_sample_loop)
 from .schedulers import build_noise_scheduler, ddpm_variance_type, scheduler_settings
 
 __all__ = [
@@ -770,6 +771,8 @@ class GaussianDiffusion:
     # dynamic shift (use_dynamic_shifting, time_shift_type: set_timesteps' mu, SD3's
     # resolution-dependent flow_shift) acts on flow sigmas alone: on the betas' sigmas
     # DPM-Solver++ ignored it without a word, UniPC asked for a mu the loop does not pass.
+    # (A name here that the chosen scheduler has not, DDIM's use_dynamic_shifting, is
+    # refused as an unknown option, not as the objective's.)
     SCHEDULER_FIXED = ('num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule',
                        'trained_betas', 'rescale_betas_zero_snr', 'use_flow_sigmas',
                        'flow_shift', 'use_dynamic_shifting', 'time_shift_type',
@@ -910,9 +913,9 @@ class GaussianDiffusion:
     def build_scheduler(self, sampler, **options):
         """The diffusers scheduler ``sampler`` on this objective's process
         (:meth:`scheduler_overrides`) with the sampler ``options`` (its constructor's
-        settings, checked by :meth:`check_sample_options`)."""
+        settings, checked by :meth:`check_sample_options`; numpy's bools as Python's)."""
         return build_noise_scheduler(sampler, **{**self.scheduler_overrides(sampler),
-                                                 **options})
+                                                 **scheduler_option_values(options)})
 
     def scheduler_overrides(self, sampler):
         """Give a diffusers scheduler this objective's own betas (linear, cosine, ...),

@@ -10,8 +10,11 @@ reads the same input at.
 """
 import inspect
 import numbers
+import types
+import typing
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -19,7 +22,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_num_steps', 'check_sample_settings', 'merge_sample_cfg',
-           'check_scheduler_options',
+           'check_scheduler_options', 'scheduler_option_values', 'is_bool',
            'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
 
@@ -151,31 +154,42 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     scheduler's to judge: it is built with them (``build(**options)``) and given its
     ``num_steps`` timesteps and one step, as sampling will (cheap, so tools/infer.py
     says a refused value before the weights load), and what it raises becomes one line
-    naming the option; first a word for a switch and a bool for a number (diffusers
-    took 'false' as true, True as 1) are refused. An option that makes
-    ``set_timesteps`` ask for an argument the loop does not pass
+    naming the option; first a word for a switch and True or False for a number or a
+    word (diffusers took 'false' as true, True as 1; where the default is None, the
+    annotation says which) are refused, numpy's bools taken as bools. An option that
+    makes ``set_timesteps`` ask for an argument the loop does not pass
     (``use_dynamic_shifting``: ``mu``, which diffusers' pipelines compute from the
     picture) is said so, in words of ours. ``objective``: the trained process in words,
     for the message."""
+    from mmsora.registry import NOISE_SCHEDULERS
+
     from .schedulers import scheduler_settings
-    given = [key for key in options if key in fixed]
+    settings = scheduler_settings(sampler)
+    # (a fixed name the scheduler has not, DDIM's use_dynamic_shifting: an unknown option)
+    given = [key for key in options if key in fixed and key in settings]
     if given:
         raise ValueError(f'sampler {sampler!r} takes {", ".join(given)} from the model\'s '
                          f'objective ({objective}): another value would sample another '
                          f'process than the one trained; leave '
                          f'{"it" if len(given) == 1 else "them"} out of the sampler options')
-    settings = scheduler_settings(sampler)
     check_sampler_options(sampler, options, [name for name in settings if name not in fixed])
     for key, value in options.items():
+        kind, choices = _setting_kind(NOISE_SCHEDULERS.get(sampler), key, settings[key])
         # (--sampler-options use_karras_sigmas=false: a word, which diffusers takes as true)
-        if isinstance(settings[key], bool) and not isinstance(value, bool):
+        if kind == 'switch' and not is_bool(value):
             raise ValueError(f'{key}={value!r} is not True or False (a switch of {sampler}; '
                              f'its default: {settings[key]})')
-        # (solver_order=True: diffusers takes it as 1)
-        if isinstance(value, bool) and isinstance(settings[key], (int, float)) and \
-                not isinstance(settings[key], bool):
+        # True or False for a switch alone (solver_order=True: diffusers takes it as 1;
+        # shift_terminal=True as 1, DPM-Solver's variance_type=True as unset)
+        if is_bool(value) and kind == 'number':
             raise ValueError(f'{key}={value!r} is not a number (a setting of {sampler}; '
                              f'its default: {settings[key]}): give a number')
+        if is_bool(value) and kind == 'word':
+            words = ', '.join(map(repr, choices)) if choices else 'a word'
+            raise ValueError(f'{key}={value!r} is not {"one of " if choices else ""}{words} '
+                             f'(a setting of {sampler}; its default: {settings[key]!r}): '
+                             f'give {"one of them" if choices else "a word"}')
+    options = scheduler_option_values(options)
 
     def refusal(chosen):
         """What the scheduler raises when built with ``chosen`` (one line), or None; and
@@ -232,6 +246,59 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
                      f'{"another value" if len(culprits) == 1 else "other values"}')
 
 
+def is_bool(value) -> bool:
+    """True or False, Python's or numpy's (a value read from an array or a .npz)."""
+    return isinstance(value, (bool, np.bool_))
+
+
+def scheduler_option_values(options: dict) -> dict:
+    """A scheduler sampler's ``options`` as its constructor is given them: numpy's bools
+    as Python's (diffusers keeps them in its config, which then is no JSON)."""
+    return {key: bool(value) if isinstance(value, np.bool_) else value
+            for key, value in options.items()}
+
+
+def _setting_kind(scheduler: type, name: str, default):
+    """What a scheduler's constructor setting takes, as ``(kind, choices)``: kind
+    ``'switch'`` (a bool default), ``'number'`` (an int or float default) or ``'word'``
+    (a str default), read from its annotation where the default is None (FlowMatch's
+    shift_terminal: float; DPM-Solver's variance_type: Literal['learned',
+    'learned_range']); None where neither says (left to the scheduler). A None default
+    is never taken as a switch: diffusers annotates UniPC's sigma_max and shift_terminal,
+    numbers, as bool. ``choices``: the annotation's Literal words, if any."""
+    try:
+        annotation = typing.get_type_hints(scheduler.__init__).get(name)
+    except Exception:  # (an annotation that does not evaluate: its default alone)
+        annotation = None
+    members = _annotation_members(annotation) if annotation is not None else []
+    choices = tuple(m for m in members if isinstance(m, str))
+    if default is not None:
+        types_ = [type(default)]
+    else:
+        types_ = [type(m) if isinstance(m, str) else m for m in members]
+        if not types_ or not all(isinstance(t, type) for t in types_) or bool in types_:
+            return None, choices
+    if all(t is bool for t in types_):
+        return 'switch', choices
+    if all(issubclass(t, numbers.Real) and t is not bool for t in types_):
+        return 'number', choices
+    if all(issubclass(t, str) for t in types_):
+        return 'word', choices
+    return None, choices
+
+
+def _annotation_members(annotation) -> list:
+    """The types and Literal values an annotation allows, None's type left out."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return [arg for arg in typing.get_args(annotation) if arg is not None]
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _annotation_members(arg)]
+    if annotation is type(None):
+        return []
+    return [annotation]
+
+
 # The arguments of a scheduler's set_timesteps that scheduler_sample_loop passes (the
 # steps, the device); diffusers' pipelines pass others (mu, sigmas, timesteps) that an
 # option may make it need: what they are, for check_scheduler_options' message.
@@ -248,12 +315,13 @@ def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,
     in ``[minimum, maximum]`` (no upper bound where ``maximum`` is None): the step
     count of every objective's ``check_sample_options``, each with its own bounds.
     ``why``: what the bounds come from, said in parentheses."""
-    whole = isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+    whole = isinstance(num_steps, numbers.Integral) and not is_bool(num_steps)
     if whole and num_steps >= minimum and (maximum is None or num_steps <= maximum):
         return
     bounds = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
-    raise ValueError(f'num_steps must be {bounds}{f" ({why})" if why else ""}, '
-                     f'got {num_steps!r}')
+    # ('10' and 2.0 are >= 1: what is wrong with them is that they are no whole number)
+    raise ValueError(f'num_steps must be {"" if whole else "a whole number "}{bounds}'
+                     f'{f" ({why})" if why else ""}, got {num_steps!r}')
 
 
 def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):

@@ -29,7 +29,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 from .gaussian import check_model_output, mean_flat
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
                                  check_sampler_options, check_scheduler_options,
-                                 scheduler_sample_loop)
+                                 scheduler_option_values, scheduler_sample_loop)
 from .schedulers import build_noise_scheduler, scheduler_settings
 from .transport_samplers import ode_adaptive, ode_fixed_step, sde_fixed_step, shift_times
 
@@ -454,6 +454,13 @@ class Transport:
             if 'shift' in options:  # (0: an IndexError inside diffusers)
                 _check_number('shift', options['shift'], '> 0',
                               "the scheduler's time shift; SD3: 3")
+            # (diffusers' stretch_shift_to_terminal divides by 1 - shift_terminal: 1 made
+            # every sigma 1 but the last, one jump to data; above 1 or below 0 the sigmas
+            # leave [0, 1]; 0 diffusers takes as unset. None: no stretch)
+            if options.get('shift_terminal') is not None:
+                _check_number('shift_terminal', options['shift_terminal'], 'in (0, 1)',
+                              'the last sigma before 0 that the schedule is stretched to; '
+                              'LTX-Video: 0.1')
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
         if sampler == 'FlowMatchEulerDiscreteScheduler':  # (the steps first: the check
@@ -516,7 +523,8 @@ class Transport:
         settings), shifted by the objective's ``time_shift`` unless ``shift`` is given."""
         if self.time_shift != 1:
             options.setdefault('shift', self.time_shift)
-        return build_noise_scheduler('FlowMatchEulerDiscreteScheduler', **options)
+        return build_noise_scheduler('FlowMatchEulerDiscreteScheduler',
+                                     **scheduler_option_values(options))
 
     def _sample_flow_match(self, model, x, model_kwargs, num_steps, generators, progress,
                            **scheduler_kwargs):

@@ -116,7 +116,7 @@ def test_every_label_is_checked_before_the_first_batch(counted):
 
 
 @pytest.mark.parametrize('settings, message', [
-    (dict(num_steps=5.0), r'^num_steps must be in \[1, 1000\] .*got 5.0$'),
+    (dict(num_steps=5.0), r'^num_steps must be a whole number in \[1, 1000\] .*got 5.0$'),
     (dict(num_steps=0), r'^num_steps must be in \[1, 1000\]'),
     (dict(sampler='ddim', eta=2), r'^eta=2 is not a number in \[0, 1\]'),
     (dict(sampler='dim'), r"^unknown sampler 'dim'"),

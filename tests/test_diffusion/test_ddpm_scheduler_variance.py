@@ -3,9 +3,11 @@ it was built with diffusers' default variance_type='fixed_small' whatever the ob
 so a fixed_large one (sigma_small=False, learn_sigma=False) sampled with the posterior
 variance where its own 'ddpm' sampler adds beta (walk-through ah). diffusers_dit's
 export names the same variance (one helper, ddpm_variance_type)."""
+import pytest
 import torch
 
 from mmsora.diffusion import GaussianDiffusion
+from mmsora.diffusion.gaussian import space_timesteps
 from mmsora.diffusion.schedulers import ddpm_variance_type
 
 STEPS = 100  # (all of the process's steps: DDPMScheduler's and 'ddpm''s timesteps agree)
@@ -16,10 +18,10 @@ def _model(x, t, **kwargs):
     return 0.1 * x
 
 
-def _sample(diffusion, sampler, **options):
+def _sample(diffusion, sampler, steps=STEPS, **options):
     noise = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0))
     generators = [torch.Generator().manual_seed(i) for i in range(len(noise))]
-    return diffusion.sample(_model, noise, {}, sampler, STEPS, generators, **options)
+    return diffusion.sample(_model, noise, {}, sampler, steps, generators, **options)
 
 
 def test_ddpm_scheduler_takes_the_objectives_variance():
@@ -47,6 +49,24 @@ def test_fixed_large_ddpm_scheduler_samples_as_the_ddpm_sampler():
     # and a user's variance_type still wins
     torch.testing.assert_close(_sample(large, 'DDPMScheduler', variance_type='fixed_small'),
                                posterior, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('steps', [25, 10])
+def test_respaced_the_ddpm_sampler_is_linspace_spacing(steps):
+    """Fewer steps than the process: DiT's respacing (create_diffusion(str(N)), the
+    'ddpm' sampler's) spreads them evenly from 0 to T - 1, as diffusers'
+    timestep_spacing='linspace'; DDPMScheduler's default 'leading' is another process
+    (the README says which)."""
+    large = GaussianDiffusion(num_timesteps=STEPS, learn_sigma=False, sigma_small=False)
+    ours = _sample(large, 'ddpm', steps)
+    scheduler = large.build_scheduler('DDPMScheduler', timestep_spacing='linspace')
+    scheduler.set_timesteps(steps)
+    assert sorted(scheduler.timesteps.tolist()) == sorted(space_timesteps(STEPS, [steps]))
+    torch.testing.assert_close(_sample(large, 'DDPMScheduler', steps,
+                                       timestep_spacing='linspace'),
+                               ours, atol=1e-3, rtol=1e-4)
+    leading = _sample(large, 'DDPMScheduler', steps)
+    assert (leading - ours).abs().max() > 1
 
 
 def test_the_scheduler_helpers_are_exported():

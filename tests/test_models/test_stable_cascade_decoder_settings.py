@@ -22,7 +22,8 @@ STAGE_B = "Stable Cascade's Stage B (model.vae): "
 def test_stage_b_steps_that_are_no_whole_number_from_1_are_refused(num_steps):
     with pytest.raises(ValueError) as info:
         StableCascadeDecoder(config=TINY, num_steps=num_steps)
-    assert str(info.value) == f'{STAGE_B}num_steps must be >= 1, got {num_steps!r}'
+    whole = '' if num_steps == 0 else 'a whole number '  # (of these, 0 alone is one)
+    assert str(info.value) == f'{STAGE_B}num_steps must be {whole}>= 1, got {num_steps!r}'
 
 
 @pytest.mark.parametrize('scale', ['4', None, True, float('nan'), float('inf')])
@@ -52,4 +53,5 @@ def test_train_says_it_before_the_run():
     apply_cfg_options(cfg, ['model.vae.num_steps=2.5'], schedule_note=False)
     with pytest.raises(UserError) as info:
         build_model_on_meta(cfg)
-    assert str(info.value).endswith(f'{STAGE_B}num_steps must be >= 1, got 2.5')
+    assert str(info.value).endswith(
+        f'{STAGE_B}num_steps must be a whole number >= 1, got 2.5')
