@@ -907,15 +907,22 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          drop_disabled_hooks, fit_loader_workers,
-                                          launcher_world_size)
+                                          chosen_strategy, drop_disabled_hooks,
+                                          fit_loader_workers, launcher_world_size)
+    # The run's strategy (the --deepspeed / --fsdp preset with its strategy.KEY=VALUE
+    # options, or the config's own), chosen once: the global batch split and the
+    # accumulation checks read its accumulation, which the config does not hold until
+    # apply_strategy (DeepSpeed's gradient_accumulation_steps=4 was left out of the
+    # split, and each optimizer step saw 4 global batches).
+    strategy = chosen_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
-    per_process = apply_global_batch(cfg, world_size)
+    per_process = apply_global_batch(cfg, world_size, strategy)
     if per_process is not None and is_launch_rank0():
         from mmsora.engine.strategies.train_options import accumulation_setting
-        accumulation, setting = accumulation_setting(cfg)  # (what the split divided by)
+        # (what the split divided by)
+        accumulation, setting = accumulation_setting(cfg, strategy)
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)'
               + (f' x {accumulation} accumulation steps ({setting})'
@@ -924,9 +931,10 @@ def build_train_config(args):
         note_named_layout(args.config, cfg, world_size)
     note_video_dataset_fps(cfg)
     apply_speed_options(cfg, compile=args.compile)
-    apply_strategy(cfg, deepspeed=args.deepspeed, fsdp=args.fsdp,
-                   options=args.cfg_options)
-    check_accumulation(cfg)  # e.g. no checkpoint inside an accumulated step
+    # e.g. no checkpoint inside an accumulated step; before the strategy's 'auto'
+    # values are filled in, so that its lines name the setting the user gave
+    check_accumulation(cfg, strategy)
+    apply_strategy(cfg, strategy=strategy)
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     if training_file is not None:  # (which EMA hook the strategy left decides)
         start_from_training_file(cfg, args.load_from, training_file)

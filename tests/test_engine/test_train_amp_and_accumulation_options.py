@@ -190,3 +190,42 @@ def test_the_global_batch_line_names_the_accumulation(repo_root, tmp_path, capsy
     assert ('global_batch_size=8: train_dataloader.batch_size=4 on each of 1 process(es) '
             'x 2 accumulation steps (optim_wrapper.accumulative_counts)'
             in capsys.readouterr().out)
+
+
+@pytest.mark.parametrize('options, setting', [
+    # --deepspeed's preset holds the count only once apply_strategy has loaded it: the
+    # split divided by optim_wrapper.accumulative_counts (1), batch 32 a process, and
+    # DeepSpeed's 4 micro-batches made each optimizer step 4 global batches
+    (['strategy.config.gradient_accumulation_steps=4'],
+     'strategy.config.gradient_accumulation_steps'),
+    # the preset's 'auto' is filled from the optimizer wrapper's count
+    (['optim_wrapper.accumulative_counts=4'], 'optim_wrapper.accumulative_counts')])
+def test_the_global_batch_divides_by_deepspeeds_accumulation(repo_root, tmp_path, capsys,
+                                                              options, setting):
+    cfg = build_train_config(parse_args(
+        [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'work'),
+         '--deepspeed', 'deepspeed_zero2', '--cfg-options', *TINY,
+         'train_cfg.max_iters=8', 'global_batch_size=32', *options]))
+    ds = cfg.strategy.config  # (what DeepSpeed runs: 1 process x 8 x 4 = 32)
+    assert cfg.train_dataloader.batch_size == ds.train_micro_batch_size_per_gpu == 8
+    assert ds.gradient_accumulation_steps == 4
+    assert ('global_batch_size=32: train_dataloader.batch_size=8 on each of 1 process(es) '
+            f'x 4 accumulation steps ({setting})' in capsys.readouterr().out)
+
+
+@pytest.mark.parametrize('options, setting', [
+    (['strategy.config.gradient_accumulation_steps=4'],
+     'strategy.config.gradient_accumulation_steps'),
+    (['optim_wrapper.accumulative_counts=4'], 'optim_wrapper.accumulative_counts')])
+def test_the_accumulation_refusals_name_the_setting_given(repo_root, tmp_path, options,
+                                                          setting):
+    """They said (optim_wrapper.accumulative_counts) whatever set the count."""
+    argv = [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'work'),
+            '--deepspeed', 'deepspeed_zero2', '--cfg-options', *TINY, *options]
+    with pytest.raises(UserError, match=r'^train_cfg\.max_iters=10 is not a multiple of '
+                       rf'the 4 micro-batches of an optimizer step \({setting}\): '):
+        build_train_config(parse_args([*argv, 'train_cfg.max_iters=10']))
+    with pytest.raises(UserError, match=r'^default_hooks\.checkpoint\.interval=10 is not a '
+                       rf'multiple of the 4 micro-batches of an optimizer step \({setting}\): '):
+        build_train_config(parse_args([*argv, 'train_cfg.max_iters=8',
+                                       'default_hooks.checkpoint.interval=10']))

@@ -104,7 +104,7 @@ def check_sharding_strategy(strategy: dict) -> None:
                                                  else ''))
 
 
-def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
+def apply_strategy(cfg, deepspeed=None, fsdp=False, options=(), strategy=None):
     """Train with DeepSpeed ZeRO or FSDP through mmengine's FlexibleRunner.
 
     Args:
@@ -117,12 +117,17 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         options (list[str]): The command line's ``--cfg-options``: those under
             ``strategy.`` are set on the preset that ``deepspeed`` / ``fsdp`` loads
             (the config's own ``strategy`` already has them).
+        strategy (dict, optional): The one :func:`chosen_strategy` already chose
+            (``deepspeed``, ``fsdp`` and ``options`` are then not read), as
+            ``tools/train.py`` passes it: its global batch and accumulation checks
+            read it before its ``'auto'`` values are filled in.
 
     Returns:
         Config: ``cfg``, switched to ``runner_type='FlexibleRunner'`` if a strategy
         applies, else unchanged.
     """
-    strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
+    if strategy is None:
+        strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
     if strategy is None:
         return cfg
     if strategy.get('type') == 'FSDPStrategy':
@@ -133,15 +138,7 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         check_fsdp_precision(strategy, cfg.optim_wrapper)
         if not torch.cuda.is_available():
             fsdp_on_cpu(strategy)
-    # The warm-up note of a run with a strategy, said here, before the preset's 'auto'
-    # values are filled in: DeepSpeed's gradient_accumulation_steps filled from
-    # optim_wrapper.accumulative_counts (which the filled config no longer has) was
-    # named as strategy.config.gradient_accumulation_steps, not as the user set it.
-    said = warmup_note(cfg, strategy)
-    cfg = to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
-    if said:
-        note(said)
-    return cfg
+    return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
 
 
 def check_fsdp_precision(strategy: dict, optim_wrapper: dict) -> None:
@@ -317,11 +314,12 @@ def launcher_world_size(launcher: str) -> int:
     return 1
 
 
-def apply_global_batch(cfg, world_size: int):
+def apply_global_batch(cfg, world_size: int, strategy=None):
     """Set the per-process batch from a config's ``global_batch_size`` (DiT's
     ``--global-batch-size``): ``global_batch_size / (world_size * accumulation)``, the
-    accumulation :func:`accumulation_of` reads (the lines of ``tools/train.py``,
-    ``tools/estimate_memory.py`` and ``tools/benchmark.py`` name it too).
+    accumulation :func:`accumulation_setting` reads (the lines of ``tools/train.py``,
+    ``tools/estimate_memory.py`` and ``tools/benchmark.py`` name it too); ``strategy``:
+    the run's, as :func:`accumulation_setting` takes it.
 
     Without ``global_batch_size`` the config's ``train_dataloader.batch_size`` stays
     the per-process batch (OpenMMLab's ``8xb32`` naming). Returns the per-process
@@ -333,7 +331,7 @@ def apply_global_batch(cfg, world_size: int):
     # the micro-batches the run accumulates: a DeepSpeed strategy's own count too (it
     # divided by optim_wrapper.accumulative_counts alone, and DeepSpeed's
     # gradient_accumulation_steps=2 then trained twice the global batch)
-    accum, setting = accumulation_setting(cfg)
+    accum, setting = accumulation_setting(cfg, strategy)
     if (not isinstance(total, int) or total < 1
             or total % (world_size * accum) != 0):
         raise UserError(
@@ -352,12 +350,21 @@ def accumulation_of(cfg) -> int:
     return accumulation_setting(cfg)[0]
 
 
+def _run_strategy(cfg, strategy=None) -> dict:
+    """``strategy`` (the run's, before :func:`apply_strategy` puts it in the config),
+    else the config's own; {} for none."""
+    return (cfg.get('strategy') if strategy is None else strategy) or {}
+
+
 def accumulation_setting(cfg, strategy=None) -> tuple:
     """:func:`accumulation_of` and the setting that gives it, for the lines that say
     how a global batch is split; ``strategy``: the run's, where the config does not
     hold it yet (default: the config's). A DeepSpeed ``gradient_accumulation_steps``
-    left ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it)."""
-    strategy = (cfg.get('strategy') if strategy is None else strategy) or {}
+    left ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it).
+    The one rule for every split, check and note of the accumulation: a ``--deepspeed``
+    preset's own count (``--cfg-options strategy.config.gradient_accumulation_steps=K``)
+    is in the strategy :func:`chosen_strategy` gives, not yet in the config."""
+    strategy = _run_strategy(cfg, strategy)
     if strategy.get('type') == 'DeepSpeedStrategy':
         for setting, steps in (
                 ('strategy.gradient_accumulation_steps',
@@ -413,7 +420,7 @@ def fit_loader_workers(cfg) -> None:
             loader['persistent_workers'] = False
 
 
-def check_accumulation(cfg) -> None:
+def check_accumulation(cfg, strategy=None) -> None:
     """Refuse what gradient accumulation cannot do exactly.
 
     Iteration checkpoints between the micro-batches of one optimizer step: the
@@ -426,23 +433,26 @@ def check_accumulation(cfg) -> None:
     (``by_epoch=True``) are not checked: the epoch's length is known only at run
     time. And ``model.train_noise_seed`` keys its draws by optimizer step, which
     ``ResumeCheckHook`` tells the model: it must be there. A warm-up counted in
-    iterations is said in optimizer steps (:func:`warmup_note`; for a run with a
-    DeepSpeed or FSDP strategy :func:`apply_strategy` says it, before the strategy's
-    ``'auto'`` values are filled in)."""
-    accumulation = accumulation_of(cfg)
+    iterations is said in optimizer steps (:func:`warmup_note`).
+
+    ``strategy``: the run's, as :func:`accumulation_setting` takes it; ``tools/train.py``
+    checks before :func:`apply_strategy` fills in the strategy's ``'auto'`` values, so
+    that the lines name the setting the user gave (DeepSpeed's
+    ``gradient_accumulation_steps`` filled from ``optim_wrapper.accumulative_counts``
+    was named as ``strategy.config.gradient_accumulation_steps``)."""
+    accumulation, setting = accumulation_setting(cfg, strategy)
     if accumulation <= 1:
         return
-    said = None if (cfg.get('strategy') or {}).get('type') in (
-        'DeepSpeedStrategy', 'FSDPStrategy') else warmup_note(cfg)
+    said = warmup_note(cfg, strategy)
     if said:
         note(said)
-    why = 'micro-batches of an optimizer step (optim_wrapper.accumulative_counts)'
+    why = f'micro-batches of an optimizer step ({setting})'
     if (cfg.get('model') or {}).get('train_noise_seed') is not None and not (
             cfg.get('default_hooks') or {}).get('resume_check'):
         raise UserError('model.train_noise_seed with gradient accumulation keys the draws '
                         'by optimizer step, which ResumeCheckHook tells the model: keep '
                         'default_hooks.resume_check')
-    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
+    if _run_strategy(cfg, strategy).get('type') == 'DeepSpeedStrategy':
         iters = (cfg.get('train_cfg') or {}).get('max_iters')
         if isinstance(iters, int) and iters % accumulation:
             lower = iters - iters % accumulation
