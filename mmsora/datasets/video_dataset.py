@@ -20,6 +20,12 @@ __all__ = ['VideoDataset', 'SKIPPABLE_ERRORS']
 # were listed here, although SkipCorruptDataset (``READ_ERRORS``) skips all three.
 SKIPPABLE_ERRORS = (VideoReadError, FileNotFoundError, ClipTooShortError)
 
+# What an unreadable video's error names as the way on (without skip_corrupt): it said
+# what was wrong and the training stopped, and its relaunch stopped at the same video.
+# (the option ends a clause: a comma after it was copied into the value)
+SKIP_HINT = ('to skip such videos add --cfg-options train_dataloader.dataset.skip_corrupt=True '
+             '(or extract latents first: tools/extract_features.py skips them)')
+
 DEFAULT_PIPELINE = (
     dict(type='SampleClipIndices', num_frames=16, frame_stride=1),
     dict(type='DecodeFrames'),
@@ -73,13 +79,15 @@ class VideoDataset(WorkerRNGMixin, Dataset):
         return len(self.rows)
 
     def load(self, idx):
-        """Run the pipeline on row ``idx``; errors name the video and the item."""
+        """Run the pipeline on row ``idx``; errors name the video and the item, and
+        without ``skip_corrupt`` an unreadable video's names the way on (``SKIP_HINT``)."""
         row = self.rows[idx]
         results = dict(row, rng=self.rng, sample_idx=idx)
         try:
             return self.pipeline(results)
         except VideoReadError as e:
-            raise VideoReadError(e.path, f'{e.reason} (item {idx} of {self.manifest})') \
+            hint = '' if self.skip_corrupt else f'; {SKIP_HINT}'
+            raise VideoReadError(e.path, f'{e.reason} (item {idx} of {self.manifest}){hint}') \
                 from None
         except FileNotFoundError as e:
             raise FileNotFoundError(f'{e} (item {idx} of {self.manifest})') from None

@@ -267,7 +267,9 @@ def test_video_dataset_corrupt_items(manifest):
         next(iter(loader))
     line = explain_error(info.value)
     assert line.startswith("cannot read video '") and 'broken.mp4' in line, line
-    assert line.endswith(f'(item 1 of {manifest})'), line
+    assert line.endswith(f'(item 1 of {manifest}); to skip such videos add --cfg-options '
+                         'train_dataloader.dataset.skip_corrupt=True (or extract latents '
+                         'first: tools/extract_features.py skips them)'), line
     ds = VideoDataset(manifest, pipeline=PIPELINE, seed=0, skip_corrupt=True)
     item = ds[1]  # broken -> missing -> replaced by item 3
     assert item['caption'] == 'bikes again' and ds.num_skipped == 2

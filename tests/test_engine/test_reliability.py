@@ -51,8 +51,9 @@ def test_resume_with_another_layout_is_refused(repo_root, tmp_path, trained):
         'cannot resume: the checkpoint was saved by a run of 1 process x batch size 8 '
         '(global 8), this run has 1 process x batch size 4 (global 4); exact resume '
         'needs the same layout: relaunch with it, or go on from its weights with '
-        '--load-from CKPT (its trained weights and EMA; the optimizer state and the data '
-        'order start afresh, and the learning-rate schedule restarts from iteration 0)')
+        '--load-from CKPT and another --work-dir (its trained weights and EMA; the '
+        'optimizer state and the data order start afresh, and the learning-rate '
+        'schedule restarts from iteration 0)')
     # Another number of processes: the layout as a 2-process run records it.
     two = load_checkpoint_file(ckpt)
     assert two['meta']['run_layout'] == dict(world_size=1, batch_size=8, dataset_size=64,

@@ -124,9 +124,9 @@ def test_resume_on_another_count_is_refused_before_the_runner(repo_root, tmp_pat
         '(global 8), this run has 1 process x batch size 8 (global 8); exact resume needs '
         'the same layout (the global batch is the same, but the data order and the '
         'per-process RNG states the checkpoint holds belong to 2 processes): relaunch with '
-        f'it, or go on from its weights with --load-from {ckpt} (its trained weights and '
-        'EMA; the optimizer state and the data order start afresh, and the learning-rate '
-        'schedule restarts from iteration 0)')
+        f'it, or go on from its weights with --load-from {ckpt} and another --work-dir (its '
+        'trained weights and EMA; the optimizer state and the data order start afresh, and '
+        'the learning-rate schedule restarts from iteration 0)')
     assert not work.exists()  # no log folder, no dumped config
     # the process count from the launch: 2 torchrun processes
     launch(world=2, rank=0)

@@ -49,8 +49,10 @@ def layout_refusal(saved: dict, now: dict, checkpoint: str = 'CKPT'):
     """The one-line refusal of resuming a checkpoint of layout ``saved`` (its
     ``meta.run_layout``) in a run of layout ``now``, or None where they match: the
     hook's, and tools/train.py's before the Runner starts (``checkpoint``: the path
-    the ``--load-from`` advice names). Checkpoints written before the accumulation was
-    recorded are compared without it."""
+    the ``--load-from`` advice names, with another ``--work-dir``: tools/train.py
+    refuses a new run into a work dir that holds checkpoints, the checkpoint's own
+    among them). Checkpoints written before the accumulation was recorded are compared
+    without it."""
     steps = saved.get('accumulation', now['accumulation'])
     if (saved['world_size'], saved['batch_size'], steps) == (
             now['world_size'], now['batch_size'], now['accumulation']):
@@ -62,9 +64,10 @@ def layout_refusal(saved: dict, now: dict, checkpoint: str = 'CKPT'):
                f'states the checkpoint holds belong to {world} process{"es" * (world != 1)})')
     return (f'cannot resume: the checkpoint was saved by a run of {_describe(saved)}, '
             f'this run has {_describe(now)}; exact resume needs the same layout{why}: '
-            f'relaunch with it, or go on from its weights with --load-from {checkpoint} (its '
-            'trained weights and EMA; the optimizer state and the data order start '
-            'afresh, and the learning-rate schedule restarts from iteration 0)')
+            f'relaunch with it, or go on from its weights with --load-from {checkpoint} and '
+            'another --work-dir (its trained weights and EMA; the optimizer state and the '
+            'data order start afresh, and the learning-rate schedule restarts from '
+            'iteration 0)')
 
 
 def _describe(layout):
