@@ -187,6 +187,18 @@ def check_args(args):
     refuse_stable_cascade(args.video_vae, '--video-vae')
 
 
+def check_out_folder(out: str) -> None:
+    """Refuse an ``--out`` that is a file, or lies under one, before any model loads.
+    Before, the store's writer met it after they loaded: "[Errno 17] File exists"."""
+    if osp.exists(out) and not osp.isdir(out):
+        fail(f'--out must be a folder (the store): {out} is a file')
+    parent = osp.dirname(osp.abspath(out))
+    while not osp.exists(parent) and parent != osp.dirname(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        fail(f'--out {out}: {parent} is a file, not a folder')  # (check_output_path's)
+
+
 # --------------------------------------------------------------------------- #
 #                                 Distributed                                  #
 # --------------------------------------------------------------------------- #
@@ -497,6 +509,7 @@ def check_out(args, source, meta):
     Returns:
         tuple: :func:`read_store_progress`'s dict (None when nothing was begun) and the
         source items' fingerprint."""
+    check_out_folder(args.out)
     fingerprint = source.fingerprint(with_captions=bool(args.text_encoder))
     try:
         progress = read_store_progress(args.out, known_settings(args, source, fingerprint),
@@ -697,29 +710,52 @@ def summarize(args, writer, pending, skipped_now, latent_shape):
 
 def skipped_inputs(shards) -> str:
     """'skipped N unreadable or too short inputs: NAME (why); ...' of the shards' records
-    (the first 10 named), the clips of one video skipped for one reason in one entry
-    ('short8.mp4: clips 1-20 of 20 (why)'). Before, --clips-per-video 20 named such a
-    video with its reason ten times over, one clip at a time, and no other input."""
+    (the first 10 inputs named), each video once: its clips skipped for one kind of
+    reason in one part ('short8.mp4: clips 1-20 of 20 (why)'), the clips past a cut-short
+    video's readable end in one, whichever frame each asked for ('cut.mp4: clips 13-30 of
+    30 past its readable end (only 109 frames could be decoded)'). Before, such a video
+    took all 10 places one clip at a time (each reason named its frame), and the videos
+    after it were named only in index.json."""
     skipped = [s for sh in shards for s in sh['skipped']]
     # the reasons this run's and earlier runs' shards recorded (older stores: none)
     reasons = {name: why for sh in shards
                for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
-    groups = {}  # (video, clips of it, why): its clip numbers, in the order met
+    videos = {}  # video: {(clips of it, kind of reason): its clip numbers, in order met}
     for name in skipped:
         found = CLIP_NAME.fullmatch(name)
-        video, of = (found.group(1), found.group(3)) if found else (name, None)
-        groups.setdefault((video, of, reasons.get(name)), []).append(
-            int(found.group(2)) if found else None)
-    entries = [video + (f': {clip_ranges(clips)} of {of}' if of else '')
-               + (f' ({why})' if why is not None else '')
-               for (video, of, why), clips in groups.items()]
+        video, of, clip = ((found.group(1), found.group(3), int(found.group(2))) if found
+                           else (name, None, None))
+        kind = (of, reason_kind(reasons.get(name), of))
+        videos.setdefault(video, {}).setdefault(kind, []).append(clip)
+    entries = [video + ''.join(
+        ((' and ' if k else ': ') + f'{clip_ranges(clips)} of {of}' if of else '') + why
+        for k, ((of, why), clips) in enumerate(kinds.items()))
+        for video, kinds in videos.items()]
+    more = len(entries) - 10
     return (f'skipped {len(skipped)} unreadable or too short input{"s" * (len(skipped) != 1)}'
-            + (': ' + '; '.join(entries[:10]) + (' ...' if len(entries) > 10 else '')
-               if skipped else ''))
+            + (': ' + '; '.join(entries[:10]) if skipped else '')
+            + (f"; ... and {more} more (the store's index.json names every one)"
+               if more > 0 else ''))
 
 
 # The name ClipSource gives a clip of a video it takes several of.
 CLIP_NAME = re.compile(r'(.*) \(clip (\d+) of (\d+)\)', re.S)
+# A clip past the end of a video that decodes fewer frames than it says it has (cut
+# short): the frame named differs from clip to clip, the count decoded does not.
+PAST_END = re.compile(r'cannot read video .*: frame \d+ was asked for but only '
+                      r'(\d+ frames?) could be decoded', re.S)
+
+
+def reason_kind(why, of) -> str:
+    """How a skipped item's reason shows in the summary: ' (why)', or for a clip past
+    its video's readable end ' past its readable end (only N frames could be decoded)'
+    (the same for every such clip of the video); '' for no reason recorded."""
+    if why is None:
+        return ''
+    found = PAST_END.fullmatch(why) if of else None
+    if found:
+        return f' past its readable end (only {found.group(1)} could be decoded)'
+    return f' ({why})'
 
 
 def clip_ranges(clips) -> str:

@@ -194,6 +194,11 @@ def _what_is_there(root) -> str:
                 'written from Python needs LatentStoreWriter.finalize() once every shard '
                 'is written)')
     names = [name for _, _, files in os.walk(root) for name in files][:1000]
+    if not any(tmp_target(name) is None for name in names):
+        # (a Ctrl-C before the first shard was written: the writer makes the folder
+        # first, parts/ at the first shard; a temporary file is a shard cut off)
+        return (' (the folder is empty: extraction stopped before its first shard? rerun '
+                'the extraction to write the store)')
     if any(name.endswith('.npy') for name in names):
         return (": it holds .npy files: fast-DiT's per-file features? read them with "
                 "dataset=dict(type='NpyLatentDataset', features_dir=..., labels_dir=...) "

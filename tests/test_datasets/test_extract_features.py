@@ -111,7 +111,7 @@ def test_extract_errors(tiny_vae_dir, image_folder, tmp_path):
     with pytest.raises(UserError, match=r'^.*missing.*does not exist'):
         run_extract(str(tmp_path / 'missing'), str(tmp_path / 'o'), tiny_vae_dir)
     (tmp_path / 'taken').write_text('')
-    with pytest.raises(UserError, match=r'Not a directory'):
+    with pytest.raises(UserError, match=r'taken/store: .*taken is a file, not a folder$'):
         run_extract(image_folder, str(tmp_path / 'taken' / 'store'), tiny_vae_dir)
     with pytest.raises(UserError, match='--num-workers must be >= 0, got -1'):
         run_extract(image_folder, str(tmp_path / 'o'), tiny_vae_dir, '--num-workers', '-1')

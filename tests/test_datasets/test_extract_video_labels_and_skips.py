@@ -154,5 +154,5 @@ def test_skipped_entries_keep_clip_ranges_reasons_and_plain_inputs_apart():
               dict(skipped=names[4:], skipped_why=why[4:]),
               dict(skipped=['old.mp4 (clip 1 of 2)'])]  # (older stores kept no reasons)
     assert extract.skipped_inputs(shards) == (
-        'skipped 8 unreadable or too short inputs: v.mp4: clips 1-3, 5, 9 of 20 (short); '
-        'v.mp4: clip 10 of 20 (other); w.mp4 (broken); old.mp4: clip 1 of 2')
+        'skipped 8 unreadable or too short inputs: v.mp4: clips 1-3, 5, 9 of 20 (short) '
+        'and clip 10 of 20 (other); w.mp4 (broken); old.mp4: clip 1 of 2')
