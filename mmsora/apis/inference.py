@@ -260,7 +260,9 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
     Raises:
         mmsora.utils.cli.UserError: A mistake in the config or the overrides (an
             unknown key or type), in one line as the tools say it.
-        FileNotFoundError: No config, checkpoint or VAE folder where named.
+        FileNotFoundError: No config, checkpoint or VAE folder where named, or no
+            config.json in the VAE's.
+        ValueError: A VAE folder of another model, or of other latent channels.
     """
     import mmsora.models  # noqa: F401  (registers the modules)
     from mmsora.registry import MODELS
@@ -287,6 +289,8 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         if line is None:
             raise
         raise UserError(line) from e
+    if checkpoint is not False:
+        _check_vae_folder(model)
     model.sample_cfg = dict(cfg.get('sample_cfg') or {})
     pretrained = config_pretrained_weights(model)
     if checkpoint is not False:
@@ -350,6 +354,32 @@ def _check_model_folders(model_cfg) -> None:
             f'{missing[0][0]} does not exist, nor does {missing[1][0]} (give local '
             f'folders: --cfg-options {missing[0][1]} {missing[1][1]}; nothing is '
             'downloaded)')
+
+
+def _check_vae_folder(model) -> None:
+    """Refuse, from its config.json, a VAE folder (``model.vae.pretrained_path``) that
+    holds no diffusers VAE of the wrapper's class, or (an SD-style
+    :class:`~mmsora.models.vaes.autoencoder_kl.AutoencoderKLWrapper`) one whose latents
+    have other channels than the model's (``model.latent_shape[0]``, the denoiser's
+    ``in_channels``): the VAE loads only to decode, after every sampling step (250 by
+    default: minutes to hours for an XL model), and a 4-channel model's latents fed
+    to an 8-channel VAE gave a 57-line convolution traceback."""
+    from mmsora.models.vaes.autoencoder_kl import (AutoencoderKLWrapper, vae_folder,
+                                                   vae_folder_config)
+    vae = getattr(model, 'vae', None)
+    if not isinstance(vae, AutoencoderKLWrapper) or not vae.pretrained_path \
+            or vae.__dict__['_vae'] is not None or not osp.isdir(vae.pretrained_path):
+        return  # (a folder not there: _check_model_folders named it)
+    folder = vae_folder(vae.pretrained_path, vae.subfolder)
+    config = vae_folder_config(folder, vae.model_class().__name__)
+    if type(vae) is not AutoencoderKLWrapper:  # (a video VAE's latents: its own key)
+        return
+    found, wanted = config.get('latent_channels'), model.latent_shape[0]
+    if isinstance(found, int) and found != wanted:
+        raise ValueError(f'VAE folder {folder!r} makes {found}-channel latents (its '
+                         f'config.json) but the model\'s have {wanted} (model.latent_shape'
+                         '[0]): give the VAE the model was trained with (--cfg-options '
+                         'model.vae.pretrained_path=DIR)')
 
 
 def _in_a_work_dir(config_path: str) -> bool:

@@ -18,7 +18,7 @@ from mmsora.utils import sample_rng
 from mmsora.utils.checkpoint import (folder_model, hub_snapshot, local_pretrained_kwargs,
                                      read_json_config)
 
-__all__ = ['AutoencoderKLWrapper', 'vae_folder', 'folder_scaling_factor']
+__all__ = ['AutoencoderKLWrapper', 'vae_folder', 'vae_folder_config', 'folder_scaling_factor']
 
 
 def folder_vae_class(folder: str):
@@ -76,6 +76,24 @@ def check_vae_kind(folder: str, wanted: str) -> None:
                 f"{wanted}; a pipeline's is its vae/)")
     raise ValueError(f'VAE folder {folder!r} holds {found} weights (its config.json), '
                      f'not {wanted} ones: {hint}')
+
+
+def vae_folder_config(folder: str, wanted: str = 'AutoencoderKL') -> dict:
+    """The ``config.json`` of a VAE folder (as :func:`vae_folder` resolves it), read
+    without loading the VAE, refused where it is missing or names another class than
+    ``wanted``: what the load reads first, and ``init_model`` before the sampling (the
+    VAE loads only to decode: a wrong folder was named after every sampling step).
+    ``{}`` where the file does not read as JSON (the load says why).
+
+    Raises:
+        FileNotFoundError: no config.json in ``folder``.
+        ValueError: a folder of another model (:func:`check_vae_kind`).
+    """
+    if not osp.isfile(osp.join(folder, 'config.json')):
+        raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
+                                f'diffusers {wanted} folder)' + _pipeline_without_vae(folder))
+    check_vae_kind(folder, wanted)
+    return read_json_config(osp.join(folder, 'config.json')) or {}
 
 
 def weights_variant(folder: str) -> dict:
@@ -186,11 +204,7 @@ class AutoencoderKLWrapper(nn.Module):
             raise FileNotFoundError(f'VAE folder {path!r} does not exist (give a local '
                                     f'diffusers AutoencoderKL folder; nothing is downloaded)')
         folder = vae_folder(path, subfolder)
-        if not osp.isfile(osp.join(folder, 'config.json')):
-            raise FileNotFoundError(f'VAE folder {folder!r} has no config.json (not a '
-                                    f'diffusers {cls.__name__} folder)'
-                                    + _pipeline_without_vae(folder))
-        check_vae_kind(folder, cls.__name__)
+        vae_folder_config(folder, cls.__name__)
         # Without weights diffusers logged an error and raised 'Error no file named
         # diffusion_pytorch_model.bin found in directory ...'.
         no_weights = FileNotFoundError(
