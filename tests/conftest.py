@@ -15,21 +15,27 @@ torch.set_num_threads(1)
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-class _HelperModule(pytest.Module):
+class _HelperModule(pytest.File):
     """A helper module of tests/ (``runner_probes.py``, ``tiny_models.py``, ...) given
     on the command line, imported under the one name its importers use
     (``tests.runner_probes``). pytest's own import named it by its file alone
     (``runner_probes``): a second module, whose ``register_module`` ran a second time
-    ('BlockRuns is already registered')."""
+    ('BlockRuns is already registered'). Helper modules hold no tests: collected, one
+    is imported (an error in it is its collection error) and yields none; a plain
+    ``pytest.File`` (public API) rather than a ``pytest.Module`` with its import
+    replaced (``Module._getobj``, private)."""
 
-    def _getobj(self):
+    def collect(self):
         name = osp.splitext(osp.relpath(str(self.path), REPO_ROOT))[0]
-        return importlib.import_module(name.replace(osp.sep, '.'))
+        importlib.import_module(name.replace(osp.sep, '.'))
+        return []
 
 
 def pytest_pycollect_makemodule(module_path, parent):
     """The tests/ modules that are no test files (pytest collects those only when
-    given their path) as :class:`_HelperModule`."""
+    given their path) as :class:`_HelperModule` (a ``pytest.File``, not the Module
+    that the hook's annotation names: pytest_collect_file, which calls it, takes any
+    collector; a Module would import the file under pytest's name)."""
     test_file = any(fnmatch.fnmatch(module_path.name, pattern)
                     for pattern in parent.config.getini('python_files'))
     if not test_file and module_path.name != 'conftest.py':

@@ -14,13 +14,19 @@ runs, and
   or height is padded by one row / column of edge pixels: H.264 needs an even size).
 
 A sample that cannot be saved (a full disk, a backend's error) is a warning in the log,
-never the end of the training run.
+never the end of the training run. ``LocalVisBackend`` ignores what its
+``cv2.imwrite`` says (False; and OpenCV itself misses a failed close, which a full disk
+makes of a small PNG's only write), so the hook checks the PNG that backend was to
+write: written by this call, and whole (ending with its IEND chunk). The first one
+missing is a warning line naming the file, once a run (the disk stays full);
+Tensorboard's and WandB's backends write no file of theirs to check.
 
 Only the main process samples (under FSDP every process does, as the sharded model's
 all-gathers need them all, and the main one logs); the global RNG states are restored
 afterwards so that sampling never changes the training noise (and exact resume still
 holds).
 """
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
@@ -28,12 +34,46 @@ import numpy as np
 import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
+from mmengine.visualization import LocalVisBackend
 
 from mmsora.registry import HOOKS
 from .rng_state_hook import get_rng_states, set_rng_states
 from .sampling_model import ShardedSampler, sampling_model
 
 __all__ = ['SampleVisualizationHook', 'filmstrip']
+
+_PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'  # a PNG's last chunk: empty, and its CRC
+
+
+def _file_state(path: str):
+    """What a write of ``path`` changes (None: there is no such file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _local_pictures(visualizer, name: str, step: int) -> list:
+    """The PNGs that ``visualizer.add_image(name, image, step)`` has mmengine's
+    ``LocalVisBackend`` write (a subclass with its own ``add_image`` is not checked)."""
+    backends = getattr(visualizer, '_vis_backends', {})  # (mmengine lists them nowhere else)
+    return [osp.join(b.experiment._img_save_dir, f'{name}_{step}.png')
+            for b in backends.values()
+            if getattr(type(b), 'add_image', None) is LocalVisBackend.add_image]
+
+
+def _picture_written(path: str, before) -> bool:
+    """Whether the PNG ``path`` was written since its :func:`_file_state` was ``before``
+    and is whole: a full disk leaves it empty or cut short, without its IEND chunk."""
+    if _file_state(path) in (None, before):
+        return False
+    try:
+        with open(path, 'rb') as f:
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return f.read() == _PNG_END
+    except OSError:  # (shorter than the chunk, or unreadable)
+        return False
 
 
 def filmstrip(samples: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -104,6 +144,7 @@ class SampleVisualizationHook(Hook):
         self.sample_cfg = dict(sample_cfg or {})
         self.use_ema, self.gif, self.at_end = use_ema, gif, at_end
         self._last = None
+        self._picture_lost = False  # (said once a run: a full disk stays full)
 
     def _conditions(self, model):
         n = self.num_samples
@@ -163,7 +204,10 @@ class SampleVisualizationHook(Hook):
         fps = self._sample_cfg(runner).get('fps', DEFAULT_FPS)
         out = osp.join(runner.log_dir, 'samples', f'iter_{step}')
         try:
+            pictures = _local_pictures(runner.visualizer, 'samples', step)
+            before = [_file_state(p) for p in pictures]
             runner.visualizer.add_image('samples', filmstrip(samples), step=step)
+            self._check_pictures(runner, step, pictures, before)
             if samples.dim() == 5:  # (an odd size is padded for H.264, with a note)
                 save_videos(samples, out + osp.sep, fps,
                             labels if labels is not None else [None] * len(samples),
@@ -175,6 +219,16 @@ class SampleVisualizationHook(Hook):
         runner.logger.info(f'Iter(sample) [{step}] {len(samples)} samples logged to the '
                            'visualizer' + (f' and {out}' if samples.dim() == 5 else ''))
         return samples
+
+    def _check_pictures(self, runner, step: int, pictures, before) -> None:
+        """Warn, once a run, of the first of ``pictures`` that add_image did not write."""
+        lost = [p for p, b in zip(pictures, before) if not _picture_written(p, b)]
+        if lost and not self._picture_lost:
+            self._picture_lost = True
+            runner.logger.warning(
+                f'Iter(sample) [{step}] the samples picture {lost[0]} was not written '
+                '(is the disk full?): free space to see the next ones; training goes on '
+                '(said once a run)')
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.every_n_train_iters(runner, self.interval):
