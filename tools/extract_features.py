@@ -27,11 +27,15 @@ Examples::
 
 Rerunning the same command after a crash continues with the unfinished shards; what
 is in --out is read before any model loads (a complete store: nothing to do), and a
-rerun with other settings or other source items (a manifest changed since) is refused.
+rerun with other settings or other source items (a manifest changed since) is refused;
+a manifest grown by rows is refused naming the new rows and how to add them (another
+store, trained on with this one). An --out folder of other files and no store is
+refused (an empty one is taken).
 A rerun checks every finished shard's files once against the sizes their .npy headers and
 the index give (a stat and a header read each, no data): a shard cut short or missing
 (a copy or sync that stopped, a full disk) is encoded again, in a complete store too.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -47,7 +51,8 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          nonfinite_items, read_store_progress, say_damaged)
+                                          SourceCountError, foreign_folder, nonfinite_items,
+                                          read_store_progress, say_damaged)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
@@ -145,7 +150,7 @@ OPTION_OF = dict(
     num_copies='--flip', content='--store', dtype='--dtype', shard_size='--shard-size',
     vae='--vae / --video-vae', scale_factor='--scale-factor', shift_factor='the VAE',
     latent_shape='--size and the VAE', source='--data-path / --manifest',
-    num_source_items='the inputs (--data-path / --manifest)', image_size='--image-size',
+    image_size='--image-size',  # (num_source_items: source_count_changed)
     num_frames='--num-frames', size='--size', frame_stride='--frame-stride',
     target_fps='--target-fps', clips_per_video='--clips-per-video',
     text_encoder='--text-encoder',
@@ -189,9 +194,18 @@ def check_args(args):
 
 def check_out_folder(out: str) -> None:
     """Refuse an ``--out`` that is a file, or lies under one, before any model loads.
-    Before, the store's writer met it after they loaded: "[Errno 17] File exists"."""
+    Before, the store's writer met it after they loaded: "[Errno 17] File exists".
+
+    Refuse a folder of other files too (photos, a checkpoint folder): before, the
+    shards and index.json were written among them without a word. An empty folder,
+    or one holding a store's files (begun or finished), is taken."""
     if osp.exists(out) and not osp.isdir(out):
         fail(f'--out must be a folder (the store): {out} is a file')
+    foreign = foreign_folder(out)
+    if foreign:
+        fail(f'--out {out} holds other files ({", ".join(foreign[:3])}'
+             f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick an empty '
+             'or new folder for the store')
     parent = osp.dirname(osp.abspath(out))
     while not osp.exists(parent) and parent != osp.dirname(parent):
         parent = osp.dirname(parent)
@@ -496,6 +510,36 @@ def source_changed(args) -> str:
             'into a new --out')
 
 
+def source_count_changed(args, source, error) -> str:
+    """Why a store begun from another number of source items is refused, in the
+    inputs' terms, and what to do. Before, it named ``num_source_items``, a setting no
+    option sets, and did not say how to add the rows a manifest has gained."""
+    if args.data_path:
+        return (f'--data-path {args.data_path} has {plural(error.given, "picture")} where '
+                f'the store at {args.out} was begun from {error.recorded}: extract it into '
+                'a new --out')
+    had, has = error.recorded // args.clips_per_video, len(source.rows)
+    what = (f'--manifest {args.manifest} has {plural(has, "row")} where the store at '
+            f'{args.out} was begun from {had}')
+    if has < had:
+        return f'{what}: give it the rows the store was begun from, or use a new --out'
+    begun = copy.copy(source)  # (its first rows: those the store holds, if unchanged)
+    begun.rows = source.rows[:had]
+    if error.fingerprint is None:  # (an older store: which rows it holds is not known)
+        new = ': put the rows added since in a manifest of their own'
+    elif begun.fingerprint(with_captions=bool(args.text_encoder)) != error.fingerprint:
+        first = ('its first row is not the one' if had == 1 else
+                 f'its first {had} are not those')
+        return (f'{what}, and {first} the store holds (other files, captions or labels, '
+                'or another order): extract it into a new --out')
+    elif has - had == 1:
+        new = f' (row {has} is new): put it in a manifest of its own'
+    else:
+        new = f' (rows {had + 1}-{has} are new): put them in a manifest of their own'
+    return (f'{what}{new}, extract that into a new --out and train on both stores: '
+            "train_dataloader.dataset.store=['old', 'new'] (docs/video.md)")
+
+
 def check_out(args, source, meta):
     """What is already in ``--out``, read before any model loads: refuses a store begun
     with other known settings or from other source items, and sets ``--shard-size``
@@ -516,6 +560,8 @@ def check_out(args, source, meta):
                                        meta)
     except SourceChangedError:
         fail(source_changed(args))
+    except SourceCountError as e:
+        fail(source_count_changed(args, source, e))
     except ValueError as e:
         fail(with_option(e) + old_vae_scale(args, e))
     if args.shard_size is None:
@@ -845,6 +891,8 @@ def main(argv=None):
             writer.finalize()
     except SourceChangedError:
         fail(source_changed(args))
+    except SourceCountError as e:
+        fail(source_count_changed(args, source, e))
     except (ValueError, OSError) as e:  # OSError: --out runs into a file
         fail(with_option(e))
 

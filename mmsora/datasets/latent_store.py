@@ -28,6 +28,7 @@ import glob
 import json
 import os
 import os.path as osp
+import re
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from mmsora.utils.cli import first_line
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
-           'read_store_progress', 'nonfinite_items']
+           'SourceCountError', 'read_store_progress', 'nonfinite_items', 'foreign_folder']
 
 FORMAT = 'mmsora.latent_store'
 VERSION = 1
@@ -59,6 +60,17 @@ LATER_META_KEYS = ('hidden_layer', 'clips_per_video', 'video_reader', 'classes')
 class SourceChangedError(ValueError):
     """The source items (paths, captions, labels, their order) are not the ones a store
     was started from, though their number is."""
+
+
+class SourceCountError(ValueError):
+    """A store was begun from another number of source items (``num_source_items``)
+    than a run has: ``recorded`` and ``given``, and the ``fingerprint`` of the items it
+    was begun from (None where it records none), so that a tool can say what changed
+    (tools/extract_features.py: rows added to a manifest)."""
+
+    def __init__(self, message, recorded, given, fingerprint=None):
+        super().__init__(message)
+        self.recorded, self.given, self.fingerprint = recorded, given, fingerprint
 
 
 # --------------------------------------------------------------------------- #
@@ -208,6 +220,31 @@ def _what_is_there(root) -> str:
         return (': it holds pictures or videos: encode them into a store first with '
                 'tools/extract_features.py')
     return ''
+
+
+# The names of a shard's files (shard_name, labels_name, text_name).
+STORE_FILE = re.compile(r'(shard|labels|text|text_mask|pooled)_\d{5,}\.npy')
+
+
+def _store_entry(name) -> bool:
+    """Whether a folder entry ``name`` is one a latent store writes: index.json, parts/,
+    a shard's file, or the temporary name of one (a write cut off)."""
+    target = tmp_target(name)
+    name = target[0] if target else name.partition('.tmp.')[0]  # (older temporaries)
+    return name in ('index.json', 'parts') or bool(STORE_FILE.fullmatch(name))
+
+
+def foreign_folder(root) -> list:
+    """The sorted entries of a folder ``root`` that holds files but nothing a latent
+    store writes (:func:`_store_entry`), hidden ones (.DS_Store, .gitkeep) passed over:
+    a store written there would lie among them. [] for a folder that is missing or
+    empty, or that holds a store's files (begun or finished, its index missing too)."""
+    if not osp.isdir(root):
+        return []
+    names = sorted(os.listdir(root))
+    if any(_store_entry(name) for name in names):
+        return []
+    return [name for name in names if not name.startswith('.')]
 
 
 # --------------------------------------------------------------------------- #
@@ -470,6 +507,9 @@ def check_recorded(root, recorded, path, settings, meta=None):
             continue
         theirs = recorded.get(key)
         ours = _known_part(theirs, settings[key])
+        if key == 'num_source_items' and theirs != ours:
+            raise SourceCountError(_other_settings(root, path, key, theirs, ours), theirs,
+                                   ours, recorded.get(FINGERPRINT_KEY))
         if not _same(key, theirs, ours):
             raise ValueError(_other_settings(root, path, key, theirs, ours))
     theirs, ours = recorded.get(FINGERPRINT_KEY), settings.get(FINGERPRINT_KEY)

@@ -210,7 +210,10 @@ def write_manifest(rows, path, relative_to=None):
         path (str): Output ``.csv`` or ``.jsonl`` file; its folder is created.
         relative_to (str, optional): Write each ``path`` relative to this folder
             (e.g. the manifest's own folder, which ``load_manifest`` resolves against
-            by default). Defaults to None: paths as given.
+            by default). A relative row path names a file as any path given to a
+            Python function does, from the working folder (``~`` expanded), and is
+            written so as to name the same file from ``relative_to``. Defaults to
+            None: paths as given.
     """
     fmt = _format(path)
     if not rows:
@@ -221,7 +224,10 @@ def write_manifest(rows, path, relative_to=None):
             raise ManifestError(f'manifest {path}: row {i} has no path')
         row = {k: v for k, v in row.items() if v is not None}
         if relative_to is not None:
-            row['path'] = osp.relpath(osp.abspath(row['path']), osp.abspath(relative_to))
+            # (~ expanded, as load_manifest expands it: '~/v.mp4' was written as
+            # '../~/v.mp4' from the working folder, a file that does not exist)
+            row['path'] = osp.relpath(osp.abspath(osp.expanduser(row['path'])),
+                                      osp.abspath(osp.expanduser(relative_to)))
         out_rows.append(row)
     columns = [c for c in MANIFEST_COLUMNS if any(c in r for r in out_rows)]
     for r in out_rows:

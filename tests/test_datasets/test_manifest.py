@@ -87,6 +87,23 @@ def test_write_relative_to(tmp_path):
     assert load_manifest(path)[0]['path'] == str(tmp_path / 'v' / 'a.mp4')
 
 
+def test_write_relative_to_keeps_naming_the_files_the_rows_name(tmp_path, monkeypatch):
+    """A relative row path names a file from the working folder (as any path given to
+    Python does), ``~`` from the home folder; written relative to ``relative_to``, each
+    loads back as that file. '~/b.mp4' was written as '../~/b.mp4' (a folder named ~
+    in the working folder), which load_manifest never finds."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    path = str(tmp_path / 'out' / 'm.csv')
+    write_manifest([dict(path='v/a.mp4'), dict(path='~/b.mp4')], path, relative_to='out')
+    assert open(path).read().splitlines()[1:] == ['../v/a.mp4', '../home/b.mp4']
+    assert [r['path'] for r in load_manifest(path)] == [
+        str(tmp_path / 'v' / 'a.mp4'), str(tmp_path / 'home' / 'b.mp4')]
+    path = str(tmp_path / 'home' / 'm.csv')
+    write_manifest([dict(path='~/b.mp4')], path, relative_to='~')
+    assert open(path).read().splitlines()[1:] == ['b.mp4']
+
+
 def test_empty_cells_are_left_out(tmp_path):
     path = write(tmp_path / 'm.csv', 'path,caption,label\na.mp4,,\nb.mp4,hi,2\n')
     rows = load_manifest(path)
