@@ -87,12 +87,12 @@ def not_a_checkpoint_folder(path: str) -> str:
     folders the tools read (a DeepSpeed checkpoint folder, a work dir with a
     checkpoint, a diffusers DiT folder): a model of another kind (a VAE, a text
     encoder: its config.json) is named as such, and what a DiTPipeline folder lacks
-    (its transformer/, or there the config.json), as what a diffusers DiT folder
-    lacks (its weights). Before, the tools said 'checkpoint not found' of a folder that
-    exists, or listed the kinds without the diffusers one."""
+    (its transformer/, or there the config.json). Before, the tools said 'checkpoint
+    not found' of a folder that exists, or listed the kinds without the diffusers
+    one. A diffusers DiT folder (or DiTPipeline folder) is read whatever it lacks,
+    :func:`~mmsora.utils.diffusers_dit.read_diffusers_dit` saying that of its
+    weights."""
     holds = folder_model(path)
-    if _names_dit(holds):  # (it said 'a diffusers DiT..., not ... a diffusers DiT folder')
-        return _dit_folder_weights(path, f'{path} holds a {holds}\'s config.json')
     if holds:
         return (f'{path} holds a {holds} (its config.json), not a denoiser\'s weights: give '
                 'a checkpoint file, a work dir, a DeepSpeed checkpoint folder or a diffusers '
@@ -114,38 +114,19 @@ def not_a_checkpoint_folder(path: str) -> str:
             'folder: give a checkpoint file')
 
 
-def _names_dit(holds) -> bool:
-    """Whether :func:`folder_model`'s ``holds`` is a diffusers DiT class (the tools read
-    such a folder: :func:`mmsora.utils.diffusers_dit.diffusers_dit_folder`)."""
-    from mmsora.utils.diffusers_dit import DIT_CLASSES
-    return holds in [f'diffusers {name}' for name in DIT_CLASSES]
-
-
-def _dit_folder_weights(folder: str, where: str) -> str:
-    """What the diffusers DiT folder ``folder`` (its config.json names a DiT class),
-    ``where`` saying so, is as a checkpoint: one without its weights, else one the
-    tools read (it was told it held 'a diffusers DiT..., not a diffusers DiT...')."""
-    from mmsora.utils.diffusers_dit import INDEX_FILES, WEIGHT_FILES
-    if any(osp.isfile(osp.join(folder, n)) for n in WEIGHT_FILES + INDEX_FILES):
-        return f'{where} and weights: a diffusers DiT folder, which the tools read'
-    return (f'{where} but no weights ({WEIGHT_FILES[0]} or .bin): put back what '
-            'save_pretrained wrote there (config.json beside the weights)')
-
-
 def _broken_dit_pipeline(path: str) -> str:
     """What a diffusers DiTPipeline folder lacks that the tools read its DiT from: its
     ``transformer/``, or there its config.json (or the weights beside it). It was told
-    it held 'a DiTPipeline, not a DiT's: give ... a DiTPipeline'."""
-    from mmsora.utils.diffusers_dit import INDEX_FILES, WEIGHT_FILES
+    it held 'a DiTPipeline, not a DiT's: give ... a DiTPipeline'. (One whose
+    transformer/ has its DiT's config.json is read, weights or not:
+    :func:`~mmsora.utils.checkpoint_choice.resolve_checkpoint` takes it.)"""
+    from mmsora.utils.diffusers_dit import missing_dit_weights
     where = f'{path} holds a diffusers DiTPipeline (its model_index.json)'
     transformer = osp.join(path, 'transformer')
     if not osp.isdir(transformer):
         return (f'{where} without its transformer/ folder (the DiT\'s config.json and '
                 'weights): copy it back, or give the DiT\'s checkpoint file')
     holds = folder_model(transformer)
-    if _names_dit(holds):
-        return _dit_folder_weights(transformer,
-                                   f'{where} whose transformer/ has a {holds}\'s config.json')
     if holds:  # (a config.json that names no DiT class)
         return (f'{where} whose transformer/ holds a {holds} (its config.json), not a '
                 'diffusers DiTTransformer2DModel: give a DiT\'s pipeline or checkpoint')
@@ -156,8 +137,9 @@ def _broken_dit_pipeline(path: str) -> str:
         lacks = 'a config.json that is not a JSON object'
     else:
         lacks = 'a config.json that names no model class (_class_name)'
-    if not any(osp.isfile(osp.join(transformer, n)) for n in WEIGHT_FILES + INDEX_FILES):
-        lacks += f' and no weights ({WEIGHT_FILES[0]} or .bin)'
+    weights = missing_dit_weights(transformer)
+    if weights:
+        lacks += f' and {weights}'
     return (f'{where} whose transformer/ has {lacks}: put back what save_pretrained wrote '
             'there (config.json beside the weights)')
 
@@ -186,7 +168,8 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         (:mod:`mmsora.utils.diffusers_dit`).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist, or is a diffusers DiT folder
+            without its weights (:func:`~mmsora.utils.diffusers_dit.missing_dit_weights`).
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
         ValueError: The file is truncated, damaged or not a torch checkpoint (named

@@ -40,8 +40,9 @@ from mmsora.models.denoisers.dit import DIT_PRESETS
 from mmsora.utils.checkpoint import hub_snapshot, read_json_config
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'diffusers_dit_config',
-           'dit_pipeline_vae', 'read_diffusers_dit', 'dit_state_from_diffusers',
-           'diffusers_from_dit', 'dit_scheduler', 'save_dit_scheduler', 'DIT_HEADS']
+           'dit_pipeline_vae', 'missing_dit_weights', 'read_diffusers_dit',
+           'dit_state_from_diffusers', 'diffusers_from_dit', 'dit_scheduler',
+           'save_dit_scheduler', 'DIT_HEADS']
 
 # The classes a diffusers DiT transformer's config.json names.
 DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
@@ -114,26 +115,49 @@ def dit_pipeline_vae(path: str) -> Optional[str]:
         and osp.isdir(vae) else None
 
 
+def _said(names) -> str:
+    """File names of one stem in words: the first whole, the others by what follows
+    the stem (``diffusion_pytorch_model.safetensors, .bin or .fp16.bin``)."""
+    stem = 'diffusion_pytorch_model'
+    rest = [name[len(stem):] for name in names[1:]]
+    return ', '.join([names[0]] + rest[:-1]) + f' or {rest[-1]}'
+
+
+def missing_dit_weights(folder: str) -> Optional[str]:
+    """What the diffusers DiT transformer folder ``folder`` lacks of its weights, in a
+    clause naming every file :func:`read_diffusers_dit` reads them from (a file of
+    :data:`WEIGHT_FILES`, or the shards an index of :data:`INDEX_FILES` lists), or
+    None where it holds one. The one wording of a DiT folder without its weights:
+    the tools gave two (one of them in a branch no tool reached)."""
+    if any(osp.isfile(osp.join(folder, n)) for n in WEIGHT_FILES + INDEX_FILES):
+        return None
+    return (f'no weights ({_said(WEIGHT_FILES)}, or the shards that '
+            f'{_said(INDEX_FILES)} lists)')
+
+
 def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
     """The original-layout state dict of the diffusers DiT transformer ``folder``
     (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
-    map_location)`` (a single file, or the shards an index lists)."""
+    map_location)`` (a single file, or the shards an index lists). Raises
+    FileNotFoundError where ``folder`` holds none of them (:func:`missing_dit_weights`)."""
     config = read_json_config(osp.join(folder, 'config.json'))
     check_dit_config(config, folder)  # before any weight is read
-    indexes = [name for name in INDEX_FILES if osp.isfile(osp.join(folder, name))]
+    lacks = missing_dit_weights(folder)
+    if lacks:  # (what every tool given the folder, or its pipeline's, says)
+        name = (config or {}).get('_class_name') or 'DiT transformer'
+        raise FileNotFoundError(f'{folder} holds a diffusers {name}\'s config.json but '
+                                f'{lacks}: copy them in beside it (save_pretrained writes '
+                                'both), or give the folder that holds them')
     found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]
     if found:
         state = read_file(osp.join(folder, found[0]), map_location)
-    elif indexes:
-        with open(osp.join(folder, indexes[0]), encoding='utf-8') as f:
+    else:
+        index = next(n for n in INDEX_FILES if osp.isfile(osp.join(folder, n)))
+        with open(osp.join(folder, index), encoding='utf-8') as f:
             shards = sorted(set(json.load(f)['weight_map'].values()))
         state = {}
         for shard in shards:
             state.update(read_file(osp.join(folder, shard), map_location))
-    else:
-        raise FileNotFoundError(f'{folder}: a diffusers DiT folder (config.json) without '
-                                f'its weights (one of {", ".join(WEIGHT_FILES)}, or a shard '
-                                'index)')
     return dit_state_from_diffusers(state, config, folder)
 
 

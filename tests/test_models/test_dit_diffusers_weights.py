@@ -364,6 +364,12 @@ def test_a_dit_folder_given_as_the_vae_says_what_to_give(pipeline):
         "config.json names AutoencoderKL; a pipeline's is its vae/)")
 
 
+# what a diffusers DiT folder without its weights lacks: every name it is read from
+NO_WEIGHTS = ('no weights (diffusion_pytorch_model.safetensors, .bin, .fp16.safetensors or '
+              '.fp16.bin, or the shards that diffusion_pytorch_model.safetensors.index.json, '
+              '.bin.index.json, .safetensors.index.fp16.json or .bin.index.fp16.json lists)')
+
+
 def test_a_dit_pipeline_folder_missing_part_of_its_transformer_says_which(pipeline,
                                                                           tmp_path):
     """A DiTPipeline folder whose transformer/ lost its config.json was told it held 'a
@@ -392,35 +398,59 @@ def test_a_dit_pipeline_folder_missing_part_of_its_transformer_says_which(pipeli
                          "DiTTransformer2DModel: give a DiT's pipeline or checkpoint")
     os.remove(transformer / 'config.json')
     os.remove(transformer / 'diffusion_pytorch_model.safetensors')
-    assert message() == (f'{where} whose transformer/ has no config.json and no weights '
-                         f'(diffusion_pytorch_model.safetensors or .bin){put_back}')
+    assert message() == (f'{where} whose transformer/ has no config.json and {NO_WEIGHTS}'
+                         f'{put_back}')
     shutil.rmtree(transformer)
     assert message() == (f"{where} without its transformer/ folder (the DiT's config.json "
                          "and weights): copy it back, or give the DiT's checkpoint file")
 
 
 @pytest.mark.parametrize('class_name', ['DiTTransformer2DModel', 'Transformer2DModel'])
-def test_a_dit_folder_without_weights_says_they_are_missing(pipeline, tmp_path, class_name):
-    """not_a_checkpoint_folder of a DiTPipeline folder whose transformer/ kept its DiT's
-    config.json but not its weights said 'transformer/ holds a diffusers
-    DiTTransformer2DModel (its config.json), not a diffusers DiTTransformer2DModel'."""
-    from mmsora.utils.checkpoint import not_a_checkpoint_folder
+def test_a_dit_folder_without_weights_says_they_are_missing(pipeline, tmp_path, capsys,
+                                                            class_name):
+    """A DiT transformer folder (or a DiTPipeline's transformer/) that kept its
+    config.json but not its weights is read as a DiT folder by every tool
+    (resolve_checkpoint takes it), which then said 'a diffusers DiT folder (config.json)
+    without its weights (one of ..., or a shard index)'; a second wording, in a branch
+    of not_a_checkpoint_folder no tool reached, said another list. One line now, from
+    where the weights load, naming every file they are read from."""
+    from types import SimpleNamespace
+
+    from mmsora.apis.inference import load_weights
+    from mmsora.utils.checkpoint_choice import resolve_checkpoint
+    from mmsora.utils.cli import run_cli
+    from tools.export_denoiser import main as export
     folder = tmp_path / 'pipe'
     shutil.copytree(pipeline[2], folder)
     transformer = folder / 'transformer'
     config = (transformer / 'config.json').read_text()
     (transformer / 'config.json').write_text(config.replace('DiTTransformer2DModel',
                                                             class_name))
-    holds = f"diffusers {class_name}'s config.json"
-    assert not_a_checkpoint_folder(str(folder)) == (
-        f'{folder} holds a diffusers DiTPipeline (its model_index.json) whose transformer/ '
-        f'has a {holds} and weights: a diffusers DiT folder, which the tools read')
-    os.remove(transformer / 'diffusion_pytorch_model.safetensors')
-    put_back = ('but no weights (diffusion_pytorch_model.safetensors or .bin): put back what '
-                'save_pretrained wrote there (config.json beside the weights)')
-    assert not_a_checkpoint_folder(str(folder)) == (
-        f'{folder} holds a diffusers DiTPipeline (its model_index.json) whose transformer/ '
-        f'has a {holds} {put_back}')
-    # the transformer folder itself
-    assert not_a_checkpoint_folder(str(transformer)) == f'{transformer} holds a {holds} ' \
-        f'{put_back}'
+    weights = transformer / 'diffusion_pytorch_model.safetensors'
+    kept = weights.read_bytes()
+    os.remove(weights)
+    said = (f"{transformer} holds a diffusers {class_name}'s config.json but {NO_WEIGHTS}: "
+            'copy them in beside it (save_pretrained writes both), or give the folder '
+            'that holds them')
+    for path in (str(folder), str(transformer)):
+        assert resolve_checkpoint(path) == path  # (a DiT folder: read, not refused)
+        with pytest.raises(FileNotFoundError) as info:
+            load_checkpoint_file(path)  # --load-from, pretrained_denoiser, export
+        assert str(info.value) == said
+        holder = SimpleNamespace(denoiser=DiT(**pipeline[0]).eval())
+        with pytest.raises(FileNotFoundError) as info:
+            load_weights(holder, path)  # tools/infer.py's and tools/test.py's loader
+        assert str(info.value) == said
+        assert run_cli(lambda: export([path, '--out', str(tmp_path / 'dit.pt')])) == 2
+        assert capsys.readouterr().err == f'error: {said}\n'
+    # a variant alone, or a shard index alone, of those it names is read
+    variant = transformer / 'diffusion_pytorch_model.fp16.safetensors'
+    variant.write_bytes(kept)
+    expected = sorted(rekey_reference(pipeline[1]))
+    assert sorted(load_checkpoint_file(str(folder))) == expected
+    shard = 'diffusion_pytorch_model.fp16-00001-of-00001.safetensors'
+    os.rename(variant, transformer / shard)
+    from safetensors.torch import load_file
+    (transformer / 'diffusion_pytorch_model.safetensors.index.fp16.json').write_text(
+        json.dumps({'weight_map': {k: shard for k in load_file(transformer / shard)}}))
+    assert sorted(load_checkpoint_file(str(folder))) == expected
