@@ -28,7 +28,7 @@ from mmsora.utils import sample_rng
 from mmsora.utils.trained_settings import keyword_defaults
 from .scheduler_sampling import (CountingModel, check_num_steps, check_sampler_name,
                                  check_sampler_options, check_scheduler_options,
-                                 epsilon_from_x0, scheduler_option_values,
+                                 epsilon_from_x0, is_bool, scheduler_option_values,
                                  scheduler_sample_loop)
 from .schedulers import build_noise_scheduler, ddpm_variance_type, scheduler_settings
 
@@ -893,7 +893,7 @@ class GaussianDiffusion:
             return
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))
         clip = options.get('clip_denoised', False)
-        if not isinstance(clip, bool):  # (--sampler-options clip_denoised=false: a word, true)
+        if not is_bool(clip):  # (--sampler-options clip_denoised=false: a word, true)
             raise ValueError(f'clip_denoised={clip!r} is not True or False (clamp the '
                              'predicted x0 to [-1, 1]: for pixel-space models)')
         if sampler != 'ddim':

@@ -8,6 +8,7 @@ noise - data for :class:`Transport`). An objective whose model predicts x0 turns
 into epsilon with :func:`epsilon_from_x0`, at the noise level the scheduler's ``step``
 reads the same input at.
 """
+import functools
 import inspect
 import numbers
 import types
@@ -131,17 +132,21 @@ def _nested_options_note(nested) -> str:
     ``sample(sampler_options=...)``): a sampler's options sit flat beside ``sampler``,
     as tools/infer.py's --sampler-options puts them (it was hinted as a typo of
     ``sampler``, which is not the fix). Its entries, where they can be read (--cfg-options
-    gives a dict as its text), are shown flat."""
+    gives a dict as its text), are shown flat, in a config's form and as keywords of
+    ``sample_images`` / ``model.sample`` (the note cannot tell which caller it has)."""
     if isinstance(nested, str):
         import ast
         try:
             nested = ast.literal_eval(nested)
         except (ValueError, SyntaxError):
             pass
-    flat = (' '.join(f'sample_cfg.{k}={v}' for k, v in nested.items())
-            if isinstance(nested, dict) and nested else 'sample_cfg.NAME=VALUE')
+    readable = isinstance(nested, dict) and nested
+    flat = (' '.join(f'sample_cfg.{k}={v}' for k, v in nested.items()) if readable
+            else 'sample_cfg.NAME=VALUE')
+    keywords = (', '.join(f'{k}={v!r}' for k, v in nested.items()) if readable
+                else 'NAME=VALUE')  # (sample_images / model.sample from Python)
     return ('sampler_options is not a key: a sampler\'s options go flat in sample_cfg, '
-            f'beside sampler ({flat})')
+            f'beside sampler ({flat}; from Python, keywords: {keywords})')
 
 
 def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
@@ -150,100 +155,200 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     take or refuses. Its options are its constructor's settings (what diffusers'
     ``Scheduler.from_config(config, **kwargs)`` takes: ``solver_order``,
     ``timestep_spacing``, ...), but ``fixed``: those the objective sets to the process
-    it trained (its betas, timesteps, prediction), refused as such. The values are the
-    scheduler's to judge: it is built with them (``build(**options)``) and given its
-    ``num_steps`` timesteps and one step, as sampling will (cheap, so tools/infer.py
-    says a refused value before the weights load), and what it raises becomes one line
-    naming the option; first a word for a switch and True or False for a number or a
-    word (diffusers took 'false' as true, True as 1; where the default is None, the
-    annotation says which) are refused, numpy's bools taken as bools. An option that
-    makes ``set_timesteps`` ask for an argument the loop does not pass
-    (``use_dynamic_shifting``: ``mu``, which diffusers' pipelines compute from the
-    picture) is said so, in words of ours. ``objective``: the trained process in words,
-    for the message."""
-    from mmsora.registry import NOISE_SCHEDULERS
-
+    it trained (its betas, timesteps, prediction), refused as such. In this order: the
+    fixed ones, the names (:func:`check_sampler_options`), the kinds of the values
+    (:func:`_check_option_kinds`), the dynamic shift's settings (they act only with a
+    ``mu`` the loop does not pass), then the values as the scheduler judges them: it is
+    built with them (``build(**options)``) and given its ``num_steps`` timesteps and one
+    step, as sampling will (cheap, so tools/infer.py says a refused value before the
+    weights load), and what it raises becomes one line naming the options it is
+    refused for (:func:`_minimal_culprits`); an option that makes ``set_timesteps`` ask
+    for an argument the loop does not pass (``use_dynamic_shifting``: ``mu``, which
+    diffusers' pipelines compute from the picture) is said so, in words of ours.
+    ``objective``: the trained process in words, for the message."""
     from .schedulers import scheduler_settings
     settings = scheduler_settings(sampler)
-    # (a fixed name the scheduler has not, DDIM's use_dynamic_shifting: an unknown option)
+    _refuse_fixed(sampler, options, fixed, settings, objective)
+    check_sampler_options(sampler, options, [name for name in settings if name not in fixed])
+    _check_option_kinds(sampler, options, settings)
+    _refuse_dynamic_shift_settings(sampler, options, settings, fixed)
+    options = scheduler_option_values(options)
+    refusal = _trial_run(build, options, num_steps)
+    if refusal.why is not None:
+        culprits = _minimal_culprits(options, refusal,
+                                     lambda chosen: _trial_run(build, chosen, num_steps))
+        raise ValueError(_refusal_message(sampler, num_steps, culprits, refusal,
+                                          _shift_hint(options, settings, fixed)))
+
+
+def _refuse_fixed(sampler: str, options: dict, fixed: Sequence[str], settings: dict,
+                  objective: str):
+    """Refuse the settings the objective fixes (``fixed``) that ``options`` give.
+    (A fixed name the scheduler has not, DDIM's use_dynamic_shifting, is left to
+    :func:`check_sampler_options`: an unknown option.)"""
     given = [key for key in options if key in fixed and key in settings]
     if given:
         raise ValueError(f'sampler {sampler!r} takes {", ".join(given)} from the model\'s '
                          f'objective ({objective}): another value would sample another '
                          f'process than the one trained; leave '
                          f'{"it" if len(given) == 1 else "them"} out of the sampler options')
-    check_sampler_options(sampler, options, [name for name in settings if name not in fixed])
+
+
+def _check_option_kinds(sampler: str, options: dict, settings: dict):
+    """Refuse a value of the wrong kind for its setting (:func:`_setting_kind`): a word
+    for a switch (diffusers took 'false' as true), True or False for a number or a word
+    (True as 1), a fraction for a whole number (refused in numpy's or Python's words:
+    "Cannot cast ufunc 'add' output ..."); numpy's bools are bools, numpy's integers
+    whole numbers."""
+    from mmsora.registry import NOISE_SCHEDULERS
+    hints = _type_hints(NOISE_SCHEDULERS.get(sampler))
     for key, value in options.items():
-        kind, choices = _setting_kind(NOISE_SCHEDULERS.get(sampler), key, settings[key])
+        kind, choices = _setting_kind(hints.get(key), settings[key])
+        default = settings[key]
         # (--sampler-options use_karras_sigmas=false: a word, which diffusers takes as true)
         if kind == 'switch' and not is_bool(value):
             raise ValueError(f'{key}={value!r} is not True or False (a switch of {sampler}; '
-                             f'its default: {settings[key]})')
+                             f'its default: {default})')
         # True or False for a switch alone (solver_order=True: diffusers takes it as 1;
         # shift_terminal=True as 1, DPM-Solver's variance_type=True as unset)
-        if is_bool(value) and kind == 'number':
+        # (None: unset, where that is the default; a word: Python's words, "can't
+        # multiply sequence by non-int of type 'str'")
+        if kind in ('number', 'whole') and (is_bool(value) or not (
+                isinstance(value, numbers.Real) or (value is None and default is None))):
             raise ValueError(f'{key}={value!r} is not a number (a setting of {sampler}; '
-                             f'its default: {settings[key]}): give a number')
+                             f'its default: {default}): give a number')
+        if kind == 'whole' and not isinstance(value, (numbers.Integral, type(None))):
+            raise ValueError(f'{key}={value!r} is not a whole number (a setting of '
+                             f'{sampler}; its default: {default}): give a whole number')
         if is_bool(value) and kind == 'word':
             words = ', '.join(map(repr, choices)) if choices else 'a word'
             raise ValueError(f'{key}={value!r} is not {"one of " if choices else ""}{words} '
-                             f'(a setting of {sampler}; its default: {settings[key]!r}): '
+                             f'(a setting of {sampler}; its default: {default!r}): '
                              f'give {"one of them" if choices else "a word"}')
-    options = scheduler_option_values(options)
 
-    def refusal(chosen):
-        """What the scheduler raises when built with ``chosen`` (one line), or None; and
-        the argument of ``set_timesteps`` it asked for that the loop does not pass."""
-        stage = 'build'
-        try:
-            scheduler = build(**chosen)
-            stage = 'set_timesteps'
-            scheduler.set_timesteps(num_steps)
-            stage = 'step'
-            # and one step on a 1-element sample: some settings fail only there
-            # (UniPC's solver_order=0, DDIM's clip_sample_range='a')
-            t, x = scheduler.timesteps[0], torch.zeros(1, 1, 1, 1)
-            if hasattr(scheduler, 'scale_model_input'):
-                x = scheduler.scale_model_input(x, t)
-            # (a stochastic step's noise from its own generator: the global one untouched)
-            step_kwargs = ({'generator': torch.Generator().manual_seed(0)}
-                           if 'generator' in inspect.signature(scheduler.step).parameters
-                           else {})
-            scheduler.step(torch.zeros_like(x), t, x, **step_kwargs)
-        except Exception as error:  # (diffusers raises ValueError, NotImplementedError, ...)
-            why = ' '.join(str(error).split()).rstrip('.') or type(error).__name__
-            # (diffusers names an argument in backquotes: "`mu` must be passed when ...")
-            needs = next((name for name in (inspect.signature(
-                scheduler.set_timesteps).parameters if stage == 'set_timesteps' else ())
-                if name not in _LOOP_PASSES and f'`{name}`' in why), None)
-            return (why if len(why) <= 200 else why[:197] + '...'), needs
-        return None, None
 
-    why, needs = refusal(options)
-    if why is None:
+# The settings of a scheduler's dynamic shift (SD3's, Flux's): its set_timesteps reads
+# them only with use_dynamic_shifting, which needs the mu the sampling loop does not pass,
+# so given alone they change nothing (FlowMatch's sigmas are the same with them).
+_DYNAMIC_SHIFT_SETTINGS = ('time_shift_type', 'base_shift', 'max_shift', 'base_image_seq_len',
+                           'max_image_seq_len')
+
+
+def _refuse_dynamic_shift_settings(sampler: str, options: dict, settings: dict,
+                                   fixed: Sequence[str]):
+    """Refuse the dynamic shift's settings (with ``use_dynamic_shifting=True``, if given):
+    they act only with the ``mu`` the sampling loop does not pass. (Where the objective
+    fixes them, GaussianDiffusion's time_shift_type, :func:`_refuse_fixed` did.)"""
+    given = {key: value for key, value in options.items()
+             if key in _DYNAMIC_SHIFT_SETTINGS and key in settings and key not in fixed}
+    if not given:
         return
-    # The options it is refused for: each left out that the refusal outlives is not
-    # (one; or a combination: karras and exponential sigmas).
+    named = ', '.join(f'{key}={value!r}' for key, value in given.items())
+    them = 'it' if len(given) == 1 else 'them'
+    if options.get('use_dynamic_shifting'):  # (all of them: the mu message, named with it)
+        raise ValueError(_needs_message(
+            sampler, f'use_dynamic_shifting={options["use_dynamic_shifting"]!r}, {named}',
+            'them', 'mu', _shift_hint(options, settings, fixed)))
+    raise ValueError(f'sampler {sampler!r} cannot take {named}: '
+                     f'{"it acts" if len(given) == 1 else "they act"} only with '
+                     f'use_dynamic_shifting, whose set_timesteps then needs `mu`'
+                     f'{_LOOP_DOES_NOT_PASS["mu"]}, which mmsora\'s sampling loop does not '
+                     f'pass; leave {them} out{_shift_hint(options, settings, fixed)}')
+
+
+class _Refusal(typing.NamedTuple):
+    """What a scheduler raised in a trial run (:func:`_trial_run`): ``why`` in one line
+    (None: it ran), the ``stage`` it raised in (``'build'``, ``'set_timesteps'``,
+    ``'step'``), and the argument of ``set_timesteps`` it asked for that the loop does
+    not pass (``needs``: ``'mu'``), if any."""
+    why: Optional[str] = None
+    stage: Optional[str] = None
+    needs: Optional[str] = None
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message in one line of at most 200 characters."""
+    why = ' '.join(str(error).split()).rstrip('.') or type(error).__name__
+    return why if len(why) <= 200 else why[:197] + '...'
+
+
+def _trial_run(build: Callable, options: dict, num_steps: int) -> _Refusal:
+    """Build the scheduler with ``options``, set its ``num_steps`` timesteps and take one
+    step on a 1-element sample, as sampling will: what it raises, and where."""
+    try:
+        scheduler = build(**options)
+    except Exception as error:  # (diffusers raises ValueError, NotImplementedError, ...)
+        return _Refusal(_one_line(error), 'build')
+    try:
+        scheduler.set_timesteps(num_steps)
+    except Exception as error:
+        why = _one_line(error)
+        # (diffusers names an argument in backquotes: "`mu` must be passed when ...")
+        needs = next((name for name in inspect.signature(scheduler.set_timesteps).parameters
+                      if name not in _LOOP_PASSES and f'`{name}`' in why), None)
+        return _Refusal(why, 'set_timesteps', needs)
+    try:
+        # some settings fail only in a step (UniPC's solver_order=0, DDIM's
+        # clip_sample_range='a')
+        t, x = scheduler.timesteps[0], torch.zeros(1, 1, 1, 1)
+        if hasattr(scheduler, 'scale_model_input'):
+            x = scheduler.scale_model_input(x, t)
+        # (a stochastic step's noise from its own generator: the global one untouched)
+        step_kwargs = ({'generator': torch.Generator().manual_seed(0)}
+                       if 'generator' in inspect.signature(scheduler.step).parameters
+                       else {})
+        scheduler.step(torch.zeros_like(x), t, x, **step_kwargs)
+    except Exception as error:
+        return _Refusal(_one_line(error), 'step')
+    return _Refusal()
+
+
+def _minimal_culprits(options: dict, refusal: _Refusal, trial: Callable) -> dict:
+    """The options ``refusal`` is their doing: each left out in turn, kept out where the
+    rest still meets the same refusal (``trial(rest)``: its words, its stage, what it
+    needs), so one option is never named for another's reason (karras and beta sigmas'
+    'Only one of ...' was said of use_dynamic_shifting given with them). One option, or a
+    combination (karras and exponential sigmas); none where the steps alone do it."""
     culprits = dict(options)
     for key in options:
         rest = {k: v for k, v in culprits.items() if k != key}
-        if refusal(rest)[0] is not None:
+        if trial(rest) == refusal:
             culprits = rest
+    return culprits
+
+
+def _shift_hint(options: dict, settings: dict, fixed: Sequence[str]) -> str:
+    """Where the dynamic shift is refused, the fixed shift to give instead, unless it was
+    given (FlowMatch's shift)."""
+    shift = next((key for key in ('shift', 'flow_shift')
+                  if key in settings and key not in fixed), None)
+    if shift is None or shift in options:
+        return ''
+    return f' (for a fixed shift give {shift}=..., e.g. SD3\'s 3.0)'
+
+
+def _refusal_message(sampler: str, num_steps: int, culprits: dict, refusal: _Refusal,
+                     shift_hint: str = '') -> str:
+    """The one line for a scheduler's ``refusal`` of the options ``culprits``: of its
+    steps where there are none, of an argument the loop does not pass where it asked for
+    one (``shift_hint`` said after it), else in the scheduler's words."""
     if not culprits:  # (not an option's doing: its steps)
-        raise ValueError(f'sampler {sampler!r} with {num_steps} steps: {why}')
+        return f'sampler {sampler!r} with {num_steps} steps: {refusal.why}'
     named = ', '.join(f'{key}={value!r}' for key, value in culprits.items())
-    if needs is not None:
-        what = _LOOP_DOES_NOT_PASS.get(needs, '')
-        shift = next((key for key in ('shift', 'flow_shift')
-                      if key in settings and key not in fixed), None)
-        instead = (f' (for a fixed shift give {shift}=..., e.g. SD3\'s 3.0)'
-                   if needs == 'mu' and shift else '')
-        raise ValueError(f'sampler {sampler!r} cannot take {named}: its set_timesteps '
-                         f'then needs `{needs}`{what}, which mmsora\'s '
-                         f'sampling loop does not pass; leave '
-                         f'{"it" if len(culprits) == 1 else "them"} out{instead}')
-    raise ValueError(f'sampler {sampler!r} refused {named}: {why}; give '
-                     f'{"another value" if len(culprits) == 1 else "other values"}')
+    them = 'it' if len(culprits) == 1 else 'them'
+    if refusal.needs is not None:
+        return _needs_message(sampler, named, them, refusal.needs,
+                              shift_hint if refusal.needs == 'mu' else '')
+    return (f'sampler {sampler!r} refused {named}: {refusal.why}; give '
+            f'{"another value" if len(culprits) == 1 else "other values"}')
+
+
+def _needs_message(sampler: str, named: str, them: str, needs: str, hint: str) -> str:
+    """The one line for options (``named``, said as ``them``) that make ``set_timesteps``
+    need an argument the loop does not pass (``needs``), ``hint`` said after it."""
+    return (f'sampler {sampler!r} cannot take {named}: its set_timesteps then needs '
+            f'`{needs}`{_LOOP_DOES_NOT_PASS.get(needs, "")}, which mmsora\'s sampling loop '
+            f'does not pass; leave {them} out{hint}')
 
 
 def is_bool(value) -> bool:
@@ -258,18 +363,25 @@ def scheduler_option_values(options: dict) -> dict:
             for key, value in options.items()}
 
 
-def _setting_kind(scheduler: type, name: str, default):
-    """What a scheduler's constructor setting takes, as ``(kind, choices)``: kind
-    ``'switch'`` (a bool default), ``'number'`` (an int or float default) or ``'word'``
-    (a str default), read from its annotation where the default is None (FlowMatch's
+@functools.lru_cache(maxsize=None)
+def _type_hints(scheduler: type) -> dict:
+    """A scheduler's constructor annotations, read once per class ({} where they do not
+    evaluate: the defaults alone say). Not to be changed: the dict is shared."""
+    try:
+        return typing.get_type_hints(scheduler.__init__)
+    except Exception:
+        return {}
+
+
+def _setting_kind(annotation, default):
+    """What a scheduler's constructor setting takes, from its ``annotation`` (None: none)
+    and ``default``, as ``(kind, choices)``: kind ``'switch'`` (a bool default),
+    ``'whole'`` (an int default), ``'number'`` (a float default) or ``'word'`` (a str
+    default), read from its annotation where the default is None (FlowMatch's
     shift_terminal: float; DPM-Solver's variance_type: Literal['learned',
     'learned_range']); None where neither says (left to the scheduler). A None default
     is never taken as a switch: diffusers annotates UniPC's sigma_max and shift_terminal,
     numbers, as bool. ``choices``: the annotation's Literal words, if any."""
-    try:
-        annotation = typing.get_type_hints(scheduler.__init__).get(name)
-    except Exception:  # (an annotation that does not evaluate: its default alone)
-        annotation = None
     members = _annotation_members(annotation) if annotation is not None else []
     choices = tuple(m for m in members if isinstance(m, str))
     if default is not None:
@@ -280,6 +392,8 @@ def _setting_kind(scheduler: type, name: str, default):
             return None, choices
     if all(t is bool for t in types_):
         return 'switch', choices
+    if all(issubclass(t, numbers.Integral) and t is not bool for t in types_):
+        return 'whole', choices
     if all(issubclass(t, numbers.Real) and t is not bool for t in types_):
         return 'number', choices
     if all(issubclass(t, str) for t in types_):

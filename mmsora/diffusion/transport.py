@@ -215,8 +215,10 @@ class Transport:
         (0.04). ``'FlowMatchEulerDiscreteScheduler'`` (diffusers; Linear path with
         velocity prediction only): its constructor's settings, e.g. ``shift`` (SD3:
         3.0), ``use_karras_sigmas``, ``stochastic_sampling``, but ``invert_sigmas``
-        (and ``use_dynamic_shifting``, refused: its ``mu``, SD3's resolution-dependent
-        shift, is not passed; give ``shift``).
+        (and the dynamic shift, refused: ``use_dynamic_shifting`` and the settings that
+        act only with it, ``time_shift_type``, ``base_shift``, ``max_shift``,
+        ``base_image_seq_len``, ``max_image_seq_len``; its ``mu``, SD3's
+        resolution-dependent shift, is not passed; give ``shift``).
     """
 
     # Options whose None is a value, not 'unset' (sample_images): SiT's --last-step None

@@ -37,6 +37,14 @@ def _epsilon_model(x, t, **kwargs):
      rf'^solver_order=np.True_ is not a number \(a setting of {DPM}; its default: 2\)'),
     (GaussianDiffusion, 'DDIMScheduler', dict(timestep_spacing=False),
      r"^timestep_spacing=False is not one of 'leading', 'trailing', 'linspace' "),
+    # (judged by the annotation alone: the objective has no check of its own for them,
+    # and diffusers takes True; Transport's shift_terminal is also its own _check_number's)
+    (GaussianDiffusion, 'EulerDiscreteScheduler', dict(sigma_min=True),
+     r'^sigma_min=True is not a number \(a setting of EulerDiscreteScheduler; its default: '
+     r'None\): give a number$'),
+    (GaussianDiffusion, 'EulerDiscreteScheduler', dict(sigma_max=True),
+     r'^sigma_max=True is not a number \(a setting of EulerDiscreteScheduler; its default: '
+     r'None\): give a number$'),
 ])
 def test_a_bool_for_a_setting_that_is_no_switch_is_refused(objective, sampler, options,
                                                             message):

@@ -23,7 +23,10 @@ def test_flow_match_dynamic_shifting_is_refused_with_shift_instead():
     transport = Transport()
     with pytest.raises(ValueError, match=rf"^sampler '{FLOW}' {NEEDS_MU} \(for a fixed "
                                          r"shift give shift=\.\.\., e\.g\. SD3's 3\.0\)$"):
-        # (the shift given with it is not blamed)
+        check_sample_settings(transport, dict(sampler=FLOW, num_steps=10,
+                                              use_dynamic_shifting=True))
+    # the shift given with it is not blamed, nor advised again (review G1)
+    with pytest.raises(ValueError, match=rf"^sampler '{FLOW}' {NEEDS_MU}$"):
         check_sample_settings(transport, dict(sampler=FLOW, num_steps=10,
                                               use_dynamic_shifting=True, shift=3.0))
     with pytest.raises(ValueError, match=NEEDS_MU) as info:
