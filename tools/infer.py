@@ -135,8 +135,7 @@ LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one take
 def check_args(args, num_classes, video=False, text=False):
     """Validate values a parser cannot; raise UserError naming the option."""
     check_at_least(args, ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'))
-    if args.cfg_scale is not None and args.cfg_scale < 1:
-        raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {args.cfg_scale}')
+    check_guidance_floor(args, dict(cfg_scale=args.cfg_scale))
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f'--eta must be in [0, 1], got {args.eta}')
     if args.fps is not None and not args.fps > 0:
@@ -180,6 +179,21 @@ def check_args(args, num_classes, video=False, text=False):
                         '(with --num-samples), or class ids')
     from mmsora.apis.inference import check_label_ids
     check_label_ids([y for y in args.labels or [] if y != 'random'], num_classes)
+
+
+def check_guidance_floor(args, settings: dict) -> None:
+    """Refuse a guidance scale below 1 in ``settings`` (what sampling will use: the
+    flag over the config's ``sample_cfg``), named by where it came from: the floor was
+    the flag's alone, and a config's sample_cfg.cfg_scale=-3 sampled with negative
+    guidance. Values that are no number are sampling's to refuse (check_cfg_scale)."""
+    import numbers
+    scale = settings.get('cfg_scale')
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale < 1:
+        return
+    if args.cfg_scale is not None:
+        raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {scale}')
+    raise UserError(f'sample_cfg.cfg_scale must be >= 1 (1 disables guidance), got {scale}: '
+                    'give --cfg-scale, or set it >= 1 in the config')
 
 
 def precheck_args(args, prompts=None) -> None:
@@ -228,8 +242,9 @@ def check_sampling(args, cfg) -> None:
     the weights had loaded (30 s and 5.7 GB for Stable Cascade lite), and a wrong
     value of an option or of --steps (DDIM's spacing=evn) still was."""
     from mmsora.apis.run_checks import check_run_sampling
+    settings = sample_settings(args, cfg.get('sample_cfg', {}))
     try:  # (the sampler's one-line ValueError, as the sampling raised it)
-        check_run_sampling(cfg.model, sample_settings(args, cfg.get('sample_cfg', {})))
+        check_run_sampling(cfg.model, settings)
     except ValueError as e:
         # sampling's rule for cfg_scale cannot say where the value came from (the
         # flag, over the config's sample_cfg, or --cfg-options sample_cfg.cfg_scale)
@@ -237,6 +252,7 @@ def check_sampling(args, cfg) -> None:
             raise
         where = '--cfg-scale' if args.cfg_scale is not None else 'sample_cfg.cfg_scale'
         raise UserError(f'{where}{str(e)[len("cfg_scale"):]}') from None
+    check_guidance_floor(args, settings)
 
 
 def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):
@@ -442,6 +458,7 @@ def main(argv=None):
     labels = [pool[i % len(pool)] for i in range(n)]
     defaults = cfg.get('sample_cfg', {})
     sample_kwargs = sample_settings(args, defaults)
+    check_guidance_floor(args, sample_kwargs)  # (a config the pre-check could not read)
     # (the keys a mass-sampling run's fingerprint has always held)
     sample_kwargs = dict(dict(sampler=None, num_steps=None, cfg_scale=1.0), **sample_kwargs)
     from mmsora.apis.inference import default_precision

@@ -261,7 +261,7 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         mmsora.utils.cli.UserError: A mistake in the config or the overrides (an
             unknown key or type), in one line as the tools say it.
         FileNotFoundError: No config, checkpoint or VAE folder where named, or no
-            config.json in the VAE's.
+            config.json or no weights file in the VAE's.
         ValueError: A VAE folder of another model, or of other latent channels.
     """
     import mmsora.models  # noqa: F401  (registers the modules)
@@ -357,25 +357,26 @@ def _check_model_folders(model_cfg) -> None:
 
 
 def _check_vae_folder(model) -> None:
-    """Refuse, from its config.json, a VAE folder (``model.vae.pretrained_path``) that
-    holds no diffusers VAE of the wrapper's class, or (an SD-style
-    :class:`~mmsora.models.vaes.autoencoder_kl.AutoencoderKLWrapper`) one whose latents
-    have other channels than the model's (``model.latent_shape[0]``, the denoiser's
-    ``in_channels``): the VAE loads only to decode, after every sampling step (250 by
-    default: minutes to hours for an XL model), and a 4-channel model's latents fed
-    to an 8-channel VAE gave a 57-line convolution traceback."""
-    from mmsora.models.vaes.autoencoder_kl import (AutoencoderKLWrapper, vae_folder,
-                                                   vae_folder_config)
+    """Refuse, from its config.json and its file names, a VAE folder
+    (``model.vae.pretrained_path``) that holds no diffusers VAE of the wrapper's class,
+    no weights beside its config.json, or a VAE whose latents have other channels than
+    the model's (``model.latent_shape[0]``, the denoiser's ``in_channels``; a video
+    VAE's config states them as Wan's ``z_dim`` or ``latent_channels``): the VAE loads
+    only to decode, after every sampling step (250 by default: minutes to hours for an
+    XL model), and a 4-channel model's latents fed to an 8-channel VAE gave a 57-line
+    convolution traceback."""
+    from mmsora.models.vaes.autoencoder_kl import (AutoencoderKLWrapper, check_vae_weights,
+                                                   vae_folder, vae_folder_config)
     vae = getattr(model, 'vae', None)
     if not isinstance(vae, AutoencoderKLWrapper) or not vae.pretrained_path \
             or vae.__dict__['_vae'] is not None or not osp.isdir(vae.pretrained_path):
         return  # (a folder not there: _check_model_folders named it)
     folder = vae_folder(vae.pretrained_path, vae.subfolder)
-    config = vae_folder_config(folder, vae.model_class().__name__)
-    if type(vae) is not AutoencoderKLWrapper:  # (a video VAE's latents: its own key)
-        return
-    found, wanted = config.get('latent_channels'), model.latent_shape[0]
-    if isinstance(found, int) and found != wanted:
+    wanted_class = vae.model_class().__name__
+    config = vae_folder_config(folder, wanted_class)
+    check_vae_weights(folder, wanted_class)
+    found, wanted = vae.config_latent_channels(config), model.latent_shape[0]
+    if found is not None and found != wanted:
         raise ValueError(f'VAE folder {folder!r} makes {found}-channel latents (its '
                          f'config.json) but the model\'s have {wanted} (model.latent_shape'
                          '[0]): give the VAE the model was trained with (--cfg-options '

@@ -622,7 +622,7 @@ class LatentDiffusion(BaseModel):
             Decoded images in [-1, 1] (N, 3, H, W) with a VAE, else latents.
         """
         check_sampling_precision(precision)
-        check_cfg_scale(cfg_scale)
+        cfg_scale = check_cfg_scale(cfg_scale)  # (a 0-d tensor: a float)
         device = next(self.denoiser.parameters()).device
         cond = self._sample_condition(labels, prompts, text_embeds, text_mask,
                                       pooled_text_embeds, device)
@@ -793,17 +793,32 @@ SAMPLING_PRECISIONS = {None: None, 'fp32': None, 'tf32': None, 'bf16': torch.bfl
                        'fp16': torch.float16}
 
 
-def check_cfg_scale(cfg_scale) -> None:
+def check_cfg_scale(cfg_scale):
     """One-line ValueError for a guidance scale that is not a finite real number (a
     str from a notebook was torch's 'only integer tensors of a single element can be
     converted', a bool a scale of 1 or 0, NaN gave NaN samples): the one check of
     :meth:`LatentDiffusion.sample` and :func:`~mmsora.apis.inference.sample_images`.
     Its range is the tools' to set (tools/infer.py's ``--cfg-scale`` >= 1,
-    tools/text2video.py's >= 0)."""
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real) or \
-            not math.isfinite(cfg_scale):
+    tools/text2video.py's >= 0).
+
+    Returns:
+        The scale: an int or float as given; a 0-d real tensor or numpy array, or a
+        numpy scalar, as a float (``torch.tensor(2.)`` is a number to its user, and
+        was refused). Bool and complex ones, and tensors of several elements, are not.
+    """
+    value = cfg_scale
+    if isinstance(cfg_scale, torch.Tensor):
+        if cfg_scale.ndim == 0 and cfg_scale.dtype != torch.bool \
+                and not cfg_scale.is_complex():
+            value = cfg_scale.item()
+    elif getattr(cfg_scale, 'ndim', None) == 0 and \
+            getattr(getattr(cfg_scale, 'dtype', None), 'kind', None) in ('i', 'u', 'f'):
+        value = cfg_scale.item()  # (numpy: a 0-d array or a scalar)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not math.isfinite(value):
         raise ValueError(f'cfg_scale must be a finite number (the guidance scale; 1: none), '
                          f'got {cfg_scale!r}')
+    return cfg_scale if type(cfg_scale) in (int, float) else float(value)
 
 
 def prompt_list(prompts) -> list:

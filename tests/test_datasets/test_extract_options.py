@@ -144,8 +144,9 @@ def test_a_vae_folder_without_weights_or_without_a_vae_is_named(image_folder, ti
     assert not [r for r in caplog.records if 'no file named' in r.getMessage()]  # nor logged
     assert one_line(info) == (
         f"VAE folder {str(config_only)!r} holds AutoencoderKL's config.json but no weights "
-        '(diffusion_pytorch_model.safetensors or .bin): copy them in beside it, or give '
-        'the folder that holds them')
+        '(diffusion_pytorch_model.safetensors or .bin, sharded with its .index.json, or a '
+        'variant such as diffusion_pytorch_model.fp16.safetensors): copy them in beside '
+        'it, or give the folder that holds them')
     pipeline = tmp_path / 'pipeline'  # a text-to-image pipeline's folder without vae/
     shutil.copytree(t5, pipeline / 'text_encoder')
     (pipeline / 'model_index.json').write_text(json.dumps(

@@ -146,11 +146,14 @@ def test_seeds_that_are_not_whole_numbers_are_refused():
 
 # ------------------------ (5) sample's cfg_scale and prompts ------------------------ #
 @pytest.mark.parametrize('cfg_scale', ['4', True, float('nan'), float('inf'), None,
-                                       torch.tensor(4.0)])
+                                       torch.tensor([4.0, 2.0]), torch.tensor(True),
+                                       torch.tensor(float('nan')), torch.tensor(2 + 1j),
+                                       np.array([4.0]), np.bool_(True)])
 def test_a_cfg_scale_that_is_not_a_finite_number_is_one_line(cfg_scale):
     """A str from a notebook was a raw torch error inside the denoiser; True sampled
     without guidance and NaN drew NaN samples, without a word. The line is
-    sample_images' (one check for both)."""
+    sample_images' (one check for both). A tensor of several elements (one scale per
+    sample?), a bool or complex one, is no scale either."""
     with pytest.raises(ValueError, match=r'^cfg_scale must be a finite number \(the guidance '
                                          rf'scale; 1: none\), got {re.escape(repr(cfg_scale))}$'):
         sample(tiny_model(), cfg_scale=cfg_scale)
@@ -159,10 +162,25 @@ def test_a_cfg_scale_that_is_not_a_finite_number_is_one_line(cfg_scale):
 def test_a_cfg_scale_of_any_real_number_type_still_guides():
     model = tiny_model()
     want = sample(model, seeds=[0, 1], cfg_scale=1.5)
-    for scale in (np.float32(1.5), np.float64(1.5)):
+    # (a 0-d tensor or array is a number to its user: torch.tensor(1.5) was refused)
+    for scale in (np.float32(1.5), np.float64(1.5), torch.tensor(1.5), np.array(1.5),
+                  torch.tensor(1.5, dtype=torch.float64, requires_grad=True)):
         torch.testing.assert_close(sample(model, seeds=[0, 1], cfg_scale=scale), want,
                                    rtol=0, atol=0)
     assert not torch.equal(sample(model, seeds=[0, 1], cfg_scale=1), want)
+    torch.testing.assert_close(sample(model, seeds=[0, 1], cfg_scale=torch.tensor(1)),
+                               sample(model, seeds=[0, 1], cfg_scale=1), rtol=0, atol=0)
+
+
+def test_check_cfg_scale_gives_a_tensor_scale_as_a_float():
+    """What LatentDiffusion.sample guides with (and names in its messages): 2.0, not
+    tensor(2.)."""
+    from mmsora.models.latent_diffusion import check_cfg_scale
+    for scale in (torch.tensor(2.0), torch.tensor(2), np.array(2.0), np.float32(2.0),
+                  np.int64(2)):
+        found = check_cfg_scale(scale)
+        assert type(found) is float and found == 2.0
+    assert check_cfg_scale(4) == 4 and type(check_cfg_scale(4)) is int  # as given
 
 
 @pytest.mark.parametrize('prompts, message', [

@@ -1,6 +1,7 @@
 """tools/infer.py reads the VAE folder's config.json before it samples (walk-through ak):
-the VAE loads only to decode, so a folder without a VAE was named, and a VAE of other
-latent channels failed in a 57-line convolution traceback, after every sampling step."""
+the VAE loads only to decode, so a folder without a VAE, or with its config.json but no
+weights, was named, and a VAE of other latent channels failed in a 57-line convolution
+traceback, after every sampling step."""
 import json
 import os.path as osp
 import shutil
@@ -49,7 +50,18 @@ def test_the_right_vae_folder_samples(run, tmp_path, tiny_vae_dir):
     assert osp.isfile(tmp_path / 'samples.png')
 
 
-@pytest.mark.parametrize('kind', ['empty', 'eight_channels'])
+def test_a_vae_folder_of_fp16_weights_alone_samples(run, tmp_path, tiny_vae_dir):
+    """diffusion_pytorch_model.fp16.safetensors (as the hub's folders may hold) is
+    weights: the check before sampling knows the names the load reads."""
+    from diffusers import AutoencoderKL
+    folder = tmp_path / 'fp16'
+    AutoencoderKL.from_pretrained(tiny_vae_dir).save_pretrained(folder, variant='fp16')
+    assert not osp.exists(folder / 'diffusion_pytorch_model.safetensors')
+    assert infer(run, tmp_path, folder) == 0
+    assert osp.isfile(tmp_path / 'samples.png')
+
+
+@pytest.mark.parametrize('kind', ['empty', 'eight_channels', 'no_weights'])
 def test_a_wrong_vae_folder_is_refused_before_sampling(run, tmp_path, tiny_vae_dir, capsys,
                                                        monkeypatch, kind):
     def sample(*args, **kwargs):
@@ -60,6 +72,15 @@ def test_a_wrong_vae_folder_is_refused_before_sampling(run, tmp_path, tiny_vae_d
         folder.mkdir()
         wanted = (f"error: VAE folder {str(folder)!r} has no config.json (not a diffusers "
                   'AutoencoderKL folder)')
+    elif kind == 'no_weights':  # its config.json alone (the weights not copied)
+        folder.mkdir()
+        shutil.copy(osp.join(tiny_vae_dir, 'config.json'), folder)
+        (folder / 'diffusion_pytorch_model.ckpt').write_bytes(b'')  # (no name diffusers
+        # loads: what the load named, after the sampling)
+        wanted = (f"error: VAE folder {str(folder)!r} holds AutoencoderKL's config.json but "
+                  'no weights (diffusion_pytorch_model.safetensors or .bin, sharded with its '
+                  '.index.json, or a variant such as diffusion_pytorch_model.fp16.safetensors)'
+                  ': copy them in beside it, or give the folder that holds them')
     else:  # a VAE of 8-channel latents for the 4-channel model
         shutil.copytree(tiny_vae_dir, folder)
         config = json.loads((folder / 'config.json').read_text())

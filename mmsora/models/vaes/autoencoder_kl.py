@@ -5,7 +5,6 @@ with Latent Diffusion Models", 2022). The latent scale factor lives here, not in
 models: ``latents = (z - shift_factor) * scale_factor``, 0.18215 for SD VAEs as in DiT.
 Videos ``(N, C, T, H, W)`` are encoded frame by frame (the SD VAE is per-image).
 """
-import glob
 import os
 import os.path as osp
 
@@ -18,7 +17,8 @@ from mmsora.utils import sample_rng
 from mmsora.utils.checkpoint import (folder_model, hub_snapshot, local_pretrained_kwargs,
                                      read_json_config)
 
-__all__ = ['AutoencoderKLWrapper', 'vae_folder', 'vae_folder_config', 'folder_scaling_factor']
+__all__ = ['AutoencoderKLWrapper', 'vae_folder', 'vae_folder_config', 'check_vae_weights',
+           'folder_scaling_factor']
 
 
 def folder_vae_class(folder: str):
@@ -96,20 +96,59 @@ def vae_folder_config(folder: str, wanted: str = 'AutoencoderKL') -> dict:
     return read_json_config(osp.join(folder, 'config.json')) or {}
 
 
+# diffusers' weight files of a model folder: plain, sharded (with its index), and a
+# variant of them (``_add_variant``: diffusion_pytorch_model.fp16.safetensors, shards
+# diffusion_pytorch_model.fp16-00001-of-00002.safetensors, index
+# diffusion_pytorch_model.safetensors.index.fp16.json)
+_PLAIN_WEIGHTS = (r'diffusion_pytorch_model(-\d+-of-\d+)?\.(safetensors|bin)'
+                  r'(\.index\.json)?')
+_VARIANT_WEIGHTS = (r'diffusion_pytorch_model\.(?P<variant>\w+)(-\d+-of-\d+)?'
+                    r'\.(safetensors|bin)',
+                    r'diffusion_pytorch_model\.(safetensors|bin)\.index\.(?P<variant>\w+)\.json')
+WEIGHT_FILES_SAID = ('diffusion_pytorch_model.safetensors or .bin, sharded with its '
+                     '.index.json, or a variant such as diffusion_pytorch_model.fp16.safetensors')
+
+
+def folder_weights(folder: str):
+    """The weights a diffusers model folder holds: ``{}`` for the plain files (or
+    their shards), ``dict(variant=NAME)`` for a variant alone (fp16 first), None for
+    none of the names diffusers loads (:data:`WEIGHT_FILES_SAID`)."""
+    import re
+    names = os.listdir(folder) if osp.isdir(folder) else []
+    if any(re.fullmatch(_PLAIN_WEIGHTS, n) for n in names):
+        return {}
+    variants = sorted({m['variant'] for n in names for pattern in _VARIANT_WEIGHTS
+                       for m in [re.fullmatch(pattern, n)] if m})
+    if not variants:
+        return None
+    return dict(variant='fp16' if 'fp16' in variants else variants[0])
+
+
 def weights_variant(folder: str) -> dict:
     """``dict(variant=NAME)`` for a folder holding only a variant of the weights
     (``diffusion_pytorch_model.fp16.safetensors``, as the hub's folders may), which
     diffusers reads only when asked (it said 'no file named ...', and the folder was
     said to hold no weights); ``{}`` otherwise."""
-    import re
-    names = os.listdir(folder) if osp.isdir(folder) else []
-    plain = re.compile(r'diffusion_pytorch_model(-\d+-of-\d+)?\.(safetensors|bin)'
-                       r'(\.index\.json)?')
-    if any(plain.fullmatch(n) for n in names):
-        return {}
-    variants = sorted({m[1] for n in names for m in [re.fullmatch(
-        r'diffusion_pytorch_model\.(\w+)\.(safetensors|bin)', n)] if m})
-    return dict(variant='fp16' if 'fp16' in variants else variants[0]) if variants else {}
+    return folder_weights(folder) or {}
+
+
+def no_weights_error(folder: str, wanted: str = 'AutoencoderKL') -> FileNotFoundError:
+    """The one line for a VAE folder with its config.json but no weights file."""
+    return FileNotFoundError(
+        f'VAE folder {folder!r} holds {wanted}\'s config.json but no weights '
+        f'({WEIGHT_FILES_SAID}): copy them in beside it, or give the folder that holds them')
+
+
+def check_vae_weights(folder: str, wanted: str = 'AutoencoderKL') -> None:
+    """Refuse a VAE folder holding none of the weight files diffusers loads
+    (:func:`folder_weights`), without loading them: ``init_model`` checks it before the
+    sampling (the VAE loads only to decode: it was named after every sampling step).
+
+    Raises:
+        FileNotFoundError: :func:`no_weights_error`'s line.
+    """
+    if folder_weights(folder) is None:
+        raise no_weights_error(folder, wanted)
 
 
 def _pipeline_without_vae(folder: str) -> str:
@@ -177,6 +216,12 @@ class AutoencoderKLWrapper(nn.Module):
         """The diffusers model class this wrapper holds."""
         return AutoencoderKL
 
+    def config_latent_channels(self, config):
+        """The latent channels a config of :meth:`model_class` states (a folder's
+        config.json, read before the load, or the loaded VAE's), or None."""
+        found = config.get('latent_channels')
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
+
     def check_folder(self) -> None:
         """Refuse, without loading it, a ``pretrained_path`` folder that holds another
         model than this wrapper's (a text encoder's, another VAE class): what
@@ -207,19 +252,14 @@ class AutoencoderKLWrapper(nn.Module):
         vae_folder_config(folder, cls.__name__)
         # Without weights diffusers logged an error and raised 'Error no file named
         # diffusion_pytorch_model.bin found in directory ...'.
-        no_weights = FileNotFoundError(
-            f'VAE folder {folder!r} holds {cls.__name__}\'s config.json but no weights '
-            '(diffusion_pytorch_model.safetensors or .bin): copy them in beside it, or give '
-            'the folder that holds them')
-        if not glob.glob(osp.join(glob.escape(folder), 'diffusion_pytorch_model*')):
-            raise no_weights
+        check_vae_weights(folder, cls.__name__)
         try:
             return cls.from_pretrained(folder, **local_pretrained_kwargs(),
                                        **weights_variant(folder))
         except OSError as e:
             if 'no file named' not in str(e):
                 raise
-            raise no_weights from None
+            raise no_weights_error(folder, cls.__name__) from None
 
     def train(self, mode=True):
         """Stay in eval mode: the VAE is frozen."""
@@ -228,7 +268,7 @@ class AutoencoderKLWrapper(nn.Module):
     # ------------------------------------------------------------------ shapes
     @property
     def latent_channels(self):
-        return self.vae.config.latent_channels
+        return self.config_latent_channels(self.vae.config)
 
     @property
     def downsample_factor(self):

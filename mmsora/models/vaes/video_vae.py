@@ -51,6 +51,13 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
     def model_class(self):
         return getattr(diffusers, self.class_name)
 
+    def config_latent_channels(self, config):
+        """The latent channels a config states: Wan's ``z_dim``, the others'
+        ``latent_channels``; None where it states none."""
+        found = config.get('z_dim' if self.class_name == 'AutoencoderKLWan'
+                           else 'latent_channels')
+        return found if isinstance(found, int) and not isinstance(found, bool) else None
+
     @property
     def scale_factor(self):
         """The scale the latents take after the per-channel statistics: ``scale_factor``
@@ -76,11 +83,6 @@ class VideoVAEWrapper(AutoencoderKLWrapper):
         self.scale_override = value
 
     # ------------------------------------------------------------------ shapes
-    @property
-    def latent_channels(self):
-        cfg = self.vae.config
-        return cfg.z_dim if self.class_name == 'AutoencoderKLWan' else cfg.latent_channels
-
     @torch.no_grad()
     def latent_shape(self, num_frames, height, width):
         """``(C, T', h, w)`` of a clip, measured by encoding a blank one (exact for
