@@ -191,9 +191,12 @@ def _one_gpu_note(deepspeed, fsdp) -> str:
 def _strategy(args, cfg):
     """``(deepspeed, fsdp)``: the DeepSpeed config or the FSDP strategy to count
     (``--deepspeed`` / ``--fsdp``, else the config's strategy), or None for the
-    Runner's step; refuses what the tool does not model."""
-    from mmsora.engine.strategies import chosen_strategy
-    strategy = chosen_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
+    Runner's step; refuses what the tool does not model. The strategy is put in
+    ``cfg.strategy`` (:func:`~mmsora.engine.strategies.train_options.set_run_strategy`,
+    as ``tools/train.py`` does first), where the global batch split and the table's
+    micro-batches read its accumulation."""
+    from mmsora.engine.strategies.train_options import set_run_strategy
+    strategy = set_run_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
     if strategy is None:
         return None, None
     if strategy['type'] == 'FSDPStrategy':
@@ -204,6 +207,10 @@ def _strategy(args, cfg):
             raise UserError(str(e)) from None
         return None, strategy
     ds = dict(strategy.get('config') or {})
+    if strategy.get('gradient_accumulation_steps') is not None:  # mmengine's
+        # DeepSpeedStrategy puts its own argument over its config's (the count left it
+        # out, while the split and the table named it)
+        ds['gradient_accumulation_steps'] = strategy['gradient_accumulation_steps']
     stage = (ds.get('zero_optimization') or {}).get('stage', 0)
     if stage not in (1, 2, 3):
         raise UserError(f'DeepSpeed ZeRO stage {stage} is not modelled (stages 1, 2 and '
@@ -293,8 +300,9 @@ def main(argv=None):
     cfg = load_config(args.config)
     apply_cfg_options(cfg, args.cfg_options)
     _check(args, cfg)
-    _apply_global_batch(args, cfg)
+    # (first: a --deepspeed preset's own accumulation is in the config from here)
     deepspeed, fsdp = _strategy(args, cfg)
+    _apply_global_batch(args, cfg)
     from mmsora.utils.memory_estimate import (estimate_training_memory,
                                               largest_fitting_batch, usable_bytes)
     precision, precision_line = _precision(args, cfg)

@@ -752,6 +752,7 @@ def note_named_layout(config, cfg, world_size: int) -> None:
     if not found or int(found.group(1)) == world_size or not isinstance(batch, int):
         return
     gpus, named_batch = int(found.group(1)), int(found.group(2))
+    # (with the run's strategy's accumulation: build_train_config puts it in cfg first)
     from mmsora.engine.strategies import accumulation_of
     recipe, ours = gpus * named_batch, world_size * batch * accumulation_of(cfg)
     if recipe == ours:  # (the batch or accumulation was set to keep it)
@@ -907,22 +908,23 @@ def build_train_config(args):
         cfg.model.init_seed = seed
     from mmsora.engine.strategies import (apply_global_batch, apply_speed_options,
                                           apply_strategy, check_accumulation,
-                                          chosen_strategy, drop_disabled_hooks,
-                                          fit_loader_workers, launcher_world_size)
+                                          drop_disabled_hooks, fit_loader_workers,
+                                          launcher_world_size)
+    from mmsora.engine.strategies.train_options import (accumulation_setting,
+                                                        set_run_strategy)
     # The run's strategy (the --deepspeed / --fsdp preset with its strategy.KEY=VALUE
-    # options, or the config's own), chosen once: the global batch split and the
-    # accumulation checks read its accumulation, which the config does not hold until
-    # apply_strategy (DeepSpeed's gradient_accumulation_steps=4 was left out of the
-    # split, and each optimizer step saw 4 global batches).
-    strategy = chosen_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
+    # options, or the config's own), chosen once and put in cfg.strategy first, where
+    # every reader of the accumulation finds it: the global batch split, the named
+    # layout's note and the accumulation checks (a preset's own
+    # gradient_accumulation_steps=4 was left out of the split, and each optimizer step
+    # saw 4 global batches); apply_strategy fills in its 'auto' values last.
+    set_run_strategy(cfg, args.deepspeed, args.fsdp, args.cfg_options)
     # A config's global_batch_size fixes the batch across process counts (before
     # DeepSpeed's presets read the per-process batch).
     world_size = launcher_world_size(args.launcher)
-    per_process = apply_global_batch(cfg, world_size, strategy)
+    per_process = apply_global_batch(cfg, world_size)
     if per_process is not None and is_launch_rank0():
-        from mmsora.engine.strategies.train_options import accumulation_setting
-        # (what the split divided by)
-        accumulation, setting = accumulation_setting(cfg, strategy)
+        accumulation, setting = accumulation_setting(cfg)  # (what the split divided by)
         print(f'global_batch_size={cfg.global_batch_size}: train_dataloader.batch_size='
               f'{per_process} on each of {world_size} process(es)'
               + (f' x {accumulation} accumulation steps ({setting})'
@@ -933,8 +935,8 @@ def build_train_config(args):
     apply_speed_options(cfg, compile=args.compile)
     # e.g. no checkpoint inside an accumulated step; before the strategy's 'auto'
     # values are filled in, so that its lines name the setting the user gave
-    check_accumulation(cfg, strategy)
-    apply_strategy(cfg, strategy=strategy)
+    check_accumulation(cfg)
+    apply_strategy(cfg)  # (the strategy set_run_strategy put in the config)
     drop_disabled_hooks(cfg)  # default_hooks.loss_guard=None: off
     if training_file is not None:  # (which EMA hook the strategy left decides)
         start_from_training_file(cfg, args.load_from, training_file)

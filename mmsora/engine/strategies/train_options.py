@@ -13,7 +13,7 @@ from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepsp
                         to_flexible_runner_config)
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
-__all__ = ['chosen_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
+__all__ = ['chosen_strategy', 'set_run_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
            'apply_speed_options', 'amp_dtype_of', 'prepare_deepspeed',
            'single_process_env', 'apply_global_batch',
            'launcher_world_size', 'fsdp_on_cpu', 'accumulation_of', 'accumulation_setting',
@@ -88,6 +88,24 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     return strategy
 
 
+def set_run_strategy(cfg, deepspeed=None, fsdp=None, options=()):
+    """Choose the run's strategy once (:func:`chosen_strategy`) and put it in
+    ``cfg.strategy`` as given, its ``'auto'`` values unfilled, where every reader of
+    the accumulation finds it before :func:`apply_strategy` runs (which then takes it
+    as the config's own): a ``--deepspeed`` preset's ``--cfg-options
+    strategy.config.gradient_accumulation_steps=K`` was in no config until then, and
+    the global batch split, the notes and ``tools/estimate_memory.py``'s figures left
+    the K out. ``tools/train.py`` and ``tools/estimate_memory.py`` call it first.
+
+    Returns:
+        dict | None: The strategy (None: the Runner's DDP; ``cfg`` is then unchanged).
+    """
+    strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
+    if strategy is not None:
+        cfg['strategy'] = strategy
+    return strategy
+
+
 def check_sharding_strategy(strategy: dict) -> None:
     """An FSDP ``model_wrapper.sharding_strategy`` that is not one of torch's names
     (mmengine looked it up and failed with a bare KeyError), refused in one line."""
@@ -104,30 +122,26 @@ def check_sharding_strategy(strategy: dict) -> None:
                                                  else ''))
 
 
-def apply_strategy(cfg, deepspeed=None, fsdp=False, options=(), strategy=None):
+def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
     """Train with DeepSpeed ZeRO or FSDP through mmengine's FlexibleRunner.
 
     Args:
         cfg (Config): The training config (``cfg.launcher`` set). A ``strategy`` the
-            config itself holds (e.g. inherited from ``_base_/strategies``) is used
-            when neither option is given.
+            config itself holds (e.g. inherited from ``_base_/strategies``, or put there
+            by :func:`set_run_strategy`, as ``tools/train.py`` does) is used when
+            neither option is given.
         deepspeed (str, optional): A preset name (``deepspeed_zero2``) or a file.
         fsdp (bool | str): A preset name (``fsdp``, ``fsdp_bf16``) or a file;
             True is ``fsdp``.
         options (list[str]): The command line's ``--cfg-options``: those under
             ``strategy.`` are set on the preset that ``deepspeed`` / ``fsdp`` loads
             (the config's own ``strategy`` already has them).
-        strategy (dict, optional): The one :func:`chosen_strategy` already chose
-            (``deepspeed``, ``fsdp`` and ``options`` are then not read), as
-            ``tools/train.py`` passes it: its global batch and accumulation checks
-            read it before its ``'auto'`` values are filled in.
 
     Returns:
         Config: ``cfg``, switched to ``runner_type='FlexibleRunner'`` if a strategy
         applies, else unchanged.
     """
-    if strategy is None:
-        strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
+    strategy = chosen_strategy(cfg, deepspeed, fsdp, options)
     if strategy is None:
         return cfg
     if strategy.get('type') == 'FSDPStrategy':
@@ -314,12 +328,11 @@ def launcher_world_size(launcher: str) -> int:
     return 1
 
 
-def apply_global_batch(cfg, world_size: int, strategy=None):
+def apply_global_batch(cfg, world_size: int):
     """Set the per-process batch from a config's ``global_batch_size`` (DiT's
     ``--global-batch-size``): ``global_batch_size / (world_size * accumulation)``, the
     accumulation :func:`accumulation_setting` reads (the lines of ``tools/train.py``,
-    ``tools/estimate_memory.py`` and ``tools/benchmark.py`` name it too); ``strategy``:
-    the run's, as :func:`accumulation_setting` takes it.
+    ``tools/estimate_memory.py`` and ``tools/benchmark.py`` name it too).
 
     Without ``global_batch_size`` the config's ``train_dataloader.batch_size`` stays
     the per-process batch (OpenMMLab's ``8xb32`` naming). Returns the per-process
@@ -331,7 +344,7 @@ def apply_global_batch(cfg, world_size: int, strategy=None):
     # the micro-batches the run accumulates: a DeepSpeed strategy's own count too (it
     # divided by optim_wrapper.accumulative_counts alone, and DeepSpeed's
     # gradient_accumulation_steps=2 then trained twice the global batch)
-    accum, setting = accumulation_setting(cfg, strategy)
+    accum, setting = accumulation_setting(cfg)
     if (not isinstance(total, int) or total < 1
             or total % (world_size * accum) != 0):
         raise UserError(
@@ -350,21 +363,15 @@ def accumulation_of(cfg) -> int:
     return accumulation_setting(cfg)[0]
 
 
-def _run_strategy(cfg, strategy=None) -> dict:
-    """``strategy`` (the run's, before :func:`apply_strategy` puts it in the config),
-    else the config's own; {} for none."""
-    return (cfg.get('strategy') if strategy is None else strategy) or {}
-
-
-def accumulation_setting(cfg, strategy=None) -> tuple:
+def accumulation_setting(cfg) -> tuple:
     """:func:`accumulation_of` and the setting that gives it, for the lines that say
-    how a global batch is split; ``strategy``: the run's, where the config does not
-    hold it yet (default: the config's). A DeepSpeed ``gradient_accumulation_steps``
-    left ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it).
-    The one rule for every split, check and note of the accumulation: a ``--deepspeed``
-    preset's own count (``--cfg-options strategy.config.gradient_accumulation_steps=K``)
-    is in the strategy :func:`chosen_strategy` gives, not yet in the config."""
-    strategy = _run_strategy(cfg, strategy)
+    how a global batch is split. A DeepSpeed ``gradient_accumulation_steps`` left
+    ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it).
+    The one rule for every split, check and note of the accumulation, read from
+    ``cfg.strategy``: a ``--deepspeed`` preset's own count (``--cfg-options
+    strategy.config.gradient_accumulation_steps=K``) is there once
+    :func:`set_run_strategy` has put the run's strategy in the config."""
+    strategy = cfg.get('strategy') or {}
     if strategy.get('type') == 'DeepSpeedStrategy':
         for setting, steps in (
                 ('strategy.gradient_accumulation_steps',
@@ -420,7 +427,7 @@ def fit_loader_workers(cfg) -> None:
             loader['persistent_workers'] = False
 
 
-def check_accumulation(cfg, strategy=None) -> None:
+def check_accumulation(cfg) -> None:
     """Refuse what gradient accumulation cannot do exactly.
 
     Iteration checkpoints between the micro-batches of one optimizer step: the
@@ -435,15 +442,15 @@ def check_accumulation(cfg, strategy=None) -> None:
     ``ResumeCheckHook`` tells the model: it must be there. A warm-up counted in
     iterations is said in optimizer steps (:func:`warmup_note`).
 
-    ``strategy``: the run's, as :func:`accumulation_setting` takes it; ``tools/train.py``
-    checks before :func:`apply_strategy` fills in the strategy's ``'auto'`` values, so
-    that the lines name the setting the user gave (DeepSpeed's
-    ``gradient_accumulation_steps`` filled from ``optim_wrapper.accumulative_counts``
-    was named as ``strategy.config.gradient_accumulation_steps``)."""
-    accumulation, setting = accumulation_setting(cfg, strategy)
+    ``tools/train.py`` checks the strategy :func:`set_run_strategy` put in the config
+    before :func:`apply_strategy` fills in its ``'auto'`` values, so that the lines
+    name the setting the user gave (DeepSpeed's ``gradient_accumulation_steps`` filled
+    from ``optim_wrapper.accumulative_counts`` was named as
+    ``strategy.config.gradient_accumulation_steps``)."""
+    accumulation, setting = accumulation_setting(cfg)
     if accumulation <= 1:
         return
-    said = warmup_note(cfg, strategy)
+    said = warmup_note(cfg)
     if said:
         note(said)
     why = f'micro-batches of an optimizer step ({setting})'
@@ -452,7 +459,7 @@ def check_accumulation(cfg, strategy=None) -> None:
         raise UserError('model.train_noise_seed with gradient accumulation keys the draws '
                         'by optimizer step, which ResumeCheckHook tells the model: keep '
                         'default_hooks.resume_check')
-    if _run_strategy(cfg, strategy).get('type') == 'DeepSpeedStrategy':
+    if (cfg.get('strategy') or {}).get('type') == 'DeepSpeedStrategy':
         iters = (cfg.get('train_cfg') or {}).get('max_iters')
         if isinstance(iters, int) and iters % accumulation:
             lower = iters - iters % accumulation
@@ -492,7 +499,7 @@ def _warmup_kind(scheduler: dict):
     return None
 
 
-def warmup_note(cfg, strategy=None):
+def warmup_note(cfg):
     """With gradient accumulation over k micro-batches, a warm-up given in iterations
     (``by_epoch=False``: mmengine's ``ParamSchedulerHook`` steps the schedulers at
     every iteration, i.e. micro-batch) lasts k times fewer optimizer steps than the
@@ -500,9 +507,8 @@ def warmup_note(cfg, strategy=None):
     to keep the config's number of steps (the warm-up's ``end``, and the ``begin`` of
     the schedulers that start where it ends). None without accumulation, without
     such a warm-up, or on ``--resume`` (which keeps the checkpoint's schedule).
-    ``strategy``: the run's, as :func:`accumulation_setting` takes it; the note names
-    the setting the user gave."""
-    accumulation, setting = accumulation_setting(cfg, strategy)
+    The note names the setting that gives the accumulation (:func:`accumulation_setting`)."""
+    accumulation, setting = accumulation_setting(cfg)
     schedulers = cfg.get('param_scheduler') or []
     if accumulation <= 1 or cfg.get('resume'):
         return None
