@@ -786,6 +786,8 @@ def build_train_config(args):
         apply_amp(cfg)
     else:  # a card preset's AmpOptimWrapper without CUDA: what --amp gives there
         fit_amp_to_device(cfg)
+    from mmsora.utils.config_keys import check_model_config
+    check_model_config(cfg.get('model'))  # (a typo or a wrong value, its key named)
     meta_model = build_model_on_meta(cfg)
     check_vae_folder(meta_model)
     from mmsora.utils.config_keys import check_training_keys

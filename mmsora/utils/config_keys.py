@@ -7,19 +7,25 @@ making the work dir; a typo in one of them (``weight_decy``, ``star_factor``,
 mmengine hands on (a hook's ``**kwargs``), at the first use. ``check_training_keys``
 reads every such entry against its class's signature at once: nothing is built or
 read. ``tools/train.py`` calls it before the strategy presets rewrite the config, so
-that the names in its messages are the ones the user wrote.
+that the names in its messages are the ones the user wrote. The values are read too,
+where the signature plainly says what they are (``--cfg-options
+model.denoiser.depth=three`` leaves a str, which failed as a traceback after the
+Runner's start-up): :func:`check_config_values`.
 """
 import difflib
 import inspect
 import numbers
+import types
+import typing
 from typing import Optional
 
 from mmsora.utils.cli import UserError
 from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_message,
-                                         unknown_type_message)
+                                         unknown_type_message, wrong_type_message)
 
-__all__ = ['accepted_arguments', 'check_config_keys', 'check_training_keys',
-           'registered_class', 'check_sample_settings_of']
+__all__ = ['accepted_arguments', 'check_config_keys', 'check_config_values',
+           'check_model_config', 'check_training_keys', 'registered_class',
+           'check_sample_settings_of', 'wanted_value']
 
 
 def _forwarding_bases() -> tuple:
@@ -38,6 +44,26 @@ def _forwarding_bases() -> tuple:
     return OptimWrapper, _ParamScheduler, BaseAveragedModel, EMAHook, SampleMetric
 
 
+def _signature(obj) -> inspect.Signature:
+    """``obj``'s signature, its annotations written as text (``from __future__ import
+    annotations``) evaluated; each one that does not evaluate left as text (a name the
+    module imports only for type checkers: torch's DataLoader has one)."""
+    try:
+        return inspect.signature(obj, eval_str=True)
+    except Exception:
+        signature = inspect.signature(obj)
+    namespace = getattr(inspect.unwrap(obj), '__globals__', {})
+    params = []
+    for p in signature.parameters.values():
+        if isinstance(p.annotation, str):
+            try:
+                p = p.replace(annotation=eval(p.annotation, namespace))
+            except Exception:
+                pass
+        params.append(p)
+    return signature.replace(parameters=params)
+
+
 def accepted_arguments(cls):
     """``(names, complete)``: the arguments ``cls`` takes by name, and whether that is
     all of them. A class of :func:`_forwarding_bases` whose ``__init__`` takes
@@ -45,7 +71,9 @@ def accepted_arguments(cls):
     resolution order until an ``__init__`` without ``**kwargs``; any other class with
     ``**kwargs`` is not complete, nor is one whose ``**kwargs`` go past every base
     (mmengine's EMA hook builds its average with them). A function (a
-    ``collate_fn``) takes its arguments after the first (the batch)."""
+    ``collate_fn``) takes its arguments after the first (the batch). The names map to
+    their ``inspect.Parameter``, annotations written as text evaluated where they can
+    be (:func:`check_config_values` reads them)."""
     def named(params):
         return {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
@@ -53,7 +81,7 @@ def accepted_arguments(cls):
         return any(p.kind == p.VAR_KEYWORD for p in params)
 
     if not inspect.isclass(cls):
-        params = list(inspect.signature(cls).parameters.values())[1:]
+        params = list(_signature(cls).parameters.values())[1:]
         return named(params), not takes_any(params)
     found, passed_on = {}, False
     follow = issubclass(cls, _forwarding_bases())
@@ -64,10 +92,10 @@ def accepted_arguments(cls):
         if klass is object:
             if passed_on:  # **kwargs held back (an EMA hook's)
                 return found, False
-            params = list(inspect.signature(cls).parameters.values())  # (__new__'s,
+            params = list(_signature(cls).parameters.values())  # (__new__'s,
             return named(params), not takes_any(params)  # or none at all)
         passed_on = True
-        params = list(inspect.signature(init).parameters.values())[1:]  # after self
+        params = list(_signature(init).parameters.values())[1:]  # after self
         for name, p in named(params).items():
             found.setdefault(name, p)
         if not takes_any(params):
@@ -86,25 +114,104 @@ def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
     ``also``: keys the Runner reads beside them (a hook's ``priority``); ``extra``:
     more arguments taken, by name (an EMA hook's average's). mmengine's own keys
     (``type``, ``_scope_``) are skipped; so is a class that takes any keyword
-    (:func:`accepted_arguments`), unless ``past_kwargs`` (nothing takes them further)."""
+    (:func:`accepted_arguments`), unless ``past_kwargs`` (nothing takes them further).
+    Then the values of the arguments it names (those of a class taking any keyword
+    too): :func:`check_config_values`."""
     params, complete = accepted_arguments(cls)
     if extra:
         params = {**params, **extra}
         complete = True
     params = {name: p for name, p in params.items() if name not in given_by_runner}
-    if not (complete or past_kwargs):
-        return
-    keys = [key for key in entry if key not in ('type', '_scope_', *also)]
-    name = getattr(cls, '__name__', str(cls))
-    for key in keys:
-        if key not in params:
-            raise UserError(f'{where}: ' + unknown_key_message(
-                name, key, skip=given_by_runner, names=list(params)))
-    if not missing_too:
-        return
-    missing = [name for name, p in params.items() if p.default is p.empty and name not in keys]
-    if missing:
-        raise UserError(f'{where}: {missing_arguments_message(name, missing)}')
+    if complete or past_kwargs:
+        keys = [key for key in entry if key not in ('type', '_scope_', *also)]
+        name = getattr(cls, '__name__', str(cls))
+        for key in keys:
+            if key not in params:
+                raise UserError(f'{where}: ' + unknown_key_message(
+                    name, key, skip=given_by_runner, names=list(params)))
+        missing = [name for name, p in params.items()
+                   if p.default is p.empty and name not in keys]
+        if missing_too and missing:
+            raise UserError(f'{where}: {missing_arguments_message(name, missing)}')
+    check_config_values(entry, params, where)
+
+
+def _annotation_classes(annotation):
+    """``(classes, optional)``: the classes an annotation names, alone or in a Union /
+    Optional (None left out; ``optional``: it was there), or ``(None, False)`` where it
+    names anything else (a generic such as List[int], Any, a Literal, text that did not
+    evaluate): such an argument's values are not judged."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+    else:
+        members = (annotation,)
+    classes = [m for m in members if m is not type(None)]
+    if not classes or not all(isinstance(m, type) and m is not typing.Any for m in classes):
+        return None, False
+    return classes, len(classes) < len(members)
+
+
+def wanted_value(param: inspect.Parameter, value) -> Optional[str]:
+    """What an argument's value must be, in words (``a whole number (int)``), where
+    ``value`` is plainly not that; None where it may be, or the argument does not say.
+    Judged: a str where the annotation names a number or a bool (int, float, bool,
+    typing's numbers, Optional or a Union of them, with classes beside that take no str:
+    AdamW's lr, Union[float, Tensor]), and a bool where it names a number and nothing
+    taking a bool; a str where there is no annotation but the default is a number.
+    Anything else is left to the class (a str it parses itself: Union[bool, int, str],
+    a generic, Any, an argument without annotation or number default).
+    (mmsora.diffusion.scheduler_sampling._setting_kind judges sampler settings alike.)"""
+    if not isinstance(value, (str, bool)):
+        return None
+    if param.annotation is param.empty:
+        default = param.default
+        if (isinstance(value, str) and isinstance(default, (int, float))
+                and not isinstance(default, bool)):
+            return f'a number (its default is {default!r})'
+        return None
+    classes, optional = _annotation_classes(param.annotation)
+    if classes is None:
+        return None
+    try:
+        counted = [c for c in classes if issubclass(c, numbers.Number) and c is not bool]
+        switch = bool in classes
+        if not (counted or switch):
+            return None
+        if isinstance(value, str):
+            takes = any(issubclass(str, c) for c in classes)  # (a str it parses itself)
+        else:  # a bool is an int to Python, but True for a depth is a mistake; bool
+            # itself (Union[bool, int]) and object take it
+            takes = switch or any(issubclass(bool, c) and not issubclass(c, numbers.Number)
+                                  for c in classes)
+    except TypeError:  # (a Protocol that issubclass cannot test)
+        return None
+    if takes:
+        return None
+    words = []
+    if counted and all(issubclass(c, numbers.Integral) for c in counted):
+        words.append('a whole number (int)')
+    elif counted:
+        names = [c.__name__ for c in counted if c in (int, float, complex)]
+        words.append('a number' + (f' ({" or ".join(names)})' if names else ''))
+    if switch:
+        words.append('True or False (bool)')
+    if optional:
+        words.append('None')
+    return ' or '.join(words)
+
+
+def check_config_values(entry: dict, params: dict, where: str) -> None:
+    """Refuse a value of ``entry`` that is plainly not what its argument in ``params``
+    (names to ``inspect.Parameter``, :func:`accepted_arguments`) takes
+    (:func:`wanted_value`), naming the key after ``where``: ``--cfg-options``
+    leaves what does not parse as a str (``model.denoiser.depth=three``,
+    ``optim_wrapper.optimizer.lr=1e-3x``), which failed as a traceback after the
+    Runner's start-up, or trained wrongly (``learn_sigma='false'`` is true)."""
+    for key, value in entry.items():
+        param = params.get(key)
+        wanted = wanted_value(param, value) if isinstance(param, inspect.Parameter) else None
+        if wanted is not None:
+            raise UserError(wrong_type_message(f'{where}.{key}', wanted, value))
 
 
 def registered_class(entry, registry, where: str, default=None):
@@ -140,7 +247,6 @@ def _check_train_loop(cfg):
             return None
     else:
         cls = EpochBasedTrainLoop if loop.pop('by_epoch', False) else IterBasedTrainLoop
-    check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
     for key in ('max_iters', 'max_epochs', 'val_interval', 'val_begin'):
         value = loop.get(key)  # mmengine takes int(v) where int(v) == v (4e5 too)
         whole = (isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -150,6 +256,8 @@ def _check_train_loop(cfg):
                             + ('a number of iterations' if isinstance(value, str) else
                                'a whole number') + ('' if key == 'val_begin' else
                                                     ' (at least 1)'))
+    # (after the counts, which have words of their own: train_cfg.max_iters='ten')
+    check_config_keys(loop, cls, 'train_cfg', given_by_runner=('runner', 'dataloader'))
     return cls
 
 
@@ -221,6 +329,7 @@ def _check_runtime(cfg) -> None:
             if key not in names:
                 raise UserError('train_dataloader: ' + unknown_key_message(
                     'DataLoader', key, names=names))
+        check_config_values(loader, params, 'train_dataloader')
 
 
 def _check_iteration_based(cfg, loop) -> None:
@@ -349,6 +458,9 @@ def _check_optimizer(cfg) -> None:
     if isinstance(wrapper, dict) and wrapper.get('constructor') in (
             None, 'DefaultOptimWrapperConstructor'):
         cls = registered_class(wrapper, OPTIM_WRAPPERS, 'optim_wrapper', default='OptimWrapper')
+        if 'accumulative_counts' in wrapper:  # (its own words first, as train_cfg's counts)
+            from mmsora.engine.strategies.train_options import check_accumulative_counts
+            check_accumulative_counts(wrapper['accumulative_counts'])
         if cls is not None:
             check_config_keys(wrapper, cls, 'optim_wrapper',
                               also=('constructor', 'paramwise_cfg'))
@@ -439,6 +551,49 @@ def _check_hooks(cfg) -> None:
             extra.pop('model', None)
         check_config_keys(hook, cls, where, also=('priority',), extra=extra,
                           past_kwargs=issubclass(cls, CheckpointHook))
+
+
+# The parts a LatentDiffusion builds from its config, and the registry of each
+_MODEL_PARTS = (('denoiser', 'MODELS'), ('diffusion', 'DIFFUSION'), ('vae', 'MODELS'),
+                ('text_encoder', 'MODELS'), ('data_preprocessor', 'MODELS'))
+
+
+def check_model_config(model, where: str = 'model', types: bool = True) -> None:
+    """A ``model`` config against its class, and a ``LatentDiffusion``'s parts
+    (``model.denoiser``, ``model.diffusion``, ``model.vae``, ...) against theirs: an
+    unknown type (unless not ``types``: then the entry is left to the model's build,
+    which names it) or key and a value plainly of the wrong type
+    (:func:`check_config_values`), one line naming the entry as the config has it
+    (``model.denoiser: unknown config key 'hiden_size' for DiT; ...``,
+    ``model.denoiser.depth must be a whole number (int), got 'three' (a str)``).
+    Nothing is built. tools/train.py builds the model on the meta device before
+    :func:`check_training_keys`; that build's own messages name no entry, and a value
+    of the wrong type was no message there (range('three'): a TypeError, left to the
+    Runner), so it is met here."""
+    if not isinstance(model, dict):
+        return
+    import mmsora.registry as registries
+    from mmsora.models.latent_diffusion import LatentDiffusion
+
+    def class_of(entry, registry, at):
+        try:
+            return registered_class(entry, registry, at)
+        except UserError:
+            if types:
+                raise
+            return None
+
+    cls = class_of(model, registries.MODELS, where)
+    if not inspect.isclass(cls):
+        return
+    check_config_keys(model, cls, where)
+    if not issubclass(cls, LatentDiffusion):
+        return
+    for key, registry in _MODEL_PARTS:
+        part = model.get(key)
+        found = class_of(part, getattr(registries, registry), f'{where}.{key}')
+        if inspect.isclass(found):
+            check_config_keys(part, found, f'{where}.{key}')
 
 
 def text_conditioned_config(model) -> bool:
@@ -547,10 +702,13 @@ def check_training_keys(cfg) -> None:
     loop (``train_cfg``), the training loader's dataset, sampler and ``collate_fn``,
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
-    or, for the dataset, a missing argument is one line; ``sample_cfg`` against the
-    model's objective (which alone is built: it holds no weights). Nothing is read."""
+    or, for the dataset, a missing argument is one line; a value plainly of the
+    wrong type too (:func:`check_config_values`); the model and its parts the same way
+    (:func:`check_model_config`); ``sample_cfg`` against the model's objective (which
+    alone is built: it holds no weights). Nothing is read."""
     _note_top_level(cfg)
     _check_sections(cfg)
+    check_model_config(cfg.get('model'), types=False)  # (the model's build names them)
     loop = _check_train_loop(cfg)
     _check_runtime(cfg)
     _check_loader(cfg)

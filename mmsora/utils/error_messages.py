@@ -1,9 +1,10 @@
 """One-line messages for errors a run meets, printed by cli.run_cli instead of a
 traceback (explain_error): a type not registered (with the close registered names:
 find_registered_class looks a name up in every registry), an unknown or missing
-constructor argument, items a batch cannot stack, a path error, a port in use
-(port_in_use_message). It imports cli (UserError, RunError); cli.run_cli imports it
-when it runs, so the two do not import each other at load."""
+constructor argument, a config value of the wrong type (wrong_type_message), items a
+batch cannot stack, a path error, a port in use (port_in_use_message). It imports cli
+(UserError, RunError); cli.run_cli imports it when it runs, so the two do not import
+each other at load."""
 import difflib
 import os
 import os.path as osp
@@ -12,7 +13,8 @@ import re
 from mmsora.utils.cli import RunError, UserError
 
 __all__ = ['find_registered_class', 'unknown_type_message', 'unknown_key_message',
-           'missing_arguments_message', 'port_in_use_message', 'explain_error']
+           'missing_arguments_message', 'wrong_type_message', 'port_in_use_message',
+           'explain_error']
 
 
 # What a path the user gave can run into (FileNotFoundError has its own message).
@@ -147,6 +149,13 @@ def missing_arguments_message(class_name, names) -> str:
     listed = quoted[0] if len(quoted) == 1 else f'{", ".join(quoted[:-1])} and {quoted[-1]}'
     return (f'{class_name} needs {listed} in its config; '
             f'{"it is" if len(names) == 1 else "they are"} missing')
+
+
+def wrong_type_message(where: str, wanted: str, value) -> str:
+    """``KEY must be WANTED, got VALUE (a TYPE)``: ``where`` the key as the config
+    names it (``model.denoiser.depth``), ``wanted`` in words (``a whole number
+    (int)``)."""
+    return f'{where} must be {wanted}, got {value!r} (a {type(value).__name__})'
 
 
 def port_in_use_message(exc):
