@@ -19,12 +19,19 @@ all) and writes ``last_checkpoint`` in place (a kill there leaves it empty, and
 2. ``CheckpointHook`` saves first, then points ``last_checkpoint`` at the new file
    (atomically), and only then deletes checkpoints beyond ``max_keep_ckpts``. A save
    that fails raises :class:`CheckpointWriteError`, naming the file and the previous
-   checkpoint, which is intact.
+   checkpoint, which is intact. DeepSpeed writes its folder's files with ``torch.save``
+   given a path, whose failed write is a RuntimeError naming no errno: the errno is
+   asked of the disk after the fact, and the partial folder removed (one process) or
+   named. A pointer that cannot be written after a checkpoint saved whole raises
+   :class:`CheckpointPointerError`, naming that checkpoint to ``--resume`` from.
 
 Temporary files left by a killed process are removed at the next save.
 """
+import contextlib
+import errno
 import os
 import os.path as osp
+import shutil
 import sys
 from typing import Optional
 
@@ -32,39 +39,58 @@ import mmengine.runner
 import mmengine.runner.checkpoint as mm_checkpoint
 import mmengine.runner.runner as mm_runner
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.fileio import get_file_backend
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
 
 from mmsora.engine.log_files import naming_os_errors
-from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_target
+from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_name, tmp_target
 from mmsora.utils.cli import RunError
 
-__all__ = ['CheckpointWriteError', 'save_checkpoint', 'make_checkpoints_atomic',
-           'MMENGINE_SAVE_CHECKPOINT']
+__all__ = ['CheckpointWriteError', 'CheckpointPointerError', 'save_checkpoint',
+           'make_checkpoints_atomic', 'MMENGINE_SAVE_CHECKPOINT']
 
 
 class CheckpointWriteError(RunError):
     """A checkpoint could not be written (full disk, quota, permissions).
 
     Args:
-        filename (str): The checkpoint; the failed write left no part of it.
+        filename (str): The checkpoint; the failed write left no part of it (or
+            ``left``).
         error (OSError): What the write met.
         previous (str, optional): The checkpoint saved before (``last_checkpoint``),
             which is intact; None where none was.
+        left (str, optional): The part of the checkpoint the failed write left (a
+            DeepSpeed folder that other processes were writing too); None: nothing.
 
     Its message says all three; tools/train.py says a full disk's (``error.errno``
     ENOSPC, EDQUOT, EROFS, EFBIG) in the one line of a run that a full disk ended
     instead (:func:`~mmsora.engine.graceful_stop.stopped_by_full_disk`).
     """
 
-    def __init__(self, filename: str, error: OSError, previous: Optional[str] = None):
-        self.filename, self.error, self.previous = filename, error, previous
+    def __init__(self, filename: str, error: OSError, previous: Optional[str] = None,
+                 left: Optional[str] = None):
+        self.filename, self.error, self.previous, self.left = filename, error, previous, left
         kept = (f'the previous checkpoint {previous} is intact (--resume continues '
                 'from it)' if previous else 'no earlier checkpoint exists')
-        super().__init__(f'cannot write checkpoint {filename}: {error.strerror or error}; '
-                         f'{kept}')
+        part = f'; its partial {left} is left (remove it)' if left else ''
+        super().__init__(f'cannot write checkpoint {filename}: {error.strerror or error}'
+                         f'{part}; {kept}')
+
+
+class CheckpointPointerError(CheckpointWriteError):
+    """The checkpoint ``saved`` was written whole, but ``last_checkpoint``
+    (``filename``) could not be made to name it: it still names ``previous``, which
+    a plain ``--resume`` would take."""
+
+    def __init__(self, filename: str, error: OSError, saved: str,
+                 previous: Optional[str] = None):
+        self.filename, self.error, self.previous, self.left = filename, error, previous, None
+        self.saved = saved
+        RunError.__init__(self, f'cannot write {filename}: {error.strerror or error}; the '
+                          f'checkpoint {saved} is whole, but {filename} still names '
+                          f'{previous or "none"}: continue with --resume {saved}')
 
 
 # mmengine's own writer (written in place), kept before make_checkpoints_atomic replaces
@@ -107,6 +133,18 @@ def _raise_cause(error, kinds):
     raise cause from None
 
 
+def _raise_cause_or_none(error):
+    """In the handler of a save's RuntimeError ``error``: raise a KeyboardInterrupt it
+    was raised over (torch's zip writer closing the archive, a second Ctrl-C under
+    DeepSpeed); return an OSError it was raised over, else None."""
+    cause = error.__context__
+    while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+        cause = cause.__context__
+    if isinstance(cause, KeyboardInterrupt):
+        raise cause from None
+    return cause
+
+
 def remove_stale_tmp_files(folder):
     """Delete temporary files that killed processes left in ``folder``."""
     names = os.listdir(folder) if osp.isdir(folder) else []
@@ -134,6 +172,62 @@ def _read_last_checkpoint(work_dir):
         return f.read().strip() or None
 
 
+# What torch's zip writer raises when a write into a file it opened itself (a path, as
+# DeepSpeed's TorchCheckpointEngine gives it) fails: the C++ stream names no errno.
+_TORCH_WRITE_FAILED = ('unexpected pos', 'iostream error', 'file write failed',
+                       'cannot be opened')
+
+
+def _torch_write_failed(error: RuntimeError) -> bool:
+    """Whether ``error`` (or one it was raised over) is torch's failed file write."""
+    while error is not None:
+        if isinstance(error, RuntimeError) and any(
+                text in str(error) for text in _TORCH_WRITE_FAILED):
+            return True
+        error = error.__context__
+    return False
+
+
+def _write_error(path: str, error: RuntimeError) -> OSError:
+    """The OSError behind torch's failed write of ``path`` (a file, or a DeepSpeed
+    folder), asked of the system after the fact, while the part written still takes
+    its room: a small write beside it (ENOSPC, EDQUOT, EROFS, ...), else EFBIG under a
+    file-size limit (``ulimit -f``), else an OSError with torch's words."""
+    folder = path if osp.isdir(path) else osp.dirname(path) or '.'
+    probe = tmp_name(osp.join(folder, 'write-probe'))  # (hidden; a killed one is removed)
+    try:
+        with open(probe, 'wb') as f:
+            f.write(bytes(1 << 16))
+    except OSError as e:
+        return OSError(e.errno, e.strerror, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+    try:
+        import resource
+        limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError):  # (no such limit here)
+        limited = False
+    if limited:
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)
+    return OSError(f'torch could not write it ({str(error).splitlines()[0]})')
+
+
+def _remove_partial(path: str, previous: Optional[str]) -> Optional[str]:
+    """Remove what a failed save left of ``path`` where this is the only process (other
+    processes may still be writing into a DeepSpeed folder); returns what is left."""
+    if not osp.lexists(path) or (previous and osp.realpath(previous) == osp.realpath(path)):
+        return None
+    if get_world_size() > 1:
+        return path
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return path if osp.lexists(path) else None
+
+
 def _save_checkpoint_with_step(self, runner, step, meta):
     """``CheckpointHook._save_checkpoint_with_step``: save, point, then prune."""
     outdated = None
@@ -156,14 +250,30 @@ def _save_checkpoint_with_step(self, runner, step, meta):
             save_optimizer=self.save_optimizer,
             save_param_scheduler=self.save_param_scheduler, meta=meta,
             by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
-    except OSError as e:
-        raise CheckpointWriteError(self.last_ckpt, e,
-                                   _read_last_checkpoint(runner.work_dir)) from e
+    except (OSError, RuntimeError) as e:
+        # DeepSpeed writes a folder (an OSError of its own there, copying its
+        # zero_to_fp32.py, leaves a part of it too), its files by torch.save given a
+        # path, whose failed write is a RuntimeError: torch's C++ stream names no errno
+        failed = e if isinstance(e, OSError) else _raise_cause_or_none(e)
+        if failed is None and not _torch_write_failed(e):
+            raise
+        previous = _read_last_checkpoint(runner.work_dir)
+        if failed is None:
+            failed = _write_error(self.last_ckpt, e)  # (before the part left is removed)
+        left = (_remove_partial(self.last_ckpt, previous)
+                if isinstance(e, RuntimeError) or osp.isdir(self.last_ckpt) else None)
+        raise CheckpointWriteError(self.last_ckpt, failed, previous, left) from e
     if not is_main_process():
         return
     pointer = osp.join(runner.work_dir, 'last_checkpoint')
-    with naming_os_errors(pointer):  # (a full disk's line names it)
-        atomic_write_bytes(pointer, self.last_ckpt.encode())
+    try:
+        with naming_os_errors(pointer):  # (a full disk's line names it)
+            atomic_write_bytes(pointer, self.last_ckpt.encode())
+    except OSError as e:  # the checkpoint is whole: it is the one to resume from
+        self.unpointed = self.last_ckpt  # (graceful_stop.interrupted_at says so)
+        raise CheckpointPointerError(pointer, e, self.last_ckpt,
+                                     _read_last_checkpoint(runner.work_dir)) from e
+    self.unpointed = None
     if outdated is not None:
         path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
         if self.file_backend.isfile(path):

@@ -47,7 +47,7 @@ from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
 
 from mmsora.engine.accumulation import optimizer_stepped
-from mmsora.engine.atomic_checkpoint import CheckpointWriteError
+from mmsora.engine.atomic_checkpoint import CheckpointPointerError, CheckpointWriteError
 from mmsora.utils.cli import Interrupted
 
 __all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'stopped_by_full_disk',
@@ -68,12 +68,20 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True,
     continues from (or that none was saved yet), with the iterations not in it; with
     ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them. ``fix``:
     what to do before the run goes on (``'free space there'``); ``intact``: say that
-    the checkpoint is (a later one's save failed)."""
+    the checkpoint is (a later one's save failed). A checkpoint saved whole that
+    ``last_checkpoint`` could not be made to name is the one named, with its path
+    after ``--resume`` (a plain one would take the older one the file names)."""
     from mmsora.utils.checkpoint_choice import checkpoint_number, last_checkpoint
     hook = _graceful_stop_hook(runner)
     done = max(done, hook.finished if hook is not None else 0)
-    latest = last_checkpoint(runner.work_dir)
+    latest, resume = last_checkpoint(runner.work_dir), '--resume'
     where, notes = f'after iteration {done}', ['intact'] if intact and latest else []
+    unpointed = _unpointed_checkpoint(runner)
+    if unpointed is not None and unpointed != latest:  # a plain --resume takes latest
+        pointer = osp.join(runner.work_dir, 'last_checkpoint')
+        notes = [f'saved whole; {pointer} could not be updated and names '
+                 f'{latest or "none"}']
+        latest, resume = unpointed, f'--resume {unpointed}'
     number = checkpoint_number(latest) if latest is not None else None
     saved = number[1] if number and number[0] == 'iter' else None
     if saved is not None and saved < done:
@@ -87,8 +95,15 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True,
         again = f': {fix}, then run the same command again' if fix else ''
         return f'{where}; no checkpoint was saved yet{lost}{again}'
     return (f'{where}; the last checkpoint is {latest}{lost}: '
-            f'{f"{fix}, then " if fix else ""}continue with --resume '
+            f'{f"{fix}, then " if fix else ""}continue with {resume} '
             f'(--work-dir {runner.work_dir})')
+
+
+def _unpointed_checkpoint(runner) -> Optional[str]:
+    """The checkpoint a checkpoint hook saved whole but could not point
+    ``last_checkpoint`` at (atomic_checkpoint.py), or None."""
+    return next((h.unpointed for h in runner.hooks if isinstance(h, CheckpointHook)
+                 and getattr(h, 'unpointed', None)), None)
 
 
 def _graceful_stop_hook(runner):
@@ -135,17 +150,22 @@ def stopped_by_full_disk(runner, error) -> str:
         runner: The run.
         error (OSError | CheckpointWriteError): The write's error; a checkpoint's
             save's (atomic_checkpoint.py) adds that the failed file left no partial
-            file and that the last checkpoint is intact.
+            file (or which part is left) and that the last checkpoint is intact; a
+            ``CheckpointPointerError`` names ``last_checkpoint``, its checkpoint whole.
     """
     checkpoint = isinstance(error, CheckpointWriteError)
+    pointer = isinstance(error, CheckpointPointerError)  # (its checkpoint is whole)
     failed = error.error if checkpoint else error
     loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
     name = error.filename if checkpoint else failed.filename
     fix = _no_room_fix(failed.errno, None if name else runner.work_dir)
     where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix,
-                           intact=checkpoint)
-    what = f'checkpoint {name}' if checkpoint else name or 'a file'
-    left = ' (no partial file left)' if checkpoint else ''
+                           intact=checkpoint and not pointer)
+    what = f'checkpoint {name}' if checkpoint and not pointer else name or 'a file'
+    left = ''
+    if checkpoint and not pointer:
+        left = (f' (its partial {error.left} is left: remove it)' if error.left
+                else ' (no partial file left)')
     return f'cannot write {what}: {failed.strerror or failed}{left}; training stopped {where}'
 
 

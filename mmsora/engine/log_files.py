@@ -40,6 +40,8 @@ import threading
 from mmengine.logging import MMLogger
 from mmengine.visualization import LocalVisBackend
 
+from mmsora.utils.atomic_io import tmp_target
+
 __all__ = ['guard_log_file', 'guarded_log_files', 'naming_os_errors']
 
 
@@ -138,13 +140,26 @@ def guard_log_file(handler: logging.FileHandler) -> None:
 def naming_os_errors(path):
     """Inside: an OSError that names no file (a failed write, flush or fsync; a failed
     open names its file) names ``path`` (``filename``), for the line that says it
-    (``stopped_by_full_disk``: graceful_stop.py)."""
+    (``stopped_by_full_disk``: graceful_stop.py); so does one that names the hidden
+    temporary file ``path`` is written through (mmsora.utils.atomic_io: its open
+    failed, on a read-only file system or out of inodes)."""
     try:
         yield
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None or _is_tmp_file_of(e.filename, path):
             e.filename = os.fspath(path)
         raise
+
+
+def _is_tmp_file_of(name, path) -> bool:
+    """Whether ``name`` is a temporary file that ``path`` is written through."""
+    if not isinstance(name, (str, bytes, os.PathLike)):
+        return False
+    name, path = os.fsdecode(name), os.fsdecode(path)
+    found = tmp_target(name)
+    return (found is not None and found[0] == os.path.basename(path)
+            and os.path.dirname(os.path.abspath(name))
+            == os.path.dirname(os.path.abspath(path)))
 
 
 # guarded_log_files may be entered again before it is left, by another thread too: the
