@@ -226,6 +226,8 @@ class Transport:
     # FlowMatchEulerDiscreteScheduler's settings the objective fixes: invert_sigmas
     # would run the flow from data to noise.
     SCHEDULER_FIXED = FLOW_MATCH_FIXED
+    # The solvers of log_likelihood: the probability-flow ODE's.
+    LIKELIHOOD_SAMPLERS = ('ode_dopri5', 'ode_heun', 'ode_euler')
     SAMPLER_OPTIONS = {
         'ode_euler': (), 'ode_heun': (), 'ode_dopri5': ('atol', 'rtol'),
         'sde_euler': SDE_OPTIONS, 'sde_heun': SDE_OPTIONS,
@@ -567,8 +569,9 @@ class Transport:
             dict: ``logp`` (N,) in nats, ``bpd`` (N,) bits per dimension (continuous
             density; no dequantisation term), ``prior`` the noise end z (N, C, ...).
         """
-        _check_choice('sampler', sampler, ('ode_dopri5', 'ode_heun', 'ode_euler'))
         model_kwargs = {} if model_kwargs is None else model_kwargs
+        self._check_likelihood_arguments(model_fn, x, model_kwargs, sampler, num_steps,
+                                         atol, rtol)
         model = CountingModel(model_fn)
         t0, t1 = self.interval(self.sample_eps)
         draw = sample_rng.sampling_noise(x.shape, generators, x.device, x.dtype)
@@ -594,6 +597,43 @@ class Transport:
         logp = prior - delta
         self.last_nfe = model.nfe
         return dict(logp=logp, bpd=-logp / (dim * math.log(2)), prior=z)
+
+    def _check_likelihood_arguments(self, model_fn, x, model_kwargs, sampler, num_steps,
+                                    atol, rtol):
+        """:meth:`log_likelihood`'s arguments, checked before any model call: the solver
+        (an ODE one), its tolerances and steps by :meth:`check_sample_options`, as
+        :meth:`sample` checks them (0 steps gave the prior of x as its likelihood, zero
+        tolerances torchdiffeq's 'underflow in dt 0.0'); no guidance; and, where
+        ``model_fn`` is a module or its method with ``in_channels``, x's channels (a
+        convolution's RuntimeError met them)."""
+        if sampler in self.samplers() and sampler not in self.LIKELIHOOD_SAMPLERS:
+            raise ValueError(f'log_likelihood integrates the probability-flow ODE, which '
+                             f'sampler {sampler!r} does not solve: choose one of '
+                             f'{list(self.LIKELIHOOD_SAMPLERS)}')
+        check_sampler_name(sampler, self.LIKELIHOOD_SAMPLERS, 'Transport.log_likelihood')
+        # (the tolerances are dopri5's: another solver refuses them, as sample does)
+        defaults = keyword_defaults(self.log_likelihood)
+        tolerances = {name: value for name, value in (('atol', atol), ('rtol', rtol))
+                      if sampler == 'ode_dopri5' or value != defaults[name]}
+        self.check_sample_options(sampler, num_steps, **tolerances)
+        # A guided call (LatentDiffusion's: forward_with_cfg with cfg_scale) returns the
+        # guided output for both halves of a doubled batch, which is no density's
+        # velocity and whose second half's divergence is not its own input's.
+        if 'cfg_scale' in model_kwargs or \
+                getattr(model_fn, '__name__', None) == 'forward_with_cfg':
+            given = (f'cfg_scale={model_kwargs["cfg_scale"]!r}' if 'cfg_scale' in model_kwargs
+                     else 'forward_with_cfg')
+            raise ValueError(f'log_likelihood is incompatible with guidance ({given} given; '
+                             'SiT refuses it too): pass the unguided model (model.denoiser) '
+                             'and model_kwargs without cfg_scale')
+        module = model_fn if isinstance(model_fn, torch.nn.Module) else \
+            getattr(model_fn, '__self__', None)
+        channels = getattr(module, 'in_channels', None) \
+            if isinstance(module, torch.nn.Module) else None
+        if isinstance(channels, int) and (x.ndim < 2 or x.shape[1] != channels):
+            raise ValueError(f'x has shape {tuple(x.shape)}, but {type(module).__name__} '
+                             f'takes {channels} channels: pass latents (N, {channels}, ...) '
+                             'as the model was trained on (the VAE\'s encoding, not pixels)')
 
     def __repr__(self):
         return (f'Transport(path={self.path_name!r}, prediction={self.prediction!r}, '
@@ -621,8 +661,23 @@ def open_sora_time_shift(height: int, width: int, num_frames: int, scale: float 
 
 
 def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f'{name}={value!r} is not one of {list(choices)}')
+    """One ValueError line for a ``value`` not in ``choices``, with the choice it is
+    likely meant for: the same word in other case ('mean': 'Mean'; 'none': None), else
+    a close spelling (SiT's table's 'inccreasing-decreasing')."""
+    if value in choices:
+        return
+    hint = ''
+    if isinstance(value, str):
+        import difflib
+        lower = {str(choice).lower(): choice for choice in choices}  # (None: 'none')
+        words = [key for key, choice in lower.items() if isinstance(choice, str)]
+        close = [value.lower()] if value.lower() in lower else \
+            difflib.get_close_matches(value.lower(), words, n=1)
+        if close and lower[close[0]] is None:
+            hint = f'; did you mean None (the value, not the word {value!r})?'
+        elif close:
+            hint = f'; did you mean {lower[close[0]]!r}?'
+    raise ValueError(f'{name}={value!r} is not one of {list(choices)}{hint}')
 
 
 def _check_number(name, value, allowed, what):
