@@ -4,7 +4,8 @@ fast-DiT's latents are already scaled posterior samples of randomly flipped imag
 the store holds ``content='samples'`` with one copy. Resumable like the extractor: a
 run stopped (Ctrl-C, or a bad feature file, refused naming it) keeps the shards it
 finished, and rerunning the same command continues after them; a run refused before
-its first shard removes the --out folders it made.
+its first shard removes the --out folders it made. An --out folder of other files and no
+store (the features folder itself, photos, a work dir) is refused; an empty one is taken.
 
 Example::
 
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import nonfinite_items, say_damaged
+from mmsora.datasets.latent_store import foreign_folder, nonfinite_items, say_damaged
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
 from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 
@@ -69,6 +70,19 @@ def load_item(pairs, i, shape, dtype):
                         'convert with --dtype bfloat16 or float32, or leave its feature and '
                         'label files out')
     return x, y
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse an ``--out`` folder that holds other files and no latent store, as
+    tools/extract_features.py does, in its words. Before, the shards and index.json
+    were written among them without a word (into --features-dir itself, given as
+    --out, beside its N.npy files). An empty folder, or one holding a store's files
+    (begun or finished), is taken."""
+    foreign = foreign_folder(out)
+    if foreign:
+        raise UserError(f'--out {out} holds other files ({", ".join(foreign[:3])}'
+                        f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick '
+                        'an empty or new folder for the store')
 
 
 def missing_folders(path):
@@ -139,6 +153,7 @@ def convert(args, pairs, shape, writer):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_out_folder(args.out)
     try:
         pairs = list_npy_pairs(args.features_dir, args.labels_dir)
         shape = load_fastdit_item(*pairs[0], 0)[0].shape

@@ -168,13 +168,16 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
         (:mod:`mmsora.utils.diffusers_dit`).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or is a diffusers DiT folder
-            without its weights (:func:`~mmsora.utils.diffusers_dit.missing_dit_weights`).
+        FileNotFoundError: ``path`` does not exist, is a diffusers DiT folder
+            without its weights (:func:`~mmsora.utils.diffusers_dit.missing_dit_weights`),
+            or is a folder of another kind: a work dir, a DeepSpeed checkpoint folder or
+            any other, named with what to give (:func:`_folder_not_read`).
         pickle.UnpicklingError: The file holds objects that weights-only loading
             refuses (anything but tensors and plain containers).
         ValueError: The file is truncated, damaged or not a torch checkpoint (named
             ``.safetensors``: not a whole safetensors file, :func:`read_safetensors`),
-            or diffusers DiT weights the original's layout cannot hold.
+            diffusers DiT weights the original's layout cannot hold, or such a
+            folder's shard index damaged.
     """
     # mmengine checkpoints hold message-hub buffers and numpy RNG states: allowlist
     # those data-only types (mmsora.engine.compat) before the weights-only load.
@@ -186,11 +189,38 @@ def load_checkpoint_file(path: str, map_location: Union[str, torch.device] = 'cp
     if folder is not None:  # a diffusers DiT (the hub's facebook/DiT-XL-2-256)
         return diffusers_dit.read_diffusers_dit(
             folder, lambda f, where: _read_file(f, where, safe_globals, mmap), map_location)
+    if osp.isdir(path):  # (it said 'checkpoint file not found' of a folder that exists)
+        raise FileNotFoundError(_folder_not_read(path))
     obj = _read_file(path, map_location, safe_globals, mmap)
     if diffusers_dit.is_diffusers_dit(obj):  # its weights file, named alone
         config = read_json_config(osp.join(osp.dirname(path), 'config.json'))
         return diffusers_dit.dit_state_from_diffusers(obj, config, path)
     return obj
+
+
+def _folder_not_read(path: str) -> str:
+    """What a folder given to :func:`load_checkpoint_file` (which reads files and
+    diffusers DiT folders) is, and what to give instead: a DeepSpeed checkpoint folder
+    (its converted file), a work dir (its newest checkpoint, named), any other folder
+    (:func:`not_a_checkpoint_folder`). ``model.pretrained_denoiser``, which reads its
+    path here as it is (the tools resolve theirs first:
+    :func:`~mmsora.utils.checkpoint_choice.resolve_checkpoint`), said 'checkpoint file
+    not found' of them all."""
+    from mmsora.utils.checkpoint_choice import saved_checkpoint
+    from mmsora.utils.zero_checkpoint import is_zero_checkpoint
+    convert = 'convert it with tools/zero_to_state_dict.py and give the file it writes'
+    if is_zero_checkpoint(path):
+        return f'{path}: a DeepSpeed checkpoint folder: {convert}'
+    try:
+        newest = saved_checkpoint(path, option=None)
+    except FileNotFoundError as e:  # (its last_checkpoint names a file gone)
+        return f'{e}: give the checkpoint file'
+    if newest is None:
+        return not_a_checkpoint_folder(path)
+    if is_zero_checkpoint(newest):
+        return (f'{path}: a work dir, its newest checkpoint {newest} a DeepSpeed checkpoint '
+                f'folder: {convert}')
+    return f'{path}: a work dir, not a checkpoint file: give its checkpoint file ({newest})'
 
 
 def _read_file(path: str, map_location, safe_globals: Sequence = (), mmap: bool = True):

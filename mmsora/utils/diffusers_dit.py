@@ -139,7 +139,8 @@ def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
     """The original-layout state dict of the diffusers DiT transformer ``folder``
     (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
     map_location)`` (a single file, or the shards an index lists). Raises
-    FileNotFoundError where ``folder`` holds none of them (:func:`missing_dit_weights`)."""
+    FileNotFoundError where ``folder`` holds none of them (:func:`missing_dit_weights`),
+    ValueError where its shard index is damaged (:func:`_index_shards`)."""
     config = read_json_config(osp.join(folder, 'config.json'))
     check_dit_config(config, folder)  # before any weight is read
     lacks = missing_dit_weights(folder)
@@ -153,12 +154,28 @@ def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
         state = read_file(osp.join(folder, found[0]), map_location)
     else:
         index = next(n for n in INDEX_FILES if osp.isfile(osp.join(folder, n)))
-        with open(osp.join(folder, index), encoding='utf-8') as f:
-            shards = sorted(set(json.load(f)['weight_map'].values()))
+        shards = _index_shards(osp.join(folder, index))
         state = {}
         for shard in shards:
             state.update(read_file(osp.join(folder, shard), map_location))
     return dit_state_from_diffusers(state, config, folder)
+
+
+def _index_shards(path: str) -> list:
+    """The sorted shard file names a diffusers shard index ``path``
+    (:data:`INDEX_FILES`) lists in its ``weight_map``. Raises ValueError, in one line
+    naming the file, where it is not such an index (cut short, empty, another JSON).
+    Before, json.load's 'Expecting value: line 1 column 1 (char 0)' named no file."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            shards = sorted(set(json.load(f)['weight_map'].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):  # (ValueError: JSON, UTF-8)
+        shards = []
+    if not shards or not all(isinstance(name, str) and name for name in shards):
+        raise ValueError(f'{path}: the shard index is damaged (cut short, empty or not '
+                         'diffusers\' weight_map of the shards): copy it again, or save the '
+                         'model again (save_pretrained writes it beside the shards)')
+    return shards
 
 
 def check_dit_config(config: Optional[dict], source: str) -> None:
