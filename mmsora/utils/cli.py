@@ -11,7 +11,8 @@ import os
 import os.path as osp
 import sys
 
-from mmsora.utils.foreign_flags import FOREIGN_FLAGS, FOREIGN_HINTS, model_config
+from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_WORDS,
+                                         Sentence, model_config)
 
 __all__ = ['UserError', 'UserPathNotFound', 'RunError', 'ArgumentParser', 'is_launch_rank0',
            'note', 'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
@@ -36,32 +37,54 @@ class RunError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, whose 'unrecognized arguments' error names the option
-    meant: one spelt with underscores (``--cfg_scale``), a near miss
-    (``--num-sample``), or another project's name for it (DiT's ``--ckpt``,
-    ``--num-sampling-steps``; SiT's ``--path-type``; diffusers' ``--guidance-scale``).
-    Another project's name is looked up before a close spelling (SiT's
-    ``--prediction`` is not ``--precision``)."""
+    """argparse's parser, whose errors are one line (``PROG: error: ...; see PROG
+    --help``, without argparse's usage block, exit status 2) and whose 'unrecognized
+    arguments' error names the option meant: one spelt with underscores
+    (``--cfg_scale``), a near miss (``--num-sample``), or another project's name for it
+    (DiT's ``--ckpt``, ``--num-sampling-steps``; SiT's ``--path-type`` and its mode
+    word ``SDE``; diffusers' ``--guidance-scale``). Another project's name is looked up
+    before a close spelling (SiT's ``--prediction`` is not ``--precision``)."""
 
     def error(self, message):
         prefix = 'unrecognized arguments: '
         if message.startswith(prefix):
             tokens = message[len(prefix):].split()
-            # (the value after a flag too: --model SiT-XL/2)
-            hints = [h for h in map(self._meant, tokens, tokens[1:] + [None]) if h]
-            if hints:
-                message += f' (did you mean {"; ".join(hints)}?)'
-        super().error(message)
+            # (the value after a flag too: --model SiT-XL/2; the token before a word: a
+            # flag's value is no mode word)
+            hints = [self._meant(token, after) or self._word_meant(token, before)
+                     for before, token, after in zip([None] + tokens, tokens,
+                                                     tokens[1:] + [None])]
+            hints = [h for h in hints if h]
+            meant = [h for h in hints if not isinstance(h, Sentence)]
+            if meant:
+                message += f' (did you mean {"; ".join(meant)}?)'
+            message += ''.join(f'; {h}' for h in hints if isinstance(h, Sentence))
+        # (argparse printed its whole usage block first: 17 lines on tools/infer.py)
+        if any('--help' in action.option_strings for action in self._actions):
+            message += f'; see {self.prog} --help'
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+    def _ours(self):
+        """This parser's long options."""
+        return [o for action in self._actions for o in action.option_strings
+                if o.startswith('--')]
+
+    def _word_meant(self, token: str, before: str = None):
+        """What a word that is no option meant (SiT's mode word ``SDE``), or None;
+        ``before``: the token before it (a word after a flag is its value)."""
+        needs, hint = FOREIGN_WORDS.get(token, (None, None))
+        flag_value = before is not None and before.startswith('--') and '=' not in before
+        return f'{hint} for {token}' if needs in self._ours() and not flag_value else None
 
     def _meant(self, token: str, following: str = None):
-        """What ``token`` meant; ``following``: the token after it (a flag's value)."""
+        """What ``token`` meant; ``following``: the token after it (a flag's value). A
+        :class:`Sentence` is said on its own, not as a 'did you mean'."""
         if not token.startswith('--'):
             return None
         flag, equals, value = token.partition('=')
         value = value if equals else (following if following and not following.startswith(
             '--') else None)
-        ours = [o for action in self._actions for o in action.option_strings
-                if o.startswith('--')]
+        ours = self._ours()
         dashed = flag.replace('_', '-')
         for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
             if guess in ours and guess != flag:
@@ -71,7 +94,7 @@ class ArgumentParser(argparse.ArgumentParser):
             if needs in ours:
                 if dashed == '--model' and model_config(value):
                     hint = model_config(value)
-                return f'{hint} for {flag}'
+                return hint if isinstance(hint, Sentence) else f'{hint} for {flag}'
         close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
         return f'{close[0]} for {flag}' if close else None
 

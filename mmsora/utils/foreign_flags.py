@@ -3,7 +3,13 @@ Open-Sora's) and what to give mmsora instead: the hints of the tools' argument p
 (cli.ArgumentParser) and of ``--cfg-options`` (cfg_options.py)."""
 import re
 
-__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'model_config', 'foreign_key_hint']
+__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_WORDS', 'Sentence',
+           'model_config', 'foreign_key_hint']
+
+
+class Sentence(str):
+    """A hint that is a sentence of its own (what to do instead of a flag that has
+    nothing to stand for it on this tool), said after the line's 'did you mean'."""
 
 
 # The reference projects' flags (DiT's and SiT's sample.py / train.py, fast-DiT,
@@ -32,13 +38,15 @@ _SIT_OBJECTIVE = {
 }
 
 
-def _sit_objective_hints(key, value, others, sampling):
-    """tools/train.py's hint for SiT's flag of ``model.diffusion.KEY``, then the
-    sampling tools'."""
+def _sit_objective_hints(flag, key, value, others, sampling):
+    """tools/train.py's hint for SiT's ``flag`` of ``model.diffusion.KEY``, then the
+    other tools'."""
     setting = f'--cfg-options model.diffusion.{key}={value}'
     if sampling is None:
         return ((_TRAIN, setting + (f' (or {others})' if others else '')),
-                ('--cfg-options', f'nothing (model.diffusion.{key} is read in training alone)'))
+                ('--cfg-options', Sentence(f'{flag} is the training setting model.diffusion.'
+                                           f'{key}: give {setting} where a model trains '
+                                           '(sampling does not read it)')))
     trained = ': the one the model was trained with' if sampling else ''
     return ((_TRAIN, setting + (f' (or {others})' if others else '')),
             ('--cfg-options', setting + (f' (or {others}{trained})' if others else '')))
@@ -92,7 +100,8 @@ FOREIGN_HINTS = {
                       'model.denoiser.num_classes=N'),
     '--tf32': ('--no-tf32', '--no-tf32 (TF32 is on by default)'),
     # SiT: the objective is the config's, and sampling must use the trained one
-    **{flag: _sit_objective_hints(*setting) for flag, setting in _SIT_OBJECTIVE.items()},
+    **{flag: _sit_objective_hints(flag, *setting)
+       for flag, setting in _SIT_OBJECTIVE.items()},
     **{flag: ('--sampler-options', f'--sampler-options {options}')
        for flag, options in _SIT_SAMPLER_OPTIONS.items()},
     '--likelihood': ('--sampler-options', _SIT_LIKELIHOOD),
@@ -100,6 +109,9 @@ FOREIGN_HINTS = {
     # diffusers' Stable Cascade pipelines (their prior_* arguments are Stage C's)
     '--prior-guidance-scale': ('--cfg-scale', f'--cfg-scale ({_STAGE_C_ONE_SET})'),
     '--prior-num-inference-steps': ('--steps', f'--steps ({_STAGE_C_ONE_SET})'),
+    # (the decoder's, Stage B's: mmsora's StableCascadeDecoder, the config's model.vae)
+    '--decoder-guidance-scale': ('--cfg-options', "--cfg-options model.vae.guidance_scale=S "
+                                 "(Stage B's guidance: --cfg-scale is Stage C's)"),
     '--negative-prompt': ('--cfg-scale', "--cfg-scale alone (no negative prompts here: "
                           "guidance pushes away from the denoiser's null caption, Stable "
                           "Cascade's zeroed one, VideoDiT's learned one)"),
@@ -131,6 +143,10 @@ FOREIGN_HINTS = {
     '--ema-beta': (_TRAIN, '--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at '
                    "index I of the config's custom_hooks: mmengine's momentum is 1 - decay)"),
 }
+# SiT's sample.py mode word (``python sample.py SDE``, its first argument), a positional
+# here: the sampler it runs with SiT's defaults (docs/sit.md), where the tool has the flag.
+FOREIGN_WORDS = {'SDE': ('--sampler', '--sampler sde_euler'),
+                 'ODE': ('--sampler', '--sampler ode_dopri5')}
 # Other projects' names of the sampling settings (diffusers' pipelines' arguments, DiT's
 # sample.py's): a sample_cfg key of theirs is taken for ours, not for a close spelling
 # (sample_cfg.guidance_scale was 'did you mean guidance_channels?').

@@ -213,10 +213,35 @@ def test_unknown_flags_name_the_option_meant(capsys):
         'infer.py: error: unrecognized arguments: --ckpt a.pt --num-sampling-steps 10 '
         '--cfg_scale 2 --num-smaples 4 --unrelated 1 (did you mean --checkpoint for --ckpt; '
         '--steps for --num-sampling-steps; --cfg-scale for --cfg_scale; --num-samples for '
-        '--num-smaples?)')
+        '--num-smaples?); see infer.py --help')
     with pytest.raises(SystemExit):  # nothing close: argparse's line as it was
         parser.parse_args(['--zzz', '1'])
-    assert capsys.readouterr().err.strip().endswith('unrecognized arguments: --zzz 1')
+    assert capsys.readouterr().err.strip().endswith(
+        'unrecognized arguments: --zzz 1; see infer.py --help')
+
+
+@pytest.mark.parametrize('argv, said', [
+    (['run', '--cfg_scale', '2'], 'unrecognized arguments: --cfg_scale 2 (did you mean '
+                                  '--cfg-scale for --cfg_scale?)'),
+    (['run', '--steps', 'ten'], "argument --steps: invalid int value: 'ten'"),
+    ([], 'the following arguments are required: run')])
+def test_a_parser_error_is_one_line_without_the_usage_block(argv, said, capsys,
+                                                           monkeypatch):
+    """Every unknown flag printed argparse's usage block (17 lines on tools/infer.py)
+    before its error line; the error is one line, pointing at --help, exit status 2."""
+    from tools.infer import parse_args
+    monkeypatch.setattr('sys.argv', ['tools/infer.py'])  # (argparse's prog: infer.py)
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f'infer.py: error: {said}; see infer.py --help\n'
+    # a parser without --help points at none
+    from mmsora.utils.cli import ArgumentParser
+    bare = ArgumentParser(prog='bare', add_help=False)
+    with pytest.raises(SystemExit) as info:
+        bare.parse_args(['x'])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == 'bare: error: unrecognized arguments: x\n'
 
 
 def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):
@@ -232,14 +257,15 @@ def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):
         '(did you mean --resume CKPT (continue) or --load-from CKPT (new run) for --ckpt; '
         '--cfg-options train_cfg.max_iters=N (iterations: epochs x dataset size / global '
         'batch) for --epochs; --cfg-options '
-        'global_batch_size=N for --global-batch-size?)')
+        'global_batch_size=N for --global-batch-size?); see train.py --help')
     infer = ArgumentParser(prog='infer.py')
     for flag in ('--eta', '--no-ema'):
         infer.add_argument(flag)
     with pytest.raises(SystemExit):
         infer.parse_args(['--ema'])
     assert capsys.readouterr().err.strip().endswith(
-        '(did you mean --no-ema (EMA weights are the default) for --ema?)')
+        '(did you mean --no-ema (EMA weights are the default) for --ema?); see infer.py '
+        '--help')
 
 
 def test_inf_and_nan_and_custom_imports_in_cfg_options(repo_root, tmp_path, monkeypatch):

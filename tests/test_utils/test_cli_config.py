@@ -95,7 +95,7 @@ def test_train_imports_custom_modules_from_where_it_is_run(repo_root, tmp_path):
         env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 2, result.stderr[-3000:]
     assert 'myproj.ext imported' in result.stderr
-    assert "error: unknown type 'DiTT'" in result.stderr, result.stderr[-3000:]
+    assert "error: model.denoiser: unknown type 'DiTT'" in result.stderr, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
 
 

@@ -15,18 +15,26 @@ SIT = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
 CASCADE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
 
 
-def _hints(capsys):
-    """The '(did you mean A for --x; B for --y?)' of argparse's last line, by flag."""
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    meant = re.search(r'\(did you mean (.*)\?\)$', line).group(1)
+def _hints(capsys, sentences=None):
+    """The '(did you mean A for --x; B for --y?)' of the parser's one line, by flag;
+    the sentences said after it (hints that are no 'did you mean') go to
+    ``sentences``."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # (not argparse's usage block)
+    found = re.fullmatch(r'\S+: error: unrecognized arguments: [^(]*'
+                         r'(?:\(did you mean (.*)\?\))?((?:; .*)?); see \S+ --help', err.strip())
+    meant, said = found.groups()
+    if sentences is not None:
+        sentences.extend(said.split('; ')[1:])
     return {part.rsplit(' for ', 1)[1]: part.rsplit(' for ', 1)[0]
-            for part in meant.split('; ')}
+            for part in (meant or '').split('; ') if part}
 
 
-def _refused(parse_args, argv, capsys):
-    with pytest.raises(SystemExit):
+def _refused(parse_args, argv, capsys, sentences=None):
+    with pytest.raises(SystemExit) as info:
         parse_args(argv)
-    return _hints(capsys)
+    assert info.value.code == 2
+    return _hints(capsys, sentences)
 
 
 def test_sit_sample_flags_say_what_to_give(capsys, repo_root):
@@ -45,10 +53,11 @@ def test_sit_sample_flags_say_what_to_give(capsys, repo_root):
         '--diffusion-norm': f'--sampler-options diffusion_norm=1.0 ({sde})',
         '--last-step': f'--sampler-options last_step=Mean (or Tweedie, Euler, None: {sde})',
         '--last-step-size': f'--sampler-options last_step_size=0.04 ({sde})'}
+    sentences = []
     hints = _refused(parse_args, [
         'run', '--likelihood', '--reverse', '--path-type', 'Linear', '--prediction',
         'velocity', '--loss-weight', 'velocity', '--train-eps', '0', '--sample-eps', '1e-3'],
-        capsys)
+        capsys, sentences)
     likelihood = ("model.diffusion.log_likelihood(...) from Python (docs/sit.md, "
                   "'Log-likelihood (ODE)': no tool computes it)")
     trained = 'the one the model was trained with'
@@ -57,9 +66,14 @@ def test_sit_sample_flags_say_what_to_give(capsys, repo_root):
         '--path-type': f'--cfg-options model.diffusion.path=Linear (or GVP, VP: {trained})',
         '--prediction': '--cfg-options model.diffusion.prediction=velocity (or score, noise: '
                         f'{trained})',
-        '--loss-weight': 'nothing (model.diffusion.loss_weight is read in training alone)',
-        '--train-eps': 'nothing (model.diffusion.train_eps is read in training alone)',
         '--sample-eps': '--cfg-options model.diffusion.sample_eps=E'}
+    # training's alone: a sentence each, not 'did you mean nothing (...) for --loss-weight'
+    assert sentences == [
+        '--loss-weight is the training setting model.diffusion.loss_weight: give '
+        '--cfg-options model.diffusion.loss_weight=velocity where a model trains (sampling '
+        'does not read it)',
+        '--train-eps is the training setting model.diffusion.train_eps: give --cfg-options '
+        'model.diffusion.train_eps=E where a model trains (sampling does not read it)']
     # the names the hints give are Transport's
     from mmsora.diffusion import Transport
     assert '## Log-likelihood (ODE)' in open(osp.join(repo_root, 'docs/sit.md')).read()
@@ -134,6 +148,28 @@ def test_stable_cascade_and_diffusers_sample_flags_say_what_to_give(capsys):
     from mmsora.models.vaes.stable_cascade_decoder import StableCascadeDecoder
     assert {'guidance_scale', 'num_steps'} <= set(
         inspect.signature(StableCascadeDecoder).parameters)
+
+
+def test_sit_mode_word_and_the_decoder_guidance_say_what_to_give(capsys, repo_root):
+    """SiT's ``sample.py SDE`` as a positional was argparse's bare 'unrecognized
+    arguments: SDE'; diffusers' --decoder-guidance-scale had no hint while
+    --prior-guidance-scale had one."""
+    from tools.infer import parse_args
+    assert _refused(parse_args, ['run', 'SDE', '--cfg_scale', '1.5'], capsys) == {
+        'SDE': '--sampler sde_euler', '--cfg_scale': '--cfg-scale'}
+    assert _refused(parse_args, ['run', 'ODE'], capsys) == {'ODE': '--sampler ode_dopri5'}
+    # a flag's value is no mode word
+    assert _refused(parse_args, ['run', '--mode', 'SDE'], capsys) == {}
+    assert _refused(parse_args, ['run', '--decoder-guidance-scale', '4'], capsys) == {
+        '--decoder-guidance-scale': "--cfg-options model.vae.guidance_scale=S (Stage B's "
+                                    "guidance: --cfg-scale is Stage C's)"}
+    # the samplers docs/sit.md gives for SiT's modes, and tools/train.py (no --sampler)
+    # names none
+    sit = open(osp.join(repo_root, 'docs/sit.md')).read()
+    assert ('`sample.py SDE` = `--sampler sde_euler --steps 250`' in sit
+            and '`sample.py ODE` = `--sampler ode_dopri5`' in sit)
+    from tools.train import parse_args as train_args
+    assert _refused(train_args, ['cfg.py', 'SDE'], capsys) == {}
 
 
 def test_stable_cascade_train_flags_say_what_to_give(capsys, repo_root):

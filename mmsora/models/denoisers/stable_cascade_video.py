@@ -12,6 +12,7 @@ model applied frame by frame; released image weights load into ``unet`` unchange
 import functools
 import math
 import os.path as osp
+import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -264,10 +265,10 @@ class StableCascadeVideo(nn.Module):
                 'stage_c_lite_bf16.safetensors): give the diffusers folder of '
                 'stabilityai/stable-cascade-prior (with prior_lite/ or prior/)')
         if not osp.exists(path):
-            raise FileNotFoundError(f'pretrained_path {path!r} does not exist (a local '
-                                    'stabilityai/stable-cascade-prior folder; nothing is '
-                                    'downloaded)')
-        path = hub_snapshot(path)
+            raise FileNotFoundError(f'model.denoiser.pretrained_path {path!r} does not exist '
+                                    '(give a local stabilityai/stable-cascade-prior folder; '
+                                    'nothing is downloaded)')
+        given, path = path, hub_snapshot(path)
         folder = osp.join(path, subfolder) if subfolder else path
         config_file = osp.join(folder, 'config.json')
         if not osp.isfile(config_file):
@@ -289,8 +290,7 @@ class StableCascadeVideo(nn.Module):
             shown = ', '.join(f'{k}={theirs[k]} (model: {_plain(ours[k])})' for k in diff[:4])
             more = f' and {len(diff) - 4} more' if len(diff) > 4 else ''
             raise ValueError(f'{folder} holds a different Stage C: {shown}{more}')
-        src = stage_c_module().StableCascadeUNet.from_pretrained(
-            path, subfolder=subfolder, torch_dtype=torch.float32, **local_pretrained_kwargs())
+        src = self._from_pretrained(path, subfolder, folder, given)
         state = src.state_dict()
         self.unet.load_state_dict(state, strict=True)
         if self.freeze_spatial:
@@ -300,6 +300,38 @@ class StableCascadeVideo(nn.Module):
                   f'{sum(v.numel() for v in state.values()) / 1e6:.1f}M parameters'
                   f'{" (frozen)" if self.freeze_spatial else ""}; the temporal layers are '
                   'not in it', logger='current')
+
+    @staticmethod
+    def _from_pretrained(path: str, subfolder: Optional[str], folder: str, given: str):
+        """diffusers' ``StableCascadeUNet`` of ``folder`` (``path`` / ``subfolder``; the
+        user gave ``given``, a cache folder's for its snapshot ``path``): a folder without
+        its weights file, or with one that cannot be read, is one line naming it and
+        ``model.denoiser.pretrained_path`` (diffusers' tracebacks named
+        ``diffusion_pytorch_model.bin`` in the parent folder, or 'Unable to load
+        weights')."""
+        from ..vaes.autoencoder_kl import WEIGHT_FILES_SAID, folder_weights
+        key = (f'model.denoiser.pretrained_path={given}'
+               + (f' model.denoiser.pretrained_subfolder={subfolder}' if subfolder
+                  else ''))
+        variant = folder_weights(folder)
+        if variant is None:
+            raise FileNotFoundError(
+                f'Stage C folder {folder!r} has config.json but no weights file '
+                f'({WEIGHT_FILES_SAID}): copy the weights in beside it, or give the folder '
+                f'that holds them ({key})')
+        try:
+            return stage_c_module().StableCascadeUNet.from_pretrained(
+                path, subfolder=subfolder, torch_dtype=torch.float32,
+                **local_pretrained_kwargs(), **variant)
+        except OSError as e:  # (diffusers turns every failed read into an OSError)
+            said = str(e)
+            if 'Unable to load weights' not in said and 'git-lfs' not in said:
+                raise
+            found = re.search(r"checkpoint file for '(.*?)'", said)
+            what = repr(found[1]) if found else f'in {folder!r}'
+            lfs = ' (a git-lfs pointer: run git lfs pull there)' if 'git-lfs' in said else ''
+            raise ValueError(f'Stage C weights file {what} is damaged or cut short (as by an '
+                             f'interrupted download){lfs}: copy it again ({key})') from None
 
     # ------------------------------------------------------------------ helpers
     def null_condition(self, n: int, device, dtype=torch.float32):
