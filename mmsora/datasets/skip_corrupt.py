@@ -11,12 +11,21 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS
+from .video_dataset import SKIP_HINT
 
 __all__ = ['SkipCorruptDataset', 'READ_ERRORS']
 
 # What datasets raise for an unreadable item: missing files (OSError), corrupt
 # .npy/.jpg/.mp4 (ValueError, which VideoReadError is), files cut short (EOFError).
 READ_ERRORS = (OSError, ValueError, EOFError)
+
+
+def _said(error) -> str:
+    """An item's error as this wrapper's messages say it: without a ``VideoDataset``'s
+    advice to skip such videos (``SKIP_HINT``, the way on where the error ends the
+    run), which its warnings gave for a video it was skipping already (and with a key
+    path that is not the wrapped dataset's)."""
+    return str(error).replace(f'; {SKIP_HINT}', '')
 
 
 @DATASETS.register_module()
@@ -68,8 +77,8 @@ class SkipCorruptDataset(Dataset):
                 if self.max_skipped is not None and self.num_skipped > self.max_skipped:
                     raise ValueError(
                         f'more than max_skipped={self.max_skipped} unreadable items; the '
-                        f'last: {e}') from None
-                print_log(f'skipping unreadable item {j}: {e} ({self.num_skipped} '
+                        f'last: {_said(e)}') from None
+                print_log(f'skipping unreadable item {j}: {_said(e)} ({self.num_skipped} '
                           'skipped in this process)', logger='current',
                           level=logging.WARNING)
         raise ValueError(f'none of the {n} items of {type(self.dataset).__name__} is '

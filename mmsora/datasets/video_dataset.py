@@ -22,7 +22,8 @@ SKIPPABLE_ERRORS = (VideoReadError, FileNotFoundError, ClipTooShortError)
 
 # What an unreadable video's error names as the way on (without skip_corrupt): it said
 # what was wrong and the training stopped, and its relaunch stopped at the same video.
-# (the option ends a clause: a comma after it was copied into the value)
+# (the option ends a clause: a comma after it was copied into the value). Only there:
+# SkipCorruptDataset takes it out of the errors it logs while skipping.
 SKIP_HINT = ('to skip such videos add --cfg-options train_dataloader.dataset.skip_corrupt=True '
              '(or extract latents first: tools/extract_features.py skips them)')
 

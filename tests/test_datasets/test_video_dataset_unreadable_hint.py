@@ -1,12 +1,15 @@
 """An unreadable video read on the fly stops tools/train.py with one line that names the
 way on: the option it gives, added to the same command, trains past the video (it
 named only the video, and the relaunch stopped at the same one)."""
+import logging
 import os.path as osp
 import re
 
 import numpy as np
 import pytest
+from mmengine.logging import MMLogger
 
+from mmsora.datasets import SkipCorruptDataset
 from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.utils.cli import run_cli
@@ -47,6 +50,42 @@ def test_the_error_names_skip_corrupt_once(tmp_path):
     with pytest.raises(VideoReadError) as info:
         skipping.load(1)
     assert 'skip_corrupt' not in str(info.value)
+
+
+def test_skip_corrupt_dataset_logs_no_advice_to_skip(tmp_path):
+    """SkipCorruptDataset around a VideoDataset: its warning for a video it skips said
+    'to skip such videos add --cfg-options train_dataloader.dataset.skip_corrupt=True'
+    (skipping already, and a key path that is not the wrapped dataset's), and so did its
+    error at more than max_skipped. The advice is for the error that ends a run."""
+    manifest = videos(tmp_path)
+    logged = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            logged.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        dataset = SkipCorruptDataset(VideoDataset(manifest, pipeline=PIPELINE, seed=0))
+        assert dataset[1]['sample_idx'] == 0 and dataset.num_skipped == 1
+        strict = SkipCorruptDataset(VideoDataset(manifest, pipeline=PIPELINE, seed=0),
+                                    max_skipped=0)
+        with pytest.raises(ValueError) as info:
+            strict[1]
+    finally:
+        logger.removeHandler(handler)
+    skipped = [m for m in logged if m.startswith('skipping unreadable item 1: ')]
+    assert len(skipped) == 1, logged
+    assert f"cannot read video '{tmp_path}/damaged.mp4': " in skipped[0], skipped
+    assert skipped[0].endswith(f'(item 1 of {manifest}) (1 skipped in this process)'), \
+        skipped
+    said = str(info.value)
+    assert said.startswith('more than max_skipped=0 unreadable items; the last: cannot '
+                           'read video'), said
+    assert said.endswith(f'(item 1 of {manifest})'), said
+    for message in skipped + [said]:
+        assert '--cfg-options' not in message and 'to skip such' not in message, message
 
 
 def test_train_goes_on_with_the_option_the_error_names(repo_root, tmp_path, capsys):

@@ -124,6 +124,31 @@ def test_the_loss_is_logged_once_per_optimizer_step(repo_root, tmp_path, capsys)
             'param_scheduler.1.begin=200') in capsys.readouterr().err
 
 
+def test_the_runs_last_step_is_logged_where_it_ends_a_part_filled_accumulation(
+        repo_root, tmp_path):
+    """mmengine steps the optimizer at the run's last iteration whatever the count: at
+    k=2 and 5 iterations, a third step of one micro-batch at iteration 5, off the grid
+    of 2 iterations, which went without a line (scalars.json had iterations 2 and 4)."""
+    runner, micro, _, _ = train(repo_root, tmp_path, accumulate=2, iters=5)
+    losses = list(runner.message_hub.get_scalar('train/loss').data[0])
+    steps = [(micro[0]['loss'] + micro[1]['loss']) / 2,
+             (micro[2]['loss'] + micro[3]['loss']) / 2, micro[4]['loss']]
+    assert losses == pytest.approx(steps, rel=1e-6)
+    lines = {line['iter']: line for line in logged_lines(tmp_path) if 'iter' in line}
+    assert sorted(lines) == [2, 4, 5]
+    assert lines[5]['loss'] == pytest.approx(sum(steps) / 3, abs=1e-4)  # the window's
+    assert 'grad_norm' in lines[5]
+    assert 'Iter(train) [5/5]' in run_log(tmp_path)
+    # the logger's interval counts steps: at 2 steps a line, the last step (the 4th, at
+    # iteration 7) has one, as the 2nd (iteration 4); at 5 iterations the last is the
+    # 3rd, which has none (nor has the 3rd at 3 iterations without accumulation)
+    for iters, logged in ((7, [4, 7]), (5, [4])):
+        work_dir = tmp_path / f'every-2-steps-{iters}'
+        train(repo_root, work_dir, 2, iters, 'default_hooks.logger.interval=2')
+        assert sorted(line['iter'] for line in logged_lines(work_dir)
+                      if 'iter' in line) == logged
+
+
 def test_without_accumulation_every_iteration_is_logged(repo_root, tmp_path, capsys):
     runner, micro, seen, _ = train(repo_root, tmp_path, accumulate=1, iters=2)
     losses = list(runner.message_hub.get_scalar('train/loss').data[0])

@@ -195,18 +195,27 @@ def _lines_per_step(hook, accumulation):
     """A ``LoggerHook``'s ``after_train_iter`` with its ``interval`` counted in
     optimizer steps of ``accumulation`` iterations: its lines fall on the iterations
     that end a step (what it logs of the others repeats the last step's loss and
-    grad_norm). Its val and test lines keep their interval."""
+    grad_norm), the run's last one included where it ends a step (a part-filled
+    accumulation mmengine steps at the end, off the grid of ``accumulation``
+    iterations: that step went without a line). Its val and test lines keep their
+    interval."""
     after_train_iter = _class_method(hook, 'after_train_iter')
 
     def after_train_iter_per_step(runner, batch_idx, data_batch=None, outputs=None):
         interval = hook.interval
-        hook.interval = interval * accumulation
+        steps = -(-(runner.iter + 1) // accumulation)  # optimizer steps so far
+        last = (runner.iter + 1 == runner.max_iters and steps % interval == 0
+                and optimizer_stepped(runner))
+        hook.interval = 1 if last else interval * accumulation
         try:
             return after_train_iter(runner, batch_idx, data_batch, outputs)
         finally:
             hook.interval = interval
 
     return after_train_iter_per_step
+
+
+_NONE = object()  # (an object had no instance attribute of that name)
 
 
 # mmengine's parameter schedulers (torch's say `lr_scheduler.step()`) at their first
@@ -272,7 +281,9 @@ class LossGuardHook(Hook):
         self._batch, self._batch_indices = None, None
         self._accumulation = 1  # micro-batches per optimizer step (set in before_train)
         self._step_values = {}  # logged key -> finite values of the step's micro-batches
-        self._wrapped = []  # the run's hooks whose after_train_iter this hook wrapped
+        # (object, name, its former instance attribute or _NONE, what this hook put on)
+        # of the methods of this run's optimizer wrapper and hooks that it wraps
+        self._patched = []
         self._new_step()
 
     def _new_step(self):
@@ -282,6 +293,12 @@ class LossGuardHook(Hook):
         self._checked = False  # whether the inputs were checked (a non-finite loss)
 
     def before_train(self, runner):
+        # What a run that raised left on (its after_train was not called) comes off
+        # first: wrapped over, a later runner.train()'s steps went through two guards,
+        # and after a skipped NaN step the inner one, which still held the NaN loss,
+        # skipped the next finite step too.
+        self._unpatch()
+        self._guarding = False
         self._accumulation, self._step_values = accumulation_steps(runner), {}
         self._take_over_logging(runner)
         if self._accumulation > 1:
@@ -325,8 +342,26 @@ class LossGuardHook(Hook):
             step(**kwargs)
 
         # Instance attributes shadow the class's methods; update_params calls these.
-        wrapper.backward, wrapper.step = guarded_backward, _counted_like(guarded_step, step)
+        self._patch(wrapper, 'backward', guarded_backward)
+        self._patch(wrapper, 'step', _counted_like(guarded_step, step))
         self._guarding = True
+
+    def _patch(self, obj, name, value):
+        """Put ``value`` on ``obj`` as its ``name`` (an instance attribute: it shadows
+        the class's method) until :meth:`_unpatch`."""
+        self._patched.append((obj, name, vars(obj).get(name, _NONE), value))
+        setattr(obj, name, value)
+
+    def _unpatch(self):
+        """Take off what :meth:`_patch` put on, last first, where it is still on top
+        (a wrapper put on after it, which calls it, is left as it is)."""
+        for obj, name, former, value in reversed(self._patched):
+            if vars(obj).get(name) is value:
+                if former is _NONE:
+                    delattr(obj, name)
+                else:
+                    setattr(obj, name, former)
+        self._patched = []
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         """Take the items' ``sample_idx`` out of the batch (the model does not take
@@ -352,7 +387,9 @@ class LossGuardHook(Hook):
         self._seen += batch_size(batch)
 
     def after_train(self, runner):
-        self._unwrap()
+        """Take off this run's wrappers: a later ``runner.train()`` (a notebook, a
+        graceful stop's restore) wraps the methods afresh, once."""
+        self._unpatch()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         """Let go of the iteration's batch; ``outputs`` is left as the model gave it
@@ -366,7 +403,6 @@ class LossGuardHook(Hook):
         with gradient accumulation its ``LoggerHook`` counts its ``interval`` in
         optimizer steps (:func:`_lines_per_step`); its ``ParamSchedulerHook`` steps
         without the warning of :meth:`_scheduling_quietly`. Undone after training."""
-        self._unwrap()
         for hook in getattr(runner, 'hooks', ()):  # (tools/benchmark.py's runner: none)
             if isinstance(hook, RuntimeInfoHook):
                 wrapped = self._pushing_logged(hook)
@@ -376,13 +412,7 @@ class LossGuardHook(Hook):
                 wrapped = self._scheduling_quietly(hook)
             else:
                 continue
-            hook.after_train_iter = wrapped  # (shadows the class's method)
-            self._wrapped.append(hook)
-
-    def _unwrap(self):
-        for hook in self._wrapped:
-            vars(hook).pop('after_train_iter', None)
-        self._wrapped = []
+            self._patch(hook, 'after_train_iter', wrapped)
 
     def _pushing_logged(self, hook):
         after_train_iter = _class_method(hook, 'after_train_iter')
@@ -459,8 +489,7 @@ class LossGuardHook(Hook):
                 f'micro-batches, and grad_norm once per step: a line{every} shows their '
                 f'means over {over} (time and data_time: per iteration)')
 
-    @staticmethod
-    def _log_deepspeed_grad_norm(runner, wrapper):
+    def _log_deepspeed_grad_norm(self, runner, wrapper):
         """Log DeepSpeed's own gradient norm (of the whole gradient, before its
         clipping) after each optimizer step: the grad_norm column DDP and FSDP runs
         have was missing under --deepspeed."""
@@ -474,7 +503,7 @@ class LossGuardHook(Hook):
             if norm is not None:
                 runner.message_hub.update_scalar('train/grad_norm', float(norm))
 
-        wrapper.step = _counted_like(logged_step, step)
+        self._patch(wrapper, 'step', _counted_like(logged_step, step))
 
     def _data_note(self, runner) -> str:
         """What this rank's batch of the step held: its items with non-finite inputs,
