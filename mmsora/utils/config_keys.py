@@ -606,11 +606,11 @@ def text_conditioned_config(model) -> bool:
     return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
 
 
-def _denoiser_class(model):
-    """The class a ``model`` config's denoiser names (its ``type``, looked up in the
-    registry, or the class given), or None where it does not say or is not found."""
-    denoiser = (model or {}).get('denoiser') if isinstance(model, dict) else None
-    kind = denoiser.get('type') if isinstance(denoiser, dict) else None
+def _model_class(entry):
+    """The class a ``MODELS`` config ``entry`` names: its ``type`` looked up in the
+    registry (``'DiT'``, or scoped, ``'mmsora.DiT'``, as ``MODELS.build`` takes it), or
+    the class given; None where it does not say or is not found."""
+    kind = entry.get('type') if isinstance(entry, dict) else None
     try:
         from mmsora.registry import MODELS
         return MODELS.get(kind) if isinstance(kind, str) else kind
@@ -618,14 +618,19 @@ def _denoiser_class(model):
         return None
 
 
+def _denoiser_class(model):
+    """The class a ``model`` config's denoiser names (:func:`_model_class`), or None
+    where it does not say or is not found."""
+    return _model_class(model.get('denoiser') if isinstance(model, dict) else None)
+
+
 def _check_guidance(cfg) -> None:
     """A sampling hook (samples or an evaluation during training) that guides
     (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
     without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
     iterations in, and the message pointed at an option train.py does not have. The
-    scales of a ``LatentDiffusion`` whose objective builds are numbers here:
-    :func:`_check_sample_cfg`, called first, judged them; another's (a model that does
-    not build) are left to it."""
+    scales are numbers here: :func:`_check_sample_cfg`, called first, judged them
+    (every model's)."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     cls = _denoiser_class(cfg.get('model'))
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
@@ -650,11 +655,11 @@ def _check_sample_cfg(cfg) -> None:
     """``sample_cfg`` (and a hook's or the evaluation's own over it) against the
     model's objective: a sampler name or option typo failed when the samples were
     first drawn, a sampling hook's interval into the run (and the run with it), or at
-    ``tools/infer.py``. A model config that does not build is left to the model.
-    ``cfg_scale`` is judged by sampling's own rule, in ``check_sample_settings`` with
-    the rest (None or '4' stopped the run at a sampling hook's first samples, or was a
-    TypeError of the guidance check's own message), its message naming the key in
-    full."""
+    ``tools/infer.py``. The sampler of a model config whose objective does not build is
+    left to the model. ``cfg_scale`` and ``precision`` are judged for every model by
+    sampling's own rule, in ``check_sample_settings`` with the rest (None or '4'
+    stopped the run at a sampling hook's first samples, or was a TypeError of the
+    guidance check's own message), the scale's message naming the key in full."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     base = cfg.get('sample_cfg')
     base = dict(base) if isinstance(base, dict) else {}
@@ -677,23 +682,31 @@ def _check_sample_cfg(cfg) -> None:
 
 def check_sample_settings_of(model, settings: dict) -> None:
     """Sampling ``settings`` (a ``sample_cfg``) against a ``LatentDiffusion`` config's
-    objective, which alone is built (it holds no weights); a one-line ValueError.
-    Nothing is checked for another model or an objective that does not build."""
+    objective, which alone is built (it holds no weights); a one-line ValueError. The
+    model is a LatentDiffusion as ``MODELS.build`` finds it (:func:`_model_class`: a
+    scoped ``'mmsora.LatentDiffusion'``, the class itself, a subclass; the exact name
+    alone was judged, and a scoped one's sampler='ddmi' or cfg_scale='4' passed).
+
+    ``precision`` and ``cfg_scale``, which need no objective, are judged for every
+    model config, one whose objective does not build or of another class too: sampling
+    judges them so (``LatentDiffusion.sample``; ``sample_images`` and the hooks for a
+    model without an objective, ``check_run_sample_settings``)."""
     from mmsora.diffusion.scheduler_sampling import check_sample_settings
     from mmsora.models.latent_diffusion import LatentDiffusion
     from mmsora.registry import DIFFUSION
-    if not isinstance(model, dict) or model.get('type') != 'LatentDiffusion':
-        return
-    try:
-        diffusion = DIFFUSION.build(model.get('diffusion', dict(type='GaussianDiffusion')))
-    except Exception:
-        return
-    # LatentDiffusion.sample's settings; not what the hooks and tools pass themselves
+    cls = _model_class(model)
+    if not (inspect.isclass(cls) and issubclass(cls, LatentDiffusion)):
+        cls, diffusion = LatentDiffusion, None  # (None: precision and cfg_scale alone)
+    else:
+        try:
+            diffusion = DIFFUSION.build(model.get('diffusion', dict(type='GaussianDiffusion')))
+        except Exception:  # (the model's build says why)
+            diffusion = None
+    # its sample's settings; not what the hooks and tools pass themselves
     # (a sample_cfg.progress or seeds met the same keyword twice: a TypeError)
     passed = ('self', 'sampler_kwargs', 'labels', 'seeds', 'noise', 'progress', 'prompts',
               'text_embeds', 'text_mask', 'pooled_text_embeds')
-    own = [name for name in inspect.signature(LatentDiffusion.sample).parameters
-           if name not in passed]
+    own = [name for name in inspect.signature(cls.sample).parameters if name not in passed]
     check_sample_settings(diffusion, settings, own)
 
 

@@ -1,16 +1,21 @@
 """A config's guidance scale (``sample_cfg.cfg_scale``, a hook's or the evaluation's
 over it) judged before the run (tools/train.py's check_training_keys) by sampling's
-own rule, for every denoiser: None or '4' stopped the run at a sampling hook's first
-samples, or, for a denoiser without forward_with_cfg, was a TypeError of the guidance
-check's own message."""
+own rule, for every denoiser and every model config (one whose objective does not
+build, or not a LatentDiffusion, too): None or '4' stopped the run at a sampling hook's
+first samples, or, for a denoiser without forward_with_cfg, was a TypeError of the
+guidance check's own message. The model's type is read as MODELS.build reads it: a
+scoped 'mmsora.LatentDiffusion' or the class itself had none of its sampling settings
+judged (cfg_scale='4', sampler='ddmi' passed train.py's and infer.py's checks)."""
 import os.path as osp
 
 import pytest
 import torch
+from mmengine.model import BaseModel
 
+from mmsora.models.latent_diffusion import LatentDiffusion
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.cli import UserError
-from mmsora.utils.config_keys import check_training_keys
+from mmsora.utils.config_keys import check_sample_settings_of, check_training_keys
 from mmsora.utils.config_loading import load_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -83,10 +88,58 @@ def test_numbers_pass_and_still_meet_the_guidance_check():
         'has no forward_with_cfg: set sample_cfg.cfg_scale=1')
 
 
-def test_a_scale_left_to_a_model_that_does_not_build_is_no_crash():
-    """A config whose objective does not build is left to the model (its cfg_scale too):
-    the guidance check met '4' as a number ('Unknown format code 'g'')."""
+def test_a_scale_is_judged_where_the_objective_does_not_build():
+    """Sampling judges the scale whatever the objective (LatentDiffusion.sample, and
+    sample_images for a model without one): so does the config check, and the guidance
+    check meets a number (it met '4': 'Unknown format code 'g''). The sampler is left
+    to the model, whose build says why its objective does not build."""
     cfg = sampling_config(NoGuidanceDenoiserF1)
     cfg.model.diffusion = dict(type='NoSuchDiffusionF1')
+    cfg.sample_cfg = dict(sampler='ddmi', num_steps=4, cfg_scale='4')
+    assert refused(cfg) == f"sample_cfg.cfg_scale {RULE}'4'"
+    cfg.sample_cfg = dict(sampler='ddmi', num_steps=4, cfg_scale=1, precision='fp8')
+    assert refused(cfg).startswith("sample_cfg: precision='fp8': sampling precisions are ")
+    cfg.sample_cfg = dict(sampler='ddmi', num_steps=4, cfg_scale=1)
+    check_training_keys(cfg)
+
+
+class OwnModelF1(BaseModel):
+    """A model of one's own, no LatentDiffusion (given as a class: nothing is
+    registered)."""
+
+
+@pytest.mark.parametrize('value', ['4', float('nan'), None])
+def test_a_model_of_ones_own_has_its_scale_and_precision_judged(value):
+    model = dict(type=OwnModelF1)
+    with pytest.raises(ValueError) as info:
+        check_sample_settings_of(model, dict(cfg_scale=value))
+    assert str(info.value) == f'cfg_scale {RULE}{value!r}'
+    with pytest.raises(ValueError, match="^precision='fp8': sampling precisions are "):
+        check_sample_settings_of(model, dict(precision='fp8'))
+    check_sample_settings_of(model, dict(cfg_scale=4, sampler='anything', steps=3))
+
+
+class OwnLatentDiffusionF1(LatentDiffusion):
+    """A LatentDiffusion of one's own (given as a class: nothing is registered)."""
+
+
+@pytest.mark.parametrize('kind', ['mmsora.LatentDiffusion', LatentDiffusion,
+                                  OwnLatentDiffusionF1],
+                         ids=['scoped', 'class', 'subclass'])
+def test_the_models_type_is_read_as_its_build_reads_it(kind):
+    """Only type='LatentDiffusion' had its sampling settings judged: a scoped name or
+    the class (which MODELS.build builds alike) let cfg_scale='4' and sampler='ddmi'
+    through to the first samples."""
+    cfg = sampling_config()
+    cfg.model.type = kind
     cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale='4')
+    assert refused(cfg) == f"sample_cfg.cfg_scale {RULE}'4'"
+    with pytest.raises(ValueError) as info:
+        check_sample_settings_of(cfg.model, dict(cfg_scale='4'))
+    assert str(info.value) == f"cfg_scale {RULE}'4'"
+    cfg.sample_cfg = dict(sampler='ddmi', num_steps=4, cfg_scale=4)
+    assert refused(cfg).startswith("sample_cfg: unknown sampler 'ddmi' for GaussianDiffusion")
+    with pytest.raises(ValueError, match="^unknown sampler 'ddmi' for GaussianDiffusion"):
+        check_sample_settings_of(cfg.model, dict(sampler='ddmi'))
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale=4)
     check_training_keys(cfg)

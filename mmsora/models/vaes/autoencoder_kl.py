@@ -224,15 +224,27 @@ class AutoencoderKLWrapper(nn.Module):
 
     def check_folder(self) -> None:
         """Refuse, without loading it, a ``pretrained_path`` folder that holds another
-        model than this wrapper's (a text encoder's, another VAE class): what
+        model than this wrapper's (a text encoder's, another VAE class), or this
+        wrapper's config.json without weights (:func:`check_vae_weights`): what
         ``tools/train.py`` checks before the run (the VAE loads only when samples are
-        decoded: a T5 folder given as the VAE trained a whole run, then stopped
-        tools/infer.py). A folder not there (yet) is left to the load."""
+        decoded: a T5 folder given as the VAE, or one whose weights were not copied,
+        trained a whole run, then stopped at a sampling hook or tools/infer.py). A
+        folder not there (yet), or without a config.json, is left to the load.
+
+        Raises:
+            ValueError: one line naming the folder (tools/train.py puts it under
+                model.vae.pretrained_path).
+        """
         if self.pretrained_path is None or not osp.isdir(self.pretrained_path):
             return
         folder = vae_folder(self.pretrained_path, self.subfolder)
         if osp.isfile(osp.join(folder, 'config.json')):
-            check_vae_kind(folder, self.model_class().__name__)
+            wanted = self.model_class().__name__
+            check_vae_kind(folder, wanted)
+            try:
+                check_vae_weights(folder, wanted)
+            except FileNotFoundError as e:  # (the load's and infer's line; a ValueError
+                raise ValueError(str(e)) from None  # as this check's other refusals)
         own = folder_scaling_factor(folder)
         if type(self) is AutoencoderKLWrapper and own is not None \
                 and abs(own - self.scale_factor) > 1e-6 * own:
