@@ -190,10 +190,22 @@ def check_guidance_floor(args, settings: dict) -> None:
     scale = settings.get('cfg_scale')
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not scale < 1:
         return
-    if args.cfg_scale is not None:
-        raise UserError(f'--cfg-scale must be >= 1 (1 disables guidance), got {scale}')
+    where = cfg_scale_source(args)
+    if where != 'sample_cfg.cfg_scale':
+        raise UserError(f'{where} must be >= 1 (1 disables guidance), got {scale}')
     raise UserError(f'sample_cfg.cfg_scale must be >= 1 (1 disables guidance), got {scale}: '
                     'give --cfg-scale, or set it >= 1 in the config')
+
+
+def cfg_scale_source(args) -> str:
+    """Where the guidance scale sampling takes came from, as the user gave it: the
+    flag, over --sampler-options cfg_scale=..., over the config's sample_cfg (a NaN
+    given in --sampler-options was named 'sample_cfg.cfg_scale')."""
+    if args.cfg_scale is not None:
+        return '--cfg-scale'
+    if 'cfg_scale' in parse_sampler_options(args.sampler_options):
+        return '--sampler-options cfg_scale'
+    return 'sample_cfg.cfg_scale'
 
 
 def precheck_args(args, prompts=None) -> None:
@@ -214,12 +226,33 @@ def precheck_args(args, prompts=None) -> None:
         text = text_conditioned_config(model)
     except Exception:  # said where init_model meets it
         return
+    check_frame_axis(model, video)
     classes = model.get('num_classes')
     check_args(args, classes if isinstance(classes, int) else None, video, text)
     check_prompts(args, prompts, text)
     check_sampling(args, cfg)
     # a work dir: its own config, unless --cfg-options changed the objective
     check_run_objective(model, args.run, args.checkpoint, saved)
+
+
+# mmsora's denoisers that take clips (N, C, T, H, W) alone (images: T = 1)
+CLIP_DENOISERS = ('VideoDiT', 'StableCascadeVideo')
+
+
+def check_frame_axis(model_cfg, video: bool) -> None:
+    """Refuse a picture latent shape (C, H, W) for a denoiser that makes clips, from
+    the config: --cfg-options model.latent_shape=[16,4,4] on a video run was taken for
+    a picture model ('--out DIR/: pictures are saved as one grid image'), or failed
+    in the denoiser."""
+    denoiser = model_cfg.get('denoiser') or {}
+    kind = str(denoiser.get('type', '')).rpartition('.')[2] if hasattr(denoiser, 'get') \
+        else ''
+    if not video and kind in CLIP_DENOISERS:
+        shape = list(model_cfg.latent_shape)
+        raise UserError(f'model.latent_shape {shape} has no frame axis, but this run\'s '
+                        f'denoiser {kind} makes clips: give it as (C, T, H, W), '
+                        f'model.latent_shape=[{shape[0]},T,{",".join(map(str, shape[1:]))}] '
+                        'with T latent frames')
 
 
 def sample_settings(args, defaults) -> dict:
@@ -241,16 +274,17 @@ def check_sampling(args, cfg) -> None:
     config's objective, which alone is built: a wrong sampler name was refused once
     the weights had loaded (30 s and 5.7 GB for Stable Cascade lite), and a wrong
     value of an option or of --steps (DDIM's spacing=evn) still was."""
-    from mmsora.apis.run_checks import check_run_sampling
+    from mmsora.utils.config_keys import check_sample_settings_of
     settings = sample_settings(args, cfg.get('sample_cfg', {}))
     try:  # (the sampler's one-line ValueError, as the sampling raised it)
-        check_run_sampling(cfg.model, settings)
+        check_sample_settings_of(cfg.model, settings)
     except ValueError as e:
         # sampling's rule for cfg_scale cannot say where the value came from (the
-        # flag, over the config's sample_cfg, or --cfg-options sample_cfg.cfg_scale)
+        # flag, --sampler-options, the config's sample_cfg or --cfg-options
+        # sample_cfg.cfg_scale)
         if not str(e).startswith('cfg_scale must be '):
             raise
-        where = '--cfg-scale' if args.cfg_scale is not None else 'sample_cfg.cfg_scale'
+        where = cfg_scale_source(args)
         raise UserError(f'{where}{str(e)[len("cfg_scale"):]}') from None
     check_guidance_floor(args, settings)
 

@@ -141,12 +141,11 @@ def check_before_loading(cfg, evaluation) -> None:
     prompts against the kind of model, from the config alone: they were found once
     the weights had loaded and the first batch started (the FID section's DDPM for a
     SiT model, a text model without prompts)."""
-    from mmsora.apis.run_checks import check_run_sampling
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
-    from mmsora.utils.config_keys import text_conditioned_config
+    from mmsora.utils.config_keys import check_sample_settings_of, text_conditioned_config
     settings = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
     try:
-        check_run_sampling(cfg.model, settings)
+        check_sample_settings_of(cfg.model, settings)
     except ValueError as e:
         raise UserError(f"the evaluation's sampler settings (evaluation.sample_cfg over the "
                         f"config's sample_cfg): {e}; set them with --cfg-options "

@@ -1,6 +1,7 @@
 """Python API behind tools/infer.py: load a trained model, sample, save pictures."""
 import glob
 import inspect
+import math
 import os
 import os.path as osp
 import re
@@ -407,7 +408,8 @@ def set_output_size(model, num_frames: Optional[int] = None,
     (video VAEs: T -> (T - 1) / 4 + 1). Transformer denoisers have a fixed token grid
     (their position table), so their resolution is the one they were trained at;
     VideoDiT takes at most its ``num_frames``. Convolutional ones (StableCascadeVideo)
-    take any size their down-sampling divides.
+    take any size from the smallest latent their UNets (Stage C's, and the decoder's
+    Stage B) down-sample (:func:`_smallest_latent_side`).
 
     Raises:
         ValueError: naming the size the model can make instead.
@@ -423,6 +425,13 @@ def set_output_size(model, num_frames: Optional[int] = None,
         h, w = resolution
         if hasattr(vae, 'latent_size'):  # the VAE's own rounding (Stable Cascade: 42.67)
             shape[-2:] = list(vae.latent_size(h, w))
+            least = _smallest_latent_side(model)
+            if min(shape[-2:]) < least:  # (a convolution's traceback after sampling)
+                size = math.floor((least - 1) * f) + 1  # (latent_size rounds up)
+                raise ValueError(
+                    f'{h}x{w} pixels is a {shape[-2]}x{shape[-1]} latent, below this '
+                    f"model's smallest, {least}x{least} (its UNets down-sample it): give "
+                    f'at least {size}x{size}')
             made = tuple(vae.decoded_size(h, w)) if hasattr(vae, 'decoded_size') else (h, w)
             if made != (h, w):  # (the size came out otherwise without a word)
                 note(f'resolution {h}x{w} makes {made[0]}x{made[1]} frames (the nearest '
@@ -461,6 +470,31 @@ def set_output_size(model, num_frames: Optional[int] = None,
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)
     return model.latent_shape
+
+
+def _unet_smallest_side(config) -> int:
+    """The smallest input side a diffusers ``StableCascadeUNet`` (its ``config``) takes:
+    its patch size, times 2 for each level that halves the grid (a 2x2 stride-2
+    convolution, or a ``switch_level`` one)."""
+    switch = config.switch_level
+    halvings = sum(1 for i in range(1, len(config.block_out_channels))
+                   if switch is None or switch[i - 1])
+    return config.patch_size * 2 ** halvings
+
+
+def _smallest_latent_side(model) -> int:
+    """The smallest latent side a model with a Stable Cascade decoder samples and
+    decodes: Stage C's (the denoiser's UNet) and Stage B's (the decoder's, fed latents
+    ``latent_dim_scale`` times larger); 1 where neither is a Stable Cascade UNet."""
+    least = 1
+    unet = getattr(model.denoiser, 'unet', None)
+    if hasattr(getattr(unet, 'config', None), 'switch_level'):
+        least = _unet_smallest_side(unet.config)
+    scale = getattr(model.vae, 'latent_dim_scale', None)
+    decoder = getattr(getattr(model.vae, 'pipeline', None), 'decoder', None)
+    if scale and hasattr(getattr(decoder, 'config', None), 'switch_level'):
+        least = max(least, math.ceil(_unet_smallest_side(decoder.config) / scale))
+    return least
 
 
 def read_prompt_file(path) -> list:
@@ -521,12 +555,22 @@ def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) ->
     settings = merge_sample_cfg(run_cfg, None if sampler is None else dict(sampler=sampler),
                                 options, **chosen)
     if run_cfg is not None and settings.get('precision') is None:
-        device = next(model.parameters()).device
+        # (a model of one's own may hold no weights: a StopIteration)
+        weight = next(iter(getattr(model, 'parameters', tuple)()), None)
+        device = weight.device if weight is not None else 'cpu'
         settings['precision'] = default_precision(device, run_cfg)
     if keep_unset:
         settings = dict({k: v for k, v in sample_kwargs.items() if v is None and k in own},
                         **settings)
     return settings
+
+
+# LatentDiffusion.sample's arguments that sample_images, mass_sample, the hooks and the
+# tools pass themselves, not sampling settings: a run's sample_cfg.progress met the
+# same keyword twice (a TypeError). config_keys.check_sample_settings_of leaves out
+# the same ones.
+CALLER_PASSED = ('labels', 'seeds', 'noise', 'progress', 'prompts', 'text_embeds',
+                 'text_mask', 'pooled_text_embeds')
 
 
 def check_run_sample_settings(model, settings: dict) -> None:
@@ -535,16 +579,22 @@ def check_run_sample_settings(model, settings: dict) -> None:
     ``mass_sample`` writes anything (a refused NaN left a record that refused the
     corrected rerun): against the model's objective (``check_sample_settings``: the
     sampler, its options and the steps, ``precision`` and ``cfg_scale``); a model
-    without one (None where a ``sample_fn`` samples) its ``cfg_scale`` alone, by
-    ``LatentDiffusion.sample``'s rule. Raises its one-line ValueError."""
+    without one (None where a ``sample_fn`` samples) its ``precision`` and
+    ``cfg_scale`` alone, by ``LatentDiffusion.sample``'s rules (the names are its
+    settings: ``precision='fp8'`` was handed on). A key the callers pass themselves
+    (:data:`CALLER_PASSED`: ``progress``, ``seeds``, ...) is no setting: refused, as
+    the config's check refuses it. Raises its one-line ValueError."""
     from mmsora.diffusion.scheduler_sampling import check_sample_settings
-    from mmsora.models.latent_diffusion import check_cfg_scale
     diffusion = getattr(model, 'diffusion', None)
-    if diffusion is not None:
-        own = sample_arguments(model) if hasattr(model, 'sample') else ()
-        check_sample_settings(diffusion, settings, own)
-    elif 'cfg_scale' in settings:
-        check_cfg_scale(settings['cfg_scale'])
+    own = [name for name in (sample_arguments(model) if hasattr(model, 'sample') else ())
+           if name not in CALLER_PASSED]
+    check_sample_settings(diffusion, settings, own)  # (None: precision and cfg_scale)
+    passed = [key for key in CALLER_PASSED if key in settings]
+    if passed:  # (seeds is a setting's name to the objective's check; no objective)
+        raise ValueError(f'{", ".join(passed)}: not a sampling setting (sample_images and '
+                         'mass_sample pass it themselves: their seeds / seed, labels, '
+                         'prompts, progress); leave it out of sample_cfg and the '
+                         'sampling keywords')
 
 
 def default_precision(device, sample_cfg=None):
@@ -591,8 +641,10 @@ def sample_images(model, labels: Optional[Sequence[int]] = None, seeds=0, batch_
         ValueError: In one line, before the first batch: labels that are not a
             non-empty 1-D sequence of the model's class ids, prompts that are not a
             non-empty sequence of str (or one str), seeds that are not ints, a
-            ``cfg_scale`` that is not a finite number, and the sampler, its options
-            and the steps as the model's objective refuses them.
+            ``cfg_scale`` that is not a finite number, a ``precision`` not one of
+            sampling's (a model without an objective too), a key passed by this
+            function itself (a run's ``sample_cfg.progress``), and the sampler, its
+            options and the steps as the model's objective refuses them.
     """
     from mmsora.models.latent_diffusion import prompt_list
     from mmsora.utils.sample_rng import seed_list

@@ -474,7 +474,8 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
             objective's defaults: DDPM, 250 steps, no guidance.) Judged as
             ``sample_images`` judges them (``check_run_sample_settings``) before
             anything is written. Without a model (``model=None``, a ``sample_fn``),
-            passed to ``sample_fn`` as given, None included.
+            passed to ``sample_fn`` as given, None included, ``precision`` and
+            ``cfg_scale`` judged by ``LatentDiffusion.sample``'s rules first.
 
     Returns:
         dict: ``metrics`` (the evaluator's result, or None) and ``out``.
@@ -495,7 +496,8 @@ def mass_sample(model, num_samples: int, labels: Optional[Sequence[int]], seed: 
     merged = run_sample_settings(model, sample_kwargs)
     check_run_sample_settings(model, merged)
     # Without a model no run setting stands behind None: a sample_fn of one's own gets
-    # the settings as given (None may be one of its values, as SiT's last_step=None)
+    # the settings as given (None may be one of its values, as SiT's last_step=None),
+    # once precision and cfg_scale have passed LatentDiffusion.sample's rules (above)
     sample_kwargs = merged if model is not None else dict(sample_kwargs)
     sample_fn = sample_fn or model.sample
     parts_dir = f'{out}.parts' if out else None

@@ -1,11 +1,12 @@
 """The checks tools/infer.py and tools/test.py make from a run's config alone, before
 the weights load (minutes, and 5.7 GB for Stable Cascade lite): finding the run,
-loading its config with the command line's options, the sampling settings against
-its objective and the checkpoint's objective against the config. Each tool had its
-own copy of these steps."""
+loading its config with the command line's options and the checkpoint's objective
+against the config (the sampling settings against its objective:
+``mmsora.utils.config_keys.check_sample_settings_of``). Each tool had its own copy of
+these steps."""
 from typing import Optional
 
-__all__ = ['load_run_config', 'check_run_sampling', 'check_run_objective']
+__all__ = ['load_run_config', 'check_run_objective']
 
 
 def load_run_config(run: str, cfg_options=(), schedule_note: bool = True):
@@ -23,17 +24,6 @@ def load_run_config(run: str, cfg_options=(), schedule_note: bool = True):
     except Exception:  # said where init_model meets it
         return None
     return cfg, saved
-
-
-def check_run_sampling(model, settings: dict) -> None:
-    """Sampling ``settings`` (a ``sample_cfg`` under the tool's choices) against the
-    ``model`` config's objective, which alone is built: the sampler's name, its
-    options and their values and the steps, by the check the sampler makes itself
-    (its one-line ValueError). The tools' own entries (``fps``) are left out."""
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS
-    from mmsora.utils.config_keys import check_sample_settings_of
-    check_sample_settings_of(model, {k: v for k, v in settings.items()
-                                     if k not in NOT_SAMPLE_ARGS})
 
 
 def check_run_objective(model, run: str, checkpoint: Optional[str] = None,
