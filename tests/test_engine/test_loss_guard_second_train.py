@@ -2,12 +2,18 @@
 test, a graceful stop's restore): it wrapped the optimizer wrapper's step and backward
 again at each train(), over the guards of the run before, so that a NaN at one
 iteration had the next finite step skipped too (the inner guard kept the NaN loss of
-the step the outer one skipped); and a run that stopped at a NaN left its guard on."""
+the step the outer one skipped); and a run that stopped at a NaN left its guard on,
+its NaN gradients and its count of skips in a row."""
+import logging
+from types import SimpleNamespace
+
 import pytest
 import torch
 from mmengine.hooks import Hook
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 
+from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks import loss_guard_hook
 from tests.tiny_models import tiny_cfg
 
@@ -119,3 +125,101 @@ def test_a_train_after_one_that_raised_guards_each_step_once(repo_root, tmp_path
     assert nan.stepped == {1: True, 2: False, 3: True}
     assert _guard(runner).num_skipped == 1
     assert _unwrapped(runner)
+
+
+# ---------------------------------------------------------------------------------
+# A train() after one the guard stopped
+# ---------------------------------------------------------------------------------
+
+def _stopped_runner(repo_root, tmp_path, max_iters):
+    """A runner whose first train() the guard stopped: NaN at iterations 2 and 3 with
+    ``max_consecutive=2`` (the stop at 3, after 2 iterations). Returns it and its
+    :class:`_NaNAt`, ready for a second train() without NaN."""
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, max_iters,
+                                      'default_hooks.checkpoint.interval=100',
+                                      'default_hooks.loss_guard.max_consecutive=2'))
+    nan = _NaNAt({2, 3})
+    runner.register_hook(nan)
+    with pytest.raises(loss_guard_hook.NonFiniteLossError) as info:
+        runner.train()
+    assert 'not finite in 2 iterations in a row (2 to 3; at 3: loss nan' in str(info.value)
+    nan.handle.remove()  # (iteration 3's: its after_train_iter did not run)
+    nan.iterations, nan.stepped, nan.handle = set(), {}, None
+    return runner, nan
+
+
+def test_a_train_after_the_guard_stopped_the_run_takes_its_first_step(repo_root,
+                                                                      tmp_path):
+    """The stop left the NaN gradients of iteration 3 in ``p.grad`` (mmengine's
+    zero_grad after the step never ran): the next train() added its first finite
+    step's gradients to them, skipped it as non-finite and, the skip counted onto the
+    stopped run's 2, stopped at once ('3 iterations in a row (2 to 3 ...)')."""
+    runner, nan = _stopped_runner(repo_root, tmp_path, 4)
+    assert all(p.grad is None or torch.isfinite(p.grad).all()
+               for p in runner.model.parameters())
+    runner.train()  # iterations 3 (the stopped one, again) and 4, finite
+    assert nan.stepped == {3: True, 4: True}
+    assert _guard(runner).num_skipped == 2  # the stopped run's, none since
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_a_train_after_the_guard_stopped_the_run_counts_skips_in_a_row_afresh(
+        repo_root, tmp_path):
+    """A NaN at the first iteration of the next train(): one skip in a row, not the
+    stopped run's 2 and this one (which stopped it again at its first step)."""
+    runner, nan = _stopped_runner(repo_root, tmp_path, 5)
+    nan.iterations = {3}
+    said = []
+
+    class Kept(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    handler = Kept(logging.WARNING)
+    runner.logger.addHandler(handler)
+    try:
+        runner.train()
+    finally:
+        runner.logger.removeHandler(handler)
+    skips = [line for line in said if 'skipping this optimizer step' in line]
+    assert len(skips) == 1 and skips[0].startswith('iteration 3: loss nan'), said
+    assert '(1 in a row, 3 in all; the run stops after 2 in a row)' in skips[0], skips
+    assert nan.stepped == {3: False, 4: True, 5: True}
+
+
+class _CPUScaledWrapper(OptimWrapper):
+    """mmengine's ``AmpOptimWrapper`` (backward, step) with a real ``GradScaler`` on
+    the CPU (``AmpOptimWrapper`` asserts a GPU)."""
+
+    backward, step = AmpOptimWrapper.backward, AmpOptimWrapper.step
+
+    def __init__(self, optimizer):
+        super().__init__(optimizer)
+        self.loss_scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 8)
+        self._scale_update_param = None
+
+
+def test_a_stop_with_a_loss_scaler_clears_the_gradients_and_leaves_the_scaler_whole():
+    """fp16 loss scaling: a skipped step still runs the scaler's step (which lowers
+    its scale); the stop runs none and clears the gradients, so that the next train()
+    steps with a clean gradient and a scaler it can unscale_ (a scaler left mid-step
+    raises 'unscale_() has already been called on this optimizer')."""
+    from mmengine.logging import MessageHub, MMLogger
+    param = torch.nn.Parameter(torch.ones(2))
+    wrapper = _CPUScaledWrapper(torch.optim.SGD([param], lr=0.1))
+    runner = SimpleNamespace(optim_wrapper=wrapper, iter=0, work_dir='',
+                             logger=MMLogger.get_instance('loss_guard_scaler_test'),
+                             message_hub=MessageHub.get_instance('loss_guard_scaler_test'))
+    guard = LossGuardHook(max_consecutive=2)
+    guard.before_train(runner)
+    wrapper.update_params((param * float('nan')).sum())  # skipped: the scaler lowers
+    assert wrapper.loss_scaler.get_scale() == 2.0 ** 7 and guard.num_skipped == 1
+    with pytest.raises(NonFiniteLossError):
+        wrapper.update_params((param * float('nan')).sum())
+    assert param.grad is None  # (NaN without the fix)
+    assert wrapper.loss_scaler.get_scale() == 2.0 ** 7  # its step did not run
+    guard.before_train(runner)  # a second runner.train()
+    wrapper.update_params((param * 3).sum())
+    assert torch.allclose(param.detach(), torch.full((2,), 1 - 0.1 * 3))
+    assert guard.num_skipped == 2 and guard._in_a_row == []
+    guard.after_train(runner)

@@ -249,7 +249,9 @@ class LossGuardHook(Hook):
     NaN or infinite. With fp16 loss scaling (``AmpOptimWrapper``) infinite gradients
     are the scaler's business: only the loss is checked, and the scaler's own step
     (which skips inf/NaN gradients and lowers the scale) still runs. Other wrappers
-    (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning.
+    (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning. The stop clears
+    the gradients (the scaler's step does not run), and a later ``runner.train()`` of
+    the same runner counts the skips in a row afresh.
 
     With gradient accumulation it also logs the loss and its terms once per optimizer
     step, averaged over the step's micro-batches, in log lines every ``interval``
@@ -258,7 +260,7 @@ class LossGuardHook(Hook):
 
     Args:
         max_consecutive (int): Stop the run (``NonFiniteLossError``) after this many
-            skipped steps in a row. Defaults to 5.
+            skipped steps in a row (within one ``runner.train()``). Defaults to 5.
         log_grad_norm (bool): Log ``grad_norm`` every step. mmengine already logs it
             when ``optim_wrapper.clip_grad`` is set; then this does nothing more.
             Defaults to True.
@@ -299,6 +301,10 @@ class LossGuardHook(Hook):
         # skipped the next finite step too.
         self._unpatch()
         self._guarding = False
+        # Skips in a row are counted within a train(): a run stopped by them, trained
+        # again on the same runner, said 'N+1 in a row' of its first skip (a --resume,
+        # a new runner, starts at 0 anyway). num_skipped counts all of them.
+        self._in_a_row = []
         self._accumulation, self._step_values = accumulation_steps(runner), {}
         self._take_over_logging(runner)
         if self._accumulation > 1:
@@ -330,6 +336,13 @@ class LossGuardHook(Hook):
             if bad or (norm is not None and not math.isfinite(norm)):
                 try:
                     self._skip(runner, loss, norm)
+                except NonFiniteLossError:
+                    # The stop skips mmengine's zero_grad after the step: the NaN
+                    # gradients stayed, and a later runner.train() added its first
+                    # step's to them and skipped it too. A loss scaler's step (its
+                    # unscale_ and update) has not run on them: its state is whole.
+                    wrapper.zero_grad()
+                    raise
                 finally:
                     self._new_step()
                 if scaled:  # the scaler sees the inf/NaN gradients on every rank,
