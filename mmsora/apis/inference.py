@@ -565,14 +565,6 @@ def run_sample_settings(model, sample_kwargs: dict, keep_unset: bool = False) ->
     return settings
 
 
-# LatentDiffusion.sample's arguments that sample_images, mass_sample, the hooks and the
-# tools pass themselves, not sampling settings: a run's sample_cfg.progress met the
-# same keyword twice (a TypeError). config_keys.check_sample_settings_of leaves out
-# the same ones.
-CALLER_PASSED = ('labels', 'seeds', 'noise', 'progress', 'prompts', 'text_embeds',
-                 'text_mask', 'pooled_text_embeds')
-
-
 def check_run_sample_settings(model, settings: dict) -> None:
     """Judge the settings :func:`sample_images` and ``mass_sample`` sample with
     (:func:`run_sample_settings`' merge) before the first batch, and before
@@ -582,19 +574,15 @@ def check_run_sample_settings(model, settings: dict) -> None:
     without one (None where a ``sample_fn`` samples) its ``precision`` and
     ``cfg_scale`` alone, by ``LatentDiffusion.sample``'s rules (the names are its
     settings: ``precision='fp8'`` was handed on). A key the callers pass themselves
-    (:data:`CALLER_PASSED`: ``progress``, ``seeds``, ...) is no setting: refused, as
-    the config's check refuses it. Raises its one-line ValueError."""
-    from mmsora.diffusion.scheduler_sampling import check_sample_settings
+    (``scheduler_sampling.CALLER_PASSED``: ``progress``, ``seeds``, ...) is no setting:
+    refused, as the config's check refuses it. Raises its one-line ValueError."""
+    from mmsora.diffusion.scheduler_sampling import (CALLER_PASSED, check_not_caller_passed,
+                                                     check_sample_settings)
     diffusion = getattr(model, 'diffusion', None)
     own = [name for name in (sample_arguments(model) if hasattr(model, 'sample') else ())
            if name not in CALLER_PASSED]
     check_sample_settings(diffusion, settings, own)  # (None: precision and cfg_scale)
-    passed = [key for key in CALLER_PASSED if key in settings]
-    if passed:  # (seeds is a setting's name to the objective's check; no objective)
-        raise ValueError(f'{", ".join(passed)}: not a sampling setting (sample_images and '
-                         'mass_sample pass it themselves: their seeds / seed, labels, '
-                         'prompts, progress); leave it out of sample_cfg and the '
-                         'sampling keywords')
+    check_not_caller_passed(settings)  # (seeds: a setting's name to the objective's check)
 
 
 def default_precision(device, sample_cfg=None):

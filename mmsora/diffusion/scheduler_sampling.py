@@ -51,6 +51,22 @@ SAMPLE_SETTINGS = ('sampler', 'num_steps', 'cfg_scale', 'guidance_channels', 'pr
 NOT_SAMPLE_ARGS = ('fps',)
 # What the tools use them for (check_sampler_options' message).
 _NOT_SAMPLE_ARGS_USE = {'fps': 'the frame rate of saved videos'}
+# LatentDiffusion.sample's arguments that the tools, the hooks, sample_images and
+# mass_sample pass themselves, not sampling settings: a sample_cfg.progress or seeds
+# met the same keyword twice (a TypeError).
+CALLER_PASSED = ('labels', 'seeds', 'noise', 'progress', 'prompts', 'text_embeds',
+                 'text_mask', 'pooled_text_embeds')
+
+
+def check_not_caller_passed(settings: dict) -> None:
+    """Refuse, in one line, a :data:`CALLER_PASSED` key among sampling settings (a
+    ``sample_cfg`` or sampling keywords)."""
+    passed = [key for key in CALLER_PASSED if key in settings]
+    if passed:
+        raise ValueError(f'{", ".join(passed)}: not a sampling setting (the tools, the '
+                         'hooks, sample_images and mass_sample pass it themselves: their '
+                         'seed(s), labels, prompts, progress); leave it out of sample_cfg '
+                         'and the sampling keywords')
 
 
 def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> dict:

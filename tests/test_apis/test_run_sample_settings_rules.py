@@ -37,7 +37,7 @@ def test_a_run_key_the_caller_passes_is_refused_as_the_config_check_refuses_it(k
 
 
 def test_seeds_in_a_run_sample_cfg_is_refused_in_one_line():
-    with pytest.raises(ValueError, match=r'^seeds: not a sampling setting \(sample_images'):
+    with pytest.raises(ValueError, match=r'^seeds: not a sampling setting \(the tools'):
         sample_images(run_model(seeds=[3]), [0])
 
 
@@ -74,3 +74,16 @@ def test_without_an_objective_a_key_the_caller_passes_is_refused():
     with pytest.raises(ValueError, match=r'^progress: not a sampling setting'):
         sample_images(model, [0])
     assert model.got == []
+
+
+@pytest.mark.parametrize('key, said', [
+    ('seeds', r'^seeds: not a sampling setting \(the tools'),
+    ('progress', r"^sampler 'ddim' takes no option progress")])
+def test_a_config_sample_cfg_with_a_key_the_callers_pass_is_refused(key, said):
+    """The config's check (train.py, infer.py, test.py) refuses what sample_images
+    refuses: a sample_cfg.seeds passed the objective's check (a setting's name there)
+    and tools/infer.py then met seeds twice (a TypeError)."""
+    model = dict(type='LatentDiffusion', diffusion=dict(type='GaussianDiffusion'))
+    with pytest.raises(ValueError, match=said):
+        check_sample_settings_of(model, dict(sampler='ddim', num_steps=4, **{key: 1}))
+    check_sample_settings_of(model, dict(sampler='ddim', num_steps=4))
