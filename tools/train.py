@@ -982,8 +982,10 @@ def build_train_config(args):
     return cfg
 
 
-# What a write meets on a full disk, over a quota, or on a file system mounted read-only.
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# What a write meets on a full disk, over a quota, on a file system mounted read-only, or
+# at the file-size limit (EFBIG: ulimit -f, or the file system's largest file): no room,
+# at the run's start-up as during its training (graceful_stop.no_room_fix: what to do).
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 def collective_timeout(cfg) -> dict:
@@ -1004,8 +1006,8 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmsora.engine import CheckpointWriteError, init_cpu_distributed
-    from mmsora.engine.graceful_stop import (interrupted_at, stop_gracefully, stopped_by_error,
-                                             stopped_by_full_disk)
+    from mmsora.engine.graceful_stop import (interrupted_at, no_room_fix, stop_gracefully,
+                                             stopped_by_error, stopped_by_full_disk)
     from mmsora.engine.log_files import guarded_log_files
     # (a mistake here is said by the first process of each machine: run_cli)
     # each of torchrun's processes trained the whole run alone, into the same work dir
@@ -1044,9 +1046,11 @@ def main(argv=None):
         # (a 190-line traceback from the config's dump, and a 0-byte dumped config
         # that tools/infer.py WORK_DIR then read)
         put_back_config()
+        fix = no_room_fix(e.errno)  # (another --work-dir has the same file-size limit)
         raise RunError(f'{e.filename or cfg.work_dir}: {e.strerror}, at the run\'s start-up '
-                       f'(its config and logs go to {cfg.work_dir}): free space there, or '
-                       'give another --work-dir') from None
+                       f'(its config and logs go to {cfg.work_dir}): {fix}'
+                       + ('' if e.errno == errno.EFBIG else ', or give another --work-dir')
+                       ) from None
     if malloc_kept:
         runner.logger.info('No GPU: glibc malloc keeps freed memory for the next step '
                            '(--default-malloc leaves it as it is)')
@@ -1067,7 +1071,7 @@ def main(argv=None):
         # checkpoint's save): one line, the file, what to do; EFBIG (a file-size limit)
         # is no room either, with its own advice
         failed = e.error if isinstance(e, CheckpointWriteError) else e
-        if isinstance(failed, OSError) and failed.errno in FULL_DISK + (errno.EFBIG,):
+        if isinstance(failed, OSError) and failed.errno in FULL_DISK:
             raise RunError(stopped_by_full_disk(runner, e)) from e
         where = stopped_by_error(runner)
         if where:

@@ -126,7 +126,7 @@ def stopped_by_error(runner) -> Optional[str]:
 # EDQUOT) unless the file system is read-only or the file at a size limit. EFBIG is the
 # process's file-size limit (ulimit -f; or the file system's largest file): freed space
 # would not mend it, and --resume would fail at the same checkpoint again.
-def _no_room_fix(code: int, work_dir: Optional[str] = None) -> str:
+def no_room_fix(code: int, work_dir: Optional[str] = None) -> str:
     """What to do about a write's error ``code`` on the file's disk ('there'); with
     ``work_dir``, for an error that names no file (a writer that does not name it), on
     the work dir's disk, where the run's files go."""
@@ -158,7 +158,7 @@ def stopped_by_full_disk(runner, error) -> str:
     failed = error.error if checkpoint else error
     loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
     name = error.filename if checkpoint else failed.filename
-    fix = _no_room_fix(failed.errno, None if name else runner.work_dir)
+    fix = no_room_fix(failed.errno, None if name else runner.work_dir)
     where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix,
                            intact=checkpoint and not pointer)
     what = f'checkpoint {name}' if checkpoint and not pointer else name or 'a file'

@@ -3,6 +3,7 @@ AmpOptimWrapper on a machine without CUDA, gradient accumulation counts that are
 a whole number >= 1, --amp with a config's float16, grad_checkpointing=k above the
 depth, and the micro-batches named in the global batch line."""
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -108,8 +109,80 @@ def test_accumulation_of_checks_deepspeed_steps_too():
                                     gradient_accumulation_steps=0)))
     with pytest.raises(UserError, match=r'^strategy\.gradient_accumulation_steps=0: '):
         accumulation_of(cfg)
+    cfg.strategy.gradient_accumulation_steps = 2  # (the wrapper's, given, is the same)
+    assert accumulation_of(cfg) == 2
+    del cfg.optim_wrapper.accumulative_counts
     cfg.strategy.gradient_accumulation_steps = 3
     assert accumulation_of(cfg) == 3
+
+
+@pytest.mark.parametrize('steps', ['2.0', 'True', '0'])
+def test_a_bad_deepspeed_count_is_refused_in_one_line(repo_root, tmp_path, steps):
+    """A DeepSpeed count that was not an int fell through to the optimizer wrapper's
+    (1): global_batch_size=16 gave batch 16 a process while DeepSpeed accumulated 2.0,
+    each optimizer step twice the global batch, unsaid."""
+    with pytest.raises(UserError, match=r'^strategy\.config\.gradient_accumulation_steps='
+                       rf'{steps}: the micro-batches per optimizer step are a whole number '
+                       r'>= 1 .*; set strategy\.config\.gradient_accumulation_steps=K$'):
+        build_train_config(parse_args(
+            [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'work'),
+             '--deepspeed', 'deepspeed_zero2', '--cfg-options', *TINY,
+             'train_cfg.max_iters=8', 'global_batch_size=16',
+             f'strategy.config.gradient_accumulation_steps={steps}']))
+
+
+@pytest.mark.parametrize('strategy, setting, value', [
+    (dict(config=dict(gradient_accumulation_steps='2')),
+     'strategy.config.gradient_accumulation_steps', "'2'"),
+    (dict(gradient_accumulation_steps=2.0), 'strategy.gradient_accumulation_steps', '2.0'),
+    # (mmengine writes its argument over the config's, 'auto' too: nothing fills that)
+    (dict(gradient_accumulation_steps='auto'), 'strategy.gradient_accumulation_steps',
+     "'auto'")])
+def test_deepspeed_counts_are_checked_as_the_wrappers(strategy, setting, value):
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper'),
+                      strategy=dict(type='DeepSpeedStrategy', **strategy)))
+    with pytest.raises(UserError, match=rf'^{re.escape(setting)}={re.escape(value)}: '
+                       rf'the micro-batches .*; set {re.escape(setting)}=K$'):
+        accumulation_of(cfg)
+    cfg.strategy = dict(type='DeepSpeedStrategy', config=dict(
+        gradient_accumulation_steps='auto'))  # (filled from the wrapper's: 1)
+    assert accumulation_of(cfg) == 1
+
+
+def test_two_different_accumulation_counts_are_refused(repo_root, tmp_path, capsys):
+    """DeepSpeedOptimWrapper replaces the optimizer wrapper: its accumulative_counts=4
+    was dropped without a word, and DeepSpeed accumulated 2."""
+    def run(*options):
+        return build_train_config(parse_args(
+            [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'work'),
+             '--deepspeed', 'deepspeed_zero2', '--cfg-options', *TINY,
+             'train_cfg.max_iters=8', 'global_batch_size=16', *options]))
+
+    with pytest.raises(UserError, match=r'^strategy\.config\.gradient_accumulation_steps=2 '
+                       r'and optim_wrapper\.accumulative_counts=4: two micro-batch counts '
+                       r'per optimizer step \(DeepSpeed would accumulate 2 and drop the '
+                       r'other\); give one of them, or the same count to both$'):
+        run('strategy.config.gradient_accumulation_steps=2',
+            'optim_wrapper.accumulative_counts=4')
+    capsys.readouterr()
+    cfg = run('strategy.config.gradient_accumulation_steps=4',
+              'optim_wrapper.accumulative_counts=4')  # the same count: fine
+    assert cfg.train_dataloader.batch_size == 4  # 16 / (1 process x 4)
+    assert cfg.strategy.config.gradient_accumulation_steps == 4
+    # the wrapper's count not given (mmengine's default, 1): DeepSpeed's alone
+    assert 'accumulative_counts' not in Config.fromfile(osp.join(repo_root, DEMO)).optim_wrapper
+    assert run('strategy.config.gradient_accumulation_steps=2').train_dataloader.batch_size \
+        == 8
+
+
+@pytest.mark.parametrize('total', ['True', '16.0', '0'])
+def test_a_global_batch_that_is_no_whole_number_is_refused(repo_root, tmp_path, total):
+    """global_batch_size=True was taken as 1: a batch of 1 a process."""
+    with pytest.raises(UserError, match=rf'^global_batch_size={total}: the global batch is '
+                       r'a whole number of samples >= 1 \(all processes and accumulation '
+                       r'steps together\); set global_batch_size=N, a multiple of 2$'):
+        train_config(repo_root, tmp_path, f'global_batch_size={total}',
+                     'optim_wrapper.accumulative_counts=2')
 
 
 # ----------------------------------------------------------------------------------

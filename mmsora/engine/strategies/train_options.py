@@ -345,8 +345,14 @@ def apply_global_batch(cfg, world_size: int):
     # divided by optim_wrapper.accumulative_counts alone, and DeepSpeed's
     # gradient_accumulation_steps=2 then trained twice the global batch)
     accum, setting = accumulation_setting(cfg)
-    if (not isinstance(total, int) or total < 1
-            or total % (world_size * accum) != 0):
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:  # (True was
+        # taken as 1: a batch of 1 per process)
+        raise UserError(
+            f'global_batch_size={total!r}: the global batch is a whole number of samples '
+            f'>= 1 (all processes and accumulation steps together); set '
+            f'global_batch_size=N' + (f', a multiple of {world_size * accum}'
+                                      if world_size * accum > 1 else ''))
+    if total % (world_size * accum) != 0:
         raise UserError(
             f'global_batch_size={total!r} does not split evenly over {world_size} '
             f'process(es) x {accum} accumulation step(s) '
@@ -366,23 +372,42 @@ def accumulation_of(cfg) -> int:
 def accumulation_setting(cfg) -> tuple:
     """:func:`accumulation_of` and the setting that gives it, for the lines that say
     how a global batch is split. A DeepSpeed ``gradient_accumulation_steps`` left
-    ``'auto'`` is ``optim_wrapper.accumulative_counts`` (``fill_auto`` copies it).
-    The one rule for every split, check and note of the accumulation, read from
-    ``cfg.strategy``: a ``--deepspeed`` preset's own count (``--cfg-options
+    ``'auto'`` in its config is ``optim_wrapper.accumulative_counts`` (``fill_auto``
+    copies it). The one rule for every split, check and note of the accumulation, read
+    from ``cfg.strategy``: a ``--deepspeed`` preset's own count (``--cfg-options
     strategy.config.gradient_accumulation_steps=K``) is there once
-    :func:`set_run_strategy` has put the run's strategy in the config."""
+    :func:`set_run_strategy` has put the run's strategy in the config.
+
+    A DeepSpeed count that is set is checked as ``accumulative_counts`` is (2.0 fell
+    through to the optimizer wrapper's count while DeepSpeed accumulated 2.0: the
+    global batch split divided by 1), and refused next to an
+    ``optim_wrapper.accumulative_counts`` the config gives with another count
+    (``DeepSpeedOptimWrapper`` replaces the wrapper: the latter was dropped unsaid).
+    The wrapper's count is given when its key is there (mmengine's default, 1, is
+    not)."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    given = 'accumulative_counts' in wrapper
+    counts = check_accumulative_counts(wrapper.get('accumulative_counts', 1))
     strategy = cfg.get('strategy') or {}
     if strategy.get('type') == 'DeepSpeedStrategy':
-        for setting, steps in (
+        for setting, steps, auto in (
+                # (mmengine writes its own argument over the config's, 'auto' too,
+                # which nothing fills)
                 ('strategy.gradient_accumulation_steps',
-                 strategy.get('gradient_accumulation_steps')),
+                 strategy.get('gradient_accumulation_steps'), False),
                 ('strategy.config.gradient_accumulation_steps',
-                 (strategy.get('config') or {}).get('gradient_accumulation_steps'))):
-            if isinstance(steps, int):
-                return check_accumulative_counts(steps, setting), setting
-    return check_accumulative_counts(
-        (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1)), \
-        'optim_wrapper.accumulative_counts'
+                 (strategy.get('config') or {}).get('gradient_accumulation_steps'), True)):
+            if steps is None or (auto and isinstance(steps, str) and steps == 'auto'):
+                continue
+            steps = check_accumulative_counts(steps, setting)
+            if given and counts != steps:
+                raise UserError(
+                    f'{setting}={steps} and optim_wrapper.accumulative_counts={counts}: '
+                    f'two micro-batch counts per optimizer step (DeepSpeed would '
+                    f'accumulate {steps} and drop the other); give one of them, or the '
+                    'same count to both')
+            return steps, setting
+    return counts, 'optim_wrapper.accumulative_counts'
 
 
 def check_accumulative_counts(value, option='optim_wrapper.accumulative_counts') -> int:

@@ -1,0 +1,75 @@
+"""tools/train.py at the file-size limit (EFBIG: ``ulimit -f``) during its start-up:
+one line with the limit's advice, as a full disk's (ENOSPC) and as the same limit
+met during training. The start-up's branch left EFBIG out: a traceback from the
+config's dump (errno 27, 'File too large'), where a checkpoint's write at the same
+limit was one line."""
+import errno
+import os
+import os.path as osp
+import re
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from mmsora.utils.cli import RunError
+from tests.cli_helpers import error_line
+from tests.tiny_models import DEMO, TINY_TRAIN
+from tools import train
+
+pytestmark = pytest.mark.usefixtures('kept_environ', 'malloc_calls')
+
+
+def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch):
+    from mmengine.config import Config
+    dump = Config.dump
+
+    def too_large(self, file=None):  # the dump into the work dir at the limit: the
+        if 'vis_data' in file:  # file made, as far as the limit let it grow
+            return dump(self, file)
+        open(file, 'w').close()
+        raise OSError(errno.EFBIG, 'File too large', file)
+
+    monkeypatch.setattr(Config, 'dump', too_large)
+    work = tmp_path / 'w'
+    with pytest.raises(RunError) as info:
+        train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
+                    *TINY_TRAIN])
+    dumped = work / osp.basename(DEMO)
+    # (no other --work-dir: the limit is the process's, wherever it writes)
+    assert str(info.value) == (
+        f"{dumped}: File too large, at the run's start-up (its config and logs go to "
+        f'{work}): raise the file-size limit (ulimit -f)')
+    assert not dumped.exists()  # (tools/infer.py WORK_DIR read the cut one)
+
+
+# Above the largest file the config's load writes (a copy of each config file: at most
+# 2.6 kB, default_runtime.py), below the dumped config with the long --work-dir in it.
+LIMIT = 3072
+
+
+def test_a_real_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path):
+    """The kernel's EFBIG under RLIMIT_FSIZE, in a process of its own: the dumped
+    config (the tiny demo's, 2.4 kB, with a 1.6 kB --work-dir in it) is the first file
+    that grows past the limit."""
+    work = tmp_path.joinpath(*(c * 200 for c in 'defghijk'), 'w')  # (each name <= 255)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= LIMIT
+
+    def limited():  # (Python ignores SIGXFSZ: the write fails with EFBIG instead)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+
+    path = osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', '')
+    result = subprocess.run(  # (its output goes into pipes, which have no such limit)
+        [sys.executable, 'tools/train.py', DEMO, '--work-dir', str(work), '--cfg-options',
+         *TINY_TRAIN, 'train_cfg.max_iters=2'], cwd=repo_root, capture_output=True,
+        text=True, timeout=300, preexec_fn=limited,
+        env={**os.environ, 'OMP_NUM_THREADS': '1', 'PATH': path})
+    at = re.escape(str(work))  # (the failed write's file, or the work dir where the
+    # write names none)
+    assert re.fullmatch(rf"error: {at}(/\S+)?: File too large, at the run's start-up "
+                        rf'\(its config and logs go to {at}\): raise the file-size '
+                        r'limit \(ulimit -f\)', error_line(result)), result.stderr[-3000:]
+    assert 'Saving checkpoint' not in result.stdout + result.stderr  # (not at training)
+    assert not (work / osp.basename(DEMO)).exists()
