@@ -104,8 +104,12 @@ def not_a_checkpoint_folder(path: str) -> str:
         return (f'{path} holds a diffusers {index["_class_name"]} (its model_index.json), '
                 'not a DiT\'s: give a checkpoint file, a work dir, a DeepSpeed checkpoint '
                 'folder or a diffusers DiT folder (a DiTPipeline, or its transformer/)')
-    from mmsora.utils.diffusers_dit import WEIGHT_FILES
-    weights = next((n for n in WEIGHT_FILES if osp.isfile(osp.join(path, n))), None)
+    from mmsora.utils.diffusers_weights import folder_weights
+    try:  # (the names diffusers reads: variants of any name, shards with their index)
+        found = folder_weights(path)
+    except (ValueError, FileNotFoundError):  # (a damaged or part set: weights all the same)
+        found = None
+    weights = found.files[0] if found else None
     if weights is not None:  # (its file then said 'give the transformer folder')
         return (f'{path}: diffusers weights ({weights}) without the config.json they were '
                 'saved with: put it back beside them (save_pretrained writes both)')

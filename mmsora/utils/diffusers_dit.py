@@ -38,6 +38,7 @@ import torch
 
 from mmsora.models.denoisers.dit import DIT_PRESETS
 from mmsora.utils.checkpoint import hub_snapshot, read_json_config
+from mmsora.utils.diffusers_weights import WEIGHT_FILES_SAID, folder_weights
 
 __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'diffusers_dit_config',
            'dit_pipeline_vae', 'missing_dit_weights', 'read_diffusers_dit',
@@ -46,13 +47,6 @@ __all__ = ['is_diffusers_dit', 'diffusers_dit_folder', 'diffusers_dit_config',
 
 # The classes a diffusers DiT transformer's config.json names.
 DIT_CLASSES = ('DiTTransformer2DModel', 'Transformer2DModel')
-WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
-                'diffusion_pytorch_model.fp16.safetensors', 'diffusion_pytorch_model.fp16.bin')
-# The shard indexes of weights saved in several files (diffusers' names, variants too).
-INDEX_FILES = ('diffusion_pytorch_model.safetensors.index.json',
-               'diffusion_pytorch_model.bin.index.json',
-               'diffusion_pytorch_model.safetensors.index.fp16.json',
-               'diffusion_pytorch_model.bin.index.fp16.json')
 _EMB = 'transformer_blocks.{}.norm1.emb.'
 
 # The same weights' names, the original DiT's and diffusers' (``{}``: weight / bias),
@@ -115,67 +109,43 @@ def dit_pipeline_vae(path: str) -> Optional[str]:
         and osp.isdir(vae) else None
 
 
-def _said(names) -> str:
-    """File names of one stem in words: the first whole, the others by what follows
-    the stem (``diffusion_pytorch_model.safetensors, .bin or .fp16.bin``)."""
-    stem = 'diffusion_pytorch_model'
-    rest = [name[len(stem):] for name in names[1:]]
-    return ', '.join([names[0]] + rest[:-1]) + f' or {rest[-1]}'
-
-
 def missing_dit_weights(folder: str) -> Optional[str]:
     """What the diffusers DiT transformer folder ``folder`` lacks of its weights, in a
-    clause naming every file :func:`read_diffusers_dit` reads them from (a file of
-    :data:`WEIGHT_FILES`, or the shards an index of :data:`INDEX_FILES` lists), or
-    None where it holds one. The one wording of a DiT folder without its weights:
-    the tools gave two (one of them in a branch no tool reached)."""
-    if any(osp.isfile(osp.join(folder, n)) for n in WEIGHT_FILES + INDEX_FILES):
+    clause naming the files :func:`read_diffusers_dit` reads them from
+    (:func:`~mmsora.utils.diffusers_weights.folder_weights`: the names every diffusers
+    folder is judged by), or None where it holds them. The one wording of a DiT folder
+    without its weights: the tools gave two (one of them in a branch no tool reached).
+    None too for a damaged shard index or one listing a shard not there: the read
+    (:func:`read_diffusers_dit`) names the file."""
+    try:
+        if folder_weights(folder) is not None:
+            return None
+    except (ValueError, FileNotFoundError):  # (a clause of another's message: not here)
         return None
-    return (f'no weights ({_said(WEIGHT_FILES)}, or the shards that '
-            f'{_said(INDEX_FILES)} lists)')
+    return f'no weights ({WEIGHT_FILES_SAID})'
 
 
 def read_diffusers_dit(folder: str, read_file, map_location='cpu') -> dict:
     """The original-layout state dict of the diffusers DiT transformer ``folder``
     (:func:`diffusers_dit_folder`), its weights read with ``read_file(path,
-    map_location)`` (a single file, or the shards an index lists). Raises
-    FileNotFoundError where ``folder`` holds none of them (:func:`missing_dit_weights`),
-    ValueError where its shard index is damaged (:func:`_index_shards`)."""
+    map_location)`` (a single file, or the shards an index lists; the plain weights or
+    a variant, as :func:`~mmsora.utils.diffusers_weights.folder_weights` finds them).
+    Raises FileNotFoundError where ``folder`` holds none of them
+    (:func:`missing_dit_weights`) or lacks a shard its index lists, ValueError where
+    its shard index is damaged (:func:`~mmsora.utils.diffusers_weights.index_shards`)."""
     config = read_json_config(osp.join(folder, 'config.json'))
     check_dit_config(config, folder)  # before any weight is read
-    lacks = missing_dit_weights(folder)
-    if lacks:  # (what every tool given the folder, or its pipeline's, says)
+    found = folder_weights(folder)
+    if found is None:  # (what every tool given the folder, or its pipeline's, says)
         name = (config or {}).get('_class_name') or 'DiT transformer'
         raise FileNotFoundError(f'{folder} holds a diffusers {name}\'s config.json but '
-                                f'{lacks}: copy them in beside it (save_pretrained writes '
-                                'both), or give the folder that holds them')
-    found = [name for name in WEIGHT_FILES if osp.isfile(osp.join(folder, name))]
-    if found:
-        state = read_file(osp.join(folder, found[0]), map_location)
-    else:
-        index = next(n for n in INDEX_FILES if osp.isfile(osp.join(folder, n)))
-        shards = _index_shards(osp.join(folder, index))
-        state = {}
-        for shard in shards:
-            state.update(read_file(osp.join(folder, shard), map_location))
+                                f'{missing_dit_weights(folder)}: copy them in beside it '
+                                '(save_pretrained writes both), or give the folder that '
+                                'holds them')
+    state = {}
+    for name in found.files:
+        state.update(read_file(osp.join(folder, name), map_location))
     return dit_state_from_diffusers(state, config, folder)
-
-
-def _index_shards(path: str) -> list:
-    """The sorted shard file names a diffusers shard index ``path``
-    (:data:`INDEX_FILES`) lists in its ``weight_map``. Raises ValueError, in one line
-    naming the file, where it is not such an index (cut short, empty, another JSON).
-    Before, json.load's 'Expecting value: line 1 column 1 (char 0)' named no file."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            shards = sorted(set(json.load(f)['weight_map'].values()))
-    except (ValueError, KeyError, TypeError, AttributeError):  # (ValueError: JSON, UTF-8)
-        shards = []
-    if not shards or not all(isinstance(name, str) and name for name in shards):
-        raise ValueError(f'{path}: the shard index is damaged (cut short, empty or not '
-                         'diffusers\' weight_map of the shards): copy it again, or save the '
-                         'model again (save_pretrained writes it beside the shards)')
-    return shards
 
 
 def check_dit_config(config: Optional[dict], source: str) -> None:

@@ -364,10 +364,10 @@ def test_a_dit_folder_given_as_the_vae_says_what_to_give(pipeline):
         "config.json names AutoencoderKL; a pipeline's is its vae/)")
 
 
-# what a diffusers DiT folder without its weights lacks: every name it is read from
-NO_WEIGHTS = ('no weights (diffusion_pytorch_model.safetensors, .bin, .fp16.safetensors or '
-              '.fp16.bin, or the shards that diffusion_pytorch_model.safetensors.index.json, '
-              '.bin.index.json, .safetensors.index.fp16.json or .bin.index.fp16.json lists)')
+# what a diffusers DiT folder without its weights lacks: the names every diffusers
+# folder (a VAE's, a Stable Cascade prior's) is judged by
+NO_WEIGHTS = ('no weights (diffusion_pytorch_model.safetensors or .bin, sharded with its '
+              '.index.json, or a variant such as diffusion_pytorch_model.fp16.safetensors)')
 
 
 def test_a_dit_pipeline_folder_missing_part_of_its_transformer_says_which(pipeline,

@@ -44,7 +44,7 @@ def test_folders_that_hold_no_checkpoint_say_what_they_are(tmp_path):
         {'_class_name': 'DiTPipeline', 'transformer': ['diffusers', 'DiTTransformer2DModel']}))
     assert said(pipe).startswith(f'{pipe} holds a diffusers DiTPipeline (its '
                                  'model_index.json) whose transformer/ has no config.json '
-                                 'and no weights (diffusion_pytorch_model.safetensors, ')
+                                 'and no weights (diffusion_pytorch_model.safetensors or .bin')
     assert said(pipe).endswith(': put back what save_pretrained wrote there (config.json '
                                'beside the weights)')
     vae = tmp_path / 'vae'
@@ -79,3 +79,16 @@ def test_work_dirs_and_deepspeed_folders_name_what_to_give(tmp_path):
     os.remove(work / 'last_checkpoint')  # (the highest iter_N.pth: the same)
     assert said(work) == (f'{work}: a work dir, its newest checkpoint {zero} a DeepSpeed '
                           f'checkpoint folder: {CONVERT}')
+
+
+@pytest.mark.parametrize('weights', ['diffusion_pytorch_model.safetensors',
+                                     'diffusion_pytorch_model.bf16.safetensors'])
+def test_weights_without_their_config_are_named(tmp_path, weights):
+    """A folder of diffusers weights that lost its config.json: the file is named, a
+    variant of any name too (the names diffusers_weights.folder_weights reads)."""
+    folder = tmp_path / 'dit'
+    folder.mkdir()
+    (folder / weights).write_bytes(b'')
+    assert said(folder) == (f'{folder}: diffusers weights ({weights}) without the config.json '
+                            'they were saved with: put it back beside them (save_pretrained '
+                            'writes both)')

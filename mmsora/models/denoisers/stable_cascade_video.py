@@ -309,12 +309,15 @@ class StableCascadeVideo(nn.Module):
         ``model.denoiser.pretrained_path`` (diffusers' tracebacks named
         ``diffusion_pytorch_model.bin`` in the parent folder, or 'Unable to load
         weights')."""
-        from ..vaes.autoencoder_kl import WEIGHT_FILES_SAID, folder_weights
+        from mmsora.utils.diffusers_weights import WEIGHT_FILES_SAID, folder_weights
         key = (f'model.denoiser.pretrained_path={given}'
                + (f' model.denoiser.pretrained_subfolder={subfolder}' if subfolder
                   else ''))
-        variant = folder_weights(folder)
-        if variant is None:
+        try:  # (shards count with their index and every shard it lists)
+            found = folder_weights(folder)
+        except (ValueError, FileNotFoundError) as e:  # (a damaged index, a shard lost)
+            raise type(e)(f'{e} ({key})') from None
+        if found is None:
             raise FileNotFoundError(
                 f'Stage C folder {folder!r} has config.json but no weights file '
                 f'({WEIGHT_FILES_SAID}): copy the weights in beside it, or give the folder '
@@ -322,7 +325,8 @@ class StableCascadeVideo(nn.Module):
         try:
             return stage_c_module().StableCascadeUNet.from_pretrained(
                 path, subfolder=subfolder, torch_dtype=torch.float32,
-                **local_pretrained_kwargs(), **variant)
+                **local_pretrained_kwargs(),
+                **({} if found.variant is None else dict(variant=found.variant)))
         except OSError as e:  # (diffusers turns every failed read into an OSError)
             said = str(e)
             if 'Unable to load weights' not in said and 'git-lfs' not in said:

@@ -5,7 +5,6 @@ with Latent Diffusion Models", 2022). The latent scale factor lives here, not in
 models: ``latents = (z - shift_factor) * scale_factor``, 0.18215 for SD VAEs as in DiT.
 Videos ``(N, C, T, H, W)`` are encoded frame by frame (the SD VAE is per-image).
 """
-import os
 import os.path as osp
 
 import torch
@@ -13,9 +12,10 @@ import torch.nn as nn
 from diffusers import AutoencoderKL
 
 from mmsora.registry import MODELS
-from mmsora.utils import sample_rng
+from mmsora.utils import diffusers_weights, sample_rng
 from mmsora.utils.checkpoint import (folder_model, hub_snapshot, local_pretrained_kwargs,
                                      read_json_config)
+from mmsora.utils.diffusers_weights import WEIGHT_FILES_SAID
 
 __all__ = ['AutoencoderKLWrapper', 'vae_folder', 'vae_folder_config', 'check_vae_weights',
            'folder_scaling_factor']
@@ -96,32 +96,16 @@ def vae_folder_config(folder: str, wanted: str = 'AutoencoderKL') -> dict:
     return read_json_config(osp.join(folder, 'config.json')) or {}
 
 
-# diffusers' weight files of a model folder: plain, sharded (with its index), and a
-# variant of them (``_add_variant``: diffusion_pytorch_model.fp16.safetensors, shards
-# diffusion_pytorch_model.fp16-00001-of-00002.safetensors, index
-# diffusion_pytorch_model.safetensors.index.fp16.json)
-_PLAIN_WEIGHTS = (r'diffusion_pytorch_model(-\d+-of-\d+)?\.(safetensors|bin)'
-                  r'(\.index\.json)?')
-_VARIANT_WEIGHTS = (r'diffusion_pytorch_model\.(?P<variant>\w+)(-\d+-of-\d+)?'
-                    r'\.(safetensors|bin)',
-                    r'diffusion_pytorch_model\.(safetensors|bin)\.index\.(?P<variant>\w+)\.json')
-WEIGHT_FILES_SAID = ('diffusion_pytorch_model.safetensors or .bin, sharded with its '
-                     '.index.json, or a variant such as diffusion_pytorch_model.fp16.safetensors')
-
-
 def folder_weights(folder: str):
     """The weights a diffusers model folder holds: ``{}`` for the plain files (or
-    their shards), ``dict(variant=NAME)`` for a variant alone (fp16 first), None for
-    none of the names diffusers loads (:data:`WEIGHT_FILES_SAID`)."""
-    import re
-    names = os.listdir(folder) if osp.isdir(folder) else []
-    if any(re.fullmatch(_PLAIN_WEIGHTS, n) for n in names):
-        return {}
-    variants = sorted({m['variant'] for n in names for pattern in _VARIANT_WEIGHTS
-                       for m in [re.fullmatch(pattern, n)] if m})
-    if not variants:
+    their shards, with their index), ``dict(variant=NAME)`` for a variant alone (fp16
+    first), None for none of the names diffusers loads (:data:`WEIGHT_FILES_SAID`;
+    :func:`mmsora.utils.diffusers_weights.folder_weights` says which, and raises for a
+    damaged shard index or a shard it lists missing)."""
+    found = diffusers_weights.folder_weights(folder)
+    if found is None:
         return None
-    return dict(variant='fp16' if 'fp16' in variants else variants[0])
+    return {} if found.variant is None else dict(variant=found.variant)
 
 
 def weights_variant(folder: str) -> dict:
@@ -143,9 +127,12 @@ def check_vae_weights(folder: str, wanted: str = 'AutoencoderKL') -> None:
     """Refuse a VAE folder holding none of the weight files diffusers loads
     (:func:`folder_weights`), without loading them: ``init_model`` checks it before the
     sampling (the VAE loads only to decode: it was named after every sampling step).
+    Shards count only with their index and every shard it lists.
 
     Raises:
-        FileNotFoundError: :func:`no_weights_error`'s line.
+        FileNotFoundError: :func:`no_weights_error`'s line (shards without their index
+            too); a shard the index lists is missing.
+        ValueError: the shard index is damaged.
     """
     if folder_weights(folder) is None:
         raise no_weights_error(folder, wanted)
