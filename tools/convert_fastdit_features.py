@@ -22,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import foreign_folder, nonfinite_items, say_damaged
+from mmsora.datasets.latent_store import (foreign_folder_message, nonfinite_items,
+                                          say_damaged)
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
 from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
 
@@ -78,11 +79,9 @@ def check_out_folder(out: str) -> None:
     were written among them without a word (into --features-dir itself, given as
     --out, beside its N.npy files). An empty folder, or one holding a store's files
     (begun or finished), is taken."""
-    foreign = foreign_folder(out)
-    if foreign:
-        raise UserError(f'--out {out} holds other files ({", ".join(foreign[:3])}'
-                        f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick '
-                        'an empty or new folder for the store')
+    refused = foreign_folder_message(out)
+    if refused:
+        raise UserError(refused)
 
 
 def missing_folders(path):

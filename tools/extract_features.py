@@ -51,8 +51,8 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          SourceCountError, foreign_folder, nonfinite_items,
-                                          read_store_progress, say_damaged)
+                                          SourceCountError, foreign_folder_message,
+                                          nonfinite_items, read_store_progress, say_damaged)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
@@ -201,11 +201,9 @@ def check_out_folder(out: str) -> None:
     or one holding a store's files (begun or finished), is taken."""
     if osp.exists(out) and not osp.isdir(out):
         fail(f'--out must be a folder (the store): {out} is a file')
-    foreign = foreign_folder(out)
-    if foreign:
-        fail(f'--out {out} holds other files ({", ".join(foreign[:3])}'
-             f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick an empty '
-             'or new folder for the store')
+    refused = foreign_folder_message(out)
+    if refused:
+        fail(refused)
     parent = osp.dirname(osp.abspath(out))
     while not osp.exists(parent) and parent != osp.dirname(parent):
         parent = osp.dirname(parent)

@@ -38,7 +38,8 @@ from mmsora.utils.cli import first_line
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
-           'SourceCountError', 'read_store_progress', 'nonfinite_items', 'foreign_folder']
+           'SourceCountError', 'read_store_progress', 'nonfinite_items', 'foreign_folder',
+           'foreign_folder_message']
 
 FORMAT = 'mmsora.latent_store'
 VERSION = 1
@@ -245,6 +246,17 @@ def foreign_folder(root) -> list:
     if any(_store_entry(name) for name in names):
         return []
     return [name for name in names if not name.startswith('.')]
+
+
+def foreign_folder_message(out) -> str | None:
+    """``--out OUT holds other files (a, b, c, ...) and no latent store: ...`` where
+    ``out`` is a :func:`foreign_folder` (the store-writing tools' ``--out``), else None."""
+    foreign = foreign_folder(out)
+    if not foreign:
+        return None
+    return (f'--out {out} holds other files ({", ".join(foreign[:3])}'
+            f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick an empty or '
+            'new folder for the store')
 
 
 # --------------------------------------------------------------------------- #

@@ -49,7 +49,7 @@ class SkipCorruptDataset(Dataset):
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
         if max_skipped is not None and int(max_skipped) < 0:
             raise ValueError(f'max_skipped must be >= 0 or None, got {max_skipped}')
-        self.max_skipped = max_skipped
+        self.max_skipped = None if max_skipped is None else int(max_skipped)  # (a config's '100')
         self.metainfo = getattr(self.dataset, 'metainfo', {})
         self.num_skipped = 0
         self._bad = set()

@@ -37,8 +37,9 @@ class RunError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line (``PROG: error: ...; see PROG
-    --help``, without argparse's usage block, exit status 2) and whose 'unrecognized
+    """argparse's parser, whose errors are one line (``PROG: error: ...; see python
+    tools/infer.py --help``, the script as it was run: :meth:`help_command`; without
+    argparse's usage block, exit status 2) and whose 'unrecognized
     arguments' error names the option meant: one spelt with underscores
     (``--cfg_scale``), a near miss (``--num-sample``), or another project's name for it
     (DiT's ``--ckpt``, ``--num-sampling-steps``; SiT's ``--path-type`` and its mode
@@ -61,8 +62,18 @@ class ArgumentParser(argparse.ArgumentParser):
             message += ''.join(f'; {h}' for h in hints if isinstance(h, Sentence))
         # (argparse printed its whole usage block first: 17 lines on tools/infer.py)
         if any('--help' in action.option_strings for action in self._actions):
-            message += f'; see {self.prog} --help'
+            message += f'; see {self.help_command()} --help'
         self.exit(2, f'{self.prog}: error: {message}\n')
+
+    def help_command(self):
+        """The command that runs this parser's script: ``python tools/infer.py`` as it
+        was run, where the prog is that script's file name (argparse's default,
+        ``infer.py``, which is no command from the repository's root); the prog itself
+        where it is another (``prog=``, a subcommand's)."""
+        run = sys.argv[0] if sys.argv else ''
+        if not run or self.prog != osp.basename(run):
+            return self.prog
+        return f'python {run}' if run.endswith('.py') else run
 
     def _ours(self):
         """This parser's long options."""

@@ -156,17 +156,25 @@ def wanted_value(param: inspect.Parameter, value) -> Optional[str]:
     ``value`` is plainly not that; None where it may be, or the argument does not say.
     Judged: a str where the annotation names a number or a bool (int, float, bool,
     typing's numbers, Optional or a Union of them, with classes beside that take no str:
-    AdamW's lr, Union[float, Tensor]), and a bool where it names a number and nothing
-    taking a bool; a str where there is no annotation but the default is a number.
+    AdamW's lr, Union[float, Tensor]), a bool (Python's or numpy's) where it names a
+    number and nothing taking a bool, a float that is not whole where it names whole
+    numbers alone (a whole one, 4e5, is left to the class: mmengine takes it); a str that
+    does not read as a number where there is no annotation but the default is a number
+    (a str that does, ``scale_factor='0.13025'``, is the class's to parse: it does).
     Anything else is left to the class (a str it parses itself: Union[bool, int, str],
     a generic, Any, an argument without annotation or number default).
     (mmsora.diffusion.scheduler_sampling._setting_kind judges sampler settings alike.)"""
-    if not isinstance(value, (str, bool)):
+    # (here, not at the top: mmsora.diffusion imports diffusers, which a check of the
+    # config alone does not need)
+    from mmsora.diffusion.scheduler_sampling import is_bool
+    fraction = (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+                and not is_bool(value) and not float(value).is_integer())
+    if not (isinstance(value, str) or is_bool(value) or fraction):
         return None
     if param.annotation is param.empty:
         default = param.default
         if (isinstance(value, str) and isinstance(default, (int, float))
-                and not isinstance(default, bool)):
+                and not isinstance(default, bool) and not _reads_as_number(value)):
             return f'a number (its default is {default!r})'
         return None
     classes, optional = _annotation_classes(param.annotation)
@@ -179,6 +187,10 @@ def wanted_value(param: inspect.Parameter, value) -> Optional[str]:
             return None
         if isinstance(value, str):
             takes = any(issubclass(str, c) for c in classes)  # (a str it parses itself)
+        elif fraction:  # 3.5 for a depth: a TypeError in the model's build, after the
+            # Runner's start-up; judged where the annotation names whole numbers alone
+            takes = not (counted and all(c is bool or issubclass(c, numbers.Integral)
+                                         for c in classes))
         else:  # a bool is an int to Python, but True for a depth is a mistake; bool
             # itself (Union[bool, int]) and object take it
             takes = switch or any(issubclass(bool, c) and not issubclass(c, numbers.Number)
@@ -198,6 +210,15 @@ def wanted_value(param: inspect.Parameter, value) -> Optional[str]:
     if optional:
         words.append('None')
     return ' or '.join(words)
+
+
+def _reads_as_number(text: str) -> bool:
+    """``float(text)`` works (``'0.13025'``, ``'1e-3'``, ``'100'``; not ``'three'``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_config_values(entry: dict, params: dict, where: str) -> None:

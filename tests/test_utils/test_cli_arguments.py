@@ -234,7 +234,9 @@ def test_a_parser_error_is_one_line_without_the_usage_block(argv, said, capsys,
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2
-    assert capsys.readouterr().err == f'infer.py: error: {said}; see infer.py --help\n'
+    # (the script as it was run: 'infer.py --help' is no command from the repository)
+    assert capsys.readouterr().err == (f'infer.py: error: {said}; see python tools/infer.py '
+                                       '--help\n')
     # a parser without --help points at none
     from mmsora.utils.cli import ArgumentParser
     bare = ArgumentParser(prog='bare', add_help=False)
@@ -242,6 +244,31 @@ def test_a_parser_error_is_one_line_without_the_usage_block(argv, said, capsys,
         bare.parse_args(['x'])
     assert info.value.code == 2
     assert capsys.readouterr().err == 'bare: error: unrecognized arguments: x\n'
+
+
+@pytest.mark.parametrize('run, prog, command', [
+    ('tools/infer.py', None, 'python tools/infer.py'),  # (argparse's prog: infer.py)
+    ('/work/mmsora/tools/train.py', None, 'python /work/mmsora/tools/train.py'),  # (-m)
+    ('/usr/bin/mmsora-infer', None, '/usr/bin/mmsora-infer'),  # (an installed command)
+    ('tools/infer.py', 'sample', 'sample'),  # (a prog given: its own)
+])
+def test_the_help_pointer_names_the_script_as_it_was_run(run, prog, command, capsys,
+                                                         monkeypatch):
+    """'see infer.py --help' named the file alone (argparse's prog), no command from the
+    repository's root: the one that works is 'python tools/infer.py --help'."""
+    from mmsora.utils.cli import ArgumentParser
+    monkeypatch.setattr('sys.argv', [run])
+    parser = ArgumentParser(prog=prog)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(['--zzz'])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f'{prog or run.rsplit("/", 1)[-1]}: error: '
+                                       f'unrecognized arguments: --zzz; see {command} --help\n')
+    # a subcommand's parser keeps its prog (the script's name and the subcommand)
+    sub = parser.add_subparsers(dest='what').add_parser('go')
+    with pytest.raises(SystemExit):
+        sub.parse_args(['--zzz'])
+    assert capsys.readouterr().err.endswith(f'; see {sub.prog} --help\n')
 
 
 def test_reference_flags_without_one_flag_here_say_what_to_give(capsys):

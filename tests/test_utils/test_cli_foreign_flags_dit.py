@@ -13,7 +13,8 @@ from mmsora.utils.config_loading import load_config
 def _hints(capsys):
     """The '(did you mean A for --x; B for --y?)' of argparse's last line, by flag."""
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    meant = re.search(r'\(did you mean (.*)\?\); see \S+ --help$', line).group(1)
+    meant = re.search(r'\(did you mean (.*)\?\); see (?:python )?\S+ --help$',
+                      line).group(1)
     return {part.rsplit(' for ', 1)[1]: part.rsplit(' for ', 1)[0]
             for part in meant.split('; ')}
 

@@ -22,7 +22,8 @@ def _hints(capsys, sentences=None):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err  # (not argparse's usage block)
     found = re.fullmatch(r'\S+: error: unrecognized arguments: [^(]*'
-                         r'(?:\(did you mean (.*)\?\))?((?:; .*)?); see \S+ --help', err.strip())
+                         r'(?:\(did you mean (.*)\?\))?((?:; .*)?); see (?:python )?\S+ '
+                         r'--help', err.strip())
     meant, said = found.groups()
     if sentences is not None:
         sentences.extend(said.split('; ')[1:])

@@ -8,6 +8,7 @@ import os.path as osp
 import typing
 from typing import Optional, Union
 
+import numpy as np
 import pytest
 
 from mmsora.utils.cli import UserError
@@ -107,6 +108,12 @@ def parameter(annotation=inspect.Parameter.empty, default=inspect.Parameter.empt
     (parameter(default=0.5), 'half', 'a number (its default is 0.5)'),
     (parameter(default=2), 'two', 'a number (its default is 2)'),
     (parameter(default=2), True, None),
+    # a str that reads as a number is the class's to parse (float(scale_factor))
+    (parameter(default=0.18215), '0.13025', None),
+    (parameter(default=100), '100', None),
+    (parameter(default=0.5), '1e-3', None),
+    (parameter(default=0.5), '1e-3x', 'a number (its default is 0.5)'),
+    (parameter(default=2), '', 'a number (its default is 2)'),
     (parameter(default=True), 'yes', None),
     (parameter(default=None), 'x', None),
     (parameter(), 'x', None),
@@ -120,7 +127,17 @@ def parameter(annotation=inspect.Parameter.empty, default=inspect.Parameter.empt
     (parameter(object), 'x', None),
     (parameter(list), 'x', None),
     (parameter(Optional[list]), True, None),
-    (parameter(int), 2.5, None),  # (left to the class: mmengine takes 4e5 for iterations)
+    (parameter(int), 2.5, 'a whole number (int)'),  # (DiT's TypeError after start-up)
+    (parameter(Optional[int]), 64.5, 'a whole number (int) or None'),
+    (parameter(Union[bool, int]), 0.5, 'a whole number (int) or True or False (bool)'),
+    (parameter(numbers.Integral), float('inf'), 'a whole number (int)'),
+    (parameter(int), 4e2, None),  # (whole: left to the class, mmengine takes 4e5)
+    (parameter(int), 64.0, None),
+    (parameter(Union[int, float]), 2.5, None),
+    (parameter(Union[int, str]), 2.5, None),  # (a class beside that the words miss)
+    (parameter(float), 2.5, None),
+    (parameter(bool), 2.5, None),
+    (parameter(default=2), 2.5, None),  # (no annotation: floats are not judged)
     (parameter(numbers.Real), 'x', 'a number'),
     (parameter(numbers.Integral), True, 'a whole number (int)'),
     (parameter(typing.Any), 'x', None),
@@ -168,3 +185,46 @@ def test_the_model_alone_names_an_unknown_type_of_a_part():
     with pytest.raises(UserError, match=r"^model\.denoiser\.depth must be a whole number "
                                         r"\(int\), got '2' \(a str\)$"):
         check_model_config(model, types=False)
+
+
+@pytest.mark.parametrize('edit, expected', [
+    # (DiT's depth and hidden_size: int) a TypeError in the model's build, after the
+    # Runner's start-up output
+    (lambda c: c.model.denoiser.update(depth=3.5),
+     'model.denoiser.depth must be a whole number (int), got 3.5 (a float)'),
+    (lambda c: c.model.denoiser.update(hidden_size=64.5),
+     'model.denoiser.hidden_size must be a whole number (int), got 64.5 (a float)'),
+    # numpy's True (read from an array) is judged as Python's is
+    (lambda c: c.model.denoiser.update(num_heads=np.True_),
+     'model.denoiser.num_heads must be a whole number (int), got np.True_ (a bool)'),
+    # (no annotation) a str that does not read as a number at all
+    (lambda c: c.model.diffusion.update(num_timesteps='three'),
+     "model.diffusion.num_timesteps must be a number (its default is 1000), got 'three' "
+     '(a str)'),
+])
+def test_a_fraction_for_a_whole_number_and_numpy_bools_are_refused(edit, expected):
+    cfg = load_config(osp.join(REPO, DEMO))
+    edit(cfg)
+    assert refused(cfg) == expected
+
+
+def test_a_number_in_a_str_without_annotation_is_left_to_the_class():
+    """AutoencoderKLWrapper(scale_factor='0.13025') takes float(scale_factor) and
+    SkipCorruptDataset(max_skipped='100') int(...): both worked before the values were
+    judged, and were then refused as 'must be a number'; a whole float for an int
+    (hidden_size=64.0, depth=4e0) is the class's too."""
+    from mmsora.datasets.skip_corrupt import SkipCorruptDataset
+    from mmsora.models.vaes.autoencoder_kl import AutoencoderKLWrapper
+    from mmsora.utils.config_keys import accepted_arguments, check_config_values
+    vae_params, _ = accepted_arguments(AutoencoderKLWrapper)
+    check_config_values(dict(scale_factor='0.13025', shift_factor='0.0'), vae_params,
+                        'model.vae')
+    with pytest.raises(UserError, match=r"^model\.vae\.scale_factor must be a number \(its "
+                                        r"default is 0\.18215\), got 'o\.13' \(a str\)$"):
+        check_config_values(dict(scale_factor='o.13'), vae_params, 'model.vae')
+    skip_params, _ = accepted_arguments(SkipCorruptDataset)
+    check_config_values(dict(max_skipped='100'), skip_params, 'train_dataloader.dataset')
+    cfg = load_config(osp.join(REPO, DEMO))
+    cfg.model.diffusion.update(num_timesteps='1000')
+    cfg.model.denoiser.update(hidden_size=64.0, depth=4e0)
+    check_training_keys(cfg)
