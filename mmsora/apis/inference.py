@@ -576,11 +576,11 @@ def check_run_sample_settings(model, settings: dict) -> None:
     settings: ``precision='fp8'`` was handed on). A key the callers pass themselves
     (``scheduler_sampling.CALLER_PASSED``: ``progress``, ``seeds``, ...) is no setting:
     refused, as the config's check refuses it. Raises its one-line ValueError."""
-    from mmsora.diffusion.scheduler_sampling import (CALLER_PASSED, check_not_caller_passed,
-                                                     check_sample_settings)
+    from mmsora.diffusion.scheduler_sampling import (check_not_caller_passed,
+                                                     check_sample_settings,
+                                                     sample_settings_of)
     diffusion = getattr(model, 'diffusion', None)
-    own = [name for name in (sample_arguments(model) if hasattr(model, 'sample') else ())
-           if name not in CALLER_PASSED]
+    own = sample_settings_of(model.sample) if hasattr(model, 'sample') else []
     check_sample_settings(diffusion, settings, own)  # (None: precision and cfg_scale)
     check_not_caller_passed(settings)  # (seeds: a setting's name to the objective's check)
 

@@ -58,6 +58,15 @@ CALLER_PASSED = ('labels', 'seeds', 'noise', 'progress', 'prompts', 'text_embeds
                  'text_mask', 'pooled_text_embeds')
 
 
+def sample_settings_of(sample: Callable) -> list:
+    """The settings a ``sample`` method takes by name (``LatentDiffusion.sample``, bound
+    or not, or a subclass's): its named arguments but ``self`` and
+    :data:`CALLER_PASSED`; the rest of a ``sample_cfg`` are the sampler's options."""
+    return [name for name, p in inspect.signature(sample).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            and name != 'self' and name not in CALLER_PASSED]
+
+
 def check_not_caller_passed(settings: dict) -> None:
     """Refuse, in one line, a :data:`CALLER_PASSED` key among sampling settings (a
     ``sample_cfg`` or sampling keywords)."""

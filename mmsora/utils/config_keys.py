@@ -712,8 +712,9 @@ def check_sample_settings_of(model, settings: dict) -> None:
     model config, one whose objective does not build or of another class too: sampling
     judges them so (``LatentDiffusion.sample``; ``sample_images`` and the hooks for a
     model without an objective, ``check_run_sample_settings``)."""
-    from mmsora.diffusion.scheduler_sampling import (CALLER_PASSED, check_not_caller_passed,
-                                                     check_sample_settings)
+    from mmsora.diffusion.scheduler_sampling import (check_not_caller_passed,
+                                                     check_sample_settings,
+                                                     sample_settings_of)
     from mmsora.models.latent_diffusion import LatentDiffusion
     from mmsora.registry import DIFFUSION
     cls = _model_class(model)
@@ -726,9 +727,7 @@ def check_sample_settings_of(model, settings: dict) -> None:
             diffusion = None
     # its sample's settings; not what the hooks and tools pass themselves
     # (a sample_cfg.progress or seeds met the same keyword twice: a TypeError)
-    passed = ('self', 'sampler_kwargs', *CALLER_PASSED)
-    own = [name for name in inspect.signature(cls.sample).parameters if name not in passed]
-    check_sample_settings(diffusion, settings, own)
+    check_sample_settings(diffusion, settings, sample_settings_of(cls.sample))
     check_not_caller_passed(settings)  # (seeds: a setting's name to the objective's check)
 
 
