@@ -185,6 +185,10 @@ class StableCascadeVideo(nn.Module):
             ``layers/checkpointing.py``). Defaults to False.
     """
 
+    # takes and makes clips (N, C, T, H, W) alone, pictures as T = 1: tools/infer.py
+    # refuses a latent_shape without a frame axis for it
+    makes_clips = True
+
     condition = 'text'
 
     def __init__(self,

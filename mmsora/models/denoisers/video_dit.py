@@ -194,6 +194,10 @@ class VideoDiT(nn.Module):
             ops of every block (see ``layers/checkpointing.py``). Defaults to False.
     """
 
+    # takes and makes clips (N, C, T, H, W) alone, pictures as T = 1: tools/infer.py
+    # refuses a latent_shape without a frame axis for it
+    makes_clips = True
+
     def __init__(self,
                  input_size: Union[int, Sequence[int]] = 32,
                  patch_size: int = 2,
