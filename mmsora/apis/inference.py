@@ -365,12 +365,18 @@ def _check_vae_folder(model) -> None:
     VAE's config states them as Wan's ``z_dim`` or ``latent_channels``): the VAE loads
     only to decode, after every sampling step (250 by default: minutes to hours for an
     XL model), and a 4-channel model's latents fed to an 8-channel VAE gave a 57-line
-    convolution traceback."""
+    convolution traceback. Another VAE's own ``check_folder`` (tools/train.py's check
+    before a run: the Stable Cascade decoder's Stage B and A and their weights) runs
+    here too, where its folder was named only at the first decode."""
     from mmsora.models.vaes.autoencoder_kl import (AutoencoderKLWrapper, check_vae_weights,
                                                    vae_folder, vae_folder_config)
     vae = getattr(model, 'vae', None)
-    if not isinstance(vae, AutoencoderKLWrapper) or not vae.pretrained_path \
-            or vae.__dict__['_vae'] is not None or not osp.isdir(vae.pretrained_path):
+    if not isinstance(vae, AutoencoderKLWrapper):
+        if callable(getattr(vae, 'check_folder', None)):
+            vae.check_folder()  # (one line naming its model.vae keys; a folder not there
+        return                  # is left to its load, _check_model_folders named it)
+    if not vae.pretrained_path or vae.__dict__['_vae'] is not None \
+            or not osp.isdir(vae.pretrained_path):
         return  # (a folder not there: _check_model_folders named it)
     folder = vae_folder(vae.pretrained_path, vae.subfolder)
     wanted_class = vae.model_class().__name__
@@ -409,7 +415,8 @@ def set_output_size(model, num_frames: Optional[int] = None,
     (their position table), so their resolution is the one they were trained at;
     VideoDiT takes at most its ``num_frames``. Convolutional ones (StableCascadeVideo)
     take any size from the smallest latent their UNets (Stage C's, and the decoder's
-    Stage B) down-sample (:func:`_smallest_latent_side`).
+    Stage B) down-sample: the largest ``smallest_latent_side`` of the denoiser and the
+    VAE (1 for a part without one).
 
     Raises:
         ValueError: naming the size the model can make instead.
@@ -425,7 +432,8 @@ def set_output_size(model, num_frames: Optional[int] = None,
         h, w = resolution
         if hasattr(vae, 'latent_size'):  # the VAE's own rounding (Stable Cascade: 42.67)
             shape[-2:] = list(vae.latent_size(h, w))
-            least = _smallest_latent_side(model)
+            least = max(getattr(part, 'smallest_latent_side', 1)
+                        for part in (model.denoiser, vae))
             if min(shape[-2:]) < least:  # (a convolution's traceback after sampling)
                 size = math.floor((least - 1) * f) + 1  # (latent_size rounds up)
                 raise ValueError(
@@ -470,31 +478,6 @@ def set_output_size(model, num_frames: Optional[int] = None,
                 'fine-tune) at the new size')
     model.latent_shape = tuple(shape)
     return model.latent_shape
-
-
-def _unet_smallest_side(config) -> int:
-    """The smallest input side a diffusers ``StableCascadeUNet`` (its ``config``) takes:
-    its patch size, times 2 for each level that halves the grid (a 2x2 stride-2
-    convolution, or a ``switch_level`` one)."""
-    switch = config.switch_level
-    halvings = sum(1 for i in range(1, len(config.block_out_channels))
-                   if switch is None or switch[i - 1])
-    return config.patch_size * 2 ** halvings
-
-
-def _smallest_latent_side(model) -> int:
-    """The smallest latent side a model with a Stable Cascade decoder samples and
-    decodes: Stage C's (the denoiser's UNet) and Stage B's (the decoder's, fed latents
-    ``latent_dim_scale`` times larger); 1 where neither is a Stable Cascade UNet."""
-    least = 1
-    unet = getattr(model.denoiser, 'unet', None)
-    if hasattr(getattr(unet, 'config', None), 'switch_level'):
-        least = _unet_smallest_side(unet.config)
-    scale = getattr(model.vae, 'latent_dim_scale', None)
-    decoder = getattr(getattr(model.vae, 'pipeline', None), 'decoder', None)
-    if scale and hasattr(getattr(decoder, 'config', None), 'switch_level'):
-        least = max(least, math.ceil(_unet_smallest_side(decoder.config) / scale))
-    return least
 
 
 def read_prompt_file(path) -> list:

@@ -27,7 +27,7 @@ from ..layers.attention_backends import attention
 from ..layers.checkpointing import checkpointed_call
 
 __all__ = ['StableCascadeVideo', 'TemporalAttention', 'TemporalConv', 'TemporalBlock',
-           'STAGE_C_LITE', 'STAGE_C']
+           'STAGE_C_LITE', 'STAGE_C', 'unet_smallest_side']
 
 
 # --------------------------------------------------------------------------- #
@@ -64,6 +64,16 @@ def stage_c_module():
     loads every diffusers UNet (seconds), which ``import mmsora.models`` should not pay."""
     from diffusers.models.unets import unet_stable_cascade
     return unet_stable_cascade
+
+
+def unet_smallest_side(config) -> int:
+    """The smallest input side a diffusers ``StableCascadeUNet`` (its ``config``) takes:
+    its patch size, times 2 for each level that halves the grid (a 2x2 stride-2
+    convolution, or a ``switch_level`` one). Stage C's and Stage B's (the decoder's)."""
+    switch = config.switch_level
+    halvings = sum(1 for i in range(1, len(config.block_out_channels))
+                   if switch is None or switch[i - 1])
+    return config.patch_size * 2 ** halvings
 
 
 # --------------------------------------------------------------------------- #
@@ -246,6 +256,12 @@ class StableCascadeVideo(nn.Module):
         if self.freeze_spatial:
             self.unet.eval()
         return self
+
+    @property
+    def smallest_latent_side(self) -> int:
+        """The smallest latent side this Stage C samples (its UNet down-samples the grid:
+        a smaller one is a convolution's traceback), for ``set_output_size``."""
+        return unet_smallest_side(self.unet.config)
 
     # ------------------------------------------------------------------ weights
     def init_weights(self):

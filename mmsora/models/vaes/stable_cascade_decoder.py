@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from mmsora.registry import MODELS
 from mmsora.utils.checkpoint import hub_snapshot, local_pretrained_kwargs
+from mmsora.utils.diffusers_weights import WEIGHT_FILES_SAID, folder_weights
+from ..denoisers.stable_cascade_video import unet_smallest_side
 from .autoencoder_kl import AutoencoderKLWrapper
 
 __all__ = ['StableCascadeDecoder']
@@ -136,15 +138,22 @@ class StableCascadeDecoder(nn.Module):
 
     @staticmethod
     def _load(path, subfolder, unet_cls, vqgan_cls, scheduler_cls):
-        path = hub_snapshot(path)
+        given, path = path, hub_snapshot(path)
         for sub in (subfolder, 'vqgan'):
             if not osp.isfile(osp.join(path, sub, 'config.json')):
                 raise FileNotFoundError(
                     f'{osp.join(path, sub)!r} has no config.json: give a local '
                     f'stabilityai/stable-cascade folder (with {subfolder}/ and vqgan/); '
                     'nothing is downloaded')
-        decoder = unet_cls.from_pretrained(path, subfolder=subfolder, **local_pretrained_kwargs())
-        vqgan = vqgan_cls.from_pretrained(path, subfolder='vqgan', **local_pretrained_kwargs())
+        # both checked before either loads (Stage B is 1.5 GB), by the one rule of
+        # weight files: a variant alone (fp16) is read as that variant
+        found = {sub: _weights(path, sub, given, subfolder) for sub in (subfolder, 'vqgan')}
+
+        def load(cls, sub):
+            variant = found[sub].variant
+            return cls.from_pretrained(path, subfolder=sub, **local_pretrained_kwargs(),
+                                       **({} if variant is None else dict(variant=variant)))
+        decoder, vqgan = load(unet_cls, subfolder), load(vqgan_cls, 'vqgan')
         scheduler = (scheduler_cls.from_pretrained(path, subfolder='scheduler')
                      if osp.isdir(osp.join(path, 'scheduler')) else scheduler_cls())
         return decoder, vqgan, scheduler
@@ -164,6 +173,14 @@ class StableCascadeDecoder(nn.Module):
         """Image side over Stage C latent side (42.67 for the released models)."""
         vq = self.pipeline.vqgan.config
         return self.latent_dim_scale * vq.up_down_scale_factor * 2 ** (vq.levels - 1)
+
+    @property
+    def smallest_latent_side(self) -> int:
+        """The smallest Stage C latent side Stage B decodes: its UNet's smallest input
+        side, in Stage C latent units (Stage B reads latents ``latent_dim_scale`` times
+        larger), for ``set_output_size``."""
+        return math.ceil(unet_smallest_side(self.pipeline.decoder.config)
+                         / self.latent_dim_scale)
 
     def latent_size(self, height: int, width: int):
         """Stage C latent (h, w) for frames of ``height`` x ``width`` pixels.
@@ -240,10 +257,12 @@ class StableCascadeDecoder(nn.Module):
 
     def check_folder(self) -> None:
         """Refuse, without loading it, a ``pretrained_path`` folder without Stage B in
-        ``decoder_subfolder`` or Stage A in ``vqgan/``: what ``tools/train.py`` checks
-        before the run (Stage B and A load only when samples are decoded: a typo in
-        ``decoder_subfolder`` trained a whole run, then stopped tools/infer.py). A
-        folder not there (yet) is left to the load.
+        ``decoder_subfolder`` or Stage A in ``vqgan/``, or without their weights beside
+        their config.json (:func:`~mmsora.utils.diffusers_weights.folder_weights`): what
+        ``tools/train.py`` checks before the run (Stage B and A load only when samples
+        are decoded: a typo in ``decoder_subfolder`` trained a whole run, then stopped
+        tools/infer.py; a folder without weights was named in diffusers' words at the
+        first decode). A folder not there (yet) is left to the load.
 
         Raises:
             ValueError: one line naming the folder and the setting to change.
@@ -270,6 +289,11 @@ class StableCascadeDecoder(nn.Module):
             raise ValueError(f'{path!r} has no vqgan/config.json (Stage A): give a local '
                              f'stabilityai/stable-cascade folder with '
                              f'{self.decoder_subfolder}/ and vqgan/')
+        for sub in (self.decoder_subfolder, 'vqgan'):
+            try:
+                _weights(path, sub, self.pretrained_path, self.decoder_subfolder)
+            except FileNotFoundError as e:  # (ValueError's line to tools/train.py)
+                raise ValueError(str(e)) from None
 
     @property
     def dtype(self):
@@ -377,3 +401,31 @@ class StableCascadeDecoder(nn.Module):
         with torch.random.fork_rng(devices=devices):
             torch.random.default_generator.manual_seed(self.seed)
             return MODELS.build(cfg)
+
+
+def _weights(path: str, sub: str, given: str, decoder_subfolder: str):
+    """The weights of Stage B (``sub`` is ``decoder_subfolder``) or Stage A (``sub`` is
+    ``'vqgan'``) in the pipeline folder ``path`` (the user gave ``given``, a cache
+    folder's for its snapshot ``path``), as
+    :func:`~mmsora.utils.diffusers_weights.folder_weights` finds them (``.variant``
+    for diffusers' load).
+
+    Raises:
+        FileNotFoundError: one line naming the folder, the weight files looked for and
+            the ``model.vae`` keys to set (a shard its index lists is missing, too).
+        ValueError: its shard index is damaged.
+    """
+    folder = osp.join(path, sub)
+    key = f'model.vae.pretrained_path={given}' + (
+        '' if sub == 'vqgan' else f' model.vae.decoder_subfolder={decoder_subfolder}')
+    try:  # (shards count with their index and every shard it lists)
+        found = folder_weights(folder)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f'{e} ({key})') from None
+    if found is None:
+        stage = 'Stage A' if sub == 'vqgan' else 'Stage B'
+        raise FileNotFoundError(
+            f'{stage} folder {folder!r} has config.json but no weights file '
+            f'({WEIGHT_FILES_SAID}): copy the weights in beside it, or give the '
+            f'stabilityai/stable-cascade folder that holds them ({key})')
+    return found
