@@ -1,6 +1,7 @@
-"""Checks of the one-line messages the tools give, shared by the tests, and a tool of
-tools/ loaded as a module."""
+"""Checks of the one-line messages the tools give, shared by the tests, a tool of tools/
+loaded as a module, and tools/train.py stopped at its start-up by a failing disk."""
 import importlib.util
+import os
 import os.path as osp
 
 import pytest
@@ -42,3 +43,33 @@ def error_line(result) -> str:
     assert len(lines) == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr, result.stderr[-3000:]
     return lines[0]
+
+
+def failed_start_up(work, monkeypatch, error, in_vis_data=False):
+    """tools/train.py on the shrunk demo (``tests.tiny_models.TINY_TRAIN``) into
+    ``work``, its config's dump failing with the errno ``error`` (a full disk, a
+    file-size limit): the dump into ``work``, the file made empty (the visualizer's copy
+    in vis_data/ written), or with ``in_vis_data`` that copy, cut at 1000 characters.
+
+    Returns:
+        the ``RunError`` the run stops with.
+    """
+    from mmengine.config import Config
+
+    from mmsora.utils.cli import RunError
+    from tests.tiny_models import DEMO, TINY_TRAIN
+    from tools import train
+    dump = Config.dump
+
+    def failing(self, file=None):
+        if ('vis_data' in file) != in_vis_data:
+            return dump(self, file)
+        with open(file, 'w') as f:  # made, as far as the disk or the limit let it grow
+            f.write(self.pretty_text[:1000] if in_vis_data else '')
+        raise OSError(error, os.strerror(error), file)
+
+    monkeypatch.setattr(Config, 'dump', failing)
+    with pytest.raises(RunError) as info:
+        train.main([osp.join(REPO_ROOT, DEMO), '--work-dir', str(work), '--cfg-options',
+                    *TINY_TRAIN])
+    return info.value

@@ -1,11 +1,13 @@
 """The data tools as the dataset tests run them: tools/extract_features.py and
 tools/convert_fastdit_features.py one module object each, shared by every test (tests
-patch its attributes); tools/make_manifest.py loaded afresh for each run."""
+patch its attributes); tools/make_manifest.py loaded afresh for each run; the fast-DiT
+feature folders that convert_fastdit_features.py reads."""
 import glob
 import os
 import os.path as osp
 from unittest import mock
 
+import numpy as np
 import pytest
 
 from mmsora.datasets import LatentStoreWriter
@@ -23,6 +25,26 @@ def run_extract(data, out, vae, *extra):
     return extract.main(['--data-path', data, '--out', out, '--vae', vae, '--image-size',
                          '16', '--shard-size', '2', '--batch-size', '3', '--num-workers',
                          '0', '--device', 'cpu', *extra])
+
+
+def write_fastdit_features(tmp_path, count=11):
+    """``count`` fast-DiT items (1, 4, 4, 4) with labels in ``f/`` and ``l/``."""
+    feats, labels = tmp_path / 'f', tmp_path / 'l'
+    feats.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
+        np.save(labels / f'{i}.npy', np.array([i % 4]))
+    return feats, labels
+
+
+def run_convert(features, out, dtype='float32'):
+    """convert_fastdit_features.py on ``features`` (the two folders of
+    :func:`write_fastdit_features`) into ``out`` in ``dtype``, shards of 4."""
+    feats, labels = features
+    return convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
+                         '--out', str(out), '--dtype', dtype, '--shard-size', '4'])
 
 
 def make_manifest_tool():

@@ -1,5 +1,7 @@
 """Tiny inputs made by the tests: clips (one grey level; a moving square with its
-manifest), and a logger stub that keeps what it is told."""
+manifest), a logger stub that keeps what it is told, and what a logger logs in a block."""
+import contextlib
+import logging
 import os.path as osp
 
 import numpy as np
@@ -41,3 +43,22 @@ class LineLogger:
 
     def error(self, line):
         self.lines.append(('error', line))
+
+
+@contextlib.contextmanager
+def logged_messages(logger, level=logging.NOTSET):
+    """The messages ``logger`` (a ``logging.Logger``: an ``MMLogger``, a runner's) logs
+    at ``level`` or above inside the ``with`` block: a list, kept by a handler that is
+    on the logger for the block only."""
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    handler = Keep(level)
+    logger.addHandler(handler)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)

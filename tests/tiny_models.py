@@ -1,4 +1,4 @@
-"""Tiny model configs shared by the tests."""
+"""Tiny model configs shared by the tests, and tiny runs and folders made from them."""
 # The tiny text encoder folders (and their vocabulary) are the package's: the tools
 # write them too (tools/make_tiny_stable_cascade.py).
 from mmsora.utils.tiny_checkpoints import TINY_WORDS, make_tiny_text_encoder  # noqa: F401
@@ -139,3 +139,69 @@ def tiny_dit_config(tmp_path, text='', extra='', amp=False, name='tiny.py') -> s
         extra=extra, wrapper='AmpOptimWrapper' if amp else 'OptimWrapper',
         dtype="dtype='bfloat16', " if amp else '') + text)
     return str(path)
+
+
+# A tiny Stage C with the released prior's layout (two levels at one resolution,
+# sca/crp timestep conditioning, CLIP text + pooled + image inputs).
+TINY_STAGE_C = dict(
+    in_channels=4, out_channels=4, timestep_ratio_embedding_dim=16, patch_size=1,
+    conditioning_dim=32, block_out_channels=(32, 32), num_attention_heads=(2, 2),
+    down_num_layers_per_block=(1, 2), up_num_layers_per_block=(2, 1),
+    down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(1, 1),
+    block_types_per_layer=(('SDCascadeResBlock', 'SDCascadeTimestepBlock',
+                            'SDCascadeAttnBlock'),) * 2,
+    clip_text_in_channels=24, clip_text_pooled_in_channels=20, clip_image_in_channels=8,
+    clip_seq=2, kernel_size=3, dropout=(0.0, 0.0), self_attn=True,
+    timestep_conditioning_type=('sca', 'crp'), switch_level=(False,))
+
+
+def released_stage_c(folder, unet=TINY_STAGE_C, seed=0, **save):
+    """A random diffusers ``StableCascadeUNet`` of config ``unet`` (seeded ``seed``),
+    moved off its init (diffusers zero-inits some weights), saved in ``folder`` as a
+    released prior folder (``save``: ``save_pretrained``'s options, as
+    ``variant='bf16'``); returns the UNet."""
+    import torch
+    from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
+    torch.manual_seed(seed)
+    released = StableCascadeUNet(**unet)
+    with torch.no_grad():
+        for p in released.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    released.save_pretrained(folder, **save)
+    return released
+
+
+# The shapes demo's DiT (:data:`DEMO`), shrunk for tools/text2video.py's mmsora picture
+# backend: 16x16 pixels, 2 classes, one block of width 32.
+TINY_SHAPES_DIT = '''_base_ = [{base!r}]
+model = dict(denoiser=dict(hidden_size=32, depth=1, num_heads=2, num_classes=2),
+             num_classes=2)
+sample_cfg = dict(sampler='ddim', num_steps=2, cfg_scale=1.0)
+'''
+
+
+def tiny_shapes_dit_run(folder):
+    """A random :data:`TINY_SHAPES_DIT` (seeded 0) in ``folder`` (a pathlib.Path): its
+    config, tiny_dit.py, and a checkpoint, iter_1.pth, that also carries the config.
+
+    Returns:
+        (the config's path, the checkpoint's path, the model).
+    """
+    import importlib
+    import os.path as osp
+
+    import torch
+    from mmengine.config import Config
+
+    from mmsora.registry import MODELS
+    from tests.conftest import REPO_ROOT
+    importlib.import_module('mmsora.models')  # (registers the modules)
+    config = folder / 'tiny_dit.py'
+    config.write_text(TINY_SHAPES_DIT.format(base=osp.join(REPO_ROOT, DEMO)))
+    cfg = Config.fromfile(str(config))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    state = {f'denoiser.{k}': v for k, v in model.denoiser.state_dict().items()}
+    checkpoint = folder / 'iter_1.pth'
+    torch.save(dict(state_dict=state, meta=dict(cfg=cfg.pretty_text)), checkpoint)
+    return str(config), str(checkpoint), model

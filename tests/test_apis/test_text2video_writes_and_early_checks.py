@@ -3,13 +3,11 @@ and renamed when complete (Ctrl-C or an error kept the video there before), --ou
 other options checked before any speech, title cards without the subtitle's text,
 portrait subtitles sized from the short side, class labels in the summary, and
 --resolution 480P / 1080p."""
-import importlib.util
 import os
 import os.path as osp
 
 import numpy as np
 import pytest
-import torch
 
 import mmsora.apis.text2video as t2v
 from mmsora.apis.text2video import (Composer, Shot, build_pictures, parse_resolution,
@@ -18,6 +16,7 @@ from mmsora.apis.text2video.segmentation import Segment
 from mmsora.utils.cli import Interrupted, UserError, run_cli
 from mmsora.utils.video_io import probe_video
 from tests.cli_helpers import load_tool
+from tests.tiny_models import tiny_shapes_dit_run
 
 STORY = 'The red disk rolls away. A green square waits for it.'
 
@@ -189,30 +188,9 @@ def test_portrait_subtitles_are_sized_like_landscape_ones():
 # --------------------------------------------------------------------------- #
 #               6. the summary names the labels of class-conditional models   #
 # --------------------------------------------------------------------------- #
-TINY_DIT = '''_base_ = [{base!r}]
-model = dict(denoiser=dict(hidden_size=32, depth=1, num_heads=2, num_classes=2),
-             num_classes=2)
-sample_cfg = dict(sampler='ddim', num_steps=2, cfg_scale=1.0)
-'''
-
-
-def test_summary_gives_class_labels_not_unseen_prompts(repo_root, tmp_path, capsys,
-                                                       malloc_calls):
+def test_summary_gives_class_labels_not_unseen_prompts(tmp_path, capsys, malloc_calls):
     """A class-conditional model's summary printed prompts the model never saw."""
-    from mmengine.config import Config
-
-    from mmsora.registry import MODELS
-    importlib.import_module('mmsora.models')  # (registers the modules)
-    config = tmp_path / 'tiny_dit.py'
-    config.write_text(TINY_DIT.format(
-        base=osp.join(repo_root, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')))
-    cfg = Config.fromfile(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    checkpoint = tmp_path / 'iter_1.pth'
-    torch.save(dict(state_dict={f'denoiser.{k}': v
-                                for k, v in model.denoiser.state_dict().items()},
-                    meta=dict(cfg=cfg.pretty_text)), checkpoint)
+    _, checkpoint, _ = tiny_shapes_dit_run(tmp_path)
     story = tmp_path / 'story.txt'
     story.write_text(STORY + ' It does not move.')
     tool = load_tool('text2video')

@@ -42,6 +42,14 @@ def clips(tmp_path, clip_bytes):
 
 
 @pytest.fixture
+def fastdit_features(tmp_path):
+    """11 fast-DiT items (1, 4, 4, 4) with labels: the folders (features, labels) of
+    :func:`tests.extract_tools.write_fastdit_features`."""
+    from tests.extract_tools import write_fastdit_features  # (it loads the tools)
+    return write_fastdit_features(tmp_path)
+
+
+@pytest.fixture
 def sdxl_like_vae(tmp_path):
     """A tiny random VAE folder whose scaling_factor is SDXL's 0.13025 (not SD's)."""
     from diffusers import AutoencoderKL

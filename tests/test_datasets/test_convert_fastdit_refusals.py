@@ -8,20 +8,7 @@ import torch
 
 from mmsora.datasets import NpyLatentDataset, PackedLatentDataset
 from mmsora.utils.cli import UserError
-from tests.extract_tools import convert, shard_mtimes
-from tests.test_datasets.test_extract_features import write_fastdit_features
-
-
-@pytest.fixture
-def features(tmp_path):
-    """11 fast-DiT items (1, 4, 4, 4) with labels."""
-    return write_fastdit_features(tmp_path)
-
-
-def run(features, out):
-    feats, labels = features
-    return convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
-                         '--out', str(out), '--dtype', 'float32', '--shard-size', '4'])
+from tests.extract_tools import run_convert, shard_mtimes
 
 
 def spoil(features, i, value=np.nan):
@@ -34,64 +21,64 @@ def spoil(features, i, value=np.nan):
 
 
 @pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
-def test_non_finite_features_are_refused(features, tmp_path, value):
+def test_non_finite_features_are_refused(fastdit_features, tmp_path, value):
     """A feature file holding NaN or inf was converted (exit 0) and training then
     logged 'loss nan' naming nothing."""
-    spoil(features, 2, value)
-    with pytest.raises(UserError, match=rf"^'{features[0] / '2.npy'}' \(item 2\) holds NaN or "
-                                        r'inf \(1 of 64 values\): extract that image again'):
-        run(features, tmp_path / 'out')
+    spoil(fastdit_features, 2, value)
+    with pytest.raises(UserError, match=rf"^'{fastdit_features[0] / '2.npy'}' \(item 2\) holds "
+                                        r'NaN or inf \(1 of 64 values\): extract that image '
+                                        r'again'):
+        run_convert(fastdit_features, tmp_path / 'out')
 
 
-def test_a_refusal_before_the_first_shard_leaves_no_folder(features, tmp_path):
+def test_a_refusal_before_the_first_shard_leaves_no_folder(fastdit_features, tmp_path):
     """A run refused at a bad file left an empty --out behind (the writer had made it)."""
-    fix = spoil(features, 2)
+    fix = spoil(fastdit_features, 2)
     out = tmp_path / 'new' / 'deeper' / 'store'
     with pytest.raises(UserError, match=r'holds NaN or inf \(1 of 64 values\): .*files out '
                                         r'\(training on it logs loss nan\)$'):
-        run(features, out)
+        run_convert(fastdit_features, out)
     assert not (tmp_path / 'new').exists()  # the folders it made, parents too
     # a wrong shape too
     fix()
-    np.save(features[0] / '3.npy', np.zeros((1, 4, 4, 2), np.float32))
+    np.save(fastdit_features[0] / '3.npy', np.zeros((1, 4, 4, 2), np.float32))
     with pytest.raises(UserError, match=r"'.*3.npy' \(item 3\) has shape"):
-        run(features, tmp_path / 'other')
+        run_convert(fastdit_features, tmp_path / 'other')
     assert not (tmp_path / 'other').exists()
     # a folder that was there stays, as it was
     (tmp_path / 'given').mkdir()
     with pytest.raises(UserError):
-        run(features, tmp_path / 'given')
+        run_convert(fastdit_features, tmp_path / 'given')
     assert os.listdir(tmp_path / 'given') == []
 
 
-def test_a_refusal_keeps_finished_shards_and_a_rerun_resumes(features, tmp_path):
-    fix = spoil(features, 6)  # shard 1 (items 4-7)
+def test_a_refusal_keeps_finished_shards_and_a_rerun_resumes(fastdit_features, tmp_path):
+    fix = spoil(fastdit_features, 6)  # shard 1 (items 4-7)
     out = tmp_path / 'store'
     with pytest.raises(UserError, match=rf"^'.*6.npy' \(item 6\) holds NaN .*; {out} keeps "
                                         r'the 1 shard finished before it: rerun once the '
                                         r'file is fixed to resume, or convert into a new '
                                         r'--out$'):
-        run(features, out)
+        run_convert(fastdit_features, out)
     before = shard_mtimes(str(out))
     assert sorted(os.path.basename(p) for p in before) == ['labels_00000.npy',
                                                           'shard_00000.npy']
     fix()
-    index = run(features, out)
+    index = run_convert(fastdit_features, out)
     assert index['complete'] and index['num_items'] == 11
     assert {p: t for p, t in shard_mtimes(str(out)).items() if p in before} == before
-    src, dst = NpyLatentDataset(*map(str, features)), PackedLatentDataset(str(out), seed=0)
+    src = NpyLatentDataset(*map(str, fastdit_features))
+    dst = PackedLatentDataset(str(out), seed=0)
     for i in range(11):
         assert torch.equal(src[i]['latents'], dst[i]['latents'])
 
 
-def test_values_past_float16_are_one_line(features, tmp_path):
+def test_values_past_float16_are_one_line(fastdit_features, tmp_path):
     """A finite feature past float16's range is inf in a --dtype float16 store: refused
     naming its file (a ValueError traceback from the tool before, then the writer's
     'shard 0: item 2')."""
-    spoil(features, 2, 1e5)
-    feats, labels = features
-    with pytest.raises(UserError, match=rf"^'{features[0] / '2.npy'}' \(item 2\) holds "
-                                        r"values past float16's range \(1 of 64 values"):
-        convert.main(['--features-dir', str(feats), '--labels-dir', str(labels),
-                      '--out', str(tmp_path / 'out'), '--dtype', 'float16',
-                      '--shard-size', '4'])
+    spoil(fastdit_features, 2, 1e5)
+    with pytest.raises(UserError, match=rf"^'{fastdit_features[0] / '2.npy'}' \(item 2\) "
+                                        r"holds values past float16's range \(1 of 64 "
+                                        r"values"):
+        run_convert(fastdit_features, tmp_path / 'out', dtype='float16')

@@ -1,7 +1,6 @@
 """tools/convert_fastdit_features.py's last line counts in words as extract_features.py
 does: '1 latent in 1 shard', not '... in 1 shards' (walk-through ai)."""
-from tests.extract_tools import convert
-from tests.test_datasets.test_extract_features import write_fastdit_features
+from tests.extract_tools import convert, write_fastdit_features
 
 
 def test_the_summary_says_one_shard_and_one_latent(tmp_path, capsys):

@@ -14,7 +14,8 @@ from mmsora.datasets import (LatentStore, LatentStoreWriter, NpyLatentDataset,
                              PackedLatentDataset, center_crop_arr)
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import UserError
-from tests.extract_tools import REPO, convert, extract, run_extract, shard_mtimes
+from tests.extract_tools import (REPO, convert, extract, run_extract, shard_mtimes,
+                                 write_fastdit_features)
 
 
 
@@ -202,18 +203,6 @@ def test_extract_torchrun_two_ranks(image_folder, tiny_vae_dir, tmp_path):
     np.testing.assert_array_equal(a.labels, b.labels)
     for i in range(len(a)):
         np.testing.assert_allclose(a[i], b[i], atol=1e-6)
-
-
-def write_fastdit_features(tmp_path, count=11):
-    """``count`` fast-DiT items (1, 4, 4, 4) with labels in ``f/`` and ``l/``."""
-    feats, labels = tmp_path / 'f', tmp_path / 'l'
-    feats.mkdir()
-    labels.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        np.save(feats / f'{i}.npy', rng.standard_normal((1, 4, 4, 4)).astype(np.float32))
-        np.save(labels / f'{i}.npy', np.array([i % 4]))
-    return feats, labels
 
 
 def test_convert_fastdit_round_trip(tmp_path):

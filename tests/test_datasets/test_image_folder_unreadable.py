@@ -1,8 +1,6 @@
 """Training straight from images (ImageFolderDataset, DiT's train.py way) stopped at
 the first broken file, and the error said nothing of SkipCorruptDataset, which
 skips such files (walk-through p)."""
-import logging
-
 import numpy as np
 import pytest
 from mmengine.logging import MMLogger
@@ -11,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from mmsora.datasets import ImageFolderDataset, SkipCorruptDataset
 from mmsora.utils.error_messages import explain_error
+from tests.tiny_data import logged_messages
 
 HINT = ("; to skip unreadable images instead, wrap the dataset: train_dataloader = "
         "dict(dataset=dict(_delete_=True, type='SkipCorruptDataset', "
@@ -46,20 +45,10 @@ def test_the_skip_log_does_not_repeat_the_advice(broken_folder):
     """SkipCorruptDataset logs each image it skips by the dataset's message: the
     advice to wrap the dataset is not in it."""
     root, broken = broken_folder
-    logged = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            logged.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    handler = Keep()
-    logger.addHandler(handler)
-    try:
+    with logged_messages(MMLogger.get_current_instance()) as logged:
         dataset = SkipCorruptDataset(ImageFolderDataset(root, image_size=16,
                                                         random_flip=False))
         assert dataset[1]['sample_idx'] == 2 and dataset.num_skipped == 1
-    finally:
-        logger.removeHandler(handler)
     skipped = [m for m in logged if m.startswith('skipping unreadable item 1')]
     assert len(skipped) == 1 and broken in skipped[0], logged
     assert 'SkipCorruptDataset' not in skipped[0]

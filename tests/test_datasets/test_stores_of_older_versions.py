@@ -12,8 +12,8 @@ from mmengine.config import Config
 from mmsora.datasets import LatentStoreWriter
 from mmsora.datasets.store_checks import check_latent_store
 from mmsora.utils.cli import UserError
-from tests.extract_tools import convert, interrupted, run_extract, shard_mtimes
-from tests.test_datasets.test_extract_features import write_fastdit_features
+from tests.extract_tools import (convert, interrupted, run_extract, shard_mtimes,
+                                 write_fastdit_features)
 
 pytestmark = pytest.mark.usefixtures('fresh_notes')
 

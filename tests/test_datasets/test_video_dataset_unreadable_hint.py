@@ -1,7 +1,6 @@
 """An unreadable video read on the fly stops tools/train.py with one line that names the
 way on: the option it gives, added to the same command, trains past the video (it
 named only the video, and the relaunch stopped at the same one)."""
-import logging
 import os.path as osp
 import re
 
@@ -14,6 +13,7 @@ from mmsora.datasets.manifest import write_manifest
 from mmsora.datasets.video_dataset import VideoDataset
 from mmsora.utils.cli import run_cli
 from mmsora.utils.video_io import VideoReadError, write_video
+from tests.tiny_data import logged_messages
 from tools import train
 
 pytestmark = pytest.mark.usefixtures('kept_environ', 'malloc_calls')
@@ -58,23 +58,13 @@ def test_skip_corrupt_dataset_logs_no_advice_to_skip(tmp_path):
     (skipping already, and a key path that is not the wrapped dataset's), and so did its
     error at more than max_skipped. The advice is for the error that ends a run."""
     manifest = videos(tmp_path)
-    logged = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            logged.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    handler = Keep()
-    logger.addHandler(handler)
-    try:
+    with logged_messages(MMLogger.get_current_instance()) as logged:
         dataset = SkipCorruptDataset(VideoDataset(manifest, pipeline=PIPELINE, seed=0))
         assert dataset[1]['sample_idx'] == 0 and dataset.num_skipped == 1
         strict = SkipCorruptDataset(VideoDataset(manifest, pipeline=PIPELINE, seed=0),
                                     max_skipped=0)
         with pytest.raises(ValueError) as info:
             strict[1]
-    finally:
-        logger.removeHandler(handler)
     skipped = [m for m in logged if m.startswith('skipping unreadable item 1: ')]
     assert len(skipped) == 1, logged
     assert f"cannot read video '{tmp_path}/damaged.mp4': " in skipped[0], skipped

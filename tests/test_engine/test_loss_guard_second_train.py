@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 
 from mmsora.engine import LossGuardHook, NonFiniteLossError
 from mmsora.engine.hooks import loss_guard_hook
+from tests.tiny_data import logged_messages
 from tests.tiny_models import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures('kept_environ')
@@ -169,18 +170,8 @@ def test_a_train_after_the_guard_stopped_the_run_counts_skips_in_a_row_afresh(
     stopped run's 2 and this one (which stopped it again at its first step)."""
     runner, nan = _stopped_runner(repo_root, tmp_path, 5)
     nan.iterations = {3}
-    said = []
-
-    class Kept(logging.Handler):
-        def emit(self, record):
-            said.append(record.getMessage())
-
-    handler = Kept(logging.WARNING)
-    runner.logger.addHandler(handler)
-    try:
+    with logged_messages(runner.logger, logging.WARNING) as said:
         runner.train()
-    finally:
-        runner.logger.removeHandler(handler)
     skips = [line for line in said if 'skipping this optimizer step' in line]
     assert len(skips) == 1 and skips[0].startswith('iteration 3: loss nan'), said
     assert '(1 in a row, 3 in all; the run stops after 2 in a row)' in skips[0], skips

@@ -13,18 +13,7 @@ from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
 from mmsora.diffusion import WuerstchenDiffusion
 from mmsora.models import StableCascadeVideo
 from mmsora.registry import DIFFUSION, MODELS
-
-_BLOCKS = (('SDCascadeResBlock', 'SDCascadeTimestepBlock', 'SDCascadeAttnBlock'),) * 2
-# A tiny Stage C with the released prior's layout (two levels at one resolution,
-# sca/crp timestep conditioning, CLIP text + pooled + image inputs).
-TINY_STAGE_C = dict(
-    in_channels=4, out_channels=4, timestep_ratio_embedding_dim=16, patch_size=1,
-    conditioning_dim=32, block_out_channels=(32, 32), num_attention_heads=(2, 2),
-    down_num_layers_per_block=(1, 2), up_num_layers_per_block=(2, 1),
-    down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(1, 1),
-    block_types_per_layer=_BLOCKS, clip_text_in_channels=24, clip_text_pooled_in_channels=20,
-    clip_image_in_channels=8, clip_seq=2, kernel_size=3, dropout=(0.0, 0.0), self_attn=True,
-    timestep_conditioning_type=('sca', 'crp'), switch_level=(False,))
+from tests.tiny_models import TINY_STAGE_C
 
 
 def perturb(module, std=0.05, seed=0):

@@ -4,7 +4,7 @@ works as the prior's folder, tools/train.py refuses a Stage B subfolder that is 
 there, and prompts cut at the text encoder's max_length are said once.
 
 Tiny random models only: a 4-channel convolution as the Stage C encoder, the tiny
-Stage C of test_stable_cascade.py, the tiny Stage B + A and CLIP of
+Stage C of the toy config, the tiny Stage B + A and CLIP of
 mmsora.utils.tiny_checkpoints.
 """
 import os
@@ -19,6 +19,7 @@ from mmsora.registry import MODELS
 from mmsora.utils.cli import UserError
 from mmsora.utils.tiny_checkpoints import (TINY_STAGE_A, TINY_STAGE_B,
                                            make_tiny_stable_cascade_decoder)
+from tests.tiny_models import released_stage_c
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py')
@@ -65,16 +66,10 @@ def test_encoder_config_is_built_without_the_global_generator():
 #                3. a Hugging Face cache folder as the prior's folder         #
 # --------------------------------------------------------------------------- #
 def test_prior_loads_from_a_hugging_face_cache_folder(tmp_path):
-    from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
     from mmengine.config import Config
     unet = Config.fromfile(CONFIG).model.denoiser.unet.to_dict()  # the tiny Stage C
     cache = tmp_path / 'models--stabilityai--stable-cascade-prior'
-    torch.manual_seed(5)
-    released = StableCascadeUNet(**unet)
-    with torch.no_grad():  # off the init (diffusers zero-inits some weights)
-        for p in released.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    released.save_pretrained(cache / 'snapshots' / 'abc123' / 'prior_lite')
+    released = released_stage_c(cache / 'snapshots' / 'abc123' / 'prior_lite', unet, seed=5)
     os.makedirs(cache / 'snapshots' / 'old')  # another snapshot, not refs/main's
     (cache / 'refs').mkdir()
     (cache / 'refs' / 'main').write_text('abc123\n')

@@ -10,7 +10,7 @@ import torch
 
 from mmsora.diffusion import WuerstchenDiffusion
 from mmsora.models import StableCascadeVideo
-from tests.test_models.test_stable_cascade import TINY_STAGE_C
+from tests.tiny_models import TINY_STAGE_C
 
 FRAMES, SIZE, STEPS, BATCH = 4, 4, 50, 8
 

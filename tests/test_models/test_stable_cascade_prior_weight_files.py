@@ -6,35 +6,22 @@ import os
 
 import pytest
 import torch
-from diffusers.models.unets.unet_stable_cascade import StableCascadeUNet
 
-from mmsora.models.denoisers.stable_cascade_video import _BLOCKS
 from mmsora.registry import MODELS
+from tests.tiny_models import TINY_STAGE_C, released_stage_c
 
-TINY_STAGE_C = dict(
-    in_channels=4, out_channels=4, timestep_ratio_embedding_dim=16, patch_size=1,
-    conditioning_dim=32, block_out_channels=(32, 32), num_attention_heads=(2, 2),
-    down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
-    down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(1, 1),
-    block_types_per_layer=_BLOCKS, clip_text_in_channels=24, clip_text_pooled_in_channels=20,
-    clip_image_in_channels=8, clip_seq=2, kernel_size=3, dropout=(0.0, 0.0), self_attn=True,
-    timestep_conditioning_type=('sca', 'crp'), switch_level=(False,))
+# the tiny Stage C with one layer a block
+PRIOR = dict(TINY_STAGE_C, down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1))
 WEIGHTS = 'diffusion_pytorch_model.safetensors'
 
 
 def prior_model(root):
-    return MODELS.build(dict(type='StableCascadeVideo', unet=TINY_STAGE_C,
+    return MODELS.build(dict(type='StableCascadeVideo', unet=PRIOR,
                              pretrained_path=str(root), pretrained_subfolder='prior_lite'))
 
 
 def released(root, **save):
-    torch.manual_seed(3)
-    unet = StableCascadeUNet(**TINY_STAGE_C)
-    with torch.no_grad():  # off the init (diffusers zero-inits some weights)
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    unet.save_pretrained(root / 'prior_lite', **save)
-    return unet
+    return released_stage_c(root / 'prior_lite', PRIOR, seed=3, **save)
 
 
 def one_line(info):

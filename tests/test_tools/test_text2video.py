@@ -14,14 +14,9 @@ from mmsora.apis.text2video import Shot, build_pictures
 from mmsora.utils.cli import UserError
 from mmsora.utils.video_io import probe_video, read_video_frames
 from tests.cli_helpers import load_tool
+from tests.tiny_models import tiny_shapes_dit_run
 
 TEXT_CONFIG = 'configs/video_dit/video_dit_tiny4_1xb2_t5_two_clips.py'
-# The shapes demo's DiT, shrunk: 16x16 pixels, 2 classes, one block of width 32.
-TINY_DIT = '''_base_ = [{base!r}]
-model = dict(denoiser=dict(hidden_size=32, depth=1, num_heads=2, num_classes=2),
-             num_classes=2)
-sample_cfg = dict(sampler='ddim', num_steps=2, cfg_scale=1.0)
-'''
 
 
 def run_tool(args, cwd, **env):
@@ -33,22 +28,7 @@ def run_tool(args, cwd, **env):
 @pytest.fixture(scope='module')
 def tiny_dit(tmp_path_factory):
     """A random tiny DiT: its config, and a checkpoint that also carries the config."""
-    from mmengine.config import Config
-
-    import mmsora.models  # noqa: F401  (registers the modules)
-    from mmsora.registry import MODELS
-    from tests.conftest import REPO_ROOT
-    folder = tmp_path_factory.mktemp('dit')
-    config = folder / 'tiny_dit.py'
-    config.write_text(TINY_DIT.format(
-        base=osp.join(REPO_ROOT, 'configs/dit/dit_tiny2_1xb32_1500_shapes16.py')))
-    cfg = Config.fromfile(str(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    state = {f'denoiser.{k}': v for k, v in model.denoiser.state_dict().items()}
-    checkpoint = folder / 'iter_1.pth'
-    torch.save(dict(state_dict=state, meta=dict(cfg=cfg.pretty_text)), checkpoint)
-    return str(config), str(checkpoint), model
+    return tiny_shapes_dit_run(tmp_path_factory.mktemp('dit'))
 
 
 def shots(n):
