@@ -30,7 +30,9 @@ is in --out is read before any model loads (a complete store: nothing to do), an
 rerun with other settings or other source items (a manifest changed since) is refused;
 a manifest grown by rows is refused naming the new rows and how to add them (another
 store, trained on with this one). An --out folder of other files and no store is
-refused (an empty one is taken).
+refused (an empty one is taken). One run writes an --out at a time: a second one is
+refused naming the process that holds its lock (``OUT/.extract.lock``; a torchrun's ranks
+are one run); a lock left by a run that stopped (its process gone) is taken over.
 A rerun checks every finished shard's files once against the sizes their .npy headers and
 the index give (a stat and a header read each, no data): a shard cut short or missing
 (a copy or sync that stopped, a full disk) is encoded again, in a complete store too.
@@ -51,13 +53,14 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          SourceCountError, foreign_folder_message,
-                                          nonfinite_items, read_store_progress, say_damaged)
+                                          SourceCountError, StoreLock, StoreLockedError,
+                                          foreign_folder_message, nonfinite_items,
+                                          read_store_progress, say_damaged)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, device_setting, note,
-                              plural, run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, device_setting,
+                              first_line, note, plural, run_cli)
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 from mmsora.utils.video_io import READER_VERSION
 
@@ -223,10 +226,11 @@ def init_dist(device):
     if on_cuda:
         device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
         torch.cuda.set_device(device)
-    # The ranks meet only at the end, in the barrier before rank 0 writes the index: a
-    # rank with fewer (or no) shards waits there while the others encode, which can
-    # take hours; NCCL's default timeout (10 min) ended it, torchrun then stopped the
-    # ranks still encoding, and a store of fewer shards than GPUs never finished.
+    # Past the lock's word at the start (lock_out), the ranks meet only at the end, in
+    # the barrier before rank 0 writes the index: a rank with fewer (or no) shards
+    # waits there while the others encode, which can take hours; NCCL's default
+    # timeout (10 min) ended it, torchrun then stopped the ranks still encoding, and a
+    # store of fewer shards than GPUs never finished.
     import datetime
     dist.init_process_group(backend='nccl' if on_cuda else 'gloo',
                             timeout=datetime.timedelta(days=7))
@@ -843,6 +847,31 @@ def encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, ra
             pbar.update(len(items))
 
 
+def lock_out(lock, out, rank) -> None:
+    """Take ``--out``'s lock (``lock``, a :class:`StoreLock`) for this run, before the
+    models load: rank 0 alone (the ranks of one run write one store by design, each its
+    own shards), every rank told whether it could before any rank writes. A second run
+    into the same --out is refused, naming the process that holds it: before, both
+    encoded every shard. A lock left by a run that stopped is taken over, with a note."""
+    refused = None
+    if rank == 0:
+        try:
+            lock.acquire(on_stale=lambda holder: note(
+                f'{out}: taking over the lock of an extraction that stopped ('
+                + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
+                + '): its finished shards are kept'))
+        except StoreLockedError as e:
+            refused = f'--out {e}'
+        except OSError as e:  # (a folder this user may not write into)
+            refused = f'--out {out}: {first_line(e)}'
+    if dist.is_available() and dist.is_initialized():
+        word = [refused]  # (rank 0's: the other ranks wait here for it)
+        dist.broadcast_object_list(word, src=0)
+        refused = word[0]
+    if refused:
+        fail(refused)
+
+
 def main(argv=None):
     args = parse_args(argv)
     adopt_slurm_tasks()
@@ -852,7 +881,19 @@ def main(argv=None):
     progress, fingerprint = check_out(args, source, meta)
     if progress and progress['complete']:
         return nothing_to_do(args, progress)
-    if progress and launch_rank() == 0:
+    rank, world, device = init_dist(args.device)
+    lock = StoreLock(args.out)
+    try:
+        lock_out(lock, args.out, rank)
+        return extract(args, source, meta, progress, fingerprint, rank, world, device)
+    finally:
+        lock.release()  # (nothing where this process holds none: another rank's)
+
+
+def extract(args, source, meta, progress, fingerprint, rank, world, device):
+    """Encode the pending shards of ``--out`` (``progress``: what :func:`check_out`
+    found there) and finalize the store; returns the summary (rank 0)."""
+    if progress and rank == 0:
         say_damaged(PROG, progress['damaged'])  # (each is encoded again)
         print(f'{PROG}: resuming: {len(progress["done"])} of '
               f'{plural(progress["num_shards"], "shard")} done at {args.out}', flush=True)
@@ -865,7 +906,6 @@ def main(argv=None):
     vae = build_vae(args)
     text_encoder = build_text_encoder(args)
     note_long_captions(text_encoder, source)
-    rank, world, device = init_dist(args.device)
     vae.vae.to(device)
     latent_shape = latent_shape_of(args, vae, source)
     copies = 2 if args.flip else 1

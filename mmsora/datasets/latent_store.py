@@ -25,10 +25,13 @@ renamed into place, and only then listed in the writer's index part (itself repl
 atomically). A resumed writer trusts only listed shards; anything else is rewritten.
 """
 import glob
+import itertools
 import json
 import os
 import os.path as osp
 import re
+import socket
+import time
 
 import numpy as np
 import torch
@@ -39,7 +42,7 @@ from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
            'SourceCountError', 'read_store_progress', 'nonfinite_items', 'foreign_folder',
-           'foreign_folder_message']
+           'foreign_folder_message', 'folder_entries', 'StoreLock', 'StoreLockedError']
 
 FORMAT = 'mmsora.latent_store'
 VERSION = 1
@@ -196,22 +199,66 @@ def stored_tensor(a, dtype):
 
 
 # --------------------------------------------------------------------------- #
-#                                    Writer                                    #
+#                       What a folder given as a store holds                   #
 # --------------------------------------------------------------------------- #
+# The names of a shard's files (shard_name, labels_name, text_name).
+STORE_FILE = re.compile(r'(shard|labels|text|text_mask|pooled)_\d{5,}\.npy')
+
+
+def _entry_kind(name) -> str:
+    """What a folder entry ``name`` is to a latent store: 'store' (one it writes:
+    index.json, parts/, a shard's file), 'temporary' (the temporary name of one: a write
+    cut off), 'hidden' (another name starting with '.': .DS_Store, .gitkeep, the
+    extraction lock, passed over) or 'other'."""
+    target = tmp_target(name)
+    base = target[0] if target else name.partition('.tmp.')[0]  # (older temporaries)
+    if base in ('index.json', 'parts') or STORE_FILE.fullmatch(base):
+        return 'store' if base == name else 'temporary'
+    return 'hidden' if name.startswith('.') else 'other'
+
+
+def folder_entries(root) -> dict | None:
+    """``{name: kind}`` (:func:`_entry_kind`) of the entries of a folder ``root``,
+    sorted by name; None for a missing folder. The one rule of which entries count that
+    the readers of a folder given as a store go by (:func:`foreign_folder`,
+    :func:`_what_is_there`): subfolders count as entries, hidden names do not."""
+    if not osp.isdir(root):
+        return None
+    return {name: _entry_kind(name) for name in sorted(os.listdir(root))}
+
+
+def _files_in(root, entries, most=1000) -> list:
+    """The names of the first ``most`` files among ``entries`` (names in ``root``) and
+    in their subfolders, hidden ones passed over there too. (Before, the whole tree was
+    listed first: a parent folder of ImageNet's 1.3 M pictures, given as a store.)"""
+    def walk():
+        for name in entries:
+            path = osp.join(root, name)
+            if not osp.isdir(path):
+                yield name
+                continue
+            for _, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+                yield from sorted(f for f in files if not f.startswith('.'))
+    return list(itertools.islice(walk(), most))
+
+
 def _what_is_there(root) -> str:
     """A hint for a folder given as a latent store that is not one (yet)."""
-    if not osp.isdir(root):
+    entries = folder_entries(root)
+    if entries is None:
         return ' (no such folder)'
-    if osp.isdir(osp.join(root, 'parts')):
+    if entries.get('parts') == 'store' and osp.isdir(osp.join(root, 'parts')):
         return (' (extraction not finalized? rerun the extraction to finish it; a store '
                 'written from Python needs LatentStoreWriter.finalize() once every shard '
                 'is written)')
-    names = [name for _, _, files in os.walk(root) for name in files][:1000]
-    if not any(tmp_target(name) is None for name in names):
+    counted = [name for name, kind in entries.items() if kind in ('store', 'other')]
+    if not counted:
         # (a Ctrl-C before the first shard was written: the writer makes the folder
         # first, parts/ at the first shard; a temporary file is a shard cut off)
         return (' (the folder is empty: extraction stopped before its first shard? rerun '
                 'the extraction to write the store)')
+    names = _files_in(root, counted)
     if any(name.endswith('.npy') for name in names):
         return (": it holds .npy files: fast-DiT's per-file features? read them with "
                 "dataset=dict(type='NpyLatentDataset', features_dir=..., labels_dir=...) "
@@ -223,29 +270,16 @@ def _what_is_there(root) -> str:
     return ''
 
 
-# The names of a shard's files (shard_name, labels_name, text_name).
-STORE_FILE = re.compile(r'(shard|labels|text|text_mask|pooled)_\d{5,}\.npy')
-
-
-def _store_entry(name) -> bool:
-    """Whether a folder entry ``name`` is one a latent store writes: index.json, parts/,
-    a shard's file, or the temporary name of one (a write cut off)."""
-    target = tmp_target(name)
-    name = target[0] if target else name.partition('.tmp.')[0]  # (older temporaries)
-    return name in ('index.json', 'parts') or bool(STORE_FILE.fullmatch(name))
-
-
 def foreign_folder(root) -> list:
     """The sorted entries of a folder ``root`` that holds files but nothing a latent
-    store writes (:func:`_store_entry`), hidden ones (.DS_Store, .gitkeep) passed over:
-    a store written there would lie among them. [] for a folder that is missing or
-    empty, or that holds a store's files (begun or finished, its index missing too)."""
-    if not osp.isdir(root):
+    store writes (:func:`folder_entries`: 'store' or 'temporary'), hidden ones
+    (.DS_Store, .gitkeep, the extraction lock) passed over: a store written there would
+    lie among them. [] for a folder that is missing or empty, or that holds a store's
+    files (begun or finished, its index missing too)."""
+    entries = folder_entries(root) or {}
+    if any(kind in ('store', 'temporary') for kind in entries.values()):
         return []
-    names = sorted(os.listdir(root))
-    if any(_store_entry(name) for name in names):
-        return []
-    return [name for name in names if not name.startswith('.')]
+    return [name for name, kind in entries.items() if kind == 'other']
 
 
 def foreign_folder_message(out) -> str | None:
@@ -257,6 +291,173 @@ def foreign_folder_message(out) -> str | None:
     return (f'--out {out} holds other files ({", ".join(foreign[:3])}'
             f'{", ..." if len(foreign) > 3 else ""}) and no latent store: pick an empty or '
             'new folder for the store')
+
+
+# --------------------------------------------------------------------------- #
+#                       One writing run of a store at a time                   #
+# --------------------------------------------------------------------------- #
+LOCK_NAME = '.extract.lock'  # (hidden: passed over by folder_entries, so by every reader)
+
+
+class StoreLockedError(RuntimeError):
+    """Another run holds a store folder's lock (:class:`StoreLock`)."""
+
+
+def _proc_stat(pid):
+    """``(state, start time)`` of process ``pid`` from /proc (the start time in clock
+    ticks since boot: it tells a process from a later one given the same pid, after a
+    reboot); None where unknown."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rpartition(')')[2].split()
+        return fields[0], fields[19]  # (fields 3 and 22)
+    except (OSError, IndexError):
+        return None
+
+
+def _running(pid, started) -> bool:
+    """Whether process ``pid`` of this machine, started at ``started`` (None: unknown),
+    is still running (not a zombie, nor a later process given its pid)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # (another user's process)
+        pass
+    stat = _proc_stat(pid)
+    return stat is None or (stat[0] != 'Z' and started in (None, stat[1]))
+
+
+def _read_lock(path):
+    """``(holder, text)`` of a lock file: ``holder`` its dict (pid, host, started,
+    since), None where it cannot be read (a run stopped between making and writing it);
+    None for no lock file."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        text = ''
+    try:
+        holder = json.loads(text)
+        if not (isinstance(holder['pid'], int) and holder['pid'] > 0
+                and isinstance(holder['host'], str)):
+            holder = None
+    except (ValueError, KeyError, TypeError):
+        holder = None
+    return holder, text
+
+
+class StoreLock:
+    """The lock of a store folder written by one run at a time: ``root/.extract.lock``,
+    made with ``O_CREAT | O_EXCL`` and holding the process id and host of the run that
+    holds it, removed by :meth:`release`. Hidden, so the folder's readers pass it over
+    (:func:`folder_entries`). tools/extract_features.py takes it for the whole run
+    (rank 0 alone: the ranks of one run write one store by design, each its own shards).
+
+    Two runs writing one store keep it consistent (a shard's files are replaced whole),
+    but each encodes every shard: the work is doubled. A lock whose holder is gone (its
+    process no longer runs on this machine: a run killed, a crash, a reboot) is taken
+    over, so a crash never blocks the next run.
+
+    Args:
+        root (str): Store folder (made if missing, and removed again by
+            :meth:`release` if still empty then, with the parents made for it).
+    """
+
+    def __init__(self, root):
+        self.root, self.path = root, osp.join(root, LOCK_NAME)
+        self.text = None  # what this run wrote into the lock, while it holds it
+        self.made = []  # folders made for the lock, deepest first
+
+    def acquire(self, on_stale=None):
+        """Take the lock; returns self. Raises :class:`StoreLockedError` (its message
+        one line naming the folder and the process that holds it) where a running
+        process holds it, or one of another machine (which cannot be checked from
+        here). A lock left by a run that stopped is taken over: ``on_stale(holder)``
+        (its dict, None where unreadable) is told first."""
+        path = osp.abspath(self.root)
+        while not osp.exists(path) and path != osp.dirname(path):
+            self.made.append(path)
+            path = osp.dirname(path)
+        os.makedirs(self.root, exist_ok=True)
+        host, stat = socket.gethostname(), _proc_stat(os.getpid())
+        text = json.dumps(dict(pid=os.getpid(), host=host, started=stat and stat[1],
+                               since=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
+        for _ in range(5):  # (another run may take it over between the tries)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                found = _read_lock(self.path)
+                if found is None:  # (released meanwhile)
+                    continue
+                holder, old = found
+                if holder is not None and (holder['host'] != host or _running(
+                        holder['pid'], holder.get('started'))):
+                    raise StoreLockedError(self._held_by(holder, host)) from None
+                if on_stale is not None:
+                    on_stale(holder)
+                self._remove_stale(old)
+                continue
+            try:
+                with os.fdopen(fd, 'w') as f:
+                    f.write(text)
+            except BaseException:  # (a full disk: no empty lock left behind)
+                os.remove(self.path)
+                raise
+            self.text = text
+            return self
+        raise StoreLockedError(f'{self.root} is being written by another run: its lock '
+                               f'{self.path} changed hands 5 times; rerun once one has ended')
+
+    def _held_by(self, holder, host) -> str:
+        since = f', since {holder["since"]}' if holder.get('since') else ''
+        if holder['host'] != host:
+            return (f'{self.root} is being written by another run (pid {holder["pid"]} on '
+                    f'{holder["host"]}{since}): let it finish, or remove {self.path} '
+                    'if that run has stopped (this machine cannot check it)')
+        return (f'{self.root} is being written by another run (pid {holder["pid"]}{since})'
+                f': let it finish (or stop it), then rerun to go on; each shard is '
+                'encoded once')
+
+    def _remove_stale(self, old):
+        """Remove the lock file whose text is ``old`` (its holder gone). Moved aside
+        first and read again: of two runs taking it over at once, one alone removes it,
+        and a lock the other has taken meanwhile is put back."""
+        aside = f'{self.path}.{os.getpid()}'
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        found = _read_lock(aside)
+        if found is not None and found[1] != old:  # (another run's, taken meanwhile)
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        os.remove(aside)
+
+    def release(self):
+        """Remove the lock if this run holds it (not one another run has taken over),
+        and the folders made for it if they are still empty. Nothing otherwise."""
+        if self.text is not None:
+            found = _read_lock(self.path)
+            if found is not None and found[1] == self.text:
+                os.remove(self.path)
+            self.text = None
+        for folder in self.made:
+            try:
+                os.rmdir(folder)  # (only an empty one: a run that wrote nothing)
+            except OSError:
+                break
+        self.made = []
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 # --------------------------------------------------------------------------- #
@@ -578,6 +779,9 @@ def read_store_progress(root, settings, meta=None):
                 checked=checked)
 
 
+# --------------------------------------------------------------------------- #
+#                                    Writer                                    #
+# --------------------------------------------------------------------------- #
 class LatentStoreWriter:
     """Writes a packed latent store, one shard at a time, resumably.
 
