@@ -24,6 +24,10 @@ all) and writes ``last_checkpoint`` in place (a kill there leaves it empty, and
    asked of the disk after the fact, and the partial folder removed (one process) or
    named. A pointer that cannot be written after a checkpoint saved whole raises
    :class:`CheckpointPointerError`, naming that checkpoint to ``--resume`` from.
+3. ``LocalVisBackend.add_config``, which copies the run's config into
+   ``WORK_DIR/TIMESTAMP/vis_data/config.py`` as the Runner starts, writes it the same
+   way: a full disk (or the file-size limit) there ended the start-up with that copy
+   cut short, to be read later as the run's config.
 
 Temporary files left by a killed process are removed at the next save.
 """
@@ -43,9 +47,12 @@ from mmengine.dist import get_world_size, is_main_process
 from mmengine.fileio import get_file_backend
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.visualization import LocalVisBackend
+from mmengine.visualization.vis_backend import force_init_env
 
 from mmsora.engine.log_files import naming_os_errors
-from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_name, tmp_target
+from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, tmp_name,
+                                    tmp_target)
 from mmsora.utils.cli import RunError
 
 __all__ = ['CheckpointWriteError', 'CheckpointPointerError', 'save_checkpoint',
@@ -164,6 +171,15 @@ def _atomic_put(self, obj, filepath):
         atomic_write_bytes(str(filepath), obj)
 
 
+@force_init_env  # (as mmengine's: the backend makes its folder at its first use)
+def _atomic_add_config(self, config, **kwargs):
+    """``LocalVisBackend.add_config`` (the run's config into ``vis_data/config.py``),
+    atomically: a failed write leaves no file there, and its OSError names the file."""
+    path = self._config_save_file
+    with naming_os_errors(path), atomic_path(path) as tmp:
+        config.dump(tmp)
+
+
 def _read_last_checkpoint(work_dir):
     path = osp.join(work_dir, 'last_checkpoint')
     if not osp.isfile(path):
@@ -191,8 +207,13 @@ def _torch_write_failed(error: RuntimeError) -> bool:
 def _write_error(path: str, error: RuntimeError) -> OSError:
     """The OSError behind torch's failed write of ``path`` (a file, or a DeepSpeed
     folder), asked of the system after the fact, while the part written still takes
-    its room: a small write beside it (ENOSPC, EDQUOT, EROFS, ...), else EFBIG under a
-    file-size limit (``ulimit -f``), else an OSError with torch's words."""
+    its room: a small write beside it (ENOSPC, EDQUOT, EROFS, ...; EFBIG under a
+    file-size limit below its 64 kB), else EFBIG where a file of the write grew to the
+    file-size limit (``ulimit -f``), else ENOSPC where the disk has less room left than
+    the write took (it filled the disk; the small write fitted in what was left or
+    freed since), else an OSError with torch's words. A limit above every file written
+    is not what stopped the write: naming it sent the user to raise it (a limit of
+    100 GB, a full disk)."""
     folder = path if osp.isdir(path) else osp.dirname(path) or '.'
     probe = tmp_name(osp.join(folder, 'write-probe'))  # (hidden; a killed one is removed)
     try:
@@ -203,14 +224,41 @@ def _write_error(path: str, error: RuntimeError) -> OSError:
     finally:
         with contextlib.suppress(OSError):
             os.remove(probe)
+    sizes = _sizes_written(path)
+    limit = _file_size_limit()
+    if limit is not None and max(sizes, default=0) >= limit:  # (the kernel lets a file
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)  # grow to the limit)
+    try:
+        room = shutil.disk_usage(folder).free  # (what a process not root may take)
+    except OSError:
+        room = None
+    if room is not None and room < sum(sizes):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return OSError(f'torch could not write it ({str(error).splitlines()[0]})')
+
+
+def _sizes_written(path: str) -> list:
+    """The sizes of the files a failed save left of ``path`` (a file, or a folder's
+    files)."""
+    if not osp.isdir(path):
+        paths = [path]
+    else:
+        paths = [osp.join(root, name) for root, _, names in os.walk(path) for name in names]
+    sizes = []
+    for name in paths:
+        with contextlib.suppress(OSError):
+            sizes.append(os.stat(name).st_size)
+    return sizes
+
+
+def _file_size_limit() -> Optional[int]:
+    """This process's file-size limit in bytes (``ulimit -f``), or None: none."""
     try:
         import resource
-        limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     except (ImportError, OSError):  # (no such limit here)
-        limited = False
-    if limited:
-        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)
-    return OSError(f'torch could not write it ({str(error).splitlines()[0]})')
+        return None
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 def _remove_partial(path: str, previous: Optional[str]) -> Optional[str]:
@@ -287,6 +335,7 @@ def make_checkpoints_atomic():
     ``save_checkpoint`` by name get :func:`save_checkpoint` too; its DeepSpeed strategy
     module, when imported later, through ``mend_mmengine_deepspeed``."""
     LocalBackend.put = _atomic_put
+    LocalVisBackend.add_config = _atomic_add_config
     CheckpointHook._save_checkpoint_with_step = _save_checkpoint_with_step
     for module in (mm_checkpoint, mm_runner, mmengine.runner,
                    sys.modules.get('mmengine._strategy.deepspeed')):

@@ -100,6 +100,58 @@ def test_a_partial_folder_other_processes_write_is_left_and_said(repo_root, tmp_
         '(--resume continues from it)')
 
 
+class _Reported:
+    """``resource.getrlimit`` reports a file-size limit of ``limit`` bytes, whatever
+    the real one (a limit far above a checkpoint's size, with no need to write one)."""
+
+    def __init__(self, monkeypatch, limit):
+        real = resource.getrlimit
+        monkeypatch.setattr(resource, 'getrlimit', lambda which: (
+            (limit, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
+
+
+def _failed_deepspeed_write(repo_root, tmp_path, monkeypatch, room):
+    """A DeepSpeed-like save at iteration 4 whose torch.save fails when its file reaches
+    200 kB, under a file-size limit reported as 100 GB, on a disk said to have ``room``
+    bytes left (None: the real disk's); returns the CheckpointWriteError."""
+    import shutil
+    from types import SimpleNamespace
+    monkeypatch.setattr(Runner, 'save_checkpoint', deepspeed_save)
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 4,
+                                      'default_hooks.checkpoint.interval=2'))
+    if room is not None:
+        usage = shutil.disk_usage
+        monkeypatch.setattr(shutil, 'disk_usage', lambda path: SimpleNamespace(
+            total=usage(path).total, free=room) if str(tmp_path) in str(path) else usage(path))
+    with _limit(200_000), pytest.raises(CheckpointWriteError) as info:
+        _Reported(monkeypatch, 100 << 30)  # (inside: _limit saves and restores the real one)
+        runner.train()
+    return info.value
+
+
+def test_a_limit_far_above_the_files_is_not_named_on_a_full_disk(repo_root, tmp_path,
+                                                                 monkeypatch):
+    """ulimit -f at 100 GB, a disk with less room left than the failed write took: the
+    line advised raising the file-size limit, which was never reached."""
+    error = _failed_deepspeed_write(repo_root, tmp_path, monkeypatch, room=100_000)
+    assert error.error.errno == errno.ENOSPC
+    good = tmp_path / 'iter_2.pth'
+    assert explain_error(error) == (
+        f'cannot write checkpoint {tmp_path / "iter_4.pth"}: No space left on device; the '
+        f'previous checkpoint {good} is intact (--resume continues from it)')
+    assert not osp.exists(tmp_path / 'iter_4.pth')
+
+
+def test_a_limit_far_above_the_files_on_a_disk_with_room_is_not_named(repo_root, tmp_path,
+                                                                      monkeypatch):
+    """Neither the limit nor the disk's room explains the failure: torch's words."""
+    error = _failed_deepspeed_write(repo_root, tmp_path, monkeypatch, room=None)
+    assert error.error.errno is None
+    assert explain_error(error).startswith(
+        f'cannot write checkpoint {tmp_path / "iter_4.pth"}: torch could not write it ('), \
+        explain_error(error)
+
+
 def test_other_runtime_errors_of_a_save_are_not_taken_for_a_write(repo_root, tmp_path,
                                                                   monkeypatch):
     def broken(self, *args, **kwargs):

@@ -69,6 +69,22 @@ def test_a_picture_not_written_is_one_warning_a_run(tmp_path, spoil):
     assert len(logger.infos) == 2  # sampling goes on
 
 
+def closing(step, missing=None):
+    """The line that closes a sampling of 2 samples (``missing``: their picture, not
+    written locally)."""
+    lost = f' (local pictures written: 0 of 1; missing: {missing})' if missing else ''
+    return f'Iter(sample) [{step}] 2 samples logged to the visualizer{lost}'
+
+
+def test_the_closing_line_says_the_pictures_not_written(tmp_path):
+    """After the warning (said once), each sampling's closing line said '2 samples
+    logged to the visualizer' of pictures its local backend had not written."""
+    logger, paths = log_pictures(tmp_path, [2, 4], folder_in_its_place)
+    assert logger.infos == [closing(2, paths[0]), closing(4, paths[1])]
+    logger, _ = log_pictures(tmp_path / 'room', [2, 4])
+    assert logger.infos == [closing(2), closing(4)]
+
+
 def test_a_picture_written_is_no_warning(tmp_path):
     logger, paths = log_pictures(tmp_path, [2, 4])
     assert logger.warnings == [] and len(logger.infos) == 2
@@ -111,4 +127,6 @@ def test_a_training_run_says_it_once(repo_root, tmp_path, monkeypatch):
     assert len(lost) == 1, lost
     assert lost[0].endswith(warning(2, osp.join(runner.log_dir, 'vis_data', 'vis_image',
                                                 'samples_2.png')))
-    assert 'Iter(sample) [4] 1 samples logged to the visualizer' in log
+    picture = osp.join(runner.log_dir, 'vis_data', 'vis_image', 'samples_4.png')
+    assert ('Iter(sample) [4] 1 samples logged to the visualizer (local pictures written: '
+            f'0 of 1; missing: {picture})') in log

@@ -4,6 +4,7 @@ met during training. The start-up's branch left EFBIG out: a traceback from the
 config's dump (errno 27, 'File too large'), where a checkpoint's write at the same
 limit was one line."""
 import errno
+import glob
 import os
 import os.path as osp
 import re
@@ -44,15 +45,49 @@ def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypa
     assert not dumped.exists()  # (tools/infer.py WORK_DIR read the cut one)
 
 
+def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkeypatch):
+    """The limit met by the visualizer's copy of the config (``vis_data/config.py``,
+    the first file the Runner writes the config into): the copy was left cut short."""
+    from mmengine.config import Config
+    dump = Config.dump
+
+    def too_large(self, file=None):  # the copy made as far as the limit let it grow
+        if 'vis_data' not in file:
+            return dump(self, file)
+        with open(file, 'w') as f:
+            f.write(self.pretty_text[:1000])
+        raise OSError(errno.EFBIG, 'File too large', file)
+
+    monkeypatch.setattr(Config, 'dump', too_large)
+    # mmengine keeps one Visualizer per experiment name (the config's and the second's):
+    # a run of this process started in the same second (the test before) lent its own,
+    # writing into that run's work dir
+    from collections import OrderedDict
+
+    from mmengine.visualization import Visualizer
+    monkeypatch.setattr(Visualizer, '_instance_dict', OrderedDict())
+    work = tmp_path / 'w'
+    with pytest.raises(RunError) as info:
+        train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
+                    *TINY_TRAIN])
+    at = re.escape(str(work))
+    assert re.fullmatch(rf"{at}/\d{{8}}_\d{{6}}/vis_data/config\.py: File too large, at "
+                        rf"the run's start-up \(its config and logs go to {at}\): raise "
+                        r'the file-size limit \(ulimit -f\)', str(info.value)), str(info.value)
+    assert glob.glob(str(work / '*' / 'vis_data')) and not glob.glob(
+        str(work / '*' / 'vis_data' / '*config*'), include_hidden=True)
+
+
 # Above the largest file the config's load writes (a copy of each config file: at most
 # 2.6 kB, default_runtime.py), below the dumped config with the long --work-dir in it.
 LIMIT = 3072
 
 
 def test_a_real_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path):
-    """The kernel's EFBIG under RLIMIT_FSIZE, in a process of its own: the dumped
-    config (the tiny demo's, 2.4 kB, with a 1.6 kB --work-dir in it) is the first file
-    that grows past the limit."""
+    """The kernel's EFBIG under RLIMIT_FSIZE, in a process of its own: the config's
+    copies (the tiny demo's, 2.4 kB, with a 1.6 kB --work-dir in it; the visualizer's
+    ``vis_data/config.py`` first, then the work dir's) are the first files that grow
+    past the limit."""
     work = tmp_path.joinpath(*(c * 200 for c in 'defghijk'), 'w')  # (each name <= 255)
     hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
     assert hard == resource.RLIM_INFINITY or hard >= LIMIT
@@ -73,3 +108,5 @@ def test_a_real_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path):
                         r'limit \(ulimit -f\)', error_line(result)), result.stderr[-3000:]
     assert 'Saving checkpoint' not in result.stdout + result.stderr  # (not at training)
     assert not (work / osp.basename(DEMO)).exists()
+    # nor the visualizer's copy, which met the limit first, cut short in the log folder
+    assert not glob.glob(str(work / '*' / 'vis_data' / '*config*'), include_hidden=True)

@@ -18,8 +18,10 @@ never the end of the training run. ``LocalVisBackend`` ignores what its
 ``cv2.imwrite`` says (False; and OpenCV itself misses a failed close, which a full disk
 makes of a small PNG's only write), so the hook checks the PNG that backend was to
 write: written by this call, and whole (ending with its IEND chunk). The first one
-missing is a warning line naming the file, once a run (the disk stays full);
-Tensorboard's and WandB's backends write no file of theirs to check.
+missing is a warning line naming the file, once a run of each hook (the disk stays
+full); the line closing each sampling says which pictures were not written (its
+'logged to the visualizer' is true of the other backends only). Tensorboard's and
+WandB's backends write no file of theirs to check.
 
 Only the main process samples (under FSDP every process does, as the sharded model's
 all-gathers need them all, and the main one logs); the global RNG states are restored
@@ -207,7 +209,7 @@ class SampleVisualizationHook(Hook):
             pictures = _local_pictures(runner.visualizer, 'samples', step)
             before = [_file_state(p) for p in pictures]
             runner.visualizer.add_image('samples', filmstrip(samples), step=step)
-            self._check_pictures(runner, step, pictures, before)
+            lost = self._check_pictures(runner, step, pictures, before)
             if samples.dim() == 5:  # (an odd size is padded for H.264, with a note)
                 save_videos(samples, out + osp.sep, fps,
                             labels if labels is not None else [None] * len(samples),
@@ -216,12 +218,17 @@ class SampleVisualizationHook(Hook):
             runner.logger.warning(f'Iter(sample) [{step}] the samples were not saved '
                                   f'(training goes on): {type(e).__name__}: {e}')
             return samples
+        # (the warning is said once a run; which pictures are missing, every time)
+        missing = (f' (local pictures written: {len(pictures) - len(lost)} of '
+                   f'{len(pictures)}; missing: {", ".join(lost)})' if lost else '')
         runner.logger.info(f'Iter(sample) [{step}] {len(samples)} samples logged to the '
-                           'visualizer' + (f' and {out}' if samples.dim() == 5 else ''))
+                           f'visualizer{missing}'
+                           + (f' and {out}' if samples.dim() == 5 else ''))
         return samples
 
-    def _check_pictures(self, runner, step: int, pictures, before) -> None:
-        """Warn, once a run, of the first of ``pictures`` that add_image did not write."""
+    def _check_pictures(self, runner, step: int, pictures, before) -> list:
+        """The ``pictures`` that add_image did not write; warns of the first, once a run
+        of this hook."""
         lost = [p for p, b in zip(pictures, before) if not _picture_written(p, b)]
         if lost and not self._picture_lost:
             self._picture_lost = True
@@ -229,6 +236,7 @@ class SampleVisualizationHook(Hook):
                 f'Iter(sample) [{step}] the samples picture {lost[0]} was not written '
                 '(is the disk full?): free space to see the next ones; training goes on '
                 '(said once a run)')
+        return lost
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         if self.every_n_train_iters(runner, self.interval):
