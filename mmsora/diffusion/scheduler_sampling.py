@@ -23,7 +23,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_num_steps', 'check_sample_settings', 'merge_sample_cfg',
-           'check_scheduler_options', 'scheduler_option_values', 'is_bool',
+           'check_scheduler_options', 'scheduler_option_values', 'is_bool', 'whole_number',
            'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
 
@@ -113,17 +113,21 @@ def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):
                      f'{list(samplers)}{hint}')
 
 
-def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str]):
+def check_sampler_options(sampler: str, options: dict, accepted: Sequence[str],
+                          listed: Optional[Sequence[str]] = None):
     """Raise a one-line ValueError naming options that ``sampler`` does not take.
 
     A name close to an option or a setting is hinted as its typo; a setting or a
     tools' entry (``NOT_SAMPLE_ARGS``: a run's whole ``sample_cfg`` handed to the
-    sampler) is said to be one, never hinted as the fix of itself."""
+    sampler) is said to be one, never hinted as the fix of itself. ``listed``: the
+    options the message offers and hints (None: ``accepted``), where some of
+    ``accepted`` are names the caller refuses itself, with their reason."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         import difflib
 
         from mmsora.utils.foreign_flags import FOREIGN_KEYS
+        accepted = accepted if listed is None else listed
         takes = ', '.join(sorted(accepted)) if accepted else 'none'
         notes = []
         for key in unknown:
@@ -183,7 +187,8 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     it trained (its betas, timesteps, prediction), refused as such. In this order: the
     fixed ones, the names (:func:`check_sampler_options`), the kinds of the values
     (:func:`_check_option_kinds`), the dynamic shift's settings (they act only with a
-    ``mu`` the loop does not pass), then the values as the scheduler judges them: it is
+    ``mu`` the loop does not pass), whole numbers below their least value
+    (:func:`_check_least_whole_values`), then the values as the scheduler judges them: it is
     built with them (``build(**options)``) and given its ``num_steps`` timesteps and one
     step, as sampling will (cheap, so tools/infer.py says a refused value before the
     weights load), and what it raises becomes one line naming the options it is
@@ -194,9 +199,15 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     from .schedulers import scheduler_settings
     settings = scheduler_settings(sampler)
     _refuse_fixed(sampler, options, fixed, settings, objective)
-    check_sampler_options(sampler, options, [name for name in settings if name not in fixed])
+    accepted = [name for name in settings if name not in fixed]
+    # (the dynamic shift and its settings are names it has, refused below with their
+    # reason, use_dynamic_shifting=False its default: not offered as its options)
+    check_sampler_options(sampler, options, accepted,
+                          [name for name in accepted if name not in
+                           ('use_dynamic_shifting', *_DYNAMIC_SHIFT_SETTINGS)])
     _check_option_kinds(sampler, options, settings)
     _refuse_dynamic_shift_settings(sampler, options, settings, fixed)
+    _check_least_whole_values(sampler, options, settings)
     options = scheduler_option_values(options)
     refusal = _trial_run(build, options, num_steps)
     if refusal.why is not None:
@@ -223,13 +234,19 @@ def _check_option_kinds(sampler: str, options: dict, settings: dict):
     """Refuse a value of the wrong kind for its setting (:func:`_setting_kind`): a word
     for a switch (diffusers took 'false' as true), True or False for a number or a word
     (True as 1), a fraction for a whole number (refused in numpy's or Python's words:
-    "Cannot cast ufunc 'add' output ..."); numpy's bools are bools, numpy's integers
-    whole numbers."""
+    "Cannot cast ufunc 'add' output ..."); numpy's bools are bools; numpy's integers
+    and 0-d integer tensors whole numbers (:func:`whole_number`)."""
     from mmsora.registry import NOISE_SCHEDULERS
     hints = _type_hints(NOISE_SCHEDULERS.get(sampler))
     for key, value in options.items():
         kind, choices = _setting_kind(hints.get(key), settings[key])
         default = settings[key]
+        if kind == 'whole':  # (a word or a bool too: said to be no whole number, not 'a
+            # number', which '2' reads as)
+            if whole_number(value) is None and not (value is None and default is None):
+                raise ValueError(f'{key}={value!r} is not a whole number (a setting of '
+                                 f'{sampler}; its default: {default}): give a whole number')
+            continue
         # (--sampler-options use_karras_sigmas=false: a word, which diffusers takes as true)
         if kind == 'switch' and not is_bool(value):
             raise ValueError(f'{key}={value!r} is not True or False (a switch of {sampler}; '
@@ -238,13 +255,10 @@ def _check_option_kinds(sampler: str, options: dict, settings: dict):
         # shift_terminal=True as 1, DPM-Solver's variance_type=True as unset)
         # (None: unset, where that is the default; a word: Python's words, "can't
         # multiply sequence by non-int of type 'str'")
-        if kind in ('number', 'whole') and (is_bool(value) or not (
+        if kind == 'number' and (is_bool(value) or not (
                 isinstance(value, numbers.Real) or (value is None and default is None))):
             raise ValueError(f'{key}={value!r} is not a number (a setting of {sampler}; '
                              f'its default: {default}): give a number')
-        if kind == 'whole' and not isinstance(value, (numbers.Integral, type(None))):
-            raise ValueError(f'{key}={value!r} is not a whole number (a setting of '
-                             f'{sampler}; its default: {default}): give a whole number')
         if is_bool(value) and kind == 'word':
             words = ', '.join(map(repr, choices)) if choices else 'a word'
             raise ValueError(f'{key}={value!r} is not {"one of " if choices else ""}{words} '
@@ -281,6 +295,32 @@ def _refuse_dynamic_shift_settings(sampler: str, options: dict, settings: dict,
                      f'pass; leave {them} out{_shift_hint(options, settings, fixed)}')
 
 
+def _least_whole_value(default) -> int:
+    """The least value of a whole-number setting with ``default``: 1 where the default
+    is at least 1 (a count: ``solver_order`` 0 failed in a step, "list assignment index
+    out of range"; ``num_train_timesteps`` 0 in the build, "division by zero"), else 0
+    (an offset: DDIM's ``steps_offset`` -1 made a timestep -1, whose
+    ``alphas_cumprod[-1]`` is the noisiest). No whole-number setting of a diffusers
+    scheduler takes a negative value."""
+    return 1 if isinstance(default, numbers.Integral) and default >= 1 else 0
+
+
+def _check_least_whole_values(sampler: str, options: dict, settings: dict):
+    """Refuse a whole-number setting below its least value (:func:`_least_whole_value`),
+    in our words (diffusers' were its arithmetic's, or none)."""
+    from mmsora.registry import NOISE_SCHEDULERS
+    hints = _type_hints(NOISE_SCHEDULERS.get(sampler))
+    for key, value in options.items():
+        default = settings[key]
+        whole = whole_number(value)
+        if whole is None or _setting_kind(hints.get(key), default)[0] != 'whole':
+            continue
+        least = _least_whole_value(default)
+        if whole < least:
+            raise ValueError(f'{key} must be a whole number >= {least} (a setting of '
+                             f'{sampler}; its default: {default}), got {value!r}')
+
+
 class _Refusal(typing.NamedTuple):
     """What a scheduler raised in a trial run (:func:`_trial_run`): ``why`` in one line
     (None: it ran), the ``stage`` it raised in (``'build'``, ``'set_timesteps'``,
@@ -313,8 +353,8 @@ def _trial_run(build: Callable, options: dict, num_steps: int) -> _Refusal:
                       if name not in _LOOP_PASSES and f'`{name}`' in why), None)
         return _Refusal(why, 'set_timesteps', needs)
     try:
-        # some settings fail only in a step (UniPC's solver_order=0, DDIM's
-        # clip_sample_range='a')
+        # some settings fail only in a step (UniPC's solver_order=0 did before
+        # _check_least_whole_values, DDIM's clip_sample_range='a' before the kinds)
         t, x = scheduler.timesteps[0], torch.zeros(1, 1, 1, 1)
         if hasattr(scheduler, 'scale_model_input'):
             x = scheduler.scale_model_input(x, t)
@@ -381,11 +421,28 @@ def is_bool(value) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
+def whole_number(value) -> Optional[int]:
+    """``value`` as Python's int where it is a whole number: an int, numpy's integers,
+    a 0-d integer tensor or array (read from a tensor or a .npz); None for anything else:
+    bools (Python's, numpy's, a bool tensor's), fractions and whole floats alike, words,
+    tensors or arrays of more than one element."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        value = value.item()  # (an integer dtype's item is an int, a bool's a bool)
+    if isinstance(value, numbers.Integral) and not is_bool(value):
+        return int(value)
+    return None
+
+
 def scheduler_option_values(options: dict) -> dict:
     """A scheduler sampler's ``options`` as its constructor is given them: numpy's bools
-    as Python's (diffusers keeps them in its config, which then is no JSON)."""
-    return {key: bool(value) if isinstance(value, np.bool_) else value
-            for key, value in options.items()}
+    as Python's, whole numbers (:func:`whole_number`: numpy's, 0-d tensors) as Python's
+    ints (diffusers keeps them in its config, which then is no JSON)."""
+    def value_of(value):
+        if isinstance(value, np.bool_):
+            return bool(value)
+        whole = whole_number(value)
+        return value if whole is None else whole
+    return {key: value_of(value) for key, value in options.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -450,13 +507,20 @@ _LOOP_DOES_NOT_PASS = {
 
 def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,
                     why: str = ''):
-    """Raise a one-line ValueError unless ``num_steps`` is a whole number (not a bool)
-    in ``[minimum, maximum]`` (no upper bound where ``maximum`` is None): the step
-    count of every objective's ``check_sample_options``, each with its own bounds.
-    ``why``: what the bounds come from, said in parentheses."""
+    """Raise a one-line ValueError unless ``num_steps`` is a whole number (Python's or
+    numpy's int, not a bool) in ``[minimum, maximum]`` (no upper bound where ``maximum``
+    is None): the step count of every objective's ``check_sample_options``, each with
+    its own bounds. ``why``: what the bounds come from, said in parentheses. A 0-d
+    integer tensor or array is said to be one, with the int to pass: the samplers use
+    the count as they are given it (DDPM's respacing reads ``str(num_steps)``,
+    'tensor(5)'; the SDE samplers' ``torch.linspace`` refuses an array)."""
     whole = isinstance(num_steps, numbers.Integral) and not is_bool(num_steps)
     if whole and num_steps >= minimum and (maximum is None or num_steps <= maximum):
         return
+    if isinstance(num_steps, (torch.Tensor, np.ndarray)) and whole_number(num_steps) is not None:
+        kind = 'tensor' if isinstance(num_steps, torch.Tensor) else 'numpy array'
+        raise ValueError(f'num_steps must be an int, not a 0-d {kind}: pass '
+                         f'int(num_steps), got {num_steps!r}')
     bounds = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
     # ('10' and 2.0 are >= 1: what is wrong with them is that they are no whole number)
     raise ValueError(f'num_steps must be {"" if whole else "a whole number "}{bounds}'

@@ -65,17 +65,17 @@ def test_infers_own_floor_comes_first(tmp_path, capsys, monkeypatch):
 
 
 # ------------------------------------------------------------ a bool for a number setting
-@pytest.mark.parametrize('objective, sampler, options', [
-    (GaussianDiffusion, DPM, dict(solver_order=True)),
-    (GaussianDiffusion, 'DDIMScheduler', dict(steps_offset=True)),
-    (GaussianDiffusion, 'UniPCMultistepScheduler', dict(solver_order=False)),
-    (Transport, FLOW, dict(base_shift=True)),
+@pytest.mark.parametrize('objective, sampler, options, number', [
+    (GaussianDiffusion, DPM, dict(solver_order=True), 'a whole number'),
+    (GaussianDiffusion, 'DDIMScheduler', dict(steps_offset=True), 'a whole number'),
+    (GaussianDiffusion, 'UniPCMultistepScheduler', dict(solver_order=False), 'a whole number'),
+    (Transport, FLOW, dict(base_shift=True), 'a number'),
 ])
-def test_a_bool_for_a_number_setting_is_refused(objective, sampler, options):
+def test_a_bool_for_a_number_setting_is_refused(objective, sampler, options, number):
     (key, value), = options.items()
     default = scheduler_settings(sampler)[key]  # (diffusers' own)
-    message = (rf'^{key}={value} is not a number \(a setting of {sampler}; its default: '
-               rf'{default}\): give a number$')
+    message = (rf'^{key}={value} is not {number} \(a setting of {sampler}; its default: '
+               rf'{default}\): give {number}$')
     with pytest.raises(ValueError, match=message):
         objective().sample(_never_called, torch.zeros(1, 4, 2, 2), {}, sampler, 10, **options)
     with pytest.raises(ValueError, match=message):

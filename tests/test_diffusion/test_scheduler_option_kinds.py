@@ -34,7 +34,8 @@ def _epsilon_model(x, t, **kwargs):
      rf"^variance_type=True is not one of 'learned', 'learned_range' \(a setting of {DPM}; "
      r'its default: None\): give one of them$'),
     (GaussianDiffusion, DPM, dict(solver_order=np.True_),
-     rf'^solver_order=np.True_ is not a number \(a setting of {DPM}; its default: 2\)'),
+     rf'^solver_order=np.True_ is not a whole number \(a setting of {DPM}; its default: '
+     r'2\): give a whole number$'),
     (GaussianDiffusion, 'DDIMScheduler', dict(timestep_spacing=False),
      r"^timestep_spacing=False is not one of 'leading', 'trailing', 'linspace' "),
     # (judged by the annotation alone: the objective has no check of its own for them,

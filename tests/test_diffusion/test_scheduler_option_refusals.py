@@ -101,10 +101,11 @@ def test_a_fraction_for_a_whole_number_setting_is_refused(sampler, options, defa
 
 
 def test_a_word_for_a_number_setting_is_refused_in_our_words():
-    """("can't multiply sequence by non-int of type 'str'" before)"""
+    """("can't multiply sequence by non-int of type 'str'" before; then 'a number', which
+    '2' reads as)"""
     _refused(GaussianDiffusion, DPM, dict(solver_order='2'),
-             rf"^solver_order='2' is not a number \(a setting of {DPM}; its default: 2\): "
-             r'give a number$')
+             rf"^solver_order='2' is not a whole number \(a setting of {DPM}; its default: "
+             r'2\): give a whole number$')
 
 
 def test_whole_numbers_numpys_too_still_pass():

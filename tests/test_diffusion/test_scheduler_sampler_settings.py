@@ -130,8 +130,10 @@ def test_a_typo_of_a_setting_is_hinted():
     (DPM, dict(algorithm_type='dpmsolver', solver_order=3),
      r"refused algorithm_type='dpmsolver': `final_sigmas_type` zero is not supported .*; "
      r'give another value$'),
-    # refused in the scheduler's step only (an IndexError at the first step)
-    ('UniPCMultistepScheduler', dict(solver_order=0), r"refused solver_order=0: "),
+    # refused in the scheduler's step only (an IndexError at the first step): in our words
+    ('UniPCMultistepScheduler', dict(solver_order=0),
+     r'^solver_order must be a whole number >= 1 \(a setting of UniPCMultistepScheduler; '
+     r'its default: 2\), got 0$'),
     # a word for a switch: diffusers took 'false' as true
     (DPM, dict(use_karras_sigmas='false'),
      r"^use_karras_sigmas='false' is not True or False \(a switch of "
