@@ -132,10 +132,14 @@ LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one take
                         '--prompt / --prompt-file')
 
 
-def check_args(args, num_classes, video=False, text=False):
-    """Validate values a parser cannot; raise UserError naming the option."""
+def check_args(args, num_classes, video=False, text=False, settings=None):
+    """Validate values a parser cannot; raise UserError naming the option. The
+    guidance floor is judged on ``settings``, what sampling will use
+    (:func:`sample_settings`: the flag over the config's ``sample_cfg``), else on the
+    flag alone."""
     check_at_least(args, ('num_samples', 'steps', 'batch_size', 'nrow', 'upscale'))
-    check_guidance_floor(args, dict(cfg_scale=args.cfg_scale))
+    check_guidance_floor(args, dict(cfg_scale=args.cfg_scale) if settings is None
+                         else settings)
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError(f'--eta must be in [0, 1], got {args.eta}')
     if args.fps is not None and not args.fps > 0:
@@ -228,29 +232,28 @@ def precheck_args(args, prompts=None) -> None:
         return
     check_frame_axis(model, video)
     classes = model.get('num_classes')
-    check_args(args, classes if isinstance(classes, int) else None, video, text)
+    settings = sample_settings(args, cfg.get('sample_cfg', {}))
+    check_args(args, classes if isinstance(classes, int) else None, video, text, settings)
     check_prompts(args, prompts, text)
-    check_sampling(args, cfg)
+    check_sampling(args, cfg, settings)
     # a work dir: its own config, unless --cfg-options changed the objective
     check_run_objective(model, args.run, args.checkpoint, saved)
 
 
-# mmsora's denoisers that take clips (N, C, T, H, W) alone (images: T = 1)
-CLIP_DENOISERS = ('VideoDiT', 'StableCascadeVideo')
-
-
 def check_frame_axis(model_cfg, video: bool) -> None:
-    """Refuse a picture latent shape (C, H, W) for a denoiser that makes clips, from
-    the config: --cfg-options model.latent_shape=[16,4,4] on a video run was taken for
-    a picture model ('--out DIR/: pictures are saved as one grid image'), or failed
-    in the denoiser."""
-    denoiser = model_cfg.get('denoiser') or {}
-    kind = str(denoiser.get('type', '')).rpartition('.')[2] if hasattr(denoiser, 'get') \
-        else ''
-    if not video and kind in CLIP_DENOISERS:
+    """Refuse a picture latent shape (C, H, W) for a denoiser that makes clips (takes
+    clips (N, C, T, H, W) alone: its class says ``makes_clips = True``), from the
+    config: --cfg-options model.latent_shape=[16,4,4] on a video run was taken for a
+    picture model ('--out DIR/: pictures are saved as one grid image'), or failed in
+    the denoiser. The denoiser is found as the model's build finds it (a registered
+    name, scoped or not, or the class given: a subclass of VideoDiT, one's own clip
+    denoiser); a list of mmsora's type names missed those."""
+    from mmsora.utils.config_keys import denoiser_class
+    cls = denoiser_class(model_cfg)
+    if not video and getattr(cls, 'makes_clips', False):
         shape = list(model_cfg.latent_shape)
         raise UserError(f'model.latent_shape {shape} has no frame axis, but this run\'s '
-                        f'denoiser {kind} makes clips: give it as (C, T, H, W), '
+                        f'denoiser {cls.__name__} makes clips: give it as (C, T, H, W), '
                         f'model.latent_shape=[{shape[0]},T,{",".join(map(str, shape[1:]))}] '
                         'with T latent frames')
 
@@ -269,13 +272,13 @@ def sample_settings(args, defaults) -> dict:
     return settings
 
 
-def check_sampling(args, cfg) -> None:
-    """--sampler and --sampler-options (over the config's sample_cfg) against the
-    config's objective, which alone is built: a wrong sampler name was refused once
-    the weights had loaded (30 s and 5.7 GB for Stable Cascade lite), and a wrong
-    value of an option or of --steps (DDIM's spacing=evn) still was."""
+def check_sampling(args, cfg, settings: dict) -> None:
+    """--sampler and --sampler-options (over the config's sample_cfg: ``settings``,
+    :func:`sample_settings`) against the config's objective, which alone is built: a
+    wrong sampler name was refused once the weights had loaded (30 s and 5.7 GB for
+    Stable Cascade lite), and a wrong value of an option or of --steps (DDIM's
+    spacing=evn) still was. (The guidance floor is :func:`check_args`'.)"""
     from mmsora.utils.config_keys import check_sample_settings_of
-    settings = sample_settings(args, cfg.get('sample_cfg', {}))
     try:  # (the sampler's one-line ValueError, as the sampling raised it)
         check_sample_settings_of(cfg.model, settings)
     except ValueError as e:
@@ -286,7 +289,6 @@ def check_sampling(args, cfg) -> None:
             raise
         where = cfg_scale_source(args)
         raise UserError(f'{where}{str(e)[len("cfg_scale"):]}') from None
-    check_guidance_floor(args, settings)
 
 
 def sample_counting(model, labels, seed, batch_size, prompts, sample_kwargs):
@@ -465,7 +467,11 @@ def main(argv=None):
     from mmengine.dist import get_rank
     if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled
         print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
-    check_args(args, model.num_classes, video, model.text_conditioned)
+    defaults = cfg.get('sample_cfg', {})
+    sample_kwargs = sample_settings(args, defaults)
+    # (the guidance floor on what sampling will use: a config the pre-check could not
+    # read too)
+    check_args(args, model.num_classes, video, model.text_conditioned, sample_kwargs)
     if args.num_frames is not None or args.resolution is not None:
         from mmsora.apis.inference import set_output_size
         try:
@@ -490,9 +496,6 @@ def main(argv=None):
     pool = (random_labels(model.num_classes, n, args.seed) if drawn else
             args.labels or list(range(model.num_classes)))
     labels = [pool[i % len(pool)] for i in range(n)]
-    defaults = cfg.get('sample_cfg', {})
-    sample_kwargs = sample_settings(args, defaults)
-    check_guidance_floor(args, sample_kwargs)  # (a config the pre-check could not read)
     # (the keys a mass-sampling run's fingerprint has always held)
     sample_kwargs = dict(dict(sampler=None, num_steps=None, cfg_scale=1.0), **sample_kwargs)
     from mmsora.apis.inference import default_precision

@@ -794,7 +794,8 @@ def build_train_config(args):
     # Before the presets rewrite the config (DeepSpeed replaces the optimizer wrapper
     # and the EMA hook): a typo would fail after the Runner's start-up output, or
     # later. It reads no file, so it comes before the checks of --resume's checkpoint.
-    check_training_keys(cfg)
+    # (The model was checked above, its types too.)
+    check_training_keys(cfg, check_model=False)
     note_missing_hooks(cfg)
     accumulation_of(cfg)  # a whole number >= 1 (mmengine asserts after its start-up)
     if args.resume is not None and args.load_from is not None:

@@ -25,7 +25,7 @@ from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_config_values',
            'check_model_config', 'check_training_keys', 'registered_class',
-           'check_sample_settings_of', 'wanted_value']
+           'check_sample_settings_of', 'denoiser_class', 'wanted_value']
 
 
 def _forwarding_bases() -> tuple:
@@ -623,7 +623,7 @@ def text_conditioned_config(model) -> bool:
     denoiser = (model or {}).get('denoiser') or {}
     if not isinstance(denoiser, dict):
         return False
-    cls = _denoiser_class(model)
+    cls = denoiser_class(model)
     return denoiser.get('condition', getattr(cls, 'condition', None)) == 'text'
 
 
@@ -639,9 +639,10 @@ def _model_class(entry):
         return None
 
 
-def _denoiser_class(model):
-    """The class a ``model`` config's denoiser names (:func:`_model_class`), or None
-    where it does not say or is not found."""
+def denoiser_class(model):
+    """The class a ``model`` config's denoiser names (:func:`_model_class`: a
+    registered name, scoped or not, or the class given), or None where it does not say
+    or is not found."""
     return _model_class(model.get('denoiser') if isinstance(model, dict) else None)
 
 
@@ -653,20 +654,25 @@ def _check_guidance(cfg) -> None:
     scales are numbers here: :func:`_check_sample_cfg`, called first, judged them
     (every model's)."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
-    cls = _denoiser_class(cfg.get('model'))
+    from mmsora.engine.hooks import SampleEvaluationHook, SampleVisualizationHook
+    from mmsora.registry import HOOKS
+    cls = denoiser_class(cfg.get('model'))
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
         return
     base = cfg.get('sample_cfg') if isinstance(cfg.get('sample_cfg'), dict) else {}
     for i, hook in enumerate(cfg.get('custom_hooks') or []):
-        if not (isinstance(hook, dict) and hook.get('type') in (
-                'SampleVisualizationHook', 'SampleEvaluationHook')):
+        # (the hook as HOOKS.build finds it: a scoped name, the class, a subclass; the
+        # exact names alone were read, and 'mmsora.SampleVisualizationHook' passed)
+        kind = registered_class(hook, HOOKS, f'custom_hooks[{i}]')
+        if not (inspect.isclass(kind) and issubclass(
+                kind, (SampleVisualizationHook, SampleEvaluationHook))):
             continue
         own = hook.get('sample_cfg') if isinstance(hook.get('sample_cfg'), dict) else {}
         scale = merge_sample_cfg(base, own).get('cfg_scale', 1.0)
         if isinstance(scale, numbers.Real) and scale != 1.0:  # ('4': no format 'g')
             where = (f'custom_hooks[{i}].sample_cfg.cfg_scale' if 'cfg_scale' in own
                      else 'sample_cfg.cfg_scale')
-            raise UserError(f'custom_hooks[{i}] ({hook["type"]}) samples with guidance '
+            raise UserError(f'custom_hooks[{i}] ({kind.__name__}) samples with guidance '
                             f'({where}={scale:g}) but model.denoiser {cls.__name__} has no '
                             f'forward_with_cfg: set {where}=1, or add forward_with_cfg as '
                             'DiT has it (README, "Your own modules")')
@@ -731,18 +737,22 @@ def check_sample_settings_of(model, settings: dict) -> None:
     check_not_caller_passed(settings)  # (seeds: a setting's name to the objective's check)
 
 
-def check_training_keys(cfg) -> None:
+def check_training_keys(cfg, check_model: bool = True) -> None:
     """Every entry of a training config that the Runner builds from a registry — the
     loop (``train_cfg``), the training loader's dataset, sampler and ``collate_fn``,
     the optimizer wrapper and its optimizer, the parameter schedulers, the default and
     custom hooks — checked against its class: an unknown type, an unknown key (a typo)
     or, for the dataset, a missing argument is one line; a value plainly of the
     wrong type too (:func:`check_config_values`); the model and its parts the same way
-    (:func:`check_model_config`); ``sample_cfg`` against the model's objective (which
-    alone is built: it holds no weights). Nothing is read."""
+    (:func:`check_model_config`, an unknown type left to the model's build, which
+    names it), unless not ``check_model``: the caller checked it already
+    (``tools/train.py``, unknown types too, before its build on the meta device; it
+    ran twice a start); ``sample_cfg`` against the model's objective (which alone is
+    built: it holds no weights). Nothing is read."""
     _note_top_level(cfg)
     _check_sections(cfg)
-    check_model_config(cfg.get('model'), types=False)  # (the model's build names them)
+    if check_model:
+        check_model_config(cfg.get('model'), types=False)  # (the model's build names them)
     loop = _check_train_loop(cfg)
     _check_runtime(cfg)
     _check_loader(cfg)

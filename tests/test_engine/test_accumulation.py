@@ -232,10 +232,17 @@ def test_deepspeed_and_save_begin_are_checked_too(repo_root, tmp_path):
     build_train_config(parse_args([*base, 'train_cfg.max_iters=10']))  # mmengine's does
     with pytest.raises(UserError, match=r'checkpoint.save_begin=2 is not a multiple'):
         build_train_config(parse_args([*base, 'default_hooks.checkpoint.save_begin=2']))
-    # the strategy's own gradient_accumulation_steps wins over its config's (mmengine)
+    # the strategy's own gradient_accumulation_steps wins over its config's 'auto'
+    # (mmengine); next to another count there, which it dropped unsaid, it is refused
     assert accumulation_of(dict(strategy=dict(
         type='DeepSpeedStrategy', gradient_accumulation_steps=3,
-        config=dict(gradient_accumulation_steps=2)))) == 3
+        config=dict(gradient_accumulation_steps='auto')))) == 3
+    with pytest.raises(UserError, match=r'^strategy\.gradient_accumulation_steps=3 and '
+                       r'strategy\.config\.gradient_accumulation_steps=2: two micro-batch '
+                       r'counts per optimizer step '):
+        accumulation_of(dict(strategy=dict(
+            type='DeepSpeedStrategy', gradient_accumulation_steps=3,
+            config=dict(gradient_accumulation_steps=2))))
 
 
 def test_noise_seed_with_accumulation_needs_the_hook_that_publishes_it(repo_root,

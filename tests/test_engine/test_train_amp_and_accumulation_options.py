@@ -9,7 +9,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmsora.engine.strategies.train_options import accumulation_of, apply_amp
+from mmsora.engine.strategies.train_options import (accumulation_of,
+                                                    accumulation_setting, apply_amp)
 from mmsora.models.layers.checkpointing import check_checkpoint_every
 from mmsora.utils.cli import UserError
 from tests.cli_helpers import load_tool
@@ -173,6 +174,45 @@ def test_two_different_accumulation_counts_are_refused(repo_root, tmp_path, caps
     assert 'accumulative_counts' not in Config.fromfile(osp.join(repo_root, DEMO)).optim_wrapper
     assert run('strategy.config.gradient_accumulation_steps=2').train_dataloader.batch_size \
         == 8
+
+
+TWO_DEEPSPEED_COUNTS = (
+    'strategy.gradient_accumulation_steps=2 and strategy.config.gradient_accumulation_steps'
+    '=4: two micro-batch counts per optimizer step (DeepSpeed would accumulate 2 and drop '
+    'the other); give one of them, or the same count to both')
+
+
+def test_the_strategys_argument_and_its_config_giving_two_counts_are_refused():
+    """mmengine's DeepSpeedStrategy puts its gradient_accumulation_steps argument over
+    its config's: a config's 4 was dropped without a word."""
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper'),
+                      strategy=dict(type='DeepSpeedStrategy', gradient_accumulation_steps=2,
+                                    config=dict(gradient_accumulation_steps=4))))
+    with pytest.raises(UserError) as info:
+        accumulation_of(cfg)
+    assert str(info.value) == TWO_DEEPSPEED_COUNTS
+    for same in (2, 'auto'):  # the same count, or the config's left to fill
+        cfg.strategy.config.gradient_accumulation_steps = same
+        assert accumulation_setting(cfg) == (2, 'strategy.gradient_accumulation_steps')
+
+
+def test_the_strategys_argument_is_the_count_its_run_config_holds(repo_root, tmp_path):
+    """The preset's 'auto' took the optimizer wrapper's count (1) beside the argument's
+    2: the run's dumped config, started again, held two counts."""
+    def run(*options):
+        return build_train_config(parse_args(
+            [osp.join(repo_root, DEMO), '--work-dir', str(tmp_path / 'work'),
+             '--deepspeed', 'deepspeed_zero2', '--cfg-options', *TINY,
+             'train_cfg.max_iters=8', 'global_batch_size=16', *options]))
+
+    with pytest.raises(UserError) as info:
+        run('strategy.gradient_accumulation_steps=2',
+            'strategy.config.gradient_accumulation_steps=4')
+    assert str(info.value) == TWO_DEEPSPEED_COUNTS
+    cfg = run('strategy.gradient_accumulation_steps=2')
+    assert cfg.strategy.config.gradient_accumulation_steps == 2  # (1 before)
+    assert cfg.train_dataloader.batch_size == 8  # 16 / (1 process x 2)
+    assert accumulation_setting(cfg) == (2, 'strategy.gradient_accumulation_steps')
 
 
 @pytest.mark.parametrize('total', ['True', '16.0', '0'])

@@ -92,6 +92,24 @@ def test_the_flag_over_a_config_below_1_samples_with_the_flags(run, tmp_path,
     assert scales == [2.0] and osp.isfile(tmp_path / 'samples.png')
 
 
+@pytest.mark.parametrize('flag, said', [
+    ([], f'sample_cfg.cfg_scale {FLOOR}-3.0: give --cfg-scale, or set it >= 1 in the config'),
+    (['--cfg-scale', '0.5'], f'--cfg-scale {FLOOR}0.5'),
+])
+def test_the_floor_holds_where_the_precheck_could_not_read_the_config(
+        run, tmp_path, capsys, monkeypatch, flag, said):
+    """The config as init_model reads it, where the pre-check could not (its
+    load_run_config said None): the scale sampling would use is judged before it
+    samples."""
+    from mmsora.apis import run_checks
+    monkeypatch.setattr(run_checks, 'load_run_config', lambda *args, **kwargs: None)
+    monkeypatch.setattr(LatentDiffusion, 'sample', never)
+    config, weights = run
+    assert infer(config, weights, tmp_path, *flag) == 2
+    assert capsys.readouterr().err.splitlines() == [f'error: {said}']
+    assert not osp.exists(tmp_path / 'samples.png')
+
+
 # ------------------------------------------------------------ a video VAE's channels
 # the video demo shrunk to 4-channel latents of 2 frames of 4x4 (Wan's tiny VAE:
 # spatial factor 4, 4 latent channels)

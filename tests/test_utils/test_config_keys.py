@@ -297,3 +297,55 @@ def test_a_sampling_hook_guiding_a_denoiser_without_forward_with_cfg_is_refused(
         'forward_with_cfg: set sample_cfg.cfg_scale=1')
     cfg.custom_hooks[-1]['sample_cfg'] = dict(cfg_scale=1.0)
     check_training_keys(cfg)
+
+
+def _own_visualization_hook():
+    """A subclass of SampleVisualizationHook (given as the class: nothing registered)."""
+    from mmsora.engine.hooks import SampleVisualizationHook
+
+    class OwnVisualizationHookF2(SampleVisualizationHook):
+        pass
+    return OwnVisualizationHookF2
+
+
+@pytest.mark.parametrize('hook, name', [
+    ('mmsora.SampleVisualizationHook', 'SampleVisualizationHook'),
+    ('SampleVisualizationHook', 'SampleVisualizationHook'),
+    ('class', 'SampleVisualizationHook'),
+    ('subclass', 'OwnVisualizationHookF2'),
+], ids=['scoped', 'name', 'class', 'subclass'])
+def test_a_sampling_hook_is_found_as_its_build_finds_it(hook, name):
+    """The guidance check read the hook's exact type name: a scoped
+    'mmsora.SampleVisualizationHook', the class or a subclass sampled with guidance a
+    denoiser without forward_with_cfg, and the run stopped at the hook's first interval."""
+    import torch
+
+    from mmsora.engine.hooks import SampleVisualizationHook
+
+    class NoGuidanceDenoiserF2(torch.nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+    kind = dict(zip(('class', 'subclass'), (SampleVisualizationHook,
+                                            _own_visualization_hook()))).get(hook, hook)
+    cfg = load_config(DEMO)
+    cfg.model.denoiser = dict(type=NoGuidanceDenoiserF2)
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=4, cfg_scale=2.0)
+    cfg.custom_hooks.append(dict(type=kind, interval=10))
+    i = len(cfg.custom_hooks) - 1
+    assert refused(cfg) == (
+        f'custom_hooks[{i}] ({name}) samples with guidance (sample_cfg.cfg_scale=2) but '
+        'model.denoiser NoGuidanceDenoiserF2 has no forward_with_cfg: set '
+        'sample_cfg.cfg_scale=1, or add forward_with_cfg as DiT has it (README, "Your own '
+        'modules")')
+    cfg.custom_hooks[i]['sample_cfg'] = dict(cfg_scale=1.0)
+    check_training_keys(cfg)
+
+
+def test_the_model_is_left_to_a_caller_that_checked_it():
+    """tools/train.py checks the model (its types too) before its build on the meta
+    device, then the rest with check_model=False: the model was checked twice a start."""
+    cfg = load_config(DEMO)
+    cfg.model.denoiser['depth'] = 'three'
+    assert refused(cfg) == ("model.denoiser.depth must be a whole number (int), got "
+                            "'three' (a str)")
+    check_training_keys(cfg, check_model=False)

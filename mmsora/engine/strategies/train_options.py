@@ -152,6 +152,13 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         check_fsdp_precision(strategy, cfg.optim_wrapper)
         if not torch.cuda.is_available():
             fsdp_on_cpu(strategy)
+    steps = strategy.get('gradient_accumulation_steps')
+    if strategy.get('type') == 'DeepSpeedStrategy' and steps is not None:
+        # mmengine puts its argument over the config's: the same count in both, or the
+        # config's 'auto' took the wrapper's (fill_auto), and the run's dumped config,
+        # started again, held two counts (refused: accumulation_setting)
+        strategy['config'] = dict(strategy.get('config') or {},
+                                  gradient_accumulation_steps=steps)
     return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
 
 
@@ -380,34 +387,40 @@ def accumulation_setting(cfg) -> tuple:
 
     A DeepSpeed count that is set is checked as ``accumulative_counts`` is (2.0 fell
     through to the optimizer wrapper's count while DeepSpeed accumulated 2.0: the
-    global batch split divided by 1), and refused next to an
-    ``optim_wrapper.accumulative_counts`` the config gives with another count
-    (``DeepSpeedOptimWrapper`` replaces the wrapper: the latter was dropped unsaid).
-    The wrapper's count is given when its key is there (mmengine's default, 1, is
-    not)."""
+    global batch split divided by 1), and refused next to another count: an
+    ``optim_wrapper.accumulative_counts`` the config gives (``DeepSpeedOptimWrapper``
+    replaces the wrapper: the latter was dropped unsaid), or the strategy's argument
+    next to its config's (mmengine puts the argument over the config's, unsaid). The
+    wrapper's count is given when its key is there (mmengine's default, 1, is not)."""
     wrapper = cfg.get('optim_wrapper') or {}
     given = 'accumulative_counts' in wrapper
     counts = check_accumulative_counts(wrapper.get('accumulative_counts', 1))
     strategy = cfg.get('strategy') or {}
-    if strategy.get('type') == 'DeepSpeedStrategy':
-        for setting, steps, auto in (
-                # (mmengine writes its own argument over the config's, 'auto' too,
-                # which nothing fills)
-                ('strategy.gradient_accumulation_steps',
-                 strategy.get('gradient_accumulation_steps'), False),
-                ('strategy.config.gradient_accumulation_steps',
-                 (strategy.get('config') or {}).get('gradient_accumulation_steps'), True)):
-            if steps is None or (auto and isinstance(steps, str) and steps == 'auto'):
-                continue
-            steps = check_accumulative_counts(steps, setting)
-            if given and counts != steps:
-                raise UserError(
-                    f'{setting}={steps} and optim_wrapper.accumulative_counts={counts}: '
-                    f'two micro-batch counts per optimizer step (DeepSpeed would '
-                    f'accumulate {steps} and drop the other); give one of them, or the '
-                    'same count to both')
-            return steps, setting
-    return counts, 'optim_wrapper.accumulative_counts'
+    if strategy.get('type') != 'DeepSpeedStrategy':
+        return counts, 'optim_wrapper.accumulative_counts'
+    found = []  # (count, setting), the one DeepSpeed takes first
+    for setting, steps, auto in (
+            # (mmengine writes its own argument over the config's, 'auto' too, which
+            # nothing fills)
+            ('strategy.gradient_accumulation_steps',
+             strategy.get('gradient_accumulation_steps'), False),
+            ('strategy.config.gradient_accumulation_steps',
+             (strategy.get('config') or {}).get('gradient_accumulation_steps'), True)):
+        if steps is None or (auto and steps == 'auto'):
+            continue
+        found.append((check_accumulative_counts(steps, setting), setting))
+    if not found:
+        return counts, 'optim_wrapper.accumulative_counts'
+    (steps, setting), others = found[0], found[1:]
+    if given:
+        others.append((counts, 'optim_wrapper.accumulative_counts'))
+    for count, other in others:
+        if count != steps:
+            raise UserError(
+                f'{setting}={steps} and {other}={count}: two micro-batch counts per '
+                f'optimizer step (DeepSpeed would accumulate {steps} and drop the other); '
+                'give one of them, or the same count to both')
+    return steps, setting
 
 
 def check_accumulative_counts(value, option='optim_wrapper.accumulative_counts') -> int:
