@@ -17,7 +17,9 @@ Examples:
     python tools/text2video.py story.txt --speech piper:voices/en_US-lessac-medium.onnx
     python tools/text2video.py story.txt --speech azure --pictures openai
 """
+import argparse
 import importlib
+import math
 import os.path as osp
 import sys
 
@@ -47,6 +49,20 @@ class Text2VideoParser(ArgumentParser):
         return super()._meant(token, following)
 
 
+def finite_number(text: str) -> float:
+    """argparse ``type`` of the float options: a finite number. Before, ``--fps nan``
+    failed once the pictures were made ('cannot convert float NaN to integer', naming no
+    option), ``--zoom inf`` with a traceback, and ``--shot-seconds nan`` put the whole
+    text in one shot."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'expected a finite number, got {text!r}')
+    return value
+
+
 def parse_args(argv=None):
     parser = Text2VideoParser(description='Turn a text into a narrated video')
     parser.add_argument('text', help="text file (UTF-8), or '-' for standard input")
@@ -65,7 +81,8 @@ def parse_args(argv=None):
     parser.add_argument('--labels', type=int, nargs='+',
                         help='class ids that shots cycle through (class-conditional models)')
     parser.add_argument('--steps', type=int, help='sampling steps (mmsora, diffusers)')
-    parser.add_argument('--cfg-scale', type=float, help='guidance scale (mmsora, diffusers)')
+    parser.add_argument('--cfg-scale', type=finite_number,
+                        help='guidance scale (mmsora, diffusers)')
     parser.add_argument('--seed', type=int,
                         help='shot i uses seed SEED + i (mmsora, diffusers; default 0)')
     parser.add_argument('--device', type=device_setting,
@@ -78,16 +95,17 @@ def parse_args(argv=None):
                         help="auto (from the text's script: en, zh, ru, ja, ...; default) or "
                         'a language code for the default voice, e.g. de')
     parser.add_argument('--resolution', default='480p', help='480p, 720p, 1080p or WxH')
-    parser.add_argument('--fps', type=float, default=24)
-    parser.add_argument('--shot-seconds', type=float, default=4.0,
+    parser.add_argument('--fps', type=finite_number, default=24)
+    parser.add_argument('--shot-seconds', type=finite_number, default=4.0,
                         help='a picture stays for segments lasting at least this long '
                         '(0: one picture per segment)')
     parser.add_argument('--max-chars', type=int, default=90,
                         help='cut longer sentences at commas (a CJK character counts 2)')
-    parser.add_argument('--pause', type=float, default=0.3,
+    parser.add_argument('--pause', type=finite_number, default=0.3,
                         help='seconds of silence after each segment')
-    parser.add_argument('--fade', type=float, default=0.5, help='cross-fade seconds')
-    parser.add_argument('--zoom', type=float, default=1.12,
+    parser.add_argument('--fade', type=finite_number, default=0.5,
+                        help='cross-fade seconds')
+    parser.add_argument('--zoom', type=finite_number, default=1.12,
                         help='pan/zoom strength (1: still pictures)')
     parser.add_argument('--no-subtitles', action='store_true',
                         help='no subtitles (title cards then show the text instead)')
@@ -131,7 +149,14 @@ def load_rewriter(spec):
     try:
         rewriter = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as e:
-        raise UserError(f'--prompt-rewriter {spec!r}: {e}') from None
+        # python puts tools/ on sys.path, not the current folder: a rw.py beside the text
+        # is not found (and the current folder is not added behind the user's back)
+        missing = getattr(e, 'name', None)  # (not a module that rw.py itself imports)
+        hint = ('; the module must be importable: put its folder on PYTHONPATH (e.g. '
+                'PYTHONPATH=. python tools/text2video.py ...)'
+                if isinstance(e, ModuleNotFoundError) and missing
+                and (module_name + '.').startswith(missing + '.') else '')
+        raise UserError(f'--prompt-rewriter {spec!r}: {e}{hint}') from None
     if not callable(rewriter):
         raise UserError(f'--prompt-rewriter {spec!r} is not a function')
     return rewriter
@@ -178,11 +203,15 @@ def main(argv=None):
     args = parse_args(argv)
     from mmsora.apis.text2video import (Composer, build_pictures, build_speech,
                                         parse_resolution, text_to_video)
-    from mmsora.apis.text2video.pipeline import check_options, drawn_from
+    from mmsora.apis.text2video.pipeline import check_options, drawn_from, plan_segments
     from mmsora.apis.text2video.segmentation import DEFAULT_PROMPT_TEMPLATE
     for name in ('fps', 'max_chars', 'rate'):
         if getattr(args, name) <= 0:
             raise UserError(f'--{name.replace("_", "-")} must be > 0')
+    if args.fade < 0:
+        raise UserError(f'--fade must be >= 0 (0: cuts), got {args.fade:g}')
+    if args.zoom < 1:
+        raise UserError(f'--zoom must be >= 1 (1: still pictures), got {args.zoom:g}')
     if args.steps is not None and args.steps < 1:
         raise UserError('--steps must be >= 1')
     if args.cfg_scale is not None and args.cfg_scale < 0:
@@ -194,6 +223,9 @@ def main(argv=None):
     check_options(out, args.shot_seconds, args.pause, template, args.language)
     options = picture_options(args)  # (an option the backend does not take, e.g. --seed)
     text = read_text(args.text)
+    # a text with nothing to say, before any backend is built (a model loaded first)
+    plan_segments(text, args.max_chars)
+    rewriter = load_rewriter(args.prompt_rewriter) if args.prompt_rewriter else None
     composer = Composer(parse_resolution(args.resolution), fps=args.fps, fade=args.fade,
                         zoom=args.zoom, subtitles=not args.no_subtitles, font=args.font)
     speech_name = args.speech.partition(':')[0]
@@ -203,7 +235,6 @@ def main(argv=None):
     # arrays above glibc's mmap threshold were fresh pages each time (docs/text2video.md)
     keep_freed_memory_on_cpu(args, on_cpu=True)
     pictures = build_pictures(args.pictures, **options)
-    rewriter = load_rewriter(args.prompt_rewriter) if args.prompt_rewriter else None
     result = text_to_video(text, out, speech=speech, pictures=pictures,
                            language=args.language, composer=composer,
                            shot_seconds=args.shot_seconds, max_chars=args.max_chars,

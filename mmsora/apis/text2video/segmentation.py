@@ -36,6 +36,11 @@ _SENTENCE_END = re.compile(
 # A line that starts a list item or a Markdown heading: not joined to the line above
 # (group 2: a numbered item).
 _BLOCK_START = re.compile(r'([-*•+]|(\d+[.)])|#+)\s+')
+# A line that Markdown does not show as text: a thematic break (3 or more of one of
+# - * _, spaces allowed: ``---``, ``* * *``), or a setext heading's underline under a
+# text line (``===``; ``---`` is one too: the lines above are a heading either way).
+_THEMATIC_BREAK = re.compile(r'([-*_])(?:\s*\1){2,}')
+_SETEXT_UNDERLINE = re.compile(r'=+|-+')
 # Where a long sentence may be cut: after commas, colons, dashes (also CJK and Arabic).
 _CLAUSE_END = re.compile(r'(?<=[，、,：:—،])\s*')
 # Lone surrogates: what Python makes of bytes that are not UTF-8 (surrogateescape).
@@ -173,7 +178,8 @@ def split_sentences(text: str) -> List[str]:
 
     Line breaks are read as Markdown reads them: a blank line ends a paragraph (and
     its sentence: a heading), a line starting a list item (``-``, ``*``, ``•``,
-    ``1.``, ``1)``) or a ``#`` heading starts a new one, and any other line break
+    ``1.``, ``1)``) or a ``#`` heading starts a new one, a thematic break (``---``,
+    ``***``, ``___``) or a setext heading's underline is dropped, and any other line break
     joins the lines (text wrapped at a width), with a space between Latin words and
     nothing between CJK characters. Decimal points, initials ("J. R. R.") and a few
     abbreviations ("Mr.", "e.g.") do not end a sentence.
@@ -206,11 +212,22 @@ def _item_number_end(line: str) -> int:
 
 def _logical_lines(text: str) -> List[str]:
     """The text's paragraphs, headings and list items, each joined into one line;
-    heading marks and bullets are dropped (they would be spoken), numbers kept."""
+    heading marks and bullets are dropped (they would be spoken), numbers kept.
+
+    A thematic break (``---``, ``***``, ``___``) and a setext heading's underline
+    (``===`` or ``---`` under a text line) are dropped and end the line above, as a
+    ``#`` heading's line ends. Before, a break between paragraphs was a segment of its
+    own, the subtitle '---' (and put into the prompt), and an underline was joined to
+    its heading ('Title ---').
+    """
     lines = []
     for paragraph in re.split(r'\n\s*\n', text.strip()):
         block, heading = [], False
         for line in (part.strip() for part in paragraph.splitlines()):
+            if _THEMATIC_BREAK.fullmatch(line) or (
+                    block and _SETEXT_UNDERLINE.fullmatch(line)):
+                heading = True  # (the next line starts a new one)
+                continue
             start = _BLOCK_START.match(line)
             if block and line and not start and not heading:
                 block[-1] = _join([block[-1], line])
