@@ -6,6 +6,9 @@ run stopped (Ctrl-C, or a bad feature file, refused naming it) keeps the shards 
 finished, and rerunning the same command continues after them; a run refused before
 its first shard removes the --out folders it made. An --out folder of other files and no
 store (the features folder itself, photos, a work dir) is refused; an empty one is taken.
+One run writes an --out at a time (the lock tools/extract_features.py takes,
+``OUT/.extract.lock``): a second one is refused naming the process that holds it, and a
+lock left by a run that stopped (its process gone) is taken over.
 
 Example::
 
@@ -22,10 +25,12 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import (foreign_folder_message, nonfinite_items,
+from mmsora.datasets.latent_store import (StoreLock, StoreLockedError,
+                                          foreign_folder_message, nonfinite_items,
                                           say_damaged)
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import ArgumentParser, UserError, plural, run_cli
+from mmsora.utils.cli import (ArgumentParser, UserError, check_output_path, first_line,
+                              note, plural, run_cli)
 
 PROG = 'convert_fastdit_features.py'
 
@@ -150,18 +155,48 @@ def convert(args, pairs, shape, writer):
     return len(pending)
 
 
+def lock_out(lock, out) -> None:
+    """Take ``--out``'s lock (``lock``, a :class:`StoreLock`) for this run, as
+    tools/extract_features.py does: a second run into the same --out is refused, naming
+    the process that holds it (before, both wrote every shard); a lock left by a run
+    that stopped is taken over, with a note."""
+    try:
+        lock.acquire(on_stale=lambda holder: note(
+            f'{out}: taking over the lock of a run that stopped ('
+            + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
+            + '): its finished shards are kept'))
+    except StoreLockedError as e:
+        raise UserError(f'--out {e}') from None
+    except OSError as e:  # (a folder this user may not write into, --out into a file)
+        raise UserError(f'--out {out}: {first_line(e)}') from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_out_folder(args.out)
     try:
         pairs = list_npy_pairs(args.features_dir, args.labels_dir)
         shape = load_fastdit_item(*pairs[0], 0)[0].shape
-        created = missing_folders(args.out)
+    except (OSError, ValueError) as e:  # OSError: a missing folder
+        raise UserError(str(e))
+    check_output_path(args.out, '--out', folder=True)  # (else a bare '[Errno 13]')
+    created = missing_folders(args.out)
+    lock = StoreLock(args.out)
+    try:
+        lock_out(lock, args.out)
+        return write_store(args, pairs, shape, created)
+    finally:
+        lock.release()  # (and the folders made for it, where still empty)
+
+
+def write_store(args, pairs, shape, created):
+    """Write (or finish) the store at ``--out``, holding its lock; returns its index."""
+    try:
         writer = LatentStoreWriter(
             args.out, len(pairs), shape, dtype=args.dtype, content='samples',
             num_copies=1, scale_factor=args.scale_factor, shard_size=args.shard_size,
             vae=f'fast-DiT features {args.features_dir}')
-    except (OSError, ValueError) as e:  # OSError: a missing folder, --out into a file
+    except (OSError, ValueError) as e:  # (another store's settings: one line)
         raise UserError(str(e))
     if finished_before(writer):  # (said as extract_features.py says it)
         index = writer.finalize()

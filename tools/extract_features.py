@@ -59,8 +59,9 @@ from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
-from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least, device_setting,
-                              first_line, note, plural, run_cli)
+from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least,
+                              check_output_path, device_setting, first_line, note, plural,
+                              run_cli)
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 from mmsora.utils.video_io import READER_VERSION
 
@@ -155,7 +156,8 @@ OPTION_OF = dict(
     latent_shape='--size and the VAE', source='--data-path / --manifest',
     image_size='--image-size',  # (num_source_items: source_count_changed)
     num_frames='--num-frames', size='--size', frame_stride='--frame-stride',
-    target_fps='--target-fps', clips_per_video='--clips-per-video',
+    target_fps='--target-fps', clips_per_video='--clips-per-video', pad='--pad',
+    seed='--seed',
     text_encoder='--text-encoder',
     text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
     text_shape='--text-encoder / --max-length',
@@ -165,11 +167,20 @@ OPTION_OF = dict(
     'or go on with that version')
 
 
+# Settings a store records only where they differ from these defaults (stores written
+# before they were recorded hold none, and were written with the default or not at all):
+# a refusal shows the default where the store (or the run) records none.
+UNRECORDED_DEFAULTS = dict(seed=0)
+
+
 def with_option(error) -> str:
     """The store's refusal of other settings, with the option that sets the one named."""
     text = str(error)
     found = re.search(r' written with (\w+)=', text)
-    option = OPTION_OF.get(found.group(1)) if found else None
+    key = found.group(1) if found else None
+    if key in UNRECORDED_DEFAULTS:
+        text = re.sub(rf'\b{key}=None\b', f'{key}={UNRECORDED_DEFAULTS[key]!r}', text)
+    option = OPTION_OF.get(key)
     return f'{text} (set by {option})' if option else text
 
 
@@ -451,12 +462,21 @@ def store_meta(args, source) -> dict:
                     video_reader=READER_VERSION)
         if args.clips_per_video != 1:  # (stores of one clip a video record none)
             meta.update(clips_per_video=args.clips_per_video)
+        # Unrecorded before, a rerun with --pad (as a short clip's reason advises) into
+        # a complete store did nothing, and into a begun one padded its other shards'
+        # short clips only. Recorded where given: older stores are taken as unpadded.
+        if args.pad is not None:
+            meta.update(pad=args.pad)
         # Recorded as an image store's class folders are, so that stores of two label
         # maps (biking/ bunny/ and a_bunny/ b_biking/: label 0 is another class in
         # each) are refused together (PackedLatentDataset); before, they trained as one.
         classes = manifest_classes(args, source)
         if classes is not None:
             meta.update(classes=classes)
+    if args.store == 'samples' and args.seed != UNRECORDED_DEFAULTS['seed']:
+        # The noise's seed: a resume with another one mixed the noise of two seeds in
+        # one store. Recorded where not the default, which older stores are taken as.
+        meta.update(seed=args.seed)
     if args.text_encoder:
         # hidden_layer: which of the encoder's hidden states the tokens are (None: the
         # last, after the final norm). Unrecorded before, a resume with another one
@@ -766,7 +786,7 @@ def skipped_inputs(shards) -> str:
     after it were named only in index.json."""
     skipped = [s for sh in shards for s in sh['skipped']]
     # the reasons this run's and earlier runs' shards recorded (older stores: none)
-    reasons = {name: why for sh in shards
+    reasons = {name: for_another_out(why) for sh in shards
                for name, why in zip(sh['skipped'], sh.get('skipped_why', ()))}
     videos = {}  # video: {(clips of it, kind of reason): its clip numbers, in order met}
     for name in skipped:
@@ -784,6 +804,19 @@ def skipped_inputs(shards) -> str:
             + (': ' + '; '.join(entries[:10]) if skipped else '')
             + (f"; ... and {more} more (the store's index.json names every one)"
                if more > 0 else ''))
+
+
+# How a too-short clip's reason advises --pad (ClipSource's pad_hint).
+PAD_HINT = '--pad loop (or repeat_last)'
+
+
+def for_another_out(why: str) -> str:
+    """A skipped clip's reason as the summary of a complete store gives it: its advice
+    (shorter clips, a smaller stride, ``--pad``) is for another --out. Before, a rerun
+    that followed it into the same --out found the store complete and advised it again
+    (--num-frames and --frame-stride are refused there; --pad now is too)."""
+    return why.replace(f'or {PAD_HINT}', f'or {PAD_HINT}, into another --out') if why \
+        else why
 
 
 # The name ClipSource gives a clip of a video it takes several of.
@@ -881,6 +914,9 @@ def main(argv=None):
     progress, fingerprint = check_out(args, source, meta)
     if progress and progress['complete']:
         return nothing_to_do(args, progress)
+    # before the models load (a read-only or another user's folder: the lock met it as
+    # a bare '[Errno 13] Permission denied'); a complete store is only read, above
+    check_output_path(args.out, '--out', folder=True)
     rank, world, device = init_dist(args.device)
     lock = StoreLock(args.out)
     try:

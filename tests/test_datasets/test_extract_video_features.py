@@ -119,8 +119,8 @@ def test_skipped_inputs_are_listed_with_why(manifest, tiny_vae_dir, tmp_path, ca
         assert f"{tmp_path / 'broken.mp4'} (cannot read video " in out, (run_, out)
         assert f"{BUNNY} (video '{BUNNY}' has 132 frames but a clip of 60 frames at " \
                'stride 3 needs 178; use shorter clips, a smaller stride, or --pad loop ' \
-               '(or repeat_last))' in out, (run_, out)  # the tool's option, not the
-        # pipeline's setting
+               '(or repeat_last), into another --out)' in out, (run_, out)  # the tool's
+        # option, not the pipeline's setting; for another --out (a store is one --pad)
     import json
     index = json.load(open(tmp_path / 'long' / 'index.json'))
     assert any(why.startswith('cannot read video') for sh in index['shards']
