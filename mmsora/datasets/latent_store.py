@@ -419,7 +419,7 @@ class StoreLock:
                     'if that run has stopped (this machine cannot check it)')
         return (f'{self.root} is being written by another run (pid {holder["pid"]}{since})'
                 f': let it finish (or stop it), then rerun to go on; each shard is '
-                'encoded once')
+                'written once')
 
     def _remove_stale(self, old):
         """Remove the lock file whose text is ``old`` (its holder gone). Moved aside

@@ -203,7 +203,7 @@ def test_a_second_conversion_into_one_out_is_refused(fastdit_features, tmp_path,
     assert str(info.value) == (
         f'--out {out} is being written by another run (pid {os.getpid()}, since '
         '2026-12-07 01:00:00 UTC): let it finish (or stop it), then rerun to go on; each '
-        'shard is encoded once')
+        'shard is written once')
     assert os.listdir(out) == [LOCK_NAME]  # (left to its holder)
 
     # held while the shards are written, and gone when the run ends

@@ -114,7 +114,7 @@ def test_a_second_run_is_refused_naming_the_pid_that_holds_the_folder(
     assert str(info.value) == (
         f'--out {out} is being written by another run (pid {os.getpid()}, since '
         '2026-12-07 01:00:00 UTC): let it finish (or stop it), then rerun to go on; each '
-        'shard is encoded once')
+        'shard is written once')
     assert os.listdir(out) == [LOCK_NAME]  # (left to its holder)
     write_lock(out, os.getpid(), host='elsewhere')  # (a machine this one cannot check)
     with vae, text, pytest.raises(UserError, match=rf'\(pid {os.getpid()} on elsewhere, '
