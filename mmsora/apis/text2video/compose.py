@@ -9,10 +9,11 @@ speech (to within one frame). PyAV is used directly rather than moviepy: moviepy
 an ffmpeg subprocess, while PyAV is already a dependency and encodes in-process.
 """
 import bisect
+import math
 import os
 import os.path as osp
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -99,6 +100,10 @@ class Composer:
                  audio_rate: int = 44100, crf: int = 20):
         if size[0] % 2 or size[1] % 2:
             raise UserError(f'the video size must be even (H.264), got {size[0]}x{size[1]}')
+        for name, value, need in (('fps', fps, '> 0'), ('fade', fade, '>= 0'),
+                                  ('zoom', zoom, '>= 1')):
+            if not math.isfinite(value):  # (NaN passed the check below: it compares false)
+                raise UserError(f'{name} must be a finite number {need}, got {value}')
         if fps <= 0 or fade < 0 or zoom < 1:
             raise UserError(f'need fps > 0, fade >= 0 and zoom >= 1; got fps={fps}, '
                             f'fade={fade}, zoom={zoom}')
@@ -114,12 +119,18 @@ class Composer:
     # ------------------------------------------------------------------ #
     #                              Pictures                              #
     # ------------------------------------------------------------------ #
-    def _prepare(self, picture: np.ndarray) -> List[Image.Image]:
-        """A picture or clip as PIL frames, small ones enlarged once (Lanczos)."""
+    @staticmethod
+    def _frames(picture: np.ndarray) -> np.ndarray:
+        """A picture or clip as ``(T, H, W, 3)`` uint8 (a view: nothing is copied)."""
         frames = picture[None] if picture.ndim == 3 else picture
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f'pictures must be uint8 (H, W, 3) or (T, H, W, 3), got '
                              f'{frames.dtype} {frames.shape}')
+        return frames
+
+    def _prepare(self, picture: np.ndarray) -> List[Image.Image]:
+        """A picture or clip as PIL frames, small ones enlarged once (Lanczos)."""
+        frames = self._frames(picture)
         images = [Image.fromarray(f) for f in frames]
         need = max(self.picture_size[0] / images[0].width,
                    self.picture_size[1] / images[0].height)
@@ -186,10 +197,12 @@ class Composer:
             shot_bounds.append((start, t))
         return dict(shots=shot_bounds, segments=segment_bounds)
 
-    def _audio(self, shots) -> np.ndarray:
-        parts = [resample_audio(s.audio, s.sample_rate, self.audio_rate)
-                 for shot in shots for s in shot.segments]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    def _audio(self, shots) -> Iterator[np.ndarray]:
+        """The speech at ``audio_rate``, one segment at a time, resampled when the video
+        reaches it: all at once it was 10.6 MB of float32 a minute, twice while joined."""
+        for shot in shots:
+            for segment in shot.segments:
+                yield resample_audio(segment.audio, segment.sample_rate, self.audio_rate)
 
     def compose(self, shots: Sequence, pictures: Sequence[np.ndarray], out: str,
                 clip_fps: float = 8, progress: bool = True) -> dict:
@@ -214,33 +227,47 @@ class Composer:
         duration = bounds['shots'][-1][1]
         if duration <= 0:
             raise UserError('the speech is empty: nothing to show')
-        frames = [self._prepare(p) for p in pictures]
+        for picture in pictures:  # (all checked before any is written)
+            self._frames(picture)
         starts = [s for s, _ in bounds['shots']]
         fades = [min(self.fade, 0.5 * (shots[i].duration), 0.5 * shots[i + 1].duration)
                  for i in range(len(shots) - 1)]
         segments = [seg for shot in shots for seg in shot.segments]
         seg_starts = [s for s, _ in bounds['segments']]
-        overlays = {}
-        audio = self._audio(shots)
+        # Prepared pictures and subtitle bands are made when the timeline first needs
+        # them and dropped once it has passed them (a cross-fade needs the previous
+        # shot and the current): made all up front and kept, they (with the speech
+        # resampled all at once) grew the peak by 6.3 MiB a shot at 480p, now 2.1 MiB
+        # (the uint8 pictures and the speech themselves; docs/text2video.md, Measured)
+        prepared, overlays = {}, {}
         num_frames = int(np.ceil(duration * self.fps - 1e-6))
 
         def frame_at(t):
             i = max(bisect.bisect_right(starts, t) - 1, 0)
             start, end = bounds['shots'][i]
+            fade_in = i > 0 and t < start + fades[i - 1] / 2
+            fade_out = i < len(shots) - 1 and t >= end - fades[i] / 2 and fades[i] > 0
+            oldest = i - 1 if fade_in else i    # the earliest shot this frame shows
+            for j in [j for j in prepared if j < oldest]:
+                del prepared[j]
 
             def pic(j):
+                if j not in prepared:
+                    prepared[j] = self._prepare(pictures[j])
                 s, e = bounds['shots'][j]
-                return self._shot_frame(frames[j], j, t, s, e - s, clip_fps)
+                return self._shot_frame(prepared[j], j, t, s, e - s, clip_fps)
 
             image = pic(i)
-            if i > 0 and t < start + fades[i - 1] / 2:
+            if fade_in:
                 a = (t - (start - fades[i - 1] / 2)) / fades[i - 1]
                 image = pic(i - 1) * (1 - a) + image * a
-            if i < len(shots) - 1 and t >= end - fades[i] / 2 and fades[i] > 0:
+            if fade_out:
                 a = (t - (end - fades[i] / 2)) / fades[i]
                 image = image * (1 - a) + pic(i + 1) * a
             if self.subtitles:
                 k = max(bisect.bisect_right(seg_starts, t) - 1, 0)
+                for j in [j for j in overlays if j < k]:
+                    del overlays[j]
                 if k not in overlays:
                     overlays[k] = self.subtitle_overlay(segments[k].text)
                 image = self._overlay(image, *overlays[k])
@@ -252,7 +279,8 @@ class Composer:
         part = part_path(out)
         try:
             with av.open(part, mode='w') as container:
-                self._write(container, frame_at, num_frames, audio, progress)
+                self._write(container, frame_at, num_frames, self._audio(shots),
+                            progress)
         except BaseException as e:
             if osp.lexists(part):
                 os.remove(part)
@@ -267,30 +295,38 @@ class Composer:
         os.replace(part, out)
         return dict(duration=duration, num_frames=num_frames, **bounds)
 
-    def _write(self, container, frame_at, num_frames: int, audio: np.ndarray,
+    def _write(self, container, frame_at, num_frames: int, audio: Iterator[np.ndarray],
                progress: bool) -> None:
-        """Encode ``num_frames`` frames of ``frame_at(t)`` and the ``audio`` track."""
+        """Encode ``num_frames`` frames of ``frame_at(t)`` and the ``audio`` track (its
+        pieces, at ``audio_rate``, taken as the frames reach them)."""
         import av
         rate = Fraction(self.fps).limit_denominator(1001)
         video = container.add_stream('libx264', rate=rate)
         video.width, video.height = self.size
         video.pix_fmt, video.options = 'yuv420p', {'crf': str(self.crf)}
         sound = container.add_stream('aac', rate=self.audio_rate, layout='mono')
-        sent = 0
+        # samples encoded, and those taken from ``audio`` but not yet encoded
+        sent, pending, ended = 0, np.zeros(0, np.float32), False
         # closed by the with block: an error ends the bar's line before it is printed
         with tqdm(range(num_frames), desc='video frames', disable=not progress) as bar:
             for n in bar:
                 image = frame_at(n / self.fps)
                 frame = av.VideoFrame.from_ndarray(image, format='rgb24')
                 container.mux(video.encode(frame))
-                upto = min(len(audio), int(round((n + 1) / self.fps * self.audio_rate)))
-                if n == num_frames - 1:
-                    upto = len(audio)
+                last = n == num_frames - 1   # (the last frame takes all the rest)
+                want = int(round((n + 1) / self.fps * self.audio_rate))
+                while not ended and (last or sent + len(pending) < want):
+                    piece = next(audio, None)
+                    if piece is None:
+                        ended = True
+                    else:
+                        pending = np.concatenate([pending, piece])
+                upto = sent + len(pending) if last else min(sent + len(pending), want)
                 if upto > sent:
-                    chunk = av.AudioFrame.from_ndarray(audio[None, sent:upto].copy(),
+                    chunk = av.AudioFrame.from_ndarray(pending[None, :upto - sent].copy(),
                                                        format='fltp', layout='mono')
                     chunk.sample_rate, chunk.pts = self.audio_rate, sent
                     container.mux(sound.encode(chunk))
-                    sent = upto
+                    pending, sent = pending[upto - sent:], upto
         container.mux(sound.encode(None))
         container.mux(video.encode(None))

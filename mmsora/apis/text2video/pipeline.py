@@ -1,4 +1,5 @@
 """text -> segments -> speech -> shots and prompts -> pictures -> narrated mp4."""
+import math
 import os
 import os.path as osp
 import re
@@ -65,6 +66,10 @@ def check_options(out: Optional[Union[str, os.PathLike]] = None, shot_seconds: f
     Raises:
         UserError: naming the option and what it needs.
     """
+    # (NaN compares false and passed; NaN and inf then failed with a traceback)
+    for option, value in (('--shot-seconds', shot_seconds), ('--pause', pause)):
+        if not math.isfinite(value):
+            raise UserError(f'{option} must be a finite number of seconds >= 0, got {value}')
     if shot_seconds < 0:
         raise UserError(f'--shot-seconds must be >= 0 (0: one picture per segment), '
                         f'got {shot_seconds:g}')
