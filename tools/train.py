@@ -1080,13 +1080,14 @@ def main(argv=None):
         raise
     finally:
         restore()
-        if sys.exc_info()[1] is not None:  # stopped: one that had not resumed yet
-            put_back_config(runner)  # leaves the earlier run's dumped config
         if getattr(sys.exc_info()[1], 'exit_code', None) == 143:  # stopped by SIGTERM:
             # the process is to end; a SIGTERM more (a launcher's, passed on) must not
-            # kill it before it has said where the run stands
+            # stop it before it has said where the run stands (first: run_cli's handler,
+            # put back by restore, would break off putting back the config)
             import signal
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if sys.exc_info()[1] is not None:  # stopped: one that had not resumed yet
+            put_back_config(runner)  # leaves the earlier run's dumped config
     if complete:  # nothing trained: no log folder of start-up output alone
         drop_log_dir_left_empty(runner, existed)
     from mmsora.utils.dist import close_process_group, release_engine

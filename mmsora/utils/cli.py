@@ -9,6 +9,7 @@ import argparse
 import difflib
 import os
 import os.path as osp
+import signal
 import sys
 
 from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_WORDS,
@@ -300,7 +301,8 @@ def check_samples_not_finished(path, option: str = '--out') -> None:
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM), with what there is to do next in the tool's words (its
     message); ``exit_code`` is what :func:`run_cli` exits with (130, as a shell
-    reports SIGINT; 143 for SIGTERM), and ``quiet`` leaves its line to another
+    reports SIGINT; 143 for SIGTERM, which run_cli exits with after a SIGTERM its own
+    handler took, whatever the code), and ``quiet`` leaves its line to another
     process (the first of a multi-process run says it)."""
 
     def __init__(self, message: str = '', exit_code: int = 130, quiet: bool = False):
@@ -314,20 +316,78 @@ class Interrupted(KeyboardInterrupt):
 LAUNCHER_GRACE_S = 30
 
 
-def _said_by_first_on_machine() -> bool:
+def _said_by_first_on_machine(sigterm=None) -> bool:
     """After a :class:`UserError` in a process that is not the first of its machine:
     whether the first one says it. Waits up to ``LAUNCHER_GRACE_S`` for the launcher
     to stop this process, which it does once the first has failed (exiting at once
     let torchrun kill the first before it printed); still here after that, the
-    mistake is this process's alone (False)."""
+    mistake is this process's alone (False). ``sigterm``: run_cli's handler, whose
+    SIGTERM (the launcher's) ends the wait, or has come already."""
     if is_first_on_machine():
         return False
     import time
     try:
+        if sigterm is not None:
+            sigterm.armed = True  # (a SIGTERM from here on raises; one before, noted)
+            if sigterm.came:
+                return True
         time.sleep(LAUNCHER_GRACE_S)
-    except KeyboardInterrupt:  # the launcher's SIGTERM, where a handler raises it
+    except KeyboardInterrupt:  # the launcher's SIGTERM, as run_cli's handler raises it
         return True
+    finally:
+        if sigterm is not None:
+            sigterm.armed = False
     return False
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is (:class:`_SigtermAsCtrlC`): the tools' cleanup on
+    KeyboardInterrupt runs for it too; ``exit_code`` is a shell's for SIGTERM."""
+    exit_code = 143
+
+
+class _SigtermAsCtrlC:
+    """:func:`run_cli`'s SIGTERM handler: the first SIGTERM raises :class:`_Terminated`
+    in the main thread while ``armed`` (while the tool runs; run_cli's own wait for
+    the launcher); ``came`` records it, ``raised`` that it was raised. Further ones
+    change nothing: a launcher passes on the one its processes got (slurm signals them
+    as well as torchrun), and a second raise would break off the cleanup under way (a
+    part file's removal, the line). A process this one forks (a data-loader worker
+    before torch's own handlers are set) ends on SIGTERM as it would without the
+    handler."""
+
+    def __init__(self):
+        self.came = self.raised = self.armed = False
+        self.pid = os.getpid()
+
+    def __call__(self, signum, frame):
+        if os.getpid() != self.pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not self.came:
+            self.came = True
+            if self.armed:
+                self.raised = True
+                raise _Terminated
+
+    def install(self) -> bool:
+        """Take SIGTERM where it has the default action (a handler of the tool's own,
+        training's graceful stop, replaces this one later and puts it back when done; one
+        ignored by whoever started the process stays ignored) and this is the main
+        thread (the only one Python gives handlers). Returns whether it did."""
+        import threading
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, self)
+        return True
+
+    def uninstall(self) -> None:
+        """Give SIGTERM its default action back, unless the tool has set another one
+        since (training ignores further SIGTERMs once one has stopped it)."""
+        if signal.getsignal(signal.SIGTERM) is self:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_cli(main):
@@ -335,28 +395,54 @@ def run_cli(main):
     Ctrl-C as one ``interrupted`` line (with what to do next, where the tool says it:
     :class:`Interrupted`) and exit 130, as a shell reports SIGINT.
 
+    SIGTERM (``timeout``, ``docker stop``, systemd, slurm, torchrun passing one on) is
+    taken as Ctrl-C, unless the tool sets a handler of its own (``tools/train.py``'s
+    graceful stop) or SIGTERM is ignored: a KeyboardInterrupt is raised in the main
+    thread, so the same cleanup runs (a part file removed, a finished shard kept), and
+    the line is ``interrupted by SIGTERM`` with the tool's words, exit 143, as a shell
+    reports SIGTERM. Further SIGTERMs change nothing. The handler is taken off when
+    ``main`` returns.
+
     Under a launcher a :class:`UserError` is said once per machine, by its first
     process (:func:`is_first_on_machine`), not once per process: it is raised from
     what every process of a launch is given alike (the command line, the config, the
     files they share) before any collective, so each process meets the same one. The
-    others wait, without a word, for the launcher to stop them (exit 2 where a signal
-    handler turns its SIGTERM into KeyboardInterrupt); one still running
+    others wait, without a word, for the launcher to stop them (exit 2: the handler
+    turns its SIGTERM into KeyboardInterrupt); one still running
     ``LAUNCHER_GRACE_S`` later met a mistake of its own, and says it. Every other error
     (a RunError, an OSError) can be one process's alone (its own disk, its own file)
     and is said by each process that meets it.
 
     Set ``MMSORA_DEBUG=1`` to get the full traceback instead.
     """
+    sigterm = _SigtermAsCtrlC()
+    installed = sigterm.install()
     try:
-        main()
+        return _run(main, sigterm)
+    finally:
+        if installed:
+            sigterm.uninstall()
+
+
+def _run(main, sigterm: _SigtermAsCtrlC) -> int:
+    """:func:`run_cli`'s work, ``sigterm`` its handler (whether a SIGTERM came)."""
+    try:
+        sigterm.armed = True
+        try:
+            main()
+        finally:  # (a SIGTERM while run_cli says what stopped main is noted, not raised
+            sigterm.armed = False  # as a KeyboardInterrupt's traceback over it)
     except KeyboardInterrupt as e:
         from mmsora.utils.dist import abandon_process_group
         abandon_process_group()
         if os.environ.get('MMSORA_DEBUG'):
             raise
+        # (a tool's Interrupted made from the KeyboardInterrupt may keep 130)
+        by = ' by SIGTERM' if sigterm.raised else ''
         if not getattr(e, 'quiet', False):
-            print(f'interrupted{f" {e}" if str(e) else ""}', file=sys.stderr, flush=True)
-        return getattr(e, 'exit_code', 130)
+            print(f'interrupted{by}{f" {e}" if str(e) else ""}', file=sys.stderr,
+                  flush=True)
+        return 143 if sigterm.raised else getattr(e, 'exit_code', 130)
     except Exception as e:
         from mmsora.utils.dist import abandon_process_group
         from mmsora.utils.error_messages import explain_error  # (it imports this module)
@@ -364,7 +450,7 @@ def run_cli(main):
         message = explain_error(e)
         if message is None or os.environ.get('MMSORA_DEBUG'):
             raise
-        if isinstance(e, UserError) and _said_by_first_on_machine():
+        if isinstance(e, UserError) and _said_by_first_on_machine(sigterm):
             return 2
         print(f'error: {message}', file=sys.stderr)
         for line in getattr(e, '__notes__', ()):  # (add_note's: what to do next)
