@@ -25,12 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import (StoreLock, StoreLockedError,
-                                          foreign_folder_message, nonfinite_items,
-                                          say_damaged)
+from mmsora.datasets.latent_store import (StoreLock, foreign_folder_message,
+                                          nonfinite_items, say_damaged)
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
-from mmsora.utils.cli import (ArgumentParser, UserError, check_output_path, first_line,
-                              note, plural, run_cli)
+from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, plural, run_cli
 
 PROG = 'convert_fastdit_features.py'
 
@@ -155,22 +153,6 @@ def convert(args, pairs, shape, writer):
     return len(pending)
 
 
-def lock_out(lock, out) -> None:
-    """Take ``--out``'s lock (``lock``, a :class:`StoreLock`) for this run, as
-    tools/extract_features.py does: a second run into the same --out is refused, naming
-    the process that holds it (before, both wrote every shard); a lock left by a run
-    that stopped is taken over, with a note."""
-    try:
-        lock.acquire(on_stale=lambda holder: note(
-            f'{out}: taking over the lock of a run that stopped ('
-            + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
-            + '): its finished shards are kept'))
-    except StoreLockedError as e:
-        raise UserError(f'--out {e}') from None
-    except OSError as e:  # (a folder this user may not write into, --out into a file)
-        raise UserError(f'--out {out}: {first_line(e)}') from None
-
-
 def main(argv=None):
     args = parse_args(argv)
     check_out_folder(args.out)
@@ -183,7 +165,9 @@ def main(argv=None):
     created = missing_folders(args.out)
     lock = StoreLock(args.out)
     try:
-        lock_out(lock, args.out)
+        refused = lock.take()
+        if refused:
+            raise UserError(refused)
         return write_store(args, pairs, shape, created)
     finally:
         lock.release()  # (and the folders made for it, where still empty)

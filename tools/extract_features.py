@@ -53,14 +53,14 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          SourceCountError, StoreLock, StoreLockedError,
+                                          SourceCountError, StoreLock,
                                           foreign_folder_message, nonfinite_items,
                                           read_store_progress, say_damaged)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper
 from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least,
-                              check_output_path, device_setting, first_line, note, plural,
+                              check_output_path, device_setting, note, plural,
                               run_cli)
 from mmsora.utils.dist import barrier_device_ids, close_process_group
 from mmsora.utils.video_io import READER_VERSION
@@ -880,23 +880,13 @@ def encode_all(args, source, loader, bufs, writer, vae, text_encoder, device, ra
             pbar.update(len(items))
 
 
-def lock_out(lock, out, rank) -> None:
+def lock_out(lock, rank) -> None:
     """Take ``--out``'s lock (``lock``, a :class:`StoreLock`) for this run, before the
     models load: rank 0 alone (the ranks of one run write one store by design, each its
-    own shards), every rank told whether it could before any rank writes. A second run
-    into the same --out is refused, naming the process that holds it: before, both
-    encoded every shard. A lock left by a run that stopped is taken over, with a note."""
-    refused = None
-    if rank == 0:
-        try:
-            lock.acquire(on_stale=lambda holder: note(
-                f'{out}: taking over the lock of an extraction that stopped ('
-                + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
-                + '): its finished shards are kept'))
-        except StoreLockedError as e:
-            refused = f'--out {e}'
-        except OSError as e:  # (a folder this user may not write into)
-            refused = f'--out {out}: {first_line(e)}'
+    own shards), every rank told whether it could before any rank writes
+    (:meth:`StoreLock.take`: a second run into the same --out refused, a stopped run's
+    lock taken over)."""
+    refused = lock.take() if rank == 0 else None
     if dist.is_available() and dist.is_initialized():
         word = [refused]  # (rank 0's: the other ranks wait here for it)
         dist.broadcast_object_list(word, src=0)
@@ -920,7 +910,7 @@ def main(argv=None):
     rank, world, device = init_dist(args.device)
     lock = StoreLock(args.out)
     try:
-        lock_out(lock, args.out, rank)
+        lock_out(lock, rank)
         return extract(args, source, meta, progress, fingerprint, rank, world, device)
     finally:
         lock.release()  # (nothing where this process holds none: another rank's)

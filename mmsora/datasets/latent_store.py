@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from mmsora.utils.atomic_io import atomic_file, atomic_write_bytes, tmp_target
-from mmsora.utils.cli import first_line
+from mmsora.utils.cli import first_line, note
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['LatentStoreWriter', 'LatentStore', 'FORMAT', 'VERSION', 'SourceChangedError',
@@ -370,6 +370,22 @@ class StoreLock:
         self.root, self.path = root, osp.join(root, LOCK_NAME)
         self.text = None  # what this run wrote into the lock, while it holds it
         self.made = []  # folders made for the lock, deepest first
+
+    def take(self) -> 'str | None':
+        """Take the lock for a tool's run into its ``--out`` (extract_features.py,
+        convert_fastdit_features.py): None where taken (a stopped run's lock taken over,
+        with a note), else the one-line refusal naming ``--out``: a second run into it
+        (both wrote every shard), or a folder this user may not write into."""
+        try:
+            self.acquire(on_stale=lambda holder: note(
+                f'{self.root}: taking over the lock of a run that stopped ('
+                + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
+                + '): its finished shards are kept'))
+        except StoreLockedError as e:
+            return f'--out {e}'
+        except OSError as e:  # (a folder this user may not write into, a file)
+            return f'--out {self.root}: {first_line(e)}'
+        return None
 
     def acquire(self, on_stale=None):
         """Take the lock; returns self. Raises :class:`StoreLockedError` (its message

@@ -130,7 +130,7 @@ def test_a_lock_whose_process_is_gone_is_taken_over(image_folder, tiny_vae_dir, 
     pid = dead_pid()
     write_lock(out, pid)
     assert run_extract(image_folder, str(out), tiny_vae_dir)['complete']
-    assert (f'note: {out}: taking over the lock of an extraction that stopped (pid {pid} '
+    assert (f'note: {out}: taking over the lock of a run that stopped (pid {pid} '
             'is gone): its finished shards are kept') in capsys.readouterr().err
     assert LOCK_NAME not in os.listdir(out)
     # a running pid that another process has since been given (after a reboot): its
@@ -212,7 +212,7 @@ def test_every_rank_hears_rank_0s_word(tmp_path):
         with mock.patch.object(dist, 'broadcast_object_list',
                                wraps=dist.broadcast_object_list) as told, \
                 pytest.raises(UserError, match=f'pid {os.getpid()}'):
-            extract.lock_out(StoreLock(str(tmp_path)), str(tmp_path), 0)
+            extract.lock_out(StoreLock(str(tmp_path)), 0)
         assert told.call_count == 1
     finally:
         dist.destroy_process_group()
