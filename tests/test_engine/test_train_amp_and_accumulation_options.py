@@ -215,6 +215,19 @@ def test_the_strategys_argument_is_the_count_its_run_config_holds(repo_root, tmp
     assert accumulation_setting(cfg) == (2, 'strategy.gradient_accumulation_steps')
 
 
+def test_a_run_dumped_before_the_count_was_written_into_its_config_starts_again():
+    """A run dumped before apply_strategy wrote the argument into the config holds the
+    argument's K beside the 1 fill_auto put for 'auto' (the wrapper's default): DeepSpeed
+    took K; started again (or resumed) it was refused as two counts (review aq)."""
+    cfg = Config(dict(optim_wrapper=dict(type='DeepSpeedOptimWrapper'),
+                      strategy=dict(type='DeepSpeedStrategy', gradient_accumulation_steps=2,
+                                    config=dict(gradient_accumulation_steps=1))))
+    assert accumulation_setting(cfg) == (2, 'strategy.gradient_accumulation_steps')
+    cfg.optim_wrapper.accumulative_counts = 1  # a wrapper count given: two counts
+    with pytest.raises(UserError, match='two micro-batch counts'):
+        accumulation_of(cfg)
+
+
 @pytest.mark.parametrize('total', ['True', '16.0', '0'])
 def test_a_global_batch_that_is_no_whole_number_is_refused(repo_root, tmp_path, total):
     """global_batch_size=True was taken as 1: a batch of 1 a process."""

@@ -390,8 +390,10 @@ def accumulation_setting(cfg) -> tuple:
     global batch split divided by 1), and refused next to another count: an
     ``optim_wrapper.accumulative_counts`` the config gives (``DeepSpeedOptimWrapper``
     replaces the wrapper: the latter was dropped unsaid), or the strategy's argument
-    next to its config's (mmengine puts the argument over the config's, unsaid). The
-    wrapper's count is given when its key is there (mmengine's default, 1, is not)."""
+    next to its config's (mmengine puts the argument over the config's, unsaid), but
+    for a config's 1 without a wrapper count (the fill of a run dumped before the
+    argument was written into the config). The wrapper's count is given when its key is
+    there (mmengine's default, 1, is not)."""
     wrapper = cfg.get('optim_wrapper') or {}
     given = 'accumulative_counts' in wrapper
     counts = check_accumulative_counts(wrapper.get('accumulative_counts', 1))
@@ -411,6 +413,11 @@ def accumulation_setting(cfg) -> tuple:
         found.append((check_accumulative_counts(steps, setting), setting))
     if not found:
         return counts, 'optim_wrapper.accumulative_counts'
+    if len(found) == 2 and found[1][0] == 1 and not given:
+        # the config's 1 beside the argument's K, no wrapper count: what fill_auto put
+        # for 'auto' (the wrapper's default) in a run dumped before apply_strategy wrote
+        # the argument into the config; DeepSpeed took K there, and does here
+        del found[1]
     (steps, setting), others = found[0], found[1:]
     if given:
         others.append((counts, 'optim_wrapper.accumulative_counts'))
