@@ -223,15 +223,19 @@ def precheck_args(args, prompts=None) -> None:
     if loaded is None:  # said where init_model meets it
         return
     cfg, saved = loaded
-    try:
+    from mmsora.utils.config_keys import model_setting, text_conditioned_config
+    try:  # (a config without latent_shape, or num_classes, takes its class's default:
+        # every check here was skipped for it, and the weights loaded first)
         model = cfg.model
-        video = len(model.latent_shape) == 4
-        from mmsora.utils.config_keys import text_conditioned_config
+        video = len(model_setting(model, 'latent_shape')) == 4
         text = text_conditioned_config(model)
     except Exception:  # said where init_model meets it
         return
     check_frame_axis(model, video)
-    classes = model.get('num_classes')
+    try:
+        classes = model_setting(model, 'num_classes')
+    except KeyError:
+        classes = None
     settings = sample_settings(args, cfg.get('sample_cfg', {}))
     check_args(args, classes if isinstance(classes, int) else None, video, text, settings)
     check_prompts(args, prompts, text)
@@ -248,11 +252,12 @@ def check_frame_axis(model_cfg, video: bool) -> None:
     the denoiser. The denoiser is found as the model's build finds it (a registered
     name, scoped or not, or the class given: a subclass of VideoDiT, one's own clip
     denoiser); a list of mmsora's type names missed those."""
-    from mmsora.utils.config_keys import denoiser_class
+    from mmsora.utils.config_keys import denoiser_class, model_setting
     cls = denoiser_class(model_cfg)
     if not video and getattr(cls, 'makes_clips', False):
-        shape = list(model_cfg.latent_shape)
-        raise UserError(f'model.latent_shape {shape} has no frame axis, but this run\'s '
+        shape = list(model_setting(model_cfg, 'latent_shape'))
+        given = '' if 'latent_shape' in model_cfg else ' (not given: the model\'s default)'
+        raise UserError(f'model.latent_shape {shape}{given} has no frame axis, but this run\'s '
                         f'denoiser {cls.__name__} makes clips: give it as (C, T, H, W), '
                         f'model.latent_shape=[{shape[0]},T,{",".join(map(str, shape[1:]))}] '
                         'with T latent frames')

@@ -13,6 +13,7 @@ model.denoiser.depth=three`` leaves a str, which failed as a traceback after the
 Runner's start-up): :func:`check_config_values`.
 """
 import difflib
+import importlib
 import inspect
 import numbers
 import types
@@ -25,7 +26,7 @@ from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_config_values',
            'check_model_config', 'check_training_keys', 'registered_class',
-           'check_sample_settings_of', 'denoiser_class', 'wanted_value']
+           'check_sample_settings_of', 'denoiser_class', 'model_setting', 'wanted_value']
 
 
 def _forwarding_bases() -> tuple:
@@ -247,7 +248,8 @@ def registered_class(entry, registry, where: str, default=None):
     try:
         found = registry.get(kind)
         if found is None:  # DeepSpeedOptimWrapper and DeepSpeed's optimizers register
-            import mmengine._strategy  # noqa: F401  (when the strategies are imported)
+            # (when the strategies are imported)
+            importlib.import_module('mmengine._strategy')
             found = registry.get(kind)
     except Exception:  # a dotted name that does not import: the Runner says it
         return None
@@ -639,6 +641,31 @@ def _model_class(entry):
         return None
 
 
+def model_setting(model, key: str):
+    """What the build of a ``model`` config takes for ``key``: the config's value, else
+    the default of its class's constructor (:func:`_model_class`: a registered name,
+    scoped or not, or the class given; a subclass's ``**kwargs`` followed to its bases),
+    as LatentDiffusion's ``latent_shape`` (4, 32, 32) for a config that gives none. A
+    KeyError where neither says (the class not found, an argument without default)."""
+    if isinstance(model, dict) and key in model:
+        return model[key]
+    cls = _model_class(model)
+    for klass in cls.__mro__[:-1] if inspect.isclass(cls) else ():  # (not object's)
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        params = _signature(init).parameters
+        param = params.get(key)
+        if param is not None and param.kind not in (param.VAR_POSITIONAL,
+                                                    param.VAR_KEYWORD):
+            if param.default is param.empty:
+                break
+            return param.default
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break  # (the key goes nowhere further)
+    raise KeyError(key)
+
+
 def denoiser_class(model):
     """The class a ``model`` config's denoiser names (:func:`_model_class`: a
     registered name, scoped or not, or the class given), or None where it does not say
@@ -647,12 +674,14 @@ def denoiser_class(model):
 
 
 def _check_guidance(cfg) -> None:
-    """A sampling hook (samples or an evaluation during training) that guides
+    """A sampling hook (samples or an evaluation during training) or the config's
+    ``evaluation`` section (what tools/test.py scores the run with) that guides
     (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
-    without ``forward_with_cfg`` (one's own): the run stopped there, ``interval``
-    iterations in, and the message pointed at an option train.py does not have. The
-    scales are numbers here: :func:`_check_sample_cfg`, called first, judged them
-    (every model's)."""
+    without ``forward_with_cfg`` (one's own): the run stopped at the hook, ``interval``
+    iterations in, and the message pointed at an option train.py does not have;
+    tools/test.py stopped at its first batch, once the weights had loaded (the
+    section's sampler settings were judged, its guidance not). The scales are numbers
+    here: :func:`_check_sample_cfg`, called first, judged them (every model's)."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
     from mmsora.engine.hooks import SampleEvaluationHook, SampleVisualizationHook
     from mmsora.registry import HOOKS
@@ -660,22 +689,28 @@ def _check_guidance(cfg) -> None:
     if not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg'):
         return
     base = cfg.get('sample_cfg') if isinstance(cfg.get('sample_cfg'), dict) else {}
+    samplers = []  # (what samples, in words; its entry; its key in the config)
     for i, hook in enumerate(cfg.get('custom_hooks') or []):
         # (the hook as HOOKS.build finds it: a scoped name, the class, a subclass; the
         # exact names alone were read, and 'mmsora.SampleVisualizationHook' passed)
         kind = registered_class(hook, HOOKS, f'custom_hooks[{i}]')
-        if not (inspect.isclass(kind) and issubclass(
-                kind, (SampleVisualizationHook, SampleEvaluationHook))):
-            continue
-        own = hook.get('sample_cfg') if isinstance(hook.get('sample_cfg'), dict) else {}
+        if inspect.isclass(kind) and issubclass(
+                kind, (SampleVisualizationHook, SampleEvaluationHook)):
+            samplers.append((f'custom_hooks[{i}] ({kind.__name__})', hook,
+                             f'custom_hooks[{i}]'))
+    evaluation = cfg.get('evaluation')
+    if isinstance(evaluation, dict) and evaluation:
+        samplers.append(('evaluation (tools/test.py)', evaluation, 'evaluation'))
+    for what, entry, key in samplers:
+        own = entry.get('sample_cfg') if isinstance(entry.get('sample_cfg'), dict) else {}
         scale = merge_sample_cfg(base, own).get('cfg_scale', 1.0)
         if isinstance(scale, numbers.Real) and scale != 1.0:  # ('4': no format 'g')
-            where = (f'custom_hooks[{i}].sample_cfg.cfg_scale' if 'cfg_scale' in own
+            where = (f'{key}.sample_cfg.cfg_scale' if 'cfg_scale' in own
                      else 'sample_cfg.cfg_scale')
-            raise UserError(f'custom_hooks[{i}] ({kind.__name__}) samples with guidance '
-                            f'({where}={scale:g}) but model.denoiser {cls.__name__} has no '
-                            f'forward_with_cfg: set {where}=1, or add forward_with_cfg as '
-                            'DiT has it (README, "Your own modules")')
+            raise UserError(f'{what} samples with guidance ({where}={scale:g}) but '
+                            f'model.denoiser {cls.__name__} has no forward_with_cfg: set '
+                            f'{where}=1, or add forward_with_cfg as DiT has it (README, '
+                            '"Your own modules")')
 
 
 def _check_sample_cfg(cfg) -> None:

@@ -349,3 +349,52 @@ def test_the_model_is_left_to_a_caller_that_checked_it():
     assert refused(cfg) == ("model.denoiser.depth must be a whole number (int), got "
                             "'three' (a str)")
     check_training_keys(cfg, check_model=False)
+
+
+@pytest.fixture
+def no_guidance_denoiser():
+    """A denoiser of one's own without forward_with_cfg, in the model registry for the
+    test (removed after it); its name."""
+    import torch
+
+    from mmsora.registry import MODELS
+
+    class NoGuidanceDenoiserF7(torch.nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+    MODELS.register_module(module=NoGuidanceDenoiserF7)
+    yield 'NoGuidanceDenoiserF7'
+    MODELS._module_dict.pop('NoGuidanceDenoiserF7', None)
+
+
+@pytest.mark.parametrize('section, base, where, scale', [
+    (dict(sample_cfg=dict(cfg_scale=1.5)), None, 'evaluation.sample_cfg.cfg_scale', '1.5'),
+    (dict(sample_cfg=dict(num_steps=4)), 4.0, 'sample_cfg.cfg_scale', '4'),
+    (dict(seed=3), 4.0, 'sample_cfg.cfg_scale', '4'),
+], ids=['its-own', 'the-base-under-its-own', 'the-base'])
+def test_an_evaluation_section_guiding_a_denoiser_without_forward_with_cfg_is_refused(
+        no_guidance_denoiser, section, base, where, scale):
+    """The config's evaluation section (tools/test.py's: evaluation.sample_cfg over the
+    config's sample_cfg) sampling with guidance a denoiser without forward_with_cfg:
+    the sampling hooks alone were judged, and tools/test.py stopped at its first
+    batch, once the weights had loaded."""
+    cfg = load_config(DEMO)
+    cfg.model.denoiser = dict(type=no_guidance_denoiser)
+    cfg.sample_cfg = dict(sampler='ddim', num_steps=4,
+                          cfg_scale=1.0 if base is None else base)
+    cfg.evaluation = dict(num_samples=8, metrics=[dict(type='InceptionScore')], **section)
+    assert refused(cfg) == (
+        f'evaluation (tools/test.py) samples with guidance ({where}={scale}) but '
+        f'model.denoiser NoGuidanceDenoiserF7 has no forward_with_cfg: set {where}=1, or '
+        'add forward_with_cfg as DiT has it (README, "Your own modules")')
+    cfg.evaluation.sample_cfg = dict(cfg.evaluation.get('sample_cfg') or {},
+                                     cfg_scale=1.0)  # without guidance
+    check_training_keys(cfg)
+
+
+def test_an_evaluation_section_guiding_a_denoiser_with_forward_with_cfg_passes():
+    """DiT has forward_with_cfg: the demo's evaluation may guide it."""
+    cfg = load_config(DEMO)
+    cfg.evaluation = dict(num_samples=8, metrics=[dict(type='InceptionScore')],
+                          sample_cfg=dict(cfg_scale=1.5))
+    check_training_keys(cfg)
