@@ -608,9 +608,61 @@ def nothing_to_do(args, progress):
     print(f'{PROG}: {args.out} is complete ({plural(progress["num_items"], "item")} in '
           f'{plural(progress["num_shards"], "shard")}): nothing to do'
           + (f'; {skipped_inputs(progress["shards"])}' if skipped else ''))
+    back = back_again(args, progress['shards']) if skipped else ''
+    if back:
+        print(f'{PROG}: {back}')
     return dict(num_items=progress['num_items'], num_shards=progress['num_shards'],
                 complete=True, num_skipped=skipped, shards_written=0, skipped_this_run=[],
                 latent_shape=list(progress['header']['latent_shape']))
+
+
+def back_again(args, shards) -> str:
+    """A line on the skipped videos that could be added now, '' when none: those skipped
+    as not found whose file is there now (a disk mounted again) and those skipped as
+    unreadable whose file changed since their shard was written (a fixed copy). A
+    complete store takes no more items, so it says how to add them: another --out,
+    trained on with this one. Before, a rerun listed them with their old reason only,
+    as if they were still missing."""
+    if not args.manifest:  # (an image folder's items are what listing it found)
+        return ''
+    seen, back = set(), []  # back: (video, kind) in the store's order, each video once
+    for shard in shards:
+        written = None  # (the shard file's mtime, read once a shard)
+        for name, why in zip(shard['skipped'], shard.get('skipped_why', ())):
+            clip = CLIP_NAME.fullmatch(name)
+            video = clip.group(1) if clip else name
+            if video in seen or not why:
+                continue
+            seen.add(video)
+            if why.startswith('video file not found'):
+                if osp.isfile(video):
+                    back.append((video, 'not found then and there now'))
+            elif why.startswith('cannot read video') and osp.isfile(video):
+                if written is None:
+                    written = mtime(osp.join(args.out, shard['file']))
+                if written is not None and (mtime(video) or 0) > written:
+                    back.append((video, 'unreadable then and changed since'))
+    if not back:
+        return ''
+    kinds = {}
+    for _, kind in back:
+        kinds[kind] = kinds.get(kind, 0) + 1
+    one = len(back) == 1
+    said = (f'{back[0][1]}: {back[0][0]}' if one else '; '.join(
+        f'{count} {kind}' for kind, count in kinds.items()) + f'; the first: {back[0][0]}')
+    return (f'{plural(len(back), "skipped video")} can be added now ({said}): put '
+            f'{"its row" if one else "their rows"} in a manifest of '
+            f'{"its" if one else "their"} own, extract that into another --out and train '
+            "on both stores: train_dataloader.dataset.store=['old', 'new'] (docs/video.md); "
+            f'{args.out} is complete and takes no more')
+
+
+def mtime(path) -> Optional[int]:
+    """``path``'s modification time in ns, None when it cannot be read."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def warn_slow_clips(args, source):

@@ -126,7 +126,8 @@ def test_rewriter_missing_its_own_import_gets_no_pythonpath_hint(rewriter_folder
 @pytest.mark.parametrize('text, expected', [
     ('', 'the text is empty: nothing to say'),
     ('\n \n', 'the text is empty: nothing to say'),
-    ('... !', "the text holds only punctuation ('... !'): nothing to say")])
+    ('... !', "the text holds no words, only punctuation or symbols ('... !'): "
+              'nothing to say')])
 def test_nothing_to_say_is_refused_before_any_backend(tmp_path, capsys, no_backend_allowed,
                                                       text, expected):
     """With --pictures mmsora:RUN the model loaded (and eSpeak started) first."""

@@ -3,6 +3,7 @@ import math
 import os
 import os.path as osp
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Union
 
@@ -42,16 +43,32 @@ def plan_segments(text: str, max_chars: int = 90) -> List[Segment]:
     """Sentences of ``text`` cut into subtitle-sized segments (not yet spoken).
 
     Raises:
-        UserError: a text with nothing to say: empty, or only punctuation (before, a
-            text such as '...' became a 0.3 s silent video).
+        UserError: a text with nothing to say: empty, or no words (no letter or digit:
+            only punctuation or symbols such as emoji; before, a text such as '...'
+            became a 0.3 s silent video, and '🙂🎉' was said to be punctuation).
     """
     pieces = split_segments(split_sentences(text), max_chars)
     if not pieces:
         raise UserError('the text is empty: nothing to say')
     if not any(c.isalnum() for c in text):
-        raise UserError(f'the text holds only punctuation ({_excerpt(text)}): nothing '
+        what = ('only punctuation or symbols' if all(map(_no_word_mark, text))
+                else 'no letters or digits')
+        raise UserError(f'the text holds no words, {what} ({_excerpt(text)}): nothing '
                         'to say')
     return [Segment(p) for p in pieces]
+
+
+# What joins or styles emoji without being one: the zero-width joiner (👩‍💻), the
+# keycap mark (#️⃣), variation selectors (❤️) and tag characters (subdivision flags).
+_EMOJI_PARTS = re.compile('[\u200d\u20e3\ufe00-\ufe0f\U000e0020-\U000e007f'
+                          '\U000e0100-\U000e01ef]')
+
+
+def _no_word_mark(c: str) -> bool:
+    """``c`` is punctuation (P*), a symbol (S*: emoji, their skin-tone modifiers), a
+    space or a part of an emoji (:data:`_EMOJI_PARTS`)."""
+    return (unicodedata.category(c)[0] in 'PS' or c.isspace()
+            or _EMOJI_PARTS.match(c) is not None)
 
 
 def check_options(out: Optional[Union[str, os.PathLike]] = None, shot_seconds: float = 4.0,
