@@ -1047,7 +1047,9 @@ def main(argv=None):
         # (a 190-line traceback from the config's dump, and a 0-byte dumped config
         # that tools/infer.py WORK_DIR then read)
         put_back_config()
-        fix = no_room_fix(e.errno)  # (another --work-dir has the same file-size limit)
+        # (EFBIG: another --work-dir has the same file-size limit; with none set, the
+        # fix is a --work-dir on another file system already)
+        fix = no_room_fix(e.errno)
         raise RunError(f'{e.filename or cfg.work_dir}: {e.strerror}, at the run\'s start-up '
                        f'(its config and logs go to {cfg.work_dir}): {fix}'
                        + ('' if e.errno == errno.EFBIG else ', or give another --work-dir')

@@ -225,7 +225,7 @@ def _write_error(path: str, error: RuntimeError) -> OSError:
         with contextlib.suppress(OSError):
             os.remove(probe)
     sizes = _sizes_written(path)
-    limit = _file_size_limit()
+    limit = file_size_limit()
     if limit is not None and max(sizes, default=0) >= limit:  # (the kernel lets a file
         return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)  # grow to the limit)
     try:
@@ -251,8 +251,9 @@ def _sizes_written(path: str) -> list:
     return sizes
 
 
-def _file_size_limit() -> Optional[int]:
-    """This process's file-size limit in bytes (``ulimit -f``), or None: none."""
+def file_size_limit() -> Optional[int]:
+    """This process's file-size limit in bytes (``ulimit -f``), or None: none (an EFBIG
+    is then the file system's largest file: graceful_stop.no_room_fix)."""
     try:
         import resource
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]

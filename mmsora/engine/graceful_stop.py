@@ -47,7 +47,8 @@ from mmengine.dist import all_reduce, barrier, get_rank, get_world_size
 from mmengine.hooks import CheckpointHook, Hook
 
 from mmsora.engine.accumulation import optimizer_stepped
-from mmsora.engine.atomic_checkpoint import CheckpointPointerError, CheckpointWriteError
+from mmsora.engine.atomic_checkpoint import (CheckpointPointerError, CheckpointWriteError,
+                                             file_size_limit)
 from mmsora.utils.cli import Interrupted
 
 __all__ = ['stop_gracefully', 'interrupted_at', 'stopped_by_error', 'stopped_by_full_disk',
@@ -61,14 +62,17 @@ _EXIT_CODES = {_STOP: 130, _SAVE_AND_STOP: 143}
 
 
 def interrupted_at(runner, done: int, sigterm_hint: bool = True,
-                   fix: Optional[str] = None, intact: bool = False) -> str:
+                   fix: Optional[str] = None, intact: bool = False,
+                   elsewhere: Optional[str] = None) -> str:
     """Where a stopped run stands: the iterations it finished (``done``, or more where
     the train step of one more had finished: a stop in its hooks, a checkpoint's save
     say, which mmengine counts only after them) and the checkpoint that ``--resume``
     continues from (or that none was saved yet), with the iterations not in it; with
     ``sigterm_hint`` (a Ctrl-C's stop), that SIGTERM would have saved them. ``fix``:
     what to do before the run goes on (``'free space there'``); ``intact``: say that
-    the checkpoint is (a later one's save failed). A checkpoint saved whole that
+    the checkpoint is (a later one's save failed); ``elsewhere``: where the run goes
+    on instead of its work dir (``fix`` then says why), from its checkpoint's path
+    (``last_checkpoint`` names the one in the work dir). A checkpoint saved whole that
     ``last_checkpoint`` could not be made to name is the one named, with its path
     after ``--resume`` (a plain one would take the older one the file names)."""
     from mmsora.utils.checkpoint_choice import checkpoint_number, last_checkpoint
@@ -93,7 +97,12 @@ def interrupted_at(runner, done: int, sigterm_hint: bool = True,
     lost = f' ({"; ".join(notes)})' if notes else ''
     if latest is None:
         again = f': {fix}, then run the same command again' if fix else ''
+        if elsewhere:
+            again = f': {fix}: run the same command again with {elsewhere}'
         return f'{where}; no checkpoint was saved yet{lost}{again}'
+    if elsewhere:
+        return (f'{where}; the last checkpoint is {latest}{lost}: {fix}: continue with '
+                f'--resume {latest} and {elsewhere}')
     return (f'{where}; the last checkpoint is {latest}{lost}: '
             f'{f"{fix}, then " if fix else ""}continue with {resume} '
             f'(--work-dir {runner.work_dir})')
@@ -124,13 +133,27 @@ def stopped_by_error(runner) -> Optional[str]:
 
 # What to do, before the run goes on, about a write that found no room: space (ENOSPC,
 # EDQUOT) unless the file system is read-only or the file at a size limit. EFBIG is the
-# process's file-size limit (ulimit -f; or the file system's largest file): freed space
-# would not mend it, and --resume would fail at the same checkpoint again.
+# process's file-size limit (ulimit -f) where one is set, else the file system's largest
+# file (FAT32 / exFAT-formatted USB disks: 4 GB; some network file systems), which no
+# ulimit raises: another file system does. Freed space would not mend either, and a
+# --resume there would fail at the same checkpoint again.
+LARGEST_FILE = "the file system's largest file size was met (FAT32: 4 GB)"
+ANOTHER_FILE_SYSTEM = 'a --work-dir on another file system (ext4, xfs, NTFS)'
+
+
+def at_largest_file(code: int) -> bool:
+    """Whether a write's error ``code`` is EFBIG with no file-size limit set: the file
+    system's largest file."""
+    return code == errno.EFBIG and file_size_limit() is None
+
+
 def no_room_fix(code: int, work_dir: Optional[str] = None) -> str:
     """What to do about a write's error ``code`` on the file's disk ('there'); with
     ``work_dir``, for an error that names no file (a writer that does not name it), on
     the work dir's disk, where the run's files go."""
     if code == errno.EFBIG:
+        if at_largest_file(code):
+            return f'{LARGEST_FILE}: give {ANOTHER_FILE_SYSTEM}'
         return 'raise the file-size limit (ulimit -f)'
     read_only = code == errno.EROFS
     if work_dir is None:
@@ -158,9 +181,12 @@ def stopped_by_full_disk(runner, error) -> str:
     failed = error.error if checkpoint else error
     loop = getattr(runner, '_train_loop', None)  # (runner.iter would build it)
     name = error.filename if checkpoint else failed.filename
-    fix = no_room_fix(failed.errno, None if name else runner.work_dir)
+    largest = at_largest_file(failed.errno)  # (the run goes on in another work dir)
+    fix = LARGEST_FILE if largest else no_room_fix(failed.errno,
+                                                   None if name else runner.work_dir)
     where = interrupted_at(runner, getattr(loop, 'iter', 0), sigterm_hint=False, fix=fix,
-                           intact=checkpoint and not pointer)
+                           intact=checkpoint and not pointer,
+                           elsewhere=ANOTHER_FILE_SYSTEM if largest else None)
     what = f'checkpoint {name}' if checkpoint and not pointer else name or 'a file'
     left = ''
     if checkpoint and not pointer:

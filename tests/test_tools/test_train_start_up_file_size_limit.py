@@ -22,7 +22,19 @@ from tools import train
 pytestmark = pytest.mark.usefixtures('kept_environ', 'malloc_calls')
 
 
-def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch):
+# EFBIG's advice: with a file-size limit set, raise it (another --work-dir has the same
+# limit); with none, the file system's largest file (FAT32), which another does not have
+ULIMIT = 'raise the file-size limit (ulimit -f)'
+ELSEWHERE = ("the file system's largest file size was met (FAT32: 4 GB): give a --work-dir "
+             'on another file system (ext4, xfs, NTFS)')
+
+
+@pytest.mark.parametrize('soft, fix', [(1 << 30, ULIMIT), (resource.RLIM_INFINITY, ELSEWHERE)])
+def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch, soft,
+                                                   fix):
+    real = resource.getrlimit  # (the limit reported: ``soft``, RLIM_INFINITY for none)
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
+        (soft, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
     from mmengine.config import Config
     dump = Config.dump
 
@@ -38,10 +50,10 @@ def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypa
         train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
                     *TINY_TRAIN])
     dumped = work / osp.basename(DEMO)
-    # (no other --work-dir: the limit is the process's, wherever it writes)
+    # (no ', or give another --work-dir': a limit is the process's, wherever it writes)
     assert str(info.value) == (
         f"{dumped}: File too large, at the run's start-up (its config and logs go to "
-        f'{work}): raise the file-size limit (ulimit -f)')
+        f'{work}): {fix}')
     assert not dumped.exists()  # (tools/infer.py WORK_DIR read the cut one)
 
 
@@ -59,6 +71,10 @@ def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkey
         raise OSError(errno.EFBIG, 'File too large', file)
 
     monkeypatch.setattr(Config, 'dump', too_large)
+    real = resource.getrlimit  # (reported: none set)
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
+        (resource.RLIM_INFINITY, real(which)[1]) if which == resource.RLIMIT_FSIZE
+        else real(which)))
     # mmengine keeps one Visualizer per experiment name (the config's and the second's):
     # a run of this process started in the same second (the test before) lent its own,
     # writing into that run's work dir
@@ -70,10 +86,10 @@ def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkey
     with pytest.raises(RunError) as info:
         train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
                     *TINY_TRAIN])
-    at = re.escape(str(work))
+    at = re.escape(str(work))  # (no limit set: the file system's largest file)
     assert re.fullmatch(rf"{at}/\d{{8}}_\d{{6}}/vis_data/config\.py: File too large, at "
-                        rf"the run's start-up \(its config and logs go to {at}\): raise "
-                        r'the file-size limit \(ulimit -f\)', str(info.value)), str(info.value)
+                        rf"the run's start-up \(its config and logs go to {at}\): "
+                        + re.escape(ELSEWHERE), str(info.value)), str(info.value)
     assert glob.glob(str(work / '*' / 'vis_data')) and not glob.glob(
         str(work / '*' / 'vis_data' / '*config*'), include_hidden=True)
 
