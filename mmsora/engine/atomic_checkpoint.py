@@ -209,9 +209,9 @@ def _write_error(path: str, error: RuntimeError) -> OSError:
     folder), asked of the system after the fact, while the part written still takes
     its room: a small write beside it (ENOSPC, EDQUOT, EROFS, ...; EFBIG under a
     file-size limit below its 64 kB), else EFBIG where a file of the write grew to the
-    file-size limit (``ulimit -f``), else ENOSPC where the disk has less room left than
-    the write took (it filled the disk; the small write fitted in what was left or
-    freed since), else an OSError with torch's words. A limit above every file written
+    file-size limit (``ulimit -f``), else ENOSPC where the disk has next to no room
+    left, less than the write took (it filled the disk; the small write fitted in what
+    was left or freed since), else an OSError with torch's words. A limit above every file written
     is not what stopped the write: naming it sent the user to raise it (a limit of
     100 GB, a full disk)."""
     folder = path if osp.isdir(path) else osp.dirname(path) or '.'
@@ -224,31 +224,39 @@ def _write_error(path: str, error: RuntimeError) -> OSError:
     finally:
         with contextlib.suppress(OSError):
             os.remove(probe)
-    sizes = _sizes_written(path)
+    written = _files_written(path)
     limit = file_size_limit()
-    if limit is not None and max(sizes, default=0) >= limit:  # (the kernel lets a file
-        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)  # grow to the limit)
+    if limit is not None and max((st.st_size for st in written), default=0) >= limit:
+        return OSError(errno.EFBIG, os.strerror(errno.EFBIG), path)  # (the kernel lets
+        # a file grow to the limit)
     try:
         room = shutil.disk_usage(folder).free  # (what a process not root may take)
     except OSError:
         room = None
-    if room is not None and room < sum(sizes):
+    taken = sum(st.st_blocks * 512 for st in written)  # (blocks: a sparse file takes none)
+    if room is not None and room < min(taken, NEARLY_FULL):
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
     return OSError(f'torch could not write it ({str(error).splitlines()[0]})')
 
 
-def _sizes_written(path: str) -> list:
-    """The sizes of the files a failed save left of ``path`` (a file, or a folder's
-    files)."""
+# A disk the failed write filled has next to nothing left (the write takes what there
+# is); one with more room than this failed it otherwise (EIO on a network disk after
+# 16 GB of a 30 GB room was named a full disk, review aq)
+NEARLY_FULL = 64 << 20
+
+
+def _files_written(path: str) -> list:
+    """The ``os.stat`` of each file a failed save left of ``path`` (a file, or a
+    folder's files)."""
     if not osp.isdir(path):
         paths = [path]
     else:
         paths = [osp.join(root, name) for root, _, names in os.walk(path) for name in names]
-    sizes = []
+    found = []
     for name in paths:
         with contextlib.suppress(OSError):
-            sizes.append(os.stat(name).st_size)
-    return sizes
+            found.append(os.stat(name))
+    return found
 
 
 def file_size_limit() -> Optional[int]:

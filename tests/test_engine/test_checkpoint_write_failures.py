@@ -152,6 +152,28 @@ def test_a_limit_far_above_the_files_on_a_disk_with_room_is_not_named(repo_root,
         explain_error(error)
 
 
+def test_a_failure_on_a_disk_with_room_left_is_not_a_full_disk(tmp_path, monkeypatch):
+    """A write that failed otherwise (EIO on a network disk) after taking more than the
+    room it left (a 4 TB file in apparent size, sparse: no blocks; 1 GB left) was named
+    a full disk (review aq): the room left and the blocks taken judge it now."""
+    import shutil
+    from types import SimpleNamespace
+
+    from mmsora.engine.atomic_checkpoint import _write_error
+    folder = tmp_path / 'iter_4.pth'
+    folder.mkdir()
+    with open(folder / 'mp_rank_00_model_states.pt', 'wb') as f:
+        f.truncate(4 << 40)  # (sparse)
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: SimpleNamespace(free=1 << 30))
+    error = _write_error(str(folder), RuntimeError('unexpected pos 123 vs 456'))
+    assert error.errno is None and str(error) == (
+        'torch could not write it (unexpected pos 123 vs 456)')
+    with open(folder / 'real.pt', 'wb') as f:  # blocks taken, and next to no room left
+        f.write(bytes(1 << 20))
+    monkeypatch.setattr(shutil, 'disk_usage', lambda path: SimpleNamespace(free=4096))
+    assert _write_error(str(folder), RuntimeError('x')).errno == errno.ENOSPC
+
+
 def test_other_runtime_errors_of_a_save_are_not_taken_for_a_write(repo_root, tmp_path,
                                                                   monkeypatch):
     def broken(self, *args, **kwargs):
