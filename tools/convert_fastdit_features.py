@@ -17,7 +17,6 @@ Example::
         --labels-dir features/imagenet256_labels --out data/imagenet256_packed
 """
 import json
-import os
 import os.path as osp
 import sys
 
@@ -87,29 +86,14 @@ def check_out_folder(out: str) -> None:
         raise UserError(refused)
 
 
-def missing_folders(path):
-    """``path`` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    path = osp.abspath(path)
-    while not osp.exists(path) and path != osp.dirname(path):
-        missing.append(path)
-        path = osp.dirname(path)
-    return missing
-
-
-def undo_empty_start(created, writer):
-    """After a refusal: remove the folders this run made for --out when it wrote no
-    shard into them (an empty --out looked like a store begun), and say what is left.
-
-    Before, a refusal at the first file left an empty --out, and one later on a store
-    with no word of it. Finished shards are kept: they are listed in the store's index
-    part, so a rerun resumes after them (the writer's resume rule)."""
+def what_is_kept(writer):
+    """After a refusal: what is left at --out, said after the refusal: the shards this
+    run finished (none: nothing; the lock's release removes the folders this run made
+    for --out, left empty). Before, a refusal at the first file left an empty --out,
+    and one later on a store with no word of it. Finished shards are kept: they are
+    listed in the store's index part, so a rerun resumes after them (the writer's
+    resume rule)."""
     if not writer.own:
-        for folder in created:
-            try:
-                os.rmdir(folder)  # only empty ones: what this run made and left empty
-            except OSError:
-                break
         return ''
     n = len(writer.own)
     return (f'; {writer.root} keeps the {n} shard{"s" * (n != 1)} finished before it: '
@@ -162,18 +146,17 @@ def main(argv=None):
     except (OSError, ValueError) as e:  # OSError: a missing folder
         raise UserError(str(e))
     check_output_path(args.out, '--out', folder=True)  # (else a bare '[Errno 13]')
-    created = missing_folders(args.out)
     lock = StoreLock(args.out)
     try:
         refused = lock.take()
         if refused:
             raise UserError(refused)
-        return write_store(args, pairs, shape, created)
-    finally:
-        lock.release()  # (and the folders made for it, where still empty)
+        return write_store(args, pairs, shape)
+    finally:  # (and the folders made for it, where still empty: a refusal's, a failure's)
+        lock.release()
 
 
-def write_store(args, pairs, shape, created):
+def write_store(args, pairs, shape):
     """Write (or finish) the store at ``--out``, holding its lock; returns its index."""
     try:
         writer = LatentStoreWriter(
@@ -190,7 +173,7 @@ def write_store(args, pairs, shape, created):
     try:
         written = convert(args, pairs, shape, writer)
     except UserError as e:
-        raise UserError(f'{e}{undo_empty_start(created, writer)}') from None
+        raise UserError(f'{e}{what_is_kept(writer)}') from None
     index = writer.finalize()
     print(f'{PROG}: {plural(index["num_items"], "latent")} in '
           f'{plural(len(index["shards"]), "shard")} at {args.out} ({written} written in '

@@ -24,6 +24,7 @@ world size. Crash safety: a shard's files are written to temporary names, fsynce
 renamed into place, and only then listed in the writer's index part (itself replaced
 atomically). A resumed writer trusts only listed shards; anything else is rewritten.
 """
+import contextlib
 import glob
 import itertools
 import json
@@ -252,6 +253,15 @@ def _what_is_there(root) -> str:
         return (' (extraction not finalized? rerun the extraction to finish it; a store '
                 'written from Python needs LatentStoreWriter.finalize() once every shard '
                 'is written)')
+    shards = [name for name, kind in entries.items()
+              if kind == 'store' and STORE_FILE.fullmatch(name)]
+    if shards:
+        # (its own files, not fast-DiT's: a store copied without index.json and parts/;
+        # a writer trusts only the shards an index lists, so a rerun encodes them again)
+        return (f': it holds a latent store\'s shards ({", ".join(shards[:2])}'
+                f'{", ..." if len(shards) > 2 else ""}) without its index: copy the whole '
+                'store folder (index.json and parts/ too), or rerun the extraction into it '
+                '(it encodes every shard again: a writer trusts only shards an index lists)')
     counted = [name for name, kind in entries.items() if kind in ('store', 'other')]
     if not counted:
         # (a Ctrl-C before the first shard was written: the writer makes the folder
@@ -329,16 +339,19 @@ def _running(pid, started) -> bool:
 
 
 def _read_lock(path):
-    """``(holder, text)`` of a lock file: ``holder`` its dict (pid, host, started,
-    since), None where it cannot be read (a run stopped between making and writing it);
-    None for no lock file."""
+    """``(holder, text, stat)`` of a lock file: ``holder`` its dict (pid, host, started,
+    since), None where it cannot be read (empty: a run between making and writing it, or
+    one stopped there); ``stat`` the file's ``os.stat_result``; None for no lock file."""
     try:
         with open(path) as f:
-            text = f.read()
+            stat, text = os.fstat(f.fileno()), f.read()
     except FileNotFoundError:
         return None
-    except OSError:
-        text = ''
+    except OSError:  # (another user's, unreadable)
+        try:
+            stat, text = os.stat(path), ''
+        except FileNotFoundError:
+            return None
     try:
         holder = json.loads(text)
         if not (isinstance(holder['pid'], int) and holder['pid'] > 0
@@ -346,7 +359,18 @@ def _read_lock(path):
             holder = None
     except (ValueError, KeyError, TypeError):
         holder = None
-    return holder, text
+    return holder, text, stat
+
+
+def _same_file(a, b) -> bool:
+    """Whether two ``os.stat_result`` are of one file, unchanged (an inode number may be
+    given again to a lock made after one removed: its mtime tells them apart)."""
+    return (a.st_dev, a.st_ino, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_mtime_ns)
+
+
+# An unreadable (empty) lock younger than this is a run's between making and writing
+# it: waited for; an older one is a run's stopped there (a crash), taken over.
+EMPTY_LOCK_STALE_S = 5.0
 
 
 class StoreLock:
@@ -357,9 +381,13 @@ class StoreLock:
     (rank 0 alone: the ranks of one run write one store by design, each its own shards).
 
     Two runs writing one store keep it consistent (a shard's files are replaced whole),
-    but each encodes every shard: the work is doubled. A lock whose holder is gone (its
-    process no longer runs on this machine: a run killed, a crash, a reboot) is taken
-    over, so a crash never blocks the next run.
+    but each encodes every shard: the work is doubled. A lock of this machine whose
+    holder is gone (its process no longer runs: a run killed, a crash, a reboot) is
+    taken over, so such a crash does not block the next run on this machine; so is an
+    empty one older than :data:`EMPTY_LOCK_STALE_S` (a run stopped between making and
+    writing it; a younger one is waited for). A lock of another machine (a slurm job
+    requeued onto another node, a pod restarted with a new hostname) cannot be checked
+    from here: it is refused until removed by hand, and the refusal says so.
 
     Args:
         root (str): Store folder (made if missing, and removed again by
@@ -392,7 +420,9 @@ class StoreLock:
         one line naming the folder and the process that holds it) where a running
         process holds it, or one of another machine (which cannot be checked from
         here). A lock left by a run that stopped is taken over: ``on_stale(holder)``
-        (its dict, None where unreadable) is told first."""
+        (its dict, None where unreadable) is told first. An unreadable one younger than
+        :data:`EMPTY_LOCK_STALE_S` is a run's that has made it and not yet written it:
+        read again until it is written (then held) or old (then stale)."""
         path = osp.abspath(self.root)
         while not osp.exists(path) and path != osp.dirname(path):
             self.made.append(path)
@@ -401,31 +431,73 @@ class StoreLock:
         host, stat = socket.gethostname(), _proc_stat(os.getpid())
         text = json.dumps(dict(pid=os.getpid(), host=host, started=stat and stat[1],
                                since=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
+        waited_until = time.monotonic() + EMPTY_LOCK_STALE_S + 1
         for _ in range(5):  # (another run may take it over between the tries)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                found = _read_lock(self.path)
+                found = self._wait_written(waited_until)
                 if found is None:  # (released meanwhile)
                     continue
-                holder, old = found
+                holder, old, old_stat = found
                 if holder is not None and (holder['host'] != host or _running(
                         holder['pid'], holder.get('started'))):
                     raise StoreLockedError(self._held_by(holder, host)) from None
                 if on_stale is not None:
                     on_stale(holder)
-                self._remove_stale(old)
+                self._remove(lambda text, st: text == old and _same_file(st, old_stat))
                 continue
-            try:
-                with os.fdopen(fd, 'w') as f:
-                    f.write(text)
-            except BaseException:  # (a full disk: no empty lock left behind)
-                os.remove(self.path)
-                raise
+            self._write(fd, text)
             self.text = text
             return self
         raise StoreLockedError(f'{self.root} is being written by another run: its lock '
                                f'{self.path} changed hands 5 times; rerun once one has ended')
+
+    def _wait_written(self, until):
+        """:func:`_read_lock` of the lock, read again while it is unreadable and younger
+        than :data:`EMPTY_LOCK_STALE_S` (its maker writes it in an instant). Before, an
+        empty lock was taken over at once: a run reading it in that instant took over
+        the lock of a run that went on, and both wrote the store. Raises
+        :class:`StoreLockedError` where it stays young past ``until`` (a monotonic
+        time): an mtime ahead of this machine's clock, or a maker stalled."""
+        while True:
+            found = _read_lock(self.path)
+            if found is None or found[0] is not None:
+                return found
+            age = time.time() - found[2].st_mtime
+            if age >= EMPTY_LOCK_STALE_S:
+                return found
+            if time.monotonic() > until:
+                raise StoreLockedError(
+                    f'{self.root} is being written by another run (its lock {self.path} '
+                    f'is new and empty: made {max(age, 0):.0f} s ago, no pid written yet)'
+                    f': rerun in a moment, or remove {self.path} if no run is writing there'
+                ) from None
+            time.sleep(0.05)
+
+    def _write(self, fd, text):
+        """Write ``text`` into the lock this run has just made (``fd``) and close it. On
+        an error (a full disk, Ctrl-C) the lock is removed where it is still this
+        run's (the same file: another run may have taken it over meanwhile, as an empty
+        lock of a stopped run), and the error raised as it came."""
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        except BaseException:
+            mine = os.fstat(fd)  # (still open: its inode is not given to another file)
+            with contextlib.suppress(OSError):  # (the write's error is the one to tell)
+                self._remove(lambda _, st: (st.st_dev, st.st_ino) == (mine.st_dev,
+                                                                      mine.st_ino))
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        try:
+            os.close(fd)
+        except BaseException:  # (a network disk may report a failed write here)
+            with contextlib.suppress(OSError):
+                self._remove(lambda found, _: found == text)
+            raise
 
     def _held_by(self, holder, host) -> str:
         since = f', since {holder["since"]}' if holder.get('since') else ''
@@ -437,17 +509,18 @@ class StoreLock:
                 f': let it finish (or stop it), then rerun to go on; each shard is '
                 'written once')
 
-    def _remove_stale(self, old):
-        """Remove the lock file whose text is ``old`` (its holder gone). Moved aside
-        first and read again: of two runs taking it over at once, one alone removes it,
-        and a lock the other has taken meanwhile is put back."""
+    def _remove(self, is_it):
+        """Remove the lock file if ``is_it(text, stat)`` (:func:`_read_lock`) says it is
+        the one meant (a stopped run's, or this run's). Moved aside first and read
+        again: of two runs taking a lock over at once, one alone removes it, and a lock
+        another run has taken meanwhile is put back. Quiet where it is gone."""
         aside = f'{self.path}.{os.getpid()}'
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return
         found = _read_lock(aside)
-        if found is not None and found[1] != old:  # (another run's, taken meanwhile)
+        if found is not None and not is_it(found[1], found[2]):  # (another run's)
             try:
                 os.link(aside, self.path)
             except OSError:
@@ -465,6 +538,8 @@ class StoreLock:
         for folder in self.made:
             try:
                 os.rmdir(folder)  # (only an empty one: a run that wrote nothing)
+            except FileNotFoundError:  # (os.makedirs stopped before it: a parent's made)
+                continue
             except OSError:
                 break
         self.made = []

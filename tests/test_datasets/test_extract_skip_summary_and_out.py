@@ -83,5 +83,6 @@ def test_a_store_folder_left_empty_says_to_rerun_the_extraction(tmp_path):
         PackedLatentDataset(str(store))
     assert str(info.value) == hint
     np.save(store / 'shard_00000.npy', np.zeros(3))  # no longer empty: another hint
-    with pytest.raises(FileNotFoundError, match="holds .npy files: fast-DiT's"):
+    with pytest.raises(FileNotFoundError, match=r"holds a latent store's shards "
+                                                r'\(shard_00000.npy\) without its index'):
         LatentStore(str(store))

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import numpy as np
@@ -140,6 +141,7 @@ def test_a_lock_whose_process_is_gone_is_taken_over(image_folder, tiny_vae_dir, 
     assert run_extract(image_folder, str(out), tiny_vae_dir)['complete']
     assert 'taking over the lock' in capsys.readouterr().err
     (out / LOCK_NAME).write_text('')  # made, then the run stopped before writing it
+    os.utime(out / LOCK_NAME, (time.time() - 60,) * 2)  # (a minute ago: no run's instant)
     os.remove(out / 'index.json')
     assert run_extract(image_folder, str(out), tiny_vae_dir)['complete']
     assert 'its lock is unreadable' in capsys.readouterr().err
