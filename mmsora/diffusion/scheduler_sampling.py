@@ -11,9 +11,10 @@ reads the same input at.
 import functools
 import inspect
 import numbers
+import re
 import types
 import typing
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from mmsora.utils.trained_settings import keyword_defaults
 
 __all__ = ['CountingModel', 'scheduler_sample_loop', 'check_sampler_options',
            'check_sampler_name', 'check_num_steps', 'check_sample_settings', 'merge_sample_cfg',
+           'check_sample_cfg_dict',
            'check_scheduler_options', 'scheduler_option_values', 'is_bool', 'whole_number',
            'scheduler_noise_level', 'epsilon_from_x0', 'SamplerStepError']
 
@@ -78,7 +80,8 @@ def check_not_caller_passed(settings: dict) -> None:
                          'and the sampling keywords')
 
 
-def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> dict:
+def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], names: Sequence[str] = (),
+                     **chosen) -> dict:
     """A config's ``sample_cfg`` (``base``) under overrides: dicts (a hook's or the
     evaluation's ``sample_cfg``, a tool's sampler options), then keyword choices
     (a tool's options; None ones are not chosen). Where an override picks another
@@ -87,10 +90,16 @@ def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> 
     and the tools' entries (``fps``) kept. The one rule of tools/infer.py, tools/test.py,
     the sampling hooks, the text-to-video pictures and tools/benchmark_sampling.py
     (each had its own: a hook or evaluation choosing another sampler kept the
-    config's options and was refused, the pictures dropped eta and the rest)."""
-    merged = dict(base or {})
-    for over in (*overs, {k: v for k, v in chosen.items() if v is not None}):
-        over = dict(over or {})
+    config's options and was refused, the pictures dropped eta and the rest).
+
+    ``names``: the config keys ``base`` and each of ``overs`` came from, in order
+    (``'custom_hooks[0].sample_cfg'``), for the message refusing one that is not a
+    dict (:func:`check_sample_cfg_dict`; unnamed: ``base`` is ``sample_cfg``)."""
+    names = (*names, *[None] * (2 + len(overs) - len(names)))  # (chosen: a dict of ours)
+    merged = dict(check_sample_cfg_dict(base, names[0] or 'sample_cfg'))
+    for over, name in zip((*overs, {k: v for k, v in chosen.items() if v is not None}),
+                          names[1:]):
+        over = dict(check_sample_cfg_dict(over, name))
         if over.get('sampler') not in (None, merged.get('sampler')):
             merged = {k: v for k, v in merged.items()
                       if k in SAMPLE_SETTINGS or k in NOT_SAMPLE_ARGS}
@@ -98,16 +107,83 @@ def merge_sample_cfg(base: Optional[dict], *overs: Optional[dict], **chosen) -> 
     return merged
 
 
+def check_sample_cfg_dict(value, name: Optional[str] = 'sample_cfg') -> Mapping:
+    """``value`` (a ``sample_cfg``, or sampling settings over one), or {} for None;
+    a one-line ValueError for anything but a dict, naming ``name`` (the config key it
+    came from; None: settings over the config's ``sample_cfg``, from Python):
+    ``--cfg-options sample_cfg=ddim`` was refused as "dictionary update sequence
+    element #0 has length 1; 2 is required", a number as "'int' object is not
+    iterable"."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return value
+    given = value
+    if isinstance(value, str):  # (--cfg-options gives a dict as its text)
+        import ast
+        try:
+            given = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    if isinstance(given, Mapping) and given:
+        entries = dict(given)
+    elif isinstance(value, str) and re.fullmatch(r'[A-Za-z][\w.+-]*', value):
+        entries = {'sampler': value}  # (a sampler's name: the one setting a word is)
+    else:
+        entries = None
+    example = "dict(sampler='ddim', num_steps=50, ...)"
+    if name is None:  # (from Python: a keyword of evaluate, a hook's argument)
+        fix = (f': give dict({", ".join(f"{k}={v!r}" for k, v in entries.items())})'
+               if entries else '')
+        raise ValueError(f"sampling settings over the config's sample_cfg must be a dict "
+                         f'({example}), got {value!r}{fix}')
+    key = re.sub(r'\[(\d+)\]', r'.\1', name)  # (custom_hooks[0] as --cfg-options says it)
+    fix = (' '.join(f'{key}.{k}={v}' for k, v in entries.items()) if entries
+           else f'{key}.NAME=VALUE for each setting')
+    raise ValueError(f'{name} must be a dict of sampling settings ({name}={example}), got '
+                     f'{value!r}: give its entries by name, as --cfg-options {fix}')
+
+
+# Well-known spellings of samplers in diffusers' algorithm names, k-diffusion's
+# functions (sample_dpmpp_2m), A1111's menu ('DPM++ 2M', 'Euler a') and SiT's flags,
+# as _sampler_key writes them, with the key of the sampler they mean: for the hint of
+# check_sampler_name alone (they are not accepted as names).
+_SAMPLER_ALIASES = {
+    'dpmsolverpp': 'dpmsolver', 'dpmpp': 'dpmsolver', 'dpmpp2m': 'dpmsolver',
+    'dpmsolver2m': 'dpmsolver',
+    'eulera': 'eulerancestral',
+    'dopri5': 'odedopri5', 'flowmatch': 'flowmatcheuler',
+}
+
+
+def _sampler_key(name) -> str:
+    """A sampler's name reduced to what tells it apart: lower case, '++' as 'pp', no
+    separators, no k-diffusion prefix (``k_``, ``sample_``) nor diffusers' suffixes
+    ('Scheduler', 'Multistep', 'Discrete'): 'dpm-solver' and
+    'DPMSolverMultistepScheduler' are both 'dpmsolver', 'DDIM' and 'DDIMScheduler'
+    both 'ddim'."""
+    key = re.sub(r'^(k|sample)[-_ ]', '', str(name).lower().replace('++', 'pp'))
+    key = re.sub(r'[^a-z0-9]', '', key)
+    for suffix in ('scheduler', 'discrete', 'multistep'):
+        key = key[:-len(suffix)] if key.endswith(suffix) and key != suffix else key
+    return _SAMPLER_ALIASES.get(key, key)
+
+
 def check_sampler_name(sampler: str, samplers: Sequence[str], owner: str):
     """Raise a one-line ValueError for a sampler ``owner`` does not have, with the
-    names close to it ('dpm' -> DPMSolverMultistepScheduler, ...)."""
+    names it means first, those of the same :func:`_sampler_key` ('dpm-solver', 'dpm++'
+    -> DPMSolverMultistepScheduler; 'DDIM' -> ddim, DDIMScheduler), then the names close
+    to it ('dpm' -> ddpm, DDPMScheduler, DPMSolverMultistepScheduler), three at most."""
     if sampler in samplers:
         return
     import difflib
+    key = _sampler_key(sampler)
+    meant = [name for name in samplers if key and _sampler_key(name) == key]
     lower = {name.lower(): name for name in samplers}
     key = str(sampler).lower()
     close = [lower[n] for n in difflib.get_close_matches(key, list(lower), n=3)]
-    close += [name for low, name in lower.items() if key and key in low and name not in close]
+    close += [name for low, name in lower.items() if key and key in low]
+    close = list(dict.fromkeys([*meant, *close]))  # (the names it means first)
     hint = f'; did you mean {", ".join(close[:3])}?' if close else ''
     raise ValueError(f'unknown sampler {sampler!r} for {owner}; choose one of '
                      f'{list(samplers)}{hint}')
