@@ -722,7 +722,18 @@ def _check_sample_cfg(cfg) -> None:
     sampling's own rule, in ``check_sample_settings`` with the rest (None or '4'
     stopped the run at a sampling hook's first samples, or was a TypeError of the
     guidance check's own message), the scale's message naming the key in full."""
-    from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
+    from mmsora.diffusion.scheduler_sampling import check_sample_cfg_dict, merge_sample_cfg
+    evaluation = cfg.get('evaluation')
+    given = [('sample_cfg', cfg.get('sample_cfg'))] + [
+        (f'custom_hooks[{i}].sample_cfg', hook.get('sample_cfg'))
+        for i, hook in enumerate(cfg.get('custom_hooks') or []) if isinstance(hook, dict)]
+    if isinstance(evaluation, dict):
+        given.append(('evaluation.sample_cfg', evaluation.get('sample_cfg')))
+    for where, value in given:  # (not a dict: a sampling hook's first samples, else)
+        try:
+            check_sample_cfg_dict(value, where)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     base = cfg.get('sample_cfg')
     base = dict(base) if isinstance(base, dict) else {}
     entries = [('sample_cfg', base)] if base else []
@@ -730,7 +741,6 @@ def _check_sample_cfg(cfg) -> None:
         if isinstance(hook, dict) and isinstance(hook.get('sample_cfg'), dict):
             entries.append((f'custom_hooks[{i}].sample_cfg',
                             merge_sample_cfg(base, hook['sample_cfg'])))
-    evaluation = cfg.get('evaluation')
     if isinstance(evaluation, dict) and isinstance(evaluation.get('sample_cfg'), dict):
         entries.append(('evaluation.sample_cfg', merge_sample_cfg(base, evaluation['sample_cfg'])))
     for where, settings in entries:

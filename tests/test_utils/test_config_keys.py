@@ -398,3 +398,19 @@ def test_an_evaluation_section_guiding_a_denoiser_with_forward_with_cfg_passes()
     cfg.evaluation = dict(num_samples=8, metrics=[dict(type='InceptionScore')],
                           sample_cfg=dict(cfg_scale=1.5))
     check_training_keys(cfg)
+
+
+@pytest.mark.parametrize('where, value', [
+    ('sample_cfg', 'ddim'), ('sample_cfg', 5),
+    ('custom_hooks[0].sample_cfg', 'ddim'), ('evaluation.sample_cfg', ['ddim'])])
+def test_a_sample_cfg_that_is_no_dict_is_refused_at_the_start(where, value):
+    """Taken as {} by the start's checks, it stopped the run at a sampling hook's first
+    samples (review aq)."""
+    cfg = load_config(DEMO)
+    if where == 'sample_cfg':
+        cfg.sample_cfg = value
+    elif where.startswith('custom_hooks'):
+        cfg.custom_hooks = [dict(type='SampleVisualizationHook', sample_cfg=value)]
+    else:
+        cfg.evaluation = dict(sample_cfg=value)
+    assert refused(cfg).startswith(f'{where} must be a dict of sampling settings')
