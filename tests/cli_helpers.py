@@ -73,3 +73,33 @@ def failed_start_up(work, monkeypatch, error, in_vis_data=False):
         train.main([osp.join(REPO_ROOT, DEMO), '--work-dir', str(work), '--cfg-options',
                     *TINY_TRAIN])
     return info.value
+
+
+def report_file_size_limit(monkeypatch, soft):
+    """``resource.getrlimit`` reports ``soft`` as this process's file-size limit (bytes;
+    ``resource.RLIM_INFINITY``: none set), whatever the real one: the advice for EFBIG
+    depends on it, with no file that large written."""
+    import resource
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
+        (soft, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
+
+
+def run_instances():
+    """What a Runner makes under its name (the config's and a timestamp in seconds):
+    mmengine's loggers, message hubs, visualizers and scopes. A run started in the same
+    second as an earlier one (another test's) got the earlier one's (its visualizer
+    wrote into the earlier run's folder)."""
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.registry import DefaultScope
+    from mmengine.visualization import Visualizer
+    return MMLogger, MessageHub, Visualizer, DefaultScope
+
+
+def forget_runs():
+    """Close and forget the loggers, message hubs, visualizers and scopes made."""
+    for kind in run_instances():
+        for made in kind._instance_dict.values():
+            for handler in getattr(made, 'handlers', ()):
+                handler.close()
+        kind._instance_dict.clear()

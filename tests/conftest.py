@@ -60,6 +60,19 @@ def malloc_calls(monkeypatch):
 
 
 @pytest.fixture
+def runs(monkeypatch):
+    """tools/train.py runs in this process: their loggers, message hubs, visualizers
+    and scopes are made anew and forgotten after the test (tests.cli_helpers)."""
+    from collections import OrderedDict
+
+    from tests.cli_helpers import forget_runs, run_instances
+    for kind in run_instances():
+        monkeypatch.setattr(kind, '_instance_dict', OrderedDict())
+    yield forget_runs
+    forget_runs()
+
+
+@pytest.fixture
 def kept_environ():
     """Put ``os.environ`` back as it was after the test: the tools run in the test
     process set variables for themselves (tools/train.py's parse_args sets LOCAL_RANK).

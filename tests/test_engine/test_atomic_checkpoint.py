@@ -7,7 +7,6 @@ import functools
 import os
 import os.path as osp
 import resource
-from collections import OrderedDict
 
 import pytest
 from mmengine.fileio.backends import LocalBackend
@@ -137,17 +136,6 @@ def test_a_checkpoint_streams_into_its_file(tmp_path):
 # one line of a full disk (graceful_stop.stopped_by_full_disk); it was the checkpoint's
 # error line, then 'training stopped by this error ...: continue with --resume' under
 # it, which for a file-size limit (EFBIG) advised a --resume that fails there again.
-
-
-@pytest.fixture
-def runs(monkeypatch):
-    """tools/train.py runs in this process: their loggers, message hubs, visualizers
-    and scopes are made anew and forgotten after the test."""
-    from tests.test_engine.test_scalars_full_disk import RUN_INSTANCES, forget_runs
-    for kind in RUN_INSTANCES:
-        monkeypatch.setattr(kind, '_instance_dict', OrderedDict())
-    yield forget_runs
-    forget_runs()
 
 
 @contextlib.contextmanager

@@ -16,13 +16,12 @@ import mmsora.utils.atomic_io as atomic_io
 from mmsora.engine.atomic_checkpoint import CheckpointWriteError
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.error_messages import explain_error
-from tests.test_engine import test_atomic_checkpoint
+from tests.cli_helpers import report_file_size_limit
 from tests.test_engine.test_atomic_checkpoint import EVERY_2, last_checkpoint
 from tests.test_engine.test_scalars_full_disk import train_cli
 from tests.tiny_models import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures('kept_environ', 'malloc_calls')
-runs = test_atomic_checkpoint.runs  # (a fixture: tools/train.py runs in this process)
 
 
 def deepspeed_save(self, out_dir, filename, *args, **kwargs):
@@ -100,16 +99,6 @@ def test_a_partial_folder_other_processes_write_is_left_and_said(repo_root, tmp_
         '(--resume continues from it)')
 
 
-class _Reported:
-    """``resource.getrlimit`` reports a file-size limit of ``limit`` bytes, whatever
-    the real one (a limit far above a checkpoint's size, with no need to write one)."""
-
-    def __init__(self, monkeypatch, limit):
-        real = resource.getrlimit
-        monkeypatch.setattr(resource, 'getrlimit', lambda which: (
-            (limit, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
-
-
 def _failed_deepspeed_write(repo_root, tmp_path, monkeypatch, room):
     """A DeepSpeed-like save at iteration 4 whose torch.save fails when its file reaches
     200 kB, under a file-size limit reported as 100 GB, on a disk said to have ``room``
@@ -124,7 +113,7 @@ def _failed_deepspeed_write(repo_root, tmp_path, monkeypatch, room):
         monkeypatch.setattr(shutil, 'disk_usage', lambda path: SimpleNamespace(
             total=usage(path).total, free=room) if str(tmp_path) in str(path) else usage(path))
     with _limit(200_000), pytest.raises(CheckpointWriteError) as info:
-        _Reported(monkeypatch, 100 << 30)  # (inside: _limit saves and restores the real one)
+        report_file_size_limit(monkeypatch, 100 << 30)  # (inside: _limit saves and restores the real one)
         runner.train()
     return info.value
 

@@ -6,7 +6,6 @@ import errno
 import os
 import os.path as osp
 import resource
-from collections import OrderedDict
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +13,8 @@ import pytest
 from mmsora.engine.graceful_stop import no_room_fix, stopped_by_full_disk
 from mmsora.utils.checkpoint import load_checkpoint_file
 from tests.test_engine.test_atomic_checkpoint import KEEP_1, last_checkpoint, no_room_from
-from tests.test_engine.test_scalars_full_disk import RUN_INSTANCES, forget_runs, train_cli
+from tests.cli_helpers import report_file_size_limit
+from tests.test_engine.test_scalars_full_disk import train_cli
 
 LARGEST = "the file system's largest file size was met (FAT32: 4 GB)"
 ELSEWHERE = 'a --work-dir on another file system (ext4, xfs, NTFS)'
@@ -22,28 +22,12 @@ ULIMIT = 'raise the file-size limit (ulimit -f)'
 TOO_LARGE = os.strerror(errno.EFBIG)
 
 
-@pytest.fixture
-def runs(monkeypatch):
-    """tools/train.py runs in this process: their loggers, message hubs, visualizers
-    and scopes are made anew and forgotten after the test."""
-    for kind in RUN_INSTANCES:
-        monkeypatch.setattr(kind, '_instance_dict', OrderedDict())
-    yield forget_runs
-    forget_runs()
-
-
-def reported_limit(monkeypatch, soft):
-    """``resource.getrlimit`` reports ``soft`` as the file-size limit, whatever the
-    real one (RLIM_INFINITY: none set)."""
-    real = resource.getrlimit
-    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
-        (soft, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
 
 
 @pytest.mark.parametrize('soft, fix', [(1 << 20, ULIMIT),
                                        (resource.RLIM_INFINITY, f'{LARGEST}: give {ELSEWHERE}')])
 def test_efbig_advice_depends_on_the_limit(monkeypatch, soft, fix):
-    reported_limit(monkeypatch, soft)
+    report_file_size_limit(monkeypatch, soft)
     assert no_room_fix(errno.EFBIG) == fix
     assert no_room_fix(errno.EFBIG, '/w') == fix
     assert no_room_fix(errno.ENOSPC) == 'free space there'  # (no other code changes)
@@ -52,7 +36,7 @@ def test_efbig_advice_depends_on_the_limit(monkeypatch, soft, fix):
 def test_at_the_largest_file_the_run_goes_on_elsewhere(tmp_path, monkeypatch):
     """The one line of a run stopped there: from the checkpoint's path, in a work dir on
     another file system (a plain --resume in the same one fails there again)."""
-    reported_limit(monkeypatch, resource.RLIM_INFINITY)
+    report_file_size_limit(monkeypatch, resource.RLIM_INFINITY)
     work = tmp_path / 'w'
     work.mkdir()
     (work / 'iter_2.pth').write_bytes(b'')
@@ -67,7 +51,7 @@ def test_at_the_largest_file_the_run_goes_on_elsewhere(tmp_path, monkeypatch):
         f'cannot write {work}/big.bin: {TOO_LARGE}; training stopped after iteration 3; '
         f'no checkpoint was saved yet: {LARGEST}: run the same command again with '
         f'{ELSEWHERE}')
-    reported_limit(monkeypatch, 1 << 30)  # a limit set: raise it, the same work dir
+    report_file_size_limit(monkeypatch, 1 << 30)  # a limit set: raise it, the same work dir
     assert stopped_by_full_disk(runner, error).endswith(
         f'no checkpoint was saved yet: {ULIMIT}, then run the same command again')
 
@@ -77,7 +61,7 @@ def test_a_checkpoint_at_the_largest_file_is_one_line_and_resumes_elsewhere(
         repo_root, tmp_path, capfd, runs, monkeypatch):
     """tools/train.py: a checkpoint's write fails with EFBIG (each ``os.fsync``), no
     limit set; as the line says, --resume CHECKPOINT into another work dir finishes."""
-    reported_limit(monkeypatch, resource.RLIM_INFINITY)
+    report_file_size_limit(monkeypatch, resource.RLIM_INFINITY)
     work = tmp_path / 'w'
     with no_room_from(3, errno.EFBIG):
         assert train_cli(repo_root, work, *KEEP_1) == 2

@@ -7,17 +7,15 @@ import errno
 import functools
 import os
 import os.path as osp
-from collections import OrderedDict
 from types import SimpleNamespace
 
 import pytest
-from mmengine.logging import MessageHub, MMLogger
-from mmengine.registry import DefaultScope
 from mmengine.runner import IterBasedTrainLoop
-from mmengine.visualization import LocalVisBackend, Visualizer, vis_backend
+from mmengine.visualization import LocalVisBackend, vis_backend
 
 from mmsora.engine.graceful_stop import stopped_by_full_disk
 from mmsora.utils.cli import run_cli
+from tests.cli_helpers import forget_runs, report_file_size_limit
 from tests.tiny_models import DEMO, TINY_TRAIN
 from tools import train
 
@@ -46,32 +44,15 @@ class Disk:
         self.file.close()
 
 
-# What a Runner makes under its name (the config's and a timestamp in seconds): a run
-# started in the same second as an earlier one (another test's) got the earlier one's
-# (its visualizer wrote into the earlier run's folder)
-RUN_INSTANCES = (MMLogger, MessageHub, Visualizer, DefaultScope)
-
-
-def forget_runs():
-    """Close and forget the loggers, message hubs, visualizers and scopes made."""
-    for kind in RUN_INSTANCES:
-        for made in kind._instance_dict.values():
-            for handler in getattr(made, 'handlers', ()):
-                handler.close()
-        kind._instance_dict.clear()
-
-
 @pytest.fixture
-def disk(monkeypatch):
+def disk(monkeypatch, runs):
     """LocalVisBackend's files open on a :class:`Disk` (its module's ``open``). The
     runs make their loggers, message hubs, visualizers and scopes anew, and they are
-    forgotten after the test (mmengine's 'current' ones are those before it again)."""
-    for kind in RUN_INSTANCES:
-        monkeypatch.setattr(kind, '_instance_dict', OrderedDict())
+    forgotten after the test (the ``runs`` fixture: mmengine's 'current' ones are those
+    before it again)."""
     monkeypatch.setattr(vis_backend, 'open', Disk, raising=False)
     monkeypatch.setattr(Disk, 'error', None)
     yield Disk
-    forget_runs()
 
 
 def fills_after(monkeypatch, disk, iteration, error=errno.ENOSPC):
@@ -157,10 +138,7 @@ def test_a_write_that_names_no_file_points_at_the_work_dirs_disk(tmp_path, monke
     """A failed write or flush names no file (mmengine's writers, a hook's own): the
     line said 'free space there' of no place; it names the work dir's disk. (EFBIG
     under a file-size limit, reported set; with none: test_largest_file_advice.py.)"""
-    import resource
-    real = resource.getrlimit
-    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
-        (1 << 30, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
+    report_file_size_limit(monkeypatch, 1 << 30)
     work = tmp_path / 'w'
     work.mkdir()
     (work / 'iter_2.pth').write_bytes(b'')

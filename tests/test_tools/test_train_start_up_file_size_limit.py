@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from mmsora.utils.cli import RunError
-from tests.cli_helpers import error_line
+from tests.cli_helpers import error_line, report_file_size_limit
 from tests.tiny_models import DEMO, TINY_TRAIN
 from tools import train
 
@@ -32,9 +32,7 @@ ELSEWHERE = ("the file system's largest file size was met (FAT32: 4 GB): give a 
 @pytest.mark.parametrize('soft, fix', [(1 << 30, ULIMIT), (resource.RLIM_INFINITY, ELSEWHERE)])
 def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypatch, soft,
                                                    fix):
-    real = resource.getrlimit  # (the limit reported: ``soft``, RLIM_INFINITY for none)
-    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
-        (soft, real(which)[1]) if which == resource.RLIMIT_FSIZE else real(which)))
+    report_file_size_limit(monkeypatch, soft)  # (RLIM_INFINITY: none set)
     from mmengine.config import Config
     dump = Config.dump
 
@@ -57,7 +55,8 @@ def test_a_file_size_limit_at_start_up_is_one_line(repo_root, tmp_path, monkeypa
     assert not dumped.exists()  # (tools/infer.py WORK_DIR read the cut one)
 
 
-def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkeypatch):
+def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkeypatch,
+                                                     runs):
     """The limit met by the visualizer's copy of the config (``vis_data/config.py``,
     the first file the Runner writes the config into): the copy was left cut short."""
     from mmengine.config import Config
@@ -71,17 +70,7 @@ def test_the_visualizers_config_copy_is_not_left_cut(repo_root, tmp_path, monkey
         raise OSError(errno.EFBIG, 'File too large', file)
 
     monkeypatch.setattr(Config, 'dump', too_large)
-    real = resource.getrlimit  # (reported: none set)
-    monkeypatch.setattr(resource, 'getrlimit', lambda which: (
-        (resource.RLIM_INFINITY, real(which)[1]) if which == resource.RLIMIT_FSIZE
-        else real(which)))
-    # mmengine keeps one Visualizer per experiment name (the config's and the second's):
-    # a run of this process started in the same second (the test before) lent its own,
-    # writing into that run's work dir
-    from collections import OrderedDict
-
-    from mmengine.visualization import Visualizer
-    monkeypatch.setattr(Visualizer, '_instance_dict', OrderedDict())
+    report_file_size_limit(monkeypatch, resource.RLIM_INFINITY)  # (none set)
     work = tmp_path / 'w'
     with pytest.raises(RunError) as info:
         train.main([osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options',
