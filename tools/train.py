@@ -42,7 +42,8 @@ def parse_args(argv=None):
     parser.add_argument('--deepspeed', metavar='PRESET',
                         help='DeepSpeed ZeRO through FlexibleRunner: deepspeed_zero1, '
                         'deepspeed_zero2, deepspeed_zero2_offload, deepspeed_zero3, '
-                        'deepspeed_zero3_offload (configs/_base_/strategies) or a file')
+                        'deepspeed_zero3_offload (configs/_base_/strategies), a preset '
+                        'file (.py), or a DeepSpeed JSON config (.json)')
     parser.add_argument('--fsdp', nargs='?', const='fsdp', metavar='PRESET',
                         help='PyTorch FSDP through FlexibleRunner: fsdp (the default), '
                         'fsdp_bf16 (bf16 compute from float32 shards; '

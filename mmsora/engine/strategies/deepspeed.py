@@ -16,6 +16,7 @@ EMA weights are saved). It also hides torch's deprecation of the collectives Dee
 calls, which came back at every step (:func:`quiet_deprecated_collectives`).
 """
 import copy
+import json
 import os
 import os.path as osp
 import sys
@@ -32,7 +33,7 @@ from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
            'zero_model_states', 'partitions_weights',
-           'load_strategy', 'fill_auto', 'mend_mmengine_deepspeed',
+           'load_strategy', 'read_deepspeed_json', 'fill_auto', 'mend_mmengine_deepspeed',
            'quiet_deprecated_collectives', 'to_flexible_runner_config']
 
 DEEPSPEED_PRESETS = ('deepspeed_zero1', 'deepspeed_zero2', 'deepspeed_zero2_offload',
@@ -44,7 +45,8 @@ STRATEGY_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(mmsora.__file__))),
 def preset_path(name: str, kind: str = '') -> str:
     """The file of a strategy: a preset name (``deepspeed_zero2``, ``fsdp``) or a path
     to a ``.py`` config holding ``strategy = dict(...)``; an unknown name is refused
-    with the presets whose names start with ``kind`` (``'deepspeed'``, ``'fsdp'``)."""
+    with the presets whose names start with ``kind`` (``'deepspeed'``, ``'fsdp'``).
+    (A DeepSpeed ``.json`` file is read by :func:`load_strategy` instead.)"""
     if osp.isfile(name):
         return name
     path = osp.join(STRATEGY_DIR, f'{name}.py')
@@ -60,14 +62,58 @@ def preset_path(name: str, kind: str = '') -> str:
 def load_strategy(name: str, options=(), kind: str = '') -> dict:
     """The ``strategy`` dict of a preset name or a config file, with ``options``
     (``--cfg-options`` entries; those under ``strategy.`` apply to it, e.g.
-    ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it."""
+    ``strategy.model_wrapper.mixed_precision.param_dtype=bfloat16``) set on it.
+
+    A ``.json`` file is a DeepSpeed config (DeepSpeed's, Hugging Face's or xtuner's
+    files): a ``DeepSpeedStrategy`` with that config (:func:`read_deepspeed_json`)."""
+    from mmengine.config import Config
+
     from mmsora.utils.cfg_options import apply_cfg_options
     from mmsora.utils.config_loading import load_config
-    cfg = load_config(preset_path(name, kind))
+    if name.lower().endswith('.json'):
+        flag = f'--{kind or "deepspeed"} {name}'
+        cfg = Config(dict(strategy=dict(type='DeepSpeedStrategy',
+                                        config=read_deepspeed_json(name, flag))))
+    else:
+        cfg = load_config(preset_path(name, kind))
     if 'strategy' not in cfg:
         raise UserError(f'{name}: the file has no `strategy = dict(...)`')
     apply_cfg_options(cfg, _strategy_options(options))
     return cfg.strategy.to_dict()
+
+
+def read_deepspeed_json(path: str, given: str) -> dict:
+    """The DeepSpeed JSON config file ``path`` as a dict, its ``'auto'`` values kept
+    (:func:`fill_auto` fills them, as a preset's). mmengine's ``DeepSpeedStrategy``
+    takes such a path as its ``config``, but every reader before it (the ZeRO check,
+    the accumulation, the memory estimate, ``fill_auto``) needs the dict.
+
+    Args:
+        path (str): The file.
+        given (str): How the user gave it (``'strategy.config=PATH'``,
+            ``'--deepspeed PATH'``), for the refusals.
+
+    Raises:
+        UserError: a file that cannot be read, is not JSON or not a JSON object.
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f'{given}: no such file; give the path of a DeepSpeed JSON '
+                        'config') from None
+    except OSError as e:
+        raise UserError(f'{given}: cannot read it ({e.strerror}); give the path of a '
+                        'DeepSpeed JSON config') from None
+    except UnicodeDecodeError:
+        raise UserError(f'{given}: not a text file; give a DeepSpeed JSON config') \
+            from None
+    except json.JSONDecodeError as e:
+        raise UserError(f'{given}: not valid JSON ({e}); fix the file') from None
+    if not isinstance(config, dict):
+        raise UserError(f'{given}: a DeepSpeed config is a JSON object ({{...}}), the '
+                        f'file holds a {type(config).__name__}')
+    return config
 
 
 def check_zero_settings(strategy: dict) -> None:
@@ -123,11 +169,26 @@ def fill_auto(ds_config: dict, cfg, amp_dtype=None) -> dict:
             precision (``--amp``), None for fp32.
 
     Returns:
-        dict: A copy with every ``'auto'`` replaced.
+        dict: A copy with every ``'auto'`` replaced. A ``train_batch_size`` left
+        ``'auto'`` (Hugging Face's files) is dropped: DeepSpeed takes it as the
+        micro-batch x accumulation x processes.
+
+    Raises:
+        UserError: an ``optimizer`` or ``scheduler`` section (Hugging Face's files):
+            DeepSpeed would ignore the former (the config's optimizer is handed to it)
+            and run the latter next to the config's ``param_scheduler``.
     """
     ds = copy.deepcopy(ds_config)
     if amp_dtype not in (None, 'bfloat16', 'float16'):
         raise UserError(f"amp dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}")
+    for key, ours in (('optimizer', 'optim_wrapper.optimizer'),
+                      ('scheduler', 'param_scheduler')):
+        if key in ds:
+            raise UserError(f'strategy.config.{key}: the training config\'s {ours} is '
+                            f'the run\'s (DeepSpeed would ignore or double it); drop '
+                            f'"{key}" from the DeepSpeed config')
+    if ds.get('train_batch_size') == 'auto':
+        del ds['train_batch_size']
     wrapper = cfg.optim_wrapper
     auto = dict(
         train_micro_batch_size_per_gpu=cfg.train_dataloader.batch_size,

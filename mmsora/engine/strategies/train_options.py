@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from mmsora.utils.cli import UserError, note
 from mmsora.utils.dist import free_port
 from .deepspeed import (check_zero_settings, load_strategy, mend_mmengine_deepspeed,
-                        to_flexible_runner_config)
+                        read_deepspeed_json, to_flexible_runner_config)
 from .speed import CompileDenoiserHook, prefer_fused_optimizer
 
 __all__ = ['chosen_strategy', 'set_run_strategy', 'apply_strategy', 'apply_amp', 'drop_amp',
@@ -38,11 +38,13 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
     ``strategy``, else None (the Runner's DDP). ``tools/train.py`` and
     ``tools/estimate_memory.py`` choose with it, so they refuse the same presets and
     options alike (what only training refuses, e.g. :func:`check_fsdp_precision`, is
-    checked in :func:`apply_strategy`).
+    checked in :func:`apply_strategy`). A DeepSpeed ``config`` given as a JSON file
+    is read into a dict here (:func:`read_config_file`).
 
     Args:
         cfg (Config): The config.
-        deepspeed (str, optional): A DeepSpeedStrategy preset name or file.
+        deepspeed (str, optional): A DeepSpeedStrategy preset name or file: a ``.py``
+            config holding ``strategy = dict(...)``, or a DeepSpeed ``.json`` config.
         fsdp (bool | str, optional): An FSDPStrategy preset name or file; True is
             ``fsdp``. An empty name fails as an unknown strategy.
         options (list[str]): The command line's ``--cfg-options``.
@@ -82,9 +84,26 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
                                            'preset when --deepspeed / --fsdp name one)'
                                            if kind is None else ''))
     if kind == 'DeepSpeedStrategy':
+        read_config_file(strategy)
         check_zero_settings(strategy)
     else:
         check_sharding_strategy(strategy)
+    return strategy
+
+
+def read_config_file(strategy: dict) -> dict:
+    """A DeepSpeedStrategy's ``config`` given as the path of a DeepSpeed JSON file
+    (``--cfg-options strategy.config=ds.json``; mmengine's strategy takes one) read
+    into a dict here, once, where the run's strategy is chosen: every reader after
+    (the ZeRO check, the accumulation, the memory estimate, :func:`fill_auto
+    <mmsora.engine.strategies.deepspeed.fill_auto>`) takes the dict, and the run's
+    dumped config holds the settings it trained with."""
+    config = strategy.get('config')
+    if isinstance(config, str):
+        strategy['config'] = read_deepspeed_json(config, f'strategy.config={config}')
+    elif config is not None and not isinstance(config, dict):
+        raise UserError(f'strategy.config={config!r}: a DeepSpeed config is a dict or '
+                        'the path of a DeepSpeed JSON file')
     return strategy
 
 
@@ -130,7 +149,8 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
             config itself holds (e.g. inherited from ``_base_/strategies``, or put there
             by :func:`set_run_strategy`, as ``tools/train.py`` does) is used when
             neither option is given.
-        deepspeed (str, optional): A preset name (``deepspeed_zero2``) or a file.
+        deepspeed (str, optional): A preset name (``deepspeed_zero2``) or a file
+            (``.py``, or a DeepSpeed ``.json`` config).
         fsdp (bool | str): A preset name (``fsdp``, ``fsdp_bf16``) or a file;
             True is ``fsdp``.
         options (list[str]): The command line's ``--cfg-options``: those under
