@@ -53,9 +53,9 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          SourceCountError, StoreLock,
-                                          foreign_folder_message, nonfinite_items,
-                                          read_store_progress, say_damaged)
+                                          SourceCountError, foreign_folder_message,
+                                          nonfinite_items, read_store_progress, say_damaged)
+from mmsora.datasets.store_lock import StoreLock
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper

@@ -12,7 +12,7 @@ from unittest import mock
 import pytest
 
 from mmsora.datasets import write_manifest
-from mmsora.datasets.latent_store import LOCK_NAME
+from mmsora.datasets.store_lock import LOCK_NAME
 from mmsora.utils.cli import UserError
 from tests.extract_tools import convert, extract, interrupted, run_convert, run_extract
 from tests.shared_videos import BIKES, BUNNY, needs_videos

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mmsora.datasets import LatentStore, LatentStoreWriter
-from mmsora.datasets.latent_store import (LOCK_NAME, StoreLock, StoreLockedError,
-                                          _what_is_there, folder_entries, foreign_folder)
+from mmsora.datasets.latent_store import _what_is_there, folder_entries, foreign_folder
+from mmsora.datasets.store_lock import LOCK_NAME, StoreLock, StoreLockedError
 from mmsora.utils.cli import UserError
 from tests.extract_tools import REPO, extract, run_extract
 
@@ -152,7 +152,7 @@ def test_a_real_second_process_holds_the_lock_until_it_ends(image_folder, tiny_v
                                                              tmp_path):
     out = tmp_path / 'deep' / 'store'
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys; from mmsora.datasets.latent_store import '
+        [sys.executable, '-c', 'import sys; from mmsora.datasets.store_lock import '
          f'StoreLock; StoreLock({str(out)!r}).acquire(); print("held", flush=True); '
          'sys.stdin.read()'], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True)

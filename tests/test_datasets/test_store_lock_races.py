@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from mmsora.datasets import LatentStore
-from mmsora.datasets import latent_store as ls
-from mmsora.datasets.latent_store import LOCK_NAME, StoreLock, StoreLockedError, _what_is_there
+from mmsora.datasets import store_lock as ls
+from mmsora.datasets.latent_store import _what_is_there
+from mmsora.datasets.store_lock import LOCK_NAME, StoreLock, StoreLockedError
 
 pytestmark = pytest.mark.usefixtures('fresh_notes')
 

@@ -1,0 +1,258 @@
+"""One writing run of a latent store at a time: the lock ``OUT/.extract.lock`` that
+``tools/extract_features.py`` and ``tools/convert_fastdit_features.py`` take on their
+``--out`` (:class:`StoreLock`). Hidden, it is passed over by
+:func:`~mmsora.datasets.latent_store.folder_entries`, so by every reader of a store."""
+import contextlib
+import json
+import os
+import os.path as osp
+import socket
+import time
+
+from mmsora.utils.cli import first_line, note
+
+__all__ = ['LOCK_NAME', 'StoreLock', 'StoreLockedError']
+
+LOCK_NAME = '.extract.lock'  # (hidden: passed over by folder_entries, so by every reader)
+
+
+class StoreLockedError(RuntimeError):
+    """Another run holds a store folder's lock (:class:`StoreLock`)."""
+
+
+def _proc_stat(pid):
+    """``(state, start time)`` of process ``pid`` from /proc (the start time in clock
+    ticks since boot: it tells a process from a later one given the same pid, after a
+    reboot); None where unknown."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rpartition(')')[2].split()
+        return fields[0], fields[19]  # (fields 3 and 22)
+    except (OSError, IndexError):
+        return None
+
+
+def _running(pid, started) -> bool:
+    """Whether process ``pid`` of this machine, started at ``started`` (None: unknown),
+    is still running (not a zombie, nor a later process given its pid)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # (another user's process)
+        pass
+    stat = _proc_stat(pid)
+    return stat is None or (stat[0] != 'Z' and started in (None, stat[1]))
+
+
+def _read_lock(path):
+    """``(holder, text, stat)`` of a lock file: ``holder`` its dict (pid, host, started,
+    since), None where it cannot be read (empty: a run between making and writing it, or
+    one stopped there); ``stat`` the file's ``os.stat_result``; None for no lock file."""
+    try:
+        with open(path) as f:
+            stat, text = os.fstat(f.fileno()), f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:  # (another user's, unreadable)
+        try:
+            stat, text = os.stat(path), ''
+        except FileNotFoundError:
+            return None
+    try:
+        holder = json.loads(text)
+        if not (isinstance(holder['pid'], int) and holder['pid'] > 0
+                and isinstance(holder['host'], str)):
+            holder = None
+    except (ValueError, KeyError, TypeError):
+        holder = None
+    return holder, text, stat
+
+
+def _same_file(a, b) -> bool:
+    """Whether two ``os.stat_result`` are of one file, unchanged (an inode number may be
+    given again to a lock made after one removed: its mtime tells them apart)."""
+    return (a.st_dev, a.st_ino, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_mtime_ns)
+
+
+# An unreadable (empty) lock younger than this is a run's between making and writing
+# it: waited for; an older one is a run's stopped there (a crash), taken over.
+EMPTY_LOCK_STALE_S = 5.0
+
+
+class StoreLock:
+    """The lock of a store folder written by one run at a time: ``root/.extract.lock``,
+    made with ``O_CREAT | O_EXCL`` and holding the process id and host of the run that
+    holds it, removed by :meth:`release`. Hidden, so the folder's readers pass it over
+    (:func:`folder_entries`). tools/extract_features.py takes it for the whole run
+    (rank 0 alone: the ranks of one run write one store by design, each its own shards).
+
+    Two runs writing one store keep it consistent (a shard's files are replaced whole),
+    but each encodes every shard: the work is doubled. A lock of this machine whose
+    holder is gone (its process no longer runs: a run killed, a crash, a reboot) is
+    taken over, so such a crash does not block the next run on this machine; so is an
+    empty one older than :data:`EMPTY_LOCK_STALE_S` (a run stopped between making and
+    writing it; a younger one is waited for). A lock of another machine (a slurm job
+    requeued onto another node, a pod restarted with a new hostname) cannot be checked
+    from here: it is refused until removed by hand, and the refusal says so.
+
+    Args:
+        root (str): Store folder (made if missing, and removed again by
+            :meth:`release` if still empty then, with the parents made for it).
+    """
+
+    def __init__(self, root):
+        self.root, self.path = root, osp.join(root, LOCK_NAME)
+        self.text = None  # what this run wrote into the lock, while it holds it
+        self.made = []  # folders made for the lock, deepest first
+
+    def take(self) -> 'str | None':
+        """Take the lock for a tool's run into its ``--out`` (extract_features.py,
+        convert_fastdit_features.py): None where taken (a stopped run's lock taken over,
+        with a note), else the one-line refusal naming ``--out``: a second run into it
+        (both wrote every shard), or a folder this user may not write into."""
+        try:
+            self.acquire(on_stale=lambda holder: note(
+                f'{self.root}: taking over the lock of a run that stopped ('
+                + (f'pid {holder["pid"]} is gone' if holder else 'its lock is unreadable')
+                + '): its finished shards are kept'))
+        except StoreLockedError as e:
+            return f'--out {e}'
+        except OSError as e:  # (a folder this user may not write into, a file)
+            return f'--out {self.root}: {first_line(e)}'
+        return None
+
+    def acquire(self, on_stale=None):
+        """Take the lock; returns self. Raises :class:`StoreLockedError` (its message
+        one line naming the folder and the process that holds it) where a running
+        process holds it, or one of another machine (which cannot be checked from
+        here). A lock left by a run that stopped is taken over: ``on_stale(holder)``
+        (its dict, None where unreadable) is told first. An unreadable one younger than
+        :data:`EMPTY_LOCK_STALE_S` is a run's that has made it and not yet written it:
+        read again until it is written (then held) or old (then stale)."""
+        path = osp.abspath(self.root)
+        while not osp.exists(path) and path != osp.dirname(path):
+            self.made.append(path)
+            path = osp.dirname(path)
+        os.makedirs(self.root, exist_ok=True)
+        host, stat = socket.gethostname(), _proc_stat(os.getpid())
+        text = json.dumps(dict(pid=os.getpid(), host=host, started=stat and stat[1],
+                               since=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
+        waited_until = time.monotonic() + EMPTY_LOCK_STALE_S + 1
+        for _ in range(5):  # (another run may take it over between the tries)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                found = self._wait_written(waited_until)
+                if found is None:  # (released meanwhile)
+                    continue
+                holder, old, old_stat = found
+                if holder is not None and (holder['host'] != host or _running(
+                        holder['pid'], holder.get('started'))):
+                    raise StoreLockedError(self._held_by(holder, host)) from None
+                if on_stale is not None:
+                    on_stale(holder)
+                self._remove(lambda text, st: text == old and _same_file(st, old_stat))
+                continue
+            self._write(fd, text)
+            self.text = text
+            return self
+        raise StoreLockedError(f'{self.root} is being written by another run: its lock '
+                               f'{self.path} changed hands 5 times; rerun once one has ended')
+
+    def _wait_written(self, until):
+        """:func:`_read_lock` of the lock, read again while it is unreadable and younger
+        than :data:`EMPTY_LOCK_STALE_S` (its maker writes it in an instant). Before, an
+        empty lock was taken over at once: a run reading it in that instant took over
+        the lock of a run that went on, and both wrote the store. Raises
+        :class:`StoreLockedError` where it stays young past ``until`` (a monotonic
+        time): an mtime ahead of this machine's clock, or a maker stalled."""
+        while True:
+            found = _read_lock(self.path)
+            if found is None or found[0] is not None:
+                return found
+            age = time.time() - found[2].st_mtime
+            if age >= EMPTY_LOCK_STALE_S:
+                return found
+            if time.monotonic() > until:
+                raise StoreLockedError(
+                    f'{self.root} is being written by another run (its lock {self.path} '
+                    f'is new and empty: made {max(age, 0):.0f} s ago, no pid written yet)'
+                    f': rerun in a moment, or remove {self.path} if no run is writing there'
+                ) from None
+            time.sleep(0.05)
+
+    def _write(self, fd, text):
+        """Write ``text`` into the lock this run has just made (``fd``) and close it. On
+        an error (a full disk, Ctrl-C) the lock is removed where it is still this
+        run's (the same file: another run may have taken it over meanwhile, as an empty
+        lock of a stopped run), and the error raised as it came."""
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        except BaseException:
+            mine = os.fstat(fd)  # (still open: its inode is not given to another file)
+            with contextlib.suppress(OSError):  # (the write's error is the one to tell)
+                self._remove(lambda _, st: (st.st_dev, st.st_ino) == (mine.st_dev,
+                                                                      mine.st_ino))
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        try:
+            os.close(fd)
+        except BaseException:  # (a network disk may report a failed write here)
+            with contextlib.suppress(OSError):
+                self._remove(lambda found, _: found == text)
+            raise
+
+    def _held_by(self, holder, host) -> str:
+        since = f', since {holder["since"]}' if holder.get('since') else ''
+        if holder['host'] != host:
+            return (f'{self.root} is being written by another run (pid {holder["pid"]} on '
+                    f'{holder["host"]}{since}): let it finish, or remove {self.path} '
+                    'if that run has stopped (this machine cannot check it)')
+        return (f'{self.root} is being written by another run (pid {holder["pid"]}{since})'
+                f': let it finish (or stop it), then rerun to go on; each shard is '
+                'written once')
+
+    def _remove(self, is_it):
+        """Remove the lock file if ``is_it(text, stat)`` (:func:`_read_lock`) says it is
+        the one meant (a stopped run's, or this run's). Moved aside first and read
+        again: of two runs taking a lock over at once, one alone removes it, and a lock
+        another run has taken meanwhile is put back. Quiet where it is gone."""
+        aside = f'{self.path}.{os.getpid()}'
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        found = _read_lock(aside)
+        if found is not None and not is_it(found[1], found[2]):  # (another run's)
+            try:
+                os.link(aside, self.path)
+            except OSError:
+                pass
+        os.remove(aside)
+
+    def release(self):
+        """Remove the lock if this run holds it (not one another run has taken over),
+        and the folders made for it if they are still empty. Nothing otherwise."""
+        if self.text is not None:
+            found = _read_lock(self.path)
+            if found is not None and found[1] == self.text:
+                os.remove(self.path)
+            self.text = None
+        for folder in self.made:
+            try:
+                os.rmdir(folder)  # (only an empty one: a run that wrote nothing)
+            except FileNotFoundError:  # (os.makedirs stopped before it: a parent's made)
+                continue
+            except OSError:
+                break
+        self.made = []
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
