@@ -24,8 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, list_npy_pairs
-from mmsora.datasets.latent_store import foreign_folder_message, nonfinite_items, say_damaged
 from mmsora.datasets.npy_latent_dataset import load_fastdit_item
+from mmsora.datasets.shard_files import say_damaged
+from mmsora.datasets.store_folder import foreign_folder_message
+from mmsora.datasets.store_format import nonfinite_items
 from mmsora.datasets.store_lock import StoreLock
 from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, plural, run_cli
 

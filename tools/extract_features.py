@@ -52,10 +52,12 @@ from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
-from mmsora.datasets.latent_store import (TORCH_DTYPES, SourceChangedError,
-                                          SourceCountError, foreign_folder_message,
-                                          nonfinite_items, read_store_progress, say_damaged)
+from mmsora.datasets.shard_files import say_damaged
+from mmsora.datasets.store_folder import foreign_folder_message
+from mmsora.datasets.store_format import TORCH_DTYPES, nonfinite_items
 from mmsora.datasets.store_lock import StoreLock
+from mmsora.datasets.store_records import (SourceChangedError, SourceCountError,
+                                           read_store_progress)
 from mmsora.models.text_encoders import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import KINDS as TEXT_KINDS
 from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAEWrapper

@@ -65,7 +65,7 @@ def toy_clips(latent_shape):
 
 def write_toy_store(root, clip_path, latent_shape, max_length):
     """The two clips with the tiny CLIP's embeddings of their captions."""
-    from mmsora.datasets.latent_store import LatentStoreWriter
+    from mmsora.datasets.latent_store_writer import LatentStoreWriter
     from mmsora.models.text_encoders import HFTextEncoder
     embeds, mask, pooled = HFTextEncoder(clip_path, kind='clip_with_projection',
                                          hidden_layer=-1, max_length=max_length).encode(

@@ -2,7 +2,8 @@
 manifests and their transforms, and the demo's synthetic shapes."""
 from .image_folder import (IMG_EXTENSIONS, ImageFolderDataset, center_crop_arr,
                            image_to_tensor, load_image, scan_image_folder)
-from .latent_store import LatentStore, LatentStoreWriter
+from .latent_store import LatentStore
+from .latent_store_writer import LatentStoreWriter
 from .manifest import MANIFEST_COLUMNS, ManifestError, load_manifest, write_manifest
 from .npy_latent_dataset import NpyLatentDataset, list_npy_pairs
 from .packed_latent_dataset import PackedLatentDataset

@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS
-from .latent_store import TORCH_DTYPES, LatentStore, locate
+from .latent_store import LatentStore, locate
+from .store_format import TORCH_DTYPES
 from .utils import WorkerRNGMixin, draw_seed
 
 __all__ = ['PackedLatentDataset']

@@ -1,7 +1,7 @@
-"""mmsora.datasets.latent_store.foreign_folder_message: the one message of an --out
+"""mmsora.datasets.store_folder.foreign_folder_message: the one message of an --out
 folder of other files and no latent store, which tools/extract_features.py and
 tools/convert_fastdit_features.py both give (each built it itself)."""
-from mmsora.datasets.latent_store import foreign_folder_message
+from mmsora.datasets.store_folder import foreign_folder_message
 
 
 def test_the_message_names_three_entries_and_none_for_a_folder_a_store_may_take(tmp_path):

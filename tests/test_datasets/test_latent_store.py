@@ -292,7 +292,7 @@ def test_dataset_hands_text_on_in_the_stored_dtype(tmp_path, dtype):
     assert batch['text_embeds'].shape == (4, 5, 3)
     assert batch['text_embeds'].dtype == getattr(torch, dtype)
     # A shard written on a big-endian machine reads the same (torch takes native order).
-    from mmsora.datasets.latent_store import stored_tensor
+    from mmsora.datasets.store_format import stored_tensor
     bits = torch.tensor([1.0, -2.5]).to(torch.bfloat16).view(torch.int16).numpy()
     assert torch.equal(stored_tensor(bits.view(np.uint16).astype('>u2'), 'bfloat16').float(),
                        torch.tensor([1.0, -2.5]))
@@ -326,7 +326,7 @@ def test_text_shapes_are_checked(tmp_path):
 def test_other_source_items_are_refused(tmp_path):
     """The source items' fingerprint: a resumed writer of other items of the same number
     was taken as the same store."""
-    from mmsora.datasets.latent_store import SourceChangedError
+    from mmsora.datasets.store_records import SourceChangedError
     x, labels = make_items(8)
     root = str(tmp_path)
     with pytest.raises(RuntimeError):
@@ -354,7 +354,7 @@ def test_other_source_items_are_refused(tmp_path):
 
 def test_read_store_progress(tmp_path):
     """What a rerun finds, read before the latent shape is known (no writer built)."""
-    from mmsora.datasets.latent_store import read_store_progress
+    from mmsora.datasets.store_records import read_store_progress
     x, labels = make_items(8)
     root = str(tmp_path / 'store')
     settings = dict(dtype='float16', num_source_items=8, source_fingerprint='f' * 64)
@@ -377,7 +377,7 @@ def test_read_store_progress(tmp_path):
 
 def test_a_setting_known_in_part(tmp_path):
     """The text length is known before the text encoder loads, not its width."""
-    from mmsora.datasets.latent_store import read_store_progress
+    from mmsora.datasets.store_records import read_store_progress
     x, labels = make_items(2)
     w = LatentStoreWriter(str(tmp_path), 2, SHAPE, text_shape=(5, 3))
     w.write_shard(0, x, labels, text=make_text(2, pooled=0))
@@ -391,7 +391,7 @@ def test_a_setting_known_in_part(tmp_path):
 @pytest.mark.parametrize('dtype', ['float16', 'bfloat16', 'float32'])
 def test_a_tensor_in_the_stored_dtype_is_not_copied(dtype):
     """It went through a float32 copy (3x a float16 shard) before being stored."""
-    from mmsora.datasets.latent_store import TORCH_DTYPES, encode_dtype
+    from mmsora.datasets.store_format import TORCH_DTYPES, encode_dtype
     x = torch.randn(6, 5)
     kept = x.to(TORCH_DTYPES[dtype])
     stored = encode_dtype(kept, dtype)

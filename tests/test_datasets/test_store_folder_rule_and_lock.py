@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mmsora.datasets import LatentStore, LatentStoreWriter
-from mmsora.datasets.latent_store import _what_is_there, folder_entries, foreign_folder
+from mmsora.datasets.store_folder import _what_is_there, folder_entries, foreign_folder
 from mmsora.datasets.store_lock import LOCK_NAME, StoreLock, StoreLockedError
 from mmsora.utils.cli import UserError
 from tests.extract_tools import REPO, extract, run_extract

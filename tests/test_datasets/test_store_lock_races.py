@@ -12,7 +12,7 @@ import pytest
 
 from mmsora.datasets import LatentStore
 from mmsora.datasets import store_lock as ls
-from mmsora.datasets.latent_store import _what_is_there
+from mmsora.datasets.store_folder import _what_is_there
 from mmsora.datasets.store_lock import LOCK_NAME, StoreLock, StoreLockedError
 
 pytestmark = pytest.mark.usefixtures('fresh_notes')

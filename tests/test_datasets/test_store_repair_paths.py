@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mmsora.datasets import LatentStore, LatentStoreWriter, latent_store
+from mmsora.datasets import LatentStore, LatentStoreWriter, latent_store, shard_files
 from tests.extract_tools import convert, interrupted, run_extract
 
 
@@ -23,15 +23,16 @@ def cut(path, by):
 
 
 def count_checks(monkeypatch):
-    """Record each shard check (:func:`latent_store.damaged_shard`) by the shard's
+    """Record each shard check (:func:`shard_files.damaged_shard`) by the shard's
     latents file, in the order made."""
-    calls, real = [], latent_store.damaged_shard
+    calls, real = [], shard_files.damaged_shard
 
     def damaged_shard(root, shard, header):
         calls.append(shard['file'])
         return real(root, shard, header)
 
-    monkeypatch.setattr(latent_store, 'damaged_shard', damaged_shard)
+    monkeypatch.setattr(shard_files, 'damaged_shard', damaged_shard)  # (sound_records)
+    monkeypatch.setattr(latent_store, 'damaged_shard', damaged_shard)  # (LatentStore)
     return calls
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mmsora.datasets import LatentStore, LatentStoreWriter, PackedLatentDataset
-from mmsora.datasets.latent_store import read_store_progress
+from mmsora.datasets.store_records import read_store_progress
 from mmsora.models.vaes import AutoencoderKLWrapper
 from tests.extract_tools import interrupted, run_extract
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsora.datasets import LatentStore, LatentStoreWriter, latent_store
-from mmsora.datasets.latent_store import nonfinite_items, read_store_progress
+from mmsora.datasets import LatentStore, LatentStoreWriter, latent_store_writer, store_format
+from mmsora.datasets.store_format import nonfinite_items
+from mmsora.datasets.store_records import SourceChangedError, read_store_progress
 from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import UserError
 from tests.extract_tools import convert, interrupted, run_extract, shard_mtimes
@@ -98,8 +99,9 @@ def test_extraction_scans_each_shard_once(image_folder, tiny_vae_dir, tmp_path):
     """extract_features.py scanned each shard for NaN / inf to skip items, and the writer
     scanned it again (about 1 s a 1024-item shard of T5-XXL tokens); a writer not told
     its values were checked still scans them."""
-    scans = mock.Mock(wraps=latent_store.nonfinite_stored)
-    with mock.patch.object(latent_store, 'nonfinite_stored', scans):
+    scans = mock.Mock(wraps=store_format.nonfinite_stored)
+    with mock.patch.object(store_format, 'nonfinite_stored', scans), \
+            mock.patch.object(latent_store_writer, 'nonfinite_stored', scans):
         summary = run_extract(image_folder, str(tmp_path / 'store'), tiny_vae_dir)
         assert summary['shards_written'] == 4 and scans.call_count == 4
         writer = LatentStoreWriter(str(tmp_path / 'other'), 2, (4, 2, 2))
@@ -136,8 +138,9 @@ def test_convert_scans_each_item_once(tmp_path):
     """convert_fastdit_features.py scans each item as it loads it (to name its file);
     the writer scanned every shard of them again."""
     feats, labels = write_fastdit_features(tmp_path, count=8)
-    scans = mock.Mock(wraps=latent_store.nonfinite_stored)
-    with mock.patch.object(latent_store, 'nonfinite_stored', scans):
+    scans = mock.Mock(wraps=store_format.nonfinite_stored)
+    with mock.patch.object(store_format, 'nonfinite_stored', scans), \
+            mock.patch.object(latent_store_writer, 'nonfinite_stored', scans):
         convert.main(['--features-dir', str(feats), '--labels-dir', str(labels), '--out',
                       str(tmp_path / 'out'), '--shard-size', '4', '--dtype', 'float16'])
     assert scans.call_count == 8  # (one an item; 10 with the writer's two shards)
@@ -322,6 +325,6 @@ def test_a_store_begun_without_a_source_fingerprint_keeps_none(tmp_path):
                       source_fingerprint='a' * 64).write_shard(0, x, [0, 1])
     LatentStoreWriter(other, 4, (4, 2, 2), shard_size=2, rank=1, world_size=2)\
         .write_shard(1, x, [0, 1])
-    with pytest.raises(latent_store.SourceChangedError, match='rank-00000.json'):
+    with pytest.raises(SourceChangedError, match='rank-00000.json'):
         LatentStoreWriter(other, 4, (4, 2, 2), shard_size=2, rank=1, world_size=2,
                           source_fingerprint='b' * 64).pending_shards()

@@ -104,7 +104,7 @@ def test_the_cleaners_know_the_temporary_names(tmp_path):
     """What killed processes left is removed: the latent store's temporary files of
     the shards a resumed writer owns (and the older ``.npy.tmp.PID`` names), the
     checkpoint folder's of other processes."""
-    from mmsora.datasets.latent_store import LatentStoreWriter
+    from mmsora.datasets.latent_store_writer import LatentStoreWriter
     from mmsora.engine.atomic_checkpoint import remove_stale_tmp_files
     store = tmp_path / 'store'
     store.mkdir()
