@@ -572,16 +572,24 @@ def check_out(args, source, meta):
     Before, the models loaded first (minutes with T5-XXL), and a store begun from a
     manifest whose rows changed but not their count was resumed (or found complete)
     as if it matched. Every torchrun rank reads the store before any joins the process
-    group, so before any rank writes: all decide alike.
+    group, so before any rank writes: all decide alike. :func:`main` reads it again
+    once the lock is held (:func:`read_progress`).
 
     Returns:
         tuple: :func:`read_store_progress`'s dict (None when nothing was begun) and the
         source items' fingerprint."""
     check_out_folder(args.out)
     fingerprint = source.fingerprint(with_captions=bool(args.text_encoder))
+    return read_progress(args, source, meta, fingerprint), fingerprint
+
+
+def read_progress(args, source, meta, fingerprint, checked=()):
+    """:func:`read_store_progress` of ``--out``, its refusals in one line; sets
+    ``--shard-size`` when it is not given (the store's own, else the default).
+    ``checked``: the records an earlier read found sound (not checked again)."""
     try:
         progress = read_store_progress(args.out, known_settings(args, source, fingerprint),
-                                       meta)
+                                       meta, checked)
     except SourceChangedError:
         fail(source_changed(args))
     except SourceCountError as e:
@@ -596,7 +604,7 @@ def check_out(args, source, meta):
             world = int(os.environ.get('WORLD_SIZE', 1))
             if world > 1:
                 args.shard_size = max(1, min(args.shard_size, -(-len(source) // world)))
-    return progress, fingerprint
+    return progress
 
 
 def nothing_to_do(args, progress):
@@ -955,6 +963,7 @@ def main(argv=None):
     check_args(args)
     source = build_source(args)
     meta = store_meta(args, source)
+    shard_size = args.shard_size  # (as given: check_out sets it from what it finds)
     progress, fingerprint = check_out(args, source, meta)
     if progress and progress['complete']:
         return nothing_to_do(args, progress)
@@ -965,6 +974,16 @@ def main(argv=None):
     lock = StoreLock(args.out)
     try:
         lock_out(lock, rank)
+        # read again under the lock, still before the models load: a run that ended
+        # since the read above (holding the lock then) may have finished the store, or
+        # begun it with another shard size; before, this run loaded the models for it
+        args.shard_size = shard_size
+        progress = read_progress(args, source, meta, fingerprint,
+                                 progress['checked'] if progress else ())
+        barrier()  # (every rank has read it before any writes)
+        if progress and progress['complete']:
+            close_process_group()
+            return nothing_to_do(args, progress)
         return extract(args, source, meta, progress, fingerprint, rank, world, device)
     finally:
         lock.release()  # (nothing where this process holds none: another rank's)

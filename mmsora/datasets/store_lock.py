@@ -1,7 +1,7 @@
 """One writing run of a latent store at a time: the lock ``OUT/.extract.lock`` that
 ``tools/extract_features.py`` and ``tools/convert_fastdit_features.py`` take on their
 ``--out`` (:class:`StoreLock`). Hidden, it is passed over by
-:func:`~mmsora.datasets.latent_store.folder_entries`, so by every reader of a store."""
+:func:`~mmsora.datasets.store_folder.folder_entries`, so by every reader of a store."""
 import contextlib
 import json
 import os
@@ -11,9 +11,29 @@ import time
 
 from mmsora.utils.cli import first_line, note
 
+try:
+    import fcntl
+except ImportError:  # (no flock here: the lock works as it does where flock fails)
+    fcntl = None
+
 __all__ = ['LOCK_NAME', 'StoreLock', 'StoreLockedError']
 
 LOCK_NAME = '.extract.lock'  # (hidden: passed over by folder_entries, so by every reader)
+
+# The fds of the locks this process holds, flocked: a forked child (a DataLoader worker)
+# closes its copies, so a flock is held by its run alone, not by a worker left behind.
+_HELD = set()
+
+
+def _close_held_in_child():
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class StoreLockedError(RuntimeError):
@@ -69,6 +89,30 @@ def _read_lock(path):
     return holder, text, stat
 
 
+def _flock(fd, wait=False) -> 'bool | None':
+    """Take an exclusive flock of the file open as ``fd`` (``wait``: until it is free):
+    True where taken, False where another open file holds it (a running run), None
+    where this file system has none (some network ones raise OSError)."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _open_to_flock(path):
+    """The lock file ``path`` open for its flock: for writing where this user may (a
+    network file system emulating flock with fcntl locks wants it), else for reading."""
+    try:
+        return os.open(path, os.O_RDWR)
+    except PermissionError:  # (another user's lock)
+        return os.open(path, os.O_RDONLY)
+
+
 def _same_file(a, b) -> bool:
     """Whether two ``os.stat_result`` are of one file, unchanged (an inode number may be
     given again to a lock made after one removed: its mtime tells them apart)."""
@@ -83,7 +127,12 @@ EMPTY_LOCK_STALE_S = 5.0
 class StoreLock:
     """The lock of a store folder written by one run at a time: ``root/.extract.lock``,
     made with ``O_CREAT | O_EXCL`` and holding the process id and host of the run that
-    holds it, removed by :meth:`release`. Hidden, so the folder's readers pass it over
+    holds it, removed by :meth:`release`. Its holder keeps it open and flocked for the
+    whole run, and a run takes a stopped run's lock over only while it holds that
+    file's flock: of several runs taking one lock over at once, one alone removes it,
+    and none removes a lock another run has made meanwhile. (Where the file system has
+    no flock, a lock taken over is moved aside and read again, as before: a third run
+    could then take it in that instant.) Hidden, so the folder's readers pass it over
     (:func:`folder_entries`). tools/extract_features.py takes it for the whole run
     (rank 0 alone: the ranks of one run write one store by design, each its own shards).
 
@@ -104,6 +153,7 @@ class StoreLock:
     def __init__(self, root):
         self.root, self.path = root, osp.join(root, LOCK_NAME)
         self.text = None  # what this run wrote into the lock, while it holds it
+        self.fd = None  # the lock, open and flocked while this run holds it
         self.made = []  # folders made for the lock, deepest first
 
     def take(self) -> 'str | None':
@@ -146,19 +196,111 @@ class StoreLock:
                 found = self._wait_written(waited_until)
                 if found is None:  # (released meanwhile)
                     continue
-                holder, old, old_stat = found
+                holder = found[0]
                 if holder is not None and (holder['host'] != host or _running(
                         holder['pid'], holder.get('started'))):
                     raise StoreLockedError(self._held_by(holder, host)) from None
+                self._take_over(found, on_stale)
+                continue
+            mine = os.fstat(fd)
+            self._write(fd, text)
+            if self._hold(mine, text):
+                self.text = text
+                self._remove_asides(host)
+                return self
+        raise StoreLockedError(f'{self.root} is being written by another run: its lock '
+                               f'{self.path} changed hands 5 times; rerun once one has ended')
+
+    def _take_over(self, found, on_stale):
+        """Remove the lock of a run that stopped (``found``: :func:`_read_lock`'s), its
+        flock held: found again unchanged under it, it is that run's, and no other run
+        can be removing it or have put its own in its place (a run holds the flock of
+        the lock it makes, one taking a lock over that of the lock it removes).
+        ``on_stale(holder)`` is told first. Nothing where the lock has changed
+        meanwhile: the caller reads it again. Where the file system has no flock,
+        :meth:`_remove` (moved aside and read again)."""
+        holder, old, old_stat = found
+        try:
+            fd = _open_to_flock(self.path)
+        except FileNotFoundError:  # (removed meanwhile)
+            return
+        try:
+            if not _same_file(os.fstat(fd), old_stat):  # (another in its place)
+                return
+            got, until = _flock(fd), time.monotonic() + EMPTY_LOCK_STALE_S
+            while got is False:  # (another run is taking it over: an instant)
+                if time.monotonic() > until:
+                    raise StoreLockedError(
+                        f'{self.root} is being written by another run (its lock '
+                        f'{self.path} is held open by a running process): let it finish '
+                        '(or stop it), then rerun to go on')
+                time.sleep(0.01)
+                got = _flock(fd)
+            if got is None:  # (no flock on this file system)
                 if on_stale is not None:
                     on_stale(holder)
                 self._remove(lambda text, st: text == old and _same_file(st, old_stat))
+                return
+            now = _read_lock(self.path)  # (under its flock: is it still the one found?)
+            if now is None or now[1] != old or not _same_file(now[2], old_stat):
+                return
+            if on_stale is not None:
+                on_stale(holder)
+            os.remove(self.path)
+        finally:
+            os.close(fd)
+
+    def _hold(self, mine, text) -> bool:
+        """Open the lock this run has just made (``mine``: its stat) and written
+        (``text``) and flock it for the run (:attr:`fd`); False where it is no longer
+        there (taken over meanwhile, as an empty lock: the caller reads who holds it
+        now). Waits while another run holds its flock: one taking over a lock made
+        before it, which finds this one in its place and lets go at once. Where the
+        file system has no flock, held as made."""
+        inode = (mine.st_dev, mine.st_ino)
+        try:
+            fd = _open_to_flock(self.path)
+        except FileNotFoundError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != inode or os.pread(
+                    fd, len(text.encode()) + 1, 0) != text.encode():
+                os.close(fd)
+                return False
+            got = _flock(fd, wait=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        if got is None:
+            os.close(fd)
+            return True
+        try:  # (flocked once no other run held it: still at its path?)
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != inode:
+            os.close(fd)
+            return False
+        self.fd = fd
+        _HELD.add(fd)
+        return True
+
+    def _remove_asides(self, host):
+        """Remove the lock's copies moved aside (:meth:`_remove`) by runs of this
+        machine that are gone (a crash in that instant), ``.extract.lock.HOST.PID`` (and
+        ``.extract.lock.PID`` of older versions). Quiet where one cannot be removed."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            if not name.startswith(f'{LOCK_NAME}.'):
                 continue
-            self._write(fd, text)
-            self.text = text
-            return self
-        raise StoreLockedError(f'{self.root} is being written by another run: its lock '
-                               f'{self.path} changed hands 5 times; rerun once one has ended')
+            made_on, _, pid = name[len(LOCK_NAME) + 1:].rpartition('.')
+            if pid.isdigit() and made_on in ('', host) and not _running(int(pid), None):
+                with contextlib.suppress(OSError):
+                    os.remove(osp.join(self.root, name))
 
     def _wait_written(self, until):
         """:func:`_read_lock` of the lock, read again while it is unreadable and younger
@@ -221,18 +363,19 @@ class StoreLock:
         the one meant (a stopped run's, or this run's). Moved aside first and read
         again: of two runs taking a lock over at once, one alone removes it, and a lock
         another run has taken meanwhile is put back. Quiet where it is gone."""
-        aside = f'{self.path}.{os.getpid()}'
+        aside = f'{self.path}.{socket.gethostname()}.{os.getpid()}'
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return
-        found = _read_lock(aside)
-        if found is not None and not is_it(found[1], found[2]):  # (another run's)
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-        os.remove(aside)
+        try:
+            found = _read_lock(aside)
+            if found is not None and not is_it(found[1], found[2]):  # (another run's)
+                with contextlib.suppress(OSError):
+                    os.link(aside, self.path)
+        finally:  # (an error here, Ctrl-C: no copy left behind; a crash: the next run's)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(aside)
 
     def release(self):
         """Remove the lock if this run holds it (not one another run has taken over),
@@ -240,8 +383,13 @@ class StoreLock:
         if self.text is not None:
             found = _read_lock(self.path)
             if found is not None and found[1] == self.text:
-                os.remove(self.path)
+                os.remove(self.path)  # (before its flock goes: no run takes it meanwhile)
             self.text = None
+        if self.fd is not None:
+            if self.fd in _HELD:  # (not in a forked child, which has closed it)
+                _HELD.discard(self.fd)
+                os.close(self.fd)
+            self.fd = None
         for folder in self.made:
             try:
                 os.rmdir(folder)  # (only an empty one: a run that wrote nothing)

@@ -154,7 +154,7 @@ def _store_files(root):
         glob.glob(osp.join(root, 'parts', 'rank-*.json')))
 
 
-def read_store_progress(root, settings, meta=None):
+def read_store_progress(root, settings, meta=None, checked=()):
     """What a writer would find at ``root``, read before what its header needs (a VAE's
     latent shape) is known: None where no store was begun, else a dict of ``header``
     (the recorded one), ``done`` (sorted ids of the finished shards), ``shards`` (their
@@ -166,7 +166,8 @@ def read_store_progress(root, settings, meta=None):
     what, detail)}`` of the recorded shards whose files :func:`check_file` finds wrong:
     they are not in ``done``, so a writer writes them again) and ``checked`` (the
     :func:`record_key` of each record whose files passed: a writer given them,
-    ``LatentStoreWriter(checked=...)``, does not check those files again).
+    ``LatentStoreWriter(checked=...)``, does not check those files again; nor does a
+    second read given them, ``checked=``).
 
     Every index and part is checked as :func:`check_recorded` does (the same refusals a
     writer gives), so each torchrun rank, reading them before any rank writes, decides
@@ -174,7 +175,7 @@ def read_store_progress(root, settings, meta=None):
     paths = _store_files(root)
     if not paths:
         return None
-    records, header, indexed, unchecked, checked = {}, None, False, set(), set()
+    records, header, indexed, unchecked, checked = {}, None, False, set(), set(checked)
     for path in paths:
         data = _read_json(path)
         check_recorded(root, data, path, settings, meta)
