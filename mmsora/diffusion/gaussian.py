@@ -814,7 +814,8 @@ class GaussianDiffusion:
                 ``NOISE_SCHEDULERS`` (given this objective's betas, and DDPM its fixed
                 variance, :meth:`scheduler_overrides`; it takes epsilon: with
                 ``predict_xstart`` the model's x0 is turned into it first).
-            num_steps (int): Number of sampling steps.
+            num_steps (int): Number of sampling steps (numpy's int or a 0-d integer
+                tensor is taken as the int).
             generators (list[torch.Generator], optional): One per sample, so a
                 sample's noise depends on its own seed only.
             progress (bool): Show a progress bar.
@@ -829,7 +830,7 @@ class GaussianDiffusion:
             Tensor: The sample x0, shaped like ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
+        num_steps = self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         model_fn = CountingModel(model_fn)
         if sampler == 'ddim':
             spacing = sampler_kwargs.pop('spacing', 'stride')
@@ -872,12 +873,14 @@ class GaussianDiffusion:
         each a one-line ValueError. A wrong spacing or a step count DDIM's stride does
         not make was refused only once the weights had loaded; an eta above 1 made NaN
         samples (the square root of a negative number), a negative one sampled as its
-        opposite, a word was a TypeError. ``num_steps`` None: :meth:`sample`'s default."""
+        opposite, a word was a TypeError. ``num_steps`` None: :meth:`sample`'s default.
+        Returns the step count as Python's int (:func:`check_num_steps`: a 0-d integer
+        tensor or numpy's int is taken), which :meth:`sample` samples with."""
         check_sampler_name(sampler, self.samplers(), type(self).__name__)
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
-        check_num_steps(num_steps, 1, self.num_timesteps,
-                        f'the diffusion has {self.num_timesteps} timesteps')
+        num_steps = check_num_steps(num_steps, 1, self.num_timesteps,
+                                    f'the diffusion has {self.num_timesteps} timesteps')
         if sampler not in self.SAMPLER_OPTIONS:  # a diffusers scheduler
             if options.get('variance_type') in ('learned', 'learned_range'):
                 raise ValueError(f"variance_type={options['variance_type']!r} is not for "
@@ -890,14 +893,14 @@ class GaussianDiffusion:
                 f"{self._init_args['beta_schedule']!r}, no flow sigmas or shift, epsilon "
                 'handed to the scheduler',
                 functools.partial(self.build_scheduler, sampler), num_steps)
-            return
+            return num_steps
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS.get(sampler, ()))
         clip = options.get('clip_denoised', False)
         if not is_bool(clip):  # (--sampler-options clip_denoised=false: a word, true)
             raise ValueError(f'clip_denoised={clip!r} is not True or False (clamp the '
                              'predicted x0 to [-1, 1]: for pixel-space models)')
         if sampler != 'ddim':
-            return
+            return num_steps
         spacing = options.get('spacing', 'stride')
         if spacing not in self.DDIM_SPACINGS:
             raise ValueError(f"sampler 'ddim' takes spacing='stride' (the DDIM paper's, "
@@ -909,6 +912,7 @@ class GaussianDiffusion:
                              "1 DDPM's posterior variance)")
         if spacing == 'stride':  # (the count it cannot make is named with those it can)
             space_timesteps(self.original_num_steps, f'ddim{num_steps}')
+        return num_steps
 
     def build_scheduler(self, sampler, **options):
         """The diffusers scheduler ``sampler`` on this objective's process

@@ -263,11 +263,12 @@ def check_scheduler_options(sampler: str, options: dict, fixed: Sequence[str],
     it trained (its betas, timesteps, prediction), refused as such. In this order: the
     fixed ones, the names (:func:`check_sampler_options`), the kinds of the values
     (:func:`_check_option_kinds`), the dynamic shift's settings (they act only with a
-    ``mu`` the loop does not pass), whole numbers below their least value
-    (:func:`_check_least_whole_values`), then the values as the scheduler judges them: it is
-    built with them (``build(**options)``) and given its ``num_steps`` timesteps and one
-    step, as sampling will (cheap, so tools/infer.py says a refused value before the
-    weights load), and what it raises becomes one line naming the options it is
+    ``mu`` the loop does not pass), whole numbers outside their bounds (below their least
+    value, a solver's order above its highest: :func:`_check_least_whole_values`), then
+    the values as the scheduler judges them: it is built with them
+    (``build(**options)``) and given its ``num_steps`` timesteps and one step, as
+    sampling will (cheap, so tools/infer.py says a refused value before the weights
+    load), and what it raises becomes one line naming the options it is
     refused for (:func:`_minimal_culprits`); an option that makes ``set_timesteps`` ask
     for an argument the loop does not pass (``use_dynamic_shifting``: ``mu``, which
     diffusers' pipelines compute from the picture) is said so, in words of ours.
@@ -309,7 +310,8 @@ def _refuse_fixed(sampler: str, options: dict, fixed: Sequence[str], settings: d
 def _check_option_kinds(sampler: str, options: dict, settings: dict):
     """Refuse a value of the wrong kind for its setting (:func:`_setting_kind`): a word
     for a switch (diffusers took 'false' as true), True or False for a number or a word
-    (True as 1), a fraction for a whole number (refused in numpy's or Python's words:
+    (True as 1), a word outside the list its annotation gives (its ``Literal``: DDPM's
+    variance_type), a fraction for a whole number (refused in numpy's or Python's words:
     "Cannot cast ufunc 'add' output ..."); numpy's bools are bools; numpy's integers
     and 0-d integer tensors whole numbers (:func:`whole_number`)."""
     from mmsora.registry import NOISE_SCHEDULERS
@@ -335,11 +337,29 @@ def _check_option_kinds(sampler: str, options: dict, settings: dict):
                 isinstance(value, numbers.Real) or (value is None and default is None))):
             raise ValueError(f'{key}={value!r} is not a number (a setting of {sampler}; '
                              f'its default: {default}): give a number')
-        if is_bool(value) and kind == 'word':
+        # a word outside its annotation's list, too (DDPM's variance_type='x' sampled as
+        # 'fixed_small', DPM-Solver's algorithm_type='deis' with sigma_min as 'dpmsolver++',
+        # without a word; None where it is not the default: diffusers' own default, unsaid)
+        if kind == 'word' and (is_bool(value) or choices and not (
+                isinstance(value, str) and value in choices or
+                value is None and default is None)):
             words = ', '.join(map(repr, choices)) if choices else 'a word'
             raise ValueError(f'{key}={value!r} is not {"one of " if choices else ""}{words} '
                              f'(a setting of {sampler}; its default: {default!r}): '
-                             f'give {"one of them" if choices else "a word"}')
+                             f'give {"one of them" if choices else "a word"}'
+                             f'{_close_word(value, choices)}')
+
+
+def _close_word(value, choices: Sequence[str]) -> str:
+    """'; did you mean ...?' with the choice a word ``value`` is likely meant for (the
+    same word in other case, else a close spelling: 'trailng'), or ''."""
+    if not isinstance(value, str) or not choices:
+        return ''
+    import difflib
+    lower = {choice.lower(): choice for choice in choices}
+    close = [value.lower()] if value.lower() in lower else \
+        difflib.get_close_matches(value.lower(), list(lower), n=1)
+    return f'; did you mean {lower[close[0]]!r}?' if close else ''
 
 
 # The settings of a scheduler's dynamic shift (SD3's, Flux's): its set_timesteps reads
@@ -381,20 +401,52 @@ def _least_whole_value(default) -> int:
     return 1 if isinstance(default, numbers.Integral) and default >= 1 else 0
 
 
+# The highest orders of diffusers' solvers with a ceiling, as their docstrings say ("The
+# DPMSolver order which can be `1` or `2` or `3`"), by class (a subclass has its
+# parent's): a higher one passed and stepped as the highest (DPM-Solver++'s step takes
+# order 3 for anything above 2; CosineDPMSolver's made no update at all above 2).
+# UniPC's solver_order is "any positive integer": no ceiling.
+_HIGHEST_ORDERS = {
+    'DPMSolverMultistepScheduler': {'solver_order': 3},
+    'DPMSolverMultistepInverseScheduler': {'solver_order': 3},
+    'DPMSolverSinglestepScheduler': {'solver_order': 3},
+    'EDMDPMSolverMultistepScheduler': {'solver_order': 3},
+    'DEISMultistepScheduler': {'solver_order': 3},
+    'CosineDPMSolverMultistepScheduler': {'solver_order': 2},
+    'SASolverScheduler': {'predictor_order': 4, 'corrector_order': 4},
+}
+
+
+def _highest_whole_value(scheduler: type, key: str) -> Optional[int]:
+    """The highest value of ``scheduler``'s whole-number setting ``key``
+    (:data:`_HIGHEST_ORDERS`, by the first of its classes listed there); None: none."""
+    for cls in scheduler.__mro__:
+        if cls.__name__ in _HIGHEST_ORDERS:
+            return _HIGHEST_ORDERS[cls.__name__].get(key)
+    return None
+
+
 def _check_least_whole_values(sampler: str, options: dict, settings: dict):
-    """Refuse a whole-number setting below its least value (:func:`_least_whole_value`),
-    in our words (diffusers' were its arithmetic's, or none)."""
+    """Refuse a whole-number setting below its least value (:func:`_least_whole_value`)
+    or above its highest (:func:`_highest_whole_value`: a solver's order), in our words
+    (diffusers' were its arithmetic's, or none: DPM-Solver++'s solver_order=4 sampled
+    as 3)."""
     from mmsora.registry import NOISE_SCHEDULERS
-    hints = _type_hints(NOISE_SCHEDULERS.get(sampler))
+    scheduler = NOISE_SCHEDULERS.get(sampler)
+    hints = _type_hints(scheduler)
     for key, value in options.items():
         default = settings[key]
         whole = whole_number(value)
         if whole is None or _setting_kind(hints.get(key), default)[0] != 'whole':
             continue
-        least = _least_whole_value(default)
-        if whole < least:
+        least, most = _least_whole_value(default), _highest_whole_value(scheduler, key)
+        if whole < least and most is None:
             raise ValueError(f'{key} must be a whole number >= {least} (a setting of '
                              f'{sampler}; its default: {default}), got {value!r}')
+        if whole < least or (most is not None and whole > most):
+            raise ValueError(f'{key} must be a whole number in [{least}, {most}] (a setting '
+                             f'of {sampler}, whose highest order is {most}; its default: '
+                             f'{default}), got {value!r}')
 
 
 class _Refusal(typing.NamedTuple):
@@ -582,25 +634,21 @@ _LOOP_DOES_NOT_PASS = {
 
 
 def check_num_steps(num_steps, minimum: int = 1, maximum: Optional[int] = None,
-                    why: str = ''):
-    """Raise a one-line ValueError unless ``num_steps`` is a whole number (Python's or
-    numpy's int, not a bool) in ``[minimum, maximum]`` (no upper bound where ``maximum``
-    is None): the step count of every objective's ``check_sample_options``, each with
-    its own bounds. ``why``: what the bounds come from, said in parentheses. A 0-d
-    integer tensor or array is said to be one, with the int to pass: the samplers use
-    the count as they are given it (DDPM's respacing reads ``str(num_steps)``,
-    'tensor(5)'; the SDE samplers' ``torch.linspace`` refuses an array)."""
-    whole = isinstance(num_steps, numbers.Integral) and not is_bool(num_steps)
-    if whole and num_steps >= minimum and (maximum is None or num_steps <= maximum):
-        return
-    if isinstance(num_steps, (torch.Tensor, np.ndarray)) and whole_number(num_steps) is not None:
-        kind = 'tensor' if isinstance(num_steps, torch.Tensor) else 'numpy array'
-        raise ValueError(f'num_steps must be an int, not a 0-d {kind}: pass '
-                         f'int(num_steps), got {num_steps!r}')
+                    why: str = '') -> int:
+    """``num_steps`` as Python's int, or a one-line ValueError unless it is a whole
+    number (:func:`whole_number`: Python's or numpy's int, a 0-d integer tensor or
+    array; not a bool) in ``[minimum, maximum]`` (no upper bound where ``maximum`` is
+    None): the step count of every objective's ``check_sample_options``, each with its
+    own bounds, which hands the int on to its sampler (a 0-d tensor reached DDPM's
+    respacing as ``str(num_steps)``, 'tensor(5)'). ``why``: what the bounds come from,
+    said in parentheses."""
+    whole = whole_number(num_steps)
+    if whole is not None and whole >= minimum and (maximum is None or whole <= maximum):
+        return whole
     bounds = f'>= {minimum}' if maximum is None else f'in [{minimum}, {maximum}]'
     # ('10' and 2.0 are >= 1: what is wrong with them is that they are no whole number)
-    raise ValueError(f'num_steps must be {"" if whole else "a whole number "}{bounds}'
-                     f'{f" ({why})" if why else ""}, got {num_steps!r}')
+    raise ValueError(f'num_steps must be {"" if whole is not None else "a whole number "}'
+                     f'{bounds}{f" ({why})" if why else ""}, got {num_steps!r}')
 
 
 def check_sample_settings(diffusion, settings: dict, own: Sequence[str] = ()):

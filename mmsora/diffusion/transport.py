@@ -386,7 +386,8 @@ class Transport:
             model_kwargs (dict): Conditioning passed to ``model_fn``.
             sampler (str): See the class docstring; the default is SiT's SDE sampling
                 (Euler-Maruyama, ``diffusion_form='sigma'``, ``last_step='Mean'``).
-            num_steps (int): Steps (see the class docstring); SiT's default 250.
+            num_steps (int): Steps (see the class docstring); SiT's default 250 (numpy's
+                int or a 0-d integer tensor is taken as the int).
             generators (list[torch.Generator], optional): One per sample for the SDE
                 samplers' noise, so a sample depends on its own seed only.
             progress (bool): Show a progress bar.
@@ -396,7 +397,7 @@ class Transport:
             Tensor: The sample, shaped like ``noise``; ``self.last_nfe`` holds the
             number of model evaluations.
         """
-        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
+        num_steps = self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         model = CountingModel(model_fn)
         if sampler.startswith('ode_'):
             x = self._sample_ode(model, noise, model_kwargs, sampler[len('ode_'):],
@@ -418,7 +419,8 @@ class Transport:
         each a one-line ValueError (a wrong value was a TypeError or an IndexError from
         torchdiffeq or diffusers, or all-NaN samples; the SDE samplers' one step was
         refused once the weights had loaded). ``num_steps`` None: :meth:`sample`'s
-        default."""
+        default. Returns the step count as Python's int (:func:`check_num_steps`: a 0-d
+        integer tensor or numpy's int is taken), which :meth:`sample` samples with."""
         check_sampler_name(sampler, self.samplers(), 'Transport')
         if sampler != 'FlowMatchEulerDiscreteScheduler':  # (its names: with its values, below)
             check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
@@ -467,17 +469,16 @@ class Transport:
                               'LTX-Video: 0.1')
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
+        if sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
+            return check_num_steps(num_steps, 2, why='the SDE samplers count grid points: '
+                                   'num_steps - 1 steps')
+        num_steps = check_num_steps(num_steps)
         if sampler == 'FlowMatchEulerDiscreteScheduler':  # (the steps first: the check
-            check_num_steps(num_steps)  # builds the scheduler with them)
-            check_scheduler_options(
+            check_scheduler_options(  # builds the scheduler with them)
                 sampler, options, self.SCHEDULER_FIXED,
                 f'the {self.path_name} path from noise at t = 0 to data at t = 1',
                 self._flow_match_scheduler, num_steps)
-        elif sampler.startswith('sde_'):  # (grid points, as SiT's: 1 makes no step)
-            check_num_steps(num_steps, 2,
-                            why='the SDE samplers count grid points: num_steps - 1 steps')
-        else:
-            check_num_steps(num_steps)
+        return num_steps
 
     def _sample_ode(self, model, x, model_kwargs, method, num_steps, progress,
                     atol=1e-6, rtol=1e-3):
@@ -570,8 +571,8 @@ class Transport:
             density; no dequantisation term), ``prior`` the noise end z (N, C, ...).
         """
         model_kwargs = {} if model_kwargs is None else model_kwargs
-        self._check_likelihood_arguments(model_fn, x, model_kwargs, sampler, num_steps,
-                                         atol, rtol)
+        num_steps = self._check_likelihood_arguments(model_fn, x, model_kwargs, sampler,
+                                                     num_steps, atol, rtol)
         model = CountingModel(model_fn)
         t0, t1 = self.interval(self.sample_eps)
         draw = sample_rng.sampling_noise(x.shape, generators, x.device, x.dtype)
@@ -605,7 +606,7 @@ class Transport:
         :meth:`sample` checks them (0 steps gave the prior of x as its likelihood, zero
         tolerances torchdiffeq's 'underflow in dt 0.0'); no guidance; and, where
         ``model_fn`` is a module or its method with ``in_channels``, x's channels (a
-        convolution's RuntimeError met them)."""
+        convolution's RuntimeError met them). Returns the steps as Python's int."""
         if sampler in self.samplers() and sampler not in self.LIKELIHOOD_SAMPLERS:
             raise ValueError(f'log_likelihood integrates the probability-flow ODE, which '
                              f'sampler {sampler!r} does not solve: choose one of '
@@ -615,7 +616,7 @@ class Transport:
         defaults = keyword_defaults(self.log_likelihood)
         tolerances = {name: value for name, value in (('atol', atol), ('rtol', rtol))
                       if sampler == 'ode_dopri5' or value != defaults[name]}
-        self.check_sample_options(sampler, num_steps, **tolerances)
+        num_steps = self.check_sample_options(sampler, num_steps, **tolerances)
         # A guided call (LatentDiffusion's: forward_with_cfg with cfg_scale) returns the
         # guided output for both halves of a doubled batch, which is no density's
         # velocity and whose second half's divergence is not its own input's.
@@ -634,6 +635,7 @@ class Transport:
             raise ValueError(f'x has shape {tuple(x.shape)}, but {type(module).__name__} '
                              f'takes {channels} channels: pass latents (N, {channels}, ...) '
                              'as the model was trained on (the VAE\'s encoding, not pixels)')
+        return num_steps
 
     def __repr__(self):
         return (f'Transport(path={self.path_name!r}, prediction={self.prediction!r}, '

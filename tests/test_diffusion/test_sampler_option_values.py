@@ -166,8 +166,9 @@ def test_sbdm_error_names_the_setting_that_fixes_it(checkpoint, tmp_path, capsys
     assert infer(checkpoint, tmp_path, *args,
                  cfg_options=['model.diffusion.sample_eps=1e-3']) == 0, \
         capsys.readouterr().err
+    # (it passes, and hands back the steps it checked: sample's default)
     assert Transport(sample_eps=1e-3).check_sample_options(
-        'sde_euler', diffusion_form='SBDM') is None
+        'sde_euler', diffusion_form='SBDM') == 250
 
 
 def test_the_train_time_check_of_sample_cfg_checks_values():

@@ -54,20 +54,23 @@ def test_why_diffusers_words_were_no_help():
     assert int(ddim.timesteps[-1]) == -1
 
 
-@pytest.mark.parametrize('objective, sampler, key, value, least, default', [
-    (GaussianDiffusion, UNIPC, 'solver_order', 0, 1, 2),
-    (GaussianDiffusion, DPM, 'solver_order', -1, 1, 2),
-    (GaussianDiffusion, DPM, 'solver_order', np.int64(0), 1, 2),
-    (GaussianDiffusion, UNIPC, 'solver_order', torch.tensor(0), 1, 2),
-    (GaussianDiffusion, 'DDIMScheduler', 'steps_offset', -1, 0, 0),
-    (GaussianDiffusion, 'EulerDiscreteScheduler', 'steps_offset', -2, 0, 0),
+@pytest.mark.parametrize('objective, sampler, key, value, least, default, highest', [
+    (GaussianDiffusion, UNIPC, 'solver_order', 0, 1, 2, None),
+    # (DPM-Solver's orders go up to 3: said as its range)
+    (GaussianDiffusion, DPM, 'solver_order', -1, 1, 2, 3),
+    (GaussianDiffusion, DPM, 'solver_order', np.int64(0), 1, 2, 3),
+    (GaussianDiffusion, UNIPC, 'solver_order', torch.tensor(0), 1, 2, None),
+    (GaussianDiffusion, 'DDIMScheduler', 'steps_offset', -1, 0, 0, None),
+    (GaussianDiffusion, 'EulerDiscreteScheduler', 'steps_offset', -2, 0, 0, None),
     # (not the objective's on FlowMatch: diffusers' words were 'division by zero')
-    (Transport, FLOW, 'num_train_timesteps', 0, 1, 1000),
+    (Transport, FLOW, 'num_train_timesteps', 0, 1, 1000, None),
 ])
 def test_a_whole_setting_below_its_least_value_is_refused_in_our_words(
-        objective, sampler, key, value, least, default):
+        objective, sampler, key, value, least, default, highest):
+    bounds = f'>= {least}' if highest is None else f'in [{least}, {highest}]'
+    whose = '' if highest is None else f', whose highest order is {highest}'
     _refused(objective, sampler, {key: value},
-             f'{key} must be a whole number >= {least} (a setting of {sampler}; its '
+             f'{key} must be a whole number {bounds} (a setting of {sampler}{whose}; its '
              f'default: {default}), got {value!r}')
 
 
@@ -133,18 +136,15 @@ def test_whole_number():
         assert whole_number(value) is None
 
 
-@pytest.mark.parametrize('num_steps, kind', [(torch.tensor(5), 'tensor'),
-                                             (np.array(5), 'numpy array')])
-def test_a_0d_integer_step_count_is_told_the_int_to_pass(num_steps, kind):
-    """The samplers use the count as given (DDPM's respacing reads str(num_steps),
-    'tensor(5)'): it is said to be a tensor, not 'no whole number'."""
-    with pytest.raises(ValueError) as info:
-        check_num_steps(num_steps)
-    assert str(info.value) == (f'num_steps must be an int, not a 0-d {kind}: pass '
-                               f'int(num_steps), got {num_steps!r}')
+@pytest.mark.parametrize('num_steps', [torch.tensor(5), np.array(5), np.int64(5), 5])
+def test_a_0d_integer_step_count_is_taken_as_the_int(num_steps):
+    """check_num_steps hands the samplers Python's int (DDPM's respacing read
+    str(num_steps), 'tensor(5)': a 0-d tensor was refused with the int to pass); the
+    samplers themselves: test_sampling_setting_limits.py."""
+    steps = check_num_steps(num_steps)
+    assert type(steps) is int and steps == 5
     with pytest.raises(ValueError, match=r'^num_steps must be a whole number >= 1, got '):
         check_num_steps(torch.tensor(2.5))
-    check_num_steps(np.int64(5))
 
 
 # --------------------------------------------------- FlowMatch's options as offered

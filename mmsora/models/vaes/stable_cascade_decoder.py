@@ -17,6 +17,7 @@ to latents), and without one :meth:`encode` says so.
 """
 import json
 import math
+import numbers
 import os.path as osp
 from typing import Optional, Union
 
@@ -71,6 +72,13 @@ class StableCascadeDecoder(nn.Module):
         if (pretrained_path is None) == (config is None):
             raise ValueError('give exactly one of pretrained_path (a local folder) or config')
         self._check_sampling(num_steps, guidance_scale)
+        # (0 was a ZeroDivisionError in smallest_latent_side, a negative one a negative
+        # latent size, when the first clip was sampled)
+        if not (isinstance(latent_dim_scale, numbers.Real) and not isinstance(
+                latent_dim_scale, bool) and 0 < latent_dim_scale < math.inf):
+            raise ValueError(f"Stable Cascade's Stage B (model.vae): latent_dim_scale must be "
+                             "a finite number > 0 (Stage B's latent side over Stage C's; the "
+                             f'released models: 10.67), got {latent_dim_scale!r}')
         self.pretrained_path = pretrained_path
         self.decoder_subfolder = decoder_subfolder
         self.config = config
