@@ -223,6 +223,7 @@ def precheck_args(args, prompts=None) -> None:
     if loaded is None:  # said where init_model meets it
         return
     cfg, saved = loaded
+    from mmsora.apis.inference import check_makes_pictures
     from mmsora.utils.config_keys import model_setting, text_conditioned_config
     try:  # (a config without latent_shape, or num_classes, takes its class's default:
         # every check here was skipped for it, and the weights loaded first)
@@ -240,6 +241,12 @@ def precheck_args(args, prompts=None) -> None:
     check_args(args, classes if isinstance(classes, int) else None, video, text, settings)
     check_prompts(args, prompts, text)
     check_sampling(args, cfg, settings)
+    try:  # (latents without a VAE were sampled, then refused at the save)
+        vae = model_setting(model, 'vae')
+    except KeyError:  # (a model of one's own without a vae argument)
+        pass
+    else:
+        check_makes_pictures(vae, model_setting(model, 'latent_shape'))
     # a work dir: its own config, unless --cfg-options changed the objective
     check_run_objective(model, args.run, args.checkpoint, saved)
 
@@ -469,6 +476,9 @@ def main(argv=None):
                             cfg_options=args.cfg_options, use_ema=not args.no_ema,
                             checkpoint_option='--checkpoint CKPT')
     video = len(model.latent_shape) == 4  # (C, T, H, W)
+    if hasattr(model, 'vae'):  # (a config the pre-check could not read; before sampling)
+        from mmsora.apis.inference import check_makes_pictures
+        check_makes_pictures(model.vae, model.latent_shape)
     from mmengine.dist import get_rank
     if get_rank() == 0:  # which file of a work dir (or of a copy of one) is sampled
         print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)

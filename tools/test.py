@@ -136,20 +136,40 @@ def evaluation_section(args, cfg, later, prompts) -> dict:
     return evaluation
 
 
-def check_before_loading(cfg, evaluation) -> None:
-    """The evaluation's sampler settings against the config's objective, and its
-    prompts against the kind of model, from the config alone: they were found once
-    the weights had loaded and the first batch started (the FID section's DDPM for a
-    SiT model, a text model without prompts)."""
+# The config keys evaluation_sample_cfg merges, base first (merge_sample_cfg's names)
+SAMPLE_CFG_KEYS = ('sample_cfg', 'evaluation.sample_cfg')
+
+
+def evaluation_sample_cfg(cfg, evaluation) -> dict:
+    """The settings the evaluation samples with: its ``sample_cfg`` over the config's
+    (``merge_sample_cfg``), one that is not a dict refused naming its key (the
+    evaluation's was named as Python's sampling settings over the config's)."""
     from mmsora.diffusion.scheduler_sampling import merge_sample_cfg
-    from mmsora.utils.config_keys import check_sample_settings_of, text_conditioned_config
-    settings = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
+    try:
+        return merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'),
+                                names=SAMPLE_CFG_KEYS)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_before_loading(cfg, evaluation) -> None:
+    """The evaluation's sampler settings against the config's objective and denoiser
+    (guidance needs its ``forward_with_cfg``: the check tools/train.py makes of the
+    evaluation section), its prompts against the kind of model, and a VAE to decode
+    latents, from the config alone: they were found once the weights had loaded and
+    the first batch started (the FID section's DDPM for a SiT model, a text model
+    without prompts). A bad setting is named by the section it came from."""
+    from mmsora.utils.config_keys import (_check_guidance, check_sample_settings_of,
+                                          model_setting, text_conditioned_config)
+    settings = evaluation_sample_cfg(cfg, evaluation)
     try:
         check_sample_settings_of(cfg.model, settings)
     except ValueError as e:
-        raise UserError(f"the evaluation's sampler settings (evaluation.sample_cfg over the "
-                        f"config's sample_cfg): {e}; set them with --cfg-options "
-                        'evaluation.sample_cfg.KEY=VALUE') from None
+        where, key = refused_settings_source(cfg, e)
+        raise UserError(f'{where}: {e}; set them with --cfg-options {key}.KEY=VALUE') from None
+    # (the section as this run samples it: --evaluation's, under the options)
+    _check_guidance(dict(model=cfg.model, sample_cfg=cfg.get('sample_cfg'),
+                         evaluation=evaluation))
     if text_conditioned_config(cfg.model):
         if not evaluation.get('prompts'):
             raise UserError('this model is text-conditioned: give the prompts to sample and '
@@ -158,6 +178,28 @@ def check_before_loading(cfg, evaluation) -> None:
             raise UserError('this text-conditioned model has no text encoder to read the '
                             'prompts: set model.text_encoder.pretrained_path=DIR with '
                             '--cfg-options')
+    try:  # (latents without a VAE were sampled, then refused at the first batch's scoring)
+        vae, shape = model_setting(cfg.model, 'vae'), model_setting(cfg.model, 'latent_shape')
+    except KeyError:  # (a model of one's own without them)
+        return
+    from mmsora.apis.inference import check_makes_pictures
+    check_makes_pictures(vae, shape)
+
+
+def refused_settings_source(cfg, error) -> tuple:
+    """``(words, key)``: where the sampler setting that ``error`` refuses came from:
+    the config's ``sample_cfg`` where it alone is refused so (the evaluation's leaves
+    that setting to it), else the evaluation's ``sample_cfg`` over it (both were named
+    as the evaluation's)."""
+    from mmsora.utils.config_keys import check_sample_settings_of
+    try:
+        check_sample_settings_of(cfg.model, evaluation_sample_cfg(cfg, {}))
+    except ValueError as e:
+        if str(e) == str(error):
+            return ("the config's sampler settings (sample_cfg, which the evaluation "
+                    'samples with)'), SAMPLE_CFG_KEYS[0]
+    return ("the evaluation's sampler settings (evaluation.sample_cfg over the config's "
+            'sample_cfg)'), SAMPLE_CFG_KEYS[1]
 
 
 def main(argv=None):
@@ -200,8 +242,8 @@ def main(argv=None):
     # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
     from mmsora.apis.inference import default_precision
     from mmsora.apis.mass_sampling import sampling_line
-    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS, merge_sample_cfg
-    sample_cfg = merge_sample_cfg(cfg.get('sample_cfg'), evaluation.get('sample_cfg'))
+    from mmsora.diffusion.scheduler_sampling import NOT_SAMPLE_ARGS
+    sample_cfg = evaluation_sample_cfg(cfg, evaluation)
     precision = default_precision(device, sample_cfg)
     if precision is not None:
         sample_cfg['precision'] = precision

@@ -21,7 +21,7 @@ from mmsora.utils.weight_loading import extract_state_dict, load_state_dict_chec
 __all__ = ['find_run', 'init_model', 'load_weights', 'denoiser_state_dict', 'ema_kept',
            'read_prompt_file', 'default_precision', 'sample_images', 'save_image_grid',
            'check_label_ids', 'run_sample_settings', 'sample_arguments',
-           'check_run_sample_settings']
+           'check_run_sample_settings', 'check_makes_pictures']
 
 
 def check_label_ids(labels, num_classes: Optional[int]) -> None:
@@ -29,6 +29,27 @@ def check_label_ids(labels, num_classes: Optional[int]) -> None:
     naming the option (tools/infer.py's and text2video's ``--labels``); None: the
     model's classes unknown, whole numbers of any value."""
     check_label_range(labels, num_classes, '--labels')
+
+
+def check_makes_pictures(vae, latent_shape) -> None:
+    """Refuse a model whose samples no tool can save or score: latents of other than 3
+    channels (``latent_shape[0]``) and no VAE (``vae`` None: ``model.vae`` unset or
+    None) to decode them into pictures. tools/infer.py sampled them all and only then
+    failed at the save, tools/test.py at its first batch, the weights loaded first:
+    they call this from the config (its ``model.vae`` and ``model.latent_shape``)
+    before. (``sample_images`` gives such a model's latents in Python.)
+
+    Raises:
+        mmsora.utils.cli.UserError: one line naming the keys that set the VAE.
+    """
+    from mmsora.utils.cli import UserError
+    shape = list(latent_shape)
+    if vae is not None or not shape or shape[0] == 3:
+        return
+    raise UserError(f'model.latent_shape {shape} holds {shape[0]}-channel latents and the '
+                    'model has no VAE (model.vae) to decode them into pictures: give one, '
+                    '--cfg-options model.vae.type=AutoencoderKLWrapper '
+                    'model.vae.pretrained_path=DIR (a local diffusers VAE folder)')
 
 
 def find_run(path):
@@ -365,23 +386,23 @@ def _check_vae_folder(model) -> None:
     VAE's config states them as Wan's ``z_dim`` or ``latent_channels``): the VAE loads
     only to decode, after every sampling step (250 by default: minutes to hours for an
     XL model), and a 4-channel model's latents fed to an 8-channel VAE gave a 57-line
-    convolution traceback. Another VAE's own ``check_folder`` (tools/train.py's check
-    before a run: the Stable Cascade decoder's Stage B and A and their weights) runs
-    here too, where its folder was named only at the first decode."""
-    from mmsora.models.vaes.autoencoder_kl import (AutoencoderKLWrapper, check_vae_weights,
-                                                   vae_folder, vae_folder_config)
+    convolution traceback. The folder is judged by the VAE's own ``check_folder``
+    (tools/train.py's check before a run; the Stable Cascade decoder's Stage B and A and
+    their weights), an ``AutoencoderKLWrapper``'s as before sampling
+    (``sampling=True``: a folder without config.json refused, no note of its scale)."""
+    from mmsora.models.vaes.autoencoder_kl import AutoencoderKLWrapper, vae_folder
+    from mmsora.utils.checkpoint import read_json_config
     vae = getattr(model, 'vae', None)
+    if not callable(getattr(vae, 'check_folder', None)):
+        return
     if not isinstance(vae, AutoencoderKLWrapper):
-        if callable(getattr(vae, 'check_folder', None)):
-            vae.check_folder()  # (one line naming its model.vae keys; a folder not there
-        return                  # is left to its load, _check_model_folders named it)
-    if not vae.pretrained_path or vae.__dict__['_vae'] is not None \
-            or not osp.isdir(vae.pretrained_path):
-        return  # (a folder not there: _check_model_folders named it)
+        vae.check_folder()  # (one line naming its model.vae keys; a folder not there
+        return              # is left to its load, _check_model_folders named it)
+    vae.check_folder(sampling=True)  # (a folder not there: _check_model_folders named it)
+    if not vae.pretrained_path or not osp.isdir(vae.pretrained_path):
+        return
     folder = vae_folder(vae.pretrained_path, vae.subfolder)
-    wanted_class = vae.model_class().__name__
-    config = vae_folder_config(folder, wanted_class)
-    check_vae_weights(folder, wanted_class)
+    config = read_json_config(osp.join(folder, 'config.json')) or {}
     found, wanted = vae.config_latent_channels(config), model.latent_shape[0]
     if found is not None and found != wanted:
         raise ValueError(f'VAE folder {folder!r} makes {found}-channel latents (its '

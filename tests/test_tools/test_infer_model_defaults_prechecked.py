@@ -17,18 +17,20 @@ from mmsora.utils.cli import UserError, run_cli
 from mmsora.utils.config_keys import model_setting
 from mmsora.utils.config_loading import load_config
 from tests.cli_helpers import load_tool
-from tests.tiny_models import VIDEO_DEMO
+from tests.tiny_models import TINY_VAE, VIDEO_DEMO
 
 pytestmark = pytest.mark.usefixtures('kept_environ')
 
 # a 2-block DiT of width 32 on LatentDiffusion's default latents (4, 32, 32), patch 8;
-# neither latent_shape nor num_classes given (DiT's and the model's 1000 classes)
-CONFIG = """model = dict(
+# neither latent_shape nor num_classes given (DiT's and the model's 1000 classes); a
+# random tiny VAE (built from its config) decodes the latents (without one, infer
+# refuses 4-channel latents before the weights load)
+CONFIG = f"""model = dict(
     type='LatentDiffusion',
     denoiser=dict(type='DiT', input_size=32, patch_size=8, in_channels=4,
                   hidden_size=32, depth=2, num_heads=2, learn_sigma=True),
     diffusion=dict(type='GaussianDiffusion', learn_sigma=True),
-    vae=None,
+    vae=dict(type='AutoencoderKLWrapper', config={TINY_VAE!r}),
 )
 """
 

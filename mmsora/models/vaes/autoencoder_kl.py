@@ -209,7 +209,7 @@ class AutoencoderKLWrapper(nn.Module):
         found = config.get('latent_channels')
         return found if isinstance(found, int) and not isinstance(found, bool) else None
 
-    def check_folder(self) -> None:
+    def check_folder(self, sampling: bool = False) -> None:
         """Refuse, without loading it, a ``pretrained_path`` folder that holds another
         model than this wrapper's (a text encoder's, another VAE class), or this
         wrapper's config.json without weights (:func:`check_vae_weights`): what
@@ -218,6 +218,16 @@ class AutoencoderKLWrapper(nn.Module):
         trained a whole run, then stopped at a sampling hook or tools/infer.py). A
         folder not there (yet), or without a config.json, is left to the load.
 
+        Args:
+            sampling: the check before samples are drawn to be decoded (``init_model``:
+                tools/infer.py, tools/test.py), where the load comes after every
+                sampling step: a folder without config.json is refused too, in the
+                load's words and errors (FileNotFoundError for a missing config.json or
+                weights), and the note of a ``scale_factor`` other than the folder's is
+                not said: the run's latents were extracted and trained at the
+                config's scale (the store's is checked against it), so the folder's
+                own would decode them wrong.
+
         Raises:
             ValueError: one line naming the folder (tools/train.py puts it under
                 model.vae.pretrained_path).
@@ -225,13 +235,17 @@ class AutoencoderKLWrapper(nn.Module):
         if self.pretrained_path is None or not osp.isdir(self.pretrained_path):
             return
         folder = vae_folder(self.pretrained_path, self.subfolder)
-        if osp.isfile(osp.join(folder, 'config.json')):
+        if sampling or osp.isfile(osp.join(folder, 'config.json')):
             wanted = self.model_class().__name__
-            check_vae_kind(folder, wanted)
             try:
+                vae_folder_config(folder, wanted)  # (another model's: a ValueError)
                 check_vae_weights(folder, wanted)
             except FileNotFoundError as e:  # (the load's and infer's line; a ValueError
-                raise ValueError(str(e)) from None  # as this check's other refusals)
+                if sampling:                # as this check's other refusals before a run)
+                    raise
+                raise ValueError(str(e)) from None
+        if sampling:
+            return
         own = folder_scaling_factor(folder)
         if type(self) is AutoencoderKLWrapper and own is not None \
                 and abs(own - self.scale_factor) > 1e-6 * own:
