@@ -159,7 +159,7 @@ def check_before_loading(cfg, evaluation) -> None:
     latents, from the config alone: they were found once the weights had loaded and
     the first batch started (the FID section's DDPM for a SiT model, a text model
     without prompts). A bad setting is named by the section it came from."""
-    from mmsora.utils.config_keys import (_check_guidance, check_sample_settings_of,
+    from mmsora.utils.config_keys import (check_guidance, check_sample_settings_of,
                                           model_setting, text_conditioned_config)
     settings = evaluation_sample_cfg(cfg, evaluation)
     try:
@@ -168,7 +168,7 @@ def check_before_loading(cfg, evaluation) -> None:
         where, key = refused_settings_source(cfg, e)
         raise UserError(f'{where}: {e}; set them with --cfg-options {key}.KEY=VALUE') from None
     # (the section as this run samples it: --evaluation's, under the options)
-    _check_guidance(dict(model=cfg.model, sample_cfg=cfg.get('sample_cfg'),
+    check_guidance(dict(model=cfg.model, sample_cfg=cfg.get('sample_cfg'),
                          evaluation=evaluation))
     if text_conditioned_config(cfg.model):
         if not evaluation.get('prompts'):

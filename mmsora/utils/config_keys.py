@@ -25,7 +25,7 @@ from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_
                                          unknown_type_message, wrong_type_message)
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_config_values',
-           'check_model_config', 'check_training_keys', 'registered_class',
+           'check_guidance', 'check_model_config', 'check_training_keys', 'registered_class',
            'check_sample_settings_of', 'denoiser_class', 'model_setting', 'wanted_value']
 
 
@@ -673,7 +673,7 @@ def denoiser_class(model):
     return _model_class(model.get('denoiser') if isinstance(model, dict) else None)
 
 
-def _check_guidance(cfg) -> None:
+def check_guidance(cfg) -> None:
     """A sampling hook (samples or an evaluation during training) or the config's
     ``evaluation`` section (what tools/test.py scores the run with) that guides
     (``cfg_scale`` other than 1, its own or the config's ``sample_cfg``'s) a denoiser
@@ -805,5 +805,5 @@ def check_training_keys(cfg, check_model: bool = True) -> None:
     _check_hooks(cfg)
     _check_visualizer(cfg)
     _check_sample_cfg(cfg)
-    _check_guidance(cfg)
+    check_guidance(cfg)
     _check_iteration_based(cfg, loop)

@@ -82,6 +82,26 @@ def test_test_refuses_guiding_a_denoiser_without_forward_with_cfg(repo_root, tmp
         tool.main([config, MISSING])
 
 
+def test_infer_refuses_guiding_a_denoiser_without_forward_with_cfg(repo_root, tmp_path,
+                                                                    monkeypatch, not_loaded):
+    """infer judged it once the weights had loaded (LatentDiffusion.sample)."""
+    config = osp.join(repo_root, DEMO)  # (sample_cfg.cfg_scale=2)
+    cfg = load_config(config)
+    cfg.model.denoiser = dict(type=NoGuidanceDenoiserH5)
+    monkeypatch.setattr(mmsora.apis.run_checks, 'load_run_config',
+                        lambda *args, **kwargs: (cfg, None))
+    infer = load_tool('infer')
+    argv = [config, '--checkpoint', MISSING, '--num-samples', '1', '--steps', '2',
+            '--out', str(tmp_path / 'samples.png')]
+    tail = ('samples with guidance, but model.denoiser NoGuidanceDenoiserH5 has no '
+            'forward_with_cfg: sample with --cfg-scale 1, or add forward_with_cfg as DiT '
+            'has it (README, "Your own modules")')
+    assert refused(infer.main, argv) == f'sample_cfg.cfg_scale=2 {tail}'
+    assert refused(infer.main, argv + ['--cfg-scale', '4.5']) == f'--cfg-scale=4.5 {tail}'
+    with pytest.raises(AssertionError, match='the model was built'):  # no guidance
+        infer.main(argv + ['--cfg-scale', '1'])
+
+
 # --------------------------------------------------------------------------- #
 #  tools/test.py: the section a bad setting came from                          #
 # --------------------------------------------------------------------------- #
