@@ -132,7 +132,8 @@ def test_train_py_checks_pass_on_every_config(path, tmp_path):
     """tools/train.py's checks before the Runner starts (the model built on the meta
     device, train_cfg and dataset keys against their classes, strategies, batches)
     take every shipped config as it is: none is refused for a key of its own."""
-    from tools.train import build_model_on_meta, build_train_config, parse_args
+    from mmsora.engine.run_config_checks import build_model_on_meta
+    from tools.train import build_train_config, parse_args
     cfg = build_train_config(parse_args([path, '--work-dir', str(tmp_path / 'w')]))
     assert cfg.work_dir == str(tmp_path / 'w') and not (tmp_path / 'w').exists()
     assert build_model_on_meta(cfg) is not None  # checked, not passed over

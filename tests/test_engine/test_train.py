@@ -497,7 +497,7 @@ def test_a_config_named_for_more_processes_notes_the_global_batch(repo_root, tmp
             'batch of 256); this run has 1: a global batch of 32 at the same learning rate. '
             "For the recipe's: --cfg-options global_batch_size=256") in capsys.readouterr().err
     # (one named for 1 process, run on 2: no accumulation to suggest)
-    from tools.train import note_named_layout
+    from mmsora.engine.run_config_checks import note_named_layout
     note_named_layout('video_dit_tiny4_1xb2_t5_two_clips.py',
                       dict(train_dataloader=dict(batch_size=2)), 2)
     assert ('named for 1 process x 2 (a global batch of 2); this run has 2: a global batch '

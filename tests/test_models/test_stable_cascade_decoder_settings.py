@@ -48,7 +48,7 @@ def test_train_says_it_before_the_run():
     from mmengine.config import Config
 
     from mmsora.utils.cfg_options import apply_cfg_options
-    from tools.train import build_model_on_meta
+    from mmsora.engine.run_config_checks import build_model_on_meta
     cfg = Config.fromfile(CONFIG)
     apply_cfg_options(cfg, ['model.vae.num_steps=2.5'], schedule_note=False)
     with pytest.raises(UserError) as info:

@@ -39,7 +39,7 @@ def one_line(info):
 
 def train_check(wrapper):
     """tools/train.py's check of the VAE folder before the run."""
-    from tools.train import check_vae_folder
+    from mmsora.engine.run_config_checks import check_vae_folder
     check_vae_folder(types.SimpleNamespace(vae=wrapper))
 
 

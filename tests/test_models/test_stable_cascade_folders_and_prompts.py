@@ -88,7 +88,7 @@ def check_train(*options):
     from mmengine.config import Config
 
     from mmsora.utils.cfg_options import apply_cfg_options
-    from tools.train import build_model_on_meta, check_vae_folder
+    from mmsora.engine.run_config_checks import build_model_on_meta, check_vae_folder
     cfg = Config.fromfile(CONFIG)
     apply_cfg_options(cfg, list(options))
     check_vae_folder(build_model_on_meta(cfg))

@@ -308,7 +308,7 @@ def test_help_sde_example_samples_on_the_repos_sit_configs(repo_root, tmp_path, 
 def test_resume_refuses_a_run_trained_with_other_objective_settings(repo_root, tmp_path):
     """--resume of a timestep_convention=dit fine-tune under the SiT config as it is
     trained on from weights that read another time, silently."""
-    from tools.train import check_resume_matches
+    from mmsora.engine.resume_checks import check_resume_matches
     run = save_run(repo_root, tmp_path / 'iter_2.pth', 'model.diffusion.timestep_convention=dit')
     with pytest.raises(UserError, match=(
             rf'^--resume {re.escape(run)}: saved by a run trained with timestep_convention=dit, '

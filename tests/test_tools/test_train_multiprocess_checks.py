@@ -7,6 +7,7 @@ import os.path as osp
 import pytest
 import torch
 
+from mmsora.engine.resume_checks import check_resume_layout
 from mmsora.utils.cli import LAUNCHER_GRACE_S, UserError, run_cli
 from tests.tiny_models import DEMO, TINY_TRAIN
 from tools import train
@@ -136,7 +137,7 @@ def test_resume_on_another_count_is_refused_before_the_runner(repo_root, tmp_pat
     assert not work.exists()
     cfg = build(repo_root, work, '--resume', ckpt, '--launcher', 'pytorch',
                 options=['train_dataloader.batch_size=4'])
-    train.check_resume_layout(cfg, 2)  # the run's layout: it resumes
+    check_resume_layout(cfg, 2)  # the run's layout: it resumes
     launch(world=1, rank=0)
     # micro-batches per step count as the hook counts them
     with pytest.raises(UserError, match=r'this run has 1 process x batch size 4 x 2 '
@@ -145,5 +146,5 @@ def test_resume_on_another_count_is_refused_before_the_runner(repo_root, tmp_pat
                                         r'same, but'):
         main(options=['train_dataloader.batch_size=4', 'optim_wrapper.accumulative_counts=2'])
     # the hook turned off: not checked (its own choice)
-    train.check_resume_layout(build(repo_root, work, '--resume', ckpt,
-                                    options=['default_hooks.resume_check=None']), 1)
+    check_resume_layout(build(repo_root, work, '--resume', ckpt,
+                              options=['default_hooks.resume_check=None']), 1)

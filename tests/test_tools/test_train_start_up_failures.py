@@ -62,6 +62,7 @@ def test_the_resumed_checkpoint_is_read_once_at_start_up(repo_root, tmp_path, mo
     from mmengine.config import Config
 
     import mmsora.utils.checkpoint as checkpoint
+    from mmsora.engine import load_from_checks
     work = tmp_path / 'w'
     argv = [osp.join(repo_root, DEMO), '--work-dir', str(work), '--cfg-options', *TINY_TRAIN,
             'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2']
@@ -80,7 +81,7 @@ def test_the_resumed_checkpoint_is_read_once_at_start_up(repo_root, tmp_path, mo
         return fromfile(filename, *args, **kwargs)
 
     def from_cfg(cfg):
-        assert not getattr(train, '_start_up_reads', None)  # (nothing keeps it mapped)
+        assert not load_from_checks._start_up_reads  # (nothing keeps it mapped)
         raise Stop
 
     monkeypatch.setattr(checkpoint, 'load_checkpoint_file', spy)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from mmsora.engine.work_dir import check_work_dir_is_new, drop_log_dir_left_empty
 from mmsora.utils.cli import UserError, run_cli
 from tests.tiny_models import DEMO
 from tests.tiny_models import TINY_TRAIN as TINY
@@ -113,7 +114,7 @@ def test_checkpoints_of_every_kind_are_found(repo_root, tmp_path, layout, newest
     args = train.parse_args([osp.join(repo_root, DEMO), '--work-dir', str(work)])
     cfg = train.build_train_config(args)
     with pytest.raises(UserError, match=r'earlier run \(newest: (.*)\), which') as caught:
-        train.check_work_dir_is_new(cfg, args)
+        check_work_dir_is_new(cfg, args)
     assert str(caught.value).split('(newest: ')[1].startswith(f'{work}/{newest})')
     remove = str(caught.value).rsplit('(', 1)[1]
     assert remove.startswith(f'rm -r {work}/' if 'zero' in layout else f'rm {work}/')
@@ -132,7 +133,7 @@ def test_a_work_dir_without_checkpoints_is_taken(repo_root, tmp_path):
 
     def check(*argv):
         args = train.parse_args([osp.join(repo_root, DEMO), '--work-dir', str(work), *argv])
-        train.check_work_dir_is_new(train.build_train_config(args), args)
+        check_work_dir_is_new(train.build_train_config(args), args)
     check()
     (work / 'last_checkpoint').write_text(str(elsewhere))
     check()
@@ -199,10 +200,10 @@ def test_a_resume_of_a_complete_run_leaves_no_log_folder(repo_root, tmp_path, ca
     for name in ('20261205_091500.log', 'vis_data/config.py', 'vis_data/scalars.json'):
         (kept / name).write_text('{}\n')
     runner = SimpleNamespace(log_dir=str(kept), logger=logging.getLogger('kept'))
-    train.drop_log_dir_left_empty(runner, existed=set())
+    drop_log_dir_left_empty(runner, existed=set())
     assert (kept / 'vis_data' / 'scalars.json').is_file()
     (kept / 'vis_data' / 'scalars.json').unlink()
-    train.drop_log_dir_left_empty(runner, existed={kept.name})  # there before: stays
+    drop_log_dir_left_empty(runner, existed={kept.name})  # there before: stays
     assert kept.is_dir()
-    train.drop_log_dir_left_empty(runner, existed=set())
+    drop_log_dir_left_empty(runner, existed=set())
     assert not kept.exists()

@@ -67,7 +67,7 @@ def test_wrapper_prefixes_are_taken_off_on_every_loading_path(tmp_path, tiny, pr
         _assert_loaded(holder.denoiser, weights)
         # tools/train.py --load-from: its check before the Runner, then the load itself
         # (model.pretrained_denoiser, in init_weights)
-        from tools.train import check_denoiser_file_matches
+        from mmsora.engine.load_from_checks import check_denoiser_file_matches
         check_denoiser_file_matches(model, path)
         model = MODELS.build({**copy.deepcopy(cfg.model), 'pretrained_denoiser': path})
         model.init_weights()

@@ -7,12 +7,13 @@ import shutil
 import pytest
 import torch
 
+from mmsora.engine.work_dir import latest_checkpoint
 from mmsora.utils.checkpoint import load_checkpoint_file
 from mmsora.utils.checkpoint_choice import (check_checkpoint_complete, last_checkpoint,
                                             resolve_checkpoint, saved_checkpoint)
 from mmsora.utils.cli import UserError
 from tests.tiny_models import DEMO
-from tools.train import build_train_config, latest_checkpoint, parse_args
+from tools.train import build_train_config, parse_args
 
 pytestmark = pytest.mark.usefixtures('kept_environ')
 
