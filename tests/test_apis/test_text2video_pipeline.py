@@ -155,8 +155,11 @@ def test_three_sentences_to_narrated_mp4(tmp_path):
     # Subtitles: the band differs from the same video composed without them, shows
     # bright (white) text pixels, and the rest of the frame is unchanged.
     blank = str(tmp_path / 'blank.mp4')
-    Composer(SIZE, fps=FPS, fade=0.5, zoom=1.0, subtitles=False).compose(
-        shots, [s.picture for s in shots], blank, progress=False)
+    plain_composer = Composer(SIZE, fps=FPS, fade=0.5, zoom=1.0, subtitles=False)
+    # (the result keeps no pictures: each was dropped once the video had passed it)
+    pictures = build_pictures('titlecard').render_all(shots, plain_composer.picture_size,
+                                                      progress=False)
+    plain_composer.compose(shots, pictures, blank, progress=False)
     plain = read_video_frames(blank).astype(np.float32)
     for start, end in result.timeline['segments']:
         k = int((start + end) / 2 * FPS)

@@ -13,7 +13,7 @@ import math
 import os
 import os.path as osp
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -65,6 +65,9 @@ def ken_burns_box(src_size, out_size, progress: float, index: int, zoom: float):
     cx = sw / 2 + (0.5 * drift * free_x if horizontal else 0)
     cy = sh / 2 + (0 if horizontal else 0.5 * drift * free_y)
     return (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+
+
+_END = object()  # (what ``next`` gives when no picture is left)
 
 
 def part_path(out: str) -> str:
@@ -204,13 +207,16 @@ class Composer:
             for segment in shot.segments:
                 yield resample_audio(segment.audio, segment.sample_rate, self.audio_rate)
 
-    def compose(self, shots: Sequence, pictures: Sequence[np.ndarray], out: str,
+    def compose(self, shots: Sequence, pictures: Iterable[np.ndarray], out: str,
                 clip_fps: float = 8, progress: bool = True) -> dict:
         """Write the mp4.
 
         Args:
             shots: Spoken :class:`Shot` s (each segment has ``audio``).
-            pictures: One picture or clip per shot (uint8).
+            pictures: One picture or clip per shot (uint8): a sequence, or an iterator
+                (e.g. :meth:`PictureBackend.iter_pictures`) that hands them over in
+                shot order, each taken when the video first reaches its shot; taken
+                to its end once the frames are written.
             out: The mp4 file.
             clip_fps: Frame rate at which clips play.
             progress: Show a progress bar over frames.
@@ -220,27 +226,44 @@ class Composer:
             ``segments`` start/end times.
         """
         import av
-        if len(pictures) != len(shots) or not shots:
-            raise ValueError(f'need one picture per shot, got {len(pictures)} for '
+        given = len(pictures) if hasattr(pictures, '__len__') else None  # (a sequence)
+        if (given is not None and given != len(shots)) or not shots:
+            raise ValueError(f'need one picture per shot, got {given or 0} for '
                              f'{len(shots)} shots')
         bounds = self.timeline(shots)
         duration = bounds['shots'][-1][1]
         if duration <= 0:
             raise UserError('the speech is empty: nothing to show')
-        for picture in pictures:  # (all checked before any is written)
-            self._frames(picture)
+        if given is not None:
+            for picture in pictures:  # (all checked before any is written)
+                self._frames(picture)
         starts = [s for s, _ in bounds['shots']]
         fades = [min(self.fade, 0.5 * (shots[i].duration), 0.5 * shots[i + 1].duration)
                  for i in range(len(shots) - 1)]
         segments = [seg for shot in shots for seg in shot.segments]
         seg_starts = [s for s, _ in bounds['segments']]
-        # Prepared pictures and subtitle bands are made when the timeline first needs
-        # them and dropped once it has passed them (a cross-fade needs the previous
-        # shot and the current): made all up front and kept, they (with the speech
-        # resampled all at once) grew the peak by 6.3 MiB a shot at 480p, now 2.1 MiB
-        # (the uint8 pictures and the speech themselves; docs/text2video.md, Measured)
+        # Pictures are taken (from an iterator: made), prepared and subtitle bands
+        # made when the timeline first needs them, and dropped once it has passed them
+        # (a cross-fade needs the previous shot and the current): made all up front
+        # and kept, they (with the speech resampled all at once) grew the peak by 6.3
+        # MiB a shot at 480p, the pictures still made up front 2.2 MiB, now 0.4 MiB
+        # (mostly the speech itself; docs/text2video.md, Measured)
         prepared, overlays = {}, {}
         num_frames = int(np.ceil(duration * self.fps - 1e-6))
+        source, taken = iter(pictures), [0]  # (pictures taken from ``source``)
+
+        def take(j):
+            """Shot ``j``'s picture, prepared; the pictures of shots before it that no
+            frame showed (shorter than a frame) are dropped."""
+            while True:
+                picture = next(source, _END)
+                if picture is _END:
+                    raise ValueError(f'need one picture per shot, got {taken[0]} for '
+                                     f'{len(shots)} shots')
+                self._frames(picture)
+                taken[0] += 1
+                if taken[0] > j:
+                    return self._prepare(picture)
 
         def frame_at(t):
             i = max(bisect.bisect_right(starts, t) - 1, 0)
@@ -250,10 +273,11 @@ class Composer:
             oldest = i - 1 if fade_in else i    # the earliest shot this frame shows
             for j in [j for j in prepared if j < oldest]:
                 del prepared[j]
+            for j in range(oldest, i + 2 if fade_out else i + 1):  # (in shot order)
+                if j not in prepared:
+                    prepared[j] = take(j)
 
             def pic(j):
-                if j not in prepared:
-                    prepared[j] = self._prepare(pictures[j])
                 s, e = bounds['shots'][j]
                 return self._shot_frame(prepared[j], j, t, s, e - s, clip_fps)
 
@@ -281,6 +305,13 @@ class Composer:
             with av.open(part, mode='w') as container:
                 self._write(container, frame_at, num_frames, self._audio(shots),
                             progress)
+            # the rest (shots no frame reached), as a list's are checked
+            for picture in source:
+                self._frames(picture)
+                taken[0] += 1
+            if taken[0] != len(shots):
+                raise ValueError(f'need one picture per shot, got {taken[0]} for '
+                                 f'{len(shots)} shots')
         except BaseException as e:
             if osp.lexists(part):
                 os.remove(part)

@@ -13,7 +13,7 @@ import io
 import os
 import os.path as osp
 import tempfile
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -37,19 +37,32 @@ def _default_device():
 
 
 class PictureBackend:
-    """Base class: ``render_all(shots, size)`` -> one array per shot."""
+    """Base class: ``iter_pictures(shots, size)`` hands over one array per shot, in
+    order, each made when it is asked for; ``render_all`` returns them all at once."""
 
     def render(self, shot, size: Tuple[int, int]) -> np.ndarray:
         """One picture ``(H, W, 3)`` or clip ``(T, H, W, 3)`` (uint8) for ``shot``;
         ``size`` (W, H) is a hint: backends with a native resolution keep theirs."""
         raise NotImplementedError
 
-    def render_all(self, shots, size: Tuple[int, int],
-                   progress: bool = True) -> List[np.ndarray]:
+    def iter_pictures(self, shots: Sequence, size: Tuple[int, int],
+                      progress: bool = True) -> Iterator[np.ndarray]:
+        """Shot by shot: the next picture is made when the previous one has been taken
+        (the composer takes each when the video reaches its shot), so only those in
+        use are held, not one per shot of the text."""
         # closed by the with block: an error ends the bar's line before it is printed
-        # (it came out after the half-drawn bar, on its line)
-        with tqdm(shots, desc='pictures', disable=not progress) as bar:
-            return [self.render(shot, size) for shot in bar]
+        # (it came out after the half-drawn bar, on its line); so does closing the
+        # generator early
+        with tqdm(total=len(shots), desc='pictures', disable=not progress) as bar:
+            for shot in shots:
+                picture = self.render(shot, size)
+                bar.update()
+                yield picture
+
+    def render_all(self, shots: Sequence, size: Tuple[int, int],
+                   progress: bool = True) -> List[np.ndarray]:
+        """Every shot's picture, all held at once (:meth:`iter_pictures` as a list)."""
+        return list(self.iter_pictures(shots, size, progress))
 
 
 # --------------------------------------------------------------------------- #
@@ -227,14 +240,13 @@ class MMSoraPictures(PictureBackend):
             return None
         return resolution[::-1]
 
-    def render_all(self, shots, size, progress=True):
-        import torch
-
+    def iter_pictures(self, shots, size, progress=True):
+        """A batch of ``batch_size`` shots sampled when the first of them is asked
+        for, its pictures handed over one at a time (the samples of every shot, made
+        up front and kept, grew with the text)."""
         from mmsora.apis.inference import sample_images
         self.match_aspect(size)
         n = len(shots)
-        if not n:
-            return []
         seeds = [self.seed + i for i in range(n)]
         if self.text_conditioned:
             labels, prompts = None, [shot.prompt for shot in shots]
@@ -243,17 +255,22 @@ class MMSoraPictures(PictureBackend):
         # One batch at a time under a 'pictures' bar over the shots, as the other
         # backends' (the sampling steps' bar had no label and counted steps); sample i
         # depends only on its label or prompt and its seed, not on its batch.
-        parts = []
         with tqdm(total=n, desc='pictures', disable=not progress) as bar:
             for start in range(0, n, self.batch_size):
                 part = slice(start, start + self.batch_size)
-                parts.append(sample_images(
+                pictures = self._pictures(sample_images(
                     self.model, None if labels is None else labels[part], seeds[part],
                     batch_size=self.batch_size,
                     prompts=None if prompts is None else prompts[part],
                     **self.sample_kwargs))
                 bar.update(len(seeds[part]))
-        samples = torch.cat(parts)
+                yield from pictures
+                del pictures  # (not held while the next batch is sampled)
+
+    @staticmethod
+    def _pictures(samples) -> List[np.ndarray]:
+        """Samples in [-1, 1], ``(N, 3, H, W)`` or clips ``(N, 3, T, H, W)``, as uint8
+        pictures ``(H, W, 3)`` or clips ``(T, H, W, 3)``."""
         if samples.dim() not in (4, 5) or samples.shape[1] != 3:
             raise UserError(f'the model samples shape {tuple(samples.shape)}, not RGB '
                             'pictures; latent models need a VAE (model.vae)')

@@ -4,6 +4,7 @@ import os
 import os.path as osp
 import re
 import unicodedata
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Union
 
@@ -29,7 +30,9 @@ class Text2VideoResult:
     Attributes:
         path: The mp4.
         language: The language code the text was spoken in (``'en'``, ``'zh'``, ``'ru'``...).
-        shots: The spoken shots (segments with audio, prompts, pictures).
+        shots: The spoken shots (segments with audio, and prompts; their pictures
+            are not kept: each is made when the video reaches its shot and dropped
+            once the video has passed it).
         timeline: ``Composer.compose``'s answer: ``duration``, ``num_frames``, and the
             start/end times of ``shots`` and ``segments``.
     """
@@ -200,16 +203,39 @@ def text_to_video(text: str, out: Union[str, os.PathLike],
         shots = group_shots(segments, shot_seconds)
         for shot in shots:
             shot.prompt = build_prompt(shot.text, prompt_template, prompt_rewriter)
-        images = pictures.render_all(shots, composer.picture_size, progress=progress)
     except KeyboardInterrupt as e:  # (the composer says it while writing)
         if isinstance(e, Interrupted):
             raise
         raise Interrupted(not_written(out), exit_code=getattr(e, 'exit_code', 130)) \
             from None
-    for shot, image in zip(shots, images):
-        shot.picture = image
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     from mmsora.apis.video import DEFAULT_FPS
-    timeline = composer.compose(shots, images, out, progress=progress,
-                                clip_fps=getattr(pictures, 'fps', DEFAULT_FPS))
+    folder = osp.dirname(osp.abspath(out))
+    made = _missing_folders(folder)
+    os.makedirs(folder, exist_ok=True)
+    # Each shot's picture is made when the composer reaches the shot (a model samples
+    # a batch of shots at a time) and dropped once the video has passed it: made all
+    # before the video and held to its end, they grew the peak by 1.8 MiB a shot at
+    # 480p (docs/text2video.md, Measured). An error or Ctrl-C while they are made is
+    # the composer's: no part file is left, and the 'interrupted' line says so.
+    try:
+        with closing(pictures.iter_pictures(shots, composer.picture_size,
+                                            progress=progress)) as images:
+            timeline = composer.compose(shots, images, out, progress=progress,
+                                        clip_fps=getattr(pictures, 'fps', DEFAULT_FPS))
+    except BaseException:
+        for path in made:  # the folders made for ``out`` (as before: none made)
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+        raise
     return Text2VideoResult(out, language, shots, timeline)
+
+
+def _missing_folders(folder: str) -> List[str]:
+    """``folder`` and the folders above it that do not exist, deepest first."""
+    missing = []
+    while folder and not osp.exists(folder) and folder != osp.dirname(folder):
+        missing.append(folder)
+        folder = osp.dirname(folder)
+    return missing
