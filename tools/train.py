@@ -35,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision: AmpOptimWrapper (bf16 where supported, '
                         'else fp16 with loss scaling) on CUDA, bf16 autocast on CPU')
+    parser.add_argument('--no-amp', action='store_true',
+                        help="full precision (fp32): drops the config's AmpOptimWrapper "
+                        '(the card presets train in bf16)')
     parser.add_argument('--deepspeed', metavar='PRESET',
                         help='DeepSpeed ZeRO through FlexibleRunner: deepspeed_zero1, '
                         'deepspeed_zero2, deepspeed_zero2_offload, deepspeed_zero3, '
@@ -102,9 +105,14 @@ def build_train_config(args):
     from mmsora.engine.run_config_checks import (build_model_on_meta, check_vae_folder,
                                                  note_missing_hooks, note_named_layout)
     from mmsora.engine.strategies.train_options import (accumulation_of, apply_amp,
-                                                        fit_amp_to_device)
+                                                        drop_amp, fit_amp_to_device)
     from mmsora.engine.work_dir import latest_checkpoint
-    if args.amp:
+    if args.amp and args.no_amp:
+        raise UserError('--amp and --no-amp exclude each other: give one (--amp: mixed '
+                        "precision; --no-amp: fp32, over the config's AmpOptimWrapper)")
+    if args.no_amp:  # (--cfg-options could not do it: OptimWrapper refused dtype)
+        drop_amp(cfg)
+    elif args.amp:
         apply_amp(cfg)
     else:  # a card preset's AmpOptimWrapper without CUDA: what --amp gives there
         fit_amp_to_device(cfg)

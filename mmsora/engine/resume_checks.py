@@ -117,9 +117,12 @@ def check_resume_matches(cfg, model, path, option='--resume') -> None:
 
 
 # What a resume takes from this run's config, not from the checkpoint: a change made
-# since the checkpoint's run changes the training from the resume on.
-# (optim_wrapper and param_scheduler: note_learning_rate_kept / note_schedule_kept)
-_RESUME_COMPARED = ('custom_hooks', 'sample_cfg', 'model.diffusion')
+# since the checkpoint's run changes the training from the resume on. optim_wrapper's
+# type and dtype are its precision (--amp, --no-amp, a card preset's AmpOptimWrapper:
+# switched without a word); its learning rate and param_scheduler:
+# note_learning_rate_kept / note_schedule_kept.
+_RESUME_COMPARED = ('custom_hooks', 'sample_cfg', 'model.diffusion', 'optim_wrapper.type',
+                    'optim_wrapper.dtype')
 
 
 def _plain(value):

@@ -83,6 +83,18 @@ def test_resume_notes_config_changes(root, tmp_path, trained, capsys):
         "checkpoint's run had cfg_scale=2.0; this run has cfg_scale=7.0"]
 
 
+def test_resume_notes_a_precision_change(root, tmp_path, trained, capsys):
+    # (the checkpoint's run trained in fp32; --amp switched it without a word)
+    capsys.readouterr()
+    build_train_config(parse_args(['--amp', *resume_argv(root, DEMO, tmp_path, trained)]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if 'changed since' in line]
+    assert notes == [
+        f"note: --resume {trained}: optim_wrapper.type changed since the checkpoint: the "
+        "checkpoint's run had 'OptimWrapper'; this run has 'AutocastOptimWrapper'",
+        f"note: --resume {trained}: optim_wrapper.dtype changed since the checkpoint: the "
+        "checkpoint's run had None; this run has 'bfloat16'"]
+
+
 def test_resume_with_the_same_config_notes_nothing(root, tmp_path, trained, capsys):
     capsys.readouterr()
     build_train_config(parse_args(resume_argv(root, DEMO, tmp_path, trained)))

@@ -13,7 +13,7 @@ from mmsora.engine.strategies.train_options import (accumulation_of,
                                                     accumulation_setting, apply_amp)
 from mmsora.models.layers.checkpointing import check_checkpoint_every
 from mmsora.utils.cli import UserError
-from tests.cli_helpers import load_tool
+from tests.cli_helpers import load_tool, refused
 from tools.train import build_train_config, parse_args
 
 pytestmark = pytest.mark.usefixtures('kept_environ', 'fresh_notes')
@@ -71,6 +71,20 @@ def test_the_card_preset_itself_is_converted(repo_root, tmp_path):
                                          str(tmp_path)]))
     assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype) == (
         'AutocastOptimWrapper', 'bfloat16')
+
+
+def test_no_amp_trains_a_card_preset_in_full_precision(repo_root, tmp_path, capsys):
+    # --cfg-options optim_wrapper.type=OptimWrapper was refused for the preset's dtype
+    # (OptimWrapper takes none), and a config key cannot be deleted from the line
+    cfg = build_train_config(parse_args([osp.join(repo_root, PRESET), '--work-dir',
+                                         str(tmp_path), '--no-amp']))
+    assert dict(cfg.optim_wrapper).keys() & {'dtype', 'loss_scale', 'device_type'} == set()
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert 'needs a GPU' not in capsys.readouterr().err
+    assert refused(load_tool('train').main, [
+        osp.join(repo_root, PRESET), '--work-dir', str(tmp_path / 'w'), '--amp',
+        '--no-amp']) == ('--amp and --no-amp exclude each other: give one (--amp: mixed '
+                         "precision; --no-amp: fp32, over the config's AmpOptimWrapper)")
 
 
 def test_an_amp_wrapper_is_kept_on_cuda():
