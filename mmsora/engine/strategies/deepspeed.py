@@ -4,7 +4,7 @@ Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion Paramet
 Models", SC 2020. The presets in ``configs/_base_/strategies/deepspeed_*.py`` carry
 xtuner's names and contents (zero1, zero2, zero2_offload, zero3, zero3_offload) with
 ``'auto'`` where the value belongs to the training config; :func:`fill_auto` fills them
-the way xtuner's ``train.py --deepspeed`` does.
+the way xtuner's ``train.py --deepspeed`` and Hugging Face's DeepSpeed integration do.
 
 Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
 ``register_deepspeed_optimizers``, which imports ``deepspeed.runtime.fp16.onebit``
@@ -12,13 +12,15 @@ Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
 the same process raises "already registered"). :func:`mend_mmengine_deepspeed`
 replaces it with one that registers the optimizers the installed DeepSpeed has, and
 makes ``save_checkpoint`` run the hooks' checkpoint callback, which it drops (so the
-EMA weights are saved). It also hides torch's deprecation of the collectives DeepSpeed
-calls, which came back at every step (:func:`quiet_deprecated_collectives`).
+EMA weights are saved), and fail on every process at once where one process's write
+fails (:func:`_fail_together`). It also hides torch's deprecation of the collectives
+DeepSpeed calls, which came back at every step (:func:`quiet_deprecated_collectives`).
 """
 import copy
 import json
 import os
 import os.path as osp
+import shutil
 import sys
 import warnings
 from functools import partial
@@ -32,7 +34,7 @@ from mmsora.utils.training_inputs import hook_class
 from mmsora.utils.zero_checkpoint import is_zero_checkpoint, zero_model_states  # noqa: F401
 
 __all__ = ['DEEPSPEED_PRESETS', 'ResumeHooksHook', 'is_zero_checkpoint', 'preset_path',
-           'zero_model_states', 'partitions_weights',
+           'preset_names', 'zero_model_states', 'partitions_weights',
            'load_strategy', 'read_deepspeed_json', 'fill_auto', 'mend_mmengine_deepspeed',
            'quiet_deprecated_collectives', 'to_flexible_runner_config']
 
@@ -51,12 +53,16 @@ def preset_path(name: str, kind: str = '') -> str:
         return name
     path = osp.join(STRATEGY_DIR, f'{name}.py')
     if not osp.isfile(path):
-        names = sorted(osp.splitext(f)[0] for f in os.listdir(STRATEGY_DIR)
-                       if f.endswith('.py') and f.startswith(kind)) \
-            if osp.isdir(STRATEGY_DIR) else []
         raise UserError(f'unknown {kind + " " if kind else ""}strategy {name!r}: give a '
-                        f'file or one of {names}')
+                        f'file or one of {preset_names(kind)}')
     return path
+
+
+def preset_names(kind: str = '') -> list:
+    """The presets in ``configs/_base_/strategies`` whose names start with ``kind``."""
+    return sorted(osp.splitext(f)[0] for f in os.listdir(STRATEGY_DIR)
+                  if f.endswith('.py') and f.startswith(kind)) \
+        if osp.isdir(STRATEGY_DIR) else []
 
 
 def load_strategy(name: str, options=(), kind: str = '') -> dict:
@@ -71,6 +77,12 @@ def load_strategy(name: str, options=(), kind: str = '') -> dict:
     from mmsora.utils.cfg_options import apply_cfg_options
     from mmsora.utils.config_loading import load_config
     if name.lower().endswith('.json'):
+        if kind == 'fsdp':  # (it was taken for a DeepSpeed config, then refused as 'not
+            # an FSDPStrategy preset')
+            raise UserError(f'--fsdp {name}: FSDP takes a preset name '
+                            f'({", ".join(preset_names("fsdp"))}) or a .py file holding '
+                            f'strategy = dict(type=\'FSDPStrategy\', ...); a JSON file is a '
+                            f'DeepSpeed config: --deepspeed {name}')
         flag = f'--{kind or "deepspeed"} {name}'
         cfg = Config(dict(strategy=dict(type='DeepSpeedStrategy',
                                         config=read_deepspeed_json(name, flag))))
@@ -157,26 +169,38 @@ def _clip_max_norm(optim_wrapper: dict) -> float:
     return float(clip['max_norm'])
 
 
-def fill_auto(ds_config: dict, cfg, amp_dtype=None) -> dict:
-    """A DeepSpeed config with its ``'auto'`` values taken from the training config.
+def fill_auto(ds_config: dict, cfg, amp_dtype=None, world_size=None) -> dict:
+    """A DeepSpeed config with its ``'auto'`` values taken from the training config,
+    the ones Hugging Face's DeepSpeed integration fills (xtuner fills the first five):
+
+    - ``train_micro_batch_size_per_gpu``: ``train_dataloader.batch_size``;
+    - ``gradient_accumulation_steps``: ``optim_wrapper.accumulative_counts``;
+    - ``gradient_clipping``: ``optim_wrapper.clip_grad.max_norm`` (0: none);
+    - ``fp16.enabled`` / ``bf16.enabled``: ``amp_dtype``;
+    - ``train_batch_size``: dropped (DeepSpeed takes it as the micro-batch x
+      accumulation x processes);
+    - ``zero_optimization.reduce_bucket_size`` (hidden x hidden),
+      ``stage3_prefetch_bucket_size`` (0.9 x hidden x hidden) and
+      ``stage3_param_persistence_threshold`` (10 x hidden): from
+      ``model.denoiser.hidden_size``.
 
     Args:
         ds_config (dict): DeepSpeed JSON config (a preset's ``strategy.config``).
-        cfg (Config): The training config: ``train_dataloader.batch_size`` gives the
-            micro-batch per GPU, ``optim_wrapper.accumulative_counts`` the gradient
-            accumulation, ``optim_wrapper.clip_grad.max_norm`` the clipping (0: none).
+        cfg (Config): The training config.
         amp_dtype (str, optional): ``'bfloat16'`` / ``'float16'`` to train in that
             precision (``--amp``), None for fp32.
+        world_size (int, optional): The run's processes: a ``train_batch_size`` number
+            is checked against them (None: not checked).
 
     Returns:
-        dict: A copy with every ``'auto'`` replaced. A ``train_batch_size`` left
-        ``'auto'`` (Hugging Face's files) is dropped: DeepSpeed takes it as the
-        micro-batch x accumulation x processes.
+        dict: A copy with every ``'auto'`` replaced.
 
     Raises:
         UserError: an ``optimizer`` or ``scheduler`` section (Hugging Face's files):
             DeepSpeed would ignore the former (the config's optimizer is handed to it)
-            and run the latter next to the config's ``param_scheduler``.
+            and run the latter next to the config's ``param_scheduler``; a
+            ``train_batch_size`` that is not the micro-batch x accumulation x
+            processes (DeepSpeed failed on its assertion); an ``'auto'`` left.
     """
     ds = copy.deepcopy(ds_config)
     if amp_dtype not in (None, 'bfloat16', 'float16'):
@@ -191,20 +215,91 @@ def fill_auto(ds_config: dict, cfg, amp_dtype=None) -> dict:
         del ds['train_batch_size']
     wrapper = cfg.optim_wrapper
     auto = dict(
-        train_micro_batch_size_per_gpu=cfg.train_dataloader.batch_size,
-        gradient_accumulation_steps=wrapper.get('accumulative_counts', 1),
-        gradient_clipping=_clip_max_norm(wrapper))
-    for key, value in auto.items():
+        train_micro_batch_size_per_gpu=(cfg.train_dataloader.batch_size,
+                                        'train_dataloader.batch_size'),
+        gradient_accumulation_steps=(wrapper.get('accumulative_counts', 1),
+                                     'optim_wrapper.accumulative_counts'),
+        gradient_clipping=(_clip_max_norm(wrapper), None))
+    source = {}  # where the batch numbers come from, for the train_batch_size check
+    for key, (value, setting) in auto.items():
+        source[key] = f'strategy.config.{key}'
         if ds.get(key, 'auto') == 'auto':
-            ds[key] = value
+            ds[key], source[key] = value, setting
     for key, dtype in (('fp16', 'float16'), ('bf16', 'bfloat16')):
         section = ds.setdefault(key, {})
         if section.get('enabled', 'auto') == 'auto':
             section['enabled'] = amp_dtype == dtype
-    left = [k for k, v in ds.items() if v == 'auto']
+    if world_size is not None:
+        _check_train_batch_size(ds, source, world_size)
+    hidden = _fill_bucket_sizes(ds, cfg)
+    left = list(_auto_keys(ds))
     if left:
-        raise UserError(f'DeepSpeed config: no value for "auto" in {left}')
+        zero = [k for k in left if k.startswith('zero_optimization.')]
+        why = (' (the ZeRO sizes are filled from model.denoiser.hidden_size, which the '
+               'config does not give)' if zero and hidden is None else '')
+        raise UserError(f'DeepSpeed config: no value for "auto" in {left}{why}; give '
+                        f'{"it" if len(left) == 1 else "them"} a value in the DeepSpeed '
+                        'config')
     return ds
+
+
+def _check_train_batch_size(ds: dict, source: dict, world_size: int) -> None:
+    """Refuse a ``train_batch_size`` number that is not the micro-batch x accumulation
+    x processes: DeepSpeed failed at its start on its own assertion, naming none of
+    the settings."""
+    total = ds.get('train_batch_size')
+    micro, steps = ds['train_micro_batch_size_per_gpu'], ds['gradient_accumulation_steps']
+    numbers = (total, micro, steps)
+    if total is None or not all(isinstance(n, (int, float)) and not isinstance(n, bool)
+                                for n in numbers):
+        return  # (DeepSpeed checks the types)
+    product = micro * steps * world_size
+    if total != product:
+        raise UserError(
+            f'strategy.config.train_batch_size={total} (the DeepSpeed config) is not the '
+            f'samples per optimizer step, {micro} '
+            f'({source["train_micro_batch_size_per_gpu"]}) x {steps} '
+            f'({source["gradient_accumulation_steps"]}) x {world_size} process(es) = '
+            f'{product}: set strategy.config.train_batch_size={product} or "auto", or '
+            'drop it')
+
+
+# Hugging Face's sizes from the model's hidden size for the ZeRO settings left 'auto'
+# (transformers' integrations/deepspeed.py, trainer_config_finalize)
+_HIDDEN_SIZE_SETTINGS = (('reduce_bucket_size', lambda h: h * h),
+                         ('stage3_prefetch_bucket_size', lambda h: int(0.9 * h * h)),
+                         ('stage3_param_persistence_threshold', lambda h: 10 * h))
+
+
+def _fill_bucket_sizes(ds: dict, cfg):
+    """Fill the ZeRO sizes left ``'auto'`` from ``model.denoiser.hidden_size``; returns
+    that hidden size (None: the config gives none, the sizes stay ``'auto'``)."""
+    model = cfg.get('model') or {}
+    denoiser = model.get('denoiser') or {}
+    hidden = denoiser.get('hidden_size') if isinstance(denoiser, dict) else None
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        return None
+    zero = ds.get('zero_optimization')
+    if isinstance(zero, dict):
+        for key, size in _HIDDEN_SIZE_SETTINGS:
+            if zero.get(key) == 'auto':
+                zero[key] = size(hidden)
+    return hidden
+
+
+def _auto_keys(value, prefix=''):
+    """The dotted keys (``zero_optimization.reduce_bucket_size``) of the ``'auto'``
+    values in ``value``, at any depth."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        if value == 'auto':
+            yield prefix
+        return
+    for key, item in items:
+        yield from _auto_keys(item, f'{prefix}.{key}' if prefix else str(key))
 
 
 def mend_mmengine_deepspeed():
@@ -220,7 +315,8 @@ def mend_mmengine_deepspeed():
     make_checkpoints_atomic()  # its save_checkpoint, imported by name
     strategy = mm_deepspeed.DeepSpeedStrategy
     if not getattr(strategy, '_mmsora_hooks_mended', False):
-        strategy.save_checkpoint = _save_with_hooks(strategy.save_checkpoint)
+        strategy.save_checkpoint = _fail_together(
+            _save_with_hooks(strategy.save_checkpoint))
         strategy.resume = _resume_with_hooks(strategy.resume)
         strategy._mmsora_hooks_mended = True
     quiet_deprecated_collectives()
@@ -286,6 +382,114 @@ def _save_with_hooks(save_checkpoint):
             callback(extra_ckpt)
         return save_checkpoint(self, filename, extra_ckpt=extra_ckpt, **kwargs)
     return wrapped
+
+
+def _fail_together(save_checkpoint):
+    """``DeepSpeedStrategy.save_checkpoint`` whose failed write on one process fails
+    the save on every process, at once, each with a line that names the failure.
+
+    DeepSpeed's processes write their parts of the checkpoint folder and meet at
+    barriers: one whose write failed (a full disk, its file-size limit) left the save
+    with its error, and the others waited at DeepSpeed's next barrier until the
+    collective timeout (30 minutes), then died without a word of the checkpoint. Here
+    a failed write of DeepSpeed's (its checkpoint engine's ``save``, the copy of its
+    recovery scripts) is kept and the process writes no more of the checkpoint, but
+    goes on through DeepSpeed's save and its collectives; then the processes tell each
+    other their failures. The one that failed raises its OSError (the errno asked of
+    the disk: ``atomic_checkpoint._write_error``), each other one an OSError naming
+    that process (``process 1 could not write its part: File too large``), with its
+    errno: ``CheckpointHook`` makes either a :class:`CheckpointWriteError`, which
+    ``tools/train.py`` says in its one line. Process 0 removes the partial folder
+    first, as one process does (a folder that was there before the save is left).
+    """
+    def wrapped(self, filename, **kwargs):
+        from mmengine.dist import all_gather_object, barrier, get_rank, get_world_size
+        if get_world_size() == 1:  # (the error ends the save, as it always did)
+            return save_checkpoint(self, filename, **kwargs)
+        new = not osp.lexists(filename)  # (a folder there before is not removed)
+        failures = []
+        try:
+            with _KeptWrites(getattr(self.model, 'model', self.model), failures):
+                save_checkpoint(self, filename, **kwargs)
+        except (OSError, RuntimeError) as e:  # a write after DeepSpeed's collectives
+            # (mmengine's save_optimizer=False file, process 0's alone)
+            if not _failed_write(e):
+                raise
+            failures.append(e)
+        mine = None
+        if failures:
+            from mmsora.engine.atomic_checkpoint import _raise_cause_or_none, _write_error
+            first = failures[0]
+            mine = first if isinstance(first, OSError) else (
+                _raise_cause_or_none(first) or _write_error(filename, first))
+        said = all_gather_object(None if mine is None
+                                 else (mine.errno, mine.strerror or str(mine)))
+        if any(failure is not None for failure in said):
+            # every process is done with the folder: its part is removed (else it was
+            # taken for the last checkpoint: it holds optimizer states)
+            if new and get_rank() == 0:
+                shutil.rmtree(filename, ignore_errors=True)
+            barrier()  # (then each process's line says whether a part is left)
+        if mine is not None:
+            raise mine from failures[0]
+        for rank, failure in enumerate(said):
+            if failure is not None:
+                code, text = failure
+                raise OSError(code, f'process {rank} could not write its part: {text}',
+                              filename)
+    return wrapped
+
+
+def _failed_write(error: Exception) -> bool:
+    """Whether a save's ``error`` is a failed write: an OSError, or torch's
+    RuntimeError over one or for a file it could not write (a KeyboardInterrupt it
+    was raised over is raised)."""
+    from mmsora.engine.atomic_checkpoint import _raise_cause_or_none, _torch_write_failed
+    return isinstance(error, OSError) or _raise_cause_or_none(error) is not None \
+        or _torch_write_failed(error)
+
+
+class _KeptWrites:
+    """Within it, a failed write of the DeepSpeed ``engine``'s checkpoint (its
+    checkpoint engine's ``save``, its ``_copy_recovery_script``) is appended to
+    ``failures`` instead of raised, and the writes after it are skipped: the process
+    still takes part in the save's collectives."""
+
+    def __init__(self, engine, failures: list):
+        self.failures = failures
+        self.targets = [(obj, name) for obj, name in (
+            (getattr(engine, 'checkpoint_engine', None), 'save'),
+            (engine, '_copy_recovery_script')) if callable(getattr(obj, name, None))]
+        self.saved = []
+
+    def _kept(self, write):
+        def guarded(*args, **kwargs):
+            if self.failures:  # this process's part is lost already
+                return None
+            try:
+                return write(*args, **kwargs)
+            except (OSError, RuntimeError) as e:
+                if not _failed_write(e):
+                    raise
+                self.failures.append(e)
+                return None
+        return guarded
+
+    def __enter__(self):
+        for obj, name in self.targets:
+            self.saved.append((obj, name, vars(obj).get(name, _ABSENT)))
+            setattr(obj, name, self._kept(getattr(obj, name)))
+        return self.failures
+
+    def __exit__(self, *exc):
+        for obj, name, before in reversed(self.saved):
+            if before is _ABSENT:
+                vars(obj).pop(name, None)
+            else:
+                setattr(obj, name, before)
+
+
+_ABSENT = object()
 
 
 def _resume_with_hooks(resume):
@@ -392,10 +596,11 @@ def _refuse_other_checkpoint_writers(hooks: list, config: dict) -> None:
                         'whose files other processes would resume from: drop it')
 
 
-def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
+def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None, world_size=None):
     """Turn a Runner config into a FlexibleRunner one that trains with ``strategy``.
 
-    DeepSpeed: ``'auto'`` values filled (:func:`fill_auto`), the optimizer handed to
+    DeepSpeed: ``'auto'`` values filled (:func:`fill_auto`; with ``world_size``, the
+    run's processes, a ``train_batch_size`` checked), the optimizer handed to
     ``DeepSpeedOptimWrapper`` (DeepSpeed owns precision, loss scaling and clipping).
     FSDP: the optimizer wrapper stays (AMP included; fp16 with mmengine's
     ``ShardedGradScaler``); ``EMAHook`` becomes ``ShardedEMAHook`` and
@@ -404,7 +609,8 @@ def to_flexible_runner_config(cfg, strategy: dict, amp_dtype=None):
     strategy = copy.deepcopy(strategy)
     kind = strategy.get('type')
     if kind == 'DeepSpeedStrategy':
-        strategy['config'] = fill_auto(strategy.get('config', {}), cfg, amp_dtype)
+        strategy['config'] = fill_auto(strategy.get('config', {}), cfg, amp_dtype,
+                                       world_size)
         cfg.optim_wrapper = dict(type='DeepSpeedOptimWrapper',
                                  optimizer=cfg.optim_wrapper.optimizer)
         hooks = cfg.setdefault('custom_hooks', [])

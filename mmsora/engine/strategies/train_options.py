@@ -66,7 +66,9 @@ def chosen_strategy(cfg, deepspeed=None, fsdp=None, options=()):
         flag = f'--fsdp {fsdp}'
         strategy = load_strategy(fsdp, options, kind='fsdp')
         if strategy.get('type') != 'FSDPStrategy':
-            raise UserError(f'{flag}: not an FSDPStrategy preset')
+            raise UserError(f'{flag}: not an FSDPStrategy preset'
+                            + (' (DeepSpeed: --deepspeed)'
+                               if strategy.get('type') == 'DeepSpeedStrategy' else ''))
     elif cfg.get('strategy'):
         flag, strategy = None, cfg.strategy.to_dict()
     else:
@@ -179,7 +181,8 @@ def apply_strategy(cfg, deepspeed=None, fsdp=False, options=()):
         # started again, held two counts (refused: accumulation_setting)
         strategy['config'] = dict(strategy.get('config') or {},
                                   gradient_accumulation_steps=steps)
-    return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper))
+    return to_flexible_runner_config(cfg, strategy, amp_dtype_of(cfg.optim_wrapper),
+                                     launcher_world_size(cfg.launcher))
 
 
 def check_fsdp_precision(strategy: dict, optim_wrapper: dict) -> None:
