@@ -93,6 +93,18 @@ def fresh_notes(monkeypatch):
     monkeypatch.setattr(cli, '_NOTED', set())
 
 
+@pytest.fixture
+def sdxl_like_vae(tmp_path):
+    """A tiny random VAE folder whose scaling_factor is SDXL's 0.13025 (not SD's)."""
+    from diffusers import AutoencoderKL
+
+    from tests.tiny_models import TINY_VAE
+    torch.manual_seed(0)
+    path = tmp_path / 'sdxl_vae'
+    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
+    return str(path)
+
+
 # Tiny model folders that tests only read, written once a session.
 @pytest.fixture(scope='session')
 def tiny_vae_dir(tmp_path_factory):

@@ -1,12 +1,10 @@
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.tiny_data import make_clip
-from tests.tiny_models import TINY_VAE
 
-# tiny_vae_dir is tests/conftest.py's (other test folders use it too)
+# tiny_vae_dir and sdxl_like_vae are tests/conftest.py's (other test folders use them too)
 
 
 @pytest.fixture
@@ -47,13 +45,3 @@ def fastdit_features(tmp_path):
     :func:`tests.extract_tools.write_fastdit_features`."""
     from tests.extract_tools import write_fastdit_features  # (it loads the tools)
     return write_fastdit_features(tmp_path)
-
-
-@pytest.fixture
-def sdxl_like_vae(tmp_path):
-    """A tiny random VAE folder whose scaling_factor is SDXL's 0.13025 (not SD's)."""
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    path = tmp_path / 'sdxl_vae'
-    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
-    return str(path)

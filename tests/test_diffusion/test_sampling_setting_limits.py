@@ -16,25 +16,11 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 
 from mmsora.diffusion import GaussianDiffusion, Transport
 from mmsora.diffusion.scheduler_sampling import _HIGHEST_ORDERS, check_sample_settings
+from tests.sampling_refusals import never_called, refused_alike
 
 DPM = 'DPMSolverMultistepScheduler'
 UNIPC = 'UniPCMultistepScheduler'
 FLOW = 'FlowMatchEulerDiscreteScheduler'
-
-
-def _never_called(x, t, **kwargs):
-    raise AssertionError('the model was called before the options were judged')
-
-
-def _refused(objective, sampler, options, message):
-    """The same one line from ``sample`` (before any model call) and from
-    ``check_sample_settings`` (the tools' check before the weights load)."""
-    with pytest.raises(ValueError) as info:
-        objective().sample(_never_called, torch.zeros(1, 4, 2, 2), {}, sampler, 10, **options)
-    assert str(info.value) == message
-    with pytest.raises(ValueError) as info:
-        check_sample_settings(objective(), dict(sampler=sampler, num_steps=10, **options))
-    assert str(info.value) == message
 
 
 def _diffusers_loop(scheduler, steps, seed=0):
@@ -59,7 +45,7 @@ def test_why_an_order_above_the_highest_was_no_help():
 
 @pytest.mark.parametrize('value', [4, 10, np.int64(4), torch.tensor(5)])
 def test_an_order_above_the_solvers_highest_is_refused_naming_its_range(value):
-    _refused(GaussianDiffusion, DPM, dict(solver_order=value),
+    refused_alike(GaussianDiffusion, DPM, dict(solver_order=value),
              f'solver_order must be a whole number in [1, 3] (a setting of {DPM}, whose '
              f'highest order is 3; its default: 2), got {value!r}')
 
@@ -170,7 +156,7 @@ def test_the_tools_check_takes_a_0d_integer_step_count(num_steps):
 def test_other_tensors_and_counts_out_of_range_are_still_refused(objective, sampler,
                                                                  num_steps, message):
     with pytest.raises(ValueError) as info:
-        objective().sample(_never_called, torch.zeros(1, 4, 2, 2), {}, sampler, num_steps)
+        objective().sample(never_called, torch.zeros(1, 4, 2, 2), {}, sampler, num_steps)
     assert str(info.value).startswith(f'num_steps must be {message}')
     assert str(info.value).endswith(f', got {num_steps!r}')
 
@@ -205,7 +191,7 @@ DDPM_VARIANCES = ("'fixed_small', 'fixed_small_log', 'fixed_large', 'fixed_large
 ])
 def test_a_word_outside_a_settings_list_is_refused_naming_the_list(sampler, key, value,
                                                                     choices, default, hint):
-    _refused(GaussianDiffusion, sampler, {key: value},
+    refused_alike(GaussianDiffusion, sampler, {key: value},
              f'{key}={value!r} is not one of {choices} (a setting of {sampler}; its default: '
              f'{default!r}): give one of them{hint}')
 

@@ -13,24 +13,11 @@ from diffusers import DDIMScheduler, UniPCMultistepScheduler
 from mmsora.diffusion import GaussianDiffusion, Transport
 from mmsora.diffusion.scheduler_sampling import (check_num_steps, check_sample_settings,
                                                  check_scheduler_options, whole_number)
+from tests.sampling_refusals import refused_alike
 
 DPM = 'DPMSolverMultistepScheduler'
 UNIPC = 'UniPCMultistepScheduler'
 FLOW = 'FlowMatchEulerDiscreteScheduler'
-
-
-def _never_called(x, t, **kwargs):
-    raise AssertionError('the model was called before the options were judged')
-
-
-def _refused(objective, sampler, options, message):
-    """The same one line from ``sample`` and from ``check_sample_settings``."""
-    with pytest.raises(ValueError) as info:
-        objective().sample(_never_called, torch.zeros(1, 4, 2, 2), {}, sampler, 10, **options)
-    assert str(info.value) == message
-    with pytest.raises(ValueError) as info:
-        check_sample_settings(objective(), dict(sampler=sampler, num_steps=10, **options))
-    assert str(info.value) == message
 
 
 def _sample(sampler, **options):
@@ -69,7 +56,7 @@ def test_a_whole_setting_below_its_least_value_is_refused_in_our_words(
         objective, sampler, key, value, least, default, highest):
     bounds = f'>= {least}' if highest is None else f'in [{least}, {highest}]'
     whose = '' if highest is None else f', whose highest order is {highest}'
-    _refused(objective, sampler, {key: value},
+    refused_alike(objective, sampler, {key: value},
              f'{key} must be a whole number {bounds} (a setting of {sampler}{whose}; its '
              f'default: {default}), got {value!r}')
 
@@ -99,7 +86,7 @@ def test_a_refused_dynamic_shift_setting_is_said_so_before_its_least_value():
 ])
 def test_a_word_or_a_bool_for_a_whole_setting_is_no_whole_number(sampler, key, value,
                                                                   default):
-    _refused(GaussianDiffusion, sampler, {key: value},
+    refused_alike(GaussianDiffusion, sampler, {key: value},
              f'{key}={value!r} is not a whole number (a setting of {sampler}; its default: '
              f'{default}): give a whole number')
 
@@ -122,7 +109,7 @@ def test_a_0d_integer_tensor_is_a_whole_setting_and_samples_as_the_int(value):
                                    torch.tensor(True), np.array(2.5), np.array([3, 3]),
                                    np.array(True), 3.0])
 def test_other_tensors_and_fractions_are_still_no_whole_number(value):
-    _refused(GaussianDiffusion, DPM, dict(solver_order=value),
+    refused_alike(GaussianDiffusion, DPM, dict(solver_order=value),
              f'solver_order={value!r} is not a whole number (a setting of {DPM}; its '
              'default: 2): give a whole number')
 

@@ -19,7 +19,7 @@ from mmsora.models.vaes import AutoencoderKLWrapper
 from mmsora.utils.cli import run_cli
 from mmsora.utils.config_loading import load_config
 from tests.cli_helpers import load_tool, refused
-from tests.tiny_models import DEMO, TINY_VAE
+from tests.tiny_models import DEMO
 
 pytestmark = pytest.mark.usefixtures('malloc_calls', 'kept_environ', 'fresh_notes')
 
@@ -183,14 +183,6 @@ def test_infer_refuses_them_before_sampling_where_the_config_was_not_read(
 # --------------------------------------------------------------------------- #
 #  infer: the VAE folder judged by the VAE's own check_folder                  #
 # --------------------------------------------------------------------------- #
-@pytest.fixture
-def sdxl_like_vae(tmp_path):
-    """A tiny random VAE folder whose scaling_factor is SDXL's 0.13025 (not SD's)."""
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    path = tmp_path / 'sdxl_vae'
-    AutoencoderKL(**TINY_VAE, scaling_factor=0.13025).save_pretrained(path)
-    return str(path)
 
 
 def test_infer_says_no_scale_note_the_run_cannot_follow(repo_root, tmp_path, capsys,
