@@ -29,7 +29,6 @@ Examples:
         --sampler-options atol=1e-6 rtol=1e-3
 """
 import argparse
-import numbers
 import os.path as osp
 import sys
 
@@ -225,7 +224,8 @@ def precheck_args(args, prompts=None) -> None:
         return
     cfg, saved = loaded
     from mmsora.apis.inference import check_makes_pictures
-    from mmsora.utils.config_keys import model_setting, text_conditioned_config
+    from mmsora.utils.config_keys import (check_denoiser_guides, model_setting,
+                                          text_conditioned_config)
     try:  # (a config without latent_shape, or num_classes, takes its class's default:
         # every check here was skipped for it, and the weights loaded first)
         model = cfg.model
@@ -242,32 +242,16 @@ def precheck_args(args, prompts=None) -> None:
     check_args(args, classes if isinstance(classes, int) else None, video, text, settings)
     check_prompts(args, prompts, text)
     check_sampling(args, cfg, settings)
-    check_denoiser_guides(args, model, settings)
+    check_denoiser_guides(model, settings.get('cfg_scale', 1.0), 'this run',
+                          cfg_scale_source(args), 'sample with --cfg-scale 1')
     try:  # (latents without a VAE were sampled, then refused at the save)
-        vae = model_setting(model, 'vae')
-    except KeyError:  # (a model of one's own without a vae argument)
+        vae, shape = model_setting(model, 'vae'), model_setting(model, 'latent_shape')
+    except KeyError:  # (a model of one's own without them)
         pass
     else:
-        check_makes_pictures(vae, model_setting(model, 'latent_shape'))
+        check_makes_pictures(vae, shape)
     # a work dir: its own config, unless --cfg-options changed the objective
     check_run_objective(model, args.run, args.checkpoint, saved)
-
-
-def check_denoiser_guides(args, model_cfg, settings: dict) -> None:
-    """Refuse guidance (a ``cfg_scale`` other than 1 in ``settings``, what sampling will
-    use) for a denoiser without ``forward_with_cfg`` (one's own), from the config: it
-    was refused once the weights had loaded. Found as the model's build finds it
-    (:func:`~mmsora.utils.config_keys.denoiser_class`); not found: left to sampling."""
-    from mmsora.utils.config_keys import denoiser_class
-    cls = denoiser_class(model_cfg)
-    scale = settings.get('cfg_scale', 1.0)
-    if (not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg')
-            or not isinstance(scale, numbers.Real) or scale == 1):
-        return
-    where = cfg_scale_source(args)
-    raise UserError(f'{where}={scale:g} samples with guidance, but model.denoiser '
-                    f'{cls.__name__} has no forward_with_cfg: sample with --cfg-scale 1, or '
-                    'add forward_with_cfg as DiT has it (README, "Your own modules")')
 
 
 def check_frame_axis(model_cfg, video: bool) -> None:

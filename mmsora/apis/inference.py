@@ -43,8 +43,10 @@ def check_makes_pictures(vae, latent_shape) -> None:
         mmsora.utils.cli.UserError: one line naming the keys that set the VAE.
     """
     from mmsora.utils.cli import UserError
+    if vae is not None or not isinstance(latent_shape, (list, tuple)):
+        return  # (a shape that is no sequence: the model's build says so)
     shape = list(latent_shape)
-    if vae is not None or not shape or shape[0] == 3:
+    if not shape or shape[0] == 3:
         return
     raise UserError(f'model.latent_shape {shape} holds {shape[0]}-channel latents and the '
                     'model has no VAE (model.vae) to decode them into pictures: give one, '

@@ -25,8 +25,9 @@ from mmsora.utils.error_messages import (missing_arguments_message, unknown_key_
                                          unknown_type_message, wrong_type_message)
 
 __all__ = ['accepted_arguments', 'check_config_keys', 'check_config_values',
-           'check_guidance', 'check_model_config', 'check_training_keys', 'registered_class',
-           'check_sample_settings_of', 'denoiser_class', 'model_setting', 'wanted_value']
+           'check_denoiser_guides', 'check_guidance', 'check_model_config',
+           'check_training_keys', 'registered_class', 'check_sample_settings_of',
+           'denoiser_class', 'model_setting', 'wanted_value']
 
 
 def _forwarding_bases() -> tuple:
@@ -703,14 +704,25 @@ def check_guidance(cfg) -> None:
         samplers.append(('evaluation (tools/test.py)', evaluation, 'evaluation'))
     for what, entry, key in samplers:
         own = entry.get('sample_cfg') if isinstance(entry.get('sample_cfg'), dict) else {}
-        scale = merge_sample_cfg(base, own).get('cfg_scale', 1.0)
-        if isinstance(scale, numbers.Real) and scale != 1.0:  # ('4': no format 'g')
-            where = (f'{key}.sample_cfg.cfg_scale' if 'cfg_scale' in own
-                     else 'sample_cfg.cfg_scale')
-            raise UserError(f'{what} samples with guidance ({where}={scale:g}) but '
-                            f'model.denoiser {cls.__name__} has no forward_with_cfg: set '
-                            f'{where}=1, or add forward_with_cfg as DiT has it (README, '
-                            '"Your own modules")')
+        where = f'{key}.sample_cfg.cfg_scale' if 'cfg_scale' in own else 'sample_cfg.cfg_scale'
+        check_denoiser_guides(cfg.get('model'), merge_sample_cfg(base, own).get('cfg_scale', 1.0),
+                              what, where, f'set {where}=1')
+
+
+def check_denoiser_guides(model, scale, what: str, where: str, fix: str) -> None:
+    """Refuse guidance (``scale`` other than 1, given as ``where``) for the denoiser of
+    a ``model`` config without ``forward_with_cfg`` (one's own), in one line: ``what``
+    samples so, ``fix`` says how not to. A denoiser not found, and a scale that is no
+    number (sampling's to refuse: '4' has no format 'g'), are left alone. The one
+    check of training's sampling hooks and evaluation section (:func:`check_guidance`),
+    tools/test.py's evaluation and tools/infer.py's settings, before the weights load."""
+    cls = denoiser_class(model)
+    if (not isinstance(cls, type) or hasattr(cls, 'forward_with_cfg')
+            or not isinstance(scale, numbers.Real) or scale == 1.0):
+        return
+    raise UserError(f'{what} samples with guidance ({where}={scale:g}) but model.denoiser '
+                    f'{cls.__name__} has no forward_with_cfg: {fix}, or add forward_with_cfg '
+                    'as DiT has it (README, "Your own modules")')
 
 
 def _check_sample_cfg(cfg) -> None:

@@ -93,11 +93,13 @@ def test_infer_refuses_guiding_a_denoiser_without_forward_with_cfg(repo_root, tm
     infer = load_tool('infer')
     argv = [config, '--checkpoint', MISSING, '--num-samples', '1', '--steps', '2',
             '--out', str(tmp_path / 'samples.png')]
-    tail = ('samples with guidance, but model.denoiser NoGuidanceDenoiserH5 has no '
-            'forward_with_cfg: sample with --cfg-scale 1, or add forward_with_cfg as DiT '
-            'has it (README, "Your own modules")')
-    assert refused(infer.main, argv) == f'sample_cfg.cfg_scale=2 {tail}'
-    assert refused(infer.main, argv + ['--cfg-scale', '4.5']) == f'--cfg-scale=4.5 {tail}'
+    tail = ('but model.denoiser NoGuidanceDenoiserH5 has no forward_with_cfg: sample with '
+            '--cfg-scale 1, or add forward_with_cfg as DiT has it (README, "Your own '
+            'modules")')
+    assert refused(infer.main, argv) == (
+        f'this run samples with guidance (sample_cfg.cfg_scale=2) {tail}')
+    assert refused(infer.main, argv + ['--cfg-scale', '4.5']) == (
+        f'this run samples with guidance (--cfg-scale=4.5) {tail}')
     with pytest.raises(AssertionError, match='the model was built'):  # no guidance
         infer.main(argv + ['--cfg-scale', '1'])
 
@@ -219,3 +221,13 @@ def test_a_folder_without_config_json_is_refused_before_sampling_alone(tmp_path)
         wrapper.check_folder(sampling=True)
     assert str(info.value) == (f"VAE folder {str(tmp_path / 'empty')!r} has no config.json "
                                '(not a diffusers AutoencoderKL folder)')
+
+
+def test_a_latent_shape_that_is_no_sequence_is_left_to_the_build():
+    """(list(4) was a TypeError traceback before the model's build could say it)"""
+    from mmsora.apis.inference import check_makes_pictures
+    from mmsora.utils.cli import UserError
+    check_makes_pictures(None, 4)
+    check_makes_pictures(None, (3, 8, 8))
+    with pytest.raises(UserError, match=r'model.latent_shape \[4, 8, 8\] holds 4-channel'):
+        check_makes_pictures(None, (4, 8, 8))
