@@ -7,6 +7,7 @@ import json
 import os.path as osp
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmsora.engine.strategies import apply_strategy, fill_auto
@@ -32,6 +33,10 @@ HF_ZERO3 = {
     'gradient_accumulation_steps': 'auto', 'gradient_clipping': 'auto',
     'steps_per_print': 2000, 'train_batch_size': 'auto',
     'train_micro_batch_size_per_gpu': 'auto', 'wall_clock_breakdown': False}
+
+
+class NoHiddenSizeDenoiser(torch.nn.Module):
+    """A denoiser of one's own (given as a class) that has no hidden size."""
 
 
 def demo(batch=4, accumulate=2, launcher='none'):
@@ -123,9 +128,14 @@ def test_an_auto_left_is_refused_by_its_dotted_key():
     assert str(error.value) == (
         'DeepSpeed config: no value for "auto" in [\'fp16.initial_scale_power\', '
         '\'zero_optimization.sub_group_size\']; give them a value in the DeepSpeed config')
-    # a model config without a hidden size: the ZeRO sizes are named with why
+    # a config that leaves the hidden size to its class: DiT's default, 1152
     cfg = demo()
     cfg.model.denoiser.pop('hidden_size')
+    zero = fill_auto(HF_ZERO3, cfg)['zero_optimization']
+    assert (zero['reduce_bucket_size'], zero['stage3_param_persistence_threshold']) == (
+        1152 * 1152, 11520)
+    # a denoiser of one's own without one: the ZeRO sizes are named with why
+    cfg.model.denoiser = dict(type=NoHiddenSizeDenoiser)
     with pytest.raises(UserError) as error:
         fill_auto(HF_ZERO3, cfg)
     assert str(error.value) == (

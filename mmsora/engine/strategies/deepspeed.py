@@ -272,11 +272,17 @@ _HIDDEN_SIZE_SETTINGS = (('reduce_bucket_size', lambda h: h * h),
 
 
 def _fill_bucket_sizes(ds: dict, cfg):
-    """Fill the ZeRO sizes left ``'auto'`` from ``model.denoiser.hidden_size``; returns
-    that hidden size (None: the config gives none, the sizes stay ``'auto'``)."""
+    """Fill the ZeRO sizes left ``'auto'`` from ``model.denoiser.hidden_size`` (the
+    config's, else its class's default: DiT's 1152); returns that hidden size (None:
+    neither gives one, the sizes stay ``'auto'``)."""
+    from mmsora.utils.config_keys import denoiser_class
+    from mmsora.utils.trained_settings import keyword_defaults
     model = cfg.get('model') or {}
     denoiser = model.get('denoiser') or {}
     hidden = denoiser.get('hidden_size') if isinstance(denoiser, dict) else None
+    if hidden is None:
+        cls = denoiser_class(model)
+        hidden = keyword_defaults(cls).get('hidden_size') if isinstance(cls, type) else None
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         return None
     zero = ds.get('zero_optimization')
