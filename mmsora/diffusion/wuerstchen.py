@@ -109,10 +109,10 @@ class WuerstchenDiffusion:
         check_sampler_options(sampler, options, self.SAMPLER_OPTIONS[sampler])
         if options.get('timesteps') is not None:
             _check_timesteps(options['timesteps'])
-            return
+            return None
         if num_steps is None:
             num_steps = keyword_defaults(self.sample)['num_steps']
-        check_num_steps(num_steps)
+        return check_num_steps(num_steps)
 
     @torch.no_grad()
     def sample(self, model_fn: Callable, noise: torch.Tensor, model_kwargs: Optional[dict],
@@ -138,7 +138,7 @@ class WuerstchenDiffusion:
             Tensor: The sample x0, shape of ``noise``. ``self.last_nfe`` holds the
             number of model evaluations it took.
         """
-        self.check_sample_options(sampler, num_steps, **sampler_kwargs)
+        num_steps = self.check_sample_options(sampler, num_steps, **sampler_kwargs)
         timesteps = sampler_kwargs.get('timesteps')
         scheduler = self.scheduler()
         scheduler.set_timesteps(None if timesteps is not None else num_steps,

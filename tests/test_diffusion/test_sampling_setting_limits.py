@@ -140,6 +140,23 @@ def test_the_likelihood_takes_a_0d_integer_step_count_as_the_int(num_steps):
 
 
 @pytest.mark.parametrize('num_steps', STEP_COUNTS, ids=repr)
+def test_stable_cascade_takes_a_0d_integer_step_count_as_the_int(num_steps):
+    # (Wuerstchen's sample handed the tensor on to set_timesteps; Stage B kept it)
+    from mmsora.diffusion import WuerstchenDiffusion
+    from mmsora.models.vaes.stable_cascade_decoder import StableCascadeDecoder
+    diffusion = WuerstchenDiffusion()
+    assert diffusion.check_sample_options('DDPMWuerstchenScheduler', num_steps) == 4
+    assert type(diffusion.check_sample_options('DDPMWuerstchenScheduler', num_steps)) is int
+    noise = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    x, ref = (diffusion.sample(lambda x, r: 0.1 * x, noise, {}, num_steps=steps,
+                               generators=[torch.Generator().manual_seed(1)])
+              for steps in (num_steps, 4))
+    torch.testing.assert_close(x, ref, rtol=0, atol=0)
+    decoder = StableCascadeDecoder(config=dict(), num_steps=num_steps)
+    assert type(decoder.num_steps) is int and decoder.num_steps == 4
+
+
+@pytest.mark.parametrize('num_steps', STEP_COUNTS, ids=repr)
 def test_the_tools_check_takes_a_0d_integer_step_count(num_steps):
     check_sample_settings(GaussianDiffusion(), dict(sampler='ddpm', num_steps=num_steps))
     check_sample_settings(Transport(), dict(sampler=FLOW, num_steps=num_steps))

@@ -71,7 +71,7 @@ class StableCascadeDecoder(nn.Module):
         super().__init__()
         if (pretrained_path is None) == (config is None):
             raise ValueError('give exactly one of pretrained_path (a local folder) or config')
-        self._check_sampling(num_steps, guidance_scale)
+        num_steps = self._check_sampling(num_steps, guidance_scale)
         # (0 was a ZeroDivisionError in smallest_latent_side, a negative one a negative
         # latent size, when the first clip was sampled)
         if not (isinstance(latent_dim_scale, numbers.Real) and not isinstance(
@@ -94,7 +94,7 @@ class StableCascadeDecoder(nn.Module):
         self.__dict__['_encoder'] = encoder
 
     @staticmethod
-    def _check_sampling(num_steps, guidance_scale) -> None:
+    def _check_sampling(num_steps, guidance_scale) -> int:
         """Stage B's steps and guidance by sampling's own rules, in one line (a str
         ``num_steps`` was a TypeError here, 2.5 or True passed; a str
         ``guidance_scale`` failed in the pipeline after all of Stage C's steps, NaN
@@ -102,7 +102,7 @@ class StableCascadeDecoder(nn.Module):
         from mmsora.diffusion.scheduler_sampling import check_num_steps
         from mmsora.models.latent_diffusion import check_cfg_scale
         try:
-            check_num_steps(num_steps)
+            num_steps = check_num_steps(num_steps)  # (a 0-d tensor or numpy int: an int)
         except ValueError as e:
             raise ValueError(f"Stable Cascade's Stage B (model.vae): {e}") from None
         try:  # (the pipeline's rule after that: <= 1 is no guidance, its default 0)
@@ -111,6 +111,7 @@ class StableCascadeDecoder(nn.Module):
             raise ValueError(f"Stable Cascade's Stage B (model.vae): guidance_scale must be a "
                              f'finite number (<= 1: no guidance), got {guidance_scale!r}'
                              ) from None
+        return num_steps
 
     # ------------------------------------------------------------------ loading
     @property
