@@ -10,7 +10,7 @@ flash past as single pictures.
 import math
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -95,7 +95,6 @@ class Shot:
     segments: List[Segment]
     prompt: str = ''
     index: int = 0
-    picture: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
