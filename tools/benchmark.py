@@ -635,7 +635,7 @@ def format_table(results: list) -> str:
     from mmsora.utils.process_memory import peak_mem_header
     cols = [('impl', '{}'), ('params_m', '{:.2f}'), ('step_ms', '{:.1f}'),
             ('samples_per_s', '{:.2f}'), ('tokens_per_s', '{:.0f}'),
-            ('tflops_per_s', '{:.4f}'), ('mfu', '{:.3g}'), ('peak_mem_mb', '{:.0f}'),
+            ('tflops_per_s', '{:.4g}'), ('mfu', '{:.3g}'), ('peak_mem_mb', '{:.0f}'),
             ('cpu_ms', '{:.0f}'), ('page_faults', '{:.0f}')]
     peak_header = peak_mem_header(r.get('peak_mem_kind') for r in results)
     rows = [[peak_header if name == 'peak_mem_mb' else name for name, _ in cols]]
@@ -703,10 +703,12 @@ def provenance(args) -> dict:
                 command=shlex.join(sys.argv), git_commit=git_commit())
 
 
-def setup_record(args, micro, peak_tflops=None) -> dict:
+def setup_record(args, micro, checkpointing, peak_tflops=None) -> dict:
     """What a run measured, for its header line and its JSON: the options that shape
-    the step, the mode (interleaved, or separate processes with their repeats) and the
-    machine; None where it does not apply."""
+    the step (``micro``: micro-batches per optimizer step, 1 without accumulation;
+    ``checkpointing``: our denoiser's grad_checkpointing as the config builds it, K,
+    0: none, or 'selective'), the mode (interleaved, or separate processes with their
+    repeats) and the machine; None where it does not apply."""
     cuda = args.device == 'cuda'
     if cuda:
         from mmsora.engine.strategies import tf32_supported
@@ -714,7 +716,7 @@ def setup_record(args, micro, peak_tflops=None) -> dict:
                 input_size=None if args.config else args.input_size,
                 cfg_options=args.cfg_options or None, batch_size=args.batch_size,
                 micro_batches=micro,
-                grad_checkpointing=args.grad_checkpointing, attn_backend=args.attn_backend,
+                grad_checkpointing=checkpointing, attn_backend=args.attn_backend,
                 ema=args.ema, no_ema=args.no_ema or None, compile=args.compile or None,
                 device=args.device, precision=args.precision,
                 tf32=(tf32_supported() and not args.no_tf32) if cuda else None,
@@ -728,7 +730,8 @@ def setup_record(args, micro, peak_tflops=None) -> dict:
 
 def report(args, setup: dict, text: str, record: dict) -> None:
     """Print the setup line and the results; with ``--json`` write both."""
-    print(' '.join(f'{k}={v}' for k, v in setup.items() if v is not None))
+    print(' '.join(f'{k}={v}' for k, v in setup.items()  # (one micro-batch: not said)
+                   if v is not None and not (k == 'micro_batches' and v == 1)))
     print(text)
     if args.json:  # checked before the work (check_args); its folder made if missing
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -750,12 +753,15 @@ def main(argv=None):
     if batch_from_config:
         print(batch_note(args, cfg), flush=True)
     from mmsora.engine.strategies import accumulation_of
+    from mmsora.utils.memory_estimate import configured_grad_checkpointing
     micro = accumulation_of(cfg)  # a step: this many micro-batches of --batch-size
-    micro = micro if micro > 1 else None
+    # (the config's setting, else the denoiser's default: as estimate_memory.py names it)
+    checkpointing = configured_grad_checkpointing(cfg)
+    checkpointing = int(checkpointing) if isinstance(checkpointing, bool) else checkpointing
     notes = baseline_notes(args, cfg)
     if args.interleave:
         record = interleave(args)
-        report(args, setup_record(args, micro),
+        report(args, setup_record(args, micro, checkpointing),
                '\n'.join([interleave_report(args, record), *notes]), record)
         return
     impls = ['ours'] + ([args.baseline] if args.baseline else [])
@@ -776,7 +782,7 @@ def main(argv=None):
     if args.repeats > 1:
         lines += [f"{r['impl']}: step_ms of each run {r['step_ms_all']}" for r in results]
     lines += notes
-    setup = setup_record(args, micro, peak_tflops=results[0].get('peak_tflops'))
+    setup = setup_record(args, micro, checkpointing, peak_tflops=results[0].get('peak_tflops'))
     report(args, setup, '\n'.join(lines), dict(results=results))
 
 

@@ -31,7 +31,8 @@ collectives (:mod:`mmsora.utils.zero3_memory`; without offload).
 --fsdp``'s step on one of ``--gpus`` processes: torch's FSDP itself runs it over fake
 collectives (:mod:`mmsora.utils.fsdp_memory`), with the preset's MixedPrecision
 (``fsdp_bf16``). ``--cfg-options strategy.KEY=VALUE`` set the preset, as in
-``tools/train.py``.
+``tools/train.py``; a DeepSpeed ``train_batch_size`` number that is not the micro-batch
+x accumulation x ``--gpus`` is refused, as ``tools/train.py`` refuses it.
 ``--measure cuda`` runs the same steps for real on the GPU and prints the allocator's
 peak beside each estimate (not with ZeRO-1/2; with FSDP and ZeRO-3 on one GPU, their
 collectives faked).
@@ -107,19 +108,11 @@ def _checkpointing_label(k, cfg=None) -> str:
 
 
 def _configured(cfg):
-    """The denoiser's grad_checkpointing as the config builds it: the config's
-    setting, else the denoiser class's default (False where it has none)."""
-    k = _resolved(cfg, None)
-    if k is None:
-        from importlib import import_module
-
-        from mmsora.registry import MODELS
-        import_module('mmsora.models')  # (fills the registry)
-        from mmsora.utils.trained_settings import keyword_defaults
-        kind = cfg.model.denoiser.get('type')  # a name, or the class itself
-        denoiser = kind if isinstance(kind, type) else MODELS.get(kind)
-        k = keyword_defaults(denoiser).get('grad_checkpointing') or False
-    return k
+    """The denoiser's grad_checkpointing as the config builds it
+    (:func:`~mmsora.utils.memory_estimate.configured_grad_checkpointing`, which
+    tools/benchmark.py records too)."""
+    from mmsora.utils.memory_estimate import configured_grad_checkpointing
+    return configured_grad_checkpointing(cfg)
 
 
 def _size(gib: float) -> str:
@@ -153,16 +146,6 @@ def _precision(args, cfg):
                            'count that')
     return precision, (f"precision: {precision}, as the config's optim_wrapper ({kind}, "
                        f'{dtype}) trains; --precision fp32|bf16|fp16 counts another')
-
-
-def _resolved(cfg, k):
-    """The checkpointing setting counted: ``k``, else (None) the config's
-    ``model.denoiser.grad_checkpointing``; None where the config leaves it to the
-    denoiser's default."""
-    if k is not None:
-        return k
-    denoiser = (cfg.get('model') or {}).get('denoiser')
-    return denoiser.get('grad_checkpointing') if hasattr(denoiser, 'get') else None
 
 
 def _counted(cfg, k):

@@ -52,6 +52,7 @@ from .trained_settings import keyword_defaults
 from .training_inputs import denoiser_kwargs, ema_hook_cfg, training_model_cfg
 
 __all__ = ['LiveTensorBytes', 'MemoryEstimate', 'estimate_training_memory',
+           'configured_grad_checkpointing',
            'largest_batch', 'largest_fitting_batch', 'secant_guess', 'usable_bytes',
            'GiB', 'build_optimizer']
 
@@ -295,6 +296,24 @@ class _ZeroTimeline:
         self.arrived = 0
 
 
+def configured_grad_checkpointing(cfg) -> Union[bool, int, str]:
+    """The denoiser's ``grad_checkpointing`` as the config builds it: the config's
+    ``model.denoiser.grad_checkpointing``, else the denoiser class's default (False
+    where it has none); what ``tools/estimate_memory.py``'s '(config)' row counts and
+    ``tools/benchmark.py`` records."""
+    denoiser = (cfg.get('model') or {}).get('denoiser')
+    k = denoiser.get('grad_checkpointing') if hasattr(denoiser, 'get') else None
+    if k is None:
+        from importlib import import_module
+
+        from mmsora.registry import MODELS
+        import_module('mmsora.models')  # (fills the registry)
+        kind = denoiser.get('type') if hasattr(denoiser, 'get') else type(denoiser)
+        denoiser = kind if isinstance(kind, type) else MODELS.get(kind)
+        k = keyword_defaults(denoiser).get('grad_checkpointing') or False
+    return k
+
+
 def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
                              grad_checkpointing: Union[bool, int, None] = None,
                              text_len: Optional[int] = None, gpus: int = 1,
@@ -315,8 +334,9 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
         gpus (int): Data-parallel processes. Above 1, DDP keeps one bucket buffer of
             the trainable weights' size, for the whole run (measured: the peak grows by
             exactly that); with ``gradient_as_bucket_view`` it is less. With
-            ``deepspeed``: the processes ZeRO partitions over; with ``fsdp``: the
-            processes FSDP shards over.
+            ``deepspeed``: the processes ZeRO partitions over (a ``train_batch_size``
+            number is checked against them); with ``fsdp``: the processes FSDP shards
+            over.
         fake (bool): Count on fake tensors (no memory, no compute); False runs the
             step for real on ``device`` (what the tests and ``tools/estimate_memory.py
             --measure`` compare with).
@@ -352,8 +372,11 @@ def estimate_training_memory(cfg, batch_size: int, amp: Optional[str] = None,
     if deepspeed is not None:
         from mmsora.engine.strategies import fill_auto
         from mmsora.utils.zero_memory import ZeroLayout
+        # (gpus: the processes, so a train_batch_size number is checked against them,
+        # as tools/train.py's fill_auto does)
         filled = fill_auto(deepspeed, cfg, {None: None, torch.bfloat16: 'bfloat16',
-                                            torch.float16: 'float16'}[dtype])
+                                            torch.float16: 'float16'}[dtype],
+                           world_size=gpus)
         if int((filled.get('zero_optimization') or {}).get('stage', 0)) != 3:
             if not fake:
                 raise ValueError('a ZeRO-1/2 step is counted on fake tensors only')
