@@ -303,14 +303,10 @@ def configured_grad_checkpointing(cfg) -> Union[bool, int, str]:
     ``tools/benchmark.py`` records."""
     denoiser = (cfg.get('model') or {}).get('denoiser')
     k = denoiser.get('grad_checkpointing') if hasattr(denoiser, 'get') else None
-    if k is None:
-        from importlib import import_module
-
-        from mmsora.registry import MODELS
-        import_module('mmsora.models')  # (fills the registry)
-        kind = denoiser.get('type') if hasattr(denoiser, 'get') else type(denoiser)
-        denoiser = kind if isinstance(kind, type) else MODELS.get(kind)
-        k = keyword_defaults(denoiser).get('grad_checkpointing') or False
+    if k is None:  # (the class as the build finds it: config_keys.denoiser_class)
+        from mmsora.utils.config_keys import denoiser_class
+        cls = denoiser_class(cfg.get('model')) if hasattr(denoiser, 'get') else type(denoiser)
+        k = keyword_defaults(cls).get('grad_checkpointing') or False
     return k
 
 
