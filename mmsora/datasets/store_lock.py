@@ -9,6 +9,7 @@ import os.path as osp
 import socket
 import time
 
+from mmsora.utils.atomic_io import make_folders, remove_made_folders
 from mmsora.utils.cli import first_line, note
 
 try:
@@ -180,11 +181,7 @@ class StoreLock:
         (its dict, None where unreadable) is told first. An unreadable one younger than
         :data:`EMPTY_LOCK_STALE_S` is a run's that has made it and not yet written it:
         read again until it is written (then held) or old (then stale)."""
-        path = osp.abspath(self.root)
-        while not osp.exists(path) and path != osp.dirname(path):
-            self.made.append(path)
-            path = osp.dirname(path)
-        os.makedirs(self.root, exist_ok=True)
+        self.made += make_folders(self.root)
         host, stat = socket.gethostname(), _proc_stat(os.getpid())
         text = json.dumps(dict(pid=os.getpid(), host=host, started=stat and stat[1],
                                since=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
@@ -390,13 +387,7 @@ class StoreLock:
                 _HELD.discard(self.fd)
                 os.close(self.fd)
             self.fd = None
-        for folder in self.made:
-            try:
-                os.rmdir(folder)  # (only an empty one: a run that wrote nothing)
-            except FileNotFoundError:  # (os.makedirs stopped before it: a parent's made)
-                continue
-            except OSError:
-                break
+        remove_made_folders(self.made)  # (only empty ones: a run that wrote nothing)
         self.made = []
 
     def __enter__(self):

@@ -18,10 +18,10 @@ import os
 import os.path as osp
 import re
 from contextlib import contextmanager
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 __all__ = ['atomic_file', 'atomic_path', 'atomic_write_bytes', 'fsync_dir', 'fsync_file',
-           'tmp_name', 'tmp_target']
+           'make_folders', 'remove_made_folders', 'tmp_name', 'tmp_target']
 
 _TMP_NAME = re.compile(r'\.(.+)\.tmp-(\d+)(\.[^.]*)?')
 # Folder fsync errors that mean "not supported here" rather than "failed": some network
@@ -120,3 +120,32 @@ def atomic_write_bytes(path: str, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either unchanged or complete."""
     with atomic_file(path, sync=sync, sync_folder=sync) as f:
         f.write(data)
+
+
+def make_folders(folder: str) -> List[str]:
+    """Make ``folder`` and the folders above it that are missing; returns those made,
+    deepest first, for :func:`remove_made_folders` to take back where the work that
+    needed them fails. Where ``os.makedirs`` stops part way (no room, a permission),
+    the parents it made are removed before its error is raised."""
+    made, path = [], osp.abspath(folder)
+    while not osp.exists(path) and path != osp.dirname(path):
+        made.append(path)
+        path = osp.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except BaseException:
+        remove_made_folders(made)
+        raise
+    return made
+
+
+def remove_made_folders(made: List[str]) -> None:
+    """Remove the folders :func:`make_folders` made (``made``, deepest first) where
+    they are empty, stopping at the first that is not (something was written)."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:  # (os.makedirs stopped before it: a parent's made)
+            continue
+        except OSError:
+            break

@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Union
 import numpy as np
 from tqdm import tqdm
 
+from mmsora.utils.atomic_io import make_folders, remove_made_folders
 from mmsora.utils.cli import Interrupted, UserError, check_output_path
 from .compose import Composer, not_written
 from .pictures import PictureBackend, build_pictures
@@ -209,9 +210,7 @@ def text_to_video(text: str, out: Union[str, os.PathLike],
         raise Interrupted(not_written(out), exit_code=getattr(e, 'exit_code', 130)) \
             from None
     from mmsora.apis.video import DEFAULT_FPS
-    folder = osp.dirname(osp.abspath(out))
-    made = _missing_folders(folder)
-    os.makedirs(folder, exist_ok=True)
+    made = make_folders(osp.dirname(osp.abspath(out)))
     # Each shot's picture is made when the composer reaches the shot (a model samples
     # a batch of shots at a time) and dropped once the video has passed it: made all
     # before the video and held to its end, they grew the peak by 1.8 MiB a shot at
@@ -223,19 +222,6 @@ def text_to_video(text: str, out: Union[str, os.PathLike],
             timeline = composer.compose(shots, images, out, progress=progress,
                                         clip_fps=getattr(pictures, 'fps', DEFAULT_FPS))
     except BaseException:
-        for path in made:  # the folders made for ``out`` (as before: none made)
-            try:
-                os.rmdir(path)
-            except OSError:
-                break
+        remove_made_folders(made)  # the folders made for ``out`` (as before: none made)
         raise
     return Text2VideoResult(out, language, shots, timeline)
-
-
-def _missing_folders(folder: str) -> List[str]:
-    """``folder`` and the folders above it that do not exist, deepest first."""
-    missing = []
-    while folder and not osp.exists(folder) and folder != osp.dirname(folder):
-        missing.append(folder)
-        folder = osp.dirname(folder)
-    return missing
