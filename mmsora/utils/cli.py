@@ -128,7 +128,15 @@ def note(text: str, once: bool = False) -> None:
         return
     _NOTED.add(text)
     if is_launch_rank0():
-        print(f'note: {text}', file=sys.stderr, flush=True)
+        say(f'note: {text}')
+
+
+def say(*lines: str) -> None:
+    """Print ``lines`` on standard error in one write: the processes of a launch share
+    the stream, and a ``print`` writes its text and its newline apart, so two processes'
+    lines could run together (``...againerror: ...``) and lose their line breaks."""
+    sys.stderr.write(''.join(f'{line}\n' for line in lines))
+    sys.stderr.flush()
 
 
 def is_first_on_machine() -> bool:
@@ -285,7 +293,7 @@ def add_note(exc: BaseException, text: str) -> None:
     if hasattr(exc, 'add_note'):
         exc.add_note(text)
     else:
-        print(text, file=sys.stderr, flush=True)
+        say(text)
 
 
 def check_samples_not_finished(path, option: str = '--out') -> None:
@@ -440,8 +448,7 @@ def _run(main, sigterm: _SigtermAsCtrlC) -> int:
         # (a tool's Interrupted made from the KeyboardInterrupt may keep 130)
         by = ' by SIGTERM' if sigterm.raised else ''
         if not getattr(e, 'quiet', False):
-            print(f'interrupted{by}{f" {e}" if str(e) else ""}', file=sys.stderr,
-                  flush=True)
+            say(f'interrupted{by}{f" {e}" if str(e) else ""}')
         return 143 if sigterm.raised else getattr(e, 'exit_code', 130)
     except Exception as e:
         from mmsora.utils.dist import abandon_process_group
@@ -452,8 +459,7 @@ def _run(main, sigterm: _SigtermAsCtrlC) -> int:
             raise
         if isinstance(e, UserError) and _said_by_first_on_machine(sigterm):
             return 2
-        print(f'error: {message}', file=sys.stderr)
-        for line in getattr(e, '__notes__', ()):  # (add_note's: what to do next)
-            print(line, file=sys.stderr)
+        # (add_note's notes: what to do next; one write with the line they follow)
+        say(f'error: {message}', *getattr(e, '__notes__', ()))
         return 2
     return 0

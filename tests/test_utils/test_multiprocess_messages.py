@@ -229,3 +229,39 @@ def test_the_first_of_a_machine_after_slurms_variables_and_under_torchrun_in_a_j
     _launch(monkeypatch, SLURM_LOCALID='0', RANK='0', LOCAL_RANK='0', WORLD_SIZE='2',
             LOCAL_WORLD_SIZE='2')
     assert cli.is_first_on_machine()
+
+
+# ---------------------------------------------------------------------------
+# Each process's lines in one write
+# ---------------------------------------------------------------------------
+
+class Writes(list):
+    """A standard error that keeps each write apart (the launch's shared pipe)."""
+
+    def write(self, text):
+        self.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_an_error_and_its_notes_reach_the_shared_stream_in_one_write(monkeypatch):
+    # (two processes of a DeepSpeed save failing together printed text and newline
+    # apart: 'error: ... againerror: ... again', one line where the user reads two)
+    _launch(monkeypatch, RANK='1', LOCAL_RANK='1', WORLD_SIZE='2')
+    error = RunError('cannot write checkpoint w/iter_2.pth: File too large')
+    cli.add_note(error, 'the last checkpoint is w/iter_1.pth')
+    writes = Writes()
+    monkeypatch.setattr(cli.sys, 'stderr', writes)
+    assert run_cli(_fails(error)) == 2
+    assert writes == [f'error: {error}\nthe last checkpoint is w/iter_1.pth\n']
+
+
+def test_an_interruption_and_a_note_are_one_write_each(monkeypatch):
+    _launch(monkeypatch, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2')
+    writes = Writes()
+    monkeypatch.setattr(cli.sys, 'stderr', writes)
+    cli.note('the text encoder runs on the CPU')
+    assert run_cli(_fails(KeyboardInterrupt())) == 130
+    assert writes == ['note: the text encoder runs on the CPU\n', 'interrupted\n']
