@@ -34,13 +34,13 @@ import contextlib
 import io
 import logging
 import os
-import sys
 import threading
 
 from mmengine.logging import MMLogger
 from mmengine.visualization import LocalVisBackend
 
 from mmsora.utils.atomic_io import tmp_target
+from mmsora.utils.cli import say
 
 __all__ = ['guard_log_file', 'guarded_log_files', 'naming_os_errors']
 
@@ -67,9 +67,8 @@ class LogFileGuard:
 
     def fail(self, error: OSError) -> None:
         self.failed = True
-        print(f'warning: cannot write the log file {self.path} ({error.strerror or error}): '
-              'it is not written again in this run; the log goes on on the console',
-              file=sys.stderr, flush=True)
+        say(f'warning: cannot write the log file {self.path} ({error.strerror or error}): '
+            'it is not written again in this run; the log goes on on the console')
 
 
 class LogFileStream(io.TextIOBase):
