@@ -31,6 +31,23 @@ fi
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
+# One process per GPU: on a machine with fewer GPUs than GPUS (the configs' "8" on a
+# 4-GPU box), each process past them stopped on its own traceback ('CUDA error: invalid
+# device ordinal' from mmengine's set_device) and torchrun on a ChildFailedError report.
+# Count them as the processes will (CUDA_VISIBLE_DEVICES too); a machine without CUDA
+# trains its processes on the CPU over gloo, any number of them. A count that cannot be
+# read (no torch on PYTHON) is left to torchrun.
+CUDA_COUNT='import torch; print(torch.cuda.device_count())'
+if [[ $GPUS =~ ^[0-9]+$ ]]; then
+    cuda=$("${PYTHON:-python}" -c "$CUDA_COUNT" 2>/dev/null) || cuda=
+    if [[ $cuda =~ ^[1-9][0-9]*$ ]] && (( GPUS > cuda )); then
+        seen=${CUDA_VISIBLE_DEVICES+" (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)"}
+        echo "dist_train.sh: GPUS=$GPUS but this machine has $cuda CUDA device(s)$seen:" \
+            "give $cuda or fewer, one process per GPU" >&2
+        exit 2
+    fi
+fi
+
 # Node 0's torchrun serves the rendezvous on PORT, on every address of the machine: a port
 # in use stopped it with a 45-line traceback ending in EADDRINUSE. Look first, binding as
 # it will (exit 3: in use, with a free port after it printed; anything else goes on, and

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
+from mmsora.datasets.image_folder import IMG_EXTENSIONS
 from mmsora.datasets.shard_files import say_damaged
 from mmsora.datasets.store_folder import foreign_folder_message
 from mmsora.datasets.store_format import TORCH_DTYPES, nonfinite_items
@@ -272,7 +273,11 @@ def barrier():
 def build_source(args):
     try:
         if args.data_path:
-            return ImageSource(args.data_path, args.image_size)
+            try:
+                return ImageSource(args.data_path, args.image_size)
+            except ValueError:  # (looked for only then: an ImageNet is not walked twice)
+                refuse_video_folder(args.data_path)
+                raise
         size = args.size or [args.image_size]
         return ClipSource(args.manifest, args.num_frames, (size[0], size[-1]),
                           frame_stride=args.frame_stride, target_fps=args.target_fps,
@@ -281,6 +286,30 @@ def build_source(args):
                           clips_per_video=args.clips_per_video)
     except (FileNotFoundError, ValueError, ManifestError) as e:
         fail(e)
+
+
+# What tools/make_manifest.py lists as videos by default.
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
+
+
+def refuse_video_folder(root: str) -> None:
+    """Refuse a ``--data-path`` of videos in class folders (UCF-101's layout, as Latte
+    reads it) in one line saying how to extract them: before, it was 'holds no images
+    in class subfolders (expected root/class_name/*.jpg|...)', which named pictures
+    alone. A folder holding pictures too is left to ImageSource."""
+    if not osp.isdir(root):
+        return
+    videos = pictures = 0
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+        for name in filenames:
+            ext = osp.splitext(name)[1].lower()
+            videos += ext in VIDEO_EXTENSIONS
+            pictures += ext in IMG_EXTENSIONS
+    if videos and not pictures:
+        manifest = osp.join(root, 'train.csv')
+        fail(f'--data-path {root} holds videos ({plural(videos, "file")}), not pictures: '
+             f'list them with tools/make_manifest.py {root} --out {manifest} '
+             f'--label-from-folder (a class per folder), then give --manifest {manifest}')
 
 
 def video_vae_class(folder: str) -> str:

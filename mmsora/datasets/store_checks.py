@@ -244,10 +244,11 @@ def check_store_shapes(cfg, index, root) -> None:
     stored, ours = index.get('latent_shape'), cfg.model.get('latent_shape')
     if isinstance(stored, list) and isinstance(ours, (list, tuple)) and \
             tuple(stored) != tuple(ours):
+        keys = ' '.join([f'"model.latent_shape={tuple(stored)}"'.replace(' ', '')]
+                        + denoiser_sizes(cfg, stored))
         raise UserError(f'{root}: the store holds latents of shape {tuple(stored)} but '
-                        f'model.latent_shape is {tuple(ours)}: set model.latent_shape='
-                        f'{tuple(stored)} (and the denoiser\'s sizes to match), or extract '
-                        "at the config's size")
+                        f'model.latent_shape is {tuple(ours)}: set --cfg-options {keys}, '
+                        "or extract at the config's size")
     text = index.get('text_shape')
     width = (cfg.model.get('denoiser') or {}).get('text_dim')
     if isinstance(text, list) and len(text) == 2 and isinstance(text[1], int) and \
@@ -256,6 +257,22 @@ def check_store_shapes(cfg, index, root) -> None:
                         f'text encoder) but model.denoiser.text_dim is {width}: set '
                         f'model.denoiser.text_dim={text[1]}, or extract with the text '
                         'encoder the config names')
+
+
+def denoiser_sizes(cfg, shape) -> list:
+    """The ``model.denoiser.KEY=VALUE`` settings that fit latents of ``shape`` (C, [T,]
+    h, w), of the sizes the config's denoiser sets otherwise. Before, the refusal said
+    "and the denoiser's sizes to match": set latent_shape alone, the run was refused
+    again for input_size, and a frame count left at the config's went unsaid."""
+    denoiser = cfg.model.get('denoiser') or {}
+    if not hasattr(denoiser, 'get'):
+        return []
+    fits = dict(in_channels=shape[0],
+                input_size=shape[-1] if shape[-1] == shape[-2] else list(shape[-2:]))
+    if len(shape) == 4:
+        fits['num_frames'] = shape[1]
+    return [f'model.denoiser.{key}={value}'.replace(' ', '') for key, value in fits.items()
+            if key in denoiser and denoiser[key] != value]
 
 
 def note_clip_fps(cfg, index, root) -> None:
