@@ -1,6 +1,7 @@
 """Peak GPU memory of a config's training step, and the largest batch a card holds,
-counted on fake tensors (no GPU, nothing computed; seconds even for XL video models,
-under a minute with ZeRO-3).
+counted on fake tensors (no GPU, nothing computed; seconds an estimate even for XL video
+models, ~6 s of CPU for VideoDiT-XL/2 on 2 cores, under a minute with ZeRO-3; a
+``--budget-gb`` search runs ~7 estimates per setting: docs/benchmarks.md).
 
     python tools/estimate_memory.py CONFIG [--precision bf16] [--batch-size 1 5 8] \
         [--grad-checkpointing 0 2 1] [--budget-gb 24 48 80] [--headroom 0.1] \
