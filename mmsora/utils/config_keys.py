@@ -109,12 +109,14 @@ def accepted_arguments(cls):
 
 def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
                       missing_too: bool = False, past_kwargs: bool = False,
-                      extra: Optional[dict] = None) -> None:
+                      extra: Optional[dict] = None, parts: Optional[dict] = None) -> None:
     """Refuse keys of a config ``entry`` that ``cls`` does not take (a typo), naming
     the close ones; with ``missing_too`` also the arguments it needs and the entry
     lacks. ``given_by_runner``: arguments the Runner passes itself (not the config's);
     ``also``: keys the Runner reads beside them (a hook's ``priority``); ``extra``:
-    more arguments taken, by name (an EMA hook's average's). mmengine's own keys
+    more arguments taken, by name (an EMA hook's average's); ``parts``: the classes of
+    the entry's own entries, by key (an optimizer wrapper's ``optimizer``), whose
+    arguments an unknown key is named as (:func:`_part_taking`). mmengine's own keys
     (``type``, ``_scope_``) are skipped; so is a class that takes any keyword
     (:func:`accepted_arguments`), unless ``past_kwargs`` (nothing takes them further).
     Then the values of the arguments it names (those of a class taking any keyword
@@ -129,13 +131,25 @@ def check_config_keys(entry: dict, cls, where: str, given_by_runner=(), also=(),
         name = getattr(cls, '__name__', str(cls))
         for key in keys:
             if key not in params:
-                raise UserError(f'{where}: ' + unknown_key_message(
-                    name, key, skip=given_by_runner, names=list(params)))
+                part = _part_taking(key, parts, where)  # (over close names: exact)
+                raise UserError(f'{where}: ' + (
+                    f'unknown config key {key!r} for {name}; {part}' if part else
+                    unknown_key_message(name, key, skip=given_by_runner, names=list(params))))
         missing = [name for name, p in params.items()
                    if p.default is p.empty and name not in keys]
         if missing_too and missing:
             raise UserError(f'{where}: {missing_arguments_message(name, missing)}')
     check_config_values(entry, params, where)
+
+
+def _part_taking(key, parts, where: str) -> str:
+    """``'KEY is its optimizer's (AdamW): set WHERE.optimizer.KEY'`` where a class
+    of ``parts`` (key: class) takes ``key``, else ''. An argument one level too high
+    (``optim_wrapper.lr``, ``model.depth``) was told only the keys the entry takes."""
+    for part, cls in (parts or {}).items():
+        if inspect.isclass(cls) and key in accepted_arguments(cls)[0]:
+            return f"{key} is its {part}'s ({cls.__name__}): set {where}.{part}.{key}"
+    return ''
 
 
 def _annotation_classes(annotation):
@@ -322,6 +336,69 @@ def _note_top_level(cfg) -> None:
                  f'{meant}, rename it (a variable of the config\'s own is fine)')
 
 
+# The sections of an mmcv 1.x config (MMDetection 2.x, MMEditing 0.x) whose settings
+# mmengine's Runner reads elsewhere, each with where they go now (workflow and
+# dist_params are left out: copied from an mmcv 1.x runtime, they change nothing).
+_MMCV1_SECTIONS = {
+    'optimizer': "optim_wrapper = dict(optimizer=dict(type='AdamW', lr=...))",
+    'optimizers': "optim_wrapper = dict(optimizer=dict(type='AdamW', lr=...))",
+    'optimizer_config': 'optim_wrapper = dict(clip_grad=dict(max_norm=...), '
+                        'accumulative_counts=...)',
+    'lr_config': "param_scheduler = [dict(type='LinearLR', by_epoch=False, ...), ...]",
+    'momentum_config': "param_scheduler = [dict(type='CosineAnnealingMomentum', ...)]",
+    'runner': "train_cfg = dict(type='IterBasedTrainLoop', max_iters=...)",
+    'total_iters': 'train_cfg = dict(max_iters=...)',
+    'total_epochs': 'train_cfg = dict(max_iters=...) (mmsora runs count iterations)',
+    'checkpoint_config': 'default_hooks = dict(checkpoint=dict(interval=...))',
+    'log_config': 'default_hooks = dict(logger=dict(interval=...))',
+    'data': 'train_dataloader = dict(batch_size=..., num_workers=..., dataset=dict(...))',
+    'fp16': 'tools/train.py --amp',
+    'resume_from': 'tools/train.py --resume CKPT',
+}
+
+
+def _names_read(path, seen=None) -> set:
+    """The names a Python config file and its ``_base_`` files read (``optimizer`` in
+    ``optim_wrapper = dict(optimizer=optimizer)``), from their source; none for a
+    config not read from a .py file."""
+    import ast
+    import os.path as osp
+
+    from mmengine.config import Config
+    seen = set() if seen is None else seen
+    if not (isinstance(path, str) and path.endswith('.py') and osp.isfile(path)) or \
+            path in seen:
+        return set()
+    seen.add(path)
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        bases = [Config._get_cfg_path(b, path)[0] for b in Config._get_base_files(path)
+                 if '::' not in b]
+    except Exception:  # (the config was read: a base not found is mmengine's to say)
+        return set()
+    names = {node.id for node in ast.walk(tree)
+             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    for base in bases:
+        names |= _names_read(base, seen)
+    return names
+
+
+def _check_mmcv1_sections(cfg) -> None:
+    """Refuse a section of an mmcv 1.x config (``optimizer = dict(type='AdamW',
+    lr=2e-4)``, ``lr_config``, ``checkpoint_config``, ``runner``): mmengine's Runner
+    reads none of them, so the run trained with its base's optimizer, schedule and
+    checkpoints, without a word. One the config file (or a base) reads is a variable of
+    its own (``optim_wrapper = dict(optimizer=optimizer)``), and used."""
+    read = _names_read(getattr(cfg, 'filename', None))
+    for key, place in _MMCV1_SECTIONS.items():
+        if key not in cfg or cfg.get(key) is None or key in read:  # (None: nothing
+            continue  # set, as an mmcv 1.x runtime's resume_from = None)
+        raise UserError(f"{key} is an mmcv 1.x section, which mmengine's Runner does not "
+                        f'read (the run would go on without it): give it as {place} '
+                        '(a variable of your own: rename it)')
+
+
 # What the Runner reads from these sections (mmengine 0.10: Runner.setup_env and
 # Runner.build_dataloader, which hands the rest of train_dataloader to DataLoader).
 _ENV_KEYS = ('cudnn_benchmark', 'mp_cfg', 'dist_cfg', 'resource_limit')
@@ -482,17 +559,18 @@ def _check_optimizer(cfg) -> None:
     if isinstance(wrapper, dict) and wrapper.get('constructor') in (
             None, 'DefaultOptimWrapperConstructor'):
         cls = registered_class(wrapper, OPTIM_WRAPPERS, 'optim_wrapper', default='OptimWrapper')
+        optimizer = wrapper.get('optimizer')
+        optimizer_cls = registered_class(optimizer, OPTIMIZERS, 'optim_wrapper.optimizer')
         if 'accumulative_counts' in wrapper:  # (its own words first, as train_cfg's counts)
             from mmsora.engine.strategies.train_options import check_accumulative_counts
             check_accumulative_counts(wrapper['accumulative_counts'])
-        if cls is not None:
+        if cls is not None:  # (optim_wrapper.lr: named as the optimizer's)
             check_config_keys(wrapper, cls, 'optim_wrapper',
-                              also=('constructor', 'paramwise_cfg'))
+                              also=('constructor', 'paramwise_cfg'),
+                              parts=dict(optimizer=optimizer_cls))
         _check_clip_grad(wrapper.get('clip_grad'))
-        optimizer = wrapper.get('optimizer')
-        cls = registered_class(optimizer, OPTIMIZERS, 'optim_wrapper.optimizer')
-        if cls is not None:
-            check_config_keys(optimizer, cls, 'optim_wrapper.optimizer',
+        if optimizer_cls is not None:
+            check_config_keys(optimizer, optimizer_cls, 'optim_wrapper.optimizer',
                               given_by_runner=('params',))
     for where, scheduler in _schedulers(cfg):
         cls = registered_class(scheduler, PARAM_SCHEDULERS, where)
@@ -561,6 +639,14 @@ def _check_hooks(cfg) -> None:
                 raise UserError(f'{where}.momentum={momentum!r}: the EMA moves that '
                                 'fraction of the way to the weights each step, in (0, 1); '
                                 "DiT's decay 0.9999 is momentum=1e-4")
+            if momentum is not None and momentum > 0.5:  # a decay (DiT's, SiT's, Latte's
+                # ema 0.9999) given as mmengine's momentum: the "EMA" was the weights of
+                # the last step or two, which checkpoints and infer sampled, without a word
+                raise UserError(f'{where}.momentum={momentum!r} moves the EMA '
+                                f'{momentum * 100:g}% of the way to the weights each step: '
+                                "it follows them and averages nothing. mmengine's momentum "
+                                f'is 1 - decay: for a decay of {momentum:g} give momentum='
+                                f'{1 - momentum:.4g}')
             ema_type = hook.get('ema_type', inspect.signature(cls).parameters[
                 'ema_type'].default)
             try:
@@ -610,14 +696,12 @@ def check_model_config(model, where: str = 'model', types: bool = True) -> None:
     cls = class_of(model, registries.MODELS, where)
     if not inspect.isclass(cls):
         return
-    check_config_keys(model, cls, where)
-    if not issubclass(cls, LatentDiffusion):
-        return
-    for key, registry in _MODEL_PARTS:
-        part = model.get(key)
-        found = class_of(part, getattr(registries, registry), f'{where}.{key}')
+    parts = {key: class_of(model.get(key), getattr(registries, registry), f'{where}.{key}')
+             for key, registry in _MODEL_PARTS} if issubclass(cls, LatentDiffusion) else {}
+    check_config_keys(model, cls, where, parts=parts)  # (model.depth: the denoiser's)
+    for key, found in parts.items():
         if inspect.isclass(found):
-            check_config_keys(part, found, f'{where}.{key}')
+            check_config_keys(model[key], found, f'{where}.{key}')
 
 
 def text_conditioned_config(model) -> bool:
@@ -805,7 +889,10 @@ def check_training_keys(cfg, check_model: bool = True) -> None:
     names it), unless not ``check_model``: the caller checked it already
     (``tools/train.py``, unknown types too, before its build on the meta device; it
     ran twice a start); ``sample_cfg`` against the model's objective (which alone is
-    built: it holds no weights). Nothing is read."""
+    built: it holds no weights). An mmcv 1.x section the Runner would not read
+    (``optimizer``, ``lr_config``, ...) is refused first, naming its place now.
+    Nothing is read."""
+    _check_mmcv1_sections(cfg)
     _note_top_level(cfg)
     _check_sections(cfg)
     if check_model:
