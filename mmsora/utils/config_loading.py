@@ -42,14 +42,20 @@ def load_config(path):
 
 
 def _close_configs(path) -> str:
-    """'; did you mean ...' for a config path not found: the same file name in another
+    """'; did you mean ...' for a config path not found (:func:`_close_config_paths`)."""
+    same = _close_config_paths(path)
+    return f"; did you mean {' or '.join(same)}?" if same else ''
+
+
+def _close_config_paths(path) -> list:
+    """Up to 3 configs meant by a path not found: the same file name in another
     folder of configs/ (configs/dit_s2_....py for configs/dit/dit_s2_....py), else close
     names in the folder given and under configs/ of the working directory; files under
     ``_base_`` only for a path under ``_base_``."""
     import glob
     name = osp.basename(path)
     if not name:
-        return ''
+        return []
     folder = osp.dirname(path)
     found = set()
     if osp.isdir(folder or '.'):
@@ -66,7 +72,7 @@ def _close_configs(path) -> str:
             by_name.setdefault(osp.basename(f), f)
         close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.75)
         same = [by_name[c] for c in close]
-    return f"; did you mean {' or '.join(same[:3])}?" if same else ''
+    return same[:3]
 
 
 def _folder_given_message(path) -> str:
@@ -115,9 +121,22 @@ def _config_error_message(path, error) -> str:
                  "only: give the path of the config file, relative to your config's "
                  "folder or absolute, e.g. '../mmsora/configs/dit/....py')")
     where = f' (line {line})' if line else ''
+    path = osp.normpath(path)  # (a/./my.py given: a/my.py)
     if culprit and osp.abspath(culprit) != osp.abspath(path):
+        if isinstance(error, FileNotFoundError) and not osp.exists(culprit):
+            text = f'not found{_close_base_configs(culprit)}'  # a _base_ path's typo
         return f'cannot load config {path}: its base {_shown_path(culprit)}: {text}{where}'
     return f'cannot load config {path}: {text}{where}'
+
+
+def _close_base_configs(path) -> str:
+    """'; did you mean ...' for a ``_base_`` not found, each config named once as the
+    error names files (found both from the base's absolute folder and under configs/)."""
+    shown = []
+    for found in _close_config_paths(path):
+        if _shown_path(found) not in shown:
+            shown.append(_shown_path(found))
+    return f"; did you mean {' or '.join(shown)}?" if shown else ''
 
 
 def import_custom_modules(custom_imports) -> None:

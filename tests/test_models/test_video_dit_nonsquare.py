@@ -51,7 +51,7 @@ def test_forward_backward_and_sampling():
 
 
 def test_sizes_must_fit_the_patch():
-    with pytest.raises(ValueError, match='not a multiple of the patch size 2'):
+    with pytest.raises(ValueError, match='is not a multiple of patch_size 2'):
         tiny((4, 5))
     with pytest.raises(AssertionError, match='does not match the model'):
         tiny()(torch.randn(1, 3, 3, 6, 4), torch.tensor([1]), torch.tensor([0]))

@@ -312,7 +312,8 @@ def test_a_workers_own_error_is_the_only_line():
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-3000:]
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        'error: input size 33x33 is not a multiple of the patch size 8']
+        'error: input_size 33x33 is not a multiple of patch_size 8: set patch_size to one '
+        'that divides it (1, 3 or 11), or input_size to multiples of 8 (32x32)']
 
 
 @pytest.mark.parametrize('option, value', [('1', 1), ('selective', 'selective')])

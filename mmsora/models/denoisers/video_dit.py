@@ -221,8 +221,12 @@ class VideoDiT(nn.Module):
         if condition not in ('class', 'text'):
             raise ValueError(f"condition must be 'class' or 'text', got {condition!r}")
         if block_type == 'latte' and depth % 2:
-            raise ValueError(f'latte interleaves spatial and temporal blocks: depth must '
-                             f'be even, got {depth}')
+            # (depth - 1 is 0 for depth 1: no model)
+            evens = ' or '.join(str(d) for d in (depth - 1, depth + 1) if d > 0)
+            raise ValueError(f"latte interleaves spatial and temporal blocks: depth must "
+                             f"be even, got {depth}; set depth to {evens}, or "
+                             f"block_type='stdit' (spatial and temporal attention in "
+                             f"every block), which takes any depth")
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels

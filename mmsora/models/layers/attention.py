@@ -53,6 +53,19 @@ def split_heads(parts, num_heads: int) -> tuple:
     return tuple(p.unflatten(-1, (num_heads, -1)).transpose(1, 2) for p in parts)
 
 
+def heads_message(hidden_size: int, num_heads: int) -> str:
+    """A config's hidden_size that num_heads does not divide, in one line (raised under
+    tools/train.py as its ``error:``) with the nearest fixes of either: the head counts
+    that divide hidden_size, the hidden sizes that num_heads divides."""
+    below = max(d for d in range(1, num_heads) if hidden_size % d == 0)
+    above = [d for d in range(num_heads + 1, hidden_size + 1) if hidden_size % d == 0][:1]
+    lower = hidden_size // num_heads * num_heads
+    sizes = [s for s in (lower, lower + num_heads) if s > 0]
+    return (f'hidden_size {hidden_size} must be divisible by num_heads {num_heads}: set '
+            f"num_heads to {' or '.join(map(str, [below, *above]))}, or hidden_size to "
+            f"{' or '.join(map(str, sizes))}")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; the q, k, v projections packed in one weight
     (``qkv``, as DiT's and timm's) and computed apart (:class:`PackedLinear`)."""
@@ -61,8 +74,7 @@ class Attention(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:  # a config mistake: one line, not an AssertionError
-            raise ValueError(f'hidden_size {dim} must be divisible by num_heads '
-                             f'{num_heads}')
+            raise ValueError(heads_message(dim, num_heads))
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = PackedLinear(dim, dim * 3, parts=3, bias=qkv_bias)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from .attention import PackedLinear, split_heads
+from .attention import PackedLinear, heads_message, split_heads
 from .attention_backends import attention
 
 
@@ -20,8 +20,7 @@ class MultiHeadCrossAttention(nn.Module):
                  proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:  # a config mistake: one line, not an AssertionError
-            raise ValueError(f'hidden_size {dim} must be divisible by num_heads '
-                             f'{num_heads}')
+            raise ValueError(heads_message(dim, num_heads))
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_linear = nn.Linear(dim, dim)

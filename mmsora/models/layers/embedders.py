@@ -27,8 +27,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if h % patch_size or w % patch_size:
-            raise ValueError(f'input size {h}x{w} is not a multiple of the patch size '
-                             f'{patch_size}')
+            raise ValueError(_patch_size_message(h, w, patch_size))
         self.img_size = (h, w)
         self.patch_size = (patch_size, patch_size)
         self.grid_size = (h // patch_size, w // patch_size)
@@ -47,6 +46,25 @@ class PatchEmbed(nn.Module):
         # it again (25 copies per DiT-S/2 forward; 5-10% of a CPU step). timm / DiT
         # return the view; the values are the same.
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()
+
+
+def _patch_size_message(h: int, w: int, patch_size: int) -> str:
+    """A config's input_size that patch_size does not divide, in one line (raised
+    under tools/train.py as its ``error:``) with the two ways out: the patch sizes
+    nearest it that divide both sides, or the input_size rounded to its multiples."""
+    common = math.gcd(h, w)
+    divisors = [d for d in range(1, common + 1) if common % d == 0]
+    near = sorted(sorted(divisors, key=lambda d: (abs(d - patch_size), d))[:3])
+    sides = [max(patch_size, round(s / patch_size) * patch_size) for s in (h, w)]
+    return (f'input_size {h}x{w} is not a multiple of patch_size {patch_size}: set '
+            f'patch_size to one that divides it ({_either(near)}), or input_size to '
+            f'multiples of {patch_size} ({sides[0]}x{sides[1]})')
+
+
+def _either(numbers) -> str:
+    """'1, 2 or 4'."""
+    words = [str(n) for n in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 # --------------------------------------------------------------------------- #
