@@ -301,6 +301,7 @@ def _save_checkpoint_with_step(self, runner, step, meta):
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
     if is_main_process() and isinstance(self.file_backend, LocalBackend):
         remove_stale_tmp_files(self.out_dir)
+    existed = osp.lexists(self.last_ckpt)
     try:
         runner.save_checkpoint(
             self.out_dir, ckpt_filename, self.file_client_args,
@@ -317,8 +318,12 @@ def _save_checkpoint_with_step(self, runner, step, meta):
         previous = _read_last_checkpoint(runner.work_dir)
         if failed is None:
             failed = _write_error(self.last_ckpt, e)  # (before the part left is removed)
-        left = (_remove_partial(self.last_ckpt, previous)
-                if isinstance(e, RuntimeError) or osp.isdir(self.last_ckpt) else None)
+        # (only what this save made: a DeepSpeed folder there before it is the earlier
+        # save's, whole, the new one written beside it and put in its place once every
+        # process had written its part, deepspeed_save.py; removing it lost a checkpoint
+        # other than last_checkpoint's)
+        left = (_remove_partial(self.last_ckpt, previous) if not existed and (
+            isinstance(e, RuntimeError) or osp.isdir(self.last_ckpt)) else None)
         raise CheckpointWriteError(self.last_ckpt, failed, previous, left) from e
     if not is_main_process():
         return

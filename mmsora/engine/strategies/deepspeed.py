@@ -12,15 +12,15 @@ Mend for mmengine 0.10.7: ``DeepSpeedStrategy.__init__`` calls
 the same process raises "already registered"). :func:`mend_mmengine_deepspeed`
 replaces it with one that registers the optimizers the installed DeepSpeed has, and
 makes ``save_checkpoint`` run the hooks' checkpoint callback, which it drops (so the
-EMA weights are saved), and fail on every process at once where one process's write
-fails (:func:`_fail_together`). It also hides torch's deprecation of the collectives
+EMA weights are saved), fail on every process at once where one process's write
+fails and replace a checkpoint there before only once the new one is whole
+(:func:`~mmsora.engine.strategies.deepspeed_save.fail_together`). It also hides torch's deprecation of the collectives
 DeepSpeed calls, which came back at every step (:func:`quiet_deprecated_collectives`).
 """
 import copy
 import json
 import os
 import os.path as osp
-import shutil
 import sys
 import warnings
 from functools import partial
@@ -28,6 +28,7 @@ from functools import partial
 from mmengine.hooks import Hook
 
 import mmsora
+from mmsora.engine.strategies.deepspeed_save import fail_together
 from mmsora.registry import HOOKS
 from mmsora.utils.cli import UserError
 from mmsora.utils.training_inputs import hook_class
@@ -321,7 +322,7 @@ def mend_mmengine_deepspeed():
     make_checkpoints_atomic()  # its save_checkpoint, imported by name
     strategy = mm_deepspeed.DeepSpeedStrategy
     if not getattr(strategy, '_mmsora_hooks_mended', False):
-        strategy.save_checkpoint = _fail_together(
+        strategy.save_checkpoint = fail_together(
             _save_with_hooks(strategy.save_checkpoint))
         strategy.resume = _resume_with_hooks(strategy.resume)
         strategy._mmsora_hooks_mended = True
@@ -388,114 +389,6 @@ def _save_with_hooks(save_checkpoint):
             callback(extra_ckpt)
         return save_checkpoint(self, filename, extra_ckpt=extra_ckpt, **kwargs)
     return wrapped
-
-
-def _fail_together(save_checkpoint):
-    """``DeepSpeedStrategy.save_checkpoint`` whose failed write on one process fails
-    the save on every process, at once, each with a line that names the failure.
-
-    DeepSpeed's processes write their parts of the checkpoint folder and meet at
-    barriers: one whose write failed (a full disk, its file-size limit) left the save
-    with its error, and the others waited at DeepSpeed's next barrier until the
-    collective timeout (30 minutes), then died without a word of the checkpoint. Here
-    a failed write of DeepSpeed's (its checkpoint engine's ``save``, the copy of its
-    recovery scripts) is kept and the process writes no more of the checkpoint, but
-    goes on through DeepSpeed's save and its collectives; then the processes tell each
-    other their failures. The one that failed raises its OSError (the errno asked of
-    the disk: ``atomic_checkpoint._write_error``), each other one an OSError naming
-    that process (``process 1 could not write its part: File too large``), with its
-    errno: ``CheckpointHook`` makes either a :class:`CheckpointWriteError`, which
-    ``tools/train.py`` says in its one line. Process 0 removes the partial folder
-    first, as one process does (a folder that was there before the save is left).
-    """
-    def wrapped(self, filename, **kwargs):
-        from mmengine.dist import all_gather_object, barrier, get_rank, get_world_size
-        if get_world_size() == 1:  # (the error ends the save, as it always did)
-            return save_checkpoint(self, filename, **kwargs)
-        new = not osp.lexists(filename)  # (a folder there before is not removed)
-        failures = []
-        try:
-            with _KeptWrites(getattr(self.model, 'model', self.model), failures):
-                save_checkpoint(self, filename, **kwargs)
-        except (OSError, RuntimeError) as e:  # a write after DeepSpeed's collectives
-            # (mmengine's save_optimizer=False file, process 0's alone)
-            if not _failed_write(e):
-                raise
-            failures.append(e)
-        mine = None
-        if failures:
-            from mmsora.engine.atomic_checkpoint import _raise_cause_or_none, _write_error
-            first = failures[0]
-            mine = first if isinstance(first, OSError) else (
-                _raise_cause_or_none(first) or _write_error(filename, first))
-        said = all_gather_object(None if mine is None
-                                 else (mine.errno, mine.strerror or str(mine)))
-        if any(failure is not None for failure in said):
-            # every process is done with the folder: its part is removed (else it was
-            # taken for the last checkpoint: it holds optimizer states)
-            if new and get_rank() == 0:
-                shutil.rmtree(filename, ignore_errors=True)
-            barrier()  # (then each process's line says whether a part is left)
-        if mine is not None:
-            raise mine from failures[0]
-        for rank, failure in enumerate(said):
-            if failure is not None:
-                code, text = failure
-                raise OSError(code, f'process {rank} could not write its part: {text}',
-                              filename)
-    return wrapped
-
-
-def _failed_write(error: Exception) -> bool:
-    """Whether a save's ``error`` is a failed write: an OSError, or torch's
-    RuntimeError over one or for a file it could not write (a KeyboardInterrupt it
-    was raised over is raised)."""
-    from mmsora.engine.atomic_checkpoint import _raise_cause_or_none, _torch_write_failed
-    return isinstance(error, OSError) or _raise_cause_or_none(error) is not None \
-        or _torch_write_failed(error)
-
-
-class _KeptWrites:
-    """Within it, a failed write of the DeepSpeed ``engine``'s checkpoint (its
-    checkpoint engine's ``save``, its ``_copy_recovery_script``) is appended to
-    ``failures`` instead of raised, and the writes after it are skipped: the process
-    still takes part in the save's collectives."""
-
-    def __init__(self, engine, failures: list):
-        self.failures = failures
-        self.targets = [(obj, name) for obj, name in (
-            (getattr(engine, 'checkpoint_engine', None), 'save'),
-            (engine, '_copy_recovery_script')) if callable(getattr(obj, name, None))]
-        self.saved = []
-
-    def _kept(self, write):
-        def guarded(*args, **kwargs):
-            if self.failures:  # this process's part is lost already
-                return None
-            try:
-                return write(*args, **kwargs)
-            except (OSError, RuntimeError) as e:
-                if not _failed_write(e):
-                    raise
-                self.failures.append(e)
-                return None
-        return guarded
-
-    def __enter__(self):
-        for obj, name in self.targets:
-            self.saved.append((obj, name, vars(obj).get(name, _ABSENT)))
-            setattr(obj, name, self._kept(getattr(obj, name)))
-        return self.failures
-
-    def __exit__(self, *exc):
-        for obj, name, before in reversed(self.saved):
-            if before is _ABSENT:
-                vars(obj).pop(name, None)
-            else:
-                setattr(obj, name, before)
-
-
-_ABSENT = object()
 
 
 def _resume_with_hooks(resume):
