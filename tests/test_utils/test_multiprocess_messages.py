@@ -32,8 +32,10 @@ def waits(monkeypatch):
 
 
 def _launch(monkeypatch, **env):
-    for key in LAUNCH_KEYS:
-        monkeypatch.delenv(key, raising=False)
+    for key in LAUNCH_KEYS:  # (set first: a key absent now is then taken off again at
+        monkeypatch.setenv(key, '')  # the end, where the code under test set it, as
+        monkeypatch.delenv(key)  # mmengine's slurm start sets WORLD_SIZE: infer tests
+        # after it were refused as 'one of 2 torchrun processes')
     for key, value in env.items():
         monkeypatch.setenv(key, value)
 
