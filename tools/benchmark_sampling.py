@@ -119,7 +119,7 @@ def build_model(args):
     if args.checkpoint:
         from mmsora.apis.inference import load_weights
         try:
-            load_weights(model, args.checkpoint)
+            load_weights(model, args.checkpoint, trained_option=None)  # (no --no-ema)
         except (FileNotFoundError, ValueError) as e:
             raise UserError(f'--checkpoint {args.checkpoint}: {e}') from None
     else:

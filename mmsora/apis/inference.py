@@ -105,7 +105,8 @@ def _dumped_configs(folder):
                   if osp.basename(c) not in ('zero_to_fp32.py', 'zero_to_torch.py'))
 
 
-def load_weights(model, checkpoint, use_ema=True):
+def load_weights(model, checkpoint, use_ema=True,
+                 trained_option: Optional[str] = '--no-ema'):
     """Load a checkpoint into a LatentDiffusion model.
 
     Accepts mmengine checkpoints (EMA weights in ``state_dict`` when EMAHook ran;
@@ -118,6 +119,11 @@ def load_weights(model, checkpoint, use_ema=True):
     folders (``facebook/DiT-XL-2-256``: :mod:`mmsora.utils.diffusers_dit`), loaded into
     ``model.denoiser`` with ``strict=True``. The file or folder read is kept in
     ``model.loaded_from``.
+
+    EMA weights that by the run's record still hold most of their initial weights (a
+    short run: :mod:`mmsora.apis.young_ema`) are taken, and warned about in a line that
+    names ``trained_option``, how the caller takes the trained weights instead (None:
+    it has no way).
     """
     from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import read_zero_checkpoint
@@ -135,14 +141,16 @@ def load_weights(model, checkpoint, use_ema=True):
     if osp.isdir(checkpoint) and not diffusers_folder:
         from mmengine.dist import get_dist_info
         if get_dist_info()[1] > 1:
-            return _load_zero_on_rank0(model, checkpoint, use_ema)
+            return _load_zero_on_rank0(model, checkpoint, use_ema, trained_option)
         obj = read_zero_checkpoint(checkpoint, trained=not use_ema)
     else:
         obj = load_checkpoint_file(checkpoint)
-    return _load_denoiser(model, obj, use_ema, source=checkpoint)
+    return _load_denoiser(model, obj, use_ema, source=checkpoint,
+                          trained_option=trained_option)
 
 
-def _load_zero_on_rank0(model, folder: str, use_ema: bool):
+def _load_zero_on_rank0(model, folder: str, use_ema: bool,
+                        trained_option: Optional[str] = '--no-ema'):
     """Under torchrun (tools/test.py): process 0 reads a DeepSpeed folder, gathering
     every partition for the trained weights, and sends the denoiser's weights to the
     others, instead of every process reading and converting the whole folder. A
@@ -154,7 +162,7 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
     if get_dist_info()[0] == 0:
         try:
             _load_denoiser(model, read_zero_checkpoint(folder, trained=not use_ema),
-                           use_ema, source=folder)
+                           use_ema, source=folder, trained_option=trained_option)
         except Exception as e:  # tell the others before they wait for the weights
             error, failure = e, [f'{type(e).__name__}: {e}']
     broadcast_object_list(failure, src=0)
@@ -167,13 +175,21 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool):
     return model
 
 
-def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint'):
+def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint',
+                   trained_option: Optional[str] = '--no-ema'):
     """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``;
     weights of another model are named in one line (``source``: the file). Which
-    weights they are is kept in ``model.loaded_weights`` (:func:`weights_taken`)."""
+    weights they are is kept in ``model.loaded_weights`` (:func:`weights_taken`); EMA
+    weights still mostly initial are warned about (``trained_option``: the caller's way
+    to the trained ones)."""
+    from mmsora.apis.young_ema import young_ema_warning
     load_state_dict_checked(model.denoiser, denoiser_state_dict(obj, use_ema, source),
                             source, objective=getattr(model, 'diffusion', None))
     model.loaded_weights = weights_taken(obj, use_ema, source)
+    if model.loaded_weights == 'EMA weights':  # (a short run's: they sample noise)
+        line = young_ema_warning(obj, source, trained_option)
+        if line is not None:
+            _warn(line)
     return model
 
 
@@ -257,7 +273,8 @@ def _warn(text: str) -> None:
 
 
 def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=True,
-               checkpoint_option: str = 'checkpoint='):
+               checkpoint_option: str = 'checkpoint=',
+               trained_option: Optional[str] = '--no-ema'):
     """Build the model of a config (or a work dir of tools/train.py) and load its
     weights: the Python way into what ``tools/infer.py`` samples.
 
@@ -275,6 +292,10 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
             a dict (``{'a.b': 1}``).
         use_ema: The EMA weights where the checkpoint has both.
         checkpoint_option: How the calling tool takes a checkpoint (its errors).
+        trained_option: How the calling tool takes the trained weights instead of
+            the EMA ones (tools/infer.py's and tools/test.py's ``--no-ema``), named by
+            the warning on a short run's EMA (:func:`load_weights`); None: it has no
+            way.
 
     Returns:
         ``(model, cfg)``: the model in eval mode on ``device``, its run's
@@ -348,7 +369,7 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
                    and (newest := newest_numbered_checkpoint(run)) else '')
         raise FileNotFoundError(f'no checkpoint given and none found for {config}: '
                                 f'pass {checkpoint_option}{random}{trained}')
-    load_weights(model, checkpoint, use_ema=use_ema)
+    load_weights(model, checkpoint, use_ema=use_ema, trained_option=trained_option)
     return model.to(device).eval(), cfg
 
 

@@ -186,7 +186,8 @@ class MMSoraPictures(PictureBackend):
                 run, checkpoint = _config_from_checkpoint(run, folder), run
             self.model, cfg = init_model(run, checkpoint, device=device,
                                          cfg_options=cfg_options,
-                                         checkpoint_option='--checkpoint CKPT')
+                                         checkpoint_option='--checkpoint CKPT',
+                                         trained_option=None)  # (no --no-ema here)
         # the choices given; sample_images puts them over the run's sample_cfg with its
         # sampler's options, at infer's default precision (unset: the objective's own
         # sampler and steps; a SiT model was refused 'ddpm')
