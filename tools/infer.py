@@ -3,8 +3,10 @@
 Image models (``model.latent_shape`` (C, H, W)) write one PNG grid to ``--out``. Video
 models (``model.latent_shape`` (C, T, H, W)) write one H.264 mp4 per sample:
 ``--out NAME.mp4`` gives ``NAME_000_label3.mp4, NAME_001_label5.mp4, ...``, and a
-folder (``--out clips/``) gives ``clips/sample_000_label3.mp4, ...``; ``--gif`` adds a
-GIF beside each mp4, and ``--fps`` defaults to the config's ``sample_cfg.fps`` (else 8).
+folder (``--out clips/``) gives ``clips/sample_000_label3.mp4, ...``
+(``sample_000_label3_Biking.mp4`` where the run's latent store records its class names,
+which ``--labels`` then takes too); ``--gif`` adds a GIF beside each mp4, and ``--fps``
+defaults to the config's ``sample_cfg.fps`` (else 8).
 Clips of an odd width or height are padded by one row / column of edge pixels in the
 mp4s (H.264 needs an even size). Options of the other kind (``--nrow`` / ``--upscale``
 for video, ``--fps`` / ``--gif`` for image models) are refused.
@@ -28,7 +30,6 @@ Examples:
     python tools/infer.py work_dirs/sit_tiny2_1xb32_1500_shapes16 --sampler ode_dopri5 \
         --sampler-options atol=1e-6 rtol=1e-3
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -50,9 +51,11 @@ def parse_args(argv=None):
                         'files and diffusers DiT folders '
                         '(facebook/DiT-XL-2-256) are accepted')
     parser.add_argument('--labels', type=label_or_random, nargs='+',
-                        help="class ids to sample (default: cycle through the classes), or "
-                        "'random': each sample's class drawn uniformly from --seed, as "
-                        "DiT's sample_ddp.py draws them for FID")
+                        help="class ids to sample (default: cycle through the classes), "
+                        "class names where the run's latent store records them (meta."
+                        "classes: extract_features.py of class folders; a name of digits "
+                        "alone is read as an id), or 'random': each sample's class drawn "
+                        "uniformly from --seed, as DiT's sample_ddp.py draws them for FID")
     parser.add_argument('--prompt', nargs='+', metavar='TEXT',
                         help='text-conditioned models: prompts to sample (cycled to '
                         '--num-samples)')
@@ -91,7 +94,9 @@ def parse_args(argv=None):
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '
-                        '(NAME_{i:03d}.mp4 for text models), NAME.gif (GIFs alone), or '
+                        "(NAME_{i:03d}_label{y}_{class name}.mp4 where the run's latent "
+                        'store names its classes; NAME_{i:03d}.mp4 for text models), '
+                        'NAME.gif (GIFs alone), or '
                         'a folder (default samples.mp4); NAME.npz: all samples in the ADM '
                         'evaluator\'s layout (arr_0 uint8 NHWC / NTHWC, arr_1 labels)')
     parser.add_argument('--num-frames', type=int, help='videos: frames per clip (default: '
@@ -119,13 +124,15 @@ def parse_args(argv=None):
 
 
 def label_or_random(text):
-    """A class id, or 'random'."""
+    """A class id, 'random', or a class name (made an id once the run's classes are
+    read: :func:`~mmsora.apis.class_names.class_ids`). An id first: '207' stays class
+    207 whatever the classes are named."""
     if text == 'random':
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a class id or 'random', got {text!r}") from None
+        return text
 
 
 LABELS_ON_TEXT_MODEL = ('--labels is for class-conditional models; this one takes '
@@ -234,6 +241,9 @@ def precheck_args(args, prompts=None) -> None:
     except Exception:  # said where init_model meets it
         return
     check_frame_axis(model, video)
+    if not text:  # (a text model's --labels are refused as such by check_args)
+        from mmsora.apis.class_names import class_ids, run_classes
+        args.labels = class_ids(args.labels, *run_classes(cfg))
     try:
         classes = model_setting(model, 'num_classes')
     except KeyError:
@@ -487,6 +497,10 @@ def main(argv=None):
         print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
     defaults = cfg.get('sample_cfg', {})
     sample_kwargs = sample_settings(args, defaults)
+    from mmsora.apis.class_names import class_ids, name_clip_files, run_classes, said_labels
+    class_names, unknown = run_classes(cfg)
+    if not model.text_conditioned:  # (names left by a config the pre-check could not read)
+        args.labels = class_ids(args.labels, class_names, unknown)
     # (the guidance floor on what sampling will use: a config the pre-check could not
     # read too)
     check_args(args, model.num_classes, video, model.text_conditioned, sample_kwargs)
@@ -551,11 +565,13 @@ def main(argv=None):
         print(nan_warning(bad, n, model, sample_kwargs), file=sys.stderr)
     # (a 300-word prompt filled the line)
     what = (f'prompts {[p if len(p) <= 60 else p[:57] + "..." for p in prompts]}'
-            if prompts else f'labels {labels}')
+            if prompts else said_labels(labels, class_names))
     nfe = said_nfe(nfes)
     if video:
         fps = args.fps or defaults.get('fps', DEFAULT_FPS)
         paths = save_videos(images, args.out or 'samples.mp4', fps, labels, gif=args.gif)
+        if not prompts:  # (sample_000_label0_Biking.mp4: ids mapped to folders by hand)
+            paths = name_clip_files(paths, labels, class_names)
         print(f'saved {n} clip{"s" * (n != 1)} ({what}, {fps:g} fps) to {", ".join(paths)}; '
               f'{nfe}')
         return

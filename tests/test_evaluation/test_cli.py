@@ -381,6 +381,8 @@ def test_infer_draws_random_classes_as_fid_does(tiny_run, capsys, malloc_calls):
     with pytest.raises(UserError, match="--labels random draws every sample's class: give it "
                                         'alone'):
         infer.main([config, '--checkpoint', ckpt, '--labels', 'random', '2'])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=(
+            r"^--labels 'rand': class names need the class names of the latent store the "
+            r'run trains on, and this run trains on no latent store '
+            r"\(train_dataloader.dataset\): give class ids \(or 'random'\)")):
         infer.main([config, '--checkpoint', ckpt, '--labels', 'rand'])
-    assert "a class id or 'random', got 'rand'" in capsys.readouterr().err
