@@ -64,6 +64,20 @@ def test_a_new_checkpoint_takes_a_free_place(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['iter_2.pth']
 
 
+def test_a_failed_flush_after_the_rename_is_not_a_failed_save(tmp_path, monkeypatch):
+    """The new checkpoint in place, the folder's flush failing (EIO) was raised as the
+    save's failure: the new folder was then removed as a partial one."""
+    target, staging = tmp_path / 'iter_4.pth', tmp_path / '.iter_4.saving.pth'
+    make_folder(staging, {'a': 'new'})
+
+    def fail(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+    monkeypatch.setattr(deepspeed_save, 'fsync_dir', fail)
+    monkeypatch.setattr(deepspeed_save, '_sync_tree', lambda path: None)
+    put_in_place(str(staging), str(target))
+    assert read_folder(target) == {'a': 'new'} and not osp.exists(staging)
+
+
 def test_mmengines_file_replaces_the_old_one(tmp_path):
     """Without the optimizer state mmengine writes one file (process 0's), staged the
     same way."""
@@ -117,6 +131,22 @@ def test_leftovers_of_killed_saves_are_removed_before_a_save(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(
         ['iter_2.pth', 'iter_4.pth', '.notes.old'] +
         [name for name, fate in leftovers.items() if fate == 'kept'])
+
+
+def test_a_save_of_a_name_of_ones_own_removes_its_own_leftovers(tmp_path, monkeypatch):
+    """A filename_tmpl of one's own ('ckpt_{}.pth'): the killed save's staging folder,
+    with its other processes' parts, was written into again and put in place mixed
+    (and its aside kept for ever); a bare name ('ckpt_4.pth' in the working folder)
+    missed its own staging folder too."""
+    make_folder(tmp_path / 'ckpt_4.pth', {'a': 'whole'})
+    make_folder(tmp_path / '.ckpt_4.saving.pth', {'zero_pp_rank_7': 'part'})
+    make_folder(tmp_path / '.ckpt_4.old.pth', {'a': 'old'})
+    remove_leftovers(str(tmp_path / 'ckpt_4.pth'))
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_4.pth']
+    make_folder(tmp_path / '.ckpt_6.saving.pth', {'zero_pp_rank_7': 'part'})
+    monkeypatch.chdir(tmp_path)
+    remove_leftovers('ckpt_6.pth')
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_4.pth']
 
 
 # -------------------------------------------------------------------------------------

@@ -237,6 +237,12 @@ def remove_leftovers(path: str) -> None:
     missing (a kill between :func:`put_in_place`'s two renames: the old checkpoint
     and the new, both whole, for the user to put back)."""
     folder = osp.dirname(path) or '.'
+    path = osp.join(folder, osp.basename(path))  # (a bare 'iter_4.pth': './iter_4.pth')
+    # its own, whatever its name (a filename_tmpl of one's own: 'ckpt_{}.pth'), which the
+    # save would write into, over a killed save's parts of other processes
+    remove(staging_name(path))
+    if osp.lexists(path):  # (missing: the pair a kill between the renames left)
+        remove(aside_name(path))
     try:
         names = os.listdir(folder)
     except OSError:  # (none yet: DeepSpeed makes it; unreadable: its save says so)
@@ -246,10 +252,9 @@ def remove_leftovers(path: str) -> None:
         target = osp.join(folder, match[1] + (match[3] or '')) if match else None
         if target is None or checkpoint_number(target) is None:
             continue
-        leftover = osp.join(folder, name)
         pair = not osp.lexists(target) and osp.lexists(aside_name(target))
-        if leftover == staging_name(path) or not pair:
-            remove(leftover)
+        if not pair:
+            remove(osp.join(folder, name))
 
 
 def put_in_place(staging: str, path: str) -> None:
@@ -278,7 +283,10 @@ def put_in_place(staging: str, path: str) -> None:
         except BaseException:
             os.rename(old, path)
             raise
-    fsync_dir(osp.dirname(path))
+    # (the new checkpoint is in place: a failed flush of the folder's entry is not a
+    # failed save, which would be removed as a partial one, or its old one kept)
+    with contextlib.suppress(OSError):
+        fsync_dir(osp.dirname(path) or '.')
     if old is not None:
         remove(old)
 
