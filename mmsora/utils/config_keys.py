@@ -379,9 +379,32 @@ def _names_read(path, seen=None) -> set:
         return set()
     names = {node.id for node in ast.walk(tree)
              if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    # (a base's variable read as {{_base_.optimizer}} or _base_.optimizer)
+    names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+              and isinstance(node.value, ast.Name) and node.value.id == '_base_'}
     for base in bases:
         names |= _names_read(base, seen)
     return names
+
+
+def _held_elsewhere(cfg, key: str) -> bool:
+    """Whether every setting of ``cfg[key]`` (a dict) is in effect in a dict inside
+    another top-level entry: mmengine's dump of ``optim_wrapper =
+    dict(optimizer=optimizer)`` writes the value in both places (merged there with the
+    base's other settings) and the name read nowhere (``tools/train.py
+    WORK_DIR/cfg.py``). Then nothing of it is lost."""
+    value = cfg.get(key)
+    if not isinstance(value, dict) or not value:
+        return False
+
+    def holds(entry) -> bool:
+        if isinstance(entry, dict):
+            return all(k in entry and entry[k] == v for k, v in value.items()) or \
+                any(holds(v) for v in entry.values())
+        if isinstance(entry, (list, tuple)):
+            return any(holds(v) for v in entry)
+        return False
+    return any(holds(entry) for name, entry in cfg.items() if name != key)
 
 
 def _check_mmcv1_sections(cfg) -> None:
@@ -394,6 +417,8 @@ def _check_mmcv1_sections(cfg) -> None:
     for key, place in _MMCV1_SECTIONS.items():
         if key not in cfg or cfg.get(key) is None or key in read:  # (None: nothing
             continue  # set, as an mmcv 1.x runtime's resume_from = None)
+        if _held_elsewhere(cfg, key):  # (the dump of a run whose config read it: the
+            continue  # dumped file has its value where it was read, not its name)
         raise UserError(f"{key} is an mmcv 1.x section, which mmengine's Runner does not "
                         f'read (the run would go on without it): give it as {place} '
                         '(a variable of your own: rename it)')
