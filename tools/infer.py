@@ -487,7 +487,7 @@ def main(argv=None):
     precheck_args(args, prompts)  # from the config alone: before minutes of loading weights
     model, cfg = init_model(args.run, args.checkpoint, device=args.device,
                             cfg_options=args.cfg_options, use_ema=not args.no_ema,
-                            checkpoint_option='--checkpoint CKPT')
+                            checkpoint_option='--checkpoint CKPT', trained_option='--no-ema')
     video = len(model.latent_shape) == 4  # (C, T, H, W)
     if hasattr(model, 'vae'):  # (a config the pre-check could not read; before sampling)
         from mmsora.apis.inference import check_makes_pictures

@@ -233,7 +233,7 @@ def main(argv=None):
     device = init_sampling_processes(args.launcher, args.device)
     keep_freed_memory_on_cpu(args, device == 'cpu')
     model, cfg = init_model(args.run, args.checkpoint, device=device, cfg_options=early,
-                            use_ema=not args.no_ema,
+                            use_ema=not args.no_ema, trained_option='--no-ema',
                             checkpoint_option='the checkpoint after the config (test.py '
                             'CONFIG CKPT)')
     if is_main_process():  # which file of a work dir (or of a copy of one) is scored

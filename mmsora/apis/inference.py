@@ -106,7 +106,7 @@ def _dumped_configs(folder):
 
 
 def load_weights(model, checkpoint, use_ema=True,
-                 trained_option: Optional[str] = '--no-ema'):
+                 trained_option: Optional[str] = 'use_ema=False'):
     """Load a checkpoint into a LatentDiffusion model.
 
     Accepts mmengine checkpoints (EMA weights in ``state_dict`` when EMAHook ran;
@@ -150,7 +150,7 @@ def load_weights(model, checkpoint, use_ema=True,
 
 
 def _load_zero_on_rank0(model, folder: str, use_ema: bool,
-                        trained_option: Optional[str] = '--no-ema'):
+                        trained_option: Optional[str] = 'use_ema=False'):
     """Under torchrun (tools/test.py): process 0 reads a DeepSpeed folder, gathering
     every partition for the trained weights, and sends the denoiser's weights to the
     others, instead of every process reading and converting the whole folder. A
@@ -176,7 +176,7 @@ def _load_zero_on_rank0(model, folder: str, use_ema: bool,
 
 
 def _load_denoiser(model, obj, use_ema: bool, source: str = 'the checkpoint',
-                   trained_option: Optional[str] = '--no-ema'):
+                   trained_option: Optional[str] = 'use_ema=False'):
     """Load a checkpoint's object (see :func:`load_weights`) into ``model.denoiser``;
     weights of another model are named in one line (``source``: the file). Which
     weights they are is kept in ``model.loaded_weights`` (:func:`weights_taken`); EMA
@@ -267,14 +267,14 @@ def ema_kept(obj, source: str = '') -> Optional[bool]:
 def _warn(text: str) -> None:
     """``warning: TEXT`` on standard error, from process 0 alone."""
     from mmengine.dist import get_rank
-    if get_rank() == 0:
-        import sys
-        print(f'warning: {text}', file=sys.stderr, flush=True)
+    if get_rank() == 0:  # (one write: the processes of a launch share the stream)
+        from mmsora.utils.cli import say
+        say(f'warning: {text}')
 
 
 def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=True,
                checkpoint_option: str = 'checkpoint=',
-               trained_option: Optional[str] = '--no-ema'):
+               trained_option: Optional[str] = 'use_ema=False'):
     """Build the model of a config (or a work dir of tools/train.py) and load its
     weights: the Python way into what ``tools/infer.py`` samples.
 
@@ -293,9 +293,9 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=(), use_ema=Tr
         use_ema: The EMA weights where the checkpoint has both.
         checkpoint_option: How the calling tool takes a checkpoint (its errors).
         trained_option: How the calling tool takes the trained weights instead of
-            the EMA ones (tools/infer.py's and tools/test.py's ``--no-ema``), named by
-            the warning on a short run's EMA (:func:`load_weights`); None: it has no
-            way.
+            the EMA ones (``use_ema=False`` by default; tools/infer.py's and
+            tools/test.py's ``--no-ema``), named by the warning on a short run's EMA
+            (:func:`load_weights`); None: it has no way.
 
     Returns:
         ``(model, cfg)``: the model in eval mode on ``device``, its run's

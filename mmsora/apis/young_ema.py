@@ -42,10 +42,12 @@ def ema_settings(checkpoint) -> Optional[dict]:
 
     from mmsora.utils.trained_settings import keyword_defaults, trained_config
     config = trained_config(checkpoint)
-    found = None if config is None else _ema_hook(config)
+    found = None if config is None or _not_from_scratch(config) else _ema_hook(config)
     if found is None:
         return None
     hook, cls = found
+    if hook.get('begin_iter') or hook.get('begin_epoch'):  # (it followed the weights
+        return None  # until then: its count says nothing of its start)
     kind = hook.get('ema_type', keyword_defaults(cls).get('ema_type'))
     if not isinstance(kind, str) or kind.rpartition('.')[2] not in FIXED_MOMENTUM_AVERAGES:
         return None
@@ -53,6 +55,15 @@ def ema_settings(checkpoint) -> Optional[dict]:
     defaults = keyword_defaults(ExponentialMovingAverage)
     return dict(momentum=hook.get('momentum', defaults['momentum']),
                 interval=hook.get('interval', defaults['interval']))
+
+
+def _not_from_scratch(config: dict) -> bool:
+    """Whether the run started from trained weights (``load_from``: tools/train.py
+    --load-from; ``model.pretrained_denoiser``): its EMA's first weights are those, not
+    random ones, and a fine-tune's young EMA samples well."""
+    model = config.get('model')
+    return bool(config.get('load_from')) or (
+        isinstance(model, dict) and bool(model.get('pretrained_denoiser')))
 
 
 def _ema_hook(config: dict):
@@ -88,7 +99,7 @@ def ema_updates(checkpoint: dict, source: str = '') -> Optional[int]:
 
 
 def young_ema_warning(checkpoint, source: str = '',
-                      trained_option: Optional[str] = '--no-ema') -> Optional[str]:
+                      trained_option: Optional[str] = 'use_ema=False') -> Optional[str]:
     """The line that says the EMA weights of a loaded run ``checkpoint`` (read from
     ``source``) still hold more than :data:`MOSTLY_INITIAL` of their initial weights,
     by the run's own record (:func:`ema_updates`, :func:`ema_settings`), with what to

@@ -12,9 +12,10 @@ from tests.conftest import REPO_ROOT
 from tests.tiny_models import tiny_cfg
 
 
-def warning(path, share, updates, settings='momentum 0.01'):
+def warning(path, share, updates, settings='momentum 0.01', option='use_ema=False'):
+    """The line, naming ``option`` (the Python API's; tools/infer.py's --no-ema)."""
     return (f'warning: the EMA weights of {path} still hold {share} of their initial '
-            f'weights after {updates} updates ({settings}): --no-ema samples the trained '
+            f'weights after {updates} updates ({settings}): {option} samples the trained '
             'weights; or train longer')
 
 
@@ -51,7 +52,7 @@ def test_a_short_runs_ema_weights_are_warned_about(short_run, capsys):
     # a caller with no way to the trained weights names none
     init_model(str(work), trained_option=None)
     assert warnings(capsys) == [warning(path, '98%', 3).replace(
-        '--no-ema samples the trained weights; or train longer', 'train longer')]
+        'use_ema=False samples the trained weights; or train longer', 'train longer')]
 
 
 def test_tools_infer_says_it_and_its_no_ema_option_takes_the_trained_weights(
@@ -60,7 +61,7 @@ def test_tools_infer_says_it_and_its_no_ema_option_takes_the_trained_weights(
     work, path, _ = short_run
     argv = [str(work), '--num-samples', '1', '--steps', '2', '--out']
     infer([*argv, str(tmp_path / 'ema.png')])
-    assert warnings(capsys) == [warning(path, '98%', 3)]
+    assert warnings(capsys) == [warning(path, '98%', 3, option='--no-ema')]
     infer([*argv, str(tmp_path / 'trained.png'), '--no-ema'])
     assert warnings(capsys) == []
 
@@ -139,3 +140,20 @@ def test_a_hook_of_the_runs_own_modules_is_passed_over(short_run, tmp_path, caps
     path = saved(dict(obj, meta=dict(obj['meta'], cfg=cfg)), tmp_path / 'iter_3.pth')
     init_model(str(work), checkpoint=path)
     assert warnings(capsys) == [warning(path, '98%', 3)]
+
+
+def test_a_fine_tunes_ema_is_not_warned_about(short_run, tmp_path, capsys):
+    """A run started from trained weights (--load-from DiT-XL-2-256x256.pt, or
+    model.pretrained_denoiser) or whose EMA began late (begin_iter): the average's
+    first weights were not random ones, and a young EMA of a fine-tune samples well.
+    It was warned about as 'still hold 98% of their initial weights'."""
+    work, _, obj = short_run
+    text = obj['meta']['cfg']
+    for n, more in enumerate(("load_from = 'DiT-XL-2-256x256.pt'",
+                              "model = dict(pretrained_denoiser='DiT-XL-2-256x256.pt')",
+                              'custom_hooks = [dict(type="EMAHook", momentum=0.01, '
+                              'begin_iter=2)]')):
+        meta = dict(obj['meta'], cfg=f'{text}\n{more}\n')
+        path = saved(dict(obj, meta=meta), tmp_path / f'iter_{n}.pth')
+        init_model(str(work), checkpoint=path)
+        assert warnings(capsys) == [], more
