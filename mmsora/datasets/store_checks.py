@@ -8,6 +8,7 @@ shapes, the labels against ``num_classes``, the clips' frame rate against the sa
 the caption length against the text encoder's.
 """
 import os.path as osp
+import shlex
 
 from mmsora.utils.cli import UserError, note
 from mmsora.utils.labels import check_label_range
@@ -244,8 +245,10 @@ def check_store_shapes(cfg, index, root) -> None:
     stored, ours = index.get('latent_shape'), cfg.model.get('latent_shape')
     if isinstance(stored, list) and isinstance(ours, (list, tuple)) and \
             tuple(stored) != tuple(ours):
-        keys = ' '.join([f'"model.latent_shape={tuple(stored)}"'.replace(' ', '')]
-                        + denoiser_sizes(cfg, stored))
+        # (quoted for a shell: zsh takes an unquoted [24,32] for a file pattern)
+        keys = ' '.join(shlex.quote(key) for key in [
+            f'model.latent_shape={tuple(stored)}'.replace(' ', ''),
+            *denoiser_sizes(cfg, stored)])
         raise UserError(f'{root}: the store holds latents of shape {tuple(stored)} but '
                         f'model.latent_shape is {tuple(ours)}: set --cfg-options {keys}, '
                         "or extract at the config's size")
@@ -272,7 +275,15 @@ def denoiser_sizes(cfg, shape) -> list:
     if len(shape) == 4:
         fits['num_frames'] = shape[1]
     return [f'model.denoiser.{key}={value}'.replace(' ', '') for key, value in fits.items()
-            if key in denoiser and denoiser[key] != value]
+            if key in denoiser and _sizes(denoiser[key]) != _sizes(value)]
+
+
+def _sizes(value):
+    """A size as a list of its sides (8 and (8, 8) alike; a config's tuple and the
+    store's list alike), else the value."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value, value] if isinstance(value, int) else value
 
 
 def note_clip_fps(cfg, index, root) -> None:

@@ -54,7 +54,7 @@ def test_a_store_of_other_clips_names_every_size_to_set(repo_root, tmp_path):
     cfg.train_dataloader.dataset.data_root = str(tmp_path / 'store')
     with pytest.raises(UserError) as e:
         check_latent_store(cfg)
-    keys = ('"model.latent_shape=(4,8,8,8)" model.denoiser.input_size=8 '
+    keys = ("'model.latent_shape=(4,8,8,8)' model.denoiser.input_size=8 "
             'model.denoiser.num_frames=8')
     assert str(e.value) == (
         f'{tmp_path / "store"}: the store holds latents of shape (4, 8, 8, 8) but '
@@ -68,3 +68,17 @@ def test_a_store_of_other_clips_names_every_size_to_set(repo_root, tmp_path):
     from mmsora.models import LatentDiffusion
     from mmsora.registry import MODELS
     assert isinstance(MODELS.build(cfg.model), LatentDiffusion)
+
+
+def test_a_non_square_size_the_config_has_is_not_said_and_lists_are_quoted(tmp_path):
+    """A config's input_size (8, 16) (a tuple) against the store's [8, 16] (a list) was
+    told to be set again; a list printed bare ([8,16]) is a file pattern to zsh."""
+    from mmengine.config import Config
+
+    from mmsora.datasets.store_checks import denoiser_sizes
+    cfg = Config(dict(model=dict(denoiser=dict(in_channels=4, input_size=(8, 16),
+                                               num_frames=4))))
+    assert denoiser_sizes(cfg, [4, 4, 8, 16]) == []
+    assert denoiser_sizes(cfg, [4, 2, 8, 8]) == ['model.denoiser.input_size=8',
+                                                 'model.denoiser.num_frames=2']
+    assert denoiser_sizes(cfg, [4, 4, 8, 12]) == ['model.denoiser.input_size=[8,12]']
