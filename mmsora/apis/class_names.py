@@ -69,7 +69,7 @@ def class_ids(labels: Optional[list], classes: Optional[list], why: str) -> Opti
         if name not in ids:
             raise UserError(f"--labels {name!r}: the run's latent store records no class of "
                             f'that name ({len(classes)} classes{_close_names(name, ids)}): '
-                            'give one of its class names or a class id')
+                            "give one of its class names, a class id or 'random'")
     return [ids[y] if y in names else y for y in labels]
 
 

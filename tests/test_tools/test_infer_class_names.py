@@ -73,7 +73,8 @@ def test_a_name_the_store_lacks_names_the_close_ones(repo_root, tmp_path):
     assert refused([config, '--checkpoint', MISSING, '--labels', '0', 'biking',
                     *on_store(tmp_path)]) == (
         "--labels 'biking': the run's latent store records no class of that name (4 "
-        "classes; close: 'Biking', 'Diving'): give one of its class names or a class id")
+        "classes; close: 'Biking', 'Diving'): give one of its class names, a class id or "
+        "'random'")
     assert refused([config, '--checkpoint', MISSING, '--labels', 'Skydiving',
                     *on_store(tmp_path)]).startswith(
         "--labels 'Skydiving': the run's latent store records no class of that name (4 "
