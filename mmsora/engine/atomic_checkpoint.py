@@ -51,8 +51,8 @@ from mmengine.visualization import LocalVisBackend
 from mmengine.visualization.vis_backend import force_init_env
 
 from mmsora.engine.log_files import naming_os_errors
-from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, tmp_name,
-                                    tmp_target)
+from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, remove_path,
+                                    tmp_name, tmp_target)
 from mmsora.utils.cli import RunError
 
 __all__ = ['CheckpointWriteError', 'CheckpointPointerError', 'save_checkpoint',
@@ -277,11 +277,7 @@ def _remove_partial(path: str, previous: Optional[str]) -> Optional[str]:
         return None
     if get_world_size() > 1:
         return path
-    if osp.isdir(path) and not osp.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            os.remove(path)
+    remove_path(path)
     return path if osp.lexists(path) else None
 
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
 __all__ = ['atomic_file', 'atomic_path', 'atomic_write_bytes', 'fsync_dir', 'fsync_file',
-           'make_folders', 'remove_made_folders', 'tmp_name', 'tmp_target']
+           'make_folders', 'remove_path', 'remove_made_folders', 'tmp_name', 'tmp_target']
 
 _TMP_NAME = re.compile(r'\.(.+)\.tmp-(\d+)(\.[^.]*)?')
 # Folder fsync errors that mean "not supported here" rather than "failed": some network
@@ -149,3 +149,15 @@ def remove_made_folders(made: List[str]) -> None:
             continue
         except OSError:
             break
+
+
+def remove_path(path: str) -> None:
+    """Remove the folder or file ``path``, as much of it as can be (a failed or killed
+    save's leftovers: nothing to say where a part will not go)."""
+    import contextlib
+    import shutil
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)

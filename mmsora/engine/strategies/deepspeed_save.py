@@ -27,7 +27,7 @@ import sys
 import threading
 from typing import Optional
 
-from mmsora.utils.atomic_io import fsync_dir, fsync_file
+from mmsora.utils.atomic_io import fsync_dir, fsync_file, remove_path
 from mmsora.utils.checkpoint_choice import checkpoint_number
 
 __all__ = ['fail_together', 'staging_name', 'aside_name', 'remove_leftovers',
@@ -291,13 +291,7 @@ def put_in_place(staging: str, path: str) -> None:
         remove(old)
 
 
-def remove(path: str) -> None:
-    """Remove the folder or file ``path``, as much of it as can be."""
-    if osp.isdir(path) and not osp.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            os.remove(path)
+remove = remove_path  # (a leftover folder or file, as much of it as can be)
 
 
 def _sync_tree(path: str) -> None:
