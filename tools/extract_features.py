@@ -53,6 +53,7 @@ from tqdm import tqdm
 from mmsora.datasets import LatentStoreWriter, ManifestError
 from mmsora.datasets.extraction_sources import ClipSource, ImageSource, collate_sources
 from mmsora.datasets.image_folder import IMG_EXTENSIONS
+from mmsora.datasets.manifest import VIDEO_EXTENSIONS
 from mmsora.datasets.shard_files import say_damaged
 from mmsora.datasets.store_folder import foreign_folder_message
 from mmsora.datasets.store_format import TORCH_DTYPES, nonfinite_items
@@ -286,10 +287,6 @@ def build_source(args):
                           clips_per_video=args.clips_per_video)
     except (FileNotFoundError, ValueError, ManifestError) as e:
         fail(e)
-
-
-# What tools/make_manifest.py lists as videos by default.
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
 
 
 def refuse_video_folder(root: str) -> None:

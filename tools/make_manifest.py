@@ -28,13 +28,13 @@ import os.path as osp
 import posixpath
 import sys
 
-from mmsora.datasets.manifest import write_manifest
+from mmsora.datasets.manifest import VIDEO_EXTENSIONS, write_manifest
 from mmsora.datasets.probe_cache import probe_all
 from mmsora.datasets.utils import natural_sort_key
 from mmsora.utils.cli import ArgumentParser, UserError, plural, read_user_text, run_cli
 
 PROG = 'make_manifest.py'
-VIDEO_EXTENSIONS = 'mp4,avi,mov,mkv,webm'
+EXTENSIONS = ','.join(ext.lstrip('.') for ext in VIDEO_EXTENSIONS)  # mp4,avi,...
 
 
 def parse_args(argv=None):
@@ -57,8 +57,8 @@ def parse_args(argv=None):
     p.add_argument('--label-from-folder', action='store_true',
                    help='label = index of the top-level folder under VIDEO_DIR in the '
                    'sorted folder names (ImageFolder rule); adds a class_name column')
-    p.add_argument('--extensions', default=VIDEO_EXTENSIONS,
-                   help=f'comma-separated video extensions (default {VIDEO_EXTENSIONS})')
+    p.add_argument('--extensions', default=EXTENSIONS,
+                   help=f'comma-separated video extensions (default {EXTENSIONS})')
     p.add_argument('--workers', type=int, default=4, help='probing threads')
     p.add_argument('--absolute', action='store_true',
                    help='write absolute paths instead of paths relative to the manifest')

@@ -21,12 +21,16 @@ import json
 import os
 import os.path as osp
 
-__all__ = ['MANIFEST_COLUMNS', 'ManifestError', 'load_manifest', 'write_manifest']
+__all__ = ['MANIFEST_COLUMNS', 'VIDEO_EXTENSIONS', 'ManifestError', 'load_manifest',
+           'write_manifest']
 
 # Known columns, in the order they are written, with their types.
 MANIFEST_COLUMNS = dict(path=str, caption=str, label=int, num_frames=int, fps=float,
                         height=int, width=int)
 # Other projects' names for our columns.
+# The files tools/make_manifest.py lists as videos by default (and extract_features.py
+# takes for videos in a --data-path meant for pictures).
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
 _ALIASES = dict(text='caption')
 _EXTENSIONS = ('.csv', '.jsonl')
 
