@@ -5,13 +5,12 @@ import os.path as osp
 
 import numpy as np
 import pytest
-import torch
 
 from mmsora.datasets import LatentStoreWriter
 from mmsora.utils.cli import UserError
+from tests.test_tools.test_infer_prompts import VIDEO_CONFIG, video_weights  # noqa: F401
 from tools import infer
 
-VIDEO_CONFIG = 'configs/video_dit/video_dit_tiny2_1xb8_1500_moving_shapes16.py'
 MISSING = '/nonexistent/iter_10.pth'  # read only after the checks
 CLASSES = ['Biking', 'Diving', 'golden retriever', 'PlayingGuitar']
 
@@ -35,18 +34,6 @@ def refused(argv) -> str:
     with pytest.raises(UserError) as info:
         infer.main(argv)
     return str(info.value)
-
-
-@pytest.fixture
-def video_weights(repo_root, tmp_path):
-    """The demo's denoiser weights, untrained (what they sample does not matter)."""
-    from mmsora.registry import MODELS
-    from mmsora.utils.config_loading import load_config
-    from mmsora.utils.training_inputs import training_model_cfg
-    model = MODELS.build(training_model_cfg(load_config(osp.join(repo_root, VIDEO_CONFIG))))
-    path = tmp_path / 'video.pt'
-    torch.save(model.denoiser.state_dict(), path)
-    return str(path)
 
 
 def test_an_all_digit_label_stays_an_id():
