@@ -243,7 +243,8 @@ def precheck_args(args, prompts=None) -> None:
     check_frame_axis(model, video)
     if not text:  # (a text model's --labels are refused as such by check_args)
         from mmsora.apis.class_names import class_ids, run_classes
-        args.labels = class_ids(args.labels, *run_classes(cfg))
+        args.run_classes = run_classes(cfg)  # (read once: main names the clips by them)
+        args.labels = class_ids(args.labels, *args.run_classes)
     try:
         classes = model_setting(model, 'num_classes')
     except KeyError:
@@ -498,7 +499,8 @@ def main(argv=None):
     defaults = cfg.get('sample_cfg', {})
     sample_kwargs = sample_settings(args, defaults)
     from mmsora.apis.class_names import class_ids, name_clip_files, run_classes, said_labels
-    class_names, unknown = run_classes(cfg)
+    # (the pre-check's, else read here: a config it could not read)
+    class_names, unknown = getattr(args, 'run_classes', None) or run_classes(cfg)
     if not model.text_conditioned:  # (names left by a config the pre-check could not read)
         args.labels = class_ids(args.labels, class_names, unknown)
     # (the guidance floor on what sampling will use: a config the pre-check could not
