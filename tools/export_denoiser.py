@@ -40,7 +40,8 @@ import sys
 import torch
 
 from mmsora.utils.atomic_io import atomic_path, fsync_dir, fsync_file, tmp_name
-from mmsora.utils.cli import ArgumentParser, UserError, check_output_path, note, run_cli
+from mmsora.utils.cli import (ArgumentParser, UserError, check_output_path, note,
+                              run_cli, say)
 
 
 def parse_args(argv=None):
@@ -94,8 +95,13 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     run's settings: ``dict(model=its model config or None, objective=`` what
     :func:`~mmsora.utils.trained_settings.checkpoint_objective` reads, or None``)``.
     Before, the EMA weights were reported where a run without EMAHook kept only the
-    trained ones."""
+    trained ones.
+
+    EMA weights that by the run's record still hold most of their initial weights (a
+    short run's, close to random: :mod:`mmsora.apis.young_ema`) are warned about, as
+    tools/infer.py does, naming --no-ema; they were written without a word."""
     from mmsora.apis.inference import denoiser_state_dict, weights_taken
+    from mmsora.apis.young_ema import young_ema_warning
     from mmsora.utils.checkpoint import load_checkpoint_file
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint, read_zero_checkpoint
     obj = (read_zero_checkpoint(checkpoint, trained=not use_ema)
@@ -104,6 +110,10 @@ def read_denoiser(checkpoint: str, use_ema: bool = True):
     if not state:
         raise UserError(f'{checkpoint}: no denoiser weights in it (no denoiser.* keys)')
     which = weights_taken(obj, use_ema, checkpoint)
+    if which == 'EMA weights':
+        line = young_ema_warning(obj, checkpoint, '--no-ema', use='exports')
+        if line is not None:
+            say(f'warning: {line}')
     from mmsora.utils.trained_settings import checkpoint_objective, trained_model_config
     model = trained_model_config(obj)
     denoiser = (model or {}).get('denoiser')

@@ -9,10 +9,11 @@ layout: ``mp_rank_00_model_states.pt`` (ZeRO-3: ``zero_pp_rank_0_...``) and one
 This gathers the fp32 weights of every ZeRO stage with DeepSpeed's own
 ``zero_to_fp32`` and writes an mmengine-style file that ``tools/infer.py --checkpoint
 FILE`` and ``tools/train.py --load-from FILE`` read: ``{'state_dict': EMA weights,
-'ema_state_dict': trained weights, 'meta'}`` when the run had an EMA (ShardedEMAHook
-under ZeRO-1/2/3, FP32EMAHook without ZeRO), else ``{'state_dict': trained weights,
-'meta'}``. Runs on CPU; needs only the files. (``tools/infer.py`` also reads the
-folder itself, through the same :func:`read_zero_checkpoint`.)
+'ema_state_dict': trained weights and the EMA's count of updates ('steps'), 'meta'}``
+when the run had an EMA (ShardedEMAHook under ZeRO-1/2/3, FP32EMAHook without ZeRO),
+else ``{'state_dict': trained weights, 'meta'}``. Runs on CPU; needs only the files.
+(``tools/infer.py`` also reads the folder itself, through the same
+:func:`read_zero_checkpoint`.)
 """
 import os.path as osp
 import sys

@@ -99,14 +99,16 @@ def ema_updates(checkpoint: dict, source: str = '') -> Optional[int]:
 
 
 def young_ema_warning(checkpoint, source: str = '',
-                      trained_option: Optional[str] = 'use_ema=False') -> Optional[str]:
+                      trained_option: Optional[str] = 'use_ema=False',
+                      use: str = 'samples') -> Optional[str]:
     """The line that says the EMA weights of a loaded run ``checkpoint`` (read from
     ``source``) still hold more than :data:`MOSTLY_INITIAL` of their initial weights,
     by the run's own record (:func:`ema_updates`, :func:`ema_settings`), with what to
     do: ``trained_option`` (how the caller takes the trained weights; None where it
-    has no way) or training longer. None where the EMA has moved further, or where the
-    checkpoint does not tell (a DiT / fast-DiT file, a plain state dict, a run whose
-    config or EMA count is not recorded): not guessed."""
+    has no way; ``use``: what it does with them, 'samples', 'exports') or training
+    longer. None where the EMA has moved further, or where the checkpoint does not
+    tell (a DiT / fast-DiT file, a plain state dict, a run whose config or EMA count
+    is not recorded): not guessed."""
     if not isinstance(checkpoint, dict) or 'meta' not in checkpoint:
         return None
     settings = ema_settings(checkpoint)
@@ -117,7 +119,7 @@ def young_ema_warning(checkpoint, source: str = '',
     if share <= MOSTLY_INITIAL:
         return None
     every = f', interval {settings["interval"]}' if settings['interval'] > 1 else ''
-    todo = (f'{trained_option} samples the trained weights; or train longer'
+    todo = (f'{trained_option} {use} the trained weights; or train longer'
             if trained_option else 'train longer')
     return (f'the EMA weights of {source} still hold {share:.0%} of their initial weights '
             f'after {updates} updates (momentum {settings["momentum"]:g}{every}): {todo}')

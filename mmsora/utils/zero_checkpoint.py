@@ -84,8 +84,9 @@ def load_deepspeed_file(path: str, mmap: bool = True):
 
 def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     """A DeepSpeed checkpoint folder in mmengine's layout: ``{'state_dict': EMA
-    weights, 'ema_state_dict': {'module.*': trained weights}, 'meta'}`` when the run
-    kept an EMA, else ``{'state_dict': trained weights, 'meta'}``; float32.
+    weights, 'ema_state_dict': {'module.*': trained weights, 'steps': the EMA's
+    updates}, 'meta'}`` when the run kept an EMA, else ``{'state_dict': trained
+    weights, 'meta'}``; float32.
 
     The EMA weights are the client state's, as the EMA hook saved them (float32). The
     trained weights are the float32 master weights, gathered from every process's
@@ -124,6 +125,10 @@ def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     if not has_ema:  # no EMA: the trained weights
         return dict(state_dict=weights, meta=meta)
     # mmengine's layout: EMA weights in state_dict, the trained ones in ema_state_dict
-    # (here the fp32 masters, not the module's 16-bit copies).
-    return dict(state_dict=ema, ema_state_dict={f'module.{k}': v for k, v in weights.items()},
-                meta=meta)
+    # (here the fp32 masters, not the module's 16-bit copies), with the EMA's count of
+    # updates as the hook saved it: tools/infer.py judges a young EMA by it, and
+    # --load-from goes on averaging from it (it was left out: neither could)
+    trained_state = {f'module.{k}': v for k, v in weights.items()}
+    if 'steps' in client['ema_state_dict']:
+        trained_state['steps'] = client['ema_state_dict']['steps']
+    return dict(state_dict=ema, ema_state_dict=trained_state, meta=meta)
