@@ -53,6 +53,7 @@ from mmengine.visualization.vis_backend import force_init_env
 from mmsora.engine.log_files import naming_os_errors
 from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, remove_path,
                                     tmp_name, tmp_target)
+from mmsora.utils.checkpoint_choice import replaced_midway
 from mmsora.utils.cli import RunError
 
 __all__ = ['CheckpointWriteError', 'CheckpointPointerError', 'save_checkpoint',
@@ -153,15 +154,35 @@ def _raise_cause_or_none(error):
 
 
 def remove_stale_tmp_files(folder):
-    """Delete temporary files that killed processes left in ``folder``."""
+    """Delete temporary files that killed processes left in ``folder``, and temporary
+    folders (tools/export_denoiser.py writes a diffusers folder ``--out W/dit`` as
+    ``W/.dit.tmp-PID``) of processes not running on this machine: one killed was
+    left for good (``os.remove`` refused it), a running one is being written."""
     names = os.listdir(folder) if osp.isdir(folder) else []
     for name in names:
         found = tmp_target(name)
-        if found is not None and found[1] != os.getpid():
-            try:
-                os.remove(osp.join(folder, name))
-            except OSError:
-                pass
+        if found is None or found[1] == os.getpid():
+            continue
+        path = osp.join(folder, name)
+        if osp.isdir(path) and not osp.islink(path):
+            if not _running(found[1]):
+                remove_path(path)
+            continue
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (EPERM: another user's)
+        return True
+    return True
 
 
 def _atomic_put(self, obj, filepath):
@@ -297,7 +318,10 @@ def _save_checkpoint_with_step(self, runner, step, meta):
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
     if is_main_process() and isinstance(self.file_backend, LocalBackend):
         remove_stale_tmp_files(self.out_dir)
-    existed = osp.lexists(self.last_ckpt)
+    # (a DeepSpeed save stopped between its two renames left the checkpoint's new
+    # folder whole beside it, which this save puts in place before it writes:
+    # deepspeed_save.remove_leftovers; removed as this save's partial one, it was lost)
+    existed = replaced_midway(self.last_ckpt) or osp.lexists(self.last_ckpt)
     try:
         runner.save_checkpoint(
             self.out_dir, ckpt_filename, self.file_client_args,

@@ -13,7 +13,8 @@ from mmsora.utils.checkpoint import (check_pickle_start, check_safetensors_file,
 
 __all__ = ['resolve_checkpoint', 'last_checkpoint', 'saved_checkpoint', 'checkpoint_number',
            'newest_numbered_checkpoint', 'check_checkpoint_complete', 'intact_earlier_checkpoint',
-           'earlier_checkpoint_hint']
+           'earlier_checkpoint_hint', 'staging_name', 'aside_name', 'replaced_midway',
+           'stopped_replace_hint']
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -25,13 +26,14 @@ def resolve_checkpoint(path: str) -> str:
     from mmsora.utils.diffusers_dit import diffusers_dit_folder
     from mmsora.utils.zero_checkpoint import is_zero_checkpoint
     if not osp.exists(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
+        raise FileNotFoundError(f'checkpoint not found: {path}{stopped_replace_hint(path)}')
     if not osp.isdir(path) or is_zero_checkpoint(path) or diffusers_dit_folder(path):
         return path
     try:
         newest = saved_checkpoint(path, option=None)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f'{e}: give the checkpoint file') from None
+    except FileNotFoundError as e:  # (where it says how to put one back: as it is)
+        raise FileNotFoundError(str(e) if getattr(e, 'put_back', False)
+                                else f'{e}: give the checkpoint file') from None
     if newest is None:
         raise FileNotFoundError(not_a_checkpoint_folder(path))
     return newest
@@ -87,11 +89,75 @@ def saved_checkpoint(work_dir, option: Optional[str] = '--resume'):
                     'checkpoints only)')
         else:
             said = f'{last} names {named}, which does not exist'
+        put_back = stopped_replace_hint(newest)
         earlier = intact_earlier_checkpoint(newest)
-        error = FileNotFoundError(said + _earlier_hint(earlier, option))
+        error = FileNotFoundError(said + put_back + _earlier_hint(earlier, option))
         error.earlier = earlier  # (what a caller may offer in place of its own advice)
+        error.put_back = bool(put_back)  # (it says how to put the checkpoint back)
         raise error
     return newest
+
+
+# The hidden names beside a checkpoint ``iter_4.pth`` that a DeepSpeed save writes
+# (mmsora/engine/strategies/deepspeed_save.py): hidden, so that globs (``iter_*.pth``)
+# and the finders here pass them over.
+
+def staging_name(path: str) -> str:
+    """The folder a DeepSpeed save writes checkpoint ``path`` into
+    (``W/.iter_4.saving.pth``), put in its place once whole."""
+    return _beside(path, 'saving')
+
+
+def aside_name(path: str) -> str:
+    """Where the old checkpoint ``path`` is moved for the moment between two renames,
+    where the old and the new folder cannot be exchanged in one step
+    (``W/.iter_4.old.pth``)."""
+    return _beside(path, 'old')
+
+
+def _beside(path: str, word: str) -> str:
+    folder, name = osp.split(os.fspath(path))
+    stem, ext = osp.splitext(name)
+    return osp.join(folder, f'.{stem}.{word}{ext}')
+
+
+def replaced_midway(path: str) -> bool:
+    """Whether a save of ``path`` was stopped between the two renames that replace it
+    (``deepspeed_save.put_in_place`` where the file system cannot exchange two
+    folders): ``path`` missing, the new checkpoint at :func:`staging_name` and the old
+    one at :func:`aside_name`. (Checked in that order: a save that finishes the
+    replace meanwhile is not taken for one stopped.)"""
+    path = str(path).rstrip('/' + os.sep)
+    return (osp.lexists(staging_name(path)) and osp.lexists(aside_name(path))
+            and not osp.lexists(path))
+
+
+def stopped_replace_hint(path: str) -> str:
+    """``'; a save was stopped while it replaced it: ...'`` to end an error about the
+    missing checkpoint ``path`` with, where a DeepSpeed save stopped while it replaced
+    ``path`` left its new or its old checkpoint beside it ('' otherwise; before, such
+    errors said 'not found' alone, of a checkpoint whole under a hidden name).
+
+    The new one is said whole only beside the old: ``put_in_place`` flushes it,
+    written by every process, before it moves the old one aside (and a later save
+    of the same checkpoint puts it in place before it writes its own:
+    ``deepspeed_save.remove_leftovers``). Alone it may be a save stopped while it
+    wrote."""
+    path = str(path).rstrip('/' + os.sep)
+    if not path or osp.lexists(path):
+        return ''
+    new, old = staging_name(path), aside_name(path)
+    if replaced_midway(path):
+        return (f'; a save was stopped while it replaced it: the new checkpoint, written '
+                f'whole, is {new}, the one it replaced {old}: rename one of them to {path} '
+                f'(mv {new} {path})')
+    if osp.lexists(old):
+        return (f'; a save was stopped while it replaced it, and its new checkpoint is gone: '
+                f'the one it replaced is {old}: rename it to {path} (mv {old} {path})')
+    if osp.lexists(new):
+        return (f'; {new} is a save of it that was stopped before it took its place, '
+                'perhaps while it wrote: not a checkpoint to take')
+    return ''
 
 
 _NUMBERED = re.compile(r'(iter|epoch)_(\d+)\.pth')

@@ -28,7 +28,9 @@ import threading
 from typing import Optional
 
 from mmsora.utils.atomic_io import fsync_dir, fsync_file, remove_path
-from mmsora.utils.checkpoint_choice import checkpoint_number
+# (the names of the staging and aside folders: the checkpoint finders read them too)
+from mmsora.utils.checkpoint_choice import (aside_name, checkpoint_number, replaced_midway,
+                                            staging_name)
 
 __all__ = ['fail_together', 'staging_name', 'aside_name', 'remove_leftovers',
            'put_in_place', 'remove']
@@ -212,32 +214,24 @@ _ABSENT = object()
 _LEFTOVER = re.compile(r'\.(.+)\.(saving|old)(\.[^.]*)?')
 
 
-def staging_name(path: str) -> str:
-    """The folder DeepSpeed writes checkpoint ``path`` into (``W/.iter_4.saving.pth``):
-    the same on every process, since each writes its part there."""
-    return _beside(path, 'saving')
-
-
-def aside_name(path: str) -> str:
-    """Where :func:`put_in_place` moves the old checkpoint ``path`` for the moment
-    between two renames, where the two folders cannot be exchanged in one step."""
-    return _beside(path, 'old')
-
-
-def _beside(path: str, word: str) -> str:
-    folder, name = osp.split(os.fspath(path))
-    stem, ext = osp.splitext(name)
-    return osp.join(folder, f'.{stem}.{word}{ext}')
-
-
 def remove_leftovers(path: str) -> None:
     """Remove, before checkpoint ``path`` is saved, what killed saves left beside the
     checkpoints of its folder: ``path``'s own staging folder (the save writes it
     anew) and every other staging or aside folder, except a pair whose checkpoint is
     missing (a kill between :func:`put_in_place`'s two renames: the old checkpoint
-    and the new, both whole, for the user to put back)."""
+    and the new, both whole, for the user to put back). ``path``'s own such pair is
+    the replace this save repeats: its new checkpoint is put in place first, as
+    :func:`put_in_place` would have put it, and its old one removed."""
     folder = osp.dirname(path) or '.'
     path = osp.join(folder, osp.basename(path))  # (a bare 'iter_4.pth': './iter_4.pth')
+    if replaced_midway(path):
+        # (its staging folder, removed below, was the one whole copy of the new
+        # checkpoint; and this save, killed while it wrote, left a part of one there
+        # beside the old, which was kept and named whole as such a pair.) A rename
+        # refused here (a folder not writable) refuses the removal and the save alike.
+        with contextlib.suppress(OSError):
+            os.rename(staging_name(path), path)
+            fsync_dir(folder)
     # its own, whatever its name (a filename_tmpl of one's own: 'ckpt_{}.pth'), which the
     # save would write into, over a killed save's parts of other processes
     remove(staging_name(path))
