@@ -28,7 +28,8 @@ import os.path as osp
 import posixpath
 import sys
 
-from mmsora.datasets.manifest import VIDEO_EXTENSIONS, write_manifest
+from mmsora.datasets.manifest import (VIDEO_EXTENSIONS, ManifestError, load_manifest,
+                                      write_manifest)
 from mmsora.datasets.probe_cache import probe_all
 from mmsora.datasets.utils import natural_sort_key
 from mmsora.utils.cli import ArgumentParser, UserError, plural, read_user_text, run_cli
@@ -153,6 +154,10 @@ def load_captions(path):
     """
     if not osp.isfile(path):
         raise UserError(f'captions file not found: {path}')
+    if path.lower().endswith(('.csv', '.jsonl')):  # before: 'not valid JSON' alone
+        raise UserError(f'--captions {path} is a manifest, not a JSON object of captions: '
+                        'a CSV or JSONL of path and caption (Open-Sora\'s path,text) is a '
+                        f'manifest as it is: give it to extract_features.py --manifest {path}')
     try:
         with open(path, encoding='utf-8') as f:
             captions = json.load(f)
@@ -223,6 +228,25 @@ def _caption_source_hint(args):
     return f' (every key of {args.captions} is null or empty, or matches no video)'
 
 
+def refuse_dropping_captions(args):
+    """Refuse to write over a manifest at ``--out`` whose rows hold captions when this
+    run gives none (no --captions or --caption-files). Before, the docs' first command
+    (``make_manifest.py data/clips --out data/clips/train.csv``) replaced an Open-Sora
+    CSV of that name, its captions with it, by a manifest without any."""
+    if args.captions or args.caption_files or not osp.isfile(args.out):
+        return
+    try:
+        rows = load_manifest(args.out)
+    except (ManifestError, OSError):  # not a manifest: nothing of ours to keep
+        return
+    captioned = sum(1 for row in rows if row.get('caption'))
+    if captioned:
+        raise UserError(f'--out {args.out} holds {captioned} captions, which this run '
+                        '(without --captions or --caption-files) would write over with '
+                        f'none: give {args.out} to extract_features.py --manifest as it is '
+                        '(an Open-Sora CSV is a manifest), or write this one to another --out')
+
+
 def probe_cache_path(out):
     """Where the probes of a run are kept (mmsora/datasets/probe_cache.py): beside the
     manifest."""
@@ -259,6 +283,7 @@ def main(argv=None):
     if args.skip_uncaptioned and not (args.captions or args.caption_files):
         raise UserError('--skip-uncaptioned needs the captions: give --captions FILE or '
                         '--caption-files')
+    refuse_dropping_captions(args)
     rel_paths, skipped_links = scan_videos(args.video_dir, args.extensions)
     captions, unmatched = None, []
     if args.captions:  # matched before probing: a refused key costs no probe time

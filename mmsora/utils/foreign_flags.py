@@ -21,6 +21,9 @@ FOREIGN_FLAGS = {
     '--global-seed': '--seed', '--resume-from': '--resume', '--ckpt-path': '--checkpoint',
     '--save-dir': '--out', '--per-proc-batch-size': '--batch-size',
     '--guidance-scale': '--cfg-scale', '--num-inference-steps': '--steps',
+    # Open-Sora's scripts/inference.py: a file of prompts, one a line (argparse's near
+    # match was --prompt, which would sample the file's name as the prompt)
+    '--prompt-path': '--prompt-file',
 }
 # tools/train.py's own flag: a hint that needs it is shown on tools/train.py alone (a
 # learning rate or a checkpoint interval means nothing to the sampling tools).
