@@ -149,7 +149,9 @@ def build_train_config(args):
             raise UserError(f'--resume {args.resume}: a folder, not a checkpoint file (to '
                             'continue the run in a work dir: --work-dir DIR --resume)')
         elif not osp.isfile(args.resume):
-            raise UserError(f'--resume checkpoint not found: {args.resume}')
+            from mmsora.utils.checkpoint_choice import stopped_replace_hint
+            raise UserError(f'--resume checkpoint not found: {args.resume}'
+                            f'{stopped_replace_hint(args.resume)}')
         else:
             check_checkpoint_complete(args.resume)
             cfg.resume, cfg.load_from = True, args.resume

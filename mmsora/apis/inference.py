@@ -84,7 +84,9 @@ def find_run(path):
                                 'tools/train.py: give the config file, and the checkpoint '
                                 'as --checkpoint (checkpoint= in Python)')
     if not osp.isdir(path):
-        raise UserPathNotFound(f'no such config file or work dir: {path}')
+        from mmsora.utils.checkpoint_choice import stopped_replace_hint
+        raise UserPathNotFound(f'no such config file or work dir: {path}'
+                               f'{stopped_replace_hint(path)}')
     if is_zero_checkpoint(path):
         raise UserPathNotFound(f'{path} is a DeepSpeed checkpoint folder: give its work '
                                 'dir (or the config file and --checkpoint FOLDER)')

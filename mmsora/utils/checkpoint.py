@@ -230,7 +230,9 @@ def _folder_not_read(path: str) -> str:
 def _read_file(path: str, map_location, safe_globals: Sequence = (), mmap: bool = True):
     """One file of :func:`load_checkpoint_file`, as it is."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint file not found: {path}')
+        from mmsora.utils.checkpoint_choice import stopped_replace_hint
+        raise FileNotFoundError(f'checkpoint file not found: {path}'
+                                f'{stopped_replace_hint(path)}')
     if path.endswith('.safetensors'):
         return read_safetensors(path, map_location)
     zipped = zipfile.is_zipfile(path)

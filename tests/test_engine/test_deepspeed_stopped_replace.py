@@ -114,3 +114,30 @@ def test_a_failed_save_leaves_the_new_checkpoint_it_put_in_place(repo_root, tmp_
         runner.train()
     assert info.value.left is None
     assert read_folder(work / 'iter_4.pth') == {'a': 'new'}
+
+
+def test_the_checkpoint_named_itself_says_how_to_put_it_back(tmp_path):
+    """W/iter_4.pth given by name: --resume, a checkpoint read (tools/infer.py W and
+    --checkpoint), tools/infer.py W/iter_4.pth: each said 'not found' alone."""
+    from mmsora.apis.inference import find_run
+    from mmsora.utils.checkpoint import load_checkpoint_file
+    from mmsora.utils.cli import UserError
+    from tests.cli_helpers import load_tool
+    from tests.conftest import REPO_ROOT
+    work = tmp_path / 'w'
+    stopped_between_the_renames(work)
+    target = work / 'iter_4.pth'
+    put_back = f'(mv {work}/{NEW} {target})'
+    train = load_tool('train')
+    demo = osp.join(REPO_ROOT, 'configs', 'dit', 'dit_tiny2_1xb32_1500_shapes16.py')
+    with pytest.raises(UserError) as info:
+        train.build_train_config(train.parse_args([demo, '--resume', str(target)]))
+    assert str(info.value).startswith(f'--resume checkpoint not found: {target}; a save')
+    assert str(info.value).endswith(put_back)
+    with pytest.raises(FileNotFoundError) as info:
+        load_checkpoint_file(str(target))
+    assert str(info.value).endswith(put_back)
+    with pytest.raises(FileNotFoundError) as info:
+        find_run(str(target))
+    assert str(info.value).startswith(f'no such config file or work dir: {target}; a save')
+    assert str(info.value).endswith(put_back)
