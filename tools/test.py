@@ -27,8 +27,32 @@ SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 
                     'evaluation')
 
 
+# tools/infer.py's sampling flags (and DiT's / SiT's sample_ddp.py's: --cfg-scale,
+# --num-sampling-steps, --sampling-method, SiT's SDE / ODE options), which this tool
+# takes from the evaluation section: what an unrecognised one is told to give instead
+# (argparse's near match sent --num-sampling-steps 250 to --num-samples, and --sampler
+# to --sample-dir; --cfg-scale and --ckpt had no hint).
+_SAMPLE_CFG = '--cfg-options evaluation.sample_cfg.'
+STAND_INS = {
+    '--sampler': (_SAMPLE_CFG + 'sampler={}', 'NAME'),
+    '--steps': (_SAMPLE_CFG + 'num_steps={}', 'N'),
+    '--cfg-scale': (_SAMPLE_CFG + 'cfg_scale={}', 'S'),
+    '--eta': (_SAMPLE_CFG + 'eta={}', 'E'),
+    '--precision': (_SAMPLE_CFG + 'precision={}', 'P'),
+    '--sampler-options': (_SAMPLE_CFG + '{}', 'KEY=VALUE (one entry per option)'),
+    **{f'--{key.replace("_", "-")}': (f'{_SAMPLE_CFG}{key}={{}}', 'VALUE')
+       for key in ('atol', 'rtol', 'diffusion_form', 'diffusion_norm', 'last_step',
+                   'last_step_size')},
+    '--labels': ("--cfg-options evaluation.labels=random (or a list of class ids, "
+                 'evaluation.labels=[207,360])', None),
+    '--checkpoint': ('the checkpoint as the argument after the config (tools/test.py CONFIG '
+                     '{})', 'CKPT'),
+}
+
+
 def parse_args(argv=None):
-    parser = ArgumentParser(description='Evaluate an mmsora model by sampling')
+    parser = ArgumentParser(description='Evaluate an mmsora model by sampling',
+                            stand_ins=STAND_INS)
     parser.add_argument('run', help='config file, or a work dir made by tools/train.py')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint (default: the newest in '
                         'the work dir); mmengine files, DeepSpeed checkpoint folders, '
@@ -64,6 +88,14 @@ def parse_args(argv=None):
 
 def check_args(args):
     check_at_least(args, ('num_samples', 'batch_size'))
+    from mmsora.utils.foreign_flags import FOREIGN_WORDS
+    if args.checkpoint in FOREIGN_WORDS and not osp.exists(args.checkpoint):
+        # (SiT's ``sample_ddp.py SDE --ckpt X``: the mode word was taken for the
+        # checkpoint, 'checkpoint file not found: SDE')
+        sampler = FOREIGN_WORDS[args.checkpoint][1].split(' ', 1)[1]
+        raise UserError(f"{args.checkpoint} is SiT's sampling mode, not a checkpoint: give "
+                        'the checkpoint after the config (tools/test.py CONFIG CKPT) and the '
+                        f'sampler with --cfg-options evaluation.sample_cfg.sampler={sampler}')
     if args.out is not None and not args.out.endswith('.npz'):
         raise UserError(f'--out is an .npz file (the ADM evaluator\'s layout), got {args.out!r}')
     for option, path, folder in (('--out', args.out, False), ('--json', args.json, False),

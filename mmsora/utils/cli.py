@@ -45,7 +45,23 @@ class ArgumentParser(argparse.ArgumentParser):
     (``--cfg_scale``), a near miss (``--num-sample``), or another project's name for it
     (DiT's ``--ckpt``, ``--num-sampling-steps``; SiT's ``--path-type`` and its mode
     word ``SDE``; diffusers' ``--guidance-scale``). Another project's name is looked up
-    before a close spelling (SiT's ``--prediction`` is not ``--precision``)."""
+    before a close spelling (SiT's ``--prediction`` is not ``--precision``).
+
+    ``stand_ins``: what a tool gives for another tool's flag that it lacks, by flag:
+    ``(template, placeholder)``, ``{}`` in the template taking the value given after the
+    flag, else the placeholder (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
+    evaluation.sample_cfg.cfg_scale=1.5`` there); looked up before a close spelling, for
+    other projects' names of the flag too (SiT's ``--num-sampling-steps`` is
+    ``--steps``, which argparse's near match took for ``--num-samples``)."""
+
+    def __init__(self, *args, stand_ins=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stand_ins = dict(stand_ins or {})
+
+    def _stand_in(self, flag: str, value=None) -> str:
+        """The text of ``flag``'s stand-in with ``value`` (None: the placeholder)."""
+        template, placeholder = self.stand_ins[flag]
+        return template.replace('{}', str(placeholder if value is None else value))
 
     def error(self, message):
         prefix = 'unrecognized arguments: '
@@ -86,6 +102,8 @@ class ArgumentParser(argparse.ArgumentParser):
         ``before``: the token before it (a word after a flag is its value)."""
         needs, hint = FOREIGN_WORDS.get(token, (None, None))
         flag_value = before is not None and before.startswith('--') and '=' not in before
+        if needs in self.stand_ins and not flag_value:  # (the hint's value: its sampler)
+            return f'{self._stand_in(needs, hint.split(" ", 1)[1])} for {token}'
         return f'{hint} for {token}' if needs in self._ours() and not flag_value else None
 
     def _meant(self, token: str, following: str = None):
@@ -101,6 +119,9 @@ class ArgumentParser(argparse.ArgumentParser):
         for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
             if guess in ours and guess != flag:
                 return f'{guess} for {flag}'
+        for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
+            if guess in self.stand_ins:
+                return f'{self._stand_in(guess, value)} for {flag}'
         hints = FOREIGN_HINTS.get(dashed, ())
         for needs, hint in (hints,) if hints and isinstance(hints[0], str) else hints:
             if needs in ours:
