@@ -101,15 +101,16 @@ def test_a_deepspeed_folder_is_asked_for_its_ema_updates(short_run, tmp_path, ca
     assert warnings(capsys) == [warning(folder, '98%', 3)]
 
 
-def test_no_warning_where_the_checkpoint_does_not_tell(short_run, tmp_path, capsys):
-    work, _, obj = short_run
+def untold_checkpoints(obj) -> dict:
+    """Files a short run's checkpoint ``obj`` becomes that do not tell how young its EMA
+    is (by name): the warning's tests of each tool take them."""
     denoiser = {k[len('denoiser.'):]: v for k, v in obj['state_dict'].items()
                 if k.startswith('denoiser.')}
     trained = {k[len('module.denoiser.'):]: v for k, v in obj['ema_state_dict'].items()
                if k.startswith('module.denoiser.')}
     cfg = obj['meta']['cfg']
     assert "type='EMAHook'" in cfg
-    untold = {
+    return {
         # a DiT / fast-DiT training file, a released (plain) state dict
         'dit.pt': {'model': trained, 'ema': denoiser},
         'plain.pt': denoiser,
@@ -121,6 +122,11 @@ def test_no_warning_where_the_checkpoint_does_not_tell(short_run, tmp_path, caps
         'annealed.pth': dict(obj, meta=dict(obj['meta'], cfg=cfg.replace(
             "type='EMAHook'", "ema_type='MomentumAnnealingEMA', type='EMAHook'"))),
     }
+
+
+def test_no_warning_where_the_checkpoint_does_not_tell(short_run, tmp_path, capsys):
+    work, _, obj = short_run
+    untold = untold_checkpoints(obj)
     for name, content in untold.items():
         model, _ = init_model(str(work), checkpoint=saved(content, tmp_path / name))
         assert warnings(capsys) == [], name

@@ -4,7 +4,8 @@ run's: noise), naming its --no-ema; it wrote them without a word. Where the chec
 does not tell, or a fine-tune's young EMA samples well, it says nothing, as infer."""
 import torch
 
-from tests.test_apis.test_short_run_ema_warning import saved, short_run  # noqa: F401
+from tests.test_apis.test_short_run_ema_warning import (  # noqa: F401
+    saved, short_run, untold_checkpoints)
 from tools import export_denoiser
 
 
@@ -31,21 +32,14 @@ def test_no_warning_where_infer_gives_none(short_run, tmp_path, capsys):  # noqa
     work, _, obj = short_run
     denoiser = {k[len('denoiser.'):]: v for k, v in obj['state_dict'].items()
                 if k.startswith('denoiser.')}
-    trained = {k[len('module.denoiser.'):]: v for k, v in obj['ema_state_dict'].items()
-               if k.startswith('module.denoiser.')}
     cfg = obj['meta']['cfg']
     later = (  # runs from trained weights, an EMA begun late
         "load_from = 'DiT-XL-2-256x256.pt'",
         "model = dict(pretrained_denoiser='DiT-XL-2-256x256.pt')",
         "custom_hooks = [dict(type='EMAHook', momentum=0.01, begin_iter=2)]")
-    untold = {
-        'dit.pt': {'model': trained, 'ema': denoiser},  # a DiT / fast-DiT file
-        'plain.pt': denoiser,  # a released state dict
-        'no_cfg.pth': dict(obj, meta={'iter': 3}),
-        'no_steps.pth': dict(obj, ema_state_dict={
-            k: v for k, v in obj['ema_state_dict'].items() if k != 'steps'}),
-        **{f'later_{n}.pth': dict(obj, meta=dict(obj['meta'], cfg=f'{cfg}\n{more}\n'))
-           for n, more in enumerate(later)}}
+    untold = {**untold_checkpoints(obj),
+              **{f'later_{n}.pth': dict(obj, meta=dict(obj['meta'], cfg=f'{cfg}\n{more}\n'))
+                 for n, more in enumerate(later)}}
     for name, content in untold.items():
         export_denoiser.main([saved(content, tmp_path / name),
                               '--out', str(tmp_path / f'{name}.out.pt')])
