@@ -66,7 +66,8 @@ from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAE
 from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least,
                               check_output_path, device_setting, note, plural,
                               run_cli)
-from mmsora.utils.dist import barrier_device_ids, close_process_group
+from mmsora.utils.dist import (barrier_device_ids, check_gpu_per_process,
+                               close_process_group)
 from mmsora.utils.video_io import READER_VERSION
 
 PROG = 'extract_features.py'
@@ -250,6 +251,15 @@ def init_dist(device):
     dist.init_process_group(backend='nccl' if on_cuda else 'gloo',
                             timeout=datetime.timedelta(days=7))
     return dist.get_rank(), dist.get_world_size(), torch.device(device)
+
+
+def check_gpus_for_ranks(device) -> None:
+    """Under torchrun on CUDA each rank encodes on the GPU of its LOCAL_RANK
+    (:func:`init_dist`): more processes than the machine has GPUs stopped the ones past
+    them on a CUDA 'invalid device ordinal' traceback, after the source was read, while
+    the others waited in the process group's start. Refused before anything is read."""
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and device.startswith('cuda'):
+        check_gpu_per_process('--device cpu')
 
 
 def adopt_slurm_tasks() -> None:
@@ -987,6 +997,7 @@ def main(argv=None):
     args = parse_args(argv)
     adopt_slurm_tasks()
     check_args(args)
+    check_gpus_for_ranks(args.device)
     source = build_source(args)
     meta = store_meta(args, source)
     shard_size = args.shard_size  # (as given: check_out sets it from what it finds)

@@ -103,7 +103,8 @@ def build_train_config(args):
                                              check_resume_matches_strategy,
                                              note_resumed_config_changes)
     from mmsora.engine.run_config_checks import (build_model_on_meta, check_vae_folder,
-                                                 note_missing_hooks, note_named_layout)
+                                                 note_missing_hooks, note_named_layout,
+                                                 note_small_train_set)
     from mmsora.engine.strategies.train_options import (accumulation_of, apply_amp,
                                                         drop_amp, fit_amp_to_device)
     from mmsora.engine.work_dir import latest_checkpoint
@@ -290,6 +291,7 @@ def build_train_config(args):
                         'only DeepSpeed checkpoint folders there; start from these '
                         f'weights with --cfg-options model.pretrained_denoiser='
                         f'{cfg.load_from} instead')
+    note_small_train_set(cfg, world_size)  # a global batch of copies of a few samples
     if run_checkpoint is not None:  # (not before a refusal: it said the run would start)
         note_load_from_run(args, run_checkpoint)
     if (cfg.get('resume') and isinstance(cfg.get('load_from'), str)

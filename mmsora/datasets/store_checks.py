@@ -14,7 +14,7 @@ from mmsora.utils.cli import UserError, note
 from mmsora.utils.labels import check_label_range
 
 __all__ = ['check_latent_store', 'store_roots', 'check_stores_exist', 'check_one_store',
-           'store_vae', 'note_video_dataset_fps', 'FRAME_VAE', 'VIDEO_VAE']
+           'store_vae', 'note_video_dataset_fps', 'stores_length', 'FRAME_VAE', 'VIDEO_VAE']
 
 
 def check_latent_store(cfg):
@@ -47,6 +47,34 @@ def check_stores_exist(cfg) -> None:
     for root in store_roots(cfg):
         if not osp.isdir(root):
             check_one_store(cfg, root, missing_ok=False)
+
+
+def stores_length(cfg):
+    """How many samples the ``PackedLatentDataset`` of a config holds (its stores
+    together), from each store's ``index.json`` alone (no shard is read), or None where
+    that is not known so cheaply: another dataset, a store without a complete index of
+    this format (the dataset says what is wrong with it)."""
+    import json
+
+    from mmsora.datasets.store_format import FORMAT
+    roots, total = store_roots(cfg), 0
+    if not roots:
+        return None
+    for root in roots:
+        try:
+            with open(osp.join(root, 'index.json')) as f:
+                index = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(index, dict) or index.get('format') != FORMAT or \
+                index.get('complete') is not True or not isinstance(index.get('shards'), list):
+            return None
+        shards = index['shards']
+        counts = [s.get('count') if isinstance(s, dict) else None for s in shards]
+        if not all(isinstance(n, int) and n >= 0 for n in counts):
+            return None
+        total += sum(counts)  # (a flip copy is the same sample: the dataset's length)
+    return total
 
 
 def check_one_store(cfg, root, missing_ok=True):

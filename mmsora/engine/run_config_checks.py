@@ -2,13 +2,14 @@
 
 Its model built on the meta device (a config mistake in one line, before the Runner's
 start-up output), the VAE folder against what it holds, the hooks a config's own
-``custom_hooks`` list left out, and a config named for another number of processes.
+``custom_hooks`` list left out, a config named for another number of processes, and
+a training set smaller than one global batch.
 """
 import os.path as osp
 
 import torch
 
-from mmsora.utils.cli import UserError, note
+from mmsora.utils.cli import UserError, note, plural
 from mmsora.utils.error_messages import explain_error
 
 def build_model_on_meta(cfg):
@@ -96,3 +97,41 @@ def note_named_layout(config, cfg, world_size: int) -> None:
     note(f'{osp.basename(config)} is named for {processes(gpus)} x {named_batch} (a global '
          f'batch of {recipe}); this run has {world_size}: a global batch of {ours} at the '
          f'same learning rate.{fix}')
+
+
+def note_small_train_set(cfg, world_size: int) -> None:
+    """Say when the training set holds fewer samples than one global batch (the batch
+    per process x the processes x the accumulation steps, as ``global_batch_size``
+    counts it): mmengine's InfiniteSampler fills each batch by going round the samples
+    again, so a run on a few clips extracted to try things (6, in a global batch of
+    256) trained on copies of them without a word. A note, not a refusal: overfitting a
+    few samples is a check worth running. Only where the length is known cheaply (a
+    packed store's ``index.json``; no data is read)."""
+    from mmsora.datasets.store_checks import store_roots, stores_length
+    from mmsora.engine.strategies import accumulation_of
+    loader = cfg.get('train_dataloader') or {}
+    sampler = loader.get('sampler') or {}
+    kind = sampler.get('type') if hasattr(sampler, 'get') else None
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    batch = loader.get('batch_size')
+    # (mmengine's DefaultSampler gives smaller batches instead: no copies)
+    if name.rsplit('.', 1)[-1] != 'InfiniteSampler' or isinstance(batch, bool) or \
+            not isinstance(batch, int) or batch < 1:
+        return
+    length = stores_length(cfg)
+    if not length:  # (unknown; an empty store: the dataset refuses it)
+        return
+    accumulation = accumulation_of(cfg)
+    total = batch * world_size * accumulation
+    if length >= total:
+        return
+    roots = store_roots(cfg)
+    held = (f'{roots[0]}: the store holds' if len(roots) == 1 else
+            f'train_dataloader.dataset: its {len(roots)} stores hold')
+    parts = ([f'train_dataloader.batch_size={batch}']
+             + ([f'{world_size} processes'] if world_size > 1 else [])
+             + ([f'{accumulation} accumulation steps'] if accumulation > 1 else []))
+    note(f'{held} {plural(length, "sample")}, fewer than one global batch of {total} '
+         f'({" x ".join(parts)}): every global batch repeats samples (InfiniteSampler goes '
+         f'round them again to fill it), so the run trains on copies of these {length}; '
+         'fine for overfitting a few as a check, else extract more or lower the batch')

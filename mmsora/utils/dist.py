@@ -1,11 +1,14 @@
 """Small torch.distributed helpers shared by the trainer, the hooks and the tools."""
+import os
 import socket
 
 import torch
 import torch.distributed as dist
 
+from mmsora.utils.cli import UserError
+
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
-           'abandon_process_group', 'release_engine', 'free_port']
+           'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process']
 
 
 def collective_device() -> torch.device:
@@ -68,3 +71,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def check_gpu_per_process(cpu_option: str) -> None:
+    """Refuse a torchrun launch of more processes on this machine than it has CUDA
+    devices (its LOCAL_WORLD_SIZE, else this process's LOCAL_RANK + 1), one process per
+    GPU: a process past them stopped on CUDA's 'invalid device ordinal' traceback in
+    ``torch.cuda.set_device``, under torchrun's ChildFailedError report, while the
+    others waited for it to join. Every process of the machine refuses alike (said once:
+    run_cli). A machine without CUDA runs any number of CPU processes. ``cpu_option``:
+    how the tool runs on the CPU instead."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = os.environ.get('LOCAL_WORLD_SIZE', '')
+    rank = os.environ.get('LOCAL_RANK', '0')
+    processes = int(local) if local.isdigit() else int(rank) + 1 if rank.isdigit() else 1
+    if count == 0 or processes <= count:
+        return
+    seen = os.environ.get('CUDA_VISIBLE_DEVICES')
+    seen = f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''
+    started = (f'{processes} processes' if local.isdigit() else
+               f'process LOCAL_RANK={rank}')
+    raise UserError(f'started as {started} on a machine of {count} CUDA device(s){seen}: '
+                    f'each process takes a GPU of its own; start {count} or fewer '
+                    f'(torchrun --nproc_per_node {count}), or run on the CPU with '
+                    f'{cpu_option}')
