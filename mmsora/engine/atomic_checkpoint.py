@@ -318,8 +318,8 @@ def _save_checkpoint_with_step(self, runner, step, meta):
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
     if is_main_process() and isinstance(self.file_backend, LocalBackend):
         remove_stale_tmp_files(self.out_dir)
-    # (a DeepSpeed save stopped between its two renames left the checkpoint's new
-    # folder whole beside it, which this save puts in place before it writes:
+    # (a DeepSpeed save stopped between its two renames left the checkpoint's old
+    # folder aside, whole, which this save puts back before it writes:
     # deepspeed_save.remove_leftovers; removed as this save's partial one, it was lost)
     existed = replaced_midway(self.last_ckpt) or osp.lexists(self.last_ckpt)
     try:

@@ -93,7 +93,7 @@ def saved_checkpoint(work_dir, option: Optional[str] = '--resume'):
         earlier = intact_earlier_checkpoint(newest)
         error = FileNotFoundError(said + put_back + _earlier_hint(earlier, option))
         error.earlier = earlier  # (what a caller may offer in place of its own advice)
-        error.put_back = bool(put_back)  # (it says how to put the checkpoint back)
+        error.put_back = replaced_midway(newest)  # (it says how to put it back)
         raise error
     return newest
 
@@ -124,36 +124,34 @@ def _beside(path: str, word: str) -> str:
 def replaced_midway(path: str) -> bool:
     """Whether a save of ``path`` was stopped between the two renames that replace it
     (``deepspeed_save.put_in_place`` where the file system cannot exchange two
-    folders): ``path`` missing, the new checkpoint at :func:`staging_name` and the old
-    one at :func:`aside_name`. (Checked in that order: a save that finishes the
-    replace meanwhile is not taken for one stopped.)"""
+    folders), or its put-back failed: ``path`` missing, the old checkpoint, whole, at
+    :func:`aside_name` (the new one at :func:`staging_name`, or removed). (Checked in
+    that order: a save that finishes the replace meanwhile is not taken for one
+    stopped.)"""
     path = str(path).rstrip('/' + os.sep)
-    return (osp.lexists(staging_name(path)) and osp.lexists(aside_name(path))
-            and not osp.lexists(path))
+    return osp.lexists(aside_name(path)) and not osp.lexists(path)
 
 
 def stopped_replace_hint(path: str) -> str:
     """``'; a save was stopped while it replaced it: ...'`` to end an error about the
     missing checkpoint ``path`` with, where a DeepSpeed save stopped while it replaced
-    ``path`` left its new or its old checkpoint beside it ('' otherwise; before, such
-    errors said 'not found' alone, of a checkpoint whole under a hidden name).
+    ``path`` left its old checkpoint or its staging folder beside it ('' otherwise;
+    before, such errors said 'not found' alone, of a checkpoint whole under a hidden
+    name).
 
-    The new one is said whole only beside the old: ``put_in_place`` flushes it,
-    written by every process, before it moves the old one aside (and a later save
-    of the same checkpoint puts it in place before it writes its own:
-    ``deepspeed_save.remove_leftovers``). Alone it may be a save stopped while it
-    wrote."""
+    The old one is the checkpoint to put back: whole (it was in place), and of the same
+    iteration as the new one. The new one is not offered: a checkout of Dec 7 2026
+    before this could leave a part of one beside the old (a save of the same
+    checkpoint killed while it wrote), and the next save of it puts the old one back
+    itself (``deepspeed_save.remove_leftovers``). A staging folder alone may be a save
+    stopped while it wrote."""
     path = str(path).rstrip('/' + os.sep)
     if not path or osp.lexists(path):
         return ''
     new, old = staging_name(path), aside_name(path)
     if replaced_midway(path):
-        return (f'; a save was stopped while it replaced it: the new checkpoint, written '
-                f'whole, is {new}, the one it replaced {old}: rename one of them to {path} '
-                f'(mv {new} {path})')
-    if osp.lexists(old):
-        return (f'; a save was stopped while it replaced it, and its new checkpoint is gone: '
-                f'the one it replaced is {old}: rename it to {path} (mv {old} {path})')
+        return (f'; a save was stopped while it replaced it: the one it replaced, whole, '
+                f'is {old}: rename it back (mv {old} {path})')
     if osp.lexists(new):
         return (f'; {new} is a save of it that was stopped before it took its place, '
                 'perhaps while it wrote: not a checkpoint to take')

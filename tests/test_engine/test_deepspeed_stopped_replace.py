@@ -39,9 +39,8 @@ def test_resume_names_the_new_checkpoint_and_the_old_one(tmp_path):
     target = work / 'iter_4.pth'
     assert str(info.value) == (
         f'{work}/last_checkpoint names {target}, which does not exist; a save was '
-        f'stopped while it replaced it: the new checkpoint, written whole, is {work}/{NEW}, '
-        f'the one it replaced {work}/{OLD}: rename one of them to {target} '
-        f'(mv {work}/{NEW} {target})')
+        f'stopped while it replaced it: the one it replaced, whole, is {work}/{OLD}: '
+        f'rename it back (mv {work}/{OLD} {target})')
 
 
 def test_a_work_dir_given_for_its_checkpoint_says_how_to_put_it_back(tmp_path):
@@ -50,13 +49,12 @@ def test_a_work_dir_given_for_its_checkpoint_says_how_to_put_it_back(tmp_path):
     stopped_between_the_renames(work)
     with pytest.raises(FileNotFoundError) as info:
         resolve_checkpoint(str(work))
-    assert str(info.value).endswith(f'(mv {work}/{NEW} {work}/iter_4.pth)')
+    assert str(info.value).endswith(f'(mv {work}/{OLD} {work}/iter_4.pth)')
 
 
 @pytest.mark.parametrize('left, said', [
-    ((OLD,), '; a save was stopped while it replaced it, and its new checkpoint is '
-             'gone: the one it replaced is {w}/.iter_4.old.pth: rename it to '
-             '{w}/iter_4.pth (mv {w}/.iter_4.old.pth {w}/iter_4.pth)'),
+    ((OLD,), '; a save was stopped while it replaced it: the one it replaced, whole, is '
+             '{w}/.iter_4.old.pth: rename it back (mv {w}/.iter_4.old.pth {w}/iter_4.pth)'),
     ((NEW,), '; {w}/.iter_4.saving.pth is a save of it that was stopped before it took '
              'its place, perhaps while it wrote: not a checkpoint to take'),
     ((), '')])
@@ -80,23 +78,42 @@ def test_train_resume_says_how_to_put_the_checkpoint_back(repo_root, tmp_path, c
     err = capfd.readouterr().err
     assert 'Traceback' not in err, err[-3000:]
     (line,) = [ln for ln in err.splitlines() if ln.startswith('error')]
-    assert f'a save was stopped while it replaced it: the new checkpoint, written whole, ' \
-           f'is {work}/{NEW}' in line, line
-    assert f'(mv {work}/{NEW} {work}/iter_4.pth)' in line, line
+    assert f'a save was stopped while it replaced it: the one it replaced, whole, ' \
+           f'is {work}/{OLD}' in line, line
+    assert f'(mv {work}/{OLD} {work}/iter_4.pth)' in line, line
 
 
-def test_a_save_of_the_same_checkpoint_puts_the_new_one_in_place_first(tmp_path):
-    """The save writes its staging folder anew: it removed the stopped save's, the new
-    checkpoint's one copy, and, killed while it wrote, left a part of one there beside
-    the old, to be taken for the whole new checkpoint."""
+@pytest.mark.parametrize('left', [(NEW, OLD), (OLD,)])
+def test_a_save_of_the_same_checkpoint_puts_the_old_one_back_first(tmp_path, left):
+    """The save writes its staging folder anew, with the old one aside: killed while it
+    wrote, it left a part of a checkpoint there beside the old one, to be taken for a
+    whole new one (and a save that put that in place removed the old, the one whole
+    copy)."""
     work = tmp_path / 'w'
-    stopped_between_the_renames(work)
+    stopped_between_the_renames(work, left)
     remove_leftovers(str(work / 'iter_4.pth'))
-    assert read_folder(work / 'iter_4.pth') == {'a': 'new'}
+    assert read_folder(work / 'iter_4.pth') == {'a': 'old'}
     assert sorted(os.listdir(work)) == ['iter_2.pth', 'iter_4.pth', 'last_checkpoint']
 
 
-def test_a_failed_save_leaves_the_new_checkpoint_it_put_in_place(repo_root, tmp_path,
+def test_a_refused_put_back_leaves_the_old_one_aside(tmp_path, monkeypatch):
+    """The rename back refused (a work dir not writable): the old checkpoint stays aside,
+    whole; nothing of it is removed."""
+    work = tmp_path / 'w'
+    stopped_between_the_renames(work)
+    real_rename = os.rename
+
+    def refused(src, dst, *args, **kwargs):
+        if osp.basename(str(src)) == OLD:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+        return real_rename(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, 'rename', refused)
+    remove_leftovers(str(work / 'iter_4.pth'))
+    assert read_folder(work / OLD) == {'a': 'old'}
+    assert not osp.lexists(work / 'iter_4.pth')
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_it_put_back(repo_root, tmp_path,
                                                                 monkeypatch):
     """The hook removes a folder its failed save made (a partial one): iter_4.pth, not
     there as the save began, was taken for one and removed. (``last_checkpoint`` names
@@ -113,7 +130,7 @@ def test_a_failed_save_leaves_the_new_checkpoint_it_put_in_place(repo_root, tmp_
     with pytest.raises(CheckpointWriteError) as info:
         runner.train()
     assert info.value.left is None
-    assert read_folder(work / 'iter_4.pth') == {'a': 'new'}
+    assert read_folder(work / 'iter_4.pth') == {'a': 'old'}
 
 
 def test_the_checkpoint_named_itself_says_how_to_put_it_back(tmp_path):
@@ -127,7 +144,7 @@ def test_the_checkpoint_named_itself_says_how_to_put_it_back(tmp_path):
     work = tmp_path / 'w'
     stopped_between_the_renames(work)
     target = work / 'iter_4.pth'
-    put_back = f'(mv {work}/{NEW} {target})'
+    put_back = f'(mv {work}/{OLD} {target})'
     train = load_tool('train')
     demo = osp.join(REPO_ROOT, 'configs', 'dit', 'dit_tiny2_1xb32_1500_shapes16.py')
     with pytest.raises(UserError) as info:
@@ -141,3 +158,13 @@ def test_the_checkpoint_named_itself_says_how_to_put_it_back(tmp_path):
         find_run(str(target))
     assert str(info.value).startswith(f'no such config file or work dir: {target}; a save')
     assert str(info.value).endswith(put_back)
+
+
+def test_a_work_dir_with_a_staging_folder_alone_still_says_to_give_the_file(tmp_path):
+    """Nothing to put back: the line keeps its ': give the checkpoint file'."""
+    work = tmp_path / 'w'
+    stopped_between_the_renames(work, (NEW,))
+    with pytest.raises(FileNotFoundError) as info:
+        resolve_checkpoint(str(work))
+    assert 'not a checkpoint to take' in str(info.value)
+    assert str(info.value).endswith(': give the checkpoint file')

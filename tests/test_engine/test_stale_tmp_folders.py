@@ -34,6 +34,11 @@ def test_a_killed_exports_temporary_folder_is_removed(tmp_path):
 
 
 def test_a_running_exports_temporary_folder_is_left(tmp_path):
-    running = export_folder(tmp_path, os.getppid())  # (not this process: not its own)
-    remove_stale_tmp_files(str(tmp_path))
-    assert (running / 'transformer' / 'config.json').exists()
+    child = subprocess.Popen(['sleep', '60'])  # (not this process: not its own)
+    try:
+        running = export_folder(tmp_path, child.pid)
+        remove_stale_tmp_files(str(tmp_path))
+        assert (running / 'transformer' / 'config.json').exists()
+    finally:
+        child.kill()
+        child.wait()

@@ -218,19 +218,18 @@ def remove_leftovers(path: str) -> None:
     """Remove, before checkpoint ``path`` is saved, what killed saves left beside the
     checkpoints of its folder: ``path``'s own staging folder (the save writes it
     anew) and every other staging or aside folder, except a pair whose checkpoint is
-    missing (a kill between :func:`put_in_place`'s two renames: the old checkpoint
-    and the new, both whole, for the user to put back). ``path``'s own such pair is
-    the replace this save repeats: its new checkpoint is put in place first, as
-    :func:`put_in_place` would have put it, and its old one removed."""
+    missing (a kill between :func:`put_in_place`'s two renames, or a failed put-back:
+    the old checkpoint, whole, for the user to put back). ``path``'s own old one is put
+    back first: whole and of the same iteration, it is what a failed save leaves."""
     folder = osp.dirname(path) or '.'
     path = osp.join(folder, osp.basename(path))  # (a bare 'iter_4.pth': './iter_4.pth')
     if replaced_midway(path):
-        # (its staging folder, removed below, was the one whole copy of the new
-        # checkpoint; and this save, killed while it wrote, left a part of one there
-        # beside the old, which was kept and named whole as such a pair.) A rename
-        # refused here (a folder not writable) refuses the removal and the save alike.
+        # (before, the old one stayed aside while this save wrote its staging folder:
+        # killed while it wrote, it left a part of a checkpoint beside it, taken for a
+        # whole new one.) A rename refused here leaves it aside, whole and kept below;
+        # this save's own rename into place then fails alike.
         with contextlib.suppress(OSError):
-            os.rename(staging_name(path), path)
+            os.rename(aside_name(path), path)
             fsync_dir(folder)
     # its own, whatever its name (a filename_tmpl of one's own: 'ckpt_{}.pth'), which the
     # save would write into, over a killed save's parts of other processes
