@@ -34,7 +34,8 @@ SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 
 # to --sample-dir; --cfg-scale and --ckpt had no hint).
 _SAMPLE_CFG = '--cfg-options evaluation.sample_cfg.'
 STAND_INS = {
-    '--sampler': (_SAMPLE_CFG + 'sampler={}', 'NAME'),
+    # (SiT's --sampling-method Euler is not a sampler name here: sde_euler)
+    '--sampler': (_SAMPLE_CFG + 'sampler={}', 'NAME', True),
     '--steps': (_SAMPLE_CFG + 'num_steps={}', 'N'),
     '--cfg-scale': (_SAMPLE_CFG + 'cfg_scale={}', 'S'),
     '--eta': (_SAMPLE_CFG + 'eta={}', 'E'),

@@ -49,7 +49,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     ``stand_ins``: what a tool gives for another tool's flag that it lacks, by flag:
     ``(template, placeholder)``, ``{}`` in the template taking the value given after the
-    flag, else the placeholder (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
+    flag, else the placeholder (``(template, placeholder, True)``: the placeholder for
+    the value given to another project's name of the flag, whose values are not ours:
+    SiT's ``--sampling-method Euler``) (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
     evaluation.sample_cfg.cfg_scale=1.5`` there); looked up before a close spelling, for
     other projects' names of the flag too (SiT's ``--num-sampling-steps`` is
     ``--steps``, which argparse's near match took for ``--num-samples``)."""
@@ -58,9 +60,12 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.stand_ins = dict(stand_ins or {})
 
-    def _stand_in(self, flag: str, value=None) -> str:
-        """The text of ``flag``'s stand-in with ``value`` (None: the placeholder)."""
-        template, placeholder = self.stand_ins[flag]
+    def _stand_in(self, flag: str, value=None, given: str = None) -> str:
+        """The text of ``flag``'s stand-in with ``value`` (None: the placeholder),
+        given to the flag ``given`` (another project's name of it, or ``flag``)."""
+        template, placeholder, *own_values = self.stand_ins[flag]
+        if own_values and own_values[0] and given not in (None, flag):
+            value = None
         return template.replace('{}', str(placeholder if value is None else value))
 
     def error(self, message):
@@ -121,7 +126,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 return f'{guess} for {flag}'
         for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
             if guess in self.stand_ins:
-                return f'{self._stand_in(guess, value)} for {flag}'
+                return f'{self._stand_in(guess, value, dashed)} for {flag}'
         hints = FOREIGN_HINTS.get(dashed, ())
         for needs, hint in (hints,) if hints and isinstance(hints[0], str) else hints:
             if needs in ours:
