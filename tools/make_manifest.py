@@ -235,16 +235,38 @@ def refuse_dropping_captions(args):
     CSV of that name, its captions with it, by a manifest without any."""
     if args.captions or args.caption_files or not osp.isfile(args.out):
         return
-    try:
-        rows = load_manifest(args.out)
-    except (ManifestError, OSError):  # not a manifest: nothing of ours to keep
-        return
-    captioned = sum(1 for row in rows if row.get('caption'))
+    captioned = _captions_held(args.out)
     if captioned:
         raise UserError(f'--out {args.out} holds {captioned} captions, which this run '
                         '(without --captions or --caption-files) would write over with '
                         f'none: give {args.out} to extract_features.py --manifest as it is '
                         '(an Open-Sora CSV is a manifest), or write this one to another --out')
+
+
+def _captions_held(path) -> int:
+    """How many rows of the manifest ``path`` hold a caption ('caption', or Open-Sora's
+    'text'): read as a manifest, else (a row the manifest reader refuses: a label
+    that is no number, a stray comma) row by row, as far as the file can be read."""
+    try:
+        return sum(1 for row in load_manifest(path) if row.get('caption'))
+    except ManifestError:  # (its captions are the user's all the same)
+        pass
+    except OSError:
+        return 0
+    import csv
+    count = 0
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f:
+            rows = (csv.DictReader(f) if path.lower().endswith('.csv') else
+                    (json.loads(line) for line in f if line.strip()))
+            for row in rows:
+                if isinstance(row, dict) and any(
+                        isinstance(row.get(k), str) and row[k].strip()
+                        for k in ('caption', 'text')):
+                    count += 1
+    except (OSError, ValueError, csv.Error):  # (as far as it reads)
+        pass
+    return count
 
 
 def probe_cache_path(out):

@@ -59,3 +59,14 @@ def test_a_csv_given_as_captions_is_pointed_at_the_manifest_option(open_sora_fol
         f"--captions {csv_file} is a manifest, not a JSON object of captions: a CSV or "
         "JSONL of path and caption (Open-Sora's path,text) is a manifest as it is: give "
         f'it to extract_features.py --manifest {csv_file}')
+
+
+def test_captions_of_a_manifest_the_reader_refuses_are_kept_too(open_sora_folder, capsys):
+    """A row the manifest reader refuses (a label that is no number) made the whole
+    file 'not a manifest', written over, captions and all."""
+    out = open_sora_folder / 'labelled.csv'
+    out.write_text('path,text,label\na.mp4,a bike rides,3\nb.mp4,a cat runs,cat\n')
+    before = out.read_text()
+    with pytest.raises(UserError, match=f'^--out {out} holds 2 captions'):
+        run_make_manifest(capsys, open_sora_folder, '--out', out)
+    assert out.read_text() == before
