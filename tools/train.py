@@ -132,7 +132,9 @@ def build_train_config(args):
     if args.resume is not None and args.load_from is not None:
         raise UserError('--resume and --load-from exclude each other: --resume '
                         'continues a run (optimizer, EMA, iteration), --load-from '
-                        'starts a new one from given weights')
+                        'starts a new one from given weights; to continue a run begun '
+                        'with --load-from, drop --load-from (its checkpoints hold what it '
+                        'has trained from those weights)')
     config_load_from = cfg.get('load_from')  # (a config's own: --resume may replace it)
     if args.resume == 'auto':
         latest = latest_checkpoint(cfg.work_dir)

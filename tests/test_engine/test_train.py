@@ -130,7 +130,8 @@ def test_resume_and_load_from_exclude_each_other(repo_root, tmp_path):
     ckpt = tmp_path / 'x.pth'
     ckpt.write_bytes(b'')
     # UserError: one line and exit code 2 from run_cli, as every other mistake
-    with pytest.raises(UserError, match='^--resume and --load-from exclude each other'):
+    with pytest.raises(UserError, match='^--resume and --load-from exclude each other: '
+                       '.*; to continue a run begun with --load-from, drop --load-from'):
         build_train_config(parse_args([DEMO, '--resume', str(ckpt), '--load-from', str(ckpt)]))
     with pytest.raises(UserError, match='^--resume checkpoint not found: nope.pth'):
         build_train_config(parse_args([DEMO, '--resume', 'nope.pth']))
