@@ -93,6 +93,11 @@ FOREIGN_HINTS = {
                           'model.latent_shape=[4,S/8,S/8] (latents extracted at --image-size '
                           'S)')),
     '--ckpt-every': ('--cfg-options', '--cfg-options default_hooks.checkpoint.interval=N'),
+    # SiT's train.py: samples every N steps, logs to Weights & Biases
+    '--sample-every': (_TRAIN, "dict(type='SampleVisualizationHook', interval=N) in the "
+                       "config's custom_hooks (README: Samples during training)"),
+    '--wandb': (_TRAIN, '--cfg-options visualizer.vis_backends.0.type=WandbVisBackend '
+                '(needs pip install wandb)'),
     '--feature-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
     '--data-path': ('--cfg-options', '--cfg-options train_dataloader.dataset.data_root=DIR'),
     # (--model NAME of DiT's and SiT's scripts: the config of NAME, model_config)

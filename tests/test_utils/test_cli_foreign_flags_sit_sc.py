@@ -275,3 +275,15 @@ def test_every_hint_reads_as_one_part_of_the_line(repo_root):
         for needs, text in (hints,) if isinstance(hints[0], str) else hints:
             assert '; ' not in text, flag
             assert needs in flags, (flag, needs)
+
+
+def test_sit_train_logging_flags_say_what_to_give(capsys):
+    """SiT's train.py --sample-every and --wandb on tools/train.py: argparse's bare
+    'unrecognized arguments' (walk w2)."""
+    from tools.train import parse_args
+    hints = _refused(parse_args, ['cfg.py', '--sample-every', '10000', '--wandb'], capsys)
+    assert hints == {
+        '--sample-every': "dict(type='SampleVisualizationHook', interval=N) in the "
+                          "config's custom_hooks (README: Samples during training)",
+        '--wandb': '--cfg-options visualizer.vis_backends.0.type=WandbVisBackend (needs '
+                   'pip install wandb)'}
