@@ -158,6 +158,12 @@ def _check_columns(path, where, columns, require, row=None):
                         'the caption too); tools/make_manifest.py --captions writes one'
                         if row is None else ": give the row a 'caption' (or Open-Sora's "
                         "'text', read as the caption too) or drop the row")
+            elif row is None and any(str(c).strip().lower().endswith(VIDEO_EXTENSIONS)
+                                     for c in columns):
+                # (Open-Sora 1.0's CSVs have no header: their first row was read as one)
+                hint = (': line 1 names a video, so it is a row, not a header: add a '
+                        "header line first ('path,text' for rows of a video and its "
+                        "caption, as Open-Sora 1.0's CSVs hold them)")
             raise ManifestError(f'manifest {path} {where}: missing required column '
                                 f'{name!r}{suggest}{hint}')
 

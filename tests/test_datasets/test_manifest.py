@@ -121,6 +121,10 @@ def test_empty_cells_are_left_out(tmp_path):
      r"m\.jsonl line 2: missing required column 'path' \(did you mean 'video_path'\?\)"),
     ('m.jsonl', '{"file": "a.mp4"}\n', ('path', ),
      r"m\.jsonl line 1: missing required column 'path'$"),
+    # Open-Sora 1.0's CSVs: no header, rows of a video and its caption
+    ('m.csv', 'clips/a.mp4,a cat runs\nclips/b.MP4,a dog\n', ('path', ),
+     r"m\.csv line 1 \(header\): missing required column 'path': line 1 names a video, "
+     r"so it is a row, not a header: add a header line first \('path,text' for rows "),
     ('m.csv', 'path,caption\n', ('path', ), r'm\.csv is empty: it holds no rows'),
     ('m.csv', '', ('path', ), r'm\.csv is empty'),
     ('m.jsonl', '\n\n', ('path', ), r'm\.jsonl is empty'),
