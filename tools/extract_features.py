@@ -84,7 +84,7 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--data-path', help='ImageFolder root: DIR/class/*.jpg')
     src.add_argument('--manifest', help='video manifest (.csv / .jsonl) from '
-                     'tools/make_manifest.py')
+                     "tools/make_manifest.py, or Open-Sora's CSV (path,text,...) as it is")
     p.add_argument('--data-root', help='where the manifest\'s relative video paths '
                    'resolve (default: the manifest\'s folder)')
     p.add_argument('--out', required=True, help='output store folder')
