@@ -5,11 +5,70 @@ Parameter names follow timm's ``Attention`` / ``Mlp`` (``qkv``, ``proj``, ``fc1`
 https://arxiv.org/abs/2212.09748) used, so its checkpoints load key for key without
 depending on timm.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention_backends import attention
+
+
+def _autocast_off(device: str):
+    """A context with autocast off on ``device`` (none to turn off on 'meta', which
+    autocast does not know)."""
+    if torch.amp.is_autocast_available(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
+class _PackedProducts(torch.autograd.Function):
+    """``parts`` products of x with the row blocks of one packed weight, and a backward
+    written for them: each part's weight gradient is multiplied straight into its rows
+    of one (out_features, in_features) buffer, the input's gradient accumulated in one
+    tensor, the bias's summed into its slices. (Autograd's own backward of the parts
+    returned transposed weight gradients and concatenated them: on the CPU a cat of
+    non-contiguous tensors, 20-24 ms per block of DiT-S/2 at batch 32, against 0.03 ms
+    contiguous; docs/benchmarks.md.) x, weight and bias come in one dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, parts):
+        ctx.parts = parts
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        biases = bias.chunk(parts) if bias is not None else (None,) * parts
+        with _autocast_off(x.device.type):
+            return tuple(F.linear(x, w, b) for w, b in zip(weight.chunk(parts), biases))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x2 = x.reshape(-1, x.shape[-1])  # (M, in)
+        width = weight.shape[0] // ctx.parts
+        # a part whose output took no part in the loss has no gradient: zero rows
+        rows = [(i * width, g.reshape(-1, width)) for i, g in enumerate(grads)
+                if g is not None]
+        grad_x = grad_w = grad_b = None
+        with _autocast_off(x.device.type):
+            if need_x:
+                grad_x = x2.new_zeros(x2.shape) if not rows else None
+                for lo, g in rows:
+                    w = weight[lo:lo + width]
+                    grad_x = torch.mm(g, w) if grad_x is None else grad_x.addmm_(g, w)
+                grad_x = grad_x.view(x.shape)
+            if need_w:
+                grad_w = (weight.new_empty(weight.shape) if len(rows) == ctx.parts
+                          else weight.new_zeros(weight.shape))
+                for lo, g in rows:
+                    torch.mm(g.t(), x2, out=grad_w[lo:lo + width])
+            if need_b and ctx.has_bias:
+                grad_b = (weight.new_empty(weight.shape[0]) if len(rows) == ctx.parts
+                          else weight.new_zeros(weight.shape[0]))
+                for lo, g in rows:
+                    torch.sum(g, dim=0, out=grad_b[lo:lo + width])
+        return grad_x, grad_w, grad_b, None
 
 
 class PackedLinear(nn.Linear):
@@ -20,10 +79,12 @@ class PackedLinear(nn.Linear):
     The weight, bias, their names and initialisation are ``nn.Linear``'s over all
     the features, so packed checkpoints (DiT's, timm's, Open-Sora's) load as they are.
     Computing the parts apart gives the same values as one packed product and slicing
-    (to rounding), with no packed output in the forward nor packed gradient in the
-    backward. That is what matters on the CPU: there the packed tensors of DiT-S/2 at
-    batch 32 (36 MiB) are above glibc's largest mmap threshold (32 MiB), so each was
-    fresh pages every step (2.4x diffusers' page faults; docs/benchmarks.md).
+    (to rounding), with no packed output in the forward nor packed gradient of the
+    output in the backward. That is what matters on the CPU: there the packed tensors
+    of DiT-S/2 at batch 32 (36 MiB) are above glibc's largest mmap threshold (32 MiB),
+    so each was fresh pages every step (2.4x diffusers' page faults;
+    docs/benchmarks.md). The backward (:class:`_PackedProducts`) writes the weight's
+    gradient in place, part by part.
     """
 
     def __init__(self, in_features: int, out_features: int, parts: int,
@@ -36,13 +97,15 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> tuple:
         """x: (..., in_features) -> ``parts`` x (..., out_features / parts)."""
         device = x.device.type
-        # Cast once under autocast: the products share (and save) one low-precision x.
+        weight, bias = self.weight, self.bias
+        # Under autocast, cast as F.linear would (once: the products share x and the
+        # weight); the casts' own backward returns the gradients in float32.
         # Autocast knows no 'meta' device (FLOP counting runs there): ask first.
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            x = x.to(torch.get_autocast_dtype(device))
-        biases = (self.bias.chunk(self.parts) if self.bias is not None
-                  else (None,) * self.parts)
-        return tuple(F.linear(x, w, b) for w, b in zip(self.weight.chunk(self.parts), biases))
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return _PackedProducts.apply(x, weight, bias, self.parts)
 
     def extra_repr(self) -> str:
         return f'{super().extra_repr()}, parts={self.parts}'
