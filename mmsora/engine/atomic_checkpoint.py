@@ -29,7 +29,8 @@ all) and writes ``last_checkpoint`` in place (a kill there leaves it empty, and
    way: a full disk (or the file-size limit) there ended the start-up with that copy
    cut short, to be read later as the run's config.
 
-Temporary files left by a killed process are removed at the next save.
+Temporary files and folders that killed processes left are removed at a later save
+(:func:`remove_stale_tmp_files` says when).
 """
 import contextlib
 import errno
@@ -37,6 +38,7 @@ import os
 import os.path as osp
 import shutil
 import sys
+import time
 from typing import Optional
 
 import mmengine.runner
@@ -51,8 +53,8 @@ from mmengine.visualization import LocalVisBackend
 from mmengine.visualization.vis_backend import force_init_env
 
 from mmsora.engine.log_files import naming_os_errors
-from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, remove_path,
-                                    tmp_name, tmp_target)
+from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, host_tag,
+                                    remove_path, tmp_name, tmp_writer)
 from mmsora.utils.checkpoint_choice import replaced_midway
 from mmsora.utils.cli import RunError
 
@@ -153,32 +155,68 @@ def _raise_cause_or_none(error):
     return cause
 
 
+# A temporary entry whose writer cannot be asked from here (another machine's, or one
+# named by an earlier version) is a leftover once nothing in it changed for this long.
+STALE_TMP_AGE_S = 3600
+
+
 def remove_stale_tmp_files(folder):
-    """Delete temporary files that killed processes left in ``folder``, and temporary
-    folders (tools/export_denoiser.py writes a diffusers folder ``--out W/dit`` as
-    ``W/.dit.tmp-PID``) of processes not running on this machine: one killed was
-    left for good (``os.remove`` refused it), a running one is being written."""
+    """Remove the temporary files and folders (mmsora.utils.atomic_io's names,
+    ``.NAME.tmp-PID-HOST``) in ``folder`` whose writers are gone: killed processes'.
+
+    The rule, the same for a file and a folder (tools/export_denoiser.py writes a
+    diffusers folder ``--out W/dit`` as ``W/.dit.tmp-PID-HOST``):
+
+    - HOST is this machine's (``atomic_io.host_tag``): removed where process PID does
+      not run here; a running one is writing it (an export, tools/infer.py's
+      outputs, into a work dir where training runs). A killed process's is removed at
+      the next save.
+    - HOST is another machine's (a work dir on a disk that several nodes share: a
+      multi-node run, an export on another node), whose PID means nothing here:
+      removed once it has not been modified for :data:`STALE_TMP_AGE_S` (an hour; a
+      folder's age is that of the newest entry in it).
+    - no HOST (the names of versions before Dec 2026, which did not say the machine):
+      removed where PID does not run here and it has not been modified for an hour.
+
+    DeepSpeed's staging and aside folders (``.iter_N.saving.pth``, ``.iter_N.old.pth``,
+    which the processes of every node write into during a save) are no temporary
+    names here: ``deepspeed_save.remove_leftovers`` judges them."""
     names = os.listdir(folder) if osp.isdir(folder) else []
+    here = host_tag()
     for name in names:
-        found = tmp_target(name)
-        if found is None or found[1] == os.getpid():
+        writer = tmp_writer(name)
+        if writer is None:
             continue
+        pid, host = writer
         path = osp.join(folder, name)
-        if osp.isdir(path) and not osp.islink(path):
-            if not _running(found[1]):
-                remove_path(path)
-            continue
-        try:
-            os.remove(path)
-        except OSError:
-            pass
+        if host == here:
+            stale = not _running(pid)
+        else:
+            stale = ((host is not None or not _running(pid))
+                     and _unmodified_for(path) >= STALE_TMP_AGE_S)
+        if stale:
+            remove_path(path)
+
+
+def _unmodified_for(path: str) -> float:
+    """Seconds since ``path`` (a file; a folder: the newest entry in it, itself too)
+    was last modified; 0 where none of it can be read (taken for one being written)."""
+    paths = [path]
+    if osp.isdir(path) and not osp.islink(path):
+        for root, folders, files in os.walk(path):
+            paths += [osp.join(root, name) for name in folders + files]
+    mtimes = []
+    for name in paths:
+        with contextlib.suppress(OSError):  # (removed meanwhile)
+            mtimes.append(os.lstat(name).st_mtime)
+    return time.time() - max(mtimes) if mtimes else 0.0
 
 
 def _running(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (another user's too)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (OverflowError: no such pid at all)
         return False
     except OSError:  # (EPERM: another user's)
         return True

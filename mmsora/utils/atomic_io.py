@@ -5,44 +5,76 @@ over the target (``os.replace`` is atomic on POSIX) and the folder fsynced, so t
 reader, or a run resumed after a kill or a power loss, finds the old file or the new
 one whole, never a part of one.
 
-Temporary names are ``.{stem}.tmp-{pid}{ext}`` beside the target (``iter_4.pth`` ->
-``.iter_4.tmp-1234.pth``): hidden, so that globs such as ``iter_*.pth`` or
-``batch_*.npz`` pass them over; with the process id, so that two processes writing
-one target never write into the same temporary file; ending in the target's
+Temporary names are ``.{stem}.tmp-{pid}-{host}{ext}`` beside the target
+(``iter_4.pth`` -> ``.iter_4.tmp-1234-node07.pth``): hidden, so that globs such as
+``iter_*.pth`` or ``batch_*.npz`` pass them over; with the process id, so that two
+processes writing one target never write into the same temporary file, and the
+machine's name (:func:`host_tag`), since a process id means something on its own
+machine alone: a folder on a shared disk (a multi-node run's work dir) holds the
+temporary files of processes of other machines too; ending in the target's
 extension, since libraries given a path may pick the format from it (PIL, PyAV) or
-append one (``np.savez`` adds ``.npz``). :func:`tmp_target` reads such a name back,
-for the cleaners of files that killed processes left.
+append one (``np.savez`` adds ``.npz``). :func:`tmp_target` and :func:`tmp_writer`
+read such a name back (and the names of earlier versions, without the machine's
+name), for the cleaners of files that killed processes left.
 """
 import errno
 import os
 import os.path as osp
 import re
+import socket
+import zlib
 from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
 __all__ = ['atomic_file', 'atomic_path', 'atomic_write_bytes', 'fsync_dir', 'fsync_file',
-           'make_folders', 'remove_path', 'remove_made_folders', 'tmp_name', 'tmp_target']
+           'host_tag', 'make_folders', 'remove_path', 'remove_made_folders', 'tmp_name',
+           'tmp_target', 'tmp_writer']
 
-_TMP_NAME = re.compile(r'\.(.+)\.tmp-(\d+)(\.[^.]*)?')
+# (the host part is optional: the names of earlier versions have none)
+_TMP_NAME = re.compile(r'\.(.+)\.tmp-(\d+)(?:-([A-Za-z0-9_-]+))?(\.[^.]*)?')
 # Folder fsync errors that mean "not supported here" rather than "failed": some network
 # and FUSE file systems (CIFS, WSL's drvfs, ...) answer EINVAL.
 _UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.ENOSYS}
+
+
+def host_tag() -> str:
+    """This machine's name as temporary names carry it: the host name with each
+    character other than a letter, a digit or '-' made '_' (a dot would be read as the
+    start of the extension); one longer than 32 characters cut to 23 and a hash of the
+    whole name (file names have 255 bytes)."""
+    host = socket.gethostname()
+    tag = re.sub(r'[^A-Za-z0-9-]', '_', host)
+    if len(tag) > 32:
+        tag = f'{tag[:23]}-{zlib.crc32(host.encode()):08x}'
+    return tag
 
 
 def tmp_name(path: str) -> str:
     """The temporary name this process writes ``path`` under (see the module doc)."""
     folder, name = osp.split(os.fspath(path))
     stem, ext = osp.splitext(name)
-    return osp.join(folder, f'.{stem}.tmp-{os.getpid()}{ext}')
+    host = host_tag()
+    return osp.join(folder, f'.{stem}.tmp-{os.getpid()}{"-" + host if host else ""}{ext}')
 
 
 def tmp_target(name: str) -> Optional[Tuple[str, int]]:
     """``(target file name, pid)`` of a temporary file name, or None for another name.
-    (Also reads ``.{name}.tmp-{pid}``, the checkpoints' temporary names before.)"""
+    (Also reads ``.{stem}.tmp-{pid}{ext}``, without the machine's name, and
+    ``.{name}.tmp-{pid}``, the temporary names of earlier versions.)"""
     match = _TMP_NAME.fullmatch(osp.basename(name))
     if match is None:
         return None
-    return match.group(1) + (match.group(3) or ''), int(match.group(2))
+    return match.group(1) + (match.group(4) or ''), int(match.group(2))
+
+
+def tmp_writer(name: str) -> Optional[Tuple[int, Optional[str]]]:
+    """``(pid, host)`` of the process that writes under the temporary name ``name``:
+    its process id and :func:`host_tag` of its machine (None: a name of an earlier
+    version, which does not say); None for another name."""
+    match = _TMP_NAME.fullmatch(osp.basename(name))
+    if match is None:
+        return None
+    return int(match.group(2)), match.group(3)
 
 
 def fsync_file(path: str) -> None:

@@ -37,6 +37,25 @@ def test_keeps_the_last_n_and_points_at_the_newest(repo_root, tmp_path):
     assert load_checkpoint_file(tmp_path / 'iter_5.pth')['meta']['iter'] == 5
 
 
+def test_a_save_leaves_the_temporary_files_of_running_writers(repo_root, tmp_path):
+    """An export into the work dir of a run that trains on (``tools/export_denoiser.py
+    RUN --out W/dit.pt``): the run's next save removed the export's temporary file, and
+    the export failed at its rename. Those of killed processes the save removes."""
+    from tests.test_engine.test_stale_tmp_folders import (ended_pid, export_folder,
+                                                          temp_file, writing)
+    killed = ended_pid()
+    left = [export_folder(tmp_path, killed), temp_file(tmp_path, killed)]
+    runner = Runner.from_cfg(tiny_cfg(repo_root, tmp_path, 1,
+                                      'default_hooks.checkpoint.interval=1'))
+    with writing(tmp_path / 'dit.pt') as tmp:
+        runner.train()  # (saves iter_1.pth)
+        assert osp.exists(tmp)
+    assert last_checkpoint(tmp_path) == str(tmp_path / 'iter_1.pth')
+    assert (tmp_path / 'dit.pt').exists()
+    assert not [path for path in left if path.exists()]
+    assert not [f for f in os.listdir(tmp_path) if '.tmp-' in f]
+
+
 class _FileSizeLimit(Hook):
     """From iteration ``start``, files may not grow beyond ``limit`` bytes: the
     kernel then fails writes with EFBIG, as a full disk fails them with ENOSPC."""

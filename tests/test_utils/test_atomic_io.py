@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, fsync_dir,
-                                    tmp_name, tmp_target)
+                                    host_tag, tmp_name, tmp_target)
 
 
 def test_the_file_lands_only_when_the_block_ends(tmp_path):
@@ -15,7 +15,7 @@ def test_the_file_lands_only_when_the_block_ends(tmp_path):
     with atomic_file(target) as f:
         f.write(b'12')
         assert not target.exists()
-        assert os.listdir(tmp_path) == [f'.a.tmp-{os.getpid()}.bin']
+        assert os.listdir(tmp_path) == [f'.a.tmp-{os.getpid()}-{host_tag()}.bin']
     assert target.read_bytes() == b'12'
     assert os.listdir(tmp_path) == ['a.bin']
 
@@ -92,7 +92,7 @@ def test_a_failing_disk_is_reported(tmp_path, monkeypatch):
 
 def test_temporary_names_are_read_back():
     name = tmp_name('/run/iter_4.pth')
-    assert name == f'/run/.iter_4.tmp-{os.getpid()}.pth'
+    assert name == f'/run/.iter_4.tmp-{os.getpid()}-{host_tag()}.pth'
     assert tmp_target(name) == ('iter_4.pth', os.getpid())
     assert tmp_target('.last_checkpoint.tmp-12') == ('last_checkpoint', 12)
     assert tmp_target('.iter_4.pth.tmp-12') == ('iter_4.pth', 12)  # (checkpoints before)
@@ -117,7 +117,11 @@ def test_the_cleaners_know_the_temporary_names(tmp_path):
     work = tmp_path / 'work'
     work.mkdir()
     mine = os.path.basename(tmp_name(str(work / 'iter_2.pth')))
-    for name in ('.iter_1.tmp-7.pth', '.iter_1.pth.tmp-8', mine, 'iter_0.pth'):
+    from tests.test_engine.test_stale_tmp_folders import OLD, aged, ended_pid
+    dead = ended_pid()  # (a killed process's: this machine's name, an earlier version's)
+    for name in (f'.iter_1.tmp-{dead}-{host_tag()}.pth', f'.iter_1.pth.tmp-{dead}', mine,
+                 'iter_0.pth'):
         (work / name).write_bytes(b'')
+        aged(work / name, OLD)  # (an earlier version's name goes once an hour old)
     remove_stale_tmp_files(str(work))
     assert sorted(os.listdir(work)) == sorted([mine, 'iter_0.pth'])
