@@ -122,6 +122,12 @@ def parse_args(argv=None):
                    'T5, 77 for CLIP)')
     p.add_argument('--hidden-layer', type=int, help='text encoder hidden state to keep '
                    '(default: the last, after the final norm)')
+    p.add_argument('--text-encoder-dtype', choices=['float32', 'bfloat16', 'float16'],
+                   default='float32', help='load the text encoder in this dtype (default '
+                   'float32: T5-XXL\'s weights are 17.7 GiB, 8.9 in bfloat16, as PixArt and '
+                   'Open-Sora load it; float16 overflows in T5 v1.1 but for what '
+                   'transformers keeps in float32); sample with the same '
+                   'model.text_encoder.dtype')
     p.add_argument('--store', choices=['moments', 'samples'], default='moments',
                    help='keep the scaled posterior mean+std, or one scaled sample')
     p.add_argument('--flip', action='store_true',
@@ -165,6 +171,7 @@ OPTION_OF = dict(
     seed='--seed',
     text_encoder='--text-encoder',
     text_encoder_kind='--text-encoder-kind', hidden_layer='--hidden-layer',
+    text_encoder_dtype='--text-encoder-dtype',
     text_shape='--text-encoder / --max-length',
     pooled_dim='--text-encoder-kind',
     classes='the class folders of --data-path, or the class_name column of --manifest',
@@ -175,7 +182,7 @@ OPTION_OF = dict(
 # Settings a store records only where they differ from these defaults (stores written
 # before they were recorded hold none, and were written with the default or not at all):
 # a refusal shows the default where the store (or the run) records none.
-UNRECORDED_DEFAULTS = dict(seed=0)
+UNRECORDED_DEFAULTS = dict(seed=0, text_encoder_dtype='float32')
 
 
 def with_option(error) -> str:
@@ -440,7 +447,7 @@ def build_text_encoder(args):
     try:
         enc = HFTextEncoder(args.text_encoder, kind=args.text_encoder_kind,
                             max_length=args.max_length, hidden_layer=args.hidden_layer,
-                            micro_batch_size=args.batch_size)
+                            dtype=args.text_encoder_dtype, micro_batch_size=args.batch_size)
         enc.encoder  # load now
     except (FileNotFoundError, OSError, ValueError, ImportError) as e:
         fail(e)
@@ -521,6 +528,10 @@ def store_meta(args, source) -> dict:
         # mixed the embeddings of two layers in one store.
         meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind,
                     hidden_layer=args.hidden_layer)
+        # The encoder's dtype (its embeddings differ by rounding): recorded where not the
+        # default, float32, which stores of an older mmsora were encoded in.
+        if args.text_encoder_dtype != UNRECORDED_DEFAULTS['text_encoder_dtype']:
+            meta.update(text_encoder_dtype=args.text_encoder_dtype)
     return meta
 
 

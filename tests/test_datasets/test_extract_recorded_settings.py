@@ -9,7 +9,9 @@ import sys
 import tempfile
 from unittest import mock
 
+import numpy as np
 import pytest
+import torch
 
 from mmsora.datasets import write_manifest
 from mmsora.datasets.store_lock import LOCK_NAME
@@ -232,3 +234,46 @@ def test_a_conversion_into_a_folder_it_cannot_write_is_refused_naming_out(
         run_convert(fastdit_features, folder / 'store')
     assert str(info.value) == (f'--out {folder / "store"}: cannot write in {folder} '
                                '(Permission denied)')
+
+
+# --------------------------------------------------------------------------- #
+#                          --text-encoder-dtype                                #
+# --------------------------------------------------------------------------- #
+def test_the_text_encoder_dtype_is_used_and_recorded(image_folder, tiny_vae_dir, tmp_path,
+                                                     t5_dir):
+    """T5-XXL in float32 is 17.7 GiB of weights: --text-encoder-dtype bfloat16 loads it in
+    half that (as PixArt and Open-Sora do). A resume with another dtype would mix the
+    embeddings of two encoders in one store."""
+    from mmsora.datasets import LatentStore
+    loaded = []
+    real = extract.build_text_encoder
+
+    def build_text_encoder(args):
+        enc = real(args)
+        loaded.append(enc.encoder.dtype)
+        return enc
+
+    base = ('--text-encoder', t5_dir, '--max-length', '8', '--dtype', 'float32')
+    ref, half = str(tmp_path / 'ref'), str(tmp_path / 'bf16')
+    with mock.patch.object(extract, 'build_text_encoder', build_text_encoder):
+        run_extract(image_folder, ref, tiny_vae_dir, *base)
+        interrupted(lambda: run_extract(image_folder, half, tiny_vae_dir, *base,
+                                        '--text-encoder-dtype', 'bfloat16'))
+        assert run_extract(image_folder, half, tiny_vae_dir, *base,
+                           '--text-encoder-dtype', 'bfloat16')['complete']
+    assert loaded == [torch.float32, torch.bfloat16, torch.bfloat16]
+    assert 'text_encoder_dtype' not in index_meta(ref)  # the default: as older stores
+    assert index_meta(half)['text_encoder_dtype'] == 'bfloat16'
+    a, b = LatentStore(ref), LatentStore(half)
+    for i in range(len(a)):
+        got, want = b.text(i)['text_embeds'], a.text(i)['text_embeds']
+        assert not np.array_equal(got, want)  # another encoder's rounding ...
+        np.testing.assert_allclose(got, want, atol=0.1, rtol=0.05)  # ... of the same text
+    vae, text = no_models()
+    begun = str(tmp_path / 'begun')
+    interrupted(lambda: run_extract(image_folder, begun, tiny_vae_dir, *base))
+    with vae, text, pytest.raises(UserError, match=(
+            r"written with text_encoder_dtype='float32' \(in .*\); this run has "
+            r"text_encoder_dtype='bfloat16': .*\(set by --text-encoder-dtype\)$")):
+        run_extract(image_folder, begun, tiny_vae_dir, *base, '--text-encoder-dtype',
+                    'bfloat16')
