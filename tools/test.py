@@ -18,10 +18,10 @@ import os
 import os.path as osp
 import sys
 
-from mmsora.utils.cli import (ArgumentParser, Interrupted, UserError, add_malloc_option,
-                              check_at_least, check_output_path, check_samples_not_finished,
-                              check_torchrun_launcher, device_setting, keep_freed_memory_on_cpu,
-                              run_cli)
+from mmsora.utils.cli import (EACH_VALUE, THEIR_VALUES, ArgumentParser, Interrupted, UserError,
+                              add_malloc_option, check_at_least, check_output_path,
+                              check_samples_not_finished, check_torchrun_launcher, device_setting,
+                              keep_freed_memory_on_cpu, run_cli)
 
 SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
                     'evaluation')
@@ -34,13 +34,14 @@ SECTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 
 # to --sample-dir; --cfg-scale and --ckpt had no hint).
 _SAMPLE_CFG = '--cfg-options evaluation.sample_cfg.'
 STAND_INS = {
-    # (SiT's --sampling-method Euler is not a sampler name here: sde_euler)
-    '--sampler': (_SAMPLE_CFG + 'sampler={}', 'NAME', True),
+    # (SiT's --sampling-method Euler is not a sampler name here: sde_euler, or ode_euler
+    # by its mode word: FOREIGN_VALUES)
+    '--sampler': (_SAMPLE_CFG + 'sampler={}', 'NAME', THEIR_VALUES),
     '--steps': (_SAMPLE_CFG + 'num_steps={}', 'N'),
     '--cfg-scale': (_SAMPLE_CFG + 'cfg_scale={}', 'S'),
     '--eta': (_SAMPLE_CFG + 'eta={}', 'E'),
     '--precision': (_SAMPLE_CFG + 'precision={}', 'P'),
-    '--sampler-options': (_SAMPLE_CFG + '{}', 'KEY=VALUE (one entry per option)'),
+    '--sampler-options': (_SAMPLE_CFG + '{}', 'KEY=VALUE (one entry per option)', EACH_VALUE),
     **{f'--{key.replace("_", "-")}': (f'{_SAMPLE_CFG}{key}={{}}', 'VALUE')
        for key in ('atol', 'rtol', 'diffusion_form', 'diffusion_norm', 'last_step',
                    'last_step_size')},

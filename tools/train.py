@@ -20,9 +20,20 @@ from mmsora.utils.cli import (ArgumentParser, Interrupted, RunError, UserError, 
                               is_launch_rank0, keep_freed_memory_on_cpu, note, run_cli)
 from mmsora.utils.config_loading import load_config, parse_config_and_preset
 
+# The sampling flags of the reference training scripts, which this tool takes from the
+# config: what an unrecognised one is told to give instead. SiT's train.py --cfg-scale
+# guides its samples during training; here the config's sample_cfg does (SiT's configs
+# set cfg_scale there), which a SampleVisualizationHook samples with (README: Samples
+# during training) and tools/infer.py takes for the run.
+STAND_INS = {
+    '--cfg-scale': ("--cfg-options sample_cfg.cfg_scale={} (the guidance of a "
+                    "SampleVisualizationHook's samples, and the run's default in "
+                    'tools/infer.py)', 'S'),
+}
+
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description='Train an mmsora model')
+    parser = ArgumentParser(description='Train an mmsora model', stand_ins=STAND_INS)
     parser.add_argument('config', nargs='?', help='train config file path')
     parser.add_argument('--work-dir', help='where logs and checkpoints go '
                         '(default: ./work_dirs/CONFIG_NAME)')

@@ -7,13 +7,14 @@ foreign_flags.py (other projects' flags and keys), error_messages.py (the one-li
 messages run_cli prints for errors met while running)."""
 import argparse
 import difflib
+import itertools
 import os
 import os.path as osp
 import signal
 import sys
 
-from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_WORDS,
-                                         Sentence, model_config)
+from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_VALUES,
+                                         FOREIGN_WORDS, Sentence, model_config)
 
 __all__ = ['UserError', 'UserPathNotFound', 'RunError', 'ArgumentParser', 'is_launch_rank0',
            'note', 'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
@@ -37,6 +38,14 @@ class RunError(Exception):
     printed as one line."""
 
 
+# What a stand-in (ArgumentParser's ``stand_ins``) may say after its placeholder:
+# another project's name of the flag takes values that are not ours (SiT's
+# --sampling-method Euler), so the placeholder stands for them; the flag takes several
+# values (KEY=VALUE ...), so the template's word holding ``{}`` is said for each.
+THEIR_VALUES = 'their values'
+EACH_VALUE = 'each value'
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line (``PROG: error: ...; see python
     tools/infer.py --help``, the script as it was run: :meth:`help_command`; without
@@ -44,14 +53,18 @@ class ArgumentParser(argparse.ArgumentParser):
     arguments' error names the option meant: one spelt with underscores
     (``--cfg_scale``), a near miss (``--num-sample``), or another project's name for it
     (DiT's ``--ckpt``, ``--num-sampling-steps``; SiT's ``--path-type`` and its mode
-    word ``SDE``; diffusers' ``--guidance-scale``). Another project's name is looked up
-    before a close spelling (SiT's ``--prediction`` is not ``--precision``).
+    word ``SDE``; diffusers' ``--guidance-scale``), with our value for theirs where
+    their values are not ours (SiT's ``--sampling-method Heun`` by the mode word on the
+    command line: ``FOREIGN_VALUES``). Another project's name is looked up before a
+    close spelling (SiT's ``--prediction`` is not ``--precision``).
 
     ``stand_ins``: what a tool gives for another tool's flag that it lacks, by flag:
-    ``(template, placeholder)``, ``{}`` in the template taking the value given after the
-    flag, else the placeholder (``(template, placeholder, True)``: the placeholder for
-    the value given to another project's name of the flag, whose values are not ours:
-    SiT's ``--sampling-method Euler``) (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
+    ``(template, placeholder, *marks)``, ``{}`` in the template taking the value given
+    after the flag, else the placeholder; marks: :data:`THEIR_VALUES` (the placeholder
+    for the value given to another project's name of the flag, whose values are not
+    ours, unless ``FOREIGN_VALUES`` has ours for it), :data:`EACH_VALUE` (the word of
+    ``{}`` once for each value given: ``--sampler-options atol=1e-6 rtol=1e-3``)
+    (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
     evaluation.sample_cfg.cfg_scale=1.5`` there); looked up before a close spelling, for
     other projects' names of the flag too (SiT's ``--num-sampling-steps`` is
     ``--steps``, which argparse's near match took for ``--num-samples``)."""
@@ -59,24 +72,39 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, stand_ins=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.stand_ins = dict(stand_ins or {})
+        self._given = []
 
-    def _stand_in(self, flag: str, value=None, given: str = None) -> str:
-        """The text of ``flag``'s stand-in with ``value`` (None: the placeholder),
-        given to the flag ``given`` (another project's name of it, or ``flag``)."""
-        template, placeholder, *own_values = self.stand_ins[flag]
-        if own_values and own_values[0] and given not in (None, flag):
-            value = None
-        return template.replace('{}', str(placeholder if value is None else value))
+    def parse_known_args(self, args=None, namespace=None):
+        # (the whole command line, for the hints: a mode word that a positional took,
+        # SiT's ``tools/test.py CONFIG SDE``, is not among the unrecognized arguments)
+        self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
+
+    def _stand_in(self, flag: str, values=(), given: str = None) -> str:
+        """The text of ``flag``'s stand-in with ``values``, the values given after the
+        flag (none: the placeholder), given to the flag ``given`` (another project's
+        name of it, or ``flag``)."""
+        template, placeholder, *marks = self.stand_ins[flag]
+        if not values or (THEIR_VALUES in marks and given not in (None, flag)):
+            values = [placeholder]
+        elif EACH_VALUE not in marks:
+            values = values[:1]
+        words = template.split(' ')
+        for i, word in enumerate(words):
+            if '{}' in word:
+                words[i] = ' '.join(word.replace('{}', str(value)) for value in values)
+                break
+        return ' '.join(words)
 
     def error(self, message):
         prefix = 'unrecognized arguments: '
         if message.startswith(prefix):
             tokens = message[len(prefix):].split()
-            # (the value after a flag too: --model SiT-XL/2; the token before a word: a
+            # (the values after a flag too: --model SiT-XL/2; the token before a word: a
             # flag's value is no mode word)
-            hints = [self._meant(token, after) or self._word_meant(token, before)
-                     for before, token, after in zip([None] + tokens, tokens,
-                                                     tokens[1:] + [None])]
+            hints = [self._meant(token, tokens[i + 1:])
+                     or self._word_meant(token, tokens[i - 1] if i else None)
+                     for i, token in enumerate(tokens)]
             hints = [h for h in hints if h]
             meant = [h for h in hints if not isinstance(h, Sentence)]
             if meant:
@@ -106,27 +134,67 @@ class ArgumentParser(argparse.ArgumentParser):
         """What a word that is no option meant (SiT's mode word ``SDE``), or None;
         ``before``: the token before it (a word after a flag is its value)."""
         needs, hint = FOREIGN_WORDS.get(token, (None, None))
-        flag_value = before is not None and before.startswith('--') and '=' not in before
-        if needs in self.stand_ins and not flag_value:  # (the hint's value: its sampler)
-            return f'{self._stand_in(needs, hint.split(" ", 1)[1])} for {token}'
-        return f'{hint} for {token}' if needs in self._ours() and not flag_value else None
+        if needs is None or _flag_value(before):
+            return None
+        # (the hint's value, its sampler: the one of the method given with it, if any)
+        value = self._word_value(token, needs) or hint.split(' ', 1)[1]
+        if needs in self.stand_ins:
+            return f'{self._stand_in(needs, [value])} for {token}'
+        return f'{needs} {value} for {token}' if needs in self._ours() else None
 
-    def _meant(self, token: str, following: str = None):
-        """What ``token`` meant; ``following``: the token after it (a flag's value). A
-        :class:`Sentence` is said on its own, not as a 'did you mean'."""
+    def _word_value(self, token: str, needs: str):
+        """Our value of ``needs`` for the mode word ``token`` with another project's
+        name of ``needs`` given on the command line (``SDE --sampling-method Heun``:
+        sde_heun), or None."""
+        for flag, ours in FOREIGN_VALUES.items():
+            value = self._given_value(flag)
+            if FOREIGN_FLAGS.get(flag) == needs and value is not None:
+                return ours(value, token)
+        return None
+
+    def _mode_word(self):
+        """The mode word (a ``FOREIGN_WORDS`` key, SiT's ``SDE``) on the command line, no
+        flag's value, or None."""
+        for before, token in zip([None] + self._given, self._given):
+            if token in FOREIGN_WORDS and not _flag_value(before):
+                return token
+        return None
+
+    def _given_value(self, flag: str):
+        """The value given to ``flag`` (spelt with dashes or underscores) on the command
+        line, or None."""
+        for token, after in zip(self._given, self._given[1:] + [None]):
+            name, equals, value = token.partition('=')
+            if name.replace('_', '-') == flag:
+                return value if equals else (None if after is None or after.startswith('--')
+                                             else after)
+        return None
+
+    def _meant(self, token: str, following=()):
+        """What ``token`` meant; ``following``: the tokens after it (a flag's values up
+        to the next option). A :class:`Sentence` is said on its own, not as a 'did you
+        mean'."""
         if not token.startswith('--'):
             return None
         flag, equals, value = token.partition('=')
-        value = value if equals else (following if following and not following.startswith(
-            '--') else None)
+        values = [value] * bool(equals) + list(
+            itertools.takewhile(lambda t: not t.startswith('--'), following or ()))
+        value = values[0] if values else None
         ours = self._ours()
         dashed = flag.replace('_', '-')
-        for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
+        # (our value for another project's: SiT's --sampling-method Euler by its mode word)
+        theirs = FOREIGN_FLAGS.get(dashed)
+        translated = FOREIGN_VALUES[dashed](value, self._mode_word()) \
+            if dashed in FOREIGN_VALUES and value is not None else None
+        for guess in (dashed, theirs):
             if guess in ours and guess != flag:
-                return f'{guess} for {flag}'
-        for guess in (dashed, FOREIGN_FLAGS.get(dashed)):
+                said = f' {translated}' if translated and guess == theirs else ''
+                return f'{guess}{said} for {flag}'
+        for guess in (dashed, theirs):
             if guess in self.stand_ins:
-                return f'{self._stand_in(guess, value, dashed)} for {flag}'
+                text = self._stand_in(guess, [translated]) if translated and guess == theirs \
+                    else self._stand_in(guess, values, dashed)
+                return f'{text} for {flag}'
         hints = FOREIGN_HINTS.get(dashed, ())
         for needs, hint in (hints,) if hints and isinstance(hints[0], str) else hints:
             if needs in ours:
@@ -135,6 +203,12 @@ class ArgumentParser(argparse.ArgumentParser):
                 return hint if isinstance(hint, Sentence) else f'{hint} for {flag}'
         close = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
         return f'{close[0]} for {flag}' if close else None
+
+
+def _flag_value(before) -> bool:
+    """Whether a token after ``before`` is its value: ``before`` is an option
+    without ``=`` (a word after ``--mode`` is no mode word)."""
+    return before is not None and before.startswith('--') and '=' not in before
 
 
 def is_launch_rank0() -> bool:

@@ -3,8 +3,8 @@ Open-Sora's) and what to give mmsora instead: the hints of the tools' argument p
 (cli.ArgumentParser) and of ``--cfg-options`` (cfg_options.py)."""
 import re
 
-__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_WORDS', 'Sentence',
-           'model_config', 'foreign_key_hint']
+__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES', 'FOREIGN_WORDS',
+           'SIT_SAMPLING_METHODS', 'Sentence', 'model_config', 'foreign_key_hint', 'sit_sampler']
 
 
 class Sentence(str):
@@ -155,6 +155,34 @@ FOREIGN_HINTS = {
 # here: the sampler it runs with SiT's defaults (docs/sit.md), where the tool has the flag.
 FOREIGN_WORDS = {'SDE': ('--sampler', '--sampler sde_euler'),
                  'ODE': ('--sampler', '--sampler ode_dopri5')}
+# SiT's sample.py --sampling-method by its mode word: SDE's Euler and Heun, ODE's
+# torchdiffeq methods, of which Transport has euler, heun2 and dopri5 (docs/sit.md); the
+# sampler here, by the method in lower case (ODE's 'heun' too: torchdiffeq's is heun2).
+SIT_SAMPLING_METHODS = {
+    'SDE': {'euler': 'sde_euler', 'heun': 'sde_heun'},
+    'ODE': {'euler': 'ode_euler', 'heun2': 'ode_heun', 'heun': 'ode_heun',
+            'dopri5': 'ode_dopri5'},
+}
+
+
+def sit_sampler(method: str, mode: str = None):
+    """The sampler here for SiT's ``--sampling-method METHOD`` in its mode ``mode``
+    (``'SDE'``, ``'ODE'``; None where the command line has no mode word): its name,
+    both names where the mode is not known and both modes have the method
+    (``'sde_euler (SDE) or ode_euler (ODE)'``), or None for a method that no sampler
+    here stands for (SiT's other torchdiffeq methods, rk4, bosh3, ...)."""
+    modes = [mode] if mode in SIT_SAMPLING_METHODS else list(SIT_SAMPLING_METHODS)
+    found = [(each, SIT_SAMPLING_METHODS[each][str(method).lower()]) for each in modes
+             if str(method).lower() in SIT_SAMPLING_METHODS[each]]
+    if len(found) == 1:
+        return found[0][1]
+    return ' or '.join(f'{name} ({each})' for each, name in found) or None
+
+
+# Their flags whose values are not ours: our value for theirs, given the mode word of the
+# command line (a FOREIGN_WORDS key, or None), or None where there is none
+# (cli.ArgumentParser says the flag's target then, or its stand-in's placeholder).
+FOREIGN_VALUES = {'--sampling-method': sit_sampler}
 # Other projects' names of the sampling settings (diffusers' pipelines' arguments, DiT's
 # sample.py's): a sample_cfg key of theirs is taken for ours, not for a close spelling
 # (sample_cfg.guidance_scale was 'did you mean guidance_channels?').

@@ -42,7 +42,8 @@ def test_sit_sample_ddp_flags_name_the_evaluation_entries(capsys):
                   'SiT-XL-2-256.pt)',
         '--cfg-scale': f'{cfg}cfg_scale=1.5',
         '--num-sampling-steps': f'{cfg}num_steps=250',  # (was --num-samples)
-        '--sampling-method': f'{cfg}sampler=NAME',  # (SiT's Euler is not one of ours)
+        # (no mode word on the line: both modes' samplers; the placeholder was 'NAME')
+        '--sampling-method': f'{cfg}sampler=sde_euler (SDE) or ode_euler (ODE)',
         '--diffusion-form': f'{cfg}diffusion_form=sigma',
         '--last-step-size': f'{cfg}last_step_size=0.04',
         '--num-fid-samples': '--num-samples', '--per-proc-batch-size': '--batch-size'}

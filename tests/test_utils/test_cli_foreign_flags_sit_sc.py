@@ -287,3 +287,92 @@ def test_sit_train_logging_flags_say_what_to_give(capsys):
                           "config's custom_hooks (README: Samples during training)",
         '--wandb': '--cfg-options visualizer.vis_backends.0.type=WandbVisBackend (needs '
                    'pip install wandb)'}
+
+
+def test_sit_train_cfg_scale_says_the_training_samples_guidance(capsys, repo_root):
+    """SiT's train.py --cfg-scale (the guidance of its samples during training) on
+    tools/train.py: argparse's bare 'unrecognized arguments'."""
+    from tools.train import parse_args
+    said = ("(the guidance of a SampleVisualizationHook's samples, and the run's default in "
+            "tools/infer.py)")
+    assert _refused(parse_args, ['cfg.py', '--cfg-scale', '1.5', '--sample-every', '10'],
+                    capsys) == {
+        '--cfg-scale': f'--cfg-options sample_cfg.cfg_scale=1.5 {said}',
+        '--sample-every': "dict(type='SampleVisualizationHook', interval=N) in the config's "
+                          "custom_hooks (README: Samples during training)"}
+    assert _refused(parse_args, ['cfg.py', '--cfg_scale=4.0'], capsys) == {
+        '--cfg_scale': f'--cfg-options sample_cfg.cfg_scale=4.0 {said}'}
+    assert _refused(parse_args, ['cfg.py', '--cfg-scale'], capsys) == {
+        '--cfg-scale': f'--cfg-options sample_cfg.cfg_scale=S {said}'}
+    # the SiT config sets it there, and the hook samples with the option's value
+    from types import SimpleNamespace
+
+    from mmsora.engine.hooks.sample_visualization_hook import SampleVisualizationHook
+    cfg = load_config(osp.join(repo_root, SIT))
+    assert cfg.sample_cfg.cfg_scale == 4.0  # (SiT's --cfg-scale default)
+    apply_cfg_options(cfg, ['sample_cfg.cfg_scale=1.5'])
+    hook = SampleVisualizationHook(interval=10)
+    assert hook._sample_cfg(SimpleNamespace(cfg=cfg))['cfg_scale'] == 1.5
+
+
+def test_sit_sampling_method_names_the_sampler_of_its_mode(capsys, repo_root):
+    """SiT's --sampling-method METHOD was told --sampler (tools/infer.py) or
+    sampler=NAME (tools/test.py) whatever the method and the mode word given with it;
+    now the sampler here that they pick, or both where no mode word is given."""
+    from tools.infer import parse_args
+    assert _refused(parse_args, ['run', 'SDE', '--sampling-method', 'Heun'], capsys) == {
+        'SDE': '--sampler sde_heun', '--sampling-method': '--sampler sde_heun'}
+    assert _refused(parse_args, ['run', 'ODE', '--sampling-method', 'dopri5'], capsys) == {
+        'ODE': '--sampler ode_dopri5', '--sampling-method': '--sampler ode_dopri5'}
+    assert _refused(parse_args, ['run', 'ODE', '--sampling_method=heun2'], capsys) == {
+        'ODE': '--sampler ode_heun', '--sampling_method': '--sampler ode_heun'}
+    # no mode word: both modes' samplers where both have the method
+    assert _refused(parse_args, ['run', '--sampling-method', 'Euler'], capsys) == {
+        '--sampling-method': '--sampler sde_euler (SDE) or ode_euler (ODE)'}
+    assert _refused(parse_args, ['run', '--sampling-method', 'dopri5'], capsys) == {
+        '--sampling-method': '--sampler ode_dopri5'}
+    # a torchdiffeq method with no sampler here: the flag alone
+    assert _refused(parse_args, ['run', 'ODE', '--sampling-method', 'rk4'], capsys) == {
+        'ODE': '--sampler ode_dopri5', '--sampling-method': '--sampler'}
+    # tools/test.py, where the mode word is taken for the checkpoint
+    from tests.cli_helpers import load_tool
+    test_args = load_tool('test').parse_args
+    entry = '--cfg-options evaluation.sample_cfg.sampler='
+    assert _refused(test_args, ['cfg.py', 'SDE', '--sampling-method', 'Heun'], capsys) == {
+        '--sampling-method': f'{entry}sde_heun'}
+    assert _refused(test_args, ['cfg.py', 'ckpt.pt', 'ODE', '--sampling-method', 'Euler'],
+                    capsys) == {'ODE': f'{entry}ode_euler',
+                                '--sampling-method': f'{entry}ode_euler'}
+    assert _refused(test_args, ['cfg.py', '--sampling-method', 'Heun'], capsys) == {
+        '--sampling-method': f'{entry}sde_heun (SDE) or ode_heun (ODE)'}
+    # the names are Transport's samplers, of the mode each is for
+    from mmsora.diffusion import Transport
+    from mmsora.utils.foreign_flags import SIT_SAMPLING_METHODS
+    for mode, samplers in SIT_SAMPLING_METHODS.items():
+        for sampler in samplers.values():
+            assert sampler in Transport.SAMPLER_OPTIONS and sampler.startswith(mode.lower())
+
+
+def test_sampler_options_on_the_evaluation_tool_name_every_entry(capsys, repo_root):
+    """``tools/test.py ... --sampler-options atol=1e-6 rtol=1e-3`` (SiT's ODE tolerances)
+    was told the entry of atol alone."""
+    from tests.cli_helpers import load_tool
+    tool = load_tool('test')
+    entry = 'evaluation.sample_cfg.'
+    assert _refused(tool.parse_args, ['cfg.py', 'ckpt.pt', '--sampler-options', 'atol=1e-6',
+                                      'rtol=1e-3', '--cfg_scale', '1.5'], capsys) == {
+        '--sampler-options': f'--cfg-options {entry}atol=1e-6 {entry}rtol=1e-3',
+        '--cfg_scale': f'--cfg-options {entry}cfg_scale=1.5'}
+    assert _refused(tool.parse_args, ['cfg.py', '--sampler-options=atol=1e-5', 'rtol=1e-2'],
+                    capsys) == {
+        '--sampler-options': f'--cfg-options {entry}atol=1e-5 {entry}rtol=1e-2'}
+    # the entries given as said are the settings the evaluation samples with
+    from mmsora.utils.config_keys import check_sample_settings_of
+    cfg = load_config(osp.join(repo_root, SIT))
+    cfg.evaluation = load_config(osp.join(
+        repo_root, 'configs/_base_/evaluation/fid50k_imagenet256.py')).evaluation
+    apply_cfg_options(cfg, [f'{entry}sampler=ode_dopri5', f'{entry}atol=1e-6',
+                            f'{entry}rtol=1e-3'])
+    settings = tool.evaluation_sample_cfg(cfg, cfg.evaluation)
+    check_sample_settings_of(cfg.model, settings)
+    assert (settings['atol'], settings['rtol']) == (1e-6, 1e-3)
