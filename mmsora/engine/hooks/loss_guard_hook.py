@@ -10,6 +10,21 @@ every rank skips the same step without an extra collective. Under FSDP each rank
 holds a shard of the gradient, so the norm is summed over the ranks (one all-reduce
 of a scalar) and again every rank takes the same decision.
 
+Under DeepSpeed (``--deepspeed``, mmengine's ``DeepSpeedOptimWrapper``) the loss is
+guarded, before DeepSpeed's backward: each process's loss is its own micro-batch's,
+so with several processes one all-reduce of a flag per micro-batch tells every
+process whether any loss was not finite, and then every process skips that
+micro-batch's backward and step (DeepSpeed's gradient reduction and micro-step count
+stay matched over the processes). What is not guarded there is a finite loss with a
+non-finite gradient: under ZeRO each process holds a part of the gradient, and
+DeepSpeed's optimizer checks it itself (DeepSpeed 0.19's ZeRO 1-3 skip a step whose
+gradient norm is not finite, fp32 and bf16 alike; with fp16 its loss scaler also
+lowers the scale, left as it is, as the ``AmpOptimWrapper`` path leaves its scaler).
+Before, DeepSpeed runs warned at every start that their steps were not guarded: a
+corrupt latent's NaN went through the backward into that overflow check, which threw
+away the whole accumulated step, named no item, and never stopped a run producing
+nothing but NaN losses.
+
 A skipped step's warning says which of the batch's items hold NaN / inf inputs (the
 batch is checked only when the loss was not finite): by dataset index, and file or
 store row, where the items carry ``sample_idx``, else by position. Before, it named
@@ -248,10 +263,13 @@ class LossGuardHook(Hook):
     warning naming the iteration) when the loss of this rank or the gradient norm is
     NaN or infinite. With fp16 loss scaling (``AmpOptimWrapper``) infinite gradients
     are the scaler's business: only the loss is checked, and the scaler's own step
-    (which skips inf/NaN gradients and lowers the scale) still runs. Other wrappers
-    (DeepSpeed's, ``OptimWrapperDict``) are left alone, with a warning. The stop clears
-    the gradients (the scaler's step does not run), and a later ``runner.train()`` of
-    the same runner counts the skips in a row afresh.
+    (which skips inf/NaN gradients and lowers the scale) still runs. Under DeepSpeed
+    (``DeepSpeedOptimWrapper``) the loss is guarded, not the gradient: a micro-batch
+    whose loss is not finite on any process has its backward and step skipped on
+    every process (see the module's docstring). ``OptimWrapperDict`` (several
+    optimizers) is left alone, with a warning. The stop clears the gradients (the
+    scaler's step does not run), and a later ``runner.train()`` of the same runner
+    counts the skips in a row afresh.
 
     With gradient accumulation it also logs the loss and its terms once per optimizer
     step, averaged over the step's micro-batches, in log lines every ``interval``
@@ -310,11 +328,15 @@ class LossGuardHook(Hook):
         if self._accumulation > 1:
             runner.logger.info(self._accumulation_line(runner))
         wrapper = runner.optim_wrapper
-        if type(wrapper).__name__ == 'DeepSpeedOptimWrapper' and self.log_grad_norm:
-            self._log_deepspeed_grad_norm(runner, wrapper)  # as DDP and FSDP runs log it
-        if not isinstance(wrapper, OptimWrapper):  # DeepSpeed, several optimizers
-            runner.logger.warning(f'LossGuardHook guards an OptimWrapper; this run has '
-                                  f'{type(wrapper).__name__}: its steps are not guarded')
+        if type(wrapper).__name__ == 'DeepSpeedOptimWrapper':
+            if self.log_grad_norm:  # as DDP and FSDP runs log it
+                self._log_deepspeed_grad_norm(runner, wrapper)
+            self._guard_deepspeed(runner, wrapper)  # (over the logging: a skipped
+            return  # micro-batch logs no grad_norm)
+        if not isinstance(wrapper, OptimWrapper):  # several optimizers (OptimWrapperDict)
+            runner.logger.warning(f'LossGuardHook guards an OptimWrapper or DeepSpeed\'s; '
+                                  f'this run has {type(wrapper).__name__}: its steps are '
+                                  f'not guarded')
             return
         step, backward = wrapper.step, wrapper.backward
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -518,6 +540,61 @@ class LossGuardHook(Hook):
 
         self._patch(wrapper, 'step', _counted_like(logged_step, step))
 
+    def _guard_deepspeed(self, runner, wrapper):
+        """Skip the backward and the step of a DeepSpeed micro-batch whose loss is not
+        finite on any process (every process skips it), before DeepSpeed's backward.
+
+        Each process's loss is its own micro-batch's: with several processes one
+        all-reduce of a flag (the count of processes whose loss is not finite) per
+        micro-batch makes them agree. Skipping both leaves the engine as if that
+        micro-batch had not been: its ``backward`` (where ZeRO-1/2 reduce and
+        accumulate the gradient partitions, and at the boundary micro-batch hand them
+        to the optimizer) and its ``step`` (which counts ``micro_steps`` and steps at
+        each ``gradient_accumulation_steps``-th) did not run on any process, so their
+        collectives stay matched. The accumulation goes on with the next micro-batches:
+        with k > 1 a step then ends one iteration later than the Runner's k-iteration
+        grid. The gradient after a finite loss is not checked here (under ZeRO each
+        process holds a part of it); DeepSpeed's optimizer (ZeRO, bf16, fp16 loss
+        scaling) checks it."""
+        step, backward = wrapper.step, wrapper.backward
+        dist = torch.distributed
+        world = (dist.get_world_size() if dist.is_available() and dist.is_initialized()
+                 else 1)
+        skipped = []  # the current micro-batch's backward was skipped: skip its step
+
+        def guarded_backward(loss, **kwargs):
+            value = float(loss.detach().float())
+            here = not math.isfinite(value)
+            count = int(here)
+            if world > 1:  # every process takes part, every micro-batch
+                flag = torch.tensor(float(here), device=collective_device())
+                dist.all_reduce(flag)
+                count = int(flag.item())
+            self._note_batch(bad_loss=here)
+            if count:
+                skipped.append(True)
+                try:
+                    self._skip(runner, value, None,
+                               elsewhere=(count, world) if world > 1 else None,
+                               what_is_skipped='this micro-batch (its backward and step)'
+                               if self._accumulation > 1 else None)
+                finally:
+                    self._new_step()
+                return
+            self._new_step()
+            self._in_a_row = []
+            backward(loss, **kwargs)
+
+        def guarded_step(**kwargs):
+            if skipped:
+                skipped.clear()
+                return
+            step(**kwargs)
+
+        self._patch(wrapper, 'backward', guarded_backward)
+        self._patch(wrapper, 'step', _counted_like(guarded_step, step))
+        self._guarding = True
+
     def _data_note(self, runner) -> str:
         """What this rank's batch of the step held: its items with non-finite inputs,
         else its items (where they carry their index) and whether the inputs were
@@ -550,11 +627,16 @@ class LossGuardHook(Hook):
             return f"{whose}'s inputs are finite"
         return f"rank {rank}'s loss was finite" if elsewhere else ''
 
-    def _skip(self, runner, loss, norm):
+    def _skip(self, runner, loss, norm, elsewhere=None, what_is_skipped=None):
+        """Count and say a skipped step (``loss`` this process's); ``elsewhere``:
+        ``(n, world)`` where the processes agreed on it (DeepSpeed: not finite on n of
+        them); ``what_is_skipped``: where it is not the optimizer step."""
         iteration = runner.iter + 1  # as the log counts: Iter(train) [i/N]
         self.num_skipped += 1
         self._in_a_row.append(iteration)
         what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
+        if elsewhere:
+            what += f' (not finite on {elsewhere[0]} of {elsewhere[1]} processes)'
         data = self._data_note(runner)
         if len(self._in_a_row) >= self.max_consecutive:
             from mmsora.utils.checkpoint_choice import last_checkpoint
@@ -570,6 +652,7 @@ class LossGuardHook(Hook):
         # own items hold the NaNs says so at that level, or no one would see it.
         log = runner.logger.error if self._bad and get_dist_info()[0] else \
             runner.logger.warning
-        log(f'iteration {iteration}: {what}; skipping this optimizer step '
+        log(f'iteration {iteration}: {what}; skipping '
+            f'{what_is_skipped or "this optimizer step"} '
             f'({len(self._in_a_row)} in a row, {self.num_skipped} in all; the run stops '
             f'after {self.max_consecutive} in a row)' + (f'; {data}' if data else ''))
