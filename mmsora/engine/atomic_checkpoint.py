@@ -167,8 +167,10 @@ def remove_stale_tmp_files(folder):
     The rule, the same for a file and a folder (tools/export_denoiser.py writes a
     diffusers folder ``--out W/dit`` as ``W/.dit.tmp-PID-HOST``):
 
-    - HOST is this machine's (``atomic_io.host_tag``): removed where process PID does
-      not run here; a running one is writing it (an export, tools/infer.py's
+    - HOST is this machine's (``atomic_io.host_tag``: its name and its process-id
+      namespace): removed where process PID does not run here, or runs but started
+      after the entry was last modified (another process given a killed writer's
+      PID), or is a zombie; a running one is writing it (an export, tools/infer.py's
       outputs, into a work dir where training runs). A killed process's is removed at
       the next save.
     - HOST is another machine's (a work dir on a disk that several nodes share: a
@@ -190,7 +192,7 @@ def remove_stale_tmp_files(folder):
         pid, host = writer
         path = osp.join(folder, name)
         if host == here:
-            stale = not _running(pid)
+            stale = pid != os.getpid() and not _writer_running(pid, path)
         else:
             stale = ((host is not None or not _running(pid))
                      and _unmodified_for(path) >= STALE_TMP_AGE_S)
@@ -210,6 +212,28 @@ def _unmodified_for(path: str) -> float:
         with contextlib.suppress(OSError):  # (removed meanwhile)
             mtimes.append(os.lstat(name).st_mtime)
     return time.time() - max(mtimes) if mtimes else 0.0
+
+
+def _writer_running(pid: int, path: str) -> bool:
+    """Whether process ``pid`` of this machine runs and can be the writer of ``path``:
+    it started before ``path`` was last modified (a later process given the pid of a
+    killed writer is not it: a leftover was kept for as long as that one ran) and is
+    no zombie."""
+    if not _running(pid):
+        return False
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rpartition(')')[2].split()
+        with open('/proc/stat') as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
+        started = boot + int(fields[19]) / os.sysconf('SC_CLK_TCK')  # (field 22)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # (no /proc: as running)
+    if fields[0] == 'Z':
+        return False
+    # (a minute's slack: btime is whole seconds, and a shared disk's server stamps the
+    # times by its own clock)
+    return started <= time.time() - _unmodified_for(path) + 60.0
 
 
 def _running(pid: int) -> bool:

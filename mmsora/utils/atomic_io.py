@@ -41,12 +41,24 @@ def host_tag() -> str:
     """This machine's name as temporary names carry it: the host name with each
     character other than a letter, a digit or '-' made '_' (a dot would be read as the
     start of the extension); one longer than 32 characters cut to 23 and a hash of the
-    whole name (file names have 255 bytes)."""
+    whole name (file names have 255 bytes). Where the process ids are a namespace's
+    (Linux: containers sharing the host's name, Docker's ``--network host``, Kubernetes'
+    ``hostNetwork``), its id follows, ``_`` and hex: a process id means something in
+    its own namespace alone."""
     host = socket.gethostname()
     tag = re.sub(r'[^A-Za-z0-9-]', '_', host)
     if len(tag) > 32:
         tag = f'{tag[:23]}-{zlib.crc32(host.encode()):08x}'
-    return tag
+    return tag + pid_namespace()
+
+
+def pid_namespace() -> str:
+    """``_`` and the hex id of this process's PID namespace (Linux), '' where it cannot
+    be read (no /proc: one namespace as far as this can tell)."""
+    try:
+        return f'_{os.stat("/proc/self/ns/pid").st_ino:x}'
+    except OSError:
+        return ''
 
 
 def tmp_name(path: str) -> str:

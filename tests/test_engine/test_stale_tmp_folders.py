@@ -108,7 +108,8 @@ def test_a_killed_exports_temporary_folder_and_file_are_removed(tmp_path):
 def test_a_running_exports_temporary_folder_is_left(tmp_path):
     child = subprocess.Popen(['sleep', '60'])  # (not this process: not its own)
     try:
-        running = aged(export_folder(tmp_path, child.pid), OLD)
+        # (last modified within a minute before it started: a shared disk's clock)
+        running = aged(export_folder(tmp_path, child.pid), 30)
         remove_stale_tmp_files(str(tmp_path))
         assert (running / 'transformer' / 'config.json').exists()
     finally:
@@ -121,7 +122,7 @@ def test_a_running_writers_temporary_file_is_left(tmp_path):
     W where training saves meanwhile: the save removed its temporary file, and the
     export failed at its rename."""
     with writing(tmp_path / 'dit.pt') as tmp:
-        aged(tmp, OLD)  # (its process runs: its age does not matter)
+        aged(tmp, 30)  # (its process runs: the hour does not apply)
         remove_stale_tmp_files(str(tmp_path))
         assert osp.exists(tmp)
     assert os.listdir(tmp_path) == ['dit.pt']
@@ -170,3 +171,48 @@ def test_earlier_versions_temporary_names_go_when_gone_and_old(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_later_process_given_a_killed_writers_pid_keeps_no_leftover(tmp_path):
+    """A leftover whose PID now belongs to another process (started after the entry was
+    last modified: PIDs repeat, in containers soon after a restart) was kept for as
+    long as that process ran; a zombie counts as ended too."""
+    work = tmp_path / 'work'
+    work.mkdir()
+    later = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],
+                             stdin=subprocess.PIPE)
+    try:
+        leftover = aged(temp_file(work, later.pid), 120)  # written before it started
+        folder = aged(export_folder(work, later.pid), 120)
+        fresh = temp_file(work, later.pid, name='now')  # (it may be writing this one)
+        remove_stale_tmp_files(str(work))
+        assert not leftover.exists() and not folder.exists() and fresh.exists()
+    finally:
+        later.communicate(b'')
+    zombie = subprocess.Popen(['true'])
+    while open(f'/proc/{zombie.pid}/stat').read().rpartition(')')[2].split()[0] != 'Z':
+        time.sleep(0.01)  # (ended, not yet waited for)
+    try:
+        entry = temp_file(work, zombie.pid, name='z')
+        remove_stale_tmp_files(str(work))
+        assert not entry.exists()
+    finally:
+        zombie.wait()
+
+
+def test_the_host_tag_names_the_pid_namespace(tmp_path):
+    """Containers sharing the host's name (Docker's --network host) see other process
+    ids: a live writer of another PID namespace, unseen from here, was taken for a
+    killed one of this machine and its folder removed; now it is another machine's,
+    kept until it is an hour old."""
+    namespace = f'{os.stat("/proc/self/ns/pid").st_ino:x}'
+    assert host_tag().endswith('_' + namespace) and atomic_io.pid_namespace()
+    work = tmp_path / 'work'
+    work.mkdir()
+    other = host_tag()[:-len(namespace)] + 'abc123'  # (same name, another namespace)
+    live = export_folder(work, ended_pid(), host=other)
+    remove_stale_tmp_files(str(work))
+    assert live.exists()
+    aged(live, OLD)
+    remove_stale_tmp_files(str(work))
+    assert not live.exists()

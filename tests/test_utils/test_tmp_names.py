@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+import mmsora.utils.atomic_io as atomic_io
 from mmsora.utils.atomic_io import host_tag, tmp_name, tmp_target, tmp_writer
 
 
@@ -17,6 +18,7 @@ from mmsora.utils.atomic_io import host_tag, tmp_name, tmp_target, tmp_writer
 ])
 def test_names_say_the_process_and_its_machine(monkeypatch, host, tag):
     monkeypatch.setattr(socket, 'gethostname', lambda: host)
+    monkeypatch.setattr(atomic_io, 'pid_namespace', lambda: '')  # (no /proc)
     assert host_tag() == tag
     for target, ext in (('iter_4.pth', '.pth'), ('last_checkpoint', ''), ('a.tar.gz', '.gz')):
         name = tmp_name(f'/run/{target}')
@@ -26,6 +28,7 @@ def test_names_say_the_process_and_its_machine(monkeypatch, host, tag):
 
 
 def test_a_long_host_name_is_cut_and_told_apart(monkeypatch):
+    monkeypatch.setattr(atomic_io, 'pid_namespace', lambda: '')  # (no /proc)
     tags = set()
     for n in (1, 2):
         monkeypatch.setattr(socket, 'gethostname', lambda: f'{"x" * 40}-node-{n}')
