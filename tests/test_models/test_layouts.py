@@ -97,3 +97,31 @@ def test_token_stream_stays_contiguous_through_the_blocks(monkeypatch):
     strided, copies = token_copies()
     # + the stand-in's own copy, + one per block LayerNorm (2 per block)
     assert copies >= 1 + 1 + 2 * 3 and torch.equal(out, strided)
+
+
+def test_packed_backward_matches_autograd_with_a_part_unused():
+    """PackedLinear's own backward (the weight's gradient written part by part): equal
+    to autograd's of the one packed product, also where a part takes no part in the
+    loss (its gradient None: zero rows) and without a bias; gradcheck in float64."""
+    from mmsora.models.layers.attention import PackedLinear, _PackedProducts
+    torch.manual_seed(0)
+    for bias, parts in ((True, 3), (False, 2)):
+        lin = PackedLinear(8, 8 * parts, parts=parts, bias=bias).double()
+        x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+        outs = lin(x)
+        (outs[0].square().sum() + outs[-1].sum()).backward()  # (part 1 of 3 unused)
+        got = [lin.weight.grad.clone(), x.grad.clone()] + ([lin.bias.grad.clone()] if bias
+                                                          else [])
+        lin.zero_grad()
+        x.grad = None
+        ref = F.linear(x, lin.weight, lin.bias)
+        (ref[..., :8].square().sum() + ref[..., -8:].sum()).backward()
+        want = [lin.weight.grad, x.grad] + ([lin.bias.grad] if bias else [])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        if parts == 3:
+            assert not got[0][8:16].any()
+        inputs = (x.detach().requires_grad_(), lin.weight.detach().clone().requires_grad_(),
+                  lin.bias.detach().clone().requires_grad_() if bias else None)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: _PackedProducts.apply(x, w, b, parts), inputs)

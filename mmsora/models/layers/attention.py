@@ -35,6 +35,7 @@ class _PackedProducts(torch.autograd.Function):
     def forward(ctx, x, weight, bias, parts):
         ctx.parts = parts
         ctx.has_bias = bias is not None
+        ctx.set_materialize_grads(False)  # (an unused part's gradient: None, no zeros)
         ctx.save_for_backward(x, weight)
         biases = bias.chunk(parts) if bias is not None else (None,) * parts
         with _autocast_off(x.device.type):
