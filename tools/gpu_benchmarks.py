@@ -117,7 +117,7 @@ PLAN = {
         '5', '--json', '{json}', '--cfg-options', 'optim_wrapper.accumulative_counts=8'],
         300),
     # the 480p, 5 s config (63,600 tokens per clip): estimate against the allocator at
-    # 1 and 2 clips on one GPU (28.21 / 41.20 GiB estimated)
+    # 1 and 2 clips on one GPU (27.94 / 41.20 GiB estimated)
     'estimate_480p': ([
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb2_t5_480p_5s.py',
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
@@ -129,12 +129,12 @@ PLAN = {
         '--measure', 'cuda', '--precision', 'bf16', '--batch-size', '1', '2', '--json',
         '{json}'], 300),
     # FSDP over 8 processes, counted as one of them: the real FSDP step on this GPU
-    # with the collectives faked (3.09 / 6.51 GiB estimated at 1 / 5 clips)
+    # with the collectives faked (3.08 / 6.51 GiB estimated at 1 / 5 clips)
     'estimate_fsdp_text_stdit': ([
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py',
         '--fsdp', '--gpus', '8', '--measure', 'cuda', '--precision', 'bf16',
         '--grad-checkpointing', '1', '--batch-size', '1', '5', '--json', '{json}'], 300),
-    # the same in bf16 compute (--fsdp fsdp_bf16; 2.75 / 4.78 GiB estimated)
+    # the same in bf16 compute (--fsdp fsdp_bf16; 2.73 / 4.78 GiB estimated)
     'estimate_fsdp_bf16_text_stdit': ([
         'tools/estimate_memory.py', 'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py',
         '--fsdp', 'fsdp_bf16', '--gpus', '8', '--measure', 'cuda',

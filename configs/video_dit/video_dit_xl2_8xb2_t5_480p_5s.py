@@ -11,7 +11,8 @@
 # needs >= 71 GiB at one clip. docs/distributed.md, "480p, 5 s clips".
 #   python tools/extract_features.py --manifest data/clips/train.csv --num-frames 40 \
 #       --target-fps 8 --size 480 848 --vae checkpoints/sd-vae-ft-ema \
-#       --text-encoder checkpoints/t5-v1_1-xxl --out data/clips_40x480p_t5_latents
+#       --text-encoder checkpoints/t5-v1_1-xxl --text-encoder-dtype bfloat16 \
+#       --out data/clips_40x480p_t5_latents
 #   python tools/infer.py work_dirs/video_dit_xl2_8xb2_t5_480p_5s --prompt "..." --out clips/
 _base_ = ['./video_dit_xl2_8xb5_1m_t5_clips256.py']
 

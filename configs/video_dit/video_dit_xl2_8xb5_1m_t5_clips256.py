@@ -9,7 +9,8 @@
 # and T5 (the 9.5 GB encoder never sits in training memory):
 #   python tools/extract_features.py --manifest data/clips/train.csv --num-frames 16 \
 #       --frame-stride 3 --size 256 --vae checkpoints/sd-vae-ft-ema \
-#       --text-encoder checkpoints/t5-v1_1-xxl --out data/clips_16x256_t5_latents
+#       --text-encoder checkpoints/t5-v1_1-xxl --text-encoder-dtype bfloat16 \
+#       --out data/clips_16x256_t5_latents
 #   bash tools/dist_train.sh configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py 8 --amp
 #   python tools/infer.py work_dirs/video_dit_xl2_8xb5_1m_t5_clips256 \
 #       --prompt "a red sports car drives along a coast road" --out clips/
