@@ -147,7 +147,8 @@ def test_a_nan_on_one_process_skips_the_step_on_both(tmp_path):
             'optimizer step (1 in a row, 1 in all; the run stops after 5 in a row); '
             f"non-finite latents in rank 1's batch: item {probes[1]['poisoned']['2']}\n"
             ) in out, out[-3000:]
-    assert re.search(r'iteration 2: loss [0-9.]+ \(not finite on 1 of 2 processes\); '
+    assert re.search(r'iteration 2: loss [0-9.]+ \(finite here; not finite on 1 of 2 '
+                     r'processes\); '
                      r'skipping this optimizer step .*; rank 0\'s batch: items [0-9, ]+ '
                      r'\(its loss was finite\)\n', out), out[-3000:]
     assert weights[0].keys() == weights[1].keys()

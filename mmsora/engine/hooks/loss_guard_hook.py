@@ -635,8 +635,9 @@ class LossGuardHook(Hook):
         self.num_skipped += 1
         self._in_a_row.append(iteration)
         what = f'loss {loss}' + (f', gradient norm {norm}' if norm is not None else '')
-        if elsewhere:
-            what += f' (not finite on {elsewhere[0]} of {elsewhere[1]} processes)'
+        if elsewhere:  # (a process whose own loss was finite says so first)
+            here = '' if not math.isfinite(loss) else 'finite here; '
+            what += f' ({here}not finite on {elsewhere[0]} of {elsewhere[1]} processes)'
         data = self._data_note(runner)
         if len(self._in_a_row) >= self.max_consecutive:
             from mmsora.utils.checkpoint_choice import last_checkpoint
