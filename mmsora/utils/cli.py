@@ -89,6 +89,8 @@ class ArgumentParser(argparse.ArgumentParser):
             values = [placeholder]
         elif EACH_VALUE not in marks:
             values = values[:1]
+        else:  # (KEY=VALUE entries: a word after them is the next positional, SDE)
+            values = list(itertools.takewhile(lambda v: '=' in v, values)) or [placeholder]
         words = template.split(' ')
         for i, word in enumerate(words):
             if '{}' in word:

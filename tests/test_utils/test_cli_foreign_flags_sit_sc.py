@@ -366,6 +366,10 @@ def test_sampler_options_on_the_evaluation_tool_name_every_entry(capsys, repo_ro
     assert _refused(tool.parse_args, ['cfg.py', '--sampler-options=atol=1e-5', 'rtol=1e-2'],
                     capsys) == {
         '--sampler-options': f'--cfg-options {entry}atol=1e-5 {entry}rtol=1e-2'}
+    # a word after the entries is none of them (it was: evaluation.sample_cfg.SDE)
+    assert _refused(tool.parse_args, ['cfg.py', 'ckpt.pt', '--sampler-options', 'atol=1e-6',
+                                      'SDE'], capsys)['--sampler-options'] == (
+        f'--cfg-options {entry}atol=1e-6')
     # the entries given as said are the settings the evaluation samples with
     from mmsora.utils.config_keys import check_sample_settings_of
     cfg = load_config(osp.join(repo_root, SIT))
