@@ -9,7 +9,7 @@ import os.path as osp
 import socket
 import time
 
-from mmsora.utils.atomic_io import make_folders, remove_made_folders
+from mmsora.utils.atomic_io import make_folders, proc_stat, remove_made_folders
 from mmsora.utils.cli import first_line, note
 
 try:
@@ -41,18 +41,6 @@ class StoreLockedError(RuntimeError):
     """Another run holds a store folder's lock (:class:`StoreLock`)."""
 
 
-def _proc_stat(pid):
-    """``(state, start time)`` of process ``pid`` from /proc (the start time in clock
-    ticks since boot: it tells a process from a later one given the same pid, after a
-    reboot); None where unknown."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            fields = f.read().rpartition(')')[2].split()
-        return fields[0], fields[19]  # (fields 3 and 22)
-    except (OSError, IndexError):
-        return None
-
-
 def _running(pid, started) -> bool:
     """Whether process ``pid`` of this machine, started at ``started`` (None: unknown),
     is still running (not a zombie, nor a later process given its pid)."""
@@ -62,7 +50,7 @@ def _running(pid, started) -> bool:
         return False
     except PermissionError:  # (another user's process)
         pass
-    stat = _proc_stat(pid)
+    stat = proc_stat(pid)
     return stat is None or (stat[0] != 'Z' and started in (None, stat[1]))
 
 
@@ -182,7 +170,7 @@ class StoreLock:
         :data:`EMPTY_LOCK_STALE_S` is a run's that has made it and not yet written it:
         read again until it is written (then held) or old (then stale)."""
         self.made += make_folders(self.root)
-        host, stat = socket.gethostname(), _proc_stat(os.getpid())
+        host, stat = socket.gethostname(), proc_stat(os.getpid())
         text = json.dumps(dict(pid=os.getpid(), host=host, started=stat and stat[1],
                                since=time.strftime('%Y-%m-%d %H:%M:%S %Z')))
         waited_until = time.monotonic() + EMPTY_LOCK_STALE_S + 1

@@ -54,7 +54,7 @@ from mmengine.visualization.vis_backend import force_init_env
 
 from mmsora.engine.log_files import naming_os_errors
 from mmsora.utils.atomic_io import (atomic_file, atomic_path, atomic_write_bytes, host_tag,
-                                    remove_path, tmp_name, tmp_writer)
+                                    proc_stat, remove_path, tmp_name, tmp_writer)
 from mmsora.utils.checkpoint_choice import replaced_midway
 from mmsora.utils.cli import RunError
 
@@ -221,16 +221,18 @@ def _writer_running(pid: int, path: str) -> bool:
     no zombie."""
     if not _running(pid):
         return False
+    stat = proc_stat(pid)
     try:
-        with open(f'/proc/{pid}/stat') as f:
-            fields = f.read().rpartition(')')[2].split()
         with open('/proc/stat') as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith('btime '))
-        started = boot + int(fields[19]) / os.sysconf('SC_CLK_TCK')  # (field 22)
     except (OSError, ValueError, IndexError, StopIteration):
+        boot = None
+    if stat is None or boot is None:
         return True  # (no /proc: as running)
-    if fields[0] == 'Z':
+    state, ticks = stat
+    if state == 'Z':
         return False
+    started = boot + int(ticks) / os.sysconf('SC_CLK_TCK')
     # (a minute's slack: btime is whole seconds, and a shared disk's server stamps the
     # times by its own clock)
     return started <= time.time() - _unmodified_for(path) + 60.0

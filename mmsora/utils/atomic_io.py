@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
 __all__ = ['atomic_file', 'atomic_path', 'atomic_write_bytes', 'fsync_dir', 'fsync_file',
-           'host_tag', 'make_folders', 'remove_path', 'remove_made_folders', 'tmp_name',
+           'host_tag', 'make_folders', 'proc_stat', 'remove_path', 'remove_made_folders', 'tmp_name',
            'tmp_target', 'tmp_writer']
 
 # (the host part is optional: the names of earlier versions have none)
@@ -59,6 +59,18 @@ def pid_namespace() -> str:
         return f'_{os.stat("/proc/self/ns/pid").st_ino:x}'
     except OSError:
         return ''
+
+
+def proc_stat(pid: int) -> Optional[Tuple[str, str]]:
+    """``(state, start time)`` of process ``pid`` of this machine from /proc (the start
+    time in clock ticks since boot: it tells a process from a later one given the same
+    pid, after a reboot); None where unknown."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            fields = f.read().rpartition(')')[2].split()
+        return fields[0], fields[19]  # (fields 3 and 22)
+    except (OSError, IndexError):
+        return None
 
 
 def tmp_name(path: str) -> str:
