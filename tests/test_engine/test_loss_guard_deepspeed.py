@@ -1,7 +1,9 @@
 """LossGuardHook under DeepSpeed (tools/train.py --deepspeed deepspeed_zero2 on CPU,
-gloo): a batch holding a NaN latent gives a NaN loss, and that micro-batch's backward
-and step are skipped on every process, before DeepSpeed's backward; its item is
-named, the run goes on, and K such micro-batches in a row stop it. Before, every
+gloo): a batch holding a NaN latent gives a NaN loss, and that micro-batch is kept
+out of the weights on every process, before DeepSpeed's backward (with gradient
+accumulation under ZeRO 1-2, as a loss of zero, so that the steps stay on the
+Runner's grid); its item is named, the run goes on, and K such micro-batches in a row
+stop it. Before, every
 DeepSpeed run warned that its steps were not guarded."""
 import json
 import os
@@ -38,10 +40,24 @@ class NaNLatentsAt(Hook):
     weights (WORK_DIR/probe.RANK.json, weights.RANK.pt)."""
     priority = 'VERY_HIGH'  # after LossGuardHook (HIGHEST) took sample_idx out
 
-    def __init__(self, at, ranks=(0,)):
-        self.at, self.ranks = set(at), set(ranks)
+    def __init__(self, at, ranks=(0,), zero_at=()):
+        self.at, self.ranks, self.zero_at = set(at), set(ranks), set(zero_at)
         self.rank = int(os.environ.get('RANK', 0))
-        self.changed, self.poisoned = {}, {}
+        self.changed, self.poisoned, self.micro_steps = {}, {}, {}
+
+    def before_train(self, runner):
+        """At iterations ``zero_at`` the loss is multiplied by 0 before the backward
+        (outside LossGuardHook's, which sees a finite loss of 0): the reference the
+        guard's stand-in for a NaN micro-batch must match."""
+        wrapper = runner.optim_wrapper
+        backward = wrapper.backward
+
+        def backward_zeroed(loss, **kwargs):
+            if runner.iter + 1 in self.zero_at:
+                loss = loss * 0
+            return backward(loss, **kwargs)
+
+        wrapper.backward = backward_zeroed
 
     def weights(self, runner):
         model = runner.model
@@ -61,19 +77,25 @@ class NaNLatentsAt(Hook):
         after = self.weights(runner)
         self.changed[runner.iter + 1] = any(not torch.equal(v, after[k])
                                             for k, v in self.before.items())
+        engine = runner.optim_wrapper.model
+        self.micro_steps[runner.iter + 1] = [engine.micro_steps, engine.global_steps]
         torch.save(after, osp.join(runner.work_dir, f'weights.{self.rank}.pt'))
         self.dump(runner)
 
     def dump(self, runner):
         with open(osp.join(runner.work_dir, f'probe.{self.rank}.json'), 'w') as f:
-            json.dump(dict(changed=self.changed, poisoned=self.poisoned), f)
+            json.dump(dict(changed=self.changed, poisoned=self.poisoned,
+                           micro_steps=self.micro_steps), f)
 '''
 
 
-def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=()):
-    """tools/train.py --deepspeed deepspeed_zero2 of the shrunk demo with latents
-    poisoned at iterations ``at`` of processes ``ranks``. Returns the process, its
-    output, and each rank's probe record and final weights."""
+def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=(),
+        zero_at=(), preset='deepspeed_zero2'):
+    """tools/train.py --deepspeed PRESET of the shrunk demo with latents poisoned at
+    iterations ``at`` of processes ``ranks`` (the loss multiplied by 0 at ``zero_at``).
+    Returns the process, its output, and each rank's probe record and final
+    weights."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / 'nan_probe.py').write_text(PROBE)
     config = tmp_path / 'poisoned.py'
     config.write_text(
@@ -81,10 +103,10 @@ def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=()):
         "allow_failed_imports=False)\ncustom_hooks = [dict(type='EMAHook', momentum=0.01,"
         " update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
         "dict(type='NaNLatentsAt', "
-        f"at={list(at)}, ranks={list(ranks)})]\n")
+        f"at={list(at)}, ranks={list(ranks)}, zero_at={list(zero_at)})]\n")
     work = tmp_path / 'run'
     cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), str(config),
-           '--deepspeed', 'deepspeed_zero2', '--work-dir', str(work), *flags,
+           '--deepspeed', preset, '--work-dir', str(work), *flags,
            '--cfg-options', *TINY_DEMO_OPTIONS, f'train_cfg.max_iters={iters}',
            'default_hooks.checkpoint.interval=100',
            'default_hooks.checkpoint.save_last=False', 'train_dataloader.num_workers=0',
@@ -104,30 +126,72 @@ def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=()):
     return proc, out, probes, weights
 
 
-def test_a_nan_latent_skips_its_micro_batch_names_the_item_and_k_in_a_row_stop(tmp_path):
+def test_a_nan_latent_is_kept_out_of_its_step_the_grid_holds_and_k_in_a_row_stop(
+        tmp_path):
     """One ZeRO-2 process, 2 micro-batches per step: the NaN batch of iteration 2 is
-    skipped (no backward, no step) and named; the step goes on with iteration 3's
-    micro-batch (it moves the weights there, not at 2 or 4); iterations 5 and 6, NaN
-    too, stop the run at max_consecutive=2 in one line. Without the guard DeepSpeed's
-    own overflow check threw away the whole step (iterations 1-2), the log showed
-    ``loss: nan``, the run never stopped and every run warned 'not guarded'."""
+    named and kept out of the step, which still comes at iteration 2 (DeepSpeed's
+    micro-step count stays on the Runner's 2-iteration grid) with iteration 1's
+    micro-batch; iterations 5 and 6, both NaN, make a step with no finite micro-batch:
+    skipped whole (the weights do not move at 6); 7, NaN too, stops the run at
+    max_consecutive=3 in one line. Before, a skipped micro-batch moved every later step
+    one iteration off the grid (a step at 3, none at 2 or 4); without the guard
+    DeepSpeed's own overflow check threw away the whole step (iterations 1-2), the log
+    showed ``loss: nan``, the run never stopped and every run warned 'not guarded'."""
     proc, out, [probe], [weights] = run(
-        tmp_path, at=(2, 5, 6), iters=8, options=[
-            'default_hooks.loss_guard.max_consecutive=2',
+        tmp_path, at=(2, 5, 6, 7), iters=10, options=[
+            'default_hooks.loss_guard.max_consecutive=3',
             'optim_wrapper.accumulative_counts=2'])
     assert proc.returncode != 0, out[-3000:]
-    assert 'not guarded' not in out and 'OVERFLOW' not in out
-    assert probe['changed'] == {'1': False, '2': False, '3': True, '4': False,
-                                '5': False}, out[-3000:]
-    assert ('iteration 2: loss nan; skipping this micro-batch (its backward and step) (1 '
-            'in a row, 1 in all; the run stops after 2 in a row); non-finite latents in '
-            f"the batch: item {probe['poisoned']['2']}\n") in out, out[-3000:]
-    assert ('error: the loss or gradient was not finite in 2 iterations in a row (5 to '
-            '6; at 6: loss nan; non-finite latents in the batch: item '
-            f"{probe['poisoned']['6']}); stopping. Check the data and the learning rate, "
+    assert 'not guarded' not in out, out[-3000:]
+    assert probe['changed'] == {'1': False, '2': True, '3': False, '4': True,
+                                '5': False, '6': False}, out[-3000:]
+    assert probe['micro_steps'] == {str(i): [i, i // 2] for i in range(1, 7)}, \
+        out[-3000:]
+    assert ('iteration 2: loss nan; skipping this micro-batch (the step takes the others '
+            'of its window) (1 in a row, 1 in all; the run stops after 3 in a row); '
+            f"non-finite latents in the batch: item {probe['poisoned']['2']}\n") in out, \
+        out[-3000:]
+    assert ('iteration 6: loss nan; skipping this optimizer step (none of its 2 '
+            'micro-batches was finite) (2 in a row, 3 in all;') in out, out[-3000:]
+    assert ('error: the loss or gradient was not finite in 3 iterations in a row (5 to '
+            '7; at 7: loss nan; non-finite latents in the batch: item '
+            f"{probe['poisoned']['7']}); stopping. Check the data and the learning rate, "
             'then start again (no checkpoint was saved yet)') in out, out[-3000:]
-    assert 'Iter(train) [4/8]' in out and 'Iter(train) [6/8]' not in out
+    assert 'Iter(train) [ 6/10]' in out and 'Iter(train) [ 8/10]' not in out
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.parametrize('preset', ['deepspeed_zero1', 'deepspeed_zero2'])
+def test_a_nan_micro_batch_weighs_as_a_loss_of_zero(tmp_path, preset):
+    """ZeRO-1 (which reduces the gradient at a step's last micro-batch only) and ZeRO-2
+    (at every micro-batch), 2 micro-batches per step, NaN latents at iteration 1 (a
+    step's first micro-batch) and 4 (its last): the weights come out equal to those of a run whose loss is multiplied by 0 at 1 and 4 (same data, same
+    noise), and each step moved the weights at its last iteration."""
+    options = ['optim_wrapper.accumulative_counts=2']
+    proc, out, [probe], [weights] = run(tmp_path / 'nan', at=(1, 4), iters=4,
+                                        options=options, preset=preset)
+    assert proc.returncode == 0, out[-3000:]
+    _, ref_out, [ref_probe], [ref] = run(tmp_path / 'zero', at=(), zero_at=(1, 4),
+                                         iters=4, options=options, preset=preset)
+    assert probe['changed'] == ref_probe['changed'] == {
+        '1': False, '2': True, '3': False, '4': True}, out[-3000:] + ref_out[-3000:]
+    assert weights.keys() == ref.keys()
+    for key, value in weights.items():
+        assert torch.allclose(value, ref[key], rtol=1e-6, atol=1e-7), key
+
+
+def test_zero3_skips_the_micro_batch_off_the_grid(tmp_path):
+    """ZeRO-3 (weights partitioned outside the forward: no stand-in backward reaches
+    them) skips the NaN micro-batch's backward and step: the step goes on with the
+    next micro-batch, one iteration off the grid, as the docs say."""
+    proc, out, [probe], _ = run(tmp_path, at=(2,), iters=4, preset='deepspeed_zero3',
+                                options=['optim_wrapper.accumulative_counts=2'])
+    assert proc.returncode == 0, out[-3000:]
+    # [micro_steps, global_steps] after each iteration (the weights are partitions)
+    assert probe['micro_steps'] == {'1': [1, 0], '2': [1, 0], '3': [2, 1],
+                                    '4': [3, 1]}, out[-3000:]
+    assert ('iteration 2: loss nan; skipping this micro-batch (its backward and step) '
+            '(1 in a row,') in out, out[-3000:]
 
 
 def test_a_nan_on_one_process_skips_the_step_on_both(tmp_path):
@@ -155,3 +219,62 @@ def test_a_nan_on_one_process_skips_the_step_on_both(tmp_path):
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
         assert torch.isfinite(value).all(), key
+
+
+def test_without_a_gradient_check_a_window_of_nan_waits_for_a_finite_micro_batch(
+        tmp_path):
+    """bf16 with DeepSpeed's check of the gradient turned off
+    (``bf16.check_grad_overflow=False``): a NaN stand-in would go into the weights, so
+    a window's last micro-batch with none finite before it is skipped (backward and
+    step) and the step comes with the next finite one, one iteration late."""
+    proc, out, [probe], [weights] = run(
+        tmp_path, at=(1, 2), iters=4, flags=['--amp'], options=[
+            'optim_wrapper.accumulative_counts=2',
+            'strategy.config.bf16.check_grad_overflow=False'])
+    assert proc.returncode == 0, out[-3000:]
+    assert probe['changed'] == {'1': False, '2': False, '3': True, '4': False}, \
+        out[-3000:]
+    assert probe['micro_steps'] == {'1': [1, 0], '2': [1, 0], '3': [2, 1],
+                                    '4': [3, 1]}, out[-3000:]
+    assert ('iteration 1: loss nan; skipping this micro-batch (the step takes the others '
+            'of its window)') in out, out[-3000:]
+    assert ('iteration 2: loss nan; skipping this micro-batch (its backward and step)'
+            ) in out, out[-3000:]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_zero_loss_gives_each_trainable_weight_a_zero_gradient():
+    from mmsora.engine.hooks.loss_guard_hook import zero_loss
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).to(
+        torch.bfloat16)
+    model[1].bias.requires_grad_(False)
+    loss = zero_loss(model)
+    assert loss.item() == 0.0
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name == '1.bias':
+            assert p.grad is None
+        else:
+            assert p.grad is not None and p.grad.shape == p.shape, name
+            assert torch.count_nonzero(p.grad) == 0, name
+    model.zero_grad(set_to_none=True)
+    zero_loss(model, float('nan')).backward()
+    assert all(torch.isnan(p.grad).any() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('stage,dtype,check,expected', [
+    (1, torch.float32, False, True), (2, torch.float16, True, True),
+    (2, torch.bfloat16, True, True), (2, torch.bfloat16, False, False),
+    (3, torch.float32, True, False), (0, torch.float32, True, False),
+    (2, torch.float32, None, False)])
+def test_overflow_checked(stage, dtype, check, expected):
+    """Whether DeepSpeed's optimizer skips a step with a NaN gradient: ZeRO 1-2's
+    (fp32, fp16; bf16 with check_grad_overflow), not ZeRO-0's or ZeRO-3's here, nor an
+    optimizer without that attribute (another DeepSpeed)."""
+    from types import SimpleNamespace
+    from mmsora.engine.hooks.loss_guard_hook import overflow_checked
+    optimizer = SimpleNamespace(dtype=dtype)
+    if check is not None:
+        optimizer.check_grad_overflow = check
+    engine = SimpleNamespace(zero_optimization_stage=lambda: stage, optimizer=optimizer)
+    assert overflow_checked(engine) is expected

@@ -13,9 +13,15 @@ of a scalar) and again every rank takes the same decision.
 Under DeepSpeed (``--deepspeed``, mmengine's ``DeepSpeedOptimWrapper``) the loss is
 guarded, before DeepSpeed's backward: each process's loss is its own micro-batch's,
 so with several processes one all-reduce of a flag per micro-batch tells every
-process whether any loss was not finite, and then every process skips that
-micro-batch's backward and step (DeepSpeed's gradient reduction and micro-step count
-stay matched over the processes). What is not guarded there is a finite loss with a
+process whether any loss was not finite, and then every process keeps that
+micro-batch out of the weights alike (DeepSpeed's gradient reduction and micro-step
+count stay matched over the processes): without gradient accumulation its backward
+and step are skipped; with accumulation under ZeRO 1-2 its backward runs on a stand-in
+loss whose gradient is zero, so that DeepSpeed's step still falls on the Runner's
+k-iteration grid and takes the window's other micro-batches (a window with none
+finite is skipped whole). Under ZeRO-3 with accumulation the micro-batch is skipped
+and that grid moves by one iteration (its weights are partitions outside the forward;
+``LossGuardHook._guard_deepspeed``). What is not guarded there is a finite loss with a
 non-finite gradient: under ZeRO each process holds a part of the gradient, and
 DeepSpeed's optimizer checks it itself (DeepSpeed 0.19's ZeRO 1-3 skip a step whose
 gradient norm is not finite, fp32 and bf16 alike; with fp16 its loss scaler also
@@ -98,6 +104,34 @@ def gradient_replicas(model) -> int:
     if model.sharding_strategy == ShardingStrategy.NO_SHARD:
         return world
     return world // torch.distributed.get_world_size(model.process_group)
+
+
+def zero_loss(model, factor: float = 0.0) -> torch.Tensor:
+    """A stand-in loss for a micro-batch kept out of the weights: ``factor`` times one
+    element of each trainable weight of ``model``, whose backward gives every one of
+    them a gradient of zeros (NaN in its first element with ``factor=nan``) without
+    the micro-batch's graph (a NaN loss's backward makes its gradients NaN even times
+    0), and goes through DeepSpeed's reduction as any micro-batch's.
+    The weights must be whole on this process (not ZeRO-3 partitions)."""
+    parts = [p.reshape(-1)[:1].sum() for p in model.parameters()
+             if p.requires_grad and p.numel()]
+    if not parts:
+        raise ValueError('zero_loss: the model has no trainable weights')
+    return torch.stack([part.float() for part in parts]).sum() * factor
+
+
+def overflow_checked(engine) -> bool:
+    """Whether DeepSpeed's optimizer skips a step whose gradient is not finite (and
+    clears it): ZeRO 1-2's in DeepSpeed 0.19, in fp32 and fp16 always, in bf16 with
+    ``bf16.check_grad_overflow`` (its default). Not known of ZeRO-0's optimizers
+    (torch's own in fp32) or another DeepSpeed's: False."""
+    if int(engine.zero_optimization_stage()) not in (1, 2):
+        return False
+    optimizer = getattr(engine, 'optimizer', None)
+    if not hasattr(optimizer, 'check_grad_overflow'):
+        return False
+    return (bool(optimizer.check_grad_overflow)
+            or getattr(optimizer, 'dtype', torch.bfloat16) != torch.bfloat16)
 
 
 # Where a dataset's items may carry their index (mmengine's BaseDataset's name for it).
@@ -265,8 +299,8 @@ class LossGuardHook(Hook):
     are the scaler's business: only the loss is checked, and the scaler's own step
     (which skips inf/NaN gradients and lowers the scale) still runs. Under DeepSpeed
     (``DeepSpeedOptimWrapper``) the loss is guarded, not the gradient: a micro-batch
-    whose loss is not finite on any process has its backward and step skipped on
-    every process (see the module's docstring). ``OptimWrapperDict`` (several
+    whose loss is not finite on any process is kept out of the weights on every
+    process (see the module's docstring). ``OptimWrapperDict`` (several
     optimizers) is left alone, with a warning. The stop clears the gradients (the
     scaler's step does not run), and a later ``runner.train()`` of the same runner
     counts the skips in a row afresh.
@@ -535,32 +569,49 @@ class LossGuardHook(Hook):
             boundary = engine.is_gradient_accumulation_boundary()
             step(**kwargs)
             norm = engine.get_global_grad_norm() if boundary else None
-            if norm is not None:
+            if norm is not None and math.isfinite(float(norm)):  # (inf: a step that
+                # DeepSpeed skipped for its NaN/inf gradient, as guarded_step's skips)
                 runner.message_hub.update_scalar('train/grad_norm', float(norm))
 
         self._patch(wrapper, 'step', _counted_like(logged_step, step))
 
     def _guard_deepspeed(self, runner, wrapper):
-        """Skip the backward and the step of a DeepSpeed micro-batch whose loss is not
-        finite on any process (every process skips it), before DeepSpeed's backward.
+        """Keep a DeepSpeed micro-batch whose loss is not finite on any process (every
+        process alike) out of the weights, before DeepSpeed's backward.
 
         Each process's loss is its own micro-batch's: with several processes one
         all-reduce of a flag (the count of processes whose loss is not finite) per
-        micro-batch makes them agree. Skipping both leaves the engine as if that
-        micro-batch had not been: its ``backward`` (where ZeRO-1/2 reduce and
-        accumulate the gradient partitions, and at the boundary micro-batch hand them
-        to the optimizer) and its ``step`` (which counts ``micro_steps`` and steps at
-        each ``gradient_accumulation_steps``-th) did not run on any process, so their
-        collectives stay matched. The accumulation goes on with the next micro-batches:
-        with k > 1 a step then ends one iteration later than the Runner's k-iteration
-        grid. The gradient after a finite loss is not checked here (under ZeRO each
-        process holds a part of it); DeepSpeed's optimizer (ZeRO, bf16, fp16 loss
-        scaling) checks it."""
+        micro-batch makes them agree. Without accumulation (k = 1), under ZeRO-3 or
+        without ZeRO, the micro-batch's ``backward`` (where ZeRO reduces the gradient) and ``step``
+        (which counts ``micro_steps`` and steps at each k-th) are skipped on every
+        process: the engine is left as if it had not been. Under ZeRO-3 with k > 1 a
+        step then ends one iteration later than the Runner's k-iteration grid (its
+        weights are partitioned outside the forward: no stand-in backward can reach
+        them), as without ZeRO (whose engine refuses a backward it did not start).
+        With k > 1 under ZeRO 1-2 the grid is kept: the micro-batch's backward
+        runs on :func:`zero_loss` (a gradient of zeros for every weight, reduced as any
+        micro-batch's) and its step runs, so DeepSpeed's step takes the window's other
+        micro-batches; where none of them was finite either, the window's last
+        backward runs on a NaN stand-in instead, and DeepSpeed's own check of the
+        gradient skips the step (a step of zeros would have moved the weights by
+        AdamW's momentum and weight decay); where no such check runs
+        (:func:`overflow_checked`), that last micro-batch is skipped as under ZeRO-3,
+        and the window waits for a finite one. The gradient after a finite loss is not
+        checked here (under ZeRO each process holds a part of it); DeepSpeed's
+        optimizer (ZeRO, bf16, fp16 loss scaling) checks it."""
         step, backward = wrapper.step, wrapper.backward
+        engine = wrapper.model
         dist = torch.distributed
         world = (dist.get_world_size() if dist.is_available() and dist.is_initialized()
                  else 1)
+        stage = int(getattr(engine, 'zero_optimization_stage', lambda: 0)())
+        # DeepSpeed 0.19 starts a backward (the optimizer's boundary flag, its hook
+        # state) from hooks on its forward's outputs, which a stand-in loss does not
+        # pass: it is called here (ZeRO-1 reduced its gradient twice without it).
+        prologue = getattr(engine, '_backward_prologue', None)
+        keep_grid = self._accumulation > 1 and stage in (1, 2) and callable(prologue)
         skipped = []  # the current micro-batch's backward was skipped: skip its step
+        window = dict(finite=False)  # whether a micro-batch of this window was finite
 
         def guarded_backward(loss, **kwargs):
             value = float(loss.detach().float())
@@ -570,20 +621,38 @@ class LossGuardHook(Hook):
                 flag = torch.tensor(float(here), device=collective_device())
                 dist.all_reduce(flag)
                 count = int(flag.item())
+            if keep_grid and engine.micro_steps % self._accumulation == 0:
+                window['finite'] = False  # (the window's first micro-batch)
             self._note_batch(bad_loss=here)
-            if count:
-                skipped.append(True)
-                try:
-                    self._skip(runner, value, None,
-                               elsewhere=(count, world) if world > 1 else None,
-                               what_is_skipped='this micro-batch (its backward and step)'
-                               if self._accumulation > 1 else None)
-                finally:
-                    self._new_step()
+            if not count:
+                window['finite'] = True
+                self._new_step()
+                self._in_a_row = []
+                backward(loss, **kwargs)
                 return
-            self._new_step()
-            self._in_a_row = []
-            backward(loss, **kwargs)
+            empty = (keep_grid and not window['finite']
+                     and engine.is_gradient_accumulation_boundary())
+            stand_in = keep_grid and (not empty or overflow_checked(engine))
+            if not stand_in:
+                what = ('this micro-batch (its backward and step)'
+                        if self._accumulation > 1 else None)
+            elif empty:
+                what = (f'this optimizer step (none of its {self._accumulation} '
+                        f'micro-batches was finite)')
+            else:
+                what = 'this micro-batch (the step takes the others of its window)'
+            try:
+                self._skip(runner, value, None,
+                           elsewhere=(count, world) if world > 1 else None,
+                           what_is_skipped=what)
+            finally:
+                self._new_step()
+            if not stand_in:
+                skipped.append(True)
+                return
+            zero = zero_loss(engine, float('nan') if empty else 0.0)
+            prologue()
+            backward(zero, **kwargs)
 
         def guarded_step(**kwargs):
             if skipped:
