@@ -155,7 +155,16 @@ def default_slurm_port() -> str:
 
 
 def _slurm_env():
-    """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher."""
+    """Fill torch.distributed's env variables from SLURM's, like mmengine's launcher.
+
+    LOCAL_RANK (the task's GPU) is its index on its node, SLURM_LOCALID, which mmengine's
+    ``_init_dist_slurm`` sets again (and gives ``torch.cuda.set_device``) on GPUs;
+    SLURM_PROCID modulo the GPU count only where slurm sets none, as there. (It was that
+    modulo, which tools/extract_features.py encoded with: under cyclic task distribution
+    two of a node's tasks shared a GPU while another idled, and more tasks on a node
+    than GPUs shared them without a word; on CPU every task was LOCAL_RANK 0.) More
+    tasks on a node than its GPUs are refused before, by the tools
+    (:func:`mmsora.utils.dist.check_gpu_per_process`)."""
     missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
                if k not in os.environ]
     if missing:
@@ -169,7 +178,9 @@ def _slurm_env():
     if 'MASTER_ADDR' not in os.environ:  # (kept when given)
         os.environ['MASTER_ADDR'] = slurm_master_addr(node_list)
     os.environ['WORLD_SIZE'] = str(ntasks)
-    os.environ['LOCAL_RANK'] = str(proc_id % max(torch.cuda.device_count(), 1))
+    local = os.environ.get('SLURM_LOCALID', '')
+    os.environ['LOCAL_RANK'] = (local if local.isdigit() else
+                                str(proc_id % max(torch.cuda.device_count(), 1)))
     os.environ['RANK'] = str(proc_id)
 
 

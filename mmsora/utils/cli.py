@@ -247,8 +247,8 @@ def is_first_on_machine() -> bool:
     of a launch finds alike (the config's), said once per machine, not by each."""
     if 'LOCAL_WORLD_SIZE' in os.environ:  # torchrun's (inside a slurm job too)
         return os.environ.get('LOCAL_RANK', '0') == '0'
-    if 'SLURM_LOCALID' in os.environ:  # srun's tasks: compat._slurm_env's LOCAL_RANK is
-        return os.environ['SLURM_LOCALID'] == '0'  # the GPU's, 0 for every CPU task
+    if 'SLURM_LOCALID' in os.environ:  # srun's tasks (before compat._slurm_env sets
+        return os.environ['SLURM_LOCALID'] == '0'  # LOCAL_RANK from it)
     return os.environ.get('LOCAL_RANK', '0') == '0'
 
 

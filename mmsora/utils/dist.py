@@ -1,6 +1,8 @@
 """Small torch.distributed helpers shared by the trainer, the hooks and the tools."""
 import os
+import re
 import socket
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -8,7 +10,13 @@ import torch.distributed as dist
 from mmsora.utils.cli import UserError
 
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
-           'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process']
+           'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
+           'slurm_tasks_on_node', 'NO_GPU_IN_VIEW']
+
+# check_gpu_per_process's ``cpu_option`` for the tools whose processes under a launcher
+# take a GPU each whenever torch sees one (tools/train.py, test.py, infer.py: mmengine's
+# launcher sets the device, --device cpu or not)
+NO_GPU_IN_VIEW = 'CUDA_VISIBLE_DEVICES= in front of the command (torch then sees no GPU)'
 
 
 def collective_device() -> torch.device:
@@ -73,22 +81,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def slurm_tasks_on_node() -> Optional[int]:
+    """How many tasks of this srun step run on this node: its entry of
+    SLURM_STEP_TASKS_PER_NODE (``8(x2),4``: 8 on each of the step's first two nodes,
+    then 4) at its SLURM_NODEID; None where slurm does not say."""
+    layout = os.environ.get('SLURM_STEP_TASKS_PER_NODE', '')
+    node = os.environ.get('SLURM_NODEID', '')
+    counts = []
+    for item in layout.split(','):
+        match = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', item.strip())
+        if match is None:
+            return None
+        counts += [int(match[1])] * int(match[2] or 1)
+    return counts[int(node)] if node.isdigit() and int(node) < len(counts) else None
+
+
 def check_gpu_per_process(cpu_option: str) -> None:
-    """Refuse a torchrun launch of more processes on this machine than it has CUDA
-    devices (its LOCAL_WORLD_SIZE, else this process's LOCAL_RANK + 1), one process per
-    GPU: a process past them stopped on CUDA's 'invalid device ordinal' traceback in
+    """Refuse a launch of more processes on this machine than it has CUDA devices, one
+    process per GPU: torchrun's (its LOCAL_WORLD_SIZE, else this process's LOCAL_RANK +
+    1) or srun's (``--launcher slurm``; the step's tasks on this node, else this task's
+    SLURM_LOCALID + 1: each task takes the GPU of its SLURM_LOCALID, compat._slurm_env).
+    A process past them stopped on CUDA's 'invalid device ordinal' traceback in
     ``torch.cuda.set_device``, under torchrun's ChildFailedError report, while the
-    others waited for it to join. Every process of the machine refuses alike (said once:
-    run_cli). A machine without CUDA runs any number of CPU processes. ``cpu_option``:
-    how the tool runs on the CPU instead."""
+    others waited for it to join. Every process of the machine refuses alike where the
+    launcher tells their count (said once: run_cli). A machine without CUDA runs any
+    number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
+    to torchrun's processes)."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    local = os.environ.get('LOCAL_WORLD_SIZE', '')
-    rank = os.environ.get('LOCAL_RANK', '0')
-    processes = int(local) if local.isdigit() else int(rank) + 1 if rank.isdigit() else 1
-    if count == 0 or processes <= count:
+    if count == 0:
         return
     seen = os.environ.get('CUDA_VISIBLE_DEVICES')
     seen = f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''
+    task = os.environ.get('SLURM_LOCALID', '')
+    # srun's tasks, told apart from torchrun's processes (inside a slurm job too) as
+    # cli.is_first_on_machine does
+    if 'LOCAL_WORLD_SIZE' not in os.environ and task.isdigit():
+        tasks = slurm_tasks_on_node()
+        tasks = tasks if tasks is not None and tasks > int(task) else None
+        if (tasks or int(task) + 1) <= count:
+            return
+        started = (f'{tasks} srun tasks' if tasks else f'srun task SLURM_LOCALID={task}')
+        gres = f'--gres=gpu:{tasks}' if tasks else '--gres=gpu:N for N tasks per node'
+        # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives)
+        raise UserError(f'started as {started} on a node of {count} CUDA device(s){seen}: '
+                        f'each task takes a GPU of its own; start {count} or fewer tasks '
+                        f'per node (srun --ntasks-per-node {count}) or ask for a GPU per '
+                        f'task ({gres})')
+    local = os.environ.get('LOCAL_WORLD_SIZE', '')
+    rank = os.environ.get('LOCAL_RANK', '0')
+    processes = int(local) if local.isdigit() else int(rank) + 1 if rank.isdigit() else 1
+    if processes <= count:
+        return
     started = (f'{processes} processes' if local.isdigit() else
                f'process LOCAL_RANK={rank}')
     raise UserError(f'started as {started} on a machine of {count} CUDA device(s){seen}: '
