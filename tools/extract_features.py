@@ -117,13 +117,14 @@ def parse_args(argv=None):
                    'draws among K windows of every video (default 1: the middle one)')
     p.add_argument('--text-encoder', help='local T5 / CLIP folder (or a pipeline with '
                    'text_encoder/ and tokenizer/): also store caption embeddings')
-    p.add_argument('--text-encoder-kind', default='t5', choices=sorted(TEXT_KINDS))
+    p.add_argument('--text-encoder-kind', choices=sorted(TEXT_KINDS),
+                   help='the --text-encoder folder\'s model (default t5)')
     p.add_argument('--max-length', type=int, help='caption tokens (default: 120 for '
                    'T5, 77 for CLIP)')
     p.add_argument('--hidden-layer', type=int, help='text encoder hidden state to keep '
                    '(default: the last, after the final norm)')
     p.add_argument('--text-encoder-dtype', choices=['float32', 'bfloat16', 'float16'],
-                   default='float32', help='load the text encoder in this dtype (default '
+                   help='load the text encoder in this dtype (default '
                    'float32: T5-XXL\'s weights are 17.7 GiB, 8.9 in bfloat16, as PixArt and '
                    'Open-Sora load it; float16 overflows in T5 v1.1 but for what '
                    'transformers keeps in float32); sample with the same '
@@ -213,9 +214,34 @@ def check_args(args):
                            or args.clips_per_video != 1):
         fail('--size, --frame-stride, --target-fps, --pad and --clips-per-video are for '
              'videos (--manifest)')
+    check_text_encoder_options(args)
     # before the inputs are scanned: no VAE of this tool encodes to Stage C latents
     refuse_stable_cascade(args.vae, '--vae')
     refuse_stable_cascade(args.video_vae, '--video-vae')
+
+
+# The options that set how captions are encoded, with their defaults (None: the text
+# encoder's own). They are read only with --text-encoder.
+TEXT_ENCODER_OPTIONS = dict(text_encoder_kind='t5', max_length=None, hidden_layer=None,
+                            text_encoder_dtype=UNRECORDED_DEFAULTS['text_encoder_dtype'])
+
+
+def check_text_encoder_options(args) -> None:
+    """Refuse a text encoder's option given without ``--text-encoder``: the store
+    was written without caption embeddings and the option was ignored without a word
+    (``--text-encoder-dtype bfloat16`` from a recipe whose --text-encoder line was
+    left out). Then set the defaults of those not given."""
+    given = [f'--{key.replace("_", "-")}' for key in TEXT_ENCODER_OPTIONS
+             if getattr(args, key) is not None]
+    if given and not args.text_encoder:
+        them = 'it' if len(given) == 1 else 'them'
+        named = ' and '.join([', '.join(given[:-1]), given[-1]] if given[:-1] else given)
+        fail(f'{named} {"is" if len(given) == 1 else "are"} for caption '
+             f'embeddings, which this run does not store: give --text-encoder DIR with '
+             f'{them}, or leave {them} out')
+    for key, default in TEXT_ENCODER_OPTIONS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
 
 
 def check_out_folder(out: str) -> None:
@@ -525,8 +551,12 @@ def store_meta(args, source) -> dict:
     if args.text_encoder:
         # hidden_layer: which of the encoder's hidden states the tokens are (None: the
         # last, after the final norm). Unrecorded before, a resume with another one
-        # mixed the embeddings of two layers in one store.
-        meta.update(text_encoder=args.text_encoder, text_encoder_kind=args.text_encoder_kind,
+        # mixed the embeddings of two layers in one store. The folder is recorded
+        # absolute, as the source is: a rerun compares it with its own --text-encoder
+        # from its own working directory (a relative one recorded, as older stores
+        # hold, is taken from there as before).
+        meta.update(text_encoder=osp.abspath(args.text_encoder),
+                    text_encoder_kind=args.text_encoder_kind,
                     hidden_layer=args.hidden_layer)
         # The encoder's dtype (its embeddings differ by rounding): recorded where not the
         # default, float32, which stores of an older mmsora were encoded in.

@@ -31,7 +31,8 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
 
     Several stores (``store=['ucf101', 'mine']``) read as one dataset, in order, when
     their latents fit one model: the same latent shape, scale and shift, all with
-    caption embeddings of one shape or none, and the same class name for each label
+    caption embeddings of one shape or none, encoded by a text encoder of one kind,
+    hidden layer and dtype (where they record it), and the same class name for each label
     two of them name (image stores record their class folders, video stores their
     manifest's class_name column; a refusal names the first setting that differs). A
     store of moments and one of samples, or with and without flip copies, go together
@@ -147,6 +148,20 @@ def check_stores_fit(stores):
         for key, value in ours.items():
             if theirs[key] != value:
                 refuse(first, other, f'{key} {value!r} against {theirs[key]!r}')
+    # How the captions were encoded, between stores that both record their text encoder
+    # (extract_features.py's): embeddings of another kind, layer or precision of the
+    # encoder trained as one dataset without a word. Not the folder: one model may be
+    # kept in two places (and a folder recorded relative cannot be compared).
+    encoded = [one for one in stores if (one.index.get('meta') or {}).get('text_encoder')]
+    for i, other in enumerate(encoded):
+        theirs = text_encoding(other)
+        for one in encoded[:i]:
+            ours = text_encoding(one)
+            for key, option in TEXT_ENCODING_OPTIONS.items():
+                if key in ours and key in theirs and ours[key] != theirs[key]:
+                    refuse(one, other, f'{key} {ours[key]!r} against {theirs[key]!r} '
+                                       "(their captions' text encoder): extract one of "
+                                       f"them again with the other's {option}")
     # Class names are compared label by label, where two stores both name one (a
     # manifest's store may name some labels only, or none), each against every store
     # before it that names it.
@@ -160,6 +175,23 @@ def check_stores_fit(stores):
             if known != name:
                 refuse(one, other, f'classes {classes_of(one)!r} against {classes!r} (label '
                                    f'{label} is {known!r} in one, {name!r} in the other)')
+
+
+# The text encoder's settings a store records (extract_features.py), with the option
+# that sets each.
+TEXT_ENCODING_OPTIONS = dict(text_encoder_kind='--text-encoder-kind',
+                             hidden_layer='--hidden-layer',
+                             text_encoder_dtype='--text-encoder-dtype')
+
+
+def text_encoding(store):
+    """The settings of the text encoder that encoded a store's captions, those it
+    records: the dtype is float32 where it records none (the default, and that of
+    older stores); a store of an older mmsora records no hidden layer."""
+    meta = store.index.get('meta') or {}
+    found = {key: meta[key] for key in TEXT_ENCODING_OPTIONS if key in meta}
+    found.setdefault('text_encoder_dtype', 'float32')
+    return found
 
 
 def classes_of(store):

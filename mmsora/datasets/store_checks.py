@@ -5,7 +5,7 @@ What ``tools/train.py`` checks of each store a config's dataset reads (its
 one line before the Runner's start-up instead of a wrong run or a failure at its first
 batch: the VAE the latents came from (kind, folder, scale), the latent and caption
 shapes, the labels against ``num_classes``, the clips' frame rate against the samples',
-the caption length against the text encoder's.
+the caption length and the text encoder's precision against the config's text encoder.
 """
 import os.path as osp
 import shlex
@@ -102,7 +102,7 @@ def check_one_store(cfg, root, missing_ok=True):
     note_clip_fps(cfg, index, root)
     from mmsora.utils.config_keys import text_conditioned_config
     if text_conditioned_config(cfg.model):
-        note_caption_length(cfg, index, root)
+        note_caption_encoding(cfg, index, root)
         return
     check_store_labels(cfg, index, root)
     note_unnamed_classes(cfg, index, root)
@@ -423,16 +423,41 @@ def _held_rows(index, rows) -> list:
     return held
 
 
-def note_caption_length(cfg, index, root) -> None:
-    """Say when the store's captions were encoded to another token length than the
-    config's text encoder encodes prompts to at sampling (extract_features.py
-    --max-length against model.text_encoder.max_length): the model trains on captions
-    of up to one length and is sampled with prompts cut to the other, without a word."""
+# How HFTextEncoder loads when model.text_encoder sets no dtype, and how
+# extract_features.py encoded the captions of a store that records none.
+TEXT_ENCODER_DTYPE = 'float32'
+
+
+def note_caption_encoding(cfg, index, root) -> None:
+    """Say when the store's captions were encoded otherwise than the config's text
+    encoder encodes prompts at sampling: to another token length (extract_features.py
+    --max-length against model.text_encoder.max_length: prompts cut to the other) or
+    in another precision (--text-encoder-dtype against model.text_encoder.dtype: the
+    embeddings of another rounding). The model trains on captions encoded one way and
+    is sampled with prompts encoded the other, without a word. The dtype is compared
+    for a store that records its text encoder (extract_features.py's), which encoded
+    in float32 where it records no dtype."""
     encoder = cfg.model.get('text_encoder') or {}
-    stored = (index.get('text_shape') or [None])[0]
-    ours = encoder.get('max_length') if hasattr(encoder, 'get') else None
-    if isinstance(stored, int) and isinstance(ours, int) and stored != ours:
-        note(f'{root}: the captions were encoded to {stored} tokens (extract_features.py '
-             f'--max-length {stored}) but model.text_encoder.max_length is {ours}: prompts '
-             f'are cut to {ours} tokens at sampling; set model.text_encoder.max_length='
+    if not hasattr(encoder, 'get'):
+        return
+    meta = index.get('meta') or {}
+    dtype = (meta.get('text_encoder_dtype', TEXT_ENCODER_DTYPE) if meta.get('text_encoder')
+             else None)
+    given = encoder.get('dtype')
+    # (key, the store's, the config's, the config's in words, the extraction option,
+    # how the store holds its captions, how prompts are encoded at sampling)
+    settings = (
+        ('max_length', (index.get('text_shape') or [None])[0], encoder.get('max_length'),
+         None, '--max-length', 'to {} tokens', 'cut to {} tokens'),
+        ('dtype', dtype, given or TEXT_ENCODER_DTYPE,
+         None if given else f'unset ({TEXT_ENCODER_DTYPE})', '--text-encoder-dtype',
+         'in {}', 'encoded in {}'))
+    for key, stored, ours, said, option, held, sampled in settings:
+        if stored is None or ours is None or type(stored) is not type(ours) \
+                or stored == ours:
+            continue
+        note(f'{root}: the captions were encoded {held.format(stored)} '
+             f'(extract_features.py {option} {stored}) but model.text_encoder.{key} is '
+             f'{said or ours}: prompts are {sampled.format(ours)} at sampling; set '
+             f'model.text_encoder.{key}='
              f'{stored} to sample as the model was trained')
