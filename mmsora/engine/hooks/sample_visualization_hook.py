@@ -13,8 +13,9 @@ runs, and
   ``{log_dir}/samples/iter_{N}/``, since image backends cannot play video (an odd width
   or height is padded by one row / column of edge pixels: H.264 needs an even size).
 
-A sample that cannot be saved (a full disk, a backend's error) is a warning in the log,
-never the end of the training run. ``LocalVisBackend`` ignores what its
+A sample that cannot be saved (a full disk, a backend's error), or drawn for want of a
+folder that training never loads (``model.vae``'s, the text encoder's), is a warning
+in the log, never the end of the training run. ``LocalVisBackend`` ignores what its
 ``cv2.imwrite`` says (False; and OpenCV itself misses a failed close, which a full disk
 makes of a small PNG's only write), so the hook checks the PNG that backend was to
 write: written by this call, and whole (ending with its IEND chunk). The first one
@@ -118,7 +119,9 @@ class SampleVisualizationHook(Hook):
             required for them); one str is one prompt, a set is refused (its order
             changes from one process to the next).
         sample_cfg (dict, optional): Sampler settings over the config's ``sample_cfg``
-            (``sampler``, ``num_steps``, ``cfg_scale``, ``fps``).
+            (``sampler``, ``num_steps``, ``cfg_scale``, ``fps``), for these samples
+            alone: the SiT-XL/2 config's hook draws with ``sampler='ode_dopri5'``, as
+            SiT's train.py, where tools/infer.py keeps its 250 SDE steps.
         use_ema (bool): Sample with EMAHook's averaged weights when it runs.
         gif (bool): Also write a GIF beside each mp4.
         at_end (bool): Also sample after the last iteration.
@@ -174,6 +177,12 @@ class SampleVisualizationHook(Hook):
             except SamplerStepError as e:  # (the sampler's NaN: training is not at fault)
                 if is_main_process():
                     runner.logger.warning(f'Iter(sample) [{step}] no samples: {e}')
+                return None
+            except FileNotFoundError as e:  # (a VAE or text encoder folder that training
+                # never loads, not there: the run stopped at its first samples)
+                if is_main_process():
+                    runner.logger.warning(f'Iter(sample) [{step}] no samples (training goes '
+                                          f'on): {e}')
                 return None
         return self._log(runner, samples, labels, step) if is_main_process() else None
 
