@@ -241,8 +241,9 @@ def ema_kept(obj, source: str = '') -> Optional[bool]:
     run's (mmengine's, with its ``meta``), its ``ema_state_dict`` (EMAHook's); a DiT /
     fast-DiT one, its ``'ema'``; None where the file does not say (a plain state dict,
     or ``{'state_dict': ...}`` alone, not a run's). A DeepSpeed folder (``source``)
-    read for its EMA alone leaves the trained weights out, so its client state is
-    asked."""
+    is read by :func:`~mmsora.utils.zero_checkpoint.read_zero_checkpoint`, whose
+    ``ema_state_dict`` says it, read for its EMA alone too (its client state was read
+    again here, and for :func:`~mmsora.apis.young_ema.ema_updates`)."""
     if not isinstance(obj, dict):
         return None
     if 'state_dict' in obj:
@@ -250,10 +251,8 @@ def ema_kept(obj, source: str = '') -> Optional[bool]:
             return None
         if 'ema_state_dict' in obj:
             return True
-        if osp.isdir(source):
-            from mmsora.utils.zero_checkpoint import load_deepspeed_file, zero_model_states
-            client = zero_model_states(source)
-            return client is not None and 'ema_state_dict' in load_deepspeed_file(client)
+        if osp.isdir(source):  # (read_zero_checkpoint's: with the EMA's entry where
+            return False       # the run kept one, in both of its modes)
         text = (obj.get('meta') or {}).get('cfg')
         if not isinstance(text, str) or 'EMAHook' in text:
             # a run with an EMA hook whose checkpoint was published without

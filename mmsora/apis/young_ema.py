@@ -9,7 +9,6 @@ of the weights it started from. With DiT's decay 0.9999 (momentum 1e-4) that is 
 after 1000 updates: a few thousand iterations on one card give EMA weights that are
 mostly the random initial ones.
 """
-import os.path as osp
 from typing import Optional
 
 __all__ = ['FIXED_MOMENTUM_AVERAGES', 'MOSTLY_INITIAL', 'initial_share', 'ema_settings',
@@ -86,15 +85,12 @@ def _ema_hook(config: dict):
 
 def ema_updates(checkpoint: dict, source: str = '') -> Optional[int]:
     """The updates the run's EMA made (its ``steps``, which a resume carries on) as a
-    loaded mmengine ``checkpoint`` records them in ``ema_state_dict``; a DeepSpeed
-    folder read for its EMA alone (``source``) leaves that out, so its client state is
-    asked. None where neither records them."""
-    ema = checkpoint.get('ema_state_dict')
-    if ema is None and osp.isdir(source):
-        from mmsora.utils.zero_checkpoint import load_deepspeed_file, zero_model_states
-        client = zero_model_states(source)
-        ema = None if client is None else load_deepspeed_file(client).get('ema_state_dict')
-    steps = (ema or {}).get('steps')
+    loaded mmengine ``checkpoint`` records them in ``ema_state_dict`` (a DeepSpeed
+    folder's, read for its EMA alone too:
+    :func:`~mmsora.utils.zero_checkpoint.read_zero_checkpoint`). None where it does
+    not record them. ``source``, the file or folder read, is not needed (a DeepSpeed
+    folder's client state was read again for it)."""
+    steps = (checkpoint.get('ema_state_dict') or {}).get('steps')
     return None if steps is None else int(steps)
 
 

@@ -92,7 +92,10 @@ def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     trained weights are the float32 master weights, gathered from every process's
     optimizer file by DeepSpeed's ``zero_to_fp32`` (needs DeepSpeed installed, and
     reads the optimizer states: slow for large runs). With ``trained=False`` and an
-    EMA they are left out, and only the client-state file is read.
+    EMA they are left out, and only the client-state file is read: ``ema_state_dict``
+    then holds the EMA's count alone (``{'steps': ...}``, as the hook saved it), so
+    that what reads the result (which weights, how young an EMA: tools/infer.py,
+    tools/export_denoiser.py) reads it here, not the client-state file again.
     """
     client = load_deepspeed_file(zero_model_states(folder))
     # mmengine's meta, plain values only (the RNG states and message hub stay out):
@@ -107,7 +110,9 @@ def read_zero_checkpoint(folder: str, trained: bool = True) -> dict:
     ema = ({k: v.float() if v.is_floating_point() else v
             for k, v in client['state_dict'].items()} if has_ema else None)
     if has_ema and not trained:
-        return dict(state_dict=ema, meta=meta)
+        steps = client['ema_state_dict'].get('steps')
+        return dict(state_dict=ema, meta=meta,
+                    ema_state_dict={} if steps is None else {'steps': steps})
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     # zero_to_fp32 unpickles every file of the folder without restriction: each one
     # passes the weights-only loader first (memory-mapped: the pickle alone is read)

@@ -247,19 +247,23 @@ def test_a_run_without_ema_is_warned_about(tmp_path, capsys):
     assert 'warning: dit.pt holds no EMA weights' in capsys.readouterr().err
 
 
-def test_a_deepspeed_folder_is_asked_whether_it_kept_an_ema(tmp_path):
-    """A DeepSpeed folder read for its EMA alone comes without ema_state_dict, as one
-    without an EMA does: its client state says which."""
+def test_a_deepspeed_folder_says_whether_it_kept_an_ema(tmp_path):
+    """A DeepSpeed folder read for its EMA alone comes with the EMA's entry (its count),
+    one without an EMA without it (its trained weights alone): its client state is not
+    asked again."""
     from mmsora.apis.inference import ema_kept
+    from mmsora.utils.zero_checkpoint import read_zero_checkpoint
     folder = tmp_path / 'iter_2.pth'
     folder.mkdir()
-    read = {'state_dict': {'denoiser.w': torch.ones(2)}, 'meta': {}}
-    for kept in (True, False):
-        client = {'module': {'denoiser.w': torch.ones(2)}}
-        if kept:
-            client['ema_state_dict'] = {'module.denoiser.w': torch.ones(2)}
-        torch.save(client, folder / 'mp_rank_00_model_states.pt')
-        assert ema_kept(read, str(folder)) is kept
+    torch.save({'module': {'denoiser.w': torch.ones(2)},
+                'state_dict': {'denoiser.w': torch.ones(2)},
+                'ema_state_dict': {'module.denoiser.w': torch.ones(2),
+                                   'steps': torch.tensor(2)}},
+               folder / 'mp_rank_00_model_states.pt')
+    read = read_zero_checkpoint(str(folder), trained=False)
+    assert ema_kept(read, str(folder)) is True
+    trained = {'state_dict': {'denoiser.w': torch.ones(2)}, 'meta': {}}
+    assert ema_kept(trained, str(folder)) is False
     assert ema_kept({'weight': torch.ones(2)}) is None
 
 
