@@ -40,8 +40,9 @@ class NaNLatentsAt(Hook):
     weights (WORK_DIR/probe.RANK.json, weights.RANK.pt)."""
     priority = 'VERY_HIGH'  # after LossGuardHook (HIGHEST) took sample_idx out
 
-    def __init__(self, at, ranks=(0,), zero_at=()):
+    def __init__(self, at, ranks=(0,), zero_at=(), tensor_backward=True):
         self.at, self.ranks, self.zero_at = set(at), set(ranks), set(zero_at)
+        self.tensor_backward = tensor_backward
         self.rank = int(os.environ.get('RANK', 0))
         self.changed, self.poisoned, self.micro_steps = {}, {}, {}
 
@@ -51,6 +52,10 @@ class NaNLatentsAt(Hook):
         guard's stand-in for a NaN micro-batch must match."""
         wrapper = runner.optim_wrapper
         backward = wrapper.backward
+        # (as DeepSpeed sets it where torch lacks the internals it needs to take a
+        # torch-style loss.backward(): its prologue then runs inside engine.backward)
+        engine = wrapper.model.model  # (mmengine's MMDeepSpeedEngineWrapper's engine)
+        engine._support_torch_style_backward = self.tensor_backward
 
         def backward_zeroed(loss, **kwargs):
             if runner.iter + 1 in self.zero_at:
@@ -90,7 +95,7 @@ class NaNLatentsAt(Hook):
 
 
 def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=(),
-        zero_at=(), preset='deepspeed_zero2'):
+        zero_at=(), preset='deepspeed_zero2', tensor_backward=True):
     """tools/train.py --deepspeed PRESET of the shrunk demo with latents poisoned at
     iterations ``at`` of processes ``ranks`` (the loss multiplied by 0 at ``zero_at``).
     Returns the process, its output, and each rank's probe record and final
@@ -103,7 +108,8 @@ def run(tmp_path, at, ranks=(0,), processes=1, iters=3, options=(), flags=(),
         "allow_failed_imports=False)\ncustom_hooks = [dict(type='EMAHook', momentum=0.01,"
         " update_buffers=True, priority='ABOVE_NORMAL'), dict(type='RNGStateHook'), "
         "dict(type='NaNLatentsAt', "
-        f"at={list(at)}, ranks={list(ranks)}, zero_at={list(zero_at)})]\n")
+        f"at={list(at)}, ranks={list(ranks)}, zero_at={list(zero_at)}, "
+        f"tensor_backward={tensor_backward})]\n")
     work = tmp_path / 'run'
     cmd = [sys.executable, '-c', RUN, osp.join(ROOT, 'tools/train.py'), str(config),
            '--deepspeed', preset, '--work-dir', str(work), *flags,
@@ -161,18 +167,24 @@ def test_a_nan_latent_is_kept_out_of_its_step_the_grid_holds_and_k_in_a_row_stop
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-@pytest.mark.parametrize('preset', ['deepspeed_zero1', 'deepspeed_zero2'])
-def test_a_nan_micro_batch_weighs_as_a_loss_of_zero(tmp_path, preset):
+@pytest.mark.parametrize('preset,tensor_backward', [
+    ('deepspeed_zero1', True), ('deepspeed_zero2', True), ('deepspeed_zero1', False)])
+def test_a_nan_micro_batch_weighs_as_a_loss_of_zero(tmp_path, preset, tensor_backward):
     """ZeRO-1 (which reduces the gradient at a step's last micro-batch only) and ZeRO-2
     (at every micro-batch), 2 micro-batches per step, NaN latents at iteration 1 (a
-    step's first micro-batch) and 4 (its last): the weights come out equal to those of a run whose loss is multiplied by 0 at 1 and 4 (same data, same
-    noise), and each step moved the weights at its last iteration."""
+    step's first micro-batch) and 4 (its last): the weights come out equal to those of
+    a run whose loss is multiplied by 0 at 1 and 4 (same data, same noise), and each
+    step moved the weights at its last iteration. Also where the engine takes no
+    torch-style backward (an older torch): DeepSpeed's prologue, called by hand before
+    the stand-in's backward, raised there."""
     options = ['optim_wrapper.accumulative_counts=2']
     proc, out, [probe], [weights] = run(tmp_path / 'nan', at=(1, 4), iters=4,
-                                        options=options, preset=preset)
+                                        options=options, preset=preset,
+                                        tensor_backward=tensor_backward)
     assert proc.returncode == 0, out[-3000:]
     _, ref_out, [ref_probe], [ref] = run(tmp_path / 'zero', at=(), zero_at=(1, 4),
-                                         iters=4, options=options, preset=preset)
+                                         iters=4, options=options, preset=preset,
+                                         tensor_backward=tensor_backward)
     assert probe['changed'] == ref_probe['changed'] == {
         '1': False, '2': True, '3': False, '4': True}, out[-3000:] + ref_out[-3000:]
     assert weights.keys() == ref.keys()
@@ -221,16 +233,21 @@ def test_a_nan_on_one_process_skips_the_step_on_both(tmp_path):
         assert torch.isfinite(value).all(), key
 
 
+@pytest.mark.parametrize('flags,options', [
+    (['--amp'], ['strategy.config.bf16.check_grad_overflow=False']),
+    ([], ['strategy.config.zero_optimization.compute_grad_norm=False',
+          'optim_wrapper.clip_grad=None'])], ids=['bf16_unchecked', 'fp32_no_norm'])
 def test_without_a_gradient_check_a_window_of_nan_waits_for_a_finite_micro_batch(
-        tmp_path):
-    """bf16 with DeepSpeed's check of the gradient turned off
-    (``bf16.check_grad_overflow=False``): a NaN stand-in would go into the weights, so
-    a window's last micro-batch with none finite before it is skipped (backward and
-    step) and the step comes with the next finite one, one iteration late."""
+        tmp_path, flags, options):
+    """DeepSpeed's check of the gradient turned off: bf16 with
+    ``bf16.check_grad_overflow=False``, or fp32 (checked through its gradient norm)
+    with ``zero_optimization.compute_grad_norm=False`` (no clipping): a NaN stand-in
+    would go into the weights (and AdamW's state), so a window's last micro-batch with
+    none finite before it is skipped (backward and step) and the step comes with the
+    next finite one, one iteration late."""
     proc, out, [probe], [weights] = run(
-        tmp_path, at=(1, 2), iters=4, flags=['--amp'], options=[
-            'optim_wrapper.accumulative_counts=2',
-            'strategy.config.bf16.check_grad_overflow=False'])
+        tmp_path, at=(1, 2), iters=4, flags=flags, options=[
+            'optim_wrapper.accumulative_counts=2', *options])
     assert proc.returncode == 0, out[-3000:]
     assert probe['changed'] == {'1': False, '2': False, '3': True, '4': False}, \
         out[-3000:]
@@ -262,18 +279,19 @@ def test_zero_loss_gives_each_trainable_weight_a_zero_gradient():
     assert all(torch.isnan(p.grad).any() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize('stage,dtype,check,expected', [
-    (1, torch.float32, False, True), (2, torch.float16, True, True),
-    (2, torch.bfloat16, True, True), (2, torch.bfloat16, False, False),
-    (3, torch.float32, True, False), (0, torch.float32, True, False),
-    (2, torch.float32, None, False)])
-def test_overflow_checked(stage, dtype, check, expected):
-    """Whether DeepSpeed's optimizer skips a step with a NaN gradient: ZeRO 1-2's
-    (fp32, fp16; bf16 with check_grad_overflow), not ZeRO-0's or ZeRO-3's here, nor an
-    optimizer without that attribute (another DeepSpeed)."""
+@pytest.mark.parametrize('stage,dtype,check,norm,expected', [
+    (1, torch.float32, False, True, True), (1, torch.float32, False, False, False),
+    (2, torch.float16, True, False, True), (2, torch.bfloat16, True, True, True),
+    (2, torch.bfloat16, False, True, False), (3, torch.float32, True, True, False),
+    (0, torch.float32, True, True, False), (2, torch.float32, None, True, False)])
+def test_overflow_checked(stage, dtype, check, norm, expected):
+    """Whether DeepSpeed's optimizer skips a step with a NaN gradient: ZeRO 1-2's with
+    check_grad_overflow (fp16; bf16 by default), or in fp32 through the gradient norm
+    (compute_grad_norm), not ZeRO-0's or ZeRO-3's here, nor an optimizer without that
+    attribute (another DeepSpeed)."""
     from types import SimpleNamespace
     from mmsora.engine.hooks.loss_guard_hook import overflow_checked
-    optimizer = SimpleNamespace(dtype=dtype)
+    optimizer = SimpleNamespace(dtype=dtype, compute_grad_norm=norm)
     if check is not None:
         optimizer.check_grad_overflow = check
     engine = SimpleNamespace(zero_optimization_stage=lambda: stage, optimizer=optimizer)

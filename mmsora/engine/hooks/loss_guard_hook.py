@@ -122,16 +122,43 @@ def zero_loss(model, factor: float = 0.0) -> torch.Tensor:
 
 def overflow_checked(engine) -> bool:
     """Whether DeepSpeed's optimizer skips a step whose gradient is not finite (and
-    clears it): ZeRO 1-2's in DeepSpeed 0.19, in fp32 and fp16 always, in bf16 with
-    ``bf16.check_grad_overflow`` (its default). Not known of ZeRO-0's optimizers
-    (torch's own in fp32) or another DeepSpeed's: False."""
+    clears it): ZeRO 1-2's in DeepSpeed 0.19 with ``check_grad_overflow`` (fp16
+    always; bf16 with ``bf16.check_grad_overflow``, its default), or, in fp32, through
+    its gradient norm (not computed with ``zero_optimization.compute_grad_norm:
+    false``, which a run without clipping may set: its NaN steps were applied). Not
+    known of ZeRO-0's optimizers (torch's own in fp32) or another DeepSpeed's: False."""
     if int(engine.zero_optimization_stage()) not in (1, 2):
         return False
     optimizer = getattr(engine, 'optimizer', None)
     if not hasattr(optimizer, 'check_grad_overflow'):
         return False
-    return (bool(optimizer.check_grad_overflow)
-            or getattr(optimizer, 'dtype', torch.bfloat16) != torch.bfloat16)
+    return bool(optimizer.check_grad_overflow) or (
+        getattr(optimizer, 'dtype', torch.bfloat16) != torch.bfloat16
+        and bool(getattr(optimizer, 'compute_grad_norm', False)))
+
+
+def hooked_like_outputs(engine):
+    """A function that puts on a tensor the backward hooks DeepSpeed's engine puts on
+    its forward's outputs (in 0.19: ``register_output_backward_hooks`` with its
+    ``_backward_prologue``, which starts the backward: the optimizer's accumulation
+    boundary, ZeRO's hook state), and returns it; None where this DeepSpeed has no
+    such hooks. Called by hand, the prologue raised where the engine takes no
+    torch-style backward (an older torch)."""
+    try:
+        from deepspeed.runtime.utils import register_output_backward_hooks
+    except ImportError:
+        return None
+    once = getattr(engine, '_backward_prologue', None)
+    per_tensor = getattr(engine, '_backward_prologue_per_tensor', None)
+    if not (callable(once) and callable(per_tensor)):
+        return None
+
+    def hook(tensor):
+        register_output_backward_hooks(tensor, preprocess_once_fn=once,
+                                       preprocess_per_tensor_fn=per_tensor)
+        return tensor
+
+    return hook
 
 
 # Where a dataset's items may carry their index (mmengine's BaseDataset's name for it).
@@ -606,10 +633,11 @@ class LossGuardHook(Hook):
                  else 1)
         stage = int(getattr(engine, 'zero_optimization_stage', lambda: 0)())
         # DeepSpeed 0.19 starts a backward (the optimizer's boundary flag, its hook
-        # state) from hooks on its forward's outputs, which a stand-in loss does not
-        # pass: it is called here (ZeRO-1 reduced its gradient twice without it).
-        prologue = getattr(engine, '_backward_prologue', None)
-        keep_grid = self._accumulation > 1 and stage in (1, 2) and callable(prologue)
+        # state) from hooks it puts on its forward's outputs, which a stand-in loss
+        # does not pass (ZeRO-1 then reduced its gradient twice): the stand-in gets
+        # them too (hooked_like_outputs). Without them (another DeepSpeed) the skip.
+        hooked = hooked_like_outputs(engine)
+        keep_grid = self._accumulation > 1 and stage in (1, 2) and hooked is not None
         skipped = []  # the current micro-batch's backward was skipped: skip its step
         window = dict(finite=False)  # whether a micro-batch of this window was finite
 
@@ -650,9 +678,7 @@ class LossGuardHook(Hook):
             if not stand_in:
                 skipped.append(True)
                 return
-            zero = zero_loss(engine, float('nan') if empty else 0.0)
-            prologue()
-            backward(zero, **kwargs)
+            backward(hooked(zero_loss(engine, float('nan') if empty else 0.0)), **kwargs)
 
         def guarded_step(**kwargs):
             if skipped:
