@@ -242,7 +242,7 @@ def main(argv=None):
     check_torchrun_launcher(args.launcher)  # before minutes of loading weights
     if args.launcher != 'none':  # (each process past the GPUs stopped in set_device)
         from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-        check_gpu_per_process(NO_GPU_IN_VIEW)
+        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
         from mmsora.apis.inference import read_prompt_file

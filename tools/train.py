@@ -368,7 +368,7 @@ def main(argv=None):
         # more processes on a machine than its GPUs: each one past them stopped on
         # CUDA's 'invalid device ordinal' traceback in mmengine's set_device
         from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-        check_gpu_per_process(NO_GPU_IN_VIEW)
+        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     with start_up_reads():  # (each checkpoint read once by the checks below)
         cfg = build_train_config(args)
         check_stores_exist(cfg)

@@ -96,7 +96,7 @@ def slurm_tasks_on_node() -> Optional[int]:
     return counts[int(node)] if node.isdigit() and int(node) < len(counts) else None
 
 
-def check_gpu_per_process(cpu_option: str) -> None:
+def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> None:
     """Refuse a launch of more processes on this machine than it has CUDA devices, one
     process per GPU: torchrun's (its LOCAL_WORLD_SIZE, else this process's LOCAL_RANK +
     1) or srun's (``--launcher slurm``; the step's tasks on this node, else this task's
@@ -106,7 +106,11 @@ def check_gpu_per_process(cpu_option: str) -> None:
     others waited for it to join. Every process of the machine refuses alike where the
     launcher tells their count (said once: run_cli). A machine without CUDA runs any
     number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
-    to torchrun's processes)."""
+    to torchrun's processes). ``launcher``: the tool's ``--launcher``; srun's tasks are
+    counted for ``'slurm'`` alone (a torchrun-style start inside srun, ``--launcher
+    pytorch`` with each task's own LOCAL_RANK, was refused by its tasks' count), and
+    told apart as :func:`mmsora.utils.cli.is_first_on_machine` does where it is None
+    (extract_features.py, which takes srun's tasks without a flag)."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         return
@@ -114,19 +118,24 @@ def check_gpu_per_process(cpu_option: str) -> None:
     seen = f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''
     task = os.environ.get('SLURM_LOCALID', '')
     # srun's tasks, told apart from torchrun's processes (inside a slurm job too) as
-    # cli.is_first_on_machine does
-    if 'LOCAL_WORLD_SIZE' not in os.environ and task.isdigit():
+    # cli.is_first_on_machine does, where the tool has no --launcher
+    srun = (launcher == 'slurm' if launcher is not None else
+            'LOCAL_WORLD_SIZE' not in os.environ)
+    if srun and task.isdigit():
         tasks = slurm_tasks_on_node()
         tasks = tasks if tasks is not None and tasks > int(task) else None
         if (tasks or int(task) + 1) <= count:
             return
         started = (f'{tasks} srun tasks' if tasks else f'srun task SLURM_LOCALID={task}')
         gres = f'--gres=gpu:{tasks}' if tasks else '--gres=gpu:N for N tasks per node'
-        # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives)
+        # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives;
+        # each task sets the device of its SLURM_LOCALID among those it sees, so a
+        # task given one GPU of its own, --gpus-per-task 1, sees one: device 0 alone)
         raise UserError(f'started as {started} on a node of {count} CUDA device(s){seen}: '
-                        f'each task takes a GPU of its own; start {count} or fewer tasks '
-                        f'per node (srun --ntasks-per-node {count}) or ask for a GPU per '
-                        f'task ({gres})')
+                        f'each task takes the GPU of its SLURM_LOCALID among those it '
+                        f'sees; start {count} or fewer tasks per node (srun '
+                        f'--ntasks-per-node {count}), or let every task see all of the '
+                        f"node's GPUs ({gres}, without --gpus-per-task or --gpu-bind)")
     local = os.environ.get('LOCAL_WORLD_SIZE', '')
     rank = os.environ.get('LOCAL_RANK', '0')
     processes = int(local) if local.isdigit() else int(rank) + 1 if rank.isdigit() else 1

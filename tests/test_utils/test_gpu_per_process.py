@@ -45,18 +45,20 @@ def test_more_tasks_on_a_node_than_gpus_are_refused_by_every_task(machine, task)
     machine(4, SLURM_LOCALID=task, SLURM_NODEID='1', SLURM_STEP_TASKS_PER_NODE='8(x2)',
             SLURM_PROCID=str(8 + int(task)))
     assert refusal() == (
-        'started as 8 srun tasks on a node of 4 CUDA device(s): each task takes a GPU of '
-        'its own; start 4 or fewer tasks per node (srun --ntasks-per-node 4) or ask for '
-        'a GPU per task (--gres=gpu:8)')
+        'started as 8 srun tasks on a node of 4 CUDA device(s): each task takes the GPU '
+        'of its SLURM_LOCALID among those it sees; start 4 or fewer tasks per node (srun '
+        "--ntasks-per-node 4), or let every task see all of the node's GPUs "
+        '(--gres=gpu:8, without --gpus-per-task or --gpu-bind)')
 
 
 def test_without_the_steps_layout_the_tasks_past_the_gpus_are_refused(machine):
     machine(2, SLURM_LOCALID='2', CUDA_VISIBLE_DEVICES='0,1')
     assert refusal() == (
         'started as srun task SLURM_LOCALID=2 on a node of 2 CUDA device(s) '
-        '(CUDA_VISIBLE_DEVICES=0,1): each task takes a GPU of its own; start 2 or fewer '
-        'tasks per node (srun --ntasks-per-node 2) or ask for a GPU per task '
-        '(--gres=gpu:N for N tasks per node)')
+        '(CUDA_VISIBLE_DEVICES=0,1): each task takes the GPU of its SLURM_LOCALID among '
+        'those it sees; start 2 or fewer tasks per node (srun --ntasks-per-node 2), or '
+        "let every task see all of the node's GPUs (--gres=gpu:N for N tasks per node, "
+        'without --gpus-per-task or --gpu-bind)')
     machine(2, SLURM_LOCALID='1')
     check_gpu_per_process('--device cpu')
 
@@ -109,3 +111,16 @@ def test_extract_features_under_srun_alone_is_refused_by_every_task(machine, mon
         with pytest.raises(UserError, match=r'^started as 8 srun tasks on a node of 4 CUDA'):
             extract.check_gpus_for_ranks('cuda')
         extract.check_gpus_for_ranks('cpu')  # (encoding on the CPU: any number)
+
+
+def test_a_torchrun_style_start_in_srun_tasks_of_one_gpu_each_goes_on(machine):
+    """srun --ntasks-per-node 4 --gpus-per-task 1, each task starting the tool itself
+    with LOCAL_RANK=0 and --launcher pytorch: each sees its one GPU and takes device 0.
+    Counted as srun's 4 tasks on a node of 1 GPU it was refused; with --launcher slurm
+    (where mmengine sets device SLURM_LOCALID, past the one it sees) it still is."""
+    machine(1, SLURM_LOCALID='3', SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='4',
+            LOCAL_RANK='0', RANK='3', WORLD_SIZE='4', CUDA_VISIBLE_DEVICES='2')
+    check_gpu_per_process('--device cpu', 'pytorch')
+    with pytest.raises(UserError, match='started as 4 srun tasks on a node of 1 CUDA '
+                       r'device\(s\) \(CUDA_VISIBLE_DEVICES=2\)'):
+        check_gpu_per_process('--device cpu', 'slurm')
