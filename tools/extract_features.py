@@ -584,11 +584,20 @@ def manifest_classes(args, source):
     return [names.get(label) for label in range(max(names) + 1)]
 
 
+def recorded_vae(args) -> str:
+    """The --vae / --video-vae folder as the store records it: absolute, as the text
+    encoder's and the source are. Recorded as given, a relative folder was read from
+    the training run's working directory (tools/train.py's VAE checks: a false note of
+    another VAE, or its class not read) and from a rerun's. A relative one an older
+    store records is still taken from the working directory of the run that reads it."""
+    return osp.abspath(args.vae or args.video_vae)
+
+
 def known_settings(args, source, fingerprint) -> dict:
     """The store settings this run knows before its models load (not the latent shape,
     the text width or a video VAE's own scale factor)."""
     settings = dict(dtype=args.dtype, content=args.store, num_copies=2 if args.flip else 1,
-                    vae=args.vae or args.video_vae, num_source_items=len(source),
+                    vae=recorded_vae(args), num_source_items=len(source),
                     source_fingerprint=fingerprint, text_shape=None)
     if args.text_encoder:
         settings['text_shape'] = [args.max_length or TEXT_KINDS[args.text_encoder_kind][1],
@@ -1094,7 +1103,7 @@ def extract(args, source, meta, progress, fingerprint, rank, world, device):
         writer = LatentStoreWriter(
             args.out, len(source), latent_shape, dtype=args.dtype, content=args.store,
             num_copies=copies, scale_factor=vae.scale_factor, shift_factor=vae.shift_factor,
-            vae=args.vae or args.video_vae, shard_size=args.shard_size, rank=rank,
+            vae=recorded_vae(args), shard_size=args.shard_size, rank=rank,
             world_size=world, meta=meta, text_shape=text_shape, pooled_dim=pooled_dim,
             source_fingerprint=fingerprint,  # (the shards check_out found sound: each
             checked=progress['checked'] if progress else None)  # shard's files read once)

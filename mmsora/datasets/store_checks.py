@@ -443,33 +443,64 @@ TEXT_ENCODER_DTYPE = 'float32'
 def note_caption_encoding(cfg, index, root) -> None:
     """Say when the store's captions were encoded otherwise than the config's text
     encoder encodes prompts at sampling: to another token length (extract_features.py
-    --max-length against model.text_encoder.max_length: prompts cut to the other) or
-    in another precision (--text-encoder-dtype against model.text_encoder.dtype: the
-    embeddings of another rounding). The model trains on captions encoded one way and
-    is sampled with prompts encoded the other, without a word. The dtype is compared
-    for a store that records its text encoder (extract_features.py's), which encoded
-    in float32 where it records no dtype."""
+    --max-length against model.text_encoder.max_length: prompts cut to the other), from
+    another hidden state (--hidden-layer against model.text_encoder.hidden_layer: the
+    embeddings of another layer, which the model never saw in training) or in another
+    precision (--text-encoder-dtype against model.text_encoder.dtype: the embeddings of
+    another rounding). The model trains on captions encoded one way and is sampled with
+    prompts encoded the other, without a word. The hidden layer and the dtype are
+    compared for a store that records its text encoder (extract_features.py's), which
+    encoded in float32 where it records no dtype; one that records no hidden layer (an
+    older mmsora's) is not compared for it."""
     encoder = cfg.model.get('text_encoder') or {}
     if not hasattr(encoder, 'get'):
         return
     meta = index.get('meta') or {}
-    dtype = (meta.get('text_encoder_dtype', TEXT_ENCODER_DTYPE) if meta.get('text_encoder')
-             else None)
-    given = encoder.get('dtype')
+    recorded = bool(meta.get('text_encoder'))
+    dtype = meta.get('text_encoder_dtype', TEXT_ENCODER_DTYPE) if recorded else None
+    given = _dtype_name(encoder.get('dtype'))
     # (key, the store's, the config's, the config's in words, the extraction option,
     # how the store holds its captions, how prompts are encoded at sampling)
-    settings = (
+    settings = [
         ('max_length', (index.get('text_shape') or [None])[0], encoder.get('max_length'),
-         None, '--max-length', 'to {} tokens', 'cut to {} tokens'),
+         None, '--max-length {}', 'to {} tokens', 'cut to {} tokens')]
+    # (None, for either, is the last hidden state: compared as a value)
+    layer, ours = meta.get('hidden_layer', _UNRECORDED), encoder.get('hidden_layer')
+    if recorded and layer is not _UNRECORDED and layer != ours and \
+            all(n is None or type(n) is int for n in (layer, ours)):
+        settings.append((
+            'hidden_layer', layer, ours, None if ours is not None else f'unset '
+            f'({_hidden_state(None)})', '--hidden-layer {}' if layer is not None else
+            'without --hidden-layer', f'from {_hidden_state(layer)}',
+            f'taken from {_hidden_state(ours)}'))
+    settings.append(
         ('dtype', dtype, given or TEXT_ENCODER_DTYPE,
-         None if given else f'unset ({TEXT_ENCODER_DTYPE})', '--text-encoder-dtype',
+         None if given else f'unset ({TEXT_ENCODER_DTYPE})', '--text-encoder-dtype {}',
          'in {}', 'encoded in {}'))
     for key, stored, ours, said, option, held, sampled in settings:
-        if stored is None or ours is None or type(stored) is not type(ours) \
-                or stored == ours:
+        if key != 'hidden_layer' and (stored is None or ours is None
+                                      or type(stored) is not type(ours) or stored == ours):
             continue
         note(f'{root}: the captions were encoded {held.format(stored)} '
-             f'(extract_features.py {option} {stored}) but model.text_encoder.{key} is '
-             f'{said or ours}: prompts are {sampled.format(ours)} at sampling; set '
+             f'(extract_features.py {option.format(stored)}) but model.text_encoder.{key} '
+             f'is {said or ours}: prompts are {sampled.format(ours)} at sampling; set '
              f'model.text_encoder.{key}='
              f'{stored} to sample as the model was trained')
+
+
+_UNRECORDED = object()
+
+
+def _dtype_name(value):
+    """A text encoder's dtype as extract_features.py records it: HFTextEncoder takes
+    any name of torch's (``'half'``, ``torch.float16``: float16, which a float16 store
+    records); other values as they are."""
+    import torch
+    found = getattr(torch, value, None) if isinstance(value, str) else value
+    return str(found).replace('torch.', '') if isinstance(found, torch.dtype) else value
+
+
+def _hidden_state(layer) -> str:
+    """A text encoder's hidden state (HFTextEncoder.hidden_layer) in words."""
+    return ('the last hidden state after the final norm' if layer is None
+            else f'hidden state {layer}')

@@ -161,3 +161,59 @@ def test_captions_of_another_dtype_than_the_samplers_are_noted(repo_root, tmp_pa
     cfg.model.text_encoder.dtype = 'bfloat16'
     check_latent_store(cfg)
     assert 'captions were encoded' not in capsys.readouterr().err
+    # HFTextEncoder takes any of torch's names: 'half' is a float16 store's float16
+    shutil.rmtree(root)
+    text_store(root, dict(ENCODED, text_encoder_dtype='float16'))
+    cfg.model.text_encoder.dtype = 'half'
+    check_latent_store(cfg)
+    assert 'captions were encoded' not in capsys.readouterr().err
+    cfg.model.text_encoder.dtype = 'bfloat16'
+    check_latent_store(cfg)
+    assert 'model.text_encoder.dtype is bfloat16' in capsys.readouterr().err
+
+
+def test_captions_of_another_hidden_layer_than_the_samplers_are_noted(repo_root, tmp_path,
+                                                                      capsys):
+    """A store encoded from one hidden state (extract_features.py --hidden-layer) and a
+    config whose text encoder takes another at sampling trained and sampled without a
+    word: the model is prompted with embeddings of a layer it never saw."""
+    from mmengine.config import Config
+
+    from mmsora.datasets.store_checks import check_latent_store
+    cfg = Config.fromfile(osp.join(repo_root,
+                                   'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
+    cfg.model.latent_shape, cfg.model.denoiser.text_dim = (4, 2, 4, 4), 8
+    cfg.model.text_encoder.dtype = 'float32'
+    root = str(tmp_path / 'store')
+    cfg.train_dataloader.dataset.data_root = root
+
+    def check(meta, layer):
+        shutil.rmtree(root, ignore_errors=True)
+        text_store(root, meta)
+        cfg.model.text_encoder.hidden_layer = layer
+        check_latent_store(cfg)
+        return capsys.readouterr().err
+
+    assert (f'note: {root}: the captions were encoded from the last hidden state after the '
+            'final norm (extract_features.py without --hidden-layer) but '
+            'model.text_encoder.hidden_layer is -2: prompts are taken from hidden state -2 at '
+            'sampling; set model.text_encoder.hidden_layer=None to sample as the model was '
+            'trained\n') in check(ENCODED, -2)
+    assert (f'note: {root}: the captions were encoded from hidden state -2 '
+            '(extract_features.py --hidden-layer -2) but model.text_encoder.hidden_layer is '
+            'unset (the last hidden state after the final norm): prompts are taken from the '
+            'last hidden state after the final norm at sampling; set '
+            'model.text_encoder.hidden_layer=-2 to sample as the model was trained\n'
+            ) in check(dict(ENCODED, hidden_layer=-2), None)
+    assert 'hidden_layer=-1 to sample' in check(dict(ENCODED, hidden_layer=-1), -2)
+    # before the dtype's, which matters less
+    cfg.model.text_encoder.dtype = 'bfloat16'
+    err = check(ENCODED, -2)
+    assert -1 < err.index('hidden_layer=None') < err.index('dtype=float32')
+    cfg.model.text_encoder.dtype = 'float32'
+    # the same layer; a store of an older mmsora (no hidden layer recorded); one that
+    # records no text encoder (not extract_features.py's)
+    older = {k: v for k, v in ENCODED.items() if k != 'hidden_layer'}
+    for meta, layer in [(ENCODED, None), (dict(ENCODED, hidden_layer=-2), -2), (older, -2),
+                        (older, None), (dict(hidden_layer=-2), None)]:
+        assert 'captions were encoded' not in check(meta, layer), (meta, layer)
