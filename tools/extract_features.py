@@ -56,7 +56,8 @@ from mmsora.datasets.image_folder import IMG_EXTENSIONS
 from mmsora.datasets.manifest import VIDEO_EXTENSIONS
 from mmsora.datasets.shard_files import say_damaged
 from mmsora.datasets.store_folder import foreign_folder_message
-from mmsora.datasets.store_format import TORCH_DTYPES, nonfinite_items
+from mmsora.datasets.store_format import (TORCH_DTYPES, UNRECORDED_TEXT_ENCODER_DTYPE,
+                                         nonfinite_items)
 from mmsora.datasets.store_lock import StoreLock
 from mmsora.datasets.store_records import (SourceChangedError, SourceCountError,
                                            read_store_progress)
@@ -183,7 +184,7 @@ OPTION_OF = dict(
 # Settings a store records only where they differ from these defaults (stores written
 # before they were recorded hold none, and were written with the default or not at all):
 # a refusal shows the default where the store (or the run) records none.
-UNRECORDED_DEFAULTS = dict(seed=0, text_encoder_dtype='float32')
+UNRECORDED_DEFAULTS = dict(seed=0, text_encoder_dtype=UNRECORDED_TEXT_ENCODER_DTYPE)
 
 
 def with_option(error) -> str:

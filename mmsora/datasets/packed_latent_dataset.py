@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from mmsora.registry import DATASETS
 from .latent_store import LatentStore, locate
-from .store_format import TORCH_DTYPES
+from .store_format import TORCH_DTYPES, UNRECORDED_TEXT_ENCODER_DTYPE
 from .utils import WorkerRNGMixin, draw_seed
 
 __all__ = ['PackedLatentDataset']
@@ -190,7 +190,7 @@ def text_encoding(store):
     older stores); a store of an older mmsora records no hidden layer."""
     meta = store.index.get('meta') or {}
     found = {key: meta[key] for key in TEXT_ENCODING_OPTIONS if key in meta}
-    found.setdefault('text_encoder_dtype', 'float32')
+    found.setdefault('text_encoder_dtype', UNRECORDED_TEXT_ENCODER_DTYPE)
     return found
 
 

@@ -10,6 +10,7 @@ the caption length and the text encoder's precision against the config's text en
 import os.path as osp
 import shlex
 
+from mmsora.datasets.store_format import UNRECORDED_TEXT_ENCODER_DTYPE
 from mmsora.utils.cli import UserError, note
 from mmsora.utils.labels import check_label_range
 
@@ -437,7 +438,7 @@ def _held_rows(index, rows) -> list:
 
 # How HFTextEncoder loads when model.text_encoder sets no dtype, and how
 # extract_features.py encoded the captions of a store that records none.
-TEXT_ENCODER_DTYPE = 'float32'
+TEXT_ENCODER_DTYPE = UNRECORDED_TEXT_ENCODER_DTYPE
 
 
 def note_caption_encoding(cfg, index, root) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ['FORMAT', 'VERSION', 'DTYPES', 'CONTENTS', 'HEADER_KEYS', 'FINGERPRINT_KEY',
-           'LATER_META_KEYS', 'TEXT_FILES', 'TORCH_DTYPES', 'shard_name', 'labels_name',
+           'LATER_META_KEYS', 'UNRECORDED_TEXT_ENCODER_DTYPE', 'TEXT_FILES', 'TORCH_DTYPES', 'shard_name', 'labels_name',
            'text_name', 'encode_dtype', 'decode_dtype', 'nonfinite_counts',
            'nonfinite_stored', 'nonfinite_items', 'stored_tensor']
 
@@ -49,6 +49,10 @@ FINGERPRINT_KEY = 'source_fingerprint'
 # meta lacks one resumes unchecked on it (it may have been written with any value).
 # (classes: image stores always recorded theirs, video stores only since a later one.)
 LATER_META_KEYS = ('hidden_layer', 'clips_per_video', 'video_reader', 'classes')
+# The text encoder's dtype of a store whose meta records none (extract_features.py
+# records text_encoder_dtype only where it is another: older stores were encoded in
+# float32, HFTextEncoder's default).
+UNRECORDED_TEXT_ENCODER_DTYPE = 'float32'
 
 
 # --------------------------------------------------------------------------- #

@@ -609,12 +609,13 @@ class LossGuardHook(Hook):
         Each process's loss is its own micro-batch's: with several processes one
         all-reduce of a flag (the count of processes whose loss is not finite) per
         micro-batch makes them agree. Without accumulation (k = 1), under ZeRO-3 or
-        without ZeRO, the micro-batch's ``backward`` (where ZeRO reduces the gradient) and ``step``
-        (which counts ``micro_steps`` and steps at each k-th) are skipped on every
-        process: the engine is left as if it had not been. Under ZeRO-3 with k > 1 a
-        step then ends one iteration later than the Runner's k-iteration grid (its
-        weights are partitioned outside the forward: no stand-in backward can reach
-        them), as without ZeRO (whose engine refuses a backward it did not start).
+        without ZeRO, the micro-batch's ``backward`` (where ZeRO reduces the gradient)
+        and ``step`` (which counts ``micro_steps`` and steps at each k-th) are skipped
+        on every process: the engine is left as if it had not been. Under ZeRO-3 with
+        k > 1 a step then ends one iteration later than the Runner's k-iteration grid
+        (its weights are partitioned outside the forward: no stand-in backward can
+        reach them), as without ZeRO (not tried there: its optimizers, torch's own in
+        fp32, are not ZeRO's).
         With k > 1 under ZeRO 1-2 the grid is kept: the micro-batch's backward
         runs on :func:`zero_loss` (a gradient of zeros for every weight, reduced as any
         micro-batch's) and its step runs, so DeepSpeed's step takes the window's other
