@@ -107,10 +107,11 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
     launcher tells their count (said once: run_cli). A machine without CUDA runs any
     number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
     to torchrun's processes). ``launcher``: the tool's ``--launcher``; srun's tasks are
-    counted for ``'slurm'`` alone (a torchrun-style start inside srun, ``--launcher
-    pytorch`` with each task's own LOCAL_RANK, was refused by its tasks' count), and
-    told apart as :func:`mmsora.utils.cli.is_first_on_machine` does where it is None
-    (extract_features.py, which takes srun's tasks without a flag)."""
+    counted for ``'slurm'``, and for a start inside srun without torchrun
+    (SLURM_LOCALID set, no LOCAL_WORLD_SIZE) whose LOCAL_RANK is unset or the task's
+    SLURM_LOCALID (where it is another, such as 0 for tasks of one GPU each, each
+    process takes that device: counted as torchrun's; they were refused by the node's
+    task count)."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         return
@@ -118,22 +119,23 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
     seen = f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''
     task = os.environ.get('SLURM_LOCALID', '')
     # srun's tasks, told apart from torchrun's processes (inside a slurm job too) as
-    # cli.is_first_on_machine does, where the tool has no --launcher
-    srun = (launcher == 'slurm' if launcher is not None else
-            'LOCAL_WORLD_SIZE' not in os.environ)
-    if srun and task.isdigit():
+    # cli.is_first_on_machine does, and from tasks that each set their own device
+    srun = task.isdigit() and (launcher == 'slurm' or (
+        'LOCAL_WORLD_SIZE' not in os.environ
+        and os.environ.get('LOCAL_RANK', task) == task))
+    if srun:
         tasks = slurm_tasks_on_node()
         tasks = tasks if tasks is not None and tasks > int(task) else None
         if (tasks or int(task) + 1) <= count:
             return
-        started = (f'{tasks} srun tasks' if tasks else f'srun task SLURM_LOCALID={task}')
+        started = (f'{tasks} srun tasks on a node, each seeing' if tasks else
+                   f'srun task SLURM_LOCALID={task}, which sees')
         gres = f'--gres=gpu:{tasks}' if tasks else '--gres=gpu:N for N tasks per node'
         # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives;
         # each task sets the device of its SLURM_LOCALID among those it sees, so a
         # task given one GPU of its own, --gpus-per-task 1, sees one: device 0 alone)
-        raise UserError(f'started as {started} on a node of {count} CUDA device(s){seen}: '
-                        f'each task takes the GPU of its SLURM_LOCALID among those it '
-                        f'sees; start {count} or fewer tasks per node (srun '
+        raise UserError(f'started as {started} {count} CUDA device(s){seen}: each task takes the GPU of its SLURM_LOCALID '
+                        f'among those it sees; start {count} or fewer tasks per node (srun '
                         f'--ntasks-per-node {count}), or let every task see all of the '
                         f"node's GPUs ({gres}, without --gpus-per-task or --gpu-bind)")
     local = os.environ.get('LOCAL_WORLD_SIZE', '')

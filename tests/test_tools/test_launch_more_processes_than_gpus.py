@@ -28,8 +28,9 @@ KEYS = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'CUDA_VISIBLE_DE
 TORCHRUN = ('started as 4 processes on a machine of 2 CUDA device(s): each process takes a '
             'GPU of its own; start 2 or fewer (torchrun --nproc_per_node 2), or run on the '
             'CPU with CUDA_VISIBLE_DEVICES= in front of the command (torch then sees no GPU)')
-SRUN = ('started as 8 srun tasks on a node of 4 CUDA device(s): each task takes the GPU '
-        'of its SLURM_LOCALID among those it sees; start 4 or fewer tasks per node (srun '
+SRUN = ('started as 8 srun tasks on a node, each seeing 4 CUDA device(s): each task '
+        'takes the GPU of its SLURM_LOCALID among those it sees; start 4 or fewer tasks '
+        'per node (srun '
         "--ntasks-per-node 4), or let every task see all of the node's GPUs (--gres=gpu:8, "
         'without --gpus-per-task or --gpu-bind)')
 

@@ -45,8 +45,9 @@ def test_more_tasks_on_a_node_than_gpus_are_refused_by_every_task(machine, task)
     machine(4, SLURM_LOCALID=task, SLURM_NODEID='1', SLURM_STEP_TASKS_PER_NODE='8(x2)',
             SLURM_PROCID=str(8 + int(task)))
     assert refusal() == (
-        'started as 8 srun tasks on a node of 4 CUDA device(s): each task takes the GPU '
-        'of its SLURM_LOCALID among those it sees; start 4 or fewer tasks per node (srun '
+        'started as 8 srun tasks on a node, each seeing 4 CUDA device(s): each task takes '
+        'the GPU of its SLURM_LOCALID among those it sees; start 4 or fewer tasks per node '
+        '(srun '
         "--ntasks-per-node 4), or let every task see all of the node's GPUs "
         '(--gres=gpu:8, without --gpus-per-task or --gpu-bind)')
 
@@ -54,7 +55,7 @@ def test_more_tasks_on_a_node_than_gpus_are_refused_by_every_task(machine, task)
 def test_without_the_steps_layout_the_tasks_past_the_gpus_are_refused(machine):
     machine(2, SLURM_LOCALID='2', CUDA_VISIBLE_DEVICES='0,1')
     assert refusal() == (
-        'started as srun task SLURM_LOCALID=2 on a node of 2 CUDA device(s) '
+        'started as srun task SLURM_LOCALID=2, which sees 2 CUDA device(s) '
         '(CUDA_VISIBLE_DEVICES=0,1): each task takes the GPU of its SLURM_LOCALID among '
         'those it sees; start 2 or fewer tasks per node (srun --ntasks-per-node 2), or '
         "let every task see all of the node's GPUs (--gres=gpu:N for N tasks per node, "
@@ -71,7 +72,8 @@ def test_this_nodes_count_is_read_from_an_uneven_layout(machine):
     machine(4, SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='garbled')
     assert slurm_tasks_on_node() is None
     machine(4, SLURM_LOCALID='0', SLURM_NODEID='1', SLURM_STEP_TASKS_PER_NODE='4,8,2(x2)')
-    assert refusal().startswith('started as 8 srun tasks on a node of 4 CUDA device(s)')
+    assert refusal().startswith(
+        'started as 8 srun tasks on a node, each seeing 4 CUDA device(s)')
     machine(4, SLURM_LOCALID='3', SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='4,8,2(x2)')
     check_gpu_per_process('--device cpu')
 
@@ -108,7 +110,7 @@ def test_extract_features_under_srun_alone_is_refused_by_every_task(machine, mon
             monkeypatch.setenv(key, value)
         extract.adopt_slurm_tasks()
         assert os.environ['LOCAL_RANK'] == task
-        with pytest.raises(UserError, match=r'^started as 8 srun tasks on a node of 4 CUDA'):
+        with pytest.raises(UserError, match=r'^started as 8 srun tasks on a node, each seeing 4 CUDA'):
             extract.check_gpus_for_ranks('cuda')
         extract.check_gpus_for_ranks('cpu')  # (encoding on the CPU: any number)
 
@@ -121,6 +123,29 @@ def test_a_torchrun_style_start_in_srun_tasks_of_one_gpu_each_goes_on(machine):
     machine(1, SLURM_LOCALID='3', SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='4',
             LOCAL_RANK='0', RANK='3', WORLD_SIZE='4', CUDA_VISIBLE_DEVICES='2')
     check_gpu_per_process('--device cpu', 'pytorch')
-    with pytest.raises(UserError, match='started as 4 srun tasks on a node of 1 CUDA '
-                       r'device\(s\) \(CUDA_VISIBLE_DEVICES=2\)'):
+    with pytest.raises(UserError, match='started as 4 srun tasks on a node, each seeing '
+                       r'1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=2\)'):
         check_gpu_per_process('--device cpu', 'slurm')
+
+
+@pytest.mark.parametrize('task', ['0', '5'])
+def test_a_torchrun_style_start_in_srun_with_local_rank_of_the_task_counts_the_tasks(
+        machine, task):
+    """srun --ntasks-per-node 8 on 4-GPU nodes, each task starting the tool with
+    --launcher pytorch and LOCAL_RANK=$SLURM_LOCALID: every task of the node refuses
+    (tasks 0-3 were let through and waited for 4-7 at the rendezvous until it timed
+    out); extract_features.py (no --launcher) alike."""
+    machine(4, SLURM_LOCALID=task, SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='8',
+            LOCAL_RANK=task, RANK=task, WORLD_SIZE='8')
+    for launcher in ('pytorch', None):
+        with pytest.raises(UserError, match='^started as 8 srun tasks on a node'):
+            check_gpu_per_process('--device cpu', launcher)
+
+
+def test_srun_tasks_of_one_gpu_each_with_local_rank_0_go_on_without_a_launcher(machine):
+    """extract_features.py (no --launcher) in srun tasks of one GPU each, LOCAL_RANK=0
+    and WORLD_SIZE set by hand: each encodes on cuda:0, its own (it was refused as 4
+    tasks on a node of 1 GPU)."""
+    machine(1, SLURM_LOCALID='3', SLURM_NODEID='0', SLURM_STEP_TASKS_PER_NODE='4',
+            LOCAL_RANK='0', RANK='3', WORLD_SIZE='4', CUDA_VISIBLE_DEVICES='2')
+    check_gpu_per_process('--device cpu')
