@@ -191,6 +191,10 @@ def text_encoding(store):
     meta = store.index.get('meta') or {}
     found = {key: meta[key] for key in TEXT_ENCODING_OPTIONS if key in meta}
     found.setdefault('text_encoder_dtype', UNRECORDED_TEXT_ENCODER_DTYPE)
+    if 'hidden_layer' in found:  # (T5's -1 is its last hidden state: None)
+        from mmsora.models.text_encoders.hf_text_encoder import same_hidden_state
+        found['hidden_layer'] = same_hidden_state(meta.get('text_encoder_kind', 't5'),
+                                                  found['hidden_layer'])
     return found
 
 

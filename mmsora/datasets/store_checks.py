@@ -167,8 +167,12 @@ def check_store_vae(cfg, index, root) -> None:
                         f'{", " + path if isinstance(path, str) else ""}): its samples would '
                         f'decode to other frames and sizes; set --cfg-options '
                         f'{" ".join(keys)}{drop}{again}')
-    if kind == ours and folder and isinstance(path, str) and path and \
-            osp.realpath(folder) != osp.realpath(path):
+    # (where the store's folder is here: a store copied from another machine records
+    # a folder of that one; both as the wrapper loads them, a pipeline's vae/ included)
+    from mmsora.models.vaes.autoencoder_kl import vae_folder
+    if kind == ours and folder and isinstance(path, str) and path and osp.isdir(folder) \
+            and osp.realpath(vae_folder(folder)) != \
+            osp.realpath(vae_folder(path, vae.get('subfolder'))):
         note(f'{root}: the latents were encoded by the VAE at {folder} but '
              f'model.vae.pretrained_path is {path}: if that is not the same VAE (moved or '
              f'copied), samples decode wrongly; set model.vae.pretrained_path={folder}')
@@ -467,8 +471,11 @@ def note_caption_encoding(cfg, index, root) -> None:
          None, '--max-length {}', 'to {} tokens', 'cut to {} tokens')]
     # (None, for either, is the last hidden state: compared as a value)
     layer, ours = meta.get('hidden_layer', _UNRECORDED), encoder.get('hidden_layer')
-    if recorded and layer is not _UNRECORDED and layer != ours and \
-            all(n is None or type(n) is int for n in (layer, ours)):
+    from mmsora.models.text_encoders.hf_text_encoder import same_hidden_state
+    if recorded and layer is not _UNRECORDED and \
+            all(n is None or type(n) is int for n in (layer, ours)) and \
+            same_hidden_state(meta.get('text_encoder_kind', 't5'), layer) != \
+            same_hidden_state(encoder.get('kind', 't5'), ours):
         settings.append((
             'hidden_layer', layer, ours, None if ours is not None else f'unset '
             f'({_hidden_state(None)})', '--hidden-layer {}' if layer is not None else

@@ -217,3 +217,24 @@ def test_captions_of_another_hidden_layer_than_the_samplers_are_noted(repo_root,
     for meta, layer in [(ENCODED, None), (dict(ENCODED, hidden_layer=-2), -2), (older, -2),
                         (older, None), (dict(hidden_layer=-2), None)]:
         assert 'captions were encoded' not in check(meta, layer), (meta, layer)
+    # T5's hidden_states[-1] is its last hidden state after the final norm (None); a
+    # CLIP text tower's is before it
+    for meta, layer in [(dict(ENCODED, hidden_layer=-1), None), (ENCODED, -1)]:
+        assert 'captions were encoded' not in check(meta, layer), (meta, layer)
+    cfg.model.text_encoder.kind = 'clip'
+    assert 'hidden_layer=-1 to sample' in check(
+        dict(ENCODED, text_encoder_kind='clip', hidden_layer=-1), None)
+
+
+def test_t5_stores_of_hidden_layer_minus_1_and_none_are_read_as_one(tmp_path):
+    """T5's hidden state -1 and its last hidden state (no --hidden-layer) are one
+    tensor: two such stores are not refused as encoded otherwise; CLIP's are."""
+    from mmsora.datasets.packed_latent_dataset import text_encoding
+
+    class Store:
+        def __init__(self, **meta):
+            self.index = dict(meta=dict(ENCODED, **meta))
+
+    assert text_encoding(Store(hidden_layer=-1)) == text_encoding(Store(hidden_layer=None))
+    assert text_encoding(Store(text_encoder_kind='clip', hidden_layer=-1)) != \
+        text_encoding(Store(text_encoder_kind='clip', hidden_layer=None))

@@ -75,3 +75,20 @@ def test_a_store_is_resumed_from_another_directory(image_folder, tiny_vae_dir, t
     interrupted(lambda: run_extract(image_folder, old, name))
     set_recorded_vae(old, name)
     assert run_extract(image_folder, old, name)['complete']
+
+
+def test_no_note_of_another_vae_for_a_store_from_another_machine_or_its_pipeline(
+        tiny_vae_dir, tmp_path, capsys):
+    """A store copied from another machine records a folder of that one (not here: no
+    note naming it as the folder to set); a pipeline folder recorded and its vae/
+    subfolder in the config (or the other way) are one VAE."""
+    index = dict(vae=str(tmp_path / 'elsewhere' / 'sd-vae'), latent_shape=[4, 8, 8])
+    check_store_vae(vae_config(tiny_vae_dir), index, 'STORE')
+    assert 'the latents were encoded by' not in capsys.readouterr().err
+    pipe = tmp_path / 'pipe'
+    pipe.mkdir()
+    shutil.copytree(tiny_vae_dir, pipe / 'vae')
+    for recorded, given in [(str(pipe), str(pipe / 'vae')), (str(pipe / 'vae'), str(pipe))]:
+        check_store_vae(vae_config(given), dict(vae=recorded, latent_shape=[4, 8, 8]),
+                        'STORE')
+        assert 'the latents were encoded by' not in capsys.readouterr().err, recorded

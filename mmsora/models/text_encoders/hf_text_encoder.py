@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from mmsora.registry import MODELS
 
-__all__ = ['HFTextEncoder']
+__all__ = ['HFTextEncoder', 'same_hidden_state']
 
 # kind -> (transformers model class, default max_length)
 KINDS = {
@@ -23,6 +23,20 @@ KINDS = {
     'clip': ('CLIPTextModel', 77),
     'clip_with_projection': ('CLIPTextModelWithProjection', 77),
 }
+# kinds whose last hidden state (hidden_states[-1]) is last_hidden_state itself: T5's
+# stack appends its output after the final norm; CLIP's text tower appends the last
+# layer's before it
+FINAL_NORM_IN_HIDDEN_STATES = ('t5',)
+
+
+def same_hidden_state(kind: str, hidden_layer):
+    """``hidden_layer`` as one value for one hidden state: None (the last, after the
+    final norm) for -1 of a kind whose hidden_states[-1] is that one (T5's); others as
+    they are (a positive index is not resolved: the layer count is the folder's)."""
+    return None if hidden_layer == -1 and kind in FINAL_NORM_IN_HIDDEN_STATES \
+        else hidden_layer
+
+
 # kind -> the config.json model_type values it reads (a whole CLIP model's folder,
 # 'clip', holds the text tower too; mT5 is T5's architecture)
 MODEL_TYPES = {
