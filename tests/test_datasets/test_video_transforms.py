@@ -280,7 +280,12 @@ def test_video_dataset_corrupt_items(manifest):
 @needs_videos
 def test_video_dataset_in_a_data_loader(manifest):
     ds = VideoDataset(manifest, pipeline=PIPELINE, seed=0, skip_corrupt=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
+    # A worker started by spawn, not fork: in CI (Dec 7 2026) a worker forked from the
+    # pytest process, which by then held the threads of hundreds of tests, hung once
+    # until pytest-timeout's 15 minutes (the main process waited on its queue); spawn
+    # also checks that the dataset pickles. timeout: a hang fails in two minutes.
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1,
+                                         multiprocessing_context='spawn', timeout=120)
     batch = next(iter(loader))
     assert batch['images'].shape == (2, 3, 8, 64, 64)
     assert batch['labels'].tolist() == [1, -1]
