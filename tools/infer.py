@@ -475,9 +475,9 @@ def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
     check_launcher(args, mass)  # before minutes of loading weights
-    if args.launcher != 'none':  # (each process past the GPUs stopped in set_device)
-        from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    # (each process past the machine's GPUs stopped in mmengine's set_device)
+    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
+    check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     if mass:
         check_samples_not_finished(args.out)
     if args.launcher != 'none':

@@ -240,9 +240,9 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     check_torchrun_launcher(args.launcher)  # before minutes of loading weights
-    if args.launcher != 'none':  # (each process past the GPUs stopped in set_device)
-        from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    # (each process past the machine's GPUs stopped in mmengine's set_device)
+    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
+    check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
         from mmsora.apis.inference import read_prompt_file

@@ -364,11 +364,9 @@ def main(argv=None):
     # (a mistake here is said by the first process of each machine: run_cli)
     # each of torchrun's processes trained the whole run alone, into the same work dir
     check_torchrun_launcher(args.launcher)
-    if args.launcher != 'none':
-        # more processes on a machine than its GPUs: each one past them stopped on
-        # CUDA's 'invalid device ordinal' traceback in mmengine's set_device
-        from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    # (each process past the machine's GPUs stopped in mmengine's set_device)
+    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
+    check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     with start_up_reads():  # (each checkpoint read once by the checks below)
         cfg = build_train_config(args)
         check_stores_exist(cfg)

@@ -83,13 +83,12 @@ def _ema_hook(config: dict):
     return None
 
 
-def ema_updates(checkpoint: dict, source: str = '') -> Optional[int]:
+def ema_updates(checkpoint: dict) -> Optional[int]:
     """The updates the run's EMA made (its ``steps``, which a resume carries on) as a
     loaded mmengine ``checkpoint`` records them in ``ema_state_dict`` (a DeepSpeed
     folder's, read for its EMA alone too:
     :func:`~mmsora.utils.zero_checkpoint.read_zero_checkpoint`). None where it does
-    not record them. ``source``, the file or folder read, is not needed (a DeepSpeed
-    folder's client state was read again for it)."""
+    not record them."""
     steps = (checkpoint.get('ema_state_dict') or {}).get('steps')
     return None if steps is None else int(steps)
 
@@ -108,7 +107,7 @@ def young_ema_warning(checkpoint, source: str = '',
     if not isinstance(checkpoint, dict) or 'meta' not in checkpoint:
         return None
     settings = ema_settings(checkpoint)
-    updates = None if settings is None else ema_updates(checkpoint, source)
+    updates = None if settings is None else ema_updates(checkpoint)
     if updates is None:
         return None
     share = initial_share(updates, **settings)

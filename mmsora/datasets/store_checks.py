@@ -440,11 +440,6 @@ def _held_rows(index, rows) -> list:
     return held
 
 
-# How HFTextEncoder loads when model.text_encoder sets no dtype, and how
-# extract_features.py encoded the captions of a store that records none.
-TEXT_ENCODER_DTYPE = UNRECORDED_TEXT_ENCODER_DTYPE
-
-
 def note_caption_encoding(cfg, index, root) -> None:
     """Say when the store's captions were encoded otherwise than the config's text
     encoder encodes prompts at sampling: to another token length (extract_features.py
@@ -462,39 +457,40 @@ def note_caption_encoding(cfg, index, root) -> None:
         return
     meta = index.get('meta') or {}
     recorded = bool(meta.get('text_encoder'))
-    dtype = meta.get('text_encoder_dtype', TEXT_ENCODER_DTYPE) if recorded else None
+    # (None, for either, is the last hidden state, as HFTextEncoder's float32 is an
+    # unset dtype: both compared as values)
+    length, our_length = (index.get('text_shape') or [None])[0], encoder.get('max_length')
+    layer, our_layer = meta.get('hidden_layer', _UNRECORDED), encoder.get('hidden_layer')
+    dtype = meta.get('text_encoder_dtype', UNRECORDED_TEXT_ENCODER_DTYPE)
     given = _dtype_name(encoder.get('dtype'))
-    # (key, the store's, the config's, the config's in words, the extraction option,
-    # how the store holds its captions, how prompts are encoded at sampling)
-    settings = [
-        ('max_length', (index.get('text_shape') or [None])[0], encoder.get('max_length'),
-         None, '--max-length {}', 'to {} tokens', 'cut to {} tokens')]
-    # (None, for either, is the last hidden state: compared as a value)
-    layer, ours = meta.get('hidden_layer', _UNRECORDED), encoder.get('hidden_layer')
+    our_dtype = given or UNRECORDED_TEXT_ENCODER_DTYPE
     from mmsora.models.text_encoders.hf_text_encoder import same_hidden_state
-    if recorded and layer is not _UNRECORDED and \
-            all(n is None or type(n) is int for n in (layer, ours)) and \
-            same_hidden_state(meta.get('text_encoder_kind', 't5'), layer) != \
-            same_hidden_state(encoder.get('kind', 't5'), ours):
-        settings.append((
-            'hidden_layer', layer, ours, None if ours is not None else f'unset '
-            f'({_hidden_state(None)})', '--hidden-layer {}' if layer is not None else
-            'without --hidden-layer', f'from {_hidden_state(layer)}',
-            f'taken from {_hidden_state(ours)}'))
-    settings.append(
-        ('dtype', dtype, given or TEXT_ENCODER_DTYPE,
-         None if given else f'unset ({TEXT_ENCODER_DTYPE})', '--text-encoder-dtype {}',
+    # (key, whether the store's and the config's differ, the store's, the config's,
+    # the config's in words, the extraction option, how the store holds its captions,
+    # how prompts are encoded at sampling)
+    settings = (
+        ('max_length', isinstance(length, int) and isinstance(our_length, int)
+         and length != our_length, length, our_length, our_length, '--max-length {}',
+         'to {} tokens', 'cut to {} tokens'),
+        ('hidden_layer', recorded and layer is not _UNRECORDED
+         and all(n is None or type(n) is int for n in (layer, our_layer))
+         and same_hidden_state(meta.get('text_encoder_kind', 't5'), layer)
+         != same_hidden_state(encoder.get('kind', 't5'), our_layer),
+         layer, our_layer, our_layer if our_layer is not None else
+         f'unset ({_hidden_state(None)})',
+         '--hidden-layer {}' if layer is not None else 'without --hidden-layer',
+         f'from {_hidden_state(layer)}', f'taken from {_hidden_state(our_layer)}'),
+        ('dtype', recorded and isinstance(dtype, str) and isinstance(our_dtype, str)
+         and dtype != our_dtype, dtype, our_dtype,
+         given or f'unset ({UNRECORDED_TEXT_ENCODER_DTYPE})', '--text-encoder-dtype {}',
          'in {}', 'encoded in {}'))
-    for key, stored, ours, said, option, held, sampled in settings:
-        if key != 'hidden_layer' and (stored is None or ours is None
-                                      or type(stored) is not type(ours) or stored == ours):
-            continue
-        note(f'{root}: the captions were encoded {held.format(stored)} '
-             f'(extract_features.py {option.format(stored)}) but model.text_encoder.{key} '
-             f'is {said or ours}: prompts are {sampled.format(ours)} at sampling; set '
-             f'model.text_encoder.{key}='
-             f'{stored} to sample as the model was trained')
-
+    for key, differ, stored, ours, said, option, held, sampled in settings:
+        if differ:
+            note(f'{root}: the captions were encoded {held.format(stored)} '
+                 f'(extract_features.py {option.format(stored)}) but '
+                 f'model.text_encoder.{key} is {said}: prompts are '
+                 f'{sampled.format(ours)} at sampling; set model.text_encoder.{key}='
+                 f'{stored} to sample as the model was trained')
 
 _UNRECORDED = object()
 

@@ -106,12 +106,15 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
     others waited for it to join. Every process of the machine refuses alike where the
     launcher tells their count (said once: run_cli). A machine without CUDA runs any
     number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
-    to torchrun's processes). ``launcher``: the tool's ``--launcher``; srun's tasks are
+    to torchrun's processes). ``launcher``: the tool's ``--launcher`` (``'none'``: one
+    process, nothing to check; None: a tool without that flag); srun's tasks are
     counted for ``'slurm'``, and for a start inside srun without torchrun
     (SLURM_LOCALID set, no LOCAL_WORLD_SIZE) whose LOCAL_RANK is unset or the task's
     SLURM_LOCALID (where it is another, such as 0 for tasks of one GPU each, each
     process takes that device: counted as torchrun's; they were refused by the node's
     task count)."""
+    if launcher == 'none':
+        return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         return
@@ -134,8 +137,9 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
         # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives;
         # each task sets the device of its SLURM_LOCALID among those it sees, so a
         # task given one GPU of its own, --gpus-per-task 1, sees one: device 0 alone)
-        raise UserError(f'started as {started} {count} CUDA device(s){seen}: each task takes the GPU of its SLURM_LOCALID '
-                        f'among those it sees; start {count} or fewer tasks per node (srun '
+        raise UserError(f'started as {started} {count} CUDA device(s){seen}: each task '
+                        f'takes the GPU of its SLURM_LOCALID among those it sees; start '
+                        f'{count} or fewer tasks per node (srun '
                         f'--ntasks-per-node {count}), or let every task see all of the '
                         f"node's GPUs ({gres}, without --gpus-per-task or --gpu-bind)")
     local = os.environ.get('LOCAL_WORLD_SIZE', '')
