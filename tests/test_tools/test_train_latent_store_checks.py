@@ -1,6 +1,7 @@
 """tools/train.py's checks of a latent store against the config (walk-through x: a
 Latte / Open-Sora user training a video DiT on tools/extract_features.py's store)."""
 import os.path as osp
+import shutil
 
 import numpy as np
 import pytest
@@ -81,8 +82,13 @@ def test_a_store_of_another_kind_of_vae_is_refused(repo_root, tmp_path, vae_dirs
     moved = make_store(tmp_path / 'moved', str(tmp_path / 'gone'), (4, 3, 4, 4), 5, 1.0)
     with pytest.raises(UserError, match=r'encoded by a VAE at .*gone \(a video VAE'):
         train_config(repo_root, tmp_path, moved, 4, shape4)
-    # the same kind from another folder: a note, not a refusal
+    # the same kind, its folder not here (a store from another machine): no note naming
+    # a folder to set that is not on this machine
     capsys.readouterr()
+    train_config(repo_root, tmp_path, moved, 4, shape4, *fix.split())
+    assert 'encoded by' not in capsys.readouterr().err
+    # the same kind from another folder that is here: a note, not a refusal
+    shutil.copytree(wan, tmp_path / 'gone')
     train_config(repo_root, tmp_path, moved, 4, shape4, *fix.split())
     assert (f'{moved}: the latents were encoded by the VAE at {tmp_path / "gone"} but '
             f'model.vae.pretrained_path is {wan}: if that is not the same VAE (moved or '
