@@ -32,9 +32,11 @@ class PackedLatentDataset(WorkerRNGMixin, Dataset):
     Several stores (``store=['ucf101', 'mine']``) read as one dataset, in order, when
     their latents fit one model: the same latent shape, scale and shift, all with
     caption embeddings of one shape or none, encoded by a text encoder of one kind,
-    hidden layer and dtype (where they record it), and the same class name for each label
-    two of them name (image stores record their class folders, video stores their
-    manifest's class_name column; a refusal names the first setting that differs). A
+    hidden layer and dtype (where they record it; a layer's positive index and its
+    negative one are one where both stores' text encoder folders are here), and the same
+    class name for each label two of them name (image stores record their class
+    folders, video stores their manifest's class_name column; a refusal names the first
+    setting that differs). A
     store of moments and one of samples, or with and without flip copies, go together
     (each item is read as its store holds it); caption embeddings of stores of two dtypes come in
     the wider one (float16 with bfloat16: float32), so a batch is one dtype. Each
@@ -151,14 +153,16 @@ def check_stores_fit(stores):
     # How the captions were encoded, between stores that both record their text encoder
     # (extract_features.py's): embeddings of another kind, layer or precision of the
     # encoder trained as one dataset without a word. Not the folder: one model may be
-    # kept in two places (and a folder recorded relative cannot be compared).
+    # kept in two places (and a folder recorded relative cannot be compared); it counts
+    # the layers where a positive index meets a negative one (same_layer).
     encoded = [one for one in stores if (one.index.get('meta') or {}).get('text_encoder')]
     for i, other in enumerate(encoded):
         theirs = text_encoding(other)
         for one in encoded[:i]:
             ours = text_encoding(one)
             for key, option in TEXT_ENCODING_OPTIONS.items():
-                if key in ours and key in theirs and ours[key] != theirs[key]:
+                if key in ours and key in theirs and ours[key] != theirs[key] and \
+                        not (key == 'hidden_layer' and same_layer(one, other)):
                     refuse(one, other, f'{key} {ours[key]!r} against {theirs[key]!r} '
                                        "(their captions' text encoder): extract one of "
                                        f"them again with the other's {option}")
@@ -196,6 +200,20 @@ def text_encoding(store):
         found['hidden_layer'] = same_hidden_state(meta.get('text_encoder_kind', 't5'),
                                                   found['hidden_layer'])
     return found
+
+
+def same_layer(one, other) -> bool:
+    """Whether two stores' recorded hidden layers are one hidden state of their text
+    encoders, counted with each one's layers where both recorded folders are here (a
+    layer's positive index and its negative one: CLIP-L's 11 and -2); else as
+    :func:`text_encoding` gives them."""
+    from mmsora.models.text_encoders.hf_text_encoder import same_hidden_layers
+
+    def setting(store):
+        meta = store.index.get('meta') or {}
+        return (meta.get('text_encoder_kind', 't5'), meta.get('hidden_layer'),
+                meta.get('text_encoder'))
+    return same_hidden_layers(setting(one), setting(other))
 
 
 def classes_of(store):

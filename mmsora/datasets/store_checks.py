@@ -451,7 +451,9 @@ def note_caption_encoding(cfg, index, root) -> None:
     prompts encoded the other, without a word. The hidden layer and the dtype are
     compared for a store that records its text encoder (extract_features.py's), which
     encoded in float32 where it records no dtype; one that records no hidden layer (an
-    older mmsora's) is not compared for it."""
+    older mmsora's) is not compared for it. A layer's positive index and its negative
+    one (CLIP-L's 11 and -2) are one hidden state where the store's text encoder
+    folder and the config's are both here (their layer counts)."""
     encoder = cfg.model.get('text_encoder') or {}
     if not hasattr(encoder, 'get'):
         return
@@ -464,7 +466,7 @@ def note_caption_encoding(cfg, index, root) -> None:
     dtype = meta.get('text_encoder_dtype', UNRECORDED_TEXT_ENCODER_DTYPE)
     given = _dtype_name(encoder.get('dtype'))
     our_dtype = given or UNRECORDED_TEXT_ENCODER_DTYPE
-    from mmsora.models.text_encoders.hf_text_encoder import same_hidden_state
+    from mmsora.models.text_encoders.hf_text_encoder import same_hidden_layers
     # (key, whether the store's and the config's differ, the store's, the config's,
     # the config's in words, the extraction option, how the store holds its captions,
     # how prompts are encoded at sampling)
@@ -472,10 +474,13 @@ def note_caption_encoding(cfg, index, root) -> None:
         ('max_length', isinstance(length, int) and isinstance(our_length, int)
          and length != our_length, length, our_length, our_length, '--max-length {}',
          'to {} tokens', 'cut to {} tokens'),
+        # (one layer's positive and negative indices are one where both encoders'
+        # folders are here: their layer counts)
         ('hidden_layer', recorded and layer is not _UNRECORDED
          and all(n is None or type(n) is int for n in (layer, our_layer))
-         and same_hidden_state(meta.get('text_encoder_kind', 't5'), layer)
-         != same_hidden_state(encoder.get('kind', 't5'), our_layer),
+         and not same_hidden_layers(
+             (meta.get('text_encoder_kind', 't5'), layer, meta.get('text_encoder')),
+             (encoder.get('kind', 't5'), our_layer, encoder.get('pretrained_path'))),
          layer, our_layer, our_layer if our_layer is not None else
          f'unset ({_hidden_state(None)})',
          '--hidden-layer {}' if layer is not None else 'without --hidden-layer',

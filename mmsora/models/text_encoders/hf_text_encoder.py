@@ -7,6 +7,7 @@ encoder is loaded lazily and kept out of the trained model's state dict, optimiz
 EMA, like the VAE wrapper. ``tools/extract_features.py`` runs it once, before
 training; ``tools/infer.py`` runs it on the prompts.
 """
+import os
 import os.path as osp
 from typing import Optional, Sequence, Tuple
 
@@ -15,7 +16,8 @@ import torch.nn as nn
 
 from mmsora.registry import MODELS
 
-__all__ = ['HFTextEncoder', 'same_hidden_state']
+__all__ = ['HFTextEncoder', 'same_hidden_state', 'same_hidden_layers', 'hidden_layer_count',
+           'text_encoder_folders']
 
 # kind -> (transformers model class, default max_length)
 KINDS = {
@@ -29,10 +31,17 @@ KINDS = {
 FINAL_NORM_IN_HIDDEN_STATES = ('t5',)
 
 
-def same_hidden_state(kind: str, hidden_layer):
-    """``hidden_layer`` as one value for one hidden state: None (the last, after the
-    final norm) for -1 of a kind whose hidden_states[-1] is that one (T5's); others as
-    they are (a positive index is not resolved: the layer count is the folder's)."""
+def same_hidden_state(kind: str, hidden_layer, num_layers: Optional[int] = None):
+    """``hidden_layer`` as one value for one hidden state. With the encoder's
+    ``num_layers`` (:func:`hidden_layer_count`), an index of its ``hidden_states``
+    (``num_layers + 1`` of them: the embeddings, then each layer's output) is counted
+    from the end: CLIP-L's penultimate layer, 11 or -2, is -2. Then None (the last,
+    after the final norm) for -1 of a kind whose hidden_states[-1] is that one (T5's).
+    An index out of range, or a positive one without ``num_layers``, is as it is (the
+    encoder says what is wrong with the former)."""
+    if type(hidden_layer) is int and type(num_layers) is int and \
+            0 <= hidden_layer <= num_layers:
+        hidden_layer -= num_layers + 1
     return None if hidden_layer == -1 and kind in FINAL_NORM_IN_HIDDEN_STATES \
         else hidden_layer
 
@@ -44,6 +53,71 @@ MODEL_TYPES = {
     'clip': ('clip_text_model', 'clip'),
     'clip_with_projection': ('clip_text_model', 'clip'),
 }
+
+
+def same_hidden_layers(first, second) -> bool:
+    """Whether two ``(kind, hidden_layer, folder)`` settings of a text encoder take one
+    hidden state: as :func:`same_hidden_state` gives them, and where those differ, with
+    each folder's layer count where both folders are here (a positive index and the
+    same layer's negative one are one: 11 and -2 of CLIP-L). A folder that is not here
+    (a store's from another machine) leaves them compared as given."""
+    if same_hidden_state(first[0], first[1]) == same_hidden_state(second[0], second[1]):
+        return True
+    counts = [hidden_layer_count(folder, kind) for kind, _, folder in (first, second)]
+    if None in counts:
+        return False
+    return same_hidden_state(first[0], first[1], counts[0]) == \
+        same_hidden_state(second[0], second[1], counts[1])
+
+
+def hidden_layer_count(pretrained_path, kind: str) -> Optional[int]:
+    """The layers of the ``kind`` encoder in ``pretrained_path`` as :class:`HFTextEncoder`
+    loads it (its config's ``num_hidden_layers``: T5's ``num_layers``, a CLIP text
+    tower's, a whole CLIP folder's ``text_config`` one), or None where that is not known
+    here: no such folder, one of another kind's model (the encoder refuses it), no
+    transformers. Only the config is read."""
+    if kind not in KINDS or not isinstance(pretrained_path, (str, os.PathLike)) or \
+            not osp.isdir(pretrained_path):
+        return None
+    import json
+    try:
+        model_dir, _ = text_encoder_folders(os.fspath(pretrained_path))
+        with open(osp.join(model_dir, 'config.json')) as f:
+            model_type = json.load(f).get('model_type')
+    except (OSError, ValueError, AttributeError):
+        return None
+    if model_type not in MODEL_TYPES[kind]:
+        return None
+    try:
+        import transformers
+        config_class = getattr(transformers, KINDS[kind][0]).config_class
+        # (what from_pretrained reads, without its warning of an mt5 folder read as t5)
+        found, _ = config_class.get_config_dict(model_dir, local_files_only=True)
+        if config_class.base_config_key in found:  # (a whole CLIP's text_config)
+            found = found[config_class.base_config_key]
+        count = config_class.from_dict(found).num_hidden_layers
+    except (ImportError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return count if type(count) is int and count >= 0 else None
+
+
+def text_encoder_folders(path):
+    """(model folder, tokenizer folder) of a text encoder folder: the folder itself, or
+    a pipeline's ``text_encoder/`` and ``tokenizer/`` (a Hugging Face cache folder: in
+    its snapshot)."""
+    if not osp.isdir(path):
+        raise FileNotFoundError(f'text encoder folder {path!r} does not exist (give a '
+                                f'local transformers folder; nothing is downloaded)')
+    from mmsora.utils.checkpoint import hub_snapshot
+    path = hub_snapshot(path)
+    if osp.isfile(osp.join(path, 'config.json')):
+        return path, path
+    model_dir = osp.join(path, 'text_encoder')
+    if osp.isfile(osp.join(model_dir, 'config.json')):
+        tok = osp.join(path, 'tokenizer')
+        return model_dir, tok if osp.isdir(tok) else model_dir
+    raise FileNotFoundError(f'text encoder folder {path!r} has neither config.json nor '
+                            f'text_encoder/config.json')
 
 
 @MODELS.register_module()
@@ -63,7 +137,10 @@ class HFTextEncoder(nn.Module):
             Open-Sora 1.0), 77 for CLIP.
         hidden_layer (int, optional): Take ``hidden_states[hidden_layer]`` instead of
             the last (final-norm) hidden state; StableCascade uses -1 (before CLIP's
-            final layer norm), SD 2 / SDXL use -2.
+            final layer norm), SD 2 / SDXL use -2. ``hidden_states`` holds the
+            embeddings and then each layer's output, so a layer's positive index and
+            its negative one are the same state (CLIP-L's 11 and -2; T5's last, its
+            ``num_layers`` and -1, is the final-norm one, as None).
         dtype (str, optional): Load the encoder in 'float16' / 'bfloat16' (T5-XXL
             is 9.5 GB in bf16); default float32.
         micro_batch_size (int, optional): Most captions through the encoder at once.
@@ -88,22 +165,9 @@ class HFTextEncoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     def _folders(self):
-        """(model folder, tokenizer folder) inside ``pretrained_path`` (a Hugging Face
-        cache folder: in its snapshot)."""
-        path = self.pretrained_path
-        if not osp.isdir(path):
-            raise FileNotFoundError(f'text encoder folder {path!r} does not exist (give a '
-                                    f'local transformers folder; nothing is downloaded)')
-        from mmsora.utils.checkpoint import hub_snapshot
-        path = hub_snapshot(path)
-        if osp.isfile(osp.join(path, 'config.json')):
-            return path, path
-        model_dir = osp.join(path, 'text_encoder')
-        if osp.isfile(osp.join(model_dir, 'config.json')):
-            tok = osp.join(path, 'tokenizer')
-            return model_dir, tok if osp.isdir(tok) else model_dir
-        raise FileNotFoundError(f'text encoder folder {path!r} has neither config.json nor '
-                                f'text_encoder/config.json')
+        """(model folder, tokenizer folder) inside ``pretrained_path``
+        (:func:`text_encoder_folders`)."""
+        return text_encoder_folders(self.pretrained_path)
 
     def _load(self):
         try:
