@@ -162,3 +162,39 @@ def test_stores_of_another_layer_are_still_refused(tmp_path, clip_path, t5_dir, 
         write(str(tmp_path / name), [0, 1], text=(3, 8), meta=meta)
     with pytest.raises(ValueError, match=rf'cannot be read as one dataset: {named} '):
         PackedLatentDataset(str(tmp_path), store=['a', 'b'])
+
+
+def with_layers(folder, dest, count):
+    """A copy of an encoder folder whose config.json says ``count`` layers."""
+    import json
+    shutil.copytree(folder, dest)
+    with open(osp.join(dest, 'config.json')) as f:
+        config = json.load(f)
+    config['num_hidden_layers'] = count
+    with open(osp.join(dest, 'config.json'), 'w') as f:
+        json.dump(config, f)
+    return str(dest)
+
+
+def test_a_layer_as_far_from_the_end_of_another_model_is_another_state(tmp_path, clip_path):
+    """Folders of two models of different depths: layer 1 of the 2-layer one and -2 of
+    a 3-layer one are other hidden states (counted each with its own folder they had
+    been one: the stores read together, no note)."""
+    deeper = with_layers(clip_path, tmp_path / 'deeper', 3)
+    write(str(tmp_path / 'a'), [0, 1], text=(3, 8), meta=encoded(clip_path, CLIP, 1))
+    write(str(tmp_path / 'b'), [0, 1], text=(3, 8), meta=encoded(deeper, CLIP, -2))
+    with pytest.raises(ValueError, match=r'hidden_layer 1 against -2 '):
+        PackedLatentDataset(str(tmp_path), store=['a', 'b'])
+
+
+def test_an_unreadable_layer_count_compares_as_given(tmp_path, clip_path):
+    """A recorded folder whose config does not hold a layer count transformers takes
+    (num_hidden_layers null: transformers 5 raised its own validation error through the
+    check), or a kind that is not a name: the stores are refused as before, not crashed."""
+    odd = with_layers(clip_path, tmp_path / 'odd', None)
+    assert hidden_layer_count(odd, CLIP) is None
+    assert hidden_layer_count(clip_path, ['clip']) is None
+    write(str(tmp_path / 'a'), [0, 1], text=(3, 8), meta=encoded(odd, CLIP, 1))
+    write(str(tmp_path / 'b'), [0, 1], text=(3, 8), meta=encoded(clip_path, CLIP, -2))
+    with pytest.raises(ValueError, match=r'hidden_layer 1 against -2 '):
+        PackedLatentDataset(str(tmp_path), store=['a', 'b'])

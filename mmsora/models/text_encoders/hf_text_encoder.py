@@ -60,11 +60,12 @@ def same_hidden_layers(first, second) -> bool:
     hidden state: as :func:`same_hidden_state` gives them, and where those differ, with
     each folder's layer count where both folders are here (a positive index and the
     same layer's negative one are one: 11 and -2 of CLIP-L). A folder that is not here
-    (a store's from another machine) leaves them compared as given."""
+    (a store's from another machine), or two of different layer counts (other models: a
+    layer as far from the end is another one), leaves them compared as given."""
     if same_hidden_state(first[0], first[1]) == same_hidden_state(second[0], second[1]):
         return True
     counts = [hidden_layer_count(folder, kind) for kind, _, folder in (first, second)]
-    if None in counts:
+    if None in counts or counts[0] != counts[1]:
         return False
     return same_hidden_state(first[0], first[1], counts[0]) == \
         same_hidden_state(second[0], second[1], counts[1])
@@ -76,7 +77,8 @@ def hidden_layer_count(pretrained_path, kind: str) -> Optional[int]:
     tower's, a whole CLIP folder's ``text_config`` one), or None where that is not known
     here: no such folder, one of another kind's model (the encoder refuses it), no
     transformers. Only the config is read."""
-    if kind not in KINDS or not isinstance(pretrained_path, (str, os.PathLike)) or \
+    if not isinstance(kind, str) or kind not in KINDS or \
+            not isinstance(pretrained_path, (str, os.PathLike)) or \
             not osp.isdir(pretrained_path):
         return None
     import json
@@ -93,11 +95,14 @@ def hidden_layer_count(pretrained_path, kind: str) -> Optional[int]:
         config_class = getattr(transformers, KINDS[kind][0]).config_class
         # (what from_pretrained reads, without its warning of an mt5 folder read as t5)
         found, _ = config_class.get_config_dict(model_dir, local_files_only=True)
-        if config_class.base_config_key in found:  # (a whole CLIP's text_config)
-            found = found[config_class.base_config_key]
+        # (a whole CLIP's text_config; transformers before base_config_key: its name)
+        key = getattr(config_class, 'base_config_key', None) or (
+            'text_config' if kind != 't5' else '')
+        if key and isinstance(found.get(key), dict):
+            found = found[key]
         count = config_class.from_dict(found).num_hidden_layers
-    except (ImportError, OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
+    except Exception:  # (not known here, whatever the folder holds: transformers 5
+        return None  # raises its own validation errors of a config's field types)
     return count if type(count) is int and count >= 0 else None
 
 
