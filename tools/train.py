@@ -72,9 +72,28 @@ def parse_args(argv=None):
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     check_amp_takes_no_value(sys.argv[1:] if argv is None else list(argv))
+    parser.stand_ins.update(config_hook_stand_ins(parser, argv))
     args = parse_config_and_preset(parser, argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
+
+
+def config_hook_stand_ins(parser, argv=None) -> dict:
+    """What to give for their flags that set a hook the config given already has
+    (foreign_flags.HOOK_FLAGS: SiT's --sample-every on the SiT-XL/2 config is its
+    SampleVisualizationHook's interval, not a hook more), as ``parser``'s stand-ins:
+    the config is read only where such a flag is given (it is refused below, with
+    them), and where it does not read, FOREIGN_HINTS' line is said."""
+    from mmsora.utils.foreign_flags import HOOK_FLAGS, hook_stand_ins
+    given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    if not any(a.partition('=')[0].replace('_', '-') in HOOK_FLAGS for a in given):
+        return {}
+    config = parser.parse_known_args(given)[0].config
+    try:  # (mmengine's reader: load_config's notes would come before the refusal's line)
+        from mmengine.config import Config
+        return hook_stand_ins(Config.fromfile(config, import_custom_modules=False))
+    except Exception:  # (no config, or one that fails: said once the flag is dropped)
+        return {}
 
 
 # What one might give --amp as a value (argparse said 'unrecognized arguments: fp16').

@@ -43,11 +43,10 @@ sample_cfg = dict(sampler='sde_euler', num_steps=250, cfg_scale=4.0)
 # sampler (Sampler.sample_ode(): dopri5, atol 1e-6, rtol 1e-3; deterministic, and
 # cheaper than 250 SDE steps) and cfg 4.0; the hook does the same (on rank 0, 8
 # samples of classes 0-7), over sample_cfg, which tools/infer.py and tools/test.py
-# keep. The list replaces the base's whole: its EMA and RNG-state hooks are restated.
+# keep. It follows the base's hooks (EMA, RNG states) as the base has them: a list
+# given here would replace the base's whole, and a restated copy would drift from it.
 # Its samples decode through model.vae (not there: a warning, and training goes on).
-custom_hooks = [
-    dict(type='EMAHook', momentum=1e-4, update_buffers=True, priority='ABOVE_NORMAL'),
-    dict(type='RNGStateHook'),
+custom_hooks = _base_.custom_hooks + [
     dict(type='SampleVisualizationHook', interval=10000, num_samples=8,
          sample_cfg=dict(sampler='ode_dopri5')),
 ]

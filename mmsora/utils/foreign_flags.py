@@ -4,7 +4,8 @@ Open-Sora's) and what to give mmsora instead: the hints of the tools' argument p
 import re
 
 __all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES', 'FOREIGN_WORDS',
-           'SIT_SAMPLING_METHODS', 'Sentence', 'model_config', 'foreign_key_hint', 'sit_sampler']
+           'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'Sentence', 'model_config', 'foreign_key_hint',
+           'hook_stand_ins', 'sit_sampler']
 
 
 class Sentence(str):
@@ -151,6 +152,31 @@ FOREIGN_HINTS = {
     '--ema-beta': (_TRAIN, '--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at '
                    "index I of the config's custom_hooks: mmengine's momentum is 1 - decay)"),
 }
+# Their flags that set a hook (flag: the hook's type, its argument): where the config
+# given already has that hook in its custom_hooks, tools/train.py says the key of that
+# hook's argument (:func:`hook_stand_ins`) instead of FOREIGN_HINTS' line, which adds a
+# hook (a second SampleVisualizationHook would sample every round twice).
+HOOK_FLAGS = {'--sample-every': ('SampleVisualizationHook', 'interval')}
+
+
+def hook_stand_ins(cfg) -> dict:
+    """The stand-ins (cli.ArgumentParser's ``stand_ins``) of :data:`HOOK_FLAGS` for the
+    config ``cfg``: ``{'--sample-every': ('--cfg-options custom_hooks.2.interval={} ...',
+    'N')}`` where its custom_hooks has a SampleVisualizationHook at index 2 (the first
+    of that type); nothing for a flag whose hook the config does not have."""
+    hooks = cfg.get('custom_hooks') if hasattr(cfg, 'get') else None  # (a Config too)
+    found = {}
+    for flag, (kind, argument) in HOOK_FLAGS.items():
+        for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else ()):
+            name = hook.get('type') if isinstance(hook, dict) else None
+            name = getattr(name, '__name__', name)  # (a class, in a lazy-import config)
+            if isinstance(name, str) and name.rpartition('.')[2] == kind:  # (mmsora.X)
+                found[flag] = (f"--cfg-options custom_hooks.{i}.{argument}={{}} (the config's "
+                               f'{kind}: a second one would run beside it)', 'N')
+                break
+    return found
+
+
 # SiT's sample.py mode word (``python sample.py SDE``, its first argument), a positional
 # here: the sampler it runs with SiT's defaults (docs/sit.md), where the tool has the flag.
 FOREIGN_WORDS = {'SDE': ('--sampler', '--sampler sde_euler'),

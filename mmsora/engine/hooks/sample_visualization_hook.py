@@ -15,14 +15,15 @@ runs, and
 
 A sample that cannot be saved (a full disk, a backend's error), or drawn for want of a
 folder that training never loads (``model.vae``'s, the text encoder's), is a warning
-in the log, never the end of the training run. ``LocalVisBackend`` ignores what its
-``cv2.imwrite`` says (False; and OpenCV itself misses a failed close, which a full disk
-makes of a small PNG's only write), so the hook checks the PNG that backend was to
-write: written by this call, and whole (ending with its IEND chunk). The first one
-missing is a warning line naming the file, once a run of each hook (the disk stays
-full); the line closing each sampling says which pictures were not written (its
-'logged to the visualizer' is true of the other backends only). Tensorboard's and
-WandB's backends write no file of theirs to check.
+in the log, never the end of the training run; another file not found while drawing
+them (the run's own, a bug's) stops it as any other error does. ``LocalVisBackend``
+ignores what its ``cv2.imwrite`` says (False; and OpenCV itself misses a failed close,
+which a full disk makes of a small PNG's only write), so the hook checks the PNG that
+backend was to write: written by this call, and whole (ending with its IEND chunk).
+The first one missing is a warning line naming the file, once a run of each hook (the
+disk stays full); the line closing each sampling says which pictures were not written
+(its 'logged to the visualizer' is true of the other backends only). Tensorboard's
+and WandB's backends write no file of theirs to check.
 
 Only the main process samples (under FSDP every process does, as the sharded model's
 all-gathers need them all, and the main one logs); the global RNG states are restored
@@ -31,6 +32,7 @@ holds).
 """
 import os
 import os.path as osp
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -77,6 +79,39 @@ def _picture_written(path: str, before) -> bool:
             return f.read() == _PNG_END
     except OSError:  # (shorter than the chunk, or unreadable)
         return False
+
+
+def _model_folders(model) -> list:
+    """The folders of ``model.vae`` and ``model.text_encoder`` as given (their
+    ``pretrained_path``): training never loads them, the samples are the first to."""
+    parts = (getattr(model, name, None) for name in ('vae', 'text_encoder'))
+    return [p for p in (getattr(part, 'pretrained_path', None) for part in parts)
+            if isinstance(p, str) and p]
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it."""
+    path, folder = osp.abspath(path), osp.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _model_folder_error(model, error: FileNotFoundError) -> bool:
+    """Whether ``error``, met while sampling, is about one of the model's folders
+    (:func:`_model_folders`): the file it did not find lies in one of them (its
+    ``filename``); or it names no file and its line names one of them, as the loaders'
+    own lines do ('VAE folder ... does not exist', '... has no config.json', '... no
+    weights')."""
+    folders = _model_folders(model)
+    files = [f for f in (error.filename, error.filename2) if isinstance(f, (str, bytes))]
+    if files:
+        return any(_under(os.fsdecode(f), folder) for f in files for folder in folders)
+    said = str(error)
+    for folder in folders:
+        for name in {folder.rstrip(os.sep) or folder, osp.abspath(folder)}:
+            # the folder as a whole name: '/x/vae' or '/x/vae/sub', never '/x/vae2'
+            if re.search(r'(?<![\w.~/-])' + re.escape(name) + r'(?![\w.~-])', said):
+                return True
+    return False
 
 
 def filmstrip(samples: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -179,7 +214,10 @@ class SampleVisualizationHook(Hook):
                     runner.logger.warning(f'Iter(sample) [{step}] no samples: {e}')
                 return None
             except FileNotFoundError as e:  # (a VAE or text encoder folder that training
-                # never loads, not there: the run stopped at its first samples)
+                # never loads, not there: the run stopped at its first samples; any other
+                # file missing, the run's own or a bug's, is no such case)
+                if not _model_folder_error(model, e):
+                    raise
                 if is_main_process():
                     runner.logger.warning(f'Iter(sample) [{step}] no samples (training goes '
                                           f'on): {e}')
