@@ -90,7 +90,10 @@ def parse_args(argv=None):
                         "on a GPU, fp32 on the CPU")
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', type=device_setting,
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
+                        default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='default: cuda when there is one (under --launcher, each '
+                        "process's GPU), else cpu; cpu under --launcher: the processes "
+                        'join over gloo, taking no GPU')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '
@@ -475,15 +478,19 @@ def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
     check_launcher(args, mass)  # before minutes of loading weights
-    # (each process past the machine's GPUs stopped in mmengine's set_device)
-    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-    check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process, on_cpu
+    if not on_cpu(args.device):  # (on the CPU no process takes a GPU, any number run)
+        # (each process past the machine's GPUs stopped in mmengine's set_device)
+        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     if mass:
         check_samples_not_finished(args.out)
     if args.launcher != 'none':
         from mmsora.apis import init_sampling_processes
+        if on_cpu(args.device):  # gloo, no GPU (mmengine's start: NCCL, a GPU each)
+            from mmsora.utils.dist import init_cpu_process_group
+            init_cpu_process_group(args.launcher)
         args.device = init_sampling_processes(args.launcher,
-                                              'cpu' if args.device == 'cpu' else None)
+                                              args.device if on_cpu(args.device) else None)
     keep_freed_memory_on_cpu(args, args.device == 'cpu')
     from mmsora.apis import init_model, save_image_grid, save_videos
     from mmsora.apis.video import DEFAULT_FPS

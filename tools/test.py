@@ -78,7 +78,10 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='write the metrics to this JSON file')
     parser.add_argument('--no-ema', action='store_true', help='use the raw, not EMA, weights')
     parser.add_argument('--device', type=device_setting,
-                        help='default: cuda (this rank\'s GPU) when there is one, else cpu')
+                        help='default: cuda (this rank\'s GPU) when there is one, else '
+                        'cpu; cpu: the metrics\' feature networks too (those naming no '
+                        'device), and under --launcher the processes join over gloo, '
+                        'taking no GPU')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     add_malloc_option(parser)
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -170,6 +173,26 @@ def evaluation_section(args, cfg, later, prompts) -> dict:
     return evaluation
 
 
+def metrics_on_cpu(evaluation) -> dict:
+    """The evaluation section with the feature networks of its metrics on the CPU where a
+    metric names no ``device`` (SampleMetric's default, CUDA wherever torch sees it, put
+    every --device cpu process's network on GPU 0)."""
+    import mmsora.evaluation  # noqa: F401  (registers the metrics)
+    from mmsora.evaluation.metrics.base import SampleMetric
+    from mmsora.registry import METRICS
+    metrics = evaluation['metrics']
+
+    def cpu_metric(metric):
+        kind = metric['type']
+        cls = METRICS.get(kind) if isinstance(kind, str) else kind
+        if (isinstance(cls, type) and issubclass(cls, SampleMetric)
+                and metric.get('device') is None):
+            return dict(metric, device='cpu')
+        return metric
+    return dict(evaluation, metrics=[cpu_metric(m) for m in (
+        [metrics] if isinstance(metrics, dict) else metrics)])
+
+
 # The config keys evaluation_sample_cfg merges, base first (merge_sample_cfg's names)
 SAMPLE_CFG_KEYS = ('sample_cfg', 'evaluation.sample_cfg')
 
@@ -240,9 +263,10 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     check_torchrun_launcher(args.launcher)  # before minutes of loading weights
-    # (each process past the machine's GPUs stopped in mmengine's set_device)
-    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process
-    check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process, on_cpu
+    if not on_cpu(args.device):  # (on the CPU no process takes a GPU, any number run)
+        # (each process past the machine's GPUs stopped in mmengine's set_device)
+        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
         from mmsora.apis.inference import read_prompt_file
@@ -267,6 +291,9 @@ def main(argv=None):
     from mmengine.dist import is_main_process
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes
+    if on_cpu(args.device):  # gloo, no GPU (mmengine's start: NCCL, a GPU per process)
+        from mmsora.utils.dist import init_cpu_process_group
+        init_cpu_process_group(args.launcher)
     device = init_sampling_processes(args.launcher, args.device)
     keep_freed_memory_on_cpu(args, device == 'cpu')
     model, cfg = init_model(args.run, args.checkpoint, device=device, cfg_options=early,
@@ -276,6 +303,8 @@ def main(argv=None):
     if is_main_process():  # which file of a work dir (or of a copy of one) is scored
         print(f'weights: {model.loaded_from} ({model.loaded_weights})', flush=True)
     evaluation = evaluation_section(args, cfg, later, prompts)
+    if on_cpu(args.device):  # (their default is CUDA wherever torch sees it)
+        evaluation = metrics_on_cpu(evaluation)
     # the precision infer samples in by default (TF32 on a GPU, as DiT's sample_ddp.py)
     from mmsora.apis.inference import default_precision
     from mmsora.apis.mass_sampling import sampling_line

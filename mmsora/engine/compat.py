@@ -184,18 +184,22 @@ def _slurm_env():
     os.environ['RANK'] = str(proc_id)
 
 
-def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -> bool:
+def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S,
+                         beside_cuda: bool = False) -> bool:
     """Initialise a gloo process group for a CPU-only distributed run.
 
     Args:
         launcher: ``'none'``, ``'pytorch'`` (torchrun) or ``'slurm'``.
         timeout_s: Collective timeout in seconds.
+        beside_cuda: Make it on a CUDA machine too (a tool told to run on the CPU
+            there: ``mmsora.utils.dist.init_cpu_process_group``).
 
     Returns:
-        True when this call initialised the group. On CUDA machines, or with
-        ``launcher='none'``, no group is made and mmengine initialises nccl itself
-        (with ``'slurm'`` from the variables filled here: its own ``MASTER_ADDR``
-        is scontrol's output with stderr mixed in, see :func:`slurm_master_addr`).
+        True when this call initialised the group. On CUDA machines (unless
+        ``beside_cuda``), or with ``launcher='none'``, no group is made and mmengine
+        initialises nccl itself (with ``'slurm'`` from the variables filled here: its
+        own ``MASTER_ADDR`` is scontrol's output with stderr mixed in, see
+        :func:`slurm_master_addr`).
     """
     if launcher == 'none' or torch_dist.is_initialized():
         return False
@@ -203,7 +207,7 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S) -
         _slurm_env()
     elif launcher != 'pytorch':
         raise ValueError(f"launcher must be 'none', 'pytorch' or 'slurm', got {launcher!r}")
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not beside_cuda:
         return False
     missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                if k not in os.environ]

@@ -11,11 +11,12 @@ from mmsora.utils.cli import UserError
 
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
            'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
-           'slurm_tasks_on_node', 'NO_GPU_IN_VIEW']
+           'slurm_tasks_on_node', 'slurm_host_names', 'init_cpu_process_group',
+           'on_cpu', 'NO_GPU_IN_VIEW']
 
 # check_gpu_per_process's ``cpu_option`` for the tools whose processes under a launcher
-# take a GPU each whenever torch sees one (tools/train.py, test.py, infer.py: mmengine's
-# launcher sets the device, --device cpu or not)
+# take a GPU each whenever torch sees one: tools/train.py (mmengine's launcher sets the
+# device), test.py and infer.py unless given --device cpu (init_cpu_process_group)
 NO_GPU_IN_VIEW = 'CUDA_VISIBLE_DEVICES= in front of the command (torch then sees no GPU)'
 
 
@@ -73,6 +74,33 @@ def abandon_process_group() -> None:
             pass
 
 
+def on_cpu(device: Optional[str]) -> bool:
+    """Whether a tool's ``--device`` names the CPU (``cpu``, ``cpu:0``); unset (None)
+    does not."""
+    return device is not None and torch.device(device).type == 'cpu'
+
+
+def init_cpu_process_group(launcher: str) -> bool:
+    """Join the process group of a torchrun (``'pytorch'``) or srun (``'slurm'``)
+    launch over gloo, leaving CUDA alone: for the processes of a tool told to run on the
+    CPU (tools/test.py and infer.py's ``--device cpu``) on a machine where torch sees
+    GPUs. There mmengine's start (init_dist, as init_sampling_processes calls it) takes
+    NCCL and ``torch.cuda.set_device(LOCAL_RANK)``: each CPU process held a GPU's
+    context, and those past the machine's GPUs stopped on 'invalid device ordinal'.
+    (Where torch sees none, init_sampling_processes starts gloo itself:
+    mmsora.engine.compat.init_cpu_distributed.) The group is abandoned at exit if the
+    tool did not close it (as init_sampling_processes does). Returns whether this call
+    made the group (not for ``'none'``, without CUDA, or where one is already made)."""
+    if not torch.cuda.is_available():
+        return False
+    from mmsora.engine.compat import init_cpu_distributed
+    made = init_cpu_distributed(launcher, beside_cuda=True)
+    if made:
+        import atexit
+        atexit.register(abandon_process_group)
+    return made
+
+
 def free_port() -> int:
     """A free TCP port on this machine for a rendezvous (a fixed one may still be
     held by a run that just ended)."""
@@ -81,18 +109,73 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def slurm_host_names(node_list: str, most: int) -> Optional[list]:
+    """The host names of a slurm node list (``gpu[01-03,07],login1``) in its order, as
+    slurm's hostlist expands it (a bracket range keeps its first bound's zero padding:
+    ``n[08-10]`` is n08, n09, n10); None for a form not read here or one of more than
+    ``most`` names."""
+    entries = re.findall(r'(?:[^,\[\]]|\[[^\[\]]*\])+', node_list)
+    if not entries or ','.join(entries) != node_list:
+        return None
+    names = []
+    for entry in entries:
+        parts = re.split(r'\[([^\]]*)\]', entry)  # text, ranges, text, ranges, ..., text
+        expanded = [parts[0]]
+        for ranges, text in zip(parts[1::2], parts[2::2]):
+            numbers = []
+            for item in ranges.split(','):
+                match = re.fullmatch(r'(\d+)(?:-(\d+))?', item)
+                if match is None or int(match[2] or match[1]) < int(match[1]):
+                    return None
+                if len(numbers) + int(match[2] or match[1]) - int(match[1]) >= most:
+                    return None
+                numbers += [str(n).zfill(len(match[1]))
+                            for n in range(int(match[1]), int(match[2] or match[1]) + 1)]
+            expanded = [f'{name}{n}{text}' for name in expanded for n in numbers]
+            if len(expanded) > most:
+                return None
+        names += expanded
+        if len(names) > most:
+            return None
+    return names
+
+
 def slurm_tasks_on_node() -> Optional[int]:
     """How many tasks of this srun step run on this node: its entry of
     SLURM_STEP_TASKS_PER_NODE (``8(x2),4``: 8 on each of the step's first two nodes,
-    then 4) at its SLURM_NODEID; None where slurm does not say."""
+    then 4), the entry of this node's name (SLURMD_NODENAME) in SLURM_STEP_NODELIST, in
+    the same order; the count itself where every node of the step runs as many; None
+    where slurm does not say or the node is not found.
+
+    Only where the step's node list is not given, the entry at SLURM_NODEID. That is
+    this node's index in the step's layout for a step of one job (srun -N2 -r2 on a
+    4-node job counts from the step's first node: slurmstepd finds its node with
+    ``nodelist_find(msg->complete_nodelist, conf->node_name)`` in the launch message
+    whose ``complete_nodelist`` and ``tasks_to_launch`` are the step's
+    ``step_layout->node_list`` and ``->tasks``, which env_array_for_step writes as
+    SLURM_STEP_NODELIST and SLURM_STEP_TASKS_PER_NODE). A heterogeneous step's tasks
+    (srun ... : ..., --het-group=0,1) get ``nodeid + het_job_node_offset``, counted in
+    component order, while srun sorts that step's node list and tasks per node by host
+    name (``_reorder_het_job_recs``): there the index read another node's count (a
+    false refusal, or a missed one) where the components' nodes are not in name order.
+    """
     layout = os.environ.get('SLURM_STEP_TASKS_PER_NODE', '')
-    node = os.environ.get('SLURM_NODEID', '')
     counts = []
     for item in layout.split(','):
         match = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', item.strip())
         if match is None:
             return None
         counts += [int(match[1])] * int(match[2] or 1)
+    if len(set(counts)) == 1:
+        return counts[0]
+    name = os.environ.get('SLURMD_NODENAME', '')
+    node_list = os.environ.get('SLURM_STEP_NODELIST', '')
+    if name or node_list:
+        names = slurm_host_names(node_list, len(counts)) if name else None
+        if names is None or len(names) != len(counts) or names.count(name) != 1:
+            return None  # (a node listed twice: components sharing it)
+        return counts[names.index(name)]
+    node = os.environ.get('SLURM_NODEID', '')
     return counts[int(node)] if node.isdigit() and int(node) < len(counts) else None
 
 
