@@ -13,7 +13,8 @@ from mmsora.datasets import PackedLatentDataset
 from mmsora.models import HFTextEncoder
 from mmsora.models.text_encoders.hf_text_encoder import hidden_layer_count, same_hidden_state
 from tests.test_datasets.test_packed_several_stores import write
-from tests.test_datasets.test_text_encoder_settings_of_stores import text_store
+from tests.test_datasets.test_text_encoder_settings_of_stores import (text_store,
+                                                                      text_store_config)
 from tests.tiny_models import make_tiny_clip, make_tiny_text_encoder
 
 pytest.importorskip('transformers')
@@ -81,15 +82,8 @@ def check(repo_root, tmp_path, capsys):
     """check(meta, folder, kind, layer): the notes of tools/train.py's store checks on
     a store recording ``meta`` under a config whose text encoder is ``folder`` of
     ``kind`` at ``layer``."""
-    from mmengine.config import Config
-
     from mmsora.datasets.store_checks import check_latent_store
-    cfg = Config.fromfile(osp.join(repo_root,
-                                   'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
-    cfg.model.latent_shape, cfg.model.denoiser.text_dim = (4, 2, 4, 4), 8
-    cfg.model.text_encoder.dtype = 'float32'
-    root = str(tmp_path / 'store')
-    cfg.train_dataloader.dataset.data_root = root
+    cfg, root = text_store_config(repo_root, tmp_path)
 
     def run(meta, folder, kind, layer):
         shutil.rmtree(root, ignore_errors=True)

@@ -116,6 +116,19 @@ def test_stores_of_captions_encoded_alike_are_read_as_one(tmp_path):
 # --------------------------------------------------------------------------- #
 #                  a store's encoder against the config's one                  #
 # --------------------------------------------------------------------------- #
+def text_store_config(repo_root, tmp_path):
+    """(config, store folder): the T5 clips config with a tiny text store's shapes,
+    its text encoder in float32, training on the store folder ``tmp_path/store``."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(repo_root,
+                                   'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
+    cfg.model.latent_shape, cfg.model.denoiser.text_dim = (4, 2, 4, 4), 8
+    cfg.model.text_encoder.dtype = 'float32'
+    root = str(tmp_path / 'store')
+    cfg.train_dataloader.dataset.data_root = root
+    return cfg, root
+
+
 def text_store(root, meta):
     writer = LatentStoreWriter(root, 1, (4, 2, 4, 4), text_shape=(120, 8), meta=meta)
     writer.write_shard(0, np.zeros((1, 1, 2, 4, 2, 4, 4), np.float32), [0],
@@ -177,15 +190,8 @@ def test_captions_of_another_hidden_layer_than_the_samplers_are_noted(repo_root,
     """A store encoded from one hidden state (extract_features.py --hidden-layer) and a
     config whose text encoder takes another at sampling trained and sampled without a
     word: the model is prompted with embeddings of a layer it never saw."""
-    from mmengine.config import Config
-
     from mmsora.datasets.store_checks import check_latent_store
-    cfg = Config.fromfile(osp.join(repo_root,
-                                   'configs/video_dit/video_dit_xl2_8xb5_1m_t5_clips256.py'))
-    cfg.model.latent_shape, cfg.model.denoiser.text_dim = (4, 2, 4, 4), 8
-    cfg.model.text_encoder.dtype = 'float32'
-    root = str(tmp_path / 'store')
-    cfg.train_dataloader.dataset.data_root = root
+    cfg, root = text_store_config(repo_root, tmp_path)
 
     def check(meta, layer):
         shutil.rmtree(root, ignore_errors=True)
