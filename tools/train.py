@@ -88,7 +88,20 @@ def config_hook_stand_ins(parser, argv=None) -> dict:
     given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     if not any(a.partition('=')[0].replace('_', '-') in HOOK_FLAGS for a in given):
         return {}
-    config = parser.parse_known_args(given)[0].config
+    # (the flags and their values out first: a bare flag's value was taken as the config)
+    rest, i = [], 0
+    while i < len(given):
+        flag = given[i].partition('=')[0].replace('_', '-')
+        if flag in HOOK_FLAGS:
+            i += 1 if '=' in given[i] or i + 1 == len(given) or \
+                given[i + 1].startswith('-') else 2
+            continue
+        rest.append(given[i])
+        i += 1
+    known = parser.parse_known_args(rest)[0]
+    config = known.config
+    if config is None and isinstance(getattr(known, 'fsdp', None), str):
+        config = known.fsdp  # (--fsdp CONFIG: parse_config_and_preset takes it back)
     try:  # (mmengine's reader: load_config's notes would come before the refusal's line)
         from mmengine.config import Config
         return hook_stand_ins(Config.fromfile(config, import_custom_modules=False))

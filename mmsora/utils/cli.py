@@ -14,7 +14,7 @@ import signal
 import sys
 
 from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_VALUES,
-                                         FOREIGN_WORDS, Sentence, model_config)
+                                         FOREIGN_WORDS, WHOLE_NUMBER, Sentence, model_config)
 
 __all__ = ['UserError', 'UserPathNotFound', 'RunError', 'ArgumentParser', 'is_launch_rank0',
            'note', 'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
@@ -63,7 +63,8 @@ class ArgumentParser(argparse.ArgumentParser):
     after the flag, else the placeholder; marks: :data:`THEIR_VALUES` (the placeholder
     for the value given to another project's name of the flag, whose values are not
     ours, unless ``FOREIGN_VALUES`` has ours for it), :data:`EACH_VALUE` (the word of
-    ``{}`` once for each value given: ``--sampler-options atol=1e-6 rtol=1e-3``)
+    ``{}`` once for each value given: ``--sampler-options atol=1e-6 rtol=1e-3``),
+    ``foreign_flags.WHOLE_NUMBER`` (the placeholder for a value that is no whole number)
     (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
     evaluation.sample_cfg.cfg_scale=1.5`` there); looked up before a close spelling, for
     other projects' names of the flag too (SiT's ``--num-sampling-steps`` is
@@ -85,7 +86,8 @@ class ArgumentParser(argparse.ArgumentParser):
         flag (none: the placeholder), given to the flag ``given`` (another project's
         name of it, or ``flag``)."""
         template, placeholder, *marks = self.stand_ins[flag]
-        if not values or (THEIR_VALUES in marks and given not in (None, flag)):
+        if not values or (THEIR_VALUES in marks and given not in (None, flag)) or (
+                WHOLE_NUMBER in marks and not str(values[0]).isdigit()):
             values = [placeholder]
         elif EACH_VALUE not in marks:
             values = values[:1]

@@ -4,8 +4,8 @@ Open-Sora's) and what to give mmsora instead: the hints of the tools' argument p
 import re
 
 __all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES', 'FOREIGN_WORDS',
-           'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'Sentence', 'model_config', 'foreign_key_hint',
-           'hook_stand_ins', 'sit_sampler']
+           'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'WHOLE_NUMBER', 'Sentence', 'model_config',
+           'foreign_key_hint', 'hook_stand_ins', 'sit_sampler']
 
 
 class Sentence(str):
@@ -157,6 +157,10 @@ FOREIGN_HINTS = {
 # hook's argument (:func:`hook_stand_ins`) instead of FOREIGN_HINTS' line, which adds a
 # hook (a second SampleVisualizationHook would sample every round twice).
 HOOK_FLAGS = {'--sample-every': ('SampleVisualizationHook', 'interval')}
+# A stand-in's mark (cli.ArgumentParser's stand_ins): the flag takes a whole number, and
+# another word after it (the config, where the flag came first and its number was taken
+# as the config) is no value of it.
+WHOLE_NUMBER = 'a whole number'
 
 
 def hook_stand_ins(cfg) -> dict:
@@ -172,7 +176,8 @@ def hook_stand_ins(cfg) -> dict:
             name = getattr(name, '__name__', name)  # (a class, in a lazy-import config)
             if isinstance(name, str) and name.rpartition('.')[2] == kind:  # (mmsora.X)
                 found[flag] = (f"--cfg-options custom_hooks.{i}.{argument}={{}} (the config's "
-                               f'{kind}: a second one would run beside it)', 'N')
+                               f'{kind}: a second one would run beside it)', 'N',
+                               WHOLE_NUMBER)
                 break
     return found
 

@@ -113,3 +113,21 @@ def test_a_missing_text_encoder_folder_is_the_models_and_others_are_not(tmp_path
     assert _model_folder_error(model, info.value)
     assert not _model_folder_error(model, FileNotFoundError(
         errno.ENOENT, 'No such file or directory', str(tmp_path / 'run' / 'samples')))
+
+
+def test_a_folder_given_as_a_path_object_is_the_models(tmp_path):
+    """A wrapper built from Python with ``pretrained_path=Path(...)``: its folder's error
+    is the model's (a warning), as for the same folder given as a string."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from mmsora.engine.hooks.sample_visualization_hook import _model_folder_error
+    folder = tmp_path / 'no-vae'
+    for given in (str(folder), Path(folder)):
+        model = SimpleNamespace(vae=SimpleNamespace(pretrained_path=given))
+        missing = FileNotFoundError(errno.ENOENT, 'No such file', str(folder / 'config.json'))
+        assert _model_folder_error(model, missing)
+        assert _model_folder_error(model, FileNotFoundError(f'VAE folder {given!r} does '
+                                                            'not exist'))
+        assert not _model_folder_error(model, FileNotFoundError(
+            errno.ENOENT, 'No such file', str(tmp_path / 'other.txt')))

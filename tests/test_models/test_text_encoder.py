@@ -60,6 +60,18 @@ def test_errors(tmp_path):
         HFTextEncoder(str(tmp_path), kind='bert')
 
 
+def test_a_folder_without_weights_is_a_missing_file_of_the_folder(tmp_path, t5_dir):
+    """A folder with config.json and no weights: transformers raised an OSError naming
+    no folder, which stopped a training run at its first samples (SampleVisualizationHook
+    warns and goes on for a missing file of the model's folders, as for a VAE's)."""
+    import shutil
+    folder = shutil.copytree(t5_dir, tmp_path / 't5')
+    (folder / 'model.safetensors').unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^text encoder folder '{folder}' holds a "
+                       r'config.json but no weights \(model.safetensors, '):
+        HFTextEncoder(str(folder), max_length=8).encode(['x'])
+
+
 def test_a_folder_of_another_kind_is_refused(tmp_path):
     """transformers loads a CLIP folder into a T5EncoderModel (and the reverse) with a
     warning and random weights: extraction then wrote a complete store of random

@@ -85,8 +85,8 @@ def _model_folders(model) -> list:
     """The folders of ``model.vae`` and ``model.text_encoder`` as given (their
     ``pretrained_path``): training never loads them, the samples are the first to."""
     parts = (getattr(model, name, None) for name in ('vae', 'text_encoder'))
-    return [p for p in (getattr(part, 'pretrained_path', None) for part in parts)
-            if isinstance(p, str) and p]
+    return [os.fspath(p) for p in (getattr(part, 'pretrained_path', None) for part in parts)
+            if isinstance(p, (str, os.PathLike)) and os.fspath(p)]
 
 
 def _under(path: str, folder: str) -> bool:

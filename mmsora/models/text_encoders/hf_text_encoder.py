@@ -29,6 +29,9 @@ KINDS = {
 # stack appends its output after the final norm; CLIP's text tower appends the last
 # layer's before it
 FINAL_NORM_IN_HIDDEN_STATES = ('t5',)
+# The weight files transformers' from_pretrained loads (shards: by their index)
+WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
+                'pytorch_model.bin.index.json')
 
 
 def same_hidden_state(kind: str, hidden_layer, num_layers: Optional[int] = None):
@@ -182,6 +185,13 @@ class HFTextEncoder(nn.Module):
                               'pip install -r requirements/optional.txt') from None
         model_dir, tok_dir = self._folders()
         self._check_model_type(model_dir)
+        if not any(osp.isfile(osp.join(model_dir, name)) for name in WEIGHT_FILES):
+            # (transformers' OSError stopped a training run at its first samples, where
+            # a VAE folder without weights is a warning: a FileNotFoundError of the folder)
+            raise FileNotFoundError(
+                f'text encoder folder {model_dir!r} holds a config.json but no weights '
+                f'({", ".join(WEIGHT_FILES)}): copy them in beside it, or give the folder '
+                'that holds them')
         cls = getattr(transformers, KINDS[self.kind][0])
         encoder, info = cls.from_pretrained(model_dir, local_files_only=True,
                                             dtype=self.torch_dtype, output_loading_info=True)
