@@ -478,20 +478,19 @@ def main(argv=None):
     args = parse_args(argv)
     mass = args.out is not None and args.out.endswith('.npz')
     check_launcher(args, mass)  # before minutes of loading weights
-    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process, on_cpu
-    if not on_cpu(args.device):  # (on the CPU no process takes a GPU, any number run)
-        # (each process past the machine's GPUs stopped in mmengine's set_device)
+    from mmsora.utils.dist import (NO_GPU_IN_VIEW, check_gpu_per_process,
+                                   init_cpu_process_group, on_cpu)
+    if on_cpu(args.device):  # gloo, no GPU, any number of processes (mmengine's start:
+        init_cpu_process_group(args.launcher)  # NCCL, a GPU each), before mmsora.apis
+    else:  # (each process past the machine's GPUs stopped in mmengine's set_device)
         check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     if mass:
         check_samples_not_finished(args.out)
     if args.launcher != 'none':
         from mmsora.apis import init_sampling_processes
-        if on_cpu(args.device):  # gloo, no GPU (mmengine's start: NCCL, a GPU each)
-            from mmsora.utils.dist import init_cpu_process_group
-            init_cpu_process_group(args.launcher)
         args.device = init_sampling_processes(args.launcher,
                                               args.device if on_cpu(args.device) else None)
-    keep_freed_memory_on_cpu(args, args.device == 'cpu')
+    keep_freed_memory_on_cpu(args, on_cpu(args.device))
     from mmsora.apis import init_model, save_image_grid, save_videos
     from mmsora.apis.video import DEFAULT_FPS
     prompts = read_prompts(args)

@@ -263,9 +263,11 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     check_torchrun_launcher(args.launcher)  # before minutes of loading weights
-    from mmsora.utils.dist import NO_GPU_IN_VIEW, check_gpu_per_process, on_cpu
-    if not on_cpu(args.device):  # (on the CPU no process takes a GPU, any number run)
-        # (each process past the machine's GPUs stopped in mmengine's set_device)
+    from mmsora.utils.dist import (NO_GPU_IN_VIEW, check_gpu_per_process,
+                                   init_cpu_process_group, on_cpu)
+    if on_cpu(args.device):  # gloo, no GPU, any number of processes (mmengine's start:
+        init_cpu_process_group(args.launcher)  # NCCL, a GPU each), before mmsora.apis
+    else:  # (each process past the machine's GPUs stopped in mmengine's set_device)
         check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
@@ -291,11 +293,8 @@ def main(argv=None):
     from mmengine.dist import is_main_process
 
     from mmsora.apis import evaluate_model, init_model, init_sampling_processes
-    if on_cpu(args.device):  # gloo, no GPU (mmengine's start: NCCL, a GPU per process)
-        from mmsora.utils.dist import init_cpu_process_group
-        init_cpu_process_group(args.launcher)
     device = init_sampling_processes(args.launcher, args.device)
-    keep_freed_memory_on_cpu(args, device == 'cpu')
+    keep_freed_memory_on_cpu(args, on_cpu(device))
     model, cfg = init_model(args.run, args.checkpoint, device=device, cfg_options=early,
                             use_ema=not args.no_ema, trained_option='--no-ema',
                             checkpoint_option='the checkpoint after the config (test.py '

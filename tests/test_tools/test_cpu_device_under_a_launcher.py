@@ -6,6 +6,7 @@ GPUs, and more processes than GPUs were refused (or stopped on 'invalid device
 ordinal'). The GPUs are stand-ins (torch.cuda patched); the process group's start is
 recorded and stopped there."""
 import functools
+import os
 import os.path as osp
 import types
 
@@ -139,3 +140,43 @@ def test_device_cpu_puts_the_metrics_feature_networks_on_the_cpu(repo_root, monk
     assert [m.get('device') for m in scored[-1]] == ['cuda:0']
     test_tool.main([config, MISSING, '--evaluation', evaluation])  # (the GPU's run)
     assert [m.get('device') for m in scored[-1]] == [None]
+
+
+SCRIPT = '''
+import os, sys
+import torch
+torch.cuda.is_available = lambda: True  # 4 pretend GPUs: this process is past them
+torch.cuda.device_count = lambda: 4
+def set_device(device):
+    raise SystemExit(f"set_device({device}) called")
+torch.cuda.set_device = set_device
+if sys.argv[1] == "infer":
+    from tools import infer
+    infer.main([sys.argv[2], "--checkpoint", sys.argv[3], "--out", sys.argv[4],
+                "--launcher", "pytorch", "--device", "cpu"])
+else:
+    from tools import test
+    test.main([sys.argv[2], sys.argv[3], "--launcher", "pytorch", "--device", "cpu",
+               "--evaluation", sys.argv[5]])
+'''
+
+
+@pytest.mark.parametrize('tool', ['infer', 'test'])
+def test_a_process_past_the_gpus_gets_through_mmsoras_import(repo_root, tmp_path, tool):
+    """torchrun's process with LOCAL_RANK 5 on a machine of 4 GPUs, --device cpu, started
+    in a fresh interpreter (mmsora not yet imported): mmengine's first logger, made at
+    mmsora.apis's import, named the process's device CUDA_VISIBLE_DEVICES[LOCAL_RANK] and
+    raised IndexError; the run now gets to its own checks (the checkpoint not found)."""
+    import subprocess
+    import sys
+
+    from mmsora.utils.dist import free_port
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    env.update(WORLD_SIZE='1', RANK='0', LOCAL_RANK='5', LOCAL_WORLD_SIZE='8',
+               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), PYTHONPATH=repo_root)
+    run = subprocess.run(
+        [sys.executable, '-c', SCRIPT, tool, CONFIG, MISSING, str(tmp_path / 's.npz'),
+         EVALUATION], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    said = run.stdout + run.stderr
+    assert 'IndexError' not in said and 'set_device' not in said, said[-2000:]
+    assert run.returncode != 0 and MISSING in said, said[-2000:]
