@@ -263,12 +263,8 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     check_torchrun_launcher(args.launcher)  # before minutes of loading weights
-    from mmsora.utils.dist import (NO_GPU_IN_VIEW, check_gpu_per_process,
-                                   init_cpu_process_group, on_cpu)
-    if on_cpu(args.device):  # gloo, no GPU, any number of processes (mmengine's start:
-        init_cpu_process_group(args.launcher)  # NCCL, a GPU each), before mmsora.apis
-    else:  # (each process past the machine's GPUs stopped in mmengine's set_device)
-        check_gpu_per_process(NO_GPU_IN_VIEW, args.launcher)
+    from mmsora.utils.dist import on_cpu, start_on_device
+    start_on_device(args.device, args.launcher)  # (gloo for --device cpu, else a GPU each)
     prompts = None
     if args.prompt_file:  # before minutes of loading weights
         from mmsora.apis.inference import read_prompt_file

@@ -12,7 +12,7 @@ from mmsora.utils.cli import UserError
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
            'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
            'slurm_tasks_on_node', 'slurm_host_names', 'init_cpu_process_group',
-           'on_cpu', 'cpu_processes_in_mmengine_logs', 'NO_GPU_IN_VIEW']
+           'on_cpu', 'start_on_device', 'cpu_processes_in_mmengine_logs', 'NO_GPU_IN_VIEW']
 
 # check_gpu_per_process's ``cpu_option`` for the tools whose processes under a launcher
 # take a GPU each whenever torch sees one: tools/train.py (mmengine's launcher sets the
@@ -101,6 +101,18 @@ def init_cpu_process_group(launcher: str) -> bool:
         import atexit
         atexit.register(abandon_process_group)
     return made
+
+
+def start_on_device(device: Optional[str], launcher: str) -> None:
+    """The start of tools/test.py and infer.py under ``launcher``, before any
+    mmsora.apis import: with ``--device cpu`` the processes join over gloo and take no
+    GPU, any number of them (:func:`init_cpu_process_group`); else each process must
+    have a GPU of its own (:func:`check_gpu_per_process`: each past the machine's GPUs
+    stopped in mmengine's set_device)."""
+    if on_cpu(device):
+        init_cpu_process_group(launcher)
+    else:
+        check_gpu_per_process(NO_GPU_IN_VIEW, launcher)
 
 
 def cpu_processes_in_mmengine_logs() -> None:
