@@ -21,6 +21,9 @@ Each mend is one function with a test in ``tests/test_engine/test_compat.py``:
    environment first; mmengine then skips its own initialisation.
    Its runner then gives DDP ``device_ids=[LOCAL_RANK]`` for CPU modules, which DDP
    rejects: tools/train.py sets ``model_wrapper_cfg.device_ids=None`` on CPU.
+   Beside GPUs (tools/test.py and infer.py's ``--device cpu``) its loggers name each
+   process's device ``CUDA_VISIBLE_DEVICES[LOCAL_RANK]``, an IndexError for a process
+   past the GPUs: ``cpu_processes_in_mmengine_logs``.
 3. ``AmpOptimWrapper`` asserts a GPU: see
    :class:`mmsora.engine.optimizers.AutocastOptimWrapper` for the CPU bf16 path.
 """
@@ -33,7 +36,7 @@ import torch
 import torch.distributed as torch_dist
 
 __all__ = ['make_mmengine_checkpoints_loadable', 'init_cpu_distributed',
-           'COLLECTIVE_TIMEOUT_S']
+           'cpu_processes_in_mmengine_logs', 'COLLECTIVE_TIMEOUT_S']
 
 # Collective timeout of the process groups we create (gloo on CPU, nccl for sampling):
 # 30 min, as process 0 may read a DeepSpeed folder while the others wait for its
@@ -184,6 +187,28 @@ def _slurm_env():
     os.environ['RANK'] = str(proc_id)
 
 
+def cpu_processes_in_mmengine_logs() -> None:
+    """Let mmengine's loggers be made in a process on the CPU beside GPUs: MMLogger
+    names a process's device ``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` (or the GPU of that
+    index) wherever torch sees CUDA, and a torchrun process past the machine's GPUs
+    (``--device cpu``, LOCAL_RANK 4 of 8 on 4 GPUs) raised IndexError at the first
+    logger, at mmsora's import. Such a process's device is its LOCAL_RANK there (as
+    mmengine says without CUDA). Once per process; a GPU's process is named as before."""
+    from mmengine.logging import logger
+    device_id = logger._get_device_id
+    if getattr(device_id, 'cpu_beside_gpus', False):
+        return
+
+    def device_id_or_local_rank():
+        try:
+            return device_id()
+        except IndexError:  # (no GPU of that index: a CPU process)
+            return int(os.getenv('LOCAL_RANK', '0'))
+
+    device_id_or_local_rank.cpu_beside_gpus = True
+    logger._get_device_id = device_id_or_local_rank
+
+
 def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S,
                          beside_cuda: bool = False) -> bool:
     """Initialise a gloo process group for a CPU-only distributed run.
@@ -201,6 +226,8 @@ def init_cpu_distributed(launcher: str, timeout_s: int = COLLECTIVE_TIMEOUT_S,
         own ``MASTER_ADDR`` is scontrol's output with stderr mixed in, see
         :func:`slurm_master_addr`).
     """
+    if launcher != 'none' and beside_cuda:
+        cpu_processes_in_mmengine_logs()
     if launcher == 'none' or torch_dist.is_initialized():
         return False
     if launcher == 'slurm':

@@ -12,7 +12,7 @@ from mmsora.utils.cli import UserError
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
            'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
            'slurm_tasks_on_node', 'slurm_host_names', 'init_cpu_process_group',
-           'on_cpu', 'start_on_device', 'cpu_processes_in_mmengine_logs', 'NO_GPU_IN_VIEW']
+           'on_cpu', 'start_on_device', 'NO_GPU_IN_VIEW']
 
 # check_gpu_per_process's ``cpu_option`` for the tools whose processes under a launcher
 # take a GPU each whenever torch sees one: tools/train.py (mmengine's launcher sets the
@@ -93,8 +93,6 @@ def init_cpu_process_group(launcher: str) -> bool:
     made the group (not for ``'none'``, without CUDA, or where one is already made)."""
     if not torch.cuda.is_available():
         return False
-    if launcher != 'none':
-        cpu_processes_in_mmengine_logs()
     from mmsora.engine.compat import init_cpu_distributed
     made = init_cpu_distributed(launcher, beside_cuda=True)
     if made:
@@ -113,28 +111,6 @@ def start_on_device(device: Optional[str], launcher: str) -> None:
         init_cpu_process_group(launcher)
     else:
         check_gpu_per_process(NO_GPU_IN_VIEW, launcher)
-
-
-def cpu_processes_in_mmengine_logs() -> None:
-    """Let mmengine's loggers be made in a process on the CPU beside GPUs: MMLogger
-    names a process's device ``CUDA_VISIBLE_DEVICES[LOCAL_RANK]`` (or the GPU of that
-    index) wherever torch sees CUDA, and a torchrun process past the machine's GPUs
-    (``--device cpu``, LOCAL_RANK 4 of 8 on 4 GPUs) raised IndexError at the first
-    logger, at mmsora's import. Such a process's device is its LOCAL_RANK there (as
-    mmengine says without CUDA). Once per process; a GPU's process is named as before."""
-    from mmengine.logging import logger
-    device_id = logger._get_device_id
-    if getattr(device_id, 'cpu_beside_gpus', False):
-        return
-
-    def device_id_or_local_rank():
-        try:
-            return device_id()
-        except IndexError:  # (no GPU of that index: a CPU process)
-            return int(os.getenv('LOCAL_RANK', '0'))
-
-    device_id_or_local_rank.cpu_beside_gpus = True
-    logger._get_device_id = device_id_or_local_rank
 
 
 def free_port() -> int:
