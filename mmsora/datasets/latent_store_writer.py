@@ -15,7 +15,7 @@ from .store_format import (CONTENTS, DTYPES, FINGERPRINT_KEY, FORMAT, TEXT_FILES
                            _read_json, encode_dtype, labels_name, nonfinite_stored,
                            shard_name, text_name)
 from .store_records import (_covered_by_index, _store_files, _vouching_index,
-                            check_recorded, later_keys_lacking)
+                            check_recorded, later_keys_lacking, recorded_layer_form)
 
 __all__ = ['LatentStoreWriter']
 
@@ -149,12 +149,18 @@ class LatentStoreWriter:
         Likewise a store begun without a source fingerprint keeps none: its shards
         may come from other source items. Before, a rerun recorded its own in the
         index and parts: it said the older shards came from this run's items, which
-        nothing checked, and a later run with their true items was refused."""
+        nothing checked, and a later run with their true items was refused.
+
+        A hidden layer the store records as the other index of this run's (CLIP-L's -2
+        against 11: one hidden state) is kept as recorded (:func:`recorded_layer_form`):
+        the store's files say one value, which a rerun or training reads where the
+        text encoder's folder is not at hand to count its layers."""
         meta = json.loads(json.dumps(self.meta))
         lacking, fingerprint = set(), self.fingerprint
         for path in _store_files(self.root):
             recorded = _read_json(path)
             lacking.update(later_keys_lacking(meta, recorded))
+            meta = recorded_layer_form(recorded, meta)
             if not recorded.get(FINGERPRINT_KEY):
                 fingerprint = None
         return ({k: v for k, v in meta.items() if k not in lacking},

@@ -9,7 +9,7 @@ from .shard_files import sound_records
 from .store_format import FINGERPRINT_KEY, HEADER_KEYS, LATER_META_KEYS, _read_json
 
 __all__ = ['SourceChangedError', 'SourceCountError', 'PATH_SETTINGS', 'later_keys_lacking',
-           'check_recorded', 'read_store_progress']
+           'check_recorded', 'recorded_layer_form', 'read_store_progress']
 
 
 class SourceChangedError(ValueError):
@@ -48,13 +48,64 @@ def _known_part(theirs, ours):
 PATH_SETTINGS = ('vae', 'text_encoder')
 
 
-def _same(key, theirs, ours) -> bool:
+def _same(key, theirs, ours, their_meta=None, our_meta=None) -> bool:
+    """Whether a recorded setting ``theirs`` and a run's ``ours`` are one. A
+    hidden_layer, given the ``meta`` each is recorded in (its text encoder's kind and
+    folder), is one hidden state as training takes it (:func:`same_hidden_layers`: a
+    layer's positive index and its negative one, T5's -1 and None); a rerun with the
+    other index of the store's layer was refused."""
     if theirs == ours:
         return True
     if key in PATH_SETTINGS and isinstance(theirs, str) and isinstance(ours, str) \
             and theirs and ours:
         return osp.realpath(theirs) == osp.realpath(ours)
+    if key == 'hidden_layer' and their_meta is not None and our_meta is not None:
+        from mmsora.models.text_encoders.hf_text_encoder import same_hidden_layers
+        return same_hidden_layers(_layer_setting(their_meta, theirs),
+                                  _layer_setting(our_meta, ours))
     return False
+
+
+def _layer_setting(meta, layer):
+    """``(kind, hidden_layer, folder)`` of a text encoder's ``layer`` recorded in (or
+    run with) ``meta``, as :func:`same_hidden_layers` takes it."""
+    return meta.get('text_encoder_kind', 't5'), layer, meta.get('text_encoder')
+
+
+def _recorded_layers(recorded, meta):
+    """``(the meta it is recorded in, value)`` of each hidden_layer a store file
+    ``recorded`` records: its ``meta``'s, then each shard's own (an older store's:
+    :meth:`LatentStoreWriter._kept_record`), with its text encoder (:func:`_shard_meta`)."""
+    file_meta = recorded.get('meta')
+    if file_meta is not None and 'hidden_layer' in file_meta:
+        yield file_meta, file_meta['hidden_layer']
+    for shard in recorded.get('shards') or ():
+        own = shard.get('meta') or {}
+        if 'hidden_layer' in own:
+            yield _shard_meta(recorded, own, meta), own['hidden_layer']
+
+
+def _shard_meta(recorded, own, meta):
+    """The settings a shard's record ``own`` (its ``meta``) was written with, as far as
+    they are known: its own, and the rest as its file ``recorded`` records them (the
+    run's ``meta`` where the file records none: an older part that an index recording
+    the run's settings vouches for)."""
+    return dict(recorded.get('meta') or meta, **own)
+
+
+def recorded_layer_form(recorded, meta):
+    """``meta`` (a run's) with its hidden_layer as the store file ``recorded`` writes
+    it where the two are one hidden state written otherwise (CLIP-L's 11 against a
+    recorded -2): a resumed writer records the store's value. Recording its own, it
+    left a store whose parts said 11 and whose index -2, read as two layers where the
+    text encoder's folder is not at hand (another machine)."""
+    if not meta or 'hidden_layer' not in meta:
+        return meta
+    ours = meta['hidden_layer']
+    for their_meta, theirs in _recorded_layers(recorded, meta):
+        if theirs != ours and _same('hidden_layer', theirs, ours, their_meta, meta):
+            return dict(meta, hidden_layer=theirs)
+    return meta
 
 
 def later_keys_lacking(meta, recorded):
@@ -121,13 +172,17 @@ def check_recorded(root, recorded, path, settings, meta=None):
         for key in sorted(set(run_meta) | set(theirs)):
             if key in unchecked:
                 continue
-            if not _same(key, theirs.get(key), run_meta.get(key)):
+            both = key in theirs and key in run_meta  # (a hidden_layer: recorded by both)
+            if not _same(key, theirs.get(key), run_meta.get(key),
+                         theirs if both else None, run_meta if both else None):
                 raise ValueError(_other_settings(root, path, key, theirs.get(key),
                                                  run_meta.get(key)))
     if run_meta is not None:  # the settings a shard written into an older store records
         for shard in recorded.get('shards') or ():
-            for key, theirs in (shard.get('meta') or {}).items():
-                if not _same(key, theirs, run_meta.get(key)):
+            own = shard.get('meta') or {}
+            for key, theirs in own.items():
+                if not _same(key, theirs, run_meta.get(key), _shard_meta(recorded, own,
+                             run_meta), run_meta if key in run_meta else None):
                     raise ValueError(_other_settings(root, path, key, theirs,
                                                      run_meta.get(key)))
     for key in HEADER_KEYS:
