@@ -67,8 +67,8 @@ from mmsora.models.vaes import VIDEO_VAE_CLASSES, AutoencoderKLWrapper, VideoVAE
 from mmsora.utils.cli import (ArgumentParser, UserError, check_at_least,
                               check_output_path, device_setting, note, plural,
                               run_cli)
-from mmsora.utils.dist import (barrier_device_ids, check_gpu_per_process,
-                               close_process_group)
+from mmsora.utils.dist import (barrier_device_ids, check_gpu_of_local_rank,
+                               check_gpu_per_process, close_process_group)
 from mmsora.utils.video_io import READER_VERSION
 
 PROG = 'extract_features.py'
@@ -291,8 +291,10 @@ def check_gpus_for_ranks(device) -> None:
     """Under torchrun on CUDA each rank encodes on the GPU of its LOCAL_RANK
     (:func:`init_dist`): more processes than the machine has GPUs stopped the ones past
     them on a CUDA 'invalid device ordinal' traceback, after the source was read, while
-    the others waited in the process group's start. Refused before anything is read."""
+    the others waited in the process group's start. Refused before anything is read,
+    as is --device cuda:N there (each rank took its own GPU without a word)."""
     if int(os.environ.get('WORLD_SIZE', 1)) > 1 and device.startswith('cuda'):
+        check_gpu_of_local_rank(device, f'a launch of {os.environ["WORLD_SIZE"]} processes')
         check_gpu_per_process('--device cpu')
 
 

@@ -93,7 +93,8 @@ def parse_args(argv=None):
                         default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='default: cuda when there is one (under --launcher, each '
                         "process's GPU), else cpu; cpu under --launcher: the processes "
-                        'join over gloo, taking no GPU')
+                        'join over gloo, taking no GPU; cuda:N is for one process (under '
+                        '--launcher, CUDA_VISIBLE_DEVICES chooses the GPUs)')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '

@@ -50,7 +50,10 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
     active exception"), and torchrun then reports the whole run failed.
 
     Returns:
-        str: The device to sample on (``device`` when given).
+        str: The device to sample on: ``device`` when it names one (``cpu``,
+        ``cuda:1``); ``cuda:LOCAL_RANK`` for None where torch sees a GPU, and for
+        ``cuda`` (which ``torch.cuda.set_device`` refuses: tools/test.py --device cuda
+        stopped on its ValueError), else ``cpu``.
     """
     if launcher != 'none' and not torch.distributed.is_initialized():
         from mmsora.engine.compat import COLLECTIVE_TIMEOUT_S, init_cpu_distributed
@@ -59,7 +62,7 @@ def init_sampling_processes(launcher: str = 'none', device: Optional[str] = None
             from mmengine.dist import init_dist
             init_dist(launcher, backend='nccl', timeout=COLLECTIVE_TIMEOUT_S)
         atexit.register(abandon_process_group)
-    if device is None:
+    if device is None or torch.device(device) == torch.device('cuda'):
         device = (f'cuda:{os.environ.get("LOCAL_RANK", "0")}' if torch.cuda.is_available()
                   else 'cpu')
     if device.startswith('cuda'):

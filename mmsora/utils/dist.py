@@ -12,11 +12,11 @@ from mmsora.utils.cli import UserError
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
            'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
            'slurm_tasks_on_node', 'slurm_host_names', 'init_cpu_process_group',
-           'on_cpu', 'start_on_device', 'NO_GPU_IN_VIEW']
+           'on_cpu', 'start_on_device', 'check_gpu_of_local_rank', 'NO_GPU_IN_VIEW']
 
-# check_gpu_per_process's ``cpu_option`` for the tools whose processes under a launcher
-# take a GPU each whenever torch sees one: tools/train.py (mmengine's launcher sets the
-# device), test.py and infer.py unless given --device cpu (init_cpu_process_group)
+# check_gpu_per_process's ``cpu_option`` for tools/train.py, whose processes under a
+# launcher take a GPU each whenever torch sees one (mmengine's launcher sets the device;
+# test.py and infer.py have --device cpu: start_on_device)
 NO_GPU_IN_VIEW = 'CUDA_VISIBLE_DEVICES= in front of the command (torch then sees no GPU)'
 
 
@@ -106,11 +106,27 @@ def start_on_device(device: Optional[str], launcher: str) -> None:
     mmsora.apis import: with ``--device cpu`` the processes join over gloo and take no
     GPU, any number of them (:func:`init_cpu_process_group`); else each process must
     have a GPU of its own (:func:`check_gpu_per_process`: each past the machine's GPUs
-    stopped in mmengine's set_device)."""
+    stopped in mmengine's set_device), the one of its local rank: ``--device cuda:N``,
+    one GPU for every process, is refused (test.py put all of them on GPU N, infer.py
+    took each its own without a word)."""
+    if launcher == 'none':
+        return
     if on_cpu(device):
         init_cpu_process_group(launcher)
-    else:
-        check_gpu_per_process(NO_GPU_IN_VIEW, launcher)
+        return
+    check_gpu_of_local_rank(device, f'--launcher {launcher}')
+    check_gpu_per_process('--device cpu (the processes then join over gloo)', launcher)
+
+
+def check_gpu_of_local_rank(device: Optional[str], launched: str) -> None:
+    """Refuse a tool's ``--device cuda:N`` where its processes are ``launched`` several
+    (``'--launcher pytorch'``): each takes the GPU of its local rank, so one GPU named
+    for all of them is either put on every process or not followed."""
+    if device is not None and torch.device(device).index is not None:
+        raise UserError(f'--device {device} under {launched}: each process takes the GPU '
+                        'of its local rank, not one GPU for all; give --device cuda (or no '
+                        '--device), and choose the GPUs with CUDA_VISIBLE_DEVICES in front '
+                        'of the command (for GPUs 1 and 2: CUDA_VISIBLE_DEVICES=1,2)')
 
 
 def free_port() -> int:

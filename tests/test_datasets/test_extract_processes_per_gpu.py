@@ -66,7 +66,7 @@ def test_more_processes_than_gpus_is_refused_before_anything_is_read(
 
 @pytest.mark.parametrize('cuda, world, local, device', [
     (2, 2, 2, 'cuda'),    # one process per GPU
-    (4, 2, 2, 'cuda:0'),  # fewer processes than GPUs
+    (4, 2, 2, 'cuda'),    # fewer processes than GPUs
     (2, 4, 4, 'cpu'),     # CPU ranks on a GPU machine: any number
     (0, 4, 4, 'cpu'),     # a machine without CUDA: any number
     (1, 1, 1, 'cuda')])   # one process (no torchrun)
@@ -75,3 +75,17 @@ def test_processes_that_fit_go_on(gpus, torchrun, cuda, world, local, device):
     torchrun(world, local - 1, local=local)
     extract.check_gpus_for_ranks(device)
 
+
+
+def test_one_gpu_named_for_every_rank_is_refused(gpus, torchrun):
+    """--device cuda:0 with several ranks: each takes the GPU of its LOCAL_RANK, so the
+    named one was not followed, without a word."""
+    gpus(4)
+    torchrun(2, 1, local=2)
+    with pytest.raises(UserError) as info:
+        extract.check_gpus_for_ranks('cuda:0')
+    assert str(info.value).startswith(
+        '--device cuda:0 under a launch of 2 processes: each process takes the GPU of its '
+        'local rank, not one GPU for all; give --device cuda (or no --device), and choose')
+    torchrun(1, 0, local=1)  # one process: the GPU named
+    extract.check_gpus_for_ranks('cuda:0')

@@ -28,6 +28,10 @@ KEYS = ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'CUDA_VISIBLE_DE
 TORCHRUN = ('started as 4 processes on a machine of 2 CUDA device(s): each process takes a '
             'GPU of its own; start 2 or fewer (torchrun --nproc_per_node 2), or run on the '
             'CPU with CUDA_VISIBLE_DEVICES= in front of the command (torch then sees no GPU)')
+# test.py and infer.py have their own way to the CPU, --device cpu (they offered
+# CUDA_VISIBLE_DEVICES=, tools/train.py's)
+SAMPLING = TORCHRUN.replace('CUDA_VISIBLE_DEVICES= in front of the command (torch then sees '
+                            'no GPU)', '--device cpu (the processes then join over gloo)')
 SRUN = ('started as 8 srun tasks on a node, each seeing 4 CUDA device(s): each task '
         'takes the GPU of its SLURM_LOCALID among those it sees; start 4 or fewer tasks '
         'per node (srun '
@@ -85,6 +89,8 @@ def test_more_processes_than_gpus_are_refused_before_anything_is_built(
     """Every process of the machine alike: the first, and one past the GPUs."""
     launch(launcher, 0 if first else 3 if launcher == 'pytorch' else 5)
     main = {'train': train.main, 'test': test_tool.main, 'infer': infer.main}[tool]
+    if message == TORCHRUN and tool != 'train':
+        message = SAMPLING
     assert refused(main, argvs(repo_root, tmp_path, launcher)[main]) == message
     assert not (tmp_path / 'w').exists()
 
