@@ -81,7 +81,8 @@ def parse_args(argv=None):
 def config_hook_stand_ins(parser, argv=None) -> dict:
     """What to give for their flags that set a hook the config given already has
     (foreign_flags.HOOK_FLAGS: SiT's --sample-every on the SiT-XL/2 config is its
-    SampleVisualizationHook's interval, not a hook more), as ``parser``'s stand-ins:
+    SampleVisualizationHook's interval, not a hook more; Stable Cascade's --ema-beta,
+    its EMA hook's momentum, at the index it has), as ``parser``'s stand-ins:
     the config is read only where such a flag is given (it is refused below, with
     them), and where it does not read, FOREIGN_HINTS' line is said."""
     from mmsora.utils.foreign_flags import HOOK_FLAGS, hook_stand_ins

@@ -64,7 +64,10 @@ class ArgumentParser(argparse.ArgumentParser):
     for the value given to another project's name of the flag, whose values are not
     ours, unless ``FOREIGN_VALUES`` has ours for it), :data:`EACH_VALUE` (the word of
     ``{}`` once for each value given: ``--sampler-options atol=1e-6 rtol=1e-3``),
-    ``foreign_flags.WHOLE_NUMBER`` (the placeholder for a value that is no whole number)
+    ``foreign_flags.WHOLE_NUMBER`` (the placeholder for a value that is no whole number),
+    a callable (our value for the one given: ``foreign_flags.one_minus_decay``, Stable
+    Cascade's ``--ema-beta 0.9999`` as momentum 0.0001; its ValueError says what the
+    flag takes, and the line says that with the placeholder's key instead)
     (tools/test.py: ``--cfg-scale 1.5`` is ``--cfg-options
     evaluation.sample_cfg.cfg_scale=1.5`` there); looked up before a close spelling, for
     other projects' names of the flag too (SiT's ``--num-sampling-steps`` is
@@ -84,11 +87,22 @@ class ArgumentParser(argparse.ArgumentParser):
     def _stand_in(self, flag: str, values=(), given: str = None) -> str:
         """The text of ``flag``'s stand-in with ``values``, the values given after the
         flag (none: the placeholder), given to the flag ``given`` (another project's
-        name of it, or ``flag``)."""
+        name of it, or ``flag``); a :class:`Sentence` saying what the flag takes where a
+        callable mark refuses the value given."""
         template, placeholder, *marks = self.stand_ins[flag]
+        ours = [mark for mark in marks if callable(mark)]
         if not values or (THEIR_VALUES in marks and given not in (None, flag)) or (
                 WHOLE_NUMBER in marks and not str(values[0]).isdigit()):
             values = [placeholder]
+        elif ours:  # (our value for theirs: --ema-beta 0.9999 is momentum 0.0001)
+            # (the word after the flag on the command line: where the flag came first,
+            # argparse took its value for the config, and the config came here instead)
+            value = self._given_value(given or flag) or str(values[0])
+            try:
+                values = [ours[0](value) if value else placeholder]
+            except ValueError as e:  # (what the flag takes; the key, with the placeholder)
+                return Sentence(f'{given or flag} is {e}, not {value}: give '
+                                f'{self._stand_in(flag)}')
         elif EACH_VALUE not in marks:
             values = values[:1]
         else:  # (KEY=VALUE entries: a word after them is the next positional, SDE)
@@ -198,7 +212,7 @@ class ArgumentParser(argparse.ArgumentParser):
             if guess in self.stand_ins:
                 text = self._stand_in(guess, [translated]) if translated and guess == theirs \
                     else self._stand_in(guess, values, dashed)
-                return f'{text} for {flag}'
+                return text if isinstance(text, Sentence) else f'{text} for {flag}'
         hints = FOREIGN_HINTS.get(dashed, ())
         for needs, hint in (hints,) if hints and isinstance(hints[0], str) else hints:
             if needs in ours:

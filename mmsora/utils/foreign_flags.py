@@ -3,9 +3,10 @@ Open-Sora's) and what to give mmsora instead: the hints of the tools' argument p
 (cli.ArgumentParser) and of ``--cfg-options`` (cfg_options.py)."""
 import re
 
-__all__ = ['FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES', 'FOREIGN_WORDS',
-           'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'WHOLE_NUMBER', 'Sentence', 'model_config',
-           'foreign_key_hint', 'hook_stand_ins', 'sit_sampler']
+__all__ = ['EMA_HOOKS', 'FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES',
+           'FOREIGN_WORDS', 'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'WHOLE_NUMBER', 'Sentence',
+           'model_config', 'foreign_key_hint', 'hook_stand_ins', 'one_minus_decay',
+           'sit_sampler']
 
 
 class Sentence(str):
@@ -150,34 +151,75 @@ FOREIGN_HINTS = {
     '--adaptive-loss-weight': (_TRAIN, '--cfg-options model.diffusion.loss_weight=p2 (or none: '
                                "Stable Cascade's adaptive weight is not implemented)"),
     '--ema-beta': (_TRAIN, '--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at '
-                   "index I of the config's custom_hooks: mmengine's momentum is 1 - decay)"),
+                   "index I of the config's custom_hooks, or where it has none, "
+                   "dict(type='EMAHook', momentum=1-beta) added to them: mmengine's "
+                   'momentum is 1 - decay)'),
 }
-# Their flags that set a hook (flag: the hook's type, its argument): where the config
-# given already has that hook in its custom_hooks, tools/train.py says the key of that
-# hook's argument (:func:`hook_stand_ins`) instead of FOREIGN_HINTS' line, which adds a
-# hook (a second SampleVisualizationHook would sample every round twice).
-HOOK_FLAGS = {'--sample-every': ('SampleVisualizationHook', 'interval')}
 # A stand-in's mark (cli.ArgumentParser's stand_ins): the flag takes a whole number, and
 # another word after it (the config, where the flag came first and its number was taken
 # as the config) is no value of it.
 WHOLE_NUMBER = 'a whole number'
 
 
+def one_minus_decay(text: str) -> str:
+    """A stand-in's mark (cli.ArgumentParser's ``stand_ins``, a callable: our value for
+    the one given): mmengine's EMA momentum for Stable Cascade's ``--ema-beta`` decay,
+    ``1 - beta`` worked out on the text given, so that it prints as one would write it
+    (``0.9999``: ``0.0001``, not float's ``9.999999999998899e-05``). Raises ValueError,
+    saying what the flag's value is, for one that is no number strictly between 0 and
+    1."""
+    from decimal import Decimal, InvalidOperation, localcontext
+    what = "Stable Cascade's EMA decay, a number strictly between 0 and 1 such as 0.9999"
+    try:
+        beta = Decimal(text)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(what) from None
+    if not beta.is_finite() or not 0 < beta < 1:
+        raise ValueError(what)
+    # (exact: a beta of k decimals gives a momentum of k decimals at most; an absurd
+    # 1e-5000 rounds, to 1, refused below as mmengine would)
+    with localcontext() as context:
+        context.prec = min(max(28, -beta.as_tuple().exponent), 1000)
+        momentum = (1 - beta).normalize()
+    if not 0 < momentum < 1:
+        raise ValueError(what)
+    return format(momentum, 'f')
+
+
+# Their flags that set a hook (flag: the hook's types, its argument, the placeholder of
+# its value, what to know of the hook, and the stand-in's marks: WHOLE_NUMBER, or a
+# callable giving our value for theirs, see cli.ArgumentParser): where the config given
+# already has that hook in its custom_hooks, tools/train.py says the key of that hook's
+# argument (:func:`hook_stand_ins`) instead of FOREIGN_HINTS' line, which adds a hook (a
+# second SampleVisualizationHook would sample every round twice) or leaves the index
+# to find (Stable Cascade's --ema-beta). The EMA hooks: mmsora's EMAHook (mmengine's,
+# 'mmengine.EMAHook', too), and those --deepspeed and --fsdp switch it to; each one's
+# momentum is mmengine's: averaged = (1 - momentum) * averaged + momentum * weights.
+EMA_HOOKS = ('EMAHook', 'FP32EMAHook', 'ShardedEMAHook')
+HOOK_FLAGS = {
+    '--sample-every': ('SampleVisualizationHook', 'interval', 'N',
+                       'a second one would run beside it', WHOLE_NUMBER),
+    '--ema-beta': (EMA_HOOKS, 'momentum', 'M', "mmengine's momentum is 1 - beta",
+                   one_minus_decay),
+}
+
+
 def hook_stand_ins(cfg) -> dict:
     """The stand-ins (cli.ArgumentParser's ``stand_ins``) of :data:`HOOK_FLAGS` for the
     config ``cfg``: ``{'--sample-every': ('--cfg-options custom_hooks.2.interval={} ...',
-    'N')}`` where its custom_hooks has a SampleVisualizationHook at index 2 (the first
-    of that type); nothing for a flag whose hook the config does not have."""
+    'N', WHOLE_NUMBER)}`` where its custom_hooks has a SampleVisualizationHook at index 2
+    (the first of that type); nothing for a flag whose hook the config does not have."""
     hooks = cfg.get('custom_hooks') if hasattr(cfg, 'get') else None  # (a Config too)
     found = {}
-    for flag, (kind, argument) in HOOK_FLAGS.items():
+    for flag, (kinds, argument, placeholder, about, *marks) in HOOK_FLAGS.items():
+        kinds = (kinds,) if isinstance(kinds, str) else kinds
         for i, hook in enumerate(hooks if isinstance(hooks, (list, tuple)) else ()):
             name = hook.get('type') if isinstance(hook, dict) else None
             name = getattr(name, '__name__', name)  # (a class, in a lazy-import config)
-            if isinstance(name, str) and name.rpartition('.')[2] == kind:  # (mmsora.X)
+            kind = name.rpartition('.')[2] if isinstance(name, str) else None  # (mmsora.X)
+            if kind in kinds:
                 found[flag] = (f"--cfg-options custom_hooks.{i}.{argument}={{}} (the config's "
-                               f'{kind}: a second one would run beside it)', 'N',
-                               WHOLE_NUMBER)
+                               f'{kind}: {about})', placeholder, *marks)
                 break
     return found
 

@@ -1,0 +1,119 @@
+"""Stable Cascade's --ema-beta BETA on tools/train.py: on a config whose custom_hooks
+has an EMA hook, the refusal names that hook's momentum key with 1 - BETA worked out
+exactly (0.9999: 0.0001), which mmengine's average takes as Stable Cascade's decay; a
+BETA that is no decay is said to be one, in the same line; on a config without an
+EMA hook the line names the key with its index to find, as before."""
+import os.path as osp
+import re
+
+import pytest
+import torch
+
+from mmsora.utils.cfg_options import apply_cfg_options
+from mmsora.utils.config_loading import load_config
+
+SIT_XL = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
+CASCADE_TOY = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
+CASCADE_LITE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
+ABOUT = "(the config's EMAHook: mmengine's momentum is 1 - beta)"
+NO_HOOK = ("--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at index I of the "
+           "config's custom_hooks, or where it has none, dict(type='EMAHook', "
+           "momentum=1-beta) added to them: mmengine's momentum is 1 - decay)")
+
+
+def refusal(capsys, argv) -> str:
+    """tools/train.py's one-line argument error for ``argv``."""
+    from tools.train import parse_args
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def meant(err) -> str:
+    """What the refusal says to give for --ema-beta (its part of the 'did you mean')."""
+    parts = re.search(r'\(did you mean (.*)\?\)', err).group(1).split('; ')
+    return next(part.rpartition(' for ')[0] for part in parts
+                if re.fullmatch(r'.* for --ema[-_]beta', part))
+
+
+@pytest.mark.parametrize('config', [SIT_XL, CASCADE_TOY])
+def test_the_key_and_value_are_said_and_average_as_stable_cascade(capsys, repo_root, config):
+    said = meant(refusal(capsys, [osp.join(repo_root, config), '--ema-beta', '0.9999']))
+    assert said == f'--cfg-options custom_hooks.0.momentum=0.0001 {ABOUT}'
+    # the entry as said, on the config: its EMA hook gets the momentum
+    cfg = load_config(osp.join(repo_root, config))
+    apply_cfg_options(cfg, [said.split(' ')[1]])
+    hook = cfg.custom_hooks[0]
+    assert hook['type'] == 'EMAHook' and hook['momentum'] == 1e-4
+    # mmengine's average with it moves as Stable Cascade's update_weights_ema with
+    # beta 0.9999 (ema = beta * ema + (1 - beta) * weights: its lerp_ by 1 - beta)
+    from mmengine.model import ExponentialMovingAverage
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    average = ExponentialMovingAverage(model, momentum=hook['momentum'])
+    average.update_parameters(model)  # (its first: a copy, as Stable Cascade's EMA starts)
+    theirs = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        average.update_parameters(model)
+        theirs = [0.9999 * e + (1 - 0.9999) * p.detach()
+                  for e, p in zip(theirs, model.parameters())]
+    for ours, expected in zip(average.module.parameters(), theirs):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('beta, momentum', [
+    ('0.9999', '0.0001'), ('0.999', '0.001'), ('0.99995', '0.00005'), ('9.999e-1', '0.0001'),
+    ('0.99990', '0.0001'), ('0.5', '0.5'), ('0.99999999', '0.00000001')])
+def test_the_momentum_is_exact_as_written(capsys, repo_root, beta, momentum):
+    """1 - 0.9999 in floats is 9.999999999998899e-05: the line says 0.0001."""
+    config = osp.join(repo_root, CASCADE_TOY)
+    for argv in ([config, '--ema-beta', beta], [config, f'--ema_beta={beta}'],
+                 ['--ema-beta', beta, config]):  # (flag first: argparse took BETA for the config)
+        said = meant(refusal(capsys, argv))
+        assert said.split(' ')[1] == f'custom_hooks.0.momentum={momentum}', argv
+
+
+@pytest.mark.parametrize('beta', ['abc', '1', '0', '1.5', '-0.5', 'nan', 'inf', '1e-5000'])
+def test_a_beta_that_is_no_decay_is_said_in_one_line(capsys, repo_root, beta):
+    err = refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta', beta])
+    assert (f"; --ema-beta is Stable Cascade's EMA decay, a number strictly between 0 and 1 "
+            f'such as 0.9999, not {beta}: give --cfg-options custom_hooks.0.momentum=M '
+            f'{ABOUT}; see ') in err, err
+    assert 'did you mean' not in err
+
+
+def test_without_a_value_the_key_has_a_placeholder(capsys, repo_root):
+    said = meant(refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta']))
+    assert said == f'--cfg-options custom_hooks.0.momentum=M {ABOUT}'
+
+
+def test_the_ema_hook_is_found_where_it_is_and_of_each_kind(capsys, tmp_path):
+    """mmengine's own EMAHook, and the float32 one, at another index than 0."""
+    for kind in ('mmengine.EMAHook', 'FP32EMAHook'):
+        config = tmp_path / 'cfg.py'
+        config.write_text(f"custom_hooks = [dict(type='RNGStateHook'), dict(type='{kind}', "
+                          'momentum=1e-4)]\n')
+        said = meant(refusal(capsys, [str(config), '--ema-beta', '0.9995']))
+        assert said == (f"--cfg-options custom_hooks.1.momentum=0.0005 (the config's "
+                        f"{kind.rpartition('.')[2]}: mmengine's momentum is 1 - beta)")
+
+
+@pytest.mark.parametrize('beta', ['0.9999', '1.5'])
+def test_a_config_without_an_ema_hook_is_told_as_before(capsys, repo_root, beta):
+    """Stable Cascade lite keeps no EMA (its custom_hooks is RNGStateHook alone)."""
+    assert meant(refusal(capsys, [osp.join(repo_root, CASCADE_LITE), '--ema-beta',
+                                  beta])) == NO_HOOK
+
+
+def test_the_sample_hook_and_the_ema_hook_together(capsys, repo_root):
+    err = refusal(capsys, [osp.join(repo_root, SIT_XL), '--sample-every', '5000',
+                           '--ema-beta', '0.9999'])
+    assert ('--cfg-options custom_hooks.2.interval=5000 (the config\'s SampleVisualizationHook'
+            ': a second one would run beside it) for --sample-every') in err
+    assert meant(err) == f'--cfg-options custom_hooks.0.momentum=0.0001 {ABOUT}'
