@@ -28,6 +28,17 @@ def refused(main, argv) -> str:
     return str(info.value)
 
 
+def train_args_refusal(capsys, argv) -> str:
+    """tools/train.py's one-line argument error for ``argv`` (exit status 2)."""
+    from tools.train import parse_args
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def one_line(exc) -> str:
     """The one-line message ``explain_error`` gives for ``exc`` (it has one)."""
     message = explain_error(exc)

@@ -11,6 +11,7 @@ import torch
 
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.config_loading import load_config
+from tests.cli_helpers import train_args_refusal
 
 SIT_XL = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
 CASCADE_TOY = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
@@ -19,17 +20,6 @@ ABOUT = "(the config's EMAHook: mmengine's momentum is 1 - beta)"
 NO_HOOK = ("--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at index I of the "
            "config's custom_hooks, or where it has none, dict(type='EMAHook', "
            "momentum=1-beta) added to them: mmengine's momentum is 1 - decay)")
-
-
-def refusal(capsys, argv) -> str:
-    """tools/train.py's one-line argument error for ``argv``."""
-    from tools.train import parse_args
-    with pytest.raises(SystemExit) as info:
-        parse_args(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def meant(err) -> str:
@@ -41,7 +31,7 @@ def meant(err) -> str:
 
 @pytest.mark.parametrize('config', [SIT_XL, CASCADE_TOY])
 def test_the_key_and_value_are_said_and_average_as_stable_cascade(capsys, repo_root, config):
-    said = meant(refusal(capsys, [osp.join(repo_root, config), '--ema-beta', '0.9999']))
+    said = meant(train_args_refusal(capsys, [osp.join(repo_root, config), '--ema-beta', '0.9999']))
     assert said == f'--cfg-options custom_hooks.0.momentum=0.0001 {ABOUT}'
     # the entry as said, on the config: its EMA hook gets the momentum
     cfg = load_config(osp.join(repo_root, config))
@@ -75,13 +65,13 @@ def test_the_momentum_is_exact_as_written(capsys, repo_root, beta, momentum):
     config = osp.join(repo_root, CASCADE_TOY)
     for argv in ([config, '--ema-beta', beta], [config, f'--ema_beta={beta}'],
                  ['--ema-beta', beta, config]):  # (flag first: argparse took BETA for the config)
-        said = meant(refusal(capsys, argv))
+        said = meant(train_args_refusal(capsys, argv))
         assert said.split(' ')[1] == f'custom_hooks.0.momentum={momentum}', argv
 
 
 @pytest.mark.parametrize('beta', ['abc', '1', '0', '1.5', '-0.5', 'nan', 'inf', '1e-5000'])
 def test_a_beta_that_is_no_decay_is_said_in_one_line(capsys, repo_root, beta):
-    err = refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta', beta])
+    err = train_args_refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta', beta])
     assert (f"; --ema-beta is Stable Cascade's EMA decay, a number strictly between 0 and 1 "
             f'such as 0.9999, not {beta}: give --cfg-options custom_hooks.0.momentum=M '
             f'{ABOUT}; see ') in err, err
@@ -89,7 +79,7 @@ def test_a_beta_that_is_no_decay_is_said_in_one_line(capsys, repo_root, beta):
 
 
 def test_without_a_value_the_key_has_a_placeholder(capsys, repo_root):
-    said = meant(refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta']))
+    said = meant(train_args_refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta']))
     assert said == f'--cfg-options custom_hooks.0.momentum=M {ABOUT}'
 
 
@@ -99,7 +89,7 @@ def test_the_ema_hook_is_found_where_it_is_and_of_each_kind(capsys, tmp_path):
         config = tmp_path / 'cfg.py'
         config.write_text(f"custom_hooks = [dict(type='RNGStateHook'), dict(type='{kind}', "
                           'momentum=1e-4)]\n')
-        said = meant(refusal(capsys, [str(config), '--ema-beta', '0.9995']))
+        said = meant(train_args_refusal(capsys, [str(config), '--ema-beta', '0.9995']))
         assert said == (f"--cfg-options custom_hooks.1.momentum=0.0005 (the config's "
                         f"{kind.rpartition('.')[2]}: mmengine's momentum is 1 - beta)")
 
@@ -107,12 +97,12 @@ def test_the_ema_hook_is_found_where_it_is_and_of_each_kind(capsys, tmp_path):
 @pytest.mark.parametrize('beta', ['0.9999', '1.5'])
 def test_a_config_without_an_ema_hook_is_told_as_before(capsys, repo_root, beta):
     """Stable Cascade lite keeps no EMA (its custom_hooks is RNGStateHook alone)."""
-    assert meant(refusal(capsys, [osp.join(repo_root, CASCADE_LITE), '--ema-beta',
+    assert meant(train_args_refusal(capsys, [osp.join(repo_root, CASCADE_LITE), '--ema-beta',
                                   beta])) == NO_HOOK
 
 
 def test_the_sample_hook_and_the_ema_hook_together(capsys, repo_root):
-    err = refusal(capsys, [osp.join(repo_root, SIT_XL), '--sample-every', '5000',
+    err = train_args_refusal(capsys, [osp.join(repo_root, SIT_XL), '--sample-every', '5000',
                            '--ema-beta', '0.9999'])
     assert ('--cfg-options custom_hooks.2.interval=5000 (the config\'s SampleVisualizationHook'
             ': a second one would run beside it) for --sample-every') in err

@@ -9,22 +9,12 @@ import pytest
 
 from mmsora.utils.cfg_options import apply_cfg_options
 from mmsora.utils.config_loading import load_config
+from tests.cli_helpers import train_args_refusal
 
 SIT_XL = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
 DIT_XL = 'configs/dit/dit_xl2_8xb32_400k_imagenet256.py'
 ADD_A_HOOK = ("dict(type='SampleVisualizationHook', interval=N) in the config's "
               "custom_hooks (README: Samples during training)")
-
-
-def refusal(capsys, argv) -> str:
-    """tools/train.py's one-line argument error for ``argv``."""
-    from tools.train import parse_args
-    with pytest.raises(SystemExit) as info:
-        parse_args(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def meant(err) -> str:
@@ -40,7 +30,7 @@ def sample_hooks(cfg) -> list:
                                   ['--sample_every', '5000']])
 def test_a_config_with_a_sample_hook_is_told_its_interval_key(capsys, repo_root, flag):
     config = osp.join(repo_root, SIT_XL)
-    said = meant(refusal(capsys, [config, *flag]))
+    said = meant(train_args_refusal(capsys, [config, *flag]))
     assert said == ("--cfg-options custom_hooks.2.interval=5000 (the config's "
                     'SampleVisualizationHook: a second one would run beside it)')
     # the key said, given as said: the config's one sample hook, every 5000 steps
@@ -60,16 +50,16 @@ def test_the_key_works_through_tools_train(repo_root, tmp_path):
 
 
 def test_without_a_value_the_key_has_a_placeholder(capsys, repo_root):
-    said = meant(refusal(capsys, [osp.join(repo_root, SIT_XL), '--sample-every']))
+    said = meant(train_args_refusal(capsys, [osp.join(repo_root, SIT_XL), '--sample-every']))
     assert said.startswith('--cfg-options custom_hooks.2.interval=N (')
 
 
 def test_a_config_without_a_sample_hook_is_told_to_add_one(capsys, repo_root):
-    assert meant(refusal(capsys, [osp.join(repo_root, DIT_XL), '--sample-every',
+    assert meant(train_args_refusal(capsys, [osp.join(repo_root, DIT_XL), '--sample-every',
                                   '5000'])) == ADD_A_HOOK
     # a config that is not there: the same (the config's own error comes once the flag
     # is mended), in one line
-    assert meant(refusal(capsys, [str(osp.join(repo_root, 'no_such.py')),
+    assert meant(train_args_refusal(capsys, [str(osp.join(repo_root, 'no_such.py')),
                                   '--sample-every', '5000'])) == ADD_A_HOOK
 
 
@@ -77,7 +67,7 @@ def test_the_work_dirs_dumped_config_is_told_the_same(capsys, repo_root, tmp_pat
     """--resume's config, read from the work dir (the dump keeps the hook's place)."""
     dumped = str(tmp_path / 'sit_xl2_8xb32_400k_imagenet256.py')
     load_config(osp.join(repo_root, SIT_XL)).dump(dumped)
-    said = meant(refusal(capsys, [dumped, '--resume', '--sample-every', '20000']))
+    said = meant(train_args_refusal(capsys, [dumped, '--resume', '--sample-every', '20000']))
     assert said.startswith('--cfg-options custom_hooks.2.interval=20000 (')
 
 
@@ -89,6 +79,6 @@ def test_the_config_is_found_where_the_flag_comes_first(capsys, repo_root, order
     config = osp.join(repo_root, SIT_XL)
     argv = (['--sample-every', '5000', config] if order == 'flag first'
             else ['--fsdp', config, '--sample-every', '5000'])
-    said = meant(refusal(capsys, argv))
+    said = meant(train_args_refusal(capsys, argv))
     assert said.startswith('--cfg-options custom_hooks.2.interval=')
     assert said.split(' ')[1].rpartition('=')[2] in ('5000', 'N')
