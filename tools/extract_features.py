@@ -273,8 +273,9 @@ def init_dist(device):
     if world <= 1:
         return 0, 1, torch.device(device)
     on_cuda = device.startswith('cuda')
-    if on_cuda:
-        device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
+    if on_cuda:  # (the GPU of its LOCAL_RANK; one named, where it is the machine's one rank)
+        if torch.device(device).index is None:
+            device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
         torch.cuda.set_device(device)
     # Past the lock's word at the start (lock_out), the ranks meet only at the end, in
     # the barrier before rank 0 writes the index: a rank with fewer (or no) shards
@@ -295,7 +296,7 @@ def check_gpus_for_ranks(device) -> None:
     as is --device cuda:N there (each rank took its own GPU without a word)."""
     if int(os.environ.get('WORLD_SIZE', 1)) > 1 and device.startswith('cuda'):
         check_gpu_of_local_rank(device, f'a launch of {os.environ["WORLD_SIZE"]} processes')
-        check_gpu_per_process('--device cpu')
+        check_gpu_per_process('--device cpu', cpu_under_srun='--device cpu')
 
 
 def adopt_slurm_tasks() -> None:

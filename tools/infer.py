@@ -93,8 +93,9 @@ def parse_args(argv=None):
                         default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='default: cuda when there is one (under --launcher, each '
                         "process's GPU), else cpu; cpu under --launcher: the processes "
-                        'join over gloo, taking no GPU; cuda:N is for one process (under '
-                        '--launcher, CUDA_VISIBLE_DEVICES chooses the GPUs)')
+                        'join over gloo, taking no GPU; cuda:N: that GPU, for one process '
+                        'on a machine (several take each its own: CUDA_VISIBLE_DEVICES '
+                        'chooses them)')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '
@@ -485,8 +486,7 @@ def main(argv=None):
         check_samples_not_finished(args.out)
     if args.launcher != 'none':
         from mmsora.apis import init_sampling_processes
-        args.device = init_sampling_processes(args.launcher,
-                                              args.device if on_cpu(args.device) else None)
+        args.device = init_sampling_processes(args.launcher, args.device)
     keep_freed_memory_on_cpu(args, on_cpu(args.device))
     from mmsora.apis import init_model, save_image_grid, save_videos
     from mmsora.apis.video import DEFAULT_FPS

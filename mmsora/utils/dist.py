@@ -106,23 +106,29 @@ def start_on_device(device: Optional[str], launcher: str) -> None:
     mmsora.apis import: with ``--device cpu`` the processes join over gloo and take no
     GPU, any number of them (:func:`init_cpu_process_group`); else each process must
     have a GPU of its own (:func:`check_gpu_per_process`: each past the machine's GPUs
-    stopped in mmengine's set_device), the one of its local rank: ``--device cuda:N``,
-    one GPU for every process, is refused (test.py put all of them on GPU N, infer.py
-    took each its own without a word)."""
+    stopped in mmengine's set_device), the one of its local rank: ``--device cuda:N``
+    with several processes on the machine, one GPU for all, is refused (test.py put all
+    of them on GPU N, infer.py took each its own without a word); a machine's one
+    process takes GPU N."""
     if launcher == 'none':
         return
     if on_cpu(device):
         init_cpu_process_group(launcher)
         return
-    check_gpu_of_local_rank(device, f'--launcher {launcher}')
-    check_gpu_per_process('--device cpu (the processes then join over gloo)', launcher)
+    check_gpu_of_local_rank(device, f'--launcher {launcher}', launcher)
+    cpu = '--device cpu (the processes then join over gloo)'
+    check_gpu_per_process(cpu, launcher, cpu_under_srun=cpu)
 
 
-def check_gpu_of_local_rank(device: Optional[str], launched: str) -> None:
-    """Refuse a tool's ``--device cuda:N`` where its processes are ``launched`` several
-    (``'--launcher pytorch'``): each takes the GPU of its local rank, so one GPU named
-    for all of them is either put on every process or not followed."""
-    if device is not None and torch.device(device).index is not None:
+def check_gpu_of_local_rank(device: Optional[str], launched: str,
+                            launcher: Optional[str] = None) -> None:
+    """Refuse a tool's ``--device cuda:N`` where its processes are ``launched``
+    (``'--launcher pytorch'``) several on this machine (:func:`_launch_on_machine`, for
+    the tool's ``launcher`` as :func:`check_gpu_per_process` takes it): each takes the
+    GPU of its local rank, so one GPU named for all of them was either put on every
+    process or not followed. One process on a machine takes the GPU named."""
+    if device is not None and torch.device(device).index is not None and \
+            _launch_on_machine(launcher)[2] > 1:
         raise UserError(f'--device {device} under {launched}: each process takes the GPU '
                         'of its local rank, not one GPU for all; give --device cuda (or no '
                         '--device), and choose the GPUs with CUDA_VISIBLE_DEVICES in front '
@@ -207,7 +213,8 @@ def slurm_tasks_on_node() -> Optional[int]:
     return counts[int(node)] if node.isdigit() and int(node) < len(counts) else None
 
 
-def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> None:
+def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None,
+                          cpu_under_srun: Optional[str] = None) -> None:
     """Refuse a launch of more processes on this machine than it has CUDA devices, one
     process per GPU: torchrun's (its LOCAL_WORLD_SIZE, else this process's LOCAL_RANK +
     1) or srun's (``--launcher slurm``; the step's tasks on this node, else this task's
@@ -217,7 +224,8 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
     others waited for it to join. Every process of the machine refuses alike where the
     launcher tells their count (said once: run_cli). A machine without CUDA runs any
     number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
-    to torchrun's processes). ``launcher``: the tool's ``--launcher`` (``'none'``: one
+    to torchrun's processes); ``cpu_under_srun``: the same for srun's tasks, where the
+    tool has one (--device cpu; CUDA_VISIBLE_DEVICES= is none there). ``launcher``: the tool's ``--launcher`` (``'none'``: one
     process, nothing to check; None: a tool without that flag); srun's tasks are
     counted for ``'slurm'``, and for a start inside srun without torchrun
     (SLURM_LOCALID set, no LOCAL_WORLD_SIZE) whose LOCAL_RANK is unset or the task's
@@ -231,36 +239,47 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None) -> No
         return
     seen = os.environ.get('CUDA_VISIBLE_DEVICES')
     seen = f' (CUDA_VISIBLE_DEVICES={seen})' if seen is not None else ''
-    task = os.environ.get('SLURM_LOCALID', '')
-    # srun's tasks, told apart from torchrun's processes (inside a slurm job too) as
-    # cli.is_first_on_machine does, and from tasks that each set their own device
-    srun = task.isdigit() and (launcher == 'slurm' or (
-        'LOCAL_WORLD_SIZE' not in os.environ
-        and os.environ.get('LOCAL_RANK', task) == task))
-    if srun:
-        tasks = slurm_tasks_on_node()
-        tasks = tasks if tasks is not None and tasks > int(task) else None
-        if (tasks or int(task) + 1) <= count:
-            return
-        started = (f'{tasks} srun tasks on a node, each seeing' if tasks else
+    task, told, processes = _launch_on_machine(launcher)
+    if processes <= count:
+        return
+    if task is not None:
+        started = (f'{told} srun tasks on a node, each seeing' if told else
                    f'srun task SLURM_LOCALID={task}, which sees')
-        gres = f'--gres=gpu:{tasks}' if tasks else '--gres=gpu:N for N tasks per node'
-        # (no CPU route: srun sets a task's CUDA_VISIBLE_DEVICES to the GPUs it gives;
-        # each task sets the device of its SLURM_LOCALID among those it sees, so a
-        # task given one GPU of its own, --gpus-per-task 1, sees one: device 0 alone)
+        gres = f'--gres=gpu:{told}' if told else '--gres=gpu:N for N tasks per node'
+        # (CUDA_VISIBLE_DEVICES= is no CPU route here: srun sets a task's to the GPUs it
+        # gives; each task sets the device of its SLURM_LOCALID among those it sees, so
+        # a task given one GPU of its own, --gpus-per-task 1, sees one: device 0 alone)
+        cpu = f', or run on the CPU with {cpu_under_srun}' if cpu_under_srun else ''
         raise UserError(f'started as {started} {count} CUDA device(s){seen}: each task '
                         f'takes the GPU of its SLURM_LOCALID among those it sees; start '
                         f'{count} or fewer tasks per node (srun '
                         f'--ntasks-per-node {count}), or let every task see all of the '
-                        f"node's GPUs ({gres}, without --gpus-per-task or --gpu-bind)")
-    local = os.environ.get('LOCAL_WORLD_SIZE', '')
-    rank = os.environ.get('LOCAL_RANK', '0')
-    processes = int(local) if local.isdigit() else int(rank) + 1 if rank.isdigit() else 1
-    if processes <= count:
-        return
-    started = (f'{processes} processes' if local.isdigit() else
-               f'process LOCAL_RANK={rank}')
+                        f"node's GPUs ({gres}, without --gpus-per-task or --gpu-bind)"
+                        f'{cpu}')
+    started = (f'{told} processes' if told else
+               f"process LOCAL_RANK={os.environ.get('LOCAL_RANK', '0')}")
     raise UserError(f'started as {started} on a machine of {count} CUDA device(s){seen}: '
                     f'each process takes a GPU of its own; start {count} or fewer '
                     f'(torchrun --nproc_per_node {count}), or run on the CPU with '
                     f'{cpu_option}')
+
+
+def _launch_on_machine(launcher: Optional[str]):
+    """``(task, told, processes)`` of this machine's share of a launch, as
+    :func:`check_gpu_per_process` counts it: ``task``, this process's SLURM_LOCALID where
+    it is one of srun's tasks (told apart from torchrun's processes, inside a slurm job
+    too, as cli.is_first_on_machine does, and from tasks that each set their own
+    device), else None; ``told``, the count the launcher tells (the step's tasks on this
+    node, torchrun's LOCAL_WORLD_SIZE), else None; ``processes``, that count, else this
+    process's index + 1 (the fewest there can be)."""
+    task = os.environ.get('SLURM_LOCALID', '')
+    if task.isdigit() and (launcher == 'slurm' or (
+            'LOCAL_WORLD_SIZE' not in os.environ
+            and os.environ.get('LOCAL_RANK', task) == task)):
+        told = slurm_tasks_on_node()
+        told = told if told is not None and told > int(task) else None
+        return int(task), told, told or int(task) + 1
+    local = os.environ.get('LOCAL_WORLD_SIZE', '')
+    rank = os.environ.get('LOCAL_RANK', '0')
+    told = int(local) if local.isdigit() else None
+    return None, told, told or (int(rank) + 1 if rank.isdigit() else 1)

@@ -1,9 +1,9 @@
 """tools/test.py and tools/infer.py given a GPU with --device: under a launcher each
 process takes the GPU of its local rank, so --device cuda:N (one GPU for every process)
-is refused where test.py put all of them on GPU N and infer.py gave each its own
-without a word; --device cuda is each process's own GPU, and test.py's single process
-given --device cuda samples on GPU 0 (it stopped on torch.cuda.set_device's ValueError,
-'Expected a torch.device with a specified index'). The GPUs are stand-ins (torch.cuda
+with several processes on a machine is refused where test.py put all of them on GPU N
+and infer.py gave each its own without a word (a machine's one process takes GPU N);
+--device cuda is each process's own GPU, where test.py stopped on torch.cuda.set_device's
+ValueError ('Expected a torch.device with a specified index'), its single process too. The GPUs are stand-ins (torch.cuda
 patched), as in test_cpu_device_under_a_launcher.py, whose fixture this file shares."""
 import os.path as osp
 
@@ -33,13 +33,32 @@ def test_one_gpu_for_every_process_is_refused(launch, repo_root, tmp_path, launc
 
 
 @pytest.mark.parametrize('tool', ['test', 'infer'])
-def test_device_cuda_is_each_process_own_gpu(launch, repo_root, tmp_path, tool):
+@pytest.mark.parametrize('device, processes, rank, used', [
+    ('cuda', 2, 1, 1),      # each process its own GPU (test.py: set_device's ValueError)
+    ('cuda:2', 1, 0, 2)])   # a machine's one process: the GPU named (infer.py took 0)
+def test_the_gpu_each_process_samples_on(launch, repo_root, tmp_path, monkeypatch, tool,
+                                         device, processes, rank, used):
+    """The process group is made (a stand-in), then the model is built on the device
+    the tool chose (stopped there). torch.cuda.set_device's stand-in reads the index as
+    torch does: a device without one is a ValueError."""
+    from torch._utils import _get_device_index
     setup, record = launch
-    setup('pytorch', 2, 1)
-    main, argv = argvs(repo_root, tmp_path, 'pytorch', 'cuda')[tool]
+    setup('pytorch', processes, rank)
+    monkeypatch.setattr(torch.distributed, 'init_process_group',
+                        lambda backend=None, **kwargs: record.backends.append(backend))
+    monkeypatch.setattr(torch.cuda, 'set_device',
+                        lambda device: record.devices.append(_get_device_index(device)))
+    loaded = []
+
+    def init_model(*args, device=None, **kwargs):
+        loaded.append(device)
+        raise Started
+    monkeypatch.setattr(mmsora.apis, 'init_model', init_model)
+    main, argv = argvs(repo_root, tmp_path, 'pytorch', device)[tool]
     with pytest.raises(Started):
         main(argv)
-    assert record.backends == ['nccl'] and record.devices == [1]
+    assert record.backends == ['nccl'] and loaded == [f'cuda:{used}']
+    assert record.devices == [rank, used]  # (mmengine's start, then the tool's)
 
 
 def test_one_process_given_device_cuda_samples_on_gpu_0(repo_root, monkeypatch,

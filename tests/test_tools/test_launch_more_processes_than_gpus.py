@@ -89,8 +89,9 @@ def test_more_processes_than_gpus_are_refused_before_anything_is_built(
     """Every process of the machine alike: the first, and one past the GPUs."""
     launch(launcher, 0 if first else 3 if launcher == 'pytorch' else 5)
     main = {'train': train.main, 'test': test_tool.main, 'infer': infer.main}[tool]
-    if message == TORCHRUN and tool != 'train':
-        message = SAMPLING
+    if tool != 'train':  # (srun's tasks: CUDA_VISIBLE_DEVICES= is no way to the CPU there)
+        message = SAMPLING if message == TORCHRUN else \
+            f'{SRUN}, or run on the CPU with --device cpu (the processes then join over gloo)'
     assert refused(main, argvs(repo_root, tmp_path, launcher)[main]) == message
     assert not (tmp_path / 'w').exists()
 
