@@ -95,7 +95,7 @@ def config_hook_stand_ins(parser, argv=None) -> dict:
         flag = given[i].partition('=')[0].replace('_', '-')
         if flag in HOOK_FLAGS:
             i += 1 if '=' in given[i] or i + 1 == len(given) or \
-                given[i + 1].startswith('-') else 2
+                given[i + 1].startswith('--') else 2  # (-0.5 is a value)
             continue
         rest.append(given[i])
         i += 1

@@ -151,9 +151,15 @@ FOREIGN_HINTS = {
     '--adaptive-loss-weight': (_TRAIN, '--cfg-options model.diffusion.loss_weight=p2 (or none: '
                                "Stable Cascade's adaptive weight is not implemented)"),
     '--ema-beta': (_TRAIN, '--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at '
-                   "index I of the config's custom_hooks, or where it has none, "
-                   "dict(type='EMAHook', momentum=1-beta) added to them: mmengine's "
-                   'momentum is 1 - decay)'),
+                   "index I of the config's custom_hooks, or in a config without one, "
+                   "dict(type='EMAHook', momentum=1-beta) added to its custom_hooks in "
+                   "the file: mmengine's momentum is 1 - decay, per update, and the "
+                   "hook's interval is Stable Cascade's ema_iters)"),
+    '--ema-iters': (_TRAIN, "--cfg-options custom_hooks.I.interval=K (the config's "
+                    'EMAHook at index I: the average is updated every K steps)'),
+    '--ema-start-iters': (_TRAIN, "--cfg-options custom_hooks.I.begin_iter=N (the "
+                          "config's EMAHook at index I: the average copies the weights "
+                          'until iteration N)'),
 }
 # A stand-in's mark (cli.ArgumentParser's stand_ins): the flag takes a whole number, and
 # another word after it (the config, where the flag came first and its number was taken
@@ -176,12 +182,13 @@ def one_minus_decay(text: str) -> str:
         raise ValueError(what) from None
     if not beta.is_finite() or not 0 < beta < 1:
         raise ValueError(what)
-    # (exact: a beta of k decimals gives a momentum of k decimals at most; an absurd
-    # 1e-5000 rounds, to 1, refused below as mmengine would)
+    # (exact: a beta of k decimals gives a momentum of k decimals at most, up to 1000;
+    # one a float reads as 0 or 1, 1e-17's 0.99999999999999999, is refused below, as
+    # mmengine's average refuses that momentum)
     with localcontext() as context:
         context.prec = min(max(28, -beta.as_tuple().exponent), 1000)
         momentum = (1 - beta).normalize()
-    if not 0 < momentum < 1:
+    if not 0 < float(momentum) < 1:  # (as the config reads it: 1e-17's is 1.0)
         raise ValueError(what)
     return format(momentum, 'f')
 
@@ -199,8 +206,16 @@ EMA_HOOKS = ('EMAHook', 'FP32EMAHook', 'ShardedEMAHook')
 HOOK_FLAGS = {
     '--sample-every': ('SampleVisualizationHook', 'interval', 'N',
                        'a second one would run beside it', WHOLE_NUMBER),
-    '--ema-beta': (EMA_HOOKS, 'momentum', 'M', "mmengine's momentum is 1 - beta",
-                   one_minus_decay),
+    # (Stable Cascade's train/base.py averages every ema_iters steps with ema_beta, and
+    # copies the weights until ema_start_iters: its finetune_c_1b.yaml has ema_iters
+    # 100, ema_beta 0.9; the hook's interval and begin_iter are those two)
+    '--ema-beta': (EMA_HOOKS, 'momentum', 'M', "mmengine's momentum is 1 - beta, per "
+                   "update, and its interval is Stable Cascade's ema_iters, the steps "
+                   'between updates: --ema-iters', one_minus_decay),
+    '--ema-iters': (EMA_HOOKS, 'interval', 'K', 'the average is updated every K steps',
+                    WHOLE_NUMBER),
+    '--ema-start-iters': (EMA_HOOKS, 'begin_iter', 'N', 'the average copies the weights '
+                          'until iteration N', WHOLE_NUMBER),
 }
 
 

@@ -16,17 +16,20 @@ from tests.cli_helpers import train_args_refusal
 SIT_XL = 'configs/sit/sit_xl2_8xb32_400k_imagenet256.py'
 CASCADE_TOY = 'configs/stable_cascade/stable_cascade_video_tiny_1xb2_60_toy.py'
 CASCADE_LITE = 'configs/stable_cascade/stable_cascade_video_lite_1xb1_100k_clips1024.py'
-ABOUT = "(the config's EMAHook: mmengine's momentum is 1 - beta)"
+ABOUT = ("(the config's EMAHook: mmengine's momentum is 1 - beta, per update, and its "
+         "interval is Stable Cascade's ema_iters, the steps between updates: --ema-iters)")
 NO_HOOK = ("--cfg-options custom_hooks.I.momentum=1-beta (the EMAHook at index I of the "
-           "config's custom_hooks, or where it has none, dict(type='EMAHook', "
-           "momentum=1-beta) added to them: mmengine's momentum is 1 - decay)")
+           "config's custom_hooks, or in a config without one, dict(type='EMAHook', "
+           "momentum=1-beta) added to its custom_hooks in the file: mmengine's momentum "
+           "is 1 - decay, per update, and the hook's interval is Stable Cascade's ema_iters)")
 
 
-def meant(err) -> str:
-    """What the refusal says to give for --ema-beta (its part of the 'did you mean')."""
+def meant(err, flag='--ema-beta') -> str:
+    """What the refusal says to give for ``flag`` (its part of the 'did you mean')."""
     parts = re.search(r'\(did you mean (.*)\?\)', err).group(1).split('; ')
+    pattern = '--' + flag[2:].replace('-', '[-_]')
     return next(part.rpartition(' for ')[0] for part in parts
-                if re.fullmatch(r'.* for --ema[-_]beta', part))
+                if re.fullmatch(f'.* for {pattern}', part))
 
 
 @pytest.mark.parametrize('config', [SIT_XL, CASCADE_TOY])
@@ -69,9 +72,13 @@ def test_the_momentum_is_exact_as_written(capsys, repo_root, beta, momentum):
         assert said.split(' ')[1] == f'custom_hooks.0.momentum={momentum}', argv
 
 
-@pytest.mark.parametrize('beta', ['abc', '1', '0', '1.5', '-0.5', 'nan', 'inf', '1e-5000'])
-def test_a_beta_that_is_no_decay_is_said_in_one_line(capsys, repo_root, beta):
-    err = train_args_refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta', beta])
+@pytest.mark.parametrize('beta', ['abc', '1', '0', '1.5', '-0.5', 'nan', 'inf', '1e-5000',
+                                  '1e-17'])  # (1e-17's momentum reads as 1.0 in a config)
+@pytest.mark.parametrize('first', [False, True])
+def test_a_beta_that_is_no_decay_is_said_in_one_line(capsys, repo_root, beta, first):
+    config = osp.join(repo_root, CASCADE_TOY)
+    err = train_args_refusal(capsys, ['--ema-beta', beta, config] if first else
+                             [config, '--ema-beta', beta])
     assert (f"; --ema-beta is Stable Cascade's EMA decay, a number strictly between 0 and 1 "
             f'such as 0.9999, not {beta}: give --cfg-options custom_hooks.0.momentum=M '
             f'{ABOUT}; see ') in err, err
@@ -90,8 +97,8 @@ def test_the_ema_hook_is_found_where_it_is_and_of_each_kind(capsys, tmp_path):
         config.write_text(f"custom_hooks = [dict(type='RNGStateHook'), dict(type='{kind}', "
                           'momentum=1e-4)]\n')
         said = meant(train_args_refusal(capsys, [str(config), '--ema-beta', '0.9995']))
-        assert said == (f"--cfg-options custom_hooks.1.momentum=0.0005 (the config's "
-                        f"{kind.rpartition('.')[2]}: mmengine's momentum is 1 - beta)")
+        assert said == '--cfg-options custom_hooks.1.momentum=0.0005 ' + ABOUT.replace(
+            'EMAHook', kind.rpartition('.')[2])
 
 
 @pytest.mark.parametrize('beta', ['0.9999', '1.5'])
@@ -107,3 +114,52 @@ def test_the_sample_hook_and_the_ema_hook_together(capsys, repo_root):
     assert ('--cfg-options custom_hooks.2.interval=5000 (the config\'s SampleVisualizationHook'
             ': a second one would run beside it) for --sample-every') in err
     assert meant(err) == f'--cfg-options custom_hooks.0.momentum=0.0001 {ABOUT}'
+
+
+@pytest.mark.parametrize('flag, key, value', [('--ema-iters', 'interval', '100'),
+                                              ('--ema-start-iters', 'begin_iter', '5000')])
+def test_stable_cascades_other_ema_settings_name_the_hooks_keys(capsys, repo_root, flag,
+                                                                key, value):
+    """Its finetune_c_1b.yaml averages every ema_iters (100) steps with ema_beta 0.9,
+    copying the weights until ema_start_iters: the hook's interval and begin_iter."""
+    config = osp.join(repo_root, CASCADE_TOY)
+    said = meant(train_args_refusal(capsys, [config, flag, value]), flag)
+    assert said.startswith(f"--cfg-options custom_hooks.0.{key}={value} (the config's "
+                           'EMAHook: '), said
+    cfg = load_config(config)
+    apply_cfg_options(cfg, [said.split(' ')[1]])
+    assert cfg.custom_hooks[0][key] == int(value)
+    # without an EMA hook: the key with its index to find
+    said = meant(train_args_refusal(capsys, [osp.join(repo_root, CASCADE_LITE), flag, value]),
+                 flag)
+    assert said.startswith(f'--cfg-options custom_hooks.I.{key}=')
+
+
+def test_every_ema_iters_steps_averages_as_stable_cascade(capsys, repo_root):
+    """ema_iters 3, ema_beta 0.9 (Stable Cascade: the average moves at steps 3, 6, ...):
+    mmengine's average with the two keys said moves alike."""
+    config = osp.join(repo_root, CASCADE_TOY)
+    err = train_args_refusal(capsys, [config, '--ema-beta', '0.9', '--ema-iters', '3'])
+    entries = [meant(err).split(' ')[1], meant(err, '--ema-iters').split(' ')[1]]
+    assert entries == ['custom_hooks.0.momentum=0.1', 'custom_hooks.0.interval=3']
+    cfg = load_config(config)
+    apply_cfg_options(cfg, entries)
+    hook = cfg.custom_hooks[0]
+    from mmengine.model import ExponentialMovingAverage
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    average = ExponentialMovingAverage(model, momentum=hook['momentum'],
+                                       interval=hook['interval'])
+    theirs = None
+    for step in range(8):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        average.update_parameters(model)
+        weights = [p.detach().clone() for p in model.parameters()]
+        if theirs is None:  # (both start from a copy)
+            theirs = weights
+        elif step % 3 == 0:
+            theirs = [0.9 * e + 0.1 * w for e, w in zip(theirs, weights)]
+    for ours, expected in zip(average.module.parameters(), theirs):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
