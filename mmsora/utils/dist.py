@@ -225,8 +225,9 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None,
     launcher tells their count (said once: run_cli). A machine without CUDA runs any
     number of CPU processes. ``cpu_option``: how the tool runs on the CPU instead (said
     to torchrun's processes); ``cpu_under_srun``: the same for srun's tasks, where the
-    tool has one (--device cpu; CUDA_VISIBLE_DEVICES= is none there). ``launcher``: the tool's ``--launcher`` (``'none'``: one
-    process, nothing to check; None: a tool without that flag); srun's tasks are
+    tool has one (--device cpu; CUDA_VISIBLE_DEVICES= is none there). ``launcher``: the
+    tool's ``--launcher`` (``'none'``: one process, nothing to check; None: a tool
+    without that flag); srun's tasks are
     counted for ``'slurm'``, and for a start inside srun without torchrun
     (SLURM_LOCALID set, no LOCAL_WORLD_SIZE) whose LOCAL_RANK is unset or the task's
     SLURM_LOCALID (where it is another, such as 0 for tasks of one GPU each, each

@@ -3,8 +3,9 @@ process takes the GPU of its local rank, so --device cuda:N (one GPU for every p
 with several processes on a machine is refused where test.py put all of them on GPU N
 and infer.py gave each its own without a word (a machine's one process takes GPU N);
 --device cuda is each process's own GPU, where test.py stopped on torch.cuda.set_device's
-ValueError ('Expected a torch.device with a specified index'), its single process too. The GPUs are stand-ins (torch.cuda
-patched), as in test_cpu_device_under_a_launcher.py, whose fixture this file shares."""
+ValueError ('Expected a torch.device with a specified index'), its single process too.
+The GPUs are stand-ins (torch.cuda patched), as in test_cpu_device_under_a_launcher.py,
+whose fixture this file shares."""
 import os.path as osp
 
 import pytest
