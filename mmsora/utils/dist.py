@@ -126,9 +126,11 @@ def check_gpu_of_local_rank(device: Optional[str], launched: str,
     (``'--launcher pytorch'``) several on this machine (:func:`_launch_on_machine`, for
     the tool's ``launcher`` as :func:`check_gpu_per_process` takes it): each takes the
     GPU of its local rank, so one GPU named for all of them was either put on every
-    process or not followed. One process on a machine takes the GPU named."""
+    process or not followed. A machine's one process, where the launcher says so
+    (LOCAL_WORLD_SIZE, srun's tasks on the node: each process decides alike), takes the
+    GPU named."""
     if device is not None and torch.device(device).index is not None and \
-            _launch_on_machine(launcher)[2] > 1:
+            _launch_on_machine(launcher)[1] != 1:
         raise UserError(f'--device {device} under {launched}: each process takes the GPU '
                         'of its local rank, not one GPU for all; give --device cuda (or no '
                         '--device), and choose the GPUs with CUDA_VISIBLE_DEVICES in front '

@@ -6,7 +6,7 @@ import re
 __all__ = ['EMA_HOOKS', 'FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES',
            'FOREIGN_WORDS', 'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'WHOLE_NUMBER', 'Sentence',
            'model_config', 'foreign_key_hint', 'hook_stand_ins', 'one_minus_decay',
-           'sit_sampler']
+           'sit_sampler', 'steps_between_updates']
 
 
 class Sentence(str):
@@ -155,11 +155,15 @@ FOREIGN_HINTS = {
                    "dict(type='EMAHook', momentum=1-beta) added to its custom_hooks in "
                    "the file: mmengine's momentum is 1 - decay, per update, and the "
                    "hook's interval is Stable Cascade's ema_iters)"),
-    '--ema-iters': (_TRAIN, "--cfg-options custom_hooks.I.interval=K (the config's "
-                    'EMAHook at index I: the average is updated every K steps)'),
-    '--ema-start-iters': (_TRAIN, "--cfg-options custom_hooks.I.begin_iter=N (the "
-                          "config's EMAHook at index I: the average copies the weights "
-                          'until iteration N)'),
+    '--ema-iters': (_TRAIN, '--cfg-options custom_hooks.I.interval=K (the EMAHook at index '
+                    "I of the config's custom_hooks, or in a config without one, "
+                    "dict(type='EMAHook', interval=K) added to its custom_hooks in the "
+                    "file: the steps between the average's updates)"),
+    '--ema-start-iters': (_TRAIN, '--cfg-options custom_hooks.I.begin_iter=N (the EMAHook '
+                          "at index I of the config's custom_hooks, or in a config without "
+                          "one, dict(type='EMAHook', begin_iter=N) added to its "
+                          'custom_hooks in the file: the iteration the average starts '
+                          'at, a copy of the weights before it)'),
 }
 # A stand-in's mark (cli.ArgumentParser's stand_ins): the flag takes a whole number, and
 # another word after it (the config, where the flag came first and its number was taken
@@ -193,6 +197,16 @@ def one_minus_decay(text: str) -> str:
     return format(momentum, 'f')
 
 
+def steps_between_updates(text: str) -> str:
+    """A stand-in's mark (a callable, as :func:`one_minus_decay`): Stable Cascade's
+    ``--ema-iters K`` as the EMA hook's ``interval``, a whole number of 1 or more
+    (mmengine's average divides by it: 0 stopped at its second update)."""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError("the steps between Stable Cascade's EMA updates, a whole number "
+                         'of 1 or more')
+    return str(int(text))
+
+
 # Their flags that set a hook (flag: the hook's types, its argument, the placeholder of
 # its value, what to know of the hook, and the stand-in's marks: WHOLE_NUMBER, or a
 # callable giving our value for theirs, see cli.ArgumentParser): where the config given
@@ -212,10 +226,10 @@ HOOK_FLAGS = {
     '--ema-beta': (EMA_HOOKS, 'momentum', 'M', "mmengine's momentum is 1 - beta, per "
                    "update, and its interval is Stable Cascade's ema_iters, the steps "
                    'between updates: --ema-iters', one_minus_decay),
-    '--ema-iters': (EMA_HOOKS, 'interval', 'K', 'the average is updated every K steps',
-                    WHOLE_NUMBER),
-    '--ema-start-iters': (EMA_HOOKS, 'begin_iter', 'N', 'the average copies the weights '
-                          'until iteration N', WHOLE_NUMBER),
+    '--ema-iters': (EMA_HOOKS, 'interval', 'K', "the steps between the average's updates",
+                    steps_between_updates),
+    '--ema-start-iters': (EMA_HOOKS, 'begin_iter', 'N', 'the iteration the average starts '
+                          'at, a copy of the weights before it', WHOLE_NUMBER),
 }
 
 

@@ -85,3 +85,26 @@ def test_one_process_given_device_cuda_samples_on_gpu_0(repo_root, monkeypatch,
         test_tool.main([osp.join(repo_root, CONFIG), MISSING, '--device', 'cuda',
                         '--evaluation', osp.join(repo_root, EVALUATION)])
     assert devices == [0] and loaded == ['cuda:0']
+
+
+@pytest.mark.parametrize('env', [
+    dict(LOCAL_RANK='0', WORLD_SIZE='2'),    # torchrun's count not told (no LOCAL_WORLD_SIZE)
+    dict(SLURM_LOCALID='0', SLURM_PROCID='0', SLURM_NTASKS='2')])  # srun's not told
+def test_a_gpu_is_named_for_one_process_only_where_the_launcher_says_so(monkeypatch, env):
+    """Where the machine's count of processes is not told, process 0 counted itself
+    alone and took GPU N while process 1 refused (process 0 then waited for it at the
+    group's start): every process refuses alike."""
+    from mmsora.utils.cli import UserError
+    from mmsora.utils.dist import check_gpu_of_local_rank
+    for key in KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    launcher = 'slurm' if 'SLURM_LOCALID' in env else 'pytorch'
+    with pytest.raises(UserError, match='^--device cuda:1 under --launcher'):
+        check_gpu_of_local_rank('cuda:1', f'--launcher {launcher}', launcher)
+    told = dict(LOCAL_WORLD_SIZE='1') if launcher == 'pytorch' else dict(
+        SLURM_STEP_TASKS_PER_NODE='1(x2)', SLURM_NODEID='0')
+    for key, value in told.items():  # (one process on each of two machines: told)
+        monkeypatch.setenv(key, value)
+    check_gpu_of_local_rank('cuda:1', f'--launcher {launcher}', launcher)

@@ -129,10 +129,21 @@ def test_stable_cascades_other_ema_settings_name_the_hooks_keys(capsys, repo_roo
     cfg = load_config(config)
     apply_cfg_options(cfg, [said.split(' ')[1]])
     assert cfg.custom_hooks[0][key] == int(value)
-    # without an EMA hook: the key with its index to find
+    # without an EMA hook: the key with its index to find, or the hook to add
     said = meant(train_args_refusal(capsys, [osp.join(repo_root, CASCADE_LITE), flag, value]),
                  flag)
-    assert said.startswith(f'--cfg-options custom_hooks.I.{key}=')
+    letter = {'interval': 'K', 'begin_iter': 'N'}[key]
+    assert said.startswith(f"--cfg-options custom_hooks.I.{key}={letter} (the EMAHook at "
+                           "index I of the config's custom_hooks, or in a config without "
+                           f"one, dict(type='EMAHook', {key}={letter}) added to its "
+                           'custom_hooks in the file: '), said
+
+
+def test_no_ema_update_interval_of_zero_is_said(capsys, repo_root):
+    """mmengine's average divides by its interval: 0 stopped at its second update."""
+    err = train_args_refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-iters', '0'])
+    assert ("--ema-iters is the steps between Stable Cascade's EMA updates, a whole number "
+            'of 1 or more, not 0: give --cfg-options custom_hooks.0.interval=K') in err, err
 
 
 def test_every_ema_iters_steps_averages_as_stable_cascade(capsys, repo_root):
