@@ -84,25 +84,30 @@ class ArgumentParser(argparse.ArgumentParser):
         self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]
         return super().parse_known_args(args, namespace)
 
-    def _stand_in(self, flag: str, values=(), given: str = None) -> str:
+    def _stand_in(self, flag: str, values=(), given: str = None, *, read=True) -> str:
         """The text of ``flag``'s stand-in with ``values``, the values given after the
         flag (none: the placeholder), given to the flag ``given`` (another project's
         name of it, or ``flag``); a :class:`Sentence` saying what the flag takes where a
-        callable mark refuses the value given."""
+        callable mark refuses the value given. ``read=False``: the placeholder, the
+        command line not read."""
         template, placeholder, *marks = self.stand_ins[flag]
         ours = [mark for mark in marks if callable(mark)]
+        if (WHOLE_NUMBER in marks or ours) and read:
+            # (the word after the flag on the command line: where the flag came first,
+            # argparse took its value for the config, and the config came here instead
+            # or nothing, where the config was given to --fsdp)
+            value = self._given_value(given or flag) or (values[0] if values else None)
+            values = [str(value)] if value is not None else []
         if not values or (THEIR_VALUES in marks and given not in (None, flag)) or (
                 WHOLE_NUMBER in marks and not str(values[0]).isdigit()):
             values = [placeholder]
         elif ours:  # (our value for theirs: --ema-beta 0.9999 is momentum 0.0001)
-            # (the word after the flag on the command line: where the flag came first,
-            # argparse took its value for the config, and the config came here instead)
-            value = self._given_value(given or flag) or str(values[0])
+            value = values[0]
             try:
                 values = [ours[0](value) if value else placeholder]
             except ValueError as e:  # (what the flag takes; the key, with the placeholder)
                 return Sentence(f'{given or flag} is {e}, not {value}: give '
-                                f'{self._stand_in(flag)}')
+                                f'{self._stand_in(flag, read=False)}')
         elif EACH_VALUE not in marks:
             values = values[:1]
         else:  # (KEY=VALUE entries: a word after them is the next positional, SDE)

@@ -174,3 +174,11 @@ def test_every_ema_iters_steps_averages_as_stable_cascade(capsys, repo_root):
             theirs = [0.9 * e + 0.1 * w for e, w in zip(theirs, weights)]
     for ours, expected in zip(average.module.parameters(), theirs):
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_the_beta_is_read_where_the_config_went_to_fsdp(capsys, repo_root):
+    """``--fsdp CONFIG --ema-beta 0.9``: argparse took 0.9 for the config (the line had
+    the placeholder M)."""
+    config = osp.join(repo_root, CASCADE_TOY)
+    said = meant(train_args_refusal(capsys, ['--fsdp', config, '--ema-beta', '0.9']))
+    assert said.split(' ')[1] == 'custom_hooks.0.momentum=0.1'
