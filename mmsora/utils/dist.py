@@ -11,7 +11,8 @@ from mmsora.utils.cli import UserError
 
 __all__ = ['collective_device', 'barrier_device_ids', 'close_process_group',
            'abandon_process_group', 'release_engine', 'free_port', 'check_gpu_per_process',
-           'slurm_tasks_on_node', 'slurm_host_names', 'init_cpu_process_group',
+           'slurm_tasks_on_node', 'slurm_step_counts', 'slurm_host_names',
+           'init_cpu_process_group',
            'on_cpu', 'start_on_device', 'check_gpu_of_local_rank', 'NO_GPU_IN_VIEW']
 
 # check_gpu_per_process's ``cpu_option`` for tools/train.py, whose processes under a
@@ -126,15 +127,17 @@ def check_gpu_of_local_rank(device: Optional[str], launched: str,
     (``'--launcher pytorch'``) several on this machine (:func:`_launch_on_machine`, for
     the tool's ``launcher`` as :func:`check_gpu_per_process` takes it): each takes the
     GPU of its local rank, so one GPU named for all of them was either put on every
-    process or not followed. A machine's one process, where the launcher says so
-    (LOCAL_WORLD_SIZE, srun's tasks on the node: each process decides alike), takes the
-    GPU named."""
+    process or not followed. Where the launcher says every machine runs one process
+    (:func:`_one_process_per_machine`), each takes the GPU named: every process of the
+    launch decides alike (one that took it would wait for one that refused)."""
     if device is not None and torch.device(device).index is not None and \
-            _launch_on_machine(launcher)[1] != 1:
+            not _one_process_per_machine(launcher):
         raise UserError(f'--device {device} under {launched}: each process takes the GPU '
-                        'of its local rank, not one GPU for all; give --device cuda (or no '
-                        '--device), and choose the GPUs with CUDA_VISIBLE_DEVICES in front '
-                        'of the command (for GPUs 1 and 2: CUDA_VISIBLE_DEVICES=1,2)')
+                        'of its local rank, not one GPU for all (one named is for one '
+                        'process on each machine, where the launcher says so); give '
+                        '--device cuda (or no --device), and choose the GPUs with '
+                        'CUDA_VISIBLE_DEVICES in front of the command (for GPUs 1 and 2: '
+                        'CUDA_VISIBLE_DEVICES=1,2)')
 
 
 def free_port() -> int:
@@ -176,6 +179,19 @@ def slurm_host_names(node_list: str, most: int) -> Optional[list]:
     return names
 
 
+def slurm_step_counts() -> Optional[list]:
+    """The tasks of this srun step on each of its nodes, in the step's node order
+    (SLURM_STEP_TASKS_PER_NODE: ``8(x2),4`` is [8, 8, 4]); None where slurm does not
+    say."""
+    counts = []
+    for item in os.environ.get('SLURM_STEP_TASKS_PER_NODE', '').split(','):
+        match = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', item.strip())
+        if match is None:
+            return None
+        counts += [int(match[1])] * int(match[2] or 1)
+    return counts
+
+
 def slurm_tasks_on_node() -> Optional[int]:
     """How many tasks of this srun step run on this node: its entry of
     SLURM_STEP_TASKS_PER_NODE (``8(x2),4``: 8 on each of the step's first two nodes,
@@ -195,13 +211,9 @@ def slurm_tasks_on_node() -> Optional[int]:
     name (``_reorder_het_job_recs``): there the index read another node's count (a
     false refusal, or a missed one) where the components' nodes are not in name order.
     """
-    layout = os.environ.get('SLURM_STEP_TASKS_PER_NODE', '')
-    counts = []
-    for item in layout.split(','):
-        match = re.fullmatch(r'(\d+)(?:\(x(\d+)\))?', item.strip())
-        if match is None:
-            return None
-        counts += [int(match[1])] * int(match[2] or 1)
+    counts = slurm_step_counts()
+    if counts is None:
+        return None
     if len(set(counts)) == 1:
         return counts[0]
     name = os.environ.get('SLURMD_NODENAME', '')
@@ -265,6 +277,20 @@ def check_gpu_per_process(cpu_option: str, launcher: Optional[str] = None,
                     f'each process takes a GPU of its own; start {count} or fewer '
                     f'(torchrun --nproc_per_node {count}), or run on the CPU with '
                     f'{cpu_option}')
+
+
+def _one_process_per_machine(launcher: Optional[str]) -> bool:
+    """Whether the launcher says that each machine of the launch runs one process:
+    srun's step, one task on each of its nodes (SLURM_STEP_TASKS_PER_NODE); torchrun,
+    LOCAL_WORLD_SIZE 1, and as many processes as machines (WORLD_SIZE against
+    GROUP_WORLD_SIZE, its count of machines' agents, where it gives one)."""
+    task, told, _ = _launch_on_machine(launcher)
+    if told != 1:
+        return False
+    if task is not None:
+        return set(slurm_step_counts() or [0]) == {1}
+    groups = os.environ.get('GROUP_WORLD_SIZE')
+    return groups is None or groups == os.environ.get('WORLD_SIZE', groups)
 
 
 def _launch_on_machine(launcher: Optional[str]):

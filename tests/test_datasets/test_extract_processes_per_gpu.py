@@ -86,6 +86,7 @@ def test_one_gpu_named_for_every_rank_is_refused(gpus, torchrun):
         extract.check_gpus_for_ranks('cuda:0')
     assert str(info.value).startswith(
         '--device cuda:0 under a launch of 2 processes: each process takes the GPU of its '
-        'local rank, not one GPU for all; give --device cuda (or no --device), and choose')
+        'local rank, not one GPU for all (one named is for one process on each machine, '
+        'where the launcher says so); give --device cuda (or no --device), and choose')
     torchrun(2, 0, local=1)  # one process on each of two machines: the GPU named
     extract.check_gpus_for_ranks('cuda:0')

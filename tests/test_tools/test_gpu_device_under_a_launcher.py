@@ -27,7 +27,8 @@ def test_one_gpu_for_every_process_is_refused(launch, repo_root, tmp_path, launc
     main, argv = argvs(repo_root, tmp_path, launcher, 'cuda:1')[tool]
     assert refused(main, argv) == (
         f'--device cuda:1 under --launcher {launcher}: each process takes the GPU of its '
-        'local rank, not one GPU for all; give --device cuda (or no --device), and choose '
+        'local rank, not one GPU for all (one named is for one process on each machine, '
+        'where the launcher says so); give --device cuda (or no --device), and choose '
         'the GPUs with CUDA_VISIBLE_DEVICES in front of the command (for GPUs 1 and 2: '
         'CUDA_VISIBLE_DEVICES=1,2)')
     assert record.backends == [] and record.devices == []  # refused before the start
@@ -108,3 +109,28 @@ def test_a_gpu_is_named_for_one_process_only_where_the_launcher_says_so(monkeypa
     for key, value in told.items():  # (one process on each of two machines: told)
         monkeypatch.setenv(key, value)
     check_gpu_of_local_rank('cuda:1', f'--launcher {launcher}', launcher)
+
+
+def test_every_machine_decides_alike_where_their_counts_differ(monkeypatch):
+    """srun's step of 2 tasks on one node and 1 on the other: the node of one task took
+    GPU N while the other refused, and its task waited for them at the group's start."""
+    from mmsora.utils.cli import UserError
+    from mmsora.utils.dist import check_gpu_of_local_rank
+    for key in KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in dict(SLURM_LOCALID='0', SLURM_PROCID='2', SLURM_NTASKS='3',
+                           SLURM_STEP_TASKS_PER_NODE='2,1', SLURM_STEP_NODELIST='n[1-2]',
+                           SLURMD_NODENAME='n2').items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match='^--device cuda:1 under --launcher slurm'):
+        check_gpu_of_local_rank('cuda:1', '--launcher slurm', 'slurm')
+    # torchrun: one process here, but more processes than machines in all
+    for key in KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in dict(LOCAL_RANK='0', LOCAL_WORLD_SIZE='1', WORLD_SIZE='3',
+                           GROUP_WORLD_SIZE='2').items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match='^--device cuda:1 under --launcher pytorch'):
+        check_gpu_of_local_rank('cuda:1', '--launcher pytorch', 'pytorch')
+    monkeypatch.setenv('WORLD_SIZE', '2')  # (one on each of the two)
+    check_gpu_of_local_rank('cuda:1', '--launcher pytorch', 'pytorch')
