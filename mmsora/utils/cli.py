@@ -46,6 +46,24 @@ THEIR_VALUES = 'their values'
 EACH_VALUE = 'each value'
 
 
+def _whole_number(text: str) -> bool:
+    """Digits 0-9 alone (str.isdigit takes '²', which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
+def _takes(marks, text: str) -> bool:
+    """Whether a stand-in of ``marks`` takes ``text`` as its value as it is."""
+    for mark in marks:
+        if mark == WHOLE_NUMBER and not _whole_number(text):
+            return False
+        if callable(mark):
+            try:
+                mark(text)
+            except ValueError:
+                return False
+    return True
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line (``PROG: error: ...; see python
     tools/infer.py --help``, the script as it was run: :meth:`help_command`; without
@@ -92,14 +110,16 @@ class ArgumentParser(argparse.ArgumentParser):
         command line not read."""
         template, placeholder, *marks = self.stand_ins[flag]
         ours = [mark for mark in marks if callable(mark)]
-        if (WHOLE_NUMBER in marks or ours) and read:
+        if (WHOLE_NUMBER in marks or ours) and read and not (
+                values and _takes(marks, str(values[0]))):
             # (the word after the flag on the command line: where the flag came first,
             # argparse took its value for the config, and the config came here instead
-            # or nothing, where the config was given to --fsdp)
-            value = self._given_value(given or flag) or (values[0] if values else None)
-            values = [str(value)] if value is not None else []
+            # or nothing, where the config was given to --fsdp; a value it takes is
+            # this occurrence's own, where the flag is given twice)
+            value = self._given_value(given or flag)
+            values = [value] if value is not None else values
         if not values or (THEIR_VALUES in marks and given not in (None, flag)) or (
-                WHOLE_NUMBER in marks and not str(values[0]).isdigit()):
+                WHOLE_NUMBER in marks and not _whole_number(str(values[0]))):
             values = [placeholder]
         elif ours:  # (our value for theirs: --ema-beta 0.9999 is momentum 0.0001)
             value = values[0]

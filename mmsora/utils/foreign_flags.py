@@ -201,7 +201,7 @@ def steps_between_updates(text: str) -> str:
     """A stand-in's mark (a callable, as :func:`one_minus_decay`): Stable Cascade's
     ``--ema-iters K`` as the EMA hook's ``interval``, a whole number of 1 or more
     (mmengine's average divides by it: 0 stopped at its second update)."""
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError("the steps between Stable Cascade's EMA updates, a whole number "
                          'of 1 or more')
     return str(int(text))

@@ -83,3 +83,17 @@ def test_the_config_is_found_where_the_flag_comes_first(capsys, repo_root, order
     said = meant(train_args_refusal(capsys, argv))
     assert said.startswith('--cfg-options custom_hooks.2.interval=')
     assert said.split(' ')[1].rpartition('=')[2] == '5000'
+
+
+@pytest.mark.parametrize('values, said', [(['100', '200'], ['100', '200']),
+                                          (['abc', '7'], ['N', '7']),
+                                          (['²', '7'], ['N', '7'])])
+def test_each_occurrence_of_the_flag_says_its_own_value(capsys, repo_root, values, said):
+    """Given twice, each hint says its own value (the command line's first was said for
+    both); a value that is no whole number of 0-9 digits is N ('²' passes str.isdigit)."""
+    argv = [osp.join(repo_root, SIT_XL)]
+    for value in values:
+        argv += ['--sample-every', value]
+    err = train_args_refusal(capsys, argv)
+    found = re.findall(r'custom_hooks\.2\.interval=(\S+) \(', err)
+    assert found == said, err
