@@ -95,6 +95,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.stand_ins = dict(stand_ins or {})
         self._given = []
+        self._occurrence = 0  # (of the flag error() reads: _given_value)
 
     def parse_known_args(self, args=None, namespace=None):
         # (the whole command line, for the hints: a mode word that a positional took,
@@ -145,9 +146,15 @@ class ArgumentParser(argparse.ArgumentParser):
             tokens = message[len(prefix):].split()
             # (the values after a flag too: --model SiT-XL/2; the token before a word: a
             # flag's value is no mode word)
-            hints = [self._meant(token, tokens[i + 1:])
-                     or self._word_meant(token, tokens[i - 1] if i else None)
-                     for i, token in enumerate(tokens)]
+            hints = []
+            for i, token in enumerate(tokens):
+                # (which occurrence of its flag this token is: _given_value reads that one)
+                name = token.partition('=')[0].replace('_', '-')
+                self._occurrence = sum(t.partition('=')[0].replace('_', '-') == name
+                                       for t in tokens[:i])
+                hints.append(self._meant(token, tokens[i + 1:])
+                             or self._word_meant(token, tokens[i - 1] if i else None))
+            self._occurrence = 0
             hints = [h for h in hints if h]
             meant = [h for h in hints if not isinstance(h, Sentence)]
             if meant:
@@ -205,10 +212,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _given_value(self, flag: str):
         """The value given to ``flag`` (spelt with dashes or underscores) on the command
-        line, or None."""
+        line, at the occurrence of the flag being read (:meth:`error`: a flag given twice
+        has two), or None."""
+        skip = getattr(self, '_occurrence', 0)
         for token, after in zip(self._given, self._given[1:] + [None]):
             name, equals, value = token.partition('=')
             if name.replace('_', '-') == flag:
+                if skip:
+                    skip -= 1
+                    continue
                 return value if equals else (None if after is None or after.startswith('--')
                                              else after)
         return None

@@ -182,3 +182,10 @@ def test_the_beta_is_read_where_the_config_went_to_fsdp(capsys, repo_root):
     config = osp.join(repo_root, CASCADE_TOY)
     said = meant(train_args_refusal(capsys, ['--fsdp', config, '--ema-beta', '0.9']))
     assert said.split(' ')[1] == 'custom_hooks.0.momentum=0.1'
+
+
+def test_a_bad_beta_after_a_good_one_is_said(capsys, repo_root):
+    """Given twice, the second occurrence's own value (the first's was said for both)."""
+    err = train_args_refusal(capsys, [osp.join(repo_root, CASCADE_TOY), '--ema-beta',
+                                      '0.9999', '--ema-beta', '2'])
+    assert 'custom_hooks.0.momentum=0.0001' in err and 'not 2: give' in err, err

@@ -87,6 +87,7 @@ def test_the_config_is_found_where_the_flag_comes_first(capsys, repo_root, order
 
 @pytest.mark.parametrize('values, said', [(['100', '200'], ['100', '200']),
                                           (['abc', '7'], ['N', '7']),
+                                          (['7', 'abc'], ['7', 'N']),
                                           (['²', '7'], ['N', '7'])])
 def test_each_occurrence_of_the_flag_says_its_own_value(capsys, repo_root, values, said):
     """Given twice, each hint says its own value (the command line's first was said for
