@@ -94,8 +94,8 @@ def parse_args(argv=None):
                         help='default: cuda when there is one (under --launcher, each '
                         "process's GPU), else cpu; cpu under --launcher: the processes "
                         'join over gloo, taking no GPU; cuda:N: that GPU, for one process '
-                        'on a machine (several take each its own: CUDA_VISIBLE_DEVICES '
-                        'chooses them)')
+                        'on every machine (several take each its own: '
+                        'CUDA_VISIBLE_DEVICES chooses them)')
     add_malloc_option(parser)
     parser.add_argument('--out', help='images: the PNG grid (default samples.png); '
                         'videos: NAME.mp4, written as NAME_{i:03d}_label{y}.mp4 '

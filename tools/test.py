@@ -81,8 +81,9 @@ def parse_args(argv=None):
                         help='default: cuda (this rank\'s GPU) when there is one, else '
                         'cpu; cpu: the metrics\' feature networks too (those naming no '
                         'device), and under --launcher the processes join over gloo, '
-                        'taking no GPU; cuda:N: that GPU, for one process on a machine '
-                        '(several take each its own: CUDA_VISIBLE_DEVICES chooses them)')
+                        'taking no GPU; cuda:N: that GPU, for one process on every '
+                        'machine (several take each its own: CUDA_VISIBLE_DEVICES chooses '
+                        'them)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
     add_malloc_option(parser)
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',

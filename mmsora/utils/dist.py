@@ -109,8 +109,8 @@ def start_on_device(device: Optional[str], launcher: str) -> None:
     have a GPU of its own (:func:`check_gpu_per_process`: each past the machine's GPUs
     stopped in mmengine's set_device), the one of its local rank: ``--device cuda:N``
     with several processes on the machine, one GPU for all, is refused (test.py put all
-    of them on GPU N, infer.py took each its own without a word); a machine's one
-    process takes GPU N."""
+    of them on GPU N, infer.py took each its own without a word); where every machine
+    runs one process, each takes GPU N."""
     if launcher == 'none':
         return
     if on_cpu(device):
