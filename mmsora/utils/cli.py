@@ -14,7 +14,8 @@ import signal
 import sys
 
 from mmsora.utils.foreign_flags import (FOREIGN_FLAGS, FOREIGN_HINTS, FOREIGN_VALUES,
-                                         FOREIGN_WORDS, WHOLE_NUMBER, Sentence, model_config)
+                                         FOREIGN_WORDS, WHOLE_NUMBER, Sentence, model_config,
+                                         whole_number)
 
 __all__ = ['UserError', 'UserPathNotFound', 'RunError', 'ArgumentParser', 'is_launch_rank0',
            'note', 'is_first_on_machine', 'torchrun_processes', 'check_torchrun_launcher', 'plural',
@@ -46,15 +47,10 @@ THEIR_VALUES = 'their values'
 EACH_VALUE = 'each value'
 
 
-def _whole_number(text: str) -> bool:
-    """Digits 0-9 alone (str.isdigit takes '²', which int() refuses)."""
-    return text.isascii() and text.isdigit()
-
-
 def _takes(marks, text: str) -> bool:
     """Whether a stand-in of ``marks`` takes ``text`` as its value as it is."""
     for mark in marks:
-        if mark == WHOLE_NUMBER and not _whole_number(text):
+        if mark == WHOLE_NUMBER and not whole_number(text):
             return False
         if callable(mark):
             try:
@@ -120,7 +116,7 @@ class ArgumentParser(argparse.ArgumentParser):
             value = self._given_value(given or flag)
             values = [value] if value is not None else values
         if not values or (THEIR_VALUES in marks and given not in (None, flag)) or (
-                WHOLE_NUMBER in marks and not _whole_number(str(values[0]))):
+                WHOLE_NUMBER in marks and not whole_number(str(values[0]))):
             values = [placeholder]
         elif ours:  # (our value for theirs: --ema-beta 0.9999 is momentum 0.0001)
             value = values[0]

@@ -6,7 +6,7 @@ import re
 __all__ = ['EMA_HOOKS', 'FOREIGN_FLAGS', 'FOREIGN_HINTS', 'FOREIGN_KEYS', 'FOREIGN_VALUES',
            'FOREIGN_WORDS', 'HOOK_FLAGS', 'SIT_SAMPLING_METHODS', 'WHOLE_NUMBER', 'Sentence',
            'model_config', 'foreign_key_hint', 'hook_stand_ins', 'one_minus_decay',
-           'sit_sampler', 'steps_between_updates']
+           'sit_sampler', 'steps_between_updates', 'whole_number']
 
 
 class Sentence(str):
@@ -171,6 +171,12 @@ FOREIGN_HINTS = {
 WHOLE_NUMBER = 'a whole number'
 
 
+def whole_number(text: str) -> bool:
+    """Whether ``text`` is digits 0-9 alone (str.isdigit takes '²', which int()
+    refuses): a value of a :data:`WHOLE_NUMBER` stand-in."""
+    return text.isascii() and text.isdigit()
+
+
 def one_minus_decay(text: str) -> str:
     """A stand-in's mark (cli.ArgumentParser's ``stand_ins``, a callable: our value for
     the one given): mmengine's EMA momentum for Stable Cascade's ``--ema-beta`` decay,
@@ -201,7 +207,7 @@ def steps_between_updates(text: str) -> str:
     """A stand-in's mark (a callable, as :func:`one_minus_decay`): Stable Cascade's
     ``--ema-iters K`` as the EMA hook's ``interval``, a whole number of 1 or more
     (mmengine's average divides by it: 0 stopped at its second update)."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not whole_number(text) or int(text) < 1:
         raise ValueError("the steps between Stable Cascade's EMA updates, a whole number "
                          'of 1 or more')
     return str(int(text))
